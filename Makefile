@@ -1,0 +1,32 @@
+# Two commands do all set-up: `make demo` and `make test`. Each creates .venv and installs what it needs.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "edgefleet needs Python 3.11 or newer, found " + sys.version.split()[0]' 
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[hub,dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edgehub demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check edge_agent cloud_hub converters firmware_configs tests bench
+	$(BIN)/ruff format --check edge_agent cloud_hub converters firmware_configs tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

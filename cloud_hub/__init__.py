@@ -1,0 +1,1 @@
+"""The hub: artifact store, TUF repository, device registry, rollout engine, broker, CLI."""

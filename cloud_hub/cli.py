@@ -1,0 +1,341 @@
+"""`edgehub`: the hub's command line. Tables by default, `--json` on request, one line per error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from edge_agent.errors import EdgefleetError
+from edge_agent.protocol.messages import ModelRef
+
+console = Console()
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return Path(args.home)
+
+
+def _emit(
+    args: argparse.Namespace, rows: list[dict[str, Any]], title: str, columns: list[str]
+) -> None:
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*[str(row.get(c, "")) for c in columns])
+    console.print(table)
+
+
+def _when(epoch: float) -> str:
+    """A stored timestamp for people: UTC, to the second; 0 means the hub never saw it."""
+    if not epoch:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch))
+
+
+# ---- commands -------------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> int:
+    from cloud_hub.operations import init_hub
+
+    try:
+        init_hub(_home(args))
+    except OSError as exc:  # home is a file, or a folder we may not write to
+        raise EdgefleetError(
+            f"{args.home}: cannot create the hub here ({exc.strerror}: {exc.filename})"
+        ) from exc
+    console.print(f"hub initialised in {args.home}: TUF keys and metadata created")
+    return 0
+
+
+def cmd_model_convert(args: argparse.Namespace) -> int:
+    from converters.data import check_features
+    from converters.inputs import load_estimator, load_table
+    from converters.pipeline import build_bundle
+
+    model = ModelRef.parse(f"{args.name}@{args.version}")
+    estimator = load_estimator(Path(args.model))
+    x, y, names = load_table(
+        Path(args.sample), args.label, Path(args.labels) if args.labels else None
+    )
+    try:
+        x = check_features(x, getattr(estimator, "n_features_in_", None))
+    except EdgefleetError as exc:
+        raise EdgefleetError(f"{args.sample}: {exc}") from exc
+    if y is None:
+        y = estimator.predict(x)  # no labels given: validate against the model's own answers
+    with console.status(f"converting {args.model} to {model}..."):
+        built = build_bundle(
+            estimator,
+            x,
+            y,
+            name=model.name,
+            version=model.version,
+            out=Path(args.output),
+            quantize=args.quantize,
+            feature_names=names,
+            max_accuracy_drop=args.max_accuracy_drop,
+            force=args.force,
+        )
+    report = built.report
+    if args.json:
+        print(json.dumps({"bundle": str(built.path), "report": report}, indent=2, default=str))
+        return 0
+    table = Table(title=f"{model} -> {built.path}")
+    table.add_column("check")
+    table.add_column("before")
+    table.add_column("after")
+    for key in ("size_bytes", "accuracy", "macro_f1", "rmse", "mae"):
+        if f"{key}_before" in report:
+            table.add_row(key, str(report[f"{key}_before"]), str(report[f"{key}_after"]))
+    for key in ("label_agreement", "max_abs_diff", "latency_p50_ms"):
+        if key in report:
+            table.add_row(key, "", str(report[key]))
+    console.print(table)
+    return 0
+
+
+def cmd_model_publish(args: argparse.Namespace) -> int:
+    from cloud_hub.operations import publish_bundle
+
+    model, path = publish_bundle(_home(args), Path(args.bundle))
+    console.print(f"published {model} as signed target {path}")
+    return 0
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from cloud_hub.operations import open_repo
+
+    rows = [
+        {
+            "target": path,
+            "model": info.get("model"),
+            "version": info.get("model_version"),
+            "bytes": info["length"],
+            "sha256": info["sha256"][:16],
+        }
+        for path, info in open_repo(_home(args)).targets().items()
+    ]
+    _emit(args, rows, "signed models", ["model", "version", "bytes", "sha256", "target"])
+    return 0
+
+
+def cmd_devices_enroll(args: argparse.Namespace) -> int:
+    from cloud_hub.operations import enroll_device
+
+    enroll_device(_home(args), args.device_id, Path(args.state_dir))
+    console.print(f"{args.device_id}: trusted root written to {args.state_dir}/tuf/root.json")
+    return 0
+
+
+def cmd_devices_list(args: argparse.Namespace) -> int:
+    from cloud_hub.operations import open_repo
+    from cloud_hub.storage import Store, default_url
+
+    open_repo(_home(args))  # no hub here: say so, rather than what SQLite thinks of the path
+    rows = []
+    for d in Store(default_url(_home(args))).devices():
+        stats = d["stats"] or {}
+        rows.append(
+            {
+                "device": d["id"],
+                "online": d["online"],
+                "profile": d["profile"],
+                "model": f"{d['model']}@{d['version']}" if d["model"] else "-",
+                "inferences": stats.get("inferences", 0),
+                "last_seen": _when(d["last_seen"]),
+            }
+        )
+    _emit(
+        args, rows, "devices", ["device", "online", "model", "profile", "inferences", "last_seen"]
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from cloud_hub.service import Hub
+    from edge_agent.mqtt_session import BrokerAddress
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    hub = Hub(_home(args), BrokerAddress(args.broker_host, args.broker_port), args.prefix)
+    console.print(f"hub serving {args.home} on broker {args.broker_host}:{args.broker_port}")
+    hub.run(stop)
+    return 0
+
+
+def cmd_rollout_start(args: argparse.Namespace) -> int:
+    from cloud_hub.operations import start_rollout
+
+    r = start_rollout(_home(args), ModelRef.parse(args.model), args.canary)
+    if args.json:
+        print(json.dumps(r.to_json(), indent=2))
+    else:
+        waves = " then ".join(str(len(w)) for w in r.waves)
+        console.print(f"rollout {r.id} of {r.model} started: waves of {waves} device(s)")
+    return 0
+
+
+def cmd_rollout_list(args: argparse.Namespace) -> int:
+    from cloud_hub import rollout as ro
+    from cloud_hub.operations import open_repo, rollout_rows
+
+    open_repo(_home(args))  # no hub here: say so, rather than what SQLite thinks of the path
+    rows = []
+    for body in rollout_rows(_home(args)):
+        r = ro.Rollout.from_json(body)
+        if args.id and r.id != args.id:
+            continue
+        p = ro.progress(r)
+        rows.append(
+            {
+                "id": r.id,
+                "model": str(r.model),
+                "state": r.state,
+                "wave": f"{min(r.wave + 1, len(r.waves))}/{len(r.waves)}",
+                "healthy": p["healthy"],
+                "failed": p["failed"],
+                "pending": p["waiting"] + p["sent"],
+                "reason": r.halt_reason,
+            }
+            if not args.json
+            else r.to_json()
+        )
+    if args.id and not rows:
+        raise EdgefleetError(f"no rollout with id {args.id!r}; `edgehub rollout list` shows them")
+    _emit(
+        args,
+        rows,
+        "rollouts",
+        ["id", "model", "state", "wave", "healthy", "failed", "pending", "reason"],
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cloud_hub.demo import DemoOptions, run_demo
+
+    return run_demo(DemoOptions(seconds=args.seconds, broker=args.broker, keep=args.keep))
+
+
+# ---- parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgehub", description="edgefleet hub: sign and roll out models"
+    )
+    p.add_argument(
+        "--home",
+        default=os.environ.get("EDGEHUB_HOME", "edgehub-home"),
+        help="hub folder: keys, TUF repository, database (env EDGEHUB_HOME)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(
+        parent: Any,
+        name: str,
+        fn: Callable[[argparse.Namespace], int],
+        help: str,
+        json_out: bool = False,
+    ) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        if json_out:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return sp
+
+    add(sub, "init", cmd_init, "create the hub's keys and TUF repository")
+
+    model = sub.add_parser("model", help="signed model bundles").add_subparsers(
+        dest="sub", required=True
+    )
+    sp = add(
+        model,
+        "convert",
+        cmd_model_convert,
+        "trained model -> quantized, validated bundle",
+        json_out=True,
+    )
+    sp.add_argument("model", help="a pickled or joblib scikit-learn estimator")
+    sp.add_argument("--sample", required=True, help=".csv with a header, or .npy")
+    sp.add_argument("--label", help="the CSV column holding the labels or targets")
+    sp.add_argument("--labels", help="a .npy file of labels, for .npy samples")
+    sp.add_argument("--name", required=True, help="model name, e.g. tumor")
+    sp.add_argument("--version", required=True, help="model version, an integer >= 1")
+    sp.add_argument("--quantize", choices=["dynamic", "none"], default="dynamic")
+    sp.add_argument("--max-accuracy-drop", type=float, default=0.01)
+    sp.add_argument("--force", action="store_true", help="write the bundle even if parity fails")
+    sp.add_argument("-o", "--output", required=True, help="the bundle to write (.zip)")
+    sp = add(model, "publish", cmd_model_publish, "sign a bundle into the TUF repository")
+    sp.add_argument("bundle")
+    add(model, "list", cmd_model_list, "list signed models", json_out=True)
+
+    devices = sub.add_parser("devices", help="the fleet").add_subparsers(dest="sub", required=True)
+    sp = add(devices, "enroll", cmd_devices_enroll, "give a device the hub's trusted root")
+    sp.add_argument("device_id")
+    sp.add_argument("--state-dir", required=True, help="the device's state folder")
+    add(devices, "list", cmd_devices_list, "list devices", json_out=True)
+
+    sp = add(sub, "serve", cmd_serve, "run the hub: ingest, TUF publication, transfers, rollouts")
+    sp.add_argument("--broker-host", default="127.0.0.1")
+    sp.add_argument("--broker-port", type=int, default=1883)
+    sp.add_argument("--prefix", default="edgefleet", help="topic prefix")
+
+    rollout = sub.add_parser("rollout", help="staged rollouts").add_subparsers(
+        dest="sub", required=True
+    )
+    sp = add(rollout, "start", cmd_rollout_start, "start a staged rollout", json_out=True)
+    sp.add_argument("model", help="NAME@VERSION")
+    sp.add_argument("--canary", default="1", help="devices in the first wave: a count or a percent")
+    sp = add(rollout, "status", cmd_rollout_list, "show one rollout or all", json_out=True)
+    sp.add_argument("id", nargs="?")
+    sp = add(rollout, "list", cmd_rollout_list, "list rollouts", json_out=True)
+    sp.set_defaults(id=None)
+
+    sp = add(
+        sub,
+        "demo",
+        cmd_demo,
+        "the whole loop on this machine: train, sign, roll out, drift, tamper",
+    )
+    sp.add_argument(
+        "--seconds", type=float, default=6.0, help="how long each phase feeds sensor data"
+    )
+    sp.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
+    sp.add_argument("--keep", action="store_true", help="keep the demo's working folder")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        return int(args.fn(args))
+    except EdgefleetError as exc:
+        print(f"edgehub: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("edgehub: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

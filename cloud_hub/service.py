@@ -1,0 +1,180 @@
+"""The hub process: ingest, TUF publication, chunk transfer service and the rollout engine.
+
+paho's thread only queues incoming messages; one loop stores them, serves transfer requests,
+publishes TUF metadata when the repository changed, and steps the running rollouts.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+from cloud_hub import rollout as ro
+from cloud_hub.storage import Store, default_url
+from cloud_hub.tuf_repo import TufRepository
+from edge_agent.errors import BadDataError, MessageError
+from edge_agent.mqtt_session import BrokerAddress, MqttSession
+from edge_agent.protocol.messages import (
+    Command,
+    XferChunk,
+    decode_batch,
+    decode_status,
+    decode_xfer_request,
+    encode,
+)
+from edge_agent.protocol.topics import Topics
+from edge_agent.protocol.transfer import CHUNK_SIZE, chunk_bounds, chunk_count
+
+log = logging.getLogger(__name__)
+
+MAX_CHUNKS_PER_REQUEST = 64
+TICK_S = 0.25
+
+
+def _root_number(name: str) -> int:
+    return int(name.removeprefix("root/").removesuffix(".json"))
+
+
+class Hub:
+    def __init__(
+        self,
+        home: Path,
+        broker: BrokerAddress,
+        prefix: str = "edgefleet",
+        store_url: str | None = None,
+        client_id: str = "edgehub",
+    ) -> None:
+        self.home = home
+        self.topics = Topics(prefix)
+        self.repo = TufRepository(home)
+        self.store = Store(store_url or default_url(home))
+        self.rejected: Counter[str] = Counter()
+        self.handled = threading.Condition()  # notified after each message; for observers
+        self.incoming: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.ready = threading.Event()
+        self.session = MqttSession(client_id, broker, persistent=True)
+        for kind in ("status", "telemetry", "drift", "events", "xfer/req"):
+            self.session.subscribe(self.topics.any_device(kind), self._queue)
+        self._targets: dict[str, bytes] = {}
+        self._published_ts = 0
+        self._next_timestamp_check = 0.0
+
+    def _queue(self, topic: str, payload: bytes) -> None:
+        self.incoming.put((topic, payload))
+
+    # ---- the loop ---------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        self.session.start()
+        self.session.wait_connected(30)
+        self.ready.set()
+        next_tick = 0.0
+        while not stop.is_set():
+            try:
+                topic, payload = self.incoming.get(timeout=TICK_S)
+                self.handle(topic, payload)
+                while True:
+                    topic, payload = self.incoming.get_nowait()
+                    self.handle(topic, payload)
+            except queue.Empty:
+                pass
+            if time.monotonic() >= next_tick:
+                self.tick()
+                next_tick = time.monotonic() + TICK_S
+        self.session.stop()
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        try:
+            device, kind = self.topics.parse_device_topic(topic)
+            if kind == "status":
+                status = decode_status(payload)
+                self._same_device(device, status.device, kind)
+                self.store.set_status(status)
+            elif kind == "xfer/req":
+                self._serve_chunks(device, payload)
+            else:
+                batch = decode_batch(payload, kind)
+                self._same_device(device, batch.device, kind)
+                self.store.add_batch(kind, batch)
+        except BadDataError as exc:
+            with self.handled:
+                self.rejected[type(exc).__name__] += 1
+            log.warning("rejected message on %s: %s", topic, exc)
+        with self.handled:
+            self.handled.notify_all()
+
+    @staticmethod
+    def _same_device(topic_device: str, claimed: str, kind: str) -> None:
+        if topic_device != claimed:
+            raise MessageError(
+                f"{kind}: published on {topic_device}'s topic but claims device {claimed!r}"
+            )
+
+    def tick(self) -> None:
+        if self.repo.initialised:
+            self._publish_tuf()
+        for row in self.store.rollouts([ro.RUNNING]):
+            self._step_rollout(ro.Rollout.from_json(row["body"]))
+
+    # ---- TUF ----------------------------------------------------------------------------
+    def _publish_tuf(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_timestamp_check:
+            self.repo.refresh_timestamp(min_remaining=self.repo.expiry.timestamp / 2)
+            self._next_timestamp_check = now + timedelta(minutes=10).total_seconds()
+        version = self.repo.timestamp_version()
+        if version == self._published_ts:
+            return
+        files = self.repo.published()
+        roots = sorted((n for n in files if n.startswith("root/")), key=_root_number)
+        order = [*roots, "targets.json", "snapshot.json", "timestamp.json"]
+        for name in order:
+            self.session.publish_wait(self.topics.tuf(name), files[name], timeout=10, retain=True)
+        self._targets.clear()
+        self._published_ts = version
+        log.info("published TUF metadata, timestamp version %d", version)
+
+    # ---- transfer -----------------------------------------------------------------------
+    def _serve_chunks(self, device: str, payload: bytes) -> None:
+        req = decode_xfer_request(payload, MAX_CHUNKS_PER_REQUEST)
+        data = self._targets.get(req.target)
+        if data is None:
+            if req.target not in self.repo.targets():
+                raise MessageError(f"xfer/req from {device}: {req.target!r} is not a signed target")
+            data = self._targets[req.target] = self.repo.read_target(req.target)
+        total = chunk_count(len(data))
+        topic = self.topics.device(device, "xfer/chunk")
+        for index in req.chunks:
+            if index >= total:
+                raise MessageError(
+                    f"xfer/req from {device}: chunk {index} of {req.target} does not exist "
+                    f"(it has {total})"
+                )
+            start, end = chunk_bounds(index, len(data), CHUNK_SIZE)
+            chunk = XferChunk(req.target, index, len(data), data[start:end])
+            self.session.publish(topic, encode(chunk))
+
+    # ---- rollouts -----------------------------------------------------------------------
+    def _step_rollout(self, r: ro.Rollout) -> None:
+        events = [
+            (rec.device, str(rec.body.get("event")), str(rec.body.get("reason", "")))
+            for rec in self.store.records("events", rollout=r.id)
+        ]
+        before = (r.state, r.wave, dict(r.devices))
+        to_send = ro.advance(r, events)
+        for device in to_send:
+            cmd = Command(
+                id=f"{r.id}-{device}",
+                kind="deploy",
+                model=r.model,
+                target=r.target,
+                tuf_version=r.tuf_version,
+                rollout=r.id,
+            )
+            self.session.publish(self.topics.device(device, "cmd"), encode(cmd))
+        if (r.state, r.wave, r.devices) != before:
+            self.store.save_rollout(r.id, r.state, r.to_json())

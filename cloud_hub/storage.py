@@ -1,0 +1,251 @@
+"""The hub's storage, behind one layer (SQLAlchemy Core): SQLite by default, PostgreSQL by URL.
+
+Device records (telemetry, drift reports, events) are stored exactly once: (device, boot, seq) is
+unique and a repeat is ignored, so an agent may resend whatever it is not sure arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from edge_agent.errors import TransportError
+from edge_agent.protocol.messages import Batch, Status
+
+metadata = MetaData()
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("online", Boolean, nullable=False, default=False),
+    Column("boot", Integer, nullable=False, default=0),
+    Column("agent_version", String(32), nullable=False, default=""),
+    Column("profile", String(64), nullable=False, default=""),
+    Column("model", String(64)),
+    Column("version", Integer),
+    Column("last_seen", Float, nullable=False, default=0.0),
+    Column("stats", JSON, nullable=False, default=dict),
+)
+
+records = Table(
+    "records",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("device", String(64), nullable=False, index=True),
+    Column("boot", Integer, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("received", Float, nullable=False),
+    Column("rollout", String(64), index=True),
+    Column("body", JSON, nullable=False),
+    UniqueConstraint("device", "boot", "seq", name="records_once"),
+)
+
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Column("body", JSON, nullable=False),
+)
+
+hub_state = Table(
+    "hub_state",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", JSON, nullable=False),
+)
+
+
+def default_url(home: Path) -> str:
+    return f"sqlite:///{home / 'hub.sqlite'}"
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    kind: str
+    device: str
+    boot: int
+    seq: int
+    ts: float
+    body: dict[str, Any]
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        try:
+            self.engine: Engine = create_engine(url)
+            if self.engine.dialect.name == "sqlite":
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise TransportError(f"hub store {url}: {exc}") from exc
+
+    def _insert_once(self, table: Table) -> Any:
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing()
+        if dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing()
+        raise TransportError(f"hub store: dialect {dialect!r} is not supported")
+
+    # ---- ingest -----------------------------------------------------------------------
+    def add_batch(self, kind: str, batch: Batch) -> int:
+        """Store a batch; returns how many records were new."""
+        now = time.time()
+        rows = [
+            {
+                "kind": kind,
+                "device": batch.device,
+                "boot": r.boot,
+                "seq": r.seq,
+                "ts": r.ts,
+                "received": now,
+                "rollout": r.body.get("rollout") if kind == "events" else None,
+                "body": r.body,
+            }
+            for r in batch.records
+        ]
+        if not rows:
+            return 0
+        with self.engine.begin() as conn:
+            before = conn.execute(select(func.count()).select_from(records)).scalar_one()
+            conn.execute(self._insert_once(records), rows)
+            after = conn.execute(select(func.count()).select_from(records)).scalar_one()
+            self._seen(conn, batch.device, now)
+        return int(after - before)
+
+    def _seen(self, conn: Any, device: str, now: float) -> None:
+        conn.execute(self._insert_once(devices), [{"id": device, "last_seen": now}])
+        conn.execute(update(devices).where(devices.c.id == device).values(last_seen=now))
+
+    def register(self, device: str) -> None:
+        """Enrollment: the device is known before it is ever seen (a rollout includes it)."""
+        with self.engine.begin() as conn:
+            conn.execute(self._insert_once(devices), [{"id": device}])
+
+    def set_status(self, status: Status) -> None:
+        now = time.time()
+        values: dict[str, Any] = {"online": status.online, "last_seen": now}
+        if status.online:
+            values.update(
+                boot=status.boot,
+                agent_version=status.agent_version,
+                profile=status.profile,
+                model=status.model.name if status.model else None,
+                version=status.model.version if status.model else None,
+                stats=status.stats,
+            )
+        with self.engine.begin() as conn:
+            self._seen(conn, status.device, now)
+            conn.execute(update(devices).where(devices.c.id == status.device).values(**values))
+
+    # ---- reads ------------------------------------------------------------------------
+    def devices(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(devices).order_by(devices.c.id)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def count(self, kind: str, device: str | None = None) -> int:
+        q = select(func.count()).select_from(records).where(records.c.kind == kind)
+        if device is not None:
+            q = q.where(records.c.device == device)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def records(
+        self, kind: str, device: str | None = None, rollout: str | None = None
+    ) -> list[StoredRecord]:
+        q = select(records).where(records.c.kind == kind).order_by(records.c.id)
+        if device is not None:
+            q = q.where(records.c.device == device)
+        if rollout is not None:
+            q = q.where(records.c.rollout == rollout)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        return [
+            StoredRecord(r["kind"], r["device"], r["boot"], r["seq"], r["ts"], r["body"])
+            for r in rows
+        ]
+
+    def telemetry_totals(self, device: str) -> dict[str, int]:
+        """Records received, and the inferences they report."""
+        rows = self.records("telemetry", device)
+        return {"records": len(rows), "inferences": sum(int(r.body["count"]) for r in rows)}
+
+    # ---- rollouts ---------------------------------------------------------------------
+    def save_rollout(self, rollout_id: str, state: str, body: dict[str, Any]) -> None:
+        now = time.time()
+        with self.engine.begin() as conn:
+            exists = conn.execute(select(rollouts.c.id).where(rollouts.c.id == rollout_id)).first()
+            if exists:
+                conn.execute(
+                    update(rollouts)
+                    .where(rollouts.c.id == rollout_id)
+                    .values(state=state, updated=now, body=body)
+                )
+            else:
+                conn.execute(
+                    insert(rollouts).values(
+                        id=rollout_id, state=state, created=now, updated=now, body=body
+                    )
+                )
+
+    def rollouts(self, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        q = select(rollouts).order_by(rollouts.c.created)
+        if states is not None:
+            q = q.where(rollouts.c.state.in_(list(states)))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings().all()]
+
+    # ---- small state ------------------------------------------------------------------
+    def get_state(self, key: str, default: Any = None) -> Any:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(hub_state.c.value).where(hub_state.c.key == key)).first()
+        return row[0] if row else default
+
+    def set_state(self, key: str, value: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(self._insert_once(hub_state), [{"key": key, "value": value}])
+            conn.execute(update(hub_state).where(hub_state.c.key == key).values(value=value))
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)

@@ -1,0 +1,126 @@
+"""The model card the agent reads (format owned by `edge_agent.protocol.card`).
+
+`build_card` assembles it from values only: input schema, drift reference (per-feature quantile
+profiles and the distribution of the model's own predictions on the reference rows), a sample
+with expected outputs for the health gate, and the validation report. The result is plain JSON
+(numpy types converted) and is checked with `parse_card` before it is returned, so a card the
+agent would reject is never written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from converters.sklearn_onnx import INPUT_NAME, LABEL_OUTPUT, PROBA_OUTPUT, VALUE_OUTPUT
+from edge_agent.protocol.card import (
+    CARD_VERSION,
+    bucket_counts,
+    feature_profiles,
+    parse_card,
+    quantile_edges,
+)
+
+FRAMEWORK = "scikit-learn"
+RUNTIME = "onnxruntime"
+MODEL_FILE = "model.onnx"
+DEFAULT_MIN_AGREEMENT = 0.9
+REFERENCE_BINS = 10
+
+
+def build_card(
+    name: str,
+    version: int,
+    task: str,
+    estimator_name: str,
+    x_ref: np.ndarray,
+    y_pred_ref: np.ndarray,
+    classes: Sequence[Any],
+    feature_names: list[str],
+    validation_report: dict[str, Any],
+    sample_x: np.ndarray,
+    sample_out: np.ndarray,
+    max_latency_ms: float,
+    *,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    bins: int = REFERENCE_BINS,
+) -> dict[str, Any]:
+    """The card.json dict. `y_pred_ref` are the deployed model's predictions on `x_ref`;
+    `sample_out` its labels (classification) or values (regression) on `sample_x`."""
+    class_list = [to_jsonable(c) for c in classes] if task == "classification" else []
+    card = {
+        "card_version": CARD_VERSION,
+        "name": name,
+        "version": int(version),
+        "task": task,
+        "framework": FRAMEWORK,
+        "estimator": estimator_name,
+        "runtime": RUNTIME,
+        "model_file": MODEL_FILE,
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "float32",
+            "shape": [None, len(feature_names)],
+            "features": list(feature_names),
+        },
+        "output": output_schema(task, class_list),
+        "classes": class_list,
+        "reference": {
+            "rows": len(x_ref),
+            "features": [p.to_json() for p in feature_profiles(x_ref, feature_names, bins)],
+            "predictions": prediction_profile(task, y_pred_ref, class_list, bins),
+        },
+        "sample": {
+            "inputs": [[float(v) for v in row] for row in np.asarray(sample_x, np.float32)],
+            "outputs": [to_jsonable(v) for v in np.asarray(sample_out).ravel()],
+        },
+        "health": {"max_latency_ms": float(max_latency_ms), "min_agreement": float(min_agreement)},
+        "validation": validation_report,
+    }
+    card = to_jsonable(card)
+    parse_card(card)
+    return card
+
+
+def output_schema(task: str, classes: list[Any]) -> dict[str, Any]:
+    """Names, dtypes and shapes of the model's output tensors."""
+    if task == "classification":
+        label_dtype = "string" if any(isinstance(c, str) for c in classes) else "int64"
+        return {
+            "label": {"name": LABEL_OUTPUT, "dtype": label_dtype, "shape": [None]},
+            "probabilities": {
+                "name": PROBA_OUTPUT,
+                "dtype": "float32",
+                "shape": [None, len(classes)],
+            },
+        }
+    return {"value": {"name": VALUE_OUTPUT, "dtype": "float32", "shape": [None, 1]}}
+
+
+def prediction_profile(
+    task: str, predictions: np.ndarray, classes: list[Any], bins: int = REFERENCE_BINS
+) -> dict[str, Any]:
+    """Classification: count per class (in `classes` order). Regression: quantile-bucket counts."""
+    preds = np.asarray(predictions).ravel()
+    if task == "classification":
+        counts = [int(np.sum(preds == c)) for c in classes]
+        return {"classes": classes, "counts": counts}
+    values = preds.astype(np.float64)
+    edges = quantile_edges(values, bins)
+    return {"edges": edges, "counts": [int(c) for c in bucket_counts(values, edges)]}
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Numpy scalars/arrays and tuples -> plain JSON types; non-finite floats -> None."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | np.ndarray):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,129 @@
+"""scikit-learn estimator -> ONNX model (skl2onnx), with the tensor names the agent expects.
+
+The model takes one float32 input "X" of shape [None, n_features]. Classifiers give two plain
+tensors, "label" [None] and "probabilities" [None, n_classes] (no ZipMap, so no list of dicts);
+regressors give "variable" [None, 1].
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import onnx
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
+from sklearn.base import is_classifier, is_regressor
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from edge_agent.errors import BadDataError
+
+INPUT_NAME = "X"
+LABEL_OUTPUT = "label"
+PROBA_OUTPUT = "probabilities"
+VALUE_OUTPUT = "variable"
+TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+SUPPORTED_URL = "https://onnx.ai/sklearn-onnx/supported.html"
+
+_CLASS_IN_MESSAGE = re.compile(r"<class '([\w.]+)'>")
+
+
+class ConversionError(BadDataError):
+    """An estimator that cannot become an ONNX model (unsupported, unfitted, unknown task)."""
+
+
+def estimator_name(estimator: Any) -> str:
+    """A readable name: the class, or the chain of step classes of a Pipeline."""
+    steps = getattr(estimator, "steps", None)
+    if isinstance(steps, list) and steps:
+        inner = ", ".join(estimator_name(step) for _, step in steps)
+        return f"{type(estimator).__name__}({inner})"
+    return type(estimator).__name__
+
+
+def task_of(estimator: Any) -> str:
+    """ "classification" or "regression"; ConversionError for anything else."""
+    if is_classifier(estimator):
+        return "classification"
+    if is_regressor(estimator):
+        return "regression"
+    raise ConversionError(
+        f"cannot convert {estimator_name(estimator)}: expected a classifier or regressor "
+        f"(or a Pipeline ending in one), got neither. Supported estimators are listed at "
+        f"{SUPPORTED_URL}"
+    )
+
+
+def final_estimator(estimator: Any) -> Any:
+    """The last step of a (possibly nested) Pipeline; the estimator itself otherwise."""
+    while isinstance(getattr(estimator, "steps", None), list) and estimator.steps:
+        estimator = estimator.steps[-1][1]
+    return estimator
+
+
+def check_fitted(estimator: Any) -> None:
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError as exc:
+        raise ConversionError(
+            f"{estimator_name(estimator)} is not fitted: train it (call fit) before converting"
+        ) from exc
+    except TypeError as exc:
+        raise ConversionError(
+            f"expected a scikit-learn estimator, got {type(estimator).__name__}"
+        ) from exc
+
+
+def to_onnx_model(estimator: Any, sample_x: np.ndarray) -> onnx.ModelProto:
+    """Convert a fitted estimator; `sample_x` (rows, features) fixes the feature count."""
+    if sample_x.ndim != 2:
+        raise BadDataError(
+            f"sample_x: expected a 2-D array (rows, features), got shape {sample_x.shape}"
+        )
+    check_fitted(estimator)
+    task = task_of(estimator)
+    options = (
+        {id(final_estimator(estimator)): {"zipmap": False}} if task == "classification" else None
+    )
+    try:
+        model = convert_sklearn(
+            estimator,
+            initial_types=[(INPUT_NAME, FloatTensorType([None, int(sample_x.shape[1])]))],
+            target_opset=TARGET_OPSET,
+            options=options,
+        )
+    except (MissingShapeCalculator, MissingConverter) as exc:
+        raise ConversionError(_unsupported_message(estimator, exc)) from None
+    except Exception as exc:
+        raise ConversionError(
+            f"skl2onnx could not convert {estimator_name(estimator)}: {exc}"
+        ) from exc
+    _check_outputs(model, task, estimator)
+    return model
+
+
+def expected_outputs(task: str) -> list[str]:
+    return [LABEL_OUTPUT, PROBA_OUTPUT] if task == "classification" else [VALUE_OUTPUT]
+
+
+def _unsupported_message(estimator: Any, exc: Exception) -> str:
+    found = _CLASS_IN_MESSAGE.search(str(exc))
+    culprit = found.group(1).rsplit(".", 1)[-1] if found else type(estimator).__name__
+    where = "" if culprit == type(estimator).__name__ else f" (inside {estimator_name(estimator)})"
+    return (
+        f"cannot convert {culprit}{where} to ONNX: skl2onnx has no converter for it. "
+        f"Supported estimators are listed at {SUPPORTED_URL} "
+        f"(or call skl2onnx.supported_converters())"
+    )
+
+
+def _check_outputs(model: onnx.ModelProto, task: str, estimator: Any) -> None:
+    got = [o.name for o in model.graph.output]
+    want = expected_outputs(task)
+    if got != want:
+        raise ConversionError(
+            f"{estimator_name(estimator)}: expected ONNX outputs {want}, skl2onnx produced {got}"
+        )

@@ -1,0 +1,352 @@
+"""The device daemon: wires config, MQTT session, updater, pipeline, buffer and sources.
+
+Threads: paho's network thread (routes messages, never blocks), one thread per input source,
+the updater (one command at a time), the sender (drains the buffer at QoS 1), and the main
+loop (micro-batches sensor lines, closes telemetry windows, refreshes the retained status).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.buffer import Buffer
+from edge_agent.config import AgentConfig
+from edge_agent.errors import BadDataError, ConfigError
+from edge_agent.fsutil import atomic_write
+from edge_agent.model_store import ModelStore
+from edge_agent.mqtt_session import BrokerAddress, MqttSession
+from edge_agent.pipeline import ActiveModel, Pipeline
+from edge_agent.protocol.messages import (
+    Batch,
+    Command,
+    ModelRef,
+    Status,
+    decode_command,
+    encode,
+)
+from edge_agent.protocol.topics import Topics
+from edge_agent.sources import Source, source_from_config
+from edge_agent.trust import TufMirror, Verifier
+from edge_agent.updater import Downloader, Installed, Updater
+
+log = logging.getLogger(__name__)
+
+
+def next_boot(state_dir: Path) -> int:
+    """The boot counter, incremented and persisted before anything is recorded under it."""
+    path = state_dir / "boot"
+    try:
+        boot = int(path.read_text()) + 1 if path.exists() else 1
+    except ValueError as exc:
+        raise ConfigError(f"{path}: expected a boot counter, found garbage") from exc
+    atomic_write(path, str(boot).encode())
+    return boot
+
+
+class Sender:
+    """Drains the buffer at QoS 1; a record is deleted only when the broker acknowledged it."""
+
+    def __init__(
+        self,
+        buffer: Buffer,
+        session: MqttSession,
+        topics: Topics,
+        device_id: str,
+        batch_size: int,
+        max_inflight: int,
+        resend_after: float = 30.0,
+    ) -> None:
+        self.buffer = buffer
+        self.session = session
+        self.topics = topics
+        self.device_id = device_id
+        self.batch_size = batch_size
+        self.max_inflight = max_inflight
+        self.resend_after = resend_after
+        self.sent: Counter[str] = Counter()  # records acknowledged by the broker, per kind
+        self.wake = threading.Event()
+        self._acked: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._inflight: dict[int, tuple[str, list[int], float]] = {}  # mid -> (kind, ids, at)
+
+    def on_published(self, mid: int) -> None:  # paho's thread
+        self._acked.put(mid)
+        self.wake.set()
+
+    def _settle(self) -> None:
+        acked: set[int] = set()
+        while not self._acked.empty():
+            acked.add(self._acked.get())
+        done: list[int] = []
+        now = time.monotonic()
+        for mid in list(self._inflight):
+            kind, ids, at = self._inflight[mid]
+            if mid in acked:
+                done.extend(ids)
+                self.sent[kind] += len(ids)
+                del self._inflight[mid]
+            elif now - at > self.resend_after:
+                del self._inflight[mid]  # lost: its rows become eligible again (hub dedups)
+        if done:
+            self.buffer.ack(done)
+
+    def pump(self) -> int:
+        """Publish what fits in the window; returns how many messages went out."""
+        self._settle()
+        if not self.session.connected.is_set():
+            return 0
+        busy = {rid for _, ids, _ in self._inflight.values() for rid in ids}
+        published = 0
+        while len(self._inflight) < self.max_inflight:
+            pending = self.buffer.take(self.batch_size, busy)
+            if not pending:
+                break
+            kind = pending[0].kind
+            payload = encode(Batch(self.device_id, tuple(p.record for p in pending)))
+            mid = self.session.publish(self.topics.device(self.device_id, kind), payload)
+            ids = [p.id for p in pending]
+            self._inflight[mid] = (kind, ids, time.monotonic())
+            busy.update(ids)
+            published += 1
+        return published
+
+    def idle(self) -> bool:
+        self._settle()
+        return not self._inflight and self.buffer.pending() == 0
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.pump()
+            self.wake.wait(0.5)
+            self.wake.clear()
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.topics = Topics(cfg.topic_prefix)
+        state = cfg.state_dir
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"device.state_dir {state}: expected a folder the agent can write, "
+                f"got {exc.strerror}"
+            ) from exc
+        self.boot = next_boot(state)
+        self.stop_event = threading.Event()
+        self.buffer = Buffer(state / "buffer.sqlite", self.boot, cfg.get("buffer", "max_rows"))
+        self.store = ModelStore(state / "models")
+        self.mirror = TufMirror()
+        self.verifier = Verifier(state / "tuf", self.mirror, cfg.get("limits", "max_bundle_bytes"))
+        self.session = MqttSession(
+            cfg.device_id,
+            BrokerAddress(cfg.broker_host, cfg.broker_port, cfg.username, cfg.password),
+            will=(self._status_topic, encode(Status(cfg.device_id, online=False, boot=self.boot))),
+            on_connect=self._publish_status,
+            on_bad_message=self._bad_message,
+            on_published=lambda mid: self.sender.on_published(mid),
+            max_inflight=cfg.get("telemetry", "max_inflight") * 2,
+        )
+        self.sender = Sender(
+            self.buffer,
+            self.session,
+            self.topics,
+            cfg.device_id,
+            cfg.get("telemetry", "batch_size"),
+            cfg.get("telemetry", "max_inflight"),
+        )
+        self.pipeline = Pipeline(
+            on_drift=lambda r: self._record("drift", r),
+            on_window=lambda r: self._record("telemetry", r),
+        )
+        self.downloader = Downloader(
+            lambda payload: self.session.publish(
+                self.topics.device(cfg.device_id, "xfer/req"), payload
+            ),
+            cfg.get("limits", "transfer_window"),
+        )
+        self.updater = Updater(
+            self.verifier,
+            self.mirror,
+            self.downloader,
+            self.store,
+            self._event,
+            self._activate,
+            cfg.get("runtime", "threads"),
+            cfg.get("limits", "transfer_timeout_s"),
+        )
+        self.lines: queue.Queue[tuple[str, bytes]] = queue.Queue(cfg.get("pipeline", "queue_max"))
+        self.commands: queue.Queue[Command] = queue.Queue()
+        self.sources: list[Source] = []
+        self.bad_messages = 0
+
+    @property
+    def _status_topic(self) -> str:
+        return self.topics.device(self.cfg.device_id, "status")
+
+    # ---- callbacks ------------------------------------------------------------------------
+    def _record(self, kind: str, body: dict[str, Any]) -> None:
+        self.buffer.append(kind, body)
+        self.sender.wake.set()
+
+    def _event(self, event: str, model: ModelRef | None, reason: str, rollout: str | None) -> None:
+        log.info("%s %s %s", event, model, reason)
+        self._record(
+            "events",
+            {
+                "event": event,
+                "model": model.to_json() if model else None,
+                "reason": reason,
+                "rollout": rollout,
+            },
+        )
+        self._publish_status()
+
+    def _activate(self, installed: Installed | None) -> None:
+        if installed is None:
+            self.pipeline.active = None
+            return
+        self.pipeline.active = ActiveModel.build(
+            installed.bundle.card,
+            installed.runtime,
+            self.cfg.get("drift", "window"),
+            self.cfg.get("drift", "psi_warn"),
+            self.cfg.get("drift", "psi_alert"),
+        )
+
+    def _bad_message(self, topic: str, exc: BadDataError) -> None:
+        self.bad_messages += 1
+        log.warning("rejected message on %s: %s", topic, exc)
+
+    def _on_command(self, _topic: str, payload: bytes) -> None:
+        self.commands.put(decode_command(payload))
+
+    def _on_tuf(self, topic: str, payload: bytes) -> None:
+        self.mirror.put(topic.removeprefix(self.topics.tuf("")), payload)
+
+    def _on_line(self, fmt: str) -> Any:
+        def put(raw: bytes) -> None:
+            try:
+                self.lines.put_nowait((fmt, raw))
+            except queue.Full:
+                self.pipeline.reject("queue-full")
+
+        return put
+
+    # ---- status ----------------------------------------------------------------------------
+    def status(self) -> Status:
+        active = self.pipeline.active
+        stats = self.pipeline.stats.snapshot()
+        stats.update(
+            sent=dict(self.sender.sent),
+            buffered=self.buffer.pending(),
+            dropped=self.buffer.dropped(),
+            bad_messages=self.bad_messages,
+        )
+        return Status(
+            device=self.cfg.device_id,
+            online=True,
+            boot=self.boot,
+            agent_version=__version__,
+            profile=self.cfg.profile_name,
+            model=active.card.model if active else None,
+            stats=stats,
+            ts=time.time(),
+        )
+
+    def _publish_status(self) -> None:
+        status = self.status()
+        atomic_write(self.cfg.state_dir / "status.json", json.dumps(status.to_json()).encode())
+        if self.session.connected.is_set():
+            self.session.publish(self._status_topic, encode(status), retain=True)
+
+    # ---- running ---------------------------------------------------------------------------
+    def start(self) -> None:
+        current = self.store.record().current
+        if current is not None:
+            try:
+                self._activate(self.updater.load(current))
+            except BadDataError as exc:
+                log.error("installed model %s does not load (%s); rolling back", current, exc)
+                self.updater.rollback(None, f"installed model does not load: {exc}")
+        dev = self.cfg.device_id
+        self.session.subscribe(self.topics.tuf_all, self._on_tuf)
+        self.session.subscribe(self.topics.device(dev, "cmd"), self._on_command)
+        self.session.subscribe(self.topics.device(dev, "xfer/chunk"), self.downloader.on_chunk)
+        self.session.start()
+        for spec in self.cfg.inputs:
+            spec = dict(spec)
+            fmt = spec.pop("format", "csv")
+            if fmt not in ("csv", "json"):
+                raise ConfigError(f"inputs: format expected 'csv' or 'json', found {fmt!r}")
+            source = source_from_config(spec)
+            source.start(self._on_line(fmt))
+            self.sources.append(source)
+        for target in (self._updater_loop, lambda: self.sender.run(self.stop_event)):
+            threading.Thread(target=target, daemon=True).start()
+
+    def _updater_loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                cmd = self.commands.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self.updater.handle(cmd)
+            except Exception:  # the daemon outlives any single update
+                log.exception("update %s failed", cmd.id)
+                self._event(
+                    "rejected", cmd.model, "internal error, see the device log", cmd.rollout
+                )
+
+    def run_forever(self) -> None:
+        """Main loop until stop_event; then finish the batch, flush and say goodbye."""
+        batch_max = self.cfg.get("pipeline", "batch_max")
+        interval = self.cfg.get("telemetry", "interval_s")
+        status_every = self.cfg.get("telemetry", "status_interval_s")
+        next_window = next_status = time.monotonic()
+        while not self.stop_event.is_set():
+            batch: list[tuple[str, bytes]] = []
+            with contextlib.suppress(queue.Empty):
+                batch.append(self.lines.get(timeout=0.1))
+                while len(batch) < batch_max:
+                    batch.append(self.lines.get_nowait())
+            if batch:
+                self.pipeline.process(batch)
+            now = time.monotonic()
+            if now >= next_window:
+                self.pipeline.flush_window()
+                next_window = now + interval
+            if now >= next_status:
+                self._publish_status()
+                next_status = now + status_every
+        self.shutdown()
+
+    def shutdown(self, drain_timeout: float = 5.0) -> None:
+        for source in self.sources:
+            source.stop()
+        leftover = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                leftover.append(self.lines.get_nowait())
+        if leftover:
+            self.pipeline.process(leftover)
+        self.pipeline.flush_window()
+        deadline = time.monotonic() + drain_timeout
+        while not self.sender.idle() and time.monotonic() < deadline:
+            self.sender.pump()
+            self.sender.wake.wait(0.1)
+            self.sender.wake.clear()
+        self._publish_status()
+        offline = Status(self.cfg.device_id, online=False, boot=self.boot, ts=time.time())
+        self.session.stop(final=(self._status_topic, encode(offline)))
+        self.buffer.close()

@@ -1,0 +1,213 @@
+"""Agent configuration: a device file naming a profile from firmware_configs/, validated.
+
+Layering: base.toml <- profile (`extends = "base"`) <- the device's own file. Unknown keys are
+rejected with a "did you mean" suggestion; every error names the file, the key path, what was
+expected and what was found.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import ConfigError, MessageError
+from edge_agent.protocol.topics import check_device_id
+from firmware_configs import profile_names, profile_path
+
+Number = (int, float)
+
+# section -> key -> expected type(s)
+PROFILE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "runtime": {"threads": int},
+    "pipeline": {"batch_max": int, "queue_max": int},
+    "telemetry": {
+        "interval_s": Number,
+        "batch_size": int,
+        "max_inflight": int,
+        "status_interval_s": Number,
+    },
+    "buffer": {"max_rows": int},
+    "drift": {"window": int, "psi_warn": Number, "psi_alert": Number},
+    "limits": {"max_bundle_bytes": int, "transfer_window": int, "transfer_timeout_s": Number},
+}
+DEVICE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "device": {"id": str, "state_dir": str},
+    "broker": {
+        "host": str,
+        "port": int,
+        "username": str,
+        "password_file": str,
+        "topic_prefix": str,
+    },
+}
+TOP_LEVEL = {"extends", "profile", "inputs", *PROFILE_SCHEMA, *DEVICE_SCHEMA}
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _type_name(kinds: type | tuple[type, ...]) -> str:
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    return " or ".join("number" if k is float else k.__name__ for k in kinds)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file") from exc
+    except OSError as exc:  # a directory, no permission
+        raise ConfigError(f"{path}: expected a readable TOML file ({exc.strerror})") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: expected TOML, {exc}") from exc
+
+
+def check_sections(
+    data: dict[str, Any], source: str, schema: dict[str, dict[str, type | tuple[type, ...]]]
+) -> None:
+    """Types and known keys of every [section] of `schema` present in `data`."""
+    for section, values in data.items():
+        if section not in schema:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{section}] expected a table, found {values!r:.40}")
+        for key, value in values.items():
+            known = schema[section]
+            if key not in known:
+                raise ConfigError(
+                    f"{source}: unknown key {section}.{key}."
+                    f"{_suggest(key, list(known))} Known keys: {', '.join(known)}"
+                )
+            kinds = known[key]
+            kinds_t = kinds if isinstance(kinds, tuple) else (kinds,)
+            if isinstance(value, bool) or not isinstance(value, kinds_t):
+                raise ConfigError(
+                    f"{source}: {section}.{key} expected {_type_name(kinds)}, "
+                    f"found {type(value).__name__} {value!r:.40}"
+                )
+            if isinstance(value, int | float) and not 0 < value < math.inf:  # nan fails too
+                raise ConfigError(
+                    f"{source}: {section}.{key} expected a positive number, found {value!r}"
+                )
+
+
+def check_top_level(data: dict[str, Any], source: str) -> None:
+    for key in data:
+        if key not in TOP_LEVEL:
+            raise ConfigError(
+                f"{source}: unknown key {key!r}.{_suggest(key, sorted(TOP_LEVEL))} "
+                f"Known keys: {', '.join(sorted(TOP_LEVEL))}"
+            )
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """A profile with its base merged in, validated."""
+    path = profile_path(name)
+    if name not in profile_names():  # not a path: "../x" or "/etc/x" must not load
+        raise ConfigError(
+            f"profile {name!r} does not exist.{_suggest(name, profile_names())} "
+            f"Known profiles: {', '.join(profile_names())}"
+        )
+    return _load_layered(path, seen=())
+
+
+def _load_layered(path: Path, seen: tuple[str, ...]) -> dict[str, Any]:
+    data = read_toml(path)
+    check_top_level(data, str(path))
+    check_sections(data, str(path), PROFILE_SCHEMA)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not profile_path(parent).exists():
+        raise ConfigError(f"{path}: extends expected the name of a profile, found {parent!r}")
+    if parent in seen:
+        raise ConfigError(f"{path}: extends makes a loop through {parent!r}")
+    return merge(_load_layered(profile_path(parent), (*seen, parent)), data)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    device_id: str
+    state_dir: Path
+    profile_name: str
+    broker_host: str
+    broker_port: int
+    username: str
+    password: str | None
+    topic_prefix: str
+    inputs: tuple[dict[str, Any], ...]
+    settings: dict[str, Any]  # the merged profile sections
+
+    def get(self, section: str, key: str) -> Any:
+        return self.settings[section][key]
+
+
+def load_config(path: Path) -> AgentConfig:
+    """The device's file, layered over its profile; relative paths resolve against the file."""
+    data = read_toml(path)
+    source = str(path)
+    check_top_level(data, source)
+    if "extends" in data:
+        raise ConfigError(f"{source}: a device file names its profile with `profile`, not extends")
+    check_sections(data, source, {**PROFILE_SCHEMA, **DEVICE_SCHEMA})
+    profile = data.get("profile", "generic-x86_64")
+    if not isinstance(profile, str):
+        raise ConfigError(f"{source}: profile expected a profile name, found {profile!r}")
+    if profile not in profile_names():
+        raise ConfigError(
+            f"{source}: profile {profile!r} does not exist.{_suggest(profile, profile_names())} "
+            f"Known profiles: {', '.join(profile_names())}"
+        )
+    settings = merge(load_profile(profile), {k: v for k, v in data.items() if k in PROFILE_SCHEMA})
+    drift = settings["drift"]
+    if drift["psi_warn"] >= drift["psi_alert"]:
+        raise ConfigError(
+            f"{source}: drift.psi_warn ({drift['psi_warn']}) expected below drift.psi_alert "
+            f"({drift['psi_alert']})"
+        )
+    device = data.get("device", {})
+    if "id" not in device:
+        raise ConfigError(f"{source}: device.id is required (the device's MQTT username)")
+    try:
+        device_id = check_device_id(device["id"], f"{source}: device.id")
+    except MessageError as exc:
+        raise ConfigError(str(exc)) from exc
+    broker = data.get("broker", {})
+    password = None
+    if "password_file" in broker:
+        pw_path = path.parent / broker["password_file"]
+        try:
+            password = pw_path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{source}: broker.password_file {pw_path}: {exc}") from exc
+    inputs = data.get("inputs", [])
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+        raise ConfigError(f"{source}: inputs expected a list of [[inputs]] tables")
+    return AgentConfig(
+        device_id=device_id,
+        state_dir=path.parent / device.get("state_dir", f"state-{device_id}"),
+        profile_name=profile,
+        broker_host=broker.get("host", "127.0.0.1"),
+        broker_port=broker.get("port", 1883),
+        username=broker.get("username", device_id),
+        password=password,
+        topic_prefix=broker.get("topic_prefix", "edgefleet"),
+        inputs=tuple(inputs),
+        settings=settings,
+    )

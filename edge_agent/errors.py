@@ -1,0 +1,54 @@
+"""The project's two error families, drawn once.
+
+EdgefleetError
+ +-- BadDataError          untrusted or malformed data: the input is wrong, retrying won't help
+ |    +-- ConfigError      a config or profile file that does not validate
+ |    +-- MessageError     an MQTT payload that does not match the wire contract
+ |    +-- BundleRejected   a model bundle that failed verification (carries a reason code)
+ |    +-- SensorLineError  a sensor line that cannot become a feature vector (carries a reason code)
+ +-- TransportError        the outside world is unavailable: broker gone, port unplugged
+"""
+
+from __future__ import annotations
+
+
+class EdgefleetWarning(UserWarning):
+    """Warnings the project itself emits (turned into errors in the test suite)."""
+
+
+class EdgefleetError(Exception):
+    """Base of every error the project raises on purpose."""
+
+
+class BadDataError(EdgefleetError):
+    """Data that is wrong or untrusted."""
+
+
+class ConfigError(BadDataError):
+    """A configuration that does not validate: says where, what was expected, what was found."""
+
+
+class MessageError(BadDataError):
+    """A payload that does not match the wire contract."""
+
+
+class BundleRejected(BadDataError):
+    """A model bundle that must not be installed. `reason` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class SensorLineError(BadDataError):
+    """A sensor line rejected by the parser. `reason` is the counter it is counted under."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class TransportError(EdgefleetError):
+    """Broker, serial port or disk not reachable right now; may succeed later."""

@@ -1,0 +1,355 @@
+"""Sensor line parsing: one line of bytes in, one float32 feature vector out, or a reason code.
+
+Pure logic, no I/O. This sits on the inference hot path, so the accepting path is kept to a
+handful of C-level calls (bytes.strip/translate/split, map(float), map(operator.le)); the work
+of saying *what* went wrong is only done once a line has already failed.
+
+Reason codes (the counter a rejected line is counted under):
+
+- ``garbage``: too long, empty, control bytes, not UTF-8, or (JSON) not a JSON object
+- ``field-count``: wrong number of CSV fields, or JSON keys missing, extra or repeated
+- ``non-numeric``: a field that is not a plain decimal number
+- ``non-finite``: NaN or infinity (also a decimal too large to be represented as a float)
+- ``out-of-range``: outside the per-feature bounds, or outside the float32 range
+
+Fields are numbered from 1 in error details ("field 3 'ash'").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from operator import le as _le
+from typing import Any
+
+import numpy as np
+
+from edge_agent.errors import ConfigError, SensorLineError
+
+REASONS: tuple[str, ...] = ("garbage", "field-count", "non-numeric", "non-finite", "out-of-range")
+FORMATS: tuple[str, ...] = ("csv", "json")
+
+_F32_MAX = float(np.finfo(np.float32).max)
+# ASCII control bytes other than tab (tab is whitespace a float() field may carry) plus DEL.
+_CONTROL = bytes(b for b in range(0x20) if b != 0x09) + b"\x7f"
+_SHOW_CHARS = 40
+_NUMBER_TYPES = frozenset((int, float))  # exact types: bool is an int subclass, not a number here
+
+
+def _show(data: bytes | str) -> str:
+    """A short, quoted, escaped rendering of untrusted input for an error detail."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            shown = repr(data[:_SHOW_CHARS])[1:]  # b'..' without the b
+            return shown + ("..." if len(data) > _SHOW_CHARS else "")
+    return repr(data[:_SHOW_CHARS]) + ("..." if len(data) > _SHOW_CHARS else "")
+
+
+def _show_keys(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(_show(k) for k in keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _json_kind(value: object) -> str:
+    """The JSON name of a decoded value's type, for error details."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"string {_show(value)}"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A decoded JSON object kept as its key/value pairs, so repeated keys can be seen."""
+
+
+class LineParser:
+    """Turns one raw sensor line into a float32 vector of ``len(feature_names)`` values.
+
+    ``bounds`` holds one ``(low, high)`` pair per feature (inclusive); the caller derives them
+    from the model card's per-feature min/max widened by whatever tolerance it decides.
+    Without bounds a value must still fit in float32.
+    """
+
+    def __init__(
+        self,
+        feature_names: list[str],
+        fmt: str = "csv",
+        bounds: list[tuple[float, float]] | None = None,
+        max_line_bytes: int = 4096,
+    ) -> None:
+        self._names = _check_names(feature_names)
+        if fmt not in FORMATS:
+            raise ConfigError(
+                f"line parser: 'fmt' expected one of {', '.join(FORMATS)}, found {fmt!r}"
+            )
+        if type(max_line_bytes) is not int or max_line_bytes < 1:
+            raise ConfigError(
+                "line parser: 'max_line_bytes' expected a positive integer,"
+                f" found {max_line_bytes!r}"
+            )
+        self._n = len(self._names)
+        self._fmt = fmt
+        self._max = max_line_bytes
+        self._lo, self._hi = _check_bounds(bounds, self._names)
+        self._index = {name: i for i, name in enumerate(self._names)}
+        self._decoder = json.JSONDecoder(object_pairs_hook=_Pairs)
+        self._csv = fmt == "csv"
+        # Bytes whose presence sends a line to the detailed checks (underscores: CSV only).
+        self._suspect_bytes = _CONTROL + b"_" if self._csv else _CONTROL
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self._names)
+
+    @property
+    def n_features(self) -> int:
+        return self._n
+
+    @property
+    def fmt(self) -> str:
+        return self._fmt
+
+    def parse(self, raw: bytes) -> np.ndarray:
+        """The feature vector of one line; raises SensorLineError(reason, detail) otherwise."""
+        line = raw.strip()
+        # One cheap screen; only a line that trips it gets the detailed (slower) checks.
+        suspect = (
+            len(raw) > self._max
+            or not line
+            or not line.isascii()
+            or len(line.translate(None, self._suspect_bytes)) != len(line)
+        )
+        if suspect:
+            self._screen(raw, line)
+        if self._csv:
+            fields = line.split(b",")
+            if len(fields) != self._n:
+                raise self._field_count(line, fields)
+            if suspect and b"_" in line:  # float() accepts "1_000"; a sensor line should not
+                raise self._non_numeric(fields)
+            try:
+                values = list(map(float, fields))
+            except ValueError:
+                raise self._non_numeric(fields) from None
+        else:
+            values = self._json_values(line.decode("utf-8"))
+        # C-level comparisons; NaN fails every comparison so it lands in the slow path too.
+        if not (all(map(_le, self._lo, values)) and all(map(_le, values, self._hi))):
+            raise self._range_error(values)
+        return np.array(values, dtype=np.float32)
+
+    def _screen(self, raw: bytes, line: bytes) -> None:
+        """Raise "garbage" for a line too long, empty, with control bytes or not UTF-8."""
+        if len(raw) > self._max:
+            raise SensorLineError(
+                "garbage", f"line is {len(raw)} bytes, the limit is {self._max}: {_show(raw)}"
+            )
+        if not line:
+            raise SensorLineError("garbage", f"expected {self._n} values, got an empty line")
+        if len(line.translate(None, _CONTROL)) != len(line):
+            pos = next(i for i, b in enumerate(line) if b in _CONTROL)
+            raise SensorLineError(
+                "garbage",
+                f"expected printable text, got control byte 0x{line[pos]:02x} at offset {pos}"
+                f" in {_show(line)}",
+            )
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SensorLineError(
+                "garbage",
+                f"expected UTF-8 text, got byte 0x{line[exc.start]:02x} at offset {exc.start}"
+                f" in {_show(line)}",
+            ) from None
+
+    # -- CSV -------------------------------------------------------------------------------------
+
+    def _field_count(self, line: bytes, fields: list[bytes]) -> SensorLineError:
+        return SensorLineError(
+            "field-count",
+            f"expected {self._n} comma-separated fields ({self._names_preview()}),"
+            f" got {len(fields)} in {_show(line)}",
+        )
+
+    def _non_numeric(self, fields: list[bytes]) -> SensorLineError:
+        for i, field in enumerate(fields):
+            try:
+                if b"_" not in field:
+                    float(field)
+                    continue
+            except ValueError:
+                pass
+            return SensorLineError(
+                "non-numeric", f"{self._where(i)}: expected a number, got {_show(field.strip())}"
+            )
+        return SensorLineError("non-numeric", "expected numbers")  # pragma: no cover
+
+    # -- JSON ------------------------------------------------------------------------------------
+
+    def _json_values(self, text: str) -> list[float]:
+        try:
+            obj = self._decoder.decode(text)
+        except json.JSONDecodeError as exc:
+            raise SensorLineError(
+                "garbage",
+                f"expected a JSON object, got invalid JSON ({exc.msg} at offset {exc.pos})",
+            ) from None
+        except (ValueError, RecursionError) as exc:  # e.g. an integer with too many digits
+            raise SensorLineError("garbage", f"expected a JSON object, got {exc}") from None
+        if not isinstance(obj, _Pairs):
+            kind = "number" if isinstance(obj, int | float) else _json_kind(obj)
+            raise SensorLineError("garbage", f"expected a JSON object, got {kind}")
+        fields = dict(obj)
+        if len(fields) != len(obj) or len(fields) != self._n:
+            raise self._key_error(obj, fields)
+        try:
+            raw_values = [fields[name] for name in self._names]
+        except KeyError:
+            raise self._key_error(obj, fields) from None
+        if not _NUMBER_TYPES.issuperset(map(type, raw_values)):  # bool, str, None, list, dict
+            raise self._json_non_number(raw_values)
+        try:
+            return list(map(float, raw_values))
+        except OverflowError:  # an integer too large for a float
+            raise self._json_non_number(raw_values) from None
+
+    def _json_non_number(self, raw_values: list[Any]) -> SensorLineError:
+        for i, value in enumerate(raw_values):
+            if type(value) is int:
+                try:
+                    float(value)
+                except OverflowError:
+                    return SensorLineError(
+                        "out-of-range", f"{self._where(i)}: integer with {len(str(value))} digits"
+                    )
+            elif type(value) is not float:
+                return SensorLineError(
+                    "non-numeric", f"{self._where(i)}: expected a number, got {_json_kind(value)}"
+                )
+        return SensorLineError("non-numeric", "expected numbers")  # pragma: no cover
+
+    def _key_error(self, pairs: list[tuple[str, Any]], fields: dict[str, Any]) -> SensorLineError:
+        repeated = [k for k, count in Counter(k for k, _ in pairs).items() if count > 1]
+        missing = [name for name in self._names if name not in fields]
+        extra = [k for k in fields if k not in self._index]
+        parts = [
+            f"{label} {_show_keys(keys)}"
+            for label, keys in (("missing", missing), ("unexpected", extra), ("repeated", repeated))
+            if keys
+        ]
+        return SensorLineError(
+            "field-count",
+            f"expected keys {self._names_preview()}, got {len(pairs)} key(s): " + "; ".join(parts),
+        )
+
+    # -- value checks ----------------------------------------------------------------------------
+
+    def _range_error(self, values: list[float]) -> SensorLineError:
+        for i, value in enumerate(values):
+            if math.isnan(value) or math.isinf(value):
+                return SensorLineError(
+                    "non-finite", f"{self._where(i)}: expected a finite number, got {value}"
+                )
+        for i, value in enumerate(values):
+            lo, hi = self._lo[i], self._hi[i]
+            if not lo <= value <= hi:
+                if abs(value) > _F32_MAX:
+                    expected = "a value that fits float32"
+                else:
+                    expected = f"a value in [{lo:g}, {hi:g}]"
+                return SensorLineError(
+                    "out-of-range", f"{self._where(i)}: expected {expected}, got {value:g}"
+                )
+        return SensorLineError("out-of-range", "expected values within bounds")  # pragma: no cover
+
+    def _where(self, i: int) -> str:
+        return f"field {i + 1} {self._names[i]!r}"
+
+    def _names_preview(self) -> str:
+        shown = ", ".join(self._names[:4])
+        return shown + (f", ... ({self._n} in all)" if self._n > 4 else "")
+
+
+def _check_names(feature_names: Sequence[str]) -> list[str]:
+    if isinstance(feature_names, str) or not isinstance(feature_names, Sequence):
+        raise ConfigError(
+            f"line parser: 'feature_names' expected a list of names, found {feature_names!r}"
+        )
+    names = list(feature_names)
+    if not names:
+        raise ConfigError("line parser: 'feature_names' expected at least one name, found none")
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name:
+            raise ConfigError(
+                f"line parser: 'feature_names[{i}]' expected a non-empty string, found {name!r}"
+            )
+    if len(set(names)) != len(names):
+        dup = next(n for i, n in enumerate(names) if n in names[:i])
+        raise ConfigError(
+            f"line parser: 'feature_names' expected unique names, found {dup!r} twice"
+        )
+    return names
+
+
+def _check_bounds(
+    bounds: Sequence[tuple[float, float]] | None, names: list[str]
+) -> tuple[list[float], list[float]]:
+    """Per-feature inclusive limits, clipped to the float32 range."""
+    n = len(names)
+    if bounds is None:
+        return [-_F32_MAX] * n, [_F32_MAX] * n
+    if len(bounds) != n:
+        raise ConfigError(
+            f"line parser: 'bounds' expected {n} (low, high) pairs, one per feature,"
+            f" found {len(bounds)}"
+        )
+    lows, highs = [], []
+    for i, pair in enumerate(bounds):
+        try:
+            lo, hi = (float(v) for v in pair)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"line parser: 'bounds[{i}]' ({names[i]!r}) expected a (low, high) pair of numbers,"
+                f" found {pair!r}"
+            ) from None
+        if math.isnan(lo) or math.isnan(hi) or lo > hi:
+            raise ConfigError(
+                f"line parser: 'bounds[{i}]' ({names[i]!r}) expected low <= high, found {pair!r}"
+            )
+        lows.append(max(lo, -_F32_MAX))
+        highs.append(min(hi, _F32_MAX))
+    return lows, highs
+
+
+class RejectCounter:
+    """Rejected lines counted per reason; safe to update from several source threads."""
+
+    def __init__(self, reasons: Sequence[str] = REASONS) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = dict.fromkeys(reasons, 0)
+
+    def add(self, reason: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[reason] = self._counts.get(reason, 0) + n
+
+    def record(self, exc: SensorLineError) -> None:
+        self.add(exc.reason)
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+    def snapshot(self) -> dict[str, int]:
+        """A copy of the counts; every known reason is present, zero or not."""
+        with self._lock:
+            return dict(self._counts)

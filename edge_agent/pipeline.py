@@ -1,0 +1,109 @@
+"""The inference pipeline: validate, micro-batch, infer, feed the drift monitor, record telemetry.
+
+The serving model is an `ActiveModel`, swapped by a single reference assignment after a
+verified install passed its health gate, so a batch always runs on one whole model.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_agent.drift import DriftMonitor
+from edge_agent.errors import SensorLineError
+from edge_agent.line_parser import LineParser
+from edge_agent.protocol.card import ModelCard
+from edge_agent.runtime import Runtime
+from edge_agent.telemetry import RunningStats, Window
+
+BOUNDS_TOLERANCE = 1.0  # accept values up to one reference range beyond the card's min and max
+
+
+def card_bounds(card: ModelCard) -> list[tuple[float, float]]:
+    bounds = []
+    for f in card.features:
+        span = max(f.max - f.min, abs(f.max), 1e-6) * BOUNDS_TOLERANCE
+        bounds.append((f.min - span, f.max + span))
+    return bounds
+
+
+@dataclass
+class ActiveModel:
+    card: ModelCard
+    runtime: Runtime
+    monitor: DriftMonitor
+    parsers: dict[str, LineParser]
+
+    @classmethod
+    def build(
+        cls, card: ModelCard, runtime: Runtime, drift_window: int, warn: float, alert: float
+    ) -> ActiveModel:
+        names, bounds = card.feature_names, card_bounds(card)
+        return cls(
+            card,
+            runtime,
+            DriftMonitor(card, drift_window, warn, alert),
+            {fmt: LineParser(names, fmt, bounds) for fmt in ("csv", "json")},
+        )
+
+
+class Pipeline:
+    def __init__(
+        self,
+        on_drift: Callable[[dict[str, Any]], None],
+        on_window: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.active: ActiveModel | None = None
+        self.stats = RunningStats()
+        self._on_drift = on_drift
+        self._on_window = on_window
+        self._window = Window(time.time())
+        self._lock = threading.Lock()
+
+    def process(self, lines: list[tuple[str, bytes]]) -> None:
+        """One micro-batch of (format, raw line) pairs."""
+        model = self.active
+        rows = []
+        for fmt, raw in lines:
+            if model is None:
+                self.reject("no-model")
+                continue
+            try:
+                rows.append(model.parsers[fmt].parse(raw))
+            except SensorLineError as exc:
+                self.reject(exc.reason)
+        if not rows or model is None:
+            return
+        x = np.stack(rows)
+        start = time.perf_counter()
+        try:
+            predictions = model.runtime.predict(x)
+        except (RuntimeError, ValueError):
+            self.reject("inference-error")
+            return
+        latency_ms = (time.perf_counter() - start) * 1000
+        with self._lock:
+            self._window.add(latency_ms, predictions)
+            self.stats.add(latency_ms, len(x))
+        report = model.monitor.add(x)
+        if report is not None:
+            self._on_drift(report)
+
+    def reject(self, reason: str) -> None:
+        with self._lock:
+            self._window.reject(reason)
+            self.stats.rejected[reason] += 1
+
+    def flush_window(self) -> None:
+        """Close the current telemetry window and hand it on (nothing if it saw nothing)."""
+        now = time.time()
+        with self._lock:
+            window, self._window = self._window, Window(now)
+        if not window.empty:
+            model = self.active
+            self._on_window(window.to_record(now, model.card.model.to_json() if model else None))

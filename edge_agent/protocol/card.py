@@ -1,0 +1,210 @@
+"""The model card: the contract between the converter that writes it and the agent that reads it.
+
+It travels inside the bundle and is covered by the bundle's signature. It holds the input schema
+the agent validates sensor lines against, a sample with expected outputs for the health gate, and
+the drift reference profile (per-feature quantile bins) the agent's drift monitors compare to.
+Bucketing is defined here once (`bucket_counts`) so the reference and the live side agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_agent.errors import BundleRejected, MessageError
+from edge_agent.protocol.messages import ModelRef, field_of
+
+CARD_VERSION = 1
+TASKS = ("classification", "regression")
+RUNTIMES = ("onnxruntime", "litert")
+
+
+def quantile_edges(values: np.ndarray, bins: int) -> list[float]:
+    """Interior cut points of `bins` equal-mass bins, each placed halfway between two observed
+    values, so that small noise on a discrete feature (integer counts, a few levels) does not
+    flip values across an edge. Duplicates collapse."""
+    finite = np.sort(values[np.isfinite(values)])
+    if finite.size < 2:
+        return []
+    qs = np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1])
+    above = np.searchsorted(finite, qs, side="right")
+    above = above[(above > 0) & (above < finite.size)]
+    edges = (finite[above - 1] + finite[above]) / 2
+    return [float(e) for e in np.unique(edges)]
+
+
+def bucket_counts(values: np.ndarray, edges: list[float] | np.ndarray) -> np.ndarray:
+    """Counts per bin: bin i holds edges[i-1] < v <= edges[i]; len(edges)+1 bins. NaN ignored."""
+    finite = values[np.isfinite(values)]
+    idx = np.searchsorted(np.asarray(edges, dtype=np.float64), finite, side="left")
+    return np.bincount(idx, minlength=len(edges) + 1)
+
+
+@dataclass(frozen=True)
+class FeatureProfile:
+    name: str
+    edges: tuple[float, ...]
+    counts: tuple[int, ...]
+    mean: float
+    std: float
+    missing_rate: float
+    min: float
+    max: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "edges": list(self.edges),
+            "counts": list(self.counts),
+            "mean": self.mean,
+            "std": self.std,
+            "missing_rate": self.missing_rate,
+            "min": self.min,
+            "max": self.max,
+        }
+
+
+def feature_profiles(x: np.ndarray, names: list[str], bins: int = 10) -> list[FeatureProfile]:
+    """The reference profile of a 2-D reference sample, one entry per column."""
+    profiles = []
+    for j, name in enumerate(names):
+        col = x[:, j].astype(np.float64)
+        finite = col[np.isfinite(col)]
+        edges = quantile_edges(col, bins)
+        profiles.append(
+            FeatureProfile(
+                name=name,
+                edges=tuple(edges),
+                counts=tuple(int(c) for c in bucket_counts(col, edges)),
+                mean=float(finite.mean()) if finite.size else 0.0,
+                std=float(finite.std()) if finite.size else 0.0,
+                missing_rate=float(1 - finite.size / max(1, col.size)),
+                min=float(finite.min()) if finite.size else 0.0,
+                max=float(finite.max()) if finite.size else 0.0,
+            )
+        )
+    return profiles
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    model: ModelRef
+    task: str
+    framework: str
+    runtime: str
+    model_file: str
+    input_name: str
+    features: tuple[FeatureProfile, ...]
+    classes: tuple[Any, ...]
+    prediction_counts: tuple[int, ...]
+    sample_inputs: tuple[tuple[float, ...], ...]
+    sample_outputs: tuple[Any, ...]
+    max_latency_ms: float
+    min_agreement: float
+    validation: dict[str, Any]
+    raw: dict[str, Any]
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+
+def _floats(value: object, where: str) -> list[float]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    ):
+        raise MessageError(f"{where}: expected a list of finite numbers, got {value!r:.80}")
+    return [float(v) for v in value]
+
+
+def parse_card(obj: object) -> ModelCard:
+    """A card dict (from card.json) -> ModelCard; BundleRejected('bad-card') if it is malformed."""
+    try:
+        return _parse_card(obj)
+    except MessageError as exc:
+        raise BundleRejected("bad-card", str(exc)) from exc
+
+
+def _parse_card(obj: object) -> ModelCard:
+    where = "card"
+    if not isinstance(obj, dict):
+        raise MessageError(f"{where}: expected an object, got {type(obj).__name__}")
+    version = field_of(obj, "card_version", int, where)
+    if version != CARD_VERSION:
+        raise MessageError(f"{where}.card_version: expected {CARD_VERSION}, got {version}")
+    model = ModelRef(field_of(obj, "name", str, where), field_of(obj, "version", int, where))
+    task = field_of(obj, "task", str, where)
+    if task not in TASKS:
+        raise MessageError(f"{where}.task: expected one of {TASKS}, got {task!r}")
+    runtime = field_of(obj, "runtime", str, where)
+    if runtime not in RUNTIMES:
+        raise MessageError(f"{where}.runtime: expected one of {RUNTIMES}, got {runtime!r}")
+    model_file = field_of(obj, "model_file", str, where)
+    if (
+        not model_file
+        or "/" in model_file
+        or model_file.startswith(".")
+        or (model_file == "card.json")
+    ):
+        raise MessageError(f"{where}.model_file: expected a plain file name, got {model_file!r}")
+    inp = field_of(obj, "input", dict, where)
+    ref = field_of(obj, "reference", dict, where)
+    feats = []
+    for i, f in enumerate(field_of(ref, "features", list, f"{where}.reference")):
+        at = f"{where}.reference.features[{i}]"
+        if not isinstance(f, dict):
+            raise MessageError(f"{at}: expected an object")
+        edges = _floats(f.get("edges"), f"{at}.edges")
+        counts = f.get("counts")
+        if not isinstance(counts, list) or len(counts) != len(edges) + 1:
+            raise MessageError(f"{at}.counts: expected {len(edges) + 1} counts, got {counts!r:.60}")
+        feats.append(
+            FeatureProfile(
+                name=field_of(f, "name", str, at),
+                edges=tuple(edges),
+                counts=tuple(int(c) for c in counts),
+                mean=float(field_of(f, "mean", (int, float), at)),
+                std=float(field_of(f, "std", (int, float), at)),
+                missing_rate=float(field_of(f, "missing_rate", (int, float), at)),
+                min=float(field_of(f, "min", (int, float), at)),
+                max=float(field_of(f, "max", (int, float), at)),
+            )
+        )
+    if not feats:
+        raise MessageError(f"{where}.reference.features: expected at least one feature")
+    preds = field_of(ref, "predictions", dict, f"{where}.reference")
+    sample = field_of(obj, "sample", dict, where)
+    inputs = field_of(sample, "inputs", list, f"{where}.sample")
+    rows = tuple(tuple(_floats(r, f"{where}.sample.inputs[{i}]")) for i, r in enumerate(inputs))
+    if any(len(r) != len(feats) for r in rows):
+        raise MessageError(f"{where}.sample.inputs: expected rows of {len(feats)} values")
+    outputs = field_of(sample, "outputs", list, f"{where}.sample")
+    if len(outputs) != len(rows):
+        raise MessageError(
+            f"{where}.sample.outputs: expected {len(rows)} outputs, got {len(outputs)}"
+        )
+    health = field_of(obj, "health", dict, where)
+    return ModelCard(
+        model=model,
+        task=task,
+        framework=str(obj.get("framework", "")),
+        runtime=runtime,
+        model_file=model_file,
+        input_name=field_of(inp, "name", str, f"{where}.input"),
+        features=tuple(feats),
+        classes=tuple(field_of(obj, "classes", list, where)) if task == "classification" else (),
+        prediction_counts=tuple(int(c) for c in field_of(preds, "counts", list, "predictions")),
+        sample_inputs=rows,
+        sample_outputs=tuple(outputs),
+        max_latency_ms=float(field_of(health, "max_latency_ms", (int, float), f"{where}.health")),
+        min_agreement=float(field_of(health, "min_agreement", (int, float), f"{where}.health")),
+        validation=obj.get("validation", {}) if isinstance(obj.get("validation"), dict) else {},
+        raw=obj,
+    )

@@ -1,0 +1,358 @@
+"""Message schemas of the wire contract: JSON, UTF-8, each with "v" (schema version).
+
+`encode(msg)` gives bytes for the wire; `decode_*` parse bytes back into a message or raise
+MessageError saying which field was expected to be what, and what arrived.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
+
+from edge_agent.errors import MessageError
+from edge_agent.protocol import SCHEMA_VERSION
+from edge_agent.protocol.topics import check_device_id
+
+T = TypeVar("T")
+
+EVENTS = (
+    "offered",
+    "downloading",
+    "verified",
+    "installed",
+    "healthy",
+    "rolled-back",
+    "rejected",
+)
+COMMAND_KINDS = ("deploy", "rollback")
+_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_VERSION = re.compile(r"[0-9]{1,18}")
+MAX_INT = 2**63 - 1  # the largest integer the SQLite/PostgreSQL stores hold
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+@overload
+def field_of(obj: dict[str, Any], key: str, kind: type[T], where: str) -> T: ...
+@overload
+def field_of(obj: dict[str, Any], key: str, kind: tuple[type, ...], where: str) -> Any: ...
+def field_of(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """obj[key] checked against `kind`; MessageError naming where, expected and found."""
+    if key not in obj:
+        raise MessageError(f"{where}: missing field {key!r}")
+    value = obj[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int in Python, never on the wire
+    is_bool_for_number = isinstance(value, bool) and bool not in kinds
+    if is_bool_for_number or not isinstance(value, kinds):
+        expected = " or ".join(k.__name__ for k in kinds)
+        raise MessageError(
+            f"{where}.{key}: expected {expected}, got {_type_name(value)} {value!r:.60}"
+        )
+    return value
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(value: int | float, where: str) -> float:
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        number = math.inf
+    if not math.isfinite(number):
+        raise MessageError(f"{where}: expected a finite number, got {value!r:.40}")
+    return number
+
+
+def _count(value: int, where: str) -> int:
+    if not 0 <= value <= MAX_INT:
+        raise MessageError(f"{where}: expected an integer from 0 to {MAX_INT}, got {value}")
+    return value
+
+
+def load_json(payload: bytes, where: str) -> dict[str, Any]:
+    """Bytes -> JSON object with a supported "v"."""
+    try:
+        obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"{where}: expected UTF-8 JSON, got undecodable bytes") from exc
+    except json.JSONDecodeError as exc:
+        raise MessageError(f"{where}: expected JSON, got {payload[:60]!r} ({exc.msg})") from exc
+    except (ValueError, RecursionError) as exc:
+        # NaN/Infinity (not JSON), integers of thousands of digits, nesting too deep to parse
+        raise MessageError(f"{where}: expected JSON, got {payload[:60]!r} ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise MessageError(f"{where}: expected a JSON object, got {_type_name(obj)}")
+    version = field_of(obj, "v", int, where)
+    if version != SCHEMA_VERSION:
+        raise MessageError(f"{where}.v: expected schema version {SCHEMA_VERSION}, got {version}")
+    return obj
+
+
+def dump_json(obj: dict[str, Any]) -> bytes:
+    return json.dumps({"v": SCHEMA_VERSION, **obj}, separators=(",", ":"), allow_nan=False).encode()
+
+
+def check_model_name(value: object, where: str) -> str:
+    if not isinstance(value, str) or not _MODEL_NAME.fullmatch(value):
+        raise MessageError(
+            f"{where}: expected a model name of 1-64 lowercase letters, digits, '.', '_' or '-', "
+            f"got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model name and its monotonically increasing version."""
+
+    name: str
+    version: int
+
+    def __post_init__(self) -> None:
+        check_model_name(self.name, "model name")
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
+            raise MessageError(f"model version: expected an integer >= 1, got {self.version!r}")
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        """`name@version`, as the CLI takes it."""
+        name, sep, version = text.partition("@")
+        if not sep or not _VERSION.fullmatch(version):
+            raise MessageError(f"model reference: expected NAME@VERSION like wine@2, got {text!r}")
+        return cls(name, int(version))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version}
+
+    @classmethod
+    def from_json(cls, obj: object, where: str) -> ModelRef:
+        if not isinstance(obj, dict):
+            raise MessageError(f"{where}: expected an object, got {_type_name(obj)}")
+        name = field_of(obj, "name", str, where)
+        version = field_of(obj, "version", int, where)
+        try:
+            return cls(name, version)
+        except MessageError as exc:
+            raise MessageError(f"{where}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Status:
+    """Retained on dev/{id}/status. The broker's last will publishes online=False."""
+
+    device: str
+    online: bool
+    boot: int = 0
+    agent_version: str = ""
+    profile: str = ""
+    model: ModelRef | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    ts: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "online": self.online,
+            "boot": self.boot,
+            "agent_version": self.agent_version,
+            "profile": self.profile,
+            "model": self.model.to_json() if self.model else None,
+            "stats": self.stats,
+            "ts": self.ts,
+        }
+
+
+def decode_status(payload: bytes) -> Status:
+    where = "status"
+    obj = load_json(payload, where)
+    model = obj.get("model")
+    return Status(
+        device=check_device_id(field_of(obj, "device", str, where), f"{where}.device"),
+        online=field_of(obj, "online", bool, where),
+        boot=_count(field_of(obj, "boot", int, where), f"{where}.boot") if "boot" in obj else 0,
+        agent_version=str(obj.get("agent_version", "")),
+        profile=str(obj.get("profile", "")),
+        model=ModelRef.from_json(model, f"{where}.model") if model is not None else None,
+        stats=field_of(obj, "stats", dict, where) if "stats" in obj else {},
+        ts=_finite(field_of(obj, "ts", (int, float), where), f"{where}.ts") if "ts" in obj else 0.0,
+    )
+
+
+@dataclass(frozen=True)
+class Record:
+    """One buffered record: (boot, seq) identifies it for exactly-once ingest."""
+
+    boot: int
+    seq: int
+    ts: float
+    body: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"boot": self.boot, "seq": self.seq, "ts": self.ts, **self.body}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What goes on dev/{id}/telemetry, drift and events: a list of records."""
+
+    device: str
+    records: tuple[Record, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"device": self.device, "records": [r.to_json() for r in self.records]}
+
+
+def decode_batch(payload: bytes, where: str) -> Batch:
+    obj = load_json(payload, where)
+    device = check_device_id(field_of(obj, "device", str, where), f"{where}.device")
+    raw = field_of(obj, "records", list, where)
+    records = []
+    for i, item in enumerate(raw):
+        at = f"{where}.records[{i}]"
+        if not isinstance(item, dict):
+            raise MessageError(f"{at}: expected an object, got {_type_name(item)}")
+        boot = field_of(item, "boot", int, at)
+        seq = field_of(item, "seq", int, at)
+        ts = _finite(field_of(item, "ts", (int, float), at), f"{at}.ts")
+        if not (0 <= boot <= MAX_INT and 0 <= seq <= MAX_INT):
+            raise MessageError(
+                f"{at}: expected boot and seq from 0 to {MAX_INT}, got ({boot}, {seq})"
+            )
+        body = {k: v for k, v in item.items() if k not in ("boot", "seq", "ts")}
+        records.append(Record(boot, seq, ts, body))
+    return Batch(device, tuple(records))
+
+
+def check_event(body: dict[str, Any], where: str) -> str:
+    event = field_of(body, "event", str, where)
+    if event not in EVENTS:
+        raise MessageError(f"{where}.event: expected one of {', '.join(EVENTS)}, got {event!r}")
+    return event
+
+
+@dataclass(frozen=True)
+class Command:
+    """Hub -> device on dev/{id}/cmd (QoS 1, persistent session).
+
+    `deploy` names a TUF target; the device waits until its TUF timestamp is at least
+    `tuf_version` before it looks the target up, so it never races the metadata.
+    """
+
+    id: str
+    kind: str
+    model: ModelRef | None = None
+    target: str | None = None
+    tuf_version: int = 0
+    rollout: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in COMMAND_KINDS:
+            raise MessageError(
+                f"command.kind: expected one of {', '.join(COMMAND_KINDS)}, got {self.kind!r}"
+            )
+        if self.kind == "deploy" and (self.model is None or not self.target):
+            raise MessageError("command: a deploy needs both 'model' and 'target'")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "model": self.model.to_json() if self.model else None,
+            "target": self.target,
+            "tuf_version": self.tuf_version,
+            "rollout": self.rollout,
+        }
+
+
+def decode_command(payload: bytes) -> Command:
+    where = "command"
+    obj = load_json(payload, where)
+    model = obj.get("model")
+    target = obj.get("target")
+    rollout = obj.get("rollout")
+    if target is not None and not isinstance(target, str):
+        raise MessageError(f"{where}.target: expected string, got {_type_name(target)}")
+    if rollout is not None and not isinstance(rollout, str):
+        raise MessageError(f"{where}.rollout: expected string, got {_type_name(rollout)}")
+    return Command(
+        id=field_of(obj, "id", str, where),
+        kind=field_of(obj, "kind", str, where),
+        model=ModelRef.from_json(model, f"{where}.model") if model is not None else None,
+        target=target,
+        tuf_version=field_of(obj, "tuf_version", int, where) if "tuf_version" in obj else 0,
+        rollout=rollout,
+    )
+
+
+@dataclass(frozen=True)
+class XferRequest:
+    """Device -> hub on dev/{id}/xfer/req: send me these chunks of this target."""
+
+    target: str
+    chunks: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "chunks": list(self.chunks)}
+
+
+def decode_xfer_request(payload: bytes, max_chunks: int) -> XferRequest:
+    where = "xfer/req"
+    obj = load_json(payload, where)
+    target = field_of(obj, "target", str, where)
+    chunks = field_of(obj, "chunks", list, where)
+    if not chunks or len(chunks) > max_chunks:
+        raise MessageError(f"{where}.chunks: expected 1 to {max_chunks} indices, got {len(chunks)}")
+    for i, index in enumerate(chunks):
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise MessageError(f"{where}.chunks[{i}]: expected an index >= 0, got {index!r}")
+    return XferRequest(target, tuple(chunks))
+
+
+@dataclass(frozen=True)
+class XferChunk:
+    """Hub -> device on dev/{id}/xfer/chunk: one chunk, base64 in JSON."""
+
+    target: str
+    index: int
+    size: int  # total size of the target in bytes
+    data: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "index": self.index,
+            "size": self.size,
+            "data": base64.b64encode(self.data).decode("ascii"),
+        }
+
+
+def decode_xfer_chunk(payload: bytes) -> XferChunk:
+    where = "xfer/chunk"
+    obj = load_json(payload, where)
+    raw = field_of(obj, "data", str, where)
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MessageError(f"{where}.data: expected base64, got {raw[:40]!r}") from exc
+    index = field_of(obj, "index", int, where)
+    size = field_of(obj, "size", int, where)
+    if index < 0 or size < 0:
+        raise MessageError(f"{where}: expected index and size >= 0, got ({index}, {size})")
+    return XferChunk(field_of(obj, "target", str, where), index, size, data)
+
+
+def encode(msg: Status | Batch | Command | XferRequest | XferChunk) -> bytes:
+    return dump_json(msg.to_json())

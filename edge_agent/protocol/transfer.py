@@ -1,0 +1,102 @@
+"""Pull-based chunked transfer: reassembly with a bitmap of what has arrived (pure logic).
+
+The device asks for chunks within a window; chunks may arrive in any order, twice, or not at all.
+`Reassembly` decides what to ask for next and refuses anything that does not fit the target
+whose length the signed metadata announced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edge_agent.errors import BundleRejected
+
+CHUNK_SIZE = 64 * 1024
+
+
+def chunk_count(size: int, chunk_size: int = CHUNK_SIZE) -> int:
+    return max(1, -(-size // chunk_size))
+
+
+def chunk_bounds(index: int, size: int, chunk_size: int = CHUNK_SIZE) -> tuple[int, int]:
+    start = index * chunk_size
+    return start, min(start + chunk_size, size)
+
+
+@dataclass
+class Reassembly:
+    """Collects the chunks of one target of `size` bytes (the length from signed metadata)."""
+
+    target: str
+    size: int
+    chunk_size: int = CHUNK_SIZE
+    _chunks: dict[int, bytes] = field(default_factory=dict, repr=False)
+    _asked: dict[int, float] = field(default_factory=dict, repr=False)
+
+    @property
+    def total(self) -> int:
+        return chunk_count(self.size, self.chunk_size)
+
+    @property
+    def received(self) -> int:
+        return len(self._chunks)
+
+    @property
+    def complete(self) -> bool:
+        return len(self._chunks) == self.total
+
+    def bitmap(self) -> bytes:
+        """One bit per chunk, set when it arrived; persisted to resume after a restart."""
+        bits = bytearray(-(-self.total // 8))
+        for index in self._chunks:
+            bits[index // 8] |= 1 << (index % 8)
+        return bytes(bits)
+
+    def accept(self, index: int, announced_size: int, data: bytes) -> bool:
+        """Store one chunk. False for a duplicate; BundleRejected for one that cannot belong."""
+        if announced_size != self.size:
+            raise BundleRejected(
+                "oversized" if announced_size > self.size else "truncated",
+                f"{self.target}: signed length is {self.size} bytes, "
+                f"the sender announced {announced_size}",
+            )
+        if not 0 <= index < self.total:
+            raise BundleRejected(
+                "oversized",
+                f"{self.target}: chunk index {index} is past the last chunk {self.total - 1}",
+            )
+        start, end = chunk_bounds(index, self.size, self.chunk_size)
+        if len(data) != end - start:
+            # a chunk of the wrong length is dropped and asked for again
+            self._asked.pop(index, None)
+            return False
+        self._asked.pop(index, None)
+        if index in self._chunks:
+            return False
+        self._chunks[index] = data
+        return True
+
+    def to_request(self, now: float, window: int, retry_after: float) -> list[int]:
+        """Indices to ask for now: missing ones not in flight, and in-flight ones gone stale."""
+        stale = [i for i, at in self._asked.items() if now - at >= retry_after]
+        for index in stale:
+            del self._asked[index]
+        room = window - len(self._asked)
+        wanted: list[int] = []
+        if room <= 0:
+            return wanted
+        for index in range(self.total):
+            if index not in self._chunks and index not in self._asked:
+                wanted.append(index)
+                if len(wanted) == room:
+                    break
+        for index in wanted:
+            self._asked[index] = now
+        return wanted
+
+    def assemble(self) -> bytes:
+        if not self.complete:
+            raise BundleRejected(
+                "truncated", f"{self.target}: {self.received} of {self.total} chunks arrived"
+            )
+        return b"".join(self._chunks[i] for i in range(self.total))

@@ -1,0 +1,70 @@
+"""Per-window telemetry aggregates and the agent's running statistics (pure logic)."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+def percentiles(values: Any, qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return {f"p{q}": 0.0 for q in qs}
+    return {f"p{q}": round(float(v), 4) for q, v in zip(qs, np.percentile(arr, qs), strict=True)}
+
+
+@dataclass
+class Window:
+    """What one telemetry record says about one window of inference."""
+
+    started: float
+    count: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    predictions: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def add(self, latency_ms: float, predictions: np.ndarray) -> None:
+        self.count += len(predictions)
+        self.latencies_ms.extend([latency_ms] * len(predictions))
+        for p in predictions.tolist():
+            self.predictions[str(p)] += 1
+
+    def reject(self, reason: str) -> None:
+        self.errors[reason] += 1
+
+    @property
+    def empty(self) -> bool:
+        return self.count == 0 and not self.errors
+
+    def to_record(self, ended: float, model: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "window_s": round(ended - self.started, 3),
+            "model": model,
+            "count": self.count,
+            "latency_ms": percentiles(self.latencies_ms),
+            "errors": dict(self.errors),
+            "predictions": dict(self.predictions),
+        }
+
+
+@dataclass
+class RunningStats:
+    """Since boot: inferences, rejects by reason, and a bounded latency reservoir."""
+
+    inferences: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    recent_ms: deque[float] = field(default_factory=lambda: deque(maxlen=20000))
+
+    def add(self, latency_ms: float, n: int) -> None:
+        self.inferences += n
+        self.recent_ms.extend([latency_ms] * n)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "inferences": self.inferences,
+            "rejected": dict(self.rejected),
+            "latency_ms": percentiles(list(self.recent_ms), (50, 99)),
+        }

@@ -1,0 +1,186 @@
+"""Verification of model bundles with TUF (`tuf.ngclient`), fed by what arrived over MQTT.
+
+The hub publishes TUF metadata retained on `fleet/tuf/...`; the agent's MQTT session puts each
+payload into a `TufMirror`, and `MqttFetcher` serves ngclient from it (there is no HTTP server
+anywhere). Every trust decision is ngclient's; this module maps its verdicts to rejection
+reasons and adds the one rule TUF does not know: never a lower `model_version` of a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuf.api import exceptions as tuf_exc
+from tuf.api.metadata import TargetFile
+from tuf.ngclient import Updater, UpdaterConfig
+from tuf.ngclient.fetcher import FetcherInterface
+
+from edge_agent.errors import BundleRejected, ConfigError
+from edge_agent.fsutil import atomic_write
+from edge_agent.protocol.messages import ModelRef
+
+_METADATA_URL = "mqtt:/tuf/"
+
+
+class TufMirror:
+    """The latest TUF metadata seen on the broker, by name ('timestamp.json', 'root/2.json')."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, bytes] = {}
+        self._changed = threading.Condition()
+
+    def put(self, name: str, payload: bytes) -> None:
+        with self._changed:
+            self._files[name] = payload
+            self._changed.notify_all()
+
+    def get(self, name: str) -> bytes | None:
+        with self._changed:
+            return self._files.get(name)
+
+    def timestamp_version(self) -> int:
+        """Version of the newest timestamp seen (unverified: only used to know when to look)."""
+        raw = self.get("timestamp.json")
+        if raw is None:
+            return 0
+        try:
+            return int(json.loads(raw)["signed"]["version"])
+        except (ValueError, KeyError, TypeError):
+            return 0
+
+    def wait_for_timestamp(self, version: int, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self._ts_unlocked() >= version, timeout)
+
+    def _ts_unlocked(self) -> int:
+        raw = self._files.get("timestamp.json")
+        try:
+            return int(json.loads(raw)["signed"]["version"]) if raw else 0
+        except (ValueError, KeyError, TypeError):
+            return 0
+
+
+class MqttFetcher(FetcherInterface):
+    """Serves ngclient's metadata requests from the mirror; 404 for what has not arrived."""
+
+    def __init__(self, mirror: TufMirror) -> None:
+        self.mirror = mirror
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        if not url.startswith(_METADATA_URL):
+            raise tuf_exc.DownloadHTTPError(f"{url}: only TUF metadata travels this way", 404)
+        name = url[len(_METADATA_URL) :]
+        if name.endswith(".root.json"):  # ngclient asks for N.root.json
+            name = f"root/{name.split('.')[0]}.json"
+        data = self.mirror.get(name)
+        if data is None:
+            raise tuf_exc.DownloadHTTPError(f"{name} has not arrived on the broker", 404)
+        return iter([data])
+
+
+@dataclass(frozen=True)
+class VerifiedTarget:
+    path: str
+    model: ModelRef
+    length: int
+    card_sha256: str
+    info: TargetFile
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, tuf_exc.ExpiredMetadataError):
+        return "expired"
+    if isinstance(exc, tuf_exc.BadVersionNumberError):
+        return "replayed"
+    if isinstance(exc, tuf_exc.UnsignedMetadataError):
+        return "bad-signature"
+    if isinstance(exc, tuf_exc.LengthOrHashMismatchError):
+        return "tampered"
+    if isinstance(exc, tuf_exc.DownloadError):
+        return "metadata-unavailable"
+    return "untrusted-metadata"
+
+
+class Verifier:
+    """Looks targets up in freshly refreshed TUF metadata and checks bundle bytes against them."""
+
+    def __init__(self, tuf_dir: Path, mirror: TufMirror, max_bundle_bytes: int) -> None:
+        if not (tuf_dir / "root.json").exists():
+            raise ConfigError(
+                f"{tuf_dir / 'root.json'}: no trusted root; the device must be enrolled "
+                "with the hub's root.json"
+            )
+        self.tuf_dir = tuf_dir
+        self.mirror = mirror
+        self.max_bundle_bytes = max_bundle_bytes
+
+    def lookup(self, path: str, expected: ModelRef, running: ModelRef | None) -> VerifiedTarget:
+        """Refresh metadata, find `path`, and check it is the model and version we were told."""
+        updater = Updater(
+            metadata_dir=str(self.tuf_dir),
+            metadata_base_url=_METADATA_URL,
+            fetcher=MqttFetcher(self.mirror),
+            config=UpdaterConfig(prefix_targets_with_hash=False),
+            bootstrap=None,
+        )
+        try:
+            updater.refresh()
+            info = updater.get_targetinfo(path)
+        except tuf_exc.RepositoryError as exc:
+            raise BundleRejected(_reason(exc), f"TUF metadata: {exc}") from exc
+        except tuf_exc.DownloadError as exc:
+            raise BundleRejected(_reason(exc), f"TUF metadata: {exc}") from exc
+        if info is None:
+            raise BundleRejected("unknown-target", f"{path} is not in the signed targets")
+        custom = info.custom
+        name, version = custom.get("model"), custom.get("model_version")
+        if name != expected.name or version != expected.version:
+            raise BundleRejected(
+                "mismatch",
+                f"{path}: command said {expected}, signed metadata says {name}@{version}",
+            )
+        if (
+            running is not None
+            and running.name == expected.name
+            and expected.version < (running.version)
+        ):
+            raise BundleRejected(
+                "downgrade",
+                f"{expected} is older than the running {running}; versions only go up",
+            )
+        if info.length > self.max_bundle_bytes:
+            raise BundleRejected(
+                "oversized",
+                f"{path} is {info.length} bytes, the device accepts at most "
+                f"{self.max_bundle_bytes}",
+            )
+        return VerifiedTarget(path, expected, info.length, str(custom.get("card_sha256")), info)
+
+    def check(self, target: VerifiedTarget, data: bytes) -> None:
+        """The downloaded bytes must have the signed length and hashes."""
+        if len(data) < target.length:
+            raise BundleRejected(
+                "truncated", f"{target.path}: got {len(data)} of {target.length} bytes"
+            )
+        if len(data) > target.length:
+            raise BundleRejected(
+                "oversized", f"{target.path}: got {len(data)} bytes, signed {target.length}"
+            )
+        try:
+            target.info.verify_length_and_hashes(data)
+        except tuf_exc.LengthOrHashMismatchError as exc:
+            raise BundleRejected("tampered", f"{target.path}: {exc}") from exc
+
+
+def install_trusted_root(tuf_dir: Path, root: bytes) -> None:
+    """Enrollment: the device starts trusting the hub's root metadata."""
+    atomic_write(tuf_dir / "root.json", root)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

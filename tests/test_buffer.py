@@ -1,0 +1,166 @@
+"""The store-and-forward buffer: ordering, acks, the drop policy and surviving a restart."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.buffer import Buffer
+from edge_agent.errors import TransportError
+
+
+@pytest.fixture
+def buf(tmp_path: Path) -> Iterator[Buffer]:
+    b = Buffer(tmp_path / "state" / "buffer.sqlite", boot=3, max_rows=1000)
+    yield b
+    b.close()
+
+
+def test_append_assigns_increasing_seq_and_the_boot(buf: Buffer) -> None:
+    records = [buf.append("telemetry", {"i": i}, ts=float(i)) for i in range(5)]
+    assert [r.seq for r in records] == [0, 1, 2, 3, 4]
+    assert {r.boot for r in records} == {3}
+    assert buf.pending() == 5
+    taken = buf.take(10, set())
+    assert [p.record for p in taken] == records
+
+
+def test_seq_keeps_increasing_across_kinds(buf: Buffer) -> None:
+    seqs = [buf.append(kind, {}, ts=0.0).seq for kind in ("telemetry", "events", "drift", "events")]
+    assert seqs == [0, 1, 2, 3]
+
+
+def test_take_most_important_kind_first_oldest_first(buf: Buffer) -> None:
+    buf.append("telemetry", {"n": "t0"}, ts=0.0)
+    buf.append("drift", {"n": "d0"}, ts=0.0)
+    buf.append("events", {"n": "e0"}, ts=0.0)
+    buf.append("telemetry", {"n": "t1"}, ts=0.0)
+    buf.append("events", {"n": "e1"}, ts=0.0)
+    buf.append("drift", {"n": "d1"}, ts=0.0)
+
+    def names(limit: int = 10, skip: set[int] | None = None) -> list[str]:
+        return [p.record.body["n"] for p in buf.take(limit, skip or set())]
+
+    # all of one kind per take, events before drift before telemetry
+    assert names() == ["e0", "e1"]
+    assert names(limit=1) == ["e0"]
+    events = buf.take(10, set())
+    assert {p.kind for p in events} == {"events"}
+    buf.ack([p.id for p in events])
+    assert names() == ["d0", "d1"]
+    buf.ack([p.id for p in buf.take(10, set())])
+    assert names() == ["t0", "t1"]
+    buf.ack([p.id for p in buf.take(10, set())])
+    assert names() == []
+    assert buf.pending() == 0
+
+
+def test_take_skips_in_flight_ids(buf: Buffer) -> None:
+    for i in range(4):
+        buf.append("telemetry", {"i": i}, ts=0.0)
+    buf.append("events", {"i": 99}, ts=0.0)
+    first = buf.take(1, set())
+    assert first[0].kind == "events"
+    in_flight = {first[0].id}
+    second = buf.take(2, in_flight)
+    assert [p.record.body["i"] for p in second] == [0, 1]
+    in_flight |= {p.id for p in second}
+    third = buf.take(10, in_flight)
+    assert [p.record.body["i"] for p in third] == [2, 3]
+    assert buf.take(10, in_flight | {p.id for p in third}) == []
+
+
+def test_ack_deletes_only_the_acked(buf: Buffer) -> None:
+    for i in range(3):
+        buf.append("telemetry", {"i": i}, ts=0.0)
+    taken = buf.take(3, set())
+    buf.ack([taken[1].id])
+    assert buf.pending() == 2
+    assert [p.record.body["i"] for p in buf.take(3, set())] == [0, 2]
+    buf.ack([taken[1].id])  # acked twice (a duplicate PUBACK): no harm
+    assert buf.pending() == 2
+
+
+@pytest.mark.parametrize(("cap", "appended"), [(1, 5), (10, 10), (10, 11), (7, 100)])
+def test_past_the_cap_oldest_telemetry_is_dropped_and_counted(
+    tmp_path: Path, cap: int, appended: int
+) -> None:
+    b = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=cap)
+    for i in range(appended):
+        b.append("telemetry", {"i": i}, ts=float(i))
+    dropped = b.dropped().get("telemetry", 0)
+    assert b.pending() + dropped == appended
+    assert b.pending() == min(cap, appended)
+    survivors = [p.record.body["i"] for p in b.take(appended, set())]
+    assert survivors == list(range(appended - b.pending(), appended))  # the newest
+    b.close()
+
+
+def test_drop_policy_spares_events_and_drift(tmp_path: Path) -> None:
+    b = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=4)
+    b.append("events", {"n": "e0"}, ts=0.0)
+    b.append("drift", {"n": "d0"}, ts=0.0)
+    b.append("telemetry", {"n": "t0"}, ts=0.0)
+    b.append("telemetry", {"n": "t1"}, ts=0.0)
+    b.append("telemetry", {"n": "t2"}, ts=0.0)  # drops t0
+    assert b.dropped() == {"telemetry": 1}
+    b.append("events", {"n": "e1"}, ts=0.0)  # drops t1
+    b.append("events", {"n": "e2"}, ts=0.0)  # drops t2
+    assert b.dropped() == {"telemetry": 3}
+    b.append("events", {"n": "e3"}, ts=0.0)  # no telemetry left: drops the drift report
+    assert b.dropped() == {"telemetry": 3, "drift": 1}
+    b.append("events", {"n": "e4"}, ts=0.0)  # only events left: the oldest event goes
+    assert b.dropped() == {"telemetry": 3, "drift": 1, "events": 1}
+    assert [p.record.body["n"] for p in b.take(10, set())] == ["e1", "e2", "e3", "e4"]
+    assert b.pending() == 4
+    b.close()
+
+
+def test_acks_make_room_without_dropping(tmp_path: Path) -> None:
+    b = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=3)
+    for i in range(3):
+        b.append("telemetry", {"i": i}, ts=0.0)
+    b.ack([p.id for p in b.take(2, set())])
+    b.append("telemetry", {"i": 3}, ts=0.0)
+    b.append("telemetry", {"i": 4}, ts=0.0)
+    assert b.dropped() == {}
+    assert [p.record.body["i"] for p in b.take(10, set())] == [2, 3, 4]
+    b.close()
+
+
+def test_rows_survive_reopening_with_their_old_boot(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.sqlite"
+    first = Buffer(path, boot=5, max_rows=3)
+    for i in range(5):
+        first.append("telemetry", {"i": i}, ts=float(i))
+    first.append("events", {"event": "healthy"}, ts=9.0)
+    old = [p.record for p in first.take(10, set())]
+    first.close()
+
+    second = Buffer(path, boot=6, max_rows=3)
+    assert second.pending() == 3
+    assert second.dropped() == {"telemetry": 3}  # counters survive too
+    events = second.take(10, set())
+    assert [(p.kind, p.record.boot, p.record.seq) for p in events] == [("events", 5, 5)]
+    assert events[0].record == old[0]
+    second.ack([p.id for p in events])
+    telemetry = second.take(10, set())
+    assert [(p.record.boot, p.record.seq, p.record.body) for p in telemetry] == [
+        (5, 3, {"i": 3}),
+        (5, 4, {"i": 4}),
+    ]
+    new = second.append("telemetry", {"i": "after reboot"}, ts=10.0)
+    assert (new.boot, new.seq) == (6, 0)
+    # (boot, seq) stays unique across the reboot
+    keys = [(p.record.boot, p.record.seq) for p in second.take(10, set())]
+    assert len(keys) == len(set(keys)) == 3
+    second.close()
+
+
+def test_unopenable_path_is_a_transport_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with pytest.raises(TransportError, match="cannot open the telemetry buffer"):
+        Buffer(blocker / "buffer.sqlite", boot=1)

@@ -1,0 +1,250 @@
+"""Device files and the shipped profiles: what validates, and what each wrong file says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import firmware_configs
+from edge_agent.config import PROFILE_SCHEMA, load_config, load_profile
+from edge_agent.errors import ConfigError
+
+GOOD = """\
+profile = "raspberry-pi-4"
+
+[device]
+id = "pi-kitchen-01"
+
+[broker]
+host = "hub.local"
+port = 8883
+
+[telemetry]
+interval_s = 1
+
+[[inputs]]
+kind = "file"
+path = "sensor.csv"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "device.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return str(info.value)
+
+
+# ---- what validates --------------------------------------------------------------------------
+def test_load_config_layers_device_over_profile_over_base(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.device_id == "pi-kitchen-01"
+    assert cfg.profile_name == "raspberry-pi-4"
+    assert cfg.broker_host == "hub.local"
+    assert cfg.broker_port == 8883
+    assert cfg.username == "pi-kitchen-01"  # defaults to the device id
+    assert cfg.password is None
+    assert cfg.topic_prefix == "edgefleet"
+    assert cfg.state_dir == tmp_path / "state-pi-kitchen-01"
+    assert cfg.inputs == ({"kind": "file", "path": "sensor.csv"},)
+    assert cfg.get("telemetry", "interval_s") == 1  # the device file
+    assert cfg.get("telemetry", "batch_size") == 100  # base, kept beside the override
+    assert cfg.get("runtime", "threads") == 2  # the profile
+
+
+def test_minimal_device_file_uses_the_generic_profile(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, '[device]\nid = "d1"\nstate_dir = "st"\n'))
+    assert cfg.profile_name == "generic-x86_64"
+    assert cfg.state_dir == tmp_path / "st"
+    assert cfg.get("runtime", "threads") == 4
+
+
+def test_password_file_is_read_relative_to_the_device_file(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("s3cret\n")
+    cfg = load_config(write(tmp_path, '[device]\nid = "d1"\n[broker]\npassword_file = "pw"\n'))
+    assert cfg.password == "s3cret"
+
+
+@pytest.mark.parametrize("name", firmware_configs.profile_names())
+def test_every_shipped_profile_loads(name: str) -> None:
+    profile = load_profile(name)
+    assert "extends" not in profile
+    for section, keys in PROFILE_SCHEMA.items():
+        assert set(profile[section]) == set(keys), f"{name}: [{section}]"
+    assert profile["drift"]["psi_warn"] < profile["drift"]["psi_alert"]
+
+
+def test_there_are_profiles_and_base_is_not_one() -> None:
+    names = firmware_configs.profile_names()
+    assert "raspberry-pi-4" in names
+    assert "base" not in names
+
+
+@pytest.mark.parametrize("name", firmware_configs.profile_names())
+def test_every_shipped_profile_works_in_a_device_file(tmp_path: Path, name: str) -> None:
+    cfg = load_config(write(tmp_path, f'profile = "{name}"\n[device]\nid = "d1"\n'))
+    assert cfg.profile_name == name
+
+
+# ---- wrong files -----------------------------------------------------------------------------
+def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
+    path = write(tmp_path, '[device]\nid = "d1"\n[telemetry]\nintervall_s = 1\n')
+    text = error_of(path)
+    assert str(path) in text
+    assert "telemetry.intervall_s" in text
+    assert "Did you mean 'interval_s'?" in text
+
+
+def test_unknown_top_level_key_suggests_the_right_one(tmp_path: Path) -> None:
+    path = write(tmp_path, 'profle = "raspberry-pi-4"\n[device]\nid = "d1"\n')
+    text = error_of(path)
+    assert str(path) in text
+    assert "'profle'" in text
+    assert "Did you mean 'profile'?" in text
+
+
+def test_unknown_section_key_in_device(tmp_path: Path) -> None:
+    path = write(tmp_path, '[device]\nid = "d1"\nname = "x"\n')
+    text = error_of(path)
+    assert str(path) in text
+    assert "device.name" in text
+    assert "Known keys: id, state_dir" in text
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "expected", "found"),
+    [
+        ('[telemetry]\nbatch_size = "100"', "telemetry.batch_size", "expected int", "str '100'"),
+        ("[telemetry]\nbatch_size = true", "telemetry.batch_size", "expected int", "bool True"),
+        ("[telemetry]\nbatch_size = 1.5", "telemetry.batch_size", "expected int", "float 1.5"),
+        ('[telemetry]\ninterval_s = "2s"', "telemetry.interval_s", "expected int or", "'2s'"),
+        ("[drift]\npsi_warn = false", "drift.psi_warn", "expected int or", "bool False"),
+        ('[broker]\nport = "1883"', "broker.port", "expected int", "str '1883'"),
+        ("[broker]\nhost = 127", "broker.host", "expected str", "int 127"),
+        ("[telemetry]\nbatch_size = -5", "telemetry.batch_size", "positive", "-5"),
+        ("[buffer]\nmax_rows = 0", "buffer.max_rows", "positive", "0"),
+        ("[drift]\npsi_alert = -0.25", "drift.psi_alert", "positive", "-0.25"),
+        ("[broker]\nport = -1", "broker.port", "positive", "-1"),
+        ("[drift]\npsi_warn = nan", "drift.psi_warn", "positive", "nan"),
+        ("[telemetry]\ninterval_s = inf", "telemetry.interval_s", "positive", "inf"),
+        ("[runtime]\nthreads = [2]", "runtime.threads", "expected int", "list"),
+        ("telemetry = 5", "[telemetry]", "expected a table", "5"),
+    ],
+)
+def test_wrong_values_say_where_what_and_found(
+    tmp_path: Path, body: str, where: str, expected: str, found: str
+) -> None:
+    top_level = not body.startswith("[")
+    text = f'{body}\n[device]\nid = "d1"\n' if top_level else f'[device]\nid = "d1"\n{body}\n'
+    path = write(tmp_path, text)
+    text = error_of(path)
+    assert text.startswith(f"{path}: ")
+    for word in (where, expected, found):
+        assert word in text, f"{word!r} not in {text!r}"
+
+
+def test_unknown_profile_suggests_and_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, 'profile = "raspbery-pi-4"\n[device]\nid = "d1"\n')
+    text = error_of(path)
+    assert str(path) in text
+    assert "'raspbery-pi-4'" in text
+    assert "Did you mean 'raspberry-pi-4'?" in text
+    assert "generic-x86_64" in text  # the known profiles are listed
+
+
+@pytest.mark.parametrize("profile", ['"../firmware_configs/base"', '"/etc/passwd"', "4"])
+def test_profile_must_be_a_profile_name(tmp_path: Path, profile: str) -> None:
+    path = write(tmp_path, f'profile = {profile}\n[device]\nid = "d1"\n')
+    text = error_of(path)
+    assert str(path) in text
+    assert "profile" in text
+
+
+def test_load_profile_unknown_name() -> None:
+    with pytest.raises(ConfigError, match=r"profile 'jetson-nan' does not exist\. Did you mean"):
+        load_profile("jetson-nan")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[device\nid = 'd1'", "[device]\nid = d1\n", "[device]\nid = 'a'\nid = 'b'\n", "\xff"],
+    ids=["unclosed-table", "bare-string", "duplicate-key", "not-toml"],
+)
+def test_bad_toml_syntax_names_the_file(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    message = error_of(path)
+    assert message.startswith(f"{path}: expected TOML")
+    assert "\n" not in message
+
+
+def test_not_utf8_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "device.toml"
+    path.write_bytes(b'[device]\nid = "\xff\xfe"\n')
+    assert error_of(path).startswith(f"{path}: expected TOML")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.toml"
+    assert error_of(path) == f"{path}: no such file"
+
+
+def test_a_directory_is_not_a_config(tmp_path: Path) -> None:
+    text = error_of(tmp_path)
+    assert text.startswith(f"{tmp_path}: ")
+
+
+def test_missing_device_id(tmp_path: Path) -> None:
+    path = write(tmp_path, 'profile = "raspberry-pi-4"\n')
+    text = error_of(path)
+    assert str(path) in text
+    assert "device.id is required" in text
+
+
+@pytest.mark.parametrize("device_id", ["a/b", "+", "#", "x" * 65, "", "has space"])
+def test_bad_device_id(tmp_path: Path, device_id: str) -> None:
+    path = write(tmp_path, f'[device]\nid = "{device_id}"\n')
+    text = error_of(path)
+    assert text.startswith(f"{path}: device.id: expected 1-64 characters")
+    assert repr(device_id) in text
+
+
+def test_device_id_of_the_wrong_type(tmp_path: Path) -> None:
+    path = write(tmp_path, "[device]\nid = 5\n")
+    text = error_of(path)
+    assert str(path) in text
+    assert "device.id expected str, found int 5" in text
+
+
+def test_extends_in_a_device_file(tmp_path: Path) -> None:
+    path = write(tmp_path, 'extends = "base"\n[device]\nid = "d1"\n')
+    text = error_of(path)
+    assert str(path) in text
+    assert "`profile`, not extends" in text
+
+
+def test_inputs_must_be_tables(tmp_path: Path) -> None:
+    path = write(tmp_path, 'inputs = ["serial"]\n[device]\nid = "d1"\n')
+    text = error_of(path)
+    assert str(path) in text
+    assert "inputs expected a list of [[inputs]] tables" in text
+
+
+def test_unreadable_password_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[device]\nid = "d1"\n[broker]\npassword_file = "nope"\n')
+    text = error_of(path)
+    assert str(path) in text
+    assert "broker.password_file" in text
+    assert "nope" in text
+
+
+def test_warn_threshold_must_be_below_alert(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('[device]\nid = "pi-01"\n[drift]\npsi_warn = 0.3\npsi_alert = 0.2\n')
+    with pytest.raises(ConfigError, match=r"agent\.toml: drift\.psi_warn \(0\.3\) expected below"):
+        load_config(path)

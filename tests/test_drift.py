@@ -1,0 +1,314 @@
+"""Drift statistics on real data: PSI, the drift monitor, and the card's quantile bins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from sklearn.datasets import load_breast_cancer
+
+from edge_agent.drift import EPSILON, DriftMonitor, classify, psi
+from edge_agent.protocol.card import (
+    ModelCard,
+    bucket_counts,
+    feature_profiles,
+    parse_card,
+    quantile_edges,
+)
+
+BINS = 10
+
+
+@pytest.fixture(scope="module")
+def cancer() -> tuple[np.ndarray, list[str]]:
+    data = load_breast_cancer()
+    return np.asarray(data.data, dtype=np.float64), [str(n) for n in data.feature_names]
+
+
+@pytest.fixture(scope="module")
+def halves(cancer: tuple[np.ndarray, list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    x, _ = cancer
+    order = np.random.default_rng(0).permutation(len(x))
+    return x[order[: len(x) // 2]], x[order[len(x) // 2 :]]
+
+
+def reference_psi(ref_counts: np.ndarray, live_counts: np.ndarray) -> float:
+    """PSI written independently: symmetric KL divergence of the two binned distributions,
+    with each bin's share floored at drift.EPSILON (the clipping drift.psi documents)."""
+    p = np.maximum(np.asarray(ref_counts, float) / max(float(np.sum(ref_counts)), 1.0), EPSILON)
+    q = np.maximum(np.asarray(live_counts, float) / max(float(np.sum(live_counts)), 1.0), EPSILON)
+    return float(np.sum(q * np.log(q / p)) + np.sum(p * np.log(p / q)))
+
+
+def card_for(x: np.ndarray, names: list[str]) -> ModelCard:
+    """A minimal valid card whose drift reference profile is `x`."""
+    return parse_card(
+        {
+            "card_version": 1,
+            "name": "cancer",
+            "version": 1,
+            "task": "classification",
+            "runtime": "onnxruntime",
+            "model_file": "model.onnx",
+            "input": {"name": "input"},
+            "classes": [0, 1],
+            "reference": {
+                "features": [p.to_json() for p in feature_profiles(x, names, BINS)],
+                "predictions": {"counts": [1, 1]},
+            },
+            "sample": {"inputs": [[float(v) for v in x[0]]], "outputs": [0]},
+            "health": {"max_latency_ms": 50.0, "min_agreement": 0.9},
+        }
+    )
+
+
+# ---- psi -------------------------------------------------------------------------------------
+def test_psi_of_identical_histograms_is_zero() -> None:
+    counts = np.array([5, 0, 12, 40, 3])
+    assert psi(counts, counts) == 0.0
+    assert psi(counts, counts * 7) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_psi_matches_an_independent_computation(
+    cancer: tuple[np.ndarray, list[str]], halves: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, _ = cancer
+    ref, live = halves
+    for j in range(x.shape[1]):
+        edges = quantile_edges(ref[:, j], BINS)
+        for other in (live[:, j], live[:, j] * 1.3 + 0.1 * live[:, j].std()):
+            a, b = bucket_counts(ref[:, j], edges), bucket_counts(other, edges)
+            assert psi(a, b) == pytest.approx(reference_psi(a, b), rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=100, derandomize=True, database=None, deadline=None)
+@given(
+    data=st.integers(1, 12).flatmap(
+        lambda n: st.tuples(
+            arrays(np.int64, n, elements=st.integers(0, 1000)),
+            arrays(np.int64, n, elements=st.integers(0, 1000)),
+        )
+    )
+)
+def test_psi_matches_on_any_histograms_including_empty_bins(
+    data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    a, b = data
+    value = psi(a, b)
+    assert value >= 0.0
+    assert np.isfinite(value)
+    assert value == pytest.approx(reference_psi(a, b), rel=1e-9, abs=1e-12)
+    assert value == pytest.approx(psi(b, a), rel=1e-9, abs=1e-12)  # PSI is symmetric
+
+
+def test_psi_on_real_data_same_distribution_is_small_and_shift_is_large(
+    cancer: tuple[np.ndarray, list[str]], halves: tuple[np.ndarray, np.ndarray]
+) -> None:
+    _, names = cancer
+    ref, live = halves
+    j = names.index("mean radius")
+    edges = quantile_edges(ref[:, j], BINS)
+    ref_counts = bucket_counts(ref[:, j], edges)
+    assert psi(ref_counts, bucket_counts(ref[:, j], edges)) == 0.0
+    same = psi(ref_counts, bucket_counts(live[:, j], edges))
+    assert same < 0.1
+    shifted = live[:, j] + 1.0 * ref[:, j].std()
+    moved = psi(ref_counts, bucket_counts(shifted, edges))
+    assert moved > 0.25
+    assert moved > 10 * same
+
+
+def test_classify_thresholds() -> None:
+    assert classify(0.0, 0.1, 0.25) == "ok"
+    assert classify(0.0999, 0.1, 0.25) == "ok"
+    assert classify(0.1, 0.1, 0.25) == "warn"
+    assert classify(0.2499, 0.1, 0.25) == "warn"
+    assert classify(0.25, 0.1, 0.25) == "alert"
+    assert classify(3.0, 0.1, 0.25) == "alert"
+
+
+# ---- the monitor -----------------------------------------------------------------------------
+def feed(monitor: DriftMonitor, x: np.ndarray, batch: int) -> list[dict[str, Any]]:
+    reports = []
+    for start in range(0, len(x), batch):
+        report = monitor.add(x[start : start + batch])
+        if report is not None:
+            reports.append(report)
+    return reports
+
+
+@pytest.mark.parametrize("batch", [1, 7, 16, 50])
+def test_monitor_reports_exactly_every_window_rows(
+    cancer: tuple[np.ndarray, list[str]], halves: tuple[np.ndarray, np.ndarray], batch: int
+) -> None:
+    _, names = cancer
+    ref, live = halves
+    monitor = DriftMonitor(card_for(ref, names), window=50)
+    reports = feed(monitor, live[:280], batch)
+    assert len(reports) == 280 // 50
+    assert [r["window"] for r in reports] == [50] * len(reports)
+
+
+def test_monitor_windows_hold_the_rows_in_order(
+    cancer: tuple[np.ndarray, list[str]], halves: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Each report is about exactly its own window of rows, even when batches straddle two."""
+    _, names = cancer
+    ref, live = halves
+    card = card_for(ref, names)
+    straddling = feed(DriftMonitor(card, window=40), live[:120], 16)
+    by_window = [DriftMonitor(card, window=40).report(live[i : i + 40]) for i in (0, 40, 80)]
+    assert straddling == by_window
+
+
+def test_monitor_report_contents_and_status(
+    cancer: tuple[np.ndarray, list[str]], halves: tuple[np.ndarray, np.ndarray]
+) -> None:
+    _, names = cancer
+    ref, live = halves
+    card = card_for(ref, names)
+    monitor = DriftMonitor(card, window=100, warn=0.1, alert=0.25)
+    assert monitor.add(live[:99]) is None
+    report = monitor.add(live[99:100])
+    assert report is not None
+    assert report["model"] == {"name": "cancer", "version": 1}
+    assert report["window"] == 100
+    assert set(report["psi"]) == set(names)
+    assert report["max_psi"] == max(report["psi"].values())
+    assert report["psi"][report["worst_feature"]] == report["max_psi"]
+    assert report["status"] == classify(report["max_psi"], 0.1, 0.25)
+    # each per-feature value is psi() of that feature's live counts
+    j = names.index("worst area")
+    profile = card.features[j]
+    live_counts = bucket_counts(live[:100, j], list(profile.edges))
+    expected = psi(np.asarray(profile.counts), live_counts)
+    assert report["psi"]["worst area"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_monitor_status_ok_warn_alert_by_thresholds(
+    cancer: tuple[np.ndarray, list[str]], halves: tuple[np.ndarray, np.ndarray]
+) -> None:
+    _, names = cancer
+    ref, live = halves
+    card = card_for(ref, names)
+    window = live[:100]
+    baseline = DriftMonitor(card, window=100).report(window)["max_psi"]
+    assert (
+        DriftMonitor(card, 100, warn=baseline + 1, alert=baseline + 2).report(window)["status"]
+        == "ok"
+    )
+    assert (
+        DriftMonitor(card, 100, warn=baseline, alert=baseline + 1).report(window)["status"]
+        == "warn"
+    )
+    assert (
+        DriftMonitor(card, 100, warn=baseline / 2, alert=baseline).report(window)["status"]
+        == "alert"
+    )
+
+
+def test_monitor_flags_one_shifted_feature(
+    cancer: tuple[np.ndarray, list[str]], halves: tuple[np.ndarray, np.ndarray]
+) -> None:
+    _, names = cancer
+    ref, live = halves
+    monitor = DriftMonitor(card_for(ref, names), window=200, warn=0.1, alert=0.25)
+    calm = monitor.add(live[:200])
+    assert calm is not None
+    assert calm["status"] in ("ok", "warn")  # a 200-row sample of the same population
+    j = names.index("mean texture")
+    shifted = live[:200].copy()
+    shifted[:, j] += 2 * ref[:, j].std()
+    report = monitor.add(shifted)
+    assert report is not None
+    assert report["worst_feature"] == "mean texture"
+    assert report["status"] == "alert"
+    assert report["psi"]["mean texture"] > 1.0
+
+
+# ---- quantile edges and bucket counts --------------------------------------------------------
+def test_bucket_counts_sum_to_the_finite_values_and_ignore_nan() -> None:
+    values = np.array([1.0, np.nan, 2.0, 3.0, np.inf, -np.inf, 2.5, np.nan, 10.0])
+    edges = [1.5, 2.5]
+    counts = bucket_counts(values, edges)
+    assert counts.tolist() == [1, 2, 2]  # (-inf, 1.5], (1.5, 2.5], (2.5, inf)
+    assert counts.sum() == np.isfinite(values).sum()
+
+
+@settings(max_examples=100, derandomize=True, database=None, deadline=None)
+@given(
+    values=arrays(
+        np.float64,
+        st.integers(0, 60),
+        elements=st.floats(-1e6, 1e6) | st.just(np.nan) | st.sampled_from([0.0, 1.0, 2.0]),
+    ),
+    bins=st.integers(1, 12),
+)
+def test_quantile_bins_cover_every_finite_value(values: np.ndarray, bins: int) -> None:
+    edges = quantile_edges(values, bins)
+    assert edges == sorted(set(edges))
+    assert len(edges) <= bins - 1
+    counts = bucket_counts(values, edges)
+    assert len(counts) == len(edges) + 1
+    assert counts.sum() == np.isfinite(values).sum()
+    finite = values[np.isfinite(values)]
+    for edge in edges:  # every edge lies strictly inside the observed range, between values
+        assert finite.min() < edge < finite.max()
+        assert edge not in finite
+
+
+def test_edges_sit_between_observed_values_for_a_discrete_feature() -> None:
+    rng = np.random.default_rng(1)
+    counts = rng.integers(0, 5, size=500).astype(np.float64)  # a feature with five levels
+    edges = quantile_edges(counts, BINS)
+    assert edges  # the levels are separated
+    assert all(e - int(e) == 0.5 for e in edges)
+    assert set(edges) <= {0.5, 1.5, 2.5, 3.5}
+    # small noise on an integer value never flips it into another bin
+    level_bins = bucket_counts(counts, edges)
+    noisy_bins = bucket_counts(counts + rng.uniform(-0.2, 0.2, size=counts.size), edges)
+    assert level_bins.tolist() == noisy_bins.tolist()
+
+
+def test_edges_of_real_features_between_observed_values(
+    cancer: tuple[np.ndarray, list[str]],
+) -> None:
+    x, _ = cancer
+    for j in range(x.shape[1]):
+        col = x[:, j]
+        edges = quantile_edges(col, BINS)
+        observed = np.unique(col)
+        for edge in edges:
+            below, above = observed[observed < edge].max(), observed[observed > edge].min()
+            assert edge == pytest.approx((below + above) / 2)
+        counts = bucket_counts(col, edges)
+        assert counts.sum() == len(col)
+        assert counts.max() <= 2 * len(col) / BINS  # roughly equal mass
+
+
+@pytest.mark.parametrize(
+    "values", [np.array([]), np.array([np.nan, np.nan]), np.array([4.0]), np.array([3.0] * 9)]
+)
+def test_degenerate_features_have_no_edges(values: np.ndarray) -> None:
+    edges = quantile_edges(values, BINS)
+    assert edges == []
+    assert bucket_counts(values, edges).tolist() == [np.isfinite(values).sum()]
+
+
+def test_feature_profile_ignores_nan_and_records_the_missing_rate(
+    cancer: tuple[np.ndarray, list[str]],
+) -> None:
+    x, names = cancer
+    col = x[:, :1].copy()
+    col[::4] = np.nan
+    (profile,) = feature_profiles(col, names[:1], BINS)
+    finite = col[np.isfinite(col)]
+    assert sum(profile.counts) == finite.size
+    assert profile.missing_rate == pytest.approx(np.isnan(col).mean())
+    assert profile.mean == pytest.approx(finite.mean())
+    assert profile.min == finite.min()
+    assert profile.max == finite.max()

@@ -1,0 +1,120 @@
+"""The device footprint: the base install is the agent, and it needs nothing from the hub."""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+from converters.pipeline import build_bundle
+
+ROOT = Path(__file__).resolve().parent.parent
+FORBIDDEN = {"scikit-learn", "skl2onnx", "onnx", "tensorflow", "tensorflow-cpu", "sqlalchemy"}
+PROTOCOL_ALLOWED = {"numpy", "edge_agent", "__future__"}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s;<>=!~\[(]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _base_requirements() -> list[str]:
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    return [r for r in cfg["options"]["install_requires"].splitlines() if r.strip()]
+
+
+def test_base_install_pulls_in_no_training_stack() -> None:
+    """Walk the installed dependency tree of the base requirements (extras excluded)."""
+    seen: set[str] = set()
+    todo = [_name(r) for r in _base_requirements()]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for req in metadata.requires(name) or []:
+            if "extra ==" in req:
+                continue
+            todo.append(_name(req))
+    assert "onnxruntime" in seen and "tuf" in seen
+    assert not seen & FORBIDDEN, f"the agent's install pulls in {sorted(seen & FORBIDDEN)}"
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_edge_agent_imports_neither_hub_nor_converters() -> None:
+    for path in (ROOT / "edge_agent").rglob("*.py"):
+        bad = {n for n in _imports(path) if n.split(".")[0] in ("cloud_hub", "converters")}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_protocol_imports_only_stdlib_and_numpy() -> None:
+    stdlib = set(sys.stdlib_module_names)
+    for path in (ROOT / "edge_agent" / "protocol").rglob("*.py"):
+        for name in _imports(path):
+            top = name.split(".")[0]
+            assert top in stdlib or top in PROTOCOL_ALLOWED, f"{path.name} imports {name}"
+            if top == "edge_agent":
+                assert name.startswith(("edge_agent.protocol", "edge_agent.errors")), name
+
+
+BLOCKER = textwrap.dedent(
+    """
+    import sys
+    BLOCKED = {"sklearn", "skl2onnx", "onnx", "tensorflow", "cloud_hub", "converters",
+               "sqlalchemy", "rich"}
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{name} is not on a device")
+    sys.meta_path.insert(0, Block())
+    """
+)
+
+
+def test_agent_runs_a_model_with_the_base_install_only(tmp_path: Path) -> None:
+    x, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=500).fit(x, y)
+    bundle = tmp_path / "iris-1.zip"
+    build_bundle(model, x, y, name="iris", version=1, out=bundle)
+    script = BLOCKER + textwrap.dedent(
+        f"""
+        import numpy as np
+        import edge_agent.agent, edge_agent.cli
+        from edge_agent.bundle import read_bundle
+        from edge_agent.health import check_health
+        from edge_agent.runtime import load_runtime
+        b = read_bundle(open({str(bundle)!r}, "rb").read(), None, 10**8)
+        rt = load_runtime(b.card, b.model_bytes)
+        assert check_health(b.card, rt).ok
+        print(rt.predict(np.asarray(b.card.sample_inputs, dtype=np.float32)[:3]).tolist())
+        bad = [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+        assert not bad, bad
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    predictions = json.loads(out.stdout)
+    assert len(predictions) == 3
+    assert np.isfinite(np.asarray(predictions, dtype=float)).all()

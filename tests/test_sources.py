@@ -1,0 +1,640 @@
+"""Sensor line parsing and input sources (serial through real pseudo-terminals, file, stdin)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_agent.errors import ConfigError, SensorLineError, TransportError
+from edge_agent.line_parser import REASONS, LineParser, RejectCounter
+from edge_agent.sources import (
+    FileSource,
+    LineSplitter,
+    SerialSource,
+    Source,
+    source_from_config,
+)
+
+NAMES = ["alcohol", "malic_acid", "ash", "magnesium"]
+BOUNDS = [(11.0, 15.0), (0.7, 5.8), (1.3, 3.3), (70.0, 162.0)]
+WAIT_S = 5.0  # upper bound for every wait on another thread; never reached when things work
+
+
+def reason_of(parser: LineParser, raw: bytes) -> SensorLineError:
+    with pytest.raises(SensorLineError) as info:
+        parser.parse(raw)
+    return info.value
+
+
+# -- CSV -----------------------------------------------------------------------------------------
+
+
+def test_csv_line_becomes_float32_vector() -> None:
+    out = LineParser(NAMES).parse(b"  13.2, 1.78 ,2.14,112\r\n")
+    assert out.dtype == np.float32
+    assert out.shape == (4,)
+    np.testing.assert_array_equal(out, np.array([13.2, 1.78, 2.14, 112], dtype=np.float32))
+
+
+def test_csv_within_bounds_accepted_including_the_edges() -> None:
+    parser = LineParser(NAMES, bounds=BOUNDS)
+    expected = np.array([11, 5.8, 1.3, 162], dtype=np.float32)
+    np.testing.assert_array_equal(parser.parse(b"11,5.8,1.3,162"), expected)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"\xff\xfe\x00", "garbage"),
+        (b"\xff,1,2,3", "garbage"),  # not UTF-8
+        (b"13.2,1.78\x00,2.14,112", "garbage"),  # control byte
+        (b"13.2,1.78,2.14,1\x1b[0m", "garbage"),
+        (b"", "garbage"),
+        (b"  \r\n", "garbage"),
+        (b"1," * 3000 + b"1", "garbage"),  # longer than max_line_bytes
+        (b"13.2,1.78,2.14", "field-count"),
+        (b"13.2,1.78,2.14,112,7", "field-count"),
+        (b"13.2;1.78;2.14;112", "field-count"),
+        (b"13.2,abc,2.14,112", "non-numeric"),
+        (b"13.2,,2.14,112", "non-numeric"),
+        (b"13.2,1_000,2.14,112", "non-numeric"),
+        (b"13.2,0x10,2.14,112", "non-numeric"),
+        ("13.2,1.7é,2.14,112".encode(), "non-numeric"),
+        (b"13.2,nan,2.14,112", "non-finite"),
+        (b"13.2,1.78,-inf,112", "non-finite"),
+        (b"Infinity,1.78,2.14,112", "non-finite"),
+        (b"13.2,1.78,2.14,1e400", "non-finite"),  # overflows a double
+        (b"13.2,1.78,2.14,1e39", "out-of-range"),  # a double, but not a float32
+    ],
+)
+def test_csv_rejections_carry_their_reason(raw: bytes, reason: str) -> None:
+    assert reason_of(LineParser(NAMES), raw).reason == reason
+
+
+def test_out_of_range_uses_the_bounds() -> None:
+    parser = LineParser(NAMES, bounds=BOUNDS)
+    err = reason_of(parser, b"13.2,1.78,2.14,500")
+    assert err.reason == "out-of-range"
+    assert "field 4 'magnesium'" in err.detail
+    assert "[70, 162]" in err.detail and "500" in err.detail
+    assert reason_of(parser, b"10.9,1.78,2.14,100").reason == "out-of-range"
+    assert reason_of(parser, b"nan,1.78,2.14,100").reason == "non-finite"
+
+
+def test_details_say_what_was_expected_what_arrived_and_where() -> None:
+    parser = LineParser(NAMES)
+    err = reason_of(parser, b"13.2,1.78,abc,112")
+    assert err.detail == "field 3 'ash': expected a number, got 'abc'"
+    assert str(err).startswith("non-numeric: ")
+    err = reason_of(parser, b"1,2,3")
+    assert "expected 4 comma-separated fields" in err.detail and "got 3" in err.detail
+    err = reason_of(parser, b"1,2\x00,3,4")
+    assert "control byte 0x00 at offset 3" in err.detail
+    err = reason_of(parser, b"12345678" * 1000)
+    assert "8000 bytes" in err.detail and len(err.detail) < 200  # the line itself is cut short
+
+
+# -- JSON ----------------------------------------------------------------------------------------
+
+
+def test_json_object_becomes_vector_in_feature_order() -> None:
+    parser = LineParser(NAMES, fmt="json", bounds=BOUNDS)
+    line = b'{"magnesium": 112, "ash": 2.14, "alcohol": 13.2, "malic_acid": 1.78}\r\n'
+    out = parser.parse(line)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.array([13.2, 1.78, 2.14, 112], dtype=np.float32))
+
+
+GOOD = {"alcohol": 13.2, "malic_acid": 1.78, "ash": 2.14, "magnesium": 112}
+
+
+def with_(**changes: Any) -> bytes:
+    return json.dumps({**GOOD, **changes}).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"alcohol": 13.2,', "garbage"),
+        (b"[13.2, 1.78, 2.14, 112]", "garbage"),
+        (b"13.2", "garbage"),
+        (b'"hello"', "garbage"),
+        (b"[" * 4000, "garbage"),
+        (b'{"alcohol": 13.2}', "field-count"),
+        (with_(colour=3), "field-count"),
+        (
+            b'{"alcohol": 1, "alcohol": 2, "malic_acid": 1, "ash": 2, "magnesium": 80}',
+            "field-count",
+        ),
+        (b'{"alcohol": 1, "alcohol": 2, "malic_acid": 1, "ash": 2}', "field-count"),
+        (with_(ash="2.14"), "non-numeric"),
+        (with_(ash=True), "non-numeric"),
+        (with_(ash=None), "non-numeric"),
+        (with_(ash=[2.14]), "non-numeric"),
+        (with_(ash={"v": 2.14}), "non-numeric"),
+        (with_(ash=float("nan")), "non-finite"),  # json.dumps writes NaN
+        (with_(ash=float("-inf")), "non-finite"),
+        (with_(magnesium=500), "out-of-range"),
+        (with_(magnesium=10**400), "out-of-range"),
+        (b"\xff\xfe\x00", "garbage"),
+    ],
+)
+def test_json_rejections_carry_their_reason(raw: bytes, reason: str) -> None:
+    parser = LineParser(NAMES, fmt="json", bounds=BOUNDS)
+    assert reason_of(parser, raw).reason == reason
+
+
+def test_json_details_name_the_keys() -> None:
+    parser = LineParser(NAMES, fmt="json")
+    err = reason_of(parser, b'{"alcohol": 13.2, "colour": 1}')
+    assert "missing 'malic_acid', 'ash', 'magnesium'" in err.detail
+    assert "unexpected 'colour'" in err.detail
+    err = reason_of(parser, with_(ash="x"))
+    assert err.detail == "field 3 'ash': expected a number, got string 'x'"
+
+
+# -- parser configuration and counting -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"feature_names": []}, "'feature_names'"),
+        ({"feature_names": "abc"}, "'feature_names'"),
+        ({"feature_names": ["a", "a"]}, "'a' twice"),
+        ({"feature_names": ["a", ""]}, "'feature_names[1]'"),
+        ({"feature_names": NAMES, "fmt": "xml"}, "'fmt' expected one of csv, json, found 'xml'"),
+        ({"feature_names": NAMES, "bounds": [(0, 1)]}, "'bounds' expected 4"),
+        ({"feature_names": NAMES, "bounds": [(0, 1)] * 3 + [(2, 1)]}, "'bounds[3]'"),
+        ({"feature_names": NAMES, "bounds": [(0, 1)] * 3 + [("x", 1)]}, "'bounds[3]'"),
+        ({"feature_names": NAMES, "max_line_bytes": 0}, "'max_line_bytes'"),
+    ],
+)
+def test_parser_config_errors(kwargs: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError, match="line parser") as info:
+        LineParser(**kwargs)
+    assert needle in str(info.value)
+
+
+def test_reject_counter_counts_per_reason_across_threads() -> None:
+    counter = RejectCounter()
+    assert counter.snapshot() == dict.fromkeys(REASONS, 0)
+    parser = LineParser(NAMES)
+
+    def work() -> None:
+        for raw in (b"\xff", b"1,2", b"1,x,3,4", b"1,nan,3,4") * 500:
+            try:
+                parser.parse(raw)
+            except SensorLineError as exc:
+                counter.record(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    snap = counter.snapshot()
+    assert snap == {
+        "garbage": 2000,
+        "field-count": 2000,
+        "non-numeric": 2000,
+        "non-finite": 2000,
+        "out-of-range": 0,
+    }
+    assert counter.total() == 8000
+    snap["garbage"] = 0
+    assert counter.snapshot()["garbage"] == 2000  # a snapshot is a copy
+
+
+# -- properties ----------------------------------------------------------------------------------
+
+CSV_PARSER = LineParser(NAMES, bounds=BOUNDS, max_line_bytes=256)
+JSON_PARSER = LineParser(NAMES, fmt="json", bounds=BOUNDS, max_line_bytes=256)
+PLAIN_PARSER = LineParser(NAMES)
+
+line_like = st.lists(
+    st.one_of(
+        st.floats().map(repr),
+        st.integers().map(str),
+        st.text(alphabet="0123456789.eE+-_ naifNIF\t\r\x00\x7f", max_size=12),
+    ),
+    max_size=6,
+).map(lambda fields: ",".join(fields).encode())
+json_like = st.dictionaries(
+    st.sampled_from([*NAMES, "other"]),
+    st.one_of(st.floats(), st.integers(), st.booleans(), st.none(), st.text(max_size=5)),
+).map(lambda d: json.dumps(d).encode())
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.one_of(st.binary(max_size=400), line_like, json_like))
+def test_parse_raises_only_sensor_line_errors(raw: bytes) -> None:
+    for parser in (CSV_PARSER, JSON_PARSER, PLAIN_PARSER):
+        try:
+            out = parser.parse(raw)
+        except SensorLineError as exc:
+            assert exc.reason in REASONS
+        else:
+            assert out.dtype == np.float32 and out.shape == (4,)
+            assert np.isfinite(out).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=4, max_size=4))
+def test_formatted_values_round_trip(values: list[float]) -> None:
+    raw = ",".join(repr(v) for v in values).encode()
+    if all(abs(v) <= float(np.finfo(np.float32).max) for v in values):
+        np.testing.assert_array_equal(PLAIN_PARSER.parse(raw), np.array(values, np.float32))
+    else:
+        assert reason_of(PLAIN_PARSER, raw).reason == "out-of-range"
+
+
+# -- LineSplitter --------------------------------------------------------------------------------
+
+
+def test_splitter_joins_chunks_and_drops_terminators() -> None:
+    splitter = LineSplitter()
+    assert splitter.feed(b"1,2") == []
+    assert splitter.feed(b",3\r\n4,5") == [b"1,2,3"]
+    assert splitter.feed(b"\n\n6\n") == [b"4,5", b"", b"6"]
+    assert splitter.feed(b"tail") == []
+    assert splitter.flush() == b"tail"
+    assert splitter.flush() is None
+
+
+def test_splitter_cuts_oversized_lines_so_the_parser_rejects_them() -> None:
+    splitter = LineSplitter(max_line_bytes=8)
+    lines = splitter.feed(b"x" * 20)  # no newline yet: cut, then skip to the newline
+    assert lines == [b"x" * 9]
+    assert splitter.feed(b"yyyy\nok\n" + b"z" * 12 + b"\nend\n") == [b"ok", b"z" * 9, b"end"]
+    assert splitter.oversize == 2
+    assert reason_of(LineParser(["a"], max_line_bytes=8), lines[0]).reason == "garbage"
+
+
+# -- serial through pseudo-terminals -------------------------------------------------------------
+
+
+class Recorder:
+    """Collects lines and status events from a source's thread."""
+
+    def __init__(self) -> None:
+        self.lines: queue.Queue[bytes] = queue.Queue()
+        self.events: queue.Queue[tuple[str, TransportError | None]] = queue.Queue()
+
+    def on_line(self, line: bytes) -> None:
+        self.lines.put(line)
+
+    def on_status(self, event: str, error: TransportError | None) -> None:
+        self.events.put((event, error))
+
+    def wait_event(self, wanted: str) -> TransportError | None:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            event, error = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            if event == wanted:
+                return error
+
+    def next_line(self) -> bytes:
+        return self.lines.get(timeout=WAIT_S)
+
+
+@pytest.fixture
+def pty_pair() -> Iterator[tuple[int, str]]:
+    master, slave = os.openpty()
+    try:
+        yield master, os.ttyname(slave)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_serial_source_reads_lines_from_a_pty(pty_pair: tuple[int, str]) -> None:
+    master, slave_name = pty_pair
+    rec = Recorder()
+    src = SerialSource(slave_name, reopen_delay=0.05, on_status=rec.on_status)
+    assert isinstance(src, Source)
+    src.start(rec.on_line)
+    try:
+        rec.wait_event("opened")
+        assert src.is_open and src.open_error is None
+        os.write(master, b"13.2,1.78,2.14,112\r\npartial")
+        assert rec.next_line() == b"13.2,1.78,2.14,112"
+        os.write(master, b" line\n\xff\xfe\x00\n")
+        assert rec.next_line() == b"partial line"
+        assert rec.next_line() == b"\xff\xfe\x00"  # delivered as is: rejecting is the parser's job
+    finally:
+        began = time.monotonic()
+        src.stop()
+        stopped_in = time.monotonic() - began
+    assert stopped_in < 1.0
+    assert not src.running
+    assert rec.wait_event("closed") is None
+    assert src.stats()["lines"] == 3
+
+
+def test_serial_source_survives_a_raising_callback(pty_pair: tuple[int, str]) -> None:
+    master, slave_name = pty_pair
+    rec = Recorder()
+
+    def on_line(line: bytes) -> None:
+        if line == b"boom":
+            raise ValueError("callback bug")
+        rec.on_line(line)
+
+    src = SerialSource(slave_name, on_status=rec.on_status)
+    src.start(on_line)
+    try:
+        rec.wait_event("opened")
+        os.write(master, b"boom\nafter\n")
+        assert rec.next_line() == b"after"
+    finally:
+        src.stop()
+    assert src.stats()["callback-errors"] == 1
+
+
+def test_serial_source_keeps_trying_a_missing_port(tmp_path: Path) -> None:
+    rec = Recorder()
+    src = SerialSource(str(tmp_path / "ttyUSB9"), reopen_delay=0.01, on_status=rec.on_status)
+    src.start(rec.on_line)
+    try:
+        error = rec.wait_event("open-failed")
+        rec.wait_event("open-failed")  # and again after reopen_delay
+    finally:
+        src.stop()
+    assert isinstance(error, TransportError)
+    assert "ttyUSB9" in str(error) and "cannot open" in str(error)
+    assert error.__cause__ is not None
+    assert isinstance(src.open_error, TransportError)
+    assert src.stats()["open-failed"] >= 2
+    assert not src.running
+
+
+class Socat:
+    """A socat-made pty pair behind two symlinks; the links vanish when socat is terminated."""
+
+    def __init__(self, directory: Path) -> None:
+        self.a = directory / "ttyA"  # the "device" end the test writes to
+        self.b = directory / "ttyB"  # the "port" end the source reads from
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "socat",
+                "-d",
+                "-d",
+                f"pty,raw,echo=0,link={self.a}",
+                f"pty,raw,echo=0,link={self.b}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        log: queue.Queue[bytes] = queue.Queue()
+        stderr = self.proc.stderr
+        assert stderr is not None
+
+        def pump() -> None:  # until socat exits; the pipe is closed by its only reader
+            with stderr:
+                for line in stderr:
+                    log.put(line)
+
+        self.reader = threading.Thread(target=pump, daemon=True)
+        self.reader.start()
+        while b"starting data transfer loop" not in log.get(timeout=WAIT_S):
+            pass
+        assert self.a.is_symlink() and self.b.is_symlink()
+
+    def write(self, data: bytes) -> None:
+        fd = os.open(self.a, os.O_RDWR | os.O_NOCTTY)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=WAIT_S)
+        if self.reader is not None:
+            self.reader.join(WAIT_S)
+
+
+@pytest.fixture
+def socat(tmp_path: Path) -> Iterator[Socat]:
+    if shutil.which("socat") is None:
+        pytest.skip("socat is not installed")
+    pair = Socat(tmp_path)
+    try:
+        yield pair
+    finally:
+        pair.stop()
+
+
+def test_serial_source_survives_the_port_vanishing_and_returning(socat: Socat) -> None:
+    socat.start()
+    rec = Recorder()
+    src = SerialSource(str(socat.b), reopen_delay=0.05, on_status=rec.on_status)
+    src.start(rec.on_line)
+    try:
+        rec.wait_event("opened")
+        socat.write(b"1,2,3,4\n")
+        assert rec.next_line() == b"1,2,3,4"
+
+        socat.stop()  # the USB adapter is pulled out
+        assert not os.path.lexists(socat.b)
+        lost = rec.wait_event("port-lost")
+        assert isinstance(lost, TransportError) and "lost" in str(lost)
+        assert isinstance(rec.wait_event("open-failed"), TransportError)
+        assert not src.is_open and src.running
+
+        socat.start()  # ... and plugged back in
+        rec.wait_event("opened")
+        socat.write(b"5,6,7,8\n")
+        assert rec.next_line() == b"5,6,7,8"
+        assert src.open_error is None
+    finally:
+        src.stop()
+    stats = src.stats()
+    assert stats["port-lost"] == 1
+    assert stats["opened"] == 2
+    assert stats["lines"] == 2
+
+
+# -- file and stdin ------------------------------------------------------------------------------
+
+
+def drain(q: queue.Queue[bytes]) -> list[bytes]:
+    out = []
+    while not q.empty():
+        out.append(q.get_nowait())
+    return out
+
+
+def test_file_source_replays_every_line_then_finishes(tmp_path: Path) -> None:
+    path = tmp_path / "wine.csv"
+    path.write_bytes(b"13.2,1.78,2.14,112\r\n\n\xff\xfe\x00\n12.4,1.1,2.0,90")  # no final newline
+    rec = Recorder()
+    src = FileSource(path)
+    src.start(rec.on_line)
+    assert src.finished.wait(WAIT_S)
+    src.stop()
+    assert drain(rec.lines) == [b"13.2,1.78,2.14,112", b"", b"\xff\xfe\x00", b"12.4,1.1,2.0,90"]
+    assert src.error is None
+    assert src.name == f"file:{path}"
+
+
+def test_file_source_paces_lines_at_rate_hz(tmp_path: Path) -> None:
+    path = tmp_path / "lines.csv"
+    path.write_bytes(b"a\nb\nc\n")
+    times: list[float] = []
+    src = FileSource(path, rate_hz=40)
+    src.start(lambda line: times.append(time.monotonic()))
+    assert src.finished.wait(WAIT_S)
+    src.stop()
+    assert len(times) == 3
+    assert times[2] - times[0] >= 2 / 40 - 0.005  # two intervals of 25 ms, never faster
+
+
+def test_file_source_stops_promptly_while_waiting_to_pace(tmp_path: Path) -> None:
+    path = tmp_path / "lines.csv"
+    path.write_bytes(b"x\n" * 10)
+    rec = Recorder()
+    src = FileSource(path, rate_hz=0.2)  # one line every 5 s
+    src.start(rec.on_line)
+    assert rec.next_line() == b"x"
+    began = time.monotonic()
+    src.stop()
+    assert time.monotonic() - began < 1.0
+    assert not src.running and not src.finished.is_set()
+    assert drain(rec.lines) == []
+
+
+def test_file_source_loops(tmp_path: Path) -> None:
+    path = tmp_path / "lines.csv"
+    path.write_bytes(b"1\n2\n3")
+    rec = Recorder()
+    src = FileSource(path, loop=True)
+    src.start(rec.on_line)
+    try:
+        got = [rec.next_line() for _ in range(7)]
+    finally:
+        src.stop()
+    assert got == [b"1", b"2", b"3", b"1", b"2", b"3", b"1"]
+    assert not src.finished.is_set()
+
+
+def test_file_source_loop_over_an_empty_file_finishes(tmp_path: Path) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_bytes(b"")
+    src = FileSource(path, loop=True)
+    src.start(lambda line: None)
+    assert src.finished.wait(WAIT_S)
+    src.stop()
+
+
+def test_file_source_reads_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(read_fd, "rb") as reader:
+        monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=reader))
+        rec = Recorder()
+        src = FileSource("-")
+        assert src.name == "stdin"
+        src.start(rec.on_line)
+        try:
+            os.write(write_fd, b"1,2,3,4\n5,6")
+            assert rec.next_line() == b"1,2,3,4"
+            os.write(write_fd, b",7,8\n")
+            assert rec.next_line() == b"5,6,7,8"
+            os.close(write_fd)  # end of input
+            assert src.finished.wait(WAIT_S)
+        finally:
+            src.stop()
+        assert not reader.closed  # stdin belongs to the process, not the source
+
+
+def test_file_source_missing_file_is_a_transport_error(tmp_path: Path) -> None:
+    src = FileSource(tmp_path / "nope.csv")
+    with pytest.raises(TransportError, match=r"nope\.csv") as info:
+        src.start(lambda line: None)
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+    assert not src.running
+
+
+def test_start_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "lines.csv"
+    path.write_bytes(b"x\n" * 10)
+    src = FileSource(path, rate_hz=0.2)
+    src.start(lambda line: None)
+    try:
+        with pytest.raises(RuntimeError, match="already running"):
+            src.start(lambda line: None)
+    finally:
+        src.stop()
+
+
+# -- factory -------------------------------------------------------------------------------------
+
+
+def test_factory_builds_sources() -> None:
+    serial_src = source_from_config(
+        {"kind": "serial", "port": "/dev/ttyUSB0", "baudrate": 9600, "parity": "even"}
+    )
+    assert isinstance(serial_src, SerialSource)
+    assert (serial_src.port, serial_src.baudrate, serial_src.parity) == ("/dev/ttyUSB0", 9600, "E")
+    assert serial_src.name == "serial:/dev/ttyUSB0"
+    file_src = source_from_config({"kind": "file", "path": "replay.csv", "rate_hz": 10})
+    assert isinstance(file_src, FileSource)
+    assert (file_src.path, file_src.rate_hz, file_src.loop) == ("replay.csv", 10.0, False)
+    stdin_src = source_from_config({"kind": "file", "path": "-", "rate_hz": None})
+    assert isinstance(stdin_src, FileSource) and stdin_src.is_stdin
+
+
+@pytest.mark.parametrize(
+    ("cfg", "needles"),
+    [
+        ([("kind", "serial")], ["expected a table", "list"]),
+        ({}, ["'kind'", "'serial' or 'file'", "found nothing"]),
+        ({"kind": "mqtt"}, ["'kind'", "'serial' or 'file'", "'mqtt'"]),
+        ({"kind": ["serial"]}, ["'kind'", "['serial']"]),
+        ({"kind": "serial"}, ["'port' is required"]),
+        ({"kind": "serial", "port": ""}, ["'port'", "device path", "''"]),
+        ({"kind": "serial", "port": "/dev/x", "baudrate": "fast"}, ["'baudrate'", "'fast'"]),
+        ({"kind": "serial", "port": "/dev/x", "baudrate": 0}, ["'baudrate'", "positive", "0"]),
+        ({"kind": "serial", "port": "/dev/x", "baudrate": True}, ["'baudrate'", "True"]),
+        ({"kind": "serial", "port": "/dev/x", "parity": "X"}, ["'parity'", "N, E, O", "'X'"]),
+        ({"kind": "serial", "port": "/dev/x", "reopen_delay": -1}, ["'reopen_delay'", "-1"]),
+        ({"kind": "serial", "port": "/dev/x", "baud": 9600}, ["unknown key 'baud'", "baudrate"]),
+        ({"kind": "file"}, ["'path' is required"]),
+        ({"kind": "file", "path": 3}, ["'path'", "found 3"]),
+        ({"kind": "file", "path": "a.csv", "rate_hz": 0}, ["'rate_hz'", "positive", "0"]),
+        ({"kind": "file", "path": "a.csv", "rate_hz": math.nan}, ["'rate_hz'", "nan"]),
+        ({"kind": "file", "path": "a.csv", "rate_hz": "10"}, ["'rate_hz'", "'10'"]),
+        ({"kind": "file", "path": "a.csv", "loop": "yes"}, ["'loop'", "'yes'"]),
+        ({"kind": "file", "path": "-", "loop": True}, ["'loop'", "stdin"]),
+        ({"kind": "file", "path": "a", "max_line_bytes": -5}, ["'max_line_bytes'", "-5"]),
+    ],
+)
+def test_factory_errors_name_key_expected_and_found(cfg: Any, needles: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        source_from_config(cfg)
+    message = str(info.value)
+    for needle in needles:
+        assert needle in message, message
