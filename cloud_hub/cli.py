@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
+from cloud_hub.model_report import card_rows, feature_rows, report_rows, verdict
+from converters.source import QUANTIZE_MODES
 from edge_agent.errors import EdgefleetError
 from edge_agent.protocol.messages import ModelRef
 
@@ -41,6 +44,17 @@ def _emit(
     console.print(table)
 
 
+def _fraction(text: str) -> float:
+    """A threshold argument: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
+
+
 def _when(epoch: float) -> str:
     """A stored timestamp for people: UTC, to the second; 0 means the hub never saw it."""
     if not epoch:
@@ -63,49 +77,85 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_model_convert(args: argparse.Namespace) -> int:
-    from converters.data import check_features
-    from converters.inputs import load_estimator, load_table
-    from converters.pipeline import build_bundle
+    from converters.inputs import load_model, load_table
+    from converters.pipeline import STEPS, build_bundle
 
     model = ModelRef.parse(f"{args.name}@{args.version}")
-    estimator = load_estimator(Path(args.model))
     x, y, names = load_table(
         Path(args.sample), args.label, Path(args.labels) if args.labels else None
     )
-    try:
-        x = check_features(x, getattr(estimator, "n_features_in_", None))
-    except EdgefleetError as exc:
-        raise EdgefleetError(f"{args.sample}: {exc}") from exc
-    if y is None:
-        y = estimator.predict(x)  # no labels given: validate against the model's own answers
-    with console.status(f"converting {args.model} to {model}..."):
-        built = build_bundle(
-            estimator,
-            x,
-            y,
-            name=model.name,
-            version=model.version,
-            out=Path(args.output),
-            quantize=args.quantize,
-            feature_names=names,
-            max_accuracy_drop=args.max_accuracy_drop,
-            force=args.force,
-        )
-    report = built.report
+    err = Console(stderr=True)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,  # progress is for people watching, not for logs
+    ) as bar:
+        task = bar.add_task(f"loading {args.model}", total=len(STEPS) + 1)
+        source = load_model(Path(args.model), args.task)
+
+        def step(name: str) -> None:
+            bar.update(task, advance=1, description=f"{model}: {name}")
+
+        try:
+            built = build_bundle(
+                source,
+                x,
+                y,
+                name=model.name,
+                version=model.version,
+                out=Path(args.output),
+                quantize=args.quantize,
+                feature_names=names,
+                max_accuracy_drop=args.max_accuracy_drop,
+                max_rmse_rel=args.max_rmse_rise,
+                force=args.force,
+                progress=step,
+            )
+        except EdgefleetError as exc:
+            raise EdgefleetError(f"{args.model} with {args.sample}: {exc}") from exc
+        bar.update(task, completed=len(STEPS) + 1)
     if args.json:
-        print(json.dumps({"bundle": str(built.path), "report": report}, indent=2, default=str))
+        print(json.dumps({"bundle": str(built.path), "report": built.report}, indent=2))
         return 0
     table = Table(title=f"{model} -> {built.path}")
-    table.add_column("check")
-    table.add_column("before")
-    table.add_column("after")
-    for key in ("size_bytes", "accuracy", "macro_f1", "rmse", "mae"):
-        if f"{key}_before" in report:
-            table.add_row(key, str(report[f"{key}_before"]), str(report[f"{key}_after"]))
-    for key in ("label_agreement", "max_abs_diff", "latency_p50_ms"):
-        if key in report:
-            table.add_row(key, "", str(report[key]))
+    for col in ("check", "before", "after"):
+        table.add_column(col)
+    for row in report_rows(built.report):
+        table.add_row(*row)
     console.print(table)
+    console.print(verdict(built.report))
+    return 0
+
+
+def cmd_model_inspect(args: argparse.Namespace) -> int:
+    from cloud_hub.operations import read_bundle_file
+
+    card = read_bundle_file(Path(args.bundle)).card.raw
+    if args.json:
+        print(json.dumps(card, indent=2))
+        return 0
+    table = Table(title=f"model card of {args.bundle}", show_header=False)
+    for row in card_rows(card):
+        table.add_row(*row)
+    console.print(table)
+    features = Table(title="input features (drift reference)")
+    for col in ("feature", "min", "max", "mean", "std", "missing"):
+        features.add_column(col)
+    for frow in feature_rows(card):
+        features.add_row(*frow)
+    console.print(features)
+    report = card.get("validation", {})
+    checks = Table(title="validation")
+    for col in ("check", "before", "after"):
+        checks.add_column(col)
+    for rrow in report_rows(report):
+        checks.add_row(*rrow)
+    console.print(checks)
+    if "parity" in report:
+        console.print(verdict(report))
     return 0
 
 
@@ -271,19 +321,46 @@ def build_parser() -> argparse.ArgumentParser:
         "trained model -> quantized, validated bundle",
         json_out=True,
     )
-    sp.add_argument("model", help="a pickled or joblib scikit-learn estimator")
+    sp.add_argument(
+        "model",
+        help="a scikit-learn estimator (.joblib, .pkl), a Keras model (.keras), .onnx or .tflite",
+    )
     sp.add_argument("--sample", required=True, help=".csv with a header, or .npy")
     sp.add_argument("--label", help="the CSV column holding the labels or targets")
     sp.add_argument("--labels", help="a .npy file of labels, for .npy samples")
     sp.add_argument("--name", required=True, help="model name, e.g. tumor")
     sp.add_argument("--version", required=True, help="model version, an integer >= 1")
-    sp.add_argument("--quantize", choices=["dynamic", "none"], default="dynamic")
-    sp.add_argument("--max-accuracy-drop", type=float, default=0.01)
+    sp.add_argument(
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        default="dynamic",
+        help="int8 weights (dynamic), int8 calibrated on the sample (static), float16 "
+        "(Keras only) or none",
+    )
+    sp.add_argument(
+        "--task",
+        choices=["classification", "regression"],
+        help="for .onnx/.tflite/.keras files whose outputs do not say",
+    )
+    sp.add_argument(
+        "--max-accuracy-drop",
+        type=_fraction,
+        default=0.01,
+        help="fail when accuracy drops by more (0.01 = 1 point)",
+    )
+    sp.add_argument(
+        "--max-rmse-rise",
+        type=_fraction,
+        default=0.01,
+        help="fail when RMSE rises by more, relative (0.01 = 1%%)",
+    )
     sp.add_argument("--force", action="store_true", help="write the bundle even if parity fails")
     sp.add_argument("-o", "--output", required=True, help="the bundle to write (.zip)")
     sp = add(model, "publish", cmd_model_publish, "sign a bundle into the TUF repository")
     sp.add_argument("bundle")
     add(model, "list", cmd_model_list, "list signed models", json_out=True)
+    sp = add(model, "inspect", cmd_model_inspect, "show a bundle's card and report", json_out=True)
+    sp.add_argument("bundle")
 
     devices = sub.add_parser("devices", help="the fleet").add_subparsers(dest="sub", required=True)
     sp = add(devices, "enroll", cmd_devices_enroll, "give a device the hub's trusted root")

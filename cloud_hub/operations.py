@@ -9,7 +9,7 @@ from typing import Any
 from cloud_hub import rollout as ro
 from cloud_hub.storage import Store, default_url
 from cloud_hub.tuf_repo import TufRepository, target_path_for
-from edge_agent.bundle import read_bundle
+from edge_agent.bundle import Bundle, read_bundle
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.topics import check_device_id
@@ -32,19 +32,24 @@ def open_repo(home: Path) -> TufRepository:
     return repo
 
 
-def publish_bundle(home: Path, bundle_path: Path) -> tuple[ModelRef, str]:
-    """Check a bundle and sign it into the TUF repository as a target."""
-    repo = open_repo(home)
+def read_bundle_file(bundle_path: Path) -> Bundle:
+    """A bundle from disk, checked as a device would check it."""
     try:
         data = bundle_path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{bundle_path}: cannot read the bundle ({exc.strerror})") from exc
     try:
-        bundle = read_bundle(data, None, MAX_BUNDLE_BYTES)
+        return read_bundle(data, None, MAX_BUNDLE_BYTES)
     except BundleRejected as exc:
         raise BadDataError(f"{bundle_path}: not a valid bundle: {exc}") from exc
+
+
+def publish_bundle(home: Path, bundle_path: Path) -> tuple[ModelRef, str]:
+    """Check a bundle and sign it into the TUF repository as a target."""
+    repo = open_repo(home)
+    bundle = read_bundle_file(bundle_path)
     model = bundle.card.model
-    path = repo.add_bundle(model, data, bundle.card_sha256)
+    path = repo.add_bundle(model, bundle_path.read_bytes(), bundle.card_sha256)
     return model, path
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from converters.sklearn_onnx import INPUT_NAME, LABEL_OUTPUT, PROBA_OUTPUT, VALUE_OUTPUT
+from converters.source import Artifact, SourceModel
 from edge_agent.protocol.card import (
     CARD_VERSION,
     bucket_counts,
@@ -24,9 +25,6 @@ from edge_agent.protocol.card import (
     quantile_edges,
 )
 
-FRAMEWORK = "scikit-learn"
-RUNTIME = "onnxruntime"
-MODEL_FILE = "model.onnx"
 DEFAULT_MIN_AGREEMENT = 0.9
 REFERENCE_BINS = 10
 
@@ -34,8 +32,8 @@ REFERENCE_BINS = 10
 def build_card(
     name: str,
     version: int,
-    task: str,
-    estimator_name: str,
+    source: SourceModel,
+    artifact: Artifact,
     x_ref: np.ndarray,
     y_pred_ref: np.ndarray,
     classes: Sequence[Any],
@@ -50,27 +48,32 @@ def build_card(
 ) -> dict[str, Any]:
     """The card.json dict. `y_pred_ref` are the deployed model's predictions on `x_ref`;
     `sample_out` its labels (classification) or values (regression) on `sample_x`."""
+    task = source.task
+    profiles = feature_profiles(x_ref, feature_names, bins)
     class_list = [to_jsonable(c) for c in classes] if task == "classification" else []
     card = {
         "card_version": CARD_VERSION,
         "name": name,
         "version": int(version),
         "task": task,
-        "framework": FRAMEWORK,
-        "estimator": estimator_name,
-        "runtime": RUNTIME,
-        "model_file": MODEL_FILE,
+        "framework": source.framework,
+        "estimator": source.description,
+        "runtime": artifact.runtime,
+        "model_file": artifact.model_file,
+        "quantize": artifact.quantize,
         "input": {
-            "name": INPUT_NAME,
+            "name": INPUT_NAME,  # a TFLite runtime binds its single input by position
             "dtype": "float32",
             "shape": [None, len(feature_names)],
             "features": list(feature_names),
+            "min": [p.min for p in profiles],
+            "max": [p.max for p in profiles],
         },
-        "output": output_schema(task, class_list),
+        "output": output_schema(task, class_list, artifact.runtime),
         "classes": class_list,
         "reference": {
             "rows": len(x_ref),
-            "features": [p.to_json() for p in feature_profiles(x_ref, feature_names, bins)],
+            "features": [p.to_json() for p in profiles],
             "predictions": prediction_profile(task, y_pred_ref, class_list, bins),
         },
         "sample": {
@@ -85,8 +88,13 @@ def build_card(
     return card
 
 
-def output_schema(task: str, classes: list[Any]) -> dict[str, Any]:
-    """Names, dtypes and shapes of the model's output tensors."""
+def output_schema(task: str, classes: list[Any], runtime: str) -> dict[str, Any]:
+    """Names, dtypes and shapes of the model's output tensors. A TFLite model gives the
+    probabilities (or the value) only; the runtime derives the label."""
+    if runtime != "onnxruntime":
+        if task == "classification":
+            return {"probabilities": {"dtype": "float32", "shape": [None, len(classes)]}}
+        return {"value": {"dtype": "float32", "shape": [None, 1]}}
     if task == "classification":
         label_dtype = "string" if any(isinstance(c, str) for c in classes) else "int64"
         return {

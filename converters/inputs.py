@@ -1,4 +1,4 @@
-"""Reading what an engineer hands the converter: a trained estimator and a data sample.
+"""Reading what an engineer hands the converter: a trained model and a data sample.
 
 Errors say which file, where in it, what was expected and what was found.
 """
@@ -12,7 +12,31 @@ from typing import Any
 
 import numpy as np
 
+from converters.onnx_input import load_onnx
+from converters.sklearn_onnx import SklearnSource
+from converters.source import SourceModel
 from edge_agent.errors import BadDataError, ConfigError
+
+SKLEARN_SUFFIXES = (".joblib", ".pkl", ".pickle")
+KERAS_SUFFIXES = (".keras", ".h5")
+
+
+def load_model(path: Path, task: str | None = None) -> SourceModel:
+    """The model in `path`, by its suffix: a scikit-learn estimator (joblib or pickle), a Keras
+    model, or an ONNX or TFLite file. `task` overrides what a file-format model's outputs say."""
+    suffix = path.suffix.lower()
+    if suffix in SKLEARN_SUFFIXES:
+        return SklearnSource(load_estimator(path))
+    if suffix == ".onnx":
+        return load_onnx(path, task)
+    if suffix in KERAS_SUFFIXES or suffix == ".tflite":
+        from converters import keras_tflite  # imports tensorflow only when a model needs it
+
+        if suffix == ".tflite":
+            return keras_tflite.load_tflite(path, task, None)
+        return keras_tflite.load_keras(path, task=task)
+    expected = ", ".join([*SKLEARN_SUFFIXES, *KERAS_SUFFIXES, ".onnx", ".tflite"])
+    raise ConfigError(f"{path}: expected a model file ending in one of {expected}, got {suffix!r}")
 
 
 def load_estimator(path: Path) -> Any:

@@ -1,15 +1,17 @@
-"""Trained estimator + data -> signed-ready bundle on disk, in one call.
+"""A trained model + data -> signed-ready bundle on disk, in one call.
 
-    check data -> split -> convert (skl2onnx) -> quantize -> validate parity -> card -> zip
+    check data -> split -> convert -> quantize -> validate parity -> card -> zip
 
-The rows of (x, y) are shuffled with a fixed seed and cut in two halves: the first half is the
-drift reference profile written into the card, the second half validates the conversion and
-provides the health-gate sample. With fewer than `data.MIN_SPLIT_ROWS` rows, all rows serve as
-both. Nothing here touches the network; the only I/O is the final atomic write of the bundle.
+The model is a scikit-learn estimator or any `SourceModel` (Keras, ONNX or TFLite file). The
+drift reference profile in the card uses every row; parity is validated on a seeded half of them
+(`data.validation_half`), which also provides the health-gate sample. Nothing here touches the
+network; the only I/O is the final atomic write of the bundle. `progress` hears the name of each
+step as it starts, for a caller that shows progress.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,24 +27,18 @@ from converters.data import (
     finite_rows,
     validation_half,
 )
-from converters.quantize import quantize_dynamic_int8
-from converters.sklearn_onnx import check_fitted, estimator_name, task_of, to_onnx_model
-from converters.validate import (
-    ParityError,
-    check_parity,
-    onnx_predict,
-    open_session,
-    validation_report,
-)
+from converters.sklearn_onnx import SklearnSource
+from converters.source import QUANTIZE_MODES, SourceModel
+from converters.validate import ParityError, artifact_runtime, check_parity, validation_report
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.messages import ModelRef
 
-QUANTIZE_MODES = ("dynamic", "none")
 SAMPLE_ROWS = 16
 # The hub is faster than a Pi: the health gate allows this many times the hub's p50 latency,
 # and never less than MIN_LATENCY_BUDGET_MS.
 LATENCY_HEADROOM = 20.0
 MIN_LATENCY_BUDGET_MS = 50.0
+STEPS = ("check data", "convert", "validate", "write bundle")
 
 
 @dataclass(frozen=True)
@@ -52,10 +48,17 @@ class BuildReport:
     report: dict[str, Any]
 
 
+def as_source(model: Any) -> SourceModel:
+    """A SourceModel as is; anything else is taken for a scikit-learn estimator."""
+    return (
+        model if hasattr(model, "convert") and hasattr(model, "framework") else SklearnSource(model)
+    )
+
+
 def build_bundle(
-    estimator: Any,
+    model: Any,
     x: np.ndarray,
-    y: np.ndarray,
+    y: np.ndarray | None,
     *,
     name: str,
     version: int,
@@ -66,49 +69,51 @@ def build_bundle(
     max_rmse_rel: float = 0.01,
     max_latency_ms: float | None = None,
     force: bool = False,
+    progress: Callable[[str], None] = lambda step: None,
 ) -> BuildReport:
     """Convert, quantize, validate and write the bundle for `name@version` to `out`.
 
+    `y` are the true labels or targets; None validates against the source model's own answers.
     Raises BadDataError (ConversionError, ParityError, ...) with what was expected and found;
     `force=True` writes the bundle even when the parity check fails."""
     ModelRef(name, version)  # validates both before any heavy work
     if quantize not in QUANTIZE_MODES:
         raise ConfigError(f"quantize: expected one of {QUANTIZE_MODES}, got {quantize!r}")
-    check_fitted(estimator)
-    task = task_of(estimator)
-    x32 = check_features(x, getattr(estimator, "n_features_in_", None))
-    y_arr = check_targets(y, len(x32))
-    names = check_feature_names(
-        feature_names, x32.shape[1], getattr(estimator, "feature_names_in_", None)
-    )
+    progress(STEPS[0])
+    source = as_source(model)
+    x32 = check_features(x, source.n_features)
+    y_arr = check_targets(source.predict(x32) if y is None else y, len(x32))
+    names = check_feature_names(feature_names, x32.shape[1], source.feature_names)
     x_val, y_val = validation_half(x32, y_arr)
-    x_ref = x32
+    classes = _classes(source, x32, y_arr)
 
-    fp32 = to_onnx_model(estimator, x32).SerializeToString()
-    model = quantize_dynamic_int8(fp32) if quantize == "dynamic" else fp32
-    report = validation_report(estimator, fp32, model, x_val, y_val, task)
-    report["quantize"] = quantize
+    progress(STEPS[1])
+    artifact = source.convert(x32, quantize)
+
+    progress(STEPS[2])
+    runtime = artifact_runtime(artifact, source, classes)
+    report = validation_report(source, runtime, artifact, x_val, y_val)
     report["parity"] = _parity(report, max_accuracy_drop, max_rmse_rel, force)
 
-    session = open_session(model)
+    progress(STEPS[3])
     sample_x = finite_rows(x_val, SAMPLE_ROWS)
     if len(sample_x) == 0:
         sample_x = finite_rows(x32, SAMPLE_ROWS)
     card = build_card(
         name,
         version,
-        task,
-        estimator_name(estimator),
-        x_ref,
-        onnx_predict(session, x_ref, task)[0],
-        _classes(estimator, task),
+        source,
+        artifact,
+        x32,
+        runtime.predict(x32),
+        classes,
         names,
         report,
         sample_x,
-        onnx_predict(session, sample_x, task)[0],
+        runtime.predict(sample_x),
         _latency_budget(report, max_latency_ms),
     )
-    write_bundle(out, card, model)
+    write_bundle(out, card, artifact.model_bytes)
     return BuildReport(path=Path(out), card=card, report=report)
 
 
@@ -125,10 +130,13 @@ def _parity(
     return {"ok": True}
 
 
-def _classes(estimator: Any, task: str) -> list[Any]:
-    if task != "classification":
+def _classes(source: SourceModel, x: np.ndarray, y: np.ndarray) -> list[Any]:
+    """The source's class labels; for a model that does not say, those seen in y or predicted."""
+    if source.task != "classification":
         return []
-    return list(getattr(estimator, "classes_", []))
+    if source.classes:
+        return list(source.classes)
+    return [v.item() for v in np.union1d(y, source.predict(x))]
 
 
 def _latency_budget(report: dict[str, Any], explicit: float | None) -> float:

@@ -1,7 +1,11 @@
-"""Dynamic int8 quantization of an ONNX model (onnxruntime.quantization), bytes in, bytes out.
+"""int8 quantization of an ONNX model with onnxruntime.quantization, bytes in, bytes out.
 
-Weights of MatMul/Conv nodes become int8 (QInt8); activations are quantized on the fly at run
-time, so no calibration data is needed. The model is pre-processed first
+dynamic: weights of MatMul/Conv nodes become int8 (QInt8); activations are quantized on the fly
+at run time, so no calibration data is needed.
+static: QDQ format, weights int8 and activations uint8 (onnxruntime's recommended U8S8 on CPU),
+with activation ranges calibrated (MinMax) on the sample rows.
+
+Either way the model is pre-processed first
 (`quant_pre_process`: ONNX shape inference and onnxruntime's basic graph optimizations), which
 also tags it so onnxruntime does not log its "Please consider to run pre-processing" warning.
 
@@ -12,15 +16,39 @@ quantizable weight (trees, linear models exported as ai.onnx.ml ops) is returned
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+import onnxruntime as ort
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quant_pre_process,
+    quantize_dynamic,
+    quantize_static,
+)
 
-from edge_agent.errors import BadDataError
+from converters.source import Artifact
+from edge_agent.errors import BadDataError, ConfigError
 
-_WEIGHT_OPS = frozenset({"MatMul", "Conv"})
+ONNX_MODES = ("none", "dynamic", "static")
+CALIBRATION_ROWS = 512
+CALIBRATION_BATCH = 64
+RUNTIME = "onnxruntime"
+MODEL_FILE = "model.onnx"
+UNCHANGED = (
+    "no MatMul/Gemm/Conv weights to quantize (linear models and trees export as ai.onnx.ml "
+    "operators): shipped as float32"
+)
+
+_WEIGHT_OPS = frozenset({"MatMul", "Gemm", "Conv"})
 _DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 
 
@@ -39,29 +67,110 @@ def has_quantizable_weights(model: onnx.ModelProto) -> bool:
     )
 
 
+def quantize_onnx(fp32: bytes, mode: str, x: np.ndarray) -> Artifact:
+    """The deployable artifact for a float32 ONNX model: `mode` is one of ONNX_MODES; `x` are
+    the sample rows static quantization calibrates on."""
+    if mode not in ONNX_MODES:
+        raise ConfigError(
+            f"quantize: expected one of {ONNX_MODES} for an ONNX model, got {mode!r}"
+            + (" (float16 is for Keras models converted to TFLite)" if mode == "float16" else "")
+        )
+    if mode == "none":
+        return Artifact(RUNTIME, MODEL_FILE, fp32, fp32, mode)
+    if not has_quantizable_weights(_load(fp32)):
+        return Artifact(RUNTIME, MODEL_FILE, fp32, fp32, mode, UNCHANGED)
+    model = quantize_dynamic_int8(fp32) if mode == "dynamic" else quantize_static_int8(fp32, x)
+    return Artifact(RUNTIME, MODEL_FILE, fp32, model, mode)
+
+
 def quantize_dynamic_int8(model_bytes: bytes) -> bytes:
     """Serialized fp32 ONNX model -> serialized model with int8 weights (unchanged: see above)."""
-    model = _load(model_bytes)
-    if not has_quantizable_weights(model):
+    if not has_quantizable_weights(_load(model_bytes)):
         return model_bytes
+    # skl2onnx's ai.onnx.ml ops (Scaler...) carry no inferred types downstream; every float
+    # tensor in these graphs is float32.
+    return _quantize(
+        model_bytes,
+        lambda pre, out: quantize_dynamic(
+            pre,
+            out,
+            weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        ),
+    )
+
+
+def quantize_static_int8(model_bytes: bytes, x: np.ndarray) -> bytes:
+    """QDQ int8 with activation ranges calibrated on the complete rows of `x`."""
+    rows = np.ascontiguousarray(x[np.all(np.isfinite(x), axis=1)][:CALIBRATION_ROWS], np.float32)
+    if len(rows) == 0:
+        raise QuantizationError(
+            "static quantization needs calibration rows without NaN; the sample has none"
+        )
+    if not has_quantizable_weights(_load(model_bytes)):
+        return model_bytes
+    input_name = _load(model_bytes).graph.input[0].name
+    return _quantize(
+        model_bytes,
+        lambda pre, out: quantize_static(
+            pre,
+            out,
+            _Calibration(input_name, rows),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            # only what carries weights: the size win is there, and the probability head
+            # (Softmax feeding ai.onnx.ml ops) stays float, which calibration cannot range
+            op_types_to_quantize=sorted(_WEIGHT_OPS),
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        ),
+    )
+
+
+class _Calibration(CalibrationDataReader):
+    """The sample rows, in batches, as onnxruntime's calibrator reads them."""
+
+    def __init__(self, input_name: str, rows: np.ndarray) -> None:
+        self._batches: Iterator[np.ndarray] = (
+            rows[i : i + CALIBRATION_BATCH] for i in range(0, len(rows), CALIBRATION_BATCH)
+        )
+        self._name = input_name
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {self._name: batch}
+
+
+def _quantize(model_bytes: bytes, run: Callable[[Path, Path], None]) -> bytes:
+    """Pre-process, then `run(pre, out)`; the result with unused opset imports dropped."""
     with tempfile.TemporaryDirectory(prefix="edgefleet-quant-") as tmp:
         src, pre, out = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         src.write_bytes(model_bytes)
         try:
-            quant_pre_process(src, pre, skip_symbolic_shape=True)
-            quantize_dynamic(
-                pre,
-                out,
-                weight_type=QuantType.QInt8,
-                # skl2onnx's ai.onnx.ml ops (Scaler...) carry no inferred types downstream;
-                # every float tensor in these graphs is float32.
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
+            with _quiet():
+                quant_pre_process(src, pre, skip_symbolic_shape=True)
+                run(pre, out)
         except Exception as exc:
             raise QuantizationError(f"onnxruntime could not quantize the model: {exc}") from exc
         quantized = onnx.load(out)
     _prune_opsets(quantized)
     return quantized.SerializeToString()
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime.quantization warns through the root logger about tensors it skips on
+    purpose (the ai.onnx.ml tail), and its calibration sessions log pruned initializers; a
+    user converting a model should see our report, not that."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    ort.set_default_logger_severity(3)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)
+        logging.disable(previous)
 
 
 def _load(model_bytes: bytes) -> onnx.ModelProto:

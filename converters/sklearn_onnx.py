@@ -19,6 +19,8 @@ from sklearn.base import is_classifier, is_regressor
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from converters.quantize import quantize_onnx
+from converters.source import Artifact
 from edge_agent.errors import BadDataError
 
 INPUT_NAME = "X"
@@ -75,6 +77,37 @@ def check_fitted(estimator: Any) -> None:
         raise ConversionError(
             f"expected a scikit-learn estimator, got {type(estimator).__name__}"
         ) from exc
+
+
+class SklearnSource:
+    """A fitted scikit-learn estimator (or Pipeline) as the source of a conversion."""
+
+    framework = "scikit-learn"
+
+    def __init__(self, estimator: Any) -> None:
+        check_fitted(estimator)
+        self.estimator = estimator
+        self.task = task_of(estimator)
+        self.description = estimator_name(estimator)
+        n = getattr(estimator, "n_features_in_", None)
+        self.n_features = int(n) if n is not None else None
+        classes = getattr(estimator, "classes_", None) if self.task == "classification" else None
+        self.classes: list[Any] = list(classes) if classes is not None else []
+        names = getattr(estimator, "feature_names_in_", None)
+        self.feature_names = [str(n) for n in names] if names is not None else None
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.estimator.predict(x))
+
+    def scores(self, x: np.ndarray) -> np.ndarray | None:
+        if self.task != "classification" or not hasattr(self.estimator, "predict_proba"):
+            return None
+        return np.asarray(self.estimator.predict_proba(x))
+
+    def convert(self, x: np.ndarray, quantize: str) -> Artifact:
+        """skl2onnx, then onnxruntime quantization calibrated on `x` when static."""
+        fp32 = to_onnx_model(self.estimator, x).SerializeToString()
+        return quantize_onnx(fp32, quantize, x)
 
 
 def to_onnx_model(estimator: Any, sample_x: np.ndarray) -> onnx.ModelProto:

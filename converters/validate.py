@@ -1,9 +1,10 @@
-"""Parity between the source estimator and its ONNX result, on validation data.
+"""Parity between the source model and the deployable artifact, on validation data.
 
 `validation_report` runs both on the same float32 rows and returns a JSON-ready dict: how far the
 outputs moved, how often the labels agree, the task metric before and after, the model sizes and
-the batch-1 latency. `check_parity` turns a report into a pass or a ParityError.
-Metrics are plain numpy; only the estimator's own predict/predict_proba come from scikit-learn.
+the batch-1 latency. The artifact runs on the agent's own runtime classes, so the figures are
+those of the code a device runs. `check_parity` turns a report into a pass or a ParityError.
+Metrics are plain numpy.
 """
 
 from __future__ import annotations
@@ -12,64 +13,48 @@ import time
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-from converters.sklearn_onnx import INPUT_NAME, expected_outputs
-from edge_agent.errors import BadDataError
+from converters.source import Artifact, SourceModel
+from edge_agent.errors import BadDataError, BundleRejected
+from edge_agent.runtime import Runtime, open_runtime
 
 LATENCY_WARMUP = 5
 LATENCY_RUNS = 100
 
 
 class ParityError(BadDataError):
-    """The converted model is measurably worse than the source estimator."""
+    """The converted model is measurably worse than the source model."""
 
 
-def open_session(model_bytes: bytes) -> ort.InferenceSession:
-    """A single-threaded CPU session, the closest a hub gets to a small device."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
+def artifact_runtime(artifact: Artifact, source: SourceModel, classes: list[Any]) -> Runtime:
+    """The runtime a device would open for `artifact`, single-threaded like a small device."""
     try:
-        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise BadDataError(f"onnxruntime cannot load the model: {exc}") from exc
-
-
-def onnx_predict(
-    session: ort.InferenceSession, x: np.ndarray, task: str
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """(labels or values, probabilities or None) of the ONNX model on float32 rows `x`."""
-    outs = session.run(expected_outputs(task), {INPUT_NAME: np.ascontiguousarray(x, np.float32)})
-    if task == "classification":
-        return np.asarray(outs[0]).ravel(), np.asarray(outs[1])
-    return np.asarray(outs[0], dtype=np.float64).reshape(len(x)), None
+        return open_runtime(artifact.runtime, artifact.model_bytes, source.task, classes, 1)
+    except BundleRejected as exc:
+        raise BadDataError(f"the converted model does not load: {exc.detail}") from exc
 
 
 def validation_report(
-    estimator: Any,
-    fp32_bytes: bytes,
-    model_bytes: bytes,
-    x: np.ndarray,
-    y: np.ndarray,
-    task: str,
+    source: SourceModel, runtime: Runtime, artifact: Artifact, x: np.ndarray, y: np.ndarray
 ) -> dict[str, Any]:
-    """Compare `estimator` with the deployable `model_bytes` (fp32 size is for the ratio)."""
-    x32 = np.asarray(x, dtype=np.float32)
-    session = open_session(model_bytes)
-    pred, proba = onnx_predict(session, x32, task)
-    ref = np.asarray(estimator.predict(x32))
-    report: dict[str, Any] = {"task": task, "rows": len(x32)}
-    if task == "classification":
-        report.update(_classification(estimator, x32, y, ref, pred, proba))
+    """Compare `source` with the deployable `artifact` (opened as `runtime`) on rows `x`."""
+    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    pred = runtime.predict(x32)
+    ref = source.predict(x32)
+    report: dict[str, Any] = {"task": source.task, "rows": len(x32)}
+    if source.task == "classification":
+        report.update(_classification(y, ref, pred, source.scores(x32), runtime.scores(x32)))
     else:
         report.update(_regression(y, ref, pred))
     report.update(
-        size_bytes_before=len(fp32_bytes),
-        size_bytes_after=len(model_bytes),
-        size_ratio=len(model_bytes) / len(fp32_bytes),
-        latency_p50_ms=latency_p50_ms(session, x32),
+        quantize=artifact.quantize,
+        size_bytes_before=len(artifact.float_bytes),
+        size_bytes_after=len(artifact.model_bytes),
+        size_ratio=len(artifact.model_bytes) / len(artifact.float_bytes),
+        latency_p50_ms=latency_p50_ms(runtime, x32),
     )
+    if artifact.note:
+        report["note"] = artifact.note
     return report
 
 
@@ -95,15 +80,15 @@ def check_parity(
         )
 
 
-def latency_p50_ms(session: ort.InferenceSession, x: np.ndarray, runs: int = LATENCY_RUNS) -> float:
-    """Median wall time of one batch-1 `session.run`, cycling through the rows of `x`."""
+def latency_p50_ms(runtime: Runtime, x: np.ndarray, runs: int = LATENCY_RUNS) -> float:
+    """Median wall time of one batch-1 prediction, cycling through the rows of `x`."""
     rows = [np.ascontiguousarray(x[i : i + 1], np.float32) for i in range(min(len(x), runs))]
     for i in range(LATENCY_WARMUP):
-        session.run(None, {INPUT_NAME: rows[i % len(rows)]})
+        runtime.predict(rows[i % len(rows)])
     times = np.empty(runs)
     for i in range(runs):
         start = time.perf_counter()
-        session.run(None, {INPUT_NAME: rows[i % len(rows)]})
+        runtime.predict(rows[i % len(rows)])
         times[i] = time.perf_counter() - start
     return float(np.median(times) * 1000.0)
 
@@ -133,14 +118,12 @@ def mae(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def _classification(
-    estimator: Any,
-    x32: np.ndarray,
     y: np.ndarray,
     ref: np.ndarray,
     pred: np.ndarray,
+    ref_proba: np.ndarray | None,
     proba: np.ndarray | None,
 ) -> dict[str, Any]:
-    ref_proba = estimator.predict_proba(x32) if hasattr(estimator, "predict_proba") else None
     diff = None
     if ref_proba is not None and proba is not None and proba.shape == ref_proba.shape:
         diff = float(np.max(np.abs(proba.astype(np.float64) - ref_proba)))
@@ -156,6 +139,7 @@ def _classification(
 
 def _regression(y: np.ndarray, ref: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
     ref = ref.astype(np.float64).reshape(len(pred))
+    pred = pred.astype(np.float64).reshape(len(ref))
     return {
         "max_abs_diff": float(np.max(np.abs(pred - ref))),
         "rmse_before": rmse(y, ref),

@@ -1,27 +1,37 @@
 """Runtimes behind one interface: a model's bytes in, predictions out.
 
-onnxruntime is the default; LiteRT (ai-edge-litert) and tflite-runtime are optional plugins
-imported only when a card asks for them.
+onnxruntime is the default; TFLite models (card runtime "litert") run on LiteRT (ai-edge-litert)
+or, where only that is installed, tflite-runtime. Those are optional plugins imported only when a
+card asks for them. The converters validate a result through these same classes, so what the hub
+measured is what the device runs.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
-from edge_agent.errors import BundleRejected, ConfigError
+from edge_agent.errors import BundleRejected
 from edge_agent.protocol.card import ModelCard
 
 
 class Runtime(Protocol):
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """(n, n_features) float32 -> (n,) labels or values."""
+        """(n, n_features) float32 -> (n,) labels (classification) or values (regression)."""
+        ...
+
+    def scores(self, x: np.ndarray) -> np.ndarray | None:
+        """(n, n_classes) class probabilities for a classifier; None for a regressor."""
         ...
 
 
 class OnnxRuntime:
-    def __init__(self, model_bytes: bytes, card: ModelCard, threads: int = 1) -> None:
+    """A model whose first output is the label or value and whose second, for a classifier,
+    is the probabilities (the converters' contract)."""
+
+    def __init__(self, model_bytes: bytes, threads: int = 1) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -38,17 +48,30 @@ class OnnxRuntime:
         if len(inputs) != 1:
             raise BundleRejected("bad-model", f"expected one model input, got {len(inputs)}")
         self._input = inputs[0].name
-        self._output = self._session.get_outputs()[0].name
+        self._outputs = [o.name for o in self._session.get_outputs()]
         self._run = self._session.run
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self._run([self._output], {self._input: x})[0]).reshape(len(x))
+        return np.asarray(self._run(self._outputs[:1], {self._input: x})[0]).reshape(len(x))
+
+    def scores(self, x: np.ndarray) -> np.ndarray | None:
+        if len(self._outputs) < 2:
+            return None
+        return np.asarray(self._run(self._outputs[1:2], {self._input: x})[0])
+
+
+def open_runtime(
+    kind: str, model_bytes: bytes, task: str, classes: Sequence[Any], threads: int = 1
+) -> Runtime:
+    """The runtime named `kind` ("onnxruntime" or "litert") for a model of `task`."""
+    if kind == "onnxruntime":
+        return OnnxRuntime(model_bytes, threads)
+    if kind == "litert":
+        from edge_agent.tflite_runtime import TfliteRuntime
+
+        return TfliteRuntime(model_bytes, task, classes, threads)
+    raise BundleRejected("bad-card", f"runtime {kind!r} is not one this agent knows")
 
 
 def load_runtime(card: ModelCard, model_bytes: bytes, threads: int = 1) -> Runtime:
-    if card.runtime == "onnxruntime":
-        return OnnxRuntime(model_bytes, card, threads)
-    raise ConfigError(
-        f"model {card.model}: runtime {card.runtime!r} is not installed on this device; "
-        "install edgefleet[litert] for TFLite models"
-    )
+    return open_runtime(card.runtime, model_bytes, card.task, card.classes, threads)

@@ -22,20 +22,12 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from converters import (
-    BuildReport,
-    ConversionError,
-    ParityError,
-    build_bundle,
-    check_parity,
-    quantize_dynamic_int8,
-    to_onnx_model,
-    write_bundle,
-)
-from converters.bundle import CARD_MEMBER
+from converters.bundle import CARD_MEMBER, write_bundle
 from converters.card import to_jsonable
-from converters.quantize import has_quantizable_weights
-from converters.validate import macro_f1
+from converters.pipeline import BuildReport, build_bundle
+from converters.quantize import has_quantizable_weights, quantize_dynamic_int8
+from converters.sklearn_onnx import ConversionError, to_onnx_model
+from converters.validate import ParityError, check_parity, macro_f1
 from edge_agent.errors import BadDataError, ConfigError
 from edge_agent.protocol.card import ModelCard, parse_card
 

@@ -9,12 +9,18 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import onnx
 import pytest
-from sklearn.datasets import load_iris
+from skl2onnx import to_onnx
+from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine
 from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from cloud_hub.cli import main
 from edge_agent.bundle import read_bundle
+from edge_agent.runtime import OnnxRuntime
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +141,176 @@ def test_wrong_inputs_get_one_clear_line(
         argv = ["model", "convert", str(model), "--sample", str(npy), "-o", out]
         _one_line_error(capsys, [*argv, "--name", name, "--version", version], needle)
     assert not (tmp_path / "x.zip").exists()
+
+
+# ---- other model formats, quantization, thresholds, inspect ----------------------------------
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """An MLP with one outlier weight on a pixel that is always 0: harmless in float32,
+    ruinous in int8 (the outlier sets the weight scale, every other weight rounds to 0)."""
+    folder = tmp_path_factory.mktemp("digits")
+    x, y = load_digits(return_X_y=True)
+    assert not x[:, 0].any()
+    model = MLPClassifier((32,), max_iter=300, random_state=0).fit(x, y)
+    model.coefs_[0][0, :] = 1e4
+    joblib.dump(model, folder / "outlier.joblib")
+    np.save(folder / "x.npy", x.astype(np.float32))
+    np.save(folder / "y.npy", y)
+    return folder / "outlier.joblib", folder / "x.npy", folder / "y.npy"
+
+
+def test_int8_that_ruins_accuracy_fails_unless_forced(
+    digits: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, x, y = digits
+    out = tmp_path / "d.zip"
+    argv = ["model", "convert", str(model), "--sample", str(x), "--labels", str(y)]
+    argv += ["--name", "digits", "--version", "1", "-o", str(out), "--quantize", "static"]
+    _one_line_error(capsys, argv, "parity check failed", "accuracy", "expected at most 0.0100")
+    assert not out.exists()
+    _one_line_error(
+        capsys, [*argv, "--max-accuracy-drop", "0.5"], "parity check failed", "at most 0.5000"
+    )
+    assert main([*argv, "--force"]) == 0
+    assert "PARITY FAILED" in capsys.readouterr().out
+    card = read_bundle(out.read_bytes(), None, 10**8).card
+    assert card.validation["parity"] == {
+        "ok": False,
+        "forced": True,
+        "detail": card.validation["parity"]["detail"],
+    }
+    assert main(["model", "inspect", str(out)]) == 0
+    assert "PARITY FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["-0.1", "2", "lots"])
+def test_threshold_must_be_a_fraction(
+    digits: tuple[Path, Path, Path], value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, x, _ = digits
+    argv = [*_convert(str(model), "--sample", str(x), "-o", "o.zip"), "--max-rmse-rise", value]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert f"expected a number from 0 to 1, got {value!r}" in capsys.readouterr().err
+
+
+def test_static_int8_mlp_is_small_and_keeps_accuracy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x, y = load_breast_cancer(return_X_y=True)
+    model = make_pipeline(StandardScaler(), MLPClassifier((128, 128), max_iter=300, random_state=0))
+    joblib.dump(model.fit(x, y), tmp_path / "mlp.pkl")
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    np.save(tmp_path / "y.npy", y)
+    argv = ["model", "convert", str(tmp_path / "mlp.pkl"), "--sample", str(tmp_path / "x.npy")]
+    argv += ["--labels", str(tmp_path / "y.npy"), "--name", "tumor", "--version", "3"]
+    assert main([*argv, "-o", str(tmp_path / "t.zip"), "--quantize", "static", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["report"]
+    assert report["quantize"] == "static"
+    assert report["size_ratio"] < 0.35
+    assert report["accuracy_before"] - report["accuracy_after"] <= 0.01
+    card = read_bundle((tmp_path / "t.zip").read_bytes(), None, 10**8).card
+    assert card.raw["quantize"] == "static"
+    assert card.raw["input"]["min"] == [f.min for f in card.features]
+
+
+def test_onnx_file_with_zipmap_is_brought_to_the_contract(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x, y = load_wine(return_X_y=True)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, y + 10)
+    onnx_model = to_onnx(model, x[:1].astype(np.float32))  # skl2onnx's default: a ZipMap
+    assert [o.name for o in onnx_model.graph.output] == ["output_label", "output_probability"]
+    (tmp_path / "wine.onnx").write_bytes(onnx_model.SerializeToString())
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    np.save(tmp_path / "y.npy", y + 10)
+    argv = ["model", "convert", str(tmp_path / "wine.onnx"), "--sample", str(tmp_path / "x.npy")]
+    argv += ["--labels", str(tmp_path / "y.npy"), "--name", "wine", "--version", "2"]
+    assert main([*argv, "-o", str(tmp_path / "w.zip"), "--quantize", "none", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["report"]
+    assert report["max_abs_diff"] == 0.0 and report["label_agreement"] == 1.0
+    bundle = read_bundle((tmp_path / "w.zip").read_bytes(), None, 10**8)
+    assert bundle.card.classes == (10, 11, 12)
+    assert bundle.card.framework == "onnx"
+    graph = onnx.load_from_string(bundle.model_bytes).graph
+    assert [i.name for i in graph.input] == ["X"]
+    assert [o.name for o in graph.output] == ["label", "probabilities"]
+    assert all(n.op_type != "ZipMap" for n in graph.node)
+    runtime = OnnxRuntime(bundle.model_bytes)
+    sample = np.asarray(bundle.card.sample_inputs, np.float32)
+    assert runtime.predict(sample).tolist() == list(bundle.card.sample_outputs)
+    assert runtime.scores(sample).shape == (len(sample), 3)
+
+
+def test_inspect_shows_card_and_report(
+    trained: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, csv_path, _ = trained
+    out = tmp_path / "iris-1.zip"
+    argv = _convert(str(model), "--sample", str(csv_path), "--label", "species", "-o", str(out))
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["model", "inspect", str(out)]) == 0
+    table = capsys.readouterr().out
+    for needle in ("iris@1", "scikit-learn", "LogisticRegression", "petal_width_cm", "parity OK"):
+        assert needle in table
+    assert main(["model", "inspect", str(out), "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["name"] == "iris" and card["validation"]["parity"]["ok"] is True
+    _one_line_error(capsys, ["model", "inspect", str(csv_path)], "not a valid bundle", "zip")
+    _one_line_error(capsys, ["model", "inspect", str(tmp_path / "none.zip")], "cannot read")
+
+
+def test_broken_model_files_and_data_leave_no_bundle(
+    trained: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, _, npy = trained
+    out = tmp_path / "x.zip"
+    real = model.read_bytes()
+    files = {
+        "empty.joblib": b"",
+        "truncated.joblib": real[: len(real) // 2],
+        "empty.onnx": b"",
+        "truncated.onnx": to_onnx(
+            LogisticRegression(max_iter=500).fit(*load_iris(return_X_y=True)),
+            np.zeros((1, 4), np.float32),
+        ).SerializeToString()[:200],
+        "random.onnx": bytes(range(256)) * 4,
+        "model.h6": real,
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    for name, needle in (
+        ("empty.joblib", "expected a pickled or joblib"),
+        ("truncated.joblib", "expected a pickled or joblib"),
+        ("empty.onnx", "got an empty file"),
+        ("truncated.onnx", "expected an ONNX model"),
+        ("random.onnx", "expected an ONNX model"),
+        ("model.h6", "expected a model file ending in one of"),
+    ):
+        _one_line_error(
+            capsys,
+            _convert(str(tmp_path / name), "--sample", str(npy), "-o", str(out)),
+            name,
+            needle,
+        )
+    data = {
+        "inf.csv": "a,b,c,d\n1,2,3,4\n1,inf,3,4\n",
+        "empty.csv": "",
+        "header-only.csv": "a,b,c,d\n",
+    }
+    for name, text in data.items():
+        (tmp_path / name).write_text(text)
+    np.save(tmp_path / "nan.npy", np.full((3, 4), np.nan, np.float32))
+    for name, needle in (
+        ("inf.csv", "expected finite values or NaN, got infinity"),
+        ("empty.csv", "expected a header row and at least one data row"),
+        ("header-only.csv", "expected a header row and at least one data row"),
+        ("nan.npy", "entirely NaN"),
+    ):
+        _one_line_error(
+            capsys, _convert(str(model), "--sample", str(tmp_path / name), "-o", str(out)), needle
+        )
+    assert not out.exists()
+    assert list(tmp_path.glob(".*")) == []  # no temporary bundle left behind either

@@ -1,0 +1,89 @@
+"""A validation report and a model card as rows people read (the CLI renders them as tables).
+
+Pure functions: dicts in, rows of strings out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_BEFORE_AFTER = (
+    ("accuracy", "accuracy"),
+    ("macro_f1", "macro F1"),
+    ("rmse", "RMSE"),
+    ("mae", "MAE"),
+    ("size_bytes", "size (bytes)"),
+)
+_SINGLE = (
+    ("label_agreement", "label agreement"),
+    ("max_abs_diff", "max abs output diff"),
+    ("size_ratio", "size after / before"),
+    ("latency_p50_ms", "p50 latency, batch 1 (ms)"),
+    ("rows", "validation rows"),
+)
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+    return str(value)
+
+
+def report_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(check, before, after) for each figure the report holds."""
+    rows = [
+        (label, fmt(report[f"{key}_before"]), fmt(report[f"{key}_after"]))
+        for key, label in _BEFORE_AFTER
+        if f"{key}_before" in report
+    ]
+    rows += [(label, "", fmt(report[key])) for key, label in _SINGLE if key in report]
+    return rows
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """One line: can the result be trusted, and why."""
+    parity = report.get("parity") or {}
+    mode = report.get("quantize", "none")
+    if parity.get("ok"):
+        if report.get("task") == "classification":
+            drop = report["accuracy_before"] - report["accuracy_after"]
+            what = f"accuracy drop {drop:+.4f}"
+        else:
+            before = report["rmse_before"]
+            rise = (report["rmse_after"] - before) / before if before else 0.0
+            what = f"RMSE change {rise:+.2%}"
+        line = f"parity OK ({what}, quantize {mode}): the result can be trusted"
+    else:
+        line = f"PARITY FAILED, written because --force was given: {parity.get('detail', '')}"
+    note = report.get("note")
+    return f"{line}; note: {note}" if note else line
+
+
+def card_rows(card: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, value) for the card's identity, schema and health budget."""
+    inp = card.get("input", {})
+    health = card.get("health", {})
+    classes = card.get("classes") or []
+    return [
+        ("model", f"{card.get('name')}@{card.get('version')}"),
+        ("task", fmt(card.get("task"))),
+        ("framework", fmt(card.get("framework"))),
+        ("estimator", fmt(card.get("estimator"))),
+        ("runtime", f"{card.get('runtime')} ({card.get('model_file')})"),
+        ("quantize", fmt(card.get("quantize"))),
+        ("input", f"{inp.get('dtype')} {inp.get('shape')}"),
+        ("classes", ", ".join(map(str, classes)) if classes else "-"),
+        ("reference rows", fmt(card.get("reference", {}).get("rows"))),
+        ("health: max latency (ms)", fmt(health.get("max_latency_ms"))),
+        ("health: min agreement", fmt(health.get("min_agreement"))),
+    ]
+
+
+def feature_rows(card: dict[str, Any]) -> list[tuple[str, ...]]:
+    """(feature, min, max, mean, std, missing rate) from the drift reference profile."""
+    return [
+        tuple([f["name"], *(fmt(f.get(k)) for k in ("min", "max", "mean", "std", "missing_rate"))])
+        for f in card.get("reference", {}).get("features", [])
+    ]

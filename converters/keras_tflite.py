@@ -1,0 +1,537 @@
+"""Keras model -> TFLite model (float32, float16, dynamic-range or full-integer int8).
+
+TensorFlow is optional (`pip install edgefleet[tf]`) and imported only when a Keras model is
+involved, so this module imports without it. A `.tflite` file handed over as the input is wrapped
+by the device's own `TfliteRuntime`, so it is validated by exactly the code a device runs.
+
+TensorFlow writes to stderr from C++ (absl "I0000 ..." lines written before absl logging is
+initialised, which ignore TF_CPP_MIN_LOG_LEVEL; oneDNN notices; converter progress lines) and
+to stdout from Python (Keras' "Saved artifact at ..." when exporting). All TensorFlow work here
+runs inside `_quiet()`, which points file descriptors 1 and 2 at a temporary file; the captured
+text is written back to stderr only when a conversion fails, where it may explain why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converters.source import QUANTIZE_MODES, TASKS, Artifact
+from edge_agent.errors import BadDataError, BundleRejected, ConfigError
+from edge_agent.tflite_runtime import TfliteRuntime, open_interpreter, output_width
+
+REPRESENTATIVE_ROWS = 200
+TFLITE_AS_IS = (
+    "a .tflite input ships as it is (TFLite models are not re-quantized; quantize the Keras "
+    "model instead)"
+)
+_TF_HINT = "Keras models need TensorFlow: pip install edgefleet[tf]"
+_SUPPORTED_OUTPUTS = (
+    "supported outputs are one Dense-style output of shape (batch, k): softmax over k > 1 units "
+    "(classification), 1 sigmoid unit (binary classification) or 1 unit with any other "
+    "activation (regression)"
+)
+
+
+class _Captured:
+    text = ""
+
+
+@contextlib.contextmanager
+def _quiet(replay_on_error: bool = False) -> Iterator[_Captured]:
+    """Swallow what TensorFlow prints (Python and C++, stdout and stderr) and its warnings.
+
+    The captured text is left in the yielded object; with `replay_on_error` it is also written to
+    stderr if the body raises. File descriptors are process-wide: meant for the hub CLI, not for
+    code that other threads print from at the same time.
+    """
+    captured = _Captured()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(Exception):
+            stream.flush()  # type: ignore[union-attr]
+    saved: list[tuple[int, int]] = []
+    failed = False
+    with tempfile.TemporaryFile() as sink:
+        for fd in (1, 2):
+            try:
+                saved.append((fd, os.dup(fd)))
+            except OSError:
+                continue  # a closed descriptor: nothing to silence there
+            os.dup2(sink.fileno(), fd)
+        python_text = _StringSink()
+        try:
+            with (
+                contextlib.redirect_stdout(python_text),
+                contextlib.redirect_stderr(python_text),
+                warnings.catch_warnings(),
+            ):
+                warnings.simplefilter("ignore")
+                yield captured
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            for stream in (sys.__stdout__, sys.__stderr__):
+                with contextlib.suppress(Exception):
+                    stream.flush()  # type: ignore[union-attr]
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+            _rehome_log_handlers(python_text)
+            sink.seek(0)
+            captured.text = python_text.getvalue() + sink.read().decode("utf-8", "replace")
+            if failed and replay_on_error and captured.text.strip():
+                sys.stderr.write(captured.text)
+                sys.stderr.flush()
+
+
+def _rehome_log_handlers(sink: object) -> None:
+    """Point logging handlers created inside `_quiet` (TensorFlow's and absl's, made on import,
+    which keep the sys.stderr of that moment) back at the real stderr."""
+    loggers: list[Any] = [logging.getLogger()]
+    loggers += [lg for lg in logging.Logger.manager.loggerDict.values() if hasattr(lg, "handlers")]
+    for logger in loggers:
+        for handler in logger.handlers:
+            for h in (handler, getattr(handler, "python_handler", None)):
+                if isinstance(h, logging.StreamHandler) and h.stream is sink:
+                    h.setStream(sys.stderr)
+
+
+class _StringSink(io.StringIO):
+    """Collects Python-level output; survives a close() from a handler that captured it."""
+
+    def close(self) -> None:
+        pass
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first meaningful line of an exception message, without traceback text."""
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Traceback", "File ")):
+            return f"{type(exc).__name__}: {line[:300]}"
+    return type(exc).__name__
+
+
+def _tensorflow() -> Any:
+    """The tensorflow module, imported quietly; ConfigError if it is not installed."""
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        with _quiet():
+            import tensorflow as tf  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+            tf.get_logger().setLevel("ERROR")
+    except ImportError as exc:
+        raise ConfigError(f"{_TF_HINT} ({exc})") from exc
+    return tf
+
+
+def _keras() -> Any:
+    _tensorflow()
+    try:
+        with _quiet():
+            import keras  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise ConfigError(f"{_TF_HINT} ({exc})") from exc
+    return keras
+
+
+# --- Keras source -----------------------------------------------------------------------------
+
+
+def load_keras(
+    path: Path, task: str | None = None, classes: list[Any] | None = None
+) -> KerasSource:
+    """A Keras v3 `.keras` model file (loaded without its training config)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such model file")
+    keras = _keras()
+    try:
+        with _quiet():
+            model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises anything from zipfile, h5py, json, its own code
+        raise BadDataError(
+            f"{path}: expected a Keras {path.suffix or '.keras'} model, could not load it "
+            f"({_one_line(exc)})"
+        ) from exc
+    return KerasSource(model, task=task, classes=classes, origin=str(path))
+
+
+class KerasSource:
+    """A Keras model as a `SourceModel`: tabular input (batch, n_features), one output."""
+
+    framework = "keras"
+
+    def __init__(
+        self,
+        model: Any,
+        task: str | None = None,
+        classes: list[Any] | None = None,
+        origin: str = "the Keras model",
+    ) -> None:
+        self.model = model
+        self.feature_names: list[str] | None = None
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise BadDataError(
+                f"{origin}: expected a model with one input and one output, got "
+                f"{len(model.inputs)} inputs and {len(model.outputs)} outputs"
+            )
+        in_shape = tuple(model.inputs[0].shape)
+        if len(in_shape) != 2 or in_shape[1] is None:
+            raise BadDataError(
+                f"{origin}: expected an input of shape (batch, n_features) for tabular rows, "
+                f"got {in_shape}"
+            )
+        self.n_features: int | None = int(in_shape[1])
+        out_shape = tuple(model.outputs[0].shape)
+        if len(out_shape) != 2 or out_shape[1] is None:
+            raise BadDataError(f"{origin}: output shape {out_shape}; {_SUPPORTED_OUTPUTS}")
+        k = int(out_shape[1])
+        activation = _output_activation(model)
+        self.task, self.classes = _task_and_classes(origin, k, activation, task, classes)
+        self.description = describe_keras(model)
+        self._sigmoid = self.task == "classification" and k == 1
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        out = self._run(x)
+        if self.task == "regression":
+            return out.reshape(len(out))
+        labels = np.asarray(self.classes)
+        if self._sigmoid:
+            return labels[(out[:, 0] >= 0.5).astype(np.intp)]
+        return labels[out.argmax(axis=1)]
+
+    def scores(self, x: np.ndarray) -> np.ndarray | None:
+        if self.task == "regression":
+            return None
+        out = self._run(x)
+        if self._sigmoid:
+            return np.stack([1.0 - out[:, 0], out[:, 0]], axis=1)
+        return out
+
+    def convert(self, x: np.ndarray, quantize: str) -> Artifact:
+        """The TFLite artifact (see keras_artifact); static int8 calibrates on rows of `x`."""
+        return keras_artifact(self, x, quantize)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        x32 = np.ascontiguousarray(x, dtype=np.float32)
+        with _quiet():
+            out = self.model.predict(x32, batch_size=256, verbose=0)
+        return np.asarray(out, dtype=np.float32).reshape(len(x32), -1)
+
+
+def describe_keras(model: Any) -> str:
+    """E.g. "Sequential(Dense, Dropout, Dense)": the model class and its layer types."""
+    layers = [type(layer).__name__ for layer in model.layers]
+    layers = [name for name in layers if name != "InputLayer"]
+    if len(layers) > 8:
+        layers = [*layers[:7], f"... {len(layers) - 7} more"]
+    return f"{type(model).__name__}({', '.join(layers)})"
+
+
+def _output_activation(model: Any) -> str:
+    """The name of the activation applied last ("softmax", "sigmoid", "linear", ...)."""
+    last = model.layers[-1] if model.layers else None
+    name = type(last).__name__
+    if name == "Softmax":
+        return "softmax"
+    activation = getattr(last, "activation", None)
+    if activation is None:
+        return "none"
+    return str(getattr(activation, "__name__", activation))
+
+
+def _task_and_classes(
+    origin: str, k: int, activation: str, task: str | None, classes: list[Any] | None
+) -> tuple[str, list[Any]]:
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"task {task!r} is not one of {list(TASKS)}")
+    if task is None:
+        if classes is not None or (k > 1 and activation == "softmax"):
+            task = "classification"
+        elif k == 1:
+            task = "classification" if activation == "sigmoid" else "regression"
+        else:
+            raise BadDataError(
+                f"{origin}: the last layer gives {k} units with activation {activation!r}; "
+                f"{_SUPPORTED_OUTPUTS}. For a model whose output already is probabilities, "
+                f"give the task and classes explicitly"
+            )
+    if task == "regression":
+        if k != 1:
+            raise BadDataError(
+                f"{origin}: a regression model must give one value per row, this one gives {k}"
+            )
+        return task, []
+    default = list(range(k)) if k > 1 else [0, 1]
+    labels = list(classes) if classes is not None else default
+    if len(labels) != len(default):
+        raise BadDataError(
+            f"{origin}: the model gives {k} output(s) per row, which means "
+            f"{len(default)} classes, but {len(labels)} class labels were given"
+        )
+    return task, labels
+
+
+# --- TFLite source ----------------------------------------------------------------------------
+
+
+class TfliteSource:
+    """A `.tflite` file as a `SourceModel`, run by the device's own TfliteRuntime."""
+
+    framework = "tflite"
+
+    def __init__(self, runtime: TfliteRuntime, classes: list[Any], model_bytes: bytes) -> None:
+        self.runtime = runtime
+        self.model_bytes = model_bytes
+        self.task = runtime.task
+        self.classes = classes
+        self.n_features: int | None = runtime.n_features
+        self.feature_names: list[str] | None = None
+        self.description = (
+            f"TFLite model ({runtime.n_features} {runtime.input_dtype.name} features -> "
+            f"{runtime.n_outputs} output{'s' if runtime.n_outputs != 1 else ''})"
+        )
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.runtime.predict(x)
+
+    def scores(self, x: np.ndarray) -> np.ndarray | None:
+        return self.runtime.scores(x)
+
+    def convert(self, x: np.ndarray, quantize: str) -> Artifact:
+        """The file as it is: a TFLite model is not re-quantized (quantize its Keras model)."""
+        if quantize not in QUANTIZE_MODES:
+            raise ConfigError(
+                f"unknown quantization mode {quantize!r}; expected one of {list(QUANTIZE_MODES)}"
+            )
+        note = "" if quantize == "none" else TFLITE_AS_IS
+        return Artifact(
+            "litert", "model.tflite", self.model_bytes, self.model_bytes, quantize, note
+        )
+
+
+def load_tflite(
+    path: Path, task: str | None = None, classes: list[Any] | None = None
+) -> TfliteSource:
+    """A `.tflite` model file. Without `task`: k > 1 outputs per row is a classifier of classes
+    range(k), one output a regressor (a binary sigmoid model needs task="classification")."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such model file")
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"task {task!r} is not one of {list(TASKS)}")
+    model_bytes = path.read_bytes()
+    try:
+        with _quiet():
+            k = output_width(open_interpreter(model_bytes))
+            if task is None:
+                task = "classification" if k > 1 or classes is not None else "regression"
+            labels: list[Any] = []
+            if task == "classification":
+                labels = (
+                    list(classes) if classes is not None else list(range(k) if k > 1 else [0, 1])
+                )
+            runtime = TfliteRuntime(model_bytes, task, labels, 1)
+    except BundleRejected as exc:
+        if exc.reason == "runtime-missing":
+            raise ConfigError(f"{path}: {exc.detail}") from exc
+        raise BadDataError(f"{path}: expected a TFLite .tflite model: {exc.detail}") from exc
+    return TfliteSource(runtime, labels, model_bytes)
+
+
+# --- conversion -------------------------------------------------------------------------------
+
+
+def keras_artifact(source: KerasSource, x_rep: np.ndarray, quantize: str) -> Artifact:
+    """`source` as a TFLite model: float32 ("none"), or quantized by `quantize`.
+
+    "dynamic": int8 weights, float activations (no data needed). "float16": float16 weights.
+    "static": full-integer int8 (int8 input and output too), calibrated on up to
+    REPRESENTATIVE_ROWS NaN-free rows of `x_rep`.
+    """
+    if quantize not in QUANTIZE_MODES:
+        raise ConfigError(
+            f"unknown quantization mode {quantize!r}; expected one of {list(QUANTIZE_MODES)}"
+        )
+    tf = _tensorflow()
+    float_bytes = _convert(tf, source, "none", lambda converter: None)
+    rows = None
+    if quantize == "none":
+        model_bytes = float_bytes
+    elif quantize == "dynamic":
+        model_bytes = _convert(tf, source, quantize, _dynamic(tf))
+    elif quantize == "float16":
+        model_bytes = _convert(tf, source, quantize, _float16(tf))
+    else:
+        rows = representative_rows(x_rep, source.n_features)
+        model_bytes = _convert(tf, source, quantize, _static(tf, rows))
+    notes = _check_converted(source, model_bytes, quantize, rows)
+    if not notes and quantize != "none" and len(model_bytes) >= len(float_bytes):
+        notes.append(
+            f"{quantize} quantization did not make this model smaller ({len(model_bytes)} bytes "
+            f"vs {len(float_bytes)} as float32): its weights are too few to outweigh the "
+            f"quantization metadata"
+        )
+    return Artifact(
+        runtime="litert",
+        model_file="model.tflite",
+        float_bytes=float_bytes,
+        model_bytes=model_bytes,
+        quantize=quantize,
+        note="; ".join(notes),
+    )
+
+
+def representative_rows(x: np.ndarray, n_features: int | None) -> np.ndarray:
+    """Up to REPRESENTATIVE_ROWS NaN-free float32 rows of `x`, spread evenly over it."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or (n_features is not None and x.shape[1] != n_features):
+        raise BadDataError(
+            f"static quantization needs calibration rows of shape (n, {n_features}), "
+            f"got an array of shape {x.shape}"
+        )
+    x = x[~np.isnan(x).any(axis=1)]
+    if len(x) == 0:
+        raise BadDataError(
+            "static quantization needs calibration rows without NaN, and every row has one"
+        )
+    if len(x) > REPRESENTATIVE_ROWS:
+        x = x[np.linspace(0, len(x) - 1, REPRESENTATIVE_ROWS).round().astype(np.intp)]
+    return np.ascontiguousarray(x)
+
+
+def _dynamic(tf: Any) -> Callable[[Any], None]:
+    def configure(converter: Any) -> None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    return configure
+
+
+def _float16(tf: Any) -> Callable[[Any], None]:
+    def configure(converter: Any) -> None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+
+    return configure
+
+
+def _static(tf: Any, rows: np.ndarray) -> Callable[[Any], None]:
+    def representative() -> Iterator[list[np.ndarray]]:
+        for row in rows:
+            yield [row[None, :]]
+
+    def configure(converter: Any) -> None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+
+    return configure
+
+
+def _convert(tf: Any, source: KerasSource, mode: str, configure: Callable[[Any], None]) -> bytes:
+    try:
+        with _quiet(replay_on_error=True):
+            converter = tf.lite.TFLiteConverter.from_keras_model(source.model)
+            configure(converter)
+            return bytes(converter.convert())
+    except Exception as exc:  # the converter raises ConverterError, ValueError, RuntimeError...
+        raise BadDataError(
+            f"cannot convert {source.description} to TFLite (quantize={mode}): "
+            f"{_converter_reason(exc)}"
+        ) from exc
+
+
+_MISSING_OP = re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op")
+_UNQUANTIZABLE_OP = re.compile(r"Quantization not yet supported for op: '?([\w.]+)")
+
+
+def _converter_reason(exc: BaseException) -> str:
+    """One line for a converter failure; the MLIR dump behind it is replayed on stderr."""
+    text = str(exc)
+    missing = list(dict.fromkeys(_MISSING_OP.findall(text)))
+    if missing:
+        return (
+            f"the model uses TensorFlow op(s) {', '.join(missing)} that TFLite's builtin "
+            f"runtime does not have (devices run builtin ops only)"
+        )
+    unquantizable = list(dict.fromkeys(_UNQUANTIZABLE_OP.findall(text)))
+    if unquantizable:
+        return (
+            f"full-integer quantization does not support op(s) {', '.join(unquantizable)}: "
+            f"use quantize=dynamic or float16"
+        )
+    return _one_line(exc)
+
+
+def _check_converted(
+    source: KerasSource, model_bytes: bytes, mode: str, rows: np.ndarray | None
+) -> list[str]:
+    """Open the converted model in the device runtime (BadDataError if it does not load) and
+    return notes on what the quantization did not do.
+
+    Runs quietly: LiteRT prints a one-time "Created TensorFlow Lite XNNPACK delegate" line on
+    the first model a process opens, which would otherwise show up during validation."""
+    try:
+        with _quiet():
+            TfliteRuntime(model_bytes, source.task, source.classes, 1)
+            interp = open_interpreter(model_bytes)
+    except BundleRejected as exc:
+        if exc.reason == "runtime-missing":
+            return []  # the hub may convert without a runtime; validation will say so
+        raise BadDataError(
+            f"the TFLite conversion of {source.description} (quantize={mode}) does not load: "
+            f"{exc.detail}"
+        ) from exc
+    notes: list[str] = []
+    if mode == "dynamic" and not any(
+        np.dtype(t["dtype"]) == np.int8 for t in interp.get_tensor_details()
+    ):
+        notes.append(
+            "no weight tensor is large enough for dynamic-range quantization (TFLite quantizes "
+            "weights of 1024 elements or more): the weights stay float32"
+        )
+    if mode == "static" and rows is not None:
+        scale = float(interp.get_input_details()[0]["quantization"][0])
+        note = _coarse_input_note(rows, scale)
+        if note:
+            notes.append(note)
+    return notes
+
+
+COARSE_INPUT_STEPS = 16
+
+
+def _coarse_input_note(rows: np.ndarray, scale: float) -> str:
+    """A warning when the int8 input's single scale leaves features with few distinct steps.
+
+    Full-integer models quantize the whole input row with one (scale, zero_point): features on
+    very different scales (raw units, a Normalization layer inside the model) lose the small
+    ones entirely."""
+    if scale <= 0:
+        return ""
+    steps = (rows.max(axis=0) - rows.min(axis=0)) / scale
+    coarse = [int(i) for i in np.flatnonzero((steps < COARSE_INPUT_STEPS) & (steps > 0))]
+    if not coarse:
+        return ""
+    shown = ", ".join(str(i) for i in coarse[:8]) + (", ..." if len(coarse) > 8 else "")
+    return (
+        f"the int8 input uses one scale ({scale:.4g}) for all features, and {len(coarse)} "
+        f"feature(s) (0-based column {shown}) span fewer than {COARSE_INPUT_STEPS} of its 256 "
+        f"steps, so they lose most of their information: feed features on similar scales "
+        f"(standardize them before the model) or use quantize=dynamic"
+    )

@@ -1,0 +1,48 @@
+"""What goes into a conversion and what comes out, whatever the framework.
+
+A `SourceModel` is the model the engineer handed over (a scikit-learn estimator, a Keras model, an
+ONNX or TFLite file), able to predict on float32 rows so the result can be compared with it. An
+`Artifact` is the deployable model: its bytes, the runtime the card names, and the unquantized
+bytes it came from (for the size ratio).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+TASKS = ("classification", "regression")
+QUANTIZE_MODES = ("none", "dynamic", "static", "float16")  # float16: TFLite only
+
+
+class SourceModel(Protocol):
+    framework: str  # the card's "framework": scikit-learn, keras, onnx, tflite
+    description: str  # the card's "estimator": what the model is, for people
+    task: str  # one of TASKS
+    n_features: int | None  # what the model expects, when it says
+    classes: list[Any]  # class labels in probability-column order; [] for a regressor
+    feature_names: list[str] | None  # names the model was trained with, when it knows them
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(n, n_features) float32 -> (n,) labels or values."""
+        ...
+
+    def scores(self, x: np.ndarray) -> np.ndarray | None:
+        """(n, n_classes) probabilities for a classifier that gives them; else None."""
+        ...
+
+    def convert(self, x: np.ndarray, quantize: str) -> Artifact:
+        """The deployable artifact, quantized by `quantize` (calibrated on rows `x`)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Artifact:
+    runtime: str  # the card's "runtime": onnxruntime or litert
+    model_file: str  # name inside the bundle: model.onnx or model.tflite
+    float_bytes: bytes  # before quantization
+    model_bytes: bytes  # what ships
+    quantize: str  # the mode applied: none, dynamic, static, float16
+    note: str = ""  # e.g. why quantization left the model unchanged
