@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.sklearn_onnx import INPUT_NAME, LABEL_OUTPUT, PROBA_OUTPUT, VALUE_OUTPUT
+from converters.onnx_contract import INPUT_NAME, LABEL_OUTPUT, PROBA_OUTPUT, VALUE_OUTPUT
 from converters.source import Artifact, SourceModel
 from edge_agent.protocol.card import (
     CARD_VERSION,
@@ -43,6 +43,7 @@ def build_card(
     sample_out: np.ndarray,
     max_latency_ms: float,
     *,
+    has_scores: bool = True,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     bins: int = REFERENCE_BINS,
 ) -> dict[str, Any]:
@@ -69,7 +70,7 @@ def build_card(
             "min": [p.min for p in profiles],
             "max": [p.max for p in profiles],
         },
-        "output": output_schema(task, class_list, artifact.runtime),
+        "output": output_schema(task, class_list, artifact.runtime, has_scores),
         "classes": class_list,
         "reference": {
             "rows": len(x_ref),
@@ -88,23 +89,28 @@ def build_card(
     return card
 
 
-def output_schema(task: str, classes: list[Any], runtime: str) -> dict[str, Any]:
+def output_schema(
+    task: str, classes: list[Any], runtime: str, has_scores: bool = True
+) -> dict[str, Any]:
     """Names, dtypes and shapes of the model's output tensors. A TFLite model gives the
-    probabilities (or the value) only; the runtime derives the label."""
+    probabilities (or the value) only; the runtime derives the label. A classifier without
+    probabilities (LinearSVC...) gives the label only."""
     if runtime != "onnxruntime":
         if task == "classification":
             return {"probabilities": {"dtype": "float32", "shape": [None, len(classes)]}}
         return {"value": {"dtype": "float32", "shape": [None, 1]}}
     if task == "classification":
         label_dtype = "string" if any(isinstance(c, str) for c in classes) else "int64"
-        return {
-            "label": {"name": LABEL_OUTPUT, "dtype": label_dtype, "shape": [None]},
-            "probabilities": {
+        schema: dict[str, Any] = {
+            "label": {"name": LABEL_OUTPUT, "dtype": label_dtype, "shape": [None]}
+        }
+        if has_scores:
+            schema["probabilities"] = {
                 "name": PROBA_OUTPUT,
                 "dtype": "float32",
                 "shape": [None, len(classes)],
-            },
-        }
+            }
+        return schema
     return {"value": {"name": VALUE_OUTPUT, "dtype": "float32", "shape": [None, 1]}}
 
 

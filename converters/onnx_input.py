@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from converters.onnx_contract import INPUT_NAME, rename, rename_outputs
 from converters.quantize import quantize_onnx
-from converters.sklearn_onnx import INPUT_NAME, LABEL_OUTPUT, PROBA_OUTPUT, VALUE_OUTPUT
 from converters.source import TASKS, Artifact
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError
 from edge_agent.runtime import OnnxRuntime
@@ -39,7 +39,7 @@ class OnnxSource:
         if self.task == "classification" and not self.classes:
             self.classes = _class_labels(model)
         self.n_features = _check_input(model, where)
-        _rename_outputs(model, self.task, where)
+        rename_outputs(model, self.task, where)
         self.feature_names: list[str] | None = None
         producer = model.producer_name or "an unknown producer"
         self.description = f"ONNX model from {producer} ({len(model.graph.node)} nodes)"
@@ -98,7 +98,7 @@ def _check_input(model: onnx.ModelProto, where: str) -> int | None:
             f"{where}: expected a float32 input of shape [batch, features], got {got} "
             f"with shape {dims} (input {inputs[0].name!r})"
         )
-    _rename(model.graph, inputs[0].name, INPUT_NAME)
+    rename(model.graph, inputs[0].name, INPUT_NAME)
     return dims[1]
 
 
@@ -162,39 +162,3 @@ def _task(model: onnx.ModelProto, task: str | None, where: str) -> str:
             f"(float), got {got} (output {model.graph.output[0].name!r})"
         )
     return inferred
-
-
-def _rename_outputs(model: onnx.ModelProto, task: str, where: str) -> None:
-    names = [o.name for o in model.graph.output]
-    want = [LABEL_OUTPUT, PROBA_OUTPUT] if task == "classification" else [VALUE_OUTPUT]
-    if len(names) > len(want):
-        raise BadDataError(
-            f"{where}: expected at most {len(want)} output(s) for {task} ({want}), "
-            f"got {len(names)} ({names})"
-        )
-    for old, new in zip(names, want, strict=False):
-        _rename(model.graph, old, new)
-
-
-def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Rename tensor `old` to `new`, moving an inner tensor already called `new` aside."""
-    if old == new:
-        return
-    names = _tensor_names(graph)
-    if new in names:
-        spare = next(f"{new}_{i}" for i in range(1, len(names) + 2) if f"{new}_{i}" not in names)
-        _rename(graph, new, spare)
-    for node in graph.node:
-        node.input[:] = [new if n == old else n for n in node.input]
-        node.output[:] = [new if n == old else n for n in node.output]
-    for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
-        if value.name == old:
-            value.name = new
-
-
-def _tensor_names(graph: onnx.GraphProto) -> set[str]:
-    names = {v.name for v in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]}
-    for node in graph.node:
-        names.update(node.input)
-        names.update(node.output)
-    return names

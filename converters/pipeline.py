@@ -112,6 +112,7 @@ def build_bundle(
         sample_x,
         runtime.predict(sample_x),
         _latency_budget(report, max_latency_ms),
+        has_scores=runtime.scores(sample_x[:1]) is not None,
     )
     write_bundle(out, card, artifact.model_bytes)
     return BuildReport(path=Path(out), card=card, report=report)

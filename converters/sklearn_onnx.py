@@ -8,25 +8,26 @@ regressors give "variable" [None, 1].
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import numpy as np
 import onnx
 from skl2onnx import convert_sklearn
+from skl2onnx._supported_operators import sklearn_operator_name_map
+from skl2onnx.common._registration import get_converter
 from skl2onnx.common.data_types import FloatTensorType
 from skl2onnx.common.exceptions import MissingConverter, MissingShapeCalculator
 from sklearn.base import is_classifier, is_regressor
 from sklearn.exceptions import NotFittedError
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
+from converters.onnx_contract import INPUT_NAME, expected_outputs, rename_outputs
 from converters.quantize import quantize_onnx
 from converters.source import Artifact
 from edge_agent.errors import BadDataError
 
-INPUT_NAME = "X"
-LABEL_OUTPUT = "label"
-PROBA_OUTPUT = "probabilities"
-VALUE_OUTPUT = "variable"
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 SUPPORTED_URL = "https://onnx.ai/sklearn-onnx/supported.html"
 
@@ -118,28 +119,47 @@ def to_onnx_model(estimator: Any, sample_x: np.ndarray) -> onnx.ModelProto:
         )
     check_fitted(estimator)
     task = task_of(estimator)
-    options = (
-        {id(final_estimator(estimator)): {"zipmap": False}} if task == "classification" else None
-    )
     try:
-        model = convert_sklearn(
-            estimator,
-            initial_types=[(INPUT_NAME, FloatTensorType([None, int(sample_x.shape[1])]))],
-            target_opset=TARGET_OPSET,
-            options=options,
-        )
+        with warnings.catch_warnings():
+            # skl2onnx's HistGradientBoosting trees: see the protobuf pin in setup.cfg
+            warnings.filterwarnings("ignore", "Field onnx.AttributeProto.ints", DeprecationWarning)
+            model = convert_sklearn(
+                estimator,
+                initial_types=[(INPUT_NAME, FloatTensorType([None, int(sample_x.shape[1])]))],
+                target_opset=TARGET_OPSET,
+                options=_options(estimator, task),
+            )
     except (MissingShapeCalculator, MissingConverter) as exc:
         raise ConversionError(_unsupported_message(estimator, exc)) from None
     except Exception as exc:
         raise ConversionError(
-            f"skl2onnx could not convert {estimator_name(estimator)}: {exc}"
+            f"skl2onnx could not convert {estimator_name(estimator)}: {exc} "
+            f"(supported estimators and their limits: {SUPPORTED_URL})"
         ) from exc
+    if task == "classification" and not hasattr(final_estimator(estimator), "predict_proba"):
+        del model.graph.output[1:]  # decision scores (LinearSVC...) are not probabilities
+    # a step before the final estimator may have taken the output's name ("variable1")
+    rename_outputs(model, task, estimator_name(estimator))
     _check_outputs(model, task, estimator)
     return model
 
 
-def expected_outputs(task: str) -> list[str]:
-    return [LABEL_OUTPUT, PROBA_OUTPUT] if task == "classification" else [VALUE_OUTPUT]
+def _options(estimator: Any, task: str) -> dict[Any, dict[str, Any]]:
+    """StandardScaler as plain Sub/Div (typed, so static quantization can range what follows),
+    and classifier probabilities as a plain tensor where the converter has a ZipMap to drop."""
+    options: dict[Any, dict[str, Any]] = {StandardScaler: {"div": "div"}}
+    final = final_estimator(estimator)
+    if task == "classification" and "zipmap" in _allowed_options(final):
+        options[id(final)] = {"zipmap": False}
+    return options
+
+
+def _allowed_options(estimator: Any) -> dict[str, Any]:
+    try:
+        alias = sklearn_operator_name_map[type(estimator)]
+        return dict(get_converter(alias).get_allowed_options() or {})
+    except (KeyError, ValueError):
+        return {}  # no converter: convert_sklearn says so, naming the estimator
 
 
 def _unsupported_message(estimator: Any, exc: Exception) -> str:
@@ -155,8 +175,8 @@ def _unsupported_message(estimator: Any, exc: Exception) -> str:
 
 def _check_outputs(model: onnx.ModelProto, task: str, estimator: Any) -> None:
     got = [o.name for o in model.graph.output]
-    want = expected_outputs(task)
-    if got != want:
+    want = expected_outputs(task)[: len(got)]
+    if not got or got != want:
         raise ConversionError(
             f"{estimator_name(estimator)}: expected ONNX outputs {want}, skl2onnx produced {got}"
         )
