@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
+from cloud_hub import keys_cli
 from cloud_hub.model_report import card_rows, feature_rows, report_rows, verdict
 from converters.source import QUANTIZE_MODES
 from edge_agent.errors import EdgefleetError
@@ -187,8 +188,15 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 def cmd_devices_enroll(args: argparse.Namespace) -> int:
     from cloud_hub.operations import enroll_device
 
-    enroll_device(_home(args), args.device_id, Path(args.state_dir))
+    public = enroll_device(
+        _home(args),
+        args.device_id,
+        Path(args.state_dir),
+        Path(args.public) if args.public else None,
+    )
     console.print(f"{args.device_id}: trusted root written to {args.state_dir}/tuf/root.json")
+    if public is not None:
+        console.print(f"{args.device_id}: public key registered; encrypted rollouts can reach it")
     return 0
 
 
@@ -232,7 +240,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_rollout_start(args: argparse.Namespace) -> int:
     from cloud_hub.operations import start_rollout
 
-    r = start_rollout(_home(args), ModelRef.parse(args.model), args.canary)
+    r = start_rollout(_home(args), ModelRef.parse(args.model), args.canary, encrypt=args.encrypt)
     if args.json:
         print(json.dumps(r.to_json(), indent=2))
     else:
@@ -310,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     add(sub, "init", cmd_init, "create the hub's keys and TUF repository")
+    keys_cli.register(sub, add)
 
     model = sub.add_parser("model", help="signed model bundles").add_subparsers(
         dest="sub", required=True
@@ -366,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(devices, "enroll", cmd_devices_enroll, "give a device the hub's trusted root")
     sp.add_argument("device_id")
     sp.add_argument("--state-dir", required=True, help="the device's state folder")
+    sp.add_argument(
+        "--public",
+        help="the device's device.pub.json from `edge-agent enroll` "
+        "(default: the one in the state folder, if there)",
+    )
     add(devices, "list", cmd_devices_list, "list devices", json_out=True)
 
     sp = add(sub, "serve", cmd_serve, "run the hub: ingest, TUF publication, transfers, rollouts")
@@ -379,6 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(rollout, "start", cmd_rollout_start, "start a staged rollout", json_out=True)
     sp.add_argument("model", help="NAME@VERSION")
     sp.add_argument("--canary", default="1", help="devices in the first wave: a count or a percent")
+    sp.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="seal the bundle for each device's enrolled X25519 key (HPKE)",
+    )
     sp = add(rollout, "status", cmd_rollout_list, "show one rollout or all", json_out=True)
     sp.add_argument("id", nargs="?")
     sp = add(rollout, "list", cmd_rollout_list, "list rollouts", json_out=True)

@@ -30,6 +30,7 @@ class Rollout:
     devices: dict[str, str] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     halt_reason: str = ""
+    encrypt: bool = False  # each device gets the bundle sealed for its own key
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -69,10 +70,15 @@ def canary_count(spec: str, fleet: int) -> int:
 
 
 def start(
-    rollout_id: str, model: ModelRef, target: str, tuf_version: int, waves: list[list[str]]
+    rollout_id: str,
+    model: ModelRef,
+    target: str,
+    tuf_version: int,
+    waves: list[list[str]],
+    encrypt: bool = False,
 ) -> Rollout:
     devices = {d: WAITING for wave in waves for d in wave}
-    return Rollout(rollout_id, model, target, tuf_version, waves, devices=devices)
+    return Rollout(rollout_id, model, target, tuf_version, waves, devices=devices, encrypt=encrypt)
 
 
 def advance(r: Rollout, events: list[tuple[str, str, str]]) -> list[str]:

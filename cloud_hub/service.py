@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from edge_agent.protocol.messages import (
 )
 from edge_agent.protocol.topics import Topics
 from edge_agent.protocol.transfer import CHUNK_SIZE, chunk_bounds, chunk_count
+from edge_agent.transfer_crypto import new_transfer_key, seal_chunk, wrap_key
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class Hub:
         for kind in ("status", "telemetry", "drift", "events", "xfer/req"):
             self.session.subscribe(self.topics.any_device(kind), self._queue)
         self._targets: dict[str, bytes] = {}
+        self._transfer_keys: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._published_ts = 0
         self._next_timestamp_check = 0.0
 
@@ -147,16 +150,45 @@ class Hub:
                 raise MessageError(f"xfer/req from {device}: {req.target!r} is not a signed target")
             data = self._targets[req.target] = self.repo.read_target(req.target)
         total = chunk_count(len(data))
+        bad = [i for i in req.chunks if i >= total]
+        if bad:
+            raise MessageError(
+                f"xfer/req from {device}: chunk {bad[0]} of {req.target} does not exist "
+                f"(it has {total})"
+            )
+        seal = self._sealer(device, req.target, len(data)) if req.encrypted else None
         topic = self.topics.device(device, "xfer/chunk")
         for index in req.chunks:
-            if index >= total:
-                raise MessageError(
-                    f"xfer/req from {device}: chunk {index} of {req.target} does not exist "
-                    f"(it has {total})"
-                )
             start, end = chunk_bounds(index, len(data), CHUNK_SIZE)
             chunk = XferChunk(req.target, index, len(data), data[start:end])
+            if seal is not None:
+                chunk = seal(chunk)
             self.session.publish(topic, encode(chunk))
+
+    def _sealer(self, device: str, target: str, size: int) -> Callable[[XferChunk], XferChunk]:
+        """Seals chunks of `target` for `device`: one transfer key per (device, target), wrapped
+        for the device's enrolled X25519 key and sent with every chunk (so a device that lost
+        track, or a restarted hub, needs no other message)."""
+        cached = self._transfer_keys.get((device, target))
+        if cached is None:
+            public = self.store.public_key(device)
+            if public is None:
+                raise MessageError(
+                    f"xfer/req from {device}: an encrypted transfer needs the device's public "
+                    "key; enroll it with `edgehub devices enroll` and its device.pub.json"
+                )
+            key = new_transfer_key()
+            cached = self._transfer_keys[(device, target)] = (
+                key,
+                wrap_key(public, key, device, target),
+            )
+        key, wrapped = cached
+
+        def seal(chunk: XferChunk) -> XferChunk:
+            sealed = seal_chunk(key, target, chunk.index, size, chunk.data)
+            return XferChunk(target, chunk.index, size, sealed, wrapped)
+
+        return seal
 
     # ---- rollouts -----------------------------------------------------------------------
     def _step_rollout(self, r: ro.Rollout) -> None:
@@ -174,6 +206,7 @@ class Hub:
                 target=r.target,
                 tuf_version=r.tuf_version,
                 rollout=r.id,
+                encrypt=r.encrypt,
             )
             self.session.publish(self.topics.device(device, "cmd"), encode(cmd))
         if (r.state, r.wave, r.devices) != before:

@@ -6,6 +6,7 @@ unique and a repeat is ignored, so an agent may resend whatever it is not sure a
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterable
@@ -51,6 +52,7 @@ devices = Table(
     Column("version", Integer),
     Column("last_seen", Float, nullable=False, default=0.0),
     Column("stats", JSON, nullable=False, default=dict),
+    Column("public_key", String(64)),  # X25519, base64, from enrollment; for encrypted transfers
 )
 
 records = Table(
@@ -148,10 +150,23 @@ class Store:
         conn.execute(self._insert_once(devices), [{"id": device, "last_seen": now}])
         conn.execute(update(devices).where(devices.c.id == device).values(last_seen=now))
 
-    def register(self, device: str) -> None:
-        """Enrollment: the device is known before it is ever seen (a rollout includes it)."""
+    def register(self, device: str, public_key: bytes | None = None) -> None:
+        """Enrollment: the device is known before it is ever seen (a rollout includes it), with
+        its X25519 public key when it has an identity."""
         with self.engine.begin() as conn:
             conn.execute(self._insert_once(devices), [{"id": device}])
+            if public_key is not None:
+                encoded = base64.b64encode(public_key).decode("ascii")
+                conn.execute(
+                    update(devices).where(devices.c.id == device).values(public_key=encoded)
+                )
+
+    def public_key(self, device: str) -> bytes | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(devices.c.public_key).where(devices.c.id == device)
+            ).scalar_one_or_none()
+        return base64.b64decode(value) if value else None
 
     def set_status(self, status: Status) -> None:
         now = time.time()

@@ -22,6 +22,7 @@ from edge_agent.buffer import Buffer
 from edge_agent.config import AgentConfig
 from edge_agent.errors import BadDataError, ConfigError
 from edge_agent.fsutil import atomic_write
+from edge_agent.identity import load_identity
 from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_session import BrokerAddress, MqttSession
 from edge_agent.pipeline import ActiveModel, Pipeline
@@ -173,6 +174,8 @@ class Agent:
                 self.topics.device(cfg.device_id, "xfer/req"), payload
             ),
             cfg.get("limits", "transfer_window"),
+            state / "xfer",
+            identity=load_identity(state),
         )
         self.updater = Updater(
             self.verifier,
@@ -228,7 +231,32 @@ class Agent:
         log.warning("rejected message on %s: %s", topic, exc)
 
     def _on_command(self, _topic: str, payload: bytes) -> None:
-        self.commands.put(decode_command(payload))
+        cmd = decode_command(payload)
+        if cmd.kind == "deploy":  # kept until handled: a restart mid-transfer resumes it
+            atomic_write(self._pending_path, payload)
+        self.commands.put(cmd)
+
+    @property
+    def _pending_path(self) -> Path:
+        return self.cfg.state_dir / "pending-command.json"
+
+    def _handled(self, cmd: Command) -> None:
+        """Forget the pending command if it is this one (a newer one may have replaced it)."""
+        try:
+            pending = decode_command(self._pending_path.read_bytes())
+        except (FileNotFoundError, BadDataError):
+            return
+        if pending.id == cmd.id:
+            self._pending_path.unlink(missing_ok=True)
+
+    def _resume_pending(self) -> None:
+        try:
+            self.commands.put(decode_command(self._pending_path.read_bytes()))
+        except FileNotFoundError:
+            return
+        except BadDataError as exc:
+            log.warning("dropping an unreadable pending command: %s", exc)
+            self._pending_path.unlink(missing_ok=True)
 
     def _on_tuf(self, topic: str, payload: bytes) -> None:
         self.mirror.put(topic.removeprefix(self.topics.tuf("")), payload)
@@ -282,6 +310,7 @@ class Agent:
         self.session.subscribe(self.topics.tuf_all, self._on_tuf)
         self.session.subscribe(self.topics.device(dev, "cmd"), self._on_command)
         self.session.subscribe(self.topics.device(dev, "xfer/chunk"), self.downloader.on_chunk)
+        self._resume_pending()
         self.session.start()
         for spec in self.cfg.inputs:
             spec = dict(spec)
@@ -307,6 +336,7 @@ class Agent:
                 self._event(
                     "rejected", cmd.model, "internal error, see the device log", cmd.rollout
                 )
+            self._handled(cmd)
 
     def run_forever(self) -> None:
         """Main loop until stop_event; then finish the batch, flush and say goodbye."""

@@ -25,6 +25,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from edge_agent.identity import create_identity, identity_paths
+
+    cfg = load_config(Path(args.config))
+    identity = create_identity(cfg.state_dir, cfg.device_id)
+    public = identity_paths(cfg.state_dir)[1]
+    print(f"{identity.device_id}: identity ready; hand {public} to the hub")
+    print(f"  edgehub devices enroll {identity.device_id} --public {public} --state-dir ...")
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = load_config(Path(args.file))
     print(f"{args.file}: ok (device {cfg.device_id}, profile {cfg.profile_name})")
@@ -56,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("run", help="run the daemon")
     sp.add_argument("--config", required=True, help="the device's TOML file")
     sp.set_defaults(fn=cmd_run)
+    sp = sub.add_parser("enroll", help="create the device's identity (X25519 key pair)")
+    sp.add_argument("--config", required=True, help="the device's TOML file")
+    sp.set_defaults(fn=cmd_enroll)
     sp = sub.add_parser("status", help="what the agent last recorded about itself")
     sp.add_argument("--config", required=True)
     sp.add_argument("--json", action="store_true")

@@ -23,6 +23,7 @@ from tuf.ngclient.fetcher import FetcherInterface
 from edge_agent.errors import BundleRejected, ConfigError
 from edge_agent.fsutil import atomic_write
 from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.transfer import chunk_count
 
 _METADATA_URL = "mqtt:/tuf/"
 
@@ -90,6 +91,19 @@ class VerifiedTarget:
     length: int
     card_sha256: str
     info: TargetFile
+
+    @property
+    def sha256(self) -> str:
+        return str(self.info.hashes["sha256"])
+
+    @property
+    def chunk_sha256(self) -> tuple[str, ...] | None:
+        """The signed sha256 of each 64 KiB chunk, when the hub listed them: each chunk is
+        then checked on arrival, and a bad one asked for again."""
+        hashes = self.info.custom.get("chunk_sha256")
+        if not isinstance(hashes, list) or len(hashes) != chunk_count(self.length):
+            return None
+        return tuple(str(h) for h in hashes)
 
 
 def _reason(exc: Exception) -> str:

@@ -10,78 +10,186 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from edge_agent.bundle import Bundle, read_bundle
 from edge_agent.errors import BundleRejected, MessageError
 from edge_agent.health import check_health
+from edge_agent.identity import DeviceIdentity
 from edge_agent.model_store import ModelStore
+from edge_agent.partial_transfer import PartialTransfer
 from edge_agent.protocol.messages import (
     Command,
     ModelRef,
+    XferChunk,
     XferRequest,
     decode_xfer_chunk,
     encode,
 )
 from edge_agent.protocol.transfer import Reassembly
 from edge_agent.runtime import Runtime, load_runtime
-from edge_agent.trust import TufMirror, VerifiedTarget, Verifier
+from edge_agent.transfer_crypto import open_chunk, unwrap_key
+from edge_agent.trust import TufMirror, VerifiedTarget, Verifier, sha256_hex
 
 log = logging.getLogger(__name__)
 
+MAX_BAD_TRIES = 3  # a chunk failing its check this often: the source itself is bad
 Emit = Callable[[str, ModelRef | None, str, str | None], None]  # event, model, reason, rollout
 
 
+@dataclass
+class Fetched:
+    data: bytes
+    chunks: int
+    resumed: int  # chunks kept from an interrupted attempt
+    fetched_twice: int  # chunks paid for more than once (lost, late, rejected, duplicated)
+    bad_chunks: int  # chunks that failed their check on arrival
+
+    def summary(self) -> str:
+        return (
+            f"{self.chunks} chunks, {self.resumed} resumed, {self.fetched_twice} fetched twice, "
+            f"{self.bad_chunks} failed their check"
+        )
+
+
 class Downloader:
-    """Pulls the chunks of one target over MQTT: asks within a window, re-asks what is late."""
+    """Pulls the chunks of one target over MQTT: asks within a window, re-asks what is late or
+    fails its check, keeps what arrived on disk so that a restart resumes, and opens chunks
+    sealed for this device when the transfer is encrypted."""
 
     def __init__(
         self,
         publish: Callable[[bytes], object],
         window: int,
+        partial_dir: Path,
+        identity: DeviceIdentity | None = None,
         retry_after: float = 2.0,
+        checkpoint_every: int = 16,
     ) -> None:
         self._publish = publish
         self._window = window
+        self._partial_dir = partial_dir
+        self._identity = identity
         self._retry_after = retry_after
-        self._current: Reassembly | None = None
+        self._checkpoint_every = checkpoint_every
+        self._job: _Job | None = None
         self._arrived = threading.Event()
         self._lock = threading.Lock()
 
     def on_chunk(self, _topic: str, payload: bytes) -> None:
         chunk = decode_xfer_chunk(payload)
         with self._lock:
-            current = self._current
-            if current is None or chunk.target != current.target:
+            job = self._job
+            if job is None or chunk.target != job.target.path:
                 return  # a late chunk of an earlier transfer
-            current.accept(chunk.index, chunk.size, chunk.data)
+            try:
+                job.take(chunk)
+            except BundleRejected as exc:
+                job.failure = exc
         self._arrived.set()
 
-    def fetch(self, target: VerifiedTarget, timeout: float) -> bytes:
-        reassembly = Reassembly(target.path, target.length)
+    def fetch(self, target: VerifiedTarget, timeout: float, encrypted: bool = False) -> Fetched:
+        if encrypted and self._identity is None:
+            raise BundleRejected(
+                "not-enrolled",
+                "an encrypted transfer needs the device's identity; run `edge-agent enroll`",
+            )
+        partial = PartialTransfer(self._partial_dir, target.path, target.length, target.sha256)
+        job = _Job(target, Reassembly(target.path, target.length), partial, self._identity)
+        job.encrypted = encrypted
+        partial.restore(job.reassembly)
         with self._lock:
-            self._current = reassembly
+            self._job = job
         deadline = time.monotonic() + timeout
         try:
             while True:
                 with self._lock:
-                    if reassembly.complete:
-                        return reassembly.assemble()
-                    wanted = reassembly.to_request(
-                        time.monotonic(), self._window, self._retry_after
-                    )
+                    if job.failure is not None:
+                        raise job.failure
+                    r = job.reassembly
+                    if r.complete:
+                        partial.checkpoint(r)
+                        return Fetched(
+                            r.assemble(), r.total, r.resumed, r.fetched_twice, job.bad_chunks
+                        )
+                    if job.unsaved >= self._checkpoint_every:
+                        partial.checkpoint(r)
+                        job.unsaved = 0
+                    wanted = r.to_request(time.monotonic(), self._window, self._retry_after)
                 if wanted:
-                    self._publish(encode(XferRequest(target.path, tuple(wanted))))
+                    self._publish(encode(XferRequest(target.path, tuple(wanted), encrypted)))
                 if time.monotonic() > deadline:
                     raise BundleRejected(
                         "truncated",
-                        f"{target.path}: {reassembly.received} of {reassembly.total} chunks "
-                        f"arrived within {timeout:.0f}s",
+                        f"{target.path}: {r.received} of {r.total} chunks arrived within "
+                        f"{timeout:.0f}s (kept for the next attempt)",
                     )
                 self._arrived.wait(0.5)
                 self._arrived.clear()
         finally:
             with self._lock:
-                self._current = None
+                self._job = None
+                job.partial.checkpoint(job.reassembly)
+
+    def discard(self, target: VerifiedTarget) -> None:
+        """Forget what was kept of `target` (installed, or rejected as a whole)."""
+        PartialTransfer(self._partial_dir, target.path, target.length, target.sha256).discard()
+
+
+class _Job:
+    """One transfer in progress (guarded by the Downloader's lock)."""
+
+    def __init__(
+        self,
+        target: VerifiedTarget,
+        reassembly: Reassembly,
+        partial: PartialTransfer,
+        identity: DeviceIdentity | None,
+    ) -> None:
+        self.target = target
+        self.reassembly = reassembly
+        self.partial = partial
+        self.identity = identity
+        self.encrypted = False
+        self.hashes = target.chunk_sha256
+        self.failure: BundleRejected | None = None
+        self.bad_chunks = 0
+        self.unsaved = 0
+        self._keys: dict[bytes, bytes] = {}  # wrapped transfer key -> key
+        self._tries: dict[int, int] = {}  # chunk index -> failed checks
+
+    def take(self, chunk: XferChunk) -> None:
+        r = self.reassembly
+        data = chunk.data
+        if self.encrypted:
+            if chunk.key is None:
+                return self._bad(chunk.index)  # plaintext in an encrypted transfer
+            key = self._keys.get(chunk.key)
+            if key is None:
+                assert self.identity is not None  # checked before the job starts
+                key = self._keys[chunk.key] = unwrap_key(self.identity, chunk.key, r.target)
+            try:
+                data = open_chunk(key, r.target, chunk.index, chunk.size, data)
+            except BundleRejected:
+                return self._bad(chunk.index)
+        hashes = self.hashes
+        if hashes and 0 <= chunk.index < len(hashes) and sha256_hex(data) != hashes[chunk.index]:
+            return self._bad(chunk.index)
+        if r.accept(chunk.index, chunk.size, data):
+            self.partial.write(chunk.index, data, r.chunk_size)
+            self.unsaved += 1
+
+    def _bad(self, index: int) -> None:
+        """Ask again; the same chunk failing MAX_BAD_TRIES times means the source is bad."""
+        self.bad_chunks += 1
+        self._tries[index] = self._tries.get(index, 0) + 1
+        if self._tries[index] >= MAX_BAD_TRIES:
+            raise BundleRejected(
+                "tampered",
+                f"{self.target.path}: chunk {index} failed its check {MAX_BAD_TRIES} times; "
+                "what is served does not match the signed target",
+            )
+        self.reassembly.reject(index)
 
 
 @dataclass
@@ -137,15 +245,20 @@ class Updater:
                     f"TUF timestamp version {cmd.tuf_version} did not arrive",
                 )
             target = self.verifier.lookup(cmd.target, model, running)
-            self.emit("downloading", model, f"{target.length} bytes", cmd.rollout)
-            data = self.downloader.fetch(target, self.transfer_timeout)
-            self.verifier.check(target, data)
-            bundle = read_bundle(data, target.card_sha256, self.verifier.max_bundle_bytes * 4)
+            how = "encrypted for this device" if cmd.encrypt else "signed"
+            self.emit("downloading", model, f"{target.length} bytes, {how}", cmd.rollout)
+            fetched = self.downloader.fetch(target, self.transfer_timeout, cmd.encrypt)
+            data = fetched.data
+            try:
+                self.verifier.check(target, data)
+                bundle = read_bundle(data, target.card_sha256, self.verifier.max_bundle_bytes * 4)
+            finally:
+                self.downloader.discard(target)  # whatever the verdict, never resume these bytes
             if bundle.card.model != model:
                 raise BundleRejected(
                     "mismatch", f"card says {bundle.card.model}, signed target says {model}"
                 )
-            self.emit("verified", model, "", cmd.rollout)
+            self.emit("verified", model, fetched.summary(), cmd.rollout)
         except (BundleRejected, MessageError) as exc:
             log.warning("rejected %s: %s", model, exc)
             if isinstance(exc, BundleRejected):

@@ -32,6 +32,7 @@ from edge_agent.bundle import read_bundle
 from edge_agent.errors import BundleRejected, ConfigError
 from edge_agent.model_store import ActiveRecord, ModelStore
 from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.transfer import CHUNK_SIZE
 from edge_agent.trust import (
     MqttFetcher,
     TufMirror,
@@ -161,8 +162,10 @@ def test_hub_targets_listing_matches_bundle(real_bundle: RealBundle, hub: TufRep
             "model": IRIS.name,
             "model_version": IRIS.version,
             "card_sha256": real_bundle.card_sha256,
+            "chunk_sha256": [hashlib.sha256(real_bundle.data).hexdigest()],  # one chunk
         }
     }
+    assert len(real_bundle.data) <= CHUNK_SIZE
     assert hub.read_target(path) == real_bundle.data
     with pytest.raises(ConfigError, match="leaves the targets folder"):
         hub.read_target("../keys/root.key")

@@ -257,6 +257,7 @@ class Command:
     target: str | None = None
     tuf_version: int = 0
     rollout: str | None = None
+    encrypt: bool = False  # fetch the target encrypted for this device's X25519 key
 
     def __post_init__(self) -> None:
         if self.kind not in COMMAND_KINDS:
@@ -274,6 +275,7 @@ class Command:
             "target": self.target,
             "tuf_version": self.tuf_version,
             "rollout": self.rollout,
+            "encrypt": self.encrypt,
         }
 
 
@@ -294,6 +296,7 @@ def decode_command(payload: bytes) -> Command:
         target=target,
         tuf_version=field_of(obj, "tuf_version", int, where) if "tuf_version" in obj else 0,
         rollout=rollout,
+        encrypt=field_of(obj, "encrypt", bool, where) if "encrypt" in obj else False,
     )
 
 
@@ -303,9 +306,10 @@ class XferRequest:
 
     target: str
     chunks: tuple[int, ...]
+    encrypted: bool = False  # seal the chunks for the asking device
 
     def to_json(self) -> dict[str, Any]:
-        return {"target": self.target, "chunks": list(self.chunks)}
+        return {"target": self.target, "chunks": list(self.chunks), "encrypted": self.encrypted}
 
 
 def decode_xfer_request(payload: bytes, max_chunks: int) -> XferRequest:
@@ -318,7 +322,8 @@ def decode_xfer_request(payload: bytes, max_chunks: int) -> XferRequest:
     for i, index in enumerate(chunks):
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise MessageError(f"{where}.chunks[{i}]: expected an index >= 0, got {index!r}")
-    return XferRequest(target, tuple(chunks))
+    encrypted = field_of(obj, "encrypted", bool, where) if "encrypted" in obj else False
+    return XferRequest(target, tuple(chunks), encrypted)
 
 
 @dataclass(frozen=True)
@@ -327,31 +332,39 @@ class XferChunk:
 
     target: str
     index: int
-    size: int  # total size of the target in bytes
-    data: bytes
+    size: int  # total size of the target in bytes (of the plaintext)
+    data: bytes  # the chunk, sealed when `key` is set
+    key: bytes | None = None  # the transfer key wrapped for the device (HPKE), if encrypted
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        obj: dict[str, Any] = {
             "target": self.target,
             "index": self.index,
             "size": self.size,
             "data": base64.b64encode(self.data).decode("ascii"),
         }
+        if self.key is not None:
+            obj["key"] = base64.b64encode(self.key).decode("ascii")
+        return obj
 
 
 def decode_xfer_chunk(payload: bytes) -> XferChunk:
     where = "xfer/chunk"
     obj = load_json(payload, where)
-    raw = field_of(obj, "data", str, where)
-    try:
-        data = base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise MessageError(f"{where}.data: expected base64, got {raw[:40]!r}") from exc
+    data = _b64(field_of(obj, "data", str, where), f"{where}.data")
+    key = _b64(field_of(obj, "key", str, where), f"{where}.key") if "key" in obj else None
     index = field_of(obj, "index", int, where)
     size = field_of(obj, "size", int, where)
     if index < 0 or size < 0:
         raise MessageError(f"{where}: expected index and size >= 0, got ({index}, {size})")
-    return XferChunk(field_of(obj, "target", str, where), index, size, data)
+    return XferChunk(field_of(obj, "target", str, where), index, size, data, key)
+
+
+def _b64(raw: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MessageError(f"{where}: expected base64, got {raw[:40]!r}") from exc
 
 
 def encode(msg: Status | Batch | Command | XferRequest | XferChunk) -> bytes:

@@ -32,6 +32,14 @@ class Reassembly:
     chunk_size: int = CHUNK_SIZE
     _chunks: dict[int, bytes] = field(default_factory=dict, repr=False)
     _asked: dict[int, float] = field(default_factory=dict, repr=False)
+    duplicates: int = 0  # chunks that arrived again after we had them
+    reasked: int = 0  # chunks asked for again (lost, late or rejected on arrival)
+    resumed: int = 0  # chunks restored from an earlier, interrupted attempt
+
+    @property
+    def fetched_twice(self) -> int:
+        """Chunks the transfer paid for more than once."""
+        return self.duplicates + self.reasked
 
     @property
     def total(self) -> int:
@@ -52,6 +60,18 @@ class Reassembly:
             bits[index // 8] |= 1 << (index % 8)
         return bytes(bits)
 
+    def restore(self, index: int, data: bytes) -> None:
+        """A chunk kept from an interrupted attempt (already checked when it arrived)."""
+        start, end = chunk_bounds(index, self.size, self.chunk_size)
+        if 0 <= index < self.total and len(data) == end - start and index not in self._chunks:
+            self._chunks[index] = data
+            self.resumed += 1
+
+    def reject(self, index: int) -> None:
+        """A chunk that failed its check on arrival: ask for it again at once."""
+        if self._asked.pop(index, None) is not None:
+            self.reasked += 1
+
     def accept(self, index: int, announced_size: int, data: bytes) -> bool:
         """Store one chunk. False for a duplicate; BundleRejected for one that cannot belong."""
         if announced_size != self.size:
@@ -68,10 +88,11 @@ class Reassembly:
         start, end = chunk_bounds(index, self.size, self.chunk_size)
         if len(data) != end - start:
             # a chunk of the wrong length is dropped and asked for again
-            self._asked.pop(index, None)
+            self.reject(index)
             return False
         self._asked.pop(index, None)
         if index in self._chunks:
+            self.duplicates += 1
             return False
         self._chunks[index] = data
         return True
@@ -81,6 +102,7 @@ class Reassembly:
         stale = [i for i, at in self._asked.items() if now - at >= retry_after]
         for index in stale:
             del self._asked[index]
+        self.reasked += len(stale)
         room = window - len(self._asked)
         wanted: list[int] = []
         if room <= 0:
