@@ -64,19 +64,6 @@ def _when(epoch: float) -> str:
 
 
 # ---- commands -------------------------------------------------------------------------------
-def cmd_init(args: argparse.Namespace) -> int:
-    from cloud_hub.operations import init_hub
-
-    try:
-        init_hub(_home(args))
-    except OSError as exc:  # home is a file, or a folder we may not write to
-        raise EdgefleetError(
-            f"{args.home}: cannot create the hub here ({exc.strerror}: {exc.filename})"
-        ) from exc
-    console.print(f"hub initialised in {args.home}: TUF keys and metadata created")
-    return 0
-
-
 def cmd_model_convert(args: argparse.Namespace) -> int:
     from converters.inputs import load_model, load_table
     from converters.pipeline import STEPS, build_bundle
@@ -317,7 +304,6 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true", help="machine-readable output")
         return sp
 
-    add(sub, "init", cmd_init, "create the hub's keys and TUF repository")
     keys_cli.register(sub, add)
 
     model = sub.add_parser("model", help="signed model bundles").add_subparsers(

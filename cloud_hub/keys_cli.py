@@ -47,8 +47,8 @@ def _new_passphrase() -> str:
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
-    """What `edgehub init` does; with --passphrase-prompt the keys are encrypted with a
-    passphrase asked twice."""
+    """Create the hub: keys, TUF repository and store; with --passphrase-prompt the keys are
+    encrypted with a passphrase asked twice."""
     from cloud_hub.operations import init_hub
 
     home = Path(args.home)

@@ -29,7 +29,7 @@ def init_hub(home: Path) -> TufRepository:
 def open_repo(home: Path) -> TufRepository:
     repo = TufRepository(home)
     if not repo.initialised:
-        raise ConfigError(f"{home}: no hub here; run `edgehub init --home {home}` first")
+        raise ConfigError(f"{home}: no hub here; run `edgehub --home {home} keys init` first")
     return repo
 
 

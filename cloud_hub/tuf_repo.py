@@ -369,7 +369,8 @@ class TufRepository:
     def _require_initialised(self) -> None:
         if not self.initialised:
             raise ConfigError(
-                f"{self.home}: no TUF repository here; run `edgehub init --home {self.home}` first"
+                f"{self.home}: no TUF repository here; "
+                f"run `edgehub --home {self.home} keys init` first"
             )
 
     def _ask(self, path: Path) -> str:

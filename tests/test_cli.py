@@ -19,7 +19,7 @@ from edge_agent.protocol.messages import ModelRef, Status
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One initialised hub for the read-only tests (key generation is the slow part)."""
     home = tmp_path_factory.mktemp("hub") / "home"
-    assert hub_cli.main(["--home", str(home), "init"]) == 0
+    assert hub_cli.main(["--home", str(home), "keys", "init"]) == 0
     return home
 
 
@@ -83,7 +83,7 @@ def test_rollout_start_without_a_hub(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "'notamodel'" in err
     err = hub_fails(capsys, "--home", str(tmp_path / "h"), "rollout", "start", "wine@1")
     assert "no hub here" in err
-    assert "edgehub init" in err
+    assert "keys init" in err
 
 
 @pytest.mark.parametrize("command", [["devices", "list"], ["model", "list"], ["rollout", "list"]])
@@ -93,16 +93,16 @@ def test_reading_commands_without_a_hub(
     home = tmp_path / "nohub"
     err = hub_fails(capsys, "--home", str(home), *command)
     assert str(home) in err
-    assert "edgehub init" in err
+    assert "keys init" in err
 
 
 def test_init_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     home = tmp_path / "h"
-    assert hub_cli.main(["--home", str(home), "init"]) == 0
+    assert hub_cli.main(["--home", str(home), "keys", "init"]) == 0
     out, err = capsys.readouterr()
     assert "hub initialised" in out
     assert err == ""
-    err = hub_fails(capsys, "--home", str(home), "init")
+    err = hub_fails(capsys, "--home", str(home), "keys", "init")
     assert str(home) in err
     assert "already there" in err
 
@@ -110,7 +110,7 @@ def test_init_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_init_where_a_file_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     home = tmp_path / "a-file"
     home.write_text("not a folder")
-    err = hub_fails(capsys, "--home", str(home), "init")
+    err = hub_fails(capsys, "--home", str(home), "keys", "init")
     assert str(home) in err
     assert "cannot create the hub here" in err
 
@@ -217,7 +217,7 @@ def test_devices_list_prints_a_table(hub: Path, capsys: pytest.CaptureFixture[st
 
 def test_publish_list_and_roll_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     home = tmp_path / "h"
-    assert hub_cli.main(["--home", str(home), "init"]) == 0
+    assert hub_cli.main(["--home", str(home), "keys", "init"]) == 0
     path = tmp_path / "wine-1.zip"
     path.write_bytes(bundle("wine", 1))
     assert hub_cli.main(["--home", str(home), "model", "publish", str(path)]) == 0
@@ -375,7 +375,7 @@ def test_enrolled_device_is_listed_before_it_is_ever_seen(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     home = tmp_path / "h"
-    assert hub_cli.main(["--home", str(home), "init"]) == 0
+    assert hub_cli.main(["--home", str(home), "keys", "init"]) == 0
     state = tmp_path / "state"
     argv = ["--home", str(home), "devices", "enroll", "pi-7", "--state-dir", str(state)]
     assert hub_cli.main(argv) == 0
@@ -383,3 +383,46 @@ def test_enrolled_device_is_listed_before_it_is_ever_seen(
     assert hub_cli.main(["--home", str(home), "devices", "list", "--json"]) == 0
     [row] = json.loads(capsys.readouterr().out)
     assert (row["device"], row["online"], row["last_seen"]) == ("pi-7", False, "never")
+
+
+def test_enroll_with_identity_then_encrypted_rollout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "h"
+    assert hub_cli.main(["--home", str(home), "keys", "init"]) == 0
+    devices = {}
+    for name in ("pi-1", "pi-2"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "agent.toml").write_text(f'[device]\nid = "{name}"\nstate_dir = "state"\n')
+        devices[name] = folder
+    assert agent_cli.main(["enroll", "--config", str(devices["pi-1"] / "agent.toml")]) == 0
+    assert "device.pub.json" in capsys.readouterr().out
+    public = devices["pi-1"] / "state" / "identity" / "device.pub.json"
+    assert json.loads(public.read_text())["device"] == "pi-1"
+
+    # the identity must be the device's own; a missing or broken file says which and why
+    state2 = str(devices["pi-2"] / "state")
+    enroll = ["--home", str(home), "devices", "enroll"]
+    err = hub_fails(capsys, *enroll, "pi-2", "--state-dir", state2, "--public", str(public))
+    assert "expected the identity of 'pi-2', got 'pi-1'" in err
+    err = hub_fails(capsys, *enroll, "pi-2", "--state-dir", state2, "--public", "nope.json")
+    assert "nope.json: no such public identity file" in err
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"v": 1, "device": "pi-2", "x25519": "c2hvcnQ="}')
+    err = hub_fails(capsys, *enroll, "pi-2", "--state-dir", state2, "--public", str(broken))
+    assert "broken.json" in err
+
+    # pi-1's key is found in its state folder; pi-2 enrolls without one
+    assert hub_cli.main([*enroll, "pi-1", "--state-dir", str(devices["pi-1"] / "state")]) == 0
+    assert "public key registered" in capsys.readouterr().out
+    assert hub_cli.main([*enroll, "pi-2", "--state-dir", state2]) == 0
+    assert "public key" not in capsys.readouterr().out
+    store = Store(default_url(home))
+    assert store.public_key("pi-1") is not None and store.public_key("pi-2") is None
+
+    path = tmp_path / "wine-1.zip"
+    path.write_bytes(bundle("wine", 1))
+    assert hub_cli.main(["--home", str(home), "model", "publish", str(path)]) == 0
+    err = hub_fails(capsys, "--home", str(home), "rollout", "start", "wine@1", "--encrypt")
+    assert "--encrypt: no public key for pi-2" in err
