@@ -35,9 +35,10 @@ from edge_agent.protocol.messages import (
     encode,
 )
 from edge_agent.protocol.topics import Topics
+from edge_agent.results import ResultPublisher
 from edge_agent.sources import Source, source_from_config
 from edge_agent.trust import TufMirror, Verifier
-from edge_agent.updater import Downloader, Installed, Updater
+from edge_agent.updater import Downloader, Installed, TransferInterrupted, Updater
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +166,11 @@ class Agent:
             cfg.get("telemetry", "batch_size"),
             cfg.get("telemetry", "max_inflight"),
         )
+        self.results = ResultPublisher.from_settings(cfg.settings["results"], cfg.device_id)
         self.pipeline = Pipeline(
             on_drift=lambda r: self._record("drift", r),
             on_window=lambda r: self._record("telemetry", r),
+            on_result=self.results,
         )
         self.downloader = Downloader(
             lambda payload: self.session.publish(
@@ -176,6 +179,7 @@ class Agent:
             cfg.get("limits", "transfer_window"),
             state / "xfer",
             identity=load_identity(state),
+            stop=self.stop_event,
         )
         self.updater = Updater(
             self.verifier,
@@ -191,6 +195,7 @@ class Agent:
         self.commands: queue.Queue[Command] = queue.Queue()
         self.sources: list[Source] = []
         self.bad_messages = 0
+        self._updater_thread: threading.Thread | None = None
 
     @property
     def _status_topic(self) -> str:
@@ -299,19 +304,15 @@ class Agent:
 
     # ---- running ---------------------------------------------------------------------------
     def start(self) -> None:
-        current = self.store.record().current
-        if current is not None:
-            try:
-                self._activate(self.updater.load(current))
-            except BadDataError as exc:
-                log.error("installed model %s does not load (%s); rolling back", current, exc)
-                self.updater.rollback(None, f"installed model does not load: {exc}")
+        self.updater.serve_installed()
         dev = self.cfg.device_id
         self.session.subscribe(self.topics.tuf_all, self._on_tuf)
         self.session.subscribe(self.topics.device(dev, "cmd"), self._on_command)
         self.session.subscribe(self.topics.device(dev, "xfer/chunk"), self.downloader.on_chunk)
         self._resume_pending()
         self.session.start()
+        if self.results is not None:
+            self.results.start()
         for spec in self.cfg.inputs:
             spec = dict(spec)
             fmt = spec.pop("format", "csv")
@@ -320,8 +321,9 @@ class Agent:
             source = source_from_config(spec)
             source.start(self._on_line(fmt))
             self.sources.append(source)
-        for target in (self._updater_loop, lambda: self.sender.run(self.stop_event)):
-            threading.Thread(target=target, daemon=True).start()
+        self._updater_thread = threading.Thread(target=self._updater_loop, daemon=True)
+        self._updater_thread.start()
+        threading.Thread(target=lambda: self.sender.run(self.stop_event), daemon=True).start()
 
     def _updater_loop(self) -> None:
         while not self.stop_event.is_set():
@@ -331,6 +333,9 @@ class Agent:
                 continue
             try:
                 self.updater.handle(cmd)
+            except TransferInterrupted as exc:  # stopping: the command stays pending
+                log.info("update %s interrupted: %s", cmd.id, exc)
+                return
             except Exception:  # the daemon outlives any single update
                 log.exception("update %s failed", cmd.id)
                 self._event(
@@ -362,8 +367,11 @@ class Agent:
         self.shutdown()
 
     def shutdown(self, drain_timeout: float = 5.0) -> None:
+        self.stop_event.set()
         for source in self.sources:
             source.stop()
+        if self._updater_thread is not None:  # a transfer in progress checkpoints what arrived
+            self._updater_thread.join(drain_timeout)
         leftover = []
         with contextlib.suppress(queue.Empty):
             while True:
@@ -371,6 +379,8 @@ class Agent:
         if leftover:
             self.pipeline.process(leftover)
         self.pipeline.flush_window()
+        if self.results is not None:
+            self.results.stop()
         deadline = time.monotonic() + drain_timeout
         while not self.sender.idle() and time.monotonic() < deadline:
             self.sender.pump()

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import getpass
+import grp
 import json
 import logging
+import os
+import pwd
+import shutil
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from edge_agent.config import load_config
-from edge_agent.errors import EdgefleetError
+from edge_agent.errors import ConfigError, EdgefleetError, MessageError, TransportError
+from edge_agent.service_unit import DEFAULT_UNIT_PATH
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -42,21 +51,215 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_status(path: Path) -> dict[str, Any]:
+    """The agent's last status.json, checked against the wire contract's Status."""
+    from edge_agent.protocol.messages import decode_status, dump_json
+
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise EdgefleetError(f"{path}: no status yet; has the agent run?") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the agent's status ({exc.strerror})") from exc
+    try:
+        status = json.loads(raw.decode("utf-8"))
+        if not isinstance(status, dict):
+            raise MessageError(f"expected a JSON object, got {type(status).__name__}")
+        decode_status(dump_json(status))  # the file is a Status without the wire's "v"
+    except (UnicodeDecodeError, ValueError, MessageError) as exc:
+        raise ConfigError(f"{path}: expected the agent's status, {exc}") from exc
+    return status
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{max(seconds, 0):.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def _counts(counts: Any) -> str:
+    if not isinstance(counts, dict) or not any(counts.values()):
+        return "none"
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v)
+
+
+def status_rows(status: dict[str, Any], heartbeat_s: float, now: float) -> list[tuple[str, str]]:
+    """What `edge-agent status` shows, as (label, value) rows. Pure."""
+    stats = status.get("stats") or {}
+    ts = float(status.get("ts") or 0.0)
+    if not ts:
+        state = "offline" if not status.get("online") else "unknown (no timestamp)"
+    elif not status.get("online"):
+        state = f"offline (since {_ago(now - ts)})"
+    elif now - ts <= max(3 * heartbeat_s, 10.0):
+        state = f"running (updated {_ago(now - ts)})"
+    else:
+        state = f"not running? last update {_ago(now - ts)}"
+    model = status.get("model")
+    latency = stats.get("latency_ms") or {}
+    rows = [
+        ("device", str(status.get("device", "?"))),
+        ("state", state),
+        ("boot", str(status.get("boot", 0))),
+        ("profile", str(status.get("profile") or "?")),
+        ("agent", str(status.get("agent_version") or "?")),
+        ("model", f"{model['name']}@{model['version']}" if model else "none"),
+        ("inferences", str(stats.get("inferences", 0))),
+    ]
+    if latency:
+        rows.append(("latency", ", ".join(f"{k} {v:.2f} ms" for k, v in latency.items())))
+    rows += [
+        ("rejected lines", _counts(stats.get("rejected"))),
+        ("sent", _counts(stats.get("sent"))),
+        ("buffered", f"{stats.get('buffered', 0)} records"),
+        ("dropped", _counts(stats.get("dropped"))),
+        ("bad messages", str(stats.get("bad_messages", 0))),
+    ]
+    return rows
+
+
+def print_rows(title: str, rows: list[tuple[str, str]]) -> None:
+    """A two-column table: rich when it is installed (the hub extra), aligned text otherwise."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # the base install: no rich on a device
+        width = max(len(label) for label, _ in rows)
+        print(title)
+        for label, value in rows:
+            print(f"  {label:<{width}}  {value}")
+        return
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in rows:
+        table.add_row(label, value)
+    Console().print(table)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = load_config(Path(args.config))
-    path = cfg.state_dir / "status.json"
-    if not path.exists():
-        raise EdgefleetError(f"{path}: no status yet; has the agent run?")
-    status = json.loads(path.read_text())
+    status = read_status(cfg.state_dir / "status.json")
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    model = status.get("model")
-    stats = status.get("stats", {})
-    print(f"device    {status['device']} (boot {status['boot']}, profile {status['profile']})")
-    print(f"model     {model['name']}@{model['version']}" if model else "model     none")
-    print(f"inferences {stats.get('inferences', 0)}, rejected {stats.get('rejected', {})}")
-    print(f"buffered  {stats.get('buffered', 0)} records, dropped {stats.get('dropped', {})}")
+    heartbeat = float(cfg.get("telemetry", "status_interval_s"))
+    print_rows(f"edge-agent {cfg.device_id}", status_rows(status, heartbeat, time.time()))
+    return 0
+
+
+# ---- install-service ---------------------------------------------------------------------
+_UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system")
+
+
+def agent_command(argv0: str | None = None) -> tuple[str, ...]:
+    """How systemd should start this agent: the edge-agent script that is running now
+    (sys.argv[0], resolved), else the one on PATH, else this Python with -m edge_agent.cli."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if argv0 and Path(argv0).name == "edge-agent":
+        found = argv0 if os.sep in argv0 else shutil.which(argv0)
+        if found and os.access(found, os.X_OK) and Path(found).is_file():
+            return (str(Path(found).resolve()),)
+    found = shutil.which("edge-agent")
+    if found:
+        return (str(Path(found).resolve()),)
+    # not resolved: a virtualenv's python is a symlink, and resolving it leaves the venv
+    return (str(Path(sys.executable).absolute()), "-m", "edge_agent.cli")
+
+
+SERIAL_GROUPS = ("dialout",)  # owns /dev/ttyUSB*, /dev/ttyACM* on Debian and Raspberry Pi OS
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def default_user() -> str:
+    """Whoever ran `sudo edge-agent install-service`, else the current user."""
+    try:
+        return os.environ.get("SUDO_USER") or getpass.getuser()
+    except (OSError, KeyError) as exc:  # a uid with no name (some containers)
+        raise ConfigError(f"--user: cannot tell who runs this ({exc}); name the user") from exc
+
+
+def _systemctl(systemctl: str, *argv: str) -> None:
+    try:
+        done = subprocess.run(
+            [systemctl, *argv], capture_output=True, text=True, timeout=120, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TransportError(f"systemctl {' '.join(argv)}: {exc}") from exc
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        why = lines[-1] if lines else f"exit code {done.returncode}"
+        raise TransportError(f"systemctl {' '.join(argv)} failed: {why}")
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from edge_agent.fsutil import atomic_write
+    from edge_agent.service_unit import ServiceSpec, render_unit
+
+    config = Path(os.path.abspath(args.config))
+    cfg = load_config(config)  # a broken config is never installed
+    user = args.user or default_user()
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"--user: expected an existing user, got {user!r}") from None
+    groups = tuple(g for g in SERIAL_GROUPS if _group_exists(g))
+    if not groups:  # systemd refuses to start a unit naming a group that does not exist
+        print(
+            f"note: no {' or '.join(SERIAL_GROUPS)} group here; serial ports may not open",
+            file=sys.stderr,
+        )
+    spec = ServiceSpec(
+        config=PurePosixPath(config),
+        command=agent_command(),
+        working_dir=PurePosixPath(config.parent),
+        state_dir=PurePosixPath(os.path.abspath(cfg.state_dir)),
+        user=user,
+        description=f"edgefleet device agent ({cfg.device_id})",
+        groups=groups,
+    )
+    text = render_unit(spec)
+    if args.output == "-":
+        if args.enable:
+            raise ConfigError("--enable: expected the unit written to a file, got --output -")
+        sys.stdout.write(text)
+        return 0
+    output = Path(os.path.abspath(args.output))
+    systemctl = shutil.which("systemctl") if args.enable else None
+    if args.enable and systemctl is None:
+        raise TransportError(
+            "--enable: systemctl not found (is this a systemd system?); nothing was written. "
+            "Leave out --enable to only write the unit"
+        )
+    advice = "run with sudo, or write it elsewhere with --output PATH"
+    if not output.parent.is_dir():
+        raise TransportError(
+            f"{output}: cannot write the unit (no folder {output.parent}); {advice}"
+        )
+    try:
+        atomic_write(output, text.encode(), mode=0o644)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise TransportError(f"{output}: cannot write the unit ({why}); {advice}") from exc
+    print(f"wrote {output} (runs {' '.join(spec.command)} as {user})")
+    unit = output.name if str(output.parent) in _UNIT_DIRS else str(output)
+    if systemctl is None:
+        print(f"start it with: sudo systemctl daemon-reload && sudo systemctl enable --now {unit}")
+        return 0
+    _systemctl(systemctl, "daemon-reload")
+    _systemctl(systemctl, "enable", "--now", unit)
+    print(f"{output.name} enabled and started; follow it with: journalctl -u {output.name} -f")
     return 0
 
 
@@ -74,6 +277,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", required=True)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_status)
+    sp = sub.add_parser(
+        "install-service",
+        help="write a systemd unit that runs the agent (and optionally enable it)",
+        description="Write a systemd unit running `edge-agent run --config FILE`, restarted "
+        "when it dies, stopped with SIGTERM (it drains its buffer first).",
+    )
+    sp.add_argument("--config", required=True, help="the device's TOML file (validated first)")
+    sp.add_argument("--user", help="the user the agent runs as (default: $SUDO_USER or you)")
+    sp.add_argument(
+        "--output",
+        default=str(DEFAULT_UNIT_PATH),
+        help="where to write the unit, '-' for stdout (default: %(default)s)",
+    )
+    sp.add_argument(
+        "--enable",
+        action="store_true",
+        help="then run `systemctl daemon-reload` and `systemctl enable --now` on it",
+    )
+    sp.set_defaults(fn=cmd_install_service)
     config = sub.add_parser("config", help="device configuration").add_subparsers(
         dest="sub", required=True
     )

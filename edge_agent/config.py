@@ -10,12 +10,15 @@ from __future__ import annotations
 import difflib
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import ConfigError, MessageError
 from edge_agent.protocol.topics import check_device_id
+from edge_agent.results import is_results_topic
+from edge_agent.sources import input_from_config
 from firmware_configs import profile_names, profile_path
 
 Number = (int, float)
@@ -33,6 +36,8 @@ PROFILE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "buffer": {"max_rows": int},
     "drift": {"window": int, "psi_warn": Number, "psi_alert": Number},
     "limits": {"max_bundle_bytes": int, "transfer_window": int, "transfer_timeout_s": Number},
+    # inference results published for local actuators (edge_agent.results)
+    "results": {"enabled": bool, "host": str, "port": int, "topic": str, "qos": int},
 }
 DEVICE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "device": {"id": str, "state_dir": str},
@@ -45,6 +50,19 @@ DEVICE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     },
 }
 TOP_LEVEL = {"extends", "profile", "inputs", *PROFILE_SCHEMA, *DEVICE_SCHEMA}
+
+# (section, key) -> None if the (well-typed) value is fine, else what was expected. Numbers
+# without a rule must be positive.
+VALUE_RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
+    ("results", "host"): lambda v: None if v.strip() else "a host name or address",
+    ("results", "port"): lambda v: None if 1 <= v <= 65535 else "a port number 1-65535",
+    ("results", "qos"): lambda v: None if v in (0, 1) else "0 or 1",
+    ("results", "topic"): lambda v: (
+        None
+        if is_results_topic(v)
+        else "an MQTT topic name without wildcards ('+', '#') whose only placeholder is {device_id}"
+    ),
+}
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -86,12 +104,21 @@ def check_sections(
                 )
             kinds = known[key]
             kinds_t = kinds if isinstance(kinds, tuple) else (kinds,)
-            if isinstance(value, bool) or not isinstance(value, kinds_t):
+            if (isinstance(value, bool) and bool not in kinds_t) or not isinstance(value, kinds_t):
                 raise ConfigError(
                     f"{source}: {section}.{key} expected {_type_name(kinds)}, "
                     f"found {type(value).__name__} {value!r:.40}"
                 )
-            if isinstance(value, int | float) and not 0 < value < math.inf:  # nan fails too
+            rule = VALUE_RULES.get((section, key))
+            if rule is not None:
+                expected = rule(value)
+                if expected is not None:
+                    raise ConfigError(
+                        f"{source}: {section}.{key} expected {expected}, found {value!r:.80}"
+                    )
+            elif isinstance(value, bool):
+                pass
+            elif isinstance(value, int | float) and not 0 < value < math.inf:  # nan fails too
                 raise ConfigError(
                     f"{source}: {section}.{key} expected a positive number, found {value!r}"
                 )
@@ -199,6 +226,11 @@ def load_config(path: Path) -> AgentConfig:
     inputs = data.get("inputs", [])
     if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
         raise ConfigError(f"{source}: inputs expected a list of [[inputs]] tables")
+    for i, spec in enumerate(inputs):
+        try:
+            input_from_config(spec)  # builds, opens nothing: just the validation
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: inputs[{i}]: {exc}") from exc
     return AgentConfig(
         device_id=device_id,
         state_dir=path.parent / device.get("state_dir", f"state-{device_id}"),

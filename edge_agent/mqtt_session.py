@@ -1,21 +1,31 @@
 """One small adapter around paho-mqtt, shared by the agent and the hub.
 
-It owns the connection (automatic reconnect with capped exponential backoff), re-subscribes on
-every connect, routes messages to handlers, and turns paho's return codes into TransportError.
-Handlers run on paho's network thread: they must be quick and must not publish-and-wait.
+It owns the connection (automatic reconnect with capped exponential backoff and jitter),
+re-subscribes on every connect, routes messages to handlers, and turns paho's return codes into
+TransportError. Handlers run on paho's network thread: they must be quick and must not
+publish-and-wait.
+
+Reconnecting: paho's own `reconnect_delay_set` doubles a fixed delay with no jitter, so a fleet
+that lost its broker at the same instant would come back in lockstep, every retry a thundering
+herd. Here paho's delay is set to zero and the wait happens in `on_pre_connect` (paho's network
+thread, just before each connection attempt), drawn from a `Backoff`: the first attempt after
+`start()` is immediate, every later one waits a random time under a ceiling that doubles from
+1 s up to 60 s, and a successful CONNACK resets the ceiling.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.errors import BadDataError, TransportError
+from edge_agent.errors import BadDataError, ConfigError, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +41,68 @@ class BrokerAddress:
     keepalive: int = 30
 
 
+JITTERS = ("full", "equal", "none")
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with jitter: a pure policy, no clock and no sleeping.
+
+    The n-th delay since the last `reset()` (n from 0) is drawn under the ceiling
+    ``min(maximum, initial * factor**n)``:
+
+    - ``full``: uniform in [0, ceiling) (spreads a fleet the most; the AWS "full jitter"),
+    - ``equal``: uniform in [ceiling/2, ceiling) (never retries almost at once),
+    - ``none``: the ceiling itself (deterministic; what paho does on its own).
+
+    `rng` is the random source (a seeded `random.Random` makes the sequence reproducible).
+    """
+
+    initial: float = 1.0
+    maximum: float = 60.0
+    factor: float = 2.0
+    jitter: str = "full"
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+    attempt: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.maximum < math.inf:  # also refuses nan
+            raise ConfigError(
+                f"backoff: expected 0 < initial <= maximum < inf, got initial={self.initial!r}, "
+                f"maximum={self.maximum!r}"
+            )
+        if not self.factor >= 1:  # also refuses nan
+            raise ConfigError(f"backoff: factor expected at least 1, got {self.factor!r}")
+        if self.jitter not in JITTERS:
+            raise ConfigError(
+                f"backoff: jitter expected one of {', '.join(JITTERS)}, got {self.jitter!r}"
+            )
+
+    def ceiling(self) -> float:
+        """The upper bound of the next delay."""
+        return min(self.maximum, self.initial * self.factor**self.attempt)
+
+    def next_delay(self) -> float:
+        """The next delay in seconds; each call raises the ceiling until it reaches `maximum`."""
+        cap = self.ceiling()
+        if cap < self.maximum:  # stop counting once capped: factor**attempt must not overflow
+            self.attempt += 1
+        if self.jitter == "none":
+            return cap
+        if self.jitter == "equal":
+            return cap / 2 + self.rng.random() * cap / 2
+        return self.rng.random() * cap
+
+    def reset(self) -> None:
+        """After a successful connect: the next delay is drawn under `initial` again."""
+        self.attempt = 0
+
+
+class _Stopping(ConnectionAbortedError):
+    """Raised from on_pre_connect to abandon a connection attempt because stop() was called
+    (an OSError, so paho's loop treats it as a failed attempt and then sees it must exit)."""
+
+
 class MqttSession:
     def __init__(
         self,
@@ -43,9 +115,15 @@ class MqttSession:
         on_published: Callable[[int], None] | None = None,
         on_bad_message: Callable[[str, BadDataError], None] | None = None,
         max_inflight: int = 100,
+        backoff: Backoff | None = None,
     ) -> None:
         self.broker = broker
         self.connected = threading.Event()
+        self.backoff = backoff or Backoff()
+        self.reconnects = 0  # connections made after the first one (for status and tests)
+        self._stopping = threading.Event()
+        self._attempted = False  # a connection was attempted since start(): later ones wait
+        self._ever_connected = False
         self._subs: dict[str, int] = {}
         self._on_connect = on_connect
         self._on_bad_message = on_bad_message
@@ -59,8 +137,9 @@ class MqttSession:
             c.username_pw_set(broker.username, broker.password)
         if will:
             c.will_set(will[0], will[1], qos=1, retain=True)
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.reconnect_delay_set(min_delay=0, max_delay=0)  # the wait is _before_connect's
         c.max_inflight_messages_set(max_inflight)
+        c.on_pre_connect = self._before_connect
         c.on_connect = self._connected
         c.on_disconnect = self._disconnected
         if on_published:
@@ -69,6 +148,9 @@ class MqttSession:
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
+        self._stopping.clear()
+        self._attempted = False
+        self.backoff.reset()
         try:
             self._client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive)
         except (OSError, ValueError) as exc:
@@ -84,7 +166,11 @@ class MqttSession:
         """Disconnect cleanly; `final` is published (retained, QoS 1) first, e.g. offline."""
         if final and self.connected.is_set():
             info = self._client.publish(final[0], final[1], qos=1, retain=True)
-            info.wait_for_publish(timeout=2)
+            try:
+                info.wait_for_publish(timeout=2)
+            except (RuntimeError, ValueError) as exc:  # the link went while saying goodbye
+                log.warning("final publish to %s failed: %s", final[0], exc)
+        self._stopping.set()  # wakes a backoff wait; no new connection attempt starts
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -126,12 +212,27 @@ class MqttSession:
             raise TransportError(f"publish to {topic}: no acknowledgement within {timeout}s")
 
     # ---- paho callbacks -----------------------------------------------------------------
+    def _before_connect(self, _c: mqtt.Client, _u: object) -> None:
+        """Before every connection attempt: wait out the backoff (not before the first)."""
+        if self._attempted:
+            delay = self.backoff.next_delay()
+            log.info("reconnecting to %s:%s in %.2fs", self.broker.host, self.broker.port, delay)
+            if self._stopping.wait(delay):
+                raise _Stopping("session stopping")
+        elif self._stopping.is_set():
+            raise _Stopping("session stopping")
+        self._attempted = True
+
     def _connected(
         self, _c: mqtt.Client, _u: object, _flags: object, reason: object, _p: object
     ) -> None:
         if getattr(reason, "is_failure", False):
             log.warning("broker refused the connection: %s", reason)
             return
+        self.backoff.reset()
+        if self._ever_connected:
+            self.reconnects += 1
+        self._ever_connected = True
         for topic, qos in self._subs.items():
             self._client.subscribe(topic, qos)
         self.connected.set()

@@ -2,14 +2,24 @@
 
 The serving model is an `ActiveModel`, swapped by a single reference assignment after a
 verified install passed its health gate, so a batch always runs on one whole model.
+
+With `on_result`, every inferred row is also handed on as a small JSON-able dict, for local
+actuators (see `edge_agent.results`)::
+
+    {"ts": 1718000000.1, "model": "iris@3", "prediction": 2, "latency_ms": 0.012}
+
+`ts` is when the batch was inferred (epoch seconds), `prediction` the label or value as a JSON
+type, `latency_ms` the row's share of the batch's inference time. Without a callback nothing
+of this is built.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,6 +30,10 @@ from edge_agent.line_parser import LineParser
 from edge_agent.protocol.card import ModelCard
 from edge_agent.runtime import Runtime
 from edge_agent.telemetry import RunningStats, Window
+
+log = logging.getLogger(__name__)
+
+OnResult = Callable[[dict[str, Any]], None]
 
 BOUNDS_TOLERANCE = 1.0  # accept values up to one reference range beyond the card's min and max
 
@@ -38,6 +52,10 @@ class ActiveModel:
     runtime: Runtime
     monitor: DriftMonitor
     parsers: dict[str, LineParser]
+    ref: str = field(init=False, repr=False)  # "name@version", as results carry it
+
+    def __post_init__(self) -> None:
+        self.ref = f"{self.card.model.name}@{self.card.model.version}"
 
     @classmethod
     def build(
@@ -57,11 +75,14 @@ class Pipeline:
         self,
         on_drift: Callable[[dict[str, Any]], None],
         on_window: Callable[[dict[str, Any]], None],
+        on_result: OnResult | None = None,
     ) -> None:
         self.active: ActiveModel | None = None
         self.stats = RunningStats()
+        self.result_errors = 0  # times on_result raised
         self._on_drift = on_drift
         self._on_window = on_window
+        self._on_result = on_result
         self._window = Window(time.time())
         self._lock = threading.Lock()
 
@@ -90,9 +111,26 @@ class Pipeline:
         with self._lock:
             self._window.add(latency_ms, predictions)
             self.stats.add(latency_ms, len(x))
+        if self._on_result is not None:
+            self._results(self._on_result, model.ref, predictions, latency_ms / len(x))
         report = model.monitor.add(x)
         if report is not None:
             self._on_drift(report)
+
+    def _results(
+        self, on_result: OnResult, ref: str, predictions: np.ndarray, share_ms: float
+    ) -> None:
+        ts = time.time()
+        share_ms = round(share_ms, 4)
+        for prediction in predictions.tolist():  # numpy scalars -> int, float, str, bool
+            try:
+                on_result(
+                    {"ts": ts, "model": ref, "prediction": prediction, "latency_ms": share_ms}
+                )
+            except Exception:  # an actuator hook must not stop inference
+                self.result_errors += 1
+                if self.result_errors == 1:
+                    log.exception("the result callback raised; further errors are only counted")
 
     def reject(self, reason: str) -> None:
         with self._lock:

@@ -1,14 +1,16 @@
-"""Input sources: where sensor lines come from (a serial port, a file, stdin).
+"""Input sources: where sensor lines come from (a serial port, an MQTT topic, a file, stdin).
 
 Every source has the same small interface (`Source`): ``start(on_line)`` begins delivering lines
-from a daemon thread, ``stop()`` ends it promptly, ``name`` says which source it is. A line is
+from a background thread, ``stop()`` ends it promptly, ``name`` says which source it is. A line is
 handed to ``on_line`` as bytes with its line terminator (``\\n``, ``\\r\\n``) removed; nothing is
-parsed here, that is `edge_agent.line_parser`'s job.
+parsed here, that is `edge_agent.line_parser`'s job. For MQTT, each message payload is a line
+(a payload holding several newline-separated lines gives several lines).
 
 Sources never raise out of their thread. Transport trouble (a port that cannot be opened, a USB
-adapter pulled out) is turned into `TransportError`, recorded on the source (`open_error`,
-`error`), reported to an optional status callback and counted in `stats()`; the serial source
-then keeps trying to reopen its port until stopped.
+adapter pulled out, a broker gone) is turned into `TransportError`, recorded on the source
+(`open_error`, `error`), reported to an optional status callback and counted in `stats()`; the
+serial source then keeps trying to reopen its port, and the MQTT source to reconnect, until
+stopped.
 
 A line longer than ``max_line_bytes`` is cut: its first ``max_line_bytes + 1`` bytes are
 delivered (so a parser with the same limit rejects it as "garbage" and counts it) and the rest,
@@ -24,11 +26,15 @@ import select
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import paho.mqtt.client as mqtt
 import serial
+from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.errors import ConfigError, TransportError
 
@@ -44,6 +50,9 @@ PARITIES: dict[str, str] = {
     "mark": serial.PARITY_MARK,
     "space": serial.PARITY_SPACE,
 }
+BYTESIZES: tuple[int, ...] = (5, 6, 7, 8)
+STOPBITS: tuple[float, ...] = (1, 1.5, 2)
+FORMATS: tuple[str, ...] = ("csv", "json")
 _READ_CHUNK = 65536
 _POLL_S = 0.2  # longest a blocked read goes without looking at the stop event
 _JOIN_S = 2.0  # longest stop() waits for a thread
@@ -107,17 +116,51 @@ def _trim_cr(line: bytes) -> bytes:
     return line[:-1] if line.endswith(b"\r") else line
 
 
-class _ThreadedSource:
-    """Start/stop machinery shared by the sources: one daemon thread, one stop event."""
+class _LineSource:
+    """What every source shares: a name, the line limit, delivery to on_line, counters."""
 
     def __init__(self, name: str, max_line_bytes: int, where: str) -> None:
         self.name = name
         self._max_line_bytes = _positive_int(where, "max_line_bytes", max_line_bytes)
-        self._thread: threading.Thread | None = None
-        self._stop_event = threading.Event()
         self._on_line: OnLine | None = None
         self._stats_lock = threading.Lock()
         self._stats: dict[str, int] = {"lines": 0, "oversize": 0, "callback-errors": 0}
+
+    def stats(self) -> dict[str, int]:
+        """Counters since construction (lines delivered, oversize lines, ...)."""
+        with self._stats_lock:
+            return dict(self._stats)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self._stats[key] = self._stats.get(key, 0) + n
+
+    def _deliver(self, line: bytes) -> None:
+        on_line = self._on_line
+        if on_line is None:  # pragma: no cover - start() always sets it
+            return
+        self._count("lines")
+        try:
+            on_line(line)
+        except Exception:
+            self._count("callback-errors")
+            log.exception("source %s: the line callback raised; line dropped", self.name)
+
+    def _deliver_all(self, splitter: LineSplitter, data: bytes) -> None:
+        before = splitter.oversize
+        for line in splitter.feed(data):
+            self._deliver(line)
+        if splitter.oversize != before:
+            self._count("oversize", splitter.oversize - before)
+
+
+class _ThreadedSource(_LineSource):
+    """Start/stop machinery shared by the reading sources: one daemon thread, one stop event."""
+
+    def __init__(self, name: str, max_line_bytes: int, where: str) -> None:
+        super().__init__(name, max_line_bytes, where)
+        self._thread: threading.Thread | None = None
+        self._stop_event = threading.Event()
 
     def start(self, on_line: OnLine) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -148,33 +191,6 @@ class _ThreadedSource:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def stats(self) -> dict[str, int]:
-        """Counters since construction (lines delivered, oversize lines, ...)."""
-        with self._stats_lock:
-            return dict(self._stats)
-
-    def _count(self, key: str, n: int = 1) -> None:
-        with self._stats_lock:
-            self._stats[key] = self._stats.get(key, 0) + n
-
-    def _deliver(self, line: bytes) -> None:
-        on_line = self._on_line
-        if on_line is None:  # pragma: no cover - start() always sets it
-            return
-        self._count("lines")
-        try:
-            on_line(line)
-        except Exception:
-            self._count("callback-errors")
-            log.exception("source %s: the line callback raised; line dropped", self.name)
-
-    def _deliver_all(self, splitter: LineSplitter, data: bytes) -> None:
-        before = splitter.oversize
-        for line in splitter.feed(data):
-            self._deliver(line)
-        if splitter.oversize != before:
-            self._count("oversize", splitter.oversize - before)
-
     def _run_guarded(self, stop: threading.Event) -> None:
         try:
             self._run(stop)
@@ -199,6 +215,9 @@ class SerialSource(_ThreadedSource):
     "port-lost", waits `reopen_delay` seconds and tries again until the port is back or the
     source is stopped. `on_status(event, error)` is told "opened", "open-failed", "port-lost"
     and "closed" (from the reader thread; keep it quick).
+
+    Framing: `parity` is none/even/odd/mark/space (or pyserial's N/E/O/M/S), `bytesize` 5-8
+    data bits, `stopbits` 1, 1.5 or 2.
     """
 
     def __init__(
@@ -208,6 +227,8 @@ class SerialSource(_ThreadedSource):
         parity: str = "N",
         reopen_delay: float = 1.0,
         *,
+        bytesize: int = 8,
+        stopbits: float = 1,
         name: str | None = None,
         read_timeout: float = _POLL_S,
         max_line_bytes: int = 4096,
@@ -220,6 +241,8 @@ class SerialSource(_ThreadedSource):
         self.port = port
         self.baudrate = _positive_int(where, "baudrate", baudrate)
         self.parity = _parity(where, parity)
+        self.bytesize: int = _one_of(where, "bytesize", bytesize, BYTESIZES, "data bits", True)
+        self.stopbits: float = _one_of(where, "stopbits", stopbits, STOPBITS, "stop bits", False)
         self.reopen_delay = _positive_float(where, "reopen_delay", reopen_delay, allow_zero=True)
         self._read_timeout = _positive_float(where, "read_timeout", read_timeout)
         self._on_status = on_status
@@ -251,7 +274,12 @@ class SerialSource(_ThreadedSource):
     def _open(self, quiet: bool) -> serial.Serial | None:
         try:
             port = serial.Serial(
-                self.port, self.baudrate, parity=self.parity, timeout=self._read_timeout
+                self.port,
+                self.baudrate,
+                bytesize=self.bytesize,
+                parity=self.parity,
+                stopbits=self.stopbits,
+                timeout=self._read_timeout,
             )
         except (serial.SerialException, OSError, ValueError) as exc:
             self._open_error = _transport_error(f"serial port {self.port!r}: cannot open", exc)
@@ -404,6 +432,201 @@ class FileSource(_ThreadedSource):
             delivered_this_pass = False
 
 
+class MqttSource(_LineSource):
+    """Lines from an MQTT topic filter on a (usually local) broker: each payload is a line.
+
+    The source has its own paho-mqtt client and connection, separate from the agent's uplink
+    session (local sensors may publish to a broker other than the hub's). paho's network thread
+    delivers the lines and reconnects on its own with capped exponential backoff
+    (`reconnect_delay` = (first, longest) seconds); the subscription is made again on every
+    connect. A payload holding several newline-separated lines gives several lines; a line
+    longer than `max_line_bytes` is cut and counted as the other sources do. Retained messages
+    replayed by the broker on subscribe are stale readings: they are skipped and counted.
+
+    `on_status(event, error)` is told "connected", "subscribed", "connect-failed", "refused"
+    (the broker said no: credentials, ACL), "subscribe-failed", "disconnected" and "closed",
+    from paho's thread; keep it quick.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        *,
+        qos: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        keepalive: int = 30,
+        name: str | None = None,
+        max_line_bytes: int = 4096,
+        on_status: OnStatus | None = None,
+        reconnect_delay: tuple[int, int] = (1, 30),
+    ) -> None:
+        where = "mqtt source"
+        self.topic = check_topic(topic, where, "topic", wildcards=True)
+        if not isinstance(host, str) or not host.strip():
+            raise ConfigError(f"{where}: 'host' expected a host name or address, found {host!r}")
+        self.host = host
+        self.port = _port(where, "port", port)
+        if type(qos) is not int or qos not in (0, 1):
+            raise ConfigError(f"{where}: 'qos' expected 0 or 1, found {qos!r}")
+        self.qos = qos
+        for key, value in (("username", username), ("password", password)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{where}: '{key}' expected a non-empty string, found {value!r}")
+        if password is not None and username is None:
+            raise ConfigError(f"{where}: 'password' expected with a 'username', found no username")
+        self.username = username
+        self._password = password
+        self.keepalive = _positive_int(where, "keepalive", keepalive)
+        first, longest = reconnect_delay
+        self._reconnect_delay = (
+            _positive_int(where, "reconnect_delay", first),
+            _positive_int(where, "reconnect_delay", longest),
+        )
+        super().__init__(name or f"mqtt:{host}:{self.port}/{topic}", max_line_bytes, where)
+        self._on_status = on_status
+        self._client: mqtt.Client | None = None
+        self._lock = threading.Lock()  # start/stop
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.error: TransportError | None = None
+        self._failing = False
+        self._stats.update(
+            {
+                "messages": 0,
+                "connected": 0,
+                "connect-failed": 0,
+                "refused": 0,
+                "disconnected": 0,
+                "subscribe-failed": 0,
+                "retained-skipped": 0,
+            }
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._client is not None
+
+    def start(self, on_line: OnLine) -> None:
+        with self._lock:
+            if self._client is not None:
+                raise RuntimeError(f"source {self.name!r} is already running")
+            self._on_line = on_line
+            self.error = None
+            client = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=f"edgefleet-src-{uuid.uuid4().hex[:12]}",
+                clean_session=True,
+                protocol=mqtt.MQTTv311,
+            )
+            if self.username is not None:
+                client.username_pw_set(self.username, self._password)
+            client.reconnect_delay_set(*self._reconnect_delay)
+            client.on_connect = self._connected
+            client.on_connect_fail = self._connect_failed
+            client.on_disconnect = self._disconnected
+            client.on_subscribe = self._subscribed
+            client.on_message = self._message
+            try:
+                client.connect_async(self.host, self.port, self.keepalive)
+            except (OSError, ValueError) as exc:
+                raise _transport_error(f"MQTT broker {self.host}:{self.port}", exc) from exc
+            self._client = client
+            client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect and end paho's thread (within about a second, even mid-backoff)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is None:
+            return
+        client.disconnect()
+        client.loop_stop()
+        self.connected.clear()
+        self.subscribed.clear()
+        self._status("closed", None)
+
+    # -- paho callbacks (paho's network thread) ----------------------------------------------
+
+    def _connected(
+        self, client: mqtt.Client, _u: object, _flags: object, reason: Any, _p: object
+    ) -> None:
+        if getattr(reason, "is_failure", False):
+            self.error = TransportError(
+                f"MQTT broker {self.host}:{self.port}: connection refused ({reason})"
+            )
+            self._count("refused")
+            log.warning("source %s: %s", self.name, self.error)
+            self._status("refused", self.error)
+            return
+        self.error = None
+        self._failing = False
+        self.connected.set()
+        self._count("connected")
+        log.info("source %s: connected", self.name)
+        self._status("connected", None)
+        client.subscribe(self.topic, self.qos)
+
+    def _connect_failed(self, _c: mqtt.Client, _u: object) -> None:
+        first, self._failing = not self._failing, True  # log the first of a run of failures
+        self.error = TransportError(f"MQTT broker {self.host}:{self.port}: cannot connect")
+        self._count("connect-failed")
+        (log.warning if first else log.debug)("source %s: %s", self.name, self.error)
+        self._status("connect-failed", self.error)
+
+    def _disconnected(
+        self, _c: mqtt.Client, _u: object, _flags: object, reason: Any, _p: object
+    ) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        self.subscribed.clear()
+        if not was_connected or self._client is None:  # a refused connect, or stop()
+            return
+        self.error = TransportError(f"MQTT broker {self.host}:{self.port}: lost ({reason})")
+        self._count("disconnected")
+        log.warning("source %s: %s; reconnecting", self.name, self.error)
+        self._status("disconnected", self.error)
+
+    def _subscribed(
+        self, _c: mqtt.Client, _u: object, _mid: int, codes: list[Any], _p: object
+    ) -> None:
+        if any(getattr(code, "is_failure", False) for code in codes):
+            self.error = TransportError(
+                f"MQTT broker {self.host}:{self.port}: subscription to {self.topic!r} refused"
+            )
+            self._count("subscribe-failed")
+            log.warning("source %s: %s", self.name, self.error)
+            self._status("subscribe-failed", self.error)
+            return
+        self.subscribed.set()
+        self._status("subscribed", None)
+
+    def _message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        self._count("messages")
+        if msg.retain:
+            self._count("retained-skipped")
+            return
+        payload = bytes(msg.payload)  # already bytes: no copy
+        if len(payload) <= self._max_line_bytes and b"\n" not in payload:
+            self._deliver(_trim_cr(payload))  # the common case: one line, no splitter needed
+            return
+        splitter = LineSplitter(self._max_line_bytes)
+        self._deliver_all(splitter, payload)
+        tail = splitter.flush()
+        if tail is not None:
+            self._deliver(tail)
+
+    def _status(self, event: str, error: TransportError | None) -> None:
+        if self._on_status is None:
+            return
+        try:
+            self._on_status(event, error)
+        except Exception:
+            log.exception("source %s: the status callback raised", self.name)
+
+
 class _Pacer:
     """Spaces deliveries 1/rate apart without bursting to catch up; waits are stoppable."""
 
@@ -434,17 +657,24 @@ def _read_chunk(fd: int, stop: threading.Event) -> bytes | None:
 def source_from_config(cfg: Mapping[str, Any]) -> Source:
     """A source from its config table, e.g. {"kind": "serial", "port": "/dev/ttyUSB0"}.
 
-    serial: port (required), baudrate, parity, reopen_delay, name, max_line_bytes.
+    serial: port (required), baudrate, parity, bytesize, stopbits, reopen_delay, name,
+    max_line_bytes.
+    mqtt: topic (required; a subscription filter), host, port, qos, username, password,
+    keepalive, name, max_line_bytes.
     file: path (required; "-" is stdin), rate_hz, loop, name, max_line_bytes.
+
+    Building a source does no I/O (nothing is opened before start()), so this also validates.
     """
     where = "source config"
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"{where}: expected a table of settings, found {type(cfg).__name__}")
     kind = cfg.get("kind")
     if not isinstance(kind, str) or kind not in _KINDS:
-        expected = " or ".join(repr(k) for k in _KINDS)
+        names = [repr(k) for k in _KINDS]
+        expected = f"{', '.join(names[:-1])} or {names[-1]}"
         found = "nothing" if kind is None else repr(kind)
-        raise ConfigError(f"{where}: 'kind' expected {expected}, found {found}")
+        hint = _suggest(kind, list(_KINDS)) if isinstance(kind, str) else ""
+        raise ConfigError(f"{where}: 'kind' expected {expected}, found {found}.{hint}".rstrip("."))
     required, optional, build = _KINDS[kind]
     for key in required:
         if key not in cfg:
@@ -454,23 +684,102 @@ def source_from_config(cfg: Mapping[str, Any]) -> Source:
         if key not in allowed:
             raise ConfigError(
                 f"{where} ({kind}): unknown key {key!r},"
-                f" expected one of {', '.join(sorted(allowed))}"
+                f" expected one of {', '.join(sorted(allowed))}.{_suggest(str(key), allowed)}"
             )
     settings = {k: v for k, v in cfg.items() if k != "kind"}
     return build(**settings)
 
 
+def input_from_config(cfg: Mapping[str, Any]) -> tuple[str, Source]:
+    """An [[inputs]] table -> (line format, source): `source_from_config` plus the `format`
+    key ("csv", the default, or "json") that tells the agent which parser its lines go to."""
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(
+            f"source config: expected a table of settings, found {type(cfg).__name__}"
+        )
+    spec = dict(cfg)
+    fmt = spec.pop("format", "csv")
+    if fmt not in FORMATS:
+        raise ConfigError(
+            f"source config: 'format' expected {' or '.join(map(repr, FORMATS))}, found {fmt!r}"
+        )
+    return fmt, source_from_config(spec)
+
+
 _KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[..., Source]]] = {
     "serial": (
         ("port",),
-        ("baudrate", "parity", "reopen_delay", "name", "max_line_bytes"),
+        ("baudrate", "parity", "bytesize", "stopbits", "reopen_delay", "name", "max_line_bytes"),
         SerialSource,
+    ),
+    "mqtt": (
+        ("topic",),
+        ("host", "port", "qos", "username", "password", "keepalive", "name", "max_line_bytes"),
+        MqttSource,
     ),
     "file": (("path",), ("rate_hz", "loop", "name", "max_line_bytes"), FileSource),
 }
 
 
 # -- validation and helpers ----------------------------------------------------------------------
+
+
+def _suggest(word: str, choices: Any) -> str:
+    close = get_close_matches(word, sorted(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def check_topic(value: object, where: str, key: str = "topic", *, wildcards: bool) -> str:
+    """An MQTT topic name (`wildcards=False`, for publishing) or subscription filter.
+
+    Rules (MQTT 3.1.1 section 4.7): not empty, at most 65535 bytes of UTF-8, no NUL; in a
+    filter '#' only as the whole last level and '+' only as a whole level; in a name neither.
+    """
+    if not isinstance(value, str) or not value:
+        kind = "subscription filter" if wildcards else "topic name"
+        raise ConfigError(f"{where}: '{key}' expected an MQTT {kind}, found {value!r}")
+    if "\x00" in value or len(value.encode("utf-8", "surrogatepass")) > 65535:
+        raise ConfigError(
+            f"{where}: '{key}' expected at most 65535 bytes and no NUL character,"
+            f" found {value!r:.80}"
+        )
+    levels = value.split("/")
+    for i, level in enumerate(levels):
+        if "#" not in level and "+" not in level:
+            continue
+        if not wildcards:
+            raise ConfigError(
+                f"{where}: '{key}' expected a topic name without wildcards ('+', '#'),"
+                f" found {value!r}"
+            )
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            raise ConfigError(
+                f"{where}: '{key}' expected '#' only as the whole last level"
+                f" (like 'sensors/#'), found {value!r}"
+            )
+        if "+" in level and level != "+":
+            raise ConfigError(
+                f"{where}: '{key}' expected '+' only as a whole level"
+                f" (like 'sensors/+/reading'), found {value!r}"
+            )
+    return value
+
+
+def _port(where: str, key: str, value: object) -> int:
+    if type(value) is not int or not 1 <= value <= 65535:
+        raise ConfigError(f"{where}: '{key}' expected a port number 1-65535, found {value!r}")
+    return value
+
+
+def _one_of(
+    where: str, key: str, value: object, choices: tuple[float, ...], what: str, integer: bool
+) -> Any:
+    """`value` if it is one of the numbers `choices` (an int where `integer`), as int if whole."""
+    kinds = int if integer else int | float
+    if isinstance(value, kinds) and not isinstance(value, bool) and value in choices:
+        return int(value) if value == int(value) else float(value)
+    shown = ", ".join(f"{c:g}" for c in choices)
+    raise ConfigError(f"{where}: '{key}' expected {what}, one of {shown}; found {value!r}")
 
 
 def _positive_int(where: str, key: str, value: object) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.bundle import Bundle, read_bundle
-from edge_agent.errors import BundleRejected, MessageError
+from edge_agent.errors import BadDataError, BundleRejected, MessageError
 from edge_agent.health import check_health
 from edge_agent.identity import DeviceIdentity
 from edge_agent.model_store import ModelStore
@@ -52,6 +52,11 @@ class Fetched:
         )
 
 
+class TransferInterrupted(Exception):
+    """The agent is stopping mid-transfer: what arrived is checkpointed on disk and the deploy
+    command stays pending, so the next start resumes the transfer instead of starting over."""
+
+
 class Downloader:
     """Pulls the chunks of one target over MQTT: asks within a window, re-asks what is late or
     fails its check, keeps what arrived on disk so that a restart resumes, and opens chunks
@@ -65,8 +70,10 @@ class Downloader:
         identity: DeviceIdentity | None = None,
         retry_after: float = 2.0,
         checkpoint_every: int = 16,
+        stop: threading.Event | None = None,
     ) -> None:
         self._publish = publish
+        self._stop = stop
         self._window = window
         self._partial_dir = partial_dir
         self._identity = identity
@@ -111,6 +118,10 @@ class Downloader:
                         partial.checkpoint(r)
                         return Fetched(
                             r.assemble(), r.total, r.resumed, r.fetched_twice, job.bad_chunks
+                        )
+                    if self._stop is not None and self._stop.is_set():
+                        raise TransferInterrupted(
+                            f"{target.path}: stopping with {r.received} of {r.total} chunks"
                         )
                     if job.unsaved >= self._checkpoint_every:
                         partial.checkpoint(r)
@@ -161,6 +172,13 @@ class _Job:
     def take(self, chunk: XferChunk) -> None:
         r = self.reassembly
         data = chunk.data
+        if chunk.size != r.size:
+            # before the chunk's own check: a source whose target has another length than the
+            # signed one is serving a truncated (or oversized) target, not one bad chunk
+            raise BundleRejected(
+                "oversized" if chunk.size > r.size else "truncated",
+                f"{r.target}: signed length is {r.size} bytes, the sender announced {chunk.size}",
+            )
         if self.encrypted:
             if chunk.key is None:
                 return self._bad(chunk.index)  # plaintext in an encrypted transfer
@@ -223,6 +241,24 @@ class Updater:
         """An installed bundle, ready to serve (used at start-up and for rollback)."""
         bundle = read_bundle(self.store.read(model), None, self.verifier.max_bundle_bytes * 4)
         return Installed(bundle, load_runtime(bundle.card, bundle.model_bytes, self.threads))
+
+    def serve_installed(self) -> None:
+        """At start: the installed model passes the health gate again before it serves, so a
+        crash between install and gate (or a model that broke on disk) cannot slip through."""
+        current = self.store.record().current
+        if current is None:
+            return
+        try:
+            installed = self.load(current)
+            result = check_health(installed.bundle.card, installed.runtime)
+        except BadDataError as exc:
+            log.error("installed model %s does not load (%s); rolling back", current, exc)
+            self.rollback(None, f"installed model does not load: {exc}", failed=current)
+            return
+        if not result.ok:
+            self.rollback(None, f"health gate failed at start: {result.reason}", failed=current)
+            return
+        self.activate(installed)
 
     def handle(self, cmd: Command) -> None:
         if cmd.kind == "deploy":

@@ -1,4 +1,5 @@
-"""Sensor line parsing and input sources (serial through real pseudo-terminals, file, stdin)."""
+"""Sensor line parsing and input sources: serial through real pseudo-terminals, MQTT against a
+real mosquitto, file, stdin."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import queue
 import shutil
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -17,17 +19,23 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
 
+from cloud_hub.broker import RunningBroker, start_mosquitto
+from edge_agent.config import load_config
 from edge_agent.errors import ConfigError, SensorLineError, TransportError
 from edge_agent.line_parser import REASONS, LineParser, RejectCounter
 from edge_agent.sources import (
     FileSource,
     LineSplitter,
+    MqttSource,
     SerialSource,
     Source,
+    input_from_config,
     source_from_config,
 )
 
@@ -611,8 +619,11 @@ def test_factory_builds_sources() -> None:
     ("cfg", "needles"),
     [
         ([("kind", "serial")], ["expected a table", "list"]),
-        ({}, ["'kind'", "'serial' or 'file'", "found nothing"]),
-        ({"kind": "mqtt"}, ["'kind'", "'serial' or 'file'", "'mqtt'"]),
+        ({}, ["'kind'", "'serial', 'mqtt' or 'file'", "found nothing"]),
+        (
+            {"kind": "mqtq"},
+            ["'kind'", "'serial', 'mqtt' or 'file'", "'mqtq'", "Did you mean 'mqtt'?"],
+        ),
         ({"kind": ["serial"]}, ["'kind'", "['serial']"]),
         ({"kind": "serial"}, ["'port' is required"]),
         ({"kind": "serial", "port": ""}, ["'port'", "device path", "''"]),
@@ -622,6 +633,34 @@ def test_factory_builds_sources() -> None:
         ({"kind": "serial", "port": "/dev/x", "parity": "X"}, ["'parity'", "N, E, O", "'X'"]),
         ({"kind": "serial", "port": "/dev/x", "reopen_delay": -1}, ["'reopen_delay'", "-1"]),
         ({"kind": "serial", "port": "/dev/x", "baud": 9600}, ["unknown key 'baud'", "baudrate"]),
+        (
+            {"kind": "serial", "port": "/dev/x", "stopbit": 2},
+            ["unknown key 'stopbit'", "Did you mean 'stopbits'?"],
+        ),
+        ({"kind": "serial", "port": "/dev/x", "parity": 1}, ["'parity'", "none, even", "1"]),
+        ({"kind": "serial", "port": "/dev/x", "bytesize": 9}, ["'bytesize'", "5, 6, 7, 8", "9"]),
+        ({"kind": "serial", "port": "/dev/x", "bytesize": 8.0}, ["'bytesize'", "8.0"]),
+        ({"kind": "serial", "port": "/dev/x", "bytesize": "8"}, ["'bytesize'", "'8'"]),
+        ({"kind": "serial", "port": "/dev/x", "stopbits": 3}, ["'stopbits'", "1, 1.5, 2", "3"]),
+        ({"kind": "serial", "port": "/dev/x", "stopbits": True}, ["'stopbits'", "True"]),
+        ({"kind": "mqtt"}, ["(mqtt)", "'topic' is required"]),
+        ({"kind": "mqtt", "topic": ""}, ["'topic'", "subscription filter", "''"]),
+        ({"kind": "mqtt", "topic": 5}, ["'topic'", "found 5"]),
+        ({"kind": "mqtt", "topic": "a/#/b"}, ["'topic'", "'#' only as the whole last level"]),
+        ({"kind": "mqtt", "topic": "a/b#"}, ["'topic'", "'#' only", "'a/b#'"]),
+        ({"kind": "mqtt", "topic": "a/+b/c"}, ["'topic'", "'+' only as a whole level"]),
+        ({"kind": "mqtt", "topic": "a/\x00"}, ["'topic'", "NUL"]),
+        ({"kind": "mqtt", "topic": "t", "port": "1883"}, ["'port'", "1-65535", "'1883'"]),
+        ({"kind": "mqtt", "topic": "t", "port": 70000}, ["'port'", "1-65535", "70000"]),
+        ({"kind": "mqtt", "topic": "t", "port": 1883.0}, ["'port'", "1883.0"]),
+        ({"kind": "mqtt", "topic": "t", "qos": 2}, ["'qos'", "0 or 1", "2"]),
+        ({"kind": "mqtt", "topic": "t", "qos": True}, ["'qos'", "0 or 1", "True"]),
+        ({"kind": "mqtt", "topic": "t", "host": ""}, ["'host'", "host name", "''"]),
+        ({"kind": "mqtt", "topic": "t", "password": "pw"}, ["'password'", "'username'"]),
+        ({"kind": "mqtt", "topic": "t", "username": ""}, ["'username'", "non-empty", "''"]),
+        ({"kind": "mqtt", "topic": "t", "keepalive": 0}, ["'keepalive'", "positive", "0"]),
+        ({"kind": "mqtt", "topic": "t", "qso": 1}, ["unknown key 'qso'", "Did you mean 'qos'?"]),
+        ({"kind": "mqtt", "topic": "t", "path": "x"}, ["unknown key 'path'", "topic"]),
         ({"kind": "file"}, ["'path' is required"]),
         ({"kind": "file", "path": 3}, ["'path'", "found 3"]),
         ({"kind": "file", "path": "a.csv", "rate_hz": 0}, ["'rate_hz'", "positive", "0"]),
@@ -638,3 +677,349 @@ def test_factory_errors_name_key_expected_and_found(cfg: Any, needles: list[str]
     message = str(info.value)
     for needle in needles:
         assert needle in message, message
+
+
+def test_factory_builds_serial_framing_and_mqtt_sources() -> None:
+    serial_src = source_from_config(
+        {"kind": "serial", "port": "/dev/ttyS0", "parity": "mark", "bytesize": 7, "stopbits": 1.5}
+    )
+    assert isinstance(serial_src, SerialSource)
+    assert (serial_src.parity, serial_src.bytesize, serial_src.stopbits) == ("M", 7, 1.5)
+    defaults = source_from_config({"kind": "serial", "port": "/dev/ttyS0"})
+    assert isinstance(defaults, SerialSource)
+    assert (defaults.parity, defaults.bytesize, defaults.stopbits) == ("N", 8, 1)
+    mqtt_src = source_from_config({"kind": "mqtt", "topic": "sensors/+/wine"})
+    assert isinstance(mqtt_src, MqttSource) and isinstance(mqtt_src, Source)
+    assert (mqtt_src.host, mqtt_src.port, mqtt_src.qos) == ("127.0.0.1", 1883, 0)
+    assert mqtt_src.name == "mqtt:127.0.0.1:1883/sensors/+/wine"
+    assert not mqtt_src.running  # building opens nothing
+    full = source_from_config(
+        {
+            "kind": "mqtt",
+            "topic": "sensors/#",
+            "host": "broker.local",
+            "port": 8883,
+            "qos": 1,
+            "username": "edge",
+            "password": "pw",
+            "keepalive": 10,
+            "name": "local-bus",
+        }
+    )
+    assert isinstance(full, MqttSource)
+    assert (full.host, full.port, full.qos, full.username, full.name) == (
+        "broker.local",
+        8883,
+        1,
+        "edge",
+        "local-bus",
+    )
+
+
+def test_input_from_config_reads_the_format() -> None:
+    fmt, src = input_from_config({"kind": "mqtt", "topic": "t", "format": "json"})
+    assert fmt == "json" and isinstance(src, MqttSource)
+    fmt, src = input_from_config({"kind": "file", "path": "a.csv"})
+    assert fmt == "csv" and isinstance(src, FileSource)
+    with pytest.raises(ConfigError, match=r"'format' expected 'csv' or 'json', found 'xml'"):
+        input_from_config({"kind": "file", "path": "a.csv", "format": "xml"})
+
+
+def test_device_file_inputs_are_validated_when_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "device.toml"
+    good = '[device]\nid = "d1"\n[[inputs]]\nkind = "mqtt"\ntopic = "sensors/#"\nformat = "json"\n'
+    path.write_text(good)
+    cfg = load_config(path)
+    assert cfg.inputs == ({"kind": "mqtt", "topic": "sensors/#", "format": "json"},)
+    path.write_text(
+        '[device]\nid = "d1"\n[[inputs]]\nkind = "file"\npath = "a.csv"\n'
+        '[[inputs]]\nkind = "mqtt"\ntopic = "sensors/#"\nqos = 2\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: inputs[1]: ")
+    assert "'qos' expected 0 or 1, found 2" in message
+    path.write_text(
+        '[device]\nid = "d1"\n[[inputs]]\nkind = "serial"\nport = "/dev/x"\nparty = 1\n'
+    )
+    with pytest.raises(ConfigError, match=r"unknown key 'party'.* Did you mean 'parity'\?"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("parity", ["none", "even", "odd", "mark", "space"])
+def test_serial_source_opens_a_pty_with_parity_bytesize_and_stopbits(
+    pty_pair: tuple[int, str], parity: str
+) -> None:
+    master, slave_name = pty_pair
+    rec = Recorder()
+    src = source_from_config(
+        {"kind": "serial", "port": slave_name, "parity": parity, "bytesize": 7, "stopbits": 2}
+    )
+    assert isinstance(src, SerialSource)
+    src._on_status = rec.on_status  # the factory takes no callbacks
+    src.start(rec.on_line)
+    try:
+        rec.wait_event("opened")
+        os.write(master, b"13.2,1.78,2.14,112\n")
+        assert rec.next_line() == b"13.2,1.78,2.14,112"
+        # A Linux pty keeps the stop bits and the odd/even sense of the parity in its termios
+        # (it forces CS8 and clears PARENB itself): enough to see the settings reached the port.
+        fd = os.open(slave_name, os.O_RDWR | os.O_NOCTTY)
+        try:
+            cflag = termios.tcgetattr(fd)[2]
+        finally:
+            os.close(fd)
+        assert cflag & termios.CSTOPB
+        assert bool(cflag & termios.PARODD) == (parity in ("odd", "mark"))
+    finally:
+        src.stop()
+    assert src.stats()["opened"] == 1
+
+
+# -- MQTT ------------------------------------------------------------------------------------
+
+RECONNECT_WAIT_S = 20.0  # paho's first retry comes after 1 s, then backs off (2 s, 4 s...)
+
+
+def publish(
+    broker: RunningBroker,
+    topic: str,
+    payloads: list[bytes],
+    retain: bool = False,
+    auth: tuple[str, str] | None = None,
+) -> None:
+    """Publish at QoS 1 from a client of its own and wait until the broker has every message."""
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    if auth:
+        client.username_pw_set(*auth)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, p, qos=1, retain=retain) for p in payloads]
+        for info in infos:
+            info.wait_for_publish(WAIT_S)
+            assert info.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def mqtt_source(broker: RunningBroker, rec: Recorder, **kwargs: Any) -> MqttSource:
+    return MqttSource(
+        kwargs.pop("topic", "sensors/+/wine"),
+        broker.host,
+        broker.port,
+        qos=kwargs.pop("qos", 1),
+        on_status=rec.on_status,
+        **kwargs,
+    )
+
+
+@pytest.mark.broker
+def test_mqtt_source_delivers_each_payload_as_lines(broker: RunningBroker) -> None:
+    rec = Recorder()
+    src = mqtt_source(broker, rec)
+    src.start(rec.on_line)
+    try:
+        rec.wait_event("connected")
+        rec.wait_event("subscribed")
+        assert src.running and src.connected.is_set()
+        publish(broker, "sensors/kitchen/wine", [b"13.2,1.78,2.14,112\r\n"])
+        assert rec.next_line() == b"13.2,1.78,2.14,112"
+        publish(broker, "sensors/cellar/wine", [b"1,2,3,4\n5,6,7,8\r\n\n9,10,11,12"])
+        assert [rec.next_line() for _ in range(4)] == [b"1,2,3,4", b"5,6,7,8", b"", b"9,10,11,12"]
+        publish(broker, "sensors/cellar/beer", [b"not for us"])  # outside the filter
+        publish(broker, "sensors/x/wine", [b"last"])
+        assert rec.next_line() == b"last"  # in order: the beer line was never delivered
+    finally:
+        began = time.monotonic()
+        src.stop()
+        stopped_in = time.monotonic() - began
+    assert stopped_in < 1.0
+    assert not src.running
+    assert rec.wait_event("closed") is None
+    stats = src.stats()
+    assert stats["messages"] == 3 and stats["lines"] == 6 and stats["connected"] == 1
+
+
+@pytest.mark.broker
+def test_mqtt_garbage_payloads_are_rejected_and_counted_by_reason(broker: RunningBroker) -> None:
+    parser = LineParser(NAMES, bounds=BOUNDS, max_line_bytes=64)
+    rejected = RejectCounter()
+    outcomes: queue.Queue[str] = queue.Queue()
+
+    def on_line(raw: bytes) -> None:  # what the agent's pipeline does with a line
+        try:
+            parser.parse(raw)
+        except SensorLineError as exc:
+            rejected.record(exc)
+            outcomes.put(exc.reason)
+        else:
+            outcomes.put("ok")
+
+    rec = Recorder()
+    src = mqtt_source(broker, rec, max_line_bytes=64)
+    src.start(on_line)
+    try:
+        rec.wait_event("subscribed")
+        payloads = [
+            b"13.2,1.78,2.14,112",  # ok
+            b"\xff\xfe\x00",  # not UTF-8
+            b"",  # empty
+            b"1," * 100 + b"1",  # longer than max_line_bytes
+            b"13.2,1.78,2.14",  # wrong field count
+            b"13.2,1.78,2.14,112,7",
+            b"13.2,abc,2.14,112",  # non-numeric
+            b"13.2,nan,2.14,112",  # NaN
+            b"13.2,1.78,inf,112",  # inf
+            b"13.2,1.78,2.14,500",  # out of range
+            b"12.4,1.1,2.0,90",  # ok
+        ]
+        publish(broker, "sensors/a/wine", payloads)
+        got = [outcomes.get(timeout=WAIT_S) for _ in payloads]
+    finally:
+        src.stop()
+    assert got == [
+        "ok",
+        "garbage",
+        "garbage",
+        "garbage",
+        "field-count",
+        "field-count",
+        "non-numeric",
+        "non-finite",
+        "non-finite",
+        "out-of-range",
+        "ok",
+    ]
+    assert rejected.snapshot() == {
+        "garbage": 3,
+        "field-count": 2,
+        "non-numeric": 1,
+        "non-finite": 2,
+        "out-of-range": 1,
+    }
+    stats = src.stats()
+    assert stats["oversize"] == 1 and stats["lines"] == len(payloads)
+
+
+@pytest.mark.broker
+def test_mqtt_source_skips_retained_readings(broker: RunningBroker) -> None:
+    publish(broker, "sensors/old/wine", [b"stale"], retain=True)
+    rec = Recorder()
+    src = mqtt_source(broker, rec)
+    src.start(rec.on_line)
+    try:
+        rec.wait_event("subscribed")
+        publish(broker, "sensors/new/wine", [b"fresh"])
+        assert rec.next_line() == b"fresh"  # the retained one came first and was skipped
+    finally:
+        src.stop()
+    assert src.stats()["retained-skipped"] == 1
+    assert rec.lines.empty()
+
+
+@pytest.mark.broker
+def test_mqtt_source_reconnects_after_a_broker_restart(broker: RunningBroker) -> None:
+    rec = Recorder()
+    src = mqtt_source(broker, rec)
+    src.start(rec.on_line)
+    try:
+        rec.wait_event("subscribed")
+        publish(broker, "sensors/a/wine", [b"before"])
+        assert rec.next_line() == b"before"
+
+        broker.stop()
+        lost = rec.wait_event("disconnected")
+        assert isinstance(lost, TransportError) and "lost" in str(lost)
+        assert not src.connected.is_set() and src.running
+        broker.restart()
+
+        deadline = time.monotonic() + RECONNECT_WAIT_S
+        while rec.events.get(timeout=max(0.0, deadline - time.monotonic()))[0] != "subscribed":
+            pass
+        publish(broker, "sensors/a/wine", [b"after"])
+        assert rec.next_line() == b"after"
+        assert src.error is None
+    finally:
+        src.stop()
+    stats = src.stats()
+    assert stats["disconnected"] == 1 and stats["connected"] == 2 and stats["lines"] == 2
+
+
+@pytest.mark.broker
+def test_mqtt_source_waits_for_a_broker_that_is_not_up_yet(broker: RunningBroker) -> None:
+    broker.stop()
+    rec = Recorder()
+    src = mqtt_source(broker, rec)
+    src.start(rec.on_line)
+    try:
+        error = rec.wait_event("connect-failed")
+        assert isinstance(error, TransportError)
+        assert f"{broker.host}:{broker.port}" in str(error) and "cannot connect" in str(error)
+        assert src.error is error and src.running
+        broker.restart()
+        deadline = time.monotonic() + RECONNECT_WAIT_S
+        while rec.events.get(timeout=max(0.0, deadline - time.monotonic()))[0] != "subscribed":
+            pass
+        publish(broker, "sensors/a/wine", [b"1,2,3,4"])
+        assert rec.next_line() == b"1,2,3,4"
+    finally:
+        src.stop()
+    assert src.stats()["connect-failed"] >= 1
+
+
+@pytest.mark.broker
+def test_mqtt_source_stops_promptly_while_the_broker_is_down(broker: RunningBroker) -> None:
+    broker.stop()
+    rec = Recorder()
+    src = mqtt_source(broker, rec)
+    src.start(rec.on_line)
+    rec.wait_event("connect-failed")  # now in paho's reconnect backoff
+    began = time.monotonic()
+    src.stop()
+    assert time.monotonic() - began < 2.0  # paho's backoff looks for a stop once a second
+    assert not src.running
+    assert rec.wait_event("closed") is None
+
+
+@pytest.fixture
+def auth_broker(mosquitto_binary: str, tmp_path: Path) -> Iterator[RunningBroker]:
+    passwd = shutil.which("mosquitto_passwd")
+    if passwd is None:
+        pytest.skip("mosquitto_passwd is not installed")
+    pw_file = tmp_path / "passwd"
+    subprocess.run([passwd, "-b", "-c", str(pw_file), "sensor", "s3cret"], check=True)
+    running = start_mosquitto(
+        tmp_path / "mosquitto",
+        binary=mosquitto_binary,
+        extra_config=f"allow_anonymous false\npassword_file {pw_file}\n",
+    )
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.mark.broker
+def test_mqtt_source_logs_in_with_username_and_password(auth_broker: RunningBroker) -> None:
+    rec = Recorder()
+    src = mqtt_source(auth_broker, rec, username="sensor", password="s3cret")
+    src.start(rec.on_line)
+    try:
+        rec.wait_event("subscribed")
+        publish(auth_broker, "sensors/a/wine", [b"hello"], auth=("sensor", "s3cret"))
+        assert rec.next_line() == b"hello"
+    finally:
+        src.stop()
+
+    rec = Recorder()
+    src = mqtt_source(auth_broker, rec, username="sensor", password="wrong")
+    src.start(rec.on_line)
+    try:
+        refused = rec.wait_event("refused")
+    finally:
+        src.stop()
+    assert isinstance(refused, TransportError) and "refused" in str(refused)
+    assert src.stats()["refused"] >= 1 and src.stats()["connected"] == 0

@@ -1,0 +1,1034 @@
+"""The agent's pipeline against bare onnxruntime, and the agent's cold start and resident memory,
+side by side in one run.
+
+1. Throughput. Two small tabular models on breast_cancer (30 features, 2 classes), each built
+   into a bundle with `converters.pipeline.build_bundle` (default quantization) and read back
+   with `edge_agent.bundle.read_bundle`:
+   - LogReg: StandardScaler + LogisticRegression (inference of a few µs per row);
+   - MLP 64x32: StandardScaler + MLPClassifier((64, 32)).
+   "Ours" is what the agent does per sensor line: `Pipeline.process` on micro-batches of
+   ("csv", raw bytes) pairs (parse, validate, infer, drift monitor, telemetry window), with the
+   `ActiveModel` built exactly as `Agent._activate` builds it and the drift settings of
+   firmware_configs/base.toml; each repetition ends with `flush_window()`. "Bare" is
+   `onnxruntime.InferenceSession(model bytes).run(None, {input: x})` on pre-built float32 arrays
+   of the same rows. Both sessions get the agent's session options (1 intra-op thread). Batch 1
+   and batch 32; warm-up, then repetitions interleaved (A B, B A, ...), medians reported.
+   If the batch-1 target is missed, the stages are timed separately and cProfile shows where
+   a row's time goes.
+
+2. Cold start and memory. Fresh subprocesses that import only edge_agent modules (a meta-path
+   blocker refuses sklearn, skl2onnx, onnx, tensorflow, converters, cloud_hub, rich), read the
+   bundle from disk, load the runtime, warm it and run one line through the pipeline; the wall
+   time from spawning the interpreter to that first prediction, and VmRSS / VmHWM after it and
+   after 10k more predictions. Baseline: a subprocess that imports only numpy + onnxruntime and
+   opens the bundle's model.onnx.
+
+    .venv/bin/python bench/agent_bench.py          # tables (about 15 s)
+    .venv/bin/python bench/agent_bench.py --json   # the same figures as JSON
+
+DESIGN.md targets checked: pipeline at least 0.7x bare throughput at batch 1; agent resident
+memory under 80 MB; cold start to first inference under 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import platform
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import tomllib
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import sklearn
+from rich.console import Console, JustifyMethod
+from rich.table import Table
+from sklearn.datasets import load_breast_cancer
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from converters.pipeline import build_bundle
+from edge_agent.bundle import Bundle, read_bundle
+from edge_agent.drift import DriftMonitor
+from edge_agent.pipeline import ActiveModel, Pipeline
+from edge_agent.runtime import load_runtime
+from edge_agent.telemetry import RunningStats, Window
+from firmware_configs import profile_path
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = 0
+BATCHES = (1, 32)
+CHUNK_ROWS = 1024  # rows per timed repetition (a multiple of every batch size)
+WARMUP_CHUNKS = 2
+REPS = 30  # interleaved pairs per (model, batch)
+STAGE_REPS = 5
+PROFILE_CHUNKS = 20
+PROFILE_TOP = 10
+COLD_RUNS = 5  # per subprocess kind, after one untimed run each (page cache)
+PREDICTIONS_AFTER_LOAD = 10_000
+THREADS = 1  # onnxruntime intra-op threads, as base.toml [runtime] threads
+MB = 1e6  # memory is reported in MB of 10^6 bytes (the stricter reading of "80 MB")
+
+TARGET_RATIO = 0.7
+TARGET_RSS_MB = 80.0
+TARGET_COLD_S = 1.0
+TARGET_RATIO_LINE = (
+    "agent pipeline (parse, validate, infer, drift, telemetry) vs bare onnxruntime session.run, "
+    "batch 1, small tabular model: at least 0.7x the bare throughput"
+)
+TARGET_RSS_LINE = "agent resident memory with onnxruntime and a small model loaded: under 80 MB"
+TARGET_COLD_LINE = "agent cold start to first inference: under 1 s"
+MIN_PIPED_WIDTH = 170
+
+LOGREG = "LogReg"
+MLP = "MLP 64x32"
+BARE_KIND = "bare onnxruntime"
+CORE_KIND = "agent core"
+DAEMON_KIND = "agent daemon"
+KIND_NOTES = {
+    BARE_KIND: "numpy + onnxruntime, InferenceSession(model.onnx), session.run",
+    CORE_KIND: (
+        "edge_agent.bundle/runtime/pipeline (bundle imports edge_agent.trust: tuf, cryptography, "
+        "urllib3): read_bundle, load_runtime, Pipeline.process"
+    ),
+    DAEMON_KIND: "agent core + edge_agent.agent and edge_agent.cli imported (what edge-agent runs)",
+}
+
+
+# --- machine ---------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_usable": affinity,
+        "loadavg_1min": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "runtime_threads": THREADS,
+    }
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the agent takes from its profile (firmware_configs/base.toml)."""
+
+    batch_max: int
+    drift_window: int
+    psi_warn: float
+    psi_alert: float
+    max_unpacked_bytes: int
+
+
+def settings() -> Settings:
+    base = tomllib.loads(profile_path("base").read_text(encoding="utf-8"))
+    return Settings(
+        batch_max=base["pipeline"]["batch_max"],
+        drift_window=base["drift"]["window"],
+        psi_warn=base["drift"]["psi_warn"],
+        psi_alert=base["drift"]["psi_alert"],
+        # Updater.load reads an installed bundle with the verifier's limit x 4
+        max_unpacked_bytes=base["limits"]["max_bundle_bytes"] * 4,
+    )
+
+
+@dataclass
+class Model:
+    name: str
+    bundle_path: Path
+    bundle: Bundle
+    quantize: str
+    size_bytes: int
+    x: np.ndarray  # (CHUNK_ROWS, n_features) float32, the rows of one repetition
+    lines: list[bytes]  # the same rows as CSV sensor lines
+
+
+def csv_line(row: np.ndarray) -> bytes:
+    """A sensor line whose parsed float32 values are exactly `row` (repr round-trips)."""
+    return ",".join(repr(float(v)) for v in row).encode()
+
+
+def estimators() -> dict[str, Any]:
+    return {
+        LOGREG: make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
+        MLP: make_pipeline(
+            StandardScaler(),
+            MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=300, random_state=SEED),
+        ),
+    }
+
+
+def build_models(folder: Path, cfg: Settings) -> list[Model]:
+    x, y = load_breast_cancer(return_X_y=True)
+    x = x.astype(np.float32)
+    rows = np.resize(np.random.default_rng(SEED).permutation(len(x)), CHUNK_ROWS)
+    chunk = np.ascontiguousarray(x[rows])
+    lines = [csv_line(r) for r in chunk]
+    out = []
+    for i, (name, estimator) in enumerate(estimators().items(), 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            estimator.fit(x, y)
+        path = folder / f"bench{i}-1.zip"
+        report = build_bundle(estimator, x, y, name=f"bench{i}", version=1, out=path).report
+        bundle = read_bundle(path.read_bytes(), None, cfg.max_unpacked_bytes)
+        out.append(
+            Model(
+                name,
+                path,
+                bundle,
+                str(report["quantize"]),
+                len(bundle.model_bytes),
+                chunk,
+                lines,
+            )
+        )
+    return out
+
+
+def bare_session(model_bytes: bytes) -> onnxruntime.InferenceSession:
+    """The agent's session options (OnnxRuntime), so only what lies around session.run differs."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+class Sink:
+    """Stands in for Agent._record (which appends to the store-and-forward buffer)."""
+
+    def __init__(self) -> None:
+        self.drift = 0
+        self.windows = 0
+
+    def on_drift(self, _report: dict[str, Any]) -> None:
+        self.drift += 1
+
+    def on_window(self, _record: dict[str, Any]) -> None:
+        self.windows += 1
+
+
+def agent_pipeline(model: Model, cfg: Settings) -> tuple[Pipeline, Sink]:
+    """A Pipeline with the model activated the way Agent._activate does it."""
+    sink = Sink()
+    pipeline = Pipeline(on_drift=sink.on_drift, on_window=sink.on_window)
+    card = model.bundle.card
+    runtime = load_runtime(card, model.bundle.model_bytes, THREADS)
+    pipeline.active = ActiveModel.build(
+        card, runtime, cfg.drift_window, cfg.psi_warn, cfg.psi_alert
+    )
+    return pipeline, sink
+
+
+def check_same_inputs(model: Model, pipeline: Pipeline, session: Any) -> None:
+    """The parsed lines are the bare arrays bit for bit, and both give the same labels."""
+    active = pipeline.active
+    assert active is not None
+    parsed = np.stack([active.parsers["csv"].parse(line) for line in model.lines])
+    if not np.array_equal(parsed, model.x):
+        raise AssertionError(f"{model.name}: the CSV lines do not parse to the bare arrays")
+    ours = active.runtime.predict(model.x)
+    bare = np.asarray(session.run(None, {session.get_inputs()[0].name: model.x})[0])
+    if not np.array_equal(ours, bare.reshape(len(bare))):
+        raise AssertionError(f"{model.name}: the agent's runtime and bare session disagree")
+
+
+# --- 1. throughput ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Throughput:
+    model: str
+    batch: int
+    ours_rows_per_s: float
+    bare_rows_per_s: float
+    ours_us_per_row: float
+    bare_us_per_row: float
+    added_us_per_row: float
+    ratio: float  # ours / bare throughput
+    ratio_p10: float  # of the per-pair ratios: the measurement's spread
+    ratio_p90: float
+    drift_reports: int
+    telemetry_windows: int
+
+
+def batches_of(model: Model, batch: int) -> tuple[list[list[tuple[str, bytes]]], list[np.ndarray]]:
+    lines = [("csv", line) for line in model.lines]
+    line_batches = [lines[i : i + batch] for i in range(0, CHUNK_ROWS, batch)]
+    arrays = [np.ascontiguousarray(model.x[i : i + batch]) for i in range(0, CHUNK_ROWS, batch)]
+    return line_batches, arrays
+
+
+def measure_throughput(model: Model, batch: int, cfg: Settings) -> Throughput:
+    pipeline, sink = agent_pipeline(model, cfg)
+    session = bare_session(model.bundle.model_bytes)
+    check_same_inputs(model, pipeline, session)
+    line_batches, arrays = batches_of(model, batch)
+    name = session.get_inputs()[0].name
+
+    def ours() -> float:
+        process = pipeline.process
+        start = time.perf_counter()
+        for lines in line_batches:
+            process(lines)
+        pipeline.flush_window()
+        return time.perf_counter() - start
+
+    def bare() -> float:
+        run = session.run
+        start = time.perf_counter()
+        for x in arrays:
+            run(None, {name: x})
+        return time.perf_counter() - start
+
+    for _ in range(WARMUP_CHUNKS):
+        ours()
+        bare()
+    before = pipeline.stats.inferences
+    ours_s: list[float] = []
+    bare_s: list[float] = []
+    for rep in range(REPS):  # A B, B A, ...: neither always runs first
+        if rep % 2 == 0:
+            ours_s.append(ours())
+            bare_s.append(bare())
+        else:
+            bare_s.append(bare())
+            ours_s.append(ours())
+    stats = pipeline.stats
+    if stats.rejected or stats.inferences - before != REPS * CHUNK_ROWS:
+        raise AssertionError(f"{model.name}: pipeline rejected lines: {dict(stats.rejected)}")
+    ours_t, bare_t = statistics.median(ours_s), statistics.median(bare_s)
+    pair_ratios = np.array(bare_s) / np.array(ours_s)
+    return Throughput(
+        model=model.name,
+        batch=batch,
+        ours_rows_per_s=CHUNK_ROWS / ours_t,
+        bare_rows_per_s=CHUNK_ROWS / bare_t,
+        ours_us_per_row=ours_t / CHUNK_ROWS * 1e6,
+        bare_us_per_row=bare_t / CHUNK_ROWS * 1e6,
+        added_us_per_row=(ours_t - bare_t) / CHUNK_ROWS * 1e6,
+        ratio=bare_t / ours_t,
+        ratio_p10=float(np.percentile(pair_ratios, 10)),
+        ratio_p90=float(np.percentile(pair_ratios, 90)),
+        drift_reports=sink.drift,
+        telemetry_windows=sink.windows,
+    )
+
+
+# --- where a row's time goes (only when the batch-1 target is missed) --------------------------
+
+
+@dataclass(frozen=True)
+class Stages:
+    """µs per row of each step of Pipeline.process, timed separately on the same objects."""
+
+    model: str
+    batch: int
+    parse: float
+    stack: float
+    infer: float
+    telemetry: float
+    drift: float
+    flush: float
+    sum: float
+    pipeline: float  # Pipeline.process measured whole (from the throughput run)
+    bare: float
+
+
+def _median_us_per_row(step: Any) -> float:
+    step()  # warm
+    return statistics.median(_timed(step) for _ in range(STAGE_REPS)) / CHUNK_ROWS * 1e6
+
+
+def _timed(step: Any) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def measure_stages(model: Model, batch: int, cfg: Settings, whole: Throughput) -> Stages:
+    pipeline, _ = agent_pipeline(model, cfg)
+    active = pipeline.active
+    assert active is not None
+    parser, runtime, card = active.parsers["csv"], active.runtime, active.card
+    line_batches, arrays = batches_of(model, batch)
+    row_batches = [[parser.parse(raw) for _, raw in lines] for lines in line_batches]
+    predictions = [runtime.predict(x) for x in arrays]
+
+    def parse() -> None:
+        for lines in line_batches:
+            for _, raw in lines:
+                parser.parse(raw)
+
+    def stack() -> None:
+        for rows in row_batches:
+            np.stack(rows)
+
+    def infer() -> None:
+        for x in arrays:
+            runtime.predict(x)
+
+    def telemetry() -> None:
+        window, stats = Window(time.time()), RunningStats()
+        for p in predictions:
+            window.add(0.01, p)
+            stats.add(0.01, len(p))
+
+    def drift() -> None:
+        monitor = DriftMonitor(card, cfg.drift_window, cfg.psi_warn, cfg.psi_alert)
+        for x in arrays:
+            monitor.add(x)
+
+    filled = Window(time.time())
+    for p in predictions:
+        filled.add(0.01, p)
+
+    def flush() -> None:  # one window of CHUNK_ROWS rows closed, as each repetition does
+        filled.to_record(time.time(), card.model.to_json())
+
+    steps = {
+        "parse": parse,
+        "stack": stack,
+        "infer": infer,
+        "telemetry": telemetry,
+        "drift": drift,
+        "flush": flush,
+    }
+    us = {k: _median_us_per_row(f) for k, f in steps.items()}
+    return Stages(
+        model=model.name,
+        batch=batch,
+        **us,
+        sum=sum(us.values()),
+        pipeline=whole.ours_us_per_row,
+        bare=whole.bare_us_per_row,
+    )
+
+
+@dataclass(frozen=True)
+class ProfileLine:
+    ncalls: str
+    tottime_us_per_row: float
+    cumtime_us_per_row: float
+    function: str
+
+
+def short_path(filename: str) -> str:
+    for prefix in ("site-packages" + os.sep, str(ROOT) + os.sep):
+        if prefix in filename:
+            return filename.split(prefix, 1)[1]
+    return filename
+
+
+def profile_pipeline(model: Model, cfg: Settings) -> tuple[float, list[ProfileLine]]:
+    """cProfile of Pipeline.process at batch 1: total µs/row under the profiler, top lines."""
+    pipeline, _ = agent_pipeline(model, cfg)
+    line_batches, _ = batches_of(model, 1)
+    for lines in line_batches:  # warm
+        pipeline.process(lines)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(PROFILE_CHUNKS):
+        for lines in line_batches:
+            pipeline.process(lines)
+        pipeline.flush_window()
+    profiler.disable()
+    rows = PROFILE_CHUNKS * CHUNK_ROWS
+    stats = pstats.Stats(profiler)
+    entries = stats.stats  # type: ignore[attr-defined]
+    top = sorted(entries.items(), key=lambda kv: kv[1][2], reverse=True)[:PROFILE_TOP]
+    out = []
+    for (filename, line, func), (cc, nc, tt, ct, _callers) in top:
+        where = f"{short_path(filename)}:{line}({func})" if line else func
+        out.append(
+            ProfileLine(
+                ncalls=str(nc) if cc == nc else f"{nc}/{cc}",
+                tottime_us_per_row=tt / rows * 1e6,
+                cumtime_us_per_row=ct / rows * 1e6,
+                function=where,
+            )
+        )
+    total = stats.total_tt / rows * 1e6  # type: ignore[attr-defined]
+    return total, out
+
+
+# --- 2. cold start and memory ----------------------------------------------------------------
+
+CHILD_HEAD = textwrap.dedent(
+    """
+    import time
+    T0 = time.perf_counter()
+    import json
+    import sys
+    BLOCKED = {BLOCKED!r}
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{{name}} is not on a device")
+    sys.meta_path.insert(0, Block())
+    def memory():
+        out = {{}}
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = int(value.split()[0]) * 1024 / {MB!r}
+        return out
+    """
+)
+
+CHILD_BARE = textwrap.dedent(
+    """
+    import numpy as np
+    import onnxruntime as ort
+    T1 = T2 = time.perf_counter()  # no bundle to read
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = {THREADS}
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession({model_path!r}, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    T3 = time.perf_counter()
+    first = np.load({rows_path!r})[:1]
+    for _ in range(3):
+        session.run(None, {{name: first}})
+    T4 = time.perf_counter()
+    session.run(None, {{name: first}})
+    T5 = time.perf_counter()
+    print("ready", flush=True)
+    loaded = memory()
+    rows = np.load({rows_path!r})
+    singles = [rows[i : i + 1] for i in range(len(rows))]
+    run = session.run
+    for i in range({n}):
+        run(None, {{name: singles[i % len(singles)]}})
+    """
+)
+
+CHILD_AGENT = textwrap.dedent(
+    """
+    import numpy as np
+    from edge_agent.bundle import read_bundle
+    from edge_agent.pipeline import ActiveModel, Pipeline
+    from edge_agent.runtime import load_runtime
+    {daemon_imports}
+    T1 = time.perf_counter()
+    with open({bundle_path!r}, "rb") as f:
+        bundle = read_bundle(f.read(), None, {max_unpacked})
+    T2 = time.perf_counter()
+    runtime = load_runtime(bundle.card, bundle.model_bytes, {THREADS})
+    T3 = time.perf_counter()
+    pipeline = Pipeline(on_drift=lambda r: None, on_window=lambda r: None)
+    pipeline.active = ActiveModel.build(bundle.card, runtime, {window}, {warn}, {alert})
+    sample = np.asarray(bundle.card.sample_inputs, dtype=np.float32)[:1]
+    for _ in range(3):
+        runtime.predict(sample)
+    T4 = time.perf_counter()
+    with open({lines_path!r}, "rb") as f:
+        first = f.readline().rstrip(b"\\n")
+    pipeline.process([("csv", first)])
+    T5 = time.perf_counter()
+    assert pipeline.stats.inferences == 1, pipeline.stats.snapshot()
+    print("ready", flush=True)
+    loaded = memory()
+    with open({lines_path!r}, "rb") as f:
+        lines = [("csv", line) for line in f.read().splitlines()]
+    process = pipeline.process
+    next_window = time.monotonic() + {interval}
+    for i in range({n}):
+        process([lines[i % len(lines)]])
+        if i % 256 == 0 and time.monotonic() >= next_window:
+            pipeline.flush_window()
+            next_window = time.monotonic() + {interval}
+    assert pipeline.stats.inferences == {n} + 1, pipeline.stats.snapshot()
+    """
+)
+
+CHILD_TAIL = textwrap.dedent(
+    """
+    after = memory()
+    bad = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    assert not bad, bad
+    print(json.dumps({
+        "imports_ms": (T1 - T0) * 1e3,
+        "read_bundle_ms": (T2 - T1) * 1e3,
+        "load_ms": (T3 - T2) * 1e3,
+        "warm_ms": (T4 - T3) * 1e3,
+        "first_prediction_ms": (T5 - T4) * 1e3,
+        "script_ms": (T5 - T0) * 1e3,
+        "modules": len(sys.modules),
+        "rss_loaded_mb": loaded["VmRSS"],
+        "hwm_loaded_mb": loaded["VmHWM"],
+        "rss_after_mb": after["VmRSS"],
+        "hwm_after_mb": after["VmHWM"],
+    }))
+    """
+)
+
+DEVICE_BLOCKED = {
+    "sklearn",
+    "skl2onnx",
+    "onnx",
+    "tensorflow",
+    "cloud_hub",
+    "converters",
+    "sqlalchemy",
+    "rich",
+}
+
+
+def child_scripts(model: Model, folder: Path, cfg: Settings) -> dict[str, str]:
+    model_path = folder / "model.onnx"
+    model_path.write_bytes(model.bundle.model_bytes)
+    rows_path = folder / "rows.npy"
+    np.save(rows_path, model.x)
+    lines_path = folder / "sensor.csv"
+    lines_path.write_bytes(b"\n".join(model.lines) + b"\n")
+    interval = tomllib.loads(profile_path("base").read_text(encoding="utf-8"))["telemetry"][
+        "interval_s"
+    ]
+
+    def head(blocked: set[str]) -> str:
+        return CHILD_HEAD.format(BLOCKED=sorted(blocked), MB=MB)
+
+    def agent(daemon_imports: str) -> str:
+        body = CHILD_AGENT.format(
+            daemon_imports=daemon_imports,
+            bundle_path=str(model.bundle_path),
+            max_unpacked=cfg.max_unpacked_bytes,
+            THREADS=THREADS,
+            window=cfg.drift_window,
+            warn=cfg.psi_warn,
+            alert=cfg.psi_alert,
+            lines_path=str(lines_path),
+            interval=interval,
+            n=PREDICTIONS_AFTER_LOAD,
+        )
+        return head(DEVICE_BLOCKED) + body + CHILD_TAIL
+
+    bare = CHILD_BARE.format(
+        THREADS=THREADS,
+        model_path=str(model_path),
+        rows_path=str(rows_path),
+        n=PREDICTIONS_AFTER_LOAD,
+    )
+    return {
+        BARE_KIND: head(DEVICE_BLOCKED | {"edge_agent"}) + bare + CHILD_TAIL,
+        CORE_KIND: agent(""),
+        DAEMON_KIND: agent("import edge_agent.agent\nimport edge_agent.cli"),
+    }
+
+
+def run_child(script: str) -> dict[str, Any]:
+    """Spawn the interpreter; wall time until it says it has made its first prediction."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    ready = proc.stdout.readline()
+    wall_ms = (time.perf_counter() - start) * 1e3
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode != 0 or ready.strip() != "ready":
+        raise RuntimeError(f"benchmark subprocess failed ({proc.returncode}):\n{err}")
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["wall_ms"] = wall_ms
+    return result
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    kind: str
+    runs: int
+    wall_ms: float  # spawn -> first prediction done, the cold start
+    interpreter_ms: float  # wall minus the script's own time: exec, interpreter and site start
+    imports_ms: float
+    read_bundle_ms: float
+    load_ms: float
+    warm_ms: float
+    first_prediction_ms: float
+    modules: int
+    rss_loaded_mb: float
+    hwm_loaded_mb: float
+    rss_after_mb: float
+    hwm_after_mb: float
+    rss_vs_bare: float
+    wall_vs_bare: float
+
+
+def measure_cold_start(model: Model, folder: Path, cfg: Settings) -> list[ColdStart]:
+    scripts = child_scripts(model, folder, cfg)
+    for script in scripts.values():  # untimed: page cache, .pyc files
+        run_child(script)
+    results: dict[str, list[dict[str, Any]]] = {k: [] for k in scripts}
+    kinds = list(scripts)
+    for rep in range(COLD_RUNS):  # rotated order, so no kind always runs first
+        for kind in kinds[rep % len(kinds) :] + kinds[: rep % len(kinds)]:
+            results[kind].append(run_child(scripts[kind]))
+
+    def med(kind: str, key: str) -> float:
+        return statistics.median(float(r[key]) for r in results[kind])
+
+    out = []
+    for kind in kinds:
+        out.append(
+            ColdStart(
+                kind=kind,
+                runs=COLD_RUNS,
+                wall_ms=med(kind, "wall_ms"),
+                interpreter_ms=statistics.median(
+                    r["wall_ms"] - r["script_ms"] for r in results[kind]
+                ),
+                imports_ms=med(kind, "imports_ms"),
+                read_bundle_ms=med(kind, "read_bundle_ms"),
+                load_ms=med(kind, "load_ms"),
+                warm_ms=med(kind, "warm_ms"),
+                first_prediction_ms=med(kind, "first_prediction_ms"),
+                modules=int(med(kind, "modules")),
+                rss_loaded_mb=med(kind, "rss_loaded_mb"),
+                hwm_loaded_mb=med(kind, "hwm_loaded_mb"),
+                rss_after_mb=med(kind, "rss_after_mb"),
+                hwm_after_mb=med(kind, "hwm_after_mb"),
+                rss_vs_bare=med(kind, "hwm_after_mb") / med(BARE_KIND, "hwm_after_mb"),
+                wall_vs_bare=med(kind, "wall_ms") / med(BARE_KIND, "wall_ms"),
+            )
+        )
+    return out
+
+
+# --- targets ---------------------------------------------------------------------------------
+
+
+def verdicts(throughput: list[Throughput], cold: list[ColdStart]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for t in throughput:
+        if t.batch == 1:
+            out.append(
+                {
+                    "target": TARGET_RATIO_LINE,
+                    "subject": f"{t.model}, batch 1",
+                    "value": round(t.ratio, 3),
+                    "limit": f">= {TARGET_RATIO}",
+                    "verdict": "PASS" if t.ratio >= TARGET_RATIO else "MISS",
+                }
+            )
+    daemon = next(c for c in cold if c.kind == DAEMON_KIND)
+    peak = max(daemon.hwm_loaded_mb, daemon.hwm_after_mb)
+    out.append(
+        {
+            "target": TARGET_RSS_LINE,
+            "subject": (
+                f"{DAEMON_KIND}, VmHWM after {PREDICTIONS_AFTER_LOAD} predictions, MB "
+                f"({peak * MB / 2**20:.1f} MiB)"
+            ),
+            "value": round(peak, 1),
+            "limit": f"< {TARGET_RSS_MB:g}",
+            "verdict": "PASS" if peak < TARGET_RSS_MB else "MISS",
+        }
+    )
+    out.append(
+        {
+            "target": TARGET_COLD_LINE,
+            "subject": f"{DAEMON_KIND}, spawn to first prediction (ms)",
+            "value": round(daemon.wall_ms, 1),
+            "limit": f"< {TARGET_COLD_S * 1000:g}",
+            "verdict": "PASS" if daemon.wall_ms < TARGET_COLD_S * 1000 else "MISS",
+        }
+    )
+    return out
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def _table(title: str, columns: list[tuple[str, JustifyMethod]]) -> Table:
+    grid = Table(title=title, title_justify="left")
+    for name, justify in columns:
+        grid.add_column(name, justify=justify, no_wrap=True)
+    return grid
+
+
+def _verdict(ok: bool) -> str:
+    return "[bold green]PASS[/bold green]" if ok else "[bold red]MISS[/bold red]"
+
+
+def print_report(report: dict[str, Any]) -> None:
+    console = Console()
+    if not console.is_terminal:  # piped or logged: no width to fit, keep rows on one line
+        console.width = max(console.width, MIN_PIPED_WIDTH)
+    info, setup = report["machine"], report["setup"]
+    cores = f"{info['cores']} cores" + (
+        f" ({info['cores_usable']} usable)" if info["cores_usable"] != info["cores"] else ""
+    )
+    console.print(
+        f"[bold]machine[/bold]  {info['cpu']}, {cores}, Python {info['python']}, "
+        f"load average {info['loadavg_1min']:.2f}"
+    )
+    console.print(
+        f"[bold]versions[/bold] onnxruntime {info['onnxruntime']}, numpy {info['numpy']}, "
+        f"scikit-learn {info['scikit-learn']} (training only); onnxruntime threads "
+        f"{info['runtime_threads']}"
+    )
+    models = ", ".join(
+        f"{m['name']} ({m['size_bytes']:,} B, quantize={m['quantize']})" for m in setup["models"]
+    )
+    console.print(f"[bold]models[/bold]   breast_cancer, 30 features: {models}")
+    console.print(
+        f"[bold]method[/bold]   {CHUNK_ROWS} rows per repetition, {WARMUP_CHUNKS} warm-up, "
+        f"{REPS} interleaved pairs (A B, B A, ...), medians; drift window "
+        f"{setup['drift_window']}, flush_window once per repetition"
+    )
+
+    grid = _table(
+        "Agent pipeline (Pipeline.process on CSV lines) vs bare onnxruntime session.run",
+        [
+            ("model", "left"),
+            ("batch", "right"),
+            ("ours rows/s", "right"),
+            ("bare rows/s", "right"),
+            ("ours µs/row", "right"),
+            ("bare µs/row", "right"),
+            ("added µs/row", "right"),
+            ("ours/bare", "right"),
+            ("pairs p10-p90", "right"),
+            ("target", "left"),
+        ],
+    )
+    for t in report["throughput"]:
+        target = (
+            f"≥ {TARGET_RATIO} {_verdict(t['ratio'] >= TARGET_RATIO)}" if t["batch"] == 1 else ""
+        )
+        grid.add_row(
+            t["model"],
+            str(t["batch"]),
+            f"{t['ours_rows_per_s']:,.0f}",
+            f"{t['bare_rows_per_s']:,.0f}",
+            f"{t['ours_us_per_row']:.2f}",
+            f"{t['bare_us_per_row']:.2f}",
+            f"{t['added_us_per_row']:.2f}",
+            f"{t['ratio']:.3f}",
+            f"{t['ratio_p10']:.3f}-{t['ratio_p90']:.3f}",
+            target,
+            end_section=t["batch"] == BATCHES[-1],
+        )
+    console.print(grid)
+
+    if report["stages"]:
+        grid = _table(
+            "Where a row's time goes: each step of Pipeline.process timed alone (µs/row)",
+            [
+                ("model", "left"),
+                ("batch", "right"),
+                ("parse", "right"),
+                ("np.stack", "right"),
+                ("infer", "right"),
+                ("telemetry", "right"),
+                ("drift", "right"),
+                ("flush", "right"),
+                ("sum", "right"),
+                ("process()", "right"),
+                ("bare run", "right"),
+            ],
+        )
+        for s in report["stages"]:
+            grid.add_row(
+                s["model"],
+                str(s["batch"]),
+                *(
+                    f"{s[k]:.2f}"
+                    for k in (
+                        "parse",
+                        "stack",
+                        "infer",
+                        "telemetry",
+                        "drift",
+                        "flush",
+                        "sum",
+                        "pipeline",
+                        "bare",
+                    )
+                ),
+                end_section=s["batch"] == BATCHES[-1],
+            )
+        console.print(grid)
+        console.print(
+            "parse: LineParser.parse; infer: OnnxRuntime.predict (session.run of the label output "
+            "+ reshape); telemetry: Window.add + RunningStats.add; drift: DriftMonitor.add (a "
+            "report every window); flush: Window.to_record once per repetition. process() - sum "
+            "is the rest of process(): the lock, perf_counter, list appends, calls."
+        )
+
+    for name, prof in report["profiles"].items():
+        grid = _table(
+            f"cProfile of Pipeline.process, {name}, batch 1: top {PROFILE_TOP} by own time "
+            f"({prof['total_us_per_row']:.2f} µs/row under the profiler)",
+            [
+                ("ncalls", "right"),
+                ("own µs/row", "right"),
+                ("cum µs/row", "right"),
+                ("function", "left"),
+            ],
+        )
+        for line in prof["top"]:
+            grid.add_row(
+                line["ncalls"],
+                f"{line['tottime_us_per_row']:.2f}",
+                f"{line['cumtime_us_per_row']:.2f}",
+                line["function"],
+            )
+        console.print(grid)
+
+    grid = _table(
+        f"Cold start and resident memory: fresh subprocesses, {setup['cold_model']}, median of "
+        f"{COLD_RUNS}; times in ms, memory in MB = 10^6 bytes",
+        [
+            ("process", "left"),
+            ("spawn→pred ms", "right"),
+            ("vs bare", "right"),
+            ("interp", "right"),
+            ("imports", "right"),
+            ("read", "right"),
+            ("load", "right"),
+            ("warm+1st", "right"),
+            ("modules", "right"),
+            ("RSS load", "right"),
+            (f"RSS +{PREDICTIONS_AFTER_LOAD // 1000}k", "right"),
+            (f"HWM +{PREDICTIONS_AFTER_LOAD // 1000}k", "right"),
+            ("HWM/bare", "right"),
+        ],
+    )
+    for c in report["cold_start"]:
+        grid.add_row(
+            c["kind"],
+            f"{c['wall_ms']:.0f}",
+            f"{c['wall_vs_bare']:.2f}x",
+            f"{c['interpreter_ms']:.0f}",
+            f"{c['imports_ms']:.0f}",
+            f"{c['read_bundle_ms']:.1f}",
+            f"{c['load_ms']:.1f}",
+            f"{c['warm_ms'] + c['first_prediction_ms']:.2f}",
+            str(c["modules"]),
+            f"{c['rss_loaded_mb']:.1f}",
+            f"{c['rss_after_mb']:.1f}",
+            f"{c['hwm_after_mb']:.1f}",
+            f"{c['rss_vs_bare']:.2f}x",
+        )
+    console.print(grid)
+    for kind, note in KIND_NOTES.items():
+        console.print(f"  {kind}: {note}", markup=False)
+    console.print(
+        "  interp: spawn to the script's first line (exec, interpreter, site); read: read_bundle "
+        "of the zip on disk (bare: none); load: load_runtime (which imports onnxruntime "
+        "lazily, so the agent's load includes that import) / InferenceSession; warm+1st: 3 "
+        "warm-up predicts and the first line through Pipeline.process (bare: session.run). The "
+        "daemon row imports the daemon's modules but starts no Agent (no MQTT session, buffer "
+        "or threads): a lower bound for a running agent.",
+        markup=False,
+    )
+
+    console.print("[bold]DESIGN.md targets[/bold]")
+    for v in report["targets"]:
+        console.print(f"  {v['target']}", markup=False)
+        console.print(
+            f"    {v['subject']}: {v['value']} (limit {v['limit']}) -> "
+            f"{_verdict(v['verdict'] == 'PASS')}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+
+    cfg = settings()
+    info = machine()
+    with tempfile.TemporaryDirectory(prefix="agent-bench-") as tmp:
+        folder = Path(tmp)
+        models = build_models(folder, cfg)
+        throughput = [measure_throughput(m, b, cfg) for m in models for b in BATCHES]
+        missed = [t for t in throughput if t.batch == 1 and t.ratio < TARGET_RATIO]
+        stages: list[Stages] = []
+        profiles: dict[str, Any] = {}
+        if missed:
+            by_name = {m.name: m for m in models}
+            for t in throughput:
+                stages.append(measure_stages(by_name[t.model], t.batch, cfg, t))
+            for t in missed:
+                total, top = profile_pipeline(by_name[t.model], cfg)
+                profiles[t.model] = {
+                    "total_us_per_row": total,
+                    "top": [asdict(line) for line in top],
+                }
+        cold = measure_cold_start(models[0], folder, cfg)
+
+    report = {
+        "machine": info,
+        "setup": {
+            "dataset": "breast_cancer",
+            "models": [
+                {"name": m.name, "size_bytes": m.size_bytes, "quantize": m.quantize} for m in models
+            ],
+            "chunk_rows": CHUNK_ROWS,
+            "reps": REPS,
+            "warmup_chunks": WARMUP_CHUNKS,
+            "batches": list(BATCHES),
+            "agent_batch_max": cfg.batch_max,
+            "drift_window": cfg.drift_window,
+            "cold_model": models[0].name,
+            "cold_runs": COLD_RUNS,
+            "predictions_after_load": PREDICTIONS_AFTER_LOAD,
+        },
+        "throughput": [asdict(t) for t in throughput],
+        "stages": [asdict(s) for s in stages],
+        "profiles": profiles,
+        "cold_start": [asdict(c) for c in cold],
+        "targets": verdicts(throughput, cold),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
