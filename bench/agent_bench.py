@@ -36,7 +36,6 @@ import argparse
 import cProfile
 import json
 import os
-import platform
 import pstats
 import statistics
 import subprocess
@@ -53,6 +52,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 import sklearn
+from bench_machine import machine
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 from sklearn.datasets import load_breast_cancer
@@ -111,33 +111,6 @@ KIND_NOTES = {
 
 
 # --- machine ---------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware"):
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict[str, Any]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_usable": affinity,
-        "loadavg_1min": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-        "scikit-learn": sklearn.__version__,
-        "runtime_threads": THREADS,
-    }
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -980,7 +953,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = settings()
-    info = machine()
+    info = machine(**{"scikit-learn": sklearn.__version__}, runtime_threads=THREADS)
     with tempfile.TemporaryDirectory(prefix="agent-bench-") as tmp:
         folder = Path(tmp)
         models = build_models(folder, cfg)

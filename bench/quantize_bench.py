@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -33,9 +31,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime
 import skl2onnx
 import sklearn
+from bench_machine import machine
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 from sklearn.datasets import load_digits
@@ -97,32 +95,6 @@ class Row:
 
 
 # --- machine ---------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware"):
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict[str, Any]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_usable": affinity,
-        "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
-        "scikit-learn": sklearn.__version__,
-        "skl2onnx": skl2onnx.__version__,
-        "runtime_threads": 1,
-    }
 
 
 # --- models and variants ---------------------------------------------------------------------
@@ -355,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         measure_latency(group, x_test)
         all_variants.extend(group)
 
-    info = machine()
+    info = machine(
+        **{"scikit-learn": sklearn.__version__}, skl2onnx=skl2onnx.__version__, runtime_threads=1
+    )
     table = rows(all_variants)
     verdicts = target_verdicts(table, MLP)
     if args.json:

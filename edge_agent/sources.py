@@ -554,12 +554,7 @@ class MqttSource(_LineSource):
         self, client: mqtt.Client, _u: object, _flags: object, reason: Any, _p: object
     ) -> None:
         if getattr(reason, "is_failure", False):
-            self.error = TransportError(
-                f"MQTT broker {self.host}:{self.port}: connection refused ({reason})"
-            )
-            self._count("refused")
-            log.warning("source %s: %s", self.name, self.error)
-            self._status("refused", self.error)
+            self._fail("refused", f"connection refused ({reason})")
             return
         self.error = None
         self._failing = False
@@ -584,21 +579,20 @@ class MqttSource(_LineSource):
         self.subscribed.clear()
         if not was_connected or self._client is None:  # a refused connect, or stop()
             return
-        self.error = TransportError(f"MQTT broker {self.host}:{self.port}: lost ({reason})")
-        self._count("disconnected")
-        log.warning("source %s: %s; reconnecting", self.name, self.error)
-        self._status("disconnected", self.error)
+        self._fail("disconnected", f"lost ({reason})")
+
+    def _fail(self, what: str, detail: str) -> None:
+        """Record, count, log and report one failure of the broker connection."""
+        self.error = TransportError(f"MQTT broker {self.host}:{self.port}: {detail}")
+        self._count(what)
+        log.warning("source %s: %s", self.name, self.error)
+        self._status(what, self.error)
 
     def _subscribed(
         self, _c: mqtt.Client, _u: object, _mid: int, codes: list[Any], _p: object
     ) -> None:
         if any(getattr(code, "is_failure", False) for code in codes):
-            self.error = TransportError(
-                f"MQTT broker {self.host}:{self.port}: subscription to {self.topic!r} refused"
-            )
-            self._count("subscribe-failed")
-            log.warning("source %s: %s", self.name, self.error)
-            self._status("subscribe-failed", self.error)
+            self._fail("subscribe-failed", f"subscription to {self.topic!r} refused")
             return
         self.subscribed.set()
         self._status("subscribed", None)

@@ -7,7 +7,6 @@ only cares about their length and hashes.
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import hashlib
 import io
@@ -30,10 +29,9 @@ from tuf.api.metadata import Metadata, Root, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
 from cloud_hub import cli as hub_cli
-from cloud_hub import keys_cli
 from cloud_hub.keys import PASSPHRASE_ENV, ROLES, is_encrypted, load_key
 from cloud_hub.tuf_repo import KeyRotation, TufRepository, target_path_for
-from edge_agent.errors import BundleRejected, ConfigError, EdgefleetError
+from edge_agent.errors import BundleRejected, ConfigError
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.trust import TufMirror, Verifier, install_trusted_root
 
@@ -460,42 +458,8 @@ def test_plain_keys_load_while_a_passphrase_is_set_and_new_keys_get_it(
 # --- 6. the command line -------------------------------------------------------------------------
 
 
-def _wired() -> bool:
-    return "keys_cli" in Path(hub_cli.__file__).read_text()
-
-
-def _own_parser() -> argparse.ArgumentParser:
-    """`edgehub` as cli.build_parser makes it, with only `keys` (until cli.py calls register)."""
-    p = argparse.ArgumentParser(prog="edgehub")
-    p.add_argument("--home", default="edgehub-home")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def add(
-        parent: Any,
-        name: str,
-        fn: Callable[[argparse.Namespace], int],
-        help: str,
-        json_out: bool = False,
-    ) -> argparse.ArgumentParser:
-        sp: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
-        sp.set_defaults(fn=fn)
-        if json_out:
-            sp.add_argument("--json", action="store_true")
-        return sp
-
-    keys_cli.register(sub, add)
-    return p
-
-
 def edgehub(argv: Sequence[str]) -> int:
-    if _wired():
-        return hub_cli.main(list(argv))
-    args = _own_parser().parse_args(list(argv))
-    try:
-        return int(args.fn(args))
-    except EdgefleetError as exc:  # what cli.main does
-        print(f"edgehub: error: {exc}", file=sys.stderr)
-        return 1
+    return hub_cli.main(list(argv))
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str], code: int) -> str:
