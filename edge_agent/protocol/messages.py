@@ -28,8 +28,11 @@ EVENTS = (
     "healthy",
     "rolled-back",
     "rejected",
+    "shadowing",  # a candidate runs next to the serving model; its outputs are never acted on
+    "shadow-report",  # body["shadow"]: rows, agreement, latency_ms of current and candidate
 )
-COMMAND_KINDS = ("deploy", "rollback")
+COMMAND_KINDS = ("deploy", "rollback", "shadow", "shadow-stop")
+SHADOW_ROWS = 200  # live rows a shadow compares before it reports
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _VERSION = re.compile(r"[0-9]{1,18}")
 MAX_INT = 2**63 - 1  # the largest integer the SQLite/PostgreSQL stores hold
@@ -248,7 +251,10 @@ class Command:
     """Hub -> device on dev/{id}/cmd (QoS 1, persistent session).
 
     `deploy` names a TUF target; the device waits until its TUF timestamp is at least
-    `tuf_version` before it looks the target up, so it never races the metadata.
+    `tuf_version` before it looks the target up, so it never races the metadata. `shadow`
+    names a candidate the same way: the device verifies it, runs it next to the serving model
+    on live input without acting on its outputs, and reports on `events` every `rows` rows
+    (`shadow-report`) until `shadow-stop` or the next deploy.
     """
 
     id: str
@@ -258,14 +264,17 @@ class Command:
     tuf_version: int = 0
     rollout: str | None = None
     encrypt: bool = False  # fetch the target encrypted for this device's X25519 key
+    rows: int = SHADOW_ROWS  # shadow: live rows per report
 
     def __post_init__(self) -> None:
         if self.kind not in COMMAND_KINDS:
             raise MessageError(
                 f"command.kind: expected one of {', '.join(COMMAND_KINDS)}, got {self.kind!r}"
             )
-        if self.kind == "deploy" and (self.model is None or not self.target):
-            raise MessageError("command: a deploy needs both 'model' and 'target'")
+        if self.kind in ("deploy", "shadow") and (self.model is None or not self.target):
+            raise MessageError(f"command: a {self.kind} needs both 'model' and 'target'")
+        if not 1 <= self.rows <= 1_000_000:
+            raise MessageError(f"command.rows: expected 1 to 1000000, got {self.rows}")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -276,6 +285,7 @@ class Command:
             "tuf_version": self.tuf_version,
             "rollout": self.rollout,
             "encrypt": self.encrypt,
+            "rows": self.rows,
         }
 
 
@@ -297,6 +307,7 @@ def decode_command(payload: bytes) -> Command:
         tuf_version=field_of(obj, "tuf_version", int, where) if "tuf_version" in obj else 0,
         rollout=rollout,
         encrypt=field_of(obj, "encrypt", bool, where) if "encrypt" in obj else False,
+        rows=field_of(obj, "rows", int, where) if "rows" in obj else SHADOW_ROWS,
     )
 
 
