@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from cloud_hub import rollout as ro
-from cloud_hub.storage import Store, default_url
+from cloud_hub.storage import Store, default_url, dumps
 from cloud_hub.tuf_repo import TufRepository
 from edge_agent.errors import BadDataError, MessageError
 from edge_agent.mqtt_session import BrokerAddress, MqttSession
@@ -24,6 +24,7 @@ from edge_agent.protocol.messages import (
     Command,
     XferChunk,
     decode_batch,
+    decode_command,
     decode_status,
     decode_xfer_request,
     encode,
@@ -120,8 +121,21 @@ class Hub:
     def tick(self) -> None:
         if self.repo.initialised:
             self._publish_tuf()
+        self._send_outbox()
         for row in self.store.rollouts([ro.RUNNING]):
             self._step_rollout(ro.Rollout.from_json(row["body"]))
+
+    def _send_outbox(self) -> None:
+        """Commands queued by the CLI (shadow, shadow-stop), each published once, at QoS 1 to
+        the device's persistent session (an offline device gets it when it returns)."""
+        for command_id, device, body in self.store.unsent_commands():
+            try:
+                payload = encode(decode_command(dumps(body).encode()))
+            except BadDataError as exc:
+                log.warning("dropping queued command %d for %s: %s", command_id, device, exc)
+            else:
+                self.session.publish(self.topics.device(device, "cmd"), payload)
+            self.store.mark_sent(command_id)
 
     # ---- TUF ----------------------------------------------------------------------------
     def _publish_tuf(self) -> None:

@@ -80,6 +80,16 @@ rollouts = Table(
     Column("body", JSON, nullable=False),
 )
 
+outbox = Table(  # commands the CLI queued for the running hub to send
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device", String(64), nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("sent", Float),
+)
+
 hub_state = Table(
     "hub_state",
     metadata,
@@ -241,6 +251,21 @@ class Store:
             q = q.where(rollouts.c.state.in_(list(states)))
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings().all()]
+
+    # ---- command outbox -----------------------------------------------------------------
+    def queue_command(self, device: str, body: dict[str, Any]) -> None:
+        """A command for `device`, sent by the running hub on its next tick."""
+        with self.engine.begin() as conn:
+            conn.execute(insert(outbox).values(device=device, body=body, created=time.time()))
+
+    def unsent_commands(self) -> list[tuple[int, str, dict[str, Any]]]:
+        q = select(outbox.c.id, outbox.c.device, outbox.c.body).where(outbox.c.sent.is_(None))
+        with self.engine.connect() as conn:
+            return [(r[0], r[1], r[2]) for r in conn.execute(q.order_by(outbox.c.id))]
+
+    def mark_sent(self, command_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(outbox).where(outbox.c.id == command_id).values(sent=time.time()))
 
     # ---- small state ------------------------------------------------------------------
     def get_state(self, key: str, default: Any = None) -> Any:

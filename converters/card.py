@@ -81,7 +81,11 @@ def build_card(
             "inputs": [[float(v) for v in row] for row in np.asarray(sample_x, np.float32)],
             "outputs": [to_jsonable(v) for v in np.asarray(sample_out).ravel()],
         },
-        "health": {"max_latency_ms": float(max_latency_ms), "min_agreement": float(min_agreement)},
+        "health": {
+            "max_latency_ms": float(max_latency_ms),
+            "min_agreement": float(min_agreement),
+            "max_error_rate": 0.0,
+        },
         "validation": validation_report,
     }
     card = to_jsonable(card)

@@ -8,6 +8,7 @@ loop (micro-batches sensor lines, closes telemetry windows, refreshes the retain
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import queue
@@ -36,6 +37,7 @@ from edge_agent.protocol.messages import (
 )
 from edge_agent.protocol.topics import Topics
 from edge_agent.results import ResultPublisher
+from edge_agent.shadow import Shadow
 from edge_agent.sources import Source, source_from_config
 from edge_agent.trust import TufMirror, Verifier
 from edge_agent.updater import Downloader, Installed, TransferInterrupted, Updater
@@ -171,6 +173,7 @@ class Agent:
             on_drift=lambda r: self._record("drift", r),
             on_window=lambda r: self._record("telemetry", r),
             on_result=self.results,
+            on_shadow_report=self._shadow_report,
         )
         self.downloader = Downloader(
             lambda payload: self.session.publish(
@@ -190,6 +193,7 @@ class Agent:
             self._activate,
             cfg.get("runtime", "threads"),
             cfg.get("limits", "transfer_timeout_s"),
+            set_shadow=self._set_shadow,
         )
         self.lines: queue.Queue[tuple[str, bytes]] = queue.Queue(cfg.get("pipeline", "queue_max"))
         self.commands: queue.Queue[Command] = queue.Queue()
@@ -206,18 +210,30 @@ class Agent:
         self.buffer.append(kind, body)
         self.sender.wake.set()
 
-    def _event(self, event: str, model: ModelRef | None, reason: str, rollout: str | None) -> None:
+    def _event(
+        self,
+        event: str,
+        model: ModelRef | None,
+        reason: str,
+        rollout: str | None,
+        **extra: Any,
+    ) -> None:
         log.info("%s %s %s", event, model, reason)
-        self._record(
-            "events",
-            {
-                "event": event,
-                "model": model.to_json() if model else None,
-                "reason": reason,
-                "rollout": rollout,
-            },
-        )
+        body = {
+            "event": event,
+            "model": model.to_json() if model else None,
+            "reason": reason,
+            "rollout": rollout,
+        }
+        self._record("events", {**body, **extra})
         self._publish_status()
+
+    def _set_shadow(self, shadow: Shadow | None) -> None:
+        self.pipeline.shadow = shadow
+
+    def _shadow_report(self, shadow: Shadow, report: dict[str, Any]) -> None:
+        reason = f"agreement {report['agreement']:.3f} over {report['rows']} rows"
+        self._event("shadow-report", shadow.candidate, reason, shadow.rollout, shadow=report)
 
     def _activate(self, installed: Installed | None) -> None:
         if installed is None:
@@ -298,9 +314,13 @@ class Agent:
 
     def _publish_status(self) -> None:
         status = self.status()
-        atomic_write(self.cfg.state_dir / "status.json", json.dumps(status.to_json()).encode())
+        self._write_status(status)
         if self.session.connected.is_set():
             self.session.publish(self._status_topic, encode(status), retain=True)
+
+    def _write_status(self, status: Status) -> None:
+        """status.json, what `edge-agent status` reads without asking the daemon."""
+        atomic_write(self.cfg.state_dir / "status.json", json.dumps(status.to_json()).encode())
 
     # ---- running ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -389,4 +409,5 @@ class Agent:
         self._publish_status()
         offline = Status(self.cfg.device_id, online=False, boot=self.boot, ts=time.time())
         self.session.stop(final=(self._status_topic, encode(offline)))
+        self._write_status(dataclasses.replace(self.status(), online=False, ts=time.time()))
         self.buffer.close()

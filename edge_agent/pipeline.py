@@ -29,11 +29,13 @@ from edge_agent.errors import SensorLineError
 from edge_agent.line_parser import LineParser
 from edge_agent.protocol.card import ModelCard
 from edge_agent.runtime import Runtime
+from edge_agent.shadow import Shadow
 from edge_agent.telemetry import RunningStats, Window
 
 log = logging.getLogger(__name__)
 
 OnResult = Callable[[dict[str, Any]], None]
+OnShadowReport = Callable[[Shadow, dict[str, Any]], None]
 
 BOUNDS_TOLERANCE = 1.0  # accept values up to one reference range beyond the card's min and max
 
@@ -76,13 +78,16 @@ class Pipeline:
         on_drift: Callable[[dict[str, Any]], None],
         on_window: Callable[[dict[str, Any]], None],
         on_result: OnResult | None = None,
+        on_shadow_report: OnShadowReport | None = None,
     ) -> None:
         self.active: ActiveModel | None = None
+        self.shadow: Shadow | None = None  # a candidate beside `active`; outputs never used
         self.stats = RunningStats()
         self.result_errors = 0  # times on_result raised
         self._on_drift = on_drift
         self._on_window = on_window
         self._on_result = on_result
+        self._on_shadow_report = on_shadow_report
         self._window = Window(time.time())
         self._lock = threading.Lock()
 
@@ -116,6 +121,11 @@ class Pipeline:
         report = model.monitor.add(x)
         if report is not None:
             self._on_drift(report)
+        shadow = self.shadow
+        if shadow is not None:
+            compared = shadow.observe(x, predictions, latency_ms, model.card.model)
+            if compared is not None and self._on_shadow_report is not None:
+                self._on_shadow_report(shadow, compared)
 
     def _results(
         self, on_result: OnResult, ref: str, predictions: np.ndarray, share_ms: float

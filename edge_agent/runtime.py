@@ -8,12 +8,13 @@ measured is what the device runs.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
-from edge_agent.errors import BundleRejected
+from edge_agent.errors import BundleRejected, EdgefleetError
 from edge_agent.protocol.card import ModelCard
 
 
@@ -73,5 +74,17 @@ def open_runtime(
     raise BundleRejected("bad-card", f"runtime {kind!r} is not one this agent knows")
 
 
+WARMUP_RUNS = 3
+
+
 def load_runtime(card: ModelCard, model_bytes: bytes, threads: int = 1) -> Runtime:
-    return open_runtime(card.runtime, model_bytes, card.task, card.classes, threads)
+    """The card's runtime, warmed up: a few single-row inferences on the card's first sample row
+    (or zeros), so the first sensor line does not pay for lazy allocation. A failure here is
+    left for the health gate to count and report."""
+    runtime = open_runtime(card.runtime, model_bytes, card.task, card.classes, threads)
+    sample = card.sample_inputs[:1] or ((0.0,) * card.n_features,)
+    row = np.asarray(sample, dtype=np.float32)
+    with contextlib.suppress(EdgefleetError, RuntimeError, ValueError):
+        for _ in range(WARMUP_RUNS):
+            runtime.predict(row)
+    return runtime

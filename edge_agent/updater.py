@@ -28,6 +28,7 @@ from edge_agent.protocol.messages import (
 )
 from edge_agent.protocol.transfer import Reassembly
 from edge_agent.runtime import Runtime, load_runtime
+from edge_agent.shadow import Shadow
 from edge_agent.transfer_crypto import open_chunk, unwrap_key
 from edge_agent.trust import TufMirror, VerifiedTarget, Verifier, sha256_hex
 
@@ -227,6 +228,7 @@ class Updater:
         activate: Callable[[Installed | None], None],
         threads: int,
         transfer_timeout: float,
+        set_shadow: Callable[[Shadow | None], None] = lambda _shadow: None,
     ) -> None:
         self.verifier = verifier
         self.mirror = mirror
@@ -236,6 +238,7 @@ class Updater:
         self.activate = activate
         self.threads = threads
         self.transfer_timeout = transfer_timeout
+        self.set_shadow = set_shadow
 
     def load(self, model: ModelRef) -> Installed:
         """An installed bundle, ready to serve (used at start-up and for rollback)."""
@@ -249,30 +252,63 @@ class Updater:
         if current is None:
             return
         try:
-            installed = self.load(current)
-            result = check_health(installed.bundle.card, installed.runtime)
+            bundle = read_bundle(self.store.read(current), None, self.verifier.max_bundle_bytes * 4)
         except BadDataError as exc:
             log.error("installed model %s does not load (%s); rolling back", current, exc)
             self.rollback(None, f"installed model does not load: {exc}", failed=current)
             return
-        if not result.ok:
-            self.rollback(None, f"health gate failed at start: {result.reason}", failed=current)
+        runtime, reason = self._gated(bundle)
+        if runtime is None:
+            self.rollback(None, f"health gate failed at start: {reason}", failed=current)
             return
-        self.activate(installed)
+        self.activate(Installed(bundle, runtime))
 
     def handle(self, cmd: Command) -> None:
         if cmd.kind == "deploy":
             self.deploy(cmd)
         elif cmd.kind == "rollback":
             self.rollback(cmd.rollout, "requested by the hub")
+        elif cmd.kind == "shadow":
+            self.shadow(cmd)
+        elif cmd.kind == "shadow-stop":
+            self.set_shadow(None)
 
     def deploy(self, cmd: Command) -> None:
+        assert cmd.model is not None  # checked by Command
+        running = self.store.record().current
+        if running == cmd.model:
+            self.emit("healthy", cmd.model, "already running", cmd.rollout)
+            return
+        self.set_shadow(None)  # the candidate is either this model now, or beside the point
+        fetched = self._fetch_verified(cmd, running)
+        if fetched is None:
+            return
+        bundle, data = fetched
+        self.store.install(cmd.model, data)
+        self.emit("installed", cmd.model, "", cmd.rollout)
+        self._gate(bundle, cmd.rollout)
+
+    def shadow(self, cmd: Command) -> None:
+        """Verify the candidate like a deploy, gate it, then run it beside the serving model
+        (in memory only: nothing is installed and nothing acts on its outputs)."""
+        assert cmd.model is not None  # checked by Command
+        fetched = self._fetch_verified(cmd, self.store.record().current)
+        if fetched is None:
+            return
+        bundle, _ = fetched
+        runtime, reason = self._gated(bundle)
+        if runtime is None:
+            self.emit("rejected", cmd.model, f"unhealthy: {reason}", cmd.rollout)
+            return
+        self.set_shadow(Shadow(cmd.model, runtime, bundle.card.task, cmd.rows, cmd.rollout))
+        self.emit("shadowing", cmd.model, f"report every {cmd.rows} rows", cmd.rollout)
+
+    def _fetch_verified(
+        self, cmd: Command, running: ModelRef | None
+    ) -> tuple[Bundle, bytes] | None:
+        """offered -> downloading -> verified, or rejected (None) with its reason."""
         assert cmd.model is not None and cmd.target is not None  # checked by Command
         model = cmd.model
-        running = self.store.record().current
-        if running == model:
-            self.emit("healthy", model, "already running", cmd.rollout)
-            return
         self.emit("offered", model, "", cmd.rollout)
         try:
             if not self.mirror.wait_for_timestamp(cmd.tuf_version, timeout=30):
@@ -301,29 +337,32 @@ class Updater:
                 self.emit("rejected", model, f"{exc.reason}: {exc.detail}", cmd.rollout)
             else:
                 self.emit("rejected", model, f"bad-message: {exc}", cmd.rollout)
-            return
-        self.store.install(model, data)
-        self.emit("installed", model, "", cmd.rollout)
-        self._gate(bundle, cmd.rollout)
+            return None
+        return bundle, data
+
+    def _gated(self, bundle: Bundle) -> tuple[Runtime | None, str]:
+        """The bundle's runtime, loaded, warmed up and through the health gate, with what the
+        gate measured; or None and why it failed."""
+        try:
+            runtime = load_runtime(bundle.card, bundle.model_bytes, self.threads)
+        except BundleRejected as exc:
+            return None, str(exc)
+        result = check_health(bundle.card, runtime)
+        if not result.ok:
+            return None, result.reason
+        return runtime, (
+            f"agreement {result.agreement:.2f}, p50 {result.p50_latency_ms:.2f} ms, "
+            f"error rate {result.error_rate:.2f}"
+        )
 
     def _gate(self, bundle: Bundle, rollout: str | None) -> None:
         model = bundle.card.model
-        try:
-            runtime = load_runtime(bundle.card, bundle.model_bytes, self.threads)
-            result = check_health(bundle.card, runtime)
-            reason = result.reason
-        except BundleRejected as exc:
-            result, reason = None, str(exc)
-        if result is not None and result.ok:
-            self.activate(Installed(bundle, runtime))
-            self.emit(
-                "healthy",
-                model,
-                f"agreement {result.agreement:.2f}, p50 {result.p50_latency_ms:.2f} ms",
-                rollout,
-            )
+        runtime, reason = self._gated(bundle)
+        if runtime is None:
+            self.rollback(rollout, f"health gate failed: {reason}", failed=model)
             return
-        self.rollback(rollout, f"health gate failed: {reason}", failed=model)
+        self.activate(Installed(bundle, runtime))
+        self.emit("healthy", model, reason, rollout)
 
     def rollback(self, rollout: str | None, reason: str, failed: ModelRef | None = None) -> None:
         """Back to the previous model; with none left the device serves nothing, says so."""

@@ -835,6 +835,10 @@ def test_sigterm_finishes_flushes_and_says_goodbye(rig: Rig, bundles: dict[int, 
     retained = _retained_status(rig.broker)
     assert retained["online"] is False and retained["boot"] == 1 and retained["ts"] > 0
     rig.hub_wait("the hub to see it offline", lambda: rig.hub_device()["online"] is False)
+    # and `edge-agent status` on the device, which reads status.json, says so too
+    local = json.loads((rig.state / "status.json").read_text())
+    assert local["online"] is False and local["model"]["version"] == 1
+    assert local["stats"]["inferences"] > 0
 
 
 @pytest.mark.broker

@@ -104,6 +104,7 @@ class ModelCard:
     sample_outputs: tuple[Any, ...]
     max_latency_ms: float
     min_agreement: float
+    max_error_rate: float  # share of sample rows allowed to fail or give a non-finite output
     validation: dict[str, Any]
     raw: dict[str, Any]
 
@@ -122,6 +123,12 @@ def _floats(value: object, where: str) -> list[float]:
     ):
         raise MessageError(f"{where}: expected a list of finite numbers, got {value!r:.80}")
     return [float(v) for v in value]
+
+
+def _rate(value: object, where: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise MessageError(f"{where}: expected a number from 0 to 1, got {value!r:.80}")
+    return float(value)
 
 
 def parse_card(obj: object) -> ModelCard:
@@ -205,6 +212,7 @@ def _parse_card(obj: object) -> ModelCard:
         sample_outputs=tuple(outputs),
         max_latency_ms=float(field_of(health, "max_latency_ms", (int, float), f"{where}.health")),
         min_agreement=float(field_of(health, "min_agreement", (int, float), f"{where}.health")),
+        max_error_rate=_rate(health.get("max_error_rate", 0.0), f"{where}.health.max_error_rate"),
         validation=obj.get("validation", {}) if isinstance(obj.get("validation"), dict) else {},
         raw=obj,
     )
