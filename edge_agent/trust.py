@@ -1,9 +1,9 @@
 """Verification of model bundles with TUF (`tuf.ngclient`), fed by what arrived over MQTT.
 
 The hub publishes TUF metadata retained on `fleet/tuf/...`; the agent's MQTT session puts each
-payload into a `TufMirror`, and `MqttFetcher` serves ngclient from it (there is no HTTP server
-anywhere). Every trust decision is ngclient's; this module maps its verdicts to rejection
-reasons and adds the one rule TUF does not know: never a lower `model_version` of a model.
+payload into a `TufMirror`, and `tuf_fetcher.MqttFetcher` serves ngclient from it (there is no
+HTTP server anywhere). Every trust decision is ngclient's; this module maps its verdicts to
+rejection reasons and adds the one rule TUF does not know: never a lower `model_version`.
 """
 
 from __future__ import annotations
@@ -11,21 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-from tuf.api import exceptions as tuf_exc
-from tuf.api.metadata import TargetFile
-from tuf.ngclient import Updater, UpdaterConfig
-from tuf.ngclient.fetcher import FetcherInterface
+from typing import TYPE_CHECKING
 
 from edge_agent.errors import BundleRejected, ConfigError
 from edge_agent.fsutil import atomic_write
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.transfer import chunk_count
 
-_METADATA_URL = "mqtt:/tuf/"
+if TYPE_CHECKING:
+    from tuf.api.metadata import TargetFile
+
+# python-tuf (about 19 MB resident with its dependencies) is imported when an update arrives,
+# not when the agent starts: most of a device's life is inference.
 
 
 class TufMirror:
@@ -66,24 +65,6 @@ class TufMirror:
             return 0
 
 
-class MqttFetcher(FetcherInterface):
-    """Serves ngclient's metadata requests from the mirror; 404 for what has not arrived."""
-
-    def __init__(self, mirror: TufMirror) -> None:
-        self.mirror = mirror
-
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        if not url.startswith(_METADATA_URL):
-            raise tuf_exc.DownloadHTTPError(f"{url}: only TUF metadata travels this way", 404)
-        name = url[len(_METADATA_URL) :]
-        if name.endswith(".root.json"):  # ngclient asks for N.root.json
-            name = f"root/{name.split('.')[0]}.json"
-        data = self.mirror.get(name)
-        if data is None:
-            raise tuf_exc.DownloadHTTPError(f"{name} has not arrived on the broker", 404)
-        return iter([data])
-
-
 @dataclass(frozen=True)
 class VerifiedTarget:
     path: str
@@ -107,6 +88,8 @@ class VerifiedTarget:
 
 
 def _reason(exc: Exception) -> str:
+    from tuf.api import exceptions as tuf_exc
+
     if isinstance(exc, tuf_exc.ExpiredMetadataError):
         return "expired"
     if isinstance(exc, tuf_exc.BadVersionNumberError):
@@ -135,9 +118,14 @@ class Verifier:
 
     def lookup(self, path: str, expected: ModelRef, running: ModelRef | None) -> VerifiedTarget:
         """Refresh metadata, find `path`, and check it is the model and version we were told."""
+        from tuf.api import exceptions as tuf_exc
+        from tuf.ngclient import Updater, UpdaterConfig
+
+        from edge_agent.tuf_fetcher import METADATA_URL, MqttFetcher
+
         updater = Updater(
             metadata_dir=str(self.tuf_dir),
-            metadata_base_url=_METADATA_URL,
+            metadata_base_url=METADATA_URL,
             fetcher=MqttFetcher(self.mirror),
             config=UpdaterConfig(prefix_targets_with_hash=False),
             bootstrap=None,
@@ -177,6 +165,8 @@ class Verifier:
 
     def check(self, target: VerifiedTarget, data: bytes) -> None:
         """The downloaded bytes must have the signed length and hashes."""
+        from tuf.api import exceptions as tuf_exc
+
         if len(data) < target.length:
             raise BundleRejected(
                 "truncated", f"{target.path}: got {len(data)} of {target.length} bytes"

@@ -34,12 +34,12 @@ from edge_agent.model_store import ActiveRecord, ModelStore
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.transfer import CHUNK_SIZE
 from edge_agent.trust import (
-    MqttFetcher,
     TufMirror,
     Verifier,
     install_trusted_root,
     sha256_hex,
 )
+from edge_agent.tuf_fetcher import MqttFetcher
 
 MAX_BUNDLE = 1 << 20
 IRIS = ModelRef("iris", 1)
