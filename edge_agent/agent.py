@@ -16,14 +16,13 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
 from edge_agent.buffer import Buffer
 from edge_agent.config import AgentConfig
 from edge_agent.errors import BadDataError, ConfigError
 from edge_agent.fsutil import atomic_write
-from edge_agent.identity import load_identity
 from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_session import BrokerAddress, MqttSession
 from edge_agent.pipeline import ActiveModel, Pipeline
@@ -41,6 +40,9 @@ from edge_agent.shadow import Shadow
 from edge_agent.sources import Source, source_from_config
 from edge_agent.trust import TufMirror, Verifier
 from edge_agent.updater import Downloader, Installed, TransferInterrupted, Updater
+
+if TYPE_CHECKING:
+    from edge_agent.identity import DeviceIdentity
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +183,7 @@ class Agent:
             ),
             cfg.get("limits", "transfer_window"),
             state / "xfer",
-            identity=load_identity(state),
+            identity=self._identity,
             stop=self.stop_event,
         )
         self.updater = Updater(
@@ -227,6 +229,11 @@ class Agent:
         }
         self._record("events", {**body, **extra})
         self._publish_status()
+
+    def _identity(self) -> DeviceIdentity | None:
+        from edge_agent.identity import load_identity  # cryptography, only when needed
+
+        return load_identity(self.cfg.state_dir)
 
     def _set_shadow(self, shadow: Shadow | None) -> None:
         self.pipeline.shadow = shadow

@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent.bundle import Bundle, read_bundle
-from edge_agent.errors import BadDataError, BundleRejected, MessageError
+from edge_agent.errors import BadDataError, BundleRejected, ConfigError, MessageError
 from edge_agent.health import check_health
-from edge_agent.identity import DeviceIdentity
 from edge_agent.model_store import ModelStore
 from edge_agent.partial_transfer import PartialTransfer
 from edge_agent.protocol.messages import (
@@ -29,8 +29,10 @@ from edge_agent.protocol.messages import (
 from edge_agent.protocol.transfer import Reassembly
 from edge_agent.runtime import Runtime, load_runtime
 from edge_agent.shadow import Shadow
-from edge_agent.transfer_crypto import open_chunk, unwrap_key
 from edge_agent.trust import TufMirror, VerifiedTarget, Verifier, sha256_hex
+
+if TYPE_CHECKING:  # cryptography (about 6 MB resident) loads with the first encrypted transfer
+    from edge_agent.identity import DeviceIdentity
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class Downloader:
         publish: Callable[[bytes], object],
         window: int,
         partial_dir: Path,
-        identity: DeviceIdentity | None = None,
+        identity: Callable[[], DeviceIdentity | None] = lambda: None,
         retry_after: float = 2.0,
         checkpoint_every: int = 16,
         stop: threading.Event | None = None,
@@ -77,7 +79,8 @@ class Downloader:
         self._stop = stop
         self._window = window
         self._partial_dir = partial_dir
-        self._identity = identity
+        self._load_identity = identity  # called on the first encrypted transfer
+        self._identity: DeviceIdentity | None = None
         self._retry_after = retry_after
         self._checkpoint_every = checkpoint_every
         self._job: _Job | None = None
@@ -98,10 +101,15 @@ class Downloader:
 
     def fetch(self, target: VerifiedTarget, timeout: float, encrypted: bool = False) -> Fetched:
         if encrypted and self._identity is None:
-            raise BundleRejected(
-                "not-enrolled",
-                "an encrypted transfer needs the device's identity; run `edge-agent enroll`",
-            )
+            try:
+                self._identity = self._load_identity()
+            except ConfigError as exc:
+                raise BundleRejected("not-enrolled", str(exc)) from exc
+            if self._identity is None:
+                raise BundleRejected(
+                    "not-enrolled",
+                    "an encrypted transfer needs the device's identity; run `edge-agent enroll`",
+                )
         partial = PartialTransfer(self._partial_dir, target.path, target.length, target.sha256)
         job = _Job(target, Reassembly(target.path, target.length), partial, self._identity)
         job.encrypted = encrypted
@@ -183,6 +191,8 @@ class _Job:
         if self.encrypted:
             if chunk.key is None:
                 return self._bad(chunk.index)  # plaintext in an encrypted transfer
+            from edge_agent.transfer_crypto import open_chunk, unwrap_key
+
             key = self._keys.get(chunk.key)
             if key is None:
                 assert self.identity is not None  # checked before the job starts

@@ -109,8 +109,9 @@ def test_agent_runs_a_model_with_the_base_install_only(tmp_path: Path) -> None:
         print(rt.predict(np.asarray(b.card.sample_inputs, dtype=np.float32)[:3]).tolist())
         bad = [m for m in sys.modules if m.split(".")[0] in BLOCKED]
         assert not bad, bad
-        # python-tuf is loaded when an update arrives, not for serving (memory budget)
+        # python-tuf and cryptography load when an update arrives, not for serving (memory)
         assert "tuf" not in sys.modules, "tuf imported by a serving agent"
+        assert "cryptography" not in sys.modules, "cryptography imported by a serving agent"
         """
     )
     out = subprocess.run(
