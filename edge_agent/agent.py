@@ -223,13 +223,17 @@ class Agent:
         if installed is None:
             self.pipeline.active = None
             return
-        self.pipeline.active = ActiveModel.build(
+        active = ActiveModel.build(
             installed.bundle.card,
             installed.runtime,
             self.cfg.get("drift", "window"),
             self.cfg.get("drift", "psi_warn"),
             self.cfg.get("drift", "psi_alert"),
+            self.cfg.get("drift", "window_s") or None,
         )
+        if self.cfg.get("drift", "capture"):  # off by default: raw inputs may be personal data
+            active.monitor.capture = self.cfg.get("drift", "capture_rows")
+        self.pipeline.active = active
 
     def _bad_message(self, topic: str, exc: BadDataError) -> None:
         self.bad_messages += 1
