@@ -65,6 +65,7 @@ class Hub:
         self.repo = TufRepository(home)
         self.store = Store(store_url or default_url(home))
         self.rejected: Counter[str] = Counter()
+        self.stored: Counter[str] = Counter()  # new records this process stored, per kind
         self.handled = threading.Condition()  # notified after each message; for observers
         self.incoming: queue.Queue[tuple[str, bytes, Ack]] = queue.Queue()
         self.ready = threading.Event()
@@ -115,7 +116,9 @@ class Hub:
             else:
                 batch = decode_batch(payload, kind)
                 self._same_device(device, batch.device, kind)
-                self.store.add_batch(kind, batch)
+                new = self.store.add_batch(kind, batch)
+                with self.handled:
+                    self.stored[kind] += new
         except BadDataError as exc:
             with self.handled:
                 self.rejected[type(exc).__name__] += 1
