@@ -33,8 +33,9 @@ PROFILE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "batch_size": int,
         "max_inflight": int,
         "status_interval_s": Number,
+        "drain_rate": Number,
     },
-    "buffer": {"max_rows": int},
+    "buffer": {"max_rows": int, "max_bytes": int},
     "drift": {
         "window": int,
         "window_s": Number,
@@ -68,6 +69,7 @@ def _zero_or_positive(v: Any) -> str | None:
 
 VALUE_RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("drift", "window_s"): _zero_or_positive,
+    ("telemetry", "drain_rate"): _zero_or_positive,
     ("drift", "capture_rows"): lambda v: (
         None if 1 <= v <= MAX_CAPTURE_ROWS else (f"1 to {MAX_CAPTURE_ROWS} rows")
     ),
