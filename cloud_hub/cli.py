@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from cloud_hub import keys_cli, shadow_cli
+from cloud_hub import drift_cli, keys_cli, shadow_cli
 from cloud_hub.model_report import card_rows, feature_rows, report_rows, verdict
 from converters.source import QUANTIZE_MODES
 from edge_agent.errors import EdgefleetError
@@ -218,7 +218,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    hub = Hub(_home(args), BrokerAddress(args.broker_host, args.broker_port), args.prefix)
+    hub = Hub(
+        _home(args),
+        BrokerAddress(args.broker_host, args.broker_port),
+        args.prefix,
+        share=args.share,
+        retention_days=args.retention_days,
+    )
     console.print(f"hub serving {args.home} on broker {args.broker_host}:{args.broker_port}")
     hub.run(stop)
     return 0
@@ -278,6 +284,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(DemoOptions(seconds=args.seconds, broker=args.broker, keep=args.keep))
 
 
+def _positive_days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not 0 < days < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of days, got {text!r}")
+    return days
+
+
 # ---- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -306,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys_cli.register(sub, add)
     shadow_cli.register(sub, add)
+    drift_cli.register(sub, add)
 
     model = sub.add_parser("model", help="signed model bundles").add_subparsers(
         dest="sub", required=True
@@ -373,6 +390,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--broker-host", default="127.0.0.1")
     sp.add_argument("--broker-port", type=int, default=1883)
     sp.add_argument("--prefix", default="edgefleet", help="topic prefix")
+    sp.add_argument(
+        "--share",
+        metavar="GROUP",
+        help="subscribe to device topics as MQTT shared-subscription group GROUP, so several "
+        "hubs split the ingest",
+    )
+    sp.add_argument(
+        "--retention-days",
+        type=_positive_days,
+        help="remove device records older than this many days (default: keep everything)",
+    )
 
     rollout = sub.add_parser("rollout", help="staged rollouts").add_subparsers(
         dest="sub", required=True

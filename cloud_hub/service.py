@@ -2,6 +2,12 @@
 
 paho's thread only queues incoming messages; one loop stores them, serves transfer requests,
 publishes TUF metadata when the repository changed, and steps the running rollouts.
+
+Exactly once across a hub restart: device records arrive at QoS 1 on a persistent session with
+manual acknowledgement, and the PUBACK goes out only after the record is committed to the store.
+A hub that dies before that gets the message again from the broker when it comes back; the store
+drops the repeat by (device, boot, seq). With `share`, several hubs subscribe to the device
+topics as one MQTT shared-subscription group and the broker splits the messages between them.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from cloud_hub import rollout as ro
 from cloud_hub.storage import Store, default_url, dumps
 from cloud_hub.tuf_repo import TufRepository
 from edge_agent.errors import BadDataError, MessageError
-from edge_agent.mqtt_session import BrokerAddress, MqttSession
+from edge_agent.mqtt_session import Ack, BrokerAddress, MqttSession
 from edge_agent.protocol.messages import (
     Command,
     XferChunk,
@@ -37,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MAX_CHUNKS_PER_REQUEST = 64
 TICK_S = 0.25
+PRUNE_EVERY_S = 60.0
 
 
 def _root_number(name: str) -> int:
@@ -51,25 +58,30 @@ class Hub:
         prefix: str = "edgefleet",
         store_url: str | None = None,
         client_id: str = "edgehub",
+        share: str | None = None,
+        retention_days: float | None = None,
     ) -> None:
         self.home = home
         self.topics = Topics(prefix)
         self.repo = TufRepository(home)
         self.store = Store(store_url or default_url(home))
         self.rejected: Counter[str] = Counter()
+        self.stored: Counter[str] = Counter()  # new records this process stored, per kind
         self.handled = threading.Condition()  # notified after each message; for observers
-        self.incoming: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.incoming: queue.Queue[tuple[str, bytes, Ack]] = queue.Queue()
         self.ready = threading.Event()
-        self.session = MqttSession(client_id, broker, persistent=True)
+        self.retention_s = retention_days * 86400 if retention_days else None
+        self._next_prune = 0.0
+        self.session = MqttSession(client_id, broker, persistent=True, manual_ack=True)
         for kind in ("status", "telemetry", "drift", "events", "xfer/req"):
-            self.session.subscribe(self.topics.any_device(kind), self._queue)
+            self.session.subscribe_acked(self.topics.any_device(kind), self._queue, share=share)
         self._targets: dict[str, bytes] = {}
         self._transfer_keys: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._published_ts = 0
         self._next_timestamp_check = 0.0
 
-    def _queue(self, topic: str, payload: bytes) -> None:
-        self.incoming.put((topic, payload))
+    def _queue(self, topic: str, payload: bytes, ack: Ack) -> None:
+        self.incoming.put((topic, payload, ack))
 
     # ---- the loop ---------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -79,11 +91,13 @@ class Hub:
         next_tick = 0.0
         while not stop.is_set():
             try:
-                topic, payload = self.incoming.get(timeout=TICK_S)
+                topic, payload, ack = self.incoming.get(timeout=TICK_S)
                 self.handle(topic, payload)
-                while True:
-                    topic, payload = self.incoming.get_nowait()
+                ack()  # committed: now the broker may forget it
+                while not stop.is_set():
+                    topic, payload, ack = self.incoming.get_nowait()
                     self.handle(topic, payload)
+                    ack()
             except queue.Empty:
                 pass
             if time.monotonic() >= next_tick:
@@ -103,7 +117,9 @@ class Hub:
             else:
                 batch = decode_batch(payload, kind)
                 self._same_device(device, batch.device, kind)
-                self.store.add_batch(kind, batch)
+                new = self.store.add_batch(kind, batch)
+                with self.handled:
+                    self.stored[kind] += new
         except BadDataError as exc:
             with self.handled:
                 self.rejected[type(exc).__name__] += 1
@@ -118,7 +134,17 @@ class Hub:
                 f"{kind}: published on {topic_device}'s topic but claims device {claimed!r}"
             )
 
-    def tick(self) -> None:
+    def tick(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if self.retention_s is not None and now >= self._next_prune:
+            removed = self.store.prune(now - self.retention_s)
+            if removed:
+                log.info(
+                    "retention: removed %d records older than %.0f days",
+                    removed,
+                    self.retention_s / 86400,
+                )
+            self._next_prune = now + PRUNE_EVERY_S
         if self.repo.initialised:
             self._publish_tuf()
         self._send_outbox()

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -267,6 +268,10 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(update(outbox).where(outbox.c.id == command_id).values(sent=time.time()))
 
+    def prune(self, cutoff: float) -> int:
+        """Retention (see prune_records)."""
+        return prune_records(self, cutoff)
+
     # ---- small state ------------------------------------------------------------------
     def get_state(self, key: str, default: Any = None) -> Any:
         with self.engine.connect() as conn:
@@ -277,6 +282,90 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(self._insert_once(hub_state), [{"key": key, "value": value}])
             conn.execute(update(hub_state).where(hub_state.c.key == key).values(value=value))
+
+
+# ---- drift reports, captures and retention ------------------------------------------------
+# Drift reports are device records of kind "drift" (one per window); these read them per model
+# version and device. A report of an alerting window may carry `capture` (a bounded sample of the
+# inputs, when the device's profile allows it).
+
+
+def drift_summary(
+    store: Store, model: str | None = None, device: str | None = None
+) -> list[dict[str, Any]]:
+    """One row per (model, version, device): windows, warn and alert counts, the latest status
+    and report time, the largest PSI seen, and the features that moved (with how many windows
+    named each), most often first."""
+    groups: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for r in store.records("drift", device):
+        ref = r.body.get("model") or {}
+        name, version = str(ref.get("name", "?")), int(ref.get("version", 0))
+        if model is not None and model not in (name, f"{name}@{version}"):
+            continue
+        g = groups.setdefault(
+            (name, version, r.device),
+            {
+                "model": name,
+                "version": version,
+                "device": r.device,
+                "windows": 0,
+                "warn": 0,
+                "alert": 0,
+                "max_psi": 0.0,
+                "moved": {},
+                "captures": 0,
+            },
+        )
+        status = str(r.body.get("status", "ok"))
+        g["windows"] += 1
+        if status in ("warn", "alert"):
+            g[status] += 1
+        g["status"], g["last_ts"] = status, r.ts
+        g["max_psi"] = max(g["max_psi"], float(r.body.get("max_psi", 0.0)))
+        moved = r.body.get("moved")
+        if not isinstance(moved, list):  # reports from agents before `moved` existed
+            moved = (
+                [r.body["worst_feature"]] if status != "ok" and "worst_feature" in r.body else []
+            )
+        for feature in moved:
+            g["moved"][str(feature)] = g["moved"].get(str(feature), 0) + 1
+        g["captures"] += 1 if isinstance(r.body.get("capture"), dict) else 0
+    out = []
+    for key in sorted(groups):
+        g = groups[key]
+        g["moved"] = dict(sorted(g["moved"].items(), key=lambda kv: (-kv[1], kv[0])))
+        out.append(g)
+    return out
+
+
+def drift_captures(
+    store: Store, model: str | None = None, device: str | None = None
+) -> list[dict[str, Any]]:
+    """The captured inputs of alerting windows: one dict per row, with device, model, version,
+    boot, seq (of the report) and one key per feature."""
+    rows: list[dict[str, Any]] = []
+    for r in store.records("drift", device):
+        capture, ref = r.body.get("capture"), r.body.get("model") or {}
+        if not isinstance(capture, dict):
+            continue
+        name, version = str(ref.get("name", "?")), int(ref.get("version", 0))
+        if model is not None and model not in (name, f"{name}@{version}"):
+            continue
+        features = [str(f) for f in capture.get("features", [])]
+        for values in capture.get("rows", []):
+            if isinstance(values, list) and len(values) == len(features):
+                head = {"device": r.device, "model": name, "version": version}
+                rows.append(
+                    head | {"boot": r.boot, "seq": r.seq} | dict(zip(features, values, strict=True))
+                )
+    return rows
+
+
+def prune_records(store: Store, cutoff: float) -> int:
+    """Retention: remove device records received before `cutoff` (epoch seconds)."""
+    with store.engine.begin() as conn:
+        result = conn.execute(delete(records).where(records.c.received < cutoff))
+    return int(result.rowcount or 0)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

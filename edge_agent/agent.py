@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
-from edge_agent.buffer import Buffer
+from edge_agent.buffer import Buffer, TokenBucket
 from edge_agent.config import AgentConfig
 from edge_agent.errors import BadDataError, ConfigError
 from edge_agent.fsutil import atomic_write
@@ -70,6 +70,7 @@ class Sender:
         batch_size: int,
         max_inflight: int,
         resend_after: float = 30.0,
+        drain_rate: float = 0.0,
     ) -> None:
         self.buffer = buffer
         self.session = session
@@ -78,6 +79,8 @@ class Sender:
         self.batch_size = batch_size
         self.max_inflight = max_inflight
         self.resend_after = resend_after
+        # records a second at most (0: unlimited), a burst of one second's worth or one batch
+        self.bucket = TokenBucket(drain_rate, max(drain_rate, batch_size), time.monotonic())
         self.sent: Counter[str] = Counter()  # records acknowledged by the broker, per kind
         self.wake = threading.Event()
         self._acked: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -112,7 +115,10 @@ class Sender:
         busy = {rid for _, ids, _ in self._inflight.values() for rid in ids}
         published = 0
         while len(self._inflight) < self.max_inflight:
-            pending = self.buffer.take(self.batch_size, busy)
+            allowed = self.bucket.take(self.batch_size, time.monotonic())
+            if not allowed:
+                break
+            pending = self.buffer.take(allowed, busy)
             if not pending:
                 break
             kind = pending[0].kind
@@ -131,7 +137,7 @@ class Sender:
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             self.pump()
-            self.wake.wait(0.5)
+            self.wake.wait(max(0.01, min(0.5, self.bucket.wait(time.monotonic()))))
             self.wake.clear()
 
 
@@ -149,7 +155,12 @@ class Agent:
             ) from exc
         self.boot = next_boot(state)
         self.stop_event = threading.Event()
-        self.buffer = Buffer(state / "buffer.sqlite", self.boot, cfg.get("buffer", "max_rows"))
+        self.buffer = Buffer(
+            state / "buffer.sqlite",
+            self.boot,
+            cfg.get("buffer", "max_rows"),
+            cfg.get("buffer", "max_bytes"),
+        )
         self.store = ModelStore(state / "models")
         self.mirror = TufMirror()
         self.verifier = Verifier(state / "tuf", self.mirror, cfg.get("limits", "max_bundle_bytes"))
@@ -169,6 +180,7 @@ class Agent:
             cfg.device_id,
             cfg.get("telemetry", "batch_size"),
             cfg.get("telemetry", "max_inflight"),
+            drain_rate=cfg.get("telemetry", "drain_rate"),
         )
         self.results = ResultPublisher.from_settings(cfg.settings["results"], cfg.device_id)
         self.pipeline = Pipeline(
@@ -209,6 +221,10 @@ class Agent:
 
     # ---- callbacks ------------------------------------------------------------------------
     def _record(self, kind: str, body: dict[str, Any]) -> None:
+        if kind == "telemetry":  # drops since boot, so the hub stores what the cap cost
+            dropped = self.buffer.dropped()
+            if dropped:
+                body = {**body, "dropped": dropped}
         self.buffer.append(kind, body)
         self.sender.wake.set()
 
@@ -246,13 +262,17 @@ class Agent:
         if installed is None:
             self.pipeline.active = None
             return
-        self.pipeline.active = ActiveModel.build(
+        active = ActiveModel.build(
             installed.bundle.card,
             installed.runtime,
             self.cfg.get("drift", "window"),
             self.cfg.get("drift", "psi_warn"),
             self.cfg.get("drift", "psi_alert"),
+            self.cfg.get("drift", "window_s") or None,
         )
+        if self.cfg.get("drift", "capture"):  # off by default: raw inputs may be personal data
+            active.monitor.capture = self.cfg.get("drift", "capture_rows")
+        self.pipeline.active = active
 
     def _bad_message(self, topic: str, exc: BadDataError) -> None:
         self.bad_messages += 1

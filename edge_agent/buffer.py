@@ -1,9 +1,11 @@
 """Store-and-forward buffer: SQLite in WAL mode, records deleted only after the broker's ack.
 
 Each record carries (boot, seq), so the hub can drop what it has already stored when a record is
-sent twice (after a lost ack, a reconnect or a crash). Past the row cap, the explicit drop policy
-removes the oldest record of the least important class (telemetry before drift before events)
-and counts what it dropped, per kind.
+sent twice (after a lost ack, a reconnect or a crash). Past the row cap or the byte cap (bodies'
+JSON size), the explicit drop policy removes the oldest record of the least important class
+(telemetry before drift before events) and counts what it dropped, per kind.
+
+`TokenBucket` paces the drain after a reconnect, so a returning fleet does not flatten the hub.
 """
 
 from __future__ import annotations
@@ -44,9 +46,12 @@ class Pending:
 
 
 class Buffer:
-    def __init__(self, path: Path, boot: int, max_rows: int = 100_000) -> None:
+    def __init__(
+        self, path: Path, boot: int, max_rows: int = 100_000, max_bytes: int | None = None
+    ) -> None:
         self.boot = boot
         self.max_rows = max_rows
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._seq = 0
         try:
@@ -57,35 +62,46 @@ class Buffer:
             self._db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise TransportError(f"{path}: cannot open the telemetry buffer ({exc})") from exc
-        self._rows = self._count()
+        self._rows, self._bytes = self._count()
 
-    def _count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+    def _count(self) -> tuple[int, int]:
+        rows, size = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM records"
+        ).fetchone()
+        return int(rows), int(size)
+
+    def _full(self, incoming: int) -> bool:
+        if self._rows and self.max_bytes is not None and self._bytes + incoming > self.max_bytes:
+            return True
+        return self._rows >= self.max_rows
 
     def append(self, kind: str, body: dict[str, Any], ts: float | None = None) -> Record:
         record = Record(self.boot, 0, ts if ts is not None else time.time(), body)
         with self._lock:
             record = Record(self.boot, self._seq, record.ts, body)
             self._seq += 1
+            text = json.dumps(body)
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                while self._rows >= self.max_rows:
+                while self._full(len(text)):
                     self._drop_one()
                 self._db.execute(
                     "INSERT INTO records (kind, priority, boot, seq, ts, body) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (kind, PRIORITY[kind], record.boot, record.seq, record.ts, json.dumps(body)),
+                    (kind, PRIORITY[kind], record.boot, record.seq, record.ts, text),
                 )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._rows, self._bytes = self._count()
                 raise
             self._rows += 1
+            self._bytes += len(text)
         return record
 
     def _drop_one(self) -> None:
         row = self._db.execute(
-            "SELECT id, kind FROM records ORDER BY priority DESC, id LIMIT 1"
+            "SELECT id, kind, LENGTH(body) FROM records ORDER BY priority DESC, id LIMIT 1"
         ).fetchone()
         self._db.execute("DELETE FROM records WHERE id = ?", (row[0],))
         self._db.execute(
@@ -94,6 +110,7 @@ class Buffer:
             (f"dropped.{row[1]}",),
         )
         self._rows -= 1
+        self._bytes -= int(row[2])
 
     def take(self, limit: int, skip: set[int]) -> list[Pending]:
         """Oldest records of the most important class first, all of one kind, not in `skip`."""
@@ -116,7 +133,7 @@ class Buffer:
     def ack(self, ids: list[int]) -> None:
         with self._lock:
             self._db.executemany("DELETE FROM records WHERE id = ?", [(i,) for i in ids])
-            self._rows = self._count()
+            self._rows, self._bytes = self._count()
 
     def pending(self) -> int:
         with self._lock:
@@ -130,3 +147,31 @@ class Buffer:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class TokenBucket:
+    """At most `rate` tokens a second on average, `burst` at once (pure: the caller gives `now`).
+    A rate of 0 means unlimited."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self._tokens = self.burst
+        self._at = now
+
+    def take(self, wanted: int, now: float) -> int:
+        """How many of `wanted` may go now (they are spent)."""
+        if self.rate <= 0:
+            return wanted
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        granted = min(wanted, int(self._tokens))
+        self._tokens -= granted
+        return granted
+
+    def wait(self, now: float) -> float:
+        """Seconds until one token is there (0 if one is)."""
+        if self.rate <= 0:
+            return 0.0
+        tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate

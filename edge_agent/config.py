@@ -22,6 +22,7 @@ from edge_agent.sources import input_from_config
 from firmware_configs import profile_names, profile_path
 
 Number = (int, float)
+MAX_CAPTURE_ROWS = 1000  # rows of inputs a drift alert may carry to the hub
 
 # section -> key -> expected type(s)
 PROFILE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -32,9 +33,17 @@ PROFILE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "batch_size": int,
         "max_inflight": int,
         "status_interval_s": Number,
+        "drain_rate": Number,
     },
-    "buffer": {"max_rows": int},
-    "drift": {"window": int, "psi_warn": Number, "psi_alert": Number},
+    "buffer": {"max_rows": int, "max_bytes": int},
+    "drift": {
+        "window": int,
+        "window_s": Number,
+        "psi_warn": Number,
+        "psi_alert": Number,
+        "capture": bool,
+        "capture_rows": int,
+    },
     "limits": {"max_bundle_bytes": int, "transfer_window": int, "transfer_timeout_s": Number},
     # inference results published for local actuators (edge_agent.results)
     "results": {"enabled": bool, "host": str, "port": int, "topic": str, "qos": int},
@@ -51,9 +60,19 @@ DEVICE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 TOP_LEVEL = {"extends", "profile", "inputs", *PROFILE_SCHEMA, *DEVICE_SCHEMA}
 
+
 # (section, key) -> None if the (well-typed) value is fine, else what was expected. Numbers
 # without a rule must be positive.
+def _zero_or_positive(v: Any) -> str | None:
+    return None if 0 <= v < math.inf else "0 (off) or a positive number"
+
+
 VALUE_RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
+    ("drift", "window_s"): _zero_or_positive,
+    ("telemetry", "drain_rate"): _zero_or_positive,
+    ("drift", "capture_rows"): lambda v: (
+        None if 1 <= v <= MAX_CAPTURE_ROWS else (f"1 to {MAX_CAPTURE_ROWS} rows")
+    ),
     ("results", "host"): lambda v: None if v.strip() else "a host name or address",
     ("results", "port"): lambda v: None if 1 <= v <= 65535 else "a port number 1-65535",
     ("results", "qos"): lambda v: None if v in (0, 1) else "0 or 1",

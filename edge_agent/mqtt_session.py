@@ -30,6 +30,8 @@ from edge_agent.errors import BadDataError, ConfigError, TransportError
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes], None]
+Ack = Callable[[], None]
+AckedHandler = Callable[[str, bytes, Ack], None]
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class MqttSession:
         on_bad_message: Callable[[str, BadDataError], None] | None = None,
         max_inflight: int = 100,
         backoff: Backoff | None = None,
+        manual_ack: bool = False,
     ) -> None:
         self.broker = broker
         self.connected = threading.Event()
@@ -127,11 +130,13 @@ class MqttSession:
         self._subs: dict[str, int] = {}
         self._on_connect = on_connect
         self._on_bad_message = on_bad_message
+        self._manual_ack = manual_ack
         c = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=not persistent,
             protocol=mqtt.MQTTv311,
+            manual_ack=manual_ack,
         )
         if broker.username:
             c.username_pw_set(broker.username, broker.password)
@@ -175,10 +180,36 @@ class MqttSession:
         self._client.loop_stop()
 
     # ---- subscriptions ------------------------------------------------------------------
-    def subscribe(self, topic: str, handler: Handler, qos: int = 1) -> None:
-        def route(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+    def subscribe(
+        self, topic: str, handler: Handler, qos: int = 1, share: str | None = None
+    ) -> None:
+        """Route messages on `topic` to `handler`. With `share`, the subscription is the shared
+        `$share/{share}/{topic}`: the broker hands each message to one member of the group."""
+
+        def acked(topic_: str, payload: bytes, ack: Ack) -> None:
             try:
-                handler(msg.topic, bytes(msg.payload))
+                handler(topic_, payload)
+            finally:
+                ack()
+
+        self.subscribe_acked(topic, acked, qos, share)
+
+    def subscribe_acked(
+        self, topic: str, handler: AckedHandler, qos: int = 1, share: str | None = None
+    ) -> None:
+        """Like `subscribe`, but the handler gets an `ack` to call once the message is safe (a
+        session made with manual_ack=True sends the PUBACK only then; until it is sent, a
+        persistent session gets the message again after a reconnect)."""
+
+        def route(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+            mid, msg_qos = msg.mid, msg.qos
+
+            def ack() -> None:
+                if self._manual_ack and msg_qos > 0:
+                    self._client.ack(mid, msg_qos)
+
+            try:
+                handler(msg.topic, bytes(msg.payload), ack)
             except BadDataError as exc:
                 if self._on_bad_message:
                     self._on_bad_message(msg.topic, exc)
@@ -187,10 +218,13 @@ class MqttSession:
             except Exception:  # a handler bug must not kill the network thread
                 log.exception("handler for %s failed", msg.topic)
 
+        if share is not None and (not share or any(c in share for c in "/+#")):
+            raise ConfigError(f"shared subscription group: expected a plain name, got {share!r}")
         self._client.message_callback_add(topic, route)
-        self._subs[topic] = qos
+        wire = f"$share/{share}/{topic}" if share else topic
+        self._subs[wire] = qos
         if self.connected.is_set():
-            self._client.subscribe(topic, qos)
+            self._client.subscribe(wire, qos)
 
     # ---- publishing ---------------------------------------------------------------------
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.drift import DriftMonitor
+from edge_agent.drift import MISSING_REASONS, DriftMonitor
 from edge_agent.errors import SensorLineError
 from edge_agent.line_parser import LineParser
 from edge_agent.protocol.card import ModelCard
@@ -61,13 +61,19 @@ class ActiveModel:
 
     @classmethod
     def build(
-        cls, card: ModelCard, runtime: Runtime, drift_window: int, warn: float, alert: float
+        cls,
+        card: ModelCard,
+        runtime: Runtime,
+        drift_window: int,
+        warn: float,
+        alert: float,
+        drift_window_s: float | None = None,
     ) -> ActiveModel:
         names, bounds = card.feature_names, card_bounds(card)
         return cls(
             card,
             runtime,
-            DriftMonitor(card, drift_window, warn, alert),
+            DriftMonitor(card, drift_window, warn, alert, window_s=drift_window_s),
             {fmt: LineParser(names, fmt, bounds) for fmt in ("csv", "json")},
         )
 
@@ -103,6 +109,8 @@ class Pipeline:
                 rows.append(model.parsers[fmt].parse(raw))
             except SensorLineError as exc:
                 self.reject(exc.reason)
+                if exc.reason in MISSING_REASONS:
+                    model.monitor.missing()
         if not rows or model is None:
             return
         x = np.stack(rows)
@@ -118,7 +126,7 @@ class Pipeline:
             self.stats.add(latency_ms, len(x))
         if self._on_result is not None:
             self._results(self._on_result, model.ref, predictions, latency_ms / len(x))
-        report = model.monitor.add(x)
+        report = model.monitor.add(x, predictions)
         if report is not None:
             self._on_drift(report)
         shadow = self.shadow

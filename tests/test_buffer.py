@@ -164,3 +164,79 @@ def test_unopenable_path_is_a_transport_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(TransportError, match="cannot open the telemetry buffer"):
         Buffer(blocker / "buffer.sqlite", boot=1)
+
+
+# ---- byte cap, drop accounting, drain pacing, config keys ----------------------------------
+def test_past_the_byte_cap_drops_match_exactly_what_is_missing(tmp_path: Path) -> None:
+    import json
+
+    body = {"payload": "x" * 90}
+    size = len(json.dumps(body))
+    buf = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=10_000, max_bytes=size * 40)
+    buf.append("events", {"event": "installed"})
+    sent = [buf.append("telemetry", body).seq for _ in range(100)]
+    (event,) = buf.take(1000, set())  # one kind per take: the events first
+    kept = {p.record.seq for p in buf.take(1000, {event.id})}
+    missing = set(sent) - kept
+    assert buf.dropped() == {"telemetry": len(missing)}
+    assert missing == set(sent[: len(missing)])  # the oldest telemetry went first
+    assert event.kind == "events"  # events survive
+    assert 0 < len(kept) < 40
+    buf.close()
+    reopened = Buffer(tmp_path / "b.sqlite", boot=2, max_rows=10_000, max_bytes=size * 40)
+    assert reopened.pending() == 1 + len(kept) and reopened.dropped() == {"telemetry": len(missing)}
+    reopened.close()
+
+
+def test_token_bucket_paces_a_drain() -> None:
+    from edge_agent.buffer import TokenBucket
+
+    bucket = TokenBucket(rate=100, burst=100, now=0.0)
+    assert bucket.take(80, now=0.0) == 80
+    assert bucket.take(80, now=0.0) == 20  # the burst is spent
+    assert bucket.take(80, now=0.0) == 0
+    assert bucket.wait(now=0.0) == pytest.approx(0.01)
+    assert bucket.take(80, now=0.5) == 50  # 100 a second
+    granted = sum(bucket.take(10, now=1.0 + i / 100) for i in range(1000))
+    assert granted == pytest.approx(1000, abs=110)  # 10 s at 100/s, plus at most one burst
+    assert TokenBucket(0, 1, 0.0).take(10**6, 0.0) == 10**6  # 0: unlimited
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "expected"),
+    [
+        ("[buffer]\nmax_bytes = 0", "buffer.max_bytes", "positive"),
+        ('[buffer]\nmax_bytes = "1MB"', "buffer.max_bytes", "expected int"),
+        ("[telemetry]\ndrain_rate = -1", "telemetry.drain_rate", "0 (off) or a positive"),
+        ("[telemetry]\ndrain_rate = inf", "telemetry.drain_rate", "0 (off) or a positive"),
+        ("[drift]\nwindow_s = -2", "drift.window_s", "0 (off) or a positive"),
+        ("[drift]\ncapture = 1", "drift.capture", "expected bool"),
+        ("[drift]\ncapture_rows = 0", "drift.capture_rows", "1 to 1000 rows"),
+        ("[drift]\ncapture_rows = 5000", "drift.capture_rows", "1 to 1000 rows"),
+        ("[drift]\ncaptures = true", "drift.captures", "Did you mean 'capture'"),
+    ],
+)
+def test_new_config_keys_refuse_wrong_values(
+    tmp_path: Path, body: str, where: str, expected: str
+) -> None:
+    from edge_agent.config import load_config
+    from edge_agent.errors import ConfigError
+
+    path = tmp_path / "device.toml"
+    path.write_text(f'[device]\nid = "d1"\n{body}\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}: ") and where in text and expected in text, text
+
+
+def test_new_config_keys_have_safe_defaults(tmp_path: Path) -> None:
+    from edge_agent.config import load_config
+
+    path = tmp_path / "device.toml"
+    path.write_text('[device]\nid = "d1"\n')
+    cfg = load_config(path)
+    assert cfg.get("drift", "capture") is False  # raw inputs stay on the device by default
+    assert cfg.get("drift", "window_s") == 0
+    assert cfg.get("telemetry", "drain_rate") > 0
+    assert cfg.get("buffer", "max_bytes") > 0

@@ -312,3 +312,162 @@ def test_feature_profile_ignores_nan_and_records_the_missing_rate(
     assert profile.mean == pytest.approx(finite.mean())
     assert profile.min == finite.min()
     assert profile.max == finite.max()
+
+
+# ---- KS, JS, out-of-range, missing, prediction drift (against scipy, on real data) -----------
+def _shifted(live: np.ndarray, ref: np.ndarray, j: int, sds: float = 1.5) -> np.ndarray:
+    out = live.copy()
+    out[:, j] += sds * ref[:, j].std()
+    return out
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_ks_and_js_match_scipy_on_real_data(
+    cancer: tuple[np.ndarray, list[str]], halves: tuple[np.ndarray, np.ndarray], shift: bool
+) -> None:
+    from scipy.spatial.distance import jensenshannon
+    from scipy.stats import ks_2samp
+
+    _, names = cancer
+    ref, live = halves
+    card = card_for(ref, names)
+    window = (_shifted(live, ref, 3) if shift else live)[:250].astype(np.float32)
+    report = feed(DriftMonitor(card, window=250), window, 16)[0]
+    for j, (name, profile) in enumerate(zip(names, card.features, strict=True)):
+        col = window[:, j].astype(np.float64)
+        expected_ks = ks_2samp(np.asarray(profile.ks), col).statistic
+        assert report["ks"][name] == pytest.approx(expected_ks, abs=1e-4), name
+        live_counts = bucket_counts(col, list(profile.edges)).astype(float)
+        expected_js = jensenshannon(np.asarray(profile.counts, float), live_counts, base=2)
+        assert report["js"][name] == pytest.approx(expected_js, abs=1e-4), name
+        assert report["psi"][name] == pytest.approx(
+            reference_psi(np.asarray(profile.counts), live_counts), abs=1e-4
+        )
+    # the card's bounded sample stands for the whole reference: KS close to the full one
+    j = names.index("mean radius")
+    full = ks_2samp(ref[:, j], window[:, j].astype(np.float64)).statistic
+    assert report["ks"]["mean radius"] == pytest.approx(full, abs=0.02)
+
+
+def test_no_false_alert_on_unshifted_data_and_the_shift_is_named(
+    cancer: tuple[np.ndarray, list[str]], halves: tuple[np.ndarray, np.ndarray]
+) -> None:
+    _, names = cancer
+    ref, live = halves
+    card = card_for(ref, names)
+    calm = feed(DriftMonitor(card, window=len(live)), live, 16)[0]
+    assert calm["status"] != "alert", calm["psi"]
+    assert max(calm["ks"].values()) < 0.2
+    j = names.index("mean texture")
+    moved = feed(DriftMonitor(card, window=len(live)), _shifted(live, ref, j), 16)[0]
+    assert moved["status"] == "alert"
+    assert moved["moved"][0] == "mean texture"
+    assert moved["ks"]["mean texture"] > 0.4
+    assert moved["out_of_range"]["mean texture"] > calm["out_of_range"]["mean texture"]
+
+
+def test_out_of_range_counts_values_past_the_card_min_and_max(
+    cancer: tuple[np.ndarray, list[str]],
+) -> None:
+    x, names = cancer
+    card = card_for(x, names)
+    rows = np.repeat(x[:1], 10, axis=0)
+    rows[:3, 0] = card.features[0].max + 1  # 3 above
+    rows[3:4, 0] = card.features[0].min - 1  # 1 below
+    rows[4:5, 0] = card.features[0].max  # on the bound: in range
+    report = DriftMonitor(card, window=10).add(rows)
+    assert report is not None
+    assert report["out_of_range"][names[0]] == pytest.approx(0.4)
+
+
+def test_missing_rates_count_rejected_rows(cancer: tuple[np.ndarray, list[str]]) -> None:
+    x, names = cancer
+    monitor = DriftMonitor(card_for(x, names), window=8)
+    monitor.missing(2)
+    monitor.missing(2)
+    monitor.missing()  # feature unknown: counts as a row only
+    report = monitor.add(x[:8])
+    assert report is not None
+    assert report["missing_rows"] == 3
+    assert report["missing"][names[2]] == pytest.approx(2 / 11, abs=1e-4)
+    assert report["missing"][names[0]] == 0.0
+    assert monitor.add(x[:8])["missing_rows"] == 0  # type: ignore[index]  # a new window
+
+
+def test_prediction_drift_from_the_card_classes(cancer: tuple[np.ndarray, list[str]]) -> None:
+    x, names = cancer
+    card = card_for(x, names)  # reference predictions: one of each class
+    monitor = DriftMonitor(card, window=100)
+    same = monitor.add(x[:100], np.array([0, 1] * 50))
+    assert same is not None and same["prediction"]["psi"] == 0.0
+    assert same["prediction"]["counts"] == {"0": 50, "1": 50}
+    skewed = monitor.add(x[:100], np.array([1] * 100))
+    assert skewed is not None and skewed["prediction"]["psi"] > 0.25
+    assert skewed["status"] == "alert"
+
+
+def test_time_window_closes_after_window_s(cancer: tuple[np.ndarray, list[str]]) -> None:
+    x, names = cancer
+    monitor = DriftMonitor(card_for(x, names), window=1000, window_s=10.0)
+    assert monitor.add(x[:5], now=100.0) is None
+    assert monitor.add(x[5:9], now=105.0) is None
+    report = monitor.add(x[9:10], now=110.0)
+    assert report is not None and report["window"] == 10
+
+
+def test_card_thresholds_win_and_capture_is_bounded(cancer: tuple[np.ndarray, list[str]]) -> None:
+    x, names = cancer
+    raw = card_for(x, names).raw | {"drift": {"psi_warn": 5.0, "psi_alert": 9.0}}
+    card = parse_card(raw)
+    monitor = DriftMonitor(card, window=50, warn=0.1, alert=0.25, capture=7)
+    shifted = x[:50] + 10 * x.std(axis=0)
+    report = monitor.add(shifted)
+    assert report is not None and report["thresholds"]["psi_alert"] == 9.0
+    assert "capture" not in report or report["status"] == "alert"
+    loose = DriftMonitor(card_for(x, names), window=50, capture=7).add(shifted)
+    assert loose is not None and loose["status"] == "alert"
+    assert len(loose["capture"]["rows"]) == 7
+    assert loose["capture"]["rows"][-1] == pytest.approx(shifted[-1].tolist())
+    calm = DriftMonitor(card_for(x, names), window=50, capture=7, warn=50, alert=60).add(x[:50])
+    assert calm is not None and "capture" not in calm
+
+
+def test_old_cards_without_a_ks_sample_still_read(cancer: tuple[np.ndarray, list[str]]) -> None:
+    x, names = cancer
+    raw = card_for(x, names).raw
+    old = {**raw, "reference": {**raw["reference"]}}
+    old["reference"]["features"] = [
+        {k: v for k, v in f.items() if k != "ks"} for f in raw["reference"]["features"]
+    ]
+    card = parse_card(old)
+    assert card.features[0].ks == ()
+    report = DriftMonitor(card, window=100).add(x[:100])
+    assert report is not None and 0 <= report["ks"][names[0]] <= 1
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"drift": {"psi_warn": -1}}, "psi_warn: expected a positive number"),
+        ({"drift": {"psi_wrn": 0.1}}, "unknown key 'psi_wrn'"),
+        ({"drift": {"psi_warn": 0.3, "psi_alert": 0.2}}, "psi_warn below psi_alert"),
+        ({"drift": [0.1]}, "card.drift: expected an object"),
+        ({"ks": [3.0, 1.0]}, "ascending order"),
+        ({"ks": ["a"]}, "expected a list of finite numbers"),
+    ],
+)
+def test_bad_drift_parts_of_a_card_are_rejected(
+    cancer: tuple[np.ndarray, list[str]], change: dict[str, Any], match: str
+) -> None:
+    from edge_agent.errors import BundleRejected
+
+    x, names = cancer
+    raw = card_for(x, names).raw
+    if "ks" in change:
+        feats = [dict(f) for f in raw["reference"]["features"]]
+        feats[0]["ks"] = change["ks"]
+        raw = {**raw, "reference": {**raw["reference"], "features": feats}}
+    else:
+        raw = {**raw, **change}
+    with pytest.raises(BundleRejected, match=match):
+        parse_card(raw)

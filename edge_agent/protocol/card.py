@@ -2,14 +2,15 @@
 
 It travels inside the bundle and is covered by the bundle's signature. It holds the input schema
 the agent validates sensor lines against, a sample with expected outputs for the health gate, and
-the drift reference profile (per-feature quantile bins) the agent's drift monitors compare to.
+the drift reference profile (per-feature quantile bins, and a bounded sorted reference sample for
+the Kolmogorov-Smirnov statistic) the agent's drift monitors compare to.
 Bucketing is defined here once (`bucket_counts`) so the reference and the live side agree.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,9 @@ from edge_agent.protocol.messages import ModelRef, field_of
 CARD_VERSION = 1
 TASKS = ("classification", "regression")
 RUNTIMES = ("onnxruntime", "litert")
+KS_POINTS = 100  # reference points per feature kept for the KS statistic (the card stays small)
+MAX_KS_POINTS = 1000  # what a card may carry at most
+THRESHOLD_KEYS = ("psi_warn", "psi_alert", "ks_warn", "ks_alert", "range_warn", "range_alert")
 
 
 def quantile_edges(values: np.ndarray, bins: int) -> list[float]:
@@ -43,6 +47,16 @@ def bucket_counts(values: np.ndarray, edges: list[float] | np.ndarray) -> np.nda
     return np.bincount(idx, minlength=len(edges) + 1)
 
 
+def ks_reference(values: np.ndarray, points: int = KS_POINTS) -> list[float]:
+    """A bounded sorted reference sample for the KS statistic: every finite value when there
+    are at most `points`, else `points` order statistics at evenly spaced ranks (the smallest
+    and the largest included). The two-sample KS statistic against it is exact."""
+    finite = np.sort(values[np.isfinite(values)])
+    if finite.size > points:
+        finite = finite[np.round(np.linspace(0, finite.size - 1, points)).astype(np.int64)]
+    return [float(v) for v in finite]
+
+
 @dataclass(frozen=True)
 class FeatureProfile:
     name: str
@@ -53,9 +67,11 @@ class FeatureProfile:
     missing_rate: float
     min: float
     max: float
+    ks: tuple[float, ...] = ()  # sorted reference sample; empty in cards built before it existed
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "ks": list(self.ks),
             "name": self.name,
             "edges": list(self.edges),
             "counts": list(self.counts),
@@ -84,6 +100,7 @@ def feature_profiles(x: np.ndarray, names: list[str], bins: int = 10) -> list[Fe
                 missing_rate=float(1 - finite.size / max(1, col.size)),
                 min=float(finite.min()) if finite.size else 0.0,
                 max=float(finite.max()) if finite.size else 0.0,
+                ks=tuple(ks_reference(col)),
             )
         )
     return profiles
@@ -107,6 +124,7 @@ class ModelCard:
     max_error_rate: float  # share of sample rows allowed to fail or give a non-finite output
     validation: dict[str, Any]
     raw: dict[str, Any]
+    thresholds: dict[str, float] = field(default_factory=dict)  # the card's own drift thresholds
 
     @property
     def n_features(self) -> int:
@@ -172,6 +190,12 @@ def _parse_card(obj: object) -> ModelCard:
         counts = f.get("counts")
         if not isinstance(counts, list) or len(counts) != len(edges) + 1:
             raise MessageError(f"{at}.counts: expected {len(edges) + 1} counts, got {counts!r:.60}")
+        ks = _floats(f.get("ks", []), f"{at}.ks")
+        if len(ks) > MAX_KS_POINTS or ks != sorted(ks):
+            raise MessageError(
+                f"{at}.ks: expected at most {MAX_KS_POINTS} numbers in ascending order, "
+                f"got {len(ks)} {'sorted' if ks == sorted(ks) else 'unsorted'}"
+            )
         feats.append(
             FeatureProfile(
                 name=field_of(f, "name", str, at),
@@ -182,6 +206,7 @@ def _parse_card(obj: object) -> ModelCard:
                 missing_rate=float(field_of(f, "missing_rate", (int, float), at)),
                 min=float(field_of(f, "min", (int, float), at)),
                 max=float(field_of(f, "max", (int, float), at)),
+                ks=tuple(ks),
             )
         )
     if not feats:
@@ -215,4 +240,23 @@ def _parse_card(obj: object) -> ModelCard:
         max_error_rate=_rate(health.get("max_error_rate", 0.0), f"{where}.health.max_error_rate"),
         validation=obj.get("validation", {}) if isinstance(obj.get("validation"), dict) else {},
         raw=obj,
+        thresholds=_thresholds(obj.get("drift", {}), f"{where}.drift"),
     )
+
+
+def _thresholds(obj: object, where: str) -> dict[str, float]:
+    """The card's optional drift thresholds: {"psi_warn": 0.1, "psi_alert": 0.25, ...}."""
+    if not isinstance(obj, dict):
+        raise MessageError(f"{where}: expected an object, got {type(obj).__name__}")
+    out = {}
+    for key, value in obj.items():
+        if key not in THRESHOLD_KEYS:
+            raise MessageError(f"{where}: unknown key {key!r}, expected one of {THRESHOLD_KEYS}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise MessageError(f"{where}.{key}: expected a positive number, got {value!r:.40}")
+        out[key] = float(value)
+    for name in ("psi", "ks", "range"):
+        warn, alert = out.get(f"{name}_warn"), out.get(f"{name}_alert")
+        if warn is not None and alert is not None and warn >= alert:
+            raise MessageError(f"{where}: expected {name}_warn below {name}_alert, got {out}")
+    return out

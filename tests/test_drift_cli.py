@@ -1,0 +1,114 @@
+"""`edgehub drift`: reports stored per model version and device, the features that moved, the
+captured inputs as CSV, retention, and one clear line for every wrong argument."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from cloud_hub import cli
+from cloud_hub.storage import Store, default_url, drift_summary
+from edge_agent.protocol.messages import Batch, Record
+
+
+def _report(status: str, moved: list[str], capture: bool = False) -> dict[str, object]:
+    body: dict[str, object] = {
+        "model": {"name": "wine", "version": 2},
+        "window": 200,
+        "psi": {"hue": 0.4, "ash": 0.01},
+        "max_psi": 0.4 if moved else 0.01,
+        "worst_feature": "hue",
+        "status": status,
+        "moved": moved,
+    }
+    if capture:
+        body["capture"] = {"features": ["hue", "ash"], "rows": [[1.5, 2.0], [1.7, 2.1]]}
+    return body
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "hub"
+    home.mkdir()
+    store = Store(default_url(home))
+    bodies = [_report("ok", []), _report("alert", ["hue"], capture=True), _report("warn", ["hue"])]
+    records = tuple(Record(1, i, time.time(), b) for i, b in enumerate(bodies))
+    store.add_batch("drift", Batch("pi-01", records))
+    store.add_batch("drift", Batch("pi-02", (Record(1, 0, time.time(), _report("ok", [])),)))
+    return home
+
+
+def test_drift_json_groups_per_model_version_and_device(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["--home", str(home), "drift", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["model"], r["version"], r["device"]) for r in rows] == [
+        ("wine", 2, "pi-01"),
+        ("wine", 2, "pi-02"),
+    ]
+    first = rows[0]
+    assert (first["windows"], first["warn"], first["alert"]) == (3, 1, 1)
+    assert first["moved"] == {"hue": 2}
+    assert first["captures"] == 1
+    assert cli.main(["--home", str(home), "drift", "--json", "--device", "pi-02"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+    assert cli.main(["--home", str(home), "drift", "--json", "--model", "iris"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_drift_table_names_the_features_that_moved(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["--home", str(home), "drift", "--model", "wine@2"]) == 0
+    out = capsys.readouterr().out
+    assert "hue (2)" in out and "pi-01" in out and "wine@2" in out
+
+
+def test_captures_export_as_csv(home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "captures.csv"
+    assert cli.main(["--home", str(home), "drift", "captures", "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["device"], r["hue"], r["ash"]) for r in rows] == [
+        ("pi-01", "1.5", "2.0"),
+        ("pi-01", "1.7", "2.1"),
+    ]
+
+
+def test_retention_prunes_old_records(home: Path) -> None:
+    store = Store(default_url(home))
+    assert store.prune(time.time() - 3600) == 0
+    assert store.prune(time.time() + 1) == 4
+    assert drift_summary(store) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["drift", "captures"], "the following arguments are required: --csv"),
+        (["serve", "--retention-days", "0"], "expected a positive number of days"),
+        (["serve", "--retention-days", "soon"], "expected a positive number of days"),
+    ],
+)
+def test_bad_arguments_are_one_line(
+    home: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--home", str(home), *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_hub_and_unwritable_csv_are_one_line(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["--home", str(tmp_path / "nowhere"), "drift"]) == 1
+    assert "expected a hub folder" in capsys.readouterr().err
+    bad = tmp_path / "no-such-dir" / "x.csv"
+    assert cli.main(["--home", str(home), "drift", "captures", "--csv", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "expected a file the hub can write" in err and len(err.strip().splitlines()) == 1
