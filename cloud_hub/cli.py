@@ -212,15 +212,39 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from cloud_hub.ha_discovery import HaDiscovery
     from cloud_hub.service import Hub
+    from cloud_hub.web_api import WebAuth, create_app
+    from cloud_hub.web_server import WebServer, load_token, parse_listen
     from edge_agent.mqtt_session import BrokerAddress
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    hub = Hub(_home(args), BrokerAddress(args.broker_host, args.broker_port), args.prefix)
+    broker = BrokerAddress(args.broker_host, args.broker_port)
+    hub = Hub(_home(args), broker, args.prefix)
     console.print(f"hub serving {args.home} on broker {args.broker_host}:{args.broker_port}")
-    hub.run(stop)
+    web = ha = None
+    if args.http != "off":
+        host, port = parse_listen(args.http)
+        token, generated = load_token(
+            os.environ, Path(args.token_file) if args.token_file else None
+        )
+        web = WebServer(create_app(hub.store, WebAuth(token, args.open_reads)), host, port)
+        web.start()
+        # a token the hub made up is shown once, in the link (a fragment: never sent to a server)
+        link = f"{web.url}#token={token}" if generated else web.url
+        console.print(f"dashboard on {link}", soft_wrap=True)
+        console.file.flush()
+    if args.ha_discovery:
+        ha = HaDiscovery(broker, hub.topics, args.ha_prefix)
+        ha.start()
+    try:
+        hub.run(stop)
+    finally:
+        for part in (ha, web):
+            if part is not None:
+                part.stop()
     return 0
 
 
@@ -372,6 +396,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--broker-host", default="127.0.0.1")
     sp.add_argument("--broker-port", type=int, default=1883)
     sp.add_argument("--prefix", default="edgefleet", help="topic prefix")
+    sp.add_argument(
+        "--http",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="serve the dashboard, JSON API and /metrics here (port 0: any free port; off: none)",
+    )
+    sp.add_argument(
+        "--token-file",
+        help="a file holding the dashboard's bearer token (default: $EDGEHUB_TOKEN, else a "
+        "new one shown in the printed link)",
+    )
+    sp.add_argument(
+        "--open-reads",
+        action="store_true",
+        help="let anyone who can reach --http read the dashboard, API and metrics; writes "
+        "(pause, abort, rollback) still need the token",
+    )
+    sp.add_argument(
+        "--ha-discovery",
+        action="store_true",
+        help="announce each device's sensors to Home Assistant (MQTT discovery)",
+    )
+    sp.add_argument("--ha-prefix", default="homeassistant", help="Home Assistant's topic prefix")
 
     rollout = sub.add_parser("rollout", help="staged rollouts").add_subparsers(
         dest="sub", required=True
