@@ -114,7 +114,7 @@ function renderRollout(r) {
       el("strong", {}, r.id),
       el("span", { class: "model" }, r.model ?? ""),
       el("span", { class: "state" }, badge(r.state)),
-      el("span", { class: "wave" }, r.wave ? `wave ${r.wave} of ${r.waves.length}` : ""),
+      el("span", { class: "wave-of" }, r.wave ? `wave ${r.wave} of ${r.waves.length}` : ""),
       el("span", { class: "bar", title: `${healthy} of ${total} healthy` }, el("span", { style: `width:${pct}%` })),
       el("span", { class: "progress" }, `${healthy}/${total} healthy`),
       ...buttons,
@@ -180,9 +180,10 @@ function lineChart(title, unit, series) {
   add("text", { x: W - R - 60, y: H - 6 }, new Date(x1 * 1000).toLocaleTimeString());
   series.forEach((s, i) => {
     const color = COLORS[i % COLORS.length];
-    const line = s.points.filter((p) => p[1] !== null).map((p) => `${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`);
-    add("polyline", { points: line.join(" "), fill: "none", stroke: color, "stroke-width": 1.5, "data-series": s.name });
-    add("text", { x: L + 150 + i * 70, y: 14, fill: color, style: `fill:${color}` }, s.name);
+    const shown = s.points.filter((p) => p[1] !== null).map((p) => [sx(p[0]).toFixed(1), sy(p[1]).toFixed(1)]);
+    add("polyline", { points: shown.map((p) => p.join(",")).join(" "), fill: "none", stroke: color, "stroke-width": 1.5, "data-series": s.name });
+    if (shown.length < 30) shown.forEach(([x, y]) => add("circle", { cx: x, cy: y, r: 2, fill: color }));
+    add("text", { x: W - R - (series.length - i) * 60, y: 14, style: `fill:${color}` }, s.name);
   });
   return svg;
 }
