@@ -149,13 +149,17 @@ class HubWithDashboard:
             assert self.hub.handled.wait_for(check, timeout), f"timed out waiting for {what}"
 
     def start_rollout(self, model: ModelRef, waves: list[list[str]]) -> ro.Rollout:
-        r = ro.start(f"r-{model.name}-{model.version}", model, f"{model.name}-{model.version}.zip", 1, waves)
+        r = ro.start(
+            f"r-{model.name}-{model.version}", model, f"{model.name}-{model.version}.zip", 1, waves
+        )
         self.hub.store.save_rollout(r.id, r.state, r.to_json())
         return r
 
 
 @contextmanager
-def running_hub(broker: RunningBroker, home: Path, open_reads: bool = False) -> Iterator[HubWithDashboard]:
+def running_hub(
+    broker: RunningBroker, home: Path, open_reads: bool = False
+) -> Iterator[HubWithDashboard]:
     home.mkdir(parents=True, exist_ok=True)
     hub = Hub(home, BrokerAddress(broker.host, broker.port))
     stop = threading.Event()
@@ -172,9 +176,7 @@ def running_hub(broker: RunningBroker, home: Path, open_reads: bool = False) -> 
         thread.join(timeout=15)
 
 
-def http(
-    url: str, method: str = "GET", token: str | None = TOKEN
-) -> tuple[int, str, bytes]:
+def http(url: str, method: str = "GET", token: str | None = TOKEN) -> tuple[int, str, bytes]:
     """(status, content type, body) of one request; HTTP errors are answers, not exceptions."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     req = urllib.request.Request(url, method=method, headers=headers)
