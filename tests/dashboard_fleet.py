@@ -47,11 +47,9 @@ class SimDevice:
         self.seq = 0
         self.commands: list[Command] = []
         self.got_command = threading.Condition()
-        offline = encode(Status(device, online=False))
+        self.offline = (TOPICS.device(device, "status"), encode(Status(device, online=False)))
         self.session = MqttSession(
-            device,
-            BrokerAddress(broker.host, broker.port),
-            will=(TOPICS.device(device, "status"), offline),
+            device, BrokerAddress(broker.host, broker.port), will=self.offline
         )
         self.session.subscribe(TOPICS.device(device, "cmd"), self._command)
         self.session.start()
@@ -130,7 +128,8 @@ class SimDevice:
         )
 
     def stop(self) -> None:
-        self.session.stop()
+        """As an agent stops: it says it goes offline."""
+        self.session.stop(final=self.offline)
 
 
 @dataclass
