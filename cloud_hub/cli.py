@@ -213,32 +213,33 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from cloud_hub.ha_discovery import HaDiscovery
+    from cloud_hub.operations import open_repo
     from cloud_hub.service import Hub
     from cloud_hub.web_api import WebAuth, create_app
     from cloud_hub.web_server import WebServer, load_token, parse_listen
     from edge_agent.mqtt_session import BrokerAddress
 
+    listen = parse_listen(args.http) if args.http != "off" else None
+    token, generated = load_token(os.environ, Path(args.token_file) if args.token_file else None)
+    open_repo(_home(args))  # no hub here: say so, rather than what SQLite thinks of the path
+    broker = BrokerAddress(args.broker_host, args.broker_port)
+    hub = Hub(_home(args), broker, args.prefix)
+    ha = HaDiscovery(broker, hub.topics, args.ha_prefix) if args.ha_discovery else None
+    web = None
+    if listen is not None:
+        web = WebServer(create_app(hub.store, WebAuth(token, args.open_reads)), *listen)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    broker = BrokerAddress(args.broker_host, args.broker_port)
-    hub = Hub(_home(args), broker, args.prefix)
     console.print(f"hub serving {args.home} on broker {args.broker_host}:{args.broker_port}")
-    web = ha = None
-    if args.http != "off":
-        host, port = parse_listen(args.http)
-        token, generated = load_token(
-            os.environ, Path(args.token_file) if args.token_file else None
-        )
-        web = WebServer(create_app(hub.store, WebAuth(token, args.open_reads)), host, port)
+    if web is not None:
         web.start()
         # a token the hub made up is shown once, in the link (a fragment: never sent to a server)
         link = f"{web.url}#token={token}" if generated else web.url
         console.print(f"dashboard on {link}", soft_wrap=True)
-        console.file.flush()
-    if args.ha_discovery:
-        ha = HaDiscovery(broker, hub.topics, args.ha_prefix)
+    if ha is not None:
         ha.start()
+    console.file.flush()
     try:
         hub.run(stop)
     finally:

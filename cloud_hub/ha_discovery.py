@@ -16,7 +16,7 @@ import re
 import threading
 from dataclasses import dataclass
 
-from edge_agent.errors import MessageError
+from edge_agent.errors import ConfigError, MessageError
 from edge_agent.mqtt_session import BrokerAddress, MqttSession
 from edge_agent.protocol.messages import decode_status
 from edge_agent.protocol.topics import Topics
@@ -110,7 +110,7 @@ class HaDiscovery:
         client_id: str = "edgehub-ha",
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*", ha_prefix):
-            raise MessageError(
+            raise ConfigError(
                 f"--ha-prefix: expected topic levels of letters, digits, '_' or '-', "
                 f"got {ha_prefix!r}"
             )
