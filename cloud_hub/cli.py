@@ -300,7 +300,9 @@ def cmd_rollout_list(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from cloud_hub.demo import DemoOptions, run_demo
 
-    return run_demo(DemoOptions(seconds=args.seconds, broker=args.broker, keep=args.keep))
+    return run_demo(
+        DemoOptions(seconds=args.seconds, broker=args.broker, keep=args.keep, http=args.http)
+    )
 
 
 # ---- parser ---------------------------------------------------------------------------------
@@ -448,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
     sp.add_argument("--keep", action="store_true", help="keep the demo's working folder")
+    sp.add_argument(
+        "--http",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="where the demo serves the dashboard (another free port if this one is taken)",
+    )
     return p
 
 
