@@ -395,7 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(devices, "list", cmd_devices_list, "list devices", json_out=True)
 
-    sp = add(sub, "serve", cmd_serve, "run the hub: ingest, TUF publication, transfers, rollouts")
+    sp = add(
+        sub,
+        "serve",
+        cmd_serve,
+        "run the hub: ingest, TUF publication, transfers, rollouts, dashboard",
+    )
     sp.add_argument("--broker-host", default="127.0.0.1")
     sp.add_argument("--broker-port", type=int, default=1883)
     sp.add_argument("--prefix", default="edgefleet", help="topic prefix")

@@ -207,10 +207,7 @@ class Store:
             q = q.where(records.c.rollout == rollout)
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
-        return [
-            StoredRecord(r["kind"], r["device"], r["boot"], r["seq"], r["ts"], r["body"])
-            for r in rows
-        ]
+        return [_stored(r) for r in rows]
 
     def telemetry_totals(self, device: str) -> dict[str, int]:
         """Records received, and the inferences they report."""

@@ -188,7 +188,7 @@ def create_app(store: Store, auth: WebAuth) -> FastAPI:
     )
     registry = registry_for(store)
 
-    def check(credentials: HTTPAuthorizationCredentials | None) -> None:
+    def write_access(credentials: Credentials) -> None:
         if credentials is None:
             raise HTTPException(
                 401,
@@ -200,10 +200,7 @@ def create_app(store: Store, auth: WebAuth) -> FastAPI:
 
     def read_access(credentials: Credentials) -> None:
         if not auth.open_reads:
-            check(credentials)
-
-    def write_access(credentials: Credentials) -> None:
-        check(credentials)
+            write_access(credentials)
 
     reads: Any = {"dependencies": [Depends(read_access)]}
 
