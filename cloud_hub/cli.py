@@ -212,21 +212,42 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from cloud_hub.ha_discovery import HaDiscovery
+    from cloud_hub.operations import open_repo
     from cloud_hub.service import Hub
+    from cloud_hub.web_api import WebAuth, create_app
+    from cloud_hub.web_server import WebServer, load_token, parse_listen
     from edge_agent.mqtt_session import BrokerAddress
 
+    listen = parse_listen(args.http) if args.http != "off" else None
+    token, generated = load_token(os.environ, Path(args.token_file) if args.token_file else None)
+    open_repo(_home(args))  # no hub here: say so, rather than what SQLite thinks of the path
+    broker = BrokerAddress(args.broker_host, args.broker_port)
+    hub = Hub(
+        _home(args), broker, args.prefix, share=args.share, retention_days=args.retention_days
+    )
+    ha = HaDiscovery(broker, hub.topics, args.ha_prefix) if args.ha_discovery else None
+    web = None
+    if listen is not None:
+        web = WebServer(create_app(hub.store, WebAuth(token, args.open_reads)), *listen)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    hub = Hub(
-        _home(args),
-        BrokerAddress(args.broker_host, args.broker_port),
-        args.prefix,
-        share=args.share,
-        retention_days=args.retention_days,
-    )
     console.print(f"hub serving {args.home} on broker {args.broker_host}:{args.broker_port}")
-    hub.run(stop)
+    if web is not None:
+        web.start()
+        # a token the hub made up is shown once, in the link (a fragment: never sent to a server)
+        link = f"{web.url}#token={token}" if generated else web.url
+        console.print(f"dashboard on {link}", soft_wrap=True)
+    if ha is not None:
+        ha.start()
+    console.file.flush()
+    try:
+        hub.run(stop)
+    finally:
+        for part in (ha, web):
+            if part is not None:
+                part.stop()
     return 0
 
 
@@ -281,7 +302,9 @@ def cmd_rollout_list(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from cloud_hub.demo import DemoOptions, run_demo
 
-    return run_demo(DemoOptions(seconds=args.seconds, broker=args.broker, keep=args.keep))
+    return run_demo(
+        DemoOptions(seconds=args.seconds, broker=args.broker, keep=args.keep, http=args.http)
+    )
 
 
 def _positive_days(text: str) -> float:
@@ -386,7 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(devices, "list", cmd_devices_list, "list devices", json_out=True)
 
-    sp = add(sub, "serve", cmd_serve, "run the hub: ingest, TUF publication, transfers, rollouts")
+    sp = add(
+        sub,
+        "serve",
+        cmd_serve,
+        "run the hub: ingest, TUF publication, transfers, rollouts, dashboard",
+    )
     sp.add_argument("--broker-host", default="127.0.0.1")
     sp.add_argument("--broker-port", type=int, default=1883)
     sp.add_argument("--prefix", default="edgefleet", help="topic prefix")
@@ -401,6 +429,29 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_days,
         help="remove device records older than this many days (default: keep everything)",
     )
+    sp.add_argument(
+        "--http",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="serve the dashboard, JSON API and /metrics here (port 0: any free port; off: none)",
+    )
+    sp.add_argument(
+        "--token-file",
+        help="a file holding the dashboard's bearer token (default: $EDGEHUB_TOKEN, else a "
+        "new one shown in the printed link)",
+    )
+    sp.add_argument(
+        "--open-reads",
+        action="store_true",
+        help="let anyone who can reach --http read the dashboard, API and metrics; writes "
+        "(pause, abort, rollback) still need the token",
+    )
+    sp.add_argument(
+        "--ha-discovery",
+        action="store_true",
+        help="announce each device's sensors to Home Assistant (MQTT discovery)",
+    )
+    sp.add_argument("--ha-prefix", default="homeassistant", help="Home Assistant's topic prefix")
 
     rollout = sub.add_parser("rollout", help="staged rollouts").add_subparsers(
         dest="sub", required=True
@@ -429,6 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
     sp.add_argument("--keep", action="store_true", help="keep the demo's working folder")
+    sp.add_argument(
+        "--http",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="where the demo serves the dashboard (another free port if this one is taken)",
+    )
     return p
 
 

@@ -9,6 +9,7 @@ is reported, sends a tampered bundle that must be rejected, and ends with a summ
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import tempfile
 import threading
 import time
 import tty
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,9 @@ from cloud_hub import rollout as ro
 from cloud_hub.broker import RunningBroker, start_broker
 from cloud_hub.operations import enroll_device, init_hub, publish_bundle, start_rollout
 from cloud_hub.storage import Store, default_url
+from cloud_hub.web_api import WebAuth, create_app
+from cloud_hub.web_server import WebServer, load_token, parse_listen
+from edge_agent.errors import TransportError
 from edge_agent.protocol.messages import ModelRef
 
 DEVICES = ("greenhouse-1", "greenhouse-2", "greenhouse-3")
@@ -48,6 +53,7 @@ class DemoOptions:
     keep: bool = False
     workdir: Path | None = None
     broker_address: tuple[str, int] | None = None  # use a running broker instead of starting one
+    http: str = "127.0.0.1:8080"  # the dashboard; another free port when this one is taken
     console: Console | None = None
 
 
@@ -300,10 +306,12 @@ def rollout_state(store: Store, rollout_id: str) -> ro.Rollout:
 def run_demo(opts: DemoOptions) -> int:
     console = opts.console or Console()
     _interrupt_on_signals()
+    listen = parse_listen(opts.http)
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
     checks = Checks()
     procs = Processes(workdir / "logs")
     broker: RunningBroker | None = None
+    web: WebServer | None = None
     feeders: dict[str, Feeder] = {}
     try:
         with console.status(
@@ -343,6 +351,8 @@ def run_demo(opts: DemoOptions) -> int:
                 address[0],
                 "--broker-port",
                 str(address[1]),
+                "--http",
+                "off",  # the demo serves the dashboard itself, on the port it was given
             ],
         )
         for i, device in enumerate(DEVICES):
@@ -356,6 +366,8 @@ def run_demo(opts: DemoOptions) -> int:
             )
         store = Store(default_url(home))
         view = View(store, feeders)
+        web, token = _dashboard(store, *listen)
+        console.print(f"[bold]dashboard:[/bold] {web.url}#token={token}", soft_wrap=True)
         with Live(view.render(), console=console, refresh_per_second=4) as live:
             online = wait_for(
                 live,
@@ -387,6 +399,7 @@ def run_demo(opts: DemoOptions) -> int:
                 ),
             )
             _drift(live, view, feeders[DEVICES[2]], checks)
+            _dashboard_shows(web.url, token, checks)
             _tamper(live, view, home, store, workdir, checks)
             for f in feeders.values():
                 f.stop()
@@ -400,7 +413,44 @@ def run_demo(opts: DemoOptions) -> int:
         procs.stop_all()
         if broker is not None:
             broker.stop()
+        if web is not None:
+            web.stop()
     return _report(console, checks, workdir, opts)
+
+
+def _dashboard(store: Store, host: str, port: int) -> tuple[WebServer, str]:
+    token, _ = load_token({}, None)
+    app = create_app(store, WebAuth(token))
+    try:
+        web = WebServer(app, host, port)
+    except TransportError:
+        web = WebServer(app, host, 0)
+    web.start()
+    return web, token
+
+
+def _dashboard_shows(url: str, token: str, checks: Checks) -> None:
+    """What the page shows, through the API it reads: the fleet and the drifting device."""
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        fleet, drift = (
+            json.loads(
+                urllib.request.urlopen(
+                    urllib.request.Request(url + path, headers=headers), timeout=10
+                ).read()
+            )
+            for path in ("api/fleet", "api/drift")
+        )
+    except (OSError, ValueError) as exc:
+        checks.add("dashboard", False, f"{url}: {exc}")
+        return
+    online = [d["id"] for d in fleet["devices"] if d["online"]]
+    alerts = [r["device"] for r in drift["rows"] if r["status"] == "alert"]
+    checks.add(
+        "dashboard",
+        sorted(online) == sorted(DEVICES) and DEVICES[2] in alerts,
+        f"{url} shows {len(online)} devices online and {', '.join(alerts) or 'no'} drift alert",
+    )
 
 
 def _interrupt_on_signals() -> None:

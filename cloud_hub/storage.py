@@ -218,10 +218,7 @@ class Store:
             q = q.where(records.c.rollout == rollout)
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
-        return [
-            StoredRecord(r["kind"], r["device"], r["boot"], r["seq"], r["ts"], r["body"])
-            for r in rows
-        ]
+        return [_stored(r) for r in rows]
 
     def telemetry_totals(self, device: str) -> dict[str, int]:
         """Records received, and the inferences they report."""
@@ -282,6 +279,69 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(self._insert_once(hub_state), [{"key": key, "value": value}])
             conn.execute(update(hub_state).where(hub_state.c.key == key).values(value=value))
+
+    # ---- dashboard reads (cloud_hub/web_*) --------------------------------------------
+    def latest_records(self, kind: str) -> dict[str, StoredRecord]:
+        """The newest record of `kind` from each device that sent one."""
+        newest = (
+            select(func.max(records.c.id))
+            .where(records.c.kind == kind)
+            .group_by(records.c.device)
+            .scalar_subquery()
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(records).where(records.c.id.in_(newest))).mappings().all()
+        return {r["device"]: _stored(r) for r in rows}
+
+    def recent_records(
+        self, kind: str, device: str, since: float = 0.0, limit: int = 500
+    ) -> list[StoredRecord]:
+        """Up to `limit` of a device's newest records of `kind` stamped after `since`, oldest
+        first."""
+        q = (
+            select(records)
+            .where(records.c.kind == kind, records.c.device == device, records.c.ts > since)
+            .order_by(records.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        return [_stored(r) for r in reversed(rows)]
+
+    def record_counts(self) -> dict[str, int]:
+        """Records stored so far, by kind."""
+        q = select(records.c.kind, func.count()).group_by(records.c.kind)
+        with self.engine.connect() as conn:
+            return {str(kind): int(n) for kind, n in conn.execute(q).all()}
+
+    def device(self, device_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(devices).where(devices.c.id == device_id)).mappings().first()
+        return dict(row) if row else None
+
+    def rollout(self, rollout_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).mappings().first()
+            )
+        return dict(row) if row else None
+
+    def swap_rollout(
+        self, rollout_id: str, expected_state: str, state: str, body: dict[str, Any]
+    ) -> bool:
+        """Compare-and-set: store (state, body) only if the rollout is still in
+        `expected_state`; False when someone changed it first."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(rollouts)
+                .where(rollouts.c.id == rollout_id, rollouts.c.state == expected_state)
+                .values(state=state, updated=time.time(), body=body)
+            ).rowcount
+        return bool(changed)
+
+
+def _stored(row: Any) -> StoredRecord:
+    return StoredRecord(row["kind"], row["device"], row["boot"], row["seq"], row["ts"], row["body"])
 
 
 # ---- drift reports, captures and retention ------------------------------------------------

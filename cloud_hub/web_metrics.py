@@ -1,0 +1,78 @@
+"""Prometheus metrics, read from the hub's store at each scrape (the store is the one truth, so
+every hub process and a restarted hub report the same numbers)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cloud_hub import web_views as views
+from cloud_hub.storage import Store
+
+
+class StoreCollector(Collector):
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        devices = self.store.devices()
+        online = GaugeMetricFamily("edgefleet_devices_online", "Devices whose status is online")
+        online.add_metric([], sum(1 for d in devices if d["online"]))
+        yield online
+        known = GaugeMetricFamily("edgefleet_devices", "Devices the hub knows (enrolled or seen)")
+        known.add_metric([], len(devices))
+        yield known
+
+        rollouts = GaugeMetricFamily("edgefleet_rollouts", "Rollouts by state", labels=["state"])
+        by_state: dict[str, int] = {}
+        for row in self.store.rollouts():
+            by_state[row["state"]] = by_state.get(row["state"], 0) + 1
+        for state, n in sorted(by_state.items()):
+            rollouts.add_metric([state], n)
+        yield rollouts
+
+        stored = CounterMetricFamily(
+            "edgefleet_records_stored",
+            "Device records stored (each once); rate() of it is the ingest rate",
+            labels=["kind"],
+        )
+        counts = self.store.record_counts()
+        for kind in ("telemetry", "drift", "events"):
+            stored.add_metric([kind], counts.get(kind, 0))
+        yield stored
+
+        dropped = CounterMetricFamily(
+            "edgefleet_device_dropped_records",
+            "Records a device's buffer dropped past its cap, as its last status reported",
+            labels=["device", "kind"],
+        )
+        for d in devices:
+            for kind, n in sorted(views.counts(views.mapping(d["stats"]).get("dropped")).items()):
+                dropped.add_metric([d["id"], kind], n)
+        yield dropped
+
+        psi = GaugeMetricFamily(
+            "edgefleet_drift_psi",
+            "Highest PSI of a feature across the devices running a model (their latest reports)",
+            labels=["model", "feature"],
+        )
+        worst: dict[tuple[str, str], float] = {}
+        for rec in self.store.latest_records("drift").values():
+            label = views.model_label(rec.body.get("model"))
+            if label is None:
+                continue
+            for feature, value in views.psi_values(rec.body).items():
+                key = (label.split("@")[0], feature)
+                worst[key] = max(value, worst.get(key, value))
+        for (model, feature), value in sorted(worst.items()):
+            psi.add_metric([model, feature], value)
+        yield psi
+
+
+def registry_for(store: Store) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store))
+    return registry

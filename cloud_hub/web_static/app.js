@@ -1,0 +1,269 @@
+// The edgefleet dashboard: polls the hub's JSON API and redraws; no build step, no libraries.
+"use strict";
+
+const POLL_MS = 1000;
+const state = { device: null, driftPick: null, token: null };
+
+// ---- token: from the URL fragment (#token=...) once, then this tab's session storage ---------
+(function readToken() {
+  const m = location.hash.match(/token=([^&]+)/);
+  if (m) {
+    sessionStorage.setItem("edgehub-token", decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  state.token = sessionStorage.getItem("edgehub-token");
+})();
+
+document.getElementById("token-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  state.token = document.getElementById("token").value.trim();
+  sessionStorage.setItem("edgehub-token", state.token);
+  poll();
+});
+
+async function api(path, method = "GET") {
+  const headers = state.token ? { Authorization: "Bearer " + state.token } : {};
+  const res = await fetch(path, { method, headers });
+  const body = await res.json().catch(() => ({ error: res.statusText }));
+  if (res.status === 401 || res.status === 403) document.getElementById("token-form").hidden = false;
+  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${body.error || ""}`);
+  return body;
+}
+
+// ---- tiny DOM helpers (textContent only: device data is never parsed as HTML) -----------------
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined) continue;
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : String(c ?? ""));
+  return node;
+}
+const slug = (s) => String(s).replace(/[^a-z0-9]+/gi, "-");
+const badge = (s) => el("span", { class: "badge state-" + slug(s) }, s);
+const fmt = (v, digits = 2) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
+
+function ago(epoch, now) {
+  if (!epoch) return "never";
+  const s = Math.max(0, now - epoch);
+  return s < 90 ? `${s.toFixed(0)} s ago` : s < 5400 ? `${(s / 60).toFixed(0)} min ago` : new Date(epoch * 1000).toISOString();
+}
+
+// ---- fleet ----------------------------------------------------------------------------------
+function renderFleet(fleet) {
+  const body = document.querySelector("#fleet tbody");
+  const online = fleet.devices.filter((d) => d.online).length;
+  document.getElementById("fleet-summary").textContent = `${online} of ${fleet.devices.length} online`;
+  body.replaceChildren(
+    ...fleet.devices.map((d) =>
+      el(
+        "tr",
+        { "data-device": d.id, class: d.id === state.device ? "selected" : null, onclick: () => pickDevice(d.id) },
+        el("td", { class: "id" }, d.id),
+        el("td", { class: "status" }, badge(d.status)),
+        el("td", { class: "model" }, d.model ?? "none"),
+        el("td", { class: "version" }, d.version ?? "–"),
+        el("td", { class: "profile" }, d.profile),
+        el("td", { class: "last-seen" }, ago(d.last_seen, fleet.now)),
+        el("td", { class: "inferences" }, d.inferences),
+        el("td", { class: "p95" }, fmt(d.latency_p95_ms, 3)),
+        el("td", { class: "dropped" }, d.dropped),
+        el("td", { class: "drift" }, d.drift_status ? badge(d.drift_status) : "–", " ", d.drift_max_psi === null ? "" : fmt(d.drift_max_psi)),
+      ),
+    ),
+  );
+  const pick = document.getElementById("device-pick");
+  const ids = fleet.devices.map((d) => d.id);
+  if (pick.options.length !== ids.length || ids.some((id, i) => pick.options[i].value !== id)) {
+    pick.replaceChildren(...ids.map((id) => el("option", { value: id }, id)));
+  }
+  if (!state.device && ids.length) state.device = ids[0];
+  pick.value = state.device ?? "";
+}
+
+document.getElementById("device-pick").addEventListener("change", (ev) => pickDevice(ev.target.value));
+
+function pickDevice(id) {
+  state.device = id;
+  poll();
+}
+
+// ---- rollouts -------------------------------------------------------------------------------
+const ACTIONS = { running: ["pause", "abort", "rollback"], paused: ["resume", "abort", "rollback"], halted: ["rollback"], completed: ["rollback"] };
+
+function renderRollouts(data) {
+  const box = document.getElementById("rollouts");
+  if (!data.rollouts.length) return box.replaceChildren(el("p", { class: "muted" }, "no rollouts yet"));
+  box.replaceChildren(...data.rollouts.map(renderRollout));
+}
+
+function renderRollout(r) {
+  const total = Object.values(r.progress).reduce((a, b) => a + b, 0);
+  const healthy = r.progress.healthy ?? 0;
+  const pct = total ? Math.round((100 * healthy) / total) : 0;
+  const buttons = (ACTIONS[r.state] ?? []).map((a) => el("button", { "data-action": a, onclick: () => act(r.id, a) }, a));
+  return el(
+    "div",
+    { class: "rollout", "data-rollout": r.id, "data-state": r.state },
+    el(
+      "div",
+      { class: "head" },
+      el("strong", {}, r.id),
+      el("span", { class: "model" }, r.model ?? ""),
+      el("span", { class: "state" }, badge(r.state)),
+      el("span", { class: "wave-of" }, r.wave ? `wave ${r.wave} of ${r.waves.length}` : ""),
+      el("span", { class: "bar", title: `${healthy} of ${total} healthy` }, el("span", { style: `width:${pct}%` })),
+      el("span", { class: "progress" }, `${healthy}/${total} healthy`),
+      ...buttons,
+    ),
+    ...r.waves.map((w) =>
+      el(
+        "div",
+        { class: "wave", "data-wave": w.number },
+        el("span", { class: "muted" }, `wave ${w.number} `),
+        badge(w.state),
+        " ",
+        ...w.devices.map((d) => el("span", { class: "badge state-" + slug(d.state), "data-device": d.id, title: d.reason || d.state }, `${d.id}: ${d.state}`)),
+      ),
+    ),
+    r.halt_reason ? el("div", { class: "halt-reason" }, r.halt_reason) : "",
+    Object.keys(r.gates).length ? el("div", { class: "gates" }, JSON.stringify(r.gates, null, 1)) : "",
+  );
+}
+
+async function act(id, action) {
+  try {
+    await api(`/api/rollouts/${encodeURIComponent(id)}/${action}`, "POST");
+    poll();
+  } catch (e) {
+    showError(e);
+  }
+}
+
+// ---- charts (SVG) ---------------------------------------------------------------------------
+const COLORS = ["#1e88e5", "#e53935", "#43a047", "#8e24aa", "#fb8c00", "#00897b"];
+
+function lineChart(title, unit, series) {
+  const W = 420, H = 170, L = 48, R = 10, T = 22, B = 24;
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("width", W);
+  svg.setAttribute("height", H);
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("data-chart", title);
+  const add = (tag, attrs, text) => {
+    const n = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+    if (text !== undefined) n.textContent = text;
+    svg.append(n);
+    return n;
+  };
+  add("text", { x: L, y: 14, style: "font-weight:600" }, `${title} (${unit})`);
+  const pts = series.flatMap((s) => s.points.filter((p) => p[1] !== null));
+  if (!pts.length) {
+    add("text", { x: L, y: H / 2 }, "no data yet");
+    return svg;
+  }
+  const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
+  const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
+  const y0 = Math.min(0, ...ys), y1 = Math.max(...ys, y0 + 1e-9) * 1.1;
+  const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
+  const sy = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
+  add("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#b0bec5" });
+  add("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#b0bec5" });
+  add("text", { x: 2, y: sy(y1) + 10 }, fmt(y1, y1 < 10 ? 3 : 0));
+  add("text", { x: 2, y: H - B }, fmt(y0, 0));
+  add("text", { x: L, y: H - 6 }, new Date(x0 * 1000).toLocaleTimeString());
+  add("text", { x: W - R - 60, y: H - 6 }, new Date(x1 * 1000).toLocaleTimeString());
+  series.forEach((s, i) => {
+    const color = COLORS[i % COLORS.length];
+    const shown = s.points.filter((p) => p[1] !== null).map((p) => [sx(p[0]).toFixed(1), sy(p[1]).toFixed(1)]);
+    add("polyline", { points: shown.map((p) => p.join(",")).join(" "), fill: "none", stroke: color, "stroke-width": 1.5, "data-series": s.name });
+    if (shown.length < 30) shown.forEach(([x, y]) => add("circle", { cx: x, cy: y, r: 2, fill: color }));
+    add("text", { x: W - R - (series.length - i) * 60, y: 14, style: `fill:${color}` }, s.name);
+  });
+  return svg;
+}
+
+async function renderDevice() {
+  const box = document.getElementById("charts");
+  if (!state.device) return box.replaceChildren(el("p", { class: "muted" }, "no devices yet"));
+  const t = await api(`/api/devices/${encodeURIComponent(state.device)}/telemetry?limit=300`);
+  const at = (f) => t.points.map((p) => [p.ts, f(p)]);
+  box.replaceChildren(
+    lineChart("latency", "ms", ["p50", "p95", "p99"].map((q) => ({ name: q, points: at((p) => p.latency_ms[q]) }))),
+    lineChart("throughput", "inferences/s", [{ name: "rate", points: at((p) => p.throughput_per_s) }]),
+    lineChart("errors", "per window", [{ name: "errors", points: at((p) => p.errors) }]),
+  );
+}
+
+// ---- drift ----------------------------------------------------------------------------------
+function renderDrift(d) {
+  document.getElementById("thresholds").textContent = `warn ≥ ${d.thresholds.warn}, alert ≥ ${d.thresholds.alert}`;
+  document.querySelector("#drift thead").replaceChildren(
+    el("tr", {}, el("th", {}, "device"), el("th", {}, "model"), ...d.features.map((f) => el("th", { class: "feature", title: f }, f))),
+  );
+  document.querySelector("#drift tbody").replaceChildren(
+    ...d.rows.map((row) =>
+      el(
+        "tr",
+        { "data-device": row.device },
+        el("td", {}, row.device),
+        el("td", {}, row.model ?? ""),
+        ...d.features.map((f) => {
+          const lvl = row.levels[f];
+          const pick = () => {
+            state.driftPick = { device: row.device, feature: f };
+            renderDriftChart();
+          };
+          return lvl === undefined
+            ? el("td", {}, "")
+            : el("td", { class: `cell level-${lvl}`, "data-feature": f, "data-level": lvl, title: `${row.device} ${f}: PSI ${row.psi[f]}`, onclick: pick }, fmt(row.psi[f]));
+        }),
+      ),
+    ),
+  );
+}
+
+async function renderDriftChart() {
+  const pick = state.driftPick;
+  if (!pick) return;
+  const q = `feature=${encodeURIComponent(pick.feature)}&limit=500`;
+  const s = await api(`/api/devices/${encodeURIComponent(pick.device)}/drift?${q}`);
+  const points = (s.features[pick.feature] ?? []).map((p) => [p.ts, p.psi]);
+  document.getElementById("drift-chart").replaceChildren(lineChart(`PSI of ${pick.feature} on ${pick.device}`, "PSI", [{ name: pick.feature, points }]));
+}
+
+// ---- the loop -------------------------------------------------------------------------------
+function showError(e) {
+  const box = document.getElementById("error");
+  box.textContent = e ? String(e.message ?? e) : "";
+  box.hidden = !e;
+}
+
+let busy = false;
+async function poll() {
+  if (busy) return;
+  busy = true;
+  try {
+    const [fleet, rollouts, drift] = await Promise.all([api("/api/fleet"), api("/api/rollouts"), api("/api/drift")]);
+    renderFleet(fleet);
+    renderRollouts(rollouts);
+    renderDrift(drift);
+    await renderDevice();
+    await renderDriftChart();
+    document.getElementById("token-form").hidden = true;
+    document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+    showError(null);
+  } catch (e) {
+    showError(e);
+  } finally {
+    busy = false;
+  }
+}
+
+poll();
+setInterval(poll, POLL_MS);

@@ -1,0 +1,273 @@
+"""The dashboard's JSON API and /metrics against a running hub, simulated devices and mosquitto:
+every answer checked against the app's own OpenAPI description."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dashboard_fleet import TOKEN, HubWithDashboard, SimDevice, http, running_hub
+from jsonschema import Draft202012Validator
+from prometheus_client.parser import text_string_to_metric_families
+
+from cloud_hub.broker import RunningBroker
+from edge_agent.protocol.messages import ModelRef
+
+pytestmark = pytest.mark.broker
+V1 = ModelRef("climate", 1)
+
+
+class OpenApi:
+    """Validates answers against the served /openapi.json."""
+
+    def __init__(self, base: str) -> None:
+        status, _, body = http(base + "openapi.json", token=None)
+        assert status == 200
+        self.doc = json.loads(body)
+        self.checked: set[tuple[str, str, int]] = set()
+
+    def check(self, base: str, template: str, url_path: str, method: str = "get", **kw: Any) -> Any:
+        status, ctype, body = http(base + url_path.lstrip("/"), method.upper(), **kw)
+        responses = self.doc["paths"][template][method]["responses"]
+        assert str(status) in responses, f"{method} {url_path}: {status} is not documented"
+        content = responses[str(status)].get("content", {})
+        if "application/json" not in content:
+            return status, body
+        assert ctype.startswith("application/json"), (url_path, ctype)
+        data = json.loads(body)
+        schema = {**content["application/json"]["schema"], "components": self.doc["components"]}
+        errors = sorted(Draft202012Validator(schema).iter_errors(data), key=str)
+        assert not errors, (
+            f"{method} {url_path} ({status}): {errors[0].message} at {errors[0].json_path}"
+        )
+        self.checked.add((template, method, status))
+        return status, data
+
+
+@pytest.fixture
+def dash(broker: RunningBroker, tmp_path: Path) -> Iterator[HubWithDashboard]:
+    with running_hub(broker, tmp_path / "hub") as running:
+        yield running
+
+
+@pytest.fixture
+def fleet(broker: RunningBroker, dash: HubWithDashboard) -> Iterator[list[SimDevice]]:
+    devices = [SimDevice(broker, name) for name in ("pi-1", "pi-2")]
+    for i, d in enumerate(devices):
+        d.model = V1
+        d.stats = {"inferences": 10, "dropped": {"telemetry": 3 * i, "drift": i}, "buffered": 1}
+        d.status()
+        d.telemetry(count=40, p95=1.5, errors=2, ts=1000.0)
+        d.telemetry(count=60, p95=1.7, ts=1001.0)
+        d.drift({"temperature": 0.05, "humidity": 0.3 * i}, ts=1002.0)
+    dash.wait("the fleet's records", lambda: dash.hub.store.count("drift") == 2)
+    yield devices
+    for d in devices:
+        d.stop()
+
+
+def test_every_answer_matches_the_openapi_description(
+    dash: HubWithDashboard, fleet: list[SimDevice]
+) -> None:
+    api, base = OpenApi(dash.url), dash.url
+    r = dash.start_rollout(ModelRef("climate", 2), [["pi-1"], ["pi-2"]])
+    fleet[0].wait_command()
+
+    _, data = api.check(base, "/api/fleet", "/api/fleet")
+    assert [d["id"] for d in data["devices"]] == ["pi-1", "pi-2"]
+    pi2 = data["devices"][1]
+    assert (pi2["status"], pi2["model"], pi2["version"], pi2["profile"]) == (
+        "online",
+        "climate",
+        1,
+        "raspberry-pi-4",
+    )
+    assert (pi2["dropped"], pi2["latency_p95_ms"], pi2["drift_status"]) == (4, 1.7, "alert")
+
+    _, one = api.check(base, "/api/devices/{device}", "/api/devices/pi-2")
+    assert one == pi2 | {"last_seen": one["last_seen"]}
+
+    _, series = api.check(
+        base, "/api/devices/{device}/telemetry", "/api/devices/pi-1/telemetry?since=999&limit=10"
+    )
+    points = series["points"]
+    assert [p["ts"] for p in points] == [1000.0, 1001.0]
+    assert (points[0]["throughput_per_s"], points[0]["errors"], points[0]["model"]) == (
+        40.0,
+        2,
+        "climate@1",
+    )
+    assert points[1]["latency_ms"] == {"p50": 0.85, "p95": 1.7, "p99": pytest.approx(2.55)}
+    _, newest = api.check(
+        base, "/api/devices/{device}/telemetry", "/api/devices/pi-1/telemetry?limit=1"
+    )
+    assert [p["ts"] for p in newest["points"]] == [1001.0]
+
+    _, drift = api.check(base, "/api/drift", "/api/drift")
+    assert drift["features"] == ["temperature", "humidity"]
+    assert drift["rows"][1]["levels"] == {"temperature": "ok", "humidity": "alert"}
+    _, none = api.check(base, "/api/drift", "/api/drift?model=other")
+    assert none["rows"] == []
+    _, hist = api.check(
+        base, "/api/devices/{device}/drift", "/api/devices/pi-2/drift?feature=humidity"
+    )
+    assert hist["features"] == {"humidity": [{"ts": 1002.0, "psi": 0.3}]}
+
+    _, rollouts = api.check(base, "/api/rollouts", "/api/rollouts")
+    assert [x["id"] for x in rollouts["rollouts"]] == [r.id]
+    _, view = api.check(base, "/api/rollouts/{rollout}", f"/api/rollouts/{r.id}")
+    assert (view["state"], view["wave"], view["model"]) == ("running", 1, "climate@2")
+    assert [w["state"] for w in view["waves"]] == ["in progress", "pending"]
+    assert view["progress"] == {"sent": 1, "waiting": 1}
+
+    status, _ = api.check(base, "/metrics", "/metrics")
+    assert status == 200
+    # the error answers are documented too
+    api.check(base, "/api/fleet", "/api/fleet", token=None)
+    api.check(base, "/api/devices/{device}", "/api/devices/nobody")
+    api.check(base, "/api/devices/{device}/telemetry", "/api/devices/pi-1/telemetry?limit=0")
+    api.check(base, "/api/rollouts/{rollout}/{action}", f"/api/rollouts/{r.id}/resume", "post")
+    documented = {(path, method) for path, ops in api.doc["paths"].items() for method in ops}
+    assert {(t, m) for t, m, _ in api.checked} | {("/metrics", "get")} == documented
+
+
+def test_metrics_parse_with_the_prometheus_parser(
+    dash: HubWithDashboard, fleet: list[SimDevice]
+) -> None:
+    dash.start_rollout(ModelRef("climate", 2), [["pi-1"], ["pi-2"]])
+    fleet[0].stats = {**fleet[0].stats, "dropped": {"telemetry": 7}}
+    fleet[0].status()
+    fleet[1].stop()  # says it goes offline
+    dash.wait(
+        "pi-2 offline",
+        lambda: [d["online"] for d in dash.hub.store.devices()] == [True, False],
+    )
+    status, ctype, body = http(dash.url + "metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    assert samples[("edgefleet_devices_online", ())] == 1
+    assert samples[("edgefleet_devices", ())] == 2
+    assert samples[("edgefleet_rollouts", (("state", "running"),))] == 1
+    assert samples[("edgefleet_records_stored_total", (("kind", "telemetry"),))] == 4
+    assert samples[("edgefleet_records_stored_total", (("kind", "drift"),))] == 2
+    dropped = (("device", "pi-1"), ("kind", "telemetry"))
+    assert samples[("edgefleet_device_dropped_records_total", dropped)] == 7
+    psi = "edgefleet_drift_psi"
+    assert samples[(psi, (("feature", "humidity"), ("model", "climate")))] == 0.3
+    assert samples[(psi, (("feature", "temperature"), ("model", "climate")))] == 0.05
+
+
+def test_writes_need_the_token_and_follow_the_rollout_state(
+    dash: HubWithDashboard, fleet: list[SimDevice]
+) -> None:
+    r = dash.start_rollout(ModelRef("climate", 2), [["pi-1"], ["pi-2"]])
+    fleet[0].wait_command()
+    url = f"{dash.url}api/rollouts/{r.id}/pause"
+    status, _, body = http(url, "POST", token=None)
+    assert status == 401 and b"Bearer" in body
+    assert http(url, "POST", token="a-wrong-token-of-some-length")[0] == 403
+    assert http(url, "GET")[0] == 405
+    store = dash.hub.store
+
+    def state() -> str:
+        row = store.rollout(r.id)
+        assert row is not None
+        return str(row["state"])
+
+    assert state() == "running"
+    status, _, body = http(url, "POST")
+    assert status == 200, body
+    assert json.loads(body) == {
+        "id": r.id,
+        "action": "pause",
+        "previous_state": "running",
+        "state": "paused",
+    }
+    # paused: the canary's healthy report no longer starts the next wave
+    fleet[0].events(r.id, ModelRef("climate", 2), "healthy")
+    dash.wait("the event stored", lambda: store.count("events") == 1)
+    dash.hub.tick()  # what the hub's loop does every quarter second
+    row = store.rollout(r.id)
+    assert row is not None and row["body"]["devices"] == {"pi-1": "sent", "pi-2": "waiting"}
+    status, _, body = http(url, "POST")
+    assert status == 409 and b"this one is paused" in body
+    assert http(f"{dash.url}api/rollouts/{r.id}/resume", "POST")[0] == 200
+    assert fleet[1].wait_command().rollout == r.id  # running again: wave 2 goes out
+    assert http(f"{dash.url}api/rollouts/{r.id}/abort", "POST")[0] == 200
+    assert state() == "aborted"
+    status, _, body = http(f"{dash.url}api/rollouts/{r.id}/rollback", "POST")
+    assert status == 409 and b"aborted" in body
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "status", "says"),
+    [
+        ("api/devices/ghost", "GET", 404, "no device with id 'ghost'"),
+        ("api/devices/bad%20id", "GET", 422, "path parameter device"),
+        ("api/devices/-x/telemetry", "GET", 422, "path parameter device"),
+        ("api/devices/pi-1/telemetry?limit=0", "GET", 422, "query parameter limit"),
+        ("api/devices/pi-1/telemetry?limit=lots", "GET", 422, "got 'lots'"),
+        ("api/devices/pi-1/telemetry?limit=999999", "GET", 422, "less than or equal to 5000"),
+        ("api/devices/pi-1/telemetry?since=-1", "GET", 422, "query parameter since"),
+        ("api/devices/pi-1/telemetry?since=nan", "GET", 422, "query parameter since"),
+        ("api/devices/pi-1/drift?feature=" + "f" * 201, "GET", 422, "query parameter feature"),
+        ("api/rollouts/r-nope", "GET", 404, "no rollout with id 'r-nope'"),
+        ("api/rollouts/..", "GET", 422, "path parameter rollout"),
+        ("api/rollouts/r%20x", "GET", 422, "path parameter rollout"),
+        ("api/rollouts/r-nope/pause", "POST", 404, "no rollout with id 'r-nope'"),
+        ("api/rollouts/r-nope/explode", "POST", 422, "path parameter action"),
+        ("api/nothing", "GET", 404, "Not Found"),
+    ],
+)
+def test_bad_requests_get_clear_json_errors(
+    dash: HubWithDashboard, fleet: list[SimDevice], path: str, method: str, status: int, says: str
+) -> None:
+    got, ctype, body = http(dash.url + path, method)
+    assert got == status, body
+    assert ctype == "application/json"
+    error = json.loads(body)["error"]
+    assert says in error
+
+
+def test_malformed_device_bodies_show_as_nulls(
+    dash: HubWithDashboard, fleet: list[SimDevice]
+) -> None:
+    pi = fleet[0]
+    pi.send(
+        "telemetry",
+        {"window_s": 0, "count": "many", "latency_ms": 5, "errors": {"nan": "x", "eof": 2}},
+    )
+    pi.send("drift", {"psi": {"temperature": "hot", "humidity": 0.2}, "max_psi": None})
+    pi.send_raw("telemetry", b'{"v": 1, "device": "pi-1", "records": [{"boot": 1}]}')
+    dash.wait("both stored", lambda: dash.hub.store.count("drift") == 3)
+    api = OpenApi(dash.url)
+    _, series = api.check(
+        dash.url, "/api/devices/{device}/telemetry", "/api/devices/pi-1/telemetry"
+    )
+    bad = series["points"][-1]
+    assert bad["count"] is None and bad["throughput_per_s"] is None
+    assert bad["latency_ms"] == {"p50": None, "p95": None, "p99": None}
+    assert bad["errors_by_reason"] == {"eof": 2}
+    _, drift = api.check(dash.url, "/api/drift", "/api/drift")
+    row = next(r for r in drift["rows"] if r["device"] == "pi-1")
+    assert row["psi"] == {"humidity": 0.2} and row["max_psi"] is None and row["model"] is None
+    _, fleet_view = api.check(dash.url, "/api/fleet", "/api/fleet")
+    assert fleet_view["devices"][0]["latency_p95_ms"] is None
+    assert not math.isnan(fleet_view["now"])
+
+
+def test_open_reads_still_guard_writes(broker: RunningBroker, tmp_path: Path) -> None:
+    with running_hub(broker, tmp_path / "hub", open_reads=True) as dash:
+        for path in ("api/fleet", "api/rollouts", "api/drift", "metrics", "openapi.json", ""):
+            assert http(dash.url + path, token=None)[0] == 200, path
+        r = dash.start_rollout(V1, [["pi-1"]])
+        assert http(f"{dash.url}api/rollouts/{r.id}/abort", "POST", token=None)[0] == 401
+        assert http(f"{dash.url}api/rollouts/{r.id}/abort", "POST", token=TOKEN)[0] == 200

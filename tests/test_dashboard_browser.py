@@ -1,0 +1,155 @@
+"""The dashboard in headless Chromium (Debian's package, driven by playwright) against a running
+hub, with simulated devices publishing over a real mosquitto: what a person would see."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dashboard_fleet import FEATURES, TOKEN, HubWithDashboard, SimDevice, running_hub
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from cloud_hub import rollout as ro
+from cloud_hub.broker import RunningBroker
+from edge_agent.protocol.messages import ModelRef
+
+pytestmark = pytest.mark.broker
+REQUIRE_BROWSER_ENV = "EDGEFLEET_REQUIRE_BROWSER"
+WAIT_MS = 15_000
+RED = "rgb(211, 47, 47)"  # .level-alert in web_static/style.css
+
+
+def chromium_path() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    message = "Chromium is not installed (apt-get install chromium; `make test` does it)"
+    if os.environ.get(REQUIRE_BROWSER_ENV) == "1":
+        pytest.fail(f"{REQUIRE_BROWSER_ENV}=1 but {message}", pytrace=False)
+    pytest.skip(f"{message}; set {REQUIRE_BROWSER_ENV}=1 to make this a failure")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = chromium_path()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def dash(broker: RunningBroker, tmp_path: Path) -> Iterator[HubWithDashboard]:
+    with running_hub(broker, tmp_path / "hub") as running:
+        yield running
+
+
+@pytest.fixture
+def devices(broker: RunningBroker) -> Iterator[list[SimDevice]]:
+    fleet = [SimDevice(broker, f"greenhouse-{i}") for i in (1, 2, 3)]
+    yield fleet
+    for d in fleet:
+        d.stop()
+
+
+def test_dashboard_shows_fleet_rollout_and_drift_live(
+    browser: Browser, dash: HubWithDashboard, devices: list[SimDevice]
+) -> None:
+    v1, v2 = ModelRef("climate", 1), ModelRef("climate", 2)
+    for i, d in enumerate(devices):
+        d.model = v1
+        d.stats = {"inferences": 100 * (i + 1), "dropped": {"telemetry": i}, "buffered": 0}
+        d.status()
+        for w in range(5):
+            d.telemetry(count=50 + w, p95=2.0 + w * 0.1, errors=w % 2, ts=1_700_000_000.0 + w)
+        d.drift(dict.fromkeys(FEATURES, 0.02))
+    store = dash.hub.store
+    dash.wait("every device's records", lambda: store.count("drift") == 3)
+
+    page: Page = browser.new_page()
+    page.goto(f"{dash.url}#token={TOKEN}")
+    page.evaluate("window.__noReload = true")
+    rows = page.locator("#fleet tbody tr")
+    expect(rows).to_have_count(3, timeout=WAIT_MS)
+    for d in devices:
+        row = page.locator(f'#fleet tr[data-device="{d.id}"]')
+        expect(row.locator("td.status")).to_have_text("online")
+        expect(row.locator("td.model")).to_have_text("climate")
+        expect(row.locator("td.version")).to_have_text("1")
+        expect(row.locator("td.profile")).to_have_text("raspberry-pi-4")
+    expect(page.locator('#fleet tr[data-device="greenhouse-3"] td.dropped')).to_have_text("2")
+    # the selected device's charts: one polyline per latency percentile, from 5 windows
+    latency = page.locator('svg[data-chart="latency"] polyline')
+    expect(latency).to_have_count(3, timeout=WAIT_MS)
+    assert len((latency.first.get_attribute("points") or "").split()) == 5
+
+    # a rollout, canary first: the hub sends the deploy, the device answers with its events
+    a, b, c = devices
+    r = dash.start_rollout(v2, [[a.id], [b.id, c.id]])
+    card = page.locator(f'.rollout[data-rollout="{r.id}"]')
+    expect(card.locator(".state")).to_have_text("running", timeout=WAIT_MS)
+    assert a.wait_command().model == v2
+    expect(card.locator(f'.wave[data-wave="1"] [data-device="{a.id}"]')).to_have_text(
+        f"{a.id}: sent", timeout=WAIT_MS
+    )
+    expect(card.locator("div.wave").first).to_contain_text("in progress")
+    a.events(r.id, v2, "offered", "downloading", "verified", "installed", "healthy")
+    a.model = v2
+    a.status()
+    expect(card.locator(".wave-of")).to_have_text("wave 2 of 2", timeout=WAIT_MS)
+    expect(card.locator(".progress")).to_have_text("1/3 healthy")
+    expect(page.locator(f'#fleet tr[data-device="{a.id}"] td.version')).to_have_text("2")
+    for d in (b, c):
+        assert d.wait_command().model == v2
+        d.events(r.id, v2, "offered", "downloading", "verified", "installed", "healthy")
+    expect(card.locator(".state")).to_have_text("completed", timeout=WAIT_MS)
+    expect(card.locator(".progress")).to_have_text("3/3 healthy")
+
+    # drift: one device's pressure input shifts; its cell turns red without a reload
+    cell = page.locator('#drift tr[data-device="greenhouse-3"] td[data-feature="pressure"]')
+    expect(cell).to_have_attribute("data-level", "ok", timeout=WAIT_MS)
+    assert cell.evaluate("e => getComputedStyle(e).backgroundColor") != RED
+    c.drift({"temperature": 0.03, "humidity": 0.12, "pressure": 0.71})
+    expect(cell).to_have_attribute("data-level", "alert", timeout=WAIT_MS)
+    expect(cell).to_have_text("0.71")
+    assert cell.evaluate("e => getComputedStyle(e).backgroundColor") == RED
+    humid = page.locator('#drift tr[data-device="greenhouse-3"] td[data-feature="humidity"]')
+    expect(humid).to_have_attribute("data-level", "warn")
+    expect(page.locator('#fleet tr[data-device="greenhouse-3"] td.drift')).to_contain_text("alert")
+    cell.click()  # its history: two reports
+    history = page.locator('#drift-chart svg polyline[data-series="pressure"]')
+    expect(history).to_have_count(1, timeout=WAIT_MS)
+    assert len((history.get_attribute("points") or "").split()) == 2
+
+    # a write from the page: the token from the link authorises it
+    card.locator('button[data-action="rollback"]').click()
+    expect(card.locator(".state")).to_have_text("rolling-back", timeout=WAIT_MS)
+    row = store.rollout(r.id)
+    assert row is not None and row["state"] == "rolling-back"
+    assert ro.Rollout.from_json(row["body"]).state == "rolling-back"
+    assert page.evaluate("window.__noReload") is True, "the page reloaded"
+    expect(page.locator("#error")).to_be_hidden()
+    page.close()
+
+
+def test_dashboard_asks_for_a_token_and_refuses_a_wrong_one(
+    browser: Browser, dash: HubWithDashboard, devices: list[SimDevice]
+) -> None:
+    devices[0].status()
+    dash.wait("a device", lambda: len(dash.hub.store.devices()) >= 1)
+    page = browser.new_page()
+    page.goto(dash.url)  # no token in the link
+    expect(page.locator("#error")).to_contain_text("401", timeout=WAIT_MS)
+    expect(page.locator("#token-form")).to_be_visible()
+    page.fill("#token", "not-the-token-at-all")
+    page.click("#token-form button")
+    expect(page.locator("#error")).to_contain_text("403", timeout=WAIT_MS)
+    page.fill("#token", TOKEN)
+    page.click("#token-form button")
+    expect(page.locator("#fleet tbody tr")).to_have_count(1, timeout=WAIT_MS)
+    expect(page.locator("#error")).to_be_hidden()
+    expect(page.locator("#token-form")).to_be_hidden()
+    page.close()

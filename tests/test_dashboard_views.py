@@ -1,0 +1,89 @@
+"""What the dashboard computes from stored rows (no broker, no server)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cloud_hub import rollout as ro
+from cloud_hub.storage import StoredRecord
+from cloud_hub.web_views import drift_map, drift_series, rollout_view, telemetry_point
+from edge_agent.protocol.messages import ModelRef
+
+
+def row(body: dict[str, Any], state: str = "running") -> dict[str, Any]:
+    return {"id": "r-1", "state": state, "created": 1.0, "updated": 2.0, "body": body}
+
+
+def test_a_rollout_as_the_engine_stores_it() -> None:
+    r = ro.start("r-1", ModelRef("m", 2), "m-2.zip", 1, [["a"], ["b", "c"]])
+    ro.advance(r, [])
+    ro.advance(r, [("a", "healthy", "")])
+    ro.advance(r, [("b", "rejected", "tampered: sha256 mismatch")])
+    view = rollout_view(row(r.to_json(), r.state))
+    assert (view["model"], view["wave"], view["state"]) == ("m@2", 2, "halted")
+    assert [w["state"] for w in view["waves"]] == ["done", "failed"]
+    assert view["waves"][1]["devices"][0] == {
+        "id": "b",
+        "state": "failed",
+        "reason": "tampered: sha256 mismatch",
+    }
+    assert view["progress"] == {"healthy": 1, "failed": 1, "sent": 1}
+    assert view["halt_reason"].startswith("wave 2: b tampered")
+    assert view["gates"] == {}
+
+
+def test_keys_the_page_does_not_know_are_shown_as_stored() -> None:
+    gates = [{"wave": 1, "gate": "error-rate", "passed": False, "value": 0.2, "limit": 0.05}]
+    body = {
+        "waves": [["a", "ghost"]],
+        "devices": {"a": "verifying"},
+        "wave": 0,
+        "gate_results": gates,
+        "schedule": {"next_wave_at": 99},
+    }
+    view = rollout_view(row(body, "paused"))
+    assert view["gates"] == {"gate_results": gates}
+    assert view["body"]["schedule"] == {"next_wave_at": 99}
+    assert [d["state"] for d in view["waves"][0]["devices"]] == ["verifying", "unknown"]
+    assert view["waves"][0]["state"] == "in progress"
+    assert view["model"] is None
+    empty = rollout_view(row({"waves": "not a list", "devices": [1, 2]}))
+    assert (empty["waves"], empty["wave"], empty["progress"]) == ([], None, {})
+
+
+def rec(ts: float, body: dict[str, Any], device: str = "d") -> StoredRecord:
+    return StoredRecord("drift", device, 1, int(ts), ts, body)
+
+
+def test_drift_map_colours_each_cell_and_filters_by_model() -> None:
+    m1 = {"name": "m", "version": 1}
+    latest = {
+        "b": rec(2, {"model": m1, "psi": {"x": 0.3, "y": 0.1}, "status": "alert"}, "b"),
+        "a": rec(1, {"model": m1, "psi": {"z": 0.01, "x": float("inf")}}, "a"),
+        "c": rec(3, {"model": {"name": "other", "version": 1}, "psi": {"q": 1.0}}, "c"),
+    }
+    view = drift_map(latest, model="m")
+    assert view["features"] == ["z", "x", "y"]
+    assert [r["device"] for r in view["rows"]] == ["a", "b"]
+    assert view["rows"][0]["psi"] == {"z": 0.01}  # infinity is not a number to show
+    assert view["rows"][1]["levels"] == {"x": "alert", "y": "warn"}
+    series = drift_series([latest["b"], rec(4, {"psi": {"x": 0.5}})], feature="x")
+    assert series == {"x": [{"ts": 2, "psi": 0.3}, {"ts": 4, "psi": 0.5}]}
+
+
+def test_telemetry_point_checks_every_number() -> None:
+    good = telemetry_point(
+        StoredRecord(
+            "telemetry",
+            "d",
+            1,
+            1,
+            5.0,
+            {"window_s": 2.0, "count": 10, "latency_ms": {"p50": 1}, "errors": {"nan": 3}},
+        )
+    )
+    assert (good["throughput_per_s"], good["errors"], good["latency_ms"]["p95"]) == (5.0, 3, None)
+    bad = telemetry_point(
+        StoredRecord("telemetry", "d", 1, 2, 6.0, {"count": True, "errors": [1], "window_s": "1"})
+    )
+    assert (bad["count"], bad["throughput_per_s"], bad["errors"]) == (None, None, 0)
