@@ -103,8 +103,8 @@ DAEMON_KIND = "agent daemon"
 KIND_NOTES = {
     BARE_KIND: "numpy + onnxruntime, InferenceSession(model.onnx), session.run",
     CORE_KIND: (
-        "edge_agent.bundle/runtime/pipeline (bundle imports edge_agent.trust: tuf, cryptography, "
-        "urllib3): read_bundle, load_runtime, Pipeline.process"
+        "edge_agent.bundle/runtime/pipeline (python-tuf and cryptography load only with an "
+        "update): read_bundle, load_runtime, Pipeline.process"
     ),
     DAEMON_KIND: "agent core + edge_agent.agent and edge_agent.cli imported (what edge-agent runs)",
 }

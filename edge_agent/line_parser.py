@@ -121,6 +121,10 @@ class LineParser:
 
     def parse(self, raw: bytes) -> np.ndarray:
         """The feature vector of one line; raises SensorLineError(reason, detail) otherwise."""
+        return np.array(self.values(raw), dtype=np.float32)
+
+    def values(self, raw: bytes) -> list[float]:
+        """`parse` without the array: a micro-batch is turned into one array at once."""
         line = raw.strip()
         # One cheap screen; only a line that trips it gets the detailed (slower) checks.
         suspect = (
@@ -146,7 +150,7 @@ class LineParser:
         # C-level comparisons; NaN fails every comparison so it lands in the slow path too.
         if not (all(map(_le, self._lo, values)) and all(map(_le, values, self._hi))):
             raise self._range_error(values)
-        return np.array(values, dtype=np.float32)
+        return values
 
     def _screen(self, raw: bytes, line: bytes) -> None:
         """Raise "garbage" for a line too long, empty, with control bytes or not UTF-8."""

@@ -100,20 +100,22 @@ class Pipeline:
     def process(self, lines: list[tuple[str, bytes]]) -> None:
         """One micro-batch of (format, raw line) pairs."""
         model = self.active
-        rows = []
-        for fmt, raw in lines:
-            if model is None:
+        if model is None:
+            for _ in lines:
                 self.reject("no-model")
-                continue
+            return
+        rows = []
+        parsers = model.parsers
+        for fmt, raw in lines:
             try:
-                rows.append(model.parsers[fmt].parse(raw))
+                rows.append(parsers[fmt].values(raw))
             except SensorLineError as exc:
                 self.reject(exc.reason)
                 if exc.reason in MISSING_REASONS:
                     model.monitor.missing()
-        if not rows or model is None:
+        if not rows:
             return
-        x = np.stack(rows)
+        x = np.array(rows, dtype=np.float32)  # the values were checked to fit float32
         start = time.perf_counter()
         try:
             predictions = model.runtime.predict(x)

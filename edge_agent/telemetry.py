@@ -27,10 +27,10 @@ class Window:
     errors: Counter[str] = field(default_factory=Counter)
 
     def add(self, latency_ms: float, predictions: np.ndarray) -> None:
-        self.count += len(predictions)
-        self.latencies_ms.extend([latency_ms] * len(predictions))
-        for p in predictions.tolist():
-            self.predictions[str(p)] += 1
+        n = len(predictions)
+        self.count += n
+        self.latencies_ms.extend([latency_ms] * n)
+        self.predictions.update(map(str, predictions.tolist()))  # Counter's C loop
 
     def reject(self, reason: str) -> None:
         self.errors[reason] += 1
