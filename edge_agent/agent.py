@@ -37,7 +37,7 @@ from edge_agent.protocol.messages import (
 from edge_agent.protocol.topics import Topics
 from edge_agent.results import ResultPublisher
 from edge_agent.shadow import Shadow
-from edge_agent.sources import Source, source_from_config
+from edge_agent.sources import Source, input_from_config
 from edge_agent.trust import TufMirror, Verifier
 from edge_agent.updater import Downloader, Installed, TransferInterrupted, Updater
 
@@ -361,11 +361,7 @@ class Agent:
         if self.results is not None:
             self.results.start()
         for spec in self.cfg.inputs:
-            spec = dict(spec)
-            fmt = spec.pop("format", "csv")
-            if fmt not in ("csv", "json"):
-                raise ConfigError(f"inputs: format expected 'csv' or 'json', found {fmt!r}")
-            source = source_from_config(spec)
+            fmt, source = input_from_config(spec)
             source.start(self._on_line(fmt))
             self.sources.append(source)
         self._updater_thread = threading.Thread(target=self._updater_loop, daemon=True)

@@ -204,6 +204,15 @@ class AgentConfig:
         return self.settings[section][key]
 
 
+def _relative_to(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A file input's relative path names a file next to the device file, wherever the agent
+    was started from (a systemd unit starts it in /)."""
+    path = spec.get("path")
+    if spec.get("kind") == "file" and isinstance(path, str) and path != "-":
+        return {**spec, "path": str(folder / path)}
+    return spec
+
+
 def load_config(path: Path) -> AgentConfig:
     """The device's file, layered over its profile; relative paths resolve against the file."""
     data = read_toml(path)
@@ -245,6 +254,7 @@ def load_config(path: Path) -> AgentConfig:
     inputs = data.get("inputs", [])
     if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
         raise ConfigError(f"{source}: inputs expected a list of [[inputs]] tables")
+    inputs = [_relative_to(spec, path.parent) for spec in inputs]
     for i, spec in enumerate(inputs):
         try:
             input_from_config(spec)  # builds, opens nothing: just the validation

@@ -52,7 +52,7 @@ def test_load_config_layers_device_over_profile_over_base(tmp_path: Path) -> Non
     assert cfg.password is None
     assert cfg.topic_prefix == "edgefleet"
     assert cfg.state_dir == tmp_path / "state-pi-kitchen-01"
-    assert cfg.inputs == ({"kind": "file", "path": "sensor.csv"},)
+    assert cfg.inputs == ({"kind": "file", "path": str(tmp_path / "sensor.csv")},)
     assert cfg.get("telemetry", "interval_s") == 1  # the device file
     assert cfg.get("telemetry", "batch_size") == 100  # base, kept beside the override
     assert cfg.get("runtime", "threads") == 2  # the profile
@@ -248,3 +248,18 @@ def test_warn_threshold_must_be_below_alert(tmp_path: Path) -> None:
     path.write_text('[device]\nid = "pi-01"\n[drift]\npsi_warn = 0.3\npsi_alert = 0.2\n')
     with pytest.raises(ConfigError, match=r"agent\.toml: drift\.psi_warn \(0\.3\) expected below"):
         load_config(path)
+
+
+def test_a_file_input_path_is_relative_to_the_device_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = (
+        '[device]\nid = "d1"\n'
+        '[[inputs]]\nkind = "file"\npath = "replay/sensor.csv"\n'
+        '[[inputs]]\nkind = "file"\npath = "-"\n'
+    )
+    config = write(tmp_path, text)
+    monkeypatch.chdir("/")  # as systemd starts it
+    cfg = load_config(config)
+    assert cfg.inputs[0]["path"] == str(tmp_path / "replay" / "sensor.csv")
+    assert cfg.inputs[1]["path"] == "-"  # stdin stays stdin
