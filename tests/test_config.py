@@ -263,3 +263,13 @@ def test_a_file_input_path_is_relative_to_the_device_file(
     cfg = load_config(config)
     assert cfg.inputs[0]["path"] == str(tmp_path / "replay" / "sensor.csv")
     assert cfg.inputs[1]["path"] == "-"  # stdin stays stdin
+
+
+def test_the_readme_device_file_is_valid(tmp_path: Path) -> None:
+    """README.md's "On a device" example stays a file the agent accepts."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("<<'TOML'\n") + len("<<'TOML'\n")
+    (tmp_path / "broker-password").write_text("secret\n")
+    cfg = load_config(write(tmp_path, readme[start : readme.index("TOML\n", start)]))
+    assert cfg.profile_name == "raspberry-pi-4" and cfg.password == "secret"
+    assert cfg.inputs[0]["kind"] == "serial"
