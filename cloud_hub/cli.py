@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from cloud_hub import fleet_cli, keys_cli, rollout_cli
+from cloud_hub import broker_cli, fleet_cli, keys_cli, rollout_cli
 from cloud_hub.cli_output import emit as _emit
 from cloud_hub.model_report import card_rows, feature_rows, report_rows, verdict
 from converters.source import QUANTIZE_MODES
@@ -158,7 +158,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    hub = Hub(_home(args), BrokerAddress(args.broker_host, args.broker_port), args.prefix)
+    password = os.environ.get("EDGEHUB_BROKER_PASSWORD") if args.broker_user else None
+    broker = BrokerAddress(args.broker_host, args.broker_port, args.broker_user, password)
+    hub = Hub(_home(args), broker, args.prefix, client_id=args.broker_user or "edgehub")
     console.print(f"hub serving {args.home} on broker {args.broker_host}:{args.broker_port}")
     hub.run(stop)
     return 0
@@ -255,8 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--broker-host", default="127.0.0.1")
     sp.add_argument("--broker-port", type=int, default=1883)
     sp.add_argument("--prefix", default="edgefleet", help="topic prefix")
+    sp.add_argument(
+        "--broker-user",
+        help="the hub's username from `edgehub broker-config` (password: env "
+        "EDGEHUB_BROKER_PASSWORD)",
+    )
 
     rollout_cli.register(sub, add)
+    broker_cli.register(sub, add)
 
     sp = add(
         sub,
