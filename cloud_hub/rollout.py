@@ -3,9 +3,9 @@
 A rollout sends a model to waves of devices that match its target (all, a group, or tags): a
 canary first, then waves that reach a share of the fleet (`10%, 50%, 100%`). Each wave is
 optionally shadowed first (the candidate runs next to the serving model and reports agreement),
-then deployed; once every reachable device in it answered, it soaks, and its gate (gates.py)
-decides: proceed to the next wave, pause for a person, or abort (HALTED) and roll back every
-device that installed the model.
+then deployed; once every reachable device in it answered (and at least one did), it soaks,
+and its gate (gates.py) decides: proceed to the next wave, pause for a person, or abort
+(HALTED) and roll back every device that installed the model.
 
 `step` is the only way time passes: the hub calls it with `now`, what the registry knows about
 the fleet, the rollout's events and a way to measure the model on some devices; it returns the
@@ -420,7 +420,7 @@ def _judge_wave(
             r, members, judge_installs(gates, len(members), healthy, failed, answered)
         )
     pending = [d for d in members if r.devices[d] in (SENT, INSTALLED) and _online(fleet, d)]
-    if pending:
+    if pending or not answered:  # a wave nobody answered yet (all offline) shows nothing
         return None
     if stage.settled is None:
         stage.settled = now

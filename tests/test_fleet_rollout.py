@@ -273,10 +273,12 @@ def test_device_offline_during_its_wave_catches_up_when_it_returns(
     rig.watcher.wait("pi-2 offline", lambda: not rig.online("pi-2"))
     publish_bundle(rig.home, bundles["v1"])
     r = start_rollout(rig.home, ModelRef("iris", 1), "1")
-    rig.hub_wait("the rollout past its last wave", lambda: rig.rollout(r.id).state == ro.COMPLETED)
-    assert rig.rollout(r.id).devices == {"pi-1": ro.HEALTHY, "pi-2": ro.SENT}
+    rig.hub_wait("wave 2 sent", lambda: rig.rollout(r.id).devices["pi-2"] == ro.SENT)
+    assert rig.rollout(r.id).devices["pi-1"] == ro.HEALTHY
+    assert rig.rollout(r.id).state == ro.RUNNING  # waiting for pi-2, holding nobody else
     rig.start_agent("pi-2")
-    rig.hub_wait("pi-2 healthy", lambda: rig.rollout(r.id).devices["pi-2"] == ro.HEALTHY)
+    rig.hub_wait("the rollout complete", lambda: rig.rollout(r.id).state == ro.COMPLETED)
+    assert rig.rollout(r.id).devices["pi-2"] == ro.HEALTHY
     rig.watcher.wait("pi-2 running iris@1", lambda: rig.running("pi-2") == 1)
 
 

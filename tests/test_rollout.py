@@ -465,6 +465,20 @@ def test_offline_device_does_not_hold_its_wave_and_gets_the_model_when_back() ->
     assert sim.r.devices["c"] == ro.HEALTHY
 
 
+def test_a_wave_nobody_answered_waits_for_its_devices() -> None:
+    sim = Sim(new(["a", "b"]), online=["a"])
+    sim.step(1)
+    sim.report("a", "healthy")
+    assert deploys(sim.step(2)) == ["b"]
+    sim.step(3)
+    assert (sim.r.state, sim.r.wave) == (ro.RUNNING, 1)  # b is offline: no evidence yet
+    assert ro.wave_rows(sim.r, 3)[1]["phase"] == "installing"
+    sim.fleet["b"] = ro.DeviceFacts(True, online_since=4)
+    sim.report("b", "healthy")
+    sim.step(5)
+    assert sim.r.state == ro.COMPLETED
+
+
 def test_a_device_back_without_answering_gets_the_command_again() -> None:
     sim = Sim(new(["a", "b"]), online=["a"])
     sim.step(1)
