@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from cloud_hub import drift_cli, keys_cli, shadow_cli
+from cloud_hub import broker_cli, drift_cli, fleet_cli, keys_cli, rollout_cli, shadow_cli
+from cloud_hub.cli_output import emit as _emit
 from cloud_hub.model_report import card_rows, feature_rows, report_rows, verdict
 from converters.source import QUANTIZE_MODES
 from edge_agent.errors import EdgefleetError
@@ -31,20 +31,6 @@ def _home(args: argparse.Namespace) -> Path:
     return Path(args.home)
 
 
-def _emit(
-    args: argparse.Namespace, rows: list[dict[str, Any]], title: str, columns: list[str]
-) -> None:
-    if args.json:
-        print(json.dumps(rows, indent=2, default=str))
-        return
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*[str(row.get(c, "")) for c in columns])
-    console.print(table)
-
-
 def _fraction(text: str) -> float:
     """A threshold argument: a number from 0 to 1."""
     try:
@@ -54,13 +40,6 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
     return value
-
-
-def _when(epoch: float) -> str:
-    """A stored timestamp for people: UTC, to the second; 0 means the hub never saw it."""
-    if not epoch:
-        return "never"
-    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch))
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -172,45 +151,6 @@ def cmd_model_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_devices_enroll(args: argparse.Namespace) -> int:
-    from cloud_hub.operations import enroll_device
-
-    public = enroll_device(
-        _home(args),
-        args.device_id,
-        Path(args.state_dir),
-        Path(args.public) if args.public else None,
-    )
-    console.print(f"{args.device_id}: trusted root written to {args.state_dir}/tuf/root.json")
-    if public is not None:
-        console.print(f"{args.device_id}: public key registered; encrypted rollouts can reach it")
-    return 0
-
-
-def cmd_devices_list(args: argparse.Namespace) -> int:
-    from cloud_hub.operations import open_repo
-    from cloud_hub.storage import Store, default_url
-
-    open_repo(_home(args))  # no hub here: say so, rather than what SQLite thinks of the path
-    rows = []
-    for d in Store(default_url(_home(args))).devices():
-        stats = d["stats"] or {}
-        rows.append(
-            {
-                "device": d["id"],
-                "online": d["online"],
-                "profile": d["profile"],
-                "model": f"{d['model']}@{d['version']}" if d["model"] else "-",
-                "inferences": stats.get("inferences", 0),
-                "last_seen": _when(d["last_seen"]),
-            }
-        )
-    _emit(
-        args, rows, "devices", ["device", "online", "model", "profile", "inferences", "last_seen"]
-    )
-    return 0
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from cloud_hub.ha_discovery import HaDiscovery
     from cloud_hub.operations import open_repo
@@ -222,9 +162,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     listen = parse_listen(args.http) if args.http != "off" else None
     token, generated = load_token(os.environ, Path(args.token_file) if args.token_file else None)
     open_repo(_home(args))  # no hub here: say so, rather than what SQLite thinks of the path
-    broker = BrokerAddress(args.broker_host, args.broker_port)
+    password = os.environ.get("EDGEHUB_BROKER_PASSWORD") if args.broker_user else None
+    broker = BrokerAddress(args.broker_host, args.broker_port, args.broker_user, password)
     hub = Hub(
-        _home(args), broker, args.prefix, share=args.share, retention_days=args.retention_days
+        _home(args),
+        broker,
+        args.prefix,
+        client_id=args.broker_user or "edgehub",
+        share=args.share,
+        retention_days=args.retention_days,
     )
     ha = HaDiscovery(broker, hub.topics, args.ha_prefix) if args.ha_discovery else None
     web = None
@@ -248,54 +194,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for part in (ha, web):
             if part is not None:
                 part.stop()
-    return 0
-
-
-def cmd_rollout_start(args: argparse.Namespace) -> int:
-    from cloud_hub.operations import start_rollout
-
-    r = start_rollout(_home(args), ModelRef.parse(args.model), args.canary, encrypt=args.encrypt)
-    if args.json:
-        print(json.dumps(r.to_json(), indent=2))
-    else:
-        waves = " then ".join(str(len(w)) for w in r.waves)
-        console.print(f"rollout {r.id} of {r.model} started: waves of {waves} device(s)")
-    return 0
-
-
-def cmd_rollout_list(args: argparse.Namespace) -> int:
-    from cloud_hub import rollout as ro
-    from cloud_hub.operations import open_repo, rollout_rows
-
-    open_repo(_home(args))  # no hub here: say so, rather than what SQLite thinks of the path
-    rows = []
-    for body in rollout_rows(_home(args)):
-        r = ro.Rollout.from_json(body)
-        if args.id and r.id != args.id:
-            continue
-        p = ro.progress(r)
-        rows.append(
-            {
-                "id": r.id,
-                "model": str(r.model),
-                "state": r.state,
-                "wave": f"{min(r.wave + 1, len(r.waves))}/{len(r.waves)}",
-                "healthy": p["healthy"],
-                "failed": p["failed"],
-                "pending": p["waiting"] + p["sent"],
-                "reason": r.halt_reason,
-            }
-            if not args.json
-            else r.to_json()
-        )
-    if args.id and not rows:
-        raise EdgefleetError(f"no rollout with id {args.id!r}; `edgehub rollout list` shows them")
-    _emit(
-        args,
-        rows,
-        "rollouts",
-        ["id", "model", "state", "wave", "healthy", "failed", "pending", "reason"],
-    )
     return 0
 
 
@@ -398,16 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(model, "inspect", cmd_model_inspect, "show a bundle's card and report", json_out=True)
     sp.add_argument("bundle")
 
-    devices = sub.add_parser("devices", help="the fleet").add_subparsers(dest="sub", required=True)
-    sp = add(devices, "enroll", cmd_devices_enroll, "give a device the hub's trusted root")
-    sp.add_argument("device_id")
-    sp.add_argument("--state-dir", required=True, help="the device's state folder")
-    sp.add_argument(
-        "--public",
-        help="the device's device.pub.json from `edge-agent enroll` "
-        "(default: the one in the state folder, if there)",
-    )
-    add(devices, "list", cmd_devices_list, "list devices", json_out=True)
+    fleet_cli.register(sub, add)
 
     sp = add(
         sub,
@@ -452,22 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="announce each device's sensors to Home Assistant (MQTT discovery)",
     )
     sp.add_argument("--ha-prefix", default="homeassistant", help="Home Assistant's topic prefix")
-
-    rollout = sub.add_parser("rollout", help="staged rollouts").add_subparsers(
-        dest="sub", required=True
-    )
-    sp = add(rollout, "start", cmd_rollout_start, "start a staged rollout", json_out=True)
-    sp.add_argument("model", help="NAME@VERSION")
-    sp.add_argument("--canary", default="1", help="devices in the first wave: a count or a percent")
     sp.add_argument(
-        "--encrypt",
-        action="store_true",
-        help="seal the bundle for each device's enrolled X25519 key (HPKE)",
+        "--broker-user",
+        help="the hub's username from `edgehub broker-config` (password: env "
+        "EDGEHUB_BROKER_PASSWORD)",
     )
-    sp = add(rollout, "status", cmd_rollout_list, "show one rollout or all", json_out=True)
-    sp.add_argument("id", nargs="?")
-    sp = add(rollout, "list", cmd_rollout_list, "list rollouts", json_out=True)
-    sp.set_defaults(id=None)
+
+    rollout_cli.register(sub, add)
+    broker_cli.register(sub, add)
 
     sp = add(
         sub,

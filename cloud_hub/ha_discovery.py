@@ -116,10 +116,13 @@ class HaDiscovery:
             )
         self.topics = topics
         self.ha_prefix = ha_prefix
-        self.announced = 0  # discovery configs published so far (for tests and logs)
+        self.announced = 0  # discovery configs the broker acknowledged (for tests and logs)
         self.changed = threading.Condition()
         self._devices: dict[str, tuple[str, str]] = {}  # id -> (profile, agent version)
-        self.session = MqttSession(client_id, broker, persistent=False)
+        self._unacked: set[int] = set()  # mids of configs not yet acknowledged
+        self.session = MqttSession(
+            client_id, broker, persistent=False, on_published=self._published
+        )
         self.session.subscribe(f"{ha_prefix}/status", self._ha_status)
         self.session.subscribe(topics.any_device("status"), self._device_status)
 
@@ -153,8 +156,13 @@ class HaDiscovery:
     def _announce(self, device: str) -> None:
         profile, agent_version = self._devices[device]
         messages = discovery_messages(device, self.topics, self.ha_prefix, profile, agent_version)
-        for topic, payload in messages:
-            self.session.publish(topic, payload, retain=True)
+        with self.changed:  # paho acknowledges on its own thread: record the mids first
+            for topic, payload in messages:
+                self._unacked.add(self.session.publish(topic, payload, retain=True))
+
+    def _published(self, mid: int) -> None:
         with self.changed:
-            self.announced += len(messages)
-            self.changed.notify_all()
+            if mid in self._unacked:
+                self._unacked.discard(mid)
+                self.announced += 1
+                self.changed.notify_all()

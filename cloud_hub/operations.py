@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cloud_hub import rollout as ro
+from cloud_hub.gates import Gates
 from cloud_hub.storage import Store, default_url
 from cloud_hub.tuf_repo import TufRepository, target_path_for
 from edge_agent.bundle import Bundle, read_bundle
-from edge_agent.errors import BadDataError, BundleRejected, ConfigError
+from edge_agent.errors import BadDataError, BundleRejected, ConfigError, TransportError
 from edge_agent.identity import identity_paths, parse_public_identity
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.topics import check_device_id
@@ -84,20 +87,44 @@ def _public_identity(device_id: str, path: Path, required: Path | None) -> bytes
     return public
 
 
+def fleet_facts(store: Store) -> dict[str, ro.DeviceFacts]:
+    """What the registry knows of every device, as the rollout machine takes it."""
+    return {
+        d["id"]: ro.DeviceFacts(
+            bool(d["online"]), float(d["online_since"] or 0.0), d["group"], tuple(d["tags"] or ())
+        )
+        for d in store.devices()
+    }
+
+
 def start_rollout(
     home: Path,
     model: ModelRef,
-    canary: str,
-    devices: list[str] | None = None,
+    canary: str = "1",
+    *,
+    target: str = "all",
+    waves: str = "100%",
+    gates: Gates | None = None,
+    shadow_rows: int | None = None,
     encrypt: bool = False,
 ) -> ro.Rollout:
+    """Plan the waves over the devices matching `target` and store the rollout; a running hub
+    steps it. Older rollouts of the same model name stop sending (superseded)."""
+    plan = ro.Plan(
+        target, canary, tuple(waves.split(",")), gates or Gates(), shadow_rows
+    )  # checks every argument before anything else
     repo = open_repo(home)
-    target = target_path_for(model)
-    if target not in repo.targets():
+    path = target_path_for(model)
+    if path not in repo.targets():
         raise ConfigError(f"{model} is not published; run `edgehub model publish BUNDLE` first")
     store = Store(default_url(home))
-    fleet = devices if devices is not None else [d["id"] for d in store.devices()]
-    waves = ro.plan_waves(fleet, ro.canary_count(canary, len(fleet)))
+    selector = ro.Selector.parse(target)
+    fleet = [d for d, facts in fleet_facts(store).items() if selector.matches(facts)]
+    if not fleet and target != "all":
+        raise ConfigError(
+            f"rollout: no devices match --target {target}; see `edgehub devices list`"
+        )
+    waves_planned = ro.plan_waves(fleet, ro.parse_canary(canary), ro.parse_waves(waves))
     if encrypt:
         missing = [d for d in fleet if store.public_key(d) is None]
         if missing:
@@ -106,10 +133,49 @@ def start_rollout(
                 "device.pub.json (`edge-agent enroll`, then `edgehub devices enroll --public`)"
             )
     r = ro.start(
-        f"r-{uuid.uuid4().hex[:8]}", model, target, repo.timestamp_version(), waves, encrypt
+        f"r-{uuid.uuid4().hex[:8]}",
+        model,
+        path,
+        repo.timestamp_version(),
+        waves_planned,
+        encrypt,
+        plan,
+        time.time(),
     )
-    store.save_rollout(r.id, r.state, r.to_json())
+    store.add_rollout(r.id, r.state, r.to_json())
+    for row in store.rollouts([ro.RUNNING, ro.PAUSED, ro.COMPLETED]):
+        older = ro.Rollout.from_json(row["body"])
+        if older.id != r.id and older.model.name == model.name:
+            change_rollout(home, older.id, lambda o: ro.supersede(o, r.id))
     return r
+
+
+def load_rollout(store: Store, rollout_id: str) -> tuple[ro.Rollout, int]:
+    row = store.rollout(rollout_id)
+    if row is None:
+        raise ConfigError(f"no rollout with id {rollout_id!r}; `edgehub rollout list` shows them")
+    return ro.Rollout.from_json(row["body"]), int(row["rev"])
+
+
+def change_rollout(
+    home: Path, rollout_id: str, change: Callable[[ro.Rollout], None], attempts: int = 20
+) -> ro.Rollout:
+    """Apply a change by hand (pause, resume, abort, rollback) to the stored rollout; a running
+    hub writing it at the same moment makes this read it again and retry."""
+    open_repo(home)
+    return change_stored_rollout(Store(default_url(home)), rollout_id, change, attempts)
+
+
+def change_stored_rollout(
+    store: Store, rollout_id: str, change: Callable[[ro.Rollout], None], attempts: int = 20
+) -> ro.Rollout:
+    """`change_rollout` on an open store (the dashboard's buttons)."""
+    for _ in range(attempts):
+        r, rev = load_rollout(store, rollout_id)
+        change(r)
+        if store.update_rollout(r.id, rev, r.state, r.to_json()):
+            return r
+    raise TransportError(f"rollout {rollout_id}: the store kept changing under {attempts} writes")
 
 
 def rollout_rows(home: Path) -> list[dict[str, Any]]:

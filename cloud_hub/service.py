@@ -20,14 +20,19 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from cloud_hub import rollout as ro
-from cloud_hub.storage import Store, default_url, dumps
+from cloud_hub.gates import Metrics, measure
+from cloud_hub.operations import fleet_facts
+from cloud_hub.storage import Store, StoreError, default_url, dumps
 from cloud_hub.tuf_repo import TufRepository
-from edge_agent.errors import BadDataError, MessageError
+from edge_agent.errors import BadDataError, MessageError, TransportError
 from edge_agent.mqtt_session import Ack, BrokerAddress, MqttSession
 from edge_agent.protocol.messages import (
+    SHADOW_ROWS,
     Command,
+    ModelRef,
     XferChunk,
     decode_batch,
     decode_command,
@@ -60,8 +65,10 @@ class Hub:
         client_id: str = "edgehub",
         share: str | None = None,
         retention_days: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.home = home
+        self.clock = clock  # the rollouts' `now`; tests drive it
         self.topics = Topics(prefix)
         self.repo = TufRepository(home)
         self.store = Store(store_url or default_url(home))
@@ -121,11 +128,17 @@ class Hub:
                 with self.handled:
                     self.stored[kind] += new
         except BadDataError as exc:
-            with self.handled:
-                self.rejected[type(exc).__name__] += 1
-            log.warning("rejected message on %s: %s", topic, exc)
+            self._reject(exc, f"rejected message on {topic}")
+        except (OSError, TransportError, StoreError) as exc:  # disk or database trouble
+            self._reject(exc, f"could not handle the message on {topic}")
         with self.handled:
             self.handled.notify_all()
+
+    def _reject(self, exc: Exception, what: str) -> None:
+        """Count and log; the loop goes on (a bad message or a failing disk must not end it)."""
+        with self.handled:
+            self.rejected[type(exc).__name__] += 1
+        log.warning("%s: %s: %s", what, type(exc).__name__, exc)
 
     @staticmethod
     def _same_device(topic_device: str, claimed: str, kind: str) -> None:
@@ -136,20 +149,22 @@ class Hub:
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        if self.retention_s is not None and now >= self._next_prune:
-            removed = self.store.prune(now - self.retention_s)
-            if removed:
-                log.info(
-                    "retention: removed %d records older than %.0f days",
-                    removed,
-                    self.retention_s / 86400,
-                )
-            self._next_prune = now + PRUNE_EVERY_S
-        if self.repo.initialised:
-            self._publish_tuf()
-        self._send_outbox()
-        for row in self.store.rollouts([ro.RUNNING]):
-            self._step_rollout(ro.Rollout.from_json(row["body"]))
+        try:
+            if self.retention_s is not None and now >= self._next_prune:
+                removed = self.store.prune(now - self.retention_s)
+                if removed:
+                    log.info(
+                        "retention: removed %d records older than %.0f days",
+                        removed,
+                        self.retention_s / 86400,
+                    )
+                self._next_prune = now + PRUNE_EVERY_S
+            if self.repo.initialised:
+                self._publish_tuf()
+            self._send_outbox()
+            self._step_rollouts()
+        except (BadDataError, OSError, TransportError, StoreError) as exc:
+            self._reject(exc, "tick")
 
     def _send_outbox(self) -> None:
         """Commands queued by the CLI (shadow, shadow-stop), each published once, at QoS 1 to
@@ -230,24 +245,57 @@ class Hub:
 
         return seal
 
-    # ---- rollouts -----------------------------------------------------------------------
-    def _step_rollout(self, r: ro.Rollout) -> None:
-        events = [
-            (rec.device, str(rec.body.get("event")), str(rec.body.get("reason", "")))
+    # ---- rollouts ----------------------------------------------------------------------
+    def _step_rollouts(self) -> None:
+        rows = self.store.rollouts(ro.LIVE)
+        if not rows:
+            return
+        fleet = fleet_facts(self.store)
+        for row in rows:
+            self._step_rollout(row, fleet)
+
+    def _step_rollout(self, row: dict[str, Any], fleet: dict[str, ro.DeviceFacts]) -> None:
+        """Step one rollout; write it back (if nobody else did meanwhile), then send."""
+        r = ro.Rollout.from_json(row["body"])
+        reports = [
+            ro.Report(
+                rec.device,
+                str(rec.body.get("event")),
+                str(rec.body.get("reason") or ""),
+                shadow if isinstance(shadow := rec.body.get("shadow"), dict) else None,
+            )
             for rec in self.store.records("events", rollout=r.id)
         ]
-        before = (r.state, r.wave, dict(r.devices))
-        to_send = ro.advance(r, events)
-        for device in to_send:
-            cmd = Command(
-                id=f"{r.id}-{device}",
-                kind="deploy",
-                model=r.model,
-                target=r.target,
-                tuf_version=r.tuf_version,
-                rollout=r.id,
-                encrypt=r.encrypt,
-            )
-            self.session.publish(self.topics.device(device, "cmd"), encode(cmd))
-        if (r.state, r.wave, r.devices) != before:
-            self.store.save_rollout(r.id, r.state, r.to_json())
+        before = r.to_json()
+        sends = ro.step(r, self.clock(), fleet, reports, lambda d, t: self._measure(r.model, d, t))
+        if r.to_json() == before:
+            return
+        if not self.store.update_rollout(r.id, row["rev"], r.state, r.to_json()):
+            return  # changed by hand meanwhile: the next tick steps what is stored
+        if r.state != row["state"]:
+            log.info("rollout %s: %s %s", r.id, r.state, r.halt_reason)
+        for send in sends:
+            self._send(r, send)
+
+    def _send(self, r: ro.Rollout, send: ro.Send) -> None:
+        cmd = Command(
+            id=f"{r.id}-{send.kind}-{send.device}-{len(r.sent_at)}",
+            kind=send.kind,
+            model=r.model,
+            target=r.target,
+            tuf_version=r.tuf_version,
+            rollout=r.id,
+            encrypt=r.encrypt,
+            rows=r.plan.shadow_rows or SHADOW_ROWS,
+        )
+        self.session.publish(self.topics.device(send.device, "cmd"), encode(cmd))
+
+    def _measure(self, model: ModelRef, devices: list[str], since: float) -> Metrics:
+        """What `model` did on these devices since `since`, from the stored records."""
+        mine = model.to_json()
+        by_kind: dict[str, dict[str, list[dict[str, Any]]]] = {"telemetry": {}, "drift": {}}
+        for kind, per_device in by_kind.items():
+            for rec in self.store.records_since(kind, devices, since):
+                if rec.body.get("model") == mine:
+                    per_device.setdefault(rec.device, []).append(rec.body)
+        return measure(by_kind["telemetry"], by_kind["drift"])

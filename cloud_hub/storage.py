@@ -39,6 +39,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from edge_agent.errors import TransportError
 from edge_agent.protocol.messages import Batch, Status
 
+StoreError = SQLAlchemyError  # what a query raises when the database fails under it
+
 metadata = MetaData()
 
 devices = Table(
@@ -54,6 +56,10 @@ devices = Table(
     Column("last_seen", Float, nullable=False, default=0.0),
     Column("stats", JSON, nullable=False, default=dict),
     Column("public_key", String(64)),  # X25519, base64, from enrollment; for encrypted transfers
+    # registry: when the current online spell began, and the labels rollouts target
+    Column("online_since", Float, nullable=False, default=0.0),
+    Column("group", String(64), nullable=False, default=""),
+    Column("tags", JSON, nullable=False, default=list),
 )
 
 records = Table(
@@ -78,6 +84,7 @@ rollouts = Table(
     Column("state", String(16), nullable=False),
     Column("created", Float, nullable=False),
     Column("updated", Float, nullable=False),
+    Column("rev", Integer, nullable=False, default=0),  # compare-and-set: hub and CLI both write
     Column("body", JSON, nullable=False),
 )
 
@@ -180,6 +187,7 @@ class Store:
         return base64.b64decode(value) if value else None
 
     def set_status(self, status: Status) -> None:
+        """A birth, a heartbeat (the agent refreshes its retained status) or the last will."""
         now = time.time()
         values: dict[str, Any] = {"online": status.online, "last_seen": now}
         if status.online:
@@ -192,6 +200,13 @@ class Store:
                 stats=status.stats,
             )
         with self.engine.begin() as conn:
+            before = conn.execute(
+                select(devices.c.online, devices.c.boot).where(devices.c.id == status.device)
+            ).first()
+            if status.online and (
+                before is None or not before.online or before.boot != status.boot
+            ):
+                values["online_since"] = now
             self._seen(conn, status.device, now)
             conn.execute(update(devices).where(devices.c.id == status.device).values(**values))
 
@@ -225,23 +240,80 @@ class Store:
         rows = self.records("telemetry", device)
         return {"records": len(rows), "inferences": sum(int(r.body["count"]) for r in rows)}
 
+    # ---- registry: labels ----------------------------------------------------------------
+    def device(self, device: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(devices).where(devices.c.id == device)).mappings().first()
+        return dict(row) if row else None
+
+    def label_device(
+        self,
+        device: str,
+        add: Iterable[str] = (),
+        remove: Iterable[str] = (),
+        group: str | None = None,
+    ) -> dict[str, Any]:
+        """Add and remove tags, set the group ("" for none); returns the device's row."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(devices.c.tags, devices.c.group).where(devices.c.id == device)
+            ).first()
+            if row is None:
+                raise KeyError(device)
+            gone = set(remove)
+            tags = sorted({t for t in row.tags or [] if t not in gone} | set(add))
+            conn.execute(
+                update(devices)
+                .where(devices.c.id == device)
+                .values(tags=tags, group=row.group if group is None else group)
+            )
+        found = self.device(device)
+        assert found is not None
+        return found
+
+    def records_since(self, kind: str, device_ids: list[str], since: float) -> list[StoredRecord]:
+        """Records of these devices the hub received at or after `since` (a wave's metrics)."""
+        q = (
+            select(records)
+            .where(records.c.kind == kind)
+            .where(records.c.device.in_(device_ids))
+            .where(records.c.received >= since)
+            .order_by(records.c.id)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        return [
+            StoredRecord(r["kind"], r["device"], r["boot"], r["seq"], r["ts"], r["body"])
+            for r in rows
+        ]
+
     # ---- rollouts ---------------------------------------------------------------------
-    def save_rollout(self, rollout_id: str, state: str, body: dict[str, Any]) -> None:
+    def add_rollout(self, rollout_id: str, state: str, body: dict[str, Any]) -> None:
         now = time.time()
         with self.engine.begin() as conn:
-            exists = conn.execute(select(rollouts.c.id).where(rollouts.c.id == rollout_id)).first()
-            if exists:
-                conn.execute(
-                    update(rollouts)
-                    .where(rollouts.c.id == rollout_id)
-                    .values(state=state, updated=now, body=body)
+            conn.execute(
+                insert(rollouts).values(
+                    id=rollout_id, state=state, created=now, updated=now, rev=0, body=body
                 )
-            else:
-                conn.execute(
-                    insert(rollouts).values(
-                        id=rollout_id, state=state, created=now, updated=now, body=body
-                    )
-                )
+            )
+
+    def update_rollout(self, rollout_id: str, rev: int, state: str, body: dict[str, Any]) -> bool:
+        """Write the rollout if nobody else did since revision `rev` was read."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(rollouts)
+                .where(rollouts.c.id == rollout_id)
+                .where(rollouts.c.rev == rev)
+                .values(state=state, updated=time.time(), rev=rev + 1, body=body)
+            )
+        return bool(done.rowcount == 1)
+
+    def rollout(self, rollout_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).mappings().first()
+            )
+        return dict(row) if row else None
 
     def rollouts(self, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
         q = select(rollouts).order_by(rollouts.c.created)
@@ -313,31 +385,6 @@ class Store:
         q = select(records.c.kind, func.count()).group_by(records.c.kind)
         with self.engine.connect() as conn:
             return {str(kind): int(n) for kind, n in conn.execute(q).all()}
-
-    def device(self, device_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(devices).where(devices.c.id == device_id)).mappings().first()
-        return dict(row) if row else None
-
-    def rollout(self, rollout_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = (
-                conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).mappings().first()
-            )
-        return dict(row) if row else None
-
-    def swap_rollout(
-        self, rollout_id: str, expected_state: str, state: str, body: dict[str, Any]
-    ) -> bool:
-        """Compare-and-set: store (state, body) only if the rollout is still in
-        `expected_state`; False when someone changed it first."""
-        with self.engine.begin() as conn:
-            changed = conn.execute(
-                update(rollouts)
-                .where(rollouts.c.id == rollout_id, rollouts.c.state == expected_state)
-                .values(state=state, updated=time.time(), body=body)
-            ).rowcount
-        return bool(changed)
 
 
 def _stored(row: Any) -> StoredRecord:

@@ -175,6 +175,13 @@ def rollout_view(row: Mapping[str, Any]) -> dict[str, Any]:
         progress[str(state)] = progress.get(str(state), 0) + 1
     wave = body.get("wave")
     gates = {k: body[k] for k in ("gates", "gate_results") if k in body}
+    stages = body.get("stages")
+    if isinstance(stages, list):  # the engine's verdict per wave (cloud_hub.rollout.Stage)
+        for i, stage in enumerate(stages):
+            if isinstance(stage, dict):
+                verdicts = {k: stage[k] for k in ("shadow_gate", "gate") if stage.get(k)}
+                if verdicts:
+                    gates[f"wave {i + 1}"] = verdicts
     return {
         "id": row["id"],
         "state": row["state"],

@@ -277,6 +277,10 @@ class Updater:
         if cmd.kind == "deploy":
             self.deploy(cmd)
         elif cmd.kind == "rollback":
+            current = self.store.record().current
+            if cmd.model is not None and cmd.model != current:  # already gone: one step only
+                log.info("rollback of %s ignored: this device runs %s", cmd.model, current)
+                return
             self.rollback(cmd.rollout, "requested by the hub")
         elif cmd.kind == "shadow":
             self.shadow(cmd)

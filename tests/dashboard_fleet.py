@@ -151,7 +151,7 @@ class HubWithDashboard:
         r = ro.start(
             f"r-{model.name}-{model.version}", model, f"{model.name}-{model.version}.zip", 1, waves
         )
-        self.hub.store.save_rollout(r.id, r.state, r.to_json())
+        self.hub.store.add_rollout(r.id, r.state, r.to_json())
         return r
 
 

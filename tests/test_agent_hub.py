@@ -23,7 +23,7 @@ from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.errors import MessageError
 from edge_agent.mqtt_session import BrokerAddress
-from edge_agent.protocol.messages import ModelRef, decode_batch, decode_status
+from edge_agent.protocol.messages import Command, ModelRef, decode_batch, decode_status, encode
 
 pytestmark = pytest.mark.broker
 DEVICE = "pi-01"
@@ -188,3 +188,21 @@ def test_unhealthy_model_is_rolled_back_and_rollout_halts(fleet: Fleet, tmp_path
 
     with fleet.hub.handled:  # the hub steps rollouts between messages; status keeps arriving
         assert fleet.hub.handled.wait_for(halted, 30)
+
+
+def test_a_rollback_of_a_model_the_device_does_not_run_is_ignored(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """The hub may send a rollback after the device already stepped back by itself: one step
+    back only, never past the model it runs."""
+    w = fleet.watcher
+    publish_bundle(fleet.home, _bundle(tmp_path, 1))
+    start_rollout(fleet.home, ModelRef("iris", 1), "1")
+    w.wait("iris@1 healthy", lambda: w.has_event("healthy", 1))
+    stale = Command("c-stale", "rollback", model=ModelRef("iris", 2), rollout="r-old")
+    _publish(fleet.broker, f"edgefleet/dev/{DEVICE}/cmd", encode(stale))
+    publish_bundle(fleet.home, _bundle(tmp_path, 3))  # commands are handled in order
+    start_rollout(fleet.home, ModelRef("iris", 3), "1")
+    w.wait("iris@3 healthy", lambda: w.has_event("healthy", 3))
+    assert not any(e["event"] == "rolled-back" for e in w.events)
+    assert fleet.agent.store.record().current == ModelRef("iris", 3)

@@ -196,15 +196,17 @@ def test_writes_need_the_token_and_follow_the_rollout_state(
     dash.wait("the event stored", lambda: store.count("events") == 1)
     dash.hub.tick()  # what the hub's loop does every quarter second
     row = store.rollout(r.id)
-    assert row is not None and row["body"]["devices"] == {"pi-1": "sent", "pi-2": "waiting"}
+    assert row is not None and row["body"]["devices"] == {"pi-1": "healthy", "pi-2": "waiting"}
     status, _, body = http(url, "POST")
-    assert status == 409 and b"this one is paused" in body
+    assert status == 409 and b"is paused; only a running rollout can be paused" in body
     assert http(f"{dash.url}api/rollouts/{r.id}/resume", "POST")[0] == 200
     assert fleet[1].wait_command().rollout == r.id  # running again: wave 2 goes out
     assert http(f"{dash.url}api/rollouts/{r.id}/abort", "POST")[0] == 200
     assert state() == "aborted"
+    assert http(f"{dash.url}api/rollouts/{r.id}/rollback", "POST")[0] == 200
+    assert state() == "rolled-back"
     status, _, body = http(f"{dash.url}api/rollouts/{r.id}/rollback", "POST")
-    assert status == 409 and b"aborted" in body
+    assert status == 409 and b"is rolled-back" in body
 
 
 @pytest.mark.parametrize(

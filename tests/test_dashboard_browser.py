@@ -126,10 +126,10 @@ def test_dashboard_shows_fleet_rollout_and_drift_live(
 
     # a write from the page: the token from the link authorises it
     card.locator('button[data-action="rollback"]').click()
-    expect(card.locator(".state")).to_have_text("rolling-back", timeout=WAIT_MS)
+    expect(card.locator(".state")).to_have_text(ro.ROLLED_BACK, timeout=WAIT_MS)
     row = store.rollout(r.id)
-    assert row is not None and row["state"] == "rolling-back"
-    assert ro.Rollout.from_json(row["body"]).state == "rolling-back"
+    assert row is not None and row["state"] == ro.ROLLED_BACK
+    assert ro.Rollout.from_json(row["body"]).state == ro.ROLLED_BACK
     assert page.evaluate("window.__noReload") is True, "the page reloaded"
     expect(page.locator("#error")).to_be_hidden()
     page.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from test_rollout import Sim
+
 from cloud_hub import rollout as ro
 from cloud_hub.storage import StoredRecord
 from cloud_hub.web_views import drift_map, drift_series, rollout_view, telemetry_point
@@ -16,9 +18,12 @@ def row(body: dict[str, Any], state: str = "running") -> dict[str, Any]:
 
 def test_a_rollout_as_the_engine_stores_it() -> None:
     r = ro.start("r-1", ModelRef("m", 2), "m-2.zip", 1, [["a"], ["b", "c"]])
-    ro.advance(r, [])
-    ro.advance(r, [("a", "healthy", "")])
-    ro.advance(r, [("b", "rejected", "tampered: sha256 mismatch")])
+    sim = Sim(r)  # the hub's side of the loop, in memory (tests/test_rollout.py)
+    assert sim.step(0.0) == [("a", "deploy")]
+    sim.report("a", "healthy")
+    assert sim.step(1e6) == [("b", "deploy"), ("c", "deploy")]
+    sim.report("b", "rejected", "tampered: sha256 mismatch")
+    assert sim.step(2e6) == [("a", "rollback")]
     view = rollout_view(row(r.to_json(), r.state))
     assert (view["model"], view["wave"], view["state"]) == ("m@2", 2, "halted")
     assert [w["state"] for w in view["waves"]] == ["done", "failed"]
@@ -28,8 +33,9 @@ def test_a_rollout_as_the_engine_stores_it() -> None:
         "reason": "tampered: sha256 mismatch",
     }
     assert view["progress"] == {"healthy": 1, "failed": 1, "sent": 1}
-    assert view["halt_reason"].startswith("wave 2: b tampered")
-    assert view["gates"] == {}
+    assert view["halt_reason"].startswith("wave 2: 1 of 2 device(s) failed")
+    assert set(view["gates"]) == {"wave 1", "wave 2"}  # each wave's stored verdict
+    assert view["gates"]["wave 2"]["gate"]["outcome"] == "abort"
 
 
 def test_keys_the_page_does_not_know_are_shown_as_stored() -> None:

@@ -1,0 +1,203 @@
+"""`edgehub devices enroll|list|show|tag|untag|group`: the device registry.
+
+The registry is fed by what devices say (their retained status at birth and every heartbeat,
+the broker's last will when they vanish) and by what people set: tags and one group per device,
+which rollouts target (`--target tag:cam`, `--target group:lab`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from cloud_hub.cli_output import console, emit, say, when
+from edge_agent.errors import ConfigError
+
+AddCommand = Callable[..., argparse.ArgumentParser]
+COLUMNS = ["device", "online", "model", "profile", "group", "tags", "inferences", "last_seen"]
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from cloud_hub.operations import open_repo
+    from cloud_hub.storage import Store, default_url
+
+    open_repo(Path(args.home))  # no hub here: say so, rather than what SQLite thinks of the path
+    return Store(default_url(Path(args.home)))
+
+
+def _row(d: dict[str, Any]) -> dict[str, Any]:
+    stats = d["stats"] or {}
+    return {
+        "device": d["id"],
+        "online": d["online"],
+        "model": f"{d['model']}@{d['version']}" if d["model"] else "-",
+        "profile": d["profile"],
+        "group": d["group"],
+        "tags": ",".join(d["tags"] or []),
+        "inferences": stats.get("inferences", 0),
+        "last_seen": when(d["last_seen"]),
+    }
+
+
+def _known(store: Any, device: str) -> dict[str, Any]:
+    found: dict[str, Any] | None = store.device(device)
+    if found is None:
+        raise ConfigError(
+            f"no device {device!r} in the registry; `edgehub devices list` shows them, "
+            "`edgehub devices enroll` adds one"
+        )
+    return found
+
+
+def _labels(values: list[str]) -> list[str]:
+    from cloud_hub.rollout import check_label
+
+    return [check_label(v, "tag") for v in values]
+
+
+def cmd_devices_enroll(args: argparse.Namespace) -> int:
+    from cloud_hub.operations import enroll_device
+
+    public = enroll_device(
+        Path(args.home),
+        args.device_id,
+        Path(args.state_dir),
+        Path(args.public) if args.public else None,
+    )
+    say(f"{args.device_id}: trusted root written to {args.state_dir}/tuf/root.json")
+    if public is not None:
+        say(f"{args.device_id}: public key registered; encrypted rollouts can reach it")
+    return 0
+
+
+def cmd_devices_list(args: argparse.Namespace) -> int:
+    from cloud_hub.rollout import check_label
+
+    if args.group:
+        check_label(args.group, "--group")
+    wanted_tags = _labels(args.tag or [])
+    model = args.model
+    rows = []
+    for d in _store(args).devices():
+        if (args.online and not d["online"]) or (args.offline and d["online"]):
+            continue
+        if args.group and d["group"] != args.group:
+            continue
+        if not set(wanted_tags) <= set(d["tags"] or []):
+            continue
+        running = f"{d['model']}@{d['version']}" if d["model"] else ""
+        if model and model not in (d["model"], running):
+            continue
+        rows.append(_row(d))
+    emit(args, rows, "devices", COLUMNS)
+    return 0
+
+
+def cmd_devices_show(args: argparse.Namespace) -> int:
+    store = _store(args)
+    d = _known(store, args.device_id)
+    if not args.events.isdigit() or int(args.events) > 1000:
+        raise ConfigError(f"--events: expected a count from 0 to 1000, got {args.events!r}")
+    recent = (
+        store.records("events", args.device_id)[-int(args.events) :] if args.events != "0" else []
+    )
+    events = [{"ts": r.ts, **r.body} for r in recent]
+    if args.json:
+        body = {k: v for k, v in d.items() if k != "public_key"}
+        body["encrypted_transfers"] = d["public_key"] is not None
+        print(json.dumps({**body, "events": events}, indent=2, default=str))
+        return 0
+    table = Table(title=f"device {d['id']}", show_header=False)
+    since = f" (since {when(d['online_since'])})" if d["online"] else ""
+    ago = f", {time.time() - d['last_seen']:.0f} s ago" if d["last_seen"] else ""
+    fields = {
+        **{k: str(v) for k, v in _row(d).items() if k != "device"},
+        "online": f"{'yes' if d['online'] else 'no'}{since}",
+        "last_seen": f"{when(d['last_seen'])}{ago}",
+        "boot": str(d["boot"]),
+        "agent": d["agent_version"],
+        "encrypted transfers": "yes" if d["public_key"] else "no (no public key enrolled)",
+        "stats": json.dumps(d["stats"] or {}),
+    }
+    for key, value in fields.items():
+        table.add_row(key, value)
+    console.print(table)
+    if events:
+        history = Table(title="recent events")
+        for col in ("when", "event", "model", "rollout", "reason"):
+            history.add_column(col)
+        for e in events:
+            m = e.get("model") or {}
+            history.add_row(
+                when(e["ts"]),
+                str(e.get("event")),
+                f"{m.get('name')}@{m.get('version')}" if m else "-",
+                str(e.get("rollout") or "-"),
+                str(e.get("reason") or ""),
+            )
+        console.print(history)
+    return 0
+
+
+def cmd_devices_tag(args: argparse.Namespace) -> int:
+    store = _store(args)
+    _known(store, args.device_id)
+    tags = _labels(args.tags)
+    change = {"remove": tags} if args.remove else {"add": tags}
+    d = store.label_device(args.device_id, **change)
+    say(f"{args.device_id}: tags {','.join(d['tags']) or '(none)'}")
+    return 0
+
+
+def cmd_devices_group(args: argparse.Namespace) -> int:
+    store = _store(args)
+    _known(store, args.device_id)
+    if args.group is None and not args.none:
+        raise ConfigError("devices group: expected a GROUP name or --none")
+    if args.group is not None and args.none:
+        raise ConfigError(f"devices group: expected a GROUP or --none, got both ({args.group!r})")
+    group = "" if args.none else _labels([args.group])[0]
+    store.label_device(args.device_id, group=group)
+    say(f"{args.device_id}: group {group or '(none)'}")
+    return 0
+
+
+def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
+    """`edgehub devices ...` under the top-level subparsers `sub`, with cli.build_parser's `add`."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "devices", help="the fleet: registry, tags and groups", description="the fleet"
+    )
+    devices = parser.add_subparsers(dest="sub", required=True)
+    sp = add(devices, "enroll", cmd_devices_enroll, "give a device the hub's trusted root")
+    sp.add_argument("device_id")
+    sp.add_argument("--state-dir", required=True, help="the device's state folder")
+    sp.add_argument(
+        "--public",
+        help="the device's device.pub.json from `edge-agent enroll` "
+        "(default: the one in the state folder, if there)",
+    )
+    sp = add(devices, "list", cmd_devices_list, "list devices", json_out=True)
+    state = sp.add_mutually_exclusive_group()
+    state.add_argument("--online", action="store_true", help="only devices online now")
+    state.add_argument("--offline", action="store_true", help="only devices offline now")
+    sp.add_argument("--group", help="only devices in this group")
+    sp.add_argument("--tag", action="append", help="only devices with this tag (repeatable)")
+    sp.add_argument("--model", help="only devices running this model (NAME or NAME@VERSION)")
+    sp = add(devices, "show", cmd_devices_show, "one device and its recent events", json_out=True)
+    sp.add_argument("device_id")
+    sp.add_argument("--events", default="10", help="how many recent events (default 10)")
+    sp = add(devices, "tag", cmd_devices_tag, "add tags to a device (or --remove them)")
+    sp.add_argument("device_id")
+    sp.add_argument("tags", nargs="+", metavar="TAG")
+    sp.add_argument("--remove", action="store_true", help="remove these tags instead")
+    sp = add(devices, "group", cmd_devices_group, "put a device in a group (one at a time)")
+    sp.add_argument("device_id")
+    sp.add_argument("group", nargs="?", metavar="GROUP")
+    sp.add_argument("--none", action="store_true", help="take the device out of its group")
+    return parser

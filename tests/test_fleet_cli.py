@@ -1,0 +1,145 @@
+"""`edgehub devices` and `edgehub rollout`: what works, and one clear line for every mistake."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_cli import bundle, hub_fails
+
+from cloud_hub import cli as hub_cli
+from cloud_hub.storage import Store, default_url
+from edge_agent.protocol.messages import ModelRef, Status
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hub with wine@1 published and three devices: two online in the lab, one offline."""
+    home = tmp_path_factory.mktemp("fleet") / "home"
+    assert hub_cli.main(["--home", str(home), "keys", "init"]) == 0
+    path = home.parent / "wine-1.zip"
+    path.write_bytes(bundle("wine", 1))
+    assert hub_cli.main(["--home", str(home), "model", "publish", str(path)]) == 0
+    store = Store(default_url(home))
+    for device, online in (("pi-1", True), ("pi-2", True), ("pi-3", False)):
+        store.register(device)
+        store.set_status(Status(device, online, 1, "0.1", "raspberry-pi-4", ModelRef("wine", 1)))
+    return home
+
+
+def run(home: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert hub_cli.main(["--home", str(home), *argv]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    return out
+
+
+def test_tags_groups_filters_and_show(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(home, capsys, "devices", "tag", "pi-1", "lab", "cam")
+    run(home, capsys, "devices", "tag", "pi-2", "lab")
+    assert "tags cam" in run(home, capsys, "devices", "tag", "pi-1", "lab", "--remove")
+    run(home, capsys, "devices", "tag", "pi-1", "lab")
+    run(home, capsys, "devices", "group", "pi-2", "north")
+    listed = json.loads(run(home, capsys, "devices", "list", "--tag", "lab", "--json"))
+    assert [(d["device"], d["tags"]) for d in listed] == [("pi-1", "cam,lab"), ("pi-2", "lab")]
+    listed = json.loads(run(home, capsys, "devices", "list", "--offline", "--json"))
+    assert [d["device"] for d in listed] == ["pi-3"]
+    listed = json.loads(run(home, capsys, "devices", "list", "--group", "north", "--json"))
+    assert [d["device"] for d in listed] == ["pi-2"]
+    assert json.loads(run(home, capsys, "devices", "list", "--model", "wine@2", "--json")) == []
+    shown = json.loads(run(home, capsys, "devices", "show", "pi-2", "--json"))
+    assert (shown["group"], shown["online"], shown["online_since"] > 0) == ("north", True, True)
+    assert "north" in run(home, capsys, "devices", "show", "pi-2")
+    run(home, capsys, "devices", "group", "pi-2", "--none")
+    assert json.loads(run(home, capsys, "devices", "show", "pi-2", "--json"))["group"] == ""
+
+
+def test_rollout_by_tag_status_and_manual_control(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(home, capsys, "devices", "tag", "pi-3", "cam")
+    argv = ["rollout", "start", "wine@1", "--target", "tag:cam", "--waves", "50%,100%"]
+    started = json.loads(run(home, capsys, *argv, "--soak", "5m", "--max-psi", "0.2", "--json"))
+    assert started["waves"] == [["pi-1"], ["pi-3"]]
+    assert started["plan"]["gates"]["soak_s"] == 300.0
+    rid = started["id"]
+    assert "canary" in run(home, capsys, "rollout", "status", rid)
+    (status,) = json.loads(run(home, capsys, "rollout", "status", rid, "--json"))
+    assert [w["phase"] for w in status["waves_view"]] == ["waiting", "waiting"]
+    assert "paused" in run(home, capsys, "rollout", "pause", rid)
+    err = hub_fails(capsys, "--home", str(home), "rollout", "pause", rid)
+    assert "is paused; only a running rollout can be paused" in err
+    assert "running" in run(home, capsys, "rollout", "resume", rid)
+    assert "rolled-back" in run(home, capsys, "rollout", "rollback", rid)
+    err = hub_fails(capsys, "--home", str(home), "rollout", "abort", rid)
+    assert "is rolled-back; only a running or paused or completed rollout" in err
+    assert rid in run(home, capsys, "rollout", "list")
+
+
+def test_a_newer_rollout_supersedes_the_older(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = json.loads(run(home, capsys, "rollout", "start", "wine@1", "--json"))["id"]
+    second = json.loads(run(home, capsys, "rollout", "start", "wine@1", "--json"))["id"]
+    rows = {r["id"]: r for r in json.loads(run(home, capsys, "rollout", "list", "--json"))}
+    assert rows[first]["state"] == "superseded"
+    assert rows[first]["halt_reason"] == f"superseded by rollout {second}"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--target", "everyone"], "--target: expected all, group:NAME or tag:NAME"),
+        (["--target", "tag:nobody"], "no devices match --target tag:nobody"),
+        (["--canary", "0"], "--canary: expected at least 1 device, got '0'"),
+        (["--canary", "lots"], "--canary: expected a count like 2 or a percent"),
+        (["--waves", "10%,50%"], "--waves: expected the last wave to be 100%"),
+        (["--waves", "50%,10%,100%"], "--waves: expected growing shares"),
+        (["--max-failure", "-1"], "--max-failure: expected a count like 2 or a percent"),
+        (["--min-success", "200%"], "--min-success: expected a count like 2 or a percent"),
+        (["--soak", "forever"], "--soak: expected a duration like 30s, 5m or 1h, got 'forever'"),
+        (["--max-p95-ms", "fast"], "--max-p95-ms: expected a number of 0 or more, got 'fast'"),
+        (["--max-p95-ms", "20"], "--soak: the latency, error-rate and drift gates read"),
+        (["--max-error-rate", "2", "--soak", "1m"], "--max-error-rate: expected a number from 0"),
+        (["--max-psi", "nan", "--soak", "1m"], "--max-psi: expected a number of 0 or more"),
+        (["--min-agreement", "0.9"], "--min-agreement: agreement is measured in shadow mode"),
+        (["--min-agreement", "1.5", "--shadow", "100"], "--min-agreement: expected a number"),
+        (["--shadow", "0"], "--shadow: expected a number of rows from 1 to 1000000, got '0'"),
+        (["--shadow", "many"], "--shadow: expected a number of rows"),
+        (["--on-fail", "shrug"], "--on-fail: expected abort or pause, got 'shrug'"),
+    ],
+)
+def test_rollout_start_bad_arguments(
+    home: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    err = hub_fails(capsys, "--home", str(home), "rollout", "start", "wine@1", *args)
+    assert expected in err
+
+
+@pytest.mark.parametrize("action", ["status", "pause", "resume", "abort", "rollback"])
+def test_rollout_actions_on_an_unknown_id(
+    home: Path, capsys: pytest.CaptureFixture[str], action: str
+) -> None:
+    err = hub_fails(capsys, "--home", str(home), "rollout", action, "r-nope")
+    assert "no rollout with id 'r-nope'" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["devices", "show", "ghost"], "no device 'ghost' in the registry"),
+        (["devices", "show", "pi-1", "--events", "x"], "--events: expected a count from 0"),
+        (["devices", "tag", "ghost", "lab"], "no device 'ghost'"),
+        (["devices", "tag", "pi-1", "a/b"], "tag: expected 1-64 characters"),
+        (["devices", "group", "pi-1"], "devices group: expected a GROUP name or --none"),
+        (["devices", "group", "pi-1", "x", "--none"], "expected a GROUP or --none, got both"),
+        (["devices", "group", "pi-1", "#"], "tag: expected 1-64 characters"),
+        (["devices", "list", "--group", "a b"], "--group: expected 1-64 characters"),
+        (["devices", "list", "--tag", "+"], "tag: expected 1-64 characters"),
+    ],
+)
+def test_devices_bad_arguments(
+    home: Path, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
+) -> None:
+    assert expected in hub_fails(capsys, "--home", str(home), *argv)
