@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from cloud_hub import keys_cli
+from cloud_hub import keys_cli, simulate_cli
 from cloud_hub.model_report import card_rows, feature_rows, report_rows, verdict
 from converters.source import QUANTIZE_MODES
 from edge_agent.errors import EdgefleetError
@@ -305,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     keys_cli.register(sub, add)
+    simulate_cli.register(sub, add)
 
     model = sub.add_parser("model", help="signed model bundles").add_subparsers(
         dest="sub", required=True

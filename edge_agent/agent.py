@@ -36,6 +36,7 @@ from edge_agent.protocol.messages import (
 )
 from edge_agent.protocol.topics import Topics
 from edge_agent.results import ResultPublisher
+from edge_agent.runtime import RuntimeLoader, load_runtime
 from edge_agent.sources import Source, source_from_config
 from edge_agent.trust import TufMirror, Verifier
 from edge_agent.updater import Downloader, Installed, TransferInterrupted, Updater
@@ -132,7 +133,7 @@ class Sender:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig) -> None:
+    def __init__(self, cfg: AgentConfig, open_runtime: RuntimeLoader = load_runtime) -> None:
         self.cfg = cfg
         self.topics = Topics(cfg.topic_prefix)
         state = cfg.state_dir
@@ -190,6 +191,7 @@ class Agent:
             self._activate,
             cfg.get("runtime", "threads"),
             cfg.get("limits", "transfer_timeout_s"),
+            open_runtime,
         )
         self.lines: queue.Queue[tuple[str, bytes]] = queue.Queue(cfg.get("pipeline", "queue_max"))
         self.commands: queue.Queue[Command] = queue.Queue()

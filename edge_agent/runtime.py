@@ -8,7 +8,7 @@ measured is what the device runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -71,6 +71,9 @@ def open_runtime(
 
         return TfliteRuntime(model_bytes, task, classes, threads)
     raise BundleRejected("bad-card", f"runtime {kind!r} is not one this agent knows")
+
+
+RuntimeLoader = Callable[[ModelCard, bytes, int], Runtime]  # (card, model bytes, threads)
 
 
 def load_runtime(card: ModelCard, model_bytes: bytes, threads: int = 1) -> Runtime:
