@@ -15,6 +15,8 @@ loop (`run_forever`): 4. One feeder thread serves every device.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -38,6 +40,11 @@ from edge_agent.runtime import Runtime, load_runtime
 from edge_agent.trust import sha256_hex
 
 FEED_TICK_S = 0.1
+# paho's network loop uses select(), which takes file descriptors below 1024 only; each
+# simulated device holds about 6 (SQLite buffer with its WAL and shm, paho's socket pair, the
+# connection), so one process holds about 150 devices next to the hub
+FD_SETSIZE = 1024
+FDS_PER_DEVICE = 6
 # what a broken sensor or a noisy serial line sends (each is rejected and counted by reason)
 MALFORMED_LINES = (
     b"\xff\xfe\x00 garbage",
@@ -178,8 +185,8 @@ class SimDevice:
         return self.agent.cfg.device_id
 
     def accepted(self) -> int:
-        """Records this device's agent accepted in this run: acknowledged plus still buffered."""
-        return sum(self.agent.sender.sent.values()) + self.agent.buffer.pending()
+        """Records this device's agent accepted under its current boot."""
+        return self.agent.buffer.appended
 
 
 class SimFleet:
@@ -195,6 +202,14 @@ class SimFleet:
         self._stop = threading.Event()
         self._feeder = threading.Thread(target=self._feed, name="sim-feeder", daemon=True)
         self._started = 0.0
+        room = (FD_SETSIZE - 64 - open_fds()) // FDS_PER_DEVICE
+        if opts.devices > room:
+            raise ConfigError(
+                f"--devices: one process holds at most {room} simulated devices (paho's select() "
+                f"loop needs file descriptors below {FD_SETSIZE}, each device uses about "
+                f"{FDS_PER_DEVICE}), got {opts.devices}; run more `edgehub simulate "
+                "--external-hub --prefix NAME` processes against the same broker and hub"
+            )
         for n in range(1, opts.devices + 1):
             device_id = opts.device_id(n)
             folder = workdir / device_id
@@ -208,6 +223,10 @@ class SimFleet:
     @property
     def ids(self) -> list[str]:
         return [d.id for d in self.devices]
+
+    @property
+    def boots(self) -> dict[str, int]:
+        return {d.id: d.agent.boot for d in self.devices}
 
     def start(self) -> None:
         for d in self.devices:
@@ -268,20 +287,20 @@ class SimFleet:
 
 
 # ---- the hub's side --------------------------------------------------------------------
-def hub_counts(store: Store, devices: Sequence[str]) -> dict[str, int]:
-    """Records the hub stored per device (all kinds)."""
+def hub_counts(store: Store, boots: dict[str, int]) -> dict[str, int]:
+    """Records the hub stored per device under the given boot (all kinds)."""
     from sqlalchemy import func, select
 
     from cloud_hub.storage import records
 
     q = (
-        select(records.c.device, func.count())
-        .where(records.c.device.in_(list(devices)))
-        .group_by(records.c.device)
+        select(records.c.device, records.c.boot, func.count())
+        .where(records.c.device.in_(list(boots)))
+        .group_by(records.c.device, records.c.boot)
     )
     with store.engine.connect() as conn:
-        got = {str(dev): int(n) for dev, n in conn.execute(q).all()}
-    return {d: got.get(d, 0) for d in devices}
+        got = {(str(dev), int(boot)): int(n) for dev, boot, n in conn.execute(q).all()}
+    return {d: got.get((d, boot), 0) for d, boot in boots.items()}
 
 
 def drift_statuses(store: Store, devices: Sequence[str]) -> Counter[str]:
@@ -370,7 +389,12 @@ class Simulation:
         open_repo(home)  # a clear error before anything starts
         self.home = home
         self.opts = opts
-        self.broker = None if broker else start_broker(workdir / "mosquitto", prefer="mosquitto")
+        self._broker_dir = None if broker else tempfile.TemporaryDirectory(prefix="edgehub-sim-")
+        self.broker = (
+            start_broker(Path(self._broker_dir.name), prefer="mosquitto")
+            if self._broker_dir
+            else None
+        )
         host, port = broker or (self.broker.host, self.broker.port)  # type: ignore[union-attr]
         self.address = (host, port)
         self.store = store_of(home)
@@ -409,10 +433,11 @@ class Simulation:
             "connected": fleet.connected(),
             "models": dict(fleet.models()),
             **fleet.stats(),
-            "hub_records": sum(hub_counts(self.store, fleet.ids).values()),
+            "hub_records": sum(hub_counts(self.store, fleet.boots).values()),
             "drift": dict(drift_statuses(self.store, fleet.ids)),
             "threads": threading.active_count(),
             "rss_mb": round(rss_bytes() / 1e6, 1),
+            "fds": open_fds(),
             "runtimes": len(fleet.runtimes),
         }
         if rollout_id is not None:
@@ -427,7 +452,7 @@ class Simulation:
         accepted = {d.id: d.accepted() for d in self.fleet.devices}
         deadline = time.monotonic() + ingest_timeout
         while True:
-            stored = hub_counts(self.store, list(accepted))
+            stored = hub_counts(self.store, self.fleet.boots)
             if stored == accepted or time.monotonic() > deadline:
                 break
             self.pause()
@@ -456,6 +481,8 @@ class Simulation:
             self._hub_thread.join(15)
         if self.broker is not None:
             self.broker.stop()
+        if self._broker_dir is not None:
+            self._broker_dir.cleanup()
 
 
 def rss_bytes() -> int:
@@ -468,6 +495,14 @@ def rss_bytes() -> int:
     except OSError:
         pass
     return 0
+
+
+def open_fds() -> int:
+    """File descriptors this process holds (0 where /proc is missing)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
 
 
 def store_of(home: Path) -> Store:

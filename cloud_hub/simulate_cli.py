@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -105,28 +103,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     broker = parse_broker(args.broker) if args.broker else None
     model = ModelRef.parse(args.model) if args.model else None
     home = Path(args.home)
-    workdir = Path(tempfile.mkdtemp(prefix="edgehub-sim-"))
+    workdir = Path(args.workdir) if args.workdir else home / "simulated"
+    sim = Simulation(home, workdir, opts, broker, embedded_hub=not args.external_hub)
     try:
-        sim = Simulation(home, workdir, opts, broker, embedded_hub=not args.external_hub)
-        try:
-            chosen = ensure_model(home, workdir, model)
-            rid = start_rollout(home, chosen, args.canary, devices=sim.fleet.ids).id
-            end = time.monotonic() + args.duration
-            show = not args.json and console.is_terminal
-            with Live(console=console, transient=True) if show else nullcontext() as live:
-                while time.monotonic() < end:
-                    threading.Event().wait(min(1.0, max(0.0, end - time.monotonic())))
-                    if live is not None:
-                        live.update(summary_table(sim.snapshot(rid), "simulated fleet"))
-            running = sim.snapshot(rid)
-            final = sim.finish()  # stops the fleet: connections and threads are gone after it
-            snap = {**sim.snapshot(rid), **final}
-            snap.update(connected=running["connected"], threads=running["threads"])
-        finally:
-            sim.close()
+        chosen = ensure_model(home, workdir, model)
+        rid = start_rollout(home, chosen, args.canary, devices=sim.fleet.ids).id
+        end = time.monotonic() + args.duration
+        show = not args.json and console.is_terminal
+        with Live(console=console, transient=True) if show else nullcontext() as live:
+            while time.monotonic() < end:
+                threading.Event().wait(min(1.0, max(0.0, end - time.monotonic())))
+                if live is not None:
+                    live.update(summary_table(sim.snapshot(rid), "simulated fleet"))
+        running = sim.snapshot(rid)
+        final = sim.finish()  # stops the fleet: connections and threads are gone after it
+        snap = {**sim.snapshot(rid), **final}
+        snap.update({k: running[k] for k in ("connected", "threads", "fds", "rss_mb")})
     finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+        sim.close()
     if args.json:
         print(json.dumps(snap, indent=2, default=str))
     else:
@@ -166,4 +160,8 @@ def register(sub: Any, add: AddCommand) -> None:
     )
     sp.add_argument("--canary", default="100%", help="first wave: a count or a percent")
     sp.add_argument("--prefix", default="sim", help="device ids are PREFIX-0001 ...")
-    sp.add_argument("--keep", action="store_true", help="keep the devices' working folder")
+    sp.add_argument(
+        "--workdir",
+        help="the simulated devices' state folders, kept between runs so each run is a new "
+        "boot (default: HOME/simulated)",
+    )
