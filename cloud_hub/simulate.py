@@ -32,7 +32,7 @@ from cloud_hub.operations import enroll_device, open_repo, publish_bundle
 from cloud_hub.storage import Store, default_url
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-from edge_agent.errors import ConfigError, TransportError
+from edge_agent.errors import ConfigError, MessageError, TransportError
 from edge_agent.protocol.card import FeatureProfile, ModelCard
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.topics import check_device_id
@@ -86,7 +86,10 @@ class SimOptions:
         for name, value in (("--window", self.window_s), ("--status-every", self.status_s)):
             if not 0 < value < math.inf:
                 raise ConfigError(f"{name}: expected seconds > 0, got {value}")
-        check_device_id(self.device_id(1), "--prefix")
+        try:
+            check_device_id(self.device_id(1), "--prefix")
+        except MessageError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def device_id(self, n: int) -> str:
         return f"{self.prefix}-{n:04d}"
@@ -317,6 +320,7 @@ def ensure_model(home: Path, workdir: Path, model: ModelRef | None) -> ModelRef:
     """`model` if it is published; else the newest published model; else a small iris model
     trained and published now (so `edgehub simulate` works on a fresh hub)."""
     targets = open_repo(home).targets()
+    workdir.mkdir(parents=True, exist_ok=True)
     published = [
         ModelRef(str(i["model"]), int(i["model_version"]))
         for i in targets.values()

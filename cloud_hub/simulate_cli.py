@@ -104,9 +104,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     model = ModelRef.parse(args.model) if args.model else None
     home = Path(args.home)
     workdir = Path(args.workdir) if args.workdir else home / "simulated"
+    chosen = ensure_model(home, workdir, model)
     sim = Simulation(home, workdir, opts, broker, embedded_hub=not args.external_hub)
     try:
-        chosen = ensure_model(home, workdir, model)
         rid = start_rollout(home, chosen, args.canary, devices=sim.fleet.ids).id
         end = time.monotonic() + args.duration
         show = not args.json and console.is_terminal
