@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from make_benchmarks import DESIGN_TARGETS, margin, parse_output, render, target_rows  # noqa: E402
+from make_benchmarks import DESIGN_TARGETS, margin, parse_output, render, target_rows
 
 CANNED = {
     "rollout": {
@@ -17,7 +17,8 @@ CANNED = {
         "rows": [{"model_mb": 1, "ours_s": 16.9, "bare_s": 2.1, "nested": [1, 2]}],
         "targets": [
             {
-                "target": "rollout of a 1 MB model to 100 simulated devices on loopback: under 10 s",
+                "target": "rollout of a 1 MB model to 100 simulated devices on loopback: "
+                "under 10 s",
                 "subject": "bundle to 100 devices (s)",
                 "value": 16.9,
                 "limit": "< 10",
