@@ -195,7 +195,7 @@ def run_soak(minutes: float, devices: int, seed: int, workdir: Path) -> int:
             while time.monotonic() - began < fault.at_s:
                 rss.append(rss_bytes() / 1e6)
                 stop.wait(min(1.0, fault.at_s - (time.monotonic() - began)))
-            _inject(fault.kind, rng, broker, hub, agents, sim, mqtt, CallbackAPIVersion)
+            _inject(fault.kind, rng, broker, hub, agents, sim, mqtt, CallbackAPIVersion.VERSION2)
             injected[fault.kind] = injected.get(fault.kind, 0) + 1
             console.print(f"  {time.monotonic() - began:6.1f} s  {fault.kind}")
         while time.monotonic() - began < seconds:
