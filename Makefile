@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit browser bench clean
+.PHONY: demo test lint typecheck unit browser bench soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "edgefleet needs Python 3.11 or newer, found " + sys.version.split()[0]' 
@@ -38,6 +38,15 @@ unit: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit
+
+# every bench/*_bench.py with --json, collected into BENCHMARKS.md (takes several minutes)
+bench: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(BIN)/python bench/make_benchmarks.py --out BENCHMARKS.md
+
+# a simulated fleet, real agent processes and the hub under faults; SOAK_MINUTES=10 by default
+SOAK_MINUTES ?= 10
+soak: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(BIN)/python -m cloud_hub.soak --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

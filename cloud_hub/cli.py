@@ -17,7 +17,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from cloud_hub import broker_cli, drift_cli, fleet_cli, keys_cli, rollout_cli, shadow_cli
+from cloud_hub import (
+    broker_cli,
+    drift_cli,
+    fleet_cli,
+    keys_cli,
+    rollout_cli,
+    shadow_cli,
+    simulate_cli,
+)
 from cloud_hub.cli_output import emit as _emit
 from cloud_hub.model_report import card_rows, feature_rows, report_rows, verdict
 from converters.source import QUANTIZE_MODES
@@ -244,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cli.register(sub, add)
     shadow_cli.register(sub, add)
     drift_cli.register(sub, add)
+    simulate_cli.register(sub, add)
 
     model = sub.add_parser("model", help="signed model bundles").add_subparsers(
         dest="sub", required=True

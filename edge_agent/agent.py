@@ -36,6 +36,7 @@ from edge_agent.protocol.messages import (
 )
 from edge_agent.protocol.topics import Topics
 from edge_agent.results import ResultPublisher
+from edge_agent.runtime import RuntimeLoader, load_runtime
 from edge_agent.shadow import Shadow
 from edge_agent.sources import Source, input_from_config
 from edge_agent.trust import TufMirror, Verifier
@@ -142,7 +143,7 @@ class Sender:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig) -> None:
+    def __init__(self, cfg: AgentConfig, open_runtime: RuntimeLoader = load_runtime) -> None:
         self.cfg = cfg
         self.topics = Topics(cfg.topic_prefix)
         state = cfg.state_dir
@@ -207,6 +208,7 @@ class Agent:
             self._activate,
             cfg.get("runtime", "threads"),
             cfg.get("limits", "transfer_timeout_s"),
+            open_runtime,
             set_shadow=self._set_shadow,
         )
         self.lines: queue.Queue[tuple[str, bytes]] = queue.Queue(cfg.get("pipeline", "queue_max"))

@@ -135,6 +135,11 @@ class Buffer:
             self._db.executemany("DELETE FROM records WHERE id = ?", [(i,) for i in ids])
             self._rows, self._bytes = self._count()
 
+    @property
+    def appended(self) -> int:
+        """Records accepted under this boot so far (their seqs are 0 .. appended - 1)."""
+        return self._seq
+
     def pending(self) -> int:
         with self._lock:
             return self._rows

@@ -9,7 +9,7 @@ measured is what the device runs.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -73,6 +73,8 @@ def open_runtime(
         return TfliteRuntime(model_bytes, task, classes, threads)
     raise BundleRejected("bad-card", f"runtime {kind!r} is not one this agent knows")
 
+
+RuntimeLoader = Callable[[ModelCard, bytes, int], Runtime]  # (card, model bytes, threads)
 
 WARMUP_RUNS = 3
 

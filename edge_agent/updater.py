@@ -27,7 +27,7 @@ from edge_agent.protocol.messages import (
     encode,
 )
 from edge_agent.protocol.transfer import Reassembly
-from edge_agent.runtime import Runtime, load_runtime
+from edge_agent.runtime import Runtime, RuntimeLoader, load_runtime
 from edge_agent.shadow import Shadow
 from edge_agent.trust import TufMirror, VerifiedTarget, Verifier, sha256_hex
 
@@ -238,8 +238,10 @@ class Updater:
         activate: Callable[[Installed | None], None],
         threads: int,
         transfer_timeout: float,
+        open_runtime: RuntimeLoader = load_runtime,
         set_shadow: Callable[[Shadow | None], None] = lambda _shadow: None,
     ) -> None:
+        self.open_runtime = open_runtime  # a simulated fleet shares one session per model
         self.verifier = verifier
         self.mirror = mirror
         self.downloader = downloader
@@ -253,7 +255,7 @@ class Updater:
     def load(self, model: ModelRef) -> Installed:
         """An installed bundle, ready to serve (used at start-up and for rollback)."""
         bundle = read_bundle(self.store.read(model), None, self.verifier.max_bundle_bytes * 4)
-        return Installed(bundle, load_runtime(bundle.card, bundle.model_bytes, self.threads))
+        return Installed(bundle, self.open_runtime(bundle.card, bundle.model_bytes, self.threads))
 
     def serve_installed(self) -> None:
         """At start: the installed model passes the health gate again before it serves, so a
@@ -358,7 +360,7 @@ class Updater:
         """The bundle's runtime, loaded, warmed up and through the health gate, with what the
         gate measured; or None and why it failed."""
         try:
-            runtime = load_runtime(bundle.card, bundle.model_bytes, self.threads)
+            runtime = self.open_runtime(bundle.card, bundle.model_bytes, self.threads)
         except BundleRejected as exc:
             return None, str(exc)
         result = check_health(bundle.card, runtime)

@@ -1,0 +1,173 @@
+"""The fleet simulator: its pure parts, a real run against mosquitto and a hub, bad CLI input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud_hub import cli as hub_cli
+from cloud_hub import rollout as ro
+from cloud_hub.broker import RunningBroker
+from cloud_hub.operations import init_hub, start_rollout
+from cloud_hub.simulate import (
+    MALFORMED_LINES,
+    SIM_MODEL,
+    SimOptions,
+    Simulation,
+    build_sim_model,
+    parse_broker,
+    rollout_of,
+    rows_due,
+    sensor_lines,
+)
+from edge_agent.bundle import read_bundle
+from edge_agent.errors import ConfigError
+from edge_agent.line_parser import LineParser
+from edge_agent.pipeline import card_bounds
+from tests.test_cli import hub_fails
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hub with the simulator's small iris model published."""
+    root = tmp_path_factory.mktemp("sim")
+    init_hub(root / "home")
+    build_sim_model(root / "home", root, SIM_MODEL)
+    return root / "home"
+
+
+def card_of(home: Path):  # type: ignore[no-untyped-def]
+    data = next((home.parent).glob("sim-iris-1.zip")).read_bytes()
+    return read_bundle(data, None, 10**7).card
+
+
+# ---- pure parts -------------------------------------------------------------------------------
+def test_sensor_lines_parse_like_a_sensor_and_drift_moves_half_the_features(home: Path) -> None:
+    card = card_of(home)
+    parser = LineParser(card.feature_names, "csv", card_bounds(card))
+    rng = np.random.default_rng(1)
+    plain = np.stack([parser.parse(line) for line in sensor_lines(card, 2000, rng)])
+    means = np.array([f.mean for f in card.features])
+    stds = np.array([f.std for f in card.features])
+    assert np.all(np.abs(plain.mean(axis=0) - means) < 0.2 * stds)
+    shifted = np.stack([parser.parse(line) for line in sensor_lines(card, 2000, rng, shift=3)])
+    moved = (shifted.mean(axis=0) - plain.mean(axis=0)) / stds
+    half = len(card.features) // 2
+    assert np.all(moved[:half] > 2.5) and np.all(np.abs(moved[half:]) < 0.2)
+
+
+def test_bad_share_sends_malformed_lines(home: Path) -> None:
+    card = card_of(home)
+    rng = np.random.default_rng(2)
+    assert all(line in MALFORMED_LINES for line in sensor_lines(card, 50, rng, bad_share=1.0))
+    mixed = sensor_lines(card, 1000, rng, bad_share=0.1)
+    assert 50 < sum(line in MALFORMED_LINES for line in mixed) < 150
+    assert sensor_lines(card, 0, rng) == []
+
+
+def test_rows_due_keeps_the_rate() -> None:
+    assert rows_due(2.0, 0.4, 0) == 0
+    assert rows_due(2.0, 1.0, 0) == 2
+    assert rows_due(2.0, 1.6, 2) == 1
+    assert rows_due(0.0, 100.0, 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"devices": 0}, "--devices: expected at least 1, got 0"),
+        ({"devices": 2, "drifting": 3}, "--drift: expected 0 to 2 devices"),
+        ({"devices": 1, "rate": -1.0}, "--rate: expected rows per second >= 0, got -1.0"),
+        ({"devices": 1, "bad_lines": 1.5}, "--bad-lines: expected a share from 0 to 1"),
+        ({"devices": 1, "window_s": 0.0}, "--window: expected seconds > 0, got 0.0"),
+        ({"devices": 1, "shift": float("nan")}, "--shift: expected a finite number"),
+        ({"devices": 1, "prefix": "no/slash"}, "--prefix"),
+    ],
+)
+def test_options_refuse_bad_values(kwargs: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        SimOptions(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", ["localhost", "mqtt://:1883", "mqtt://h:0", "mqtt://h:x", "h:1/x"])
+def test_broker_url_is_checked(text: str) -> None:
+    with pytest.raises(ConfigError, match="--broker: expected mqtt://HOST:PORT"):
+        parse_broker(text)
+    assert parse_broker("mqtt://10.0.0.2:1884") == ("10.0.0.2", 1884)
+    assert parse_broker("broker.local:1883") == ("broker.local", 1883)
+
+
+# ---- a real run -------------------------------------------------------------------------------
+@pytest.mark.broker
+def test_rollout_reaches_every_simulated_device_and_telemetry_arrives_once(
+    home: Path, broker: RunningBroker, tmp_path: Path
+) -> None:
+    opts = SimOptions(devices=3, rate=50.0, drifting=1, window_s=0.2, prefix="t")
+    sim = Simulation(home, tmp_path / "devices", opts, (broker.host, broker.port))
+    try:
+        assert sim.wait_connected(30)
+        rid = start_rollout(home, SIM_MODEL, "1").id  # its own hub: the simulated fleet
+        hub = sim.hub
+        assert hub is not None
+
+        def done() -> bool:
+            return rollout_of(sim.store, rid).state != ro.RUNNING
+
+        with hub.handled:
+            assert hub.handled.wait_for(done, 60), sim.snapshot(rid)
+        assert rollout_of(sim.store, rid).state == ro.COMPLETED
+        for d in sim.fleet.devices:  # installed through the agent's verified path
+            assert d.agent.store.record().current == SIM_MODEL
+            events = [r.body["event"] for r in sim.store.records("events", d.id)]
+            assert events[-5:] == ["offered", "downloading", "verified", "installed", "healthy"]
+
+        def inferred() -> bool:
+            return sim.fleet.stats()["inferences"] >= 3 * 20
+
+        with hub.handled:
+            assert hub.handled.wait_for(inferred, 30), sim.fleet.stats()
+        result = sim.finish()
+    finally:
+        sim.close()
+    assert result["exactly_once"], result
+    assert result["accepted"] == result["stored"] > 3 * 5  # events plus telemetry windows
+    assert sim.fleet.runtimes and len(sim.fleet.runtimes) == 1  # one session shared by all
+
+
+# ---- the command line -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--devices", "0"], "--devices: expected at least 1, got 0"),
+        (["--devices", "many"], "argument --devices: expected a whole number, got 'many'"),
+        (["--devices", "2", "--rate", "fast"], "argument --rate: expected a number, got 'fast'"),
+        (["--devices", "2", "--rate", "inf"], "argument --rate: expected a finite number"),
+        (["--devices", "2", "--drift", "5"], "--drift: expected 0 to 2 devices"),
+        (["--devices", "2", "--broker", "localhost"], "--broker: expected mqtt://HOST:PORT"),
+        (["--devices", "2", "--duration", "0"], "--duration: expected seconds > 0, got 0.0"),
+        (["--devices", "2", "--model", "nope@9"], "--model nope@9 is not published"),
+        (["--devices", "2", "--model", "nope"], "nope"),
+        (["--devices", "2", "--prefix", "a b"], "--prefix"),
+        (["--devices", "9999"], "one process holds at most"),
+    ],
+)
+def test_simulate_cli_refuses_bad_input(
+    home: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    full = ["--home", str(home), "simulate", *argv]
+    if needle.startswith("argument "):  # argparse's own check: usage, then one error line
+        with pytest.raises(SystemExit) as exited:
+            hub_cli.main(full)
+        assert exited.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "Traceback" not in err
+    else:
+        err = hub_fails(capsys, *full)
+    assert needle in err
+
+
+def test_simulate_cli_needs_a_hub(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = hub_fails(capsys, "--home", str(tmp_path / "none"), "simulate", "--devices", "1")
+    assert "no hub here; run `edgehub --home" in err
