@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
-from edge_agent.buffer import Buffer, TokenBucket
+from edge_agent.buffer import Buffer, Cap, TokenBucket
 from edge_agent.config import AgentConfig
 from edge_agent.errors import BadDataError, ConfigError
 from edge_agent.fsutil import atomic_write
@@ -160,6 +160,7 @@ class Agent:
             self.boot,
             cfg.get("buffer", "max_rows"),
             cfg.get("buffer", "max_bytes"),
+            {kind: Cap(**cap) for kind, cap in cfg.get("buffer", "caps").items()},
         )
         self.store = ModelStore(state / "models")
         self.mirror = TufMirror()
