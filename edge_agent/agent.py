@@ -35,6 +35,7 @@ from edge_agent.protocol.messages import (
     encode,
 )
 from edge_agent.protocol.topics import Topics
+from edge_agent.resources import ResourceMeter
 from edge_agent.results import ResultPublisher
 from edge_agent.shadow import Shadow
 from edge_agent.sources import Source, source_from_config
@@ -184,9 +185,12 @@ class Agent:
             drain_rate=cfg.get("telemetry", "drain_rate"),
         )
         self.results = ResultPublisher.from_settings(cfg.settings["results"], cfg.device_id)
+        self.resources = ResourceMeter(time.monotonic())
         self.pipeline = Pipeline(
             on_drift=lambda r: self._record("drift", r),
-            on_window=lambda r: self._record("telemetry", r),
+            on_window=lambda r: self._record(
+                "telemetry", {**r, "resources": self.resources.read(time.monotonic())}
+            ),
             on_result=self.results,
             on_shadow_report=self._shadow_report,
         )
