@@ -37,6 +37,7 @@ from edge_agent.protocol.messages import (
 from edge_agent.protocol.topics import Topics
 from edge_agent.resources import ResourceMeter
 from edge_agent.results import ResultPublisher
+from edge_agent.sampling import RawSampler
 from edge_agent.shadow import Shadow
 from edge_agent.sources import Source, source_from_config
 from edge_agent.trust import TufMirror, Verifier
@@ -194,6 +195,9 @@ class Agent:
             on_result=self.results,
             on_shadow_report=self._shadow_report,
         )
+        rate = cfg.get("telemetry", "raw_sample_rate")
+        if rate > 0:  # off by default: raw inputs may be personal data
+            self.pipeline.sampler = RawSampler(rate, self._raw_sample)
         self.downloader = Downloader(
             lambda payload: self.session.publish(
                 self.topics.device(cfg.device_id, "xfer/req"), payload
@@ -231,6 +235,10 @@ class Agent:
             if dropped:
                 body = {**body, "dropped": dropped}
         self.buffer.append(kind, body)
+        self.sender.wake.set()
+
+    def _raw_sample(self, body: dict[str, Any]) -> None:
+        self.buffer.append("telemetry", body)  # a record of its own (edge_agent.sampling)
         self.sender.wake.set()
 
     def _event(
