@@ -131,14 +131,11 @@ def check_sections(
                 f"{source}: unknown table [{within}.{section}].{_suggest(section, list(schema))} "
                 f"Known tables: {', '.join(schema)}"
             )
+        where = f"{within}.{section}" if within else section
         if not isinstance(values, dict):
-            raise ConfigError(
-                f"{source}: [{within}{'.' * bool(within)}{section}] expected a table, "
-                f"found {values!r:.40}"
-            )
+            raise ConfigError(f"{source}: [{where}] expected a table, found {values!r:.40}")
+        known = schema[section]
         for key, value in values.items():
-            known = schema[section]
-            where = f"{within}{'.' * bool(within)}{section}"
             if key not in known:
                 raise ConfigError(
                     f"{source}: unknown key {where}.{key}."
