@@ -238,7 +238,7 @@ class Store:
     def telemetry_totals(self, device: str) -> dict[str, int]:
         """Records received, and the inferences they report."""
         rows = self.records("telemetry", device)
-        return {"records": len(rows), "inferences": sum(int(r.body["count"]) for r in rows)}
+        return {"records": len(rows), "inferences": sum(int(r.body.get("count", 0)) for r in rows)}
 
     # ---- registry: labels ----------------------------------------------------------------
     def device(self, device: str) -> dict[str, Any] | None:

@@ -250,7 +250,8 @@ def create_app(store: Store, auth: WebAuth) -> FastAPI:
     def telemetry(device: DeviceId, since: Since = 0.0, limit: Limit = 300) -> dict[str, Any]:
         device_or_404(device)
         recs = store.recent_records("telemetry", device, since, limit)
-        return {"device": device, "points": [views.telemetry_point(r) for r in recs]}
+        points = [views.telemetry_point(r) for r in recs if "raw" not in r.body]  # not samples
+        return {"device": device, "points": points}
 
     @app.get(
         "/api/devices/{device}/drift",

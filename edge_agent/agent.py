@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
-from edge_agent.buffer import Buffer, TokenBucket
+from edge_agent.buffer import Buffer, Cap, TokenBucket
 from edge_agent.config import AgentConfig
 from edge_agent.errors import BadDataError, ConfigError
 from edge_agent.fsutil import atomic_write
@@ -35,8 +35,10 @@ from edge_agent.protocol.messages import (
     encode,
 )
 from edge_agent.protocol.topics import Topics
+from edge_agent.resources import ResourceMeter
 from edge_agent.results import ResultPublisher
 from edge_agent.runtime import RuntimeLoader, load_runtime
+from edge_agent.sampling import RawSampler
 from edge_agent.shadow import Shadow
 from edge_agent.sources import Source, input_from_config
 from edge_agent.trust import TufMirror, Verifier
@@ -161,6 +163,7 @@ class Agent:
             self.boot,
             cfg.get("buffer", "max_rows"),
             cfg.get("buffer", "max_bytes"),
+            {kind: Cap(**cap) for kind, cap in cfg.get("buffer", "caps").items()},
         )
         self.store = ModelStore(state / "models")
         self.mirror = TufMirror()
@@ -184,12 +187,18 @@ class Agent:
             drain_rate=cfg.get("telemetry", "drain_rate"),
         )
         self.results = ResultPublisher.from_settings(cfg.settings["results"], cfg.device_id)
+        self.resources = ResourceMeter(time.monotonic())
         self.pipeline = Pipeline(
             on_drift=lambda r: self._record("drift", r),
-            on_window=lambda r: self._record("telemetry", r),
+            on_window=lambda r: self._record(
+                "telemetry", {**r, "resources": self.resources.read(time.monotonic())}
+            ),
             on_result=self.results,
             on_shadow_report=self._shadow_report,
         )
+        rate = cfg.get("telemetry", "raw_sample_rate")
+        if rate > 0:  # off by default: raw inputs may be personal data
+            self.pipeline.sampler = RawSampler(rate, self._raw_sample)
         self.downloader = Downloader(
             lambda payload: self.session.publish(
                 self.topics.device(cfg.device_id, "xfer/req"), payload
@@ -228,6 +237,10 @@ class Agent:
             if dropped:
                 body = {**body, "dropped": dropped}
         self.buffer.append(kind, body)
+        self.sender.wake.set()
+
+    def _raw_sample(self, body: dict[str, Any]) -> None:
+        self.buffer.append("telemetry", body)  # a record of its own (edge_agent.sampling)
         self.sender.wake.set()
 
     def _event(

@@ -1,9 +1,11 @@
 """Store-and-forward buffer: SQLite in WAL mode, records deleted only after the broker's ack.
 
 Each record carries (boot, seq), so the hub can drop what it has already stored when a record is
-sent twice (after a lost ack, a reconnect or a crash). Past the row cap or the byte cap (bodies'
-JSON size), the explicit drop policy removes the oldest record of the least important class
-(telemetry before drift before events) and counts what it dropped, per kind.
+sent twice (after a lost ack, a reconnect or a crash). Caps, in rows and in bytes (bodies' JSON
+size), hold per priority class and for the whole buffer. `next_drop` is the drop policy, pure: a
+class past its own cap loses its own oldest record (a flood of events never evicts a drift
+report); past the whole buffer's cap the oldest record of the least important class goes
+(telemetry before drift before events). Every drop is counted, per kind.
 
 `TokenBucket` paces the drain after a reconnect, so a returning fleet does not flatten the hub.
 """
@@ -14,11 +16,12 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.errors import TransportError
+from edge_agent.errors import ConfigError, TransportError
 from edge_agent.protocol.messages import Record
 
 PRIORITY = {"events": 0, "drift": 1, "telemetry": 2}
@@ -39,6 +42,46 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 
 
 @dataclass(frozen=True)
+class Cap:
+    """At most `max_rows` records and `max_bytes` bytes of bodies (None: no byte cap)."""
+
+    max_rows: int
+    max_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 1 or (self.max_bytes is not None and self.max_bytes < 1):
+            raise ConfigError(f"a buffer cap expected positive limits, found {self}")
+
+    def full(self, rows: int, size: int, incoming: int) -> bool:
+        """Whether one more record of `incoming` bytes needs room first. A record larger than
+        the byte cap still goes into an empty class: it is dropped by the next one, not lost
+        unseen."""
+        if rows and self.max_bytes is not None and size + incoming > self.max_bytes:
+            return True
+        return rows >= self.max_rows
+
+
+def next_drop(
+    usage: Mapping[str, tuple[int, int]],
+    kind: str,
+    incoming: int,
+    total: Cap,
+    caps: Mapping[str, Cap],
+) -> str | None:
+    """The class whose oldest record goes before a `kind` record of `incoming` bytes is added,
+    or None when it fits. `usage` is kind -> (rows, bytes) now; call again after each drop."""
+    rows, size = usage.get(kind, (0, 0))
+    cap = caps.get(kind)
+    if cap is not None and cap.full(rows, size, incoming):
+        return kind
+    all_rows = sum(r for r, _ in usage.values())
+    all_bytes = sum(b for _, b in usage.values())
+    if not total.full(all_rows, all_bytes, incoming):
+        return None
+    return max((k for k, (r, _) in usage.items() if r), key=PRIORITY.__getitem__)
+
+
+@dataclass(frozen=True)
 class Pending:
     id: int
     kind: str
@@ -47,11 +90,16 @@ class Pending:
 
 class Buffer:
     def __init__(
-        self, path: Path, boot: int, max_rows: int = 100_000, max_bytes: int | None = None
+        self,
+        path: Path,
+        boot: int,
+        max_rows: int = 100_000,
+        max_bytes: int | None = None,
+        caps: Mapping[str, Cap] | None = None,
     ) -> None:
         self.boot = boot
-        self.max_rows = max_rows
-        self.max_bytes = max_bytes
+        self.total = Cap(max_rows, max_bytes)
+        self.caps = dict(caps or {})  # kind -> its own cap
         self._lock = threading.Lock()
         self._seq = 0
         try:
@@ -62,18 +110,14 @@ class Buffer:
             self._db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise TransportError(f"{path}: cannot open the telemetry buffer ({exc})") from exc
-        self._rows, self._bytes = self._count()
+        self._usage = self._count()
 
-    def _count(self) -> tuple[int, int]:
-        rows, size = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM records"
-        ).fetchone()
-        return int(rows), int(size)
-
-    def _full(self, incoming: int) -> bool:
-        if self._rows and self.max_bytes is not None and self._bytes + incoming > self.max_bytes:
-            return True
-        return self._rows >= self.max_rows
+    def _count(self) -> dict[str, tuple[int, int]]:
+        """kind -> (rows, bytes of bodies) held now."""
+        rows = self._db.execute(
+            "SELECT kind, COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM records GROUP BY kind"
+        ).fetchall()
+        return {kind: (int(n), int(size)) for kind, n, size in rows}
 
     def append(self, kind: str, body: dict[str, Any], ts: float | None = None) -> Record:
         record = Record(self.boot, 0, ts if ts is not None else time.time(), body)
@@ -83,8 +127,8 @@ class Buffer:
             text = json.dumps(body)
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                while self._full(len(text)):
-                    self._drop_one()
+                while victim := next_drop(self._usage, kind, len(text), self.total, self.caps):
+                    self._drop_oldest(victim)
                 self._db.execute(
                     "INSERT INTO records (kind, priority, boot, seq, ts, body) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
@@ -93,24 +137,27 @@ class Buffer:
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
-                self._rows, self._bytes = self._count()
+                self._usage = self._count()
                 raise
-            self._rows += 1
-            self._bytes += len(text)
+            self._add(kind, 1, len(text))
         return record
 
-    def _drop_one(self) -> None:
-        row = self._db.execute(
-            "SELECT id, kind, LENGTH(body) FROM records ORDER BY priority DESC, id LIMIT 1"
+    def _add(self, kind: str, rows: int, size: int) -> None:
+        old_rows, old_size = self._usage.get(kind, (0, 0))
+        self._usage[kind] = (old_rows + rows, old_size + size)
+
+    def _drop_oldest(self, kind: str) -> None:
+        rid, size = self._db.execute(
+            "SELECT id, LENGTH(body) FROM records WHERE priority = ? ORDER BY id LIMIT 1",
+            (PRIORITY[kind],),
         ).fetchone()
-        self._db.execute("DELETE FROM records WHERE id = ?", (row[0],))
+        self._db.execute("DELETE FROM records WHERE id = ?", (rid,))
         self._db.execute(
             "INSERT INTO counters (name, value) VALUES (?, 1) "
             "ON CONFLICT(name) DO UPDATE SET value = value + 1",
-            (f"dropped.{row[1]}",),
+            (f"dropped.{kind}",),
         )
-        self._rows -= 1
-        self._bytes -= int(row[2])
+        self._add(kind, -1, -int(size))
 
     def take(self, limit: int, skip: set[int]) -> list[Pending]:
         """Oldest records of the most important class first, all of one kind, not in `skip`."""
@@ -132,8 +179,22 @@ class Buffer:
 
     def ack(self, ids: list[int]) -> None:
         with self._lock:
-            self._db.executemany("DELETE FROM records WHERE id = ?", [(i,) for i in ids])
-            self._rows, self._bytes = self._count()
+            gone = []
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+                    chunk = ids[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    gone += self._db.execute(
+                        f"SELECT kind, LENGTH(body) FROM records WHERE id IN ({marks})", chunk
+                    ).fetchall()
+                    self._db.execute(f"DELETE FROM records WHERE id IN ({marks})", chunk)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            for kind, size in gone:  # an id acked twice is not there the second time
+                self._add(kind, -1, -int(size))
 
     @property
     def appended(self) -> int:
@@ -142,7 +203,12 @@ class Buffer:
 
     def pending(self) -> int:
         with self._lock:
-            return self._rows
+            return sum(rows for rows, _ in self._usage.values())
+
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """kind -> (rows, bytes of bodies) held now."""
+        with self._lock:
+            return {k: v for k, v in self._usage.items() if v[0]}
 
     def dropped(self) -> dict[str, int]:
         with self._lock:

@@ -34,8 +34,9 @@ PROFILE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "max_inflight": int,
         "status_interval_s": Number,
         "drain_rate": Number,
+        "raw_sample_rate": Number,
     },
-    "buffer": {"max_rows": int, "max_bytes": int},
+    "buffer": {"max_rows": int, "max_bytes": int, "caps": dict},
     "drift": {
         "window": int,
         "window_s": Number,
@@ -59,6 +60,12 @@ DEVICE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     },
 }
 TOP_LEVEL = {"extends", "profile", "inputs", *PROFILE_SCHEMA, *DEVICE_SCHEMA}
+# tables inside a section: (section, key) -> sub-table -> key -> type. [buffer.caps.telemetry]
+# etc.: each priority class's own cap (edge_agent.buffer.next_drop)
+_CAP_KEYS: dict[str, type | tuple[type, ...]] = {"max_rows": int, "max_bytes": int}
+NESTED_SCHEMA: dict[tuple[str, str], dict[str, dict[str, type | tuple[type, ...]]]] = {
+    ("buffer", "caps"): {kind: _CAP_KEYS for kind in ("events", "drift", "telemetry")},
+}
 
 
 # (section, key) -> None if the (well-typed) value is fine, else what was expected. Numbers
@@ -70,6 +77,9 @@ def _zero_or_positive(v: Any) -> str | None:
 VALUE_RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("drift", "window_s"): _zero_or_positive,
     ("telemetry", "drain_rate"): _zero_or_positive,
+    ("telemetry", "raw_sample_rate"): lambda v: (
+        None if 0 <= v <= 1 else "a probability from 0 (off) to 1 (every row)"
+    ),
     ("drift", "capture_rows"): lambda v: (
         None if 1 <= v <= MAX_CAPTURE_ROWS else (f"1 to {MAX_CAPTURE_ROWS} rows")
     ),
@@ -106,26 +116,44 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def check_sections(
-    data: dict[str, Any], source: str, schema: dict[str, dict[str, type | tuple[type, ...]]]
+    data: dict[str, Any],
+    source: str,
+    schema: dict[str, dict[str, type | tuple[type, ...]]],
+    within: str = "",
 ) -> None:
-    """Types and known keys of every [section] of `schema` present in `data`."""
+    """Types and known keys of every [section] of `schema` present in `data` (`within`: the
+    path of a nested table, "buffer.caps", whose sub-tables must all be known)."""
     for section, values in data.items():
         if section not in schema:
-            continue
+            if not within:
+                continue
+            raise ConfigError(
+                f"{source}: unknown table [{within}.{section}].{_suggest(section, list(schema))} "
+                f"Known tables: {', '.join(schema)}"
+            )
+        where = f"{within}.{section}" if within else section
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: [{section}] expected a table, found {values!r:.40}")
+            raise ConfigError(f"{source}: [{where}] expected a table, found {values!r:.40}")
+        known = schema[section]
         for key, value in values.items():
-            known = schema[section]
             if key not in known:
                 raise ConfigError(
-                    f"{source}: unknown key {section}.{key}."
+                    f"{source}: unknown key {where}.{key}."
                     f"{_suggest(key, list(known))} Known keys: {', '.join(known)}"
                 )
+            nested = NESTED_SCHEMA.get((section, key)) if not within else None
+            if nested is not None:
+                if not isinstance(value, dict):
+                    raise ConfigError(
+                        f"{source}: [{where}.{key}] expected a table, found {value!r:.40}"
+                    )
+                check_sections(value, source, nested, within=f"{where}.{key}")
+                continue
             kinds = known[key]
             kinds_t = kinds if isinstance(kinds, tuple) else (kinds,)
             if (isinstance(value, bool) and bool not in kinds_t) or not isinstance(value, kinds_t):
                 raise ConfigError(
-                    f"{source}: {section}.{key} expected {_type_name(kinds)}, "
+                    f"{source}: {where}.{key} expected {_type_name(kinds)}, "
                     f"found {type(value).__name__} {value!r:.40}"
                 )
             rule = VALUE_RULES.get((section, key))
@@ -133,13 +161,13 @@ def check_sections(
                 expected = rule(value)
                 if expected is not None:
                     raise ConfigError(
-                        f"{source}: {section}.{key} expected {expected}, found {value!r:.80}"
+                        f"{source}: {where}.{key} expected {expected}, found {value!r:.80}"
                     )
             elif isinstance(value, bool):
                 pass
             elif isinstance(value, int | float) and not 0 < value < math.inf:  # nan fails too
                 raise ConfigError(
-                    f"{source}: {section}.{key} expected a positive number, found {value!r}"
+                    f"{source}: {where}.{key} expected a positive number, found {value!r}"
                 )
 
 
@@ -153,10 +181,12 @@ def check_top_level(data: dict[str, Any], source: str) -> None:
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    """`over` on top of `base`, table by table at every depth ([buffer.caps.events] in a
+    device file keeps the profile's [buffer.caps.telemetry])."""
+    out = {k: merge(v, {}) if isinstance(v, dict) else v for k, v in base.items()}
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = {**out[key], **value}
+            out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out

@@ -29,6 +29,7 @@ from edge_agent.errors import SensorLineError
 from edge_agent.line_parser import LineParser
 from edge_agent.protocol.card import ModelCard
 from edge_agent.runtime import Runtime
+from edge_agent.sampling import RawSampler
 from edge_agent.shadow import Shadow
 from edge_agent.telemetry import RunningStats, Window
 
@@ -88,6 +89,7 @@ class Pipeline:
     ) -> None:
         self.active: ActiveModel | None = None
         self.shadow: Shadow | None = None  # a candidate beside `active`; outputs never used
+        self.sampler: RawSampler | None = None  # raw rows to the hub (off by default)
         self.stats = RunningStats()
         self.result_errors = 0  # times on_result raised
         self._on_drift = on_drift
@@ -136,6 +138,8 @@ class Pipeline:
             compared = shadow.observe(x, predictions, latency_ms, model.card.model)
             if compared is not None and self._on_shadow_report is not None:
                 self._on_shadow_report(shadow, compared)
+        if self.sampler is not None:
+            self.sampler.offer(model.card, x, predictions)
 
     def _results(
         self, on_result: OnResult, ref: str, predictions: np.ndarray, share_ms: float

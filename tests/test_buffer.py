@@ -240,3 +240,128 @@ def test_new_config_keys_have_safe_defaults(tmp_path: Path) -> None:
     assert cfg.get("drift", "window_s") == 0
     assert cfg.get("telemetry", "drain_rate") > 0
     assert cfg.get("buffer", "max_bytes") > 0
+
+
+# ---- caps per priority class ---------------------------------------------------------------
+def test_next_drop_is_the_policy_in_plain_values() -> None:
+    from edge_agent.buffer import Cap, next_drop
+
+    total = Cap(max_rows=10, max_bytes=1000)
+    caps = {"events": Cap(2), "drift": Cap(3, 300), "telemetry": Cap(8)}
+    assert next_drop({}, "telemetry", 10, total, caps) is None
+    # a class at its own cap loses its own oldest, whatever else is held
+    assert next_drop({"events": (2, 20), "telemetry": (1, 10)}, "events", 10, total, caps) == (
+        "events"
+    )
+    assert next_drop({"drift": (1, 295)}, "drift", 10, total, caps) == "drift"  # its bytes
+    assert next_drop({"drift": (1, 295)}, "events", 10, total, caps) is None
+    # the whole buffer at its cap: the least important class present goes first
+    full = {"events": (2, 20), "drift": (3, 30), "telemetry": (5, 50)}
+    assert next_drop(full, "events", 1, total, {}) == "telemetry"
+    assert next_drop({"events": (2, 20), "drift": (8, 80)}, "telemetry", 1, total, caps) == "drift"
+    assert next_drop({"events": (1, 995)}, "telemetry", 10, total, caps) == "events"
+    # a record larger than every cap still goes into an empty buffer
+    assert next_drop({}, "drift", 5000, total, caps) is None
+
+
+def test_a_class_past_its_own_cap_drops_only_its_own(tmp_path: Path) -> None:
+    from edge_agent.buffer import Cap
+
+    caps = {"events": Cap(3), "drift": Cap(2), "telemetry": Cap(100)}
+    b = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=1000, caps=caps)
+    b.append("drift", {"n": "d0"})
+    b.append("telemetry", {"n": "t0"})
+    for i in range(5):  # a flood of events evicts old events, not the drift report
+        b.append("events", {"n": f"e{i}"})
+    assert b.dropped() == {"events": 2}
+    assert b.usage()["events"][0] == 3 and b.usage()["drift"][0] == 1
+    assert [p.record.body["n"] for p in b.take(10, set())] == ["e2", "e3", "e4"]
+    b.close()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_filled_past_its_caps_the_drop_counters_match_what_is_missing(
+    tmp_path: Path, seed: int
+) -> None:
+    """Random kinds and body sizes, some acked on the way: per class, what was appended =
+    what is still held + what was acked + what the counters say was dropped."""
+    import json
+    import random
+
+    from edge_agent.buffer import Cap
+
+    rng = random.Random(seed)
+    caps = {"events": Cap(15, 3000), "drift": Cap(20), "telemetry": Cap(60, 6000)}
+    b = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=80, max_bytes=9000, caps=caps)
+    appended: dict[str, set[int]] = {"events": set(), "drift": set(), "telemetry": set()}
+    acked: dict[str, set[int]] = {k: set() for k in appended}
+    for i in range(600):
+        kind = rng.choice(["telemetry"] * 6 + ["drift"] * 2 + ["events"])
+        appended[kind].add(b.append(kind, {"pad": "x" * rng.randrange(200)}).seq)
+        if i % 97 == 0:  # the broker acknowledged one batch
+            batch = b.take(5, set())
+            b.ack([p.id for p in batch])
+            acked[batch[0].kind] |= {p.record.seq for p in batch}
+    held: dict[str, set[int]] = {k: set() for k in appended}
+    seen: set[int] = set()
+    while batch := b.take(1000, seen):
+        seen |= {p.id for p in batch}
+        held[batch[0].kind] |= {p.record.seq for p in batch}
+        size = sum(len(json.dumps(p.record.body)) for p in batch)
+        assert size <= (caps[batch[0].kind].max_bytes or 9000)
+    dropped = b.dropped()
+    for kind, seqs in appended.items():
+        missing = seqs - held[kind] - acked[kind]
+        assert dropped.get(kind, 0) == len(missing), kind
+        assert len(held[kind]) <= caps[kind].max_rows
+        if missing and held[kind]:  # the oldest went first
+            assert max(missing) < min(held[kind]), kind
+    assert dropped.get("telemetry", 0) > 0 and sum(len(h) for h in held.values()) <= 80
+    # the running tally agrees with what is there
+    assert {k: rows for k, (rows, _) in b.usage().items()} == {k: len(h) for k, h in held.items()}
+    b.close()
+    reopened = Buffer(tmp_path / "b.sqlite", boot=2, max_rows=80, max_bytes=9000, caps=caps)
+    assert reopened.usage() == b.usage() and reopened.dropped() == dropped
+    reopened.close()
+
+
+def test_caps_per_class_come_from_the_profile(tmp_path: Path) -> None:
+    from edge_agent.config import load_config
+
+    path = tmp_path / "device.toml"
+    path.write_text('[device]\nid = "d1"\n[buffer.caps.events]\nmax_rows = 500\n')
+    caps = load_config(path).get("buffer", "caps")
+    assert caps["events"]["max_rows"] == 500
+    assert caps["events"]["max_bytes"] > 0  # the base's, merged under the device's own key
+    assert set(caps) == {"events", "drift", "telemetry"}
+    assert load_config(path).get("telemetry", "raw_sample_rate") == 0  # off by default
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "expected"),
+    [
+        ("[buffer.caps.telemetry]\nmax_rows = 0", "buffer.caps.telemetry.max_rows", "positive"),
+        ("[buffer.caps.drift]\nmax_bytes = 1.5", "buffer.caps.drift.max_bytes", "expected int"),
+        ("[buffer.caps.events]\nmax_row = 5", "buffer.caps.events.max_row", "'max_rows'"),
+        ("[buffer.caps.telemetri]\nmax_rows = 5", "buffer.caps.telemetri", "'telemetry'"),
+        ("[buffer]\ncaps = 5", "buffer.caps", "expected a table"),
+        ("[buffer.caps]\nevents = 5", "buffer.caps.events", "expected a table"),
+        ("[telemetry]\nraw_sample_rate = 1.5", "telemetry.raw_sample_rate", "0 (off) to 1"),
+        ("[telemetry]\nraw_sample_rate = -0.1", "telemetry.raw_sample_rate", "0 (off) to 1"),
+        ("[telemetry]\nraw_sample_rate = nan", "telemetry.raw_sample_rate", "0 (off) to 1"),
+        ('[telemetry]\nraw_sample_rate = "1%"', "telemetry.raw_sample_rate", "expected int"),
+        ("[telemetry]\nraw_sample = 0.1", "telemetry.raw_sample", "'raw_sample_rate'"),
+    ],
+)
+def test_cap_and_sampling_keys_refuse_wrong_values(
+    tmp_path: Path, body: str, where: str, expected: str
+) -> None:
+    from edge_agent.config import load_config
+    from edge_agent.errors import ConfigError
+
+    path = tmp_path / "device.toml"
+    path.write_text(f'[device]\nid = "d1"\n{body}\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}: ") and where in text and expected in text, text

@@ -1,0 +1,312 @@
+"""Telemetry end to end (agent buffer -> QoS 1 -> mosquitto -> hub store) against bare paho QoS 0,
+side by side in one run, on one private mosquitto.
+
+- "Ours": N telemetry window records (the body `Pipeline.flush_window` builds, with resources)
+  appended to the agent's `Buffer` (SQLite, WAL), drained by the agent's `Sender` over its
+  `MqttSession` at QoS 1 (batch size and in-flight window from firmware_configs/base.toml,
+  drain pacing off: the pipe's capacity), to the `Hub` running in-process, which stores each
+  record once per (device, boot, seq) and acknowledges after its commit. The clock runs from the
+  first append to the hub's store holding all N; zero loss is checked by counting the store.
+- "Bare": one paho client publishing the same N bodies, one small message each, at QoS 0
+  (`loop_start`, publish in a loop), and a paho subscriber counting what arrives; the clock
+  runs from the first publish to the last arrival (or the end of a quiet period if some were
+  lost, reported as lost).
+
+Repetitions alternate (ours, bare, bare, ours, ...) and medians are reported. The hub's ingest
+rate (records/s it stores) is ours' figure; it is set against `telemetry.drain_rate` of
+base.toml: how many devices draining at once at that rate one hub absorbs.
+
+    .venv/bin/python bench/telemetry_bench.py          # table (about 30 s)
+    .venv/bin/python bench/telemetry_bench.py --json   # the same figures as JSON
+
+DESIGN.md target: at least 3x more records per second than bare paho QoS 0, QoS 1, zero loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from bench_machine import machine
+from paho.mqtt.enums import CallbackAPIVersion
+from rich.console import Console
+from rich.table import Table
+
+from cloud_hub.broker import RunningBroker, start_mosquitto
+from cloud_hub.service import Hub
+from edge_agent.agent import Sender
+from edge_agent.buffer import Buffer
+from edge_agent.mqtt_session import BrokerAddress, MqttSession
+from edge_agent.protocol.topics import Topics
+from firmware_configs import profile_path
+
+RECORDS = 20_000  # per repetition and side
+REPS = 3  # pairs, alternating order
+WAIT_S = 120.0  # the longest one repetition may take
+QUIET_S = 2.0  # bare: nothing more arrived for this long -> the rest is lost
+TARGET_RATIO = 3.0
+TARGET_LINE = (
+    "telemetry end to end (agent buffer, broker, hub store) vs bare paho QoS 0 publish of one "
+    "small message each: at least 3x more records per second (batching), QoS 1, zero loss"
+)
+MIN_PIPED_WIDTH = 120
+
+BODY = {  # a telemetry window as Window.to_record and the agent build it
+    "window_s": 2.0,
+    "model": {"name": "iris", "version": 3},
+    "count": 400,
+    "latency_ms": {"p50": 0.0312, "p95": 0.0521, "p99": 0.0733},
+    "errors": {"garbage": 1},
+    "predictions": {"0": 130, "1": 140, "2": 130},
+    "resources": {"cpu_pct": 12.5, "rss_mb": 41.2, "rss_peak_mb": 44.0},
+}
+
+
+def base_telemetry() -> dict[str, Any]:
+    return dict(tomllib.loads(profile_path("base").read_text(encoding="utf-8"))["telemetry"])
+
+
+def ours(broker: RunningBroker, folder: Path, rep: int, n: int) -> dict[str, Any]:
+    """Buffer -> Sender (QoS 1) -> mosquitto -> Hub store: records/s, and what the store holds."""
+    settings = base_telemetry()
+    device = f"bench-{rep}"
+    home = folder / f"hub-{rep}"
+    home.mkdir()
+    hub = Hub(home, BrokerAddress(broker.host, broker.port), client_id=f"edgehub-{rep}")
+    stop = threading.Event()
+    hub_thread = threading.Thread(target=hub.run, args=(stop,), daemon=True)
+    hub_thread.start()
+    if not hub.ready.wait(30):
+        raise RuntimeError("the hub did not connect")
+    buffer = Buffer(folder / f"dev-{rep}" / "buffer.sqlite", boot=1, max_rows=n + 1)
+    sender: Sender | None = None
+    session = MqttSession(
+        device,
+        BrokerAddress(broker.host, broker.port),
+        on_published=lambda mid: sender.on_published(mid) if sender else None,
+        max_inflight=settings["max_inflight"] * 2,  # as the agent sets it
+    )
+    sender = Sender(
+        buffer,
+        session,
+        Topics("edgefleet"),
+        device,
+        settings["batch_size"],
+        settings["max_inflight"],
+    )
+    session.start()
+    if not session.connected.wait(30):
+        raise RuntimeError("the device session did not connect")
+    halt = threading.Event()
+    drain = threading.Thread(target=sender.run, args=(halt,), daemon=True)
+    drain.start()
+    try:
+        started = time.perf_counter()
+        for i in range(n):
+            buffer.append("telemetry", BODY)
+            if i % settings["batch_size"] == 0:
+                sender.wake.set()
+        sender.wake.set()
+        with hub.handled:
+            done = hub.handled.wait_for(lambda: hub.store.count("telemetry", device) >= n, WAIT_S)
+        took = time.perf_counter() - started
+        if not done:
+            raise RuntimeError(f"the hub stored {hub.store.count('telemetry', device)} of {n}")
+        seqs = sorted(r.seq for r in hub.store.records("telemetry", device))
+    finally:
+        halt.set()
+        sender.wake.set()
+        drain.join(10)
+        session.stop()
+        buffer.close()
+        stop.set()
+        hub_thread.join(30)
+    return {
+        "records": n,
+        "stored": len(seqs),
+        "lost": n - len(set(seqs)),
+        "duplicates": len(seqs) - len(set(seqs)),
+        "exactly_once": seqs == list(range(n)),
+        "seconds": took,
+        "records_per_s": n / took,
+    }
+
+
+def bare(broker: RunningBroker, rep: int, n: int) -> dict[str, Any]:
+    """paho publishing one small message each at QoS 0, a paho subscriber counting them."""
+    topic = f"bench/bare/{rep}"
+    payload = json.dumps(BODY).encode()
+    arrived = 0
+    last = 0.0
+    changed = threading.Condition()
+    subscribed = threading.Event()
+
+    def on_message(_c: Any, _u: Any, _m: mqtt.MQTTMessage) -> None:
+        nonlocal arrived, last
+        with changed:
+            arrived += 1
+            last = time.perf_counter()
+            if arrived == n:
+                changed.notify_all()
+
+    sub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *_: subscribed.set()
+    sub.on_connect = lambda c, *_: c.subscribe(topic, 0)
+    sub.connect(broker.host, broker.port)
+    sub.loop_start()
+    pub = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    pub.max_queued_messages_set(0)  # unlimited: paho queues what the socket cannot take yet
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    try:
+        if not subscribed.wait(30):
+            raise RuntimeError("the subscriber did not subscribe")
+        started = time.perf_counter()
+        for _ in range(n):
+            pub.publish(topic, payload, qos=0)
+        with changed:
+            while arrived < n:
+                before = arrived
+                changed.wait(QUIET_S)
+                if arrived == before:  # quiet: the rest is lost
+                    break
+        took = (last or time.perf_counter()) - started
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        sub.loop_stop()
+        sub.disconnect()
+    return {
+        "records": n,
+        "arrived": arrived,
+        "lost": n - arrived,
+        "seconds": took,
+        "records_per_s": arrived / took,
+    }
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "records_per_s": statistics.median(r["records_per_s"] for r in runs),
+        "lost": sum(r["lost"] for r in runs),
+        "runs": runs,
+    }
+
+
+def measure(n: int, reps: int) -> dict[str, Any]:
+    logging.getLogger("cloud_hub").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="telemetry-bench-") as tmp:
+        folder = Path(tmp)
+        broker = start_mosquitto(folder / "broker")
+        try:
+            a: list[dict[str, Any]] = []
+            b: list[dict[str, Any]] = []
+            for rep in range(reps):
+                order = (("ours", a), ("bare", b)) if rep % 2 == 0 else (("bare", b), ("ours", a))
+                for side, out in order:
+                    if side == "ours":
+                        out.append(ours(broker, folder, rep, n))
+                    else:
+                        out.append(bare(broker, rep, n))
+        finally:
+            broker.stop()
+    mine, theirs = summary(a), summary(b)
+    ratio = mine["records_per_s"] / theirs["records_per_s"]
+    drain_rate = base_telemetry()["drain_rate"]
+    zero_loss = all(r["exactly_once"] for r in a)
+    return {
+        "setup": {
+            "records": n,
+            "reps": reps,
+            "batch_size": base_telemetry()["batch_size"],
+            "max_inflight": base_telemetry()["max_inflight"],
+            "body_bytes": len(json.dumps(BODY)),
+        },
+        "ours": mine,
+        "bare": theirs,
+        "ratio": ratio,
+        "zero_loss": zero_loss,
+        "drain_rate": drain_rate,
+        "devices_draining_per_hub": mine["records_per_s"] / drain_rate if drain_rate else None,
+        "target": {
+            "line": TARGET_LINE,
+            "ratio": TARGET_RATIO,
+            "verdict": "PASS" if ratio >= TARGET_RATIO and zero_loss else "MISS",
+        },
+    }
+
+
+def print_table(info: dict[str, Any], result: dict[str, Any]) -> None:
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, MIN_PIPED_WIDTH)
+    cores = f"{info['cores']} cores" + (
+        f" ({info['cores_usable']} usable)" if info["cores_usable"] != info["cores"] else ""
+    )
+    setup = result["setup"]
+    console.print(f"[bold]machine[/bold]  {info['cpu']}, {cores}, Python {info['python']}")
+    console.print(f"[bold]versions[/bold] paho-mqtt {info['paho-mqtt']}, mosquitto (private)")
+    console.print(
+        f"[bold]setup[/bold]    {setup['records']} records of {setup['body_bytes']} B per side "
+        f"and repetition, {setup['reps']} interleaved pairs, medians; batch "
+        f"{setup['batch_size']}, {setup['max_inflight']} in flight"
+    )
+    grid = Table(title="telemetry: agent buffer to hub store vs bare paho", title_justify="left")
+    for title in ("path", "records/s", "lost", "per run (records/s)"):
+        grid.add_column(title, justify="left" if title == "path" else "right", no_wrap=True)
+    for label, side in (
+        ("ours: Buffer -> Sender QoS 1 -> mosquitto -> Hub store", result["ours"]),
+        ("bare: paho QoS 0, one message each -> subscriber", result["bare"]),
+    ):
+        grid.add_row(
+            label,
+            f"{side['records_per_s']:,.0f}",
+            str(side["lost"]),
+            ", ".join(f"{r['records_per_s']:,.0f}" for r in side["runs"]),
+        )
+    console.print(grid)
+    verdict = result["target"]["verdict"]
+    style = "green" if verdict == "PASS" else "red"
+    console.print(f"target: {TARGET_LINE}")
+    console.print(
+        f"  ratio {result['ratio']:.2f}x, exactly once at the hub: {result['zero_loss']} -> "
+        f"[bold {style}]{verdict}[/bold {style}]"
+    )
+    if result["devices_draining_per_hub"] is not None:
+        console.print(
+            f"drain_rate {result['drain_rate']} records/s (base.toml): the hub's ingest absorbs "
+            f"{result['devices_draining_per_hub']:.0f} devices draining at once"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--records", type=int, default=RECORDS, help="records per repetition")
+    parser.add_argument("--reps", type=int, default=REPS, help="interleaved pairs")
+    args = parser.parse_args(argv)
+    if args.records < 1 or args.reps < 1:
+        parser.error("--records and --reps expected positive numbers")
+    result = measure(args.records, args.reps)
+    info = machine(**{"paho-mqtt": version("paho-mqtt")})
+    if args.json:
+        print(json.dumps({"machine": info, **result}, indent=2))
+    else:
+        print_table(info, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

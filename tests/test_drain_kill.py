@@ -1,0 +1,86 @@
+"""Promise 1 against the hardest moment: the agent SIGKILLed in the middle of a drain. A real
+`edge-agent run` process, a private mosquitto and the hub in-process (tests/test_lifecycle.py's
+Rig). With every inferred row also sampled raw (`raw_sample_rate = 1`), the file source at
+200 rows/s fills the buffer quickly while the broker is down; the broker comes back, the drain
+(paced by `drain_rate`) is under way, and the agent is killed once the broker acknowledged part
+of the backlog and the rest is still in the buffer (some of it on the wire). The next boot
+finishes the drain: the hub holds every record once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_lifecycle import (  # noqa: F401  (bundles and rig are fixtures)
+    DEVICE,
+    Rig,
+    _buffer_rows,
+    _pending_count,
+    _until,
+    bundles,
+    rig,
+)
+
+BACKLOG = 600  # records buffered during the outage
+DRAIN_RATE = 300  # records/s the agent may send: above the 200 rows/s it keeps producing
+
+
+def _tuned(config: Path) -> None:
+    text = config.read_text()
+    config.write_text(
+        text.replace(
+            "[telemetry]\n",
+            f"[telemetry]\nraw_sample_rate = 1.0\ndrain_rate = {DRAIN_RATE}\nbatch_size = 20\n",
+        )
+    )
+
+
+@pytest.mark.broker
+def test_sigkill_in_the_middle_of_a_drain_loses_and_repeats_nothing(
+    rig: Rig,  # noqa: F811
+    bundles: dict[int, Path],  # noqa: F811
+) -> None:
+    _tuned(rig.config)
+    rig.preinstall(bundles[1], 1)
+    agent = rig.start_agent()
+    rig.hub_wait("boot 1 records at the hub", lambda: len(rig.hub_keys()) >= 50)
+
+    rig.broker.stop()
+    _until("a backlog while the broker is down", lambda: _pending_count(rig.state) >= BACKLOG)
+    backlog, _ = _buffer_rows(rig.state)
+    rig.broker.restart()
+
+    def drained() -> int:  # backlog records the broker acknowledged (deleted from the buffer)
+        return len(backlog - _buffer_rows(rig.state)[0])
+
+    # the device's view of "in the middle": part of the backlog acknowledged, part still held
+    _until("the drain under way", lambda: drained() >= 100)
+    rig.sigkill(agent)
+    left, _ = _buffer_rows(rig.state)
+    assert left & backlog, "the drain was over before the kill"
+    assert len(backlog - left) >= 100
+
+    agent = rig.start_agent()  # boot 2 finishes the drain, resending what was in flight
+    rig.hub_wait("the whole backlog at the hub", lambda: backlog <= set(rig.hub_keys()))
+    code, _ = rig.stop_agent(agent)
+    assert code == 0, rig.logs()
+
+    pending, appended = _buffer_rows(rig.state)
+    assert not pending, "SIGTERM left records in the buffer"
+    rig.hub_wait("every record ever buffered at the hub", lambda: len(rig.hub_keys()) >= appended)
+    keys = rig.hub_keys()
+    assert len(keys) == len(set(keys)) == appended  # none lost, none stored twice
+    for boot in (1, 2):
+        seqs = sorted(seq for b, seq in keys if b == boot)
+        assert seqs == list(range(len(seqs))), f"boot {boot}: a gap in the sequence"
+
+    # what the records say: raw samples of the rows, and windows with the agent's resources
+    telemetry = [r.body for r in rig.hub.store.records("telemetry", DEVICE)]
+    raw = [b["raw"] for b in telemetry if "raw" in b]
+    windows = [b for b in telemetry if "raw" not in b]
+    assert len(raw) >= BACKLOG and windows
+    assert {r["model"]["version"] for r in raw} == {1} and len(raw[0]["features"]) == 4
+    assert all(w["resources"]["rss_mb"] > 0 for w in windows)
+    assert any("cpu_pct" in w["resources"] for w in windows)
+    assert rig.hub.store.telemetry_totals(DEVICE)["inferences"] > 0  # samples count none
