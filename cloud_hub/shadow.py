@@ -21,10 +21,9 @@ from edge_agent.protocol.topics import check_device_id
 
 
 def _known_devices(store: Store, devices: list[str]) -> list[str]:
-    known = {d["id"] for d in store.devices()}
     for device in devices:
         check_device_id(device, "--device")
-        if device not in known:
+        if store.device(device) is None:
             raise ConfigError(
                 f"--device: no device {device!r} at this hub; `edgehub devices list` shows them"
             )

@@ -26,6 +26,7 @@ import numpy as np
 
 from edge_agent.drift import MISSING_REASONS, DriftMonitor
 from edge_agent.errors import SensorLineError
+from edge_agent.health import INFERENCE_ERRORS
 from edge_agent.line_parser import LineParser
 from edge_agent.protocol.card import ModelCard
 from edge_agent.runtime import Runtime
@@ -121,7 +122,7 @@ class Pipeline:
         start = time.perf_counter()
         try:
             predictions = model.runtime.predict(x)
-        except (RuntimeError, ValueError):
+        except INFERENCE_ERRORS:
             self.reject("inference-error")
             return
         latency_ms = (time.perf_counter() - start) * 1000

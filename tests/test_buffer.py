@@ -219,15 +219,7 @@ def test_token_bucket_paces_a_drain() -> None:
 def test_new_config_keys_refuse_wrong_values(
     tmp_path: Path, body: str, where: str, expected: str
 ) -> None:
-    from edge_agent.config import load_config
-    from edge_agent.errors import ConfigError
-
-    path = tmp_path / "device.toml"
-    path.write_text(f'[device]\nid = "d1"\n{body}\n')
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    text = str(info.value)
-    assert text.startswith(f"{path}: ") and where in text and expected in text, text
+    _refused(tmp_path, body, where, expected)
 
 
 def test_new_config_keys_have_safe_defaults(tmp_path: Path) -> None:
@@ -356,6 +348,11 @@ def test_caps_per_class_come_from_the_profile(tmp_path: Path) -> None:
 def test_cap_and_sampling_keys_refuse_wrong_values(
     tmp_path: Path, body: str, where: str, expected: str
 ) -> None:
+    _refused(tmp_path, body, where, expected)
+
+
+def _refused(tmp_path: Path, body: str, where: str, expected: str) -> None:
+    """A device file with `body` is refused, naming the file, the key and what was expected."""
     from edge_agent.config import load_config
     from edge_agent.errors import ConfigError
 

@@ -19,6 +19,7 @@ from tests.test_lifecycle import (  # noqa: F401  (bundles and rig are fixtures)
     _pending_count,
     _until,
     bundles,
+    every_record_once,
     rig,
 )
 
@@ -66,14 +67,7 @@ def test_sigkill_in_the_middle_of_a_drain_loses_and_repeats_nothing(
     code, _ = rig.stop_agent(agent)
     assert code == 0, rig.logs()
 
-    pending, appended = _buffer_rows(rig.state)
-    assert not pending, "SIGTERM left records in the buffer"
-    rig.hub_wait("every record ever buffered at the hub", lambda: len(rig.hub_keys()) >= appended)
-    keys = rig.hub_keys()
-    assert len(keys) == len(set(keys)) == appended  # none lost, none stored twice
-    for boot in (1, 2):
-        seqs = sorted(seq for b, seq in keys if b == boot)
-        assert seqs == list(range(len(seqs))), f"boot {boot}: a gap in the sequence"
+    every_record_once(rig, boots=(1, 2))
 
     # what the records say: raw samples of the rows, and windows with the agent's resources
     telemetry = [r.body for r in rig.hub.store.records("telemetry", DEVICE)]

@@ -372,6 +372,20 @@ def _buffer_rows(state: Path) -> tuple[set[tuple[int, int]], int]:
         db.close()
 
 
+def every_record_once(rig: Rig, boots: tuple[int, ...]) -> list[tuple[int, int]]:
+    """After the agent stopped: its buffer is empty and the hub holds every record it ever
+    buffered exactly once, each boot's sequence without a gap. Returns the hub's keys."""
+    pending, appended = _buffer_rows(rig.state)
+    assert not pending, "SIGTERM left records in the buffer"
+    rig.hub_wait("every record ever buffered at the hub", lambda: len(rig.hub_keys()) >= appended)
+    keys = rig.hub_keys()
+    assert len(keys) == len(set(keys)) == appended  # none lost, none stored twice
+    for boot in boots:
+        seqs = sorted(seq for b, seq in keys if b == boot)
+        assert seqs == list(range(len(seqs))), f"boot {boot}: a gap in the sequence"
+    return keys
+
+
 def _pending_count(state: Path) -> int:
     db = sqlite3.connect(state / "buffer.sqlite")
     try:
@@ -801,14 +815,7 @@ def test_sigkill_during_inference_loses_and_repeats_nothing(
     code, _ = rig.stop_agent(agent)
     assert code == 0, rig.logs()
 
-    pending, appended = _buffer_rows(rig.state)
-    assert not pending, "SIGTERM left records in the buffer"
-    rig.hub_wait("every record ever buffered at the hub", lambda: len(rig.hub_keys()) >= appended)
-    keys = rig.hub_keys()
-    assert len(keys) == len(set(keys)) == appended  # none lost, none stored twice
-    for boot in (1, 2):
-        seqs = sorted(seq for b, seq in keys if b == boot)
-        assert seqs == list(range(len(seqs))), f"boot {boot}: a gap in the sequence"
+    keys = every_record_once(rig, boots=(1, 2))
     assert {b for b, _ in keys} == {1, 2}
     assert (rig.state / "boot").read_text() == "2"
     assert rig.hub_device()["boot"] == 2
