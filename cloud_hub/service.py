@@ -12,6 +12,7 @@ topics as one MQTT shared-subscription group and the broker splits the messages 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -31,8 +32,10 @@ from edge_agent.errors import BadDataError, MessageError, TransportError
 from edge_agent.mqtt_session import Ack, BrokerAddress, MqttSession
 from edge_agent.protocol.messages import (
     SHADOW_ROWS,
+    Batch,
     Command,
     ModelRef,
+    Status,
     XferChunk,
     decode_batch,
     decode_command,
@@ -47,8 +50,19 @@ from edge_agent.transfer_crypto import new_transfer_key, seal_chunk, wrap_key
 log = logging.getLogger(__name__)
 
 MAX_CHUNKS_PER_REQUEST = 64
+INGEST_BATCH = 500  # messages stored in one transaction, then acknowledged
+# QoS 1 messages the hub has on the wire unacknowledged: a rollout streams chunks to many devices
+# at once, and a window of 100 held the whole fleet to 100 chunks per broker round trip
+HUB_INFLIGHT = 1000
 TICK_S = 0.25
 PRUNE_EVERY_S = 60.0
+
+
+def _what(item: Status | tuple[str, Batch]) -> str:
+    if isinstance(item, Status):
+        return f"the status of {item.device}"
+    kind, batch = item
+    return f"{len(batch.records)} {kind} records of {batch.device}"
 
 
 def _root_number(name: str) -> int:
@@ -79,7 +93,9 @@ class Hub:
         self.ready = threading.Event()
         self.retention_s = retention_days * 86400 if retention_days else None
         self._next_prune = 0.0
-        self.session = MqttSession(client_id, broker, persistent=True, manual_ack=True)
+        self.session = MqttSession(
+            client_id, broker, persistent=True, manual_ack=True, max_inflight=HUB_INFLIGHT
+        )
         for kind in ("status", "telemetry", "drift", "events", "xfer/req"):
             self.session.subscribe_acked(self.topics.any_device(kind), self._queue, share=share)
         self._targets: dict[str, bytes] = {}
@@ -97,42 +113,75 @@ class Hub:
         self.ready.set()
         next_tick = 0.0
         while not stop.is_set():
-            try:
-                topic, payload, ack = self.incoming.get(timeout=TICK_S)
-                self.handle(topic, payload)
-                ack()  # committed: now the broker may forget it
-                while not stop.is_set():
-                    topic, payload, ack = self.incoming.get_nowait()
-                    self.handle(topic, payload)
-                    ack()
-            except queue.Empty:
-                pass
+            taken = self._take(INGEST_BATCH)
+            if taken:
+                self.handle_all([(topic, payload) for topic, payload, _ in taken])
+                for _, _, ack in taken:
+                    ack()  # committed: now the broker may forget them
             if time.monotonic() >= next_tick:
                 self.tick()
                 next_tick = time.monotonic() + TICK_S
         self.session.stop()
 
-    def handle(self, topic: str, payload: bytes) -> None:
+    def _take(self, limit: int) -> list[tuple[str, bytes, Ack]]:
+        """What has queued up, at most `limit` messages; waits up to a tick for the first."""
         try:
-            device, kind = self.topics.parse_device_topic(topic)
-            if kind == "status":
-                status = decode_status(payload)
-                self._same_device(device, status.device, kind)
-                self.store.set_status(status)
-            elif kind == "xfer/req":
-                self._serve_chunks(device, payload)
+            taken = [self.incoming.get(timeout=TICK_S)]
+        except queue.Empty:
+            return []
+        with contextlib.suppress(queue.Empty):
+            while len(taken) < limit:
+                taken.append(self.incoming.get_nowait())
+        return taken
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        self.handle_all([(topic, payload)])
+
+    def handle_all(self, messages: list[tuple[str, bytes]]) -> None:
+        """Serve transfer requests at once; store every status and record batch among
+        `messages` in one transaction (one commit, not one per message)."""
+        items: list[Status | tuple[str, Batch]] = []
+        for topic, payload in messages:
+            try:
+                item = self._decode(topic, payload)
+            except BadDataError as exc:
+                self._reject(exc, f"rejected message on {topic}")
+            except (OSError, TransportError) as exc:  # disk trouble serving a transfer
+                self._reject(exc, f"could not handle the message on {topic}")
             else:
-                batch = decode_batch(payload, kind)
-                self._same_device(device, batch.device, kind)
-                new = self.store.add_batch(kind, batch)
-                with self.handled:
-                    self.stored[kind] += new
-        except BadDataError as exc:
-            self._reject(exc, f"rejected message on {topic}")
-        except (OSError, TransportError, StoreError) as exc:  # disk or database trouble
-            self._reject(exc, f"could not handle the message on {topic}")
+                if item is not None:
+                    items.append(item)
+        if items:
+            self._store(items)
         with self.handled:
             self.handled.notify_all()
+
+    def _decode(self, topic: str, payload: bytes) -> Status | tuple[str, Batch] | None:
+        """What to store of one message (None for a transfer request, served here)."""
+        device, kind = self.topics.parse_device_topic(topic)
+        if kind == "status":
+            status = decode_status(payload)
+            self._same_device(device, status.device, kind)
+            return status
+        if kind == "xfer/req":
+            self._serve_chunks(device, payload)
+            return None
+        batch = decode_batch(payload, kind)
+        self._same_device(device, batch.device, kind)
+        return kind, batch
+
+    def _store(self, items: list[Status | tuple[str, Batch]]) -> None:
+        try:
+            new = self.store.ingest(items)
+        except (OSError, TransportError, StoreError) as exc:  # disk or database trouble
+            if len(items) > 1:  # one at a time, so what can be stored still is
+                for item in items:
+                    self._store([item])
+                return
+            self._reject(exc, f"could not store {_what(items[0])}")
+            return
+        with self.handled:
+            self.stored.update(new)
 
     def _reject(self, exc: Exception, what: str) -> None:
         """Count and log; the loop goes on (a bad message or a failing disk must not end it)."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,9 +140,33 @@ class Store:
         raise TransportError(f"hub store: dialect {dialect!r} is not supported")
 
     # ---- ingest -----------------------------------------------------------------------
-    def add_batch(self, kind: str, batch: Batch) -> int:
-        """Store a batch; returns how many records were new."""
+    def ingest(self, items: Sequence[Status | tuple[str, Batch]]) -> Counter[str]:
+        """Store statuses and (kind, batch) pairs in arrival order, in one transaction; returns
+        how many records were new, per kind (a repeat of a stored record is ignored)."""
         now = time.time()
+        new: Counter[str] = Counter()
+        with self.engine.begin() as conn:
+            seen: set[str] = set()
+            for item in items:
+                if isinstance(item, Status):
+                    self._set_status(conn, item, now)
+                    continue
+                kind, batch = item
+                new[kind] += self._add_batch(conn, kind, batch, now)
+                seen.add(batch.device)
+            for device in sorted(seen):
+                self._seen(conn, device, now)
+        return new
+
+    def add_batch(self, kind: str, batch: Batch) -> int:
+        """Store one batch; returns how many records were new."""
+        return self.ingest([(kind, batch)])[kind]
+
+    def set_status(self, status: Status) -> None:
+        """A birth, a heartbeat (the agent refreshes its retained status) or the last will."""
+        self.ingest([status])
+
+    def _add_batch(self, conn: Any, kind: str, batch: Batch, now: float) -> int:
         rows = [
             {
                 "kind": kind,
@@ -157,16 +182,32 @@ class Store:
         ]
         if not rows:
             return 0
-        with self.engine.begin() as conn:
-            before = conn.execute(select(func.count()).select_from(records)).scalar_one()
-            conn.execute(self._insert_once(records), rows)
-            after = conn.execute(select(func.count()).select_from(records)).scalar_one()
-            self._seen(conn, batch.device, now)
-        return int(after - before)
+        # RETURNING names the rows really inserted: a repeat is skipped by the conflict clause
+        stored = conn.execute(self._insert_once(records).returning(records.c.id), rows)
+        return len(stored.all())
 
     def _seen(self, conn: Any, device: str, now: float) -> None:
         conn.execute(self._insert_once(devices), [{"id": device, "last_seen": now}])
         conn.execute(update(devices).where(devices.c.id == device).values(last_seen=now))
+
+    def _set_status(self, conn: Any, status: Status, now: float) -> None:
+        values: dict[str, Any] = {"online": status.online, "last_seen": now}
+        if status.online:
+            values.update(
+                boot=status.boot,
+                agent_version=status.agent_version,
+                profile=status.profile,
+                model=status.model.name if status.model else None,
+                version=status.model.version if status.model else None,
+                stats=status.stats,
+            )
+        before = conn.execute(
+            select(devices.c.online, devices.c.boot).where(devices.c.id == status.device)
+        ).first()
+        if status.online and (before is None or not before.online or before.boot != status.boot):
+            values["online_since"] = now
+        self._seen(conn, status.device, now)
+        conn.execute(update(devices).where(devices.c.id == status.device).values(**values))
 
     def register(self, device: str, public_key: bytes | None = None) -> None:
         """Enrollment: the device is known before it is ever seen (a rollout includes it), with
@@ -185,30 +226,6 @@ class Store:
                 select(devices.c.public_key).where(devices.c.id == device)
             ).scalar_one_or_none()
         return base64.b64decode(value) if value else None
-
-    def set_status(self, status: Status) -> None:
-        """A birth, a heartbeat (the agent refreshes its retained status) or the last will."""
-        now = time.time()
-        values: dict[str, Any] = {"online": status.online, "last_seen": now}
-        if status.online:
-            values.update(
-                boot=status.boot,
-                agent_version=status.agent_version,
-                profile=status.profile,
-                model=status.model.name if status.model else None,
-                version=status.model.version if status.model else None,
-                stats=status.stats,
-            )
-        with self.engine.begin() as conn:
-            before = conn.execute(
-                select(devices.c.online, devices.c.boot).where(devices.c.id == status.device)
-            ).first()
-            if status.online and (
-                before is None or not before.online or before.boot != status.boot
-            ):
-                values["online_since"] = now
-            self._seen(conn, status.device, now)
-            conn.execute(update(devices).where(devices.c.id == status.device).values(**values))
 
     # ---- reads ------------------------------------------------------------------------
     def devices(self) -> list[dict[str, Any]]:

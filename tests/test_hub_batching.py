@@ -1,0 +1,144 @@
+"""The hub stores what queued up in one transaction, and what one bad item costs is that item
+alone; the device's MQTT sockets send small packets at once; an idle sender sleeps.
+
+No broker: the store is a SQLite file, the hub is driven through `handle_all` (what its loop
+calls with each batch it takes), and sockets are plain loopback sockets."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from cloud_hub.service import Hub
+from cloud_hub.storage import Store, default_url
+from edge_agent.agent import Sender
+from edge_agent.buffer import TokenBucket
+from edge_agent.mqtt_session import BrokerAddress, _no_delay
+from edge_agent.protocol.messages import Batch, ModelRef, Record, Status, encode
+
+
+def _batch(device: str, seqs: Sequence[int], boot: int = 1) -> Batch:
+    return Batch(device, tuple(Record(boot, s, 1000.0 + s, {"count": s}) for s in seqs))
+
+
+def _status(device: str, version: int) -> Status:
+    return Status(device, True, 1, "0.1", "generic-x86_64", ModelRef("iris", version))
+
+
+# ---- Store.ingest ------------------------------------------------------------------------------
+def test_ingest_stores_statuses_and_batches_in_one_call_and_counts_new_records(
+    tmp_path: Path,
+) -> None:
+    store = Store(default_url(tmp_path))
+    new = store.ingest(
+        [
+            _status("pi-1", 1),
+            ("telemetry", _batch("pi-1", range(5))),
+            ("events", _batch("pi-2", [10, 11])),
+            _status("pi-1", 2),  # arrival order: the later status wins
+        ]
+    )
+    assert new == {"telemetry": 5, "events": 2}
+    assert store.count("telemetry", "pi-1") == 5
+    assert store.count("events", "pi-2") == 2
+    assert (store.device("pi-1") or {})["version"] == 2
+    assert store.device("pi-2") is not None  # a device first seen by its records is registered
+
+
+def test_ingest_counts_only_what_is_new_when_a_batch_repeats_in_part(tmp_path: Path) -> None:
+    store = Store(default_url(tmp_path))
+    assert store.ingest([("telemetry", _batch("pi-1", range(4)))])["telemetry"] == 4
+    # a resend (the agent was not sure it arrived) overlapping what is stored, twice in one call
+    again = store.ingest(
+        [("telemetry", _batch("pi-1", range(2, 7))), ("telemetry", _batch("pi-1", range(5, 8)))]
+    )
+    assert again["telemetry"] == 4  # seqs 4, 5, 6, 7
+    assert sorted(r.seq for r in store.records("telemetry", "pi-1")) == list(range(8))
+    assert store.add_batch("telemetry", _batch("pi-1", [7])) == 0
+
+
+# ---- Hub.handle_all -----------------------------------------------------------------------------
+@pytest.fixture
+def hub(tmp_path: Path) -> Hub:
+    (tmp_path / "hub").mkdir()
+    return Hub(tmp_path / "hub", BrokerAddress("127.0.0.1", 1))  # never started: no broker
+
+
+def _message(kind: str, batch: Batch) -> tuple[str, bytes]:
+    return f"edgefleet/dev/{batch.device}/{kind}", encode(batch)
+
+
+def test_one_transaction_for_everything_that_queued_up(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = hub.store.ingest
+
+    def counting(items: Sequence[Status | tuple[str, Batch]]) -> object:
+        calls.append(len(items))
+        return real(items)
+
+    monkeypatch.setattr(hub.store, "ingest", counting)
+    messages = [_message("telemetry", _batch(f"pi-{n}", range(3))) for n in range(10)]
+    messages.append(("edgefleet/dev/pi-0/status", encode(_status("pi-0", 1))))
+    hub.handle_all(messages)
+    assert calls == [11]
+    assert hub.stored["telemetry"] == 30
+    assert sum(hub.rejected.values()) == 0
+
+
+def test_a_bad_message_in_the_batch_is_rejected_alone(hub: Hub) -> None:
+    good = _message("telemetry", _batch("pi-1", range(3)))
+    forged = ("edgefleet/dev/pi-2/telemetry", encode(_batch("pi-1", [99])))  # pi-2 posing as pi-1
+    hub.handle_all([good, forged, (good[0], b"{not json"), _message("events", _batch("pi-3", [0]))])
+    assert hub.rejected["MessageError"] == 2
+    assert hub.stored == {"telemetry": 3, "events": 1}
+
+
+def test_a_store_failure_costs_only_the_item_it_failed_on(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole transaction rolls back; the hub then stores one item at a time, so the items
+    the database takes are stored and the one it refuses is counted and logged."""
+    real = hub.store.ingest
+
+    def failing_for_pi_2(items: Sequence[Status | tuple[str, Batch]]) -> object:
+        if any(not isinstance(i, Status) and i[1].device == "pi-2" for i in items):
+            raise OperationalError("INSERT", {}, Exception("disk I/O error"))
+        return real(items)
+
+    monkeypatch.setattr(hub.store, "ingest", failing_for_pi_2)
+    hub.handle_all([_message("telemetry", _batch(f"pi-{n}", range(2))) for n in (1, 2, 3)])
+    assert hub.rejected["OperationalError"] == 1
+    assert hub.stored["telemetry"] == 4
+    assert hub.store.count("telemetry", "pi-1") == hub.store.count("telemetry", "pi-3") == 2
+    assert hub.store.count("telemetry", "pi-2") == 0
+
+
+# ---- sockets and the sender's sleep -------------------------------------------------------------
+def test_mqtt_sockets_send_small_packets_at_once() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+        assert tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        _no_delay(None, None, tcp)
+        assert tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    a, b = socket.socketpair(socket.AF_UNIX)  # not TCP: left as it is, no error
+    with a, b:
+        _no_delay(None, None, a)
+
+
+class _Unused:
+    """Sender's session and buffer, which `pause` never touches."""
+
+
+def test_an_idle_sender_sleeps_until_woken_or_the_resend_check() -> None:
+    sender = Sender(_Unused(), _Unused(), _Unused(), "pi-1", 100, 20)  # type: ignore[arg-type]
+    assert sender.pause() == 0.5  # no drain limit: only an append, an ack or a connect wakes it
+    now = time.monotonic()
+    sender.bucket = TokenBucket(rate=10.0, burst=1.0, now=now)
+    assert sender.bucket.take(1, now) == 1  # spent: the next record may go in 0.1 s
+    assert 0.01 <= sender.pause() <= 0.1
