@@ -137,10 +137,16 @@ class Sender:
         self._settle()
         return not self._inflight and self.buffer.pending() == 0
 
+    def pause(self) -> float:
+        """How long to sleep unless woken (an append, an ack or a connect sets `wake`): until
+        the drain rate allows the next record, else the resend check's 0.5 s."""
+        due = self.bucket.wait(time.monotonic())
+        return max(0.01, min(0.5, due)) if due > 0 else 0.5
+
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             self.pump()
-            self.wake.wait(max(0.01, min(0.5, self.bucket.wait(time.monotonic()))))
+            self.wake.wait(self.pause())
             self.wake.clear()
 
 
@@ -172,7 +178,7 @@ class Agent:
             cfg.device_id,
             BrokerAddress(cfg.broker_host, cfg.broker_port, cfg.username, cfg.password),
             will=(self._status_topic, encode(Status(cfg.device_id, online=False, boot=self.boot))),
-            on_connect=self._publish_status,
+            on_connect=self._on_connect,
             on_bad_message=self._bad_message,
             on_published=lambda mid: self.sender.on_published(mid),
             max_inflight=cfg.get("telemetry", "max_inflight") * 2,
@@ -353,6 +359,10 @@ class Agent:
             stats=stats,
             ts=time.time(),
         )
+
+    def _on_connect(self) -> None:
+        self._publish_status()
+        self.sender.wake.set()  # what waited in the buffer goes now
 
     def _publish_status(self) -> None:
         status = self.status()
