@@ -53,6 +53,7 @@ _MOSQUITTO_DEFAULTS: dict[str, str] = {
     "max_inflight_messages": "100",
     "max_queued_messages": "10000",
     "persistent_client_expiration": "14d",
+    "set_tcp_nodelay": "true",
 }
 
 
