@@ -6,6 +6,7 @@ and a model that fails its health gate after install is rolled back automaticall
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -71,7 +72,7 @@ class Downloader:
         window: int,
         partial_dir: Path,
         identity: Callable[[], DeviceIdentity | None] = lambda: None,
-        retry_after: float = 2.0,
+        retry_after: float = 5.0,
         checkpoint_every: int = 16,
         stop: threading.Event | None = None,
     ) -> None:
@@ -93,6 +94,7 @@ class Downloader:
             job = self._job
             if job is None or chunk.target != job.target.path:
                 return  # a late chunk of an earlier transfer
+            job.arrived_at = time.monotonic()
             try:
                 job.take(chunk)
             except BundleRejected as exc:
@@ -135,7 +137,9 @@ class Downloader:
                     if job.unsaved >= self._checkpoint_every:
                         partial.checkpoint(r)
                         job.unsaved = 0
-                    wanted = r.to_request(time.monotonic(), self._window, self._retry_after)
+                    wanted = r.to_request(
+                        time.monotonic(), self._window, self._retry_after, job.arrived_at
+                    )
                 if wanted:
                     self._publish(encode(XferRequest(target.path, tuple(wanted), encrypted)))
                 if time.monotonic() > deadline:
@@ -175,6 +179,7 @@ class _Job:
         self.failure: BundleRejected | None = None
         self.bad_chunks = 0
         self.unsaved = 0
+        self.arrived_at = -math.inf  # monotonic time of the last chunk that came in
         self._keys: dict[bytes, bytes] = {}  # wrapped transfer key -> key
         self._tries: dict[int, int] = {}  # chunk index -> failed checks
 

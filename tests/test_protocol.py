@@ -602,3 +602,14 @@ def test_bitmap_bits() -> None:
         r.accept(index, 40, b"abcd")
     assert r.bitmap() == bytes([0xFF, 0b11])
     assert r.complete
+
+
+def test_chunks_in_flight_are_not_stale_while_others_keep_arriving() -> None:
+    r = Reassembly("t", 10 * 4, 4)  # 10 chunks
+    assert r.to_request(now=0.0, window=4, retry_after=5.0) == [0, 1, 2, 3]
+    r.accept(0, 40, b"xxxx")  # at 4.0: the path is slow, not broken
+    assert r.to_request(now=5.0, window=4, retry_after=5.0, progressed=4.0) == [4]
+    assert r.to_request(now=8.9, window=4, retry_after=5.0, progressed=4.0) == []
+    # nothing arrived for 5 s: what is still out is asked for again
+    assert sorted(r.to_request(now=9.0, window=4, retry_after=5.0, progressed=4.0)) == [1, 2, 3]
+    assert r.reasked == 3

@@ -7,6 +7,7 @@ whose length the signed metadata announced.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from edge_agent.errors import BundleRejected
@@ -97,9 +98,16 @@ class Reassembly:
         self._chunks[index] = data
         return True
 
-    def to_request(self, now: float, window: int, retry_after: float) -> list[int]:
-        """Indices to ask for now: missing ones not in flight, and in-flight ones gone stale."""
-        stale = [i for i, at in self._asked.items() if now - at >= retry_after]
+    def to_request(
+        self, now: float, window: int, retry_after: float, progressed: float = -math.inf
+    ) -> list[int]:
+        """Indices to ask for now: missing ones not in flight, and in-flight ones gone stale.
+
+        A chunk in flight goes stale `retry_after` seconds after it was asked for and after the
+        last chunk arrived (`progressed`): while chunks keep arriving, the ones still on their
+        way are queued behind them (a busy hub or broker), not lost, and asking again would
+        only double the load that delays them."""
+        stale = [i for i, at in self._asked.items() if now - max(at, progressed) >= retry_after]
         for index in stale:
             del self._asked[index]
         self.reasked += len(stale)
