@@ -51,9 +51,6 @@ log = logging.getLogger(__name__)
 
 MAX_CHUNKS_PER_REQUEST = 64
 INGEST_BATCH = 500  # messages stored in one transaction, then acknowledged
-# QoS 1 messages the hub has on the wire unacknowledged: a rollout streams chunks to many devices
-# at once, and a window of 100 held the whole fleet to 100 chunks per broker round trip
-HUB_INFLIGHT = 1000
 TICK_S = 0.25
 PRUNE_EVERY_S = 60.0
 
@@ -93,9 +90,7 @@ class Hub:
         self.ready = threading.Event()
         self.retention_s = retention_days * 86400 if retention_days else None
         self._next_prune = 0.0
-        self.session = MqttSession(
-            client_id, broker, persistent=True, manual_ack=True, max_inflight=HUB_INFLIGHT
-        )
+        self.session = MqttSession(client_id, broker, persistent=True, manual_ack=True)
         for kind in ("status", "telemetry", "drift", "events", "xfer/req"):
             self.session.subscribe_acked(self.topics.any_device(kind), self._queue, share=share)
         self._targets: dict[str, bytes] = {}
