@@ -82,6 +82,7 @@ def ours(folder: Path, broker: RunningBroker, bundle: Path, devices: int) -> dic
         assert hub is not None
         peak = rss_bytes()
         start = time.perf_counter()
+        started_at = time.time()  # device events carry wall-clock times
         rid = start_rollout(home, model, "100%").id  # its own hub: the simulated fleet
 
         def done() -> bool:
@@ -94,10 +95,18 @@ def ours(folder: Path, broker: RunningBroker, bundle: Path, devices: int) -> dic
                     raise RuntimeError(f"rollout {rid} not done in {TIMEOUT_S:.0f} s")
         seconds = time.perf_counter() - start
         r = rollout_of(sim.store, rid)
+        ids = [d["id"] for d in sim.store.devices()]
+        verified = [
+            e.ts - started_at
+            for e in sim.store.records_since("events", ids, started_at)
+            if e.body.get("event") == "verified" and e.body.get("rollout") == rid
+        ]
         return {
             "seconds": seconds,
             "state": r.state,
             "healthy": ro.progress(r)["healthy"],
+            "verified": len(verified),
+            "last_verified_s": round(max(verified), 2) if verified else None,
             "peak_rss_mb": round(max(peak, rss_bytes()) / MB, 1),
         }
     finally:
@@ -170,6 +179,8 @@ def measure(sizes: list[float], devices: int) -> list[dict[str, Any]]:
                     "ours_over_bare": round(o["seconds"] / b["seconds"], 2),
                     "state": o["state"],
                     "healthy": o["healthy"],
+                    "verified": o["verified"],  # transfers complete and checked
+                    "last_verified_s": o["last_verified_s"],
                     "peak_rss_mb": o["peak_rss_mb"],
                 }
             )
