@@ -26,13 +26,12 @@ from typing import Any
 from cloud_hub import rollout as ro
 from cloud_hub.gates import Metrics, measure
 from cloud_hub.operations import fleet_facts
-from cloud_hub.storage import Store, StoreError, default_url, dumps
+from cloud_hub.storage import Ingest, Store, StoreError, default_url, dumps
 from cloud_hub.tuf_repo import TufRepository
 from edge_agent.errors import BadDataError, MessageError, TransportError
 from edge_agent.mqtt_session import Ack, BrokerAddress, MqttSession
 from edge_agent.protocol.messages import (
     SHADOW_ROWS,
-    Batch,
     Command,
     ModelRef,
     Status,
@@ -55,7 +54,7 @@ TICK_S = 0.25
 PRUNE_EVERY_S = 60.0
 
 
-def _what(item: Status | tuple[str, Batch]) -> str:
+def _what(item: Ingest) -> str:
     if isinstance(item, Status):
         return f"the status of {item.device}"
     kind, batch = item
@@ -135,13 +134,13 @@ class Hub:
     def handle_all(self, messages: list[tuple[str, bytes]]) -> None:
         """Serve transfer requests at once; store every status and record batch among
         `messages` in one transaction (one commit, not one per message)."""
-        items: list[Status | tuple[str, Batch]] = []
+        items: list[Ingest] = []
         for topic, payload in messages:
             try:
                 item = self._decode(topic, payload)
             except BadDataError as exc:
                 self._reject(exc, f"rejected message on {topic}")
-            except (OSError, TransportError) as exc:  # disk trouble serving a transfer
+            except (OSError, TransportError, StoreError) as exc:  # trouble serving a transfer
                 self._reject(exc, f"could not handle the message on {topic}")
             else:
                 if item is not None:
@@ -151,7 +150,7 @@ class Hub:
         with self.handled:
             self.handled.notify_all()
 
-    def _decode(self, topic: str, payload: bytes) -> Status | tuple[str, Batch] | None:
+    def _decode(self, topic: str, payload: bytes) -> Ingest | None:
         """What to store of one message (None for a transfer request, served here)."""
         device, kind = self.topics.parse_device_topic(topic)
         if kind == "status":
@@ -165,7 +164,7 @@ class Hub:
         self._same_device(device, batch.device, kind)
         return kind, batch
 
-    def _store(self, items: list[Status | tuple[str, Batch]]) -> None:
+    def _store(self, items: list[Ingest]) -> None:
         try:
             new = self.store.ingest(items)
         except (OSError, TransportError, StoreError) as exc:  # disk or database trouble

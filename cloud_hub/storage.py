@@ -41,6 +41,7 @@ from edge_agent.errors import TransportError
 from edge_agent.protocol.messages import Batch, Status
 
 StoreError = SQLAlchemyError  # what a query raises when the database fails under it
+Ingest = Status | tuple[str, Batch]  # what the hub stores of one device message
 
 metadata = MetaData()
 
@@ -140,7 +141,7 @@ class Store:
         raise TransportError(f"hub store: dialect {dialect!r} is not supported")
 
     # ---- ingest -----------------------------------------------------------------------
-    def ingest(self, items: Sequence[Status | tuple[str, Batch]]) -> Counter[str]:
+    def ingest(self, items: Sequence[Ingest]) -> Counter[str]:
         """Store statuses and (kind, batch) pairs in arrival order, in one transaction; returns
         how many records were new, per kind (a repeat of a stored record is ignored)."""
         now = time.time()

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from cloud_hub.service import Hub
-from cloud_hub.storage import Store, default_url
+from cloud_hub.storage import Ingest, Store, default_url
 from edge_agent.agent import Sender
 from edge_agent.buffer import TokenBucket
 from edge_agent.mqtt_session import BrokerAddress, _no_delay
@@ -79,7 +79,7 @@ def test_one_transaction_for_everything_that_queued_up(
     calls: list[int] = []
     real = hub.store.ingest
 
-    def counting(items: Sequence[Status | tuple[str, Batch]]) -> object:
+    def counting(items: Sequence[Ingest]) -> object:
         calls.append(len(items))
         return real(items)
 
@@ -107,7 +107,7 @@ def test_a_store_failure_costs_only_the_item_it_failed_on(
     the database takes are stored and the one it refuses is counted and logged."""
     real = hub.store.ingest
 
-    def failing_for_pi_2(items: Sequence[Status | tuple[str, Batch]]) -> object:
+    def failing_for_pi_2(items: Sequence[Ingest]) -> object:
         if any(not isinstance(i, Status) and i[1].device == "pi-2" for i in items):
             raise OperationalError("INSERT", {}, Exception("disk I/O error"))
         return real(items)
