@@ -147,6 +147,14 @@ def render(
             target_rows(reports), ["what", "target", "measured", "verdict", "margin", "bench"]
         ),
     ]
+    notes = [
+        f"- **{t['target'].split(':')[0]}** ({bench}): {t['note']}"
+        for bench, report in reports.items()
+        for t in report.get("targets", [])
+        if t.get("note")
+    ]
+    if notes:
+        parts += ["What the benches say about their targets:\n", "\n".join(notes) + "\n"]
     for bench, report in reports.items():
         parts.append(f"## {bench}\n")
         parts.append(f"Command: `{commands[bench]}`\n")

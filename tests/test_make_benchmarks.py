@@ -23,6 +23,7 @@ CANNED = {
                 "value": 16.9,
                 "limit": "< 10",
                 "verdict": "MISS",
+                "note": "the fleet process is bound by its own CPU",
             }
         ],
     },
@@ -84,6 +85,10 @@ def test_render_writes_machine_figures_commands_and_failures() -> None:
     assert "| LogReg | 1 | 0.8 |" in text
     assert "bench/telemetry_bench.py --json`: exit status 1: boom" in text
     assert text.count("NOT MEASURED") == 3  # pipeline, telemetry and memory: no canned figure
+    assert (
+        "- **rollout of a 1 MB model to 100 simulated devices on loopback** (rollout): "
+        "the fleet process is bound by its own CPU" in text
+    )
 
 
 @pytest.mark.parametrize(
