@@ -471,3 +471,114 @@ def test_bad_drift_parts_of_a_card_are_rejected(
         raw = {**raw, **change}
     with pytest.raises(BundleRejected, match=match):
         parse_card(raw)
+
+
+# ---- where the monitor counts a value: the float32 fast path against the complex grid ---------
+def complex_slots(monitor: DriftMonitor, x: np.ndarray) -> np.ndarray:
+    """Each value's slot written from the layout's definition: one searchsorted per side on
+    the complex grid (`_Layout.slots` returns the same slots, in no particular order)."""
+    grid = monitor._layout.grid
+    keys = np.arange(x.shape[1]) + 1j * x
+    return np.searchsorted(grid, keys, "left") + np.searchsorted(grid, keys, "right")
+
+
+@pytest.fixture(scope="module")
+def cancer_monitor(cancer: tuple[np.ndarray, list[str]]) -> DriftMonitor:
+    x, names = cancer
+    return DriftMonitor(card_for(x, names), window=50)  # card values: float64, most not float32
+
+
+def grid_neighbours(monitor: DriftMonitor) -> np.ndarray:
+    """Every finite grid point as float32, and the float32s either side of it."""
+    points = monitor._layout.grid.imag
+    as32 = points[np.isfinite(points)].astype(np.float32)
+    up, down = np.nextafter(as32, np.float32(np.inf)), np.nextafter(as32, np.float32(-np.inf))
+    return np.concatenate([as32, up, down])
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+F32_TINY = float(np.finfo(np.float32).smallest_subnormal)
+
+
+@settings(max_examples=200, derandomize=True, database=None, deadline=None)
+@given(data=st.data(), rows=st.integers(1, 12))
+def test_float32_slots_equal_the_complex_grid(
+    cancer_monitor: DriftMonitor, data: st.DataObject, rows: int
+) -> None:
+    n = cancer_monitor.card.n_features
+    special = st.sampled_from([0.0, -0.0, F32_MAX, -F32_MAX, F32_TINY, -F32_TINY])
+    near = st.sampled_from(grid_neighbours(cancer_monitor).tolist())
+    values = st.floats(-F32_MAX, F32_MAX, width=32) | special | near
+    x = data.draw(arrays(np.float32, (rows, n), elements=values)).astype(np.float64)
+    slots = np.sort(cancer_monitor._layout.slots(x))
+    assert slots.tolist() == np.sort(complex_slots(cancer_monitor, x), None).tolist()
+
+
+@settings(max_examples=50, derandomize=True, database=None, deadline=None)
+@given(data=st.data())
+def test_float64_slots_equal_the_complex_grid(
+    cancer_monitor: DriftMonitor, data: st.DataObject
+) -> None:
+    n = cancer_monitor.card.n_features
+    points = cancer_monitor._layout.grid.imag
+    near = st.sampled_from(points[np.isfinite(points)].tolist())
+    values = st.floats(-1e300, 1e300) | near
+    x = data.draw(arrays(np.float64, (3, n), elements=values))
+    x[0, 0] = 0.1  # not a float32: the complex path
+    expected = np.sort(complex_slots(cancer_monitor, x), None)
+    assert np.sort(cancer_monitor._layout.slots(x)).tolist() == expected.tolist()
+
+
+def test_non_finite_values_are_missing_and_the_rest_counted(
+    cancer: tuple[np.ndarray, list[str]],
+) -> None:
+    x, names = cancer
+    rows = x[:20].astype(np.float32).astype(np.float64)
+    rows[3, 1], rows[5, 1], rows[7, 4] = np.nan, np.inf, -np.inf
+    monitor = DriftMonitor(card_for(x, names), window=10**6)
+    monitor._accumulate(rows, None)
+    finite = np.isfinite(rows)
+    slots = complex_slots(monitor, np.where(finite, rows, 0.0))[finite]
+    expected = np.bincount(slots, minlength=len(monitor._counts))
+    assert monitor._missing.tolist() == (~finite).sum(axis=0).tolist()
+    assert monitor._counts.tolist() == expected.tolist()
+    assert monitor._counts.sum() == finite.sum()
+
+
+@pytest.mark.parametrize("batch", [1, 16, 100])
+def test_reports_are_the_same_with_the_complex_grid_alone(
+    cancer: tuple[np.ndarray, list[str]],
+    halves: tuple[np.ndarray, np.ndarray],
+    batch: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whole reports, fed float32 rows as the pipeline feeds them, in micro-batches that
+    straddle stage flushes and windows: the same as when every value takes the complex path."""
+    _, names = cancer
+    ref, live = halves
+    card = card_for(ref, names)
+    rows = np.concatenate([live, live * 1.2]).astype(np.float32)
+    predictions = (rows[:, 0] > np.median(rows[:, 0])).astype(np.int64)
+
+    def reports() -> list[dict[str, Any]]:
+        monitor = DriftMonitor(card, window=120, capture=3)
+        out = []
+        for i in range(0, len(rows), batch):
+            report = monitor.add(rows[i : i + batch], predictions[i : i + batch], now=0.0)
+            if report is not None:
+                out.append(report)
+        return out
+
+    fast = reports()
+    monkeypatch.setattr(
+        "edge_agent.drift._Layout.slots",
+        lambda self, x, keep=None: complex_slots_of(self.grid, x, keep),
+    )
+    assert fast == reports()
+    assert len(fast) == len(rows) // 120
+
+
+def complex_slots_of(grid: np.ndarray, x: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+    keys = np.arange(x.shape[1]) + 1j * x
+    slots = np.searchsorted(grid, keys, "left") + np.searchsorted(grid, keys, "right")
+    return slots.ravel() if keep is None else slots[keep]
