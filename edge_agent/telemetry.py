@@ -22,15 +22,22 @@ class Window:
 
     started: float
     count: int = 0
+    # Every row of a batch has the batch's latency: kept once per batch, with the batch's size.
     latencies_ms: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
     predictions: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
 
     def add(self, latency_ms: float, predictions: np.ndarray) -> None:
         n = len(predictions)
         self.count += n
-        self.latencies_ms.extend([latency_ms] * n)
-        self.predictions.update(map(str, predictions.tolist()))  # Counter's C loop
+        self.latencies_ms.append(latency_ms)
+        self.batch_sizes.append(n)
+        labels = predictions.tolist()  # numpy scalars -> int, float, str, bool
+        if n == 1:  # the common batch of one: Counter.update's Python-level checks cost more
+            self.predictions[str(labels[0])] += 1
+        else:
+            self.predictions.update(map(str, labels))  # Counter's C loop
 
     def reject(self, reason: str) -> None:
         self.errors[reason] += 1
@@ -44,7 +51,7 @@ class Window:
             "window_s": round(ended - self.started, 3),
             "model": model,
             "count": self.count,
-            "latency_ms": percentiles(self.latencies_ms),
+            "latency_ms": percentiles(np.repeat(self.latencies_ms, self.batch_sizes)),
             "errors": dict(self.errors),
             "predictions": dict(self.predictions),
         }
@@ -60,7 +67,10 @@ class RunningStats:
 
     def add(self, latency_ms: float, n: int) -> None:
         self.inferences += n
-        self.recent_ms.extend([latency_ms] * n)
+        if n == 1:  # the common batch of one, without building a list
+            self.recent_ms.append(latency_ms)
+        else:
+            self.recent_ms.extend([latency_ms] * n)
 
     def snapshot(self) -> dict[str, Any]:
         return {
