@@ -158,7 +158,8 @@ class Model:
 
 
 def csv_line(row: np.ndarray) -> bytes:
-    """A sensor line whose parsed float32 values are exactly `row` (repr round-trips)."""
+    """A sensor line with the readings as the data set holds them ("17.99", as an instrument
+    prints them; repr of the float64 round-trips), not the 17 digits of their float32s."""
     return ",".join(repr(float(v)) for v in row).encode()
 
 
@@ -173,11 +174,11 @@ def estimators() -> dict[str, Any]:
 
 
 def build_models(folder: Path, cfg: Settings) -> list[Model]:
-    x, y = load_breast_cancer(return_X_y=True)
-    x = x.astype(np.float32)
+    x64, y = load_breast_cancer(return_X_y=True)
+    x = x64.astype(np.float32)
     rows = np.resize(np.random.default_rng(SEED).permutation(len(x)), CHUNK_ROWS)
-    chunk = np.ascontiguousarray(x[rows])
-    lines = [csv_line(r) for r in chunk]
+    chunk = np.ascontiguousarray(x[rows])  # what parsing the lines gives (checked below)
+    lines = [csv_line(r) for r in x64[rows]]
     out = []
     for i, (name, estimator) in enumerate(estimators().items(), 1):
         with warnings.catch_warnings():
