@@ -88,6 +88,10 @@ class Sender:
         self.wake = threading.Event()
         self._acked: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._inflight: dict[int, tuple[str, list[int], float]] = {}  # mid -> (kind, ids, at)
+        # The sender thread pumps, and so does the agent's shutdown while that thread may still
+        # be in its last pump: a PUBACK can arrive before publish() returns, and a settle in
+        # between (the other thread) would match it against a window that lacks its mid yet.
+        self._lock = threading.Lock()
 
     def on_published(self, mid: int) -> None:  # paho's thread
         self._acked.put(mid)
@@ -112,6 +116,10 @@ class Sender:
 
     def pump(self) -> int:
         """Publish what fits in the window; returns how many messages went out."""
+        with self._lock:
+            return self._pump()
+
+    def _pump(self) -> int:
         self._settle()
         if not self.session.connected.is_set():
             return 0
@@ -134,8 +142,9 @@ class Sender:
         return published
 
     def idle(self) -> bool:
-        self._settle()
-        return not self._inflight and self.buffer.pending() == 0
+        with self._lock:
+            self._settle()
+            return not self._inflight and self.buffer.pending() == 0
 
     def pause(self) -> float:
         """How long to sleep unless woken (an append, an ack or a connect sets `wake`): until

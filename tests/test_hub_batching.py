@@ -1,5 +1,6 @@
 """The hub stores what queued up in one transaction, and what one bad item costs is that item
-alone; the device's MQTT sockets send small packets at once; an idle sender sleeps.
+alone; the device's MQTT sockets send small packets at once; an idle sender sleeps; an ack that
+overtakes its publish is not lost.
 
 No broker: the store is a SQLite file, the hub is driven through `handle_all` (what its loop
 calls with each batch it takes), and sockets are plain loopback sockets."""
@@ -7,6 +8,7 @@ calls with each batch it takes), and sockets are plain loopback sockets."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,9 +19,10 @@ from sqlalchemy.exc import OperationalError
 from cloud_hub.service import Hub
 from cloud_hub.storage import Ingest, Store, default_url
 from edge_agent.agent import Sender
-from edge_agent.buffer import TokenBucket
+from edge_agent.buffer import Buffer, TokenBucket
 from edge_agent.mqtt_session import BrokerAddress, _no_delay
 from edge_agent.protocol.messages import Batch, ModelRef, Record, Status, encode
+from edge_agent.protocol.topics import Topics
 
 
 def _batch(device: str, seqs: Sequence[int], boot: int = 1) -> Batch:
@@ -142,3 +145,36 @@ def test_an_idle_sender_sleeps_until_woken_or_the_resend_check() -> None:
     sender.bucket = TokenBucket(rate=10.0, burst=1.0, now=now)
     assert sender.bucket.take(1, now) == 1  # spent: the next record may go in 0.1 s
     assert 0.01 <= sender.pause() <= 0.1
+
+
+class _AckedAtOnce:
+    """A session whose PUBACK arrives before publish() returns, while another thread settles
+    the sender (the agent's shutdown pumps while the sender thread may be in its last pump)."""
+
+    def __init__(self) -> None:
+        self.connected = threading.Event()
+        self.connected.set()
+        self.sender: Sender | None = None
+        self.mid = 0
+
+    def publish(self, _topic: str, _payload: bytes) -> int:
+        assert self.sender is not None
+        self.mid += 1
+        self.sender.on_published(self.mid)
+        other = threading.Thread(target=self.sender.idle)
+        other.start()
+        other.join(0.2)  # a guarded sender keeps it waiting until this pump is done
+        return self.mid
+
+
+def test_an_ack_that_overtakes_its_publish_is_not_lost(tmp_path: Path) -> None:
+    buffer = Buffer(tmp_path / "buffer.sqlite", boot=1)
+    for n in range(3):
+        buffer.append("telemetry", {"count": n})
+    session = _AckedAtOnce()
+    sender = Sender(buffer, session, Topics("edgefleet"), "pi-1", 10, 4)  # type: ignore[arg-type]
+    session.sender = sender
+    assert sender.pump() == 1
+    assert sender.idle(), "the broker acknowledged the batch, yet it is still held"
+    assert buffer.pending() == 0
+    buffer.close()
