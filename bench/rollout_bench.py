@@ -126,17 +126,23 @@ def ours(folder: Path, broker: RunningBroker, bundle: Path, devices: int) -> dic
         seconds = time.perf_counter() - start
         r = rollout_of(sim.store, rid)
         ids = [d["id"] for d in sim.store.devices()]
-        verified = [
-            e.ts - started_at
+        events = [
+            e
             for e in sim.store.records_since("events", ids, started_at)
-            if e.body.get("event") == "verified" and e.body.get("rollout") == rid
+            if e.body.get("rollout") == rid
         ]
+        verified = [e.ts - started_at for e in events if e.body.get("event") == "verified"]
+        failed = [e for e in events if e.body.get("event") in ("rejected", "rolled-back")]
         return {
             "seconds": seconds,
             "state": r.state,
             "healthy": ro.progress(r)["healthy"],
             "verified": len(verified),
             "last_verified_s": round(max(verified), 2) if verified else None,
+            "failed": len(failed),
+            "why": f"{r.halt_reason}; first device failure: {failed[0].body.get('reason')}"
+            if failed
+            else r.halt_reason,
             "peak_rss_mb": round(max(peak, rss_bytes()) / MB, 1),
         }
     finally:
@@ -213,10 +219,23 @@ def measure(sizes: list[float], devices: int) -> list[dict[str, Any]]:
                     "healthy": o["healthy"],
                     "verified": o["verified"],  # transfers complete and checked
                     "last_verified_s": o["last_verified_s"],
+                    "failed": o["failed"],  # devices that rejected the model or rolled back
+                    "why": o["why"],  # the halt reason and the first device failure, if any
                     "peak_rss_mb": o["peak_rss_mb"],
                 }
             )
     return rows
+
+
+def outcome(r: dict[str, Any]) -> str:
+    """One row in words: how far the rollout got, and what the bare fan-out took."""
+    text = (
+        f"{r['model_mb']:g} MB to {r['devices']} devices: {r['state']} after {r['ours_s']} s, "
+        f"{r['healthy']} healthy, {r['verified']} transfers verified"
+    )
+    if r["state"] != ro.COMPLETED:
+        text += f", {r['failed']} failed ({r['why']})"
+    return text + f"; bare fan-out of the same bytes {r['bare_s']} s"
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -231,6 +250,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "value": r["ours_s"],
                     "limit": f"< {TARGET_S:g}",
                     "verdict": "PASS" if ok else "MISS",
+                    "note": "; ".join(outcome(row) for row in rows),
                 }
             )
     return out

@@ -284,6 +284,14 @@ def measure(n: int, reps: int) -> dict[str, Any]:
             "max_inflight": base_telemetry()["max_inflight"],
             "body_bytes": len(json.dumps(BODY)),
         },
+        "paths": [  # the headline figures as rows (for BENCHMARKS.md)
+            {"path": label, "records_per_s": round(side["records_per_s"]), "lost": side["lost"]}
+            for label, side in (
+                ("ours, appended and drained live", mine),
+                ("ours, draining a backlog", drained),
+                ("bare paho QoS 0, one message each", theirs),
+            )
+        ],
         "ours": mine,
         "bare": theirs,
         "ratio": ratio,
