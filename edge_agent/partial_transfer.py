@@ -19,6 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
+from edge_agent.errors import BundleRejected
 from edge_agent.fsutil import atomic_write
 from edge_agent.protocol.transfer import Reassembly, chunk_bounds
 
@@ -37,16 +38,30 @@ class PartialTransfer:
             return 0
         try:
             bits = self._bitmap.read_bytes()
-            with self._data.open("rb") as f:
-                for index in range(reassembly.total):
-                    if index // 8 < len(bits) and bits[index // 8] >> (index % 8) & 1:
-                        start, end = chunk_bounds(index, reassembly.size, reassembly.chunk_size)
-                        f.seek(start)
-                        reassembly.restore(index, f.read(end - start))
+            kept = self._data.stat().st_size
         except OSError:
             self.discard()
             return 0
+        for index in range(reassembly.total):
+            _, end = chunk_bounds(index, reassembly.size, reassembly.chunk_size)
+            if index // 8 < len(bits) and bits[index // 8] >> (index % 8) & 1 and end <= kept:
+                reassembly.restore(index)
         return reassembly.resumed
+
+    def read(self, reassembly: Reassembly) -> bytes:
+        """The whole target, once every chunk is in (checkpointed first by the caller)."""
+        reassembly.check_complete()
+        try:
+            with self._data.open("rb") as f:
+                data = f.read(reassembly.size)
+        except FileNotFoundError:
+            data = b""  # nothing on disk: said below, unless the target is empty
+        if len(data) != reassembly.size:
+            raise BundleRejected(
+                "truncated",
+                f"{reassembly.target}: {len(data)} of {reassembly.size} bytes on disk",
+            )
+        return data
 
     def write(self, index: int, data: bytes, chunk_size: int) -> None:
         """Store one checked chunk at its offset (durable at the next checkpoint)."""

@@ -128,7 +128,7 @@ class Downloader:
                     if r.complete:
                         partial.checkpoint(r)
                         return Fetched(
-                            r.assemble(), r.total, r.resumed, r.fetched_twice, job.bad_chunks
+                            partial.read(r), r.total, r.resumed, r.fetched_twice, job.bad_chunks
                         )
                     if self._stop is not None and self._stop.is_set():
                         raise TransferInterrupted(

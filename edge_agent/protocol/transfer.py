@@ -26,12 +26,14 @@ def chunk_bounds(index: int, size: int, chunk_size: int = CHUNK_SIZE) -> tuple[i
 
 @dataclass
 class Reassembly:
-    """Collects the chunks of one target of `size` bytes (the length from signed metadata)."""
+    """Keeps account of the chunks of one target of `size` bytes (the length from signed
+    metadata): which arrived, which are asked for. The bytes themselves go to disk as they
+    arrive (`edge_agent.partial_transfer`), so a device never holds a whole bundle twice."""
 
     target: str
     size: int
     chunk_size: int = CHUNK_SIZE
-    _chunks: dict[int, bytes] = field(default_factory=dict, repr=False)
+    _have: set[int] = field(default_factory=set, repr=False)
     _asked: dict[int, float] = field(default_factory=dict, repr=False)
     duplicates: int = 0  # chunks that arrived again after we had them
     reasked: int = 0  # chunks asked for again (lost, late or rejected on arrival)
@@ -48,24 +50,23 @@ class Reassembly:
 
     @property
     def received(self) -> int:
-        return len(self._chunks)
+        return len(self._have)
 
     @property
     def complete(self) -> bool:
-        return len(self._chunks) == self.total
+        return len(self._have) == self.total
 
     def bitmap(self) -> bytes:
         """One bit per chunk, set when it arrived; persisted to resume after a restart."""
         bits = bytearray(-(-self.total // 8))
-        for index in self._chunks:
+        for index in self._have:
             bits[index // 8] |= 1 << (index % 8)
         return bytes(bits)
 
-    def restore(self, index: int, data: bytes) -> None:
+    def restore(self, index: int) -> None:
         """A chunk kept from an interrupted attempt (already checked when it arrived)."""
-        start, end = chunk_bounds(index, self.size, self.chunk_size)
-        if 0 <= index < self.total and len(data) == end - start and index not in self._chunks:
-            self._chunks[index] = data
+        if 0 <= index < self.total and index not in self._have:
+            self._have.add(index)
             self.resumed += 1
 
     def reject(self, index: int) -> None:
@@ -74,7 +75,8 @@ class Reassembly:
             self.reasked += 1
 
     def accept(self, index: int, announced_size: int, data: bytes) -> bool:
-        """Store one chunk. False for a duplicate; BundleRejected for one that cannot belong."""
+        """Count one chunk in: True when it is new (the caller keeps its bytes), False for a
+        duplicate or one of the wrong length; BundleRejected for one that cannot belong."""
         if announced_size != self.size:
             raise BundleRejected(
                 "oversized" if announced_size > self.size else "truncated",
@@ -92,10 +94,10 @@ class Reassembly:
             self.reject(index)
             return False
         self._asked.pop(index, None)
-        if index in self._chunks:
+        if index in self._have:
             self.duplicates += 1
             return False
-        self._chunks[index] = data
+        self._have.add(index)
         return True
 
     def to_request(
@@ -116,7 +118,7 @@ class Reassembly:
         if room <= 0:
             return wanted
         for index in range(self.total):
-            if index not in self._chunks and index not in self._asked:
+            if index not in self._have and index not in self._asked:
                 wanted.append(index)
                 if len(wanted) == room:
                     break
@@ -124,9 +126,8 @@ class Reassembly:
             self._asked[index] = now
         return wanted
 
-    def assemble(self) -> bytes:
+    def check_complete(self) -> None:
         if not self.complete:
             raise BundleRejected(
                 "truncated", f"{self.target}: {self.received} of {self.total} chunks arrived"
             )
-        return b"".join(self._chunks[i] for i in range(self.total))
