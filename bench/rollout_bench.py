@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,6 +43,7 @@ from cloud_hub import rollout as ro
 from cloud_hub.broker import RunningBroker, start_mosquitto
 from cloud_hub.operations import init_hub, publish_bundle, start_rollout
 from cloud_hub.simulate import SimOptions, Simulation, rollout_of, rss_bytes
+from cloud_hub.soak import Proc
 from converters.pipeline import build_bundle
 from edge_agent.protocol.transfer import CHUNK_SIZE
 
@@ -72,24 +72,33 @@ def build(folder: Path, megabytes: float) -> Path:
     return out
 
 
-def serve(home: Path, broker: RunningBroker) -> subprocess.Popen[bytes]:
+def serve(home: Path, broker: RunningBroker, logs: Path) -> Proc:
     """`edgehub serve` in its own process, as a hub runs (not sharing the fleet's GIL)."""
-    return subprocess.Popen(
+    hub = Proc(
+        "hub",
         [
-            *(sys.executable, "-m", "cloud_hub.cli", "--home", str(home), "serve"),
+            *("-m", "cloud_hub.cli", "--home", str(home), "serve"),
             *("--broker-host", broker.host, "--broker-port", str(broker.port), "--http", "off"),
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        logs,
     )
+    hub.start()
+    return hub
 
 
-def wait_registered(sim: Simulation, hub: subprocess.Popen[bytes], devices: int) -> None:
+def check_alive(hub: Proc) -> None:
+    assert hub.proc is not None
+    if hub.proc.poll() is not None:
+        raise RuntimeError(
+            f"edgehub serve exited with status {hub.proc.returncode}; see {hub.logs}/hub.log"
+        )
+
+
+def wait_registered(sim: Simulation, hub: Proc, devices: int) -> None:
     """Until the hub process has stored every device's birth: it is up and ingesting."""
     deadline = time.perf_counter() + 60
     while sum(bool(d["online"]) for d in sim.store.devices()) < devices:
-        if hub.poll() is not None:
-            raise RuntimeError(f"edgehub serve exited with status {hub.returncode}")
+        check_alive(hub)
         if time.perf_counter() > deadline:
             raise RuntimeError("the hub did not register the simulated devices within 60 s")
         time.sleep(POLL_S)
@@ -107,7 +116,7 @@ def ours(folder: Path, broker: RunningBroker, bundle: Path, devices: int) -> dic
         (broker.host, broker.port),
         embedded_hub=False,
     )
-    hub = serve(home, broker)
+    hub = serve(home, broker, folder)
     try:
         if not sim.wait_connected(60):
             raise RuntimeError("the simulated devices did not connect within 60 s")
@@ -117,8 +126,7 @@ def ours(folder: Path, broker: RunningBroker, bundle: Path, devices: int) -> dic
         started_at = time.time()  # device events carry wall-clock times
         rid = start_rollout(home, model, "100%").id  # the hub process picks it up
         while rollout_of(sim.store, rid).state == ro.RUNNING:
-            if hub.poll() is not None:
-                raise RuntimeError(f"edgehub serve exited with status {hub.returncode}")
+            check_alive(hub)
             if time.perf_counter() - start > TIMEOUT_S:
                 raise RuntimeError(f"rollout {rid} not done in {TIMEOUT_S:.0f} s")
             peak = max(peak, rss_bytes())
@@ -147,8 +155,7 @@ def ours(folder: Path, broker: RunningBroker, bundle: Path, devices: int) -> dic
         }
     finally:
         sim.close()
-        hub.terminate()
-        hub.wait(30)
+        hub.stop()
 
 
 def bare(broker: RunningBroker, data: bytes, devices: int) -> dict[str, Any]:

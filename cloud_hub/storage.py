@@ -146,17 +146,16 @@ class Store:
         how many records were new, per kind (a repeat of a stored record is ignored)."""
         now = time.time()
         new: Counter[str] = Counter()
+        devices_seen = {i.device if isinstance(i, Status) else i[1].device for i in items}
         with self.engine.begin() as conn:
-            seen: set[str] = set()
+            for device in sorted(devices_seen):  # registered first: a status updates its row
+                self._seen(conn, device, now)
             for item in items:
                 if isinstance(item, Status):
                     self._set_status(conn, item, now)
-                    continue
-                kind, batch = item
-                new[kind] += self._add_batch(conn, kind, batch, now)
-                seen.add(batch.device)
-            for device in sorted(seen):
-                self._seen(conn, device, now)
+                else:
+                    kind, batch = item
+                    new[kind] += self._add_batch(conn, kind, batch, now)
         return new
 
     def add_batch(self, kind: str, batch: Batch) -> int:
@@ -207,7 +206,6 @@ class Store:
         ).first()
         if status.online and (before is None or not before.online or before.boot != status.boot):
             values["online_since"] = now
-        self._seen(conn, status.device, now)
         conn.execute(update(devices).where(devices.c.id == status.device).values(**values))
 
     def register(self, device: str, public_key: bytes | None = None) -> None:
