@@ -5,8 +5,9 @@ as the agent appends a record the moment a window closes), against bare `sqlite3
 the same JSON body into a table of the same shape, one autocommitted INSERT per row, with the
 same pragmas (WAL, synchronous=NORMAL).
 
-Drain: `Buffer.take(100)` + `Buffer.ack(ids)` (what the sender does per MQTT message) until
-empty, against bare `SELECT ... ORDER BY id LIMIT 100` + `DELETE ... WHERE id = ?` (executemany).
+Drain: `Buffer.take(100)` + `Buffer.confirm(spans)` (what the sender does per MQTT message and
+hub confirmation) until empty, against bare `SELECT ... ORDER BY id LIMIT 100` + `DELETE ...
+WHERE id = ?` (executemany).
 
 Interleaved repetitions (A B, B A, ...) on fresh files in one temporary folder; medians.
 
@@ -31,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edge_agent.buffer import Buffer
+from edge_agent.protocol.messages import spans_of
 
 BODY = {
     "window_s": 2.0,
@@ -59,7 +61,7 @@ def ours_drain(path: Path, rows: int) -> float:
         pending = buf.take(100, set())
         if not pending:
             break
-        buf.ack([p.id for p in pending])
+        buf.confirm(spans_of(p.record for p in pending))
     seconds = time.perf_counter() - start
     buf.close()
     return seconds

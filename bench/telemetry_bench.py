@@ -49,8 +49,8 @@ from rich.table import Table
 from cloud_hub.broker import RunningBroker, start_mosquitto
 from cloud_hub.service import Hub
 from cloud_hub.storage import Store, default_url
-from edge_agent.agent import Sender
 from edge_agent.buffer import Buffer
+from edge_agent.delivery import Sender
 from edge_agent.mqtt_session import BrokerAddress, MqttSession
 from edge_agent.protocol.messages import Batch, decode_batch, encode
 from edge_agent.protocol.topics import Topics

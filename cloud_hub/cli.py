@@ -161,6 +161,7 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from cloud_hub.ha_discovery import HaDiscovery
+    from cloud_hub.ingest_limits import Limits
     from cloud_hub.operations import open_repo
     from cloud_hub.service import Hub
     from cloud_hub.web_api import WebAuth, create_app
@@ -179,6 +180,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         client_id=args.broker_user or "edgehub",
         share=args.share,
         retention_days=args.retention_days,
+        limits=Limits(args.device_rate, 10 * args.device_rate, args.device_quota),
     )
     ha = HaDiscovery(broker, hub.topics, args.ha_prefix) if args.ha_discovery else None
     web = None
@@ -221,6 +223,21 @@ def _positive_days(text: str) -> float:
     if not 0 < days < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of days, got {text!r}")
     return days
+
+
+def _non_negative(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = -1
+        if not 0 <= value < float("inf"):
+            raise argparse.ArgumentTypeError(
+                f"expected a {kind.__name__} of 0 or more, got {text!r}"
+            )
+        return value
+
+    return parse
 
 
 # ---- parser ---------------------------------------------------------------------------------
@@ -326,6 +343,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--retention-days",
         type=_positive_days,
         help="remove device records older than this many days (default: keep everything)",
+    )
+    sp.add_argument(
+        "--device-rate",
+        type=_non_negative(float),
+        default=100.0,
+        metavar="MSGS",
+        help="messages a second one device may send on average, ten times that at once; "
+        "past it they are refused, counted and sent again by the device (0: no limit; "
+        "default 100)",
+    )
+    sp.add_argument(
+        "--device-quota",
+        type=_non_negative(int),
+        default=5_000_000,
+        metavar="RECORDS",
+        help="records the hub stores of one device; past it new ones are refused and counted, "
+        "never another device's removed (0: no quota; default 5000000; see --retention-days)",
     )
     sp.add_argument(
         "--http",

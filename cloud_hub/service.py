@@ -3,11 +3,14 @@
 paho's thread only queues incoming messages; one loop stores them, serves transfer requests,
 publishes TUF metadata when the repository changed, and steps the running rollouts.
 
-Exactly once across a hub restart: device records arrive at QoS 1 on a persistent session with
-manual acknowledgement, and the PUBACK goes out only after the record is committed to the store.
-A hub that dies before that gets the message again from the broker when it comes back; the store
-drops the repeat by (device, boot, seq). With `share`, several hubs subscribe to the device
-topics as one MQTT shared-subscription group and the broker splits the messages between them.
+Exactly once, whatever the broker keeps or loses: after each transaction commits, the hub
+confirms on dev/{id}/ack the (boot, seq) spans it committed, and only then does the device
+forget those records (edge_agent.delivery); what stays unconfirmed the device sends again, and
+the store drops the repeat by (device, boot, seq). Device messages also arrive at QoS 1 on a
+persistent session with manual acknowledgement, the PUBACK going out after the commit, so a hub
+restart within what the broker queues costs no resend at all. With `share`, several hubs
+subscribe to the device topics as one MQTT shared-subscription group and the broker splits the
+messages between them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 from cloud_hub import rollout as ro
 from cloud_hub.gates import Metrics, measure
+from cloud_hub.ingest_limits import RATE, DeviceGuard, Limits
 from cloud_hub.operations import fleet_facts
 from cloud_hub.storage import Ingest, Store, StoreError, default_url, dumps
 from cloud_hub.tuf_repo import TufRepository
@@ -33,7 +37,9 @@ from edge_agent.mqtt_session import Ack, BrokerAddress, MqttSession
 from edge_agent.protocol.messages import (
     SHADOW_ROWS,
     Command,
+    Confirm,
     ModelRef,
+    Record,
     Status,
     XferChunk,
     decode_batch,
@@ -41,6 +47,7 @@ from edge_agent.protocol.messages import (
     decode_status,
     decode_xfer_request,
     encode,
+    spans_of,
 )
 from edge_agent.protocol.topics import Topics
 from edge_agent.protocol.transfer import CHUNK_SIZE, chunk_bounds, chunk_count
@@ -76,6 +83,7 @@ class Hub:
         share: str | None = None,
         retention_days: float | None = None,
         clock: Callable[[], float] = time.time,
+        limits: Limits | None = None,
     ) -> None:
         self.home = home
         self.clock = clock  # the rollouts' `now`; tests drive it
@@ -88,6 +96,8 @@ class Hub:
         self.incoming: queue.Queue[tuple[str, bytes, Ack]] = queue.Queue()
         self.ready = threading.Event()
         self.retention_s = retention_days * 86400 if retention_days else None
+        self.guard = DeviceGuard(limits or Limits())
+        self._refusing: set[tuple[str, str]] = set()  # (device, reason) said in the log
         self._next_prune = 0.0
         self.session = MqttSession(client_id, broker, persistent=True, manual_ack=True)
         for kind in ("status", "telemetry", "drift", "events", "xfer/req"):
@@ -98,6 +108,16 @@ class Hub:
         self._next_timestamp_check = 0.0
 
     def _queue(self, topic: str, payload: bytes, ack: Ack) -> None:
+        """paho's thread: a device past its message rate is refused here, before its message
+        costs a decode or a place in the queue (nothing of it is confirmed: it sends again)."""
+        try:
+            device, _kind = self.topics.parse_device_topic(topic)
+        except MessageError:
+            pass  # rejected, counted and logged when handled
+        else:
+            if not self.guard.admit(device, time.monotonic()):
+                ack()
+                return
         self.incoming.put((topic, payload, ack))
 
     # ---- the loop ---------------------------------------------------------------------
@@ -143,10 +163,10 @@ class Hub:
             except (OSError, TransportError, StoreError) as exc:  # trouble serving a transfer
                 self._reject(exc, f"could not handle the message on {topic}")
             else:
-                if item is not None:
+                if item is not None and self._has_room(item):
                     items.append(item)
         if items:
-            self._store(items)
+            self._confirm(self._store(items))
         with self.handled:
             self.handled.notify_all()
 
@@ -164,18 +184,37 @@ class Hub:
         self._same_device(device, batch.device, kind)
         return kind, batch
 
-    def _store(self, items: list[Ingest]) -> None:
+    def _has_room(self, item: Ingest) -> bool:
+        """Within its device's storage quota (a status always is)?"""
+        if isinstance(item, Status):
+            return True
+        batch = item[1]
+        return self.guard.room(batch.device, len(batch.records), self.store.held)
+
+    def _store(self, items: list[Ingest]) -> list[Ingest]:
+        """Store `items` in one transaction; returns those committed (on a failure, each is
+        tried alone, so only what cannot be stored is left out, counted and logged)."""
         try:
             new = self.store.ingest(items)
         except (OSError, TransportError, StoreError) as exc:  # disk or database trouble
-            if len(items) > 1:  # one at a time, so what can be stored still is
-                for item in items:
-                    self._store([item])
-                return
+            if len(items) > 1:
+                return [done for item in items for done in self._store([item])]
             self._reject(exc, f"could not store {_what(items[0])}")
-            return
+            return []
         with self.handled:
             self.stored.update(new)
+        return items
+
+    def _confirm(self, committed: list[Ingest]) -> None:
+        """Tell each device which of its records are committed (new or repeated): only now may
+        it forget them. A confirmation that gets lost costs a resend, which is stored once."""
+        records: dict[str, list[Record]] = {}
+        for item in committed:
+            if not isinstance(item, Status):
+                records.setdefault(item[1].device, []).extend(item[1].records)
+        for device, recs in records.items():
+            confirm = Confirm(device, spans_of(recs))
+            self.session.publish(self.topics.device(device, "ack"), encode(confirm))
 
     def _reject(self, exc: Exception, what: str) -> None:
         """Count and log; the loop goes on (a bad message or a failing disk must not end it)."""
@@ -196,6 +235,7 @@ class Hub:
             if self.retention_s is not None and now >= self._next_prune:
                 removed = self.store.prune(now - self.retention_s)
                 if removed:
+                    self.guard.recount()
                     log.info(
                         "retention: removed %d records older than %.0f days",
                         removed,
@@ -204,10 +244,35 @@ class Hub:
                 self._next_prune = now + PRUNE_EVERY_S
             if self.repo.initialised:
                 self._publish_tuf()
+            self._note_refusals(now)
             self._send_outbox()
             self._step_rollouts()
         except (BadDataError, OSError, TransportError, StoreError) as exc:
             self._reject(exc, "tick")
+
+    def _note_refusals(self, now: float) -> None:
+        """Store what the guard refused since the last tick; say so once per device and
+        reason in this process's log."""
+        refused = self.guard.take_refused()
+        if not refused:
+            return
+        self.store.add_refusals(refused, now)
+        for device, reasons in refused.items():
+            for reason in reasons:
+                if (device, reason) not in self._refusing:
+                    self._refusing.add((device, reason))
+                    limits = self.guard.limits
+                    limit = (
+                        f"{limits.rate:g} messages a second"
+                        if reason == RATE
+                        else f"{limits.quota} stored records"
+                    )
+                    log.warning(
+                        "%s is over its %s: refusing what exceeds it (counted in "
+                        "`edgehub devices`; the device keeps it and sends it again)",
+                        device,
+                        limit,
+                    )
 
     def _send_outbox(self) -> None:
         """Commands queued by the CLI (shadow, shadow-stop), each published once, at QoS 1 to

@@ -100,6 +100,15 @@ outbox = Table(  # commands the CLI queued for the running hub to send
     Column("sent", Float),
 )
 
+refusals = Table(  # what the hub refused of each device (cloud_hub.ingest_limits), per reason
+    "refusals",
+    metadata,
+    Column("device", String(64), primary_key=True),
+    Column("reason", String(16), primary_key=True),
+    Column("count", Integer, nullable=False, default=0),
+    Column("last", Float, nullable=False, default=0.0),
+)
+
 hub_state = Table(
     "hub_state",
     metadata,
@@ -356,6 +365,35 @@ class Store:
     def prune(self, cutoff: float) -> int:
         """Retention (see prune_records)."""
         return prune_records(self, cutoff)
+
+    def held(self, device: str) -> int:
+        """How many records of `device` the store holds (its quota's measure)."""
+        q = select(func.count()).select_from(records).where(records.c.device == device)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    # ---- refusals -----------------------------------------------------------------------
+    def add_refusals(self, refused: dict[str, Counter[str]], now: float) -> None:
+        """Add these counts (device -> reason -> n) to what was refused before."""
+        with self.engine.begin() as conn:
+            for device, reasons in refused.items():
+                for reason, n in reasons.items():
+                    key = {"device": device, "reason": reason}
+                    conn.execute(self._insert_once(refusals), [key])
+                    conn.execute(
+                        update(refusals)
+                        .where(refusals.c.device == device, refusals.c.reason == reason)
+                        .values(count=refusals.c.count + n, last=now)
+                    )
+
+    def refusals(self) -> dict[str, dict[str, int]]:
+        """device -> reason -> messages (rate) or records (quota) the hub refused so far."""
+        out: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            q = select(refusals.c.device, refusals.c.reason, refusals.c.count)
+            for device, reason, count in conn.execute(q.order_by(refusals.c.device)):
+                out.setdefault(device, {})[reason] = int(count)
+        return out
 
     # ---- small state ------------------------------------------------------------------
     def get_state(self, key: str, default: Any = None) -> Any:

@@ -1,8 +1,8 @@
 """The device daemon: wires config, MQTT session, updater, pipeline, buffer and sources.
 
 Threads: paho's network thread (routes messages, never blocks), one thread per input source,
-the updater (one command at a time), the sender (drains the buffer at QoS 1), and the main
-loop (micro-batches sensor lines, closes telemetry windows, refreshes the retained status).
+the updater (one command at a time), the sender (drains the buffer: edge_agent.delivery), and
+the main loop (micro-batches sensor lines, closes telemetry windows, refreshes the status).
 """
 
 from __future__ import annotations
@@ -14,20 +14,19 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
-from edge_agent.buffer import Buffer, Cap, TokenBucket
+from edge_agent.buffer import Buffer, Cap
 from edge_agent.config import AgentConfig
+from edge_agent.delivery import Sender
 from edge_agent.errors import BadDataError, ConfigError
 from edge_agent.fsutil import atomic_write
 from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_session import BrokerAddress, MqttSession
 from edge_agent.pipeline import ActiveModel, Pipeline
 from edge_agent.protocol.messages import (
-    Batch,
     Command,
     ModelRef,
     Status,
@@ -59,104 +58,6 @@ def next_boot(state_dir: Path) -> int:
         raise ConfigError(f"{path}: expected a boot counter, found garbage") from exc
     atomic_write(path, str(boot).encode())
     return boot
-
-
-class Sender:
-    """Drains the buffer at QoS 1; a record is deleted only when the broker acknowledged it."""
-
-    def __init__(
-        self,
-        buffer: Buffer,
-        session: MqttSession,
-        topics: Topics,
-        device_id: str,
-        batch_size: int,
-        max_inflight: int,
-        resend_after: float = 30.0,
-        drain_rate: float = 0.0,
-    ) -> None:
-        self.buffer = buffer
-        self.session = session
-        self.topics = topics
-        self.device_id = device_id
-        self.batch_size = batch_size
-        self.max_inflight = max_inflight
-        self.resend_after = resend_after
-        # records a second at most (0: unlimited), a burst of one second's worth or one batch
-        self.bucket = TokenBucket(drain_rate, max(drain_rate, batch_size), time.monotonic())
-        self.sent: Counter[str] = Counter()  # records acknowledged by the broker, per kind
-        self.wake = threading.Event()
-        self._acked: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self._inflight: dict[int, tuple[str, list[int], float]] = {}  # mid -> (kind, ids, at)
-        # The sender thread pumps, and so does the agent's shutdown while that thread may still
-        # be in its last pump: a PUBACK can arrive before publish() returns, and a settle in
-        # between (the other thread) would match it against a window that lacks its mid yet.
-        self._lock = threading.Lock()
-
-    def on_published(self, mid: int) -> None:  # paho's thread
-        self._acked.put(mid)
-        self.wake.set()
-
-    def _settle(self) -> None:
-        acked: set[int] = set()
-        while not self._acked.empty():
-            acked.add(self._acked.get())
-        done: list[int] = []
-        now = time.monotonic()
-        for mid in list(self._inflight):
-            kind, ids, at = self._inflight[mid]
-            if mid in acked:
-                done.extend(ids)
-                self.sent[kind] += len(ids)
-                del self._inflight[mid]
-            elif now - at > self.resend_after:
-                del self._inflight[mid]  # lost: its rows become eligible again (hub dedups)
-        if done:
-            self.buffer.ack(done)
-
-    def pump(self) -> int:
-        """Publish what fits in the window; returns how many messages went out."""
-        with self._lock:
-            return self._pump()
-
-    def _pump(self) -> int:
-        self._settle()
-        if not self.session.connected.is_set():
-            return 0
-        busy = {rid for _, ids, _ in self._inflight.values() for rid in ids}
-        published = 0
-        while len(self._inflight) < self.max_inflight:
-            allowed = self.bucket.take(self.batch_size, time.monotonic())
-            if not allowed:
-                break
-            pending = self.buffer.take(allowed, busy)
-            if not pending:
-                break
-            kind = pending[0].kind
-            payload = encode(Batch(self.device_id, tuple(p.record for p in pending)))
-            mid = self.session.publish(self.topics.device(self.device_id, kind), payload)
-            ids = [p.id for p in pending]
-            self._inflight[mid] = (kind, ids, time.monotonic())
-            busy.update(ids)
-            published += 1
-        return published
-
-    def idle(self) -> bool:
-        with self._lock:
-            self._settle()
-            return not self._inflight and self.buffer.pending() == 0
-
-    def pause(self) -> float:
-        """How long to sleep unless woken (an append, an ack or a connect sets `wake`): until
-        the drain rate allows the next record, else the resend check's 0.5 s."""
-        due = self.bucket.wait(time.monotonic())
-        return max(0.01, min(0.5, due)) if due > 0 else 0.5
-
-    def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            self.pump()
-            self.wake.wait(self.pause())
-            self.wake.clear()
 
 
 class Agent:
@@ -200,6 +101,7 @@ class Agent:
             cfg.get("telemetry", "batch_size"),
             cfg.get("telemetry", "max_inflight"),
             drain_rate=cfg.get("telemetry", "drain_rate"),
+            confirm_timeout=cfg.get("telemetry", "confirm_timeout_s"),
         )
         self.results = ResultPublisher.from_settings(cfg.settings["results"], cfg.device_id)
         self.resources = ResourceMeter(time.monotonic())

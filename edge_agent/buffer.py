@@ -1,11 +1,13 @@
-"""Store-and-forward buffer: SQLite in WAL mode, records deleted only after the broker's ack.
+"""Store-and-forward buffer: SQLite in WAL mode, records deleted only when the hub confirms it
+committed them (`confirm`, from the hub's message on dev/{id}/ack), never on the broker's PUBACK.
 
 Each record carries (boot, seq), so the hub can drop what it has already stored when a record is
-sent twice (after a lost ack, a reconnect or a crash). Caps, in rows and in bytes (bodies' JSON
-size), hold per priority class and for the whole buffer. `next_drop` is the drop policy, pure: a
-class past its own cap loses its own oldest record (a flood of events never evicts a drift
-report); past the whole buffer's cap the oldest record of the least important class goes
-(telemetry before drift before events). Every drop is counted, per kind.
+sent twice (after a lost confirmation, a reconnect, a crash or a broker that lost its queue).
+Caps, in rows and in bytes (bodies' JSON size), hold per priority class and for the whole
+buffer. `next_drop` is the drop policy, pure: a class past its own cap loses its own oldest
+record (a flood of events never evicts a drift report); past the whole buffer's cap the oldest
+record of the least important class goes (telemetry before drift before events). Every drop is
+counted, per kind.
 
 `TokenBucket` paces the drain after a reconnect, so a returning fleet does not flatten the hub.
 """
@@ -16,13 +18,13 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import ConfigError, TransportError
-from edge_agent.protocol.messages import Record
+from edge_agent.protocol.messages import Record, Span
 
 PRIORITY = {"events": 0, "drift": 1, "telemetry": 2}
 
@@ -37,6 +39,7 @@ CREATE TABLE IF NOT EXISTS records (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_order ON records (priority, id);
+CREATE INDEX IF NOT EXISTS records_key ON records (boot, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -86,6 +89,10 @@ class Pending:
     id: int
     kind: str
     record: Record
+
+
+def _pending(rid: int, kind: str, boot: int, seq: int, ts: float, body: str) -> Pending:
+    return Pending(rid, kind, Record(boot, seq, ts, json.loads(body)))
 
 
 class Buffer:
@@ -172,29 +179,46 @@ class Buffer:
                 continue
             if out and kind != out[0].kind:
                 break
-            out.append(Pending(rid, kind, Record(boot, seq, ts, json.loads(body))))
+            out.append(_pending(rid, kind, boot, seq, ts, body))
             if len(out) == limit:
                 break
         return out
 
-    def ack(self, ids: list[int]) -> None:
+    def get(self, ids: Iterable[int]) -> list[Pending]:
+        """Those of these records still held, oldest first (to send a batch again)."""
+        wanted = list(ids)
+        out: list[Pending] = []
         with self._lock:
-            gone = []
+            for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT id, kind, boot, seq, ts, body FROM records WHERE id IN ({marks})",
+                    chunk,
+                ).fetchall()
+                out += [_pending(*row) for row in rows]
+        return sorted(out, key=lambda p: p.id)
+
+    def confirm(self, spans: Iterable[Span]) -> int:
+        """The hub committed these (boot, seq) spans: forget them. Returns how many records
+        went (a span confirmed twice, or records already gone, cost nothing)."""
+        gone: list[tuple[str, int]] = []
+        with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-                    chunk = ids[start : start + 500]
-                    marks = ",".join("?" * len(chunk))
+                for boot, first, last in spans:
                     gone += self._db.execute(
-                        f"SELECT kind, LENGTH(body) FROM records WHERE id IN ({marks})", chunk
+                        "DELETE FROM records WHERE boot = ? AND seq BETWEEN ? AND ? "
+                        "RETURNING kind, LENGTH(body)",
+                        (boot, first, last),
                     ).fetchall()
-                    self._db.execute(f"DELETE FROM records WHERE id IN ({marks})", chunk)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            for kind, size in gone:  # an id acked twice is not there the second time
+            for kind, size in gone:
                 self._add(kind, -1, -int(size))
+        return len(gone)
 
     @property
     def appended(self) -> int:

@@ -32,6 +32,7 @@ PROFILE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "interval_s": Number,
         "batch_size": int,
         "max_inflight": int,
+        "confirm_timeout_s": Number,
         "status_interval_s": Number,
         "drain_rate": Number,
         "raw_sample_rate": Number,

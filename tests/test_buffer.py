@@ -1,4 +1,4 @@
-"""The store-and-forward buffer: ordering, acks, the drop policy and surviving a restart."""
+"""The store-and-forward buffer: order, confirmations, the drop policy and surviving a restart."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.buffer import Buffer
+from edge_agent.buffer import Buffer, Pending
 from edge_agent.errors import TransportError
+from edge_agent.protocol.messages import spans_of
+
+
+def confirm(buf: Buffer, pending: list[Pending]) -> int:
+    """What the sender does with the hub's confirmation of these records."""
+    return buf.confirm(spans_of(p.record for p in pending))
 
 
 @pytest.fixture
@@ -48,11 +54,11 @@ def test_take_most_important_kind_first_oldest_first(buf: Buffer) -> None:
     assert names(limit=1) == ["e0"]
     events = buf.take(10, set())
     assert {p.kind for p in events} == {"events"}
-    buf.ack([p.id for p in events])
+    confirm(buf, events)
     assert names() == ["d0", "d1"]
-    buf.ack([p.id for p in buf.take(10, set())])
+    confirm(buf, buf.take(10, set()))
     assert names() == ["t0", "t1"]
-    buf.ack([p.id for p in buf.take(10, set())])
+    confirm(buf, buf.take(10, set()))
     assert names() == []
     assert buf.pending() == 0
 
@@ -72,15 +78,31 @@ def test_take_skips_in_flight_ids(buf: Buffer) -> None:
     assert buf.take(10, in_flight | {p.id for p in third}) == []
 
 
-def test_ack_deletes_only_the_acked(buf: Buffer) -> None:
+def test_confirm_deletes_only_the_confirmed(buf: Buffer) -> None:
     for i in range(3):
         buf.append("telemetry", {"i": i}, ts=0.0)
     taken = buf.take(3, set())
-    buf.ack([taken[1].id])
+    assert confirm(buf, [taken[1]]) == 1
     assert buf.pending() == 2
     assert [p.record.body["i"] for p in buf.take(3, set())] == [0, 2]
-    buf.ack([taken[1].id])  # acked twice (a duplicate PUBACK): no harm
+    assert confirm(buf, [taken[1]]) == 0  # confirmed twice (a resend stored once): no harm
     assert buf.pending() == 2
+    assert buf.usage() == {"telemetry": (2, 2 * len('{"i": 0}'))}
+
+
+def test_confirm_matches_boot_and_seq_not_row_ids(tmp_path: Path) -> None:
+    """A confirmation for what an earlier boot sent (the agent restarted before the hub's
+    answer came) still frees those records; another boot's equal seqs stay."""
+    path = tmp_path / "buffer.sqlite"
+    first = Buffer(path, boot=1)
+    old = [first.append("telemetry", {"i": i}, ts=0.0) for i in range(3)]
+    first.close()
+    second = Buffer(path, boot=2)
+    second.append("telemetry", {"i": 10}, ts=0.0)  # (2, 0): same seq as (1, 0)
+    assert second.confirm(spans_of(old[:2])) == 2
+    assert [(p.record.boot, p.record.seq) for p in second.take(10, set())] == [(1, 2), (2, 0)]
+    assert [p.record.body["i"] for p in second.get([3, 1, 4])] == [2, 10]
+    second.close()
 
 
 @pytest.mark.parametrize(("cap", "appended"), [(1, 5), (10, 10), (10, 11), (7, 100)])
@@ -118,11 +140,11 @@ def test_drop_policy_spares_events_and_drift(tmp_path: Path) -> None:
     b.close()
 
 
-def test_acks_make_room_without_dropping(tmp_path: Path) -> None:
+def test_confirmations_make_room_without_dropping(tmp_path: Path) -> None:
     b = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=3)
     for i in range(3):
         b.append("telemetry", {"i": i}, ts=0.0)
-    b.ack([p.id for p in b.take(2, set())])
+    confirm(b, b.take(2, set()))
     b.append("telemetry", {"i": 3}, ts=0.0)
     b.append("telemetry", {"i": 4}, ts=0.0)
     assert b.dropped() == {}
@@ -145,7 +167,7 @@ def test_rows_survive_reopening_with_their_old_boot(tmp_path: Path) -> None:
     events = second.take(10, set())
     assert [(p.kind, p.record.boot, p.record.seq) for p in events] == [("events", 5, 5)]
     assert events[0].record == old[0]
-    second.ack([p.id for p in events])
+    confirm(second, events)
     telemetry = second.take(10, set())
     assert [(p.record.boot, p.record.seq, p.record.body) for p in telemetry] == [
         (5, 3, {"i": 3}),
@@ -275,8 +297,8 @@ def test_a_class_past_its_own_cap_drops_only_its_own(tmp_path: Path) -> None:
 def test_filled_past_its_caps_the_drop_counters_match_what_is_missing(
     tmp_path: Path, seed: int
 ) -> None:
-    """Random kinds and body sizes, some acked on the way: per class, what was appended =
-    what is still held + what was acked + what the counters say was dropped."""
+    """Random kinds and body sizes, some confirmed on the way: per class, what was appended =
+    what is still held + what was confirmed + what the counters say was dropped."""
     import json
     import random
 
@@ -286,14 +308,14 @@ def test_filled_past_its_caps_the_drop_counters_match_what_is_missing(
     caps = {"events": Cap(15, 3000), "drift": Cap(20), "telemetry": Cap(60, 6000)}
     b = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=80, max_bytes=9000, caps=caps)
     appended: dict[str, set[int]] = {"events": set(), "drift": set(), "telemetry": set()}
-    acked: dict[str, set[int]] = {k: set() for k in appended}
+    confirmed: dict[str, set[int]] = {k: set() for k in appended}
     for i in range(600):
         kind = rng.choice(["telemetry"] * 6 + ["drift"] * 2 + ["events"])
         appended[kind].add(b.append(kind, {"pad": "x" * rng.randrange(200)}).seq)
-        if i % 97 == 0:  # the broker acknowledged one batch
+        if i % 97 == 0:  # the hub confirmed one batch
             batch = b.take(5, set())
-            b.ack([p.id for p in batch])
-            acked[batch[0].kind] |= {p.record.seq for p in batch}
+            confirm(b, batch)
+            confirmed[batch[0].kind] |= {p.record.seq for p in batch}
     held: dict[str, set[int]] = {k: set() for k in appended}
     seen: set[int] = set()
     while batch := b.take(1000, seen):
@@ -303,7 +325,7 @@ def test_filled_past_its_caps_the_drop_counters_match_what_is_missing(
         assert size <= (caps[batch[0].kind].max_bytes or 9000)
     dropped = b.dropped()
     for kind, seqs in appended.items():
-        missing = seqs - held[kind] - acked[kind]
+        missing = seqs - held[kind] - confirmed[kind]
         assert dropped.get(kind, 0) == len(missing), kind
         assert len(held[kind]) <= caps[kind].max_rows
         if missing and held[kind]:  # the oldest went first

@@ -1,6 +1,6 @@
 """The hub stores what queued up in one transaction, and what one bad item costs is that item
-alone; the device's MQTT sockets send small packets at once; an idle sender sleeps; an ack that
-overtakes its publish is not lost.
+alone; the device's MQTT sockets send small packets at once; an idle sender sleeps; a hub
+confirmation that overtakes its publish is not lost.
 
 No broker: the store is a SQLite file, the hub is driven through `handle_all` (what its loop
 calls with each batch it takes), and sockets are plain loopback sockets."""
@@ -18,10 +18,20 @@ from sqlalchemy.exc import OperationalError
 
 from cloud_hub.service import Hub
 from cloud_hub.storage import Ingest, Store, default_url
-from edge_agent.agent import Sender
 from edge_agent.buffer import Buffer, TokenBucket
+from edge_agent.delivery import Sender
 from edge_agent.mqtt_session import BrokerAddress, _no_delay
-from edge_agent.protocol.messages import Batch, ModelRef, Record, Status, encode
+from edge_agent.protocol.messages import (
+    Batch,
+    Confirm,
+    ModelRef,
+    Record,
+    Status,
+    decode_batch,
+    decode_confirm,
+    encode,
+    spans_of,
+)
 from edge_agent.protocol.topics import Topics
 
 
@@ -116,11 +126,48 @@ def test_a_store_failure_costs_only_the_item_it_failed_on(
         return real(items)
 
     monkeypatch.setattr(hub.store, "ingest", failing_for_pi_2)
+    confirms = _confirms(hub, monkeypatch)
     hub.handle_all([_message("telemetry", _batch(f"pi-{n}", range(2))) for n in (1, 2, 3)])
     assert hub.rejected["OperationalError"] == 1
     assert hub.stored["telemetry"] == 4
     assert hub.store.count("telemetry", "pi-1") == hub.store.count("telemetry", "pi-3") == 2
     assert hub.store.count("telemetry", "pi-2") == 0
+    # only what was committed is confirmed: pi-2 keeps its records and sends them again
+    assert confirms == {"pi-1": [(1, 0, 1)], "pi-3": [(1, 0, 1)]}
+
+
+def _confirms(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[int, int, int]]]:
+    """What the hub confirms on each dev/{id}/ack (its session is never connected here)."""
+    seen: dict[str, list[tuple[int, int, int]]] = {}
+
+    def publish(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
+        device, kind = hub.topics.parse_device_topic(topic)
+        assert kind == "ack" and qos == 1 and not retain
+        confirm = decode_confirm(payload)
+        assert confirm.device == device
+        seen.setdefault(device, []).extend(confirm.spans)
+        return 1
+
+    monkeypatch.setattr(hub.session, "publish", publish)
+    return seen
+
+
+def test_repeats_are_confirmed_like_new_records(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch sent again after a lost confirmation is stored once and confirmed again; one
+    confirmation per device per transaction, its seqs as spans."""
+    confirms = _confirms(hub, monkeypatch)
+    hub.handle_all([_message("telemetry", _batch("pi-1", [0, 1, 2, 5]))])
+    hub.handle_all(
+        [
+            _message("telemetry", _batch("pi-1", [0, 1, 2, 5])),  # the resend
+            _message("events", _batch("pi-1", [3, 4])),
+            _message("telemetry", _batch("pi-1", [6], boot=2)),
+        ]
+    )
+    assert hub.store.count("telemetry", "pi-1") == 5
+    assert confirms == {
+        "pi-1": [(1, 0, 2), (1, 5, 5), (1, 0, 5), (2, 6, 6)],
+    }
 
 
 # ---- sockets and the sender's sleep -------------------------------------------------------------
@@ -137,6 +184,12 @@ def test_mqtt_sockets_send_small_packets_at_once() -> None:
 class _Unused:
     """Sender's session and buffer, which `pause` never touches."""
 
+    def subscribe(self, *_args: object) -> None:
+        pass
+
+    def device(self, device: str, kind: str) -> str:
+        return f"edgefleet/dev/{device}/{kind}"
+
 
 def test_an_idle_sender_sleeps_until_woken_or_the_resend_check() -> None:
     sender = Sender(_Unused(), _Unused(), _Unused(), "pi-1", 100, 20)  # type: ignore[arg-type]
@@ -147,9 +200,10 @@ def test_an_idle_sender_sleeps_until_woken_or_the_resend_check() -> None:
     assert 0.01 <= sender.pause() <= 0.1
 
 
-class _AckedAtOnce:
-    """A session whose PUBACK arrives before publish() returns, while another thread settles
-    the sender (the agent's shutdown pumps while the sender thread may be in its last pump)."""
+class _ConfirmedAtOnce:
+    """A session whose PUBACK and hub confirmation arrive before publish() returns, while
+    another thread settles the sender (the agent's shutdown pumps while the sender thread may
+    be in its last pump)."""
 
     def __init__(self) -> None:
         self.connected = threading.Event()
@@ -157,24 +211,31 @@ class _AckedAtOnce:
         self.sender: Sender | None = None
         self.mid = 0
 
-    def publish(self, _topic: str, _payload: bytes) -> int:
+    def subscribe(self, *_args: object) -> None:
+        pass
+
+    def publish(self, topic: str, payload: bytes) -> int:
         assert self.sender is not None
         self.mid += 1
         self.sender.on_published(self.mid)
+        batch = decode_batch(payload, "telemetry")
+        confirm = Confirm(batch.device, spans_of(batch.records))
+        self.sender.on_confirm(topic.replace("telemetry", "ack"), encode(confirm))
         other = threading.Thread(target=self.sender.idle)
         other.start()
         other.join(0.2)  # a guarded sender keeps it waiting until this pump is done
         return self.mid
 
 
-def test_an_ack_that_overtakes_its_publish_is_not_lost(tmp_path: Path) -> None:
+def test_a_confirmation_that_overtakes_its_publish_is_not_lost(tmp_path: Path) -> None:
     buffer = Buffer(tmp_path / "buffer.sqlite", boot=1)
     for n in range(3):
         buffer.append("telemetry", {"count": n})
-    session = _AckedAtOnce()
+    session = _ConfirmedAtOnce()
     sender = Sender(buffer, session, Topics("edgefleet"), "pi-1", 10, 4)  # type: ignore[arg-type]
     session.sender = sender
     assert sender.pump() == 1
-    assert sender.idle(), "the broker acknowledged the batch, yet it is still held"
+    assert sender.idle(), "the hub confirmed the batch, yet it is still held"
     assert buffer.pending() == 0
+    assert sender.sent == {"telemetry": 3}
     buffer.close()

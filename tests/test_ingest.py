@@ -16,47 +16,13 @@ import pytest
 from cloud_hub.broker import RunningBroker
 from cloud_hub.service import Hub
 from cloud_hub.storage import Store, default_url
-from edge_agent.agent import Sender
-from edge_agent.buffer import Buffer
-from edge_agent.mqtt_session import BrokerAddress, MqttSession
-from edge_agent.protocol.topics import Topics
+from edge_agent.mqtt_session import BrokerAddress
+from tests.device_rig import Device
 
 pytestmark = pytest.mark.broker
 DEVICE = "pi-07"
 WAIT_S = 30.0
 K = 120
-
-
-class Device:
-    """A device's buffer and sender on their own MQTT session (what the agent wires up)."""
-
-    def __init__(self, broker: RunningBroker, state: Path, batch_size: int = 5) -> None:
-        self.buffer = Buffer(state / "buffer.sqlite", boot=1)
-        self.session = MqttSession(
-            DEVICE,
-            BrokerAddress(broker.host, broker.port),
-            on_published=lambda mid: self.sender.on_published(mid),
-        )
-        self.sender = Sender(self.buffer, self.session, Topics("edgefleet"), DEVICE, batch_size, 4)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.sender.run, args=(self.stop,), daemon=True)
-
-    def record(self, n: int) -> None:
-        for i in range(n):
-            self.buffer.append("telemetry", {"count": i})
-        self.sender.wake.set()
-
-    def start(self) -> None:
-        self.session.start()
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sender.wake.set()
-        if self.thread.is_alive():
-            self.thread.join(5)
-        self.session.stop()
-        self.buffer.close()
 
 
 def new_hub(home: Path, broker: RunningBroker, **kwargs: Any) -> Hub:
@@ -90,7 +56,7 @@ def exactly_once(store: Store, n: int) -> None:
 
 @pytest.fixture
 def device(broker: RunningBroker, tmp_path: Path) -> Iterator[Device]:
-    d = Device(broker, tmp_path / "device")
+    d = Device(broker, tmp_path / "device", DEVICE)
     yield d
     d.close()
 

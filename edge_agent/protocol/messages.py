@@ -11,6 +11,7 @@ import binascii
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
@@ -239,6 +240,58 @@ def decode_batch(payload: bytes, where: str) -> Batch:
     return Batch(device, tuple(records))
 
 
+Span = tuple[int, int, int]  # (boot, first seq, last seq), both ends included
+MAX_SPANS = 10_000  # a confirmation names at most this many spans
+
+
+def spans_of(records: Iterable[Record]) -> tuple[Span, ...]:
+    """The (boot, seq) keys of `records` as sorted runs of consecutive seqs."""
+    out: list[list[int]] = []
+    for boot, seq in sorted({(r.boot, r.seq) for r in records}):
+        if out and out[-1][0] == boot and out[-1][2] == seq - 1:
+            out[-1][2] = seq
+        else:
+            out.append([boot, seq, seq])
+    return tuple((b, first, last) for b, first, last in out)
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """Hub -> device on dev/{id}/ack: the (boot, seq) spans the hub has committed to its store
+    (now, or earlier for a repeat). Only then does the device forget those records; the broker's
+    PUBACK says nothing about the hub."""
+
+    device: str
+    spans: tuple[Span, ...]
+
+    def __contains__(self, key: tuple[int, int]) -> bool:
+        boot, seq = key
+        return any(b == boot and first <= seq <= last for b, first, last in self.spans)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"device": self.device, "spans": [list(s) for s in self.spans]}
+
+
+def decode_confirm(payload: bytes) -> Confirm:
+    where = "ack"
+    obj = load_json(payload, where)
+    device = check_device_id(field_of(obj, "device", str, where), f"{where}.device")
+    raw = field_of(obj, "spans", list, where)
+    if len(raw) > MAX_SPANS:
+        raise MessageError(f"{where}.spans: expected at most {MAX_SPANS} spans, got {len(raw)}")
+    spans: list[Span] = []
+    for i, item in enumerate(raw):
+        at = f"{where}.spans[{i}]"
+        ok = isinstance(item, list) and len(item) == 3
+        if not ok or any(isinstance(n, bool) or not isinstance(n, int) for n in item):
+            raise MessageError(f"{at}: expected [boot, first seq, last seq], got {item!r:.60}")
+        boot, first, last = (_count(n, at) for n in item)
+        if first > last:
+            raise MessageError(f"{at}: expected first seq <= last seq, got {first} > {last}")
+        spans.append((boot, first, last))
+    return Confirm(device, tuple(spans))
+
+
 def check_event(body: dict[str, Any], where: str) -> str:
     event = field_of(body, "event", str, where)
     if event not in EVENTS:
@@ -378,5 +431,5 @@ def _b64(raw: str, where: str) -> bytes:
         raise MessageError(f"{where}: expected base64, got {raw[:40]!r}") from exc
 
 
-def encode(msg: Status | Batch | Command | XferRequest | XferChunk) -> bytes:
+def encode(msg: Status | Batch | Confirm | Command | XferRequest | XferChunk) -> bytes:
     return dump_json(msg.to_json())

@@ -11,7 +11,7 @@ _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 DEVICE_UP = ("status", "telemetry", "drift", "events", "xfer/req")
-DEVICE_DOWN = ("cmd", "xfer/chunk")
+DEVICE_DOWN = ("cmd", "ack", "xfer/chunk")
 
 
 def check_device_id(value: object, where: str = "device id") -> str:

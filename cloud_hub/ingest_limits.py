@@ -1,0 +1,97 @@
+"""What one device may cost the hub: a message rate and a storage quota (pure: the hub passes
+the time and a way to count what a device holds).
+
+A device past its rate has its messages refused before they are decoded; past its quota its
+records are not stored. Either way the hub confirms nothing of them, so the device keeps them
+and sends them again later (its own buffer cap decides what it can hold), and nothing is ever
+taken from another device to make room. Every refusal is counted per device and reason.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edge_agent.buffer import TokenBucket
+from edge_agent.errors import ConfigError
+
+RATE, QUOTA = "rate", "quota"  # why a device's message or records were refused
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per device: `rate` messages a second on average, `burst` at once (0: no rate limit), and
+    at most `quota` records stored (0: no quota)."""
+
+    rate: float = 100.0
+    burst: float = 1000.0
+    quota: int = 5_000_000
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.rate < float("inf") and 0 <= self.burst < float("inf")):
+            raise ConfigError(
+                f"device rate: expected messages a second >= 0 (0: unlimited), got {self.rate}"
+            )
+        if self.quota < 0:
+            raise ConfigError(f"device quota: expected records >= 0 (0: none), got {self.quota}")
+
+
+class DeviceGuard:
+    """Admits messages and records per device under `Limits`; counts what it refuses.
+    `admit` runs on the MQTT thread, the rest on the hub's loop: one lock between them."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._buckets: dict[str, TokenBucket] = {}
+        self._held: dict[str, int] = {}  # records stored per device, as far as this hub knows
+        self._refused: dict[str, Counter[str]] = {}  # not yet handed to `take_refused`
+        self._lock = threading.Lock()
+
+    def admit(self, device: str, now: float) -> bool:
+        """One message from `device` now: within its rate?"""
+        if self.limits.rate <= 0:
+            return True
+        with self._lock:
+            bucket = self._buckets.get(device)
+            if bucket is None:
+                bucket = self._buckets[device] = TokenBucket(
+                    self.limits.rate, max(self.limits.burst, 1.0), now
+                )
+            if bucket.take(1, now):
+                return True
+            self._refuse(device, RATE, 1)
+            return False
+
+    def room(self, device: str, incoming: int, count: Callable[[str], int]) -> bool:
+        """May `incoming` more records of `device` be stored? `count(device)` tells what the
+        store holds; it is asked the first time and whenever the estimate says no."""
+        quota = self.limits.quota
+        if quota <= 0:
+            return True
+        with self._lock:
+            held = self._held.get(device)
+        if held is None or held + incoming > quota:
+            held = count(device)  # exact: a repeat or a prune since may have left room
+        with self._lock:
+            self._held[device] = held
+            if held + incoming <= quota:
+                self._held[device] = held + incoming  # an upper bound until the next count
+                return True
+            self._refuse(device, QUOTA, incoming)
+            return False
+
+    def recount(self) -> None:
+        """Records were removed (retention): count again when next asked."""
+        with self._lock:
+            self._held.clear()
+
+    def _refuse(self, device: str, reason: str, n: int) -> None:
+        self._refused.setdefault(device, Counter())[reason] += n
+
+    def take_refused(self) -> dict[str, Counter[str]]:
+        """What was refused since the last call, per device and reason."""
+        with self._lock:
+            refused, self._refused = self._refused, {}
+        return refused
