@@ -39,6 +39,11 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         )
     else:
         say("each device logs in with a client certificate whose common name is its id")
+    if files.blocked is not None:
+        say(
+            f"warning: mosquitto started as root reads these files as user mosquitto, which "
+            f"cannot enter {files.blocked}: use an --out it can reach (e.g. under /etc/mosquitto)"
+        )
     say(f"run: mosquitto -c {files.conf}")
     return 0
 

@@ -17,7 +17,9 @@ import base64
 import hashlib
 import json
 import os
+import pwd
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,15 +70,28 @@ def acl_text(prefix: str = "edgefleet", hub_user: str = HUB_USER) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The broker's own limits (DESIGN.md: the hub generates them, and the broker runs as written).
+MAX_PACKET_BYTES = 8 * 1024 * 1024  # a 64 KiB chunk is ~90 KB on the wire; a batch stays far below
+MAX_QUEUED_MESSAGES = 100_000  # per offline client with a persistent session (a restarting hub)
+MAX_QUEUED_BYTES = 512 * 1024 * 1024
+AUTOSAVE_S = 60  # mosquitto's stock is 30 minutes: a power cut then costs that much of its state
+SESSION_EXPIRY = "30d"  # a device's queued commands wait this long for it
+
+
 def conf_text(
-    port: int, acl_file: Path, password_file: Path | None = None, tls: TlsFiles | None = None
+    port: int,
+    acl_file: Path,
+    password_file: Path | None = None,
+    tls: TlsFiles | None = None,
+    data_dir: Path | None = None,
 ) -> str:
-    """mosquitto.conf: one listener, no anonymous clients, client id = username."""
+    """mosquitto.conf: one listener, no anonymous clients, client id = username, the broker's
+    limits set; state saved in `data_dir` (mosquitto's default place when None)."""
     if (password_file is None) == (tls is None):
         raise ConfigError("broker-config: expected a password file or TLS files, not both")
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port: expected 1 to 65535, got {port}")
-    paths = [acl_file, password_file, *(tls.__dict__.values() if tls else ())]
+    paths = [acl_file, password_file, data_dir, *(tls.__dict__.values() if tls else ())]
     for path in paths:
         if path is not None and any(ch.isspace() for ch in str(path)):
             raise ConfigError(
@@ -92,6 +107,15 @@ def conf_text(
         "# algorithm with delayed ACKs costs a chunked transfer up to 40 ms a round trip)",
         "set_tcp_nodelay true",
         f"acl_file {acl_file}",
+        "",
+        "# Limits. Records survive whatever the broker drops (devices keep them until the hub",
+        "# confirms them), but a sized queue spares them a resend while the hub restarts.",
+        f"max_packet_size {MAX_PACKET_BYTES}",
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
+        f"autosave_interval {AUTOSAVE_S}",
+        f"persistent_client_expiration {SESSION_EXPIRY}",
+        *([f"persistence_location {data_dir}/"] if data_dir is not None else []),
         "",
         f"listener {port}",
         "use_username_as_clientid true",
@@ -115,6 +139,7 @@ class BrokerFiles:
     acl: Path
     passwd: Path | None = None
     credentials: Path | None = None  # user -> password, for provisioning; keep it secret
+    blocked: Path | None = None  # a folder above them mosquitto's own user cannot enter
 
 
 def write_broker_config(
@@ -132,30 +157,70 @@ def write_broker_config(
         if device == hub_user:
             raise ConfigError(f"device {device!r}: that name is the hub's broker user")
     out = out.resolve()
+    owner = _broker_owner()
     try:
         out.mkdir(parents=True, exist_ok=True)
+        data = out / "data"
+        data.mkdir(exist_ok=True)
         acl = out / "acl"
         atomic_write(acl, acl_text(prefix, hub_user).encode())
+        _give(owner, data, acl)
         if tls is not None:
             missing = [p for p in tls.__dict__.values() if not Path(p).is_file()]
             if missing:
                 raise ConfigError(f"--tls: no such file {missing[0]}")
             conf = out / "mosquitto.conf"
-            atomic_write(conf, conf_text(port, acl, tls=tls).encode())
-            return BrokerFiles(conf, acl)
+            atomic_write(conf, conf_text(port, acl, tls=tls, data_dir=data).encode())
+            return BrokerFiles(conf, acl, blocked=_blocked(owner, out))
         credentials = out / "credentials.json"
         known = _read_credentials(credentials)
         users = {u: known.get(u) or secrets.token_urlsafe(24) for u in [hub_user, *devices]}
         passwd = out / "passwd"
         lines = [password_line(user, password) for user, password in sorted(users.items())]
         atomic_write(passwd, ("\n".join(lines) + "\n").encode(), mode=0o600)
+        _give(owner, passwd)
         secret = json.dumps(users, indent=2, sort_keys=True).encode()
         atomic_write(credentials, secret, mode=0o600)
         conf = out / "mosquitto.conf"
-        atomic_write(conf, conf_text(port, acl, password_file=passwd).encode())
+        atomic_write(conf, conf_text(port, acl, password_file=passwd, data_dir=data).encode())
     except OSError as exc:
         raise ConfigError(f"{out}: cannot write the broker configuration ({exc.strerror})") from exc
-    return BrokerFiles(conf, acl, passwd, credentials)
+    return BrokerFiles(conf, acl, passwd, credentials, _blocked(owner, out))
+
+
+def _broker_owner() -> tuple[int, int] | None:
+    """(uid, gid) that mosquitto reads its files as: started as root, it drops to the user
+    `mosquitto` before it opens the password file and the ACL, and saves its state as that user.
+    None when we are not root (mosquitto then runs as whoever starts it) or there is no such
+    user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam("mosquitto")
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _give(owner: tuple[int, int] | None, *paths: Path) -> None:
+    if owner is not None:
+        for path in paths:
+            os.chown(path, *owner)
+
+
+def _blocked(owner: tuple[int, int] | None, folder: Path) -> Path | None:
+    """The first of `folder` and its parents that user `owner` may not enter, if any."""
+    if owner is None:
+        return None
+    uid, gid = owner
+    for path in (folder, *folder.parents):
+        st = path.stat()
+        bit = (
+            stat.S_IXUSR if st.st_uid == uid else stat.S_IXGRP if st.st_gid == gid else stat.S_IXOTH
+        )
+        if not st.st_mode & bit:
+            return path
+    return None
 
 
 def _read_credentials(path: Path) -> dict[str, str]:
