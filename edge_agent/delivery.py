@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from edge_agent.buffer import Buffer, Pending, TokenBucket
+from edge_agent.errors import MessageError
 from edge_agent.mqtt_session import Backoff, MqttSession
 from edge_agent.protocol.messages import Batch, Confirm, decode_confirm, encode
 from edge_agent.protocol.topics import Topics
@@ -173,10 +174,15 @@ class Sender:
         self.wake.set()
 
     def on_confirm(self, _topic: str, payload: bytes) -> None:
-        confirm = decode_confirm(payload)  # MessageError: counted as a bad message
-        if confirm.device == self.device_id:
-            self._confirms.put(confirm)
-            self.wake.set()
+        """MessageError (counted as a bad message by the session) for anything but a
+        confirmation of this device's records."""
+        confirm = decode_confirm(payload)
+        if confirm.device != self.device_id:
+            raise MessageError(
+                f"ack.device: expected {self.device_id!r} (this device), got {confirm.device!r}"
+            )
+        self._confirms.put(confirm)
+        self.wake.set()
 
     # ---- the sender's thread ------------------------------------------------------------
     def _settle(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -181,3 +182,32 @@ def test_a_flight_whose_records_the_cap_dropped_is_forgotten() -> None:
     (flight,) = w.to_resend(10.0)
     w.forget(flight)
     assert not w.flights and w.next_due() is None
+
+
+def test_the_sender_refuses_a_confirmation_for_another_device(tmp_path: Path) -> None:
+    from edge_agent.buffer import Buffer
+    from edge_agent.delivery import Sender
+
+    class Session:
+        def subscribe(self, *_args: object) -> None:
+            pass
+
+    buffer = Buffer(tmp_path / "b.sqlite", boot=1)
+    record = buffer.append("telemetry", {})
+    sender = Sender(buffer, Session(), Topics("edgefleet"), "pi-1", 10, 4)  # type: ignore[arg-type]
+    foreign = encode(Confirm("pi-2", spans_of([record])))
+    with pytest.raises(MessageError, match=r"ack.device: expected 'pi-1' .*, got 'pi-2'"):
+        sender.on_confirm("edgefleet/dev/pi-1/ack", foreign)
+    assert buffer.pending() == 1
+    buffer.close()
+
+
+def test_a_confirmation_brings_every_late_batch_within_the_first_timeout() -> None:
+    """After a long outage the timeouts grew; the hub's return resets them."""
+    w = _window(size=3, timeout=10.0)
+    for n in range(3):
+        _send(w, n, 0.0, mid=n + 1)
+    for flight in w.flights.values():
+        flight.due = 500.0  # where a long outage's backoff had pushed them
+    w.confirmed(_confirm(2), 100.0)
+    assert w.next_due() == 110.0

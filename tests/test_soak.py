@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+
 from cloud_hub.soak import (
     FAULTS,
+    LONG_FAULTS,
     count_mismatches,
     fault_schedule,
     gaps,
+    long_fault_s,
     memory_growth,
     unverified,
 )
@@ -18,8 +22,17 @@ def test_schedule_is_seeded_inside_the_run_and_covers_every_fault() -> None:
     assert a != fault_schedule(600, seed=4)
     assert all(60 <= f.at_s <= 480 for f in a)  # first 10% and last 20% are for settling
     assert [f.at_s for f in a] == sorted(f.at_s for f in a)
-    assert {f.kind for f in a} == set(FAULTS)
+    assert {f.kind for f in a} == set(FAULTS) | set(LONG_FAULTS)
     assert len(fault_schedule(60, seed=1)) >= 1
+
+
+def test_long_faults_come_once_per_ten_minutes_spread_over_the_run() -> None:
+    long = [f for f in fault_schedule(1800, seed=2) if f.kind in LONG_FAULTS]
+    assert sorted(f.kind for f in long) == sorted(LONG_FAULTS * 3)
+    gaps_s = [b.at_s - a.at_s for a, b in itertools.pairwise(long)]
+    assert min(gaps_s) > 0.4 * (1800 * 0.7 / len(long)), "bunched together"
+    assert long_fault_s("hub-away", 1800) == 180.0  # minutes, for a 30-minute soak
+    assert long_fault_s("broker-away-long", 600) > 60.0  # past the backoff's ceiling
 
 
 def test_gaps_find_a_lost_record_and_accept_a_whole_boot() -> None:
