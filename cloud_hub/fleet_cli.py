@@ -20,7 +20,17 @@ from cloud_hub.cli_output import console, emit, say, when
 from edge_agent.errors import ConfigError
 
 AddCommand = Callable[..., argparse.ArgumentParser]
-COLUMNS = ["device", "online", "model", "profile", "group", "tags", "inferences", "last_seen"]
+COLUMNS = [
+    "device",
+    "online",
+    "model",
+    "profile",
+    "group",
+    "tags",
+    "inferences",
+    "refused",
+    "last_seen",
+]
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -41,8 +51,15 @@ def _row(d: dict[str, Any]) -> dict[str, Any]:
         "group": d["group"],
         "tags": ",".join(d["tags"] or []),
         "inferences": stats.get("inferences", 0),
+        "refused": refused_text(d.get("refused") or {}),
         "last_seen": when(d["last_seen"]),
     }
+
+
+def refused_text(refused: dict[str, int]) -> str:
+    """What the hub refused of a device: `rate 120, quota 3` (messages past its rate, records
+    past its quota), or `-`."""
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(refused.items()) if n) or "-"
 
 
 def _known(store: Any, device: str) -> dict[str, Any]:

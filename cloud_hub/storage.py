@@ -237,9 +237,11 @@ class Store:
 
     # ---- reads ------------------------------------------------------------------------
     def devices(self) -> list[dict[str, Any]]:
+        """Every device's row, with `refused`: what the hub refused of it, per reason."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(devices).order_by(devices.c.id)).mappings().all()
-        return [dict(r) for r in rows]
+        refused = self.refusals()
+        return [{**r, "refused": refused.get(r["id"], {})} for r in rows]
 
     def count(self, kind: str, device: str | None = None) -> int:
         q = select(func.count()).select_from(records).where(records.c.kind == kind)
@@ -267,9 +269,10 @@ class Store:
 
     # ---- registry: labels ----------------------------------------------------------------
     def device(self, device: str) -> dict[str, Any] | None:
+        """One device's row (as in `devices`), or None."""
         with self.engine.connect() as conn:
             row = conn.execute(select(devices).where(devices.c.id == device)).mappings().first()
-        return dict(row) if row else None
+        return {**row, "refused": self.refusals().get(device, {})} if row else None
 
     def label_device(
         self,

@@ -57,6 +57,10 @@ class DeviceOut(BaseModel):
     last_seen: float | None = Field(description="epoch seconds of the last message, if any")
     inferences: int
     dropped: int = Field(description="records the device's buffer dropped past its cap")
+    refused: dict[str, int] = Field(
+        description="what the hub refused of the device, per reason: rate (messages past its "
+        "rate), quota (records past its storage quota); the device keeps and resends them"
+    )
     buffered: int
     latency_p95_ms: float | None = Field(description="from the newest telemetry window")
     drift_status: str | None

@@ -54,6 +54,16 @@ class StoreCollector(Collector):
                 dropped.add_metric([d["id"], kind], n)
         yield dropped
 
+        refused = CounterMetricFamily(
+            "edgefleet_hub_refused",
+            "What the hub refused of a device: messages past its rate, records past its quota",
+            labels=["device", "reason"],
+        )
+        for d in devices:
+            for reason, n in sorted(views.counts(d.get("refused")).items()):
+                refused.add_metric([d["id"], reason], n)
+        yield refused
+
         psi = GaugeMetricFamily(
             "edgefleet_drift_psi",
             "Highest PSI of a feature across the devices running a model (their latest reports)",

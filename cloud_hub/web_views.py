@@ -80,6 +80,7 @@ def device_row(
         "last_seen": last_seen,
         "inferences": count(stats.get("inferences")),
         "dropped": sum(counts(stats.get("dropped")).values()),
+        "refused": counts(row.get("refused")),
         "buffered": count(stats.get("buffered")),
         "latency_p95_ms": number(latency.get("p95")),
         "drift_status": text(drift_body.get("status")),

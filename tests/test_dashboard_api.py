@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,7 @@ def test_metrics_parse_with_the_prometheus_parser(
     dash.start_rollout(ModelRef("climate", 2), [["pi-1"], ["pi-2"]])
     fleet[0].stats = {**fleet[0].stats, "dropped": {"telemetry": 7}}
     fleet[0].status()
+    dash.hub.store.add_refusals({"pi-1": Counter(rate=5, quota=2)}, 1.0)
     fleet[1].stop()  # says it goes offline
     dash.wait(
         "pi-2 offline",
@@ -160,6 +162,10 @@ def test_metrics_parse_with_the_prometheus_parser(
     assert samples[("edgefleet_records_stored_total", (("kind", "drift"),))] == 2
     dropped = (("device", "pi-1"), ("kind", "telemetry"))
     assert samples[("edgefleet_device_dropped_records_total", dropped)] == 7
+    refused = "edgefleet_hub_refused_total"
+    assert samples[(refused, (("device", "pi-1"), ("reason", "rate")))] == 5
+    assert samples[(refused, (("device", "pi-1"), ("reason", "quota")))] == 2
+    assert not any(name == refused and ("device", "pi-2") in labels for name, labels in samples)
     psi = "edgefleet_drift_psi"
     assert samples[(psi, (("feature", "humidity"), ("model", "climate")))] == 0.3
     assert samples[(psi, (("feature", "temperature"), ("model", "climate")))] == 0.05

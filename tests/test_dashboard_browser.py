@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,6 +69,7 @@ def test_dashboard_shows_fleet_rollout_and_drift_live(
         d.drift(dict.fromkeys(FEATURES, 0.02))
     store = dash.hub.store
     dash.wait("every device's records", lambda: store.count("drift") == 3)
+    store.add_refusals({"greenhouse-2": Counter(rate=120)}, 1.0)
 
     page: Page = browser.new_page()
     page.goto(f"{dash.url}#token={TOKEN}")
@@ -81,6 +83,10 @@ def test_dashboard_shows_fleet_rollout_and_drift_live(
         expect(row.locator("td.version")).to_have_text("1")
         expect(row.locator("td.profile")).to_have_text("raspberry-pi-4")
     expect(page.locator('#fleet tr[data-device="greenhouse-3"] td.dropped')).to_have_text("2")
+    expect(page.locator('#fleet tr[data-device="greenhouse-2"] td.refused')).to_have_text(
+        "rate 120"
+    )
+    expect(page.locator('#fleet tr[data-device="greenhouse-1"] td.refused')).to_have_text("–")
     # the selected device's charts: one polyline per latency percentile, from 5 windows
     latency = page.locator('svg[data-chart="latency"] polyline')
     expect(latency).to_have_count(3, timeout=WAIT_MS)

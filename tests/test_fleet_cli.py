@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,19 @@ def test_tags_groups_filters_and_show(home: Path, capsys: pytest.CaptureFixture[
     assert "north" in run(home, capsys, "devices", "show", "pi-2")
     run(home, capsys, "devices", "group", "pi-2", "--none")
     assert json.loads(run(home, capsys, "devices", "show", "pi-2", "--json"))["group"] == ""
+
+
+def test_devices_list_shows_what_the_hub_refused(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Store(default_url(home)).add_refusals({"pi-3": Counter(rate=40, quota=7)}, 1.0)
+    listed = {
+        d["device"]: d["refused"]
+        for d in json.loads(run(home, capsys, "devices", "list", "--json"))
+    }
+    assert listed == {"pi-1": "-", "pi-2": "-", "pi-3": "quota 7, rate 40"}
+    shown = json.loads(run(home, capsys, "devices", "show", "pi-3", "--json"))
+    assert shown["refused"] == {"rate": 40, "quota": 7}
 
 
 def test_rollout_by_tag_status_and_manual_control(

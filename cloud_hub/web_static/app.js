@@ -53,6 +53,12 @@ function ago(epoch, now) {
 }
 
 // ---- fleet ----------------------------------------------------------------------------------
+// what the hub refused of a device: "rate 120" (messages past its rate), "quota 3" (records)
+function refusedText(refused) {
+  const parts = Object.entries(refused ?? {}).filter(([, n]) => n > 0).sort();
+  return parts.length ? parts.map(([reason, n]) => `${reason} ${n}`).join(", ") : "–";
+}
+
 function renderFleet(fleet) {
   const body = document.querySelector("#fleet tbody");
   const online = fleet.devices.filter((d) => d.online).length;
@@ -71,6 +77,7 @@ function renderFleet(fleet) {
         el("td", { class: "inferences" }, d.inferences),
         el("td", { class: "p95" }, fmt(d.latency_p95_ms, 3)),
         el("td", { class: "dropped" }, d.dropped),
+        el("td", { class: "refused" }, refusedText(d.refused)),
         el("td", { class: "drift" }, d.drift_status ? badge(d.drift_status) : "–", " ", d.drift_max_psi === null ? "" : fmt(d.drift_max_psi)),
       ),
     ),
