@@ -1,16 +1,28 @@
-"""One small adapter around paho-mqtt, shared by the agent and the hub.
+"""One small adapter around paho-mqtt: every MQTT client the agent and the hub open is one.
 
-It owns the connection (automatic reconnect with capped exponential backoff and jitter),
-re-subscribes on every connect, routes messages to handlers, and turns paho's return codes into
-TransportError. Handlers run on paho's network thread: they must be quick and must not
-publish-and-wait.
+It owns the connection (reconnecting with capped exponential backoff and full jitter),
+re-subscribes on every connect, routes messages to handlers, and turns paho's return codes and
+socket errors into TransportError. Handlers and callbacks run on the session's network thread:
+they must be quick and must not publish-and-wait.
 
-Reconnecting: paho's own `reconnect_delay_set` doubles a fixed delay with no jitter, so a fleet
-that lost its broker at the same instant would come back in lockstep, every retry a thundering
-herd. Here paho's delay is set to zero and the wait happens in `on_pre_connect` (paho's network
-thread, just before each connection attempt), drawn from a `Backoff`: the first attempt after
-`start()` is immediate, every later one waits a random time under a ceiling that doubles from
-1 s up to 60 s, and a successful CONNACK resets the ceiling.
+The network thread is the session's own, not paho's (`loop_start` is never called). It repeats,
+until `stop()`: wait out the backoff, open the connection (`Client.reconnect`, which also sends
+CONNECT), then drive paho's `Client.loop` on that socket until the link drops. The first attempt
+after `start()` is immediate; every later one waits a delay drawn from a `Backoff` (a random time
+under a ceiling that doubles from 1 s up to 60 s); a successful CONNACK resets the ceiling.
+A connection refused, a broker that closes the socket before its CONNACK, and a CONNACK that
+refuses (bad credentials, not authorised) are all failed attempts: each one backs off.
+
+Why not paho's own reconnect loop: its `reconnect_delay_set` doubles a fixed delay with no
+jitter, so a fleet that lost its broker at the same instant comes back in lockstep. And the wait
+must not run inside paho's connect path (`on_pre_connect`): paho stamps its keepalive clock at
+the start of `reconnect()`, so a wait longer than the keepalive made paho close each new socket
+the moment it opened, and a device could stay offline long after its broker returned. Here the
+wait is over before `reconnect()` is called, so every attempt starts with a fresh clock.
+
+Threads: `publish`, `subscribe` and `stop` may be called from any thread. They only queue
+packets (the session registers `on_socket_register_write`, so paho never writes from the
+caller's thread) and paho's socket pair wakes the network thread, which does all the I/O.
 """
 
 from __future__ import annotations
@@ -21,8 +33,10 @@ import math
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -44,6 +58,11 @@ def _no_delay(_client: object, _userdata: object, sock: object) -> None:
 Handler = Callable[[str, bytes], None]
 Ack = Callable[[], None]
 AckedHandler = Callable[[str, bytes, Ack], None]
+OnConnectFailed = Callable[[TransportError, bool], None]  # (why, refused by the broker)
+
+_LOOP_S = 1.0  # longest the network thread sits in select() (publish/stop wake it sooner)
+_BYE_S = 2.0  # longest stop() gives the DISCONNECT to leave before the socket is closed
+_JOIN_S = 10.0  # longest stop() waits for the network thread (a connect times out in 5 s)
 
 
 @dataclass(frozen=True)
@@ -112,12 +131,17 @@ class Backoff:
         self.attempt = 0
 
 
-class _Stopping(ConnectionAbortedError):
-    """Raised from on_pre_connect to abandon a connection attempt because stop() was called
-    (an OSError, so paho's loop treats it as a failed attempt and then sees it must exit)."""
-
-
 class MqttSession:
+    """One MQTT connection with its own network thread (see the module docstring).
+
+    Callbacks, all on the network thread: `on_connect()` after each successful CONNACK (the
+    subscriptions are already re-sent); `on_connect_failed(error, refused)` after each failed
+    attempt, `refused` when the broker answered with a refusing CONNACK; `on_disconnect(error)`
+    when an established link is lost (not on `stop()`); `on_subscribed(topic, granted)` for each
+    SUBACK; `on_published(mid)` for each PUBACK. Without `on_connect_failed` / `on_disconnect`
+    the session logs those events itself.
+    """
+
     def __init__(
         self,
         client_id: str,
@@ -131,18 +155,31 @@ class MqttSession:
         max_inflight: int = 100,
         backoff: Backoff | None = None,
         manual_ack: bool = False,
+        on_connect_failed: OnConnectFailed | None = None,
+        on_disconnect: Callable[[TransportError], None] | None = None,
+        on_subscribed: Callable[[str, bool], None] | None = None,
     ) -> None:
+        self.client_id = client_id
         self.broker = broker
         self.connected = threading.Event()
         self.backoff = backoff or Backoff()
         self.reconnects = 0  # connections made after the first one (for status and tests)
         self._stopping = threading.Event()
-        self._attempted = False  # a connection was attempted since start(): later ones wait
+        self._thread: threading.Thread | None = None
         self._ever_connected = False
         self._subs: dict[str, int] = {}
+        self._sub_mids: dict[int, str] = {}  # SUBACKs awaited: mid -> subscribed filter
+        self._subs_lock = threading.Lock()
         self._on_connect = on_connect
+        self._on_connect_failed = on_connect_failed
+        self._on_disconnect = on_disconnect
+        self._on_subscribed = on_subscribed
         self._on_bad_message = on_bad_message
         self._manual_ack = manual_ack
+        # what the current attempt came to (network thread only)
+        self._up = False  # a CONNACK accepted the connection
+        self._refused = False  # a CONNACK refused it
+        self._lost_reason = ""
         c = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -154,50 +191,78 @@ class MqttSession:
             c.username_pw_set(broker.username, broker.password)
         if will:
             c.will_set(will[0], will[1], qos=1, retain=True)
-        c.reconnect_delay_set(min_delay=0, max_delay=0)  # the wait is _before_connect's
         c.max_inflight_messages_set(max_inflight)
-        c.on_pre_connect = self._before_connect
         c.on_connect = self._connected
         c.on_disconnect = self._disconnected
+        c.on_subscribe = self._subscribed
         c.on_socket_open = _no_delay
+        # Writes happen on the network thread only: with this set, paho's publish() from another
+        # thread queues the packet and wakes the loop instead of writing to the socket itself.
+        c.on_socket_register_write = _nothing
+        c.on_socket_unregister_write = _nothing
         if on_published:
-            c.on_publish = lambda _c, _u, mid, _rc, _p: on_published(mid)
+            c.on_publish = lambda _c, _u, mid, _rc, _p: self._notify(on_published, mid)
         self._client = c
+
+    @property
+    def _where(self) -> str:
+        return f"MQTT broker {self.broker.host}:{self.broker.port}"
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
+        """Start the network thread; the first connection attempt is made at once."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError(f"MQTT session {self.client_id!r} is already running")
         self._stopping.clear()
-        self._attempted = False
         self.backoff.reset()
         try:
             self._client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive)
         except (OSError, ValueError) as exc:
-            raise TransportError(
-                f"MQTT broker {self.broker.host}:{self.broker.port}: {exc}"
-            ) from exc
-        self._client.loop_start()
+            raise TransportError(f"{self._where}: {exc}") from exc
+        self._thread = threading.Thread(
+            target=self._run, name=f"mqtt-session {self.client_id}", daemon=True
+        )
+        self._thread.start()
 
     def wait_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
 
     def stop(self, final: tuple[str, bytes] | None = None) -> None:
-        """Disconnect cleanly; `final` is published (retained, QoS 1) first, e.g. offline."""
+        """Disconnect cleanly; `final` is published (retained, QoS 1) first, e.g. offline.
+        Wakes a backoff wait at once; no new connection attempt starts."""
         if final and self.connected.is_set():
             info = self._client.publish(final[0], final[1], qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError) as exc:  # the link went while saying goodbye
                 log.warning("final publish to %s failed: %s", final[0], exc)
-        self._stopping.set()  # wakes a backoff wait; no new connection attempt starts
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._stopping.set()
+        self._client.disconnect()  # queues DISCONNECT and wakes the network thread's select()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(_JOIN_S)
+            if thread.is_alive():
+                log.warning(
+                    "MQTT session %s: network thread did not stop within %.0f s",
+                    self.client_id,
+                    _JOIN_S,
+                )
+        self.connected.clear()
 
     # ---- subscriptions ------------------------------------------------------------------
     def subscribe(
-        self, topic: str, handler: Handler, qos: int = 1, share: str | None = None
+        self,
+        topic: str,
+        handler: Handler,
+        qos: int = 1,
+        share: str | None = None,
+        *,
+        on_retained: Handler | None = None,
     ) -> None:
         """Route messages on `topic` to `handler`. With `share`, the subscription is the shared
-        `$share/{share}/{topic}`: the broker hands each message to one member of the group."""
+        `$share/{share}/{topic}`: the broker hands each message to one member of the group.
+        With `on_retained`, messages the broker replays from its retained store (the retain
+        flag set: what it sends on subscribe) go there instead of to `handler`."""
 
         def acked(topic_: str, payload: bytes, ack: Ack) -> None:
             try:
@@ -205,7 +270,13 @@ class MqttSession:
             finally:
                 ack()
 
-        self.subscribe_acked(topic, acked, qos, share)
+        def acked_retained(topic_: str, payload: bytes, ack: Ack) -> None:
+            try:
+                on_retained(topic_, payload)  # type: ignore[misc]  # set whenever this is used
+            finally:
+                ack()
+
+        self._subscribe(topic, acked, qos, share, acked_retained if on_retained else None)
 
     def subscribe_acked(
         self, topic: str, handler: AckedHandler, qos: int = 1, share: str | None = None
@@ -213,7 +284,16 @@ class MqttSession:
         """Like `subscribe`, but the handler gets an `ack` to call once the message is safe (a
         session made with manual_ack=True sends the PUBACK only then; until it is sent, a
         persistent session gets the message again after a reconnect)."""
+        self._subscribe(topic, handler, qos, share, None)
 
+    def _subscribe(
+        self,
+        topic: str,
+        handler: AckedHandler,
+        qos: int,
+        share: str | None,
+        retained: AckedHandler | None,
+    ) -> None:
         def route(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
             mid, msg_qos = msg.mid, msg.qos
 
@@ -221,11 +301,12 @@ class MqttSession:
                 if self._manual_ack and msg_qos > 0:
                     self._client.ack(mid, msg_qos)
 
+            to = retained if retained is not None and msg.retain else handler
             try:
-                handler(msg.topic, bytes(msg.payload), ack)
+                to(msg.topic, bytes(msg.payload), ack)
             except BadDataError as exc:
                 if self._on_bad_message:
-                    self._on_bad_message(msg.topic, exc)
+                    self._notify(self._on_bad_message, msg.topic, exc)
                 else:
                     log.warning("rejected message on %s: %s", msg.topic, exc)
             except Exception:  # a handler bug must not kill the network thread
@@ -235,17 +316,34 @@ class MqttSession:
             raise ConfigError(f"shared subscription group: expected a plain name, got {share!r}")
         self._client.message_callback_add(topic, route)
         wire = f"$share/{share}/{topic}" if share else topic
-        self._subs[wire] = qos
-        if self.connected.is_set():
-            self._client.subscribe(wire, qos)
+        with self._subs_lock:
+            self._subs[wire] = qos
+            if self.connected.is_set():
+                self._send_subscribe(wire, qos)
+
+    def _send_subscribe(self, wire: str, qos: int) -> None:
+        """Queue a SUBSCRIBE and remember its mid for the SUBACK (with _subs_lock held)."""
+        _rc, mid = self._client.subscribe(wire, qos)
+        if mid is not None:
+            self._sub_mids[mid] = wire
 
     # ---- publishing ---------------------------------------------------------------------
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
-        """Queue a message; returns its mid. TransportError if paho refuses it."""
+        """Queue a message; returns its mid. TransportError if paho refuses it. A QoS 1
+        message queued while the link is down goes out after the next connect."""
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise TransportError(f"publish to {topic} refused: {mqtt.error_string(info.rc)}")
         return int(info.mid)
+
+    def publish_now(
+        self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False
+    ) -> bool:
+        """Send a live signal now or not at all: True if it was handed to an established link,
+        False if there is none (then nothing is kept for later). Never blocks."""
+        if not self.connected.is_set():
+            return False
+        return self._client.publish(topic, payload, qos=qos, retain=retain).rc == 0
 
     def publish_wait(
         self, topic: str, payload: bytes, timeout: float, retain: bool = False
@@ -258,35 +356,130 @@ class MqttSession:
         if not info.is_published():
             raise TransportError(f"publish to {topic}: no acknowledgement within {timeout}s")
 
-    # ---- paho callbacks -----------------------------------------------------------------
-    def _before_connect(self, _c: mqtt.Client, _u: object) -> None:
-        """Before every connection attempt: wait out the backoff (not before the first)."""
-        if self._attempted:
-            delay = self.backoff.next_delay()
-            log.info("reconnecting to %s:%s in %.2fs", self.broker.host, self.broker.port, delay)
-            if self._stopping.wait(delay):
-                raise _Stopping("session stopping")
-        elif self._stopping.is_set():
-            raise _Stopping("session stopping")
-        self._attempted = True
+    # ---- the network thread -------------------------------------------------------------
+    def _run(self) -> None:
+        """Connect, drive the link until it drops, wait out the backoff; until stop()."""
+        first = True
+        while not self._stopping.is_set():
+            if not first:
+                delay = self.backoff.next_delay()
+                log.info(
+                    "reconnecting to %s:%s in %.2fs", self.broker.host, self.broker.port, delay
+                )
+                if self._stopping.wait(delay):
+                    break
+            first = False
+            try:
+                self._attempt()
+            except Exception:  # a bug (ours or paho's) must not end the session's thread
+                log.exception("MQTT session %s: network loop failed", self.client_id)
+                self.connected.clear()
+        self._close_socket()
 
+    def _attempt(self) -> None:
+        """One connection: open it, drive it until it ends, report how it ended."""
+        self._up = self._refused = False
+        self._lost_reason = ""
+        with self._subs_lock:
+            self._sub_mids.clear()  # SUBACKs of an earlier link never come
+        try:
+            self._client.reconnect()  # stamps paho's keepalive clock: no waiting after this
+        except (OSError, ValueError) as exc:  # refused, unreachable, no such host, TLS...
+            self._failed(TransportError(f"{self._where}: cannot connect: {exc}"), refused=False)
+            return
+        self._drive()
+        self.connected.clear()
+        if self._stopping.is_set() or self._refused:
+            return
+        reason = self._lost_reason or "connection closed"
+        if self._up:
+            error = TransportError(f"{self._where}: lost ({reason})")
+            if self._on_disconnect:
+                self._notify(self._on_disconnect, error)
+            else:
+                log.warning("%s", error)
+        else:
+            self._failed(
+                TransportError(
+                    f"{self._where}: cannot connect: expected a CONNACK, the connection "
+                    f"ended first ({reason})"
+                ),
+                refused=False,
+            )
+
+    def _drive(self) -> None:
+        """Run paho's loop on the open socket until the link drops or stop() has closed it."""
+        bye_by: float | None = None
+        while True:
+            if bye_by is None and self._stopping.is_set():
+                self._client.disconnect()  # no-op without a socket; else queues DISCONNECT
+                bye_by = time.monotonic() + _BYE_S
+            rc = self._client.loop(_LOOP_S)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                if not self._lost_reason:
+                    self._lost_reason = mqtt.error_string(rc)
+                return
+            if bye_by is not None and time.monotonic() > bye_by:
+                return
+
+    def _close_socket(self) -> None:
+        sock = self._client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _failed(self, error: TransportError, refused: bool) -> None:
+        if self._on_connect_failed:
+            self._notify(self._on_connect_failed, error, refused)
+        else:
+            (log.warning if refused else log.info)("%s", error)
+
+    @staticmethod
+    def _notify(callback: Callable[..., None], *args: object) -> None:
+        """Run a user callback; a bug in it must not break the connection."""
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("MQTT session callback %r failed", callback)
+
+    # ---- paho callbacks (the network thread) --------------------------------------------
     def _connected(
         self, _c: mqtt.Client, _u: object, _flags: object, reason: object, _p: object
     ) -> None:
         if getattr(reason, "is_failure", False):
-            log.warning("broker refused the connection: %s", reason)
+            self._refused = True
+            error = TransportError(f"{self._where}: connection refused by the broker: {reason}")
+            self._failed(error, refused=True)
             return
+        self._up = True
         self.backoff.reset()
         if self._ever_connected:
             self.reconnects += 1
         self._ever_connected = True
-        for topic, qos in self._subs.items():
-            self._client.subscribe(topic, qos)
-        self.connected.set()
+        with self._subs_lock:
+            for topic, qos in self._subs.items():
+                self._send_subscribe(topic, qos)
+            self.connected.set()  # under the lock: a concurrent subscribe() sends its own
         if self._on_connect:
-            self._on_connect()
+            self._notify(self._on_connect)
 
     def _disconnected(
-        self, _c: mqtt.Client, _u: object, _flags: object, _reason: object, _p: object
+        self, _c: mqtt.Client, _u: object, _flags: object, reason: object, _p: object
     ) -> None:
         self.connected.clear()
+        if not self._lost_reason:
+            self._lost_reason = str(reason)
+
+    def _subscribed(
+        self, _c: mqtt.Client, _u: object, mid: int, codes: list[Any], _p: object
+    ) -> None:
+        with self._subs_lock:
+            wire = self._sub_mids.pop(mid, None)
+        if wire is None or self._on_subscribed is None:
+            return
+        granted = not any(getattr(code, "is_failure", False) for code in codes)
+        self._notify(self._on_subscribed, wire, granted)
+
+
+def _nothing(*_args: object) -> None:
+    """paho's external-loop hooks: the network thread already watches the socket."""

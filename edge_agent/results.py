@@ -2,31 +2,29 @@
 
 The pipeline hands every result to a callback (`Pipeline(on_result=...)`); `ResultPublisher` is
 that callback when `[results] enabled = true`. It publishes each result on a LOCAL topic
-(default ``edgefleet/local/{device_id}/results``) of a local broker, with its own paho-mqtt
-client, separate from the uplink session to the hub. A message looks like::
+(default ``edgefleet/local/{device_id}/results``) of a local broker, with its own
+`MqttSession` (a clean session), separate from the uplink session to the hub. A message looks like::
 
     {"v": 1, "ts": 1718000000.123, "model": "iris@3", "prediction": 2, "latency_ms": 0.0123}
 
 It never blocks the pipeline: while the client is disconnected a result is dropped and counted
-(`stats()`), and paho reconnects on its own. Results are live signals, not records: there is
-no buffering and no QoS 1 redelivery across a broker outage.
+(`stats()`), and the session reconnects on its own (the agent's one reconnect policy:
+backoff with full jitter, `reconnect_delay` = (first, longest) seconds). Results are live
+signals, not records: there is no buffering and no QoS 1 redelivery across a broker outage.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from edge_agent.errors import ConfigError, MessageError, TransportError
+from edge_agent.mqtt_session import BrokerAddress, MqttSession
 from edge_agent.protocol.topics import check_device_id
-from edge_agent.sources import check_topic
+from edge_agent.sources import check_topic, reconnect_backoff
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +66,7 @@ class ResultPublisher:
     """Publishes each result dict as JSON on one topic of a local broker; a pipeline callback.
 
     `__call__` is on the pipeline's hot path: one flag test when disconnected, one
-    ``json.dumps`` and one non-blocking paho ``publish`` when connected. Call it from one thread
+    ``json.dumps`` and one non-blocking ``publish_now`` when connected. Call it from one thread
     (the pipeline's); the counters are not locked.
     """
 
@@ -92,21 +90,20 @@ class ResultPublisher:
             raise ConfigError(f"{where}: 'qos' expected 0 or 1, found {qos!r}")
         self.host, self.port, self.qos = host, port, qos
         self.keepalive = keepalive
-        self.connected = threading.Event()
-        self.published = 0  # handed to paho while connected
+        self.published = 0  # handed to the link while connected
         self.dropped = 0  # dropped because the client was not connected
         self.unencodable = 0  # not JSON (NaN, a numpy value...)
         self._encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"edgefleet-results-{uuid.uuid4().hex[:12]}",
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
+        self._session = MqttSession(
+            f"edgefleet-results-{uuid.uuid4().hex[:12]}",
+            BrokerAddress(host, port, keepalive=keepalive),
+            persistent=False,
+            on_connect=self._on_connect,
+            on_connect_failed=self._on_connect_failed,
+            on_disconnect=self._on_disconnect,
+            backoff=reconnect_backoff(where, reconnect_delay),
         )
-        client.reconnect_delay_set(*reconnect_delay)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        self._client = client
+        self.connected = self._session.connected
         self._started = False
 
     @classmethod
@@ -122,27 +119,21 @@ class ResultPublisher:
         )
 
     def start(self) -> None:
-        """Connect in the background (paho's thread) and keep reconnecting until stop()."""
+        """Connect in the background (the session's thread) and keep reconnecting until stop()."""
         if self._started:
             raise RuntimeError("result publisher is already running")
-        try:
-            self._client.connect_async(self.host, self.port, self.keepalive)
-        except (OSError, ValueError) as exc:
-            raise TransportError(f"results broker {self.host}:{self.port}: {exc}") from exc
+        self._session.start()
         self._started = True
-        self._client.loop_start()
 
     def wait_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
 
     def stop(self) -> None:
-        """Send what is queued, disconnect, and end paho's thread."""
+        """Disconnect and end the session's thread."""
         if not self._started:
             return
         self._started = False
-        self._client.disconnect()
-        self._client.loop_stop()
-        self.connected.clear()
+        self._session.stop()
 
     def __call__(self, result: dict[str, Any]) -> None:
         if not self.connected.is_set():
@@ -155,10 +146,9 @@ class ResultPublisher:
             if self.unencodable == 1:
                 log.warning("result not JSON-encodable, dropped: %r", result)
             return
-        rc = self._client.publish(self.topic, payload, self.qos).rc
-        if rc == mqtt.MQTT_ERR_SUCCESS:
+        if self._session.publish_now(self.topic, payload, self.qos):
             self.published += 1
-        else:  # NO_CONN: the connection went between the check and the publish
+        else:  # the connection went between the check and the publish
             self.dropped += 1
 
     def stats(self) -> dict[str, int]:
@@ -168,27 +158,13 @@ class ResultPublisher:
             "unencodable": self.unencodable,
         }
 
-    # -- paho callbacks (paho's network thread) ----------------------------------------------
+    # -- session callbacks (the session's network thread) ------------------------------------
 
-    def _on_connect(
-        self, _c: mqtt.Client, _u: object, _flags: object, reason: Any, _p: object
-    ) -> None:
-        if getattr(reason, "is_failure", False):
-            log.warning(
-                "results broker %s:%s refused the connection: %s", self.host, self.port, reason
-            )
-            return
+    def _on_connect(self) -> None:
         log.info("results: connected to %s:%s", self.host, self.port)
-        self.connected.set()
 
-    def _on_disconnect(
-        self, _c: mqtt.Client, _u: object, _flags: object, reason: Any, _p: object
-    ) -> None:
-        if self.connected.is_set() and self._started:
-            log.warning(
-                "results broker %s:%s lost (%s); dropping results until reconnected",
-                self.host,
-                self.port,
-                reason,
-            )
-        self.connected.clear()
+    def _on_connect_failed(self, error: TransportError, refused: bool) -> None:
+        (log.warning if refused else log.debug)("results: %s", error)
+
+    def _on_disconnect(self, error: TransportError) -> None:
+        log.warning("results: %s; dropping results until reconnected", error)

@@ -32,11 +32,10 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import paho.mqtt.client as mqtt
 import serial
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.errors import ConfigError, TransportError
+from edge_agent.mqtt_session import Backoff, BrokerAddress, MqttSession
 
 log = logging.getLogger(__name__)
 
@@ -435,17 +434,18 @@ class FileSource(_ThreadedSource):
 class MqttSource(_LineSource):
     """Lines from an MQTT topic filter on a (usually local) broker: each payload is a line.
 
-    The source has its own paho-mqtt client and connection, separate from the agent's uplink
-    session (local sensors may publish to a broker other than the hub's). paho's network thread
-    delivers the lines and reconnects on its own with capped exponential backoff
-    (`reconnect_delay` = (first, longest) seconds); the subscription is made again on every
-    connect. A payload holding several newline-separated lines gives several lines; a line
-    longer than `max_line_bytes` is cut and counted as the other sources do. Retained messages
-    replayed by the broker on subscribe are stale readings: they are skipped and counted.
+    The source has its own `MqttSession` (a clean session), separate from the agent's uplink
+    session (local sensors may publish to a broker other than the hub's), so it reconnects the
+    way every MQTT client of the agent does: capped exponential backoff with full jitter,
+    `reconnect_delay` = (first, longest) seconds, waited out on the session's own thread. The
+    subscription is made again on every connect. A payload holding several newline-separated
+    lines gives several lines; a line longer than `max_line_bytes` is cut and counted as the
+    other sources do. Retained messages replayed by the broker on subscribe are stale readings:
+    they are skipped and counted.
 
     `on_status(event, error)` is told "connected", "subscribed", "connect-failed", "refused"
     (the broker said no: credentials, ACL), "subscribe-failed", "disconnected" and "closed",
-    from paho's thread; keep it quick.
+    from the session's thread; keep it quick.
     """
 
     def __init__(
@@ -480,14 +480,10 @@ class MqttSource(_LineSource):
         self.username = username
         self._password = password
         self.keepalive = _positive_int(where, "keepalive", keepalive)
-        first, longest = reconnect_delay
-        self._reconnect_delay = (
-            _positive_int(where, "reconnect_delay", first),
-            _positive_int(where, "reconnect_delay", longest),
-        )
+        self._backoff = reconnect_backoff(where, reconnect_delay)
         super().__init__(name or f"mqtt:{host}:{self.port}/{topic}", max_line_bytes, where)
         self._on_status = on_status
-        self._client: mqtt.Client | None = None
+        self._session: MqttSession | None = None
         self._lock = threading.Lock()  # start/stop
         self.connected = threading.Event()
         self.subscribed = threading.Event()
@@ -507,102 +503,89 @@ class MqttSource(_LineSource):
 
     @property
     def running(self) -> bool:
-        return self._client is not None
+        return self._session is not None
 
     def start(self, on_line: OnLine) -> None:
         with self._lock:
-            if self._client is not None:
+            if self._session is not None:
                 raise RuntimeError(f"source {self.name!r} is already running")
             self._on_line = on_line
             self.error = None
-            client = mqtt.Client(
-                callback_api_version=CallbackAPIVersion.VERSION2,
-                client_id=f"edgefleet-src-{uuid.uuid4().hex[:12]}",
-                clean_session=True,
-                protocol=mqtt.MQTTv311,
+            session = MqttSession(
+                f"edgefleet-src-{uuid.uuid4().hex[:12]}",
+                BrokerAddress(self.host, self.port, self.username, self._password, self.keepalive),
+                persistent=False,
+                on_connect=self._connected,
+                on_connect_failed=self._connect_failed,
+                on_disconnect=self._disconnected,
+                on_subscribed=self._subscribed,
+                backoff=self._backoff,  # reset by every start()
             )
-            if self.username is not None:
-                client.username_pw_set(self.username, self._password)
-            client.reconnect_delay_set(*self._reconnect_delay)
-            client.on_connect = self._connected
-            client.on_connect_fail = self._connect_failed
-            client.on_disconnect = self._disconnected
-            client.on_subscribe = self._subscribed
-            client.on_message = self._message
-            try:
-                client.connect_async(self.host, self.port, self.keepalive)
-            except (OSError, ValueError) as exc:
-                raise _transport_error(f"MQTT broker {self.host}:{self.port}", exc) from exc
-            self._client = client
-            client.loop_start()
+            session.subscribe(self.topic, self._message, self.qos, on_retained=self._retained)
+            session.start()
+            self._session = session
 
     def stop(self) -> None:
-        """Disconnect and end paho's thread (within about a second, even mid-backoff)."""
+        """Disconnect and end the session's thread (at once, even mid-backoff)."""
         with self._lock:
-            client, self._client = self._client, None
-        if client is None:
+            session, self._session = self._session, None
+        if session is None:
             return
-        client.disconnect()
-        client.loop_stop()
+        session.stop()
         self.connected.clear()
         self.subscribed.clear()
         self._status("closed", None)
 
-    # -- paho callbacks (paho's network thread) ----------------------------------------------
+    # -- session callbacks (the session's network thread) ------------------------------------
 
-    def _connected(
-        self, client: mqtt.Client, _u: object, _flags: object, reason: Any, _p: object
-    ) -> None:
-        if getattr(reason, "is_failure", False):
-            self._fail("refused", f"connection refused ({reason})")
-            return
+    def _connected(self) -> None:
         self.error = None
         self._failing = False
         self.connected.set()
         self._count("connected")
         log.info("source %s: connected", self.name)
         self._status("connected", None)
-        client.subscribe(self.topic, self.qos)
 
-    def _connect_failed(self, _c: mqtt.Client, _u: object) -> None:
+    def _connect_failed(self, error: TransportError, refused: bool) -> None:
+        if refused:
+            self._fail("refused", error)
+            return
         first, self._failing = not self._failing, True  # log the first of a run of failures
-        self.error = TransportError(f"MQTT broker {self.host}:{self.port}: cannot connect")
+        self.error = error
         self._count("connect-failed")
-        (log.warning if first else log.debug)("source %s: %s", self.name, self.error)
-        self._status("connect-failed", self.error)
+        (log.warning if first else log.debug)("source %s: %s", self.name, error)
+        self._status("connect-failed", error)
 
-    def _disconnected(
-        self, _c: mqtt.Client, _u: object, _flags: object, reason: Any, _p: object
-    ) -> None:
-        was_connected = self.connected.is_set()
+    def _disconnected(self, error: TransportError) -> None:
         self.connected.clear()
         self.subscribed.clear()
-        if not was_connected or self._client is None:  # a refused connect, or stop()
-            return
-        self._fail("disconnected", f"lost ({reason})")
+        self._fail("disconnected", error)
 
-    def _fail(self, what: str, detail: str) -> None:
+    def _fail(self, what: str, error: TransportError) -> None:
         """Record, count, log and report one failure of the broker connection."""
-        self.error = TransportError(f"MQTT broker {self.host}:{self.port}: {detail}")
+        self.error = error
         self._count(what)
-        log.warning("source %s: %s", self.name, self.error)
-        self._status(what, self.error)
+        log.warning("source %s: %s", self.name, error)
+        self._status(what, error)
 
-    def _subscribed(
-        self, _c: mqtt.Client, _u: object, _mid: int, codes: list[Any], _p: object
-    ) -> None:
-        if any(getattr(code, "is_failure", False) for code in codes):
-            self._fail("subscribe-failed", f"subscription to {self.topic!r} refused")
+    def _subscribed(self, _topic: str, granted: bool) -> None:
+        if not granted:
+            self._fail(
+                "subscribe-failed",
+                TransportError(
+                    f"MQTT broker {self.host}:{self.port}: subscription to {self.topic!r} refused"
+                ),
+            )
             return
         self.subscribed.set()
         self._status("subscribed", None)
 
-    def _message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+    def _retained(self, _topic: str, _payload: bytes) -> None:
         self._count("messages")
-        if msg.retain:
-            self._count("retained-skipped")
-            return
-        payload = bytes(msg.payload)  # already bytes: no copy
+        self._count("retained-skipped")
+
+    def _message(self, _topic: str, payload: bytes) -> None:
+        self._count("messages")
         if len(payload) <= self._max_line_bytes and b"\n" not in payload:
             self._deliver(_trim_cr(payload))  # the common case: one line, no splitter needed
             return
@@ -793,6 +776,22 @@ def _positive_float(where: str, key: str, value: object, allow_zero: bool = Fals
         expected = "a number >= 0" if allow_zero else "a positive number"
         raise ConfigError(f"{where}: '{key}' expected {expected}, found {value!r}")
     return float(value)  # type: ignore[arg-type]
+
+
+def reconnect_backoff(where: str, value: object) -> Backoff:
+    """The reconnect policy of a `reconnect_delay` = (first, longest) seconds setting: a full
+    jitter `Backoff` whose ceiling starts at `first` and doubles up to `longest`."""
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise ConfigError(
+            f"{where}: 'reconnect_delay' expected (first, longest) seconds, found {value!r}"
+        )
+    first = _positive_int(where, "reconnect_delay", value[0])
+    longest = _positive_int(where, "reconnect_delay", value[1])
+    if first > longest:
+        raise ConfigError(
+            f"{where}: 'reconnect_delay' expected first <= longest, found ({first}, {longest})"
+        )
+    return Backoff(initial=first, maximum=longest)
 
 
 def _parity(where: str, value: object) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+from conftest import kill_broker
 from paho.mqtt.enums import CallbackAPIVersion
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -28,7 +29,7 @@ from edge_agent.results import DEFAULT_TOPIC, ResultPublisher, results_topic
 from edge_agent.runtime import load_runtime
 
 WAIT_S = 5.0  # upper bound for every wait on another thread; never reached when things work
-RECONNECT_WAIT_S = 20.0  # paho's first retry comes after 1 s, then backs off
+RECONNECT_WAIT_S = 20.0  # retries wait under a ceiling of 1 s, then 2 s, 4 s... (jittered)
 RESULT_KEYS = {"ts", "model", "prediction", "latency_ms"}
 
 
@@ -266,6 +267,41 @@ def test_publisher_drops_and_counts_while_disconnected(
     finally:
         sub.close()
     assert publisher.stats() == {"published": 1, "dropped": 2, "unencodable": 1}
+
+
+@pytest.mark.broker
+def test_publisher_reconnects_after_the_broker_is_killed(broker: RunningBroker) -> None:
+    """kill -9 while connected, backoff waits of up to 2 s against a 1 s keepalive: results are
+    dropped and counted while the broker is gone, and flow again once it is back."""
+    result = {"ts": 1.0, "model": "iris@3", "prediction": 0, "latency_ms": 0.01}
+    pub = ResultPublisher(
+        results_topic(DEFAULT_TOPIC, "pi-01"),
+        broker.host,
+        broker.port,
+        keepalive=1,
+        reconnect_delay=(2, 2),
+    )
+    pub.start()
+    try:
+        assert pub.wait_connected(WAIT_S)
+        kill_broker(broker)
+        deadline = time.monotonic() + WAIT_S
+        while pub.connected.is_set():  # the session notices the dead socket on its own
+            assert time.monotonic() < deadline, "still connected to a killed broker"
+            time.sleep(0.01)  # polling the flag another thread clears
+        pub(result)
+        assert pub.stats()["dropped"] == 1
+        broker.restart()
+        assert pub.wait_connected(RECONNECT_WAIT_S)
+        sub = Subscriber(broker, "#")
+        try:
+            pub(result)
+            assert sub.next()[1]["prediction"] == 0
+        finally:
+            sub.close()
+    finally:
+        pub.stop()
+    assert pub.stats() == {"published": 1, "dropped": 1, "unencodable": 0}
 
 
 def test_publisher_from_settings() -> None:

@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+from conftest import kill_broker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_hub.broker import RunningBroker, start_mosquitto
+from cloud_hub.broker import RunningBroker
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError, SensorLineError, TransportError
 from edge_agent.line_parser import REASONS, LineParser, RejectCounter
@@ -36,6 +37,7 @@ from edge_agent.sources import (
     SerialSource,
     Source,
     input_from_config,
+    reconnect_backoff,
     source_from_config,
 )
 
@@ -779,7 +781,7 @@ def test_serial_source_opens_a_pty_with_parity_bytesize_and_stopbits(
 
 # -- MQTT ------------------------------------------------------------------------------------
 
-RECONNECT_WAIT_S = 20.0  # paho's first retry comes after 1 s, then backs off (2 s, 4 s...)
+RECONNECT_WAIT_S = 20.0  # retries wait under a ceiling of 1 s, then 2 s, 4 s... (jittered)
 
 
 def publish(
@@ -949,6 +951,59 @@ def test_mqtt_source_reconnects_after_a_broker_restart(broker: RunningBroker) ->
 
 
 @pytest.mark.broker
+def test_mqtt_source_reconnects_after_the_broker_is_killed(broker: RunningBroker) -> None:
+    """kill -9: no goodbye from the broker. Backoff waits of up to 2 s against a 1 s keepalive:
+    the source is back, subscribed and delivering, and stays so past the keepalive."""
+    rec = Recorder()
+    src = mqtt_source(broker, rec, keepalive=1, reconnect_delay=(2, 2))
+    src.start(rec.on_line)
+    try:
+        rec.wait_event("subscribed")
+        kill_broker(broker)
+        lost = rec.wait_event("disconnected")
+        assert isinstance(lost, TransportError) and "lost" in str(lost)
+        assert isinstance(rec.wait_event("connect-failed"), TransportError)
+        broker.restart()
+        deadline = time.monotonic() + RECONNECT_WAIT_S
+        while rec.events.get(timeout=max(0.0, deadline - time.monotonic()))[0] != "subscribed":
+            pass
+        with pytest.raises(queue.Empty):  # nothing happens to the link for 2 keepalives
+            rec.events.get(timeout=2.5)
+        publish(broker, "sensors/a/wine", [b"after"])
+        assert rec.next_line() == b"after"
+    finally:
+        src.stop()
+    stats = src.stats()
+    assert stats["disconnected"] == 1 and stats["connected"] == 2 and stats["lines"] == 1
+
+
+@pytest.mark.parametrize(
+    ("delay", "needle"),
+    [
+        ((0, 5), "'reconnect_delay' expected a positive integer, found 0"),
+        ((5, 1), "'reconnect_delay' expected first <= longest, found (5, 1)"),
+        ((1.5, 3), "'reconnect_delay' expected a positive integer, found 1.5"),
+        ((1, 2, 3), "'reconnect_delay' expected (first, longest) seconds, found (1, 2, 3)"),
+        (5, "'reconnect_delay' expected (first, longest) seconds, found 5"),
+    ],
+)
+def test_reconnect_delay_is_validated(delay: Any, needle: str) -> None:
+    with pytest.raises(ConfigError, match="mqtt source") as info:
+        MqttSource("sensors/#", reconnect_delay=delay)
+    assert needle in str(info.value)
+
+
+def test_reconnect_delay_becomes_a_full_jitter_backoff() -> None:
+    backoff = reconnect_backoff("mqtt source", (2, 16))
+    assert (backoff.initial, backoff.maximum, backoff.jitter) == (2, 16, "full")
+    ceilings = []
+    for _ in range(5):
+        ceilings.append(backoff.ceiling())
+        assert 0 <= backoff.next_delay() < ceilings[-1]
+    assert ceilings == [2, 4, 8, 16, 16]
+
+
+@pytest.mark.broker
 def test_mqtt_source_waits_for_a_broker_that_is_not_up_yet(broker: RunningBroker) -> None:
     broker.stop()
     rec = Recorder()
@@ -982,24 +1037,6 @@ def test_mqtt_source_stops_promptly_while_the_broker_is_down(broker: RunningBrok
     assert time.monotonic() - began < 2.0  # paho's backoff looks for a stop once a second
     assert not src.running
     assert rec.wait_event("closed") is None
-
-
-@pytest.fixture
-def auth_broker(mosquitto_binary: str, tmp_path: Path) -> Iterator[RunningBroker]:
-    passwd = shutil.which("mosquitto_passwd")
-    if passwd is None:
-        pytest.skip("mosquitto_passwd is not installed")
-    pw_file = tmp_path / "passwd"
-    subprocess.run([passwd, "-b", "-c", str(pw_file), "sensor", "s3cret"], check=True)
-    running = start_mosquitto(
-        tmp_path / "mosquitto",
-        binary=mosquitto_binary,
-        extra_config=f"allow_anonymous false\npassword_file {pw_file}\n",
-    )
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.mark.broker
