@@ -20,7 +20,6 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import kill_broker
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud_hub.broker import RunningBroker, free_port
@@ -177,7 +176,7 @@ def test_a_backoff_longer_than_the_keepalive_reconnects_once_the_broker_is_back(
     link.session.start()
     assert link.session.wait_connected(WAIT_S)
 
-    kill_broker(broker)
+    broker.kill()
     assert "lost" in str(link.lost.get(timeout=WAIT_S))
     link.next_failure()  # an attempt (after a 3 s wait) found the broker gone
     broker.restart()

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import kill_broker
 from paho.mqtt.enums import CallbackAPIVersion
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -284,7 +283,7 @@ def test_publisher_reconnects_after_the_broker_is_killed(broker: RunningBroker) 
     pub.start()
     try:
         assert pub.wait_connected(WAIT_S)
-        kill_broker(broker)
+        broker.kill()
         deadline = time.monotonic() + WAIT_S
         while pub.connected.is_set():  # the session notices the dead socket on its own
             assert time.monotonic() < deadline, "still connected to a killed broker"

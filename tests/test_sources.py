@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import kill_broker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
@@ -959,7 +958,7 @@ def test_mqtt_source_reconnects_after_the_broker_is_killed(broker: RunningBroker
     src.start(rec.on_line)
     try:
         rec.wait_event("subscribed")
-        kill_broker(broker)
+        broker.kill()
         lost = rec.wait_event("disconnected")
         assert isinstance(lost, TransportError) and "lost" in str(lost)
         assert isinstance(rec.wait_event("connect-failed"), TransportError)
