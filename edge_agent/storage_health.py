@@ -111,4 +111,5 @@ class StorageHealth:
             began = self._began
         if not faults:
             return StorageCondition(True, None, None, unkept)
-        return StorageCondition(False, "; ".join(f.error for f in faults), began, unkept)
+        reasons = tuple(dict.fromkeys(f.reason for f in faults))  # oldest first, each once
+        return StorageCondition(False, "; ".join(f.error for f in faults), began, unkept, reasons)

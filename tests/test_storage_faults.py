@@ -7,6 +7,7 @@ file read with sqlite3."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -14,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
+from cloud_hub import cli as hub_cli
+from cloud_hub.web_metrics import registry_for
 from edge_agent.agent import last_boot
 from tests.conftest import Tmpfs
 from tests.test_agent_hub import Fleet, fleet  # noqa: F401  (a fixture)
@@ -51,10 +55,27 @@ def _log_count(at: Rig, text: str) -> int:
     return sum(p.read_text(errors="replace").count(text) for p in at.tmp.glob("agent-*.log"))
 
 
+def _hub_shows(at: Rig, capsys: pytest.CaptureFixture[str]) -> tuple[bool, str | None]:
+    """What `edgehub devices list --json` and /metrics say of the device's storage (they must
+    agree): (ok, the first reason)."""
+    capsys.readouterr()
+    assert hub_cli.main(["--home", str(at.home), "devices", "list", "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    storage = listed["storage"]
+    metrics = generate_latest(registry_for(at.hub.store)).decode()
+    gauge = f'edgefleet_device_storage_ok{{device="{DEVICE}"}} {1.0 if storage["ok"] else 0.0}'
+    assert gauge in metrics, metrics
+    unkept = storage["unkept"].get("telemetry", 0)
+    counter = f'edgefleet_device_unkept_records_total{{device="{DEVICE}",kind="telemetry"}}'
+    assert f"{counter} {float(unkept)}" in metrics or not unkept, metrics
+    return storage["ok"], (storage["reasons"] or [None])[0]
+
+
 def test_a_state_folder_that_fills_and_frees_is_survived_and_reported(
     tmpfs: Mount,
     rig: Rig,  # noqa: F811
     bundles: dict[int, Path],  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     disk = tmpfs(rig.state, "16m")  # room for SQLite's write-ahead log (4 MB) and more
     text = rig.config.read_text()  # every inferred row also kept raw (200 a second): the
@@ -86,6 +107,7 @@ def test_a_state_folder_that_fills_and_frees_is_survived_and_reported(
     w = rig.watcher  # an independent subscriber sees the same in the retained status
     w.wait("the status to say so", lambda: _storage(w.status).get("ok") is False)
     assert rig.hub_device()["stats"]["inferences"] > 0  # inferring all along
+    assert _hub_shows(rig, capsys) == (False, "disk-full")
     _alive(rig, agent)
 
     # Space returns: kept again without a restart, and the first records kept say what was lost.
@@ -100,6 +122,7 @@ def test_a_state_folder_that_fills_and_frees_is_survived_and_reported(
     )
     unkept = _hub_storage(rig)["unkept"]["telemetry"]
     assert unkept > 0
+    assert _hub_shows(rig, capsys) == (True, None)
     before = len(rig.hub_keys())
     rig.hub_wait("new records after the fault", lambda: len(rig.hub_keys()) >= before + 50)
     _alive(rig, agent)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 
 import pytest
@@ -63,6 +64,7 @@ def test_the_condition_names_every_failing_place_since_the_first_fault() -> None
     h.unkept("events")
     c = h.condition()
     assert not c.ok and c.since == 50.0 and dict(c.unkept) == {"telemetry": 2, "events": 1}
+    assert c.reasons == ("read-only", "disk-full")
     assert c.error is not None and "state/status.json" in c.error and "disk full" in c.error
     h.succeeded("status file", 70.0)
     assert h.condition().since == 50.0  # the trouble that began then is not over
@@ -89,7 +91,9 @@ def test_attempts_while_failing_are_paced_and_a_clock_going_back_does_not_stall_
 
 
 def test_storage_condition_travels_in_the_status_and_is_checked_on_the_way_in() -> None:
-    c = StorageCondition(False, "disk full: state/buffer.sqlite: full", 1700000000.5, {"drift": 2})
+    c = StorageCondition(
+        False, "disk full: state/buffer.sqlite: full", 1700000000.5, {"drift": 2}, ("disk-full",)
+    )
     status = Status("pi-01", True, 3, stats={"inferences": 9, "storage": c.to_json()})
     back = decode_status(encode(status))
     assert StorageCondition.from_json(back.stats["storage"], "s") == c
@@ -100,12 +104,14 @@ def test_storage_condition_travels_in_the_status_and_is_checked_on_the_way_in() 
         ({"ok": False, "since": "yesterday"}, "status.stats.storage.since"),
         ({"ok": True, "unkept": {"telemetry": -1}}, "status.stats.storage.unkept.telemetry"),
         ({"ok": True, "unkept": {"telemetry": True}}, "status.stats.storage.unkept.telemetry"),
+        ({"ok": False, "reasons": "disk-full"}, "status.stats.storage.reasons"),
+        ({"ok": False, "reasons": [28]}, "status.stats.storage.reasons[0]"),
         ("fine", "status.stats.storage"),
     ]
     for storage, where in bad:
         raw["stats"]["storage"] = storage
         payload = dump_json({k: v for k, v in raw.items() if k != "v"})
-        with pytest.raises(MessageError, match=where.replace(".", r"\.")):
+        with pytest.raises(MessageError, match=re.escape(where)):
             decode_status(payload)
     # an older agent says nothing of its storage: still a valid status
     del raw["stats"]["storage"]

@@ -184,18 +184,21 @@ class StorageCondition:
     """What a device says of its own storage: `stats["storage"]` of its status (published
     directly, so the hub hears it while nothing can be buffered) and `storage` in its telemetry
     records once they can be kept again. `ok` is False while its state folder or buffer refuses
-    writes: `error` says what and `since` when it began (epoch seconds). `unkept` counts, per
+    writes: `error` says what, `reasons` the codes of why (edge_agent.errors.STORAGE_REASONS:
+    "disk-full", "read-only", ...), `since` when it began (epoch seconds). `unkept` counts, per
     kind of record, what the device inferred but could not keep since it started."""
 
     ok: bool = True
     error: str | None = None
     since: float | None = None
     unkept: Mapping[str, int] = field(default_factory=dict)
+    reasons: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "error": self.error,
+            "reasons": list(self.reasons),
             "since": self.since,
             "unkept": dict(self.unkept),
         }
@@ -213,7 +216,14 @@ class StorageCondition:
         unkept = field_of(obj, "unkept", dict, where) if "unkept" in obj else {}
         for kind in unkept:
             _count(field_of(unkept, kind, int, f"{where}.unkept"), f"{where}.unkept.{kind}")
-        return cls(field_of(obj, "ok", bool, where), error, since, dict(unkept))
+        reasons = field_of(obj, "reasons", list, where) if "reasons" in obj else []
+        for i, reason in enumerate(reasons):
+            if not isinstance(reason, str):
+                raise MessageError(
+                    f"{where}.reasons[{i}]: expected string, got {_type_name(reason)}"
+                )
+        ok = field_of(obj, "ok", bool, where)
+        return cls(ok, error, since, dict(unkept), tuple(reasons))
 
 
 def decode_status(payload: bytes) -> Status:
