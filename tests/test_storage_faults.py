@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -210,3 +211,29 @@ def test_a_sender_whose_take_raises_goes_on_sending(
     assert len(guarded) == 1 and guarded[0].exc_info, guarded
     assert "sender failed, going on: the buffer's take failed" in guarded[0].getMessage()
     assert sorted(r.body["n"] for r in hub.store.records("telemetry", DEVICE)) == list(range(30))
+
+
+def test_a_main_loop_step_that_raises_is_logged_once_and_the_loop_goes_on(
+    fleet: Fleet,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    agent, w = fleet.agent, fleet.watcher
+    real_flush = agent.pipeline.flush_window
+    raised_at: list[float] = []
+
+    def flush_raising_once() -> None:
+        if not raised_at:
+            raised_at.append(time.time())
+            raise RuntimeError("closing the window failed")
+        real_flush()
+
+    with caplog.at_level(logging.ERROR, logger="edge_agent.guard"):
+        agent.pipeline.flush_window = flush_raising_once  # type: ignore[method-assign]
+        w.wait(
+            "statuses after the failure",
+            lambda: bool(raised_at) and w.status.get("ts", 0) > raised_at[0] + 1.0,
+        )
+    guarded = [r for r in caplog.records if r.name == "edge_agent.guard"]
+    assert len(guarded) == 1 and guarded[0].exc_info, guarded
+    assert "main loop failed, going on: closing the window failed" in guarded[0].getMessage()
+    assert w.status["online"] is True

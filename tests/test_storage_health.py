@@ -1,6 +1,6 @@
 """The agent's account of its own storage and its thread guards, as plain logic (no disk, no
 broker): when a fault is said, how attempts are paced, what the status carries, and that a
-thread's failure is logged once and the thread goes on."""
+thread's failure is logged once and the thread goes on (a source's reader too)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ from edge_agent.protocol.messages import (
     dump_json,
     encode,
 )
+from edge_agent.sources import FileSource
 from edge_agent.storage_health import StorageHealth
 
 FULL = StorageError("disk-full", "state/buffer.sqlite", "database or disk is full")
@@ -172,3 +174,31 @@ def test_run_guarded_runs_the_body_again_after_it_raised_until_it_returns() -> N
 
     assert run_guarded("updater", stopping, stop, pause=0.0).count == 1 and calls == [1]
     assert run_guarded("updater", stopping, stop, pause=0.0).count == 0  # stopped: never run
+
+
+def test_a_source_whose_reader_raises_is_logged_once_and_starts_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real file source with one bug injected into its reader: the thread goes on (the
+    source starts over, as start() started it) and every line is still delivered."""
+
+    class FileSourceWithABug(FileSource):
+        bugs = 1
+
+        def _replay(self, fd: int, stop: threading.Event) -> None:
+            if self.bugs:
+                self.bugs -= 1
+                raise RuntimeError("a bug in the reader")
+            super()._replay(fd, stop)
+
+    path = tmp_path / "readings.csv"
+    path.write_text("1,2\n3,4\n5,6\n")
+    lines: list[bytes] = []
+    source = FileSourceWithABug(path)
+    with caplog.at_level(logging.ERROR, logger="edge_agent.guard"):
+        source.start(lines.append)
+        assert source.finished.wait(10), "the source did not go on after its reader raised"
+        source.stop()
+    assert lines == [b"1,2", b"3,4", b"5,6"]
+    (logged,) = [r for r in caplog.records if r.name == "edge_agent.guard"]
+    assert logged.exc_info and "failed, going on: a bug in the reader" in logged.getMessage()
