@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -237,3 +238,40 @@ def test_a_main_loop_step_that_raises_is_logged_once_and_the_loop_goes_on(
     assert len(guarded) == 1 and guarded[0].exc_info, guarded
     assert "main loop failed, going on: closing the window failed" in guarded[0].getMessage()
     assert w.status["online"] is True
+
+
+def test_a_status_file_that_cannot_be_replaced_is_reported_and_records_go_on(
+    tmpfs: Mount,
+    rig: Rig,  # noqa: F811
+    bundles: dict[int, Path],  # noqa: F811
+) -> None:
+    """EPERM on status.json (made immutable: root cannot replace it either). The buffer is
+    fine, so records are kept and say so too; the status over MQTT says what is wrong."""
+    disk = tmpfs(rig.state, "4m")
+    rig.preinstall(bundles[1], 1)
+    agent = rig.start_agent()
+    status_file = disk.path / "status.json"
+    _until("status.json", status_file.exists)
+    subprocess.run(["chattr", "+i", str(status_file)], check=True, timeout=30)
+    try:
+        rig.hub_wait(
+            "the hub to hear status.json cannot be written",
+            lambda: _hub_storage(rig).get("reasons") == ["permission"],
+        )
+        assert "status.json" in _hub_storage(rig)["error"]
+        rig.hub_wait(
+            "telemetry that says so, kept all the same",
+            lambda: any(
+                r.body.get("storage", {}).get("ok") is False
+                for r in rig.hub.store.records("telemetry", DEVICE)
+            ),
+        )
+        _alive(rig, agent)
+    finally:
+        subprocess.run(["chattr", "-i", str(status_file)], check=True, timeout=30)
+    rig.hub_wait("the status to say it is over", lambda: _hub_storage(rig).get("ok") is True)
+    assert _hub_storage(rig)["unkept"] == {}  # nothing was lost: only the file was refused
+    code, _ = rig.stop_agent(agent)
+    assert code == 0, rig.logs()
+    every_record_once(rig, boots=(1,))
+    assert _log_count(rig, FAULT_LINE) == 1 and _log_count(rig, BACK_LINE) == 1, rig.logs()
