@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import subprocess
 import threading
 import time
@@ -20,8 +21,10 @@ import pytest
 from prometheus_client import generate_latest
 
 from cloud_hub import cli as hub_cli
+from cloud_hub.operations import enroll_device, init_hub
 from cloud_hub.web_metrics import registry_for
-from edge_agent.agent import last_boot
+from edge_agent.agent import Agent, last_boot
+from edge_agent.config import load_config
 from tests.conftest import Tmpfs
 from tests.test_agent_hub import Fleet, fleet  # noqa: F401  (a fixture)
 from tests.test_lifecycle import (  # noqa: F401  (bundles and rig are fixtures)
@@ -275,3 +278,48 @@ def test_a_status_file_that_cannot_be_replaced_is_reported_and_records_go_on(
     assert code == 0, rig.logs()
     every_record_once(rig, boots=(1,))
     assert _log_count(rig, FAULT_LINE) == 1 and _log_count(rig, BACK_LINE) == 1, rig.logs()
+
+
+def test_a_full_disk_at_start_keeps_nothing_until_the_boot_is_saved(
+    tmp_path: Path, tmpfs: Mount
+) -> None:
+    """The agent alone, never started (no broker needed): boot 1 keeps a record; the disk is
+    full when the next agent comes up, so boot 2 cannot be saved and nothing is kept (neither
+    under boot 2, which a restart would use again, nor under boot 1, which the hub has seen);
+    once space returns the next record saves boot 2 and is kept under it, without a restart."""
+    state = tmp_path / "dev" / "state"
+    disk = tmpfs(state, "4m")
+    init_hub(tmp_path / "hub")
+    enroll_device(tmp_path / "hub", DEVICE, state)
+    config = tmp_path / "dev" / "agent.toml"
+    config.write_text('[device]\nid = "pi-01"\nstate_dir = "state"\n[broker]\nport = 1\n')
+
+    def kept() -> list[tuple[int, int]]:
+        db = sqlite3.connect(state / "buffer.sqlite")
+        try:
+            return list(db.execute("SELECT boot, seq FROM records ORDER BY id"))
+        finally:
+            db.close()
+
+    first = Agent(load_config(config))
+    first._record("telemetry", {"n": 0})
+    first.buffer.close()
+    assert (last_boot(state), kept()) == (1, [(1, 0)])
+
+    disk.fill()
+    agent = Agent(load_config(config))
+    agent.health.retry_s = 0.0  # every record tries again: no waiting in a test
+    for i in range(5):
+        agent._record("telemetry", {"n": i})
+    assert agent.boot == 2 and last_boot(state) == 1 and not agent.buffer.opened
+    storage = agent.status().stats["storage"]
+    assert storage["ok"] is False and storage["reasons"] == ["disk-full"]
+    assert storage["unkept"] == {"telemetry": 5}
+
+    disk.free()
+    agent._record("telemetry", {"n": "after"})
+    assert last_boot(state) == 2 and agent.buffer.opened
+    assert kept() == [(1, 0), (2, 0)]  # the five of the full disk nowhere, "after" as (2, 0)
+    storage = agent.status().stats["storage"]
+    assert storage["ok"] is True and storage["unkept"] == {"telemetry": 5}
+    agent.buffer.close()
