@@ -17,7 +17,7 @@ from typing import Any
 from rich.table import Table
 
 from cloud_hub.cli_output import console, emit, say, when
-from edge_agent.errors import ConfigError
+from edge_agent.errors import STORAGE_REASONS, ConfigError
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 COLUMNS = [
@@ -29,6 +29,7 @@ COLUMNS = [
     "tags",
     "inferences",
     "refused",
+    "storage",
     "last_seen",
 ]
 
@@ -42,6 +43,8 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def _row(d: dict[str, Any]) -> dict[str, Any]:
+    from cloud_hub.web_views import device_storage  # the store's stack, only when reading it
+
     stats = d["stats"] or {}
     return {
         "device": d["id"],
@@ -52,6 +55,7 @@ def _row(d: dict[str, Any]) -> dict[str, Any]:
         "tags": ",".join(d["tags"] or []),
         "inferences": stats.get("inferences", 0),
         "refused": refused_text(d.get("refused") or {}),
+        "storage": device_storage(stats),
         "last_seen": when(d["last_seen"]),
     }
 
@@ -60,6 +64,25 @@ def refused_text(refused: dict[str, int]) -> str:
     """What the hub refused of a device: `rate 120, quota 3` (messages past its rate, records
     past its quota), or `-`."""
     return ", ".join(f"{reason} {n}" for reason, n in sorted(refused.items()) if n) or "-"
+
+
+def storage_text(storage: dict[str, Any] | None, detail: bool = False) -> str:
+    """The storage cell: "ok", or what is wrong, and how many records were not kept; with
+    `detail`, since when and what the device said."""
+    if storage is None:
+        return "-"  # an agent that does not report it
+    unkept = sum(storage["unkept"].values())
+    lost = f", {unkept} unkept" if unkept else ""
+    if storage["ok"]:
+        return f"ok{lost}"
+    why = ", ".join(STORAGE_REASONS.get(r, r) for r in storage["reasons"]) or "failing"
+    if not detail:
+        return f"{why}{lost}"
+    return f"{why} since {when(storage['since'] or 0)}{lost} ({storage['error']})"
+
+
+def _for_table(row: dict[str, Any], detail: bool = False) -> dict[str, Any]:
+    return {**row, "storage": storage_text(row["storage"], detail)}
 
 
 def _known(store: Any, device: str) -> dict[str, Any]:
@@ -112,7 +135,7 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
         if model and model not in (d["model"], running):
             continue
         rows.append(_row(d))
-    emit(args, rows, "devices", COLUMNS)
+    emit(args, rows if args.json else [_for_table(r) for r in rows], "devices", COLUMNS)
     return 0
 
 
@@ -134,7 +157,7 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
     since = f" (since {when(d['online_since'])})" if d["online"] else ""
     ago = f", {time.time() - d['last_seen']:.0f} s ago" if d["last_seen"] else ""
     fields = {
-        **{k: str(v) for k, v in _row(d).items() if k != "device"},
+        **{k: str(v) for k, v in _for_table(_row(d), detail=True).items() if k != "device"},
         "online": f"{'yes' if d['online'] else 'no'}{since}",
         "last_seen": f"{when(d['last_seen'])}{ago}",
         "boot": str(d["boot"]),

@@ -45,6 +45,16 @@ class ErrorOut(BaseModel):
     error: str = Field(description="what was expected, what arrived and where")
 
 
+class StorageOut(BaseModel):
+    ok: bool = Field(description="false while the device cannot write its state folder or buffer")
+    error: str | None = Field(description="what failed, while not ok")
+    reasons: list[str] = Field(description='why, as codes: "disk-full", "read-only", ...')
+    since: float | None = Field(description="epoch seconds the trouble began, while not ok")
+    unkept: dict[str, int] = Field(
+        description="records the device inferred but could not keep since it started, per kind"
+    )
+
+
 class DeviceOut(BaseModel):
     id: str
     status: Literal["online", "offline", "never seen"]
@@ -66,6 +76,9 @@ class DeviceOut(BaseModel):
     drift_status: str | None
     drift_max_psi: float | None
     worst_feature: str | None
+    storage: StorageOut | None = Field(
+        description="the device's own storage, as its last status said (null: it did not say)"
+    )
 
 
 class FleetOut(BaseModel):

@@ -3,7 +3,8 @@ every hub process and a restarted hub report the same numbers)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -53,6 +54,7 @@ class StoreCollector(Collector):
             for kind, n in sorted(views.counts(views.mapping(d["stats"]).get("dropped")).items()):
                 dropped.add_metric([d["id"], kind], n)
         yield dropped
+        yield from storage_metrics(devices)
 
         refused = CounterMetricFamily(
             "edgefleet_hub_refused",
@@ -80,6 +82,32 @@ class StoreCollector(Collector):
         for (model, feature), value in sorted(worst.items()):
             psi.add_metric([model, feature], value)
         yield psi
+
+
+def storage_metrics(devices: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
+    """Each device's own storage, as its last status said (devices that said nothing are left
+    out): whether it can write (alert on 0), and what it inferred but could not keep."""
+    ok = GaugeMetricFamily(
+        "edgefleet_device_storage_ok",
+        "1 while a device can write its state folder and buffer, 0 while it cannot "
+        "(a full or read-only disk), as its last status said",
+        labels=["device"],
+    )
+    unkept = CounterMetricFamily(
+        "edgefleet_device_unkept_records",
+        "Records a device inferred but could not keep (its disk refused them) since it started, "
+        "as its last status said",
+        labels=["device", "kind"],
+    )
+    for d in devices:
+        storage = views.device_storage(views.mapping(d["stats"]))
+        if storage is None:
+            continue
+        ok.add_metric([d["id"]], 1 if storage["ok"] else 0)
+        for kind, n in sorted(storage["unkept"].items()):
+            unkept.add_metric([d["id"], kind], n)
+    yield ok
+    yield unkept
 
 
 def registry_for(store: Store) -> CollectorRegistry:

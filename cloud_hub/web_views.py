@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cloud_hub.storage import StoredRecord
+from edge_agent.errors import MessageError
+from edge_agent.protocol.messages import StorageCondition
 
 # The device side's defaults (firmware_configs/base.toml [drift]); a cell is coloured by these.
 PSI_WARN = 0.1
@@ -86,6 +88,24 @@ def device_row(
         "drift_status": text(drift_body.get("status")),
         "drift_max_psi": number(drift_body.get("max_psi")),
         "worst_feature": text(drift_body.get("worst_feature")),
+        "storage": device_storage(stats),
+    }
+
+
+def device_storage(stats: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the device last said of its own state folder and buffer (a full or read-only disk,
+    the records it could not keep); None when it said nothing (an agent from before the
+    report) or something that is not a StorageCondition."""
+    try:
+        c = StorageCondition.from_json(stats["storage"], "stats.storage")
+    except (KeyError, MessageError):
+        return None
+    return {
+        "ok": c.ok,
+        "error": c.error,
+        "reasons": list(c.reasons),
+        "since": c.since,
+        "unkept": dict(c.unkept),
     }
 
 

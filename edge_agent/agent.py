@@ -3,6 +3,13 @@
 Threads: paho's network thread (routes messages, never blocks), one thread per input source,
 the updater (one command at a time), the sender (drains the buffer: edge_agent.delivery), and
 the main loop (micro-batches sensor lines, closes telemetry windows, refreshes the status).
+Each runs under a guard (edge_agent.guard): an exception is logged once and the thread goes on.
+
+A full or read-only disk stops nothing but the keeping: the agent infers and publishes its
+status as ever, counts the records it cannot keep, says what is wrong in its status, and keeps
+them again when the disk lets it (edge_agent.storage_health). Records are kept only under a
+boot counter that is persisted: the hub drops a repeated (boot, seq), so a boot used twice
+would lose the second one's records.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -21,8 +29,9 @@ from edge_agent import __version__
 from edge_agent.buffer import Buffer, Cap
 from edge_agent.config import AgentConfig
 from edge_agent.delivery import Sender
-from edge_agent.errors import BadDataError, ConfigError
-from edge_agent.fsutil import atomic_write
+from edge_agent.errors import BadDataError, ConfigError, StorageError
+from edge_agent.fsutil import DISK_ERRNOS, atomic_write, storage_error
+from edge_agent.guard import Failures, run_guarded
 from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_session import BrokerAddress, MqttSession
 from edge_agent.pipeline import ActiveModel, Pipeline
@@ -40,6 +49,7 @@ from edge_agent.runtime import RuntimeLoader, load_runtime
 from edge_agent.sampling import RawSampler
 from edge_agent.shadow import Shadow
 from edge_agent.sources import Source, input_from_config
+from edge_agent.storage_health import StorageHealth
 from edge_agent.trust import TufMirror, Verifier
 from edge_agent.updater import Downloader, Installed, TransferInterrupted, Updater
 
@@ -49,14 +59,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def next_boot(state_dir: Path) -> int:
-    """The boot counter, incremented and persisted before anything is recorded under it."""
+def last_boot(state_dir: Path) -> int:
+    """The boot counter as persisted (0 before the first boot); StorageError if unreadable."""
     path = state_dir / "boot"
     try:
-        boot = int(path.read_text()) + 1 if path.exists() else 1
+        return int(path.read_bytes())
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise storage_error(exc, path) from exc
     except ValueError as exc:
         raise ConfigError(f"{path}: expected a boot counter, found garbage") from exc
-    atomic_write(path, str(boot).encode())
+
+
+def next_boot(state_dir: Path) -> int:
+    """The boot counter, incremented and persisted before anything is recorded under it.
+    StorageError when it cannot be persisted: then nothing may be recorded under it."""
+    boot = last_boot(state_dir) + 1
+    path = state_dir / "boot"
+    try:
+        atomic_write(path, str(boot).encode())
+    except OSError as exc:
+        raise storage_error(exc, path) from exc
     return boot
 
 
@@ -65,18 +89,28 @@ class Agent:
         self.cfg = cfg
         self.topics = Topics(cfg.topic_prefix)
         state = cfg.state_dir
+        self.health = StorageHealth()
+        self._storage_lock = threading.Lock()
         try:
             state.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(
-                f"device.state_dir {state}: expected a folder the agent can write, "
-                f"got {exc.strerror}"
-            ) from exc
-        self.boot = next_boot(state)
+            err = storage_error(exc, state)
+            if err.reason == "write-failed":  # not a full or read-only disk: a wrong path
+                raise ConfigError(
+                    f"device.state_dir {state}: expected a folder the agent can write, "
+                    f"got {exc.strerror}"
+                ) from exc
+            self._storage_failed("state folder", err)
+        # Until the boot counter is persisted nothing is kept, and the status names the boot
+        # this one will be (or 0 when even reading the counter fails).
+        self.boot = 0
+        self._boot_persisted = False
+        with contextlib.suppress(StorageError):
+            self.boot = last_boot(state) + 1
         self.stop_event = threading.Event()
         self.buffer = Buffer(
             state / "buffer.sqlite",
-            self.boot,
+            None,  # opened by _storage_ready, under the persisted boot
             cfg.get("buffer", "max_rows"),
             cfg.get("buffer", "max_bytes"),
             {kind: Cap(**cap) for kind, cap in cfg.get("buffer", "caps").items()},
@@ -142,23 +176,81 @@ class Agent:
         self.sources: list[Source] = []
         self.bad_messages = 0
         self._updater_thread: threading.Thread | None = None
+        self._sender_thread: threading.Thread | None = None
+        self._started = False
+        self._storage_ready()
 
     @property
     def _status_topic(self) -> str:
         return self.topics.device(self.cfg.device_id, "status")
 
-    # ---- callbacks ------------------------------------------------------------------------
+    # ---- keeping records ---------------------------------------------------------------------
     def _record(self, kind: str, body: dict[str, Any]) -> None:
         if kind == "telemetry":  # drops since boot, so the hub stores what the cap cost
             dropped = self.buffer.dropped()
             if dropped:
                 body = {**body, "dropped": dropped}
-        self.buffer.append(kind, body)
-        self.sender.wake.set()
+            if not self.health.clean:  # and what the disk cost, once records are kept again
+                body = {**body, "storage": self.health.condition().to_json()}
+        self._keep(kind, body)
 
     def _raw_sample(self, body: dict[str, Any]) -> None:
-        self.buffer.append("telemetry", body)  # a record of its own (edge_agent.sampling)
-        self.sender.wake.set()
+        self._keep("telemetry", body)  # a record of its own (edge_agent.sampling)
+
+    def _keep(self, kind: str, body: dict[str, Any]) -> None:
+        """Into the buffer; a record that cannot be kept is counted, per kind. While the
+        buffer fails, one record a second tries it and the others are counted at once."""
+        now = time.time()
+        if self._storage_ready() and self.health.may_try("buffer", now):
+            try:
+                self.buffer.append(kind, body)
+            except StorageError as exc:
+                self._storage_failed("buffer", exc)
+            else:
+                self._storage_ok("buffer")
+                self.sender.wake.set()
+                return
+        self.health.unkept(kind)
+
+    def _storage_ready(self) -> bool:
+        """Whether records can be kept: the boot counter persisted and the buffer open under
+        it. Until then each call (at most one a second) tries what is missing."""
+        if self._boot_persisted and self.buffer.opened:
+            return True
+        with self._storage_lock:
+            now = time.time()
+            if not self._boot_persisted:
+                if not self.health.may_try("boot counter", now):
+                    return False
+                try:
+                    self.boot = next_boot(self.cfg.state_dir)
+                except StorageError as exc:
+                    self._storage_failed("boot counter", exc)
+                    return False
+                self._boot_persisted = True
+                self._storage_ok("boot counter")
+                self._storage_ok("state folder")
+            if not self.buffer.opened:
+                if not self.health.may_try("buffer", now):
+                    return False
+                try:
+                    self.buffer.open(self.boot)
+                except StorageError as exc:
+                    self._storage_failed("buffer", exc)
+                    return False
+                self._storage_ok("buffer")
+                self._start_sender()
+            return True
+
+    def _storage_failed(self, place: str, exc: StorageError) -> None:
+        line = self.health.failed(place, exc, time.time())
+        if line:
+            log.error(line)
+
+    def _storage_ok(self, place: str) -> None:
+        line = self.health.succeeded(place, time.time())
+        if line:
+            log.warning(line)
 
     def _event(
         self,
@@ -213,7 +305,10 @@ class Agent:
     def _on_command(self, _topic: str, payload: bytes) -> None:
         cmd = decode_command(payload)
         if cmd.kind == "deploy":  # kept until handled: a restart mid-transfer resumes it
-            atomic_write(self._pending_path, payload)
+            try:
+                atomic_write(self._pending_path, payload)
+            except OSError as exc:  # handled all the same; only a restart would forget it
+                log.warning("deploy %s: %s", cmd.id, storage_error(exc, self._pending_path))
         self.commands.put(cmd)
 
     @property
@@ -259,6 +354,7 @@ class Agent:
             buffered=self.buffer.pending(),
             dropped=self.buffer.dropped(),
             bad_messages=self.bad_messages,
+            storage=self.health.condition().to_json(),
         )
         return Status(
             device=self.cfg.device_id,
@@ -282,8 +378,17 @@ class Agent:
             self.session.publish(self._status_topic, encode(status), retain=True)
 
     def _write_status(self, status: Status) -> None:
-        """status.json, what `edge-agent status` reads without asking the daemon."""
-        atomic_write(self.cfg.state_dir / "status.json", json.dumps(status.to_json()).encode())
+        """status.json, what `edge-agent status` reads without asking the daemon. One that
+        cannot be written is said in the published status (stats.storage)."""
+        path = self.cfg.state_dir / "status.json"
+        if not self.health.may_try("status file", time.time()):
+            return
+        try:
+            atomic_write(path, json.dumps(status.to_json()).encode())
+        except OSError as exc:
+            self._storage_failed("status file", storage_error(exc, path))
+        else:
+            self._storage_ok("status file")
 
     # ---- running ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -300,9 +405,26 @@ class Agent:
             fmt, source = input_from_config(spec)
             source.start(self._on_line(fmt))
             self.sources.append(source)
-        self._updater_thread = threading.Thread(target=self._updater_loop, daemon=True)
+        self._updater_thread = threading.Thread(
+            target=run_guarded, args=("updater", self._updater_loop, self.stop_event), daemon=True
+        )
         self._updater_thread.start()
-        threading.Thread(target=lambda: self.sender.run(self.stop_event), daemon=True).start()
+        with self._storage_lock:
+            self._started = True
+            if self.buffer.opened:
+                self._start_sender()
+
+    def _start_sender(self) -> None:
+        """Once started and the buffer is open (under _storage_lock); an exception in the
+        sender is logged and it goes on sending."""
+        if not self._started or self._sender_thread is not None:
+            return
+        self._sender_thread = threading.Thread(
+            target=run_guarded,
+            args=("sender", lambda: self.sender.run(self.stop_event), self.stop_event),
+            daemon=True,
+        )
+        self._sender_thread.start()
 
     def _updater_loop(self) -> None:
         while not self.stop_event.is_set():
@@ -315,12 +437,20 @@ class Agent:
             except TransferInterrupted as exc:  # stopping: the command stays pending
                 log.info("update %s interrupted: %s", cmd.id, exc)
                 return
-            except Exception:  # the daemon outlives any single update
-                log.exception("update %s failed", cmd.id)
-                self._event(
-                    "rejected", cmd.model, "internal error, see the device log", cmd.rollout
-                )
+            except Exception as exc:  # the daemon outlives any single update
+                self._event("rejected", cmd.model, self._update_failed(cmd, exc), cmd.rollout)
             self._handled(cmd)
+
+    def _update_failed(self, cmd: Command, exc: Exception) -> str:
+        """The reason a failed update gives the hub: what the disk said when it refused (full,
+        read-only), else a pointer to the device log, where the traceback goes."""
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            where = Path(os.fsdecode(exc.filename)) if exc.filename else self.cfg.state_dir
+            reason = f"cannot write the state folder: {storage_error(exc, where)}"
+            log.error("update %s failed: %s", cmd.id, reason)
+            return reason
+        log.error("update %s failed", cmd.id, exc_info=exc)
+        return "internal error, see the device log"
 
     def run_forever(self) -> None:
         """Main loop until stop_event; then finish the batch, flush and say goodbye."""
@@ -328,21 +458,27 @@ class Agent:
         interval = self.cfg.get("telemetry", "interval_s")
         status_every = self.cfg.get("telemetry", "status_interval_s")
         next_window = next_status = time.monotonic()
+        failures = Failures("main loop")
         while not self.stop_event.is_set():
-            batch: list[tuple[str, bytes]] = []
-            with contextlib.suppress(queue.Empty):
-                batch.append(self.lines.get(timeout=0.1))
-                while len(batch) < batch_max:
-                    batch.append(self.lines.get_nowait())
-            if batch:
-                self.pipeline.process(batch)
-            now = time.monotonic()
-            if now >= next_window:
-                self.pipeline.flush_window()
-                next_window = now + interval
-            if now >= next_status:
-                self._publish_status()
-                next_status = now + status_every
+            try:
+                batch: list[tuple[str, bytes]] = []
+                with contextlib.suppress(queue.Empty):
+                    batch.append(self.lines.get(timeout=0.1))
+                    while len(batch) < batch_max:
+                        batch.append(self.lines.get_nowait())
+                if batch:
+                    self.pipeline.process(batch)
+                now = time.monotonic()
+                if now >= next_window:
+                    next_window = now + interval
+                    self.pipeline.flush_window()
+                if now >= next_status:
+                    next_status = now + status_every
+                    self._storage_ready()  # a disk that came back is noticed without records
+                    self._publish_status()
+            except Exception as exc:  # the guard: logged once, and the loop goes on
+                failures.failed(exc)
+                self.stop_event.wait(0.1)
         self.shutdown()
 
     def shutdown(self, drain_timeout: float = 5.0) -> None:

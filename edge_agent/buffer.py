@@ -9,22 +9,32 @@ record (a flood of events never evicts a drift report); past the whole buffer's 
 record of the least important class goes (telemetry before drift before events). Every drop is
 counted, per kind.
 
+A full, read-only or failing disk is the device's everyday weather: a record that cannot be
+kept raises StorageError (nothing of it was written, and its seq is not used up, so a boot's
+seqs have no gap), and the buffer goes on when the disk does. A buffer made without a boot is
+closed until `open(boot)`: the agent opens it only under a boot it has persisted.
+
 `TokenBucket` paces the drain after a reconnect, so a returning fleet does not flatten the hub.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.errors import ConfigError, TransportError
+from edge_agent.errors import ConfigError, StorageError
+from edge_agent.fsutil import storage_error
 from edge_agent.protocol.messages import Record, Span
+
+log = logging.getLogger(__name__)
 
 PRIORITY = {"events": 0, "drift": 1, "telemetry": 2}
 
@@ -99,55 +109,105 @@ class Buffer:
     def __init__(
         self,
         path: Path,
-        boot: int,
+        boot: int | None,
         max_rows: int = 100_000,
         max_bytes: int | None = None,
         caps: Mapping[str, Cap] | None = None,
     ) -> None:
-        self.boot = boot
+        self.path = path
+        self.boot = 0
         self.total = Cap(max_rows, max_bytes)
         self.caps = dict(caps or {})  # kind -> its own cap
         self._lock = threading.Lock()
         self._seq = 0
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise TransportError(f"{path}: cannot open the telemetry buffer ({exc})") from exc
-        self._usage = self._count()
+        self._conn: sqlite3.Connection | None = None
+        self._usage: dict[str, tuple[int, int]] = {}
+        self._dropped: Counter[str] = Counter()  # the counters table, as committed
+        if boot is not None:
+            self.open(boot)
 
-    def _count(self) -> dict[str, tuple[int, int]]:
-        """kind -> (rows, bytes of bodies) held now."""
-        rows = self._db.execute(
-            "SELECT kind, COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM records GROUP BY kind"
-        ).fetchall()
-        return {kind: (int(n), int(size)) for kind, n, size in rows}
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StorageError("write-failed", str(self.path), "the telemetry buffer is not open")
+        return self._conn
+
+    @property
+    def opened(self) -> bool:
+        return self._conn is not None
+
+    def open(self, boot: int) -> None:
+        """Open the file; records appended from now on carry `boot`. StorageError when it cannot
+        be opened for writing (a read-only or full disk): the buffer stays closed then."""
+        with self._lock:
+            if self._conn is not None:
+                raise RuntimeError(f"{self.path}: the telemetry buffer is already open")
+            db = None
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(_SCHEMA)
+                # SQLite opens a file it may not write read-only, and stays so after the disk
+                # comes back: a write that is rolled back tells before any record is refused
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("INSERT OR REPLACE INTO counters (name, value) VALUES ('probe', 0)")
+                db.execute("ROLLBACK")
+                usage = _count(db)
+                dropped = db.execute("SELECT name, value FROM counters").fetchall()
+            except (sqlite3.Error, OSError) as exc:
+                if db is not None:
+                    db.close()
+                err = storage_error(exc, self.path)
+                raise StorageError(
+                    err.reason, err.where, f"cannot open the telemetry buffer ({err.detail})"
+                ) from exc
+            self._conn, self.boot, self._seq, self._usage = db, boot, 0, usage
+            self._dropped = Counter({n.removeprefix("dropped."): int(v) for n, v in dropped})
 
     def append(self, kind: str, body: dict[str, Any], ts: float | None = None) -> Record:
+        """Keep one record under the next seq of this boot. StorageError when it cannot be kept:
+        then nothing of it was written and its seq is the next record's."""
         record = Record(self.boot, 0, ts if ts is not None else time.time(), body)
         with self._lock:
+            db = self._db
             record = Record(self.boot, self._seq, record.ts, body)
-            self._seq += 1
             text = json.dumps(body)
-            self._db.execute("BEGIN IMMEDIATE")
+            usage, dropped = dict(self._usage), Counter[str]()
             try:
+                db.execute("BEGIN IMMEDIATE")
                 while victim := next_drop(self._usage, kind, len(text), self.total, self.caps):
                     self._drop_oldest(victim)
-                self._db.execute(
+                    dropped[victim] += 1
+                db.execute(
                     "INSERT INTO records (kind, priority, boot, seq, ts, body) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     (kind, PRIORITY[kind], record.boot, record.seq, record.ts, text),
                 )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                self._usage = self._count()
+                db.execute("COMMIT")
+            except BaseException as exc:
+                self._usage = usage
+                self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise storage_error(exc, self.path) from exc
                 raise
+            self._seq += 1
+            self._dropped.update(dropped)
             self._add(kind, 1, len(text))
         return record
+
+    def _rollback(self) -> None:
+        """End a failed transaction, if SQLite has not already: a COMMIT that fails on a full
+        disk rolls back by itself, and a ROLLBACK then would fail with "no transaction is
+        active", hiding the error that matters. A ROLLBACK that fails is logged, not raised."""
+        db = self._conn
+        if db is None or not db.in_transaction:
+            return
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.warning("%s: ROLLBACK after a failed write failed too: %s", self.path, exc)
 
     def _add(self, kind: str, rows: int, size: int) -> None:
         old_rows, old_size = self._usage.get(kind, (0, 0))
@@ -214,7 +274,7 @@ class Buffer:
                     ).fetchall()
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
             for kind, size in gone:
                 self._add(kind, -1, -int(size))
@@ -235,13 +295,23 @@ class Buffer:
             return {k: v for k, v in self._usage.items() if v[0]}
 
     def dropped(self) -> dict[str, int]:
+        """Records dropped past the caps, per kind, ever (the counters survive reboots)."""
         with self._lock:
-            rows = self._db.execute("SELECT name, value FROM counters").fetchall()
-        return {name.removeprefix("dropped."): int(v) for name, v in rows}
+            return {kind: n for kind, n in self._dropped.items() if n}
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _count(db: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    """kind -> (rows, bytes of bodies) held now."""
+    rows = db.execute(
+        "SELECT kind, COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM records GROUP BY kind"
+    ).fetchall()
+    return {kind: (int(n), int(size)) for kind, n, size in rows}
 
 
 class TokenBucket:

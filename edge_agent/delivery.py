@@ -19,7 +19,6 @@ flood) can delay a record, never lose it. The rules, all in `Window`:
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -32,8 +31,6 @@ from edge_agent.errors import MessageError
 from edge_agent.mqtt_session import Backoff, MqttSession
 from edge_agent.protocol.messages import Batch, Confirm, decode_confirm, encode
 from edge_agent.protocol.topics import Topics
-
-log = logging.getLogger(__name__)
 
 Key = tuple[int, int]  # (boot, seq)
 
@@ -255,11 +252,9 @@ class Sender:
         return min(waits)
 
     def run(self, stop: threading.Event) -> None:
+        """Pump until `stop`; the agent runs it under a guard (edge_agent.guard), so a pump
+        that raises (a failing disk, a bug) is logged and the sending goes on."""
         while not stop.is_set():
-            try:
-                self.pump()
-            except Exception:  # a failing disk or a bug must not end uploads for good
-                log.exception("telemetry sender: pump failed; trying again")
-                stop.wait(1.0)
+            self.pump()
             self.wake.wait(self.pause())
             self.wake.clear()

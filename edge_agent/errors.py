@@ -7,6 +7,7 @@ EdgefleetError
  |    +-- BundleRejected   a model bundle that failed verification (carries a reason code)
  |    +-- SensorLineError  a sensor line that cannot become a feature vector (carries a reason code)
  +-- TransportError        the outside world is unavailable: broker gone, port unplugged
+      +-- StorageError     the device's own disk refused a write: full, read-only (a reason code)
 """
 
 from __future__ import annotations
@@ -52,3 +53,26 @@ class SensorLineError(BadDataError):
 
 class TransportError(EdgefleetError):
     """Broker, serial port or disk not reachable right now; may succeed later."""
+
+
+# StorageError.reason -> what a person reads
+STORAGE_REASONS = {
+    "disk-full": "disk full",
+    "read-only": "read-only file system",
+    "permission": "permission denied",
+    "io-error": "disk I/O error",
+    "corrupt": "corrupt database",
+    "write-failed": "cannot write",
+}
+
+
+class StorageError(TransportError):
+    """The state folder or the buffer cannot be written now (a full or read-only disk, a
+    permission taken away, an I/O error); may succeed later. `reason` is a key of
+    STORAGE_REASONS, `where` the file or folder, `detail` what the system or SQLite said."""
+
+    def __init__(self, reason: str, where: str, detail: str) -> None:
+        super().__init__(f"{STORAGE_REASONS.get(reason, reason)}: {where}: {detail}")
+        self.reason = reason
+        self.where = where
+        self.detail = detail

@@ -1,11 +1,17 @@
-"""Atomic file writes: temp file in the same folder, fsync, os.replace; cleaned up on failure."""
+"""Atomic file writes (temp file in the same folder, fsync, os.replace; cleaned up on failure),
+and what a failed write means: `storage_error` turns the operating system's or SQLite's
+complaint into the project's StorageError with a reason code (disk full, read-only, ...)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import sqlite3
 import tempfile
 from pathlib import Path
+
+from edge_agent.errors import StorageError
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -31,3 +37,51 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_ERRNO_REASONS = {
+    errno.ENOSPC: "disk-full",
+    errno.EDQUOT: "disk-full",
+    errno.EROFS: "read-only",
+    errno.EPERM: "permission",
+    errno.EACCES: "permission",
+    errno.EIO: "io-error",
+}
+DISK_ERRNOS = frozenset(_ERRNO_REASONS)  # what a disk says when it refuses a write
+# SQLite's primary result codes (the low byte of an extended one)
+_SQLITE_REASONS = {
+    3: "permission",  # SQLITE_PERM
+    8: "read-only",  # SQLITE_READONLY
+    10: "io-error",  # SQLITE_IOERR
+    11: "corrupt",  # SQLITE_CORRUPT
+    13: "disk-full",  # SQLITE_FULL
+    26: "corrupt",  # SQLITE_NOTADB
+}
+
+
+def storage_error(exc: OSError | sqlite3.Error, where: Path) -> StorageError:
+    """What a failed write to `where` means. SQLite says only "unable to open database file"
+    when its folder is read-only or full: then the folder's file system tells which."""
+    if isinstance(exc, OSError):
+        reason = _ERRNO_REASONS.get(exc.errno or 0)
+        detail = exc.strerror or str(exc)
+    else:
+        code = getattr(exc, "sqlite_errorcode", None)
+        reason = _SQLITE_REASONS.get(code & 0xFF) if isinstance(code, int) else None
+        detail = str(exc)
+    return StorageError(reason or _folder_state(where.parent) or "write-failed", str(where), detail)
+
+
+def _folder_state(folder: Path) -> str | None:
+    """ "read-only" or "disk-full" when the file system holding `folder` is so, else None."""
+    for place in (folder, *folder.parents):  # the nearest folder that exists
+        try:
+            fs = os.statvfs(place)
+        except OSError:
+            continue
+        if fs.f_flag & os.ST_RDONLY:
+            return "read-only"
+        if fs.f_bavail == 0 or fs.f_favail == 0:
+            return "disk-full"
+        return None
+    return None

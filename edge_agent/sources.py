@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 import serial
 
 from edge_agent.errors import ConfigError, TransportError
+from edge_agent.guard import run_guarded
 from edge_agent.mqtt_session import Backoff, BrokerAddress, MqttSession
 
 log = logging.getLogger(__name__)
@@ -191,10 +192,18 @@ class _ThreadedSource(_LineSource):
         return self._thread is not None and self._thread.is_alive()
 
     def _run_guarded(self, stop: threading.Event) -> None:
-        try:
+        """A bug, not transport trouble, must not end the source: it is logged once
+        (edge_agent.guard) and the source starts over as start() started it."""
+        first = True
+
+        def run() -> None:
+            nonlocal first
+            if not first:
+                self._before_start()
+            first = False
             self._run(stop)
-        except Exception:  # a bug, not transport trouble: never let it escape the thread
-            log.exception("source %s: reader thread failed", self.name)
+
+        run_guarded(f"source {self.name}", run, stop, pause=1.0)
 
     # hooks for subclasses
     def _before_start(self) -> None:

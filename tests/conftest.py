@@ -1,17 +1,21 @@
-"""Shared fixtures: a private mosquitto per test.
+"""Shared fixtures: a private mosquitto per test, small tmpfs mounts for disk faults.
 
 Broker tests use a real mosquitto. Where none is installed they skip, except when
 EDGEFLEET_REQUIRE_MOSQUITTO=1 (CI sets it): then they fail, so CI never goes green by skipping.
 `broker.restart()` stops mosquitto cleanly (SIGTERM) and starts it again on the same port;
 `broker.kill()` kills it with -9 instead (then `broker.restart()` brings it back).
+Disk-fault tests mount real tmpfs file systems (root only), under the same rule.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -66,3 +70,81 @@ def auth_broker(mosquitto_binary: str, tmp_path: Path) -> Iterator[RunningBroker
         yield running
     finally:
         running.stop()
+
+
+@dataclass
+class Tmpfs:
+    """A small tmpfs mounted at `path`: a disk that fills, frees and goes read-only for real."""
+
+    path: Path
+
+    @property
+    def filler(self) -> Path:
+        return self.path / "filler"
+
+    def fill(self) -> int:
+        """Write a file until the disk is full (ENOSPC); returns the bytes it took."""
+        written = 0
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for chunk in (65536, 4096, 1):
+                with contextlib.suppress(OSError):
+                    while n := os.write(fd, b"\0" * chunk):
+                        written += n
+        finally:
+            os.close(fd)
+        probe = self.path / "probe"
+        with pytest.raises(OSError) as full:  # full indeed: not even one more page
+            probe.write_bytes(b"x" * 4096)
+        assert full.value.errno == errno.ENOSPC, full.value
+        probe.unlink(missing_ok=True)
+        return written
+
+    def free(self) -> None:
+        self.filler.unlink()
+
+    def remount(self, *, read_only: bool) -> None:
+        _mount_cmd(["mount", "-o", "remount," + ("ro" if read_only else "rw"), str(self.path)])
+
+
+def _mount_cmd(argv: list[str]) -> None:
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    if out.returncode != 0:
+        raise OSError(f"{' '.join(argv)}: {out.stderr.strip() or out.returncode}")
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[Callable[[Path, str], Tmpfs]]:
+    """`tmpfs(folder, "4m")` mounts a tmpfs of that size on `folder` (made if missing, what it
+    held is copied in). Every mount is unmounted after the test. Mounting needs root and the
+    mount tool: without them the test skips, or fails when EDGEFLEET_REQUIRE_MOSQUITTO=1 (CI)."""
+    mounted: list[Path] = []
+
+    def mount(folder: Path, size: str) -> Tmpfs:
+        folder.mkdir(parents=True, exist_ok=True)
+        held = folder.with_name(folder.name + ".before-tmpfs")
+        shutil.copytree(folder, held)
+        try:
+            if shutil.which("mount") is None:
+                raise OSError("no mount command on PATH")
+            _mount_cmd(
+                ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(folder)]
+            )
+        except OSError as exc:
+            message = f"cannot mount a tmpfs for a disk-fault test ({exc}); it needs root"
+            if os.environ.get(REQUIRE_MOSQUITTO_ENV) == "1":
+                pytest.fail(f"{REQUIRE_MOSQUITTO_ENV}=1 but {message}", pytrace=False)
+            pytest.skip(f"{message}; set {REQUIRE_MOSQUITTO_ENV}=1 to make this a failure")
+        mounted.append(folder)
+        shutil.copytree(held, folder, dirs_exist_ok=True)
+        shutil.rmtree(held)
+        return Tmpfs(folder)
+
+    try:
+        yield mount
+    finally:
+        for folder in reversed(mounted):
+            try:
+                _mount_cmd(["umount", str(folder)])
+            except OSError:  # still busy (a process that outlived its test): detach it
+                _mount_cmd(["umount", "--lazy", str(folder)])

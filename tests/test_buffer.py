@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edge_agent.buffer import Buffer, Pending
-from edge_agent.errors import TransportError
+from edge_agent.errors import STORAGE_REASONS, StorageError, TransportError
 from edge_agent.protocol.messages import spans_of
 
 
@@ -384,3 +385,116 @@ def _refused(tmp_path: Path, body: str, where: str, expected: str) -> None:
         load_config(path)
     text = str(info.value)
     assert text.startswith(f"{path}: ") and where in text and expected in text, text
+
+
+# ---- a disk that fills or goes read-only (real tmpfs mounts) ---------------------------------
+def _seqs_on_disk(path: Path) -> list[int]:
+    """The seqs the file holds, read by sqlite3 itself rather than through the Buffer."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    try:
+        return [s for (s,) in db.execute("SELECT seq FROM records ORDER BY seq")]
+    finally:
+        db.close()
+
+
+def test_a_full_disk_fails_the_commit_as_itself_and_the_buffer_goes_on(
+    tmp_path: Path, tmpfs: Any
+) -> None:
+    """SQLite rolls a COMMIT that hit a full disk back by itself; a ROLLBACK after it would fail
+    with "no transaction is active" and hide why. The error says the disk is full, nothing of
+    the record was written, its seq is not used up, and once space returns the buffer goes on."""
+    import sqlite3
+
+    disk = tmpfs(tmp_path / "disk", "256k")
+    buf = Buffer(disk.path / "buffer.sqlite", boot=1, max_rows=100_000)
+    kept = [buf.append("telemetry", {"i": i, "pad": "x" * 200}).seq for i in range(5)]
+    disk.fill()
+    with pytest.raises(StorageError) as info:
+        for i in range(5, 10_000):  # free pages inside the files go first
+            kept.append(buf.append("telemetry", {"i": i, "pad": "x" * 200}).seq)
+    err = info.value
+    assert err.reason == "disk-full", err
+    assert "database or disk is full" in str(err) and "rollback" not in str(err).lower()
+    assert isinstance(err.__cause__, sqlite3.OperationalError)
+    assert buf.pending() == len(kept) and buf.usage()["telemetry"][0] == len(kept)
+    with pytest.raises(StorageError):  # and again, the same way, while the disk stays full
+        buf.append("events", {"event": "healthy"})
+    assert buf.pending() == len(kept)
+
+    disk.free()
+    after = buf.append("telemetry", {"i": "after"})
+    assert after.seq == len(kept)  # no gap: the failed appends used no seq
+    assert buf.pending() == len(kept) + 1
+    buf.close()
+    assert _seqs_on_disk(disk.path / "buffer.sqlite") == list(range(len(kept) + 1))
+
+
+def test_a_read_only_disk_keeps_the_buffer_closed_until_it_is_writable(
+    tmp_path: Path, tmpfs: Any
+) -> None:
+    """Two ways a read-only disk shows: no journal files (SQLite cannot open the file at all),
+    and the files a killed agent left (SQLite opens the file read-only, and would stay so after
+    the disk comes back). Both are refused at open, as read-only; both open once it is rw."""
+    import subprocess
+    import sys
+
+    disk = tmpfs(tmp_path / "disk", "1m")
+    clean, crashed = disk.path / "clean.sqlite", disk.path / "crashed.sqlite"
+    Buffer(clean, boot=1).close()
+    leave_wal = (
+        "import os, sys; from pathlib import Path; from edge_agent.buffer import Buffer;"
+        "Buffer(Path(sys.argv[1]), boot=1).append('events', {'event': 'installed'});"
+        "os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", leave_wal, str(crashed)], check=True, timeout=60)
+    assert (disk.path / "crashed.sqlite-wal").exists()
+    disk.remount(read_only=True)
+    for path in (clean, crashed):
+        buf = Buffer(path, None)
+        assert not buf.opened and buf.pending() == 0 and buf.dropped() == {}
+        with pytest.raises(StorageError) as info:
+            buf.open(2)
+        assert info.value.reason == "read-only", info.value
+        assert not buf.opened
+        with pytest.raises(StorageError):
+            buf.append("telemetry", {})
+        buf.close()  # closing a closed buffer is no error
+    disk.remount(read_only=False)
+    for path in (clean, crashed):
+        buf = Buffer(path, None)
+        buf.open(2)
+        assert (buf.append("telemetry", {"n": 1}).boot, buf.appended) == (2, 1)
+        buf.close()
+    assert _seqs_on_disk(crashed) == [0, 0]  # boot 1's event and boot 2's record
+
+
+def test_storage_errors_name_the_reason() -> None:
+    import errno
+    import sqlite3
+
+    from edge_agent.fsutil import storage_error
+
+    where = Path("/nowhere/state/boot")
+    cases = [
+        (OSError(errno.ENOSPC, "No space left on device"), "disk-full"),
+        (OSError(errno.EROFS, "Read-only file system"), "read-only"),
+        (OSError(errno.EPERM, "Operation not permitted"), "permission"),
+        (OSError(errno.EACCES, "Permission denied"), "permission"),
+        (OSError(errno.EIO, "Input/output error"), "io-error"),
+    ]
+    for code, reason in (
+        (13, "disk-full"),
+        (8, "read-only"),
+        (10, "io-error"),
+        (1032, "read-only"),
+    ):
+        exc = sqlite3.OperationalError("what SQLite said")
+        exc.sqlite_errorcode = code  # type: ignore[attr-defined]
+        cases.append((exc, reason))
+    for exc, reason in cases:
+        err = storage_error(exc, where)
+        assert (err.reason, err.where) == (reason, str(where)), exc
+        assert str(err).startswith(f"{STORAGE_REASONS[reason]}: {where}: "), err
+    assert storage_error(OSError(errno.ENOTDIR, "Not a directory"), where).reason == "write-failed"

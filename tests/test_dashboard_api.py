@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_hub.broker import RunningBroker
-from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.messages import ModelRef, StorageCondition
 
 pytestmark = pytest.mark.broker
 V1 = ModelRef("climate", 1)
@@ -169,6 +169,52 @@ def test_metrics_parse_with_the_prometheus_parser(
     psi = "edgefleet_drift_psi"
     assert samples[(psi, (("feature", "humidity"), ("model", "climate")))] == 0.3
     assert samples[(psi, (("feature", "temperature"), ("model", "climate")))] == 0.05
+
+
+def test_a_full_disk_shows_in_the_api_and_the_metrics(
+    dash: HubWithDashboard, fleet: list[SimDevice]
+) -> None:
+    full = StorageCondition(
+        False,
+        "disk full: /var/lib/edgefleet/buffer.sqlite: database or disk is full",
+        1000.0,
+        {"telemetry": 12, "drift": 1},
+        ("disk-full",),
+    )
+    fleet[0].stats = {**fleet[0].stats, "storage": StorageCondition().to_json()}
+    fleet[1].stats = {**fleet[1].stats, "storage": full.to_json()}
+    for d in fleet:
+        d.status()
+    dash.wait(
+        "both statuses",
+        lambda: all("storage" in (d["stats"] or {}) for d in dash.hub.store.devices()),
+    )
+    api = OpenApi(dash.url)
+    _, data = api.check(dash.url, "/api/fleet", "/api/fleet")
+    pi1, pi2 = data["devices"]
+    assert pi1["storage"] == {"ok": True, "error": None, "reasons": [], "since": None, "unkept": {}}
+    assert pi2["storage"] == {
+        "ok": False,
+        "error": full.error,
+        "reasons": ["disk-full"],
+        "since": 1000.0,
+        "unkept": {"telemetry": 12, "drift": 1},
+    }
+    _, one = api.check(dash.url, "/api/devices/{device}", "/api/devices/pi-2")
+    assert one["storage"] == pi2["storage"]
+
+    _, _, body = http(dash.url + "metrics")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    assert samples[("edgefleet_device_storage_ok", (("device", "pi-1"),))] == 1
+    assert samples[("edgefleet_device_storage_ok", (("device", "pi-2"),))] == 0
+    unkept = "edgefleet_device_unkept_records_total"
+    assert samples[(unkept, (("device", "pi-2"), ("kind", "telemetry")))] == 12
+    assert samples[(unkept, (("device", "pi-2"), ("kind", "drift")))] == 1
+    assert not [k for k in samples if k[0] == unkept and ("device", "pi-1") in k[1]]
 
 
 def test_writes_need_the_token_and_follow_the_rollout_state(

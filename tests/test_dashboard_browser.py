@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from cloud_hub import rollout as ro
 from cloud_hub.broker import RunningBroker
-from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.messages import ModelRef, StorageCondition
 
 pytestmark = pytest.mark.broker
 REQUIRE_BROWSER_ENV = "EDGEFLEET_REQUIRE_BROWSER"
@@ -158,4 +159,54 @@ def test_dashboard_asks_for_a_token_and_refuses_a_wrong_one(
     expect(page.locator("#fleet tbody tr")).to_have_count(1, timeout=WAIT_MS)
     expect(page.locator("#error")).to_be_hidden()
     expect(page.locator("#token-form")).to_be_hidden()
+    page.close()
+
+
+def test_a_device_whose_disk_is_full_shows_it_until_it_is_over(
+    browser: Browser, dash: HubWithDashboard, devices: list[SimDevice]
+) -> None:
+    a, b, c = devices
+    full = StorageCondition(
+        False,
+        "disk full: /var/lib/edgefleet/buffer.sqlite: database or disk is full",
+        time.time() - 30,
+        {"telemetry": 14, "drift": 1},
+        ("disk-full",),
+    )
+    a.stats = {**a.stats, "storage": full.to_json()}
+    b.stats = {**b.stats, "storage": StorageCondition().to_json()}
+    for d in devices:
+        d.status()
+    dash.wait("three devices", lambda: len(dash.hub.store.devices()) == 3)
+    page = browser.new_page()
+    page.goto(f"{dash.url}#token={TOKEN}")
+    cell = page.locator(f'#fleet tr[data-device="{a.id}"] td.storage')
+    expect(cell.locator("[data-storage]")).to_have_attribute(
+        "data-storage", "failing", timeout=WAIT_MS
+    )
+    expect(cell).to_have_text("disk full 15 unkept")
+    assert cell.locator(".badge").evaluate("e => getComputedStyle(e).backgroundColor") != (
+        page.locator(f'#fleet tr[data-device="{b.id}"] td.storage .badge').evaluate(
+            "e => getComputedStyle(e).backgroundColor"
+        )
+    )
+    expect(page.locator(f'#fleet tr[data-device="{b.id}"] td.storage')).to_have_text("ok")
+    expect(page.locator(f'#fleet tr[data-device="{c.id}"] td.storage')).to_have_text("–")
+    # the device view (the first device is picked): what failed, since when, what was lost
+    line = page.locator("#device-storage")
+    expect(line).to_have_attribute("data-storage", "failing", timeout=WAIT_MS)
+    expect(line).to_contain_text("storage: disk full: /var/lib/edgefleet/buffer.sqlite")
+    expect(line).to_contain_text("s ago")
+    expect(line).to_contain_text("records it could not keep: 14 telemetry, 1 drift")
+    if os.environ.get("EDGEFLEET_SCREENSHOT"):
+        page.screenshot(path=os.environ["EDGEFLEET_SCREENSHOT"], full_page=True)
+
+    a.stats = {**a.stats, "storage": StorageCondition(True, unkept=full.unkept).to_json()}
+    a.status()  # space came back
+    expect(line).to_have_attribute("data-storage", "ok", timeout=WAIT_MS)
+    expect(line).to_have_text("storage: ok · records it could not keep: 14 telemetry, 1 drift")
+    expect(cell).to_have_text("ok 15 unkept")
+    page.select_option("#device-pick", c.id)
+    expect(line).to_have_text("storage: not reported by this agent", timeout=WAIT_MS)
+    expect(page.locator("#error")).to_be_hidden()
     page.close()

@@ -8,8 +8,14 @@ from test_rollout import Sim
 
 from cloud_hub import rollout as ro
 from cloud_hub.storage import StoredRecord
-from cloud_hub.web_views import drift_map, drift_series, rollout_view, telemetry_point
-from edge_agent.protocol.messages import ModelRef
+from cloud_hub.web_views import (
+    device_row,
+    drift_map,
+    drift_series,
+    rollout_view,
+    telemetry_point,
+)
+from edge_agent.protocol.messages import ModelRef, StorageCondition
 
 
 def row(body: dict[str, Any], state: str = "running") -> dict[str, Any]:
@@ -93,3 +99,21 @@ def test_telemetry_point_checks_every_number() -> None:
         StoredRecord("telemetry", "d", 1, 2, 6.0, {"count": True, "errors": [1], "window_s": "1"})
     )
     assert (bad["count"], bad["throughput_per_s"], bad["errors"]) == (None, None, 0)
+
+
+def test_a_device_row_says_what_the_device_said_of_its_storage() -> None:
+    device = {"id": "d", "online": True, "last_seen": 5.0}
+    full = StorageCondition(
+        False, "disk full: b.sqlite: full", 4.0, {"telemetry": 3}, ("disk-full",)
+    )
+    row = device_row({**device, "stats": {"storage": full.to_json()}}, None, None)
+    assert row["storage"] == {
+        "ok": False,
+        "error": "disk full: b.sqlite: full",
+        "reasons": ["disk-full"],
+        "since": 4.0,
+        "unkept": {"telemetry": 3},
+    }
+    assert device_row({**device, "stats": {}}, None, None)["storage"] is None  # an older agent
+    odd = {"storage": {"ok": "no", "unkept": {"telemetry": -1}}}  # stored before it was checked
+    assert device_row({**device, "stats": odd}, None, None)["storage"] is None

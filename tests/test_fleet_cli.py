@@ -11,7 +11,7 @@ from test_cli import bundle, hub_fails
 
 from cloud_hub import cli as hub_cli
 from cloud_hub.storage import Store, default_url
-from edge_agent.protocol.messages import ModelRef, Status
+from edge_agent.protocol.messages import ModelRef, Status, StorageCondition
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +157,36 @@ def test_devices_bad_arguments(
     home: Path, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str
 ) -> None:
     assert expected in hub_fails(capsys, "--home", str(home), *argv)
+
+
+def test_devices_show_their_storage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What each device last said of its own disk: fine, full since when with the records it
+    could not keep, or nothing (an older agent)."""
+    home = tmp_path / "home"
+    assert hub_cli.main(["--home", str(home), "keys", "init"]) == 0
+    store = Store(default_url(home))
+    full = StorageCondition(
+        False,
+        "disk full: /var/lib/edgefleet/buffer.sqlite: database or disk is full",
+        1_700_000_000.0,
+        {"telemetry": 800, "drift": 12},
+        ("disk-full",),
+    )
+    said = {"pi-1": StorageCondition(True, unkept={"telemetry": 5}), "pi-2": full, "pi-3": None}
+    for device, storage in said.items():
+        stats = {"inferences": 10} | ({"storage": storage.to_json()} if storage else {})
+        store.set_status(Status(device, True, 1, "0.1", "raspberry-pi-4", stats=stats))
+    capsys.readouterr()
+    listed = {d["device"]: d for d in json.loads(run(home, capsys, "devices", "list", "--json"))}
+    assert listed["pi-2"]["storage"] == {
+        "ok": False,
+        "error": full.error,
+        "reasons": ["disk-full"],
+        "since": 1_700_000_000.0,
+        "unkept": {"telemetry": 800, "drift": 12},
+    }
+    assert listed["pi-1"]["storage"]["ok"] is True and listed["pi-3"]["storage"] is None
+    table = run(home, capsys, "devices", "list").split()  # cells wrap at 80 columns
+    assert "disk" in table and "full," in table and "812" in table and "ok," in table
+    shown = " ".join(run(home, capsys, "devices", "show", "pi-2").replace("│", " ").split())
+    assert "storage disk full since 2023-11-14 22:13:20Z, 812 unkept (disk full: /var/lib" in shown

@@ -78,6 +78,7 @@ function renderFleet(fleet) {
         el("td", { class: "p95" }, fmt(d.latency_p95_ms, 3)),
         el("td", { class: "dropped" }, d.dropped),
         el("td", { class: "refused" }, refusedText(d.refused)),
+        el("td", { class: "storage" }, storageCell(d.storage)),
         el("td", { class: "drift" }, d.drift_status ? badge(d.drift_status) : "–", " ", d.drift_max_psi === null ? "" : fmt(d.drift_max_psi)),
       ),
     ),
@@ -96,6 +97,29 @@ document.getElementById("device-pick").addEventListener("change", (ev) => pickDe
 function pickDevice(id) {
   state.device = id;
   poll();
+}
+
+// ---- a device's own storage: a full or read-only disk, and the records it could not keep -----
+const REASONS = { "disk-full": "disk full", "read-only": "read-only", permission: "permission denied", "io-error": "I/O error", corrupt: "corrupt database" };
+const unkeptOf = (s) => Object.values(s.unkept).reduce((a, b) => a + b, 0);
+
+function storageCell(s) {
+  if (!s) return "–";
+  const lost = unkeptOf(s);
+  const what = s.ok ? "ok" : s.reasons.map((r) => REASONS[r] ?? r).join(", ") || "failing";
+  return el("span", { title: s.error ?? "" }, el("span", { class: "badge state-" + (s.ok ? "ok" : "alert"), "data-storage": s.ok ? "ok" : "failing" }, what), lost ? ` ${lost} unkept` : "");
+}
+
+function renderDeviceStorage(fleet) {
+  const box = document.getElementById("device-storage");
+  const s = (fleet.devices.find((d) => d.id === state.device) ?? {}).storage;
+  box.className = "storage" + (s && !s.ok ? " error" : " muted");
+  box.dataset.storage = !s ? "unknown" : s.ok ? "ok" : "failing";
+  if (!s) return (box.textContent = state.device ? "storage: not reported by this agent" : "");
+  const lost = Object.entries(s.unkept).filter(([, n]) => n).map(([kind, n]) => `${n} ${kind}`);
+  box.textContent =
+    (s.ok ? "storage: ok" : `storage: ${s.error} (since ${ago(s.since, fleet.now)})`) +
+    (lost.length ? ` · records it could not keep: ${lost.join(", ")}` : "");
 }
 
 // ---- rollouts -------------------------------------------------------------------------------
@@ -258,6 +282,7 @@ async function poll() {
   try {
     const [fleet, rollouts, drift] = await Promise.all([api("/api/fleet"), api("/api/rollouts"), api("/api/drift")]);
     renderFleet(fleet);
+    renderDeviceStorage(fleet);
     renderRollouts(rollouts);
     renderDrift(drift);
     await renderDevice();

@@ -11,7 +11,7 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
@@ -179,10 +179,60 @@ class Status:
         }
 
 
+@dataclass(frozen=True)
+class StorageCondition:
+    """What a device says of its own storage: `stats["storage"]` of its status (published
+    directly, so the hub hears it while nothing can be buffered) and `storage` in its telemetry
+    records once they can be kept again. `ok` is False while its state folder or buffer refuses
+    writes: `error` says what, `reasons` the codes of why (edge_agent.errors.STORAGE_REASONS:
+    "disk-full", "read-only", ...), `since` when it began (epoch seconds). `unkept` counts, per
+    kind of record, what the device inferred but could not keep since it started."""
+
+    ok: bool = True
+    error: str | None = None
+    since: float | None = None
+    unkept: Mapping[str, int] = field(default_factory=dict)
+    reasons: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "error": self.error,
+            "reasons": list(self.reasons),
+            "since": self.since,
+            "unkept": dict(self.unkept),
+        }
+
+    @classmethod
+    def from_json(cls, obj: object, where: str) -> StorageCondition:
+        if not isinstance(obj, dict):
+            raise MessageError(f"{where}: expected an object, got {_type_name(obj)}")
+        error = obj.get("error")
+        if error is not None and not isinstance(error, str):
+            raise MessageError(f"{where}.error: expected string or null, got {_type_name(error)}")
+        since = obj.get("since")
+        if since is not None:
+            since = _finite(field_of(obj, "since", (int, float), where), f"{where}.since")
+        unkept = field_of(obj, "unkept", dict, where) if "unkept" in obj else {}
+        for kind in unkept:
+            _count(field_of(unkept, kind, int, f"{where}.unkept"), f"{where}.unkept.{kind}")
+        reasons = field_of(obj, "reasons", list, where) if "reasons" in obj else []
+        for i, reason in enumerate(reasons):
+            if not isinstance(reason, str):
+                raise MessageError(
+                    f"{where}.reasons[{i}]: expected string, got {_type_name(reason)}"
+                )
+        ok = field_of(obj, "ok", bool, where)
+        return cls(ok, error, since, dict(unkept), tuple(reasons))
+
+
 def decode_status(payload: bytes) -> Status:
     where = "status"
     obj = load_json(payload, where)
     model = obj.get("model")
+    stats = field_of(obj, "stats", dict, where) if "stats" in obj else {}
+    if "storage" in stats:  # the part of stats with a schema of its own
+        StorageCondition.from_json(stats["storage"], f"{where}.stats.storage")
     return Status(
         device=check_device_id(field_of(obj, "device", str, where), f"{where}.device"),
         online=field_of(obj, "online", bool, where),
@@ -190,7 +240,7 @@ def decode_status(payload: bytes) -> Status:
         agent_version=str(obj.get("agent_version", "")),
         profile=str(obj.get("profile", "")),
         model=ModelRef.from_json(model, f"{where}.model") if model is not None else None,
-        stats=field_of(obj, "stats", dict, where) if "stats" in obj else {},
+        stats=stats,
         ts=_finite(field_of(obj, "ts", (int, float), where), f"{where}.ts") if "ts" in obj else 0.0,
     )
 
