@@ -264,14 +264,17 @@ class SimFleet:
         return out
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop feeding, then let every agent finish its batch, drain its buffer and say
-        goodbye (in parallel: each agent's own main loop does it)."""
+        """Stop feeding, wait (within `timeout`) until the hub has confirmed every record the
+        agents hold, then let every agent finish its batch and say goodbye (in parallel: each
+        agent's own main loop does it). A record still unconfirmed then stays in its buffer."""
         self._stop.set()
+        deadline = time.monotonic() + timeout
         if self._feeder.is_alive():
             self._feeder.join(timeout)
+        while time.monotonic() < deadline and not all(d.agent.sender.idle() for d in self.devices):
+            self._stop.wait(0.2)  # the senders' own pace: a probe, a resend, a confirmation
         for d in self.devices:
             d.agent.stop_event.set()
-        deadline = time.monotonic() + timeout
         for d in self.devices:
             d.thread.join(max(0.1, deadline - time.monotonic()))
 
@@ -452,7 +455,7 @@ class Simulation:
     def finish(self, ingest_timeout: float = 60.0) -> dict[str, Any]:
         """Stop the fleet (each agent drains its buffer), wait for the hub to store what the
         devices accepted, and compare per device: exactly once means equal counts."""
-        self.fleet.stop()
+        self.fleet.stop(ingest_timeout)
         accepted = {d.id: d.accepted() for d in self.fleet.devices}
         deadline = time.monotonic() + ingest_timeout
         while True:

@@ -9,7 +9,10 @@ The network thread is the session's own, not paho's (`loop_start` is never calle
 until `stop()`: wait out the backoff, open the connection (`Client.reconnect`, which also sends
 CONNECT), then drive paho's `Client.loop` on that socket until the link drops. The first attempt
 after `start()` is immediate; every later one waits a delay drawn from a `Backoff` (a random time
-under a ceiling that doubles from 1 s up to 60 s); a successful CONNACK resets the ceiling.
+under a ceiling that doubles from 1 s up to 10 s); a successful CONNACK resets the ceiling.
+Why 10 s: a device must be back within seconds of its broker's return (DESIGN.md, promise 3),
+and full jitter under 10 s still spreads a fleet of 2,000 over 10 s, 200 connections a second,
+which one mosquitto takes in its stride. A longer ceiling spares nothing but keeps devices away.
 A connection refused, a broker that closes the socket before its CONNACK, and a CONNACK that
 refuses (bad credentials, not authorised) are all failed attempts: each one backs off.
 
@@ -92,7 +95,7 @@ class Backoff:
     """
 
     initial: float = 1.0
-    maximum: float = 60.0
+    maximum: float = 10.0
     factor: float = 2.0
     jitter: str = "full"
     rng: random.Random = field(default_factory=random.Random, repr=False)
