@@ -183,6 +183,11 @@ def decode_status(payload: bytes) -> Status:
     where = "status"
     obj = load_json(payload, where)
     model = obj.get("model")
+    stats = field_of(obj, "stats", dict, where) if "stats" in obj else {}
+    if "inputs" in stats:
+        from edge_agent.protocol.inputs import decode_inputs  # it builds on this module
+
+        decode_inputs(stats["inputs"], f"{where}.stats.inputs")
     return Status(
         device=check_device_id(field_of(obj, "device", str, where), f"{where}.device"),
         online=field_of(obj, "online", bool, where),
@@ -190,7 +195,7 @@ def decode_status(payload: bytes) -> Status:
         agent_version=str(obj.get("agent_version", "")),
         profile=str(obj.get("profile", "")),
         model=ModelRef.from_json(model, f"{where}.model") if model is not None else None,
-        stats=field_of(obj, "stats", dict, where) if "stats" in obj else {},
+        stats=stats,
         ts=_finite(field_of(obj, "ts", (int, float), where), f"{where}.ts") if "ts" in obj else 0.0,
     )
 
