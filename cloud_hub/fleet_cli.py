@@ -18,6 +18,7 @@ from rich.table import Table
 
 from cloud_hub.cli_output import console, emit, say, when
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.inputs import inputs_of
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 COLUMNS = [
@@ -29,6 +30,7 @@ COLUMNS = [
     "tags",
     "inferences",
     "refused",
+    "input",
     "last_seen",
 ]
 
@@ -42,6 +44,8 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def _row(d: dict[str, Any]) -> dict[str, Any]:
+    from cloud_hub.web_views import input_view
+
     stats = d["stats"] or {}
     return {
         "device": d["id"],
@@ -52,6 +56,7 @@ def _row(d: dict[str, Any]) -> dict[str, Any]:
         "tags": ",".join(d["tags"] or []),
         "inferences": stats.get("inferences", 0),
         "refused": refused_text(d.get("refused") or {}),
+        **input_view(d),  # "input": the phrase; "inputs": each source, in --json
         "last_seen": when(d["last_seen"]),
     }
 
@@ -133,8 +138,14 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
     table = Table(title=f"device {d['id']}", show_header=False)
     since = f" (since {when(d['online_since'])})" if d["online"] else ""
     ago = f", {time.time() - d['last_seen']:.0f} s ago" if d["last_seen"] else ""
-    fields = {
-        **{k: str(v) for k, v in _row(d).items() if k != "device"},
+    fields: dict[str, str] = {}
+    for key, value in _row(d).items():
+        if key == "inputs":  # one line per source, after the phrase
+            states = inputs_of(d["stats"] or {}) or ()
+            fields.update({f"input {state.name}": state.detail() for state in states})
+        elif key != "device":
+            fields[key] = str(value)
+    fields |= {
         "online": f"{'yes' if d['online'] else 'no'}{since}",
         "last_seen": f"{when(d['last_seen'])}{ago}",
         "boot": str(d["boot"]),

@@ -4,6 +4,7 @@ every hub process and a restarted hub report the same numbers)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -11,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from cloud_hub import web_views as views
 from cloud_hub.storage import Store
+from edge_agent.protocol.inputs import inputs_of
 
 
 class StoreCollector(Collector):
@@ -53,6 +55,7 @@ class StoreCollector(Collector):
             for kind, n in sorted(views.counts(views.mapping(d["stats"]).get("dropped")).items()):
                 dropped.add_metric([d["id"], kind], n)
         yield dropped
+        yield from _inputs(devices)
 
         refused = CounterMetricFamily(
             "edgefleet_hub_refused",
@@ -80,6 +83,45 @@ class StoreCollector(Collector):
         for (model, feature), value in sorted(worst.items()):
             psi.add_metric([model, feature], value)
         yield psi
+
+
+def _inputs(devices: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Each device's inputs, per source, as its last status told. The gauges only for devices
+    online now: an offline device's idle time stopped when it went away."""
+    labels = ["device", "input"]
+    lost = CounterMetricFamily(
+        "edgefleet_device_input_lost",
+        "Times an input's serial port went away since the agent started",
+        labels=labels,
+    )
+    reopened = CounterMetricFamily(
+        "edgefleet_device_input_reopened",
+        "Times an input's serial port came back since the agent started",
+        labels=labels,
+    )
+    is_open = GaugeMetricFamily(
+        "edgefleet_device_input_open", "1 while an input is open (online devices)", labels=labels
+    )
+    idle = GaugeMetricFamily(
+        "edgefleet_device_input_idle_seconds",
+        "Seconds since an input's last line (online devices)",
+        labels=labels,
+    )
+    quiet = GaugeMetricFamily(
+        "edgefleet_device_no_input",
+        "1 while an online device's input is idle past its telemetry.no_input_s",
+        labels=labels,
+    )
+    for d in devices:
+        for state in inputs_of(views.mapping(d["stats"])) or ():
+            key = [d["id"], state.name]
+            lost.add_metric(key, state.lost)
+            reopened.add_metric(key, state.reopened)
+            if d["online"]:
+                is_open.add_metric(key, int(state.open))
+                idle.add_metric(key, state.idle_s)
+                quiet.add_metric(key, int(state.no_input))
+    yield from (lost, reopened, is_open, idle, quiet)
 
 
 def registry_for(store: Store) -> CollectorRegistry:

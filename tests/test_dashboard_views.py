@@ -8,7 +8,13 @@ from test_rollout import Sim
 
 from cloud_hub import rollout as ro
 from cloud_hub.storage import StoredRecord
-from cloud_hub.web_views import drift_map, drift_series, rollout_view, telemetry_point
+from cloud_hub.web_views import (
+    device_row,
+    drift_map,
+    drift_series,
+    rollout_view,
+    telemetry_point,
+)
 from edge_agent.protocol.messages import ModelRef
 
 
@@ -93,3 +99,22 @@ def test_telemetry_point_checks_every_number() -> None:
         StoredRecord("telemetry", "d", 1, 2, 6.0, {"count": True, "errors": [1], "window_s": "1"})
     )
     assert (bad["count"], bad["throughput_per_s"], bad["errors"]) == (None, None, 0)
+
+
+def test_device_row_tells_the_inputs_condition() -> None:
+    port = {"name": "serial:/dev/ttyUSB0", "open": False, "lost": 3, "reopened": 2}
+    quiet = {**port, "idle_s": 75.4, "no_input": True}
+
+    def view(online: bool, inputs: object) -> dict[str, Any]:
+        return device_row({"id": "d", "online": online, "stats": {"inputs": inputs}}, None, None)
+
+    flagged = view(True, [quiet])
+    assert flagged["input"] == "no input 75s, port lost x3"
+    assert flagged["inputs"] == [quiet]
+    assert view(False, [quiet])["input"] == "port lost x3"  # offline: its idle time stopped
+    fine = {**quiet, "open": True, "lost": 0, "reopened": 0, "idle_s": 0.3, "no_input": False}
+    assert view(True, [fine])["input"] == "ok"
+    assert view(True, [])["input"] == "-"  # no inputs configured
+    assert device_row({"id": "d", "stats": {}}, None, None)["input"] == "-"  # an older agent
+    bad = view(True, [{**quiet, "lost": "many"}])  # stored before the hub checked it
+    assert (bad["input"], bad["inputs"]) == ("unreadable", [])
