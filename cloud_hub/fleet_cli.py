@@ -33,6 +33,8 @@ COLUMNS = [
     "input",
     "last_seen",
 ]
+# left out of the table (never out of --json) while no listed device has anything there but "-"
+QUIET_COLUMNS = ("refused", "input")
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -117,7 +119,8 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
         if model and model not in (d["model"], running):
             continue
         rows.append(_row(d))
-    emit(args, rows, "devices", COLUMNS)
+    shown = [c for c in COLUMNS if c not in QUIET_COLUMNS or any(r[c] != "-" for r in rows)]
+    emit(args, rows, "devices", shown)
     return 0
 
 

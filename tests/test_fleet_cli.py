@@ -97,6 +97,8 @@ def test_devices_show_their_inputs(
     table = run(home, capsys, "devices", "list", "--online").splitlines()
     assert "│ input " in table[2].replace("┃", "│")
     assert "│ no input 75s, port lost x3 │" in next(line for line in table if "pi-1" in line)
+    quiet = run(home, capsys, "devices", "list", "--group", "nobody-here").splitlines()
+    assert "device" in quiet[2] and "input" not in quiet[2]  # nothing to say: no column
     shown = run(home, capsys, "devices", "show", "pi-1")
     assert "serial:/dev/ttyUSB0 │ closed, idle 75 s, lost 3, reopened 0" in shown
 
