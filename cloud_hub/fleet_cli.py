@@ -18,6 +18,7 @@ from rich.table import Table
 
 from cloud_hub.cli_output import console, emit, say, when
 from edge_agent.errors import STORAGE_REASONS, ConfigError
+from edge_agent.protocol.inputs import inputs_of
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 COLUMNS = [
@@ -30,8 +31,12 @@ COLUMNS = [
     "inferences",
     "refused",
     "storage",
+    "input",
     "last_seen",
 ]
+# left out of the table (never out of --json) while every listed device is fine there ("-", "ok")
+QUIET_COLUMNS = ("refused", "storage", "input")
+FINE = ("-", "ok")
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -43,7 +48,7 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def _row(d: dict[str, Any]) -> dict[str, Any]:
-    from cloud_hub.web_views import device_storage  # the store's stack, only when reading it
+    from cloud_hub.web_views import device_storage, input_view  # the store's stack, when read
 
     stats = d["stats"] or {}
     return {
@@ -56,6 +61,7 @@ def _row(d: dict[str, Any]) -> dict[str, Any]:
         "inferences": stats.get("inferences", 0),
         "refused": refused_text(d.get("refused") or {}),
         "storage": device_storage(stats),
+        **input_view(d),  # "input": the phrase; "inputs": each source, in --json
         "last_seen": when(d["last_seen"]),
     }
 
@@ -135,7 +141,12 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
         if model and model not in (d["model"], running):
             continue
         rows.append(_row(d))
-    emit(args, rows if args.json else [_for_table(r) for r in rows], "devices", COLUMNS)
+    if args.json:
+        emit(args, rows, "devices", COLUMNS)
+        return 0
+    cells = [_for_table(r) for r in rows]
+    shown = [c for c in COLUMNS if c not in QUIET_COLUMNS or any(r[c] not in FINE for r in cells)]
+    emit(args, cells, "devices", shown)
     return 0
 
 
@@ -156,8 +167,14 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
     table = Table(title=f"device {d['id']}", show_header=False)
     since = f" (since {when(d['online_since'])})" if d["online"] else ""
     ago = f", {time.time() - d['last_seen']:.0f} s ago" if d["last_seen"] else ""
-    fields = {
-        **{k: str(v) for k, v in _for_table(_row(d), detail=True).items() if k != "device"},
+    fields: dict[str, str] = {}
+    for key, value in _for_table(_row(d), detail=True).items():
+        if key == "inputs":  # one line per source, after the phrase
+            states = inputs_of(d["stats"] or {}) or ()
+            fields.update({f"input {state.name}": state.detail() for state in states})
+        elif key != "device":
+            fields[key] = str(value)
+    fields |= {
         "online": f"{'yes' if d['online'] else 'no'}{since}",
         "last_seen": f"{when(d['last_seen'])}{ago}",
         "boot": str(d["boot"]),

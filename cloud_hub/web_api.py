@@ -55,6 +55,15 @@ class StorageOut(BaseModel):
     )
 
 
+class InputOut(BaseModel):
+    name: str
+    open: bool
+    lost: int = Field(description="times its serial port went away since the agent started")
+    reopened: int
+    idle_s: float = Field(description="seconds since its last line (or since it started)")
+    no_input: bool = Field(description="idle past the device's telemetry.no_input_s")
+
+
 class DeviceOut(BaseModel):
     id: str
     status: Literal["online", "offline", "never seen"]
@@ -72,6 +81,11 @@ class DeviceOut(BaseModel):
         "rate), quota (records past its storage quota); the device keeps and resends them"
     )
     buffered: int
+    input: str = Field(
+        description='its inputs in a phrase: "ok", "no input 75s", "input closed", '
+        '"port lost x3", some of these, "-" (none configured) or "unreadable"'
+    )
+    inputs: list[InputOut] = Field(description="each input as the last status told")
     latency_p95_ms: float | None = Field(description="from the newest telemetry window")
     drift_status: str | None
     drift_max_psi: float | None

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from cloud_hub import web_views as views
 from cloud_hub.storage import Store
+from edge_agent.protocol.inputs import inputs_of
 
 
 class StoreCollector(Collector):
@@ -55,6 +56,7 @@ class StoreCollector(Collector):
                 dropped.add_metric([d["id"], kind], n)
         yield dropped
         yield from storage_metrics(devices)
+        yield from _inputs(devices)
 
         refused = CounterMetricFamily(
             "edgefleet_hub_refused",
@@ -108,6 +110,45 @@ def storage_metrics(devices: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
             unkept.add_metric([d["id"], kind], n)
     yield ok
     yield unkept
+
+
+def _inputs(devices: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Each device's inputs, per source, as its last status told. The gauges only for devices
+    online now: an offline device's idle time stopped when it went away."""
+    labels = ["device", "input"]
+    lost = CounterMetricFamily(
+        "edgefleet_device_input_lost",
+        "Times an input's serial port went away since the agent started",
+        labels=labels,
+    )
+    reopened = CounterMetricFamily(
+        "edgefleet_device_input_reopened",
+        "Times an input's serial port came back since the agent started",
+        labels=labels,
+    )
+    is_open = GaugeMetricFamily(
+        "edgefleet_device_input_open", "1 while an input is open (online devices)", labels=labels
+    )
+    idle = GaugeMetricFamily(
+        "edgefleet_device_input_idle_seconds",
+        "Seconds since an input's last line (online devices)",
+        labels=labels,
+    )
+    quiet = GaugeMetricFamily(
+        "edgefleet_device_no_input",
+        "1 while an online device's input is idle past its telemetry.no_input_s",
+        labels=labels,
+    )
+    for d in devices:
+        for state in inputs_of(views.mapping(d["stats"])) or ():
+            key = [d["id"], state.name]
+            lost.add_metric(key, state.lost)
+            reopened.add_metric(key, state.reopened)
+            if d["online"]:
+                is_open.add_metric(key, int(state.open))
+                idle.add_metric(key, state.idle_s)
+                quiet.add_metric(key, int(state.no_input))
+    yield from (lost, reopened, is_open, idle, quiet)
 
 
 def registry_for(store: Store) -> CollectorRegistry:

@@ -13,6 +13,7 @@ from typing import Any
 
 from cloud_hub.storage import StoredRecord
 from edge_agent.errors import MessageError
+from edge_agent.protocol.inputs import describe, inputs_of
 from edge_agent.protocol.messages import StorageCondition
 
 # The device side's defaults (firmware_configs/base.toml [drift]); a cell is coloured by these.
@@ -62,6 +63,18 @@ def level(psi: float, warn: float = PSI_WARN, alert: float = PSI_ALERT) -> str:
 
 
 # ---- fleet ----------------------------------------------------------------------------------
+def input_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A device's inputs: the phrase for people ("ok", "no input 75s", "port lost x3") and each
+    source as the device reported it."""
+    states = inputs_of(mapping(row.get("stats")))
+    if states is None:
+        return {"input": "unreadable", "inputs": []}
+    return {
+        "input": describe(states, online=bool(row.get("online"))),
+        "inputs": [s.to_json() for s in states],
+    }
+
+
 def device_row(
     row: Mapping[str, Any], telemetry: StoredRecord | None, drift: StoredRecord | None
 ) -> dict[str, Any]:
@@ -84,6 +97,7 @@ def device_row(
         "dropped": sum(counts(stats.get("dropped")).values()),
         "refused": counts(row.get("refused")),
         "buffered": count(stats.get("buffered")),
+        **input_view(row),
         "latency_p95_ms": number(latency.get("p95")),
         "drift_status": text(drift_body.get("status")),
         "drift_max_psi": number(drift_body.get("max_psi")),

@@ -35,6 +35,7 @@ from edge_agent.guard import Failures, run_guarded
 from edge_agent.model_store import ModelStore
 from edge_agent.mqtt_session import BrokerAddress, MqttSession
 from edge_agent.pipeline import ActiveModel, Pipeline
+from edge_agent.protocol.inputs import InputState, window_field
 from edge_agent.protocol.messages import (
     Command,
     ModelRef,
@@ -141,9 +142,7 @@ class Agent:
         self.resources = ResourceMeter(time.monotonic())
         self.pipeline = Pipeline(
             on_drift=lambda r: self._record("drift", r),
-            on_window=lambda r: self._record(
-                "telemetry", {**r, "resources": self.resources.read(time.monotonic())}
-            ),
+            on_window=self._window,
             on_result=self.results,
             on_shadow_report=self._shadow_report,
         )
@@ -174,6 +173,7 @@ class Agent:
         self.lines: queue.Queue[tuple[str, bytes]] = queue.Queue(cfg.get("pipeline", "queue_max"))
         self.commands: queue.Queue[Command] = queue.Queue()
         self.sources: list[Source] = []
+        self._quiet: set[str] = set()  # inputs flagged "no input", to log each change once
         self.bad_messages = 0
         self._updater_thread: threading.Thread | None = None
         self._sender_thread: threading.Thread | None = None
@@ -193,6 +193,12 @@ class Agent:
             if not self.health.clean:  # and what the disk cost, once records are kept again
                 body = {**body, "storage": self.health.condition().to_json()}
         self._keep(kind, body)
+
+    def _window(self, record: dict[str, Any]) -> None:
+        body = {**record, "resources": self.resources.read(time.monotonic())}
+        if self.sources:
+            body["inputs"] = window_field(self.inputs())
+        self._record("telemetry", body)
 
     def _raw_sample(self, body: dict[str, Any]) -> None:
         self._keep("telemetry", body)  # a record of its own (edge_agent.sampling)
@@ -346,6 +352,19 @@ class Agent:
         return put
 
     # ---- status ----------------------------------------------------------------------------
+    def inputs(self) -> list[InputState]:
+        """Each source's condition now (edge_agent.protocol.inputs); the log says once when an
+        input goes quiet past telemetry.no_input_s, and once when its lines come back."""
+        limit = self.cfg.get("telemetry", "no_input_s")
+        states = [InputState.of(s.name, s.stats(), limit) for s in self.sources]
+        quiet = {s.name for s in states if s.no_input}
+        for name in sorted(quiet - self._quiet):
+            log.warning("input %s: no line for %g s or more", name, limit)
+        for name in sorted(self._quiet - quiet):
+            log.info("input %s: lines again", name)
+        self._quiet = quiet
+        return states
+
     def status(self) -> Status:
         active = self.pipeline.active
         stats = self.pipeline.stats.snapshot()
@@ -355,6 +374,7 @@ class Agent:
             dropped=self.buffer.dropped(),
             bad_messages=self.bad_messages,
             storage=self.health.condition().to_json(),
+            inputs=[state.to_json() for state in self.inputs()],
         )
         return Status(
             device=self.cfg.device_id,

@@ -20,6 +20,7 @@ from typing import Any
 
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError, EdgefleetError, MessageError, TransportError
+from edge_agent.protocol.inputs import describe, inputs_of
 from edge_agent.service_unit import DEFAULT_UNIT_PATH
 
 
@@ -119,6 +120,10 @@ def status_rows(status: dict[str, Any], heartbeat_s: float, now: float) -> list[
         ("dropped", _counts(stats.get("dropped"))),
         ("bad messages", str(stats.get("bad_messages", 0))),
     ]
+    inputs = inputs_of(stats)
+    online = bool(status.get("online"))
+    rows.append(("inputs", "unreadable" if inputs is None else describe(inputs, online)))
+    rows += [(f"  {i.name}", i.detail()) for i in inputs or ()]
     return rows
 
 

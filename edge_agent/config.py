@@ -36,6 +36,7 @@ PROFILE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "status_interval_s": Number,
         "drain_rate": Number,
         "raw_sample_rate": Number,
+        "no_input_s": Number,
     },
     "buffer": {"max_rows": int, "max_bytes": int, "caps": dict},
     "drift": {
@@ -78,6 +79,9 @@ def _zero_or_positive(v: Any) -> str | None:
 VALUE_RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("drift", "window_s"): _zero_or_positive,
     ("telemetry", "drain_rate"): _zero_or_positive,
+    ("telemetry", "no_input_s"): lambda v: (
+        None if 0 <= v < math.inf else "0 (off) or a number of seconds above 0, like 60"
+    ),
     ("telemetry", "raw_sample_rate"): lambda v: (
         None if 0 <= v <= 1 else "a probability from 0 (off) to 1 (every row)"
     ),

@@ -10,7 +10,8 @@ Sources never raise out of their thread. Transport trouble (a port that cannot b
 adapter pulled out, a broker gone) is turned into `TransportError`, recorded on the source
 (`open_error`, `error`), reported to an optional status callback and counted in `stats()`; the
 serial source then keeps trying to reopen its port, and the MQTT source to reconnect, until
-stopped.
+stopped. `stats()` also tells the input's condition: open or not, seconds since its last line,
+and how often a serial port was lost and reopened (what the agent reports as `inputs`).
 
 A line longer than ``max_line_bytes`` is cut: its first ``max_line_bytes + 1`` bytes are
 delivered (so a parser with the same limit rejects it as "garbage" and counts it) and the rest,
@@ -70,6 +71,9 @@ class Source(Protocol):
     def stop(self) -> None:
         """Stop delivering lines; returns promptly."""
 
+    def stats(self, now: float | None = None) -> dict[str, int | float | bool]:
+        """Counters, and the input's condition: open, idle_s, lost, reopened."""
+
 
 class LineSplitter:
     """Cuts a byte stream into lines. Pure: bytes in, complete lines out."""
@@ -117,19 +121,45 @@ def _trim_cr(line: bytes) -> bytes:
 
 
 class _LineSource:
-    """What every source shares: a name, the line limit, delivery to on_line, counters."""
+    """What every source shares: a name, the line limit, delivery to on_line, counters, and
+    when the last line came."""
 
     def __init__(self, name: str, max_line_bytes: int, where: str) -> None:
         self.name = name
         self._max_line_bytes = _positive_int(where, "max_line_bytes", max_line_bytes)
         self._on_line: OnLine | None = None
         self._stats_lock = threading.Lock()
-        self._stats: dict[str, int] = {"lines": 0, "oversize": 0, "callback-errors": 0}
+        self._stats: dict[str, int] = {
+            "lines": 0,
+            "oversize": 0,
+            "callback-errors": 0,
+            "lost": 0,
+            "reopened": 0,
+        }
+        self._last_input = time.monotonic()  # the last line, else the start
 
-    def stats(self) -> dict[str, int]:
-        """Counters since construction (lines delivered, oversize lines, ...)."""
+    def stats(self, now: float | None = None) -> dict[str, int | float | bool]:
+        """Counters since construction (lines delivered, oversize lines, ...) and the input's
+        condition at `now` (time.monotonic()): `open` (its port, file or connection is open),
+        `idle_s` (seconds since the last line, or since start() if none came), `lost` and
+        `reopened` (times a serial port went away and came back; 0 for the other sources,
+        whose own counters tell of their connection)."""
+        now = time.monotonic() if now is None else now
         with self._stats_lock:
-            return dict(self._stats)
+            out: dict[str, int | float | bool] = dict(self._stats)
+            idle = now - self._last_input
+        out.update(open=self._input_open(), idle_s=round(max(0.0, idle), 1))
+        return out
+
+    def _input_open(self) -> bool:
+        """Whether lines can arrive now; each kind of source says what that means."""
+        raise NotImplementedError  # pragma: no cover - every source overrides it
+
+    def _begin(self, on_line: OnLine) -> None:
+        """start()'s first step: where lines go, and the idle clock starts."""
+        self._on_line = on_line
+        with self._stats_lock:
+            self._last_input = time.monotonic()
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._stats_lock:
@@ -139,7 +169,9 @@ class _LineSource:
         on_line = self._on_line
         if on_line is None:  # pragma: no cover - start() always sets it
             return
-        self._count("lines")
+        with self._stats_lock:
+            self._stats["lines"] += 1
+            self._last_input = time.monotonic()
         try:
             on_line(line)
         except Exception:
@@ -166,7 +198,7 @@ class _ThreadedSource(_LineSource):
         if self._thread is not None and self._thread.is_alive():
             raise RuntimeError(f"source {self.name!r} is already running")
         self._stop_event = threading.Event()
-        self._on_line = on_line
+        self._begin(on_line)
         self._before_start()
         self._thread = threading.Thread(
             target=self._run_guarded,
@@ -219,10 +251,10 @@ class _ThreadedSource(_LineSource):
 class SerialSource(_ThreadedSource):
     """Lines from a serial port, surviving the port going away and coming back.
 
-    When the port vanishes (a USB adapter unplugged), the source closes it, counts a
-    "port-lost", waits `reopen_delay` seconds and tries again until the port is back or the
-    source is stopped. `on_status(event, error)` is told "opened", "open-failed", "port-lost"
-    and "closed" (from the reader thread; keep it quick).
+    When the port vanishes (a USB adapter unplugged), the source closes it, counts it `lost`,
+    waits `reopen_delay` seconds and tries again until the port is back (counted `reopened`)
+    or the source is stopped. `on_status(event, error)` is told "opened", "open-failed",
+    "port-lost" and "closed" (from the reader thread; keep it quick).
 
     Framing: `parity` is none/even/odd/mark/space (or pyserial's N/E/O/M/S), `bytesize` 5-8
     data bits, `stopbits` 1, 1.5 or 2.
@@ -257,7 +289,8 @@ class SerialSource(_ThreadedSource):
         self._serial: serial.Serial | None = None
         self._serial_lock = threading.Lock()
         self._open_error: TransportError | None = None
-        self._stats.update({"opened": 0, "open-failed": 0, "port-lost": 0})
+        self._lost_since_open = False  # the reader thread's: the next open is a reopen
+        self._stats.update({"opened": 0, "open-failed": 0})
 
     @property
     def open_error(self) -> TransportError | None:
@@ -267,6 +300,9 @@ class SerialSource(_ThreadedSource):
     @property
     def is_open(self) -> bool:
         return self._serial is not None
+
+    def _input_open(self) -> bool:
+        return self.is_open
 
     def _run(self, stop: threading.Event) -> None:
         failing = False  # log the first of a run of failed opens, not every retry
@@ -299,6 +335,9 @@ class SerialSource(_ThreadedSource):
             self._serial = port
         self._open_error = None
         self._count("opened")
+        if self._lost_since_open:
+            self._lost_since_open = False
+            self._count("reopened")
         log.info("source %s: port open", self.name)
         self._status("opened", None)
         return port
@@ -321,7 +360,8 @@ class SerialSource(_ThreadedSource):
 
     def _lost(self, exc: Exception) -> None:
         self._open_error = _transport_error(f"serial port {self.port!r}: lost", exc)
-        self._count("port-lost")
+        self._count("lost")
+        self._lost_since_open = True
         expected = isinstance(exc, serial.SerialException | OSError)
         log.warning("source %s: %s", self.name, self._open_error, exc_info=not expected)
         self._status("port-lost", self._open_error)
@@ -379,6 +419,9 @@ class FileSource(_ThreadedSource):
         self.error: TransportError | None = None
         self._fd: int | None = None
         self._owns_fd = False
+
+    def _input_open(self) -> bool:
+        return self.running and not self.finished.is_set()
 
     def _before_start(self) -> None:
         self.finished.clear()
@@ -514,11 +557,14 @@ class MqttSource(_LineSource):
     def running(self) -> bool:
         return self._session is not None
 
+    def _input_open(self) -> bool:
+        return self.connected.is_set()
+
     def start(self, on_line: OnLine) -> None:
         with self._lock:
             if self._session is not None:
                 raise RuntimeError(f"source {self.name!r} is already running")
-            self._on_line = on_line
+            self._begin(on_line)
             self.error = None
             session = MqttSession(
                 f"edgefleet-src-{uuid.uuid4().hex[:12]}",

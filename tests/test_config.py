@@ -135,6 +135,11 @@ def test_unknown_section_key_in_device(tmp_path: Path) -> None:
         ("[telemetry]\ninterval_s = inf", "telemetry.interval_s", "positive", "inf"),
         ("[runtime]\nthreads = [2]", "runtime.threads", "expected int", "list"),
         ("telemetry = 5", "[telemetry]", "expected a table", "5"),
+        ("[telemetry]\nno_input_s = -1", "telemetry.no_input_s", "0 (off) or a number", "-1"),
+        ("[telemetry]\nno_input_s = inf", "telemetry.no_input_s", "seconds above 0", "inf"),
+        ("[telemetry]\nno_input_s = nan", "telemetry.no_input_s", "like 60", "nan"),
+        ('[telemetry]\nno_input_s = "60s"', "telemetry.no_input_s", "expected int or", "'60s'"),
+        ("[telemetry]\nno_input_s = true", "telemetry.no_input_s", "expected int or", "True"),
     ],
 )
 def test_wrong_values_say_where_what_and_found(
@@ -147,6 +152,14 @@ def test_wrong_values_say_where_what_and_found(
     assert text.startswith(f"{path}: ")
     for word in (where, expected, found):
         assert word in text, f"{word!r} not in {text!r}"
+
+
+def test_no_input_limit_defaults_to_a_minute_and_zero_turns_it_off(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, GOOD)).get("telemetry", "no_input_s") == 60
+    off = load_config(write(tmp_path, GOOD.replace("interval_s = 1", "no_input_s = 0")))
+    assert off.get("telemetry", "no_input_s") == 0
+    text = error_of(write(tmp_path, GOOD.replace("interval_s = 1", "no_inputs_s = 5")))
+    assert "unknown key telemetry.no_inputs_s. Did you mean 'no_input_s'?" in text
 
 
 def test_unknown_profile_suggests_and_names_the_file(tmp_path: Path) -> None:

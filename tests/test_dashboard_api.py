@@ -20,6 +20,7 @@ from edge_agent.protocol.messages import ModelRef, StorageCondition
 
 pytestmark = pytest.mark.broker
 V1 = ModelRef("climate", 1)
+PORT = {"name": "serial:/dev/ttyUSB0", "open": True, "lost": 0, "reopened": 0}
 
 
 class OpenApi:
@@ -61,6 +62,7 @@ def fleet(broker: RunningBroker, dash: HubWithDashboard) -> Iterator[list[SimDev
     for i, d in enumerate(devices):
         d.model = V1
         d.stats = {"inferences": 10, "dropped": {"telemetry": 3 * i, "drift": i}, "buffered": 1}
+        d.stats["inputs"] = [{**PORT, "idle_s": 75.0 * i, "no_input": i == 1, "lost": 3 * i}]
         d.status()
         d.telemetry(count=40, p95=1.5, errors=2, ts=1000.0)
         d.telemetry(count=60, p95=1.7, ts=1001.0)
@@ -88,6 +90,8 @@ def test_every_answer_matches_the_openapi_description(
         "raspberry-pi-4",
     )
     assert (pi2["dropped"], pi2["latency_p95_ms"], pi2["drift_status"]) == (4, 1.7, "alert")
+    assert (data["devices"][0]["input"], pi2["input"]) == ("ok", "no input 75s, port lost x3")
+    assert pi2["inputs"] == [{**PORT, "idle_s": 75.0, "no_input": True, "lost": 3}]
 
     _, one = api.check(base, "/api/devices/{device}", "/api/devices/pi-2")
     assert one == pi2 | {"last_seen": one["last_seen"]}
@@ -166,6 +170,14 @@ def test_metrics_parse_with_the_prometheus_parser(
     assert samples[(refused, (("device", "pi-1"), ("reason", "rate")))] == 5
     assert samples[(refused, (("device", "pi-1"), ("reason", "quota")))] == 2
     assert not any(name == refused and ("device", "pi-2") in labels for name, labels in samples)
+    port = (("device", "pi-1"), ("input", PORT["name"]))
+    assert samples[("edgefleet_device_input_lost_total", port)] == 0
+    assert samples[("edgefleet_device_input_open", port)] == 1
+    assert samples[("edgefleet_device_no_input", port)] == 0
+    assert samples[("edgefleet_device_input_idle_seconds", port)] == 0
+    offline = (("device", "pi-2"), ("input", PORT["name"]))
+    assert samples[("edgefleet_device_input_lost_total", offline)] == 3  # what it last told
+    assert ("edgefleet_device_no_input", offline) not in samples  # gone quiet with it
     psi = "edgefleet_drift_psi"
     assert samples[(psi, (("feature", "humidity"), ("model", "climate")))] == 0.3
     assert samples[(psi, (("feature", "temperature"), ("model", "climate")))] == 0.05

@@ -64,6 +64,11 @@ def test_dashboard_shows_fleet_rollout_and_drift_live(
     for i, d in enumerate(devices):
         d.model = v1
         d.stats = {"inferences": 100 * (i + 1), "dropped": {"telemetry": i}, "buffered": 0}
+        if i == 0:  # its serial port was pulled out three times, and it says nothing now
+            d.stats["inputs"] = [
+                {"name": "serial:/dev/ttyUSB0", "open": False, "lost": 3, "reopened": 2}
+                | {"idle_s": 75.0, "no_input": True}
+            ]
         d.status()
         for w in range(5):
             d.telemetry(count=50 + w, p95=2.0 + w * 0.1, errors=w % 2, ts=1_700_000_000.0 + w)
@@ -88,6 +93,14 @@ def test_dashboard_shows_fleet_rollout_and_drift_live(
         "rate 120"
     )
     expect(page.locator('#fleet tr[data-device="greenhouse-1"] td.refused')).to_have_text("–")
+    expect(page.locator('#fleet tr[data-device="greenhouse-1"] td.input')).to_have_text(
+        "no input 75s, port lost x3"
+    )
+    expect(page.locator('#fleet tr[data-device="greenhouse-2"] td.input')).to_have_text("-")
+    port = page.locator('#inputs tr[data-input="serial:/dev/ttyUSB0"]')  # the selected device
+    expect(port.locator("td.idle")).to_have_text("75 s", timeout=WAIT_MS)
+    expect(port.locator("td.open")).to_have_text("closed")
+    expect(port.locator("td.lost")).to_have_text("3")
     # the selected device's charts: one polyline per latency percentile, from 5 windows
     latency = page.locator('svg[data-chart="latency"] polyline')
     expect(latency).to_have_count(3, timeout=WAIT_MS)

@@ -117,3 +117,22 @@ def test_a_device_row_says_what_the_device_said_of_its_storage() -> None:
     assert device_row({**device, "stats": {}}, None, None)["storage"] is None  # an older agent
     odd = {"storage": {"ok": "no", "unkept": {"telemetry": -1}}}  # stored before it was checked
     assert device_row({**device, "stats": odd}, None, None)["storage"] is None
+
+
+def test_device_row_tells_the_inputs_condition() -> None:
+    port = {"name": "serial:/dev/ttyUSB0", "open": False, "lost": 3, "reopened": 2}
+    quiet = {**port, "idle_s": 75.4, "no_input": True}
+
+    def view(online: bool, inputs: object) -> dict[str, Any]:
+        return device_row({"id": "d", "online": online, "stats": {"inputs": inputs}}, None, None)
+
+    flagged = view(True, [quiet])
+    assert flagged["input"] == "no input 75s, port lost x3"
+    assert flagged["inputs"] == [quiet]
+    assert view(False, [quiet])["input"] == "port lost x3"  # offline: its idle time stopped
+    fine = {**quiet, "open": True, "lost": 0, "reopened": 0, "idle_s": 0.3, "no_input": False}
+    assert view(True, [fine])["input"] == "ok"
+    assert view(True, [])["input"] == "-"  # no inputs configured
+    assert device_row({"id": "d", "stats": {}}, None, None)["input"] == "-"  # an older agent
+    bad = view(True, [{**quiet, "lost": "many"}])  # stored before the hub checked it
+    assert (bad["input"], bad["inputs"]) == ("unreadable", [])

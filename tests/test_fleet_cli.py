@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_cli import bundle, hub_fails
 
 from cloud_hub import cli as hub_cli
+from cloud_hub import cli_output
 from cloud_hub.storage import Store, default_url
 from edge_agent.protocol.messages import ModelRef, Status, StorageCondition
 
@@ -25,8 +27,20 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = Store(default_url(home))
     for device, online in (("pi-1", True), ("pi-2", True), ("pi-3", False)):
         store.register(device)
-        store.set_status(Status(device, online, 1, "0.1", "raspberry-pi-4", ModelRef("wine", 1)))
+        store.set_status(
+            Status(device, True, 1, "0.1", "raspberry-pi-4", ModelRef("wine", 1), INPUTS[device])
+        )
+        if not online:  # its last will: the stats it last told stay
+            store.set_status(Status(device, False, 1))
     return home
+
+
+PORT = {"name": "serial:/dev/ttyUSB0", "open": True, "lost": 0, "reopened": 0, "idle_s": 0.4}
+INPUTS: dict[str, dict[str, Any]] = {
+    "pi-1": {"inputs": [{**PORT, "open": False, "lost": 3, "idle_s": 75.0, "no_input": True}]},
+    "pi-2": {"inputs": [{**PORT, "no_input": False}]},
+    "pi-3": {"inputs": [{**PORT, "lost": 1, "reopened": 1, "idle_s": 99.0, "no_input": True}]},
+}
 
 
 def run(home: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -67,6 +81,26 @@ def test_devices_list_shows_what_the_hub_refused(
     assert listed == {"pi-1": "-", "pi-2": "-", "pi-3": "quota 7, rate 40"}
     shown = json.loads(run(home, capsys, "devices", "show", "pi-3", "--json"))
     assert shown["refused"] == {"rate": 40, "quota": 7}
+
+
+def test_devices_show_their_inputs(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_output.console, "width", 160)  # a terminal wide enough not to fold
+    listed = {d["device"]: d for d in json.loads(run(home, capsys, "devices", "list", "--json"))}
+    assert {k: d["input"] for k, d in listed.items()} == {
+        "pi-1": "no input 75s, port lost x3",
+        "pi-2": "ok",
+        "pi-3": "port lost x1",  # offline: only what it lost is told
+    }
+    assert listed["pi-1"]["inputs"] == INPUTS["pi-1"]["inputs"]
+    table = run(home, capsys, "devices", "list", "--online").splitlines()
+    assert "│ input " in table[2].replace("┃", "│")
+    assert "│ no input 75s, port lost x3 │" in next(line for line in table if "pi-1" in line)
+    quiet = run(home, capsys, "devices", "list", "--group", "nobody-here").splitlines()
+    assert "device" in quiet[2] and "input" not in quiet[2]  # nothing to say: no column
+    shown = run(home, capsys, "devices", "show", "pi-1")
+    assert "serial:/dev/ttyUSB0 │ closed, idle 75 s, lost 3, reopened 0" in shown
 
 
 def test_rollout_by_tag_status_and_manual_control(

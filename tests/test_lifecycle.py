@@ -465,6 +465,16 @@ STATUS = {
         "buffered": 7,
         "dropped": {},
         "bad_messages": 0,
+        "inputs": [
+            {
+                "name": "serial:/dev/ttyUSB0",
+                "open": True,
+                "lost": 1,
+                "reopened": 1,
+                "idle_s": 75.0,
+                "no_input": True,
+            }
+        ],
     },
     "ts": 0.0,
 }
@@ -493,6 +503,7 @@ def test_status_prints_a_table(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     for text in (DEVICE, "running", "iris@2", "1234", "garbage 2", "p50 0.12 ms", "7 records"):
         assert text in out, out
+    assert "no input 75s, port lost x1" in out and "open, idle 75 s, lost 1, reopened 1" in out
 
 
 def test_status_without_rich_is_aligned_text(
@@ -508,6 +519,8 @@ def test_status_without_rich_is_aligned_text(
     assert rows["model"].strip() == "iris@2"
     assert rows["state"].strip() == "not running? last update 60 min ago"
     assert rows["rejected lines"].strip() == "garbage 2, non-finite 1"
+    assert rows["inputs"].strip() == "no input 75s, port lost x1"
+    assert rows["serial:/dev/ttyUSB0"].strip() == "open, idle 75 s, lost 1, reopened 1"
     # aligned: every value starts in the same column
     assert len({len(line) - len(line.split("  ")[-1].lstrip()) for line in lines[1:]}) == 1
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from edge_agent.errors import BundleRejected, MessageError
 from edge_agent.protocol import SCHEMA_VERSION
+from edge_agent.protocol.inputs import InputState, decode_inputs, describe, window_field
 from edge_agent.protocol.messages import (
     Batch,
     Command,
@@ -46,6 +47,16 @@ def wire(**obj: Any) -> bytes:
     return json.dumps(obj).encode()
 
 
+INPUT = {  # one entry of a status's stats.inputs
+    "name": "serial:/dev/ttyUSB0",
+    "open": True,
+    "lost": 0,
+    "reopened": 0,
+    "idle_s": 0.5,
+    "no_input": False,
+}
+
+
 # ---- round trips ----------------------------------------------------------------------------
 def test_status_round_trip() -> None:
     status = Status(
@@ -66,6 +77,60 @@ def test_status_round_trip() -> None:
 def test_status_without_model_round_trip() -> None:
     status = Status(device="d1", online=False)
     assert decode_status(encode(status)) == status
+
+
+# ---- the inputs' condition (status stats.inputs, telemetry window inputs) ------------------------
+def test_input_state_from_a_sources_stats_and_back() -> None:
+    stats = {"lines": 9, "open": False, "lost": 2, "reopened": 1, "idle_s": 75.0, "opened": 2}
+    state = InputState.of("serial:/dev/ttyUSB0", stats, no_input_s=60)
+    assert state == InputState("serial:/dev/ttyUSB0", False, 2, 1, 75.0, no_input=True)
+    assert not InputState.of("x", stats, no_input_s=75.1).no_input
+    assert InputState.of("x", stats, no_input_s=75).no_input  # at the limit: flagged
+    assert not InputState.of("x", stats, no_input_s=0).no_input  # 0: never
+    status = Status("d1", online=True, stats={"inputs": [state.to_json()]})
+    back = decode_status(encode(status))
+    assert decode_inputs(back.stats["inputs"], "inputs") == (state,)
+
+
+def test_inputs_told_in_a_phrase_and_folded_for_a_window() -> None:
+    ok = InputState("serial:a", True, idle_s=0.2)
+    quiet = InputState("serial:b", True, idle_s=75.4, no_input=True)
+    unplugged = InputState("serial:c", False, lost=3, reopened=2, idle_s=5.0)
+    assert describe([]) == "-"
+    assert describe([ok]) == "ok"
+    assert describe([ok, quiet]) == "no input 75s"
+    assert describe([unplugged]) == "input closed, port lost x3"
+    assert describe([quiet, unplugged]) == "no input 75s, input closed, port lost x3"
+    assert describe([quiet, unplugged], online=False) == "port lost x3"
+    assert describe([ok, quiet], online=False) == "ok"
+    assert window_field([ok, quiet, unplugged]) == {
+        "lost": 3,
+        "reopened": 2,
+        "idle_s": 75.4,
+        "no_input": True,
+    }
+    assert window_field([ok])["no_input"] is False
+
+
+@settings(max_examples=200, derandomize=True, database=None, deadline=None)
+@given(
+    inputs=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+        max_leaves=12,
+    )
+    | st.lists(
+        st.fixed_dictionaries(
+            {k: st.sampled_from([v, -1, "x", None, True, 1.5]) for k, v in INPUT.items()}
+        ),
+        max_size=3,
+    )
+)
+def test_any_inputs_field_decodes_or_raises_only_message_error(inputs: Any) -> None:
+    payload = json.dumps({**STATUS, "stats": {"inputs": inputs}}).encode()
+    with contextlib.suppress(MessageError):
+        states = decode_inputs(decode_status(payload).stats["inputs"], "inputs")
+        assert all(s.lost >= 0 and s.idle_s >= 0 for s in states)
 
 
 def test_batch_round_trip() -> None:
@@ -275,6 +340,36 @@ WRONG: list[tuple[str, str, dict[str, Any], list[str]]] = [
         {**STATUS, "model": {"name": "Wine", "version": 1}},
         ["status.model", "model name", "'Wine'"],
     ),
+    (
+        "status-inputs-dict",
+        "status",
+        {**STATUS, "stats": {"inputs": {"name": "serial"}}},
+        ["status.stats.inputs", "list", "dict"],
+    ),
+    (
+        "status-input-lost-neg",
+        "status",
+        {**STATUS, "stats": {"inputs": [{**INPUT, "lost": -1}]}},
+        ["status.stats.inputs[0].lost", "0 or more", "-1"],
+    ),
+    (
+        "status-input-open-int",
+        "status",
+        {**STATUS, "stats": {"inputs": [INPUT, {**INPUT, "open": 1}]}},
+        ["status.stats.inputs[1].open", "bool", "int"],
+    ),
+    (
+        "status-input-idle-str",
+        "status",
+        {**STATUS, "stats": {"inputs": [{**INPUT, "idle_s": "75"}]}},
+        ["status.stats.inputs[0].idle_s", "str"],
+    ),
+    (
+        "status-input-no-name",
+        "status",
+        {**STATUS, "stats": {"inputs": [without(INPUT, "name")]}},
+        ["status.stats.inputs[0]", "'name'"],
+    ),
     ("batch-no-records", "telemetry", without(BATCH, "records"), ["telemetry", "'records'"]),
     ("batch-records-dict", "telemetry", {**BATCH, "records": {}}, ["telemetry.records", "list"]),
     ("batch-record-int", "telemetry", {**BATCH, "records": [5]}, ["telemetry.records[0]", "int"]),
@@ -352,6 +447,7 @@ def test_wrong_field_is_named(kind: str, obj: dict[str, Any], words: list[str]) 
 def test_the_good_payloads_of_the_wrong_field_table_decode() -> None:
     """The table above only fails because of the one field it changes."""
     decode_status(wire(**STATUS))
+    decode_status(wire(**{**STATUS, "stats": {"inputs": [INPUT]}}))
     decode_batch(wire(**BATCH), "telemetry")
     decode_command(wire(**COMMAND))
     decode_xfer_request(wire(**XREQ), 8)

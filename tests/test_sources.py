@@ -357,6 +357,31 @@ def test_serial_source_reads_lines_from_a_pty(pty_pair: tuple[int, str]) -> None
     assert src.stats()["lines"] == 3
 
 
+def test_serial_source_tells_how_long_since_its_last_line(pty_pair: tuple[int, str]) -> None:
+    master, slave_name = pty_pair
+    rec = Recorder()
+    src = SerialSource(slave_name, on_status=rec.on_status)
+    before_start = time.monotonic()
+    src.start(rec.on_line)
+    try:
+        rec.wait_event("opened")
+        started = time.monotonic()
+        quiet = src.stats(now=started + 30)  # no line yet: idle since start()
+        assert quiet["open"] is True and quiet["lines"] == 0
+        assert 30 <= quiet["idle_s"] <= 30 + (started - before_start) + 0.1
+        os.write(master, b"1,2,3,4\n")
+        written = time.monotonic()
+        assert rec.next_line() == b"1,2,3,4"
+        seen = time.monotonic()
+        idle = src.stats(now=seen + 5)["idle_s"]
+        assert 5 - 0.05 <= idle <= 5 + (seen - written) + 0.05  # since the line, not the start
+        assert src.stats(now=0.0)["idle_s"] == 0.0  # never negative
+    finally:
+        src.stop()
+    stopped = src.stats()
+    assert stopped["open"] is False and stopped["lost"] == 0 and stopped["reopened"] == 0
+
+
 def test_serial_source_survives_a_raising_callback(pty_pair: tuple[int, str]) -> None:
     master, slave_name = pty_pair
     rec = Recorder()
@@ -473,16 +498,19 @@ def test_serial_source_survives_the_port_vanishing_and_returning(socat: Socat) -
         assert isinstance(lost, TransportError) and "lost" in str(lost)
         assert isinstance(rec.wait_event("open-failed"), TransportError)
         assert not src.is_open and src.running
+        down = src.stats()
+        assert down["open"] is False and down["lost"] == 1 and down["reopened"] == 0
 
         socat.start()  # ... and plugged back in
         rec.wait_event("opened")
+        assert src.stats()["open"] is True
         socat.write(b"5,6,7,8\n")
         assert rec.next_line() == b"5,6,7,8"
         assert src.open_error is None
     finally:
         src.stop()
     stats = src.stats()
-    assert stats["port-lost"] == 1
+    assert stats["lost"] == 1 and stats["reopened"] == 1
     assert stats["opened"] == 2
     assert stats["lines"] == 2
 
@@ -507,6 +535,8 @@ def test_file_source_replays_every_line_then_finishes(tmp_path: Path) -> None:
     src.stop()
     assert drain(rec.lines) == [b"13.2,1.78,2.14,112", b"", b"\xff\xfe\x00", b"12.4,1.1,2.0,90"]
     assert src.error is None
+    done = src.stats(now=time.monotonic() + 60)
+    assert done["open"] is False and 60 <= done["idle_s"] <= 61  # replayed: no more input
     assert src.name == f"file:{path}"
 
 
@@ -529,6 +559,7 @@ def test_file_source_stops_promptly_while_waiting_to_pace(tmp_path: Path) -> Non
     src = FileSource(path, rate_hz=0.2)  # one line every 5 s
     src.start(rec.on_line)
     assert rec.next_line() == b"x"
+    assert src.stats()["open"] is True  # still replaying, waiting for the next line's turn
     began = time.monotonic()
     src.stop()
     assert time.monotonic() - began < 1.0
@@ -828,6 +859,8 @@ def test_mqtt_source_delivers_each_payload_as_lines(broker: RunningBroker) -> No
         assert src.running and src.connected.is_set()
         publish(broker, "sensors/kitchen/wine", [b"13.2,1.78,2.14,112\r\n"])
         assert rec.next_line() == b"13.2,1.78,2.14,112"
+        got_line = time.monotonic()
+        assert src.stats(now=got_line + 2)["idle_s"] <= 2.1  # the line reset the idle clock
         publish(broker, "sensors/cellar/wine", [b"1,2,3,4\n5,6,7,8\r\n\n9,10,11,12"])
         assert [rec.next_line() for _ in range(4)] == [b"1,2,3,4", b"5,6,7,8", b"", b"9,10,11,12"]
         publish(broker, "sensors/cellar/beer", [b"not for us"])  # outside the filter
@@ -930,11 +963,13 @@ def test_mqtt_source_reconnects_after_a_broker_restart(broker: RunningBroker) ->
         rec.wait_event("subscribed")
         publish(broker, "sensors/a/wine", [b"before"])
         assert rec.next_line() == b"before"
+        assert src.stats()["open"] is True
 
         broker.stop()
         lost = rec.wait_event("disconnected")
         assert isinstance(lost, TransportError) and "lost" in str(lost)
         assert not src.connected.is_set() and src.running
+        assert src.stats()["open"] is False
         broker.restart()
 
         deadline = time.monotonic() + RECONNECT_WAIT_S

@@ -2,7 +2,7 @@
 "use strict";
 
 const POLL_MS = 1000;
-const state = { device: null, driftPick: null, token: null };
+const state = { device: null, driftPick: null, token: null, fleet: null };
 
 // ---- token: from the URL fragment (#token=...) once, then this tab's session storage ---------
 (function readToken() {
@@ -59,7 +59,11 @@ function refusedText(refused) {
   return parts.length ? parts.map(([reason, n]) => `${reason} ${n}`).join(", ") : "–";
 }
 
+// "ok" green, "-" (no inputs) plain, anything else ("no input 75s", "port lost x3") amber
+const inputBadge = (text) => (text === "-" ? text : el("span", { class: "badge " + (text === "ok" ? "state-ok" : "state-warn") }, text));
+
 function renderFleet(fleet) {
+  state.fleet = fleet;
   const body = document.querySelector("#fleet tbody");
   const online = fleet.devices.filter((d) => d.online).length;
   document.getElementById("fleet-summary").textContent = `${online} of ${fleet.devices.length} online`;
@@ -79,6 +83,8 @@ function renderFleet(fleet) {
         el("td", { class: "dropped" }, d.dropped),
         el("td", { class: "refused" }, refusedText(d.refused)),
         el("td", { class: "storage" }, storageCell(d.storage)),
+
+        el("td", { class: "input" }, inputBadge(d.input)),
         el("td", { class: "drift" }, d.drift_status ? badge(d.drift_status) : "–", " ", d.drift_max_psi === null ? "" : fmt(d.drift_max_psi)),
       ),
     ),
@@ -224,10 +230,35 @@ async function renderDevice() {
   if (!state.device) return box.replaceChildren(el("p", { class: "muted" }, "no devices yet"));
   const t = await api(`/api/devices/${encodeURIComponent(state.device)}/telemetry?limit=300`);
   const at = (f) => t.points.map((p) => [p.ts, f(p)]);
+  const d = (state.fleet?.devices ?? []).find((x) => x.id === state.device);
   box.replaceChildren(
+    d ? renderInputs(d) : "",
     lineChart("latency", "ms", ["p50", "p95", "p99"].map((q) => ({ name: q, points: at((p) => p.latency_ms[q]) }))),
     lineChart("throughput", "inferences/s", [{ name: "rate", points: at((p) => p.throughput_per_s) }]),
     lineChart("errors", "per window", [{ name: "errors", points: at((p) => p.errors) }]),
+  );
+}
+
+function renderInputs(d) {
+  const rows = d.inputs.map((i) =>
+    el(
+      "tr",
+      { "data-input": i.name },
+      el("td", {}, i.name),
+      el("td", { class: "open" }, i.open ? "open" : "closed"),
+      el("td", { class: "idle" }, d.online ? `${fmt(i.idle_s, 0)} s` : "–"),
+      el("td", { class: "lost" }, i.lost),
+      el("td", { class: "reopened" }, i.reopened),
+      el("td", { class: "no-input" }, d.online && i.no_input ? badge("no input") : ""),
+    ),
+  );
+  return el(
+    "div",
+    { id: "inputs", class: "inputs" },
+    el("div", {}, el("strong", {}, "inputs "), inputBadge(d.input)),
+    rows.length
+      ? el("table", {}, el("thead", {}, el("tr", {}, ...["input", "state", "idle", "lost", "reopened", ""].map((h) => el("th", {}, h)))), el("tbody", {}, ...rows))
+      : "",
   );
 }
 
