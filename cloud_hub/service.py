@@ -158,13 +158,12 @@ class Hub:
         for topic, payload in messages:
             try:
                 item = self._decode(topic, payload)
-            except BadDataError as exc:
-                self._reject(exc, f"rejected message on {topic}")
-            except (OSError, TransportError, StoreError) as exc:  # trouble serving a transfer
-                self._reject(exc, f"could not handle the message on {topic}")
-            else:
                 if item is not None and self._has_room(item):
                     items.append(item)
+            except BadDataError as exc:
+                self._reject(exc, f"rejected message on {topic}")
+            except (OSError, TransportError, StoreError) as exc:  # a transfer, or the quota
+                self._reject(exc, f"could not handle the message on {topic}")
         if items:
             self._confirm(self._store(items))
         with self.handled:
