@@ -166,14 +166,18 @@ def _while_the_hub_is_away(hub: HubProcess, devices: list[Device], records: int)
     )
 
 
-def test_a_hub_away_longer_than_the_broker_queue_loses_nothing(
-    small_broker: RunningBroker, hub: HubProcess, devices: list[Device]
-) -> None:
+def _hub_killed_while_devices_send(hub: HubProcess, devices: list[Device]) -> None:
     for d in devices:
         d.record(10)
     _all_stored_once(hub, devices)
     hub.kill()
     _while_the_hub_is_away(hub, devices, 400)  # 3 devices x 20 batches > 50 queued
+
+
+def test_a_hub_away_longer_than_the_broker_queue_loses_nothing(
+    small_broker: RunningBroker, hub: HubProcess, devices: list[Device]
+) -> None:
+    _hub_killed_while_devices_send(hub, devices)
     assert _dropped_for_the_hub(small_broker), "the broker's queue never overflowed"
     hub.start()
     _all_stored_once(hub, devices)
@@ -184,11 +188,7 @@ def test_a_hub_away_longer_than_the_broker_queue_loses_nothing(
 def test_a_broker_killed_while_the_hub_is_down_loses_nothing(
     small_broker: RunningBroker, hub: HubProcess, devices: list[Device]
 ) -> None:
-    for d in devices:
-        d.record(10)
-    _all_stored_once(hub, devices)
-    hub.kill()
-    _while_the_hub_is_away(hub, devices, 400)
+    _hub_killed_while_devices_send(hub, devices)
     small_broker.kill()  # the hub's queue and sessions, held in memory, are gone
     small_broker.restart()
     hub.start()
