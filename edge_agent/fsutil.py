@@ -31,6 +31,20 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
+def remove_leftovers(folder: Path) -> list[str]:
+    """Remove the temp files an `atomic_write` in `folder` left when its process was killed
+    (SIGKILL, power cut) between writing and renaming; returns their names. Only for a folder
+    that no other process writes (a state folder at start): they are nobody's then, and on a
+    tight disk they are space the device needs."""
+    gone = []
+    with contextlib.suppress(OSError):  # a folder we cannot list or write: nothing to do now
+        for path in folder.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                gone.append(path.name)
+    return gone
+
+
 def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:

@@ -8,13 +8,16 @@ leaves either the old or the new state, never half of one.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.errors import ConfigError
-from edge_agent.fsutil import atomic_write
+from edge_agent.fsutil import atomic_write, remove_leftovers
 from edge_agent.protocol.messages import ModelRef
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class ModelStore:
         self.folder = folder
         self._lock = threading.Lock()
         folder.mkdir(parents=True, exist_ok=True)
+        for name in remove_leftovers(folder):  # a write cut short by a SIGKILL
+            log.info("removed %s, left by an interrupted write", name)
 
     def _bundle_path(self, model: ModelRef) -> Path:
         return self.folder / f"{model.name}-{model.version}.zip"

@@ -632,3 +632,14 @@ def test_hub_refuses_lower_or_equal_versions(real_bundle: RealBundle, hub: TufRe
 def test_hub_init_twice_is_refused(hub: TufRepository) -> None:
     with pytest.raises(ConfigError, match="already there"):
         hub.init()
+
+
+def test_a_write_cut_short_by_a_kill_is_removed_when_the_store_opens(tmp_path: Path) -> None:
+    """SIGKILL between atomic_write's temp file and its rename leaves `.NAME.xxxx.tmp`."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / ".iris-2.zip.r1h4nu_d.tmp").write_bytes(b"half a bundle")
+    (folder / ".active.json.abc.tmp").write_bytes(b"{")
+    (folder / "iris-1.zip").write_bytes(b"kept")
+    ModelStore(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["iris-1.zip"]
