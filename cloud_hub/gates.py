@@ -1,15 +1,22 @@
 """Wave gates of a staged rollout: thresholds, what the model did on the devices, the verdict.
 
-Pure values and functions: the hub reads the stored records and hands their bodies to
-`measure`; `judge` turns install results and those measurements into proceed, pause or abort.
+Pure values and functions: the hub reads the stored records, `after_install` keeps what each
+device recorded with the candidate after it installed it, `measure` sums that up, and `judge`
+turns install results and those measurements into proceed, pause or abort.
+
+A device's records are ordered by their (boot, seq), one sequence for everything it records, so
+"after the install" is read from the device's own order, not from clocks: what it reported
+late (buffered while offline, a window still open at the install) or what a model did on it
+before this rollout never counts.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from edge_agent.errors import ConfigError
 
@@ -124,9 +131,39 @@ class Gates:
         )
 
 
+Position = tuple[int, int]  # (boot, seq): where a record stands in its device's own sequence
+
+
+class DeviceRecord(Protocol):
+    """A stored device record, as the hub reads it."""
+
+    @property
+    def device(self) -> str: ...
+    @property
+    def boot(self) -> int: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def body(self) -> dict[str, Any]: ...
+
+
+def after_install(
+    records: Iterable[DeviceRecord], model: dict[str, Any], installed: Mapping[str, Position]
+) -> dict[str, list[dict[str, Any]]]:
+    """Per device of `installed` (device -> the position of its install), the bodies of the
+    records it made after that position that say they are `model`'s (a telemetry window holds
+    what one model handled: edge_agent.pipeline)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        mark = installed.get(rec.device)
+        if mark is not None and (rec.boot, rec.seq) > mark and rec.body.get("model") == model:
+            out.setdefault(rec.device, []).append(rec.body)
+    return out
+
+
 @dataclass(frozen=True)
 class Metrics:
-    """What the candidate model did on a wave's devices since it was deployed."""
+    """What the candidate model did on a wave's devices since each of them installed it."""
 
     windows: int = 0  # telemetry records of the model
     inferences: int = 0

@@ -5,14 +5,16 @@ canary first, then waves that reach a share of the fleet (`10%, 50%, 100%`). Eac
 optionally shadowed first (the candidate runs next to the serving model and reports agreement),
 then deployed; once every reachable device in it answered (and at least one did), it soaks,
 and its gate (gates.py) decides: proceed to the next wave, pause for a person, or abort
-(HALTED) and roll back every device that installed the model.
+(HALTED) and roll back every device that answered healthy, each to the model it ran before the
+rollout (a device that already ran the rollout's model keeps it: edge_agent.updater).
 
 `step` is the only way time passes: the hub calls it with `now`, what the registry knows about
-the fleet, the rollout's events and a way to measure the model on some devices; it returns the
-commands to send. Replaying the same events gives the same state, so the hub may pass them all
-every time. Devices offline when their wave starts get the model when they return (the broker
-keeps their command; one that was lost is sent again); devices that start matching the target
-join the last wave.
+the fleet, the rollout's events and a way to measure the model on some devices (each from
+where it installed the model in its own record sequence); it returns the commands to send.
+Replaying the same events gives the same state, so the hub may pass them all every time.
+Devices offline when their wave starts get the model when they return (the broker keeps their
+command; one that was lost is sent again); devices that start matching the target join the
+last wave.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from cloud_hub.gates import (
     SHADOW_CHECKS,
     Gates,
     Metrics,
+    Position,
     Threshold,
     Verdict,
     judge_installs,
@@ -72,12 +75,14 @@ class DeviceFacts:
 
 @dataclass(frozen=True)
 class Report:
-    """One event a device sent about this rollout (`shadow` of a shadow-report)."""
+    """One event a device sent about this rollout (`shadow` of a shadow-report), `at` its
+    (boot, seq) among everything that device recorded."""
 
     device: str
     event: str
     reason: str = ""
     shadow: dict[str, Any] | None = None
+    at: Position = field(kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,9 @@ class Send:
     kind: str
 
 
-Measure = Callable[[list[str], float], Metrics]  # (devices, since) -> the model's metrics
+# (device -> where it installed the model, the wave's start) -> what the model did there since
+Measure = Callable[[dict[str, Position], float], Metrics]
+INSTALL_EVENTS = frozenset(("installed", "healthy"))  # healthy alone: it already ran the model
 
 
 # ---- what the user asks for ---------------------------------------------------------------
@@ -385,7 +392,7 @@ def _run_waves(
                     _send(r, device, "deploy", now, sends)
             return
         if stage.gate is None:
-            verdict = _judge_wave(r, now, members, stage, fleet, measure_model)
+            verdict = _judge_wave(r, now, members, stage, fleet, reports, measure_model)
             if verdict is None:
                 return
             stage.gate = verdict.to_json()
@@ -408,6 +415,7 @@ def _judge_wave(
     members: list[str],
     stage: Stage,
     fleet: Mapping[str, DeviceFacts],
+    reports: list[Report],
     measure_model: Measure,
 ) -> Verdict | None:
     """The wave's verdict, or None while it is still installing or soaking."""
@@ -430,9 +438,21 @@ def _judge_wave(
     if installs.outcome != PROCEED or not healthy or not gates.watches_telemetry:
         return installs
     assert stage.started is not None
-    healthy_devices = [d for d in members if r.devices[d] == HEALTHY]
+    marks = installed_at(reports)  # a device whose events retention removed is not measured
+    healthy_devices = {d: marks[d] for d in members if r.devices[d] == HEALTHY and d in marks}
     model = judge_model(gates, measure_model(healthy_devices, stage.started))
     return Verdict(model.outcome, model.reason, installs.checks + model.checks)
+
+
+def installed_at(reports: Iterable[Report]) -> dict[str, Position]:
+    """Per device, where it installed the rollout's model in its own record sequence: its
+    first `installed` (or, where it already ran the model, `healthy`) event of this rollout.
+    Only what it recorded after that is the model's doing in this rollout."""
+    marks: dict[str, Position] = {}
+    for rep in reports:
+        if rep.event in INSTALL_EVENTS:
+            marks[rep.device] = min(rep.at, marks.get(rep.device, rep.at))
+    return marks
 
 
 def _name_failures(r: Rollout, members: list[str], verdict: Verdict) -> Verdict:

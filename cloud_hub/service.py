@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud_hub import rollout as ro
-from cloud_hub.gates import Metrics, measure
+from cloud_hub.gates import Metrics, Position, after_install, measure
 from cloud_hub.ingest_limits import RATE, DeviceGuard, Limits
 from cloud_hub.operations import fleet_facts
 from cloud_hub.storage import Ingest, Store, StoreError, default_url, dumps
@@ -370,6 +370,7 @@ class Hub:
                 str(rec.body.get("event")),
                 str(rec.body.get("reason") or ""),
                 shadow if isinstance(shadow := rec.body.get("shadow"), dict) else None,
+                at=(rec.boot, rec.seq),
             )
             for rec in self.store.records("events", rollout=r.id)
         ]
@@ -397,12 +398,12 @@ class Hub:
         )
         self.session.publish(self.topics.device(send.device, "cmd"), encode(cmd))
 
-    def _measure(self, model: ModelRef, devices: list[str], since: float) -> Metrics:
-        """What `model` did on these devices since `since`, from the stored records."""
-        mine = model.to_json()
-        by_kind: dict[str, dict[str, list[dict[str, Any]]]] = {"telemetry": {}, "drift": {}}
-        for kind, per_device in by_kind.items():
-            for rec in self.store.records_since(kind, devices, since):
-                if rec.body.get("model") == mine:
-                    per_device.setdefault(rec.device, []).append(rec.body)
-        return measure(by_kind["telemetry"], by_kind["drift"])
+    def _measure(self, model: ModelRef, installed: dict[str, Position], since: float) -> Metrics:
+        """What `model` did on these devices after each installed it (at the position given),
+        from the records stored since the wave started."""
+        devices, mine = list(installed), model.to_json()
+        telemetry, drift = (
+            after_install(self.store.records_since(kind, devices, since), mine, installed)
+            for kind in ("telemetry", "drift")
+        )
+        return measure(telemetry, drift)

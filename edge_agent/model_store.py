@@ -1,8 +1,9 @@
 """The device's installed models: verified bundles on disk and the active-model record.
 
 Installs are atomic (write, fsync, rename) and the previous model stays for rollback. The record
-`active.json` names the current and previous bundles; it is replaced atomically, so a power cut
-leaves either the old or the new state, never half of one.
+`active.json` names the current and previous bundles and the rollout whose deploy installed the
+current one; it is replaced atomically, so a power cut leaves either the old or the new state,
+never half of one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 class ActiveRecord:
     current: ModelRef | None
     previous: ModelRef | None
+    rollout: str | None = None  # the rollout that installed `current` (None: none did)
 
 
 class ModelStore:
@@ -43,9 +45,13 @@ class ModelStore:
             return ActiveRecord(None, None)
         try:
             raw = json.loads(path.read_bytes())
+            rollout = raw.get("rollout")
+            if rollout is not None and not isinstance(rollout, str):
+                raise TypeError(f"rollout: expected a string or null, got {rollout!r}")
             return ActiveRecord(
                 ModelRef(**raw["current"]) if raw.get("current") else None,
                 ModelRef(**raw["previous"]) if raw.get("previous") else None,
+                rollout,
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path}: unreadable active-model record ({exc})") from exc
@@ -54,18 +60,21 @@ class ModelStore:
         body = {
             "current": record.current.to_json() if record.current else None,
             "previous": record.previous.to_json() if record.previous else None,
+            "rollout": record.rollout,
         }
         atomic_write(self.folder / "active.json", json.dumps(body).encode())
 
     def read(self, model: ModelRef) -> bytes:
         return self._bundle_path(model).read_bytes()
 
-    def install(self, model: ModelRef, bundle: bytes) -> ActiveRecord:
-        """Make `model` current; the old current becomes previous; older bundles are removed."""
+    def install(self, model: ModelRef, bundle: bytes, rollout: str | None = None) -> ActiveRecord:
+        """Make `model` current (installed by `rollout`); the old current becomes previous;
+        older bundles are removed."""
         with self._lock:
             atomic_write(self._bundle_path(model), bundle)
             old = self.record()
-            new = ActiveRecord(model, old.current if old.current != model else old.previous)
+            previous = old.current if old.current != model else old.previous
+            new = ActiveRecord(model, previous, rollout)
             self._write_record(new)
             self._prune(new)
             return new

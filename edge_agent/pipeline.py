@@ -3,6 +3,11 @@
 The serving model is an `ActiveModel`, swapped by a single reference assignment after a
 verified install passed its health gate, so a batch always runs on one whole model.
 
+A telemetry window never spans two models: every row and every rejection goes into a window of
+the model that handled it (or of none), and the first one handled by another model closes the
+window before. So the `no-model` rejections of a device waiting for its first model, or the
+errors of the model it ran before an update, are never stamped with the model installed next.
+
 With `on_result`, every inferred row is also handed on as a small JSON-able dict, for local
 actuators (see `edge_agent.results`)::
 
@@ -98,14 +103,14 @@ class Pipeline:
         self._on_result = on_result
         self._on_shadow_report = on_shadow_report
         self._window = Window(time.time())
+        self._window_of: ActiveModel | None = None  # what handled everything in the window
         self._lock = threading.Lock()
 
     def process(self, lines: list[tuple[str, bytes]]) -> None:
         """One micro-batch of (format, raw line) pairs."""
         model = self.active
         if model is None:
-            for _ in lines:
-                self.reject("no-model")
+            self._reject_for(None, "no-model", len(lines))
             return
         rows = []
         parsers = model.parsers
@@ -113,7 +118,7 @@ class Pipeline:
             try:
                 rows.append(parsers[fmt].values(raw))
             except SensorLineError as exc:
-                self.reject(exc.reason)
+                self._reject_for(model, exc.reason)
                 if exc.reason in MISSING_REASONS:
                     model.monitor.missing()
         if not rows:
@@ -123,12 +128,15 @@ class Pipeline:
         try:
             predictions = model.runtime.predict(x)
         except INFERENCE_ERRORS:
-            self.reject("inference-error")
+            self._reject_for(model, "inference-error")
             return
         latency_ms = (time.perf_counter() - start) * 1000
         with self._lock:
+            closed = self._window_for(model)
             self._window.add(latency_ms, predictions)
             self.stats.add(latency_ms, len(x))
+        if closed is not None:
+            self._on_window(closed)
         if self._on_result is not None:
             self._results(self._on_result, model.ref, predictions, latency_ms / len(x))
         report = model.monitor.add(x, predictions)
@@ -158,15 +166,40 @@ class Pipeline:
                     log.exception("the result callback raised; further errors are only counted")
 
     def reject(self, reason: str) -> None:
+        """A line lost before any model saw it (a full queue): counted in the open window."""
         with self._lock:
             self._window.reject(reason)
             self.stats.rejected[reason] += 1
 
+    def _reject_for(self, model: ActiveModel | None, reason: str, n: int = 1) -> None:
+        """`n` lines that `model` (None: no model) refused."""
+        with self._lock:
+            closed = self._window_for(model)
+            self._window.reject(reason, n)
+            self.stats.rejected[reason] += n
+        if closed is not None:
+            self._on_window(closed)
+
+    def _window_for(self, model: ActiveModel | None) -> dict[str, Any] | None:
+        """Under the lock: make the open window `model`'s. If another model's window was open,
+        it closes here; its record is returned, to hand on once the lock is released."""
+        if model is self._window_of:
+            return None
+        now = time.time()
+        window, self._window = self._window, Window(now)
+        before, self._window_of = self._window_of, model
+        return None if window.empty else window.to_record(now, _stamp(before))
+
     def flush_window(self) -> None:
-        """Close the current telemetry window and hand it on (nothing if it saw nothing)."""
+        """Close the current telemetry window and hand it on (nothing if it saw nothing),
+        stamped with the model that handled what it holds."""
         now = time.time()
         with self._lock:
             window, self._window = self._window, Window(now)
+            model = self._window_of
         if not window.empty:
-            model = self.active
-            self._on_window(window.to_record(now, model.card.model.to_json() if model else None))
+            self._on_window(window.to_record(now, _stamp(model)))
+
+
+def _stamp(model: ActiveModel | None) -> dict[str, Any] | None:
+    return model.card.model.to_json() if model else None

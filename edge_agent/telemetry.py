@@ -39,8 +39,8 @@ class Window:
         else:
             self.predictions.update(map(str, labels))  # Counter's C loop
 
-    def reject(self, reason: str) -> None:
-        self.errors[reason] += 1
+    def reject(self, reason: str, n: int = 1) -> None:
+        self.errors[reason] += n
 
     @property
     def empty(self) -> bool:

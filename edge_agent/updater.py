@@ -284,15 +284,30 @@ class Updater:
         if cmd.kind == "deploy":
             self.deploy(cmd)
         elif cmd.kind == "rollback":
-            current = self.store.record().current
-            if cmd.model is not None and cmd.model != current:  # already gone: one step only
-                log.info("rollback of %s ignored: this device runs %s", cmd.model, current)
-                return
-            self.rollback(cmd.rollout, "requested by the hub")
+            self.undo(cmd)
         elif cmd.kind == "shadow":
             self.shadow(cmd)
         elif cmd.kind == "shadow-stop":
             self.set_shadow(None)
+
+    def undo(self, cmd: Command) -> None:
+        """The hub rolls back `cmd.rollout`: back to the model this device ran before that
+        rollout. A device that already ran the rollout's model (it answered "already running")
+        keeps it: the rollout installed nothing here, so there is nothing to undo."""
+        record = self.store.record()
+        current = record.current
+        if cmd.model is not None and cmd.model != current:  # already gone: one step only
+            log.info("rollback of %s ignored: this device runs %s", cmd.model, current)
+            return
+        if cmd.rollout is not None and current is not None and record.rollout != cmd.rollout:
+            source = f" (installed by rollout {record.rollout})" if record.rollout else ""
+            reason = (
+                f"requested by the hub; kept {current}, which this device ran before rollout "
+                f"{cmd.rollout}{source}: the rollout installed nothing here"
+            )
+            self.emit("rolled-back", current, reason, cmd.rollout)
+            return
+        self.rollback(cmd.rollout, "requested by the hub")
 
     def deploy(self, cmd: Command) -> None:
         assert cmd.model is not None  # checked by Command
@@ -305,7 +320,7 @@ class Updater:
         if fetched is None:
             return
         bundle, data = fetched
-        self.store.install(cmd.model, data)
+        self.store.install(cmd.model, data, cmd.rollout)
         self.emit("installed", cmd.model, "", cmd.rollout)
         self._gate(bundle, cmd.rollout)
 

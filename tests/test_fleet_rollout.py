@@ -6,8 +6,10 @@ past them once what it waits for has arrived (nothing sleeps)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,17 +82,21 @@ class Rig:
         return ro.Rollout.from_json(row["body"])
 
     # ---- agents -------------------------------------------------------------------------
-    def enroll(self, name: str) -> Path:
+    def enroll(self, name: str, source: Path | None = None, interval_s: float = 0.2) -> Path:
+        """Config and enrollment. The input is the iris readings looped at 200 Hz, or
+        `source`: a pipe the test writes sensor lines into."""
         folder = self.tmp / name
         folder.mkdir(exist_ok=True)
         enroll_device(self.home, name, folder / "state")
         cfg = folder / "agent.toml"
+        looped = f'path = "{self.readings}"\nrate_hz = 200\nloop = true\n'
+        piped = f'path = "{source}"\n'
         cfg.write_text(
             f'profile = "generic-x86_64"\n[device]\nid = "{name}"\nstate_dir = "state"\n'
             f'[broker]\nhost = "{self.broker.host}"\nport = {self.broker.port}\n'
-            "[telemetry]\ninterval_s = 0.2\nstatus_interval_s = 0.2\n"
+            f"[telemetry]\ninterval_s = {interval_s}\nstatus_interval_s = 0.2\n"
             "[drift]\nwindow = 50\n"
-            f'[[inputs]]\nkind = "file"\npath = "{self.readings}"\nrate_hz = 200\nloop = true\n'
+            f'[[inputs]]\nkind = "file"\n{piped if source else looped}'
         )
         return cfg
 
@@ -245,6 +251,133 @@ def test_canary_installing_but_breaking_a_model_gate_is_rolled_back(
     rig.hub_wait("the rollback confirmed", lambda: rig.rollout(r.id).rollback == {"pi-1": "done"})
     assert rig.events_of("pi-2", 2) == []
     assert rig.running("pi-2") == 1
+
+
+class SensorPipe:
+    """A named pipe the agent reads as its input, as from a sensor daemon: lines arrive when
+    the test writes them. The test holds it open for writing too, so the agent's open does
+    not block and it never sees the end of it."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR)
+
+    def write(self, rows: Any) -> None:
+        os.write(self._fd, "".join(",".join(f"{v:g}" for v in row) + "\n" for row in rows).encode())
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _stats(rig: Rig, name: str) -> dict[str, Any]:
+    return dict(rig.watcher.statuses.get(name, {}).get("stats", {}))
+
+
+def _telemetry_of(rig: Rig, name: str, version: int) -> list[dict[str, Any]]:
+    assert rig.hub is not None
+    model = {"name": "iris", "version": version}
+    return [r.body for r in rig.hub.store.records("telemetry", name) if r.body["model"] == model]
+
+
+def test_no_model_rejections_before_the_install_do_not_count_against_the_canary(
+    rig: Rig, bundles: dict[str, Path]
+) -> None:
+    """A device refuses its sensor lines (`no-model`) until its first model is installed. Its
+    telemetry window here is an hour long, so one window would span the install: what the
+    device refused before it must not count as the new model's errors."""
+    pipe = SensorPipe(rig.tmp / "sensor.fifo")
+    try:
+        rig.enroll("pi-1", source=pipe.path, interval_s=3600)
+        rig.start_agent("pi-1")
+        x, _ = load_iris(return_X_y=True)
+        pipe.write(x[:30])
+        rig.watcher.wait(
+            "30 lines refused for want of a model",
+            lambda: _stats(rig, "pi-1").get("rejected") == {"no-model": 30},
+        )
+        publish_bundle(rig.home, bundles["v1"])
+        gates = Gates(soak_s=SOAK, max_error_rate=0.05)
+        r = start_rollout(rig.home, ModelRef("iris", 1), "1", gates=gates)
+        rig.hub_wait("the canary healthy", lambda: rig.rollout(r.id).devices["pi-1"] == ro.HEALTHY)
+        pipe.write(x[30:90])
+        rig.watcher.wait("60 lines inferred", lambda: _stats(rig, "pi-1").get("inferences") == 60)
+        rig.stop_agent("pi-1")  # its open window goes out as it stops
+        rig.start_agent("pi-1")  # back (on iris@1), its status wakes the hub_wait checks
+        rig.hub_wait("iris@1 telemetry of the canary", lambda: bool(_telemetry_of(rig, "pi-1", 1)))
+        rig.offset = SOAK + 1
+        rig.hub_wait("the gate's verdict", lambda: rig.rollout(r.id).state != ro.RUNNING)
+    finally:
+        pipe.close()
+    done = rig.rollout(r.id)
+    assert done.state == ro.COMPLETED, done.halt_reason
+    assert done.stages[0].gate is not None
+    checks = {c["name"]: c["value"] for c in done.stages[0].gate["checks"]}
+    assert checks["error_rate"] == 0.0
+    # each window is stamped with what handled its lines: nothing, then iris@1
+    assert rig.hub is not None
+    lines: dict[str, Counter[str]] = {}
+    for rec in rig.hub.store.records("telemetry", "pi-1"):
+        seen = lines.setdefault(str(rec.body["model"]), Counter())
+        seen.update({"inferred": rec.body["count"], **rec.body["errors"]})
+    assert lines == {
+        "None": Counter({"no-model": 30}),
+        str({"name": "iris", "version": 1}): Counter({"inferred": 60}),
+    }
+
+
+def _roll_out_to(rig: Rig, version: int, target: str) -> None:
+    r = start_rollout(rig.home, ModelRef("iris", version), "1", target=target)
+    rig.hub_wait(f"iris@{version} on {target}", lambda: rig.rollout(r.id).state == ro.COMPLETED)
+
+
+def test_a_gate_rollback_returns_each_device_to_the_model_it_ran_before(
+    rig: Rig, bundles: dict[str, Path]
+) -> None:
+    """pi-1 ran iris@1 and installs iris@2 in the rollout; pi-2 already ran iris@2 (its first
+    and only model). The gate fails: pi-1 goes back to iris@1, pi-2 keeps iris@2."""
+    names = ["pi-1", "pi-2"]
+    _fleet(rig, names)
+    assert rig.hub is not None
+    rig.hub.store.label_device("pi-1", add=["old"])
+    rig.hub.store.label_device("pi-2", add=["new"])
+    publish_bundle(rig.home, bundles["v1"])
+    publish_bundle(rig.home, bundles["v2"])
+    _roll_out_to(rig, 1, "tag:old")
+    _roll_out_to(rig, 2, "tag:new")
+    rig.watcher.wait(
+        "pi-1 on iris@1, pi-2 on iris@2",
+        lambda: rig.running("pi-1") == 1 and rig.running("pi-2") == 2,
+    )
+    # both in the canary; no real inference meets a nanosecond latency budget
+    gates = Gates(soak_s=SOAK, max_p95_ms=1e-6)
+    r = start_rollout(rig.home, ModelRef("iris", 2), "2", gates=gates)
+    rig.hub_wait(
+        "both healthy on iris@2",
+        lambda: set(rig.rollout(r.id).devices.values()) == {ro.HEALTHY},
+    )
+    rig.hub_wait("iris@2 telemetry of pi-1", lambda: bool(_telemetry_of(rig, "pi-1", 2)))
+    rig.offset = SOAK + 1
+    rig.hub_wait("the gate to halt it", lambda: rig.rollout(r.id).state == ro.HALTED)
+    rig.hub_wait(
+        "both rollbacks confirmed",
+        lambda: rig.rollout(r.id).rollback == {"pi-1": "done", "pi-2": "done"},
+    )
+    rig.watcher.wait(
+        "each device on the model it ran before the rollout",
+        lambda: rig.running("pi-1") == 1 and rig.running("pi-2") == 2,
+    )
+    assert rig.agents["pi-1"][0].store.record().current == ModelRef("iris", 1)
+    assert rig.agents["pi-2"][0].store.record().current == ModelRef("iris", 2)
+    said = {
+        name: [e["reason"] for e in rig.watcher.device_events[name] if e["event"] == "rolled-back"]
+        for name in names
+    }
+    assert said["pi-1"] == ["requested by the hub"]
+    assert (
+        len(said["pi-2"]) == 1
+        and f"kept iris@2, which this device ran before rollout {r.id}" in said["pi-2"][0]
+    )
 
 
 # ---- persistence and catching up --------------------------------------------------------------

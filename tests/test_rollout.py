@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from cloud_hub import rollout as ro
-from cloud_hub.gates import Gates, Metrics, Threshold, judge_installs, measure, parse_duration
+from cloud_hub.gates import (
+    Gates,
+    Metrics,
+    Position,
+    Threshold,
+    after_install,
+    judge_installs,
+    measure,
+    parse_duration,
+)
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.messages import ModelRef
 
@@ -39,18 +49,20 @@ class Sim:
         self.fleet: dict[str, ro.DeviceFacts] = {d: ro.DeviceFacts(True, 0.0) for d in names}
         self.events: list[ro.Report] = []
         self.metrics = NO_DATA
-        self.measured: list[tuple[list[str], float]] = []
+        self.measured: list[tuple[dict[str, Position], float]] = []
+        self.seq: dict[str, int] = {}  # each device's records, numbered as its buffer does
 
     def step(self, now: float) -> list[tuple[str, str]]:
-        def measure_model(devices: list[str], since: float) -> Metrics:
-            self.measured.append((devices, since))
+        def measure_model(installed: dict[str, Position], since: float) -> Metrics:
+            self.measured.append((installed, since))
             return self.metrics
 
         sends = ro.step(self.r, now, self.fleet, self.events, measure_model)
         return [(s.device, s.kind) for s in sends]
 
     def report(self, device: str, event: str, reason: str = "", **shadow: Any) -> None:
-        self.events.append(ro.Report(device, event, reason, shadow or None))
+        self.seq[device] = seq = self.seq.get(device, -1) + 1
+        self.events.append(ro.Report(device, event, reason, shadow or None, at=(1, seq)))
 
 
 def deploys(sends: list[tuple[str, str]]) -> list[str]:
@@ -336,7 +348,8 @@ def test_latency_budget_broken_after_the_soak_halts_and_rolls_back() -> None:
     assert sim.step(169) == []
     assert sim.measured == []  # not measured before the soak ends
     assert sim.step(170) == [("a", "rollback")]
-    assert sim.measured == [(["a"], 100)]  # the healthy devices, since the deploy
+    # the healthy devices, each from where it installed the model, read since the deploy
+    assert sim.measured == [({"a": (1, 0)}, 100)]
     assert sim.r.state == ro.HALTED
     assert sim.r.halt_reason == "wave 1: p95_ms 7.5 above the limit 5"
     gate = sim.r.stages[0].gate
@@ -398,6 +411,76 @@ def test_on_fail_pause_pauses_instead_of_rolling_back() -> None:
     ro.roll_back(sim.r)  # the person looked and decided
     assert sim.step(171) == [("a", "rollback")]
     assert sim.r.state == ro.ROLLED_BACK
+
+
+# ---- what a wave's gate counts: each device's records after its own install -------------------
+@dataclass(frozen=True)
+class Rec:
+    """A stored record as the hub reads it (cloud_hub.storage.StoredRecord's fields)."""
+
+    device: str
+    boot: int
+    seq: int
+    body: dict[str, Any]
+
+
+M = MODEL.to_json()
+OTHER = ModelRef("wine", 1).to_json()
+
+
+def window(model: dict[str, Any] | None, count: int, **errors: int) -> dict[str, Any]:
+    return {"model": model, "count": count, "latency_ms": {"p95": 1.0}, "errors": errors}
+
+
+def test_only_what_each_device_recorded_after_its_install_with_the_candidate_counts() -> None:
+    installed = {"a": (1, 5), "b": (3, 10)}  # b already ran the model: its `healthy` answer
+    records = [
+        Rec("a", 1, 2, window(M, 10, garbage=40)),  # an earlier attempt with this model
+        Rec("a", 1, 4, window(OTHER, 50, nan=9)),  # the model before, just before the install
+        Rec("a", 1, 6, window(None, 0, **{"no-model": 30})),  # closed after the install
+        Rec("a", 1, 7, window(M, 100)),
+        Rec("a", 2, 0, window(M, 50, nan=1)),  # after a reboot: seq starts again, boot is higher
+        Rec("b", 2, 99, window(M, 20, garbage=20)),  # an earlier boot: before its answer
+        Rec("b", 3, 9, window(M, 20, garbage=20)),  # buffered while offline, arrived late
+        Rec("b", 3, 11, window(M, 100)),
+        Rec("c", 1, 50, window(M, 5, garbage=5)),  # not a device of the wave
+    ]
+    counted = after_install(records, M, installed)
+    assert counted == {
+        "a": [window(M, 100), window(M, 50, nan=1)],
+        "b": [window(M, 100)],
+    }
+    metrics = measure(counted, {})
+    assert (metrics.windows, metrics.inferences, metrics.errors) == (3, 250, 1)
+
+
+def test_a_device_is_measured_from_its_first_install_or_already_running_answer() -> None:
+    reports = [
+        ro.Report("a", "offered", at=(1, 3)),
+        ro.Report("a", "installed", at=(1, 5)),
+        ro.Report("a", "healthy", at=(1, 7)),
+        ro.Report("a", "healthy", "already running", at=(2, 1)),  # a resent deploy, answered
+        ro.Report("b", "healthy", "already running", at=(4, 2)),
+        ro.Report("c", "rejected", "tampered", at=(1, 1)),
+    ]
+    assert ro.installed_at(reports) == {"a": (1, 5), "b": (4, 2)}
+    assert ro.installed_at(reversed(reports)) == {"a": (1, 5), "b": (4, 2)}
+
+
+def test_the_wave_gate_measures_each_healthy_device_from_its_own_install() -> None:
+    gates = Gates(soak_s=60, max_error_rate=0.05, max_failure=Threshold(count=1))
+    sim = Sim(new(["a", "b", "c"], canary="3", gates=gates))
+    assert deploys(sim.step(100)) == ["a", "b", "c"]
+    for event in ("offered", "downloading", "verified", "installed", "healthy"):
+        sim.report("a", event)  # a's records 0 to 4: installed is (1, 3)
+    sim.report("b", "healthy", "already running")  # b's record 0
+    sim.report("c", "offered")
+    sim.report("c", "rejected", "tampered: chunk 0")
+    sim.step(110)
+    sim.metrics = Metrics(windows=2, inferences=200)
+    sim.step(170)
+    assert sim.measured == [({"a": (1, 3), "b": (1, 0)}, 100)]  # c failed: not measured
+    assert sim.r.state == ro.COMPLETED
 
 
 # ---- pause, resume, abort, rollback by hand ---------------------------------------------------

@@ -1,14 +1,21 @@
-"""Telemetry windows and running statistics: what a record says about the rows it saw."""
+"""Telemetry windows and running statistics: what a record says about the rows it saw, and
+(through the real pipeline) which model's rows a window holds."""
 
 from __future__ import annotations
 
 from collections import Counter, deque
+from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
 
+from edge_agent.pipeline import ActiveModel, Pipeline
 from edge_agent.telemetry import RunningStats, Window, percentiles
+from tests.test_pipeline_results import active_model, csv_line
 
 # One micro-batch: its latency and its predictions, all of one type (one model's outputs).
 BATCH = st.tuples(
@@ -59,3 +66,42 @@ def test_running_stats_keep_one_latency_per_row_up_to_the_reservoir(
     per_row_ms = [ms for ms, n in batches for _ in range(n)]
     assert stats.inferences == len(per_row_ms)
     assert list(stats.recent_ms) == per_row_ms[-100:]
+
+
+# ---- windows through the pipeline: one model each --------------------------------------------
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[ActiveModel, ActiveModel]:
+    x, y = load_iris(return_X_y=True)
+    clf = LogisticRegression(max_iter=1000).fit(x, y)
+    folder = tmp_path_factory.mktemp("models")
+    return (
+        active_model(clf, x, y, "iris", folder / "iris.zip"),
+        active_model(clf, x, y, "iris-next", folder / "iris-next.zip"),
+    )
+
+
+def test_a_window_never_spans_two_models(two_models: tuple[ActiveModel, ActiveModel]) -> None:
+    """Rows and rejections go into a window of the model that handled them; the first one
+    another model handles closes the window before, and a window closed later (by the timer)
+    is still stamped with the model that filled it, not with the one serving by then."""
+    first, second = two_models
+    windows: list[dict[str, Any]] = []
+    pipeline = Pipeline(on_drift=lambda r: None, on_window=windows.append)
+    lines = [("csv", csv_line(row)) for row in load_iris().data[:10]]
+    pipeline.process(lines[:3])  # no model yet
+    pipeline.active = first  # installed: the next batch is first's
+    pipeline.process([*lines[:4], ("csv", b"1,2,3")])
+    pipeline.active = second
+    pipeline.flush_window()  # nothing of second's yet: the open window is still first's
+    pipeline.process(lines[4:6])
+    pipeline.active = None  # rolled back to no model
+    pipeline.process(lines[6:7])
+    pipeline.flush_window()
+    assert [(w["model"], w["count"], w["errors"]) for w in windows] == [
+        (None, 0, {"no-model": 3}),
+        (first.card.model.to_json(), 4, {"field-count": 1}),
+        (second.card.model.to_json(), 2, {}),
+        (None, 0, {"no-model": 1}),
+    ]
+    assert pipeline.stats.rejected == {"no-model": 4, "field-count": 1}
+    assert pipeline.stats.inferences == 6

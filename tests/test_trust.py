@@ -549,6 +549,23 @@ def test_store_rollback_with_nothing_previous_leaves_no_model(tmp_path: Path) ->
     _no_temp_files(store.folder)
 
 
+def test_store_remembers_which_rollout_installed_the_current_model(tmp_path: Path) -> None:
+    """What a hub rollback of a rollout undoes: only an install that rollout made."""
+    store = ModelStore(tmp_path / "models")
+    v1, v2 = ModelRef("m", 1), ModelRef("m", 2)
+    assert store.install(v1, b"one", "r-1") == ActiveRecord(v1, None, "r-1")
+    assert store.install(v2, b"two", "r-2") == ActiveRecord(v2, v1, "r-2")
+    assert ModelStore(store.folder).record() == ActiveRecord(v2, v1, "r-2")  # survives a restart
+    assert store.rollback() == ActiveRecord(v1, None, None)  # r-1's install is no longer known
+    assert store.install(v2, b"two") == ActiveRecord(v2, v1, None)  # not by a rollout
+    (store.folder / "active.json").write_text('{"current": null, "previous": null}')
+    assert store.record() == ActiveRecord(None, None, None)  # as an older agent wrote it
+    (store.folder / "active.json").write_text('{"current": null, "previous": null, "rollout": 7}')
+    with pytest.raises(ConfigError, match=r"active\.json.*rollout: expected a string or null"):
+        store.record()
+    _no_temp_files(store.folder)
+
+
 def test_store_unreadable_record_is_a_config_error(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "models")
     (store.folder / "active.json").write_bytes(b"{broken")

@@ -251,7 +251,8 @@ def decode_status(payload: bytes) -> Status:
 
 @dataclass(frozen=True)
 class Record:
-    """One buffered record: (boot, seq) identifies it for exactly-once ingest."""
+    """One buffered record: (boot, seq) identifies it for exactly-once ingest, and orders it
+    among everything its device recorded (one sequence for every kind within a boot)."""
 
     boot: int
     seq: int
