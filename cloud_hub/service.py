@@ -1,7 +1,7 @@
 """The hub process: ingest, TUF publication, chunk transfer service and the rollout engine.
 
-paho's thread only queues incoming messages; one loop stores them, serves transfer requests,
-publishes TUF metadata when the repository changed, and steps the running rollouts.
+The MQTT session's thread only queues incoming messages; one loop stores them, serves transfer
+requests, publishes TUF metadata when the repository changed, and steps the running rollouts.
 
 Exactly once, whatever the broker keeps or loses: after each transaction commits, the hub
 confirms on dev/{id}/ack the (boot, seq) spans it committed, and only then does the device
@@ -108,8 +108,9 @@ class Hub:
         self._next_timestamp_check = 0.0
 
     def _queue(self, topic: str, payload: bytes, ack: Ack) -> None:
-        """paho's thread: a device past its message rate is refused here, before its message
-        costs a decode or a place in the queue (nothing of it is confirmed: it sends again)."""
+        """The MQTT session's thread: a device past its message rate is refused here, before its
+        message costs a decode or a place in the queue (nothing of it is confirmed: it sends
+        again)."""
         try:
             device, _kind = self.topics.parse_device_topic(topic)
         except MessageError:

@@ -8,8 +8,8 @@ and drift run the agent's own code. Only two things are simulated:
 - the runtime: one real onnxruntime session per distinct model, shared read-only by every device
   (`SharedRuntimes`), instead of one session per device.
 
-Threads per device: paho's network thread, the agent's updater and sender threads, and its main
-loop (`run_forever`): 4. One feeder thread serves every device.
+Threads per device: its MQTT session's network thread, the agent's updater and sender threads,
+and its main loop (`run_forever`): 4. One feeder thread serves every device.
 """
 
 from __future__ import annotations

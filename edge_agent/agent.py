@@ -1,8 +1,8 @@
 """The device daemon: wires config, MQTT session, updater, pipeline, buffer and sources.
 
-Threads: paho's network thread (routes messages, never blocks), one thread per input source,
-the updater (one command at a time), the sender (drains the buffer: edge_agent.delivery), and
-the main loop (micro-batches sensor lines, closes telemetry windows, refreshes the status).
+Threads: the MQTT session's network thread (routes messages, never blocks), one thread per input
+source, the updater (one command at a time), the sender (drains the buffer: edge_agent.delivery),
+and the main loop (micro-batches sensor lines, closes telemetry windows, refreshes the status).
 Each runs under a guard (edge_agent.guard): an exception is logged once and the thread goes on.
 
 A full or read-only disk stops nothing but the keeping: the agent infers and publishes its

@@ -165,7 +165,7 @@ class Sender:
         self._lock = threading.Lock()
         session.subscribe(topics.device(device_id, "ack"), self.on_confirm)
 
-    # ---- paho's thread: queue and wake ------------------------------------------------
+    # ---- the MQTT session's thread: queue and wake -------------------------------------
     def on_published(self, mid: int) -> None:
         self._published.put(mid)
         self.wake.set()
