@@ -226,15 +226,15 @@ def _positive_days(text: str) -> float:
 
 
 def _non_negative(kind: type[int] | type[float]) -> Callable[[str], float]:
+    what = "a whole number" if kind is int else "a number"
+
     def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
             value = -1
-        if not 0 <= value < float("inf"):
-            raise argparse.ArgumentTypeError(
-                f"expected a {kind.__name__} of 0 or more, got {text!r}"
-            )
+        if not 0 <= value < float("inf"):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"expected {what} of 0 or more, got {text!r}")
         return value
 
     return parse

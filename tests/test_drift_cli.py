@@ -92,6 +92,10 @@ def test_retention_prunes_old_records(home: Path) -> None:
         (["drift", "captures"], "the following arguments are required: --csv"),
         (["serve", "--retention-days", "0"], "expected a positive number of days"),
         (["serve", "--retention-days", "soon"], "expected a positive number of days"),
+        (["serve", "--device-rate", "-3"], "--device-rate: expected a number of 0 or more"),
+        (["serve", "--device-rate", "nan"], "--device-rate: expected a number of 0 or more"),
+        (["serve", "--device-quota", "1.5"], "--device-quota: expected a whole number of 0"),
+        (["serve", "--device-quota", "lots"], "got 'lots'"),
     ],
 )
 def test_bad_arguments_are_one_line(
