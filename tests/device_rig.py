@@ -1,13 +1,19 @@
-"""A device's buffer and sender on their own MQTT session: what the agent wires up for delivery,
-without a model or sensors, so a test decides exactly which records go in."""
+"""Rigs for tests: a device's buffer and sender on their own MQTT session (what the agent wires
+up for delivery, without a model or sensors, so a test decides exactly which records go in), and
+a hub with a whole agent, each on its own thread in this process."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from cloud_hub.broker import RunningBroker
+from cloud_hub.service import Hub
+from edge_agent.agent import Agent
 from edge_agent.buffer import Buffer
+from edge_agent.config import load_config
 from edge_agent.delivery import Sender
 from edge_agent.mqtt_session import BrokerAddress, MqttSession
 from edge_agent.protocol.topics import Topics
@@ -58,3 +64,27 @@ class Device:
             self.thread.join(5)
         self.session.stop()
         self.buffer.close()
+
+
+@contextlib.contextmanager
+def hub_and_agent(home: Path, broker: RunningBroker, config: Path) -> Iterator[tuple[Hub, Agent]]:
+    """The hub at `home` and the agent of the device file `config`, both running on `broker`
+    until the block ends (the hub connected before it starts)."""
+    stop = threading.Event()
+    hub = Hub(home, BrokerAddress(broker.host, broker.port))
+    agent = Agent(load_config(config))
+    threads = [
+        threading.Thread(target=hub.run, args=(stop,), daemon=True),
+        threading.Thread(target=agent.run_forever, daemon=True),
+    ]
+    agent.start()
+    for t in threads:
+        t.start()
+    try:
+        assert hub.ready.wait(30), "the hub did not connect"
+        yield hub, agent
+    finally:
+        agent.stop_event.set()
+        stop.set()
+        for t in threads:
+            t.join(timeout=15)

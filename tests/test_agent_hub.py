@@ -20,10 +20,9 @@ from cloud_hub.operations import enroll_device, init_hub, publish_bundle, start_
 from cloud_hub.service import Hub
 from converters.pipeline import build_bundle
 from edge_agent.agent import Agent
-from edge_agent.config import load_config
 from edge_agent.errors import MessageError
-from edge_agent.mqtt_session import BrokerAddress
 from edge_agent.protocol.messages import Command, ModelRef, decode_batch, decode_status, encode
+from tests.device_rig import hub_and_agent
 
 pytestmark = pytest.mark.broker
 DEVICE = "pi-01"
@@ -107,23 +106,9 @@ def fleet(broker: RunningBroker, tmp_path: Path) -> Iterator[Fleet]:
         "[telemetry]\nstatus_interval_s = 0.2\n"
     )
     watcher = Watcher(broker)
-    stop = threading.Event()
-    hub = Hub(home, BrokerAddress(broker.host, broker.port))
-    agent = Agent(load_config(cfg_path))
-    threads = [
-        threading.Thread(target=hub.run, args=(stop,), daemon=True),
-        threading.Thread(target=agent.run_forever, daemon=True),
-    ]
-    agent.start()
-    for t in threads:
-        t.start()
-    assert hub.ready.wait(30)
-    watcher.wait("the agent's birth", lambda: watcher.status.get("online") is True)
-    yield Fleet(home, hub, agent, watcher, broker)
-    agent.stop_event.set()
-    stop.set()
-    for t in threads:
-        t.join(timeout=15)
+    with hub_and_agent(home, broker, cfg_path) as (hub, agent):
+        watcher.wait("the agent's birth", lambda: watcher.status.get("online") is True)
+        yield Fleet(home, hub, agent, watcher, broker)
     watcher.stop()
 
 

@@ -25,8 +25,7 @@ from cloud_hub.operations import enroll_device, init_hub
 from cloud_hub.service import Hub
 from cloud_hub.web_metrics import registry_for
 from edge_agent.agent import Agent
-from edge_agent.config import load_config
-from edge_agent.mqtt_session import BrokerAddress
+from tests.device_rig import hub_and_agent
 
 pytestmark = pytest.mark.broker
 DEVICE = "pi-serial"
@@ -100,25 +99,11 @@ def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[Rig]:
         f"[telemetry]\nstatus_interval_s = 0.2\ninterval_s = 0.2\nno_input_s = {NO_INPUT_S}\n"
         f'[[inputs]]\nkind = "serial"\nport = "{socat.b}"\nreopen_delay = 0.05\n'
     )
-    stop = threading.Event()
-    hub = Hub(home, BrokerAddress(broker.host, broker.port))
-    agent = Agent(load_config(cfg))
-    threads = [
-        threading.Thread(target=hub.run, args=(stop,), daemon=True),
-        threading.Thread(target=agent.run_forever, daemon=True),
-    ]
-    agent.start()
-    for t in threads:
-        t.start()
-    assert hub.ready.wait(30)
-    rig = Rig(home, hub, agent, socat, Feeder(socat))
-    rig.wait("the port open, at the hub", lambda: rig.port().get("open") is True)
-    yield rig
-    rig.feeder.stop()
-    agent.stop_event.set()
-    stop.set()
-    for t in threads:
-        t.join(timeout=15)
+    with hub_and_agent(home, broker, cfg) as (hub, agent):
+        rig = Rig(home, hub, agent, socat, Feeder(socat))
+        rig.wait("the port open, at the hub", lambda: rig.port().get("open") is True)
+        yield rig
+        rig.feeder.stop()
     socat.stop()
 
 
