@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cloud_hub.broker import RunningBroker
+from cloud_hub.operations import enroll_device, init_hub
 from cloud_hub.service import Hub
 from edge_agent.agent import Agent
 from edge_agent.buffer import Buffer
@@ -64,6 +65,22 @@ class Device:
             self.thread.join(5)
         self.session.stop()
         self.buffer.close()
+
+
+def enrolled(tmp_path: Path, broker: RunningBroker, device: str, more: str) -> tuple[Path, Path]:
+    """A hub at tmp_path/hub and `device` enrolled with it, its device file at
+    tmp_path/dev/agent.toml on `broker`, with `more` TOML after the [broker] table. Returns
+    (the hub's home, the device file)."""
+    home = tmp_path / "hub"
+    init_hub(home)
+    (tmp_path / "dev").mkdir()
+    enroll_device(home, device, tmp_path / "dev" / "state")
+    config = tmp_path / "dev" / "agent.toml"
+    config.write_text(
+        f'[device]\nid = "{device}"\nstate_dir = "state"\n'
+        f'[broker]\nhost = "{broker.host}"\nport = {broker.port}\n{more}'
+    )
+    return home, config
 
 
 @contextlib.contextmanager

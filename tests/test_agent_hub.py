@@ -16,13 +16,13 @@ from sklearn.linear_model import LogisticRegression
 
 from cloud_hub import rollout as ro
 from cloud_hub.broker import RunningBroker
-from cloud_hub.operations import enroll_device, init_hub, publish_bundle, start_rollout
+from cloud_hub.operations import publish_bundle, start_rollout
 from cloud_hub.service import Hub
 from converters.pipeline import build_bundle
 from edge_agent.agent import Agent
 from edge_agent.errors import MessageError
 from edge_agent.protocol.messages import Command, ModelRef, decode_batch, decode_status, encode
-from tests.device_rig import hub_and_agent
+from tests.device_rig import enrolled, hub_and_agent
 
 pytestmark = pytest.mark.broker
 DEVICE = "pi-01"
@@ -95,16 +95,7 @@ def _bundle(tmp: Path, version: int, max_latency_ms: float | None = None) -> Pat
 
 @pytest.fixture
 def fleet(broker: RunningBroker, tmp_path: Path) -> Iterator[Fleet]:
-    home = tmp_path / "hub"
-    init_hub(home)
-    (tmp_path / "dev").mkdir()
-    enroll_device(home, DEVICE, tmp_path / "dev" / "state")
-    cfg_path = tmp_path / "dev" / "agent.toml"
-    cfg_path.write_text(
-        f'[device]\nid = "{DEVICE}"\nstate_dir = "state"\n'
-        f'[broker]\nhost = "{broker.host}"\nport = {broker.port}\n'
-        "[telemetry]\nstatus_interval_s = 0.2\n"
-    )
+    home, cfg_path = enrolled(tmp_path, broker, DEVICE, "[telemetry]\nstatus_interval_s = 0.2\n")
     watcher = Watcher(broker)
     with hub_and_agent(home, broker, cfg_path) as (hub, agent):
         watcher.wait("the agent's birth", lambda: watcher.status.get("online") is True)

@@ -21,11 +21,10 @@ from test_sources import WAIT_S, Socat
 
 from cloud_hub import cli as hub_cli
 from cloud_hub.broker import RunningBroker
-from cloud_hub.operations import enroll_device, init_hub
 from cloud_hub.service import Hub
 from cloud_hub.web_metrics import registry_for
 from edge_agent.agent import Agent
-from tests.device_rig import hub_and_agent
+from tests.device_rig import enrolled, hub_and_agent
 
 pytestmark = pytest.mark.broker
 DEVICE = "pi-serial"
@@ -88,16 +87,12 @@ def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[Rig]:
         pytest.skip("socat is not installed")
     socat = Socat(tmp_path)
     socat.start()
-    home = tmp_path / "hub"
-    init_hub(home)
-    (tmp_path / "dev").mkdir()
-    enroll_device(home, DEVICE, tmp_path / "dev" / "state")
-    cfg = tmp_path / "dev" / "agent.toml"
-    cfg.write_text(
-        f'[device]\nid = "{DEVICE}"\nstate_dir = "state"\n'
-        f'[broker]\nhost = "{broker.host}"\nport = {broker.port}\n'
+    home, cfg = enrolled(
+        tmp_path,
+        broker,
+        DEVICE,
         f"[telemetry]\nstatus_interval_s = 0.2\ninterval_s = 0.2\nno_input_s = {NO_INPUT_S}\n"
-        f'[[inputs]]\nkind = "serial"\nport = "{socat.b}"\nreopen_delay = 0.05\n'
+        f'[[inputs]]\nkind = "serial"\nport = "{socat.b}"\nreopen_delay = 0.05\n',
     )
     with hub_and_agent(home, broker, cfg) as (hub, agent):
         rig = Rig(home, hub, agent, socat, Feeder(socat))
