@@ -128,8 +128,8 @@ class Settings:
     batch_max: int
     queue_max: int
     drift_window: int
-    psi_warn: float
-    psi_alert: float
+    warn_every: float
+    alert_every: float
     max_unpacked_bytes: int
 
 
@@ -139,8 +139,8 @@ def settings() -> Settings:
         batch_max=base["pipeline"]["batch_max"],
         queue_max=base["pipeline"]["queue_max"],
         drift_window=base["drift"]["window"],
-        psi_warn=base["drift"]["psi_warn"],
-        psi_alert=base["drift"]["psi_alert"],
+        warn_every=base["drift"]["warn_every"],
+        alert_every=base["drift"]["alert_every"],
         # Updater.load reads an installed bundle with the verifier's limit x 4
         max_unpacked_bytes=base["limits"]["max_bundle_bytes"] * 4,
     )
@@ -231,7 +231,7 @@ def agent_pipeline(model: Model, cfg: Settings) -> tuple[Pipeline, Sink]:
     card = model.bundle.card
     runtime = load_runtime(card, model.bundle.model_bytes, THREADS)
     pipeline.active = ActiveModel.build(
-        card, runtime, cfg.drift_window, cfg.psi_warn, cfg.psi_alert
+        card, runtime, cfg.drift_window, cfg.warn_every, cfg.alert_every
     )
     return pipeline, sink
 
@@ -466,7 +466,7 @@ def measure_stages(model: Model, batch: int, cfg: Settings, whole: Throughput) -
     # One fresh monitor per timed call (the warm-up and STAGE_REPS), built beforehand: building
     # one (the card's grid) is part of activating a model, not of a row.
     monitors = [
-        DriftMonitor(card, cfg.drift_window, cfg.psi_warn, cfg.psi_alert)
+        DriftMonitor(card, cfg.drift_window, None, cfg.warn_every, cfg.alert_every)
         for _ in range(STAGE_REPS + 1)
     ]
 
@@ -694,8 +694,8 @@ def child_scripts(model: Model, folder: Path, cfg: Settings) -> dict[str, str]:
             max_unpacked=cfg.max_unpacked_bytes,
             THREADS=THREADS,
             window=cfg.drift_window,
-            warn=cfg.psi_warn,
-            alert=cfg.psi_alert,
+            warn=cfg.warn_every,
+            alert=cfg.alert_every,
             lines_path=str(lines_path),
             interval=interval,
             n=PREDICTIONS_AFTER_LOAD,

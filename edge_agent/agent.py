@@ -296,8 +296,8 @@ class Agent:
             installed.bundle.card,
             installed.runtime,
             self.cfg.get("drift", "window"),
-            self.cfg.get("drift", "psi_warn"),
-            self.cfg.get("drift", "psi_alert"),
+            self.cfg.get("drift", "warn_every"),
+            self.cfg.get("drift", "alert_every"),
             self.cfg.get("drift", "window_s") or None,
         )
         if self.cfg.get("drift", "capture"):  # off by default: raw inputs may be personal data

@@ -8,6 +8,7 @@ expected and what was found.
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import tomllib
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from edge_agent.protocol.topics import check_device_id
 from edge_agent.results import is_results_topic
 from edge_agent.sources import input_from_config
 from firmware_configs import profile_names, profile_path
+
+log = logging.getLogger(__name__)
 
 Number = (int, float)
 MAX_CAPTURE_ROWS = 1000  # rows of inputs a drift alert may carry to the hub
@@ -42,8 +45,8 @@ PROFILE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "drift": {
         "window": int,
         "window_s": Number,
-        "psi_warn": Number,
-        "psi_alert": Number,
+        "warn_every": Number,
+        "alert_every": Number,
         "capture": bool,
         "capture_rows": int,
     },
@@ -61,6 +64,12 @@ DEVICE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "topic_prefix": str,
     },
 }
+# keys an older profile or device file may still hold: ignored with a warning naming what
+# replaced them, so an agent upgraded in the field keeps running on its old file
+RETIRED_KEYS = {
+    ("drift", "psi_warn"): "drift.warn_every (drift-free windows between false warnings)",
+    ("drift", "psi_alert"): "drift.alert_every (drift-free windows between false alerts)",
+}
 TOP_LEVEL = {"extends", "profile", "inputs", *PROFILE_SCHEMA, *DEVICE_SCHEMA}
 # tables inside a section: (section, key) -> sub-table -> key -> type. [buffer.caps.telemetry]
 # etc.: each priority class's own cap (edge_agent.buffer.next_drop)
@@ -77,6 +86,12 @@ def _zero_or_positive(v: Any) -> str | None:
 
 
 VALUE_RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
+    ("drift", "warn_every"): lambda v: (
+        None if 1 < v < math.inf else "a number of windows above 1, like 100 (1% of windows)"
+    ),
+    ("drift", "alert_every"): lambda v: (
+        None if 1 < v < math.inf else "a number of windows above 1, like 10000"
+    ),
     ("drift", "window_s"): _zero_or_positive,
     ("telemetry", "drain_rate"): _zero_or_positive,
     ("telemetry", "no_input_s"): lambda v: (
@@ -140,6 +155,16 @@ def check_sections(
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{where}] expected a table, found {values!r:.40}")
         known = schema[section]
+        for key in [k for k in values if (section, k) in RETIRED_KEYS and not within]:
+            log.warning(
+                "%s: %s.%s is no longer used (drift levels follow the window and reference "
+                "sizes); it is ignored, see %s",
+                source,
+                section,
+                key,
+                RETIRED_KEYS[(section, key)],
+            )
+            del values[key]
         for key, value in values.items():
             if key not in known:
                 raise ConfigError(
@@ -266,10 +291,10 @@ def load_config(path: Path) -> AgentConfig:
         )
     settings = merge(load_profile(profile), {k: v for k, v in data.items() if k in PROFILE_SCHEMA})
     drift = settings["drift"]
-    if drift["psi_warn"] >= drift["psi_alert"]:
+    if drift["warn_every"] >= drift["alert_every"]:
         raise ConfigError(
-            f"{source}: drift.psi_warn ({drift['psi_warn']}) expected below drift.psi_alert "
-            f"({drift['psi_alert']})"
+            f"{source}: drift.warn_every ({drift['warn_every']}) expected below "
+            f"drift.alert_every ({drift['alert_every']}): alerts are rarer than warnings"
         )
     device = data.get("device", {})
     if "id" not in device:

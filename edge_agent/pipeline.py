@@ -72,15 +72,15 @@ class ActiveModel:
         card: ModelCard,
         runtime: Runtime,
         drift_window: int,
-        warn: float,
-        alert: float,
+        warn_every: float,
+        alert_every: float,
         drift_window_s: float | None = None,
     ) -> ActiveModel:
         names, bounds = card.feature_names, card_bounds(card)
         return cls(
             card,
             runtime,
-            DriftMonitor(card, drift_window, warn, alert, window_s=drift_window_s),
+            DriftMonitor(card, drift_window, drift_window_s, warn_every, alert_every),
             {fmt: LineParser(names, fmt, bounds) for fmt in ("csv", "json")},
         )
 

@@ -77,7 +77,7 @@ def test_every_shipped_profile_loads(name: str) -> None:
     assert "extends" not in profile
     for section, keys in PROFILE_SCHEMA.items():
         assert set(profile[section]) == set(keys), f"{name}: [{section}]"
-    assert profile["drift"]["psi_warn"] < profile["drift"]["psi_alert"]
+    assert 1 < profile["drift"]["warn_every"] < profile["drift"]["alert_every"]
 
 
 def test_there_are_profiles_and_base_is_not_one() -> None:
@@ -124,14 +124,14 @@ def test_unknown_section_key_in_device(tmp_path: Path) -> None:
         ("[telemetry]\nbatch_size = true", "telemetry.batch_size", "expected int", "bool True"),
         ("[telemetry]\nbatch_size = 1.5", "telemetry.batch_size", "expected int", "float 1.5"),
         ('[telemetry]\ninterval_s = "2s"', "telemetry.interval_s", "expected int or", "'2s'"),
-        ("[drift]\npsi_warn = false", "drift.psi_warn", "expected int or", "bool False"),
+        ("[drift]\nwarn_every = false", "drift.warn_every", "expected int or", "bool False"),
         ('[broker]\nport = "1883"', "broker.port", "expected int", "str '1883'"),
         ("[broker]\nhost = 127", "broker.host", "expected str", "int 127"),
         ("[telemetry]\nbatch_size = -5", "telemetry.batch_size", "positive", "-5"),
         ("[buffer]\nmax_rows = 0", "buffer.max_rows", "positive", "0"),
-        ("[drift]\npsi_alert = -0.25", "drift.psi_alert", "positive", "-0.25"),
+        ("[drift]\nalert_every = -0.25", "drift.alert_every", "above 1", "-0.25"),
         ("[broker]\nport = -1", "broker.port", "positive", "-1"),
-        ("[drift]\npsi_warn = nan", "drift.psi_warn", "positive", "nan"),
+        ("[drift]\nwarn_every = nan", "drift.warn_every", "above 1", "nan"),
         ("[telemetry]\ninterval_s = inf", "telemetry.interval_s", "positive", "inf"),
         ("[runtime]\nthreads = [2]", "runtime.threads", "expected int", "list"),
         ("telemetry = 5", "[telemetry]", "expected a table", "5"),
@@ -258,8 +258,8 @@ def test_unreadable_password_file(tmp_path: Path) -> None:
 
 def test_warn_threshold_must_be_below_alert(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
-    path.write_text('[device]\nid = "pi-01"\n[drift]\npsi_warn = 0.3\npsi_alert = 0.2\n')
-    with pytest.raises(ConfigError, match=r"agent\.toml: drift\.psi_warn \(0\.3\) expected below"):
+    path.write_text('[device]\nid = "pi-01"\n[drift]\nwarn_every = 500\nalert_every = 200\n')
+    with pytest.raises(ConfigError, match=r"agent\.toml: drift\.warn_every \(500\) expected below"):
         load_config(path)
 
 

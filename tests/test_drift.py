@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.datasets import load_breast_cancer
 
-from edge_agent.drift import EPSILON, DriftMonitor, classify, psi
+from edge_agent.drift import EPSILON, DriftMonitor, psi, status_of
 from edge_agent.protocol.card import (
     ModelCard,
     bucket_counts,
@@ -122,15 +122,6 @@ def test_psi_on_real_data_same_distribution_is_small_and_shift_is_large(
     assert moved > 10 * same
 
 
-def test_classify_thresholds() -> None:
-    assert classify(0.0, 0.1, 0.25) == "ok"
-    assert classify(0.0999, 0.1, 0.25) == "ok"
-    assert classify(0.1, 0.1, 0.25) == "warn"
-    assert classify(0.2499, 0.1, 0.25) == "warn"
-    assert classify(0.25, 0.1, 0.25) == "alert"
-    assert classify(3.0, 0.1, 0.25) == "alert"
-
-
 # ---- the monitor -----------------------------------------------------------------------------
 def feed(monitor: DriftMonitor, x: np.ndarray, batch: int) -> list[dict[str, Any]]:
     reports = []
@@ -162,7 +153,11 @@ def test_monitor_windows_hold_the_rows_in_order(
     card = card_for(ref, names)
     straddling = feed(DriftMonitor(card, window=40), live[:120], 16)
     by_window = [DriftMonitor(card, window=40).report(live[i : i + 40]) for i in (0, 40, 80)]
-    assert straddling == by_window
+    own = ("window", "psi", "ks", "js", "out_of_range", "p_values", "counts")  # not the pooled p
+    assert [{k: r[k] for k in own} for r in straddling] == [
+        {k: r[k] for k in own} for r in by_window
+    ]
+    assert straddling[0] == by_window[0]  # the first window has no history to pool
 
 
 def test_monitor_report_contents_and_status(
@@ -171,44 +166,48 @@ def test_monitor_report_contents_and_status(
     _, names = cancer
     ref, live = halves
     card = card_for(ref, names)
-    monitor = DriftMonitor(card, window=100, warn=0.1, alert=0.25)
+    monitor = DriftMonitor(card, window=100)
     assert monitor.add(live[:99]) is None
     report = monitor.add(live[99:100])
     assert report is not None
     assert report["model"] == {"name": "cancer", "version": 1}
     assert report["window"] == 100
-    assert set(report["psi"]) == set(names)
+    assert set(report["psi"]) == set(names) == set(report["p_values"]) == set(report["q"])
     assert report["max_psi"] == max(report["psi"].values())
-    assert report["psi"][report["worst_feature"]] == report["max_psi"]
-    assert report["status"] == classify(report["max_psi"], 0.1, 0.25)
-    # each per-feature value is psi() of that feature's live counts
+    assert report["levels"] == {"warn": 0.01, "alert": 0.0001}
+    assert report["status"] == status_of(report["p"], report["levels"])
+    assert report["p_values"][report["worst_feature"]] == min(report["p_values"].values())
+    assert report["scale"] == 1  # nothing to pool yet
+    # each per-feature value is psi() of that feature's live counts, and the counts are there
     j = names.index("worst area")
     profile = card.features[j]
     live_counts = bucket_counts(live[:100, j], list(profile.edges))
     expected = psi(np.asarray(profile.counts), live_counts)
     assert report["psi"]["worst area"] == pytest.approx(expected, abs=1e-4)
+    assert report["counts"]["bins"]["worst area"] == live_counts.tolist()
+    assert report["counts"]["rows"] == 100
 
 
-def test_monitor_status_ok_warn_alert_by_thresholds(
+def test_the_levels_follow_warn_every_and_alert_every(
     cancer: tuple[np.ndarray, list[str]], halves: tuple[np.ndarray, np.ndarray]
 ) -> None:
     _, names = cancer
     ref, live = halves
     card = card_for(ref, names)
-    window = live[:100]
-    baseline = DriftMonitor(card, window=100).report(window)["max_psi"]
-    assert (
-        DriftMonitor(card, 100, warn=baseline + 1, alert=baseline + 2).report(window)["status"]
-        == "ok"
-    )
-    assert (
-        DriftMonitor(card, 100, warn=baseline, alert=baseline + 1).report(window)["status"]
-        == "warn"
-    )
-    assert (
-        DriftMonitor(card, 100, warn=baseline / 2, alert=baseline).report(window)["status"]
-        == "alert"
-    )
+    window = live[:100].copy()
+    window[:, 3] += 0.6 * ref[:, 3].std()  # a moderate shift of one feature
+    p = DriftMonitor(card, window=100).report(window)["p"]
+    assert 0 < p < 0.5
+    for warn_every, alert_every, status in (
+        (1.5 / p, 2 / p, "ok"),
+        (0.5 / p, 2 / p, "warn"),
+        (0.25 / p, 0.5 / p, "alert"),
+    ):
+        if warn_every > 1:
+            monitor = DriftMonitor(card, 100, warn_every=warn_every, alert_every=alert_every)
+            assert monitor.report(window)["status"] == status
+    with pytest.raises(ValueError, match="warn_every < alert_every"):
+        DriftMonitor(card, 100, warn_every=500, alert_every=100)
 
 
 def test_monitor_flags_one_shifted_feature(
@@ -216,16 +215,17 @@ def test_monitor_flags_one_shifted_feature(
 ) -> None:
     _, names = cancer
     ref, live = halves
-    monitor = DriftMonitor(card_for(ref, names), window=200, warn=0.1, alert=0.25)
+    monitor = DriftMonitor(card_for(ref, names), window=200)
     calm = monitor.add(live[:200])
     assert calm is not None
-    assert calm["status"] in ("ok", "warn")  # a 200-row sample of the same population
+    assert calm["status"] == "ok" and calm["moved"] == []  # a 200-row sample of the population
     j = names.index("mean texture")
     shifted = live[:200].copy()
     shifted[:, j] += 2 * ref[:, j].std()
     report = monitor.add(shifted)
     assert report is not None
     assert report["worst_feature"] == "mean texture"
+    assert report["moved"] == ["mean texture"]
     assert report["status"] == "alert"
     assert report["psi"]["mean texture"] > 1.0
 
@@ -356,7 +356,7 @@ def test_no_false_alert_on_unshifted_data_and_the_shift_is_named(
     ref, live = halves
     card = card_for(ref, names)
     calm = feed(DriftMonitor(card, window=len(live)), live, 16)[0]
-    assert calm["status"] != "alert", calm["psi"]
+    assert calm["status"] == "ok", calm["p_values"]
     assert max(calm["ks"].values()) < 0.2
     j = names.index("mean texture")
     moved = feed(DriftMonitor(card, window=len(live)), _shifted(live, ref, j), 16)[0]
@@ -415,21 +415,33 @@ def test_time_window_closes_after_window_s(cancer: tuple[np.ndarray, list[str]])
     assert report is not None and report["window"] == 10
 
 
-def test_card_thresholds_win_and_capture_is_bounded(cancer: tuple[np.ndarray, list[str]]) -> None:
+def test_old_card_thresholds_are_not_used_and_the_report_says_so(
+    cancer: tuple[np.ndarray, list[str]],
+) -> None:
+    """A card from before calibration carries fixed PSI thresholds: a drift-free window of it
+    is still judged by the sample-size levels (ok), and every report names what was set aside."""
     x, names = cancer
-    raw = card_for(x, names).raw | {"drift": {"psi_warn": 5.0, "psi_alert": 9.0}}
+    raw = card_for(x, names).raw | {"drift": {"psi_warn": 0.01, "psi_alert": 0.02}}
     card = parse_card(raw)
-    monitor = DriftMonitor(card, window=50, warn=0.1, alert=0.25, capture=7)
+    report = DriftMonitor(card, window=100).add(
+        x[np.random.default_rng(1).permutation(len(x))][:100]
+    )
+    assert report is not None and report["status"] == "ok"
+    assert report["max_psi"] > 0.02  # what the old bands would have alerted on
+    assert any("psi_alert 0.02" in note and "not used" in note for note in report["notes"])
+    assert "notes" not in DriftMonitor(card_for(x, names), window=100).add(x[:100])  # type: ignore[operator]
+
+
+def test_capture_is_bounded_and_only_on_alerts(cancer: tuple[np.ndarray, list[str]]) -> None:
+    x, names = cancer
     shifted = x[:50] + 10 * x.std(axis=0)
-    report = monitor.add(shifted)
-    assert report is not None and report["thresholds"]["psi_alert"] == 9.0
-    assert "capture" not in report or report["status"] == "alert"
-    loose = DriftMonitor(card_for(x, names), window=50, capture=7).add(shifted)
-    assert loose is not None and loose["status"] == "alert"
-    assert len(loose["capture"]["rows"]) == 7
-    assert loose["capture"]["rows"][-1] == pytest.approx(shifted[-1].tolist())
-    calm = DriftMonitor(card_for(x, names), window=50, capture=7, warn=50, alert=60).add(x[:50])
-    assert calm is not None and "capture" not in calm
+    loud = DriftMonitor(card_for(x, names), window=50, capture=7).add(shifted)
+    assert loud is not None and loud["status"] == "alert"
+    assert len(loud["capture"]["rows"]) == 7
+    assert loud["capture"]["rows"][-1] == pytest.approx(shifted[-1].tolist())
+    sample = x[np.random.default_rng(2).permutation(len(x))[:50]]  # (x[:50] is mostly malignant)
+    calm = DriftMonitor(card_for(x, names), window=50, capture=7).add(sample)
+    assert calm is not None and calm["status"] == "ok" and "capture" not in calm
 
 
 def test_old_cards_without_a_ks_sample_still_read(cancer: tuple[np.ndarray, list[str]]) -> None:
@@ -443,6 +455,7 @@ def test_old_cards_without_a_ks_sample_still_read(cancer: tuple[np.ndarray, list
     assert card.features[0].ks == ()
     report = DriftMonitor(card, window=100).add(x[:100])
     assert report is not None and 0 <= report["ks"][names[0]] <= 1
+    assert any("no KS reference sample" in note for note in report["notes"])
 
 
 @pytest.mark.parametrize(
@@ -539,10 +552,10 @@ def test_non_finite_values_are_missing_and_the_rest_counted(
     monitor._accumulate(rows, None)
     finite = np.isfinite(rows)
     slots = complex_slots(monitor, np.where(finite, rows, 0.0))[finite]
-    expected = np.bincount(slots, minlength=len(monitor._counts))
-    assert monitor._missing.tolist() == (~finite).sum(axis=0).tolist()
-    assert monitor._counts.tolist() == expected.tolist()
-    assert monitor._counts.sum() == finite.sum()
+    expected = np.bincount(slots, minlength=len(monitor._tally.counts))
+    assert monitor._tally.missing.tolist() == (~finite).sum(axis=0).tolist()
+    assert monitor._tally.counts.tolist() == expected.tolist()
+    assert monitor._tally.counts.sum() == finite.sum()
 
 
 @pytest.mark.parametrize("batch", [1, 16, 100])
@@ -571,7 +584,7 @@ def test_reports_are_the_same_with_the_complex_grid_alone(
 
     fast = reports()
     monkeypatch.setattr(
-        "edge_agent.drift._Layout.slots",
+        "edge_agent.drift.layout.Layout.slots",
         lambda self, x, keep=None: complex_slots_of(self.grid, x, keep),
     )
     assert fast == reports()

@@ -37,7 +37,9 @@ def active_model(model: Any, x: np.ndarray, y: np.ndarray, name: str, out: Path)
     build_bundle(model, x, y, name=name, version=3, out=out)
     bundle = read_bundle(out.read_bytes(), None, 10**8)
     runtime = load_runtime(bundle.card, bundle.model_bytes)
-    return ActiveModel.build(bundle.card, runtime, drift_window=50, warn=0.1, alert=0.25)
+    return ActiveModel.build(
+        bundle.card, runtime, drift_window=50, warn_every=100, alert_every=10_000
+    )
 
 
 @pytest.fixture(scope="module")

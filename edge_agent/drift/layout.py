@@ -1,0 +1,155 @@
+"""Where a window's counts sit: one sorted grid holding, for every feature, its bin edges, its
+KS reference points and its min and max (see `edge_agent.drift.monitor` for why one grid).
+
+Grid keys are complex numbers (real part = feature index, imaginary part = value), which numpy
+orders lexicographically, so one `searchsorted` places every value of every feature at once (an
+equality test against the point found tells "on it" from "below it") and one `bincount` adds a
+batch to the window. Values that are all float32 (what the pipeline feeds) take the same path
+on int64 keys instead, which numpy compares several times faster than complex ones; `_Keys32`
+says why the two give the same slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_agent.drift.stats import MIN_EXPECTED, merge_bins
+from edge_agent.protocol.card import ModelCard
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where every count a report needs sits on the combined grid, as flat index arrays (one
+    entry per bin or per KS point, with the feature it belongs to), so a report is a handful
+    of vectorized operations whatever the number of features.
+
+    A value equal to grid point k lands in slot 2k+1, one strictly between points k-1 and k in
+    slot 2k. With `cum[s]` = values in slots below s: values of a feature at most point k are
+    cum[2k+2] - cum[start], below it cum[2k+1] - cum[start], where start = 2*lo+2 is the
+    feature's first slot after its -inf sentinel."""
+
+    grid: np.ndarray  # complex128, sorted: feature + 1j * value
+    start: np.ndarray  # per feature: its first slot
+    end: np.ndarray  # per feature: one past its last slot
+    bin_feature: np.ndarray  # per PSI bin (all features): the feature
+    bin_lo: np.ndarray  # per PSI bin: cum index of its lower end
+    bin_hi: np.ndarray  # per PSI bin: cum index of its upper end
+    bin_ref: np.ndarray  # per PSI bin: the reference count
+    ks_feature: np.ndarray  # per KS point (all features): the feature
+    ks_at: np.ndarray  # per KS point: its grid index
+    ks_le: np.ndarray  # per KS point: reference ECDF at it
+    ks_lt: np.ndarray  # per KS point: reference ECDF just before it
+    min_at: np.ndarray  # per feature: grid index of the card's min
+    max_at: np.ndarray  # per feature: grid index of the card's max
+    keys32: np.ndarray  # int64, the grid as `Keys32` places float32 values on it
+    bin_group: np.ndarray  # per PSI bin: its chi-square group (bins merged, all features)
+    group_feature: np.ndarray  # per chi-square group: the feature
+    ref_rows: np.ndarray  # per feature: reference rows with a value (the card's bin counts)
+    ks_slack: np.ndarray  # per feature: how far the card's KS sample's ECDF may be off
+
+    @classmethod
+    def of(cls, card: ModelCard, window: int) -> Layout:
+        """The layout of `card`'s profile; chi-square bins merged so that a window of `window`
+        rows expects at least MIN_EXPECTED values in each."""
+        keys: list[np.ndarray] = []
+        derived = ("grid", "keys32", "group_feature")
+        parts: dict[str, list[Any]] = {k: [] for k in cls.__dataclass_fields__ if k not in derived}
+        offset, groups = 0, 0
+        min_mass = MIN_EXPECTED / max(window, 1)
+        for j, f in enumerate(card.features):
+            if f.ks:
+                sample = np.asarray(f.ks, dtype=np.float64)
+                points = np.unique(sample)
+                le = np.searchsorted(sample, points, "right") / sample.size
+                lt = np.searchsorted(sample, points, "left") / sample.size
+            else:  # an older card: the ECDF is known at the bin edges only
+                points = np.asarray(f.edges, dtype=np.float64)
+                le = lt = np.cumsum(f.counts)[: len(points)] / max(sum(f.counts), 1)
+            edges = np.asarray(f.edges, dtype=np.float64)
+            values = np.unique(np.concatenate([points, edges, [f.min, f.max, -np.inf, np.inf]]))
+            key = np.empty(len(values), dtype=np.complex128)
+            key.real, key.imag = j, values  # not j + 1j * values: 1j * inf has a NaN real part
+            keys.append(key)
+            start, end = 2 * offset + 2, 2 * (offset + len(values) - 1) + 1
+            bounds = np.concatenate(
+                [[start], 2 * (offset + np.searchsorted(values, edges)) + 2, [end]]
+            )
+            parts["start"].append([start])
+            parts["end"].append([end])
+            parts["bin_feature"].append(np.full(len(edges) + 1, j))
+            parts["bin_lo"].append(bounds[:-1])
+            parts["bin_hi"].append(bounds[1:])
+            parts["bin_ref"].append(np.asarray(f.counts, dtype=np.float64))
+            parts["ks_feature"].append(np.full(len(points), j))
+            parts["ks_at"].append(offset + np.searchsorted(values, points))
+            parts["ks_le"].append(le)
+            parts["ks_lt"].append(lt)
+            parts["min_at"].append([offset + np.searchsorted(values, f.min)])
+            parts["max_at"].append([offset + np.searchsorted(values, f.max)])
+            group = merge_bins(np.asarray(f.counts), min_mass)
+            parts["bin_group"].append(groups + group)
+            groups += int(group.max()) + 1
+            rows = sum(f.counts)
+            parts["ref_rows"].append([rows])
+            # the card keeps len(ks) order statistics at evenly spaced ranks of `rows` values:
+            # between two of them the full reference's ECDF moves by at most one rank step
+            parts["ks_slack"].append([1 / (len(f.ks) - 1) if rows > len(f.ks) > 1 else 0.0])
+            offset += len(values)
+        flat = {k: np.concatenate([np.asarray(v) for v in vs]) for k, vs in parts.items()}
+        grid = np.concatenate(keys)
+        group_feature = np.zeros(groups, dtype=np.int64)
+        group_feature[flat["bin_group"]] = flat["bin_feature"]
+        return cls(grid=grid, keys32=Keys32.of_grid(grid), group_feature=group_feature, **flat)
+
+    def slots(self, x: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+        """The count slots of the values of `x` (n, n_features; finite), in no particular order;
+        with `keep` (a mask of x's shape), of the kept values only."""
+        with np.errstate(over="ignore"):  # a value past the float32 range is simply not one
+            as32 = x.astype(np.float32)
+        if (as32 == x).all():  # every value is a float32: the faster int64 keys place it exactly
+            grid, keys = self.keys32, Keys32.of_values(as32)
+            # Sorted keys make searchsorted several times faster (each search starts from the
+            # last one's result: few mispredicted branches), more than sorting int64s costs.
+            keys = np.sort(keys if keep is None else keys[keep], axis=None)
+        else:  # (sorting complex numbers costs more than it saves)
+            grid, keys = self.grid, np.arange(x.shape[1]) + 1j * x
+            keys = keys.ravel() if keep is None else keys[keep]
+        at = np.searchsorted(grid, keys, "left")  # grid points below the value
+        return 2 * at + (grid[at] == keys)  # +1 when the value is on the point
+
+
+class Keys32:
+    """int64 keys with the order of the complex grid keys, for float32 values.
+
+    A float32's bits, with the sign folded in (`order`), are an unsigned integer with the
+    float's order (-0.0 made +0.0 first, as they compare equal). A value v of feature j gets
+    j * 2**33 + 2 * order(v) + 1. A grid point g (float64) gets the same when g is a float32;
+    otherwise it sits strictly between two adjacent float32s, and gets 2 * order(d) + 2 with d
+    the float32 just below it. So for every float32 v: key(v) < key(g) exactly when v < g,
+    and the keys are equal exactly when v == g. Two grid points between the same two float32s
+    get the same key; no float32 lies between them, so the count of keys below a value's key
+    is still the count of grid points below the value, and the complex path's slot."""
+
+    FEATURE = 2**33  # above every 2 * order + 2 (order < 2**32)
+
+    @staticmethod
+    def order(v: np.ndarray) -> np.ndarray:
+        bits = (v + np.float32(0.0)).view(np.uint32).astype(np.int64)  # -0.0 + 0.0 is +0.0
+        return np.where(bits >= 2**31, 2**32 - 1 - bits, bits + 2**31)
+
+    @classmethod
+    def of_values(cls, x32: np.ndarray) -> np.ndarray:
+        """Keys of finite float32 values, shape (n, n_features)."""
+        return np.arange(x32.shape[1]) * cls.FEATURE + 2 * cls.order(x32) + 1
+
+    @classmethod
+    def of_grid(cls, grid: np.ndarray) -> np.ndarray:
+        points = grid.imag
+        with np.errstate(over="ignore"):  # past the float32 range: +-inf, stepped down below
+            down = points.astype(np.float32)
+        down = np.where(down > points, np.nextafter(down, np.float32(-np.inf)), down)
+        on = down == points
+        return grid.real.astype(np.int64) * cls.FEATURE + 2 * cls.order(down) + 2 - on

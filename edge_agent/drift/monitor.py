@@ -1,0 +1,449 @@
+"""The drift monitor: windows of inputs (and predictions) in, one calibrated report per window.
+
+A window accumulates counts, never rows (past a fixed staging buffer of STAGE_ROWS rows, so
+counting costs a few numpy calls per STAGE_ROWS rows rather than per micro-batch): every staged
+value is placed on the card's grid (`edge_agent.drift.layout`) and one `bincount` adds the batch
+to the window. From those counts a report derives, per feature:
+
+- ``psi``: population stability index over the card's quantile bins (an effect size, symmetric,
+  bins floored at EPSILON), and ``js``, the Jensen-Shannon distance over the same bins,
+- ``ks``: the two-sample Kolmogorov-Smirnov statistic against the card's sorted reference sample,
+  exact for that sample (between two reference points the reference ECDF is flat and the
+  window's is monotone, so the supremum is at a reference point or just before one),
+- ``out_of_range``: share of the window's values below the card's min or above its max,
+- ``missing``: share of rows rejected with that feature missing (`DriftMonitor.missing`),
+- ``p_values``: how sure the window is that this feature moved: the p-value of the feature's
+  three tests (chi-square over the bins, KS, values beyond the reference's range; see
+  `edge_agent.drift.stats`), Bonferroni-combined,
+
+and for the model's output, ``prediction`` (PSI, JS and the chi-square p-value of the predicted
+class shares, or of the binned predicted values for a regressor).
+
+The decision is one test of the whole family (every feature, the predictions, the share of
+rows with missing values): Simes' combination, so a drift-free window warns with probability
+at most 1 / `warn_every` whatever the number of features. A small persistent shift is caught by
+testing, at each window's close, the pooled counts of the last 1, 2 and 4 windows (SCALES, as
+alibi-detect's online detectors use several window sizes), with the family's level split among
+them. By the renewal argument, the expected number of windows between two false warnings of a
+drift-free stream is then at least `warn_every` (between two false alerts, `alert_every`):
+the profile's "expected time between false alarms", counted in windows.
+
+The report's ``p`` is that p-value, ``scale`` the number of windows pooled in the test that
+decided, ``moved`` the features whose Benjamini-Hochberg adjusted value (``q``) is under the
+warn level, and ``counts`` the window's per-bin counts, which the hub adds up across devices and
+time (fleet drift). A window closes after `window` rows, or after `window_s` seconds if set.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_agent.drift.layout import Layout
+from edge_agent.drift.stats import (
+    EPSILON,
+    beyond_p,
+    bh_adjust,
+    chi2_sf,
+    homogeneity,
+    js_distance,
+    ks_p,
+    merge_bins,
+    more_missing_p,
+    psi,
+)
+from edge_agent.protocol.card import ModelCard, bucket_counts
+
+MISSING_REASONS = ("field-count", "non-numeric", "non-finite")  # line rejects that lack a value
+STAGE_ROWS = 256  # rows copied into a fixed buffer and counted together (not a row store)
+SCALES = (1, 2, 4)  # windows pooled in the tests made at each window's close
+FEATURE_TESTS = 3  # chi-square, KS, range: Bonferroni within a feature
+DEFAULT_WARN_EVERY = 100  # drift-free windows between false warnings, on average: 1%
+DEFAULT_ALERT_EVERY = 10_000  # and between false alerts: 0.01%
+
+
+@dataclass
+class _Tally:
+    """What one window counted: mergeable (two windows' tallies add up to their union's)."""
+
+    counts: np.ndarray  # per grid slot
+    preds: np.ndarray  # per predicted class or bin
+    missing: np.ndarray  # per feature: rows rejected with it missing
+    rows: int = 0
+    missing_rows: int = 0
+
+    def __add__(self, other: _Tally) -> _Tally:
+        return _Tally(
+            self.counts + other.counts,
+            self.preds + other.preds,
+            self.missing + other.missing,
+            self.rows + other.rows,
+            self.missing_rows + other.missing_rows,
+        )
+
+
+@dataclass
+class _Tests:
+    """The p-values of one tally: per feature, and for the whole family."""
+
+    feature: np.ndarray
+    prediction: float | None
+    missing: float
+    family: float = field(init=False)
+    q: np.ndarray = field(init=False)  # per feature, Benjamini-Hochberg adjusted
+
+    def __post_init__(self) -> None:
+        extra = [p for p in (self.prediction, self.missing) if p is not None]
+        adjusted = bh_adjust(np.concatenate([self.feature, extra]))
+        self.q = adjusted[: len(self.feature)]
+        self.family = float(adjusted.min()) if adjusted.size else 1.0
+
+
+def levels(warn_every: float, alert_every: float) -> dict[str, float]:
+    """The family p-values under which a window warns and alerts."""
+    return {"warn": 1 / warn_every, "alert": 1 / alert_every}
+
+
+def status_of(p: float, level: dict[str, float]) -> str:
+    return "alert" if p < level["alert"] else "warn" if p < level["warn"] else "ok"
+
+
+class DriftMonitor:
+    """Accumulates windows of inputs (and predictions) and produces one report per window.
+
+    `warn_every` and `alert_every` are the expected number of drift-free windows between two
+    false warnings (alerts): the per-window levels are their inverses. A card's own fixed PSI
+    thresholds (cards before sample-size calibration) are not used; the report says so.
+    """
+
+    def __init__(
+        self,
+        card: ModelCard,
+        window: int = 200,
+        window_s: float | None = None,
+        warn_every: float = DEFAULT_WARN_EVERY,
+        alert_every: float = DEFAULT_ALERT_EVERY,
+        capture: int = 0,
+    ) -> None:
+        if not 1 < warn_every < alert_every:
+            raise ValueError(
+                f"expected 1 < warn_every < alert_every, got {warn_every}, {alert_every}"
+            )
+        self.card = card
+        self.capture = capture  # rows of an alerting window sent along with its report
+        self.window = window
+        self.window_s = window_s
+        self.warn_every, self.alert_every = warn_every, alert_every
+        self.levels = levels(warn_every, alert_every)
+        self._layout = Layout.of(card, window)
+        self._names = card.feature_names
+        self._pred_kind, self._pred_keys, self._pred_ref = _prediction_reference(card)
+        self._pred_groups = merge_bins(self._pred_ref, 5.0 / max(window, 1))
+        self._ref_rows, self._ref_missing = _reference_rows(card)
+        self._notes = _notes(card)
+        self._history: deque[_Tally] = deque(maxlen=max(SCALES) - 1)
+        self._ready: deque[dict[str, Any]] = deque()
+        self._stage = np.empty((STAGE_ROWS, card.n_features), dtype=np.float64)
+        self._staged = 0
+        self._stage_preds: list[np.ndarray] = []
+        self._reset(None)
+
+    def _reset(self, now: float | None) -> None:
+        self._tally = _Tally(
+            np.zeros(2 * len(self._layout.grid) + 1, dtype=np.int64),
+            np.zeros(len(self._pred_ref), dtype=np.int64),
+            np.zeros(self.card.n_features, dtype=np.int64),
+        )
+        self._rows = 0  # rows of this window, staged or counted
+        self._recent = np.empty((0, self.card.n_features), dtype=np.float64)
+        self._started = now
+
+    # ---- feeding --------------------------------------------------------------------------
+    def add(
+        self, x: np.ndarray, predictions: np.ndarray | None = None, now: float | None = None
+    ) -> dict[str, Any] | None:
+        """Add a batch of valid rows (and the model's predictions for them); returns a report
+        when a window completes. A batch that straddles two windows is split, so each count
+        window covers exactly `window` rows. `now` (monotonic seconds) drives time windows."""
+        n, staged = len(x), self._staged
+        if self.window_s is None and n + staged < STAGE_ROWS and self._rows + n < self.window:
+            self._stage[staged : staged + n] = x  # the common case: stage it, nothing else
+            if predictions is not None:
+                self._stage_preds.append(predictions)
+            self._staged += n
+            self._rows += n
+            return self._ready.popleft() if self._ready else None
+        now = time.monotonic() if now is None else now
+        if self._started is None:
+            self._started = now
+        start = 0
+        while start < n:
+            take = min(n - start, self.window - self._rows, STAGE_ROWS - self._staged)
+            self._stage[self._staged : self._staged + take] = x[start : start + take]
+            if predictions is not None:
+                self._stage_preds.append(predictions[start : start + take])
+            self._staged += take
+            self._rows += take
+            start += take
+            if self._staged == STAGE_ROWS:
+                self._flush_stage()
+            if self._rows >= self.window:
+                self._close(now)
+        if self.window_s is not None and self._rows and now - self._started >= self.window_s:
+            self._close(now)
+        return self._ready.popleft() if self._ready else None
+
+    def missing(self, feature_index: int | None = None) -> None:
+        """One row rejected because a value was missing (empty, NaN, not a number); with the
+        feature's index when the parser knows it. Counted into the current window."""
+        self._tally.missing_rows += 1
+        if feature_index is not None and 0 <= feature_index < self.card.n_features:
+            self._tally.missing[feature_index] += 1
+
+    def _flush_stage(self) -> None:
+        """Count the staged rows (a few numpy calls for up to STAGE_ROWS rows at once)."""
+        if self._staged:
+            rows = self._stage[: self._staged]
+            preds = np.concatenate(self._stage_preds) if self._stage_preds else None
+            self._accumulate(rows, preds)
+            if self.capture:  # the window's latest rows, bounded
+                self._recent = np.concatenate([self._recent, rows])[-self.capture :]
+        self._staged = 0
+        self._stage_preds = []
+
+    def _accumulate(self, x: np.ndarray, predictions: np.ndarray | None) -> None:
+        if not len(x):
+            return
+        x = np.asarray(x, dtype=np.float64)
+        finite = np.isfinite(x)
+        if finite.all():
+            slots = self._layout.slots(x)
+        else:  # a NaN here is a missing value that slipped through
+            self._tally.missing += (~finite).sum(axis=0)
+            slots = self._layout.slots(np.where(finite, x, 0.0), finite)
+        self._tally.counts += np.bincount(slots, minlength=len(self._tally.counts))
+        if predictions is not None and len(self._pred_ref):
+            self._tally.preds += self._prediction_counts(np.asarray(predictions))
+
+    def _prediction_counts(self, predictions: np.ndarray) -> np.ndarray:
+        if self._pred_kind == "classes":
+            labels, n = np.unique(predictions.ravel(), return_counts=True)
+            out = np.zeros(len(self._pred_ref), dtype=np.int64)
+            for label, c in zip(labels.tolist(), n.tolist(), strict=True):
+                i = self._pred_keys.get(str(label))
+                if i is not None:
+                    out[i] += c
+            return out
+        return bucket_counts(predictions.ravel().astype(np.float64), self._pred_keys["edges"])
+
+    def _close(self, now: float) -> None:
+        self._flush_stage()
+        self._tally.rows = self._rows
+        report = self._summarise(self._tally, list(self._history))
+        if self.capture and report["status"] == "alert":
+            report["capture"] = {"features": self._names, "rows": self._recent.tolist()}
+        self._ready.append(report)
+        self._history.append(self._tally)
+        self._reset(now)
+
+    # ---- reporting ------------------------------------------------------------------------
+    def report(self, data: np.ndarray, predictions: np.ndarray | None = None) -> dict[str, Any]:
+        """The report of exactly these rows, as a window of their own with no history (the
+        monitor's own window is left alone)."""
+        other = DriftMonitor(
+            self.card, max(len(data), 1), warn_every=self.warn_every, alert_every=self.alert_every
+        )
+        other._accumulate(data, predictions)
+        other._tally.rows = len(data)
+        return other._summarise(other._tally, [])
+
+    def _summarise(self, tally: _Tally, history: list[_Tally]) -> dict[str, Any]:
+        names = self._names
+        now = self._effects(tally)
+        tests = {1: self._tests(tally, now)}
+        pooled = tally
+        for s in range(2, max(SCALES) + 1):  # the last s windows' counts, added up
+            if s - 1 > len(history):
+                break
+            pooled = pooled + history[-(s - 1)]
+            if s in SCALES:
+                tests[s] = self._tests(pooled, self._effects(pooled))
+        scale = min(tests, key=lambda s: tests[s].family)
+        decided = tests[scale]
+        p = min(1.0, len(SCALES) * decided.family)
+        q = np.minimum(len(SCALES) * decided.q, 1.0)
+        status = status_of(p, self.levels)
+        order = np.lexsort((np.arange(len(names)), decided.feature))
+        moved = [names[j] for j in order if q[j] < self.levels["warn"]]
+
+        def named(values: np.ndarray, digits: int = 4) -> dict[str, float]:
+            return dict(zip(names, np.round(values, digits).tolist(), strict=True))
+
+        psi_d = named(now["psi"])
+        worst = names[int(order[0])]
+        prediction = self._prediction_drift(tally, tests[1].prediction)
+        report: dict[str, Any] = {
+            "model": self.card.model.to_json(),
+            "window": tally.rows,
+            "status": status,
+            "p": _sig(p),
+            "scale": scale,
+            "levels": dict(self.levels),
+            "psi": psi_d,
+            "max_psi": max(psi_d.values()),
+            "worst_feature": worst,
+            "p_values": {n: _sig(v) for n, v in zip(names, tests[1].feature.tolist(), strict=True)},
+            "q": {n: _sig(v) for n, v in zip(names, q.tolist(), strict=True)},
+            "ks": named(now["ks"]),
+            "js": named(now["js"]),
+            "out_of_range": named(now["oor"]),
+            "missing": named(tally.missing / max(tally.rows + tally.missing_rows, 1)),
+            "missing_rows": tally.missing_rows,
+            "prediction": prediction,
+            "moved": moved,
+            "counts": {
+                "rows": tally.rows,
+                "bins": {n: c for n, c in zip(names, now["bins"], strict=True)},
+            },
+        }
+        if self._notes:
+            report["notes"] = list(self._notes)
+        return report
+
+    def _effects(self, tally: _Tally) -> dict[str, Any]:
+        """Per feature, from one tally's counts: PSI, JS, KS, out-of-range share and the raw
+        numbers their tests need."""
+        lay, n = self._layout, self.card.n_features
+        cum = np.concatenate([[0], np.cumsum(tally.counts)])  # cum[s] = values in slots < s
+        total = (cum[lay.end] - cum[lay.start]).astype(np.float64)
+        safe_total = np.maximum(total, 1.0)
+        # PSI and JS per feature over the card's bins
+        live = (cum[lay.bin_hi] - cum[lay.bin_lo]).astype(np.float64)
+        ref_total = np.bincount(lay.bin_feature, lay.bin_ref, minlength=n)
+        p = lay.bin_ref / np.maximum(ref_total, 1.0)[lay.bin_feature]
+        q = live / safe_total[lay.bin_feature]
+        pc, qc = np.maximum(p, EPSILON), np.maximum(q, EPSILON)
+        psis = np.bincount(lay.bin_feature, (qc - pc) * np.log(qc / pc), minlength=n)
+        m = (p + q) / 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl = np.where(p > 0, p * np.log2(p / m), 0.0) + np.where(q > 0, q * np.log2(q / m), 0.0)
+        jss = np.sqrt(np.maximum(np.bincount(lay.bin_feature, kl, minlength=n) / 2, 0.0))
+        jss[(total == 0) | (ref_total == 0)] = 0.0
+        # KS: the largest ECDF gap at a reference point or just before one
+        first = cum[lay.start][lay.ks_feature]
+        live_le = (cum[2 * lay.ks_at + 2] - first) / safe_total[lay.ks_feature]
+        live_lt = (cum[2 * lay.ks_at + 1] - first) / safe_total[lay.ks_feature]
+        gaps = np.maximum(np.abs(lay.ks_le - live_le), np.abs(lay.ks_lt - live_lt))
+        kss = np.zeros(n)
+        np.maximum.at(kss, lay.ks_feature, gaps)
+        kss[total == 0] = 0.0
+        # out of range: below the card's min or above its max
+        below = cum[2 * lay.min_at + 1] - cum[lay.start]
+        above = cum[lay.end] - cum[2 * lay.max_at + 2]
+        bins = np.split(live.astype(np.int64), np.cumsum(np.bincount(lay.bin_feature))[:-1])
+        return {
+            "total": total,
+            "live": live,
+            "psi": psis,
+            "js": jss,
+            "ks": kss,
+            "below": below,
+            "above": above,
+            "oor": (below + above) / safe_total,
+            "bins": [b.tolist() for b in bins],
+        }
+
+    def _tests(self, tally: _Tally, effects: dict[str, Any]) -> _Tests:
+        lay, n = self._layout, self.card.n_features
+        total = effects["total"]
+        # chi-square over the merged bins, per feature at once
+        ref = np.bincount(lay.bin_group, lay.bin_ref)
+        live = np.bincount(lay.bin_group, effects["live"])
+        m, k = lay.ref_rows.astype(np.float64), total
+        mg, kg = m[lay.group_feature], k[lay.group_feature]
+        both = ref + live
+        used = both > 0
+        terms = np.where(used, (live * mg - ref * kg) ** 2 / np.where(used, both, 1.0), 0.0)
+        chi = np.bincount(lay.group_feature, terms, minlength=n) / np.maximum(k * m, 1.0)
+        dof = np.bincount(lay.group_feature, used, minlength=n).astype(np.int64) - 1
+        dof[(k == 0) | (m == 0)] = 0
+        p_chi = chi2_sf(chi, dof)
+        p_ks = ks_p(np.maximum(effects["ks"] - lay.ks_slack, 0.0), k, m)
+        p_range = np.ones(n)
+        for j in np.flatnonzero(effects["below"] + effects["above"]):
+            kj, mj = int(k[j]), int(m[j])
+            tail = min(
+                beyond_p(int(effects["below"][j]), kj, mj),
+                beyond_p(int(effects["above"][j]), kj, mj),
+            )
+            p_range[j] = min(1.0, 2 * tail)
+        feature = np.minimum(FEATURE_TESTS * np.minimum(np.minimum(p_chi, p_ks), p_range), 1.0)
+        feature[k == 0] = 1.0
+        prediction = None
+        if len(self._pred_ref) and tally.preds.sum():
+            stat, pdof = homogeneity(self._pred_ref, tally.preds, self._pred_groups)
+            prediction = float(chi2_sf(np.array([stat]), np.array([pdof]))[0])
+        seen = tally.rows + tally.missing_rows
+        missing = more_missing_p(tally.missing_rows, seen, self._ref_missing, self._ref_rows)
+        return _Tests(feature, prediction, missing)
+
+    def _prediction_drift(self, tally: _Tally, p: float | None) -> dict[str, Any] | None:
+        preds = tally.preds
+        if p is None:
+            return None
+        labels = list(self._pred_keys) if self._pred_kind == "classes" else list(range(len(preds)))
+        return {
+            "psi": round(psi(self._pred_ref, preds), 4),
+            "js": round(js_distance(self._pred_ref, preds), 4),
+            "p": _sig(p),
+            "counts": {str(k): int(n) for k, n in zip(labels, preds.tolist(), strict=True)},
+        }
+
+
+def _sig(p: float) -> float:
+    """A p-value kept to 3 significant digits (a tiny one stays distinguishable from zero)."""
+    return float(f"{p:.3g}")
+
+
+def _reference_rows(card: ModelCard) -> tuple[int, int]:
+    """(rows in the card's reference, rows of them with a value missing: an upper bound, so the
+    missing-rows test errs on the quiet side)."""
+    rows = card.raw.get("reference", {}).get("rows")
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows <= 0:
+        rows = max((sum(f.counts) for f in card.features), default=0)
+    missing = sum(math.ceil(f.missing_rate * rows) for f in card.features)
+    return rows, min(missing, rows)
+
+
+def _notes(card: ModelCard) -> tuple[str, ...]:
+    """What a report should say about a card that predates sample-size calibration."""
+    notes = []
+    if card.thresholds:
+        fixed = ", ".join(f"{k} {v:g}" for k, v in sorted(card.thresholds.items()))
+        notes.append(
+            f"the card's fixed drift thresholds ({fixed}) are not used: levels follow the "
+            "window and reference sizes"
+        )
+    if any(not f.ks for f in card.features):
+        notes.append("the card has no KS reference sample: KS is measured at its bin edges only")
+    return tuple(notes)
+
+
+def _prediction_reference(card: ModelCard) -> tuple[str, dict[str, Any], np.ndarray]:
+    """('classes', {label: index}, counts) or ('bins', {'edges': edges}, counts); empty counts
+    when the card has no usable prediction profile."""
+    ref = np.asarray(card.prediction_counts, dtype=np.int64)
+    if card.task == "classification":
+        if len(card.classes) != len(ref):
+            return "classes", {}, np.zeros(0, dtype=np.int64)
+        return "classes", {str(c): i for i, c in enumerate(card.classes)}, ref
+    preds = card.raw.get("reference", {}).get("predictions", {})
+    edges = preds.get("edges") if isinstance(preds, dict) else None
+    if not isinstance(edges, list) or len(edges) + 1 != len(ref):
+        return "bins", {"edges": []}, np.zeros(0, dtype=np.int64)
+    return "bins", {"edges": np.asarray(edges, dtype=np.float64)}, ref

@@ -1,0 +1,188 @@
+"""No-drift distributions of the drift statistics, as p-values (pure Python and numpy).
+
+A drift decision is a hypothesis test: "the window was drawn from the distribution the card's
+reference was drawn from". Each statistic's p-value comes from its distribution under that
+hypothesis, for the actual window size, reference size and number of bins, so a level (say 1%)
+means the same thing for a 50-row window with 10 bins as for a 1,000-row one with 3. All three
+are two-sample tests: the reference is itself a sample, and its own noise is accounted for.
+
+- `homogeneity`: Pearson's chi-square test of a 2 x k table (reference counts, live counts over
+  the same bins), chi-square with k - 1 degrees of freedom under no drift. Adjacent bins are
+  merged first (`merge_bins`) until each holds enough reference mass that the window expects
+  at least MIN_EXPECTED values in it: a bin where the window expects half a value makes the
+  chi-square tail far too light (a false alarm machine on discrete features).
+- `ks_p`: the two-sample Kolmogorov-Smirnov statistic's asymptotic distribution with Stephens'
+  small-sample correction (what `scipy.stats.ks_2samp` used in its asymptotic mode), on the
+  effective size n*m/(n+m). On tied (discrete) data the test is conservative.
+- `beyond_p`: exact chance that at least k of n new values fall above the largest (or below the
+  smallest) of m reference values when all n + m are exchangeable: C(n, k) / C(n + m, k).
+- `more_missing_p`: Fisher's exact one-sided test that the window has more missing rows than
+  the reference's share (hypergeometric tail).
+
+Many tests of one window form a family: `simes` gives the family's p-value (Simes 1986, the
+test behind Benjamini-Hochberg), `bh_adjust` the per-test adjusted values (q), so the chance
+that a drift-free window warns is the level whatever the number of features.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+EPSILON = 1e-4  # the smallest bin share PSI uses (an empty bin would make it infinite)
+MIN_EXPECTED = 5.0  # values a window should expect in every bin of the chi-square test
+KS_TERMS = np.arange(1, 101, dtype=np.float64)
+
+
+def psi(reference_counts: np.ndarray, live_counts: np.ndarray) -> float:
+    """Population stability index of two histograms over the same bins (an effect size)."""
+    ref = np.asarray(reference_counts, dtype=np.float64)
+    live = np.asarray(live_counts, dtype=np.float64)
+    p = np.clip(ref / max(ref.sum(), 1.0), EPSILON, None)
+    q = np.clip(live / max(live.sum(), 1.0), EPSILON, None)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def js_distance(reference_counts: np.ndarray, live_counts: np.ndarray) -> float:
+    """Jensen-Shannon distance (square root of the divergence, base 2) of two histograms."""
+    ref = np.asarray(reference_counts, dtype=np.float64)
+    live = np.asarray(live_counts, dtype=np.float64)
+    if ref.sum() <= 0 or live.sum() <= 0:
+        return 0.0
+    p, q = ref / ref.sum(), live / live.sum()
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
+
+    return math.sqrt(max(0.0, (kl(p) + kl(q)) / 2))
+
+
+def chi2_sf(x: np.ndarray, dof: np.ndarray) -> np.ndarray:
+    """P(X >= x) for X chi-square with integer `dof` degrees of freedom (elementwise; dof 0
+    gives 1). Exact closed forms of the regularized upper incomplete gamma Q(dof/2, x/2):
+    a finite Poisson sum for even dof, erfc plus a finite sum for odd dof."""
+    x = np.maximum(np.asarray(x, dtype=np.float64), 0.0)
+    dof = np.asarray(dof, dtype=np.int64)
+    y = x / 2
+    odd = dof % 2 == 1
+    root = np.sqrt(y)
+    # even dof = 2a: e^-y * sum_{i<a} y^i / i!; odd dof = 2a + 1: erfc(sqrt y) + e^-y *
+    # sum_{1<=i<=a} y^(i - 1/2) / Gamma(i + 1/2). Both sums by recurrence, term by term.
+    out = np.where(odd, _erfc(root), 0.0)
+    term = np.where(odd, np.exp(-y) * root / math.gamma(1.5), np.exp(-y))
+    half = dof // 2
+    for i in range(int(half.max(initial=0)) + 1):
+        take = np.where(odd, (i >= 1) & (i <= half), i < half)
+        out = out + np.where(take, term, 0.0)
+        step = np.where(odd, i + 0.5 if i >= 1 else 1.0, i + 1.0)
+        term = term * np.where(odd & (i == 0), 1.0, y / step)
+    return np.where(dof <= 0, 1.0, np.clip(out, 0.0, 1.0))
+
+
+def _erfc(x: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erfc, otypes=[np.float64])(x) if x.size else x
+
+
+def merge_bins(ref_counts: np.ndarray, min_mass: float) -> np.ndarray:
+    """Group labels for adjacent bins, merged left to right until each group holds at least
+    `min_mass` of the reference (a short last group joins the one before it)."""
+    ref = np.asarray(ref_counts, dtype=np.float64)
+    total = ref.sum()
+    groups = np.zeros(len(ref), dtype=np.int64)
+    if total <= 0:
+        return groups
+    group, mass = 0, 0.0
+    for i, c in enumerate(ref / total):
+        groups[i] = group
+        mass += c
+        if mass >= min_mass:
+            group, mass = group + 1, 0.0
+    if mass < min_mass and group > 0:  # the leftover is too small: it joins the previous group
+        groups[groups == group] = group - 1
+    return groups
+
+
+def homogeneity(
+    ref_counts: np.ndarray, live_counts: np.ndarray, groups: np.ndarray | None = None
+) -> tuple[float, int]:
+    """Pearson's chi-square statistic of the 2 x k table and its degrees of freedom, over the
+    bins merged by `groups` (labels 0..g-1; None: as they are). Empty columns do not count."""
+    ref = np.asarray(ref_counts, dtype=np.float64)
+    live = np.asarray(live_counts, dtype=np.float64)
+    if groups is not None:
+        ref = np.bincount(groups, weights=ref).astype(np.float64)
+        live = np.bincount(groups, weights=live).astype(np.float64)
+    m, n = ref.sum(), live.sum()
+    both = ref + live
+    used = both > 0
+    if m <= 0 or n <= 0 or used.sum() < 2:
+        return 0.0, 0
+    stat = float(np.sum((live[used] * m - ref[used] * n) ** 2 / both[used]) / (n * m))
+    return stat, int(used.sum()) - 1
+
+
+def ks_p(d: np.ndarray, n: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """P(D >= d) for the two-sample KS statistic of samples of n and m values (elementwise)."""
+    d = np.asarray(d, dtype=np.float64)
+    n, m = np.asarray(n, dtype=np.float64), np.asarray(m, dtype=np.float64)
+    en = np.sqrt(np.where((n > 0) & (m > 0), n * m / np.maximum(n + m, 1.0), 0.0))
+    lam = (en + 0.12 + 0.11 / np.maximum(en, 1e-12)) * d
+    terms = 2 * (-1) ** (KS_TERMS - 1) * np.exp(-2 * np.outer(lam**2, KS_TERMS**2))
+    q = terms.sum(axis=1).reshape(d.shape)
+    # the alternating series is accurate above lambda ~ 0.3; below it the tail is 1
+    return np.where((en == 0) | (lam < 0.3), 1.0, np.clip(q, 0.0, 1.0))
+
+
+def _log_choose(n: float, k: float) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def beyond_p(k: int, n: int, m: int) -> float:
+    """P(at least k of n new values lie above the largest of m reference values), all n + m
+    exchangeable: the top k of the n + m are all new."""
+    if k <= 0 or m <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    return math.exp(_log_choose(n, k) - _log_choose(n + m, k))
+
+
+def more_missing_p(k: int, n: int, r: int, m: int) -> float:
+    """P(at least k missing rows among n) when k + r missing rows are spread at random over
+    n live and m reference rows (Fisher's exact test, one-sided: more missing than before)."""
+    total, missing = n + m, k + r
+    if k <= 0 or n <= 0:
+        return 1.0
+    norm = _log_choose(total, missing)
+    return min(
+        1.0,
+        sum(
+            math.exp(_log_choose(n, i) + _log_choose(m, missing - i) - norm)
+            for i in range(k, min(n, missing) + 1)
+            if missing - i <= m
+        ),
+    )
+
+
+def bh_adjust(p: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q): the smallest level at which each test would be
+    among the discoveries. min(q) is the Simes p-value of the whole family."""
+    p = np.asarray(p, dtype=np.float64)
+    if not p.size:
+        return p
+    order = np.argsort(p)
+    scaled = p[order] * p.size / np.arange(1, p.size + 1)
+    q = np.minimum.accumulate(scaled[::-1])[::-1]
+    out = np.empty_like(p)
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
+def simes(p: Sequence[float] | np.ndarray) -> float:
+    """The family's p-value: min over i of p_(i) * K / i (1.0 for no tests)."""
+    q = bh_adjust(p)
+    return float(q.min()) if q.size else 1.0
