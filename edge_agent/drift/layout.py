@@ -45,6 +45,7 @@ class Layout:
     min_at: np.ndarray  # per feature: grid index of the card's min
     max_at: np.ndarray  # per feature: grid index of the card's max
     keys32: np.ndarray  # int64, the grid as `Keys32` places float32 values on it
+    feature_bins: np.ndarray  # per feature: where its bins start among all bins, and the end
     bin_group: np.ndarray  # per PSI bin: its chi-square group (bins merged, all features)
     group_feature: np.ndarray  # per chi-square group: the feature
     ref_rows: np.ndarray  # per feature: reference rows with a value (the card's bin counts)
@@ -55,7 +56,7 @@ class Layout:
         """The layout of `card`'s profile; chi-square bins merged so that a window of `window`
         rows expects at least MIN_EXPECTED values in each."""
         keys: list[np.ndarray] = []
-        derived = ("grid", "keys32", "group_feature")
+        derived = ("grid", "keys32", "group_feature", "feature_bins")
         parts: dict[str, list[Any]] = {k: [] for k in cls.__dataclass_fields__ if k not in derived}
         offset, groups = 0, 0
         min_mass = MIN_EXPECTED / max(window, 1)
@@ -102,7 +103,14 @@ class Layout:
         grid = np.concatenate(keys)
         group_feature = np.zeros(groups, dtype=np.int64)
         group_feature[flat["bin_group"]] = flat["bin_feature"]
-        return cls(grid=grid, keys32=Keys32.of_grid(grid), group_feature=group_feature, **flat)
+        feature_bins = np.concatenate([[0], np.cumsum(np.bincount(flat["bin_feature"]))])
+        return cls(
+            grid=grid,
+            keys32=Keys32.of_grid(grid),
+            group_feature=group_feature,
+            feature_bins=feature_bins,
+            **flat,
+        )
 
     def slots(self, x: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
         """The count slots of the values of `x` (n, n_features; finite), in no particular order;

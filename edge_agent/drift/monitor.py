@@ -87,6 +87,18 @@ class _Tally:
         )
 
 
+@dataclass(frozen=True)
+class _Measures:
+    """Per feature, from one tally: values counted, per-bin counts (all features' bins in a
+    row), the KS statistic, values below the card's min and above its max."""
+
+    total: np.ndarray
+    live: np.ndarray
+    ks: np.ndarray
+    below: np.ndarray
+    above: np.ndarray
+
+
 @dataclass
 class _Tests:
     """The p-values of one tally: per feature, and for the whole family."""
@@ -264,7 +276,7 @@ class DriftMonitor:
 
     def _summarise(self, tally: _Tally, history: list[_Tally]) -> dict[str, Any]:
         names = self._names
-        now = self._effects(tally)
+        now = self._measure(tally)
         tests = {1: self._tests(tally, now)}
         pooled = tally
         for s in range(2, max(SCALES) + 1):  # the last s windows' counts, added up
@@ -272,7 +284,7 @@ class DriftMonitor:
                 break
             pooled = pooled + history[-(s - 1)]
             if s in SCALES:
-                tests[s] = self._tests(pooled, self._effects(pooled))
+                tests[s] = self._tests(pooled, self._measure(pooled))
         scale = min(tests, key=lambda s: tests[s].family)
         decided = tests[scale]
         p = min(1.0, len(SCALES) * decided.family)
@@ -284,7 +296,8 @@ class DriftMonitor:
         def named(values: np.ndarray, digits: int = 4) -> dict[str, float]:
             return dict(zip(names, np.round(values, digits).tolist(), strict=True))
 
-        psi_d = named(now["psi"])
+        effects = self._effects(now)
+        psi_d = named(effects["psi"])
         worst = names[int(order[0])]
         prediction = self._prediction_drift(tally, tests[1].prediction)
         report: dict[str, Any] = {
@@ -299,71 +312,67 @@ class DriftMonitor:
             "worst_feature": worst,
             "p_values": {n: _sig(v) for n, v in zip(names, tests[1].feature.tolist(), strict=True)},
             "q": {n: _sig(v) for n, v in zip(names, q.tolist(), strict=True)},
-            "ks": named(now["ks"]),
-            "js": named(now["js"]),
-            "out_of_range": named(now["oor"]),
+            "ks": named(now.ks),
+            "js": named(effects["js"]),
+            "out_of_range": named((now.below + now.above) / np.maximum(now.total, 1.0)),
             "missing": named(tally.missing / max(tally.rows + tally.missing_rows, 1)),
             "missing_rows": tally.missing_rows,
             "prediction": prediction,
             "moved": moved,
             "counts": {
                 "rows": tally.rows,
-                "bins": {n: c for n, c in zip(names, now["bins"], strict=True)},
+                "bins": dict(zip(names, effects["bins"], strict=True)),
             },
         }
         if self._notes:
             report["notes"] = list(self._notes)
         return report
 
-    def _effects(self, tally: _Tally) -> dict[str, Any]:
-        """Per feature, from one tally's counts: PSI, JS, KS, out-of-range share and the raw
-        numbers their tests need."""
-        lay, n = self._layout, self.card.n_features
+    def _measure(self, tally: _Tally) -> _Measures:
+        """What the tests need from one tally's counts, per feature at once."""
+        lay = self._layout
         cum = np.concatenate([[0], np.cumsum(tally.counts)])  # cum[s] = values in slots < s
         total = (cum[lay.end] - cum[lay.start]).astype(np.float64)
         safe_total = np.maximum(total, 1.0)
-        # PSI and JS per feature over the card's bins
-        live = (cum[lay.bin_hi] - cum[lay.bin_lo]).astype(np.float64)
+        # KS: the largest ECDF gap at a reference point or just before one
+        first = cum[lay.start][lay.ks_feature]
+        live_le = (cum[2 * lay.ks_at + 2] - first) / safe_total[lay.ks_feature]
+        live_lt = (cum[2 * lay.ks_at + 1] - first) / safe_total[lay.ks_feature]
+        gaps = np.maximum(np.abs(lay.ks_le - live_le), np.abs(lay.ks_lt - live_lt))
+        kss = np.zeros(len(total))
+        np.maximum.at(kss, lay.ks_feature, gaps)
+        kss[total == 0] = 0.0
+        return _Measures(
+            total=total,
+            live=(cum[lay.bin_hi] - cum[lay.bin_lo]).astype(np.float64),
+            ks=kss,
+            below=cum[2 * lay.min_at + 1] - cum[lay.start],
+            above=cum[lay.end] - cum[2 * lay.max_at + 2],
+        )
+
+    def _effects(self, now: _Measures) -> dict[str, Any]:
+        """Effect sizes for the report, per feature over the card's bins: PSI, JS, the counts."""
+        lay, n = self._layout, self.card.n_features
         ref_total = np.bincount(lay.bin_feature, lay.bin_ref, minlength=n)
         p = lay.bin_ref / np.maximum(ref_total, 1.0)[lay.bin_feature]
-        q = live / safe_total[lay.bin_feature]
+        q = now.live / np.maximum(now.total, 1.0)[lay.bin_feature]
         pc, qc = np.maximum(p, EPSILON), np.maximum(q, EPSILON)
         psis = np.bincount(lay.bin_feature, (qc - pc) * np.log(qc / pc), minlength=n)
         m = (p + q) / 2
         with np.errstate(divide="ignore", invalid="ignore"):
             kl = np.where(p > 0, p * np.log2(p / m), 0.0) + np.where(q > 0, q * np.log2(q / m), 0.0)
         jss = np.sqrt(np.maximum(np.bincount(lay.bin_feature, kl, minlength=n) / 2, 0.0))
-        jss[(total == 0) | (ref_total == 0)] = 0.0
-        # KS: the largest ECDF gap at a reference point or just before one
-        first = cum[lay.start][lay.ks_feature]
-        live_le = (cum[2 * lay.ks_at + 2] - first) / safe_total[lay.ks_feature]
-        live_lt = (cum[2 * lay.ks_at + 1] - first) / safe_total[lay.ks_feature]
-        gaps = np.maximum(np.abs(lay.ks_le - live_le), np.abs(lay.ks_lt - live_lt))
-        kss = np.zeros(n)
-        np.maximum.at(kss, lay.ks_feature, gaps)
-        kss[total == 0] = 0.0
-        # out of range: below the card's min or above its max
-        below = cum[2 * lay.min_at + 1] - cum[lay.start]
-        above = cum[lay.end] - cum[2 * lay.max_at + 2]
-        bins = np.split(live.astype(np.int64), np.cumsum(np.bincount(lay.bin_feature))[:-1])
-        return {
-            "total": total,
-            "live": live,
-            "psi": psis,
-            "js": jss,
-            "ks": kss,
-            "below": below,
-            "above": above,
-            "oor": (below + above) / safe_total,
-            "bins": [b.tolist() for b in bins],
-        }
+        jss[(now.total == 0) | (ref_total == 0)] = 0.0
+        live = now.live.astype(np.int64).tolist()
+        bins = [live[a:b] for a, b in zip(lay.feature_bins[:-1], lay.feature_bins[1:], strict=True)]
+        return {"psi": psis, "js": jss, "bins": bins}
 
-    def _tests(self, tally: _Tally, effects: dict[str, Any]) -> _Tests:
+    def _tests(self, tally: _Tally, now: _Measures) -> _Tests:
         lay, n = self._layout, self.card.n_features
-        total = effects["total"]
+        total = now.total
         # chi-square over the merged bins, per feature at once
         ref = np.bincount(lay.bin_group, lay.bin_ref)
-        live = np.bincount(lay.bin_group, effects["live"])
+        live = np.bincount(lay.bin_group, now.live)
         m, k = lay.ref_rows.astype(np.float64), total
         mg, kg = m[lay.group_feature], k[lay.group_feature]
         both = ref + live
@@ -373,14 +382,11 @@ class DriftMonitor:
         dof = np.bincount(lay.group_feature, used, minlength=n).astype(np.int64) - 1
         dof[(k == 0) | (m == 0)] = 0
         p_chi = chi2_sf(chi, dof)
-        p_ks = ks_p(np.maximum(effects["ks"] - lay.ks_slack, 0.0), k, m)
+        p_ks = ks_p(np.maximum(now.ks - lay.ks_slack, 0.0), k, m)
         p_range = np.ones(n)
-        for j in np.flatnonzero(effects["below"] + effects["above"]):
+        for j in np.flatnonzero(now.below + now.above):
             kj, mj = int(k[j]), int(m[j])
-            tail = min(
-                beyond_p(int(effects["below"][j]), kj, mj),
-                beyond_p(int(effects["above"][j]), kj, mj),
-            )
+            tail = min(beyond_p(int(now.below[j]), kj, mj), beyond_p(int(now.above[j]), kj, mj))
             p_range[j] = min(1.0, 2 * tail)
         feature = np.minimum(FEATURE_TESTS * np.minimum(np.minimum(p_chi, p_ks), p_range), 1.0)
         feature[k == 0] = 1.0
