@@ -37,3 +37,12 @@ def when(epoch: float) -> str:
     if not epoch:
         return "never"
     return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch))
+
+
+def p_value(p: object) -> str:
+    """A drift p-value for people: 'p 0.43', 'p 3.1e-05', 'p <1e-12'; '-' when absent."""
+    if not isinstance(p, int | float) or isinstance(p, bool):
+        return "-"
+    if p < 1e-12:
+        return "p <1e-12"
+    return f"p {p:.2g}" if p >= 0.01 else f"p {p:.1e}"

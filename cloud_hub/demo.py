@@ -32,6 +32,7 @@ from rich.table import Table
 
 from cloud_hub import rollout as ro
 from cloud_hub.broker import RunningBroker, start_broker
+from cloud_hub.cli_output import p_value
 from cloud_hub.operations import enroll_device, init_hub, publish_bundle, start_rollout
 from cloud_hub.storage import Store, default_url
 from cloud_hub.web_api import WebAuth, create_app
@@ -95,10 +96,13 @@ def load_data() -> Dataset:
     data = load_breast_cancer()
     names = ["".join(c if c.isalnum() else "_" for c in n) for n in data.feature_names]
     x = data.data.astype(np.float32)
-    x_train, x_feed, y_train, _ = train_test_split(
+    x_train, _, y_train, _ = train_test_split(
         x, data.target, test_size=0.3, random_state=0, stratify=data.target
     )
-    return Dataset(x_train, y_train, x_feed, names)
+    # The sensors draw from the population the training rows were sampled from: the whole data
+    # set. Replaying the 171 held-out rows alone would be one small sample of it, which the
+    # drift monitor, pooling thousands of rows, rightly tells apart from the reference.
+    return Dataset(x_train, y_train, x, names)
 
 
 def train_bundle(data: Dataset, version: int, out: Path) -> dict[str, Any]:
@@ -279,7 +283,7 @@ class View:
                 f"{stats.get('latency_ms', {}).get('p50', 0):.3f}",
                 str(self.store.count("telemetry", name)),
                 f"[{color}]{status}[/{color}]"
-                + (f" psi {drift['max_psi']:.2f} ({drift['worst_feature']})" if drift else ""),
+                + (f" {p_value(drift.get('p'))} ({drift['worst_feature']})" if drift else ""),
             )
         return t
 
@@ -510,6 +514,8 @@ def _rollout_good(live: Live, view: View, home: Path, store: Store, checks: Chec
 
 
 def _drift(live: Live, view: View, feeder: Feeder, checks: Checks) -> None:
+    """The shifted device alerts; the others, fed from the training population, stay ok in
+    every window they reported (a false alarm fails the demo)."""
     device = DEVICES[2]
     feeder.drift(features=4)
     alerted = wait_for(
@@ -520,11 +526,14 @@ def _drift(live: Live, view: View, feeder: Feeder, checks: Checks) -> None:
         timeout=60,
     )
     report = view.latest_drift(device) or {}
+    calm = {d: [r.body["status"] for r in view.store.records("drift", d)] for d in DEVICES[:2]}
+    quiet = all(statuses and set(statuses) == {"ok"} for statuses in calm.values())
     checks.add(
         "drift",
-        alerted,
-        f"{device}: drift report at the hub, max PSI {report.get('max_psi', 0):.2f} on "
-        f"{report.get('worst_feature', '-')}, status {report.get('status', '-')}",
+        alerted and quiet,
+        f"{device}: {report.get('status', '-')}, {p_value(report.get('p'))} "
+        f"(worst {report.get('worst_feature', '-')}); "
+        + ", ".join(f"{d}: {s.count('ok')} of {len(s)} windows ok" for d, s in calm.items()),
     )
 
 
@@ -601,7 +610,7 @@ def _summary(view: View) -> Table:
         "bad lines",
         "telemetry sent",
         "at hub",
-        "drift (PSI)",
+        "drift",
     ):
         t.add_column(col)
     devices = view.devices()
@@ -618,7 +627,7 @@ def _summary(view: View) -> Table:
             str(sum(stats.get("rejected", {}).values())),
             str(stats.get("sent", {}).get("telemetry", 0)),
             str(view.store.count("telemetry", d)),
-            f"{drift['status']} {drift['max_psi']:.2f}" if drift else "-",
+            f"{drift['status']} {p_value(drift.get('p'))}" if drift else "-",
         )
     return t
 

@@ -256,6 +256,21 @@ def test_unreadable_password_file(tmp_path: Path) -> None:
     assert "nope" in text
 
 
+def test_retired_psi_bands_are_ignored_with_a_warning_naming_the_replacement(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device file from before calibrated drift still loads (an agent upgraded in the field
+    keeps running); the log says what replaced the keys."""
+    path = tmp_path / "agent.toml"
+    path.write_text('[device]\nid = "pi-01"\n[drift]\npsi_warn = 0.1\npsi_alert = 0.25\n')
+    with caplog.at_level("WARNING"):
+        cfg = load_config(path)
+    assert cfg.get("drift", "warn_every") == 100
+    text = caplog.text
+    assert "drift.psi_warn is no longer used" in text and "drift.warn_every" in text
+    assert "drift.psi_alert is no longer used" in text and "drift.alert_every" in text
+
+
 def test_warn_threshold_must_be_below_alert(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text('[device]\nid = "pi-01"\n[drift]\nwarn_every = 500\nalert_every = 200\n')

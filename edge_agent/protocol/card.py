@@ -21,7 +21,7 @@ from edge_agent.protocol.messages import ModelRef, field_of
 CARD_VERSION = 1
 TASKS = ("classification", "regression")
 RUNTIMES = ("onnxruntime", "litert")
-KS_POINTS = 100  # reference points per feature kept for the KS statistic (the card stays small)
+KS_POINTS = 200  # reference order statistics per feature for KS: its ECDF is off by <= 1/199
 MAX_KS_POINTS = 1000  # what a card may carry at most
 THRESHOLD_KEYS = ("psi_warn", "psi_alert", "ks_warn", "ks_alert", "range_warn", "range_alert")
 
