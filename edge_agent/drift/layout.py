@@ -39,6 +39,8 @@ class Layout:
     bin_hi: np.ndarray  # per PSI bin: cum index of its upper end
     bin_ref: np.ndarray  # per PSI bin: the reference count
     ks_feature: np.ndarray  # per KS point (all features): the feature
+    ks_starts: np.ndarray  # per feature: its first KS point (points are grouped by feature)
+    ks_none: np.ndarray  # per feature: True if it has no KS point (a constant feature)
     ks_at: np.ndarray  # per KS point: its grid index
     ks_le: np.ndarray  # per KS point: reference ECDF at it
     ks_lt: np.ndarray  # per KS point: reference ECDF just before it
@@ -56,7 +58,7 @@ class Layout:
         """The layout of `card`'s profile; chi-square bins merged so that a window of `window`
         rows expects at least MIN_EXPECTED values in each."""
         keys: list[np.ndarray] = []
-        derived = ("grid", "keys32", "group_feature", "feature_bins")
+        derived = ("grid", "keys32", "group_feature", "feature_bins", "ks_starts", "ks_none")
         parts: dict[str, list[Any]] = {k: [] for k in cls.__dataclass_fields__ if k not in derived}
         offset, groups = 0, 0
         min_mass = MIN_EXPECTED / max(window, 1)
@@ -70,7 +72,8 @@ class Layout:
                 points = np.asarray(f.edges, dtype=np.float64)
                 le = lt = np.cumsum(f.counts)[: len(points)] / max(sum(f.counts), 1)
             edges = np.asarray(f.edges, dtype=np.float64)
-            values = np.unique(np.concatenate([points, edges, [f.min, f.max, -np.inf, np.inf]]))
+            lo, hi = _float32_bounds(f.min, f.max)
+            values = np.unique(np.concatenate([points, edges, [lo, hi, -np.inf, np.inf]]))
             key = np.empty(len(values), dtype=np.complex128)
             key.real, key.imag = j, values  # not j + 1j * values: 1j * inf has a NaN real part
             keys.append(key)
@@ -88,8 +91,8 @@ class Layout:
             parts["ks_at"].append(offset + np.searchsorted(values, points))
             parts["ks_le"].append(le)
             parts["ks_lt"].append(lt)
-            parts["min_at"].append([offset + np.searchsorted(values, f.min)])
-            parts["max_at"].append([offset + np.searchsorted(values, f.max)])
+            parts["min_at"].append([offset + np.searchsorted(values, lo)])
+            parts["max_at"].append([offset + np.searchsorted(values, hi)])
             group = merge_bins(np.asarray(f.counts), min_mass)
             parts["bin_group"].append(groups + group)
             groups += int(group.max()) + 1
@@ -104,11 +107,14 @@ class Layout:
         group_feature = np.zeros(groups, dtype=np.int64)
         group_feature[flat["bin_group"]] = flat["bin_feature"]
         feature_bins = np.concatenate([[0], np.cumsum(np.bincount(flat["bin_feature"]))])
+        ks_points = np.bincount(flat["ks_feature"], minlength=len(card.features))
         return cls(
             grid=grid,
             keys32=Keys32.of_grid(grid),
             group_feature=group_feature,
             feature_bins=feature_bins,
+            ks_starts=np.concatenate([[0], np.cumsum(ks_points)[:-1]]),
+            ks_none=ks_points == 0,
             **flat,
         )
 
@@ -127,6 +133,15 @@ class Layout:
             keys = keys.ravel() if keep is None else keys[keep]
         at = np.searchsorted(grid, keys, "left")  # grid points below the value
         return 2 * at + (grid[at] == keys)  # +1 when the value is on the point
+
+
+def _float32_bounds(lo: float, hi: float) -> tuple[float, float]:
+    """The card's min and max, widened to where float32 rounds them: the pipeline feeds float32
+    values, and the reference's largest value read as float32 may land just above its float64
+    self without being beyond the reference."""
+    with np.errstate(over="ignore"):
+        lo32, hi32 = float(np.float32(lo)), float(np.float32(hi))
+    return min(lo, lo32), max(hi, hi32)
 
 
 class Keys32:

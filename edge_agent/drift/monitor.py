@@ -69,7 +69,7 @@ DEFAULT_ALERT_EVERY = 10_000  # and between false alerts: 0.01%
 
 @dataclass
 class _Tally:
-    """What one window counted: mergeable (two windows' tallies add up to their union's)."""
+    """What the open window counted so far, per slot of the card's grid."""
 
     counts: np.ndarray  # per grid slot
     preds: np.ndarray  # per predicted class or bin
@@ -77,32 +77,32 @@ class _Tally:
     rows: int = 0
     missing_rows: int = 0
 
-    def __add__(self, other: _Tally) -> _Tally:
-        return _Tally(
-            self.counts + other.counts,
-            self.preds + other.preds,
-            self.missing + other.missing,
-            self.rows + other.rows,
-            self.missing_rows + other.missing_rows,
-        )
-
 
 @dataclass(frozen=True)
 class _Measures:
-    """Per feature, from one tally: values counted, per-bin counts (all features' bins in a
-    row), the KS statistic, values below the card's min and above its max."""
+    """One window, summarised for the tests: small, and additive (two windows' measures add
+    up to their union's), so pooling the last windows is adding a few short arrays."""
 
-    total: np.ndarray
-    live: np.ndarray
-    ks: np.ndarray
-    below: np.ndarray
-    above: np.ndarray
+    rows: int
+    missing_rows: int
+    missing: np.ndarray  # per feature: rows rejected with it missing
+    preds: np.ndarray  # per predicted class or bin
+    total: np.ndarray  # per feature: values counted
+    live: np.ndarray  # per bin (all features' bins in a row): values in it
+    le: np.ndarray  # per KS point (all features): values at or below it
+    lt: np.ndarray  # per KS point: values below it
+    below: np.ndarray  # per feature: values below the card's min
+    above: np.ndarray  # per feature: values above the card's max
+
+    def __add__(self, other: _Measures) -> _Measures:
+        return _Measures(*(getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__))
 
 
 @dataclass
 class _Tests:
-    """The p-values of one tally: per feature, and for the whole family."""
+    """The p-values of one window (or pooled windows): per feature, and for the whole family."""
 
+    ks: np.ndarray  # per feature: the KS statistic the test used
     feature: np.ndarray
     prediction: float | None
     missing: float
@@ -158,7 +158,7 @@ class DriftMonitor:
         self._pred_groups = merge_bins(self._pred_ref, 5.0 / max(window, 1))
         self._ref_rows, self._ref_missing = _reference_rows(card)
         self._notes = _notes(card)
-        self._history: deque[_Tally] = deque(maxlen=max(SCALES) - 1)
+        self._history: deque[_Measures] = deque(maxlen=max(SCALES) - 1)
         self._ready: deque[dict[str, Any]] = deque()
         self._stage = np.empty((STAGE_ROWS, card.n_features), dtype=np.float64)
         self._staged = 0
@@ -256,11 +256,12 @@ class DriftMonitor:
     def _close(self, now: float) -> None:
         self._flush_stage()
         self._tally.rows = self._rows
-        report = self._summarise(self._tally, list(self._history))
+        window = self._measure(self._tally)
+        report = self._summarise(window, list(self._history))
         if self.capture and report["status"] == "alert":
             report["capture"] = {"features": self._names, "rows": self._recent.tolist()}
         self._ready.append(report)
-        self._history.append(self._tally)
+        self._history.append(window)
         self._reset(now)
 
     # ---- reporting ------------------------------------------------------------------------
@@ -272,19 +273,18 @@ class DriftMonitor:
         )
         other._accumulate(data, predictions)
         other._tally.rows = len(data)
-        return other._summarise(other._tally, [])
+        return other._summarise(other._measure(other._tally), [])
 
-    def _summarise(self, tally: _Tally, history: list[_Tally]) -> dict[str, Any]:
+    def _summarise(self, now: _Measures, history: list[_Measures]) -> dict[str, Any]:
         names = self._names
-        now = self._measure(tally)
-        tests = {1: self._tests(tally, now)}
-        pooled = tally
-        for s in range(2, max(SCALES) + 1):  # the last s windows' counts, added up
+        tests = {1: self._tests(now)}
+        pooled = now
+        for s in range(2, max(SCALES) + 1):  # the last s windows' measures, added up
             if s - 1 > len(history):
                 break
             pooled = pooled + history[-(s - 1)]
             if s in SCALES:
-                tests[s] = self._tests(pooled, self._measure(pooled))
+                tests[s] = self._tests(pooled)
         scale = min(tests, key=lambda s: tests[s].family)
         decided = tests[scale]
         p = min(1.0, len(SCALES) * decided.family)
@@ -299,10 +299,10 @@ class DriftMonitor:
         effects = self._effects(now)
         psi_d = named(effects["psi"])
         worst = names[int(order[0])]
-        prediction = self._prediction_drift(tally, tests[1].prediction)
+        prediction = self._prediction_drift(now.preds, tests[1].prediction)
         report: dict[str, Any] = {
             "model": self.card.model.to_json(),
-            "window": tally.rows,
+            "window": now.rows,
             "status": status,
             "p": _sig(p),
             "scale": scale,
@@ -312,15 +312,15 @@ class DriftMonitor:
             "worst_feature": worst,
             "p_values": {n: _sig(v) for n, v in zip(names, tests[1].feature.tolist(), strict=True)},
             "q": {n: _sig(v) for n, v in zip(names, q.tolist(), strict=True)},
-            "ks": named(now.ks),
+            "ks": named(tests[1].ks),
             "js": named(effects["js"]),
             "out_of_range": named((now.below + now.above) / np.maximum(now.total, 1.0)),
-            "missing": named(tally.missing / max(tally.rows + tally.missing_rows, 1)),
-            "missing_rows": tally.missing_rows,
+            "missing": named(now.missing / max(now.rows + now.missing_rows, 1)),
+            "missing_rows": now.missing_rows,
             "prediction": prediction,
             "moved": moved,
             "counts": {
-                "rows": tally.rows,
+                "rows": now.rows,
                 "bins": dict(zip(names, effects["bins"], strict=True)),
             },
         }
@@ -329,26 +329,33 @@ class DriftMonitor:
         return report
 
     def _measure(self, tally: _Tally) -> _Measures:
-        """What the tests need from one tally's counts, per feature at once."""
+        """The window's measures, from its counts per slot (one cumulative sum)."""
         lay = self._layout
         cum = np.concatenate([[0], np.cumsum(tally.counts)])  # cum[s] = values in slots < s
-        total = (cum[lay.end] - cum[lay.start]).astype(np.float64)
-        safe_total = np.maximum(total, 1.0)
-        # KS: the largest ECDF gap at a reference point or just before one
         first = cum[lay.start][lay.ks_feature]
-        live_le = (cum[2 * lay.ks_at + 2] - first) / safe_total[lay.ks_feature]
-        live_lt = (cum[2 * lay.ks_at + 1] - first) / safe_total[lay.ks_feature]
-        gaps = np.maximum(np.abs(lay.ks_le - live_le), np.abs(lay.ks_lt - live_lt))
-        kss = np.zeros(len(total))
-        np.maximum.at(kss, lay.ks_feature, gaps)
-        kss[total == 0] = 0.0
         return _Measures(
-            total=total,
-            live=(cum[lay.bin_hi] - cum[lay.bin_lo]).astype(np.float64),
-            ks=kss,
+            rows=tally.rows,
+            missing_rows=tally.missing_rows,
+            missing=tally.missing,
+            preds=tally.preds,
+            total=cum[lay.end] - cum[lay.start],
+            live=cum[lay.bin_hi] - cum[lay.bin_lo],
+            le=cum[2 * lay.ks_at + 2] - first,
+            lt=cum[2 * lay.ks_at + 1] - first,
             below=cum[2 * lay.min_at + 1] - cum[lay.start],
             above=cum[lay.end] - cum[2 * lay.max_at + 2],
         )
+
+    def _ks(self, now: _Measures) -> np.ndarray:
+        """Per feature: the KS statistic, the largest ECDF gap at a reference point or just
+        before one."""
+        lay = self._layout
+        total = np.maximum(now.total, 1)[lay.ks_feature]
+        gaps = np.maximum(np.abs(lay.ks_le - now.le / total), np.abs(lay.ks_lt - now.lt / total))
+        # each feature's points are contiguous: one reduceat (a feature without points gets 0)
+        kss = np.maximum.reduceat(np.append(gaps, 0.0), lay.ks_starts)
+        kss[(now.total == 0) | lay.ks_none] = 0.0
+        return kss
 
     def _effects(self, now: _Measures) -> dict[str, Any]:
         """Effect sizes for the report, per feature over the card's bins: PSI, JS, the counts."""
@@ -367,9 +374,9 @@ class DriftMonitor:
         bins = [live[a:b] for a, b in zip(lay.feature_bins[:-1], lay.feature_bins[1:], strict=True)]
         return {"psi": psis, "js": jss, "bins": bins}
 
-    def _tests(self, tally: _Tally, now: _Measures) -> _Tests:
+    def _tests(self, now: _Measures) -> _Tests:
         lay, n = self._layout, self.card.n_features
-        total = now.total
+        total = now.total.astype(np.float64)
         # chi-square over the merged bins, per feature at once
         ref = np.bincount(lay.bin_group, lay.bin_ref)
         live = np.bincount(lay.bin_group, now.live)
@@ -382,7 +389,8 @@ class DriftMonitor:
         dof = np.bincount(lay.group_feature, used, minlength=n).astype(np.int64) - 1
         dof[(k == 0) | (m == 0)] = 0
         p_chi = chi2_sf(chi, dof)
-        p_ks = ks_p(np.maximum(now.ks - lay.ks_slack, 0.0), k, m)
+        kss = self._ks(now)
+        p_ks = ks_p(np.maximum(kss - lay.ks_slack, 0.0), k, m)
         p_range = np.ones(n)
         for j in np.flatnonzero(now.below + now.above):
             kj, mj = int(k[j]), int(m[j])
@@ -391,15 +399,14 @@ class DriftMonitor:
         feature = np.minimum(FEATURE_TESTS * np.minimum(np.minimum(p_chi, p_ks), p_range), 1.0)
         feature[k == 0] = 1.0
         prediction = None
-        if len(self._pred_ref) and tally.preds.sum():
-            stat, pdof = homogeneity(self._pred_ref, tally.preds, self._pred_groups)
+        if len(self._pred_ref) and now.preds.sum():
+            stat, pdof = homogeneity(self._pred_ref, now.preds, self._pred_groups)
             prediction = float(chi2_sf(np.array([stat]), np.array([pdof]))[0])
-        seen = tally.rows + tally.missing_rows
-        missing = more_missing_p(tally.missing_rows, seen, self._ref_missing, self._ref_rows)
-        return _Tests(feature, prediction, missing)
+        seen = now.rows + now.missing_rows
+        missing = more_missing_p(now.missing_rows, seen, self._ref_missing, self._ref_rows)
+        return _Tests(kss, feature, prediction, missing)
 
-    def _prediction_drift(self, tally: _Tally, p: float | None) -> dict[str, Any] | None:
-        preds = tally.preds
+    def _prediction_drift(self, preds: np.ndarray, p: float | None) -> dict[str, Any] | None:
         if p is None:
             return None
         labels = list(self._pred_keys) if self._pred_kind == "classes" else list(range(len(preds)))

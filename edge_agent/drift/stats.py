@@ -63,28 +63,55 @@ def js_distance(reference_counts: np.ndarray, live_counts: np.ndarray) -> float:
 
 def chi2_sf(x: np.ndarray, dof: np.ndarray) -> np.ndarray:
     """P(X >= x) for X chi-square with integer `dof` degrees of freedom (elementwise; dof 0
-    gives 1). Exact closed forms of the regularized upper incomplete gamma Q(dof/2, x/2):
-    a finite Poisson sum for even dof, erfc plus a finite sum for odd dof."""
-    x = np.maximum(np.asarray(x, dtype=np.float64), 0.0)
+    gives 1). Exact closed forms of the regularized upper incomplete gamma Q(dof/2, x/2), with
+    y = x/2: for even dof = 2a, e^-y * sum_{i<a} y^i / i!; for odd dof = 2a + 1,
+    erfc(sqrt y) + e^-y * sum_{1<=i<=a} y^(i - 1/2) / Gamma(i + 1/2). Sums term by term."""
+    y = np.maximum(np.asarray(x, dtype=np.float64), 0.0) / 2
     dof = np.asarray(dof, dtype=np.int64)
-    y = x / 2
-    odd = dof % 2 == 1
-    root = np.sqrt(y)
-    # even dof = 2a: e^-y * sum_{i<a} y^i / i!; odd dof = 2a + 1: erfc(sqrt y) + e^-y *
-    # sum_{1<=i<=a} y^(i - 1/2) / Gamma(i + 1/2). Both sums by recurrence, term by term.
-    out = np.where(odd, _erfc(root), 0.0)
-    term = np.where(odd, np.exp(-y) * root / math.gamma(1.5), np.exp(-y))
-    half = dof // 2
-    for i in range(int(half.max(initial=0)) + 1):
-        take = np.where(odd, (i >= 1) & (i <= half), i < half)
-        out = out + np.where(take, term, 0.0)
-        step = np.where(odd, i + 0.5 if i >= 1 else 1.0, i + 1.0)
-        term = term * np.where(odd & (i == 0), 1.0, y / step)
-    return np.where(dof <= 0, 1.0, np.clip(out, 0.0, 1.0))
+    out = np.ones(y.shape)
+    even, odd = (dof > 0) & (dof % 2 == 0), dof % 2 == 1
+    if even.any():
+        ye, terms = y[even], dof[even] // 2
+        term = np.exp(-ye)
+        total = term.copy()
+        for i in range(1, int(terms.max())):
+            term = term * ye / i
+            total += np.where(i < terms, term, 0.0)
+        out[even] = total
+    if odd.any():
+        yo, terms = y[odd], dof[odd] // 2
+        root = np.sqrt(yo)
+        total = erfc(root)
+        term = np.exp(-yo) * root / math.gamma(1.5)
+        for i in range(1, int(terms.max()) + 1):
+            total += np.where(i <= terms, term, 0.0)
+            term = term * yo / (i + 0.5)
+        out[odd] = total
+    return np.clip(out, 0.0, 1.0)
 
 
-def _erfc(x: np.ndarray) -> np.ndarray:
-    return np.vectorize(math.erfc, otypes=[np.float64])(x) if x.size else x
+ERFC_FIT = (  # Numerical Recipes' erfcc: erfc(x) = t * exp(-x^2 + sum_k c_k t^k), t = 1/(1 + x/2)
+    -1.26551223,
+    1.00002368,
+    0.37409196,
+    0.09678418,
+    -0.18628806,
+    0.27886807,
+    -1.13520398,
+    1.48851587,
+    -0.82215223,
+    0.17087277,
+)
+
+
+def erfc(x: np.ndarray) -> np.ndarray:
+    """The complementary error function of x >= 0, to a relative error below 1.2e-7, vectorized
+    (math.erfc is per element)."""
+    t = 1.0 / (1.0 + 0.5 * x)
+    acc = np.full(np.shape(x), ERFC_FIT[-1])
+    for c in ERFC_FIT[-2::-1]:  # Horner
+        acc = c + t * acc
+    return t * np.exp(acc - x * x)
 
 
 def merge_bins(ref_counts: np.ndarray, min_mass: float) -> np.ndarray:
