@@ -2,8 +2,8 @@
 MQTT connection, so verification (TUF), installation (ModelStore), telemetry (Buffer + Sender)
 and drift run the agent's own code. Only two things are simulated:
 
-- the sensors: rows drawn from the model card's reference histograms (so an undrifted device
-  reports PSI near 0), shifted by `shift` standard deviations on the drifting devices, with an
+- the sensors: rows drawn from the model card's reference sample (so an undrifted device
+  reports "ok"), shifted by `shift` standard deviations on the drifting devices, with an
   optional share of malformed lines; they enter through the same callback a serial source uses;
 - the runtime: one real onnxruntime session per distinct model, shared read-only by every device
   (`SharedRuntimes`), instead of one session per device.
@@ -97,7 +97,11 @@ class SimOptions:
 
 # ---- sensors (pure) --------------------------------------------------------------------
 def sample_feature(profile: FeatureProfile, n: int, rng: np.random.Generator) -> np.ndarray:
-    """`n` values distributed like the reference: a bin by its count, uniform inside it."""
+    """`n` values distributed like the reference: drawn from the card's KS reference sample
+    (order statistics at evenly spaced ranks, so within 1/len(ks) of the reference's ECDF); a
+    card without one: a bin by its count, uniform inside it (which the KS test can tell)."""
+    if profile.ks:
+        return rng.choice(np.asarray(profile.ks), size=n)
     counts = np.asarray(profile.counts, dtype=np.float64)
     if counts.sum() <= 0 or not profile.edges:
         return np.full(n, profile.mean)
