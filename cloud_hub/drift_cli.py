@@ -152,7 +152,7 @@ def _duration(text: str) -> float:
         seconds = parse_duration(text, "--since")
     except ConfigError:
         raise argparse.ArgumentTypeError(
-            f"expected a duration like 1h, 24h or 7d, got {text!r}"
+            f"expected a duration like 30m, 1h or 24h, got {text!r}"
         ) from None
     if not seconds > 0:
         raise argparse.ArgumentTypeError(f"expected a duration above 0, got {text!r}")
@@ -199,7 +199,7 @@ def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
         "--since",
         type=_duration,
         metavar="DURATION",
-        help="with --fleet: reports received in the last 30m, 1h, 24h (default), 7d ...",
+        help="with --fleet: reports received in the last 30m, 1h, 24h (default), 168h ...",
     )
     drift.add_argument(
         "--group", action="append", metavar="NAME", help="with --fleet: show this group"

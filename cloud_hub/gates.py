@@ -23,8 +23,8 @@ from edge_agent.errors import ConfigError
 PROCEED, PAUSE, ABORT = "proceed", "pause", "abort"
 ON_FAIL = (ABORT, PAUSE)
 _COUNT = re.compile(r"[0-9]{1,9}")
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h|d)?")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h)?")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600}
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Threshold:
 
 
 def parse_duration(text: str, what: str) -> float:
-    """`90`, `90s`, `5m`, `1h` or `2d` -> seconds."""
+    """`90`, `90s`, `5m` or `1h` -> seconds."""
     match = _DURATION.fullmatch(text.strip())
     if not match:
         raise ConfigError(f"{what}: expected a duration like 30s, 5m or 1h, got {text!r}")

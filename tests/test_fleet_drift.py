@@ -297,9 +297,10 @@ def test_the_per_device_table_shows_the_window_p(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--since", "soon"], "--since: expected a duration like 1h, 24h or 7d, got 'soon'"),
+        (["--since", "soon"], "--since: expected a duration like 30m, 1h or 24h, got 'soon'"),
         (["--since", "0"], "--since: expected a duration above 0, got '0'"),
-        (["--since=-1h"], "--since: expected a duration like 1h, 24h or 7d, got '-1h'"),
+        (["--since", "1d"], "--since: expected a duration like 30m, 1h or 24h, got '1d'"),
+        (["--since=-1h"], "--since: expected a duration like 30m, 1h or 24h, got '-1h'"),
     ],
 )
 def test_a_bad_since_is_one_line(
