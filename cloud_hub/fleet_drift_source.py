@@ -26,16 +26,20 @@ class PublishedCards:
     against the card digest the targets metadata signs. A version's card never changes once
     published, so each is read once per process."""
 
-    def __init__(self, repo: TufRepository) -> None:
-        self.repo = repo
+    def __init__(self, repo: TufRepository | None) -> None:
+        self.repo = repo  # None: no repository here (every card is missing, and says why)
         self._cards: dict[ModelRef, ModelCard] = {}
+
+    def published(self) -> dict[str, dict[str, Any]]:
+        """Target path -> its custom fields (model, model_version, card_sha256, ...)."""
+        return self.repo.targets() if self.repo is not None and self.repo.initialised else {}
 
     def lookup(
         self, models: Iterable[ModelRef]
     ) -> tuple[dict[ModelRef, ModelCard], dict[ModelRef, str]]:
         """(cards found, why each other one is missing)."""
         cards, problems = {}, {}
-        targets = self.repo.targets() if self.repo.initialised else {}
+        targets = self.published()
         for model in models:
             if model in self._cards:
                 cards[model] = self._cards[model]
@@ -45,6 +49,7 @@ class PublishedCards:
             if info is None:
                 problems[model] = f"no card for {model}: it is not published on this hub"
                 continue
+            assert self.repo is not None  # (published() is empty without one)
             try:
                 bundle = read_bundle(
                     self.repo.read_target(path), info.get("card_sha256"), MAX_BUNDLE_BYTES
@@ -130,11 +135,8 @@ def read_fleet_drift(
 
 def check_model_known(cards: PublishedCards, store: Store, model: str) -> None:
     """A `--model` that names no published version and no device's model is a typo."""
-    repo = cards.repo
     known = {
-        f"{t['model']}@{t['model_version']}"
-        for t in (repo.targets() if repo.initialised else {}).values()
-        if "model" in t
+        f"{t['model']}@{t['model_version']}" for t in cards.published().values() if "model" in t
     } | {f"{d['model']}@{d['version']}" for d in store.devices() if d["model"]}
     if any(model in (k, k.partition("@")[0]) for k in known):
         return

@@ -6,18 +6,20 @@ agent's would (the drift CLI tests' way: SQLite in a temporary hub folder)."""
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from dashboard_fleet import bundle_of, card_json, predict_sign
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_hub import cli
+from cloud_hub import web_views as views
 from cloud_hub.fleet_drift import (
     FLEET,
     NO_COUNTS,
@@ -31,8 +33,9 @@ from cloud_hub.fleet_drift import (
 from cloud_hub.fleet_drift_source import FleetQuery, PublishedCards, read_fleet_drift
 from cloud_hub.storage import Store, default_url
 from cloud_hub.tuf_repo import TufRepository
+from cloud_hub.web_metrics import registry_for
 from edge_agent.drift import DriftMonitor
-from edge_agent.protocol.card import ModelCard, feature_profiles, parse_card
+from edge_agent.protocol.card import ModelCard, parse_card
 from edge_agent.protocol.messages import Batch, ModelRef, Record
 
 FEATURES = ["temperature", "humidity", "pressure", "light"]
@@ -41,36 +44,10 @@ WINDOW = 200
 MODEL = ModelRef("plant", 1)
 
 
-def card_json(x: np.ndarray, model: ModelRef = MODEL) -> dict[str, Any]:
-    above = int((x[:, 0] > 0).sum())
-    return {
-        "card_version": 1,
-        "name": model.name,
-        "version": model.version,
-        "task": "classification",
-        "runtime": "onnxruntime",
-        "model_file": "model.onnx",
-        "input": {"name": "input"},
-        "classes": [0, 1],
-        "reference": {
-            "rows": len(x),
-            "features": [p.to_json() for p in feature_profiles(x, FEATURES, 10)],
-            "predictions": {"counts": [above, len(x) - above]},
-        },
-        "sample": {"inputs": [[0.0] * len(FEATURES)], "outputs": [0]},
-        "health": {"max_latency_ms": 50.0, "min_agreement": 0.9},
-    }
-
-
 @pytest.fixture(scope="module")
 def card() -> ModelCard:
     rng = np.random.default_rng(7)
-    return parse_card(card_json(rng.normal(size=(REFERENCE_ROWS, len(FEATURES)))))
-
-
-def predict(x: np.ndarray) -> np.ndarray:
-    """The model: class 0 when the first feature is above 0 (as the card's reference says)."""
-    return (x[:, 0] <= 0).astype(np.int64)
+    return parse_card(card_json(rng.normal(size=(REFERENCE_ROWS, len(FEATURES))), FEATURES, MODEL))
 
 
 def device_windows(
@@ -83,7 +60,7 @@ def device_windows(
     reports = []
     for w in range(windows):
         rows = x[w * WINDOW : (w + 1) * WINDOW]
-        report = monitor.add(rows, predict(rows))
+        report = monitor.add(rows, predict_sign(rows))
         assert report is not None
         reports.append(report)
     return reports, x
@@ -133,7 +110,7 @@ def test_merged_counts_are_the_sum_of_the_devices_counts(card: ModelCard) -> Non
         for j, f in enumerate(card.features):
             assert m.bins[j].tolist() == bin_counts(rows[:, j], f.edges), (cohort, f.name)
         assert m.predictions is not None
-        assert m.predictions.tolist() == np.bincount(predict(rows), minlength=2).tolist()
+        assert m.predictions.tolist() == np.bincount(predict_sign(rows), minlength=2).tolist()
 
 
 def test_reports_without_counts_are_skipped_and_counted(card: ModelCard) -> None:
@@ -194,7 +171,7 @@ def test_the_fleet_p_value_is_calibrated_without_drift(card: ModelCard) -> None:
     ps = []
     for _ in range(1000):
         x = rng.normal(size=(20 * WINDOW, len(FEATURES)))
-        body = DriftMonitor(card, len(x)).report(x, predict(x))
+        body = DriftMonitor(card, len(x)).report(x, predict_sign(x))
         ps.append(fleet_drift([Report("pi", body)], {}, {MODEL: card})[0]["p"])
     assert np.mean(np.asarray(ps) < 0.01) <= 0.02
     assert 0.05 <= np.mean(np.asarray(ps) < 0.1) <= 0.15
@@ -208,14 +185,6 @@ def test_minus_log10_is_the_heat_map_scale() -> None:
 
 
 # ---- edgehub drift --fleet ---------------------------------------------------------------------
-def bundle_of(card: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("card.json", json.dumps(card))
-        z.writestr("model.onnx", b"not really onnx")
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def hub(card: ModelCard, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A hub with plant@1 published and 40 devices' reports: 20 greenhouse devices shifted by
@@ -224,7 +193,7 @@ def hub(card: ModelCard, tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert cli.main(["--home", str(home), "keys", "init"]) == 0
     path = home / "plant-1.zip"
     path.write_bytes(bundle_of(card.raw))
-    assert cli.main(["--home", str(home), "model", "publish", str(path)]) == 0
+    assert cli.main(["--home", str(home), "model", "publish", str(path)]) == 0  # as people do
     store = Store(default_url(home))
     rng = np.random.default_rng(9)
     for d in range(40):
@@ -337,3 +306,39 @@ def test_fleet_options_without_fleet_are_refused(
 ) -> None:
     assert cli.main(["--home", str(hub), "drift", "--since", "1h"]) == 1
     assert "--since, --group and --tag go with --fleet" in capsys.readouterr().err
+
+
+# ---- the dashboard's heat map and /metrics -----------------------------------------------------
+def test_the_heat_map_has_the_fleet_on_top_and_cells_by_level(hub: Path) -> None:
+    cards = PublishedCards(TufRepository(hub))
+    result = read_fleet_drift(Store(default_url(hub)), cards, FleetQuery(3600.0))
+    plant1, plant2 = views.fleet_drift_map(result)["models"]
+    assert plant1["model"] == "plant@1" and plant1["features"] == FEATURES
+    cohorts = [r["cohort"] for r in plant1["rows"]]
+    assert cohorts == [FLEET, "group:field", "group:greenhouse", "tag:north"]
+    greenhouse, field = plant1["rows"][2], plant1["rows"][1]
+    assert greenhouse["status"] == "alert" and greenhouse["score"] > 4
+    assert {c["level"] for c in greenhouse["cells"].values()} <= {"warn", "alert"}
+    assert {c["level"] for c in field["cells"].values()} == {"ok"}
+    cell = greenhouse["cells"]["temperature"]
+    assert cell["score"] == pytest.approx(-np.log10(cell["p"]), abs=0.01)
+    assert plant2["rows"][0]["status"] == "unknown" and plant2["rows"][0]["cells"] == {}
+
+
+def test_metrics_show_fleet_drift_per_model_version_and_cohort(hub: Path) -> None:
+    registry = registry_for(Store(default_url(hub)), PublishedCards(TufRepository(hub)))
+    samples = {
+        (s.name, s.labels.get("cohort"), s.labels.get("version")): s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+        if s.name.startswith("edgefleet_fleet_drift")
+    }
+    status = "edgefleet_fleet_drift_status"
+    assert samples[(status, "group:greenhouse", "1")] == 2
+    assert samples[(status, "group:field", "1")] == 0
+    assert samples[(status, FLEET, "1")] == 2
+    assert samples[("edgefleet_fleet_drift_p", FLEET, "1")] < 1e-4
+    assert samples[("edgefleet_fleet_drift_rows", FLEET, "1")] == 38 * 5 * WINDOW
+    assert not any(version == "2" for _, _, version in samples)  # no card: nothing to test
+    bare = generate_latest(registry_for(Store(default_url(hub)))).decode()
+    assert "edgefleet_fleet_drift_p{" not in bare  # a dashboard without the repository
