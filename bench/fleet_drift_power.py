@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from dashboard_fleet import card_json, predict_sign  # noqa: E402
+from dashboard_fleet import card_json, predict_sign
 
-from cloud_hub.fleet_drift import Report, fleet_drift  # noqa: E402
-from edge_agent.drift import DriftMonitor  # noqa: E402
-from edge_agent.protocol.card import parse_card  # noqa: E402
-from edge_agent.protocol.messages import ModelRef  # noqa: E402
+from cloud_hub.fleet_drift import Report, fleet_drift
+from edge_agent.drift import DriftMonitor
+from edge_agent.protocol.card import parse_card
+from edge_agent.protocol.messages import ModelRef
 
 FEATURES = 10
 WINDOW = 200
