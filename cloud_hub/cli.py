@@ -160,6 +160,7 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from cloud_hub.fleet_drift_source import PublishedCards
     from cloud_hub.ha_discovery import HaDiscovery
     from cloud_hub.ingest_limits import Limits
     from cloud_hub.operations import open_repo
@@ -185,7 +186,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ha = HaDiscovery(broker, hub.topics, args.ha_prefix) if args.ha_discovery else None
     web = None
     if listen is not None:
-        web = WebServer(create_app(hub.store, WebAuth(token, args.open_reads)), *listen)
+        app = create_app(hub.store, WebAuth(token, args.open_reads), PublishedCards(hub.repo))
+        web = WebServer(app, *listen)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

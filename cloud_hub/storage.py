@@ -299,15 +299,19 @@ class Store:
         assert found is not None
         return found
 
-    def records_since(self, kind: str, device_ids: list[str], since: float) -> list[StoredRecord]:
-        """Records of these devices the hub received at or after `since` (a wave's metrics)."""
+    def records_since(
+        self, kind: str, device_ids: list[str] | None, since: float
+    ) -> list[StoredRecord]:
+        """Records of these devices (None: of every device) the hub received at or after
+        `since` (a wave's metrics, fleet drift over a time range)."""
         q = (
             select(records)
             .where(records.c.kind == kind)
-            .where(records.c.device.in_(device_ids))
             .where(records.c.received >= since)
             .order_by(records.c.id)
         )
+        if device_ids is not None:
+            q = q.where(records.c.device.in_(device_ids))
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
         return [
@@ -457,9 +461,10 @@ def _stored(row: Any) -> StoredRecord:
 def drift_summary(
     store: Store, model: str | None = None, device: str | None = None
 ) -> list[dict[str, Any]]:
-    """One row per (model, version, device): windows, warn and alert counts, the latest status
-    and report time, the largest PSI seen, and the features that moved (with how many windows
-    named each), most often first."""
+    """One row per (model, version, device): windows, warn and alert counts, the latest status,
+    p-value and report time, the smallest p-value and largest PSI seen, and the features that
+    moved (with how many windows named each), most often first. `p` is None for reports from
+    agents before p-values (their status came from fixed PSI bands)."""
     groups: dict[tuple[str, int, str], dict[str, Any]] = {}
     for r in store.records("drift", device):
         ref = r.body.get("model") or {}
@@ -476,6 +481,8 @@ def drift_summary(
                 "warn": 0,
                 "alert": 0,
                 "max_psi": 0.0,
+                "p": None,
+                "min_p": None,
                 "moved": {},
                 "captures": 0,
             },
@@ -486,6 +493,10 @@ def drift_summary(
             g[status] += 1
         g["status"], g["last_ts"] = status, r.ts
         g["max_psi"] = max(g["max_psi"], float(r.body.get("max_psi", 0.0)))
+        p = r.body.get("p")
+        g["p"] = float(p) if isinstance(p, int | float) and not isinstance(p, bool) else None
+        if g["p"] is not None:
+            g["min_p"] = g["p"] if g["min_p"] is None else min(g["min_p"], g["p"])
         moved = r.body.get("moved")
         if not isinstance(moved, list):  # reports from agents before `moved` existed
             moved = (

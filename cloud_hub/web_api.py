@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloud_hub import web_views as views
+from cloud_hub.fleet_drift_source import FleetQuery, PublishedCards, read_fleet_drift
 from cloud_hub.storage import Store
 from cloud_hub.web_actions import ACTIONS, ActionRefused, NoSuchRollout, apply_action
 from cloud_hub.web_metrics import registry_for
@@ -143,6 +144,43 @@ class DriftMapOut(BaseModel):
     thresholds: Thresholds
 
 
+class FleetCell(BaseModel):
+    p: float = Field(description="the feature's chi-square p-value over the merged counts")
+    q: float | None = Field(description="Benjamini-Hochberg adjusted across the family")
+    psi: float | None
+    score: float | None = Field(description="-log10 p: 2 is p = 0.01, higher is surer")
+    level: Literal["ok", "warn", "alert", "unknown"] = Field(description="q against the levels")
+
+
+class FleetCohortRow(BaseModel):
+    cohort: str = Field(description='"fleet", "group:NAME" or "tag:NAME"')
+    status: Literal["ok", "warn", "alert", "unknown"]
+    p: float | None = Field(description="the family's p-value (Simes) of the merged counts")
+    score: float | None = Field(description="-log10 p")
+    devices: int
+    windows: int
+    rows: int = Field(description="rows merged (the reference's rows bound the power)")
+    reference_rows: int
+    moved: list[str]
+    skipped: dict[str, int] = Field(
+        description='reports not merged, by why: "no counts" (older agents), "no card", ...'
+    )
+    note: str
+    cells: dict[str, FleetCell]
+
+
+class FleetModelMap(BaseModel):
+    model: str
+    features: list[str]
+    rows: list[FleetCohortRow]
+
+
+class FleetDriftOut(BaseModel):
+    now: float
+    since_s: float
+    models: list[FleetModelMap]
+
+
 class DriftPoint(BaseModel):
     ts: float
     psi: float
@@ -201,6 +239,10 @@ Limit = Annotated[int, Query(ge=1, le=MAX_POINTS, description="at most this many
 Feature = Annotated[str | None, Query(max_length=200, description="only this feature")]
 ModelName = Annotated[str | None, Query(max_length=64, description="only devices running it")]
 Action = Literal["pause", "resume", "abort", "rollback"]
+SinceSeconds = Annotated[
+    float,
+    Query(gt=0, le=30 * 86400, allow_inf_nan=False, description="reports of the last seconds"),
+]
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -208,7 +250,9 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 # ---- the app --------------------------------------------------------------------------------
-def create_app(store: Store, auth: WebAuth) -> FastAPI:
+def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None) -> FastAPI:
+    """The app over `store`; `cards` reads published model cards for fleet drift (None: no
+    repository, fleet drift says each card is missing)."""
     app = FastAPI(
         title="edgefleet hub",
         version="1",
@@ -217,7 +261,8 @@ def create_app(store: Store, auth: WebAuth) -> FastAPI:
         description="The fleet, its rollouts, telemetry and drift. Send "
         "`Authorization: Bearer <token>`; reads may be open (`edgehub serve --open-reads`).",
     )
-    registry = registry_for(store)
+    cards = cards or PublishedCards(None)
+    registry = registry_for(store, cards)
 
     def write_access(credentials: Credentials) -> None:
         if credentials is None:
@@ -303,6 +348,20 @@ def create_app(store: Store, auth: WebAuth) -> FastAPI:
     @app.get("/api/drift", response_model=DriftMapOut, responses=_errors(401, 403, 422), **reads)
     def drift(model: ModelName = None) -> dict[str, Any]:
         return views.drift_map(store.latest_records("drift"), model)
+
+    @app.get(
+        "/api/drift/fleet",
+        response_model=FleetDriftOut,
+        responses=_errors(401, 403, 422),
+        description="Drift merged over the devices' windows per model version and cohort "
+        "(the fleet, each group, each tag), tested against each version's card.",
+        **reads,
+    )
+    def fleet_drift(model: ModelName = None, since_s: SinceSeconds = 3600.0) -> dict[str, Any]:
+        result = read_fleet_drift(store, cards, FleetQuery(since_s))
+        if model is not None:
+            result["rows"] = [r for r in result["rows"] if r["model"] == model]
+        return views.fleet_drift_map(result)
 
     @app.get("/api/rollouts", response_model=RolloutsOut, responses=_errors(401, 403), **reads)
     def rollouts() -> dict[str, Any]:

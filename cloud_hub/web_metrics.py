@@ -11,13 +11,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from cloud_hub import web_views as views
+from cloud_hub.fleet_drift import STATUS_RANK
+from cloud_hub.fleet_drift_source import FleetQuery, PublishedCards, read_fleet_drift
 from cloud_hub.storage import Store
 from edge_agent.protocol.inputs import inputs_of
 
+FLEET_DRIFT_SINCE_S = 3600.0  # the metrics' fleet drift merges the last hour's windows
+
 
 class StoreCollector(Collector):
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, cards: PublishedCards | None = None) -> None:
         self.store = store
+        self.cards = cards or PublishedCards(None)  # None: no cards, no fleet drift gauges
 
     def collect(self) -> Iterator[Metric]:
         devices = self.store.devices()
@@ -84,6 +89,40 @@ class StoreCollector(Collector):
         for (model, feature), value in sorted(worst.items()):
             psi.add_metric([model, feature], value)
         yield psi
+        yield from fleet_drift_metrics(
+            read_fleet_drift(self.store, self.cards, FleetQuery(FLEET_DRIFT_SINCE_S))["rows"]
+        )
+
+
+def fleet_drift_metrics(rows: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
+    """Fleet drift of the last hour per model version and cohort (cloud_hub.fleet_drift):
+    the family p-value, the status and the rows merged. Cohorts with nothing to test (no card,
+    no counts) are left out."""
+    labels = ["model", "version", "cohort"]
+    p = GaugeMetricFamily(
+        "edgefleet_fleet_drift_p",
+        "p-value of the devices' drift windows of the last hour merged per model version and "
+        "cohort, against the card (small: the cohort's inputs moved)",
+        labels=labels,
+    )
+    status = GaugeMetricFamily(
+        "edgefleet_fleet_drift_status",
+        "Fleet drift status of the last hour per model version and cohort: 0 ok, 1 warn, 2 alert",
+        labels=labels,
+    )
+    merged = GaugeMetricFamily(
+        "edgefleet_fleet_drift_rows",
+        "Rows merged in the fleet drift test of the last hour",
+        labels=labels,
+    )
+    for r in rows:
+        if r["p"] is None:
+            continue
+        key = [r["model"], str(r["version"]), r["cohort"]]
+        p.add_metric(key, r["p"])
+        status.add_metric(key, STATUS_RANK[r["status"]])
+        merged.add_metric(key, r["rows"])
+    yield from (p, status, merged)
 
 
 def storage_metrics(devices: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
@@ -151,7 +190,7 @@ def _inputs(devices: list[dict[str, Any]]) -> Iterator[Metric]:
     yield from (lost, reopened, is_open, idle, quiet)
 
 
-def registry_for(store: Store) -> CollectorRegistry:
+def registry_for(store: Store, cards: PublishedCards | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store))
+    registry.register(StoreCollector(store, cards))
     return registry

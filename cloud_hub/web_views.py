@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from cloud_hub import fleet_drift
 from cloud_hub.storage import StoredRecord
 from edge_agent.errors import MessageError
 from edge_agent.protocol.inputs import describe, inputs_of
@@ -188,6 +189,41 @@ def drift_series(
             if feature is None or name == feature:
                 series.setdefault(name, []).append({"ts": rec.ts, "psi": value})
     return series
+
+
+def fleet_drift_map(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The fleet heat map, one per model version: cohorts as rows (the fleet on top), features
+    as columns; each cell's level is its adjusted value (q) against the levels, its score
+    -log10 p (0: nothing seen; 2: p = 0.01; higher is surer)."""
+    models: dict[str, dict[str, Any]] = {}
+    for r in result["rows"]:
+        label = f"{r['model']}@{r['version']}"
+        entry = models.setdefault(label, {"model": label, "features": [], "rows": []})
+        for f in r["p_values"]:
+            if f not in entry["features"]:
+                entry["features"].append(f)
+        cells = {
+            f: {
+                "p": p,
+                "q": r["q"].get(f),
+                "psi": r["psi"].get(f),
+                "score": fleet_drift.minus_log10(p),
+                "level": fleet_drift.feature_level(r["q"].get(f), r["levels"]),
+            }
+            for f, p in r["p_values"].items()
+        }
+        keep = ("cohort", "status", "p", "devices", "windows", "rows", "reference_rows")
+        entry["rows"].append(
+            {k: r[k] for k in keep}
+            | {
+                "score": fleet_drift.minus_log10(r["p"]),
+                "moved": list(r["moved"]),
+                "skipped": dict(r["skipped"]),
+                "note": r["note"],
+                "cells": cells,
+            }
+        )
+    return {"now": result["now"], "since_s": result["since_s"], "models": list(models.values())}
 
 
 # ---- rollouts -------------------------------------------------------------------------------

@@ -3,23 +3,31 @@ real mosquitto (status, telemetry, drift and events as an agent sends them; comm
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cloud_hub import rollout as ro
 from cloud_hub.broker import RunningBroker
+from cloud_hub.fleet_drift_source import PublishedCards
+from cloud_hub.operations import publish_bundle
 from cloud_hub.service import Hub
+from cloud_hub.tuf_repo import TufRepository
 from cloud_hub.web_api import WebAuth, create_app
 from cloud_hub.web_server import WebServer
 from edge_agent.mqtt_session import BrokerAddress, MqttSession
+from edge_agent.protocol.card import feature_profiles
 from edge_agent.protocol.messages import (
     Batch,
     Command,
@@ -155,6 +163,52 @@ class HubWithDashboard:
         return r
 
 
+def card_json(x: np.ndarray, names: list[str] | tuple[str, ...], model: ModelRef) -> dict[str, Any]:
+    """A valid card whose drift reference is `x`, for a classifier that says 0 when the first
+    feature is above 0 (`predict_sign`)."""
+    above = int((x[:, 0] > 0).sum())
+    return {
+        "card_version": 1,
+        "name": model.name,
+        "version": model.version,
+        "task": "classification",
+        "runtime": "onnxruntime",
+        "model_file": "model.onnx",
+        "input": {"name": "input"},
+        "classes": [0, 1],
+        "reference": {
+            "rows": len(x),
+            "features": [p.to_json() for p in feature_profiles(x, list(names), 10)],
+            "predictions": {"counts": [above, len(x) - above]},
+        },
+        "sample": {"inputs": [[0.0] * len(names)], "outputs": [0]},
+        "health": {"max_latency_ms": 50.0, "min_agreement": 0.9},
+    }
+
+
+def predict_sign(x: np.ndarray) -> np.ndarray:
+    return (x[:, 0] <= 0).astype(np.int64)
+
+
+def bundle_of(card: dict[str, Any]) -> bytes:
+    """A bundle holding `card` (its model file is not a model: the hub never runs it)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("card.json", json.dumps(card))
+        z.writestr("model.onnx", b"not really onnx")
+    return buf.getvalue()
+
+
+def publish_card(home: Path, card: dict[str, Any]) -> None:
+    """Sign a bundle of `card` into the hub's repository (initialised when it is not)."""
+    repo = TufRepository(home)
+    if not repo.initialised:
+        repo.init()
+    path = home / f"{card['name']}-{card['version']}.zip"
+    path.write_bytes(bundle_of(card))
+    publish_bundle(home, path)
+
+
 @contextmanager
 def running_hub(
     broker: RunningBroker, home: Path, open_reads: bool = False
@@ -165,7 +219,8 @@ def running_hub(
     thread = threading.Thread(target=hub.run, args=(stop,), daemon=True)
     thread.start()
     assert hub.ready.wait(30), "the hub did not connect"
-    web = WebServer(create_app(hub.store, WebAuth(TOKEN, open_reads)), "127.0.0.1", 0)
+    app = create_app(hub.store, WebAuth(TOKEN, open_reads), PublishedCards(hub.repo))
+    web = WebServer(app, "127.0.0.1", 0)
     web.start()
     try:
         yield HubWithDashboard(hub, web, broker)

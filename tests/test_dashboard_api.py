@@ -122,6 +122,12 @@ def test_every_answer_matches_the_openapi_description(
     )
     assert hist["features"] == {"humidity": [{"ts": 1002.0, "psi": 0.3}]}
 
+    _, merged = api.check(base, "/api/drift/fleet", "/api/drift/fleet?since_s=86400")
+    (climate,) = merged["models"]  # reports without window counts, of an unpublished model
+    assert [(r["cohort"], r["status"]) for r in climate["rows"]] == [("fleet", "unknown")]
+    assert climate["rows"][0]["note"] == "no card for climate@1: it is not published on this hub"
+    api.check(base, "/api/drift/fleet", "/api/drift/fleet?since_s=0")
+
     _, rollouts = api.check(base, "/api/rollouts", "/api/rollouts")
     assert [x["id"] for x in rollouts["rollouts"]] == [r.id]
     _, view = api.check(base, "/api/rollouts/{rollout}", f"/api/rollouts/{r.id}")

@@ -10,12 +10,24 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
-from dashboard_fleet import FEATURES, TOKEN, HubWithDashboard, SimDevice, running_hub
+from dashboard_fleet import (
+    FEATURES,
+    TOKEN,
+    HubWithDashboard,
+    SimDevice,
+    card_json,
+    predict_sign,
+    publish_card,
+    running_hub,
+)
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from cloud_hub import rollout as ro
 from cloud_hub.broker import RunningBroker
+from edge_agent.drift import DriftMonitor
+from edge_agent.protocol.card import parse_card
 from edge_agent.protocol.messages import ModelRef, StorageCondition
 
 pytestmark = pytest.mark.broker
@@ -221,5 +233,51 @@ def test_a_device_whose_disk_is_full_shows_it_until_it_is_over(
     expect(cell).to_have_text("ok 15 unkept")
     page.select_option("#device-pick", c.id)
     expect(line).to_have_text("storage: not reported by this agent", timeout=WAIT_MS)
+    expect(page.locator("#error")).to_be_hidden()
+    page.close()
+
+
+def test_the_fleet_drift_heat_map_shows_a_shift_the_fleet_shares(
+    browser: Browser, dash: HubWithDashboard, devices: list[SimDevice]
+) -> None:
+    """Every device's pressure moved by 0.15 standard deviations: merged over their windows,
+    the fleet row (on top) and each cohort's turn red on pressure and stay green elsewhere."""
+    model = ModelRef("climate", 1)
+    rng = np.random.default_rng(11)
+    card = card_json(rng.normal(size=(100_000, len(FEATURES))), FEATURES, model)
+    publish_card(dash.hub.home, card)
+    monitor_card = parse_card(card)
+    for i, d in enumerate(devices):
+        d.model = model
+        d.status()
+        monitor, bodies = DriftMonitor(monitor_card, 200), []
+        for _ in range(30):
+            x = rng.normal(size=(200, len(FEATURES))) + np.array([0.0, 0.0, 0.15])
+            report = monitor.add(x, predict_sign(x))
+            assert report is not None
+            bodies.append(report)
+        d.send("drift", *bodies)
+        dash.hub.store.label_device(d.id, group="north" if i < 2 else "south", add=["roof"])
+    dash.wait("every window", lambda: dash.hub.store.count("drift") == 90)
+
+    page = browser.new_page()
+    page.goto(f"{dash.url}#token={TOKEN}")
+    heat = page.locator('#fleet-drift .fleet-map[data-model="climate@1"]')
+    rows = heat.locator("tbody tr")
+    expect(rows).to_have_count(4, timeout=WAIT_MS)
+    cohorts = [rows.nth(i).get_attribute("data-cohort") for i in range(4)]
+    assert cohorts == ["fleet", "group:north", "group:south", "tag:roof"]
+    fleet = heat.locator('tr[data-cohort="fleet"]')
+    expect(fleet.locator("td.status")).to_have_text("alert")
+    expect(fleet.locator("td.devices")).to_have_text("3")
+    expect(fleet.locator("td.rows")).to_have_text("18000")
+    pressure = fleet.locator('td[data-feature="pressure"]')
+    expect(pressure).to_have_attribute("data-level", "alert")
+    assert pressure.evaluate("e => getComputedStyle(e).backgroundColor") == RED
+    assert float(pressure.inner_text()) > 4  # -log10 p
+    expect(fleet.locator('td[data-feature="temperature"]')).to_have_attribute("data-level", "ok")
+    expect(
+        heat.locator('tr[data-cohort="group:north"] td[data-feature="pressure"]')
+    ).to_have_attribute("data-level", "alert")
     expect(page.locator("#error")).to_be_hidden()
     page.close()

@@ -299,6 +299,47 @@ async function renderDriftChart() {
   document.getElementById("drift-chart").replaceChildren(lineChart(`PSI of ${pick.feature} on ${pick.device}`, "PSI", [{ name: pick.feature, points }]));
 }
 
+// ---- fleet drift: every device's windows merged per cohort (the fleet on top) ---------------
+const FLEET_DRIFT_EVERY = 10; // polls between two reads: each merges an hour of reports
+
+function renderFleetDrift(d) {
+  const box = document.getElementById("fleet-drift");
+  if (!d.models.length) return box.replaceChildren(el("p", { class: "muted" }, "no drift reports in the last hour"));
+  box.replaceChildren(...d.models.map(fleetMap));
+}
+
+const skippedText = (skipped) => Object.entries(skipped).map(([why, n]) => `${n} windows skipped (${why})`).join(", ");
+
+function fleetMap(m) {
+  const head = el("tr", {}, ...["cohort", "status", "-log10 p", "devices", "rows"].map((h) => el("th", {}, h)), ...m.features.map((f) => el("th", { class: "feature", title: f }, f)));
+  const rows = m.rows.map((r) =>
+    el(
+      "tr",
+      { "data-cohort": r.cohort },
+      el("td", { class: "cohort" }, r.cohort),
+      el("td", { class: "status" }, badge(r.status)),
+      el("td", { class: "score", title: `p ${r.p ?? "–"}` }, fmt(r.score, 1)),
+      el("td", { class: "devices" }, r.devices),
+      el("td", { class: "rows", title: `reference: ${r.reference_rows} rows` }, r.rows),
+      ...m.features.map((f) => {
+        const c = r.cells[f];
+        if (!c) return el("td", {}, "");
+        const title = `${r.cohort} ${f}: p ${c.p}, adjusted ${c.q}, PSI ${c.psi}`;
+        return el("td", { class: `cell level-${c.level}`, "data-feature": f, "data-level": c.level, title }, fmt(c.score, 1));
+      }),
+    ),
+  );
+  const fleet = m.rows.find((r) => r.cohort === "fleet") ?? {};
+  const notes = [fleet.note, skippedText(fleet.skipped ?? {})].filter(Boolean).join("; ");
+  return el(
+    "div",
+    { class: "fleet-map", "data-model": m.model },
+    el("h3", {}, m.model),
+    el("div", { class: "scroll" }, el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows))),
+    notes ? el("p", { class: "muted notes" }, notes) : "",
+  );
+}
+
 // ---- the loop -------------------------------------------------------------------------------
 function showError(e) {
   const box = document.getElementById("error");
@@ -307,6 +348,7 @@ function showError(e) {
 }
 
 let busy = false;
+let polls = 0;
 async function poll() {
   if (busy) return;
   busy = true;
@@ -316,6 +358,7 @@ async function poll() {
     renderDeviceStorage(fleet);
     renderRollouts(rollouts);
     renderDrift(drift);
+    if (polls++ % FLEET_DRIFT_EVERY === 0) renderFleetDrift(await api("/api/drift/fleet?since_s=3600"));
     await renderDevice();
     await renderDriftChart();
     document.getElementById("token-form").hidden = true;

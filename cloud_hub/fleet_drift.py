@@ -1,0 +1,335 @@
+"""Fleet and cohort drift: the devices' window counts added up per model version and cohort,
+and tested against the card's reference with the statistics the device itself uses.
+
+Each drift report carries ``counts``: the window's rows and, per feature, its live counts over
+the card's quantile bins. Counts add up: the sum over devices and windows is what one huge
+window over the whole cohort would have counted. A cohort is the whole fleet (``fleet``), the
+devices of a group (``group:NAME``) or the devices carrying a tag (``tag:NAME``), by the
+registry's labels as they are now. For each (model version, cohort) the merged counts are tested
+as a device tests one window (`edge_agent.drift.stats`): per feature, Pearson's chi-square of
+reference against live counts over bins merged (`merge_bins`) until the merged window expects at
+least MIN_EXPECTED values in each; the predicted classes (or binned values) the same way; and
+the family's p-value by Simes' combination, with Benjamini-Hochberg's adjusted values (``q``)
+naming the features that moved. The status follows the same levels the devices use (the
+strictest the reports carry). The KS and range tests need the grid counts a window keeps to
+itself, and the missing-rows test the reference's missing rows: those stay on the device.
+
+Why it finds what no window sees: under a shift the chi-square statistic grows with the
+effective size n*m/(n+m) of the two samples (n merged live rows, m reference rows), and a
+device's window has n of a few hundred. A hundred devices' windows of a day give n in the
+millions, so a shift of a tenth of a standard deviation that no device sees becomes certain.
+But the effective size never exceeds m: once n is well past m, more devices add no power, and
+the reference size bounds the smallest shift the fleet can find (about what a window of m rows
+would find against an exact reference). A card with a larger reference is the way further.
+
+A drift-free fleet warns with probability the warn level per cohort and per look: the test
+assumes the merged windows are independent draws, which holds when the devices' inputs are
+(sensors of the same kind in different places), not when windows overlap or repeat.
+
+Reports without ``counts`` (agents from before it) or whose counts do not fit the card's bins
+are skipped and counted per cohort (``skipped``), never guessed at. Pure: records, labels and
+cards in, rows out; the callers read the store and the TUF repository.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_agent.drift import DEFAULT_ALERT_EVERY, DEFAULT_WARN_EVERY, levels, psi, status_of
+from edge_agent.drift.monitor import _sig
+from edge_agent.drift.stats import MIN_EXPECTED, bh_adjust, chi2_sf, homogeneity, merge_bins
+from edge_agent.errors import MessageError
+from edge_agent.protocol.card import ModelCard
+from edge_agent.protocol.messages import ModelRef
+
+FLEET = "fleet"
+NO_COUNTS = "no counts"  # a report from an agent before window counts existed
+UNFIT = "counts do not fit the card"
+WORST_SHOWN = 3  # features named as the worst of a cohort
+STATUS_RANK = {"ok": 0, "warn": 1, "alert": 2}  # what the status gauge shows
+
+
+@dataclass(frozen=True)
+class Labels:
+    """A device's registry labels: its group ("" for none) and its tags."""
+
+    group: str = ""
+    tags: tuple[str, ...] = ()
+
+    def cohorts(self) -> list[str]:
+        out = [FLEET]
+        if self.group:
+            out.append(f"group:{self.group}")
+        return out + [f"tag:{t}" for t in sorted(set(self.tags))]
+
+
+@dataclass(frozen=True)
+class Report:
+    """One stored drift report: the device that sent it and its body."""
+
+    device: str
+    body: Mapping[str, Any]
+
+
+def model_of(body: Mapping[str, Any]) -> ModelRef | None:
+    """The model version a report is about; None when it does not say (or says nonsense)."""
+    try:
+        return ModelRef.from_json(body.get("model"), "report.model")
+    except MessageError:
+        return None
+
+
+def model_versions(reports: Iterable[Report]) -> set[ModelRef]:
+    """The model versions these reports are about: the cards the caller should fetch."""
+    return {m for r in reports if (m := model_of(r.body)) is not None}
+
+
+@dataclass
+class _Merged:
+    """One cohort's counts of one model version, added up."""
+
+    n_features: int
+    rows: int = 0
+    windows: int = 0
+    devices: set[str] = field(default_factory=set)
+    bins: list[np.ndarray] = field(default_factory=list)
+    predictions: np.ndarray | None = None
+    levels: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def add(self, device: str, counts: _Counts, level: dict[str, float] | None) -> None:
+        self.rows += counts.rows
+        self.windows += 1
+        self.devices.add(device)
+        if self.bins:
+            self.bins = [a + b for a, b in zip(self.bins, counts.bins, strict=True)]
+        else:
+            self.bins = list(counts.bins)
+        if counts.predictions is not None:
+            seen = self.predictions
+            self.predictions = counts.predictions if seen is None else seen + counts.predictions
+        for key, value in (level or {}).items():  # the strictest level of any report
+            self.levels[key] = min(value, self.levels.get(key, value))
+
+    def skip(self, why: str) -> None:
+        self.skipped[why] = self.skipped.get(why, 0) + 1
+
+
+@dataclass(frozen=True)
+class _Counts:
+    rows: int
+    bins: tuple[np.ndarray, ...]
+    predictions: np.ndarray | None
+
+
+def _count_list(value: object, length: int) -> np.ndarray | None:
+    if (
+        not isinstance(value, list)
+        or len(value) != length
+        or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in value)
+    ):
+        return None
+    return np.asarray(value, dtype=np.int64)
+
+
+def prediction_keys(card: ModelCard) -> list[str]:
+    """The keys of a report's ``prediction.counts``, in the card's order (as the monitor
+    writes them: the class labels, or the bin numbers of a regressor's predictions)."""
+    if card.task == "classification":
+        return [str(c) for c in card.classes]
+    return [str(i) for i in range(len(card.prediction_counts))]
+
+
+def window_counts(body: Mapping[str, Any], card: ModelCard) -> _Counts | str:
+    """A report's counts checked against the card's bins, or why they cannot be used."""
+    counts = body.get("counts")
+    if not isinstance(counts, Mapping):
+        return NO_COUNTS
+    rows, bins = counts.get("rows"), counts.get("bins")
+    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
+        return UNFIT
+    if not isinstance(bins, Mapping):
+        return UNFIT
+    per_feature = []
+    for f in card.features:
+        live = _count_list(bins.get(f.name), len(f.counts))
+        if live is None or live.sum() > rows:
+            return UNFIT
+        per_feature.append(live)
+    predictions = None
+    pred = body.get("prediction")
+    keys = prediction_keys(card)
+    if isinstance(pred, Mapping) and isinstance(pred.get("counts"), Mapping):
+        given = pred["counts"]
+        if set(given) == set(keys) and len(keys) == len(card.prediction_counts):
+            predictions = _count_list([given[k] for k in keys], len(keys))
+    return _Counts(rows, tuple(per_feature), predictions)
+
+
+def merge(
+    reports: Iterable[Report],
+    labels: Mapping[str, Labels],
+    cards: Mapping[ModelRef, ModelCard],
+) -> dict[tuple[ModelRef, str], _Merged]:
+    """Counts added up per (model version, cohort), for the model versions with a card.
+    Every report counts in each cohort of its device (a device the registry does not know
+    counts in the fleet only)."""
+    out: dict[tuple[ModelRef, str], _Merged] = {}
+    for r in reports:
+        model = model_of(r.body)
+        card = cards.get(model) if model is not None else None
+        if model is None or card is None:
+            continue
+        counts = window_counts(r.body, card)
+        level = _levels_of(r.body.get("levels"))
+        for cohort in labels.get(r.device, Labels()).cohorts():
+            m = out.setdefault((model, cohort), _Merged(card.n_features))
+            if isinstance(counts, str):
+                m.skip(counts)
+            else:
+                m.add(r.device, counts, level)
+    return out
+
+
+def _levels_of(value: object) -> dict[str, float] | None:
+    if not isinstance(value, Mapping):
+        return None
+    out = {}
+    for key in ("warn", "alert"):
+        v = value.get(key)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1:
+            return None
+        out[key] = float(v)
+    return out if out["alert"] < out["warn"] else None
+
+
+def chi_square_p(reference: np.ndarray, live: np.ndarray) -> float:
+    """The p-value of the device's binned test for these merged counts: bins merged so that
+    the live side expects at least MIN_EXPECTED values in each, then Pearson's chi-square."""
+    n = float(np.sum(live))
+    if n <= 0:
+        return 1.0
+    groups = merge_bins(reference, MIN_EXPECTED / n)
+    stat, dof = homogeneity(reference, live, groups)
+    return float(chi2_sf(np.array([stat]), np.array([dof]))[0])
+
+
+def cohort_result(card: ModelCard, merged: _Merged) -> dict[str, Any]:
+    """The cohort's merged counts against the card's reference: per-feature p, q and PSI, the
+    family's p (Simes, over the features and the predictions) and the status it gives."""
+    level = merged.levels or levels(DEFAULT_WARN_EVERY, DEFAULT_ALERT_EVERY)
+    names = card.feature_names
+    base: dict[str, Any] = {
+        "windows": merged.windows,
+        "devices": len(merged.devices),
+        "rows": merged.rows,
+        "reference_rows": max((sum(f.counts) for f in card.features), default=0),
+        "levels": level,
+        "skipped": dict(sorted(merged.skipped.items())),
+    }
+    if merged.rows == 0 or not merged.bins:
+        return base | {
+            "status": "unknown",
+            "p": None,
+            "p_values": {},
+            "q": {},
+            "psi": {},
+            "prediction": None,
+            "moved": [],
+            "worst": [],
+        }
+    refs = [np.asarray(f.counts, dtype=np.float64) for f in card.features]
+    feature_p = np.array([chi_square_p(r, b) for r, b in zip(refs, merged.bins, strict=True)])
+    psis = [psi(r, b) for r, b in zip(refs, merged.bins, strict=True)]
+    pred_ref = np.asarray(card.prediction_counts, dtype=np.float64)
+    prediction = None
+    family = list(feature_p)
+    if merged.predictions is not None and merged.predictions.sum() > 0:
+        pred_p = chi_square_p(pred_ref, merged.predictions)
+        family.append(pred_p)
+        prediction = {"p": _sig(pred_p), "psi": round(psi(pred_ref, merged.predictions), 4)}
+    q_all = bh_adjust(family)
+    p = float(q_all.min())
+    q = q_all[: len(names)]
+    order = sorted(range(len(names)), key=lambda j: (feature_p[j], j))
+    return base | {
+        "status": status_of(p, level),
+        "p": _sig(p),
+        "p_values": {names[j]: _sig(feature_p[j]) for j in range(len(names))},
+        "q": {names[j]: _sig(q[j]) for j in range(len(names))},
+        "psi": {names[j]: round(psis[j], 4) for j in range(len(names))},
+        "prediction": prediction,
+        "moved": [names[j] for j in order if q[j] < level["warn"]],
+        "worst": [names[j] for j in order[:WORST_SHOWN]],
+    }
+
+
+def fleet_drift(
+    reports: Iterable[Report],
+    labels: Mapping[str, Labels],
+    cards: Mapping[ModelRef, ModelCard],
+    problems: Mapping[ModelRef, str] | None = None,
+    cohorts: Iterable[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (model version, cohort): what merged, the tests and the status. Model
+    versions without a card get one row saying why (`problems`, else "no card"). `cohorts`
+    keeps only those cohorts' rows. Rows come model by model, the fleet first, then the
+    groups, then the tags."""
+    reports = list(reports)
+    keep = None if cohorts is None else set(cohorts)
+    merged = merge(reports, labels, cards)
+    rows = []
+    for (model, cohort), m in merged.items():
+        if keep is None or cohort in keep:
+            head = {"model": model.name, "version": model.version, "cohort": cohort}
+            rows.append(head | cohort_result(cards[model], m) | {"note": ""})
+    for model in sorted(model_versions(reports) - set(cards), key=str):
+        why = (problems or {}).get(model) or f"no card for {model}: it is not published here"
+        n = sum(1 for r in reports if model_of(r.body) == model)
+        rows.append(_unknown(model, n, why))
+    return sorted(rows, key=lambda r: (r["model"], r["version"], _cohort_order(r["cohort"])))
+
+
+def _unknown(model: ModelRef, windows: int, why: str) -> dict[str, Any]:
+    return {
+        "model": model.name,
+        "version": model.version,
+        "cohort": FLEET,
+        "windows": 0,
+        "devices": 0,
+        "rows": 0,
+        "reference_rows": 0,
+        "levels": {},
+        "skipped": {"no card": windows},
+        "status": "unknown",
+        "p": None,
+        "p_values": {},
+        "q": {},
+        "psi": {},
+        "prediction": None,
+        "moved": [],
+        "worst": [],
+        "note": why,
+    }
+
+
+def _cohort_order(cohort: str) -> tuple[int, str]:
+    kind = cohort.partition(":")[0]
+    return {FLEET: 0, "group": 1, "tag": 2}.get(kind, 3), cohort
+
+
+def feature_level(q: float | None, level: Mapping[str, float]) -> str:
+    """A feature's cell in the heat map: its adjusted value (q) against the levels."""
+    if q is None:
+        return "unknown"
+    return status_of(q, dict(level)) if level else "unknown"
+
+
+def minus_log10(p: float | None) -> float | None:
+    """-log10 p, the heat map's scale (0 for p = 1; p = 0 reads as 1e-300)."""
+    return None if p is None else round(-math.log10(max(p, 1e-300)), 2) + 0.0
