@@ -33,8 +33,10 @@ from rich.table import Table
 from cloud_hub import rollout as ro
 from cloud_hub.broker import RunningBroker, start_broker
 from cloud_hub.cli_output import p_value
+from cloud_hub.fleet_drift_source import PublishedCards
 from cloud_hub.operations import enroll_device, init_hub, publish_bundle, start_rollout
 from cloud_hub.storage import Store, default_url
+from cloud_hub.tuf_repo import TufRepository
 from cloud_hub.web_api import WebAuth, create_app
 from cloud_hub.web_server import WebServer, load_token, parse_listen
 from edge_agent.errors import TransportError
@@ -370,7 +372,7 @@ def run_demo(opts: DemoOptions) -> int:
             )
         store = Store(default_url(home))
         view = View(store, feeders)
-        web, token = _dashboard(store, *listen)
+        web, token = _dashboard(store, home, *listen)
         console.print(f"[bold]dashboard:[/bold] {web.url}#token={token}", soft_wrap=True)
         with Live(view.render(), console=console, refresh_per_second=4) as live:
             online = wait_for(
@@ -422,9 +424,9 @@ def run_demo(opts: DemoOptions) -> int:
     return _report(console, checks, workdir, opts)
 
 
-def _dashboard(store: Store, host: str, port: int) -> tuple[WebServer, str]:
+def _dashboard(store: Store, home: Path, host: str, port: int) -> tuple[WebServer, str]:
     token, _ = load_token({}, None)
-    app = create_app(store, WebAuth(token))
+    app = create_app(store, WebAuth(token), PublishedCards(TufRepository(home)))
     try:
         web = WebServer(app, host, port)
     except TransportError:

@@ -41,8 +41,14 @@ from typing import Any
 import numpy as np
 
 from edge_agent.drift import DEFAULT_ALERT_EVERY, DEFAULT_WARN_EVERY, levels, psi, status_of
-from edge_agent.drift.monitor import _sig
-from edge_agent.drift.stats import MIN_EXPECTED, bh_adjust, chi2_sf, homogeneity, merge_bins
+from edge_agent.drift.stats import (
+    MIN_EXPECTED,
+    bh_adjust,
+    chi2_sf,
+    homogeneity,
+    merge_bins,
+    round_p,
+)
 from edge_agent.errors import MessageError
 from edge_agent.protocol.card import ModelCard
 from edge_agent.protocol.messages import ModelRef
@@ -252,16 +258,16 @@ def cohort_result(card: ModelCard, merged: _Merged) -> dict[str, Any]:
     if merged.predictions is not None and merged.predictions.sum() > 0:
         pred_p = chi_square_p(pred_ref, merged.predictions)
         family.append(pred_p)
-        prediction = {"p": _sig(pred_p), "psi": round(psi(pred_ref, merged.predictions), 4)}
+        prediction = {"p": round_p(pred_p), "psi": round(psi(pred_ref, merged.predictions), 4)}
     q_all = bh_adjust(family)
     p = float(q_all.min())
     q = q_all[: len(names)]
     order = sorted(range(len(names)), key=lambda j: (feature_p[j], j))
     return base | {
         "status": status_of(p, level),
-        "p": _sig(p),
-        "p_values": {names[j]: _sig(feature_p[j]) for j in range(len(names))},
-        "q": {names[j]: _sig(q[j]) for j in range(len(names))},
+        "p": round_p(p),
+        "p_values": {names[j]: round_p(feature_p[j]) for j in range(len(names))},
+        "q": {names[j]: round_p(q[j]) for j in range(len(names))},
         "psi": {names[j]: round(psis[j], 4) for j in range(len(names))},
         "prediction": prediction,
         "moved": [names[j] for j in order if q[j] < level["warn"]],

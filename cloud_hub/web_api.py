@@ -130,12 +130,12 @@ class DriftRow(BaseModel):
     status: str | None
     max_psi: float | None
     psi: dict[str, float]
-    levels: dict[str, Literal["ok", "warn", "alert"]]
+    levels: dict[str, Literal["ok", "warn", "alert", "unknown"]]
 
 
 class Thresholds(BaseModel):
-    warn: float
-    alert: float
+    warn: float = Field(description="a feature warns when its adjusted p-value (q) is below this")
+    alert: float = Field(description="... and alerts below this")
 
 
 class DriftMapOut(BaseModel):

@@ -13,13 +13,16 @@ from typing import Any
 
 from cloud_hub import fleet_drift
 from cloud_hub.storage import StoredRecord
+from edge_agent.drift import DEFAULT_ALERT_EVERY, DEFAULT_WARN_EVERY, levels
 from edge_agent.errors import MessageError
 from edge_agent.protocol.inputs import describe, inputs_of
 from edge_agent.protocol.messages import StorageCondition
 
 # The device side's defaults (firmware_configs/base.toml [drift]); a cell is coloured by these.
+# the fixed PSI bands, only for reports of agents from before calibrated drift (no "levels")
 PSI_WARN = 0.1
 PSI_ALERT = 0.25
+DEFAULT_LEVELS = levels(DEFAULT_WARN_EVERY, DEFAULT_ALERT_EVERY)
 
 
 def number(value: object) -> float | None:
@@ -161,6 +164,8 @@ def drift_map(latest: Mapping[str, StoredRecord], model: str | None = None) -> d
             continue
         psi = psi_values(body)
         features.update(dict.fromkeys(psi))
+        report_levels = mapping(body.get("levels"))
+        q = mapping(body.get("q"))
         rows.append(
             {
                 "device": device,
@@ -169,14 +174,16 @@ def drift_map(latest: Mapping[str, StoredRecord], model: str | None = None) -> d
                 "status": text(body.get("status")),
                 "max_psi": number(body.get("max_psi")),
                 "psi": psi,
-                "levels": {f: level(v) for f, v in psi.items()},
+                "levels": {
+                    f: fleet_drift.feature_level(number(q.get(f)), report_levels)
+                    if report_levels
+                    else level(v)
+                    for f, v in psi.items()
+                },
             }
         )
-    return {
-        "features": list(features),
-        "rows": rows,
-        "thresholds": {"warn": PSI_WARN, "alert": PSI_ALERT},
-    }
+    # cells are coloured by each feature's adjusted p-value (q) against the report's levels
+    return {"features": list(features), "rows": rows, "thresholds": DEFAULT_LEVELS}
 
 
 def drift_series(

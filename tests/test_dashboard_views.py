@@ -83,6 +83,21 @@ def test_drift_map_colours_each_cell_and_filters_by_model() -> None:
     assert series == {"x": [{"ts": 2, "psi": 0.3}, {"ts": 4, "psi": 0.5}]}
 
 
+def test_calibrated_reports_colour_cells_by_adjusted_p_not_by_psi() -> None:
+    """A report with levels (every agent since calibrated drift): a cell's level is its q
+    against the report's levels, whatever its PSI; a feature without q is unknown."""
+    body = {
+        "model": {"name": "m", "version": 2},
+        "psi": {"x": 0.4, "y": 0.01, "z": 0.02, "w": 0.3},
+        "q": {"x": 0.5, "y": 0.005, "z": 1e-6},
+        "levels": {"warn": 0.01, "alert": 0.0001},
+        "status": "alert",
+    }
+    view = drift_map({"d": rec(1, body)})
+    assert view["rows"][0]["levels"] == {"x": "ok", "y": "warn", "z": "alert", "w": "unknown"}
+    assert view["thresholds"] == {"warn": 0.01, "alert": 0.0001}
+
+
 def test_telemetry_point_checks_every_number() -> None:
     good = telemetry_point(
         StoredRecord(

@@ -264,7 +264,7 @@ function renderInputs(d) {
 
 // ---- drift ----------------------------------------------------------------------------------
 function renderDrift(d) {
-  document.getElementById("thresholds").textContent = `warn ≥ ${d.thresholds.warn}, alert ≥ ${d.thresholds.alert}`;
+  document.getElementById("thresholds").textContent = `colour: adjusted p below ${d.thresholds.warn} warns, below ${d.thresholds.alert} alerts; number: PSI`;
   document.querySelector("#drift thead").replaceChildren(
     el("tr", {}, el("th", {}, "device"), el("th", {}, "model"), ...d.features.map((f) => el("th", { class: "feature", title: f }, f))),
   );

@@ -56,6 +56,7 @@ from edge_agent.drift.stats import (
     merge_bins,
     more_missing_p,
     psi,
+    round_p,
 )
 from edge_agent.protocol.card import ModelCard, bucket_counts
 
@@ -296,6 +297,9 @@ class DriftMonitor:
         def named(values: np.ndarray, digits: int = 4) -> dict[str, float]:
             return dict(zip(names, np.round(values, digits).tolist(), strict=True))
 
+        def rounded(p: np.ndarray) -> dict[str, float]:
+            return {n: round_p(v) for n, v in zip(names, p.tolist(), strict=True)}
+
         effects = self._effects(now)
         psi_d = named(effects["psi"])
         worst = names[int(order[0])]
@@ -304,14 +308,14 @@ class DriftMonitor:
             "model": self.card.model.to_json(),
             "window": now.rows,
             "status": status,
-            "p": _sig(p),
+            "p": round_p(p),
             "scale": scale,
             "levels": dict(self.levels),
             "psi": psi_d,
             "max_psi": max(psi_d.values()),
             "worst_feature": worst,
-            "p_values": {n: _sig(v) for n, v in zip(names, tests[1].feature.tolist(), strict=True)},
-            "q": {n: _sig(v) for n, v in zip(names, q.tolist(), strict=True)},
+            "p_values": rounded(tests[1].feature),
+            "q": rounded(q),
             "ks": named(tests[1].ks),
             "js": named(effects["js"]),
             "out_of_range": named((now.below + now.above) / np.maximum(now.total, 1.0)),
@@ -413,14 +417,9 @@ class DriftMonitor:
         return {
             "psi": round(psi(self._pred_ref, preds), 4),
             "js": round(js_distance(self._pred_ref, preds), 4),
-            "p": _sig(p),
+            "p": round_p(p),
             "counts": {str(k): int(n) for k, n in zip(labels, preds.tolist(), strict=True)},
         }
-
-
-def _sig(p: float) -> float:
-    """A p-value kept to 3 significant digits (a tiny one stays distinguishable from zero)."""
-    return float(f"{p:.3g}")
 
 
 def _reference_rows(card: ModelCard) -> tuple[int, int]:

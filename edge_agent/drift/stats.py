@@ -209,6 +209,11 @@ def bh_adjust(p: Sequence[float] | np.ndarray) -> np.ndarray:
     return out
 
 
+def round_p(p: float) -> float:
+    """A p-value kept to 3 significant digits (a tiny one stays distinguishable from zero)."""
+    return float(f"{p:.3g}")
+
+
 def simes(p: Sequence[float] | np.ndarray) -> float:
     """The family's p-value: min over i of p_(i) * K / i (1.0 for no tests)."""
     q = bh_adjust(p)
