@@ -139,7 +139,7 @@ class Plan:
 
 
 FULL = Plan(
-    unshifted={50: 1500, 200: 2000, 1000: 150}, trials={50: 20, 200: 20, 1000: 10}, max_delay=8
+    unshifted={50: 1200, 200: 2000, 1000: 150}, trials={50: 20, 200: 20, 1000: 10}, max_delay=8
 )
 QUICK = Plan(unshifted={50: 5, 200: 3, 1000: 2}, trials={50: 1, 200: 1, 1000: 1}, max_delay=2)
 
