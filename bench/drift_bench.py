@@ -36,7 +36,8 @@ Figures per data set, window and detector:
   holds only drift-free windows), then shifted: windows from the shift's start to the first
   firing (1 = the first shifted window), median and mean over seeded trials, watching at most
   MAX_DELAY shifted windows; a trial with no firing by then counts as missed (the median is
-  then empty when half or more missed, the mean counts a miss as MAX_DELAY + 1, a lower bound).
+  then None, shown as ">MAX_DELAY", when half or more missed; the mean counts a miss as
+  MAX_DELAY + 1, a lower bound).
   alibi-detect is stateless, so it is not run on the unshifted lead-in;
 - cost: median ms per window of ours (every `add` of the window, report included) and of
   alibi-detect's `predict` (informational; measured while the bench's workers share the CPU).
