@@ -39,6 +39,26 @@ CANNED = {
             }
         ],
     },
+    "drift": {
+        "targets": [
+            {
+                "target": "drift monitor on unshifted data, default window: at most 1% of "
+                "windows warn",
+                "subject": "digits, share of 2000 drift-free 200-row windows that warn",
+                "value": 0.0005,
+                "limit": "<= 0.01",
+                "verdict": "PASS",
+            },
+            {
+                "target": "drift monitor on unshifted data, default window: a 0.5 standard "
+                "deviation mean shift alerted within 3 windows",
+                "subject": "digits, windows to the first alert, worst of 20 trials",
+                "value": 4,
+                "limit": "<= 3",
+                "verdict": "MISS",
+            },
+        ]
+    },
     "quantize": {
         "targets": [
             {
@@ -69,6 +89,11 @@ def test_every_design_target_has_a_row_with_its_verdict() -> None:
         by_what["agent resident memory with onnxruntime and a small model loaded"]["verdict"]
         == "NOT MEASURED"
     )
+    drift = [r for r in rows if r["what"] == "drift monitor on unshifted data, default window"]
+    assert [(r["verdict"], r["margin"], r["bench"]) for r in drift] == [
+        ("PASS", "95% under the limit (inside)", "drift"),
+        ("MISS", "33% over the limit (outside)", "drift"),
+    ]
 
 
 def test_render_writes_machine_figures_commands_and_failures() -> None:
