@@ -204,7 +204,8 @@ def test_chi2_sf_matches_scipy(dof: int) -> None:
 def test_ks_p_follows_the_exact_two_sample_distribution(n: int, m: int) -> None:
     """Against scipy's exact distribution of the one-sample statistic at the effective size
     n*m/(n+m), where the levels are decided (p from 0.1 down to 1e-6): never below it by more
-    than 5% (a false alarm rate above the level), and at most 35% above (conservative, at the smallest sizes)."""
+    than 5% (a false alarm rate above the level), and at most 35% above (conservative, at the
+    smallest sizes)."""
     effective = round(n * m / (n + m))
     for d in np.linspace(0.05, 0.5, 46):
         exact = scipy_stats.kstwo.sf(d, effective)
