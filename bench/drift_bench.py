@@ -78,8 +78,9 @@ from rich.console import Console
 from rich.table import Table
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine
 
+from converters.card import reference_card
 from edge_agent.drift import DriftMonitor
-from edge_agent.protocol.card import ModelCard, feature_profiles, parse_card
+from edge_agent.protocol.card import ModelCard, parse_card
 
 SEED = 0
 REFERENCE_SHARE = 0.6
@@ -160,28 +161,10 @@ class Setup:
     feature_names: list[str]
 
 
-def reference_card(name: str, ref: np.ndarray, names: list[str]) -> ModelCard:
+def monitor_card(name: str, ref: np.ndarray, names: list[str]) -> ModelCard:
     """A card carrying only what the monitor reads: the reference's feature profiles and size
     (input drift only: no predictions are fed, so the prediction test never runs)."""
-    return parse_card(
-        {
-            "card_version": 1,
-            "name": name,
-            "version": 1,
-            "task": "classification",
-            "runtime": "onnxruntime",
-            "model_file": "model.onnx",
-            "input": {"name": "input"},
-            "classes": [0, 1],
-            "reference": {
-                "rows": len(ref),
-                "features": [p.to_json() for p in feature_profiles(ref, names, BINS)],
-                "predictions": {"counts": [1, 1]},
-            },
-            "sample": {"inputs": [[float(v) for v in ref[0]]], "outputs": [0]},
-            "health": {"max_latency_ms": 50.0, "min_agreement": 0.9},
-        }
-    )
+    return parse_card(reference_card(ref, names, name=name, bins=BINS))
 
 
 @cache
@@ -199,7 +182,7 @@ def setup(name: str) -> Setup:
         ref=ref,
         mean=ref64.mean(axis=0),
         std=ref64.std(axis=0),
-        card=reference_card(name, ref64, names),
+        card=monitor_card(name, ref64, names),
         missing_feature=int(np.argmax(distinct)),
         feature_names=names,
     )

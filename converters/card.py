@@ -142,3 +142,36 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def reference_card(
+    x: np.ndarray,
+    names: Sequence[str],
+    *,
+    name: str = "reference",
+    version: int = 1,
+    prediction_counts: Sequence[int] = (1, 1),
+    bins: int = REFERENCE_BINS,
+) -> dict[str, Any]:
+    """A valid card.json dict that carries a drift reference and no model: what replaying data
+    through the drift monitor needs (simulations, benches, tests). A two-class classifier whose
+    predictions on the reference were `prediction_counts`; the model file is not a model."""
+    card = {
+        "card_version": CARD_VERSION,
+        "name": name,
+        "version": int(version),
+        "task": "classification",
+        "runtime": "onnxruntime",
+        "model_file": "model.onnx",
+        "input": {"name": INPUT_NAME},
+        "classes": [0, 1],
+        "reference": {
+            "rows": len(x),
+            "features": [p.to_json() for p in feature_profiles(x, list(names), bins)],
+            "predictions": {"counts": [int(c) for c in prediction_counts]},
+        },
+        "sample": {"inputs": [[float(v) for v in np.asarray(x[0], np.float32)]], "outputs": [0]},
+        "health": {"max_latency_ms": 50.0, "min_agreement": 0.9},
+    }
+    parse_card(card)
+    return card

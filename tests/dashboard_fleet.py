@@ -26,8 +26,8 @@ from cloud_hub.service import Hub
 from cloud_hub.tuf_repo import TufRepository
 from cloud_hub.web_api import WebAuth, create_app
 from cloud_hub.web_server import WebServer
+from converters.card import reference_card
 from edge_agent.mqtt_session import BrokerAddress, MqttSession
-from edge_agent.protocol.card import feature_profiles
 from edge_agent.protocol.messages import (
     Batch,
     Command,
@@ -167,23 +167,9 @@ def card_json(x: np.ndarray, names: list[str] | tuple[str, ...], model: ModelRef
     """A valid card whose drift reference is `x`, for a classifier that says 0 when the first
     feature is above 0 (`predict_sign`)."""
     above = int((x[:, 0] > 0).sum())
-    return {
-        "card_version": 1,
-        "name": model.name,
-        "version": model.version,
-        "task": "classification",
-        "runtime": "onnxruntime",
-        "model_file": "model.onnx",
-        "input": {"name": "input"},
-        "classes": [0, 1],
-        "reference": {
-            "rows": len(x),
-            "features": [p.to_json() for p in feature_profiles(x, list(names), 10)],
-            "predictions": {"counts": [above, len(x) - above]},
-        },
-        "sample": {"inputs": [[0.0] * len(names)], "outputs": [0]},
-        "health": {"max_latency_ms": 50.0, "min_agreement": 0.9},
-    }
+    return reference_card(
+        x, names, name=model.name, version=model.version, prediction_counts=[above, len(x) - above]
+    )
 
 
 def predict_sign(x: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.datasets import load_breast_cancer
 
+from converters.card import reference_card
 from edge_agent.drift import EPSILON, DriftMonitor, psi, status_of
 from edge_agent.protocol.card import (
     ModelCard,
@@ -45,25 +46,8 @@ def reference_psi(ref_counts: np.ndarray, live_counts: np.ndarray) -> float:
 
 
 def card_for(x: np.ndarray, names: list[str]) -> ModelCard:
-    """A minimal valid card whose drift reference profile is `x`."""
-    return parse_card(
-        {
-            "card_version": 1,
-            "name": "cancer",
-            "version": 1,
-            "task": "classification",
-            "runtime": "onnxruntime",
-            "model_file": "model.onnx",
-            "input": {"name": "input"},
-            "classes": [0, 1],
-            "reference": {
-                "features": [p.to_json() for p in feature_profiles(x, names, BINS)],
-                "predictions": {"counts": [1, 1]},
-            },
-            "sample": {"inputs": [[float(v) for v in x[0]]], "outputs": [0]},
-            "health": {"max_latency_ms": 50.0, "min_agreement": 0.9},
-        }
-    )
+    """A card whose drift reference profile is `x` (predictions: one of each class)."""
+    return parse_card(reference_card(x, names, name="cancer"))
 
 
 # ---- psi -------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import pytest
 from scipy import stats as scipy_stats
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine
 
+from converters.card import reference_card
 from edge_agent.drift import DriftMonitor
 from edge_agent.drift.stats import (
     beyond_p,
@@ -30,7 +31,7 @@ from edge_agent.drift.stats import (
     more_missing_p,
     simes,
 )
-from edge_agent.protocol.card import ModelCard, feature_profiles, parse_card
+from edge_agent.protocol.card import ModelCard, parse_card
 
 LOADERS = {
     "breast_cancer": load_breast_cancer,
@@ -41,25 +42,7 @@ LOADERS = {
 
 
 def card_of(ref: np.ndarray) -> ModelCard:
-    names = [f"f{j}" for j in range(ref.shape[1])]
-    return parse_card(
-        {
-            "card_version": 1,
-            "name": "m",
-            "version": 1,
-            "task": "regression",
-            "runtime": "onnxruntime",
-            "model_file": "model.onnx",
-            "input": {"name": "input"},
-            "reference": {
-                "rows": len(ref),
-                "features": [p.to_json() for p in feature_profiles(ref, names, 10)],
-                "predictions": {"counts": []},
-            },
-            "sample": {"inputs": [[float(v) for v in ref[0]]], "outputs": [0.0]},
-            "health": {"max_latency_ms": 50.0, "min_agreement": 0.9},
-        }
-    )
+    return parse_card(reference_card(ref, [f"f{j}" for j in range(ref.shape[1])]))
 
 
 def statuses(monitor: DriftMonitor, windows: list[np.ndarray]) -> dict[str, int]:
