@@ -57,6 +57,16 @@ FLEET = "fleet"
 NO_COUNTS = "no counts"  # a report from an agent before window counts existed
 UNFIT = "counts do not fit the card"
 WORST_SHOWN = 3  # features named as the worst of a cohort
+NOTHING_TESTED: dict[str, Any] = {  # a cohort's result when no counts could be tested
+    "status": "unknown",
+    "p": None,
+    "p_values": {},
+    "q": {},
+    "psi": {},
+    "prediction": None,
+    "moved": [],
+    "worst": [],
+}
 STATUS_RANK = {"ok": 0, "warn": 1, "alert": 2}  # what the status gauge shows
 
 
@@ -239,16 +249,7 @@ def cohort_result(card: ModelCard, merged: _Merged) -> dict[str, Any]:
         "skipped": dict(sorted(merged.skipped.items())),
     }
     if merged.rows == 0 or not merged.bins:
-        return base | {
-            "status": "unknown",
-            "p": None,
-            "p_values": {},
-            "q": {},
-            "psi": {},
-            "prediction": None,
-            "moved": [],
-            "worst": [],
-        }
+        return base | NOTHING_TESTED
     refs = [np.asarray(f.counts, dtype=np.float64) for f in card.features]
     feature_p = np.array([chi_square_p(r, b) for r, b in zip(refs, merged.bins, strict=True)])
     psis = [psi(r, b) for r, b in zip(refs, merged.bins, strict=True)]
@@ -312,14 +313,7 @@ def _unknown(model: ModelRef, windows: int, why: str) -> dict[str, Any]:
         "reference_rows": 0,
         "levels": {},
         "skipped": {"no card": windows},
-        "status": "unknown",
-        "p": None,
-        "p_values": {},
-        "q": {},
-        "psi": {},
-        "prediction": None,
-        "moved": [],
-        "worst": [],
+        **NOTHING_TESTED,
         "note": why,
     }
 
