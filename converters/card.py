@@ -1,7 +1,8 @@
 """The model card the agent reads (format owned by `edge_agent.protocol.card`).
 
 `build_card` assembles it from values only: input schema, drift reference (per-feature quantile
-profiles and the distribution of the model's own predictions on the reference rows), a sample
+profiles, the distribution of the model's own predictions on the reference rows, and a
+classifier's confidence calibration when there is one), a sample
 with expected outputs for the health gate, and the validation report. The result is plain JSON
 (numpy types converted) and is checked with `parse_card` before it is returned, so a card the
 agent would reject is never written.
@@ -19,6 +20,7 @@ from converters.onnx_contract import INPUT_NAME, LABEL_OUTPUT, PROBA_OUTPUT, VAL
 from converters.source import Artifact, SourceModel
 from edge_agent.protocol.card import (
     CARD_VERSION,
+    Calibration,
     bucket_counts,
     feature_profiles,
     parse_card,
@@ -44,11 +46,13 @@ def build_card(
     max_latency_ms: float,
     *,
     has_scores: bool = True,
+    confidence: Calibration | None = None,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     bins: int = REFERENCE_BINS,
 ) -> dict[str, Any]:
     """The card.json dict. `y_pred_ref` are the deployed model's predictions on `x_ref`;
-    `sample_out` its labels (classification) or values (regression) on `sample_x`."""
+    `sample_out` its labels (classification) or values (regression) on `sample_x`;
+    `confidence` the classifier's confidence calibration, when it has one."""
     task = source.task
     profiles = feature_profiles(x_ref, feature_names, bins)
     class_list = [to_jsonable(c) for c in classes] if task == "classification" else []
@@ -76,6 +80,7 @@ def build_card(
             "rows": len(x_ref),
             "features": [p.to_json() for p in profiles],
             "predictions": prediction_profile(task, y_pred_ref, class_list, bins),
+            **({"confidence": confidence.to_json()} if confidence is not None else {}),
         },
         "sample": {
             "inputs": [[float(v) for v in row] for row in np.asarray(sample_x, np.float32)],

@@ -71,16 +71,23 @@ def check_feature_names(names: list[str] | None, n_features: int, default: Any =
 
 
 def validation_half(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(x_val, y_val): a seeded half of the rows for parity validation. Below MIN_SPLIT_ROWS
-    rows a half would be too thin to mean anything, so all rows serve.
+    """(x_val, y_val): a seeded half of the rows for parity validation (and the confidence
+    calibration). Below MIN_SPLIT_ROWS rows a half would be too thin to mean anything, so all
+    rows serve.
 
     The drift reference profile uses every row: with small windows on the device its noise
     floor is set by the reference's size, so it should not be halved."""
-    if len(x) < MIN_SPLIT_ROWS:
-        return x, y
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
-    val = order[len(x) // 2 :]
+    _, val = halves(len(x))
     return x[val], y[val]
+
+
+def halves(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, val): row indices of the seeded split of `n` rows, `val` the validation half;
+    below MIN_SPLIT_ROWS both are every row."""
+    if n < MIN_SPLIT_ROWS:
+        return np.arange(n), np.arange(n)
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    return order[: n // 2], order[n // 2 :]
 
 
 def finite_rows(x: np.ndarray, limit: int) -> np.ndarray:

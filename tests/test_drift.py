@@ -44,11 +44,14 @@ def reference_psi(ref_counts: np.ndarray, live_counts: np.ndarray) -> float:
     return float(np.sum(q * np.log(q / p)) + np.sum(p * np.log(p / q)))
 
 
+CONFIDENCE = {"edges": [0.75], "accuracy": [0.6, 0.95], "expected_accuracy": 0.9, "rows": 100}
+
+
 def card_for(x: np.ndarray, names: list[str]) -> ModelCard:
-    """A minimal valid card whose drift reference profile is `x`."""
+    """A minimal valid card of the current version whose drift reference profile is `x`."""
     return parse_card(
         {
-            "card_version": 1,
+            "card_version": 2,
             "name": "cancer",
             "version": 1,
             "task": "classification",
@@ -59,6 +62,7 @@ def card_for(x: np.ndarray, names: list[str]) -> ModelCard:
             "reference": {
                 "features": [p.to_json() for p in feature_profiles(x, names, BINS)],
                 "predictions": {"counts": [1, 1]},
+                "confidence": CONFIDENCE,
             },
             "sample": {"inputs": [[float(v) for v in x[0]]], "outputs": [0]},
             "health": {"max_latency_ms": 50.0, "min_agreement": 0.9},

@@ -19,6 +19,13 @@ to the window. From those counts a report derives, per feature:
 and for the model's output, ``prediction`` (PSI, JS and the chi-square p-value of the predicted
 class shares, or of the binned predicted values for a regressor).
 
+Next to it, for a classifier whose card carries a confidence calibration (card version 2, built
+with labels), ``accuracy``: the accuracy the model's own confidences imply for the window without
+any label (CBPE: each row's probability of being right, from the card's calibration, averaged),
+the card's value on its reference rows and the change from it, with the window's scored rows and
+the sum of those probabilities, which the hub adds up across windows and devices. It is None
+for a regressor or a card without a calibration (the report's ``notes`` say why).
+
 The decision is one test of the whole family (every feature, the predictions, the share of
 rows with missing values): Simes' combination, so a drift-free window warns with probability
 at most 1 / `warn_every` whatever the number of features. A small persistent shift is caught by
@@ -76,6 +83,8 @@ class _Tally:
     missing: np.ndarray  # per feature: rows rejected with it missing
     rows: int = 0
     missing_rows: int = 0
+    scored: int = 0  # rows whose class probabilities were seen
+    right: float = 0.0  # the sum of their calibrated confidences: expected rows right
 
     def __add__(self, other: _Tally) -> _Tally:
         return _Tally(
@@ -84,6 +93,8 @@ class _Tally:
             self.missing + other.missing,
             self.rows + other.rows,
             self.missing_rows + other.missing_rows,
+            self.scored + other.scored,
+            self.right + other.right,
         )
 
 
@@ -151,6 +162,8 @@ class DriftMonitor:
         self._stage = np.empty((STAGE_ROWS, card.n_features), dtype=np.float64)
         self._staged = 0
         self._stage_preds: list[np.ndarray] = []
+        self._stage_scores: list[np.ndarray] = []
+        self._calibration = card.confidence if card.task == "classification" else None
         self._reset(None)
 
     def _reset(self, now: float | None) -> None:
@@ -164,17 +177,29 @@ class DriftMonitor:
         self._started = now
 
     # ---- feeding --------------------------------------------------------------------------
+    @property
+    def wants_scores(self) -> bool:
+        """Whether class probabilities passed to `add` are used (the card has a calibration)."""
+        return self._calibration is not None
+
     def add(
-        self, x: np.ndarray, predictions: np.ndarray | None = None, now: float | None = None
+        self,
+        x: np.ndarray,
+        predictions: np.ndarray | None = None,
+        scores: np.ndarray | None = None,
+        now: float | None = None,
     ) -> dict[str, Any] | None:
-        """Add a batch of valid rows (and the model's predictions for them); returns a report
-        when a window completes. A batch that straddles two windows is split, so each count
-        window covers exactly `window` rows. `now` (monotonic seconds) drives time windows."""
+        """Add a batch of valid rows (and the model's predictions and, for the accuracy
+        estimate, class probabilities for them); returns a report when a window completes. A
+        batch that straddles two windows is split, so each count window covers exactly
+        `window` rows. `now` (monotonic seconds) drives time windows."""
         n, staged = len(x), self._staged
         if self.window_s is None and n + staged < STAGE_ROWS and self._rows + n < self.window:
             self._stage[staged : staged + n] = x  # the common case: stage it, nothing else
             if predictions is not None:
                 self._stage_preds.append(predictions)
+            if scores is not None:
+                self._stage_scores.append(scores)
             self._staged += n
             self._rows += n
             return self._ready.popleft() if self._ready else None
@@ -187,6 +212,8 @@ class DriftMonitor:
             self._stage[self._staged : self._staged + take] = x[start : start + take]
             if predictions is not None:
                 self._stage_preds.append(predictions[start : start + take])
+            if scores is not None:
+                self._stage_scores.append(scores[start : start + take])
             self._staged += take
             self._rows += take
             start += take
@@ -210,15 +237,22 @@ class DriftMonitor:
         if self._staged:
             rows = self._stage[: self._staged]
             preds = np.concatenate(self._stage_preds) if self._stage_preds else None
-            self._accumulate(rows, preds)
+            scores = np.concatenate(self._stage_scores) if self._stage_scores else None
+            self._accumulate(rows, preds, scores)
             if self.capture:  # the window's latest rows, bounded
                 self._recent = np.concatenate([self._recent, rows])[-self.capture :]
         self._staged = 0
         self._stage_preds = []
+        self._stage_scores = []
 
-    def _accumulate(self, x: np.ndarray, predictions: np.ndarray | None) -> None:
+    def _accumulate(
+        self, x: np.ndarray, predictions: np.ndarray | None, scores: np.ndarray | None = None
+    ) -> None:
         if not len(x):
             return
+        if scores is not None and self._calibration is not None and len(scores):
+            self._tally.scored += len(scores)
+            self._tally.right += float(self._calibration.expected(scores).sum())
         x = np.asarray(x, dtype=np.float64)
         finite = np.isfinite(x)
         if finite.all():
@@ -252,13 +286,18 @@ class DriftMonitor:
         self._reset(now)
 
     # ---- reporting ------------------------------------------------------------------------
-    def report(self, data: np.ndarray, predictions: np.ndarray | None = None) -> dict[str, Any]:
+    def report(
+        self,
+        data: np.ndarray,
+        predictions: np.ndarray | None = None,
+        scores: np.ndarray | None = None,
+    ) -> dict[str, Any]:
         """The report of exactly these rows, as a window of their own with no history (the
         monitor's own window is left alone)."""
         other = DriftMonitor(
             self.card, max(len(data), 1), warn_every=self.warn_every, alert_every=self.alert_every
         )
-        other._accumulate(data, predictions)
+        other._accumulate(data, predictions, scores)
         other._tally.rows = len(data)
         return other._summarise(other._tally, [])
 
@@ -305,6 +344,7 @@ class DriftMonitor:
             "missing": named(tally.missing / max(tally.rows + tally.missing_rows, 1)),
             "missing_rows": tally.missing_rows,
             "prediction": prediction,
+            "accuracy": self._accuracy(tally),
             "moved": moved,
             "counts": {
                 "rows": tally.rows,
@@ -392,6 +432,21 @@ class DriftMonitor:
         missing = more_missing_p(tally.missing_rows, seen, self._ref_missing, self._ref_rows)
         return _Tests(feature, prediction, missing)
 
+    def _accuracy(self, tally: _Tally) -> dict[str, Any] | None:
+        """The window's expected accuracy from its calibrated confidences (None without a
+        calibration or without scored rows)."""
+        calibration = self._calibration
+        if calibration is None or not tally.scored:
+            return None
+        expected = tally.right / tally.scored
+        return {
+            "expected": round(expected, 4),
+            "reference": round(calibration.expected_accuracy, 4),
+            "change": round(expected - calibration.expected_accuracy, 4),
+            "rows": tally.scored,
+            "sum": round(tally.right, 4),
+        }
+
     def _prediction_drift(self, tally: _Tally, p: float | None) -> dict[str, Any] | None:
         preds = tally.preds
         if p is None:
@@ -431,6 +486,14 @@ def _notes(card: ModelCard) -> tuple[str, ...]:
         )
     if any(not f.ks for f in card.features):
         notes.append("the card has no KS reference sample: KS is measured at its bin edges only")
+    if card.task == "classification" and card.confidence is None:
+        why = (
+            f"card version {card.version} predates confidence calibration"
+            if card.version < 2
+            else "the card has no confidence calibration (built without true labels, or the "
+            "model gives no class probabilities)"
+        )
+        notes.append(f"no accuracy estimate: {why}")
     return tuple(notes)
 
 
