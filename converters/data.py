@@ -71,9 +71,8 @@ def check_feature_names(names: list[str] | None, n_features: int, default: Any =
 
 
 def validation_half(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(x_val, y_val): a seeded half of the rows for parity validation (and the confidence
-    calibration). Below MIN_SPLIT_ROWS rows a half would be too thin to mean anything, so all
-    rows serve.
+    """(x_val, y_val): a seeded half of the rows for parity validation. Below MIN_SPLIT_ROWS
+    rows a half would be too thin to mean anything, so all rows serve.
 
     The drift reference profile uses every row: with small windows on the device its noise
     floor is set by the reference's size, so it should not be halved."""
