@@ -87,6 +87,7 @@ class Gates:
     max_p95_ms: float | None = None
     max_error_rate: float | None = None  # telemetry errors / inferences
     max_psi: float | None = None
+    max_accuracy_drop: float | None = None  # expected accuracy (no labels) below the card's
     min_agreement: float | None = None  # with the serving model, from shadow reports
     on_fail: str = ABORT
 
@@ -99,6 +100,7 @@ class Gates:
             "--max-p95-ms": (self.max_p95_ms, math.inf),
             "--max-error-rate": (self.max_error_rate, 1.0),
             "--max-psi": (self.max_psi, math.inf),
+            "--max-accuracy-drop": (self.max_accuracy_drop, 1.0),
             "--min-agreement": (self.min_agreement, 1.0),
         }
         for flag, (value, top) in limits.items():
@@ -112,7 +114,8 @@ class Gates:
 
     @property
     def watches_telemetry(self) -> bool:
-        return any(v is not None for v in (self.max_p95_ms, self.max_error_rate, self.max_psi))
+        watched = (self.max_p95_ms, self.max_error_rate, self.max_psi, self.max_accuracy_drop)
+        return any(v is not None for v in watched)
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -171,6 +174,7 @@ class Metrics:
     p95_ms: float | None = None  # the worst device's inference-weighted mean of window p95s
     drift_reports: int = 0
     max_psi: float | None = None  # the highest PSI any device reported
+    accuracy_drop: float | None = None  # the largest drop of a device's expected accuracy
     shadow_rows: int = 0
     agreement: float | None = None  # row-weighted, over the wave's shadow reports
 
@@ -187,7 +191,11 @@ def measure(
     shadow: dict[str, list[dict[str, Any]]] | None = None,
 ) -> Metrics:
     """Per-device record bodies (telemetry, drift, `shadow` of shadow-report events) ->
-    Metrics. Bodies that do not say what the contract says are skipped, not trusted."""
+    Metrics. Bodies that do not say what the contract says are skipped, not trusted.
+
+    A device's expected accuracy is pooled over its drift reports (their sums of calibrated
+    confidences over their scored rows, so a short window weighs what it holds); its drop is
+    the card's value less that, and `accuracy_drop` the largest drop of any device."""
     p95s: list[float] = []
     inferences = errors = windows = 0
     for bodies in telemetry.values():
@@ -212,6 +220,7 @@ def measure(
         for body in bodies
         if (psi := _number(body.get("max_psi"))) is not None
     ]
+    drops = [d for bodies in drift.values() if (d := _accuracy_drop(bodies)) is not None]
     rows = 0
     agreeing = 0.0
     for reports in (shadow or {}).values():
@@ -227,9 +236,25 @@ def measure(
         p95_ms=max(p95s) if p95s else None,
         drift_reports=len(psis),
         max_psi=max(psis) if psis else None,
+        accuracy_drop=max(drops) if drops else None,
         shadow_rows=rows,
         agreement=agreeing / rows if rows else None,
     )
+
+
+def _accuracy_drop(bodies: list[dict[str, Any]]) -> float | None:
+    """The card's expected accuracy less one device's, pooled over its drift reports (None
+    when none of them estimates accuracy)."""
+    right = rows = 0.0
+    reference = None
+    for body in bodies:
+        total = _number(_get(body, "accuracy", "sum"))
+        n = _number(_get(body, "accuracy", "rows"))
+        ref = _number(_get(body, "accuracy", "reference"))
+        if total is None or n is None or ref is None or n <= 0 or total > n or ref > 1:
+            continue
+        right, rows, reference = right + total, rows + n, ref
+    return None if reference is None else reference - right / rows
 
 
 def _get(body: dict[str, Any], *keys: str) -> Any:
@@ -295,7 +320,7 @@ def judge_installs(gates: Gates, size: int, healthy: int, failed: int, answered:
     return Verdict(PROCEED, "", checks)
 
 
-MODEL_CHECKS = ("p95_ms", "error_rate", "max_psi")
+MODEL_CHECKS = ("p95_ms", "error_rate", "max_psi", "accuracy_drop")
 SHADOW_CHECKS = ("agreement",)
 
 
@@ -306,6 +331,7 @@ def judge_model(gates: Gates, metrics: Metrics, names: tuple[str, ...] = MODEL_C
         ("p95_ms", metrics.p95_ms, gates.max_p95_ms, True),
         ("error_rate", metrics.error_rate, gates.max_error_rate, True),
         ("max_psi", metrics.max_psi, gates.max_psi, True),
+        ("accuracy_drop", metrics.accuracy_drop, gates.max_accuracy_drop, True),
         ("agreement", metrics.agreement, gates.min_agreement, False),
     ]
     specs = [spec for spec in every if spec[0] in names]

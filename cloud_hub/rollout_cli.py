@@ -56,6 +56,7 @@ def gates_from(args: argparse.Namespace) -> Any:
         max_p95_ms=_number(args.max_p95_ms, "--max-p95-ms"),
         max_error_rate=_number(args.max_error_rate, "--max-error-rate", 1.0),
         max_psi=_number(args.max_psi, "--max-psi"),
+        max_accuracy_drop=_number(args.max_accuracy_drop, "--max-accuracy-drop", 1.0),
         min_agreement=_number(args.min_agreement, "--min-agreement", 1.0),
         on_fail=args.on_fail,
     )
@@ -159,6 +160,7 @@ def _limits(g: Any) -> list[tuple[str, str]]:
         ("p95 <=", g.max_p95_ms, " ms"),
         ("error rate <=", g.max_error_rate, ""),
         ("psi <=", g.max_psi, ""),
+        ("accuracy drop <=", g.max_accuracy_drop, ""),
         ("agreement >=", g.min_agreement, ""),
     ]
     return [(name, f"{value:g}{unit}") for name, value, unit in pairs if value is not None]
@@ -244,6 +246,11 @@ def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
     sp.add_argument("--max-p95-ms", help="p95 inference latency budget on the devices")
     sp.add_argument("--max-error-rate", help="inference errors per inference, 0 to 1")
     sp.add_argument("--max-psi", help="drift: highest PSI against the model card's reference")
+    sp.add_argument(
+        "--max-accuracy-drop",
+        help="largest drop, 0 to 1, of a device's expected accuracy (estimated without labels "
+        "from the model's calibrated confidence) below the model card's",
+    )
     sp.add_argument("--min-agreement", help="with the serving model in shadow mode, 0 to 1")
     sp.add_argument("--shadow", metavar="ROWS", help="shadow each wave for ROWS rows first")
     sp.add_argument(

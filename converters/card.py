@@ -1,7 +1,8 @@
 """The model card the agent reads (format owned by `edge_agent.protocol.card`).
 
 `build_card` assembles it from values only: input schema, drift reference (per-feature quantile
-profiles and the distribution of the model's own predictions on the reference rows), a sample
+profiles, the distribution of the model's own predictions on the reference rows, and a
+classifier's confidence calibration when there is one), a sample
 with expected outputs for the health gate, and the validation report. The result is plain JSON
 (numpy types converted) and is checked with `parse_card` before it is returned, so a card the
 agent would reject is never written.
@@ -19,6 +20,7 @@ from converters.onnx_contract import INPUT_NAME, LABEL_OUTPUT, PROBA_OUTPUT, VAL
 from converters.source import Artifact, SourceModel
 from edge_agent.protocol.card import (
     CARD_VERSION,
+    Calibration,
     bucket_counts,
     feature_profiles,
     parse_card,
@@ -44,11 +46,13 @@ def build_card(
     max_latency_ms: float,
     *,
     has_scores: bool = True,
+    confidence: Calibration | None = None,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     bins: int = REFERENCE_BINS,
 ) -> dict[str, Any]:
     """The card.json dict. `y_pred_ref` are the deployed model's predictions on `x_ref`;
-    `sample_out` its labels (classification) or values (regression) on `sample_x`."""
+    `sample_out` its labels (classification) or values (regression) on `sample_x`;
+    `confidence` the classifier's confidence calibration, when it has one."""
     task = source.task
     profiles = feature_profiles(x_ref, feature_names, bins)
     class_list = [to_jsonable(c) for c in classes] if task == "classification" else []
@@ -76,6 +80,7 @@ def build_card(
             "rows": len(x_ref),
             "features": [p.to_json() for p in profiles],
             "predictions": prediction_profile(task, y_pred_ref, class_list, bins),
+            **({"confidence": confidence.to_json()} if confidence is not None else {}),
         },
         "sample": {
             "inputs": [[float(v) for v in row] for row in np.asarray(sample_x, np.float32)],
@@ -151,11 +156,13 @@ def reference_card(
     name: str = "reference",
     version: int = 1,
     prediction_counts: Sequence[int] = (1, 1),
+    confidence: dict[str, Any] | None = None,
     bins: int = REFERENCE_BINS,
 ) -> dict[str, Any]:
     """A valid card.json dict that carries a drift reference and no model: what replaying data
     through the drift monitor needs (simulations, benches, tests). A two-class classifier whose
-    predictions on the reference were `prediction_counts`; the model file is not a model."""
+    predictions on the reference were `prediction_counts`, with `confidence` as the card's
+    confidence calibration if given; the model file is not a model."""
     card = {
         "card_version": CARD_VERSION,
         "name": name,
@@ -169,6 +176,7 @@ def reference_card(
             "rows": len(x),
             "features": [p.to_json() for p in feature_profiles(x, list(names), bins)],
             "predictions": {"counts": [int(c) for c in prediction_counts]},
+            **({"confidence": confidence} if confidence is not None else {}),
         },
         "sample": {"inputs": [[float(v) for v in np.asarray(x[0], np.float32)]], "outputs": [0]},
         "health": {"max_latency_ms": 50.0, "min_agreement": 0.9},

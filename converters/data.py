@@ -76,11 +76,17 @@ def validation_half(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
     The drift reference profile uses every row: with small windows on the device its noise
     floor is set by the reference's size, so it should not be halved."""
-    if len(x) < MIN_SPLIT_ROWS:
-        return x, y
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(x))
-    val = order[len(x) // 2 :]
+    _, val = halves(len(x))
     return x[val], y[val]
+
+
+def halves(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, val): row indices of the seeded split of `n` rows, `val` the validation half;
+    below MIN_SPLIT_ROWS both are every row."""
+    if n < MIN_SPLIT_ROWS:
+        return np.arange(n), np.arange(n)
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    return order[: n // 2], order[n // 2 :]
 
 
 def finite_rows(x: np.ndarray, limit: int) -> np.ndarray:

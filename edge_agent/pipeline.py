@@ -62,9 +62,11 @@ class ActiveModel:
     monitor: DriftMonitor
     parsers: dict[str, LineParser]
     ref: str = field(init=False, repr=False)  # "name@version", as results carry it
+    scored: bool = field(init=False, repr=False)  # whether the monitor wants class probabilities
 
     def __post_init__(self) -> None:
         self.ref = f"{self.card.model.name}@{self.card.model.version}"
+        self.scored = self.monitor.wants_scores
 
     @classmethod
     def build(
@@ -125,8 +127,12 @@ class Pipeline:
             return
         x = np.array(rows, dtype=np.float32)  # the values were checked to fit float32
         start = time.perf_counter()
+        scores = None
         try:
-            predictions = model.runtime.predict(x)
+            if model.scored:  # the card has a calibration: labels and probabilities, one run
+                predictions, scores = model.runtime.predict_with_scores(x)
+            else:
+                predictions = model.runtime.predict(x)
         except INFERENCE_ERRORS:
             self._reject_for(model, "inference-error")
             return
@@ -139,7 +145,7 @@ class Pipeline:
             self._on_window(closed)
         if self._on_result is not None:
             self._results(self._on_result, model.ref, predictions, latency_ms / len(x))
-        report = model.monitor.add(x, predictions)
+        report = model.monitor.add(x, predictions, scores)
         if report is not None:
             self._on_drift(report)
         shadow = self.shadow

@@ -27,6 +27,11 @@ class Runtime(Protocol):
         """(n, n_classes) class probabilities for a classifier; None for a regressor."""
         ...
 
+    def predict_with_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """`predict(x)` and `scores(x)` from one inference (what the accuracy estimate needs,
+        at the cost of one, not two)."""
+        ...
+
 
 class OnnxRuntime:
     """A model whose first output is the label or value and whose second, for a classifier,
@@ -52,6 +57,7 @@ class OnnxRuntime:
         outputs = [o.name for o in self._session.get_outputs()]
         self._label_output = outputs[:1]
         self._score_output = outputs[1:2]
+        self._both_outputs = outputs[:2]
         # One RunOptions for every call: with None, onnxruntime builds a default one per run,
         # which at batch 1 costs a tenth of a small model's inference. It holds no per-run state.
         self._run_options = ort.RunOptions()
@@ -65,6 +71,12 @@ class OnnxRuntime:
         if not self._score_output:
             return None
         return np.asarray(self._run(self._score_output, {self._input: x}, self._run_options)[0])
+
+    def predict_with_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if not self._score_output:
+            return self.predict(x), None
+        labels, scores = self._run(self._both_outputs, {self._input: x}, self._run_options)
+        return np.asarray(labels).reshape(len(x)), np.asarray(scores)
 
 
 def open_runtime(

@@ -137,17 +137,26 @@ class TfliteRuntime:
             self._in_range = (float(info.min), float(info.max))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        return self._labels(self._run(x))
+
+    def scores(self, x: np.ndarray) -> np.ndarray | None:
+        return None if self.task == "regression" else self._probabilities(self._run(x))
+
+    def predict_with_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         out = self._run(x)
+        scores = None if self.task == "regression" else self._probabilities(out)
+        return self._labels(out), scores
+
+    def _labels(self, out: np.ndarray) -> np.ndarray:
+        """(n, k) outputs -> (n,) labels (classification) or values (regression)."""
         if self.task == "regression":
             return out.reshape(len(out))
         if self._sigmoid:
             return self._classes[(out[:, 0] >= 0.5).astype(np.intp)]
         return self._classes[out.argmax(axis=1)]
 
-    def scores(self, x: np.ndarray) -> np.ndarray | None:
-        if self.task == "regression":
-            return None
-        out = self._run(x)
+    def _probabilities(self, out: np.ndarray) -> np.ndarray:
+        """(n, k) classifier outputs -> (n, n_classes) probabilities."""
         if self._sigmoid:
             p = out[:, 0]
             return np.stack([1.0 - p, p], axis=1)

@@ -45,9 +45,13 @@ def reference_psi(ref_counts: np.ndarray, live_counts: np.ndarray) -> float:
     return float(np.sum(q * np.log(q / p)) + np.sum(p * np.log(p / q)))
 
 
+CONFIDENCE = {"edges": [0.75], "accuracy": [0.6, 0.95], "expected_accuracy": 0.9, "rows": 100}
+
+
 def card_for(x: np.ndarray, names: list[str]) -> ModelCard:
-    """A card whose drift reference profile is `x` (predictions: one of each class)."""
-    return parse_card(reference_card(x, names, name="cancer"))
+    """A card of the current version whose drift reference profile is `x` (predictions: one
+    of each class), with a confidence calibration."""
+    return parse_card(reference_card(x, names, name="cancer", confidence=CONFIDENCE))
 
 
 # ---- psi -------------------------------------------------------------------------------------
@@ -451,6 +455,23 @@ def test_old_cards_without_a_ks_sample_still_read(cancer: tuple[np.ndarray, list
         ({"drift": [0.1]}, "card.drift: expected an object"),
         ({"ks": [3.0, 1.0]}, "ascending order"),
         ({"ks": ["a"]}, "expected a list of finite numbers"),
+        ({"card_version": 3}, r"card.card_version: expected one of \(1, 2\), got 3"),
+        ({"card_version": 1}, "confidence: expected only in a classifier's card of version 2"),
+        ({"task": "regression"}, "confidence: expected only in a classifier's card"),
+        ({"confidence": [0.9]}, "card.reference.confidence: expected an object, got list"),
+        ({"confidence": {**CONFIDENCE, "bins": 3}}, "unknown key 'bins'"),
+        ({"confidence": {"edges": [0.5]}}, "confidence: missing field 'accuracy'"),
+        ({"confidence": {**CONFIDENCE, "edges": [1.5]}}, "edges: expected fewer than 50 numbers"),
+        ({"confidence": {**CONFIDENCE, "edges": [0.8, 0.7]}}, "edges: expected strictly ascend"),
+        ({"confidence": {**CONFIDENCE, "edges": ["a"]}}, "edges: expected a list of finite"),
+        ({"confidence": {**CONFIDENCE, "edges": [0.01 * i for i in range(1, 51)]}}, "fewer than"),
+        ({"confidence": {**CONFIDENCE, "accuracy": [0.9]}}, r"accuracy: expected 2 numbers"),
+        ({"confidence": {**CONFIDENCE, "accuracy": [0.9, 1.2]}}, "from 0 to 1 \\(one per bin"),
+        ({"confidence": {**CONFIDENCE, "accuracy": [0.9, 0.8]}}, "expected non-decreasing"),
+        ({"confidence": {**CONFIDENCE, "expected_accuracy": 2}}, "expected_accuracy: expected a"),
+        ({"confidence": {**CONFIDENCE, "expected_accuracy": "high"}}, "expected int or float"),
+        ({"confidence": {**CONFIDENCE, "rows": 0}}, "rows: expected a count of 1 or more, got 0"),
+        ({"confidence": {**CONFIDENCE, "rows": True}}, "rows: expected int, got bool"),
     ],
 )
 def test_bad_drift_parts_of_a_card_are_rejected(
@@ -464,6 +485,8 @@ def test_bad_drift_parts_of_a_card_are_rejected(
         feats = [dict(f) for f in raw["reference"]["features"]]
         feats[0]["ks"] = change["ks"]
         raw = {**raw, "reference": {**raw["reference"], "features": feats}}
+    elif "confidence" in change:
+        raw = {**raw, "reference": {**raw["reference"], "confidence": change["confidence"]}}
     else:
         raw = {**raw, **change}
     with pytest.raises(BundleRejected, match=match):

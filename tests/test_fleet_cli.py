@@ -151,6 +151,15 @@ def test_a_newer_rollout_supersedes_the_older(
         (["--max-p95-ms", "20"], "--soak: the latency, error-rate and drift gates read"),
         (["--max-error-rate", "2", "--soak", "1m"], "--max-error-rate: expected a number from 0"),
         (["--max-psi", "nan", "--soak", "1m"], "--max-psi: expected a number of 0 or more"),
+        (
+            ["--max-accuracy-drop", "5", "--soak", "1m"],
+            "--max-accuracy-drop: expected a number from 0 to 1, got '5'",
+        ),
+        (
+            ["--max-accuracy-drop", "a lot", "--soak", "1m"],
+            "--max-accuracy-drop: expected a number from 0 to 1, got 'a lot'",
+        ),
+        (["--max-accuracy-drop", "0.05"], "--soak: the latency, error-rate and drift gates read"),
         (["--min-agreement", "0.9"], "--min-agreement: agreement is measured in shadow mode"),
         (["--min-agreement", "1.5", "--shadow", "100"], "--min-agreement: expected a number"),
         (["--shadow", "0"], "--shadow: expected a number of rows from 1 to 1000000, got '0'"),

@@ -280,6 +280,25 @@ def test_regression_values_stay_close(diabetes: Trained) -> None:
     assert rmse < 0.05 * float(np.std(diabetes.y))
 
 
+@pytest.mark.parametrize("name", ["wine", "cancer", "diabetes"])
+def test_one_inference_gives_the_labels_and_scores_of_two(
+    name: str, request: pytest.FixtureRequest
+) -> None:
+    """predict_with_scores (one invoke, for the accuracy estimate) = predict and scores: softmax,
+    a single sigmoid output, and a regressor (no scores)."""
+    trained = request.getfixturevalue(name)
+    for mode in ("none", "static"):
+        runtime = _runtime(trained, mode)
+        labels, scores = runtime.predict_with_scores(trained.x)
+        np.testing.assert_array_equal(labels, runtime.predict(trained.x))
+        expected = runtime.scores(trained.x)
+        if expected is None:
+            assert scores is None
+        else:
+            assert scores is not None
+            np.testing.assert_array_equal(scores, expected)
+
+
 def test_batch_size_follows_the_rows(wine: Trained) -> None:
     for mode in ("none", "static"):
         runtime = _runtime(wine, mode, threads=2)

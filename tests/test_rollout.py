@@ -366,6 +366,11 @@ def test_latency_budget_broken_after_the_soak_halts_and_rolls_back() -> None:
     [
         ({"max_psi": 0.2}, Metrics(drift_reports=2, max_psi=0.9), "max_psi 0.9 above the limit"),
         (
+            {"max_accuracy_drop": 0.05},
+            Metrics(drift_reports=2, accuracy_drop=0.08),
+            "accuracy_drop 0.08 above the limit 0.05",
+        ),
+        (
             {"max_error_rate": 0.01},
             Metrics(windows=1, inferences=100, errors=5),
             "error_rate 0.05 above the limit 0.01",
@@ -390,6 +395,29 @@ def test_model_within_every_limit_proceeds() -> None:
     sim.metrics = Metrics(
         windows=3, inferences=300, errors=1, p95_ms=2.0, drift_reports=1, max_psi=0.05
     )
+    assert sim.step(170) == [("b", "deploy")]
+
+
+def test_accuracy_drop_is_pooled_per_device_and_the_worst_device_counts() -> None:
+    """Each device's expected accuracy pools its windows' sums over their rows (a short window
+    weighs what it holds); the drop is the card's value less that; bodies without a usable
+    estimate are skipped."""
+
+    def body(total: float, rows: int, reference: float = 0.95) -> dict[str, Any]:
+        return {"accuracy": {"sum": total, "rows": rows, "reference": reference}}
+
+    drift = {
+        "a": [body(180.0, 200), body(10.0, 20)],  # 190 of 220 expected right: 0.8636
+        "b": [body(188.0, 200), {"accuracy": None}, body(5.0, 0), body(300.0, 200)],
+        "c": [{"max_psi": 0.1}],  # a regressor or a card without a calibration
+    }
+    m = measure({}, drift)
+    assert m.accuracy_drop == pytest.approx(0.95 - 190 / 220)
+    assert measure({}, {"c": [{"max_psi": 0.1}]}).accuracy_drop is None
+    better = measure({}, {"a": [body(198.0, 200)]})
+    assert better.accuracy_drop == pytest.approx(-0.04)  # an improvement passes any limit
+    sim = soaked(max_accuracy_drop=0.0)
+    sim.metrics = better
     assert sim.step(170) == [("b", "deploy")]
 
 

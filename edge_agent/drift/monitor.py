@@ -19,6 +19,13 @@ to the window. From those counts a report derives, per feature:
 and for the model's output, ``prediction`` (PSI, JS and the chi-square p-value of the predicted
 class shares, or of the binned predicted values for a regressor).
 
+Next to it, for a classifier whose card carries a confidence calibration (card version 2, built
+with labels), ``accuracy``: the accuracy the model's own confidences imply for the window without
+any label (CBPE: each row's probability of being right, from the card's calibration, averaged),
+the card's value on its reference rows and the change from it, with the window's scored rows and
+the sum of those probabilities, which the hub adds up across windows and devices. It is None
+for a regressor or a card without a calibration (the report's ``notes`` say why).
+
 The decision is one test of the whole family (every feature, the predictions, the share of
 rows with missing values): Simes' combination, so a drift-free window warns with probability
 at most 1 / `warn_every` whatever the number of features. A small persistent shift is caught by
@@ -77,6 +84,8 @@ class _Tally:
     missing: np.ndarray  # per feature: rows rejected with it missing
     rows: int = 0
     missing_rows: int = 0
+    scored: int = 0  # rows whose class probabilities were seen
+    right: float = 0.0  # the sum of their calibrated confidences: expected rows right
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,8 @@ class _Measures:
     lt: np.ndarray  # per KS point: values below it
     below: np.ndarray  # per feature: values below the card's min
     above: np.ndarray  # per feature: values above the card's max
+    scored: int  # rows whose class probabilities were seen
+    right: float  # the sum of their calibrated confidences
 
     def __add__(self, other: _Measures) -> _Measures:
         return _Measures(*(getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__))
@@ -164,6 +175,8 @@ class DriftMonitor:
         self._stage = np.empty((STAGE_ROWS, card.n_features), dtype=np.float64)
         self._staged = 0
         self._stage_preds: list[np.ndarray] = []
+        self._stage_scores: list[np.ndarray] = []
+        self._calibration = card.confidence if card.task == "classification" else None
         self._reset(None)
 
     def _reset(self, now: float | None) -> None:
@@ -177,17 +190,29 @@ class DriftMonitor:
         self._started = now
 
     # ---- feeding --------------------------------------------------------------------------
+    @property
+    def wants_scores(self) -> bool:
+        """Whether class probabilities passed to `add` are used (the card has a calibration)."""
+        return self._calibration is not None
+
     def add(
-        self, x: np.ndarray, predictions: np.ndarray | None = None, now: float | None = None
+        self,
+        x: np.ndarray,
+        predictions: np.ndarray | None = None,
+        scores: np.ndarray | None = None,
+        now: float | None = None,
     ) -> dict[str, Any] | None:
-        """Add a batch of valid rows (and the model's predictions for them); returns a report
-        when a window completes. A batch that straddles two windows is split, so each count
-        window covers exactly `window` rows. `now` (monotonic seconds) drives time windows."""
+        """Add a batch of valid rows (and the model's predictions and, for the accuracy
+        estimate, class probabilities for them); returns a report when a window completes. A
+        batch that straddles two windows is split, so each count window covers exactly
+        `window` rows. `now` (monotonic seconds) drives time windows."""
         n, staged = len(x), self._staged
         if self.window_s is None and n + staged < STAGE_ROWS and self._rows + n < self.window:
             self._stage[staged : staged + n] = x  # the common case: stage it, nothing else
             if predictions is not None:
                 self._stage_preds.append(predictions)
+            if scores is not None:
+                self._stage_scores.append(scores)
             self._staged += n
             self._rows += n
             return self._ready.popleft() if self._ready else None
@@ -200,6 +225,8 @@ class DriftMonitor:
             self._stage[self._staged : self._staged + take] = x[start : start + take]
             if predictions is not None:
                 self._stage_preds.append(predictions[start : start + take])
+            if scores is not None:
+                self._stage_scores.append(scores[start : start + take])
             self._staged += take
             self._rows += take
             start += take
@@ -223,15 +250,22 @@ class DriftMonitor:
         if self._staged:
             rows = self._stage[: self._staged]
             preds = np.concatenate(self._stage_preds) if self._stage_preds else None
-            self._accumulate(rows, preds)
+            scores = np.concatenate(self._stage_scores) if self._stage_scores else None
+            self._accumulate(rows, preds, scores)
             if self.capture:  # the window's latest rows, bounded
                 self._recent = np.concatenate([self._recent, rows])[-self.capture :]
         self._staged = 0
         self._stage_preds = []
+        self._stage_scores = []
 
-    def _accumulate(self, x: np.ndarray, predictions: np.ndarray | None) -> None:
+    def _accumulate(
+        self, x: np.ndarray, predictions: np.ndarray | None, scores: np.ndarray | None = None
+    ) -> None:
         if not len(x):
             return
+        if scores is not None and self._calibration is not None and len(scores):
+            self._tally.scored += len(scores)
+            self._tally.right += float(self._calibration.expected(scores).sum())
         x = np.asarray(x, dtype=np.float64)
         finite = np.isfinite(x)
         if finite.all():
@@ -266,13 +300,18 @@ class DriftMonitor:
         self._reset(now)
 
     # ---- reporting ------------------------------------------------------------------------
-    def report(self, data: np.ndarray, predictions: np.ndarray | None = None) -> dict[str, Any]:
+    def report(
+        self,
+        data: np.ndarray,
+        predictions: np.ndarray | None = None,
+        scores: np.ndarray | None = None,
+    ) -> dict[str, Any]:
         """The report of exactly these rows, as a window of their own with no history (the
         monitor's own window is left alone)."""
         other = DriftMonitor(
             self.card, max(len(data), 1), warn_every=self.warn_every, alert_every=self.alert_every
         )
-        other._accumulate(data, predictions)
+        other._accumulate(data, predictions, scores)
         other._tally.rows = len(data)
         return other._summarise(other._measure(other._tally), [])
 
@@ -322,6 +361,7 @@ class DriftMonitor:
             "missing": named(now.missing / max(now.rows + now.missing_rows, 1)),
             "missing_rows": now.missing_rows,
             "prediction": prediction,
+            "accuracy": self._accuracy(now),
             "moved": moved,
             "counts": {
                 "rows": now.rows,
@@ -348,6 +388,8 @@ class DriftMonitor:
             lt=cum[2 * lay.ks_at + 1] - first,
             below=cum[2 * lay.min_at + 1] - cum[lay.start],
             above=cum[lay.end] - cum[2 * lay.max_at + 2],
+            scored=tally.scored,
+            right=tally.right,
         )
 
     def _ks(self, now: _Measures) -> np.ndarray:
@@ -410,6 +452,21 @@ class DriftMonitor:
         missing = more_missing_p(now.missing_rows, seen, self._ref_missing, self._ref_rows)
         return _Tests(kss, feature, prediction, missing)
 
+    def _accuracy(self, now: _Measures) -> dict[str, Any] | None:
+        """The window's expected accuracy from its calibrated confidences (None without a
+        calibration or without scored rows)."""
+        calibration = self._calibration
+        if calibration is None or not now.scored:
+            return None
+        expected = now.right / now.scored
+        return {
+            "expected": round(expected, 4),
+            "reference": round(calibration.expected_accuracy, 4),
+            "change": round(expected - calibration.expected_accuracy, 4),
+            "rows": now.scored,
+            "sum": round(now.right, 4),
+        }
+
     def _prediction_drift(self, preds: np.ndarray, p: float | None) -> dict[str, Any] | None:
         if p is None:
             return None
@@ -443,6 +500,14 @@ def _notes(card: ModelCard) -> tuple[str, ...]:
         )
     if any(not f.ks for f in card.features):
         notes.append("the card has no KS reference sample: KS is measured at its bin edges only")
+    if card.task == "classification" and card.confidence is None:
+        why = (
+            f"card version {card.version} predates confidence calibration"
+            if card.version < 2
+            else "the card has no confidence calibration (built without true labels, or the "
+            "model gives no class probabilities)"
+        )
+        notes.append(f"no accuracy estimate: {why}")
     return tuple(notes)
 
 

@@ -3,14 +3,18 @@
 It travels inside the bundle and is covered by the bundle's signature. It holds the input schema
 the agent validates sensor lines against, a sample with expected outputs for the health gate, and
 the drift reference profile (per-feature quantile bins, and a bounded sorted reference sample for
-the Kolmogorov-Smirnov statistic) the agent's drift monitors compare to.
-Bucketing is defined here once (`bucket_counts`) so the reference and the live side agree.
+the Kolmogorov-Smirnov statistic) the agent's drift monitors compare to, and for a classifier
+built with true labels, the calibration of its confidence (`Calibration`, card version 2) from
+which the agent estimates its accuracy without labels.
+Bucketing is defined here once (`bucket_counts`), and so is applying the calibration
+(`Calibration.expected`), so the reference and the live side agree.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -18,12 +22,15 @@ import numpy as np
 from edge_agent.errors import BundleRejected, MessageError
 from edge_agent.protocol.messages import ModelRef, field_of
 
-CARD_VERSION = 1
+CARD_VERSION = 2  # 2: reference.confidence (optional); version 1 cards are still read
+CARD_VERSIONS = (1, 2)
 TASKS = ("classification", "regression")
 RUNTIMES = ("onnxruntime", "litert")
 KS_POINTS = 200  # reference order statistics per feature for KS: its ECDF is off by <= 1/199
 MAX_KS_POINTS = 1000  # what a card may carry at most
 THRESHOLD_KEYS = ("psi_warn", "psi_alert", "ks_warn", "ks_alert", "range_warn", "range_alert")
+MAX_CALIBRATION_BINS = 50  # what a card's confidence calibration may carry at most
+CALIBRATION_KEYS = ("edges", "accuracy", "expected_accuracy", "rows")
 
 
 def quantile_edges(values: np.ndarray, bins: int) -> list[float]:
@@ -106,6 +113,39 @@ def feature_profiles(x: np.ndarray, names: list[str], bins: int = 10) -> list[Fe
     return profiles
 
 
+def confidence(scores: np.ndarray) -> np.ndarray:
+    """(n, n_classes) class probabilities -> (n,) the model's confidence: the largest one."""
+    return np.asarray(scores).max(axis=1)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A classifier's confidence (its largest class probability) -> the probability that its
+    label is right: a step function, non-decreasing, fit at conversion on labeled rows.
+
+    Confidence c falls in bin i when edges[i-1] < c <= edges[i] (as `bucket_counts`), and
+    `accuracy[i]` is that bin's probability of being right. `expected_accuracy` is the mean of
+    it over the card's reference rows, `rows` how many labeled rows it was fit on."""
+
+    edges: tuple[float, ...]
+    accuracy: tuple[float, ...]
+    expected_accuracy: float
+    rows: int
+
+    def expected(self, scores: np.ndarray) -> np.ndarray:
+        """(n, n_classes) probabilities -> (n,) probability that each row's label is right."""
+        at = np.searchsorted(np.asarray(self.edges), confidence(scores), side="left")
+        return np.asarray(self.accuracy)[at]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "edges": list(self.edges),
+            "accuracy": list(self.accuracy),
+            "expected_accuracy": self.expected_accuracy,
+            "rows": self.rows,
+        }
+
+
 @dataclass(frozen=True)
 class ModelCard:
     model: ModelRef
@@ -125,6 +165,8 @@ class ModelCard:
     validation: dict[str, Any]
     raw: dict[str, Any]
     thresholds: dict[str, float] = field(default_factory=dict)  # the card's own drift thresholds
+    version: int = CARD_VERSION  # the card_version it was written as
+    confidence: Calibration | None = None  # classifiers built with labels, card version >= 2
 
     @property
     def n_features(self) -> int:
@@ -162,8 +204,8 @@ def _parse_card(obj: object) -> ModelCard:
     if not isinstance(obj, dict):
         raise MessageError(f"{where}: expected an object, got {type(obj).__name__}")
     version = field_of(obj, "card_version", int, where)
-    if version != CARD_VERSION:
-        raise MessageError(f"{where}.card_version: expected {CARD_VERSION}, got {version}")
+    if version not in CARD_VERSIONS:
+        raise MessageError(f"{where}.card_version: expected one of {CARD_VERSIONS}, got {version}")
     model = ModelRef(field_of(obj, "name", str, where), field_of(obj, "version", int, where))
     task = field_of(obj, "task", str, where)
     if task not in TASKS:
@@ -212,6 +254,15 @@ def _parse_card(obj: object) -> ModelCard:
     if not feats:
         raise MessageError(f"{where}.reference.features: expected at least one feature")
     preds = field_of(ref, "predictions", dict, f"{where}.reference")
+    confidence = None
+    if "confidence" in ref:
+        at = f"{where}.reference.confidence"
+        if version < 2 or task != "classification":
+            raise MessageError(
+                f"{at}: expected only in a classifier's card of version 2 or later, "
+                f"got one in a {task} card of version {version}"
+            )
+        confidence = _calibration(ref["confidence"], at)
     sample = field_of(obj, "sample", dict, where)
     inputs = field_of(sample, "inputs", list, f"{where}.sample")
     rows = tuple(tuple(_floats(r, f"{where}.sample.inputs[{i}]")) for i, r in enumerate(inputs))
@@ -241,7 +292,45 @@ def _parse_card(obj: object) -> ModelCard:
         validation=obj.get("validation", {}) if isinstance(obj.get("validation"), dict) else {},
         raw=obj,
         thresholds=_thresholds(obj.get("drift", {}), f"{where}.drift"),
+        version=version,
+        confidence=confidence,
     )
+
+
+def _calibration(obj: object, where: str) -> Calibration:
+    """reference.confidence: {"edges": [...], "accuracy": [...], "expected_accuracy": 0.93,
+    "rows": 285}, edges ascending within 0..1, one accuracy more than edges, non-decreasing."""
+    if not isinstance(obj, dict):
+        raise MessageError(f"{where}: expected an object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - set(CALIBRATION_KEYS))
+    if unknown:
+        raise MessageError(f"{where}: unknown key {unknown[0]!r}, expected {CALIBRATION_KEYS}")
+    edges = _floats(field_of(obj, "edges", list, where), f"{where}.edges")
+    if len(edges) >= MAX_CALIBRATION_BINS or any(not 0 <= e <= 1 for e in edges):
+        raise MessageError(
+            f"{where}.edges: expected fewer than {MAX_CALIBRATION_BINS} numbers from 0 to 1, "
+            f"got {edges!r:.80}"
+        )
+    if any(b <= a for a, b in pairwise(edges)):
+        raise MessageError(f"{where}.edges: expected strictly ascending numbers, got {edges!r:.80}")
+    accuracy = _floats(field_of(obj, "accuracy", list, where), f"{where}.accuracy")
+    if len(accuracy) != len(edges) + 1 or any(not 0 <= a <= 1 for a in accuracy):
+        raise MessageError(
+            f"{where}.accuracy: expected {len(edges) + 1} numbers from 0 to 1 (one per bin), "
+            f"got {accuracy!r:.80}"
+        )
+    if any(b < a for a, b in pairwise(accuracy)):
+        raise MessageError(
+            f"{where}.accuracy: expected non-decreasing numbers (more confident, more often "
+            f"right), got {accuracy!r:.80}"
+        )
+    expected = _rate(
+        field_of(obj, "expected_accuracy", (int, float), where), f"{where}.expected_accuracy"
+    )
+    rows = field_of(obj, "rows", int, where)
+    if rows < 1:
+        raise MessageError(f"{where}.rows: expected a count of 1 or more, got {rows}")
+    return Calibration(tuple(edges), tuple(accuracy), expected, rows)
 
 
 def _thresholds(obj: object, where: str) -> dict[str, float]:
