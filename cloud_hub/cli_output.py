@@ -39,10 +39,16 @@ def when(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch))
 
 
-def p_value(p: object) -> str:
-    """A drift p-value for people: 'p 0.43', 'p 3.1e-05', 'p <1e-12'; '-' when absent."""
+def p_text(p: object) -> str:
+    """A p-value for people: 0.42, 0.0031, 2.1e-09; "-" when there is none."""
     if not isinstance(p, int | float) or isinstance(p, bool):
         return "-"
-    if p < 1e-12:
-        return "p <1e-12"
-    return f"p {p:.2g}" if p >= 0.01 else f"p {p:.1e}"
+    return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
+
+
+def accuracy_text(accuracy: object) -> str:
+    """An accuracy estimated without labels for people: "0.912 (-0.031)" against the card's
+    value; "-" when there is none."""
+    if not isinstance(accuracy, dict) or not isinstance(accuracy.get("expected"), float):
+        return "-"
+    return f"{accuracy['expected']:.3f} ({accuracy['change']:+.3f})"

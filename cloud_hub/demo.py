@@ -32,7 +32,7 @@ from rich.table import Table
 
 from cloud_hub import rollout as ro
 from cloud_hub.broker import RunningBroker, start_broker
-from cloud_hub.cli_output import p_value
+from cloud_hub.cli_output import p_text
 from cloud_hub.fleet_drift_source import PublishedCards
 from cloud_hub.operations import enroll_device, init_hub, publish_bundle, start_rollout
 from cloud_hub.storage import Store, default_url
@@ -285,7 +285,7 @@ class View:
                 f"{stats.get('latency_ms', {}).get('p50', 0):.3f}",
                 str(self.store.count("telemetry", name)),
                 f"[{color}]{status}[/{color}]"
-                + (f" {p_value(drift.get('p'))} ({drift['worst_feature']})" if drift else ""),
+                + (f" p {p_text(drift.get('p'))} ({drift['worst_feature']})" if drift else ""),
             )
         return t
 
@@ -533,7 +533,7 @@ def _drift(live: Live, view: View, feeder: Feeder, checks: Checks) -> None:
     checks.add(
         "drift",
         alerted and quiet,
-        f"{device}: {report.get('status', '-')}, {p_value(report.get('p'))} "
+        f"{device}: {report.get('status', '-')}, p {p_text(report.get('p'))} "
         f"(worst {report.get('worst_feature', '-')}); "
         + ", ".join(f"{d}: {s.count('ok')} of {len(s)} windows ok" for d, s in calm.items()),
     )
@@ -629,7 +629,7 @@ def _summary(view: View) -> Table:
             str(sum(stats.get("rejected", {}).values())),
             str(stats.get("sent", {}).get("telemetry", 0)),
             str(view.store.count("telemetry", d)),
-            f"{drift['status']} {p_value(drift.get('p'))}" if drift else "-",
+            f"{drift['status']} p {p_text(drift.get('p'))}" if drift else "-",
         )
     return t
 

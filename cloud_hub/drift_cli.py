@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cloud_hub.cli_output import say
+from cloud_hub.cli_output import accuracy_text, p_text, say
 from edge_agent.errors import ConfigError
 
 console = Console()
@@ -50,8 +50,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     table = Table(title="drift per model version and device")
-    columns = ("model", "device", "windows", "warn", "alert", "status", "p", "min p", "moved")
-    for col in columns:
+    columns = ("model", "device", "windows", "warn/alert", "status", "p/min p", "accuracy")
+    for col in (*columns, "moved"):
         table.add_column(col)
     for r in rows:
         moved = [f"{name} ({n})" for name, n in list(r["moved"].items())[:MOVED_SHOWN]]
@@ -60,24 +60,16 @@ def cmd_drift(args: argparse.Namespace) -> int:
             f"{r['model']}@{r['version']}",
             r["device"],
             str(r["windows"]),
-            str(r["warn"]),
-            str(r["alert"]),
+            f"{r['warn']}/{r['alert']}",
             r["status"],
-            p_text(r["p"]),
-            p_text(r["min_p"]),
+            f"{p_text(r['p'])}/{p_text(r['min_p'])}",
+            accuracy_text(r["accuracy"]),
             ", ".join(moved) + (f" +{more} more" if more > 0 else "") or "-",
         )
     console.print(table)
     if not rows:
         console.print("no drift reports yet", markup=False)
     return 0
-
-
-def p_text(p: float | None) -> str:
-    """A p-value for people: 0.42, 0.0031, 2.1e-09; "-" when there is none."""
-    if p is None:
-        return "-"
-    return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
 
 
 def cmd_drift_fleet(args: argparse.Namespace) -> int:
@@ -105,7 +97,8 @@ def cmd_drift_fleet(args: argparse.Namespace) -> int:
         return 0
     span = _span(since)
     table = Table(title=f"drift merged per model version and cohort, last {span}")
-    for col in ("model", "cohort", "devices", "windows", "rows", "p", "status", "worst"):
+    columns = ("model", "cohort", "devices", "windows", "rows", "p", "status", "accuracy")
+    for col in (*columns, "worst"):
         table.add_column(col, no_wrap=col in ("model", "cohort", "p", "status"))
     for r in rows:
         table.add_row(
@@ -116,6 +109,7 @@ def cmd_drift_fleet(args: argparse.Namespace) -> int:
             str(r["rows"]),
             p_text(r["p"]),
             r["status"],
+            accuracy_text(r["accuracy"]),
             ", ".join(r["worst"]) or "-",
         )
     console.print(table)

@@ -105,6 +105,37 @@ def model_versions(reports: Iterable[Report]) -> set[ModelRef]:
     return {m for r in reports if (m := model_of(r.body)) is not None}
 
 
+def report_accuracy(body: Mapping[str, Any]) -> tuple[float, float, float] | None:
+    """One report's accuracy estimate as mergeable parts: (sum of calibrated confidences, rows
+    scored, the card's expected accuracy); None when it has none or says nonsense."""
+    acc = body.get("accuracy")
+    if not isinstance(acc, Mapping):
+        return None
+    parts = [acc.get(k) for k in ("sum", "rows", "reference")]
+    if not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+        for v in parts
+    ):
+        return None
+    right, rows, reference = (float(v) for v in parts)  # type: ignore[arg-type]
+    return (right, rows, reference) if rows > 0 and right <= rows and reference <= 1 else None
+
+
+def pooled_accuracy(bodies: Iterable[Mapping[str, Any]]) -> dict[str, float] | None:
+    """The expected accuracy over these reports' rows (their confidence sums added up), the
+    card's, and the change; None when none of them estimates accuracy."""
+    right = rows = 0.0
+    reference = None
+    for body in bodies:
+        parts = report_accuracy(body)
+        if parts is not None:
+            right, rows, reference = right + parts[0], rows + parts[1], parts[2]
+    if reference is None:
+        return None
+    expected = right / rows
+    return {"expected": expected, "reference": reference, "change": expected - reference}
+
+
 @dataclass
 class _Merged:
     """One cohort's counts of one model version, added up."""
@@ -117,6 +148,7 @@ class _Merged:
     predictions: np.ndarray | None = None
     levels: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
+    accuracy: list[Mapping[str, Any]] = field(default_factory=list)  # reports that estimate it
 
     def add(self, device: str, counts: _Counts, level: dict[str, float] | None) -> None:
         self.rows += counts.rows
@@ -209,6 +241,8 @@ def merge(
                 m.skip(counts)
             else:
                 m.add(r.device, counts, level)
+                if report_accuracy(r.body) is not None:
+                    m.accuracy.append(r.body)
     return out
 
 
@@ -247,6 +281,7 @@ def cohort_result(card: ModelCard, merged: _Merged) -> dict[str, Any]:
         "reference_rows": max((sum(f.counts) for f in card.features), default=0),
         "levels": level,
         "skipped": dict(sorted(merged.skipped.items())),
+        "accuracy": pooled_accuracy(merged.accuracy),
     }
     if merged.rows == 0 or not merged.bins:
         return base | NOTHING_TESTED
@@ -313,6 +348,7 @@ def _unknown(model: ModelRef, windows: int, why: str) -> dict[str, Any]:
         "reference_rows": 0,
         "levels": {},
         "skipped": {"no card": windows},
+        "accuracy": None,
         **NOTHING_TESTED,
         "note": why,
     }

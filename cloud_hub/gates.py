@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from cloud_hub.fleet_drift import pooled_accuracy
 from edge_agent.errors import ConfigError
 
 PROCEED, PAUSE, ABORT = "proceed", "pause", "abort"
@@ -245,16 +246,8 @@ def measure(
 def _accuracy_drop(bodies: list[dict[str, Any]]) -> float | None:
     """The card's expected accuracy less one device's, pooled over its drift reports (None
     when none of them estimates accuracy)."""
-    right = rows = 0.0
-    reference = None
-    for body in bodies:
-        total = _number(_get(body, "accuracy", "sum"))
-        n = _number(_get(body, "accuracy", "rows"))
-        ref = _number(_get(body, "accuracy", "reference"))
-        if total is None or n is None or ref is None or n <= 0 or total > n or ref > 1:
-            continue
-        right, rows, reference = right + total, rows + n, ref
-    return None if reference is None else reference - right / rows
+    pooled = pooled_accuracy(bodies)
+    return None if pooled is None else -pooled["change"]
 
 
 def _get(body: dict[str, Any], *keys: str) -> Any:

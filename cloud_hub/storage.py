@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
+from cloud_hub.fleet_drift import pooled_accuracy
 from edge_agent.errors import TransportError
 from edge_agent.protocol.messages import Batch, Status
 
@@ -463,9 +464,11 @@ def drift_summary(
 ) -> list[dict[str, Any]]:
     """One row per (model, version, device): windows, warn and alert counts, the latest status,
     p-value and report time, the smallest p-value and largest PSI seen, and the features that
-    moved (with how many windows named each), most often first. `p` is None for reports from
-    agents before p-values (their status came from fixed PSI bands)."""
+    moved (with how many windows named each), most often first, and the accuracy estimated
+    without labels over all its windows (None without a calibrated card). `p` is None for
+    reports from agents before p-values (their status came from fixed PSI bands)."""
     groups: dict[tuple[str, int, str], dict[str, Any]] = {}
+    bodies: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for r in store.records("drift", device):
         ref = r.body.get("model") or {}
         name, version = str(ref.get("name", "?")), int(ref.get("version", 0))
@@ -505,9 +508,11 @@ def drift_summary(
         for feature in moved:
             g["moved"][str(feature)] = g["moved"].get(str(feature), 0) + 1
         g["captures"] += 1 if isinstance(r.body.get("capture"), dict) else 0
+        bodies.setdefault((name, version, r.device), []).append(r.body)
     out = []
     for key in sorted(groups):
         g = groups[key]
+        g["accuracy"] = pooled_accuracy(bodies[key])
         g["moved"] = dict(sorted(g["moved"].items(), key=lambda kv: (-kv[1], kv[0])))
         out.append(g)
     return out

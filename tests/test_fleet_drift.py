@@ -29,6 +29,7 @@ from cloud_hub.fleet_drift import (
     fleet_drift,
     merge,
     minus_log10,
+    pooled_accuracy,
 )
 from cloud_hub.fleet_drift_source import FleetQuery, PublishedCards, read_fleet_drift
 from cloud_hub.storage import Store, default_url
@@ -177,6 +178,26 @@ def test_the_fleet_p_value_is_calibrated_without_drift(card: ModelCard) -> None:
     assert 0.05 <= np.mean(np.asarray(ps) < 0.1) <= 0.15
 
 
+def test_accuracy_pools_the_reports_confidence_sums_and_skips_nonsense(card: ModelCard) -> None:
+    """Two devices' windows estimate 0.9 on 100 rows and 0.6 on 300: the pooled estimate is
+    the rows-weighted 0.675, not the mean of the windows; a report whose parts do not add up
+    (more right than rows, a negative, a bool, a reference above 1) counts for nothing."""
+
+    def acc(right: object, rows: object, reference: object = 0.95) -> dict[str, Any]:
+        return {"accuracy": {"sum": right, "rows": rows, "reference": reference}}
+
+    bodies = [acc(90.0, 100), acc(180.0, 300), acc(5.0, 4), acc(-1.0, 10), acc(True, 10)]
+    bodies += [acc(1.0, 10, 1.5), {"accuracy": None}, {}]
+    pooled = pooled_accuracy(bodies)
+    assert pooled == {"expected": 270 / 400, "reference": 0.95, "change": 270 / 400 - 0.95}
+    assert pooled_accuracy([{}, acc(1.0, 0)]) is None
+    reports, _ = fleet_of(card, 2, 2, 0.0, seed=3)
+    for r, a in zip(reports, (acc(90.0, 100), acc(45.0, 50), acc(10.0, 10), {}), strict=True):
+        r.body.update(a)  # type: ignore[attr-defined]
+    fleet = fleet_drift(reports, labels_of(["pi-000", "pi-001"]), {MODEL: card})[0]
+    assert fleet["accuracy"]["expected"] == pytest.approx(145 / 160)
+
+
 def test_minus_log10_is_the_heat_map_scale() -> None:
     assert minus_log10(1.0) == 0.0
     assert minus_log10(1e-5) == 5.0
@@ -257,7 +278,7 @@ def test_the_per_device_table_shows_the_window_p(
 ) -> None:
     assert cli.main(["--home", str(hub), "drift", "--model", "plant@1", "--device", "pi-00"]) == 0
     out = capsys.readouterr().out
-    assert "min p" in out and "max psi" not in out
+    assert "min p" in out and "max psi" not in out and "accuracy" in out
     assert cli.main(["--home", str(hub), "drift", "--json", "--device", "pi-00"]) == 0
     row = json.loads(capsys.readouterr().out)[0]
     assert 0 <= row["min_p"] <= row["p"] <= 1
