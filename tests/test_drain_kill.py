@@ -25,6 +25,7 @@ from tests.test_lifecycle import (  # noqa: F401  (bundles and rig are fixtures)
 
 BACKLOG = 600  # records buffered during the outage
 DRAIN_RATE = 300  # records/s the agent may send: above the 200 rows/s it keeps producing
+MAX_INFLIGHT = 2  # batches of 20 unconfirmed at once
 
 
 def _tuned(config: Path) -> None:
@@ -32,7 +33,10 @@ def _tuned(config: Path) -> None:
     config.write_text(
         text.replace(
             "[telemetry]\n",
-            f"[telemetry]\nraw_sample_rate = 1.0\ndrain_rate = {DRAIN_RATE}\nbatch_size = 20\n",
+            f"[telemetry]\nraw_sample_rate = 1.0\ndrain_rate = {DRAIN_RATE}\nbatch_size = 20\n"
+            # a small delivery window: when the hub comes back it confirms at most 40 records
+            # at once, so "the middle of the drain" lasts seconds, not one burst of 400
+            f"max_inflight = {MAX_INFLIGHT}\n",
         )
     )
 
