@@ -44,8 +44,7 @@ from edge_agent.drift import DEFAULT_ALERT_EVERY, DEFAULT_WARN_EVERY, levels, ps
 from edge_agent.drift.stats import (
     MIN_EXPECTED,
     bh_adjust,
-    chi2_sf,
-    homogeneity,
+    homogeneity_p,
     merge_bins,
     round_p,
 )
@@ -234,7 +233,7 @@ def merge(
         if model is None or card is None:
             continue
         counts = window_counts(r.body, card)
-        level = _levels_of(r.body.get("levels"))
+        level = levels_of(r.body.get("levels"))
         for cohort in labels.get(r.device, Labels()).cohorts():
             m = out.setdefault((model, cohort), _Merged(card.n_features))
             if isinstance(counts, str):
@@ -246,7 +245,8 @@ def merge(
     return out
 
 
-def _levels_of(value: object) -> dict[str, float] | None:
+def levels_of(value: object) -> dict[str, float] | None:
+    """A report's `levels` checked ({"warn": w, "alert": a}, 0 < a < w < 1), else None."""
     if not isinstance(value, Mapping):
         return None
     out = {}
@@ -264,9 +264,7 @@ def chi_square_p(reference: np.ndarray, live: np.ndarray) -> float:
     n = float(np.sum(live))
     if n <= 0:
         return 1.0
-    groups = merge_bins(reference, MIN_EXPECTED / n)
-    stat, dof = homogeneity(reference, live, groups)
-    return float(chi2_sf(np.array([stat]), np.array([dof]))[0])
+    return homogeneity_p(reference, live, merge_bins(reference, MIN_EXPECTED / n))
 
 
 def cohort_result(card: ModelCard, merged: _Merged) -> dict[str, Any]:

@@ -164,7 +164,7 @@ def drift_map(latest: Mapping[str, StoredRecord], model: str | None = None) -> d
             continue
         psi = psi_values(body)
         features.update(dict.fromkeys(psi))
-        report_levels = mapping(body.get("levels"))
+        report_levels = fleet_drift.levels_of(body.get("levels"))
         q = mapping(body.get("q"))
         rows.append(
             {

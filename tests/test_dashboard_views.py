@@ -96,6 +96,10 @@ def test_calibrated_reports_colour_cells_by_adjusted_p_not_by_psi() -> None:
     view = drift_map({"d": rec(1, body)})
     assert view["rows"][0]["levels"] == {"x": "ok", "y": "warn", "z": "alert", "w": "unknown"}
     assert view["thresholds"] == {"warn": 0.01, "alert": 0.0001}
+    # levels a device made up are not trusted: the report counts as one without levels
+    for bad in ({"warn": "hi", "alert": None}, {"warn": 0.001, "alert": 0.01}, [0.01]):
+        odd = drift_map({"d": rec(1, body | {"levels": bad})})
+        assert odd["rows"][0]["levels"]["x"] == "alert"  # PSI 0.4 in the old bands
 
 
 def test_telemetry_point_checks_every_number() -> None:

@@ -54,10 +54,11 @@ import numpy as np
 from edge_agent.drift.layout import Layout
 from edge_agent.drift.stats import (
     EPSILON,
+    MIN_EXPECTED,
     beyond_p,
     bh_adjust,
     chi2_sf,
-    homogeneity,
+    homogeneity_p,
     js_distance,
     ks_p,
     merge_bins,
@@ -167,7 +168,7 @@ class DriftMonitor:
         self._layout = Layout.of(card, window)
         self._names = card.feature_names
         self._pred_kind, self._pred_keys, self._pred_ref = _prediction_reference(card)
-        self._pred_groups = merge_bins(self._pred_ref, 5.0 / max(window, 1))
+        self._pred_groups = merge_bins(self._pred_ref, MIN_EXPECTED / max(window, 1))
         self._ref_rows, self._ref_missing = _reference_rows(card)
         self._notes = _notes(card)
         self._history: deque[_Measures] = deque(maxlen=max(SCALES) - 1)
@@ -446,8 +447,7 @@ class DriftMonitor:
         feature[k == 0] = 1.0
         prediction = None
         if len(self._pred_ref) and now.preds.sum():
-            stat, pdof = homogeneity(self._pred_ref, now.preds, self._pred_groups)
-            prediction = float(chi2_sf(np.array([stat]), np.array([pdof]))[0])
+            prediction = homogeneity_p(self._pred_ref, now.preds, self._pred_groups)
         seen = now.rows + now.missing_rows
         missing = more_missing_p(now.missing_rows, seen, self._ref_missing, self._ref_rows)
         return _Tests(kss, feature, prediction, missing)

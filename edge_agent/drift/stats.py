@@ -152,6 +152,14 @@ def homogeneity(
     return stat, int(used.sum()) - 1
 
 
+def homogeneity_p(
+    ref_counts: np.ndarray, live_counts: np.ndarray, groups: np.ndarray | None = None
+) -> float:
+    """The p-value of `homogeneity`'s statistic (chi-square with its degrees of freedom)."""
+    stat, dof = homogeneity(ref_counts, live_counts, groups)
+    return float(chi2_sf(np.array([stat]), np.array([dof]))[0])
+
+
 def ks_p(d: np.ndarray, n: np.ndarray, m: np.ndarray) -> np.ndarray:
     """P(D >= d) for the two-sample KS statistic of samples of n and m values (elementwise)."""
     d = np.asarray(d, dtype=np.float64)
