@@ -49,7 +49,7 @@ bench: $(STAMP)
 # a simulated fleet, real agent processes and the hub under faults; SOAK_MINUTES=10 by default
 SOAK_MINUTES ?= 10
 soak: $(STAMP)
-	PYTHONPATH=$(CURDIR) $(BIN)/python -m cloud_hub.soak --minutes $(SOAK_MINUTES)
+	PYTHONPATH=$(CURDIR) $(BIN)/python -m cloud_hub.harness.soak --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

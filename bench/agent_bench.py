@@ -3,7 +3,7 @@ side by side in one run.
 
 1. Throughput. Two small tabular models on breast_cancer (30 features, 2 classes), each built
    into a bundle with `converters.pipeline.build_bundle` (default quantization) and read back
-   with `edge_agent.bundle.read_bundle`:
+   with `edge_agent.update.bundle.read_bundle`:
    - LogReg: StandardScaler + LogisticRegression (inference of a few µs per row);
    - MLP 64x32: StandardScaler + MLPClassifier((64, 32)).
    "Ours" is what the agent does per sensor line: `Pipeline.process` on micro-batches of
@@ -68,11 +68,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from converters.pipeline import build_bundle
-from edge_agent.bundle import Bundle, read_bundle
 from edge_agent.drift import DriftMonitor
-from edge_agent.pipeline import ActiveModel, Pipeline
-from edge_agent.runtime import load_runtime
-from edge_agent.telemetry import RunningStats, Window
+from edge_agent.inference.pipeline import ActiveModel, Pipeline
+from edge_agent.inference.runtime import load_runtime
+from edge_agent.update.bundle import Bundle, read_bundle
+from edge_agent.uplink.telemetry import RunningStats, Window
 from firmware_configs import profile_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +108,7 @@ DAEMON_KIND = "agent daemon"
 KIND_NOTES = {
     BARE_KIND: "numpy + onnxruntime, InferenceSession(model.onnx), session.run",
     CORE_KIND: (
-        "edge_agent.bundle/runtime/pipeline (python-tuf and cryptography load only with an "
+        "edge_agent.update.bundle/runtime/pipeline (python-tuf and cryptography load only with an "
         "update): read_bundle, load_runtime, Pipeline.process"
     ),
     DAEMON_KIND: "agent core + edge_agent.agent and edge_agent.cli imported (what edge-agent runs)",
@@ -604,9 +604,9 @@ CHILD_BARE = textwrap.dedent(
 CHILD_AGENT = textwrap.dedent(
     """
     import numpy as np
-    from edge_agent.bundle import read_bundle
-    from edge_agent.pipeline import ActiveModel, Pipeline
-    from edge_agent.runtime import load_runtime
+    from edge_agent.update.bundle import read_bundle
+    from edge_agent.inference.pipeline import ActiveModel, Pipeline
+    from edge_agent.inference.runtime import load_runtime
     {daemon_imports}
     T1 = time.perf_counter()
     with open({bundle_path!r}, "rb") as f:

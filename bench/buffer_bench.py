@@ -1,6 +1,6 @@
 """The agent's store-and-forward buffer against bare sqlite3, side by side in one run.
 
-Append: `edge_agent.buffer.Buffer.append` of one telemetry record (each its own transaction,
+Append: `edge_agent.uplink.buffer.Buffer.append` of one telemetry record (each its own transaction,
 as the agent appends a record the moment a window closes), against bare `sqlite3` inserting
 the same JSON body into a table of the same shape, one autocommitted INSERT per row, with the
 same pragmas (WAL, synchronous=NORMAL).
@@ -31,8 +31,8 @@ from bench_machine import machine
 from rich.console import Console
 from rich.table import Table
 
-from edge_agent.buffer import Buffer
 from edge_agent.protocol.messages import spans_of
+from edge_agent.uplink.buffer import Buffer
 
 BODY = {
     "window_s": 2.0,

@@ -3,7 +3,7 @@
 Every feature of every device's inputs moves by the same fraction of a standard deviation.
 One window: a 200-row DriftMonitor report on its own (the device's decision, all its tests).
 The fleet: N devices' windows of an hour merged and tested against the card
-(`cloud_hub.fleet_drift`); the merged counts of N x W windows are the counts of one report of
+(`cloud_hub.drift.fleet`); the merged counts of N x W windows are the counts of one report of
 N x W x 200 rows, so each trial feeds one report of that many rows. A shift is "found" when at
 least 90% of seeded trials alert (p under the default alert level 1e-4). Reference sizes: 341
 rows (breast_cancer's training split, what the demo's card holds) and 100,000 (a card built
@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from dashboard_fleet import card_json, predict_sign
 
-from cloud_hub.fleet_drift import Report, fleet_drift
+from cloud_hub.drift.fleet import Report, fleet_drift
 from edge_agent.drift import DriftMonitor
 from edge_agent.protocol.card import parse_card
 from edge_agent.protocol.messages import ModelRef

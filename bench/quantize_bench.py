@@ -1,5 +1,6 @@
 """int8 vs float32 ONNX, side by side in one run: size, held-out accuracy, batch-1 and batch-32
-latency through the agent's own runtime (`edge_agent.runtime.OnnxRuntime`, one thread, as on a
+latency through the agent's own runtime (`edge_agent.inference.runtime.OnnxRuntime`, one thread, as
+on a
 device).
 
 Two models, both on digits (64 features, 10 classes), split 70/30 with a fixed seed:
@@ -44,7 +45,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from converters.sklearn_onnx import SklearnSource
-from edge_agent.runtime import OnnxRuntime
+from edge_agent.inference.runtime import OnnxRuntime
 
 MODES = ("none", "dynamic", "static")
 SEED = 0

@@ -2,7 +2,8 @@
 broker's raw throughput for the same bytes, side by side in one run.
 
 "Ours": a private mosquitto, the hub (`edgehub serve`, its own process, as a hub runs) and 100
-simulated devices in this process (`cloud_hub.simulate.Simulation`: real agents, each on its own
+simulated devices in this process (`cloud_hub.harness.simulate.Simulation`: real agents, each on its
+own
 MQTT connection, verifying with TUF, pulling 64 KiB chunks, installing through ModelStore and
 passing the health gate; one shared onnxruntime session). The clock runs from `start_rollout`
 (one wave: --canary 100%) until the rollout has ended in the hub's database: completed when
@@ -39,11 +40,11 @@ from sklearn.datasets import load_iris
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
-from cloud_hub import rollout as ro
-from cloud_hub.broker import RunningBroker, start_mosquitto
-from cloud_hub.operations import init_hub, publish_bundle, start_rollout
-from cloud_hub.simulate import SimOptions, Simulation, rollout_of, rss_bytes
-from cloud_hub.soak import Proc
+from cloud_hub.broker.local import RunningBroker, start_mosquitto
+from cloud_hub.harness.simulate import SimOptions, Simulation, rollout_of, rss_bytes
+from cloud_hub.harness.soak import Proc
+from cloud_hub.rollout import engine as ro
+from cloud_hub.rollout.operations import init_hub, publish_bundle, start_rollout
 from converters.pipeline import build_bundle
 from edge_agent.protocol.transfer import CHUNK_SIZE
 
@@ -77,7 +78,7 @@ def serve(home: Path, broker: RunningBroker, logs: Path) -> Proc:
     hub = Proc(
         "hub",
         [
-            *("-m", "cloud_hub.cli", "--home", str(home), "serve"),
+            *("-m", "cloud_hub.cli.app", "--home", str(home), "serve"),
             *("--broker-host", broker.host, "--broker-port", str(broker.port), "--http", "off"),
         ],
         logs,

@@ -47,12 +47,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 from rich.table import Table
 
-from cloud_hub.broker import RunningBroker, start_mosquitto
-from cloud_hub.service import Hub
-from cloud_hub.storage import Store, default_url
-from edge_agent.buffer import Buffer
-from edge_agent.delivery import Sender
-from edge_agent.mqtt_session import BrokerAddress, MqttSession
+from cloud_hub.broker.local import RunningBroker, start_mosquitto
+from cloud_hub.hub import Hub
+from cloud_hub.store.database import Store, default_url
+from edge_agent.mqtt.session import BrokerAddress, MqttSession
 from edge_agent.protocol.messages import (
     Batch,
     Confirm,
@@ -62,6 +60,8 @@ from edge_agent.protocol.messages import (
     spans_of,
 )
 from edge_agent.protocol.topics import Topics
+from edge_agent.uplink.buffer import Buffer
+from edge_agent.uplink.delivery import Sender
 from firmware_configs import profile_path
 
 RECORDS = 20_000  # per repetition and side

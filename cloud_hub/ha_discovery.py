@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 
 from edge_agent.errors import ConfigError, MessageError
-from edge_agent.mqtt_session import BrokerAddress, MqttSession
+from edge_agent.mqtt.session import BrokerAddress, MqttSession
 from edge_agent.protocol.messages import decode_status
 from edge_agent.protocol.topics import Topics
 

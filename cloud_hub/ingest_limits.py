@@ -14,8 +14,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edge_agent.buffer import TokenBucket
 from edge_agent.errors import ConfigError
+from edge_agent.uplink.buffer import TokenBucket
 
 RATE, QUOTA = "rate", "quota"  # why a device's message or records were refused
 

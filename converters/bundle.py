@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import BadDataError
-from edge_agent.fsutil import atomic_write
+from edge_agent.system.fsutil import atomic_write
 
 CARD_MEMBER = "card.json"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)

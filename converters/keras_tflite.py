@@ -29,7 +29,7 @@ import numpy as np
 
 from converters.source import QUANTIZE_MODES, TASKS, Artifact
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError
-from edge_agent.tflite_runtime import TfliteRuntime, open_interpreter, output_width
+from edge_agent.inference.tflite import TfliteRuntime, open_interpreter, output_width
 
 REPRESENTATIVE_ROWS = 200
 TFLITE_AS_IS = (

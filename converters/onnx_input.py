@@ -20,7 +20,7 @@ from converters.onnx_contract import INPUT_NAME, rename, rename_outputs
 from converters.quantize import quantize_onnx
 from converters.source import TASKS, Artifact
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError
-from edge_agent.runtime import OnnxRuntime
+from edge_agent.inference.runtime import OnnxRuntime
 
 _LABEL_TYPES = {TensorProto.INT64: "int64", TensorProto.STRING: "string"}
 _VALUE_TYPES = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64"}

@@ -51,9 +51,9 @@ from converters.validate import (
     validation_report,
 )
 from edge_agent.errors import ConfigError
+from edge_agent.inference.runtime import Runtime
 from edge_agent.protocol.card import Calibration
 from edge_agent.protocol.messages import ModelRef
-from edge_agent.runtime import Runtime
 
 SAMPLE_ROWS = 16
 # The hub is faster than a Pi: the health gate allows this many times the hub's p50 latency,

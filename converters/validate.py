@@ -16,7 +16,7 @@ import numpy as np
 
 from converters.source import Artifact, SourceModel
 from edge_agent.errors import BadDataError, BundleRejected
-from edge_agent.runtime import Runtime, open_runtime
+from edge_agent.inference.runtime import Runtime, open_runtime
 
 LATENCY_WARMUP = 5
 LATENCY_RUNS = 100

@@ -1,13 +1,14 @@
 """The device daemon: wires config, MQTT session, updater, pipeline, buffer and sources.
 
 Threads: the MQTT session's network thread (routes messages, never blocks), one thread per input
-source, the updater (one command at a time), the sender (drains the buffer: edge_agent.delivery),
+source, the updater (one command at a time), the sender (drains the buffer:
+edge_agent.uplink.delivery),
 and the main loop (micro-batches sensor lines, closes telemetry windows, refreshes the status).
 Each runs under a guard (edge_agent.guard): an exception is logged once and the thread goes on.
 
 A full or read-only disk stops nothing but the keeping: the agent infers and publishes its
 status as ever, counts the records it cannot keep, says what is wrong in its status, and keeps
-them again when the disk lets it (edge_agent.storage_health). Records are kept only under a
+them again when the disk lets it (edge_agent.system.storage_health). Records are kept only under a
 boot counter that is persisted: the hub drops a repeated (boot, seq), so a boot used twice
 would lose the second one's records.
 """
@@ -26,15 +27,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
-from edge_agent.buffer import Buffer, Cap
 from edge_agent.config import AgentConfig
-from edge_agent.delivery import Sender
 from edge_agent.errors import BadDataError, ConfigError, StorageError
-from edge_agent.fsutil import DISK_ERRNOS, atomic_write, storage_error
 from edge_agent.guard import Failures, run_guarded
-from edge_agent.model_store import ModelStore
-from edge_agent.mqtt_session import BrokerAddress, MqttSession
-from edge_agent.pipeline import ActiveModel, Pipeline
+from edge_agent.inference.pipeline import ActiveModel, Pipeline
+from edge_agent.inference.results import ResultPublisher
+from edge_agent.inference.runtime import RuntimeLoader, load_runtime
+from edge_agent.inference.shadow import Shadow
+from edge_agent.mqtt.session import BrokerAddress, MqttSession
 from edge_agent.protocol.inputs import InputState, window_field
 from edge_agent.protocol.messages import (
     Command,
@@ -44,18 +44,20 @@ from edge_agent.protocol.messages import (
     encode,
 )
 from edge_agent.protocol.topics import Topics
-from edge_agent.resources import ResourceMeter
-from edge_agent.results import ResultPublisher
-from edge_agent.runtime import RuntimeLoader, load_runtime
-from edge_agent.sampling import RawSampler
-from edge_agent.shadow import Shadow
-from edge_agent.sources import Source, input_from_config
-from edge_agent.storage_health import StorageHealth
-from edge_agent.trust import TufMirror, Verifier
-from edge_agent.updater import Downloader, Installed, TransferInterrupted, Updater
+from edge_agent.sources.inputs import Source, input_from_config
+from edge_agent.system.fsutil import DISK_ERRNOS, atomic_write, storage_error
+from edge_agent.system.resources import ResourceMeter
+from edge_agent.system.storage_health import StorageHealth
+from edge_agent.update.mirror import TufMirror
+from edge_agent.update.store import ModelStore
+from edge_agent.update.updater import Downloader, Installed, TransferInterrupted, Updater
+from edge_agent.update.verify import Verifier
+from edge_agent.uplink.buffer import Buffer, Cap
+from edge_agent.uplink.delivery import Sender
+from edge_agent.uplink.sampling import RawSampler
 
 if TYPE_CHECKING:
-    from edge_agent.identity import DeviceIdentity
+    from edge_agent.system.identity import DeviceIdentity
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +203,7 @@ class Agent:
         self._record("telemetry", body)
 
     def _raw_sample(self, body: dict[str, Any]) -> None:
-        self._keep("telemetry", body)  # a record of its own (edge_agent.sampling)
+        self._keep("telemetry", body)  # a record of its own (edge_agent.uplink.sampling)
 
     def _keep(self, kind: str, body: dict[str, Any]) -> None:
         """Into the buffer; a record that cannot be kept is counted, per kind. While the
@@ -277,7 +279,7 @@ class Agent:
         self._publish_status()
 
     def _identity(self) -> DeviceIdentity | None:
-        from edge_agent.identity import load_identity  # cryptography, only when needed
+        from edge_agent.system.identity import load_identity  # cryptography, only when needed
 
         return load_identity(self.cfg.state_dir)
 

@@ -21,7 +21,7 @@ from typing import Any
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError, EdgefleetError, MessageError, TransportError
 from edge_agent.protocol.inputs import describe, inputs_of
-from edge_agent.service_unit import DEFAULT_UNIT_PATH
+from edge_agent.system.service_unit import DEFAULT_UNIT_PATH
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    from edge_agent.identity import create_identity, identity_paths
+    from edge_agent.system.identity import create_identity, identity_paths
 
     cfg = load_config(Path(args.config))
     identity = create_identity(cfg.state_dir, cfg.device_id)
@@ -209,8 +209,8 @@ def _systemctl(systemctl: str, *argv: str) -> None:
 
 
 def cmd_install_service(args: argparse.Namespace) -> int:
-    from edge_agent.fsutil import atomic_write
-    from edge_agent.service_unit import ServiceSpec, render_unit
+    from edge_agent.system.fsutil import atomic_write
+    from edge_agent.system.service_unit import ServiceSpec, render_unit
 
     config = Path(os.path.abspath(args.config))
     cfg = load_config(config)  # a broken config is never installed

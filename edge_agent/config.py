@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import ConfigError, MessageError
+from edge_agent.inference.results import is_results_topic
 from edge_agent.protocol.topics import check_device_id
-from edge_agent.results import is_results_topic
-from edge_agent.sources import input_from_config
+from edge_agent.sources.inputs import input_from_config
 from firmware_configs import profile_names, profile_path
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ PROFILE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "capture_rows": int,
     },
     "limits": {"max_bundle_bytes": int, "transfer_window": int, "transfer_timeout_s": Number},
-    # inference results published for local actuators (edge_agent.results)
+    # inference results published for local actuators (edge_agent.inference.results)
     "results": {"enabled": bool, "host": str, "port": int, "topic": str, "qos": int},
 }
 DEVICE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -72,7 +72,7 @@ RETIRED_KEYS = {
 }
 TOP_LEVEL = {"extends", "profile", "inputs", *PROFILE_SCHEMA, *DEVICE_SCHEMA}
 # tables inside a section: (section, key) -> sub-table -> key -> type. [buffer.caps.telemetry]
-# etc.: each priority class's own cap (edge_agent.buffer.next_drop)
+# etc.: each priority class's own cap (edge_agent.uplink.buffer.next_drop)
 _CAP_KEYS: dict[str, type | tuple[type, ...]] = {"max_rows": int, "max_bytes": int}
 NESTED_SCHEMA: dict[tuple[str, str], dict[str, dict[str, type | tuple[type, ...]]]] = {
     ("buffer", "caps"): {kind: _CAP_KEYS for kind in ("events", "drift", "telemetry")},

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.broker import RunningBroker, find_mosquitto, start_mosquitto
+from cloud_hub.broker.local import RunningBroker, find_mosquitto, start_mosquitto
 
 REQUIRE_MOSQUITTO_ENV = "EDGEFLEET_REQUIRE_MOSQUITTO"
 

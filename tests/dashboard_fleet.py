@@ -18,16 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from cloud_hub import rollout as ro
-from cloud_hub.broker import RunningBroker
-from cloud_hub.fleet_drift_source import PublishedCards
-from cloud_hub.operations import publish_bundle
-from cloud_hub.service import Hub
-from cloud_hub.tuf_repo import TufRepository
-from cloud_hub.web_api import WebAuth, create_app
-from cloud_hub.web_server import WebServer
+from cloud_hub.broker.local import RunningBroker
+from cloud_hub.drift.source import PublishedCards
+from cloud_hub.hub import Hub
+from cloud_hub.rollout import engine as ro
+from cloud_hub.rollout.operations import publish_bundle
+from cloud_hub.signing.tuf_repo import TufRepository
+from cloud_hub.web.api import WebAuth, create_app
+from cloud_hub.web.server import WebServer
 from converters.card import reference_card
-from edge_agent.mqtt_session import BrokerAddress, MqttSession
+from edge_agent.mqtt.session import BrokerAddress, MqttSession
 from edge_agent.protocol.messages import (
     Batch,
     Command,

@@ -9,15 +9,15 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from cloud_hub.broker import RunningBroker
-from cloud_hub.operations import enroll_device, init_hub
-from cloud_hub.service import Hub
+from cloud_hub.broker.local import RunningBroker
+from cloud_hub.hub import Hub
+from cloud_hub.rollout.operations import enroll_device, init_hub
 from edge_agent.agent import Agent
-from edge_agent.buffer import Buffer
 from edge_agent.config import load_config
-from edge_agent.delivery import Sender
-from edge_agent.mqtt_session import BrokerAddress, MqttSession
+from edge_agent.mqtt.session import BrokerAddress, MqttSession
 from edge_agent.protocol.topics import Topics
+from edge_agent.uplink.buffer import Buffer
+from edge_agent.uplink.delivery import Sender
 
 
 class Device:

@@ -14,10 +14,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from cloud_hub import rollout as ro
-from cloud_hub.broker import RunningBroker
-from cloud_hub.operations import publish_bundle, start_rollout
-from cloud_hub.service import Hub
+from cloud_hub.broker.local import RunningBroker
+from cloud_hub.hub import Hub
+from cloud_hub.rollout import engine as ro
+from cloud_hub.rollout.operations import publish_bundle, start_rollout
 from converters.pipeline import build_bundle
 from edge_agent.agent import Agent
 from edge_agent.errors import MessageError

@@ -14,8 +14,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud_hub import broker as broker_mod
-from cloud_hub.broker import RunningBroker, start_amqtt, start_broker, start_mosquitto
+from cloud_hub.broker import local as broker_mod
+from cloud_hub.broker.local import RunningBroker, start_amqtt, start_broker, start_mosquitto
 from edge_agent.errors import ConfigError, TransportError
 
 pytestmark = pytest.mark.broker

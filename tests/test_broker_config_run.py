@@ -18,10 +18,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_hub import cli as hub_cli
-from cloud_hub.broker import free_port
-from cloud_hub.broker_config import MAX_PACKET_BYTES, MAX_QUEUED_MESSAGES, conf_text
-from cloud_hub.operations import enroll_device, init_hub
+from cloud_hub.broker.config import MAX_PACKET_BYTES, MAX_QUEUED_MESSAGES, conf_text
+from cloud_hub.broker.local import free_port
+from cloud_hub.cli import app as hub_cli
+from cloud_hub.rollout.operations import enroll_device, init_hub
 
 pytestmark = pytest.mark.broker
 

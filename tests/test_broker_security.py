@@ -21,11 +21,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_hub import cli as hub_cli
-from cloud_hub.broker import RunningBroker, free_port, start_mosquitto
-from cloud_hub.broker_config import acl_text, password_line
-from cloud_hub.operations import init_hub
-from cloud_hub.storage import Store, default_url
+from cloud_hub.broker.config import acl_text, password_line
+from cloud_hub.broker.local import RunningBroker, free_port, start_mosquitto
+from cloud_hub.cli import app as hub_cli
+from cloud_hub.rollout.operations import init_hub
+from cloud_hub.store.database import Store, default_url
 
 WAIT_S = 15
 DEVICES = ("pi-a", "pi-b")

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from edge_agent.buffer import Buffer, Pending
 from edge_agent.errors import STORAGE_REASONS, StorageError, TransportError
 from edge_agent.protocol.messages import spans_of
+from edge_agent.uplink.buffer import Buffer, Pending
 
 
 def confirm(buf: Buffer, pending: list[Pending]) -> int:
@@ -212,7 +212,7 @@ def test_past_the_byte_cap_drops_match_exactly_what_is_missing(tmp_path: Path) -
 
 
 def test_token_bucket_paces_a_drain() -> None:
-    from edge_agent.buffer import TokenBucket
+    from edge_agent.uplink.buffer import TokenBucket
 
     bucket = TokenBucket(rate=100, burst=100, now=0.0)
     assert bucket.take(80, now=0.0) == 80
@@ -259,7 +259,7 @@ def test_new_config_keys_have_safe_defaults(tmp_path: Path) -> None:
 
 # ---- caps per priority class ---------------------------------------------------------------
 def test_next_drop_is_the_policy_in_plain_values() -> None:
-    from edge_agent.buffer import Cap, next_drop
+    from edge_agent.uplink.buffer import Cap, next_drop
 
     total = Cap(max_rows=10, max_bytes=1000)
     caps = {"events": Cap(2), "drift": Cap(3, 300), "telemetry": Cap(8)}
@@ -280,7 +280,7 @@ def test_next_drop_is_the_policy_in_plain_values() -> None:
 
 
 def test_a_class_past_its_own_cap_drops_only_its_own(tmp_path: Path) -> None:
-    from edge_agent.buffer import Cap
+    from edge_agent.uplink.buffer import Cap
 
     caps = {"events": Cap(3), "drift": Cap(2), "telemetry": Cap(100)}
     b = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=1000, caps=caps)
@@ -303,7 +303,7 @@ def test_filled_past_its_caps_the_drop_counters_match_what_is_missing(
     import json
     import random
 
-    from edge_agent.buffer import Cap
+    from edge_agent.uplink.buffer import Cap
 
     rng = random.Random(seed)
     caps = {"events": Cap(15, 3000), "drift": Cap(20), "telemetry": Cap(60, 6000)}
@@ -444,7 +444,7 @@ def test_a_read_only_disk_keeps_the_buffer_closed_until_it_is_writable(
     clean, crashed = disk.path / "clean.sqlite", disk.path / "crashed.sqlite"
     Buffer(clean, boot=1).close()
     leave_wal = (
-        "import os, sys; from pathlib import Path; from edge_agent.buffer import Buffer;"
+        "import os, sys; from pathlib import Path; from edge_agent.uplink.buffer import Buffer;"
         "Buffer(Path(sys.argv[1]), boot=1).append('events', {'event': 'installed'});"
         "os._exit(0)"
     )
@@ -474,7 +474,7 @@ def test_storage_errors_name_the_reason() -> None:
     import errno
     import sqlite3
 
-    from edge_agent.fsutil import storage_error
+    from edge_agent.system.fsutil import storage_error
 
     where = Path("/nowhere/state/boot")
     cases = [

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub import cli as hub_cli
-from cloud_hub.storage import Store, default_url
+from cloud_hub.cli import app as hub_cli
+from cloud_hub.store.database import Store, default_url
 from edge_agent import cli as agent_cli
 from edge_agent.protocol.messages import ModelRef, Status
 

@@ -15,7 +15,7 @@ from dashboard_fleet import TOKEN, HubWithDashboard, SimDevice, http, running_hu
 from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 
-from cloud_hub.broker import RunningBroker
+from cloud_hub.broker.local import RunningBroker
 from edge_agent.protocol.messages import ModelRef, StorageCondition
 
 pytestmark = pytest.mark.broker

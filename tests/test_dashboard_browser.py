@@ -24,8 +24,8 @@ from dashboard_fleet import (
 )
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from cloud_hub import rollout as ro
-from cloud_hub.broker import RunningBroker
+from cloud_hub.broker.local import RunningBroker
+from cloud_hub.rollout import engine as ro
 from edge_agent.drift import DriftMonitor
 from edge_agent.protocol.card import parse_card
 from edge_agent.protocol.messages import ModelRef, StorageCondition
@@ -33,7 +33,7 @@ from edge_agent.protocol.messages import ModelRef, StorageCondition
 pytestmark = pytest.mark.broker
 REQUIRE_BROWSER_ENV = "EDGEFLEET_REQUIRE_BROWSER"
 WAIT_MS = 15_000
-RED = "rgb(211, 47, 47)"  # .level-alert in web_static/style.css
+RED = "rgb(211, 47, 47)"  # .level-alert in cloud_hub/web/static/style.css
 
 
 def chromium_path() -> str:

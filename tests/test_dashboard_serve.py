@@ -18,10 +18,10 @@ from dashboard_fleet import TOKEN, SimDevice, http
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
-from cloud_hub import cli as hub_cli
-from cloud_hub.broker import RunningBroker
-from cloud_hub.operations import init_hub
-from cloud_hub.web_server import TOKEN_ENV, load_token, parse_listen
+from cloud_hub.broker.local import RunningBroker
+from cloud_hub.cli import app as hub_cli
+from cloud_hub.rollout.operations import init_hub
+from cloud_hub.web.server import TOKEN_ENV, load_token, parse_listen
 from edge_agent.errors import ConfigError
 
 
@@ -118,7 +118,7 @@ def test_serve_runs_the_hub_with_dashboard_metrics_and_discovery(
     ha.loop_start()
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "cloud_hub.cli", "--home", str(home), "serve"),
+            *(sys.executable, "-m", "cloud_hub.cli.app", "--home", str(home), "serve"),
             *("--broker-port", str(broker.port), "--http", "127.0.0.1:0"),
             *("--open-reads", "--ha-discovery"),
         ],

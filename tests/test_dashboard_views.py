@@ -6,9 +6,9 @@ from typing import Any
 
 from test_rollout import Sim
 
-from cloud_hub import rollout as ro
-from cloud_hub.storage import StoredRecord
-from cloud_hub.web_views import (
+from cloud_hub.rollout import engine as ro
+from cloud_hub.store.database import StoredRecord
+from cloud_hub.web.views import (
     device_row,
     drift_map,
     drift_series,

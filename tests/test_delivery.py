@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_agent.errors import MessageError
-from edge_agent.mqtt_session import Backoff
+from edge_agent.mqtt.session import Backoff
 from edge_agent.protocol.messages import (
     MAX_SPANS,
     Confirm,
@@ -81,7 +81,7 @@ def test_any_bytes_raise_only_message_error(payload: bytes) -> None:
 
 
 def test_the_ack_topic_is_the_hubs_to_send_and_the_devices_to_read() -> None:
-    from cloud_hub.broker_config import acl_text
+    from cloud_hub.broker.config import acl_text
 
     topics = Topics("edgefleet")
     assert topics.parse_device_topic("edgefleet/dev/pi-1/ack") == ("pi-1", "ack")
@@ -93,7 +93,7 @@ def test_the_ack_topic_is_the_hubs_to_send_and_the_devices_to_read() -> None:
 
 # ---- the window ------------------------------------------------------------------------------
 
-from edge_agent.delivery import Window  # noqa: E402
+from edge_agent.uplink.delivery import Window  # noqa: E402
 
 
 def _window(size: int = 3, timeout: float = 10.0) -> Window:
@@ -185,8 +185,8 @@ def test_a_flight_whose_records_the_cap_dropped_is_forgotten() -> None:
 
 
 def test_the_sender_refuses_a_confirmation_for_another_device(tmp_path: Path) -> None:
-    from edge_agent.buffer import Buffer
-    from edge_agent.delivery import Sender
+    from edge_agent.uplink.buffer import Buffer
+    from edge_agent.uplink.delivery import Sender
 
     class Session:
         def subscribe(self, *_args: object) -> None:

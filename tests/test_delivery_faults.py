@@ -25,8 +25,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_hub.broker import RunningBroker, start_mosquitto
-from cloud_hub.operations import init_hub
+from cloud_hub.broker.local import RunningBroker, start_mosquitto
+from cloud_hub.rollout.operations import init_hub
 from edge_agent.protocol.messages import Batch, Record, encode
 from tests.device_rig import Device
 
@@ -59,7 +59,7 @@ class HubProcess:
         argv = ["--home", str(self.home), "serve", "--broker-port", str(self.broker.port)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cloud_hub.cli", *argv, "--http", "off"],
+                [sys.executable, "-m", "cloud_hub.cli.app", *argv, "--http", "off"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

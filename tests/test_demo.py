@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from cloud_hub.broker import RunningBroker
-from cloud_hub.demo import DemoOptions, run_demo
+from cloud_hub.broker.local import RunningBroker
+from cloud_hub.harness.demo import DemoOptions, run_demo
 
 
 @pytest.mark.broker

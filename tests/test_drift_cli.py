@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cloud_hub import cli
-from cloud_hub.storage import Store, default_url, drift_summary
+from cloud_hub.store.database import Store, default_url, drift_summary
 from edge_agent.protocol.messages import Batch, Record
 
 

@@ -65,9 +65,9 @@ from converters.pipeline import BuildReport, build_bundle
 from converters.quantize import UNCHANGED, has_quantizable_weights
 from converters.sklearn_onnx import SUPPORTED_URL, ConversionError
 from converters.validate import ParityError
-from edge_agent.bundle import read_bundle
-from edge_agent.health import check_health
-from edge_agent.runtime import Runtime, load_runtime
+from edge_agent.inference.runtime import Runtime, load_runtime
+from edge_agent.update.bundle import read_bundle
+from edge_agent.update.health import check_health
 
 MODES = ("none", "dynamic", "static")
 INT8_MODES = ("dynamic", "static")

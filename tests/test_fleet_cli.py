@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from test_cli import bundle, hub_fails
 
-from cloud_hub import cli as hub_cli
 from cloud_hub import cli_output
-from cloud_hub.storage import Store, default_url
+from cloud_hub.cli import app as hub_cli
+from cloud_hub.store.database import Store, default_url
 from edge_agent.protocol.messages import ModelRef, Status, StorageCondition
 
 

@@ -19,8 +19,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_hub import cli
-from cloud_hub import web_views as views
-from cloud_hub.fleet_drift import (
+from cloud_hub.drift.fleet import (
     FLEET,
     NO_COUNTS,
     UNFIT,
@@ -31,10 +30,11 @@ from cloud_hub.fleet_drift import (
     minus_log10,
     pooled_accuracy,
 )
-from cloud_hub.fleet_drift_source import FleetQuery, PublishedCards, read_fleet_drift
-from cloud_hub.storage import Store, default_url
-from cloud_hub.tuf_repo import TufRepository
-from cloud_hub.web_metrics import registry_for
+from cloud_hub.drift.source import FleetQuery, PublishedCards, read_fleet_drift
+from cloud_hub.signing.tuf_repo import TufRepository
+from cloud_hub.store.database import Store, default_url
+from cloud_hub.web import views as views
+from cloud_hub.web.metrics import registry_for
 from edge_agent.drift import DriftMonitor
 from edge_agent.protocol.card import ModelCard, parse_card
 from edge_agent.protocol.messages import Batch, ModelRef, Record

@@ -20,14 +20,14 @@ from sklearn.datasets import load_iris
 from sqlalchemy import text
 from test_agent_hub import Watcher, _bundle, _publish
 
-from cloud_hub import rollout as ro
-from cloud_hub.broker import RunningBroker
-from cloud_hub.gates import Gates
-from cloud_hub.operations import enroll_device, init_hub, publish_bundle, start_rollout
-from cloud_hub.service import Hub
+from cloud_hub.broker.local import RunningBroker
+from cloud_hub.hub import Hub
+from cloud_hub.rollout import engine as ro
+from cloud_hub.rollout.gates import Gates
+from cloud_hub.rollout.operations import enroll_device, init_hub, publish_bundle, start_rollout
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-from edge_agent.mqtt_session import BrokerAddress
+from edge_agent.mqtt.session import BrokerAddress
 from edge_agent.protocol.messages import ModelRef, XferRequest, encode
 
 pytestmark = pytest.mark.broker
@@ -446,7 +446,7 @@ def test_hub_survives_a_missing_target_file_and_a_failing_store(
         b'{"v":1,"device":"pi-1","records":[{"boot":1,"seq":0,"ts":1,"count":1}]}',
     )
     with hub.handled:
-        assert hub.handled.wait_for(lambda: hub.rejected["OperationalError"] >= 1, WAIT_S)
+        assert hub.handled.wait_for(lambda: hub.rejected["StoreError"] >= 1, WAIT_S)
     # still alive: a birth reaches the registry
     _fleet(rig, ["pi-2"])
     rig.hub_wait(

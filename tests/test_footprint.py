@@ -100,9 +100,9 @@ def test_agent_runs_a_model_with_the_base_install_only(tmp_path: Path) -> None:
         f"""
         import numpy as np
         import edge_agent.agent, edge_agent.cli
-        from edge_agent.bundle import read_bundle
-        from edge_agent.health import check_health
-        from edge_agent.runtime import load_runtime
+        from edge_agent.update.bundle import read_bundle
+        from edge_agent.update.health import check_health
+        from edge_agent.inference.runtime import load_runtime
         b = read_bundle(open({str(bundle)!r}, "rb").read(), None, 10**8)
         rt = load_runtime(b.card, b.model_bytes)
         assert check_health(b.card, rt).ok

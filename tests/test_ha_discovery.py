@@ -14,10 +14,10 @@ from dashboard_fleet import TOPICS, SimDevice
 from jinja2 import Environment, StrictUndefined
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_hub.broker import RunningBroker
+from cloud_hub.broker.local import RunningBroker
 from cloud_hub.ha_discovery import HaDiscovery, discovery_messages, node_id
 from edge_agent.errors import ConfigError
-from edge_agent.mqtt_session import BrokerAddress
+from edge_agent.mqtt.session import BrokerAddress
 from edge_agent.protocol.messages import Batch, ModelRef, Record, Status, encode
 
 

@@ -14,13 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import OperationalError
 
-from cloud_hub.service import Hub
-from cloud_hub.storage import Ingest, Store, default_url
-from edge_agent.buffer import Buffer, TokenBucket
-from edge_agent.delivery import Sender
-from edge_agent.mqtt_session import BrokerAddress, _no_delay
+from cloud_hub.hub import Hub
+from cloud_hub.store.database import Ingest, Store, default_url
+from cloud_hub.store.errors import StoreError
+from edge_agent.mqtt.session import BrokerAddress, _no_delay
 from edge_agent.protocol.messages import (
     Batch,
     Confirm,
@@ -33,6 +31,8 @@ from edge_agent.protocol.messages import (
     spans_of,
 )
 from edge_agent.protocol.topics import Topics
+from edge_agent.uplink.buffer import Buffer, TokenBucket
+from edge_agent.uplink.delivery import Sender
 
 
 def _batch(device: str, seqs: Sequence[int], boot: int = 1) -> Batch:
@@ -122,13 +122,13 @@ def test_a_store_failure_costs_only_the_item_it_failed_on(
 
     def failing_for_pi_2(items: Sequence[Ingest]) -> object:
         if any(not isinstance(i, Status) and i[1].device == "pi-2" for i in items):
-            raise OperationalError("INSERT", {}, Exception("disk I/O error"))
+            raise StoreError("failed", "hub.sqlite", "disk I/O error")
         return real(items)
 
     monkeypatch.setattr(hub.store, "ingest", failing_for_pi_2)
     confirms = _confirms(hub, monkeypatch)
     hub.handle_all([_message("telemetry", _batch(f"pi-{n}", range(2))) for n in (1, 2, 3)])
-    assert hub.rejected["OperationalError"] == 1
+    assert hub.rejected["StoreError"] == 1
     assert hub.stored["telemetry"] == 4
     assert hub.store.count("telemetry", "pi-1") == hub.store.count("telemetry", "pi-3") == 2
     assert hub.store.count("telemetry", "pi-2") == 0

@@ -19,14 +19,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError
-from edge_agent.identity import (
+from edge_agent.system.identity import (
     DeviceIdentity,
     create_identity,
     identity_paths,
     load_identity,
     parse_public_identity,
 )
-from edge_agent.transfer_crypto import (
+from edge_agent.update.crypto import (
     WRAPPED_KEY_SIZE,
     new_transfer_key,
     open_chunk,

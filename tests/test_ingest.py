@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.broker import RunningBroker
-from cloud_hub.service import Hub
-from cloud_hub.storage import Store, default_url
-from edge_agent.mqtt_session import BrokerAddress
+from cloud_hub.broker.local import RunningBroker
+from cloud_hub.hub import Hub
+from cloud_hub.store.database import Store, default_url
+from edge_agent.mqtt.session import BrokerAddress
 from tests.device_rig import Device
 
 pytestmark = pytest.mark.broker

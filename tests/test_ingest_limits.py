@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from cloud_hub.hub import Hub
 from cloud_hub.ingest_limits import QUOTA, RATE, DeviceGuard, Limits
-from cloud_hub.service import Hub
 from edge_agent.errors import ConfigError
-from edge_agent.mqtt_session import BrokerAddress
+from edge_agent.mqtt.session import BrokerAddress
 from edge_agent.protocol.messages import Batch, Record, encode
 
 

@@ -19,10 +19,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_sources import WAIT_S, Socat
 
-from cloud_hub import cli as hub_cli
-from cloud_hub.broker import RunningBroker
-from cloud_hub.service import Hub
-from cloud_hub.web_metrics import registry_for
+from cloud_hub.broker.local import RunningBroker
+from cloud_hub.cli import app as hub_cli
+from cloud_hub.hub import Hub
+from cloud_hub.web.metrics import registry_for
 from edge_agent.agent import Agent
 from tests.device_rig import enrolled, hub_and_agent
 

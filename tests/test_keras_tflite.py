@@ -1,5 +1,5 @@
 """Keras -> TFLite conversion (converters.keras_tflite) and the device's TFLite runtime
-(edge_agent.tflite_runtime), on small Keras models trained here on scikit-learn's datasets.
+(edge_agent.inference.tflite), on small Keras models trained here on scikit-learn's datasets.
 
 Every TFLite model is run by `TfliteRuntime`, the class a device runs, and compared with the
 Keras model it came from. Subprocess tests cover what an in-process test cannot: a device without
@@ -24,7 +24,7 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
-from cloud_hub.cli import main as hub_main
+from cloud_hub.cli.app import main as hub_main
 from converters.keras_tflite import (
     QUANTIZE_MODES,
     TFLITE_AS_IS,
@@ -34,11 +34,11 @@ from converters.keras_tflite import (
     load_tflite,
 )
 from converters.source import Artifact
-from edge_agent.bundle import read_bundle
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError
-from edge_agent.health import check_health
-from edge_agent.runtime import load_runtime, open_runtime
-from edge_agent.tflite_runtime import TfliteRuntime
+from edge_agent.inference.runtime import load_runtime, open_runtime
+from edge_agent.inference.tflite import TfliteRuntime
+from edge_agent.update.bundle import read_bundle
+from edge_agent.update.health import check_health
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -461,7 +461,7 @@ sys.meta_path.insert(0, Block("ai_edge_litert", "tflite_runtime"))
 import json
 from pathlib import Path
 from edge_agent.errors import BundleRejected
-from edge_agent.runtime import load_runtime, open_runtime
+from edge_agent.inference.runtime import load_runtime, open_runtime
 heavy = [m for m in ("tensorflow", "keras", "sklearn", "onnx") if m in sys.modules]
 try:
     open_runtime("litert", Path({str(model)!r}).read_bytes(), "classification", [0, 1, 2])
@@ -500,7 +500,7 @@ def test_tflite_runtime_fallback(wine: Trained, tmp_path: Path) -> None:
 sys.meta_path.insert(0, Block("ai_edge_litert"))
 from pathlib import Path
 import numpy as np
-from edge_agent.tflite_runtime import TfliteRuntime
+from edge_agent.inference.tflite import TfliteRuntime
 rt = TfliteRuntime(Path({str(model)!r}).read_bytes(), "classification", [0, 1, 2])
 assert "ai_edge_litert" not in sys.modules and "tflite_runtime" in sys.modules
 print(" ".join(map(str, rt.predict(np.load({str(tmp_path / "x.npy")!r})))))
@@ -520,7 +520,7 @@ import sys
 from pathlib import Path
 import numpy as np
 from converters.keras_tflite import keras_artifact, load_keras, load_tflite
-from edge_agent.runtime import load_runtime, open_runtime
+from edge_agent.inference.runtime import load_runtime, open_runtime
 assert "tensorflow" not in sys.modules, "importing the converter must not import TensorFlow"
 x = np.load({str(tmp_path / "x.npy")!r})
 source = load_keras(Path({str(wine.path)!r}))

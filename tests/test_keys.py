@@ -28,12 +28,13 @@ from securesystemslib.formats import encode_canonical
 from tuf.api.metadata import Metadata, Root, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
-from cloud_hub import cli as hub_cli
-from cloud_hub.keys import PASSPHRASE_ENV, ROLES, is_encrypted, load_key
-from cloud_hub.tuf_repo import KeyRotation, TufRepository, target_path_for
+from cloud_hub.cli import app as hub_cli
+from cloud_hub.signing.keys import PASSPHRASE_ENV, ROLES, is_encrypted, load_key
+from cloud_hub.signing.tuf_repo import KeyRotation, TufRepository, target_path_for
 from edge_agent.errors import BundleRejected, ConfigError
 from edge_agent.protocol.messages import ModelRef
-from edge_agent.trust import TufMirror, Verifier, install_trusted_root
+from edge_agent.update.mirror import TufMirror
+from edge_agent.update.verify import Verifier, install_trusted_root
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "verify-metadata.md"

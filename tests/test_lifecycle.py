@@ -30,21 +30,21 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from cloud_hub import rollout as ro
-from cloud_hub.broker import RunningBroker
-from cloud_hub.operations import enroll_device, init_hub, publish_bundle, start_rollout
-from cloud_hub.service import Hub
-from cloud_hub.tuf_repo import TufRepository, target_path_for
+from cloud_hub.broker.local import RunningBroker
+from cloud_hub.hub import Hub
+from cloud_hub.rollout import engine as ro
+from cloud_hub.rollout.operations import enroll_device, init_hub, publish_bundle, start_rollout
+from cloud_hub.signing.tuf_repo import TufRepository, target_path_for
 from converters.pipeline import build_bundle
 from edge_agent import cli as agent_cli
 from edge_agent.agent import Agent
-from edge_agent.buffer import Buffer
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError, MessageError
-from edge_agent.model_store import ModelStore
-from edge_agent.mqtt_session import JITTERS, Backoff, BrokerAddress
+from edge_agent.mqtt.session import JITTERS, Backoff, BrokerAddress
 from edge_agent.protocol.messages import Command, ModelRef, decode_batch, decode_status, encode
-from edge_agent.service_unit import ServiceSpec, render_unit
+from edge_agent.system.service_unit import ServiceSpec, render_unit
+from edge_agent.update.store import ModelStore
+from edge_agent.uplink.buffer import Buffer
 
 DEVICE = "pi-01"
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,9 +18,9 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cloud_hub.cli import main
-from edge_agent.bundle import read_bundle
-from edge_agent.runtime import OnnxRuntime
+from cloud_hub.cli.app import main
+from edge_agent.inference.runtime import OnnxRuntime
+from edge_agent.update.bundle import read_bundle
 
 
 @pytest.fixture(scope="module")

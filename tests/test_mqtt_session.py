@@ -22,9 +22,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_hub.broker import RunningBroker, free_port
+from cloud_hub.broker.local import RunningBroker, free_port
 from edge_agent.errors import TransportError
-from edge_agent.mqtt_session import Backoff, BrokerAddress, MqttSession
+from edge_agent.mqtt.session import Backoff, BrokerAddress, MqttSession
 
 WAIT_S = 10.0  # the longest any one condition may take before the test fails
 

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.errors import BundleRejected
-from edge_agent.partial_transfer import PartialTransfer
 from edge_agent.protocol.transfer import Reassembly, chunk_bounds
+from edge_agent.update.partial import PartialTransfer
 
 TARGET = "wine/2.zip"
 

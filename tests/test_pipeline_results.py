@@ -18,14 +18,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from cloud_hub.broker import RunningBroker
+from cloud_hub.broker.local import RunningBroker
 from converters.pipeline import build_bundle
-from edge_agent.bundle import read_bundle
 from edge_agent.config import PROFILE_SCHEMA, load_config, load_profile
 from edge_agent.errors import ConfigError
-from edge_agent.pipeline import ActiveModel, Pipeline
-from edge_agent.results import DEFAULT_TOPIC, ResultPublisher, results_topic
-from edge_agent.runtime import load_runtime
+from edge_agent.inference.pipeline import ActiveModel, Pipeline
+from edge_agent.inference.results import DEFAULT_TOPIC, ResultPublisher, results_topic
+from edge_agent.inference.runtime import load_runtime
+from edge_agent.update.bundle import read_bundle
 
 WAIT_S = 5.0  # upper bound for every wait on another thread; never reached when things work
 RECONNECT_WAIT_S = 20.0  # retries wait under a ceiling of 1 s, then 2 s, 4 s... (jittered)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from cloud_hub import rollout as ro
-from cloud_hub.gates import (
+from cloud_hub.rollout import engine as ro
+from cloud_hub.rollout.gates import (
     Gates,
     Metrics,
     Position,
@@ -444,7 +444,7 @@ def test_on_fail_pause_pauses_instead_of_rolling_back() -> None:
 # ---- what a wave's gate counts: each device's records after its own install -------------------
 @dataclass(frozen=True)
 class Rec:
-    """A stored record as the hub reads it (cloud_hub.storage.StoredRecord's fields)."""
+    """A stored record as the hub reads it (cloud_hub.store.database.StoredRecord's fields)."""
 
     device: str
     boot: int

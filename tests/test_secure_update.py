@@ -31,17 +31,16 @@ from sklearn.neural_network import MLPClassifier
 from tuf.api.metadata import Metadata, Targets
 from tuf.api.serialization.json import JSONSerializer
 
-from cloud_hub.broker import RunningBroker, start_mosquitto
-from cloud_hub.operations import enroll_device, init_hub, publish_bundle, start_rollout
-from cloud_hub.service import Hub
-from cloud_hub.storage import Store, default_url
-from cloud_hub.tuf_repo import Expiry, TufRepository
+from cloud_hub.broker.local import RunningBroker, start_mosquitto
+from cloud_hub.hub import Hub
+from cloud_hub.rollout.operations import enroll_device, init_hub, publish_bundle, start_rollout
+from cloud_hub.signing.tuf_repo import Expiry, TufRepository
+from cloud_hub.store.database import Store, default_url
 from converters.pipeline import build_bundle
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.errors import MessageError
-from edge_agent.identity import create_identity, identity_paths
-from edge_agent.mqtt_session import BrokerAddress
+from edge_agent.mqtt.session import BrokerAddress
 from edge_agent.protocol.messages import (
     Command,
     ModelRef,
@@ -52,6 +51,7 @@ from edge_agent.protocol.messages import (
 )
 from edge_agent.protocol.topics import Topics
 from edge_agent.protocol.transfer import CHUNK_SIZE, chunk_bounds, chunk_count
+from edge_agent.system.identity import create_identity, identity_paths
 
 pytestmark = pytest.mark.broker
 

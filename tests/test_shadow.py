@@ -12,16 +12,16 @@ from sklearn.tree import DecisionTreeClassifier
 from test_agent_hub import Fleet, _bundle, fleet  # noqa: F401  (fleet is a fixture)
 from test_cli import hub_fails
 
-from cloud_hub import cli as hub_cli
-from cloud_hub.operations import enroll_device, init_hub, publish_bundle, start_rollout
-from cloud_hub.shadow import shadow_reports, start_shadow, stop_shadow
+from cloud_hub.cli import app as hub_cli
+from cloud_hub.rollout.operations import enroll_device, init_hub, publish_bundle, start_rollout
+from cloud_hub.rollout.shadow import shadow_reports, start_shadow, stop_shadow
 from converters.pipeline import build_bundle
-from edge_agent.bundle import Bundle, read_bundle
 from edge_agent.errors import MessageError
-from edge_agent.health import check_health
+from edge_agent.inference.runtime import Runtime, load_runtime
+from edge_agent.inference.shadow import Shadow
 from edge_agent.protocol.messages import Command, ModelRef, decode_command
-from edge_agent.runtime import Runtime, load_runtime
-from edge_agent.shadow import Shadow
+from edge_agent.update.bundle import Bundle, read_bundle
+from edge_agent.update.health import check_health
 
 IRIS_X, IRIS_Y = load_iris(return_X_y=True)
 

@@ -7,11 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud_hub import cli as hub_cli
-from cloud_hub import rollout as ro
-from cloud_hub.broker import RunningBroker
-from cloud_hub.operations import init_hub, start_rollout
-from cloud_hub.simulate import (
+from cloud_hub.broker.local import RunningBroker
+from cloud_hub.cli import app as hub_cli
+from cloud_hub.harness.simulate import (
     MALFORMED_LINES,
     SIM_MODEL,
     SimOptions,
@@ -22,10 +20,12 @@ from cloud_hub.simulate import (
     rows_due,
     sensor_lines,
 )
-from edge_agent.bundle import read_bundle
+from cloud_hub.rollout import engine as ro
+from cloud_hub.rollout.operations import init_hub, start_rollout
 from edge_agent.errors import ConfigError
-from edge_agent.line_parser import LineParser
-from edge_agent.pipeline import card_bounds
+from edge_agent.inference.pipeline import card_bounds
+from edge_agent.sources.line_parser import LineParser
+from edge_agent.update.bundle import read_bundle
 from tests.test_cli import hub_fails
 
 

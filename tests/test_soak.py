@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from cloud_hub.soak import (
+from cloud_hub.harness.soak import (
     FAULTS,
     LONG_FAULTS,
     count_mismatches,
@@ -14,7 +14,7 @@ from cloud_hub.soak import (
     memory_growth,
     unverified,
 )
-from edge_agent.mqtt_session import Backoff
+from edge_agent.mqtt.session import Backoff
 
 
 def test_schedule_is_seeded_inside_the_run_and_covers_every_fault() -> None:

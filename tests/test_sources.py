@@ -25,11 +25,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_hub.broker import RunningBroker
+from cloud_hub.broker.local import RunningBroker
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError, SensorLineError, TransportError
-from edge_agent.line_parser import REASONS, LineParser, RejectCounter
-from edge_agent.sources import (
+from edge_agent.sources.inputs import (
     FileSource,
     LineSplitter,
     MqttSource,
@@ -39,6 +38,7 @@ from edge_agent.sources import (
     reconnect_backoff,
     source_from_config,
 )
+from edge_agent.sources.line_parser import REASONS, LineParser, RejectCounter
 
 NAMES = ["alcohol", "malic_acid", "ash", "magnesium"]
 BOUNDS = [(11.0, 15.0), (0.7, 5.8), (1.3, 3.3), (70.0, 162.0)]

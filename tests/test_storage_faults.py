@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from cloud_hub import cli as hub_cli
-from cloud_hub.operations import enroll_device, init_hub
-from cloud_hub.web_metrics import registry_for
+from cloud_hub.cli import app as hub_cli
+from cloud_hub.rollout.operations import enroll_device, init_hub
+from cloud_hub.web.metrics import registry_for
 from edge_agent.agent import Agent, last_boot
 from edge_agent.config import load_config
 from tests.conftest import Tmpfs

@@ -21,8 +21,8 @@ from edge_agent.protocol.messages import (
     dump_json,
     encode,
 )
-from edge_agent.sources import FileSource
-from edge_agent.storage_health import StorageHealth
+from edge_agent.sources.inputs import FileSource
+from edge_agent.system.storage_health import StorageHealth
 
 FULL = StorageError("disk-full", "state/buffer.sqlite", "database or disk is full")
 READ_ONLY = StorageError("read-only", "state/buffer.sqlite", "attempt to write a readonly database")

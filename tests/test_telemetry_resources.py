@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.resources import (
+from edge_agent.system.resources import (
     ResourceMeter,
     cpu_percent,
     cpu_ticks,

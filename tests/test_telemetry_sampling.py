@@ -13,13 +13,13 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from cloud_hub.operations import enroll_device, init_hub
+from cloud_hub.rollout.operations import enroll_device, init_hub
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError
-from edge_agent.pipeline import ActiveModel, Pipeline
+from edge_agent.inference.pipeline import ActiveModel, Pipeline
 from edge_agent.protocol.messages import Batch, Record, decode_batch, encode
-from edge_agent.sampling import RawSampler, pick_rows, raw_body
+from edge_agent.uplink.sampling import RawSampler, pick_rows, raw_body
 from tests.test_pipeline_results import active_model, csv_line
 
 

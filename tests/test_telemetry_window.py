@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
-from edge_agent.pipeline import ActiveModel, Pipeline
-from edge_agent.telemetry import RunningStats, Window, percentiles
+from edge_agent.inference.pipeline import ActiveModel, Pipeline
+from edge_agent.uplink.telemetry import RunningStats, Window, percentiles
 from tests.test_pipeline_results import active_model, csv_line
 
 # One micro-batch: its latency and its predictions, all of one type (one model's outputs).

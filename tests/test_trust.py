@@ -24,22 +24,22 @@ from sklearn.linear_model import LogisticRegression
 from tuf.api.exceptions import DownloadHTTPError
 from tuf.ngclient._internal import trusted_metadata_set
 
-from cloud_hub.keys import PASSPHRASE_ENV, ROLES, generate_key, load_key
-from cloud_hub.tuf_repo import Expiry, TufRepository, target_path_for
+from cloud_hub.signing.keys import PASSPHRASE_ENV, ROLES, generate_key, load_key
+from cloud_hub.signing.tuf_repo import Expiry, TufRepository, target_path_for
 from converters.bundle import bundle_bytes
 from converters.pipeline import build_bundle
-from edge_agent.bundle import read_bundle
 from edge_agent.errors import BundleRejected, ConfigError
-from edge_agent.model_store import ActiveRecord, ModelStore
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.transfer import CHUNK_SIZE
-from edge_agent.trust import (
+from edge_agent.update.bundle import read_bundle
+from edge_agent.update.fetcher import MqttFetcher
+from edge_agent.update.store import ActiveRecord, ModelStore
+from edge_agent.update.verify import (
     TufMirror,
     Verifier,
     install_trusted_root,
     sha256_hex,
 )
-from edge_agent.tuf_fetcher import MqttFetcher
 
 MAX_BUNDLE = 1 << 20
 IRIS = ModelRef("iris", 1)

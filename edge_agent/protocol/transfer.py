@@ -28,7 +28,7 @@ def chunk_bounds(index: int, size: int, chunk_size: int = CHUNK_SIZE) -> tuple[i
 class Reassembly:
     """Keeps account of the chunks of one target of `size` bytes (the length from signed
     metadata): which arrived, which are asked for. The bytes themselves go to disk as they
-    arrive (`edge_agent.partial_transfer`), so a device never holds a whole bundle twice."""
+    arrive (`edge_agent.update.partial`), so a device never holds a whole bundle twice."""
 
     target: str
     size: int

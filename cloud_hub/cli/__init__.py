@@ -1,0 +1,1 @@
+"""The edgehub command line: one module per command group; tables or --json in output.py."""

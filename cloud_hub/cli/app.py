@@ -1,0 +1,433 @@
+"""`edgehub`: the hub's command line. Tables by default, `--json` on request, one line per error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+from rich.table import Table
+
+from cloud_hub.cli import broker as broker_cli
+from cloud_hub.cli import drift as drift_cli
+from cloud_hub.cli import fleet as fleet_cli
+from cloud_hub.cli import keys as keys_cli
+from cloud_hub.cli import rollout as rollout_cli
+from cloud_hub.cli import shadow as shadow_cli
+from cloud_hub.cli import simulate as simulate_cli
+from cloud_hub.cli.output import emit as _emit
+from cloud_hub.rollout.model_report import card_rows, feature_rows, report_rows, verdict
+from converters.source import QUANTIZE_MODES
+from edge_agent.errors import EdgefleetError
+from edge_agent.protocol.messages import ModelRef
+
+console = Console()
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return Path(args.home)
+
+
+def _fraction(text: str) -> float:
+    """A threshold argument: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
+
+
+# ---- commands -------------------------------------------------------------------------------
+def cmd_model_convert(args: argparse.Namespace) -> int:
+    from converters.inputs import load_model, load_table
+    from converters.pipeline import STEPS, build_bundle
+
+    model = ModelRef.parse(f"{args.name}@{args.version}")
+    x, y, names = load_table(
+        Path(args.sample), args.label, Path(args.labels) if args.labels else None
+    )
+    err = Console(stderr=True)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,  # progress is for people watching, not for logs
+    ) as bar:
+        task = bar.add_task(f"loading {args.model}", total=len(STEPS) + 1)
+        source = load_model(Path(args.model), args.task)
+
+        def step(name: str) -> None:
+            bar.update(task, advance=1, description=f"{model}: {name}")
+
+        try:
+            built = build_bundle(
+                source,
+                x,
+                y,
+                name=model.name,
+                version=model.version,
+                out=Path(args.output),
+                quantize=args.quantize,
+                feature_names=names,
+                max_accuracy_drop=args.max_accuracy_drop,
+                max_rmse_rel=args.max_rmse_rise,
+                force=args.force,
+                progress=step,
+            )
+        except EdgefleetError as exc:
+            raise EdgefleetError(f"{args.model} with {args.sample}: {exc}") from exc
+        bar.update(task, completed=len(STEPS) + 1)
+    if args.json:
+        print(json.dumps({"bundle": str(built.path), "report": built.report}, indent=2))
+        return 0
+    table = Table(title=f"{model} -> {built.path}")
+    for col in ("check", "before", "after"):
+        table.add_column(col)
+    for row in report_rows(built.report):
+        table.add_row(*row)
+    console.print(table)
+    console.print(verdict(built.report))
+    return 0
+
+
+def cmd_model_inspect(args: argparse.Namespace) -> int:
+    from cloud_hub.rollout.operations import read_bundle_file
+
+    card = read_bundle_file(Path(args.bundle)).card.raw
+    if args.json:
+        print(json.dumps(card, indent=2))
+        return 0
+    table = Table(title=f"model card of {args.bundle}", show_header=False)
+    for row in card_rows(card):
+        table.add_row(*row)
+    console.print(table)
+    features = Table(title="input features (drift reference)")
+    for col in ("feature", "min", "max", "mean", "std", "missing"):
+        features.add_column(col)
+    for frow in feature_rows(card):
+        features.add_row(*frow)
+    console.print(features)
+    report = card.get("validation", {})
+    checks = Table(title="validation")
+    for col in ("check", "before", "after"):
+        checks.add_column(col)
+    for rrow in report_rows(report):
+        checks.add_row(*rrow)
+    console.print(checks)
+    if "parity" in report:
+        console.print(verdict(report))
+    return 0
+
+
+def cmd_model_publish(args: argparse.Namespace) -> int:
+    from cloud_hub.rollout.operations import publish_bundle
+
+    model, path = publish_bundle(_home(args), Path(args.bundle))
+    console.print(f"published {model} as signed target {path}")
+    return 0
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from cloud_hub.rollout.operations import open_repo
+
+    rows = [
+        {
+            "target": path,
+            "model": info.get("model"),
+            "version": info.get("model_version"),
+            "bytes": info["length"],
+            "sha256": info["sha256"][:16],
+        }
+        for path, info in open_repo(_home(args)).targets().items()
+    ]
+    _emit(args, rows, "signed models", ["model", "version", "bytes", "sha256", "target"])
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from cloud_hub.drift.source import PublishedCards
+    from cloud_hub.ha_discovery import HaDiscovery
+    from cloud_hub.hub import Hub
+    from cloud_hub.ingest_limits import Limits
+    from cloud_hub.rollout.operations import open_repo
+    from cloud_hub.web.api import WebAuth, create_app
+    from cloud_hub.web.server import WebServer, load_token, parse_listen
+    from edge_agent.mqtt.session import BrokerAddress
+
+    listen = parse_listen(args.http) if args.http != "off" else None
+    token, generated = load_token(os.environ, Path(args.token_file) if args.token_file else None)
+    open_repo(_home(args))  # no hub here: say so, rather than what SQLite thinks of the path
+    password = os.environ.get("EDGEHUB_BROKER_PASSWORD") if args.broker_user else None
+    broker = BrokerAddress(args.broker_host, args.broker_port, args.broker_user, password)
+    hub = Hub(
+        _home(args),
+        broker,
+        args.prefix,
+        client_id=args.broker_user or "edgehub",
+        share=args.share,
+        retention_days=args.retention_days,
+        limits=Limits(args.device_rate, 10 * args.device_rate, args.device_quota),
+    )
+    ha = HaDiscovery(broker, hub.topics, args.ha_prefix) if args.ha_discovery else None
+    web = None
+    if listen is not None:
+        app = create_app(hub.store, WebAuth(token, args.open_reads), PublishedCards(hub.repo))
+        web = WebServer(app, *listen)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    console.print(f"hub serving {args.home} on broker {args.broker_host}:{args.broker_port}")
+    if web is not None:
+        web.start()
+        # a token the hub made up is shown once, in the link (a fragment: never sent to a server)
+        link = f"{web.url}#token={token}" if generated else web.url
+        console.print(f"dashboard on {link}", soft_wrap=True)
+    if ha is not None:
+        ha.start()
+    console.file.flush()
+    try:
+        hub.run(stop)
+    finally:
+        for part in (ha, web):
+            if part is not None:
+                part.stop()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cloud_hub.harness.demo import DemoOptions, run_demo
+
+    return run_demo(
+        DemoOptions(seconds=args.seconds, broker=args.broker, keep=args.keep, http=args.http)
+    )
+
+
+def _positive_days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not 0 < days < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of days, got {text!r}")
+    return days
+
+
+def _non_negative(kind: type[int] | type[float]) -> Callable[[str], float]:
+    what = "a whole number" if kind is int else "a number"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = -1
+        if not 0 <= value < float("inf"):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"expected {what} of 0 or more, got {text!r}")
+        return value
+
+    return parse
+
+
+# ---- parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgehub", description="edgefleet hub: sign and roll out models"
+    )
+    p.add_argument(
+        "--home",
+        default=os.environ.get("EDGEHUB_HOME", "edgehub-home"),
+        help="hub folder: keys, TUF repository, database (env EDGEHUB_HOME)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(
+        parent: Any,
+        name: str,
+        fn: Callable[[argparse.Namespace], int],
+        help: str,
+        json_out: bool = False,
+    ) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        if json_out:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return sp
+
+    keys_cli.register(sub, add)
+    shadow_cli.register(sub, add)
+    drift_cli.register(sub, add)
+    simulate_cli.register(sub, add)
+
+    model = sub.add_parser("model", help="signed model bundles").add_subparsers(
+        dest="sub", required=True
+    )
+    sp = add(
+        model,
+        "convert",
+        cmd_model_convert,
+        "trained model -> quantized, validated bundle",
+        json_out=True,
+    )
+    sp.add_argument(
+        "model",
+        help="a scikit-learn estimator (.joblib, .pkl), a Keras model (.keras), .onnx or .tflite",
+    )
+    sp.add_argument("--sample", required=True, help=".csv with a header, or .npy")
+    sp.add_argument("--label", help="the CSV column holding the labels or targets")
+    sp.add_argument("--labels", help="a .npy file of labels, for .npy samples")
+    sp.add_argument("--name", required=True, help="model name, e.g. tumor")
+    sp.add_argument("--version", required=True, help="model version, an integer >= 1")
+    sp.add_argument(
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        default="dynamic",
+        help="int8 weights (dynamic), int8 calibrated on the sample (static), float16 "
+        "(Keras only) or none",
+    )
+    sp.add_argument(
+        "--task",
+        choices=["classification", "regression"],
+        help="for .onnx/.tflite/.keras files whose outputs do not say",
+    )
+    sp.add_argument(
+        "--max-accuracy-drop",
+        type=_fraction,
+        default=0.01,
+        help="fail when accuracy drops by more (0.01 = 1 point)",
+    )
+    sp.add_argument(
+        "--max-rmse-rise",
+        type=_fraction,
+        default=0.01,
+        help="fail when RMSE rises by more, relative (0.01 = 1%%)",
+    )
+    sp.add_argument("--force", action="store_true", help="write the bundle even if parity fails")
+    sp.add_argument("-o", "--output", required=True, help="the bundle to write (.zip)")
+    sp = add(model, "publish", cmd_model_publish, "sign a bundle into the TUF repository")
+    sp.add_argument("bundle")
+    add(model, "list", cmd_model_list, "list signed models", json_out=True)
+    sp = add(model, "inspect", cmd_model_inspect, "show a bundle's card and report", json_out=True)
+    sp.add_argument("bundle")
+
+    fleet_cli.register(sub, add)
+
+    sp = add(
+        sub,
+        "serve",
+        cmd_serve,
+        "run the hub: ingest, TUF publication, transfers, rollouts, dashboard",
+    )
+    sp.add_argument("--broker-host", default="127.0.0.1")
+    sp.add_argument("--broker-port", type=int, default=1883)
+    sp.add_argument("--prefix", default="edgefleet", help="topic prefix")
+    sp.add_argument(
+        "--share",
+        metavar="GROUP",
+        help="subscribe to device topics as MQTT shared-subscription group GROUP, so several "
+        "hubs split the ingest",
+    )
+    sp.add_argument(
+        "--retention-days",
+        type=_positive_days,
+        help="remove device records older than this many days (default: keep everything)",
+    )
+    sp.add_argument(
+        "--device-rate",
+        type=_non_negative(float),
+        default=100.0,
+        metavar="MSGS",
+        help="messages a second one device may send on average, ten times that at once; "
+        "past it they are refused, counted and sent again by the device (0: no limit; "
+        "default 100)",
+    )
+    sp.add_argument(
+        "--device-quota",
+        type=_non_negative(int),
+        default=5_000_000,
+        metavar="RECORDS",
+        help="records the hub stores of one device; past it new ones are refused and counted, "
+        "never another device's removed (0: no quota; default 5000000; see --retention-days)",
+    )
+    sp.add_argument(
+        "--http",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="serve the dashboard, JSON API and /metrics here (port 0: any free port; off: none)",
+    )
+    sp.add_argument(
+        "--token-file",
+        help="a file holding the dashboard's bearer token (default: $EDGEHUB_TOKEN, else a "
+        "new one shown in the printed link)",
+    )
+    sp.add_argument(
+        "--open-reads",
+        action="store_true",
+        help="let anyone who can reach --http read the dashboard, API and metrics; writes "
+        "(pause, abort, rollback) still need the token",
+    )
+    sp.add_argument(
+        "--ha-discovery",
+        action="store_true",
+        help="announce each device's sensors to Home Assistant (MQTT discovery)",
+    )
+    sp.add_argument("--ha-prefix", default="homeassistant", help="Home Assistant's topic prefix")
+    sp.add_argument(
+        "--broker-user",
+        help="the hub's username from `edgehub broker-config` (password: env "
+        "EDGEHUB_BROKER_PASSWORD)",
+    )
+
+    rollout_cli.register(sub, add)
+    broker_cli.register(sub, add)
+
+    sp = add(
+        sub,
+        "demo",
+        cmd_demo,
+        "the whole loop on this machine: train, sign, roll out, drift, tamper",
+    )
+    sp.add_argument(
+        "--seconds", type=float, default=6.0, help="how long each phase feeds sensor data"
+    )
+    sp.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
+    sp.add_argument("--keep", action="store_true", help="keep the demo's working folder")
+    sp.add_argument(
+        "--http",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="where the demo serves the dashboard (another free port if this one is taken)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        return int(args.fn(args))
+    except EdgefleetError as exc:
+        print(f"edgehub: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("edgehub: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

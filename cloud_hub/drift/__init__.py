@@ -1,0 +1,3 @@
+"""Drift across the fleet: merging device reports per model and cohort (fleet) and reading them
+(source).
+"""

@@ -1,0 +1,1 @@
+"""Whole-system runs on one machine: the demo, simulated fleets and the soak."""

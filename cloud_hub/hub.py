@@ -1,0 +1,412 @@
+"""The hub process: ingest, TUF publication, chunk transfer service and the rollout engine.
+
+The MQTT session's thread only queues incoming messages; one loop stores them, serves transfer
+requests, publishes TUF metadata when the repository changed, and steps the running rollouts.
+
+Exactly once, whatever the broker keeps or loses: after each transaction commits, the hub
+confirms on dev/{id}/ack the (boot, seq) spans it committed, and only then does the device
+forget those records (edge_agent.uplink.delivery); what stays unconfirmed the device sends again,
+and
+the store drops the repeat by (device, boot, seq). Device messages also arrive at QoS 1 on a
+persistent session with manual acknowledgement, the PUBACK going out after the commit, so a hub
+restart within what the broker queues costs no resend at all. With `share`, several hubs
+subscribe to the device topics as one MQTT shared-subscription group and the broker splits the
+messages between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from cloud_hub.ingest_limits import RATE, DeviceGuard, Limits
+from cloud_hub.rollout import engine as ro
+from cloud_hub.rollout.gates import Metrics, Position, after_install, measure
+from cloud_hub.rollout.operations import fleet_facts
+from cloud_hub.signing.tuf_repo import TufRepository
+from cloud_hub.store.database import Ingest, Store, default_url, dumps
+from cloud_hub.store.errors import StoreError
+from edge_agent.errors import BadDataError, MessageError, TransportError
+from edge_agent.mqtt.session import Ack, BrokerAddress, MqttSession
+from edge_agent.protocol.messages import (
+    SHADOW_ROWS,
+    Command,
+    Confirm,
+    ModelRef,
+    Record,
+    Status,
+    XferChunk,
+    decode_batch,
+    decode_command,
+    decode_status,
+    decode_xfer_request,
+    encode,
+    spans_of,
+)
+from edge_agent.protocol.topics import Topics
+from edge_agent.protocol.transfer import CHUNK_SIZE, chunk_bounds, chunk_count
+from edge_agent.update.crypto import new_transfer_key, seal_chunk, wrap_key
+
+log = logging.getLogger(__name__)
+
+MAX_CHUNKS_PER_REQUEST = 64
+INGEST_BATCH = 500  # messages stored in one transaction, then acknowledged
+TICK_S = 0.25
+PRUNE_EVERY_S = 60.0
+
+
+def _what(item: Ingest) -> str:
+    if isinstance(item, Status):
+        return f"the status of {item.device}"
+    kind, batch = item
+    return f"{len(batch.records)} {kind} records of {batch.device}"
+
+
+def _root_number(name: str) -> int:
+    return int(name.removeprefix("root/").removesuffix(".json"))
+
+
+class Hub:
+    def __init__(
+        self,
+        home: Path,
+        broker: BrokerAddress,
+        prefix: str = "edgefleet",
+        store_url: str | None = None,
+        client_id: str = "edgehub",
+        share: str | None = None,
+        retention_days: float | None = None,
+        clock: Callable[[], float] = time.time,
+        limits: Limits | None = None,
+    ) -> None:
+        self.home = home
+        self.clock = clock  # the rollouts' `now`; tests drive it
+        self.topics = Topics(prefix)
+        self.repo = TufRepository(home)
+        self.store = Store(store_url or default_url(home))
+        self.rejected: Counter[str] = Counter()
+        self.stored: Counter[str] = Counter()  # new records this process stored, per kind
+        self.handled = threading.Condition()  # notified after each message; for observers
+        self.incoming: queue.Queue[tuple[str, bytes, Ack]] = queue.Queue()
+        self.ready = threading.Event()
+        self.retention_s = retention_days * 86400 if retention_days else None
+        self.guard = DeviceGuard(limits or Limits())
+        self._refusing: set[tuple[str, str]] = set()  # (device, reason) said in the log
+        self._next_prune = 0.0
+        self.session = MqttSession(client_id, broker, persistent=True, manual_ack=True)
+        for kind in ("status", "telemetry", "drift", "events", "xfer/req"):
+            self.session.subscribe_acked(self.topics.any_device(kind), self._queue, share=share)
+        self._targets: dict[str, bytes] = {}
+        self._transfer_keys: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        self._published_ts = 0
+        self._next_timestamp_check = 0.0
+
+    def _queue(self, topic: str, payload: bytes, ack: Ack) -> None:
+        """The MQTT session's thread: a device past its message rate is refused here, before its
+        message costs a decode or a place in the queue (nothing of it is confirmed: it sends
+        again)."""
+        try:
+            device, _kind = self.topics.parse_device_topic(topic)
+        except MessageError:
+            pass  # rejected, counted and logged when handled
+        else:
+            if not self.guard.admit(device, time.monotonic()):
+                ack()
+                return
+        self.incoming.put((topic, payload, ack))
+
+    # ---- the loop ---------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        self.session.start()
+        self.session.wait_connected(30)
+        self.ready.set()
+        next_tick = 0.0
+        while not stop.is_set():
+            taken = self._take(INGEST_BATCH)
+            if taken:
+                self.handle_all([(topic, payload) for topic, payload, _ in taken])
+                for _, _, ack in taken:
+                    ack()  # committed: now the broker may forget them
+            if time.monotonic() >= next_tick:
+                self.tick()
+                next_tick = time.monotonic() + TICK_S
+        self.session.stop()
+
+    def _take(self, limit: int) -> list[tuple[str, bytes, Ack]]:
+        """What has queued up, at most `limit` messages; waits up to a tick for the first."""
+        try:
+            taken = [self.incoming.get(timeout=TICK_S)]
+        except queue.Empty:
+            return []
+        with contextlib.suppress(queue.Empty):
+            while len(taken) < limit:
+                taken.append(self.incoming.get_nowait())
+        return taken
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        self.handle_all([(topic, payload)])
+
+    def handle_all(self, messages: list[tuple[str, bytes]]) -> None:
+        """Serve transfer requests at once; store every status and record batch among
+        `messages` in one transaction (one commit, not one per message)."""
+        items: list[Ingest] = []
+        for topic, payload in messages:
+            try:
+                item = self._decode(topic, payload)
+                if item is not None and self._has_room(item):
+                    items.append(item)
+            except BadDataError as exc:
+                self._reject(exc, f"rejected message on {topic}")
+            except (OSError, TransportError, StoreError) as exc:  # a transfer, or the quota
+                self._reject(exc, f"could not handle the message on {topic}")
+        if items:
+            self._confirm(self._store(items))
+        with self.handled:
+            self.handled.notify_all()
+
+    def _decode(self, topic: str, payload: bytes) -> Ingest | None:
+        """What to store of one message (None for a transfer request, served here)."""
+        device, kind = self.topics.parse_device_topic(topic)
+        if kind == "status":
+            status = decode_status(payload)
+            self._same_device(device, status.device, kind)
+            return status
+        if kind == "xfer/req":
+            self._serve_chunks(device, payload)
+            return None
+        batch = decode_batch(payload, kind)
+        self._same_device(device, batch.device, kind)
+        return kind, batch
+
+    def _has_room(self, item: Ingest) -> bool:
+        """Within its device's storage quota (a status always is)?"""
+        if isinstance(item, Status):
+            return True
+        batch = item[1]
+        return self.guard.room(batch.device, len(batch.records), self.store.held)
+
+    def _store(self, items: list[Ingest]) -> list[Ingest]:
+        """Store `items` in one transaction; returns those committed (on a failure, each is
+        tried alone, so only what cannot be stored is left out, counted and logged)."""
+        try:
+            new = self.store.ingest(items)
+        except (OSError, TransportError, StoreError) as exc:  # disk or database trouble
+            if len(items) > 1:
+                return [done for item in items for done in self._store([item])]
+            self._reject(exc, f"could not store {_what(items[0])}")
+            return []
+        with self.handled:
+            self.stored.update(new)
+        return items
+
+    def _confirm(self, committed: list[Ingest]) -> None:
+        """Tell each device which of its records are committed (new or repeated): only now may
+        it forget them. A confirmation that gets lost costs a resend, which is stored once."""
+        records: dict[str, list[Record]] = {}
+        for item in committed:
+            if not isinstance(item, Status):
+                records.setdefault(item[1].device, []).extend(item[1].records)
+        for device, recs in records.items():
+            confirm = Confirm(device, spans_of(recs))
+            self.session.publish(self.topics.device(device, "ack"), encode(confirm))
+
+    def _reject(self, exc: Exception, what: str) -> None:
+        """Count and log; the loop goes on (a bad message or a failing disk must not end it)."""
+        with self.handled:
+            self.rejected[type(exc).__name__] += 1
+        log.warning("%s: %s: %s", what, type(exc).__name__, exc)
+
+    @staticmethod
+    def _same_device(topic_device: str, claimed: str, kind: str) -> None:
+        if topic_device != claimed:
+            raise MessageError(
+                f"{kind}: published on {topic_device}'s topic but claims device {claimed!r}"
+            )
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        try:
+            if self.retention_s is not None and now >= self._next_prune:
+                removed = self.store.prune(now - self.retention_s)
+                if removed:
+                    self.guard.recount()
+                    log.info(
+                        "retention: removed %d records older than %.0f days",
+                        removed,
+                        self.retention_s / 86400,
+                    )
+                self._next_prune = now + PRUNE_EVERY_S
+            if self.repo.initialised:
+                self._publish_tuf()
+            self._note_refusals(now)
+            self._send_outbox()
+            self._step_rollouts()
+        except (BadDataError, OSError, TransportError, StoreError) as exc:
+            self._reject(exc, "tick")
+
+    def _note_refusals(self, now: float) -> None:
+        """Store what the guard refused since the last tick; say so once per device and
+        reason in this process's log."""
+        refused = self.guard.take_refused()
+        if not refused:
+            return
+        self.store.add_refusals(refused, now)
+        for device, reasons in refused.items():
+            for reason in reasons:
+                if (device, reason) not in self._refusing:
+                    self._refusing.add((device, reason))
+                    limits = self.guard.limits
+                    limit = (
+                        f"{limits.rate:g} messages a second"
+                        if reason == RATE
+                        else f"{limits.quota} stored records"
+                    )
+                    log.warning(
+                        "%s is over its %s: refusing what exceeds it (counted in "
+                        "`edgehub devices`; the device keeps it and sends it again)",
+                        device,
+                        limit,
+                    )
+
+    def _send_outbox(self) -> None:
+        """Commands queued by the CLI (shadow, shadow-stop), each published once, at QoS 1 to
+        the device's persistent session (an offline device gets it when it returns)."""
+        for command_id, device, body in self.store.unsent_commands():
+            try:
+                payload = encode(decode_command(dumps(body).encode()))
+            except BadDataError as exc:
+                log.warning("dropping queued command %d for %s: %s", command_id, device, exc)
+            else:
+                self.session.publish(self.topics.device(device, "cmd"), payload)
+            self.store.mark_sent(command_id)
+
+    # ---- TUF ----------------------------------------------------------------------------
+    def _publish_tuf(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_timestamp_check:
+            self.repo.refresh_timestamp(min_remaining=self.repo.expiry.timestamp / 2)
+            self._next_timestamp_check = now + timedelta(minutes=10).total_seconds()
+        version = self.repo.timestamp_version()
+        if version == self._published_ts:
+            return
+        files = self.repo.published()
+        roots = sorted((n for n in files if n.startswith("root/")), key=_root_number)
+        order = [*roots, "targets.json", "snapshot.json", "timestamp.json"]
+        for name in order:
+            self.session.publish_wait(self.topics.tuf(name), files[name], timeout=10, retain=True)
+        self._targets.clear()
+        self._published_ts = version
+        log.info("published TUF metadata, timestamp version %d", version)
+
+    # ---- transfer -----------------------------------------------------------------------
+    def _serve_chunks(self, device: str, payload: bytes) -> None:
+        req = decode_xfer_request(payload, MAX_CHUNKS_PER_REQUEST)
+        data = self._targets.get(req.target)
+        if data is None:
+            if req.target not in self.repo.targets():
+                raise MessageError(f"xfer/req from {device}: {req.target!r} is not a signed target")
+            data = self._targets[req.target] = self.repo.read_target(req.target)
+        total = chunk_count(len(data))
+        bad = [i for i in req.chunks if i >= total]
+        if bad:
+            raise MessageError(
+                f"xfer/req from {device}: chunk {bad[0]} of {req.target} does not exist "
+                f"(it has {total})"
+            )
+        seal = self._sealer(device, req.target, len(data)) if req.encrypted else None
+        topic = self.topics.device(device, "xfer/chunk")
+        for index in req.chunks:
+            start, end = chunk_bounds(index, len(data), CHUNK_SIZE)
+            chunk = XferChunk(req.target, index, len(data), data[start:end])
+            if seal is not None:
+                chunk = seal(chunk)
+            self.session.publish(topic, encode(chunk))
+
+    def _sealer(self, device: str, target: str, size: int) -> Callable[[XferChunk], XferChunk]:
+        """Seals chunks of `target` for `device`: one transfer key per (device, target), wrapped
+        for the device's enrolled X25519 key and sent with every chunk (so a device that lost
+        track, or a restarted hub, needs no other message)."""
+        cached = self._transfer_keys.get((device, target))
+        if cached is None:
+            public = self.store.public_key(device)
+            if public is None:
+                raise MessageError(
+                    f"xfer/req from {device}: an encrypted transfer needs the device's public "
+                    "key; enroll it with `edgehub devices enroll` and its device.pub.json"
+                )
+            key = new_transfer_key()
+            cached = self._transfer_keys[(device, target)] = (
+                key,
+                wrap_key(public, key, device, target),
+            )
+        key, wrapped = cached
+
+        def seal(chunk: XferChunk) -> XferChunk:
+            sealed = seal_chunk(key, target, chunk.index, size, chunk.data)
+            return XferChunk(target, chunk.index, size, sealed, wrapped)
+
+        return seal
+
+    # ---- rollouts ----------------------------------------------------------------------
+    def _step_rollouts(self) -> None:
+        rows = self.store.rollouts(ro.LIVE)
+        if not rows:
+            return
+        fleet = fleet_facts(self.store)
+        for row in rows:
+            self._step_rollout(row, fleet)
+
+    def _step_rollout(self, row: dict[str, Any], fleet: dict[str, ro.DeviceFacts]) -> None:
+        """Step one rollout; write it back (if nobody else did meanwhile), then send."""
+        r = ro.Rollout.from_json(row["body"])
+        reports = [
+            ro.Report(
+                rec.device,
+                str(rec.body.get("event")),
+                str(rec.body.get("reason") or ""),
+                shadow if isinstance(shadow := rec.body.get("shadow"), dict) else None,
+                at=(rec.boot, rec.seq),
+            )
+            for rec in self.store.records("events", rollout=r.id)
+        ]
+        before = r.to_json()
+        sends = ro.step(r, self.clock(), fleet, reports, lambda d, t: self._measure(r.model, d, t))
+        if r.to_json() == before:
+            return
+        if not self.store.update_rollout(r.id, row["rev"], r.state, r.to_json()):
+            return  # changed by hand meanwhile: the next tick steps what is stored
+        if r.state != row["state"]:
+            log.info("rollout %s: %s %s", r.id, r.state, r.halt_reason)
+        for send in sends:
+            self._send(r, send)
+
+    def _send(self, r: ro.Rollout, send: ro.Send) -> None:
+        cmd = Command(
+            id=f"{r.id}-{send.kind}-{send.device}-{len(r.sent_at)}",
+            kind=send.kind,
+            model=r.model,
+            target=r.target,
+            tuf_version=r.tuf_version,
+            rollout=r.id,
+            encrypt=r.encrypt,
+            rows=r.plan.shadow_rows or SHADOW_ROWS,
+        )
+        self.session.publish(self.topics.device(send.device, "cmd"), encode(cmd))
+
+    def _measure(self, model: ModelRef, installed: dict[str, Position], since: float) -> Metrics:
+        """What `model` did on these devices after each installed it (at the position given),
+        from the records stored since the wave started."""
+        devices, mine = list(installed), model.to_json()
+        telemetry, drift = (
+            after_install(self.store.records_since(kind, devices, since), mine, installed)
+            for kind in ("telemetry", "drift")
+        )
+        return measure(telemetry, drift)

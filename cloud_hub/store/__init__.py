@@ -1,0 +1,1 @@
+"""The hub's database: records stored exactly once, devices, rollouts, commands (SQLAlchemy)."""

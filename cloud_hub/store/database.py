@@ -1,0 +1,561 @@
+"""The hub's storage, behind one layer (SQLAlchemy Core): SQLite by default, PostgreSQL by URL.
+
+Device records (telemetry, drift reports, events) are stored exactly once: (device, boot, seq) is
+unique and a repeat is ignored, so an agent may resend whatever it is not sure arrived.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from cloud_hub.drift.fleet import pooled_accuracy
+from cloud_hub.store.errors import raise_store_errors, store_error
+from edge_agent.errors import TransportError
+from edge_agent.protocol.messages import Batch, Status
+
+Ingest = Status | tuple[str, Batch]  # what the hub stores of one device message
+
+metadata = MetaData()
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("online", Boolean, nullable=False, default=False),
+    Column("boot", Integer, nullable=False, default=0),
+    Column("agent_version", String(32), nullable=False, default=""),
+    Column("profile", String(64), nullable=False, default=""),
+    Column("model", String(64)),
+    Column("version", Integer),
+    Column("last_seen", Float, nullable=False, default=0.0),
+    Column("stats", JSON, nullable=False, default=dict),
+    Column("public_key", String(64)),  # X25519, base64, from enrollment; for encrypted transfers
+    # registry: when the current online spell began, and the labels rollouts target
+    Column("online_since", Float, nullable=False, default=0.0),
+    Column("group", String(64), nullable=False, default=""),
+    Column("tags", JSON, nullable=False, default=list),
+)
+
+records = Table(
+    "records",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("device", String(64), nullable=False, index=True),
+    Column("boot", Integer, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("received", Float, nullable=False),
+    Column("rollout", String(64), index=True),
+    Column("body", JSON, nullable=False),
+    UniqueConstraint("device", "boot", "seq", name="records_once"),
+)
+
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Column("rev", Integer, nullable=False, default=0),  # compare-and-set: hub and CLI both write
+    Column("body", JSON, nullable=False),
+)
+
+outbox = Table(  # commands the CLI queued for the running hub to send
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device", String(64), nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("sent", Float),
+)
+
+refusals = Table(  # what the hub refused of each device (cloud_hub.ingest_limits), per reason
+    "refusals",
+    metadata,
+    Column("device", String(64), primary_key=True),
+    Column("reason", String(16), primary_key=True),
+    Column("count", Integer, nullable=False, default=0),
+    Column("last", Float, nullable=False, default=0.0),
+)
+
+hub_state = Table(
+    "hub_state",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", JSON, nullable=False),
+)
+
+
+def default_url(home: Path) -> str:
+    return f"sqlite:///{home / 'hub.sqlite'}"
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    kind: str
+    device: str
+    boot: int
+    seq: int
+    ts: float
+    body: dict[str, Any]
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        try:
+            self.engine: Engine = create_engine(url)
+        except (SQLAlchemyError, ImportError) as exc:  # a URL it cannot use, or no driver
+            raise store_error(url, exc) from exc
+        raise_store_errors(self.engine)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    def _insert_once(self, table: Table) -> Any:
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing()
+        if dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing()
+        raise TransportError(f"hub store: dialect {dialect!r} is not supported")
+
+    # ---- ingest -----------------------------------------------------------------------
+    def ingest(self, items: Sequence[Ingest]) -> Counter[str]:
+        """Store statuses and (kind, batch) pairs in arrival order, in one transaction; returns
+        how many records were new, per kind (a repeat of a stored record is ignored)."""
+        now = time.time()
+        new: Counter[str] = Counter()
+        devices_seen = {i.device if isinstance(i, Status) else i[1].device for i in items}
+        with self.engine.begin() as conn:
+            for device in sorted(devices_seen):  # registered first: a status updates its row
+                self._seen(conn, device, now)
+            for item in items:
+                if isinstance(item, Status):
+                    self._set_status(conn, item, now)
+                else:
+                    kind, batch = item
+                    new[kind] += self._add_batch(conn, kind, batch, now)
+        return new
+
+    def add_batch(self, kind: str, batch: Batch) -> int:
+        """Store one batch; returns how many records were new."""
+        return self.ingest([(kind, batch)])[kind]
+
+    def set_status(self, status: Status) -> None:
+        """A birth, a heartbeat (the agent refreshes its retained status) or the last will."""
+        self.ingest([status])
+
+    def _add_batch(self, conn: Any, kind: str, batch: Batch, now: float) -> int:
+        rows = [
+            {
+                "kind": kind,
+                "device": batch.device,
+                "boot": r.boot,
+                "seq": r.seq,
+                "ts": r.ts,
+                "received": now,
+                "rollout": r.body.get("rollout") if kind == "events" else None,
+                "body": r.body,
+            }
+            for r in batch.records
+        ]
+        if not rows:
+            return 0
+        # RETURNING names the rows really inserted: a repeat is skipped by the conflict clause
+        stored = conn.execute(self._insert_once(records).returning(records.c.id), rows)
+        return len(stored.all())
+
+    def _seen(self, conn: Any, device: str, now: float) -> None:
+        conn.execute(self._insert_once(devices), [{"id": device, "last_seen": now}])
+        conn.execute(update(devices).where(devices.c.id == device).values(last_seen=now))
+
+    def _set_status(self, conn: Any, status: Status, now: float) -> None:
+        values: dict[str, Any] = {"online": status.online, "last_seen": now}
+        if status.online:
+            values.update(
+                boot=status.boot,
+                agent_version=status.agent_version,
+                profile=status.profile,
+                model=status.model.name if status.model else None,
+                version=status.model.version if status.model else None,
+                stats=status.stats,
+            )
+        before = conn.execute(
+            select(devices.c.online, devices.c.boot).where(devices.c.id == status.device)
+        ).first()
+        if status.online and (before is None or not before.online or before.boot != status.boot):
+            values["online_since"] = now
+        conn.execute(update(devices).where(devices.c.id == status.device).values(**values))
+
+    def register(self, device: str, public_key: bytes | None = None) -> None:
+        """Enrollment: the device is known before it is ever seen (a rollout includes it), with
+        its X25519 public key when it has an identity."""
+        with self.engine.begin() as conn:
+            conn.execute(self._insert_once(devices), [{"id": device}])
+            if public_key is not None:
+                encoded = base64.b64encode(public_key).decode("ascii")
+                conn.execute(
+                    update(devices).where(devices.c.id == device).values(public_key=encoded)
+                )
+
+    def public_key(self, device: str) -> bytes | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(devices.c.public_key).where(devices.c.id == device)
+            ).scalar_one_or_none()
+        return base64.b64decode(value) if value else None
+
+    # ---- reads ------------------------------------------------------------------------
+    def devices(self) -> list[dict[str, Any]]:
+        """Every device's row, with `refused`: what the hub refused of it, per reason."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(devices).order_by(devices.c.id)).mappings().all()
+        refused = self.refusals()
+        return [{**r, "refused": refused.get(r["id"], {})} for r in rows]
+
+    def count(self, kind: str, device: str | None = None) -> int:
+        q = select(func.count()).select_from(records).where(records.c.kind == kind)
+        if device is not None:
+            q = q.where(records.c.device == device)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def records(
+        self, kind: str, device: str | None = None, rollout: str | None = None
+    ) -> list[StoredRecord]:
+        q = select(records).where(records.c.kind == kind).order_by(records.c.id)
+        if device is not None:
+            q = q.where(records.c.device == device)
+        if rollout is not None:
+            q = q.where(records.c.rollout == rollout)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        return [_stored(r) for r in rows]
+
+    def telemetry_totals(self, device: str) -> dict[str, int]:
+        """Records received, and the inferences they report."""
+        rows = self.records("telemetry", device)
+        return {"records": len(rows), "inferences": sum(int(r.body.get("count", 0)) for r in rows)}
+
+    # ---- registry: labels ----------------------------------------------------------------
+    def device(self, device: str) -> dict[str, Any] | None:
+        """One device's row (as in `devices`), or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(devices).where(devices.c.id == device)).mappings().first()
+        return {**row, "refused": self.refusals().get(device, {})} if row else None
+
+    def label_device(
+        self,
+        device: str,
+        add: Iterable[str] = (),
+        remove: Iterable[str] = (),
+        group: str | None = None,
+    ) -> dict[str, Any]:
+        """Add and remove tags, set the group ("" for none); returns the device's row."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(devices.c.tags, devices.c.group).where(devices.c.id == device)
+            ).first()
+            if row is None:
+                raise KeyError(device)
+            gone = set(remove)
+            tags = sorted({t for t in row.tags or [] if t not in gone} | set(add))
+            conn.execute(
+                update(devices)
+                .where(devices.c.id == device)
+                .values(tags=tags, group=row.group if group is None else group)
+            )
+        found = self.device(device)
+        assert found is not None
+        return found
+
+    def records_since(
+        self, kind: str, device_ids: list[str] | None, since: float
+    ) -> list[StoredRecord]:
+        """Records of these devices (None: of every device) the hub received at or after
+        `since` (a wave's metrics, fleet drift over a time range)."""
+        q = (
+            select(records)
+            .where(records.c.kind == kind)
+            .where(records.c.received >= since)
+            .order_by(records.c.id)
+        )
+        if device_ids is not None:
+            q = q.where(records.c.device.in_(device_ids))
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        return [
+            StoredRecord(r["kind"], r["device"], r["boot"], r["seq"], r["ts"], r["body"])
+            for r in rows
+        ]
+
+    # ---- rollouts ---------------------------------------------------------------------
+    def add_rollout(self, rollout_id: str, state: str, body: dict[str, Any]) -> None:
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(rollouts).values(
+                    id=rollout_id, state=state, created=now, updated=now, rev=0, body=body
+                )
+            )
+
+    def update_rollout(self, rollout_id: str, rev: int, state: str, body: dict[str, Any]) -> bool:
+        """Write the rollout if nobody else did since revision `rev` was read."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(rollouts)
+                .where(rollouts.c.id == rollout_id)
+                .where(rollouts.c.rev == rev)
+                .values(state=state, updated=time.time(), rev=rev + 1, body=body)
+            )
+        return bool(done.rowcount == 1)
+
+    def rollout(self, rollout_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).mappings().first()
+            )
+        return dict(row) if row else None
+
+    def rollouts(self, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        q = select(rollouts).order_by(rollouts.c.created)
+        if states is not None:
+            q = q.where(rollouts.c.state.in_(list(states)))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings().all()]
+
+    # ---- command outbox -----------------------------------------------------------------
+    def queue_command(self, device: str, body: dict[str, Any]) -> None:
+        """A command for `device`, sent by the running hub on its next tick."""
+        with self.engine.begin() as conn:
+            conn.execute(insert(outbox).values(device=device, body=body, created=time.time()))
+
+    def unsent_commands(self) -> list[tuple[int, str, dict[str, Any]]]:
+        q = select(outbox.c.id, outbox.c.device, outbox.c.body).where(outbox.c.sent.is_(None))
+        with self.engine.connect() as conn:
+            return [(r[0], r[1], r[2]) for r in conn.execute(q.order_by(outbox.c.id))]
+
+    def mark_sent(self, command_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(outbox).where(outbox.c.id == command_id).values(sent=time.time()))
+
+    def prune(self, cutoff: float) -> int:
+        """Retention (see prune_records)."""
+        return prune_records(self, cutoff)
+
+    def held(self, device: str) -> int:
+        """How many records of `device` the store holds (its quota's measure)."""
+        q = select(func.count()).select_from(records).where(records.c.device == device)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    # ---- refusals -----------------------------------------------------------------------
+    def add_refusals(self, refused: dict[str, Counter[str]], now: float) -> None:
+        """Add these counts (device -> reason -> n) to what was refused before."""
+        with self.engine.begin() as conn:
+            for device, reasons in refused.items():
+                for reason, n in reasons.items():
+                    key = {"device": device, "reason": reason}
+                    conn.execute(self._insert_once(refusals), [key])
+                    conn.execute(
+                        update(refusals)
+                        .where(refusals.c.device == device, refusals.c.reason == reason)
+                        .values(count=refusals.c.count + n, last=now)
+                    )
+
+    def refusals(self) -> dict[str, dict[str, int]]:
+        """device -> reason -> messages (rate) or records (quota) the hub refused so far."""
+        out: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            q = select(refusals.c.device, refusals.c.reason, refusals.c.count)
+            for device, reason, count in conn.execute(q.order_by(refusals.c.device)):
+                out.setdefault(device, {})[reason] = int(count)
+        return out
+
+    # ---- small state ------------------------------------------------------------------
+    def get_state(self, key: str, default: Any = None) -> Any:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(hub_state.c.value).where(hub_state.c.key == key)).first()
+        return row[0] if row else default
+
+    def set_state(self, key: str, value: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(self._insert_once(hub_state), [{"key": key, "value": value}])
+            conn.execute(update(hub_state).where(hub_state.c.key == key).values(value=value))
+
+    # ---- dashboard reads (cloud_hub/web_*) --------------------------------------------
+    def latest_records(self, kind: str) -> dict[str, StoredRecord]:
+        """The newest record of `kind` from each device that sent one."""
+        newest = (
+            select(func.max(records.c.id))
+            .where(records.c.kind == kind)
+            .group_by(records.c.device)
+            .scalar_subquery()
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(records).where(records.c.id.in_(newest))).mappings().all()
+        return {r["device"]: _stored(r) for r in rows}
+
+    def recent_records(
+        self, kind: str, device: str, since: float = 0.0, limit: int = 500
+    ) -> list[StoredRecord]:
+        """Up to `limit` of a device's newest records of `kind` stamped after `since`, oldest
+        first."""
+        q = (
+            select(records)
+            .where(records.c.kind == kind, records.c.device == device, records.c.ts > since)
+            .order_by(records.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        return [_stored(r) for r in reversed(rows)]
+
+    def record_counts(self) -> dict[str, int]:
+        """Records stored so far, by kind."""
+        q = select(records.c.kind, func.count()).group_by(records.c.kind)
+        with self.engine.connect() as conn:
+            return {str(kind): int(n) for kind, n in conn.execute(q).all()}
+
+
+def _stored(row: Any) -> StoredRecord:
+    return StoredRecord(row["kind"], row["device"], row["boot"], row["seq"], row["ts"], row["body"])
+
+
+# ---- drift reports, captures and retention ------------------------------------------------
+# Drift reports are device records of kind "drift" (one per window); these read them per model
+# version and device. A report of an alerting window may carry `capture` (a bounded sample of the
+# inputs, when the device's profile allows it).
+
+
+def drift_summary(
+    store: Store, model: str | None = None, device: str | None = None
+) -> list[dict[str, Any]]:
+    """One row per (model, version, device): windows, warn and alert counts, the latest status,
+    p-value and report time, the smallest p-value and largest PSI seen, and the features that
+    moved (with how many windows named each), most often first, and the accuracy estimated
+    without labels over all its windows (None without a calibrated card). `p` is None for
+    reports from agents before p-values (their status came from fixed PSI bands)."""
+    groups: dict[tuple[str, int, str], dict[str, Any]] = {}
+    bodies: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for r in store.records("drift", device):
+        ref = r.body.get("model") or {}
+        name, version = str(ref.get("name", "?")), int(ref.get("version", 0))
+        if model is not None and model not in (name, f"{name}@{version}"):
+            continue
+        g = groups.setdefault(
+            (name, version, r.device),
+            {
+                "model": name,
+                "version": version,
+                "device": r.device,
+                "windows": 0,
+                "warn": 0,
+                "alert": 0,
+                "max_psi": 0.0,
+                "p": None,
+                "min_p": None,
+                "moved": {},
+                "captures": 0,
+            },
+        )
+        status = str(r.body.get("status", "ok"))
+        g["windows"] += 1
+        if status in ("warn", "alert"):
+            g[status] += 1
+        g["status"], g["last_ts"] = status, r.ts
+        g["max_psi"] = max(g["max_psi"], float(r.body.get("max_psi", 0.0)))
+        p = r.body.get("p")
+        g["p"] = float(p) if isinstance(p, int | float) and not isinstance(p, bool) else None
+        if g["p"] is not None:
+            g["min_p"] = g["p"] if g["min_p"] is None else min(g["min_p"], g["p"])
+        moved = r.body.get("moved")
+        if not isinstance(moved, list):  # reports from agents before `moved` existed
+            moved = (
+                [r.body["worst_feature"]] if status != "ok" and "worst_feature" in r.body else []
+            )
+        for feature in moved:
+            g["moved"][str(feature)] = g["moved"].get(str(feature), 0) + 1
+        g["captures"] += 1 if isinstance(r.body.get("capture"), dict) else 0
+        bodies.setdefault((name, version, r.device), []).append(r.body)
+    out = []
+    for key in sorted(groups):
+        g = groups[key]
+        g["accuracy"] = pooled_accuracy(bodies[key])
+        g["moved"] = dict(sorted(g["moved"].items(), key=lambda kv: (-kv[1], kv[0])))
+        out.append(g)
+    return out
+
+
+def drift_captures(
+    store: Store, model: str | None = None, device: str | None = None
+) -> list[dict[str, Any]]:
+    """The captured inputs of alerting windows: one dict per row, with device, model, version,
+    boot, seq (of the report) and one key per feature."""
+    rows: list[dict[str, Any]] = []
+    for r in store.records("drift", device):
+        capture, ref = r.body.get("capture"), r.body.get("model") or {}
+        if not isinstance(capture, dict):
+            continue
+        name, version = str(ref.get("name", "?")), int(ref.get("version", 0))
+        if model is not None and model not in (name, f"{name}@{version}"):
+            continue
+        features = [str(f) for f in capture.get("features", [])]
+        for values in capture.get("rows", []):
+            if isinstance(values, list) and len(values) == len(features):
+                head = {"device": r.device, "model": name, "version": version}
+                rows.append(
+                    head | {"boot": r.boot, "seq": r.seq} | dict(zip(features, values, strict=True))
+                )
+    return rows
+
+
+def prune_records(store: Store, cutoff: float) -> int:
+    """Retention: remove device records received before `cutoff` (epoch seconds)."""
+    with store.engine.begin() as conn:
+        result = conn.execute(delete(records).where(records.c.received < cutoff))
+    return int(result.rowcount or 0)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)

@@ -1,0 +1,87 @@
+"""The store's own error family: what a database failure means, in the project's error tree.
+
+SQLAlchemy raises its own exceptions, named after the driver's; the hub and the CLI should not
+need to know them. Every error the engine raises while connecting or running a statement is
+turned into a `StoreError` (a `TransportError`: the database may take the write later) with a
+reason a person can act on, the database's address without its password, and what the driver
+said. The CLI prints it as one line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, event
+from sqlalchemy.engine import make_url
+
+from edge_agent.errors import TransportError
+
+# StoreError.reason -> what a person reads
+STORE_REASONS = {
+    "locked": "the database is locked by another process; retry, or stop the other writer",
+    "unavailable": "cannot open or reach the database",
+    "disk-full": "the disk under the database is full",
+    "read-only": "the database is read-only",
+    "corrupt": "the database file is damaged",
+    "schema": "the database's tables do not match this version of edgefleet",
+    "failed": "the database refused the statement",
+}
+# words in a driver's message -> reason (SQLite and PostgreSQL say these)
+_MARKERS = (
+    ("database is locked", "locked"),
+    ("database table is locked", "locked"),
+    ("could not obtain lock", "locked"),
+    ("unable to open database", "unavailable"),
+    ("could not connect", "unavailable"),
+    ("connection refused", "unavailable"),
+    ("database or disk is full", "disk-full"),
+    ("no space left", "disk-full"),
+    ("readonly database", "read-only"),
+    ("read-only", "read-only"),
+    ("malformed", "corrupt"),
+    ("file is not a database", "corrupt"),
+    ("no such table", "schema"),
+    ("no such column", "schema"),
+    ("does not exist", "schema"),
+)
+
+
+class StoreError(TransportError):
+    """A database failure. `reason` is a key of STORE_REASONS, `where` the database (no
+    password), `detail` what the driver said."""
+
+    def __init__(self, reason: str, where: str, detail: str) -> None:
+        super().__init__(f"hub store {where}: {STORE_REASONS.get(reason, reason)} ({detail})")
+        self.reason = reason
+        self.where = where
+        self.detail = detail
+
+
+def reason_of(detail: str) -> str:
+    """The reason code of a driver's message (pure)."""
+    low = detail.lower()
+    return next((reason for marker, reason in _MARKERS if marker in low), "failed")
+
+
+def safe_url(url: str) -> str:
+    """The database's address as it may be printed: the password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is shown as given: it holds no usable password
+        return url
+
+
+def store_error(url: str, exc: BaseException) -> StoreError:
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return StoreError(reason_of(detail), safe_url(url), detail)
+
+
+def raise_store_errors(engine: Engine) -> None:
+    """Have `engine` raise StoreError in place of the driver's exceptions, for every statement
+    and every connection attempt."""
+    where = str(engine.url)
+
+    def translate(context: Any) -> None:
+        raise store_error(where, context.original_exception) from context.original_exception
+
+    event.listen(engine, "handle_error", translate)

@@ -1,0 +1,426 @@
+"""The hub's dashboard: a JSON API (OpenAPI at /openapi.json), /metrics, and the page itself.
+
+FastAPI, because the response models below are both the validation of what we send and the
+published OpenAPI description; the page is plain HTML + JS in cloud_hub/web/static (no build
+step) and polls the API once a second. Reads need the bearer token unless `open_reads`; writes
+always need it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cloud_hub.drift.source import FleetQuery, PublishedCards, read_fleet_drift
+from cloud_hub.store.database import Store
+from cloud_hub.web import views
+from cloud_hub.web.actions import ACTIONS, ActionRefused, NoSuchRollout, apply_action
+from cloud_hub.web.metrics import registry_for
+
+STATIC = Path(__file__).parent / "static"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+MAX_POINTS = 5000
+
+
+@dataclass(frozen=True)
+class WebAuth:
+    token: str
+    open_reads: bool = False
+
+
+# ---- response models (the OpenAPI description) ----------------------------------------------
+class ErrorOut(BaseModel):
+    error: str = Field(description="what was expected, what arrived and where")
+
+
+class StorageOut(BaseModel):
+    ok: bool = Field(description="false while the device cannot write its state folder or buffer")
+    error: str | None = Field(description="what failed, while not ok")
+    reasons: list[str] = Field(description='why, as codes: "disk-full", "read-only", ...')
+    since: float | None = Field(description="epoch seconds the trouble began, while not ok")
+    unkept: dict[str, int] = Field(
+        description="records the device inferred but could not keep since it started, per kind"
+    )
+
+
+class InputOut(BaseModel):
+    name: str
+    open: bool
+    lost: int = Field(description="times its serial port went away since the agent started")
+    reopened: int
+    idle_s: float = Field(description="seconds since its last line (or since it started)")
+    no_input: bool = Field(description="idle past the device's telemetry.no_input_s")
+
+
+class DeviceOut(BaseModel):
+    id: str
+    status: Literal["online", "offline", "never seen"]
+    online: bool
+    profile: str
+    model: str | None
+    version: int | None
+    agent_version: str
+    boot: int
+    last_seen: float | None = Field(description="epoch seconds of the last message, if any")
+    inferences: int
+    dropped: int = Field(description="records the device's buffer dropped past its cap")
+    refused: dict[str, int] = Field(
+        description="what the hub refused of the device, per reason: rate (messages past its "
+        "rate), quota (records past its storage quota); the device keeps and resends them"
+    )
+    buffered: int
+    input: str = Field(
+        description='its inputs in a phrase: "ok", "no input 75s", "input closed", '
+        '"port lost x3", some of these, "-" (none configured) or "unreadable"'
+    )
+    inputs: list[InputOut] = Field(description="each input as the last status told")
+    latency_p95_ms: float | None = Field(description="from the newest telemetry window")
+    drift_status: str | None
+    drift_max_psi: float | None
+    worst_feature: str | None
+    storage: StorageOut | None = Field(
+        description="the device's own storage, as its last status said (null: it did not say)"
+    )
+
+
+class FleetOut(BaseModel):
+    now: float
+    devices: list[DeviceOut]
+
+
+class Latency(BaseModel):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class TelemetryPoint(BaseModel):
+    ts: float
+    model: str | None
+    window_s: float | None
+    count: int | None
+    throughput_per_s: float | None
+    latency_ms: Latency
+    errors: int
+    errors_by_reason: dict[str, int]
+
+
+class TelemetryOut(BaseModel):
+    device: str
+    points: list[TelemetryPoint]
+
+
+class DriftRow(BaseModel):
+    device: str
+    model: str | None
+    ts: float
+    status: str | None
+    max_psi: float | None
+    psi: dict[str, float]
+    levels: dict[str, Literal["ok", "warn", "alert", "unknown"]]
+
+
+class Thresholds(BaseModel):
+    warn: float = Field(description="a feature warns when its adjusted p-value (q) is below this")
+    alert: float = Field(description="... and alerts below this")
+
+
+class DriftMapOut(BaseModel):
+    features: list[str]
+    rows: list[DriftRow]
+    thresholds: Thresholds
+
+
+class FleetCell(BaseModel):
+    p: float = Field(description="the feature's chi-square p-value over the merged counts")
+    q: float | None = Field(description="Benjamini-Hochberg adjusted across the family")
+    psi: float | None
+    score: float | None = Field(description="-log10 p: 2 is p = 0.01, higher is surer")
+    level: Literal["ok", "warn", "alert", "unknown"] = Field(description="q against the levels")
+
+
+class FleetCohortRow(BaseModel):
+    cohort: str = Field(description='"fleet", "group:NAME" or "tag:NAME"')
+    status: Literal["ok", "warn", "alert", "unknown"]
+    p: float | None = Field(description="the family's p-value (Simes) of the merged counts")
+    score: float | None = Field(description="-log10 p")
+    devices: int
+    windows: int
+    rows: int = Field(description="rows merged (the reference's rows bound the power)")
+    reference_rows: int
+    moved: list[str]
+    skipped: dict[str, int] = Field(
+        description='reports not merged, by why: "no counts" (older agents), "no card", ...'
+    )
+    note: str
+    cells: dict[str, FleetCell]
+
+
+class FleetModelMap(BaseModel):
+    model: str
+    features: list[str]
+    rows: list[FleetCohortRow]
+
+
+class FleetDriftOut(BaseModel):
+    now: float
+    since_s: float
+    models: list[FleetModelMap]
+
+
+class DriftPoint(BaseModel):
+    ts: float
+    psi: float
+
+
+class DriftSeriesOut(BaseModel):
+    device: str
+    features: dict[str, list[DriftPoint]]
+
+
+class RolloutDevice(BaseModel):
+    id: str
+    state: str
+    reason: str
+
+
+class RolloutWave(BaseModel):
+    number: int
+    state: Literal["pending", "in progress", "done", "failed"]
+    devices: list[RolloutDevice]
+
+
+class RolloutOut(BaseModel):
+    id: str
+    state: str
+    model: str | None
+    created: float
+    updated: float
+    wave: int | None = Field(description="the current wave, counted from 1")
+    waves: list[RolloutWave]
+    progress: dict[str, int] = Field(description="devices by state")
+    halt_reason: str
+    gates: dict[str, Any] = Field(description="`gates` / `gate_results` as the engine stored them")
+    body: dict[str, Any] = Field(description="the rollout as stored")
+
+
+class RolloutsOut(BaseModel):
+    rollouts: list[RolloutOut]
+
+
+class ActionOut(BaseModel):
+    id: str
+    action: str
+    previous_state: str
+    state: str
+
+
+bearer = HTTPBearer(auto_error=False, description="the hub's dashboard token")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+DeviceId = Annotated[str, PathParam(pattern=ID_PATTERN, description="a device id")]
+RolloutId = Annotated[str, PathParam(pattern=ID_PATTERN, description="a rollout id")]
+Since = Annotated[
+    float, Query(ge=0, allow_inf_nan=False, description="only records stamped after (epoch s)")
+]
+Limit = Annotated[int, Query(ge=1, le=MAX_POINTS, description="at most this many, the newest")]
+Feature = Annotated[str | None, Query(max_length=200, description="only this feature")]
+ModelName = Annotated[str | None, Query(max_length=64, description="only devices running it")]
+Action = Literal["pause", "resume", "abort", "rollback"]
+SinceSeconds = Annotated[
+    float,
+    Query(gt=0, le=30 * 86400, allow_inf_nan=False, description="reports of the last seconds"),
+]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorOut} for code in codes}
+
+
+# ---- the app --------------------------------------------------------------------------------
+def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None) -> FastAPI:
+    """The app over `store`; `cards` reads published model cards for fleet drift (None: no
+    repository, fleet drift says each card is missing)."""
+    app = FastAPI(
+        title="edgefleet hub",
+        version="1",
+        docs_url=None,  # Swagger UI and ReDoc load scripts from a CDN; the page stays offline
+        redoc_url=None,
+        description="The fleet, its rollouts, telemetry and drift. Send "
+        "`Authorization: Bearer <token>`; reads may be open (`edgehub serve --open-reads`).",
+    )
+    cards = cards or PublishedCards(None)
+    registry = registry_for(store, cards)
+
+    def write_access(credentials: Credentials) -> None:
+        if credentials is None:
+            raise HTTPException(
+                401,
+                "this needs `Authorization: Bearer <token>`; got no token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not hmac.compare_digest(credentials.credentials.encode(), auth.token.encode()):
+            raise HTTPException(403, "the bearer token is not this hub's dashboard token")
+
+    def read_access(credentials: Credentials) -> None:
+        if not auth.open_reads:
+            write_access(credentials)
+
+    reads: Any = {"dependencies": [Depends(read_access)]}
+
+    def device_or_404(device: str) -> dict[str, Any]:
+        row = store.device(device)
+        if row is None:
+            raise HTTPException(404, f"no device with id {device!r}; GET /api/fleet lists them")
+        return row
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": validation_message(exc)}, 422)
+
+    @app.get("/api/fleet", response_model=FleetOut, responses=_errors(401, 403), **reads)
+    def fleet() -> dict[str, Any]:
+        telemetry = store.latest_records("telemetry")
+        drift = store.latest_records("drift")
+        rows = [
+            views.device_row(d, telemetry.get(d["id"]), drift.get(d["id"])) for d in store.devices()
+        ]
+        return {"now": time.time(), "devices": rows}
+
+    @app.get(
+        "/api/devices/{device}",
+        response_model=DeviceOut,
+        responses=_errors(401, 403, 404, 422),
+        **reads,
+    )
+    def device(device: DeviceId) -> dict[str, Any]:
+        row = device_or_404(device)
+        return views.device_row(
+            row,
+            next(iter(store.recent_records("telemetry", device, limit=1)), None),
+            next(iter(store.recent_records("drift", device, limit=1)), None),
+        )
+
+    @app.get(
+        "/api/devices/{device}/telemetry",
+        response_model=TelemetryOut,
+        responses=_errors(401, 403, 404, 422),
+        **reads,
+    )
+    def telemetry(device: DeviceId, since: Since = 0.0, limit: Limit = 300) -> dict[str, Any]:
+        device_or_404(device)
+        recs = store.recent_records("telemetry", device, since, limit)
+        points = [views.telemetry_point(r) for r in recs if "raw" not in r.body]  # not samples
+        return {"device": device, "points": points}
+
+    @app.get(
+        "/api/devices/{device}/drift",
+        response_model=DriftSeriesOut,
+        responses=_errors(401, 403, 404, 422),
+        **reads,
+    )
+    def device_drift(
+        device: DeviceId,
+        since: Since = 0.0,
+        limit: Limit = 300,
+        feature: Feature = None,
+    ) -> dict[str, Any]:
+        device_or_404(device)
+        recs = store.recent_records("drift", device, since, limit)
+        return {"device": device, "features": views.drift_series(recs, feature)}
+
+    @app.get("/api/drift", response_model=DriftMapOut, responses=_errors(401, 403, 422), **reads)
+    def drift(model: ModelName = None) -> dict[str, Any]:
+        return views.drift_map(store.latest_records("drift"), model)
+
+    @app.get(
+        "/api/drift/fleet",
+        response_model=FleetDriftOut,
+        responses=_errors(401, 403, 422),
+        description="Drift merged over the devices' windows per model version and cohort "
+        "(the fleet, each group, each tag), tested against each version's card.",
+        **reads,
+    )
+    def fleet_drift(model: ModelName = None, since_s: SinceSeconds = 3600.0) -> dict[str, Any]:
+        result = read_fleet_drift(store, cards, FleetQuery(since_s))
+        if model is not None:
+            result["rows"] = [r for r in result["rows"] if r["model"] == model]
+        return views.fleet_drift_map(result)
+
+    @app.get("/api/rollouts", response_model=RolloutsOut, responses=_errors(401, 403), **reads)
+    def rollouts() -> dict[str, Any]:
+        return {"rollouts": [views.rollout_view(r) for r in reversed(store.rollouts())]}
+
+    @app.get(
+        "/api/rollouts/{rollout}",
+        response_model=RolloutOut,
+        responses=_errors(401, 403, 404, 422),
+        **reads,
+    )
+    def rollout(rollout: RolloutId) -> dict[str, Any]:
+        row = store.rollout(rollout)
+        if row is None:
+            raise HTTPException(
+                404, f"no rollout with id {rollout!r}; GET /api/rollouts lists them"
+            )
+        return views.rollout_view(row)
+
+    @app.post(
+        "/api/rollouts/{rollout}/{action}",
+        response_model=ActionOut,
+        responses=_errors(401, 403, 404, 409, 422),
+        dependencies=[Depends(write_access)],
+        description="Ask the rollout engine to "
+        + ", ".join(ACTIONS)
+        + " this rollout; 409 when its state does not allow it.",
+    )
+    def act(rollout: RolloutId, action: Action) -> dict[str, Any]:
+        try:
+            return apply_action(store, rollout, action)
+        except NoSuchRollout as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except ActionRefused as exc:
+            raise HTTPException(409, str(exc)) from exc
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **_errors(401, 403)},
+        **reads,
+    )
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    """`query parameter limit: Input should be less than or equal to 5000, got '9999'`."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err.get("loc", ())]
+        where = f"{loc[0]} parameter {'.'.join(loc[1:])}" if len(loc) > 1 else ".".join(loc)
+        got = f", got {err['input']!r}" if "input" in err else ""
+        parts.append(f"{where}: {err.get('msg', 'invalid')}{got}")
+    return "; ".join(parts) or "invalid request"

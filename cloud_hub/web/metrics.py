@@ -1,0 +1,196 @@
+"""Prometheus metrics, read from the hub's store at each scrape (the store is the one truth, so
+every hub process and a restarted hub report the same numbers)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cloud_hub.drift.fleet import STATUS_RANK
+from cloud_hub.drift.source import FleetQuery, PublishedCards, read_fleet_drift
+from cloud_hub.store.database import Store
+from cloud_hub.web import views
+from edge_agent.protocol.inputs import inputs_of
+
+FLEET_DRIFT_SINCE_S = 3600.0  # the metrics' fleet drift merges the last hour's windows
+
+
+class StoreCollector(Collector):
+    def __init__(self, store: Store, cards: PublishedCards | None = None) -> None:
+        self.store = store
+        self.cards = cards or PublishedCards(None)  # None: no cards, no fleet drift gauges
+
+    def collect(self) -> Iterator[Metric]:
+        devices = self.store.devices()
+        online = GaugeMetricFamily("edgefleet_devices_online", "Devices whose status is online")
+        online.add_metric([], sum(1 for d in devices if d["online"]))
+        yield online
+        known = GaugeMetricFamily("edgefleet_devices", "Devices the hub knows (enrolled or seen)")
+        known.add_metric([], len(devices))
+        yield known
+
+        rollouts = GaugeMetricFamily("edgefleet_rollouts", "Rollouts by state", labels=["state"])
+        by_state: dict[str, int] = {}
+        for row in self.store.rollouts():
+            by_state[row["state"]] = by_state.get(row["state"], 0) + 1
+        for state, n in sorted(by_state.items()):
+            rollouts.add_metric([state], n)
+        yield rollouts
+
+        stored = CounterMetricFamily(
+            "edgefleet_records_stored",
+            "Device records stored (each once); rate() of it is the ingest rate",
+            labels=["kind"],
+        )
+        counts = self.store.record_counts()
+        for kind in ("telemetry", "drift", "events"):
+            stored.add_metric([kind], counts.get(kind, 0))
+        yield stored
+
+        dropped = CounterMetricFamily(
+            "edgefleet_device_dropped_records",
+            "Records a device's buffer dropped past its cap, as its last status reported",
+            labels=["device", "kind"],
+        )
+        for d in devices:
+            for kind, n in sorted(views.counts(views.mapping(d["stats"]).get("dropped")).items()):
+                dropped.add_metric([d["id"], kind], n)
+        yield dropped
+        yield from storage_metrics(devices)
+        yield from _inputs(devices)
+
+        refused = CounterMetricFamily(
+            "edgefleet_hub_refused",
+            "What the hub refused of a device: messages past its rate, records past its quota",
+            labels=["device", "reason"],
+        )
+        for d in devices:
+            for reason, n in sorted(views.counts(d.get("refused")).items()):
+                refused.add_metric([d["id"], reason], n)
+        yield refused
+
+        psi = GaugeMetricFamily(
+            "edgefleet_drift_psi",
+            "Highest PSI of a feature across the devices running a model (their latest reports)",
+            labels=["model", "feature"],
+        )
+        worst: dict[tuple[str, str], float] = {}
+        for rec in self.store.latest_records("drift").values():
+            label = views.model_label(rec.body.get("model"))
+            if label is None:
+                continue
+            for feature, value in views.psi_values(rec.body).items():
+                key = (label.split("@")[0], feature)
+                worst[key] = max(value, worst.get(key, value))
+        for (model, feature), value in sorted(worst.items()):
+            psi.add_metric([model, feature], value)
+        yield psi
+        yield from fleet_drift_metrics(
+            read_fleet_drift(self.store, self.cards, FleetQuery(FLEET_DRIFT_SINCE_S))["rows"]
+        )
+
+
+def fleet_drift_metrics(rows: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
+    """Fleet drift of the last hour per model version and cohort (cloud_hub.drift.fleet):
+    the family p-value, the status and the rows merged. Cohorts with nothing to test (no card,
+    no counts) are left out."""
+    labels = ["model", "version", "cohort"]
+    p = GaugeMetricFamily(
+        "edgefleet_fleet_drift_p",
+        "p-value of the devices' drift windows of the last hour merged per model version and "
+        "cohort, against the card (small: the cohort's inputs moved)",
+        labels=labels,
+    )
+    status = GaugeMetricFamily(
+        "edgefleet_fleet_drift_status",
+        "Fleet drift status of the last hour per model version and cohort: 0 ok, 1 warn, 2 alert",
+        labels=labels,
+    )
+    merged = GaugeMetricFamily(
+        "edgefleet_fleet_drift_rows",
+        "Rows merged in the fleet drift test of the last hour",
+        labels=labels,
+    )
+    for r in rows:
+        if r["p"] is None:
+            continue
+        key = [r["model"], str(r["version"]), r["cohort"]]
+        p.add_metric(key, r["p"])
+        status.add_metric(key, STATUS_RANK[r["status"]])
+        merged.add_metric(key, r["rows"])
+    yield from (p, status, merged)
+
+
+def storage_metrics(devices: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
+    """Each device's own storage, as its last status said (devices that said nothing are left
+    out): whether it can write (alert on 0), and what it inferred but could not keep."""
+    ok = GaugeMetricFamily(
+        "edgefleet_device_storage_ok",
+        "1 while a device can write its state folder and buffer, 0 while it cannot "
+        "(a full or read-only disk), as its last status said",
+        labels=["device"],
+    )
+    unkept = CounterMetricFamily(
+        "edgefleet_device_unkept_records",
+        "Records a device inferred but could not keep (its disk refused them) since it started, "
+        "as its last status said",
+        labels=["device", "kind"],
+    )
+    for d in devices:
+        storage = views.device_storage(views.mapping(d["stats"]))
+        if storage is None:
+            continue
+        ok.add_metric([d["id"]], 1 if storage["ok"] else 0)
+        for kind, n in sorted(storage["unkept"].items()):
+            unkept.add_metric([d["id"], kind], n)
+    yield ok
+    yield unkept
+
+
+def _inputs(devices: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Each device's inputs, per source, as its last status told. The gauges only for devices
+    online now: an offline device's idle time stopped when it went away."""
+    labels = ["device", "input"]
+    lost = CounterMetricFamily(
+        "edgefleet_device_input_lost",
+        "Times an input's serial port went away since the agent started",
+        labels=labels,
+    )
+    reopened = CounterMetricFamily(
+        "edgefleet_device_input_reopened",
+        "Times an input's serial port came back since the agent started",
+        labels=labels,
+    )
+    is_open = GaugeMetricFamily(
+        "edgefleet_device_input_open", "1 while an input is open (online devices)", labels=labels
+    )
+    idle = GaugeMetricFamily(
+        "edgefleet_device_input_idle_seconds",
+        "Seconds since an input's last line (online devices)",
+        labels=labels,
+    )
+    quiet = GaugeMetricFamily(
+        "edgefleet_device_no_input",
+        "1 while an online device's input is idle past its telemetry.no_input_s",
+        labels=labels,
+    )
+    for d in devices:
+        for state in inputs_of(views.mapping(d["stats"])) or ():
+            key = [d["id"], state.name]
+            lost.add_metric(key, state.lost)
+            reopened.add_metric(key, state.reopened)
+            if d["online"]:
+                is_open.add_metric(key, int(state.open))
+                idle.add_metric(key, state.idle_s)
+                quiet.add_metric(key, int(state.no_input))
+    yield from (lost, reopened, is_open, idle, quiet)
+
+
+def registry_for(store: Store, cards: PublishedCards | None = None) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store, cards))
+    return registry

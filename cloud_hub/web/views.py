@@ -1,0 +1,286 @@
+"""What the dashboard shows, computed from stored rows: plain values in, plain values out.
+
+Record bodies come from devices and are stored as they arrived (the wire contract checks the
+envelope, not every field), so every number read here is checked: a field that is missing or not
+a finite number shows as null instead of breaking the page.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cloud_hub.drift import fleet as fleet_drift
+from cloud_hub.store.database import StoredRecord
+from edge_agent.drift import DEFAULT_ALERT_EVERY, DEFAULT_WARN_EVERY, levels
+from edge_agent.errors import MessageError
+from edge_agent.protocol.inputs import describe, inputs_of
+from edge_agent.protocol.messages import StorageCondition
+
+# The device side's defaults (firmware_configs/base.toml [drift]); a cell is coloured by these.
+# the fixed PSI bands, only for reports of agents from before calibrated drift (no "levels")
+PSI_WARN = 0.1
+PSI_ALERT = 0.25
+DEFAULT_LEVELS = levels(DEFAULT_WARN_EVERY, DEFAULT_ALERT_EVERY)
+
+
+def number(value: object) -> float | None:
+    """A finite int or float, else None (bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    result = float(value)
+    return result if math.isfinite(result) else None
+
+
+def count(value: object) -> int:
+    """A non-negative whole count, else 0."""
+    n = number(value)
+    return int(n) if n is not None and n >= 0 else 0
+
+
+def counts(value: object) -> dict[str, int]:
+    """A {reason: n} object; entries that are not counts are left out."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): count(v) for k, v in value.items() if number(v) is not None}
+
+
+def mapping(value: object) -> Mapping[str, Any]:
+    """An object, else an empty one."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def model_label(model: object) -> str | None:
+    """`name@version` from a ModelRef json, None when there is none."""
+    if isinstance(model, Mapping) and "name" in model:
+        return f"{model['name']}@{model.get('version', '?')}"
+    return None
+
+
+def level(psi: float, warn: float = PSI_WARN, alert: float = PSI_ALERT) -> str:
+    return "alert" if psi >= alert else "warn" if psi >= warn else "ok"
+
+
+# ---- fleet ----------------------------------------------------------------------------------
+def input_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A device's inputs: the phrase for people ("ok", "no input 75s", "port lost x3") and each
+    source as the device reported it."""
+    states = inputs_of(mapping(row.get("stats")))
+    if states is None:
+        return {"input": "unreadable", "inputs": []}
+    return {
+        "input": describe(states, online=bool(row.get("online"))),
+        "inputs": [s.to_json() for s in states],
+    }
+
+
+def device_row(
+    row: Mapping[str, Any], telemetry: StoredRecord | None, drift: StoredRecord | None
+) -> dict[str, Any]:
+    stats = mapping(row.get("stats"))
+    last_seen = number(row.get("last_seen")) or None
+    latency = mapping(telemetry.body.get("latency_ms")) if telemetry else {}
+    drift_body = drift.body if drift else {}
+    status = "online" if row.get("online") else "offline" if last_seen else "never seen"
+    return {
+        "id": row["id"],
+        "status": status,
+        "online": bool(row.get("online")),
+        "profile": row.get("profile") or "",
+        "model": row.get("model"),
+        "version": row.get("version"),
+        "agent_version": row.get("agent_version") or "",
+        "boot": count(row.get("boot")),
+        "last_seen": last_seen,
+        "inferences": count(stats.get("inferences")),
+        "dropped": sum(counts(stats.get("dropped")).values()),
+        "refused": counts(row.get("refused")),
+        "buffered": count(stats.get("buffered")),
+        **input_view(row),
+        "latency_p95_ms": number(latency.get("p95")),
+        "drift_status": text(drift_body.get("status")),
+        "drift_max_psi": number(drift_body.get("max_psi")),
+        "worst_feature": text(drift_body.get("worst_feature")),
+        "storage": device_storage(stats),
+    }
+
+
+def device_storage(stats: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the device last said of its own state folder and buffer (a full or read-only disk,
+    the records it could not keep); None when it said nothing (an agent from before the
+    report) or something that is not a StorageCondition."""
+    try:
+        c = StorageCondition.from_json(stats["storage"], "stats.storage")
+    except (KeyError, MessageError):
+        return None
+    return {
+        "ok": c.ok,
+        "error": c.error,
+        "reasons": list(c.reasons),
+        "since": c.since,
+        "unkept": dict(c.unkept),
+    }
+
+
+# ---- telemetry ------------------------------------------------------------------------------
+def telemetry_point(rec: StoredRecord) -> dict[str, Any]:
+    body = rec.body
+    window = number(body.get("window_s"))
+    n = number(body.get("count"))
+    latency = mapping(body.get("latency_ms"))
+    errors = counts(body.get("errors"))
+    return {
+        "ts": rec.ts,
+        "model": model_label(body.get("model")),
+        "window_s": window,
+        "count": int(n) if n is not None else None,
+        "throughput_per_s": round(n / window, 3) if n is not None and window else None,
+        "latency_ms": {q: number(latency.get(q)) for q in ("p50", "p95", "p99")},
+        "errors": sum(errors.values()),
+        "errors_by_reason": errors,
+    }
+
+
+# ---- drift ----------------------------------------------------------------------------------
+def psi_values(body: Mapping[str, Any]) -> dict[str, float]:
+    raw = mapping(body.get("psi"))
+    return {str(k): v for k, value in raw.items() if (v := number(value)) is not None}
+
+
+def drift_map(latest: Mapping[str, StoredRecord], model: str | None = None) -> dict[str, Any]:
+    """The heat map: one row per device (its newest drift report), one column per feature."""
+    features: dict[str, None] = {}  # first-seen order, so columns follow the model card
+    rows = []
+    for device in sorted(latest):
+        body = latest[device].body
+        label = model_label(body.get("model"))
+        name = label.split("@")[0] if label else None
+        if model is not None and name != model:
+            continue
+        psi = psi_values(body)
+        features.update(dict.fromkeys(psi))
+        report_levels = fleet_drift.levels_of(body.get("levels"))
+        q = mapping(body.get("q"))
+        rows.append(
+            {
+                "device": device,
+                "model": label,
+                "ts": latest[device].ts,
+                "status": text(body.get("status")),
+                "max_psi": number(body.get("max_psi")),
+                "psi": psi,
+                "levels": {
+                    f: fleet_drift.feature_level(number(q.get(f)), report_levels)
+                    if report_levels
+                    else level(v)
+                    for f, v in psi.items()
+                },
+            }
+        )
+    # cells are coloured by each feature's adjusted p-value (q) against the report's levels
+    return {"features": list(features), "rows": rows, "thresholds": DEFAULT_LEVELS}
+
+
+def drift_series(
+    records: Iterable[StoredRecord], feature: str | None = None
+) -> dict[str, list[dict[str, float]]]:
+    """PSI over time, per feature."""
+    series: dict[str, list[dict[str, float]]] = {}
+    for rec in records:
+        for name, value in psi_values(rec.body).items():
+            if feature is None or name == feature:
+                series.setdefault(name, []).append({"ts": rec.ts, "psi": value})
+    return series
+
+
+def fleet_drift_map(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The fleet heat map, one per model version: cohorts as rows (the fleet on top), features
+    as columns; each cell's level is its adjusted value (q) against the levels, its score
+    -log10 p (0: nothing seen; 2: p = 0.01; higher is surer)."""
+    models: dict[str, dict[str, Any]] = {}
+    for r in result["rows"]:
+        label = f"{r['model']}@{r['version']}"
+        entry = models.setdefault(label, {"model": label, "features": [], "rows": []})
+        for f in r["p_values"]:
+            if f not in entry["features"]:
+                entry["features"].append(f)
+        cells = {
+            f: {
+                "p": p,
+                "q": r["q"].get(f),
+                "psi": r["psi"].get(f),
+                "score": fleet_drift.minus_log10(p),
+                "level": fleet_drift.feature_level(r["q"].get(f), r["levels"]),
+            }
+            for f, p in r["p_values"].items()
+        }
+        keep = ("cohort", "status", "p", "devices", "windows", "rows", "reference_rows")
+        entry["rows"].append(
+            {k: r[k] for k in keep}
+            | {
+                "score": fleet_drift.minus_log10(r["p"]),
+                "moved": list(r["moved"]),
+                "skipped": dict(r["skipped"]),
+                "note": r["note"],
+                "cells": cells,
+            }
+        )
+    return {"now": result["now"], "since_s": result["since_s"], "models": list(models.values())}
+
+
+# ---- rollouts -------------------------------------------------------------------------------
+def rollout_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored rollout, read generically: the engine may add keys the page does not know."""
+    body = mapping(row.get("body"))
+    states = mapping(body.get("devices"))
+    reasons = mapping(body.get("reasons"))
+    raw_waves = body.get("waves")
+    waves = []
+    for i, wave in enumerate(raw_waves if isinstance(raw_waves, list) else []):
+        members = [str(d) for d in wave] if isinstance(wave, list) else []
+        devices = [
+            {"id": d, "state": str(states.get(d, "unknown")), "reason": str(reasons.get(d, ""))}
+            for d in members
+        ]
+        waves.append({"number": i + 1, "state": _wave_state(devices), "devices": devices})
+    progress: dict[str, int] = {}
+    for state in states.values():
+        progress[str(state)] = progress.get(str(state), 0) + 1
+    wave = body.get("wave")
+    gates = {k: body[k] for k in ("gates", "gate_results") if k in body}
+    stages = body.get("stages")
+    if isinstance(stages, list):  # the engine's verdict per wave (cloud_hub.rollout.engine.Stage)
+        for i, stage in enumerate(stages):
+            if isinstance(stage, dict):
+                verdicts = {k: stage[k] for k in ("shadow_gate", "gate") if stage.get(k)}
+                if verdicts:
+                    gates[f"wave {i + 1}"] = verdicts
+    return {
+        "id": row["id"],
+        "state": row["state"],
+        "model": model_label(body.get("model")),
+        "created": row["created"],
+        "updated": row["updated"],
+        "wave": min(wave + 1, len(waves)) if isinstance(wave, int) and waves else None,
+        "waves": waves,
+        "progress": progress,
+        "halt_reason": str(body.get("halt_reason") or ""),
+        "gates": gates,
+        "body": dict(body),
+    }
+
+
+def _wave_state(devices: list[dict[str, str]]) -> str:
+    states = {d["state"] for d in devices}
+    if "failed" in states:
+        return "failed"
+    if states and states <= {"healthy"}:
+        return "done"
+    if states - {"waiting", "unknown"}:
+        return "in progress"
+    return "pending"

@@ -1,0 +1,211 @@
+"""The inference pipeline: validate, micro-batch, infer, feed the drift monitor, record telemetry.
+
+The serving model is an `ActiveModel`, swapped by a single reference assignment after a
+verified install passed its health gate, so a batch always runs on one whole model.
+
+A telemetry window never spans two models: every row and every rejection goes into a window of
+the model that handled it (or of none), and the first one handled by another model closes the
+window before. So the `no-model` rejections of a device waiting for its first model, or the
+errors of the model it ran before an update, are never stamped with the model installed next.
+
+With `on_result`, every inferred row is also handed on as a small JSON-able dict, for local
+actuators (see `edge_agent.inference.results`)::
+
+    {"ts": 1718000000.1, "model": "iris@3", "prediction": 2, "latency_ms": 0.012}
+
+`ts` is when the batch was inferred (epoch seconds), `prediction` the label or value as a JSON
+type, `latency_ms` the row's share of the batch's inference time. Without a callback nothing
+of this is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_agent.drift import MISSING_REASONS, DriftMonitor
+from edge_agent.errors import SensorLineError
+from edge_agent.inference.runtime import Runtime
+from edge_agent.inference.shadow import Shadow
+from edge_agent.protocol.card import ModelCard
+from edge_agent.sources.line_parser import LineParser
+from edge_agent.update.health import INFERENCE_ERRORS
+from edge_agent.uplink.sampling import RawSampler
+from edge_agent.uplink.telemetry import RunningStats, Window
+
+log = logging.getLogger(__name__)
+
+OnResult = Callable[[dict[str, Any]], None]
+OnShadowReport = Callable[[Shadow, dict[str, Any]], None]
+
+BOUNDS_TOLERANCE = 1.0  # accept values up to one reference range beyond the card's min and max
+
+
+def card_bounds(card: ModelCard) -> list[tuple[float, float]]:
+    bounds = []
+    for f in card.features:
+        span = max(f.max - f.min, abs(f.max), 1e-6) * BOUNDS_TOLERANCE
+        bounds.append((f.min - span, f.max + span))
+    return bounds
+
+
+@dataclass
+class ActiveModel:
+    card: ModelCard
+    runtime: Runtime
+    monitor: DriftMonitor
+    parsers: dict[str, LineParser]
+    ref: str = field(init=False, repr=False)  # "name@version", as results carry it
+    scored: bool = field(init=False, repr=False)  # whether the monitor wants class probabilities
+
+    def __post_init__(self) -> None:
+        self.ref = f"{self.card.model.name}@{self.card.model.version}"
+        self.scored = self.monitor.wants_scores
+
+    @classmethod
+    def build(
+        cls,
+        card: ModelCard,
+        runtime: Runtime,
+        drift_window: int,
+        warn_every: float,
+        alert_every: float,
+        drift_window_s: float | None = None,
+    ) -> ActiveModel:
+        names, bounds = card.feature_names, card_bounds(card)
+        return cls(
+            card,
+            runtime,
+            DriftMonitor(card, drift_window, drift_window_s, warn_every, alert_every),
+            {fmt: LineParser(names, fmt, bounds) for fmt in ("csv", "json")},
+        )
+
+
+class Pipeline:
+    def __init__(
+        self,
+        on_drift: Callable[[dict[str, Any]], None],
+        on_window: Callable[[dict[str, Any]], None],
+        on_result: OnResult | None = None,
+        on_shadow_report: OnShadowReport | None = None,
+    ) -> None:
+        self.active: ActiveModel | None = None
+        self.shadow: Shadow | None = None  # a candidate beside `active`; outputs never used
+        self.sampler: RawSampler | None = None  # raw rows to the hub (off by default)
+        self.stats = RunningStats()
+        self.result_errors = 0  # times on_result raised
+        self._on_drift = on_drift
+        self._on_window = on_window
+        self._on_result = on_result
+        self._on_shadow_report = on_shadow_report
+        self._window = Window(time.time())
+        self._window_of: ActiveModel | None = None  # what handled everything in the window
+        self._lock = threading.Lock()
+
+    def process(self, lines: list[tuple[str, bytes]]) -> None:
+        """One micro-batch of (format, raw line) pairs."""
+        model = self.active
+        if model is None:
+            self._reject_for(None, "no-model", len(lines))
+            return
+        rows = []
+        parsers = model.parsers
+        for fmt, raw in lines:
+            try:
+                rows.append(parsers[fmt].values(raw))
+            except SensorLineError as exc:
+                self._reject_for(model, exc.reason)
+                if exc.reason in MISSING_REASONS:
+                    model.monitor.missing()
+        if not rows:
+            return
+        x = np.array(rows, dtype=np.float32)  # the values were checked to fit float32
+        start = time.perf_counter()
+        scores = None
+        try:
+            if model.scored:  # the card has a calibration: labels and probabilities, one run
+                predictions, scores = model.runtime.predict_with_scores(x)
+            else:
+                predictions = model.runtime.predict(x)
+        except INFERENCE_ERRORS:
+            self._reject_for(model, "inference-error")
+            return
+        latency_ms = (time.perf_counter() - start) * 1000
+        with self._lock:
+            closed = self._window_for(model)
+            self._window.add(latency_ms, predictions)
+            self.stats.add(latency_ms, len(x))
+        if closed is not None:
+            self._on_window(closed)
+        if self._on_result is not None:
+            self._results(self._on_result, model.ref, predictions, latency_ms / len(x))
+        report = model.monitor.add(x, predictions, scores)
+        if report is not None:
+            self._on_drift(report)
+        shadow = self.shadow
+        if shadow is not None:
+            compared = shadow.observe(x, predictions, latency_ms, model.card.model)
+            if compared is not None and self._on_shadow_report is not None:
+                self._on_shadow_report(shadow, compared)
+        if self.sampler is not None:
+            self.sampler.offer(model.card, x, predictions)
+
+    def _results(
+        self, on_result: OnResult, ref: str, predictions: np.ndarray, share_ms: float
+    ) -> None:
+        ts = time.time()
+        share_ms = round(share_ms, 4)
+        for prediction in predictions.tolist():  # numpy scalars -> int, float, str, bool
+            try:
+                on_result(
+                    {"ts": ts, "model": ref, "prediction": prediction, "latency_ms": share_ms}
+                )
+            except Exception:  # an actuator hook must not stop inference
+                self.result_errors += 1
+                if self.result_errors == 1:
+                    log.exception("the result callback raised; further errors are only counted")
+
+    def reject(self, reason: str) -> None:
+        """A line lost before any model saw it (a full queue): counted in the open window."""
+        with self._lock:
+            self._window.reject(reason)
+            self.stats.rejected[reason] += 1
+
+    def _reject_for(self, model: ActiveModel | None, reason: str, n: int = 1) -> None:
+        """`n` lines that `model` (None: no model) refused."""
+        with self._lock:
+            closed = self._window_for(model)
+            self._window.reject(reason, n)
+            self.stats.rejected[reason] += n
+        if closed is not None:
+            self._on_window(closed)
+
+    def _window_for(self, model: ActiveModel | None) -> dict[str, Any] | None:
+        """Under the lock: make the open window `model`'s. If another model's window was open,
+        it closes here; its record is returned, to hand on once the lock is released."""
+        if model is self._window_of:
+            return None
+        now = time.time()
+        window, self._window = self._window, Window(now)
+        before, self._window_of = self._window_of, model
+        return None if window.empty else window.to_record(now, _stamp(before))
+
+    def flush_window(self) -> None:
+        """Close the current telemetry window and hand it on (nothing if it saw nothing),
+        stamped with the model that handled what it holds."""
+        now = time.time()
+        with self._lock:
+            window, self._window = self._window, Window(now)
+            model = self._window_of
+        if not window.empty:
+            self._on_window(window.to_record(now, _stamp(model)))
+
+
+def _stamp(model: ActiveModel | None) -> dict[str, Any] | None:
+    return model.card.model.to_json() if model else None

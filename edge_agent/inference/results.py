@@ -1,0 +1,170 @@
+"""Inference results for local actuators: one small JSON message per inferred row.
+
+The pipeline hands every result to a callback (`Pipeline(on_result=...)`); `ResultPublisher` is
+that callback when `[results] enabled = true`. It publishes each result on a LOCAL topic
+(default ``edgefleet/local/{device_id}/results``) of a local broker, with its own
+`MqttSession` (a clean session), separate from the uplink session to the hub. A message looks like::
+
+    {"v": 1, "ts": 1718000000.123, "model": "iris@3", "prediction": 2, "latency_ms": 0.0123}
+
+It never blocks the pipeline: while the client is disconnected a result is dropped and counted
+(`stats()`), and the session reconnects on its own (the agent's one reconnect policy:
+backoff with full jitter, `reconnect_delay` = (first, longest) seconds). Results are live
+signals, not records: there is no buffering and no QoS 1 redelivery across a broker outage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from edge_agent.errors import ConfigError, MessageError, TransportError
+from edge_agent.mqtt.session import BrokerAddress, MqttSession
+from edge_agent.protocol.topics import check_device_id
+from edge_agent.sources.inputs import check_topic, reconnect_backoff
+
+log = logging.getLogger(__name__)
+
+RESULT_VERSION = 1
+DEFAULT_TOPIC = "edgefleet/local/{device_id}/results"
+PLACEHOLDER = "{device_id}"
+_SAMPLE_ID = "device-1"
+
+
+def results_topic(template: str, device_id: str, where: str = "results") -> str:
+    """The topic `template` with its ``{device_id}`` placeholder (if any) filled in.
+
+    ConfigError if the template has other braces, is not a valid MQTT topic name (no
+    wildcards, not empty), or `device_id` is not a valid device id."""
+    if not isinstance(template, str):
+        raise ConfigError(f"{where}: 'topic' expected an MQTT topic name, found {template!r}")
+    rest = template.replace(PLACEHOLDER, "")
+    if "{" in rest or "}" in rest:
+        raise ConfigError(
+            f"{where}: 'topic' expected no placeholder other than {PLACEHOLDER}, found {template!r}"
+        )
+    try:
+        device_id = check_device_id(device_id, f"{where}: device id")
+    except MessageError as exc:
+        raise ConfigError(str(exc)) from exc
+    return check_topic(template.replace(PLACEHOLDER, device_id), where, wildcards=False)
+
+
+def is_results_topic(template: str) -> bool:
+    """Whether `template` makes a valid results topic for any valid device id."""
+    try:
+        results_topic(template, _SAMPLE_ID)
+    except ConfigError:
+        return False
+    return True
+
+
+class ResultPublisher:
+    """Publishes each result dict as JSON on one topic of a local broker; a pipeline callback.
+
+    `__call__` is on the pipeline's hot path: one flag test when disconnected, one
+    ``json.dumps`` and one non-blocking ``publish_now`` when connected. Call it from one thread
+    (the pipeline's); the counters are not locked.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        *,
+        qos: int = 0,
+        keepalive: int = 30,
+        reconnect_delay: tuple[int, int] = (1, 30),
+    ) -> None:
+        where = "result publisher"
+        self.topic = check_topic(topic, where, wildcards=False)
+        if not isinstance(host, str) or not host.strip():
+            raise ConfigError(f"{where}: 'host' expected a host name or address, found {host!r}")
+        if type(port) is not int or not 1 <= port <= 65535:
+            raise ConfigError(f"{where}: 'port' expected a port number 1-65535, found {port!r}")
+        if type(qos) is not int or qos not in (0, 1):
+            raise ConfigError(f"{where}: 'qos' expected 0 or 1, found {qos!r}")
+        self.host, self.port, self.qos = host, port, qos
+        self.keepalive = keepalive
+        self.published = 0  # handed to the link while connected
+        self.dropped = 0  # dropped because the client was not connected
+        self.unencodable = 0  # not JSON (NaN, a numpy value...)
+        self._encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+        self._session = MqttSession(
+            f"edgefleet-results-{uuid.uuid4().hex[:12]}",
+            BrokerAddress(host, port, keepalive=keepalive),
+            persistent=False,
+            on_connect=self._on_connect,
+            on_connect_failed=self._on_connect_failed,
+            on_disconnect=self._on_disconnect,
+            backoff=reconnect_backoff(where, reconnect_delay),
+        )
+        self.connected = self._session.connected
+        self._started = False
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], device_id: str) -> ResultPublisher | None:
+        """The publisher the validated ``[results]`` section asks for; None when not enabled."""
+        if not settings.get("enabled", False):
+            return None
+        return cls(
+            results_topic(settings.get("topic", DEFAULT_TOPIC), device_id),
+            settings.get("host", "127.0.0.1"),
+            settings.get("port", 1883),
+            qos=settings.get("qos", 0),
+        )
+
+    def start(self) -> None:
+        """Connect in the background (the session's thread) and keep reconnecting until stop()."""
+        if self._started:
+            raise RuntimeError("result publisher is already running")
+        self._session.start()
+        self._started = True
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected.wait(timeout)
+
+    def stop(self) -> None:
+        """Disconnect and end the session's thread."""
+        if not self._started:
+            return
+        self._started = False
+        self._session.stop()
+
+    def __call__(self, result: dict[str, Any]) -> None:
+        if not self.connected.is_set():
+            self.dropped += 1
+            return
+        try:
+            payload = self._encode({"v": RESULT_VERSION, **result})
+        except (TypeError, ValueError):
+            self.unencodable += 1
+            if self.unencodable == 1:
+                log.warning("result not JSON-encodable, dropped: %r", result)
+            return
+        if self._session.publish_now(self.topic, payload, self.qos):
+            self.published += 1
+        else:  # the connection went between the check and the publish
+            self.dropped += 1
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "published": self.published,
+            "dropped": self.dropped,
+            "unencodable": self.unencodable,
+        }
+
+    # -- session callbacks (the session's network thread) ------------------------------------
+
+    def _on_connect(self) -> None:
+        log.info("results: connected to %s:%s", self.host, self.port)
+
+    def _on_connect_failed(self, error: TransportError, refused: bool) -> None:
+        (log.warning if refused else log.debug)("results: %s", error)
+
+    def _on_disconnect(self, error: TransportError) -> None:
+        log.warning("results: %s; dropping results until reconnected", error)

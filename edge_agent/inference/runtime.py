@@ -1,0 +1,110 @@
+"""Runtimes behind one interface: a model's bytes in, predictions out.
+
+onnxruntime is the default; TFLite models (card runtime "litert") run on LiteRT (ai-edge-litert)
+or, where only that is installed, tflite-runtime. Those are optional plugins imported only when a
+card asks for them. The converters validate a result through these same classes, so what the hub
+measured is what the device runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from edge_agent.errors import BundleRejected, EdgefleetError
+from edge_agent.protocol.card import ModelCard
+
+
+class Runtime(Protocol):
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(n, n_features) float32 -> (n,) labels (classification) or values (regression)."""
+        ...
+
+    def scores(self, x: np.ndarray) -> np.ndarray | None:
+        """(n, n_classes) class probabilities for a classifier; None for a regressor."""
+        ...
+
+    def predict_with_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """`predict(x)` and `scores(x)` from one inference (what the accuracy estimate needs,
+        at the cost of one, not two)."""
+        ...
+
+
+class OnnxRuntime:
+    """A model whose first output is the label or value and whose second, for a classifier,
+    is the probabilities (the converters' contract)."""
+
+    def __init__(self, model_bytes: bytes, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                model_bytes, options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad models
+            raise BundleRejected("bad-model", f"onnxruntime cannot load the model: {exc}") from exc
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise BundleRejected("bad-model", f"expected one model input, got {len(inputs)}")
+        self._input = inputs[0].name
+        outputs = [o.name for o in self._session.get_outputs()]
+        self._label_output = outputs[:1]
+        self._score_output = outputs[1:2]
+        self._both_outputs = outputs[:2]
+        # One RunOptions for every call: with None, onnxruntime builds a default one per run,
+        # which at batch 1 costs a tenth of a small model's inference. It holds no per-run state.
+        self._run_options = ort.RunOptions()
+        self._run = self._session.run
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        out = self._run(self._label_output, {self._input: x}, self._run_options)[0]
+        return np.asarray(out).reshape(len(x))
+
+    def scores(self, x: np.ndarray) -> np.ndarray | None:
+        if not self._score_output:
+            return None
+        return np.asarray(self._run(self._score_output, {self._input: x}, self._run_options)[0])
+
+    def predict_with_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if not self._score_output:
+            return self.predict(x), None
+        labels, scores = self._run(self._both_outputs, {self._input: x}, self._run_options)
+        return np.asarray(labels).reshape(len(x)), np.asarray(scores)
+
+
+def open_runtime(
+    kind: str, model_bytes: bytes, task: str, classes: Sequence[Any], threads: int = 1
+) -> Runtime:
+    """The runtime named `kind` ("onnxruntime" or "litert") for a model of `task`."""
+    if kind == "onnxruntime":
+        return OnnxRuntime(model_bytes, threads)
+    if kind == "litert":
+        from edge_agent.inference.tflite import TfliteRuntime
+
+        return TfliteRuntime(model_bytes, task, classes, threads)
+    raise BundleRejected("bad-card", f"runtime {kind!r} is not one this agent knows")
+
+
+RuntimeLoader = Callable[[ModelCard, bytes, int], Runtime]  # (card, model bytes, threads)
+
+WARMUP_RUNS = 3
+
+
+def load_runtime(card: ModelCard, model_bytes: bytes, threads: int = 1) -> Runtime:
+    """The card's runtime, warmed up: a few single-row inferences on the card's first sample row
+    (or zeros), so the first sensor line does not pay for lazy allocation. A failure here is
+    left for the health gate to count and report."""
+    runtime = open_runtime(card.runtime, model_bytes, card.task, card.classes, threads)
+    sample = card.sample_inputs[:1] or ((0.0,) * card.n_features,)
+    row = np.asarray(sample, dtype=np.float32)
+    with contextlib.suppress(EdgefleetError, RuntimeError, ValueError):
+        for _ in range(WARMUP_RUNS):
+            runtime.predict(row)
+    return runtime

@@ -1,0 +1,151 @@
+"""Verification of model bundles with TUF (`tuf.ngclient`), fed by what arrived over MQTT.
+
+The hub publishes TUF metadata retained on `fleet/tuf/...`; the agent's MQTT session puts each
+payload into a `mirror.TufMirror`, and `fetcher.MqttFetcher` serves ngclient from it (there is no
+HTTP server anywhere). Every trust decision is ngclient's; this module maps its verdicts to
+rejection reasons and adds the one rule TUF does not know: never a lower `model_version`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edge_agent.errors import BundleRejected, ConfigError
+from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.transfer import chunk_count
+from edge_agent.system.fsutil import atomic_write
+from edge_agent.update.mirror import TufMirror
+
+if TYPE_CHECKING:
+    from tuf.api.metadata import TargetFile
+
+# python-tuf (about 19 MB resident with its dependencies) is imported when an update arrives,
+# not when the agent starts: most of a device's life is inference.
+
+
+@dataclass(frozen=True)
+class VerifiedTarget:
+    path: str
+    model: ModelRef
+    length: int
+    card_sha256: str
+    info: TargetFile
+
+    @property
+    def sha256(self) -> str:
+        return str(self.info.hashes["sha256"])
+
+    @property
+    def chunk_sha256(self) -> tuple[str, ...] | None:
+        """The signed sha256 of each 64 KiB chunk, when the hub listed them: each chunk is
+        then checked on arrival, and a bad one asked for again."""
+        hashes = self.info.custom.get("chunk_sha256")
+        if not isinstance(hashes, list) or len(hashes) != chunk_count(self.length):
+            return None
+        return tuple(str(h) for h in hashes)
+
+
+def _reason(exc: Exception) -> str:
+    from tuf.api import exceptions as tuf_exc
+
+    if isinstance(exc, tuf_exc.ExpiredMetadataError):
+        return "expired"
+    if isinstance(exc, tuf_exc.BadVersionNumberError):
+        return "replayed"
+    if isinstance(exc, tuf_exc.UnsignedMetadataError):
+        return "bad-signature"
+    if isinstance(exc, tuf_exc.LengthOrHashMismatchError):
+        return "tampered"
+    if isinstance(exc, tuf_exc.DownloadError):
+        return "metadata-unavailable"
+    return "untrusted-metadata"
+
+
+class Verifier:
+    """Looks targets up in freshly refreshed TUF metadata and checks bundle bytes against them."""
+
+    def __init__(self, tuf_dir: Path, mirror: TufMirror, max_bundle_bytes: int) -> None:
+        if not (tuf_dir / "root.json").exists():
+            raise ConfigError(
+                f"{tuf_dir / 'root.json'}: no trusted root; the device must be enrolled "
+                "with the hub's root.json"
+            )
+        self.tuf_dir = tuf_dir
+        self.mirror = mirror
+        self.max_bundle_bytes = max_bundle_bytes
+
+    def lookup(self, path: str, expected: ModelRef, running: ModelRef | None) -> VerifiedTarget:
+        """Refresh metadata, find `path`, and check it is the model and version we were told."""
+        from tuf.api import exceptions as tuf_exc
+        from tuf.ngclient import Updater, UpdaterConfig
+
+        from edge_agent.update.fetcher import METADATA_URL, MqttFetcher
+
+        updater = Updater(
+            metadata_dir=str(self.tuf_dir),
+            metadata_base_url=METADATA_URL,
+            fetcher=MqttFetcher(self.mirror),
+            config=UpdaterConfig(prefix_targets_with_hash=False),
+            bootstrap=None,
+        )
+        try:
+            updater.refresh()
+            info = updater.get_targetinfo(path)
+        except tuf_exc.RepositoryError as exc:
+            raise BundleRejected(_reason(exc), f"TUF metadata: {exc}") from exc
+        except tuf_exc.DownloadError as exc:
+            raise BundleRejected(_reason(exc), f"TUF metadata: {exc}") from exc
+        if info is None:
+            raise BundleRejected("unknown-target", f"{path} is not in the signed targets")
+        custom = info.custom
+        name, version = custom.get("model"), custom.get("model_version")
+        if name != expected.name or version != expected.version:
+            raise BundleRejected(
+                "mismatch",
+                f"{path}: command said {expected}, signed metadata says {name}@{version}",
+            )
+        if (
+            running is not None
+            and running.name == expected.name
+            and expected.version < (running.version)
+        ):
+            raise BundleRejected(
+                "downgrade",
+                f"{expected} is older than the running {running}; versions only go up",
+            )
+        if info.length > self.max_bundle_bytes:
+            raise BundleRejected(
+                "oversized",
+                f"{path} is {info.length} bytes, the device accepts at most "
+                f"{self.max_bundle_bytes}",
+            )
+        return VerifiedTarget(path, expected, info.length, str(custom.get("card_sha256")), info)
+
+    def check(self, target: VerifiedTarget, data: bytes) -> None:
+        """The downloaded bytes must have the signed length and hashes."""
+        from tuf.api import exceptions as tuf_exc
+
+        if len(data) < target.length:
+            raise BundleRejected(
+                "truncated", f"{target.path}: got {len(data)} of {target.length} bytes"
+            )
+        if len(data) > target.length:
+            raise BundleRejected(
+                "oversized", f"{target.path}: got {len(data)} bytes, signed {target.length}"
+            )
+        try:
+            target.info.verify_length_and_hashes(data)
+        except tuf_exc.LengthOrHashMismatchError as exc:
+            raise BundleRejected("tampered", f"{target.path}: {exc}") from exc
+
+
+def install_trusted_root(tuf_dir: Path, root: bytes) -> None:
+    """Enrollment: the device starts trusting the hub's root metadata."""
+    atomic_write(tuf_dir / "root.json", root)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

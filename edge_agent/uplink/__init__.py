@@ -1,0 +1,3 @@
+"""Records on their way to the hub: telemetry windows and samples (telemetry, sampling), the
+offline buffer (buffer) and hub-confirmed delivery (delivery).
+"""

@@ -1,0 +1,342 @@
+"""Store-and-forward buffer: SQLite in WAL mode, records deleted only when the hub confirms it
+committed them (`confirm`, from the hub's message on dev/{id}/ack), never on the broker's PUBACK.
+
+Each record carries (boot, seq), so the hub can drop what it has already stored when a record is
+sent twice (after a lost confirmation, a reconnect, a crash or a broker that lost its queue).
+Caps, in rows and in bytes (bodies' JSON size), hold per priority class and for the whole
+buffer. `next_drop` is the drop policy, pure: a class past its own cap loses its own oldest
+record (a flood of events never evicts a drift report); past the whole buffer's cap the oldest
+record of the least important class goes (telemetry before drift before events). Every drop is
+counted, per kind.
+
+A full, read-only or failing disk is the device's everyday weather: a record that cannot be
+kept raises StorageError (nothing of it was written, and its seq is not used up, so a boot's
+seqs have no gap), and the buffer goes on when the disk does. A buffer made without a boot is
+closed until `open(boot)`: the agent opens it only under a boot it has persisted.
+
+`TokenBucket` paces the drain after a reconnect, so a returning fleet does not flatten the hub.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import ConfigError, StorageError
+from edge_agent.protocol.messages import Record, Span
+from edge_agent.system.fsutil import storage_error
+
+log = logging.getLogger(__name__)
+
+PRIORITY = {"events": 0, "drift": 1, "telemetry": 2}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    boot INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_order ON records (priority, id);
+CREATE INDEX IF NOT EXISTS records_key ON records (boot, seq);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Cap:
+    """At most `max_rows` records and `max_bytes` bytes of bodies (None: no byte cap)."""
+
+    max_rows: int
+    max_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 1 or (self.max_bytes is not None and self.max_bytes < 1):
+            raise ConfigError(f"a buffer cap expected positive limits, found {self}")
+
+    def full(self, rows: int, size: int, incoming: int) -> bool:
+        """Whether one more record of `incoming` bytes needs room first. A record larger than
+        the byte cap still goes into an empty class: it is dropped by the next one, not lost
+        unseen."""
+        if rows and self.max_bytes is not None and size + incoming > self.max_bytes:
+            return True
+        return rows >= self.max_rows
+
+
+def next_drop(
+    usage: Mapping[str, tuple[int, int]],
+    kind: str,
+    incoming: int,
+    total: Cap,
+    caps: Mapping[str, Cap],
+) -> str | None:
+    """The class whose oldest record goes before a `kind` record of `incoming` bytes is added,
+    or None when it fits. `usage` is kind -> (rows, bytes) now; call again after each drop."""
+    rows, size = usage.get(kind, (0, 0))
+    cap = caps.get(kind)
+    if cap is not None and cap.full(rows, size, incoming):
+        return kind
+    all_rows = sum(r for r, _ in usage.values())
+    all_bytes = sum(b for _, b in usage.values())
+    if not total.full(all_rows, all_bytes, incoming):
+        return None
+    return max((k for k, (r, _) in usage.items() if r), key=PRIORITY.__getitem__)
+
+
+@dataclass(frozen=True)
+class Pending:
+    id: int
+    kind: str
+    record: Record
+
+
+def _pending(rid: int, kind: str, boot: int, seq: int, ts: float, body: str) -> Pending:
+    return Pending(rid, kind, Record(boot, seq, ts, json.loads(body)))
+
+
+class Buffer:
+    def __init__(
+        self,
+        path: Path,
+        boot: int | None,
+        max_rows: int = 100_000,
+        max_bytes: int | None = None,
+        caps: Mapping[str, Cap] | None = None,
+    ) -> None:
+        self.path = path
+        self.boot = 0
+        self.total = Cap(max_rows, max_bytes)
+        self.caps = dict(caps or {})  # kind -> its own cap
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._conn: sqlite3.Connection | None = None
+        self._usage: dict[str, tuple[int, int]] = {}
+        self._dropped: Counter[str] = Counter()  # the counters table, as committed
+        if boot is not None:
+            self.open(boot)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StorageError("write-failed", str(self.path), "the telemetry buffer is not open")
+        return self._conn
+
+    @property
+    def opened(self) -> bool:
+        return self._conn is not None
+
+    def open(self, boot: int) -> None:
+        """Open the file; records appended from now on carry `boot`. StorageError when it cannot
+        be opened for writing (a read-only or full disk): the buffer stays closed then."""
+        with self._lock:
+            if self._conn is not None:
+                raise RuntimeError(f"{self.path}: the telemetry buffer is already open")
+            db = None
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(_SCHEMA)
+                # SQLite opens a file it may not write read-only, and stays so after the disk
+                # comes back: a write that is rolled back tells before any record is refused
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("INSERT OR REPLACE INTO counters (name, value) VALUES ('probe', 0)")
+                db.execute("ROLLBACK")
+                usage = _count(db)
+                dropped = db.execute("SELECT name, value FROM counters").fetchall()
+            except (sqlite3.Error, OSError) as exc:
+                if db is not None:
+                    db.close()
+                err = storage_error(exc, self.path)
+                raise StorageError(
+                    err.reason, err.where, f"cannot open the telemetry buffer ({err.detail})"
+                ) from exc
+            self._conn, self.boot, self._seq, self._usage = db, boot, 0, usage
+            self._dropped = Counter({n.removeprefix("dropped."): int(v) for n, v in dropped})
+
+    def append(self, kind: str, body: dict[str, Any], ts: float | None = None) -> Record:
+        """Keep one record under the next seq of this boot. StorageError when it cannot be kept:
+        then nothing of it was written and its seq is the next record's."""
+        record = Record(self.boot, 0, ts if ts is not None else time.time(), body)
+        with self._lock:
+            db = self._db
+            record = Record(self.boot, self._seq, record.ts, body)
+            text = json.dumps(body)
+            usage, dropped = dict(self._usage), Counter[str]()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                while victim := next_drop(self._usage, kind, len(text), self.total, self.caps):
+                    self._drop_oldest(victim)
+                    dropped[victim] += 1
+                db.execute(
+                    "INSERT INTO records (kind, priority, boot, seq, ts, body) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (kind, PRIORITY[kind], record.boot, record.seq, record.ts, text),
+                )
+                db.execute("COMMIT")
+            except BaseException as exc:
+                self._usage = usage
+                self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise storage_error(exc, self.path) from exc
+                raise
+            self._seq += 1
+            self._dropped.update(dropped)
+            self._add(kind, 1, len(text))
+        return record
+
+    def _rollback(self) -> None:
+        """End a failed transaction, if SQLite has not already: a COMMIT that fails on a full
+        disk rolls back by itself, and a ROLLBACK then would fail with "no transaction is
+        active", hiding the error that matters. A ROLLBACK that fails is logged, not raised."""
+        db = self._conn
+        if db is None or not db.in_transaction:
+            return
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.warning("%s: ROLLBACK after a failed write failed too: %s", self.path, exc)
+
+    def _add(self, kind: str, rows: int, size: int) -> None:
+        old_rows, old_size = self._usage.get(kind, (0, 0))
+        self._usage[kind] = (old_rows + rows, old_size + size)
+
+    def _drop_oldest(self, kind: str) -> None:
+        rid, size = self._db.execute(
+            "SELECT id, LENGTH(body) FROM records WHERE priority = ? ORDER BY id LIMIT 1",
+            (PRIORITY[kind],),
+        ).fetchone()
+        self._db.execute("DELETE FROM records WHERE id = ?", (rid,))
+        self._db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, 1) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + 1",
+            (f"dropped.{kind}",),
+        )
+        self._add(kind, -1, -int(size))
+
+    def take(self, limit: int, skip: set[int]) -> list[Pending]:
+        """Oldest records of the most important class first, all of one kind, not in `skip`."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, kind, boot, seq, ts, body FROM records ORDER BY priority, id LIMIT ?",
+                (limit + len(skip),),
+            ).fetchall()
+        out: list[Pending] = []
+        for rid, kind, boot, seq, ts, body in rows:
+            if rid in skip:
+                continue
+            if out and kind != out[0].kind:
+                break
+            out.append(_pending(rid, kind, boot, seq, ts, body))
+            if len(out) == limit:
+                break
+        return out
+
+    def get(self, ids: Iterable[int]) -> list[Pending]:
+        """Those of these records still held, oldest first (to send a batch again)."""
+        wanted = list(ids)
+        out: list[Pending] = []
+        with self._lock:
+            for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT id, kind, boot, seq, ts, body FROM records WHERE id IN ({marks})",
+                    chunk,
+                ).fetchall()
+                out += [_pending(*row) for row in rows]
+        return sorted(out, key=lambda p: p.id)
+
+    def confirm(self, spans: Iterable[Span]) -> int:
+        """The hub committed these (boot, seq) spans: forget them. Returns how many records
+        went (a span confirmed twice, or records already gone, cost nothing)."""
+        gone: list[tuple[str, int]] = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for boot, first, last in spans:
+                    gone += self._db.execute(
+                        "DELETE FROM records WHERE boot = ? AND seq BETWEEN ? AND ? "
+                        "RETURNING kind, LENGTH(body)",
+                        (boot, first, last),
+                    ).fetchall()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            for kind, size in gone:
+                self._add(kind, -1, -int(size))
+        return len(gone)
+
+    @property
+    def appended(self) -> int:
+        """Records accepted under this boot so far (their seqs are 0 .. appended - 1)."""
+        return self._seq
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(rows for rows, _ in self._usage.values())
+
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """kind -> (rows, bytes of bodies) held now."""
+        with self._lock:
+            return {k: v for k, v in self._usage.items() if v[0]}
+
+    def dropped(self) -> dict[str, int]:
+        """Records dropped past the caps, per kind, ever (the counters survive reboots)."""
+        with self._lock:
+            return {kind: n for kind, n in self._dropped.items() if n}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _count(db: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    """kind -> (rows, bytes of bodies) held now."""
+    rows = db.execute(
+        "SELECT kind, COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM records GROUP BY kind"
+    ).fetchall()
+    return {kind: (int(n), int(size)) for kind, n, size in rows}
+
+
+class TokenBucket:
+    """At most `rate` tokens a second on average, `burst` at once (pure: the caller gives `now`).
+    A rate of 0 means unlimited."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self._tokens = self.burst
+        self._at = now
+
+    def take(self, wanted: int, now: float) -> int:
+        """How many of `wanted` may go now (they are spent)."""
+        if self.rate <= 0:
+            return wanted
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        granted = min(wanted, int(self._tokens))
+        self._tokens -= granted
+        return granted
+
+    def wait(self, now: float) -> float:
+        """Seconds until one token is there (0 if one is)."""
+        if self.rate <= 0:
+            return 0.0
+        tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
