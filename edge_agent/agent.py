@@ -44,7 +44,8 @@ from edge_agent.protocol.messages import (
     encode,
 )
 from edge_agent.protocol.topics import Topics
-from edge_agent.sources.inputs import Source, input_from_config
+from edge_agent.sources.base import Source
+from edge_agent.sources.factory import input_from_config
 from edge_agent.system.fsutil import DISK_ERRNOS, atomic_write, storage_error
 from edge_agent.system.resources import ResourceMeter
 from edge_agent.system.storage_health import StorageHealth

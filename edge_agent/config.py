@@ -19,7 +19,7 @@ from typing import Any
 from edge_agent.errors import ConfigError, MessageError
 from edge_agent.inference.results import is_results_topic
 from edge_agent.protocol.topics import check_device_id
-from edge_agent.sources.inputs import input_from_config
+from edge_agent.sources.factory import input_from_config
 from firmware_configs import profile_names, profile_path
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub import cli
+from cloud_hub.cli import app as cli
 from cloud_hub.store.database import Store, default_url, drift_summary
 from edge_agent.protocol.messages import Batch, Record
 

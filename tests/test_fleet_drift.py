@@ -18,7 +18,7 @@ from dashboard_fleet import bundle_of, card_json, predict_sign
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cloud_hub import cli
+from cloud_hub.cli import app as cli
 from cloud_hub.drift.fleet import (
     FLEET,
     NO_COUNTS,

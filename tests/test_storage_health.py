@@ -21,7 +21,7 @@ from edge_agent.protocol.messages import (
     dump_json,
     encode,
 )
-from edge_agent.sources.inputs import FileSource
+from edge_agent.sources.file import FileSource
 from edge_agent.system.storage_health import StorageHealth
 
 FULL = StorageError("disk-full", "state/buffer.sqlite", "database or disk is full")

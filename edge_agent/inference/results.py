@@ -24,7 +24,7 @@ from typing import Any
 from edge_agent.errors import ConfigError, MessageError, TransportError
 from edge_agent.mqtt.session import BrokerAddress, MqttSession
 from edge_agent.protocol.topics import check_device_id
-from edge_agent.sources.inputs import check_topic, reconnect_backoff
+from edge_agent.sources.options import check_topic, reconnect_backoff
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ class InputState:
 
     @classmethod
     def of(cls, name: str, stats: Mapping[str, Any], no_input_s: float) -> InputState:
-        """From a source's `stats()` (edge_agent.sources.inputs); `no_input_s` 0 never flags."""
+        """From a source's `stats()` (edge_agent.sources); `no_input_s` 0 never flags."""
         idle = float(stats["idle_s"])
         return cls(
             name=name,

@@ -1,0 +1,248 @@
+"""The sensor line parser: a CSV or JSON line becomes a float32 row, or a rejection with the
+reason it is counted under."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_agent.errors import ConfigError, SensorLineError
+from edge_agent.sources.line_parser import REASONS, LineParser, RejectCounter
+
+NAMES = ["alcohol", "malic_acid", "ash", "magnesium"]
+BOUNDS = [(11.0, 15.0), (0.7, 5.8), (1.3, 3.3), (70.0, 162.0)]
+
+
+def reason_of(parser: LineParser, raw: bytes) -> SensorLineError:
+    with pytest.raises(SensorLineError) as info:
+        parser.parse(raw)
+    return info.value
+
+
+# -- CSV -----------------------------------------------------------------------------------------
+
+
+def test_csv_line_becomes_float32_vector() -> None:
+    out = LineParser(NAMES).parse(b"  13.2, 1.78 ,2.14,112\r\n")
+    assert out.dtype == np.float32
+    assert out.shape == (4,)
+    np.testing.assert_array_equal(out, np.array([13.2, 1.78, 2.14, 112], dtype=np.float32))
+
+
+def test_csv_within_bounds_accepted_including_the_edges() -> None:
+    parser = LineParser(NAMES, bounds=BOUNDS)
+    expected = np.array([11, 5.8, 1.3, 162], dtype=np.float32)
+    np.testing.assert_array_equal(parser.parse(b"11,5.8,1.3,162"), expected)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"\xff\xfe\x00", "garbage"),
+        (b"\xff,1,2,3", "garbage"),  # not UTF-8
+        (b"13.2,1.78\x00,2.14,112", "garbage"),  # control byte
+        (b"13.2,1.78,2.14,1\x1b[0m", "garbage"),
+        (b"", "garbage"),
+        (b"  \r\n", "garbage"),
+        (b"1," * 3000 + b"1", "garbage"),  # longer than max_line_bytes
+        (b"13.2,1.78,2.14", "field-count"),
+        (b"13.2,1.78,2.14,112,7", "field-count"),
+        (b"13.2;1.78;2.14;112", "field-count"),
+        (b"13.2,abc,2.14,112", "non-numeric"),
+        (b"13.2,,2.14,112", "non-numeric"),
+        (b"13.2,1_000,2.14,112", "non-numeric"),
+        (b"13.2,0x10,2.14,112", "non-numeric"),
+        ("13.2,1.7é,2.14,112".encode(), "non-numeric"),
+        (b"13.2,nan,2.14,112", "non-finite"),
+        (b"13.2,1.78,-inf,112", "non-finite"),
+        (b"Infinity,1.78,2.14,112", "non-finite"),
+        (b"13.2,1.78,2.14,1e400", "non-finite"),  # overflows a double
+        (b"13.2,1.78,2.14,1e39", "out-of-range"),  # a double, but not a float32
+    ],
+)
+def test_csv_rejections_carry_their_reason(raw: bytes, reason: str) -> None:
+    assert reason_of(LineParser(NAMES), raw).reason == reason
+
+
+def test_out_of_range_uses_the_bounds() -> None:
+    parser = LineParser(NAMES, bounds=BOUNDS)
+    err = reason_of(parser, b"13.2,1.78,2.14,500")
+    assert err.reason == "out-of-range"
+    assert "field 4 'magnesium'" in err.detail
+    assert "[70, 162]" in err.detail and "500" in err.detail
+    assert reason_of(parser, b"10.9,1.78,2.14,100").reason == "out-of-range"
+    assert reason_of(parser, b"nan,1.78,2.14,100").reason == "non-finite"
+
+
+def test_details_say_what_was_expected_what_arrived_and_where() -> None:
+    parser = LineParser(NAMES)
+    err = reason_of(parser, b"13.2,1.78,abc,112")
+    assert err.detail == "field 3 'ash': expected a number, got 'abc'"
+    assert str(err).startswith("non-numeric: ")
+    err = reason_of(parser, b"1,2,3")
+    assert "expected 4 comma-separated fields" in err.detail and "got 3" in err.detail
+    err = reason_of(parser, b"1,2\x00,3,4")
+    assert "control byte 0x00 at offset 3" in err.detail
+    err = reason_of(parser, b"12345678" * 1000)
+    assert "8000 bytes" in err.detail and len(err.detail) < 200  # the line itself is cut short
+
+
+# -- JSON ----------------------------------------------------------------------------------------
+
+
+def test_json_object_becomes_vector_in_feature_order() -> None:
+    parser = LineParser(NAMES, fmt="json", bounds=BOUNDS)
+    line = b'{"magnesium": 112, "ash": 2.14, "alcohol": 13.2, "malic_acid": 1.78}\r\n'
+    out = parser.parse(line)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.array([13.2, 1.78, 2.14, 112], dtype=np.float32))
+
+
+GOOD = {"alcohol": 13.2, "malic_acid": 1.78, "ash": 2.14, "magnesium": 112}
+
+
+def with_(**changes: Any) -> bytes:
+    return json.dumps({**GOOD, **changes}).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"alcohol": 13.2,', "garbage"),
+        (b"[13.2, 1.78, 2.14, 112]", "garbage"),
+        (b"13.2", "garbage"),
+        (b'"hello"', "garbage"),
+        (b"[" * 4000, "garbage"),
+        (b'{"alcohol": 13.2}', "field-count"),
+        (with_(colour=3), "field-count"),
+        (
+            b'{"alcohol": 1, "alcohol": 2, "malic_acid": 1, "ash": 2, "magnesium": 80}',
+            "field-count",
+        ),
+        (b'{"alcohol": 1, "alcohol": 2, "malic_acid": 1, "ash": 2}', "field-count"),
+        (with_(ash="2.14"), "non-numeric"),
+        (with_(ash=True), "non-numeric"),
+        (with_(ash=None), "non-numeric"),
+        (with_(ash=[2.14]), "non-numeric"),
+        (with_(ash={"v": 2.14}), "non-numeric"),
+        (with_(ash=float("nan")), "non-finite"),  # json.dumps writes NaN
+        (with_(ash=float("-inf")), "non-finite"),
+        (with_(magnesium=500), "out-of-range"),
+        (with_(magnesium=10**400), "out-of-range"),
+        (b"\xff\xfe\x00", "garbage"),
+    ],
+)
+def test_json_rejections_carry_their_reason(raw: bytes, reason: str) -> None:
+    parser = LineParser(NAMES, fmt="json", bounds=BOUNDS)
+    assert reason_of(parser, raw).reason == reason
+
+
+def test_json_details_name_the_keys() -> None:
+    parser = LineParser(NAMES, fmt="json")
+    err = reason_of(parser, b'{"alcohol": 13.2, "colour": 1}')
+    assert "missing 'malic_acid', 'ash', 'magnesium'" in err.detail
+    assert "unexpected 'colour'" in err.detail
+    err = reason_of(parser, with_(ash="x"))
+    assert err.detail == "field 3 'ash': expected a number, got string 'x'"
+
+
+# -- parser configuration and counting -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"feature_names": []}, "'feature_names'"),
+        ({"feature_names": "abc"}, "'feature_names'"),
+        ({"feature_names": ["a", "a"]}, "'a' twice"),
+        ({"feature_names": ["a", ""]}, "'feature_names[1]'"),
+        ({"feature_names": NAMES, "fmt": "xml"}, "'fmt' expected one of csv, json, found 'xml'"),
+        ({"feature_names": NAMES, "bounds": [(0, 1)]}, "'bounds' expected 4"),
+        ({"feature_names": NAMES, "bounds": [(0, 1)] * 3 + [(2, 1)]}, "'bounds[3]'"),
+        ({"feature_names": NAMES, "bounds": [(0, 1)] * 3 + [("x", 1)]}, "'bounds[3]'"),
+        ({"feature_names": NAMES, "max_line_bytes": 0}, "'max_line_bytes'"),
+    ],
+)
+def test_parser_config_errors(kwargs: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError, match="line parser") as info:
+        LineParser(**kwargs)
+    assert needle in str(info.value)
+
+
+def test_reject_counter_counts_per_reason_across_threads() -> None:
+    counter = RejectCounter()
+    assert counter.snapshot() == dict.fromkeys(REASONS, 0)
+    parser = LineParser(NAMES)
+
+    def work() -> None:
+        for raw in (b"\xff", b"1,2", b"1,x,3,4", b"1,nan,3,4") * 500:
+            try:
+                parser.parse(raw)
+            except SensorLineError as exc:
+                counter.record(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    snap = counter.snapshot()
+    assert snap == {
+        "garbage": 2000,
+        "field-count": 2000,
+        "non-numeric": 2000,
+        "non-finite": 2000,
+        "out-of-range": 0,
+    }
+    assert counter.total() == 8000
+    snap["garbage"] = 0
+    assert counter.snapshot()["garbage"] == 2000  # a snapshot is a copy
+
+
+# -- properties ----------------------------------------------------------------------------------
+
+CSV_PARSER = LineParser(NAMES, bounds=BOUNDS, max_line_bytes=256)
+JSON_PARSER = LineParser(NAMES, fmt="json", bounds=BOUNDS, max_line_bytes=256)
+PLAIN_PARSER = LineParser(NAMES)
+
+line_like = st.lists(
+    st.one_of(
+        st.floats().map(repr),
+        st.integers().map(str),
+        st.text(alphabet="0123456789.eE+-_ naifNIF\t\r\x00\x7f", max_size=12),
+    ),
+    max_size=6,
+).map(lambda fields: ",".join(fields).encode())
+json_like = st.dictionaries(
+    st.sampled_from([*NAMES, "other"]),
+    st.one_of(st.floats(), st.integers(), st.booleans(), st.none(), st.text(max_size=5)),
+).map(lambda d: json.dumps(d).encode())
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.one_of(st.binary(max_size=400), line_like, json_like))
+def test_parse_raises_only_sensor_line_errors(raw: bytes) -> None:
+    for parser in (CSV_PARSER, JSON_PARSER, PLAIN_PARSER):
+        try:
+            out = parser.parse(raw)
+        except SensorLineError as exc:
+            assert exc.reason in REASONS
+        else:
+            assert out.dtype == np.float32 and out.shape == (4,)
+            assert np.isfinite(out).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=4, max_size=4))
+def test_formatted_values_round_trip(values: list[float]) -> None:
+    raw = ",".join(repr(v) for v in values).encode()
+    if all(abs(v) <= float(np.finfo(np.float32).max) for v in values):
+        np.testing.assert_array_equal(PLAIN_PARSER.parse(raw), np.array(values, np.float32))
+    else:
+        assert reason_of(PLAIN_PARSER, raw).reason == "out-of-range"
