@@ -24,12 +24,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cloud_hub.broker.local import RunningBroker
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError, SensorLineError, TransportError
+from edge_agent.mqtt.options import reconnect_backoff
 from edge_agent.sources.base import LineSplitter, Source
 from edge_agent.sources.factory import input_from_config, source_from_config
 from edge_agent.sources.file import FileSource
 from edge_agent.sources.line_parser import LineParser, RejectCounter
 from edge_agent.sources.mqtt import MqttSource
-from edge_agent.sources.options import reconnect_backoff
 from edge_agent.sources.serial_port import SerialSource
 
 NAMES = ["alcohol", "malic_acid", "ash", "magnesium"]

@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from edge_agent.errors import ConfigError, MessageError, TransportError
+from edge_agent.mqtt.options import check_broker, check_topic, reconnect_backoff
 from edge_agent.mqtt.session import BrokerAddress, MqttSession
 from edge_agent.protocol.topics import check_device_id
-from edge_agent.sources.options import check_topic, reconnect_backoff
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,7 @@ class ResultPublisher:
     ) -> None:
         where = "result publisher"
         self.topic = check_topic(topic, where, wildcards=False)
-        if not isinstance(host, str) or not host.strip():
-            raise ConfigError(f"{where}: 'host' expected a host name or address, found {host!r}")
-        if type(port) is not int or not 1 <= port <= 65535:
-            raise ConfigError(f"{where}: 'port' expected a port number 1-65535, found {port!r}")
-        if type(qos) is not int or qos not in (0, 1):
-            raise ConfigError(f"{where}: 'qos' expected 0 or 1, found {qos!r}")
-        self.host, self.port, self.qos = host, port, qos
+        self.host, self.port, self.qos = check_broker(where, host, port, qos)
         self.keepalive = keepalive
         self.published = 0  # handed to the link while connected
         self.dropped = 0  # dropped because the client was not connected

@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from edge_agent.checks import positive_int
 from edge_agent.errors import TransportError
 from edge_agent.guard import run_guarded
-from edge_agent.sources.options import positive_int
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class LineSource:
 
     def __init__(self, name: str, max_line_bytes: int, where: str) -> None:
         self.name = name
+        self._on_status: OnStatus | None = None  # a source that reports its link sets it
         self._max_line_bytes = positive_int(where, "max_line_bytes", max_line_bytes)
         self._on_line: OnLine | None = None
         self._stats_lock = threading.Lock()
@@ -138,6 +139,15 @@ class LineSource:
     def _input_open(self) -> bool:
         """Whether lines can arrive now; each kind of source says what that means."""
         raise NotImplementedError  # pragma: no cover - every source overrides it
+
+    def _status(self, event: str, error: TransportError | None) -> None:
+        """Tells the status callback, if any; a callback that raises is logged, never fatal."""
+        if self._on_status is None:
+            return
+        try:
+            self._on_status(event, error)
+        except Exception:
+            log.exception("source %s: the status callback raised", self.name)
 
     def _begin(self, on_line: OnLine) -> None:
         """start()'s first step: where lines go, and the idle clock starts."""

@@ -6,12 +6,12 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from edge_agent.checks import suggest
 from edge_agent.errors import ConfigError
 from edge_agent.sources.base import Source
 from edge_agent.sources.file import FileSource
 from edge_agent.sources.line_parser import FORMATS
 from edge_agent.sources.mqtt import MqttSource
-from edge_agent.sources.options import suggest
 from edge_agent.sources.serial_port import SerialSource
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ import sys
 import threading
 from pathlib import Path
 
+from edge_agent.checks import positive_float
 from edge_agent.errors import ConfigError, TransportError
 from edge_agent.sources.base import LineSplitter, Pacer, ThreadedSource, read_chunk, transport_error
-from edge_agent.sources.options import positive_float
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,11 @@ import logging
 import threading
 import uuid
 
+from edge_agent.checks import positive_int
 from edge_agent.errors import ConfigError, TransportError
+from edge_agent.mqtt.options import check_broker, check_topic, reconnect_backoff
 from edge_agent.mqtt.session import BrokerAddress, MqttSession
 from edge_agent.sources.base import LineSource, LineSplitter, OnLine, OnStatus, trim_cr
-from edge_agent.sources.options import check_topic, port_number, positive_int, reconnect_backoff
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +49,7 @@ class MqttSource(LineSource):
     ) -> None:
         where = "mqtt source"
         self.topic = check_topic(topic, where, "topic", wildcards=True)
-        if not isinstance(host, str) or not host.strip():
-            raise ConfigError(f"{where}: 'host' expected a host name or address, found {host!r}")
-        self.host = host
-        self.port = port_number(where, "port", port)
-        if type(qos) is not int or qos not in (0, 1):
-            raise ConfigError(f"{where}: 'qos' expected 0 or 1, found {qos!r}")
-        self.qos = qos
+        self.host, self.port, self.qos = check_broker(where, host, port, qos)
         for key, value in (("username", username), ("password", password)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise ConfigError(f"{where}: '{key}' expected a non-empty string, found {value!r}")
@@ -180,11 +175,3 @@ class MqttSource(LineSource):
         tail = splitter.flush()
         if tail is not None:
             self._deliver(tail)
-
-    def _status(self, event: str, error: TransportError | None) -> None:
-        if self._on_status is None:
-            return
-        try:
-            self._on_status(event, error)
-        except Exception:
-            log.exception("source %s: the status callback raised", self.name)

@@ -7,9 +7,9 @@ import threading
 
 import serial
 
+from edge_agent.checks import one_of, positive_float, positive_int
 from edge_agent.errors import ConfigError, TransportError
 from edge_agent.sources.base import POLL_S, LineSplitter, OnStatus, ThreadedSource, transport_error
-from edge_agent.sources.options import one_of, positive_float, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +150,6 @@ class SerialSource(ThreadedSource):
                     port.cancel_read()
                 except Exception:  # the port may be closing under us; stop() is best effort
                     log.debug("source %s: cancel_read failed", self.name, exc_info=True)
-
-    def _status(self, event: str, error: TransportError | None) -> None:
-        if self._on_status is None:
-            return
-        try:
-            self._on_status(event, error)
-        except Exception:
-            log.exception("source %s: the status callback raised", self.name)
 
 
 def check_parity(where: str, value: object) -> str:

@@ -1,22 +1,11 @@
-"""Checks of an input's options in the device file: each error names where, what was expected and
-what was found."""
+"""Checks of the options of an MQTT link (topics, the broker, the reconnect delay), shared by
+the MQTT input and the local results feed."""
 
 from __future__ import annotations
 
-import logging
-import math
-from difflib import get_close_matches
-from typing import Any
-
+from edge_agent.checks import port_number, positive_int
 from edge_agent.errors import ConfigError
 from edge_agent.mqtt.session import Backoff
-
-log = logging.getLogger(__name__)
-
-
-def suggest(word: str, choices: Any) -> str:
-    close = get_close_matches(word, sorted(choices), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def check_topic(value: object, where: str, key: str = "topic", *, wildcards: bool) -> str:
@@ -55,42 +44,6 @@ def check_topic(value: object, where: str, key: str = "topic", *, wildcards: boo
     return value
 
 
-def port_number(where: str, key: str, value: object) -> int:
-    if type(value) is not int or not 1 <= value <= 65535:
-        raise ConfigError(f"{where}: '{key}' expected a port number 1-65535, found {value!r}")
-    return value
-
-
-def one_of(
-    where: str, key: str, value: object, choices: tuple[float, ...], what: str, integer: bool
-) -> Any:
-    """`value` if it is one of the numbers `choices` (an int where `integer`), as int if whole."""
-    kinds = int if integer else int | float
-    if isinstance(value, kinds) and not isinstance(value, bool) and value in choices:
-        return int(value) if value == int(value) else float(value)
-    shown = ", ".join(f"{c:g}" for c in choices)
-    raise ConfigError(f"{where}: '{key}' expected {what}, one of {shown}; found {value!r}")
-
-
-def positive_int(where: str, key: str, value: object) -> int:
-    if type(value) is not int or value <= 0:
-        raise ConfigError(f"{where}: '{key}' expected a positive integer, found {value!r}")
-    return value
-
-
-def positive_float(where: str, key: str, value: object, allow_zero: bool = False) -> float:
-    ok = (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and (value >= 0 if allow_zero else value > 0)
-    )
-    if not ok:
-        expected = "a number >= 0" if allow_zero else "a positive number"
-        raise ConfigError(f"{where}: '{key}' expected {expected}, found {value!r}")
-    return float(value)  # type: ignore[arg-type]
-
-
 def reconnect_backoff(where: str, value: object) -> Backoff:
     """The reconnect policy of a `reconnect_delay` = (first, longest) seconds setting: a full
     jitter `Backoff` whose ceiling starts at `first` and doubles up to `longest`."""
@@ -105,3 +58,12 @@ def reconnect_backoff(where: str, value: object) -> Backoff:
             f"{where}: 'reconnect_delay' expected first <= longest, found ({first}, {longest})"
         )
     return Backoff(initial=first, maximum=longest)
+
+
+def check_broker(where: str, host: object, port: object, qos: object) -> tuple[str, int, int]:
+    """(host, port, qos) of a broker to publish to or subscribe from."""
+    if not isinstance(host, str) or not host.strip():
+        raise ConfigError(f"{where}: 'host' expected a host name or address, found {host!r}")
+    if type(qos) is not int or qos not in (0, 1):
+        raise ConfigError(f"{where}: 'qos' expected 0 or 1, found {qos!r}")
+    return host, port_number(where, "port", port), qos
