@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import firmware_configs
-from edge_agent.config import PROFILE_SCHEMA, load_config, load_profile
+from edge_agent.config import keys_of, load_config, load_profile, profile_sections
 from edge_agent.errors import ConfigError
 
 GOOD = """\
@@ -44,39 +44,39 @@ def error_of(path: Path) -> str:
 # ---- what validates --------------------------------------------------------------------------
 def test_load_config_layers_device_over_profile_over_base(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, GOOD))
-    assert cfg.device_id == "pi-kitchen-01"
-    assert cfg.profile_name == "raspberry-pi-4"
-    assert cfg.broker_host == "hub.local"
-    assert cfg.broker_port == 8883
-    assert cfg.username == "pi-kitchen-01"  # defaults to the device id
-    assert cfg.password is None
-    assert cfg.topic_prefix == "edgefleet"
-    assert cfg.state_dir == tmp_path / "state-pi-kitchen-01"
+    assert cfg.device.id == "pi-kitchen-01"
+    assert cfg.profile == "raspberry-pi-4"
+    assert cfg.broker.host == "hub.local"
+    assert cfg.broker.port == 8883
+    assert cfg.broker.username == "pi-kitchen-01"  # defaults to the device id
+    assert cfg.broker.password is None
+    assert cfg.broker.topic_prefix == "edgefleet"
+    assert cfg.device.state_dir == tmp_path / "state-pi-kitchen-01"
     assert cfg.inputs == ({"kind": "file", "path": str(tmp_path / "sensor.csv")},)
-    assert cfg.get("telemetry", "interval_s") == 1  # the device file
-    assert cfg.get("telemetry", "batch_size") == 100  # base, kept beside the override
-    assert cfg.get("runtime", "threads") == 2  # the profile
+    assert cfg.telemetry.interval_s == 1  # the device file
+    assert cfg.telemetry.batch_size == 100  # base, kept beside the override
+    assert cfg.runtime.threads == 2  # the profile
 
 
 def test_minimal_device_file_uses_the_generic_profile(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, '[device]\nid = "d1"\nstate_dir = "st"\n'))
-    assert cfg.profile_name == "generic-x86_64"
-    assert cfg.state_dir == tmp_path / "st"
-    assert cfg.get("runtime", "threads") == 4
+    assert cfg.profile == "generic-x86_64"
+    assert cfg.device.state_dir == tmp_path / "st"
+    assert cfg.runtime.threads == 4
 
 
 def test_password_file_is_read_relative_to_the_device_file(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("s3cret\n")
     cfg = load_config(write(tmp_path, '[device]\nid = "d1"\n[broker]\npassword_file = "pw"\n'))
-    assert cfg.password == "s3cret"
+    assert cfg.broker.password == "s3cret"
 
 
 @pytest.mark.parametrize("name", firmware_configs.profile_names())
 def test_every_shipped_profile_loads(name: str) -> None:
     profile = load_profile(name)
     assert "extends" not in profile
-    for section, keys in PROFILE_SCHEMA.items():
-        assert set(profile[section]) == set(keys), f"{name}: [{section}]"
+    for section, cls in profile_sections().items():
+        assert set(profile[section]) == set(keys_of(cls)), f"{name}: [{section}]"
     assert 1 < profile["drift"]["warn_every"] < profile["drift"]["alert_every"]
 
 
@@ -89,7 +89,7 @@ def test_there_are_profiles_and_base_is_not_one() -> None:
 @pytest.mark.parametrize("name", firmware_configs.profile_names())
 def test_every_shipped_profile_works_in_a_device_file(tmp_path: Path, name: str) -> None:
     cfg = load_config(write(tmp_path, f'profile = "{name}"\n[device]\nid = "d1"\n'))
-    assert cfg.profile_name == name
+    assert cfg.profile == name
 
 
 # ---- wrong files -----------------------------------------------------------------------------
@@ -155,9 +155,9 @@ def test_wrong_values_say_where_what_and_found(
 
 
 def test_no_input_limit_defaults_to_a_minute_and_zero_turns_it_off(tmp_path: Path) -> None:
-    assert load_config(write(tmp_path, GOOD)).get("telemetry", "no_input_s") == 60
+    assert load_config(write(tmp_path, GOOD)).telemetry.no_input_s == 60
     off = load_config(write(tmp_path, GOOD.replace("interval_s = 1", "no_input_s = 0")))
-    assert off.get("telemetry", "no_input_s") == 0
+    assert off.telemetry.no_input_s == 0
     text = error_of(write(tmp_path, GOOD.replace("interval_s = 1", "no_inputs_s = 5")))
     assert "unknown key telemetry.no_inputs_s. Did you mean 'no_input_s'?" in text
 
@@ -265,7 +265,7 @@ def test_retired_psi_bands_are_ignored_with_a_warning_naming_the_replacement(
     path.write_text('[device]\nid = "pi-01"\n[drift]\npsi_warn = 0.1\npsi_alert = 0.25\n')
     with caplog.at_level("WARNING"):
         cfg = load_config(path)
-    assert cfg.get("drift", "warn_every") == 100
+    assert cfg.drift.warn_every == 100
     text = caplog.text
     assert "drift.psi_warn is no longer used" in text and "drift.warn_every" in text
     assert "drift.psi_alert is no longer used" in text and "drift.alert_every" in text
@@ -299,7 +299,7 @@ def test_the_readme_device_file_is_valid(tmp_path: Path) -> None:
     start = readme.index("<<'TOML'\n") + len("<<'TOML'\n")
     (tmp_path / "broker-password").write_text("secret\n")
     cfg = load_config(write(tmp_path, readme[start : readme.index("TOML\n", start)]))
-    assert cfg.profile_name == "raspberry-pi-4" and cfg.password == "secret"
+    assert cfg.profile == "raspberry-pi-4" and cfg.broker.password == "secret"
     assert cfg.inputs[0]["kind"] == "serial"
 
 
@@ -330,10 +330,10 @@ def test_new_config_keys_have_safe_defaults(tmp_path: Path) -> None:
     path = tmp_path / "device.toml"
     path.write_text('[device]\nid = "d1"\n')
     cfg = load_config(path)
-    assert cfg.get("drift", "capture") is False  # raw inputs stay on the device by default
-    assert cfg.get("drift", "window_s") == 0
-    assert cfg.get("telemetry", "drain_rate") > 0
-    assert cfg.get("buffer", "max_bytes") > 0
+    assert cfg.drift.capture is False  # raw inputs stay on the device by default
+    assert cfg.drift.window_s == 0
+    assert cfg.telemetry.drain_rate > 0
+    assert cfg.buffer.max_bytes > 0
 
 
 def test_caps_per_class_come_from_the_profile(tmp_path: Path) -> None:
@@ -341,11 +341,12 @@ def test_caps_per_class_come_from_the_profile(tmp_path: Path) -> None:
 
     path = tmp_path / "device.toml"
     path.write_text('[device]\nid = "d1"\n[buffer.caps.events]\nmax_rows = 500\n')
-    caps = load_config(path).get("buffer", "caps")
-    assert caps["events"]["max_rows"] == 500
-    assert caps["events"]["max_bytes"] > 0  # the base's, merged under the device's own key
-    assert set(caps) == {"events", "drift", "telemetry"}
-    assert load_config(path).get("telemetry", "raw_sample_rate") == 0  # off by default
+    caps = load_config(path).buffer.caps
+    assert caps.events.max_rows == 500
+    assert caps.events.max_bytes is not None
+    assert caps.events.max_bytes > 0  # the base's, merged under the device's own key
+    assert set(caps.by_kind()) == {"events", "drift", "telemetry"}
+    assert load_config(path).telemetry.raw_sample_rate == 0  # off by default
 
 
 @pytest.mark.parametrize(
