@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import FrozenInstanceError, dataclass
 from pathlib import Path
 
 import pytest
 
 import firmware_configs
-from edge_agent.config import keys_of, load_config, load_profile, profile_sections
+from edge_agent import config as loader
+from edge_agent.buffer import PRIORITY
+from edge_agent.config import Key, keys_of, load_config, load_profile, profile_sections, sections
 from edge_agent.errors import ConfigError
+from edge_agent.settings import (
+    AgentSettings,
+    BrokerSettings,
+    BufferCaps,
+    DriftSettings,
+    TelemetrySettings,
+)
 
 GOOD = """\
 profile = "raspberry-pi-4"
@@ -69,6 +79,8 @@ def test_password_file_is_read_relative_to_the_device_file(tmp_path: Path) -> No
     (tmp_path / "pw").write_text("s3cret\n")
     cfg = load_config(write(tmp_path, '[device]\nid = "d1"\n[broker]\npassword_file = "pw"\n'))
     assert cfg.broker.password == "s3cret"
+    assert cfg.broker.password_file == tmp_path / "pw"
+    assert "s3cret" not in repr(cfg)  # settings may be logged; the password is not shown
 
 
 @pytest.mark.parametrize("name", firmware_configs.profile_names())
@@ -382,3 +394,150 @@ def _refused(tmp_path: Path, body: str, where: str, expected: str) -> None:
         load_config(path)
     text = str(info.value)
     assert text.startswith(f"{path}: ") and where in text and expected in text, text
+
+
+# ---- the settings dataclasses are the schema ------------------------------------------------
+def _leaf_keys(cls: type, where: str) -> list[tuple[str, Key]]:
+    """(key path, Key) of every value key under the table `cls` reads, sub-tables included."""
+    out: list[tuple[str, Key]] = []
+    for name, key in keys_of(cls).items():
+        if key.table is not None:
+            out += _leaf_keys(key.table, f"{where}.{name}")
+        else:
+            out.append((f"{where}.{name}", key))
+    return out
+
+
+EVERY_KEY = [leaf for section, cls in sections().items() for leaf in _leaf_keys(cls, section)]
+# a value of the wrong TOML type for each kind of field, and how the error shows it
+WRONG = {(str,): ("5", "int 5"), (bool,): ('"yes"', "str 'yes'")}
+
+
+def _device_file(key_path: str, value: str) -> str:
+    """A device file setting `key_path` to the TOML `value` (and naming its device)."""
+    *table, key = key_path.split(".")
+    header = ".".join(table)
+    if header == "device":
+        return (
+            f'[device]\nid = "d1"\n{key} = {value}\n'
+            if key != "id"
+            else f"[device]\nid = {value}\n"
+        )
+    return f'[device]\nid = "d1"\n[{header}]\n{key} = {value}\n'
+
+
+@pytest.mark.parametrize(("where", "key"), EVERY_KEY, ids=[w for w, _ in EVERY_KEY])
+def test_a_wrong_type_for_any_field_names_file_key_expected_and_found(
+    tmp_path: Path, where: str, key: Key
+) -> None:
+    value, found = WRONG.get(key.kinds, ('"x"', "str 'x'"))
+    path = write(tmp_path, _device_file(where, value))
+    text = error_of(path)
+    kind = " or ".join("number" if k is float else k.__name__ for k in key.kinds)
+    assert text == f"{path}: {where} expected {kind}, found {found}"
+
+
+def test_the_derived_schema_covers_the_files_and_their_types() -> None:
+    assert list(sections()) == [
+        "device", "broker", "runtime", "pipeline", "telemetry", "buffer", "drift", "limits",
+        "results",
+    ]  # fmt: skip
+    telemetry = keys_of(TelemetrySettings)
+    assert telemetry["batch_size"].kinds == (int,)
+    assert telemetry["interval_s"].kinds == (int, float)  # a float field takes any number
+    assert keys_of(DriftSettings)["capture"].kinds == (bool,)
+    broker = keys_of(BrokerSettings)
+    assert "password" not in broker  # read from password_file, not a key of the file
+    assert broker["password_file"].is_path and not broker["password_file"].required
+    assert set(keys_of(BufferCaps)) == set(PRIORITY)  # a cap for each priority class
+
+
+def test_profile_sections_take_their_defaults_from_base_toml_only() -> None:
+    """One place for the defaults: no profile section's field has one of its own."""
+    for section, cls in profile_sections().items():
+        for where, key in _leaf_keys(cls, section):
+            assert key.required or where.startswith("buffer.caps."), where
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelemetryWithBurst(TelemetrySettings):
+    burst_s: float = 3.0  # a field added, with its own default
+
+
+@dataclass(frozen=True, kw_only=True)
+class SettingsWithBurst(AgentSettings):
+    telemetry: TelemetryWithBurst
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelemetryNeedingBurst(TelemetrySettings):
+    burst_s: float  # a field added without a default, and not in base.toml
+
+
+@dataclass(frozen=True, kw_only=True)
+class SettingsNeedingBurst(AgentSettings):
+    telemetry: TelemetryNeedingBurst
+
+
+def test_a_field_added_to_a_dataclass_is_a_key_the_files_accept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loader, "AgentSettings", SettingsWithBurst)
+    cfg = load_config(write(tmp_path, GOOD.replace("interval_s = 1", "burst_s = 0.5")))
+    assert isinstance(cfg, SettingsWithBurst) and cfg.telemetry.burst_s == 0.5
+    assert cfg.telemetry.batch_size == 100  # the base's keys beside it
+    defaulted = load_config(write(tmp_path, GOOD))
+    assert isinstance(defaulted, SettingsWithBurst) and defaulted.telemetry.burst_s == 3.0
+    path = write(tmp_path, GOOD.replace("interval_s = 1", 'burst_s = "1s"'))
+    assert error_of(path) == f"{path}: telemetry.burst_s expected int or number, found str '1s'"
+    path = write(tmp_path, GOOD.replace("interval_s = 1", "burst_s = -1"))
+    assert error_of(path) == f"{path}: telemetry.burst_s expected a positive number, found -1"
+    path = write(tmp_path, GOOD.replace("interval_s = 1", "burst = 1"))
+    assert "telemetry.burst. Did you mean 'burst_s'?" in error_of(path)
+
+
+def test_a_required_field_base_toml_does_not_set_names_the_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loader, "AgentSettings", SettingsNeedingBurst)
+    profile = firmware_configs.profile_path("raspberry-pi-4")
+    text = error_of(write(tmp_path, GOOD.replace("interval_s = 1", "burst_s = 0.5")))
+    assert text == (
+        f"{profile}: telemetry.burst_s expected in the profile or in base.toml (which sets "
+        "every key), found nothing"
+    )
+
+
+@pytest.mark.parametrize("key", ["[device]\nid = 'd1'", "[broker]\nport = 1", "inputs = []"])
+def test_a_profile_holding_a_device_files_key_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    """Once silently dropped: a profile is shared by every device of its class."""
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    base = firmware_configs.profile_path("base").read_text(encoding="utf-8")
+    (folder / "base.toml").write_text(base, encoding="utf-8")
+    (folder / "odd.toml").write_text(f'extends = "base"\n{key}\n', encoding="utf-8")
+    monkeypatch.setattr(firmware_configs, "FOLDER", folder)
+    name = key.split("\n")[0].strip("[]").split(" ")[0]
+    with pytest.raises(ConfigError) as info:
+        load_profile("odd")
+    assert (
+        str(info.value)
+        == f"{folder / 'odd.toml'}: {name} expected in a device file, found in a profile"
+    )
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD))
+    with pytest.raises(FrozenInstanceError):
+        cfg.telemetry = cfg.telemetry  # type: ignore[misc]
+    for section in sections():
+        table = getattr(cfg, section)
+        name = next(iter(keys_of(type(table))))
+        with pytest.raises(FrozenInstanceError):
+            setattr(table, name, getattr(table, name))
+    with pytest.raises(FrozenInstanceError):
+        cfg.buffer.caps.events = cfg.buffer.caps.drift  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        cfg.buffer.caps.events.max_rows = 1  # type: ignore[misc]
