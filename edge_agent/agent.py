@@ -2,8 +2,8 @@
 
 Threads: the MQTT session's network thread (routes messages, never blocks), one thread per input
 source, the updater (one command at a time), the sender (drains the buffer:
-edge_agent.uplink.delivery),
-and the main loop (micro-batches sensor lines, closes telemetry windows, refreshes the status).
+edge_agent.uplink.delivery), and the main loop (micro-batches sensor lines, closes telemetry
+windows, refreshes the status).
 Each runs under a guard (edge_agent.guard): an exception is logged once and the thread goes on.
 
 A full or read-only disk stops nothing but the keeping: the agent infers and publishes its
@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__
-from edge_agent.config import AgentConfig
 from edge_agent.errors import BadDataError, ConfigError, StorageError
 from edge_agent.guard import Failures, run_guarded
 from edge_agent.inference.pipeline import ActiveModel, Pipeline
@@ -44,6 +43,7 @@ from edge_agent.protocol.messages import (
     encode,
 )
 from edge_agent.protocol.topics import Topics
+from edge_agent.settings import AgentSettings
 from edge_agent.sources.base import Source
 from edge_agent.sources.factory import input_from_config
 from edge_agent.system.fsutil import DISK_ERRNOS, atomic_write, storage_error
@@ -53,7 +53,7 @@ from edge_agent.update.mirror import TufMirror
 from edge_agent.update.store import ModelStore
 from edge_agent.update.updater import Downloader, Installed, TransferInterrupted, Updater
 from edge_agent.update.verify import Verifier
-from edge_agent.uplink.buffer import Buffer, Cap
+from edge_agent.uplink.buffer import Buffer
 from edge_agent.uplink.delivery import Sender
 from edge_agent.uplink.sampling import RawSampler
 
@@ -89,10 +89,10 @@ def next_boot(state_dir: Path) -> int:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, open_runtime: RuntimeLoader = load_runtime) -> None:
+    def __init__(self, cfg: AgentSettings, open_runtime: RuntimeLoader = load_runtime) -> None:
         self.cfg = cfg
-        self.topics = Topics(cfg.topic_prefix)
-        state = cfg.state_dir
+        self.topics = Topics(cfg.broker.topic_prefix)
+        state = cfg.device.state_dir
         self.health = StorageHealth()
         self._storage_lock = threading.Lock()
         try:
@@ -115,33 +115,35 @@ class Agent:
         self.buffer = Buffer(
             state / "buffer.sqlite",
             None,  # opened by _storage_ready, under the persisted boot
-            cfg.get("buffer", "max_rows"),
-            cfg.get("buffer", "max_bytes"),
-            {kind: Cap(**cap) for kind, cap in cfg.get("buffer", "caps").items()},
+            cfg.buffer.max_rows,
+            cfg.buffer.max_bytes,
+            cfg.buffer.caps.by_kind(),
         )
         self.store = ModelStore(state / "models")
         self.mirror = TufMirror()
-        self.verifier = Verifier(state / "tuf", self.mirror, cfg.get("limits", "max_bundle_bytes"))
+        self.verifier = Verifier(state / "tuf", self.mirror, cfg.limits.max_bundle_bytes)
         self.session = MqttSession(
-            cfg.device_id,
-            BrokerAddress(cfg.broker_host, cfg.broker_port, cfg.username, cfg.password),
-            will=(self._status_topic, encode(Status(cfg.device_id, online=False, boot=self.boot))),
+            cfg.device.id,
+            BrokerAddress(
+                cfg.broker.host, cfg.broker.port, cfg.broker.username, cfg.broker.password
+            ),
+            will=(self._status_topic, encode(Status(cfg.device.id, online=False, boot=self.boot))),
             on_connect=self._on_connect,
             on_bad_message=self._bad_message,
             on_published=lambda mid: self.sender.on_published(mid),
-            max_inflight=cfg.get("telemetry", "max_inflight") * 2,
+            max_inflight=cfg.telemetry.max_inflight * 2,
         )
         self.sender = Sender(
             self.buffer,
             self.session,
             self.topics,
-            cfg.device_id,
-            cfg.get("telemetry", "batch_size"),
-            cfg.get("telemetry", "max_inflight"),
-            drain_rate=cfg.get("telemetry", "drain_rate"),
-            confirm_timeout=cfg.get("telemetry", "confirm_timeout_s"),
+            cfg.device.id,
+            cfg.telemetry.batch_size,
+            cfg.telemetry.max_inflight,
+            drain_rate=cfg.telemetry.drain_rate,
+            confirm_timeout=cfg.telemetry.confirm_timeout_s,
         )
-        self.results = ResultPublisher.from_settings(cfg.settings["results"], cfg.device_id)
+        self.results = ResultPublisher.from_settings(cfg.results, cfg.device.id)
         self.resources = ResourceMeter(time.monotonic())
         self.pipeline = Pipeline(
             on_drift=lambda r: self._record("drift", r),
@@ -149,14 +151,14 @@ class Agent:
             on_result=self.results,
             on_shadow_report=self._shadow_report,
         )
-        rate = cfg.get("telemetry", "raw_sample_rate")
+        rate = cfg.telemetry.raw_sample_rate
         if rate > 0:  # off by default: raw inputs may be personal data
             self.pipeline.sampler = RawSampler(rate, self._raw_sample)
         self.downloader = Downloader(
             lambda payload: self.session.publish(
-                self.topics.device(cfg.device_id, "xfer/req"), payload
+                self.topics.device(cfg.device.id, "xfer/req"), payload
             ),
-            cfg.get("limits", "transfer_window"),
+            cfg.limits.transfer_window,
             state / "xfer",
             identity=self._identity,
             stop=self.stop_event,
@@ -168,12 +170,12 @@ class Agent:
             self.store,
             self._event,
             self._activate,
-            cfg.get("runtime", "threads"),
-            cfg.get("limits", "transfer_timeout_s"),
+            cfg.runtime.threads,
+            cfg.limits.transfer_timeout_s,
             open_runtime,
             set_shadow=self._set_shadow,
         )
-        self.lines: queue.Queue[tuple[str, bytes]] = queue.Queue(cfg.get("pipeline", "queue_max"))
+        self.lines: queue.Queue[tuple[str, bytes]] = queue.Queue(cfg.pipeline.queue_max)
         self.commands: queue.Queue[Command] = queue.Queue()
         self.sources: list[Source] = []
         self._quiet: set[str] = set()  # inputs flagged "no input", to log each change once
@@ -185,7 +187,7 @@ class Agent:
 
     @property
     def _status_topic(self) -> str:
-        return self.topics.device(self.cfg.device_id, "status")
+        return self.topics.device(self.cfg.device.id, "status")
 
     # ---- keeping records ---------------------------------------------------------------------
     def _record(self, kind: str, body: dict[str, Any]) -> None:
@@ -232,7 +234,7 @@ class Agent:
                 if not self.health.may_try("boot counter", now):
                     return False
                 try:
-                    self.boot = next_boot(self.cfg.state_dir)
+                    self.boot = next_boot(self.cfg.device.state_dir)
                 except StorageError as exc:
                     self._storage_failed("boot counter", exc)
                     return False
@@ -282,7 +284,7 @@ class Agent:
     def _identity(self) -> DeviceIdentity | None:
         from edge_agent.system.identity import load_identity  # cryptography, only when needed
 
-        return load_identity(self.cfg.state_dir)
+        return load_identity(self.cfg.device.state_dir)
 
     def _set_shadow(self, shadow: Shadow | None) -> None:
         self.pipeline.shadow = shadow
@@ -298,13 +300,13 @@ class Agent:
         active = ActiveModel.build(
             installed.bundle.card,
             installed.runtime,
-            self.cfg.get("drift", "window"),
-            self.cfg.get("drift", "warn_every"),
-            self.cfg.get("drift", "alert_every"),
-            self.cfg.get("drift", "window_s") or None,
+            self.cfg.drift.window,
+            self.cfg.drift.warn_every,
+            self.cfg.drift.alert_every,
+            self.cfg.drift.window_s or None,
         )
-        if self.cfg.get("drift", "capture"):  # off by default: raw inputs may be personal data
-            active.monitor.capture = self.cfg.get("drift", "capture_rows")
+        if self.cfg.drift.capture:  # off by default: raw inputs may be personal data
+            active.monitor.capture = self.cfg.drift.capture_rows
         self.pipeline.active = active
 
     def _bad_message(self, topic: str, exc: BadDataError) -> None:
@@ -322,7 +324,7 @@ class Agent:
 
     @property
     def _pending_path(self) -> Path:
-        return self.cfg.state_dir / "pending-command.json"
+        return self.cfg.device.state_dir / "pending-command.json"
 
     def _handled(self, cmd: Command) -> None:
         """Forget the pending command if it is this one (a newer one may have replaced it)."""
@@ -358,7 +360,7 @@ class Agent:
     def inputs(self) -> list[InputState]:
         """Each source's condition now (edge_agent.protocol.inputs); the log says once when an
         input goes quiet past telemetry.no_input_s, and once when its lines come back."""
-        limit = self.cfg.get("telemetry", "no_input_s")
+        limit = self.cfg.telemetry.no_input_s
         states = [InputState.of(s.name, s.stats(), limit) for s in self.sources]
         quiet = {s.name for s in states if s.no_input}
         for name in sorted(quiet - self._quiet):
@@ -380,11 +382,11 @@ class Agent:
             inputs=[state.to_json() for state in self.inputs()],
         )
         return Status(
-            device=self.cfg.device_id,
+            device=self.cfg.device.id,
             online=True,
             boot=self.boot,
             agent_version=__version__,
-            profile=self.cfg.profile_name,
+            profile=self.cfg.profile,
             model=active.card.model if active else None,
             stats=stats,
             ts=time.time(),
@@ -403,7 +405,7 @@ class Agent:
     def _write_status(self, status: Status) -> None:
         """status.json, what `edge-agent status` reads without asking the daemon. One that
         cannot be written is said in the published status (stats.storage)."""
-        path = self.cfg.state_dir / "status.json"
+        path = self.cfg.device.state_dir / "status.json"
         if not self.health.may_try("status file", time.time()):
             return
         try:
@@ -416,7 +418,7 @@ class Agent:
     # ---- running ---------------------------------------------------------------------------
     def start(self) -> None:
         self.updater.serve_installed()
-        dev = self.cfg.device_id
+        dev = self.cfg.device.id
         self.session.subscribe(self.topics.tuf_all, self._on_tuf)
         self.session.subscribe(self.topics.device(dev, "cmd"), self._on_command)
         self.session.subscribe(self.topics.device(dev, "xfer/chunk"), self.downloader.on_chunk)
@@ -468,7 +470,7 @@ class Agent:
         """The reason a failed update gives the hub: what the disk said when it refused (full,
         read-only), else a pointer to the device log, where the traceback goes."""
         if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
-            where = Path(os.fsdecode(exc.filename)) if exc.filename else self.cfg.state_dir
+            where = Path(os.fsdecode(exc.filename)) if exc.filename else self.cfg.device.state_dir
             reason = f"cannot write the state folder: {storage_error(exc, where)}"
             log.error("update %s failed: %s", cmd.id, reason)
             return reason
@@ -477,9 +479,9 @@ class Agent:
 
     def run_forever(self) -> None:
         """Main loop until stop_event; then finish the batch, flush and say goodbye."""
-        batch_max = self.cfg.get("pipeline", "batch_max")
-        interval = self.cfg.get("telemetry", "interval_s")
-        status_every = self.cfg.get("telemetry", "status_interval_s")
+        batch_max = self.cfg.pipeline.batch_max
+        interval = self.cfg.telemetry.interval_s
+        status_every = self.cfg.telemetry.status_interval_s
         next_window = next_status = time.monotonic()
         failures = Failures("main loop")
         while not self.stop_event.is_set():
@@ -525,7 +527,7 @@ class Agent:
             self.sender.wake.wait(0.1)
             self.sender.wake.clear()
         self._publish_status()
-        offline = Status(self.cfg.device_id, online=False, boot=self.boot, ts=time.time())
+        offline = Status(self.cfg.device.id, online=False, boot=self.boot, ts=time.time())
         self.session.stop(final=(self._status_topic, encode(offline)))
         self._write_status(dataclasses.replace(self.status(), online=False, ts=time.time()))
         self.buffer.close()

@@ -39,8 +39,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     from edge_agent.system.identity import create_identity, identity_paths
 
     cfg = load_config(Path(args.config))
-    identity = create_identity(cfg.state_dir, cfg.device_id)
-    public = identity_paths(cfg.state_dir)[1]
+    identity = create_identity(cfg.device.state_dir, cfg.device.id)
+    public = identity_paths(cfg.device.state_dir)[1]
     print(f"{identity.device_id}: identity ready; hand {public} to the hub")
     print(f"  edgehub devices enroll {identity.device_id} --public {public} --state-dir ...")
     return 0
@@ -48,7 +48,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = load_config(Path(args.file))
-    print(f"{args.file}: ok (device {cfg.device_id}, profile {cfg.profile_name})")
+    print(f"{args.file}: ok (device {cfg.device.id}, profile {cfg.profile})")
     return 0
 
 
@@ -148,12 +148,12 @@ def print_rows(title: str, rows: list[tuple[str, str]]) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = load_config(Path(args.config))
-    status = read_status(cfg.state_dir / "status.json")
+    status = read_status(cfg.device.state_dir / "status.json")
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
-    heartbeat = float(cfg.get("telemetry", "status_interval_s"))
-    print_rows(f"edge-agent {cfg.device_id}", status_rows(status, heartbeat, time.time()))
+    heartbeat = cfg.telemetry.status_interval_s
+    print_rows(f"edge-agent {cfg.device.id}", status_rows(status, heartbeat, time.time()))
     return 0
 
 
@@ -229,9 +229,9 @@ def cmd_install_service(args: argparse.Namespace) -> int:
         config=PurePosixPath(config),
         command=agent_command(),
         working_dir=PurePosixPath(config.parent),
-        state_dir=PurePosixPath(os.path.abspath(cfg.state_dir)),
+        state_dir=PurePosixPath(os.path.abspath(cfg.device.state_dir)),
         user=user,
-        description=f"edgefleet device agent ({cfg.device_id})",
+        description=f"edgefleet device agent ({cfg.device.id})",
         groups=groups,
     )
     text = render_unit(spec)

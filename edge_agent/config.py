@@ -1,117 +1,105 @@
-"""Agent configuration: a device file naming a profile from firmware_configs/, validated.
+"""Agent configuration: a device file naming a profile from firmware_configs/, validated and
+built into `AgentSettings` (edge_agent.settings) once.
 
-Layering: base.toml <- profile (`extends = "base"`) <- the device's own file. Unknown keys are
-rejected with a "did you mean" suggestion; every error names the file, the key path, what was
-expected and what was found.
+Layering: base.toml <- profile (`extends = "base"`) <- the device's own file. The keys and their
+types are the settings dataclasses' fields. Unknown keys are rejected with a "did you mean"
+suggestion; every error names the file, the key path, what was expected and what was found.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import math
 import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
 from edge_agent.errors import ConfigError, MessageError
-from edge_agent.inference.results import is_results_topic
 from edge_agent.protocol.topics import check_device_id
+from edge_agent.settings import (
+    DEVICE_FILE_SECTIONS,
+    NOT_A_KEY,
+    RULE,
+    AgentSettings,
+    BrokerSettings,
+    DeviceSettings,
+    Rule,
+)
 from edge_agent.sources.factory import input_from_config
 from firmware_configs import profile_names, profile_path
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-Number = (int, float)
-MAX_CAPTURE_ROWS = 1000  # rows of inputs a drift alert may carry to the hub
-
-# section -> key -> expected type(s)
-PROFILE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "runtime": {"threads": int},
-    "pipeline": {"batch_max": int, "queue_max": int},
-    "telemetry": {
-        "interval_s": Number,
-        "batch_size": int,
-        "max_inflight": int,
-        "confirm_timeout_s": Number,
-        "status_interval_s": Number,
-        "drain_rate": Number,
-        "raw_sample_rate": Number,
-        "no_input_s": Number,
-    },
-    "buffer": {"max_rows": int, "max_bytes": int, "caps": dict},
-    "drift": {
-        "window": int,
-        "window_s": Number,
-        "warn_every": Number,
-        "alert_every": Number,
-        "capture": bool,
-        "capture_rows": int,
-    },
-    "limits": {"max_bundle_bytes": int, "transfer_window": int, "transfer_timeout_s": Number},
-    # inference results published for local actuators (edge_agent.inference.results)
-    "results": {"enabled": bool, "host": str, "port": int, "topic": str, "qos": int},
-}
-DEVICE_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "device": {"id": str, "state_dir": str},
-    "broker": {
-        "host": str,
-        "port": int,
-        "username": str,
-        "password_file": str,
-        "topic_prefix": str,
-    },
-}
 # keys an older profile or device file may still hold: ignored with a warning naming what
 # replaced them, so an agent upgraded in the field keeps running on its old file
 RETIRED_KEYS = {
     ("drift", "psi_warn"): "drift.warn_every (drift-free windows between false warnings)",
     ("drift", "psi_alert"): "drift.alert_every (drift-free windows between false alerts)",
 }
-TOP_LEVEL = {"extends", "profile", "inputs", *PROFILE_SCHEMA, *DEVICE_SCHEMA}
-# tables inside a section: (section, key) -> sub-table -> key -> type. [buffer.caps.telemetry]
-# etc.: each priority class's own cap (edge_agent.uplink.buffer.next_drop)
-_CAP_KEYS: dict[str, type | tuple[type, ...]] = {"max_rows": int, "max_bytes": int}
-NESTED_SCHEMA: dict[tuple[str, str], dict[str, dict[str, type | tuple[type, ...]]]] = {
-    ("buffer", "caps"): {kind: _CAP_KEYS for kind in ("events", "drift", "telemetry")},
+# the TOML types a field of each Python type takes
+_TOML_TYPES: dict[Any, tuple[type, ...]] = {
+    bool: (bool,),
+    int: (int,),
+    float: (int, float),
+    str: (str,),
+    Path: (str,),  # relative to the device file
 }
 
 
-# (section, key) -> None if the (well-typed) value is fine, else what was expected. Numbers
-# without a rule must be positive.
-def _zero_or_positive(v: Any) -> str | None:
-    return None if 0 <= v < math.inf else "0 (off) or a positive number"
+@dataclass(frozen=True)
+class Key:
+    """One key of a TOML table, as the settings dataclass's field declares it."""
+
+    kinds: tuple[type, ...]  # the TOML types of a value; () for a sub-table
+    table: type | None  # the dataclass of a sub-table
+    rule: Rule | None
+    required: bool  # no default: base.toml (or a device file's loader) must give it
+    is_path: bool
 
 
-VALUE_RULES: dict[tuple[str, str], Callable[[Any], str | None]] = {
-    ("drift", "warn_every"): lambda v: (
-        None if 1 < v < math.inf else "a number of windows above 1, like 100 (1% of windows)"
-    ),
-    ("drift", "alert_every"): lambda v: (
-        None if 1 < v < math.inf else "a number of windows above 1, like 10000"
-    ),
-    ("drift", "window_s"): _zero_or_positive,
-    ("telemetry", "drain_rate"): _zero_or_positive,
-    ("telemetry", "no_input_s"): lambda v: (
-        None if 0 <= v < math.inf else "0 (off) or a number of seconds above 0, like 60"
-    ),
-    ("telemetry", "raw_sample_rate"): lambda v: (
-        None if 0 <= v <= 1 else "a probability from 0 (off) to 1 (every row)"
-    ),
-    ("drift", "capture_rows"): lambda v: (
-        None if 1 <= v <= MAX_CAPTURE_ROWS else (f"1 to {MAX_CAPTURE_ROWS} rows")
-    ),
-    ("results", "host"): lambda v: None if v.strip() else "a host name or address",
-    ("results", "port"): lambda v: None if 1 <= v <= 65535 else "a port number 1-65535",
-    ("results", "qos"): lambda v: None if v in (0, 1) else "0 or 1",
-    ("results", "topic"): lambda v: (
-        None
-        if is_results_topic(v)
-        else "an MQTT topic name without wildcards ('+', '#') whose only placeholder is {device_id}"
-    ),
-}
+@functools.cache
+def keys_of(cls: type) -> dict[str, Key]:
+    """The keys of the TOML table a settings dataclass reads, in field order (do not change
+    the dict: it is computed once per class)."""
+    hints = get_type_hints(cls)
+    keys = {}
+    for f in fields(cls):
+        if f.metadata.get(NOT_A_KEY):
+            continue
+        hint = hints[f.name]
+        if get_origin(hint) in (Union, UnionType):  # X | None: optional, TOML has no null
+            (hint,) = (a for a in get_args(hint) if a is not type(None))
+        required = f.default is MISSING and f.default_factory is MISSING
+        if is_dataclass(hint):
+            keys[f.name] = Key((), cast(type, hint), None, required, False)
+        elif hint in _TOML_TYPES:
+            keys[f.name] = Key(
+                _TOML_TYPES[hint], None, f.metadata.get(RULE), required, hint is Path
+            )
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: no TOML type for {hint!r}")
+    return keys
+
+
+def sections() -> dict[str, type]:
+    """Every [section] a device file may hold -> its settings dataclass."""
+    return _sections_of(AgentSettings)
+
+
+@functools.cache
+def _sections_of(cls: type) -> dict[str, type]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls) if is_dataclass(hints[f.name])}
+
+
+def profile_sections() -> dict[str, type]:
+    """The [sections] a profile sets (and base.toml gives every key of)."""
+    return {k: v for k, v in sections().items() if k not in DEVICE_FILE_SECTIONS}
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -119,8 +107,7 @@ def _suggest(word: str, choices: list[str]) -> str:
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
-def _type_name(kinds: type | tuple[type, ...]) -> str:
-    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+def _type_name(kinds: tuple[type, ...]) -> str:
     return " or ".join("number" if k is float else k.__name__ for k in kinds)
 
 
@@ -135,78 +122,83 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected TOML, {exc}") from exc
 
 
-def check_sections(
-    data: dict[str, Any],
-    source: str,
-    schema: dict[str, dict[str, type | tuple[type, ...]]],
-    within: str = "",
-) -> None:
-    """Types and known keys of every [section] of `schema` present in `data` (`within`: the
-    path of a nested table, "buffer.caps", whose sub-tables must all be known)."""
+def check_sections(data: dict[str, Any], source: str, known: dict[str, type]) -> None:
+    """Types and known keys of every [section] of `known` present in `data`, at every depth
+    ([buffer.caps.telemetry]); other top-level keys are check_top_level's."""
     for section, values in data.items():
-        if section not in schema:
-            if not within:
-                continue
+        if section in known:
+            check_table(values, source, section, known[section])
+
+
+def check_table(values: Any, source: str, where: str, cls: type) -> None:
+    """The TOML table at `where` (a key path, "buffer.caps") against the dataclass `cls`."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: [{where}] expected a table, found {values!r:.40}")
+    known = keys_of(cls)
+    for key in [k for k in values if (where, k) in RETIRED_KEYS]:
+        log.warning(
+            "%s: %s.%s is no longer used (drift levels follow the window and reference "
+            "sizes); it is ignored, see %s",
+            source,
+            where,
+            key,
+            RETIRED_KEYS[(where, key)],
+        )
+        del values[key]
+    for key, value in values.items():
+        spec = known.get(key)
+        if spec is None:
+            if all(k.table is not None for k in known.values()):  # a table of tables
+                raise ConfigError(
+                    f"{source}: unknown table [{where}.{key}].{_suggest(key, list(known))} "
+                    f"Known tables: {', '.join(known)}"
+                )
             raise ConfigError(
-                f"{source}: unknown table [{within}.{section}].{_suggest(section, list(schema))} "
-                f"Known tables: {', '.join(schema)}"
+                f"{source}: unknown key {where}.{key}."
+                f"{_suggest(key, list(known))} Known keys: {', '.join(known)}"
             )
-        where = f"{within}.{section}" if within else section
-        if not isinstance(values, dict):
-            raise ConfigError(f"{source}: [{where}] expected a table, found {values!r:.40}")
-        known = schema[section]
-        for key in [k for k in values if (section, k) in RETIRED_KEYS and not within]:
-            log.warning(
-                "%s: %s.%s is no longer used (drift levels follow the window and reference "
-                "sizes); it is ignored, see %s",
-                source,
-                section,
-                key,
-                RETIRED_KEYS[(section, key)],
+        if spec.table is not None:
+            check_table(value, source, f"{where}.{key}", spec.table)
+        else:
+            check_value(value, source, f"{where}.{key}", spec)
+
+
+def check_value(value: Any, source: str, where: str, spec: Key) -> None:
+    """Its TOML type, then its field's rule, or for a number without one: positive."""
+    if (isinstance(value, bool) and bool not in spec.kinds) or not isinstance(value, spec.kinds):
+        raise ConfigError(
+            f"{source}: {where} expected {_type_name(spec.kinds)}, "
+            f"found {type(value).__name__} {value!r:.40}"
+        )
+    if spec.rule is not None:
+        expected = spec.rule(value)
+        if expected is not None:
+            raise ConfigError(f"{source}: {where} expected {expected}, found {value!r:.80}")
+    elif isinstance(value, bool):
+        pass
+    elif isinstance(value, int | float) and not 0 < value < math.inf:  # nan fails too
+        raise ConfigError(f"{source}: {where} expected a positive number, found {value!r}")
+
+
+def check_complete(values: dict[str, Any], source: str, where: str, cls: type) -> None:
+    """Every key without a default present: base.toml is where the profiles' defaults live."""
+    for key, spec in keys_of(cls).items():
+        if spec.required and key not in values:
+            raise ConfigError(
+                f"{source}: {where}.{key} expected in the profile or in base.toml (which sets "
+                f"every key), found nothing"
             )
-            del values[key]
-        for key, value in values.items():
-            if key not in known:
-                raise ConfigError(
-                    f"{source}: unknown key {where}.{key}."
-                    f"{_suggest(key, list(known))} Known keys: {', '.join(known)}"
-                )
-            nested = NESTED_SCHEMA.get((section, key)) if not within else None
-            if nested is not None:
-                if not isinstance(value, dict):
-                    raise ConfigError(
-                        f"{source}: [{where}.{key}] expected a table, found {value!r:.40}"
-                    )
-                check_sections(value, source, nested, within=f"{where}.{key}")
-                continue
-            kinds = known[key]
-            kinds_t = kinds if isinstance(kinds, tuple) else (kinds,)
-            if (isinstance(value, bool) and bool not in kinds_t) or not isinstance(value, kinds_t):
-                raise ConfigError(
-                    f"{source}: {where}.{key} expected {_type_name(kinds)}, "
-                    f"found {type(value).__name__} {value!r:.40}"
-                )
-            rule = VALUE_RULES.get((section, key))
-            if rule is not None:
-                expected = rule(value)
-                if expected is not None:
-                    raise ConfigError(
-                        f"{source}: {where}.{key} expected {expected}, found {value!r:.80}"
-                    )
-            elif isinstance(value, bool):
-                pass
-            elif isinstance(value, int | float) and not 0 < value < math.inf:  # nan fails too
-                raise ConfigError(
-                    f"{source}: {where}.{key} expected a positive number, found {value!r}"
-                )
+        if spec.table is not None and key in values:
+            check_complete(values[key], source, f"{where}.{key}", spec.table)
 
 
 def check_top_level(data: dict[str, Any], source: str) -> None:
+    known = sorted({"extends", "profile", "inputs", *sections()})
     for key in data:
-        if key not in TOP_LEVEL:
+        if key not in known:
             raise ConfigError(
-                f"{source}: unknown key {key!r}.{_suggest(key, sorted(TOP_LEVEL))} "
-                f"Known keys: {', '.join(sorted(TOP_LEVEL))}"
+                f"{source}: unknown key {key!r}.{_suggest(key, known)} "
+                f"Known keys: {', '.join(known)}"
             )
 
 
@@ -223,20 +215,26 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_profile(name: str) -> dict[str, Any]:
-    """A profile with its base merged in, validated."""
+    """A profile with its base merged in, validated: every key of every profile section."""
     path = profile_path(name)
     if name not in profile_names():  # not a path: "../x" or "/etc/x" must not load
         raise ConfigError(
             f"profile {name!r} does not exist.{_suggest(name, profile_names())} "
             f"Known profiles: {', '.join(profile_names())}"
         )
-    return _load_layered(path, seen=())
+    data = _load_layered(path, seen=())
+    for section, cls in profile_sections().items():
+        check_complete(data.get(section, {}), str(path), section, cls)
+    return data
 
 
 def _load_layered(path: Path, seen: tuple[str, ...]) -> dict[str, Any]:
     data = read_toml(path)
     check_top_level(data, str(path))
-    check_sections(data, str(path), PROFILE_SCHEMA)
+    for key in ("profile", "inputs", *DEVICE_FILE_SECTIONS):
+        if key in data:
+            raise ConfigError(f"{path}: {key} expected in a device file, found in a profile")
+    check_sections(data, str(path), profile_sections())
     parent = data.pop("extends", None)
     if parent is None:
         return data
@@ -247,21 +245,19 @@ def _load_layered(path: Path, seen: tuple[str, ...]) -> dict[str, Any]:
     return merge(_load_layered(profile_path(parent), (*seen, parent)), data)
 
 
-@dataclass(frozen=True)
-class AgentConfig:
-    device_id: str
-    state_dir: Path
-    profile_name: str
-    broker_host: str
-    broker_port: int
-    username: str
-    password: str | None
-    topic_prefix: str
-    inputs: tuple[dict[str, Any], ...]
-    settings: dict[str, Any]  # the merged profile sections
-
-    def get(self, section: str, key: str) -> Any:
-        return self.settings[section][key]
+def build(cls: type[T], values: dict[str, Any], folder: Path) -> T:
+    """The settings dataclass `cls` of a checked, complete table; a path relative to `folder`."""
+    args: dict[str, Any] = {}
+    for key, spec in keys_of(cast(type, cls)).items():
+        if key not in values:
+            continue  # its default (check_complete saw every required key)
+        value = values[key]
+        if spec.table is not None:
+            value = build(spec.table, value, folder)
+        elif spec.is_path:
+            value = folder / value
+        args[key] = value
+    return cls(**args)
 
 
 def _relative_to(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -273,14 +269,14 @@ def _relative_to(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
     return spec
 
 
-def load_config(path: Path) -> AgentConfig:
+def load_config(path: Path) -> AgentSettings:
     """The device's file, layered over its profile; relative paths resolve against the file."""
     data = read_toml(path)
     source = str(path)
     check_top_level(data, source)
     if "extends" in data:
         raise ConfigError(f"{source}: a device file names its profile with `profile`, not extends")
-    check_sections(data, source, {**PROFILE_SCHEMA, **DEVICE_SCHEMA})
+    check_sections(data, source, sections())
     profile = data.get("profile", "generic-x86_64")
     if not isinstance(profile, str):
         raise ConfigError(f"{source}: profile expected a profile name, found {profile!r}")
@@ -289,7 +285,8 @@ def load_config(path: Path) -> AgentConfig:
             f"{source}: profile {profile!r} does not exist.{_suggest(profile, profile_names())} "
             f"Known profiles: {', '.join(profile_names())}"
         )
-    settings = merge(load_profile(profile), {k: v for k, v in data.items() if k in PROFILE_SCHEMA})
+    tables = profile_sections()
+    settings = merge(load_profile(profile), {k: v for k, v in data.items() if k in tables})
     drift = settings["drift"]
     if drift["warn_every"] >= drift["alert_every"]:
         raise ConfigError(
@@ -303,14 +300,16 @@ def load_config(path: Path) -> AgentConfig:
         device_id = check_device_id(device["id"], f"{source}: device.id")
     except MessageError as exc:
         raise ConfigError(str(exc)) from exc
-    broker = data.get("broker", {})
-    password = None
-    if "password_file" in broker:
-        pw_path = path.parent / broker["password_file"]
+    folder = path.parent
+    broker = build(BrokerSettings, {"username": device_id, **data.get("broker", {})}, folder)
+    if broker.password_file is not None:
         try:
-            password = pw_path.read_text().strip()
+            password = broker.password_file.read_text().strip()
         except OSError as exc:
-            raise ConfigError(f"{source}: broker.password_file {pw_path}: {exc}") from exc
+            raise ConfigError(
+                f"{source}: broker.password_file {broker.password_file}: {exc}"
+            ) from exc
+        broker = replace(broker, password=password)
     inputs = data.get("inputs", [])
     if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
         raise ConfigError(f"{source}: inputs expected a list of [[inputs]] tables")
@@ -320,15 +319,12 @@ def load_config(path: Path) -> AgentConfig:
             input_from_config(spec)  # builds, opens nothing: just the validation
         except ConfigError as exc:
             raise ConfigError(f"{source}: inputs[{i}]: {exc}") from exc
-    return AgentConfig(
-        device_id=device_id,
-        state_dir=path.parent / device.get("state_dir", f"state-{device_id}"),
-        profile_name=profile,
-        broker_host=broker.get("host", "127.0.0.1"),
-        broker_port=broker.get("port", 1883),
-        username=broker.get("username", device_id),
-        password=password,
-        topic_prefix=broker.get("topic_prefix", "edgefleet"),
+    return AgentSettings(
+        profile=profile,
+        device=build(
+            DeviceSettings, {"state_dir": f"state-{device_id}", **device, "id": device_id}, folder
+        ),
+        broker=broker,
         inputs=tuple(inputs),
-        settings=settings,
+        **{section: build(cls, settings[section], folder) for section, cls in tables.items()},
     )

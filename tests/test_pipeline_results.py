@@ -8,6 +8,7 @@ import math
 import queue
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,12 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from cloud_hub.broker.local import RunningBroker
 from converters.pipeline import build_bundle
-from edge_agent.config import PROFILE_SCHEMA, load_config, load_profile
+from edge_agent.config import keys_of, load_config, load_profile
 from edge_agent.errors import ConfigError
 from edge_agent.inference.pipeline import ActiveModel, Pipeline
 from edge_agent.inference.results import DEFAULT_TOPIC, ResultPublisher, results_topic
 from edge_agent.inference.runtime import load_runtime
+from edge_agent.settings import ResultsSettings
 from edge_agent.update.bundle import read_bundle
 
 WAIT_S = 5.0  # upper bound for every wait on another thread; never reached when things work
@@ -306,10 +308,12 @@ def test_publisher_reconnects_after_the_broker_is_killed(broker: RunningBroker) 
 
 
 def test_publisher_from_settings() -> None:
-    settings = {"enabled": False, "host": "127.0.0.1", "port": 1883, "topic": DEFAULT_TOPIC}
+    settings = ResultsSettings(
+        enabled=False, host="127.0.0.1", port=1883, topic=DEFAULT_TOPIC, qos=0
+    )
     assert ResultPublisher.from_settings(settings, "pi-01") is None
     pub = ResultPublisher.from_settings(
-        {**settings, "enabled": True, "port": 1884, "topic": "plant/{device_id}/out", "qos": 1},
+        replace(settings, enabled=True, port=1884, topic="plant/{device_id}/out", qos=1),
         "pi-01",
     )
     assert pub is not None
@@ -360,25 +364,25 @@ def write(tmp_path: Path, body: str) -> Path:
 
 def test_results_defaults_come_from_base(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, ""))
-    assert cfg.settings["results"] == {
-        "enabled": False,
-        "host": "127.0.0.1",
-        "port": 1883,
-        "topic": "edgefleet/local/{device_id}/results",
-        "qos": 0,
-    }
-    assert ResultPublisher.from_settings(cfg.settings["results"], cfg.device_id) is None
-    assert set(load_profile("raspberry-pi-4")["results"]) == set(PROFILE_SCHEMA["results"])
+    assert cfg.results == ResultsSettings(
+        enabled=False,
+        host="127.0.0.1",
+        port=1883,
+        topic="edgefleet/local/{device_id}/results",
+        qos=0,
+    )
+    assert ResultPublisher.from_settings(cfg.results, cfg.device.id) is None
+    assert set(load_profile("raspberry-pi-4")["results"]) == set(keys_of(ResultsSettings))
 
 
 def test_results_section_in_a_device_file(tmp_path: Path) -> None:
     body = '[results]\nenabled = true\nport = 1884\ntopic = "plant/{device_id}/predictions"'
     cfg = load_config(write(tmp_path, body))
-    results = cfg.settings["results"]
-    assert results["enabled"] is True and results["port"] == 1884 and results["qos"] == 0
-    pub = ResultPublisher.from_settings(results, cfg.device_id)
+    results = cfg.results
+    assert results.enabled is True and results.port == 1884 and results.qos == 0
+    pub = ResultPublisher.from_settings(results, cfg.device.id)
     assert pub is not None and pub.topic == "plant/pi-01/predictions"
-    assert cfg.get("results", "host") == "127.0.0.1"
+    assert cfg.results.host == "127.0.0.1"
 
 
 @pytest.mark.parametrize(

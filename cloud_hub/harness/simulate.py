@@ -189,7 +189,7 @@ class SimDevice:
 
     @property
     def id(self) -> str:
-        return self.agent.cfg.device_id
+        return self.agent.cfg.device.id
 
     def accepted(self) -> int:
         """Records this device's agent accepted under its current boot."""

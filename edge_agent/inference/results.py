@@ -18,13 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_agent.errors import ConfigError, MessageError, TransportError
 from edge_agent.mqtt.options import check_broker, check_topic, reconnect_backoff
 from edge_agent.mqtt.session import BrokerAddress, MqttSession
 from edge_agent.protocol.topics import check_device_id
+
+if TYPE_CHECKING:
+    from edge_agent.settings import ResultsSettings
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +103,12 @@ class ResultPublisher:
         self._started = False
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], device_id: str) -> ResultPublisher | None:
+    def from_settings(cls, settings: ResultsSettings, device_id: str) -> ResultPublisher | None:
         """The publisher the validated ``[results]`` section asks for; None when not enabled."""
-        if not settings.get("enabled", False):
+        if not settings.enabled:
             return None
         return cls(
-            results_topic(settings.get("topic", DEFAULT_TOPIC), device_id),
-            settings.get("host", "127.0.0.1"),
-            settings.get("port", 1883),
-            qos=settings.get("qos", 0),
+            results_topic(settings.topic, device_id), settings.host, settings.port, qos=settings.qos
         )
 
     def start(self) -> None:
