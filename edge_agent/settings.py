@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from edge_agent.inference.results import is_results_topic
+from edge_agent.mqtt.options import is_results_topic
 from edge_agent.uplink.buffer import Cap
 
 MAX_CAPTURE_ROWS = 1000  # rows of inputs a drift alert may carry to the hub

@@ -24,8 +24,9 @@ from converters.pipeline import build_bundle
 from edge_agent.config import keys_of, load_config, load_profile
 from edge_agent.errors import ConfigError
 from edge_agent.inference.pipeline import ActiveModel, Pipeline
-from edge_agent.inference.results import DEFAULT_TOPIC, ResultPublisher, results_topic
+from edge_agent.inference.results import DEFAULT_TOPIC, ResultPublisher
 from edge_agent.inference.runtime import load_runtime
+from edge_agent.mqtt.options import results_topic
 from edge_agent.settings import ResultsSettings
 from edge_agent.update.bundle import read_bundle
 

@@ -20,10 +20,9 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.errors import ConfigError, MessageError, TransportError
-from edge_agent.mqtt.options import check_broker, check_topic, reconnect_backoff
+from edge_agent.errors import TransportError
+from edge_agent.mqtt.options import check_broker, check_topic, reconnect_backoff, results_topic
 from edge_agent.mqtt.session import BrokerAddress, MqttSession
-from edge_agent.protocol.topics import check_device_id
 
 if TYPE_CHECKING:
     from edge_agent.settings import ResultsSettings
@@ -32,36 +31,6 @@ log = logging.getLogger(__name__)
 
 RESULT_VERSION = 1
 DEFAULT_TOPIC = "edgefleet/local/{device_id}/results"
-PLACEHOLDER = "{device_id}"
-_SAMPLE_ID = "device-1"
-
-
-def results_topic(template: str, device_id: str, where: str = "results") -> str:
-    """The topic `template` with its ``{device_id}`` placeholder (if any) filled in.
-
-    ConfigError if the template has other braces, is not a valid MQTT topic name (no
-    wildcards, not empty), or `device_id` is not a valid device id."""
-    if not isinstance(template, str):
-        raise ConfigError(f"{where}: 'topic' expected an MQTT topic name, found {template!r}")
-    rest = template.replace(PLACEHOLDER, "")
-    if "{" in rest or "}" in rest:
-        raise ConfigError(
-            f"{where}: 'topic' expected no placeholder other than {PLACEHOLDER}, found {template!r}"
-        )
-    try:
-        device_id = check_device_id(device_id, f"{where}: device id")
-    except MessageError as exc:
-        raise ConfigError(str(exc)) from exc
-    return check_topic(template.replace(PLACEHOLDER, device_id), where, wildcards=False)
-
-
-def is_results_topic(template: str) -> bool:
-    """Whether `template` makes a valid results topic for any valid device id."""
-    try:
-        results_topic(template, _SAMPLE_ID)
-    except ConfigError:
-        return False
-    return True
 
 
 class ResultPublisher:

@@ -4,8 +4,12 @@ the MQTT input and the local results feed."""
 from __future__ import annotations
 
 from edge_agent.checks import port_number, positive_int
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, MessageError
 from edge_agent.mqtt.session import Backoff
+from edge_agent.protocol.topics import check_device_id
+
+PLACEHOLDER = "{device_id}"  # in a results topic: the device's id
+_SAMPLE_ID = "device-1"
 
 
 def check_topic(value: object, where: str, key: str = "topic", *, wildcards: bool) -> str:
@@ -67,3 +71,31 @@ def check_broker(where: str, host: object, port: object, qos: object) -> tuple[s
     if type(qos) is not int or qos not in (0, 1):
         raise ConfigError(f"{where}: 'qos' expected 0 or 1, found {qos!r}")
     return host, port_number(where, "port", port), qos
+
+
+def results_topic(template: str, device_id: str, where: str = "results") -> str:
+    """The topic `template` with its ``{device_id}`` placeholder (if any) filled in.
+
+    ConfigError if the template has other braces, is not a valid MQTT topic name (no
+    wildcards, not empty), or `device_id` is not a valid device id."""
+    if not isinstance(template, str):
+        raise ConfigError(f"{where}: 'topic' expected an MQTT topic name, found {template!r}")
+    rest = template.replace(PLACEHOLDER, "")
+    if "{" in rest or "}" in rest:
+        raise ConfigError(
+            f"{where}: 'topic' expected no placeholder other than {PLACEHOLDER}, found {template!r}"
+        )
+    try:
+        device_id = check_device_id(device_id, f"{where}: device id")
+    except MessageError as exc:
+        raise ConfigError(str(exc)) from exc
+    return check_topic(template.replace(PLACEHOLDER, device_id), where, wildcards=False)
+
+
+def is_results_topic(template: str) -> bool:
+    """Whether `template` makes a valid results topic for any valid device id."""
+    try:
+        results_topic(template, _SAMPLE_ID)
+    except ConfigError:
+        return False
+    return True

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.errors import MessageError
-from edge_agent.protocol.messages import field_of
+from edge_agent.protocol.fields import field_of
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,12 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import Any
 
 from edge_agent.errors import MessageError
 from edge_agent.protocol import SCHEMA_VERSION
+from edge_agent.protocol.fields import field_of, type_name
 from edge_agent.protocol.topics import check_device_id
-
-T = TypeVar("T")
 
 EVENTS = (
     "offered",
@@ -37,30 +36,6 @@ SHADOW_ROWS = 200  # live rows a shadow compares before it reports
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _VERSION = re.compile(r"[0-9]{1,18}")
 MAX_INT = 2**63 - 1  # the largest integer the SQLite/PostgreSQL stores hold
-
-
-def _type_name(value: object) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-@overload
-def field_of(obj: dict[str, Any], key: str, kind: type[T], where: str) -> T: ...
-@overload
-def field_of(obj: dict[str, Any], key: str, kind: tuple[type, ...], where: str) -> Any: ...
-def field_of(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    """obj[key] checked against `kind`; MessageError naming where, expected and found."""
-    if key not in obj:
-        raise MessageError(f"{where}: missing field {key!r}")
-    value = obj[key]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    # bool is an int in Python, never on the wire
-    is_bool_for_number = isinstance(value, bool) and bool not in kinds
-    if is_bool_for_number or not isinstance(value, kinds):
-        expected = " or ".join(k.__name__ for k in kinds)
-        raise MessageError(
-            f"{where}.{key}: expected {expected}, got {_type_name(value)} {value!r:.60}"
-        )
-    return value
 
 
 def _reject_constant(name: str) -> None:
@@ -95,7 +70,7 @@ def load_json(payload: bytes, where: str) -> dict[str, Any]:
         # NaN/Infinity (not JSON), integers of thousands of digits, nesting too deep to parse
         raise MessageError(f"{where}: expected JSON, got {payload[:60]!r} ({exc})") from exc
     if not isinstance(obj, dict):
-        raise MessageError(f"{where}: expected a JSON object, got {_type_name(obj)}")
+        raise MessageError(f"{where}: expected a JSON object, got {type_name(obj)}")
     version = field_of(obj, "v", int, where)
     if version != SCHEMA_VERSION:
         raise MessageError(f"{where}.v: expected schema version {SCHEMA_VERSION}, got {version}")
@@ -144,7 +119,7 @@ class ModelRef:
     @classmethod
     def from_json(cls, obj: object, where: str) -> ModelRef:
         if not isinstance(obj, dict):
-            raise MessageError(f"{where}: expected an object, got {_type_name(obj)}")
+            raise MessageError(f"{where}: expected an object, got {type_name(obj)}")
         name = field_of(obj, "name", str, where)
         version = field_of(obj, "version", int, where)
         try:
@@ -206,10 +181,10 @@ class StorageCondition:
     @classmethod
     def from_json(cls, obj: object, where: str) -> StorageCondition:
         if not isinstance(obj, dict):
-            raise MessageError(f"{where}: expected an object, got {_type_name(obj)}")
+            raise MessageError(f"{where}: expected an object, got {type_name(obj)}")
         error = obj.get("error")
         if error is not None and not isinstance(error, str):
-            raise MessageError(f"{where}.error: expected string or null, got {_type_name(error)}")
+            raise MessageError(f"{where}.error: expected string or null, got {type_name(error)}")
         since = obj.get("since")
         if since is not None:
             since = _finite(field_of(obj, "since", (int, float), where), f"{where}.since")
@@ -220,7 +195,7 @@ class StorageCondition:
         for i, reason in enumerate(reasons):
             if not isinstance(reason, str):
                 raise MessageError(
-                    f"{where}.reasons[{i}]: expected string, got {_type_name(reason)}"
+                    f"{where}.reasons[{i}]: expected string, got {type_name(reason)}"
                 )
         ok = field_of(obj, "ok", bool, where)
         return cls(ok, error, since, dict(unkept), tuple(reasons))
@@ -282,7 +257,7 @@ def decode_batch(payload: bytes, where: str) -> Batch:
     for i, item in enumerate(raw):
         at = f"{where}.records[{i}]"
         if not isinstance(item, dict):
-            raise MessageError(f"{at}: expected an object, got {_type_name(item)}")
+            raise MessageError(f"{at}: expected an object, got {type_name(item)}")
         boot = field_of(item, "boot", int, at)
         seq = field_of(item, "seq", int, at)
         ts = _finite(field_of(item, "ts", (int, float), at), f"{at}.ts")
@@ -404,9 +379,9 @@ def decode_command(payload: bytes) -> Command:
     target = obj.get("target")
     rollout = obj.get("rollout")
     if target is not None and not isinstance(target, str):
-        raise MessageError(f"{where}.target: expected string, got {_type_name(target)}")
+        raise MessageError(f"{where}.target: expected string, got {type_name(target)}")
     if rollout is not None and not isinstance(rollout, str):
-        raise MessageError(f"{where}.rollout: expected string, got {_type_name(rollout)}")
+        raise MessageError(f"{where}.rollout: expected string, got {type_name(rollout)}")
     return Command(
         id=field_of(obj, "id", str, where),
         kind=field_of(obj, "kind", str, where),

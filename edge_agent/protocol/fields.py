@@ -1,0 +1,34 @@
+"""Checked access to the fields of a decoded JSON object: every error says where, which field,
+what was expected and what arrived."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar, overload
+
+from edge_agent.errors import MessageError
+
+T = TypeVar("T")
+
+
+def type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+@overload
+def field_of(obj: dict[str, Any], key: str, kind: type[T], where: str) -> T: ...
+@overload
+def field_of(obj: dict[str, Any], key: str, kind: tuple[type, ...], where: str) -> Any: ...
+def field_of(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """obj[key] checked against `kind`; MessageError naming where, expected and found."""
+    if key not in obj:
+        raise MessageError(f"{where}: missing field {key!r}")
+    value = obj[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int in Python, never on the wire
+    is_bool_for_number = isinstance(value, bool) and bool not in kinds
+    if is_bool_for_number or not isinstance(value, kinds):
+        expected = " or ".join(k.__name__ for k in kinds)
+        raise MessageError(
+            f"{where}.{key}: expected {expected}, got {type_name(value)} {value!r:.60}"
+        )
+    return value
