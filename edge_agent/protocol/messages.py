@@ -231,12 +231,9 @@ def decode_status(payload: bytes) -> Status:
     obj = load_json(payload, where)
     model = obj.get("model")
     stats = field_of(obj, "stats", dict, where) if "stats" in obj else {}
-    if "storage" in stats:  # the parts of stats with a schema of their own
-        StorageCondition.from_json(stats["storage"], f"{where}.stats.storage")
-    if "inputs" in stats:
-        from edge_agent.protocol.inputs import decode_inputs  # it builds on this module
+    from edge_agent.protocol.records import DeviceStats  # it builds on this module
 
-        decode_inputs(stats["inputs"], f"{where}.stats.inputs")
+    DeviceStats.from_body(stats, f"{where}.stats")  # checked; kept as sent (unknown keys too)
     return Status(
         device=check_device_id(field_of(obj, "device", str, where), f"{where}.device"),
         online=field_of(obj, "online", bool, where),
