@@ -18,6 +18,7 @@ from edge_agent.buffer import TokenBucket
 from edge_agent.errors import ConfigError
 
 RATE, QUOTA = "rate", "quota"  # why a device's message or records were refused
+MALFORMED = "malformed"  # a record whose body does not decode (cloud_hub.service confirms it)
 
 
 @dataclass(frozen=True)
