@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from edge_agent.errors import ConfigError, MessageError
 from edge_agent.mqtt.session import BrokerAddress, MqttSession
-from edge_agent.protocol.messages import decode_status
+from edge_agent.protocol.records import decode_checked_status
 from edge_agent.protocol.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class HaDiscovery:
 
     def _device_status(self, topic: str, payload: bytes) -> None:
         device, _ = self.topics.parse_device_topic(topic)
-        status = decode_status(payload)
+        status = decode_checked_status(payload)
         if status.device != device or not status.online:
             return  # someone else's claim, or a last will: nothing new to announce
         info = (status.profile, status.agent_version)

@@ -12,6 +12,11 @@ persistent session with manual acknowledgement, the PUBACK going out after the c
 restart within what the broker queues costs no resend at all. With `share`, several hubs
 subscribe to the device topics as one MQTT shared-subscription group and the broker splits the
 messages between them.
+
+Each record's body is decoded once here (edge_agent.protocol.records) before it is stored. One
+that does not decode is not stored: it is counted as refused (`malformed`, in `edgehub
+devices`), logged once per device and kind, and confirmed all the same, since sending it
+again would not make it valid; the other records of its batch are stored as ever.
 """
 
 from __future__ import annotations
@@ -22,22 +27,23 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from cloud_hub.ingest_limits import RATE, DeviceGuard, Limits
+from cloud_hub.ingest_limits import MALFORMED, RATE, DeviceGuard, Limits
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.gates import Metrics, Position, after_install, measure
 from cloud_hub.rollout.operations import fleet_facts
 from cloud_hub.signing.tuf_repo import TufRepository
-from cloud_hub.store.database import Ingest, Store, default_url, dumps
+from cloud_hub.store.database import Ingest, Store, default_url, dumps, typed
 from cloud_hub.store.errors import StoreError
 from edge_agent.errors import BadDataError, MessageError, TransportError
 from edge_agent.mqtt.session import Ack, BrokerAddress, MqttSession
 from edge_agent.protocol.messages import (
     SHADOW_ROWS,
+    Batch,
     Command,
     Confirm,
     ModelRef,
@@ -46,10 +52,16 @@ from edge_agent.protocol.messages import (
     XferChunk,
     decode_batch,
     decode_command,
-    decode_status,
     decode_xfer_request,
     encode,
     spans_of,
+)
+from edge_agent.protocol.records import (
+    DeviceEvent,
+    DriftReport,
+    TelemetryWindow,
+    decode,
+    decode_checked_status,
 )
 from edge_agent.protocol.topics import Topics
 from edge_agent.protocol.transfer import CHUNK_SIZE, chunk_bounds, chunk_count
@@ -68,6 +80,23 @@ def _what(item: Ingest) -> str:
         return f"the status of {item.device}"
     kind, batch = item
     return f"{len(batch.records)} {kind} records of {batch.device}"
+
+
+Refused = tuple[str, str, Record, MessageError]  # kind, device, the record, why
+
+
+def check_bodies(kind: str, batch: Batch) -> tuple[Batch, list[Refused]]:
+    """The batch's records whose bodies decode, and the others with why they do not."""
+    good: list[Record] = []
+    bad: list[Refused] = []
+    for r in batch.records:
+        try:
+            decode(kind, r.body, f"{kind} record of {batch.device} ({r.boot}, {r.seq})")
+        except MessageError as exc:
+            bad.append((kind, batch.device, r, exc))
+        else:
+            good.append(r)
+    return Batch(batch.device, tuple(good)), bad
 
 
 def _root_number(name: str) -> int:
@@ -158,17 +187,23 @@ class Hub:
         """Serve transfer requests at once; store every status and record batch among
         `messages` in one transaction (one commit, not one per message)."""
         items: list[Ingest] = []
+        refused: list[Refused] = []
         for topic, payload in messages:
             try:
                 item = self._decode(topic, payload)
+                if item is not None and not isinstance(item, Status):
+                    kind, batch = item
+                    valid, bad = check_bodies(kind, batch)
+                    refused.extend(bad)
+                    item = (kind, valid) if valid.records or not bad else None
                 if item is not None and self._has_room(item):
                     items.append(item)
             except BadDataError as exc:
                 self._reject(exc, f"rejected message on {topic}")
             except (OSError, TransportError, StoreError) as exc:  # a transfer, or the quota
                 self._reject(exc, f"could not handle the message on {topic}")
-        if items:
-            self._confirm(self._store(items))
+        committed = self._store(items) if items else []
+        self._confirm(committed, self._refuse_bodies(refused))
         with self.handled:
             self.handled.notify_all()
 
@@ -176,7 +211,7 @@ class Hub:
         """What to store of one message (None for a transfer request, served here)."""
         device, kind = self.topics.parse_device_topic(topic)
         if kind == "status":
-            status = decode_status(payload)
+            status = decode_checked_status(payload)
             self._same_device(device, status.device, kind)
             return status
         if kind == "xfer/req":
@@ -207,10 +242,39 @@ class Hub:
             self.stored.update(new)
         return items
 
-    def _confirm(self, committed: list[Ingest]) -> None:
-        """Tell each device which of its records are committed (new or repeated): only now may
-        it forget them. A confirmation that gets lost costs a resend, which is stored once."""
+    def _refuse_bodies(self, refused: list[Refused]) -> list[tuple[str, Record]]:
+        """Count the records whose bodies do not decode as refused (`malformed`) and log the
+        first of each device and kind; returns them to confirm (none if the count could not
+        be stored: then the device sends them again and they are counted then)."""
+        if not refused:
+            return []
+        counts: dict[str, Counter[str]] = {}
+        for _kind, device, _record, _exc in refused:
+            counts.setdefault(device, Counter())[MALFORMED] += 1
+        try:
+            self.store.add_refusals(counts, time.time())
+        except (OSError, TransportError, StoreError) as exc:
+            self._reject(exc, f"could not count {len(refused)} malformed records")
+            return []
+        for kind, device, _record, why in refused:
+            if (device, f"{MALFORMED} {kind}") not in self._refusing:
+                self._refusing.add((device, f"{MALFORMED} {kind}"))
+                log.warning(
+                    "refused a %s record of %s that does not decode (confirmed, not stored; "
+                    "further ones are only counted in `edgehub devices`): %s",
+                    kind,
+                    device,
+                    why,
+                )
+        return [(device, record) for _kind, device, record, _exc in refused]
+
+    def _confirm(self, committed: list[Ingest], refused: Sequence[tuple[str, Record]] = ()) -> None:
+        """Tell each device which of its records are committed (new or repeated), or refused
+        for good: only now may it forget them. A confirmation that gets lost costs a resend,
+        which is stored (or refused) once."""
         records: dict[str, list[Record]] = {}
+        for device, record in refused:
+            records.setdefault(device, []).append(record)
         for item in committed:
             if not isinstance(item, Status):
                 records.setdefault(item[1].device, []).extend(item[1].records)
@@ -368,14 +432,8 @@ class Hub:
         """Step one rollout; write it back (if nobody else did meanwhile), then send."""
         r = ro.Rollout.from_json(row["body"])
         reports = [
-            ro.Report(
-                rec.device,
-                str(rec.body.get("event")),
-                str(rec.body.get("reason") or ""),
-                shadow if isinstance(shadow := rec.body.get("shadow"), dict) else None,
-                at=(rec.boot, rec.seq),
-            )
-            for rec in self.store.records("events", rollout=r.id)
+            ro.Report(rec.device, event.event, event.reason, event.shadow, at=(rec.boot, rec.seq))
+            for rec, event in typed(self.store.records("events", rollout=r.id), DeviceEvent)
         ]
         before = r.to_json()
         sends = ro.step(r, self.clock(), fleet, reports, lambda d, t: self._measure(r.model, d, t))
@@ -404,9 +462,9 @@ class Hub:
     def _measure(self, model: ModelRef, installed: dict[str, Position], since: float) -> Metrics:
         """What `model` did on these devices after each installed it (at the position given),
         from the records stored since the wave started."""
-        devices, mine = list(installed), model.to_json()
-        telemetry, drift = (
-            after_install(self.store.records_since(kind, devices, since), mine, installed)
-            for kind in ("telemetry", "drift")
+        devices = list(installed)
+        windows = typed(self.store.records_since("telemetry", devices, since), TelemetryWindow)
+        reports = typed(self.store.records_since("drift", devices, since), DriftReport)
+        return measure(
+            after_install(windows, model, installed), after_install(reports, model, installed)
         )
-        return measure(telemetry, drift)

@@ -18,6 +18,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.uplink.buffer import TokenBucket
 
 RATE, QUOTA = "rate", "quota"  # why a device's message or records were refused
+MALFORMED = "malformed"  # a record whose body does not decode (cloud_hub.hub confirms it)
 
 
 @dataclass(frozen=True)

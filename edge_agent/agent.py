@@ -34,13 +34,20 @@ from edge_agent.inference.results import ResultPublisher
 from edge_agent.inference.runtime import RuntimeLoader, load_runtime
 from edge_agent.inference.shadow import Shadow
 from edge_agent.mqtt.session import BrokerAddress, MqttSession
-from edge_agent.protocol.inputs import InputState, window_field
+from edge_agent.protocol.inputs import InputState
 from edge_agent.protocol.messages import (
     Command,
     ModelRef,
     Status,
     decode_command,
     encode,
+)
+from edge_agent.protocol.records import (
+    DeviceEvent,
+    DeviceStats,
+    ShadowReport,
+    TelemetryWindow,
+    WindowInputs,
 )
 from edge_agent.protocol.topics import Topics
 from edge_agent.settings import AgentSettings
@@ -146,7 +153,7 @@ class Agent:
         self.results = ResultPublisher.from_settings(cfg.results, cfg.device.id)
         self.resources = ResourceMeter(time.monotonic())
         self.pipeline = Pipeline(
-            on_drift=lambda r: self._record("drift", r),
+            on_drift=lambda r: self._keep("drift", r),
             on_window=self._window,
             on_result=self.results,
             on_shadow_report=self._shadow_report,
@@ -190,20 +197,18 @@ class Agent:
         return self.topics.device(self.cfg.device.id, "status")
 
     # ---- keeping records ---------------------------------------------------------------------
-    def _record(self, kind: str, body: dict[str, Any]) -> None:
-        if kind == "telemetry":  # drops since boot, so the hub stores what the cap cost
-            dropped = self.buffer.dropped()
-            if dropped:
-                body = {**body, "dropped": dropped}
-            if not self.health.clean:  # and what the disk cost, once records are kept again
-                body = {**body, "storage": self.health.condition().to_json()}
-        self._keep(kind, body)
-
-    def _window(self, record: dict[str, Any]) -> None:
-        body = {**record, "resources": self.resources.read(time.monotonic())}
-        if self.sources:
-            body["inputs"] = window_field(self.inputs())
-        self._record("telemetry", body)
+    def _window(self, window: TelemetryWindow) -> None:
+        """A closed telemetry window, with what the board costs, the inputs' condition, the
+        drops since boot (so the hub stores what the cap cost) and, once records are kept
+        again, what the disk cost."""
+        record = dataclasses.replace(
+            window,
+            resources=self.resources.read(time.monotonic()),
+            inputs=WindowInputs.of(self.inputs()) if self.sources else None,
+            dropped=self.buffer.dropped() or None,
+            storage=None if self.health.clean else self.health.condition(),
+        )
+        self._keep(record.KIND, record.to_body())
 
     def _raw_sample(self, body: dict[str, Any]) -> None:
         self._keep("telemetry", body)  # a record of its own (edge_agent.uplink.sampling)
@@ -269,16 +274,11 @@ class Agent:
         model: ModelRef | None,
         reason: str,
         rollout: str | None,
-        **extra: Any,
+        shadow: ShadowReport | None = None,
     ) -> None:
         log.info("%s %s %s", event, model, reason)
-        body = {
-            "event": event,
-            "model": model.to_json() if model else None,
-            "reason": reason,
-            "rollout": rollout,
-        }
-        self._record("events", {**body, **extra})
+        record = DeviceEvent(event, model, reason, rollout, shadow)
+        self._keep(record.KIND, record.to_body())
         self._publish_status()
 
     def _identity(self) -> DeviceIdentity | None:
@@ -289,8 +289,8 @@ class Agent:
     def _set_shadow(self, shadow: Shadow | None) -> None:
         self.pipeline.shadow = shadow
 
-    def _shadow_report(self, shadow: Shadow, report: dict[str, Any]) -> None:
-        reason = f"agreement {report['agreement']:.3f} over {report['rows']} rows"
+    def _shadow_report(self, shadow: Shadow, report: ShadowReport) -> None:
+        reason = f"agreement {report.agreement:.3f} over {report.rows} rows"
         self._event("shadow-report", shadow.candidate, reason, shadow.rollout, shadow=report)
 
     def _activate(self, installed: Installed | None) -> None:
@@ -372,14 +372,17 @@ class Agent:
 
     def status(self) -> Status:
         active = self.pipeline.active
-        stats = self.pipeline.stats.snapshot()
-        stats.update(
+        running = self.pipeline.stats
+        stats = DeviceStats(
+            inferences=running.inferences,
+            rejected=dict(running.rejected),
+            latency_ms=running.latencies(),
             sent=dict(self.sender.sent),
             buffered=self.buffer.pending(),
             dropped=self.buffer.dropped(),
             bad_messages=self.bad_messages,
-            storage=self.health.condition().to_json(),
-            inputs=[state.to_json() for state in self.inputs()],
+            storage=self.health.condition(),
+            inputs=tuple(self.inputs()),
         )
         return Status(
             device=self.cfg.device.id,
@@ -388,7 +391,7 @@ class Agent:
             agent_version=__version__,
             profile=self.cfg.profile,
             model=active.card.model if active else None,
-            stats=stats,
+            stats=stats.to_body(),
             ts=time.time(),
         )
 

@@ -54,7 +54,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def read_status(path: Path) -> dict[str, Any]:
     """The agent's last status.json, checked against the wire contract's Status."""
-    from edge_agent.protocol.messages import decode_status, dump_json
+    from edge_agent.protocol.messages import dump_json
+    from edge_agent.protocol.records import decode_checked_status
 
     try:
         raw = path.read_bytes()
@@ -66,7 +67,7 @@ def read_status(path: Path) -> dict[str, Any]:
         status = json.loads(raw.decode("utf-8"))
         if not isinstance(status, dict):
             raise MessageError(f"expected a JSON object, got {type(status).__name__}")
-        decode_status(dump_json(status))  # the file is a Status without the wire's "v"
+        decode_checked_status(dump_json(status))  # the file is a Status without the wire's "v"
     except (UnicodeDecodeError, ValueError, MessageError) as exc:
         raise ConfigError(f"{path}: expected the agent's status, {exc}") from exc
     return status

@@ -12,6 +12,8 @@ EdgefleetError
 
 from __future__ import annotations
 
+from edge_agent.protocol.reasons import Reason
+
 
 class EdgefleetWarning(UserWarning):
     """Warnings the project itself emits (turned into errors in the test suite)."""
@@ -34,9 +36,10 @@ class MessageError(BadDataError):
 
 
 class BundleRejected(BadDataError):
-    """A model bundle that must not be installed. `reason` is a short machine-readable code."""
+    """A model bundle that must not be installed. `reason` says why, in one code of the one
+    list (edge_agent.protocol.reasons)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail

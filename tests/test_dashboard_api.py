@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_hub.broker.local import RunningBroker
-from edge_agent.protocol.messages import ModelRef, StorageCondition
+from edge_agent.protocol.messages import Batch, ModelRef, Record, StorageCondition
 
 pytestmark = pytest.mark.broker
 V1 = ModelRef("climate", 1)
@@ -309,30 +310,29 @@ def test_bad_requests_get_clear_json_errors(
     assert says in error
 
 
-def test_malformed_device_bodies_show_as_nulls(
+def test_malformed_device_bodies_are_refused_and_old_rows_skipped(
     dash: HubWithDashboard, fleet: list[SimDevice]
 ) -> None:
+    """Bodies that do not decode are refused on ingest (counted per device); a row an older hub
+    stored without that check (max_psi null) is left out of /api/drift, not a 500."""
     pi = fleet[0]
     pi.send(
         "telemetry",
         {"window_s": 0, "count": "many", "latency_ms": 5, "errors": {"nan": "x", "eof": 2}},
     )
     pi.send("drift", {"psi": {"temperature": "hot", "humidity": 0.2}, "max_psi": None})
-    pi.send_raw("telemetry", b'{"v": 1, "device": "pi-1", "records": [{"boot": 1}]}')
-    dash.wait("both stored", lambda: dash.hub.store.count("drift") == 3)
-    api = OpenApi(dash.url)
-    _, series = api.check(
-        dash.url, "/api/devices/{device}/telemetry", "/api/devices/pi-1/telemetry"
+    dash.wait(
+        "both refused",
+        lambda: (dash.hub.store.device("pi-1") or {})["refused"].get("malformed") == 2,
     )
-    bad = series["points"][-1]
-    assert bad["count"] is None and bad["throughput_per_s"] is None
-    assert bad["latency_ms"] == {"p50": None, "p95": None, "p99": None}
-    assert bad["errors_by_reason"] == {"eof": 2}
+    old = {"model": {"name": "iris", "version": 1}, "psi": {"humidity": 0.2}, "max_psi": None}
+    dash.hub.store.add_batch("drift", Batch("pi-1", (Record(1, 999, time.time(), old),)))
+    api = OpenApi(dash.url)
     _, drift = api.check(dash.url, "/api/drift", "/api/drift")
-    row = next(r for r in drift["rows"] if r["device"] == "pi-1")
-    assert row["psi"] == {"humidity": 0.2} and row["max_psi"] is None and row["model"] is None
+    assert all(r["device"] != "pi-1" for r in drift["rows"])
     _, fleet_view = api.check(dash.url, "/api/fleet", "/api/fleet")
-    assert fleet_view["devices"][0]["latency_p95_ms"] is None
+    row = next(d for d in fleet_view["devices"] if d["id"] == "pi-1")
+    assert row["refused"] == {"malformed": 2} and row["drift_max_psi"] is None
     assert not math.isnan(fleet_view["now"])
 
 

@@ -13,7 +13,7 @@ from cloud_hub.web.views import (
     drift_map,
     drift_series,
     rollout_view,
-    telemetry_point,
+    telemetry_points,
 )
 from edge_agent.protocol.messages import ModelRef, StorageCondition
 
@@ -68,16 +68,19 @@ def rec(ts: float, body: dict[str, Any], device: str = "d") -> StoredRecord:
 
 
 def test_drift_map_colours_each_cell_and_filters_by_model() -> None:
+    """Reports from before calibrated drift (no levels) are coloured by the old PSI bands; a
+    row stored before the hub checked bodies that does not decode is left out."""
     m1 = {"name": "m", "version": 1}
     latest = {
         "b": rec(2, {"model": m1, "psi": {"x": 0.3, "y": 0.1}, "status": "alert"}, "b"),
-        "a": rec(1, {"model": m1, "psi": {"z": 0.01, "x": float("inf")}}, "a"),
+        "a": rec(1, {"model": m1, "psi": {"z": 0.01, "x": 0.02}}, "a"),
         "c": rec(3, {"model": {"name": "other", "version": 1}, "psi": {"q": 1.0}}, "c"),
+        "d": rec(4, {"model": m1, "psi": {"z": 0.01, "x": float("inf")}}, "d"),
     }
     view = drift_map(latest, model="m")
     assert view["features"] == ["z", "x", "y"]
     assert [r["device"] for r in view["rows"]] == ["a", "b"]
-    assert view["rows"][0]["psi"] == {"z": 0.01}  # infinity is not a number to show
+    assert view["rows"][0]["max_psi"] == 0.02  # an old report without max_psi: the largest
     assert view["rows"][1]["levels"] == {"x": "alert", "y": "warn"}
     series = drift_series([latest["b"], rec(4, {"psi": {"x": 0.5}})], feature="x")
     assert series == {"x": [{"ts": 2, "psi": 0.3}, {"ts": 4, "psi": 0.5}]}
@@ -96,28 +99,23 @@ def test_calibrated_reports_colour_cells_by_adjusted_p_not_by_psi() -> None:
     view = drift_map({"d": rec(1, body)})
     assert view["rows"][0]["levels"] == {"x": "ok", "y": "warn", "z": "alert", "w": "unknown"}
     assert view["thresholds"] == {"warn": 0.01, "alert": 0.0001}
-    # levels a device made up are not trusted: the report counts as one without levels
+    # levels a device made up are not trusted: a stored report with them is left out
     for bad in ({"warn": "hi", "alert": None}, {"warn": 0.001, "alert": 0.01}, [0.01]):
-        odd = drift_map({"d": rec(1, body | {"levels": bad})})
-        assert odd["rows"][0]["levels"]["x"] == "alert"  # PSI 0.4 in the old bands
+        assert drift_map({"d": rec(1, body | {"levels": bad})})["rows"] == []
 
 
-def test_telemetry_point_checks_every_number() -> None:
-    good = telemetry_point(
-        StoredRecord(
-            "telemetry",
-            "d",
-            1,
-            1,
-            5.0,
-            {"window_s": 2.0, "count": 10, "latency_ms": {"p50": 1}, "errors": {"nan": 3}},
-        )
-    )
+def test_telemetry_points_are_windows_that_decode() -> None:
+    """A window shows what it holds (a percentile it lacks is null); a raw sample is not a
+    window, and a row stored before the hub checked bodies that does not decode is left out."""
+    window = {"window_s": 2.0, "count": 10, "latency_ms": {"p50": 1}, "errors": {"nan": 3}}
+    odd = {"count": True, "errors": [1], "window_s": "1"}
+    sample = {"raw": {"model": {"name": "m", "version": 1}, "features": {"x": 1.0}}}
+    stored = [
+        StoredRecord("telemetry", "d", 1, seq, float(seq), body)
+        for seq, body in enumerate((window, odd, sample), start=5)
+    ]
+    (good,) = telemetry_points(stored)
     assert (good["throughput_per_s"], good["errors"], good["latency_ms"]["p95"]) == (5.0, 3, None)
-    bad = telemetry_point(
-        StoredRecord("telemetry", "d", 1, 2, 6.0, {"count": True, "errors": [1], "window_s": "1"})
-    )
-    assert (bad["count"], bad["throughput_per_s"], bad["errors"]) == (None, None, 0)
 
 
 def test_a_device_row_says_what_the_device_said_of_its_storage() -> None:

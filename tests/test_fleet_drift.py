@@ -36,8 +36,10 @@ from cloud_hub.store.database import Store, default_url
 from cloud_hub.web import views as views
 from cloud_hub.web.metrics import registry_for
 from edge_agent.drift import DriftMonitor
+from edge_agent.errors import MessageError
 from edge_agent.protocol.card import ModelCard, parse_card
 from edge_agent.protocol.messages import Batch, ModelRef, Record
+from edge_agent.protocol.records import DriftReport
 
 FEATURES = ["temperature", "humidity", "pressure", "light"]
 REFERENCE_ROWS = 100_000
@@ -74,9 +76,13 @@ def fleet_of(
     reports, seen = [], {}
     for d in range(devices):
         bodies, rows = device_windows(card, rng, windows, shift)
-        reports += [Report(f"pi-{d:03d}", b) for b in bodies]
+        reports += [report_of(f"pi-{d:03d}", b) for b in bodies]
         seen[f"pi-{d:03d}"] = rows
     return reports, seen
+
+
+def report_of(device: str, body: dict[str, Any]) -> Report:
+    return Report(device, DriftReport.from_body(body, "drift"))
 
 
 def labels_of(devices: list[str]) -> dict[str, Labels]:
@@ -116,9 +122,10 @@ def test_merged_counts_are_the_sum_of_the_devices_counts(card: ModelCard) -> Non
 
 def test_reports_without_counts_are_skipped_and_counted(card: ModelCard) -> None:
     reports, _ = fleet_of(card, devices=2, windows=2, shift=0.0, seed=2)
-    old = {k: v for k, v in reports[0].body.items() if k != "counts"}  # an agent before counts
-    bad = dict(reports[1].body, counts={"rows": 200, "bins": {"temperature": [1, 2]}})
-    rows = fleet_drift([*reports, Report("pi-old", old), Report("pi-bad", bad)], {}, {MODEL: card})
+    old = {k: v for k, v in reports[0].report.to_body().items() if k != "counts"}  # before counts
+    bad = dict(reports[1].report.to_body(), counts={"rows": 200, "bins": {"temperature": [1, 2]}})
+    more = [report_of("pi-old", old), report_of("pi-bad", bad)]
+    rows = fleet_drift([*reports, *more], {}, {MODEL: card})
     (fleet,) = rows
     assert fleet["skipped"] == {NO_COUNTS: 1, UNFIT: 1}
     assert (fleet["windows"], fleet["devices"], fleet["rows"]) == (4, 2, 4 * WINDOW)
@@ -136,8 +143,8 @@ def test_a_version_without_a_card_says_so(card: ModelCard) -> None:
 
 def test_the_strictest_levels_of_the_reports_apply(card: ModelCard) -> None:
     reports, _ = fleet_of(card, devices=2, windows=1, shift=0.0, seed=4)
-    strict = dict(reports[1].body, levels={"warn": 0.001, "alert": 1e-6})
-    (row,) = fleet_drift([reports[0], Report(reports[1].device, strict)], {}, {MODEL: card})
+    strict = dict(reports[1].report.to_body(), levels={"warn": 0.001, "alert": 1e-6})
+    (row,) = fleet_drift([reports[0], report_of(reports[1].device, strict)], {}, {MODEL: card})
     assert row["levels"] == {"warn": 0.001, "alert": 1e-6}
 
 
@@ -147,7 +154,7 @@ def test_a_small_shift_on_every_device_alerts_only_at_the_fleet(card: ModelCard)
     (a few warn, as a few would without drift), the merged fleet alerts, and so does each
     cohort, naming the features."""
     reports, seen = fleet_of(card, devices=100, windows=4, shift=0.05, seed=5)
-    statuses = [r.body["status"] for r in reports]
+    statuses = [r.report.status for r in reports]
     assert statuses.count("alert") == 0
     assert statuses.count("warn") <= 0.05 * len(statuses)
     rows = fleet_drift(reports, labels_of(list(seen)), {MODEL: card})
@@ -173,27 +180,33 @@ def test_the_fleet_p_value_is_calibrated_without_drift(card: ModelCard) -> None:
     for _ in range(1000):
         x = rng.normal(size=(20 * WINDOW, len(FEATURES)))
         body = DriftMonitor(card, len(x)).report(x, predict_sign(x))
-        ps.append(fleet_drift([Report("pi", body)], {}, {MODEL: card})[0]["p"])
+        ps.append(fleet_drift([report_of("pi", body)], {}, {MODEL: card})[0]["p"])
     assert np.mean(np.asarray(ps) < 0.01) <= 0.02
     assert 0.05 <= np.mean(np.asarray(ps) < 0.1) <= 0.15
 
 
-def test_accuracy_pools_the_reports_confidence_sums_and_skips_nonsense(card: ModelCard) -> None:
+def test_accuracy_pools_the_reports_confidence_sums_and_refuses_nonsense(card: ModelCard) -> None:
     """Two devices' windows estimate 0.9 on 100 rows and 0.6 on 300: the pooled estimate is
     the rows-weighted 0.675, not the mean of the windows; a report whose parts do not add up
-    (more right than rows, a negative, a bool, a reference above 1) counts for nothing."""
+    (more right than rows, a negative, a bool, a reference above 1) does not decode."""
 
     def acc(right: object, rows: object, reference: object = 0.95) -> dict[str, Any]:
         return {"accuracy": {"sum": right, "rows": rows, "reference": reference}}
 
-    bodies = [acc(90.0, 100), acc(180.0, 300), acc(5.0, 4), acc(-1.0, 10), acc(True, 10)]
-    bodies += [acc(1.0, 10, 1.5), {"accuracy": None}, {}]
-    pooled = pooled_accuracy(bodies)
+    def typed(*bodies: dict[str, Any]) -> list[DriftReport]:
+        return [DriftReport.from_body(b, "drift") for b in bodies]
+
+    pooled = pooled_accuracy(typed(acc(90.0, 100), acc(180.0, 300), {"accuracy": None}, {}))
     assert pooled == {"expected": 270 / 400, "reference": 0.95, "change": 270 / 400 - 0.95}
-    assert pooled_accuracy([{}, acc(1.0, 0)]) is None
+    assert pooled_accuracy(typed({})) is None
+    for nonsense in (acc(5.0, 4), acc(-1.0, 10), acc(True, 10), acc(1.0, 10, 1.5), acc(1.0, 0)):
+        with pytest.raises(MessageError, match=r"drift\.accuracy"):
+            DriftReport.from_body(nonsense, "drift")
     reports, _ = fleet_of(card, 2, 2, 0.0, seed=3)
-    for r, a in zip(reports, (acc(90.0, 100), acc(45.0, 50), acc(10.0, 10), {}), strict=True):
-        r.body.update(a)  # type: ignore[attr-defined]
+    reports = [
+        report_of(r.device, r.report.to_body() | a)
+        for r, a in zip(reports, (acc(90.0, 100), acc(45.0, 50), acc(10.0, 10), {}), strict=True)
+    ]
     fleet = fleet_drift(reports, labels_of(["pi-000", "pi-001"]), {MODEL: card})[0]
     assert fleet["accuracy"]["expected"] == pytest.approx(145 / 160)
 

@@ -108,7 +108,8 @@ def test_one_transaction_for_everything_that_queued_up(
 def test_a_bad_message_in_the_batch_is_rejected_alone(hub: Hub) -> None:
     good = _message("telemetry", _batch("pi-1", range(3)))
     forged = ("edgefleet/dev/pi-2/telemetry", encode(_batch("pi-1", [99])))  # pi-2 posing as pi-1
-    hub.handle_all([good, forged, (good[0], b"{not json"), _message("events", _batch("pi-3", [0]))])
+    event = _message("events", Batch("pi-3", (Record(1, 0, 1000.0, {"event": "healthy"}),)))
+    hub.handle_all([good, forged, (good[0], b"{not json"), event])
     assert hub.rejected["MessageError"] == 2
     assert hub.stored == {"telemetry": 3, "events": 1}
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from edge_agent.errors import BundleRejected, MessageError
 from edge_agent.protocol import SCHEMA_VERSION
-from edge_agent.protocol.inputs import InputState, decode_inputs, describe, window_field
+from edge_agent.protocol.inputs import InputState, decode_inputs, describe
 from edge_agent.protocol.messages import (
     Batch,
     Command,
@@ -30,11 +30,12 @@ from edge_agent.protocol.messages import (
     decode_xfer_request,
     encode,
 )
+from edge_agent.protocol.records import WindowInputs, decode_checked_status
 from edge_agent.protocol.topics import Topics, check_device_id
 from edge_agent.protocol.transfer import CHUNK_SIZE, Reassembly, chunk_bounds, chunk_count
 
 DECODERS: dict[str, Callable[[bytes], object]] = {
-    "status": decode_status,
+    "status": decode_checked_status,  # the envelope and its stats body, as the hub reads it
     "telemetry": lambda p: decode_batch(p, "telemetry"),
     "events": lambda p: decode_batch(p, "events"),
     "command": decode_command,
@@ -103,13 +104,13 @@ def test_inputs_told_in_a_phrase_and_folded_for_a_window() -> None:
     assert describe([quiet, unplugged]) == "no input 75s, input closed, port lost x3"
     assert describe([quiet, unplugged], online=False) == "port lost x3"
     assert describe([ok, quiet], online=False) == "ok"
-    assert window_field([ok, quiet, unplugged]) == {
+    assert WindowInputs.of([ok, quiet, unplugged]).to_body() == {
         "lost": 3,
         "reopened": 2,
         "idle_s": 75.4,
         "no_input": True,
     }
-    assert window_field([ok])["no_input"] is False
+    assert WindowInputs.of([ok]).no_input is False
 
 
 @settings(max_examples=200, derandomize=True, database=None, deadline=None)

@@ -22,6 +22,7 @@ from cloud_hub.rollout.gates import (
 )
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.records import DriftReport, ShadowReport, TelemetryWindow
 
 MODEL = ModelRef("wine", 2)
 NO_DATA = Metrics()
@@ -62,7 +63,8 @@ class Sim:
 
     def report(self, device: str, event: str, reason: str = "", **shadow: Any) -> None:
         self.seq[device] = seq = self.seq.get(device, -1) + 1
-        self.events.append(ro.Report(device, event, reason, shadow or None, at=(1, seq)))
+        report = ShadowReport.from_body(shadow, "shadow") if shadow else None
+        self.events.append(ro.Report(device, event, reason, report, at=(1, seq)))
 
 
 def deploys(sends: list[tuple[str, str]]) -> list[str]:
@@ -408,13 +410,13 @@ def test_accuracy_drop_is_pooled_per_device_and_the_worst_device_counts() -> Non
 
     drift = {
         "a": [body(180.0, 200), body(10.0, 20)],  # 190 of 220 expected right: 0.8636
-        "b": [body(188.0, 200), {"accuracy": None}, body(5.0, 0), body(300.0, 200)],
+        "b": [body(188.0, 200), {"accuracy": None}],
         "c": [{"max_psi": 0.1}],  # a regressor or a card without a calibration
     }
-    m = measure({}, drift)
+    m = measure({}, reports(drift))
     assert m.accuracy_drop == pytest.approx(0.95 - 190 / 220)
-    assert measure({}, {"c": [{"max_psi": 0.1}]}).accuracy_drop is None
-    better = measure({}, {"a": [body(198.0, 200)]})
+    assert measure({}, reports({"c": [{"max_psi": 0.1}]})).accuracy_drop is None
+    better = measure({}, reports({"a": [body(198.0, 200)]}))
     assert better.accuracy_drop == pytest.approx(-0.04)  # an improvement passes any limit
     sim = soaked(max_accuracy_drop=0.0)
     sim.metrics = better
@@ -451,6 +453,17 @@ class Rec:
     seq: int
     body: dict[str, Any]
 
+    def typed(self) -> tuple[Rec, TelemetryWindow]:
+        return self, TelemetryWindow.from_body(self.body, "telemetry")
+
+
+def reports(bodies: dict[str, list[dict[str, Any]]]) -> dict[str, list[DriftReport]]:
+    return {d: [DriftReport.from_body(b, "drift") for b in bs] for d, bs in bodies.items()}
+
+
+def windows(bodies: dict[str, list[dict[str, Any]]]) -> dict[str, list[TelemetryWindow]]:
+    return {d: [TelemetryWindow.from_body(b, "telemetry") for b in bs] for d, bs in bodies.items()}
+
 
 M = MODEL.to_json()
 OTHER = ModelRef("wine", 1).to_json()
@@ -473,11 +486,13 @@ def test_only_what_each_device_recorded_after_its_install_with_the_candidate_cou
         Rec("b", 3, 11, window(M, 100)),
         Rec("c", 1, 50, window(M, 5, garbage=5)),  # not a device of the wave
     ]
-    counted = after_install(records, M, installed)
-    assert counted == {
-        "a": [window(M, 100), window(M, 50, nan=1)],
-        "b": [window(M, 100)],
-    }
+    counted = after_install([r.typed() for r in records], MODEL, installed)
+    assert counted == windows(
+        {
+            "a": [window(M, 100), window(M, 50, nan=1)],
+            "b": [window(M, 100)],
+        }
+    )
     metrics = measure(counted, {})
     assert (metrics.windows, metrics.inferences, metrics.errors) == (3, 250, 1)
 
@@ -710,18 +725,22 @@ def test_json_round_trip_then_continue() -> None:
     assert sim.step(12) == [("c", "deploy")]
 
 
-def test_measure_reads_the_record_contract() -> None:
+def test_measure_reads_typed_records() -> None:
     telemetry = {
         "a": [
             {"count": 100, "latency_ms": {"p95": 2.0}, "errors": {"nan": 1}},
             {"count": 300, "latency_ms": {"p95": 4.0}, "errors": {}},
-            {"count": "lots"},  # not the contract: skipped
         ],
         "b": [{"count": 10, "latency_ms": {"p95": 1.0}, "errors": {"wrong-field-count": 2}}],
     }
-    drift = {"a": [{"max_psi": 0.1}, {"max_psi": 0.4}], "b": [{"max_psi": None}]}
-    shadow = {"a": [{"rows": 100, "agreement": 1.0}, {"rows": 300, "agreement": 0.8}]}
-    m = measure(telemetry, drift, shadow)
+    drift = {"a": [{"max_psi": 0.1}, {"max_psi": 0.4}]}
+    shadow = {
+        "a": [
+            ShadowReport.from_body({"rows": 100, "agreement": 1.0}, "shadow"),
+            ShadowReport.from_body({"rows": 300, "agreement": 0.8}, "shadow"),
+        ]
+    }
+    m = measure(windows(telemetry), reports(drift), shadow)
     assert m.windows == 3
     assert m.inferences == 410
     assert m.errors == 3

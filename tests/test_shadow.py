@@ -63,11 +63,11 @@ def test_shadow_reports_agreement_and_latency_every_n_rows(models: dict[str, Pat
     assert len(reports) == 1  # exactly 100 rows reported, 50 waiting for the next report
     assert len(shadow._agree) == 50
     first = reports[0]
-    assert first["rows"] == 100 and first["errors"] == 0
-    assert first["current"] == {"name": "iris", "version": 1}
-    assert first["agreement"] == pytest.approx(np.mean(candidate.predict(x[:100]) == served[:100]))
-    assert first["latency_ms"]["current"] == {"p50": 0.05, "p95": 0.05}
-    assert first["latency_ms"]["candidate"]["p95"] > 0
+    assert first.rows == 100 and first.errors == 0
+    assert first.current == ModelRef("iris", 1)
+    assert first.agreement == pytest.approx(np.mean(candidate.predict(x[:100]) == served[:100]))
+    assert first.latency_ms["current"] == {"p50": 0.05, "p95": 0.05}
+    assert first.latency_ms["candidate"]["p95"] > 0
 
 
 class _Failing:
@@ -95,7 +95,7 @@ def test_a_failing_candidate_counts_errors_as_disagreement(models: dict[str, Pat
     for i in range(0, 20, 5):
         report = shadow.observe(x[i : i + 5], served[i : i + 5], 0.01, ModelRef("iris", 1))
     assert report is not None
-    assert report["errors"] == 10 and report["agreement"] == 0.5
+    assert report.errors == 10 and report.agreement == 0.5
 
 
 def test_health_gate_checks_the_error_rate(models: dict[str, Path]) -> None:

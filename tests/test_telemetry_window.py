@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections import Counter, deque
-from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from edge_agent.inference.pipeline import ActiveModel, Pipeline
+from edge_agent.protocol.records import TelemetryWindow
 from edge_agent.uplink.telemetry import RunningStats, Window, percentiles
 from tests.test_pipeline_results import active_model, csv_line
 
@@ -44,7 +44,7 @@ def test_window_record_counts_every_row(
     per_row_ms = [ms for ms, predictions in batches for _ in range(len(predictions))]
     labels = Counter(str(v) for _, predictions in batches for v in predictions.tolist())
     assert window.empty == (not batches and not rejects)
-    assert window.to_record(102.5, None) == {
+    assert window.to_record(102.5, None).to_body() == {
         "window_s": 2.5,
         "model": None,
         "count": len(per_row_ms),
@@ -52,7 +52,7 @@ def test_window_record_counts_every_row(
         "errors": dict(Counter(rejects)),
         "predictions": dict(labels),
     }
-    assert list(window.to_record(103.0, None)["predictions"]) == list(labels)  # first seen first
+    assert list(window.to_record(103.0, None).predictions) == list(labels)  # first seen first
 
 
 @settings(max_examples=50, derandomize=True, database=None, deadline=None)
@@ -85,7 +85,7 @@ def test_a_window_never_spans_two_models(two_models: tuple[ActiveModel, ActiveMo
     another model handles closes the window before, and a window closed later (by the timer)
     is still stamped with the model that filled it, not with the one serving by then."""
     first, second = two_models
-    windows: list[dict[str, Any]] = []
+    windows: list[TelemetryWindow] = []
     pipeline = Pipeline(on_drift=lambda r: None, on_window=windows.append)
     lines = [("csv", csv_line(row)) for row in load_iris().data[:10]]
     pipeline.process(lines[:3])  # no model yet
@@ -97,10 +97,10 @@ def test_a_window_never_spans_two_models(two_models: tuple[ActiveModel, ActiveMo
     pipeline.active = None  # rolled back to no model
     pipeline.process(lines[6:7])
     pipeline.flush_window()
-    assert [(w["model"], w["count"], w["errors"]) for w in windows] == [
+    assert [(w.model, w.count, w.errors) for w in windows] == [
         (None, 0, {"no-model": 3}),
-        (first.card.model.to_json(), 4, {"field-count": 1}),
-        (second.card.model.to_json(), 2, {}),
+        (first.card.model, 4, {"field-count": 1}),
+        (second.card.model, 2, {}),
         (None, 0, {"no-model": 1}),
     ]
     assert pipeline.stats.rejected == {"no-model": 4, "field-count": 1}

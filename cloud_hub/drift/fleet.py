@@ -27,14 +27,15 @@ assumes the merged windows are independent draws, which holds when the devices' 
 (sensors of the same kind in different places), not when windows overlap or repeat.
 
 Reports without ``counts`` (agents from before it) or whose counts do not fit the card's bins
-are skipped and counted per cohort (``skipped``), never guessed at. Pure: records, labels and
-cards in, rows out; the callers read the store and the TUF repository.
+are skipped and counted per cohort (``skipped``), never guessed at. Pure: typed reports
+(edge_agent.protocol.records.DriftReport), labels and cards in, rows out; the callers read the
+store and the TUF repository.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,9 +49,9 @@ from edge_agent.drift.stats import (
     merge_bins,
     round_p,
 )
-from edge_agent.errors import MessageError
 from edge_agent.protocol.card import ModelCard
 from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.records import DriftReport
 
 FLEET = "fleet"
 NO_COUNTS = "no counts"  # a report from an agent before window counts existed
@@ -85,50 +86,26 @@ class Labels:
 
 @dataclass(frozen=True)
 class Report:
-    """One stored drift report: the device that sent it and its body."""
+    """One stored drift report: the device that sent it and the report."""
 
     device: str
-    body: Mapping[str, Any]
-
-
-def model_of(body: Mapping[str, Any]) -> ModelRef | None:
-    """The model version a report is about; None when it does not say (or says nonsense)."""
-    try:
-        return ModelRef.from_json(body.get("model"), "report.model")
-    except MessageError:
-        return None
+    report: DriftReport
 
 
 def model_versions(reports: Iterable[Report]) -> set[ModelRef]:
     """The model versions these reports are about: the cards the caller should fetch."""
-    return {m for r in reports if (m := model_of(r.body)) is not None}
+    return {r.report.model for r in reports if r.report.model is not None}
 
 
-def report_accuracy(body: Mapping[str, Any]) -> tuple[float, float, float] | None:
-    """One report's accuracy estimate as mergeable parts: (sum of calibrated confidences, rows
-    scored, the card's expected accuracy); None when it has none or says nonsense."""
-    acc = body.get("accuracy")
-    if not isinstance(acc, Mapping):
-        return None
-    parts = [acc.get(k) for k in ("sum", "rows", "reference")]
-    if not all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-        for v in parts
-    ):
-        return None
-    right, rows, reference = (float(v) for v in parts)  # type: ignore[arg-type]
-    return (right, rows, reference) if rows > 0 and right <= rows and reference <= 1 else None
-
-
-def pooled_accuracy(bodies: Iterable[Mapping[str, Any]]) -> dict[str, float] | None:
+def pooled_accuracy(reports: Iterable[DriftReport]) -> dict[str, float] | None:
     """The expected accuracy over these reports' rows (their confidence sums added up), the
     card's, and the change; None when none of them estimates accuracy."""
     right = rows = 0.0
     reference = None
-    for body in bodies:
-        parts = report_accuracy(body)
-        if parts is not None:
-            right, rows, reference = right + parts[0], rows + parts[1], parts[2]
+    for report in reports:
+        acc = report.accuracy
+        if acc is not None:
+            right, rows, reference = right + acc.sum, rows + acc.rows, acc.reference
     if reference is None:
         return None
     expected = right / rows
@@ -147,7 +124,7 @@ class _Merged:
     predictions: np.ndarray | None = None
     levels: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
-    accuracy: list[Mapping[str, Any]] = field(default_factory=list)  # reports that estimate it
+    accuracy: list[DriftReport] = field(default_factory=list)  # reports that estimate it
 
     def add(self, device: str, counts: _Counts, level: dict[str, float] | None) -> None:
         self.rows += counts.rows
@@ -174,12 +151,8 @@ class _Counts:
     predictions: np.ndarray | None
 
 
-def _count_list(value: object, length: int) -> np.ndarray | None:
-    if (
-        not isinstance(value, list)
-        or len(value) != length
-        or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in value)
-    ):
+def _count_list(value: Sequence[int] | None, length: int) -> np.ndarray | None:
+    if value is None or len(value) != length:
         return None
     return np.asarray(value, dtype=np.int64)
 
@@ -192,30 +165,24 @@ def prediction_keys(card: ModelCard) -> list[str]:
     return [str(i) for i in range(len(card.prediction_counts))]
 
 
-def window_counts(body: Mapping[str, Any], card: ModelCard) -> _Counts | str:
+def window_counts(report: DriftReport, card: ModelCard) -> _Counts | str:
     """A report's counts checked against the card's bins, or why they cannot be used."""
-    counts = body.get("counts")
-    if not isinstance(counts, Mapping):
+    counts = report.counts
+    if counts is None:
         return NO_COUNTS
-    rows, bins = counts.get("rows"), counts.get("bins")
-    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 0:
-        return UNFIT
-    if not isinstance(bins, Mapping):
-        return UNFIT
     per_feature = []
     for f in card.features:
-        live = _count_list(bins.get(f.name), len(f.counts))
-        if live is None or live.sum() > rows:
+        live = _count_list(counts.bins.get(f.name), len(f.counts))
+        if live is None or live.sum() > counts.rows:
             return UNFIT
         per_feature.append(live)
     predictions = None
-    pred = body.get("prediction")
+    pred = report.prediction
     keys = prediction_keys(card)
-    if isinstance(pred, Mapping) and isinstance(pred.get("counts"), Mapping):
-        given = pred["counts"]
-        if set(given) == set(keys) and len(keys) == len(card.prediction_counts):
-            predictions = _count_list([given[k] for k in keys], len(keys))
-    return _Counts(rows, tuple(per_feature), predictions)
+    fits = pred is not None and set(pred.counts) == set(keys)
+    if pred is not None and fits and len(keys) == len(card.prediction_counts):
+        predictions = _count_list([pred.counts[k] for k in keys], len(keys))
+    return _Counts(counts.rows, tuple(per_feature), predictions)
 
 
 def merge(
@@ -228,34 +195,21 @@ def merge(
     counts in the fleet only)."""
     out: dict[tuple[ModelRef, str], _Merged] = {}
     for r in reports:
-        model = model_of(r.body)
+        model = r.report.model
         card = cards.get(model) if model is not None else None
         if model is None or card is None:
             continue
-        counts = window_counts(r.body, card)
-        level = levels_of(r.body.get("levels"))
+        counts = window_counts(r.report, card)
+        level = r.report.levels.as_dict() if r.report.levels is not None else None
         for cohort in labels.get(r.device, Labels()).cohorts():
             m = out.setdefault((model, cohort), _Merged(card.n_features))
             if isinstance(counts, str):
                 m.skip(counts)
             else:
                 m.add(r.device, counts, level)
-                if report_accuracy(r.body) is not None:
-                    m.accuracy.append(r.body)
+                if r.report.accuracy is not None:
+                    m.accuracy.append(r.report)
     return out
-
-
-def levels_of(value: object) -> dict[str, float] | None:
-    """A report's `levels` checked ({"warn": w, "alert": a}, 0 < a < w < 1), else None."""
-    if not isinstance(value, Mapping):
-        return None
-    out = {}
-    for key in ("warn", "alert"):
-        v = value.get(key)
-        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1:
-            return None
-        out[key] = float(v)
-    return out if out["alert"] < out["warn"] else None
 
 
 def chi_square_p(reference: np.ndarray, live: np.ndarray) -> float:
@@ -330,7 +284,7 @@ def fleet_drift(
             rows.append(head | cohort_result(cards[model], m) | {"note": ""})
     for model in sorted(model_versions(reports) - set(cards), key=str):
         why = (problems or {}).get(model) or f"no card for {model}: it is not published here"
-        n = sum(1 for r in reports if model_of(r.body) == model)
+        n = sum(1 for r in reports if r.report.model == model)
         rows.append(_unknown(model, n, why))
     return sorted(rows, key=lambda r: (r["model"], r["version"], _cohort_order(r["cohort"])))
 

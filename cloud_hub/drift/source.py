@@ -9,13 +9,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from cloud_hub.drift.fleet import FLEET, Labels, Report, fleet_drift, model_of, model_versions
+from cloud_hub.drift.fleet import FLEET, Labels, Report, fleet_drift, model_versions
 from cloud_hub.rollout.engine import check_label
 from cloud_hub.signing.tuf_repo import TufRepository, target_path_for
-from cloud_hub.store.database import Store
+from cloud_hub.store.database import Store, typed
 from edge_agent.errors import BundleRejected, ConfigError, MessageError
 from edge_agent.protocol.card import ModelCard
 from edge_agent.protocol.messages import ModelRef, check_model_name
+from edge_agent.protocol.records import DriftReport
 from edge_agent.update.bundle import read_bundle
 
 MAX_BUNDLE_BYTES = 512 * 1024 * 1024  # as `edgehub model publish` reads bundles
@@ -117,11 +118,10 @@ def read_fleet_drift(
                 f"{', '.join(sorted(known - {FLEET})) or 'none'} (`edgehub devices list`)"
             )
     reports = [
-        Report(r.device, r.body)
-        for r in store.records_since("drift", None, now - query.since_s)
-        if isinstance(r.body, dict)
+        Report(r.device, report)
+        for r, report in typed(store.records_since("drift", None, now - query.since_s), DriftReport)
+        if report.model is not None and query.wants(report.model)
     ]
-    reports = [r for r in reports if (m := model_of(r.body)) is not None and query.wants(m)]
     versions = model_versions(reports)
     found, problems = cards.lookup(versions)
     rows = fleet_drift(reports, labels, found, problems, query.cohorts)

@@ -40,6 +40,7 @@ from cloud_hub.rollout.gates import (
 )
 from edge_agent.errors import ConfigError, MessageError
 from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.records import ShadowReport
 from edge_agent.protocol.topics import check_device_id
 
 # rollout states
@@ -81,7 +82,7 @@ class Report:
     device: str
     event: str
     reason: str = ""
-    shadow: dict[str, Any] | None = None
+    shadow: ShadowReport | None = None
     at: Position = field(kw_only=True)
 
 
@@ -484,7 +485,7 @@ def _judge_shadow(
     if pending and not out_of_time:
         return None
     member_set = set(members)
-    shadow: dict[str, list[dict[str, Any]]] = {}
+    shadow: dict[str, list[ShadowReport]] = {}
     for rep in reports:
         if rep.event == "shadow-report" and rep.device in member_set and rep.shadow is not None:
             shadow.setdefault(rep.device, []).append(rep.shadow)

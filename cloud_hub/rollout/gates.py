@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cloud_hub.drift.fleet import pooled_accuracy
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.records import DriftReport, ShadowReport, TelemetryWindow
 
 PROCEED, PAUSE, ABORT = "proceed", "pause", "abort"
 ON_FAIL = (ABORT, PAUSE)
@@ -139,7 +141,7 @@ Position = tuple[int, int]  # (boot, seq): where a record stands in its device's
 
 
 class DeviceRecord(Protocol):
-    """A stored device record, as the hub reads it."""
+    """Where a stored device record sits in its device's order."""
 
     @property
     def device(self) -> str: ...
@@ -147,21 +149,29 @@ class DeviceRecord(Protocol):
     def boot(self) -> int: ...
     @property
     def seq(self) -> int: ...
+
+
+class OfModel(Protocol):
+    """A typed record that says which model it is about."""
+
     @property
-    def body(self) -> dict[str, Any]: ...
+    def model(self) -> ModelRef | None: ...
+
+
+R = TypeVar("R", bound=OfModel)
 
 
 def after_install(
-    records: Iterable[DeviceRecord], model: dict[str, Any], installed: Mapping[str, Position]
-) -> dict[str, list[dict[str, Any]]]:
-    """Per device of `installed` (device -> the position of its install), the bodies of the
-    records it made after that position that say they are `model`'s (a telemetry window holds
-    what one model handled: edge_agent.inference.pipeline)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for rec in records:
+    records: Iterable[tuple[DeviceRecord, R]], model: ModelRef, installed: Mapping[str, Position]
+) -> dict[str, list[R]]:
+    """Per device of `installed` (device -> the position of its install), the records it made
+    after that position that say they are `model`'s (a telemetry window holds what one model
+    handled: edge_agent.inference.pipeline)."""
+    out: dict[str, list[R]] = {}
+    for rec, record in records:
         mark = installed.get(rec.device)
-        if mark is not None and (rec.boot, rec.seq) > mark and rec.body.get("model") == model:
-            out.setdefault(rec.device, []).append(rec.body)
+        if mark is not None and (rec.boot, rec.seq) > mark and record.model == model:
+            out.setdefault(rec.device, []).append(record)
     return out
 
 
@@ -187,49 +197,39 @@ class Metrics:
 
 
 def measure(
-    telemetry: dict[str, list[dict[str, Any]]],
-    drift: dict[str, list[dict[str, Any]]],
-    shadow: dict[str, list[dict[str, Any]]] | None = None,
+    telemetry: Mapping[str, Sequence[TelemetryWindow]],
+    drift: Mapping[str, Sequence[DriftReport]],
+    shadow: Mapping[str, Sequence[ShadowReport]] | None = None,
 ) -> Metrics:
-    """Per-device record bodies (telemetry, drift, `shadow` of shadow-report events) ->
-    Metrics. Bodies that do not say what the contract says are skipped, not trusted.
+    """Per-device typed records (telemetry windows, drift reports, the shadow reports of
+    shadow-report events) -> Metrics.
 
     A device's expected accuracy is pooled over its drift reports (their sums of calibrated
     confidences over their scored rows, so a short window weighs what it holds); its drop is
     the card's value less that, and `accuracy_drop` the largest drop of any device."""
     p95s: list[float] = []
     inferences = errors = windows = 0
-    for bodies in telemetry.values():
+    for device_windows in telemetry.values():
         weighted = weight = 0.0
-        for body in bodies:
-            count, p95 = _number(body.get("count")), _number(_get(body, "latency_ms", "p95"))
-            errs = body.get("errors")
-            if count is None:
-                continue
+        for w in device_windows:
             windows += 1
-            inferences += int(count)
-            if isinstance(errs, dict):
-                errors += int(sum(v for v in errs.values() if _number(v) is not None))
-            if p95 is not None and count > 0:
-                weighted += p95 * count
-                weight += count
+            inferences += w.count
+            errors += w.error_count
+            p95 = w.latency_ms.get("p95")
+            if p95 is not None and w.count > 0:
+                weighted += p95 * w.count
+                weight += w.count
         if weight:
             p95s.append(weighted / weight)
-    psis = [
-        psi
-        for bodies in drift.values()
-        for body in bodies
-        if (psi := _number(body.get("max_psi"))) is not None
-    ]
-    drops = [d for bodies in drift.values() if (d := _accuracy_drop(bodies)) is not None]
+    psis = [report.max_psi for reports in drift.values() for report in reports]
+    drops = [d for reports in drift.values() if (d := _accuracy_drop(reports)) is not None]
     rows = 0
     agreeing = 0.0
-    for reports in (shadow or {}).values():
-        for report in reports:
-            n, agreement = _number(report.get("rows")), _number(report.get("agreement"))
-            if n is not None and agreement is not None and n > 0:
-                rows += int(n)
-                agreeing += agreement * n
+    for device_reports in (shadow or {}).values():
+        for report in device_reports:
+            if report.rows > 0:
+                rows += report.rows
+                agreeing += report.agreement * report.rows
     return Metrics(
         windows=windows,
         inferences=inferences,
@@ -243,24 +243,11 @@ def measure(
     )
 
 
-def _accuracy_drop(bodies: list[dict[str, Any]]) -> float | None:
+def _accuracy_drop(reports: Sequence[DriftReport]) -> float | None:
     """The card's expected accuracy less one device's, pooled over its drift reports (None
     when none of them estimates accuracy)."""
-    pooled = pooled_accuracy(bodies)
+    pooled = pooled_accuracy(reports)
     return None if pooled is None else -pooled["change"]
-
-
-def _get(body: dict[str, Any], *keys: str) -> Any:
-    value: Any = body
-    for key in keys:
-        value = value.get(key) if isinstance(value, dict) else None
-    return value
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value) if value >= 0 else None
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ from typing import Any
 
 from cloud_hub.rollout.operations import open_repo
 from cloud_hub.signing.tuf_repo import target_path_for
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store, default_url, typed
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.messages import Command, ModelRef, encode
+from edge_agent.protocol.records import DeviceEvent
 from edge_agent.protocol.topics import check_device_id
 
 
@@ -67,21 +68,20 @@ def shadow_reports(home: Path, device: str | None = None) -> list[dict[str, Any]
     """The latest shadow report per (device, candidate), oldest first."""
     open_repo(home)
     latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for rec in Store(default_url(home)).records("events", device):
-        body = rec.body
-        if body.get("event") != "shadow-report" or not isinstance(body.get("shadow"), dict):
+    events = Store(default_url(home)).records("events", device)
+    for rec, event in typed(events, DeviceEvent):
+        shadow = event.shadow
+        if event.event != "shadow-report" or shadow is None:
             continue
-        shadow, candidate = body["shadow"], body.get("model") or {}
-        current = shadow.get("current") or {}
-        latency = shadow.get("latency_ms", {})
-        ref = f"{candidate.get('name')}@{candidate.get('version')}"
+        ref = str(event.model) if event.model is not None else "None@None"
+        latency = shadow.latency_ms
         latest[(rec.device, ref)] = {
             "device": rec.device,
-            "current": f"{current.get('name')}@{current.get('version')}" if current else "",
+            "current": str(shadow.current) if shadow.current is not None else "",
             "candidate": ref,
-            "rows": shadow.get("rows"),
-            "agreement": shadow.get("agreement"),
-            "errors": shadow.get("errors", 0),
+            "rows": shadow.rows,
+            "agreement": shadow.agreement,
+            "errors": shadow.errors,
             "current_p95_ms": latency.get("current", {}).get("p95"),
             "candidate_p95_ms": latency.get("candidate", {}).get("p95"),
             "ts": rec.ts,

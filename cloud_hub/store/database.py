@@ -2,18 +2,24 @@
 
 Device records (telemetry, drift reports, events) are stored exactly once: (device, boot, seq) is
 unique and a repeat is ignored, so an agent may resend whatever it is not sure arrived.
+
+A record's body is stored as it arrived; the hub decodes it once before it stores it
+(edge_agent.protocol.records) and refuses one that does not decode. Readers see typed records
+through `typed` (or `StoredRecord.decoded`): a row an older hub stored without that check and
+that does not decode is skipped, counted and logged, never a traceback.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -39,8 +45,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.drift.fleet import pooled_accuracy
 from cloud_hub.store.errors import raise_store_errors, store_error
-from edge_agent.errors import TransportError
+from edge_agent.errors import MessageError, TransportError
 from edge_agent.protocol.messages import Batch, Status
+from edge_agent.protocol.records import Body, DriftReport, TelemetryWindow, decode
+
+log = logging.getLogger(__name__)
+B = TypeVar("B", bound=Body)
 
 Ingest = Status | tuple[str, Batch]  # what the hub stores of one device message
 
@@ -130,6 +140,40 @@ class StoredRecord:
     seq: int
     ts: float
     body: dict[str, Any]
+
+    @property
+    def where(self) -> str:
+        return f"{self.kind} record of {self.device} ({self.boot}, {self.seq})"
+
+    def decoded(self) -> Body:
+        """The body, typed; MessageError if it does not decode (edge_agent.protocol.records)."""
+        return decode(self.kind, self.body, self.where)
+
+
+def typed(rows: Iterable[StoredRecord], of: type[B]) -> list[tuple[StoredRecord, B]]:
+    """Each stored record with its body as `of` (records of another type, such as a raw sample
+    among telemetry windows, are left out). A body that does not decode (stored by a hub that
+    did not check bodies yet) is skipped; how many were is logged with the first error."""
+    out: list[tuple[StoredRecord, B]] = []
+    skipped, first = 0, ""
+    for row in rows:
+        try:
+            body = row.decoded()
+        except MessageError as exc:
+            skipped += 1
+            first = first or str(exc)
+            continue
+        if isinstance(body, of):
+            out.append((row, body))
+    if skipped:
+        log.warning(
+            "skipped %d stored %s that do not decode (stored before the hub checked record "
+            "bodies); the first: %s",
+            skipped,
+            "record" if skipped == 1 else "records",
+            first,
+        )
+    return out
 
 
 class Store:
@@ -267,7 +311,8 @@ class Store:
     def telemetry_totals(self, device: str) -> dict[str, int]:
         """Records received, and the inferences they report."""
         rows = self.records("telemetry", device)
-        return {"records": len(rows), "inferences": sum(int(r.body.get("count", 0)) for r in rows)}
+        windows = typed(rows, TelemetryWindow)
+        return {"records": len(rows), "inferences": sum(w.count for _, w in windows)}
 
     # ---- registry: labels ----------------------------------------------------------------
     def device(self, device: str) -> dict[str, Any] | None:
@@ -316,10 +361,7 @@ class Store:
             q = q.where(records.c.device.in_(device_ids))
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
-        return [
-            StoredRecord(r["kind"], r["device"], r["boot"], r["seq"], r["ts"], r["body"])
-            for r in rows
-        ]
+        return [_stored(r) for r in rows]
 
     # ---- rollouts ---------------------------------------------------------------------
     def add_rollout(self, rollout_id: str, state: str, body: dict[str, Any]) -> None:
@@ -469,10 +511,9 @@ def drift_summary(
     without labels over all its windows (None without a calibrated card). `p` is None for
     reports from agents before p-values (their status came from fixed PSI bands)."""
     groups: dict[tuple[str, int, str], dict[str, Any]] = {}
-    bodies: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
-    for r in store.records("drift", device):
-        ref = r.body.get("model") or {}
-        name, version = str(ref.get("name", "?")), int(ref.get("version", 0))
+    reports: dict[tuple[str, int, str], list[DriftReport]] = {}
+    for r, report in typed(store.records("drift", device), DriftReport):
+        name, version = _model_of(report)
         if model is not None and model not in (name, f"{name}@{version}"):
             continue
         g = groups.setdefault(
@@ -491,32 +532,29 @@ def drift_summary(
                 "captures": 0,
             },
         )
-        status = str(r.body.get("status", "ok"))
         g["windows"] += 1
-        if status in ("warn", "alert"):
-            g[status] += 1
-        g["status"], g["last_ts"] = status, r.ts
-        g["max_psi"] = max(g["max_psi"], float(r.body.get("max_psi", 0.0)))
-        p = r.body.get("p")
-        g["p"] = float(p) if isinstance(p, int | float) and not isinstance(p, bool) else None
-        if g["p"] is not None:
-            g["min_p"] = g["p"] if g["min_p"] is None else min(g["min_p"], g["p"])
-        moved = r.body.get("moved")
-        if not isinstance(moved, list):  # reports from agents before `moved` existed
-            moved = (
-                [r.body["worst_feature"]] if status != "ok" and "worst_feature" in r.body else []
-            )
-        for feature in moved:
-            g["moved"][str(feature)] = g["moved"].get(str(feature), 0) + 1
-        g["captures"] += 1 if isinstance(r.body.get("capture"), dict) else 0
-        bodies.setdefault((name, version, r.device), []).append(r.body)
+        if report.status in ("warn", "alert"):
+            g[report.status] += 1
+        g["status"], g["last_ts"] = report.status, r.ts
+        g["max_psi"] = max(g["max_psi"], report.max_psi)
+        g["p"] = report.p
+        if report.p is not None:
+            g["min_p"] = report.p if g["min_p"] is None else min(g["min_p"], report.p)
+        for feature in report.features_moved:
+            g["moved"][feature] = g["moved"].get(feature, 0) + 1
+        g["captures"] += 1 if report.capture is not None else 0
+        reports.setdefault((name, version, r.device), []).append(report)
     out = []
     for key in sorted(groups):
         g = groups[key]
-        g["accuracy"] = pooled_accuracy(bodies[key])
+        g["accuracy"] = pooled_accuracy(reports[key])
         g["moved"] = dict(sorted(g["moved"].items(), key=lambda kv: (-kv[1], kv[0])))
         out.append(g)
     return out
+
+
+def _model_of(report: DriftReport) -> tuple[str, int]:
+    return (report.model.name, report.model.version) if report.model else ("?", 0)
 
 
 def drift_captures(
@@ -525,20 +563,16 @@ def drift_captures(
     """The captured inputs of alerting windows: one dict per row, with device, model, version,
     boot, seq (of the report) and one key per feature."""
     rows: list[dict[str, Any]] = []
-    for r in store.records("drift", device):
-        capture, ref = r.body.get("capture"), r.body.get("model") or {}
-        if not isinstance(capture, dict):
+    for r, report in typed(store.records("drift", device), DriftReport):
+        capture = report.capture
+        if capture is None:
             continue
-        name, version = str(ref.get("name", "?")), int(ref.get("version", 0))
+        name, version = _model_of(report)
         if model is not None and model not in (name, f"{name}@{version}"):
             continue
-        features = [str(f) for f in capture.get("features", [])]
-        for values in capture.get("rows", []):
-            if isinstance(values, list) and len(values) == len(features):
-                head = {"device": r.device, "model": name, "version": version}
-                rows.append(
-                    head | {"boot": r.boot, "seq": r.seq} | dict(zip(features, values, strict=True))
-                )
+        head = {"device": r.device, "model": name, "version": version, "boot": r.boot, "seq": r.seq}
+        for values in capture.rows:
+            rows.append(head | dict(zip(capture.features, values, strict=True)))
     return rows
 
 

@@ -326,7 +326,7 @@ def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None)
     def telemetry(device: DeviceId, since: Since = 0.0, limit: Limit = 300) -> dict[str, Any]:
         device_or_404(device)
         recs = store.recent_records("telemetry", device, since, limit)
-        points = [views.telemetry_point(r) for r in recs if "raw" not in r.body]  # not samples
+        points = views.telemetry_points(recs)  # not the raw samples
         return {"device": device, "points": points}
 
     @app.get(

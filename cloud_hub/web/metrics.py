@@ -12,9 +12,10 @@ from prometheus_client.registry import Collector
 
 from cloud_hub.drift.fleet import STATUS_RANK
 from cloud_hub.drift.source import FleetQuery, PublishedCards, read_fleet_drift
-from cloud_hub.store.database import Store
+from cloud_hub.store.database import Store, typed
 from cloud_hub.web import views
 from edge_agent.protocol.inputs import inputs_of
+from edge_agent.protocol.records import DriftReport
 
 FLEET_DRIFT_SINCE_S = 3600.0  # the metrics' fleet drift merges the last hour's windows
 
@@ -79,12 +80,11 @@ class StoreCollector(Collector):
             labels=["model", "feature"],
         )
         worst: dict[tuple[str, str], float] = {}
-        for rec in self.store.latest_records("drift").values():
-            label = views.model_label(rec.body.get("model"))
-            if label is None:
+        for _, report in typed(self.store.latest_records("drift").values(), DriftReport):
+            if report.model is None:
                 continue
-            for feature, value in views.psi_values(rec.body).items():
-                key = (label.split("@")[0], feature)
+            for feature, value in report.psi.items():
+                key = (report.model.name, feature)
                 worst[key] = max(value, worst.get(key, value))
         for (model, feature), value in sorted(worst.items()):
             psi.add_metric([model, feature], value)

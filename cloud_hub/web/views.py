@@ -1,8 +1,10 @@
 """What the dashboard shows, computed from stored rows: plain values in, plain values out.
 
-Record bodies come from devices and are stored as they arrived (the wire contract checks the
-envelope, not every field), so every number read here is checked: a field that is missing or not
-a finite number shows as null instead of breaking the page.
+Record bodies are read typed (edge_agent.protocol.records, through
+`cloud_hub.store.database.typed`): a stored row that does not decode (stored by a hub before it
+checked bodies) is left out, and a field an older agent did not send shows as null.
+A device's row in the registry (its status's stats) is read field by field: a value that is not
+what it should be shows as null.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cloud_hub.drift import fleet as fleet_drift
-from cloud_hub.store.database import StoredRecord
+from cloud_hub.store.database import StoredRecord, typed
 from edge_agent.drift import DEFAULT_ALERT_EVERY, DEFAULT_WARN_EVERY, levels
 from edge_agent.errors import MessageError
 from edge_agent.protocol.inputs import describe, inputs_of
-from edge_agent.protocol.messages import StorageCondition
+from edge_agent.protocol.messages import ModelRef, StorageCondition
+from edge_agent.protocol.records import DriftReport, TelemetryWindow
 
 # The device side's defaults (firmware_configs/base.toml [drift]); a cell is coloured by these.
 # the fixed PSI bands, only for reports of agents from before calibrated drift (no "levels")
@@ -51,15 +54,25 @@ def mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
 def model_label(model: object) -> str | None:
-    """`name@version` from a ModelRef json, None when there is none."""
+    """`name@version` of a ModelRef (or its json, as a stored rollout holds it), None when
+    there is none."""
+    if isinstance(model, ModelRef):
+        return str(model)
     if isinstance(model, Mapping) and "name" in model:
         return f"{model['name']}@{model.get('version', '?')}"
     return None
+
+
+def window_of(rec: StoredRecord | None) -> TelemetryWindow | None:
+    """A stored telemetry record as a window (None for a raw sample or one that does not
+    decode)."""
+    return next((w for _, w in typed([rec], TelemetryWindow)), None) if rec else None
+
+
+def report_of(rec: StoredRecord | None) -> DriftReport | None:
+    """A stored drift record as a report (None for one that does not decode)."""
+    return next((r for _, r in typed([rec], DriftReport)), None) if rec else None
 
 
 def level(psi: float, warn: float = PSI_WARN, alert: float = PSI_ALERT) -> str:
@@ -84,8 +97,7 @@ def device_row(
 ) -> dict[str, Any]:
     stats = mapping(row.get("stats"))
     last_seen = number(row.get("last_seen")) or None
-    latency = mapping(telemetry.body.get("latency_ms")) if telemetry else {}
-    drift_body = drift.body if drift else {}
+    window, report = window_of(telemetry), report_of(drift)
     status = "online" if row.get("online") else "offline" if last_seen else "never seen"
     return {
         "id": row["id"],
@@ -102,10 +114,10 @@ def device_row(
         "refused": counts(row.get("refused")),
         "buffered": count(stats.get("buffered")),
         **input_view(row),
-        "latency_p95_ms": number(latency.get("p95")),
-        "drift_status": text(drift_body.get("status")),
-        "drift_max_psi": number(drift_body.get("max_psi")),
-        "worst_feature": text(drift_body.get("worst_feature")),
+        "latency_p95_ms": window.latency_ms.get("p95") if window else None,
+        "drift_status": report.status if report else None,
+        "drift_max_psi": report.max_psi if report else None,
+        "worst_feature": report.worst_feature if report else None,
         "storage": device_storage(stats),
     }
 
@@ -128,54 +140,46 @@ def device_storage(stats: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 # ---- telemetry ------------------------------------------------------------------------------
-def telemetry_point(rec: StoredRecord) -> dict[str, Any]:
-    body = rec.body
-    window = number(body.get("window_s"))
-    n = number(body.get("count"))
-    latency = mapping(body.get("latency_ms"))
-    errors = counts(body.get("errors"))
+def telemetry_points(records: Iterable[StoredRecord]) -> list[dict[str, Any]]:
+    """The telemetry windows among `records` (not the raw samples), one point each."""
+    return [telemetry_point(rec, window) for rec, window in typed(records, TelemetryWindow)]
+
+
+def telemetry_point(rec: StoredRecord, window: TelemetryWindow) -> dict[str, Any]:
+    n, seconds = window.count, window.window_s
     return {
         "ts": rec.ts,
-        "model": model_label(body.get("model")),
-        "window_s": window,
-        "count": int(n) if n is not None else None,
-        "throughput_per_s": round(n / window, 3) if n is not None and window else None,
-        "latency_ms": {q: number(latency.get(q)) for q in ("p50", "p95", "p99")},
-        "errors": sum(errors.values()),
-        "errors_by_reason": errors,
+        "model": model_label(window.model),
+        "window_s": seconds,
+        "count": n,
+        "throughput_per_s": round(n / seconds, 3) if seconds else None,
+        "latency_ms": {q: window.latency_ms.get(q) for q in ("p50", "p95", "p99")},
+        "errors": window.error_count,
+        "errors_by_reason": dict(window.errors),
     }
 
 
 # ---- drift ----------------------------------------------------------------------------------
-def psi_values(body: Mapping[str, Any]) -> dict[str, float]:
-    raw = mapping(body.get("psi"))
-    return {str(k): v for k, value in raw.items() if (v := number(value)) is not None}
-
-
 def drift_map(latest: Mapping[str, StoredRecord], model: str | None = None) -> dict[str, Any]:
     """The heat map: one row per device (its newest drift report), one column per feature."""
     features: dict[str, None] = {}  # first-seen order, so columns follow the model card
     rows = []
-    for device in sorted(latest):
-        body = latest[device].body
-        label = model_label(body.get("model"))
-        name = label.split("@")[0] if label else None
-        if model is not None and name != model:
+    for rec, report in typed((latest[d] for d in sorted(latest)), DriftReport):
+        if model is not None and (report.model is None or report.model.name != model):
             continue
-        psi = psi_values(body)
+        psi = dict(report.psi)
         features.update(dict.fromkeys(psi))
-        report_levels = fleet_drift.levels_of(body.get("levels"))
-        q = mapping(body.get("q"))
+        report_levels = report.levels.as_dict() if report.levels is not None else None
         rows.append(
             {
-                "device": device,
-                "model": label,
-                "ts": latest[device].ts,
-                "status": text(body.get("status")),
-                "max_psi": number(body.get("max_psi")),
+                "device": rec.device,
+                "model": model_label(report.model),
+                "ts": rec.ts,
+                "status": report.status,
+                "max_psi": report.max_psi,
                 "psi": psi,
                 "levels": {
-                    f: fleet_drift.feature_level(number(q.get(f)), report_levels)
+                    f: fleet_drift.feature_level(report.q.get(f), report_levels)
                     if report_levels
                     else level(v)
                     for f, v in psi.items()
@@ -191,8 +195,8 @@ def drift_series(
 ) -> dict[str, list[dict[str, float]]]:
     """PSI over time, per feature."""
     series: dict[str, list[dict[str, float]]] = {}
-    for rec in records:
-        for name, value in psi_values(rec.body).items():
+    for rec, report in typed(records, DriftReport):
+        for name, value in report.psi.items():
             if feature is None or name == feature:
                 series.setdefault(name, []).append({"ts": rec.ts, "psi": value})
     return series

@@ -43,6 +43,7 @@ time (fleet drift). A window closes after `window` rows, or after `window_s` sec
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
@@ -67,6 +68,14 @@ from edge_agent.drift.stats import (
     round_p,
 )
 from edge_agent.protocol.card import ModelCard, bucket_counts
+from edge_agent.protocol.records import (
+    AccuracyEstimate,
+    Capture,
+    DriftLevels,
+    DriftReport,
+    PredictionDrift,
+    WindowCounts,
+)
 
 MISSING_REASONS = ("field-count", "non-numeric", "non-finite")  # line rejects that lack a value
 STAGE_ROWS = 256  # rows copied into a fixed buffer and counted together (not a row store)
@@ -294,9 +303,10 @@ class DriftMonitor:
         self._tally.rows = self._rows
         window = self._measure(self._tally)
         report = self._summarise(window, list(self._history))
-        if self.capture and report["status"] == "alert":
-            report["capture"] = {"features": self._names, "rows": self._recent.tolist()}
-        self._ready.append(report)
+        if self.capture and report.status == "alert":
+            rows = tuple(map(tuple, self._recent.tolist()))
+            report = dataclasses.replace(report, capture=Capture(tuple(self._names), rows))
+        self._ready.append(report.to_body())
         self._history.append(window)
         self._reset(now)
 
@@ -314,9 +324,9 @@ class DriftMonitor:
         )
         other._accumulate(data, predictions, scores)
         other._tally.rows = len(data)
-        return other._summarise(other._measure(other._tally), [])
+        return other._summarise(other._measure(other._tally), []).to_body()
 
-    def _summarise(self, now: _Measures, history: list[_Measures]) -> dict[str, Any]:
+    def _summarise(self, now: _Measures, history: list[_Measures]) -> DriftReport:
         names = self._names
         tests = {1: self._tests(now)}
         pooled = now
@@ -344,34 +354,31 @@ class DriftMonitor:
         psi_d = named(effects["psi"])
         worst = names[int(order[0])]
         prediction = self._prediction_drift(now.preds, tests[1].prediction)
-        report: dict[str, Any] = {
-            "model": self.card.model.to_json(),
-            "window": now.rows,
-            "status": status,
-            "p": round_p(p),
-            "scale": scale,
-            "levels": dict(self.levels),
-            "psi": psi_d,
-            "max_psi": max(psi_d.values()),
-            "worst_feature": worst,
-            "p_values": rounded(tests[1].feature),
-            "q": rounded(q),
-            "ks": named(tests[1].ks),
-            "js": named(effects["js"]),
-            "out_of_range": named((now.below + now.above) / np.maximum(now.total, 1.0)),
-            "missing": named(now.missing / max(now.rows + now.missing_rows, 1)),
-            "missing_rows": now.missing_rows,
-            "prediction": prediction,
-            "accuracy": self._accuracy(now),
-            "moved": moved,
-            "counts": {
-                "rows": now.rows,
-                "bins": dict(zip(names, effects["bins"], strict=True)),
-            },
-        }
-        if self._notes:
-            report["notes"] = list(self._notes)
-        return report
+        return DriftReport(
+            model=self.card.model,
+            window=now.rows,
+            status=status,
+            p=round_p(p),
+            scale=scale,
+            levels=DriftLevels(self.levels["warn"], self.levels["alert"]),
+            psi=psi_d,
+            max_psi=max(psi_d.values()),
+            worst_feature=worst,
+            p_values=rounded(tests[1].feature),
+            q=rounded(q),
+            ks=named(tests[1].ks),
+            js=named(effects["js"]),
+            out_of_range=named((now.below + now.above) / np.maximum(now.total, 1.0)),
+            missing=named(now.missing / max(now.rows + now.missing_rows, 1)),
+            missing_rows=now.missing_rows,
+            prediction=prediction,
+            accuracy=self._accuracy(now),
+            moved=tuple(moved),
+            counts=WindowCounts(
+                now.rows, {n: tuple(b) for n, b in zip(names, effects["bins"], strict=True)}
+            ),
+            notes=self._notes,
+        )
 
     def _measure(self, tally: _Tally) -> _Measures:
         """The window's measures, from its counts per slot (one cumulative sum)."""
@@ -452,31 +459,31 @@ class DriftMonitor:
         missing = more_missing_p(now.missing_rows, seen, self._ref_missing, self._ref_rows)
         return _Tests(kss, feature, prediction, missing)
 
-    def _accuracy(self, now: _Measures) -> dict[str, Any] | None:
+    def _accuracy(self, now: _Measures) -> AccuracyEstimate | None:
         """The window's expected accuracy from its calibrated confidences (None without a
         calibration or without scored rows)."""
         calibration = self._calibration
         if calibration is None or not now.scored:
             return None
         expected = now.right / now.scored
-        return {
-            "expected": round(expected, 4),
-            "reference": round(calibration.expected_accuracy, 4),
-            "change": round(expected - calibration.expected_accuracy, 4),
-            "rows": now.scored,
-            "sum": round(now.right, 4),
-        }
+        return AccuracyEstimate(
+            expected=round(expected, 4),
+            reference=round(calibration.expected_accuracy, 4),
+            change=round(expected - calibration.expected_accuracy, 4),
+            rows=now.scored,
+            sum=round(now.right, 4),
+        )
 
-    def _prediction_drift(self, preds: np.ndarray, p: float | None) -> dict[str, Any] | None:
+    def _prediction_drift(self, preds: np.ndarray, p: float | None) -> PredictionDrift | None:
         if p is None:
             return None
         labels = list(self._pred_keys) if self._pred_kind == "classes" else list(range(len(preds)))
-        return {
-            "psi": round(psi(self._pred_ref, preds), 4),
-            "js": round(js_distance(self._pred_ref, preds), 4),
-            "p": round_p(p),
-            "counts": {str(k): int(n) for k, n in zip(labels, preds.tolist(), strict=True)},
-        }
+        return PredictionDrift(
+            psi=round(psi(self._pred_ref, preds), 4),
+            js=round(js_distance(self._pred_ref, preds), 4),
+            p=round_p(p),
+            counts={str(k): int(n) for k, n in zip(labels, preds.tolist(), strict=True)},
+        )
 
 
 def _reference_rows(card: ModelCard) -> tuple[int, int]:

@@ -34,6 +34,8 @@ from edge_agent.errors import SensorLineError
 from edge_agent.inference.runtime import Runtime
 from edge_agent.inference.shadow import Shadow
 from edge_agent.protocol.card import ModelCard
+from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.records import ShadowReport, TelemetryWindow
 from edge_agent.sources.line_parser import LineParser
 from edge_agent.update.health import INFERENCE_ERRORS
 from edge_agent.uplink.sampling import RawSampler
@@ -42,7 +44,7 @@ from edge_agent.uplink.telemetry import RunningStats, Window
 log = logging.getLogger(__name__)
 
 OnResult = Callable[[dict[str, Any]], None]
-OnShadowReport = Callable[[Shadow, dict[str, Any]], None]
+OnShadowReport = Callable[[Shadow, ShadowReport], None]
 
 BOUNDS_TOLERANCE = 1.0  # accept values up to one reference range beyond the card's min and max
 
@@ -91,7 +93,7 @@ class Pipeline:
     def __init__(
         self,
         on_drift: Callable[[dict[str, Any]], None],
-        on_window: Callable[[dict[str, Any]], None],
+        on_window: Callable[[TelemetryWindow], None],
         on_result: OnResult | None = None,
         on_shadow_report: OnShadowReport | None = None,
     ) -> None:
@@ -186,7 +188,7 @@ class Pipeline:
         if closed is not None:
             self._on_window(closed)
 
-    def _window_for(self, model: ActiveModel | None) -> dict[str, Any] | None:
+    def _window_for(self, model: ActiveModel | None) -> TelemetryWindow | None:
         """Under the lock: make the open window `model`'s. If another model's window was open,
         it closes here; its record is returned, to hand on once the lock is released."""
         if model is self._window_of:
@@ -207,5 +209,5 @@ class Pipeline:
             self._on_window(window.to_record(now, _stamp(model)))
 
 
-def _stamp(model: ActiveModel | None) -> dict[str, Any] | None:
-    return model.card.model.to_json() if model else None
+def _stamp(model: ActiveModel | None) -> ModelRef | None:
+    return model.card.model if model else None

@@ -16,6 +16,7 @@ import numpy as np
 
 from edge_agent.errors import BundleRejected, EdgefleetError
 from edge_agent.protocol.card import ModelCard
+from edge_agent.protocol.reasons import Reason
 
 
 class Runtime(Protocol):
@@ -49,10 +50,12 @@ class OnnxRuntime:
                 model_bytes, options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad models
-            raise BundleRejected("bad-model", f"onnxruntime cannot load the model: {exc}") from exc
+            raise BundleRejected(
+                Reason.BAD_MODEL, f"onnxruntime cannot load the model: {exc}"
+            ) from exc
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
-            raise BundleRejected("bad-model", f"expected one model input, got {len(inputs)}")
+            raise BundleRejected(Reason.BAD_MODEL, f"expected one model input, got {len(inputs)}")
         self._input = inputs[0].name
         outputs = [o.name for o in self._session.get_outputs()]
         self._label_output = outputs[:1]
@@ -89,7 +92,7 @@ def open_runtime(
         from edge_agent.inference.tflite import TfliteRuntime
 
         return TfliteRuntime(model_bytes, task, classes, threads)
-    raise BundleRejected("bad-card", f"runtime {kind!r} is not one this agent knows")
+    raise BundleRejected(Reason.BAD_CARD, f"runtime {kind!r} is not one this agent knows")
 
 
 RuntimeLoader = Callable[[ModelCard, bytes, int], Runtime]  # (card, model bytes, threads)

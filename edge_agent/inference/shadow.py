@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from edge_agent.inference.runtime import Runtime
 from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.records import ShadowReport
 from edge_agent.update.health import INFERENCE_ERRORS, outputs_agree
 from edge_agent.uplink.telemetry import percentiles
 
@@ -41,7 +41,7 @@ class Shadow:
 
     def observe(
         self, x: np.ndarray, served: np.ndarray, served_ms: float, serving: ModelRef
-    ) -> dict[str, Any] | None:
+    ) -> ShadowReport | None:
         """Run the candidate on the batch the serving model just answered; a report when
         `rows_per_report` rows have been compared since the last one."""
         n = len(x)
@@ -61,19 +61,19 @@ class Shadow:
             return None
         return self._report(serving)
 
-    def _report(self, serving: ModelRef) -> dict[str, Any]:
+    def _report(self, serving: ModelRef) -> ShadowReport:
         k = self.rows_per_report
         candidate_ms = [v for v in self._candidate_ms[:k] if not math.isnan(v)]
-        report = {
-            "current": serving.to_json(),
-            "rows": k,
-            "agreement": round(sum(self._agree[:k]) / k, 4),
-            "errors": sum(self._failed[:k]),
-            "latency_ms": {
+        report = ShadowReport(
+            current=serving,
+            rows=k,
+            agreement=round(sum(self._agree[:k]) / k, 4),
+            errors=sum(self._failed[:k]),
+            latency_ms={
                 "current": percentiles(self._current_ms[:k], (50, 95)),
                 "candidate": percentiles(candidate_ms, (50, 95)),
             },
-        }
+        )
         for rows in (self._agree, self._failed, self._current_ms, self._candidate_ms):
             del rows[:k]
         return report

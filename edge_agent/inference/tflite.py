@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.errors import BadDataError, BundleRejected
+from edge_agent.protocol.reasons import Reason
 
 TASKS = ("classification", "regression")
 _INSTALL_HINT = (
@@ -40,7 +41,7 @@ def interpreter_class() -> Any:
             )
         except ImportError as exc:
             raise BundleRejected(
-                "runtime-missing",
+                Reason.RUNTIME_MISSING,
                 f"this model needs a TFLite runtime and neither ai-edge-litert nor "
                 f"tflite-runtime is installed: {_INSTALL_HINT}",
             ) from exc
@@ -50,14 +51,14 @@ def interpreter_class() -> Any:
 def open_interpreter(model_bytes: bytes, threads: int = 1) -> Any:
     """An Interpreter with tensors allocated; BundleRejected("bad-model") if it cannot load."""
     if not model_bytes:
-        raise BundleRejected("bad-model", "the TFLite model is empty (0 bytes)")
+        raise BundleRejected(Reason.BAD_MODEL, "the TFLite model is empty (0 bytes)")
     interpreter_cls = interpreter_class()
     try:
         interp = interpreter_cls(model_content=bytes(model_bytes), num_threads=max(1, threads))
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise BundleRejected(
-            "bad-model", f"the TFLite runtime cannot load the model: {exc}"
+            Reason.BAD_MODEL, f"the TFLite runtime cannot load the model: {exc}"
         ) from exc
     return interp
 
@@ -80,13 +81,13 @@ class TfliteRuntime:
         self, model_bytes: bytes, task: str, classes: Sequence[Any], threads: int = 1
     ) -> None:
         if task not in TASKS:
-            raise BundleRejected("bad-card", f"task {task!r} is not one of {list(TASKS)}")
+            raise BundleRejected(Reason.BAD_CARD, f"task {task!r} is not one of {list(TASKS)}")
         interp = open_interpreter(model_bytes, threads)
         inputs = interp.get_input_details()
         outputs = interp.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise BundleRejected(
-                "bad-model",
+                Reason.BAD_MODEL,
                 f"expected a TFLite model with one input and one output, "
                 f"got {len(inputs)} inputs and {len(outputs)} outputs",
             )
@@ -95,11 +96,11 @@ class TfliteRuntime:
         out_shape = [int(d) for d in out.get("shape_signature", out["shape"])]
         if len(in_shape) != 2 or in_shape[1] < 1:
             raise BundleRejected(
-                "bad-model", f"expected an input of shape [batch, n_features], got {in_shape}"
+                Reason.BAD_MODEL, f"expected an input of shape [batch, n_features], got {in_shape}"
             )
         if len(out_shape) not in (1, 2):
             raise BundleRejected(
-                "bad-model", f"expected an output of shape [batch, k], got {out_shape}"
+                Reason.BAD_MODEL, f"expected an output of shape [batch, k], got {out_shape}"
             )
         self.n_features = in_shape[1]
         self.n_outputs = output_width(interp)
@@ -110,14 +111,15 @@ class TfliteRuntime:
         k = self.n_outputs
         if task == "regression" and k != 1:
             raise BundleRejected(
-                "bad-model", f"a regression model must give one value per row, this one gives {k}"
+                Reason.BAD_MODEL,
+                f"a regression model must give one value per row, this one gives {k}",
             )
         if task == "classification":
             if k == 1 and len(self._classes) == 2:
                 self._sigmoid = True
             elif k < 2 or k != len(self._classes):
                 raise BundleRejected(
-                    "bad-model",
+                    Reason.BAD_MODEL,
                     f"the model gives {k} output(s) per row but the card lists "
                     f"{len(self._classes)} classes; expected one probability per class, "
                     f"or a single sigmoid output for two classes",
@@ -201,7 +203,7 @@ def _quantization(detail: dict[str, Any]) -> tuple[float, float] | None:
     scale, zero = detail.get("quantization", (0.0, 0))
     if not scale:
         raise BundleRejected(
-            "bad-model",
+            Reason.BAD_MODEL,
             f"tensor {detail.get('name')!r} is {np.dtype(detail['dtype']).name} "
             "without quantization parameters; expected float32 or a quantized int8/uint8 tensor",
         )

@@ -21,6 +21,7 @@ import numpy as np
 
 from edge_agent.errors import BundleRejected, MessageError
 from edge_agent.protocol.messages import ModelRef, field_of
+from edge_agent.protocol.reasons import Reason
 
 CARD_VERSION = 2  # 2: reference.confidence (optional); version 1 cards are still read
 CARD_VERSIONS = (1, 2)
@@ -196,7 +197,7 @@ def parse_card(obj: object) -> ModelCard:
     try:
         return _parse_card(obj)
     except MessageError as exc:
-        raise BundleRejected("bad-card", str(exc)) from exc
+        raise BundleRejected(Reason.BAD_CARD, str(exc)) from exc
 
 
 def _parse_card(obj: object) -> ModelCard:

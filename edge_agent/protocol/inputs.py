@@ -9,8 +9,9 @@ In the status (`stats.inputs`), one entry per configured source::
 back); `idle_s` is the seconds since the source's last line, or since it started if none came;
 `no_input` is set once `idle_s` reaches the device's `telemetry.no_input_s` (0: never).
 
-In each telemetry window (`inputs`), the same folded into one small object: the sums of `lost`
-and `reopened`, the longest `idle_s`, and whether any source has `no_input`.
+In each telemetry window (`inputs`), the same folded into one small object (`WindowInputs` of
+edge_agent.protocol.records): the sums of `lost` and `reopened`, the longest `idle_s`, and
+whether any source has `no_input`.
 """
 
 from __future__ import annotations
@@ -99,17 +100,6 @@ def inputs_of(stats: Mapping[str, Any]) -> tuple[InputState, ...] | None:
         return decode_inputs(stats.get("inputs", []), "stats.inputs")
     except MessageError:
         return None
-
-
-def window_field(states: Iterable[InputState]) -> dict[str, Any]:
-    """The telemetry window's `inputs`: all sources folded into one small object."""
-    states = list(states)
-    return {
-        "lost": sum(s.lost for s in states),
-        "reopened": sum(s.reopened for s in states),
-        "idle_s": max((s.idle_s for s in states), default=0.0),
-        "no_input": any(s.no_input for s in states),
-    }
 
 
 def describe(states: Iterable[InputState], online: bool = True) -> str:

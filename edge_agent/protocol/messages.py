@@ -202,16 +202,11 @@ class StorageCondition:
 
 
 def decode_status(payload: bytes) -> Status:
+    """The status envelope; its `stats` body is checked by records.decode_checked_status."""
     where = "status"
     obj = load_json(payload, where)
     model = obj.get("model")
     stats = field_of(obj, "stats", dict, where) if "stats" in obj else {}
-    if "storage" in stats:  # the parts of stats with a schema of their own
-        StorageCondition.from_json(stats["storage"], f"{where}.stats.storage")
-    if "inputs" in stats:
-        from edge_agent.protocol.inputs import decode_inputs  # it builds on this module
-
-        decode_inputs(stats["inputs"], f"{where}.stats.inputs")
     return Status(
         device=check_device_id(field_of(obj, "device", str, where), f"{where}.device"),
         online=field_of(obj, "online", bool, where),

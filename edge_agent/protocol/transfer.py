@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from edge_agent.errors import BundleRejected
+from edge_agent.protocol.reasons import Reason
 
 CHUNK_SIZE = 64 * 1024
 
@@ -79,13 +80,13 @@ class Reassembly:
         duplicate or one of the wrong length; BundleRejected for one that cannot belong."""
         if announced_size != self.size:
             raise BundleRejected(
-                "oversized" if announced_size > self.size else "truncated",
+                Reason.OVERSIZED if announced_size > self.size else Reason.TRUNCATED,
                 f"{self.target}: signed length is {self.size} bytes, "
                 f"the sender announced {announced_size}",
             )
         if not 0 <= index < self.total:
             raise BundleRejected(
-                "oversized",
+                Reason.OVERSIZED,
                 f"{self.target}: chunk index {index} is past the last chunk {self.total - 1}",
             )
         start, end = chunk_bounds(index, self.size, self.chunk_size)
@@ -129,5 +130,5 @@ class Reassembly:
     def check_complete(self) -> None:
         if not self.complete:
             raise BundleRejected(
-                "truncated", f"{self.target}: {self.received} of {self.total} chunks arrived"
+                Reason.TRUNCATED, f"{self.target}: {self.received} of {self.total} chunks arrived"
             )

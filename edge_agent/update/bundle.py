@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from edge_agent.errors import BundleRejected
 from edge_agent.protocol.card import ModelCard, parse_card
+from edge_agent.protocol.reasons import Reason
 from edge_agent.update.verify import sha256_hex
 
 
@@ -23,32 +24,32 @@ def read_bundle(data: bytes, card_sha256: str | None, max_unpacked_bytes: int) -
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
-        raise BundleRejected("bad-bundle", f"expected a zip archive: {exc}") from exc
+        raise BundleRejected(Reason.BAD_BUNDLE, f"expected a zip archive: {exc}") from exc
     with archive:
         infos = {i.filename: i for i in archive.infolist()}
         if "card.json" not in infos:
             raise BundleRejected(
-                "bad-bundle", f"expected card.json in the bundle, found {sorted(infos)}"
+                Reason.BAD_BUNDLE, f"expected card.json in the bundle, found {sorted(infos)}"
             )
         unpacked = sum(i.file_size for i in infos.values())
         if unpacked > max_unpacked_bytes:
             raise BundleRejected(
-                "oversized", f"bundle unpacks to {unpacked} bytes, limit {max_unpacked_bytes}"
+                Reason.OVERSIZED, f"bundle unpacks to {unpacked} bytes, limit {max_unpacked_bytes}"
             )
         try:
             card_raw = archive.read("card.json")
             card = parse_card(json.loads(card_raw))
         except (json.JSONDecodeError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
-            raise BundleRejected("bad-card", f"card.json: {exc}") from exc
+            raise BundleRejected(Reason.BAD_CARD, f"card.json: {exc}") from exc
         if card_sha256 is not None and sha256_hex(card_raw) != card_sha256:
-            raise BundleRejected("tampered", "card.json does not match the signed card digest")
+            raise BundleRejected(Reason.TAMPERED, "card.json does not match the signed card digest")
         expected = {"card.json", card.model_file}
         if set(infos) != expected:
             raise BundleRejected(
-                "bad-bundle", f"expected members {sorted(expected)}, found {sorted(infos)}"
+                Reason.BAD_BUNDLE, f"expected members {sorted(expected)}, found {sorted(infos)}"
             )
         try:
             model_bytes = archive.read(card.model_file)
         except zipfile.BadZipFile as exc:
-            raise BundleRejected("bad-bundle", f"{card.model_file}: {exc}") from exc
+            raise BundleRejected(Reason.BAD_BUNDLE, f"{card.model_file}: {exc}") from exc
     return Bundle(card, model_bytes, sha256_hex(card_raw))

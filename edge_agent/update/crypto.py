@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from edge_agent.errors import BadDataError, BundleRejected
+from edge_agent.protocol.reasons import Reason
 from edge_agent.protocol.topics import check_device_id
 from edge_agent.system.identity import DeviceIdentity, check_public_key
 
@@ -66,7 +67,7 @@ def unwrap_key(identity: DeviceIdentity, wrapped: bytes, target: str) -> bytes:
     where = f"transfer key for {target!r}"
     if len(wrapped) != WRAPPED_KEY_SIZE:
         raise BundleRejected(
-            "wrong-device",
+            Reason.WRONG_DEVICE,
             f"{where} was not sealed for this device ({identity.device_id}): expected "
             f"{WRAPPED_KEY_SIZE} bytes of HPKE output, found {len(wrapped)}",
         )
@@ -76,13 +77,13 @@ def unwrap_key(identity: DeviceIdentity, wrapped: bytes, target: str) -> bytes:
         )
     except (InvalidTag, ValueError) as exc:
         raise BundleRejected(
-            "wrong-device",
+            Reason.WRONG_DEVICE,
             f"{where} was not sealed for this device ({identity.device_id}) and this target: "
             "HPKE open failed (another device's key, another target, or altered in transit)",
         ) from exc
     if len(key) != KEY_SIZE:  # cannot happen with the length check above; belt and braces
         raise BundleRejected(
-            "wrong-device", f"{where}: expected a {KEY_SIZE}-byte key, found {len(key)} bytes"
+            Reason.WRONG_DEVICE, f"{where}: expected a {KEY_SIZE}-byte key, found {len(key)} bytes"
         )
     return key
 
@@ -118,10 +119,10 @@ def open_chunk(key: bytes, target: str, index: int, total_size: int, ciphertext:
     try:
         _check_position(index, total_size)
     except ValueError as exc:
-        raise BundleRejected("bad-chunk", f"{where}: {exc}") from exc
+        raise BundleRejected(Reason.BAD_CHUNK, f"{where}: {exc}") from exc
     if len(ciphertext) < TAG_SIZE:
         raise BundleRejected(
-            "bad-chunk",
+            Reason.BAD_CHUNK,
             f"{where}: expected at least {TAG_SIZE} bytes (the tag), found {len(ciphertext)}",
         )
     try:
@@ -130,7 +131,7 @@ def open_chunk(key: bytes, target: str, index: int, total_size: int, ciphertext:
         )
     except InvalidTag as exc:
         raise BundleRejected(
-            "bad-chunk",
+            Reason.BAD_CHUNK,
             f"{where} (total size {total_size}) failed authentication: corrupted, altered, "
             "or belonging to another index, target or transfer",
         ) from exc

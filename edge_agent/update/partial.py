@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from edge_agent.errors import BundleRejected
+from edge_agent.protocol.reasons import Reason
 from edge_agent.protocol.transfer import Reassembly, chunk_bounds
 from edge_agent.system.fsutil import atomic_write
 
@@ -58,7 +59,7 @@ class PartialTransfer:
             data = b""  # nothing on disk: said below, unless the target is empty
         if len(data) != reassembly.size:
             raise BundleRejected(
-                "truncated",
+                Reason.TRUNCATED,
                 f"{reassembly.target}: {len(data)} of {reassembly.size} bytes on disk",
             )
         return data

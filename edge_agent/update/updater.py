@@ -25,6 +25,7 @@ from edge_agent.protocol.messages import (
     decode_xfer_chunk,
     encode,
 )
+from edge_agent.protocol.reasons import Reason
 from edge_agent.protocol.transfer import Reassembly
 from edge_agent.update.bundle import Bundle, read_bundle
 from edge_agent.update.health import check_health
@@ -107,10 +108,10 @@ class Downloader:
             try:
                 self._identity = self._load_identity()
             except ConfigError as exc:
-                raise BundleRejected("not-enrolled", str(exc)) from exc
+                raise BundleRejected(Reason.NOT_ENROLLED, str(exc)) from exc
             if self._identity is None:
                 raise BundleRejected(
-                    "not-enrolled",
+                    Reason.NOT_ENROLLED,
                     "an encrypted transfer needs the device's identity; run `edge-agent enroll`",
                 )
         partial = PartialTransfer(self._partial_dir, target.path, target.length, target.sha256)
@@ -145,7 +146,7 @@ class Downloader:
                     self._publish(encode(XferRequest(target.path, tuple(wanted), encrypted)))
                 if time.monotonic() > deadline:
                     raise BundleRejected(
-                        "truncated",
+                        Reason.TRUNCATED,
                         f"{target.path}: {r.received} of {r.total} chunks arrived within "
                         f"{timeout:.0f}s (kept for the next attempt)",
                     )
@@ -191,7 +192,7 @@ class _Job:
             # before the chunk's own check: a source whose target has another length than the
             # signed one is serving a truncated (or oversized) target, not one bad chunk
             raise BundleRejected(
-                "oversized" if chunk.size > r.size else "truncated",
+                Reason.OVERSIZED if chunk.size > r.size else Reason.TRUNCATED,
                 f"{r.target}: signed length is {r.size} bytes, the sender announced {chunk.size}",
             )
         if self.encrypted:
@@ -220,7 +221,7 @@ class _Job:
         self._tries[index] = self._tries.get(index, 0) + 1
         if self._tries[index] >= MAX_BAD_TRIES:
             raise BundleRejected(
-                "tampered",
+                Reason.TAMPERED,
                 f"{self.target.path}: chunk {index} failed its check {MAX_BAD_TRIES} times; "
                 "what is served does not match the signed target",
             )
@@ -335,7 +336,7 @@ class Updater:
         bundle, _ = fetched
         runtime, reason = self._gated(bundle)
         if runtime is None:
-            self.emit("rejected", cmd.model, f"unhealthy: {reason}", cmd.rollout)
+            self.emit("rejected", cmd.model, f"{Reason.UNHEALTHY}: {reason}", cmd.rollout)
             return
         self.set_shadow(Shadow(cmd.model, runtime, bundle.card.task, cmd.rows, cmd.rollout))
         self.emit("shadowing", cmd.model, f"report every {cmd.rows} rows", cmd.rollout)
@@ -350,7 +351,7 @@ class Updater:
         try:
             if not self.mirror.wait_for_timestamp(cmd.tuf_version, timeout=30):
                 raise BundleRejected(
-                    "metadata-unavailable",
+                    Reason.METADATA_UNAVAILABLE,
                     f"TUF timestamp version {cmd.tuf_version} did not arrive",
                 )
             target = self.verifier.lookup(cmd.target, model, running)
@@ -365,7 +366,7 @@ class Updater:
                 self.downloader.discard(target)  # whatever the verdict, never resume these bytes
             if bundle.card.model != model:
                 raise BundleRejected(
-                    "mismatch", f"card says {bundle.card.model}, signed target says {model}"
+                    Reason.MISMATCH, f"card says {bundle.card.model}, signed target says {model}"
                 )
             self.emit("verified", model, fetched.summary(), cmd.rollout)
         except (BundleRejected, MessageError) as exc:
@@ -373,7 +374,7 @@ class Updater:
             if isinstance(exc, BundleRejected):
                 self.emit("rejected", model, f"{exc.reason}: {exc.detail}", cmd.rollout)
             else:
-                self.emit("rejected", model, f"bad-message: {exc}", cmd.rollout)
+                self.emit("rejected", model, f"{Reason.BAD_MESSAGE}: {exc}", cmd.rollout)
             return None
         return bundle, data
 

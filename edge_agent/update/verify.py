@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from edge_agent.errors import BundleRejected, ConfigError
 from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.reasons import Reason
 from edge_agent.protocol.transfer import chunk_count
 from edge_agent.system.fsutil import atomic_write
 from edge_agent.update.mirror import TufMirror
@@ -48,20 +49,20 @@ class VerifiedTarget:
         return tuple(str(h) for h in hashes)
 
 
-def _reason(exc: Exception) -> str:
+def _reason(exc: Exception) -> Reason:
     from tuf.api import exceptions as tuf_exc
 
     if isinstance(exc, tuf_exc.ExpiredMetadataError):
-        return "expired"
+        return Reason.EXPIRED
     if isinstance(exc, tuf_exc.BadVersionNumberError):
-        return "replayed"
+        return Reason.REPLAYED
     if isinstance(exc, tuf_exc.UnsignedMetadataError):
-        return "bad-signature"
+        return Reason.BAD_SIGNATURE
     if isinstance(exc, tuf_exc.LengthOrHashMismatchError):
-        return "tampered"
+        return Reason.TAMPERED
     if isinstance(exc, tuf_exc.DownloadError):
-        return "metadata-unavailable"
-    return "untrusted-metadata"
+        return Reason.METADATA_UNAVAILABLE
+    return Reason.UNTRUSTED_METADATA
 
 
 class Verifier:
@@ -99,12 +100,12 @@ class Verifier:
         except tuf_exc.DownloadError as exc:
             raise BundleRejected(_reason(exc), f"TUF metadata: {exc}") from exc
         if info is None:
-            raise BundleRejected("unknown-target", f"{path} is not in the signed targets")
+            raise BundleRejected(Reason.UNKNOWN_TARGET, f"{path} is not in the signed targets")
         custom = info.custom
         name, version = custom.get("model"), custom.get("model_version")
         if name != expected.name or version != expected.version:
             raise BundleRejected(
-                "mismatch",
+                Reason.MISMATCH,
                 f"{path}: command said {expected}, signed metadata says {name}@{version}",
             )
         if (
@@ -113,12 +114,12 @@ class Verifier:
             and expected.version < (running.version)
         ):
             raise BundleRejected(
-                "downgrade",
+                Reason.DOWNGRADE,
                 f"{expected} is older than the running {running}; versions only go up",
             )
         if info.length > self.max_bundle_bytes:
             raise BundleRejected(
-                "oversized",
+                Reason.OVERSIZED,
                 f"{path} is {info.length} bytes, the device accepts at most "
                 f"{self.max_bundle_bytes}",
             )
@@ -130,16 +131,16 @@ class Verifier:
 
         if len(data) < target.length:
             raise BundleRejected(
-                "truncated", f"{target.path}: got {len(data)} of {target.length} bytes"
+                Reason.TRUNCATED, f"{target.path}: got {len(data)} of {target.length} bytes"
             )
         if len(data) > target.length:
             raise BundleRejected(
-                "oversized", f"{target.path}: got {len(data)} bytes, signed {target.length}"
+                Reason.OVERSIZED, f"{target.path}: got {len(data)} bytes, signed {target.length}"
             )
         try:
             target.info.verify_length_and_hashes(data)
         except tuf_exc.LengthOrHashMismatchError as exc:
-            raise BundleRejected("tampered", f"{target.path}: {exc}") from exc
+            raise BundleRejected(Reason.TAMPERED, f"{target.path}: {exc}") from exc
 
 
 def install_trusted_root(tuf_dir: Path, root: bytes) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.card import ModelCard
+from edge_agent.protocol.records import RawSample
 
 Sink = Callable[[dict[str, Any]], None]
 
@@ -39,7 +40,7 @@ def raw_body(card: ModelCard, row: np.ndarray, prediction: Any) -> dict[str, Any
         name: (float(v) if math.isfinite(v) else None)
         for name, v in zip(card.feature_names, row.tolist(), strict=True)
     }
-    return {"raw": {"model": card.model.to_json(), "features": features, "prediction": prediction}}
+    return RawSample(card.model, features, prediction).to_body()
 
 
 class RawSampler:

@@ -8,6 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.records import TelemetryWindow
+
 
 def percentiles(values: Any, qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
     arr = np.asarray(values, dtype=np.float64)
@@ -46,15 +49,15 @@ class Window:
     def empty(self) -> bool:
         return self.count == 0 and not self.errors
 
-    def to_record(self, ended: float, model: dict[str, Any] | None) -> dict[str, Any]:
-        return {
-            "window_s": round(ended - self.started, 3),
-            "model": model,
-            "count": self.count,
-            "latency_ms": percentiles(np.repeat(self.latencies_ms, self.batch_sizes)),
-            "errors": dict(self.errors),
-            "predictions": dict(self.predictions),
-        }
+    def to_record(self, ended: float, model: ModelRef | None) -> TelemetryWindow:
+        return TelemetryWindow(
+            window_s=round(ended - self.started, 3),
+            model=model,
+            count=self.count,
+            latency_ms=percentiles(np.repeat(self.latencies_ms, self.batch_sizes)),
+            errors=dict(self.errors),
+            predictions=dict(self.predictions),
+        )
 
 
 @dataclass
@@ -72,9 +75,13 @@ class RunningStats:
         else:
             self.recent_ms.extend([latency_ms] * n)
 
+    def latencies(self) -> dict[str, float]:
+        """p50 and p99 of the recent rows' latencies."""
+        return percentiles(list(self.recent_ms), (50, 99))
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "inferences": self.inferences,
             "rejected": dict(self.rejected),
-            "latency_ms": percentiles(list(self.recent_ms), (50, 99)),
+            "latency_ms": self.latencies(),
         }
