@@ -153,7 +153,7 @@ class Agent:
         self.results = ResultPublisher.from_settings(cfg.results, cfg.device.id)
         self.resources = ResourceMeter(time.monotonic())
         self.pipeline = Pipeline(
-            on_drift=lambda r: self._keep("drift", r),
+            on_drift=lambda r: self.keep("drift", r),
             on_window=self._window,
             on_result=self.results,
             on_shadow_report=self._shadow_report,
@@ -208,12 +208,12 @@ class Agent:
             dropped=self.buffer.dropped() or None,
             storage=None if self.health.clean else self.health.condition(),
         )
-        self._keep(record.KIND, record.to_body())
+        self.keep(record.KIND, record.to_body())
 
     def _raw_sample(self, body: dict[str, Any]) -> None:
-        self._keep("telemetry", body)  # a record of its own (edge_agent.uplink.sampling)
+        self.keep("telemetry", body)  # a record of its own (edge_agent.uplink.sampling)
 
-    def _keep(self, kind: str, body: dict[str, Any]) -> None:
+    def keep(self, kind: str, body: dict[str, Any]) -> None:
         """Into the buffer; a record that cannot be kept is counted, per kind. While the
         buffer fails, one record a second tries it and the others are counted at once."""
         now = time.time()
@@ -278,7 +278,7 @@ class Agent:
     ) -> None:
         log.info("%s %s %s", event, model, reason)
         record = DeviceEvent(event, model, reason, rollout, shadow)
-        self._keep(record.KIND, record.to_body())
+        self.keep(record.KIND, record.to_body())
         self._publish_status()
 
     def _identity(self) -> DeviceIdentity | None:
