@@ -626,7 +626,8 @@ def test_the_unit_runs_the_edge_agent_that_installed_it(
 def test_unit_without_a_dialout_group_still_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(agent_cli, "_group_exists", lambda _name: False)
+    # a group no system has: the real lookup finds none of the groups the unit would name
+    monkeypatch.setattr(agent_cli, "SERIAL_GROUPS", ("edgefleet-no-such-group",))
     config = _device_file(tmp_path / "dev", None)
     unit = tmp_path / "edge-agent.service"
     argv = ["install-service", "--config", str(config), "--user", _me(), "--output", str(unit)]

@@ -412,7 +412,7 @@ def test_truncated_transfers_are_rejected(make_fleet: Any, bundles: Bundles) -> 
 
     # the hub stops serving altogether: the device gives up after its transfer timeout
     seen = len(w.events)
-    fleet.hub._serve_chunks = lambda device, payload: None  # type: ignore[method-assign]
+    fleet.hub.on_xfer_request = lambda device, payload: None
     fleet.roll(v2)
     reason = w.event("rejected", 2, after=seen)["reason"]
     assert reason.startswith("truncated: "), reason
@@ -586,7 +586,7 @@ def test_bad_chunk_messages_kill_nothing(make_fleet: Any, bundles: Bundles) -> N
             }
         ).encode(),
     ]
-    serve = fleet.hub._serve_chunks
+    serve = fleet.hub.serve_chunks
     injected = threading.Event()
 
     def inject_then_serve(device: str, payload: bytes) -> None:
@@ -596,7 +596,7 @@ def test_bad_chunk_messages_kill_nothing(make_fleet: Any, bundles: Bundles) -> N
                 fleet.inject(topic, bad)
         serve(device, payload)
 
-    fleet.hub._serve_chunks = inject_then_serve  # type: ignore[method-assign]
+    fleet.hub.on_xfer_request = inject_then_serve
     bad_before = fleet.running.bad_messages
     v1 = fleet.install(bundles.v1)
 
