@@ -189,7 +189,7 @@ def test_unopenable_path_is_a_transport_error(tmp_path: Path) -> None:
         Buffer(blocker / "buffer.sqlite", boot=1)
 
 
-# ---- byte cap, drop accounting, drain pacing, config keys ----------------------------------
+# ---- byte cap, drop accounting, drain pacing -------------------------------------------------
 def test_past_the_byte_cap_drops_match_exactly_what_is_missing(tmp_path: Path) -> None:
     import json
 
@@ -223,38 +223,6 @@ def test_token_bucket_paces_a_drain() -> None:
     granted = sum(bucket.take(10, now=1.0 + i / 100) for i in range(1000))
     assert granted == pytest.approx(1000, abs=110)  # 10 s at 100/s, plus at most one burst
     assert TokenBucket(0, 1, 0.0).take(10**6, 0.0) == 10**6  # 0: unlimited
-
-
-@pytest.mark.parametrize(
-    ("body", "where", "expected"),
-    [
-        ("[buffer]\nmax_bytes = 0", "buffer.max_bytes", "positive"),
-        ('[buffer]\nmax_bytes = "1MB"', "buffer.max_bytes", "expected int"),
-        ("[telemetry]\ndrain_rate = -1", "telemetry.drain_rate", "0 (off) or a positive"),
-        ("[telemetry]\ndrain_rate = inf", "telemetry.drain_rate", "0 (off) or a positive"),
-        ("[drift]\nwindow_s = -2", "drift.window_s", "0 (off) or a positive"),
-        ("[drift]\ncapture = 1", "drift.capture", "expected bool"),
-        ("[drift]\ncapture_rows = 0", "drift.capture_rows", "1 to 1000 rows"),
-        ("[drift]\ncapture_rows = 5000", "drift.capture_rows", "1 to 1000 rows"),
-        ("[drift]\ncaptures = true", "drift.captures", "Did you mean 'capture'"),
-    ],
-)
-def test_new_config_keys_refuse_wrong_values(
-    tmp_path: Path, body: str, where: str, expected: str
-) -> None:
-    _refused(tmp_path, body, where, expected)
-
-
-def test_new_config_keys_have_safe_defaults(tmp_path: Path) -> None:
-    from edge_agent.config import load_config
-
-    path = tmp_path / "device.toml"
-    path.write_text('[device]\nid = "d1"\n')
-    cfg = load_config(path)
-    assert cfg.get("drift", "capture") is False  # raw inputs stay on the device by default
-    assert cfg.get("drift", "window_s") == 0
-    assert cfg.get("telemetry", "drain_rate") > 0
-    assert cfg.get("buffer", "max_bytes") > 0
 
 
 # ---- caps per priority class ---------------------------------------------------------------
@@ -338,53 +306,6 @@ def test_filled_past_its_caps_the_drop_counters_match_what_is_missing(
     reopened = Buffer(tmp_path / "b.sqlite", boot=2, max_rows=80, max_bytes=9000, caps=caps)
     assert reopened.usage() == b.usage() and reopened.dropped() == dropped
     reopened.close()
-
-
-def test_caps_per_class_come_from_the_profile(tmp_path: Path) -> None:
-    from edge_agent.config import load_config
-
-    path = tmp_path / "device.toml"
-    path.write_text('[device]\nid = "d1"\n[buffer.caps.events]\nmax_rows = 500\n')
-    caps = load_config(path).get("buffer", "caps")
-    assert caps["events"]["max_rows"] == 500
-    assert caps["events"]["max_bytes"] > 0  # the base's, merged under the device's own key
-    assert set(caps) == {"events", "drift", "telemetry"}
-    assert load_config(path).get("telemetry", "raw_sample_rate") == 0  # off by default
-
-
-@pytest.mark.parametrize(
-    ("body", "where", "expected"),
-    [
-        ("[buffer.caps.telemetry]\nmax_rows = 0", "buffer.caps.telemetry.max_rows", "positive"),
-        ("[buffer.caps.drift]\nmax_bytes = 1.5", "buffer.caps.drift.max_bytes", "expected int"),
-        ("[buffer.caps.events]\nmax_row = 5", "buffer.caps.events.max_row", "'max_rows'"),
-        ("[buffer.caps.telemetri]\nmax_rows = 5", "buffer.caps.telemetri", "'telemetry'"),
-        ("[buffer]\ncaps = 5", "buffer.caps", "expected a table"),
-        ("[buffer.caps]\nevents = 5", "buffer.caps.events", "expected a table"),
-        ("[telemetry]\nraw_sample_rate = 1.5", "telemetry.raw_sample_rate", "0 (off) to 1"),
-        ("[telemetry]\nraw_sample_rate = -0.1", "telemetry.raw_sample_rate", "0 (off) to 1"),
-        ("[telemetry]\nraw_sample_rate = nan", "telemetry.raw_sample_rate", "0 (off) to 1"),
-        ('[telemetry]\nraw_sample_rate = "1%"', "telemetry.raw_sample_rate", "expected int"),
-        ("[telemetry]\nraw_sample = 0.1", "telemetry.raw_sample", "'raw_sample_rate'"),
-    ],
-)
-def test_cap_and_sampling_keys_refuse_wrong_values(
-    tmp_path: Path, body: str, where: str, expected: str
-) -> None:
-    _refused(tmp_path, body, where, expected)
-
-
-def _refused(tmp_path: Path, body: str, where: str, expected: str) -> None:
-    """A device file with `body` is refused, naming the file, the key and what was expected."""
-    from edge_agent.config import load_config
-    from edge_agent.errors import ConfigError
-
-    path = tmp_path / "device.toml"
-    path.write_text(f'[device]\nid = "d1"\n{body}\n')
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    text = str(info.value)
-    assert text.startswith(f"{path}: ") and where in text and expected in text, text
 
 
 # ---- a disk that fills or goes read-only (real tmpfs mounts) ---------------------------------

@@ -301,3 +301,78 @@ def test_the_readme_device_file_is_valid(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, readme[start : readme.index("TOML\n", start)]))
     assert cfg.profile_name == "raspberry-pi-4" and cfg.password == "secret"
     assert cfg.inputs[0]["kind"] == "serial"
+
+
+# ---- [buffer], [telemetry] and [drift] keys --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "expected"),
+    [
+        ("[buffer]\nmax_bytes = 0", "buffer.max_bytes", "positive"),
+        ('[buffer]\nmax_bytes = "1MB"', "buffer.max_bytes", "expected int"),
+        ("[telemetry]\ndrain_rate = -1", "telemetry.drain_rate", "0 (off) or a positive"),
+        ("[telemetry]\ndrain_rate = inf", "telemetry.drain_rate", "0 (off) or a positive"),
+        ("[drift]\nwindow_s = -2", "drift.window_s", "0 (off) or a positive"),
+        ("[drift]\ncapture = 1", "drift.capture", "expected bool"),
+        ("[drift]\ncapture_rows = 0", "drift.capture_rows", "1 to 1000 rows"),
+        ("[drift]\ncapture_rows = 5000", "drift.capture_rows", "1 to 1000 rows"),
+        ("[drift]\ncaptures = true", "drift.captures", "Did you mean 'capture'"),
+    ],
+)
+def test_new_config_keys_refuse_wrong_values(
+    tmp_path: Path, body: str, where: str, expected: str
+) -> None:
+    _refused(tmp_path, body, where, expected)
+
+
+def test_new_config_keys_have_safe_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "device.toml"
+    path.write_text('[device]\nid = "d1"\n')
+    cfg = load_config(path)
+    assert cfg.get("drift", "capture") is False  # raw inputs stay on the device by default
+    assert cfg.get("drift", "window_s") == 0
+    assert cfg.get("telemetry", "drain_rate") > 0
+    assert cfg.get("buffer", "max_bytes") > 0
+
+
+def test_caps_per_class_come_from_the_profile(tmp_path: Path) -> None:
+    path = tmp_path / "device.toml"
+    path.write_text('[device]\nid = "d1"\n[buffer.caps.events]\nmax_rows = 500\n')
+    caps = load_config(path).get("buffer", "caps")
+    assert caps["events"]["max_rows"] == 500
+    assert caps["events"]["max_bytes"] > 0  # the base's, merged under the device's own key
+    assert set(caps) == {"events", "drift", "telemetry"}
+    assert load_config(path).get("telemetry", "raw_sample_rate") == 0  # off by default
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "expected"),
+    [
+        ("[buffer.caps.telemetry]\nmax_rows = 0", "buffer.caps.telemetry.max_rows", "positive"),
+        ("[buffer.caps.drift]\nmax_bytes = 1.5", "buffer.caps.drift.max_bytes", "expected int"),
+        ("[buffer.caps.events]\nmax_row = 5", "buffer.caps.events.max_row", "'max_rows'"),
+        ("[buffer.caps.telemetri]\nmax_rows = 5", "buffer.caps.telemetri", "'telemetry'"),
+        ("[buffer]\ncaps = 5", "buffer.caps", "expected a table"),
+        ("[buffer.caps]\nevents = 5", "buffer.caps.events", "expected a table"),
+        ("[telemetry]\nraw_sample_rate = 1.5", "telemetry.raw_sample_rate", "0 (off) to 1"),
+        ("[telemetry]\nraw_sample_rate = -0.1", "telemetry.raw_sample_rate", "0 (off) to 1"),
+        ("[telemetry]\nraw_sample_rate = nan", "telemetry.raw_sample_rate", "0 (off) to 1"),
+        ('[telemetry]\nraw_sample_rate = "1%"', "telemetry.raw_sample_rate", "expected int"),
+        ("[telemetry]\nraw_sample = 0.1", "telemetry.raw_sample", "'raw_sample_rate'"),
+    ],
+)
+def test_cap_and_sampling_keys_refuse_wrong_values(
+    tmp_path: Path, body: str, where: str, expected: str
+) -> None:
+    _refused(tmp_path, body, where, expected)
+
+
+def _refused(tmp_path: Path, body: str, where: str, expected: str) -> None:
+    """A device file with `body` is refused, naming the file, the key and what was expected."""
+    path = tmp_path / "device.toml"
+    path.write_text(f'[device]\nid = "d1"\n{body}\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}: ") and where in text and expected in text, text
