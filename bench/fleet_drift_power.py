@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from dashboard_fleet import card_json, predict_sign
 
 from cloud_hub.drift.fleet import Report, fleet_drift
 from edge_agent.drift import DriftMonitor
 from edge_agent.protocol.card import parse_card
 from edge_agent.protocol.messages import ModelRef
+from tests.support.dashboard_fleet import card_json, predict_sign
 
 FEATURES = 10
 WINDOW = 200

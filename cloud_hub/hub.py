@@ -133,6 +133,9 @@ class Hub:
         self.session = MqttSession(client_id, broker, persistent=True, manual_ack=True)
         for kind in ("status", "telemetry", "drift", "events", "xfer/req"):
             self.session.subscribe_acked(self.topics.any_device(kind), self._queue, share=share)
+        # what answers a device's transfer request (xfer/req): `serve_chunks`; a test wraps it
+        # to withhold chunks, or to put something on the broker while a device waits for them
+        self.on_xfer_request: Callable[[str, bytes], None] = self.serve_chunks
         self._targets: dict[str, bytes] = {}
         self._transfer_keys: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._published_ts = 0
@@ -215,7 +218,7 @@ class Hub:
             self._same_device(device, status.device, kind)
             return status
         if kind == "xfer/req":
-            self._serve_chunks(device, payload)
+            self.on_xfer_request(device, payload)
             return None
         batch = decode_batch(payload, kind)
         self._same_device(device, batch.device, kind)
@@ -371,7 +374,8 @@ class Hub:
         log.info("published TUF metadata, timestamp version %d", version)
 
     # ---- transfer -----------------------------------------------------------------------
-    def _serve_chunks(self, device: str, payload: bytes) -> None:
+    def serve_chunks(self, device: str, payload: bytes) -> None:
+        """Publishes the chunks `payload` (an xfer/req of `device`) asks for."""
         req = decode_xfer_request(payload, MAX_CHUNKS_PER_REQUEST)
         data = self._targets.get(req.target)
         if data is None:

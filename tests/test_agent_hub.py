@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -20,53 +18,12 @@ from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.operations import publish_bundle, start_rollout
 from converters.pipeline import build_bundle
 from edge_agent.agent import Agent
-from edge_agent.errors import MessageError
-from edge_agent.protocol.messages import Command, ModelRef, decode_batch, decode_status, encode
-from tests.device_rig import enrolled, hub_and_agent
+from edge_agent.protocol.messages import Command, ModelRef, encode
+from tests.support.device_rig import enrolled, hub_and_agent
+from tests.support.watch import DeviceWatcher
 
 pytestmark = pytest.mark.broker
 DEVICE = "pi-01"
-
-
-class Watcher:
-    """Sees what devices publish; tests wait on its condition, not on the clock."""
-
-    def __init__(self, broker: RunningBroker) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.status: dict[str, Any] = {}
-        self._changed = threading.Condition()
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-        self.client.on_message = self._message
-        self.client.connect(broker.host, broker.port)
-        self.client.subscribe("edgefleet/dev/+/events", qos=1)
-        self.client.subscribe("edgefleet/dev/+/status", qos=1)
-        self.client.loop_start()
-
-    def _message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._changed:
-            try:
-                if msg.topic.endswith("/events"):
-                    batch = decode_batch(msg.payload, "events")
-                    self.events.extend(r.body for r in batch.records)
-                else:
-                    self.status = decode_status(msg.payload).to_json()
-            except MessageError:
-                return  # the tests publish garbage on purpose
-            self._changed.notify_all()
-
-    def wait(self, what: str, check: Callable[[], bool], timeout: float = 30) -> None:
-        with self._changed:
-            assert self._changed.wait_for(check, timeout), f"timed out waiting for {what}"
-
-    def has_event(self, event: str, version: int) -> bool:
-        return any(
-            e["event"] == event and (e["model"] or {}).get("version") == version
-            for e in self.events
-        )
-
-    def stop(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 @dataclass
@@ -74,7 +31,7 @@ class Fleet:
     home: Path
     hub: Hub
     agent: Agent
-    watcher: Watcher
+    watcher: DeviceWatcher
     broker: RunningBroker
 
 
@@ -96,7 +53,7 @@ def _bundle(tmp: Path, version: int, max_latency_ms: float | None = None) -> Pat
 @pytest.fixture
 def fleet(broker: RunningBroker, tmp_path: Path) -> Iterator[Fleet]:
     home, cfg_path = enrolled(tmp_path, broker, DEVICE, "[telemetry]\nstatus_interval_s = 0.2\n")
-    watcher = Watcher(broker)
+    watcher = DeviceWatcher(broker)
     with hub_and_agent(home, broker, cfg_path) as (hub, agent):
         watcher.wait("the agent's birth", lambda: watcher.status.get("online") is True)
         yield Fleet(home, hub, agent, watcher, broker)

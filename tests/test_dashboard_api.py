@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dashboard_fleet import TOKEN, HubWithDashboard, SimDevice, http, running_hub
 from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_hub.broker.local import RunningBroker
 from edge_agent.protocol.messages import Batch, ModelRef, Record, StorageCondition
+from tests.support.dashboard_fleet import TOKEN, HubWithDashboard, SimDevice, http, running_hub
 
 pytestmark = pytest.mark.broker
 V1 = ModelRef("climate", 1)

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dashboard_fleet import (
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from cloud_hub.broker.local import RunningBroker
+from cloud_hub.rollout import engine as ro
+from edge_agent.drift import DriftMonitor
+from edge_agent.protocol.card import parse_card
+from edge_agent.protocol.messages import ModelRef, StorageCondition
+from tests.support.dashboard_fleet import (
     FEATURES,
     TOKEN,
     HubWithDashboard,
@@ -22,13 +29,6 @@ from dashboard_fleet import (
     publish_card,
     running_hub,
 )
-from playwright.sync_api import Browser, Page, expect, sync_playwright
-
-from cloud_hub.broker.local import RunningBroker
-from cloud_hub.rollout import engine as ro
-from edge_agent.drift import DriftMonitor
-from edge_agent.protocol.card import parse_card
-from edge_agent.protocol.messages import ModelRef, StorageCondition
 
 pytestmark = pytest.mark.broker
 REQUIRE_BROWSER_ENV = "EDGEFLEET_REQUIRE_BROWSER"

@@ -14,7 +14,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from dashboard_fleet import TOKEN, SimDevice, http
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,6 +22,7 @@ from cloud_hub.cli import app as hub_cli
 from cloud_hub.rollout.operations import init_hub
 from cloud_hub.web.server import TOKEN_ENV, load_token, parse_listen
 from edge_agent.errors import ConfigError
+from tests.support.dashboard_fleet import TOKEN, SimDevice, http
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cloud_hub.broker.local import RunningBroker, start_mosquitto
 from cloud_hub.rollout.operations import init_hub
 from edge_agent.protocol.messages import Batch, Record, encode
-from tests.device_rig import Device
+from tests.support.device_rig import Device
 
 pytestmark = pytest.mark.broker
 WAIT_S = 60.0

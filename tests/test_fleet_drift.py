@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from dashboard_fleet import bundle_of, card_json, predict_sign
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -40,6 +39,7 @@ from edge_agent.errors import MessageError
 from edge_agent.protocol.card import ModelCard, parse_card
 from edge_agent.protocol.messages import Batch, ModelRef, Record
 from edge_agent.protocol.records import DriftReport
+from tests.support.dashboard_fleet import bundle_of, card_json, predict_sign
 
 FEATURES = ["temperature", "humidity", "pressure", "light"]
 REFERENCE_ROWS = 100_000

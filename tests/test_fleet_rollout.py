@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sklearn.datasets import load_iris
 from sqlalchemy import text
-from test_agent_hub import Watcher, _bundle, _publish
+from test_agent_hub import _bundle, _publish
 
 from cloud_hub.broker.local import RunningBroker
 from cloud_hub.hub import Hub
@@ -29,6 +29,7 @@ from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.mqtt.session import BrokerAddress
 from edge_agent.protocol.messages import ModelRef, XferRequest, encode
+from tests.support.watch import DeviceWatcher
 
 pytestmark = pytest.mark.broker
 WAIT_S = 60
@@ -40,7 +41,7 @@ class Rig:
     tmp: Path
     broker: RunningBroker
     home: Path
-    watcher: Watcher
+    watcher: DeviceWatcher
     readings: Path
     offset: float = 0.0
     hub: Hub | None = None
@@ -116,38 +117,14 @@ class Rig:
         assert not thread.is_alive()
 
     def online(self, name: str) -> bool:
-        return bool(self.watcher.statuses.get(name, {}).get("online"))
+        return bool(self.watcher.status_of(name).get("online"))
 
     def running(self, name: str) -> int | None:
-        model = self.watcher.statuses.get(name, {}).get("model")
+        model = self.watcher.status_of(name).get("model")
         return model["version"] if model else None
 
     def events_of(self, name: str, version: int) -> list[str]:
-        return [
-            e["event"]
-            for e in self.watcher.device_events.get(name, [])
-            if (e["model"] or {}).get("version") == version
-        ]
-
-
-class FleetWatcher(Watcher):
-    """The Watcher of test_agent_hub, keeping status and events per device."""
-
-    def __init__(self, broker: RunningBroker) -> None:
-        self.statuses: dict[str, dict[str, Any]] = {}
-        self.device_events: dict[str, list[dict[str, Any]]] = {}
-        super().__init__(broker)
-        self.client.on_message = self._each
-
-    def _each(self, c: Any, u: Any, msg: Any) -> None:
-        before = len(self.events)
-        self._message(c, u, msg)
-        device = msg.topic.split("/")[2]
-        with self._changed:
-            if msg.topic.endswith("/status") and self.status.get("device") == device:
-                self.statuses[device] = dict(self.status)
-            self.device_events.setdefault(device, []).extend(self.events[before:])
-            self._changed.notify_all()
+        return self.watcher.names(version, name)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +145,7 @@ def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[Rig]:
     x, _ = load_iris(return_X_y=True)
     readings = tmp_path / "readings.csv"
     readings.write_text("".join(",".join(f"{v:g}" for v in row) + "\n" for row in x))
-    watcher = FleetWatcher(broker)
+    watcher = DeviceWatcher(broker)
     r = Rig(tmp_path, broker, home, watcher, readings)
     r.start_hub()
     try:
@@ -271,7 +248,7 @@ class SensorPipe:
 
 
 def _stats(rig: Rig, name: str) -> dict[str, Any]:
-    return dict(rig.watcher.statuses.get(name, {}).get("stats", {}))
+    return dict(rig.watcher.status_of(name).get("stats", {}))
 
 
 def _telemetry_of(rig: Rig, name: str, version: int) -> list[dict[str, Any]]:

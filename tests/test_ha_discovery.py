@@ -10,7 +10,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from dashboard_fleet import TOPICS, SimDevice
 from jinja2 import Environment, StrictUndefined
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -19,6 +18,7 @@ from cloud_hub.ha_discovery import HaDiscovery, discovery_messages, node_id
 from edge_agent.errors import ConfigError
 from edge_agent.mqtt.session import BrokerAddress
 from edge_agent.protocol.messages import Batch, ModelRef, Record, Status, encode
+from tests.support.dashboard_fleet import TOPICS, SimDevice
 
 
 def render(template: str, payload: bytes) -> str:

@@ -17,7 +17,7 @@ from cloud_hub.broker.local import RunningBroker
 from cloud_hub.hub import Hub
 from cloud_hub.store.database import Store, default_url
 from edge_agent.mqtt.session import BrokerAddress
-from tests.device_rig import Device
+from tests.support.device_rig import Device
 
 pytestmark = pytest.mark.broker
 DEVICE = "pi-07"

@@ -24,7 +24,7 @@ from cloud_hub.cli import app as hub_cli
 from cloud_hub.hub import Hub
 from cloud_hub.web.metrics import registry_for
 from edge_agent.agent import Agent
-from tests.device_rig import enrolled, hub_and_agent
+from tests.support.device_rig import enrolled, hub_and_agent
 
 pytestmark = pytest.mark.broker
 DEVICE = "pi-serial"

@@ -1,8 +1,8 @@
 """Key rotation, passphrases, `edgehub keys`, and checking signatures with openssl.
 
 Devices are the real `Verifier` on `tuf.ngclient`, fed `repo.published()` directly as the retained
-`fleet/tuf/...` messages would (no broker), as in test_trust.py. Bundles are plain bytes: TUF
-only cares about their length and hashes.
+`fleet/tuf/...` messages would (no broker), as in test_update_verify.py. Bundles are plain bytes:
+TUF only cares about their length and hashes.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _no_env_passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
 
 
-# --- hub and device helpers (the patterns of test_trust.py) --------------------------------------
+# --- hub and device helpers (the patterns of test_update_verify.py) -----------------------------
 
 
 def bundle_bytes(model: ModelRef) -> bytes:

@@ -39,12 +39,13 @@ from converters.pipeline import build_bundle
 from edge_agent import cli as agent_cli
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-from edge_agent.errors import ConfigError, MessageError
+from edge_agent.errors import ConfigError
 from edge_agent.mqtt.session import JITTERS, Backoff, BrokerAddress
-from edge_agent.protocol.messages import Command, ModelRef, decode_batch, decode_status, encode
+from edge_agent.protocol.messages import Command, ModelRef, decode_status, encode
 from edge_agent.system.service_unit import ServiceSpec, render_unit
 from edge_agent.update.store import ModelStore
 from edge_agent.uplink.buffer import Buffer
+from tests.support.watch import DeviceWatcher, sigkill_on
 
 DEVICE = "pi-01"
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,75 +144,6 @@ def _device_file(
     return path
 
 
-class Watcher:
-    """Sees what the device publishes on its status and events topics. Tests wait on its
-    condition; `kill_on` SIGKILLs a process from paho's thread the moment an event arrives."""
-
-    def __init__(self, broker: RunningBroker) -> None:
-        self.events: dict[tuple[int, int], dict[str, Any]] = {}  # (boot, seq) -> body
-        self.statuses: list[dict[str, Any]] = []
-        self._changed = threading.Condition()
-        self._trigger: tuple[str, int, int] | None = None  # event, version, pid
-        self.fired = threading.Event()
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-        self.client.on_connect = self._connected
-        self.client.on_message = self._message
-        self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-
-    def _connected(self, client: mqtt.Client, *_: Any) -> None:
-        client.subscribe([(f"edgefleet/dev/{DEVICE}/{t}", 1) for t in ("events", "status")])
-
-    def _message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            if msg.topic.endswith("/events"):
-                batch = decode_batch(msg.payload, "events")
-                records = {(r.boot, r.seq): r.body for r in batch.records}
-                self._maybe_kill(records.values())
-                with self._changed:
-                    self.events.update(records)
-                    self._changed.notify_all()
-            else:
-                status = decode_status(msg.payload).to_json()
-                with self._changed:
-                    self.statuses.append(status)
-                    self._changed.notify_all()
-        except MessageError:
-            return
-
-    def _maybe_kill(self, bodies: Any) -> None:
-        trigger = self._trigger
-        if trigger is None or self.fired.is_set():
-            return
-        event, version, pid = trigger
-        if any(_is(b, event, version) for b in bodies):
-            os.kill(pid, signal.SIGKILL)
-            self.fired.set()
-
-    def kill_on(self, event: str, version: int, pid: int) -> None:
-        self._trigger = (event, version, pid)
-
-    def wait(self, what: str, check: Callable[[], bool], timeout: float = WAIT_S) -> None:
-        with self._changed:
-            assert self._changed.wait_for(check, timeout), f"timed out waiting for {what}"
-
-    def has_event(self, event: str, version: int) -> bool:
-        return any(_is(b, event, version) for b in list(self.events.values()))
-
-    @property
-    def status(self) -> dict[str, Any]:
-        return self.statuses[-1] if self.statuses else {}
-
-    def stop(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-def _is(body: dict[str, Any], event: str, version: int) -> bool:
-    return body.get("event") == event and (body.get("model") or {}).get("version") == version
-
-
 def _retained_status(broker: RunningBroker) -> dict[str, Any]:
     """What a dashboard that connects now is told about the device (the retained status)."""
     got: list[dict[str, Any]] = []
@@ -256,7 +188,7 @@ class Rig:
     broker: RunningBroker
     home: Path
     hub: Hub
-    watcher: Watcher
+    watcher: DeviceWatcher
     config: Path
     state: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -340,7 +272,7 @@ def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[Rig]:
     config = _device_file(tmp_path / "dev", broker, readings)
     state = tmp_path / "dev" / "state"
     enroll_device(home, DEVICE, state)
-    watcher = Watcher(broker)
+    watcher = DeviceWatcher(broker, DEVICE)
     hub = Hub(home, BrokerAddress(broker.host, broker.port))
     stop = threading.Event()
     thread = threading.Thread(target=hub.run, args=(stop,), daemon=True)
@@ -426,7 +358,7 @@ def test_agent_session_reconnects_after_a_broker_restart(
     init_hub(tmp_path / "hub")
     enroll_device(tmp_path / "hub", DEVICE, tmp_path / "dev" / "state")
     agent = Agent(load_config(_device_file(tmp_path / "dev", broker)))
-    watcher = Watcher(broker)
+    watcher = DeviceWatcher(broker, DEVICE)
     try:
         agent.start()
         assert agent.session.connected.wait(WAIT_S)
@@ -437,7 +369,7 @@ def test_agent_session_reconnects_after_a_broker_restart(
         # the session connected again (not the broker replaying the retained one)
         watcher.wait(
             "a birth after the broker restart",
-            lambda: any(s["online"] and s["ts"] > restarting for s in watcher.statuses),
+            lambda: any(s["online"] and s["ts"] > restarting for s in watcher.status_history),
         )
         assert agent.session.connected.wait(WAIT_S)
         assert agent.session.reconnects == 1
@@ -694,7 +626,8 @@ def test_the_unit_runs_the_edge_agent_that_installed_it(
 def test_unit_without_a_dialout_group_still_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(agent_cli, "_group_exists", lambda _name: False)
+    # a group no system has: the real lookup finds none of the groups the unit would name
+    monkeypatch.setattr(agent_cli, "SERIAL_GROUPS", ("edgefleet-no-such-group",))
     config = _device_file(tmp_path / "dev", None)
     unit = tmp_path / "edge-agent.service"
     argv = ["install-service", "--config", str(config), "--user", _me(), "--output", str(unit)]
@@ -760,10 +693,10 @@ def test_sigkill_during_an_install(rig: Rig, bundles: dict[int, Path], kill_on: 
     w.wait("iris@1 healthy", lambda: w.has_event("healthy", 1))
 
     publish_bundle(rig.home, bundles[2])
-    w.kill_on(kill_on, 2, agent.pid)
+    fired = sigkill_on(w, kill_on, 2, agent.pid)
     r = start_rollout(rig.home, ModelRef("iris", 2), "1")
     assert agent.wait(WAIT_S) == -signal.SIGKILL, rig.logs()
-    assert w.fired.is_set()
+    assert fired.is_set()
 
     agent = rig.start_agent()  # boot 2: resumes the pending deploy
     rig.hub_wait("the rollout to finish", lambda: rig.rollout_state(r.id) != ro.RUNNING)
@@ -891,5 +824,5 @@ def test_sigkill_between_install_and_health_gate_still_gates(
         lambda: w.has_event("healthy", 2) or w.has_event("rolled-back", 2),
     )
     rig.stop_agent(agent)
-    assert w.has_event("rolled-back", 2), [e["event"] for e in w.events.values()]
+    assert w.has_event("rolled-back", 2), [e["event"] for e in w.events]
     assert ModelStore(rig.state / "models").record().current == ModelRef("iris", 1)

@@ -12,7 +12,6 @@ import base64
 import json
 import re
 import threading
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,19 +38,17 @@ from cloud_hub.store.database import Store, default_url
 from converters.pipeline import build_bundle
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-from edge_agent.errors import MessageError
 from edge_agent.mqtt.session import BrokerAddress
 from edge_agent.protocol.messages import (
     Command,
     ModelRef,
-    decode_batch,
-    decode_status,
     decode_xfer_chunk,
     encode,
 )
 from edge_agent.protocol.topics import Topics
 from edge_agent.protocol.transfer import CHUNK_SIZE, chunk_bounds, chunk_count
 from edge_agent.system.identity import create_identity, identity_paths
+from tests.support.watch import DeviceWatcher, close, subscriber
 
 pytestmark = pytest.mark.broker
 
@@ -111,103 +108,20 @@ def broker(mosquitto_binary: str, tmp_path: Path) -> Iterator[RunningBroker]:
         running.stop()
 
 
-def _client(broker: RunningBroker, topics: list[str], on_message: Any) -> mqtt.Client:
-    """A connected client with a persistent session that subscribes on every connect (so it
-    sees through a broker restart what was published meanwhile); returns once subscribed."""
-    subscribed = threading.Event()
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=f"test-{uuid.uuid4().hex[:12]}",
-        clean_session=False,
-    )
-    client.on_message = on_message
-    client.on_connect = lambda c, *_: c.subscribe([(t, 1) for t in topics])
-    client.on_subscribe = lambda *_: subscribed.set()
-    client.reconnect_delay_set(min_delay=0.05, max_delay=0.5)  # type: ignore[arg-type]
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    assert subscribed.wait(10), f"no SUBACK for {topics}"
-    return client
-
-
-def _close(client: mqtt.Client) -> None:
-    client.disconnect()  # first: it wakes the network loop, so loop_stop returns at once
-    client.loop_stop()
-
-
-class Watcher:
-    """What the device publishes (events, status) and the TUF timestamp version on the broker."""
-
-    def __init__(self, broker: RunningBroker) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.status: dict[str, Any] = {}
-        self.statuses = 0
-        self.timestamp_version = 0
-        self._changed = threading.Condition()
-        self.client = _client(
-            broker,
-            [
-                TOPICS.device(DEVICE, "events"),
-                TOPICS.device(DEVICE, "status"),
-                TOPICS.tuf("timestamp.json"),
-            ],
-            self._message,
-        )
-
-    def _message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._changed:
-            try:
-                if msg.topic.endswith("/events"):
-                    self.events.extend(r.body for r in decode_batch(msg.payload, "events").records)
-                elif msg.topic.endswith("/status"):
-                    self.status = decode_status(msg.payload).to_json()
-                    self.statuses += 1
-                else:
-                    self.timestamp_version = json.loads(msg.payload)["signed"]["version"]
-            except (MessageError, ValueError, KeyError):
-                return  # the tests publish garbage on purpose
-            self._changed.notify_all()
-
-    def wait(self, what: str, check: Callable[[], bool], timeout: float = 30) -> None:
-        with self._changed:
-            assert self._changed.wait_for(check, timeout), f"timed out waiting for {what}"
-
-    def find(self, event: str, version: int, after: int = 0) -> dict[str, Any] | None:
-        with self._changed:
-            for e in self.events[after:]:
-                if e["event"] == event and (e["model"] or {}).get("version") == version:
-                    return e
-        return None
-
-    def event(self, event: str, version: int, after: int = 0) -> dict[str, Any]:
-        """Wait for `event` about iris@`version` (among the events from index `after` on)."""
-        self.wait(f"{event} iris@{version}", lambda: self.find(event, version, after) is not None)
-        found = self.find(event, version, after)
-        assert found is not None
-        return found
-
-    def names(self, version: int) -> list[str]:
-        with self._changed:
-            return [e["event"] for e in self.events if (e["model"] or {}).get("version") == version]
-
-    def stop(self) -> None:
-        _close(self.client)
-
-
 class Sniffer:
     """A separate subscriber on the device's xfer/chunk topic: what travels over the broker."""
 
     def __init__(self, broker: RunningBroker) -> None:
         self.payloads: list[bytes] = []
         self._lock = threading.Lock()
-        self.client = _client(broker, [TOPICS.device(DEVICE, "xfer/chunk")], self._message)
+        self.client = subscriber(broker, [TOPICS.device(DEVICE, "xfer/chunk")], self._message)
 
     def _message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
             self.payloads.append(bytes(msg.payload))
 
     def stop(self) -> list[bytes]:
-        _close(self.client)
+        close(self.client)
         with self._lock:
             return list(self.payloads)
 
@@ -227,7 +141,7 @@ class Injector:
         assert info.is_published(), f"the broker did not acknowledge {topic}"
 
     def stop(self) -> None:
-        _close(self.client)
+        close(self.client)
 
 
 # --------------------------------------------------------------------------- the fleet
@@ -240,7 +154,7 @@ class Fleet:
     home: Path
     broker: RunningBroker
     hub: Hub
-    watcher: Watcher
+    watcher: DeviceWatcher
     injector: Injector
     cfg_path: Path
     agent: Agent | None = None
@@ -307,12 +221,12 @@ class Fleet:
         assert agent.store.record().current == model
         assert agent.pipeline.active is not None and agent.pipeline.active.card.model == model
         inferred = agent.pipeline.stats.snapshot()["inferences"]
-        seen = w.statuses
+        seen = w.status_count
         agent.lines.put(("csv", IRIS_ROW))
         w.wait(
             f"a status showing {model} after one more inference",
             lambda: (
-                w.statuses > seen
+                w.status_count > seen
                 and w.status["stats"]["inferences"] > inferred
                 and w.status["model"] == model.to_json()
             ),
@@ -346,7 +260,7 @@ def make_fleet(broker: RunningBroker, tmp_path: Path) -> Iterator[Callable[..., 
             "[telemetry]\nstatus_interval_s = 0.2\n"
             f"[limits]\ntransfer_window = {WINDOW}\n{limits}\n"
         )
-        watcher = Watcher(broker)
+        watcher = DeviceWatcher(broker, DEVICE, tuf=True)
         hub = Hub(home, BrokerAddress(broker.host, broker.port))
         fleet = Fleet(home, broker, hub, watcher, Injector(broker), cfg_path)
         fleets.append(fleet)
@@ -498,7 +412,7 @@ def test_truncated_transfers_are_rejected(make_fleet: Any, bundles: Bundles) -> 
 
     # the hub stops serving altogether: the device gives up after its transfer timeout
     seen = len(w.events)
-    fleet.hub._serve_chunks = lambda device, payload: None  # type: ignore[method-assign]
+    fleet.hub.on_xfer_request = lambda device, payload: None
     fleet.roll(v2)
     reason = w.event("rejected", 2, after=seen)["reason"]
     assert reason.startswith("truncated: "), reason
@@ -672,7 +586,7 @@ def test_bad_chunk_messages_kill_nothing(make_fleet: Any, bundles: Bundles) -> N
             }
         ).encode(),
     ]
-    serve = fleet.hub._serve_chunks
+    serve = fleet.hub.serve_chunks
     injected = threading.Event()
 
     def inject_then_serve(device: str, payload: bytes) -> None:
@@ -682,7 +596,7 @@ def test_bad_chunk_messages_kill_nothing(make_fleet: Any, bundles: Bundles) -> N
                 fleet.inject(topic, bad)
         serve(device, payload)
 
-    fleet.hub._serve_chunks = inject_then_serve  # type: ignore[method-assign]
+    fleet.hub.on_xfer_request = inject_then_serve
     bad_before = fleet.running.bad_messages
     v1 = fleet.install(bundles.v1)
 

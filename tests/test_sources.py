@@ -555,10 +555,10 @@ def test_serial_source_opens_a_pty_with_parity_bytesize_and_stopbits(
     master, slave_name = pty_pair
     rec = Recorder()
     src = source_from_config(
-        {"kind": "serial", "port": slave_name, "parity": parity, "bytesize": 7, "stopbits": 2}
+        {"kind": "serial", "port": slave_name, "parity": parity, "bytesize": 7, "stopbits": 2},
+        on_status=rec.on_status,
     )
     assert isinstance(src, SerialSource)
-    src._on_status = rec.on_status  # the factory takes no callbacks
     src.start(rec.on_line)
     try:
         rec.wait_event("opened")

@@ -8,7 +8,7 @@ from typing import Any
 
 from edge_agent.checks import suggest
 from edge_agent.errors import ConfigError
-from edge_agent.sources.base import Source
+from edge_agent.sources.base import OnStatus, Source
 from edge_agent.sources.file import FileSource
 from edge_agent.sources.line_parser import FORMATS
 from edge_agent.sources.mqtt import MqttSource
@@ -30,9 +30,10 @@ _KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[..., Source]]
     ),
     "file": (("path",), ("rate_hz", "loop", "name", "max_line_bytes"), FileSource),
 }
+_CONNECTED = ("serial", "mqtt")  # the kinds with a connection whose events `on_status` hears
 
 
-def source_from_config(cfg: Mapping[str, Any]) -> Source:
+def source_from_config(cfg: Mapping[str, Any], on_status: OnStatus | None = None) -> Source:
     """A source from its config table, e.g. {"kind": "serial", "port": "/dev/ttyUSB0"}.
 
     serial: port (required), baudrate, parity, bytesize, stopbits, reopen_delay, name,
@@ -41,7 +42,9 @@ def source_from_config(cfg: Mapping[str, Any]) -> Source:
     keepalive, name, max_line_bytes.
     file: path (required; "-" is stdin), rate_hz, loop, name, max_line_bytes.
 
-    Building a source does no I/O (nothing is opened before start()), so this also validates.
+    `on_status(event, error)` hears a serial or mqtt source's connection events (a file has
+    none). Building a source does no I/O (nothing is opened before start()), so this also
+    validates.
     """
     where = "source config"
     if not isinstance(cfg, Mapping):
@@ -65,6 +68,8 @@ def source_from_config(cfg: Mapping[str, Any]) -> Source:
                 f" expected one of {', '.join(sorted(allowed))}.{suggest(str(key), allowed)}"
             )
     settings = {k: v for k, v in cfg.items() if k != "kind"}
+    if on_status is not None and kind in _CONNECTED:
+        settings["on_status"] = on_status
     return build(**settings)
 
 
