@@ -163,12 +163,18 @@ def test_links_stay_inside_the_repository() -> None:
         assert not bad_links(doc), f"{doc.relative_to(REPO)}: {bad_links(doc)}"
 
 
-def test_the_architecture_names_modules_that_exist() -> None:
-    """docs/architecture.md maps questions to modules; after a move it must follow."""
-    named = named_paths(ARCHITECTURE.read_text(encoding="utf-8"))
-    assert len(named) >= 20, named
-    gone = [p for p in named if not list(REPO.glob(p.rstrip("/")))]
-    assert not gone, f"docs/architecture.md names paths that are not in the repository: {gone}"
+def test_the_architecture_and_the_layout_name_paths_that_exist() -> None:
+    """docs/architecture.md maps questions to modules and README.md's Layout names folders; after
+    a move both must follow."""
+    layout = README.read_text(encoding="utf-8").split("\n## Layout\n", 1)[1].split("\n## ")[0]
+    for doc, text, least in [
+        ("docs/architecture.md", ARCHITECTURE.read_text(encoding="utf-8"), 20),
+        ("README.md's Layout", layout, 6),
+    ]:
+        named = named_paths(text)
+        assert len(named) >= least, f"{doc}: expected {least} paths or more, got {named}"
+        gone = [p for p in named if not list(REPO.glob(p.rstrip("/")))]
+        assert not gone, f"{doc} names paths that are not in the repository: {gone}"
 
 
 # --- the README's blocks, run ------------------------------------------------------------
@@ -245,10 +251,15 @@ def test_readme_shell_blocks_run_as_written(mosquitto_binary: str, tmp_path: Pat
         start_new_session=True,
     )
 
+    log = tmp_path / "readme.log"  # the whole session, background processes included
+
     def read() -> None:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
+        with log.open("w", encoding="utf-8") as kept:
+            for line in proc.stdout:
+                kept.write(line)
+                kept.flush()
+                lines.put(line)
         lines.put(None)
 
     threading.Thread(target=read, daemon=True).start()
@@ -291,8 +302,8 @@ def test_readme_shell_blocks_run_as_written(mosquitto_binary: str, tmp_path: Pat
     if failed is not None:
         block = blocks[failed]
         pytest.fail(
-            f"README.md:{block.line}: the block exited {rc}; its output ended with:\n"
-            + "".join(outputs[failed][-60:]),
+            f"README.md:{block.line}: the block exited {rc} (the whole session: {log}); "
+            "its output ended with:\n" + "".join(outputs[failed][-60:]),
             pytrace=False,
         )
     assert current == len(blocks) - 1, f"ran {current + 1} of {len(blocks)} blocks"
