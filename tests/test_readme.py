@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.broker import free_port
+from cloud_hub.broker.local import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -111,7 +111,7 @@ def bad_links(path: Path) -> list[str]:
 
 
 def named_paths(text: str) -> list[str]:
-    """Repository paths a doc names in backticks (`edge_agent/buffer.py`, `cloud_hub/*_cli.py`)."""
+    """Repository paths a doc names in backticks (`edge_agent/uplink/buffer.py`, `cloud_hub/*_cli.py`)."""
     return [
         p
         for p in re.findall(r"`([^`\s]+)`", text)
