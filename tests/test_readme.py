@@ -111,7 +111,7 @@ def bad_links(path: Path) -> list[str]:
 
 
 def named_paths(text: str) -> list[str]:
-    """Repository paths a doc names in backticks (`edge_agent/uplink/buffer.py`, `cloud_hub/*_cli.py`)."""
+    """Repository paths a doc names in backticks (`edge_agent/uplink/buffer.py`, `cloud_hub/`)."""
     return [
         p
         for p in re.findall(r"`([^`\s]+)`", text)
