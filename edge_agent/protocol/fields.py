@@ -3,6 +3,7 @@ what was expected and what arrived."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar, overload
 
 from edge_agent.errors import MessageError
@@ -31,4 +32,11 @@ def field_of(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where
         raise MessageError(
             f"{where}.{key}: expected {expected}, got {type_name(value)} {value!r:.60}"
         )
+    return value
+
+
+def matching(value: object, pattern: re.Pattern[str], where: str, expected: str) -> str:
+    """`value` if it is a string `pattern` matches whole; MessageError saying what was expected."""
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise MessageError(f"{where}: expected {expected}, got {value!r}")
     return value

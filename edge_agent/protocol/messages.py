@@ -17,7 +17,7 @@ from typing import Any
 
 from edge_agent.errors import MessageError
 from edge_agent.protocol import SCHEMA_VERSION
-from edge_agent.protocol.fields import field_of, type_name
+from edge_agent.protocol.fields import field_of, matching, type_name
 from edge_agent.protocol.topics import check_device_id
 
 EVENTS = (
@@ -82,12 +82,8 @@ def dump_json(obj: dict[str, Any]) -> bytes:
 
 
 def check_model_name(value: object, where: str) -> str:
-    if not isinstance(value, str) or not _MODEL_NAME.fullmatch(value):
-        raise MessageError(
-            f"{where}: expected a model name of 1-64 lowercase letters, digits, '.', '_' or '-', "
-            f"got {value!r}"
-        )
-    return value
+    expected = "a model name of 1-64 lowercase letters, digits, '.', '_' or '-'"
+    return matching(value, _MODEL_NAME, where, expected)
 
 
 @dataclass(frozen=True)

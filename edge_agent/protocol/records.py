@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 from edge_agent.errors import MessageError
@@ -54,10 +54,19 @@ def _wrong(where: str, expected: str, value: object) -> MessageError:
     return MessageError(f"{where}: expected {expected}, got {_type_name(value)} {value!r:.60}")
 
 
-def _object(value: object, where: str) -> Mapping[str, Any]:
+def _object(value: object, where: str, required: tuple[str, ...] = ()) -> Mapping[str, Any]:
+    """`value` as a JSON object holding at least the `required` fields."""
     if not isinstance(value, Mapping):
         raise _wrong(where, "an object", value)
+    missing = next((key for key in required if key not in value), None)
+    if missing is not None:
+        raise MessageError(f"{where}: missing field {missing!r}")
     return value
+
+
+def _plain(record: Any) -> dict[str, Any]:
+    """The body of a record whose fields are all plain JSON values, in field order."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
 def _finite(value: object, where: str) -> float:
@@ -177,12 +186,7 @@ class WindowInputs:
         )
 
     def to_body(self) -> dict[str, Any]:
-        return {
-            "lost": self.lost,
-            "reopened": self.reopened,
-            "idle_s": self.idle_s,
-            "no_input": self.no_input,
-        }
+        return _plain(self)
 
     @classmethod
     def from_body(cls, body: object, where: str) -> WindowInputs:
@@ -279,10 +283,8 @@ class RawSample:
 
     @classmethod
     def from_body(cls, body: object, where: str) -> RawSample:
-        raw = _object(_object(body, where).get("raw"), f"{where}.raw")
         at = f"{where}.raw"
-        if "model" not in raw:
-            raise MessageError(f"{at}: missing field 'model'")
+        raw = _object(_object(body, where).get("raw"), at, ("model",))
         features = _object(raw.get("features", {}), f"{at}.features")
         return cls(
             model=_model(raw["model"], f"{at}.model"),
@@ -310,11 +312,9 @@ class DriftLevels:
 
     @classmethod
     def from_body(cls, body: object, where: str) -> DriftLevels:
-        obj = _object(body, where)
+        obj = _object(body, where, ("warn", "alert"))
         levels = {}
         for key in ("warn", "alert"):
-            if key not in obj:
-                raise MessageError(f"{where}: missing field {key!r}")
             value = _finite(obj[key], f"{where}.{key}")
             if not 0 < value < 1:
                 raise _wrong(f"{where}.{key}", "a level above 0 and below 1", obj[key])
@@ -364,20 +364,11 @@ class AccuracyEstimate:
     sum: float
 
     def to_body(self) -> dict[str, Any]:
-        return {
-            "expected": self.expected,
-            "reference": self.reference,
-            "change": self.change,
-            "rows": self.rows,
-            "sum": self.sum,
-        }
+        return _plain(self)
 
     @classmethod
     def from_body(cls, body: object, where: str) -> AccuracyEstimate:
-        obj = _object(body, where)
-        for key in ("reference", "rows", "sum"):
-            if key not in obj:
-                raise MessageError(f"{where}: missing field {key!r}")
+        obj = _object(body, where, ("reference", "rows", "sum"))
         rows = _whole(obj["rows"], f"{where}.rows")
         total = _finite(obj["sum"], f"{where}.sum")
         if rows < 1 or not 0 <= total <= rows:
@@ -412,9 +403,7 @@ class WindowCounts:
 
     @classmethod
     def from_body(cls, body: object, where: str) -> WindowCounts:
-        obj = _object(body, where)
-        if "rows" not in obj:
-            raise MessageError(f"{where}: missing field 'rows'")
+        obj = _object(body, where, ("rows",))
         return cls(
             rows=_whole(obj["rows"], f"{where}.rows"),
             bins=_get(obj, "bins", where, _map(_bins), {}),
@@ -579,10 +568,7 @@ class ShadowReport:
 
     @classmethod
     def from_body(cls, body: object, where: str) -> ShadowReport:
-        obj = _object(body, where)
-        for key in ("rows", "agreement"):
-            if key not in obj:
-                raise MessageError(f"{where}: missing field {key!r}")
+        obj = _object(body, where, ("rows", "agreement"))
         return cls(
             current=_maybe(obj, "current", where, _model),
             rows=_whole(obj["rows"], f"{where}.rows"),
@@ -627,9 +613,7 @@ class DeviceEvent:
 
     @classmethod
     def from_body(cls, body: object, where: str) -> DeviceEvent:
-        obj = _object(body, where)
-        if "event" not in obj:
-            raise MessageError(f"{where}: missing field 'event'")
+        obj = _object(body, where, ("event",))
         return cls(
             event=_event(obj["event"], f"{where}.event"),
             model=_maybe(obj, "model", where, _model),

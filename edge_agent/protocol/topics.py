@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from edge_agent.errors import MessageError
+from edge_agent.protocol.fields import matching
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
@@ -16,12 +17,10 @@ DEVICE_DOWN = ("cmd", "ack", "xfer/chunk")
 
 def check_device_id(value: object, where: str = "device id") -> str:
     """A device id is also an MQTT username and a topic level: no wildcards, no slashes."""
-    if not isinstance(value, str) or not _DEVICE_ID.fullmatch(value):
-        raise MessageError(
-            f"{where}: expected 1-64 characters of letters, digits, '.', '_' or '-' "
-            f"starting with a letter or digit, got {value!r}"
-        )
-    return value
+    expected = (
+        "1-64 characters of letters, digits, '.', '_' or '-' starting with a letter or digit,"
+    )
+    return matching(value, _DEVICE_ID, where, expected)
 
 
 @dataclass(frozen=True)
