@@ -13,26 +13,60 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
-from rich.table import Table
-
-from cloud_hub import (
-    broker_cli,
-    drift_cli,
-    fleet_cli,
-    keys_cli,
-    rollout_cli,
-    shadow_cli,
-    simulate_cli,
-)
-from cloud_hub.cli_output import emit as _emit
-from cloud_hub.model_report import card_rows, feature_rows, report_rows, verdict
-from converters.source import QUANTIZE_MODES
+from edge_agent import __version__
+from edge_agent.cli_tools import accept_everywhere, bash_completion
 from edge_agent.errors import EdgefleetError
 from edge_agent.protocol.messages import ModelRef
 
-console = Console()
+# what only the hub extra (`pip install 'edgefleet[hub]'`) brings; the base install is the agent
+HUB_ONLY = (
+    "rich",
+    "sqlalchemy",
+    "sklearn",
+    "skl2onnx",
+    "onnx",
+    "amqtt",
+    "fastapi",
+    "uvicorn",
+    "prometheus_client",
+)
+
+
+def _hub_only(exc: ModuleNotFoundError) -> str | None:
+    """The hub-only package `exc` says is missing, or None."""
+    root = (exc.name or "").split(".")[0]
+    return root if root in HUB_ONLY else None
+
+
+def missing_extra(module: str) -> str:
+    install = "pip install 'edgefleet[hub]'"
+    return f"edgehub: the hub needs the hub extra: {install} (missing module: {module})"
+
+
+try:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+    from rich.table import Table
+
+    from cloud_hub import (
+        broker_cli,
+        drift_cli,
+        fleet_cli,
+        keys_cli,
+        rollout_cli,
+        shadow_cli,
+        simulate_cli,
+    )
+    from cloud_hub.cli_output import console, new_command, show
+    from cloud_hub.cli_output import emit as _emit
+    from cloud_hub.model_report import card_rows, feature_rows, report_rows, verdict
+    from converters.source import QUANTIZE_MODES
+except ModuleNotFoundError as exc:  # the base install: `edgehub` says what to install, once
+    MISSING: str | None = _hub_only(exc)
+    if MISSING is None:
+        raise
+else:
+    MISSING = None
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -100,7 +134,7 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
         table.add_column(col)
     for row in report_rows(built.report):
         table.add_row(*row)
-    console.print(table)
+    show(table)
     console.print(verdict(built.report))
     return 0
 
@@ -115,20 +149,20 @@ def cmd_model_inspect(args: argparse.Namespace) -> int:
     table = Table(title=f"model card of {args.bundle}", show_header=False)
     for row in card_rows(card):
         table.add_row(*row)
-    console.print(table)
+    show(table)
     features = Table(title="input features (drift reference)")
     for col in ("feature", "min", "max", "mean", "std", "missing"):
         features.add_column(col)
     for frow in feature_rows(card):
         features.add_row(*frow)
-    console.print(features)
+    show(features)
     report = card.get("validation", {})
     checks = Table(title="validation")
     for col in ("check", "before", "after"):
         checks.add_column(col)
     for rrow in report_rows(report):
         checks.add_row(*rrow)
-    console.print(checks)
+    show(checks)
     if "parity" in report:
         console.print(verdict(report))
     return 0
@@ -247,12 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edgehub", description="edgefleet hub: sign and roll out models"
     )
-    p.add_argument(
-        "--home",
-        default=os.environ.get("EDGEHUB_HOME", "edgehub-home"),
-        help="hub folder: keys, TUF repository, database (env EDGEHUB_HOME)",
-    )
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--version", action="version", version=f"edgehub {__version__}")
+    _global_options(p, False)
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(
@@ -412,11 +442,43 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="where the demo serves the dashboard (another free port if this one is taken)",
     )
+    sp = add(sub, "completion", cmd_completion, "print a shell completion script")
+    sp.add_argument("shell", choices=["bash"], help="source <(edgehub completion bash)")
+    accept_everywhere(p, _global_options)
     return p
 
 
+def _global_options(p: argparse.ArgumentParser, below: bool) -> None:
+    """--home and -v, before the subcommand or after it (`below`: defaults left to the top)."""
+    p.add_argument(
+        "--home",
+        default=argparse.SUPPRESS if below else os.environ.get("EDGEHUB_HOME", "edgehub-home"),
+        help="hub folder: keys, TUF repository, database (env EDGEHUB_HOME)",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS if below else False,
+        help="log what the hub does (INFO)",
+    )
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    sys.stdout.write(bash_completion(build_parser()))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if MISSING is not None:  # the base install
+        if argv == ["--version"]:
+            print(f"edgehub {__version__}")
+            return 0
+        print(missing_extra(MISSING), file=sys.stderr)
+        return 1
     args = build_parser().parse_args(argv)
+    new_command()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -429,6 +491,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgehub: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:  # a command's own import of a hub-only module
+        missing = _hub_only(exc)
+        if missing is None:
+            raise
+        print(missing_extra(missing), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
