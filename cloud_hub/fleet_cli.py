@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.table import Table
 
-from cloud_hub.cli_output import console, emit, say, when
+from cloud_hub.cli_output import emit, say, show, when
 from edge_agent.errors import STORAGE_REASONS, ConfigError
 from edge_agent.protocol.inputs import inputs_of
 
@@ -184,7 +184,7 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
     }
     for key, value in fields.items():
         table.add_row(key, value)
-    console.print(table)
+    show(table)
     if events:
         history = Table(title="recent events")
         for col in ("when", "event", "model", "rollout", "reason"):
@@ -198,7 +198,7 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
                 str(e.get("rollout") or "-"),
                 str(e.get("reason") or ""),
             )
-        console.print(history)
+        show(history)
     return 0
 
 

@@ -18,7 +18,7 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
-from cloud_hub.cli_output import console, emit, say
+from cloud_hub.cli_output import console, emit, hub_command, say, show
 from edge_agent.errors import ConfigError
 
 AddCommand = Callable[..., argparse.ArgumentParser]
@@ -81,7 +81,8 @@ def cmd_rollout_start(args: argparse.Namespace) -> int:
     else:
         waves = " then ".join(str(len(w)) for w in r.waves)
         say(f"rollout {r.id} of {r.model} to {r.plan.select} started: waves of {waves} device(s)")
-        say(f"`edgehub rollout status {r.id}` follows it; `edgehub serve` must be running")
+        hub = hub_command(args)
+        say(f"`{hub} rollout status {r.id}` follows it; `{hub} serve` must be running")
     return 0
 
 
@@ -193,7 +194,7 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
         print(json.dumps([{**r.to_json(), "waves_view": ro.wave_rows(r, time.time())}], indent=2))
         return 0
     if not args.watch:
-        console.print(_view(r, time.time()))
+        show(_view(r, time.time()))
         return 0
     with Live(_view(r, time.time()), console=console, refresh_per_second=4) as live:
         while r.state in (ro.RUNNING, ro.PAUSED):

@@ -14,11 +14,11 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from cloud_hub import rollout as ro
+from cloud_hub.cli_output import console, show
 from cloud_hub.operations import start_rollout
 from cloud_hub.simulate import SimOptions, Simulation, ensure_model, parse_broker
 from cloud_hub.storage import Store, default_url
@@ -26,7 +26,6 @@ from edge_agent.errors import ConfigError
 from edge_agent.protocol.messages import ModelRef
 
 SIM_GROUP = "simulated"
-console = Console()
 AddCommand = Callable[..., argparse.ArgumentParser]
 
 
@@ -114,8 +113,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             store.label_device(device, group=SIM_GROUP)
         rid = start_rollout(home, chosen, args.canary, target=f"group:{SIM_GROUP}").id
         end = time.monotonic() + args.duration
-        show = not args.json and console.is_terminal
-        with Live(console=console, transient=True) if show else nullcontext() as live:
+        live_view = not args.json and console.is_terminal
+        with Live(console=console, transient=True) if live_view else nullcontext() as live:
             while time.monotonic() < end:
                 threading.Event().wait(min(1.0, max(0.0, end - time.monotonic())))
                 if live is not None:
@@ -129,7 +128,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(snap, indent=2, default=str))
     else:
-        console.print(summary_table(snap, f"simulated fleet: {opts.devices} devices"))
+        show(summary_table(snap, f"simulated fleet: {opts.devices} devices"))
     problems = []
     if snap["rollout"]["state"] != ro.COMPLETED:
         problems.append(f"rollout {rid} is {snap['rollout']['state']}, not completed")
