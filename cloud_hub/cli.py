@@ -93,6 +93,12 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
     x, y, names = load_table(
         Path(args.sample), args.label, Path(args.labels) if args.labels else None
     )
+    if names is None and Path(args.sample).suffix == ".csv":
+        print(
+            f"edgehub: note: {args.sample} has no header row (its first row is all numbers): "
+            f"read as data, the features named f0..f{x.shape[1] - 1}",
+            file=sys.stderr,
+        )
     err = Console(stderr=True)
     with Progress(
         SpinnerColumn(),
@@ -317,8 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
         "model",
         help="a scikit-learn estimator (.joblib, .pkl), a Keras model (.keras), .onnx or .tflite",
     )
-    sp.add_argument("--sample", required=True, help=".csv with a header, or .npy")
-    sp.add_argument("--label", help="the CSV column holding the labels or targets")
+    sp.add_argument(
+        "--sample",
+        required=True,
+        help=".csv (a first row of numbers only is data: no header, features f0, f1, ...) or .npy",
+    )
+    sp.add_argument(
+        "--label",
+        help="the CSV column holding the labels or targets: its name, or its index from 0 "
+        "when the CSV has no header",
+    )
     sp.add_argument("--labels", help="a .npy file of labels, for .npy samples")
     sp.add_argument("--name", required=True, help="model name, e.g. tumor")
     sp.add_argument("--version", required=True, help="model version, an integer >= 1")
