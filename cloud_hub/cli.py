@@ -57,7 +57,7 @@ try:
         shadow_cli,
         simulate_cli,
     )
-    from cloud_hub.cli_output import console, new_command, show
+    from cloud_hub.cli_output import console, new_command, say, show
     from cloud_hub.cli_output import emit as _emit
     from cloud_hub.model_report import card_rows, feature_rows, report_rows, verdict
     from converters.source import QUANTIZE_MODES
@@ -231,7 +231,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    console.print(f"hub serving {args.home} on broker {args.broker_host}:{args.broker_port}")
+    where = f"{args.broker_host}:{args.broker_port}"
+    say(f"hub {args.home}: connecting to broker {where}")
     if web is not None:
         web.start()
         # a token the hub made up is shown once, in the link (a fragment: never sent to a server)
@@ -240,6 +241,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if ha is not None:
         ha.start()
     console.file.flush()
+    threading.Thread(  # after the lines above: it prints too
+        target=_say_connected, args=(hub, stop, where, args.home), name="connected", daemon=True
+    ).start()
     try:
         hub.run(stop)
     finally:
@@ -247,6 +251,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if part is not None:
                 part.stop()
     return 0
+
+
+def _say_connected(hub: Any, stop: threading.Event, where: str, home: str) -> None:
+    """Say "serving" once the hub's broker connection is up (not before: a broker that is not
+    there is said by the session itself, with the error, while it retries)."""
+    while not stop.is_set():
+        if hub.session.connected.wait(0.5):
+            say(f"hub {home}: connected to broker {where}; serving")
+            console.file.flush()
+            return
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
