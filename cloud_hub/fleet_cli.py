@@ -1,4 +1,4 @@
-"""`edgehub devices enroll|list|show|tag|untag|group`: the device registry.
+"""`edgehub devices enroll|list|show|tag|untag|group|remove`: the device registry.
 
 The registry is fed by what devices say (their retained status at birth and every heartbeat,
 the broker's last will when they vanish) and by what people set: tags and one group per device,
@@ -225,6 +225,27 @@ def cmd_devices_group(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_devices_remove(args: argparse.Namespace) -> int:
+    store = _store(args)
+    ids = list(dict.fromkeys(args.device_ids))
+    unknown = [d for d in ids if store.device(d) is None]
+    if unknown:  # all or nothing: a typo removes no device
+        raise ConfigError(
+            f"devices remove: no device {', '.join(map(repr, unknown))} in the registry "
+            "(nothing removed); `edgehub devices list` shows them"
+        )
+    store.remove_devices(ids)
+    say(f"removed {', '.join(ids)} from the registry (their stored records stay)")
+    return 0
+
+
+REMOVE_HELP = (
+    "forget devices: their registration, tags, group, public key, unsent commands and refusal "
+    "counts. Their stored records (telemetry, drift, events) stay until --retention-days "
+    "removes them. A device that is still running registers again at its next status"
+)
+
+
 def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
     """`edgehub devices ...` under the top-level subparsers `sub`, with cli.build_parser's `add`."""
     parser: argparse.ArgumentParser = sub.add_parser(
@@ -257,4 +278,7 @@ def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
     sp.add_argument("device_id")
     sp.add_argument("group", nargs="?", metavar="GROUP")
     sp.add_argument("--none", action="store_true", help="take the device out of its group")
+    sp = add(devices, "remove", cmd_devices_remove, "forget devices (their records stay)")
+    sp.description = REMOVE_HELP
+    sp.add_argument("device_ids", nargs="+", metavar="ID")
     return parser
