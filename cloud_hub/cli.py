@@ -200,10 +200,18 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from cloud_hub.home_lock import own_home
+    from cloud_hub.operations import open_repo
+
+    open_repo(_home(args))  # no hub here: say so, rather than what SQLite thinks of the path
+    with own_home(_home(args), "edgehub serve"):  # one hub per home: a second one fails now
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
     from cloud_hub.fleet_drift_source import PublishedCards
     from cloud_hub.ha_discovery import HaDiscovery
     from cloud_hub.ingest_limits import Limits
-    from cloud_hub.operations import open_repo
     from cloud_hub.service import Hub
     from cloud_hub.web_api import WebAuth, create_app
     from cloud_hub.web_server import WebServer, load_token, parse_listen
@@ -211,7 +219,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     listen = parse_listen(args.http) if args.http != "off" else None
     token, generated = load_token(os.environ, Path(args.token_file) if args.token_file else None)
-    open_repo(_home(args))  # no hub here: say so, rather than what SQLite thinks of the path
     password = os.environ.get("EDGEHUB_BROKER_PASSWORD") if args.broker_user else None
     broker = BrokerAddress(args.broker_host, args.broker_port, args.broker_user, password)
     hub = Hub(
