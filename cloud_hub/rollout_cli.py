@@ -196,12 +196,36 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
     if not args.watch:
         show(_view(r, time.time()))
         return 0
+    if not console.is_terminal:  # a log, a pipe: a plain line whenever something changed
+        said = ""
+        while True:
+            line = progress_line(r)
+            if line != said:
+                say(line)
+                console.file.flush()
+                said = line
+            if r.state not in (ro.RUNNING, ro.PAUSED):
+                break
+            time.sleep(WATCH_S)  # polling the store; nothing to synchronise with
+            r = find()
+        show(_view(r, time.time()))
+        return 0
     with Live(_view(r, time.time()), console=console, refresh_per_second=4) as live:
         while r.state in (ro.RUNNING, ro.PAUSED):
             time.sleep(WATCH_S)  # a person is watching; nothing to synchronise with
             r = find()
             live.update(_view(r, time.time()))
     return 0
+
+
+def progress_line(r: Any) -> str:
+    """One line of a watched rollout, for a log: its state, wave and device counts."""
+    s = _summary(r)
+    reason = f" ({s['reason']})" if s["reason"] else ""
+    return (
+        f"rollout {s['id']} {s['state']}{reason}: wave {s['wave']}, {s['healthy']} healthy, "
+        f"{s['failed']} failed, {s['pending']} pending"
+    )
 
 
 def _manual(action: str) -> Callable[[argparse.Namespace], int]:

@@ -28,6 +28,7 @@ from edge_agent.protocol.messages import ModelRef
 
 SIM_GROUP = "simulated"
 FORGET_WAIT_S = 10.0
+PROGRESS_S = 5.0  # a progress line this often when not on a terminal
 AddCommand = Callable[..., argparse.ArgumentParser]
 
 
@@ -91,6 +92,17 @@ def summary_table(snap: dict[str, Any], title: str) -> Table:
     return table
 
 
+def progress_line(snap: dict[str, Any], duration: float) -> str:
+    """One line of a running simulation, for a log or a pipe."""
+    r = snap.get("rollout") or {}
+    rollout = f"rollout {r['id']} {r['state']} ({r['healthy']} healthy), " if r else ""
+    return (
+        f"simulate: {snap['elapsed_s']:.0f} s of {duration:g}: {snap['connected']}/"
+        f"{snap['devices']} devices connected, {rollout}{snap['inferences']} inferences, "
+        f"{snap['hub_records']} records stored"
+    )
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     opts = SimOptions(
         devices=args.devices,
@@ -132,11 +144,19 @@ def _simulate(
         rid = start_rollout(home, chosen, args.canary, target=target, supersede=False).id
         end = time.monotonic() + args.duration
         live_view = not args.json and console.is_terminal
+        # not on a terminal: a plain line now and then (on stderr under --json)
+        lines_to = None if live_view else (sys.stderr if args.json else sys.stdout)
+        next_line = time.monotonic()
         with Live(console=console, transient=True) if live_view else nullcontext() as live:
             while time.monotonic() < end:
                 threading.Event().wait(min(1.0, max(0.0, end - time.monotonic())))
                 if live is not None:
                     live.update(summary_table(sim.snapshot(rid), "simulated fleet"))
+                elif lines_to is not None and time.monotonic() >= next_line:
+                    print(
+                        progress_line(sim.snapshot(rid), args.duration), file=lines_to, flush=True
+                    )
+                    next_line = time.monotonic() + PROGRESS_S
         running = sim.snapshot(rid)
         final = sim.finish()  # stops the fleet: connections and threads are gone after it
         snap = {**sim.snapshot(rid), **final}

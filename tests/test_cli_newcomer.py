@@ -3,6 +3,7 @@ extra, options after the subcommand, shell completion (issue 16's stumbles)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -242,3 +243,55 @@ def test_piped_tables_are_set_apart(tmp_path: Path) -> None:
     assert len(titles) == 2, done.stdout
     for i in titles:
         assert lines[i - 1] == ""  # a blank line before each table after the first
+
+
+# ---- long work shows progress in a pipe -------------------------------------------------------
+def test_rollout_watch_prints_lines_in_a_pipe(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_cli import bundle
+    from test_unreachable_broker import Lines
+
+    from cloud_hub.storage import Store, default_url
+    from edge_agent.protocol.messages import Status
+
+    home = tmp_path / "hub"
+    assert hub_cli.main(["--home", str(home), "keys", "init"]) == 0
+    path = tmp_path / "wine-1.zip"
+    path.write_bytes(bundle("wine", 1))
+    assert hub_cli.main(["--home", str(home), "model", "publish", str(path)]) == 0
+    Store(default_url(home)).set_status(Status("pi-1", True, 1, "0.1", "raspberry-pi-4"))
+    capsys.readouterr()
+    assert hub_cli.main(["--home", str(home), "rollout", "start", "wine@1", "--json"]) == 0
+    rid = json.loads(capsys.readouterr().out)["id"]
+    watch = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "cloud_hub.cli", "--home", str(home)),
+            "rollout",
+            "status",
+            rid,
+            "--watch",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        out = Lines(watch.stdout)  # type: ignore[arg-type]
+        first = out.expect(f"rollout {rid} running")
+        assert first == f"rollout {rid} running: wave 1/1, 0 healthy, 0 failed, 1 pending"
+        assert hub_cli.main(["--home", str(home), "rollout", "pause", rid]) == 0
+        out.expect(f"rollout {rid} paused")
+        assert hub_cli.main(["--home", str(home), "rollout", "abort", rid]) == 0
+        out.expect(f"rollout {rid} aborted")
+        assert watch.wait(60) == 0  # it stops with the rollout, after the full view
+        out.expect("waves")
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+        watch.wait(60)
+        for pipe in (watch.stdout, watch.stderr):
+            if pipe is not None:
+                pipe.close()

@@ -191,8 +191,12 @@ def test_simulate_leaves_others_rollouts_and_no_devices_behind(
     argv = ["--home", str(home), "simulate", "--devices", "2", "--duration", "6"]
     url = f"mqtt://{broker.host}:{broker.port}"
     code = hub_cli.main([*argv, "--broker", url, "--window", "0.5", "--json"])
-    snap = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    snap = json.loads(out)
     assert code == 0, snap
+    # not on a terminal: plain progress lines, on stderr beside --json
+    progress = [line for line in err.splitlines() if line.startswith("simulate: ")]
+    assert progress and "devices connected" in progress[0], err
     assert rollout_of(store, theirs).state == ro.RUNNING  # not superseded by the simulation
     assert rollout_of(store, snap["rollout"]["id"]).state == ro.COMPLETED
     assert [d["id"] for d in store.devices()] == ["pi-1"]  # the simulated ones are gone
