@@ -204,7 +204,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cloud_hub.operations import open_repo
 
     open_repo(_home(args))  # no hub here: say so, rather than what SQLite thinks of the path
-    with own_home(_home(args), "edgehub serve"):  # one hub per home: a second one fails now
+    # one hub per home, a second one fails now; hubs of one --share group may share it
+    command = f"edgehub serve --share {args.share}" if args.share else "edgehub serve"
+    with own_home(_home(args), command, shared=bool(args.share)):
         return _serve(args)
 
 

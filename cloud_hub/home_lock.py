@@ -2,8 +2,10 @@
 hubs on one home fight over its rollouts and devices. Each holds an exclusive lock (flock) on
 HOME/hub.lock while it runs, the file naming its command and pid; a second one fails at once,
 saying who holds the home. Commands that only read or queue (rollout status, devices list, ...)
-take no lock and work beside a running hub. The kernel drops the lock when the process ends,
-however it ends: a stale file is never in the way.
+take no lock and work beside a running hub. Hubs splitting the ingest (`serve --share GROUP`,
+DESIGN.md "Scale") may share a home: they hold the lock shared, which turns away exclusive
+holders only (and an exclusive holder turns them away). The kernel drops the lock when the
+process ends, however it ends: a stale file is never in the way.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ def holder(home: Path) -> str:
 
 
 @contextlib.contextmanager
-def own_home(home: Path, command: str) -> Iterator[None]:
+def own_home(home: Path, command: str, shared: bool = False) -> Iterator[None]:
     """Hold `home` for `command` (e.g. "edgehub serve") while the block runs; ConfigError at
-    once if another process holds it."""
+    once if another process holds it (with `shared`: exclusively)."""
     path = home / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -39,7 +41,7 @@ def own_home(home: Path, command: str) -> Iterator[None]:
         raise ConfigError(f"{path}: cannot open the hub's lock file ({exc.strerror})") from exc
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ConfigError(
                 f"hub home {home} is in use by {holder(home)}; stop it or use another --home"

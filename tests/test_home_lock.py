@@ -13,6 +13,7 @@ from test_unreachable_broker import Lines, launch, processes  # noqa: F401  (a f
 from cloud_hub.broker import free_port
 from cloud_hub.home_lock import LOCK_FILE, holder, own_home
 from cloud_hub.operations import init_hub
+from edge_agent.errors import ConfigError
 
 
 def edgehub(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -66,3 +67,21 @@ def test_the_lock_goes_with_its_holder(tmp_path: Path) -> None:
         assert holder(tmp_path).startswith("edgehub serve (pid ")
     (tmp_path / LOCK_FILE).write_text("garbage")
     assert holder(tmp_path) == "another process"
+
+
+def refusal(home: Path, command: str, shared: bool = False) -> str:
+    """Why `command` may not have `home` now ("" if it may)."""
+    try:
+        with own_home(home, command, shared):
+            return ""
+    except ConfigError as exc:
+        return str(exc)
+
+
+def test_hubs_splitting_the_ingest_share_a_home(tmp_path: Path) -> None:
+    sharer = "edgehub serve --share ingest"
+    with own_home(tmp_path, sharer, shared=True):
+        assert refusal(tmp_path, sharer, shared=True) == ""
+        assert "is in use by edgehub serve --share ingest" in refusal(tmp_path, "edgehub simulate")
+    with own_home(tmp_path, "edgehub serve"):
+        assert "is in use by edgehub serve (pid " in refusal(tmp_path, sharer, shared=True)
