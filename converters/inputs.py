@@ -66,7 +66,9 @@ def load_estimator(path: Path) -> Any:
 def load_table(
     path: Path, label: str | None, labels_path: Path | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
-    """(x, y or None, feature names or None) from a .csv with a header or a .npy array."""
+    """(x, y or None, feature names or None) from a .csv or a .npy array. A CSV whose first row
+    is all numbers has no header: its features have no names (None) and `label` is the label
+    column's index."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such data file")
     if path.suffix == ".npy":
@@ -91,36 +93,74 @@ def _load_npy(path: Path) -> np.ndarray:
         raise BadDataError(f"{path}: expected a numpy .npy array ({exc})") from exc
 
 
-def _load_csv(path: Path, label: str | None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def has_header(first_row: list[str]) -> bool:
+    """A CSV's first row is a header unless every cell is a number or empty (then it is data,
+    and the features are named f0, f1, ... as for .npy samples)."""
+    cells = [c.strip() for c in first_row]
+    return not any(cells) or not all(_is_number(c) for c in cells if c)
+
+
+def _label_index(path: Path, label: str, width: int) -> int:
+    """--label for a CSV without a header: the label column's index, 0 to width-1."""
+    if label.isdigit() and int(label) < width:
+        return int(label)
+    raise ConfigError(
+        f"{path}: --label {label!r}: the file has no header (its first row is all numbers), "
+        f"so name the label column by its index, 0 to {width - 1}"
+    )
+
+
+def _load_csv(
+    path: Path, label: str | None
+) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """(x, y, names): names None when the file has no header row."""
     try:
         with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
     except UnicodeDecodeError as exc:
         raise BadDataError(f"{path}: expected UTF-8 text, got undecodable bytes") from exc
-    if len(rows) < 2:
+    if not rows:
+        raise BadDataError(f"{path}: expected a header row and at least one data row, got none")
+    headed = has_header(rows[0])
+    if headed and len(rows) < 2:
         raise BadDataError(f"{path}: expected a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
-    if label is not None and label not in header:
+    width = len(rows[0])
+    header = [h.strip() for h in rows[0]] if headed else [f"column {i}" for i in range(width)]
+    if label is not None and headed and label not in header:
         raise ConfigError(f"{path}: --label {label!r} is not a column; columns are {header}")
-    feature_cols = [i for i, h in enumerate(header) if h != label]
-    x = np.empty((len(rows) - 1, len(feature_cols)), dtype=np.float32)
+    label_at = (
+        None
+        if label is None
+        else (header.index(label) if headed else _label_index(path, label, width))
+    )
+    feature_cols = [i for i in range(width) if i != label_at]
+    data = rows[1:] if headed else rows
+    first = 2 if headed else 1  # the file's line number of data[0]
+    x = np.empty((len(data), len(feature_cols)), dtype=np.float32)
     y: list[str] = []
-    for r, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise BadDataError(
-                f"{path}:{r}: expected {len(header)} fields like the header, got {len(row)}"
-            )
+    like = "like the header" if headed else "like the first row"
+    for r, row in enumerate(data, start=first):
+        if len(row) != width:
+            raise BadDataError(f"{path}:{r}: expected {width} fields {like}, got {len(row)}")
         for j, i in enumerate(feature_cols):
             try:
-                x[r - 2, j] = float(row[i]) if row[i].strip() else np.nan
+                x[r - first, j] = float(row[i]) if row[i].strip() else np.nan
             except ValueError as exc:
                 raise BadDataError(
                     f"{path}:{r}, column {header[i]!r}: expected a number, got {row[i]!r}"
                 ) from exc
-        if label is not None:
-            y.append(row[header.index(label)])
-    names = [header[i] for i in feature_cols]
-    return x, (_labels(y) if label is not None else None), names
+        if label_at is not None:
+            y.append(row[label_at])
+    names = [header[i] for i in feature_cols] if headed else None
+    return x, (_labels(y) if label_at is not None else None), names
 
 
 def _labels(values: list[str]) -> np.ndarray:

@@ -233,3 +233,35 @@ def test_devices_show_their_storage(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "disk" in table and "full," in table and "812" in table and "ok," in table
     shown = " ".join(run(home, capsys, "devices", "show", "pi-2").replace("│", " ").split())
     assert "storage disk full since 2023-11-14 22:13:20Z, 812 unkept (disk full: /var/lib" in shown
+
+
+def test_devices_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "home"
+    assert hub_cli.main(["--home", str(home), "keys", "init"]) == 0
+    store = Store(default_url(home))
+    for device in ("pi-1", "pi-2", "pi-3"):
+        store.set_status(Status(device, True, 1, "0.1", "raspberry-pi-4"))
+        store.label_device(device, add=["cam"], group="lab")
+        store.queue_command(device, {"cmd": "shadow"})
+    store.add_refusals({"pi-2": Counter(rate=4)}, 1.0)
+    capsys.readouterr()
+
+    # an unknown id among known ones: nothing is removed
+    err = hub_fails(capsys, "--home", str(home), "devices", "remove", "pi-1", "pi-9", "pi-8")
+    assert err == (
+        "edgehub: error: devices remove: no device 'pi-9', 'pi-8' in the registry (nothing "
+        "removed); `edgehub devices list` shows them"
+    )
+    assert [d["id"] for d in store.devices()] == ["pi-1", "pi-2", "pi-3"]
+
+    assert hub_cli.main(["--home", str(home), "devices", "remove", "pi-1", "pi-2"]) == 0
+    assert capsys.readouterr().out == (
+        "removed pi-1, pi-2 from the registry (their stored records stay)\n"
+    )
+    assert [d["id"] for d in store.devices()] == ["pi-3"]
+    assert [device for _, device, _ in store.unsent_commands()] == ["pi-3"]
+    assert store.refusals() == {}
+    # a device that reports again is new: no old labels
+    store.set_status(Status("pi-1", True, 2, "0.1", "raspberry-pi-4"))
+    back = store.device("pi-1")
+    assert back is not None and (back["tags"], back["group"]) == ([], "")

@@ -38,3 +38,8 @@ def test_demo_loop_verifies_every_step(broker: RunningBroker, tmp_path: Path) ->
     ):
         assert step in text
     assert "demo passed" in text
+    # not a terminal (a pipe, a log): plain lines as it goes, the live view prints none
+    lines = text.splitlines()
+    assert lines[0] == "demo: training a scikit-learn MLP on the breast cancer data set..."
+    assert any(line.startswith("demo: canary first: ok") for line in lines), text
+    assert "demo: hub ingesting the last records..." in lines

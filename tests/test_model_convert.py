@@ -55,6 +55,62 @@ def test_convert_csv_with_label_column(trained: tuple[Path, Path, Path], tmp_pat
     assert bundle.card.n_features == 4
 
 
+def _headerless(csv_path: Path, tmp_path: Path) -> Path:
+    """The sample without its header row: the first row is data."""
+    path = tmp_path / "headerless.csv"
+    path.write_text("".join(csv_path.read_text().splitlines(keepends=True)[1:]))
+    return path
+
+
+def test_convert_headerless_csv_label_by_index(
+    trained: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, csv_path, _ = trained
+    sample = _headerless(csv_path, tmp_path)
+    out = tmp_path / "iris-1.zip"
+    argv = _convert(str(model), "--sample", str(sample), "--label", "4", "-o", str(out))
+    assert main([*argv, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["report"]["label_agreement"] >= 0.97
+    assert captured.err == (
+        f"edgehub: note: {sample} has no header row (its first row is all numbers): read as "
+        "data, the features named f0..f3\n"
+    )
+    bundle = read_bundle(out.read_bytes(), None, 10**8)
+    assert bundle.card.feature_names == ["f0", "f1", "f2", "f3"]  # not the first row's numbers
+    assert bundle.card.n_features == 4
+
+
+def test_headerless_csv_keeps_its_first_row(
+    trained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    from converters.inputs import load_table
+
+    _, csv_path, _ = trained
+    sample = _headerless(csv_path, tmp_path)
+    x, y, names = load_table(sample, "4")
+    assert names is None
+    assert x.shape == (150, 4) and y is not None and y.shape == (150,)
+    assert x[0].tolist() == pytest.approx([5.1, 3.5, 1.4, 0.2])
+    x, y, _ = load_table(sample, None)
+    assert x.shape == (150, 5) and y is None
+
+
+def test_headerless_csv_label_by_name_is_refused(
+    trained: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, csv_path, _ = trained
+    sample = _headerless(csv_path, tmp_path)
+    out = str(tmp_path / "iris-1.zip")
+    for label in ("species", "5", "-1"):
+        _one_line_error(
+            capsys,
+            _convert(str(model), "--sample", str(sample), "--label", label, "-o", out),
+            f"--label {label!r}: the file has no header (its first row is all numbers)",
+            "by its index, 0 to 4",
+        )
+
+
 def test_convert_npy_without_labels_json(
     trained: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,6 +11,7 @@ count, mosquitto's log, the clock).
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import socket
 import threading
@@ -225,3 +226,75 @@ def _wait_log_lines(path: Path, needle: str, at_least: int) -> int:
         if found >= at_least or time.monotonic() > deadline:
             return found
         time.sleep(0.05)  # polling a file another process writes
+
+
+# ============================================== what the session says itself (no callbacks)
+class Said(logging.Handler):
+    """The session's own log lines, waited on."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+        self.changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.changed:
+            self.records.append(record)
+            self.changed.notify_all()
+
+    def wait_for(self, what: Callable[[list[logging.LogRecord]], bool]) -> list[logging.LogRecord]:
+        with self.changed:
+            assert self.changed.wait_for(lambda: what(self.records), WAIT_S), self.lines()
+            return list(self.records)
+
+    def lines(self, level: int = logging.WARNING) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= level]
+
+
+@pytest.fixture
+def said() -> Iterator[Said]:
+    logger = logging.getLogger("edge_agent.mqtt.session")
+    handler, level = Said(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def _failed_attempts(records: list[logging.LogRecord]) -> int:
+    return sum("cannot connect" in r.getMessage() for r in records)
+
+
+def test_an_unreachable_broker_is_said_at_once_then_rarely(said: Said) -> None:
+    port = free_port()  # nobody listens there
+    session = MqttSession("quiet", BrokerAddress(port=port), backoff=fixed(0.02))
+    session.start()
+    try:
+        said.wait_for(lambda records: _failed_attempts(records) >= 20)
+    finally:
+        session.stop()
+    warnings = [line for line in said.lines() if "cannot connect" in line]
+    assert len(warnings) == 1, warnings  # the first failure; the next report is REPORT_S away
+    assert warnings[0].startswith(f"MQTT broker 127.0.0.1:{port}: cannot connect: ")
+    assert "Connection refused" in warnings[0] and "retrying every 0.02 s at most" in warnings[0]
+
+
+def test_the_session_says_when_it_is_back(broker: RunningBroker, said: Said) -> None:
+    session = MqttSession("back", BrokerAddress(broker.host, broker.port), backoff=fixed(0.1))
+    session.start()
+    try:
+        assert session.wait_connected(WAIT_S)
+        assert said.lines() == []  # connecting at once is not news
+        broker.kill()
+        said.wait_for(lambda records: _failed_attempts(records) >= 1)
+        broker.restart()
+        said.wait_for(lambda records: any("connected after" in r.getMessage() for r in records))
+    finally:
+        session.stop()
+    where = f"MQTT broker {broker.host}:{broker.port}"
+    lines = said.lines()
+    assert lines[0].startswith(f"{where}: lost")
+    assert lines[1].startswith(f"{where}: cannot connect: ")
+    assert lines[-1].startswith(f"{where}: connected after ")
+    assert len(lines) == 3, lines

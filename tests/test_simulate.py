@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +22,13 @@ from cloud_hub.harness.simulate import (
     rows_due,
     sensor_lines,
 )
+from cloud_hub.home_lock import own_home
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.operations import init_hub, start_rollout
+from cloud_hub.store.database import Store, default_url
 from edge_agent.errors import ConfigError
 from edge_agent.inference.pipeline import card_bounds
+from edge_agent.protocol.messages import Status
 from edge_agent.sources.line_parser import LineParser
 from edge_agent.update.bundle import read_bundle
 from tests.test_cli import hub_fails
@@ -171,3 +176,45 @@ def test_simulate_cli_refuses_bad_input(
 def test_simulate_cli_needs_a_hub(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = hub_fails(capsys, "--home", str(tmp_path / "none"), "simulate", "--devices", "1")
     assert "no hub here; run `edgehub --home" in err
+
+
+@pytest.mark.broker
+def test_simulate_leaves_others_rollouts_and_no_devices_behind(
+    tmp_path: Path, broker: RunningBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    init_hub(home)
+    build_sim_model(home, tmp_path, SIM_MODEL)
+    store = Store(default_url(home))
+    store.set_status(Status("pi-1", True, 1, "0.1", "raspberry-pi-4"))  # a real device
+    theirs = start_rollout(home, SIM_MODEL, "1").id  # someone's rollout of the same model
+    argv = ["--home", str(home), "simulate", "--devices", "2", "--duration", "6"]
+    url = f"mqtt://{broker.host}:{broker.port}"
+    code = hub_cli.main([*argv, "--broker", url, "--window", "0.5", "--json"])
+    out, err = capsys.readouterr()
+    snap = json.loads(out)
+    assert code == 0, snap
+    # not on a terminal: plain progress lines, on stderr beside --json
+    progress = [line for line in err.splitlines() if line.startswith("simulate: ")]
+    assert progress and "devices connected" in progress[0], err
+    assert rollout_of(store, theirs).state == ro.RUNNING  # not superseded by the simulation
+    assert rollout_of(store, snap["rollout"]["id"]).state == ro.COMPLETED
+    assert [d["id"] for d in store.devices()] == ["pi-1"]  # the simulated ones are gone
+    assert store.count("telemetry") > 0  # their records stay
+
+
+def test_simulate_refuses_a_home_a_hub_serves(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = store_ids(home)
+    with own_home(home, "edgehub serve"):
+        err = hub_fails(capsys, "--home", str(home), "simulate", "--devices", "1")
+        assert err == (
+            f"edgehub: error: hub home {home} is in use by edgehub serve (pid {os.getpid()}); "
+            "stop it or use another --home"
+        )
+        assert store_ids(home) == before  # nothing was started, nothing registered
+
+
+def store_ids(home: Path) -> list[str]:
+    return [d["id"] for d in Store(default_url(home)).devices()]

@@ -13,24 +13,58 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
-from rich.table import Table
-
-from cloud_hub.cli import broker as broker_cli
-from cloud_hub.cli import drift as drift_cli
-from cloud_hub.cli import fleet as fleet_cli
-from cloud_hub.cli import keys as keys_cli
-from cloud_hub.cli import rollout as rollout_cli
-from cloud_hub.cli import shadow as shadow_cli
-from cloud_hub.cli import simulate as simulate_cli
-from cloud_hub.cli.output import emit as _emit
-from cloud_hub.rollout.model_report import card_rows, feature_rows, report_rows, verdict
-from converters.source import QUANTIZE_MODES
+from edge_agent import __version__
+from edge_agent.cli_tools import accept_everywhere, bash_completion
 from edge_agent.errors import EdgefleetError
 from edge_agent.protocol.messages import ModelRef
 
-console = Console()
+# what only the hub extra (`pip install 'edgefleet[hub]'`) brings; the base install is the agent
+HUB_ONLY = (
+    "rich",
+    "sqlalchemy",
+    "sklearn",
+    "skl2onnx",
+    "onnx",
+    "amqtt",
+    "fastapi",
+    "uvicorn",
+    "prometheus_client",
+)
+
+
+def _hub_only(exc: ModuleNotFoundError) -> str | None:
+    """The hub-only package `exc` says is missing, or None."""
+    root = (exc.name or "").split(".")[0]
+    return root if root in HUB_ONLY else None
+
+
+def missing_extra(module: str) -> str:
+    install = "pip install 'edgefleet[hub]'"
+    return f"edgehub: the hub needs the hub extra: {install} (missing module: {module})"
+
+
+try:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+    from rich.table import Table
+
+    from cloud_hub.cli import broker as broker_cli
+    from cloud_hub.cli import drift as drift_cli
+    from cloud_hub.cli import fleet as fleet_cli
+    from cloud_hub.cli import keys as keys_cli
+    from cloud_hub.cli import rollout as rollout_cli
+    from cloud_hub.cli import shadow as shadow_cli
+    from cloud_hub.cli import simulate as simulate_cli
+    from cloud_hub.cli.output import console, new_command, say, show
+    from cloud_hub.cli.output import emit as _emit
+    from cloud_hub.rollout.model_report import card_rows, feature_rows, report_rows, verdict
+    from converters.source import QUANTIZE_MODES
+except ModuleNotFoundError as exc:  # the base install: `edgehub` says what to install, once
+    MISSING: str | None = _hub_only(exc)
+    if MISSING is None:
+        raise
+else:
+    MISSING = None
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -57,6 +91,12 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
     x, y, names = load_table(
         Path(args.sample), args.label, Path(args.labels) if args.labels else None
     )
+    if names is None and Path(args.sample).suffix == ".csv":
+        print(
+            f"edgehub: note: {args.sample} has no header row (its first row is all numbers): "
+            f"read as data, the features named f0..f{x.shape[1] - 1}",
+            file=sys.stderr,
+        )
     err = Console(stderr=True)
     with Progress(
         SpinnerColumn(),
@@ -98,7 +138,7 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
         table.add_column(col)
     for row in report_rows(built.report):
         table.add_row(*row)
-    console.print(table)
+    show(table)
     console.print(verdict(built.report))
     return 0
 
@@ -113,20 +153,20 @@ def cmd_model_inspect(args: argparse.Namespace) -> int:
     table = Table(title=f"model card of {args.bundle}", show_header=False)
     for row in card_rows(card):
         table.add_row(*row)
-    console.print(table)
+    show(table)
     features = Table(title="input features (drift reference)")
     for col in ("feature", "min", "max", "mean", "std", "missing"):
         features.add_column(col)
     for frow in feature_rows(card):
         features.add_row(*frow)
-    console.print(features)
+    show(features)
     report = card.get("validation", {})
     checks = Table(title="validation")
     for col in ("check", "before", "after"):
         checks.add_column(col)
     for rrow in report_rows(report):
         checks.add_row(*rrow)
-    console.print(checks)
+    show(checks)
     if "parity" in report:
         console.print(verdict(report))
     return 0
@@ -158,18 +198,27 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from cloud_hub.home_lock import own_home
+    from cloud_hub.rollout.operations import open_repo
+
+    open_repo(_home(args))  # no hub here: say so, rather than what SQLite thinks of the path
+    # one hub per home, a second one fails now; hubs of one --share group may share it
+    command = f"edgehub serve --share {args.share}" if args.share else "edgehub serve"
+    with own_home(_home(args), command, shared=bool(args.share)):
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
     from cloud_hub.drift.source import PublishedCards
     from cloud_hub.ha_discovery import HaDiscovery
     from cloud_hub.hub import Hub
     from cloud_hub.ingest_limits import Limits
-    from cloud_hub.rollout.operations import open_repo
     from cloud_hub.web.api import WebAuth, create_app
     from cloud_hub.web.server import WebServer, load_token, parse_listen
     from edge_agent.mqtt.session import BrokerAddress
 
     listen = parse_listen(args.http) if args.http != "off" else None
     token, generated = load_token(os.environ, Path(args.token_file) if args.token_file else None)
-    open_repo(_home(args))  # no hub here: say so, rather than what SQLite thinks of the path
     password = os.environ.get("EDGEHUB_BROKER_PASSWORD") if args.broker_user else None
     broker = BrokerAddress(args.broker_host, args.broker_port, args.broker_user, password)
     hub = Hub(
@@ -189,7 +238,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    console.print(f"hub serving {args.home} on broker {args.broker_host}:{args.broker_port}")
+    where = f"{args.broker_host}:{args.broker_port}"
+    say(f"hub {args.home}: connecting to broker {where}")
     if web is not None:
         web.start()
         # a token the hub made up is shown once, in the link (a fragment: never sent to a server)
@@ -198,6 +248,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if ha is not None:
         ha.start()
     console.file.flush()
+    threading.Thread(  # after the lines above: it prints too
+        target=_say_connected, args=(hub, stop, where, args.home), name="connected", daemon=True
+    ).start()
     try:
         hub.run(stop)
     finally:
@@ -205,6 +258,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if part is not None:
                 part.stop()
     return 0
+
+
+def _say_connected(hub: Any, stop: threading.Event, where: str, home: str) -> None:
+    """Say "serving" once the hub's broker connection is up (not before: a broker that is not
+    there is said by the session itself, with the error, while it retries)."""
+    while not stop.is_set():
+        if hub.session.connected.wait(0.5):
+            say(f"hub {home}: connected to broker {where}; serving")
+            console.file.flush()
+            return
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -245,12 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edgehub", description="edgefleet hub: sign and roll out models"
     )
-    p.add_argument(
-        "--home",
-        default=os.environ.get("EDGEHUB_HOME", "edgehub-home"),
-        help="hub folder: keys, TUF repository, database (env EDGEHUB_HOME)",
-    )
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--version", action="version", version=f"edgehub {__version__}")
+    _global_options(p, False)
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(
@@ -285,8 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
         "model",
         help="a scikit-learn estimator (.joblib, .pkl), a Keras model (.keras), .onnx or .tflite",
     )
-    sp.add_argument("--sample", required=True, help=".csv with a header, or .npy")
-    sp.add_argument("--label", help="the CSV column holding the labels or targets")
+    sp.add_argument(
+        "--sample",
+        required=True,
+        help=".csv (a first row of numbers only is data: no header, features f0, f1, ...) or .npy",
+    )
+    sp.add_argument(
+        "--label",
+        help="the CSV column holding the labels or targets: its name, or its index from 0 "
+        "when the CSV has no header",
+    )
     sp.add_argument("--labels", help="a .npy file of labels, for .npy samples")
     sp.add_argument("--name", required=True, help="model name, e.g. tumor")
     sp.add_argument("--version", required=True, help="model version, an integer >= 1")
@@ -410,11 +477,43 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="where the demo serves the dashboard (another free port if this one is taken)",
     )
+    sp = add(sub, "completion", cmd_completion, "print a shell completion script")
+    sp.add_argument("shell", choices=["bash"], help="source <(edgehub completion bash)")
+    accept_everywhere(p, _global_options)
     return p
 
 
+def _global_options(p: argparse.ArgumentParser, below: bool) -> None:
+    """--home and -v, before the subcommand or after it (`below`: defaults left to the top)."""
+    p.add_argument(
+        "--home",
+        default=argparse.SUPPRESS if below else os.environ.get("EDGEHUB_HOME", "edgehub-home"),
+        help="hub folder: keys, TUF repository, database (env EDGEHUB_HOME)",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS if below else False,
+        help="log what the hub does (INFO)",
+    )
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    sys.stdout.write(bash_completion(build_parser()))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if MISSING is not None:  # the base install
+        if argv == ["--version"]:
+            print(f"edgehub {__version__}")
+            return 0
+        print(missing_extra(MISSING), file=sys.stderr)
+        return 1
     args = build_parser().parse_args(argv)
+    new_command()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -427,6 +526,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgehub: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:  # a command's own import of a hub-only module
+        missing = _hub_only(exc)
+        if missing is None:
+            raise
+        print(missing_extra(missing), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

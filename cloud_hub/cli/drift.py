@@ -17,13 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
-from cloud_hub.cli.output import accuracy_text, p_text, say
+from cloud_hub.cli.output import accuracy_text, console, p_text, say, show
 from edge_agent.errors import ConfigError
-
-console = Console()
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 MOVED_SHOWN = 4  # features named per row in the table (all of them in --json)
@@ -66,7 +63,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
             accuracy_text(r["accuracy"]),
             ", ".join(moved) + (f" +{more} more" if more > 0 else "") or "-",
         )
-    console.print(table)
+    show(table)
     if not rows:
         console.print("no drift reports yet", markup=False)
     return 0
@@ -112,7 +109,7 @@ def cmd_drift_fleet(args: argparse.Namespace) -> int:
             accuracy_text(r["accuracy"]),
             ", ".join(r["worst"]) or "-",
         )
-    console.print(table)
+    show(table)
     for r in rows:
         if r["cohort"] != "fleet":
             continue

@@ -1,4 +1,4 @@
-"""`edgehub devices enroll|list|show|tag|untag|group`: the device registry.
+"""`edgehub devices enroll|list|show|tag|untag|group|remove`: the device registry.
 
 The registry is fed by what devices say (their retained status at birth and every heartbeat,
 the broker's last will when they vanish) and by what people set: tags and one group per device,
@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.table import Table
 
-from cloud_hub.cli.output import console, emit, say, when
+from cloud_hub.cli.output import emit, say, show, when
 from edge_agent.errors import STORAGE_REASONS, ConfigError
 from edge_agent.protocol.inputs import inputs_of
 
@@ -184,7 +184,7 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
     }
     for key, value in fields.items():
         table.add_row(key, value)
-    console.print(table)
+    show(table)
     if events:
         history = Table(title="recent events")
         for col in ("when", "event", "model", "rollout", "reason"):
@@ -198,7 +198,7 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
                 str(e.get("rollout") or "-"),
                 str(e.get("reason") or ""),
             )
-        console.print(history)
+        show(history)
     return 0
 
 
@@ -223,6 +223,27 @@ def cmd_devices_group(args: argparse.Namespace) -> int:
     store.label_device(args.device_id, group=group)
     say(f"{args.device_id}: group {group or '(none)'}")
     return 0
+
+
+def cmd_devices_remove(args: argparse.Namespace) -> int:
+    store = _store(args)
+    ids = list(dict.fromkeys(args.device_ids))
+    unknown = [d for d in ids if store.device(d) is None]
+    if unknown:  # all or nothing: a typo removes no device
+        raise ConfigError(
+            f"devices remove: no device {', '.join(map(repr, unknown))} in the registry "
+            "(nothing removed); `edgehub devices list` shows them"
+        )
+    store.remove_devices(ids)
+    say(f"removed {', '.join(ids)} from the registry (their stored records stay)")
+    return 0
+
+
+REMOVE_HELP = (
+    "forget devices: their registration, tags, group, public key, unsent commands and refusal "
+    "counts. Their stored records (telemetry, drift, events) stay until --retention-days "
+    "removes them. A device that is still running registers again at its next status"
+)
 
 
 def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
@@ -257,4 +278,7 @@ def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
     sp.add_argument("device_id")
     sp.add_argument("group", nargs="?", metavar="GROUP")
     sp.add_argument("--none", action="store_true", help="take the device out of its group")
+    sp = add(devices, "remove", cmd_devices_remove, "forget devices (their records stay)")
+    sp.description = REMOVE_HELP
+    sp.add_argument("device_ids", nargs="+", metavar="ID")
     return parser

@@ -14,13 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from cloud_hub.cli.output import console, show
 from cloud_hub.signing.keys import PASSPHRASE_ENV, ROLES, PassphrasePrompt, passphrase_in_use
 from edge_agent.errors import ConfigError, EdgefleetError
-
-console = Console()
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 
@@ -122,7 +120,7 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
             str(row["version"]),
             row["expires"],
         )
-    console.print(table)
+    show(table)
     return 0
 
 

@@ -1,16 +1,48 @@
-"""How `edgehub` commands print: a rich table for people, JSON on request."""
+"""How `edgehub` commands print: a rich table for people, JSON on request.
+
+Every command prints through `console` here. On a terminal rich fits the output to its width;
+piped (to a file, `less`, `grep`) nothing is cut at 80 columns: tables take their full width
+unless $COLUMNS says otherwise, and consecutive tables are set apart by a blank line.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import sys
 import time
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
-console = Console()
+PIPE_WIDTH = 10_000  # piped output without $COLUMNS: wide enough that no cell is ever cut
+
+
+def output_width(environ: dict[str, str] | os._Environ[str], is_terminal: bool) -> int | None:
+    """The width to print at: None lets rich decide (the terminal's, or $COLUMNS)."""
+    if environ.get("COLUMNS", "").isdigit() or is_terminal:
+        return None
+    return PIPE_WIDTH
+
+
+console = Console(width=output_width(os.environ, sys.stdout.isatty()))
+_shown = [0]  # tables printed so far by this command
+
+
+def new_command() -> None:
+    """A command begins: its first table needs no blank line before it."""
+    _shown[0] = 0
+
+
+def show(renderable: RenderableType) -> None:
+    """Print a table (or a group of them), a blank line before it if one came before."""
+    if _shown[0]:
+        console.print()
+    console.print(renderable)
+    _shown[0] += 1
 
 
 def emit(
@@ -24,7 +56,13 @@ def emit(
         table.add_column(col, no_wrap=i == 0)  # the first column names the row: keep it whole
     for row in rows:
         table.add_row(*[str(row.get(c, "")) for c in columns])
-    console.print(table)
+    show(table)
+
+
+def hub_command(args: argparse.Namespace) -> str:
+    """`edgehub` with the global options this run was given, for a follow-up command to paste:
+    `edgehub --home 'my hub'`."""
+    return f"edgehub --home {shlex.quote(str(args.home))}"
 
 
 def say(text: str) -> None:

@@ -18,7 +18,7 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
-from cloud_hub.cli.output import console, emit, say
+from cloud_hub.cli.output import console, emit, hub_command, say, show
 from edge_agent.errors import ConfigError
 
 AddCommand = Callable[..., argparse.ArgumentParser]
@@ -81,7 +81,8 @@ def cmd_rollout_start(args: argparse.Namespace) -> int:
     else:
         waves = " then ".join(str(len(w)) for w in r.waves)
         say(f"rollout {r.id} of {r.model} to {r.plan.select} started: waves of {waves} device(s)")
-        say(f"`edgehub rollout status {r.id}` follows it; `edgehub serve` must be running")
+        hub = hub_command(args)
+        say(f"`{hub} rollout status {r.id}` follows it; `{hub} serve` must be running")
     return 0
 
 
@@ -193,7 +194,21 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
         print(json.dumps([{**r.to_json(), "waves_view": ro.wave_rows(r, time.time())}], indent=2))
         return 0
     if not args.watch:
-        console.print(_view(r, time.time()))
+        show(_view(r, time.time()))
+        return 0
+    if not console.is_terminal:  # a log, a pipe: a plain line whenever something changed
+        said = ""
+        while True:
+            line = progress_line(r)
+            if line != said:
+                say(line)
+                console.file.flush()
+                said = line
+            if r.state not in (ro.RUNNING, ro.PAUSED):
+                break
+            time.sleep(WATCH_S)  # polling the store; nothing to synchronise with
+            r = find()
+        show(_view(r, time.time()))
         return 0
     with Live(_view(r, time.time()), console=console, refresh_per_second=4) as live:
         while r.state in (ro.RUNNING, ro.PAUSED):
@@ -201,6 +216,16 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
             r = find()
             live.update(_view(r, time.time()))
     return 0
+
+
+def progress_line(r: Any) -> str:
+    """One line of a watched rollout, for a log: its state, wave and device counts."""
+    s = _summary(r)
+    reason = f" ({s['reason']})" if s["reason"] else ""
+    return (
+        f"rollout {s['id']} {s['state']}{reason}: wave {s['wave']}, {s['healthy']} healthy, "
+        f"{s['failed']} failed, {s['pending']} pending"
+    )
 
 
 def _manual(action: str) -> Callable[[argparse.Namespace], int]:

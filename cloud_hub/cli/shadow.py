@@ -8,13 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from cloud_hub.cli.output import console, hub_command, show
 from cloud_hub.rollout.shadow import shadow_reports, start_shadow, stop_shadow
 from edge_agent.protocol.messages import SHADOW_ROWS, ModelRef
-
-console = Console()
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 COLUMNS = ("device", "current", "candidate", "rows", "agreement", "errors")
@@ -38,7 +36,8 @@ def cmd_shadow_start(args: argparse.Namespace) -> int:
     else:
         console.print(
             f"shadow run of {model} queued for {', '.join(args.device)}: a report every "
-            f"{args.rows} rows (`edgehub shadow report`); the hub sends it while it serves",
+            f"{args.rows} rows (`{hub_command(args)} shadow report`); the hub sends it while "
+            "it serves",
             soft_wrap=True,
         )
     return 0
@@ -64,7 +63,7 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
         shown = f"{agreement:.3f}" if isinstance(agreement, int | float) else "?"
         p95 = f"{row['current_p95_ms']} / {row['candidate_p95_ms']}"
         table.add_row(*[str(row[c]) for c in COLUMNS[:4]], shown, str(row["errors"]), p95)
-    console.print(table)
+    show(table)
     if not rows:
         console.print("no shadow report yet: start one with `edgehub shadow start`")
     return 0

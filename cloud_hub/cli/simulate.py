@@ -14,19 +14,21 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from cloud_hub.cli.output import console, show
 from cloud_hub.harness.simulate import SimOptions, Simulation, ensure_model, parse_broker
+from cloud_hub.home_lock import own_home
 from cloud_hub.rollout import engine as ro
-from cloud_hub.rollout.operations import start_rollout
+from cloud_hub.rollout.operations import open_repo, start_rollout
 from cloud_hub.store.database import Store, default_url
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.messages import ModelRef
 
 SIM_GROUP = "simulated"
-console = Console()
+FORGET_WAIT_S = 10.0
+PROGRESS_S = 5.0  # a progress line this often when not on a terminal
 AddCommand = Callable[..., argparse.ArgumentParser]
 
 
@@ -90,6 +92,17 @@ def summary_table(snap: dict[str, Any], title: str) -> Table:
     return table
 
 
+def progress_line(snap: dict[str, Any], duration: float) -> str:
+    """One line of a running simulation, for a log or a pipe."""
+    r = snap.get("rollout") or {}
+    rollout = f"rollout {r['id']} {r['state']} ({r['healthy']} healthy), " if r else ""
+    return (
+        f"simulate: {snap['elapsed_s']:.0f} s of {duration:g}: {snap['connected']}/"
+        f"{snap['devices']} devices connected, {rollout}{snap['inferences']} inferences, "
+        f"{snap['hub_records']} records stored"
+    )
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     opts = SimOptions(
         devices=args.devices,
@@ -105,31 +118,56 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     broker = parse_broker(args.broker) if args.broker else None
     model = ModelRef.parse(args.model) if args.model else None
     home = Path(args.home)
+    open_repo(home)  # no hub here: say so before anything starts
+    # its own hub needs the home to itself; with --external-hub, that hub (serve) holds it
+    owning = nullcontext() if args.external_hub else own_home(home, "edgehub simulate")
+    with owning:
+        return _simulate(args, opts, home, broker, model)
+
+
+def _simulate(
+    args: argparse.Namespace,
+    opts: SimOptions,
+    home: Path,
+    broker: tuple[str, int] | None,
+    model: ModelRef | None,
+) -> int:
     workdir = Path(args.workdir) if args.workdir else home / "simulated"
     chosen = ensure_model(home, workdir, model)
+    store = Store(default_url(home))
     sim = Simulation(home, workdir, opts, broker, embedded_hub=not args.external_hub)
     try:
-        store = Store(default_url(home))
         for device in sim.fleet.ids:  # the rollout targets the simulated devices only
             store.label_device(device, group=SIM_GROUP)
-        rid = start_rollout(home, chosen, args.canary, target=f"group:{SIM_GROUP}").id
+        # the simulated devices only; a rollout someone else started keeps running
+        target = f"group:{SIM_GROUP}"
+        rid = start_rollout(home, chosen, args.canary, target=target, supersede=False).id
         end = time.monotonic() + args.duration
-        show = not args.json and console.is_terminal
-        with Live(console=console, transient=True) if show else nullcontext() as live:
+        live_view = not args.json and console.is_terminal
+        # not on a terminal: a plain line now and then (on stderr under --json)
+        lines_to = None if live_view else (sys.stderr if args.json else sys.stdout)
+        next_line = time.monotonic()
+        with Live(console=console, transient=True) if live_view else nullcontext() as live:
             while time.monotonic() < end:
                 threading.Event().wait(min(1.0, max(0.0, end - time.monotonic())))
                 if live is not None:
                     live.update(summary_table(sim.snapshot(rid), "simulated fleet"))
+                elif lines_to is not None and time.monotonic() >= next_line:
+                    print(
+                        progress_line(sim.snapshot(rid), args.duration), file=lines_to, flush=True
+                    )
+                    next_line = time.monotonic() + PROGRESS_S
         running = sim.snapshot(rid)
         final = sim.finish()  # stops the fleet: connections and threads are gone after it
         snap = {**sim.snapshot(rid), **final}
         snap.update({k: running[k] for k in ("connected", "threads", "fds", "rss_mb")})
     finally:
         sim.close()
+        forget(store, sim)
     if args.json:
         print(json.dumps(snap, indent=2, default=str))
     else:
-        console.print(summary_table(snap, f"simulated fleet: {opts.devices} devices"))
+        show(summary_table(snap, f"simulated fleet: {opts.devices} devices"))
     problems = []
     if snap["rollout"]["state"] != ro.COMPLETED:
         problems.append(f"rollout {rid} is {snap['rollout']['state']}, not completed")
@@ -140,16 +178,38 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def forget(store: Store, sim: Simulation) -> None:
+    """The simulated devices leave the registry when the run ends (their records stay). A hub
+    in another process may still be storing their last words: wait (a while) until it has
+    seen each go offline, so it does not register one again after it is removed."""
+    fleet = getattr(sim, "fleet", None)
+    if fleet is None:
+        return
+    ids = fleet.ids
+    deadline = time.monotonic() + FORGET_WAIT_S
+    while sim.hub is None and time.monotonic() < deadline:
+        rows = {d["id"]: d for d in store.devices() if d["id"] in set(ids)}
+        if not any(row["online"] for row in rows.values()):
+            break
+        sim.pause()
+    store.remove_devices(ids)
+
+
 def register(sub: Any, add: AddCommand) -> None:
     sp = add(
-        sub, "simulate", cmd_simulate, "a simulated fleet of N devices against a hub", json_out=True
+        sub,
+        "simulate",
+        cmd_simulate,
+        "a simulated fleet of N devices against a hub; they leave the registry when it ends",
+        json_out=True,
     )
     sp.add_argument("--devices", type=_count, required=True, help="simulated devices")
     sp.add_argument("--broker", help="mqtt://HOST:PORT (default: start a private mosquitto)")
     sp.add_argument(
         "--external-hub",
         action="store_true",
-        help="a hub already serves --home on that broker; do not start one",
+        help="a hub already serves --home on that broker (`edgehub serve`); do not start one. "
+        "Without it, simulate runs its own hub and needs --home to itself",
     )
     sp.add_argument("--rate", type=_number, default=2.0, help="sensor rows per second per device")
     sp.add_argument("--drift", type=_count, default=0, help="devices whose inputs drift")

@@ -63,9 +63,14 @@ class DemoOptions:
 @dataclass
 class Checks:
     rows: list[tuple[str, bool, str]] = field(default_factory=list)
+    say: Callable[[str], None] | None = None  # not on a terminal: a plain line per step
 
     def add(self, step: str, ok: bool, detail: str) -> bool:
         self.rows.append((step, ok, detail))
+        if self.say is not None:
+            self.say(
+                f"demo: {step}: {'ok' if ok else 'FAILED'}" + (f" ({detail})" if detail else "")
+            )
         return ok
 
     @property
@@ -241,10 +246,18 @@ class Processes:
 
 # ---- live view ------------------------------------------------------------------------------
 class View:
-    def __init__(self, store: Store, feeders: dict[str, Feeder]) -> None:
+    def __init__(
+        self, store: Store, feeders: dict[str, Feeder], say: Callable[[str], None] | None = None
+    ) -> None:
         self.store = store
         self.feeders = feeders
         self.phase = ""
+        self.say = say  # not on a terminal: a plain line per phase (the live view prints none)
+
+    def set_phase(self, phase: str) -> None:
+        if phase != self.phase and self.say is not None:
+            self.say(f"demo: {phase}...")
+        self.phase = phase
 
     def devices(self) -> dict[str, dict[str, Any]]:
         return {d["id"]: d for d in self.store.devices()}
@@ -292,7 +305,7 @@ class View:
 
 def wait_for(live: Live, view: View, what: str, check: Callable[[], bool], timeout: float) -> bool:
     """Refresh the live view until `check()` holds or `timeout` passes."""
-    view.phase = what
+    view.set_phase(what)
     deadline = time.monotonic() + timeout
     while True:
         live.update(view.render())
@@ -314,12 +327,15 @@ def run_demo(opts: DemoOptions) -> int:
     _interrupt_on_signals()
     listen = parse_listen(opts.http)
     workdir = opts.workdir or Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
-    checks = Checks()
+    say = None if console.is_terminal else _plain(console)
+    checks = Checks(say=say)
     procs = Processes(workdir / "logs")
     broker: RunningBroker | None = None
     web: WebServer | None = None
     feeders: dict[str, Feeder] = {}
     try:
+        if say is not None:
+            say("demo: training a scikit-learn MLP on the breast cancer data set...")
         with console.status(
             "training a scikit-learn MLP on the breast cancer data set..."
         ) as status:
@@ -371,7 +387,7 @@ def run_demo(opts: DemoOptions) -> int:
                 device, ["-m", "edge_agent.cli", "run", "--config", str(folder / "agent.toml")]
             )
         store = Store(default_url(home))
-        view = View(store, feeders)
+        view = View(store, feeders, say)
         web, token = _dashboard(store, home, *listen)
         console.print(f"[bold]dashboard:[/bold] {web.url}#token={token}", soft_wrap=True)
         with Live(view.render(), console=console, refresh_per_second=4) as live:
@@ -422,6 +438,16 @@ def run_demo(opts: DemoOptions) -> int:
         if web is not None:
             web.stop()
     return _report(console, checks, workdir, opts)
+
+
+def _plain(console: Console) -> Callable[[str], None]:
+    """Print one progress line at once (a pipe or a log, where the live view stays blank)."""
+
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        console.file.flush()
+
+    return say
 
 
 def _dashboard(store: Store, home: Path, host: str, port: int) -> tuple[WebServer, str]:
@@ -574,7 +600,7 @@ def _tamper(
 
 
 def _wrap_up(live: Live, view: View, procs: Processes, store: Store, checks: Checks) -> None:
-    view.phase = "stopping agents (they flush their buffers)"
+    view.set_phase("stopping agents (they flush their buffers)")
     live.update(view.render())
     codes = {d: procs.stop(d) for d in DEVICES}
     checks.add("agents stop cleanly", all(c == 0 for c in codes.values()), f"exit codes {codes}")

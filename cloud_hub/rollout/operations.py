@@ -107,9 +107,11 @@ def start_rollout(
     gates: Gates | None = None,
     shadow_rows: int | None = None,
     encrypt: bool = False,
+    supersede: bool = True,
 ) -> ro.Rollout:
     """Plan the waves over the devices matching `target` and store the rollout; a running hub
-    steps it. Older rollouts of the same model name stop sending (superseded)."""
+    steps it. Older rollouts of the same model name stop sending (superseded), unless not
+    `supersede` (`edgehub simulate` leaves the rollouts it did not start alone)."""
     plan = ro.Plan(
         target, canary, tuple(waves.split(",")), gates or Gates(), shadow_rows
     )  # checks every argument before anything else
@@ -143,7 +145,7 @@ def start_rollout(
         time.time(),
     )
     store.add_rollout(r.id, r.state, r.to_json())
-    for row in store.rollouts([ro.RUNNING, ro.PAUSED, ro.COMPLETED]):
+    for row in store.rollouts([ro.RUNNING, ro.PAUSED, ro.COMPLETED]) if supersede else ():
         older = ro.Rollout.from_json(row["body"])
         if older.id != r.id and older.model.name == model.name:
             change_rollout(home, older.id, lambda o: ro.supersede(o, r.id))

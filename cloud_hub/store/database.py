@@ -398,6 +398,15 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings().all()]
 
+    def remove_devices(self, ids: Sequence[str]) -> None:
+        """Forget devices: their registration (status, labels, public key), their unsent
+        commands and refusal counts, in one transaction. Their stored records stay (retention
+        removes them); a device that reports again is registered again."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(devices).where(devices.c.id.in_(ids)))
+            conn.execute(delete(outbox).where(outbox.c.device.in_(ids), outbox.c.sent.is_(None)))
+            conn.execute(delete(refusals).where(refusals.c.device.in_(ids)))
+
     # ---- command outbox -----------------------------------------------------------------
     def queue_command(self, device: str, body: dict[str, Any]) -> None:
         """A command for `device`, sent by the running hub on its next tick."""

@@ -66,6 +66,11 @@ OnConnectFailed = Callable[[TransportError, bool], None]  # (why, refused by the
 _LOOP_S = 1.0  # longest the network thread sits in select() (publish/stop wake it sooner)
 _BYE_S = 2.0  # longest stop() gives the DISCONNECT to leave before the socket is closed
 _JOIN_S = 10.0  # longest stop() waits for the network thread (a connect times out in 5 s)
+# Without an on_connect_failed callback the session says itself that it cannot connect: at the
+# first failed attempt, then at most once a REPORT_S while the failures go on (each attempt in
+# between at INFO), and that it connected once it does: a daemon at the default log level is
+# never silent about a broker it cannot reach, nor does it fill a journal with a line a second.
+REPORT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,9 @@ class MqttSession:
         self._up = False  # a CONNACK accepted the connection
         self._refused = False  # a CONNACK refused it
         self._lost_reason = ""
+        self._failures = 0  # failed attempts since the last connection (network thread only)
+        self._failing_since = 0.0
+        self._next_report = 0.0
         c = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -434,8 +442,21 @@ class MqttSession:
     def _failed(self, error: TransportError, refused: bool) -> None:
         if self._on_connect_failed:
             self._notify(self._on_connect_failed, error, refused)
-        else:
-            (log.warning if refused else log.info)("%s", error)
+            return
+        now = time.monotonic()
+        self._failures += 1
+        if self._failures == 1:
+            self._failing_since = now
+        elif now < self._next_report:
+            log.info("%s", error)
+            return
+        self._next_report = now + REPORT_S
+        tally = (
+            f" ({self._failures} attempts in {now - self._failing_since:.0f} s)"
+            if self._failures > 1
+            else ""
+        )
+        log.warning("%s%s; retrying every %g s at most", error, tally, self.backoff.maximum)
 
     @staticmethod
     def _notify(callback: Callable[..., None], *args: object) -> None:
@@ -456,6 +477,9 @@ class MqttSession:
             return
         self._up = True
         self.backoff.reset()
+        if self._failures and self._on_connect_failed is None:  # it said it could not
+            log.warning("%s: connected after %d failed attempt(s)", self._where, self._failures)
+        self._failures = 0
         if self._ever_connected:
             self.reconnects += 1
         self._ever_connected = True
