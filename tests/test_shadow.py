@@ -189,8 +189,8 @@ def test_shadow_cli_mistakes_are_one_line(
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--rows", "0"], "argument --rows: expected 1 to 1000000 rows, got 0"),
-        (["--rows", "x"], "argument --rows: expected a whole number of rows, got 'x'"),
+        (["--rows", "0"], "argument --rows: expected 1 to 1000000 rows, got '0'"),
+        (["--rows", "x"], "argument --rows: expected 1 to 1000000 rows, got 'x'"),
         ([], "the following arguments are required: --device"),
     ],
 )

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cloud_hub.cli.args import number
 from edge_agent import __version__
 from edge_agent.cli_tools import accept_everywhere, bash_completion
 from edge_agent.errors import EdgefleetError
@@ -71,15 +72,7 @@ def _home(args: argparse.Namespace) -> Path:
     return Path(args.home)
 
 
-def _fraction(text: str) -> float:
-    """A threshold argument: a number from 0 to 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
-    return value
+_fraction = number(float, "a number from 0 to 1", 0.0, 1.0)  # a threshold argument
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -278,29 +271,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def _positive_days(text: str) -> float:
-    try:
-        days = float(text)
-    except ValueError:
-        days = -1.0
-    if not 0 < days < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of days, got {text!r}")
-    return days
-
-
-def _non_negative(kind: type[int] | type[float]) -> Callable[[str], float]:
-    what = "a whole number" if kind is int else "a number"
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = -1
-        if not 0 <= value < float("inf"):  # also refuses nan
-            raise argparse.ArgumentTypeError(f"expected {what} of 0 or more, got {text!r}")
-        return value
-
-    return parse
+_positive_days = number(
+    float, "a positive number of days", 0, above=True, finite="a positive number of days"
+)
 
 
 # ---- parser ---------------------------------------------------------------------------------
@@ -413,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--device-rate",
-        type=_non_negative(float),
+        type=number(float, "a number of 0 or more", 0, finite="a number of 0 or more"),
         default=100.0,
         metavar="MSGS",
         help="messages a second one device may send on average, ten times that at once; "
@@ -422,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--device-quota",
-        type=_non_negative(int),
+        type=number(int, "a whole number of 0 or more", 0),
         default=5_000_000,
         metavar="RECORDS",
         help="records the hub stores of one device; past it new ones are refused and counted, "

@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
+from cloud_hub.cli.args import number
 from cloud_hub.cli.output import console, hub_command, show
 from cloud_hub.rollout.shadow import shadow_reports, start_shadow, stop_shadow
 from edge_agent.protocol.messages import SHADOW_ROWS, ModelRef
@@ -18,14 +19,7 @@ AddCommand = Callable[..., argparse.ArgumentParser]
 COLUMNS = ("device", "current", "candidate", "rows", "agreement", "errors")
 
 
-def _rows(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of rows, got {text!r}") from None
-    if not 1 <= value <= 1_000_000:
-        raise argparse.ArgumentTypeError(f"expected 1 to 1000000 rows, got {value}")
-    return value
+_rows = number(int, "1 to 1000000 rows", 1, 1_000_000)
 
 
 def cmd_shadow_start(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 from rich.live import Live
 from rich.table import Table
 
+from cloud_hub.cli.args import number
 from cloud_hub.cli.output import console, show
 from cloud_hub.harness.simulate import SimOptions, Simulation, ensure_model, parse_broker
 from cloud_hub.home_lock import own_home
@@ -32,21 +33,8 @@ PROGRESS_S = 5.0  # a progress line this often when not on a terminal
 AddCommand = Callable[..., argparse.ArgumentParser]
 
 
-def _count(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
+_count = number(int, "a whole number")
+_number = number(float, "a number", finite="a finite number")
 
 
 def summary_table(snap: dict[str, Any], title: str) -> Table:

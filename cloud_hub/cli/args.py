@@ -1,0 +1,38 @@
+"""Argument types of the edgehub commands: what argparse calls on an option's text. Each error
+says what was expected and what arrived (argparse adds which option)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
+
+
+def number(
+    kind: type[N],
+    expected: str,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    above: bool = False,
+    finite: str | None = None,
+) -> Callable[[str], N]:
+    """A parser of one number of `kind` in [low, high] ((low, high] when `above`); a value
+    that is not one says `expected`; `finite`, if given, is what an infinite or NaN one says."""
+
+    def parse(text: str) -> N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if finite is not None and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {finite}, got {text!r}")
+        in_range = (low < value if above else low <= value) and value <= high
+        if not in_range or math.isnan(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
