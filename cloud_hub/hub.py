@@ -103,6 +103,9 @@ def _root_number(name: str) -> int:
     return int(name.removeprefix("root/").removesuffix(".json"))
 
 
+CONNECT_WAIT_S = 30.0  # how long run() waits for its first connection before it goes on
+
+
 class Hub:
     def __init__(
         self,
@@ -158,7 +161,10 @@ class Hub:
     # ---- the loop ---------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         self.session.start()
-        self.session.wait_connected(30)
+        connect_by = time.monotonic() + CONNECT_WAIT_S
+        while not stop.is_set() and time.monotonic() < connect_by:  # a stop is heard at once
+            if self.session.wait_connected(0.1):
+                break
         self.ready.set()
         next_tick = 0.0
         while not stop.is_set():

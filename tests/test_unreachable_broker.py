@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -125,3 +126,29 @@ def test_serve_says_serving_only_once_connected(
     ]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(WAIT_S) == 0
+
+
+def test_serve_stops_at_once_while_the_broker_is_unreachable(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    """SIGTERM while the hub still waits for its first connection ends it promptly (it waited
+    out a 30 s connect timeout before)."""
+    home = tmp_path / "hub"
+    init_hub(home)
+    proc = launch(
+        processes,
+        "-m",
+        "cloud_hub.cli.app",
+        "--home",
+        str(home),
+        "serve",
+        "--broker-port",
+        str(free_port()),
+        "--http",
+        "off",
+    )
+    Lines(proc.stderr).expect("cannot connect")  # type: ignore[arg-type]
+    asked = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(WAIT_S) == 0
+    assert time.monotonic() - asked < 10  # well under the 30 s connect wait
