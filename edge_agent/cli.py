@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.cli_tools import accept_everywhere, bash_completion
+from edge_agent.cli_tools import accept_everywhere, add_completion, add_verbose
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError, EdgefleetError, MessageError, TransportError
 from edge_agent.protocol.inputs import describe, inputs_of
@@ -311,27 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = config.add_parser("check", help="validate a device file")
     sp.add_argument("file")
     sp.set_defaults(fn=cmd_config_check)
-    sp = sub.add_parser("completion", help="print a shell completion script")
-    sp.add_argument("shell", choices=["bash"], help="source <(edge-agent completion bash)")
-    sp.set_defaults(fn=cmd_completion)
+    add_completion(sub, "edge-agent", build_parser)
     accept_everywhere(p, _global_options)
     return p
 
 
 def _global_options(p: argparse.ArgumentParser, below: bool) -> None:
     """-v, before the subcommand or after it (`below`: the default is left to the top)."""
-    p.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        default=argparse.SUPPRESS if below else False,
-        help="log what the agent does (INFO)",
-    )
-
-
-def cmd_completion(args: argparse.Namespace) -> int:
-    sys.stdout.write(bash_completion(build_parser()))
-    return 0
+    add_verbose(p, below, "the agent")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,9 @@ Standard library only: the device's base install has no hub extra.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 AddGlobals = Callable[[argparse.ArgumentParser, bool], None]
 
@@ -17,6 +19,34 @@ def subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             yield from action.choices.items()
+
+
+def add_verbose(parser: argparse.ArgumentParser, below: bool, what: str) -> None:
+    """-v/--verbose (log at INFO what `what` does), as accept_everywhere's `add_globals` adds it."""
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS if below else False,
+        help=f"log what {what} does (INFO)",
+    )
+
+
+def add_completion(
+    sub: Any, prog: str, build: Callable[[], argparse.ArgumentParser]
+) -> argparse.ArgumentParser:
+    """The `completion bash` subcommand of `prog`, printing the script of the tree `build`
+    makes."""
+    what = "print a shell completion script"
+    sp: argparse.ArgumentParser = sub.add_parser("completion", help=what, description=what)
+    sp.add_argument("shell", choices=["bash"], help=f"source <({prog} completion bash)")
+
+    def print_script(_args: argparse.Namespace) -> int:
+        sys.stdout.write(bash_completion(build()))
+        return 0
+
+    sp.set_defaults(fn=print_script)
+    return sp
 
 
 def accept_everywhere(parser: argparse.ArgumentParser, add_globals: AddGlobals) -> None:

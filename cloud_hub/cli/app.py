@@ -15,7 +15,7 @@ from typing import Any
 
 from cloud_hub.cli.args import number
 from edge_agent import __version__
-from edge_agent.cli_tools import accept_everywhere, bash_completion
+from edge_agent.cli_tools import accept_everywhere, add_completion, add_verbose
 from edge_agent.errors import EdgefleetError
 from edge_agent.protocol.messages import ModelRef
 
@@ -450,8 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="where the demo serves the dashboard (another free port if this one is taken)",
     )
-    sp = add(sub, "completion", cmd_completion, "print a shell completion script")
-    sp.add_argument("shell", choices=["bash"], help="source <(edgehub completion bash)")
+    add_completion(sub, "edgehub", build_parser)
     accept_everywhere(p, _global_options)
     return p
 
@@ -463,18 +462,7 @@ def _global_options(p: argparse.ArgumentParser, below: bool) -> None:
         default=argparse.SUPPRESS if below else os.environ.get("EDGEHUB_HOME", "edgehub-home"),
         help="hub folder: keys, TUF repository, database (env EDGEHUB_HOME)",
     )
-    p.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        default=argparse.SUPPRESS if below else False,
-        help="log what the hub does (INFO)",
-    )
-
-
-def cmd_completion(args: argparse.Namespace) -> int:
-    sys.stdout.write(bash_completion(build_parser()))
-    return 0
+    add_verbose(p, below, "the hub")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
