@@ -33,6 +33,7 @@ from rich.table import Table
 from cloud_hub.broker.local import RunningBroker, start_broker
 from cloud_hub.cli.output import p_text
 from cloud_hub.drift.source import PublishedCards
+from cloud_hub.harness.commands import agent_argv, serve_argv
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.operations import enroll_device, init_hub, publish_bundle, start_rollout
 from cloud_hub.signing.tuf_repo import TufRepository
@@ -361,31 +362,15 @@ def run_demo(opts: DemoOptions) -> int:
             checks.add("broker", True, f"{broker.kind} on {broker.host}:{broker.port}")
         else:
             address = opts.broker_address
-        procs.start(
-            "hub",
-            [
-                "-m",
-                "cloud_hub.cli.app",
-                "--home",
-                str(home),
-                "serve",
-                "--broker-host",
-                address[0],
-                "--broker-port",
-                str(address[1]),
-                "--http",
-                "off",  # the demo serves the dashboard itself, on the port it was given
-            ],
-        )
+        # the demo serves the dashboard itself, on the port it was given
+        procs.start("hub", serve_argv(home, address[0], address[1], "--http", "off"))
         for i, device in enumerate(DEVICES):
             feeders[device] = Feeder(data.x_feed, seed=i)
             folder = workdir / device
             folder.mkdir()
             enroll_device(home, device, folder / "state")
             (folder / "agent.toml").write_text(device_config(device, feeders[device].port, address))
-            procs.start(
-                device, ["-m", "edge_agent.cli", "run", "--config", str(folder / "agent.toml")]
-            )
+            procs.start(device, agent_argv(folder / "agent.toml"))
         store = Store(default_url(home))
         view = View(store, feeders, say)
         web, token = _dashboard(store, home, *listen)

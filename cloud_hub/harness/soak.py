@@ -34,6 +34,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloud_hub.harness.commands import agent_argv, serve_argv
+
 # quick faults, drawn about every 8 s
 FAULTS = ("broker-restart", "hub-kill", "agent-kill", "bad-mqtt", "bad-lines", "flood")
 # long faults, each a few times a run at spread-out moments
@@ -186,19 +188,7 @@ def run_soak(minutes: float, devices: int, seed: int, workdir: Path) -> int:
     broker = start_mosquitto(workdir / "mosquitto", extra_config=SMALL_QUEUE)
     env_path = str(Path(__file__).resolve().parent.parent)
     os.environ["PYTHONPATH"] = env_path + os.pathsep + os.environ.get("PYTHONPATH", "")
-    hub = Proc(
-        "hub",
-        [
-            "-m",
-            "cloud_hub.cli.app",
-            "--home",
-            str(home),
-            "serve",
-            "--broker-port",
-            str(broker.port),
-        ],
-        logs,
-    )
+    hub = Proc("hub", serve_argv(home, broker.host, broker.port), logs)
     agents = []
     disk: Path | None = None
     for n in range(1, REAL_AGENTS + 1):
@@ -212,7 +202,7 @@ def run_soak(minutes: float, devices: int, seed: int, workdir: Path) -> int:
         agents.append(
             Proc(
                 device,
-                ["-m", "edge_agent.cli", "run", "--config", str(folder / "agent.toml")],
+                agent_argv(folder / "agent.toml"),
                 logs,
             )
         )
