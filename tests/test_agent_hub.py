@@ -2,74 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-from sklearn.datasets import load_iris
-from sklearn.linear_model import LogisticRegression
 
-from cloud_hub.broker.local import RunningBroker
-from cloud_hub.hub import Hub
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.operations import publish_bundle, start_rollout
-from converters.pipeline import build_bundle
-from edge_agent.agent import Agent
 from edge_agent.protocol.messages import Command, ModelRef, encode
-from tests.support.device_rig import enrolled, hub_and_agent
-from tests.support.watch import DeviceWatcher
+from tests.support.fleet import (  # noqa: F401  (fleet is a fixture)
+    DEVICE,
+    Fleet,
+    _bundle,
+    _publish,
+    fleet,
+)
 
 pytestmark = pytest.mark.broker
-DEVICE = "pi-01"
 
 
-@dataclass
-class Fleet:
-    home: Path
-    hub: Hub
-    agent: Agent
-    watcher: DeviceWatcher
-    broker: RunningBroker
-
-
-def _bundle(tmp: Path, version: int, max_latency_ms: float | None = None) -> Path:
-    x, y = load_iris(return_X_y=True)
-    out = tmp / f"iris-{version}.zip"
-    build_bundle(
-        LogisticRegression(max_iter=500).fit(x, y),
-        x,
-        y,
-        name="iris",
-        version=version,
-        out=out,
-        max_latency_ms=max_latency_ms,
-    )
-    return out
-
-
-@pytest.fixture
-def fleet(broker: RunningBroker, tmp_path: Path) -> Iterator[Fleet]:
-    home, cfg_path = enrolled(tmp_path, broker, DEVICE, "[telemetry]\nstatus_interval_s = 0.2\n")
-    watcher = DeviceWatcher(broker)
-    with hub_and_agent(home, broker, cfg_path) as (hub, agent):
-        watcher.wait("the agent's birth", lambda: watcher.status.get("online") is True)
-        yield Fleet(home, hub, agent, watcher, broker)
-    watcher.stop()
-
-
-def _publish(broker: RunningBroker, topic: str, payload: bytes) -> None:
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    client.publish(topic, payload, qos=1).wait_for_publish(10)
-    client.loop_stop()
-    client.disconnect()
-
-
-def test_bad_messages_are_counted_and_kill_nothing(fleet: Fleet) -> None:
+def test_bad_messages_are_counted_and_kill_nothing(fleet: Fleet) -> None:  # noqa: F811
     garbage = [b"\xff\xfe\x00", b"{}", b'{"v": 99}', b'{"v": 1, "id": "x", "kind": "format-disk"}']
     for payload in garbage:
         _publish(fleet.broker, f"edgefleet/dev/{DEVICE}/cmd", payload)
@@ -96,7 +47,7 @@ def test_bad_messages_are_counted_and_kill_nothing(fleet: Fleet) -> None:
     assert fleet.hub.store.count("telemetry") == 0
 
 
-def test_unhealthy_model_is_rolled_back_and_rollout_halts(fleet: Fleet, tmp_path: Path) -> None:
+def test_unhealthy_model_is_rolled_back_and_rollout_halts(fleet: Fleet, tmp_path: Path) -> None:  # noqa: F811
     w = fleet.watcher
     publish_bundle(fleet.home, _bundle(tmp_path, 1))
     start_rollout(fleet.home, ModelRef("iris", 1), "1")
@@ -124,7 +75,8 @@ def test_unhealthy_model_is_rolled_back_and_rollout_halts(fleet: Fleet, tmp_path
 
 
 def test_a_rollback_of_a_model_the_device_does_not_run_is_ignored(
-    fleet: Fleet, tmp_path: Path
+    fleet: Fleet,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """The hub may send a rollback after the device already stepped back by itself: one step
     back only, never past the model it runs."""

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import bundle, hub_fails
 
 from cloud_hub.cli import app as hub_cli
 from cloud_hub.cli import output as cli_output
 from cloud_hub.store.database import Store, default_url
 from edge_agent.protocol.messages import ModelRef, Status, StorageCondition
+from tests.support.cli import bundle, hub_fails
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ import pytest
 from cloud_hub.cli import app as hub_cli
 from edge_agent import __version__
 from edge_agent import cli as agent_cli
+from tests.support.cli import bundle
+from tests.support.processes import Lines
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -159,8 +161,6 @@ def test_bash_completion_of_the_agent() -> None:
 def test_rollout_start_hint_carries_home(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_cli import bundle
-
     from cloud_hub.store.database import Store, default_url
     from edge_agent.protocol.messages import ModelRef, Status
 
@@ -234,8 +234,6 @@ def test_piped_output_honours_columns(wide_hub: Path) -> None:
 
 
 def test_piped_tables_are_set_apart(tmp_path: Path) -> None:
-    from test_cli import bundle
-
     path = tmp_path / "wine-1.zip"
     path.write_bytes(bundle("wine", 1))
     done = run("-m", "cloud_hub.cli.app", "model", "inspect", str(path), env={"COLUMNS": ""})
@@ -255,9 +253,6 @@ def test_piped_tables_are_set_apart(tmp_path: Path) -> None:
 def test_rollout_watch_prints_lines_in_a_pipe(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_cli import bundle
-    from test_unreachable_broker import Lines
-
     from cloud_hub.store.database import Store, default_url
     from edge_agent.protocol.messages import Status
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from test_rollout import Sim
-
 from cloud_hub.rollout import engine as ro
 from cloud_hub.store.database import StoredRecord
 from cloud_hub.web.views import (
@@ -16,6 +14,7 @@ from cloud_hub.web.views import (
     telemetry_points,
 )
 from edge_agent.protocol.messages import ModelRef, StorageCondition
+from tests.support.rollout import Sim
 
 
 def row(body: dict[str, Any], state: str = "running") -> dict[str, Any]:
@@ -24,7 +23,7 @@ def row(body: dict[str, Any], state: str = "running") -> dict[str, Any]:
 
 def test_a_rollout_as_the_engine_stores_it() -> None:
     r = ro.start("r-1", ModelRef("m", 2), "m-2.zip", 1, [["a"], ["b", "c"]])
-    sim = Sim(r)  # the hub's side of the loop, in memory (tests/test_rollout.py)
+    sim = Sim(r)  # the hub's side of the loop, in memory (tests/support/rollout.py)
     assert sim.step(0.0) == [("a", "deploy")]
     sim.report("a", "healthy")
     assert sim.step(1e6) == [("b", "deploy"), ("c", "deploy")]

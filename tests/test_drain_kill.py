@@ -1,10 +1,10 @@
 """Promise 1 against the hardest moment: the agent SIGKILLed in the middle of a drain. A real
-`edge-agent run` process, a private mosquitto and the hub in-process (tests/test_lifecycle.py's
-Rig). With every inferred row also sampled raw (`raw_sample_rate = 1`), the file source at
-200 rows/s fills the buffer quickly while the broker is down; the broker comes back, the drain
-(paced by `drain_rate`) is under way, and the agent is killed once the broker acknowledged part
-of the backlog and the rest is still in the buffer (some of it on the wire). The next boot
-finishes the drain: the hub holds every record once."""
+`edge-agent run` process, a private mosquitto and the hub in-process (the Rig of
+tests/support/agent_process.py). With every inferred row also sampled raw
+(`raw_sample_rate = 1`), the file source at 200 rows/s fills the buffer quickly while the broker
+is down; the broker comes back, the drain (paced by `drain_rate`) is under way, and the agent is
+killed once the broker acknowledged part of the backlog and the rest is still in the buffer (some
+of it on the wire). The next boot finishes the drain: the hub holds every record once."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_lifecycle import (  # noqa: F401  (bundles and rig are fixtures)
+from tests.support.agent_process import (  # noqa: F401  (bundles and rig are fixtures)
     DEVICE,
     Rig,
     _buffer_rows,

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from sklearn.datasets import load_iris
 from sqlalchemy import text
-from test_agent_hub import _bundle, _publish
 
 from cloud_hub.broker.local import RunningBroker
 from cloud_hub.hub import Hub
@@ -29,6 +28,7 @@ from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.mqtt.session import BrokerAddress
 from edge_agent.protocol.messages import ModelRef, XferRequest, encode
+from tests.support.fleet import _bundle, _publish
 from tests.support.watch import DeviceWatcher
 
 pytestmark = pytest.mark.broker

@@ -8,12 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_unreachable_broker import Lines, launch, processes  # noqa: F401  (a fixture)
-
 from cloud_hub.broker.local import free_port
 from cloud_hub.home_lock import LOCK_FILE, holder, own_home
 from cloud_hub.rollout.operations import init_hub
 from edge_agent.errors import ConfigError
+from tests.support.processes import Lines, launch, processes  # noqa: F401  (a fixture)
 
 
 def edgehub(*argv: str) -> subprocess.CompletedProcess[str]:

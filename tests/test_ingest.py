@@ -5,42 +5,20 @@ every wait is on the hub's `handled` condition or the sender's state, with a tim
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from cloud_hub.broker.local import RunningBroker
 from cloud_hub.hub import Hub
 from cloud_hub.store.database import Store, default_url
-from edge_agent.mqtt.session import BrokerAddress
 from tests.support.device_rig import Device
+from tests.support.hub_thread import DEVICE, WAIT_S, new_hub, run_hub
 
 pytestmark = pytest.mark.broker
-DEVICE = "pi-07"
-WAIT_S = 30.0
 K = 120
-
-
-def new_hub(home: Path, broker: RunningBroker, **kwargs: Any) -> Hub:
-    home.mkdir(parents=True, exist_ok=True)
-    return Hub(home, BrokerAddress(broker.host, broker.port), **kwargs)
-
-
-def run_hub(hub: Hub) -> Callable[[], None]:
-    stop = threading.Event()
-    thread = threading.Thread(target=hub.run, args=(stop,), daemon=True)
-    thread.start()
-    assert hub.ready.wait(WAIT_S), "hub did not connect"
-
-    def halt() -> None:
-        stop.set()
-        thread.join(WAIT_S)
-
-    return halt
 
 
 def wait_stored(hub: Hub, store: Store, n: int) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from test_sources import WAIT_S, Socat
 
 from cloud_hub.broker.local import RunningBroker
 from cloud_hub.cli import app as hub_cli
@@ -25,6 +24,7 @@ from cloud_hub.hub import Hub
 from cloud_hub.web.metrics import registry_for
 from edge_agent.agent import Agent
 from tests.support.device_rig import enrolled, hub_and_agent
+from tests.support.serial import WAIT_S, Socat
 
 pytestmark = pytest.mark.broker
 DEVICE = "pi-serial"

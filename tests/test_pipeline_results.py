@@ -20,29 +20,17 @@ from sklearn.datasets import load_diabetes, load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from cloud_hub.broker.local import RunningBroker
-from converters.pipeline import build_bundle
 from edge_agent.config import keys_of, load_config, load_profile
 from edge_agent.errors import ConfigError
 from edge_agent.inference.pipeline import ActiveModel, Pipeline
 from edge_agent.inference.results import DEFAULT_TOPIC, ResultPublisher
-from edge_agent.inference.runtime import load_runtime
 from edge_agent.mqtt.options import results_topic
 from edge_agent.settings import ResultsSettings
-from edge_agent.update.bundle import read_bundle
+from tests.support.models import active_model, csv_line
 
 WAIT_S = 5.0  # upper bound for every wait on another thread; never reached when things work
 RECONNECT_WAIT_S = 20.0  # retries wait under a ceiling of 1 s, then 2 s, 4 s... (jittered)
 RESULT_KEYS = {"ts", "model", "prediction", "latency_ms"}
-
-
-def active_model(model: Any, x: np.ndarray, y: np.ndarray, name: str, out: Path) -> ActiveModel:
-    """A real bundle (convert, quantize, validate), read and loaded as the agent does."""
-    build_bundle(model, x, y, name=name, version=3, out=out)
-    bundle = read_bundle(out.read_bytes(), None, 10**8)
-    runtime = load_runtime(bundle.card, bundle.model_bytes)
-    return ActiveModel.build(
-        bundle.card, runtime, drift_window=50, warn_every=100, alert_every=10_000
-    )
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +49,6 @@ def iris_model(
 ) -> ActiveModel:
     out = tmp_path_factory.mktemp("iris") / "iris-3.zip"
     return active_model(iris_clf, iris.data, iris.target, "iris", out)
-
-
-def csv_line(row: np.ndarray) -> bytes:
-    return ",".join(repr(float(v)) for v in row).encode()
 
 
 def make_pipeline(model: ActiveModel | None, on_result: Any = None) -> Pipeline:

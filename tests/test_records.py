@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_ingest import DEVICE, WAIT_S, new_hub, run_hub
 
 from cloud_hub.broker.local import RunningBroker
 from cloud_hub.cli import app as cli
@@ -39,6 +38,7 @@ from edge_agent.protocol.records import (
 from edge_agent.uplink.telemetry import Window
 from tests.support.dashboard_fleet import card_json, predict_sign
 from tests.support.device_rig import Device
+from tests.support.hub_thread import DEVICE, WAIT_S, new_hub, run_hub
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ModelRef("iris", 3)

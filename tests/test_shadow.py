@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_iris
 from sklearn.tree import DecisionTreeClassifier
-from test_agent_hub import Fleet, _bundle, fleet  # noqa: F401  (fleet is a fixture)
-from test_cli import hub_fails
 
 from cloud_hub.cli import app as hub_cli
 from cloud_hub.rollout.operations import enroll_device, init_hub, publish_bundle, start_rollout
@@ -22,6 +20,8 @@ from edge_agent.inference.shadow import Shadow
 from edge_agent.protocol.messages import Command, ModelRef, decode_command
 from edge_agent.update.bundle import Bundle, read_bundle
 from edge_agent.update.health import check_health
+from tests.support.cli import hub_fails
+from tests.support.fleet import Fleet, _bundle, fleet  # noqa: F401  (fleet is a fixture)
 
 IRIS_X, IRIS_Y = load_iris(return_X_y=True)
 

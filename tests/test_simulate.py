@@ -31,7 +31,7 @@ from edge_agent.inference.pipeline import card_bounds
 from edge_agent.protocol.messages import Status
 from edge_agent.sources.line_parser import LineParser
 from edge_agent.update.bundle import read_bundle
-from tests.test_cli import hub_fails
+from tests.support.cli import hub_fails
 
 
 @pytest.fixture(scope="module")

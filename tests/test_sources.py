@@ -7,10 +7,8 @@ import math
 import os
 import queue
 import shutil
-import subprocess
 import sys
 import termios
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,10 +29,10 @@ from edge_agent.sources.file import FileSource
 from edge_agent.sources.line_parser import LineParser, RejectCounter
 from edge_agent.sources.mqtt import MqttSource
 from edge_agent.sources.serial_port import SerialSource
+from tests.support.serial import WAIT_S, Socat
 
 NAMES = ["alcohol", "malic_acid", "ash", "magnesium"]
 BOUNDS = [(11.0, 15.0), (0.7, 5.8), (1.3, 3.3), (70.0, 162.0)]
-WAIT_S = 5.0  # upper bound for every wait on another thread; never reached when things work
 
 
 def reason_of(parser: LineParser, raw: bytes) -> SensorLineError:
@@ -186,58 +184,6 @@ def test_serial_source_keeps_trying_a_missing_port(tmp_path: Path) -> None:
     assert isinstance(src.open_error, TransportError)
     assert src.stats()["open-failed"] >= 2
     assert not src.running
-
-
-class Socat:
-    """A socat-made pty pair behind two symlinks; the links vanish when socat is terminated."""
-
-    def __init__(self, directory: Path) -> None:
-        self.a = directory / "ttyA"  # the "device" end the test writes to
-        self.b = directory / "ttyB"  # the "port" end the source reads from
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.reader: threading.Thread | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "socat",
-                "-d",
-                "-d",
-                f"pty,raw,echo=0,link={self.a}",
-                f"pty,raw,echo=0,link={self.b}",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        log: queue.Queue[bytes] = queue.Queue()
-        stderr = self.proc.stderr
-        assert stderr is not None
-
-        def pump() -> None:  # until socat exits; the pipe is closed by its only reader
-            with stderr:
-                for line in stderr:
-                    log.put(line)
-
-        self.reader = threading.Thread(target=pump, daemon=True)
-        self.reader.start()
-        while b"starting data transfer loop" not in log.get(timeout=WAIT_S):
-            pass
-        assert self.a.is_symlink() and self.b.is_symlink()
-
-    def write(self, data: bytes) -> None:
-        fd = os.open(self.a, os.O_RDWR | os.O_NOCTTY)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=WAIT_S)
-        if self.reader is not None:
-            self.reader.join(WAIT_S)
 
 
 @pytest.fixture

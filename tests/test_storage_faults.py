@@ -1,7 +1,7 @@
 """Promise 3 against the device's own disk: a state folder that fills up or is read-only kills
 nothing. Real `edge-agent run` processes whose state folder is a small tmpfs (filled by the test
 with a file, then freed; remounted read-only, then read-write), a private mosquitto, the hub
-in-process (tests/test_lifecycle.py's Rig), and an independent paho subscriber (the Rig's
+in-process (tests/support/agent_process.py's Rig), and an independent paho subscriber (the Rig's
 watcher). What the hub holds is counted in its store; what the agent accepted, in its buffer
 file read with sqlite3."""
 
@@ -26,8 +26,7 @@ from cloud_hub.web.metrics import registry_for
 from edge_agent.agent import Agent, last_boot
 from edge_agent.config import load_config
 from tests.conftest import Tmpfs
-from tests.test_agent_hub import Fleet, fleet  # noqa: F401  (a fixture)
-from tests.test_lifecycle import (  # noqa: F401  (bundles and rig are fixtures)
+from tests.support.agent_process import (  # noqa: F401  (bundles and rig are fixtures)
     DEVICE,
     Rig,
     _pending_count,
@@ -36,6 +35,7 @@ from tests.test_lifecycle import (  # noqa: F401  (bundles and rig are fixtures)
     every_record_once,
     rig,
 )
+from tests.support.fleet import Fleet, fleet  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.broker
 Mount = Callable[[Path, str], Tmpfs]

@@ -20,7 +20,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.inference.pipeline import ActiveModel, Pipeline
 from edge_agent.protocol.messages import Batch, Record, decode_batch, encode
 from edge_agent.uplink.sampling import RawSampler, pick_rows, raw_body
-from tests.test_pipeline_results import active_model, csv_line
+from tests.support.models import active_model, csv_line
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from edge_agent.inference.pipeline import ActiveModel, Pipeline
 from edge_agent.protocol.records import TelemetryWindow
 from edge_agent.uplink.telemetry import RunningStats, Window, percentiles
-from tests.test_pipeline_results import active_model, csv_line
+from tests.support.models import active_model, csv_line
 
 # One micro-batch: its latency and its predictions, all of one type (one model's outputs).
 BATCH = st.tuples(

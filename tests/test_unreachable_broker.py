@@ -4,80 +4,19 @@
 
 from __future__ import annotations
 
-import os
-import queue
 import signal
 import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
-
-import pytest
 
 from cloud_hub.broker.local import RunningBroker, free_port
 from cloud_hub.rollout.operations import enroll_device, init_hub
-
-ROOT = Path(__file__).resolve().parent.parent
-WAIT_S = 30.0
-
-
-class Lines:
-    """A pipe read line by line on a thread; `expect` waits for a line containing a text."""
-
-    def __init__(self, pipe: IO[str]) -> None:
-        self.seen: list[str] = []
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, args=(pipe,), daemon=True).start()
-
-    def _read(self, pipe: IO[str]) -> None:
-        for line in pipe:
-            self._lines.put(line.rstrip("\n"))
-        self._lines.put(None)
-
-    def expect(self, *texts: str) -> str:
-        while True:
-            try:
-                line = self._lines.get(timeout=WAIT_S)
-            except queue.Empty:
-                raise AssertionError(f"no line with {texts} in {WAIT_S} s: {self.seen}") from None
-            if line is None:
-                raise AssertionError(f"the pipe closed before a line with {texts}: {self.seen}")
-            self.seen.append(line)
-            if all(t in line for t in texts):
-                return line
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(WAIT_S)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
-def launch(started: list[subprocess.Popen[str]], *argv: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": ""},
-    )
-    started.append(proc)
-    return proc
+from tests.support.processes import WAIT_S, Lines, launch, processes  # noqa: F401  (a fixture)
 
 
 def test_agent_says_it_cannot_reach_the_broker(
-    tmp_path: Path, processes: list[subprocess.Popen[str]]
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],  # noqa: F811
 ) -> None:
     port = free_port()  # nobody listens there
     init_hub(tmp_path / "hub")
@@ -94,7 +33,9 @@ def test_agent_says_it_cannot_reach_the_broker(
 
 
 def test_serve_says_serving_only_once_connected(
-    tmp_path: Path, broker: RunningBroker, processes: list[subprocess.Popen[str]]
+    tmp_path: Path,
+    broker: RunningBroker,
+    processes: list[subprocess.Popen[str]],  # noqa: F811
 ) -> None:
     home = tmp_path / "hub"
     init_hub(home)
@@ -129,7 +70,8 @@ def test_serve_says_serving_only_once_connected(
 
 
 def test_serve_stops_at_once_while_the_broker_is_unreachable(
-    tmp_path: Path, processes: list[subprocess.Popen[str]]
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],  # noqa: F811
 ) -> None:
     """SIGTERM while the hub still waits for its first connection ends it promptly (it waited
     out a 30 s connect timeout before)."""
