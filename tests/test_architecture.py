@@ -1,5 +1,5 @@
 """The house rules a newcomer relies on, checked on the source: one MQTT adapter, no modules that
-import each other, and every folder saying what it holds."""
+import each other, every folder saying what it holds, and no test file importing another."""
 
 from __future__ import annotations
 
@@ -62,3 +62,16 @@ def test_every_folder_says_what_it_holds() -> None:
         for init in (ROOT / package).rglob("__init__.py"):
             doc = ast.get_docstring(ast.parse(init.read_text()))
             assert doc, f"{init.relative_to(ROOT)}: a folder needs a docstring saying what it holds"
+
+
+def test_no_test_file_imports_another() -> None:
+    """What tests share lives in tests/support/, not in another test file."""
+    tests = ROOT / "tests"
+    test_modules = {p.stem for p in tests.glob("test_*.py")}
+    found = sorted(
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sorted(tests.glob("test_*.py"))
+        for name in imports_of(path)
+        if name.removeprefix("tests.").split(".")[0] in test_modules
+    )
+    assert found == []
