@@ -18,7 +18,6 @@ from rich.table import Table
 
 from cloud_hub.cli.output import emit, say, show, when
 from edge_agent.errors import STORAGE_REASONS, ConfigError
-from edge_agent.protocol.inputs import inputs_of
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 COLUMNS = [
@@ -48,9 +47,10 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def _row(d: dict[str, Any]) -> dict[str, Any]:
-    from cloud_hub.web.views import device_storage, input_view  # the store's stack, when read
+    from cloud_hub.store.database import stats_of  # the store's stack, when read
+    from cloud_hub.web.views import device_storage, input_view
 
-    stats = d["stats"] or {}
+    stats = stats_of(d)
     return {
         "device": d["id"],
         "online": d["online"],
@@ -58,7 +58,7 @@ def _row(d: dict[str, Any]) -> dict[str, Any]:
         "profile": d["profile"],
         "group": d["group"],
         "tags": ",".join(d["tags"] or []),
-        "inferences": stats.get("inferences", 0),
+        "inferences": stats.inferences,
         "refused": refused_text(d.get("refused") or {}),
         "storage": device_storage(stats),
         **input_view(d),  # "input": the phrase; "inputs": each source, in --json
@@ -151,6 +151,8 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
 
 
 def cmd_devices_show(args: argparse.Namespace) -> int:
+    from cloud_hub.store.database import stats_of
+
     store = _store(args)
     d = _known(store, args.device_id)
     if not args.events.isdigit() or int(args.events) > 1000:
@@ -170,7 +172,7 @@ def cmd_devices_show(args: argparse.Namespace) -> int:
     fields: dict[str, str] = {}
     for key, value in _for_table(_row(d), detail=True).items():
         if key == "inputs":  # one line per source, after the phrase
-            states = inputs_of(d["stats"] or {}) or ()
+            states = stats_of(d).inputs
             fields.update({f"input {state.name}": state.detail() for state in states})
         elif key != "device":
             fields[key] = str(value)

@@ -37,7 +37,7 @@ from cloud_hub.harness.commands import agent_argv, serve_argv
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.operations import enroll_device, init_hub, publish_bundle, start_rollout
 from cloud_hub.signing.tuf_repo import TufRepository
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store, default_url, stats_of
 from cloud_hub.web.api import WebAuth, create_app
 from cloud_hub.web.server import WebServer, load_token, parse_listen
 from edge_agent.errors import TransportError
@@ -286,7 +286,7 @@ class View:
             if d is None:
                 t.add_row(name, "-", "-", "", "", "", "", "")
                 continue
-            stats = d["stats"] or {}
+            stats = stats_of(d)
             drift = self.latest_drift(name)
             status = drift["status"] if drift else "-"
             color = {"ok": "green", "warn": "yellow", "alert": "red"}.get(status, "white")
@@ -294,9 +294,9 @@ class View:
                 name,
                 "yes" if d["online"] else "no",
                 f"{d['model']}@{d['version']}" if d["model"] else "none",
-                str(stats.get("inferences", 0)),
-                str(sum(stats.get("rejected", {}).values())),
-                f"{stats.get('latency_ms', {}).get('p50', 0):.3f}",
+                str(stats.inferences),
+                str(sum(stats.rejected.values())),
+                f"{stats.latency_ms.get('p50', 0):.3f}",
                 str(self.store.count("telemetry", name)),
                 f"[{color}]{status}[/{color}]"
                 + (f" p {p_text(drift.get('p'))} ({drift['worst_feature']})" if drift else ""),
@@ -399,11 +399,9 @@ def run_demo(opts: DemoOptions) -> int:
             devices = view.devices()
             checks.add(
                 "serve",
-                all(devices[d]["stats"].get("inferences", 0) > 0 for d in DEVICES),
+                all(stats_of(devices[d]).inferences > 0 for d in DEVICES),
                 "every agent infers on its serial input; malformed lines rejected by reason: "
-                + ", ".join(
-                    f"{k} {v}" for k, v in devices[DEVICES[0]]["stats"].get("rejected", {}).items()
-                ),
+                + ", ".join(f"{k} {v}" for k, v in stats_of(devices[DEVICES[0]]).rejected.items()),
             )
             _drift(live, view, feeders[DEVICES[2]], checks)
             _dashboard_shows(web.url, token, checks)
@@ -561,13 +559,13 @@ def _tamper(
     stored.write_bytes(bytes(blob))  # an attacker swaps bytes after signing
     r, halted = _roll_out(live, view, home, store, 2, "tampered, to the canary", timeout=60)
     canary = r.waves[0][0]
-    served_before = view.devices()[canary]["stats"].get("inferences", 0)
+    served_before = stats_of(view.devices()[canary]).inferences
     keeps_serving = wait_for(
         live,
         view,
         f"{canary} rejected the bundle; is it still serving {MODEL}@1?",
         lambda: (
-            view.devices()[canary]["stats"].get("inferences", 0) > served_before + 20
+            stats_of(view.devices()[canary]).inferences > served_before + 20
             and view.devices()[canary]["version"] == 1
         ),
         timeout=20,
@@ -593,7 +591,7 @@ def _wrap_up(live: Live, view: View, procs: Processes, store: Store, checks: Che
     def delivered() -> bool:
         devices = view.devices()
         for d in DEVICES:
-            sent = devices[d]["stats"].get("sent")
+            sent = stats_of(devices[d]).sent
             if not sent or any(store.count(kind, d) != n for kind, n in sent.items()):
                 return False
         return True
@@ -601,8 +599,7 @@ def _wrap_up(live: Live, view: View, procs: Processes, store: Store, checks: Che
     exact = wait_for(live, view, "hub ingesting the last records", delivered, timeout=20)
     devices = view.devices()
     counted = all(
-        store.telemetry_totals(d)["inferences"] == devices[d]["stats"].get("inferences", -1)
-        for d in DEVICES
+        store.telemetry_totals(d)["inferences"] == stats_of(devices[d]).inferences for d in DEVICES
     )
     checks.add(
         "telemetry exactly once",
@@ -629,16 +626,16 @@ def _summary(view: View) -> Table:
     devices = view.devices()
     for d in DEVICES:
         row = devices.get(d, {})
-        stats = row.get("stats") or {}
+        stats = stats_of(row)
         drift = view.latest_drift(d)
-        lat = stats.get("latency_ms", {})
+        lat = stats.latency_ms
         t.add_row(
             d,
             f"{row.get('model')}@{row.get('version')}",
-            str(stats.get("inferences", 0)),
+            str(stats.inferences),
             f"{lat.get('p50', 0):.2f}/{lat.get('p99', 0):.2f}",
-            str(sum(stats.get("rejected", {}).values())),
-            str(stats.get("sent", {}).get("telemetry", 0)),
+            str(sum(stats.rejected.values())),
+            str(stats.sent.get("telemetry", 0)),
             str(view.store.count("telemetry", d)),
             f"{drift['status']} p {p_text(drift.get('p'))}" if drift else "-",
         )

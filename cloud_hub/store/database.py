@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,7 +47,7 @@ from cloud_hub.drift.fleet import pooled_accuracy
 from cloud_hub.store.errors import raise_store_errors, store_error
 from edge_agent.errors import MessageError, TransportError
 from edge_agent.protocol.messages import Batch, Status
-from edge_agent.protocol.records import Body, DriftReport, TelemetryWindow, decode
+from edge_agent.protocol.records import Body, DeviceStats, DriftReport, TelemetryWindow, decode
 
 log = logging.getLogger(__name__)
 B = TypeVar("B", bound=Body)
@@ -148,6 +148,29 @@ class StoredRecord:
     def decoded(self) -> Body:
         """The body, typed; MessageError if it does not decode (edge_agent.protocol.records)."""
         return decode(self.kind, self.body, self.where)
+
+
+_UNREADABLE_STATS: set[str] = set()  # devices whose stored stats were said not to decode
+
+
+def stats_of(row: Mapping[str, Any]) -> DeviceStats:
+    """The typed `stats` of a registry row; empty (all zero) where they do not decode."""
+    return readable_stats(row) or DeviceStats()
+
+
+def readable_stats(row: Mapping[str, Any]) -> DeviceStats | None:
+    """The typed `stats` of a registry row (its device's last status). None for stats stored by
+    a hub that did not check them yet and that do not decode: logged once per device."""
+    device = str(row.get("id"))
+    try:
+        return DeviceStats.from_body(row.get("stats") or {}, f"device {device}: stats")
+    except MessageError as exc:
+        if device not in _UNREADABLE_STATS:
+            _UNREADABLE_STATS.add(device)
+            log.warning(
+                "stored stats that do not decode (stored before the hub checked them): %s", exc
+            )
+        return None
 
 
 def typed(rows: Iterable[StoredRecord], of: type[B]) -> list[tuple[StoredRecord, B]]:

@@ -12,9 +12,8 @@ from prometheus_client.registry import Collector
 
 from cloud_hub.drift.fleet import STATUS_RANK
 from cloud_hub.drift.source import FleetQuery, PublishedCards, read_fleet_drift
-from cloud_hub.store.database import Store, typed
+from cloud_hub.store.database import Store, stats_of, typed
 from cloud_hub.web import views
-from edge_agent.protocol.inputs import inputs_of
 from edge_agent.protocol.records import DriftReport
 
 FLEET_DRIFT_SINCE_S = 3600.0  # the metrics' fleet drift merges the last hour's windows
@@ -58,7 +57,7 @@ class StoreCollector(Collector):
             labels=["device", "kind"],
         )
         for d in devices:
-            for kind, n in sorted(views.counts(views.mapping(d["stats"]).get("dropped")).items()):
+            for kind, n in sorted(stats_of(d).dropped.items()):
                 dropped.add_metric([d["id"], kind], n)
         yield dropped
         yield from storage_metrics(devices)
@@ -141,7 +140,7 @@ def storage_metrics(devices: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
         labels=["device", "kind"],
     )
     for d in devices:
-        storage = views.device_storage(views.mapping(d["stats"]))
+        storage = views.device_storage(stats_of(d))
         if storage is None:
             continue
         ok.add_metric([d["id"]], 1 if storage["ok"] else 0)
@@ -179,7 +178,7 @@ def _inputs(devices: list[dict[str, Any]]) -> Iterator[Metric]:
         labels=labels,
     )
     for d in devices:
-        for state in inputs_of(views.mapping(d["stats"])) or ():
+        for state in stats_of(d).inputs:
             key = [d["id"], state.name]
             lost.add_metric(key, state.lost)
             reopened.add_metric(key, state.reopened)

@@ -14,12 +14,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cloud_hub.drift import fleet as fleet_drift
-from cloud_hub.store.database import StoredRecord, typed
+from cloud_hub.store.database import StoredRecord, readable_stats, stats_of, typed
 from edge_agent.drift import DEFAULT_ALERT_EVERY, DEFAULT_WARN_EVERY, levels
-from edge_agent.errors import MessageError
-from edge_agent.protocol.inputs import describe, inputs_of
-from edge_agent.protocol.messages import ModelRef, StorageCondition
-from edge_agent.protocol.records import DriftReport, TelemetryWindow
+from edge_agent.protocol.inputs import describe
+from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.records import DeviceStats, DriftReport, TelemetryWindow
 
 # The device side's defaults (firmware_configs/base.toml [drift]); a cell is coloured by these.
 # the fixed PSI bands, only for reports of agents from before calibrated drift (no "levels")
@@ -83,19 +82,19 @@ def level(psi: float, warn: float = PSI_WARN, alert: float = PSI_ALERT) -> str:
 def input_view(row: Mapping[str, Any]) -> dict[str, Any]:
     """A device's inputs: the phrase for people ("ok", "no input 75s", "port lost x3") and each
     source as the device reported it."""
-    states = inputs_of(mapping(row.get("stats")))
-    if states is None:
+    stats = readable_stats(row)
+    if stats is None:
         return {"input": "unreadable", "inputs": []}
     return {
-        "input": describe(states, online=bool(row.get("online"))),
-        "inputs": [s.to_json() for s in states],
+        "input": describe(stats.inputs, online=bool(row.get("online"))),
+        "inputs": [s.to_json() for s in stats.inputs],
     }
 
 
 def device_row(
     row: Mapping[str, Any], telemetry: StoredRecord | None, drift: StoredRecord | None
 ) -> dict[str, Any]:
-    stats = mapping(row.get("stats"))
+    stats = stats_of(row)
     last_seen = number(row.get("last_seen")) or None
     window, report = window_of(telemetry), report_of(drift)
     status = "online" if row.get("online") else "offline" if last_seen else "never seen"
@@ -109,10 +108,10 @@ def device_row(
         "agent_version": row.get("agent_version") or "",
         "boot": count(row.get("boot")),
         "last_seen": last_seen,
-        "inferences": count(stats.get("inferences")),
-        "dropped": sum(counts(stats.get("dropped")).values()),
+        "inferences": stats.inferences,
+        "dropped": sum(stats.dropped.values()),
         "refused": counts(row.get("refused")),
-        "buffered": count(stats.get("buffered")),
+        "buffered": stats.buffered,
         **input_view(row),
         "latency_p95_ms": window.latency_ms.get("p95") if window else None,
         "drift_status": report.status if report else None,
@@ -122,13 +121,12 @@ def device_row(
     }
 
 
-def device_storage(stats: Mapping[str, Any]) -> dict[str, Any] | None:
+def device_storage(stats: DeviceStats) -> dict[str, Any] | None:
     """What the device last said of its own state folder and buffer (a full or read-only disk,
     the records it could not keep); None when it said nothing (an agent from before the
-    report) or something that is not a StorageCondition."""
-    try:
-        c = StorageCondition.from_json(stats["storage"], "stats.storage")
-    except (KeyError, MessageError):
+    report) or its stats do not decode."""
+    c = stats.storage
+    if c is None:
         return None
     return {
         "ok": c.ok,
