@@ -47,3 +47,16 @@ def test_the_license_is_there() -> None:
     assert text.lstrip().startswith("Apache License")
     assert "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text
+
+
+def test_every_command_the_wheel_installs_exists() -> None:
+    """Each console script names a function that is there (a module moved under it would
+    leave `edgehub` a traceback for everyone who installs the package)."""
+    import importlib
+
+    scripts = _lines(_setup_cfg()["options.entry_points"]["console_scripts"])
+    assert {s.split("=")[0].strip() for s in scripts} == {"edgehub", "edge-agent"}
+    for script in scripts:
+        target = script.split("=", 1)[1].strip()
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function, None)), script
