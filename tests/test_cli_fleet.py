@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
+from sqlalchemy import update
 
 from cloud_hub.cli import app as hub_cli
 from cloud_hub.cli import output as cli_output
-from cloud_hub.store.database import Store, default_url
-from edge_agent.protocol.messages import ModelRef, Status, StorageCondition
+from cloud_hub.store.database import Store, default_url, devices
+from cloud_hub.web.metrics import registry_for
+from edge_agent.protocol.inputs import InputState
+from edge_agent.protocol.messages import MAX_INT, ModelRef, Status, StorageCondition
+from edge_agent.protocol.records import DeviceStats
 from tests.support.cli import bundle, hub_fails
 
 
@@ -265,3 +271,43 @@ def test_devices_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     store.set_status(Status("pi-1", True, 2, "0.1", "raspberry-pi-4"))
     back = store.device("pi-1")
     assert back is not None and (back["tags"], back["group"]) == ([], "")
+
+
+def test_stats_an_older_hub_stored_unchecked_show_as_unreadable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A registry row whose stats a hub from before the check stored, and that do not decode:
+    the list, the device and the metrics show them as unreadable (no counts, no storage, no
+    inputs), logged once for the device; the other devices show as they are."""
+    home = tmp_path / "home"
+    assert hub_cli.main(["--home", str(home), "keys", "init"]) == 0
+    store = Store(default_url(home))
+    good = DeviceStats(
+        inferences=7,
+        dropped={"telemetry": 2},
+        storage=StorageCondition(True),
+        inputs=(InputState.from_json({**PORT, "no_input": False}, "port"),),
+    )
+    store.set_status(Status("old-1", True, 1, "0.1", "raspberry-pi-4", stats=good.to_body()))
+    store.set_status(Status("old-2", True, 1, "0.1", "raspberry-pi-4", stats=good.to_body()))
+    odd = {**good.to_body(), "dropped": {"telemetry": "lots"}}
+    with store.engine.begin() as conn:  # as a hub from before the check stored it
+        conn.execute(update(devices).where(devices.c.id == "old-2").values(stats=odd))
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger="cloud_hub.store.database"):
+        listed = {
+            d["device"]: d for d in json.loads(run(home, capsys, "devices", "list", "--json"))
+        }
+        shown = " ".join(run(home, capsys, "devices", "show", "old-2").replace("│", " ").split())
+        metrics = generate_latest(registry_for(store)).decode()
+    fine, unreadable = listed["old-1"], listed["old-2"]
+    assert (fine["inferences"], fine["input"], fine["storage"]["ok"]) == (7, "ok", True)
+    assert fine["inputs"] == [s.to_json() for s in good.inputs]
+    assert (unreadable["inferences"], unreadable["storage"]) == (0, None)
+    assert (unreadable["input"], unreadable["inputs"]) == ("unreadable", [])
+    assert "input unreadable" in shown and "input serial" not in shown
+    assert 'edgefleet_device_dropped_records_total{device="old-1",kind="telemetry"} 2.0' in metrics
+    assert 'device="old-2"' not in metrics
+    (logged,) = [r.getMessage() for r in caplog.records]  # once, though read three times
+    assert "do not decode" in logged and "device old-2" in logged
+    assert f"dropped.telemetry: expected a count from 0 to {MAX_INT}, got str 'lots'" in logged

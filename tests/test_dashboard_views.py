@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cloud_hub.rollout import engine as ro
-from cloud_hub.store.database import StoredRecord
+from cloud_hub.store.database import StoredRecord, stats_of
 from cloud_hub.web.views import (
     device_row,
     drift_map,
@@ -14,6 +14,7 @@ from cloud_hub.web.views import (
     telemetry_points,
 )
 from edge_agent.protocol.messages import ModelRef, StorageCondition
+from edge_agent.protocol.records import DeviceStats
 from tests.support.rollout import Sim
 
 
@@ -152,3 +153,28 @@ def test_device_row_tells_the_inputs_condition() -> None:
     assert device_row({"id": "d", "stats": {}}, None, None)["input"] == "-"  # an older agent
     bad = view(True, [{**quiet, "lost": "many"}])  # stored before the hub checked it
     assert (bad["input"], bad["inputs"]) == ("unreadable", [])
+
+
+def test_a_device_row_whose_stats_do_not_decode_shows_them_unreadable() -> None:
+    """Stats a hub from before the check stored that do not decode: the row says so (input
+    "unreadable", no storage, zero counts) rather than show part of them; valid ones in full."""
+    good = DeviceStats(inferences=9, dropped={"telemetry": 2, "drift": 1}, buffered=4)
+    device = {"id": "d", "online": True, "last_seen": 5.0, "refused": {"rate": 3}}
+    row = device_row({**device, "stats": good.to_body()}, None, None)
+    assert [row[k] for k in ("inferences", "dropped", "buffered", "refused", "input")] == [
+        9,
+        3,
+        4,
+        {"rate": 3},
+        "-",
+    ]
+    odd = {**good.to_body(), "buffered": -1}
+    row = device_row({**device, "id": "odd-row", "stats": odd}, None, None)
+    assert [row[k] for k in ("inferences", "dropped", "buffered", "storage", "input")] == [
+        0,
+        0,
+        0,
+        None,
+        "unreadable",
+    ]
+    assert stats_of({"id": "never-seen", "stats": {}}) == DeviceStats()
