@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from cloud_hub.broker.local import free_port
+from cloud_hub.harness.commands import serve_argv
 from cloud_hub.home_lock import LOCK_FILE, holder, own_home
 from cloud_hub.rollout.operations import init_hub
 from edge_agent.errors import ConfigError
@@ -35,13 +36,7 @@ def test_a_served_home_is_refused_at_once_and_read_still(
     port = str(free_port())  # no broker needed to hold the home
     serve = launch(
         processes,
-        "-m",
-        "cloud_hub.cli.app",
-        "--home",
-        str(home),
-        "serve",
-        "--broker-port",
-        port,
+        *serve_argv(home, "127.0.0.1", int(port)),
         "--http",
         "off",
     )

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from cloud_hub.broker.local import RunningBroker, free_port
+from cloud_hub.harness.commands import serve_argv
 from cloud_hub.rollout.operations import enroll_device, init_hub
 from tests.support.processes import WAIT_S, Lines, launch, processes  # noqa: F401  (a fixture)
 
@@ -43,13 +44,7 @@ def test_serve_says_serving_only_once_connected(
     where = f"{broker.host}:{broker.port}"
     proc = launch(
         processes,
-        "-m",
-        "cloud_hub.cli.app",
-        "--home",
-        str(home),
-        "serve",
-        "--broker-port",
-        str(broker.port),
+        *serve_argv(home, "127.0.0.1", broker.port),
         "--http",
         "off",
     )
@@ -79,13 +74,7 @@ def test_serve_stops_at_once_while_the_broker_is_unreachable(
     init_hub(home)
     proc = launch(
         processes,
-        "-m",
-        "cloud_hub.cli.app",
-        "--home",
-        str(home),
-        "serve",
-        "--broker-port",
-        str(free_port()),
+        *serve_argv(home, "127.0.0.1", free_port()),
         "--http",
         "off",
     )
