@@ -28,7 +28,7 @@ class OpenApi:
     """Validates answers against the served /openapi.json."""
 
     def __init__(self, base: str) -> None:
-        status, _, body = http(base + "openapi.json", token=None)
+        status, _, body = http(base + "openapi.json")
         assert status == 200
         self.doc = json.loads(body)
         self.checked: set[tuple[str, str, int]] = set()
@@ -244,6 +244,9 @@ def test_writes_need_the_token_and_follow_the_rollout_state(
     url = f"{dash.url}api/rollouts/{r.id}/pause"
     status, _, body = http(url, "POST", token=None)
     assert status == 401 and b"Bearer" in body
+    for read in ("openapi.json", "api/fleet"):  # every read too, the API's description included
+        assert http(dash.url + read, token=None)[0] == 401, read
+        assert http(dash.url + read, token="a-wrong-token-of-some-length")[0] == 403, read
     assert http(url, "POST", token="a-wrong-token-of-some-length")[0] == 403
     assert http(url, "GET")[0] == 405
     store = dash.hub.store

@@ -258,6 +258,7 @@ def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None)
         version="1",
         docs_url=None,  # Swagger UI and ReDoc load scripts from a CDN; the page stays offline
         redoc_url=None,
+        openapi_url=None,  # served below, behind the token like every read
         description="The fleet, its rollouts, telemetry and drift. Send "
         "`Authorization: Bearer <token>`; reads may be open (`edgehub serve --open-reads`).",
     )
@@ -279,6 +280,10 @@ def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None)
             write_access(credentials)
 
     reads: Any = {"dependencies": [Depends(read_access)]}
+
+    @app.get("/openapi.json", include_in_schema=False, **reads)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
 
     def device_or_404(device: str) -> dict[str, Any]:
         row = store.device(device)
