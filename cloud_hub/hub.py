@@ -17,6 +17,11 @@ Each record's body is decoded once here (edge_agent.protocol.records) before it 
 that does not decode is not stored: it is counted as refused (`malformed`, in `edgehub
 devices`), logged once per device and kind, and confirmed all the same, since sending it
 again would not make it valid; the other records of its batch are stored as ever.
+
+Every command goes out signed with the hub's command key (cloud_hub/signing/commands.py), with
+the next counter of its device; a deploy or a shadow grants the device its target, and the hub
+serves chunks only of a target granted to the asking device (encrypted when the command said
+so), within the device's transfer rate.
 """
 
 from __future__ import annotations
@@ -28,14 +33,18 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from cloud_hub.ingest_limits import MALFORMED, RATE, DeviceGuard, Limits
+from securesystemslib.signer import Signer
+
+from cloud_hub.ingest_limits import MALFORMED, UNCOMMANDED, DeviceGuard, Limits, refusal_line
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.gates import Metrics, Position, after_install, measure
 from cloud_hub.rollout.operations import fleet_facts
+from cloud_hub.signing.commands import COMMAND_TTL, counter_floor, sign_command
 from cloud_hub.signing.tuf_repo import TufRepository
 from cloud_hub.store.database import Ingest, Store, default_url, dumps, typed
 from cloud_hub.store.errors import StoreError
@@ -143,6 +152,7 @@ class Hub:
         self._transfer_keys: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._published_ts = 0
         self._next_timestamp_check = 0.0
+        self._command_key: Signer | None = None
 
     def _queue(self, topic: str, payload: bytes, ack: Ack) -> None:
         """The MQTT session's thread: a device past its message rate is refused here, before its
@@ -160,6 +170,8 @@ class Hub:
 
     # ---- the loop ---------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
+        if self.repo.initialised:
+            self._command_signer()  # a key that does not open fails the start, not a rollout
         self.session.start()
         connect_by = time.monotonic() + CONNECT_WAIT_S
         while not stop.is_set() and time.monotonic() < connect_by:  # a stop is heard at once
@@ -336,17 +348,9 @@ class Hub:
             for reason in reasons:
                 if (device, reason) not in self._refusing:
                     self._refusing.add((device, reason))
-                    limits = self.guard.limits
-                    limit = (
-                        f"{limits.rate:g} messages a second"
-                        if reason == RATE
-                        else f"{limits.quota} stored records"
-                    )
                     log.warning(
-                        "%s is over its %s: refusing what exceeds it (counted in "
-                        "`edgehub devices`; the device keeps it and sends it again)",
-                        device,
-                        limit,
+                        "%s (counted in `edgehub devices`)",
+                        refusal_line(reason, device, self.guard.limits),
                     )
 
     def _send_outbox(self) -> None:
@@ -354,12 +358,30 @@ class Hub:
         the device's persistent session (an offline device gets it when it returns)."""
         for command_id, device, body in self.store.unsent_commands():
             try:
-                payload = encode(decode_command(dumps(body).encode()))
+                cmd = decode_command(dumps(body).encode())
             except BadDataError as exc:
                 log.warning("dropping queued command %d for %s: %s", command_id, device, exc)
             else:
-                self.session.publish(self.topics.device(device, "cmd"), payload)
+                self.send_command(device, cmd)
             self.store.mark_sent(command_id)
+
+    def send_command(self, device: str, cmd: Command) -> None:
+        """Sign `cmd` for `device` and publish it at QoS 1 to the device's persistent session
+        (an offline device gets it when it returns). The device waits for the TUF metadata of
+        now, which names the command key; a deploy or a shadow grants it the target's chunks."""
+        key = self._command_signer()  # ConfigError without keys: no command goes unsigned
+        now = time.time()
+        cmd = replace(cmd, tuf_version=max(cmd.tuf_version, self.repo.timestamp_version()))
+        if cmd.kind in ("deploy", "shadow") and cmd.target is not None:
+            self.store.grant(device, cmd.target, cmd.encrypt, now)
+        counter = self.store.next_command_counter(device, counter_floor(now))
+        signed = sign_command(key, cmd, device, counter, now)
+        self.session.publish(self.topics.device(device, "cmd"), signed.to_bytes())
+
+    def _command_signer(self) -> Signer:
+        if self._command_key is None:
+            self._command_key = self.repo.command_signer()
+        return self._command_key
 
     # ---- TUF ----------------------------------------------------------------------------
     def _publish_tuf(self) -> None:
@@ -383,6 +405,10 @@ class Hub:
     def serve_chunks(self, device: str, payload: bytes) -> None:
         """Publishes the chunks `payload` (an xfer/req of `device`) asks for."""
         req = decode_xfer_request(payload, MAX_CHUNKS_PER_REQUEST)
+        granted = self.store.granted(device, req.target, time.time() - COMMAND_TTL.total_seconds())
+        if granted is None or (granted and not req.encrypted):
+            self.guard.refuse(device, UNCOMMANDED)  # logged once per device, counted always
+            return
         data = self._targets.get(req.target)
         if data is None:
             if req.target not in self.repo.targets():
@@ -397,7 +423,9 @@ class Hub:
             )
         seal = self._sealer(device, req.target, len(data)) if req.encrypted else None
         topic = self.topics.device(device, "xfer/chunk")
-        for index in req.chunks:
+        sizes = [end - start for start, end in (chunk_bounds(i, len(data)) for i in req.chunks)]
+        allowed = self.guard.chunks(device, sizes, time.monotonic())
+        for index in req.chunks[:allowed]:  # the rest it asks for again, later
             start, end = chunk_bounds(index, len(data), CHUNK_SIZE)
             chunk = XferChunk(req.target, index, len(data), data[start:end])
             if seal is not None:
@@ -457,6 +485,13 @@ class Hub:
             self._send(r, send)
 
     def _send(self, r: ro.Rollout, send: ro.Send) -> None:
+        if send.kind == "rollback" and self.repo.allow_rollback(r.model.name, r.model.version):
+            log.info(
+                "rollout %s: versions of %s below %s signed as rollback targets",
+                r.id,
+                r.model.name,
+                r.model.version,
+            )
         cmd = Command(
             id=f"{r.id}-{send.kind}-{send.device}-{len(r.sent_at)}",
             kind=send.kind,
@@ -467,7 +502,7 @@ class Hub:
             encrypt=r.encrypt,
             rows=r.plan.shadow_rows or SHADOW_ROWS,
         )
-        self.session.publish(self.topics.device(send.device, "cmd"), encode(cmd))
+        self.send_command(send.device, cmd)
 
     def _measure(self, model: ModelRef, installed: dict[str, Position], since: float) -> Metrics:
         """What `model` did on these devices after each installed it (at the position given),

@@ -34,12 +34,12 @@ from edge_agent.inference.results import ResultPublisher
 from edge_agent.inference.runtime import RuntimeLoader, load_runtime
 from edge_agent.inference.shadow import Shadow
 from edge_agent.mqtt.session import BrokerAddress, MqttSession
+from edge_agent.protocol.commands import SignedCommand, decode_signed_command
 from edge_agent.protocol.inputs import InputState
 from edge_agent.protocol.messages import (
     Command,
     ModelRef,
     Status,
-    decode_command,
     encode,
 )
 from edge_agent.protocol.records import (
@@ -56,6 +56,7 @@ from edge_agent.sources.factory import input_from_config
 from edge_agent.system.fsutil import DISK_ERRNOS, atomic_write, storage_error
 from edge_agent.system.resources import ResourceMeter
 from edge_agent.system.storage_health import StorageHealth
+from edge_agent.update.commands import CommandGate
 from edge_agent.update.mirror import TufMirror
 from edge_agent.update.store import ModelStore
 from edge_agent.update.updater import Downloader, Installed, TransferInterrupted, Updater
@@ -172,7 +173,7 @@ class Agent:
         )
         self.updater = Updater(
             self.verifier,
-            self.mirror,
+            CommandGate(cfg.device.id, state / "command-counter.json", self.verifier, self.mirror),
             self.downloader,
             self.store,
             self._event,
@@ -183,7 +184,7 @@ class Agent:
             set_shadow=self._set_shadow,
         )
         self.lines: queue.Queue[tuple[str, bytes]] = queue.Queue(cfg.pipeline.queue_max)
-        self.commands: queue.Queue[Command] = queue.Queue()
+        self.commands: queue.Queue[tuple[SignedCommand, bool]] = queue.Queue()  # (, resumed)
         self.sources: list[Source] = []
         self._quiet: set[str] = set()  # inputs flagged "no input", to log each change once
         self.bad_messages = 0
@@ -314,13 +315,22 @@ class Agent:
         log.warning("rejected message on %s: %s", topic, exc)
 
     def _on_command(self, _topic: str, payload: bytes) -> None:
-        cmd = decode_command(payload)
-        if cmd.kind == "deploy":  # kept until handled: a restart mid-transfer resumes it
-            try:
-                atomic_write(self._pending_path, payload)
-            except OSError as exc:  # handled all the same; only a restart would forget it
-                log.warning("deploy %s: %s", cmd.id, storage_error(exc, self._pending_path))
-        self.commands.put(cmd)
+        """Queued for the updater's thread, which checks it (its signature needs the TUF
+        metadata, which arrives on this thread); one that does not even parse is refused now."""
+        try:
+            signed = decode_signed_command(payload)
+        except BadDataError as exc:
+            self.bad_messages += 1
+            self.updater.refuse_command("on the cmd topic", exc)
+            return
+        self.commands.put((signed, False))
+
+    def _keep_pending(self, signed: SignedCommand) -> None:
+        """An accepted deploy is kept until handled: a restart mid-transfer resumes it."""
+        try:
+            atomic_write(self._pending_path, signed.to_bytes())
+        except OSError as exc:  # handled all the same; only a restart would forget it
+            log.warning("deploy %s: %s", signed.command.id, storage_error(exc, self._pending_path))
 
     @property
     def _pending_path(self) -> Path:
@@ -329,7 +339,7 @@ class Agent:
     def _handled(self, cmd: Command) -> None:
         """Forget the pending command if it is this one (a newer one may have replaced it)."""
         try:
-            pending = decode_command(self._pending_path.read_bytes())
+            pending = decode_signed_command(self._pending_path.read_bytes()).command
         except (FileNotFoundError, BadDataError):
             return
         if pending.id == cmd.id:
@@ -337,7 +347,7 @@ class Agent:
 
     def _resume_pending(self) -> None:
         try:
-            self.commands.put(decode_command(self._pending_path.read_bytes()))
+            self.commands.put((decode_signed_command(self._pending_path.read_bytes()), True))
         except FileNotFoundError:
             return
         except BadDataError as exc:
@@ -457,10 +467,16 @@ class Agent:
     def _updater_loop(self) -> None:
         while not self.stop_event.is_set():
             try:
-                cmd = self.commands.get(timeout=0.5)
+                signed, resumed = self.commands.get(timeout=0.5)
             except queue.Empty:
                 continue
+            cmd = signed.command
             try:
+                if not self.updater.admit(signed, resumed):
+                    self._handled(cmd)  # a refused command is never resumed
+                    continue
+                if cmd.kind == "deploy" and not resumed:
+                    self._keep_pending(signed)
                 self.updater.handle(cmd)
             except TransferInterrupted as exc:  # stopping: the command stays pending
                 log.info("update %s interrupted: %s", cmd.id, exc)

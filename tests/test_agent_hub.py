@@ -8,7 +8,8 @@ import pytest
 
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.operations import publish_bundle, start_rollout
-from edge_agent.protocol.messages import Command, ModelRef, encode
+from edge_agent.protocol.messages import Command, ModelRef
+from tests.support.commands import signed
 from tests.support.fleet import (  # noqa: F401  (fleet is a fixture)
     DEVICE,
     Fleet,
@@ -85,7 +86,7 @@ def test_a_rollback_of_a_model_the_device_does_not_run_is_ignored(
     start_rollout(fleet.home, ModelRef("iris", 1), "1")
     w.wait("iris@1 healthy", lambda: w.has_event("healthy", 1))
     stale = Command("c-stale", "rollback", model=ModelRef("iris", 2), rollout="r-old")
-    _publish(fleet.broker, f"edgefleet/dev/{DEVICE}/cmd", encode(stale))
+    _publish(fleet.broker, f"edgefleet/dev/{DEVICE}/cmd", signed(fleet.home, DEVICE, stale))
     publish_bundle(fleet.home, _bundle(tmp_path, 3))  # commands are handled in order
     start_rollout(fleet.home, ModelRef("iris", 3), "1")
     w.wait("iris@3 healthy", lambda: w.has_event("healthy", 3))

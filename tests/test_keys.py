@@ -29,8 +29,8 @@ from tuf.api.metadata import Metadata, Root, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
 from cloud_hub.cli import app as hub_cli
-from cloud_hub.signing.keys import PASSPHRASE_ENV, ROLES, is_encrypted, load_key
-from cloud_hub.signing.tuf_repo import KeyRotation, TufRepository, target_path_for
+from cloud_hub.signing.keys import KEY_ROLES, PASSPHRASE_ENV, is_encrypted, load_key
+from cloud_hub.signing.tuf_repo import KeyRotation, TufRepository
 from edge_agent.errors import BundleRejected, ConfigError
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.update.mirror import TufMirror
@@ -72,12 +72,12 @@ class Device:
 
     def install(self, repo: TufRepository, model: ModelRef) -> None:
         """Verify `model` as a device would before installing it (it must pass)."""
-        target = self.verifier.lookup(target_path_for(model), model, running=None)
+        target = self.verifier.lookup(model.target_path, model, running=None)
         self.verifier.check(target, repo.read_target(target.path))
 
     def rejected(self, model: ModelRef) -> str:
         with pytest.raises(BundleRejected) as info:
-            self.verifier.lookup(target_path_for(model), model, running=None)
+            self.verifier.lookup(model.target_path, model, running=None)
         return info.value.reason
 
     def root_version(self) -> int:
@@ -297,7 +297,7 @@ def test_refresh_timestamp_signs_with_the_rotated_key(hub: TufRepository, device
 
 def test_retired_keys_kept_owner_only_and_key_info(hub: TufRepository) -> None:
     before = {row["role"]: row for row in hub.key_info()}
-    assert [row["role"] for row in hub.key_info()] == list(ROLES)
+    assert [row["role"] for row in hub.key_info()] == list(KEY_ROLES)
     for row in before.values():
         assert row["threshold"] == 1
         assert row["version"] == 1
@@ -306,7 +306,7 @@ def test_retired_keys_kept_owner_only_and_key_info(hub: TufRepository) -> None:
         assert row["key_file"] == str(hub.key_path(row["role"]))
         assert load_key(Path(row["key_file"])).public_key.keyid == row["keyid"]
 
-    rotations: dict[str, KeyRotation] = {role: hub.rotate_key(role) for role in ROLES}
+    rotations: dict[str, KeyRotation] = {role: hub.rotate_key(role) for role in KEY_ROLES}
     after = {row["role"]: row for row in hub.key_info()}
     for role, rot in rotations.items():
         assert rot.old_keyid == before[role]["keyid"]
@@ -316,21 +316,23 @@ def test_retired_keys_kept_owner_only_and_key_info(hub: TufRepository) -> None:
         assert rot.retired is not None
         assert stat.S_IMODE(rot.retired.stat().st_mode) == 0o600
         assert load_key(rot.retired).public_key.keyid == rot.old_keyid
-    # root: 1 + four rotations; targets once; snapshot by the targets rotation and its own;
-    # timestamp after every rotation
-    assert {role: after[role]["version"] for role in ROLES} == {
+    # root: 1 + four rotations (the commands key is listed by targets, not root); targets by
+    # its own rotation and the commands one; snapshot by those and its own; timestamp after
+    # every rotation; the commands key's version is that of targets, which lists it
+    assert {role: after[role]["version"] for role in KEY_ROLES} == {
         "root": 5,
-        "targets": 2,
-        "snapshot": 3,
-        "timestamp": 5,
+        "targets": 3,
+        "snapshot": 4,
+        "timestamp": 6,
+        "commands": 3,
     }
     expires = datetime.strptime(after["timestamp"]["expires"], "%Y-%m-%dT%H:%M:%SZ")
     assert expires.replace(tzinfo=UTC) > datetime.now(UTC)
     retired = sorted(p.name for p in (hub.keys_dir / "retired").iterdir())
-    assert retired == sorted(f"{r}-{rotations[r].old_keyid[:8]}.key" for r in ROLES)
+    assert retired == sorted(f"{r}-{rotations[r].old_keyid[:8]}.key" for r in KEY_ROLES)
     assert stat.S_IMODE((hub.keys_dir / "retired").stat().st_mode) == 0o700
     assert sorted(p.name for p in hub.keys_dir.iterdir()) == sorted(
-        [f"{r}.key" for r in ROLES] + ["retired"]
+        [f"{r}.key" for r in KEY_ROLES] + ["retired"]
     )
     assert sorted(n for n in hub.published() if n.startswith("root/")) == [
         f"root/{n}.json" for n in range(1, 6)
@@ -452,7 +454,7 @@ def test_plain_keys_load_while_a_passphrase_is_set_and_new_keys_get_it(
     monkeypatch.setenv(PASSPHRASE_ENV, "from now on")
     rot = hub.rotate_key("targets")  # the plain root key still opens
     assert rot.encrypted is True
-    assert [row["encrypted"] for row in hub.key_info()] == [False, True, False, False]
+    assert [row["encrypted"] for row in hub.key_info()] == [False, True, False, False, False]
     assert rot.retired is not None and not is_encrypted(rot.retired)
 
 
@@ -479,7 +481,7 @@ def test_cli_init_show_rotate(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
     assert edgehub(["--home", home, "keys", "show", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["role"] for r in rows] == list(ROLES)
+    assert [r["role"] for r in rows] == list(KEY_ROLES)
     assert {r["version"] for r in rows} == {1}
     assert set(rows[0]) >= {"role", "keyid", "key_file", "encrypted", "version", "expires"}
 

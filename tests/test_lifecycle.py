@@ -30,14 +30,14 @@ from sklearn.linear_model import LogisticRegression
 from cloud_hub.broker.local import RunningBroker
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.operations import enroll_device, init_hub, publish_bundle, start_rollout
-from cloud_hub.signing.tuf_repo import TufRepository, target_path_for
+from cloud_hub.signing.tuf_repo import TufRepository
 from converters.pipeline import build_bundle
 from edge_agent import cli as agent_cli
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError
 from edge_agent.mqtt.session import JITTERS, Backoff
-from edge_agent.protocol.messages import Command, ModelRef, decode_status, encode
+from edge_agent.protocol.messages import Command, ModelRef, decode_status
 from edge_agent.system.service_unit import ServiceSpec, render_unit
 from edge_agent.update.store import ModelStore
 from edge_agent.uplink.buffer import Buffer
@@ -54,6 +54,7 @@ from tests.support.agent_process import (  # noqa: F401  (bundles and rig are fi
     every_record_once,
     rig,
 )
+from tests.support.commands import signed
 from tests.support.watch import DeviceWatcher, sigkill_on
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -633,11 +634,11 @@ def test_sigkill_between_install_and_health_gate_still_gates(
         id="r-crash-pi-01",
         kind="deploy",
         model=ModelRef("iris", 2),
-        target=target_path_for(ModelRef("iris", 2)),
+        target=ModelRef("iris", 2).target_path,
         tuf_version=TufRepository(rig.home).timestamp_version(),
         rollout="r-crash",
     )
-    (rig.state / "pending-command.json").write_bytes(encode(cmd))
+    (rig.state / "pending-command.json").write_bytes(signed(rig.home, DEVICE, cmd))
     agent = rig.start_agent()
     w = rig.watcher
     w.wait(

@@ -24,8 +24,8 @@ from sklearn.linear_model import LogisticRegression
 from tuf.api.exceptions import DownloadHTTPError
 from tuf.ngclient._internal import trusted_metadata_set
 
-from cloud_hub.signing.keys import PASSPHRASE_ENV, ROLES, generate_key, load_key
-from cloud_hub.signing.tuf_repo import Expiry, TufRepository, target_path_for
+from cloud_hub.signing.keys import KEY_ROLES, PASSPHRASE_ENV, generate_key, load_key
+from cloud_hub.signing.tuf_repo import Expiry, TufRepository
 from converters.bundle import bundle_bytes
 from converters.pipeline import build_bundle
 from edge_agent.errors import BundleRejected, ConfigError
@@ -136,7 +136,7 @@ def test_good_path_lookup_check_and_read(
     real_bundle: RealBundle, hub: TufRepository, device: Device
 ) -> None:
     path = publish(real_bundle, hub, IRIS)
-    assert path == target_path_for(IRIS)
+    assert path == IRIS.target_path
     feed(device.mirror, hub.published())
 
     target = device.verifier.lookup(path, IRIS, running=None)
@@ -176,7 +176,7 @@ def test_newer_version_after_refresh_timestamp_and_upgrade(
 ) -> None:
     publish(real_bundle, hub, IRIS)
     feed(device.mirror, hub.published())
-    device.verifier.lookup(target_path_for(IRIS), IRIS, None)
+    device.verifier.lookup(IRIS.target_path, IRIS, None)
 
     before = hub.timestamp_version()
     assert hub.refresh_timestamp(dt.timedelta(days=365)) is True
@@ -577,7 +577,7 @@ def test_store_unreadable_record_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_private_keys_are_owner_only(hub: TufRepository) -> None:
-    for role in ROLES:
+    for role in KEY_ROLES:
         path = hub.keys_dir / f"{role}.key"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
         assert b"BEGIN PRIVATE KEY" in path.read_bytes()
@@ -638,7 +638,7 @@ def test_hub_refuses_lower_or_equal_versions(real_bundle: RealBundle, hub: TufRe
         with pytest.raises(ConfigError, match="m@"):
             publish(real_bundle, hub, older)
     assert hub.published() == published  # nothing re-signed
-    assert not (hub.targets_dir / target_path_for(ModelRef("m", 1))).exists()
+    assert not (hub.targets_dir / ModelRef("m", 1).target_path).exists()
     assert set(hub.targets()) == {"m/2.zip"}
 
     publish(real_bundle, hub, ModelRef("m", 3))

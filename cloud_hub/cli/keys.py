@@ -17,7 +17,7 @@ from typing import Any
 from rich.table import Table
 
 from cloud_hub.cli.output import console, show
-from cloud_hub.signing.keys import PASSPHRASE_ENV, ROLES, PassphrasePrompt, passphrase_in_use
+from cloud_hub.signing.keys import KEY_ROLES, PASSPHRASE_ENV, PassphrasePrompt, passphrase_in_use
 from edge_agent.errors import ConfigError, EdgefleetError
 
 AddCommand = Callable[..., argparse.ArgumentParser]
@@ -143,7 +143,7 @@ def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
         "replace a role's key; root gets a new version, the old key is kept in keys/retired",
         json_out=True,
     )
-    sp.add_argument("role", choices=ROLES, help="the role whose key is replaced")
+    sp.add_argument("role", choices=KEY_ROLES, help="the role whose key is replaced")
     add(
         keys,
         "show",

@@ -11,7 +11,7 @@ from typing import Any
 
 from cloud_hub.drift.fleet import FLEET, Labels, Report, fleet_drift, model_versions
 from cloud_hub.rollout.engine import check_label
-from cloud_hub.signing.tuf_repo import TufRepository, target_path_for
+from cloud_hub.signing.tuf_repo import TufRepository
 from cloud_hub.store.database import Store, typed
 from edge_agent.errors import BundleRejected, ConfigError, MessageError
 from edge_agent.protocol.card import ModelCard
@@ -45,7 +45,7 @@ class PublishedCards:
             if model in self._cards:
                 cards[model] = self._cards[model]
                 continue
-            path = target_path_for(model)
+            path = model.target_path
             info = targets.get(path)
             if info is None:
                 problems[model] = f"no card for {model}: it is not published on this hub"

@@ -10,7 +10,7 @@ from typing import Any
 
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.gates import Gates
-from cloud_hub.signing.tuf_repo import TufRepository, target_path_for
+from cloud_hub.signing.tuf_repo import TufRepository
 from cloud_hub.store.database import Store, default_url
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError, TransportError
 from edge_agent.protocol.messages import ModelRef
@@ -116,7 +116,7 @@ def start_rollout(
         target, canary, tuple(waves.split(",")), gates or Gates(), shadow_rows
     )  # checks every argument before anything else
     repo = open_repo(home)
-    path = target_path_for(model)
+    path = model.target_path
     if path not in repo.targets():
         raise ConfigError(f"{model} is not published; run `edgehub model publish BUNDLE` first")
     store = Store(default_url(home))

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from cloud_hub.rollout.operations import open_repo
-from cloud_hub.signing.tuf_repo import target_path_for
 from cloud_hub.store.database import Store, default_url, typed
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.messages import Command, ModelRef, encode
@@ -34,7 +33,7 @@ def _known_devices(store: Store, devices: list[str]) -> list[str]:
 def start_shadow(home: Path, model: ModelRef, devices: list[str], rows: int) -> list[Command]:
     """Queue a shadow run of the published `model` on `devices`."""
     repo = open_repo(home)
-    target = target_path_for(model)
+    target = model.target_path
     if target not in repo.targets():
         raise ConfigError(f"{model} is not published; run `edgehub model publish BUNDLE` first")
     store = Store(default_url(home))

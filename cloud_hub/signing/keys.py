@@ -21,7 +21,9 @@ from securesystemslib.signer import CryptoSigner, SSlibKey
 from edge_agent.errors import ConfigError
 from edge_agent.system.fsutil import atomic_write
 
-ROLES = ("root", "targets", "snapshot", "timestamp")
+ROLES = ("root", "targets", "snapshot", "timestamp")  # TUF's top-level roles, listed in root
+COMMANDS = "commands"  # signs hub -> device commands; delegated to by targets (tuf_repo.py)
+KEY_ROLES = (*ROLES, COMMANDS)  # every key the hub keeps
 PASSPHRASE_ENV = "EDGEHUB_KEY_PASSPHRASE"
 
 PassphrasePrompt = Callable[[Path], str]

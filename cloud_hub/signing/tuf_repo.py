@@ -1,4 +1,7 @@
-"""The hub's TUF repository: root, targets, snapshot and timestamp roles with Ed25519 keys.
+"""The hub's TUF repository: root, targets, snapshot and timestamp roles with Ed25519 keys, and
+the `commands` role that targets delegates to (no targets, only the key that signs hub -> device
+commands: edge_agent/protocol/commands.py), so a device trusts that key through its root and a
+rotation reaches it like any other change of the targets metadata.
 
 Model bundles are targets whose custom fields carry the model name, `model_version` and the
 digest of the model card. Files live under HOME/tuf/{metadata,targets} and the keys under
@@ -23,6 +26,8 @@ from typing import Any
 
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import (
+    DelegatedRole,
+    Delegations,
     Metadata,
     MetaFile,
     Root,
@@ -35,6 +40,8 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 
 from cloud_hub.signing.keys import (
+    COMMANDS,
+    KEY_ROLES,
     PASSPHRASE_ENV,
     ROLES,
     PassphrasePrompt,
@@ -63,10 +70,6 @@ def _expires(delta: timedelta) -> datetime:
     return (datetime.now(UTC) + delta).replace(microsecond=0)
 
 
-def target_path_for(model: ModelRef) -> str:
-    return f"{model.name}/{model.version}.zip"
-
-
 # The metadata a key rotation re-signs after the new root, in order: the rotated role's own and
 # what lists its version. Timestamp always comes last and always gets a new version, so devices
 # (which look when the timestamp version goes up) pick the new root up at once.
@@ -75,6 +78,7 @@ _RESIGN: dict[str, tuple[str, ...]] = {
     "targets": ("targets", "snapshot", "timestamp"),
     "snapshot": ("snapshot", "timestamp"),
     "timestamp": ("timestamp",),
+    COMMANDS: ("targets", "snapshot", "timestamp"),  # targets lists the commands key
 }
 
 
@@ -119,20 +123,22 @@ class TufRepository:
         """Keys for every role and version 1 of each role's metadata."""
         if self.initialised:
             raise ConfigError(f"{self.home}: a TUF repository is already there")
-        signers = {role: generate_key(self.key_path(role)) for role in ROLES}
+        signers = {role: generate_key(self.key_path(role)) for role in KEY_ROLES}
         root = Root(expires=_expires(self.expiry.root), consistent_snapshot=False)
-        for role, signer in signers.items():
-            root.add_key(signer.public_key, role)
+        for role in ROLES:
+            root.add_key(signers[role].public_key, role)
+        targets = Targets(expires=_expires(self.expiry.targets))
+        _delegate_commands(targets, signers[COMMANDS].public_key)
         with self._locked():
             self._write("root", Metadata(root), signers["root"])
-            self._write("targets", Metadata(Targets(expires=_expires(self.expiry.targets))))
+            self._write("targets", Metadata(targets))
             self._write("snapshot", Metadata(Snapshot(expires=_expires(self.expiry.snapshot))))
             self._write("timestamp", Metadata(Timestamp(expires=_expires(self.expiry.timestamp))))
 
     # ---- changes ------------------------------------------------------------------------
     def add_bundle(self, model: ModelRef, bundle: bytes, card_digest: str) -> str:
         """Store a bundle as a signed target; returns its target path."""
-        path = target_path_for(model)
+        path = model.target_path
         with self._locked():
             targets = self._load("targets", Targets)
             if path in targets.signed.targets:
@@ -183,18 +189,16 @@ class TufRepository:
         keys/retired/ (0600). Everything that needs a key or a passphrase is loaded before
         anything is written.
         """
-        if role not in ROLES:
-            raise ConfigError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        if role not in KEY_ROLES:
+            raise ConfigError(f"unknown role {role!r}; expected one of {', '.join(KEY_ROLES)}")
         self._require_initialised()
+        if role == COMMANDS:
+            return self._rotate_command_key()
         key_path = self.key_path(role)
-        pending = key_path.with_name(key_path.name + ".new")
+        pending = _pending(key_path)
         self._ask_early(["root", role, *_RESIGN[role]])  # no terminal prompt under the lock
         with self._locked():
-            if pending.exists():
-                raise ConfigError(
-                    f"{pending} is left from an interrupted rotation: compare it with the keys "
-                    "`edgehub keys show` lists, move it aside, then rotate again"
-                )
+            _no_interrupted_rotation(pending)
             root = self._load("root", Root)
             old_keyid = _single_keyid(root.signed, role)
             root_signer = self._signer("root", root.signed)
@@ -241,6 +245,76 @@ class TufRepository:
             encrypted=is_encrypted(key_path),
         )
 
+    def _rotate_command_key(self) -> KeyRotation:
+        """The commands key is listed by targets, not root: a new key goes into the delegation,
+        and targets, snapshot and timestamp are re-signed with new versions."""
+        self.command_signer()  # a repository made before commands were signed gets the role
+        key_path = self.key_path(COMMANDS)
+        pending = _pending(key_path)
+        self._ask_early([COMMANDS, *_RESIGN[COMMANDS]])
+        with self._locked():
+            _no_interrupted_rotation(pending)
+            targets = self._load("targets", Targets)
+            old_keyid = _command_keyid(targets.signed) or ""
+            signers = {r: self._signer(r) for r in _RESIGN[COMMANDS]}
+            secret = self._new_key_passphrase(key_path)
+            new_signer = generate_key(pending, secret)
+            retired = self._retire(key_path, COMMANDS, old_keyid)
+            _delegate_commands(targets.signed, new_signer.public_key)
+            self._bump_and_sign_chain(targets, signers)
+            os.replace(pending, key_path)
+            fsync_dir(self.keys_dir)
+            root_version = self._version("root", {})
+            resigned = {r: self._version(r, {}) for r in _RESIGN[COMMANDS]}
+        return KeyRotation(
+            role=COMMANDS,
+            old_keyid=old_keyid,
+            new_keyid=new_signer.public_key.keyid,
+            root_version=root_version,
+            resigned=resigned,
+            retired=retired,
+            encrypted=is_encrypted(key_path),
+        )
+
+    def command_signer(self) -> CryptoSigner:
+        """The key that signs commands, checked against the key targets delegates `commands`
+        to. A repository made before commands were signed gets the role (and a key) here."""
+        self._require_initialised()
+        path = self.key_path(COMMANDS)
+        with self._locked():
+            targets = self._load("targets", Targets)
+            keyid = _command_keyid(targets.signed)
+            if keyid is None:
+                signer = self._load_key(path) if path.exists() else generate_key(path)
+                _delegate_commands(targets.signed, signer.public_key)
+                self._bump_and_sign_chain(targets)
+                return signer
+        signer = self._load_key(path)
+        if signer.public_key.keyid != keyid:
+            raise ConfigError(
+                f"{path} holds key {signer.public_key.keyid[:16]}, but targets delegates "
+                f"commands to {keyid[:16]}; was a rotation interrupted? `edgehub keys show` "
+                "lists the keys in use"
+            )
+        return signer
+
+    def allow_rollback(self, name: str, below: int) -> bool:
+        """Sign every published version of model `name` older than `below` as a rollback
+        target: a device that a signed command tells to roll back may return to one of these,
+        and to no other older version. True if the metadata changed."""
+        with self._locked():
+            targets = self._load("targets", Targets)
+            changed = False
+            for target in targets.signed.targets.values():
+                custom = target.unrecognized_fields.get("custom", {})
+                older = custom.get("model") == name and custom.get("model_version", below) < below
+                if older and not custom.get("rollback"):
+                    custom["rollback"] = True
+                    changed = True
+            if changed:
+                self._bump_and_sign_chain(targets)
+        return changed
+
     def _version(self, role: str, loaded: dict[str, Metadata[Any]]) -> int:
         md = loaded.get(role) or self._load(role, Signed)
         return int(md.signed.version)
@@ -281,6 +355,8 @@ class TufRepository:
         self._require_initialised()
         with self._locked():
             root = self._load("root", Root).signed
+            targets = self._load("targets", Targets).signed
+            commands = _command_keyid(targets)
             rows = []
             for role in ROLES:
                 signed = root if role == "root" else self._load(role, Signed).signed
@@ -297,22 +373,40 @@ class TufRepository:
                         "threshold": root.roles[role].threshold,
                     }
                 )
+            path = self.key_path(COMMANDS)
+            rows.append(
+                {
+                    "role": COMMANDS,
+                    "keyid": commands or "",
+                    "key_file": str(path),
+                    "present": path.exists(),
+                    "encrypted": is_encrypted(path),
+                    "version": targets.version,  # the commands key is listed by targets
+                    "expires": targets.expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "threshold": 1 if commands else 0,
+                }
+            )
         return rows
 
-    def _bump_and_sign_chain(self, targets: Metadata[Targets]) -> None:
+    def _bump_and_sign_chain(
+        self, targets: Metadata[Targets], signers: dict[str, CryptoSigner] | None = None
+    ) -> None:
+        """New versions of targets, snapshot and timestamp, in that order (with `signers`, loaded
+        beforehand, else each role's key as it is written)."""
+        keys = signers or {}
         targets.signed.version += 1
         targets.signed.expires = _expires(self.expiry.targets)
-        self._write("targets", targets)
+        self._write("targets", targets, *_given(keys, "targets"))
         snapshot = self._load("snapshot", Snapshot)
         snapshot.signed.version += 1
         snapshot.signed.expires = _expires(self.expiry.snapshot)
         snapshot.signed.meta["targets.json"] = MetaFile(version=targets.signed.version)
-        self._write("snapshot", snapshot)
+        self._write("snapshot", snapshot, *_given(keys, "snapshot"))
         timestamp = self._load("timestamp", Timestamp)
         timestamp.signed.version += 1
         timestamp.signed.expires = _expires(self.expiry.timestamp)
         timestamp.signed.snapshot_meta = MetaFile(version=snapshot.signed.version)
-        self._write("timestamp", timestamp)
+        self._write("timestamp", timestamp, *_given(keys, "timestamp"))
 
     # ---- reads --------------------------------------------------------------------------
     def published(self) -> dict[str, bytes]:
@@ -424,6 +518,41 @@ class TufRepository:
         if role == "root":
             atomic_write(self.metadata_dir / f"{md.signed.version}.root.json", data)
         atomic_write(self.metadata_dir / f"{role}.json", data)
+
+
+def _given(signers: dict[str, CryptoSigner], role: str) -> tuple[CryptoSigner, ...]:
+    return (signers[role],) if role in signers else ()
+
+
+def _pending(key_path: Path) -> Path:
+    """Where a rotation keeps the new key until everything is re-signed."""
+    return key_path.with_name(key_path.name + ".new")
+
+
+def _no_interrupted_rotation(pending: Path) -> None:
+    if pending.exists():
+        raise ConfigError(
+            f"{pending} is left from an interrupted rotation: compare it with the keys "
+            "`edgehub keys show` lists, move it aside, then rotate again"
+        )
+
+
+def _delegate_commands(targets: Targets, key: Any) -> None:
+    """Targets delegates the role `commands` to `key` alone. The role names no target paths
+    (ngclient never looks a target up in it): it exists for its key."""
+    role = DelegatedRole(COMMANDS, [key.keyid], 1, terminating=True, paths=[])
+    targets.delegations = Delegations(keys={key.keyid: key}, roles={COMMANDS: role})
+
+
+def _command_keyid(targets: Targets) -> str | None:
+    """The keyid targets delegates `commands` to, None for a repository made before."""
+    delegations = targets.delegations
+    role = delegations.roles.get(COMMANDS) if delegations and delegations.roles else None
+    if role is None:
+        return None
+    if len(role.keyids) != 1:
+        raise ConfigError(f"targets lists {len(role.keyids)} keys for commands; expected one")
+    return str(role.keyids[0])
 
 
 def _single_keyid(root: Root, role: str) -> str:

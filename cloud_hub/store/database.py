@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Engine,
@@ -32,6 +33,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    case,
     create_engine,
     delete,
     event,
@@ -118,6 +120,22 @@ refusals = Table(  # what the hub refused of each device (cloud_hub.ingest_limit
     Column("reason", String(16), primary_key=True),
     Column("count", Integer, nullable=False, default=0),
     Column("last", Float, nullable=False, default=0.0),
+)
+
+command_counters = Table(  # the last counter a signed command to each device carried
+    "command_counters",
+    metadata,
+    Column("device", String(64), primary_key=True),
+    Column("counter", BigInteger, nullable=False, default=0),
+)
+
+grants = Table(  # targets a device was commanded to fetch: the hub serves it only these
+    "grants",
+    metadata,
+    Column("device", String(64), primary_key=True),
+    Column("target", String(200), primary_key=True),
+    Column("encrypt", Boolean, nullable=False, default=False),
+    Column("at", Float, nullable=False),
 )
 
 hub_state = Table(
@@ -429,6 +447,7 @@ class Store:
             conn.execute(delete(devices).where(devices.c.id.in_(ids)))
             conn.execute(delete(outbox).where(outbox.c.device.in_(ids), outbox.c.sent.is_(None)))
             conn.execute(delete(refusals).where(refusals.c.device.in_(ids)))
+            conn.execute(delete(grants).where(grants.c.device.in_(ids)))
 
     # ---- command outbox -----------------------------------------------------------------
     def queue_command(self, device: str, body: dict[str, Any]) -> None:
@@ -444,6 +463,39 @@ class Store:
     def mark_sent(self, command_id: int) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(outbox).where(outbox.c.id == command_id).values(sent=time.time()))
+
+    # ---- signed commands and what they let a device fetch ---------------------------------
+    def next_command_counter(self, device: str, floor: int) -> int:
+        """A counter for the next command to `device`: above the last one, and at least
+        `floor`. Atomic, so hub workers sharing the store never hand out one twice."""
+        with self.engine.begin() as conn:
+            conn.execute(self._insert_once(command_counters), [{"device": device, "counter": 0}])
+            bumped = command_counters.c.counter + 1
+            row = conn.execute(
+                update(command_counters)
+                .where(command_counters.c.device == device)
+                .values(counter=case((bumped > floor, bumped), else_=floor))
+                .returning(command_counters.c.counter)
+            ).one()
+        return int(row[0])
+
+    def grant(self, device: str, target: str, encrypt: bool, now: float) -> None:
+        """`device` was commanded to fetch `target` (encrypted for it when `encrypt`)."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(grants).where(grants.c.device == device, grants.c.target == target))
+            conn.execute(
+                insert(grants).values(device=device, target=target, encrypt=encrypt, at=now)
+            )
+
+    def granted(self, device: str, target: str, since: float) -> bool | None:
+        """Whether `device`'s grant of `target` (given after `since`) asks for encryption; None
+        when it has none."""
+        q = select(grants.c.encrypt).where(
+            grants.c.device == device, grants.c.target == target, grants.c.at >= since
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return None if row is None else bool(row[0])
 
     def prune(self, cutoff: float) -> int:
         """Retention (see prune_records)."""

@@ -109,6 +109,11 @@ class ModelRef:
             raise MessageError(f"model reference: expected NAME@VERSION like wine@2, got {text!r}")
         return cls(name, int(version))
 
+    @property
+    def target_path(self) -> str:
+        """Where the hub's TUF repository keeps this model's bundle."""
+        return f"{self.name}/{self.version}.zip"
+
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version}
 
@@ -364,8 +369,10 @@ class Command:
 
 
 def decode_command(payload: bytes) -> Command:
-    where = "command"
-    obj = load_json(payload, where)
+    return command_from_json(load_json(payload, "command"), "command")
+
+
+def command_from_json(obj: dict[str, Any], where: str) -> Command:
     model = obj.get("model")
     target = obj.get("target")
     rollout = obj.get("rollout")

@@ -15,6 +15,7 @@ class Reason(StrEnum):
     """A refusal's code; `describe` says in one line what it means."""
 
     TAMPERED = "tampered"
+    UNSIGNED = "unsigned"
     BAD_SIGNATURE = "bad-signature"
     REPLAYED = "replayed"
     EXPIRED = "expired"
@@ -42,13 +43,14 @@ class Reason(StrEnum):
 
 DESCRIPTIONS: dict[Reason, str] = {
     Reason.TAMPERED: "the bytes or the card do not match the signed hashes",
-    Reason.BAD_SIGNATURE: "TUF metadata not signed by enough of the keys the root names",
-    Reason.REPLAYED: "TUF metadata older than what the device already trusts",
-    Reason.EXPIRED: "TUF metadata past its expiry date",
-    Reason.DOWNGRADE: "an older version of the model the device runs",
+    Reason.UNSIGNED: "a command that carries no signature",
+    Reason.BAD_SIGNATURE: "TUF metadata or a command not signed by enough of the keys for it",
+    Reason.REPLAYED: "TUF metadata older than what the device trusts, or a command it already had",
+    Reason.EXPIRED: "TUF metadata or a command past its expiry date",
+    Reason.DOWNGRADE: "an older version of the model the device runs, not signed as a rollback",
     Reason.TRUNCATED: "fewer bytes arrived than the signed length",
     Reason.OVERSIZED: "more bytes than the signed length, or than the device accepts",
-    Reason.WRONG_DEVICE: "a transfer encrypted for another device",
+    Reason.WRONG_DEVICE: "a command or an encrypted transfer meant for another device",
     Reason.UNKNOWN_TARGET: "the command names a target the signed metadata does not hold",
     Reason.MISMATCH: "the command, the signed target and the card name different models",
     Reason.UNTRUSTED_METADATA: "TUF metadata the device cannot trust for another reason",

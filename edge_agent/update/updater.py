@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError, MessageError
 from edge_agent.inference.runtime import Runtime, RuntimeLoader, load_runtime
 from edge_agent.inference.shadow import Shadow
+from edge_agent.protocol.commands import SignedCommand
 from edge_agent.protocol.messages import (
     Command,
     ModelRef,
@@ -28,8 +29,8 @@ from edge_agent.protocol.messages import (
 from edge_agent.protocol.reasons import Reason
 from edge_agent.protocol.transfer import Reassembly
 from edge_agent.update.bundle import Bundle, read_bundle
+from edge_agent.update.commands import CommandGate
 from edge_agent.update.health import check_health
-from edge_agent.update.mirror import TufMirror
 from edge_agent.update.partial import PartialTransfer
 from edge_agent.update.store import ModelStore
 from edge_agent.update.verify import VerifiedTarget, Verifier, sha256_hex
@@ -238,7 +239,7 @@ class Updater:
     def __init__(
         self,
         verifier: Verifier,
-        mirror: TufMirror,
+        gate: CommandGate,
         downloader: Downloader,
         store: ModelStore,
         emit: Emit,
@@ -250,7 +251,7 @@ class Updater:
     ) -> None:
         self.open_runtime = open_runtime  # a simulated fleet shares one session per model
         self.verifier = verifier
-        self.mirror = mirror
+        self.gate = gate
         self.downloader = downloader
         self.store = store
         self.emit = emit
@@ -282,6 +283,21 @@ class Updater:
             return
         self.activate(Installed(bundle, runtime))
 
+    def admit(self, signed: SignedCommand, resumed: bool = False) -> bool:
+        """Whether `signed` may be acted on (edge_agent/update/commands.py); a refusal goes on
+        `events` with its reason, and the running model keeps serving."""
+        try:
+            self.gate.admit(signed, resumed)
+        except BundleRejected as exc:
+            self.refuse_command(signed.command.id, exc, signed.command)
+            return False
+        return True
+
+    def refuse_command(self, what: str, exc: BadDataError, cmd: Command | None = None) -> None:
+        reason = str(exc) if isinstance(exc, BundleRejected) else f"{Reason.BAD_MESSAGE}: {exc}"
+        log.warning("refused command %s: %s", what, reason)
+        self.emit("rejected", cmd.model if cmd else None, reason, cmd.rollout if cmd else None)
+
     def handle(self, cmd: Command) -> None:
         if cmd.kind == "deploy":
             self.deploy(cmd)
@@ -308,6 +324,22 @@ class Updater:
                 f"{cmd.rollout}{source}: the rollout installed nothing here"
             )
             self.emit("rolled-back", current, reason, cmd.rollout)
+            return
+        previous = record.previous
+        older = (
+            previous is not None
+            and current is not None
+            and previous.name == current.name
+            and previous.version < current.version
+        )
+        try:
+            if older and previous is not None and not self.verifier.rollback_target(previous):
+                raise BundleRejected(
+                    Reason.DOWNGRADE,
+                    f"{previous} is not signed as a rollback target; kept {current}",
+                )
+        except BundleRejected as exc:
+            self.refuse_command(cmd.id, exc, cmd)
             return
         self.rollback(cmd.rollout, "requested by the hub")
 
@@ -348,12 +380,7 @@ class Updater:
         assert cmd.model is not None and cmd.target is not None  # checked by Command
         model = cmd.model
         self.emit("offered", model, "", cmd.rollout)
-        try:
-            if not self.mirror.wait_for_timestamp(cmd.tuf_version, timeout=30):
-                raise BundleRejected(
-                    Reason.METADATA_UNAVAILABLE,
-                    f"TUF timestamp version {cmd.tuf_version} did not arrive",
-                )
+        try:  # the command's TUF version arrived: its gate waited for it
             target = self.verifier.lookup(cmd.target, model, running)
             how = "encrypted for this device" if cmd.encrypt else "signed"
             self.emit("downloading", model, f"{target.length} bytes, {how}", cmd.rollout)

@@ -3,7 +3,9 @@
 The hub publishes TUF metadata retained on `fleet/tuf/...`; the agent's MQTT session puts each
 payload into a `mirror.TufMirror`, and `fetcher.MqttFetcher` serves ngclient from it (there is no
 HTTP server anywhere). Every trust decision is ngclient's; this module maps its verdicts to
-rejection reasons and adds the one rule TUF does not know: never a lower `model_version`.
+rejection reasons and adds the one rule TUF does not know: never a lower `model_version`, unless
+a signed rollback returns to a version the hub signed as a rollback target. It also checks a
+command's signatures against the key the verified targets metadata delegates `commands` to.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from edge_agent.update.mirror import TufMirror
 
 if TYPE_CHECKING:
     from tuf.api.metadata import TargetFile
+    from tuf.ngclient import Updater
 
 # python-tuf (about 19 MB resident with its dependencies) is imported when an update arrives,
 # not when the agent starts: most of a device's life is inference.
@@ -78,8 +81,8 @@ class Verifier:
         self.mirror = mirror
         self.max_bundle_bytes = max_bundle_bytes
 
-    def lookup(self, path: str, expected: ModelRef, running: ModelRef | None) -> VerifiedTarget:
-        """Refresh metadata, find `path`, and check it is the model and version we were told."""
+    def _refreshed(self) -> Updater:
+        """An ngclient Updater over what arrived, refreshed (timestamp, snapshot, targets)."""
         from tuf.api import exceptions as tuf_exc
         from tuf.ngclient import Updater, UpdaterConfig
 
@@ -94,11 +97,49 @@ class Verifier:
         )
         try:
             updater.refresh()
-            info = updater.get_targetinfo(path)
-        except tuf_exc.RepositoryError as exc:
+        except (tuf_exc.RepositoryError, tuf_exc.DownloadError) as exc:
             raise BundleRejected(_reason(exc), f"TUF metadata: {exc}") from exc
-        except tuf_exc.DownloadError as exc:
+        return updater
+
+    def verify_command(self, payload: bytes, signatures: dict[str, str]) -> None:
+        """`signatures` (keyid -> hex) must sign `payload` with the key the freshly verified
+        targets metadata delegates `commands` to."""
+        from tuf.api import exceptions as tuf_exc
+        from tuf.api.metadata import Metadata, Signature, Targets
+
+        from edge_agent.protocol.commands import COMMAND_ROLE
+
+        self._refreshed()  # ngclient keeps what it verified as targets.json
+        targets = Metadata[Targets].from_file(str(self.tuf_dir / "targets.json")).signed
+        sigs = {keyid: Signature(keyid, sig) for keyid, sig in signatures.items()}
+        try:
+            targets.verify_delegate(COMMAND_ROLE, payload, sigs)
+        except tuf_exc.UnsignedMetadataError as exc:
+            raise BundleRejected(
+                Reason.BAD_SIGNATURE, f"command: not signed by the hub's command key ({exc})"
+            ) from exc
+        except ValueError as exc:  # metadata of a hub that did not sign commands yet
+            raise BundleRejected(
+                Reason.UNTRUSTED_METADATA, f"targets metadata delegates no command key: {exc}"
+            ) from exc
+
+    def rollback_target(self, model: ModelRef) -> bool:
+        """Whether the verified targets sign `model` as one a rollback may return to."""
+        info = self._target(self._refreshed(), model.target_path)
+        return info is not None and info.custom.get("rollback") is True
+
+    @staticmethod
+    def _target(updater: Updater, path: str) -> TargetFile | None:
+        from tuf.api import exceptions as tuf_exc
+
+        try:
+            return updater.get_targetinfo(path)
+        except (tuf_exc.RepositoryError, tuf_exc.DownloadError) as exc:
             raise BundleRejected(_reason(exc), f"TUF metadata: {exc}") from exc
+
+    def lookup(self, path: str, expected: ModelRef, running: ModelRef | None) -> VerifiedTarget:
+        """Refresh metadata, find `path`, and check it is the model and version we were told."""
+        info = self._target(self._refreshed(), path)
         if info is None:
             raise BundleRejected(Reason.UNKNOWN_TARGET, f"{path} is not in the signed targets")
         custom = info.custom

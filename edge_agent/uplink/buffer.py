@@ -334,6 +334,10 @@ class TokenBucket:
         self._tokens -= granted
         return granted
 
+    def refund(self, unused: int) -> None:
+        """Tokens taken but not spent go back."""
+        self._tokens = min(self.burst, self._tokens + unused)
+
     def wait(self, now: float) -> float:
         """Seconds until one token is there (0 if one is)."""
         if self.rate <= 0:

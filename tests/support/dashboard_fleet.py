@@ -28,13 +28,13 @@ from cloud_hub.web.api import WebAuth, create_app
 from cloud_hub.web.server import WebServer
 from converters.card import reference_card
 from edge_agent.mqtt.session import BrokerAddress, MqttSession
+from edge_agent.protocol.commands import decode_signed_command
 from edge_agent.protocol.messages import (
     Batch,
     Command,
     ModelRef,
     Record,
     Status,
-    decode_command,
     encode,
 )
 from edge_agent.protocol.topics import Topics
@@ -65,7 +65,7 @@ class SimDevice:
 
     def _command(self, _topic: str, payload: bytes) -> None:
         with self.got_command:
-            self.commands.append(decode_command(payload))
+            self.commands.append(decode_signed_command(payload).command)
             self.got_command.notify_all()
 
     def wait_command(self, timeout: float = 15) -> Command:
@@ -200,6 +200,9 @@ def running_hub(
     broker: RunningBroker, home: Path, open_reads: bool = False
 ) -> Iterator[HubWithDashboard]:
     home.mkdir(parents=True, exist_ok=True)
+    repo = TufRepository(home)
+    if not repo.initialised:
+        repo.init()  # the hub signs its commands with its keys
     hub = Hub(home, BrokerAddress(broker.host, broker.port))
     stop = threading.Event()
     thread = threading.Thread(target=hub.run, args=(stop,), daemon=True)
