@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from edge_agent.errors import BundleRejected, MessageError
 from edge_agent.protocol import SCHEMA_VERSION
+from edge_agent.protocol.commands import canonical, decode_signed_command
 from edge_agent.protocol.inputs import InputState, decode_inputs, describe
 from edge_agent.protocol.messages import (
     Batch,
@@ -30,6 +31,7 @@ from edge_agent.protocol.messages import (
     decode_xfer_request,
     encode,
 )
+from edge_agent.protocol.reasons import Reason
 from edge_agent.protocol.records import WindowInputs, decode_checked_status
 from edge_agent.protocol.topics import Topics, check_device_id
 from edge_agent.protocol.transfer import CHUNK_SIZE, Reassembly, chunk_bounds, chunk_count
@@ -710,3 +712,81 @@ def test_chunks_in_flight_are_not_stale_while_others_keep_arriving() -> None:
     # nothing arrived for 5 s: what is still out is asked for again
     assert sorted(r.to_request(now=9.0, window=4, retry_after=5.0, progressed=4.0)) == [1, 2, 3]
     assert r.reasked == 3
+
+
+# ---- signed commands: the envelope ---------------------------------------------------------------
+SIGNED_BODY = {
+    **without(COMMAND, "v"),
+    "device": "d1",
+    "counter": 7,
+    "expires": "2030-01-01T00:00:00Z",
+}
+SIGNED = {"v": 1, "signed": SIGNED_BODY, "signatures": [{"keyid": "ab12", "sig": "cd34"}]}
+
+
+def test_a_signed_command_round_trips_and_signs_canonical_bytes() -> None:
+    cmd = decode_signed_command(wire(**SIGNED))
+    assert cmd.device == "d1" and cmd.counter == 7 and cmd.signatures == {"ab12": "cd34"}
+    assert decode_signed_command(cmd.to_bytes()) == cmd
+    assert cmd.payload() == canonical(SIGNED_BODY)
+    assert canonical({"b": 1, "a": "é"}) == '{"a":"é","b":1}'.encode()
+
+
+@pytest.mark.parametrize(
+    ("obj", "words"),
+    [
+        (COMMAND, ["unsigned", '"signed"', "id, kind"]),
+        ({**SIGNED, "signatures": []}, ["unsigned", "got none"]),
+    ],
+    ids=["plain-command", "no-signature"],
+)
+def test_a_command_without_signatures_is_refused_as_unsigned(
+    obj: dict[str, Any], words: list[str]
+) -> None:
+    with pytest.raises(BundleRejected) as info:
+        decode_signed_command(json.dumps(obj).encode())
+    assert info.value.reason == Reason.UNSIGNED
+    for word in words:
+        assert word in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("obj", "words"),
+    [
+        ({**SIGNED, "signed": []}, ["command.signed", "dict", "list"]),
+        ({**SIGNED, "signatures": {}}, ["command.signatures", "list", "dict"]),
+        ({**SIGNED, "signatures": ["ab"]}, ["command.signatures[0]", "object", "str"]),
+        (
+            {**SIGNED, "signatures": [{"keyid": "XYZ", "sig": "cd"}]},
+            ["command.signatures[0].keyid", "hex", "'XYZ'"],
+        ),
+        ({**SIGNED, "signatures": [{"keyid": "ab"}] * 9}, ["at most 8", "9"]),
+        ({**SIGNED, "signed": {**SIGNED_BODY, "counter": 0}}, ["command.signed.counter", ">= 1"]),
+        (
+            {**SIGNED, "signed": {**SIGNED_BODY, "expires": "tomorrow"}},
+            ["command.signed.expires", "UTC time", "'tomorrow'"],
+        ),
+        ({**SIGNED, "signed": without(SIGNED_BODY, "device")}, ["command.signed", "'device'"]),
+        (
+            {**SIGNED, "signed": {**SIGNED_BODY, "kind": "format-disk"}},
+            ["command.kind", "format-disk"],
+        ),
+    ],
+    ids=[
+        "signed-list",
+        "signatures-dict",
+        "signature-str",
+        "keyid-not-hex",
+        "too-many",
+        "counter-0",
+        "expires-text",
+        "no-device",
+        "bad-kind",
+    ],
+)
+def test_a_malformed_signed_command_names_the_field(obj: dict[str, Any], words: list[str]) -> None:
+    with pytest.raises(MessageError) as info:
+        decode_signed_command(json.dumps(obj).encode())
+    assert not isinstance(info.value, BundleRejected)
+    for word in words:
+        assert word in str(info.value), str(info.value)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from securesystemslib.signer import Signer
 
-from edge_agent.protocol.commands import SignedCommand
+from edge_agent.protocol.commands import SignedCommand, canonical, command_body
 from edge_agent.protocol.messages import Command
 
 COMMAND_TTL = timedelta(days=30)  # as long as the broker keeps an offline device's queue
@@ -28,6 +28,7 @@ def sign_command(
     signer: Signer, cmd: Command, device: str, counter: int, now: float
 ) -> SignedCommand:
     expires = datetime.fromtimestamp(now, UTC).replace(microsecond=0) + COMMAND_TTL
-    unsigned = SignedCommand(cmd, device, counter, expires, {})
-    signature = signer.sign(unsigned.payload())
-    return SignedCommand(cmd, device, counter, expires, {signature.keyid: signature.signature})
+    body = command_body(cmd, device, counter, expires)
+    signature = signer.sign(canonical(body))
+    sigs = {signature.keyid: signature.signature}
+    return SignedCommand(body, cmd, device, counter, expires, sigs)

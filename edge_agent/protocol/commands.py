@@ -4,8 +4,9 @@
      "signed": {<the Command's fields>, "device": ID, "counter": N, "expires": "...Z"},
      "signatures": [{"keyid": HEX, "sig": HEX}]}
 
-The signatures cover the canonical bytes of "signed" (`canonical`: keys sorted, no spaces,
-UTF-8; the body holds only strings, integers, booleans and null, so these bytes are unique). The
+The signatures cover the canonical bytes of "signed" as it arrived (`canonical`: keys sorted, no
+spaces, UTF-8; the body holds only strings, integers, booleans and null, so these bytes are
+unique), fields this agent does not know included. The
 key is the hub's command key, which the TUF targets metadata delegates the role `commands` to
 (cloud_hub/signing/tuf_repo.py), so the device trusts it through its TUF root and a rotation
 reaches it like any metadata change. The device checks the signature, that the command names
@@ -40,29 +41,32 @@ def canonical(obj: dict[str, Any]) -> bytes:
     ).encode()
 
 
+def command_body(cmd: Command, device: str, counter: int, expires: datetime) -> dict[str, Any]:
+    """What the hub signs: the command, for one device, numbered and dated."""
+    return {
+        **cmd.to_json(),
+        "device": device,
+        "counter": counter,
+        "expires": expires.strftime(TIME_FORMAT),
+    }
+
+
 @dataclass(frozen=True)
 class SignedCommand:
+    body: dict[str, Any]  # "signed", exactly as signed
     command: Command
     device: str  # the one device it is for
     counter: int  # above every counter the hub gave this device before
     expires: datetime  # UTC, whole seconds
     signatures: dict[str, str]  # keyid -> signature, hex
 
-    def signed_body(self) -> dict[str, Any]:
-        return {
-            **self.command.to_json(),
-            "device": self.device,
-            "counter": self.counter,
-            "expires": self.expires.strftime(TIME_FORMAT),
-        }
-
     def payload(self) -> bytes:
         """What the signatures sign."""
-        return canonical(self.signed_body())
+        return canonical(self.body)
 
     def to_bytes(self) -> bytes:
         sigs = [{"keyid": k, "sig": s} for k, s in sorted(self.signatures.items())]
-        return dump_json({"signed": self.signed_body(), "signatures": sigs})
+        return dump_json({"signed": self.body, "signatures": sigs})
 
 
 def decode_signed_command(payload: bytes) -> SignedCommand:
@@ -104,6 +108,7 @@ def decode_signed_command(payload: bytes) -> SignedCommand:
             f"{at}.expires: expected a UTC time like 2026-12-31T23:59:59Z, got {expires!r:.40}"
         ) from exc
     return SignedCommand(
+        body=body,
         command=command_from_json(body, at),
         device=field_of(body, "device", str, at),
         counter=counter,
