@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from cloud_hub.broker.local import RunningBroker, find_mosquitto, start_mosquitto
+from tests.support.mqtt_cli import MqttCli
 
 REQUIRE_MOSQUITTO_ENV = "EDGEFLEET_REQUIRE_MOSQUITTO"
 
@@ -39,6 +40,27 @@ def mosquitto_binary() -> str:
         )
     pytest.skip(
         "mosquitto is not installed (apt-get install mosquitto); "
+        f"set {REQUIRE_MOSQUITTO_ENV}=1 to make this a failure"
+    )
+
+
+@pytest.fixture(scope="session")
+def mosquitto_clients() -> MqttCli:
+    """mosquitto's command-line clients (mosquitto_sub, mosquitto_pub: Debian's
+    mosquitto-clients); skips (or fails, when required) if they are missing."""
+    found = {name: shutil.which(name) for name in ("mosquitto_sub", "mosquitto_pub")}
+    sub, pub = found["mosquitto_sub"], found["mosquitto_pub"]
+    if sub is not None and pub is not None:
+        return MqttCli(sub, pub)
+    missing = ", ".join(name for name, path in found.items() if path is None)
+    if os.environ.get(REQUIRE_MOSQUITTO_ENV) == "1":
+        pytest.fail(
+            f"{REQUIRE_MOSQUITTO_ENV}=1 but {missing} not on PATH: install them "
+            "(apt-get install mosquitto-clients)",
+            pytrace=False,
+        )
+    pytest.skip(
+        f"{missing} not installed (apt-get install mosquitto-clients); "
         f"set {REQUIRE_MOSQUITTO_ENV}=1 to make this a failure"
     )
 

@@ -3,10 +3,13 @@ cannot pose as another device or take over its session; passwords and TLS client
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,14 +24,25 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_hub.broker.config import acl_text, password_line
+from cloud_hub.broker.config import TlsFiles, conf_text
+from cloud_hub.broker.dynsec import (
+    HUB_ROLE,
+    SALT_BYTES,
+    device_acls,
+    dynsec_config,
+    hub_acls,
+    password_fields,
+)
 from cloud_hub.broker.local import RunningBroker, free_port, start_mosquitto
 from cloud_hub.cli import app as hub_cli
 from cloud_hub.rollout.operations import init_hub
 from cloud_hub.store.database import Store, default_url
+from edge_agent.protocol.topics import DEVICE_DOWN, DEVICE_UP, Topics
+from tests.support.mqtt_cli import Login, MqttCli
 
 WAIT_S = 15
 DEVICES = ("pi-a", "pi-b")
+HUB_READS = tuple(f"edgefleet/dev/+/{kind}" for kind in DEVICE_UP)  # what its role may read
 
 
 class Client:
@@ -160,28 +174,95 @@ def secured(mosquitto_binary: str, tmp_path: Path) -> Iterator[Secured]:
 
 
 # ---- pure parts -----------------------------------------------------------------------------
-def test_password_line_is_mosquitto_2_pbkdf2() -> None:
-    line = password_line("pi-a", "secret", salt=b"\x00" * 12)
-    user, _, hashed = line.partition(":")
-    kind, iterations, salt, digest = hashed.split("$")[1:]
-    assert (user, kind, iterations, salt) == ("pi-a", "7", "101", "AAAAAAAAAAAAAAAA")
-    assert len(digest) == 88  # 64 bytes of SHA-512, base64
+def test_passwords_are_hashed_as_mosquitto_hashes_them(tmp_path: Path) -> None:
+    """mosquitto_passwd's own `$7$` line for a password, and ours with its salt: one hash."""
+    passwd = shutil.which("mosquitto_passwd")
+    if passwd is None:
+        pytest.skip("mosquitto_passwd is not installed")
+    pw_file = tmp_path / "passwd"
+    subprocess.run([passwd, "-b", "-c", str(pw_file), "pi-a", "s3cret"], check=True)
+    _, iterations, salt, digest = pw_file.read_text().strip().split(":")[1].split("$")[1:]
+    ours = password_fields("s3cret", base64.b64decode(salt))
+    assert (ours["iterations"], ours["salt"], ours["password"]) == (int(iterations), salt, digest)
+    assert len(base64.b64decode(ours["salt"])) == SALT_BYTES == 12  # mosquitto 2.0's SALT_LEN
 
 
-def test_acl_follows_the_topic_table() -> None:
-    text = acl_text("site/one", "hub")
-    assert "pattern write site/one/dev/%u/telemetry" in text
-    assert "pattern read site/one/dev/%u/cmd" in text
-    assert "pattern read site/one/fleet/tuf/#" in text
-    assert "pattern write site/one/dev/%u/cmd" not in text
-    assert "user hub\ntopic read site/one/dev/+/status" in text
+def _rules(acls: list[dict[str, object]]) -> set[tuple[object, object]]:
+    assert all(a["allow"] is True for a in acls)
+    return {(a["acltype"], a["topic"]) for a in acls}
+
+
+def test_a_devices_role_follows_the_topic_table() -> None:
+    rules = _rules(device_acls(Topics("site/one"), "pi-a"))
+    dev = "site/one/dev/pi-a"
+    assert rules == {
+        *(("publishClientSend", f"{dev}/{k}") for k in DEVICE_UP),
+        *(("publishClientReceive", f"{dev}/{k}") for k in DEVICE_DOWN),
+        *(("subscribeLiteral", f"{dev}/{k}") for k in DEVICE_DOWN),
+        ("publishClientReceive", "site/one/fleet/tuf/#"),
+        ("subscribePattern", "site/one/fleet/tuf/#"),
+    }
+    assert ("publishClientSend", f"{dev}/labels") in rules  # ground truth, DESIGN.md's table
+    assert not any("+" in topic or "$share" in topic for _, topic in rules)  # type: ignore[operator]
+
+
+def test_the_hubs_role_reads_every_device_alone_or_in_a_group() -> None:
+    rules = _rules(hub_acls(Topics()))
+    assert ("subscribePattern", "edgefleet/dev/+/telemetry") in rules
+    assert ("subscribePattern", "$share/+/edgefleet/dev/+/telemetry") in rules
+    assert ("publishClientReceive", "edgefleet/dev/+/telemetry") in rules
+    assert ("publishClientSend", "edgefleet/dev/+/cmd") in rules
+    assert ("publishClientSend", "edgefleet/fleet/tuf/#") in rules
+    assert ("publishClientSend", "edgefleet/dev/+/telemetry") not in rules  # it cannot forge
+
+
+def test_every_default_is_deny_and_every_user_has_its_role() -> None:
+    body = dynsec_config(Topics(), DEVICES, ("edgehub", "edgehub-a"), None)
+    assert body["defaultACLAccess"] == {
+        "publishClientSend": False,
+        "publishClientReceive": False,
+        "subscribe": False,
+        "unsubscribe": True,
+    }
+    roles = {c["username"]: [r["rolename"] for r in c["roles"]] for c in body["clients"]}
+    assert roles == {
+        "edgehub": [HUB_ROLE],
+        "edgehub-a": [HUB_ROLE],
+        "pi-a": ["edgefleet-device-pi-a"],
+        "pi-b": ["edgefleet-device-pi-b"],
+    }
+    assert {r["rolename"] for r in body["roles"]} == {HUB_ROLE, *(v[0] for v in roles.values())}
+    assert not any("password" in c for c in body["clients"])  # TLS client certificates
+
+
+def test_the_listener_binds_a_named_address_and_says_when_it_is_not_encrypted(
+    tmp_path: Path,
+) -> None:
+    plugin, dynsec = tmp_path / "dynsec.so", tmp_path / "dynsec.json"
+    clear = conf_text(8883, plugin, dynsec)
+    assert "listener 8883 127.0.0.1\n" in clear
+    assert "# WARNING: no TLS: passwords cross the network in clear" in clear
+    assert "\ncafile " not in clear
+    everywhere = conf_text(8883, plugin, dynsec, "0.0.0.0")
+    assert "listener 8883 0.0.0.0\n" in everywhere
+    assert "listener 1884 ::1\n" in conf_text(1884, plugin, dynsec, "::1")
+    files = [tmp_path / n for n in ("ca.crt", "broker.crt", "broker.key")]
+    tls = conf_text(8883, plugin, dynsec, "0.0.0.0", TlsFiles(*files))
+    assert "WARNING" not in tls
+    assert f"cafile {files[0]}\ncertfile {files[1]}\nkeyfile {files[2]}\n" in tls
+    assert "require_certificate false" in tls and "use_identity_as_username" not in tls
+    certs = conf_text(8883, plugin, dynsec, "0.0.0.0", TlsFiles(*files, client_certificates=True))
+    assert "require_certificate true\nuse_identity_as_username true" in certs
+    for text in (clear, tls, certs):
+        assert f"plugin {plugin}\nplugin_opt_config_file {dynsec}\n" in text
+        assert "acl_file" not in text and "password_file" not in text  # one mechanism
 
 
 # ---- on a real mosquitto ----------------------------------------------------------------------
 def test_files_written_and_passwords_kept_on_a_second_run(secured: Secured, tmp_path: Path) -> None:
     assert set(secured.credentials) == {"edgehub", *DEVICES}
     assert (secured.out / "credentials.json").stat().st_mode & 0o077 == 0
-    assert (secured.out / "passwd").stat().st_mode & 0o077 == 0
+    assert (secured.out / "dynamic-security.json").stat().st_mode & 0o077 == 0
     conf = (secured.out / "mosquitto.conf").read_text()
     assert "use_username_as_clientid true" in conf
     assert "allow_anonymous false" in conf
@@ -202,7 +283,7 @@ def test_strangers_and_wrong_passwords_are_refused(secured: Secured) -> None:
 
 
 def test_device_cannot_publish_on_another_devices_topics(secured: Secured) -> None:
-    hub = secured.client("edgehub", "edgehub", subscribe=("edgefleet/dev/+/+",))
+    hub = secured.client("edgehub", "edgehub", subscribe=HUB_READS)
     hub.wait_subscribed()
     a = secured.client("pi-a", "pi-a")
     assert a.accepted
@@ -298,7 +379,7 @@ def test_tls_client_certificates_name_the_device(mosquitto_binary: str, tmp_path
     argv = ["--home", str(home), "broker-config", "--out", str(out), "--port", str(port), "--tls"]
     files = ["--cafile", str(pki / "test-ca.crt"), "--certfile", str(pki / "broker.crt")]
     assert hub_cli.main([*argv, *files, "--keyfile", str(pki / "broker.key")]) == 0
-    assert not (out / "passwd").exists()
+    assert not (out / "credentials.json").exists()  # no passwords: the certificates name them
     broker = _start(out / "mosquitto.conf", tmp_path, mosquitto_binary)
     clients: list[Client] = []
 
@@ -313,7 +394,7 @@ def test_tls_client_certificates_name_the_device(mosquitto_binary: str, tmp_path
         return c
 
     try:
-        hub = tls("edgehub", "edgehub", subscribe=("edgefleet/dev/+/+",))
+        hub = tls("edgehub", "edgehub", subscribe=HUB_READS)
         a = tls("pi-a", "pi-b")  # the certificate names it, whatever the client id says
         assert hub.accepted and a.accepted
         hub.wait_subscribed()
@@ -352,6 +433,57 @@ def _refused(port: int, ctx: ssl.SSLContext) -> bool:
         return True
 
 
+def test_passwords_go_over_tls_where_certificates_are_given(
+    mosquitto_binary: str,
+    mosquitto_clients: MqttCli,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    _cert(pki, "broker", _cert(pki, "test-ca", None))
+    home = _hub_with_devices(tmp_path)
+    out, port = tmp_path / "broker", free_port()
+    argv = ["--home", str(home), "broker-config", "--out", str(out), "--port", str(port)]
+    files = ["--cafile", str(pki / "test-ca.crt"), "--certfile", str(pki / "broker.crt")]
+    assert hub_cli.main([*argv, *files, "--keyfile", str(pki / "broker.key")]) == 0
+    said = capsys.readouterr().out
+    assert "TLS: clients check the broker's certificate" in said and "in clear" not in said
+    credentials = json.loads((out / "credentials.json").read_text())
+    broker = _start(out / "mosquitto.conf", tmp_path, mosquitto_binary)
+    try:
+        login = Login(port, "pi-a", credentials["pi-a"], cafile=pki / "test-ca.crt")
+        assert mosquitto_clients.suback(login, "edgefleet/dev/pi-a/cmd") == [1]
+        with pytest.raises(AssertionError, match="no SUBACK"):  # a wrong password over TLS
+            mosquitto_clients.suback(Login(port, "pi-a", "wrong", cafile=login.cafile), "x/y")
+        # in clear, the listener answers a CONNECT with nothing but a closed connection
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as raw:
+            raw.sendall(CONNECT)
+            try:
+                answer = raw.recv(4)
+            except ConnectionResetError:
+                answer = b""
+        assert not answer.startswith(b"\x20")  # no CONNACK
+    finally:
+        broker.stop()
+
+
+def test_without_certificates_broker_config_says_passwords_go_in_clear(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = _hub_with_devices(tmp_path)
+    argv = ["--home", str(home), "broker-config", "--out", str(tmp_path / "o")]
+    assert hub_cli.main(argv) == 0
+    said = capsys.readouterr().out
+    assert "warning: no TLS: passwords cross the network in clear" in said
+    assert "the listener is 127.0.0.1:8883: only this machine reaches it" in said
+    assert "restart mosquitto" in said
+    assert hub_cli.main([*argv, "--bind", "0.0.0.0"]) == 0
+    said = capsys.readouterr().out
+    assert "the listener is 0.0.0.0:8883\n" in said and "in clear" in said
+    assert "listener 8883 0.0.0.0" in (tmp_path / "o" / "mosquitto.conf").read_text()
+
+
 # ---- bad input --------------------------------------------------------------------------------
 def _hub_fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     code = hub_cli.main(list(argv))
@@ -367,14 +499,28 @@ def _hub_fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
         (["--port", "eighty"], "--port: expected 1 to 65535, got 'eighty'"),
         (["--port", "70000"], "--port: expected 1 to 65535, got 70000"),
         (["--tls"], "--tls: expected --cafile, --certfile and --keyfile"),
-        (["--cafile", "ca.pem"], "expected --tls with them"),
+        (["--tls", "--cafile", "ca.pem"], "--tls: expected --cafile, --certfile and --keyfile"),
+        (
+            ["--cafile", "ca.pem", "--keyfile", "k.pem"],
+            "--cafile, --certfile, --keyfile: expected all three (TLS on the listener) or none, "
+            "got only --cafile, --keyfile",
+        ),
         (
             ["--tls", "--cafile", "x", "--certfile", "y", "--keyfile", "z"],
-            "--tls: no such file",
+            "--cafile/--certfile/--keyfile: no such file",
+        ),
+        (
+            ["--cafile", "x", "--certfile", "y", "--keyfile", "z"],
+            "--cafile/--certfile/--keyfile: no such file",
         ),
         (["--prefix", "a/+/b"], "topic prefix: expected levels"),
-        (["--hub-user", "pi-a"], "that name is the hub's broker user"),
-        (["--hub-user", "bad/user"], "hub user: expected"),
+        (["--hub-user", "pi-a"], "'pi-a' is reserved (it is the hub's broker user)"),
+        (["--hub-user", "pi"], "'pi-a' is reserved (names pi-* belong to the hub's workers"),
+        (["--hub-user", "bad/user"], "--hub-user: expected"),
+        (["--bind", "every interface"], "--bind: expected an IP address of this machine"),
+        (["--bind", ""], "--bind: expected an IP address"),
+        (["--worker", "a b"], "--worker: expected a worker name"),
+        (["--dynsec-plugin", "nowhere.so"], "--dynsec-plugin: no such file"),
     ],
 )
 def test_broker_config_bad_arguments(

@@ -81,14 +81,17 @@ def test_any_bytes_raise_only_message_error(payload: bytes) -> None:
 
 
 def test_the_ack_topic_is_the_hubs_to_send_and_the_devices_to_read() -> None:
-    from cloud_hub.broker.config import acl_text
+    from cloud_hub.broker.dynsec import device_acls, hub_acls
 
     topics = Topics("edgefleet")
     assert topics.parse_device_topic("edgefleet/dev/pi-1/ack") == ("pi-1", "ack")
-    acl = acl_text()
-    assert "pattern read edgefleet/dev/%u/ack" in acl
-    assert "topic write edgefleet/dev/+/ack" in acl
-    assert "pattern write edgefleet/dev/%u/ack" not in acl  # a device cannot confirm for the hub
+    device = {(a["acltype"], a["topic"]) for a in device_acls(topics, "pi-1")}
+    hub = {(a["acltype"], a["topic"]) for a in hub_acls(topics)}
+    assert ("subscribeLiteral", "edgefleet/dev/pi-1/ack") in device
+    assert ("publishClientReceive", "edgefleet/dev/pi-1/ack") in device
+    assert ("publishClientSend", "edgefleet/dev/+/ack") in hub
+    # a device cannot confirm for the hub
+    assert ("publishClientSend", "edgefleet/dev/pi-1/ack") not in device
 
 
 # ---- the window ------------------------------------------------------------------------------

@@ -1,73 +1,86 @@
 """mosquitto configuration that enforces DESIGN.md's topic table, for `edgehub broker-config`.
 
-Every client is known by its MQTT username: a device's id, or the hub's user. The username comes
-from a password file (hashed as mosquitto 2 hashes: PBKDF2-SHA512, `$7$`) or from the common
-name of a TLS client certificate (`use_identity_as_username`), and the client id is forced to
-equal it (`use_username_as_clientid`), so a device can neither pose as another nor take over
-another's persistent session. The ACL lets device %u write only its own
-dev/%u/{status,telemetry,drift,events,xfer/req} and read only its own dev/%u/{cmd,xfer/chunk}
-and fleet/tuf/#; the hub reads what devices send and writes commands, chunks and TUF metadata.
+Every client is known by its MQTT username: a device's id, the hub's user (`edgehub`) or a hub
+worker's (`edgehub-NAME`, cloud_hub.broker.identity). mosquitto's dynamic security plugin holds
+the users and their ACL (cloud_hub.broker.dynsec: why that plugin and what it allows); a user logs
+in with its password, or, with `--tls`, with a TLS client certificate whose common name is its
+username (`use_identity_as_username`). The client id is forced to equal the username
+(`use_username_as_clientid`), so a device can neither pose as another nor take over another's
+persistent session, and two hub workers, each with its own user, never close each other's
+connection.
 
-Text in, text out, apart from `write_broker_config`, which writes the files.
+The one listener binds a named address (loopback unless told otherwise). Given a certificate and
+its key it speaks TLS, passwords included; without them the conf says that passwords cross the
+network in clear.
+
+The plugin reads its file only when mosquitto starts (not on SIGHUP): after devices are enrolled
+and the files written again, mosquitto must be restarted; its persistence keeps the sessions and
+their queued messages across that restart.
+
+Text in, text out, apart from `write_broker_config`, which writes the files, and
+`find_dynsec_plugin`, which looks for the plugin next to mosquitto.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import ipaddress
 import json
 import os
 import pwd
+import re
 import secrets
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloud_hub.broker.dynsec import dynsec_config
+from cloud_hub.broker.identity import HUB_USER, reserved_why, worker_user
+from cloud_hub.broker.local import find_mosquitto
 from edge_agent.errors import ConfigError
-from edge_agent.protocol.topics import DEVICE_DOWN, DEVICE_UP, Topics, check_device_id
+from edge_agent.protocol.topics import Topics, check_device_id
 from edge_agent.system.fsutil import atomic_write
 
-PBKDF2_ITERATIONS = 101  # what mosquitto_passwd writes for $7$ (mosquitto 2.0)
-SALT_BYTES = 12
-HUB_USER = "edgehub"
+DEFAULT_BIND = "127.0.0.1"  # this machine only: `--bind` opens the listener to a network
+PLUGIN_NAME = "mosquitto_dynamic_security.so"
+_HOST_NAME = re.compile(
+    r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$"
+)
 
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """The broker's side of mutual TLS: the CA that signs client certificates, its own pair."""
+    """The broker's TLS files: the CA (that signs client certificates, and that clients trust),
+    its own certificate and key. `client_certificates` (`--tls`): each client logs in with a
+    certificate the CA signed, whose common name is its username, instead of a password."""
 
     cafile: Path
     certfile: Path
     keyfile: Path
+    client_certificates: bool = False
+
+    def paths(self) -> tuple[Path, Path, Path]:
+        return self.cafile, self.certfile, self.keyfile
 
 
-def password_line(user: str, password: str, salt: bytes | None = None) -> str:
-    """One mosquitto password-file line, `user:$7$101$salt$hash` (base64)."""
-    salt = salt if salt is not None else os.urandom(SALT_BYTES)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS)
-    b64 = base64.b64encode
-    return f"{user}:$7${PBKDF2_ITERATIONS}${b64(salt).decode()}${b64(digest).decode()}"
+def check_bind(address: str) -> str:
+    """An IP address (0.0.0.0 or :: for every interface) or a host name to listen on."""
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(address) or len(address) > 253:
+            raise ConfigError(
+                f"--bind: expected an IP address of this machine (0.0.0.0 for every interface) "
+                f"or a host name, got {address!r}"
+            ) from None
+    return address
 
 
-def acl_text(prefix: str = "edgefleet", hub_user: str = HUB_USER) -> str:
-    topics = Topics(prefix)
-    check_device_id(hub_user, "hub user")
-    dev = f"{topics.prefix}/dev"
-    lines = [
-        "# Written by `edgehub broker-config`: DESIGN.md's topic table.",
-        "# Each device (%u is its username, which is also its client id) writes and reads",
-        "# only its own topics and reads the TUF metadata.",
-        *(f"pattern write {dev}/%u/{kind}" for kind in DEVICE_UP),
-        *(f"pattern read {dev}/%u/{kind}" for kind in DEVICE_DOWN),
-        f"pattern read {topics.tuf_all}",
-        "",
-        "# The hub reads what every device sends and writes commands, chunks and TUF metadata.",
-        f"user {hub_user}",
-        *(f"topic read {dev}/+/{kind}" for kind in DEVICE_UP),
-        *(f"topic write {dev}/+/{kind}" for kind in DEVICE_DOWN),
-        f"topic readwrite {topics.tuf_all}",
-    ]
-    return "\n".join(lines) + "\n"
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 # The broker's own limits (DESIGN.md: the hub generates them, and the broker runs as written).
@@ -77,36 +90,43 @@ MAX_QUEUED_BYTES = 512 * 1024 * 1024
 AUTOSAVE_S = 60  # mosquitto's stock is 30 minutes: a power cut then costs that much of its state
 SESSION_EXPIRY = "30d"  # a device's queued commands wait this long for it
 
+CLEAR_TEXT_WARNING = (
+    "no TLS: passwords cross the network in clear; use this listener on loopback or a trusted "
+    "network only, or give --cafile, --certfile and --keyfile"
+)
+
 
 def conf_text(
     port: int,
-    acl_file: Path,
-    password_file: Path | None = None,
+    plugin: Path,
+    dynsec_file: Path,
+    bind: str = DEFAULT_BIND,
     tls: TlsFiles | None = None,
     data_dir: Path | None = None,
 ) -> str:
-    """mosquitto.conf: one listener, no anonymous clients, client id = username, the broker's
-    limits set; state saved in `data_dir` (mosquitto's default place when None)."""
-    if (password_file is None) == (tls is None):
-        raise ConfigError("broker-config: expected a password file or TLS files, not both")
+    """mosquitto.conf: the dynamic security plugin, no anonymous clients, one listener on
+    `bind`, client id = username, the broker's limits set; state saved in `data_dir`
+    (mosquitto's default place when None)."""
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port: expected 1 to 65535, got {port}")
-    paths = [acl_file, password_file, data_dir, *(tls.__dict__.values() if tls else ())]
-    for path in paths:
+    check_bind(bind)
+    for path in [plugin, dynsec_file, data_dir, *(tls.paths() if tls else ())]:
         if path is not None and any(ch.isspace() for ch in str(path)):
             raise ConfigError(
                 f"{path}: expected a path without whitespace (mosquitto.conf cannot quote it)"
             )
     lines = [
         "# Written by `edgehub broker-config`. Devices and the hub log in with their own",
-        "# username; the client id is forced to equal it.",
+        "# username; the client id is forced to equal it. Users and ACL: the dynamic security",
+        "# plugin's file, read when mosquitto starts (restart it after writing the files again).",
         "per_listener_settings false",
         "allow_anonymous false",
+        f"plugin {plugin}",
+        f"plugin_opt_config_file {dynsec_file}",
         "persistence true",
         "# chunk requests and acknowledgements are small packets: send them at once (Nagle's",
         "# algorithm with delayed ACKs costs a chunked transfer up to 40 ms a round trip)",
         "set_tcp_nodelay true",
-        f"acl_file {acl_file}",
         "",
         "# Limits. Records survive whatever the broker drops (devices keep them until the hub",
         "# confirms them), but a sized queue spares them a resend while the hub restarts.",
@@ -117,82 +137,116 @@ def conf_text(
         f"persistent_client_expiration {SESSION_EXPIRY}",
         *([f"persistence_location {data_dir}/"] if data_dir is not None else []),
         "",
-        f"listener {port}",
-        "use_username_as_clientid true",
     ]
-    if password_file is not None:
-        lines.append(f"password_file {password_file}")
-    if tls is not None:
+    if tls is None:
         lines += [
-            f"cafile {tls.cafile}",
-            f"certfile {tls.certfile}",
-            f"keyfile {tls.keyfile}",
-            "require_certificate true",
-            "use_identity_as_username true",
+            "# WARNING: no TLS: passwords cross the network in clear. Use this listener on",
+            "# loopback or a trusted network only, or give broker-config --cafile, --certfile",
+            "# and --keyfile.",
         ]
+    lines += [f"listener {port} {bind}", "use_username_as_clientid true"]
+    if tls is not None:
+        lines += [f"cafile {tls.cafile}", f"certfile {tls.certfile}", f"keyfile {tls.keyfile}"]
+        if tls.client_certificates:
+            lines += ["require_certificate true", "use_identity_as_username true"]
+        else:
+            lines += ["require_certificate false"]
     return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)
 class BrokerFiles:
     conf: Path
-    acl: Path
-    passwd: Path | None = None
+    dynsec: Path  # users, passwords (hashed) and roles: the plugin's file
+    hub_users: tuple[str, ...]  # the hub's user, then each worker's
     credentials: Path | None = None  # user -> password, for provisioning; keep it secret
     blocked: Path | None = None  # a folder above them mosquitto's own user cannot enter
 
 
 def write_broker_config(
     out: Path,
-    devices: list[str],
+    devices: Sequence[str],
     port: int = 8883,
     prefix: str = "edgefleet",
     hub_user: str = HUB_USER,
     tls: TlsFiles | None = None,
+    *,
+    bind: str = DEFAULT_BIND,
+    workers: Sequence[str] = (),
+    plugin: Path | None = None,
 ) -> BrokerFiles:
-    """Write mosquitto.conf and acl into `out`; with passwords (no `tls`) also passwd and
-    credentials.json, keeping the passwords of users it already holds."""
+    """Write mosquitto.conf and the plugin's dynamic-security.json into `out`; with passwords
+    (no client certificates) also credentials.json, keeping the passwords of users it already
+    holds. `workers`: a broker user `HUB_USER-NAME` for each hub worker, next to the hub's."""
+    topics = Topics(prefix)
+    check_device_id(hub_user, "--hub-user")
     for device in devices:
         check_device_id(device)
-        if device == hub_user:
-            raise ConfigError(f"device {device!r}: that name is the hub's broker user")
+        why = reserved_why(device, hub_user)
+        if why is not None:  # enrolled before enrollment refused it, or a new --hub-user
+            raise ConfigError(
+                f"enrolled device {device!r} is reserved ({why}): remove it (edgehub devices "
+                f"remove {device}) and enroll it under another id, or choose another --hub-user"
+            )
+    hub_users = (hub_user, *dict.fromkeys(worker_user(w, hub_user) for w in workers))
+    check_bind(bind)
+    if tls is not None:
+        missing = [p for p in tls.paths() if not p.is_file()]
+        if missing:
+            raise ConfigError(f"--cafile/--certfile/--keyfile: no such file {missing[0]}")
+    plugin = plugin if plugin is not None else find_dynsec_plugin()
+    if not plugin.is_file():
+        raise ConfigError(f"--dynsec-plugin: no such file {plugin}")
     out = out.resolve()
     owner = _broker_owner()
     try:
         out.mkdir(parents=True, exist_ok=True)
         data = out / "data"
         data.mkdir(exist_ok=True)
-        acl = out / "acl"
-        atomic_write(acl, acl_text(prefix, hub_user).encode())
-        _give(owner, data, acl)
-        if tls is not None:
-            missing = [p for p in tls.__dict__.values() if not Path(p).is_file()]
-            if missing:
-                raise ConfigError(f"--tls: no such file {missing[0]}")
-            conf = out / "mosquitto.conf"
-            atomic_write(conf, conf_text(port, acl, tls=tls, data_dir=data).encode())
-            return BrokerFiles(conf, acl, blocked=_blocked(owner, out))
-        credentials = out / "credentials.json"
-        known = _read_credentials(credentials)
-        users = {u: known.get(u) or secrets.token_urlsafe(24) for u in [hub_user, *devices]}
-        passwd = out / "passwd"
-        lines = [password_line(user, password) for user, password in sorted(users.items())]
-        atomic_write(passwd, ("\n".join(lines) + "\n").encode(), mode=0o600)
-        _give(owner, passwd)
-        secret = json.dumps(users, indent=2, sort_keys=True).encode()
-        atomic_write(credentials, secret, mode=0o600)
+        credentials = None
+        passwords = None
+        if tls is None or not tls.client_certificates:
+            credentials = out / "credentials.json"
+            known = _read_credentials(credentials)
+            users = [*hub_users, *devices]
+            passwords = {u: known.get(u) or secrets.token_urlsafe(24) for u in users}
+        dynsec = out / "dynamic-security.json"
+        body = dynsec_config(topics, devices, hub_users, passwords)
+        atomic_write(dynsec, json.dumps(body, indent=2).encode(), mode=0o600)
+        _give(owner, data, dynsec)  # mosquitto reads it as its own user, and may rewrite it
+        if credentials is not None and passwords is not None:
+            secret = json.dumps(passwords, indent=2, sort_keys=True).encode()
+            atomic_write(credentials, secret, mode=0o600)
         conf = out / "mosquitto.conf"
-        atomic_write(conf, conf_text(port, acl, password_file=passwd, data_dir=data).encode())
+        atomic_write(conf, conf_text(port, plugin, dynsec, bind, tls, data).encode())
     except OSError as exc:
         raise ConfigError(f"{out}: cannot write the broker configuration ({exc.strerror})") from exc
-    return BrokerFiles(conf, acl, passwd, credentials, _blocked(owner, out))
+    return BrokerFiles(conf, dynsec, hub_users, credentials, _blocked(owner, out))
+
+
+def find_dynsec_plugin() -> Path:
+    """mosquitto's dynamic security plugin, looked for in the lib folders next to the
+    mosquitto binary's (Debian: /usr/sbin/mosquitto, /usr/lib/<arch>/...)."""
+    binary = find_mosquitto()
+    if binary is None:
+        raise ConfigError(
+            "broker-config: expected mosquitto 2.0 or newer installed (its dynamic security "
+            "plugin), found no mosquitto; install it or give --dynsec-plugin PATH"
+        )
+    root = Path(os.path.realpath(binary)).parent.parent
+    for lib in ("lib", "lib64", "lib/*", "lib/mosquitto"):
+        for found in sorted(root.glob(f"{lib}/{PLUGIN_NAME}")):
+            return found
+    raise ConfigError(
+        f"broker-config: expected mosquitto's dynamic security plugin ({PLUGIN_NAME}, mosquitto "
+        f"2.0 or newer) under {root}/lib, found none; give its path with --dynsec-plugin PATH"
+    )
 
 
 def _broker_owner() -> tuple[int, int] | None:
     """(uid, gid) that mosquitto reads its files as: started as root, it drops to the user
-    `mosquitto` before it opens the password file and the ACL, and saves its state as that user.
-    None when we are not root (mosquitto then runs as whoever starts it) or there is no such
-    user."""
+    `mosquitto` before it loads its plugins, and saves its state as that user. None when we are
+    not root (mosquitto then runs as whoever starts it) or there is no such user."""
     if os.geteuid() != 0:
         return None
     try:

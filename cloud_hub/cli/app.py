@@ -16,7 +16,7 @@ from typing import Any
 from cloud_hub.cli.args import number
 from edge_agent import __version__
 from edge_agent.cli_tools import accept_everywhere, add_completion, add_verbose
-from edge_agent.errors import EdgefleetError
+from edge_agent.errors import ConfigError, EdgefleetError
 from edge_agent.protocol.messages import ModelRef
 
 # what only the hub extra (`pip install 'edgefleet[hub]'`) brings; the base install is the agent
@@ -194,14 +194,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cloud_hub.home_lock import own_home
     from cloud_hub.rollout.operations import open_repo
 
+    identity = _broker_identity(args)
     open_repo(_home(args))  # no hub here: say so, rather than what SQLite thinks of the path
     # one hub per home, a second one fails now; hubs of one --share group may share it
     command = f"edgehub serve --share {args.share}" if args.share else "edgehub serve"
     with own_home(_home(args), command, shared=bool(args.share)):
-        return _serve(args)
+        return _serve(args, *identity)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, user: str | None, client_id: str) -> int:
     from cloud_hub.drift.source import PublishedCards
     from cloud_hub.ha_discovery import HaDiscovery
     from cloud_hub.hub import Hub
@@ -212,13 +213,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     listen = parse_listen(args.http) if args.http != "off" else None
     token, generated = load_token(os.environ, Path(args.token_file) if args.token_file else None)
-    password = os.environ.get("EDGEHUB_BROKER_PASSWORD") if args.broker_user else None
-    broker = BrokerAddress(args.broker_host, args.broker_port, args.broker_user, password)
+    password = os.environ.get("EDGEHUB_BROKER_PASSWORD") if user else None
+    broker = BrokerAddress(args.broker_host, args.broker_port, user, password)
     hub = Hub(
         _home(args),
         broker,
         args.prefix,
-        client_id=args.broker_user or "edgehub",
+        client_id=client_id,
         share=args.share,
         retention_days=args.retention_days,
         limits=Limits(args.device_rate, 10 * args.device_rate, args.device_quota),
@@ -232,7 +233,7 @@ def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     where = f"{args.broker_host}:{args.broker_port}"
-    say(f"hub {args.home}: connecting to broker {where}")
+    say(f"hub {args.home}: connecting to broker {where}" + (f" as {user}" if user else ""))
     if web is not None:
         web.start()
         # a token the hub made up is shown once, in the link (a fragment: never sent to a server)
@@ -251,6 +252,20 @@ def _serve(args: argparse.Namespace) -> int:
             if part is not None:
                 part.stop()
     return 0
+
+
+def _broker_identity(args: argparse.Namespace) -> tuple[str | None, str]:
+    """(broker username, client id) of this hub: `--worker NAME` logs in as `edgehub-NAME`
+    with that client id, unless `--broker-user` / `--client-id` say otherwise."""
+    from cloud_hub.broker.identity import HUB_USER, worker_user
+
+    user = args.broker_user or (worker_user(args.worker) if args.worker is not None else None)
+    client_id = args.client_id if args.client_id is not None else user or HUB_USER
+    if not client_id or not client_id.isprintable() or any(c.isspace() for c in client_id):
+        raise ConfigError(
+            f"--client-id: expected a name without spaces or control characters, got {client_id!r}"
+        )
+    return user, client_id
 
 
 def _say_connected(hub: Any, stop: threading.Event, where: str, home: str) -> None:
@@ -428,6 +443,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker-user",
         help="the hub's username from `edgehub broker-config` (password: env "
         "EDGEHUB_BROKER_PASSWORD)",
+    )
+    sp.add_argument(
+        "--worker",
+        metavar="NAME",
+        help="run as hub worker NAME: broker user and client id edgehub-NAME (from "
+        "`edgehub broker-config --worker NAME`); with --share GROUP, workers split the ingest",
+    )
+    sp.add_argument(
+        "--client-id",
+        metavar="ID",
+        help="the MQTT client id (default: the broker user, else edgehub); a broker written by "
+        "`edgehub broker-config` sets it to the username whatever is asked",
     )
 
     rollout_cli.register(sub, add)

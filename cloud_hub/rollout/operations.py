@@ -8,13 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cloud_hub.broker.identity import check_device_name
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.gates import Gates
 from cloud_hub.signing.tuf_repo import TufRepository
 from cloud_hub.store.database import Store, default_url
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError, TransportError
 from edge_agent.protocol.messages import ModelRef
-from edge_agent.protocol.topics import check_device_id
 from edge_agent.system.identity import identity_paths, parse_public_identity
 from edge_agent.update.bundle import Bundle, read_bundle
 from edge_agent.update.verify import install_trusted_root
@@ -65,7 +65,7 @@ def enroll_device(
     The device's public identity (`edge-agent enroll` writes it) comes from `public_file`, or
     from the state folder when the device was enrolled there; without one the device can only
     get unencrypted transfers. Returns the registered X25519 public key, if any."""
-    check_device_id(device_id)
+    check_device_name(device_id)  # a valid id, and none of the hub's broker names
     public = _public_identity(device_id, public_file or identity_paths(state_dir)[1], public_file)
     install_trusted_root(state_dir / "tuf", open_repo(home).trusted_root())
     Store(default_url(home)).register(device_id, public)

@@ -206,6 +206,8 @@ class MqttSession:
         c.on_connect = self._connected
         c.on_disconnect = self._disconnected
         c.on_subscribe = self._subscribed
+        self._left = threading.Event()  # the UNSUBACK of `stop`'s leaving its shared groups
+        c.on_unsubscribe = lambda *_: self._left.set()
         c.on_socket_open = _no_delay
         # Writes happen on the network thread only: with this set, paho's publish() from another
         # thread queues the packet and wakes the loop instead of writing to the socket itself.
@@ -240,13 +242,20 @@ class MqttSession:
 
     def stop(self, final: tuple[str, bytes] | None = None) -> None:
         """Disconnect cleanly; `final` is published (retained, QoS 1) first, e.g. offline.
-        Wakes a backoff wait at once; no new connection attempt starts."""
+        Wakes a backoff wait at once; no new connection attempt starts.
+
+        Shared subscriptions are left first: the broker goes on handing a member of a group
+        its share while its persistent session is away (mosquitto queues them for it), so a
+        hub worker that stopped would hold back part of the fleet's messages until it came
+        back. Left, the group's other members get them all; a `start()` joins again."""
         if final and self.connected.is_set():
             info = self._client.publish(final[0], final[1], qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError) as exc:  # the link went while saying goodbye
                 log.warning("final publish to %s failed: %s", final[0], exc)
+        if self.connected.is_set():
+            self._leave_groups()
         self._stopping.set()
         self._client.disconnect()  # queues DISCONNECT and wakes the network thread's select()
         thread = self._thread
@@ -259,6 +268,19 @@ class MqttSession:
                     _JOIN_S,
                 )
         self.connected.clear()
+
+    def _leave_groups(self) -> None:
+        """Unsubscribe from the shared subscriptions and wait for the broker's UNSUBACK: the
+        socket closes right after the DISCONNECT, and a broker that is still answering then
+        may drop the rest of what it had not read yet."""
+        with self._subs_lock:
+            shared = [wire for wire in self._subs if wire.startswith("$share/")]
+        if not shared:
+            return
+        self._left.clear()
+        self._client.unsubscribe(shared)
+        if not self._left.wait(_BYE_S):
+            log.warning("MQTT session %s: no UNSUBACK for %s", self.client_id, shared)
 
     # ---- subscriptions ------------------------------------------------------------------
     def subscribe(

@@ -29,12 +29,18 @@ class Device:
         batch_size: int = 5,
         window: int = 4,
         confirm_timeout: float = 10.0,
+        *,
+        port: int | None = None,
+        password: str | None = None,
     ) -> None:
+        """On `broker`'s own port, anonymous; or on `port` of its host (a listener of a
+        generated conf) as user `device_id` with `password`."""
         self.id = device_id
         self.buffer = Buffer(state / "buffer.sqlite", boot=1)
+        user = device_id if password is not None else None
         self.session = MqttSession(
             device_id,
-            BrokerAddress(broker.host, broker.port),
+            BrokerAddress(broker.host, port or broker.port, user, password),
             on_published=lambda mid: self.sender.on_published(mid),
         )
         self.sender = Sender(

@@ -58,14 +58,17 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
                 pipe.close()
 
 
-def launch(started: list[subprocess.Popen[str]], *argv: str) -> subprocess.Popen[str]:
+def launch(
+    started: list[subprocess.Popen[str]], *argv: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """`python ARGV` from the checkout; `env` adds to (or replaces) this process's variables."""
     proc = subprocess.Popen(
         [sys.executable, *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": ""},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "", **(env or {})},
     )
     started.append(proc)
     return proc
