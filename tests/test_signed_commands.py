@@ -31,7 +31,8 @@ from tests.support.fleet import (  # noqa: F401  (fleet is a fixture)
     _bundle,
     fleet,
 )
-from tests.support.watch import close, mosquitto_pub, subscriber
+from tests.support.mqtt_cli import Login, MqttCli
+from tests.support.watch import close, subscriber
 
 pytestmark = pytest.mark.broker
 
@@ -100,9 +101,16 @@ def serving(fleet: Fleet) -> ModelRef | None:  # noqa: F811
     return fleet.agent.store.record().current
 
 
+def outsider(fleet: Fleet) -> Login:  # noqa: F811
+    """Anyone the fleet's broker admits (it admits anonymous clients: more than a hub's
+    credential could do)."""
+    return Login(fleet.broker.port, host=fleet.broker.host)
+
+
 def test_commands_not_signed_for_this_device_now_are_refused_and_the_model_keeps_serving(
     fleet: Fleet,  # noqa: F811
     tmp_path: Path,
+    mosquitto_clients: MqttCli,
 ) -> None:
     commands = Commands(fleet)
     deploy(fleet, tmp_path, 1)
@@ -144,7 +152,7 @@ def test_commands_not_signed_for_this_device_now_are_refused_and_the_model_keeps
     start = len(w.events)
     for reason, payload in attacks:
         seen = len(w.events)
-        mosquitto_pub(fleet.broker, cmd_topic, payload)
+        mosquitto_clients.send(outsider(fleet), cmd_topic, payload)
         refused(fleet, seen, reason)
         assert serving(fleet) == V2, reason
     after = [e["event"] for e in w.events[start:]]
@@ -156,6 +164,7 @@ def test_commands_not_signed_for_this_device_now_are_refused_and_the_model_keeps
 def test_a_rollback_goes_only_to_a_version_the_hub_signed_as_a_rollback_target(
     fleet: Fleet,  # noqa: F811
     tmp_path: Path,
+    mosquitto_clients: MqttCli,
 ) -> None:
     deploy(fleet, tmp_path, 1)
     r2 = deploy(fleet, tmp_path, 2)
@@ -164,7 +173,8 @@ def test_a_rollback_goes_only_to_a_version_the_hub_signed_as_a_rollback_target(
     # signed by the hub's command key, but iris@1 is not signed as a rollback target
     seen = len(w.events)
     rollback = Command("hand-1", "rollback", model=V2, rollout=r2.id)
-    mosquitto_pub(fleet.broker, TOPICS.device(DEVICE, "cmd"), signed(fleet.home, DEVICE, rollback))
+    payload = signed(fleet.home, DEVICE, rollback)
+    mosquitto_clients.send(outsider(fleet), TOPICS.device(DEVICE, "cmd"), payload)
     event = refused(fleet, seen, "downgrade")
     assert "not signed as a rollback target" in event["reason"]
     assert serving(fleet) == V2

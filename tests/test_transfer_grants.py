@@ -27,7 +27,8 @@ from tests.support.fleet import (  # noqa: F401  (fleet is a fixture)
     _bundle,
     fleet,
 )
-from tests.support.watch import close, mosquitto_pub, subscriber
+from tests.support.mqtt_cli import Login, MqttCli
+from tests.support.watch import close, subscriber
 
 TOPICS = Topics()
 MiB = 1024 * 1024
@@ -54,8 +55,10 @@ class Chunks:
             assert ok, f"{n} chunks of {target}: got {self.per_target}"
 
 
-def ask(fleet: Fleet, request: XferRequest) -> None:  # noqa: F811
-    mosquitto_pub(fleet.broker, TOPICS.device(DEVICE, "xfer/req"), encode(request))
+def ask(fleet: Fleet, cli: MqttCli, request: XferRequest) -> None:  # noqa: F811
+    """As the device's credential would: mosquitto_pub on its xfer/req topic."""
+    login = Login(fleet.broker.port, host=fleet.broker.host)
+    cli.send(login, TOPICS.device(DEVICE, "xfer/req"), encode(request))
 
 
 def refused(fleet: Fleet, reason: str, n: int) -> None:  # noqa: F811
@@ -72,6 +75,7 @@ def refused(fleet: Fleet, reason: str, n: int) -> None:  # noqa: F811
 def test_only_commanded_targets_are_served_and_encrypted_ones_only_encrypted(
     fleet: Fleet,  # noqa: F811
     tmp_path: Path,
+    mosquitto_clients: MqttCli,
 ) -> None:
     chunks = Chunks(fleet)
     _, told = publish_bundle(fleet.home, _bundle(tmp_path, 1))
@@ -81,10 +85,14 @@ def test_only_commanded_targets_are_served_and_encrypted_ones_only_encrypted(
     fleet.hub.store.grant(DEVICE, told, encrypt=False, now=now)
     fleet.hub.store.grant(DEVICE, sealed, encrypt=True, now=now)
 
-    ask(fleet, XferRequest(untold, (0,)))  # published and signed, but not for this device
-    ask(fleet, XferRequest(sealed, (0,), encrypted=False))  # commanded encrypted: not in plain
+    ask(
+        fleet, mosquitto_clients, XferRequest(untold, (0,))
+    )  # published and signed, but not for this device
+    ask(
+        fleet, mosquitto_clients, XferRequest(sealed, (0,), encrypted=False)
+    )  # commanded encrypted: not in plain
     refused(fleet, UNCOMMANDED, 2)
-    ask(fleet, XferRequest(told, (0,)))
+    ask(fleet, mosquitto_clients, XferRequest(told, (0,)))
     chunks.wait(told, 1)  # the hub publishes in order: whatever it sent before came first
     assert chunks.per_target == {told: 1}
     close(chunks.client)
@@ -94,6 +102,7 @@ def test_only_commanded_targets_are_served_and_encrypted_ones_only_encrypted(
 def test_a_flood_of_chunk_requests_is_served_at_the_transfer_rate(
     fleet: Fleet,  # noqa: F811
     tmp_path: Path,
+    mosquitto_clients: MqttCli,
 ) -> None:
     chunks = Chunks(fleet)
     _, target = publish_bundle(fleet.home, _bundle(tmp_path, 1))
@@ -104,7 +113,7 @@ def test_a_flood_of_chunk_requests_is_served_at_the_transfer_rate(
     started = time.monotonic()
     asked = 40
     for _ in range(asked // 8):  # 5 requests of a few hundred bytes, 8 chunks each
-        ask(fleet, XferRequest(target, (0,) * 8))
+        ask(fleet, mosquitto_clients, XferRequest(target, (0,) * 8))
     refused(fleet, TRANSFER, 1)
     chunks.wait(target, 1)
     elapsed = time.monotonic() - started

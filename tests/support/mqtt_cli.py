@@ -22,20 +22,19 @@ _SUBACK = re.compile(r"^Subscribed \(mid: \d+\): ([\d, ]+)$")
 
 @dataclass(frozen=True)
 class Login:
-    """Where and as whom a client connects (`cafile`: over TLS, trusting that CA)."""
+    """Where and as whom a client connects (`cafile`: over TLS, trusting that CA; no user: an
+    anonymous client, where the broker admits one)."""
 
     port: int
-    user: str
-    password: str
+    user: str | None = None
+    password: str | None = None
     host: str = "127.0.0.1"
     cafile: Path | None = None
 
     def argv(self) -> list[str]:
         tls = ["--cafile", str(self.cafile), "--insecure"] if self.cafile else []
-        return [
-            *("-V", "mqttv311", "-h", self.host, "-p", str(self.port)),
-            *("-u", self.user, "-P", self.password, "-q", "1", *tls),
-        ]
+        who = ["-u", self.user, "-P", self.password or ""] if self.user else []
+        return [*("-V", "mqttv311", "-h", self.host, "-p", str(self.port)), *who, "-q", "1", *tls]
 
 
 @dataclass(frozen=True)
@@ -65,6 +64,12 @@ class MqttCli:
             check=False,
         )
         assert out.returncode == 0, f"{argv}: {out.stdout}{out.stderr}"
+
+    def send(self, login: Login, topic: str, payload: bytes) -> None:
+        """Publish `payload` as it is (any bytes) at QoS 1, as an outsider would."""
+        argv = [self.pub, *login.argv(), "-t", topic, "-s"]
+        out = subprocess.run(argv, input=payload, capture_output=True, timeout=WAIT_S, check=False)
+        assert out.returncode == 0, f"{argv}: {out.stdout!r}{out.stderr!r}"
 
     def subscriber(self, login: Login, *topics: str) -> Subscriber:
         return Subscriber(self.sub, login, topics)

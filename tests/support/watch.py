@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -175,12 +173,3 @@ def sigkill_on(watcher: DeviceWatcher, event: str, version: int, pid: int) -> th
 
     watcher.on_events = hook
     return fired
-
-
-def mosquitto_pub(broker: RunningBroker, topic: str, payload: bytes, *login: str) -> None:
-    """Publish as an outsider would, with the mosquitto_pub client at QoS 1 (`login`: more of
-    its arguments, such as -u USER -P PASSWORD)."""
-    binary = shutil.which("mosquitto_pub")
-    assert binary is not None, "mosquitto_pub is not installed (Debian: mosquitto-clients)"
-    where = ["-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", topic]
-    subprocess.run([binary, *where, *login, "-s"], input=payload, check=True, timeout=10)
