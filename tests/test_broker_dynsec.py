@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from cloud_hub.rollout.operations import enroll_device, init_hub
 from cloud_hub.store.database import Store, default_url
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
+from edge_agent.protocol.messages import decode_batch
 from edge_agent.protocol.topics import DEVICE_DOWN, DEVICE_UP
 from tests.support.cli import hub_fails
 from tests.support.device_rig import Device
@@ -137,11 +139,9 @@ _ASKED = re.compile(r": \t(\S+) \(QoS \d\)$")
 _GRANTED = re.compile(r": (\S+) \d (\S+)$")
 
 
-def test_the_agent_is_granted_every_subscription_it_makes(
-    locked: Locked, mosquitto_clients: MqttCli, tmp_path: Path
-) -> None:
-    """A real agent on the locked broker: what it asks for is what its role allows."""
-    folder = tmp_path / "pi-a"
+@contextmanager
+def agent_on(locked: Locked, folder: Path) -> Iterator[Agent]:
+    """A real agent, pi-a, on the locked broker with its own credential."""
     (folder / "broker-password").write_text(locked.credentials["pi-a"])
     config = folder / "agent.toml"
     config.write_text(
@@ -149,17 +149,27 @@ def test_the_agent_is_granted_every_subscription_it_makes(
         f'[broker]\nhost = "127.0.0.1"\nport = {locked.port}\npassword_file = "broker-password"\n'
         "[telemetry]\nstatus_interval_s = 0.2\n"
     )
-    hub = mosquitto_clients.subscriber(locked.login("edgehub-a"), "edgefleet/dev/+/status")
     agent = Agent(load_config(config))
     agent.start()
     thread = threading.Thread(target=agent.run_forever, daemon=True)
     thread.start()
     try:
-        # its subscriptions went out before its status (the session subscribes, then says so)
-        hub.wait_for(1)
+        yield agent
     finally:
         agent.stop_event.set()
         thread.join(WAIT_S)
+
+
+def test_the_agent_is_granted_every_subscription_it_makes(
+    locked: Locked, mosquitto_clients: MqttCli, tmp_path: Path
+) -> None:
+    """A real agent on the locked broker: what it asks for is what its role allows."""
+    hub = mosquitto_clients.subscriber(locked.login("edgehub-a"), "edgefleet/dev/+/status")
+    try:
+        with agent_on(locked, tmp_path / "pi-a"):
+            # its subscriptions went out before its status (the session subscribes, then says so)
+            hub.wait_for(1)
+    finally:
         hub.stop()
     asked: set[str] = set()
     granted: set[str] = set()
@@ -173,6 +183,25 @@ def test_the_agent_is_granted_every_subscription_it_makes(
             granted.add(found.group(2))
     mine = {f"edgefleet/dev/pi-a/{kind}" for kind in DEVICE_DOWN}
     assert asked == granted == {*mine, "edgefleet/fleet/tuf/#"}
+
+
+def test_the_hubs_broker_credential_cannot_command_a_device(
+    locked: Locked, mosquitto_clients: MqttCli, tmp_path: Path
+) -> None:
+    """The hub's own broker user may publish on a device's cmd topic; what it publishes there
+    without the hub's command key is refused by the device, with its reason on events."""
+    events = mosquitto_clients.subscriber(locked.login("edgehub-a"), "edgefleet/dev/pi-a/events")
+    try:
+        with agent_on(locked, tmp_path / "pi-a") as agent:
+            rollback = '{"v": 1, "id": "evil", "kind": "rollback", "model": null}'
+            mosquitto_clients.publish(locked.login("edgehub-b"), "edgefleet/dev/pi-a/cmd", rollback)
+            [(_, payload)] = events.wait_for(1)
+            [record] = decode_batch(payload.encode(), "events").records
+            assert record.body["event"] == "rejected"
+            assert record.body["reason"].startswith("unsigned: "), record.body
+            assert agent.store.record().current is None  # nothing was rolled anywhere
+    finally:
+        events.stop()
 
 
 # ---- PUBLISH --------------------------------------------------------------------------------
