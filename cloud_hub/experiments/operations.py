@@ -38,6 +38,8 @@ def start_experiment(
 ) -> en.Experiment:
     """Assign the devices matching `target` to cohorts, start a rollout of each model to its
     cohort, and store the experiment."""
+    if a == b:
+        raise ConfigError(f"--against: expected another model than {a}, got {b}")
     selector = ro.Selector.parse(target)
     if selector.kind == "devices":
         raise ConfigError(
@@ -47,8 +49,6 @@ def start_experiment(
     for model in (a, b):
         if model.target_path not in repo.targets():
             raise ConfigError(f"{model} is not published; run `edgehub model publish BUNDLE` first")
-    if a == b:
-        raise ConfigError(f"--against: expected another model than {a}, got {b}")
     store = Store(default_url(home))
     devices = sorted(d for d, facts in fleet_facts(store).items() if selector.matches(facts, d))
     if len(devices) < 2:
