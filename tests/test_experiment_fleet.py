@@ -26,7 +26,7 @@ from cloud_hub.experiments.samples import Outcomes, outcomes_from_labels
 from cloud_hub.hub import Hub
 from cloud_hub.rollout import engine as ro
 from cloud_hub.store.database import Store, default_url, typed
-from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.messages import Command, ModelRef
 from edge_agent.protocol.records import TelemetryWindow
 from tests.support.dashboard_fleet import FEATURES, SimDevice, card_json, publish_card
 from tests.support.hub_thread import new_hub, run_hub
@@ -296,3 +296,49 @@ def test_the_more_accurate_model_wins_on_joined_labels(lab: Lab) -> None:
     decision = lab.experiment(e.id).decision
     assert decision is not None and decision["winner"] == A, decision
     assert decision["text"].startswith("climate@2 wins: accuracy 0.9000 vs 0.7500")
+
+
+def nth_command(sim: SimDevice, n: int) -> Command:
+    """The device's n-th command (from 0), once it arrived."""
+    with sim.got_command:
+        assert sim.got_command.wait_for(lambda: len(sim.commands) > n, WAIT_S), (
+            f"{sim.id}: no command {n} within {WAIT_S}s"
+        )
+        return sim.commands[n]
+
+
+def test_agreement_with_the_serving_model_from_shadow_reports(lab: Lab) -> None:
+    """Both candidates shadow the model the devices serve (climate@1) before they deploy; the
+    one that agrees with it more wins."""
+    v3 = ModelRef("climate", 3)
+    x = np.random.default_rng(0).normal(size=(200, len(FEATURES)))
+    publish_card(lab.home, card_json(x, FEATURES, v3))
+    lab.start_hub()
+    for name in ("lab-1", "lab-2", "lab-3", "lab-4"):
+        lab.add(name)
+    e = start_experiment(lab.home, v3, V2, "tag:lab", en.Design("agreement", 0.1, deadline_s=HOUR))
+    assert e.needed == 393
+    agreement = {A: 0.95, B: 0.8}
+    firsts = [e.members(c)[0] for c in (A, B)]
+    for name in firsts + [d for d in sorted(e.cohorts) if d not in firsts]:
+        sim, cohort = lab.devices[name], e.cohorts[name]
+        model, rollout = e.models[cohort], e.rollouts[cohort]
+        shadow = nth_command(sim, 0)
+        assert (shadow.kind, shadow.model, shadow.rollout) == ("shadow", model, rollout)
+        assert shadow.rows == 197  # each of the cohort's two devices brings half of 393
+        report = {"current": V1.to_json(), "rows": shadow.rows, "agreement": agreement[cohort]}
+        sim.send(
+            "events",
+            {"event": "shadowing", "model": model.to_json(), "rollout": rollout},
+            {"event": "shadow-report", "model": model.to_json(), "rollout": rollout}
+            | {"shadow": report},
+        )
+        deploy = nth_command(sim, 1)
+        assert (deploy.kind, deploy.model) == ("deploy", model)
+        sim.events(rollout, model, "installed", "healthy")
+    lab.wait("the decision", lambda: lab.experiment(e.id).state == en.DECIDED)
+    done = lab.experiment(e.id)
+    agreed = {c: 2 * round(agreement[c] * 197) for c in (A, B)}  # whole rows, per report
+    assert done.progress == {c: {"n": 394, "value": agreed[c] / 394} for c in (A, B)}
+    assert done.decision is not None and done.decision["winner"] == A
+    assert done.decision["text"].startswith("climate@3 wins: agreement 0.9492 vs 0.8020")

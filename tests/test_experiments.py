@@ -66,9 +66,12 @@ def test_late_joiners_follow_the_same_rule_and_nobody_moves() -> None:
 
 def test_balanced_cohorts_hold_a_device_each_near_the_split() -> None:
     assert design.balanced({A: 2, B: 2}, 0.5)
-    assert design.balanced({A: 1, B: 3}, 0.5)  # within one device of two
+    assert not design.balanced({A: 1, B: 3}, 0.5)  # 2 of 4 can be had
+    assert design.balanced({A: 2, B: 3}, 0.5) and design.balanced({A: 3, B: 2}, 0.5)
+    assert design.balanced({A: 1, B: 2}, 0.1)  # as near to 10% of 3 as both cohorts allow
     assert not design.balanced({A: 0, B: 4}, 0.5)
-    assert not design.balanced({A: 700, B: 300}, 0.5)  # far outside two standard deviations
+    assert design.balanced({A: 5020, B: 4980}, 0.5)  # within half a standard deviation (25)
+    assert not design.balanced({A: 5100, B: 4900}, 0.5)
 
 
 # ---- sample sizes -------------------------------------------------------------------------------

@@ -106,13 +106,17 @@ def assign(experiment_id: str, device: str, split: float) -> str:
 
 
 def balanced(counts: dict[str, int], split: float) -> bool:
-    """Cohorts fit to start: both hold a device, and A holds about `split` of them (within two
-    standard deviations of a binomial draw, or one device)."""
+    """Cohorts fit to start: both hold a device, and A holds about `split` of them: within half a
+    binomial standard deviation of split x n, or as near as n devices allow (2 of 4 at 50%, 1
+    of 3 at 10%). Only the experiment id is drawn again, never a device's rule."""
     n = counts[A] + counts[B]
     if counts[A] == 0 or counts[B] == 0:
         return False
-    spread = max(1.0, 2 * math.sqrt(n * split * (1 - split)))
-    return abs(counts[A] - split * n) <= spread
+    target = split * n
+    nearest = (min(max(c, 1), n - 1) for c in (math.floor(target), math.ceil(target)))
+    best = min(abs(c - target) for c in nearest)
+    spread = max(best, math.sqrt(n * split * (1 - split)) / 2)
+    return abs(counts[A] - target) <= spread + 1e-9
 
 
 # ---- how many samples -----------------------------------------------------------------------
