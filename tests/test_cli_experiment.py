@@ -104,10 +104,6 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "got 'everyone'",
         ),
         (
-            [*P95, "--target", "devices:lab-1,lab-2"],
-            "--target: expected all, group:NAME or tag:NAME[,NAME...], got 'devices:lab-1,lab-2'",
-        ),
-        (
             ["experiment", "start", "wine@3", "--against", "wine@1", "--metric", "p95"],
             "wine@3 is not published; run `edgehub model publish BUNDLE` first",
         ),

@@ -214,7 +214,9 @@ def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
     sp.add_argument("model", help="the candidate (cohort A), NAME@VERSION")
     sp.add_argument("--against", help="the model it is compared with (cohort B), NAME@VERSION")
     sp.add_argument(
-        "--target", default="all", help="all (default), group:NAME or tag:NAME[,NAME...]"
+        "--target",
+        default="all",
+        help="all (default), group:NAME, tag:NAME[,NAME...] or devices:ID[,ID...]",
     )
     sp.add_argument("--split", default="50%", help="the candidate's share of the devices (50%%)")
     sp.add_argument(

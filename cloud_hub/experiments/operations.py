@@ -41,10 +41,6 @@ def start_experiment(
     if a == b:
         raise ConfigError(f"--against: expected another model than {a}, got {b}")
     selector = ro.Selector.parse(target)
-    if selector.kind == "devices":
-        raise ConfigError(
-            f"--target: expected all, group:NAME or tag:NAME[,NAME...], got {target!r}"
-        )
     repo = open_repo(home)
     for model in (a, b):
         if model.target_path not in repo.targets():

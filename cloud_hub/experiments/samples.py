@@ -21,6 +21,7 @@ from cloud_hub.experiments.engine import Experiment
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.gates import after_install
 from cloud_hub.store.database import Store, typed
+from edge_agent.errors import BadDataError
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import DeviceEvent, TelemetryWindow
 
@@ -70,6 +71,11 @@ class CohortReader:
             if self.outcomes is None or not devices:
                 return Rate(0, 0)
             right, total = self.outcomes(model, devices, e.created)
+            if not 0 <= right <= total:
+                raise BadDataError(
+                    f"experiment {e.id}: accuracy of {model}: expected 0 <= labels right <= "
+                    f"labels, got {right} of {total}"
+                )
             return Rate(right, total)
         reports = self._reports(cohort, set(devices))
         if e.plan.metric == "agreement":
