@@ -71,7 +71,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
         (
             [*START, "--metric", "accuracy", "--effect", "1.5"],
-            "--effect: a difference of rates is below 1, got 1.5",
+            "--effect: expected a difference of rates below 1, got 1.5",
         ),
         (
             [*START, "--metric", "p95", "--effect", "-1"],

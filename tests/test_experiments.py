@@ -90,7 +90,7 @@ def test_minimum_sample_size_matches_cohens_tables() -> None:
     ("kwargs", "message"),
     [
         ({"effect": 0.0}, "--effect: expected a number above 0"),
-        ({"effect": 1.5}, "--effect: a difference of rates is below 1"),
+        ({"effect": 1.5}, "--effect: expected a difference of rates below 1"),
         ({"alpha": 0.7}, "--alpha: expected a number above 0 and below 0.5"),
         ({"power": 0.3}, "--power: expected a number above 0.5 and below 1"),
         ({"split": 1.0}, "--split: expected a share above 0% and below 100%"),

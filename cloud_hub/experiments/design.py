@@ -152,7 +152,7 @@ def needed(m: Metric, effect: float, alpha: float, power: float) -> int:
     za, zb = _z(alpha, power)
     if m.kind == RATE:
         if effect >= 1:
-            raise ConfigError(f"--effect: a difference of rates is below 1, got {effect!r}")
+            raise ConfigError(f"--effect: expected a difference of rates below 1, got {effect!r}")
         return math.ceil((za + zb) ** 2 / (2 * effect**2) - 1e-9)
     return math.ceil(2 * (za + zb) ** 2 / effect**2 + za**2 / 4 - 1e-9)
 
