@@ -1,7 +1,8 @@
 """The hub process: ingest, TUF publication, chunk transfer service and the rollout engine.
 
 The MQTT session's thread only queues incoming messages; one loop stores them, serves transfer
-requests, publishes TUF metadata when the repository changed, and steps the running rollouts.
+requests, publishes TUF metadata when the repository changed, and steps the running rollouts
+and experiments.
 
 Exactly once, whatever the broker keeps or loses: after each transaction commits, the hub
 confirms on dev/{id}/ack the (boot, seq) spans it committed, and only then does the device
@@ -40,6 +41,8 @@ from typing import Any
 
 from securesystemslib.signer import Signer
 
+from cloud_hub.experiments.operations import step_all as step_experiments
+from cloud_hub.experiments.samples import Outcomes
 from cloud_hub.ingest_limits import MALFORMED, UNCOMMANDED, DeviceGuard, Limits, refusal_line
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.gates import Metrics, Position, after_install, measure
@@ -82,6 +85,7 @@ MAX_CHUNKS_PER_REQUEST = 64
 INGEST_BATCH = 500  # messages stored in one transaction, then acknowledged
 TICK_S = 0.25
 PRUNE_EVERY_S = 60.0
+EXPERIMENTS_EVERY_S = 1.0  # experiments read their cohorts' records: not every tick
 
 
 def _what(item: Ingest) -> str:
@@ -127,9 +131,12 @@ class Hub:
         retention_days: float | None = None,
         clock: Callable[[], float] = time.time,
         limits: Limits | None = None,
+        outcomes: Outcomes | None = None,
     ) -> None:
         self.home = home
-        self.clock = clock  # the rollouts' `now`; tests drive it
+        self.clock = clock  # the rollouts' and experiments' `now`; tests drive it
+        self.outcomes = outcomes  # labels joined to predictions: experiments on accuracy
+        self._next_experiments = 0.0
         self.topics = Topics(prefix)
         self.repo = TufRepository(home)
         self.store = Store(store_url or default_url(home))
@@ -334,6 +341,7 @@ class Hub:
             self._note_refusals(now)
             self._send_outbox()
             self._step_rollouts()
+            self._step_experiments()
         except (BadDataError, OSError, TransportError, StoreError) as exc:
             self._reject(exc, "tick")
 
@@ -465,6 +473,16 @@ class Hub:
         fleet = fleet_facts(self.store)
         for row in rows:
             self._step_rollout(row, fleet)
+
+    def _step_experiments(self) -> None:
+        """Step the running experiments (cloud_hub.experiments); observers of `handled` hear
+        of a change."""
+        if time.monotonic() < self._next_experiments:
+            return
+        self._next_experiments = time.monotonic() + EXPERIMENTS_EVERY_S
+        if step_experiments(self.store, self.clock(), self.outcomes):
+            with self.handled:
+                self.handled.notify_all()
 
     def _step_rollout(self, row: dict[str, Any], fleet: dict[str, ro.DeviceFacts]) -> None:
         """Step one rollout; write it back (if nobody else did meanwhile), then send."""

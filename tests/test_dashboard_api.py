@@ -16,11 +16,13 @@ from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_hub.broker.local import RunningBroker
+from cloud_hub.experiments import engine as en
+from cloud_hub.experiments.design import A, B, Rate
 from edge_agent.protocol.messages import Batch, ModelRef, Record, StorageCondition
 from tests.support.dashboard_fleet import TOKEN, HubWithDashboard, SimDevice, http, running_hub
 
 pytestmark = pytest.mark.broker
-V1 = ModelRef("climate", 1)
+V1, V2 = ModelRef("climate", 1), ModelRef("climate", 2)
 PORT = {"name": "serial:/dev/ttyUSB0", "open": True, "lost": 0, "reopened": 0}
 
 
@@ -49,6 +51,23 @@ class OpenApi:
         )
         self.checked.add((template, method, status))
         return status, data
+
+
+def experiments(rollout: str) -> list[en.Experiment]:
+    """A running experiment and a decided one (climate@2 against climate@1)."""
+    plan = en.Design("error-rate", 0.05)
+    running = en.start("e-running", V2, V1, "all", plan, ["pi-1", "pi-2"], time.time())
+    decided = en.start("e-decided", V2, V1, "all", plan, ["pi-1", "pi-2"], time.time())
+    for e in (running, decided):
+        e.rollouts = {A: rollout, B: rollout}
+    en.step(
+        decided,
+        time.time(),
+        {},
+        {A: ("running", ""), B: ("running", "")},
+        lambda cohort, _devices: Rate(10 if cohort == A else 90, 2000),
+    )
+    return [running, decided]
 
 
 @pytest.fixture
@@ -135,6 +154,23 @@ def test_every_answer_matches_the_openapi_description(
     assert (view["state"], view["wave"], view["model"]) == ("running", 1, "climate@2")
     assert [w["state"] for w in view["waves"]] == ["in progress", "pending"]
     assert view["progress"] == {"sent": 1, "waiting": 1}
+
+    for e in experiments(r.id):
+        dash.hub.store.add_experiment(e.id, e.state, e.to_json())
+    _, listed = api.check(base, "/api/experiments", "/api/experiments")
+    assert {x["id"]: x["state"] for x in listed["experiments"]} == {
+        "e-decided": "decided",
+        "e-running": "running",
+    }
+    _, decided = api.check(base, "/api/experiments/{experiment}", "/api/experiments/e-decided")
+    assert (decided["winner"], decided["metric"], decided["outcome"]) == (
+        "climate@2",
+        "error-rate",
+        "winner",
+    )
+    assert [(c["cohort"], c["value"]) for c in decided["cohorts"]] == [("A", 0.005), ("B", 0.045)]
+    assert decided["low"] < decided["difference"] < decided["high"] < 0
+    api.check(base, "/api/experiments/{experiment}", "/api/experiments/e-nope")
 
     status, _ = api.check(base, "/metrics", "/metrics")
     assert status == 200
@@ -299,6 +335,8 @@ def test_writes_need_the_token_and_follow_the_rollout_state(
         ("api/rollouts/..", "GET", 422, "path parameter rollout"),
         ("api/rollouts/r%20x", "GET", 422, "path parameter rollout"),
         ("api/rollouts/r-nope/pause", "POST", 404, "no rollout with id 'r-nope'"),
+        ("api/experiments/-x", "GET", 422, "path parameter experiment"),
+        ("api/experiments/e-nope", "GET", 404, "no experiment with id 'e-nope'"),
         ("api/rollouts/r-nope/explode", "POST", 422, "path parameter action"),
         ("api/nothing", "GET", 404, "Not Found"),
     ],

@@ -4,6 +4,7 @@ hub, with simulated devices publishing over a real mosquitto: what a person woul
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -15,6 +16,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from cloud_hub.broker.local import RunningBroker
+from cloud_hub.experiments import engine as en
+from cloud_hub.experiments.design import A, B, Rate
 from cloud_hub.rollout import engine as ro
 from edge_agent.drift import DriftMonitor
 from edge_agent.protocol.card import parse_card
@@ -281,3 +284,32 @@ def test_the_fleet_drift_heat_map_shows_a_shift_the_fleet_shares(
     ).to_have_attribute("data-level", "alert")
     expect(page.locator("#error")).to_be_hidden()
     page.close()
+
+
+def test_experiments_show_cohorts_intervals_state_and_decision(
+    browser: Browser, dash: HubWithDashboard
+) -> None:
+    v1, v2 = ModelRef("climate", 1), ModelRef("climate", 2)
+    r = dash.start_rollout(v2, [["greenhouse-1"]])
+    plan = en.Design("error-rate", 0.05)
+    e = en.start("e-shown", v2, v1, "all", plan, ["greenhouse-1", "greenhouse-2"], time.time())
+    e.rollouts = {A: r.id, B: r.id}
+    running = {A: (ro.RUNNING, ""), B: (ro.RUNNING, "")}
+    en.step(e, time.time(), {}, running, lambda c, _d: Rate(10 if c == A else 90, 2000))
+    dash.hub.store.add_experiment(e.id, e.state, e.to_json())
+
+    page: Page = browser.new_page()
+    page.goto(f"{dash.url}#token={TOKEN}")
+    card = page.locator('.experiment[data-experiment="e-shown"]')
+    expect(card.locator(".state")).to_have_text("decided", timeout=WAIT_MS)
+    expect(card.locator(".head .model")).to_have_text("climate@2 vs climate@1")
+    a = card.locator('tr[data-cohort="A"]')
+    expect(a.locator("td.model")).to_have_text("climate@2")
+    expect(a.locator("td.samples")).to_have_text("2000 / 1570")
+    expect(a.locator("td.value")).to_have_text("0.0050")
+    expect(a.locator("td.interval")).to_have_text(re.compile(r"^0\.00\d\d to 0\.00\d\d$"))
+    expect(card.locator('tr[data-cohort="B"] td.value')).to_have_text("0.0450")
+    expect(card.locator(".decision")).to_have_text(
+        re.compile(r"^climate@2 wins: error-rate 0\.0050 vs 0\.0450, difference -0\.0400")
+    )
+    expect(card.locator(".test")).to_contain_text("Newcombe 95% interval")

@@ -249,7 +249,9 @@ def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
     sp = add(rollout, "start", cmd_rollout_start, "start a staged rollout", json_out=True)
     sp.add_argument("model", help="NAME@VERSION")
     sp.add_argument(
-        "--target", default="all", help="all (default), group:NAME or tag:NAME[,NAME...]"
+        "--target",
+        default="all",
+        help="all (default), group:NAME, tag:NAME[,NAME...] or devices:ID[,ID...]",
     )
     sp.add_argument("--canary", default="1", help="devices in the first wave: a count or a percent")
     sp.add_argument(

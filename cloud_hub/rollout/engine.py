@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import pairwise
 from typing import Any
 
@@ -102,7 +102,8 @@ INSTALL_EVENTS = frozenset(("installed", "healthy"))  # healthy alone: it alread
 # ---- what the user asks for ---------------------------------------------------------------
 @dataclass(frozen=True)
 class Selector:
-    """`all`, `group:NAME` or `tag:A[,B...]` (devices carrying every tag)."""
+    """`all`, `group:NAME`, `tag:A[,B...]` (devices carrying every tag) or `devices:ID[,ID...]`
+    (these devices: an experiment's cohort, cloud_hub.experiments)."""
 
     kind: str = "all"
     values: tuple[str, ...] = ()
@@ -113,19 +114,24 @@ class Selector:
         if text == "all":
             return cls()
         values = tuple(v for v in rest.split(","))
-        if sep and kind in ("group", "tag") and values and all(values):
+        if sep and kind in ("group", "tag", "devices") and values and all(values):
             for value in values:
                 check_label(value, f"--target {text!r}")
             if kind == "group" and len(values) > 1:
                 raise ConfigError(f"--target: a device is in one group, got {text!r}")
             return cls(kind, values)
-        raise ConfigError(f"--target: expected all, group:NAME or tag:NAME[,NAME...], got {text!r}")
+        raise ConfigError(
+            f"--target: expected all, group:NAME or tag:NAME[,NAME...] (or devices:ID[,ID...]), "
+            f"got {text!r}"
+        )
 
-    def matches(self, facts: DeviceFacts) -> bool:
+    def matches(self, facts: DeviceFacts, device: str = "") -> bool:
         if self.kind == "group":
             return facts.group == self.values[0]
         if self.kind == "tag":
             return all(v in facts.tags for v in self.values)
+        if self.kind == "devices":
+            return device in self.values
         return True
 
     def __str__(self) -> str:
@@ -341,7 +347,7 @@ def _absorb(r: Rollout, reports: list[Report]) -> None:
 def _join(r: Rollout, fleet: Mapping[str, DeviceFacts]) -> None:
     selector = Selector.parse(r.plan.select)
     for device in sorted(fleet):
-        if device not in r.devices and selector.matches(fleet[device]):
+        if device not in r.devices and selector.matches(fleet[device], device):
             r.waves[-1].append(device)
             r.devices[device] = WAITING
 
@@ -555,6 +561,17 @@ def roll_back(r: Rollout, reason: str = "rolled back by hand") -> None:
 
 def supersede(r: Rollout, by: str) -> None:
     r.state, r.halt_reason = SUPERSEDED, f"superseded by rollout {by}"
+
+
+def add_devices(r: Rollout, devices: Iterable[str]) -> None:
+    """Aim a `devices:` rollout at these devices too: the next step puts each in the last wave
+    (an experiment's late joiners, cloud_hub.experiments)."""
+    selector = Selector.parse(r.plan.select)
+    if selector.kind != "devices":
+        raise ConfigError(f"rollout {r.id}: only a devices: target takes devices, not {selector}")
+    more = sorted(set(devices) - set(selector.values))
+    if more:
+        r.plan = replace(r.plan, select=f"devices:{','.join((*selector.values, *more))}")
 
 
 MANUAL: dict[str, Callable[[Rollout], None]] = {

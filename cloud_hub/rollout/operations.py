@@ -121,7 +121,7 @@ def start_rollout(
         raise ConfigError(f"{model} is not published; run `edgehub model publish BUNDLE` first")
     store = Store(default_url(home))
     selector = ro.Selector.parse(target)
-    fleet = [d for d, facts in fleet_facts(store).items() if selector.matches(facts)]
+    fleet = [d for d, facts in fleet_facts(store).items() if selector.matches(facts, d)]
     if not fleet and target != "all":
         raise ConfigError(
             f"rollout: no devices match --target {target}; see `edgehub devices list`"

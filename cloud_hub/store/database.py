@@ -103,6 +103,17 @@ rollouts = Table(
     Column("body", JSON, nullable=False),
 )
 
+experiments = Table(  # two models compared across the fleet (cloud_hub.experiments)
+    "experiments",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Column("rev", Integer, nullable=False, default=0),  # compare-and-set: hub and CLI both write
+    Column("body", JSON, nullable=False),
+)
+
 outbox = Table(  # commands the CLI queued for the running hub to send
     "outbox",
     metadata,
@@ -436,6 +447,41 @@ class Store:
         q = select(rollouts).order_by(rollouts.c.created)
         if states is not None:
             q = q.where(rollouts.c.state.in_(list(states)))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings().all()]
+
+    # ---- experiments ------------------------------------------------------------------
+    def add_experiment(self, experiment_id: str, state: str, body: dict[str, Any]) -> None:
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(experiments).values(
+                    id=experiment_id, state=state, created=now, updated=now, rev=0, body=body
+                )
+            )
+
+    def update_experiment(
+        self, experiment_id: str, rev: int, state: str, body: dict[str, Any]
+    ) -> bool:
+        """Write the experiment if nobody else did since revision `rev` was read."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(experiments)
+                .where(experiments.c.id == experiment_id, experiments.c.rev == rev)
+                .values(state=state, updated=time.time(), rev=rev + 1, body=body)
+            )
+        return bool(done.rowcount == 1)
+
+    def experiment(self, experiment_id: str) -> dict[str, Any] | None:
+        q = select(experiments).where(experiments.c.id == experiment_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        return dict(row) if row else None
+
+    def experiments(self, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        q = select(experiments).order_by(experiments.c.created)
+        if states is not None:
+            q = q.where(experiments.c.state.in_(list(states)))
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings().all()]
 

@@ -28,6 +28,7 @@ from cloud_hub.drift.source import FleetQuery, PublishedCards, read_fleet_drift
 from cloud_hub.store.database import Store
 from cloud_hub.web import views
 from cloud_hub.web.actions import ACTIONS, ActionRefused, NoSuchRollout, apply_action
+from cloud_hub.web.experiments import add_routes as add_experiment_routes
 from cloud_hub.web.metrics import registry_for
 
 STATIC = Path(__file__).parent / "static"
@@ -259,7 +260,7 @@ def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None)
         docs_url=None,  # Swagger UI and ReDoc load scripts from a CDN; the page stays offline
         redoc_url=None,
         openapi_url=None,  # served below, behind the token like every read
-        description="The fleet, its rollouts, telemetry and drift. Send "
+        description="The fleet, its rollouts, experiments, telemetry and drift. Send "
         "`Authorization: Bearer <token>`; reads may be open (`edgehub serve --open-reads`).",
     )
     cards = cards or PublishedCards(None)
@@ -402,6 +403,8 @@ def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None)
             raise HTTPException(404, str(exc)) from exc
         except ActionRefused as exc:
             raise HTTPException(409, str(exc)) from exc
+
+    add_experiment_routes(app, store, reads, _errors)
 
     @app.get(
         "/metrics",

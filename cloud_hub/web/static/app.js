@@ -180,6 +180,48 @@ async function act(id, action) {
   }
 }
 
+// ---- experiments: two models on cohorts, one decision once both hold the samples needed ------
+function renderExperiments(data) {
+  const box = document.getElementById("experiments");
+  if (!data.experiments.length) return box.replaceChildren(el("p", { class: "muted" }, "no experiments yet"));
+  box.replaceChildren(...data.experiments.map(renderExperiment));
+}
+
+const metricText = (v, metric) => (v === null || v === undefined ? "–" : metric === "p95" ? `${fmt(v, 3)} ms` : fmt(v, 4));
+
+function renderExperiment(x) {
+  const show = (v) => metricText(v, x.metric);
+  const rows = x.cohorts.map((c) =>
+    el(
+      "tr",
+      { "data-cohort": c.cohort },
+      el("td", {}, c.cohort),
+      el("td", { class: "model" }, c.model),
+      el("td", { class: "devices", title: c.devices.join(", ") }, c.devices.length),
+      el("td", { class: "samples" }, `${c.n} / ${x.needed}`),
+      el("td", { class: "value" }, show(c.value)),
+      el("td", { class: "interval" }, c.low === null ? "–" : `${show(c.low)} to ${show(c.high)}`),
+    ),
+  );
+  const waiting = `deciding once both cohorts hold ${x.needed} samples, or at ${new Date(x.deadline * 1000).toLocaleString()}`;
+  return el(
+    "div",
+    { class: "experiment", "data-experiment": x.id, "data-state": x.state },
+    el(
+      "div",
+      { class: "head" },
+      el("strong", {}, x.id),
+      el("span", { class: "model" }, x.models),
+      el("span", { class: "state" }, badge(x.state)),
+      el("span", { class: "muted" }, `${x.metric} (${x.better} is better) on ${x.target}`),
+    ),
+    el("table", {}, el("thead", {}, el("tr", {}, ...["cohort", "model", "devices", "samples", x.metric, "interval"].map((h) => el("th", {}, h)))), el("tbody", {}, ...rows)),
+    el("div", { class: "decision" }, x.decision || x.reason || waiting),
+    x.test ? el("div", { class: "muted test" }, `${x.test}: difference ${show(x.difference)}, ${show(x.low)} to ${show(x.high)}`) : "",
+    x.promoted ? el("div", { class: "muted" }, `promoted: rollout ${x.promoted}`) : "",
+  );
+}
+
 // ---- charts (SVG) ---------------------------------------------------------------------------
 const COLORS = ["#1e88e5", "#e53935", "#43a047", "#8e24aa", "#fb8c00", "#00897b"];
 
@@ -353,10 +395,11 @@ async function poll() {
   if (busy) return;
   busy = true;
   try {
-    const [fleet, rollouts, drift] = await Promise.all([api("/api/fleet"), api("/api/rollouts"), api("/api/drift")]);
+    const [fleet, rollouts, experiments, drift] = await Promise.all([api("/api/fleet"), api("/api/rollouts"), api("/api/experiments"), api("/api/drift")]);
     renderFleet(fleet);
     renderDeviceStorage(fleet);
     renderRollouts(rollouts);
+    renderExperiments(experiments);
     renderDrift(drift);
     if (polls++ % FLEET_DRIFT_EVERY === 0) renderFleetDrift(await api("/api/drift/fleet?since_s=3600"));
     await renderDevice();
