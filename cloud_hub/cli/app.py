@@ -53,6 +53,7 @@ try:
     from cloud_hub.cli import drift as drift_cli
     from cloud_hub.cli import fleet as fleet_cli
     from cloud_hub.cli import keys as keys_cli
+    from cloud_hub.cli import retrain as retrain_cli
     from cloud_hub.cli import rollout as rollout_cli
     from cloud_hub.cli import shadow as shadow_cli
     from cloud_hub.cli import simulate as simulate_cli
@@ -458,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     rollout_cli.register(sub, add)
+    retrain_cli.register(sub, add)
     broker_cli.register(sub, add)
 
     sp = add(
