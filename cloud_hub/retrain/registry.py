@@ -53,13 +53,14 @@ class StoredPolicy:
     last_fired: float
 
 
-def add_policy(store: Store, policy: Policy) -> None:
+def add_policy(store: Store, policy: Policy, created: float | None = None) -> None:
+    """Store a new policy; labels received before `created` (default: now) are not new to it."""
     with store.engine.begin() as conn:
         conn.execute(
             insert(retrain_policies).values(
                 id=policy.id,
                 model=policy.model,
-                created=time.time(),
+                created=time.time() if created is None else created,
                 last_fired=0.0,
                 body=policy.to_json(),
             )
