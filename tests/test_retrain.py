@@ -131,7 +131,7 @@ def _fire(hub: Hub) -> reg.Run:
 
 
 def test_a_policy_fires_trains_converts_validates_publishes_and_rolls_out_in_shadow(
-    hub: Hub,
+    hub: Hub, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _policy(hub, "train.py")
     run = _fire(hub)
@@ -159,6 +159,18 @@ def test_a_policy_fires_trains_converts_validates_publishes_and_rolls_out_in_sha
     assert rollout.plan.shadow_rows == 50
     # fired once: nothing new since, nothing fires
     assert check_policies(hub) == []
+    # the signed card says where it came from
+    assert cli.main(["--home", str(hub.home), "model", "lineage", "wine@2", "--json"]) == 0
+    child, parent = json.loads(capsys.readouterr().out)
+    assert child == {
+        "model": "wine@2",
+        "parent": "wine@1",
+        "dataset": run.dataset,
+        "data_sha256": manifest["sha256"],
+        "data_rows": files["samples.csv"]["rows"],
+        "trigger": run.trigger,
+    }
+    assert parent == {"model": "wine@1"}
 
 
 def test_a_worse_model_is_refused_and_recorded(hub: Hub) -> None:

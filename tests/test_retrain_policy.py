@@ -211,3 +211,23 @@ def test_label_count_and_accuracy_triggers() -> None:
         labels=labels,
     )
     assert fired == "50 new labels: 120 labels since the last run"
+
+
+def test_card_lineage_is_optional_bounded_and_checked() -> None:
+    import numpy as np
+
+    from converters.card import reference_card
+    from edge_agent.errors import BundleRejected
+    from edge_agent.protocol.card import parse_card
+
+    card = reference_card(np.arange(40.0).reshape(20, 2), ["a", "b"])
+    assert parse_card(card).lineage is None
+    lineage = {"parent": "wine@1", "data_sha256": "ab" * 32, "data_rows": 812, "trigger": "x"}
+    assert parse_card(card | {"lineage": lineage}).lineage == lineage
+    for bad, message in [
+        ({"mother": "wine@1"}, "card.lineage: unknown key 'mother'"),
+        ({"data_rows": -1}, "card.lineage.data_rows: expected a count, got -1"),
+        ({"trigger": "x" * 301}, "card.lineage.trigger: expected text of at most 300"),
+    ]:
+        with pytest.raises(BundleRejected, match=message):
+            parse_card(card | {"lineage": bad})

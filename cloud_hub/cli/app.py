@@ -377,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(model, "list", cmd_model_list, "list signed models", json_out=True)
     sp = add(model, "inspect", cmd_model_inspect, "show a bundle's card and report", json_out=True)
     sp.add_argument("bundle")
+    retrain_cli.add_lineage(model, add)
 
     fleet_cli.register(sub, add)
 

@@ -134,6 +134,43 @@ def cmd_data_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_lineage(args: argparse.Namespace) -> int:
+    from cloud_hub.drift.source import PublishedCards
+    from cloud_hub.rollout.operations import open_repo
+    from edge_agent.protocol.messages import ModelRef
+
+    try:
+        model: ModelRef | None = ModelRef.parse(args.model)
+    except MessageError as exc:
+        raise ConfigError(f"MODEL@VERSION: {exc}") from exc
+    cards = PublishedCards(open_repo(Path(args.home)))
+    rows: list[dict[str, Any]] = []
+    seen: set[ModelRef] = set()
+    while model is not None and model not in seen:
+        seen.add(model)
+        found, problems = cards.lookup([model])
+        if model not in found:
+            if not rows:
+                raise ConfigError(problems[model])
+            rows.append({"model": str(model), "note": problems[model]})
+            break
+        lineage = found[model].lineage or {}
+        rows.append({"model": str(model), **lineage})
+        parent = lineage.get("parent")
+        model = ModelRef.parse(parent) if isinstance(parent, str) else None
+    columns = ["model", "parent", "dataset", "data_rows", "data_sha256", "trigger"]
+    emit(args, rows, f"lineage of {args.model}", columns)
+    return 0
+
+
+def add_lineage(model: Any, add: AddCommand) -> None:
+    """`edgehub model lineage MODEL@VERSION` under `edgehub model`."""
+    sp = add(
+        model, "lineage", cmd_model_lineage, "where a model came from, back to the first", True
+    )
+    sp.add_argument("model", metavar="MODEL@VERSION")
+
+
 def register(sub: Any, add: AddCommand) -> None:
     """`edgehub retrain ...` and `edgehub data ...` under the top-level subparsers `sub`."""
     retrain = sub.add_parser("retrain", help="retraining policies and their runs").add_subparsers(

@@ -181,7 +181,14 @@ def execute(hub: Hub, policy: Policy, run: Run) -> None:
     version = max(published_versions(hub, policy.model), default=0) + 1
     candidate = ModelRef(policy.model, version)
     run.candidate = str(candidate)
-    bundle = convert(policy, data, model_file, candidate, folder / "bundle.zip", run.trigger)
+    lineage = {
+        "parent": str(serving),
+        "data_sha256": data.manifest["sha256"],
+        "data_rows": int(data.manifest["files"]["samples.csv"]["rows"]),
+        "dataset": data.id,
+        "trigger": run.trigger[:300],
+    }
+    bundle = convert(policy, data, model_file, candidate, folder / "bundle.zip", lineage)
     run.validation = validate(policy, hub, serving, bundle, data)
     run.verdict = run.validation["verdict"]
     if policy.approve:
@@ -266,7 +273,12 @@ def read_rows(path: Path, features: list[str]) -> tuple[np.ndarray, list[str]]:
 
 
 def convert(
-    policy: Policy, data: Dataset, model_file: Path, candidate: ModelRef, out: Path, trigger: str
+    policy: Policy,
+    data: Dataset,
+    model_file: Path,
+    candidate: ModelRef,
+    out: Path,
+    lineage: dict[str, Any],
 ) -> Bundle:
     from converters.inputs import load_model
     from converters.pipeline import build_bundle
@@ -291,6 +303,7 @@ def convert(
             feature_names=features,
             max_accuracy_drop=policy.max_accuracy_drop,
             max_rmse_rel=policy.max_rmse_rise,
+            lineage=lineage,
         )
     except EdgefleetError as exc:
         raise RunFailed(f"converting {model_file.name}: {exc}") from exc
