@@ -44,6 +44,8 @@ from securesystemslib.signer import Signer
 from cloud_hub.experiments.operations import step_all as step_experiments
 from cloud_hub.experiments.samples import Outcomes
 from cloud_hub.ingest_limits import MALFORMED, UNCOMMANDED, DeviceGuard, Limits, refusal_line
+from cloud_hub.retrain.runner import Hub as RetrainHub
+from cloud_hub.retrain.runner import Ticker, hub_labels
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.gates import Metrics, Position, after_install, measure
 from cloud_hub.rollout.operations import fleet_facts
@@ -160,6 +162,7 @@ class Hub:
         self._published_ts = 0
         self._next_timestamp_check = 0.0
         self._command_key: Signer | None = None
+        self.retrain = Ticker(RetrainHub(home, self.store, hub_labels()))
 
     def _queue(self, topic: str, payload: bytes, ack: Ack) -> None:
         """The MQTT session's thread: a device past its message rate is refused here, before its
@@ -342,6 +345,8 @@ class Hub:
             self._send_outbox()
             self._step_rollouts()
             self._step_experiments()
+            if self.repo.initialised:
+                self.retrain.maybe(now)
         except (BadDataError, OSError, TransportError, StoreError) as exc:
             self._reject(exc, "tick")
 

@@ -49,6 +49,7 @@ def build_card(
     confidence: Calibration | None = None,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     bins: int = REFERENCE_BINS,
+    lineage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The card.json dict. `y_pred_ref` are the deployed model's predictions on `x_ref`;
     `sample_out` its labels (classification) or values (regression) on `sample_x`;
@@ -92,6 +93,7 @@ def build_card(
             "max_error_rate": 0.0,
         },
         "validation": validation_report,
+        **({"lineage": lineage} if lineage is not None else {}),
     }
     card = to_jsonable(card)
     parse_card(card)

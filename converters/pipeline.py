@@ -92,12 +92,14 @@ def build_bundle(
     max_latency_ms: float | None = None,
     force: bool = False,
     progress: Callable[[str], None] = lambda step: None,
+    lineage: dict[str, Any] | None = None,
 ) -> BuildReport:
     """Convert, quantize, validate and write the bundle for `name@version` to `out`.
 
     `y` are the true labels or targets; None validates against the source model's own answers.
     Raises BadDataError (ConversionError, ParityError, ...) with what was expected and found;
-    `force=True` writes the bundle even when the parity check fails."""
+    `force=True` writes the bundle even when the parity check fails; `lineage` (a retrained
+    model's parent, training data and trigger) goes into the card as it is."""
     ModelRef(name, version)  # validates both before any heavy work
     if quantize not in QUANTIZE_MODES:
         raise ConfigError(f"quantize: expected one of {QUANTIZE_MODES}, got {quantize!r}")
@@ -142,6 +144,7 @@ def build_bundle(
         _latency_budget(report, max_latency_ms),
         has_scores=runtime.scores(sample_x[:1]) is not None,
         confidence=calibrated[0] if calibrated else None,
+        lineage=lineage,
     )
     write_bundle(out, card, artifact.model_bytes)
     return BuildReport(path=Path(out), card=card, report=report)

@@ -54,6 +54,7 @@ try:
     from cloud_hub.cli import experiment as experiment_cli
     from cloud_hub.cli import fleet as fleet_cli
     from cloud_hub.cli import keys as keys_cli
+    from cloud_hub.cli import retrain as retrain_cli
     from cloud_hub.cli import rollout as rollout_cli
     from cloud_hub.cli import shadow as shadow_cli
     from cloud_hub.cli import simulate as simulate_cli
@@ -377,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(model, "list", cmd_model_list, "list signed models", json_out=True)
     sp = add(model, "inspect", cmd_model_inspect, "show a bundle's card and report", json_out=True)
     sp.add_argument("bundle")
+    retrain_cli.add_lineage(model, add)
 
     fleet_cli.register(sub, add)
 
@@ -460,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rollout_cli.register(sub, add)
     experiment_cli.register(sub, add)
+    retrain_cli.register(sub, add)
     broker_cli.register(sub, add)
 
     sp = add(

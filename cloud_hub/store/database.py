@@ -157,6 +157,28 @@ hub_state = Table(
 )
 
 
+retrain_policies = Table(  # when to retrain a model and how (cloud_hub.retrain)
+    "retrain_policies",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("model", String(64), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("last_fired", Float, nullable=False, default=0.0),
+    Column("body", JSON, nullable=False),
+)
+
+retrain_runs = Table(  # each time a policy fired: its data set, training, verdict, rollout
+    "retrain_runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("policy", String(64), nullable=False, index=True),
+    Column("state", String(24), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Column("body", JSON, nullable=False),
+)
+
+
 def default_url(home: Path) -> str:
     return f"sqlite:///{home / 'hub.sqlite'}"
 

@@ -32,6 +32,8 @@ MAX_KS_POINTS = 1000  # what a card may carry at most
 THRESHOLD_KEYS = ("psi_warn", "psi_alert", "ks_warn", "ks_alert", "range_warn", "range_alert")
 MAX_CALIBRATION_BINS = 50  # what a card's confidence calibration may carry at most
 CALIBRATION_KEYS = ("edges", "accuracy", "expected_accuracy", "rows")
+LINEAGE_KEYS = ("parent", "data_sha256", "data_rows", "dataset", "trigger")  # all optional
+MAX_LINEAGE_TEXT = 300
 
 
 def quantile_edges(values: np.ndarray, bins: int) -> list[float]:
@@ -168,6 +170,7 @@ class ModelCard:
     thresholds: dict[str, float] = field(default_factory=dict)  # the card's own drift thresholds
     version: int = CARD_VERSION  # the card_version it was written as
     confidence: Calibration | None = None  # classifiers built with labels, card version >= 2
+    lineage: dict[str, Any] | None = None  # retrained models: parent, training data, trigger
 
     @property
     def n_features(self) -> int:
@@ -295,7 +298,29 @@ def _parse_card(obj: object) -> ModelCard:
         thresholds=_thresholds(obj.get("drift", {}), f"{where}.drift"),
         version=version,
         confidence=confidence,
+        lineage=_lineage(obj["lineage"], f"{where}.lineage") if "lineage" in obj else None,
     )
+
+
+def _lineage(obj: object, where: str) -> dict[str, Any]:
+    """card.lineage (optional, any card version): where a retrained model came from, as
+    {"parent": "tumor@1", "data_sha256": "...", "data_rows": 812, "dataset": "...",
+    "trigger": "..."}; each key optional, texts bounded."""
+    if not isinstance(obj, dict):
+        raise MessageError(f"{where}: expected an object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - set(LINEAGE_KEYS))
+    if unknown:
+        raise MessageError(f"{where}: unknown key {unknown[0]!r}, expected {LINEAGE_KEYS}")
+    for key, value in obj.items():
+        if key == "data_rows":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise MessageError(f"{where}.data_rows: expected a count, got {value!r:.40}")
+        elif not isinstance(value, str) or len(value) > MAX_LINEAGE_TEXT:
+            raise MessageError(
+                f"{where}.{key}: expected text of at most {MAX_LINEAGE_TEXT} characters, "
+                f"got {value!r:.40}"
+            )
+    return dict(obj)
 
 
 def _calibration(obj: object, where: str) -> Calibration:

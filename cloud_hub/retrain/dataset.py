@@ -1,0 +1,179 @@
+"""A versioned data set for one model version: what the hub holds of its inputs, as CSV.
+
+    samples.csv    the sampled raw rows (RawSample telemetry): device, boot, seq, ts, one column
+                   per feature, the serving model's `prediction`, the `label` where one is known
+    captures.csv   the inputs devices captured on drift alerts: device, boot, seq, ts, features
+    labels.csv     the labels for its predictions: device, boot, row, prediction, label, received
+    reference.csv  the reference sample of the serving model's signed card: features, prediction
+    holdout/samples.csv   a fifth of the labeled sampled rows (chosen by a hash of device, boot
+                   and seq, so a row stays on its side as the data grows), kept from training
+                   and used to validate a candidate against the serving model
+    manifest.json  sha256 and row count of each file, the time range, the model, the features
+
+The data set's id is a prefix of the hash of its files: the same data gives the same id, and
+the folder HOME/datasets/MODEL/ID is written once (in a temporary folder, then renamed).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cloud_hub.drift.source import PublishedCards
+from cloud_hub.retrain.triggers import LabelRow, LabelSource
+from cloud_hub.store.database import Store, typed
+from edge_agent.errors import ConfigError
+from edge_agent.protocol.card import ModelCard
+from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.records import DriftReport, RawSample
+
+ID_CHARS = 12
+HOLDOUT_EVERY = 5  # one labeled row in five is held out
+HEAD = ["device", "boot", "seq", "ts"]
+MANIFEST = "manifest.json"
+HOLDOUT = "holdout/samples.csv"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    id: str
+    folder: Path
+    manifest: dict[str, Any]
+
+
+def held_out(device: str, boot: int, seq: int) -> bool:
+    digest = hashlib.sha256(f"{device}/{boot}/{seq}".encode()).digest()
+    return digest[0] % HOLDOUT_EVERY == 0
+
+
+def serving_card(cards: PublishedCards, model: ModelRef) -> ModelCard:
+    found, problems = cards.lookup([model])
+    if model not in found:
+        raise ConfigError(problems.get(model, f"no card for {model}"))
+    return found[model]
+
+
+def _csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> tuple[bytes, int]:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    n = 0
+    for row in rows:
+        w.writerow(["" if v is None else v for v in row])
+        n += 1
+    return buf.getvalue().encode(), n
+
+
+def dataset_files(
+    store: Store, card: ModelCard, labels: Sequence[LabelRow]
+) -> tuple[dict[str, tuple[bytes, int]], list[float]]:
+    """(file name -> (CSV bytes, rows), the timestamps of the rows) for the card's model."""
+    model, features = card.model, card.feature_names
+    truth = {(lab.device, lab.boot, lab.row): lab.label for lab in labels}
+    train: list[list[Any]] = []
+    holdout: list[list[Any]] = []
+    times: list[float] = []
+    for r, sample in typed(store.records("telemetry"), RawSample):
+        if sample.model != model:
+            continue
+        label = truth.get((r.device, r.boot, r.seq))
+        row = [
+            r.device,
+            r.boot,
+            r.seq,
+            r.ts,
+            *(sample.features.get(f) for f in features),
+            sample.prediction,
+            label,
+        ]
+        times.append(r.ts)
+        (holdout if label is not None and held_out(r.device, r.boot, r.seq) else train).append(row)
+    captures: list[list[Any]] = []
+    for r, report in typed(store.records("drift"), DriftReport):
+        if report.model != model or report.capture is None:
+            continue
+        times.append(r.ts)
+        for values in report.capture.rows:
+            by_name = dict(zip(report.capture.features, values, strict=True))
+            captures.append([r.device, r.boot, r.seq, r.ts, *(by_name.get(f) for f in features)])
+    held = {(row[0], row[1], row[2]) for row in holdout}
+    label_rows = [
+        [lab.device, lab.boot, lab.row, lab.prediction, lab.label, lab.received]
+        for lab in labels
+        if (lab.device, lab.boot, lab.row) not in held
+    ]
+    sample_head = [*HEAD, *features, "prediction", "label"]
+    reference = [
+        [*inputs, out] for inputs, out in zip(card.sample_inputs, card.sample_outputs, strict=True)
+    ]
+    files = {
+        "samples.csv": _csv(sample_head, train),
+        "captures.csv": _csv([*HEAD, *features], captures),
+        "labels.csv": _csv(
+            ["device", "boot", "row", "prediction", "label", "received"], label_rows
+        ),
+        "reference.csv": _csv([*features, "prediction"], reference),
+        HOLDOUT: _csv(sample_head, holdout),
+    }
+    return files, times
+
+
+def build_manifest(
+    model: ModelRef, features: list[str], files: dict[str, tuple[bytes, int]], times: list[float]
+) -> dict[str, Any]:
+    listing = {
+        name: {"sha256": hashlib.sha256(data).hexdigest(), "rows": rows}
+        for name, (data, rows) in sorted(files.items())
+    }
+    content = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
+    return {
+        "id": content[:ID_CHARS],
+        "sha256": content,
+        "model": str(model),
+        "features": features,
+        "files": listing,
+        "rows": sum(f["rows"] for f in listing.values()),
+        "time_range": [min(times), max(times)] if times else None,
+    }
+
+
+def export_dataset(
+    store: Store,
+    cards: PublishedCards,
+    labels: LabelSource,
+    model: ModelRef,
+    root: Path,
+    out: Path | None = None,
+) -> Dataset:
+    """Write the data set of `model` to root/NAME/ID (or to the folder `out`); a data set with
+    the same content already there is kept as it is."""
+    card = serving_card(cards, model)
+    files, times = dataset_files(store, card, list(labels.rows(model)))
+    manifest = build_manifest(model, card.feature_names, files, times)
+    folder = out if out is not None else root / model.name / manifest["id"]
+    if (folder / MANIFEST).is_file():
+        return Dataset(manifest["id"], folder, manifest)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".dataset-", dir=folder.parent))
+    try:
+        for name, (data, _rows) in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if folder.exists():  # --out: an existing, empty folder
+            for item in tmp.iterdir():
+                os.replace(item, folder / item.name)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Dataset(manifest["id"], folder, manifest)
