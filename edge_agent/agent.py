@@ -158,6 +158,8 @@ class Agent:
             on_window=self._window,
             on_result=self.results,
             on_shadow_report=self._shadow_report,
+            window_rows=cfg.telemetry.window_rows,
+            keep_predictions=cfg.telemetry.predictions,
         )
         rate = cfg.telemetry.raw_sample_rate
         if rate > 0:  # off by default: raw inputs may be personal data
@@ -231,9 +233,18 @@ class Agent:
 
     def _storage_ready(self) -> bool:
         """Whether records can be kept: the boot counter persisted and the buffer open under
-        it. Until then each call (at most one a second) tries what is missing."""
+        it. Until then each call (at most one a second) tries what is missing. Inferred rows
+        are numbered under the boot once it is persisted (edge_agent.protocol.ids)."""
         if self._boot_persisted and self.buffer.opened:
             return True
+        persisted = self._boot_persisted
+        try:
+            return self._make_storage_ready()
+        finally:
+            if self._boot_persisted and not persisted:  # outside the lock: it may keep a record
+                self.pipeline.number_rows(self.cfg.device.id, self.boot)
+
+    def _make_storage_ready(self) -> bool:
         with self._storage_lock:
             now = time.time()
             if not self._boot_persisted:

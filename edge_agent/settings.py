@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.mqtt.options import is_results_topic
+from edge_agent.protocol.records import MAX_WINDOW_ROWS
 from edge_agent.uplink.buffer import Cap
 
 MAX_CAPTURE_ROWS = 1000  # rows of inputs a drift alert may carry to the hub
@@ -73,6 +74,13 @@ class TelemetrySettings:
             lambda v: (
                 None if 0 <= v < math.inf else "0 (off) or a number of seconds above 0, like 60"
             )
+        )
+    )
+    # each window names its rows by prediction id; with predictions, the model's output for each
+    predictions: bool
+    window_rows: int = field(
+        metadata=ruled(
+            lambda v: None if 1 <= v <= MAX_WINDOW_ROWS else f"1 to {MAX_WINDOW_ROWS} rows"
         )
     )
 

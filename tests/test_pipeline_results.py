@@ -30,7 +30,7 @@ from tests.support.models import active_model, csv_line
 
 WAIT_S = 5.0  # upper bound for every wait on another thread; never reached when things work
 RECONNECT_WAIT_S = 20.0  # retries wait under a ceiling of 1 s, then 2 s, 4 s... (jittered)
-RESULT_KEYS = {"ts", "model", "prediction", "latency_ms"}
+RESULT_KEYS = {"ts", "model", "prediction", "latency_ms", "id"}
 
 
 @pytest.fixture(scope="module")

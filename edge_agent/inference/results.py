@@ -5,7 +5,11 @@ that callback when `[results] enabled = true`. It publishes each result on a LOC
 (default ``edgefleet/local/{device_id}/results``) of a local broker, with its own
 `MqttSession` (a clean session), separate from the uplink session to the hub. A message looks like::
 
-    {"v": 1, "ts": 1718000000.123, "model": "iris@3", "prediction": 2, "latency_ms": 0.0123}
+    {"v": 1, "ts": 1718000000.123, "model": "iris@3", "prediction": 2, "latency_ms": 0.0123,
+     "id": "pi-01/3/1520"}
+
+`id` is the row's prediction id (edge_agent.protocol.ids): ground truth sent back to the hub
+names the prediction it is about by it.
 
 It never blocks the pipeline: while the client is disconnected a result is dropped and counted
 (`stats()`), and the session reconnects on its own (the agent's one reconnect policy:
