@@ -11,7 +11,7 @@ from edge_agent.protocol.fields import matching
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
-DEVICE_UP = ("status", "telemetry", "drift", "events", "xfer/req")
+DEVICE_UP = ("status", "telemetry", "drift", "events", "labels", "xfer/req")
 DEVICE_DOWN = ("cmd", "ack", "xfer/chunk")
 
 

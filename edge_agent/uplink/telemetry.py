@@ -39,9 +39,7 @@ class Window:
     first_row: int | None = None
     row_predictions: list[Scalar] = field(default_factory=list)
 
-    def add(
-        self, latency_ms: float, predictions: np.ndarray, first_row: int | None = None
-    ) -> None:
+    def add(self, latency_ms: float, predictions: np.ndarray, first_row: int | None = None) -> None:
         n = len(predictions)
         if first_row is None:
             pass
