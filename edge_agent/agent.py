@@ -45,6 +45,7 @@ from edge_agent.protocol.messages import (
 from edge_agent.protocol.records import (
     DeviceEvent,
     DeviceStats,
+    Labels,
     ShadowReport,
     TelemetryWindow,
     WindowInputs,
@@ -151,7 +152,7 @@ class Agent:
             drain_rate=cfg.telemetry.drain_rate,
             confirm_timeout=cfg.telemetry.confirm_timeout_s,
         )
-        self.results = ResultPublisher.from_settings(cfg.results, cfg.device.id)
+        self.results = ResultPublisher.from_settings(cfg.results, cfg.device.id, self._labels)
         self.resources = ResourceMeter(time.monotonic())
         self.pipeline = Pipeline(
             on_drift=lambda r: self.keep("drift", r),
@@ -212,6 +213,10 @@ class Agent:
             storage=None if self.health.clean else self.health.condition(),
         )
         self.keep(record.KIND, record.to_body())
+
+    def _labels(self, labels: Labels) -> None:
+        """Ground truth taken in locally (edge_agent.uplink.labels): a record for the hub."""
+        self.keep(labels.KIND, labels.to_body())
 
     def _raw_sample(self, body: dict[str, Any]) -> None:
         self.keep("telemetry", body)  # a record of its own (edge_agent.uplink.sampling)

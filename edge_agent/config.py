@@ -304,6 +304,11 @@ def load_config(path: Path) -> AgentSettings:
             f"{MAX_ROWS_PER_MESSAGE}: a message of that many predictions stays under the "
             "broker's 8 MiB packet limit"
         )
+    if settings["results"]["labels"] and not settings["results"]["enabled"]:
+        raise ConfigError(
+            f"{source}: results.labels = true expected results.enabled = true (labels come in "
+            "on the results feed's broker), found enabled = false"
+        )
     device = data.get("device", {})
     if "id" not in device:
         raise ConfigError(f"{source}: device.id is required (the device's MQTT username)")

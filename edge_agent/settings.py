@@ -92,6 +92,7 @@ class BufferCaps:
 
     events: Cap
     drift: Cap
+    labels: Cap
     telemetry: Cap
 
     def by_kind(self) -> dict[str, Cap]:
@@ -146,6 +147,19 @@ class ResultsSettings:
         )
     )
     qos: int = field(metadata=ruled(lambda v: None if v in (0, 1) else "0 or 1"))
+    # ground truth taken in on labels_topic of the same broker and sent to the hub
+    # (edge_agent.uplink.labels); needs `enabled`
+    labels: bool
+    labels_topic: str = field(
+        metadata=ruled(
+            lambda v: (
+                None
+                if is_results_topic(v)
+                else "an MQTT topic name without wildcards ('+', '#') whose only placeholder "
+                "is {device_id}"
+            )
+        )
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

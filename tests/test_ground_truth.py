@@ -20,17 +20,22 @@ from sklearn.metrics import accuracy_score, f1_score
 from cloud_hub.cli import app as hub_cli
 from cloud_hub.quality.labels import FROM_API, FROM_CSV, FROM_DEVICE, JoinedLabel
 from cloud_hub.store.database import Store, default_url
+from edge_agent.config import load_config
+from edge_agent.errors import ConfigError, MessageError
 from edge_agent.inference.runtime import load_runtime
 from edge_agent.protocol.ids import prediction_id
-from edge_agent.protocol.messages import Batch, ModelRef, Record, encode
-from edge_agent.protocol.records import Labels, RawSample, TelemetryWindow, WindowRows
+from edge_agent.protocol.messages import Batch, ModelRef, Record
+from edge_agent.protocol.records import MAX_LABELS, Labels, RawSample, TelemetryWindow, WindowRows
 from edge_agent.update.bundle import read_bundle
+from edge_agent.uplink.buffer import Buffer, Cap
+from edge_agent.uplink.labels import local_labels
 from tests.support.dashboard_fleet import TOKEN, http
 from tests.support.fleet import _publish
 from tests.support.labelled_fleet import (  # noqa: F401  (labelled_fleet is a fixture)
     DEVICE,
     IRIS_X,
     IRIS_Y,
+    LOCAL_LABELS,
     LabelledFleet,
     feed,
     labelled_fleet,
@@ -225,11 +230,14 @@ def test_labels_come_back_three_ways_and_the_hub_reports_the_models_own_accuracy
     assert fleet.hub.store.add_labels(early, FROM_API, time.time()) == Counter(late=20)
     feed(fleet, IRIS_X)
     predictions = sent_predictions(fleet, n)
-    # 1. the device topic, as the device sends them (a labels batch of its own records)
+    # 1. the device topic: something on the device learns the truth and tells the agent on its
+    # local labels topic; the agent keeps them as records and sends them on dev/pi-01/labels
     topic_ids = row_ids[20:70]
-    body = Labels(tuple((i, truth[i]) for i in topic_ids)).to_body()
-    labels_batch = Batch(DEVICE, (Record(boot + 1000, 1, 1.0, body),))
-    _publish(fleet.broker, f"edgefleet/dev/{DEVICE}/labels", encode(labels_batch))
+    for part in (topic_ids[:1], topic_ids[1:30], topic_ids[30:]):
+        items = [{"prediction": i, "label": truth[i]} for i in part]
+        local = items[0] if len(items) == 1 else {"labels": items} if len(part) > 20 else items
+        _publish(fleet.broker, LOCAL_LABELS, json.dumps(local).encode())
+    _publish(fleet.broker, LOCAL_LABELS, b"not labels")  # refused on the device, counted
     # 2. the API, behind the token
     from cloud_hub.web.api import WebAuth, create_app
     from cloud_hub.web.server import WebServer
@@ -289,6 +297,10 @@ def test_labels_come_back_three_ways_and_the_hub_reports_the_models_own_accuracy
     api_counts = {"late": 20, "joined": 60, "duplicate": 1, "malformed": 1, "unknown": 1}
     assert counts[FROM_API] == api_counts
     assert counts[FROM_DEVICE] == {"joined": 50}
+    assert fleet.agent.results is not None
+    assert (fleet.agent.results.labels, fleet.agent.results.bad_labels) == (50, 1)
+    stored = fleet.hub.store.records("labels", DEVICE)
+    assert sum(len(r.body["labels"]) for r in stored) == 50  # three records, each stored once
     assert counts[FROM_CSV] == {"joined": n - 110, "malformed": 1}
 
 
@@ -351,3 +363,43 @@ def test_the_join_runs_on_a_thread_safe_store(store: Store) -> None:
         t.join(30)
     assert errors == []
     assert len(store.joined_labels()) == 200
+
+
+# ---- the device side ------------------------------------------------------------------------
+def test_a_device_takes_labels_in_three_shapes_and_refuses_the_rest() -> None:
+    one = {"prediction": "pi-01/1/0", "label": 2}
+    for payload in (one, [one, one], {"labels": [one]}):
+        assert local_labels(json.dumps(payload).encode()).labels[0] == ("pi-01/1/0", 2)
+    for bad, says in (
+        (b"nope", "expected JSON labels"),
+        (b'{"x": 1}', "expected {prediction, label}"),
+        (b'[{"prediction": 1, "label": 2}]', "labels[0].prediction: expected a string"),
+        (b'[{"prediction": "a", "label": NaN}]', "expected a finite number"),
+        (json.dumps([one] * (MAX_LABELS + 1)).encode(), "at most 10000 labels"),
+    ):
+        with pytest.raises(MessageError) as info:
+            local_labels(bad)
+        assert says in str(info.value)
+
+
+def test_labels_leave_the_buffer_before_telemetry_and_outlast_it(tmp_path: Path) -> None:
+    buffer = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=3, caps={"labels": Cap(2)})
+    buffer.append("telemetry", {"n": 0})
+    buffer.append("labels", Labels((("pi-01/1/0", 1),)).to_body())
+    buffer.append("telemetry", {"n": 1})
+    assert [p.kind for p in buffer.take(10, set())] == ["labels"]
+    buffer.append("telemetry", {"n": 2})  # past the buffer's cap: the oldest telemetry goes
+    assert buffer.dropped() == {"telemetry": 1}
+    buffer.append("labels", {"labels": []})
+    buffer.append("labels", {"labels": []})  # past the labels' own cap: the oldest labels go
+    assert buffer.dropped() == {"telemetry": 2, "labels": 1}
+    buffer.close()
+
+
+def test_labels_need_the_results_feeds_broker(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('[device]\nid = "d1"\n[results]\nlabels = true\n')
+    with pytest.raises(ConfigError, match=r"results\.labels = true expected results\.enabled"):
+        load_config(path)
+    path.write_text('[device]\nid = "d1"\n[results]\nenabled = true\nlabels = true\n')
+    assert load_config(path).results.labels_topic == "edgefleet/local/{device_id}/labels"

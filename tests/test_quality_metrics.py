@@ -95,7 +95,7 @@ def test_one_label_has_a_value_and_no_bootstrap_interval() -> None:
     assert regression_metrics([1.0], [2.0])["rmse"].low is None
 
 
-# ---- intervals cover the truth at about their nominal rate ------------------------------------------
+# ---- intervals cover the truth at about their nominal rate ---------------------------------
 @pytest.mark.parametrize(("p", "n"), [(0.5, 40), (0.9, 60), (0.97, 200), (0.99, 500)])
 def test_the_accuracy_interval_covers_at_about_95_percent(p: float, n: int) -> None:
     def one(rng: np.random.Generator) -> bool:
@@ -222,7 +222,7 @@ def test_the_floor_alerts_when_accuracy_falls_and_not_on_a_healthy_stream() -> N
     assert not below_floor(0, 0, floor) and not below_floor(0, 10, None)
 
 
-# ---- the running hub: the floor check logs once ---------------------------------------------------
+# ---- the running hub: the floor check logs once --------------------------------------------
 def store_with_stream(tmp_path: Path, right: list[bool], now: float) -> Store:
     tmp_path.mkdir()
     store = Store(default_url(tmp_path))

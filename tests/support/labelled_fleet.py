@@ -1,6 +1,7 @@
 """A hub and a whole agent on threads of this process over a real mosquitto, the agent serving
-iris@1 (a real bundle) with its results feed on the same broker, raw samples on, small windows
-(`labelled_fleet` fixture, `LabelledFleet`), and `feed`, which hands it sensor lines."""
+iris@1 (a real bundle) with its results feed on the same broker, taking labels in on
+`edgefleet/local/pi-01/labels` (LOCAL_LABELS), raw samples on, small windows (`labelled_fleet`
+fixture, `LabelledFleet`), and `feed`, which hands it sensor lines."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from tests.support.watch import DeviceWatcher
 DEVICE = "pi-01"
 IRIS_X, IRIS_Y = load_iris(return_X_y=True)
 MODEL = ModelRef("iris", 1)
+LOCAL_LABELS = f"edgefleet/local/{DEVICE}/labels"
 
 
 @dataclass
@@ -42,6 +44,7 @@ def agent_file_more(broker: RunningBroker) -> str:
         "[telemetry]\nstatus_interval_s = 0.2\ninterval_s = 0.3\nraw_sample_rate = 0.2\n"
         "window_rows = 40\n"
         f'[results]\nenabled = true\nhost = "{broker.host}"\nport = {broker.port}\n'
+        "labels = true\n"
     )
 
 
