@@ -59,6 +59,7 @@ from edge_agent.protocol.records import Scalar
 
 IN_CHUNK = 500  # values in one SQL IN (...) list
 PENDING_PER_PASS = 20_000  # pending labels one join pass looks at
+FULL_PASS_S = 60.0  # a join pass looks at the pending labels at least this often (grace expiry)
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def define_tables(metadata: MetaData, devices: Table, records: Table) -> LabelTa
         metadata,
         Column("device", String(64), primary_key=True),
         Column("boot", BigInteger, primary_key=True),
-        Column("row", BigInteger, primary_key=True),
+        Column("row_number", BigInteger, primary_key=True),  # ROW is an SQL keyword
         Column("label", JSON, nullable=False),
         Column("source", String(32), nullable=False),
         Column("received", Float, nullable=False),
@@ -190,6 +191,8 @@ class LabelLedger:
     def __init__(self, tables: LabelTables, insert_once: Callable[[Table], Any]) -> None:
         self.t = tables
         self.insert_once = insert_once
+        self._indexed = -1  # the newest span the last join pass saw
+        self._next_full = 0.0
 
     # ---- ingest: the store calls these in the transaction that stores the records ----------
     def index_records(self, conn: Any, spans: Sequence[dict[str, Any]], now: float) -> None:
@@ -240,7 +243,7 @@ class LabelLedger:
                 row = {
                     "device": dev,
                     "boot": boot,
-                    "row": at.row,
+                    "row_number": at.row,
                     "label": wanted[at],
                     "source": source,
                     "received": now,
@@ -261,13 +264,13 @@ class LabelLedger:
                     )
                 rows.append(row)
         if rows:  # a row: its key, label, source, received, state and what it joined
-            keys = self.t.labels.c.device, self.t.labels.c.boot, self.t.labels.c.row
+            keys = self.t.labels.c.device, self.t.labels.c.boot, self.t.labels.c.row_number
             inserted = {
                 tuple(r)
                 for r in conn.execute(self.insert_once(self.t.labels).returning(*keys), rows)
             }
             for row in rows:
-                if (row["device"], row["boot"], row["row"]) not in inserted:
+                if (row["device"], row["boot"], row["row_number"]) not in inserted:
                     outcomes[DUPLICATE] += 1  # a concurrent writer stored it first
                 else:
                     outcomes[LATE if row["state"] == PENDING else str(row["state"])] += 1
@@ -276,10 +279,17 @@ class LabelLedger:
 
     def join_pending(self, conn: Any, now: float, grace_s: float) -> Counter[str]:
         """The join pass: pending labels whose window is stored now are joined; those still
-        without one `grace_s` after they arrived are unknown. Returns what changed."""
+        without one `grace_s` after they arrived are unknown. Returns what changed. A label is
+        joined on arrival if it can be, so a pass has work only when windows were indexed since
+        the last one: otherwise it looks only every FULL_PASS_S (for the grace period, and for
+        a window a concurrent transaction indexed under an older id)."""
+        newest = conn.execute(select(func.max(self.t.spans.c.id))).scalar() or 0
+        if newest == self._indexed and now < self._next_full:
+            return Counter()
+        self._indexed, self._next_full = newest, now + FULL_PASS_S
         t = self.t.labels
         pending = conn.execute(
-            select(t.c.device, t.c.boot, t.c.row, t.c.source, t.c.received)
+            select(t.c.device, t.c.boot, t.c.row_number, t.c.source, t.c.received)
             .where(t.c.state == PENDING)
             .order_by(t.c.received)
             .limit(PENDING_PER_PASS)
@@ -289,10 +299,10 @@ class LabelLedger:
         for p in pending:
             groups.setdefault((p.device, p.boot), []).append(p)
         for (dev, boot), items in groups.items():
-            found = self._resolve(conn, dev, boot, [p.row for p in items])
+            found = self._resolve(conn, dev, boot, [p.row_number for p in items])
             for p in items:
-                hit = found.get(p.row)
-                key = (t.c.device == dev) & (t.c.boot == boot) & (t.c.row == p.row)
+                hit = found.get(p.row_number)
+                key = (t.c.device == dev) & (t.c.boot == boot) & (t.c.row_number == p.row_number)
                 if hit is not None:
                     conn.execute(
                         update(t)
@@ -329,12 +339,12 @@ class LabelLedger:
             q = q.where(t.c.model == model.name, t.c.version == model.version)
         if devices is not None:
             q = q.where(t.c.device.in_(list(devices)))
-        q = q.order_by(t.c.received, t.c.device, t.c.boot, t.c.row)
+        q = q.order_by(t.c.received, t.c.device, t.c.boot, t.c.row_number)
         return [
             JoinedLabel(
                 r.device,
                 r.boot,
-                r.row,
+                r.row_number,
                 ModelRef(r.model, r.version),
                 r.prediction,
                 r.label,
@@ -383,8 +393,10 @@ class LabelLedger:
         t = self.t.labels
         found: set[int] = set()
         for i in range(0, len(rows), IN_CHUNK):
-            q = select(t.c.row).where(
-                t.c.device == device, t.c.boot == boot, t.c.row.in_(rows[i : i + IN_CHUNK])
+            q = select(t.c.row_number).where(
+                t.c.device == device,
+                t.c.boot == boot,
+                t.c.row_number.in_(rows[i : i + IN_CHUNK]),
             )
             found.update(r[0] for r in conn.execute(q))
         return found
