@@ -19,6 +19,11 @@ that does not decode is not stored: it is counted as refused (`malformed`, in `e
 devices`), logged once per device and kind, and confirmed all the same, since sending it
 again would not make it valid; the other records of its batch are stored as ever.
 
+Ground truth a device sends on dev/{id}/labels is stored like its other records and joined to
+the predictions it names in the same transaction (cloud_hub.quality.ledger); `quality` (a
+cloud_hub.quality.watch.QualityWatch) joins late labels and checks the accuracy floors between
+messages.
+
 Every command goes out signed with the hub's command key (cloud_hub/signing/commands.py), with
 the next counter of its device; a deploy or a shadow grants the device its target, and the hub
 serves chunks only of a target granted to the asking device (encrypted when the command said
@@ -41,11 +46,15 @@ from typing import Any
 
 from securesystemslib.signer import Signer
 
+from cloud_hub.drift.source import PublishedCards
 from cloud_hub.experiments.operations import step_all as step_experiments
-from cloud_hub.experiments.samples import Outcomes
+from cloud_hub.experiments.samples import Outcomes, outcomes_from_labels
 from cloud_hub.ingest_limits import MALFORMED, UNCOMMANDED, DeviceGuard, Limits, refusal_line
+from cloud_hub.quality.metrics import Floors
+from cloud_hub.quality.watch import QualityWatch
 from cloud_hub.retrain.runner import Hub as RetrainHub
-from cloud_hub.retrain.runner import Ticker, hub_labels
+from cloud_hub.retrain.runner import Ticker
+from cloud_hub.retrain.triggers import StoreLabels
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.gates import Metrics, Position, after_install, measure
 from cloud_hub.rollout.operations import fleet_facts
@@ -134,14 +143,16 @@ class Hub:
         clock: Callable[[], float] = time.time,
         limits: Limits | None = None,
         outcomes: Outcomes | None = None,
+        accuracy_floors: Floors | None = None,
     ) -> None:
         self.home = home
         self.clock = clock  # the rollouts' and experiments' `now`; tests drive it
-        self.outcomes = outcomes  # labels joined to predictions: experiments on accuracy
         self._next_experiments = 0.0
         self.topics = Topics(prefix)
         self.repo = TufRepository(home)
         self.store = Store(store_url or default_url(home))
+        # experiments on accuracy: the labels joined to predictions in the store, unless given
+        self.outcomes = outcomes or outcomes_from_labels(self.store.joined_labels)
         self.rejected: Counter[str] = Counter()
         self.stored: Counter[str] = Counter()  # new records this process stored, per kind
         self.handled = threading.Condition()  # notified after each message; for observers
@@ -151,8 +162,9 @@ class Hub:
         self.guard = DeviceGuard(limits or Limits())
         self._refusing: set[tuple[str, str]] = set()  # (device, reason) said in the log
         self._next_prune = 0.0
+        self.quality = QualityWatch(self.store, PublishedCards(self.repo), accuracy_floors)
         self.session = MqttSession(client_id, broker, persistent=True, manual_ack=True)
-        for kind in ("status", "telemetry", "drift", "events", "xfer/req"):
+        for kind in ("status", "telemetry", "drift", "events", "labels", "xfer/req"):
             self.session.subscribe_acked(self.topics.any_device(kind), self._queue, share=share)
         # what answers a device's transfer request (xfer/req): `serve_chunks`; a test wraps it
         # to withhold chunks, or to put something on the broker while a device waits for them
@@ -162,7 +174,7 @@ class Hub:
         self._published_ts = 0
         self._next_timestamp_check = 0.0
         self._command_key: Signer | None = None
-        self.retrain = Ticker(RetrainHub(home, self.store, hub_labels()))
+        self.retrain = Ticker(RetrainHub(home, self.store, StoreLabels(self.store)))
 
     def _queue(self, topic: str, payload: bytes, ack: Ack) -> None:
         """The MQTT session's thread: a device past its message rate is refused here, before its
@@ -342,6 +354,7 @@ class Hub:
             if self.repo.initialised:
                 self._publish_tuf()
             self._note_refusals(now)
+            self.quality.tick(now)
             self._send_outbox()
             self._step_rollouts()
             self._step_experiments()

@@ -45,6 +45,7 @@ from edge_agent.protocol.messages import (
 from edge_agent.protocol.records import (
     DeviceEvent,
     DeviceStats,
+    Labels,
     ShadowReport,
     TelemetryWindow,
     WindowInputs,
@@ -151,13 +152,15 @@ class Agent:
             drain_rate=cfg.telemetry.drain_rate,
             confirm_timeout=cfg.telemetry.confirm_timeout_s,
         )
-        self.results = ResultPublisher.from_settings(cfg.results, cfg.device.id)
+        self.results = ResultPublisher.from_settings(cfg.results, cfg.device.id, self._labels)
         self.resources = ResourceMeter(time.monotonic())
         self.pipeline = Pipeline(
             on_drift=lambda r: self.keep("drift", r),
             on_window=self._window,
             on_result=self.results,
             on_shadow_report=self._shadow_report,
+            window_rows=cfg.telemetry.window_rows,
+            keep_predictions=cfg.telemetry.predictions,
         )
         rate = cfg.telemetry.raw_sample_rate
         if rate > 0:  # off by default: raw inputs may be personal data
@@ -211,6 +214,10 @@ class Agent:
         )
         self.keep(record.KIND, record.to_body())
 
+    def _labels(self, labels: Labels) -> None:
+        """Ground truth taken in locally (edge_agent.uplink.labels): a record for the hub."""
+        self.keep(labels.KIND, labels.to_body())
+
     def _raw_sample(self, body: dict[str, Any]) -> None:
         self.keep("telemetry", body)  # a record of its own (edge_agent.uplink.sampling)
 
@@ -231,9 +238,18 @@ class Agent:
 
     def _storage_ready(self) -> bool:
         """Whether records can be kept: the boot counter persisted and the buffer open under
-        it. Until then each call (at most one a second) tries what is missing."""
+        it. Until then each call (at most one a second) tries what is missing. Inferred rows
+        are numbered under the boot once it is persisted (edge_agent.protocol.ids)."""
         if self._boot_persisted and self.buffer.opened:
             return True
+        persisted = self._boot_persisted
+        try:
+            return self._make_storage_ready()
+        finally:
+            if self._boot_persisted and not persisted:  # outside the lock: it may keep a record
+                self.pipeline.number_rows(self.cfg.device.id, self.boot)
+
+    def _make_storage_ready(self) -> bool:
         with self._storage_lock:
             now = time.time()
             if not self._boot_persisted:

@@ -41,6 +41,9 @@ RETIRED_KEYS = {
     ("drift", "psi_warn"): "drift.warn_every (drift-free windows between false warnings)",
     ("drift", "psi_alert"): "drift.alert_every (drift-free windows between false alerts)",
 }
+# rows of predictions one telemetry message may carry (window_rows x batch_size): at 24 bytes a
+# prediction at most (a float in JSON), 6 MB, under the 8 MiB packets of `edgehub broker-config`
+MAX_ROWS_PER_MESSAGE = 250_000
 # the TOML types a field of each Python type takes
 _TOML_TYPES: dict[Any, tuple[type, ...]] = {
     bool: (bool,),
@@ -292,6 +295,19 @@ def load_config(path: Path) -> AgentSettings:
         raise ConfigError(
             f"{source}: drift.warn_every ({drift['warn_every']}) expected below "
             f"drift.alert_every ({drift['alert_every']}): alerts are rarer than warnings"
+        )
+    telemetry = settings["telemetry"]
+    if telemetry["window_rows"] * telemetry["batch_size"] > MAX_ROWS_PER_MESSAGE:
+        raise ConfigError(
+            f"{source}: telemetry.window_rows ({telemetry['window_rows']}) times "
+            f"telemetry.batch_size ({telemetry['batch_size']}) expected at most "
+            f"{MAX_ROWS_PER_MESSAGE}: a message of that many predictions stays under the "
+            "broker's 8 MiB packet limit"
+        )
+    if settings["results"]["labels"] and not settings["results"]["enabled"]:
+        raise ConfigError(
+            f"{source}: results.labels = true expected results.enabled = true (labels come in "
+            "on the results feed's broker), found enabled = false"
         )
     device = data.get("device", {})
     if "id" not in device:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.mqtt.options import is_results_topic
+from edge_agent.protocol.records import MAX_WINDOW_ROWS
 from edge_agent.uplink.buffer import Cap
 
 MAX_CAPTURE_ROWS = 1000  # rows of inputs a drift alert may carry to the hub
@@ -75,6 +76,13 @@ class TelemetrySettings:
             )
         )
     )
+    # each window names its rows by prediction id; with predictions, the model's output for each
+    predictions: bool
+    window_rows: int = field(
+        metadata=ruled(
+            lambda v: None if 1 <= v <= MAX_WINDOW_ROWS else f"1 to {MAX_WINDOW_ROWS} rows"
+        )
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +92,7 @@ class BufferCaps:
 
     events: Cap
     drift: Cap
+    labels: Cap
     telemetry: Cap
 
     def by_kind(self) -> dict[str, Cap]:
@@ -138,6 +147,19 @@ class ResultsSettings:
         )
     )
     qos: int = field(metadata=ruled(lambda v: None if v in (0, 1) else "0 or 1"))
+    # ground truth taken in on labels_topic of the same broker and sent to the hub
+    # (edge_agent.uplink.labels); needs `enabled`
+    labels: bool
+    labels_topic: str = field(
+        metadata=ruled(
+            lambda v: (
+                None
+                if is_results_topic(v)
+                else "an MQTT topic name without wildcards ('+', '#') whose only placeholder "
+                "is {device_id}"
+            )
+        )
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

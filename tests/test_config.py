@@ -357,7 +357,7 @@ def test_caps_per_class_come_from_the_profile(tmp_path: Path) -> None:
     assert caps.events.max_rows == 500
     assert caps.events.max_bytes is not None
     assert caps.events.max_bytes > 0  # the base's, merged under the device's own key
-    assert set(caps.by_kind()) == {"events", "drift", "telemetry"}
+    assert set(caps.by_kind()) == {"events", "drift", "labels", "telemetry"}
     assert load_config(path).telemetry.raw_sample_rate == 0  # off by default
 
 

@@ -19,6 +19,7 @@ from cloud_hub.broker.local import RunningBroker
 from cloud_hub.experiments import engine as en
 from cloud_hub.experiments.design import A, B, Rate
 from edge_agent.protocol.messages import Batch, ModelRef, Record, StorageCondition
+from edge_agent.protocol.records import Labels, TelemetryWindow, WindowRows
 from tests.support.dashboard_fleet import TOKEN, HubWithDashboard, SimDevice, http, running_hub
 
 pytestmark = pytest.mark.broker
@@ -174,6 +175,42 @@ def test_every_answer_matches_the_openapi_description(
 
     status, _ = api.check(base, "/metrics", "/metrics")
     assert status == 200
+
+    # ground truth in, quality out (tests/test_ground_truth.py joins a real agent's predictions)
+    window = TelemetryWindow(window_s=1.0, model=V1, count=3, rows=WindowRows(1, 0, (0, 1, 1)))
+    fleet[0].send("telemetry", window.to_body())
+    fleet[1].send("labels", Labels((("pi-1/1/0", 1),)).to_body())  # not pi-2's to say
+    dash.wait(
+        "the window and the labels",
+        lambda: dash.hub.store.record_counts() == {"telemetry": 5, "drift": 2, "labels": 1},
+    )
+    labels = [{"prediction": f"pi-1/1/{i}", "label": y} for i, y in enumerate((0, 0, 1))]
+    body = json.dumps([*labels, {"prediction": "nope", "label": 1}])
+    _, answer = api.check(base, "/api/labels", "/api/labels", "post", body=body)
+    assert answer == {"received": 4, "outcomes": {"joined": 3, "malformed": 1}}
+    _, quality = api.check(base, "/api/metrics", "/api/metrics?by=device&since_s=3600")
+    (row,) = quality["rows"]
+    assert (row["model"], row["version"], row["group"], row["labels"]) == ("climate", 1, "pi-1", 3)
+    assert row["task"] == "classification"  # no card here: told by its predictions
+    assert row["accuracy"]["value"] == pytest.approx(2 / 3) and row["rmse"] is None
+    assert quality["labels"]["counts"] == {
+        "api": {"joined": 3, "malformed": 1},
+        "device": {"foreign": 1},
+    }
+    status, _, text = http(base + "metrics")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    }
+    climate = (("metric", "accuracy"), ("model", "climate"), ("version", "1"))
+    assert samples[("edgefleet_model_quality", climate)] == pytest.approx(2 / 3)
+    assert samples[("edgefleet_model_labels", (("model", "climate"), ("version", "1")))] == 3
+    joined = (("outcome", "joined"), ("source", "api"))
+    assert samples[("edgefleet_labels_total", joined)] == 3
+    api.check(base, "/api/labels", "/api/labels", "post", body='[{"prediction": "pi-1/1/0"}]')
+    api.check(base, "/api/labels", "/api/labels", "post", token=None, body="[]")
+    api.check(base, "/api/metrics", "/api/metrics?model=Bad!")
     # the error answers are documented too
     api.check(base, "/api/fleet", "/api/fleet", token=None)
     api.check(base, "/api/devices/{device}", "/api/devices/nobody")

@@ -30,7 +30,7 @@ from tests.support.models import active_model, csv_line
 
 WAIT_S = 5.0  # upper bound for every wait on another thread; never reached when things work
 RECONNECT_WAIT_S = 20.0  # retries wait under a ceiling of 1 s, then 2 s, 4 s... (jittered)
-RESULT_KEYS = {"ts", "model", "prediction", "latency_ms"}
+RESULT_KEYS = {"ts", "model", "prediction", "latency_ms", "id"}
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +294,13 @@ def test_publisher_reconnects_after_the_broker_is_killed(broker: RunningBroker) 
 
 def test_publisher_from_settings() -> None:
     settings = ResultsSettings(
-        enabled=False, host="127.0.0.1", port=1883, topic=DEFAULT_TOPIC, qos=0
+        enabled=False,
+        host="127.0.0.1",
+        port=1883,
+        topic=DEFAULT_TOPIC,
+        qos=0,
+        labels=False,
+        labels_topic="edgefleet/local/{device_id}/labels",
     )
     assert ResultPublisher.from_settings(settings, "pi-01") is None
     pub = ResultPublisher.from_settings(
@@ -355,6 +361,8 @@ def test_results_defaults_come_from_base(tmp_path: Path) -> None:
         port=1883,
         topic="edgefleet/local/{device_id}/results",
         qos=0,
+        labels=False,
+        labels_topic="edgefleet/local/{device_id}/labels",
     )
     assert ResultPublisher.from_settings(cfg.results, cfg.device.id) is None
     assert set(load_profile("raspberry-pi-4")["results"]) == set(keys_of(ResultsSettings))

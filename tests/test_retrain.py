@@ -17,10 +17,10 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from cloud_hub.cli import app as cli
+from cloud_hub.quality.labels import JoinedLabel
 from cloud_hub.retrain import registry as reg
 from cloud_hub.retrain.policy import LabelsTrigger, Policy, parse_command, parse_timeout
 from cloud_hub.retrain.runner import Hub, check_policies
-from cloud_hub.retrain.triggers import LabelRow
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.operations import init_hub, open_repo, publish_bundle
 from cloud_hub.store.database import Store, default_url
@@ -52,7 +52,7 @@ joblib.dump(LogisticRegression().fit(x, y), out)
 class FakeLabels:
     """Labels for every sampled row (the LabelSource the hub's labels will implement)."""
 
-    def __init__(self, rows: Sequence[LabelRow]) -> None:
+    def __init__(self, rows: Sequence[JoinedLabel]) -> None:
         self._rows = list(rows)
 
     def count_since(self, model: str, since: float) -> int:
@@ -61,7 +61,7 @@ class FakeLabels:
     def accuracy(self, model: str, since: float) -> tuple[float, int] | None:
         return None
 
-    def rows(self, model: ModelRef) -> Sequence[LabelRow]:
+    def rows(self, model: ModelRef) -> Sequence[JoinedLabel]:
         return [r for r in self._rows if r.model == model]
 
 
@@ -91,12 +91,12 @@ def hub(tmp_path: Path) -> Hub:
         records = []
         for seq in range(200):
             row = x[d * 200 + seq]
-            body = RawSample(
-                SERVING, dict(zip(FEATURES, map(float, row), strict=True)), int(row[0] > 0)
-            ).to_body()
+            features = dict(zip(FEATURES, map(float, row), strict=True))
+            pid = f"{device}/1/{seq}"  # its prediction id: the labels name it
+            body = RawSample(SERVING, features, int(row[0] > 0), id=pid).to_body()
             records.append(Record(1, seq, now - 600 + seq, body))
             labels.append(
-                LabelRow(device, 1, seq, SERVING, int(row[0] > 0), int(y[d * 200 + seq]), now)
+                JoinedLabel(device, 1, seq, SERVING, int(row[0] > 0), int(y[d * 200 + seq]), now)
             )
         store.add_batch("telemetry", Batch(device, tuple(records)))
     (tmp_path / "train.py").write_text(TRAIN)

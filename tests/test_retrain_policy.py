@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from cloud_hub.quality.labels import JoinedLabel
 from cloud_hub.retrain.policy import (
     AccuracyTrigger,
     DriftTrigger,
@@ -19,7 +20,6 @@ from cloud_hub.retrain.policy import (
 from cloud_hub.retrain.triggers import (
     MIN_ACCURACY_LABELS,
     DriftPoint,
-    LabelRow,
     drift_holds,
     first_firing,
     labels_hold,
@@ -167,10 +167,10 @@ def test_drift_fires_once_per_episode() -> None:
 class FakeLabels:
     """A LabelSource over a fixed list of labels."""
 
-    def __init__(self, rows: Sequence[LabelRow]) -> None:
+    def __init__(self, rows: Sequence[JoinedLabel]) -> None:
         self._rows = list(rows)
 
-    def _since(self, model: str, since: float) -> list[LabelRow]:
+    def _since(self, model: str, since: float) -> list[JoinedLabel]:
         return [r for r in self._rows if r.model.name == model and r.received >= since]
 
     def count_since(self, model: str, since: float) -> int:
@@ -182,13 +182,13 @@ class FakeLabels:
             return None
         return sum(r.prediction == r.label for r in rows) / len(rows), len(rows)
 
-    def rows(self, model: ModelRef) -> Sequence[LabelRow]:
+    def rows(self, model: ModelRef) -> Sequence[JoinedLabel]:
         return [r for r in self._rows if r.model == model]
 
 
 def _labels(n: int, right: int, at: float) -> FakeLabels:
     m = ModelRef("wine", 1)
-    return FakeLabels([LabelRow("a", 1, i, m, 1, 1 if i < right else 0, at) for i in range(n)])
+    return FakeLabels([JoinedLabel("a", 1, i, m, 1, 1 if i < right else 0, at) for i in range(n)])
 
 
 def test_label_count_and_accuracy_triggers() -> None:

@@ -54,6 +54,7 @@ try:
     from cloud_hub.cli import experiment as experiment_cli
     from cloud_hub.cli import fleet as fleet_cli
     from cloud_hub.cli import keys as keys_cli
+    from cloud_hub.cli import quality as quality_cli
     from cloud_hub.cli import retrain as retrain_cli
     from cloud_hub.cli import rollout as rollout_cli
     from cloud_hub.cli import shadow as shadow_cli
@@ -209,6 +210,7 @@ def _serve(args: argparse.Namespace, user: str | None, client_id: str) -> int:
     from cloud_hub.ha_discovery import HaDiscovery
     from cloud_hub.hub import Hub
     from cloud_hub.ingest_limits import Limits
+    from cloud_hub.quality.metrics import Floors
     from cloud_hub.web.api import WebAuth, create_app
     from cloud_hub.web.server import WebServer, load_token, parse_listen
     from edge_agent.mqtt.session import BrokerAddress
@@ -225,6 +227,7 @@ def _serve(args: argparse.Namespace, user: str | None, client_id: str) -> int:
         share=args.share,
         retention_days=args.retention_days,
         limits=Limits(args.device_rate, 10 * args.device_rate, args.device_quota),
+        accuracy_floors=Floors.parse(args.accuracy_floor or []),
     )
     ha = HaDiscovery(broker, hub.topics, args.ha_prefix) if args.ha_discovery else None
     web = None
@@ -318,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cli.register(sub, add)
     shadow_cli.register(sub, add)
     drift_cli.register(sub, add)
+    quality_cli.register(sub, add)
     simulate_cli.register(sub, add)
 
     model = sub.add_parser("model", help="signed model bundles").add_subparsers(
@@ -442,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="announce each device's sensors to Home Assistant (MQTT discovery)",
     )
     sp.add_argument("--ha-prefix", default="homeassistant", help="Home Assistant's topic prefix")
+    quality_cli.floor_option(sp, "log once when a model version falls below it")
     sp.add_argument(
         "--broker-user",
         help="the hub's username from `edgehub broker-config` (password: env "

@@ -16,13 +16,15 @@ AddCommand = Callable[..., argparse.ArgumentParser]
 
 
 def _hub(args: argparse.Namespace) -> Any:
-    from cloud_hub.retrain.runner import Hub, hub_labels
+    from cloud_hub.retrain.runner import Hub
+    from cloud_hub.retrain.triggers import StoreLabels
     from cloud_hub.rollout.operations import open_repo
     from cloud_hub.store.database import Store, default_url
 
     home = Path(args.home)
     open_repo(home)  # no hub here: say so, rather than what SQLite thinks of the path
-    return Hub(home, Store(default_url(home)), hub_labels())
+    store = Store(default_url(home))
+    return Hub(home, store, StoreLabels(store))
 
 
 def cmd_policy_add(args: argparse.Namespace) -> int:

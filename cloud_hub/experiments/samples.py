@@ -18,6 +18,8 @@ from typing import Protocol
 
 from cloud_hub.experiments.design import Rate, Sample, Windows
 from cloud_hub.experiments.engine import Experiment
+from cloud_hub.quality.labels import JoinedLabel
+from cloud_hub.quality.metrics import class_key
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.gates import after_install
 from cloud_hub.store.database import Store, typed
@@ -29,31 +31,22 @@ from edge_agent.protocol.records import DeviceEvent, TelemetryWindow
 Outcomes = Callable[[ModelRef, Sequence[str], float], tuple[int, int]]
 
 
-class LabelRow(Protocol):
-    """A label joined to the prediction it judges (what `Store.joined_labels` returns)."""
-
-    @property
-    def prediction(self) -> object: ...
-    @property
-    def label(self) -> object: ...
-
-
 class JoinedLabels(Protocol):
     def __call__(
         self,
         model: ModelRef | None = None,
         devices: Sequence[str] | None = None,
         since: float = 0.0,
-    ) -> Sequence[LabelRow]: ...
+    ) -> Sequence[JoinedLabel]: ...
 
 
 def outcomes_from_labels(joined: JoinedLabels) -> Outcomes:
-    """Accuracy outcomes from joined labels: a label counts as a success when it equals the
-    prediction (as given, or as text: 1 and "1" are one class)."""
+    """Accuracy outcomes from joined labels: a label counts as a success when it is the
+    prediction's class (cloud_hub.quality.metrics.class_key: 2, 2.0 and "2" are one class)."""
 
     def outcomes(model: ModelRef, devices: Sequence[str], since: float) -> tuple[int, int]:
         rows = joined(model=model, devices=list(devices), since=since)
-        right = sum(1 for r in rows if r.prediction == r.label or str(r.prediction) == str(r.label))
+        right = sum(1 for r in rows if class_key(r.prediction) == class_key(r.label))
         return right, len(rows)
 
     return outcomes

@@ -2,11 +2,12 @@
 
     samples.csv    the sampled raw rows (RawSample telemetry): device, boot, seq, ts, one column
                    per feature, the serving model's `prediction`, the `label` where one is known
+                   (joined by the sample's prediction id, DEVICE/BOOT/ROW)
     captures.csv   the inputs devices captured on drift alerts: device, boot, seq, ts, features
     labels.csv     the labels for its predictions: device, boot, row, prediction, label, received
     reference.csv  the reference sample of the serving model's signed card: features, prediction
-    holdout/samples.csv   a fifth of the labeled sampled rows (chosen by a hash of device, boot
-                   and seq, so a row stays on its side as the data grows), kept from training
+    holdout/samples.csv   a fifth of the labeled sampled rows (chosen by a hash of their
+                   prediction id, so a row stays on its side as the data grows), kept from training
                    and used to validate a candidate against the serving model
     manifest.json  sha256 and row count of each file, the time range, the model, the features
 
@@ -29,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from cloud_hub.drift.source import PublishedCards
-from cloud_hub.retrain.triggers import LabelRow, LabelSource
+from cloud_hub.quality.labels import JoinedLabel
+from cloud_hub.retrain.triggers import LabelSource
 from cloud_hub.store.database import Store, typed
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.card import ModelCard
+from edge_agent.protocol.ids import parse_prediction_id
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import DriftReport, RawSample
 
@@ -50,8 +53,8 @@ class Dataset:
     manifest: dict[str, Any]
 
 
-def held_out(device: str, boot: int, seq: int) -> bool:
-    digest = hashlib.sha256(f"{device}/{boot}/{seq}".encode()).digest()
+def held_out(device: str, boot: int, row: int) -> bool:
+    digest = hashlib.sha256(f"{device}/{boot}/{row}".encode()).digest()
     return digest[0] % HOLDOUT_EVERY == 0
 
 
@@ -74,18 +77,20 @@ def _csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> tuple[bytes, i
 
 
 def dataset_files(
-    store: Store, card: ModelCard, labels: Sequence[LabelRow]
+    store: Store, card: ModelCard, labels: Sequence[JoinedLabel]
 ) -> tuple[dict[str, tuple[bytes, int]], list[float]]:
     """(file name -> (CSV bytes, rows), the timestamps of the rows) for the card's model."""
     model, features = card.model, card.feature_names
     truth = {(lab.device, lab.boot, lab.row): lab.label for lab in labels}
     train: list[list[Any]] = []
     holdout: list[list[Any]] = []
+    held: set[tuple[str, int, int]] = set()  # (device, boot, row) of the held-out labels
     times: list[float] = []
     for r, sample in typed(store.records("telemetry"), RawSample):
         if sample.model != model:
             continue
-        label = truth.get((r.device, r.boot, r.seq))
+        key = _row_key(sample)
+        label = truth.get(key) if key is not None else None
         row = [
             r.device,
             r.boot,
@@ -96,7 +101,11 @@ def dataset_files(
             label,
         ]
         times.append(r.ts)
-        (holdout if label is not None and held_out(r.device, r.boot, r.seq) else train).append(row)
+        if key is not None and label is not None and held_out(*key):
+            holdout.append(row)
+            held.add(key)
+        else:
+            train.append(row)
     captures: list[list[Any]] = []
     for r, report in typed(store.records("drift"), DriftReport):
         if report.model != model or report.capture is None:
@@ -105,7 +114,6 @@ def dataset_files(
         for values in report.capture.rows:
             by_name = dict(zip(report.capture.features, values, strict=True))
             captures.append([r.device, r.boot, r.seq, r.ts, *(by_name.get(f) for f in features)])
-    held = {(row[0], row[1], row[2]) for row in holdout}
     label_rows = [
         [lab.device, lab.boot, lab.row, lab.prediction, lab.label, lab.received]
         for lab in labels
@@ -177,3 +185,12 @@ def export_dataset(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Dataset(manifest["id"], folder, manifest)
+
+
+def _row_key(sample: RawSample) -> tuple[str, int, int] | None:
+    """(device, boot, row) of the sample's prediction id, which labels name; None for a sample
+    from an agent before prediction ids."""
+    if sample.id is None:
+        return None
+    pid = parse_prediction_id(sample.id, "raw sample id")
+    return pid.device, pid.boot, pid.row

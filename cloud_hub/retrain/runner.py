@@ -38,7 +38,6 @@ from cloud_hub.retrain.triggers import (
     DEFAULT_STALE_S,
     DriftPoint,
     LabelSource,
-    NoLabels,
     first_firing,
 )
 from cloud_hub.rollout.operations import open_repo, publish_bundle, start_rollout
@@ -389,8 +388,3 @@ class Ticker:
             check_policies(self.hub)
         except (EdgefleetError, OSError) as exc:
             log.warning("retrain check: %s", exc)
-
-
-def hub_labels() -> LabelSource:
-    """The labels the hub holds (none until labels are stored)."""
-    return NoLabels()

@@ -19,7 +19,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from cloud_hub.quality.labels import JoinedLabel
+from cloud_hub.quality.metrics import class_key
 from cloud_hub.retrain.policy import AccuracyTrigger, DriftTrigger, LabelsTrigger, Trigger
+from cloud_hub.store.database import Store
 from edge_agent.protocol.messages import ModelRef
 
 DEFAULT_STALE_S = 900.0
@@ -35,20 +38,6 @@ class DriftPoint:
     status: str
 
 
-@dataclass(frozen=True)
-class LabelRow:
-    """One label joined to the prediction it answers: the sampled row's device, boot and row
-    (the key the data set joins it on), what the model said and the truth."""
-
-    device: str
-    boot: int
-    row: int
-    model: ModelRef
-    prediction: object
-    label: object
-    received: float
-
-
 class LabelSource(Protocol):
     """The labels the hub holds, joined to the predictions they answer (one small interface:
     the hub's store implements it once labels are stored)."""
@@ -61,22 +50,32 @@ class LabelSource(Protocol):
         """(share of those labels the prediction got right, how many), None without any."""
         ...
 
-    def rows(self, model: ModelRef) -> Sequence[LabelRow]:
+    def rows(self, model: ModelRef) -> Sequence[JoinedLabel]:
         """Every label for predictions of this model version."""
         ...
 
 
-class NoLabels:
-    """A hub without labels: no counts, no accuracy, no rows."""
+class StoreLabels:
+    """The labels the hub's store holds, joined to their predictions (cloud_hub.quality)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _of(self, model: str, since: float) -> list[JoinedLabel]:
+        return [j for j in self.store.joined_labels(since=since) if j.model.name == model]
 
     def count_since(self, model: str, since: float) -> int:
-        return 0
+        return len(self._of(model, since))
 
     def accuracy(self, model: str, since: float) -> tuple[float, int] | None:
-        return None
+        joined = self._of(model, since)
+        if not joined:
+            return None
+        right = sum(class_key(j.prediction) == class_key(j.label) for j in joined)
+        return right / len(joined), len(joined)
 
-    def rows(self, model: ModelRef) -> Sequence[LabelRow]:
-        return ()
+    def rows(self, model: ModelRef) -> Sequence[JoinedLabel]:
+        return self.store.joined_labels(model=model)
 
 
 def _at_level(status: str, level: str) -> bool:

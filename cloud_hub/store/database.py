@@ -1,7 +1,10 @@
 """The hub's storage, behind one layer (SQLAlchemy Core): SQLite by default, PostgreSQL by URL.
 
-Device records (telemetry, drift reports, events) are stored exactly once: (device, boot, seq) is
-unique and a repeat is ignored, so an agent may resend whatever it is not sure arrived.
+Device records (telemetry, drift reports, events, labels) are stored exactly once: (device, boot,
+seq) is unique and a repeat is ignored, so an agent may resend whatever it is not sure arrived.
+Ground truth (cloud_hub.quality.ledger) is kept beside them: a new telemetry record that names
+its rows is indexed, and the labels a device sends are joined, in the transaction that stores
+them.
 
 A record's body is stored as it arrived; the hub decodes it once before it stores it
 (edge_agent.protocol.records) and refuses one that does not decode. Readers see typed records
@@ -46,10 +49,20 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.drift.fleet import pooled_accuracy
+from cloud_hub.quality.labels import FROM_DEVICE, LABEL_GRACE_S, JoinedLabel
+from cloud_hub.quality.ledger import LabelLedger, define_tables, span_of
 from cloud_hub.store.errors import raise_store_errors, store_error
 from edge_agent.errors import MessageError, TransportError
-from edge_agent.protocol.messages import Batch, Status
-from edge_agent.protocol.records import Body, DeviceStats, DriftReport, TelemetryWindow, decode
+from edge_agent.protocol.messages import Batch, ModelRef, Status
+from edge_agent.protocol.records import (
+    Body,
+    DeviceStats,
+    DriftReport,
+    Labels,
+    Scalar,
+    TelemetryWindow,
+    decode,
+)
 
 log = logging.getLogger(__name__)
 B = TypeVar("B", bound=Body)
@@ -156,6 +169,9 @@ hub_state = Table(
     Column("value", JSON, nullable=False),
 )
 
+# ground truth: prediction_spans, ground_truth, label_counts (cloud_hub.quality.ledger)
+label_tables = define_tables(metadata, devices, records)
+
 
 retrain_policies = Table(  # when to retrain a model and how (cloud_hub.retrain)
     "retrain_policies",
@@ -260,6 +276,7 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        self.ledger = LabelLedger(label_tables, self._insert_once)
 
     def _insert_once(self, table: Table) -> Any:
         dialect = self.engine.dialect.name
@@ -312,8 +329,24 @@ class Store:
         if not rows:
             return 0
         # RETURNING names the rows really inserted: a repeat is skipped by the conflict clause
-        stored = conn.execute(self._insert_once(records).returning(records.c.id), rows)
-        return len(stored.all())
+        returning = (records.c.id, records.c.boot, records.c.seq)
+        stored = conn.execute(self._insert_once(records).returning(*returning), rows).all()
+        if kind in ("telemetry", "labels") and stored:
+            self._new_records(conn, kind, batch, stored, now)
+        return len(stored)
+
+    def _new_records(self, conn: Any, kind: str, batch: Batch, stored: Any, now: float) -> None:
+        """Ground truth of newly stored records: the predictions a telemetry record names are
+        indexed, the labels a device sent are joined (cloud_hub.quality.ledger)."""
+        by_key = {(r.boot, r.seq): r for r in batch.records}
+        new = [(rid, by_key[(boot, seq)]) for rid, boot, seq in stored]
+        if kind == "telemetry":
+            spans = [span_of(rid, batch.device, r.ts, r.body) for rid, r in new]
+            self.ledger.index_records(conn, [s for s in spans if s is not None], now)
+            return
+        for _rid, r in new:
+            labels = Labels.from_body(r.body, f"labels record of {batch.device}")
+            self.ledger.add(conn, labels.labels, FROM_DEVICE, now, device=batch.device)
 
     def _seen(self, conn: Any, device: str, now: float) -> None:
         conn.execute(self._insert_once(devices), [{"id": device, "last_seen": now}])
@@ -436,6 +469,41 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
         return [_stored(r) for r in rows]
+
+    # ---- ground truth (cloud_hub.quality) ----------------------------------------------------
+    def add_labels(self, pairs: list[tuple[str, Scalar]], source: str, now: float) -> Counter[str]:
+        """Keep (prediction id, label) pairs from `source` (api, csv, ...), joined to their
+        predictions where stored; returns how many had each outcome
+        (cloud_hub.quality.labels.OUTCOMES)."""
+        with self.engine.begin() as conn:
+            return self.ledger.add(conn, pairs, source, now)
+
+    def joined_labels(
+        self,
+        model: ModelRef | None = None,
+        devices: Sequence[str] | None = None,
+        since: float = 0.0,
+    ) -> list[JoinedLabel]:
+        """Labels joined to their predictions, received at or after `since` (epoch s), of one
+        model version and some devices (None: all), oldest first."""
+        with self.engine.connect() as conn:
+            return self.ledger.joined(conn, model, devices, since)
+
+    def join_labels(self, now: float, grace_s: float = LABEL_GRACE_S) -> Counter[str]:
+        """The join pass: pending labels joined to windows stored since, or unknown past the
+        grace period; returns what changed."""
+        with self.engine.begin() as conn:
+            return self.ledger.join_pending(conn, now, grace_s)
+
+    def label_counts(self) -> dict[str, dict[str, int]]:
+        """source -> outcome -> labels so far."""
+        with self.engine.connect() as conn:
+            return self.ledger.counts(conn)
+
+    def label_states(self) -> dict[str, int]:
+        """state (pending, joined, partial, unknown) -> labels kept in it now."""
+        with self.engine.connect() as conn:
+            return self.ledger.states(conn)
 
     # ---- rollouts ---------------------------------------------------------------------
     def add_rollout(self, rollout_id: str, state: str, body: dict[str, Any]) -> None:
@@ -732,6 +800,7 @@ def prune_records(store: Store, cutoff: float) -> int:
     """Retention: remove device records received before `cutoff` (epoch seconds)."""
     with store.engine.begin() as conn:
         result = conn.execute(delete(records).where(records.c.received < cutoff))
+        store.ledger.prune(conn, cutoff)
     return int(result.rowcount or 0)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -25,11 +25,15 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloud_hub.drift.source import FleetQuery, PublishedCards, read_fleet_drift
+from cloud_hub.quality.labels import FROM_API
+from cloud_hub.quality.report import MetricsQuery, quality_report
 from cloud_hub.store.database import Store
 from cloud_hub.web import views
 from cloud_hub.web.actions import ACTIONS, ActionRefused, NoSuchRollout, apply_action
 from cloud_hub.web.experiments import add_routes as add_experiment_routes
 from cloud_hub.web.metrics import registry_for
+from edge_agent.errors import ConfigError
+from edge_agent.protocol.records import MAX_LABELS
 
 STATIC = Path(__file__).parent / "static"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -229,6 +233,65 @@ class ActionOut(BaseModel):
     state: str
 
 
+class LabelIn(BaseModel):
+    prediction: Any = Field(description="the prediction id DEVICE/BOOT/ROW, e.g. pi-01/3/1520")
+    label: Any = Field(description="the true class label (a string or an integer) or value")
+
+
+class LabelsOut(BaseModel):
+    received: int = Field(description="labels in the request")
+    outcomes: dict[str, int] = Field(
+        description="how many were joined, late (kept until their window arrives), partial, "
+        "duplicate, unknown, foreign or malformed (README: ground truth)"
+    )
+
+
+class MetricValue(BaseModel):
+    value: float
+    low: float | None = Field(description="the 95% interval's lower end (null: one label)")
+    high: float | None
+
+
+class QualityRow(BaseModel):
+    model: str
+    version: int
+    task: Literal["classification", "regression"]
+    by: Literal["version", "device", "cohort"]
+    group: str = Field(description='"fleet", a device id, or "group:NAME" / "tag:NAME"')
+    bucket: float | None = Field(description="start of the time bucket (epoch s), with bucket_s")
+    labels: int = Field(description="labels joined to this row's predictions")
+    used: int = Field(description="labels the metrics use (a regressor's need a number)")
+    accuracy: MetricValue | None = Field(description="classifiers; Wilson interval")
+    precision: MetricValue | None = Field(description="macro; bootstrap interval")
+    recall: MetricValue | None = Field(description="macro; bootstrap interval")
+    f1: MetricValue | None = Field(description="macro; bootstrap interval")
+    rmse: MetricValue | None = Field(description="regressors; normal approximation")
+    mae: MetricValue | None = Field(description="regressors; normal approximation")
+    floor: float | None = Field(description="the accuracy floor of this model (null: none)")
+    alert: bool = Field(description="the 99% interval's upper end is below the floor")
+
+
+class LabelCountsOut(BaseModel):
+    counts: dict[str, dict[str, int]] = Field(description="source -> outcome -> labels so far")
+    states: dict[str, int] = Field(description="pending, joined, partial, unknown -> labels")
+
+
+class FloorsOut(BaseModel):
+    default: float | None
+    per_model: dict[str, float]
+
+
+class MetricsOut(BaseModel):
+    now: float
+    since_s: float
+    by: str
+    bucket_s: float | None
+    floors: FloorsOut
+    rows: list[QualityRow]
+    alerts: list[str] = Field(description="model versions below their accuracy floor")
+    labels: LabelCountsOut
+
+
 bearer = HTTPBearer(auto_error=False, description="the hub's dashboard token")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 DeviceId = Annotated[str, PathParam(pattern=ID_PATTERN, description="a device id")]
@@ -244,6 +307,18 @@ SinceSeconds = Annotated[
     float,
     Query(gt=0, le=30 * 86400, allow_inf_nan=False, description="reports of the last seconds"),
 ]
+LabelsSince = Annotated[
+    float,
+    Query(gt=0, le=366 * 86400, allow_inf_nan=False, description="labels of the last seconds"),
+]
+BucketSeconds = Annotated[
+    float | None,
+    Query(gt=0, allow_inf_nan=False, description="one row per bucket of prediction time"),
+]
+QualityModel = Annotated[
+    str | None, Query(max_length=84, description="only this model (NAME or NAME@VERSION)")
+]
+LabelsIn = Annotated[list[LabelIn], Body(max_length=MAX_LABELS)]
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -368,6 +443,40 @@ def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None)
         if model is not None:
             result["rows"] = [r for r in result["rows"] if r["model"] == model]
         return views.fleet_drift_map(result)
+
+    @app.get(
+        "/api/metrics",
+        response_model=MetricsOut,
+        responses=_errors(401, 403, 422),
+        description="Model quality from labels joined to predictions: accuracy, macro "
+        "precision, recall and F1 (classifiers) or RMSE and MAE (regressors), each with its "
+        "95% interval, per model version and group, and the accuracy floors' alerts.",
+        **reads,
+    )
+    def quality(
+        model: QualityModel = None,
+        since_s: LabelsSince = 86400.0,
+        by: Literal["version", "device", "cohort"] = "version",
+        bucket_s: BucketSeconds = None,
+    ) -> dict[str, Any]:
+        try:
+            query = MetricsQuery(since_s, model, by, bucket_s)
+        except ConfigError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return quality_report(store, cards, query)
+
+    @app.post(
+        "/api/labels",
+        response_model=LabelsOut,
+        responses=_errors(401, 403, 422),
+        dependencies=[Depends(write_access)],
+        description="Ground truth: a list of {prediction: id, label: value}, at most "
+        f"{MAX_LABELS}; each is joined to its prediction or counted by why not.",
+    )
+    def labels(body: LabelsIn) -> dict[str, Any]:
+        pairs = [(item.prediction, item.label) for item in body]
+        outcomes = store.add_labels(pairs, FROM_API, time.time())
+        return {"received": len(pairs), "outcomes": dict(outcomes)}
 
     @app.get("/api/rollouts", response_model=RolloutsOut, responses=_errors(401, 403), **reads)
     def rollouts() -> dict[str, Any]:

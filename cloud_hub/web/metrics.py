@@ -12,8 +12,10 @@ from prometheus_client.registry import Collector
 
 from cloud_hub.drift.fleet import STATUS_RANK
 from cloud_hub.drift.source import FleetQuery, PublishedCards, read_fleet_drift
+from cloud_hub.quality.report import MetricsQuery, quality_report
 from cloud_hub.store.database import Store, stats_of, typed
 from cloud_hub.web import views
+from cloud_hub.web.quality_metrics import quality_metrics
 from edge_agent.protocol.records import DriftReport
 
 FLEET_DRIFT_SINCE_S = 3600.0  # the metrics' fleet drift merges the last hour's windows
@@ -91,6 +93,7 @@ class StoreCollector(Collector):
         yield from fleet_drift_metrics(
             read_fleet_drift(self.store, self.cards, FleetQuery(FLEET_DRIFT_SINCE_S))["rows"]
         )
+        yield from quality_metrics(quality_report(self.store, self.cards, MetricsQuery()))
 
 
 def fleet_drift_metrics(rows: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:

@@ -8,14 +8,22 @@ the model that handled it (or of none), and the first one handled by another mod
 window before. So the `no-model` rejections of a device waiting for its first model, or the
 errors of the model it ran before an update, are never stamped with the model installed next.
 
+Once the agent has persisted its boot counter it calls `number_rows(device, boot)`: from then on
+every inferred row gets a prediction id `{device}/{boot}/{row}` (edge_agent.protocol.ids), `row`
+counting the rows inferred under that boot from 0, in order. A window's rows are consecutive, so
+its record names them by range, with the model's prediction for each unless
+`keep_predictions` is off (`WindowRows`); a window closes at `window_rows` rows, so its record
+stays bounded whatever the input rate. Rows inferred before `number_rows` have no id.
+
 With `on_result`, every inferred row is also handed on as a small JSON-able dict, for local
 actuators (see `edge_agent.inference.results`)::
 
-    {"ts": 1718000000.1, "model": "iris@3", "prediction": 2, "latency_ms": 0.012}
+    {"ts": 1718000000.1, "model": "iris@3", "prediction": 2, "latency_ms": 0.012,
+     "id": "pi-01/3/1520"}
 
 `ts` is when the batch was inferred (epoch seconds), `prediction` the label or value as a JSON
-type, `latency_ms` the row's share of the batch's inference time. Without a callback nothing
-of this is built.
+type, `latency_ms` the row's share of the batch's inference time, `id` the row's prediction id
+(null before the rows are numbered). Without a callback nothing of this is built.
 """
 
 from __future__ import annotations
@@ -34,8 +42,9 @@ from edge_agent.errors import SensorLineError
 from edge_agent.inference.runtime import Runtime
 from edge_agent.inference.shadow import Shadow
 from edge_agent.protocol.card import ModelCard
+from edge_agent.protocol.ids import prediction_id
 from edge_agent.protocol.messages import ModelRef
-from edge_agent.protocol.records import ShadowReport, TelemetryWindow
+from edge_agent.protocol.records import MAX_WINDOW_ROWS, ShadowReport, TelemetryWindow
 from edge_agent.sources.line_parser import LineParser
 from edge_agent.update.health import INFERENCE_ERRORS
 from edge_agent.uplink.sampling import RawSampler
@@ -96,7 +105,12 @@ class Pipeline:
         on_window: Callable[[TelemetryWindow], None],
         on_result: OnResult | None = None,
         on_shadow_report: OnShadowReport | None = None,
+        *,
+        window_rows: int = MAX_WINDOW_ROWS,
+        keep_predictions: bool = True,
     ) -> None:
+        if not 1 <= window_rows <= MAX_WINDOW_ROWS:
+            raise ValueError(f"window_rows: expected 1 to {MAX_WINDOW_ROWS}, got {window_rows}")
         self.active: ActiveModel | None = None
         self.shadow: Shadow | None = None  # a candidate beside `active`; outputs never used
         self.sampler: RawSampler | None = None  # raw rows to the hub (off by default)
@@ -106,9 +120,30 @@ class Pipeline:
         self._on_window = on_window
         self._on_result = on_result
         self._on_shadow_report = on_shadow_report
-        self._window = Window(time.time())
+        self._window_rows = window_rows
+        self._keep = keep_predictions
+        self._device = ""
+        self._boot: int | None = None  # rows are numbered under this boot (None: not yet)
+        self._next_row = 0  # the number of the next inferred row
+        self._window = self._new_window(time.time())
         self._window_of: ActiveModel | None = None  # what handled everything in the window
         self._lock = threading.Lock()
+
+    def number_rows(self, device: str, boot: int) -> None:
+        """From now on, number the inferred rows `device`/`boot`/0, 1, 2, ... The open window
+        (rows without ids) closes first. Numbering again under the same boot changes nothing."""
+        now = time.time()
+        with self._lock:
+            if (self._device, self._boot) == (device, boot):
+                return
+            window, model = self._window, self._window_of
+            self._device, self._boot, self._next_row = device, boot, 0
+            self._window = self._new_window(now)
+        if not window.empty:
+            self._on_window(window.to_record(now, _stamp(model)))
+
+    def _new_window(self, now: float) -> Window:
+        return Window(now, self._boot, self._keep and self._boot is not None)
 
     def process(self, lines: list[tuple[str, bytes]]) -> None:
         """One micro-batch of (format, raw line) pairs."""
@@ -141,12 +176,14 @@ class Pipeline:
         latency_ms = (time.perf_counter() - start) * 1000
         with self._lock:
             closed = self._window_for(model)
-            self._window.add(latency_ms, predictions)
+            first = self._next_row if self._boot is not None else None
+            self._next_row += len(x) if first is not None else 0
+            full = self._add_rows(latency_ms, predictions, first)
             self.stats.add(latency_ms, len(x))
-        if closed is not None:
-            self._on_window(closed)
+        for record in ([closed] if closed is not None else []) + full:
+            self._on_window(record)
         if self._on_result is not None:
-            self._results(self._on_result, model.ref, predictions, latency_ms / len(x))
+            self._results(self._on_result, model.ref, predictions, latency_ms / len(x), first)
         report = model.monitor.add(x, predictions, scores)
         if report is not None:
             self._on_drift(report)
@@ -156,17 +193,54 @@ class Pipeline:
             if compared is not None and self._on_shadow_report is not None:
                 self._on_shadow_report(shadow, compared)
         if self.sampler is not None:
-            self.sampler.offer(model.card, x, predictions)
+            self.sampler.offer(model.card, x, predictions, self._row_id(first))
+
+    def _add_rows(
+        self, latency_ms: float, predictions: np.ndarray, first: int | None
+    ) -> list[TelemetryWindow]:
+        """Under the lock: the batch's rows into the open window, which closes at window_rows
+        rows (the rest of the batch goes on in the next); returns the windows closed."""
+        closed = []
+        n, done = len(predictions), 0
+        while done < n:
+            take = min(n - done, self._window_rows - self._window.count)
+            part = predictions if take == n else predictions[done : done + take]
+            self._window.add(latency_ms, part, None if first is None else first + done)
+            done += take
+            if self._window.count >= self._window_rows:
+                now = time.time()
+                window, self._window = self._window, self._new_window(now)
+                closed.append(window.to_record(now, _stamp(self._window_of)))
+        return closed
+
+    def _row_id(self, first: int | None) -> Callable[[int], str] | None:
+        """The prediction id of the batch's i-th row (None: rows not numbered yet)."""
+        if first is None or self._boot is None:
+            return None
+        device, boot = self._device, self._boot
+        return lambda i: prediction_id(device, boot, first + i)
 
     def _results(
-        self, on_result: OnResult, ref: str, predictions: np.ndarray, share_ms: float
+        self,
+        on_result: OnResult,
+        ref: str,
+        predictions: np.ndarray,
+        share_ms: float,
+        first: int | None,
     ) -> None:
         ts = time.time()
         share_ms = round(share_ms, 4)
-        for prediction in predictions.tolist():  # numpy scalars -> int, float, str, bool
+        row_id = self._row_id(first)
+        for i, prediction in enumerate(predictions.tolist()):  # numpy scalars -> JSON types
             try:
                 on_result(
-                    {"ts": ts, "model": ref, "prediction": prediction, "latency_ms": share_ms}
+                    {
+                        "ts": ts,
+                        "model": ref,
+                        "prediction": prediction,
+                        "latency_ms": share_ms,
+                        "id": row_id(i) if row_id is not None else None,
+                    }
                 )
             except Exception:  # an actuator hook must not stop inference
                 self.result_errors += 1
@@ -194,7 +268,7 @@ class Pipeline:
         if model is self._window_of:
             return None
         now = time.time()
-        window, self._window = self._window, Window(now)
+        window, self._window = self._window, self._new_window(now)
         before, self._window_of = self._window_of, model
         return None if window.empty else window.to_record(now, _stamp(before))
 
@@ -203,7 +277,7 @@ class Pipeline:
         stamped with the model that handled what it holds."""
         now = time.time()
         with self._lock:
-            window, self._window = self._window, Window(now)
+            window, self._window = self._window, self._new_window(now)
             model = self._window_of
         if not window.empty:
             self._on_window(window.to_record(now, _stamp(model)))

@@ -5,7 +5,13 @@ that callback when `[results] enabled = true`. It publishes each result on a LOC
 (default ``edgefleet/local/{device_id}/results``) of a local broker, with its own
 `MqttSession` (a clean session), separate from the uplink session to the hub. A message looks like::
 
-    {"v": 1, "ts": 1718000000.123, "model": "iris@3", "prediction": 2, "latency_ms": 0.0123}
+    {"v": 1, "ts": 1718000000.123, "model": "iris@3", "prediction": 2, "latency_ms": 0.0123,
+     "id": "pi-01/3/1520"}
+
+`id` is the row's prediction id (edge_agent.protocol.ids): ground truth sent back to the hub
+names the prediction it is about by it. With `[results] labels = true` the same session takes
+that ground truth in, on `labels_topic` of the same broker (edge_agent.uplink.labels), and hands
+each message's `Labels` to `on_labels` (the agent keeps them as records for the hub).
 
 It never blocks the pipeline: while the client is disconnected a result is dropped and counted
 (`stats()`), and the session reconnects on its own (the agent's one reconnect policy:
@@ -18,11 +24,14 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.errors import TransportError
+from edge_agent.errors import MessageError, TransportError
 from edge_agent.mqtt.options import check_broker, check_topic, reconnect_backoff, results_topic
 from edge_agent.mqtt.session import BrokerAddress, MqttSession
+from edge_agent.protocol.records import Labels
+from edge_agent.uplink.labels import local_labels
 
 if TYPE_CHECKING:
     from edge_agent.settings import ResultsSettings
@@ -50,6 +59,8 @@ class ResultPublisher:
         qos: int = 0,
         keepalive: int = 30,
         reconnect_delay: tuple[int, int] = (1, 30),
+        labels_topic: str | None = None,
+        on_labels: Callable[[Labels], None] | None = None,
     ) -> None:
         where = "result publisher"
         self.topic = check_topic(topic, where, wildcards=False)
@@ -58,6 +69,9 @@ class ResultPublisher:
         self.published = 0  # handed to the link while connected
         self.dropped = 0  # dropped because the client was not connected
         self.unencodable = 0  # not JSON (NaN, a numpy value...)
+        self.labels = 0  # labels taken in on labels_topic
+        self.bad_labels = 0  # messages on labels_topic that were not labels
+        self._on_labels = on_labels
         self._encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
         self._session = MqttSession(
             f"edgefleet-results-{uuid.uuid4().hex[:12]}",
@@ -70,14 +84,28 @@ class ResultPublisher:
         )
         self.connected = self._session.connected
         self._started = False
+        if labels_topic is not None:
+            self._session.subscribe(check_topic(labels_topic, where, wildcards=False), self._label)
 
     @classmethod
-    def from_settings(cls, settings: ResultsSettings, device_id: str) -> ResultPublisher | None:
-        """The publisher the validated ``[results]`` section asks for; None when not enabled."""
+    def from_settings(
+        cls,
+        settings: ResultsSettings,
+        device_id: str,
+        on_labels: Callable[[Labels], None] | None = None,
+    ) -> ResultPublisher | None:
+        """The publisher the validated ``[results]`` section asks for; None when not enabled.
+        With `labels`, it takes ground truth in on `labels_topic` and hands it to `on_labels`."""
         if not settings.enabled:
             return None
+        labels = results_topic(settings.labels_topic, device_id) if settings.labels else None
         return cls(
-            results_topic(settings.topic, device_id), settings.host, settings.port, qos=settings.qos
+            results_topic(settings.topic, device_id),
+            settings.host,
+            settings.port,
+            qos=settings.qos,
+            labels_topic=labels,
+            on_labels=on_labels,
         )
 
     def start(self) -> None:
@@ -119,6 +147,20 @@ class ResultPublisher:
             "dropped": self.dropped,
             "unencodable": self.unencodable,
         }
+
+    def _label(self, topic: str, payload: bytes) -> None:
+        """A message on labels_topic (the session's thread): its labels to `on_labels`; one that
+        is not labels is counted, and logged the first time."""
+        try:
+            labels = local_labels(payload, f"labels on {topic}")
+        except MessageError as exc:
+            self.bad_labels += 1
+            if self.bad_labels == 1:
+                log.warning("%s; further ones are only counted", exc)
+            return
+        self.labels += len(labels.labels)
+        if self._on_labels is not None and labels.labels:
+            self._on_labels(labels)
 
     # -- session callbacks (the session's network thread) ------------------------------------
 

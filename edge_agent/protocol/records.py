@@ -3,8 +3,9 @@
 The envelope (`edge_agent.protocol.messages`: device, boot, seq, ts) is checked by
 `decode_batch`; the body inside is one of these, by the topic it came on:
 
-- `telemetry`: a `TelemetryWindow` (one window of inference), or a `RawSample` (a sampled raw
-  row, a body with `raw`: edge_agent.uplink.sampling);
+- `telemetry`: a `TelemetryWindow` (one window of inference, naming its rows by prediction id
+  with the model's prediction for each: `WindowRows`), or a `RawSample` (a sampled raw row, a
+  body with `raw`: edge_agent.uplink.sampling);
 - `drift`: a `DriftReport` (one drift window: edge_agent.drift.monitor);
 - `events`: a `DeviceEvent` (offered, verified, rejected, ..., with a `ShadowReport` for a
   shadow-report);
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 from edge_agent.errors import MessageError
+from edge_agent.protocol.ids import parse_prediction_id
 from edge_agent.protocol.inputs import InputState, decode_inputs
 from edge_agent.protocol.messages import (
     EVENTS,
@@ -42,6 +44,7 @@ from edge_agent.protocol.messages import (
 T = TypeVar("T")
 DRIFT_STATUSES = ("ok", "warn", "alert")
 MAX_LABELS = 10_000  # labels in one record
+MAX_WINDOW_ROWS = 10_000  # rows of one telemetry window (the agent's telemetry.window_rows)
 Scalar = str | int | float | bool | None  # a prediction or a label, as JSON holds it
 
 
@@ -152,6 +155,10 @@ _counts = _map(_whole)
 _texts = _list(_text)
 
 
+def _prediction_id(value: object, where: str) -> str:
+    return str(parse_prediction_id(value, where))
+
+
 def _model(value: object, where: str) -> ModelRef:
     return ModelRef.from_json(value, where)
 
@@ -200,13 +207,48 @@ class WindowInputs:
 
 
 @dataclass(frozen=True)
+class WindowRows:
+    """The ids of a window's rows and what the model predicted for each: the window's `count`
+    rows are `{device}/{boot}/{first}` ... `{device}/{boot}/{first + count - 1}`
+    (edge_agent.protocol.ids), and `predictions[i]` is the model's output for row `first + i`
+    (a class label or a value). `predictions` is None when the agent sends none
+    (`[telemetry] predictions = false`); then the hub knows the ids, not the outputs."""
+
+    boot: int
+    first: int
+    predictions: tuple[Scalar, ...] | None = None
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"boot": self.boot, "first": self.first}
+        if self.predictions is not None:
+            body["predictions"] = list(self.predictions)
+        return body
+
+    @classmethod
+    def from_body(cls, body: object, where: str) -> WindowRows:
+        obj = _object(body, where, ("boot", "first"))
+        raw = obj.get("predictions")
+        if raw is not None and isinstance(raw, list) and len(raw) > MAX_WINDOW_ROWS:
+            raise MessageError(
+                f"{where}.predictions: expected at most {MAX_WINDOW_ROWS} rows, got {len(raw)}"
+            )
+        return cls(
+            boot=_whole(obj["boot"], f"{where}.boot"),
+            first=_whole(obj["first"], f"{where}.first"),
+            predictions=_maybe(obj, "predictions", where, _list(_scalar)),
+        )
+
+
+@dataclass(frozen=True)
 class TelemetryWindow:
     """One window of inference (edge_agent.uplink.telemetry.Window), stamped with the model that
     handled all of it (None: no model). `latency_ms` holds p50/p95/p99 of the rows, `errors`
     the rejected lines per reason, `predictions` the rows per predicted label. The agent adds
     `resources` (edge_agent.system.resources), `inputs`, `dropped` (records its buffer
     dropped past its caps, per kind, ever) and `storage` (while its disk refused writes);
-    absent when None."""
+    absent when None. `rows` (`WindowRows`) names the window's rows by id, with each one's
+    prediction: absent from agents before prediction ids, and from windows of no inferred row.
+    A window holds at most MAX_WINDOW_ROWS rows when it has `rows`."""
 
     KIND: ClassVar[str] = "telemetry"
 
@@ -220,6 +262,7 @@ class TelemetryWindow:
     inputs: WindowInputs | None = None
     dropped: Mapping[str, int] | None = None
     storage: StorageCondition | None = None
+    rows: WindowRows | None = None
 
     @property
     def error_count(self) -> int:
@@ -242,12 +285,14 @@ class TelemetryWindow:
             body["dropped"] = dict(self.dropped)
         if self.storage is not None:
             body["storage"] = self.storage.to_json()
+        if self.rows is not None:
+            body["rows"] = self.rows.to_body()
         return body
 
     @classmethod
     def from_body(cls, body: object, where: str) -> TelemetryWindow:
         obj = _object(body, where)
-        return cls(
+        window = cls(
             window_s=_get(obj, "window_s", where, _finite, 0.0),
             model=_maybe(obj, "model", where, _model),
             count=_get(obj, "count", where, _whole, 0),
@@ -258,28 +303,46 @@ class TelemetryWindow:
             inputs=_maybe(obj, "inputs", where, WindowInputs.from_body),
             dropped=_maybe(obj, "dropped", where, _counts),
             storage=_maybe(obj, "storage", where, _storage),
+            rows=_maybe(obj, "rows", where, WindowRows.from_body),
         )
+        rows = window.rows
+        if rows is not None:
+            if window.count > MAX_WINDOW_ROWS or rows.first + window.count > MAX_INT:
+                raise MessageError(
+                    f"{where}.rows: expected a window of at most {MAX_WINDOW_ROWS} rows "
+                    f"numbered below {MAX_INT}, got {window.count} rows from {rows.first}"
+                )
+            if rows.predictions is not None and len(rows.predictions) != window.count:
+                raise MessageError(
+                    f"{where}.rows.predictions: expected one per row ({window.count}), "
+                    f"got {len(rows.predictions)}"
+                )
+        return window
 
 
 @dataclass(frozen=True)
 class RawSample:
     """A sampled raw row with its prediction (edge_agent.uplink.sampling), a telemetry record of its
-    own: `{"raw": {"model": ..., "features": {name: value or null}, "prediction": ...}}`."""
+    own: `{"raw": {"model": ..., "features": {name: value or null}, "prediction": ...,
+    "id": "pi-01/3/1520"}}`. `id` is the row's prediction id (edge_agent.protocol.ids); None
+    from agents before prediction ids."""
 
     KIND: ClassVar[str] = "telemetry"
 
     model: ModelRef
     features: Mapping[str, float | None]
     prediction: Scalar
+    id: str | None = None
 
     def to_body(self) -> dict[str, Any]:
-        return {
-            "raw": {
-                "model": self.model.to_json(),
-                "features": dict(self.features),
-                "prediction": self.prediction,
-            }
+        raw: dict[str, Any] = {
+            "model": self.model.to_json(),
+            "features": dict(self.features),
+            "prediction": self.prediction,
         }
+        if self.id is not None:
+            raw["id"] = self.id
+        return {"raw": raw}
 
     @classmethod
     def from_body(cls, body: object, where: str) -> RawSample:
@@ -293,6 +356,7 @@ class RawSample:
                 for k, v in features.items()
             },
             prediction=_scalar(raw.get("prediction"), f"{at}.prediction"),
+            id=_maybe(raw, "id", at, _prediction_id),
         )
 
 

@@ -6,8 +6,8 @@ sent twice (after a lost confirmation, a reconnect, a crash or a broker that los
 Caps, in rows and in bytes (bodies' JSON size), hold per priority class and for the whole
 buffer. `next_drop` is the drop policy, pure: a class past its own cap loses its own oldest
 record (a flood of events never evicts a drift report); past the whole buffer's cap the oldest
-record of the least important class goes (telemetry before drift before events). Every drop is
-counted, per kind.
+record of the least important class goes (telemetry before labels before drift before events).
+Every drop is counted, per kind.
 
 A full, read-only or failing disk is the device's everyday weather: a record that cannot be
 kept raises StorageError (nothing of it was written, and its seq is not used up, so a boot's
@@ -36,7 +36,10 @@ from edge_agent.system.fsutil import storage_error
 
 log = logging.getLogger(__name__)
 
-PRIORITY = {"events": 0, "drift": 1, "telemetry": 2}
+# Sent in this order, dropped past the whole buffer's cap in the reverse. Buffers written before
+# labels existed hold the integers 0-2 in their `priority` column: labels rank between drift
+# and telemetry as 1.5.
+PRIORITY: dict[str, float] = {"events": 0, "drift": 1, "labels": 1.5, "telemetry": 2}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (

@@ -6,7 +6,11 @@ as the body of a telemetry record of its own::
 
     {"raw": {"model": {"name": "iris", "version": 3},
              "features": {"sepal length (cm)": 5.1, ...},
-             "prediction": 0}}
+             "prediction": 0,
+             "id": "pi-01/3/1520"}}
+
+`id` is the row's prediction id (edge_agent.protocol.ids; absent for rows inferred before the
+agent numbered them), the key ground truth for it comes back with.
 
 The hub stores it like any telemetry record (once per (device, boot, seq)); a telemetry body
 with `raw` is such a sample, one without is a window aggregate. The choice is pure: the random
@@ -27,6 +31,7 @@ from edge_agent.protocol.card import ModelCard
 from edge_agent.protocol.records import RawSample
 
 Sink = Callable[[dict[str, Any]], None]
+RowId = Callable[[int], str]  # the prediction id of a batch's i-th row
 
 
 def pick_rows(n: int, rate: float, rng: random.Random) -> list[int]:
@@ -34,13 +39,15 @@ def pick_rows(n: int, rate: float, rng: random.Random) -> list[int]:
     return [i for i in range(n) if rng.random() < rate]
 
 
-def raw_body(card: ModelCard, row: np.ndarray, prediction: Any) -> dict[str, Any]:
+def raw_body(
+    card: ModelCard, row: np.ndarray, prediction: Any, row_id: str | None = None
+) -> dict[str, Any]:
     """A sample's record body. Values that are not finite numbers become null (JSON has no NaN)."""
     features = {
         name: (float(v) if math.isfinite(v) else None)
         for name, v in zip(card.feature_names, row.tolist(), strict=True)
     }
-    return RawSample(card.model, features, prediction).to_body()
+    return RawSample(card.model, features, prediction, row_id).to_body()
 
 
 class RawSampler:
@@ -54,11 +61,17 @@ class RawSampler:
         self.rng = rng or random.Random()
         self.sampled = 0
 
-    def offer(self, card: ModelCard, x: np.ndarray, predictions: np.ndarray) -> None:
+    def offer(
+        self,
+        card: ModelCard,
+        x: np.ndarray,
+        predictions: np.ndarray,
+        row_id: RowId | None = None,
+    ) -> None:
         picked = pick_rows(len(x), self.rate, self.rng)
         if not picked:
             return
         labels = predictions.tolist()  # numpy scalars -> int, float, str, bool
         for i in picked:
-            self.sink(raw_body(card, x[i], labels[i]))
+            self.sink(raw_body(card, x[i], labels[i], row_id(i) if row_id is not None else None))
         self.sampled += len(picked)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.protocol.messages import ModelRef
-from edge_agent.protocol.records import TelemetryWindow
+from edge_agent.protocol.records import Scalar, TelemetryWindow, WindowRows
 
 
 def percentiles(values: Any, qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, float]:
@@ -21,18 +21,34 @@ def percentiles(values: Any, qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, fl
 
 @dataclass
 class Window:
-    """What one telemetry record says about one window of inference."""
+    """What one telemetry record says about one window of inference.
+
+    With a `boot`, its rows are numbered: `add` is given the number of its batch's first row
+    (rows of one window are consecutive: the pipeline numbers every inferred row in order),
+    and the record names them (`WindowRows`), with each row's prediction when `keep`."""
 
     started: float
+    boot: int | None = None  # the agent's boot its rows are numbered under; None: no ids
+    keep: bool = False  # whether the record carries each row's prediction
     count: int = 0
     # Every row of a batch has the batch's latency: kept once per batch, with the batch's size.
     latencies_ms: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
     predictions: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    first_row: int | None = None
+    row_predictions: list[Scalar] = field(default_factory=list)
 
-    def add(self, latency_ms: float, predictions: np.ndarray) -> None:
+    def add(self, latency_ms: float, predictions: np.ndarray, first_row: int | None = None) -> None:
         n = len(predictions)
+        if first_row is None:
+            pass
+        elif self.first_row is None:
+            self.first_row = first_row
+        elif first_row != self.first_row + self.count:
+            raise ValueError(
+                f"window rows: expected row {self.first_row + self.count} next, got {first_row}"
+            )
         self.count += n
         self.latencies_ms.append(latency_ms)
         self.batch_sizes.append(n)
@@ -41,6 +57,8 @@ class Window:
             self.predictions[str(labels[0])] += 1
         else:
             self.predictions.update(map(str, labels))  # Counter's C loop
+        if self.keep:
+            self.row_predictions.extend(labels)
 
     def reject(self, reason: str, n: int = 1) -> None:
         self.errors[reason] += n
@@ -57,7 +75,14 @@ class Window:
             latency_ms=percentiles(np.repeat(self.latencies_ms, self.batch_sizes)),
             errors=dict(self.errors),
             predictions=dict(self.predictions),
+            rows=self._rows(),
         )
+
+    def _rows(self) -> WindowRows | None:
+        if self.boot is None or self.first_row is None:
+            return None
+        kept = tuple(self.row_predictions) if self.keep else None
+        return WindowRows(self.boot, self.first_row, kept)
 
 
 @dataclass

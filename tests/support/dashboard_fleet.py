@@ -219,10 +219,17 @@ def running_hub(
         thread.join(timeout=15)
 
 
-def http(url: str, method: str = "GET", token: str | None = TOKEN) -> tuple[int, str, bytes]:
-    """(status, content type, body) of one request; HTTP errors are answers, not exceptions."""
+def http(
+    url: str, method: str = "GET", token: str | None = TOKEN, body: str | None = None
+) -> tuple[int, str, bytes]:
+    """(status, content type, body) of one request (with a JSON `body`, if given); HTTP errors
+    are answers, not exceptions."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    req = urllib.request.Request(url, method=method, headers=headers)
+    data = None
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+        data = body.encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as res:
             return res.status, res.headers.get("Content-Type", ""), res.read()
