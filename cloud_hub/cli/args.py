@@ -8,6 +8,8 @@ import math
 from collections.abc import Callable
 from typing import TypeVar
 
+from edge_agent.errors import ConfigError
+
 N = TypeVar("N", int, float)
 
 
@@ -36,3 +38,26 @@ def number(
         return value
 
     return parse
+
+
+def duration(text: str) -> float:
+    """A positive duration like 30m, 1h or 24h, in seconds."""
+    from cloud_hub.rollout.gates import parse_duration
+
+    try:
+        seconds = parse_duration(text, "duration")
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 30m, 1h or 24h, got {text!r}"
+        ) from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"expected a duration above 0, got {text!r}")
+    return seconds
+
+
+def span(seconds: float) -> str:
+    """Seconds as the duration a person would write: 1h, 90m, 2d, 45s."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if (seconds >= 2 * size and seconds % size == 0) or seconds == size:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"

@@ -19,6 +19,7 @@ from typing import Any
 
 from rich.table import Table
 
+from cloud_hub.cli.args import duration, span
 from cloud_hub.cli.output import accuracy_text, console, p_text, say, show
 from edge_agent.errors import ConfigError
 
@@ -92,8 +93,8 @@ def cmd_drift_fleet(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    span = _span(since)
-    table = Table(title=f"drift merged per model version and cohort, last {span}")
+    last = span(since)
+    table = Table(title=f"drift merged per model version and cohort, last {last}")
     columns = ("model", "cohort", "devices", "windows", "rows", "p", "status", "accuracy")
     for col in (*columns, "worst"):
         table.add_column(col, no_wrap=col in ("model", "cohort", "p", "status"))
@@ -120,34 +121,13 @@ def cmd_drift_fleet(args: argparse.Namespace) -> int:
             + "; ".join([r["note"]] if r["note"] else reference + skipped)
         )
     if not rows:
-        say(f"no drift reports{f' of {args.model}' if args.model else ''} in the last {span}")
+        say(f"no drift reports{f' of {args.model}' if args.model else ''} in the last {last}")
     elif any(r["rows"] > r["reference_rows"] > 0 for r in rows):
         say(
             "merged rows beyond the card's reference rows add little power: the reference "
             "size bounds the smallest shift the fleet can find"
         )
     return 0
-
-
-def _span(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if (seconds >= 2 * size and seconds % size == 0) or seconds == size:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
-
-
-def _duration(text: str) -> float:
-    from cloud_hub.rollout.gates import parse_duration
-
-    try:
-        seconds = parse_duration(text, "--since")
-    except ConfigError:
-        raise argparse.ArgumentTypeError(
-            f"expected a duration like 30m, 1h or 24h, got {text!r}"
-        ) from None
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"expected a duration above 0, got {text!r}")
-    return seconds
 
 
 def cmd_drift_captures(args: argparse.Namespace) -> int:
@@ -188,7 +168,7 @@ def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
     )
     drift.add_argument(
         "--since",
-        type=_duration,
+        type=duration,
         metavar="DURATION",
         help="with --fleet: reports received in the last 30m, 1h, 24h (default), 168h ...",
     )

@@ -20,6 +20,7 @@ from typing import Any
 
 from rich.table import Table
 
+from cloud_hub.cli.args import duration, span
 from cloud_hub.cli.output import say, show
 from edge_agent.errors import ConfigError, MessageError
 
@@ -161,8 +162,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     rows = report["rows"]
     regression = any(r["task"] == "regression" for r in rows)
     classification = any(r["task"] == "classification" for r in rows) or not rows
-    span = _span(args.since)
-    table = Table(title=f"model quality from labels of the last {span}, by {args.by} (95% CI)")
+    last = span(args.since)
+    table = Table(title=f"model quality from labels of the last {last}, by {args.by} (95% CI)")
     columns = ["model", args.by if args.by != "version" else "fleet"]
     columns += ["bucket"] if args.bucket else []
     columns += ["labels"]
@@ -186,7 +187,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         table.add_row(*cells)
     show(table)
     if not rows:
-        say(f"no labels joined to predictions in the last {span}")
+        say(f"no labels joined to predictions in the last {last}")
     for model in report["alerts"]:
         say(
             f"ALERT {model}: the accuracy is below its floor (the upper end of its 99% "
@@ -199,27 +200,6 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     if states.get("pending"):
         say(f"{states['pending']} labels wait for their prediction's window (late)")
     return 0
-
-
-def _span(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
-
-
-def _duration(text: str) -> float:
-    from cloud_hub.rollout.gates import parse_duration
-
-    try:
-        seconds = parse_duration(text, "duration")
-    except ConfigError:
-        raise argparse.ArgumentTypeError(
-            f"expected a duration like 30m, 1h or 24h, got {text!r}"
-        ) from None
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"expected a duration above 0, got {text!r}")
-    return seconds
 
 
 def floor_option(sp: argparse.ArgumentParser, what: str) -> None:
@@ -257,7 +237,7 @@ def register(sub: Any, add: AddCommand) -> None:
     sp.add_argument("--model", help="only this model (NAME or NAME@VERSION)")
     sp.add_argument(
         "--since",
-        type=_duration,
+        type=duration,
         default=24 * 3600.0,
         metavar="DURATION",
         help="labels received in the last 30m, 1h, 24h (default), 168h ...",
@@ -271,7 +251,7 @@ def register(sub: Any, add: AddCommand) -> None:
     )
     sp.add_argument(
         "--bucket",
-        type=_duration,
+        type=duration,
         metavar="DURATION",
         help="also one row per bucket of this length of prediction time (e.g. 1h)",
     )
