@@ -286,9 +286,12 @@ def _say_connected(hub: Any, stop: threading.Event, where: str, home: str) -> No
 def cmd_demo(args: argparse.Namespace) -> int:
     from cloud_hub.harness.demo import DemoOptions, run_demo
 
-    return run_demo(
-        DemoOptions(seconds=args.seconds, broker=args.broker, keep=args.keep, http=args.http)
-    )
+    opts = DemoOptions(seconds=args.seconds, broker=args.broker, keep=args.keep, http=args.http)
+    if args.loop:
+        from cloud_hub.harness.loop import run_loop
+
+        return run_loop(opts)
+    return run_demo(opts)
 
 
 _positive_days = number(
@@ -481,6 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
     sp.add_argument("--keep", action="store_true", help="keep the demo's working folder")
+    sp.add_argument(
+        "--loop",
+        action="store_true",
+        help="the closed loop instead: accuracy falls on labels, a policy retrains, the new "
+        "model is validated, shadowed, rolled out and recovers",
+    )
     sp.add_argument(
         "--http",
         default="127.0.0.1:8080",

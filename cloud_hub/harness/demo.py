@@ -384,7 +384,7 @@ def run_demo(opts: DemoOptions) -> int:
                 timeout=60,
             )
             if not checks.add("start", online, "hub and 3 agents running, each reported online"):
-                return _report(console, checks, workdir, opts)
+                return report_checks(console, checks, workdir, opts)
             _rollout_good(live, view, home, store, checks)
             for f in feeders.values():
                 f.start()
@@ -420,7 +420,7 @@ def run_demo(opts: DemoOptions) -> int:
             broker.stop()
         if web is not None:
             web.stop()
-    return _report(console, checks, workdir, opts)
+    return report_checks(console, checks, workdir, opts)
 
 
 def _plain(console: Console) -> Callable[[str], None]:
@@ -642,12 +642,14 @@ def _summary(view: View) -> Table:
     return t
 
 
-def _report(console: Console, checks: Checks, workdir: Path, opts: DemoOptions) -> int:
+def report_checks(console: Console, checks: Checks, workdir: Path, opts: DemoOptions) -> int:
     console.print(checks.table())
     if checks.ok:
         console.print("[bold green]demo passed: every step verified[/bold green]")
     else:
-        console.print(f"[bold red]demo failed[/bold red]; logs in {workdir / 'logs'}")
+        logs = workdir / "logs"
+        where = logs if logs.is_dir() else workdir
+        console.print(f"[bold red]demo failed[/bold red]; logs in {where}")
     if checks.ok and not opts.keep and opts.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0 if checks.ok else 1

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cloud_hub.broker.local import RunningBroker
+from cloud_hub.harness.inprocess import hub_and_agent as running
 from cloud_hub.hub import Hub
 from cloud_hub.rollout.operations import enroll_device, init_hub
 from edge_agent.agent import Agent
-from edge_agent.config import load_config
 from edge_agent.mqtt.session import BrokerAddress, MqttSession
 from edge_agent.protocol.topics import Topics
 from edge_agent.uplink.buffer import Buffer
@@ -93,21 +93,5 @@ def enrolled(tmp_path: Path, broker: RunningBroker, device: str, more: str) -> t
 def hub_and_agent(home: Path, broker: RunningBroker, config: Path) -> Iterator[tuple[Hub, Agent]]:
     """The hub at `home` and the agent of the device file `config`, both running on `broker`
     until the block ends (the hub connected before it starts)."""
-    stop = threading.Event()
-    hub = Hub(home, BrokerAddress(broker.host, broker.port))
-    agent = Agent(load_config(config))
-    threads = [
-        threading.Thread(target=hub.run, args=(stop,), daemon=True),
-        threading.Thread(target=agent.run_forever, daemon=True),
-    ]
-    agent.start()
-    for t in threads:
-        t.start()
-    try:
-        assert hub.ready.wait(30), "the hub did not connect"
-        yield hub, agent
-    finally:
-        agent.stop_event.set()
-        stop.set()
-        for t in threads:
-            t.join(timeout=15)
+    with running(home, BrokerAddress(broker.host, broker.port), config) as both:
+        yield both
