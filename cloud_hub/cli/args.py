@@ -61,3 +61,12 @@ def span(seconds: float) -> str:
         if (seconds >= 2 * size and seconds % size == 0) or seconds == size:
             return f"{seconds / size:g}{unit}"
     return f"{seconds:g}s"
+
+
+def add_target(parser: argparse.ArgumentParser) -> None:
+    """--target: which devices (cloud_hub.rollout.engine.Selector parses it)."""
+    parser.add_argument(
+        "--target",
+        default="all",
+        help="all (default), group:NAME, tag:NAME[,NAME...] or devices:ID[,ID...]",
+    )

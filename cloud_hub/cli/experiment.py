@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.table import Table
 
+from cloud_hub.cli.args import add_target
 from cloud_hub.cli.output import emit, hub_command, say, show, when
 from edge_agent.errors import ConfigError, MessageError
 from edge_agent.protocol.messages import ModelRef
@@ -213,11 +214,7 @@ def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
     sp = add(experiment, "start", cmd_experiment_start, "start an experiment", json_out=True)
     sp.add_argument("model", help="the candidate (cohort A), NAME@VERSION")
     sp.add_argument("--against", help="the model it is compared with (cohort B), NAME@VERSION")
-    sp.add_argument(
-        "--target",
-        default="all",
-        help="all (default), group:NAME, tag:NAME[,NAME...] or devices:ID[,ID...]",
-    )
+    add_target(sp)
     sp.add_argument("--split", default="50%", help="the candidate's share of the devices (50%%)")
     sp.add_argument(
         "--metric", help="accuracy, agreement (with the serving model), p95 or error-rate"

@@ -18,6 +18,7 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
+from cloud_hub.cli.args import add_target
 from cloud_hub.cli.output import console, emit, hub_command, say, show
 from edge_agent.errors import ConfigError
 
@@ -248,11 +249,7 @@ def register(sub: Any, add: AddCommand) -> argparse.ArgumentParser:
     rollout = parser.add_subparsers(dest="sub", required=True)
     sp = add(rollout, "start", cmd_rollout_start, "start a staged rollout", json_out=True)
     sp.add_argument("model", help="NAME@VERSION")
-    sp.add_argument(
-        "--target",
-        default="all",
-        help="all (default), group:NAME, tag:NAME[,NAME...] or devices:ID[,ID...]",
-    )
+    add_target(sp)
     sp.add_argument("--canary", default="1", help="devices in the first wave: a count or a percent")
     sp.add_argument(
         "--waves",
