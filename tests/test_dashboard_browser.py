@@ -18,10 +18,14 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from cloud_hub.broker.local import RunningBroker
 from cloud_hub.experiments import engine as en
 from cloud_hub.experiments.design import A, B, Rate
+from cloud_hub.quality.metrics import Floors
+from cloud_hub.quality.report import save_floors
 from cloud_hub.rollout import engine as ro
 from edge_agent.drift import DriftMonitor
 from edge_agent.protocol.card import parse_card
-from edge_agent.protocol.messages import ModelRef, StorageCondition
+from edge_agent.protocol.ids import prediction_id
+from edge_agent.protocol.messages import Batch, ModelRef, Record, StorageCondition
+from edge_agent.protocol.records import TelemetryWindow, WindowRows
 from tests.support.dashboard_fleet import (
     FEATURES,
     TOKEN,
@@ -313,3 +317,35 @@ def test_experiments_show_cohorts_intervals_state_and_decision(
         re.compile(r"^climate@2 wins: error-rate 0\.0050 vs 0\.0450, difference -0\.0400")
     )
     expect(card.locator(".test")).to_contain_text("Newcombe 95% interval")
+
+
+def test_model_quality_shows_each_version_with_its_interval_and_its_floor(
+    browser: Browser, dash: HubWithDashboard
+) -> None:
+    """300 labels of climate@1 (about 70% right) against a 0.9 floor, 300 of climate@2 (all
+    right): the page shows each version's accuracy with its interval, and the alert."""
+    store, now = dash.hub.store, time.time()
+    save_floors(store, Floors(0.9))
+    rng = np.random.default_rng(9)
+    for version, boot in ((1, 1), (2, 2)):
+        right = rng.random(300) < (0.7 if version == 1 else 1.0)
+        rows = WindowRows(boot, 0, tuple([1] * 300))
+        body = TelemetryWindow(count=300, model=ModelRef("climate", version), rows=rows).to_body()
+        store.add_batch("telemetry", Batch("greenhouse-1", (Record(boot, 0, now, body),)))
+        pairs = [(prediction_id("greenhouse-1", boot, i), int(ok)) for i, ok in enumerate(right)]
+        store.add_labels(pairs, "api", now)
+
+    page: Page = browser.new_page()
+    page.goto(f"{dash.url}#token={TOKEN}")
+    old = page.locator('#quality tr[data-model="climate@1"]')
+    expect(old.locator("td.labels")).to_have_text("300", timeout=WAIT_MS)
+    expect(old.locator('td[data-metric="accuracy"]')).to_have_text(
+        re.compile(r"^0\.[67]\d\d \(0\.\d{3} to 0\.\d{3}\)$")
+    )
+    expect(old).to_have_attribute("data-alert", "true")
+    expect(old.locator("td.alert")).to_have_text("below floor")
+    new = page.locator('#quality tr[data-model="climate@2"]')
+    expect(new.locator('td[data-metric="accuracy"]')).to_have_text(re.compile(r"^1\.000 "))
+    expect(new).to_have_attribute("data-alert", "false")
+    expect(page.locator("#error")).to_be_hidden()
+    page.close()

@@ -222,6 +222,29 @@ function renderExperiment(x) {
   );
 }
 
+// ---- model quality: labels joined to predictions, per model version, with 95% intervals -----
+const QUALITY = ["accuracy", "precision", "recall", "f1", "rmse", "mae"];
+
+function renderQuality(data) {
+  const box = document.getElementById("quality");
+  if (!data.rows.length) return box.replaceChildren(el("p", { class: "muted" }, "no labels joined to predictions yet"));
+  const shown = QUALITY.filter((m) => data.rows.some((r) => r[m]));
+  const cell = (m) => (m ? el("span", {}, fmt(m.value, 3), el("span", { class: "muted" }, m.low === null ? "" : ` (${fmt(m.low, 3)} to ${fmt(m.high, 3)})`)) : "–");
+  const rows = data.rows.map((r) =>
+    el(
+      "tr",
+      { "data-model": `${r.model}@${r.version}`, "data-alert": String(r.alert) },
+      el("td", {}, `${r.model}@${r.version}`),
+      el("td", { class: "labels" }, r.labels),
+      ...shown.map((m) => el("td", { "data-metric": m }, cell(r[m]))),
+      el("td", { class: "floor" }, r.floor === null ? "–" : fmt(r.floor, 2)),
+      el("td", { class: "alert" }, r.alert ? badge("below floor") : ""),
+    ),
+  );
+  const head = ["model", "labels", ...shown, "floor", ""].map((h) => el("th", {}, h));
+  box.replaceChildren(el("table", {}, el("thead", {}, el("tr", {}, ...head)), el("tbody", {}, ...rows)));
+}
+
 // ---- charts (SVG) ---------------------------------------------------------------------------
 const COLORS = ["#1e88e5", "#e53935", "#43a047", "#8e24aa", "#fb8c00", "#00897b"];
 
@@ -395,11 +418,12 @@ async function poll() {
   if (busy) return;
   busy = true;
   try {
-    const [fleet, rollouts, experiments, drift] = await Promise.all([api("/api/fleet"), api("/api/rollouts"), api("/api/experiments"), api("/api/drift")]);
+    const [fleet, rollouts, experiments, drift, quality] = await Promise.all([api("/api/fleet"), api("/api/rollouts"), api("/api/experiments"), api("/api/drift"), api("/api/metrics")]);
     renderFleet(fleet);
     renderDeviceStorage(fleet);
     renderRollouts(rollouts);
     renderExperiments(experiments);
+    renderQuality(quality);
     renderDrift(drift);
     if (polls++ % FLEET_DRIFT_EVERY === 0) renderFleetDrift(await api("/api/drift/fleet?since_s=3600"));
     await renderDevice();
