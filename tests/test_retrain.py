@@ -169,6 +169,7 @@ def test_a_policy_fires_trains_converts_validates_publishes_and_rolls_out_in_sha
         "data_sha256": manifest["sha256"],
         "data_rows": files["samples.csv"]["rows"],
         "trigger": run.trigger,
+        "conversion": "quantize dynamic (int8), parity: accuracy drop <= 0.01, RMSE rise <= 0.01",
     }
     assert parent == {"model": "wine@1"}
 

@@ -160,7 +160,7 @@ def cmd_model_lineage(args: argparse.Namespace) -> int:
         rows.append({"model": str(model), **lineage})
         parent = lineage.get("parent")
         model = ModelRef.parse(parent) if isinstance(parent, str) else None
-    columns = ["model", "parent", "dataset", "data_rows", "data_sha256", "trigger"]
+    columns = ["model", "parent", "dataset", "data_rows", "data_sha256", "trigger", "conversion"]
     emit(args, rows, f"lineage of {args.model}", columns)
     return 0
 

@@ -186,6 +186,10 @@ def execute(hub: Hub, policy: Policy, run: Run) -> None:
         "data_rows": int(data.manifest["files"]["samples.csv"]["rows"]),
         "dataset": data.id,
         "trigger": run.trigger[:300],
+        "conversion": (
+            f"quantize dynamic (int8), parity: accuracy drop <= {policy.max_accuracy_drop:g}, "
+            f"RMSE rise <= {policy.max_rmse_rise:g}"
+        ),
     }
     bundle = convert(policy, data, model_file, candidate, folder / "bundle.zip", lineage)
     run.validation = validate(policy, hub, serving, bundle, data)

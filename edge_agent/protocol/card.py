@@ -32,7 +32,7 @@ MAX_KS_POINTS = 1000  # what a card may carry at most
 THRESHOLD_KEYS = ("psi_warn", "psi_alert", "ks_warn", "ks_alert", "range_warn", "range_alert")
 MAX_CALIBRATION_BINS = 50  # what a card's confidence calibration may carry at most
 CALIBRATION_KEYS = ("edges", "accuracy", "expected_accuracy", "rows")
-LINEAGE_KEYS = ("parent", "data_sha256", "data_rows", "dataset", "trigger")  # all optional
+LINEAGE_KEYS = ("parent", "data_sha256", "data_rows", "dataset", "trigger", "conversion")
 MAX_LINEAGE_TEXT = 300
 
 
@@ -305,7 +305,7 @@ def _parse_card(obj: object) -> ModelCard:
 def _lineage(obj: object, where: str) -> dict[str, Any]:
     """card.lineage (optional, any card version): where a retrained model came from, as
     {"parent": "tumor@1", "data_sha256": "...", "data_rows": 812, "dataset": "...",
-    "trigger": "..."}; each key optional, texts bounded."""
+    "trigger": "...", "conversion": "..."}; each key optional, texts bounded."""
     if not isinstance(obj, dict):
         raise MessageError(f"{where}: expected an object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - set(LINEAGE_KEYS))
