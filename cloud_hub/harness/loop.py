@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, redirect_stdout
-from io import StringIO
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from rich.console import Console
 from sklearn.linear_model import LogisticRegression
 
 from cloud_hub.broker.local import start_broker
+from cloud_hub.harness.commands import edgehub_argv
 from cloud_hub.harness.demo import Checks, DemoOptions, report_checks
 from cloud_hub.harness.inprocess import hub_and_agent
 from cloud_hub.hub import Hub
@@ -94,15 +95,13 @@ class Loop:
         return [s for _, s in stored if s.model == model and s.id is not None]
 
     def edgehub(self, *argv: str) -> Any:
-        """An edgehub command on the loop's hub; its output (JSON with --json)."""
-        from cloud_hub.cli import app as hub_cli
-
-        out = StringIO()
-        with redirect_stdout(out):
-            code = hub_cli.main(["--home", str(self.home), *argv])
-        if code != 0:
-            raise RuntimeError(f"edgehub {' '.join(argv)} exited {code}: {out.getvalue()}")
-        return json.loads(out.getvalue()) if "--json" in argv else out.getvalue()
+        """An edgehub command on the loop's hub, as a person runs it (a process of its own);
+        its output (JSON with --json)."""
+        command = [sys.executable, *edgehub_argv(self.home, *argv)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=WAIT_S * 3)
+        if done.returncode != 0:
+            raise RuntimeError(f"edgehub {' '.join(argv)}: {done.stderr.strip() or done.stdout}")
+        return json.loads(done.stdout) if "--json" in argv else done.stdout
 
     def label(self, samples: list[RawSample]) -> None:
         """The truth for these rows, back by prediction id through `edgehub labels import`."""
