@@ -116,3 +116,21 @@ def test_missing_hub_and_unwritable_csv_are_one_line(
     assert cli.main(["--home", str(home), "drift", "captures", "--csv", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "expected a file the hub can write" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("Bad Name", "argument --model: expected a model name of 1-64 lowercase"),
+        ("wine@two", "argument --model: model reference: expected NAME@VERSION"),
+    ],
+)
+def test_a_wrong_model_filter_says_so_once(
+    home: Path, capsys: pytest.CaptureFixture[str], model: str, message: str
+) -> None:
+    for command in (["drift"], ["drift", "--fleet"], ["metrics"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["--home", str(home), *command, "--model", model])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert message in err and err.count("--model") == 1, err

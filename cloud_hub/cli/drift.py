@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.table import Table
 
-from cloud_hub.cli.args import duration, span
+from cloud_hub.cli.args import duration, model_option, span
 from cloud_hub.cli.output import accuracy_text, console, p_text, say, show
 from edge_agent.errors import ConfigError
 
@@ -152,7 +152,7 @@ def cmd_drift_captures(args: argparse.Namespace) -> int:
 
 
 def _filters(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--model", help="only this model (NAME or NAME@VERSION)")
+    model_option(sp)
     sp.add_argument("--device", help="only this device id")
 
 

@@ -85,11 +85,12 @@ class FleetQuery:
 def model_filter(text: str) -> str:
     """`--model NAME` or `NAME@VERSION`, checked."""
     try:
-        if "@" in text:
-            return str(ModelRef.parse(text))
-        return check_model_name(text, "--model")
+        if "@" not in text:
+            return check_model_name(text, "--model")  # its error names --model
+        return str(ModelRef.parse(text))
     except MessageError as exc:
-        raise ConfigError(f"--model: {exc}") from exc
+        where = "" if "@" not in text else "--model: "
+        raise ConfigError(f"{where}{exc}") from exc
 
 
 def cohort_names(groups: Iterable[str], tags: Iterable[str]) -> tuple[str, ...]:
