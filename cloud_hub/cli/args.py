@@ -70,17 +70,3 @@ def add_target(parser: argparse.ArgumentParser) -> None:
         default="all",
         help="all (default), group:NAME, tag:NAME[,NAME...] or devices:ID[,ID...]",
     )
-
-
-def model_option(parser: argparse.ArgumentParser) -> None:
-    """--model NAME or NAME@VERSION, checked when the command line is read."""
-
-    def model(text: str) -> str:
-        from cloud_hub.drift.source import model_filter
-
-        try:
-            return model_filter(text)
-        except ConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc).removeprefix("--model: ")) from None
-
-    parser.add_argument("--model", type=model, help="only this model (NAME or NAME@VERSION)")

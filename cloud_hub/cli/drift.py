@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.table import Table
 
-from cloud_hub.cli.args import duration, model_option, span
+from cloud_hub.cli.args import duration, span
 from cloud_hub.cli.output import accuracy_text, console, p_text, say, show
 from edge_agent.errors import ConfigError
 
@@ -37,12 +37,15 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
+    from cloud_hub.drift.source import model_filter
     from cloud_hub.store.database import drift_summary
 
     if args.fleet:
         return cmd_drift_fleet(args)
     if args.since is not None or args.group or args.tag:
         raise ConfigError("--since, --group and --tag go with --fleet (drift merged per cohort)")
+    if args.model:
+        model_filter(args.model)  # a wrong one says so, rather than matching nothing
     rows = drift_summary(_store(args), args.model, args.device)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -152,7 +155,7 @@ def cmd_drift_captures(args: argparse.Namespace) -> int:
 
 
 def _filters(sp: argparse.ArgumentParser) -> None:
-    model_option(sp)
+    sp.add_argument("--model", help="only this model (NAME or NAME@VERSION)")
     sp.add_argument("--device", help="only this device id")
 
 

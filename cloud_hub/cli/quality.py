@@ -20,7 +20,7 @@ from typing import Any
 
 from rich.table import Table
 
-from cloud_hub.cli.args import duration, model_option, span
+from cloud_hub.cli.args import duration, span
 from cloud_hub.cli.output import say, show
 from edge_agent.errors import ConfigError, MessageError
 
@@ -234,7 +234,7 @@ def register(sub: Any, add: AddCommand) -> None:
         "confidence intervals, per model version, device or cohort",
         json_out=True,
     )
-    model_option(sp)
+    sp.add_argument("--model", help="only this model (NAME or NAME@VERSION)")
     sp.add_argument(
         "--since",
         type=duration,
