@@ -22,6 +22,7 @@ from sklearn.linear_model import LogisticRegression
 
 from cloud_hub.broker.local import RunningBroker
 from cloud_hub.cli import app as hub_cli
+from cloud_hub.harness.loop import FEATURES, FLOOR, TRAIN, V1, V2, new_rule, old_rule
 from cloud_hub.hub import Hub
 from cloud_hub.retrain import registry as reg
 from cloud_hub.rollout.operations import publish_bundle, start_rollout
@@ -35,34 +36,7 @@ from tests.support.models import csv_line
 from tests.support.watch import DeviceWatcher
 
 DEVICE = "pi-01"
-FEATURES = ["f0", "f1", "f2"]
-V1, V2 = ModelRef("rule", 1), ModelRef("rule", 2)
-FLOOR = 0.9
-
-TRAIN = """\
-import csv, json, pathlib, sys
-import joblib
-from sklearn.linear_model import LogisticRegression
-
-data, out = pathlib.Path(sys.argv[1]), sys.argv[2]
-features = json.loads((data / "manifest.json").read_text())["features"]
-with open(data / "samples.csv", newline="") as f:
-    rows = [r for r in csv.DictReader(f) if r["label"] != ""]
-x = [[float(r[name]) for name in features] for r in rows]
-joblib.dump(LogisticRegression(C=100.0).fit(x, [int(r["label"]) for r in rows]), out)
-"""
-
-
-def old_rule(x: np.ndarray) -> np.ndarray:
-    return (x[:, 0] > 0).astype(np.int64)
-
-
-def new_rule(x: np.ndarray) -> np.ndarray:
-    return (x[:, 0] + x[:, 1] > 0.5).astype(np.int64)
-
-
-def truth(features: dict[str, Any]) -> int:
-    return int(features["f0"] + features["f1"] > 0.5)
+truth = new_rule  # the world after the change, as the demo's loop has it
 
 
 @dataclass
