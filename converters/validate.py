@@ -1,10 +1,10 @@
 """Parity between the source model and the deployable artifact, on validation data.
 
 `validation_report` runs both on the same float32 rows and returns a JSON-ready dict: how far the
-outputs moved, how often the labels agree, the task metric before and after, the model sizes and
-the batch-1 latency. The artifact runs on the agent's own runtime classes, so the figures are
-those of the code a device runs. `check_parity` turns a report into a pass or a ParityError.
-Metrics are plain numpy.
+outputs moved, how often the labels (an anomaly model's flags) agree, the task metric before and
+after, the model sizes and the batch-1 latency. The artifact runs on the agent's own runtime
+classes, so the figures are those of the code a device runs. `check_parity` turns a report into a
+pass or a ParityError. Metrics are plain numpy.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 from converters.source import Artifact, SourceModel
 from edge_agent.errors import BadDataError, BundleRejected
 from edge_agent.inference.runtime import Runtime, open_runtime
+from edge_agent.protocol.card import Anomaly
 
 LATENCY_WARMUP = 5
 LATENCY_RUNS = 100
@@ -35,14 +36,25 @@ def artifact_runtime(artifact: Artifact, source: SourceModel, classes: list[Any]
 
 
 def validation_report(
-    source: SourceModel, runtime: Runtime, artifact: Artifact, x: np.ndarray, y: np.ndarray
+    source: SourceModel,
+    runtime: Runtime,
+    artifact: Artifact,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    anomaly: Anomaly | None = None,
 ) -> dict[str, Any]:
-    """Compare `source` with the deployable `artifact` (opened as `runtime`) on rows `x`."""
+    """Compare `source` with the deployable `artifact` (opened as `runtime`) on rows `x`. `y`
+    are the true labels or targets; for an anomaly model (read by `anomaly`) true flags or None
+    (then the flags are compared with the source's only)."""
     x32 = np.ascontiguousarray(x, dtype=np.float32)
     pred = runtime.predict(x32)
     ref = source.predict(x32)
     report: dict[str, Any] = {"task": source.task, "rows": len(x32)}
-    if source.task == "classification":
+    if anomaly is not None:
+        report.update(_anomaly(y, ref, pred, anomaly))
+    elif y is None:
+        raise BadDataError(f"validation of a {source.task} model: expected targets, got none")
+    elif source.task == "classification":
         report.update(_classification(y, ref, pred, source.scores(x32), runtime.scores(x32)))
     else:
         report.update(_regression(y, ref, pred))
@@ -61,8 +73,18 @@ def validation_report(
 def check_parity(
     report: dict[str, Any], max_accuracy_drop: float = 0.01, max_rmse_rel: float = 0.01
 ) -> None:
-    """ParityError if accuracy fell by more than `max_accuracy_drop` (absolute, 0.01 = 1 point)
-    or RMSE rose by more than `max_rmse_rel` (relative to the source estimator's RMSE)."""
+    """ParityError if accuracy fell by more than `max_accuracy_drop` (absolute, 0.01 = 1 point),
+    an anomaly model flags more than that share of rows differently from its source, or RMSE
+    rose by more than `max_rmse_rel` (relative to the source estimator's RMSE)."""
+    if report["task"] == "anomaly":
+        changed = 1 - report["flag_agreement"]
+        if changed > max_accuracy_drop:
+            raise ParityError(
+                f"parity check failed: {changed:.4f} of the rows flagged differently after "
+                f"conversion (anomaly flag agreement {report['flag_agreement']:.4f}, expected "
+                f"at least {1 - max_accuracy_drop:.4f})"
+            )
+        return
     if report["task"] == "classification":
         before, after = report["accuracy_before"], report["accuracy_after"]
         if before - after > max_accuracy_drop:
@@ -134,6 +156,37 @@ def _classification(
         "accuracy_after": accuracy(y, pred),
         "macro_f1_before": macro_f1(y, ref),
         "macro_f1_after": macro_f1(y, pred),
+    }
+
+
+def _anomaly(
+    y: np.ndarray | None, ref: np.ndarray, pred: np.ndarray, anomaly: Anomaly
+) -> dict[str, Any]:
+    """Scores, flags, and with true flags `y` the precision, recall and F1 of the flags."""
+    ref_flags, flags = anomaly.flags(ref), anomaly.flags(pred)
+    diff = np.abs(np.asarray(pred, np.float64).ravel() - np.asarray(ref, np.float64).ravel())
+    report: dict[str, Any] = {
+        "max_abs_diff": float(np.max(diff)),
+        "threshold": anomaly.threshold,
+        "flag_agreement": accuracy(ref_flags, flags),
+        "anomaly_rate_before": float(np.mean(ref_flags)),
+        "anomaly_rate_after": float(np.mean(flags)),
+    }
+    if y is not None:
+        truth = np.asarray(y, dtype=bool)
+        for when, got in (("before", ref_flags), ("after", flags)):
+            report.update({f"{k}_{when}": v for k, v in flag_metrics(truth, got).items()})
+    return report
+
+
+def flag_metrics(truth: np.ndarray, flags: np.ndarray) -> dict[str, float]:
+    """Precision, recall and F1 of anomaly flags against true ones (0 where undefined)."""
+    tp = int(np.sum(truth & flags))
+    flagged, anomalies = int(np.sum(flags)), int(np.sum(truth))
+    return {
+        "precision": tp / flagged if flagged else 0.0,
+        "recall": tp / anomalies if anomalies else 0.0,
+        "f1": 2 * tp / (flagged + anomalies) if flagged + anomalies else 0.0,
     }
 
 

@@ -62,7 +62,8 @@ try:
     from cloud_hub.cli.output import console, new_command, say, show
     from cloud_hub.cli.output import emit as _emit
     from cloud_hub.rollout.model_report import card_rows, feature_rows, report_rows, verdict
-    from converters.source import QUANTIZE_MODES
+    from converters.anomaly import DEFAULT_CONTAMINATION, MAX_CONTAMINATION
+    from converters.source import QUANTIZE_MODES, TASKS
 except ModuleNotFoundError as exc:  # the base install: `edgehub` says what to install, once
     MISSING: str | None = _hub_only(exc)
     if MISSING is None:
@@ -122,6 +123,8 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
                 max_rmse_rel=args.max_rmse_rise,
                 force=args.force,
                 progress=step,
+                contamination=args.contamination,
+                threshold=args.threshold,
             )
         except EdgefleetError as exc:
             raise EdgefleetError(f"{args.model} with {args.sample}: {exc}") from exc
@@ -363,8 +366,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--task",
-        choices=["classification", "regression"],
-        help="for .onnx/.tflite/.keras files whose outputs do not say",
+        choices=list(TASKS),
+        help="for .onnx/.tflite/.keras files whose outputs do not say (anomaly: the one output "
+        "is a score, higher = more anomalous)",
+    )
+    cut = sp.add_mutually_exclusive_group()
+    cut.add_argument(
+        "--contamination",
+        type=number(
+            float,
+            f"a share above 0 and at most {MAX_CONTAMINATION}",
+            0,
+            MAX_CONTAMINATION,
+            above=True,
+        ),
+        help="anomaly models: flag this share of the sample's rows (the threshold is that "
+        "quantile of their scores; default: an outlier detector's own threshold, else "
+        f"{DEFAULT_CONTAMINATION})",
+    )
+    cut.add_argument(
+        "--threshold",
+        type=number(float, "a number", finite="a finite number"),
+        help="anomaly models: a score above this is an anomaly",
     )
     sp.add_argument(
         "--max-accuracy-drop",

@@ -12,10 +12,17 @@ _BEFORE_AFTER = (
     ("macro_f1", "macro F1"),
     ("rmse", "RMSE"),
     ("mae", "MAE"),
+    ("anomaly_rate", "anomaly rate"),
+    ("precision", "precision of the anomaly flags"),
+    ("recall", "recall of the anomaly flags"),
+    ("f1", "F1 of the anomaly flags"),
     ("size_bytes", "size (bytes)"),
 )
 _SINGLE = (
     ("label_agreement", "label agreement"),
+    ("flag_agreement", "anomaly flag agreement"),
+    ("threshold", "anomaly threshold (score above)"),
+    ("threshold_from", "threshold from"),
     ("max_abs_diff", "max abs output diff"),
     ("size_ratio", "size after / before"),
     ("latency_p50_ms", "p50 latency, batch 1 (ms)"),
@@ -50,6 +57,8 @@ def verdict(report: dict[str, Any]) -> str:
         if report.get("task") == "classification":
             drop = report["accuracy_before"] - report["accuracy_after"]
             what = f"accuracy drop {drop:+.4f}"
+        elif report.get("task") == "anomaly":
+            what = f"anomaly flag agreement {report['flag_agreement']:.4f}"
         else:
             before = report["rmse_before"]
             rise = (report["rmse_after"] - before) / before if before else 0.0
@@ -66,6 +75,18 @@ def card_rows(card: dict[str, Any]) -> list[tuple[str, str]]:
     inp = card.get("input", {})
     health = card.get("health", {})
     classes = card.get("classes") or []
+    anomaly = card.get("anomaly")
+    scored = (
+        [
+            (
+                "anomaly",
+                f"score above {fmt(anomaly.get('threshold'))} "
+                f"({fmt(anomaly.get('rate'))} of the reference rows)",
+            )
+        ]
+        if isinstance(anomaly, dict)
+        else []
+    )
     return [
         ("model", f"{card.get('name')}@{card.get('version')}"),
         ("task", fmt(card.get("task"))),
@@ -75,6 +96,7 @@ def card_rows(card: dict[str, Any]) -> list[tuple[str, str]]:
         ("quantize", fmt(card.get("quantize"))),
         ("input", f"{inp.get('dtype')} {inp.get('shape')}"),
         ("classes", ", ".join(map(str, classes)) if classes else "-"),
+        *scored,
         ("reference rows", fmt(card.get("reference", {}).get("rows"))),
         ("health: max latency (ms)", fmt(health.get("max_latency_ms"))),
         ("health: min agreement", fmt(health.get("min_agreement"))),
