@@ -3,9 +3,9 @@
 Imports nothing but numpy at module level; the interpreter package is imported when a model is
 opened. The model takes one input of shape [batch, n_features] and gives one output of shape
 [batch, k]: class probabilities (k == number of classes), a single sigmoid probability of
-classes[1] (k == 1, two classes), or a regression value (k == 1). Full-integer models (int8 or
-uint8 input/output) are fed float32 rows quantized with the input tensor's scale and zero point,
-and their output is dequantized, so callers always see float32.
+classes[1] (k == 1, two classes), a regression value or an anomaly score (k == 1).
+Full-integer models (int8 or uint8 input/output) are fed float32 rows quantized with the input
+tensor's scale and zero point, and their output is dequantized, so callers always see float32.
 
 The batch dimension follows the rows passed in: the input is resized (and tensors re-allocated)
 only when the batch size changes, so a steady stream of same-sized batches costs one
@@ -22,7 +22,8 @@ import numpy as np
 from edge_agent.errors import BadDataError, BundleRejected
 from edge_agent.protocol.reasons import Reason
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "anomaly")
+VALUE_TASKS = ("regression", "anomaly")  # one number per row: a value, a score
 _INSTALL_HINT = (
     "install edgefleet[litert] (or edgefleet[tflite] on numpy<2 systems such as Raspberry Pi OS)"
 )
@@ -109,10 +110,10 @@ class TfliteRuntime:
         self._classes = np.asarray(list(classes))
         self._sigmoid = False
         k = self.n_outputs
-        if task == "regression" and k != 1:
+        if task in VALUE_TASKS and k != 1:
             raise BundleRejected(
                 Reason.BAD_MODEL,
-                f"a regression model must give one value per row, this one gives {k}",
+                f"a {task} model must give one value per row, this one gives {k}",
             )
         if task == "classification":
             if k == 1 and len(self._classes) == 2:
@@ -142,16 +143,16 @@ class TfliteRuntime:
         return self._labels(self._run(x))
 
     def scores(self, x: np.ndarray) -> np.ndarray | None:
-        return None if self.task == "regression" else self._probabilities(self._run(x))
+        return None if self.task in VALUE_TASKS else self._probabilities(self._run(x))
 
     def predict_with_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         out = self._run(x)
-        scores = None if self.task == "regression" else self._probabilities(out)
+        scores = None if self.task in VALUE_TASKS else self._probabilities(out)
         return self._labels(out), scores
 
     def _labels(self, out: np.ndarray) -> np.ndarray:
-        """(n, k) outputs -> (n,) labels (classification) or values (regression)."""
-        if self.task == "regression":
+        """(n, k) outputs -> (n,) labels (classification) or values (regression, anomaly)."""
+        if self.task in VALUE_TASKS:
             return out.reshape(len(out))
         if self._sigmoid:
             return self._classes[(out[:, 0] >= 0.5).astype(np.intp)]
