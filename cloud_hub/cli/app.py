@@ -187,12 +187,13 @@ def cmd_model_list(args: argparse.Namespace) -> int:
             "target": path,
             "model": info.get("model"),
             "version": info.get("model_version"),
+            "task": info.get("task", "-"),  # "-": published before targets named it
             "bytes": info["length"],
             "sha256": info["sha256"][:16],
         }
         for path, info in open_repo(_home(args)).targets().items()
     ]
-    _emit(args, rows, "signed models", ["model", "version", "bytes", "sha256", "target"])
+    _emit(args, rows, "signed models", ["model", "version", "task", "bytes", "sha256", "target"])
     return 0
 
 

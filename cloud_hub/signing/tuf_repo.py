@@ -136,8 +136,11 @@ class TufRepository:
             self._write("timestamp", Metadata(Timestamp(expires=_expires(self.expiry.timestamp))))
 
     # ---- changes ------------------------------------------------------------------------
-    def add_bundle(self, model: ModelRef, bundle: bytes, card_digest: str) -> str:
-        """Store a bundle as a signed target; returns its target path."""
+    def add_bundle(
+        self, model: ModelRef, bundle: bytes, card_digest: str, task: str | None = None
+    ) -> str:
+        """Store a bundle as a signed target (with its card's `task`, for people listing
+        them); returns its target path."""
         path = model.target_path
         with self._locked():
             targets = self._load("targets", Targets)
@@ -160,6 +163,7 @@ class TufRepository:
                     "card_sha256": card_digest,
                     # checked by the device as each chunk arrives (edge_agent/update/updater.py)
                     "chunk_sha256": chunk_hashes(bundle),
+                    **({"task": task} if task is not None else {}),
                 }
             }
             target = TargetFile.from_data(path, bundle, ["sha256"])
