@@ -1,7 +1,8 @@
 """Anomaly models as their own task: the card's fields, the converter (IsolationForest,
 OneClassSVM and an MLP autoencoder from scikit-learn, on breast_cancer with the benign tumours
-as normal), and what the agent makes of their scores (health gate, results, telemetry windows,
-drift). Scores and flags are checked against scikit-learn's own, computed here."""
+as normal), what the agent makes of their scores (health gate, results, telemetry windows,
+drift, shadow) and the hub's quality metrics from ground truth. Scores, flags and metrics are
+checked against scikit-learn's own, computed here."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ from sklearn.base import BaseEstimator
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import IsolationForest
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score, precision_score, recall_score
 from sklearn.neighbors import LocalOutlierFactor
 from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
+from cloud_hub.quality.labels import JoinedLabel
+from cloud_hub.quality.metrics import Floors, Query, quality_rows
 from converters.anomaly import DEFAULT_CONTAMINATION, anomaly_labels, choose_threshold
 from converters.card import reference_card
 from converters.pipeline import BuildReport, build_bundle
@@ -34,6 +38,7 @@ from edge_agent.inference.pipeline import Pipeline as AgentPipeline
 from edge_agent.inference.runtime import OnnxRuntime, load_runtime
 from edge_agent.inference.shadow import Shadow
 from edge_agent.protocol.card import Anomaly, ModelCard, anomaly_label, parse_card
+from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import DriftReport, TelemetryWindow
 from edge_agent.update.bundle import read_bundle
 from edge_agent.update.health import check_health
@@ -448,3 +453,30 @@ def test_a_shadow_of_two_anomaly_models_compares_their_flags(
     theirs = candidate.anomaly.flags(candidate_runtime.predict(cancer.sample))
     assert report.agreement == round(float(np.mean(flags == theirs)), 4)
     assert 0.5 < report.agreement < 1  # scores on two scales, flags mostly alike
+
+
+def test_ground_truth_measures_the_flags_of_an_anomaly_model() -> None:
+    """Labels joined to an anomaly model's scores: precision, recall and F1 of its flags (the
+    anomaly class alone), as scikit-learn computes them; a label that is no flag is left out."""
+    rng = np.random.default_rng(5)
+    model = ModelRef("watch", 1)
+    scores = rng.normal(size=300)
+    truth = (scores + rng.normal(scale=0.8, size=300)) > 1.0
+    spelled = [["normal", "anomaly"], [0, 1], ["false", "true"]]
+    joined = [
+        JoinedLabel("d", 1, i, model, float(s), spelled[i % 3][int(t)], 0.0)
+        for i, (s, t) in enumerate(zip(scores, truth, strict=True))
+    ]
+    joined.append(JoinedLabel("d", 1, 300, model, 0.3, "cat", 0.0))  # neither: left out
+    anomaly = Anomaly(threshold=1.0, rate=0.16)
+    (row,) = quality_rows(
+        joined, {model: "anomaly"}, Query(), lambda d: ["fleet"], Floors(), {model: anomaly}
+    )
+    flags = scores > 1.0
+    assert (row["task"], row["labels"], row["used"]) == ("anomaly", 301, 300)
+    assert row["precision"]["value"] == pytest.approx(precision_score(truth, flags))
+    assert row["recall"]["value"] == pytest.approx(recall_score(truth, flags))
+    assert row["f1"]["value"] == pytest.approx(f1_score(truth, flags))
+    assert row["accuracy"]["value"] == pytest.approx(np.mean(truth == flags))
+    assert row["precision"]["low"] < row["precision"]["value"] < row["precision"]["high"]
+    assert row["floor"] is None and row["alert"] is False

@@ -4,10 +4,13 @@ mosquitto. The agent serves rows we feed it, half of them malignant; what it fla
 three ways, each against scikit-learn's own verdict on the same rows, computed here: the
 results it publishes for local actuators (an independent subscriber counts them), the
 anomalies its telemetry windows report to the hub, and its drift reports, which the hub's
-`edgehub drift` shows next to the card's reference rate."""
+`edgehub drift` shows next to the card's reference rate. The truth (malignant or not) comes back
+by prediction id through `edgehub labels import`, and `edgehub metrics` gives the precision,
+recall and F1 of the device's flags as scikit-learn computes them."""
 
 from __future__ import annotations
 
+import csv
 import json
 import threading
 from collections.abc import Iterator
@@ -20,6 +23,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import IsolationForest
+from sklearn.metrics import f1_score, precision_score, recall_score
 
 from cloud_hub.broker.local import RunningBroker
 from cloud_hub.cli import app as hub_cli
@@ -172,3 +176,19 @@ def test_an_isolation_forest_flags_the_outliers_fed_to_a_device(
     assert "anomalies" in table and f"{pooled['rate']:.1%} of {FED}" in table
     models = json.loads(rig.cli(capsys, "model", "list", "--json"))
     assert [(m["model"], m["task"]) for m in models] == [(MODEL.name, "anomaly")]
+
+    # 4. the truth comes back by prediction id: the quality of the flags
+    truth = np.r_[np.zeros(half, dtype=int), np.ones(half, dtype=int)]  # 1: malignant
+    labels = rig.home.parent / "labels.csv"
+    with labels.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["prediction", "label"])
+        writer.writerows(
+            (r["id"], "anomaly" if t else "normal") for r, t in zip(results, truth, strict=True)
+        )
+    rig.cli(capsys, "labels", "import", str(labels))
+    (quality,) = json.loads(rig.cli(capsys, "metrics", "--model", str(MODEL), "--json"))["rows"]
+    assert (quality["task"], quality["labels"], quality["used"]) == ("anomaly", FED, FED)
+    assert quality["precision"]["value"] == pytest.approx(precision_score(truth, expected))
+    assert quality["recall"]["value"] == pytest.approx(recall_score(truth, expected))
+    assert quality["f1"]["value"] == pytest.approx(f1_score(truth, expected))
