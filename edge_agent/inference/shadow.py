@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_agent.inference.runtime import Runtime
+from edge_agent.protocol.input_spec import InputSpec
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import ShadowReport
 from edge_agent.update.health import INFERENCE_ERRORS, outputs_agree
@@ -33,6 +34,9 @@ class Shadow:
     task: str
     rows_per_report: int
     rollout: str | None = None
+    input: InputSpec | None = (
+        None  # the candidate's input; compared only where it is the serving one's
+    )
     # one entry per compared row; a report takes exactly `rows_per_report` of them
     _agree: list[bool] = field(default_factory=list, repr=False)
     _failed: list[bool] = field(default_factory=list, repr=False)

@@ -46,7 +46,7 @@ def _finite(value: object) -> bool:
 
 def check_health(card: ModelCard, runtime: Runtime) -> HealthResult:
     """Run the card's sample one row at a time; check errors, agreement and latency."""
-    x = np.asarray(card.sample_inputs, dtype=np.float32)
+    x = card.sample_items()
     if len(x) == 0:
         return HealthResult(False, "the card carries no sample to check", 0.0, math.inf, 1.0)
     expected = np.asarray(card.sample_outputs)
@@ -56,7 +56,7 @@ def check_health(card: ModelCard, runtime: Runtime) -> HealthResult:
     for i, row in enumerate(x):
         start = time.perf_counter()
         try:
-            got = runtime.predict(row[None, :])[0]
+            got = runtime.predict(row[None, ...])[0]
         except INFERENCE_ERRORS as exc:
             errors.append(f"row {i}: {exc}")
             continue

@@ -370,7 +370,9 @@ class Updater:
         if runtime is None:
             self.emit("rejected", cmd.model, f"{Reason.UNHEALTHY}: {reason}", cmd.rollout)
             return
-        self.set_shadow(Shadow(cmd.model, runtime, bundle.card.task, cmd.rows, cmd.rollout))
+        self.set_shadow(
+            Shadow(cmd.model, runtime, bundle.card.task, cmd.rows, cmd.rollout, bundle.card.input)
+        )
         self.emit("shadowing", cmd.model, f"report every {cmd.rows} rows", cmd.rollout)
 
     def _fetch_verified(
