@@ -69,8 +69,10 @@ from sklearn.preprocessing import StandardScaler
 
 from converters.pipeline import build_bundle
 from edge_agent.drift import DriftMonitor
+from edge_agent.framing.rows import card_bounds
 from edge_agent.inference.pipeline import ActiveModel, Pipeline
 from edge_agent.inference.runtime import load_runtime
+from edge_agent.sources.line_parser import LineParser
 from edge_agent.update.bundle import Bundle, read_bundle
 from edge_agent.uplink.telemetry import RunningStats, Window
 from firmware_configs import profile_path
@@ -240,7 +242,8 @@ def check_same_inputs(model: Model, pipeline: Pipeline, session: Any) -> None:
     """The parsed lines are the bare arrays bit for bit, and both give the same labels."""
     active = pipeline.active
     assert active is not None
-    parsed = np.stack([active.parsers["csv"].parse(line) for line in model.lines])
+    parser = LineParser(list(active.card.input.features), "csv", card_bounds(active.card))
+    parsed = np.stack([parser.parse(line) for line in model.lines])
     if not np.array_equal(parsed, model.x):
         raise AssertionError(f"{model.name}: the CSV lines do not parse to the bare arrays")
     ours = active.runtime.predict(model.x)
@@ -439,7 +442,8 @@ def measure_stages(model: Model, batch: int, cfg: Settings, whole: Throughput) -
     pipeline, _ = agent_pipeline(model, cfg)
     active = pipeline.active
     assert active is not None
-    parser, runtime, card = active.parsers["csv"], active.runtime, active.card
+    runtime, card = active.runtime, active.card
+    parser = LineParser(list(card.input.features), "csv", card_bounds(card))
     line_batches, arrays = batches_of(model, batch)
     row_batches = [[parser.parse(raw) for _, raw in lines] for lines in line_batches]
     predictions = [runtime.predict(x) for x in arrays]

@@ -10,6 +10,7 @@ agent would reject is never written.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -24,8 +25,10 @@ from converters.onnx_contract import (
     VALUE_OUTPUT,
 )
 from converters.source import Artifact, SourceModel
+from edge_agent.errors import BadDataError
 from edge_agent.protocol.card import (
     CARD_VERSION,
+    INPUT_CARD_VERSION,
     Anomaly,
     Calibration,
     bucket_counts,
@@ -33,8 +36,11 @@ from edge_agent.protocol.card import (
     parse_card,
     quantile_edges,
 )
+from edge_agent.protocol.input_spec import InputSpec, row_spec
 
 DEFAULT_MIN_AGREEMENT = 0.9
+MAX_CARD_BYTES = 256 * 1024  # what a card may weigh at most, whatever the input size
+MAX_SAMPLE_VALUES = 16384  # values in the card's health-gate sample, all items together
 REFERENCE_BINS = 10
 
 
@@ -58,16 +64,31 @@ def build_card(
     bins: int = REFERENCE_BINS,
     lineage: dict[str, Any] | None = None,
     anomaly: Anomaly | None = None,
+    input_spec: InputSpec | None = None,
 ) -> dict[str, Any]:
-    """The card.json dict. `y_pred_ref` are the deployed model's predictions on `x_ref`;
-    `sample_out` its labels (classification), values (regression) or scores (anomaly) on
-    `sample_x`; `confidence` the classifier's confidence calibration, when it has one;
-    `anomaly` how an anomaly model's score is read."""
+    """The card.json dict. `x_ref` are the values drift watches on the reference items and
+    `feature_names` their names (for a row model, its inputs; else edge_agent.framing.watch);
+    `y_pred_ref` the deployed model's predictions on those items; `sample_x` model inputs
+    (n, *input shape) and `sample_out` its labels (classification), values (regression) or
+    scores (anomaly) on them; `confidence` the classifier's confidence calibration, when it
+    has one; `anomaly` how an anomaly model's score is read; `input_spec` what the device
+    feeds the model (None: a row of `feature_names`)."""
     task = source.task
+    spec = input_spec or row_spec(feature_names)
     profiles = feature_profiles(x_ref, feature_names, bins)
     class_list = [to_jsonable(c) for c in classes] if task == "classification" else []
+    inputs: dict[str, Any] = {
+        "name": INPUT_NAME,  # a TFLite runtime binds its single input by position
+        "dtype": "float32",
+        **spec.to_json(),
+    }
+    if spec.kind == "row":
+        inputs.pop("kind")  # a row card stays readable by agents that know no input kinds
+        inputs["min"] = [p.min for p in profiles]
+        inputs["max"] = [p.max for p in profiles]
+    sample = np.asarray(sample_x, np.float32).reshape(len(sample_x), -1)
     card = {
-        "card_version": CARD_VERSION,
+        "card_version": CARD_VERSION if spec.kind == "row" else INPUT_CARD_VERSION,
         "name": name,
         "version": int(version),
         "task": task,
@@ -76,14 +97,7 @@ def build_card(
         "runtime": artifact.runtime,
         "model_file": artifact.model_file,
         "quantize": artifact.quantize,
-        "input": {
-            "name": INPUT_NAME,  # a TFLite runtime binds its single input by position
-            "dtype": "float32",
-            "shape": [None, len(feature_names)],
-            "features": list(feature_names),
-            "min": [p.min for p in profiles],
-            "max": [p.max for p in profiles],
-        },
+        "input": inputs,
         "output": output_schema(task, class_list, artifact.runtime, has_scores),
         "classes": class_list,
         "reference": {
@@ -93,7 +107,7 @@ def build_card(
             **({"confidence": confidence.to_json()} if confidence is not None else {}),
         },
         "sample": {
-            "inputs": [[float(v) for v in row] for row in np.asarray(sample_x, np.float32)],
+            "inputs": [[float(v) for v in row] for row in sample],
             "outputs": [to_jsonable(v) for v in np.asarray(sample_out).ravel()],
         },
         "health": {
@@ -106,8 +120,21 @@ def build_card(
         **({"anomaly": anomaly.to_json()} if anomaly is not None else {}),
     }
     card = to_jsonable(card)
+    check_card_size(card)
     parse_card(card)
     return card
+
+
+def check_card_size(card: dict[str, Any]) -> None:
+    """A card stays small whatever the input size: its JSON within MAX_CARD_BYTES."""
+    size = len(json.dumps(card, separators=(",", ":")))
+    if size > MAX_CARD_BYTES:
+        raise BadDataError(
+            f"model card: expected at most {MAX_CARD_BYTES} bytes, got {size} "
+            f"({len(card['reference']['features'])} watched features, "
+            f"{len(card['sample']['inputs'])} sample items of {len(card['sample']['inputs'][0])} "
+            "values)"
+        )
 
 
 def output_schema(

@@ -36,6 +36,23 @@ def check_features(x: Any, n_features: int | None = None) -> np.ndarray:
     return arr
 
 
+def check_items(x: Any, shape: tuple[int, ...], kind: str) -> np.ndarray:
+    """`x` as float32 items of `shape` each, (n, *shape): windows or images, finite."""
+    try:
+        arr = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise BadDataError(f"x: expected numbers convertible to float32, got {exc}") from exc
+    if arr.ndim != len(shape) + 1 or arr.shape[1:] != shape or len(arr) < 1:
+        want = ", ".join(map(str, shape))
+        raise BadDataError(
+            f"x: expected {kind} items of shape (n, {want}), got an array of shape {arr.shape}"
+        )
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.sum(~np.all(np.isfinite(arr.reshape(len(arr), -1)), axis=1)))
+        raise BadDataError(f"x: expected finite values, got NaN or infinity in {bad} {kind}(s)")
+    return arr
+
+
 def check_targets(y: Any, n_rows: int) -> np.ndarray:
     """`y` as a 1-D array of `n_rows` targets; numeric targets must be finite."""
     arr = np.asarray(y)
@@ -90,8 +107,9 @@ def halves(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def finite_rows(x: np.ndarray, limit: int) -> np.ndarray:
-    """Up to `limit` rows of `x` without NaN (the health-gate sample must be complete rows)."""
-    return x[np.all(np.isfinite(x), axis=1)][:limit]
+    """Up to `limit` rows (or items) of `x` without NaN (the health-gate sample must be
+    complete)."""
+    return x[np.all(np.isfinite(x.reshape(len(x), -1)), axis=1)][:limit]
 
 
 def _check_columns(arr: np.ndarray) -> None:

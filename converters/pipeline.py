@@ -37,11 +37,12 @@ import numpy as np
 from converters.anomaly import anomaly_labels, anomaly_spec, choose_threshold
 from converters.bundle import write_bundle
 from converters.calibration import fit_calibration
-from converters.card import build_card
+from converters.card import MAX_SAMPLE_VALUES, build_card
 from converters.data import (
     MIN_SPLIT_ROWS,
     check_feature_names,
     check_features,
+    check_items,
     check_targets,
     finite_rows,
     halves,
@@ -56,11 +57,13 @@ from converters.validate import (
     validation_report,
 )
 from edge_agent.errors import ConfigError
+from edge_agent.framing.watch import watched, watched_names
 from edge_agent.inference.runtime import Runtime
 from edge_agent.protocol.card import Calibration
+from edge_agent.protocol.input_spec import InputSpec, row_spec
 from edge_agent.protocol.messages import ModelRef
 
-SAMPLE_ROWS = 16
+SAMPLE_ROWS = 16  # at most; fewer where items are large (converters.card.MAX_SAMPLE_VALUES)
 # The hub is faster than a Pi: the health gate allows this many times the hub's p50 latency,
 # and never less than MIN_LATENCY_BUDGET_MS.
 LATENCY_HEADROOM = 20.0
@@ -100,15 +103,19 @@ def build_bundle(
     lineage: dict[str, Any] | None = None,
     contamination: float | None = None,
     threshold: float | None = None,
+    input_spec: InputSpec | None = None,
 ) -> BuildReport:
     """Convert, quantize, validate and write the bundle for `name@version` to `out`.
 
     `y` are the true labels or targets; None validates against the source model's own answers.
     Raises BadDataError (ConversionError, ParityError, ...) with what was expected and found;
     `force=True` writes the bundle even when the parity check fails; `lineage` (a retrained
-    model's parent, training data and trigger) goes into the card as it is. An anomaly
-    model's threshold is `threshold`, else the 1 - `contamination` quantile of its scores on
-    `x`, else its own (converters.anomaly.choose_threshold)."""
+    model's parent, training data and trigger) goes into the card as it is. `input_spec`
+    says what the device feeds the model: None (or a row spec) for rows of numbers, `x` of
+    shape (rows, features); a window or image spec for items, `x` of shape
+    (n, *input_spec.shape). An anomaly model's threshold is `threshold`, else the
+    1 - `contamination` quantile of its scores on `x`, else its own
+    (converters.anomaly.choose_threshold)."""
     ModelRef(name, version)  # validates both before any heavy work
     if quantize not in QUANTIZE_MODES:
         raise ConfigError(f"quantize: expected one of {QUANTIZE_MODES}, got {quantize!r}")
@@ -119,11 +126,18 @@ def build_bundle(
         raise ConfigError(
             f"contamination and threshold are for anomaly models; this is a {source.task} model"
         )
-    x32 = check_features(x, source.n_features)
+    if input_spec is None or input_spec.kind == "row":
+        x32 = check_features(x, source.n_features)
+        names = check_feature_names(feature_names, x32.shape[1], source.feature_names)
+        spec = input_spec or row_spec(names)
+    else:
+        spec = input_spec
+        x32 = check_items(x, spec.shape, spec.kind)
+        names = watched_names(spec)
+    seen = watched(spec, x32)
     if scored and y is not None:
         y = anomaly_labels(check_targets(y, len(x32)))
     y_arr = check_targets(source.predict(x32) if y is None else y, len(x32))
-    names = check_feature_names(feature_names, x32.shape[1], source.feature_names)
     x_val, y_val = validation_half(x32, y_arr)
     classes = _classes(source, x32, y_arr)
 
@@ -148,15 +162,16 @@ def build_bundle(
         report["confidence"] = calibrated[1]
 
     progress(STEPS[3])
-    sample_x = finite_rows(x_val, SAMPLE_ROWS)
+    sample_rows = max(1, min(SAMPLE_ROWS, MAX_SAMPLE_VALUES // spec.size))
+    sample_x = finite_rows(x_val, sample_rows)
     if len(sample_x) == 0:
-        sample_x = finite_rows(x32, SAMPLE_ROWS)
+        sample_x = finite_rows(x32, sample_rows)
     card = build_card(
         name,
         version,
         source,
         artifact,
-        x32,
+        seen,
         predicted,
         classes,
         names,
@@ -164,12 +179,13 @@ def build_bundle(
         sample_x,
         # one row at a time, as the device's health gate runs them: dynamic quantization scales
         # activations per batch, so a batch of 16 may round a borderline row differently
-        np.concatenate([runtime.predict(row[None, :]) for row in sample_x]),
+        np.concatenate([runtime.predict(row[None, ...]) for row in sample_x]),
         _latency_budget(report, max_latency_ms),
         has_scores=runtime.scores(sample_x[:1]) is not None,
         confidence=calibrated[0] if calibrated else None,
         lineage=lineage,
         anomaly=anomaly,
+        input_spec=spec,
     )
     write_bundle(out, card, artifact.model_bytes)
     return BuildReport(path=Path(out), card=card, report=report)

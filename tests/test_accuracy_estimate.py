@@ -29,7 +29,8 @@ from sklearn.preprocessing import StandardScaler
 from converters.calibration import MAX_BINS, fit_calibration, pav
 from converters.pipeline import build_bundle
 from edge_agent.drift import DriftMonitor
-from edge_agent.inference.pipeline import ActiveModel, Pipeline, card_bounds
+from edge_agent.framing.rows import card_bounds
+from edge_agent.inference.pipeline import ActiveModel, Pipeline
 from edge_agent.inference.runtime import Runtime, load_runtime
 from edge_agent.protocol.card import parse_card
 from edge_agent.update.bundle import Bundle, read_bundle
@@ -340,7 +341,7 @@ def test_the_estimate_imports_nothing_new_on_the_device(cancer: Built, tmp_path:
         import json
         import numpy as np
         from edge_agent.update.bundle import read_bundle
-        from edge_agent.inference.pipeline import ActiveModel, Pipeline, card_bounds
+        from edge_agent.inference.pipeline import ActiveModel, Pipeline
         from edge_agent.protocol.card import parse_card
         from edge_agent.inference.runtime import load_runtime
         b = read_bundle(open({str(bundle)!r}, "rb").read(), None, 10**8)

@@ -455,7 +455,7 @@ def test_old_cards_without_a_ks_sample_still_read(cancer: tuple[np.ndarray, list
         ({"drift": [0.1]}, "card.drift: expected an object"),
         ({"ks": [3.0, 1.0]}, "ascending order"),
         ({"ks": ["a"]}, "expected a list of finite numbers"),
-        ({"card_version": 3}, r"card.card_version: expected one of \(1, 2\), got 3"),
+        ({"card_version": 4}, r"card.card_version: expected one of \(1, 2, 3\), got 4"),
         ({"card_version": 1}, "confidence: expected only in a classifier's card of version 2"),
         ({"task": "regression"}, "confidence: expected only in a classifier's card"),
         ({"confidence": [0.9]}, "card.reference.confidence: expected an object, got list"),

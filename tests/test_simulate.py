@@ -27,7 +27,7 @@ from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.operations import init_hub, start_rollout
 from cloud_hub.store.database import Store, default_url
 from edge_agent.errors import ConfigError
-from edge_agent.inference.pipeline import card_bounds
+from edge_agent.framing.rows import card_bounds
 from edge_agent.protocol.messages import Status
 from edge_agent.sources.line_parser import LineParser
 from edge_agent.update.bundle import read_bundle

@@ -41,13 +41,13 @@ import numpy as np
 
 from edge_agent.drift import MISSING_REASONS, DriftMonitor
 from edge_agent.errors import SensorLineError
+from edge_agent.framing import Framer, framer_for
 from edge_agent.inference.runtime import Runtime
 from edge_agent.inference.shadow import Shadow
 from edge_agent.protocol.card import ModelCard
 from edge_agent.protocol.ids import prediction_id
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import MAX_WINDOW_ROWS, ShadowReport, TelemetryWindow
-from edge_agent.sources.line_parser import LineParser
 from edge_agent.update.health import INFERENCE_ERRORS
 from edge_agent.uplink.sampling import RawSampler
 from edge_agent.uplink.telemetry import RunningStats, Window
@@ -57,28 +57,13 @@ log = logging.getLogger(__name__)
 OnResult = Callable[[dict[str, Any]], None]
 OnShadowReport = Callable[[Shadow, ShadowReport], None]
 
-BOUNDS_TOLERANCE = 1.0  # accept values up to one reference range beyond the card's min and max
-# An anomaly model exists to score what lies outside its reference: its lines are accepted up to
-# a hundred reference ranges beyond (further out is a broken sensor rather than a reading, and
-# an autoencoder's squared error stays far from float32's limit).
-ANOMALY_BOUNDS_TOLERANCE = 100.0
-
-
-def card_bounds(card: ModelCard) -> list[tuple[float, float]]:
-    tolerance = ANOMALY_BOUNDS_TOLERANCE if card.task == "anomaly" else BOUNDS_TOLERANCE
-    bounds = []
-    for f in card.features:
-        span = max(f.max - f.min, abs(f.max), 1e-6) * tolerance
-        bounds.append((f.min - span, f.max + span))
-    return bounds
-
 
 @dataclass
 class ActiveModel:
     card: ModelCard
     runtime: Runtime
     monitor: DriftMonitor
-    parsers: dict[str, LineParser]
+    framer: Framer
     ref: str = field(init=False, repr=False)  # "name@version", as results carry it
     scored: bool = field(init=False, repr=False)  # whether the monitor wants class probabilities
 
@@ -96,12 +81,11 @@ class ActiveModel:
         alert_every: float,
         drift_window_s: float | None = None,
     ) -> ActiveModel:
-        names, bounds = card.feature_names, card_bounds(card)
         return cls(
             card,
             runtime,
             DriftMonitor(card, drift_window, drift_window_s, warn_every, alert_every),
-            {fmt: LineParser(names, fmt, bounds) for fmt in ("csv", "json")},
+            framer_for(card),
         )
 
 
@@ -153,23 +137,21 @@ class Pipeline:
         return Window(now, self._boot, self._keep and self._boot is not None)
 
     def process(self, lines: list[tuple[str, bytes]]) -> None:
-        """One micro-batch of (format, raw line) pairs."""
+        """One micro-batch of (format, raw message) pairs: sensor lines, or images."""
         model = self.active
         if model is None:
             self._reject_for(None, "no-model", len(lines))
             return
-        rows = []
-        parsers = model.parsers
-        for fmt, raw in lines:
-            try:
-                rows.append(parsers[fmt].values(raw))
-            except SensorLineError as exc:
-                self._reject_for(model, exc.reason)
-                if exc.reason in MISSING_REASONS:
-                    model.monitor.missing()
-        if not rows:
+
+        def reject(exc: SensorLineError) -> None:
+            self._reject_for(model, exc.reason)
+            if exc.reason in MISSING_REASONS:
+                model.monitor.missing()
+
+        framed = model.framer.frame(lines, reject)
+        if framed is None:
             return
-        x = np.array(rows, dtype=np.float32)  # the values were checked to fit float32
+        x, seen = framed.x, framed.seen
         start = time.perf_counter()
         scores = None
         try:
@@ -194,16 +176,16 @@ class Pipeline:
         if self._on_result is not None:
             share = latency_ms / len(x)
             self._results(self._on_result, model.ref, predictions, share, first, flags)
-        report = model.monitor.add(x, predictions, scores)
+        report = model.monitor.add(seen, predictions, scores)
         if report is not None:
             self._on_drift(report)
         shadow = self.shadow
-        if shadow is not None:
+        if shadow is not None and shadow.input in (None, model.card.input):
             compared = shadow.observe(x, predictions, latency_ms, model.card.model, flags)
             if compared is not None and self._on_shadow_report is not None:
                 self._on_shadow_report(shadow, compared)
         if self.sampler is not None:
-            self.sampler.offer(model.card, x, predictions, self._row_id(first))
+            self.sampler.offer(model.card, seen, predictions, self._row_id(first))
 
     def _add_rows(
         self,

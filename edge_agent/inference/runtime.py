@@ -106,8 +106,8 @@ def load_runtime(card: ModelCard, model_bytes: bytes, threads: int = 1) -> Runti
     (or zeros), so the first sensor line does not pay for lazy allocation. A failure here is
     left for the health gate to count and report."""
     runtime = open_runtime(card.runtime, model_bytes, card.task, card.classes, threads)
-    sample = card.sample_inputs[:1] or ((0.0,) * card.n_features,)
-    row = np.asarray(sample, dtype=np.float32)
+    items = card.sample_items()
+    row = items[:1] if len(items) else np.zeros((1, *card.input.shape), np.float32)
     with contextlib.suppress(EdgefleetError, RuntimeError, ValueError):
         for _ in range(WARMUP_RUNS):
             runtime.predict(row)

@@ -23,6 +23,7 @@ import numpy as np
 
 from edge_agent.inference.runtime import Runtime
 from edge_agent.protocol.card import Anomaly
+from edge_agent.protocol.input_spec import InputSpec
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import ShadowReport
 from edge_agent.update.health import INFERENCE_ERRORS, outputs_agree
@@ -36,6 +37,9 @@ class Shadow:
     task: str
     rows_per_report: int
     rollout: str | None = None
+    input: InputSpec | None = (
+        None  # the candidate's input; compared only where it is the serving one's
+    )
     anomaly: Anomaly | None = None  # an anomaly candidate: how its score is read
     # one entry per compared row; a report takes exactly `rows_per_report` of them
     _agree: list[bool] = field(default_factory=list, repr=False)

@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 
 from edge_agent.errors import BundleRejected, MessageError
+from edge_agent.protocol.input_spec import InputSpec, parse_input_spec, row_spec
 from edge_agent.protocol.messages import ModelRef, field_of
 from edge_agent.protocol.reasons import Reason
 
 CARD_VERSION = 2  # 2: reference.confidence (optional); version 1 cards are still read
-CARD_VERSIONS = (1, 2)
+INPUT_CARD_VERSION = 3  # 3: input kinds other than a row (edge_agent.protocol.input_spec)
+CARD_VERSIONS = (1, 2, 3)
 TASKS = ("classification", "regression", "anomaly")
 RUNTIMES = ("onnxruntime", "litert")
 KS_POINTS = 200  # reference order statistics per feature for KS: its ECDF is off by <= 1/199
@@ -214,15 +216,23 @@ class ModelCard:
     version: int = CARD_VERSION  # the card_version it was written as
     confidence: Calibration | None = None  # classifiers built with labels, card version >= 2
     lineage: dict[str, Any] | None = None  # retrained models: parent, training data, trigger
+    input: InputSpec = field(default_factory=lambda: row_spec([]))  # what the device feeds it
     anomaly: Anomaly | None = None  # task "anomaly": how its score is read
 
     @property
     def n_features(self) -> int:
+        """Values drift watches per item (the reference's features), not the model's input
+        size: that is `input.size`."""
         return len(self.features)
 
     @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
+
+    def sample_items(self) -> np.ndarray:
+        """The card's sample as the model takes it: (n, *input.shape) float32."""
+        x = np.asarray(self.sample_inputs, dtype=np.float32)
+        return x.reshape(len(self.sample_inputs), *self.input.shape)
 
 
 def _floats(value: object, where: str) -> list[float]:
@@ -311,11 +321,20 @@ def _parse_card(obj: object) -> ModelCard:
                 f"got one in a {task} card of version {version}"
             )
         confidence = _calibration(ref["confidence"], at)
+    spec = parse_input_spec(inp, f"{where}.input", [f.name for f in feats])
+    if spec.kind != "row" and version < INPUT_CARD_VERSION:
+        raise MessageError(
+            f"{where}.card_version: expected {INPUT_CARD_VERSION} or later for a {spec.kind} "
+            f"input, got {version}"
+        )
     sample = field_of(obj, "sample", dict, where)
     inputs = field_of(sample, "inputs", list, f"{where}.sample")
     rows = tuple(tuple(_floats(r, f"{where}.sample.inputs[{i}]")) for i, r in enumerate(inputs))
-    if any(len(r) != len(feats) for r in rows):
-        raise MessageError(f"{where}.sample.inputs: expected rows of {len(feats)} values")
+    if any(len(r) != spec.size for r in rows):
+        raise MessageError(
+            f"{where}.sample.inputs: expected items of {spec.size} values (the model's "
+            f"{spec.kind} input, flattened)"
+        )
     outputs = field_of(sample, "outputs", list, f"{where}.sample")
     if len(outputs) != len(rows):
         raise MessageError(
@@ -343,6 +362,7 @@ def _parse_card(obj: object) -> ModelCard:
         version=version,
         confidence=confidence,
         lineage=_lineage(obj["lineage"], f"{where}.lineage") if "lineage" in obj else None,
+        input=spec,
         anomaly=_anomaly(obj.get("anomaly"), task, f"{where}.anomaly"),
     )
 

@@ -372,7 +372,7 @@ class Updater:
             return
         card = bundle.card
         self.set_shadow(
-            Shadow(cmd.model, runtime, card.task, cmd.rows, cmd.rollout, anomaly=card.anomaly)
+            Shadow(cmd.model, runtime, card.task, cmd.rows, cmd.rollout, card.input, card.anomaly)
         )
         self.emit("shadowing", cmd.model, f"report every {cmd.rows} rows", cmd.rollout)
 

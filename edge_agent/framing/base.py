@@ -1,0 +1,36 @@
+"""The one interface every framer has (pure logic: no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from edge_agent.errors import SensorLineError
+
+OnReject = Callable[[SensorLineError], None]
+
+
+@dataclass(frozen=True)
+class Framed:
+    """A micro-batch's items: `x` what the model takes, (n, *input.shape) float32; `seen` what
+    drift watches, (n, len(card.features)) (for a row of numbers, the same array as `x`)."""
+
+    x: np.ndarray
+    seen: np.ndarray
+
+
+class Framer(Protocol):
+    def frame(self, messages: list[tuple[str, bytes]], reject: OnReject) -> Framed | None:
+        """The items that `messages` (format, raw bytes) complete, None if none; each message
+        it cannot use goes to `reject` (its reason and detail) and the rest go on."""
+        ...
+
+
+def wrong_format(kind: str, fmt: str, accepted: tuple[str, ...]) -> SensorLineError:
+    return SensorLineError(
+        "garbage",
+        f"expected {' or '.join(accepted)} input for a {kind} model, got a {fmt!r} message",
+    )

@@ -1,0 +1,16 @@
+"""The framer a card's input kind asks for."""
+
+from __future__ import annotations
+
+from edge_agent.errors import BundleRejected
+from edge_agent.framing.base import Framer
+from edge_agent.framing.rows import RowFramer
+from edge_agent.protocol.card import ModelCard
+from edge_agent.protocol.reasons import Reason
+
+
+def framer_for(card: ModelCard) -> Framer:
+    kind = card.input.kind
+    if kind == "row":
+        return RowFramer(card)
+    raise BundleRejected(Reason.BAD_CARD, f"input kind {kind!r} is not one this agent serves")

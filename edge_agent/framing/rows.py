@@ -1,0 +1,47 @@
+"""A row model: one sensor line is one item (edge_agent.sources.line_parser parses it)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_agent.errors import SensorLineError
+from edge_agent.framing.base import Framed, OnReject, wrong_format
+from edge_agent.protocol.card import ModelCard
+from edge_agent.sources.line_parser import FORMATS, LineParser
+
+BOUNDS_TOLERANCE = 1.0  # accept values up to one reference range beyond the card's min and max
+# An anomaly model exists to score what lies outside its reference: its lines are accepted up to
+# a hundred reference ranges beyond (further out is a broken sensor rather than a reading, and
+# an autoencoder's squared error stays far from float32's limit).
+ANOMALY_BOUNDS_TOLERANCE = 100.0
+
+
+def card_bounds(card: ModelCard) -> list[tuple[float, float]]:
+    tolerance = ANOMALY_BOUNDS_TOLERANCE if card.task == "anomaly" else BOUNDS_TOLERANCE
+    bounds = []
+    for f in card.features:
+        span = max(f.max - f.min, abs(f.max), 1e-6) * tolerance
+        bounds.append((f.min - span, f.max + span))
+    return bounds
+
+
+class RowFramer:
+    def __init__(self, card: ModelCard) -> None:
+        names, bounds = list(card.input.features), card_bounds(card)
+        self._parsers = {fmt: LineParser(names, fmt, bounds) for fmt in FORMATS}
+
+    def frame(self, messages: list[tuple[str, bytes]], reject: OnReject) -> Framed | None:
+        rows = []
+        parsers = self._parsers
+        for fmt, raw in messages:
+            try:
+                parser = parsers.get(fmt)
+                if parser is None:
+                    raise wrong_format("row", fmt, FORMATS)
+                rows.append(parser.values(raw))
+            except SensorLineError as exc:
+                reject(exc)
+        if not rows:
+            return None
+        x = np.array(rows, dtype=np.float32)  # the values were checked to fit float32
+        return Framed(x, x)
