@@ -29,7 +29,7 @@ import numpy as np
 
 from converters.source import QUANTIZE_MODES, TASKS, Artifact
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError
-from edge_agent.inference.tflite import TfliteRuntime, open_interpreter, output_width
+from edge_agent.inference.tflite import VALUE_TASKS, TfliteRuntime, open_interpreter, output_width
 
 REPRESENTATIVE_ROWS = 200
 TFLITE_AS_IS = (
@@ -39,8 +39,9 @@ TFLITE_AS_IS = (
 _TF_HINT = "Keras models need TensorFlow: pip install edgefleet[tf]"
 _SUPPORTED_OUTPUTS = (
     "supported outputs are one Dense-style output of shape (batch, k): softmax over k > 1 units "
-    "(classification), 1 sigmoid unit (binary classification) or 1 unit with any other "
-    "activation (regression)"
+    "(classification), 1 sigmoid unit (binary classification), 1 unit with any other "
+    "activation (regression), or as many units as inputs (an autoencoder: its reconstruction "
+    "error is an anomaly score)"
 )
 
 
@@ -201,13 +202,18 @@ class KerasSource:
             raise BadDataError(f"{origin}: output shape {out_shape}; {_SUPPORTED_OUTPUTS}")
         k = int(out_shape[1])
         activation = _output_activation(model)
-        self.task, self.classes = _task_and_classes(origin, k, activation, task, classes)
+        self.task, self.classes = _task_and_classes(
+            origin, k, activation, task, classes, self.n_features
+        )
         self.description = describe_keras(model)
+        if self.task == "anomaly" and k > 1:  # an autoencoder: scored by what it gets wrong
+            self.model = reconstruction_error(model)
+            self.description += " -> reconstruction error"
         self._sigmoid = self.task == "classification" and k == 1
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         out = self._run(x)
-        if self.task == "regression":
+        if self.task in VALUE_TASKS:
             return out.reshape(len(out))
         labels = np.asarray(self.classes)
         if self._sigmoid:
@@ -215,7 +221,7 @@ class KerasSource:
         return labels[out.argmax(axis=1)]
 
     def scores(self, x: np.ndarray) -> np.ndarray | None:
-        if self.task == "regression":
+        if self.task in VALUE_TASKS:
             return None
         out = self._run(x)
         if self._sigmoid:
@@ -254,14 +260,36 @@ def _output_activation(model: Any) -> str:
     return str(getattr(activation, "__name__", activation))
 
 
+def reconstruction_error(model: Any) -> Any:
+    """An autoencoder wrapped so that its one output is its anomaly score, (batch, 1): the
+    mean over features of the squared difference between what it gives back and what it was
+    given (TFLite builtins: SUB, MUL, MEAN)."""
+    keras = _keras()
+    given = keras.Input(tuple(model.inputs[0].shape[1:]))
+    error = keras.layers.Lambda(
+        lambda pair: keras.ops.mean(keras.ops.square(pair[0] - pair[1]), axis=1, keepdims=True),
+        name="reconstruction_error",
+    )
+    return keras.Model(given, error([model(given), given]))
+
+
 def _task_and_classes(
-    origin: str, k: int, activation: str, task: str | None, classes: list[Any] | None
+    origin: str,
+    k: int,
+    activation: str,
+    task: str | None,
+    classes: list[Any] | None,
+    n_features: int | None = None,
 ) -> tuple[str, list[Any]]:
+    """The task (an output as wide as the input, not softmax, is an autoencoder's: anomaly)
+    and the class labels of a classifier."""
     if task is not None and task not in TASKS:
         raise ConfigError(f"task {task!r} is not one of {list(TASKS)}")
     if task is None:
         if classes is not None or (k > 1 and activation == "softmax"):
             task = "classification"
+        elif k > 1 and k == n_features:
+            task = "anomaly"
         elif k == 1:
             task = "classification" if activation == "sigmoid" else "regression"
         else:
@@ -274,6 +302,13 @@ def _task_and_classes(
         if k != 1:
             raise BadDataError(
                 f"{origin}: a regression model must give one value per row, this one gives {k}"
+            )
+        return task, []
+    if task == "anomaly":
+        if k not in (1, n_features):
+            raise BadDataError(
+                f"{origin}: an anomaly model gives one score per row, or (an autoencoder) as "
+                f"many values as it takes in ({n_features}); this one gives {k}"
             )
         return task, []
     default = list(range(k)) if k > 1 else [0, 1]
