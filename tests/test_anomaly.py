@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
 from sklearn.base import BaseEstimator
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import IsolationForest
@@ -28,6 +30,7 @@ from cloud_hub.quality.labels import JoinedLabel
 from cloud_hub.quality.metrics import Floors, Query, quality_rows
 from converters.anomaly import DEFAULT_CONTAMINATION, anomaly_labels, choose_threshold
 from converters.card import reference_card
+from converters.onnx_input import load_onnx
 from converters.pipeline import BuildReport, build_bundle
 from converters.sklearn_onnx import ConversionError, to_onnx_model
 from converters.validate import ParityError, check_parity
@@ -480,3 +483,33 @@ def test_ground_truth_measures_the_flags_of_an_anomaly_model() -> None:
     assert row["accuracy"]["value"] == pytest.approx(np.mean(truth == flags))
     assert row["precision"]["low"] < row["precision"]["value"] < row["precision"]["high"]
     assert row["floor"] is None and row["alert"] is False
+
+
+def test_an_onnx_file_of_scores_converts_with_task_anomaly(
+    cancer: Cancer, iforest: IsolationForest, tmp_path: Path
+) -> None:
+    """A file says nothing of its task: with --task anomaly its one float output is the score
+    (higher = more anomalous); a file with more outputs is refused, naming them."""
+    scored = tmp_path / "scored.onnx"
+    scored.write_bytes(to_onnx_model(iforest, cancer.sample).SerializeToString())
+    built = build_bundle(
+        load_onnx(scored, "anomaly"),
+        cancer.sample,
+        None,
+        name="file",
+        version=1,
+        out=tmp_path / "file.zip",
+        contamination=0.1,
+    )
+    assert built.card["task"] == "anomaly" and built.report["threshold_from"] == "contamination 0.1"
+    assert built.report["flag_agreement"] == 1.0
+    raw = tmp_path / "raw.onnx"  # skl2onnx's own: label and decision scores
+    raw.write_bytes(
+        convert_sklearn(
+            iforest,
+            initial_types=[("X", FloatTensorType([None, cancer.sample.shape[1]]))],
+            target_opset={"": 17, "ai.onnx.ml": 3},
+        ).SerializeToString()
+    )
+    with pytest.raises(BadDataError, match=r"expected an anomaly model's one output.*\['label'"):
+        load_onnx(raw, "anomaly")
