@@ -152,7 +152,7 @@ def build_bundle(
         cut, chosen = choose_threshold(predicted, own_threshold(source), contamination, threshold)
         anomaly = anomaly_spec(predicted, cut)
     y_known = None if scored and y is None else y_val
-    report = validation_report(source, runtime, artifact, x_val, y_known, anomaly)
+    report = validation_report(source, runtime, artifact, x_val, y_known, anomaly, classes)
     if anomaly is not None:
         report["threshold_from"] = chosen
     report["parity"] = _parity(report, max_accuracy_drop, max_rmse_rel, force)
