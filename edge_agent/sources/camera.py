@@ -75,6 +75,7 @@ class CameraSource(ThreadedSource):
             raise ConfigError(
                 f"{where}: 'backend' expected one of {', '.join(BACKENDS)}, found {backend!r}"
             )
+        max_image_bytes = positive_int(where, "max_image_bytes", max_image_bytes)
         super().__init__(name or f"camera:{device}", max_image_bytes, where)
         self.device = device
         self.fps = positive_float(where, "fps", fps)

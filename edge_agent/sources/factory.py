@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from edge_agent.checks import suggest
+from edge_agent.checks import positive_int, suggest
 from edge_agent.errors import ConfigError
 from edge_agent.imaging import FORMAT as IMAGE
 from edge_agent.sources.base import OnStatus, Source
@@ -97,7 +97,8 @@ def source_from_config(
             )
     settings = {k: v for k, v in cfg.items() if k != "kind"}
     if image_mqtt:
-        settings["max_line_bytes"] = settings.pop("max_image_bytes", DEFAULT_IMAGE_BYTES)
+        limit = settings.pop("max_image_bytes", DEFAULT_IMAGE_BYTES)
+        settings["max_line_bytes"] = positive_int(f"{where} ({kind})", "max_image_bytes", limit)
         settings["whole_payloads"] = True
     if on_status is not None and kind in _CONNECTED:
         settings["on_status"] = on_status

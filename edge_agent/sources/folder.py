@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.checks import positive_float
+from edge_agent.checks import positive_float, positive_int
 from edge_agent.errors import ConfigError, TransportError
 from edge_agent.sources.base import ThreadedSource, transport_error
 
@@ -114,6 +114,7 @@ class FolderSource(ThreadedSource):
             raise ConfigError(
                 f"{where}: 'done_folder' expected a sub-folder name, found {done_folder!r}"
             )
+        max_image_bytes = positive_int(where, "max_image_bytes", max_image_bytes)
         super().__init__(name or f"folder:{path}", max_image_bytes, where)
         self.path = Path(path)
         self.poll_s = positive_float(where, "poll_s", poll_s)
