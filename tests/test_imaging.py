@@ -6,11 +6,9 @@ numpy and scipy, and every kind of bad image refused with a reason, never raised
 from __future__ import annotations
 
 import io
-import itertools
 import struct
 import time
 import zlib
-from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -32,66 +30,9 @@ from edge_agent.imaging import (
 )
 from edge_agent.imaging.libs import jpeg_size
 from edge_agent.protocol.input_spec import ImageSpec, InputSpec
+from tests.support.images import GRAY, GRAY_ALPHA, PALETTE, RGB, RGBA, chunk, filtered, png
 
 RNG = np.random.default_rng(19)
-GRAY, RGB, PALETTE, GRAY_ALPHA, RGBA = 0, 2, 3, 4, 6
-
-
-# ---- a PNG writer, written out plainly -------------------------------------------------------
-
-
-def chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def _paeth(a: int, b: int, c: int) -> int:
-    p = a + b - c
-    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-    return a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-
-
-def filtered(rows: np.ndarray, bpp: int, filters: Sequence[int]) -> bytes:
-    """Scanlines (h, stride) of byte values, each filtered by filters[row % len], as an encoder
-    does: the filter byte, then each byte minus its predictor from the original bytes."""
-    out = bytearray()
-    raw = rows.astype(int)
-    for r in range(raw.shape[0]):
-        kind = filters[r % len(filters)]
-        out.append(kind)
-        for i in range(raw.shape[1]):
-            a = raw[r, i - bpp] if i >= bpp else 0
-            b = raw[r - 1, i] if r else 0
-            c = raw[r - 1, i - bpp] if r and i >= bpp else 0
-            predictor = (0, a, b, (a + b) // 2, _paeth(a, b, c))[kind]
-            out.append((raw[r, i] - predictor) & 0xFF)
-    return bytes(out)
-
-
-def png(
-    values: np.ndarray,
-    color: int,
-    depth: int = 8,
-    filters: Sequence[int] = (0, 1, 2, 3, 4),
-    *,
-    palette: np.ndarray | None = None,
-    idat_parts: int = 1,
-    interlace: int = 0,
-    extra: bytes = b"",
-) -> bytes:
-    """A PNG of (h, w, samples) `values` (uint8, or uint16 for depth 16)."""
-    h, w, samples = values.shape
-    if depth == 16:
-        rows = values.astype(">u2").view(np.uint8).reshape(h, w * samples * 2)
-    else:
-        rows = values.astype(np.uint8).reshape(h, w * samples)
-    bpp = samples * depth // 8
-    data = zlib.compress(filtered(rows, bpp, filters))
-    cuts = np.linspace(0, len(data), idat_parts + 1).astype(int)
-    body = b"".join(chunk(b"IDAT", data[a:b]) for a, b in itertools.pairwise(cuts))
-    head = chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, color, 0, 0, interlace))
-    plte = chunk(b"PLTE", palette.tobytes()) if palette is not None else b""
-    text = chunk(b"tEXt", b"Comment\x00written by the test")
-    return b"\x89PNG\r\n\x1a\n" + head + text + plte + extra + body + chunk(b"IEND", b"")
 
 
 def to_8bit(values: np.ndarray, maxval: int) -> np.ndarray:
