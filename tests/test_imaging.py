@@ -29,6 +29,7 @@ from edge_agent.imaging import (
     to_channels,
 )
 from edge_agent.imaging.libs import jpeg_size
+from edge_agent.imaging.png import unfilter
 from edge_agent.protocol.input_spec import ImageSpec, InputSpec
 from tests.support.images import GRAY, GRAY_ALPHA, PALETTE, RGB, RGBA, chunk, filtered, png
 
@@ -93,6 +94,15 @@ def test_a_large_png_decodes_in_a_bounded_time() -> None:
     start = time.process_time()
     assert np.array_equal(decode_image(data), values)
     assert time.process_time() - start < 2.0  # numpy along anti-diagonals, not a byte loop
+
+
+def test_a_png_is_unfiltered_alike_in_bands_of_rows() -> None:
+    values = pixels(100, 30, 3)
+    raw = filtered(values.reshape(100, 90), 3, (4, 3, 0, 1, 2, 4, 4))
+    whole = unfilter(raw, 100, 90, 3)
+    assert np.array_equal(whole.reshape(100, 30, 3), values)
+    for band_bytes in (1, 5000, 20000):  # bands of 8, 12 and 34 rows
+        assert np.array_equal(unfilter(raw, 100, 90, 3, band_bytes), whole)
 
 
 # ---- netpbm and .npy -------------------------------------------------------------------------
