@@ -172,7 +172,8 @@ def load_keras(
 
 
 class KerasSource:
-    """A Keras model as a `SourceModel`: tabular input (batch, n_features), one output."""
+    """A Keras model as a `SourceModel`: tabular input (batch, n_features), or items such as
+    images (batch, H, W, C) (`item_shape`); one output."""
 
     framework = "keras"
 
@@ -191,12 +192,13 @@ class KerasSource:
                 f"{len(model.inputs)} inputs and {len(model.outputs)} outputs"
             )
         in_shape = tuple(model.inputs[0].shape)
-        if len(in_shape) != 2 or in_shape[1] is None:
+        if len(in_shape) < 2 or None in in_shape[1:]:
             raise BadDataError(
-                f"{origin}: expected an input of shape (batch, n_features) for tabular rows, "
-                f"got {in_shape}"
+                f"{origin}: expected an input of shape (batch, n_features) for tabular rows, or "
+                f"(batch, *item) with known sizes (an image: (batch, H, W, C)), got {in_shape}"
             )
-        self.n_features: int | None = int(in_shape[1])
+        self.item_shape = tuple(int(d) for d in in_shape[1:])
+        self.n_features: int | None = self.item_shape[0] if len(self.item_shape) == 1 else None
         out_shape = tuple(model.outputs[0].shape)
         if len(out_shape) != 2 or out_shape[1] is None:
             raise BadDataError(f"{origin}: output shape {out_shape}; {_SUPPORTED_OUTPUTS}")
@@ -335,9 +337,15 @@ class TfliteSource:
         self.task = runtime.task
         self.classes = classes
         self.n_features: int | None = runtime.n_features
+        self.item_shape = runtime.item_shape
         self.feature_names: list[str] | None = None
+        takes = (
+            f"{runtime.n_features} {runtime.input_dtype.name} features"
+            if runtime.n_features is not None
+            else f"{'x'.join(map(str, runtime.item_shape))} {runtime.input_dtype.name} input"
+        )
         self.description = (
-            f"TFLite model ({runtime.n_features} {runtime.input_dtype.name} features -> "
+            f"TFLite model ({takes} -> "
             f"{runtime.n_outputs} output{'s' if runtime.n_outputs != 1 else ''})"
         )
 
@@ -411,7 +419,7 @@ def keras_artifact(source: KerasSource, x_rep: np.ndarray, quantize: str) -> Art
     elif quantize == "float16":
         model_bytes = _convert(tf, source, quantize, _float16(tf))
     else:
-        rows = representative_rows(x_rep, source.n_features)
+        rows = representative_rows(x_rep, source.item_shape)
         model_bytes = _convert(tf, source, quantize, _static(tf, rows))
     notes = _check_converted(source, model_bytes, quantize, rows)
     if not notes and quantize != "none" and len(model_bytes) >= len(float_bytes):
@@ -430,15 +438,15 @@ def keras_artifact(source: KerasSource, x_rep: np.ndarray, quantize: str) -> Art
     )
 
 
-def representative_rows(x: np.ndarray, n_features: int | None) -> np.ndarray:
-    """Up to REPRESENTATIVE_ROWS NaN-free float32 rows of `x`, spread evenly over it."""
+def representative_rows(x: np.ndarray, item_shape: tuple[int, ...]) -> np.ndarray:
+    """Up to REPRESENTATIVE_ROWS NaN-free float32 rows (or items) of `x`, spread evenly."""
     x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2 or (n_features is not None and x.shape[1] != n_features):
+    if x.shape[1:] != item_shape:
         raise BadDataError(
-            f"static quantization needs calibration rows of shape (n, {n_features}), "
-            f"got an array of shape {x.shape}"
+            f"static quantization needs calibration items of shape (n, "
+            f"{', '.join(map(str, item_shape))}), got an array of shape {x.shape}"
         )
-    x = x[~np.isnan(x).any(axis=1)]
+    x = x[~np.isnan(x.reshape(len(x), -1)).any(axis=1)]
     if len(x) == 0:
         raise BadDataError(
             "static quantization needs calibration rows without NaN, and every row has one"
@@ -540,7 +548,7 @@ def _check_converted(
             "no weight tensor is large enough for dynamic-range quantization (TFLite quantizes "
             "weights of 1024 elements or more): the weights stay float32"
         )
-    if mode == "static" and rows is not None:
+    if mode == "static" and rows is not None and rows.ndim == 2:  # rows of features
         scale = float(interp.get_input_details()[0]["quantization"][0])
         note = _coarse_input_note(rows, scale)
         if note:

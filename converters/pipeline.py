@@ -48,6 +48,7 @@ from converters.data import (
     halves,
     validation_half,
 )
+from converters.flat_items import items_source
 from converters.sklearn_onnx import SklearnSource
 from converters.source import QUANTIZE_MODES, SourceModel, own_threshold
 from converters.validate import (
@@ -132,6 +133,7 @@ def build_bundle(
         spec = input_spec or row_spec(names)
     else:
         spec = input_spec
+        source = items_source(source, spec)
         x32 = check_items(x, spec.shape, spec.kind)
         names = watched_names(spec)
     seen = watched(spec, x32)

@@ -95,12 +95,22 @@ def card_rows(card: dict[str, Any]) -> list[tuple[str, str]]:
         ("runtime", f"{card.get('runtime')} ({card.get('model_file')})"),
         ("quantize", fmt(card.get("quantize"))),
         ("input", f"{inp.get('dtype')} {inp.get('shape')}"),
+        *_image_rows(inp.get("image")),
         ("classes", ", ".join(map(str, classes)) if classes else "-"),
         *scored,
         ("reference rows", fmt(card.get("reference", {}).get("rows"))),
         ("health: max latency (ms)", fmt(health.get("max_latency_ms"))),
         ("health: min agreement", fmt(health.get("min_agreement"))),
     ]
+
+
+def _image_rows(image: Any) -> list[tuple[str, str]]:
+    """How a device prepares an image model's input (edge_agent.protocol.input_spec)."""
+    if not isinstance(image, dict):
+        return []
+    size = f"{image.get('height')}x{image.get('width')}x{image.get('channels')}"
+    how = f"pixel * {fmt(image.get('scale'))} + {fmt(image.get('offset'))}"
+    return [("image", f"{size}, {image.get('resize')} resize, {how}")]
 
 
 def feature_rows(card: dict[str, Any]) -> list[tuple[str, ...]]:

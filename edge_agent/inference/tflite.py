@@ -1,11 +1,12 @@
 """TFLite models on the device: LiteRT (ai-edge-litert), or tflite-runtime where only that exists.
 
 Imports nothing but numpy at module level; the interpreter package is imported when a model is
-opened. The model takes one input of shape [batch, n_features] and gives one output of shape
-[batch, k]: class probabilities (k == number of classes), a single sigmoid probability of
-classes[1] (k == 1, two classes), a regression value or an anomaly score (k == 1).
-Full-integer models (int8 or uint8 input/output) are fed float32 rows quantized with the input
-tensor's scale and zero point, and their output is dequantized, so callers always see float32.
+opened. The model takes one input of shape [batch, n_features] (or [batch, *item], e.g. an
+image's [batch, H, W, C]) and gives one output of shape [batch, k]: class probabilities
+(k == number of classes), a single sigmoid probability of classes[1] (k == 1, two classes), a
+regression value or an anomaly score (k == 1). Full-integer models (int8 or uint8 input/output)
+are fed float32 rows quantized with the input tensor's scale and zero point, and their output
+is dequantized, so callers always see float32.
 
 The batch dimension follows the rows passed in: the input is resized (and tensors re-allocated)
 only when the batch size changes, so a steady stream of same-sized batches costs one
@@ -74,8 +75,8 @@ def output_width(interp: Any) -> int:
 class TfliteRuntime:
     """One TFLite model, ready to run; implements edge_agent.inference.runtime.Runtime.
 
-    Attributes read by the hub's converters: `n_features`, `n_outputs` (k), `input_dtype`
-    (float32, int8 or uint8).
+    Attributes read by the hub's converters: `n_features` (None for an input of more than one
+    dimension per item), `item_shape`, `n_outputs` (k), `input_dtype` (float32, int8 or uint8).
     """
 
     def __init__(
@@ -95,15 +96,18 @@ class TfliteRuntime:
         inp, out = inputs[0], outputs[0]
         in_shape = [int(d) for d in inp.get("shape_signature", inp["shape"])]
         out_shape = [int(d) for d in out.get("shape_signature", out["shape"])]
-        if len(in_shape) != 2 or in_shape[1] < 1:
+        if len(in_shape) < 2 or min(in_shape[1:]) < 1:
             raise BundleRejected(
-                Reason.BAD_MODEL, f"expected an input of shape [batch, n_features], got {in_shape}"
+                Reason.BAD_MODEL,
+                f"expected an input of shape [batch, n_features] or [batch, *item] of known "
+                f"sizes, got {in_shape}",
             )
         if len(out_shape) not in (1, 2):
             raise BundleRejected(
                 Reason.BAD_MODEL, f"expected an output of shape [batch, k], got {out_shape}"
             )
-        self.n_features = in_shape[1]
+        self.item_shape = tuple(in_shape[1:])
+        self.n_features = in_shape[1] if len(in_shape) == 2 else None
         self.n_outputs = output_width(interp)
         self.input_dtype = np.dtype(inp["dtype"])
         self.task = task
@@ -166,16 +170,19 @@ class TfliteRuntime:
         return out
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        """(n, n_features) rows -> (n, k) float32 outputs."""
-        if x.ndim != 2 or x.shape[1] != self.n_features:
-            raise BadDataError(
-                f"expected rows of {self.n_features} features, got an array of shape {x.shape}"
+        """(n, *item_shape) items -> (n, k) float32 outputs."""
+        if x.shape[1:] != self.item_shape:
+            what = (
+                f"rows of {self.n_features} features"
+                if self.n_features is not None
+                else f"items of shape {self.item_shape}"
             )
+            raise BadDataError(f"expected {what}, got an array of shape {x.shape}")
         n = x.shape[0]
         if n == 0:
             return np.empty((0, self.n_outputs), dtype=np.float32)
         if n != self._batch:
-            self._interp.resize_tensor_input(self._in_index, [n, self.n_features])
+            self._interp.resize_tensor_input(self._in_index, [n, *self.item_shape])
             self._interp.allocate_tensors()
             self._batch = n
         if self._in_q is None:
