@@ -86,6 +86,11 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
     from converters.pipeline import STEPS, build_bundle
 
     model = ModelRef.parse(f"{args.name}@{args.version}")
+    if Path(args.output).is_dir():
+        raise ConfigError(
+            f"-o {args.output}: expected a bundle file path "
+            f"(e.g. {Path(args.output) / 'model.zip'}), got a directory"
+        )
     spec = None
     if args.image is not None:
         spec = image_spec(args.image, args.scale, args.offset, args.resize)
