@@ -60,8 +60,9 @@ from cloud_hub.rollout.gates import Metrics, Position, after_install, measure
 from cloud_hub.rollout.operations import fleet_facts
 from cloud_hub.signing.commands import COMMAND_TTL, counter_floor, sign_command
 from cloud_hub.signing.tuf_repo import TufRepository
-from cloud_hub.store.database import Ingest, Store, default_url, dumps, typed
+from cloud_hub.store.database import Ingest, Store, dumps, typed
 from cloud_hub.store.errors import StoreError
+from cloud_hub.store.url import store_url as home_store
 from edge_agent.errors import BadDataError, MessageError, TransportError
 from edge_agent.mqtt.session import Ack, BrokerAddress, MqttSession
 from edge_agent.protocol.messages import (
@@ -150,7 +151,7 @@ class Hub:
         self._next_experiments = 0.0
         self.topics = Topics(prefix)
         self.repo = TufRepository(home)
-        self.store = Store(store_url or default_url(home))
+        self.store = Store(store_url or home_store(home))
         # experiments on accuracy: the labels joined to predictions in the store, unless given
         self.outcomes = outcomes or outcomes_from_labels(self.store.joined_labels)
         self.rejected: Counter[str] = Counter()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud_hub.cli.args import number
+from cloud_hub.store.url import STORE_ENV
 from edge_agent import __version__
 from edge_agent.cli_tools import accept_everywhere, add_completion, add_verbose
 from edge_agent.errors import ConfigError, EdgefleetError
@@ -572,6 +573,13 @@ def _global_options(p: argparse.ArgumentParser, below: bool) -> None:
         default=argparse.SUPPRESS if below else os.environ.get("EDGEHUB_HOME", "edgehub-home"),
         help="hub folder: keys, TUF repository, database (env EDGEHUB_HOME)",
     )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        default=argparse.SUPPRESS if below else os.environ.get("EDGEHUB_STORE"),
+        help="the hub's database, e.g. postgresql+psycopg://user@host/edgehub "
+        "(env EDGEHUB_STORE; default: hub.sqlite in the home)",
+    )
     add_verbose(p, below, "the hub")
 
 
@@ -584,6 +592,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(missing_extra(MISSING), file=sys.stderr)
         return 1
     args = build_parser().parse_args(argv)
+    if args.store:  # one way for every command to reach it, and whatever it starts
+        os.environ[STORE_ENV] = args.store
     new_command()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
