@@ -255,6 +255,7 @@ def _serve(args: argparse.Namespace, user: str | None, client_id: str) -> int:
         retention_days=args.retention_days,
         limits=Limits(args.device_rate, 10 * args.device_rate, args.device_quota),
         accuracy_floors=Floors.parse(args.accuracy_floor or []),
+        lead=not args.ingest_only,
     )
     ha = HaDiscovery(broker, hub.topics, args.ha_prefix) if args.ha_discovery else None
     web = None
@@ -519,6 +520,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker-user",
         help="the hub's username from `edgehub broker-config` (password: env "
         "EDGEHUB_BROKER_PASSWORD)",
+    )
+    sp.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="never lead: ingest, serve transfers and the dashboard only (needs no signing "
+        "key); without it a worker competes for the lead (rollouts, experiments, retraining, "
+        "commands, TUF publication), one at a time",
     )
     sp.add_argument(
         "--worker",
