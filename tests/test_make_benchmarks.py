@@ -109,7 +109,9 @@ def test_render_writes_machine_figures_commands_and_failures() -> None:
     assert "Command: `.venv/bin/python bench/rollout_bench.py --json`" in text
     assert "| LogReg | 1 | 0.8 |" in text
     assert "bench/telemetry_bench.py --json`: exit status 1: boom" in text
-    assert text.count("NOT MEASURED") == 3  # pipeline, telemetry and memory: no canned figure
+    assert (
+        text.count("NOT MEASURED") == 4
+    )  # pipeline, telemetry, hub capacity, memory: no canned figure
     assert (
         "- **rollout of a 1 MB model to 100 simulated devices on loopback** (rollout): "
         "the fleet process is bound by its own CPU" in text
