@@ -174,6 +174,18 @@ def tmpfs() -> Iterator[Callable[[Path, str], Tmpfs]]:
                 _mount_cmd(["umount", "--lazy", str(folder)])
 
 
+@pytest.fixture(autouse=True)
+def _store_env() -> Iterator[None]:
+    """`edgehub --store` run in-process sets EDGEHUB_STORE for the process: not for the next
+    test."""
+    before = os.environ.get(STORE_ENV)
+    yield
+    if before is None:
+        os.environ.pop(STORE_ENV, None)
+    else:
+        os.environ[STORE_ENV] = before
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def each_store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Run the test once on the SQLite file in the hub's home and once on a fresh PostgreSQL
