@@ -24,4 +24,8 @@ edge_agent.protocol.signal_names):
 
 from edge_agent.signal.features import signal_features, signal_names
 
-__all__ = ["signal_features", "signal_names"]
+# What drift watches of a window the model takes whole (edge_agent.framing.watch): a handful
+# of values per channel, never one per sample.
+SUMMARY = ("mean", "std")
+
+__all__ = ["SUMMARY", "signal_features", "signal_names"]
