@@ -37,7 +37,9 @@ from edge_agent.signal import signal_features
 from edge_agent.sources.line_parser import FORMATS, LineParser
 
 GAP_PERIODS = 10  # sample periods without a line that end a window being filled
-MIN_GAP_S = 1.0  # ... and never less than this (micro-batches are formed every 0.1 s or so)
+# ... and never less: the pause is seen between micro-batches, so a device that stalls this long
+# (the pipeline busy, lines waiting) restarts too
+MIN_GAP_S = 5.0
 LINE_BYTES = 64  # a sample line's limit: this, plus per channel its name and VALUE_BYTES
 VALUE_BYTES = 40  # a float's text (at most 24 characters), quotes, separators and spaces
 
