@@ -417,6 +417,10 @@ def test_the_cli_converts_a_model_on_signal_features_from_raw_windows(
     assert card.input == window_spec(CHANNELS, 128, 64, RATE, SIGNAL)
     x = signal_features(windows, SIGNAL, RATE)
     assert list(runtime.predict(x)) == list(features_model.predict(x))
+    assert hub_main(["model", "inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "128 samples of ax, ay, az at 50 Hz, every 64" in shown
+    assert "mean, std, band_power:0.5-4, band_power:4-12" in shown
 
     def refused(extra: list[str]) -> str:
         assert hub_main([*args, *extra, "-o", str(tmp_path / "no.zip")]) != 0
