@@ -9,10 +9,13 @@ samples between two windows are skipped). The model takes the window itself, (si
 or its signal features (edge_agent.signal); drift watches a summary of each channel or the
 signal features (edge_agent.framing.watch), never one value per sample.
 
-A window never spans a hole in its samples. A line that is refused (counted under its reason
-like any sensor line) drops the window being filled and framing starts again at the next good
-sample; so does a pause: when no line came for `gap_s` (GAP_PERIODS sample periods, at least
-MIN_GAP_S) before a micro-batch. `restarts` counts the windows dropped half filled.
+A window never spans a hole in its samples that the framer sees. A line that is refused
+(counted under its reason like any sensor line) drops the window being filled and framing
+starts again at the next good sample; so does a pause: when no line came for `gap_s`
+(GAP_PERIODS sample periods, at least MIN_GAP_S) before a micro-batch. `restarts` counts the
+windows dropped half filled. Lines the agent's queue had no room for (a device too slow for
+its sensor; counted as queue-full) are lost before any framer sees them. The samples of every
+input of lines are framed together, in the order they arrive: give a window model one input.
 
 A sample's values must fit the channel's range, widened as a row's bounds are: the reference's
 min and max where drift watches them, else the reach of its windows' mean and std, or RMS
