@@ -12,7 +12,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "edgefleet needs Python 3.11 or newer, found " + sys.version.split()[0]' 
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[hub,dev,tf,litert]'
+	$(BIN)/python -m pip install --quiet -e '.[hub,dev,tf,litert,postgres]'
 	$(BIN)/python -m pip install --quiet --no-deps '$(ALIBI_DETECT)'
 	@touch $(STAMP)
 

@@ -49,7 +49,8 @@ from rich.table import Table
 
 from cloud_hub.broker.local import RunningBroker, start_mosquitto
 from cloud_hub.hub import Hub
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import store_url
 from edge_agent.mqtt.session import BrokerAddress, MqttSession
 from edge_agent.protocol.messages import (
     Batch,
@@ -248,7 +249,7 @@ def stages(folder: Path, n: int) -> list[dict[str, Any]]:
     started = time.perf_counter()
     batches = [decode_batch(p, "telemetry") for p in payloads]
     timed["hub: decode_batch"] = time.perf_counter() - started
-    store = Store(default_url(folder / "stages"))
+    store = Store(store_url(folder / "stages"))
     started = time.perf_counter()
     for i in range(0, len(batches), 5):  # a few messages per transaction, as the hub takes them
         store.ingest([("telemetry", b) for b in batches[i : i + 5]])

@@ -46,6 +46,7 @@ from typing import Any
 
 from securesystemslib.signer import Signer
 
+from cloud_hub.cluster.leader import Follower, Leadership, Sole, leadership
 from cloud_hub.drift.source import PublishedCards
 from cloud_hub.experiments.operations import step_all as step_experiments
 from cloud_hub.experiments.samples import Outcomes, outcomes_from_labels
@@ -60,8 +61,9 @@ from cloud_hub.rollout.gates import Metrics, Position, after_install, measure
 from cloud_hub.rollout.operations import fleet_facts
 from cloud_hub.signing.commands import COMMAND_TTL, counter_floor, sign_command
 from cloud_hub.signing.tuf_repo import TufRepository
-from cloud_hub.store.database import Ingest, Store, default_url, dumps, typed
+from cloud_hub.store.database import Ingest, Store, dumps, typed
 from cloud_hub.store.errors import StoreError
+from cloud_hub.store.url import store_url as home_store
 from edge_agent.errors import BadDataError, MessageError, TransportError
 from edge_agent.mqtt.session import Ack, BrokerAddress, MqttSession
 from edge_agent.protocol.messages import (
@@ -144,13 +146,21 @@ class Hub:
         limits: Limits | None = None,
         outcomes: Outcomes | None = None,
         accuracy_floors: Floors | None = None,
+        lead: bool = True,
     ) -> None:
+        """`lead=False`: a worker that only ingests, serves transfers and the dashboard, and
+        never leads (it needs no signing key); else the worker competes for the lead
+        (cloud_hub.cluster.leader) and, while it holds it, runs what changes the fleet."""
         self.home = home
         self.clock = clock  # the rollouts' and experiments' `now`; tests drive it
         self._next_experiments = 0.0
         self.topics = Topics(prefix)
         self.repo = TufRepository(home)
-        self.store = Store(store_url or default_url(home))
+        self.store = Store(store_url or home_store(home))
+        self.leadership: Leadership = (
+            leadership(self.store.engine, home, share is not None) if lead else Follower()
+        )
+        self.leading: bool | None = None  # not asked yet
         # experiments on accuracy: the labels joined to predictions in the store, unless given
         self.outcomes = outcomes or outcomes_from_labels(self.store.joined_labels)
         self.rejected: Counter[str] = Counter()
@@ -192,7 +202,7 @@ class Hub:
 
     # ---- the loop ---------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        if self.repo.initialised:
+        if self.repo.initialised and not isinstance(self.leadership, Follower):
             self._command_signer()  # a key that does not open fails the start, not a rollout
         self.session.start()
         connect_by = time.monotonic() + CONNECT_WAIT_S
@@ -211,6 +221,7 @@ class Hub:
                 self.tick()
                 next_tick = time.monotonic() + TICK_S
         self.session.stop()
+        self.leadership.close()
 
     def _take(self, limit: int) -> list[tuple[str, bytes, Ack]]:
         """What has queued up, at most `limit` messages; waits up to a tick for the first."""
@@ -339,29 +350,48 @@ class Hub:
             )
 
     def tick(self, now: float | None = None) -> None:
+        """What runs besides ingest: every worker notes refusals; the leader alone prunes,
+        publishes TUF metadata, sends queued commands and steps rollouts, experiments, the
+        quality watch and retraining policies."""
         now = time.time() if now is None else now
         try:
-            if self.retention_s is not None and now >= self._next_prune:
-                removed = self.store.prune(now - self.retention_s)
-                if removed:
-                    self.guard.recount()
-                    log.info(
-                        "retention: removed %d records older than %.0f days",
-                        removed,
-                        self.retention_s / 86400,
-                    )
-                self._next_prune = now + PRUNE_EVERY_S
-            if self.repo.initialised:
-                self._publish_tuf()
             self._note_refusals(now)
-            self.quality.tick(now)
-            self._send_outbox()
-            self._step_rollouts()
-            self._step_experiments()
-            if self.repo.initialised:
-                self.retrain.maybe(now)
+            if self._leads():
+                self._lead(now)
         except (BadDataError, OSError, TransportError, StoreError) as exc:
             self._reject(exc, "tick")
+
+    def _leads(self) -> bool:
+        leading = self.leadership.leads()
+        if leading != self.leading and not isinstance(self.leadership, Sole):
+            log.warning(
+                "this worker %s",
+                "leads: rollouts, experiments, retraining and commands run here"
+                if leading
+                else "follows: another worker runs rollouts and commands",
+            )
+            self.leading = leading
+        return leading
+
+    def _lead(self, now: float) -> None:
+        if self.retention_s is not None and now >= self._next_prune:
+            removed = self.store.prune(now - self.retention_s)
+            if removed:
+                self.guard.recount()
+                log.info(
+                    "retention: removed %d records older than %.0f days",
+                    removed,
+                    self.retention_s / 86400,
+                )
+            self._next_prune = now + PRUNE_EVERY_S
+        if self.repo.initialised:
+            self._publish_tuf()
+        self.quality.tick(now)
+        self._send_outbox()
+        self._step_rollouts()
+        self._step_experiments()
+        if self.repo.initialised:
+            self.retrain.maybe(now)
 
     def _note_refusals(self, now: float) -> None:
         """Store what the guard refused since the last tick; say so once per device and

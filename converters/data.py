@@ -53,6 +53,26 @@ def check_items(x: Any, shape: tuple[int, ...], kind: str) -> np.ndarray:
     return arr
 
 
+def check_missing(predict: Any, x: np.ndarray, model: str) -> None:
+    """A model that cannot take NaN, handed rows that hold some: one clear error naming them
+    (the model's own would be a traceback's worth of advice)."""
+    flat = x.reshape(len(x), -1)
+    holes = ~np.isfinite(flat)
+    rows = np.nonzero(holes.any(axis=1))[0]
+    if not len(rows):
+        return
+    try:
+        predict(x[rows[:1]])
+    except ValueError as exc:
+        columns = sorted({int(j) for j in np.nonzero(holes[rows])[1]})
+        raise BadDataError(
+            f"x: {len(rows)} row(s) hold missing values (NaN or empty cells; the first is row "
+            f"index {int(rows[0])}, counting from 0, in column(s) {columns[:10]}), and "
+            f"{model} cannot take missing values: drop or impute those rows, or put an imputer "
+            "in the pipeline"
+        ) from exc
+
+
 def check_targets(y: Any, n_rows: int) -> np.ndarray:
     """`y` as a 1-D array of `n_rows` targets; numeric targets must be finite."""
     arr = np.asarray(y)

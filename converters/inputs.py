@@ -158,6 +158,11 @@ def _load_csv(
                     f"{path}:{r}, column {header[i]!r}: expected a number, got {row[i]!r}"
                 ) from exc
         if label_at is not None:
+            if not row[label_at].strip():
+                raise BadDataError(
+                    f"{path}:{r}, column {header[label_at]!r}: expected a label, got an empty "
+                    "cell (drop the row, or give it its label)"
+                )
             y.append(row[label_at])
     names = [header[i] for i in feature_cols] if headed else None
     return x, (_labels(y) if label_at is not None else None), names

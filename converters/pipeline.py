@@ -43,6 +43,7 @@ from converters.data import (
     check_feature_names,
     check_features,
     check_items,
+    check_missing,
     check_targets,
     finite_rows,
     halves,
@@ -136,6 +137,7 @@ def build_bundle(
         source = items_source(source, spec)
         x32 = check_items(x, spec.shape, spec.kind)
         names = watched_names(spec)
+    check_missing(source.predict, x32, source.description)
     seen = watched(spec, x32)
     if scored and y is not None:
         y = anomaly_labels(check_targets(y, len(x32)))

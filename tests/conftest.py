@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 from cloud_hub.broker.local import RunningBroker, find_mosquitto, start_mosquitto
+from cloud_hub.store.url import STORE_ENV
 from tests.support.mqtt_cli import MqttCli
+from tests.support.postgres import fresh_database
 
 REQUIRE_MOSQUITTO_ENV = "EDGEFLEET_REQUIRE_MOSQUITTO"
 
@@ -170,3 +172,17 @@ def tmpfs() -> Iterator[Callable[[Path, str], Tmpfs]]:
                 _mount_cmd(["umount", str(folder)])
             except OSError:  # still busy (a process that outlived its test): detach it
                 _mount_cmd(["umount", "--lazy", str(folder)])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def each_store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run the test once on the SQLite file in the hub's home and once on a fresh PostgreSQL
+    database: every store the test (or a hub it starts) opens by `store_url` is that one
+    (EDGEHUB_STORE, as `edgehub --store` sets it). Yields the engine's name."""
+    if request.param == "sqlite":
+        monkeypatch.delenv(STORE_ENV, raising=False)
+        yield "sqlite"
+        return
+    with fresh_database() as url:
+        monkeypatch.setenv(STORE_ENV, url)
+        yield "postgresql"

@@ -289,7 +289,9 @@ def test_an_int8_autoencoder_keeps_its_flags(
         contamination=0.1,
     )
     report = built.report
-    assert report["quantize"] == quantize and "note" not in report  # really quantized
+    assert report["quantize"] == quantize  # really quantized, if not smaller (a small MLP)
+    note = report.get("note", "")  # not the "no weights to quantize" one
+    assert note == "" or note.startswith("int8 made the model larger")
     assert report["flag_agreement"] >= 0.99
     want = reconstruction_error(autoencoder, cancer.sample)
     assert report["max_abs_diff"] <= 0.05 * float(np.max(want))

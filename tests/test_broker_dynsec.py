@@ -27,7 +27,8 @@ from cloud_hub.broker.local import RunningBroker, free_port, start_mosquitto
 from cloud_hub.cli import app as hub_cli
 from cloud_hub.harness.commands import serve_argv
 from cloud_hub.rollout.operations import enroll_device, init_hub
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import store_url
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.protocol.messages import decode_batch
@@ -308,7 +309,7 @@ def test_two_hub_workers_split_the_ingest_each_as_itself(
         device.close()
     workers[0].send_signal(signal.SIGTERM)
     assert workers[0].wait(WAIT_S) == 0
-    seqs = sorted(r.seq for r in Store(default_url(locked.home)).records("telemetry", "pi-a"))
+    seqs = sorted(r.seq for r in Store(store_url(locked.home)).records("telemetry", "pi-a"))
     assert seqs == list(range(sent)), "missing or repeated records"
     record_property("records", sent)  # for the soak's report (--junitxml)
     record_property("resends", resent)
@@ -337,7 +338,7 @@ def test_the_hubs_names_are_refused_at_enrollment(
         *("--home", str(home), "devices", "enroll", name, "--state-dir", str(tmp_path / "s")),
     )
     assert f"device id: {name!r} is reserved" in err
-    assert Store(default_url(home)).devices() == []
+    assert Store(store_url(home)).devices() == []
 
 
 def test_broker_config_refuses_a_hub_name_an_older_hub_enrolled(
@@ -345,7 +346,7 @@ def test_broker_config_refuses_a_hub_name_an_older_hub_enrolled(
 ) -> None:
     home = tmp_path / "hub"
     init_hub(home)
-    Store(default_url(home)).register("edgehub-b")  # registered before enrollment refused it
+    Store(store_url(home)).register("edgehub-b")  # registered before enrollment refused it
     argv = ["--home", str(home), "broker-config", "--out", str(tmp_path / "o"), "--worker", "b"]
     err = hub_fails(capsys, *argv)
     assert "enrolled device 'edgehub-b' is reserved (names edgehub-* belong to the hub's" in err

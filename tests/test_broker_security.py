@@ -36,7 +36,8 @@ from cloud_hub.broker.dynsec import (
 from cloud_hub.broker.local import RunningBroker, free_port, start_mosquitto
 from cloud_hub.cli import app as hub_cli
 from cloud_hub.rollout.operations import init_hub
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import store_url
 from edge_agent.protocol.topics import DEVICE_DOWN, DEVICE_UP, Topics
 from tests.support.mqtt_cli import Login, MqttCli
 
@@ -145,7 +146,7 @@ class Secured:
 def _hub_with_devices(tmp_path: Path) -> Path:
     home = tmp_path / "hub"
     init_hub(home)
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     for device in DEVICES:
         store.register(device)
     return home
@@ -266,7 +267,7 @@ def test_files_written_and_passwords_kept_on_a_second_run(secured: Secured, tmp_
     conf = (secured.out / "mosquitto.conf").read_text()
     assert "use_username_as_clientid true" in conf
     assert "allow_anonymous false" in conf
-    Store(default_url(tmp_path / "hub")).register("pi-c")
+    Store(store_url(tmp_path / "hub")).register("pi-c")
     argv = ["--home", str(tmp_path / "hub"), "broker-config", "--out", str(secured.out)]
     assert hub_cli.main([*argv, "--port", str(secured.port)]) == 0
     again = json.loads((secured.out / "credentials.json").read_text())

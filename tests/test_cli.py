@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from cloud_hub.cli import app as hub_cli
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import store_url
 from edge_agent import cli as agent_cli
 from edge_agent.protocol.messages import ModelRef, Status
 from tests.support.cli import agent_fails, bundle, hub_fails
@@ -183,7 +184,7 @@ def test_publish_list_and_roll_out(tmp_path: Path, capsys: pytest.CaptureFixture
     err = hub_fails(capsys, "--home", str(home), "rollout", "start", "wine@1")
     assert "no devices" in err
 
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     for device in ("pi-1", "pi-2", "pi-3"):
         store.set_status(Status(device, True, 1, "0.1", "raspberry-pi-4", ModelRef("wine", 1)))
     assert hub_cli.main(["--home", str(home), "devices", "list", "--json"]) == 0
@@ -365,7 +366,7 @@ def test_enroll_with_identity_then_encrypted_rollout(
     assert "public key registered" in capsys.readouterr().out
     assert hub_cli.main([*enroll, "pi-2", "--state-dir", state2]) == 0
     assert "public key" not in capsys.readouterr().out
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     assert store.public_key("pi-1") is not None and store.public_key("pi-2") is None
 
     path = tmp_path / "wine-1.zip"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from cloud_hub.cli import app as cli
-from cloud_hub.store.database import Store, default_url, drift_summary
+from cloud_hub.store.database import Store, drift_summary
+from cloud_hub.store.url import store_url
 from edge_agent.protocol.messages import Batch, Record
 
 
@@ -34,7 +35,7 @@ def _report(status: str, moved: list[str], capture: bool = False) -> dict[str, o
 def home(tmp_path: Path) -> Path:
     home = tmp_path / "hub"
     home.mkdir()
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     bodies = [_report("ok", []), _report("alert", ["hue"], capture=True), _report("warn", ["hue"])]
     records = tuple(Record(1, i, time.time(), b) for i, b in enumerate(bodies))
     store.add_batch("drift", Batch("pi-01", records))
@@ -80,7 +81,7 @@ def test_captures_export_as_csv(home: Path, tmp_path: Path) -> None:
 
 
 def test_retention_prunes_old_records(home: Path) -> None:
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     assert store.prune(time.time() - 3600) == 0
     assert store.prune(time.time() + 1) == 4
     assert drift_summary(store) == []

@@ -10,7 +10,8 @@ import pytest
 
 from cloud_hub.cli import app as hub_cli
 from cloud_hub.rollout import engine as ro
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import store_url
 from edge_agent.protocol.messages import ModelRef, Status
 from tests.support.cli import bundle, hub_fails
 
@@ -28,7 +29,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
         path = folder / f"wine-{version}.zip"
         path.write_bytes(bundle("wine", version))
         assert hub_cli.main(["--home", str(home), "model", "publish", str(path)]) == 0
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     for device in ("lab-1", "lab-2", "lab-3", "lab-4", "field-1"):
         store.set_status(Status(device, True, 1, "0.1", "raspberry-pi-4", ModelRef("wine", 1)))
         if device.startswith("lab"):
@@ -163,7 +164,7 @@ def test_start_show_list_stop_and_promote(hub: Path, capsys: pytest.CaptureFixtu
         "lab-4",
     ]
     assert cohorts["A"]["devices"] and cohorts["B"]["devices"]
-    store = Store(default_url(hub))
+    store = Store(store_url(hub))
     for c in cohorts.values():  # each cohort's model goes out as a rollout aimed at its devices
         row = store.rollout(c["rollout"])
         assert row is not None

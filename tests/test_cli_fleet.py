@@ -14,7 +14,8 @@ from sqlalchemy import update
 
 from cloud_hub.cli import app as hub_cli
 from cloud_hub.cli import output as cli_output
-from cloud_hub.store.database import Store, default_url, devices
+from cloud_hub.store.database import Store, devices
+from cloud_hub.store.url import store_url
 from cloud_hub.web.metrics import registry_for
 from edge_agent.protocol.inputs import InputState
 from edge_agent.protocol.messages import MAX_INT, ModelRef, Status, StorageCondition
@@ -30,7 +31,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = home.parent / "wine-1.zip"
     path.write_bytes(bundle("wine", 1))
     assert hub_cli.main(["--home", str(home), "model", "publish", str(path)]) == 0
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     for device, online in (("pi-1", True), ("pi-2", True), ("pi-3", False)):
         store.register(device)
         store.set_status(
@@ -79,7 +80,7 @@ def test_tags_groups_filters_and_show(home: Path, capsys: pytest.CaptureFixture[
 def test_devices_list_shows_what_the_hub_refused(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    Store(default_url(home)).add_refusals({"pi-3": Counter(rate=40, quota=7)}, 1.0)
+    Store(store_url(home)).add_refusals({"pi-3": Counter(rate=40, quota=7)}, 1.0)
     listed = {
         d["device"]: d["refused"]
         for d in json.loads(run(home, capsys, "devices", "list", "--json"))
@@ -213,7 +214,7 @@ def test_devices_show_their_storage(tmp_path: Path, capsys: pytest.CaptureFixtur
     could not keep, or nothing (an older agent)."""
     home = tmp_path / "home"
     assert hub_cli.main(["--home", str(home), "keys", "init"]) == 0
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     full = StorageCondition(
         False,
         "disk full: /var/lib/edgefleet/buffer.sqlite: database or disk is full",
@@ -244,7 +245,7 @@ def test_devices_show_their_storage(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_devices_remove(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     home = tmp_path / "home"
     assert hub_cli.main(["--home", str(home), "keys", "init"]) == 0
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     for device in ("pi-1", "pi-2", "pi-3"):
         store.set_status(Status(device, True, 1, "0.1", "raspberry-pi-4"))
         store.label_device(device, add=["cam"], group="lab")
@@ -281,7 +282,7 @@ def test_stats_an_older_hub_stored_unchecked_show_as_unreadable(
     inputs), logged once for the device; the other devices show as they are."""
     home = tmp_path / "home"
     assert hub_cli.main(["--home", str(home), "keys", "init"]) == 0
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     good = DeviceStats(
         inferences=7,
         dropped={"telemetry": 2},

@@ -161,7 +161,8 @@ def test_bash_completion_of_the_agent() -> None:
 def test_rollout_start_hint_carries_home(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cloud_hub.store.database import Store, default_url
+    from cloud_hub.store.database import Store
+    from cloud_hub.store.url import store_url
     from edge_agent.protocol.messages import ModelRef, Status
 
     home = tmp_path / "my hub"
@@ -169,7 +170,7 @@ def test_rollout_start_hint_carries_home(
     path = tmp_path / "wine-1.zip"
     path.write_bytes(bundle("wine", 1))
     assert hub_cli.main(["--home", str(home), "model", "publish", str(path)]) == 0
-    Store(default_url(home)).set_status(
+    Store(store_url(home)).set_status(
         Status("pi-1", True, 1, "0.1", "raspberry-pi-4", ModelRef("wine", 1))
     )
     capsys.readouterr()
@@ -190,12 +191,13 @@ def test_rollout_start_hint_carries_home(
 @pytest.fixture(scope="module")
 def wide_hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A hub whose devices have cells far wider than 80 columns."""
-    from cloud_hub.store.database import Store, default_url
+    from cloud_hub.store.database import Store
+    from cloud_hub.store.url import store_url
     from edge_agent.protocol.messages import ModelRef, Status
 
     home = tmp_path_factory.mktemp("wide") / "home"
     assert hub_cli.main(["--home", str(home), "keys", "init"]) == 0
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     for n in (1, 2):
         device = f"greenhouse-north-wing-sensor-cabinet-{n:04d}"
         store.set_status(Status(device, True, 1, "0.1", "raspberry-pi-4", ModelRef("wine", 1)))
@@ -253,7 +255,8 @@ def test_piped_tables_are_set_apart(tmp_path: Path) -> None:
 def test_rollout_watch_prints_lines_in_a_pipe(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cloud_hub.store.database import Store, default_url
+    from cloud_hub.store.database import Store
+    from cloud_hub.store.url import store_url
     from edge_agent.protocol.messages import Status
 
     home = tmp_path / "hub"
@@ -261,7 +264,7 @@ def test_rollout_watch_prints_lines_in_a_pipe(
     path = tmp_path / "wine-1.zip"
     path.write_bytes(bundle("wine", 1))
     assert hub_cli.main(["--home", str(home), "model", "publish", str(path)]) == 0
-    Store(default_url(home)).set_status(Status("pi-1", True, 1, "0.1", "raspberry-pi-4"))
+    Store(store_url(home)).set_status(Status("pi-1", True, 1, "0.1", "raspberry-pi-4"))
     capsys.readouterr()
     assert hub_cli.main(["--home", str(home), "rollout", "start", "wine@1", "--json"]) == 0
     rid = json.loads(capsys.readouterr().out)["id"]

@@ -25,7 +25,8 @@ from cloud_hub.experiments.operations import start_experiment
 from cloud_hub.experiments.samples import Outcomes, outcomes_from_labels
 from cloud_hub.hub import Hub
 from cloud_hub.rollout import engine as ro
-from cloud_hub.store.database import Store, default_url, typed
+from cloud_hub.store.database import Store, typed
+from cloud_hub.store.url import store_url
 from edge_agent.protocol.messages import Command, ModelRef
 from edge_agent.protocol.records import TelemetryWindow
 from tests.support.dashboard_fleet import FEATURES, SimDevice, card_json, publish_card
@@ -281,7 +282,7 @@ class TelemetryLabels:
 
 
 def test_the_more_accurate_model_wins_on_joined_labels(lab: Lab) -> None:
-    lab.outcomes = outcomes_from_labels(TelemetryLabels(Store(default_url(lab.home))).joined_labels)
+    lab.outcomes = outcomes_from_labels(TelemetryLabels(Store(store_url(lab.home))).joined_labels)
     lab.start_hub()
     for name in ("lab-1", "lab-2", "lab-3", "lab-4"):
         lab.add(name)

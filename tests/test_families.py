@@ -402,7 +402,10 @@ def assert_quantized_as_asked(
         assert report["size_bytes_after"] == report["size_bytes_before"]
         assert not int8_weights
     else:
-        assert "note" not in report
+        if report["size_bytes_after"] > report["size_bytes_before"]:  # small weight matrices
+            assert report["note"].startswith("int8 made the model larger")
+        else:
+            assert "note" not in report
         assert not has_quantizable_weights(model)
         assert int8_weights
         assert ("MatMulInteger" if mode == "dynamic" else "DequantizeLinear") in ops

@@ -31,7 +31,8 @@ from cloud_hub.drift.fleet import (
 )
 from cloud_hub.drift.source import FleetQuery, PublishedCards, read_fleet_drift
 from cloud_hub.signing.tuf_repo import TufRepository
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import store_url
 from cloud_hub.web import views as views
 from cloud_hub.web.metrics import registry_for
 from edge_agent.drift import DriftMonitor
@@ -228,7 +229,7 @@ def hub(card: ModelCard, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = home / "plant-1.zip"
     path.write_bytes(bundle_of(card.raw))
     assert cli.main(["--home", str(home), "model", "publish", str(path)]) == 0  # as people do
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     rng = np.random.default_rng(9)
     for d in range(40):
         device = f"pi-{d:02d}"
@@ -279,7 +280,7 @@ def test_fleet_json_and_filters(hub: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_reports_older_than_since_are_left_out(hub: Path) -> None:
-    store = Store(default_url(hub))
+    store = Store(store_url(hub))
     cards = PublishedCards(TufRepository(hub))
     query = FleetQuery(3600.0, "plant@1")
     assert read_fleet_drift(store, cards, query)["rows"]
@@ -345,7 +346,7 @@ def test_fleet_options_without_fleet_are_refused(
 # ---- the dashboard's heat map and /metrics -----------------------------------------------------
 def test_the_heat_map_has_the_fleet_on_top_and_cells_by_level(hub: Path) -> None:
     cards = PublishedCards(TufRepository(hub))
-    result = read_fleet_drift(Store(default_url(hub)), cards, FleetQuery(3600.0))
+    result = read_fleet_drift(Store(store_url(hub)), cards, FleetQuery(3600.0))
     plant1, plant2 = views.fleet_drift_map(result)["models"]
     assert plant1["model"] == "plant@1" and plant1["features"] == FEATURES
     cohorts = [r["cohort"] for r in plant1["rows"]]
@@ -360,7 +361,7 @@ def test_the_heat_map_has_the_fleet_on_top_and_cells_by_level(hub: Path) -> None
 
 
 def test_metrics_show_fleet_drift_per_model_version_and_cohort(hub: Path) -> None:
-    registry = registry_for(Store(default_url(hub)), PublishedCards(TufRepository(hub)))
+    registry = registry_for(Store(store_url(hub)), PublishedCards(TufRepository(hub)))
     samples = {
         (s.name, s.labels.get("cohort"), s.labels.get("version")): s.value
         for family in text_string_to_metric_families(generate_latest(registry).decode())
@@ -374,5 +375,5 @@ def test_metrics_show_fleet_drift_per_model_version_and_cohort(hub: Path) -> Non
     assert samples[("edgefleet_fleet_drift_p", FLEET, "1")] < 1e-4
     assert samples[("edgefleet_fleet_drift_rows", FLEET, "1")] == 38 * 5 * WINDOW
     assert not any(version == "2" for _, _, version in samples)  # no card: nothing to test
-    bare = generate_latest(registry_for(Store(default_url(hub)))).decode()
+    bare = generate_latest(registry_for(Store(store_url(hub)))).decode()
     assert "edgefleet_fleet_drift_p{" not in bare  # a dashboard without the repository

@@ -19,7 +19,8 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from cloud_hub.cli import app as hub_cli
 from cloud_hub.quality.labels import FROM_API, FROM_CSV, FROM_DEVICE, JoinedLabel
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import store_url
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError, MessageError
 from edge_agent.inference.runtime import load_runtime
@@ -41,6 +42,8 @@ from tests.support.labelled_fleet import (  # noqa: F401  (labelled_fleet is a f
     labelled_fleet,
 )
 
+pytestmark = pytest.mark.usefixtures("each_store")  # on SQLite and on PostgreSQL
+
 MODEL = ModelRef("iris", 1)
 NOW = 1_000_000.0
 
@@ -48,7 +51,7 @@ NOW = 1_000_000.0
 # ---- the store, record by record ------------------------------------------------------------
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    s = Store(default_url(tmp_path))
+    s = Store(store_url(tmp_path))
     s.register(DEVICE)
     return s
 
@@ -311,7 +314,7 @@ def test_labels_import_says_what_is_wrong_in_one_line(
 
     home = tmp_path / "hub"
     init_hub(home)
-    Store(default_url(home)).register(DEVICE)
+    Store(store_url(home)).register(DEVICE)
     cases = {
         "missing.csv": None,
         "columns.csv": "id,value\npi-01/1/0,1\n",
@@ -337,7 +340,7 @@ def test_labels_import_says_what_is_wrong_in_one_line(
     lines = captured.err.strip().splitlines()
     assert [line.split(": ")[0] for line in lines] == [f"{path}:3", f"{path}:4", f"{path}:5"]
     assert "2 labels kept" in captured.out
-    assert Store(default_url(home)).label_states() == {"pending": 2}
+    assert Store(store_url(home)).label_states() == {"pending": 2}
 
 
 def _err_of(home: Path, path: Path, capsys: pytest.CaptureFixture[str]) -> str:

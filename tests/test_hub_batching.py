@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from cloud_hub.hub import Hub
-from cloud_hub.store.database import Ingest, Store, default_url
+from cloud_hub.store.database import Ingest, Store
 from cloud_hub.store.errors import StoreError
+from cloud_hub.store.url import store_url
 from edge_agent.mqtt.session import BrokerAddress, _no_delay
 from edge_agent.protocol.messages import (
     Batch,
@@ -34,6 +35,8 @@ from edge_agent.protocol.topics import Topics
 from edge_agent.uplink.buffer import Buffer, TokenBucket
 from edge_agent.uplink.delivery import Sender
 
+pytestmark = pytest.mark.usefixtures("each_store")  # on SQLite and on PostgreSQL
+
 
 def _batch(device: str, seqs: Sequence[int], boot: int = 1) -> Batch:
     return Batch(device, tuple(Record(boot, s, 1000.0 + s, {"count": s}) for s in seqs))
@@ -47,7 +50,7 @@ def _status(device: str, version: int) -> Status:
 def test_ingest_stores_statuses_and_batches_in_one_call_and_counts_new_records(
     tmp_path: Path,
 ) -> None:
-    store = Store(default_url(tmp_path))
+    store = Store(store_url(tmp_path))
     new = store.ingest(
         [
             _status("pi-1", 1),
@@ -64,7 +67,7 @@ def test_ingest_stores_statuses_and_batches_in_one_call_and_counts_new_records(
 
 
 def test_ingest_counts_only_what_is_new_when_a_batch_repeats_in_part(tmp_path: Path) -> None:
-    store = Store(default_url(tmp_path))
+    store = Store(store_url(tmp_path))
     assert store.ingest([("telemetry", _batch("pi-1", range(4)))])["telemetry"] == 4
     # a resend (the agent was not sure it arrived) overlapping what is stored, twice in one call
     again = store.ingest(

@@ -13,11 +13,12 @@ import pytest
 
 from cloud_hub.broker.local import RunningBroker
 from cloud_hub.hub import Hub
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import store_url
 from tests.support.device_rig import Device
 from tests.support.hub_thread import DEVICE, WAIT_S, new_hub, run_hub
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("each_store")]  # SQLite, PostgreSQL
 K = 120
 
 
@@ -90,7 +91,7 @@ def test_hub_dying_before_it_committed_loses_nothing(
 def test_two_hubs_split_the_ingest_and_store_each_record_once(
     broker: RunningBroker, device: Device, tmp_path: Path
 ) -> None:
-    url = default_url(tmp_path)
+    url = store_url(tmp_path)
     hubs = [
         new_hub(
             tmp_path / f"hub-{n}",

@@ -370,3 +370,66 @@ def test_broken_model_files_and_data_leave_no_bundle(
         )
     assert not out.exists()
     assert list(tmp_path.glob(".*")) == []  # no temporary bundle left behind either
+
+
+def test_an_empty_label_cell_is_named_not_turned_into_text(
+    trained: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, sample, _ = trained
+    lines = sample.read_text().splitlines()
+    lines[8] = lines[8].rsplit(",", 1)[0] + ","  # the label cell of the file's line 9
+    holed = tmp_path / "holed.csv"
+    holed.write_text("\n".join(lines) + "\n")
+    argv = _convert(str(model), "--sample", str(holed), "--label", "species", "-o", "o.zip")
+    _one_line_error(capsys, argv, f"{holed}:9, column 'species': expected a label, got an empty")
+
+
+def test_nan_for_a_model_that_cannot_take_it_is_one_line(
+    trained: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, sample, _ = trained
+    lines = sample.read_text().splitlines()
+    lines[4] = "," + lines[4].split(",", 1)[1]  # the first feature of data row index 3: empty
+    holed = tmp_path / "holed.csv"
+    holed.write_text("\n".join(lines) + "\n")
+    argv = _convert(str(model), "--sample", str(holed), "--label", "species", "-o", "o.zip")
+    _one_line_error(
+        capsys,
+        argv,
+        "1 row(s) hold missing values",
+        "row index 3",
+        "column(s) [0]",
+        "LogisticRegression cannot take missing values",
+    )
+
+
+def test_nan_for_a_model_that_takes_it_still_converts(tmp_path: Path) -> None:
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x = x.copy()
+    x[::7, 2] = np.nan
+    model = HistGradientBoostingClassifier(max_iter=20).fit(x, y)
+    joblib.dump(model, tmp_path / "hgb.joblib")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    argv = _convert(
+        str(tmp_path / "hgb.joblib"),
+        "--sample",
+        str(tmp_path / "x.npy"),
+        "--labels",
+        str(tmp_path / "y.npy"),
+        "-o",
+        str(tmp_path / "h.zip"),
+    )
+    assert main(argv) == 0
+    assert (tmp_path / "h.zip").is_file()
+
+
+def test_output_at_a_directory_is_one_line(
+    trained: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, sample, _ = trained
+    argv = _convert(str(model), "--sample", str(sample), "--label", "species", "-o", str(tmp_path))
+    _one_line_error(capsys, argv, f"-o {tmp_path}: expected a bundle file path", "a directory")

@@ -139,3 +139,16 @@ def test_int8_stays_within_its_tolerance_and_says_how_far(tmp_path: Path) -> Non
     assert q["tolerance"] == QUANTIZE_TOLERANCE["dynamic"]
     assert 0 < q["largest"] < q["tolerance"]
     assert built.report["conversion"]["largest"] < CONVERSION_TOLERANCE
+
+
+def test_int8_that_grows_a_small_mlp_says_so(tmp_path: Path) -> None:
+    from sklearn.datasets import load_iris
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = load_iris(return_X_y=True)
+    mlp = make_pipeline(StandardScaler(), MLPClassifier((8,), max_iter=2000, random_state=0))
+    built = build_bundle(mlp.fit(x, y), x, y, name="m", version=1, out=tmp_path / "m.zip")
+    report = built.report
+    assert report["size_bytes_after"] > report["size_bytes_before"]
+    assert "int8 made the model larger" in report["note"]
+    assert "--quantize none" in report["note"]

@@ -33,7 +33,8 @@ from cloud_hub.quality.metrics import (
 )
 from cloud_hub.quality.report import MetricsQuery, quality_report, stored_floors
 from cloud_hub.quality.watch import QualityWatch
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import store_url
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.ids import prediction_id
 from edge_agent.protocol.messages import Batch, ModelRef, Record
@@ -225,7 +226,7 @@ def test_the_floor_alerts_when_accuracy_falls_and_not_on_a_healthy_stream() -> N
 # ---- the running hub: the floor check logs once --------------------------------------------
 def store_with_stream(tmp_path: Path, right: list[bool], now: float) -> Store:
     tmp_path.mkdir()
-    store = Store(default_url(tmp_path))
+    store = Store(store_url(tmp_path))
     store.register("pi-01")
     predictions = [1] * len(right)
     body = TelemetryWindow(

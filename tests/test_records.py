@@ -16,7 +16,8 @@ import pytest
 
 from cloud_hub.broker.local import RunningBroker
 from cloud_hub.cli import app as cli
-from cloud_hub.store.database import Store, default_url, drift_summary, typed
+from cloud_hub.store.database import Store, drift_summary, typed
+from cloud_hub.store.url import store_url
 from cloud_hub.web.views import drift_map
 from edge_agent.drift import DriftMonitor
 from edge_agent.errors import MessageError
@@ -39,6 +40,8 @@ from edge_agent.uplink.telemetry import Window
 from tests.support.dashboard_fleet import card_json, predict_sign
 from tests.support.device_rig import Device
 from tests.support.hub_thread import DEVICE, WAIT_S, new_hub, run_hub
+
+pytestmark = pytest.mark.usefixtures("each_store")  # on SQLite and on PostgreSQL
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ModelRef("iris", 3)
@@ -221,7 +224,7 @@ def test_a_malformed_body_is_confirmed_counted_and_not_stored(
 
 def _stored_by_an_older_hub(home: Path) -> Store:
     """A drift record with max_psi null next to a good one, stored without the ingest check."""
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     good = {"model": MODEL.to_json(), "psi": {"a": 0.1}, "max_psi": 0.1, "status": "ok"}
     bad = {"model": MODEL.to_json(), "psi": {"a": 0.1}, "max_psi": None, "status": "ok"}
     now = time.time()

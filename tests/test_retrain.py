@@ -23,7 +23,8 @@ from cloud_hub.retrain.policy import LabelsTrigger, Policy, parse_command, parse
 from cloud_hub.retrain.runner import Hub, check_policies
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.operations import init_hub, open_repo, publish_bundle
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import store_url
 from converters.pipeline import build_bundle
 from edge_agent.protocol.messages import Batch, ModelRef, Record
 from edge_agent.protocol.records import DriftReport, RawSample
@@ -82,7 +83,7 @@ def hub(tmp_path: Path) -> Hub:
     bundle = tmp_path / "wine-1.zip"
     build_bundle(model, x_old, y_old, name="wine", version=1, out=bundle, feature_names=FEATURES)
     publish_bundle(home, bundle)
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     x = rng.normal(size=(400, 3)).astype(np.float32)
     y = _truth(x)
     now = time.time()

@@ -34,7 +34,8 @@ from cloud_hub.broker.local import RunningBroker, start_mosquitto
 from cloud_hub.hub import Hub
 from cloud_hub.rollout.operations import enroll_device, init_hub, publish_bundle, start_rollout
 from cloud_hub.signing.tuf_repo import Expiry, TufRepository
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import store_url
 from converters.pipeline import build_bundle
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
@@ -443,7 +444,7 @@ def test_transfer_sealed_for_another_device_is_rejected(
     fleet = make_fleet(identity=True)
     v1 = fleet.install(bundles.v1, encrypt=True)  # the registered key is the device's own
     other = create_identity(tmp_path / "pi-02-state", "pi-02")
-    Store(default_url(fleet.home)).register(DEVICE, other.public_bytes())  # a wrong record
+    Store(store_url(fleet.home)).register(DEVICE, other.public_bytes())  # a wrong record
     v2, _ = fleet.publish(bundles.v2)
     fleet.roll(v2, encrypt=True)
 

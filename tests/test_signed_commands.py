@@ -34,7 +34,7 @@ from tests.support.fleet import (  # noqa: F401  (fleet is a fixture)
 from tests.support.mqtt_cli import Login, MqttCli
 from tests.support.watch import close, subscriber
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.usefixtures("each_store")]  # SQLite, PostgreSQL
 
 TOPICS = Topics()
 V1, V2 = ModelRef("iris", 1), ModelRef("iris", 2)

@@ -25,7 +25,8 @@ from cloud_hub.harness.simulate import (
 from cloud_hub.home_lock import own_home
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.operations import init_hub, start_rollout
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import store_url
 from edge_agent.errors import ConfigError
 from edge_agent.framing.rows import card_bounds
 from edge_agent.protocol.messages import Status
@@ -185,7 +186,7 @@ def test_simulate_leaves_others_rollouts_and_no_devices_behind(
     home = tmp_path / "home"
     init_hub(home)
     build_sim_model(home, tmp_path, SIM_MODEL)
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     store.set_status(Status("pi-1", True, 1, "0.1", "raspberry-pi-4"))  # a real device
     theirs = start_rollout(home, SIM_MODEL, "1").id  # someone's rollout of the same model
     argv = ["--home", str(home), "simulate", "--devices", "2", "--duration", "6"]
@@ -217,4 +218,4 @@ def test_simulate_refuses_a_home_a_hub_serves(
 
 
 def store_ids(home: Path) -> list[str]:
-    return [d["id"] for d in Store(default_url(home)).devices()]
+    return [d["id"] for d in Store(store_url(home)).devices()]

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from cloud_hub.cli import app as hub_cli
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store
 from cloud_hub.store.errors import StoreError, reason_of, safe_url
+from cloud_hub.store.url import store_url
 from edge_agent.errors import TransportError
 
 
@@ -51,7 +52,7 @@ def test_a_damaged_database_file_is_one_line_at_the_cli(
 
 
 def test_a_write_the_database_refuses_is_a_store_error(tmp_path: Path) -> None:
-    store = Store(default_url(tmp_path))
+    store = Store(store_url(tmp_path))
     store.register("pi-1")
     db = sqlite3.connect(tmp_path / "hub.sqlite")
     db.execute("DROP TABLE devices")  # the database loses a table under the hub

@@ -30,6 +30,8 @@ from tests.support.fleet import (  # noqa: F401  (fleet is a fixture)
 from tests.support.mqtt_cli import Login, MqttCli
 from tests.support.watch import close, subscriber
 
+pytestmark = pytest.mark.usefixtures("each_store")  # on SQLite and on PostgreSQL
+
 TOPICS = Topics()
 MiB = 1024 * 1024
 

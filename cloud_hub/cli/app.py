@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud_hub.cli.args import name_list, number
+from cloud_hub.store.url import STORE_ENV
 from edge_agent import __version__
 from edge_agent.cli_tools import accept_everywhere, add_completion, add_verbose
 from edge_agent.errors import ConfigError, EdgefleetError
@@ -87,6 +88,11 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
     from converters.windows import window_items, window_spec
 
     model = ModelRef.parse(f"{args.name}@{args.version}")
+    if Path(args.output).is_dir():
+        raise ConfigError(
+            f"-o {args.output}: expected a bundle file path "
+            f"(e.g. {Path(args.output) / 'model.zip'}), got a directory"
+        )
     spec = None
     window_args = (args.channels, args.stride, args.rate, args.signal)
     if args.window is not None:
@@ -269,6 +275,7 @@ def _serve(args: argparse.Namespace, user: str | None, client_id: str) -> int:
         retention_days=args.retention_days,
         limits=Limits(args.device_rate, 10 * args.device_rate, args.device_quota),
         accuracy_floors=Floors.parse(args.accuracy_floor or []),
+        lead=not args.ingest_only,
     )
     ha = HaDiscovery(broker, hub.topics, args.ha_prefix) if args.ha_discovery else None
     web = None
@@ -567,6 +574,13 @@ def build_parser() -> argparse.ArgumentParser:
         "EDGEHUB_BROKER_PASSWORD)",
     )
     sp.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="never lead: ingest, serve transfers and the dashboard only (needs no signing "
+        "key); without it a worker competes for the lead (rollouts, experiments, retraining, "
+        "commands, TUF publication), one at a time",
+    )
+    sp.add_argument(
         "--worker",
         metavar="NAME",
         help="run as hub worker NAME: broker user and client id edgehub-NAME (from "
@@ -619,6 +633,13 @@ def _global_options(p: argparse.ArgumentParser, below: bool) -> None:
         default=argparse.SUPPRESS if below else os.environ.get("EDGEHUB_HOME", "edgehub-home"),
         help="hub folder: keys, TUF repository, database (env EDGEHUB_HOME)",
     )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        default=argparse.SUPPRESS if below else os.environ.get("EDGEHUB_STORE"),
+        help="the hub's database, e.g. postgresql+psycopg://user@host/edgehub "
+        "(env EDGEHUB_STORE; default: hub.sqlite in the home)",
+    )
     add_verbose(p, below, "the hub")
 
 
@@ -631,6 +652,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(missing_extra(MISSING), file=sys.stderr)
         return 1
     args = build_parser().parse_args(argv)
+    if args.store:  # one way for every command to reach it, and whatever it starts
+        os.environ[STORE_ENV] = args.store
     new_command()
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -19,13 +19,14 @@ AddCommand = Callable[..., argparse.ArgumentParser]
 def cmd_broker_config(args: argparse.Namespace) -> int:
     from cloud_hub.broker.config import CLEAR_TEXT_WARNING, is_loopback, write_broker_config
     from cloud_hub.rollout.operations import open_repo
-    from cloud_hub.store.database import Store, default_url
+    from cloud_hub.store.database import Store
+    from cloud_hub.store.url import store_url
 
     if not args.port.isdigit():
         raise ConfigError(f"--port: expected 1 to 65535, got {args.port!r}")
     tls = _tls_files(args)
     open_repo(Path(args.home))
-    devices = [d["id"] for d in Store(default_url(Path(args.home))).devices()]
+    devices = [d["id"] for d in Store(store_url(Path(args.home))).devices()]
     files = write_broker_config(
         Path(args.out),
         devices,

@@ -28,12 +28,9 @@ MOVED_SHOWN = 4  # features named per row in the table (all of them in --json)
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from cloud_hub.store.database import Store, default_url
+    from cloud_hub.store.url import existing_store
 
-    home = Path(args.home)
-    if not (home / "hub.sqlite").exists():
-        raise ConfigError(f"--home {home}: expected a hub folder (edgehub keys init), found none")
-    return Store(default_url(home))
+    return existing_store(Path(args.home))
 
 
 def cmd_drift(args: argparse.Namespace) -> int:

@@ -40,10 +40,11 @@ FINE = ("-", "ok")
 
 def _store(args: argparse.Namespace) -> Any:
     from cloud_hub.rollout.operations import open_repo
-    from cloud_hub.store.database import Store, default_url
+    from cloud_hub.store.database import Store
+    from cloud_hub.store.url import store_url
 
     open_repo(Path(args.home))  # no hub here: say so, rather than what SQLite thinks of the path
-    return Store(default_url(Path(args.home)))
+    return Store(store_url(Path(args.home)))
 
 
 def _row(d: dict[str, Any]) -> dict[str, Any]:

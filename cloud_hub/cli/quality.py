@@ -31,12 +31,9 @@ SHOWN_ERRORS = 50  # bad lines named one by one; past it only counted
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from cloud_hub.store.database import Store, default_url
+    from cloud_hub.store.url import existing_store
 
-    home = Path(args.home)
-    if not (home / "hub.sqlite").exists():
-        raise ConfigError(f"--home {home}: expected a hub folder (edgehub keys init), found none")
-    return Store(default_url(home))
+    return existing_store(Path(args.home))
 
 
 # ---- labels import ------------------------------------------------------------------------------

@@ -19,11 +19,12 @@ def _hub(args: argparse.Namespace) -> Any:
     from cloud_hub.retrain.runner import Hub
     from cloud_hub.retrain.triggers import StoreLabels
     from cloud_hub.rollout.operations import open_repo
-    from cloud_hub.store.database import Store, default_url
+    from cloud_hub.store.database import Store
+    from cloud_hub.store.url import store_url
 
     home = Path(args.home)
     open_repo(home)  # no hub here: say so, rather than what SQLite thinks of the path
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     return Hub(home, store, StoreLabels(store))
 
 

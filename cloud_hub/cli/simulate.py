@@ -23,7 +23,8 @@ from cloud_hub.harness.simulate import SimOptions, Simulation, ensure_model, par
 from cloud_hub.home_lock import own_home
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.operations import open_repo, start_rollout
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import store_url
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.messages import ModelRef
 
@@ -122,7 +123,7 @@ def _simulate(
 ) -> int:
     workdir = Path(args.workdir) if args.workdir else home / "simulated"
     chosen = ensure_model(home, workdir, model)
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     sim = Simulation(home, workdir, opts, broker, embedded_hub=not args.external_hub)
     try:
         for device in sim.fleet.ids:  # the rollout targets the simulated devices only

@@ -25,7 +25,8 @@ from cloud_hub.rollout.operations import (
     open_repo,
     start_rollout,
 )
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import store_url
 from edge_agent.errors import ConfigError, TransportError
 from edge_agent.protocol.messages import ModelRef
 
@@ -45,7 +46,7 @@ def start_experiment(
     for model in (a, b):
         if model.target_path not in repo.targets():
             raise ConfigError(f"{model} is not published; run `edgehub model publish BUNDLE` first")
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     devices = sorted(d for d, facts in fleet_facts(store).items() if selector.matches(facts, d))
     if len(devices) < 2:
         raise ConfigError(
@@ -124,7 +125,7 @@ def change_experiment(
 def stop_experiment(home: Path, experiment_id: str) -> en.Experiment:
     """Stop deciding, and stop both rollouts sending (devices keep the model they got)."""
     open_repo(home)
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     e = change_experiment(store, experiment_id, en.stop)
     for rollout_id in e.rollouts.values():
         row = store.rollout(rollout_id)
@@ -140,7 +141,7 @@ def promote_experiment(
 ) -> ro.Rollout:
     """A staged rollout of the winner over the experiment's target."""
     open_repo(home)
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     e, _ = load_experiment(store, experiment_id)
     model = en.winner(e)
     if e.promoted is not None:
@@ -158,7 +159,7 @@ def experiment_views(home: Path) -> list[dict[str, Any]]:
     open_repo(home)
     return [
         en.view(en.Experiment.from_json(row["body"]))
-        for row in Store(default_url(home)).experiments()
+        for row in Store(store_url(home)).experiments()
     ]
 
 

@@ -37,7 +37,8 @@ from cloud_hub.harness.commands import agent_argv, serve_argv
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.operations import enroll_device, init_hub, publish_bundle, start_rollout
 from cloud_hub.signing.tuf_repo import TufRepository
-from cloud_hub.store.database import Store, default_url, stats_of
+from cloud_hub.store.database import Store, stats_of
+from cloud_hub.store.url import store_url
 from cloud_hub.web.api import WebAuth, create_app
 from cloud_hub.web.server import WebServer, load_token, parse_listen
 from edge_agent.errors import TransportError
@@ -371,7 +372,7 @@ def run_demo(opts: DemoOptions) -> int:
             enroll_device(home, device, folder / "state")
             (folder / "agent.toml").write_text(device_config(device, feeders[device].port, address))
             procs.start(device, agent_argv(folder / "agent.toml"))
-        store = Store(default_url(home))
+        store = Store(store_url(home))
         view = View(store, feeders, say)
         web, token = _dashboard(store, home, *listen)
         console.print(f"[bold]dashboard:[/bold] {web.url}#token={token}", soft_wrap=True)

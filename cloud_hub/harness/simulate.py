@@ -29,7 +29,8 @@ import numpy as np
 
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.operations import enroll_device, open_repo, publish_bundle
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import store_url
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError, MessageError, TransportError
@@ -517,4 +518,4 @@ def open_fds() -> int:
 
 
 def store_of(home: Path) -> Store:
-    return Store(default_url(home))
+    return Store(store_url(home))

@@ -12,7 +12,8 @@ from cloud_hub.broker.identity import check_device_name
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.gates import Gates
 from cloud_hub.signing.tuf_repo import TufRepository
-from cloud_hub.store.database import Store, default_url
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import store_url
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError, TransportError
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.system.identity import identity_paths, parse_public_identity
@@ -25,7 +26,7 @@ MAX_BUNDLE_BYTES = 512 * 1024 * 1024
 def init_hub(home: Path) -> TufRepository:
     repo = TufRepository(home)
     repo.init()
-    Store(default_url(home))
+    Store(store_url(home))
     return repo
 
 
@@ -68,7 +69,7 @@ def enroll_device(
     check_device_name(device_id)  # a valid id, and none of the hub's broker names
     public = _public_identity(device_id, public_file or identity_paths(state_dir)[1], public_file)
     install_trusted_root(state_dir / "tuf", open_repo(home).trusted_root())
-    Store(default_url(home)).register(device_id, public)
+    Store(store_url(home)).register(device_id, public)
     return public
 
 
@@ -119,7 +120,7 @@ def start_rollout(
     path = model.target_path
     if path not in repo.targets():
         raise ConfigError(f"{model} is not published; run `edgehub model publish BUNDLE` first")
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     selector = ro.Selector.parse(target)
     fleet = [d for d, facts in fleet_facts(store).items() if selector.matches(facts, d)]
     if not fleet and target != "all":
@@ -165,7 +166,7 @@ def change_rollout(
     """Apply a change by hand (pause, resume, abort, rollback) to the stored rollout; a running
     hub writing it at the same moment makes this read it again and retry."""
     open_repo(home)
-    return change_stored_rollout(Store(default_url(home)), rollout_id, change, attempts)
+    return change_stored_rollout(Store(store_url(home)), rollout_id, change, attempts)
 
 
 def change_stored_rollout(
@@ -181,4 +182,4 @@ def change_stored_rollout(
 
 
 def rollout_rows(home: Path) -> list[dict[str, Any]]:
-    return [row["body"] for row in Store(default_url(home)).rollouts()]
+    return [row["body"] for row in Store(store_url(home)).rollouts()]

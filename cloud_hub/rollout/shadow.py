@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from cloud_hub.rollout.operations import open_repo
-from cloud_hub.store.database import Store, default_url, typed
+from cloud_hub.store.database import Store, typed
+from cloud_hub.store.url import store_url
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.messages import Command, ModelRef, encode
 from edge_agent.protocol.records import DeviceEvent
@@ -36,7 +37,7 @@ def start_shadow(home: Path, model: ModelRef, devices: list[str], rows: int) -> 
     target = model.target_path
     if target not in repo.targets():
         raise ConfigError(f"{model} is not published; run `edgehub model publish BUNDLE` first")
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     commands = []
     for device in _known_devices(store, devices):
         cmd = Command(
@@ -54,7 +55,7 @@ def start_shadow(home: Path, model: ModelRef, devices: list[str], rows: int) -> 
 
 def stop_shadow(home: Path, devices: list[str]) -> None:
     open_repo(home)
-    store = Store(default_url(home))
+    store = Store(store_url(home))
     for device in _known_devices(store, devices):
         _queue(store, device, Command(f"s-{uuid.uuid4().hex[:8]}", "shadow-stop"))
 
@@ -67,7 +68,7 @@ def shadow_reports(home: Path, device: str | None = None) -> list[dict[str, Any]
     """The latest shadow report per (device, candidate), oldest first."""
     open_repo(home)
     latest: dict[tuple[str, str], dict[str, Any]] = {}
-    events = Store(default_url(home)).records("events", device)
+    events = Store(store_url(home)).records("events", device)
     for rec, event in typed(events, DeviceEvent):
         shadow = event.shadow
         if event.event != "shadow-report" or shadow is None:

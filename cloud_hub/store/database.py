@@ -21,7 +21,6 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -51,6 +50,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cloud_hub.drift.fleet import pooled_accuracy, pooled_anomalies
 from cloud_hub.quality.labels import FROM_DEVICE, LABEL_GRACE_S, JoinedLabel
 from cloud_hub.quality.ledger import LabelLedger, define_tables, span_of
+from cloud_hub.store import migrations
 from cloud_hub.store.errors import raise_store_errors, store_error
 from edge_agent.errors import MessageError, TransportError
 from edge_agent.protocol.messages import Batch, ModelRef, Status
@@ -195,10 +195,6 @@ retrain_runs = Table(  # each time a policy fired: its data set, training, verdi
 )
 
 
-def default_url(home: Path) -> str:
-    return f"sqlite:///{home / 'hub.sqlite'}"
-
-
 @dataclass(frozen=True)
 class StoredRecord:
     kind: str
@@ -275,7 +271,7 @@ class Store:
         raise_store_errors(self.engine)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        self.revision = migrations.upgrade(self.engine)
         self.ledger = LabelLedger(label_tables, self._insert_once)
 
     def _insert_once(self, table: Table) -> Any:

@@ -1,0 +1,64 @@
+"""`edgehub --store URL` and EDGEHUB_STORE reach the hub's database for every command; a URL
+that cannot be used is one line naming it, its password masked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cloud_hub.cli.app import main
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import STORE_ENV, store_url
+from tests.support.postgres import fresh_database
+
+
+def test_the_flag_and_the_variable_reach_postgresql(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    home = tmp_path / "hub"
+    assert main(["--home", str(home), "keys", "init"]) == 0
+    with fresh_database() as url:
+        Store(url).register("pi-pg")
+        Store(store_url(home)).register("pi-sqlite")
+        capsys.readouterr()
+        assert main(["--home", str(home), "--store", url, "devices", "list", "--json"]) == 0
+        shown = capsys.readouterr().out
+        assert "pi-pg" in shown and "pi-sqlite" not in shown
+        monkeypatch.delenv(STORE_ENV, raising=False)  # --store set it for that command
+        monkeypatch.setenv(STORE_ENV, url)
+        assert main(["--home", str(home), "devices", "list", "--json"]) == 0
+        assert "pi-pg" in capsys.readouterr().out
+        # the flag wins over the variable
+        sqlite = f"sqlite:///{home / 'hub.sqlite'}"
+        assert main(["--home", str(home), "--store", sqlite, "devices", "list", "--json"]) == 0
+        shown = capsys.readouterr().out
+        assert "pi-sqlite" in shown and "pi-pg" not in shown
+
+
+@pytest.mark.parametrize(
+    ("url", "needles"),
+    [
+        ("postgresql+psycopg://edge:s3cret@127.0.0.1:1/hub", ["cannot open or reach", "***"]),
+        ("mysql+nosuchdriver://u@h/db", ["mysql+nosuchdriver"]),
+        ("not a url", ["not a url"]),
+    ],
+)
+def test_a_store_url_that_cannot_be_used_is_one_line(
+    url: str,
+    needles: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    home = tmp_path / "hub"
+    assert main(["--home", str(home), "keys", "init"]) == 0
+    capsys.readouterr()
+    assert main(["--home", str(home), "--store", url, "devices", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("edgehub: error: "), err
+    assert "Traceback" not in err and "s3cret" not in err
+    for needle in needles:
+        assert needle in err, err
