@@ -60,7 +60,10 @@ def channel_bounds(card: ModelCard) -> list[tuple[float, float]]:
     bounds = []
     for channel in card.input.features:
         low, high = profiles.get(f"{channel}.min"), profiles.get(f"{channel}.max")
-        reach = (low.min, high.max) if low and high else _reach(profiles, channel, size)
+        if low is not None and high is not None:
+            reach: tuple[float, float] | None = (low.min, high.max)
+        else:
+            reach = _reach(profiles, channel, size)
         # without a range, the parser keeps values within float32
         bounds.append(widened(card, *reach) if reach else (-math.inf, math.inf))
     return bounds

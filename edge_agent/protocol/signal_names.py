@@ -5,8 +5,8 @@ checked when a card is read. What each one computes is `edge_agent.signal`.
     band_power:LO-HI                  per channel, the power in LO <= f < HI Hz (decimals allowed)
 
 A band must hold at least one frequency of the window's real FFT (size samples at rate_hz:
-0, rate/size, 2*rate/size, ... up to rate/2); a band reaching past rate/2 holds the Nyquist
-frequency too.
+0, rate/size, 2*rate/size, ... up to rate/2); a band reaching past rate/2 holds the highest
+of them too.
 """
 
 from __future__ import annotations
