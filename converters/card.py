@@ -40,7 +40,7 @@ from edge_agent.protocol.input_spec import InputSpec, row_spec
 
 DEFAULT_MIN_AGREEMENT = 0.9
 MAX_CARD_BYTES = 256 * 1024  # what a card may weigh at most, whatever the input size
-MAX_SAMPLE_VALUES = 16384  # values in the card's health-gate sample, all items together
+MAX_SAMPLE_VALUES = 4096  # values in the card's health-gate sample, all items together (~50 KB)
 REFERENCE_BINS = 10
 
 
@@ -107,7 +107,8 @@ def build_card(
             **({"confidence": confidence.to_json()} if confidence is not None else {}),
         },
         "sample": {
-            "inputs": [[float(v) for v in row] for row in sample],
+            # each value as the shortest text that reads back as the same float32
+            "inputs": [[float(str(v)) for v in row] for row in sample],
             "outputs": [to_jsonable(v) for v in np.asarray(sample_out).ravel()],
         },
         "health": {

@@ -27,8 +27,8 @@ def items_source(source: SourceModel, spec: InputSpec) -> SourceModel:
     """`source` if it takes items of `spec.shape`; a `FlatItems` around a 2-D ONNX-bound model
     of `spec.size` features; else BadDataError saying what the model takes."""
     shape = getattr(source, "item_shape", None)
-    if shape == spec.shape:
-        return source
+    if shape == spec.shape or (shape is None and (source.n_features,) == spec.shape):
+        return source  # items of one dimension (signal features) are rows
     want = ", ".join(map(str, spec.shape))
     if shape is None and source.n_features in (None, spec.size):
         return FlatItems(source, spec.shape)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cloud_hub.cli.args import number
+from cloud_hub.cli.args import name_list, number
 from cloud_hub.store.url import STORE_ENV
 from edge_agent import __version__
 from edge_agent.cli_tools import accept_everywhere, add_completion, add_verbose
@@ -85,6 +85,7 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
     from converters.images import image_items, image_spec
     from converters.inputs import load_model, load_table
     from converters.pipeline import STEPS, build_bundle
+    from converters.windows import window_items, window_spec
 
     model = ModelRef.parse(f"{args.name}@{args.version}")
     if Path(args.output).is_dir():
@@ -93,6 +94,25 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
             f"(e.g. {Path(args.output) / 'model.zip'}), got a directory"
         )
     spec = None
+    window_args = (args.channels, args.stride, args.rate, args.signal)
+    if args.window is not None:
+        if args.image is not None:
+            raise ConfigError("--window and --image: expected one input kind, got both")
+        if None in window_args[:3]:
+            raise ConfigError(
+                "--window: expected --channels, --stride and --rate with it "
+                "(e.g. --channels ax,ay,az --window 128 --stride 64 --rate 50)"
+            )
+        spec = window_spec(args.channels, args.window, args.stride, args.rate, args.signal or ())
+        if Path(args.sample).suffix != ".npy":
+            raise ConfigError(
+                f"{args.sample}: --window expects the training windows as a .npy array of "
+                "shape (n, samples, channels)"
+            )
+    elif window_args != (None, None, None, None):
+        raise ConfigError(
+            "--channels, --stride, --rate and --signal describe a --window input; give --window"
+        )
     if args.image is not None:
         spec = image_spec(args.image, args.scale, args.offset, args.resize)
         if Path(args.sample).suffix != ".npy":
@@ -107,7 +127,7 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
     )
     if spec is not None:
         try:
-            x = image_items(x, spec)
+            x = window_items(x, spec) if spec.kind == "window" else image_items(x, spec)
         except EdgefleetError as exc:
             raise EdgefleetError(f"{args.sample}: {exc}") from exc
     if names is None and Path(args.sample).suffix == ".csv":
@@ -444,6 +464,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--resize",
         choices=["bilinear", "nearest"],
         help="with --image: how a device resizes other sizes to H x W (default bilinear)",
+    )
+    sp.add_argument(
+        "--window",
+        type=number(int, "a whole number from 1", 1),
+        metavar="SIZE",
+        help="a window model: it takes SIZE samples of --channels (one sensor line each); "
+        "--sample is then a .npy of raw windows, shape (n, SIZE, channels)",
+    )
+    sp.add_argument(
+        "--stride",
+        type=number(int, "a whole number from 1", 1),
+        help="with --window: a device frames a window every STRIDE samples",
+    )
+    sp.add_argument(
+        "--rate",
+        type=number(float, "a positive number", 0, above=True, finite="a finite number"),
+        metavar="HZ",
+        help="with --window: the sample rate the model was trained at",
+    )
+    sp.add_argument(
+        "--channels",
+        type=name_list,
+        metavar="NAMES",
+        help="with --window: the channels of a sample line, e.g. ax,ay,az (JSON lines' keys)",
+    )
+    sp.add_argument(
+        "--signal",
+        type=name_list,
+        metavar="NAMES",
+        help="with --window: the model takes these signal features of each channel, computed "
+        "from the windows by edge_agent.signal, e.g. mean,rms,band_power:0-5 (mean, std, rms, "
+        "min, max, ptp, band_power:LO-HI in Hz); without it, the windows themselves",
     )
     sp.add_argument("-o", "--output", required=True, help="the bundle to write (.zip)")
     sp = add(model, "publish", cmd_model_publish, "sign a bundle into the TUF repository")

@@ -40,6 +40,14 @@ def number(
     return parse
 
 
+def name_list(text: str) -> list[str]:
+    """Comma-separated names: "ax, ay,az" -> ["ax", "ay", "az"]."""
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"expected names separated by commas, got {text!r}")
+    return items
+
+
 def duration(text: str) -> float:
     """A positive duration like 30m, 1h or 24h, in seconds."""
     from cloud_hub.rollout.gates import parse_duration

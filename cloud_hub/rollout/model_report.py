@@ -96,6 +96,7 @@ def card_rows(card: dict[str, Any]) -> list[tuple[str, str]]:
         ("quantize", fmt(card.get("quantize"))),
         ("input", f"{inp.get('dtype')} {inp.get('shape')}"),
         *_image_rows(inp.get("image")),
+        *_window_rows(inp.get("window"), inp.get("features")),
         ("classes", ", ".join(map(str, classes)) if classes else "-"),
         *scored,
         ("reference rows", fmt(card.get("reference", {}).get("rows"))),
@@ -111,6 +112,20 @@ def _image_rows(image: Any) -> list[tuple[str, str]]:
     size = f"{image.get('height')}x{image.get('width')}x{image.get('channels')}"
     how = f"pixel * {fmt(image.get('scale'))} + {fmt(image.get('offset'))}"
     return [("image", f"{size}, {image.get('resize')} resize, {how}")]
+
+
+def _window_rows(window: Any, channels: Any) -> list[tuple[str, str]]:
+    """How a device frames a window model's input (edge_agent.protocol.input_spec)."""
+    if not isinstance(window, dict):
+        return []
+    names = ", ".join(map(str, channels)) if isinstance(channels, list) else "-"
+    frame = (
+        f"{window.get('size')} samples of {names} at {fmt(window.get('rate_hz'))} Hz, "
+        f"every {window.get('stride')}"
+    )
+    signal = window.get("signal") or []
+    takes = ", ".join(map(str, signal)) if signal else "the window itself"
+    return [("window", frame), ("model takes", takes)]
 
 
 def feature_rows(card: dict[str, Any]) -> list[tuple[str, ...]]:

@@ -6,6 +6,7 @@ from edge_agent.errors import BundleRejected
 from edge_agent.framing.base import Framer
 from edge_agent.framing.images import ImageFramer
 from edge_agent.framing.rows import RowFramer
+from edge_agent.framing.windows import WindowFramer
 from edge_agent.protocol.card import ModelCard
 from edge_agent.protocol.reasons import Reason
 
@@ -16,4 +17,6 @@ def framer_for(card: ModelCard) -> Framer:
         return RowFramer(card)
     if kind == "image":
         return ImageFramer(card)
+    if kind == "window":
+        return WindowFramer(card)
     raise BundleRejected(Reason.BAD_CARD, f"input kind {kind!r} is not one this agent serves")

@@ -17,12 +17,14 @@ ANOMALY_BOUNDS_TOLERANCE = 100.0
 
 
 def card_bounds(card: ModelCard) -> list[tuple[float, float]]:
+    return [widened(card, f.min, f.max) for f in card.features]
+
+
+def widened(card: ModelCard, low: float, high: float) -> tuple[float, float]:
+    """The values a line may carry for a reference range [low, high] of `card`."""
     tolerance = ANOMALY_BOUNDS_TOLERANCE if card.task == "anomaly" else BOUNDS_TOLERANCE
-    bounds = []
-    for f in card.features:
-        span = max(f.max - f.min, abs(f.max), 1e-6) * tolerance
-        bounds.append((f.min - span, f.max + span))
-    return bounds
+    span = max(high - low, abs(high), 1e-6) * tolerance
+    return low - span, high + span
 
 
 class RowFramer:

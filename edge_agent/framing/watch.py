@@ -9,6 +9,7 @@ import numpy as np
 from edge_agent.errors import ConfigError
 from edge_agent.imaging import image_stats, stat_names, unscaled
 from edge_agent.protocol.input_spec import InputSpec
+from edge_agent.signal import SUMMARY, signal_features, signal_names
 
 
 def watched_names(spec: InputSpec) -> list[str]:
@@ -17,6 +18,8 @@ def watched_names(spec: InputSpec) -> list[str]:
         return list(spec.features)
     if spec.kind == "image" and spec.image is not None:
         return stat_names(spec.image.channels)
+    if spec.kind == "window" and spec.window is not None:  # the signal features, or a summary
+        return signal_names(spec.features, spec.window.signal or SUMMARY)
     raise ConfigError(f"input kind {spec.kind!r}: nothing is watched for it yet")
 
 
@@ -26,4 +29,6 @@ def watched(spec: InputSpec, x: np.ndarray) -> np.ndarray:
         return x
     if spec.kind == "image" and spec.image is not None:  # on the pixels x was scaled from
         return image_stats(unscaled(x, spec.image))
+    if spec.kind == "window" and spec.window is not None:
+        return x if spec.window.signal else signal_features(x, SUMMARY, spec.window.rate_hz)
     raise ConfigError(f"input kind {spec.kind!r}: nothing is watched for it yet")

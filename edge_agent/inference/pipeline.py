@@ -143,9 +143,11 @@ class Pipeline:
             self._reject_for(None, "no-model", len(lines))
             return
 
+        rows = model.card.input.kind == "row"  # a line short of a value is a row short of it
+
         def reject(exc: SensorLineError) -> None:
             self._reject_for(model, exc.reason)
-            if exc.reason in MISSING_REASONS:
+            if rows and exc.reason in MISSING_REASONS:
                 model.monitor.missing()
 
         framed = model.framer.frame(lines, reject)

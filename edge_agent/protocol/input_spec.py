@@ -20,7 +20,8 @@ sees": the card's `reference.features`, a handful whatever the input size)::
 - **window**: a sensor line is one sample of `len(features)` channels; `size` samples, every
   `stride` samples, at `rate_hz`, make one window. With `signal` empty the model takes the
   window itself, shape (size, channels); else it takes the signal features `signal` names
-  (edge_agent.signal), computed per channel, shape (channels * len(signal),).
+  (grammar: edge_agent.protocol.signal_names; computed by edge_agent.signal), per channel,
+  shape (channels * len(signal),).
 - **image**: one message (a file, an MQTT payload, a camera frame) is one image, resized to
   (height, width), with `channels` channels (1 gray, 3 RGB), scaled as `pixel * scale + offset`
   (pixels 0..255), shape (height, width, channels).
@@ -37,6 +38,7 @@ from typing import Any
 
 from edge_agent.errors import MessageError
 from edge_agent.protocol.fields import field_of
+from edge_agent.protocol.signal_names import parse_signal
 
 INPUT_KINDS = ("row", "window", "image")
 RESIZE_MODES = ("bilinear", "nearest")
@@ -177,6 +179,7 @@ def parse_input_spec(obj: dict[str, Any], where: str, profile_names: list[str]) 
         signal = w.get("signal", [])
         if not isinstance(signal, list) or not all(isinstance(s, str) and s for s in signal):
             raise MessageError(f"{at}.signal: expected a list of feature names, got {signal!r:.60}")
+        parse_signal(signal, size, rate, f"{at}.signal")
         window = WindowSpec(size, stride, rate, tuple(signal))
         shape = (len(channels) * len(signal),) if signal else (size, len(channels))
         spec = InputSpec("window", shape, channels, window=window)
