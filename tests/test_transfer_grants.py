@@ -30,7 +30,6 @@ from tests.support.fleet import (  # noqa: F401  (fleet is a fixture)
 from tests.support.mqtt_cli import Login, MqttCli
 from tests.support.watch import close, subscriber
 
-
 TOPICS = Topics()
 MiB = 1024 * 1024
 
