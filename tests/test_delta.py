@@ -1,12 +1,15 @@
-"""Deltas between bundle versions (edge_agent.update.delta), without a broker: they rebuild the
-new bytes exactly, stay small where the new version moved its bytes a step, and refuse a
-corrupt delta, another base and an output larger than the signed length."""
+"""Deltas between bundle versions, without a broker: they rebuild the new bytes exactly, stay
+small where the new version moved its bytes a step, and refuse a corrupt delta, another base and
+an output larger than the signed length (edge_agent.update.delta); the hub makes each once, from
+the version a device reported, and only where it saves enough (cloud_hub.signing.deltas); the
+device checks that the signed delta rebuilds the target it was told (Verifier.lookup_delta)."""
 
 from __future__ import annotations
 
 import hashlib
 import struct
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +17,14 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cloud_hub.signing.deltas import Deltas, delta_base
+from cloud_hub.signing.tuf_repo import TufRepository
 from edge_agent.errors import BundleRejected
+from edge_agent.protocol.messages import DeltaRef, ModelRef
 from edge_agent.protocol.reasons import Reason
 from edge_agent.update.delta import BLOCK, MAGIC, apply_delta, make_delta
+from edge_agent.update.mirror import TufMirror
+from edge_agent.update.verify import Verifier, install_trusted_root
 
 HEADER = struct.Struct(">8sIQQ32s32s")
 
@@ -141,3 +149,98 @@ def test_an_output_bomb_is_refused_without_unpacking_it(content_size: bool) -> N
     assert err.value.reason == Reason.TAMPERED
     assert "expected" in str(err.value)
     assert peak < 8 * 1024 * 1024, f"{peak} bytes held while refusing a 256 MB bomb"
+
+
+# --- which delta the hub offers, and what the device checks of it ----------------------------
+
+V1, V2, V3 = ModelRef("iris", 1), ModelRef("iris", 2), ModelRef("iris", 3)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> TufRepository:
+    """A hub's repository with iris@1..3: each version's 'bundle' the one before, nudged."""
+    repo = TufRepository(tmp_path / "hub")
+    repo.init()
+    old, new = _versions()
+    newer, _ = _versions(added=5)
+    for model, data in ((V1, old), (V2, new), (V3, newer[:-7] + new[-7:])):
+        repo.add_bundle(model, data, "00" * 32)
+    return repo
+
+
+def test_delta_base_is_an_older_version_of_the_same_model() -> None:
+    assert delta_base(V1, V3) == V1
+    assert delta_base(None, V3) is None  # a device that reported no model
+    assert delta_base(V3, V3) is None
+    assert delta_base(ModelRef("iris", 4), V3) is None  # newer: a rollback, not a delta
+    assert delta_base(ModelRef("wine", 1), V3) is None
+
+
+def test_the_hub_makes_each_delta_once_from_what_the_device_reported(repo: TufRepository) -> None:
+    deltas = Deltas(repo)
+    assert deltas.offer(None, V2) is None
+    offered = deltas.offer(V1, V3)
+    assert offered == DeltaRef(V1, "deltas/iris/1-3.delta")
+    info = repo.targets()[offered.target]
+    assert info["delta"] == {
+        "base": "iris/1.zip",
+        "base_sha256": repo.targets()["iris/1.zip"]["sha256"],
+        "result": "iris/3.zip",
+        "result_sha256": repo.targets()["iris/3.zip"]["sha256"],
+    }
+    version = repo.timestamp_version()
+    assert deltas.offer(V1, V3) == offered  # signed once, offered again
+    assert Deltas(repo).offer(V1, V3) == offered  # by another hub process too
+    assert repo.timestamp_version() == version
+    base, result = repo.read_target("iris/1.zip"), repo.read_target("iris/3.zip")
+    assert apply_delta(base, repo.read_target(offered.target), len(result)) == result
+    assert "deltas/iris/2-3.delta" not in repo.targets()
+
+
+def test_a_delta_that_saves_too_little_is_not_offered(repo: TufRepository) -> None:
+    unrelated = np.random.default_rng(3).bytes(50_000)
+    repo.add_bundle(ModelRef("iris", 4), unrelated, "00" * 32)
+    deltas = Deltas(repo, max_share=0.7)
+    version = repo.timestamp_version()
+    assert deltas.offer(V3, ModelRef("iris", 4)) is None
+    assert repo.timestamp_version() == version  # nothing signed
+    assert not [p for p in repo.targets() if p.startswith("deltas/")]
+
+
+def test_no_delta_from_a_version_this_hub_never_published(tmp_path: Path) -> None:
+    repo = TufRepository(tmp_path / "hub")
+    repo.init()
+    repo.add_bundle(V2, b"v2", "00" * 32)
+    assert Deltas(repo).offer(V1, V2) is None
+
+
+def _device(tmp_path: Path, repo: TufRepository) -> Verifier:
+    """A device that trusts `repo` and has received its metadata."""
+    install_trusted_root(tmp_path / "device", repo.trusted_root())
+    mirror = TufMirror()
+    for name, payload in repo.published().items():
+        mirror.put(name, payload)
+    return Verifier(tmp_path / "device", mirror, 10**7)
+
+
+def test_the_device_checks_the_delta_rebuilds_the_target_it_was_told(
+    tmp_path: Path, repo: TufRepository
+) -> None:
+    offered = Deltas(repo).offer(V1, V3)
+    assert offered is not None
+    verifier = _device(tmp_path, repo)
+    v3 = verifier.lookup("iris/3.zip", V3, V1)
+    delta, base_sha256 = verifier.lookup_delta(offered, v3)
+    assert base_sha256 == repo.targets()["iris/1.zip"]["sha256"]
+    assert (delta.path, delta.length) == (offered.target, repo.targets()[offered.target]["length"])
+
+    v2 = verifier.lookup("iris/2.zip", V2, V1)
+    with pytest.raises(BundleRejected) as err:  # names iris/3.zip as its result, not iris/2.zip
+        verifier.lookup_delta(offered, v2)
+    assert err.value.reason == Reason.MISMATCH
+    with pytest.raises(BundleRejected) as err:  # from iris@1, not iris@2
+        verifier.lookup_delta(DeltaRef(V2, offered.target), v3)
+    assert err.value.reason == Reason.MISMATCH
+    with pytest.raises(BundleRejected) as err:
+        verifier.lookup_delta(DeltaRef(V2, "deltas/iris/2-3.delta"), v3)
+    assert err.value.reason == Reason.UNKNOWN_TARGET
