@@ -35,6 +35,10 @@ DESIGN_TARGETS: list[tuple[str, str]] = [
         "at least 3x more records per second (batching), QoS 1, zero loss",
     ),
     ("rollout of a 1 MB model to 100 simulated devices on loopback", "under 10 s"),
+    (
+        "delta update of a fine-tuned model (same architecture, new weights)",
+        "at most 30% of the full bundle's bytes",
+    ),
     ("agent resident memory with onnxruntime and a small model loaded", "under 80 MB"),
     ("agent cold start to first inference", "under 1 s"),
     ("int8 quantized MLP vs fp32", "at most 30% of the size, accuracy drop at most 1 point"),
