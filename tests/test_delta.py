@@ -207,6 +207,16 @@ def test_a_delta_that_saves_too_little_is_not_offered(repo: TufRepository) -> No
     assert not [p for p in repo.targets() if p.startswith("deltas/")]
 
 
+def test_no_delta_between_bytes_other_than_the_signed_ones(repo: TufRepository) -> None:
+    stored = repo.targets_dir / "iris/2.zip"
+    data = bytearray(stored.read_bytes())
+    data[100] ^= 1  # the hub's disk no longer holds what it signed
+    stored.write_bytes(bytes(data))
+    assert Deltas(repo).offer(V1, V2) is None
+    assert Deltas(repo).offer(V2, V3) is None
+    assert not [p for p in repo.targets() if p.startswith("deltas/")]
+
+
 def test_no_delta_from_a_version_this_hub_never_published(tmp_path: Path) -> None:
     repo = TufRepository(tmp_path / "hub")
     repo.init()

@@ -13,8 +13,9 @@ kept for the life of the process.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from cloud_hub.signing.tuf_repo import TufRepository, delta_path
+from cloud_hub.signing.tuf_repo import TufRepository, delta_path, sha256_hex
 from edge_agent.protocol.messages import DeltaRef, ModelRef
 from edge_agent.update.delta import make_delta
 
@@ -48,8 +49,10 @@ class Deltas:
             return DeltaRef(base, path)
         if base.target_path not in targets or model.target_path not in targets:
             return None  # the base was never published here (or the model is not yet)
-        full = self.repo.read_target(model.target_path)
-        delta = make_delta(self.repo.read_target(base.target_path), full)
+        old, full = (self._signed(targets, m) for m in (base, model))
+        if old is None or full is None:
+            return None
+        delta = make_delta(old, full)
         share = len(delta) / max(len(full), 1)
         if share >= self.max_share:
             self._not_worth.add((base, model))
@@ -74,3 +77,16 @@ class Deltas:
             model,
         )
         return DeltaRef(base, path)
+
+    def _signed(self, targets: dict[str, dict[str, Any]], model: ModelRef) -> bytes | None:
+        """The bundle of `model` on disk, if it is the one signed (a delta is made only
+        between the bytes the metadata signs)."""
+        data = self.repo.read_target(model.target_path)
+        if sha256_hex(data) != targets[model.target_path]["sha256"]:
+            log.warning(
+                "no delta from or to %s: %s on disk is not the bundle signed for it",
+                model,
+                model.target_path,
+            )
+            return None
+        return data
