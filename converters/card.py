@@ -17,12 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from converters.onnx_contract import INPUT_NAME, LABEL_OUTPUT, PROBA_OUTPUT, VALUE_OUTPUT
+from converters.onnx_contract import (
+    INPUT_NAME,
+    LABEL_OUTPUT,
+    PROBA_OUTPUT,
+    SCORE_OUTPUT,
+    VALUE_OUTPUT,
+)
 from converters.source import Artifact, SourceModel
 from edge_agent.errors import BadDataError
 from edge_agent.protocol.card import (
     CARD_VERSION,
     INPUT_CARD_VERSION,
+    Anomaly,
     Calibration,
     bucket_counts,
     feature_profiles,
@@ -56,14 +63,16 @@ def build_card(
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     bins: int = REFERENCE_BINS,
     lineage: dict[str, Any] | None = None,
+    anomaly: Anomaly | None = None,
     input_spec: InputSpec | None = None,
 ) -> dict[str, Any]:
     """The card.json dict. `x_ref` are the values drift watches on the reference items and
     `feature_names` their names (for a row model, its inputs; else edge_agent.framing.watch);
     `y_pred_ref` the deployed model's predictions on those items; `sample_x` model inputs
-    (n, *input shape) and `sample_out` its labels (classification) or values (regression) on
-    them; `confidence` the classifier's confidence calibration, when it has one;
-    `input_spec` what the device feeds the model (None: a row of `feature_names`)."""
+    (n, *input shape) and `sample_out` its labels (classification), values (regression) or
+    scores (anomaly) on them; `confidence` the classifier's confidence calibration, when it
+    has one; `anomaly` how an anomaly model's score is read; `input_spec` what the device
+    feeds the model (None: a row of `feature_names`)."""
     task = source.task
     spec = input_spec or row_spec(feature_names)
     profiles = feature_profiles(x_ref, feature_names, bins)
@@ -108,6 +117,7 @@ def build_card(
         },
         "validation": validation_report,
         **({"lineage": lineage} if lineage is not None else {}),
+        **({"anomaly": anomaly.to_json()} if anomaly is not None else {}),
     }
     card = to_jsonable(card)
     check_card_size(card)
@@ -132,7 +142,10 @@ def output_schema(
 ) -> dict[str, Any]:
     """Names, dtypes and shapes of the model's output tensors. A TFLite model gives the
     probabilities (or the value) only; the runtime derives the label. A classifier without
-    probabilities (LinearSVC...) gives the label only."""
+    probabilities (LinearSVC...) gives the label only. An anomaly model gives its score."""
+    if task == "anomaly":
+        named = {"name": SCORE_OUTPUT} if runtime == "onnxruntime" else {}
+        return {"score": {**named, "dtype": "float32", "shape": [None, 1]}}
     if runtime != "onnxruntime":
         if task == "classification":
             return {"probabilities": {"dtype": "float32", "shape": [None, len(classes)]}}
@@ -155,7 +168,8 @@ def output_schema(
 def prediction_profile(
     task: str, predictions: np.ndarray, classes: list[Any], bins: int = REFERENCE_BINS
 ) -> dict[str, Any]:
-    """Classification: count per class (in `classes` order). Regression: quantile-bucket counts."""
+    """Classification: count per class (in `classes` order). Regression and anomaly scores:
+    quantile-bucket counts."""
     preds = np.asarray(predictions).ravel()
     if task == "classification":
         counts = [int(np.sum(preds == c)) for c in classes]

@@ -29,7 +29,7 @@ import numpy as np
 
 from converters.source import QUANTIZE_MODES, TASKS, Artifact
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError
-from edge_agent.inference.tflite import TfliteRuntime, open_interpreter, output_width
+from edge_agent.inference.tflite import VALUE_TASKS, TfliteRuntime, open_interpreter, output_width
 
 REPRESENTATIVE_ROWS = 200
 TFLITE_AS_IS = (
@@ -39,8 +39,9 @@ TFLITE_AS_IS = (
 _TF_HINT = "Keras models need TensorFlow: pip install edgefleet[tf]"
 _SUPPORTED_OUTPUTS = (
     "supported outputs are one Dense-style output of shape (batch, k): softmax over k > 1 units "
-    "(classification), 1 sigmoid unit (binary classification) or 1 unit with any other "
-    "activation (regression)"
+    "(classification), 1 sigmoid unit (binary classification), 1 unit with any other "
+    "activation (regression), or as many units as inputs (an autoencoder: its reconstruction "
+    "error is an anomaly score)"
 )
 
 
@@ -171,7 +172,8 @@ def load_keras(
 
 
 class KerasSource:
-    """A Keras model as a `SourceModel`: tabular input (batch, n_features), one output."""
+    """A Keras model as a `SourceModel`: tabular input (batch, n_features), or items such as
+    images (batch, H, W, C) (`item_shape`); one output."""
 
     framework = "keras"
 
@@ -190,24 +192,30 @@ class KerasSource:
                 f"{len(model.inputs)} inputs and {len(model.outputs)} outputs"
             )
         in_shape = tuple(model.inputs[0].shape)
-        if len(in_shape) != 2 or in_shape[1] is None:
+        if len(in_shape) < 2 or None in in_shape[1:]:
             raise BadDataError(
-                f"{origin}: expected an input of shape (batch, n_features) for tabular rows, "
-                f"got {in_shape}"
+                f"{origin}: expected an input of shape (batch, n_features) for tabular rows, or "
+                f"(batch, *item) with known sizes (an image: (batch, H, W, C)), got {in_shape}"
             )
-        self.n_features: int | None = int(in_shape[1])
+        self.item_shape = tuple(int(d) for d in in_shape[1:])
+        self.n_features: int | None = self.item_shape[0] if len(self.item_shape) == 1 else None
         out_shape = tuple(model.outputs[0].shape)
         if len(out_shape) != 2 or out_shape[1] is None:
             raise BadDataError(f"{origin}: output shape {out_shape}; {_SUPPORTED_OUTPUTS}")
         k = int(out_shape[1])
         activation = _output_activation(model)
-        self.task, self.classes = _task_and_classes(origin, k, activation, task, classes)
+        self.task, self.classes = _task_and_classes(
+            origin, k, activation, task, classes, self.n_features
+        )
         self.description = describe_keras(model)
+        if self.task == "anomaly" and k > 1:  # an autoencoder: scored by what it gets wrong
+            self.model = reconstruction_error(model)
+            self.description += " -> reconstruction error"
         self._sigmoid = self.task == "classification" and k == 1
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         out = self._run(x)
-        if self.task == "regression":
+        if self.task in VALUE_TASKS:
             return out.reshape(len(out))
         labels = np.asarray(self.classes)
         if self._sigmoid:
@@ -215,7 +223,7 @@ class KerasSource:
         return labels[out.argmax(axis=1)]
 
     def scores(self, x: np.ndarray) -> np.ndarray | None:
-        if self.task == "regression":
+        if self.task in VALUE_TASKS:
             return None
         out = self._run(x)
         if self._sigmoid:
@@ -254,14 +262,36 @@ def _output_activation(model: Any) -> str:
     return str(getattr(activation, "__name__", activation))
 
 
+def reconstruction_error(model: Any) -> Any:
+    """An autoencoder wrapped so that its one output is its anomaly score, (batch, 1): the
+    mean over features of the squared difference between what it gives back and what it was
+    given (TFLite builtins: SUB, MUL, MEAN)."""
+    keras = _keras()
+    given = keras.Input(tuple(model.inputs[0].shape[1:]))
+    error = keras.layers.Lambda(
+        lambda pair: keras.ops.mean(keras.ops.square(pair[0] - pair[1]), axis=1, keepdims=True),
+        name="reconstruction_error",
+    )
+    return keras.Model(given, error([model(given), given]))
+
+
 def _task_and_classes(
-    origin: str, k: int, activation: str, task: str | None, classes: list[Any] | None
+    origin: str,
+    k: int,
+    activation: str,
+    task: str | None,
+    classes: list[Any] | None,
+    n_features: int | None = None,
 ) -> tuple[str, list[Any]]:
+    """The task (an output as wide as the input, not softmax, is an autoencoder's: anomaly)
+    and the class labels of a classifier."""
     if task is not None and task not in TASKS:
         raise ConfigError(f"task {task!r} is not one of {list(TASKS)}")
     if task is None:
         if classes is not None or (k > 1 and activation == "softmax"):
             task = "classification"
+        elif k > 1 and k == n_features:
+            task = "anomaly"
         elif k == 1:
             task = "classification" if activation == "sigmoid" else "regression"
         else:
@@ -274,6 +304,13 @@ def _task_and_classes(
         if k != 1:
             raise BadDataError(
                 f"{origin}: a regression model must give one value per row, this one gives {k}"
+            )
+        return task, []
+    if task == "anomaly":
+        if k not in (1, n_features):
+            raise BadDataError(
+                f"{origin}: an anomaly model gives one score per row, or (an autoencoder) as "
+                f"many values as it takes in ({n_features}); this one gives {k}"
             )
         return task, []
     default = list(range(k)) if k > 1 else [0, 1]
@@ -300,9 +337,15 @@ class TfliteSource:
         self.task = runtime.task
         self.classes = classes
         self.n_features: int | None = runtime.n_features
+        self.item_shape = runtime.item_shape
         self.feature_names: list[str] | None = None
+        takes = (
+            f"{runtime.n_features} {runtime.input_dtype.name} features"
+            if runtime.n_features is not None
+            else f"{'x'.join(map(str, runtime.item_shape))} {runtime.input_dtype.name} input"
+        )
         self.description = (
-            f"TFLite model ({runtime.n_features} {runtime.input_dtype.name} features -> "
+            f"TFLite model ({takes} -> "
             f"{runtime.n_outputs} output{'s' if runtime.n_outputs != 1 else ''})"
         )
 
@@ -376,7 +419,7 @@ def keras_artifact(source: KerasSource, x_rep: np.ndarray, quantize: str) -> Art
     elif quantize == "float16":
         model_bytes = _convert(tf, source, quantize, _float16(tf))
     else:
-        rows = representative_rows(x_rep, source.n_features)
+        rows = representative_rows(x_rep, source.item_shape)
         model_bytes = _convert(tf, source, quantize, _static(tf, rows))
     notes = _check_converted(source, model_bytes, quantize, rows)
     if not notes and quantize != "none" and len(model_bytes) >= len(float_bytes):
@@ -395,15 +438,15 @@ def keras_artifact(source: KerasSource, x_rep: np.ndarray, quantize: str) -> Art
     )
 
 
-def representative_rows(x: np.ndarray, n_features: int | None) -> np.ndarray:
-    """Up to REPRESENTATIVE_ROWS NaN-free float32 rows of `x`, spread evenly over it."""
+def representative_rows(x: np.ndarray, item_shape: tuple[int, ...]) -> np.ndarray:
+    """Up to REPRESENTATIVE_ROWS NaN-free float32 rows (or items) of `x`, spread evenly."""
     x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2 or (n_features is not None and x.shape[1] != n_features):
+    if x.shape[1:] != item_shape:
         raise BadDataError(
-            f"static quantization needs calibration rows of shape (n, {n_features}), "
-            f"got an array of shape {x.shape}"
+            f"static quantization needs calibration items of shape (n, "
+            f"{', '.join(map(str, item_shape))}), got an array of shape {x.shape}"
         )
-    x = x[~np.isnan(x).any(axis=1)]
+    x = x[~np.isnan(x.reshape(len(x), -1)).any(axis=1)]
     if len(x) == 0:
         raise BadDataError(
             "static quantization needs calibration rows without NaN, and every row has one"
@@ -505,7 +548,7 @@ def _check_converted(
             "no weight tensor is large enough for dynamic-range quantization (TFLite quantizes "
             "weights of 1024 elements or more): the weights stay float32"
         )
-    if mode == "static" and rows is not None:
+    if mode == "static" and rows is not None and rows.ndim == 2:  # rows of features
         scale = float(interp.get_input_details()[0]["quantization"][0])
         note = _coarse_input_note(rows, scale)
         if note:

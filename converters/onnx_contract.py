@@ -1,7 +1,8 @@
 """The ONNX contract every bundle's model.onnx keeps, whatever produced it.
 
 One float32 input "X" [batch, features]. A classifier gives "label" [batch] and, when it has them,
-"probabilities" [batch, classes] as plain tensors (no ZipMap); a regressor gives "variable".
+"probabilities" [batch, classes] as plain tensors (no ZipMap); a regressor gives "variable"; an
+anomaly model gives "score" [batch, 1], higher = more anomalous (converters.anomaly).
 `rename_outputs` brings a graph's outputs to these names, moving aside an inner tensor that
 already has one of them.
 """
@@ -16,10 +17,13 @@ INPUT_NAME = "X"
 LABEL_OUTPUT = "label"
 PROBA_OUTPUT = "probabilities"
 VALUE_OUTPUT = "variable"
+SCORE_OUTPUT = "score"
 
 
 def expected_outputs(task: str) -> list[str]:
-    return [LABEL_OUTPUT, PROBA_OUTPUT] if task == "classification" else [VALUE_OUTPUT]
+    if task == "classification":
+        return [LABEL_OUTPUT, PROBA_OUTPUT]
+    return [SCORE_OUTPUT] if task == "anomaly" else [VALUE_OUTPUT]
 
 
 def rename_outputs(model: onnx.ModelProto, task: str, where: str) -> None:

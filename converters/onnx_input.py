@@ -2,9 +2,11 @@
 
 The contract (see `sklearn_onnx`): one float32 input "X" [batch, features]; a classifier gives
 "label" [batch] and, when it has them, "probabilities" [batch, classes] as plain tensors; a
-regressor gives "variable". A foreign file is renamed to that contract; a ZipMap (skl2onnx's
-default list-of-dicts probabilities) is removed so the tensor under it becomes the output and its
-class labels are kept. What cannot be brought there is refused with what was expected and found.
+regressor gives "variable"; an anomaly model (`task` "anomaly": a file says nothing of it) its one
+float output, a score per row, higher = more anomalous, renamed "score". A foreign file is renamed
+to that contract; a ZipMap (skl2onnx's default list-of-dicts probabilities) is removed so the
+tensor under it becomes the output and its class labels are kept. What cannot be brought there is
+refused with what was expected and found.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from converters.anomaly import check_single_score
 from converters.onnx_contract import INPUT_NAME, rename, rename_outputs
 from converters.quantize import quantize_onnx
 from converters.source import TASKS, Artifact
@@ -39,6 +42,8 @@ class OnnxSource:
         if self.task == "classification" and not self.classes:
             self.classes = _class_labels(model)
         self.n_features = _check_input(model, where)
+        if self.task == "anomaly":
+            check_single_score(model, where)
         rename_outputs(model, self.task, where)
         self.feature_names: list[str] | None = None
         producer = model.producer_name or "an unknown producer"

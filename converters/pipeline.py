@@ -6,6 +6,10 @@ The model is a scikit-learn estimator or any `SourceModel` (Keras, ONNX or TFLit
 drift reference profile in the card uses every row; parity is validated on a seeded half of them
 (`data.validation_half`), which also provides the health-gate sample.
 
+An anomaly model (converters.anomaly) gets its threshold here, from the deployed model's scores
+on every row (`contamination`, `threshold`, or the model's own); its `y`, when given, are true
+flags (1/0, true/false, "anomaly"/"normal"), and its parity is the agreement of its flags.
+
 A classifier with probabilities, given true labels `y`, also gets its confidence calibrated
 (`converters.calibration`, for the device's accuracy estimate without labels). The deployed
 artifact's confidence is fit on every labeled row (a half would do: on breast_cancer every row
@@ -30,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from converters.anomaly import anomaly_labels, anomaly_spec, choose_threshold
 from converters.bundle import write_bundle
 from converters.calibration import fit_calibration
 from converters.card import MAX_SAMPLE_VALUES, build_card
@@ -43,8 +48,9 @@ from converters.data import (
     halves,
     validation_half,
 )
+from converters.flat_items import items_source
 from converters.sklearn_onnx import SklearnSource
-from converters.source import QUANTIZE_MODES, SourceModel
+from converters.source import QUANTIZE_MODES, SourceModel, own_threshold
 from converters.validate import (
     ParityError,
     artifact_runtime,
@@ -96,6 +102,8 @@ def build_bundle(
     force: bool = False,
     progress: Callable[[str], None] = lambda step: None,
     lineage: dict[str, Any] | None = None,
+    contamination: float | None = None,
+    threshold: float | None = None,
     input_spec: InputSpec | None = None,
 ) -> BuildReport:
     """Convert, quantize, validate and write the bundle for `name@version` to `out`.
@@ -106,21 +114,31 @@ def build_bundle(
     model's parent, training data and trigger) goes into the card as it is. `input_spec`
     says what the device feeds the model: None (or a row spec) for rows of numbers, `x` of
     shape (rows, features); a window or image spec for items, `x` of shape
-    (n, *input_spec.shape)."""
+    (n, *input_spec.shape). An anomaly model's threshold is `threshold`, else the
+    1 - `contamination` quantile of its scores on `x`, else its own
+    (converters.anomaly.choose_threshold)."""
     ModelRef(name, version)  # validates both before any heavy work
     if quantize not in QUANTIZE_MODES:
         raise ConfigError(f"quantize: expected one of {QUANTIZE_MODES}, got {quantize!r}")
     progress(STEPS[0])
     source = as_source(model)
+    scored = source.task == "anomaly"
+    if not scored and (contamination is not None or threshold is not None):
+        raise ConfigError(
+            f"contamination and threshold are for anomaly models; this is a {source.task} model"
+        )
     if input_spec is None or input_spec.kind == "row":
         x32 = check_features(x, source.n_features)
         names = check_feature_names(feature_names, x32.shape[1], source.feature_names)
         spec = input_spec or row_spec(names)
     else:
         spec = input_spec
+        source = items_source(source, spec)
         x32 = check_items(x, spec.shape, spec.kind)
         names = watched_names(spec)
     seen = watched(spec, x32)
+    if scored and y is not None:
+        y = anomaly_labels(check_targets(y, len(x32)))
     y_arr = check_targets(source.predict(x32) if y is None else y, len(x32))
     x_val, y_val = validation_half(x32, y_arr)
     classes = _classes(source, x32, y_arr)
@@ -130,7 +148,15 @@ def build_bundle(
 
     progress(STEPS[2])
     runtime = artifact_runtime(artifact, source, classes)
-    report = validation_report(source, runtime, artifact, x_val, y_val)
+    predicted = runtime.predict(x32)
+    anomaly = None
+    if scored:
+        cut, chosen = choose_threshold(predicted, own_threshold(source), contamination, threshold)
+        anomaly = anomaly_spec(predicted, cut)
+    y_known = None if scored and y is None else y_val
+    report = validation_report(source, runtime, artifact, x_val, y_known, anomaly, classes)
+    if anomaly is not None:
+        report["threshold_from"] = chosen
     report["parity"] = _parity(report, max_accuracy_drop, max_rmse_rel, force)
     classifier = source.task == "classification"
     calibrated = _calibrate(runtime, x32, y_arr) if y is not None and classifier else None
@@ -148,7 +174,7 @@ def build_bundle(
         source,
         artifact,
         seen,
-        runtime.predict(x32),
+        predicted,
         classes,
         names,
         report,
@@ -160,6 +186,7 @@ def build_bundle(
         has_scores=runtime.scores(sample_x[:1]) is not None,
         confidence=calibrated[0] if calibrated else None,
         lineage=lineage,
+        anomaly=anomaly,
         input_spec=spec,
     )
     write_bundle(out, card, artifact.model_bytes)

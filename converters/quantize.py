@@ -102,7 +102,8 @@ def quantize_dynamic_int8(model_bytes: bytes) -> bytes:
 
 def quantize_static_int8(model_bytes: bytes, x: np.ndarray) -> bytes:
     """QDQ int8 with activation ranges calibrated on the complete rows of `x`."""
-    rows = np.ascontiguousarray(x[np.all(np.isfinite(x), axis=1)][:CALIBRATION_ROWS], np.float32)
+    complete = np.all(np.isfinite(x.reshape(len(x), -1)), axis=1)  # rows, or items
+    rows = np.ascontiguousarray(x[complete][:CALIBRATION_ROWS], np.float32)
     if len(rows) == 0:
         raise QuantizationError(
             "static quantization needs calibration rows without NaN; the sample has none"

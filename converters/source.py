@@ -4,6 +4,9 @@ A `SourceModel` is the model the engineer handed over (a scikit-learn estimator,
 ONNX or TFLite file), able to predict on float32 rows so the result can be compared with it. An
 `Artifact` is the deployable model: its bytes, the runtime the card names, and the unquantized
 bytes it came from (for the size ratio).
+
+An anomaly model that has a threshold of its own (an outlier detector's) says so with an
+attribute `anomaly_threshold` (`own_threshold` reads it); the others have none.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "anomaly")
 QUANTIZE_MODES = ("none", "dynamic", "static", "float16")  # float16: TFLite only
 
 
@@ -26,7 +29,8 @@ class SourceModel(Protocol):
     feature_names: list[str] | None  # names the model was trained with, when it knows them
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """(n, n_features) float32 -> (n,) labels or values."""
+        """(n, n_features) float32 -> (n,) labels, values, or an anomaly model's scores
+        (higher = more anomalous: converters.anomaly)."""
         ...
 
     def scores(self, x: np.ndarray) -> np.ndarray | None:
@@ -36,6 +40,12 @@ class SourceModel(Protocol):
     def convert(self, x: np.ndarray, quantize: str) -> Artifact:
         """The deployable artifact, quantized by `quantize` (calibrated on rows `x`)."""
         ...
+
+
+def own_threshold(source: SourceModel) -> float | None:
+    """The score threshold an anomaly model comes with, if any (converters.anomaly)."""
+    value = getattr(source, "anomaly_threshold", None)
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from edge_agent.protocol.records import (
 )
 from edge_agent.protocol.topics import Topics
 from edge_agent.settings import AgentSettings
+from edge_agent.sources.backlog import Backlog
 from edge_agent.sources.base import Source
 from edge_agent.sources.factory import input_from_config
 from edge_agent.system.fsutil import DISK_ERRNOS, atomic_write, storage_error
@@ -186,7 +187,7 @@ class Agent:
             open_runtime,
             set_shadow=self._set_shadow,
         )
-        self.lines: queue.Queue[tuple[str, bytes]] = queue.Queue(cfg.pipeline.queue_max)
+        self.lines = Backlog(cfg.pipeline.queue_max, cfg.pipeline.queue_max_bytes)
         self.commands: queue.Queue[tuple[SignedCommand, bool]] = queue.Queue()  # (, resumed)
         self.sources: list[Source] = []
         self._quiet: set[str] = set()  # inputs flagged "no input", to log each change once

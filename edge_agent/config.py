@@ -264,10 +264,10 @@ def build(cls: type[T], values: dict[str, Any], folder: Path) -> T:
 
 
 def _relative_to(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """A file input's relative path names a file next to the device file, wherever the agent
-    was started from (a systemd unit starts it in /)."""
+    """A file or folder input's relative path names one next to the device file, wherever the
+    agent was started from (a systemd unit starts it in /)."""
     path = spec.get("path")
-    if spec.get("kind") == "file" and isinstance(path, str) and path != "-":
+    if spec.get("kind") in ("file", "folder") and isinstance(path, str) and path != "-":
         return {**spec, "path": str(folder / path)}
     return spec
 

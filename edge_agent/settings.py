@@ -54,6 +54,7 @@ class RuntimeSettings:
 class PipelineSettings:
     batch_max: int  # rows inferred together
     queue_max: int  # sensor lines waiting for inference
+    queue_max_bytes: int  # ... and their bytes (images are large)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -79,6 +79,10 @@ _DROP = object()
         (IMAGE, ("image", "height"), 100000, r"image.height: expected a whole number from 1"),
         (IMAGE, ("image", "resize"), "cubic", r"image.resize: expected one of"),
         (IMAGE, ("image", "scale"), "x", r"image.scale: expected a finite number"),
+        (IMAGE, ("image", "scale"), 0, r"image.scale: expected a number other than 0, got 0"),
+        (IMAGE, ("image", "width"), 0, r"image.width: expected a whole number from 1 to 4096"),
+        (IMAGE, ("image",), _DROP, r"card.input: .*image"),
+        (IMAGE, ("shape",), [None, 8, 8, 3], r"card.input.shape: expected \[null, 8, 8, 1\]"),
     ],
 )
 def test_wrong_input_sections_are_refused(

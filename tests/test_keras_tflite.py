@@ -33,6 +33,7 @@ from converters.keras_tflite import (
     load_keras,
     load_tflite,
 )
+from converters.pipeline import build_bundle
 from converters.source import Artifact
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError
 from edge_agent.inference.runtime import load_runtime, open_runtime
@@ -559,3 +560,41 @@ def test_keras_model_through_the_cli_passes_the_device_health_gate(
     assert health.ok, health.reason
     assert hub_main(["model", "inspect", str(out)]) == 0
     assert "litert (model.tflite)" in capsys.readouterr().out
+
+
+# ---- an autoencoder: an anomaly model -------------------------------------------------------
+
+
+@pytest.mark.parametrize("quantize", ["none", "dynamic"])
+def test_a_keras_autoencoder_ships_its_reconstruction_error_as_the_score(
+    quantize: str, tmp_path: Path
+) -> None:
+    """Benign tumours (standardized on them) in, the same back: the TFLite model gives the mean
+    squared reconstruction error per row, as computed here from the Keras model's output."""
+    x, y = load_breast_cancer(return_X_y=True)
+    benign = x[y == 1]
+    mean, std = benign.mean(axis=0), benign.std(axis=0)
+    scaled = ((x - mean) / std).astype(np.float32)
+    normal, malignant = scaled[y == 1], scaled[y == 0]
+    trained = _train(tmp_path, "ae", normal[::2], normal[::2], (8,), keras.layers.Dense(30))
+    source = trained.source
+    assert source.task == "anomaly" and source.description.endswith("-> reconstruction error")
+    sample = np.concatenate([normal[1::2], malignant[:40]])
+    truth = np.r_[np.zeros(len(normal[1::2])), np.ones(40)].astype(int)
+    built = build_bundle(
+        source, sample, truth, name="ae", version=1, out=tmp_path / "ae.zip", quantize=quantize
+    )
+    card_obj, report = built.card, built.report
+    assert card_obj["task"] == "anomaly" and card_obj["runtime"] == "litert"
+    assert card_obj["output"] == {"score": {"dtype": "float32", "shape": [None, 1]}}
+    assert report["parity"] == {"ok": True} and report["flag_agreement"] >= 0.99
+    bundle = read_bundle(built.path.read_bytes(), None, 10**8)
+    runtime = load_runtime(bundle.card, bundle.model_bytes)
+    keras_model = keras.models.load_model(trained.path, compile=False)
+    back = np.asarray(keras_model.predict(sample, verbose=0))
+    want = np.mean((back - sample) ** 2, axis=1)
+    got = runtime.predict(sample)
+    assert np.allclose(got, want, rtol=1e-4 if quantize == "none" else 0.1, atol=1e-5)
+    assert bundle.card.anomaly is not None and check_health(bundle.card, runtime).ok
+    flags = bundle.card.anomaly.flags(got)
+    assert flags[len(normal[1::2]) :].mean() > 5 * flags[: len(normal[1::2])].mean()

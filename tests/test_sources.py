@@ -366,10 +366,15 @@ def test_factory_builds_sources() -> None:
     ("cfg", "needles"),
     [
         ([("kind", "serial")], ["expected a table", "list"]),
-        ({}, ["'kind'", "'serial', 'mqtt' or 'file'", "found nothing"]),
+        ({}, ["'kind'", "'serial', 'mqtt', 'file', 'folder' or 'camera'", "found nothing"]),
         (
             {"kind": "mqtq"},
-            ["'kind'", "'serial', 'mqtt' or 'file'", "'mqtq'", "Did you mean 'mqtt'?"],
+            [
+                "'kind'",
+                "'serial', 'mqtt', 'file', 'folder' or 'camera'",
+                "'mqtq'",
+                "Did you mean 'mqtt'?",
+            ],
         ),
         ({"kind": ["serial"]}, ["'kind'", "['serial']"]),
         ({"kind": "serial"}, ["'port' is required"]),
@@ -468,7 +473,9 @@ def test_input_from_config_reads_the_format() -> None:
     assert fmt == "json" and isinstance(src, MqttSource)
     fmt, src = input_from_config({"kind": "file", "path": "a.csv"})
     assert fmt == "csv" and isinstance(src, FileSource)
-    with pytest.raises(ConfigError, match=r"'format' expected 'csv' or 'json', found 'xml'"):
+    with pytest.raises(
+        ConfigError, match=r"'format' expected 'csv', 'json' or 'image', found 'xml'"
+    ):
         input_from_config({"kind": "file", "path": "a.csv", "format": "xml"})
 
 

@@ -62,7 +62,8 @@ try:
     from cloud_hub.cli.output import console, new_command, say, show
     from cloud_hub.cli.output import emit as _emit
     from cloud_hub.rollout.model_report import card_rows, feature_rows, report_rows, verdict
-    from converters.source import QUANTIZE_MODES
+    from converters.anomaly import DEFAULT_CONTAMINATION, MAX_CONTAMINATION
+    from converters.source import QUANTIZE_MODES, TASKS
 except ModuleNotFoundError as exc:  # the base install: `edgehub` says what to install, once
     MISSING: str | None = _hub_only(exc)
     if MISSING is None:
@@ -80,13 +81,29 @@ _fraction = number(float, "a number from 0 to 1", 0.0, 1.0)  # a threshold argum
 
 # ---- commands -------------------------------------------------------------------------------
 def cmd_model_convert(args: argparse.Namespace) -> int:
+    from converters.images import image_items, image_spec
     from converters.inputs import load_model, load_table
     from converters.pipeline import STEPS, build_bundle
 
     model = ModelRef.parse(f"{args.name}@{args.version}")
+    spec = None
+    if args.image is not None:
+        spec = image_spec(args.image, args.scale, args.offset, args.resize)
+        if Path(args.sample).suffix != ".npy":
+            raise ConfigError(
+                f"{args.sample}: --image expects the training images as a .npy array of "
+                "pixels 0..255, shape (n, H, W) or (n, H, W, C)"
+            )
+    elif (args.scale, args.offset, args.resize) != (None, None, None):
+        raise ConfigError("--scale, --offset and --resize describe an --image input; give --image")
     x, y, names = load_table(
         Path(args.sample), args.label, Path(args.labels) if args.labels else None
     )
+    if spec is not None:
+        try:
+            x = image_items(x, spec)
+        except EdgefleetError as exc:
+            raise EdgefleetError(f"{args.sample}: {exc}") from exc
     if names is None and Path(args.sample).suffix == ".csv":
         print(
             f"edgehub: note: {args.sample} has no header row (its first row is all numbers): "
@@ -122,6 +139,9 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
                 max_rmse_rel=args.max_rmse_rise,
                 force=args.force,
                 progress=step,
+                contamination=args.contamination,
+                threshold=args.threshold,
+                input_spec=spec,
             )
         except EdgefleetError as exc:
             raise EdgefleetError(f"{args.model} with {args.sample}: {exc}") from exc
@@ -184,13 +204,14 @@ def cmd_model_list(args: argparse.Namespace) -> int:
             "target": path,
             "model": info.get("model"),
             "version": info.get("model_version"),
+            "task": info.get("task", "-"),  # "-": published before targets named it
             "bytes": info["length"],
             "sha256": info["sha256"][:16],
         }
         for path, info in open_repo(_home(args)).targets().items()
         if "model" in info  # not the deltas between versions
     ]
-    _emit(args, rows, "signed models", ["model", "version", "bytes", "sha256", "target"])
+    _emit(args, rows, "signed models", ["model", "version", "task", "bytes", "sha256", "target"])
     return 0
 
 
@@ -364,8 +385,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--task",
-        choices=["classification", "regression"],
-        help="for .onnx/.tflite/.keras files whose outputs do not say",
+        choices=list(TASKS),
+        help="for .onnx/.tflite/.keras files whose outputs do not say (anomaly: the one output "
+        "is a score, higher = more anomalous)",
+    )
+    cut = sp.add_mutually_exclusive_group()
+    cut.add_argument(
+        "--contamination",
+        type=number(
+            float,
+            f"a share above 0 and at most {MAX_CONTAMINATION}",
+            0,
+            MAX_CONTAMINATION,
+            above=True,
+        ),
+        help="anomaly models: flag this share of the sample's rows (the threshold is that "
+        "quantile of their scores; default: an outlier detector's own threshold, else "
+        f"{DEFAULT_CONTAMINATION})",
+    )
+    cut.add_argument(
+        "--threshold",
+        type=number(float, "a number", finite="a finite number"),
+        help="anomaly models: a score above this is an anomaly",
     )
     sp.add_argument(
         "--max-accuracy-drop",
@@ -380,6 +421,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail when RMSE rises by more, relative (0.01 = 1%%)",
     )
     sp.add_argument("--force", action="store_true", help="write the bundle even if parity fails")
+    sp.add_argument(
+        "--image",
+        metavar="HxWxC",
+        help="an image model: it takes H x W images of C channels (1 gray, 3 RGB), e.g. 8x8x1; "
+        "--sample is then a .npy of pixels 0..255, shape (n, H, W) or (n, H, W, C), resized "
+        "and scaled as the device will",
+    )
+    sp.add_argument(
+        "--scale",
+        type=float,
+        help="with --image: the model takes pixel * SCALE + OFFSET (default 1/255)",
+    )
+    sp.add_argument("--offset", type=float, help="with --image: see --scale (default 0)")
+    sp.add_argument(
+        "--resize",
+        choices=["bilinear", "nearest"],
+        help="with --image: how a device resizes other sizes to H x W (default bilinear)",
+    )
     sp.add_argument("-o", "--output", required=True, help="the bundle to write (.zip)")
     sp = add(model, "publish", cmd_model_publish, "sign a bundle into the TUF repository")
     sp.add_argument("bundle")

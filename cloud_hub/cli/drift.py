@@ -20,7 +20,7 @@ from typing import Any
 from rich.table import Table
 
 from cloud_hub.cli.args import duration, span
-from cloud_hub.cli.output import accuracy_text, console, p_text, say, show
+from cloud_hub.cli.output import accuracy_text, anomalies_text, console, p_text, say, show
 from edge_agent.errors import ConfigError
 
 AddCommand = Callable[..., argparse.ArgumentParser]
@@ -52,7 +52,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
         return 0
     table = Table(title="drift per model version and device")
     columns = ("model", "device", "windows", "warn/alert", "status", "p/min p", "accuracy")
-    for col in (*columns, "moved"):
+    scored = any(r["anomalies"] for r in rows)  # an anomaly model among them
+    for col in (*columns, *(["anomalies"] if scored else []), "moved"):
         table.add_column(col)
     for r in rows:
         moved = [f"{name} ({n})" for name, n in list(r["moved"].items())[:MOVED_SHOWN]]
@@ -65,6 +66,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
             r["status"],
             f"{p_text(r['p'])}/{p_text(r['min_p'])}",
             accuracy_text(r["accuracy"]),
+            *([anomalies_text(r["anomalies"])] if scored else []),
             ", ".join(moved) + (f" +{more} more" if more > 0 else "") or "-",
         )
     show(table)
@@ -99,7 +101,8 @@ def cmd_drift_fleet(args: argparse.Namespace) -> int:
     last = span(since)
     table = Table(title=f"drift merged per model version and cohort, last {last}")
     columns = ("model", "cohort", "devices", "windows", "rows", "p", "status", "accuracy")
-    for col in (*columns, "worst"):
+    scored = any(r["anomalies"] for r in rows)  # an anomaly model among them
+    for col in (*columns, *(["anomalies"] if scored else []), "worst"):
         table.add_column(col, no_wrap=col in ("model", "cohort", "p", "status"))
     for r in rows:
         table.add_row(
@@ -111,6 +114,7 @@ def cmd_drift_fleet(args: argparse.Namespace) -> int:
             p_text(r["p"]),
             r["status"],
             accuracy_text(r["accuracy"]),
+            *([anomalies_text(r["anomalies"])] if scored else []),
             ", ".join(r["worst"]) or "-",
         )
     show(table)

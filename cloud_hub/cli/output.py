@@ -90,3 +90,13 @@ def accuracy_text(accuracy: object) -> str:
     if not isinstance(accuracy, dict) or not isinstance(accuracy.get("expected"), float):
         return "-"
     return f"{accuracy['expected']:.3f} ({accuracy['change']:+.3f})"
+
+
+def anomalies_text(anomalies: object) -> str:
+    """An anomaly model's anomaly rate for people: "3.1% of 400 (reference 1.0%)"; "-" when
+    there is none."""
+    if not isinstance(anomalies, dict) or not isinstance(anomalies.get("rows"), int):
+        return "-"
+    return (
+        f"{anomalies['rate']:.1%} of {anomalies['rows']} (reference {anomalies['reference']:.1%})"
+    )

@@ -161,7 +161,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         return 0
     rows = report["rows"]
     regression = any(r["task"] == "regression" for r in rows)
-    classification = any(r["task"] == "classification" for r in rows) or not rows
+    # an anomaly model's flags get a classifier's columns (precision, recall, F1 of the anomalies)
+    classification = any(r["task"] in ("classification", "anomaly") for r in rows) or not rows
     last = span(args.since)
     table = Table(title=f"model quality from labels of the last {last}, by {args.by} (95% CI)")
     columns = ["model", args.by if args.by != "version" else "fleet"]

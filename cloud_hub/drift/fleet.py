@@ -112,6 +112,24 @@ def pooled_accuracy(reports: Iterable[DriftReport]) -> dict[str, float] | None:
     return {"expected": expected, "reference": reference, "change": expected - reference}
 
 
+def pooled_anomalies(reports: Iterable[DriftReport]) -> dict[str, Any] | None:
+    """An anomaly model's anomalies over these reports' rows, their rate and the card's
+    reference rate; None when none of them counts anomalies."""
+    anomalies = rows = 0
+    reference = None
+    for report in reports:
+        rate = report.anomaly
+        if rate is not None:
+            anomalies, rows, reference = (
+                anomalies + rate.anomalies,
+                rows + rate.rows,
+                rate.reference,
+            )
+    if reference is None:
+        return None
+    return {"anomalies": anomalies, "rows": rows, "rate": anomalies / rows, "reference": reference}
+
+
 @dataclass
 class _Merged:
     """One cohort's counts of one model version, added up."""
@@ -125,6 +143,7 @@ class _Merged:
     levels: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     accuracy: list[DriftReport] = field(default_factory=list)  # reports that estimate it
+    anomaly: list[DriftReport] = field(default_factory=list)  # reports that count anomalies
 
     def add(self, device: str, counts: _Counts, level: dict[str, float] | None) -> None:
         self.rows += counts.rows
@@ -209,6 +228,8 @@ def merge(
                 m.add(r.device, counts, level)
                 if r.report.accuracy is not None:
                     m.accuracy.append(r.report)
+                if r.report.anomaly is not None:
+                    m.anomaly.append(r.report)
     return out
 
 
@@ -234,6 +255,7 @@ def cohort_result(card: ModelCard, merged: _Merged) -> dict[str, Any]:
         "levels": level,
         "skipped": dict(sorted(merged.skipped.items())),
         "accuracy": pooled_accuracy(merged.accuracy),
+        "anomalies": pooled_anomalies(merged.anomaly),
     }
     if merged.rows == 0 or not merged.bins:
         return base | NOTHING_TESTED
@@ -301,6 +323,7 @@ def _unknown(model: ModelRef, windows: int, why: str) -> dict[str, Any]:
         "levels": {},
         "skipped": {"no card": windows},
         "accuracy": None,
+        "anomalies": None,
         **NOTHING_TESTED,
         "note": why,
     }

@@ -12,6 +12,12 @@ A classifier (by its card's task) gets:
   of the n rows is a multinomial draw of n over its cells, BOOTSTRAP resamples from a seeded
   generator (the same labels always give the same interval).
 
+An anomaly model (by its card) gets the same four, of its flags (a score above the card's
+threshold) against the labels read as flags (`edge_agent.protocol.card.anomaly_label`: 1/0,
+"anomaly"/"normal", "true"/"false"; any other label is left out): accuracy with the Wilson
+interval, and precision, recall and F1 of the anomaly class alone (not a mean over the two
+classes: the normal class's would hide how few anomalies are caught), with the same bootstrap.
+
 A regressor gets:
 
 - MAE with the normal approximation of a mean: mean |e| +- z s/sqrt(n), s the standard
@@ -42,13 +48,14 @@ import numpy as np
 
 from cloud_hub.quality.labels import JoinedLabel
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.card import Anomaly, anomaly_label
 from edge_agent.protocol.messages import ModelRef, check_model_name
 from edge_agent.protocol.records import Scalar
 
 Z95 = 1.959963984540054  # two-sided 95%
 Z99 = 2.5758293035489004  # two-sided 99%: the floor's one-sided 0.5%
 BOOTSTRAP = 400  # resamples of a bootstrap interval
-CLASSIFICATION, REGRESSION = "classification", "regression"
+CLASSIFICATION, REGRESSION, ANOMALY = "classification", "regression", "anomaly"
 BY = ("version", "device", "cohort")
 CLASSIFIER_METRICS = ("accuracy", "precision", "recall", "f1")
 REGRESSOR_METRICS = ("rmse", "mae")
@@ -125,28 +132,58 @@ def _macro(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return macro[0], macro[1], macro[2]
 
 
+def _anomaly_class(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and F1 of class 1 (the anomalies) of 2 x 2 confusion matrices."""
+    tp = cm[..., 1, 1].astype(np.float64)
+    predicted, true = cm[..., :, 1].sum(axis=-1), cm[..., 1, :].sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(true > 0, tp / true, 0.0)
+        f1 = np.where(predicted + true > 0, 2 * tp / (predicted + true), 0.0)
+    return precision, recall, f1
+
+
 def classification_metrics(
     labels: Sequence[Scalar], predictions: Sequence[Scalar], seed: int = 0
 ) -> dict[str, Interval]:
     """accuracy (Wilson), macro precision, recall and F1 (bootstrap) of n >= 1 labelled rows."""
     truth = [class_key(v) for v in labels]
     guess = [class_key(v) for v in predictions]
-    n = len(truth)
     classes = sorted(set(truth) | set(guess))
     index = {c: i for i, c in enumerate(classes)}
     k = len(classes)
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, ([index[t] for t in truth], [index[g] for g in guess]), 1)
-    right = int(np.trace(cm))
-    out = {"accuracy": wilson(right, n)}
-    point = _macro(cm)
+    return _confusion_metrics(cm, _macro, seed)
+
+
+def anomaly_metrics(
+    truth: Sequence[bool], flags: Sequence[bool], seed: int = 0
+) -> dict[str, Interval]:
+    """accuracy (Wilson), precision, recall and F1 of the anomaly flags (bootstrap) of n >= 1
+    labelled rows."""
+    cm = np.zeros((2, 2), dtype=np.int64)
+    np.add.at(cm, (np.asarray(truth, dtype=np.intp), np.asarray(flags, dtype=np.intp)), 1)
+    return _confusion_metrics(cm, _anomaly_class, seed)
+
+
+def _confusion_metrics(
+    cm: np.ndarray,
+    measure: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    seed: int,
+) -> dict[str, Interval]:
+    """accuracy (Wilson) and `measure`'s precision, recall and F1 (bootstrap) of a K x K
+    confusion matrix (rows true, columns predicted)."""
+    n, k = int(cm.sum()), len(cm)
+    out = {"accuracy": wilson(int(np.trace(cm)), n)}
+    point = measure(cm)
     if n < 2:
         for name, value in zip(("precision", "recall", "f1"), point, strict=True):
             out[name] = Interval(float(value), None, None)
         return out
     rng = np.random.default_rng(seed)
     draws = rng.multinomial(n, cm.ravel() / n, size=BOOTSTRAP).reshape(BOOTSTRAP, k, k)
-    for name, value, boot in zip(("precision", "recall", "f1"), point, _macro(draws), strict=True):
+    for name, value, boot in zip(("precision", "recall", "f1"), point, measure(draws), strict=True):
         low, high = np.quantile(boot, [0.025, 0.975])
         out[name] = Interval(float(value), float(low), float(high))
     return out
@@ -274,10 +311,12 @@ def quality_rows(
     query: Query,
     cohorts: Callable[[str], Sequence[str]],
     floors: Floors,
+    anomalies: Mapping[ModelRef, Anomaly] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (model version, group, bucket) with labels: counts, each metric of its task
     with its interval (None for the other task's), the floor and whether it alerts.
-    `cohorts(device)` names a device's cohorts (used with by="cohort")."""
+    `cohorts(device)` names a device's cohorts (used with by="cohort"); `anomalies` how each
+    anomaly model's score is read (from its card)."""
     groups: dict[tuple[str, int, str, float | None], list[JoinedLabel]] = {}
     for j in joined:
         if query.by == "device":
@@ -298,7 +337,8 @@ def quality_rows(
     ):
         model = ModelRef(name, version)
         task = tasks.get(model) or guess_task(j.prediction for j in items)
-        rows.append(_row(model, task, query.by, key, bucket, items, floors.of(model)))
+        anomaly = (anomalies or {}).get(model)
+        rows.append(_row(model, task, query.by, key, bucket, items, floors.of(model), anomaly))
     return rows
 
 
@@ -310,6 +350,7 @@ def _row(
     bucket: float | None,
     items: Sequence[JoinedLabel],
     floor: float | None,
+    anomaly: Anomaly | None = None,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {
         "model": model.name,
@@ -331,6 +372,16 @@ def _row(
         row["used"] = len(items)
         right = sum(class_key(t) == class_key(g) for t, g in zip(truth, guess, strict=True))
         row["alert"] = below_floor(right, len(items), row["floor"])
+    elif task == ANOMALY:
+        if anomaly is None:  # its threshold unknown: no flags to measure
+            return row
+        read = [(anomaly_label(j.label), number_of(j.prediction)) for j in items]
+        flagged = [(t, s) for t, s in read if t is not None and s is not None]
+        row["used"] = len(flagged)  # a label that says neither anomaly nor normal: left out
+        if not flagged:
+            return row
+        scores = np.asarray([s for _, s in flagged])
+        metrics = anomaly_metrics([t for t, _ in flagged], anomaly.flags(scores).tolist())
     else:
         pairs = [(number_of(j.label), number_of(j.prediction)) for j in items]
         usable = [(t, p) for t, p in pairs if t is not None and p is not None]

@@ -15,6 +15,7 @@ from cloud_hub.drift.source import PublishedCards, model_filter
 from cloud_hub.quality.metrics import Floors, Query, quality_rows
 from cloud_hub.store.database import Store
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.card import ModelCard
 from edge_agent.protocol.messages import ModelRef
 
 FLOORS_STATE = "accuracy_floors"  # hub_state: the floors `edgehub serve` was started with
@@ -51,11 +52,11 @@ def save_floors(store: Store, floors: Floors) -> None:
     store.set_state(FLOORS_STATE, floors.to_json())
 
 
-def model_tasks(cards: PublishedCards, models: Iterable[ModelRef]) -> dict[ModelRef, str]:
-    """Each version's task from its published card (versions without a readable card are left
-    out: their task is guessed from their predictions)."""
+def model_cards(cards: PublishedCards, models: Iterable[ModelRef]) -> dict[ModelRef, ModelCard]:
+    """Each version's published card, for its task and an anomaly model's threshold (versions
+    without a readable card are left out: their task is guessed from their predictions)."""
     found, _missing = cards.lookup(set(models))
-    return {model: card.task for model, card in found.items()}
+    return found
 
 
 def cohorts_of(store: Store) -> Callable[[str], Sequence[str]]:
@@ -80,8 +81,11 @@ def quality_report(
     joined = [
         j for j in store.joined_labels(exact, since=now - query.since_s) if query.wants(j.model)
     ]
-    tasks = model_tasks(cards, {j.model for j in joined})
-    rows = quality_rows(joined, tasks, Query(query.by, query.bucket_s), cohorts_of(store), floors)
+    found = model_cards(cards, {j.model for j in joined})
+    tasks = {model: card.task for model, card in found.items()}
+    anomalies = {model: card.anomaly for model, card in found.items() if card.anomaly}
+    grouping = Query(query.by, query.bucket_s)
+    rows = quality_rows(joined, tasks, grouping, cohorts_of(store), floors, anomalies)
     return {
         "now": now,
         "since_s": query.since_s,

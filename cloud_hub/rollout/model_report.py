@@ -12,10 +12,17 @@ _BEFORE_AFTER = (
     ("macro_f1", "macro F1"),
     ("rmse", "RMSE"),
     ("mae", "MAE"),
+    ("anomaly_rate", "anomaly rate"),
+    ("precision", "precision of the anomaly flags"),
+    ("recall", "recall of the anomaly flags"),
+    ("f1", "F1 of the anomaly flags"),
     ("size_bytes", "size (bytes)"),
 )
 _SINGLE = (
     ("label_agreement", "label agreement"),
+    ("flag_agreement", "anomaly flag agreement"),
+    ("threshold", "anomaly threshold (score above)"),
+    ("threshold_from", "threshold from"),
     ("max_abs_diff", "max abs output diff"),
     ("size_ratio", "size after / before"),
     ("latency_p50_ms", "p50 latency, batch 1 (ms)"),
@@ -50,6 +57,8 @@ def verdict(report: dict[str, Any]) -> str:
         if report.get("task") == "classification":
             drop = report["accuracy_before"] - report["accuracy_after"]
             what = f"accuracy drop {drop:+.4f}"
+        elif report.get("task") == "anomaly":
+            what = f"anomaly flag agreement {report['flag_agreement']:.4f}"
         else:
             before = report["rmse_before"]
             rise = (report["rmse_after"] - before) / before if before else 0.0
@@ -66,6 +75,18 @@ def card_rows(card: dict[str, Any]) -> list[tuple[str, str]]:
     inp = card.get("input", {})
     health = card.get("health", {})
     classes = card.get("classes") or []
+    anomaly = card.get("anomaly")
+    scored = (
+        [
+            (
+                "anomaly",
+                f"score above {fmt(anomaly.get('threshold'))} "
+                f"({fmt(anomaly.get('rate'))} of the reference rows)",
+            )
+        ]
+        if isinstance(anomaly, dict)
+        else []
+    )
     return [
         ("model", f"{card.get('name')}@{card.get('version')}"),
         ("task", fmt(card.get("task"))),
@@ -74,11 +95,22 @@ def card_rows(card: dict[str, Any]) -> list[tuple[str, str]]:
         ("runtime", f"{card.get('runtime')} ({card.get('model_file')})"),
         ("quantize", fmt(card.get("quantize"))),
         ("input", f"{inp.get('dtype')} {inp.get('shape')}"),
+        *_image_rows(inp.get("image")),
         ("classes", ", ".join(map(str, classes)) if classes else "-"),
+        *scored,
         ("reference rows", fmt(card.get("reference", {}).get("rows"))),
         ("health: max latency (ms)", fmt(health.get("max_latency_ms"))),
         ("health: min agreement", fmt(health.get("min_agreement"))),
     ]
+
+
+def _image_rows(image: Any) -> list[tuple[str, str]]:
+    """How a device prepares an image model's input (edge_agent.protocol.input_spec)."""
+    if not isinstance(image, dict):
+        return []
+    size = f"{image.get('height')}x{image.get('width')}x{image.get('channels')}"
+    how = f"pixel * {fmt(image.get('scale'))} + {fmt(image.get('offset'))}"
+    return [("image", f"{size}, {image.get('resize')} resize, {how}")]
 
 
 def feature_rows(card: dict[str, Any]) -> list[tuple[str, ...]]:

@@ -53,7 +53,7 @@ def publish_bundle(home: Path, bundle_path: Path) -> tuple[ModelRef, str]:
     repo = open_repo(home)
     bundle = read_bundle_file(bundle_path)
     model = bundle.card.model
-    path = repo.add_bundle(model, bundle_path.read_bytes(), bundle.card_sha256)
+    path = repo.add_bundle(model, bundle_path.read_bytes(), bundle.card_sha256, bundle.card.task)
     return model, path
 
 

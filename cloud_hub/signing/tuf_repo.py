@@ -138,8 +138,11 @@ class TufRepository:
             self._write("timestamp", Metadata(Timestamp(expires=_expires(self.expiry.timestamp))))
 
     # ---- changes ------------------------------------------------------------------------
-    def add_bundle(self, model: ModelRef, bundle: bytes, card_digest: str) -> str:
-        """Store a bundle as a signed target; returns its target path."""
+    def add_bundle(
+        self, model: ModelRef, bundle: bytes, card_digest: str, task: str | None = None
+    ) -> str:
+        """Store a bundle as a signed target (with its card's `task`, for people listing
+        them); returns its target path."""
         path = model.target_path
         with self._locked():
             targets = self._load("targets", Targets)
@@ -155,6 +158,8 @@ class TufRepository:
                         "published; versions only go up"
                     )
             custom = {"model": model.name, "model_version": model.version}
+            if task is not None:
+                custom["task"] = task
             self._sign_target(targets, path, bundle, {**custom, "card_sha256": card_digest})
         return path
 

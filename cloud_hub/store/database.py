@@ -48,7 +48,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from cloud_hub.drift.fleet import pooled_accuracy
+from cloud_hub.drift.fleet import pooled_accuracy, pooled_anomalies
 from cloud_hub.quality.labels import FROM_DEVICE, LABEL_GRACE_S, JoinedLabel
 from cloud_hub.quality.ledger import LabelLedger, define_tables, span_of
 from cloud_hub.store.errors import raise_store_errors, store_error
@@ -728,7 +728,8 @@ def drift_summary(
     """One row per (model, version, device): windows, warn and alert counts, the latest status,
     p-value and report time, the smallest p-value and largest PSI seen, and the features that
     moved (with how many windows named each), most often first, and the accuracy estimated
-    without labels over all its windows (None without a calibrated card). `p` is None for
+    without labels over all its windows (None without a calibrated card), or an anomaly
+    model's anomalies over them (`pooled_anomalies`; None for other models). `p` is None for
     reports from agents before p-values (their status came from fixed PSI bands)."""
     groups: dict[tuple[str, int, str], dict[str, Any]] = {}
     reports: dict[tuple[str, int, str], list[DriftReport]] = {}
@@ -768,6 +769,7 @@ def drift_summary(
     for key in sorted(groups):
         g = groups[key]
         g["accuracy"] = pooled_accuracy(reports[key])
+        g["anomalies"] = pooled_anomalies(reports[key])
         g["moved"] = dict(sorted(g["moved"].items(), key=lambda kv: (-kv[1], kv[0])))
         out.append(g)
     return out

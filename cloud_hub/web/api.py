@@ -255,16 +255,24 @@ class MetricValue(BaseModel):
 class QualityRow(BaseModel):
     model: str
     version: int
-    task: Literal["classification", "regression"]
+    task: Literal["classification", "regression", "anomaly"]
     by: Literal["version", "device", "cohort"]
     group: str = Field(description='"fleet", a device id, or "group:NAME" / "tag:NAME"')
     bucket: float | None = Field(description="start of the time bucket (epoch s), with bucket_s")
     labels: int = Field(description="labels joined to this row's predictions")
     used: int = Field(description="labels the metrics use (a regressor's need a number)")
-    accuracy: MetricValue | None = Field(description="classifiers; Wilson interval")
-    precision: MetricValue | None = Field(description="macro; bootstrap interval")
-    recall: MetricValue | None = Field(description="macro; bootstrap interval")
-    f1: MetricValue | None = Field(description="macro; bootstrap interval")
+    accuracy: MetricValue | None = Field(
+        description="classifiers and anomaly models; Wilson interval"
+    )
+    precision: MetricValue | None = Field(
+        description="macro (anomaly models: of the anomaly flags); bootstrap interval"
+    )
+    recall: MetricValue | None = Field(
+        description="macro (anomaly models: of the anomaly flags); bootstrap interval"
+    )
+    f1: MetricValue | None = Field(
+        description="macro (anomaly models: of the anomaly flags); bootstrap interval"
+    )
     rmse: MetricValue | None = Field(description="regressors; normal approximation")
     mae: MetricValue | None = Field(description="regressors; normal approximation")
     floor: float | None = Field(description="the accuracy floor of this model (null: none)")

@@ -26,14 +26,21 @@ the card's value on its reference rows and the change from it, with the window's
 the sum of those probabilities, which the hub adds up across windows and devices. It is None
 for a regressor or a card without a calibration (the report's ``notes`` say why).
 
-The decision is one test of the whole family (every feature, the predictions, the share of
-rows with missing values): Simes' combination, so a drift-free window warns with probability
-at most 1 / `warn_every` whatever the number of features. A small persistent shift is caught by
-testing, at each window's close, the pooled counts of the last 1, 2 and 4 windows (SCALES, as
-alibi-detect's online detectors use several window sizes), with the family's level split among
-them. By the renewal argument, the expected number of windows between two false warnings of a
-drift-free stream is then at least `warn_every` (between two false alerts, `alert_every`):
-the profile's "expected time between false alarms", counted in windows.
+For an anomaly model (card task "anomaly"), its scores are profiled as a regressor's values are,
+and ``anomaly`` holds the window's anomaly rate (rows whose score is above the card's threshold)
+next to the reference's (the share of the card's reference rows above it), with the p-value of
+Fisher's exact test that the rate rose (one-sided: fewer anomalies than before shows in the
+score distribution's test). With the reference rate measured on the reference rows, not taken
+from a nominal contamination, a drift-free stream flags as often as the reference did.
+
+The decision is one test of the whole family (every feature, the predictions, the share of rows
+with missing values, an anomaly model's anomaly rate): Simes' combination, so a drift-free window
+warns with probability at most 1 / `warn_every` whatever the number of features. A small persistent
+shift is caught by testing, at each window's close, the pooled counts of the last 1, 2 and 4
+windows (SCALES, as alibi-detect's online detectors use several window sizes), with the family's
+level split among them. By the renewal argument, the expected number of windows between two false
+warnings of a drift-free stream is then at least `warn_every` (between two false alerts,
+`alert_every`): the profile's "expected time between false alarms", counted in windows.
 
 The report's ``p`` is that p-value, ``scale`` the number of windows pooled in the test that
 decided, ``moved`` the features whose Benjamini-Hochberg adjusted value (``q``) is under the
@@ -70,6 +77,7 @@ from edge_agent.drift.stats import (
 from edge_agent.protocol.card import ModelCard, bucket_counts
 from edge_agent.protocol.records import (
     AccuracyEstimate,
+    AnomalyRate,
     Capture,
     DriftLevels,
     DriftReport,
@@ -96,6 +104,8 @@ class _Tally:
     missing_rows: int = 0
     scored: int = 0  # rows whose class probabilities were seen
     right: float = 0.0  # the sum of their calibrated confidences: expected rows right
+    judged: int = 0  # rows whose anomaly flag was seen (anomaly models)
+    anomalies: int = 0  # rows of them flagged
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,8 @@ class _Measures:
     above: np.ndarray  # per feature: values above the card's max
     scored: int  # rows whose class probabilities were seen
     right: float  # the sum of their calibrated confidences
+    judged: int  # rows whose anomaly flag was seen
+    anomalies: int  # rows of them flagged
 
     def __add__(self, other: _Measures) -> _Measures:
         return _Measures(*(getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__))
@@ -128,11 +140,12 @@ class _Tests:
     feature: np.ndarray
     prediction: float | None
     missing: float
+    anomaly: float | None = None  # an anomaly model's anomaly rate
     family: float = field(init=False)
     q: np.ndarray = field(init=False)  # per feature, Benjamini-Hochberg adjusted
 
     def __post_init__(self) -> None:
-        extra = [p for p in (self.prediction, self.missing) if p is not None]
+        extra = [p for p in (self.prediction, self.missing, self.anomaly) if p is not None]
         adjusted = bh_adjust(np.concatenate([self.feature, extra]))
         self.q = adjusted[: len(self.feature)]
         self.family = float(adjusted.min()) if adjusted.size else 1.0
@@ -187,6 +200,9 @@ class DriftMonitor:
         self._stage_preds: list[np.ndarray] = []
         self._stage_scores: list[np.ndarray] = []
         self._calibration = card.confidence if card.task == "classification" else None
+        self._anomaly = card.anomaly
+        # the reference's anomalies: its rate on its rows, as a count
+        self._ref_anomalies = round(card.anomaly.rate * self._ref_rows) if card.anomaly else 0
         self._reset(None)
 
     def _reset(self, now: float | None) -> None:
@@ -286,6 +302,9 @@ class DriftMonitor:
         self._tally.counts += np.bincount(slots, minlength=len(self._tally.counts))
         if predictions is not None and len(self._pred_ref):
             self._tally.preds += self._prediction_counts(np.asarray(predictions))
+        if predictions is not None and self._anomaly is not None:
+            self._tally.judged += len(predictions)
+            self._tally.anomalies += int(np.count_nonzero(self._anomaly.flags(predictions)))
 
     def _prediction_counts(self, predictions: np.ndarray) -> np.ndarray:
         if self._pred_kind == "classes":
@@ -373,6 +392,7 @@ class DriftMonitor:
             missing_rows=now.missing_rows,
             prediction=prediction,
             accuracy=self._accuracy(now),
+            anomaly=self._anomaly_rate(now, tests[1].anomaly),
             moved=tuple(moved),
             counts=WindowCounts(
                 now.rows, {n: tuple(b) for n, b in zip(names, effects["bins"], strict=True)}
@@ -398,6 +418,8 @@ class DriftMonitor:
             above=cum[lay.end] - cum[2 * lay.max_at + 2],
             scored=tally.scored,
             right=tally.right,
+            judged=tally.judged,
+            anomalies=tally.anomalies,
         )
 
     def _ks(self, now: _Measures) -> np.ndarray:
@@ -457,7 +479,10 @@ class DriftMonitor:
             prediction = homogeneity_p(self._pred_ref, now.preds, self._pred_groups)
         seen = now.rows + now.missing_rows
         missing = more_missing_p(now.missing_rows, seen, self._ref_missing, self._ref_rows)
-        return _Tests(kss, feature, prediction, missing)
+        anomaly = None
+        if self._anomaly is not None and now.judged:
+            anomaly = more_missing_p(now.anomalies, now.judged, self._ref_anomalies, self._ref_rows)
+        return _Tests(kss, feature, prediction, missing, anomaly)
 
     def _accuracy(self, now: _Measures) -> AccuracyEstimate | None:
         """The window's expected accuracy from its calibrated confidences (None without a
@@ -472,6 +497,19 @@ class DriftMonitor:
             change=round(expected - calibration.expected_accuracy, 4),
             rows=now.scored,
             sum=round(now.right, 4),
+        )
+
+    def _anomaly_rate(self, now: _Measures, p: float | None) -> AnomalyRate | None:
+        """The window's anomaly rate next to the reference's (None but for an anomaly model
+        that saw rows)."""
+        if self._anomaly is None or p is None or not now.judged:
+            return None
+        return AnomalyRate(
+            rows=now.judged,
+            anomalies=now.anomalies,
+            rate=round(now.anomalies / now.judged, 4),
+            reference=round(self._anomaly.rate, 4),
+            p=round_p(p),
         )
 
     def _prediction_drift(self, preds: np.ndarray, p: float | None) -> PredictionDrift | None:

@@ -17,7 +17,7 @@ are two-sample tests: the reference is itself a sample, and its own noise is acc
 - `beyond_p`: exact chance that at least k of n new values fall above the largest (or below the
   smallest) of m reference values when all n + m are exchangeable: C(n, k) / C(n + m, k).
 - `more_missing_p`: Fisher's exact one-sided test that the window has more missing rows than
-  the reference's share (hypergeometric tail).
+  the reference's share (hypergeometric tail); the same test for more anomalous rows.
 
 Many tests of one window form a family: `simes` gives the family's p-value (Simes 1986, the
 test behind Benjamini-Hochberg), `bh_adjust` the per-test adjusted values (q), so the chance

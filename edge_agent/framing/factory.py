@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from edge_agent.errors import BundleRejected
 from edge_agent.framing.base import Framer
+from edge_agent.framing.images import ImageFramer
 from edge_agent.framing.rows import RowFramer
 from edge_agent.protocol.card import ModelCard
 from edge_agent.protocol.reasons import Reason
@@ -13,4 +14,6 @@ def framer_for(card: ModelCard) -> Framer:
     kind = card.input.kind
     if kind == "row":
         return RowFramer(card)
+    if kind == "image":
+        return ImageFramer(card)
     raise BundleRejected(Reason.BAD_CARD, f"input kind {kind!r} is not one this agent serves")

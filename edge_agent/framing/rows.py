@@ -10,12 +10,17 @@ from edge_agent.protocol.card import ModelCard
 from edge_agent.sources.line_parser import FORMATS, LineParser
 
 BOUNDS_TOLERANCE = 1.0  # accept values up to one reference range beyond the card's min and max
+# An anomaly model exists to score what lies outside its reference: its lines are accepted up to
+# a hundred reference ranges beyond (further out is a broken sensor rather than a reading, and
+# an autoencoder's squared error stays far from float32's limit).
+ANOMALY_BOUNDS_TOLERANCE = 100.0
 
 
 def card_bounds(card: ModelCard) -> list[tuple[float, float]]:
+    tolerance = ANOMALY_BOUNDS_TOLERANCE if card.task == "anomaly" else BOUNDS_TOLERANCE
     bounds = []
     for f in card.features:
-        span = max(f.max - f.min, abs(f.max), 1e-6) * BOUNDS_TOLERANCE
+        span = max(f.max - f.min, abs(f.max), 1e-6) * tolerance
         bounds.append((f.min - span, f.max + span))
     return bounds
 

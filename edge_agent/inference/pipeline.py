@@ -23,7 +23,9 @@ actuators (see `edge_agent.inference.results`)::
 
 `ts` is when the batch was inferred (epoch seconds), `prediction` the label or value as a JSON
 type, `latency_ms` the row's share of the batch's inference time, `id` the row's prediction id
-(null before the rows are numbered). Without a callback nothing of this is built.
+(null before the rows are numbered). For an anomaly model `prediction` is the row's score and
+`"anomaly"` (true or false) says whether it is above the card's threshold; its telemetry
+windows count the anomalies. Without a callback nothing of this is built.
 """
 
 from __future__ import annotations
@@ -161,38 +163,47 @@ class Pipeline:
             self._reject_for(model, "inference-error")
             return
         latency_ms = (time.perf_counter() - start) * 1000
+        anomaly = model.card.anomaly
+        flags = anomaly.flags(predictions) if anomaly is not None else None
         with self._lock:
             closed = self._window_for(model)
             first = self._next_row if self._boot is not None else None
             self._next_row += len(x) if first is not None else 0
-            full = self._add_rows(latency_ms, predictions, first)
+            full = self._add_rows(latency_ms, predictions, first, flags)
             self.stats.add(latency_ms, len(x))
         for record in ([closed] if closed is not None else []) + full:
             self._on_window(record)
         if self._on_result is not None:
-            self._results(self._on_result, model.ref, predictions, latency_ms / len(x), first)
+            share = latency_ms / len(x)
+            self._results(self._on_result, model.ref, predictions, share, first, flags)
         report = model.monitor.add(seen, predictions, scores)
         if report is not None:
             self._on_drift(report)
         shadow = self.shadow
         if shadow is not None and shadow.input in (None, model.card.input):
-            compared = shadow.observe(x, predictions, latency_ms, model.card.model)
+            compared = shadow.observe(x, predictions, latency_ms, model.card.model, flags)
             if compared is not None and self._on_shadow_report is not None:
                 self._on_shadow_report(shadow, compared)
         if self.sampler is not None:
             self.sampler.offer(model.card, seen, predictions, self._row_id(first))
 
     def _add_rows(
-        self, latency_ms: float, predictions: np.ndarray, first: int | None
+        self,
+        latency_ms: float,
+        predictions: np.ndarray,
+        first: int | None,
+        flags: np.ndarray | None = None,
     ) -> list[TelemetryWindow]:
-        """Under the lock: the batch's rows into the open window, which closes at window_rows
-        rows (the rest of the batch goes on in the next); returns the windows closed."""
+        """Under the lock: the batch's rows (and an anomaly model's flags) into the open window,
+        which closes at window_rows rows (the rest of the batch goes on in the next); returns
+        the windows closed."""
         closed = []
         n, done = len(predictions), 0
         while done < n:
             take = min(n - done, self._window_rows - self._window.count)
             part = predictions if take == n else predictions[done : done + take]
-            self._window.add(latency_ms, part, None if first is None else first + done)
+            part_flags = flags if flags is None or take == n else flags[done : done + take]
+            self._window.add(latency_ms, part, None if first is None else first + done, part_flags)
             done += take
             if self._window.count >= self._window_rows:
                 now = time.time()
@@ -214,21 +225,24 @@ class Pipeline:
         predictions: np.ndarray,
         share_ms: float,
         first: int | None,
+        flags: np.ndarray | None = None,
     ) -> None:
         ts = time.time()
         share_ms = round(share_ms, 4)
         row_id = self._row_id(first)
+        flagged = flags.tolist() if flags is not None else None
         for i, prediction in enumerate(predictions.tolist()):  # numpy scalars -> JSON types
+            result = {
+                "ts": ts,
+                "model": ref,
+                "prediction": prediction,
+                "latency_ms": share_ms,
+                "id": row_id(i) if row_id is not None else None,
+            }
+            if flagged is not None:
+                result["anomaly"] = flagged[i]
             try:
-                on_result(
-                    {
-                        "ts": ts,
-                        "model": ref,
-                        "prediction": prediction,
-                        "latency_ms": share_ms,
-                        "id": row_id(i) if row_id is not None else None,
-                    }
-                )
+                on_result(result)
             except Exception:  # an actuator hook must not stop inference
                 self.result_errors += 1
                 if self.result_errors == 1:

@@ -21,7 +21,8 @@ from edge_agent.protocol.reasons import Reason
 
 class Runtime(Protocol):
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """(n, n_features) float32 -> (n,) labels (classification) or values (regression)."""
+        """(n, n_features) float32 -> (n,) labels (classification), values (regression) or
+        scores (anomaly: higher = more anomalous)."""
         ...
 
     def scores(self, x: np.ndarray) -> np.ndarray | None:

@@ -8,7 +8,9 @@ as a `shadow-report` event)::
      "latency_ms": {"current": {"p50": 0.02, "p95": 0.03}, "candidate": {"p50": .., "p95": ..}}}
 
 `agreement` is the share of rows on which the candidate gave the serving model's label (or a
-value within 1%); a row the candidate failed on counts as an error and a disagreement.
+value within 1%; for two anomaly models, flagged the row the same way, each by its own card's
+threshold: their scores need not be on one scale); a row the candidate failed on counts as an
+error and a disagreement.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_agent.inference.runtime import Runtime
+from edge_agent.protocol.card import Anomaly
 from edge_agent.protocol.input_spec import InputSpec
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import ShadowReport
@@ -37,6 +40,7 @@ class Shadow:
     input: InputSpec | None = (
         None  # the candidate's input; compared only where it is the serving one's
     )
+    anomaly: Anomaly | None = None  # an anomaly candidate: how its score is read
     # one entry per compared row; a report takes exactly `rows_per_report` of them
     _agree: list[bool] = field(default_factory=list, repr=False)
     _failed: list[bool] = field(default_factory=list, repr=False)
@@ -44,10 +48,16 @@ class Shadow:
     _candidate_ms: list[float] = field(default_factory=list, repr=False)
 
     def observe(
-        self, x: np.ndarray, served: np.ndarray, served_ms: float, serving: ModelRef
+        self,
+        x: np.ndarray,
+        served: np.ndarray,
+        served_ms: float,
+        serving: ModelRef,
+        served_flags: np.ndarray | None = None,
     ) -> ShadowReport | None:
-        """Run the candidate on the batch the serving model just answered; a report when
-        `rows_per_report` rows have been compared since the last one."""
+        """Run the candidate on the batch the serving model just answered (with its anomaly
+        flags, when it is an anomaly model); a report when `rows_per_report` rows have been
+        compared since the last one."""
         n = len(x)
         start = time.perf_counter()
         try:
@@ -58,7 +68,10 @@ class Shadow:
             self._candidate_ms.extend([math.nan] * n)
         else:
             self._candidate_ms.extend([(time.perf_counter() - start) * 1000] * n)
-            self._agree.extend(outputs_agree(self.task, served, got).tolist())
+            if self.anomaly is not None and served_flags is not None:
+                self._agree.extend((self.anomaly.flags(got) == served_flags).tolist())
+            else:
+                self._agree.extend(outputs_agree(self.task, served, got).tolist())
             self._failed.extend([False] * n)
         self._current_ms.extend([served_ms] * n)
         if len(self._agree) < self.rows_per_report:

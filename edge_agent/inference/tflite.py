@@ -1,11 +1,12 @@
 """TFLite models on the device: LiteRT (ai-edge-litert), or tflite-runtime where only that exists.
 
 Imports nothing but numpy at module level; the interpreter package is imported when a model is
-opened. The model takes one input of shape [batch, n_features] and gives one output of shape
-[batch, k]: class probabilities (k == number of classes), a single sigmoid probability of
-classes[1] (k == 1, two classes), or a regression value (k == 1). Full-integer models (int8 or
-uint8 input/output) are fed float32 rows quantized with the input tensor's scale and zero point,
-and their output is dequantized, so callers always see float32.
+opened. The model takes one input of shape [batch, n_features] (or [batch, *item], e.g. an
+image's [batch, H, W, C]) and gives one output of shape [batch, k]: class probabilities
+(k == number of classes), a single sigmoid probability of classes[1] (k == 1, two classes), a
+regression value or an anomaly score (k == 1). Full-integer models (int8 or uint8 input/output)
+are fed float32 rows quantized with the input tensor's scale and zero point, and their output
+is dequantized, so callers always see float32.
 
 The batch dimension follows the rows passed in: the input is resized (and tensors re-allocated)
 only when the batch size changes, so a steady stream of same-sized batches costs one
@@ -22,7 +23,8 @@ import numpy as np
 from edge_agent.errors import BadDataError, BundleRejected
 from edge_agent.protocol.reasons import Reason
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "anomaly")
+VALUE_TASKS = ("regression", "anomaly")  # one number per row: a value, a score
 _INSTALL_HINT = (
     "install edgefleet[litert] (or edgefleet[tflite] on numpy<2 systems such as Raspberry Pi OS)"
 )
@@ -73,8 +75,8 @@ def output_width(interp: Any) -> int:
 class TfliteRuntime:
     """One TFLite model, ready to run; implements edge_agent.inference.runtime.Runtime.
 
-    Attributes read by the hub's converters: `n_features`, `n_outputs` (k), `input_dtype`
-    (float32, int8 or uint8).
+    Attributes read by the hub's converters: `n_features` (None for an input of more than one
+    dimension per item), `item_shape`, `n_outputs` (k), `input_dtype` (float32, int8 or uint8).
     """
 
     def __init__(
@@ -94,25 +96,28 @@ class TfliteRuntime:
         inp, out = inputs[0], outputs[0]
         in_shape = [int(d) for d in inp.get("shape_signature", inp["shape"])]
         out_shape = [int(d) for d in out.get("shape_signature", out["shape"])]
-        if len(in_shape) != 2 or in_shape[1] < 1:
+        if len(in_shape) < 2 or min(in_shape[1:]) < 1:
             raise BundleRejected(
-                Reason.BAD_MODEL, f"expected an input of shape [batch, n_features], got {in_shape}"
+                Reason.BAD_MODEL,
+                f"expected an input of shape [batch, n_features] or [batch, *item] of known "
+                f"sizes, got {in_shape}",
             )
         if len(out_shape) not in (1, 2):
             raise BundleRejected(
                 Reason.BAD_MODEL, f"expected an output of shape [batch, k], got {out_shape}"
             )
-        self.n_features = in_shape[1]
+        self.item_shape = tuple(in_shape[1:])
+        self.n_features = in_shape[1] if len(in_shape) == 2 else None
         self.n_outputs = output_width(interp)
         self.input_dtype = np.dtype(inp["dtype"])
         self.task = task
         self._classes = np.asarray(list(classes))
         self._sigmoid = False
         k = self.n_outputs
-        if task == "regression" and k != 1:
+        if task in VALUE_TASKS and k != 1:
             raise BundleRejected(
                 Reason.BAD_MODEL,
-                f"a regression model must give one value per row, this one gives {k}",
+                f"a {task} model must give one value per row, this one gives {k}",
             )
         if task == "classification":
             if k == 1 and len(self._classes) == 2:
@@ -142,16 +147,16 @@ class TfliteRuntime:
         return self._labels(self._run(x))
 
     def scores(self, x: np.ndarray) -> np.ndarray | None:
-        return None if self.task == "regression" else self._probabilities(self._run(x))
+        return None if self.task in VALUE_TASKS else self._probabilities(self._run(x))
 
     def predict_with_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         out = self._run(x)
-        scores = None if self.task == "regression" else self._probabilities(out)
+        scores = None if self.task in VALUE_TASKS else self._probabilities(out)
         return self._labels(out), scores
 
     def _labels(self, out: np.ndarray) -> np.ndarray:
-        """(n, k) outputs -> (n,) labels (classification) or values (regression)."""
-        if self.task == "regression":
+        """(n, k) outputs -> (n,) labels (classification) or values (regression, anomaly)."""
+        if self.task in VALUE_TASKS:
             return out.reshape(len(out))
         if self._sigmoid:
             return self._classes[(out[:, 0] >= 0.5).astype(np.intp)]
@@ -165,16 +170,19 @@ class TfliteRuntime:
         return out
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        """(n, n_features) rows -> (n, k) float32 outputs."""
-        if x.ndim != 2 or x.shape[1] != self.n_features:
-            raise BadDataError(
-                f"expected rows of {self.n_features} features, got an array of shape {x.shape}"
+        """(n, *item_shape) items -> (n, k) float32 outputs."""
+        if x.shape[1:] != self.item_shape:
+            what = (
+                f"rows of {self.n_features} features"
+                if self.n_features is not None
+                else f"items of shape {self.item_shape}"
             )
+            raise BadDataError(f"expected {what}, got an array of shape {x.shape}")
         n = x.shape[0]
         if n == 0:
             return np.empty((0, self.n_outputs), dtype=np.float32)
         if n != self._batch:
-            self._interp.resize_tensor_input(self._in_index, [n, self.n_features])
+            self._interp.resize_tensor_input(self._in_index, [n, *self.item_shape])
             self._interp.allocate_tensors()
             self._batch = n
         if self._in_q is None:

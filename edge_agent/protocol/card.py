@@ -6,6 +6,8 @@ the drift reference profile (per-feature quantile bins, and a bounded sorted ref
 the Kolmogorov-Smirnov statistic) the agent's drift monitors compare to, and for a classifier
 built with true labels, the calibration of its confidence (`Calibration`, card version 2) from
 which the agent estimates its accuracy without labels.
+An anomaly model's card (task "anomaly") says how its score is read (`Anomaly`): one convention
+for every kind of model, a score above the card's threshold is anomalous.
 Bucketing is defined here once (`bucket_counts`), and so is applying the calibration
 (`Calibration.expected`), so the reference and the live side agree.
 """
@@ -27,7 +29,7 @@ from edge_agent.protocol.reasons import Reason
 CARD_VERSION = 2  # 2: reference.confidence (optional); version 1 cards are still read
 INPUT_CARD_VERSION = 3  # 3: input kinds other than a row (edge_agent.protocol.input_spec)
 CARD_VERSIONS = (1, 2, 3)
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "anomaly")
 RUNTIMES = ("onnxruntime", "litert")
 KS_POINTS = 200  # reference order statistics per feature for KS: its ECDF is off by <= 1/199
 MAX_KS_POINTS = 1000  # what a card may carry at most
@@ -36,6 +38,9 @@ MAX_CALIBRATION_BINS = 50  # what a card's confidence calibration may carry at m
 CALIBRATION_KEYS = ("edges", "accuracy", "expected_accuracy", "rows")
 LINEAGE_KEYS = ("parent", "data_sha256", "data_rows", "dataset", "trigger", "conversion")
 MAX_LINEAGE_TEXT = 300
+ANOMALY_KEYS = ("threshold", "direction", "rate")
+ANOMALY_DIRECTIONS = ("higher",)  # the one convention: a higher score is more anomalous
+ANOMALY_LABELS = {"anomaly": True, "normal": False, "true": True, "false": False}
 
 
 def quantile_edges(values: np.ndarray, bins: int) -> list[float]:
@@ -152,6 +157,44 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class Anomaly:
+    """How an anomaly model's output is read: the model gives a score per row, higher = more
+    anomalous (`direction` "higher", the one convention), and a row whose score is above
+    `threshold` is an anomaly. `rate` is the share of the card's reference rows that were (what
+    the drift monitor compares a window's anomaly rate with)."""
+
+    threshold: float
+    rate: float
+    direction: str = "higher"
+
+    def flags(self, scores: np.ndarray) -> np.ndarray:
+        """(n,) or (n, 1) scores -> (n,) booleans: anomalous or not."""
+        return np.asarray(scores, dtype=np.float64).reshape(-1) > self.threshold
+
+    def to_json(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "direction": self.direction, "rate": self.rate}
+
+
+def anomaly_label(value: object) -> bool | None:
+    """Ground truth for an anomaly model as a flag: 1 or true or "anomaly" is an anomaly, 0 or
+    false or "normal" is not (numbers as text and any letter case too); None for anything else
+    (scikit-learn's -1/1 among them: which one is the anomaly is not said by the value)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ANOMALY_LABELS:
+            return ANOMALY_LABELS[text]
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+    if isinstance(value, int | float | np.integer | np.floating) and value in (0, 1):
+        return bool(value == 1)
+    return None
+
+
+@dataclass(frozen=True)
 class ModelCard:
     model: ModelRef
     task: str
@@ -174,6 +217,7 @@ class ModelCard:
     confidence: Calibration | None = None  # classifiers built with labels, card version >= 2
     lineage: dict[str, Any] | None = None  # retrained models: parent, training data, trigger
     input: InputSpec = field(default_factory=lambda: row_spec([]))  # what the device feeds it
+    anomaly: Anomaly | None = None  # task "anomaly": how its score is read
 
     @property
     def n_features(self) -> int:
@@ -319,7 +363,42 @@ def _parse_card(obj: object) -> ModelCard:
         confidence=confidence,
         lineage=_lineage(obj["lineage"], f"{where}.lineage") if "lineage" in obj else None,
         input=spec,
+        anomaly=_anomaly(obj.get("anomaly"), task, f"{where}.anomaly"),
     )
+
+
+def _anomaly(obj: object, task: str, where: str) -> Anomaly | None:
+    """card.anomaly, in an anomaly model's card only: {"threshold": 0.52, "direction":
+    "higher", "rate": 0.01}."""
+    if task != "anomaly":
+        if obj is not None:
+            raise MessageError(
+                f"{where}: expected only in an anomaly model's card, got one in a {task} card"
+            )
+        return None
+    if not isinstance(obj, dict):
+        raise MessageError(
+            f"{where}: expected an object with the score's threshold and direction, "
+            f"got {type(obj).__name__ if obj is not None else 'none'}"
+        )
+    unknown = sorted(set(obj) - set(ANOMALY_KEYS))
+    if unknown:
+        raise MessageError(f"{where}: unknown key {unknown[0]!r}, expected {ANOMALY_KEYS}")
+    threshold = obj.get("threshold")
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not math.isfinite(threshold)
+    ):
+        raise MessageError(f"{where}.threshold: expected a finite number, got {threshold!r:.40}")
+    direction = obj.get("direction")
+    if direction not in ANOMALY_DIRECTIONS:
+        raise MessageError(
+            f"{where}.direction: expected one of {ANOMALY_DIRECTIONS} (a score above the "
+            f"threshold is anomalous), got {direction!r:.40}"
+        )
+    rate = _rate(obj.get("rate"), f"{where}.rate")
+    return Anomaly(float(threshold), rate, str(direction))
 
 
 def _lineage(obj: object, where: str) -> dict[str, Any]:

@@ -191,14 +191,10 @@ def parse_input_spec(obj: dict[str, Any], where: str, profile_names: list[str]) 
         resize = i.get("resize", "bilinear")
         if resize not in RESIZE_MODES:
             raise MessageError(f"{at}.resize: expected one of {RESIZE_MODES}, got {resize!r:.40}")
-        image = ImageSpec(
-            height,
-            width,
-            depth,
-            resize,
-            _number(i, "scale", at, 1.0 / 255.0),
-            _number(i, "offset", at, 0.0),
-        )
+        scale = _number(i, "scale", at, 1.0 / 255.0)
+        if scale == 0:
+            raise MessageError(f"{at}.scale: expected a number other than 0, got 0")
+        image = ImageSpec(height, width, depth, resize, scale, _number(i, "offset", at, 0.0))
         spec = InputSpec("image", (height, width, depth), image=image)
     _check_shape(obj, where, spec)
     return spec

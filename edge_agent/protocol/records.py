@@ -248,7 +248,8 @@ class TelemetryWindow:
     dropped past its caps, per kind, ever) and `storage` (while its disk refused writes);
     absent when None. `rows` (`WindowRows`) names the window's rows by id, with each one's
     prediction: absent from agents before prediction ids, and from windows of no inferred row.
-    A window holds at most MAX_WINDOW_ROWS rows when it has `rows`."""
+    A window holds at most MAX_WINDOW_ROWS rows when it has `rows`. `anomalies` counts the rows an
+    anomaly model flagged (its score above the card's threshold); absent for other models."""
 
     KIND: ClassVar[str] = "telemetry"
 
@@ -263,6 +264,7 @@ class TelemetryWindow:
     dropped: Mapping[str, int] | None = None
     storage: StorageCondition | None = None
     rows: WindowRows | None = None
+    anomalies: int | None = None
 
     @property
     def error_count(self) -> int:
@@ -287,6 +289,8 @@ class TelemetryWindow:
             body["storage"] = self.storage.to_json()
         if self.rows is not None:
             body["rows"] = self.rows.to_body()
+        if self.anomalies is not None:
+            body["anomalies"] = self.anomalies
         return body
 
     @classmethod
@@ -304,7 +308,13 @@ class TelemetryWindow:
             dropped=_maybe(obj, "dropped", where, _counts),
             storage=_maybe(obj, "storage", where, _storage),
             rows=_maybe(obj, "rows", where, WindowRows.from_body),
+            anomalies=_maybe(obj, "anomalies", where, _whole),
         )
+        if window.anomalies is not None and window.anomalies > window.count:
+            raise MessageError(
+                f"{where}.anomalies: expected at most the window's {window.count} rows, "
+                f"got {window.anomalies}"
+            )
         rows = window.rows
         if rows is not None:
             if window.count > MAX_WINDOW_ROWS or rows.first + window.count > MAX_INT:
@@ -451,6 +461,41 @@ class AccuracyEstimate:
         )
 
 
+@dataclass(frozen=True)
+class AnomalyRate:
+    """An anomaly model's drift window (edge_agent.drift.monitor): `anomalies` of its `rows`
+    flagged (score above the card's threshold), their `rate`, the card's `reference` rate, and
+    `p`, how sure the window is that the rate rose above the reference's (Fisher's exact test,
+    one-sided)."""
+
+    rows: int
+    anomalies: int
+    rate: float
+    reference: float
+    p: float
+
+    def to_body(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_body(cls, body: object, where: str) -> AnomalyRate:
+        obj = _object(body, where, ("rows", "anomalies", "reference"))
+        rows = _whole(obj["rows"], f"{where}.rows")
+        anomalies = _whole(obj["anomalies"], f"{where}.anomalies")
+        if rows < 1 or anomalies > rows:
+            raise MessageError(
+                f"{where}: expected 1 or more rows and at most as many anomalies, "
+                f"got {anomalies} anomalies of {rows} rows"
+            )
+        return cls(
+            rows=rows,
+            anomalies=anomalies,
+            rate=_get(obj, "rate", where, _rate, anomalies / rows),
+            reference=_rate(obj["reference"], f"{where}.reference"),
+            p=_get(obj, "p", where, _rate, 1.0),
+        )
+
+
 def _bins(value: object, where: str) -> tuple[int, ...]:
     return _list(_whole)(value, where)
 
@@ -512,7 +557,8 @@ class DriftReport:
     Older agents sent less: before p-values a report had only `psi`, `max_psi`,
     `worst_feature` and a `status` from fixed PSI bands (then `p`, `levels` and `scale` are
     None); before `moved` existed, `moved` is None (`features_moved` falls back on the worst
-    feature of a window that was not ok); before window counts, `counts` is None."""
+    feature of a window that was not ok); before window counts, `counts` is None. `anomaly`
+    is there for an anomaly model only."""
 
     KIND: ClassVar[str] = "drift"
 
@@ -534,6 +580,7 @@ class DriftReport:
     missing_rows: int = 0
     prediction: PredictionDrift | None = None
     accuracy: AccuracyEstimate | None = None
+    anomaly: AnomalyRate | None = None
     moved: tuple[str, ...] | None = None
     counts: WindowCounts | None = None
     notes: tuple[str, ...] = ()
@@ -576,6 +623,8 @@ class DriftReport:
             body["notes"] = list(self.notes)
         if self.capture is not None:
             body["capture"] = self.capture.to_body()
+        if self.anomaly is not None:
+            body["anomaly"] = self.anomaly.to_body()
         return body
 
     @classmethod
@@ -605,6 +654,7 @@ class DriftReport:
             counts=_maybe(obj, "counts", where, WindowCounts.from_body),
             notes=_get(obj, "notes", where, _texts, ()),
             capture=_maybe(obj, "capture", where, Capture.from_body),
+            anomaly=_maybe(obj, "anomaly", where, AnomalyRate.from_body),
         )
 
 

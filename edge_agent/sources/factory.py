@@ -6,10 +6,13 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from edge_agent.checks import suggest
+from edge_agent.checks import positive_int, suggest
 from edge_agent.errors import ConfigError
+from edge_agent.imaging import FORMAT as IMAGE
 from edge_agent.sources.base import OnStatus, Source
+from edge_agent.sources.camera import CameraSource
 from edge_agent.sources.file import FileSource
+from edge_agent.sources.folder import DEFAULT_IMAGE_BYTES, FolderSource
 from edge_agent.sources.line_parser import FORMATS
 from edge_agent.sources.mqtt import MqttSource
 from edge_agent.sources.serial_port import SerialSource
@@ -29,11 +32,27 @@ _KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[..., Source]]
         MqttSource,
     ),
     "file": (("path",), ("rate_hz", "loop", "name", "max_line_bytes"), FileSource),
+    "folder": (
+        ("path",),
+        ("pattern", "poll_s", "after", "done_folder", "name", "max_image_bytes"),
+        FolderSource,
+    ),
+    "camera": (
+        (),
+        ("device", "fps", "width", "height", "backend", "reopen_delay", "name", "max_image_bytes"),
+        CameraSource,
+    ),
 }
 _CONNECTED = ("serial", "mqtt")  # the kinds with a connection whose events `on_status` hears
+IMAGE_KINDS = ("folder", "camera")  # the kinds that give images, not lines
+# an mqtt input of images: its payloads are bounded by max_image_bytes instead of max_line_bytes
+_IMAGE_MQTT = (*(k for k in _KINDS["mqtt"][1] if k != "max_line_bytes"), "max_image_bytes")
+ALL_FORMATS = (*FORMATS, IMAGE)
 
 
-def source_from_config(cfg: Mapping[str, Any], on_status: OnStatus | None = None) -> Source:
+def source_from_config(
+    cfg: Mapping[str, Any], on_status: OnStatus | None = None, images: bool = False
+) -> Source:
     """A source from its config table, e.g. {"kind": "serial", "port": "/dev/ttyUSB0"}.
 
     serial: port (required), baudrate, parity, bytesize, stopbits, reopen_delay, name,
@@ -41,6 +60,12 @@ def source_from_config(cfg: Mapping[str, Any], on_status: OnStatus | None = None
     mqtt: topic (required; a subscription filter), host, port, qos, username, password,
     keepalive, name, max_line_bytes.
     file: path (required; "-" is stdin), rate_hz, loop, name, max_line_bytes.
+    folder: path (required), pattern, poll_s, after (keep, delete, move), done_folder, name,
+    max_image_bytes.
+    camera: device, fps, width, height, backend (auto, picamera2, opencv), reopen_delay, name,
+    max_image_bytes.
+    With `images` (an image input), an mqtt source gives each payload whole, up to
+    max_image_bytes (instead of max_line_bytes).
 
     `on_status(event, error)` hears a serial or mqtt source's connection events (a file has
     none). Building a source does no I/O (nothing is opened before start()), so this also
@@ -57,6 +82,9 @@ def source_from_config(cfg: Mapping[str, Any], on_status: OnStatus | None = None
         hint = suggest(kind, list(_KINDS)) if isinstance(kind, str) else ""
         raise ConfigError(f"{where}: 'kind' expected {expected}, found {found}.{hint}".rstrip("."))
     required, optional, build = _KINDS[kind]
+    image_mqtt = images and kind == "mqtt"
+    if image_mqtt:
+        optional = _IMAGE_MQTT
     for key in required:
         if key not in cfg:
             raise ConfigError(f"{where} ({kind}): '{key}' is required, found nothing")
@@ -68,22 +96,40 @@ def source_from_config(cfg: Mapping[str, Any], on_status: OnStatus | None = None
                 f" expected one of {', '.join(sorted(allowed))}.{suggest(str(key), allowed)}"
             )
     settings = {k: v for k, v in cfg.items() if k != "kind"}
+    if image_mqtt:
+        limit = settings.pop("max_image_bytes", DEFAULT_IMAGE_BYTES)
+        settings["max_line_bytes"] = positive_int(f"{where} ({kind})", "max_image_bytes", limit)
+        settings["whole_payloads"] = True
     if on_status is not None and kind in _CONNECTED:
         settings["on_status"] = on_status
     return build(**settings)
 
 
 def input_from_config(cfg: Mapping[str, Any]) -> tuple[str, Source]:
-    """An [[inputs]] table -> (line format, source): `source_from_config` plus the `format`
-    key ("csv", the default, or "json") that tells the agent which parser its lines go to."""
+    """An [[inputs]] table -> (message format, source): `source_from_config` plus the `format`
+    key that tells the agent what its messages are: "csv" (the default) or "json" lines, or
+    "image" (the only format, and the default, of a folder or a camera; an mqtt input whose
+    every payload is an image)."""
     if not isinstance(cfg, Mapping):
         raise ConfigError(
             f"source config: expected a table of settings, found {type(cfg).__name__}"
         )
     spec = dict(cfg)
-    fmt = spec.pop("format", "csv")
-    if fmt not in FORMATS:
+    kind = spec.get("kind")
+    fmt = spec.pop("format", IMAGE if kind in IMAGE_KINDS else "csv")
+    if fmt not in ALL_FORMATS:
         raise ConfigError(
-            f"source config: 'format' expected {' or '.join(map(repr, FORMATS))}, found {fmt!r}"
+            f"source config: 'format' expected {', '.join(map(repr, ALL_FORMATS[:-1]))} or "
+            f"{ALL_FORMATS[-1]!r}, found {fmt!r}"
         )
-    return fmt, source_from_config(spec)
+    if kind in IMAGE_KINDS and fmt != IMAGE:
+        raise ConfigError(
+            f"source config ({kind}): 'format' expected 'image' (a {kind} gives images), "
+            f"found {fmt!r}"
+        )
+    if fmt == IMAGE and kind in _KINDS and kind not in (*IMAGE_KINDS, "mqtt"):
+        raise ConfigError(
+            f"source config ({kind}): 'format' 'image' expected a folder, camera or mqtt "
+            f"input (a {kind} gives lines), found kind {kind!r}"
+        )
+    return fmt, source_from_config(spec, images=fmt == IMAGE)

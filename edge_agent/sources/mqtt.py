@@ -1,4 +1,5 @@
-"""An MQTT topic as a source of lines: each payload is a line (several, if it holds newlines)."""
+"""An MQTT topic as a source of lines: each payload is a line (several, if it holds newlines); or,
+for an image input, of whole payloads: each payload is one image."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ class MqttSource(LineSource):
     subscription is made again on every connect. A payload holding several newline-separated
     lines gives several lines; a line longer than `max_line_bytes` is cut and counted as the
     other sources do. Retained messages replayed by the broker on subscribe are stale readings:
-    they are skipped and counted.
+    they are skipped and counted. With `whole_payloads` (an image input) each payload is one
+    message as it is, newlines and all, cut at `max_line_bytes` + 1 bytes and counted
+    `oversize` when longer.
 
     `on_status(event, error)` is told "connected", "subscribed", "connect-failed", "refused"
     (the broker said no: credentials, ACL), "subscribe-failed", "disconnected" and "closed",
@@ -46,6 +49,7 @@ class MqttSource(LineSource):
         max_line_bytes: int = 4096,
         on_status: OnStatus | None = None,
         reconnect_delay: tuple[int, int] = (1, 30),
+        whole_payloads: bool = False,
     ) -> None:
         where = "mqtt source"
         self.topic = check_topic(topic, where, "topic", wildcards=True)
@@ -61,6 +65,7 @@ class MqttSource(LineSource):
         self._backoff = reconnect_backoff(where, reconnect_delay)
         super().__init__(name or f"mqtt:{host}:{self.port}/{topic}", max_line_bytes, where)
         self._on_status = on_status
+        self._whole = whole_payloads
         self._session: MqttSession | None = None
         self._lock = threading.Lock()  # start/stop
         self.connected = threading.Event()
@@ -167,6 +172,12 @@ class MqttSource(LineSource):
 
     def _message(self, _topic: str, payload: bytes) -> None:
         self._count("messages")
+        if self._whole:
+            if len(payload) > self._max_line_bytes:
+                self._count("oversize")
+                payload = payload[: self._max_line_bytes + 1]
+            self._deliver(payload)
+            return
         if len(payload) <= self._max_line_bytes and b"\n" not in payload:
             self._deliver(trim_cr(payload))  # the common case: one line, no splitter needed
             return

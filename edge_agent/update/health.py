@@ -2,7 +2,8 @@
 
 The card's sample runs one row at a time, as sensor lines arrive: every row must give a finite
 output (the share of rows that raise or give NaN/inf is the error rate, checked against the
-card's `max_error_rate`), the outputs must agree with the card's (`min_agreement`), and the
+card's `max_error_rate`), the outputs must agree with the card's (`min_agreement`; an anomaly
+model's score within 1% and on the same side of the card's threshold), and the
 p50 latency must stay within the card's budget (`max_latency_ms`).
 
 Latency here is the CPU time of the thread that runs the inference (`time.thread_time`), not
@@ -23,7 +24,7 @@ import numpy as np
 
 from edge_agent.errors import EdgefleetError
 from edge_agent.inference.runtime import Runtime
-from edge_agent.protocol.card import ModelCard
+from edge_agent.protocol.card import Anomaly, ModelCard
 
 INFERENCE_ERRORS = (EdgefleetError, RuntimeError, ValueError)  # what a runtime raises on a row
 
@@ -37,14 +38,20 @@ class HealthResult:
     error_rate: float = 0.0
 
 
-def outputs_agree(task: str, expected: np.ndarray, got: np.ndarray) -> np.ndarray:
-    """Per row: the same label (classification) or a value within 1% (regression)."""
+def outputs_agree(
+    task: str, expected: np.ndarray, got: np.ndarray, anomaly: Anomaly | None = None
+) -> np.ndarray:
+    """Per row: the same label (classification), a value within 1% (regression), and for an
+    anomaly model (read by `anomaly`) a score within 1% that flags the row the same way."""
     expected = np.asarray(expected)
     if task == "classification":
         return np.asarray(got).astype(expected.dtype) == expected
     want = expected.astype(np.float64)
     tol = 1e-2 * np.maximum(1.0, np.abs(want))
-    return np.abs(np.asarray(got).astype(np.float64) - want) <= tol
+    close = np.abs(np.asarray(got).astype(np.float64) - want) <= tol
+    if anomaly is None:
+        return close
+    return close & (anomaly.flags(got) == anomaly.flags(want))
 
 
 def _finite(value: object) -> bool:
@@ -71,7 +78,9 @@ def check_health(card: ModelCard, runtime: Runtime) -> HealthResult:
         if not _finite(got):
             errors.append(f"row {i}: output {got}")
             continue
-        agree += int(outputs_agree(card.task, expected[i : i + 1], np.asarray([got]))[0])
+        agree += int(
+            outputs_agree(card.task, expected[i : i + 1], np.asarray([got]), card.anomaly)[0]
+        )
     error_rate = len(errors) / len(x)
     agreement = agree / len(x)
     p50 = float(np.percentile(latencies, 50)) if latencies else math.inf

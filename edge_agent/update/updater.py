@@ -370,8 +370,9 @@ class Updater:
         if runtime is None:
             self.emit("rejected", cmd.model, f"{Reason.UNHEALTHY}: {reason}", cmd.rollout)
             return
+        card = bundle.card
         self.set_shadow(
-            Shadow(cmd.model, runtime, bundle.card.task, cmd.rows, cmd.rollout, bundle.card.input)
+            Shadow(cmd.model, runtime, card.task, cmd.rows, cmd.rollout, card.input, card.anomaly)
         )
         self.emit("shadowing", cmd.model, f"report every {cmd.rows} rows", cmd.rollout)
 

@@ -25,7 +25,8 @@ class Window:
 
     With a `boot`, its rows are numbered: `add` is given the number of its batch's first row
     (rows of one window are consecutive: the pipeline numbers every inferred row in order),
-    and the record names them (`WindowRows`), with each row's prediction when `keep`."""
+    and the record names them (`WindowRows`), with each row's prediction when `keep`. For an
+    anomaly model, `add` is given each row's flag too, and `anomalies` counts the flagged rows."""
 
     started: float
     boot: int | None = None  # the agent's boot its rows are numbered under; None: no ids
@@ -38,8 +39,15 @@ class Window:
     errors: Counter[str] = field(default_factory=Counter)
     first_row: int | None = None
     row_predictions: list[Scalar] = field(default_factory=list)
+    anomalies: int | None = None  # rows flagged anomalous (anomaly models only)
 
-    def add(self, latency_ms: float, predictions: np.ndarray, first_row: int | None = None) -> None:
+    def add(
+        self,
+        latency_ms: float,
+        predictions: np.ndarray,
+        first_row: int | None = None,
+        flags: np.ndarray | None = None,
+    ) -> None:
         n = len(predictions)
         if first_row is None:
             pass
@@ -59,6 +67,8 @@ class Window:
             self.predictions.update(map(str, labels))  # Counter's C loop
         if self.keep:
             self.row_predictions.extend(labels)
+        if flags is not None:
+            self.anomalies = (self.anomalies or 0) + int(np.count_nonzero(flags))
 
     def reject(self, reason: str, n: int = 1) -> None:
         self.errors[reason] += n
@@ -76,6 +86,7 @@ class Window:
             errors=dict(self.errors),
             predictions=dict(self.predictions),
             rows=self._rows(),
+            anomalies=self.anomalies,
         )
 
     def _rows(self) -> WindowRows | None:

@@ -1,0 +1,194 @@
+"""An anomaly model on the real stack: an IsolationForest trained on benign tumours
+(breast_cancer), converted, signed and rolled out by a real hub to a whole agent over a private
+mosquitto. The agent serves rows we feed it, half of them malignant; what it flags is counted
+three ways, each against scikit-learn's own verdict on the same rows, computed here: the
+results it publishes for local actuators (an independent subscriber counts them), the
+anomalies its telemetry windows report to the hub, and its drift reports, which the hub's
+`edgehub drift` shows next to the card's reference rate. The truth (malignant or not) comes back
+by prediction id through `edgehub labels import`, and `edgehub metrics` gives the precision,
+recall and F1 of the device's flags as scikit-learn computes them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from sklearn.datasets import load_breast_cancer
+from sklearn.ensemble import IsolationForest
+from sklearn.metrics import f1_score, precision_score, recall_score
+
+from cloud_hub.broker.local import RunningBroker
+from cloud_hub.cli import app as hub_cli
+from cloud_hub.hub import Hub
+from cloud_hub.rollout.operations import publish_bundle, start_rollout
+from cloud_hub.store.database import typed
+from converters.pipeline import build_bundle
+from edge_agent.agent import Agent
+from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.records import DriftReport, TelemetryWindow
+from tests.support.device_rig import enrolled, hub_and_agent
+from tests.support.models import csv_line
+from tests.support.watch import WAIT_S, DeviceWatcher, close, subscriber
+
+pytestmark = pytest.mark.broker
+DEVICE = "pi-anomaly"
+MODEL = ModelRef("tumour-watch", 1)
+DRIFT_WINDOW = 40
+FED = 4 * DRIFT_WINDOW  # rows fed: four whole drift windows
+
+
+class Results:
+    """The results the agent publishes for local actuators, as a subscriber on the broker
+    receives them."""
+
+    def __init__(self, broker: RunningBroker) -> None:
+        self.received: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+        topic = f"edgefleet/local/{DEVICE}/results"
+        self.client = subscriber(broker, [topic], self._message)
+
+    def _message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._changed:
+            self.received.append(json.loads(msg.payload))
+            self._changed.notify_all()
+
+    def wait_for(self, n: int) -> list[dict[str, Any]]:
+        with self._changed:
+            ok = self._changed.wait_for(lambda: len(self.received) >= n, WAIT_S)
+            assert ok, f"{len(self.received)} of {n} results published"
+            return list(self.received)
+
+
+@dataclass
+class Rig:
+    home: Path
+    hub: Hub
+    agent: Agent
+    results: Results
+    detector: IsolationForest
+    benign: np.ndarray  # rows the model did not see, and the card's sample did not hold
+    malignant: np.ndarray
+
+    def wait(self, what: str, check: Any) -> None:
+        with self.hub.handled:
+            assert self.hub.handled.wait_for(check, WAIT_S), f"timed out waiting for {what}"
+
+    def windows(self) -> list[TelemetryWindow]:
+        stored = typed(self.hub.store.records("telemetry", DEVICE), TelemetryWindow)
+        return [w for _, w in stored if w.model == MODEL]
+
+    def drift(self) -> list[DriftReport]:
+        return [r for _, r in typed(self.hub.store.records("drift", DEVICE), DriftReport)]
+
+    def cli(self, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+        capsys.readouterr()
+        code = hub_cli.main(["--home", str(self.home), *argv])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return out
+
+
+@pytest.fixture
+def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[Rig]:
+    x, y = load_breast_cancer(return_X_y=True)
+    x = x.astype(np.float32)
+    benign, malignant = x[y == 1], x[y == 0]
+    detector = IsolationForest(n_estimators=50, contamination=0.05, random_state=0)
+    detector.fit(benign[:120])
+    bundle = tmp_path / "tumour-watch-1.zip"  # the reference: benign rows it was not trained on
+    build_bundle(detector, benign[120:270], None, name=MODEL.name, version=1, out=bundle)
+    more = (
+        "[telemetry]\nstatus_interval_s = 0.2\ninterval_s = 0.3\n"
+        f"[drift]\nwindow = {DRIFT_WINDOW}\n"
+        f'[results]\nenabled = true\nhost = "{broker.host}"\nport = {broker.port}\n'
+    )
+    home, config = enrolled(tmp_path, broker, DEVICE, more)
+    watcher = DeviceWatcher(broker)
+    results = Results(broker)
+    with hub_and_agent(home, broker, config) as (hub, agent):
+        watcher.wait("the agent's birth", lambda: watcher.status.get("online") is True)
+        publish_bundle(home, bundle)
+        start_rollout(home, MODEL, "1")
+        watcher.wait(f"{MODEL} healthy", lambda: watcher.has_event("healthy", MODEL.version))
+        assert agent.results is not None and agent.results.wait_connected(WAIT_S)
+        yield Rig(home, hub, agent, results, detector, benign[270:], malignant)
+    close(results.client)
+    watcher.stop()
+
+
+def test_an_isolation_forest_flags_the_outliers_fed_to_a_device(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    half = FED // 2
+    rows = np.concatenate([rig.benign[:half], rig.malignant[:half]])
+    # calm first, then the malignant rows: the last two drift windows see them
+    for row in rows:
+        rig.agent.lines.put(("csv", csv_line(row)))
+    expected = rig.detector.predict(rows) == -1  # scikit-learn's verdict on the same rows
+    assert 0 < expected[:half].sum() < expected[half:].sum()
+    assert rig.agent.pipeline.active is not None
+    card = rig.agent.pipeline.active.card
+    # some rows lie more than a reference range beyond the card's: scored all the same
+    beyond = [f.max + (f.max - f.min) for f in card.features]
+    assert np.any(rows > np.asarray(beyond))
+
+    # 1. the results for local actuators: one per row, each flagged as scikit-learn flags it
+    results = rig.results.wait_for(FED)
+    assert len(results) == FED
+    assert all(r["model"] == str(MODEL) and type(r["prediction"]) is float for r in results)
+    assert rig.agent.pipeline.stats.rejected == {}
+    assert [r["anomaly"] for r in results] == expected.tolist()
+    # the score and the threshold of the card say the same
+    threshold = -rig.detector.offset_
+    assert [r["prediction"] > threshold for r in results] == expected.tolist()
+
+    # 2. the telemetry windows at the hub count them
+    rig.wait("every row's window at the hub", lambda: sum(w.count for w in rig.windows()) >= FED)
+    windows = rig.windows()
+    assert sum(w.count for w in windows) == FED
+    assert sum(w.anomalies or 0 for w in windows) == int(expected.sum())
+
+    # 3. the drift reports: the anomaly rate of each window, and the rise when malignant rows come
+    rig.wait("four drift reports at the hub", lambda: len(rig.drift()) >= FED // DRIFT_WINDOW)
+    reports = rig.drift()
+    rates = [r.anomaly for r in reports]
+    assert all(rate is not None for rate in rates)
+    per_window = expected.reshape(-1, DRIFT_WINDOW).sum(axis=1).tolist()
+    assert [rate.anomalies for rate in rates if rate is not None] == per_window
+    assert [r.status for r in reports[:2]] == ["ok", "ok"]
+    assert all(r.status == "alert" for r in reports[2:])
+    assert all(rate.p < 1e-4 for rate in rates[2:] if rate is not None)
+
+    # the hub's drift table shows the anomaly rate next to the card's
+    (row,) = json.loads(rig.cli(capsys, "drift", "--json"))
+    assert (row["model"], row["device"]) == (MODEL.name, DEVICE)
+    pooled = row["anomalies"]
+    assert (pooled["anomalies"], pooled["rows"]) == (int(expected.sum()), FED)
+    table = rig.cli(capsys, "drift")
+    assert "anomalies" in table and f"{pooled['rate']:.1%} of {FED}" in table
+    models = json.loads(rig.cli(capsys, "model", "list", "--json"))
+    assert [(m["model"], m["task"]) for m in models] == [(MODEL.name, "anomaly")]
+
+    # 4. the truth comes back by prediction id: the quality of the flags
+    truth = np.r_[np.zeros(half, dtype=int), np.ones(half, dtype=int)]  # 1: malignant
+    labels = rig.home.parent / "labels.csv"
+    with labels.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["prediction", "label"])
+        writer.writerows(
+            (r["id"], "anomaly" if t else "normal") for r, t in zip(results, truth, strict=True)
+        )
+    rig.cli(capsys, "labels", "import", str(labels))
+    (quality,) = json.loads(rig.cli(capsys, "metrics", "--model", str(MODEL), "--json"))["rows"]
+    assert (quality["task"], quality["labels"], quality["used"]) == ("anomaly", FED, FED)
+    assert quality["precision"]["value"] == pytest.approx(precision_score(truth, expected))
+    assert quality["recall"]["value"] == pytest.approx(recall_score(truth, expected))
+    assert quality["f1"]["value"] == pytest.approx(f1_score(truth, expected))
