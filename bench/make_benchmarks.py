@@ -40,6 +40,10 @@ DESIGN_TARGETS: list[tuple[str, str]] = [
         "5,000 devices (5x the load ThingsBoard reports for one 2-vCPU node), hub CPU under 70%",
     ),
     ("rollout of a 1 MB model to 100 simulated devices on loopback", "under 10 s"),
+    (
+        "delta update of a fine-tuned model (same architecture, new weights)",
+        "at most 30% of the full bundle's bytes",
+    ),
     ("agent resident memory with onnxruntime and a small model loaded", "under 80 MB"),
     ("agent cold start to first inference", "under 1 s"),
     ("int8 quantized MLP vs fp32", "at most 30% of the size, accuracy drop at most 1 point"),

@@ -60,6 +60,7 @@ from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.gates import Metrics, Position, after_install, measure
 from cloud_hub.rollout.operations import fleet_facts
 from cloud_hub.signing.commands import COMMAND_TTL, counter_floor, sign_command
+from cloud_hub.signing.deltas import Deltas
 from cloud_hub.signing.tuf_repo import TufRepository
 from cloud_hub.store.database import Ingest, Store, dumps, typed
 from cloud_hub.store.errors import StoreError
@@ -71,6 +72,7 @@ from edge_agent.protocol.messages import (
     Batch,
     Command,
     Confirm,
+    DeltaRef,
     ModelRef,
     Record,
     Status,
@@ -156,6 +158,7 @@ class Hub:
         self._next_experiments = 0.0
         self.topics = Topics(prefix)
         self.repo = TufRepository(home)
+        self.deltas = Deltas(self.repo)
         self.store = Store(store_url or home_store(home))
         self.leadership: Leadership = (
             leadership(self.store.engine, home, share is not None) if lead else Follower()
@@ -424,15 +427,35 @@ class Hub:
     def send_command(self, device: str, cmd: Command) -> None:
         """Sign `cmd` for `device` and publish it at QoS 1 to the device's persistent session
         (an offline device gets it when it returns). The device waits for the TUF metadata of
-        now, which names the command key; a deploy or a shadow grants it the target's chunks."""
+        now, which names the command key; a deploy or a shadow names a delta from the version
+        the device last reported running, where one is worth it (cloud_hub/signing/deltas.py),
+        and grants the device the chunks of the target and of the delta."""
         key = self._command_signer()  # ConfigError without keys: no command goes unsigned
         now = time.time()
+        if cmd.kind in ("deploy", "shadow") and cmd.model is not None and cmd.delta is None:
+            cmd = replace(cmd, delta=self._delta(device, cmd.model))
         cmd = replace(cmd, tuf_version=max(cmd.tuf_version, self.repo.timestamp_version()))
         if cmd.kind in ("deploy", "shadow") and cmd.target is not None:
             self.store.grant(device, cmd.target, cmd.encrypt, now)
+            if cmd.delta is not None:
+                self.store.grant(device, cmd.delta.target, cmd.encrypt, now)
         counter = self.store.next_command_counter(device, counter_floor(now))
         signed = sign_command(key, cmd, device, counter, now)
         self.session.publish(self.topics.device(device, "cmd"), signed.to_bytes())
+
+    def _delta(self, device: str, model: ModelRef) -> DeltaRef | None:
+        """The delta to `model` from what `device` last reported running, if one is worth it;
+        a delta that cannot be made or signed costs the device the full bundle, nothing else."""
+        row = self.store.device(device)
+        reported = None
+        if row is not None and row["model"] and row["version"]:
+            with contextlib.suppress(MessageError):  # a name the registry kept from long ago
+                reported = ModelRef(row["model"], int(row["version"]))
+        try:
+            return self.deltas.offer(reported, model)
+        except (BadDataError, OSError) as exc:
+            log.warning("no delta to %s for %s: %s", model, device, exc)
+            return None
 
     def _command_signer(self) -> Signer:
         if self._command_key is None:

@@ -3,6 +3,11 @@
 Written atomically (temp file in the target folder, fsync, rename, fsync of the folder) and
 byte-for-byte reproducible: fixed member order, timestamps, permissions and JSON layout, so the
 same card and model always give the same bundle (and the same TUF target hash).
+
+The card is deflated (its text shrinks to a few percent); the model file is stored as it is, so
+that a fine-tuned version's weights sit at the same place in the zip as the version before, a
+step or two apart, and the delta the hub sends instead of the whole bundle stays small
+(edge_agent/update/delta.py; deflate would have changed every byte after the first change).
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ def bundle_bytes(card: dict[str, Any], model_bytes: bytes) -> bytes:
         raise BadDataError(f"card.model_file: expected a name other than {CARD_MEMBER!r}")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr(_member(CARD_MEMBER), card_json(card))
-        zf.writestr(_member(model_file), model_bytes)
+        zf.writestr(_member(CARD_MEMBER, zipfile.ZIP_DEFLATED), card_json(card))
+        zf.writestr(_member(model_file, zipfile.ZIP_STORED), model_bytes)
     return buf.getvalue()
 
 
@@ -53,9 +58,9 @@ def write_bundle(path: Path | str, card: dict[str, Any], model_bytes: bytes) -> 
     atomic_write(path, data, mode=_MEMBER_MODE)
 
 
-def _member(name: str) -> zipfile.ZipInfo:
+def _member(name: str, compress_type: int) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
-    info.compress_type = zipfile.ZIP_DEFLATED
+    info.compress_type = compress_type
     info.external_attr = (0o100000 | _MEMBER_MODE) << 16
     info.create_system = 3
     return info

@@ -59,6 +59,18 @@ CANNED = {
             },
         ]
     },
+    "delta": {
+        "targets": [
+            {
+                "target": "delta update of a fine-tuned model (same architecture, new weights): "
+                "at most 30% of the full bundle's bytes",
+                "subject": "MLP 256x256, fine-tune, int8 dynamic: delta bytes / full bundle bytes",
+                "value": 0.265,
+                "limit": "<= 0.3",
+                "verdict": "PASS",
+            }
+        ]
+    },
     "quantize": {
         "targets": [
             {
@@ -83,6 +95,9 @@ def test_every_design_target_has_a_row_with_its_verdict() -> None:
     assert rollout["margin"] == "69% over the limit (outside)"
     cold = by_what["agent cold start to first inference"]
     assert cold["verdict"] == "PASS" and cold["margin"] == "58% under the limit (inside)"
+    delta = by_what["delta update of a fine-tuned model (same architecture, new weights)"]
+    assert (delta["verdict"], delta["bench"]) == ("PASS", "delta")
+    assert delta["margin"] == "12% under the limit (inside)"
     quant = by_what["int8 quantized MLP vs fp32"]
     assert "size_ratio 0.26" in quant["measured"] and quant["verdict"] == "PASS"
     assert (

@@ -19,6 +19,7 @@ from edge_agent.protocol.inputs import InputState, decode_inputs, describe
 from edge_agent.protocol.messages import (
     Batch,
     Command,
+    DeltaRef,
     ModelRef,
     Record,
     Status,
@@ -160,6 +161,27 @@ def test_command_round_trip() -> None:
     assert decode_command(encode(cmd)) == cmd
     rollback = Command(id="c2", kind="rollback")
     assert decode_command(encode(rollback)) == rollback
+    delta = DeltaRef(ModelRef("wine", 1), "deltas/wine/1-2.delta")
+    with_delta = Command("r-1-d2", "deploy", ModelRef("wine", 2), "wine/2.zip", delta=delta)
+    assert decode_command(encode(with_delta)) == with_delta
+
+
+@pytest.mark.parametrize(
+    ("base", "delta", "expected"),
+    [
+        (ModelRef("wine", 2), {"base": {"name": "wine", "version": 2}, "target": "d"}, "older"),
+        (ModelRef("wine", 3), {"base": {"name": "iris", "version": 1}, "target": "d"}, "older"),
+        (ModelRef("wine", 2), {"base": {"name": "wine"}, "target": "d"}, "delta.base: missing"),
+        (ModelRef("wine", 2), {"base": {"name": "wine", "version": 1}}, "delta: missing"),
+        (ModelRef("wine", 2), "wine@1", "delta: expected an object"),
+    ],
+)
+def test_a_command_with_a_wrong_delta_says_where(
+    base: ModelRef, delta: object, expected: str
+) -> None:
+    body = Command("c", "deploy", base, f"wine/{base.version}.zip").to_json()
+    with pytest.raises(MessageError, match=expected):
+        decode_command(json.dumps({"v": SCHEMA_VERSION, **body, "delta": delta}).encode())
 
 
 def test_xfer_round_trips() -> None:

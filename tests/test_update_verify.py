@@ -26,7 +26,7 @@ from tuf.ngclient._internal import trusted_metadata_set
 
 from cloud_hub.signing.keys import KEY_ROLES, PASSPHRASE_ENV, generate_key, load_key
 from cloud_hub.signing.tuf_repo import Expiry, TufRepository
-from converters.bundle import bundle_bytes
+from converters.bundle import bundle_bytes, card_json
 from converters.pipeline import build_bundle
 from edge_agent.errors import BundleRejected, ConfigError
 from edge_agent.protocol.messages import ModelRef
@@ -480,7 +480,8 @@ def test_read_bundle_rejects_what_unpacks_past_the_limit(real_bundle: RealBundle
     assert read_bundle(real_bundle.data, real_bundle.card_sha256, unpacked).card.model == IRIS
     assert _reason_of_read(real_bundle.data, real_bundle.card_sha256, unpacked - 1) == "oversized"
     # a small archive that inflates far past the limit
-    bomb = bundle_bytes(real_bundle.card, bytes(8 * MAX_BUNDLE))
+    card = card_json(real_bundle.card)
+    bomb = _zip({"card.json": card, real_bundle.card["model_file"]: bytes(8 * MAX_BUNDLE)})
     assert len(bomb) < MAX_BUNDLE // 8
     assert _reason_of_read(bomb, real_bundle.card_sha256) == "oversized"
 

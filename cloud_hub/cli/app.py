@@ -235,6 +235,7 @@ def cmd_model_list(args: argparse.Namespace) -> int:
             "sha256": info["sha256"][:16],
         }
         for path, info in open_repo(_home(args)).targets().items()
+        if "model" in info  # not the deltas between versions
     ]
     _emit(args, rows, "signed models", ["model", "version", "task", "bytes", "sha256", "target"])
     return 0

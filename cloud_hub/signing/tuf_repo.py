@@ -4,11 +4,13 @@ commands: edge_agent/protocol/commands.py), so a device trusts that key through 
 rotation reaches it like any other change of the targets metadata.
 
 Model bundles are targets whose custom fields carry the model name, `model_version` and the
-digest of the model card. Files live under HOME/tuf/{metadata,targets} and the keys under
-HOME/keys (keys replaced by `rotate_key` are kept under HOME/keys/retired). Every change is
-taken under one file lock, and timestamp.json is written last, so a reader holding the lock
-always sees a consistent set. Every root version stays as N.root.json and is published, so a
-device enrolled with an old root walks the chain to the newest.
+digest of the model card. A delta between two versions (`add_delta`) is a target of its own
+whose custom field `delta` names the two bundles it joins, with their signed hashes. Files live
+under HOME/tuf/{metadata,targets} and the keys under HOME/keys (keys replaced by `rotate_key`
+are kept under HOME/keys/retired). Every change is taken under one file lock, and timestamp.json
+is written last, so a reader holding the lock always sees a consistent set. Every root version
+stays as N.root.json and is published, so a device enrolled with an old root walks the chain to
+the newest.
 """
 
 from __future__ import annotations
@@ -155,22 +157,46 @@ class TufRepository:
                         f"{model}: version {custom['model_version']} of {model.name} is already "
                         "published; versions only go up"
                     )
-            atomic_write(self.targets_dir / path, bundle)
-            custom_fields = {
-                "custom": {
-                    "model": model.name,
-                    "model_version": model.version,
-                    "card_sha256": card_digest,
-                    # checked by the device as each chunk arrives (edge_agent/update/updater.py)
-                    "chunk_sha256": chunk_hashes(bundle),
-                    **({"task": task} if task is not None else {}),
-                }
-            }
-            target = TargetFile.from_data(path, bundle, ["sha256"])
-            target.unrecognized_fields.update(custom_fields)
-            targets.signed.targets[path] = target
-            self._bump_and_sign_chain(targets)
+            custom = {"model": model.name, "model_version": model.version}
+            if task is not None:
+                custom["task"] = task
+            self._sign_target(targets, path, bundle, {**custom, "card_sha256": card_digest})
         return path
+
+    def add_delta(self, base: ModelRef, result: ModelRef, delta: bytes) -> str:
+        """Sign `delta` (edge_agent/update/delta.py: it rebuilds the bundle of `result` from
+        the bundle of `base`) as a target of its own, `deltas/NAME/FROM-TO.delta`, whose custom
+        field `delta` names both bundles' targets and signed sha256. Returns its path."""
+        path = delta_path(base, result)
+        with self._locked():
+            targets = self._load("targets", Targets)
+            found = {}
+            for model in (base, result):
+                info = targets.signed.targets.get(model.target_path)
+                if info is None:
+                    raise ConfigError(f"a delta needs {model} published; it is not")
+                found[model] = info
+            if path not in targets.signed.targets:
+                pair = {
+                    "base": base.target_path,
+                    "base_sha256": found[base].hashes["sha256"],
+                    "result": result.target_path,
+                    "result_sha256": found[result].hashes["sha256"],
+                }
+                self._sign_target(targets, path, delta, {"delta": pair})
+        return path
+
+    def _sign_target(
+        self, targets: Metadata[Targets], path: str, data: bytes, custom: dict[str, Any]
+    ) -> None:
+        """Store `data` as target `path` and sign it in with `custom` (under the lock)."""
+        atomic_write(self.targets_dir / path, data)
+        # chunk_sha256: checked by the device as each chunk arrives (edge_agent/update/updater.py)
+        fields = {"custom": {**custom, "chunk_sha256": chunk_hashes(data)}}
+        target = TargetFile.from_data(path, data, ["sha256"])
+        target.unrecognized_fields.update(fields)
+        targets.signed.targets[path] = target
+        self._bump_and_sign_chain(targets)
 
     def refresh_timestamp(self, min_remaining: timedelta) -> bool:
         """Re-sign the timestamp when it expires within `min_remaining`. True if it did."""
@@ -433,7 +459,8 @@ class TufRepository:
         return int(raw["signed"]["version"])
 
     def targets(self) -> dict[str, dict[str, Any]]:
-        """Target path -> {length, sha256, model, model_version, card_sha256}."""
+        """Target path -> {length, sha256, and its custom fields: model, model_version,
+        card_sha256 for a bundle; delta for a delta}."""
         raw = json.loads((self.metadata_dir / "targets.json").read_bytes())
         out = {}
         for path, info in raw["signed"]["targets"].items():
@@ -564,6 +591,11 @@ def _single_keyid(root: Root, role: str) -> str:
     if len(keyids) != 1:
         raise ConfigError(f"root lists {len(keyids)} keys for {role}; this hub keeps exactly one")
     return keyids[0]
+
+
+def delta_path(base: ModelRef, result: ModelRef) -> str:
+    """Where the delta from `base` to `result` is kept, as a target."""
+    return f"deltas/{result.name}/{base.version}-{result.version}.delta"
 
 
 def chunk_hashes(data: bytes) -> list[str]:

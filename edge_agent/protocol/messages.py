@@ -326,6 +326,29 @@ def check_event(body: dict[str, Any], where: str) -> str:
 
 
 @dataclass(frozen=True)
+class DeltaRef:
+    """A cheaper way to a deploy's target: the TUF target `target` rebuilds it from the bundle
+    of `base`, an older version of the same model (edge_agent/update/delta.py). The hub names
+    the version the device last reported running; the device uses the delta only if the
+    bundle it holds is exactly the one the delta was made from, else it fetches the target."""
+
+    base: ModelRef
+    target: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"base": self.base.to_json(), "target": self.target}
+
+    @classmethod
+    def from_json(cls, obj: object, where: str) -> DeltaRef:
+        if not isinstance(obj, dict):
+            raise MessageError(f"{where}: expected an object, got {type_name(obj)}")
+        return cls(
+            ModelRef.from_json(obj.get("base"), f"{where}.base"),
+            field_of(obj, "target", str, where),
+        )
+
+
+@dataclass(frozen=True)
 class Command:
     """Hub -> device on dev/{id}/cmd (QoS 1, persistent session).
 
@@ -333,7 +356,9 @@ class Command:
     `tuf_version` before it looks the target up, so it never races the metadata. `shadow`
     names a candidate the same way: the device verifies it, runs it next to the serving model
     on live input without acting on its outputs, and reports on `events` every `rows` rows
-    (`shadow-report`) until `shadow-stop` or the next deploy.
+    (`shadow-report`) until `shadow-stop` or the next deploy. Either may name a `delta` from
+    the version the device reported running (an agent that does not know the field fetches
+    the whole target, as before).
     """
 
     id: str
@@ -344,6 +369,7 @@ class Command:
     rollout: str | None = None
     encrypt: bool = False  # fetch the target encrypted for this device's X25519 key
     rows: int = SHADOW_ROWS  # shadow: live rows per report
+    delta: DeltaRef | None = None  # deploy, shadow: the target rebuilt from an older version
 
     def __post_init__(self) -> None:
         if self.kind not in COMMAND_KINDS:
@@ -352,6 +378,12 @@ class Command:
             )
         if self.kind in ("deploy", "shadow") and (self.model is None or not self.target):
             raise MessageError(f"command: a {self.kind} needs both 'model' and 'target'")
+        if self.delta is not None:
+            base, model = self.delta.base, self.model
+            if model is None or base.name != model.name or base.version >= model.version:
+                raise MessageError(
+                    f"command.delta.base: expected an older version of {model}, got {base}"
+                )
         if not 1 <= self.rows <= 1_000_000:
             raise MessageError(f"command.rows: expected 1 to 1000000, got {self.rows}")
 
@@ -365,6 +397,7 @@ class Command:
             "rollout": self.rollout,
             "encrypt": self.encrypt,
             "rows": self.rows,
+            "delta": self.delta.to_json() if self.delta else None,
         }
 
 
@@ -376,6 +409,7 @@ def command_from_json(obj: dict[str, Any], where: str) -> Command:
     model = obj.get("model")
     target = obj.get("target")
     rollout = obj.get("rollout")
+    delta = obj.get("delta")
     if target is not None and not isinstance(target, str):
         raise MessageError(f"{where}.target: expected string, got {type_name(target)}")
     if rollout is not None and not isinstance(rollout, str):
@@ -389,6 +423,7 @@ def command_from_json(obj: dict[str, Any], where: str) -> Command:
         rollout=rollout,
         encrypt=field_of(obj, "encrypt", bool, where) if "encrypt" in obj else False,
         rows=field_of(obj, "rows", int, where) if "rows" in obj else SHADOW_ROWS,
+        delta=DeltaRef.from_json(delta, f"{where}.delta") if delta is not None else None,
     )
 
 

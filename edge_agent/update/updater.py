@@ -386,19 +386,19 @@ class Updater:
         try:  # the command's TUF version arrived: its gate waited for it
             target = self.verifier.lookup(cmd.target, model, running)
             how = "encrypted for this device" if cmd.encrypt else "signed"
-            self.emit("downloading", model, f"{target.length} bytes, {how}", cmd.rollout)
-            fetched = self.downloader.fetch(target, self.transfer_timeout, cmd.encrypt)
-            data = fetched.data
-            try:
-                self.verifier.check(target, data)
-                bundle = read_bundle(data, target.card_sha256, self.verifier.max_bundle_bytes * 4)
-            finally:
-                self.downloader.discard(target)  # whatever the verdict, never resume these bytes
+            data, summary, why = self._by_delta(cmd, target, running, how)
+            if data is None:
+                not_used = f" (the delta from {why})" if why else ""
+                self.emit(
+                    "downloading", model, f"{target.length} bytes, {how}{not_used}", cmd.rollout
+                )
+                data, summary = self._download(target, cmd.encrypt)
+            bundle = read_bundle(data, target.card_sha256, self.verifier.max_bundle_bytes * 4)
             if bundle.card.model != model:
                 raise BundleRejected(
                     Reason.MISMATCH, f"card says {bundle.card.model}, signed target says {model}"
                 )
-            self.emit("verified", model, fetched.summary(), cmd.rollout)
+            self.emit("verified", model, summary, cmd.rollout)
         except (BundleRejected, MessageError) as exc:
             log.warning("rejected %s: %s", model, exc)
             if isinstance(exc, BundleRejected):
@@ -407,6 +407,59 @@ class Updater:
                 self.emit("rejected", model, f"{Reason.BAD_MESSAGE}: {exc}", cmd.rollout)
             return None
         return bundle, data
+
+    def _download(self, target: VerifiedTarget, encrypt: bool) -> tuple[bytes, str]:
+        """`target`'s bytes, checked against its signed length and hashes; and how they came."""
+        fetched = self.downloader.fetch(target, self.transfer_timeout, encrypt)
+        try:
+            self.verifier.check(target, fetched.data)
+        finally:
+            self.downloader.discard(target)  # whatever the verdict, never resume these bytes
+        return fetched.data, fetched.summary()
+
+    def _by_delta(
+        self, cmd: Command, target: VerifiedTarget, running: ModelRef | None, how: str
+    ) -> tuple[bytes | None, str, str]:
+        """`target`'s bytes rebuilt from the bundle this device holds by the delta `cmd` names,
+        checked against `target`'s signed length and hashes exactly as a download of it would
+        be; or None and why the delta was not used ("" when the command named none), for the
+        caller to fetch the full target."""
+        ref = cmd.delta
+        if ref is None:
+            return None, "", ""
+        try:
+            if running != ref.base:  # the hub's registry had an older report than the truth
+                raise BundleRejected(
+                    Reason.MISMATCH, f"it starts from {ref.base}; this device runs {running}"
+                )
+            delta, base_sha256 = self.verifier.lookup_delta(ref, target)
+            try:
+                base = self.store.read(ref.base)
+            except OSError as exc:
+                raise BundleRejected(
+                    Reason.MISMATCH, f"the bundle of {ref.base} cannot be read ({exc})"
+                ) from exc
+            if sha256_hex(base) != base_sha256:
+                raise BundleRejected(
+                    Reason.MISMATCH,
+                    f"the bundle of {ref.base} on this device is not the one it starts from",
+                )
+            self.emit(
+                "downloading",
+                target.model,
+                f"{delta.length} bytes of delta from {ref.base} for the {target.length}-byte "
+                f"bundle, {how}",
+                cmd.rollout,
+            )
+            patch, summary = self._download(delta, cmd.encrypt)
+            from edge_agent.update.delta import apply_delta  # zstandard: loaded for updates only
+
+            data = apply_delta(base, patch, target.length)
+            self.verifier.check(target, data)  # as if the full target had been downloaded
+        except BundleRejected as exc:
+            log.warning("delta %s not used for %s: %s", ref.target, target.model, exc)
+            return None, "", f"{ref.base} was not used: {exc}"
+        return data, f"{summary}; rebuilt from {ref.base} by a {delta.length}-byte delta", ""
 
     def _gated(self, bundle: Bundle) -> tuple[Runtime | None, str]:
         """The bundle's runtime, loaded, warmed up and through the health gate, with what the

@@ -4,8 +4,10 @@ The hub publishes TUF metadata retained on `fleet/tuf/...`; the agent's MQTT ses
 payload into a `mirror.TufMirror`, and `fetcher.MqttFetcher` serves ngclient from it (there is no
 HTTP server anywhere). Every trust decision is ngclient's; this module maps its verdicts to
 rejection reasons and adds the one rule TUF does not know: never a lower `model_version`, unless
-a signed rollback returns to a version the hub signed as a rollback target. It also checks a
-command's signatures against the key the verified targets metadata delegates `commands` to.
+a signed rollback returns to a version the hub signed as a rollback target. A delta is checked
+to rebuild exactly the target the command names, from the bundle the signed metadata names. It
+also checks a command's signatures against the key the verified targets metadata delegates
+`commands` to.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_agent.errors import BundleRejected, ConfigError
-from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.messages import DeltaRef, ModelRef
 from edge_agent.protocol.reasons import Reason
 from edge_agent.protocol.transfer import chunk_count
 from edge_agent.system.fsutil import atomic_write
@@ -165,6 +167,47 @@ class Verifier:
                 f"{self.max_bundle_bytes}",
             )
         return VerifiedTarget(path, expected, info.length, str(custom.get("card_sha256")), info)
+
+    def lookup_delta(self, ref: DeltaRef, target: VerifiedTarget) -> tuple[VerifiedTarget, str]:
+        """The signed delta `ref` names, checked to rebuild exactly `target` from the bundle of
+        `ref.base`; with the sha256 that bundle must have (signed twice: in the delta's entry
+        and in the base's own, where the hub still lists it)."""
+        updater = self._refreshed()
+        info = self._target(updater, ref.target)
+        if info is None:
+            raise BundleRejected(
+                Reason.UNKNOWN_TARGET, f"{ref.target} is not in the signed targets"
+            )
+        pair = info.custom.get("delta")
+        wanted = {
+            "base": ref.base.target_path,
+            "result": target.path,
+            "result_sha256": target.sha256,
+        }
+        if not isinstance(pair, dict) or any(pair.get(k) != v for k, v in wanted.items()):
+            raise BundleRejected(
+                Reason.MISMATCH,
+                f"{ref.target}: the command says it rebuilds {target.path} from "
+                f"{ref.base.target_path}, the signed metadata says {pair!r:.200}",
+            )
+        base_sha256 = pair.get("base_sha256")
+        base = self._target(updater, ref.base.target_path)
+        if not isinstance(base_sha256, str) or (
+            base is not None and base.hashes.get("sha256") != base_sha256
+        ):
+            raise BundleRejected(
+                Reason.MISMATCH,
+                f"{ref.target}: its base sha256 {base_sha256!r:.70} is not the one signed for "
+                f"{ref.base.target_path}",
+            )
+        if info.length > self.max_bundle_bytes:
+            raise BundleRejected(
+                Reason.OVERSIZED,
+                f"{ref.target} is {info.length} bytes, the device accepts at most "
+                f"{self.max_bundle_bytes}",
+            )
+        delta = VerifiedTarget(ref.target, target.model, info.length, target.card_sha256, info)
+        return delta, base_sha256
 
     def check(self, target: VerifiedTarget, data: bytes) -> None:
         """The downloaded bytes must have the signed length and hashes."""
