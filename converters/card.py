@@ -75,7 +75,7 @@ def build_card(
     feeds the model (None: a row of `feature_names`)."""
     task = source.task
     spec = input_spec or row_spec(feature_names)
-    profiles = feature_profiles(x_ref, feature_names, bins)
+    profiles = feature_profiles(x_ref, feature_names, bins, spec.categories)
     class_list = [to_jsonable(c) for c in classes] if task == "classification" else []
     inputs: dict[str, Any] = {
         "name": INPUT_NAME,  # a TFLite runtime binds its single input by position

@@ -85,6 +85,7 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
     from converters.images import image_items, image_spec
     from converters.inputs import load_model, load_table
     from converters.pipeline import STEPS, build_bundle
+    from edge_agent.protocol.input_spec import row_spec
 
     model = ModelRef.parse(f"{args.name}@{args.version}")
     if Path(args.output).is_dir():
@@ -102,9 +103,13 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
             )
     elif (args.scale, args.offset, args.resize) != (None, None, None):
         raise ConfigError("--scale, --offset and --resize describe an --image input; give --image")
-    x, y, names = load_table(
+    x, y, names, categories = load_table(
         Path(args.sample), args.label, Path(args.labels) if args.labels else None
     )
+    if categories and names is not None:
+        spec = row_spec(names, categories)
+        shown = ", ".join(f"{name} ({len(texts)} texts)" for name, texts in categories.items())
+        print(f"edgehub: note: categorical columns: {shown}", file=sys.stderr)
     if spec is not None:
         try:
             x = image_items(x, spec)
