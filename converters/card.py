@@ -201,11 +201,13 @@ def reference_card(
     prediction_counts: Sequence[int] = (1, 1),
     confidence: dict[str, Any] | None = None,
     bins: int = REFERENCE_BINS,
+    categories: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """A valid card.json dict that carries a drift reference and no model: what replaying data
     through the drift monitor needs (simulations, benches, tests). A two-class classifier whose
     predictions on the reference were `prediction_counts`, with `confidence` as the card's
-    confidence calibration if given; the model file is not a model."""
+    confidence calibration if given, and the features named in `categories` categorical (their
+    values in `x` category codes); the model file is not a model."""
     card = {
         "card_version": CARD_VERSION,
         "name": name,
@@ -213,11 +215,14 @@ def reference_card(
         "task": "classification",
         "runtime": "onnxruntime",
         "model_file": "model.onnx",
-        "input": {"name": INPUT_NAME},
+        "input": {
+            "name": INPUT_NAME,
+            **({"features": list(names), "categories": categories} if categories else {}),
+        },
         "classes": [0, 1],
         "reference": {
             "rows": len(x),
-            "features": [p.to_json() for p in feature_profiles(x, list(names), bins)],
+            "features": [p.to_json() for p in feature_profiles(x, list(names), bins, categories)],
             "predictions": {"counts": [int(c) for c in prediction_counts]},
             **({"confidence": confidence} if confidence is not None else {}),
         },
