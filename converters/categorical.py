@@ -35,7 +35,7 @@ from converters.quantize import quantize_onnx
 from converters.sklearn_onnx import SklearnSource, to_onnx_model
 from converters.source import Artifact, SourceModel
 from edge_agent.errors import BadDataError
-from edge_agent.protocol.input_spec import InputSpec
+from edge_agent.protocol.input_spec import InputSpec, category_text
 
 UNKNOWN_TEXT = ""  # what the graph feeds the pipeline for an unknown code: never a category
 ML_DOMAIN = "ai.onnx.ml"
@@ -45,6 +45,10 @@ UNKNOWN_NOTE = (
     'unknown categories, as scikit-learn does): the device rejects such lines as "inference-'
     'error"; OneHotEncoder(handle_unknown="ignore") reads them as no category instead'
 )
+
+
+class TextsRefused(BadDataError):
+    """A model that takes numbers only, given a sample with text columns."""
 
 
 def categorical_source(source: SourceModel, spec: InputSpec) -> SourceModel:
@@ -89,6 +93,13 @@ class CategoricalRows:
         try:
             return call()
         except ValueError as exc:
+            if "could not convert string to float" in str(exc):  # numpy's, through sklearn
+                raise TextsRefused(
+                    f"{self.description} takes numbers only; the columns "
+                    f"{list(self.spec.categories)} hold texts (a column of texts is "
+                    "categorical: train a pipeline that encodes it, e.g. a ColumnTransformer "
+                    "with a OneHotEncoder)"
+                ) from exc
             raise BadDataError(
                 f"{self.description} cannot take the sample's rows with their texts: {exc}"
             ) from exc
@@ -155,12 +166,8 @@ def decoded_table(x: np.ndarray, spec: InputSpec, columns: list[str], frame: boo
 
 
 def category_texts(codes: np.ndarray, categories: tuple[str, ...]) -> np.ndarray:
-    """Codes -> texts (object array); anything but a code of a category -> None."""
-    out = np.full(len(codes), None, dtype=object)
-    ok = np.isfinite(codes) & (codes >= 0) & (codes < len(categories))
-    picked = np.asarray(categories, dtype=object)[codes[ok].astype(np.int64)]
-    out[ok] = picked
-    return out
+    """Codes -> texts (an object array); anything but a category's code -> None."""
+    return np.array([category_text(categories, float(c)) for c in codes], dtype=object)
 
 
 def decode_categories(

@@ -67,12 +67,14 @@ def load_estimator(path: Path) -> Any:
 class Table(NamedTuple):
     """What a data file holds: features `x` (rows, features), labels `y` or None, the
     features' names (None: the file does not name them), and the categorical features'
-    categories, {name: sorted texts}, whose cells are in `x` as their index."""
+    categories, {name: sorted texts}, whose cells are in `x` as their index, with where each
+    one's first text is, {name: (line, text)}, for a model that turns out to take numbers."""
 
     x: np.ndarray
     y: np.ndarray | None
     names: list[str] | None
     categories: dict[str, list[str]]
+    first_texts: dict[str, tuple[int, str]]
 
 
 def load_table(path: Path, label: str | None, labels_path: Path | None = None) -> Table:
@@ -88,7 +90,7 @@ def load_table(path: Path, label: str | None, labels_path: Path | None = None) -
         y = _load_npy(labels_path) if labels_path else None
         if label:
             raise ConfigError(f"{path}: --label names a CSV column; for .npy use --labels FILE")
-        return Table(x, y, None, {})
+        return Table(x, y, None, {}, {})
     if path.suffix == ".csv":
         if labels_path:
             raise ConfigError(
@@ -168,6 +170,7 @@ def _load_csv(path: Path, label: str | None) -> Table:
             y.append(row[label_at])
     x = np.empty((len(data), len(feature_cols)), dtype=np.float32)
     categories: dict[str, list[str]] = {}
+    first_texts: dict[str, tuple[int, str]] = {}
     for j, i in enumerate(feature_cols):
         cells = [row[i].strip() for row in data]
         texts = _categories(path, header[i], cells, first)
@@ -175,10 +178,13 @@ def _load_csv(path: Path, label: str | None) -> Table:
             x[:, j] = [float(c) if c else np.nan for c in cells]
         else:
             categories[header[i]] = texts
+            r = next(r for r, c in enumerate(cells) if c and not _is_number(c))
+            first_texts[header[i]] = (first + r, cells[r])
             code = {t: k for k, t in enumerate(texts)}
             x[:, j] = [code[c] if c else np.nan for c in cells]
     names = [header[i] for i in feature_cols] if headed else None
-    return Table(x, (_labels(y) if label_at is not None else None), names, categories)
+    labels = _labels(y) if label_at is not None else None
+    return Table(x, labels, names, categories, first_texts)
 
 
 def _categories(path: Path, column: str, cells: list[str], first: int) -> list[str] | None:
