@@ -106,6 +106,7 @@ class CategoricalRows:
 
     def convert(self, x: np.ndarray, quantize: str) -> Artifact:
         """skl2onnx with one input per column, the decoding graph in front, then quantized."""
+        self.predict(x[:1])  # TextsRefused for a model of numbers, before skl2onnx says less
         types = [
             (
                 name,
