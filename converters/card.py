@@ -75,7 +75,7 @@ def build_card(
     feeds the model (None: a row of `feature_names`)."""
     task = source.task
     spec = input_spec or row_spec(feature_names)
-    profiles = feature_profiles(x_ref, feature_names, bins)
+    profiles = feature_profiles(x_ref, feature_names, bins, spec.categories)
     class_list = [to_jsonable(c) for c in classes] if task == "classification" else []
     inputs: dict[str, Any] = {
         "name": INPUT_NAME,  # a TFLite runtime binds its single input by position
@@ -202,11 +202,13 @@ def reference_card(
     prediction_counts: Sequence[int] = (1, 1),
     confidence: dict[str, Any] | None = None,
     bins: int = REFERENCE_BINS,
+    categories: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """A valid card.json dict that carries a drift reference and no model: what replaying data
     through the drift monitor needs (simulations, benches, tests). A two-class classifier whose
     predictions on the reference were `prediction_counts`, with `confidence` as the card's
-    confidence calibration if given; the model file is not a model."""
+    confidence calibration if given, and the features named in `categories` categorical (their
+    values in `x` category codes); the model file is not a model."""
     card = {
         "card_version": CARD_VERSION,
         "name": name,
@@ -214,11 +216,14 @@ def reference_card(
         "task": "classification",
         "runtime": "onnxruntime",
         "model_file": "model.onnx",
-        "input": {"name": INPUT_NAME},
+        "input": {
+            "name": INPUT_NAME,
+            **({"features": list(names), "categories": categories} if categories else {}),
+        },
         "classes": [0, 1],
         "reference": {
             "rows": len(x),
-            "features": [p.to_json() for p in feature_profiles(x, list(names), bins)],
+            "features": [p.to_json() for p in feature_profiles(x, list(names), bins, categories)],
             "predictions": {"counts": [int(c) for c in prediction_counts]},
             **({"confidence": confidence} if confidence is not None else {}),
         },

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from converters.onnx_input import load_onnx
 from converters.sklearn_onnx import SklearnSource
 from converters.source import SourceModel
 from edge_agent.errors import BadDataError, ConfigError
+from edge_agent.protocol.input_spec import MAX_CATEGORIES, MAX_CATEGORY_TEXT
 
 SKLEARN_SUFFIXES = (".joblib", ".pkl", ".pickle")
 KERAS_SUFFIXES = (".keras", ".h5")
@@ -63,12 +64,25 @@ def load_estimator(path: Path) -> Any:
     return model
 
 
-def load_table(
-    path: Path, label: str | None, labels_path: Path | None = None
-) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
-    """(x, y or None, feature names or None) from a .csv or a .npy array. A CSV whose first row
-    is all numbers has no header: its features have no names (None) and `label` is the label
-    column's index."""
+class Table(NamedTuple):
+    """What a data file holds: features `x` (rows, features), labels `y` or None, the
+    features' names (None: the file does not name them), and the categorical features'
+    categories, {name: sorted texts}, whose cells are in `x` as their index, with where each
+    one's first text is, {name: (line, text)}, for a model that turns out to take numbers."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    names: list[str] | None
+    categories: dict[str, list[str]]
+    first_texts: dict[str, tuple[int, str]]
+
+
+def load_table(path: Path, label: str | None, labels_path: Path | None = None) -> Table:
+    """The features (and labels) of a .csv or a .npy array. A CSV whose first row is all
+    numbers has no header: its features have no names (None) and `label` is the label column's
+    index. A CSV column whose non-empty cells are not all numbers is categorical: its
+    categories are its distinct texts (at most MAX_CATEGORIES), sorted, each cell in `x` as
+    its category's index (an empty cell is NaN, missing, as in a column of numbers)."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such data file")
     if path.suffix == ".npy":
@@ -76,7 +90,7 @@ def load_table(
         y = _load_npy(labels_path) if labels_path else None
         if label:
             raise ConfigError(f"{path}: --label names a CSV column; for .npy use --labels FILE")
-        return x, y, None
+        return Table(x, y, None, {}, {})
     if path.suffix == ".csv":
         if labels_path:
             raise ConfigError(
@@ -118,10 +132,8 @@ def _label_index(path: Path, label: str, width: int) -> int:
     )
 
 
-def _load_csv(
-    path: Path, label: str | None
-) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
-    """(x, y, names): names None when the file has no header row."""
+def _load_csv(path: Path, label: str | None) -> Table:
+    """The table of a CSV file: names None when it has no header row."""
     try:
         with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
@@ -144,19 +156,11 @@ def _load_csv(
     feature_cols = [i for i in range(width) if i != label_at]
     data = rows[1:] if headed else rows
     first = 2 if headed else 1  # the file's line number of data[0]
-    x = np.empty((len(data), len(feature_cols)), dtype=np.float32)
     y: list[str] = []
     like = "like the header" if headed else "like the first row"
     for r, row in enumerate(data, start=first):
         if len(row) != width:
             raise BadDataError(f"{path}:{r}: expected {width} fields {like}, got {len(row)}")
-        for j, i in enumerate(feature_cols):
-            try:
-                x[r - first, j] = float(row[i]) if row[i].strip() else np.nan
-            except ValueError as exc:
-                raise BadDataError(
-                    f"{path}:{r}, column {header[i]!r}: expected a number, got {row[i]!r}"
-                ) from exc
         if label_at is not None:
             if not row[label_at].strip():
                 raise BadDataError(
@@ -164,8 +168,45 @@ def _load_csv(
                     "cell (drop the row, or give it its label)"
                 )
             y.append(row[label_at])
+    x = np.empty((len(data), len(feature_cols)), dtype=np.float32)
+    categories: dict[str, list[str]] = {}
+    first_texts: dict[str, tuple[int, str]] = {}
+    for j, i in enumerate(feature_cols):
+        cells = [row[i].strip() for row in data]
+        texts = _categories(path, header[i], cells, first)
+        if texts is None:
+            x[:, j] = [float(c) if c else np.nan for c in cells]
+        else:
+            categories[header[i]] = texts
+            r = next(r for r, c in enumerate(cells) if c and not _is_number(c))
+            first_texts[header[i]] = (first + r, cells[r])
+            code = {t: k for k, t in enumerate(texts)}
+            x[:, j] = [code[c] if c else np.nan for c in cells]
     names = [header[i] for i in feature_cols] if headed else None
-    return x, (_labels(y) if label_at is not None else None), names
+    labels = _labels(y) if label_at is not None else None
+    return Table(x, labels, names, categories, first_texts)
+
+
+def _categories(path: Path, column: str, cells: list[str], first: int) -> list[str] | None:
+    """None for a column of numbers (and empty cells); else its categories, sorted: the
+    distinct texts of a column whose non-empty cells are not all numbers."""
+    texts = sorted({c for c in cells if c})
+    if all(_is_number(t) for t in texts):
+        return None
+    if len(texts) > MAX_CATEGORIES:
+        line = first + next(r for r, c in enumerate(cells) if c and not _is_number(c))
+        raise BadDataError(
+            f"{path}, column {column!r}: expected a column of numbers, or of at most "
+            f"{MAX_CATEGORIES} category texts, got {len(texts)} distinct texts (the first that "
+            f"is not a number is {cells[line - first]!r} on line {line})"
+        )
+    long = next((t for t in texts if len(t) > MAX_CATEGORY_TEXT), None)
+    if long is not None:
+        raise BadDataError(
+            f"{path}, column {column!r}: expected category texts of at most "
+            f"{MAX_CATEGORY_TEXT} characters, got {len(long)}: {long[:MAX_CATEGORY_TEXT]!r}..."
+        )
+    return texts
 
 
 def _labels(values: list[str]) -> np.ndarray:

@@ -38,6 +38,7 @@ from converters.anomaly import anomaly_labels, anomaly_spec, choose_threshold
 from converters.bundle import write_bundle
 from converters.calibration import fit_calibration
 from converters.card import MAX_SAMPLE_VALUES, build_card
+from converters.categorical import categorical_source
 from converters.data import (
     MIN_SPLIT_ROWS,
     check_feature_names,
@@ -113,8 +114,9 @@ def build_bundle(
     Raises BadDataError (ConversionError, ParityError, ...) with what was expected and found;
     `force=True` writes the bundle even when the parity check fails; `lineage` (a retrained
     model's parent, training data and trigger) goes into the card as it is. `input_spec`
-    says what the device feeds the model: None (or a row spec) for rows of numbers, `x` of
-    shape (rows, features); a window or image spec for items, `x` of shape
+    says what the device feeds the model: None (or a row spec) for rows, `x` of shape (rows,
+    features), a categorical feature's values the index of its text among the spec's
+    categories (converters.categorical); a window or image spec for items, `x` of shape
     (n, *input_spec.shape). An anomaly model's threshold is `threshold`, else the
     1 - `contamination` quantile of its scores on `x`, else its own
     (converters.anomaly.choose_threshold)."""
@@ -130,8 +132,16 @@ def build_bundle(
         )
     if input_spec is None or input_spec.kind == "row":
         x32 = check_features(x, source.n_features)
-        names = check_feature_names(feature_names, x32.shape[1], source.feature_names)
+        declared = list(input_spec.features) if input_spec else None
+        if feature_names and declared and list(feature_names) != declared:
+            raise ConfigError(
+                f"feature_names {list(feature_names)} differ from the input's features {declared}"
+            )
+        given = feature_names or declared
+        names = check_feature_names(given, x32.shape[1], source.feature_names)
         spec = input_spec or row_spec(names)
+        if spec.categories:
+            source = categorical_source(source, spec)
     else:
         spec = input_spec
         source = items_source(source, spec)

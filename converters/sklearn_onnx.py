@@ -188,8 +188,12 @@ class SklearnSource:
         return quantize_onnx(fp32, quantize, x)
 
 
-def to_onnx_model(estimator: Any, sample_x: np.ndarray) -> onnx.ModelProto:
-    """Convert a fitted estimator; `sample_x` (rows, features) fixes the feature count."""
+def to_onnx_model(
+    estimator: Any, sample_x: Any, initial_types: list[tuple[str, Any]] | None = None
+) -> onnx.ModelProto:
+    """Convert a fitted estimator; `sample_x` (rows, features) fixes the feature count of its
+    one input "X", unless `initial_types` names the inputs (converters.categorical: one per
+    column, `sample_x` then the table the estimator takes)."""
     if sample_x.ndim != 2:
         raise BadDataError(
             f"sample_x: expected a 2-D array (rows, features), got shape {sample_x.shape}"
@@ -205,7 +209,8 @@ def to_onnx_model(estimator: Any, sample_x: np.ndarray) -> onnx.ModelProto:
             warnings.filterwarnings("ignore", "Field onnx.AttributeProto.ints", DeprecationWarning)
             model, topology = convert_sklearn(
                 estimator,
-                initial_types=[(INPUT_NAME, FloatTensorType([None, int(sample_x.shape[1])]))],
+                initial_types=initial_types
+                or [(INPUT_NAME, FloatTensorType([None, int(sample_x.shape[1])]))],
                 target_opset=TARGET_OPSET,
                 options=_options(estimator, task),
                 intermediate=True,  # the topology: where an autoencoder's input is

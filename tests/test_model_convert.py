@@ -88,11 +88,11 @@ def test_headerless_csv_keeps_its_first_row(
 
     _, csv_path, _ = trained
     sample = _headerless(csv_path, tmp_path)
-    x, y, names = load_table(sample, "4")
+    x, y, names, _, _ = load_table(sample, "4")
     assert names is None
     assert x.shape == (150, 4) and y is not None and y.shape == (150,)
     assert x[0].tolist() == pytest.approx([5.1, 3.5, 1.4, 0.2])
-    x, y, _ = load_table(sample, None)
+    x, y, _, _, _ = load_table(sample, None)
     assert x.shape == (150, 5) and y is None
 
 

@@ -82,10 +82,12 @@ _fraction = number(float, "a number from 0 to 1", 0.0, 1.0)  # a threshold argum
 
 # ---- commands -------------------------------------------------------------------------------
 def cmd_model_convert(args: argparse.Namespace) -> int:
+    from converters.categorical import TextsRefused
     from converters.images import image_items, image_spec
     from converters.inputs import load_model, load_table
     from converters.pipeline import STEPS, build_bundle
     from converters.windows import window_items, window_spec
+    from edge_agent.protocol.input_spec import row_spec
 
     model = ModelRef.parse(f"{args.name}@{args.version}")
     if Path(args.output).is_dir():
@@ -122,7 +124,7 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
             )
     elif (args.scale, args.offset, args.resize) != (None, None, None):
         raise ConfigError("--scale, --offset and --resize describe an --image input; give --image")
-    x, y, names = load_table(
+    x, y, names, categories, first_texts = load_table(
         Path(args.sample), args.label, Path(args.labels) if args.labels else None
     )
     if spec is not None:
@@ -130,6 +132,8 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
             x = window_items(x, spec) if spec.kind == "window" else image_items(x, spec)
         except EdgefleetError as exc:
             raise EdgefleetError(f"{args.sample}: {exc}") from exc
+    elif categories and names is not None:  # text columns: a row of numbers and categories
+        spec = row_spec(names, categories)
     if names is None and Path(args.sample).suffix == ".csv":
         print(
             f"edgehub: note: {args.sample} has no header row (its first row is all numbers): "
@@ -169,9 +173,17 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
                 threshold=args.threshold,
                 input_spec=spec,
             )
+        except TextsRefused as exc:  # a column of numbers with a text in it, most likely
+            name, (line, text) = next(iter(first_texts.items()))
+            raise EdgefleetError(
+                f"{args.sample}:{line}, column {name!r}: expected a number, got {text!r} ({exc})"
+            ) from exc
         except EdgefleetError as exc:
             raise EdgefleetError(f"{args.model} with {args.sample}: {exc}") from exc
         bar.update(task, completed=len(STEPS) + 1)
+    if categories:
+        shown = ", ".join(f"{name} ({len(texts)} texts)" for name, texts in categories.items())
+        print(f"edgehub: note: categorical columns: {shown}", file=sys.stderr)
     if args.json:
         print(json.dumps({"bundle": str(built.path), "report": built.report}, indent=2))
         return 0

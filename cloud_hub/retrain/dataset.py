@@ -10,6 +10,11 @@
                    prediction id, so a row stays on its side as the data grows), kept from training
                    and used to validate a candidate against the serving model
     manifest.json  sha256 and row count of each file, the time range, the model, the features
+                   and the categorical features' categories
+
+A categorical feature's values are its texts (devices send the index of the text among the
+card's categories); a text the card does not list reached the model as "unknown" and is an empty
+cell here (the device keeps no text its card does not list).
 
 The data set's id is a prefix of the hash of its files: the same data gives the same id, and
 the folder HOME/datasets/MODEL/ID is written once (in a temporary folder, then renamed).
@@ -24,7 +29,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,7 @@ from cloud_hub.store.database import Store, typed
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.card import ModelCard
 from edge_agent.protocol.ids import parse_prediction_id
+from edge_agent.protocol.input_spec import category_text
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import DriftReport, RawSample
 
@@ -76,6 +82,17 @@ def _csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> tuple[bytes, i
     return buf.getvalue().encode(), n
 
 
+def shown(card: ModelCard, values: Sequence[float | None]) -> list[Any]:
+    """A row of the card's features as people read it: categories as their texts."""
+    cats = card.input.categories if card.input.kind == "row" else {}
+    if not cats:
+        return list(values)
+    return [
+        category_text(cats[name], v) if name in cats else v
+        for name, v in zip(card.feature_names, values, strict=True)
+    ]
+
+
 def dataset_files(
     store: Store, card: ModelCard, labels: Sequence[JoinedLabel]
 ) -> tuple[dict[str, tuple[bytes, int]], list[float]]:
@@ -96,7 +113,7 @@ def dataset_files(
             r.boot,
             r.seq,
             r.ts,
-            *(sample.features.get(f) for f in features),
+            *shown(card, [sample.features.get(f) for f in features]),
             sample.prediction,
             label,
         ]
@@ -113,7 +130,8 @@ def dataset_files(
         times.append(r.ts)
         for values in report.capture.rows:
             by_name = dict(zip(report.capture.features, values, strict=True))
-            captures.append([r.device, r.boot, r.seq, r.ts, *(by_name.get(f) for f in features)])
+            texts = shown(card, [by_name.get(f) for f in features])
+            captures.append([r.device, r.boot, r.seq, r.ts, *texts])
     label_rows = [
         [lab.device, lab.boot, lab.row, lab.prediction, lab.label, lab.received]
         for lab in labels
@@ -121,7 +139,8 @@ def dataset_files(
     ]
     sample_head = [*HEAD, *features, "prediction", "label"]
     reference = [
-        [*inputs, out] for inputs, out in zip(card.sample_inputs, card.sample_outputs, strict=True)
+        [*shown(card, inputs), out]
+        for inputs, out in zip(card.sample_inputs, card.sample_outputs, strict=True)
     ]
     files = {
         "samples.csv": _csv(sample_head, train),
@@ -136,7 +155,11 @@ def dataset_files(
 
 
 def build_manifest(
-    model: ModelRef, features: list[str], files: dict[str, tuple[bytes, int]], times: list[float]
+    model: ModelRef,
+    features: list[str],
+    files: dict[str, tuple[bytes, int]],
+    times: list[float],
+    categories: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     listing = {
         name: {"sha256": hashlib.sha256(data).hexdigest(), "rows": rows}
@@ -148,6 +171,7 @@ def build_manifest(
         "sha256": content,
         "model": str(model),
         "features": features,
+        **({"categories": {k: list(v) for k, v in categories.items()}} if categories else {}),
         "files": listing,
         "rows": sum(f["rows"] for f in listing.values()),
         "time_range": [min(times), max(times)] if times else None,
@@ -166,7 +190,8 @@ def export_dataset(
     the same content already there is kept as it is."""
     card = serving_card(cards, model)
     files, times = dataset_files(store, card, list(labels.rows(model)))
-    manifest = build_manifest(model, card.feature_names, files, times)
+    cats = card.input.categories if card.input.kind == "row" else {}
+    manifest = build_manifest(model, card.feature_names, files, times, cats)
     folder = out if out is not None else root / model.name / manifest["id"]
     if (folder / MANIFEST).is_file():
         return Dataset(manifest["id"], folder, manifest)

@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from cloud_hub.rollout.operations import open_repo, publish_bundle, start_rollou
 from cloud_hub.store.database import Store, typed
 from edge_agent.errors import BundleRejected, ConfigError, EdgefleetError
 from edge_agent.inference.runtime import open_runtime
+from edge_agent.protocol.input_spec import category_code, row_spec
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import DriftReport
 from edge_agent.update.bundle import Bundle, read_bundle
@@ -264,13 +265,22 @@ def _targets(values: Sequence[str]) -> np.ndarray:
     return numbers
 
 
-def read_rows(path: Path, features: list[str]) -> tuple[np.ndarray, list[str]]:
-    """(features as float, NaN for blanks; the `label` column as text) of a samples CSV."""
+def _cell(text: str, categories: Sequence[str] | None) -> float:
+    if categories is not None:
+        return category_code(categories, text)
+    return float(text) if text != "" else np.nan
+
+
+def read_rows(
+    path: Path, features: list[str], categories: Mapping[str, Sequence[str]] | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """(features as float, NaN for blanks, a categorical feature's texts as their codes among
+    `categories`; the `label` column as text) of a samples CSV."""
+    cats = categories or {}
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     x = np.array(
-        [[float(r[c]) if r[c] != "" else np.nan for c in features] for r in rows],
-        dtype=np.float32,
+        [[_cell(r[c], cats.get(c)) for c in features] for r in rows], dtype=np.float32
     ).reshape(len(rows), len(features))
     return x, [r.get("label", "") for r in rows]
 
@@ -287,7 +297,8 @@ def convert(
     from converters.pipeline import build_bundle
 
     features = list(data.manifest["features"])
-    x, labels = read_rows(data.folder / "samples.csv", features)
+    categories = data.manifest.get("categories", {})
+    x, labels = read_rows(data.folder / "samples.csv", features, categories)
     known = [i for i, v in enumerate(labels) if v != ""]
     if known:
         x, y = x[known], _targets([labels[i] for i in known])
@@ -304,6 +315,7 @@ def convert(
             version=candidate.version,
             out=out,
             feature_names=features,
+            input_spec=row_spec(features, categories),
             max_accuracy_drop=policy.max_accuracy_drop,
             max_rmse_rel=policy.max_rmse_rise,
             lineage=lineage,
@@ -336,7 +348,7 @@ def validate(
     """The candidate against the serving model on the held-out labeled rows; Refused when it
     is worse by more than the policy's limit (the converter's parity limits by default)."""
     features = list(data.manifest["features"])
-    x, labels = read_rows(data.folder / HOLDOUT, features)
+    x, labels = read_rows(data.folder / HOLDOUT, features, data.manifest.get("categories"))
     if len(x) == 0:
         raise Refused(
             f"data set {data.id}: no labeled rows held out to validate on (labels are needed "

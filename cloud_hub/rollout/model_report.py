@@ -97,6 +97,7 @@ def card_rows(card: dict[str, Any]) -> list[tuple[str, str]]:
         ("input", f"{inp.get('dtype')} {inp.get('shape')}"),
         *_image_rows(inp.get("image")),
         *_window_rows(inp.get("window"), inp.get("features")),
+        *_category_rows(inp.get("categories")),
         ("classes", ", ".join(map(str, classes)) if classes else "-"),
         *scored,
         ("reference rows", fmt(card.get("reference", {}).get("rows"))),
@@ -128,9 +129,27 @@ def _window_rows(window: Any, channels: Any) -> list[tuple[str, str]]:
     return [("window", frame), ("model takes", takes)]
 
 
-def feature_rows(card: dict[str, Any]) -> list[tuple[str, ...]]:
-    """(feature, min, max, mean, std, missing rate) from the drift reference profile."""
+def _category_rows(categories: Any) -> list[tuple[str, str]]:
+    """The texts a categorical feature takes (edge_agent.protocol.input_spec)."""
+    if not isinstance(categories, dict):
+        return []
     return [
-        tuple([f["name"], *(fmt(f.get(k)) for k in ("min", "max", "mean", "std", "missing_rate"))])
+        (f"categories: {name}", ", ".join(map(str, texts))) for name, texts in categories.items()
+    ]
+
+
+def feature_rows(card: dict[str, Any]) -> list[tuple[str, ...]]:
+    """(feature, min, max, mean, std, missing rate) from the drift reference profile; a
+    categorical feature's values are category codes, not quantities: only its missing rate."""
+    categorical = card.get("input", {}).get("categories") or {}
+    keys = ("min", "max", "mean", "std")
+    return [
+        tuple(
+            [
+                f["name"],
+                *("-" if f["name"] in categorical else fmt(f.get(k)) for k in keys),
+                fmt(f.get("missing_rate")),
+            ]
+        )
         for f in card.get("reference", {}).get("features", [])
     ]

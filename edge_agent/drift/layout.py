@@ -40,7 +40,7 @@ class Layout:
     bin_ref: np.ndarray  # per PSI bin: the reference count
     ks_feature: np.ndarray  # per KS point (all features): the feature
     ks_starts: np.ndarray  # per feature: its first KS point (points are grouped by feature)
-    ks_none: np.ndarray  # per feature: True if it has no KS point (a constant feature)
+    ks_none: np.ndarray  # per feature: True if it has no KS point (constant, or categorical)
     ks_at: np.ndarray  # per KS point: its grid index
     ks_le: np.ndarray  # per KS point: reference ECDF at it
     ks_lt: np.ndarray  # per KS point: reference ECDF just before it
@@ -62,8 +62,11 @@ class Layout:
         parts: dict[str, list[Any]] = {k: [] for k in cls.__dataclass_fields__ if k not in derived}
         offset, groups = 0, 0
         min_mass = MIN_EXPECTED / max(window, 1)
+        categorical = categorical_features(card)
         for j, f in enumerate(card.features):
-            if f.ks:
+            if categorical[j]:  # categories have no order: no KS, no ECDF
+                points = le = lt = np.empty(0, dtype=np.float64)
+            elif f.ks:
                 sample = np.asarray(f.ks, dtype=np.float64)
                 points = np.unique(sample)
                 le = np.searchsorted(sample, points, "right") / sample.size
@@ -133,6 +136,13 @@ class Layout:
             keys = keys.ravel() if keep is None else keys[keep]
         at = np.searchsorted(grid, keys, "left")  # grid points below the value
         return 2 * at + (grid[at] == keys)  # +1 when the value is on the point
+
+
+def categorical_features(card: ModelCard) -> np.ndarray:
+    """Per watched feature: whether it is categorical (its values category codes, its bins one
+    per category and the last for unknown texts: edge_agent.protocol.card.category_edges)."""
+    cats = card.input.categories if card.input.kind == "row" else {}
+    return np.array([f.name in cats for f in card.features], dtype=bool)
 
 
 def _float32_bounds(lo: float, hi: float) -> tuple[float, float]:

@@ -16,6 +16,14 @@ to the window. From those counts a report derives, per feature:
   three tests (chi-square over the bins, KS, values beyond the reference's range; see
   `edge_agent.drift.stats`), Bonferroni-combined,
 
+A categorical feature (the card's `input.categories`) is tested as categories: its bins are its
+categories and a last one for texts that are none of them (edge_agent.protocol.card.
+category_edges), and its two tests are the chi-square of the window's category counts against
+the reference's shares (rare categories merged as any sparse bins are) and the range test,
+which here asks whether the window holds more texts the reference never saw (the unknown code
+lies above every reference value) than chance allows; no KS (categories have no order). Its
+``out_of_range`` is the share of such texts, and ``categories`` shows its window by text.
+
 and for the model's output, ``prediction`` (PSI, JS and the chi-square p-value of the predicted
 class shares, or of the binned predicted values for a regressor).
 
@@ -59,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.drift.layout import Layout
+from edge_agent.drift.layout import Layout, categorical_features
 from edge_agent.drift.stats import (
     EPSILON,
     MIN_EXPECTED,
@@ -79,6 +87,7 @@ from edge_agent.protocol.records import (
     AccuracyEstimate,
     AnomalyRate,
     Capture,
+    CategoryCounts,
     DriftLevels,
     DriftReport,
     PredictionDrift,
@@ -89,6 +98,7 @@ MISSING_REASONS = ("field-count", "non-numeric", "non-finite")  # line rejects t
 STAGE_ROWS = 256  # rows copied into a fixed buffer and counted together (not a row store)
 SCALES = (1, 2, 4)  # windows pooled in the tests made at each window's close
 FEATURE_TESTS = 3  # chi-square, KS, range: Bonferroni within a feature
+CATEGORY_TESTS = 2  # a categorical feature's: chi-square over its categories, unseen texts
 DEFAULT_WARN_EVERY = 100  # drift-free windows between false warnings, on average: 1%
 DEFAULT_ALERT_EVERY = 10_000  # and between false alerts: 0.01%
 
@@ -189,6 +199,8 @@ class DriftMonitor:
         self.levels = levels(warn_every, alert_every)
         self._layout = Layout.of(card, window)
         self._names = card.feature_names
+        self._categorical = categorical_features(card)
+        self._feature_tests = np.where(self._categorical, CATEGORY_TESTS, FEATURE_TESTS)
         self._pred_kind, self._pred_keys, self._pred_ref = _prediction_reference(card)
         self._pred_groups = merge_bins(self._pred_ref, MIN_EXPECTED / max(window, 1))
         self._ref_rows, self._ref_missing = _reference_rows(card)
@@ -398,7 +410,21 @@ class DriftMonitor:
                 now.rows, {n: tuple(b) for n, b in zip(names, effects["bins"], strict=True)}
             ),
             notes=self._notes,
+            categories=self._category_counts(effects["bins"]),
         )
+
+    def _category_counts(self, bins: list[list[int]]) -> dict[str, CategoryCounts]:
+        """Each categorical feature's window by its texts (its bins are its categories, the
+        last one the unknown texts)."""
+        cats = self.card.input.categories
+        return {
+            name: CategoryCounts(
+                {text: n for text, n in zip(cats[name], counts, strict=False) if n},
+                counts[-1],
+            )
+            for name, counts, categorical in zip(self._names, bins, self._categorical, strict=True)
+            if categorical
+        }
 
     def _measure(self, tally: _Tally) -> _Measures:
         """The window's measures, from its counts per slot (one cumulative sum)."""
@@ -472,7 +498,8 @@ class DriftMonitor:
             kj, mj = int(k[j]), int(m[j])
             tail = min(beyond_p(int(now.below[j]), kj, mj), beyond_p(int(now.above[j]), kj, mj))
             p_range[j] = min(1.0, 2 * tail)
-        feature = np.minimum(FEATURE_TESTS * np.minimum(np.minimum(p_chi, p_ks), p_range), 1.0)
+        tests = self._feature_tests
+        feature = np.minimum(tests * np.minimum(np.minimum(p_chi, p_ks), p_range), 1.0)
         feature[k == 0] = 1.0
         prediction = None
         if len(self._pred_ref) and now.preds.sum():
@@ -543,7 +570,8 @@ def _notes(card: ModelCard) -> tuple[str, ...]:
             f"the card's fixed drift thresholds ({fixed}) are not used: levels follow the "
             "window and reference sizes"
         )
-    if any(not f.ks for f in card.features):
+    categorical = categorical_features(card)
+    if any(not f.ks and not c for f, c in zip(card.features, categorical, strict=True)):
         notes.append("the card has no KS reference sample: KS is measured at its bin edges only")
     if card.task == "classification" and card.confidence is None:
         why = (

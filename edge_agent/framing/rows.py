@@ -1,4 +1,5 @@
-"""A row model: one sensor line is one item (edge_agent.sources.line_parser parses it)."""
+"""A row model: one sensor line is one item (edge_agent.sources.line_parser parses it; a
+categorical feature's text becomes its code, the card's categories say which)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ def widened(card: ModelCard, low: float, high: float) -> tuple[float, float]:
 
 class RowFramer:
     def __init__(self, card: ModelCard) -> None:
-        names, bounds = list(card.input.features), card_bounds(card)
-        self._parsers = {fmt: LineParser(names, fmt, bounds) for fmt in FORMATS}
+        names, bounds, cats = list(card.input.features), card_bounds(card), card.input.categories
+        self._parsers = {fmt: LineParser(names, fmt, bounds, categories=cats) for fmt in FORMATS}
 
     def frame(self, messages: list[tuple[str, bytes]], reject: OnReject) -> Framed | None:
         rows = []

@@ -15,6 +15,7 @@ Bucketing is defined here once (`bucket_counts`), and so is applying the calibra
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -100,13 +101,28 @@ class FeatureProfile:
         }
 
 
-def feature_profiles(x: np.ndarray, names: list[str], bins: int = 10) -> list[FeatureProfile]:
-    """The reference profile of a 2-D reference sample, one entry per column."""
+def category_edges(categories: Sequence[str]) -> list[float]:
+    """A categorical feature's bins: one per category code (0, 1, ...), the last one for the
+    unknown code len(categories): edges at i + 0.5."""
+    return [i + 0.5 for i in range(len(categories))]
+
+
+def feature_profiles(
+    x: np.ndarray,
+    names: list[str],
+    bins: int = 10,
+    categories: Mapping[str, Sequence[str]] | None = None,
+) -> list[FeatureProfile]:
+    """The reference profile of a 2-D reference sample, one entry per column. A categorical
+    feature (named in `categories`, its values category codes) is profiled over its
+    categories (`category_edges`), without a KS sample: drift tests it as categories."""
     profiles = []
+    categories = categories or {}
     for j, name in enumerate(names):
         col = x[:, j].astype(np.float64)
         finite = col[np.isfinite(col)]
-        edges = quantile_edges(col, bins)
+        cats = categories.get(name)
+        edges = category_edges(cats) if cats is not None else quantile_edges(col, bins)
         profiles.append(
             FeatureProfile(
                 name=name,
@@ -117,7 +133,7 @@ def feature_profiles(x: np.ndarray, names: list[str], bins: int = 10) -> list[Fe
                 missing_rate=float(1 - finite.size / max(1, col.size)),
                 min=float(finite.min()) if finite.size else 0.0,
                 max=float(finite.max()) if finite.size else 0.0,
-                ks=tuple(ks_reference(col)),
+                ks=tuple(ks_reference(col)) if cats is None else (),
             )
         )
     return profiles

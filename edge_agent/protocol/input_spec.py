@@ -32,7 +32,7 @@ Row cards keep card version 2 (what older agents read); a card of another kind i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +108,26 @@ class InputSpec:
                 "offset": i.offset,
             }
         return out
+
+
+def category_text(categories: Sequence[str], value: float | None) -> str | None:
+    """A categorical feature's value (its code) as people read it: the category's text; None
+    for the unknown code or anything else (a device keeps no text its card does not list)."""
+    if value is None or not math.isfinite(value) or value != int(value):
+        return None
+    return categories[int(value)] if 0 <= value < len(categories) else None
+
+
+def category_code(categories: Sequence[str], text: str) -> float:
+    """A text as the model takes it: its index among `categories`, the unknown code
+    len(categories) for another text, NaN (missing) for an empty one; spaces around ignored."""
+    text = text.strip()
+    if not text:
+        return math.nan
+    try:
+        return float(categories.index(text))
+    except ValueError:
+        return float(len(categories))
 
 
 def row_spec(features: list[str], categories: Mapping[str, list[str]] | None = None) -> InputSpec:

@@ -520,6 +520,26 @@ class WindowCounts:
 
 
 @dataclass(frozen=True)
+class CategoryCounts:
+    """A categorical feature's drift window by its texts: rows per category (those the window
+    saw), and rows whose text was none of the card's categories."""
+
+    counts: Mapping[str, int]
+    unknown: int = 0
+
+    def to_body(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "unknown": self.unknown}
+
+    @classmethod
+    def from_body(cls, body: object, where: str) -> CategoryCounts:
+        obj = _object(body, where)
+        return cls(
+            counts=_get(obj, "counts", where, _map(_whole), {}),
+            unknown=_get(obj, "unknown", where, _whole, 0),
+        )
+
+
+@dataclass(frozen=True)
 class Capture:
     """The latest inputs of an alerting window, when the device's profile allows it."""
 
@@ -558,7 +578,7 @@ class DriftReport:
     `worst_feature` and a `status` from fixed PSI bands (then `p`, `levels` and `scale` are
     None); before `moved` existed, `moved` is None (`features_moved` falls back on the worst
     feature of a window that was not ok); before window counts, `counts` is None. `anomaly`
-    is there for an anomaly model only."""
+    is there for an anomaly model only, `categories` for a model with categorical features."""
 
     KIND: ClassVar[str] = "drift"
 
@@ -585,6 +605,7 @@ class DriftReport:
     counts: WindowCounts | None = None
     notes: tuple[str, ...] = ()
     capture: Capture | None = None
+    categories: Mapping[str, CategoryCounts] = field(default_factory=dict)
 
     @property
     def features_moved(self) -> tuple[str, ...]:
@@ -625,6 +646,8 @@ class DriftReport:
             body["capture"] = self.capture.to_body()
         if self.anomaly is not None:
             body["anomaly"] = self.anomaly.to_body()
+        if self.categories:
+            body["categories"] = {k: v.to_body() for k, v in self.categories.items()}
         return body
 
     @classmethod
@@ -655,6 +678,7 @@ class DriftReport:
             notes=_get(obj, "notes", where, _texts, ()),
             capture=_maybe(obj, "capture", where, Capture.from_body),
             anomaly=_maybe(obj, "anomaly", where, AnomalyRate.from_body),
+            categories=_get(obj, "categories", where, _map(CategoryCounts.from_body), {}),
         )
 
 

@@ -8,11 +8,17 @@ Reason codes (the counter a rejected line is counted under):
 
 - ``garbage``: too long, empty, control bytes, not UTF-8, or (JSON) not a JSON object
 - ``field-count``: wrong number of CSV fields, or JSON keys missing, extra or repeated
-- ``non-numeric``: a field that is not a plain decimal number
+- ``non-numeric``: a field that is not a plain decimal number (a categorical field: one that
+  is empty, or in JSON not a string)
 - ``non-finite``: NaN or infinity (also a decimal too large to be represented as a float)
 - ``out-of-range``: outside the per-feature bounds, or outside the float32 range
 
 Fields are numbered from 1 in error details ("field 3 'ash'").
+
+A categorical feature (``categories``: its texts, edge_agent.protocol.input_spec) takes one of
+its texts, surrounding spaces ignored, and gives the text's index; a text not among them gives
+the unknown index, ``len(texts)``: a value the model was not trained on, which drift counts, not
+a broken line. Only a parser with categories takes that (slower, per field) path.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import json
 import math
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from operator import le as _le
 from typing import Any
 
@@ -63,6 +69,8 @@ def _json_kind(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return f"string {_show(value)}"
+    if isinstance(value, int | float):
+        return f"number {value!r:.40}"
     if isinstance(value, list):
         return "array"
     return "object"
@@ -86,6 +94,7 @@ class LineParser:
         fmt: str = "csv",
         bounds: list[tuple[float, float]] | None = None,
         max_line_bytes: int = 4096,
+        categories: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self._names = _check_names(feature_names)
         if fmt not in FORMATS:
@@ -101,6 +110,11 @@ class LineParser:
         self._fmt = fmt
         self._max = max_line_bytes
         self._lo, self._hi = _check_bounds(bounds, self._names)
+        # per field: {text: code, ...} for a categorical one, None for a number
+        self._codes = _check_categories(categories, self._names)
+        for i, codes in enumerate(self._codes or []):
+            if codes is not None:  # its codes are 0 .. len(texts), the last one unknown
+                self._lo[i], self._hi[i] = 0.0, float(len(codes))
         self._index = {name: i for i, name in enumerate(self._names)}
         self._decoder = json.JSONDecoder(object_pairs_hook=_Pairs)
         self._csv = fmt == "csv"
@@ -139,12 +153,15 @@ class LineParser:
             fields = line.split(b",")
             if len(fields) != self._n:
                 raise self._field_count(line, fields)
-            if suspect and b"_" in line:  # float() accepts "1_000"; a sensor line should not
+            if self._codes is not None:
+                values = self._mixed_csv(fields)
+            elif suspect and b"_" in line:  # float() accepts "1_000"; a sensor line should not
                 raise self._non_numeric(fields)
-            try:
-                values = list(map(float, fields))
-            except ValueError:
-                raise self._non_numeric(fields) from None
+            else:
+                try:
+                    values = list(map(float, fields))
+                except ValueError:
+                    raise self._non_numeric(fields) from None
         else:
             values = self._json_values(line.decode("utf-8"))
         # C-level comparisons; NaN fails every comparison so it lands in the slow path too.
@@ -185,6 +202,33 @@ class LineParser:
             f" got {len(fields)} in {_show(line)}",
         )
 
+    def _mixed_csv(self, fields: list[bytes]) -> list[float]:
+        """The values of a line with categorical fields (a card with categories only)."""
+        assert self._codes is not None
+        values = []
+        for i, (field, codes) in enumerate(zip(fields, self._codes, strict=True)):
+            if codes is not None:
+                values.append(self._code(i, codes, field.strip().decode("utf-8")))
+                continue
+            try:
+                if b"_" in field:
+                    raise ValueError
+                values.append(float(field))
+            except ValueError:
+                raise SensorLineError(
+                    "non-numeric",
+                    f"{self._where(i)}: expected a number, got {_show(field.strip())}",
+                ) from None
+        return values
+
+    def _code(self, i: int, codes: dict[str, float], text: str) -> float:
+        """A categorical field's code: its text's index, or the unknown one (len(texts))."""
+        if not text:
+            raise SensorLineError(
+                "non-numeric", f"{self._where(i)}: expected a category text, got an empty field"
+            )
+        return codes.get(text, self._hi[i])
+
     def _non_numeric(self, fields: list[bytes]) -> SensorLineError:
         for i, field in enumerate(fields):
             try:
@@ -220,12 +264,30 @@ class LineParser:
             raw_values = [fields[name] for name in self._names]
         except KeyError:
             raise self._key_error(obj, fields) from None
+        if self._codes is not None:
+            raw_values = self._json_codes(raw_values)
         if not _NUMBER_TYPES.issuperset(map(type, raw_values)):  # bool, str, None, list, dict
             raise self._json_non_number(raw_values)
         try:
             return list(map(float, raw_values))
         except OverflowError:  # an integer too large for a float
             raise self._json_non_number(raw_values) from None
+
+    def _json_codes(self, raw_values: list[Any]) -> list[Any]:
+        """`raw_values` with each categorical field's text turned into its code."""
+        assert self._codes is not None
+        out = list(raw_values)
+        for i, codes in enumerate(self._codes):
+            if codes is None:
+                continue
+            value = raw_values[i]
+            if type(value) is not str:
+                raise SensorLineError(
+                    "non-numeric",
+                    f"{self._where(i)}: expected a category text, got {_json_kind(value)}",
+                )
+            out[i] = self._code(i, codes, value.strip())
+        return out
 
     def _json_non_number(self, raw_values: list[Any]) -> SensorLineError:
         for i, value in enumerate(raw_values):
@@ -303,6 +365,27 @@ def _check_names(feature_names: Sequence[str]) -> list[str]:
             f"line parser: 'feature_names' expected unique names, found {dup!r} twice"
         )
     return names
+
+
+def _check_categories(
+    categories: Mapping[str, Sequence[str]] | None, names: list[str]
+) -> list[dict[str, float] | None] | None:
+    """Per field, {text: code} for a categorical feature and None for a number; None when no
+    feature is categorical (the fast path)."""
+    if not categories:
+        return None
+    unknown = sorted(set(categories) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"line parser: 'categories' names {unknown[0]!r}, which is not a feature;"
+            f" features are {names}"
+        )
+    return [
+        {str(text): float(k) for k, text in enumerate(categories[name])}
+        if name in categories
+        else None
+        for name in names
+    ]
 
 
 def _check_bounds(

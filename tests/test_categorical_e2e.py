@@ -1,0 +1,185 @@
+"""A mixed categorical pipeline on the real stack: wine's numbers and a text column (the cellar),
+a ColumnTransformer (StandardScaler, OneHotEncoder) and a LogisticRegression trained on a
+DataFrame, converted from a CSV as `edgehub model convert` reads it, signed and rolled out by a
+real hub to a whole agent over a private mosquitto. The agent reads sensor lines that carry the
+cellar as text, CSV and JSON; what it predicts is compared, row by row, with scikit-learn's own
+predictions on the same rows as a DataFrame of texts, computed here. Its drift reports reach the
+hub: calm while the cellars come in their usual shares, alerting when texts the card does not
+list arrive, and naming the cellars by their texts. The raw rows it samples come back in the
+hub's data set with their texts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pandas as pd
+import pytest
+
+from cloud_hub.broker.local import RunningBroker
+from cloud_hub.cli import app as hub_cli
+from cloud_hub.hub import Hub
+from cloud_hub.rollout.operations import publish_bundle, start_rollout
+from cloud_hub.store.database import typed
+from converters.inputs import load_table
+from converters.pipeline import build_bundle
+from edge_agent.agent import Agent
+from edge_agent.protocol.input_spec import row_spec
+from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.records import DriftReport
+from tests.support.categorical import CELLARS, NUMBERS, TEXT, csv_lines, mixed_pipeline, wine_table
+from tests.support.device_rig import enrolled, hub_and_agent
+from tests.support.watch import WAIT_S, DeviceWatcher, close, subscriber
+
+pytestmark = pytest.mark.broker
+DEVICE = "pi-cellar"
+MODEL = ModelRef("wine-cellar", 1)
+DRIFT_WINDOW = 20
+CALM_WINDOWS = 2
+
+
+class Results:
+    """The results the agent publishes for local actuators, as a subscriber receives them."""
+
+    def __init__(self, broker: RunningBroker) -> None:
+        self.received: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+        topic = f"edgefleet/local/{DEVICE}/results"
+        self.client = subscriber(broker, [topic], self._message)
+
+    def _message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._changed:
+            self.received.append(json.loads(msg.payload))
+            self._changed.notify_all()
+
+    def wait_for(self, n: int) -> list[dict[str, Any]]:
+        with self._changed:
+            ok = self._changed.wait_for(lambda: len(self.received) >= n, WAIT_S)
+            assert ok, f"{len(self.received)} of {n} results published"
+            return list(self.received)
+
+
+@dataclass
+class Rig:
+    home: Path
+    hub: Hub
+    agent: Agent
+    results: Results
+    pipeline: Any
+    fed: pd.DataFrame  # rows neither trained on nor in the card's reference
+
+    def wait(self, what: str, check: Any) -> None:
+        with self.hub.handled:
+            assert self.hub.handled.wait_for(check, WAIT_S), f"timed out waiting for {what}"
+
+    def drift(self) -> list[DriftReport]:
+        return [r for _, r in typed(self.hub.store.records("drift", DEVICE), DriftReport)]
+
+    def cli(self, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+        capsys.readouterr()
+        code = hub_cli.main(["--home", str(self.home), *argv])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return out
+
+
+@pytest.fixture
+def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[Rig]:
+    table, y = wine_table()
+    order = np.random.default_rng(0).permutation(len(table))
+    train, reference, fed = np.array_split(order, 3)
+    pipeline = mixed_pipeline().fit(table.iloc[train], y[train])
+    # the reference rows as the engineer hands them over: a CSV with the cellar as text
+    sample = tmp_path / "reference.csv"
+    table.iloc[reference].assign(label=y[reference]).to_csv(sample, index=False)
+    x, labels, names, categories, _ = load_table(sample, "label")
+    assert names is not None and categories == {TEXT: CELLARS}
+    bundle = tmp_path / "wine-cellar-1.zip"
+    build_bundle(
+        pipeline,
+        x,
+        labels,
+        name=MODEL.name,
+        version=MODEL.version,
+        out=bundle,
+        feature_names=names,
+        input_spec=row_spec(names, categories),
+    )
+    more = (
+        "[telemetry]\nstatus_interval_s = 0.2\ninterval_s = 0.3\nraw_sample_rate = 1.0\n"
+        f"[drift]\nwindow = {DRIFT_WINDOW}\n"
+        f'[results]\nenabled = true\nhost = "{broker.host}"\nport = {broker.port}\n'
+    )
+    home, config = enrolled(tmp_path, broker, DEVICE, more)
+    watcher = DeviceWatcher(broker)
+    results = Results(broker)
+    with hub_and_agent(home, broker, config) as (hub, agent):
+        watcher.wait("the agent's birth", lambda: watcher.status.get("online") is True)
+        publish_bundle(home, bundle)
+        start_rollout(home, MODEL, "1")
+        watcher.wait(f"{MODEL} healthy", lambda: watcher.has_event("healthy", MODEL.version))
+        assert agent.results is not None and agent.results.wait_connected(WAIT_S)
+        yield Rig(home, hub, agent, results, pipeline, table.iloc[fed])
+    close(results.client)
+    watcher.stop()
+
+
+def json_line(row: pd.Series) -> bytes:
+    return json.dumps({**{n: float(row[n]) for n in NUMBERS}, TEXT: str(row[TEXT])}).encode()
+
+
+def test_a_device_serves_a_pipeline_on_text_columns_and_watches_its_categories(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calm = rig.fed.iloc[: CALM_WINDOWS * DRIFT_WINDOW]
+    strange = rig.fed.iloc[:DRIFT_WINDOW].assign(**{TEXT: "cave"})  # a cellar the card lacks
+    rows = pd.concat([calm, strange])
+    lines = csv_lines(calm) + [json_line(row) for _, row in strange.iterrows()]
+    for line, fmt in zip(lines, ["csv"] * len(calm) + ["json"] * len(strange), strict=True):
+        rig.agent.lines.put((fmt, line))
+    expected = rig.pipeline.predict(rows)  # scikit-learn on the texts, computed here
+
+    # 1. every line served, predicted as scikit-learn predicts the same rows
+    results = rig.results.wait_for(len(rows))
+    assert len(results) == len(rows)
+    assert rig.agent.pipeline.stats.rejected == {}
+    assert [r["prediction"] for r in results] == expected.tolist()
+
+    # 2. drift: calm windows stay ok, the window of unknown texts alerts, by text
+    windows = CALM_WINDOWS + 1
+    rig.wait("every drift report at the hub", lambda: len(rig.drift()) >= windows)
+    reports = rig.drift()
+    assert [r.status for r in reports[:CALM_WINDOWS]] == ["ok"] * CALM_WINDOWS
+    assert reports[-1].status == "alert" and TEXT in (reports[-1].moved or ())
+    for i, report in enumerate(reports[:CALM_WINDOWS]):
+        part = calm.iloc[i * DRIFT_WINDOW : (i + 1) * DRIFT_WINDOW]
+        assert report.categories[TEXT].counts == part[TEXT].value_counts().to_dict()
+        assert report.categories[TEXT].unknown == 0
+    assert reports[-1].categories[TEXT].unknown == DRIFT_WINDOW
+    assert reports[-1].out_of_range[TEXT] == 1.0
+    (row,) = json.loads(rig.cli(capsys, "drift", "--json"))
+    assert (row["model"], row["device"]) == (MODEL.name, DEVICE)
+
+    # 3. the rows it sampled come back in the hub's data set with their texts
+    rig.wait(
+        "every sampled row at the hub",
+        lambda: len(list(rig.hub.store.records("telemetry", DEVICE))) >= len(rows),
+    )
+    folder = rig.home.parent / "data"
+    exported = json.loads(
+        rig.cli(capsys, "data", "export", str(MODEL), "--out", str(folder), "--json")
+    )
+    assert exported["categories"] == {TEXT: CELLARS}
+    with (folder / "samples.csv").open(newline="") as fh:
+        sampled = list(csv.DictReader(fh))
+    assert len(sampled) == len(rows)
+    # a known cellar by its text; a text the card does not list is an empty cell
+    want = sorted([*calm[TEXT].tolist(), *[""] * len(strange)])
+    assert sorted(s[TEXT] for s in sampled) == want
