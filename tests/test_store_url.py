@@ -62,3 +62,21 @@ def test_a_store_url_that_cannot_be_used_is_one_line(
     assert "Traceback" not in err and "s3cret" not in err
     for needle in needles:
         assert needle in err, err
+
+
+def test_device_text_postgresql_refuses_is_stored_cleaned_not_refused_forever() -> None:
+    """A NUL character, half a surrogate pair or an overlong version: SQLite took them,
+    PostgreSQL refuses them, and a status the hub cannot store the device sends again and
+    again. The registry keeps them cleaned and cut; plain `postgresql://` reaches psycopg."""
+    from edge_agent.protocol.messages import Status
+
+    with fresh_database() as url:
+        plain = url.replace("postgresql+psycopg://", "postgresql://")
+        store = Store(plain)
+        store.set_status(
+            Status("pi-01", True, 1, agent_version="1.0\x00-" + "x" * 80, profile="rpi4\ud800")
+        )
+        (row,) = [d for d in store.devices() if d["id"] == "pi-01"]
+        assert row["agent_version"] == "1.0-" + "x" * 28  # 32 characters, the NUL gone
+        assert row["profile"] == "rpi4?"
+        store.engine.dispose()

@@ -52,6 +52,7 @@ from cloud_hub.quality.labels import (
     JoinedLabel,
     label_value,
 )
+from cloud_hub.store.types import WIDE
 from edge_agent.errors import MessageError
 from edge_agent.protocol.ids import PredictionId, parse_prediction_id
 from edge_agent.protocol.messages import ModelRef
@@ -75,8 +76,8 @@ def define_tables(metadata: MetaData, devices: Table, records: Table) -> LabelTa
     spans = Table(
         "prediction_spans",
         metadata,
-        Column("id", Integer, primary_key=True, autoincrement=True),
-        Column("record", Integer, nullable=False),  # records.id
+        Column("id", WIDE, primary_key=True, autoincrement=True),
+        Column("record", WIDE, nullable=False),  # records.id
         Column("device", String(64), nullable=False),
         Column("boot", BigInteger, nullable=False),
         Column("first_row", BigInteger, nullable=False),

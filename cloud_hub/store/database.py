@@ -45,6 +45,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.drift.fleet import pooled_accuracy, pooled_anomalies
@@ -52,6 +53,7 @@ from cloud_hub.quality.labels import FROM_DEVICE, LABEL_GRACE_S, JoinedLabel
 from cloud_hub.quality.ledger import LabelLedger, define_tables, span_of
 from cloud_hub.store import migrations
 from cloud_hub.store.errors import raise_store_errors, store_error
+from cloud_hub.store.types import WIDE, fit_text
 from edge_agent.errors import MessageError, TransportError
 from edge_agent.protocol.messages import Batch, ModelRef, Status
 from edge_agent.protocol.records import (
@@ -65,6 +67,7 @@ from edge_agent.protocol.records import (
 )
 
 log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S = 10  # a PostgreSQL server that does not answer: said after this, not never
 B = TypeVar("B", bound=Body)
 
 Ingest = Status | tuple[str, Batch]  # what the hub stores of one device message
@@ -76,11 +79,11 @@ devices = Table(
     metadata,
     Column("id", String(64), primary_key=True),
     Column("online", Boolean, nullable=False, default=False),
-    Column("boot", Integer, nullable=False, default=0),
+    Column("boot", WIDE, nullable=False, default=0),
     Column("agent_version", String(32), nullable=False, default=""),
     Column("profile", String(64), nullable=False, default=""),
     Column("model", String(64)),
-    Column("version", Integer),
+    Column("version", WIDE),
     Column("last_seen", Float, nullable=False, default=0.0),
     Column("stats", JSON, nullable=False, default=dict),
     Column("public_key", String(64)),  # X25519, base64, from enrollment; for encrypted transfers
@@ -93,11 +96,11 @@ devices = Table(
 records = Table(
     "records",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", WIDE, primary_key=True, autoincrement=True),
     Column("kind", String(16), nullable=False),
     Column("device", String(64), nullable=False, index=True),
-    Column("boot", Integer, nullable=False),
-    Column("seq", Integer, nullable=False),
+    Column("boot", WIDE, nullable=False),
+    Column("seq", WIDE, nullable=False),
     Column("ts", Float, nullable=False),
     Column("received", Float, nullable=False),
     Column("rollout", String(64), index=True),
@@ -130,7 +133,7 @@ experiments = Table(  # two models compared across the fleet (cloud_hub.experime
 outbox = Table(  # commands the CLI queued for the running hub to send
     "outbox",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", WIDE, primary_key=True, autoincrement=True),
     Column("device", String(64), nullable=False),
     Column("body", JSON, nullable=False),
     Column("created", Float, nullable=False),
@@ -142,7 +145,7 @@ refusals = Table(  # what the hub refused of each device (cloud_hub.ingest_limit
     metadata,
     Column("device", String(64), primary_key=True),
     Column("reason", String(16), primary_key=True),
-    Column("count", Integer, nullable=False, default=0),
+    Column("count", WIDE, nullable=False, default=0),
     Column("last", Float, nullable=False, default=0.0),
 )
 
@@ -264,8 +267,14 @@ def typed(rows: Iterable[StoredRecord], of: type[B]) -> list[tuple[StoredRecord,
 
 class Store:
     def __init__(self, url: str) -> None:
+        options: dict[str, Any] = {}
         try:
-            self.engine: Engine = create_engine(url)
+            parsed = make_url(url)
+            if parsed.drivername in ("postgresql", "postgres"):  # psycopg2 to SQLAlchemy
+                parsed = parsed.set(drivername="postgresql+psycopg")  # the postgres extra's
+            if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+                options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+            self.engine: Engine = create_engine(parsed, **options)
         except (SQLAlchemyError, ImportError) as exc:  # a URL it cannot use, or no driver
             raise store_error(url, exc) from exc
         raise_store_errors(self.engine)
@@ -317,7 +326,7 @@ class Store:
                 "seq": r.seq,
                 "ts": r.ts,
                 "received": now,
-                "rollout": r.body.get("rollout") if kind == "events" else None,
+                "rollout": _rollout_of(kind, r.body),
                 "body": r.body,
             }
             for r in batch.records
@@ -353,8 +362,8 @@ class Store:
         if status.online:
             values.update(
                 boot=status.boot,
-                agent_version=status.agent_version,
-                profile=status.profile,
+                agent_version=_fit(devices.c.agent_version, status.agent_version),
+                profile=_fit(devices.c.profile, status.profile),
                 model=status.model.name if status.model else None,
                 version=status.model.version if status.model else None,
                 stats=status.stats,
@@ -642,9 +651,9 @@ class Store:
     # ---- refusals -----------------------------------------------------------------------
     def add_refusals(self, refused: dict[str, Counter[str]], now: float) -> None:
         """Add these counts (device -> reason -> n) to what was refused before."""
-        with self.engine.begin() as conn:
-            for device, reasons in refused.items():
-                for reason, n in reasons.items():
+        with self.engine.begin() as conn:  # rows in one order: concurrent hubs never deadlock
+            for device, reasons in sorted(refused.items()):
+                for reason, n in sorted(reasons.items()):
                     key = {"device": device, "reason": reason}
                     conn.execute(self._insert_once(refusals), [key])
                     conn.execute(
@@ -706,6 +715,20 @@ class Store:
         q = select(records.c.kind, func.count()).group_by(records.c.kind)
         with self.engine.connect() as conn:
             return {str(kind): int(n) for kind, n in conn.execute(q).all()}
+
+
+def _fit(column: Column[Any], value: str) -> str:
+    """Device text as `column` holds it on every engine (cloud_hub.store.types.fit_text)."""
+    length = getattr(column.type, "length", None)
+    assert length is not None, f"{column}: not a String(n) column"
+    return fit_text(value, length)
+
+
+def _rollout_of(kind: str, body: Mapping[str, Any]) -> str | None:
+    """The rollout an event names, for the column that finds a rollout's events (its body keeps
+    what the device sent)."""
+    rollout = body.get("rollout") if kind == "events" else None
+    return _fit(records.c.rollout, rollout) if isinstance(rollout, str) else None
 
 
 def _stored(row: Any) -> StoredRecord:
