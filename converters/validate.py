@@ -241,12 +241,14 @@ def outputs_problem(report: dict[str, Any], stage: str) -> str | None:
             "the converted model does not compute what the source does",
         ),
         "quantization": (
-            f"the {report.get('quantize', '')}-quantized model",
+            f"the {report.get('quantize', 'none')}-quantized model",
             "the unquantized conversion's",
             "try --quantize none, or a calibration sample closer to the device's data",
         ),
     }[stage]
     unit = "in probability" if report["task"] == "classification" else "of spread"
+    mode = report.get("quantize", "none")
+    allowed = "(float32 rounding)" if stage == "conversion" else f"for quantize={mode}"
     largest = "-" if s["largest"] is None else f"{s['largest']:.4g}"
     changed = s.get("labels_changed", 0)
     labels = f", {changed} label(s) changed" if changed else ""
@@ -254,8 +256,8 @@ def outputs_problem(report: dict[str, Any], stage: str) -> str | None:
     more = ", ..." if s["beyond"] > len(s.get("first_rows_beyond", [])) else ""
     return (
         f"{what}'s outputs differ from {against} on {s['beyond']} of {s['rows']} rows "
-        f"(largest {largest} {unit}{labels}, tolerance {s['tolerance']:g} for "
-        f"quantize={report.get('quantize', 'none')}, expected at most "
+        f"(largest {largest} {unit}{labels}, tolerance {s['tolerance']:g} {allowed}, "
+        f"expected at most "
         f"{s['allowed_share']:.0%} of rows beyond it; sample rows {rows}{more}, counted "
         f"from 0): {why}"
     )
