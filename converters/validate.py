@@ -122,7 +122,7 @@ def _outputs(
         fp32_pred, fp32_scores = fp32.predict(x), fp32.scores(x) if probabilities else None
     else:
         fp32_pred, fp32_scores = pred, scores
-    spread = value_spread(ref)
+    spread = 1.0 if task == "classification" else value_spread(ref)  # labels: unused
 
     def at_float32_edges(rows: np.ndarray) -> np.ndarray:
         """How far `rows` of the conversion are from the source's answers on them moved one
