@@ -217,16 +217,25 @@ def output_moves(
 ) -> np.ndarray:
     """Per row, how far `got` is from the reference `ref`: for values, the distance over
     `spread` (default `value_spread(ref)`); for a classifier, the largest change of a class
-    probability (where both give them; else 0), and infinity where the label changed."""
+    probability (where both give them; else 0), and infinity where the label changed. NaN on
+    both sides is no move; NaN on one side is infinitely far."""
     if task == "classification":
         moved = np.zeros(len(ref))
         if ref_scores is not None and scores is not None and scores.shape == ref_scores.shape:
-            moved = np.max(np.abs(scores.astype(np.float64) - ref_scores), axis=1)
+            moved = np.max(_distance(ref_scores, scores), axis=1)
         same = np.asarray(got).astype(np.asarray(ref).dtype) == np.asarray(ref)
         return np.where(same, moved, np.inf)
     want = np.asarray(ref, np.float64).ravel()
     have = np.asarray(got, np.float64).ravel()
-    return np.abs(have - want) / (value_spread(want) if spread is None else spread)
+    return _distance(want, have) / (value_spread(want) if spread is None else spread)
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| elementwise: 0 where both are NaN, infinity where one is."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(a - b)
+    return np.where(np.isnan(a) & np.isnan(b), 0.0, np.nan_to_num(diff, nan=np.inf))
 
 
 def outputs_problem(report: dict[str, Any], stage: str) -> str | None:

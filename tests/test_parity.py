@@ -316,6 +316,19 @@ def test_a_changed_label_is_beyond_any_tolerance_and_counted() -> None:
     assert "sample rows 3, 9, 20, counted from 0" in refused
 
 
+def test_nan_on_both_sides_agrees_and_on_one_side_is_beyond() -> None:
+    ref = np.array([1.0, np.nan, 3.0, 4.0])
+    moved = output_moves("regression", ref, np.array([1.0, np.nan, np.nan, 4.0]))
+    assert moved[:2].tolist() == [0.0, 0.0] and moved[2] == np.inf
+    p = np.array([[0.5, 0.5], [np.nan, np.nan]])
+    labels = np.array([0, 0])
+    assert output_moves("classification", labels, labels, p, p).tolist() == [0.0, 0.0]
+    q = np.array([[np.nan, np.nan], [np.nan, np.nan]])
+    assert output_moves("classification", labels, labels, p, q).tolist() == [np.inf, 0.0]
+    stage = compare_outputs("regression", moved, 0.001, 0.0)
+    assert stage["beyond"] == 1 and stage["largest"] == 0.0  # the largest measurable move
+
+
 def test_rows_are_named_by_their_place_in_the_sample() -> None:
     moved = np.array([0.0, 0.5, 0.0, 0.7])
     stage = compare_outputs("regression", moved, 0.1, 0.0, row_ids=np.array([12, 40, 3, 8]))

@@ -46,7 +46,28 @@ def report_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         if f"{key}_before" in report
     ]
     rows += [(label, "", fmt(report[key])) for key, label in _SINGLE if key in report]
+    rows += [
+        (label, "", stage_text(report[key], report.get("task")))
+        for key, label in _STAGES
+        if isinstance(report.get(key), dict)
+    ]
     return rows
+
+
+_STAGES = (
+    ("conversion", "outputs: unquantized vs source"),
+    ("quantization", "outputs: shipped vs unquantized"),
+)
+
+
+def stage_text(stage: dict[str, Any], task: Any) -> str:
+    """A row-by-row comparison of the outputs, e.g. "0 of 111 rows beyond 0.001 of spread
+    (largest 2.1e-07)"."""
+    unit = "in probability" if task == "classification" else "of spread"
+    text = f"{stage.get('beyond')} of {stage.get('rows')} rows beyond {fmt(stage.get('tolerance'))}"
+    text += f" {unit} (largest {fmt(stage.get('largest'))})"
+    edges = stage.get("edge_rows")
+    return text + (f", {edges} on a float32 split" if edges else "")
 
 
 def verdict(report: dict[str, Any]) -> str:
