@@ -92,6 +92,11 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
             f"-o {args.output}: expected a bundle file path "
             f"(e.g. {Path(args.output) / 'model.zip'}), got a directory"
         )
+    blocked = next((p for p in Path(args.output).parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:  # said now, not after the conversion
+        raise ConfigError(
+            f"-o {args.output}: expected a bundle file path in a folder, but {blocked} is a file"
+        )
     spec = None
     if args.image is not None:
         spec = image_spec(args.image, args.scale, args.offset, args.resize)
