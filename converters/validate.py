@@ -194,8 +194,10 @@ def compare_outputs(
         "edge_rows": edge_rows,
         "first_rows_beyond": [int(i) for i in ids[:MAX_ROWS_NAMED]],
     }
-    if task == "classification":
-        stage["labels_changed"] = int(np.sum(np.isinf(moved)))
+    # the rows no distance measures: a changed label, or a value NaN on one side only
+    stage["labels_changed" if task == "classification" else "nan_one_side"] = int(
+        np.sum(np.isinf(moved))
+    )
     return stage
 
 
@@ -259,16 +261,16 @@ def outputs_problem(report: dict[str, Any], stage: str) -> str | None:
     mode = report.get("quantize", "none")
     allowed = "(float32 rounding)" if stage == "conversion" else f"for quantize={mode}"
     largest = "-" if s["largest"] is None else f"{s['largest']:.4g}"
-    changed = s.get("labels_changed", 0)
+    changed, nan = s.get("labels_changed", 0), s.get("nan_one_side", 0)
     labels = f", {changed} label(s) changed" if changed else ""
+    labels += f", {nan} NaN where the other side has a value" if nan else ""
     rows = ", ".join(map(str, s.get("first_rows_beyond", [])))
     more = ", ..." if s["beyond"] > len(s.get("first_rows_beyond", [])) else ""
     return (
         f"{what}'s outputs differ from {against} on {s['beyond']} of {s['rows']} rows "
         f"(largest {largest} {unit}{labels}, tolerance {s['tolerance']:g} {allowed}, "
-        f"expected at most "
-        f"{s['allowed_share']:.0%} of rows beyond it; sample rows {rows}{more}, counted "
-        f"from 0): {why}"
+        f"expected at most {s['allowed_share']:.0%} of rows beyond it; sample rows "
+        f"{rows}{more}, counted from 0): {why}"
     )
 
 

@@ -327,6 +327,11 @@ def test_nan_on_both_sides_agrees_and_on_one_side_is_beyond() -> None:
     assert output_moves("classification", labels, labels, p, q).tolist() == [np.inf, 0.0]
     stage = compare_outputs("regression", moved, 0.001, 0.0)
     assert stage["beyond"] == 1 and stage["largest"] == 0.0  # the largest measurable move
+    assert stage["nan_one_side"] == 1
+    refused = outputs_problem(
+        {"task": "regression", "quantize": "none", "conversion": stage}, "conversion"
+    )
+    assert refused is not None and "1 NaN where the other side has a value" in refused
 
 
 def test_rows_are_named_by_their_place_in_the_sample() -> None:
