@@ -153,6 +153,7 @@ def _outputs(
             MAX_BEYOND["conversion"],
             again=at_float32_edges,
             row_ids=row_ids,
+            spread=None if task == "classification" else spread,
         ),
         "quantization": compare_outputs(
             task,
@@ -160,6 +161,7 @@ def _outputs(
             QUANTIZE_TOLERANCE[artifact.quantize],
             MAX_BEYOND["quantization"],
             row_ids=row_ids,
+            spread=None if task == "classification" else spread,
         ),
     }
 
@@ -171,11 +173,13 @@ def compare_outputs(
     allowed_share: float,
     again: Callable[[np.ndarray], np.ndarray] | None = None,
     row_ids: np.ndarray | None = None,
+    spread: float | None = None,
 ) -> dict[str, Any]:
     """A stage of the report from its rows' moves (`output_moves`): how many are beyond
     `tolerance`, the largest, and the first few beyond, named by `row_ids` (their places in the
     sample; else their positions). `again` measures rows beyond once more (the source's float32
-    edges); those within tolerance then count as "edge_rows", not beyond."""
+    edges); those within tolerance then count as "edge_rows", not beyond. `spread`: what a
+    value's move was divided by, kept so the report can say it in the output's own units."""
     moved = np.asarray(moved, np.float64).copy()
     beyond = np.flatnonzero(~(moved <= tolerance))
     edge_rows = 0
@@ -194,6 +198,8 @@ def compare_outputs(
         "edge_rows": edge_rows,
         "first_rows_beyond": [int(i) for i in ids[:MAX_ROWS_NAMED]],
     }
+    if spread is not None:
+        stage["spread"] = spread
     # the rows no distance measures: a changed label, or a value NaN on one side only
     stage["labels_changed" if task == "classification" else "nan_one_side"] = int(
         np.sum(np.isinf(moved))
@@ -261,6 +267,8 @@ def outputs_problem(report: dict[str, Any], stage: str) -> str | None:
     mode = report.get("quantize", "none")
     allowed = "(float32 rounding)" if stage == "conversion" else f"for quantize={mode}"
     largest = "-" if s["largest"] is None else f"{s['largest']:.4g}"
+    if s["largest"] is not None and s.get("spread"):  # and in the output's own units
+        unit += f" {s['spread']:.4g}, i.e. {s['largest'] * s['spread']:.4g}"
     changed, nan = s.get("labels_changed", 0), s.get("nan_one_side", 0)
     labels = f", {changed} label(s) changed" if changed else ""
     labels += f", {nan} NaN where the other side has a value" if nan else ""
