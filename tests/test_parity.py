@@ -365,3 +365,21 @@ def test_int8_that_grows_a_small_mlp_says_so(tmp_path: Path) -> None:
     assert report["size_bytes_after"] > report["size_bytes_before"]
     assert "int8 made the model larger" in report["note"]
     assert "--quantize none" in report["note"]
+
+
+def test_the_cli_table_shows_each_stage() -> None:
+    from cloud_hub.rollout.model_report import report_rows
+
+    moved = np.array([0.0, 0.02, np.inf, 0.0])
+    report = {
+        "task": "classification",
+        "conversion": compare_outputs("classification", np.zeros(4), 1e-3, 0.01),
+        "quantization": compare_outputs("classification", moved, 0.1, 0.05),
+    }
+    rows = {check: after for check, _, after in report_rows(report)}
+    assert rows["outputs: unquantized vs source"] == (
+        "0 of 4 rows beyond 0.001 in probability (largest 0)"
+    )
+    assert rows["outputs: shipped vs unquantized"] == (
+        "1 of 4 rows beyond 0.1 in probability (largest 0.02), 1 label(s) changed"
+    )

@@ -61,13 +61,19 @@ _STAGES = (
 
 
 def stage_text(stage: dict[str, Any], task: Any) -> str:
-    """A row-by-row comparison of the outputs, e.g. "0 of 111 rows beyond 0.001 of spread
-    (largest 2.1e-07)"."""
+    """A row-by-row comparison of the outputs, e.g. "1 of 142 rows beyond 0.1 in probability
+    (largest 0.038), 1 label(s) changed"."""
     unit = "in probability" if task == "classification" else "of spread"
     text = f"{stage.get('beyond')} of {stage.get('rows')} rows beyond {fmt(stage.get('tolerance'))}"
     text += f" {unit} (largest {fmt(stage.get('largest'))})"
-    edges = stage.get("edge_rows")
-    return text + (f", {edges} on a float32 split" if edges else "")
+    for key, what in (
+        ("labels_changed", "label(s) changed"),
+        ("nan_one_side", "NaN on one side"),
+        ("edge_rows", "on a float32 split"),
+    ):
+        if stage.get(key):
+            text += f", {stage[key]} {what}"
+    return text
 
 
 def verdict(report: dict[str, Any]) -> str:
