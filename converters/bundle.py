@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.errors import BadDataError
-from edge_agent.system.fsutil import atomic_write
+from edge_agent.system.fsutil import atomic_write, storage_error
 
 CARD_MEMBER = "card.json"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -51,11 +51,14 @@ def bundle_bytes(card: dict[str, Any], model_bytes: bytes) -> bytes:
 
 def write_bundle(path: Path | str, card: dict[str, Any], model_bytes: bytes) -> None:
     """Write the bundle to `path` (creating its folder), replacing any file there only once the
-    new one is complete and on disk."""
+    new one is complete and on disk; StorageError (with the system's reason) if it cannot."""
     data = bundle_bytes(card, model_bytes)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, data, mode=_MEMBER_MODE)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, data, mode=_MEMBER_MODE)
+    except OSError as exc:  # a folder we may not write, a full disk, a file in the way
+        raise storage_error(exc, path) from exc
 
 
 def _member(name: str, compress_type: int) -> zipfile.ZipInfo:

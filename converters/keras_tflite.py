@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from converters.source import QUANTIZE_MODES, TASKS, Artifact
+from converters.source import QUANTIZE_MODES, TASKS, Artifact, growth_note
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError
 from edge_agent.inference.tflite import VALUE_TASKS, TfliteRuntime, open_interpreter, output_width
 
@@ -422,12 +422,9 @@ def keras_artifact(source: KerasSource, x_rep: np.ndarray, quantize: str) -> Art
         rows = representative_rows(x_rep, source.item_shape)
         model_bytes = _convert(tf, source, quantize, _static(tf, rows))
     notes = _check_converted(source, model_bytes, quantize, rows)
-    if not notes and quantize != "none" and len(model_bytes) >= len(float_bytes):
-        notes.append(
-            f"{quantize} quantization did not make this model smaller ({len(model_bytes)} bytes "
-            f"vs {len(float_bytes)} as float32): its weights are too few to outweigh the "
-            f"quantization metadata"
-        )
+    grown = growth_note(quantize, len(float_bytes), len(model_bytes))
+    if grown and not notes:  # a note above already says why quantization did little
+        notes.append(grown)
     return Artifact(
         runtime="litert",
         model_file="model.tflite",

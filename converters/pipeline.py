@@ -166,7 +166,10 @@ def build_bundle(
         cut, chosen = choose_threshold(predicted, own_threshold(source), contamination, threshold)
         anomaly = anomaly_spec(predicted, cut)
     y_known = None if scored and y is None else y_val
-    report = validation_report(source, runtime, artifact, x_val, y_known, anomaly, classes)
+    val_rows = halves(len(x32))[1]  # the validation rows' places in the sample
+    report = validation_report(
+        source, runtime, artifact, x_val, y_known, anomaly, classes, row_ids=val_rows
+    )
     if anomaly is not None:
         report["threshold_from"] = chosen
     report["parity"] = _parity(report, max_accuracy_drop, max_rmse_rel, force)

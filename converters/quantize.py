@@ -35,7 +35,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from converters.source import Artifact
+from converters.source import Artifact, growth_note
 from edge_agent.errors import BadDataError, ConfigError
 
 ONNX_MODES = ("none", "dynamic", "static")
@@ -80,18 +80,8 @@ def quantize_onnx(fp32: bytes, mode: str, x: np.ndarray) -> Artifact:
     if not has_quantizable_weights(_load(fp32)):
         return Artifact(RUNTIME, MODEL_FILE, fp32, fp32, mode, UNCHANGED)
     model = quantize_dynamic_int8(fp32) if mode == "dynamic" else quantize_static_int8(fp32, x)
-    return Artifact(RUNTIME, MODEL_FILE, fp32, model, mode, growth_note(len(fp32), len(model)))
-
-
-def growth_note(before: int, after: int) -> str:
-    """A note when quantization made the model larger, not smaller (small weight matrices: the
-    scales, zero points and quantize/dequantize nodes outweigh the bytes int8 saves)."""
-    if after <= before:
-        return ""
-    return (
-        f"int8 made the model larger ({after} bytes vs {before} as float32): its weight "
-        "matrices are too small for the scales and quantize nodes to pay off; "
-        "--quantize none ships the smaller model"
+    return Artifact(
+        RUNTIME, MODEL_FILE, fp32, model, mode, growth_note(mode, len(fp32), len(model))
     )
 
 

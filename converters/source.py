@@ -56,3 +56,16 @@ class Artifact:
     model_bytes: bytes  # what ships
     quantize: str  # the mode applied: none, dynamic, static, float16
     note: str = ""  # e.g. why quantization left the model unchanged
+
+
+def growth_note(quantize: str, before: int, after: int) -> str:
+    """A note when quantization made the model larger, not smaller (small weight matrices: the
+    scales, zero points and quantize/dequantize nodes outweigh the bytes it saves); "" else."""
+    if quantize == "none" or after <= before:
+        return ""
+    what = "int8" if quantize in ("dynamic", "static") else quantize
+    return (
+        f"{what} made the model larger ({after} bytes vs {before} as float32): its weight "
+        "matrices are too small for the scales and quantize nodes to pay off; "
+        "--quantize none ships the smaller model"
+    )

@@ -28,7 +28,7 @@ from converters.pipeline import BuildReport, build_bundle
 from converters.quantize import has_quantizable_weights, quantize_dynamic_int8
 from converters.sklearn_onnx import ConversionError, to_onnx_model
 from converters.validate import ParityError, check_parity, macro_f1
-from edge_agent.errors import BadDataError, ConfigError
+from edge_agent.errors import BadDataError, ConfigError, StorageError
 from edge_agent.protocol.card import ModelCard, parse_card
 
 
@@ -356,7 +356,7 @@ def test_write_bundle_keeps_the_old_file_when_replace_fails(
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StorageError, match=f"{target}: disk full"):  # ours, naming the file
         write_bundle(target, card, model)
     assert target.read_bytes() == b"previous bundle"
     assert [p.name for p in tmp_path.iterdir()] == ["wine.zip"]

@@ -433,3 +433,31 @@ def test_output_at_a_directory_is_one_line(
     model, sample, _ = trained
     argv = _convert(str(model), "--sample", str(sample), "--label", "species", "-o", str(tmp_path))
     _one_line_error(capsys, argv, f"-o {tmp_path}: expected a bundle file path", "a directory")
+
+
+def test_output_under_a_file_is_one_line_before_any_conversion(
+    trained: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, sample, _ = trained
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder\n")
+    for out in (a_file / "iris.zip", a_file / "deeper" / "iris.zip"):
+        argv = _convert(str(model), "--sample", str(sample), "--label", "species", "-o", str(out))
+        _one_line_error(
+            capsys,
+            argv,
+            f"-o {out}: expected a bundle file path in a folder, but {a_file} is a file",
+        )
+    assert a_file.read_text() == "not a folder\n"
+
+
+def test_a_bundle_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    """The library's own writer: the system's reason, the path, no OSError."""
+    from converters.bundle import write_bundle
+    from edge_agent.errors import StorageError
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    card = {"model_file": "model.onnx"}
+    with pytest.raises(StorageError, match=str(blocker / "x.zip")):
+        write_bundle(blocker / "x.zip", card, b"model")

@@ -95,6 +95,11 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
             f"-o {args.output}: expected a bundle file path "
             f"(e.g. {Path(args.output) / 'model.zip'}), got a directory"
         )
+    blocked = next((p for p in Path(args.output).parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:  # said now, not after the conversion
+        raise ConfigError(
+            f"-o {args.output}: expected a bundle file path in a folder, but {blocked} is a file"
+        )
     spec = None
     window_args = (args.channels, args.stride, args.rate, args.signal)
     if args.window is not None:

@@ -46,7 +46,34 @@ def report_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         if f"{key}_before" in report
     ]
     rows += [(label, "", fmt(report[key])) for key, label in _SINGLE if key in report]
+    rows += [
+        (label, "", stage_text(report[key], report.get("task")))
+        for key, label in _STAGES
+        if isinstance(report.get(key), dict)
+    ]
     return rows
+
+
+_STAGES = (
+    ("conversion", "outputs: unquantized vs source"),
+    ("quantization", "outputs: shipped vs unquantized"),
+)
+
+
+def stage_text(stage: dict[str, Any], task: Any) -> str:
+    """A row-by-row comparison of the outputs, e.g. "1 of 142 rows beyond 0.1 in probability
+    (largest 0.038), 1 label(s) changed"."""
+    unit = "in probability" if task == "classification" else "of spread"
+    text = f"{stage.get('beyond')} of {stage.get('rows')} rows beyond {fmt(stage.get('tolerance'))}"
+    text += f" {unit} (largest {fmt(stage.get('largest'))})"
+    for key, what in (
+        ("labels_changed", "label(s) changed"),
+        ("nan_one_side", "NaN on one side"),
+        ("edge_rows", "on a float32 split"),
+    ):
+        if stage.get(key):
+            text += f", {stage[key]} {what}"
+    return text
 
 
 def verdict(report: dict[str, Any]) -> str:
