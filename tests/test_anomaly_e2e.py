@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import csv
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import IsolationForest
@@ -36,7 +34,7 @@ from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import DriftReport, TelemetryWindow
 from tests.support.device_rig import enrolled, hub_and_agent
 from tests.support.models import csv_line
-from tests.support.watch import WAIT_S, DeviceWatcher, close, subscriber
+from tests.support.watch import WAIT_S, DeviceWatcher, LocalResults, close
 
 pytestmark = pytest.mark.broker
 DEVICE = "pi-anomaly"
@@ -45,34 +43,12 @@ DRIFT_WINDOW = 40
 FED = 4 * DRIFT_WINDOW  # rows fed: four whole drift windows
 
 
-class Results:
-    """The results the agent publishes for local actuators, as a subscriber on the broker
-    receives them."""
-
-    def __init__(self, broker: RunningBroker) -> None:
-        self.received: list[dict[str, Any]] = []
-        self._changed = threading.Condition()
-        topic = f"edgefleet/local/{DEVICE}/results"
-        self.client = subscriber(broker, [topic], self._message)
-
-    def _message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._changed:
-            self.received.append(json.loads(msg.payload))
-            self._changed.notify_all()
-
-    def wait_for(self, n: int) -> list[dict[str, Any]]:
-        with self._changed:
-            ok = self._changed.wait_for(lambda: len(self.received) >= n, WAIT_S)
-            assert ok, f"{len(self.received)} of {n} results published"
-            return list(self.received)
-
-
 @dataclass
 class Rig:
     home: Path
     hub: Hub
     agent: Agent
-    results: Results
+    results: LocalResults
     detector: IsolationForest
     benign: np.ndarray  # rows the model did not see, and the card's sample did not hold
     malignant: np.ndarray
@@ -112,7 +88,7 @@ def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[Rig]:
     )
     home, config = enrolled(tmp_path, broker, DEVICE, more)
     watcher = DeviceWatcher(broker)
-    results = Results(broker)
+    results = LocalResults(broker, DEVICE)
     with hub_and_agent(home, broker, config) as (hub, agent):
         watcher.wait("the agent's birth", lambda: watcher.status.get("online") is True)
         publish_bundle(home, bundle)

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import csv
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pandas as pd
 import pytest
 
@@ -36,7 +34,7 @@ from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import DriftReport
 from tests.support.categorical import CELLARS, NUMBERS, TEXT, csv_lines, mixed_pipeline, wine_table
 from tests.support.device_rig import enrolled, hub_and_agent
-from tests.support.watch import WAIT_S, DeviceWatcher, close, subscriber
+from tests.support.watch import WAIT_S, DeviceWatcher, LocalResults, close
 
 pytestmark = pytest.mark.broker
 DEVICE = "pi-cellar"
@@ -45,33 +43,12 @@ DRIFT_WINDOW = 20
 CALM_WINDOWS = 2
 
 
-class Results:
-    """The results the agent publishes for local actuators, as a subscriber receives them."""
-
-    def __init__(self, broker: RunningBroker) -> None:
-        self.received: list[dict[str, Any]] = []
-        self._changed = threading.Condition()
-        topic = f"edgefleet/local/{DEVICE}/results"
-        self.client = subscriber(broker, [topic], self._message)
-
-    def _message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._changed:
-            self.received.append(json.loads(msg.payload))
-            self._changed.notify_all()
-
-    def wait_for(self, n: int) -> list[dict[str, Any]]:
-        with self._changed:
-            ok = self._changed.wait_for(lambda: len(self.received) >= n, WAIT_S)
-            assert ok, f"{len(self.received)} of {n} results published"
-            return list(self.received)
-
-
 @dataclass
 class Rig:
     home: Path
     hub: Hub
     agent: Agent
-    results: Results
+    results: LocalResults
     pipeline: Any
     fed: pd.DataFrame  # rows neither trained on nor in the card's reference
 
@@ -119,7 +96,7 @@ def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[Rig]:
     )
     home, config = enrolled(tmp_path, broker, DEVICE, more)
     watcher = DeviceWatcher(broker)
-    results = Results(broker)
+    results = LocalResults(broker, DEVICE)
     with hub_and_agent(home, broker, config) as (hub, agent):
         watcher.wait("the agent's birth", lambda: watcher.status.get("online") is True)
         publish_bundle(home, bundle)

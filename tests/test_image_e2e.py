@@ -11,9 +11,7 @@ windows, and the drift reports at the hub, which flag a brighter camera by its i
 
 from __future__ import annotations
 
-import json
 import os
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import DriftReport, TelemetryWindow
 from tests.support.device_rig import enrolled, hub_and_agent
 from tests.support.images import pgm, png
-from tests.support.watch import DeviceWatcher, close, subscriber
+from tests.support.watch import DeviceWatcher, LocalResults, close
 
 pytestmark = pytest.mark.broker
 DEVICE = "cam-01"
@@ -48,33 +46,12 @@ WINDOW = 40  # drift window, in images
 TOPIC = "cam/door/image"
 
 
-class Results:
-    """The agent's local results feed, as an actuator reads it."""
-
-    def __init__(self, broker: RunningBroker) -> None:
-        self.predictions: list[Any] = []
-        self._changed = threading.Condition()
-        topic = f"edgefleet/local/{DEVICE}/results"
-        self.client = subscriber(broker, [topic], self._message)
-
-    def _message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._changed:
-            self.predictions.append(json.loads(msg.payload)["prediction"])
-            self._changed.notify_all()
-
-    def wait_for(self, n: int) -> list[Any]:
-        with self._changed:
-            ok = self._changed.wait_for(lambda: len(self.predictions) >= n, WAIT_S)
-            assert ok, f"{len(self.predictions)} results, expected {n}"
-            return list(self.predictions)
-
-
 @dataclass
 class Rig:
     hub: Hub
     agent: Agent
     inbox: Path
-    results: Results
+    results: LocalResults
     broker: RunningBroker
 
     def wait(self, what: str, check: Callable[[], bool]) -> None:
@@ -159,7 +136,7 @@ def rig(broker: RunningBroker, tmp_path: Path, digits: Digits) -> Iterator[Rig]:
         input_spec=SPEC,
     )
     watcher = DeviceWatcher(broker, DEVICE)
-    results = Results(broker)
+    results = LocalResults(broker, DEVICE)
     try:
         with hub_and_agent(home, broker, config) as (hub, agent):
             watcher.wait("the agent's birth", lambda: watcher.status.get("online") is True)
@@ -185,7 +162,7 @@ def test_an_image_model_fed_by_a_folder_and_by_mqtt_payloads(rig: Rig, digits: D
     for k, i in enumerate(batch):
         doubled = digits.pixels[i].repeat(2, axis=0).repeat(2, axis=1)
         drop_png(rig.inbox, f"{k:03d}.png", doubled)
-    got = rig.results.wait_for(WINDOW)
+    got = rig.results.predictions(WINDOW)
     assert got == digits.predict(digits.pixels[batch])
     moved = sorted(p.name for p in (rig.inbox / "done").iterdir())
     assert moved == [f"{k:03d}.png" for k in range(WINDOW)] and len(list(rig.inbox.glob("*"))) == 1
@@ -195,7 +172,7 @@ def test_an_image_model_fed_by_a_folder_and_by_mqtt_payloads(rig: Rig, digits: D
     bad = [png(digits.pixels[0], 0)[:-30], b"\x00 not an image", bytes(5000)]
     payloads = [pgm(digits.raw[i], 16) for i in batch]
     rig.publish(payloads[:10] + bad + payloads[10:])
-    got = rig.results.wait_for(2 * WINDOW)
+    got = rig.results.predictions(2 * WINDOW)
     assert got[WINDOW:] == digits.predict(digits.pixels[batch])
 
     # the hub holds what the agent did: every image inferred once, the bad ones refused
@@ -220,7 +197,7 @@ def test_an_image_model_fed_by_a_folder_and_by_mqtt_payloads(rig: Rig, digits: D
     batch = digits.stream[2 * WINDOW : 4 * WINDOW]
     lit = np.minimum(digits.raw[batch] + 4, 16)  # a quarter of the range brighter
     rig.publish([pgm(p, 16) for p in lit])
-    rig.results.wait_for(4 * WINDOW)
+    rig.results.predictions(4 * WINDOW)
     rig.wait("four drift reports", lambda: len(rig.drift()) == 4)
     shifted = rig.drift()[2:]
     assert all(r.status != "ok" and "mean" in r.features_moved for r in shifted), [

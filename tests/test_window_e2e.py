@@ -12,17 +12,13 @@ the motions the model knows and flag the mean of the channel a tilted mounting m
 
 from __future__ import annotations
 
-import json
 import os
-import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
@@ -39,7 +35,7 @@ from edge_agent.protocol.records import DriftReport, TelemetryWindow
 from tests.support.conv1d import train_conv1d
 from tests.support.device_rig import enrolled, hub_and_agent
 from tests.support.motion import CHANNELS, MOTIONS, RATE, dataset, lines, samples, windows_of
-from tests.support.watch import DeviceWatcher, close, subscriber
+from tests.support.watch import DeviceWatcher, LocalResults, close
 
 pytestmark = pytest.mark.broker
 DEVICE = "imu-01"
@@ -49,26 +45,6 @@ SPEC = window_spec(CHANNELS, SIZE, STRIDE, RATE)
 DRIFT_WINDOW = 30  # windows per drift report
 WAIT_S = 60.0
 TILT = 3.0  # m/s^2 of gravity on ax: the sensor mounted at an angle
-
-
-class Results:
-    """The agent's local results feed, as an actuator reads it."""
-
-    def __init__(self, broker: RunningBroker) -> None:
-        self.predictions: list[Any] = []
-        self._changed = threading.Condition()
-        self.client = subscriber(broker, [f"edgefleet/local/{DEVICE}/results"], self._message)
-
-    def _message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self._changed:
-            self.predictions.append(json.loads(msg.payload)["prediction"])
-            self._changed.notify_all()
-
-    def wait_for(self, n: int) -> list[Any]:
-        with self._changed:
-            ok = self._changed.wait_for(lambda: len(self.predictions) >= n, WAIT_S)
-            assert ok, f"{len(self.predictions)} results, expected {n}"
-            return list(self.predictions)
 
 
 class Sensor:
@@ -94,7 +70,7 @@ class Rig:
     hub: Hub
     agent: Agent
     sensor: Sensor
-    results: Results
+    results: LocalResults
     model_bytes: bytes
 
     def wait(self, what: str, check: Callable[[], bool]) -> None:
@@ -159,7 +135,7 @@ def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[Rig]:
     )
     home, config = enrolled(tmp_path, broker, DEVICE, more)
     watcher = DeviceWatcher(broker, DEVICE)
-    results = Results(broker)
+    results = LocalResults(broker, DEVICE)
     try:
         with hub_and_agent(home, broker, config) as (hub, agent):
             watcher.wait("the agent's birth", lambda: watcher.status.get("online") is True)
@@ -194,7 +170,7 @@ def test_a_conv1d_served_from_sample_lines_on_a_serial_port(rig: Rig) -> None:
 
     expected = [(len(run) - SIZE) // STRIDE + 1 for run in runs]
     assert expected == [15, 15, 30]
-    got = rig.results.wait_for(sum(expected))
+    got = rig.results.predictions(sum(expected))
     cut = np.concatenate([windows_of(run, SIZE, STRIDE) for run in runs])
     assert got == run_tflite(rig.model_bytes, cut)
     assert set(got[:30]) == {0, 1, 2}  # walk, idle and shake were told apart

@@ -173,3 +173,29 @@ def sigkill_on(watcher: DeviceWatcher, event: str, version: int, pid: int) -> th
 
     watcher.on_events = hook
     return fired
+
+
+class LocalResults:
+    """What an agent publishes on its local results topic, as an actuator reads it: every
+    result dict in arrival order; `wait_for(n)` waits until n have come and returns them."""
+
+    def __init__(self, broker: RunningBroker, device: str) -> None:
+        self.received: list[Body] = []
+        self._changed = threading.Condition()
+        topic = f"edgefleet/local/{device}/results"
+        self.client = subscriber(broker, [topic], self._message)
+
+    def _message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._changed:
+            self.received.append(json.loads(msg.payload))
+            self._changed.notify_all()
+
+    def wait_for(self, n: int) -> list[Body]:
+        with self._changed:
+            ok = self._changed.wait_for(lambda: len(self.received) >= n, WAIT_S)
+            assert ok, f"{len(self.received)} of {n} results published"
+            return list(self.received)
+
+    def predictions(self, n: int) -> list[Any]:
+        """The first `n` results' predictions, once they have come."""
+        return [r["prediction"] for r in self.wait_for(n)]
