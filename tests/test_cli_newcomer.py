@@ -235,6 +235,22 @@ def test_piped_output_honours_columns(wide_hub: Path) -> None:
     assert max(len(ln) for ln in done.stdout.splitlines()) <= 100
 
 
+def test_a_reader_that_closes_the_pipe_early_gets_no_traceback(wide_hub: Path) -> None:
+    """`edgehub ... | grep -q x` or `| head -1`: the reader goes away after its first line; the
+    command ends quietly, with success, as it said what was asked."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "cloud_hub.cli.app", "--home", str(wide_hub)]
+    argv += ["devices", "list", "--json"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_piped_tables_are_set_apart(tmp_path: Path) -> None:
     path = tmp_path / "wine-1.zip"
     path.write_bytes(bundle("wine", 1))

@@ -678,7 +678,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     try:
-        return int(args.fn(args))
+        code = int(args.fn(args))
+        sys.stdout.flush()  # here, where a reader gone away is heard, not at exit
+        return code
+    except BrokenPipeError:  # the reader closed the pipe (`| head`, `| grep -q`): it has enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except EdgefleetError as exc:
         print(f"edgehub: error: {exc}", file=sys.stderr)
         return 1
