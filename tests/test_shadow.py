@@ -13,11 +13,13 @@ from sklearn.tree import DecisionTreeClassifier
 from cloud_hub.cli import app as hub_cli
 from cloud_hub.rollout.operations import enroll_device, init_hub, publish_bundle, start_rollout
 from cloud_hub.rollout.shadow import shadow_reports, start_shadow, stop_shadow
+from cloud_hub.store.database import Store
+from cloud_hub.store.url import store_url
 from converters.pipeline import build_bundle
-from edge_agent.errors import MessageError
+from edge_agent.errors import ConfigError, MessageError
 from edge_agent.inference.runtime import Runtime, load_runtime
 from edge_agent.inference.shadow import Shadow
-from edge_agent.protocol.messages import Command, ModelRef, decode_command
+from edge_agent.protocol.messages import Command, ModelRef, Status, decode_command
 from edge_agent.update.bundle import Bundle, read_bundle
 from edge_agent.update.health import check_health
 from tests.support.cli import hub_fails
@@ -268,3 +270,31 @@ def test_shadow_run_reports_agreement_and_never_serves_the_candidate(
 
 def _reports(events: list[dict[str, Any]]) -> int:
     return sum(e["event"] == "shadow-report" for e in events)
+
+
+# ---- a candidate whose input differs from the serving model's ---------------------------------
+def test_a_shadow_the_device_could_not_compare_is_refused_at_the_hub(
+    tmp_path: Path, models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The agent compares a shadow only on the serving model's own input; a candidate that
+    takes another input would never be compared there, so the hub refuses it up front."""
+    home = tmp_path / "hub"
+    init_hub(home)
+    publish_bundle(home, models["lr"])  # iris@1: 4 features
+    publish_bundle(home, models["stump"])  # iris@2: the same input
+    three = tmp_path / "iris-3.zip"
+    stump = DecisionTreeClassifier(max_depth=1, random_state=0).fit(IRIS_X[:, :3], IRIS_Y)
+    build_bundle(stump, IRIS_X[:, :3], IRIS_Y, name="iris", version=3, out=three)
+    publish_bundle(home, three)  # iris@3: 3 features
+    enroll_device(home, "pi-01", tmp_path / "state")
+    Store(store_url(home)).set_status(
+        Status("pi-01", True, 1, "0.1", "raspberry-pi-4", ModelRef("iris", 1))
+    )
+
+    assert len(start_shadow(home, ModelRef("iris", 2), ["pi-01"], 50)) == 1
+    err = hub_fails(capsys, "--home", str(home), "shadow", "start", "iris@3", "--device", "pi-01")
+    assert "pi-01 serves iris@1, which takes row (4,)" in err
+    assert "iris@3 takes row (3,)" in err
+    with pytest.raises(ConfigError, match="without a shadow stage"):
+        start_rollout(home, ModelRef("iris", 3), "100%", shadow_rows=50)
+    assert start_rollout(home, ModelRef("iris", 3), "100%").model == ModelRef("iris", 3)

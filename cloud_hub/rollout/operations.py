@@ -15,6 +15,7 @@ from cloud_hub.signing.tuf_repo import TufRepository
 from cloud_hub.store.database import Store
 from cloud_hub.store.url import store_url
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError, TransportError
+from edge_agent.protocol.input_spec import InputSpec, describe_input
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.system.identity import identity_paths, parse_public_identity
 from edge_agent.update.bundle import Bundle, read_bundle
@@ -127,6 +128,8 @@ def start_rollout(
         raise ConfigError(
             f"rollout: no devices match --target {target}; see `edgehub devices list`"
         )
+    if shadow_rows is not None:
+        check_shadow_inputs(repo, store, model, fleet)
     waves_planned = ro.plan_waves(fleet, ro.parse_canary(canary), ro.parse_waves(waves))
     if encrypt:
         missing = [d for d in fleet if store.public_key(d) is None]
@@ -151,6 +154,37 @@ def start_rollout(
         if older.id != r.id and older.model.name == model.name:
             change_rollout(home, older.id, lambda o: ro.supersede(o, r.id))
     return r
+
+
+def check_shadow_inputs(
+    repo: TufRepository, store: Store, candidate: ModelRef, devices: list[str]
+) -> None:
+    """Refuse a shadow run a device could not compare: a shadow answers the input its serving
+    model was given, so a candidate that takes another input (kind, shape, features, categories,
+    window or image preparation) would never be compared there (the agent skips it)."""
+    inputs: dict[ModelRef, InputSpec] = {}
+
+    def published_input(model: ModelRef) -> InputSpec:
+        if model not in inputs:
+            data = repo.read_target(model.target_path)
+            inputs[model] = read_bundle(data, None, MAX_BUNDLE_BYTES).card.input
+        return inputs[model]
+
+    wanted = published_input(candidate)
+    for device in devices:
+        row = store.device(device) or {}
+        if not row.get("model") or row.get("version") is None:
+            continue  # serves nothing yet: nothing to compare with
+        serving = ModelRef(str(row["model"]), int(row["version"]))
+        if serving.target_path not in repo.targets():
+            continue  # not published here: the device's own card decides
+        have = published_input(serving)
+        if have != wanted:
+            raise ConfigError(
+                f"shadow: {device} serves {serving}, which takes {describe_input(have)}; "
+                f"{candidate} takes {describe_input(wanted)}: a shadow is compared on the "
+                "serving model's input, so roll it out without a shadow stage"
+            )
 
 
 def load_rollout(store: Store, rollout_id: str) -> tuple[ro.Rollout, int]:

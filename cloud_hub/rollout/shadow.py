@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cloud_hub.rollout.operations import open_repo
+from cloud_hub.rollout.operations import check_shadow_inputs, open_repo
 from cloud_hub.store.database import Store, typed
 from cloud_hub.store.url import store_url
 from edge_agent.errors import ConfigError
@@ -38,8 +38,9 @@ def start_shadow(home: Path, model: ModelRef, devices: list[str], rows: int) -> 
     if target not in repo.targets():
         raise ConfigError(f"{model} is not published; run `edgehub model publish BUNDLE` first")
     store = Store(store_url(home))
+    check_shadow_inputs(repo, store, model, _known_devices(store, devices))
     commands = []
-    for device in _known_devices(store, devices):
+    for device in devices:
         cmd = Command(
             id=f"s-{uuid.uuid4().hex[:8]}",
             kind="shadow",

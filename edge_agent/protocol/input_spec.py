@@ -110,6 +110,13 @@ class InputSpec:
         return out
 
 
+def describe_input(spec: InputSpec) -> str:
+    """One item's input in a few words, for messages: `window (128, 3) of ax, ay, az`."""
+    shape = str(tuple(spec.shape))
+    named = f" of {', '.join(spec.features[:6])}{', ...' if len(spec.features) > 6 else ''}"
+    return f"{spec.kind} {shape}{named if spec.features else ''}"
+
+
 def category_text(categories: Sequence[str], value: float | None) -> str | None:
     """A categorical feature's value (its code) as people read it: the category's text; None
     for the unknown code or anything else (a device keeps no text its card does not list)."""
