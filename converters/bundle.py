@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,10 @@ def card_json(card: dict[str, Any]) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
-def bundle_bytes(card: dict[str, Any], model_bytes: bytes) -> bytes:
-    """The zip archive, in memory."""
+def bundle_bytes(
+    card: dict[str, Any], model_bytes: bytes, members: Mapping[str, bytes] | None = None
+) -> bytes:
+    """The zip archive, in memory; `members` what else the card names (its sample)."""
     model_file = card.get("model_file")
     if not isinstance(model_file, str) or not model_file or "/" in model_file:
         raise BadDataError(f"card.model_file: expected a plain file name, got {model_file!r}")
@@ -46,13 +49,20 @@ def bundle_bytes(card: dict[str, Any], model_bytes: bytes) -> bytes:
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr(_member(CARD_MEMBER, zipfile.ZIP_DEFLATED), card_json(card))
         zf.writestr(_member(model_file, zipfile.ZIP_STORED), model_bytes)
+        for name, data in sorted((members or {}).items()):
+            zf.writestr(_member(name, zipfile.ZIP_DEFLATED), data)
     return buf.getvalue()
 
 
-def write_bundle(path: Path | str, card: dict[str, Any], model_bytes: bytes) -> None:
+def write_bundle(
+    path: Path | str,
+    card: dict[str, Any],
+    model_bytes: bytes,
+    members: Mapping[str, bytes] | None = None,
+) -> None:
     """Write the bundle to `path` (creating its folder), replacing any file there only once the
     new one is complete and on disk; StorageError (with the system's reason) if it cannot."""
-    data = bundle_bytes(card, model_bytes)
+    data = bundle_bytes(card, model_bytes, members)
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

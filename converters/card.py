@@ -10,6 +10,8 @@ agent would reject is never written.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -29,6 +31,7 @@ from edge_agent.errors import BadDataError
 from edge_agent.protocol.card import (
     CARD_VERSION,
     INPUT_CARD_VERSION,
+    SAMPLE_MEMBER,
     Anomaly,
     Calibration,
     bucket_counts,
@@ -41,6 +44,7 @@ from edge_agent.protocol.input_spec import InputSpec, row_spec
 DEFAULT_MIN_AGREEMENT = 0.9
 MAX_CARD_BYTES = 256 * 1024  # what a card may weigh at most, whatever the input size
 MAX_SAMPLE_VALUES = 4096  # values in the card's health-gate sample, all items together (~50 KB)
+MAX_SAMPLE_MEMBER_BYTES = 8 * 1024 * 1024  # a larger sample travels as a bundle member, this big
 REFERENCE_BINS = 10
 
 
@@ -65,6 +69,7 @@ def build_card(
     lineage: dict[str, Any] | None = None,
     anomaly: Anomaly | None = None,
     input_spec: InputSpec | None = None,
+    sample_member: bytes | None = None,
 ) -> dict[str, Any]:
     """The card.json dict. `x_ref` are the values drift watches on the reference items and
     `feature_names` their names (for a row model, its inputs; else edge_agent.framing.watch);
@@ -72,7 +77,8 @@ def build_card(
     (n, *input shape) and `sample_out` its labels (classification), values (regression) or
     scores (anomaly) on them; `confidence` the classifier's confidence calibration, when it
     has one; `anomaly` how an anomaly model's score is read; `input_spec` what the device
-    feeds the model (None: a row of `feature_names`)."""
+    feeds the model (None: a row of `feature_names`); `sample_member` the `sample_npy` of
+    `sample_x` when the sample is too large for the card and travels beside it."""
     task = source.task
     spec = input_spec or row_spec(feature_names)
     profiles = feature_profiles(x_ref, feature_names, bins, spec.categories)
@@ -107,8 +113,15 @@ def build_card(
             **({"confidence": confidence.to_json()} if confidence is not None else {}),
         },
         "sample": {
-            # each value as the shortest text that reads back as the same float32
-            "inputs": [[float(str(v)) for v in row] for row in sample],
+            **(
+                {"inputs": [[float(str(v)) for v in row] for row in sample]}
+                if sample_member is None  # each value as the shortest text read back the same
+                else {
+                    "file": SAMPLE_MEMBER,
+                    "sha256": hashlib.sha256(sample_member).hexdigest(),
+                    "items": len(sample),
+                }
+            ),
             "outputs": [to_jsonable(v) for v in np.asarray(sample_out).ravel()],
         },
         "health": {
@@ -126,6 +139,19 @@ def build_card(
     return card
 
 
+def sample_npy(sample_x: np.ndarray) -> bytes:
+    """The health-gate sample as the bundle member a card names: float32 .npy, no pickle."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(sample_x, np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _sample_size(sample: dict[str, Any]) -> str:
+    if "inputs" not in sample:
+        return f"{sample['items']} sample items in {sample['file']}"
+    return f"{len(sample['inputs'])} sample items of {len(sample['inputs'][0])} values"
+
+
 def check_card_size(card: dict[str, Any]) -> None:
     """A card stays small whatever the input size: its JSON within MAX_CARD_BYTES."""
     size = len(json.dumps(card, separators=(",", ":")))
@@ -133,8 +159,7 @@ def check_card_size(card: dict[str, Any]) -> None:
         raise BadDataError(
             f"model card: expected at most {MAX_CARD_BYTES} bytes, got {size} "
             f"({len(card['reference']['features'])} watched features, "
-            f"{len(card['sample']['inputs'])} sample items of {len(card['sample']['inputs'][0])} "
-            "values)"
+            f"{_sample_size(card['sample'])})"
         )
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from converters.anomaly import anomaly_labels, anomaly_spec, choose_threshold
 from converters.bundle import write_bundle
 from converters.calibration import fit_calibration
-from converters.card import MAX_SAMPLE_VALUES, build_card
+from converters.card import MAX_SAMPLE_MEMBER_BYTES, MAX_SAMPLE_VALUES, build_card, sample_npy
 from converters.categorical import categorical_source
 from converters.data import (
     MIN_SPLIT_ROWS,
@@ -62,11 +62,11 @@ from converters.validate import (
 from edge_agent.errors import ConfigError
 from edge_agent.framing.watch import watched, watched_names
 from edge_agent.inference.runtime import Runtime
-from edge_agent.protocol.card import Calibration
+from edge_agent.protocol.card import SAMPLE_MEMBER, Calibration
 from edge_agent.protocol.input_spec import InputSpec, row_spec
 from edge_agent.protocol.messages import ModelRef
 
-SAMPLE_ROWS = 16  # at most; fewer where items are large (converters.card.MAX_SAMPLE_VALUES)
+SAMPLE_ROWS = 16  # at most; fewer where items are very large (converters.card)
 # The hub is faster than a Pi: the health gate allows this many times the hub's p50 latency,
 # and never less than MIN_LATENCY_BUDGET_MS.
 LATENCY_HEADROOM = 20.0
@@ -179,10 +179,14 @@ def build_bundle(
         report["confidence"] = calibrated[1]
 
     progress(STEPS[3])
-    sample_rows = max(1, min(SAMPLE_ROWS, MAX_SAMPLE_VALUES // spec.size))
+    # in the card where SAMPLE_ROWS items fit it, else beside it as a bundle member
+    inline = SAMPLE_ROWS * spec.size <= MAX_SAMPLE_VALUES
+    fit = MAX_SAMPLE_MEMBER_BYTES // (4 * spec.size)
+    sample_rows = SAMPLE_ROWS if inline else max(1, min(SAMPLE_ROWS, fit))
     sample_x = finite_rows(x_val, sample_rows)
     if len(sample_x) == 0:
         sample_x = finite_rows(x32, sample_rows)
+    npy = None if inline else sample_npy(sample_x)
     card = build_card(
         name,
         version,
@@ -203,8 +207,9 @@ def build_bundle(
         lineage=lineage,
         anomaly=anomaly,
         input_spec=spec,
+        sample_member=npy,
     )
-    write_bundle(out, card, artifact.model_bytes)
+    write_bundle(out, card, artifact.model_bytes, {} if npy is None else {SAMPLE_MEMBER: npy})
     return BuildReport(path=Path(out), card=card, report=report)
 
 

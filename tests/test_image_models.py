@@ -6,8 +6,11 @@ camera is flagged, the same camera is not."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +21,15 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from cloud_hub.cli.app import main as hub_main
+from converters.card import MAX_CARD_BYTES
 from converters.images import image_items, image_spec
 from converters.keras_tflite import KerasSource
 from converters.pipeline import build_bundle
-from edge_agent.errors import BadDataError, SensorLineError
+from edge_agent.errors import BadDataError, BundleRejected, SensorLineError
 from edge_agent.imaging import encode_npy, image_stats, stat_names
 from edge_agent.inference.pipeline import ActiveModel, Pipeline
 from edge_agent.inference.runtime import load_runtime
-from edge_agent.protocol.card import INPUT_CARD_VERSION, ModelCard
+from edge_agent.protocol.card import INPUT_CARD_VERSION, ModelCard, parse_card
 from edge_agent.protocol.records import DriftReport
 from edge_agent.update.bundle import read_bundle
 from edge_agent.update.health import check_health
@@ -262,3 +266,93 @@ def test_served_images_give_the_source_models_answers_and_drift_flags_brightness
     shifted = reports[4:]
     assert len(shifted) == 2 and all(r.status != "ok" for r in shifted)
     assert all("mean" in r.features_moved for r in shifted)
+
+
+# ---- a sample too large for the card ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def large(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """Digits as 96x96x3 images (27,648 values each: one would take the card past its bound),
+    a LogisticRegression on them, as a bundle."""
+    spec = image_spec("96x96x3")
+    pixels = np.kron(digits.pixels[:400, ..., 0], np.ones((12, 12), np.uint8))
+    x = image_items(np.stack([pixels] * 3, axis=-1), spec)
+    y = digits.y[:400]
+    model = LogisticRegression(max_iter=200).fit(x[::2].reshape(200, -1), y[::2])
+    out = tmp_path_factory.mktemp("large") / "large.zip"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build_bundle(model, x[1::2], y[1::2], name="big", version=1, out=out, input_spec=spec)
+    return out, x[1::2]
+
+
+def test_a_sample_too_large_for_the_card_travels_beside_it(
+    large: tuple[Path, np.ndarray],
+) -> None:
+    path, x = large
+    card_json = json.loads(zipfile.ZipFile(path).read("card.json"))
+    assert len(json.dumps(card_json)) < MAX_CARD_BYTES
+    assert set(card_json["sample"]) == {"file", "sha256", "items", "outputs"}
+    card, runtime = open_bundle(path)  # as the agent reads it: the member checked by the card
+    assert card.sample_items().shape == (16, 96, 96, 3)
+    given = {item.tobytes() for item in x}
+    assert all(item.tobytes() in given for item in card.sample_items())  # the images given
+    result = check_health(card, runtime)
+    assert result.ok, result.reason
+
+
+def _rezipped(path: Path, change: dict[str, bytes | None]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(buf, "w") as dst:
+        for name in src.namelist():
+            data = change.get(name, src.read(name))
+            if data is not None:
+                dst.writestr(name, data)
+    return buf.getvalue()
+
+
+def _npy(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, x, allow_pickle=False)
+    return buf.getvalue()
+
+
+def test_a_changed_or_missing_sample_member_is_refused(large: tuple[Path, np.ndarray]) -> None:
+    path, x = large
+    card_json = json.loads(zipfile.ZipFile(path).read("card.json"))
+    wrong_shape = _npy(np.zeros((16, 96, 96, 1), np.float32))
+    cases: list[tuple[dict[str, bytes | None], str, str]] = [
+        ({"sample.npy": _npy(x[:16] * 0)}, "tampered", "does not match the card's sha256"),
+        ({"sample.npy": None}, "bad-bundle", "expected members"),
+        ({"sample.npy": b"not an npy"}, "tampered", "does not match"),
+    ]
+    for change, reason, message in cases:
+        with pytest.raises(BundleRejected) as info:
+            read_bundle(_rezipped(path, change), None, 10**9)
+        assert info.value.reason == reason and message in str(info.value)
+    # a card that names a member of the wrong shape, signed as if it were right
+    digest = hashlib.sha256(wrong_shape).hexdigest()
+    card_json["sample"]["sha256"] = digest
+    data = _rezipped(path, {"sample.npy": wrong_shape, "card.json": json.dumps(card_json).encode()})
+    with pytest.raises(BundleRejected, match=r"expected float32 \(16, 96, 96, 3\)"):
+        read_bundle(data, None, 10**9)
+    with pytest.raises(BadDataError, match="read with the card"):
+        parse_card(json.loads(zipfile.ZipFile(path).read("card.json"))).sample_items()
+
+
+@pytest.mark.parametrize(
+    ("sample", "expected"),
+    [
+        ({"file": "x.npy", "sha256": "0" * 64, "items": 1}, "expected 'sample.npy'"),
+        ({"file": "sample.npy", "sha256": "ab", "items": 1}, "64 lowercase hex digits"),
+        ({"file": "sample.npy", "sha256": "0" * 64, "items": 0}, "expected 1 to 64"),
+        ({"file": "sample.npy", "sha256": "0" * 64, "items": 1, "inputs": []}, "got both"),
+    ],
+)
+def test_bad_sample_file_sections_are_named(
+    large: tuple[Path, np.ndarray], sample: dict[str, Any], expected: str
+) -> None:
+    card_json = json.loads(zipfile.ZipFile(large[0]).read("card.json"))
+    card_json["sample"] = {**sample, "outputs": [0] * int(sample["items"])}
+    with pytest.raises(BundleRejected) as info:
+        parse_card(card_json)
+    assert info.value.reason == "bad-card" and expected in str(info.value)

@@ -138,10 +138,14 @@ def dataset_files(
         if (lab.device, lab.boot, lab.row) not in held
     ]
     sample_head = [*HEAD, *features, "prediction", "label"]
-    reference = [
-        [*shown(card, inputs), out]
-        for inputs, out in zip(card.sample_inputs, card.sample_outputs, strict=True)
-    ]
+    reference = (
+        [
+            [*shown(card, inputs), out]
+            for inputs, out in zip(card.sample_inputs, card.sample_outputs, strict=True)
+        ]
+        if card.sample_file is None
+        else []
+    )  # a sample in a bundle member is model input, not rows
     files = {
         "samples.csv": _csv(sample_head, train),
         "captures.csv": _csv([*HEAD, *features], captures),

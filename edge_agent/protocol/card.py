@@ -30,6 +30,10 @@ from edge_agent.protocol.reasons import Reason
 CARD_VERSION = 2  # 2: reference.confidence (optional); version 1 cards are still read
 INPUT_CARD_VERSION = 3  # 3: input kinds other than a row (edge_agent.protocol.input_spec)
 CARD_VERSIONS = (1, 2, 3)
+# A sample too large for the card (large images) travels as this bundle member, a float32 .npy
+# of (items, *input shape) whose sha256 the signed card names.
+SAMPLE_MEMBER = "sample.npy"
+MAX_SAMPLE_ITEMS = 64
 TASKS = ("classification", "regression", "anomaly")
 RUNTIMES = ("onnxruntime", "litert")
 KS_POINTS = 200  # reference order statistics per feature for KS: its ECDF is off by <= 1/199
@@ -211,6 +215,15 @@ def anomaly_label(value: object) -> bool | None:
 
 
 @dataclass(frozen=True)
+class SampleFile:
+    """card.sample.file: the health-gate sample as a bundle member, not inline values."""
+
+    name: str
+    sha256: str
+    items: int
+
+
+@dataclass(frozen=True)
 class ModelCard:
     model: ModelRef
     task: str
@@ -234,6 +247,9 @@ class ModelCard:
     lineage: dict[str, Any] | None = None  # retrained models: parent, training data, trigger
     input: InputSpec = field(default_factory=lambda: row_spec([]))  # what the device feeds it
     anomaly: Anomaly | None = None  # task "anomaly": how its score is read
+    sample_file: SampleFile | None = None  # the sample is a bundle member (large inputs)
+    # that member's items, attached by edge_agent.update.bundle.read_bundle once checked
+    sample_array: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_features(self) -> int:
@@ -247,6 +263,13 @@ class ModelCard:
 
     def sample_items(self) -> np.ndarray:
         """The card's sample as the model takes it: (n, *input.shape) float32."""
+        if self.sample_file is not None:
+            if self.sample_array is None:
+                raise MessageError(
+                    f"card.sample: expected the bundle member {self.sample_file.name} read "
+                    "with the card (edge_agent.update.bundle.read_bundle), got the card alone"
+                )
+            return self.sample_array
         x = np.asarray(self.sample_inputs, dtype=np.float32)
         return x.reshape(len(self.sample_inputs), *self.input.shape)
 
@@ -344,18 +367,23 @@ def _parse_card(obj: object) -> ModelCard:
             f"input, got {version}"
         )
     sample = field_of(obj, "sample", dict, where)
-    inputs = field_of(sample, "inputs", list, f"{where}.sample")
-    rows = tuple(tuple(_floats(r, f"{where}.sample.inputs[{i}]")) for i, r in enumerate(inputs))
-    if any(len(r) != spec.size for r in rows):
-        raise MessageError(
-            f"{where}.sample.inputs: expected items of {spec.size} values (the model's "
-            f"{spec.kind} input, flattened)"
-        )
+    rows: tuple[tuple[float, ...], ...] = ()
+    sample_file = None
+    if "file" in sample:
+        sample_file = _sample_file(sample, version, model_file, f"{where}.sample")
+        items = sample_file.items
+    else:
+        inputs = field_of(sample, "inputs", list, f"{where}.sample")
+        rows = tuple(tuple(_floats(r, f"{where}.sample.inputs[{i}]")) for i, r in enumerate(inputs))
+        if any(len(r) != spec.size for r in rows):
+            raise MessageError(
+                f"{where}.sample.inputs: expected items of {spec.size} values (the model's "
+                f"{spec.kind} input, flattened)"
+            )
+        items = len(rows)
     outputs = field_of(sample, "outputs", list, f"{where}.sample")
-    if len(outputs) != len(rows):
-        raise MessageError(
-            f"{where}.sample.outputs: expected {len(rows)} outputs, got {len(outputs)}"
-        )
+    if len(outputs) != items:
+        raise MessageError(f"{where}.sample.outputs: expected {items} outputs, got {len(outputs)}")
     health = field_of(obj, "health", dict, where)
     return ModelCard(
         model=model,
@@ -380,7 +408,28 @@ def _parse_card(obj: object) -> ModelCard:
         lineage=_lineage(obj["lineage"], f"{where}.lineage") if "lineage" in obj else None,
         input=spec,
         anomaly=_anomaly(obj.get("anomaly"), task, f"{where}.anomaly"),
+        sample_file=sample_file,
     )
+
+
+def _sample_file(sample: dict[str, Any], version: int, model_file: str, where: str) -> SampleFile:
+    """card.sample {"file": "sample.npy", "sha256": HEX, "items": N, "outputs": [...]}."""
+    if version < INPUT_CARD_VERSION:
+        raise MessageError(
+            f"{where}.file: expected card_version {INPUT_CARD_VERSION} or later, got {version}"
+        )
+    if "inputs" in sample:
+        raise MessageError(f"{where}: expected either inputs or a file, got both")
+    name = field_of(sample, "file", str, where)
+    if name != SAMPLE_MEMBER:
+        raise MessageError(f"{where}.file: expected {SAMPLE_MEMBER!r}, got {name!r:.80}")
+    digest = field_of(sample, "sha256", str, where)
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise MessageError(f"{where}.sha256: expected 64 lowercase hex digits, got {digest!r:.80}")
+    items = field_of(sample, "items", int, where)
+    if isinstance(items, bool) or not 1 <= items <= MAX_SAMPLE_ITEMS:
+        raise MessageError(f"{where}.items: expected 1 to {MAX_SAMPLE_ITEMS}, got {items!r}")
+    return SampleFile(name, digest, items)
 
 
 def _anomaly(obj: object, task: str, where: str) -> Anomaly | None:
