@@ -412,6 +412,13 @@ Sort = Annotated[
         description="severity: worst first, then the most recently seen; last_seen: newest first"
     ),
 ]
+DriftDevices = Annotated[
+    list[str] | None,
+    Query(
+        max_length=views.MAX_PAGE,
+        description="only these devices, in this order (repeat it: a page of the fleet)",
+    ),
+]
 SeriesSince = Annotated[
     float, Query(gt=0, le=86400, allow_inf_nan=False, description="the last seconds")
 ]
@@ -594,8 +601,8 @@ def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None)
         return {"device": device, "features": views.drift_series(recs, feature)}
 
     @app.get("/api/drift", response_model=DriftMapOut, responses=_errors(401, 403, 422), **reads)
-    def drift(model: ModelName = None) -> dict[str, Any]:
-        return views.drift_map(store.latest_records("drift"), model)
+    def drift(model: ModelName = None, device: DriftDevices = None) -> dict[str, Any]:
+        return views.drift_map(store.latest_records("drift"), model, device)
 
     @app.get(
         "/api/drift/fleet",

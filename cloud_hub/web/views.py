@@ -163,11 +163,17 @@ def telemetry_point(rec: StoredRecord, window: TelemetryWindow) -> dict[str, Any
 
 
 # ---- drift ----------------------------------------------------------------------------------
-def drift_map(latest: Mapping[str, StoredRecord], model: str | None = None) -> dict[str, Any]:
-    """The heat map: one row per device (its newest drift report), one column per feature."""
+def drift_map(
+    latest: Mapping[str, StoredRecord],
+    model: str | None = None,
+    devices: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The heat map: one row per device (its newest drift report), one column per feature;
+    only these `devices` when given (a page of the fleet table), in their order."""
     features: dict[str, None] = {}  # first-seen order, so columns follow the model card
     rows = []
-    for rec, report in typed((latest[d] for d in sorted(latest)), DriftReport):
+    chosen = sorted(latest) if devices is None else [d for d in devices if d in latest]
+    for rec, report in typed((latest[d] for d in chosen), DriftReport):
         if model is not None and (report.model is None or report.model.name != model):
             continue
         psi = dict(report.psi)

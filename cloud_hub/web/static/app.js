@@ -71,6 +71,12 @@ function fleetQuery() {
   return "/api/fleet?" + q;
 }
 
+// the drift heat map shows the devices of the fleet table's page ("" matches none)
+function driftQuery(fleet) {
+  const ids = fleet.devices.length ? fleet.devices.map((d) => d.id) : [""];
+  return "/api/drift?" + new URLSearchParams(ids.map((id) => ["device", id]));
+}
+
 function setView(changes) {
   Object.assign(view, { offset: 0 }, changes);
   poll();
@@ -102,9 +108,6 @@ function renderPager(fleet) {
 }
 
 function renderFleet(fleet) {
-  if (fleet.total && fleet.offset >= fleet.total) {
-    view.offset = Math.floor((fleet.total - 1) / view.limit) * view.limit; // the page emptied: its last one
-  }
   state.fleet = fleet;
   renderPager(fleet);
   const body = document.querySelector("#fleet tbody");
@@ -271,8 +274,10 @@ function renderRollout(r) {
 }
 
 // each wave's gate as a table: what it checks, the value, the limit, pass or fail
-const checkValue = (c) => (c.value === null ? "no data yet" : c.name === "error_rate" ? pct(c.value) : Number.isInteger(c.value) ? String(c.value) : fmt(c.value, 3));
-const checkLimit = (c) => `${c.relation} ${c.limit === null ? "–" : c.name === "error_rate" ? pct(c.limit) : Number.isInteger(c.limit) ? c.limit : fmt(c.limit, 3)}`;
+const COUNT_CHECKS = ["failures", "healthy"]; // devices; the others are measures
+const checkNumber = (name, v) => (v === null ? "–" : name === "error_rate" ? pct(v) : COUNT_CHECKS.includes(name) ? String(v) : fmt(v, 3));
+const checkValue = (c) => (c.value === null ? "no data yet" : checkNumber(c.name, c.value));
+const checkLimit = (c) => `${c.relation} ${checkNumber(c.name, c.limit)}`;
 const verdict = (c) => (c.passed === null ? badge("waiting") : el("span", { class: "badge state-" + (c.passed ? "ok" : "alert") }, c.passed ? "pass" : "fail"));
 
 function gateTable(checks) {
@@ -540,7 +545,12 @@ async function poll() {
   if (busy) return;
   busy = true;
   try {
-    const [fleet, versions, rollouts, experiments, drift, quality] = await Promise.all([api(fleetQuery()), api("/api/versions"), api("/api/rollouts"), api("/api/experiments"), api("/api/drift"), api("/api/metrics")]);
+    let fleet = await api(fleetQuery());
+    if (fleet.total && fleet.offset >= fleet.total) {
+      view.offset = Math.floor((fleet.total - 1) / view.limit) * view.limit; // the page emptied: the last one
+      fleet = await api(fleetQuery());
+    }
+    const [versions, rollouts, experiments, drift, quality] = await Promise.all([api("/api/versions"), api("/api/rollouts"), api("/api/experiments"), api(driftQuery(fleet)), api("/api/metrics")]);
     renderFleet(fleet);
     renderVersions(versions);
     await deviceRow();
