@@ -376,7 +376,7 @@ function renderQuality(data) {
 const COLORS = ["#1e88e5", "#e53935", "#43a047", "#8e24aa", "#fb8c00", "#00897b"];
 
 function lineChart(title, unit, series) {
-  const W = 420, H = 170, L = 48, R = 10, T = 22, B = 24;
+  const W = 420, H = 180, L = 48, R = 10, T = 34, B = 24;
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("width", W);
@@ -412,7 +412,7 @@ function lineChart(title, unit, series) {
     const shown = s.points.filter((p) => p[1] !== null).map((p) => [sx(p[0]).toFixed(1), sy(p[1]).toFixed(1)]);
     add("polyline", { points: shown.map((p) => p.join(",")).join(" "), fill: "none", stroke: color, "stroke-width": 1.5, "data-series": s.name });
     if (shown.length < 30) shown.forEach(([x, y]) => add("circle", { cx: x, cy: y, r: 2, fill: color }));
-    add("text", { x: W - R - (series.length - i) * 60, y: 14, style: `fill:${color}` }, s.name);
+    add("text", { x: L + i * 80, y: 28, style: `fill:${color}` }, s.name); // the legend, under the title
   });
   return svg;
 }
