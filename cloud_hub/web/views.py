@@ -580,21 +580,22 @@ def gate_checks(
             checks = verdict.get("checks")
             for check in checks if isinstance(checks, list) else []:
                 rows.append(check_row(i + 1, gate.replace("_", " "), mapping(check), False))
-    i = current_wave(body)
+    wave = current_wave(body)
     gates = _plan_gates(body)
-    if i is None or gates is None or state not in LIVE_STATES:
+    if wave is None or gates is None or state not in LIVE_STATES:
         return rows
-    stage = _stages(body)[i]
+    stage = _stages(body)[wave]
     if stage.get("gate") is not None or stage.get("started") is None:
         return rows
     waves, states = body.get("waves"), mapping(body.get("devices"))
-    members = waves[i] if isinstance(waves, list) and isinstance(waves[i], list) else []
+    members = waves[wave] if isinstance(waves, list) and wave < len(waves) else []
+    members = members if isinstance(members, list) else []
     now_states = [str(states.get(d, "")) for d in members]
     healthy, failed = now_states.count("healthy"), now_states.count("failed")
     live = judge_installs(gates, len(members), healthy, failed, healthy + failed).checks
     if measured is not None and gates.watches_telemetry:
         live = live + judge_model(gates, measured).checks
-    rows.extend(check_row(i + 1, "gate", c.to_json(), True) for c in live)
+    rows.extend(check_row(wave + 1, "gate", c.to_json(), True) for c in live)
     return rows
 
 
