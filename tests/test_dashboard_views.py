@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.gates import Check, Gates, Metrics, Verdict
-from cloud_hub.store.database import StoredRecord, stats_of
+from cloud_hub.store.database import Store, StoredRecord, stats_of
+from cloud_hub.store.url import store_url
 from cloud_hub.web.views import (
     FleetQuery,
     device_row,
@@ -23,7 +25,7 @@ from cloud_hub.web.views import (
     weighted_median,
 )
 from edge_agent.errors import ConfigError
-from edge_agent.protocol.messages import ModelRef, StorageCondition
+from edge_agent.protocol.messages import Batch, ModelRef, Record, StorageCondition
 from edge_agent.protocol.records import DeviceStats, DriftReport, TelemetryWindow
 from tests.support.rollout import Sim
 
@@ -324,25 +326,38 @@ def test_each_version_sums_its_online_devices_newest_windows() -> None:
     assert weighted_median([(1.0, 1), (5.0, 1), (9.0, 1)]) == 5.0
 
 
-def test_fleet_series_buckets_every_device_by_time_and_version() -> None:
-    windows = [
-        (window_rec("a", 100.0, {}), TelemetryWindow(1.0, ModelRef("m", 1), 60, errors={"nan": 6})),
-        (window_rec("b", 105.0, {}), TelemetryWindow(1.0, ModelRef("m", 2), 30)),
-        (window_rec("a", 130.0, {}), TelemetryWindow(1.0, ModelRef("m", 1), 90)),
-        (window_rec("a", 999.0, {}), TelemetryWindow(1.0, ModelRef("m", 1), 5)),  # too late
+def test_fleet_series_buckets_every_device_by_time_and_version(
+    each_store: str, tmp_path: Path
+) -> None:
+    """Windows and drift reports of three devices, stored; summed per 30 s and model version
+    by the store (SQL on both engines), with a record stamped before the start and one past
+    the end left out, and errors of any reason counted."""
+    store = Store(store_url(tmp_path))  # the engine each_store chose
+    v1, v2 = ModelRef("m", 1), ModelRef("m", 2)
+    sent = [
+        ("a", 100.0, TelemetryWindow(1.0, v1, 60, errors={"nan": 4, "fields": 2})),
+        ("b", 105.0, TelemetryWindow(1.0, v2, 30)),
+        ("a", 130.0, TelemetryWindow(1.0, v1, 90)),
+        ("a", 99.0, TelemetryWindow(1.0, v1, 1000)),  # before the start
+        ("c", 999.0, TelemetryWindow(1.0, v1, 5)),  # past the end
+        ("c", 140.0, DriftReport(model=v2, psi={"x": 0.5}, status="alert")),
+        ("c", 141.0, DriftReport(model=v2, psi={"x": 0.01}, status="ok")),
+        ("b", 110.0, DriftReport(model=v2, psi={"x": 0.6}, status="alert")),
     ]
-    alert = DriftReport(model=ModelRef("m", 2), psi={"x": 0.5}, status="alert")
-    calm = DriftReport(model=ModelRef("m", 2), psi={"x": 0.01}, status="ok")
-    reports = [(rec(110.0, {}), alert), (rec(111.0, {}), calm)]
-    series = {s["model"]: s["points"] for s in fleet_series(windows, reports, 100.0, 160.0, 30.0)}
+    for seq, (device, ts, body) in enumerate(sent):
+        store.add_batch(body.KIND, Batch(device, (Record(1, seq, ts, body.to_body()),)))
+    buckets = store.fleet_buckets(100.0, 30.0)
+    series = {s["model"]: s["points"] for s in fleet_series(buckets, 100.0, 160.0, 30.0)}
     assert list(series) == ["fleet", "m@1", "m@2"]
     fleet = series["fleet"]
     assert [p["ts"] for p in fleet] == [100.0, 130.0]
     assert [p["rows_per_s"] for p in fleet] == [3.0, 3.0]  # 90 rows in 30 s, then 90
     assert [p["error_rate"] for p in fleet] == [6 / 90, 0.0]
-    assert [p["alerts"] for p in fleet] == [1, 0]
+    assert [p["alerts"] for p in fleet] == [1, 1]
     assert [p["rows_per_s"] for p in series["m@2"]] == [1.0, 0.0]
     assert [p["error_rate"] for p in series["m@2"]] == [0.0, None]  # no rows: no rate
+    assert [p["alerts"] for p in series["m@2"]] == [1, 1]
+    store.engine.dispose()
 
 
 # ---- a rollout's gates as a table --------------------------------------------------------------

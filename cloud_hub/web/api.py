@@ -27,14 +27,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cloud_hub.drift.source import FleetQuery, PublishedCards, read_fleet_drift
 from cloud_hub.quality.labels import FROM_API
 from cloud_hub.quality.report import MetricsQuery, quality_report
-from cloud_hub.store.database import Store, StoredRecord, typed
+from cloud_hub.store.database import Store, StoredRecord
 from cloud_hub.web import views
 from cloud_hub.web.actions import ACTIONS, ActionRefused, NoSuchRollout, apply_action
 from cloud_hub.web.experiments import add_routes as add_experiment_routes
 from cloud_hub.web.metrics import registry_for
 from cloud_hub.web.rollouts import soaking_metrics
 from edge_agent.errors import ConfigError
-from edge_agent.protocol.records import MAX_LABELS, DriftReport, TelemetryWindow
+from edge_agent.protocol.records import MAX_LABELS
 
 STATIC = Path(__file__).parent / "static"
 Severity = Literal["ok", "warn", "alert"]
@@ -553,9 +553,7 @@ def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None)
             )
         now = time.time()
         start = now - since_s
-        windows = typed(store.records_since("telemetry", None, start), TelemetryWindow)
-        reports = typed(store.records_since("drift", None, start), DriftReport)
-        series = views.fleet_series(windows, reports, start, now, bucket_s)
+        series = views.fleet_series(store.fleet_buckets(start, bucket_s), start, now, bucket_s)
         return {"now": now, "since_s": since_s, "bucket_s": bucket_s, "series": series}
 
     @app.get(

@@ -16,7 +16,13 @@ from typing import Any
 
 from cloud_hub.drift import fleet as fleet_drift
 from cloud_hub.rollout.gates import Gates, Metrics, judge_installs, judge_model
-from cloud_hub.store.database import StoredRecord, readable_stats, stats_of, typed
+from cloud_hub.store.database import (
+    FleetBucket,
+    StoredRecord,
+    readable_stats,
+    stats_of,
+    typed,
+)
 from edge_agent.drift import DEFAULT_ALERT_EVERY, DEFAULT_WARN_EVERY, levels
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.inputs import describe
@@ -469,14 +475,10 @@ def window_totals(windows: Sequence[TelemetryWindow]) -> dict[str, Any]:
 
 
 def fleet_series(
-    windows: Iterable[tuple[StoredRecord, TelemetryWindow]],
-    reports: Iterable[tuple[StoredRecord, DriftReport]],
-    start: float,
-    end: float,
-    bucket_s: float,
+    buckets: Iterable[FleetBucket], start: float, end: float, bucket_s: float
 ) -> list[dict[str, Any]]:
-    """The fleet over time, in buckets of `bucket_s` from `start` to `end` (by the records'
-    stamps): per bucket the rows inferred per second, the error rate (errors per row) and the
+    """The fleet over time (`Store.fleet_buckets`), in buckets of `bucket_s` from `start` to
+    `end`: per bucket the rows inferred per second, the error rate (errors per row) and the
     drift reports that alerted, for the whole fleet and for each model version."""
     n = max(1, math.ceil((end - start) / bucket_s))
 
@@ -484,20 +486,15 @@ def fleet_series(
         return [{"rows": 0.0, "errors": 0.0, "alerts": 0.0} for _ in range(n)]
 
     series: dict[str, list[dict[str, float]]] = {"fleet": empty()}
-
-    def add(rec: StoredRecord, model: ModelRef | None, key: str, value: float) -> None:
-        i = math.floor((rec.ts - start) / bucket_s)
-        if not 0 <= i < n:
-            return
-        for label in ("fleet", model_label(model)):
+    for b in buckets:
+        if not 0 <= b.bucket < n:
+            continue
+        for label in ("fleet", version_label(b.model, b.version)):
             if label is not None:
-                series.setdefault(label, empty())[i][key] += value
-
-    for rec, w in windows:
-        add(rec, w.model, "rows", w.count)
-        add(rec, w.model, "errors", w.error_count)
-    for rec, r in reports:
-        add(rec, r.model, "alerts", 1 if r.status == "alert" else 0)
+                sums = series.setdefault(label, empty())[b.bucket]
+                sums["rows"] += b.rows
+                sums["errors"] += b.errors
+                sums["alerts"] += b.alerts
     return [
         {
             "model": label,

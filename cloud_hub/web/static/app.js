@@ -182,7 +182,7 @@ function renderVersions(data) {
 }
 
 // ---- the fleet over time, next to the device's own charts -----------------------------------
-const FLEET_SERIES_EVERY = 5; // polls between two reads: each reads every window of 15 minutes
+const FLEET_SERIES_EVERY = 5; // polls between two reads: each sums 15 minutes of the fleet's records
 
 function renderFleetCharts(data) {
   const of = (key) => data.series.map((s) => ({ name: s.model, points: s.points.map((p) => [p.ts, p[key]]) }));
