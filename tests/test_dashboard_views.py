@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.gates import Check, Gates, Metrics, Verdict
 from cloud_hub.store.database import Store, StoredRecord, stats_of
 from cloud_hub.store.url import store_url
+from cloud_hub.web.fleet_rows import FleetRows
 from cloud_hub.web.views import (
     FleetQuery,
     device_row,
@@ -25,7 +27,7 @@ from cloud_hub.web.views import (
     weighted_median,
 )
 from edge_agent.errors import ConfigError
-from edge_agent.protocol.messages import Batch, ModelRef, Record, StorageCondition
+from edge_agent.protocol.messages import Batch, ModelRef, Record, Status, StorageCondition
 from edge_agent.protocol.records import DeviceStats, DriftReport, TelemetryWindow
 from tests.support.rollout import Sim
 
@@ -410,3 +412,31 @@ def test_gate_checks_are_rows_with_value_limit_and_verdict_never_raw_json() -> N
     broken = rollout_view(row(odd), now=1.0)  # a body the page cannot read: no rows, no clock
     assert broken["soak"] is None
     assert [(c["name"], c["value"], c["passed"]) for c in broken["checks"]] == [("?", None, None)]
+
+
+def test_fleet_rows_follow_every_change_and_remake_only_what_changed(
+    each_store: str, tmp_path: Path
+) -> None:
+    store = Store(store_url(tmp_path))
+    v1 = ModelRef("m", 1)
+    store.ingest([Status(d, True, 1, "0.1", "p", v1, {}, 1.0) for d in ("a", "b", "c")])
+    rows = FleetRows(store)
+    first, _ = rows.read()
+    assert [(r["id"], r["severity"]) for r in first] == [("a", "ok"), ("b", "ok"), ("c", "ok")]
+    assert rows.read()[0] is first  # nothing changed: nothing made again
+
+    report = DriftReport(model=v1, psi={"x": 0.6}, status="alert").to_body()
+    store.add_batch("drift", Batch("b", (Record(1, 1, 2.0, report),)))
+    second, _ = rows.read()
+    assert [r["severity"] for r in second] == ["ok", "alert", "ok"]
+    assert second[0] is first[0] and second[2] is first[2]  # a and c kept
+    store.add_refusals({"c": Counter(rate=3)}, 3.0)
+    assert rows.read()[0][2]["refused"] == {"rate": 3}
+    store.set_status(Status("a", False))
+    a = rows.read()[0][0]
+    assert (a["status"], a["severity"]) == ("offline", "warn")
+    store.register("d")
+    assert [r["id"] for r in rows.read()[0]] == ["a", "b", "c", "d"]
+    store.remove_devices(["b"])
+    assert [r["id"] for r in rows.read()[0]] == ["a", "c", "d"]
+    store.engine.dispose()

@@ -724,6 +724,19 @@ class Store:
             rows = conn.execute(q).mappings().all()
         return [_stored(r) for r in reversed(rows)]
 
+    def change_mark(self) -> tuple[Any, ...]:
+        """Changes whenever a record is stored, a device is added, removed or sends a status,
+        or a refusal is counted (its parts are read from indexes and the small tables), so a
+        reader may keep what it computed from those until it does. Retention removing a
+        device's newest records shows at the next record stored."""
+        q = select(
+            select(func.max(records.c.id)).scalar_subquery(),
+            select(func.count(), func.max(devices.c.last_seen)).subquery(),
+            select(func.coalesce(func.sum(refusals.c.count), 0)).scalar_subquery(),
+        )
+        with self.engine.connect() as conn:
+            return tuple(conn.execute(q).one())
+
     def fleet_buckets(self, start: float, bucket_s: float) -> list[FleetBucket]:
         """The fleet's records stamped at or after `start`, summed in SQL per bucket of
         `bucket_s` seconds and model version: telemetry rows and errors, drift reports that

@@ -27,10 +27,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cloud_hub.drift.source import FleetQuery, PublishedCards, read_fleet_drift
 from cloud_hub.quality.labels import FROM_API
 from cloud_hub.quality.report import MetricsQuery, quality_report
-from cloud_hub.store.database import Store, StoredRecord
+from cloud_hub.store.database import Store
 from cloud_hub.web import views
 from cloud_hub.web.actions import ACTIONS, ActionRefused, NoSuchRollout, apply_action
 from cloud_hub.web.experiments import add_routes as add_experiment_routes
+from cloud_hub.web.fleet_rows import FleetRows
 from cloud_hub.web.metrics import registry_for
 from cloud_hub.web.rollouts import soaking_metrics
 from edge_agent.errors import ConfigError
@@ -461,7 +462,8 @@ def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None)
         "`Authorization: Bearer <token>`; reads may be open (`edgehub serve --open-reads`).",
     )
     cards = cards or PublishedCards(None)
-    registry = registry_for(store, cards)
+    fleet_rows = FleetRows(store)
+    registry = registry_for(store, cards, fleet_rows)
 
     def write_access(credentials: Credentials) -> None:
         if credentials is None:
@@ -497,14 +499,6 @@ def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None)
     async def bad_request(_r: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": validation_message(exc)}, 422)
 
-    def device_rows() -> tuple[list[dict[str, Any]], dict[str, StoredRecord]]:
-        telemetry = store.latest_records("telemetry")
-        drift = store.latest_records("drift")
-        rows = [
-            views.device_row(d, telemetry.get(d["id"]), drift.get(d["id"])) for d in store.devices()
-        ]
-        return rows, telemetry
-
     @app.get(
         "/api/fleet",
         response_model=FleetOut,
@@ -521,7 +515,7 @@ def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None)
         sort: Sort = "severity",
     ) -> dict[str, Any]:
         query = views.FleetQuery(limit, offset, tuple(severity or ()), model, sort)
-        rows, _ = device_rows()
+        rows, _ = fleet_rows.read()
         return {"now": time.time(), **views.fleet_page(rows, query)}
 
     @app.get(
@@ -533,7 +527,7 @@ def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None)
         **reads,
     )
     def versions() -> dict[str, Any]:
-        rows, telemetry = device_rows()
+        rows, telemetry = fleet_rows.read()
         return {"now": time.time(), "versions": views.version_summary(rows, telemetry)}
 
     @app.get(

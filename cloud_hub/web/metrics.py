@@ -15,6 +15,7 @@ from cloud_hub.drift.source import FleetQuery, PublishedCards, read_fleet_drift
 from cloud_hub.quality.report import MetricsQuery, quality_report
 from cloud_hub.store.database import Store, stats_of, typed
 from cloud_hub.web import views
+from cloud_hub.web.fleet_rows import FleetRows
 from cloud_hub.web.quality_metrics import quality_metrics
 from edge_agent.protocol.records import DriftReport
 
@@ -22,8 +23,11 @@ FLEET_DRIFT_SINCE_S = 3600.0  # the metrics' fleet drift merges the last hour's 
 
 
 class StoreCollector(Collector):
-    def __init__(self, store: Store, cards: PublishedCards | None = None) -> None:
+    def __init__(
+        self, store: Store, cards: PublishedCards | None = None, rows: FleetRows | None = None
+    ) -> None:
         self.store = store
+        self.rows = rows or FleetRows(store)
         self.cards = cards or PublishedCards(None)  # None: no cards, no fleet drift gauges
 
     def collect(self) -> Iterator[Metric]:
@@ -75,9 +79,7 @@ class StoreCollector(Collector):
                 refused.add_metric([d["id"], reason], n)
         yield refused
 
-        telemetry = self.store.latest_records("telemetry")
-        drift = self.store.latest_records("drift")
-        rows = [views.device_row(d, telemetry.get(d["id"]), drift.get(d["id"])) for d in devices]
+        rows, telemetry = self.rows.read()
         yield from version_metrics(views.version_summary(rows, telemetry))
 
         psi = GaugeMetricFamily(
@@ -86,7 +88,7 @@ class StoreCollector(Collector):
             labels=["model", "feature"],
         )
         worst: dict[tuple[str, str], float] = {}
-        for _, report in typed(drift.values(), DriftReport):
+        for _, report in typed(self.store.latest_records("drift").values(), DriftReport):
             if report.model is None:
                 continue
             for feature, value in report.psi.items():
@@ -251,7 +253,10 @@ def _inputs(devices: list[dict[str, Any]]) -> Iterator[Metric]:
     yield from (lost, reopened, is_open, idle, quiet)
 
 
-def registry_for(store: Store, cards: PublishedCards | None = None) -> CollectorRegistry:
+def registry_for(
+    store: Store, cards: PublishedCards | None = None, rows: FleetRows | None = None
+) -> CollectorRegistry:
+    """The hub's metrics over `store`; `rows` shares the device rows with the dashboard."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store, cards))
+    registry.register(StoreCollector(store, cards, rows))
     return registry
