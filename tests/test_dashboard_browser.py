@@ -436,6 +436,7 @@ def test_the_dashboard_at_fleet_scale_pages_filters_sums_and_gates(
     judged = card.locator('table.gates tr[data-wave="1"][data-check="p95_ms"]')
     expect(judged).to_have_attribute("data-live", "false")
     expect(judged.locator("td.value")).to_have_text("2.400")
+    expect(card.locator('.wave[data-wave="2"]')).to_contain_text("soaking")
     soak = card.locator(".soak")
     expect(soak).to_have_text(re.compile(r"^wave 2 soaking: \d+ s left of 600 s$"))
     left = int(soak.get_attribute("data-seconds-left") or "0")

@@ -401,6 +401,13 @@ def test_gate_checks_are_rows_with_value_limit_and_verdict_never_raw_json() -> N
     ]
     assert view["checks"][4]["label"] == "latency p95 (ms)"
     assert view["soak"] == {"wave": 2, "soak_s": 300.0, "ends_at": 1300.0, "seconds_left": 200}
+    assert [w["state"] for w in view["waves"]] == ["done", "failed"]  # c failed: not soaking
+    r.devices["c"] = "healthy"
+    assert [w["state"] for w in rollout_view(row(r.to_json()), 1100.0)["waves"]] == [
+        "done",
+        "soaking",
+    ]
+    r.devices["c"] = "failed"
     later = rollout_view(row(r.to_json()), now=1400.0)
     assert later["soak"]["seconds_left"] == 0
     assert [c["name"] for c in later["checks"] if c["live"]] == ["failures", "healthy"]  # no data

@@ -263,7 +263,9 @@ class RolloutDevice(BaseModel):
 
 class RolloutWave(BaseModel):
     number: int
-    state: Literal["pending", "in progress", "done", "failed"]
+    state: Literal["pending", "in progress", "soaking", "done", "failed"] = Field(
+        description="soaking: every device healthy, the wave's gate not judged yet"
+    )
     devices: list[RolloutDevice]
 
 

@@ -272,6 +272,9 @@ def rollout_view(
             for d in members
         ]
         waves.append({"number": i + 1, "state": _wave_state(devices), "devices": devices})
+    clock = soak_clock(body, row["state"], now)
+    if clock is not None and waves[clock["wave"] - 1]["state"] == "done":
+        waves[clock["wave"] - 1]["state"] = "soaking"  # all healthy, not judged yet
     progress: dict[str, int] = {}
     for state in states.values():
         progress[str(state)] = progress.get(str(state), 0) + 1
@@ -295,7 +298,7 @@ def rollout_view(
         "progress": progress,
         "halt_reason": str(body.get("halt_reason") or ""),
         "checks": gate_checks(body, row["state"], measured),
-        "soak": soak_clock(body, row["state"], now),
+        "soak": clock,
         "gates": gates,
         "body": dict(body),
     }
