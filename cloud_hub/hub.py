@@ -57,12 +57,12 @@ from cloud_hub.retrain.runner import Hub as RetrainHub
 from cloud_hub.retrain.runner import Ticker
 from cloud_hub.retrain.triggers import StoreLabels
 from cloud_hub.rollout import engine as ro
-from cloud_hub.rollout.gates import Metrics, Position, after_install, measure
-from cloud_hub.rollout.operations import fleet_facts
+from cloud_hub.rollout.gates import Metrics, Position
+from cloud_hub.rollout.operations import fleet_facts, measure_stored, rollout_reports
 from cloud_hub.signing.commands import COMMAND_TTL, counter_floor, sign_command
 from cloud_hub.signing.deltas import Deltas
 from cloud_hub.signing.tuf_repo import TufRepository
-from cloud_hub.store.database import Ingest, Store, dumps, typed
+from cloud_hub.store.database import Ingest, Store, dumps
 from cloud_hub.store.errors import StoreError
 from cloud_hub.store.url import store_url as home_store
 from edge_agent.errors import BadDataError, MessageError, TransportError
@@ -83,13 +83,7 @@ from edge_agent.protocol.messages import (
     encode,
     spans_of,
 )
-from edge_agent.protocol.records import (
-    DeviceEvent,
-    DriftReport,
-    TelemetryWindow,
-    decode,
-    decode_checked_status,
-)
+from edge_agent.protocol.records import decode, decode_checked_status
 from edge_agent.protocol.topics import Topics
 from edge_agent.protocol.transfer import CHUNK_SIZE, chunk_bounds, chunk_count
 from edge_agent.update.crypto import new_transfer_key, seal_chunk, wrap_key
@@ -558,10 +552,7 @@ class Hub:
     def _step_rollout(self, row: dict[str, Any], fleet: dict[str, ro.DeviceFacts]) -> None:
         """Step one rollout; write it back (if nobody else did meanwhile), then send."""
         r = ro.Rollout.from_json(row["body"])
-        reports = [
-            ro.Report(rec.device, event.event, event.reason, event.shadow, at=(rec.boot, rec.seq))
-            for rec, event in typed(self.store.records("events", rollout=r.id), DeviceEvent)
-        ]
+        reports = rollout_reports(self.store, r.id)
         before = r.to_json()
         sends = ro.step(r, self.clock(), fleet, reports, lambda d, t: self._measure(r.model, d, t))
         if r.to_json() == before:
@@ -596,9 +587,4 @@ class Hub:
     def _measure(self, model: ModelRef, installed: dict[str, Position], since: float) -> Metrics:
         """What `model` did on these devices after each installed it (at the position given),
         from the records stored since the wave started."""
-        devices = list(installed)
-        windows = typed(self.store.records_since("telemetry", devices, since), TelemetryWindow)
-        reports = typed(self.store.records_since("drift", devices, since), DriftReport)
-        return measure(
-            after_install(windows, model, installed), after_install(reports, model, installed)
-        )
+        return measure_stored(self.store, model, installed, since)

@@ -102,8 +102,15 @@ def test_every_answer_matches_the_openapi_description(
     fleet[0].wait_command()
 
     _, data = api.check(base, "/api/fleet", "/api/fleet")
-    assert [d["id"] for d in data["devices"]] == ["pi-1", "pi-2"]
-    pi2 = data["devices"][1]
+    assert [d["id"] for d in data["devices"]] == ["pi-2", "pi-1"]  # worst first
+    assert (data["fleet"], data["total"], data["offset"], data["limit"]) == (2, 2, 0, 50)
+    assert data["counts"] == {"ok": 1, "warn": 0, "alert": 1}
+    pi2 = data["devices"][0]
+    assert (pi2["severity"], pi2["concerns"]) == (
+        "alert",
+        ["drift alert", "input: no input 75s, port lost x3"],
+    )
+    assert (data["devices"][1]["severity"], data["devices"][1]["concerns"]) == ("ok", [])
     assert (pi2["status"], pi2["model"], pi2["version"], pi2["profile"]) == (
         "online",
         "climate",
@@ -111,7 +118,33 @@ def test_every_answer_matches_the_openapi_description(
         "raspberry-pi-4",
     )
     assert (pi2["dropped"], pi2["latency_p95_ms"], pi2["drift_status"]) == (4, 1.7, "alert")
-    assert (data["devices"][0]["input"], pi2["input"]) == ("ok", "no input 75s, port lost x3")
+    assert (data["devices"][1]["input"], pi2["input"]) == ("ok", "no input 75s, port lost x3")
+    pages = {
+        "limit=1&offset=1": (["pi-1"], 2),
+        "severity=alert": (["pi-2"], 1),
+        "severity=ok&severity=warn": (["pi-1"], 1),
+        "model=climate": (["pi-2", "pi-1"], 2),
+        "model=climate@2": ([], 0),
+        "sort=id": (["pi-1", "pi-2"], 2),
+        "offset=5": ([], 2),
+    }
+    for query, (ids, total) in pages.items():
+        _, page = api.check(base, "/api/fleet", f"/api/fleet?{query}")
+        assert ([d["id"] for d in page["devices"]], page["total"]) == (ids, total), query
+
+    _, versions = api.check(base, "/api/versions", "/api/versions")
+    (v1,) = versions["versions"]
+    assert (v1["label"], v1["devices"], v1["online"], v1["windows"]) == ("climate@1", 2, 2, 2)
+    # each device's newest window: 60 rows in 1 s, no errors, p95 1.7 ms
+    assert (v1["rows_per_s"], v1["errors_per_s"], v1["error_rate"]) == (120.0, 0.0, 0.0)
+    assert v1["latency_ms"] == {"p50": 0.85, "p95": 1.7}
+    assert (v1["drift_warn"], v1["drift_alert"]) == (0, 1)
+    _, over_time = api.check(
+        base, "/api/fleet/series", "/api/fleet/series?since_s=7200&bucket_s=600"
+    )
+    (whole,) = over_time["series"]  # the windows are stamped 1970: none in the last 2 hours
+    assert (whole["model"], len(whole["points"])) == ("fleet", 12)
+    assert {p["rows_per_s"] for p in whole["points"]} == {0.0}
     assert pi2["inputs"] == [{**PORT, "idle_s": 75.0, "no_input": True, "lost": 3}]
 
     _, one = api.check(base, "/api/devices/{device}", "/api/devices/pi-2")
@@ -155,6 +188,11 @@ def test_every_answer_matches_the_openapi_description(
     assert (view["state"], view["wave"], view["model"]) == ("running", 1, "climate@2")
     assert [w["state"] for w in view["waves"]] == ["in progress", "pending"]
     assert view["progress"] == {"sent": 1, "waiting": 1}
+    assert [
+        (c["wave"], c["name"], c["value"], c["limit"], c["passed"], c["live"])
+        for c in view["checks"]
+    ] == [(1, "failures", 0, 0, True, True), (1, "healthy", 0, 0, True, True)]
+    assert view["soak"] is None  # the canary has not answered yet
 
     for e in experiments(r.id):
         dash.hub.store.add_experiment(e.id, e.state, e.to_json())
@@ -258,6 +296,35 @@ def test_metrics_parse_with_the_prometheus_parser(
     offline = (("device", "pi-2"), ("input", PORT["name"]))
     assert samples[("edgefleet_device_input_lost_total", offline)] == 3  # what it last told
     assert ("edgefleet_device_no_input", offline) not in samples  # gone quiet with it
+    climate = (("model", "climate"), ("version", "1"))
+    assert samples[("edgefleet_model_devices", climate)] == 2
+    assert samples[("edgefleet_model_devices_online", climate)] == 1
+    assert samples[("edgefleet_model_rows_per_second", climate)] == 60  # pi-1's newest window
+    assert samples[("edgefleet_model_errors_per_second", climate)] == 0
+    assert samples[("edgefleet_model_error_rate", climate)] == 0
+    assert (
+        samples[
+            (
+                "edgefleet_model_latency_ms",
+                (("model", "climate"), ("quantile", "0.95"), ("version", "1")),
+            )
+        ]
+        == 1.7
+    )
+    assert (
+        samples[
+            (
+                "edgefleet_model_latency_ms",
+                (("model", "climate"), ("quantile", "0.5"), ("version", "1")),
+            )
+        ]
+        == 0.85
+    )
+    drifting = "edgefleet_model_drift_devices"
+    assert (
+        samples[(drifting, (*climate[:1], ("status", "alert"), climate[1]))] == 1
+    )  # pi-2's newest report
+    assert samples[(drifting, (*climate[:1], ("status", "warn"), climate[1]))] == 0
     psi = "edgefleet_drift_psi"
     assert samples[(psi, (("feature", "humidity"), ("model", "climate")))] == 0.3
     assert samples[(psi, (("feature", "temperature"), ("model", "climate")))] == 0.05
@@ -282,8 +349,12 @@ def test_a_full_disk_shows_in_the_api_and_the_metrics(
         lambda: all("storage" in (d["stats"] or {}) for d in dash.hub.store.devices()),
     )
     api = OpenApi(dash.url)
-    _, data = api.check(dash.url, "/api/fleet", "/api/fleet")
+    _, data = api.check(dash.url, "/api/fleet", "/api/fleet?sort=id")
     pi1, pi2 = data["devices"]
+    assert (pi2["severity"], pi2["concerns"][:2]) == (
+        "alert",
+        ["drift alert", "storage: disk-full"],
+    )
     assert pi1["storage"] == {"ok": True, "error": None, "reasons": [], "since": None, "unkept": {}}
     assert pi2["storage"] == {
         "ok": False,
@@ -376,6 +447,14 @@ def test_writes_need_the_token_and_follow_the_rollout_state(
         ("api/experiments/e-nope", "GET", 404, "no experiment with id 'e-nope'"),
         ("api/rollouts/r-nope/explode", "POST", 422, "path parameter action"),
         ("api/nothing", "GET", 404, "Not Found"),
+        ("api/fleet?limit=0", "GET", 422, "query parameter limit"),
+        ("api/fleet?limit=501", "GET", 422, "less than or equal to 500, got '501'"),
+        ("api/fleet?offset=-1", "GET", 422, "query parameter offset"),
+        ("api/fleet?severity=bad", "GET", 422, "query parameter severity.0: Input should be 'ok'"),
+        ("api/fleet?sort=age", "GET", 422, "query parameter sort"),
+        ("api/fleet?model=climate@two", "GET", 422, "query parameter model"),
+        ("api/fleet/series?since_s=86400&bucket_s=1", "GET", 422, "at most 500 buckets"),
+        ("api/fleet/series?bucket_s=0", "GET", 422, "query parameter bucket_s"),
     ],
 )
 def test_bad_requests_get_clear_json_errors(

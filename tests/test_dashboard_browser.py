@@ -21,11 +21,15 @@ from cloud_hub.experiments.design import A, B, Rate
 from cloud_hub.quality.metrics import Floors
 from cloud_hub.quality.report import save_floors
 from cloud_hub.rollout import engine as ro
+from cloud_hub.store.database import Store
+from cloud_hub.web.api import WebAuth, create_app
+from cloud_hub.web.server import WebServer
 from edge_agent.drift import DriftMonitor
 from edge_agent.protocol.card import parse_card
 from edge_agent.protocol.ids import prediction_id
 from edge_agent.protocol.messages import Batch, ModelRef, Record, StorageCondition
 from edge_agent.protocol.records import TelemetryWindow, WindowRows
+from tests.support.big_fleet import Seeded, seed_fleet
 from tests.support.dashboard_fleet import (
     FEATURES,
     TOKEN,
@@ -347,5 +351,101 @@ def test_model_quality_shows_each_version_with_its_interval_and_its_floor(
     new = page.locator('#quality tr[data-model="climate@2"]')
     expect(new.locator('td[data-metric="accuracy"]')).to_have_text(re.compile(r"^1\.000 "))
     expect(new).to_have_attribute("data-alert", "false")
+    expect(page.locator("#error")).to_be_hidden()
+    page.close()
+
+
+@pytest.fixture
+def big_fleet(tmp_path: Path) -> Iterator[tuple[str, Seeded]]:
+    """2,000 devices in a hub's store (tests/support/big_fleet.py), and its dashboard."""
+    store = Store(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    seeded = seed_fleet(store, 2000)
+    web = WebServer(create_app(store, WebAuth(TOKEN)), "127.0.0.1", 0)
+    web.start()
+    yield web.url, seeded
+    web.stop()
+
+
+def fleet_ids(page: Page) -> list[str]:
+    return [r.get_attribute("data-device") or "" for r in page.locator("#fleet tbody tr").all()]
+
+
+def test_the_dashboard_at_fleet_scale_pages_filters_sums_and_gates(
+    browser: Browser, big_fleet: tuple[str, Seeded]
+) -> None:
+    url, seeded = big_fleet
+    counts = Counter(seeded.severities.values())
+    page: Page = browser.new_page()
+    page.goto(f"{url}#token={TOKEN}")
+    info = page.locator("#page-info")
+    expect(info).to_have_text("1–50 of 2000", timeout=WAIT_MS)
+    expect(page.locator("#fleet tbody tr")).to_have_count(50)
+    for severity in ("alert", "warn", "ok"):
+        button = page.locator(f'#severity-filter button[data-severity="{severity}"] .n')
+        expect(button).to_have_text(str(counts[severity]))
+    # worst first: the first page is all alerts (there are more than 50)
+    assert counts["alert"] > 50
+    first = fleet_ids(page)
+    assert {seeded.severities[d] for d in first} == {"alert"}
+    page.click("#page-next")
+    expect(info).to_have_text("51–100 of 2000", timeout=WAIT_MS)
+    second = fleet_ids(page)
+    assert not set(first) & set(second) and len(second) == 50
+    assert [seeded.severities[d] for d in second][: counts["alert"] - 50] == ["alert"] * (
+        counts["alert"] - 50
+    )
+    assert seeded.severities[second[-1]] == "warn"  # then the warnings
+    # the drift heat map follows the page
+    expect(page.locator("#drift tbody tr")).to_have_count(50)
+
+    page.click('#severity-filter button[data-severity="warn"]')
+    expect(info).to_have_text(f"1–50 of {counts['warn']}", timeout=WAIT_MS)
+    cells = page.locator("#fleet tbody td.severity .badge")
+    expect(cells).to_have_count(50)
+    assert set(cells.all_inner_texts()) == {"warn"}
+    assert all(seeded.severities[d] == "warn" for d in fleet_ids(page))
+
+    # per model version: devices, and rows/s summed over the online devices' windows
+    for label in ("climate@1", "climate@2"):
+        row = page.locator(f'#versions tr[data-version="{label}"]')
+        running = sum(1 for v in seeded.versions.values() if v == label)
+        expect(row.locator("td.devices")).to_have_text(str(running))
+        expect(row.locator("td.rows-per-s")).to_have_text(f"{seeded.rows_per_s[label]:.1f}")
+    page.click('#versions tr[data-version="climate@2"]')  # its devices, the warnings among them
+    v2_warn = sum(
+        1 for d, s in seeded.severities.items() if s == "warn" and seeded.versions[d] == "climate@2"
+    )
+    expect(info).to_have_text(f"1–50 of {v2_warn}", timeout=WAIT_MS)
+    assert all(seeded.versions[d] == "climate@2" for d in fleet_ids(page))
+    expect(page.locator("#model-filter")).to_have_value("climate@2")
+
+    # fleet charts next to the device's: the fleet and each version
+    rows_chart = page.locator('#fleet-charts svg[data-chart="fleet rows"] polyline')
+    expect(rows_chart).to_have_count(3, timeout=WAIT_MS)
+    expect(page.locator('#charts svg[data-chart="latency"]')).to_have_count(1)
+
+    # the rollout: each gate check a row, the soaking wave's live, its soak counting down
+    card = page.locator(f'.rollout[data-rollout="{seeded.rollout}"]')
+    p95 = card.locator('table.gates tr[data-wave="2"][data-check="p95_ms"]')
+    expect(p95).to_have_attribute("data-live", "true", timeout=WAIT_MS)
+    expect(p95.locator("td.value")).to_have_text("3.000")
+    expect(p95.locator("td.limit")).to_have_text("<= 5.000")
+    expect(p95.locator("td.verdict")).to_have_text("pass")
+    errors = card.locator('table.gates tr[data-wave="2"][data-check="error_rate"] td.value')
+    expect(errors).to_have_text(re.compile(r"^\d+\.\d\d%$"))
+    judged = card.locator('table.gates tr[data-wave="1"][data-check="p95_ms"]')
+    expect(judged).to_have_attribute("data-live", "false")
+    expect(judged.locator("td.value")).to_have_text("2.400")
+    expect(card.locator('.wave[data-wave="2"]')).to_contain_text("soaking")
+    soak = card.locator(".soak")
+    expect(soak).to_have_text(re.compile(r"^wave 2 soaking: \d+ s left of 600 s$"))
+    left = int(soak.get_attribute("data-seconds-left") or "0")
+    assert 0 < left <= 600
+    page.wait_for_function(
+        f"document.querySelector('.rollout .soak').dataset.secondsLeft < {left}",
+        timeout=WAIT_MS,
+    )
+    panel = page.locator("#rollouts").inner_text()
+    assert '{"' not in panel and "checks" not in panel, panel
     expect(page.locator("#error")).to_be_hidden()
     page.close()

@@ -10,13 +10,14 @@ from typing import Any
 
 from cloud_hub.broker.identity import check_device_name
 from cloud_hub.rollout import engine as ro
-from cloud_hub.rollout.gates import Gates
+from cloud_hub.rollout.gates import Gates, Metrics, Position, after_install, measure
 from cloud_hub.signing.tuf_repo import TufRepository
-from cloud_hub.store.database import Store
+from cloud_hub.store.database import Store, typed
 from cloud_hub.store.url import store_url
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError, TransportError
 from edge_agent.protocol.input_spec import InputSpec, describe_input
 from edge_agent.protocol.messages import ModelRef
+from edge_agent.protocol.records import DeviceEvent, DriftReport, TelemetryWindow
 from edge_agent.system.identity import identity_paths, parse_public_identity
 from edge_agent.update.bundle import Bundle, read_bundle
 from edge_agent.update.verify import install_trusted_root
@@ -97,6 +98,28 @@ def fleet_facts(store: Store) -> dict[str, ro.DeviceFacts]:
         )
         for d in store.devices()
     }
+
+
+def rollout_reports(store: Store, rollout_id: str) -> list[ro.Report]:
+    """What the devices reported of a rollout (its events), in the order they were stored."""
+    return [
+        ro.Report(rec.device, event.event, event.reason, event.shadow, at=(rec.boot, rec.seq))
+        for rec, event in typed(store.records("events", rollout=rollout_id), DeviceEvent)
+    ]
+
+
+def measure_stored(
+    store: Store, model: ModelRef, installed: dict[str, Position], since: float
+) -> Metrics:
+    """What `model` did on these devices after each installed it (at the position given), from
+    the records stored since `since` (the wave's start): what a wave's gate judges, and what the
+    dashboard shows while the wave soaks."""
+    devices = list(installed)
+    windows = typed(store.records_since("telemetry", devices, since), TelemetryWindow)
+    reports = typed(store.records_since("drift", devices, since), DriftReport)
+    return measure(
+        after_install(windows, model, installed), after_install(reports, model, installed)
+    )
 
 
 def start_rollout(

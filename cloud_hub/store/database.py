@@ -41,12 +41,14 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal_column,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
 
 from cloud_hub.drift.fleet import pooled_accuracy, pooled_anomalies
 from cloud_hub.quality.labels import FROM_DEVICE, LABEL_GRACE_S, JoinedLabel
@@ -263,6 +265,18 @@ def typed(rows: Iterable[StoredRecord], of: type[B]) -> list[tuple[StoredRecord,
             first,
         )
     return out
+
+
+@dataclass(frozen=True)
+class FleetBucket:
+    """What the fleet's records of one model version added up to in one time bucket."""
+
+    bucket: int  # counted from the start, each bucket_s long
+    model: str | None
+    version: int | None
+    rows: int = 0  # inferred, per the telemetry windows
+    errors: int = 0  # lines rejected, per the telemetry windows
+    alerts: int = 0  # drift reports that alerted
 
 
 class Store:
@@ -709,6 +723,52 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
         return [_stored(r) for r in reversed(rows)]
+
+    def change_mark(self) -> tuple[Any, ...]:
+        """Changes whenever a record is stored, a device is added, removed or sends a status,
+        or a refusal is counted (its parts are read from indexes and the small tables), so a
+        reader may keep what it computed from those until it does. Retention removing a
+        device's newest records shows at the next record stored."""
+        q = select(
+            select(func.max(records.c.id)).scalar_subquery(),
+            select(func.count(), func.max(devices.c.last_seen)).subquery(),
+            select(func.coalesce(func.sum(refusals.c.count), 0)).scalar_subquery(),
+        )
+        with self.engine.connect() as conn:
+            return tuple(conn.execute(q).one())
+
+    def fleet_buckets(self, start: float, bucket_s: float) -> list[FleetBucket]:
+        """The fleet's records stamped at or after `start`, summed in SQL per bucket of
+        `bucket_s` seconds and model version: telemetry rows and errors, drift reports that
+        alerted (the dashboard's fleet charts read a fleet's minutes without decoding each
+        record). A record that names no model counts as model None, version None."""
+        since = (records.c.ts - start) / bucket_s  # at least 0: SQLite's cast truncates it
+        postgres = self.engine.dialect.name == "postgresql"  # where a cast rounds
+        bucket = (func.floor(since) if postgres else func.cast(since, Integer)).label("bucket")
+        name = records.c.body[("model", "name")].as_string().label("name")
+        version = records.c.body[("model", "version")].as_integer().label("version")
+        errors: ColumnElement[Any] = literal_column(  # a window's errors of every reason
+            "(SELECT coalesce(sum(CAST(value AS BIGINT)), 0) "
+            "FROM json_each_text(records.body -> 'errors'))"
+            if postgres
+            else "(SELECT total(value) FROM json_each(records.body, '$.errors'))"
+        )
+        count = records.c.body["count"].as_integer()
+        alert = case((records.c.body["status"].as_string() == "alert", 1), else_=0)
+        out: list[FleetBucket] = []
+        with self.engine.connect() as conn:
+            for kind, rows, errs, alerts in (
+                ("telemetry", func.sum(count), func.sum(errors), literal_column("0")),
+                ("drift", literal_column("0"), literal_column("0"), func.sum(alert)),
+            ):
+                q = (
+                    select(bucket, name, version, rows, errs, alerts)
+                    .where(records.c.kind == kind, records.c.ts >= start)
+                    .group_by(bucket, name, version)
+                )
+                for b, n, v, r, e, a in conn.execute(q):
+                    out.append(FleetBucket(int(b), n, v, int(r or 0), int(e or 0), int(a or 0)))
+        return out
 
     def record_counts(self) -> dict[str, int]:
         """Records stored so far, by kind."""

@@ -31,11 +31,14 @@ from cloud_hub.store.database import Store
 from cloud_hub.web import views
 from cloud_hub.web.actions import ACTIONS, ActionRefused, NoSuchRollout, apply_action
 from cloud_hub.web.experiments import add_routes as add_experiment_routes
+from cloud_hub.web.fleet_rows import FleetRows
 from cloud_hub.web.metrics import registry_for
+from cloud_hub.web.rollouts import soaking_metrics
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.records import MAX_LABELS
 
 STATIC = Path(__file__).parent / "static"
+Severity = Literal["ok", "warn", "alert"]
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_POINTS = 5000
 
@@ -99,11 +102,67 @@ class DeviceOut(BaseModel):
     storage: StorageOut | None = Field(
         description="the device's own storage, as its last status said (null: it did not say)"
     )
+    severity: Severity = Field(
+        description="alert: drift alert or storage failing; warn: drift warn, offline or an "
+        "input in trouble; ok otherwise"
+    )
+    concerns: list[str] = Field(description='why, worst first: "drift alert", "offline", ...')
 
 
 class FleetOut(BaseModel):
     now: float
-    devices: list[DeviceOut]
+    fleet: int = Field(description="devices the hub knows")
+    total: int = Field(description="devices matching the filters (the pages hold them)")
+    offset: int
+    limit: int
+    counts: dict[Severity, int] = Field(
+        description="devices of the model filter per severity (what each severity filter shows)"
+    )
+    devices: list[DeviceOut] = Field(description="this page of the matching devices")
+
+
+class VersionLatency(BaseModel):
+    p50: float | None = Field(description="row-weighted median of the windows' p50")
+    p95: float | None = Field(description="row-weighted median of the windows' p95")
+
+
+class VersionOut(BaseModel):
+    model: str
+    version: int | None
+    label: str = Field(description="NAME@VERSION")
+    devices: int = Field(description="devices running it")
+    online: int
+    windows: int = Field(description="online devices whose newest window is of this version")
+    rows_per_s: float = Field(description="rows inferred per second, summed over those windows")
+    errors_per_s: float = Field(description="rejected lines per second, summed likewise")
+    error_rate: float | None = Field(description="errors per inferred row in those windows")
+    latency_ms: VersionLatency
+    drift_warn: int = Field(description="devices whose newest drift report warns")
+    drift_alert: int = Field(description="devices whose newest drift report alerts")
+
+
+class VersionsOut(BaseModel):
+    now: float
+    versions: list[VersionOut]
+
+
+class SeriesPoint(BaseModel):
+    ts: float = Field(description="start of the bucket (epoch s)")
+    rows_per_s: float
+    error_rate: float | None = Field(description="errors per inferred row (null: no rows)")
+    alerts: int = Field(description="drift reports that alerted")
+
+
+class Series(BaseModel):
+    model: str = Field(description='"fleet" (every device) or NAME@VERSION')
+    points: list[SeriesPoint]
+
+
+class FleetSeriesOut(BaseModel):
+    now: float
+    since_s: float
+    bucket_s: float
+    series: list[Series]
 
 
 class Latency(BaseModel):
@@ -204,8 +263,29 @@ class RolloutDevice(BaseModel):
 
 class RolloutWave(BaseModel):
     number: int
-    state: Literal["pending", "in progress", "done", "failed"]
+    state: Literal["pending", "in progress", "soaking", "done", "failed"] = Field(
+        description="soaking: every device healthy, the wave's gate not judged yet"
+    )
     devices: list[RolloutDevice]
+
+
+class GateCheck(BaseModel):
+    wave: int = Field(description="counted from 1")
+    gate: Literal["gate", "shadow gate"]
+    name: str = Field(description="failures, healthy, p95_ms, error_rate, max_psi, ...")
+    label: str = Field(description="what it measures, for people")
+    value: float | None = Field(description="what was measured (null: no data yet)")
+    limit: float | None
+    relation: Literal["<=", ">="] = Field(description="the value passes when value RELATION limit")
+    passed: bool | None = Field(description="null: no data to judge yet")
+    live: bool = Field(description="the wave under way, as it stands now (not a verdict yet)")
+
+
+class SoakOut(BaseModel):
+    wave: int
+    soak_s: float
+    ends_at: float = Field(description="epoch s")
+    seconds_left: int
 
 
 class RolloutOut(BaseModel):
@@ -218,6 +298,10 @@ class RolloutOut(BaseModel):
     waves: list[RolloutWave]
     progress: dict[str, int] = Field(description="devices by state")
     halt_reason: str
+    checks: list[GateCheck] = Field(
+        description="each wave's gate checks; live for the one under way"
+    )
+    soak: SoakOut | None = Field(description="the soak of the wave under way (null: none soaks)")
     gates: dict[str, Any] = Field(description="`gates` / `gate_results` as the engine stored them")
     body: dict[str, Any] = Field(description="the rollout as stored")
 
@@ -300,6 +384,8 @@ class MetricsOut(BaseModel):
     labels: LabelCountsOut
 
 
+MAX_BUCKETS = 500
+
 bearer = HTTPBearer(auto_error=False, description="the hub's dashboard token")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 DeviceId = Annotated[str, PathParam(pattern=ID_PATTERN, description="a device id")]
@@ -311,6 +397,37 @@ Limit = Annotated[int, Query(ge=1, le=MAX_POINTS, description="at most this many
 Feature = Annotated[str | None, Query(max_length=200, description="only this feature")]
 ModelName = Annotated[str | None, Query(max_length=64, description="only devices running it")]
 Action = Literal["pause", "resume", "abort", "rollback"]
+PageLimit = Annotated[int, Query(ge=1, le=views.MAX_PAGE, description="devices per page")]
+Offset = Annotated[int, Query(ge=0, description="devices to skip (a page starts there)")]
+SeverityFilter = Annotated[
+    list[Severity] | None, Query(description="only these severities (repeat it for more)")
+]
+VersionFilter = Annotated[
+    str | None,
+    Query(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[0-9]{1,9})?$",
+        description="only devices running this model (NAME) or model version (NAME@VERSION)",
+    ),
+]
+Sort = Annotated[
+    Literal["severity", "last_seen", "id"],
+    Query(
+        description="severity: worst first, then the most recently seen; last_seen: newest first"
+    ),
+]
+DriftDevices = Annotated[
+    list[str] | None,
+    Query(
+        max_length=views.MAX_PAGE,
+        description="only these devices, in this order (repeat it: a page of the fleet)",
+    ),
+]
+SeriesSince = Annotated[
+    float, Query(gt=0, le=86400, allow_inf_nan=False, description="the last seconds")
+]
+SeriesBucket = Annotated[
+    float, Query(ge=1, le=3600, allow_inf_nan=False, description="seconds a point")
+]
 SinceSeconds = Annotated[
     float,
     Query(gt=0, le=30 * 86400, allow_inf_nan=False, description="reports of the last seconds"),
@@ -347,7 +464,8 @@ def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None)
         "`Authorization: Bearer <token>`; reads may be open (`edgehub serve --open-reads`).",
     )
     cards = cards or PublishedCards(None)
-    registry = registry_for(store, cards)
+    fleet_rows = FleetRows(store)
+    registry = registry_for(store, cards, fleet_rows)
 
     def write_access(credentials: Credentials) -> None:
         if credentials is None:
@@ -383,14 +501,56 @@ def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None)
     async def bad_request(_r: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": validation_message(exc)}, 422)
 
-    @app.get("/api/fleet", response_model=FleetOut, responses=_errors(401, 403), **reads)
-    def fleet() -> dict[str, Any]:
-        telemetry = store.latest_records("telemetry")
-        drift = store.latest_records("drift")
-        rows = [
-            views.device_row(d, telemetry.get(d["id"]), drift.get(d["id"])) for d in store.devices()
-        ]
-        return {"now": time.time(), "devices": rows}
+    @app.get(
+        "/api/fleet",
+        response_model=FleetOut,
+        responses=_errors(401, 403, 422),
+        description="One page of the devices, filtered by severity and model (version), "
+        "worst first by default.",
+        **reads,
+    )
+    def fleet(
+        limit: PageLimit = 50,
+        offset: Offset = 0,
+        severity: SeverityFilter = None,
+        model: VersionFilter = None,
+        sort: Sort = "severity",
+    ) -> dict[str, Any]:
+        query = views.FleetQuery(limit, offset, tuple(severity or ()), model, sort)
+        rows, _ = fleet_rows.read()
+        return {"now": time.time(), **views.fleet_page(rows, query)}
+
+    @app.get(
+        "/api/versions",
+        response_model=VersionsOut,
+        responses=_errors(401, 403),
+        description="Per model version: devices running it, rows/s, errors, latency and drift "
+        "from the online devices' newest telemetry windows and drift reports.",
+        **reads,
+    )
+    def versions() -> dict[str, Any]:
+        rows, telemetry = fleet_rows.read()
+        return {"now": time.time(), "versions": views.version_summary(rows, telemetry)}
+
+    @app.get(
+        "/api/fleet/series",
+        response_model=FleetSeriesOut,
+        responses=_errors(401, 403, 422),
+        description="The fleet over time: rows/s, error rate and drift alerts per bucket, for "
+        f"the whole fleet and each model version (at most {MAX_BUCKETS} buckets).",
+        **reads,
+    )
+    def fleet_series(since_s: SeriesSince = 900.0, bucket_s: SeriesBucket = 30.0) -> dict[str, Any]:
+        if since_s / bucket_s > MAX_BUCKETS:
+            raise HTTPException(
+                422,
+                f"query parameters since_s and bucket_s: expected at most {MAX_BUCKETS} buckets, "
+                f"got since_s={since_s:g} / bucket_s={bucket_s:g}",
+            )
+        now = time.time()
+        start = now - since_s
+        series = views.fleet_series(store.fleet_buckets(start, bucket_s), start, now, bucket_s)
+        return {"now": now, "since_s": since_s, "bucket_s": bucket_s, "series": series}
 
     @app.get(
         "/api/devices/{device}",
@@ -435,8 +595,8 @@ def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None)
         return {"device": device, "features": views.drift_series(recs, feature)}
 
     @app.get("/api/drift", response_model=DriftMapOut, responses=_errors(401, 403, 422), **reads)
-    def drift(model: ModelName = None) -> dict[str, Any]:
-        return views.drift_map(store.latest_records("drift"), model)
+    def drift(model: ModelName = None, device: DriftDevices = None) -> dict[str, Any]:
+        return views.drift_map(store.latest_records("drift"), model, device)
 
     @app.get(
         "/api/drift/fleet",
@@ -488,7 +648,10 @@ def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None)
 
     @app.get("/api/rollouts", response_model=RolloutsOut, responses=_errors(401, 403), **reads)
     def rollouts() -> dict[str, Any]:
-        return {"rollouts": [views.rollout_view(r) for r in reversed(store.rollouts())]}
+        return {"rollouts": [rollout_view(r) for r in reversed(store.rollouts())]}
+
+    def rollout_view(row: dict[str, Any]) -> dict[str, Any]:
+        return views.rollout_view(row, time.time(), soaking_metrics(store, row))
 
     @app.get(
         "/api/rollouts/{rollout}",
@@ -502,7 +665,7 @@ def create_app(store: Store, auth: WebAuth, cards: PublishedCards | None = None)
             raise HTTPException(
                 404, f"no rollout with id {rollout!r}; GET /api/rollouts lists them"
             )
-        return views.rollout_view(row)
+        return rollout_view(row)
 
     @app.post(
         "/api/rollouts/{rollout}/{action}",

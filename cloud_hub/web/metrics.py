@@ -15,6 +15,7 @@ from cloud_hub.drift.source import FleetQuery, PublishedCards, read_fleet_drift
 from cloud_hub.quality.report import MetricsQuery, quality_report
 from cloud_hub.store.database import Store, stats_of, typed
 from cloud_hub.web import views
+from cloud_hub.web.fleet_rows import FleetRows
 from cloud_hub.web.quality_metrics import quality_metrics
 from edge_agent.protocol.records import DriftReport
 
@@ -22,8 +23,11 @@ FLEET_DRIFT_SINCE_S = 3600.0  # the metrics' fleet drift merges the last hour's 
 
 
 class StoreCollector(Collector):
-    def __init__(self, store: Store, cards: PublishedCards | None = None) -> None:
+    def __init__(
+        self, store: Store, cards: PublishedCards | None = None, rows: FleetRows | None = None
+    ) -> None:
         self.store = store
+        self.rows = rows or FleetRows(store)
         self.cards = cards or PublishedCards(None)  # None: no cards, no fleet drift gauges
 
     def collect(self) -> Iterator[Metric]:
@@ -75,6 +79,9 @@ class StoreCollector(Collector):
                 refused.add_metric([d["id"], reason], n)
         yield refused
 
+        rows, telemetry = self.rows.read()
+        yield from version_metrics(views.version_summary(rows, telemetry))
+
         psi = GaugeMetricFamily(
             "edgefleet_drift_psi",
             "Highest PSI of a feature across the devices running a model (their latest reports)",
@@ -94,6 +101,60 @@ class StoreCollector(Collector):
             read_fleet_drift(self.store, self.cards, FleetQuery(FLEET_DRIFT_SINCE_S))["rows"]
         )
         yield from quality_metrics(quality_report(self.store, self.cards, MetricsQuery()))
+
+
+def version_metrics(summary: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
+    """Per model version (`views.version_summary`): devices running it, and from the online
+    devices' newest telemetry windows the rows and errors per second, the error rate and the
+    latency quantiles; devices whose newest drift report warns or alerts. The devices report
+    percentiles of each window, not latency buckets, so latency is a gauge per quantile."""
+    labels = ["model", "version"]
+
+    def gauge(name: str, text: str, extra: Sequence[str] = ()) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, text, labels=[*labels, *extra])
+
+    devices = gauge("edgefleet_model_devices", "Devices running a model version")
+    online = gauge("edgefleet_model_devices_online", "Online devices running a model version")
+    rows = gauge(
+        "edgefleet_model_rows_per_second",
+        "Rows a model version infers per second, summed over its online devices' newest windows",
+    )
+    errors = gauge(
+        "edgefleet_model_errors_per_second",
+        "Lines rejected per second (malformed, NaN, ...) by devices running a model version, "
+        "summed over their newest windows",
+    )
+    rate = gauge(
+        "edgefleet_model_error_rate",
+        "Errors per inferred row in the newest windows of a model version's online devices",
+    )
+    latency = gauge(
+        "edgefleet_model_latency_ms",
+        "Inference latency of a model version: the row-weighted median across its online "
+        "devices' newest windows of each window's quantile (0.5: p50, 0.95: p95)",
+        ["quantile"],
+    )
+    alerts = gauge(
+        "edgefleet_model_drift_devices",
+        "Devices of a model version whose newest drift report warns or alerts",
+        ["status"],
+    )
+    for v in summary:
+        key = [v["model"], str(v["version"])]
+        devices.add_metric(key, v["devices"])
+        online.add_metric(key, v["online"])
+        alerts.add_metric([*key, "warn"], v["drift_warn"])
+        alerts.add_metric([*key, "alert"], v["drift_alert"])
+        if not v["windows"]:
+            continue  # no online device reports it: no rate to tell
+        rows.add_metric(key, v["rows_per_s"])
+        errors.add_metric(key, v["errors_per_s"])
+        if v["error_rate"] is not None:
+            rate.add_metric(key, v["error_rate"])
+        for q, quantile in (("p50", "0.5"), ("p95", "0.95")):
+            if v["latency_ms"][q] is not None:
+                latency.add_metric([*key, quantile], v["latency_ms"][q])
+    yield from (devices, online, rows, errors, rate, latency, alerts)
 
 
 def fleet_drift_metrics(rows: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
@@ -192,7 +253,10 @@ def _inputs(devices: list[dict[str, Any]]) -> Iterator[Metric]:
     yield from (lost, reopened, is_open, idle, quiet)
 
 
-def registry_for(store: Store, cards: PublishedCards | None = None) -> CollectorRegistry:
+def registry_for(
+    store: Store, cards: PublishedCards | None = None, rows: FleetRows | None = None
+) -> CollectorRegistry:
+    """The hub's metrics over `store`; `rows` shares the device rows with the dashboard."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store, cards))
+    registry.register(StoreCollector(store, cards, rows))
     return registry

@@ -2,7 +2,9 @@
 "use strict";
 
 const POLL_MS = 1000;
-const state = { device: null, driftPick: null, token: null, fleet: null };
+const state = { device: null, driftPick: null, token: null, fleet: null, deviceRow: null };
+// the fleet table's page: filters, order and slice (GET /api/fleet's query)
+const view = { severity: "", model: "", sort: "severity", offset: 0, limit: 50 };
 
 // ---- token: from the URL fragment (#token=...) once, then this tab's session storage ---------
 (function readToken() {
@@ -62,17 +64,61 @@ function refusedText(refused) {
 // "ok" green, "-" (no inputs) plain, anything else ("no input 75s", "port lost x3") amber
 const inputBadge = (text) => (text === "-" ? text : el("span", { class: "badge " + (text === "ok" ? "state-ok" : "state-warn") }, text));
 
+function fleetQuery() {
+  const q = new URLSearchParams({ limit: view.limit, offset: view.offset, sort: view.sort });
+  if (view.severity) q.append("severity", view.severity);
+  if (view.model) q.append("model", view.model);
+  return "/api/fleet?" + q;
+}
+
+// the drift heat map shows the devices of the fleet table's page ("" matches none)
+function driftQuery(fleet) {
+  const ids = fleet.devices.length ? fleet.devices.map((d) => d.id) : [""];
+  return "/api/drift?" + new URLSearchParams(ids.map((id) => ["device", id]));
+}
+
+function setView(changes) {
+  Object.assign(view, { offset: 0 }, changes);
+  poll();
+}
+
+document.querySelectorAll("#severity-filter button").forEach((b) => b.addEventListener("click", () => setView({ severity: b.dataset.severity })));
+document.getElementById("model-filter").addEventListener("change", (ev) => setView({ model: ev.target.value }));
+document.getElementById("sort").addEventListener("change", (ev) => setView({ sort: ev.target.value }));
+document.getElementById("page-prev").addEventListener("click", () => {
+  view.offset = Math.max(0, view.offset - view.limit);
+  poll();
+});
+document.getElementById("page-next").addEventListener("click", () => {
+  if (state.fleet && view.offset + view.limit < state.fleet.total) view.offset += view.limit;
+  poll();
+});
+
+function renderPager(fleet) {
+  const all = Object.values(fleet.counts).reduce((a, b) => a + b, 0);
+  document.querySelectorAll("#severity-filter button").forEach((b) => {
+    b.classList.toggle("on", b.dataset.severity === view.severity);
+    b.querySelector(".n").textContent = b.dataset.severity ? fleet.counts[b.dataset.severity] : all;
+  });
+  const last = Math.min(fleet.offset + fleet.limit, fleet.total);
+  document.getElementById("page-info").textContent = fleet.total ? `${fleet.offset + 1}–${last} of ${fleet.total}` : "no devices match";
+  document.getElementById("page-prev").disabled = fleet.offset === 0;
+  document.getElementById("page-next").disabled = last >= fleet.total;
+  document.getElementById("sort").value = view.sort;
+}
+
 function renderFleet(fleet) {
   state.fleet = fleet;
+  renderPager(fleet);
   const body = document.querySelector("#fleet tbody");
-  const online = fleet.devices.filter((d) => d.online).length;
-  document.getElementById("fleet-summary").textContent = `${online} of ${fleet.devices.length} online`;
+  document.getElementById("fleet-summary").textContent = `${fleet.fleet} devices`;
   body.replaceChildren(
     ...fleet.devices.map((d) =>
       el(
         "tr",
         { "data-device": d.id, class: d.id === state.device ? "selected" : null, onclick: () => pickDevice(d.id) },
         el("td", { class: "id" }, d.id),
+        el("td", { class: "severity", title: d.concerns.join(", ") }, badge(d.severity), d.concerns.length ? " " + d.concerns[0] : ""),
         el("td", { class: "status" }, badge(d.status)),
         el("td", { class: "model" }, d.model ?? "none"),
         el("td", { class: "version" }, d.version ?? "–"),
@@ -90,12 +136,61 @@ function renderFleet(fleet) {
     ),
   );
   const pick = document.getElementById("device-pick");
+  if (!state.device && fleet.devices.length) state.device = fleet.devices[0].id;
+  // this page's devices, and the one shown if it is on another page
   const ids = fleet.devices.map((d) => d.id);
+  if (state.device && !ids.includes(state.device)) ids.unshift(state.device);
   if (pick.options.length !== ids.length || ids.some((id, i) => pick.options[i].value !== id)) {
     pick.replaceChildren(...ids.map((id) => el("option", { value: id }, id)));
   }
-  if (!state.device && ids.length) state.device = ids[0];
   pick.value = state.device ?? "";
+}
+
+// ---- per model version: devices, rows/s, errors, latency, drift ----------------------------
+const pct = (v) => (v === null || v === undefined ? "–" : `${(100 * v).toFixed(2)}%`);
+
+function renderVersions(data) {
+  const filter = document.getElementById("model-filter");
+  const labels = data.versions.map((v) => v.label);
+  const models = [...new Set(data.versions.map((v) => v.model))];
+  const options = [["", "every version"], ...models.map((m) => [m, `${m} (every version)`]), ...labels.map((l) => [l, l])];
+  if (view.model && !options.some(([v]) => v === view.model)) options.push([view.model, view.model]);
+  if (filter.options.length !== options.length || options.some(([v], i) => filter.options[i].value !== v)) {
+    filter.replaceChildren(...options.map(([v, text]) => el("option", { value: v }, text)));
+  }
+  filter.value = view.model;
+  const box = document.getElementById("versions");
+  if (!data.versions.length) return box.replaceChildren(el("p", { class: "muted" }, "no device runs a model yet"));
+  const head = ["version", "devices", "online", "rows/s", "errors/s", "error rate", "p50 ms", "p95 ms", "drift warn", "drift alert"];
+  const rows = data.versions.map((v) =>
+    el(
+      "tr",
+      { "data-version": v.label, class: v.label === view.model ? "selected" : null, onclick: () => setView({ model: v.label === view.model ? "" : v.label }) },
+      el("td", { class: "label" }, v.label),
+      el("td", { class: "devices" }, v.devices),
+      el("td", { class: "online" }, v.online),
+      el("td", { class: "rows-per-s" }, fmt(v.rows_per_s, 1)),
+      el("td", { class: "errors-per-s" }, fmt(v.errors_per_s, 2)),
+      el("td", { class: "error-rate" }, pct(v.error_rate)),
+      el("td", { class: "p50" }, fmt(v.latency_ms.p50, 3)),
+      el("td", { class: "p95" }, fmt(v.latency_ms.p95, 3)),
+      el("td", { class: "drift-warn" }, v.drift_warn ? badge(String(v.drift_warn)) : "0"),
+      el("td", { class: "drift-alert" }, v.drift_alert ? el("span", { class: "badge state-alert" }, String(v.drift_alert)) : "0"),
+    ),
+  );
+  box.replaceChildren(el("table", {}, el("thead", {}, el("tr", {}, ...head.map((h) => el("th", {}, h)))), el("tbody", {}, ...rows)));
+}
+
+// ---- the fleet over time, next to the device's own charts -----------------------------------
+const FLEET_SERIES_EVERY = 5; // polls between two reads: each sums 15 minutes of the fleet's records
+
+function renderFleetCharts(data) {
+  const of = (key) => data.series.map((s) => ({ name: s.model, points: s.points.map((p) => [p.ts, p[key]]) }));
+  document.getElementById("fleet-charts").replaceChildren(
+    lineChart("fleet rows", "per s", of("rows_per_s")),
+    lineChart("fleet error rate", "errors per row", of("error_rate")),
+    lineChart("fleet drift alerts", `reports per ${data.bucket_s} s`, of("alerts")),
+  );
 }
 
 document.getElementById("device-pick").addEventListener("change", (ev) => pickDevice(ev.target.value));
@@ -116,9 +211,15 @@ function storageCell(s) {
   return el("span", { title: s.error ?? "" }, el("span", { class: "badge state-" + (s.ok ? "ok" : "alert"), "data-storage": s.ok ? "ok" : "failing" }, what), lost ? ` ${lost} unkept` : "");
 }
 
+async function deviceRow() {
+  // the device shown: from this page of the fleet, else asked for (it is on another page)
+  const onPage = (state.fleet?.devices ?? []).find((d) => d.id === state.device);
+  state.deviceRow = onPage ?? (state.device ? await api(`/api/devices/${encodeURIComponent(state.device)}`) : null);
+}
+
 function renderDeviceStorage(fleet) {
   const box = document.getElementById("device-storage");
-  const s = (fleet.devices.find((d) => d.id === state.device) ?? {}).storage;
+  const s = (state.deviceRow ?? {}).storage;
   box.className = "storage" + (s && !s.ok ? " error" : " muted");
   box.dataset.storage = !s ? "unknown" : s.ok ? "ok" : "failing";
   if (!s) return (box.textContent = state.device ? "storage: not reported by this agent" : "");
@@ -167,8 +268,34 @@ function renderRollout(r) {
       ),
     ),
     r.halt_reason ? el("div", { class: "halt-reason" }, r.halt_reason) : "",
-    Object.keys(r.gates).length ? el("div", { class: "gates" }, JSON.stringify(r.gates, null, 1)) : "",
+    r.soak ? el("div", { class: "soak", "data-seconds-left": r.soak.seconds_left }, `wave ${r.soak.wave} soaking: ${r.soak.seconds_left} s left of ${fmt(r.soak.soak_s, 0)} s`) : "",
+    gateTable(r.checks),
   );
+}
+
+// each wave's gate as a table: what it checks, the value, the limit, pass or fail
+const COUNT_CHECKS = ["failures", "healthy"]; // devices; the others are measures
+const checkNumber = (name, v) => (v === null ? "–" : name === "error_rate" ? pct(v) : COUNT_CHECKS.includes(name) ? String(v) : fmt(v, 3));
+const checkValue = (c) => (c.value === null ? "no data yet" : checkNumber(c.name, c.value));
+const checkLimit = (c) => `${c.relation} ${checkNumber(c.name, c.limit)}`;
+const verdict = (c) => (c.passed === null ? badge("waiting") : el("span", { class: "badge state-" + (c.passed ? "ok" : "alert") }, c.passed ? "pass" : "fail"));
+
+function gateTable(checks) {
+  if (!checks.length) return "";
+  const rows = checks.map((c) =>
+    el(
+      "tr",
+      { "data-wave": c.wave, "data-check": c.name, "data-live": String(c.live), "data-passed": String(c.passed) },
+      el("td", {}, `wave ${c.wave}${c.gate === "shadow gate" ? " (shadow)" : ""}`),
+      el("td", { class: "check" }, c.label),
+      el("td", { class: "value" }, checkValue(c)),
+      el("td", { class: "limit" }, checkLimit(c)),
+      el("td", { class: "verdict" }, verdict(c)),
+      el("td", { class: "live muted" }, c.live ? "live" : "judged"),
+    ),
+  );
+  const head = ["wave", "gate", "value", "limit", "", ""].map((h) => el("th", {}, h));
+  return el("table", { class: "gates" }, el("thead", {}, el("tr", {}, ...head)), el("tbody", {}, ...rows));
 }
 
 async function act(id, action) {
@@ -249,7 +376,7 @@ function renderQuality(data) {
 const COLORS = ["#1e88e5", "#e53935", "#43a047", "#8e24aa", "#fb8c00", "#00897b"];
 
 function lineChart(title, unit, series) {
-  const W = 420, H = 170, L = 48, R = 10, T = 22, B = 24;
+  const W = 420, H = 180, L = 48, R = 10, T = 34, B = 24;
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("width", W);
@@ -285,7 +412,7 @@ function lineChart(title, unit, series) {
     const shown = s.points.filter((p) => p[1] !== null).map((p) => [sx(p[0]).toFixed(1), sy(p[1]).toFixed(1)]);
     add("polyline", { points: shown.map((p) => p.join(",")).join(" "), fill: "none", stroke: color, "stroke-width": 1.5, "data-series": s.name });
     if (shown.length < 30) shown.forEach(([x, y]) => add("circle", { cx: x, cy: y, r: 2, fill: color }));
-    add("text", { x: W - R - (series.length - i) * 60, y: 14, style: `fill:${color}` }, s.name);
+    add("text", { x: L + i * 80, y: 28, style: `fill:${color}` }, s.name); // the legend, under the title
   });
   return svg;
 }
@@ -295,7 +422,7 @@ async function renderDevice() {
   if (!state.device) return box.replaceChildren(el("p", { class: "muted" }, "no devices yet"));
   const t = await api(`/api/devices/${encodeURIComponent(state.device)}/telemetry?limit=300`);
   const at = (f) => t.points.map((p) => [p.ts, f(p)]);
-  const d = (state.fleet?.devices ?? []).find((x) => x.id === state.device);
+  const d = state.deviceRow;
   box.replaceChildren(
     d ? renderInputs(d) : "",
     lineChart("latency", "ms", ["p50", "p95", "p99"].map((q) => ({ name: q, points: at((p) => p.latency_ms[q]) }))),
@@ -418,13 +545,21 @@ async function poll() {
   if (busy) return;
   busy = true;
   try {
-    const [fleet, rollouts, experiments, drift, quality] = await Promise.all([api("/api/fleet"), api("/api/rollouts"), api("/api/experiments"), api("/api/drift"), api("/api/metrics")]);
+    let fleet = await api(fleetQuery());
+    if (fleet.total && fleet.offset >= fleet.total) {
+      view.offset = Math.floor((fleet.total - 1) / view.limit) * view.limit; // the page emptied: the last one
+      fleet = await api(fleetQuery());
+    }
+    const [versions, rollouts, experiments, drift, quality] = await Promise.all([api("/api/versions"), api("/api/rollouts"), api("/api/experiments"), api(driftQuery(fleet)), api("/api/metrics")]);
     renderFleet(fleet);
+    renderVersions(versions);
+    await deviceRow();
     renderDeviceStorage(fleet);
     renderRollouts(rollouts);
     renderExperiments(experiments);
     renderQuality(quality);
     renderDrift(drift);
+    if (polls % FLEET_SERIES_EVERY === 0) renderFleetCharts(await api("/api/fleet/series?since_s=900&bucket_s=30"));
     if (polls++ % FLEET_DRIFT_EVERY === 0) renderFleetDrift(await api("/api/drift/fleet?since_s=3600"));
     await renderDevice();
     await renderDriftChart();
