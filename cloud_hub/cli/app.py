@@ -62,7 +62,13 @@ try:
     from cloud_hub.cli import simulate as simulate_cli
     from cloud_hub.cli.output import console, new_command, say, show
     from cloud_hub.cli.output import emit as _emit
-    from cloud_hub.rollout.model_report import card_rows, feature_rows, report_rows, verdict
+    from cloud_hub.rollout.model_report import (
+        card_rows,
+        category_note,
+        feature_rows,
+        report_rows,
+        verdict,
+    )
     from converters.anomaly import DEFAULT_CONTAMINATION, MAX_CONTAMINATION
     from converters.source import QUANTIZE_MODES, TASKS
 except ModuleNotFoundError as exc:  # the base install: `edgehub` says what to install, once
@@ -187,8 +193,7 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
             raise EdgefleetError(f"{args.model} with {args.sample}: {exc}") from exc
         bar.update(task, completed=len(STEPS) + 1)
     if categories:
-        shown = ", ".join(f"{name} ({len(texts)} texts)" for name, texts in categories.items())
-        print(f"edgehub: note: categorical columns: {shown}", file=sys.stderr)
+        print(f"edgehub: note: {category_note(categories, built.card)}", file=sys.stderr)
     if args.json:
         print(json.dumps({"bundle": str(built.path), "report": built.report}, indent=2))
         return 0
