@@ -132,13 +132,45 @@ def _label_index(path: Path, label: str, width: int) -> int:
     )
 
 
-def _load_csv(path: Path, label: str | None) -> Table:
-    """The table of a CSV file: names None when it has no header row."""
+def read_csv_rows(path: Path) -> list[list[str]]:
+    """The rows of a CSV file, one per line; a text with a comma is quoted ("north, upper", a
+    quote in it doubled). BadDataError naming the line for bad quoting: a quote not closed on
+    its line, or text after a closing quote."""
+    rows: list[list[str]] = []
     try:
         with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
+            reader = csv.reader(f, strict=True)
+            while True:
+                start = reader.line_num + 1
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return rows
+                except csv.Error as exc:
+                    raise BadDataError(_bad_quoting(path, start, reader.line_num, exc)) from exc
+                if reader.line_num != start:  # a quoted field ran on to the next lines
+                    raise BadDataError(_bad_quoting(path, start, reader.line_num, None))
+                rows.append(row)
     except UnicodeDecodeError as exc:
         raise BadDataError(f"{path}: expected UTF-8 text, got undecodable bytes") from exc
+
+
+def _bad_quoting(path: Path, start: int, end: int, exc: csv.Error | None) -> str:
+    if exc is not None and "expected after" in str(exc):
+        got = "text after a closing quote"
+    elif exc is not None:
+        got = "a quote opened on this line and never closed"
+    else:
+        got = f"a quote opened on this line and closed only on line {end}"
+    return (
+        f"{path}:{start}: expected each quoted field to close on its line, followed by a comma "
+        f'or the line\'s end (like 1,"north, upper",2), got {got}'
+    )
+
+
+def _load_csv(path: Path, label: str | None) -> Table:
+    """The table of a CSV file: names None when it has no header row."""
+    rows = read_csv_rows(path)
     if not rows:
         raise BadDataError(f"{path}: expected a header row and at least one data row, got none")
     headed = has_header(rows[0])

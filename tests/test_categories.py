@@ -502,3 +502,44 @@ def test_the_cli_names_the_categories_only_the_encoder_knows(
     assert main([*argv, "--name", "wine", "--version", "1", "-o", str(out), "--json"]) == 0
     err = capsys.readouterr().err
     assert f"categorical columns: cellar (5 texts; 1 only the encoder knows: {RARE})" in err
+
+
+# ---- texts with commas and quotes, in the sample and on the device ----------------------------
+def test_quoted_texts_with_commas_go_from_the_sample_csv_to_the_device(
+    wine: tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray], tmp_path: Path
+) -> None:
+    train, y_train, held, y_held = wine
+    upper = {"north": "north, upper", "west": 'west "old"'}
+    train, held = (t.assign(**{TEXT: t[TEXT].replace(upper)}) for t in (train, held))
+    pipeline = mixed_pipeline().fit(train, y_train)
+    sample = tmp_path / "held.csv"
+    held.assign(label=y_held).to_csv(sample, index=False)  # pandas quotes them, RFC 4180's way
+    assert '"north, upper"' in sample.read_text() and '"west ""old"""' in sample.read_text()
+    x, labels, names, categories, _ = load_table(sample, "label")
+    assert categories == {TEXT: sorted(["east", "north, upper", "south", 'west "old"'])}
+    out = tmp_path / "wine.zip"
+    spec = row_spec(names or [], categories)
+    build_bundle(pipeline, x, labels, name="wine", version=1, out=out, input_spec=spec)
+    lines = csv_lines(held)
+    assert any(b'"north, upper"' in line for line in lines)
+    assert device_predicts(out, held) == pipeline.predict(held).tolist()
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "got"),
+    [
+        ('a,b\n1,"north, upper\n2,east\n', 2, "a quote opened on this line and never closed"),
+        ('a,b\n1,east\n2,"north"x\n', 3, "text after a closing quote"),
+        ('a,b\n1,"north\n, upper"\n2,east\n', 2, "and closed only on line 3"),
+    ],
+)
+def test_bad_quoting_in_the_sample_is_one_clear_line(
+    text: str, line: int, got: str, tmp_path: Path
+) -> None:
+    sample = tmp_path / "quoted.csv"
+    sample.write_text(text)
+    with pytest.raises(BadDataError) as info:
+        load_table(sample, None)
+    message = str(info.value)
+    assert message.startswith(f"{sample}:{line}: expected each quoted field to close on its line")
+    assert got in message and "\n" not in message
