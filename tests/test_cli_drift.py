@@ -70,6 +70,31 @@ def test_drift_table_names_the_features_that_moved(
     assert "hue (2)" in out and "pi-01" in out and "wine@2" in out
 
 
+def test_drift_shows_per_feature_the_rows_of_texts_the_card_does_not_list(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = Store(store_url(home))
+    windows = []
+    for unknown in (0, 3, 4):
+        body = _report("ok", [])
+        body["model"] = {"name": "shop", "version": 1}
+        body["categories"] = {
+            "region": {"counts": {"north": 10, "south": 7}, "unknown": unknown},
+            "kind": {"counts": {"a": 20}, "unknown": 1},
+        }
+        windows.append(Record(2, len(windows), time.time(), body))
+    store.add_batch("drift", Batch("pi-03", tuple(windows)))
+    assert cli.main(["--home", str(home), "drift", "--json"]) == 0
+    rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["shop"]["unknown"] == {"region": 7, "kind": 3}
+    assert rows["wine"]["unknown"] == {}  # no categorical feature: nothing to count
+    assert cli.main(["--home", str(home), "drift", "--model", "shop"]) == 0
+    out = capsys.readouterr().out
+    assert "unknown texts" in out and "region 7, kind 3" in out
+    assert cli.main(["--home", str(home), "drift", "--model", "wine"]) == 0
+    assert "unknown texts" not in capsys.readouterr().out
+
+
 def test_captures_export_as_csv(home: Path, tmp_path: Path) -> None:
     out = tmp_path / "captures.csv"
     assert cli.main(["--home", str(home), "drift", "captures", "--csv", str(out)]) == 0

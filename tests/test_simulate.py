@@ -219,3 +219,40 @@ def test_simulate_refuses_a_home_a_hub_serves(
 
 def store_ids(home: Path) -> list[str]:
     return [d["id"] for d in Store(store_url(home)).devices()]
+
+
+def test_sensor_lines_of_a_categorical_card_carry_its_texts_in_the_reference_shares() -> None:
+    from converters.card import reference_card
+    from edge_agent.drift import DriftMonitor
+    from edge_agent.framing import framer_for
+    from edge_agent.protocol.card import parse_card
+
+    rng = np.random.default_rng(3)
+    regions = ["north, upper", 'say "hi"', "east", "west"]
+    shares = np.array([0.5, 0.3, 0.15, 0.05])
+    rows = 2000
+    ref = np.c_[rng.choice(4, rows, p=shares), rng.normal(size=(rows, 2))]
+    card = parse_card(reference_card(ref, ["region", "u", "v"], categories={"region": regions}))
+    framer = framer_for(card)
+
+    def framed(lines: list[bytes]) -> np.ndarray:
+        rejected: list[object] = []
+        out = framer.frame([("csv", line) for line in lines], rejected.append)
+        assert rejected == [] and out is not None
+        return np.asarray(out.x)
+
+    plain = sensor_lines(card, 4000, rng)
+    assert any(line.startswith(b'"north, upper",') for line in plain)  # texts, quoted
+    codes = framed(plain)[:, 0]
+    assert set(codes.tolist()) <= {0.0, 1.0, 2.0, 3.0}  # never the unknown code
+    np.testing.assert_allclose(
+        np.bincount(codes.astype(int), minlength=4) / 4000, shares, atol=0.03
+    )
+    monitor = DriftMonitor(card, 200)
+    statuses = [monitor.add(framed(plain[i : i + 200])) for i in range(0, 4000, 200)]
+    assert sum(s is not None and s["status"] != "ok" for s in statuses) <= 1
+    # a drifting device moves the first half of the features: here the region, to its rarest
+    moved = framed(sensor_lines(card, 1000, rng, shift=3))[:, 0]
+    assert np.mean(moved == 3) > 0.7
+    report = DriftMonitor(card, 1000).add(framed(sensor_lines(card, 1000, rng, shift=3)))
+    assert report is not None and report["status"] == "alert" and "region" in report["moved"]

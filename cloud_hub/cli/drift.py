@@ -50,7 +50,9 @@ def cmd_drift(args: argparse.Namespace) -> int:
     table = Table(title="drift per model version and device")
     columns = ("model", "device", "windows", "warn/alert", "status", "p/min p", "accuracy")
     scored = any(r["anomalies"] for r in rows)  # an anomaly model among them
-    for col in (*columns, *(["anomalies"] if scored else []), "moved"):
+    texts = any(r["unknown"] for r in rows)  # a model with categorical features among them
+    extra = [*(["anomalies"] if scored else []), *(["unknown texts"] if texts else [])]
+    for col in (*columns, *extra, "moved"):
         table.add_column(col)
     for r in rows:
         moved = [f"{name} ({n})" for name, n in list(r["moved"].items())[:MOVED_SHOWN]]
@@ -64,12 +66,20 @@ def cmd_drift(args: argparse.Namespace) -> int:
             f"{p_text(r['p'])}/{p_text(r['min_p'])}",
             accuracy_text(r["accuracy"]),
             *([anomalies_text(r["anomalies"])] if scored else []),
+            *([unknown_text(r["unknown"])] if texts else []),
             ", ".join(moved) + (f" +{more} more" if more > 0 else "") or "-",
         )
     show(table)
     if not rows:
         console.print("no drift reports yet", markup=False)
+    elif texts:
+        say("unknown texts: rows per feature whose text the card does not list, all windows")
     return 0
+
+
+def unknown_text(unknown: dict[str, int]) -> str:
+    """Per categorical feature, the rows whose text the card does not list: "cellar 20"."""
+    return ", ".join(f"{name} {n}" for name, n in unknown.items()) or "-"
 
 
 def cmd_drift_fleet(args: argparse.Namespace) -> int:
