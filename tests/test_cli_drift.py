@@ -105,6 +105,42 @@ def test_captures_export_as_csv(home: Path, tmp_path: Path) -> None:
     ]
 
 
+def test_captures_of_a_categorical_model_are_written_with_their_texts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    from cloud_hub.rollout.operations import init_hub, publish_bundle
+    from converters.bundle import write_bundle
+    from converters.card import reference_card
+
+    home = tmp_path / "hub"
+    init_hub(home)
+    regions = ["north, upper", "south"]
+    x = np.c_[np.arange(20.0) % 2, np.arange(20.0)]
+    card = reference_card(x, ["region", "temp"], name="shop", categories={"region": regions})
+    bundle = tmp_path / "shop-1.zip"
+    write_bundle(bundle, card, b"not a model: this test reads the card only")
+    publish_bundle(home, bundle)
+    body = _report("alert", ["region"])
+    body["model"] = {"name": "shop", "version": 1}
+    # the device sends codes: 0 and 1 are the regions, 2 a text the card does not list
+    body["capture"] = {"features": ["region", "temp"], "rows": [[1, 3.5], [0, 4.0], [2, 5.0]]}
+    unpublished = _report("alert", ["hue"], capture=True)  # wine@2 has no card on this hub
+    records = (Record(1, 0, time.time(), body), Record(1, 1, time.time(), unpublished))
+    Store(store_url(home)).add_batch("drift", Batch("pi-04", records))
+    out = tmp_path / "captures.csv"
+    assert cli.main(["--home", str(home), "drift", "captures", "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(out.open(newline="")))
+    shop = [(r["region"], r["temp"]) for r in rows if r["model"] == "shop"]
+    assert shop == [("south", "3.5"), ("north, upper", "4.0"), ("", "5.0")]
+    wine = [(r["hue"], r["ash"]) for r in rows if r["model"] == "wine"]
+    assert wine == [("1.5", "2.0"), ("1.7", "2.1")]  # numbers as sent
+    printed = capsys.readouterr().out
+    assert "5 captured rows written" in printed
+    assert "no card for wine@2" in printed and "written as the devices sent them" in printed
+
+
 def test_retention_prunes_old_records(home: Path) -> None:
     store = Store(store_url(home))
     assert store.prune(time.time() - 3600) == 0
