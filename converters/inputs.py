@@ -122,6 +122,19 @@ def has_header(first_row: list[str]) -> bool:
     return not any(cells) or not all(_is_number(c) for c in cells if c)
 
 
+def data_like_header(header: list[str] | None) -> str | None:
+    """A hint for a header row that holds numbers: most likely a file without a header whose
+    text column (a category, a text label) made its first row read as one. None otherwise."""
+    numbers = [c for c in header or [] if c.strip() and _is_number(c)]
+    if not numbers:
+        return None
+    shown = ", ".join(repr(c) for c in numbers[:3]) + (", ..." if len(numbers) > 3 else "")
+    return (
+        f"line 1, read as the header, holds the numbers {shown}: the first line looks like "
+        "data; add a header line naming the columns"
+    )
+
+
 def _label_index(path: Path, label: str, width: int) -> int:
     """--label for a CSV without a header: the label column's index, 0 to width-1."""
     if label.isdigit() and int(label) < width:
@@ -179,7 +192,11 @@ def _load_csv(path: Path, label: str | None) -> Table:
     width = len(rows[0])
     header = [h.strip() for h in rows[0]] if headed else [f"column {i}" for i in range(width)]
     if label is not None and headed and label not in header:
-        raise ConfigError(f"{path}: --label {label!r} is not a column; columns are {header}")
+        hint = data_like_header(header)
+        raise ConfigError(
+            f"{path}: --label {label!r} is not a column; columns are {header}"
+            + (f" (hint: {hint})" if hint else "")
+        )
     label_at = (
         None
         if label is None

@@ -543,3 +543,39 @@ def test_bad_quoting_in_the_sample_is_one_clear_line(
     message = str(info.value)
     assert message.startswith(f"{sample}:{line}: expected each quoted field to close on its line")
     assert got in message and "\n" not in message
+
+
+# ---- a CSV without a header whose text column makes its first row look like one ----------------
+@pytest.mark.parametrize(
+    ("label", "expected"),
+    [
+        (["--label", "label"], "--label 'label' is not a column"),
+        (["--label", "5"], "--label '5' is not a column"),
+        ([], "was trained on the columns"),  # read as a header: columns named '13.2', ...
+    ],
+)
+def test_a_headerless_csv_with_a_text_column_hints_at_the_missing_header(
+    label: list[str],
+    expected: str,
+    wine: tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import joblib
+
+    from tests.support.cli import hub_fails
+
+    train, y_train, held, y_held = wine
+    model = tmp_path / "wine.joblib"
+    joblib.dump(mixed_pipeline().fit(train, y_train), model)
+    sample = tmp_path / "headerless.csv"
+    table = held.assign(label=y_held) if label else held
+    table.to_csv(sample, index=False, header=False)
+    first = sample.read_text().splitlines()[0]
+    assert first.split(",")[0] == repr(float(held.iloc[0, 0]))  # data, not names
+    out = str(tmp_path / "wine.zip")
+    argv = ["model", "convert", str(model), "--sample", str(sample), *label]
+    error = hub_fails(capsys, *argv, "--name", "wine", "--version", "1", "-o", out)
+    assert expected in error, error
+    assert f"(hint: line 1, read as the header, holds the numbers '{first.split(',')[0]}'" in error
+    assert "the first line looks like data; add a header line naming the columns)" in error

@@ -90,7 +90,7 @@ _fraction = number(float, "a number from 0 to 1", 0.0, 1.0)  # a threshold argum
 def cmd_model_convert(args: argparse.Namespace) -> int:
     from converters.categorical import TextsRefused
     from converters.images import image_items, image_spec
-    from converters.inputs import load_model, load_table
+    from converters.inputs import data_like_header, load_model, load_table
     from converters.pipeline import STEPS, build_bundle
     from converters.windows import window_items, window_spec
     from edge_agent.protocol.input_spec import row_spec
@@ -151,6 +151,9 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
             f"read as data, the features named f0..f{x.shape[1] - 1}",
             file=sys.stderr,
         )
+    # a text column makes a file without a header read its first row as one: say so
+    hint = data_like_header(names)
+    hinted = f" (hint: {hint})" if hint else ""
     err = Console(stderr=True)
     with Progress(
         SpinnerColumn(),
@@ -188,10 +191,13 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
             name, (line, text) = next(iter(first_texts.items()))
             raise EdgefleetError(
                 f"{args.sample}:{line}, column {name!r}: expected a number, got {text!r} ({exc})"
+                + hinted
             ) from exc
         except EdgefleetError as exc:
-            raise EdgefleetError(f"{args.model} with {args.sample}: {exc}") from exc
+            raise EdgefleetError(f"{args.model} with {args.sample}: {exc}{hinted}") from exc
         bar.update(task, completed=len(STEPS) + 1)
+    if hint:  # converted all the same: its features are named by the first row's values
+        print(f"edgehub: note: {args.sample}: {hint}", file=sys.stderr)
     if categories:
         print(f"edgehub: note: {category_note(categories, built.card)}", file=sys.stderr)
     if args.json:
