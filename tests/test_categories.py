@@ -579,3 +579,20 @@ def test_a_headerless_csv_with_a_text_column_hints_at_the_missing_header(
     assert expected in error, error
     assert f"(hint: line 1, read as the header, holds the numbers '{first.split(',')[0]}'" in error
     assert "the first line looks like data; add a header line naming the columns)" in error
+
+
+def test_encoder_categories_a_card_cannot_carry_are_one_clear_error() -> None:
+    from converters.encoder_categories import widen
+
+    spec = row_spec(["a", "region"], {"region": ["east", "west"]})
+    wider = widen(spec, {"region": ["east", " padded ", "", "north", "west"], "a": ["x"]})
+    assert wider.categories == {"region": ("east", "west", "north")}  # what a device can send
+    with pytest.raises(BadDataError, match=r"column 'region': the encoder knows the category 'xx"):
+        widen(spec, {"region": ["x" * 65]})
+    many = [f"r{i}" for i in range(MAX_CATEGORIES)]
+    with pytest.raises(
+        BadDataError,
+        match=rf"expected at most {MAX_CATEGORIES} categories, got {MAX_CATEGORIES + 2} "
+        rf"\(2 in the sample, {MAX_CATEGORIES} more the encoder knows\)",
+    ):
+        widen(spec, {"region": many})
