@@ -169,12 +169,14 @@ def read_csv_rows(path: Path) -> list[list[str]]:
 
 
 def _bad_quoting(path: Path, start: int, end: int, exc: csv.Error | None) -> str:
-    if exc is not None and "expected after" in str(exc):
-        got = "text after a closing quote"
-    elif exc is not None:
-        got = "a quote opened on this line and never closed"
-    else:
+    if exc is None:
         got = f"a quote opened on this line and closed only on line {end}"
+    elif "expected after" in str(exc):  # csv's "',' expected after '"'"
+        got = "text after a closing quote"
+    elif "unexpected end of data" in str(exc):
+        got = "a quote opened on this line and never closed"
+    else:  # a NUL byte, a field over csv's size limit
+        return f"{path}:{start}: expected CSV text, got what Python's csv module refuses: {exc}"
     return (
         f"{path}:{start}: expected each quoted field to close on its line, followed by a comma "
         f'or the line\'s end (like 1,"north, upper",2), got {got}'

@@ -596,3 +596,13 @@ def test_encoder_categories_a_card_cannot_carry_are_one_clear_error() -> None:
         rf"\(2 in the sample, {MAX_CATEGORIES} more the encoder knows\)",
     ):
         widen(spec, {"region": many})
+
+
+def test_a_sample_python_s_csv_refuses_is_one_clear_line(tmp_path: Path) -> None:
+    sample = tmp_path / "huge.csv"
+    sample.write_text("a,b\n1,east\n2," + "x" * 200_000 + "\n")
+    with pytest.raises(BadDataError) as info:
+        load_table(sample, None)
+    message = str(info.value)
+    assert message.startswith(f"{sample}:3: expected CSV text, got what Python's csv module")
+    assert "field larger than field limit" in message and "\n" not in message
