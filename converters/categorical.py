@@ -30,6 +30,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
+from converters.encoder_categories import encoder_categories, widen
 from converters.onnx_contract import INPUT_NAME, rename
 from converters.quantize import quantize_onnx
 from converters.sklearn_onnx import SklearnSource, to_onnx_model
@@ -51,9 +52,11 @@ class TextsRefused(BadDataError):
     """A model that takes numbers only, given a sample with text columns."""
 
 
-def categorical_source(source: SourceModel, spec: InputSpec) -> SourceModel:
+def categorical_source(source: SourceModel, spec: InputSpec) -> CategoricalRows:
     """`source` as a model of category codes, for a row spec with categories; BadDataError
-    for a model that cannot take texts (only scikit-learn pipelines are given them)."""
+    for a model that cannot take texts (only scikit-learn pipelines are given them). Its
+    `spec` lists, after the sample's categories, those its encoders know that the sample
+    lacks (converters.encoder_categories)."""
     if not isinstance(source, SklearnSource):
         raise BadDataError(
             f"{source.description}: the sample has text columns "
@@ -65,11 +68,13 @@ def categorical_source(source: SourceModel, spec: InputSpec) -> SourceModel:
 
 
 class CategoricalRows:
-    """`inner`, trained on texts, as a model of rows whose categories are codes."""
+    """`inner`, trained on texts, as a model of rows whose categories are codes: the codes of
+    `spec` widened by the categories the fitted encoders know (the sample's keep theirs)."""
 
     def __init__(self, inner: SklearnSource, spec: InputSpec) -> None:
         self.inner = inner
-        self.spec = spec
+        self.columns = _columns(inner, spec)
+        self.spec = widen(spec, encoder_categories(inner.estimator, self.columns))
         self.framework = inner.framework
         self.description = inner.description
         self.task = inner.task
@@ -77,7 +82,6 @@ class CategoricalRows:
         self.classes: list[Any] = inner.classes
         self.feature_names: list[str] | None = list(spec.features)
         self.anomaly_threshold = inner.anomaly_threshold
-        self.columns = _columns(inner, spec)
 
     def table(self, x: np.ndarray) -> Any:
         """Rows of codes -> what the pipeline was trained on (a DataFrame, or an object array)."""

@@ -122,6 +122,19 @@ def has_header(first_row: list[str]) -> bool:
     return not any(cells) or not all(_is_number(c) for c in cells if c)
 
 
+def data_like_header(header: list[str] | None) -> str | None:
+    """A hint for a header row that holds numbers: most likely a file without a header whose
+    text column (a category, a text label) made its first row read as one. None otherwise."""
+    numbers = [c for c in header or [] if c.strip() and _is_number(c)]
+    if not numbers:
+        return None
+    shown = ", ".join(repr(c) for c in numbers[:3]) + (", ..." if len(numbers) > 3 else "")
+    return (
+        f"line 1, read as the header, holds the numbers {shown}: the first line looks like "
+        "data; add a header line naming the columns"
+    )
+
+
 def _label_index(path: Path, label: str, width: int) -> int:
     """--label for a CSV without a header: the label column's index, 0 to width-1."""
     if label.isdigit() and int(label) < width:
@@ -132,13 +145,47 @@ def _label_index(path: Path, label: str, width: int) -> int:
     )
 
 
-def _load_csv(path: Path, label: str | None) -> Table:
-    """The table of a CSV file: names None when it has no header row."""
+def read_csv_rows(path: Path) -> list[list[str]]:
+    """The rows of a CSV file, one per line; a text with a comma is quoted ("north, upper", a
+    quote in it doubled). BadDataError naming the line for bad quoting: a quote not closed on
+    its line, or text after a closing quote."""
+    rows: list[list[str]] = []
     try:
         with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
+            reader = csv.reader(f, strict=True)
+            while True:
+                start = reader.line_num + 1
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return rows
+                except csv.Error as exc:
+                    raise BadDataError(_bad_quoting(path, start, reader.line_num, exc)) from exc
+                if reader.line_num != start:  # a quoted field ran on to the next lines
+                    raise BadDataError(_bad_quoting(path, start, reader.line_num, None))
+                rows.append(row)
     except UnicodeDecodeError as exc:
         raise BadDataError(f"{path}: expected UTF-8 text, got undecodable bytes") from exc
+
+
+def _bad_quoting(path: Path, start: int, end: int, exc: csv.Error | None) -> str:
+    if exc is None:
+        got = f"a quote opened on this line and closed only on line {end}"
+    elif "expected after" in str(exc):  # csv's "',' expected after '"'"
+        got = "text after a closing quote"
+    elif "unexpected end of data" in str(exc):
+        got = "a quote opened on this line and never closed"
+    else:  # a NUL byte, a field over csv's size limit
+        return f"{path}:{start}: expected CSV text, got what Python's csv module refuses: {exc}"
+    return (
+        f"{path}:{start}: expected each quoted field to close on its line, followed by a comma "
+        f'or the line\'s end (like 1,"north, upper",2), got {got}'
+    )
+
+
+def _load_csv(path: Path, label: str | None) -> Table:
+    """The table of a CSV file: names None when it has no header row."""
+    rows = read_csv_rows(path)
     if not rows:
         raise BadDataError(f"{path}: expected a header row and at least one data row, got none")
     headed = has_header(rows[0])
@@ -147,7 +194,11 @@ def _load_csv(path: Path, label: str | None) -> Table:
     width = len(rows[0])
     header = [h.strip() for h in rows[0]] if headed else [f"column {i}" for i in range(width)]
     if label is not None and headed and label not in header:
-        raise ConfigError(f"{path}: --label {label!r} is not a column; columns are {header}")
+        hint = data_like_header(header)
+        raise ConfigError(
+            f"{path}: --label {label!r} is not a column; columns are {header}"
+            + (f" (hint: {hint})" if hint else "")
+        )
     label_at = (
         None
         if label is None

@@ -140,8 +140,9 @@ def build_bundle(
         given = feature_names or declared
         names = check_feature_names(given, x32.shape[1], source.feature_names)
         spec = input_spec or row_spec(names)
-        if spec.categories:
-            source = categorical_source(source, spec)
+        if spec.categories:  # the card lists what the encoders know, too
+            rows = categorical_source(source, spec)
+            source, spec = rows, rows.spec
     else:
         spec = input_spec
         source = items_source(source, spec)

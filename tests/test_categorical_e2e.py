@@ -143,6 +143,10 @@ def test_a_device_serves_a_pipeline_on_text_columns_and_watches_its_categories(
     assert reports[-1].out_of_range[TEXT] == 1.0
     (row,) = json.loads(rig.cli(capsys, "drift", "--json"))
     assert (row["model"], row["device"]) == (MODEL.name, DEVICE)
+    # the texts the card does not list, counted on the device, shown by the hub per feature
+    assert row["unknown"] == {TEXT: len(strange)}
+    table = rig.cli(capsys, "drift")
+    assert "unknown texts" in table and f"{TEXT} {len(strange)}" in table
 
     # 3. the rows it sampled come back in the hub's data set with their texts
     rig.wait(

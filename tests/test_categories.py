@@ -372,3 +372,237 @@ def test_hub_data_sets_show_texts_and_read_them_back(tmp_path: Path) -> None:
     want = [[0.5, -1, 2], [0.25, 2, np.nan], [1, 1, len(REGIONS)]]
     np.testing.assert_array_equal(x, np.asarray(want, np.float32))
     assert labels == ["1", "0", "1"]
+
+
+# ---- the card lists what the fitted encoder knows ---------------------------------------------
+# a cellar (sorted after the others) the training rows hold a few times, the sample never
+RARE = "yard"
+
+
+def with_a_rare_cellar(train: pd.DataFrame, y_train: np.ndarray) -> pd.DataFrame:
+    """`train` with six rows of class 2 moved to the yard: a category the fitted encoder
+    knows and that tells the model something."""
+    rare = train.copy()
+    rare.iloc[np.flatnonzero(y_train == 2)[:6], rare.columns.get_loc(TEXT)] = RARE
+    return rare
+
+
+def device_predicts(out: Path, table: pd.DataFrame) -> list[Any]:
+    """The device's path: the card's framer reads sensor lines with texts, the bundle's model
+    runs on what it framed."""
+    bundle = read_bundle(out.read_bytes(), None, 10**8)
+    card = bundle.card
+    rejected: list[SensorLineError] = []
+    framed = framer_for(card).frame([("csv", line) for line in csv_lines(table)], rejected.append)
+    assert rejected == [] and framed is not None
+    runtime = open_runtime(card.runtime, bundle.model_bytes, card.task, list(card.classes), 1)
+    return list(runtime.predict(framed.x).tolist())
+
+
+def ordinal_forest() -> Pipeline:
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.preprocessing import OrdinalEncoder
+
+    encoder = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)
+    return Pipeline(
+        [
+            ("prep", ColumnTransformer([("texts", encoder, [TEXT])], remainder="passthrough")),
+            ("model", RandomForestClassifier(n_estimators=20, random_state=0)),
+        ]
+    )
+
+
+@pytest.mark.parametrize("make", [mixed_pipeline, ordinal_forest], ids=["onehot", "ordinal"])
+def test_a_category_the_encoder_knows_but_the_sample_lacks_is_served_as_scikit_learn_does(
+    make: Any,
+    wine: tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    train, y_train, held, y_held = wine
+    pipeline = make().fit(with_a_rare_cellar(train, y_train), y_train)
+    # the engineer's sample: a CSV without a single yard in it
+    sample = tmp_path / "held.csv"
+    held.assign(label=y_held).to_csv(sample, index=False)
+    x, labels, names, categories, _ = load_table(sample, "label")
+    assert names is not None and categories == {TEXT: CELLARS}
+    out = tmp_path / "wine.zip"
+    build_bundle(
+        pipeline, x, labels, name="wine", version=1, out=out, input_spec=row_spec(names, categories)
+    )
+    card = read_bundle(out.read_bytes(), None, 10**8).card
+    # the sample's codes keep their meaning; the encoder's yard comes after them
+    assert card.input.categories == {TEXT: (*CELLARS, RARE)}
+    in_the_yard = held.assign(**{TEXT: RARE})
+    sklearn_says = pipeline.predict(in_the_yard).tolist()
+    assert sklearn_says != pipeline.predict(held.assign(**{TEXT: "nowhere"})).tolist()
+    assert device_predicts(out, in_the_yard) == sklearn_says
+    assert device_predicts(out, held) == pipeline.predict(held).tolist()
+    # the reference saw no yard: its bin is empty, before the one for unknown texts
+    profile = card.features[FEATURES.index(TEXT)]
+    assert list(profile.counts)[-2:] == [0, 0] and len(profile.counts) == len(CELLARS) + 2
+
+
+def test_an_array_fit_pipeline_s_encoder_categories_reach_the_card_by_column_index(
+    wine: tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray], tmp_path: Path
+) -> None:
+    train, y_train, held, y_held = wine
+    prep = ColumnTransformer(
+        [
+            ("numbers", StandardScaler(), slice(0, 4)),
+            ("texts", OneHotEncoder(handle_unknown="ignore"), [4]),
+        ]
+    )
+    pipeline = Pipeline([("prep", prep), ("model", LogisticRegression(max_iter=2000))])
+    pipeline.fit(with_a_rare_cellar(train, y_train).to_numpy(object), y_train)
+    out = tmp_path / "wine.zip"
+    convert(pipeline, held, y_held, out)
+    in_the_yard = held.assign(**{TEXT: RARE})
+    assert (
+        device_predicts(out, in_the_yard) == pipeline.predict(in_the_yard.to_numpy(object)).tolist()
+    )
+
+
+def test_encoder_categories_are_found_through_nested_steps_and_never_a_non_text() -> None:
+    from sklearn.impute import SimpleImputer
+
+    from converters.encoder_categories import encoder_categories
+
+    frame = pd.DataFrame(
+        {"a": [1.0, 2.0, 3.0, 4.0], "b": ["x", "y", None, "x"], "c": ["p", "q", "p", "r"]}
+    )
+    inner = Pipeline(
+        [("fill", SimpleImputer(strategy="constant", fill_value="none")), ("hot", OneHotEncoder())]
+    )
+    prep = ColumnTransformer([("b", inner, ["b"]), ("c", OneHotEncoder(), ["c"])], remainder="drop")
+    model = Pipeline([("prep", prep), ("fit", LogisticRegression())]).fit(frame, [0, 1, 0, 1])
+    assert encoder_categories(model, ["a", "b", "c"]) == {
+        "b": ["none", "x", "y"],
+        "c": ["p", "q", "r"],
+    }
+    with_nan = OneHotEncoder().fit(pd.DataFrame({"b": ["x", np.nan, "y"]}))
+    assert encoder_categories(with_nan, ["b"]) == {"b": ["x", "y"]}
+
+
+def test_the_cli_names_the_categories_only_the_encoder_knows(
+    wine: tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import joblib
+
+    from cloud_hub.cli.app import main
+
+    train, y_train, held, y_held = wine
+    model = tmp_path / "wine.joblib"
+    joblib.dump(mixed_pipeline().fit(with_a_rare_cellar(train, y_train), y_train), model)
+    sample = tmp_path / "held.csv"
+    held.assign(label=y_held).to_csv(sample, index=False)
+    argv = ["model", "convert", str(model), "--sample", str(sample), "--label", "label"]
+    out = tmp_path / "wine.zip"
+    assert main([*argv, "--name", "wine", "--version", "1", "-o", str(out), "--json"]) == 0
+    err = capsys.readouterr().err
+    assert f"categorical columns: cellar (5 texts; 1 only the encoder knows: {RARE})" in err
+
+
+# ---- texts with commas and quotes, in the sample and on the device ----------------------------
+def test_quoted_texts_with_commas_go_from_the_sample_csv_to_the_device(
+    wine: tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray], tmp_path: Path
+) -> None:
+    train, y_train, held, y_held = wine
+    upper = {"north": "north, upper", "west": 'west "old"'}
+    train, held = (t.assign(**{TEXT: t[TEXT].replace(upper)}) for t in (train, held))
+    pipeline = mixed_pipeline().fit(train, y_train)
+    sample = tmp_path / "held.csv"
+    held.assign(label=y_held).to_csv(sample, index=False)  # pandas quotes them, RFC 4180's way
+    assert '"north, upper"' in sample.read_text() and '"west ""old"""' in sample.read_text()
+    x, labels, names, categories, _ = load_table(sample, "label")
+    assert categories == {TEXT: sorted(["east", "north, upper", "south", 'west "old"'])}
+    out = tmp_path / "wine.zip"
+    spec = row_spec(names or [], categories)
+    build_bundle(pipeline, x, labels, name="wine", version=1, out=out, input_spec=spec)
+    lines = csv_lines(held)
+    assert any(b'"north, upper"' in line for line in lines)
+    assert device_predicts(out, held) == pipeline.predict(held).tolist()
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "got"),
+    [
+        ('a,b\n1,"north, upper\n2,east\n', 2, "a quote opened on this line and never closed"),
+        ('a,b\n1,east\n2,"north"x\n', 3, "text after a closing quote"),
+        ('a,b\n1,"north\n, upper"\n2,east\n', 2, "and closed only on line 3"),
+    ],
+)
+def test_bad_quoting_in_the_sample_is_one_clear_line(
+    text: str, line: int, got: str, tmp_path: Path
+) -> None:
+    sample = tmp_path / "quoted.csv"
+    sample.write_text(text)
+    with pytest.raises(BadDataError) as info:
+        load_table(sample, None)
+    message = str(info.value)
+    assert message.startswith(f"{sample}:{line}: expected each quoted field to close on its line")
+    assert got in message and "\n" not in message
+
+
+# ---- a CSV without a header whose text column makes its first row look like one ----------------
+@pytest.mark.parametrize(
+    ("label", "expected"),
+    [
+        (["--label", "label"], "--label 'label' is not a column"),
+        (["--label", "5"], "--label '5' is not a column"),
+        ([], "was trained on the columns"),  # read as a header: columns named '13.2', ...
+    ],
+)
+def test_a_headerless_csv_with_a_text_column_hints_at_the_missing_header(
+    label: list[str],
+    expected: str,
+    wine: tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import joblib
+
+    from tests.support.cli import hub_fails
+
+    train, y_train, held, y_held = wine
+    model = tmp_path / "wine.joblib"
+    joblib.dump(mixed_pipeline().fit(train, y_train), model)
+    sample = tmp_path / "headerless.csv"
+    table = held.assign(label=y_held) if label else held
+    table.to_csv(sample, index=False, header=False)
+    first = sample.read_text().splitlines()[0]
+    assert first.split(",")[0] == repr(float(held.iloc[0, 0]))  # data, not names
+    out = str(tmp_path / "wine.zip")
+    argv = ["model", "convert", str(model), "--sample", str(sample), *label]
+    error = hub_fails(capsys, *argv, "--name", "wine", "--version", "1", "-o", out)
+    assert expected in error, error
+    assert f"(hint: line 1, read as the header, holds the numbers '{first.split(',')[0]}'" in error
+    assert "the first line looks like data; add a header line naming the columns)" in error
+
+
+def test_encoder_categories_a_card_cannot_carry_are_one_clear_error() -> None:
+    from converters.encoder_categories import widen
+
+    spec = row_spec(["a", "region"], {"region": ["east", "west"]})
+    wider = widen(spec, {"region": ["east", " padded ", "", "north", "west"], "a": ["x"]})
+    assert wider.categories == {"region": ("east", "west", "north")}  # what a device can send
+    with pytest.raises(BadDataError, match=r"column 'region': the encoder knows the category 'xx"):
+        widen(spec, {"region": ["x" * 65]})
+    many = [f"r{i}" for i in range(MAX_CATEGORIES)]
+    with pytest.raises(
+        BadDataError,
+        match=rf"expected at most {MAX_CATEGORIES} categories, got {MAX_CATEGORIES + 2} "
+        rf"\(2 in the sample, {MAX_CATEGORIES} more the encoder knows\)",
+    ):
+        widen(spec, {"region": many})
+
+
+def test_a_sample_python_s_csv_refuses_is_one_clear_line(tmp_path: Path) -> None:
+    sample = tmp_path / "huge.csv"
+    sample.write_text("a,b\n1,east\n2," + "x" * 200_000 + "\n")
+    with pytest.raises(BadDataError) as info:
+        load_table(sample, None)
+    message = str(info.value)
+    assert message.startswith(f"{sample}:3: expected CSV text, got what Python's csv module")
+    assert "field larger than field limit" in message and "\n" not in message

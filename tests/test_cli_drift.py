@@ -70,6 +70,31 @@ def test_drift_table_names_the_features_that_moved(
     assert "hue (2)" in out and "pi-01" in out and "wine@2" in out
 
 
+def test_drift_shows_per_feature_the_rows_of_texts_the_card_does_not_list(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = Store(store_url(home))
+    windows = []
+    for unknown in (0, 3, 4):
+        body = _report("ok", [])
+        body["model"] = {"name": "shop", "version": 1}
+        body["categories"] = {
+            "region": {"counts": {"north": 10, "south": 7}, "unknown": unknown},
+            "kind": {"counts": {"a": 20}, "unknown": 1},
+        }
+        windows.append(Record(2, len(windows), time.time(), body))
+    store.add_batch("drift", Batch("pi-03", tuple(windows)))
+    assert cli.main(["--home", str(home), "drift", "--json"]) == 0
+    rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["shop"]["unknown"] == {"region": 7, "kind": 3}
+    assert rows["wine"]["unknown"] == {}  # no categorical feature: nothing to count
+    assert cli.main(["--home", str(home), "drift", "--model", "shop"]) == 0
+    out = capsys.readouterr().out
+    assert "unknown texts" in out and "region 7, kind 3" in out
+    assert cli.main(["--home", str(home), "drift", "--model", "wine"]) == 0
+    assert "unknown texts" not in capsys.readouterr().out
+
+
 def test_captures_export_as_csv(home: Path, tmp_path: Path) -> None:
     out = tmp_path / "captures.csv"
     assert cli.main(["--home", str(home), "drift", "captures", "--csv", str(out)]) == 0
@@ -78,6 +103,42 @@ def test_captures_export_as_csv(home: Path, tmp_path: Path) -> None:
         ("pi-01", "1.5", "2.0"),
         ("pi-01", "1.7", "2.1"),
     ]
+
+
+def test_captures_of_a_categorical_model_are_written_with_their_texts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    from cloud_hub.rollout.operations import init_hub, publish_bundle
+    from converters.bundle import write_bundle
+    from converters.card import reference_card
+
+    home = tmp_path / "hub"
+    init_hub(home)
+    regions = ["north, upper", "south"]
+    x = np.c_[np.arange(20.0) % 2, np.arange(20.0)]
+    card = reference_card(x, ["region", "temp"], name="shop", categories={"region": regions})
+    bundle = tmp_path / "shop-1.zip"
+    write_bundle(bundle, card, b"not a model: this test reads the card only")
+    publish_bundle(home, bundle)
+    body = _report("alert", ["region"])
+    body["model"] = {"name": "shop", "version": 1}
+    # the device sends codes: 0 and 1 are the regions, 2 a text the card does not list
+    body["capture"] = {"features": ["region", "temp"], "rows": [[1, 3.5], [0, 4.0], [2, 5.0]]}
+    unpublished = _report("alert", ["hue"], capture=True)  # wine@2 has no card on this hub
+    records = (Record(1, 0, time.time(), body), Record(1, 1, time.time(), unpublished))
+    Store(store_url(home)).add_batch("drift", Batch("pi-04", records))
+    out = tmp_path / "captures.csv"
+    assert cli.main(["--home", str(home), "drift", "captures", "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(out.open(newline="")))
+    shop = [(r["region"], r["temp"]) for r in rows if r["model"] == "shop"]
+    assert shop == [("south", "3.5"), ("north, upper", "4.0"), ("", "5.0")]
+    wine = [(r["hue"], r["ash"]) for r in rows if r["model"] == "wine"]
+    assert wine == [("1.5", "2.0"), ("1.7", "2.1")]  # numbers as sent
+    printed = capsys.readouterr().out
+    assert "5 captured rows written" in printed
+    assert "no card for wine@2" in printed and "written as the devices sent them" in printed
 
 
 def test_retention_prunes_old_records(home: Path) -> None:

@@ -246,3 +246,70 @@ def test_formatted_values_round_trip(values: list[float]) -> None:
         np.testing.assert_array_equal(PLAIN_PARSER.parse(raw), np.array(values, np.float32))
     else:
         assert reason_of(PLAIN_PARSER, raw).reason == "out-of-range"
+
+
+# -- quoted category texts -----------------------------------------------------------------------
+
+REGIONS = {"region": ["north, upper", 'say "hi"', "east"]}
+MIXED_PARSER = LineParser(["a", "region", "b"], categories=REGIONS)
+
+
+def test_a_quoted_category_text_with_a_comma_parses() -> None:
+    assert MIXED_PARSER.values(b'1.5,"north, upper",2') == [1.5, 0.0, 2.0]
+    assert MIXED_PARSER.values(b'1.5, "north, upper" ,2') == [1.5, 0.0, 2.0]  # spaces around
+    assert MIXED_PARSER.values(b'1.5,"say ""hi""",2') == [1.5, 1.0, 2.0]  # a doubled quote
+    assert MIXED_PARSER.values(b'1.5,"east",2') == [1.5, 2.0, 2.0]
+    assert MIXED_PARSER.values(b'1.5,"north, lower",2') == [1.5, 3.0, 2.0]  # unknown text
+    assert MIXED_PARSER.values(b'"1.5","east","2"') == [1.5, 2.0, 2.0]  # quoted numbers too
+    # unquoted, the comma splits the text: one field too many, said as such
+    assert reason_of(MIXED_PARSER, b"1.5,north, upper,2").reason == "field-count"
+
+
+@pytest.mark.parametrize(
+    ("raw", "detail"),
+    [
+        (
+            b'1.5,"north, upper,2',
+            "field 2 'region': expected a closing quote for the quote at offset 4, got the end "
+            "of the line in '1.5,\"north, upper,2'",
+        ),
+        (
+            b'1.5,"north"x,2',
+            "field 2 'region': expected ',' or the end of the line after the quoted field closed "
+            "at offset 10, got 'x' at offset 11",
+        ),
+        (
+            b'1.5,nor"th,2',
+            "field 2 'region': expected quotes only around a whole field (like \"north, upper\"), "
+            "got a quote at offset 7",
+        ),
+        (b'1.5,east,2,"x', "field 4: expected a closing quote for the quote at offset 11"),
+    ],
+)
+def test_bad_quoting_is_garbage_saying_what_and_where(raw: bytes, detail: str) -> None:
+    error = reason_of(MIXED_PARSER, raw)
+    assert error.reason == "garbage" and detail in error.detail
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet=' ,"ab\t', max_size=12).filter(str.strip), a=st.floats(-1e6, 1e6))
+def test_any_text_written_quoted_reads_back(text: str, a: float) -> None:
+    from edge_agent.sources.csv_fields import quoted
+
+    parser = LineParser(["a", "region", "b"], categories={"region": [text.strip()]})
+    assert parser.values(f"{a!r},{quoted(text)},{a!r}".encode()) == [a, 0.0, a]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    raw=st.one_of(
+        st.binary(max_size=200), line_like, st.text(' ,"1.e\t', max_size=30).map(str.encode)
+    )
+)
+def test_a_parser_with_categories_raises_only_sensor_line_errors(raw: bytes) -> None:
+    try:
+        out = MIXED_PARSER.parse(raw)
+    except SensorLineError as exc:
+        assert exc.reason in REASONS
+    else:
+        assert out.shape == (3,) and np.isfinite(out).all()

@@ -24,12 +24,13 @@ from cloud_hub.harness.simulate import (
 )
 from cloud_hub.home_lock import own_home
 from cloud_hub.rollout import engine as ro
-from cloud_hub.rollout.operations import init_hub, start_rollout
-from cloud_hub.store.database import Store
+from cloud_hub.rollout.operations import init_hub, publish_bundle, start_rollout
+from cloud_hub.store.database import Store, typed
 from cloud_hub.store.url import store_url
 from edge_agent.errors import ConfigError
 from edge_agent.framing.rows import card_bounds
-from edge_agent.protocol.messages import Status
+from edge_agent.protocol.messages import ModelRef, Status
+from edge_agent.protocol.records import DriftReport
 from edge_agent.sources.line_parser import LineParser
 from edge_agent.update.bundle import read_bundle
 from tests.support.cli import hub_fails
@@ -142,6 +143,58 @@ def test_rollout_reaches_every_simulated_device_and_telemetry_arrives_once(
     assert sim.fleet.runtimes and len(sim.fleet.runtimes) == 1  # one session shared by all
 
 
+@pytest.mark.broker
+def test_a_simulated_fleet_serves_a_categorical_model_its_texts(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    from converters.pipeline import build_bundle
+    from edge_agent.protocol.input_spec import row_spec
+    from tests.support.categorical import CELLARS, TEXT, codes, mixed_pipeline, wine_table
+
+    home = tmp_path / "home"
+    init_hub(home)
+    table, y = wine_table()
+    model = ModelRef("sim-cellar", 1)
+    bundle = tmp_path / "sim-cellar-1.zip"
+    features = list(table.columns)
+    build_bundle(
+        mixed_pipeline().fit(table, y),
+        codes(table),
+        y,
+        name=model.name,
+        version=model.version,
+        out=bundle,
+        input_spec=row_spec(features, {TEXT: CELLARS}),
+    )
+    publish_bundle(home, bundle)
+    opts = SimOptions(devices=2, rate=100.0, window_s=0.2, prefix="c")
+    sim = Simulation(home, tmp_path / "devices", opts, (broker.host, broker.port))
+    try:
+        assert sim.wait_connected(30)
+        rid = start_rollout(home, model, "1").id
+        hub = sim.hub
+        assert hub is not None
+        with hub.handled:
+            done = hub.handled.wait_for(lambda: rollout_of(sim.store, rid).state != ro.RUNNING, 60)
+            assert done, sim.snapshot(rid)
+        assert rollout_of(sim.store, rid).state == ro.COMPLETED
+
+        def reports() -> list[DriftReport]:
+            found = typed(sim.store.records("drift"), DriftReport)
+            return [r for _, r in found if r.model == model]
+
+        with hub.handled:  # a drift window (200 rows) from each device
+            assert hub.handled.wait_for(lambda: len(reports()) >= 2, 60), sim.fleet.stats()
+        stats = sim.fleet.stats()
+    finally:
+        sim.close()
+    assert stats["rejected"] == 0
+    # the sensors sent the card's texts: none of them unknown to the card
+    for report in reports():
+        assert report.categories[TEXT].unknown == 0
+        assert set(report.categories[TEXT].counts) <= set(CELLARS)
+
+
 # ---- the command line -----------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("argv", "needle"),
@@ -219,3 +272,40 @@ def test_simulate_refuses_a_home_a_hub_serves(
 
 def store_ids(home: Path) -> list[str]:
     return [d["id"] for d in Store(store_url(home)).devices()]
+
+
+def test_sensor_lines_of_a_categorical_card_carry_its_texts_in_the_reference_shares() -> None:
+    from converters.card import reference_card
+    from edge_agent.drift import DriftMonitor
+    from edge_agent.framing import framer_for
+    from edge_agent.protocol.card import parse_card
+
+    rng = np.random.default_rng(3)
+    regions = ["north, upper", 'say "hi"', "east", "west"]
+    shares = np.array([0.5, 0.3, 0.15, 0.05])
+    rows = 2000
+    ref = np.c_[rng.choice(4, rows, p=shares), rng.normal(size=(rows, 2))]
+    card = parse_card(reference_card(ref, ["region", "u", "v"], categories={"region": regions}))
+    framer = framer_for(card)
+
+    def framed(lines: list[bytes]) -> np.ndarray:
+        rejected: list[object] = []
+        out = framer.frame([("csv", line) for line in lines], rejected.append)
+        assert rejected == [] and out is not None
+        return np.asarray(out.x)
+
+    plain = sensor_lines(card, 4000, rng)
+    assert any(line.startswith(b'"north, upper",') for line in plain)  # texts, quoted
+    codes = framed(plain)[:, 0]
+    assert set(codes.tolist()) <= {0.0, 1.0, 2.0, 3.0}  # never the unknown code
+    np.testing.assert_allclose(
+        np.bincount(codes.astype(int), minlength=4) / 4000, shares, atol=0.03
+    )
+    monitor = DriftMonitor(card, 200)
+    statuses = [monitor.add(framed(plain[i : i + 200])) for i in range(0, 4000, 200)]
+    assert sum(s is not None and s["status"] != "ok" for s in statuses) <= 1
+    # a drifting device moves the first half of the features: here the region, to its rarest
+    moved = framed(sensor_lines(card, 1000, rng, shift=3))[:, 0]
+    assert np.mean(moved == 3) > 0.7
+    report = DriftMonitor(card, 1000).add(framed(sensor_lines(card, 1000, rng, shift=3)))
+    assert report is not None and report["status"] == "alert" and "region" in report["moved"]

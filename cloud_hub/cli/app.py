@@ -62,7 +62,13 @@ try:
     from cloud_hub.cli import simulate as simulate_cli
     from cloud_hub.cli.output import console, new_command, say, show
     from cloud_hub.cli.output import emit as _emit
-    from cloud_hub.rollout.model_report import card_rows, feature_rows, report_rows, verdict
+    from cloud_hub.rollout.model_report import (
+        card_rows,
+        category_note,
+        feature_rows,
+        report_rows,
+        verdict,
+    )
     from converters.anomaly import DEFAULT_CONTAMINATION, MAX_CONTAMINATION
     from converters.source import QUANTIZE_MODES, TASKS
 except ModuleNotFoundError as exc:  # the base install: `edgehub` says what to install, once
@@ -84,7 +90,7 @@ _fraction = number(float, "a number from 0 to 1", 0.0, 1.0)  # a threshold argum
 def cmd_model_convert(args: argparse.Namespace) -> int:
     from converters.categorical import TextsRefused
     from converters.images import image_items, image_spec
-    from converters.inputs import load_model, load_table
+    from converters.inputs import data_like_header, load_model, load_table
     from converters.pipeline import STEPS, build_bundle
     from converters.windows import window_items, window_spec
     from edge_agent.protocol.input_spec import row_spec
@@ -145,6 +151,9 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
             f"read as data, the features named f0..f{x.shape[1] - 1}",
             file=sys.stderr,
         )
+    # a text column makes a file without a header read its first row as one: say so
+    hint = data_like_header(names)
+    hinted = f" (hint: {hint})" if hint else ""
     err = Console(stderr=True)
     with Progress(
         SpinnerColumn(),
@@ -182,13 +191,15 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
             name, (line, text) = next(iter(first_texts.items()))
             raise EdgefleetError(
                 f"{args.sample}:{line}, column {name!r}: expected a number, got {text!r} ({exc})"
+                + hinted
             ) from exc
         except EdgefleetError as exc:
-            raise EdgefleetError(f"{args.model} with {args.sample}: {exc}") from exc
+            raise EdgefleetError(f"{args.model} with {args.sample}: {exc}{hinted}") from exc
         bar.update(task, completed=len(STEPS) + 1)
+    if hint:  # converted all the same: its features are named by the first row's values
+        print(f"edgehub: note: {args.sample}: {hint}", file=sys.stderr)
     if categories:
-        shown = ", ".join(f"{name} ({len(texts)} texts)" for name, texts in categories.items())
-        print(f"edgehub: note: categorical columns: {shown}", file=sys.stderr)
+        print(f"edgehub: note: {category_note(categories, built.card)}", file=sys.stderr)
     if args.json:
         print(json.dumps({"bundle": str(built.path), "report": built.report}, indent=2))
         return 0

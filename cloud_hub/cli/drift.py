@@ -2,7 +2,7 @@
 
 edgehub drift [--model NAME[@VERSION]] [--device ID] [--json]
 edgehub drift --fleet [--since 24h] [--model ...] [--group NAME] [--tag NAME] [--json]
-edgehub drift captures --csv FILE [--model ...] [--device ...]
+edgehub drift captures --csv FILE [--model ...] [--device ...]   (categories as their texts)
 
 `--fleet` adds up the devices' window counts per model version and cohort (the fleet, each
 group, each tag) over the time range and tests them against the card (cloud_hub.drift.fleet).
@@ -15,13 +15,16 @@ import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from cloud_hub.cli.args import duration, span
 from cloud_hub.cli.output import accuracy_text, anomalies_text, console, p_text, say, show
 from edge_agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cloud_hub.drift.source import PublishedCards
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 MOVED_SHOWN = 4  # features named per row in the table (all of them in --json)
@@ -50,7 +53,9 @@ def cmd_drift(args: argparse.Namespace) -> int:
     table = Table(title="drift per model version and device")
     columns = ("model", "device", "windows", "warn/alert", "status", "p/min p", "accuracy")
     scored = any(r["anomalies"] for r in rows)  # an anomaly model among them
-    for col in (*columns, *(["anomalies"] if scored else []), "moved"):
+    texts = any(r["unknown"] for r in rows)  # a model with categorical features among them
+    extra = [*(["anomalies"] if scored else []), *(["unknown texts"] if texts else [])]
+    for col in (*columns, *extra, "moved"):
         table.add_column(col)
     for r in rows:
         moved = [f"{name} ({n})" for name, n in list(r["moved"].items())[:MOVED_SHOWN]]
@@ -64,12 +69,20 @@ def cmd_drift(args: argparse.Namespace) -> int:
             f"{p_text(r['p'])}/{p_text(r['min_p'])}",
             accuracy_text(r["accuracy"]),
             *([anomalies_text(r["anomalies"])] if scored else []),
+            *([unknown_text(r["unknown"])] if texts else []),
             ", ".join(moved) + (f" +{more} more" if more > 0 else "") or "-",
         )
     show(table)
     if not rows:
         console.print("no drift reports yet", markup=False)
+    elif texts:
+        say("unknown texts: rows per feature whose text the card does not list, all windows")
     return 0
+
+
+def unknown_text(unknown: dict[str, int]) -> str:
+    """Per categorical feature, the rows whose text the card does not list: "cellar 20"."""
+    return ", ".join(f"{name} {n}" for name, n in unknown.items()) or "-"
 
 
 def cmd_drift_fleet(args: argparse.Namespace) -> int:
@@ -135,9 +148,12 @@ def cmd_drift_fleet(args: argparse.Namespace) -> int:
 
 
 def cmd_drift_captures(args: argparse.Namespace) -> int:
+    from cloud_hub.drift.source import PublishedCards
+    from cloud_hub.signing.tuf_repo import TufRepository
     from cloud_hub.store.database import drift_captures
 
     rows = drift_captures(_store(args), args.model, args.device)
+    notes = captured_texts(rows, PublishedCards(TufRepository(Path(args.home))))
     out = Path(args.csv)
     fields: list[str] = []
     for row in rows:
@@ -152,7 +168,28 @@ def cmd_drift_captures(args: argparse.Namespace) -> int:
             f"--csv {out}: expected a file the hub can write ({exc.strerror})"
         ) from exc
     console.print(f"{len(rows)} captured rows written to {out}", markup=False, soft_wrap=True)
+    for note in notes:
+        say(f"note: {note}")
     return 0
+
+
+def captured_texts(rows: list[dict[str, Any]], cards: PublishedCards) -> list[str]:
+    """Each captured row's categorical values (codes, as the device sent them) as their texts,
+    in place, by its model version's card (a text the card does not list is an empty cell,
+    as in the hub's data sets). What cannot be read so (no card) stays as sent: the notes say
+    which versions."""
+    from edge_agent.protocol.input_spec import category_text
+    from edge_agent.protocol.messages import ModelRef
+
+    versions = {(r["model"], r["version"]) for r in rows if r["model"] != "?"}
+    found, problems = cards.lookup(ModelRef(name, version) for name, version in sorted(versions))
+    for row in rows:
+        card = found.get(ModelRef(row["model"], row["version"])) if row["model"] != "?" else None
+        cats = card.input.categories if card is not None and card.input.kind == "row" else {}
+        for name, texts in cats.items():
+            if name in row:
+                row[name] = category_text(texts, row[name])
+    return [f"{why}: its rows are written as the devices sent them" for why in problems.values()]
 
 
 def _filters(sp: argparse.ArgumentParser) -> None:

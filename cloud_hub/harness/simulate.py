@@ -3,8 +3,9 @@ MQTT connection, so verification (TUF), installation (ModelStore), telemetry (Bu
 and drift run the agent's own code. Only two things are simulated:
 
 - the sensors: rows drawn from the model card's reference sample (so an undrifted device
-  reports "ok"), shifted by `shift` standard deviations on the drifting devices, with an
-  optional share of malformed lines; they enter through the same callback a serial source uses;
+  reports "ok"; a categorical feature's texts in the reference's shares), shifted by `shift`
+  standard deviations on the drifting devices, with an optional share of malformed lines;
+  they enter through the same callback a serial source uses;
 - the runtime: one real onnxruntime session per distinct model, shared read-only by every device
   (`SharedRuntimes`), instead of one session per device.
 
@@ -38,6 +39,7 @@ from edge_agent.inference.runtime import Runtime, load_runtime
 from edge_agent.protocol.card import FeatureProfile, ModelCard
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.topics import check_device_id
+from edge_agent.sources.csv_fields import quoted
 from edge_agent.update.verify import sha256_hex
 
 FEED_TICK_S = 0.1
@@ -56,6 +58,8 @@ MALFORMED_LINES = (
     b'{"not": "csv"}',
 )
 SIM_MODEL = ModelRef("sim-iris", 1)
+# a categorical feature shifted by this many "standard deviations" sends only its rarest category
+CATEGORY_SHIFT_SD = 4.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,21 @@ def sample_feature(profile: FeatureProfile, n: int, rng: np.random.Generator) ->
     return low + rng.random(n) * (high - low)
 
 
+def sample_category(
+    profile: FeatureProfile, n: int, rng: np.random.Generator, shift: float = 0.0
+) -> np.ndarray:
+    """`n` category codes of a categorical feature in the reference's shares (its bins are
+    its categories, the last one unknown texts, which a simulated sensor never sends); with a
+    `shift`, a share min(1, |shift| / CATEGORY_SHIFT_SD) of them moved to its rarest category."""
+    counts = np.asarray(profile.counts[:-1], dtype=np.float64)
+    shares = counts / counts.sum() if counts.sum() > 0 else np.full(len(counts), 1 / len(counts))
+    codes = rng.choice(len(counts), size=n, p=shares)
+    if shift:
+        moved = rng.random(n) < min(1.0, abs(shift) / CATEGORY_SHIFT_SD)
+        codes[moved] = int(np.argmin(counts))
+    return codes
+
+
 def sensor_lines(
     card: ModelCard,
     n: int,
@@ -121,19 +140,29 @@ def sensor_lines(
     bad_share: float = 0.0,
 ) -> list[bytes]:
     """`n` CSV sensor lines for `card`'s features; the first half of the features is moved by
-    `shift` reference standard deviations; about `bad_share` of the lines are malformed."""
+    `shift` reference standard deviations (a categorical feature by `sample_category`); about
+    `bad_share` of the lines are malformed. A categorical feature's values are its texts,
+    quoted where they hold a comma."""
     if n <= 0:
         return []
-    cols = [sample_feature(f, n, rng) for f in card.features]
-    shifted = max(1, len(cols) // 2)
-    for j in range(shifted if shift else 0):
-        cols[j] = cols[j] + shift * max(card.features[j].std, 1e-6)
-    rows = np.column_stack(cols)
+    shifted = max(1, len(card.features) // 2) if shift else 0
+    cats = card.input.categories if card.input.kind == "row" else {}
+    cols: list[list[str]] = []
+    for j, f in enumerate(card.features):
+        move = shift if j < shifted else 0.0
+        texts = cats.get(f.name)
+        if texts is not None:
+            cols.append([quoted(texts[c]) for c in sample_category(f, n, rng, move)])
+        else:
+            values = sample_feature(f, n, rng) + move * max(f.std, 1e-6)
+            # 9 digits: a float32 reads back exactly (5 moved values off the card's KS sample,
+            # enough for undrifted devices to warn)
+            cols.append([f"{v:.9g}" for v in values])
     bad = rng.random(n) < bad_share
     return [
         MALFORMED_LINES[int(rng.integers(len(MALFORMED_LINES)))]
         if bad[i]
-        else ",".join(f"{v:.5g}" for v in rows[i]).encode()
+        else ",".join(col[i] for col in cols).encode()
         for i in range(n)
     ]
 

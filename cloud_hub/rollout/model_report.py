@@ -165,6 +165,18 @@ def _category_rows(categories: Any) -> list[tuple[str, str]]:
     ]
 
 
+def category_note(sample: dict[str, list[str]], card: dict[str, Any]) -> str:
+    """The categorical columns of a conversion: how many texts each takes, and those the
+    model's encoder knows that the sample (`sample`: {column: its texts}) lacks."""
+    listed = card.get("input", {}).get("categories") or {}
+    parts = []
+    for name, texts in listed.items():
+        extra = [t for t in texts if t not in sample.get(name, ())]
+        more = f"; {len(extra)} only the encoder knows: {', '.join(extra)}" if extra else ""
+        parts.append(f"{name} ({len(texts)} texts{more})")
+    return f"categorical columns: {', '.join(parts)}"
+
+
 def feature_rows(card: dict[str, Any]) -> list[tuple[str, ...]]:
     """(feature, min, max, mean, std, missing rate) from the drift reference profile; a
     categorical feature's values are category codes, not quantities: only its missing rate."""

@@ -808,7 +808,9 @@ def drift_summary(
     p-value and report time, the smallest p-value and largest PSI seen, and the features that
     moved (with how many windows named each), most often first, and the accuracy estimated
     without labels over all its windows (None without a calibrated card), or an anomaly
-    model's anomalies over them (`pooled_anomalies`; None for other models). `p` is None for
+    model's anomalies over them (`pooled_anomalies`; None for other models), and per
+    categorical feature the rows whose text the card does not list (`unknown`, {feature:
+    rows}, summed over its windows; empty for a model without categories). `p` is None for
     reports from agents before p-values (their status came from fixed PSI bands)."""
     groups: dict[tuple[str, int, str], dict[str, Any]] = {}
     reports: dict[tuple[str, int, str], list[DriftReport]] = {}
@@ -830,6 +832,7 @@ def drift_summary(
                 "min_p": None,
                 "moved": {},
                 "captures": 0,
+                "unknown": {},
             },
         )
         g["windows"] += 1
@@ -843,6 +846,8 @@ def drift_summary(
         for feature in report.features_moved:
             g["moved"][feature] = g["moved"].get(feature, 0) + 1
         g["captures"] += 1 if report.capture is not None else 0
+        for feature, seen in report.categories.items():
+            g["unknown"][feature] = g["unknown"].get(feature, 0) + seen.unknown
         reports.setdefault((name, version, r.device), []).append(report)
     out = []
     for key in sorted(groups):

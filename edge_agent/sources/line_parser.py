@@ -6,7 +6,8 @@ of saying *what* went wrong is only done once a line has already failed.
 
 Reason codes (the counter a rejected line is counted under):
 
-- ``garbage``: too long, empty, control bytes, not UTF-8, or (JSON) not a JSON object
+- ``garbage``: too long, empty, control bytes, not UTF-8, (JSON) not a JSON object, or (CSV
+  with categories) bad quoting
 - ``field-count``: wrong number of CSV fields, or JSON keys missing, extra or repeated
 - ``non-numeric``: a field that is not a plain decimal number (a categorical field: one that
   is empty, or in JSON not a string)
@@ -18,7 +19,10 @@ Fields are numbered from 1 in error details ("field 3 'ash'").
 A categorical feature (``categories``: its texts, edge_agent.protocol.input_spec) takes one of
 its texts, surrounding spaces ignored, and gives the text's index; a text not among them gives
 the unknown index, ``len(texts)``: a value the model was not trained on, which drift counts, not
-a broken line. Only a parser with categories takes that (slower, per field) path.
+a broken line. Only a parser with categories takes that (slower, per field) path. In CSV, such a
+text may be quoted, RFC 4180's way ("north, upper": edge_agent.sources.csv_fields); bad quoting
+(a quote never closed, text after a closing quote, a quote inside an unquoted field) is
+``garbage``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.errors import ConfigError, SensorLineError
+from edge_agent.sources.csv_fields import QuotingError, split_quoted
 
 REASONS: tuple[str, ...] = ("garbage", "field-count", "non-numeric", "non-finite", "out-of-range")
 FORMATS: tuple[str, ...] = ("csv", "json")
@@ -150,7 +155,10 @@ class LineParser:
         if suspect:
             self._screen(raw, line)
         if self._csv:
-            fields = line.split(b",")
+            # a line with categories may quote its texts ("north, upper")
+            fields = (
+                self._quoted(line) if self._codes is not None and b'"' in line else line.split(b",")
+            )
             if len(fields) != self._n:
                 raise self._field_count(line, fields)
             if self._codes is not None:
@@ -201,6 +209,15 @@ class LineParser:
             f"expected {self._n} comma-separated fields ({self._names_preview()}),"
             f" got {len(fields)} in {_show(line)}",
         )
+
+    def _quoted(self, line: bytes) -> list[bytes]:
+        """The fields of a line with quotes (edge_agent.sources.csv_fields); "garbage" for bad
+        quoting, saying where."""
+        try:
+            return split_quoted(line)
+        except QuotingError as exc:
+            where = self._where(exc.field) if exc.field < self._n else f"field {exc.field + 1}"
+            raise SensorLineError("garbage", f"{where}: {exc.detail} in {_show(line)}") from None
 
     def _mixed_csv(self, fields: list[bytes]) -> list[float]:
         """The values of a line with categorical fields (a card with categories only)."""

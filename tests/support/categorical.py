@@ -14,6 +14,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from edge_agent.sources.csv_fields import quoted
+
 NUMBERS = ["alcohol", "malic_acid", "ash", "magnesium"]
 TEXT = "cellar"  # the synthetic category column
 CELLARS = ["east", "north", "south", "west"]  # sorted: the card's categories
@@ -59,8 +61,8 @@ def codes(table: pd.DataFrame) -> np.ndarray:
 
 
 def csv_lines(table: pd.DataFrame) -> list[bytes]:
-    """Sensor lines as a device reads them, the cellar as its text."""
+    """Sensor lines as a device reads them, the cellar as its text (quoted where it must be)."""
     return [
-        ",".join([*(repr(float(v)) for v in row[NUMBERS]), str(row[TEXT])]).encode()
+        ",".join([*(repr(float(v)) for v in row[NUMBERS]), quoted(str(row[TEXT]))]).encode()
         for _, row in table.iterrows()
     ]
