@@ -57,14 +57,10 @@ def run_tflite(
     """`model_bytes` opened by the agent's TfliteRuntime under `python`, run on rows `x`."""
     with tempfile.TemporaryDirectory(prefix="edgefleet-device-run-") as tmp:
         folder = Path(tmp)
-        (folder / "path").mkdir()
-        (folder / "path" / "edge_agent").symlink_to(Path(edge_agent.__file__).parent)
+        env = agent_environment(folder / "path")
         model, inputs, outputs = folder / "model.tflite", folder / "x.npy", folder / "out.npy"
         model.write_bytes(model_bytes)
         np.save(inputs, np.ascontiguousarray(x, dtype=np.float32))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-        env.update(PYTHONPATH=str(folder / "path"), PYTHONNOUSERSITE="1")
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         command = [str(python), "-s", "-c", _SCRIPT, str(model), str(inputs), str(outputs)]
         command += [task, json.dumps([_plain(c) for c in classes])]
         try:
@@ -88,6 +84,17 @@ def run_tflite(
         outputs=got,
         error=result.get("error"),
     )
+
+
+def agent_environment(folder: Path) -> dict[str, str]:
+    """This process's environment variables for a Python of a cached environment that imports
+    the agent's own `edge_agent` package, and nothing else from here: `folder` (created) holds
+    only a link to it and is its PYTHONPATH; other PYTHON* variables are dropped."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "edge_agent").symlink_to(Path(edge_agent.__file__).parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(PYTHONPATH=str(folder), PYTHONNOUSERSITE="1")
+    return env
 
 
 def _plain(value: Any) -> Any:
