@@ -23,10 +23,12 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from converters.runtimes.device_run import DeviceRun
+from converters.runtimes.targets import DEFAULT_PROFILE, check_runtime, profile_runtime, run_on
 from converters.source import QUANTIZE_MODES, TASKS, Artifact, growth_note
 from converters.validate import (
     MAX_BEYOND,
@@ -38,9 +40,6 @@ from converters.validate import (
 )
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError
 from edge_agent.inference.tflite import VALUE_TASKS, TfliteRuntime, open_interpreter, output_width
-
-if TYPE_CHECKING:
-    from converters.runtimes.device_run import DeviceRun
 
 REPRESENTATIVE_ROWS = 200
 TFLITE_AS_IS = (
@@ -389,14 +388,18 @@ class TfliteSource:
         note = "" if quantize == "none" else TFLITE_AS_IS
         rows = check_rows(x, self.item_shape)
         hub = self.runtime.outputs(rows)
-        run = _run_on_target(self.target, self.model_bytes, rows, self.task, self.classes)
+        run = run_on(self.target, self.model_bytes, rows, self.task, self.classes)
         if run.error is not None:
             raise BadDataError(
                 f"this .tflite model does not load on {self.target} (the runtime the target "
                 f"profile names): {_load_error(run.error)}; a .tflite input ships as it is, so "
                 f"convert its Keras model instead (edgehub picks an op set {self.target} loads)"
             )
-        stage = _compare_on_target(self.task, self.runtime, hub, run, quantize)
+        # a given file may be quantized whatever `quantize` says: held to int8's tolerance
+        stage = _compare_on_target(self.task, self.runtime, hub, run, "dynamic")
+        problem = _target_problem(self.task, "dynamic", run, stage)
+        if problem is not None:
+            raise BadDataError(f"this .tflite model on {self.target}: {problem}")
         return Artifact(
             "litert",
             "model.tflite",
@@ -480,27 +483,19 @@ def keras_artifact(
             model_bytes = _convert(tf, source, quantize, _then(configure, tweak))
         notes = _check_converted(source, model_bytes, quantize, rows)
         hub = _hub_runtime(source, model_bytes)
-        run = _run_on_target(target, model_bytes, check, source.task, source.classes)
+        run = run_on(target, model_bytes, check, source.task, source.classes)
         if run.error is not None:
             refused.append(f"the {op_set} op set ({_load_error(run.error)})")
             continue
         stage = None
         if hub is not None:
             stage = _compare_on_target(source.task, hub, hub.outputs(check), run, quantize)
-            problem = outputs_problem(
-                {
-                    "task": source.task,
-                    "quantize": quantize,
-                    "validated_on": run.runtime,
-                    "target": stage,
-                },
-                "target",
-            )
+            problem = _target_problem(source.task, quantize, run, stage)
             if problem is not None:
                 refused.append(f"the {op_set} op set ({problem})")
                 continue
         if refused:
-            notes.append(f"not loaded by {target}: {'; '.join(refused)}; shipped with {op_set}")
+            notes.append(f"{target} refused {'; '.join(refused)}: shipped with the {op_set} op set")
         grown = growth_note(quantize, len(float_bytes), len(model_bytes))
         if grown and not notes:  # a note above already says why quantization did little
             notes.append(grown)
@@ -560,8 +555,6 @@ def _then(
 
 def target_runtime(target: str | None) -> str:
     """`target` checked, else the TFLite runtime of the default profile."""
-    from converters.runtimes.targets import DEFAULT_PROFILE, check_runtime, profile_runtime
-
     return check_runtime(target) if target is not None else profile_runtime(DEFAULT_PROFILE)
 
 
@@ -572,14 +565,6 @@ def check_rows(x: np.ndarray, item_shape: tuple[int, ...]) -> np.ndarray:
         return representative_rows(x, item_shape)
     except BadDataError:
         return np.zeros((1, *item_shape), dtype=np.float32)
-
-
-def _run_on_target(
-    target: str, model_bytes: bytes, x: np.ndarray, task: str, classes: list[Any]
-) -> DeviceRun:
-    from converters.runtimes.targets import run_on
-
-    return run_on(target, model_bytes, x, task, classes)
 
 
 def _hub_runtime(source: KerasSource, model_bytes: bytes) -> TfliteRuntime | None:
@@ -602,27 +587,28 @@ def _load_error(error: str) -> str:
     return error.strip().splitlines()[0][:300] if error.strip() else "it refused the model"
 
 
+def _target_problem(task: str, quantize: str, run: DeviceRun, stage: dict[str, Any]) -> str | None:
+    """What the target runtime's outputs got wrong, in one line (None if they agree)."""
+    report = {"task": task, "quantize": quantize, "validated_on": run.runtime, "target": stage}
+    return outputs_problem(report, "target")
+
+
 def _compare_on_target(
     task: str, hub: TfliteRuntime, hub_out: np.ndarray, run: DeviceRun, quantize: str
 ) -> dict[str, Any]:
     """The target runtime's outputs against the hub runtime's on the same model and rows, as a
     stage of the validation report (tolerance: what `quantize` allows)."""
     got = np.asarray(run.outputs, dtype=np.float32).reshape(hub_out.shape)
-    classifier = task == "classification"
-    moved = output_moves(
-        task,
-        hub.labels_of(hub_out),
-        hub.labels_of(got),
-        hub.probabilities_of(hub_out) if classifier else None,
-        hub.probabilities_of(got) if classifier else None,
-        None if classifier else value_spread(hub.labels_of(hub_out)),
-    )
+    want = hub.labels_of(hub_out)
+    if task == "classification":
+        scores = (hub.probabilities_of(hub_out), hub.probabilities_of(got))
+        moved = output_moves(task, want, hub.labels_of(got), *scores)
+        spread = None
+    else:
+        spread = value_spread(want)
+        moved = output_moves(task, want, hub.labels_of(got), spread=spread)
     return compare_outputs(
-        task,
-        moved,
-        QUANTIZE_TOLERANCE[quantize],
-        MAX_BEYOND["quantization"],
-        spread=None if classifier else value_spread(hub.labels_of(hub_out)),
+        task, moved, QUANTIZE_TOLERANCE[quantize], MAX_BEYOND["quantization"], spread=spread
     )
 
 
