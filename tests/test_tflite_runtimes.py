@@ -9,7 +9,9 @@ a bundle. Nothing here skips when that environment cannot be built: the test fai
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import textwrap
 import warnings
 from dataclasses import dataclass
@@ -255,3 +257,32 @@ def test_an_environment_pip_cannot_build_is_one_line_and_leaves_nothing(
     assert "tflite-runtime==0.0.1" in text
     left = sorted(p.name for p in (tmp_path / "runtimes").iterdir())
     assert left == ["no-such.lock"], left  # no half-built environment
+
+
+BUILD = """
+import sys
+from converters.runtimes.envs import EnvSpec, env_python
+python = env_python(EnvSpec("tiny", "a tiny environment", ("pyserial==3.5",), agent=False))
+print(python)
+"""
+
+
+def test_two_processes_asking_at_once_build_the_environment_once(tmp_path: Path) -> None:
+    """Each asks for the same missing environment; the lock lets one build it (in a temporary
+    folder renamed into place), and the other finds it ready."""
+    env = {**os.environ, "EDGEFLEET_CACHE_DIR": str(tmp_path)}
+    command = [sys.executable, "-c", BUILD]
+    started = [
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=240) for p in started]
+    assert [p.returncode for p in started] == [0, 0], results
+    paths = {out.strip() for out, _ in results}
+    assert paths == {str(tmp_path / "runtimes" / "tiny" / "bin" / "python")}
+    assert sum("preparing a tiny environment" in err for _, err in results) == 1, results
+    assert sorted(p.name for p in (tmp_path / "runtimes").iterdir()) == ["tiny", "tiny.lock"]
+    import_serial = [paths.pop(), "-c", "import serial, sys; print(serial.__version__)"]
+    assert subprocess.run(import_serial, capture_output=True, text=True).stdout == "3.5\n"

@@ -38,6 +38,7 @@ class EnvSpec:
     name: str  # folder under <cache>/runtimes/
     title: str  # for people: "tflite-runtime 2.14"
     requirements: tuple[str, ...]
+    agent: bool = True  # with the device agent's base requirements too
 
 
 def cache_dir() -> Path:
@@ -60,6 +61,8 @@ def agent_requirements() -> list[str]:
 
 def requirements_of(spec: EnvSpec) -> list[str]:
     """What pip installs: the runtime's packages first (numpy<2 wins), then the agent's."""
+    if not spec.agent:
+        return list(spec.requirements)
     names = {_name(r) for r in spec.requirements}
     return [*spec.requirements, *(r for r in agent_requirements() if _name(r) not in names)]
 
