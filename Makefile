@@ -52,4 +52,4 @@ soak: $(STAMP)
 	PYTHONPATH=$(CURDIR) $(BIN)/python -m cloud_hub.harness.soak --minutes $(SOAK_MINUTES)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .cache

@@ -22,9 +22,11 @@ SKLEARN_SUFFIXES = (".joblib", ".pkl", ".pickle")
 KERAS_SUFFIXES = (".keras", ".h5")
 
 
-def load_model(path: Path, task: str | None = None) -> SourceModel:
+def load_model(path: Path, task: str | None = None, target: str | None = None) -> SourceModel:
     """The model in `path`, by its suffix: a scikit-learn estimator (joblib or pickle), a Keras
-    model, or an ONNX or TFLite file. `task` overrides what a file-format model's outputs say."""
+    model, or an ONNX or TFLite file. `task` overrides what a file-format model's outputs say;
+    a TFLite conversion is validated on the TFLite runtime `target` (default: the default
+    profile's, converters.runtimes.targets)."""
     suffix = path.suffix.lower()
     if suffix in SKLEARN_SUFFIXES:
         return SklearnSource(load_estimator(path))
@@ -34,8 +36,8 @@ def load_model(path: Path, task: str | None = None) -> SourceModel:
         from converters import keras_tflite  # imports tensorflow only when a model needs it
 
         if suffix == ".tflite":
-            return keras_tflite.load_tflite(path, task, None)
-        return keras_tflite.load_keras(path, task=task)
+            return keras_tflite.load_tflite(path, task, None, target=target)
+        return keras_tflite.load_keras(path, task=task, target=target)
     expected = ", ".join([*SKLEARN_SUFFIXES, *KERAS_SUFFIXES, ".onnx", ".tflite"])
     raise ConfigError(f"{path}: expected a model file ending in one of {expected}, got {suffix!r}")
 

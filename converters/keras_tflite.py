@@ -27,7 +27,17 @@ from typing import Any
 
 import numpy as np
 
+from converters.runtimes.device_run import DeviceRun
+from converters.runtimes.targets import DEFAULT_PROFILE, check_runtime, profile_runtime, run_on
 from converters.source import QUANTIZE_MODES, TASKS, Artifact, growth_note
+from converters.validate import (
+    MAX_BEYOND,
+    QUANTIZE_TOLERANCE,
+    compare_outputs,
+    output_moves,
+    outputs_problem,
+    value_spread,
+)
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError
 from edge_agent.inference.tflite import VALUE_TASKS, TfliteRuntime, open_interpreter, output_width
 
@@ -154,9 +164,13 @@ def _keras() -> Any:
 
 
 def load_keras(
-    path: Path, task: str | None = None, classes: list[Any] | None = None
+    path: Path,
+    task: str | None = None,
+    classes: list[Any] | None = None,
+    target: str | None = None,
 ) -> KerasSource:
-    """A Keras v3 `.keras` model file (loaded without its training config)."""
+    """A Keras v3 `.keras` model file (loaded without its training config), to be converted
+    for devices running the TFLite runtime `target` (default: the default profile's)."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such model file")
     keras = _keras()
@@ -168,12 +182,13 @@ def load_keras(
             f"{path}: expected a Keras {path.suffix or '.keras'} model, could not load it "
             f"({_one_line(exc)})"
         ) from exc
-    return KerasSource(model, task=task, classes=classes, origin=str(path))
+    return KerasSource(model, task=task, classes=classes, origin=str(path), target=target)
 
 
 class KerasSource:
     """A Keras model as a `SourceModel`: tabular input (batch, n_features), or items such as
-    images (batch, H, W, C) (`item_shape`); one output."""
+    images (batch, H, W, C) (`item_shape`); one output. Its TFLite conversion is validated on
+    the TFLite runtime `target` (converters.runtimes; default: the default profile's)."""
 
     framework = "keras"
 
@@ -183,7 +198,9 @@ class KerasSource:
         task: str | None = None,
         classes: list[Any] | None = None,
         origin: str = "the Keras model",
+        target: str | None = None,
     ) -> None:
+        self.target = target_runtime(target)
         self.model = model
         self.feature_names: list[str] | None = None
         if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -232,7 +249,7 @@ class KerasSource:
 
     def convert(self, x: np.ndarray, quantize: str) -> Artifact:
         """The TFLite artifact (see keras_artifact); static int8 calibrates on rows of `x`."""
-        return keras_artifact(self, x, quantize)
+        return keras_artifact(self, x, quantize, self.target)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         x32 = np.ascontiguousarray(x, dtype=np.float32)
@@ -331,7 +348,14 @@ class TfliteSource:
 
     framework = "tflite"
 
-    def __init__(self, runtime: TfliteRuntime, classes: list[Any], model_bytes: bytes) -> None:
+    def __init__(
+        self,
+        runtime: TfliteRuntime,
+        classes: list[Any],
+        model_bytes: bytes,
+        target: str | None = None,
+    ) -> None:
+        self.target = target_runtime(target)
         self.runtime = runtime
         self.model_bytes = model_bytes
         self.task = runtime.task
@@ -362,13 +386,38 @@ class TfliteSource:
                 f"unknown quantization mode {quantize!r}; expected one of {list(QUANTIZE_MODES)}"
             )
         note = "" if quantize == "none" else TFLITE_AS_IS
+        rows = check_rows(x, self.item_shape)
+        hub = self.runtime.outputs(rows)
+        run = run_on(self.target, self.model_bytes, rows, self.task, self.classes)
+        if run.error is not None:
+            raise BadDataError(
+                f"this .tflite model does not load on {self.target} (the runtime the target "
+                f"profile names): {_load_error(run.error)}; a .tflite input ships as it is, so "
+                f"convert its Keras model instead (edgehub picks an op set {self.target} loads)"
+            )
+        # a given file may be quantized whatever `quantize` says: held to int8's tolerance
+        stage = _compare_on_target(self.task, self.runtime, hub, run, "dynamic")
+        problem = _target_problem(self.task, "dynamic", run, stage)
+        if problem is not None:
+            raise BadDataError(f"this .tflite model on {self.target}: {problem}")
         return Artifact(
-            "litert", "model.tflite", self.model_bytes, self.model_bytes, quantize, note
+            "litert",
+            "model.tflite",
+            self.model_bytes,
+            self.model_bytes,
+            quantize,
+            note,
+            validated_on=run.runtime,
+            op_set="as given",
+            on_target=stage,
         )
 
 
 def load_tflite(
-    path: Path, task: str | None = None, classes: list[Any] | None = None
+    path: Path,
+    task: str | None = None,
+    classes: list[Any] | None = None,
+    target: str | None = None,
 ) -> TfliteSource:
     """A `.tflite` model file. Without `task`: k > 1 outputs per row is a classifier of classes
     range(k), one output a regressor (a binary sigmoid model needs task="classification")."""
@@ -392,46 +441,174 @@ def load_tflite(
         if exc.reason == "runtime-missing":
             raise ConfigError(f"{path}: {exc.detail}") from exc
         raise BadDataError(f"{path}: expected a TFLite .tflite model: {exc.detail}") from exc
-    return TfliteSource(runtime, labels, model_bytes)
+    return TfliteSource(runtime, labels, model_bytes, target)
 
 
 # --- conversion -------------------------------------------------------------------------------
 
 
-def keras_artifact(source: KerasSource, x_rep: np.ndarray, quantize: str) -> Artifact:
-    """`source` as a TFLite model: float32 ("none"), or quantized by `quantize`.
+def keras_artifact(
+    source: KerasSource, x_rep: np.ndarray, quantize: str, target: str | None = None
+) -> Artifact:
+    """`source` as a TFLite model: float32 ("none"), or quantized by `quantize`, in an op set
+    the TFLite runtime `target` loads (default: the default profile's runtime).
 
     "dynamic": int8 weights, float activations (no data needed). "float16": float16 weights.
     "static": full-integer int8 (int8 input and output too), calibrated on up to
     REPRESENTATIVE_ROWS NaN-free rows of `x_rep`.
+
+    Each conversion is opened by `target` (an older one in its cached environment) and run on
+    up to REPRESENTATIVE_ROWS rows of `x_rep`; where it does not load (newer op versions:
+    per-channel int8 Dense weights make FULLY_CONNECTED version 12, which tflite-runtime 2.14
+    does not have) the next op set of OP_SETS is tried, and its outputs must agree with the
+    hub runtime's on the same model within what the quantization allows. BadDataError, naming
+    the runtime and what it could not load, when no op set serves.
     """
     if quantize not in QUANTIZE_MODES:
         raise ConfigError(
             f"unknown quantization mode {quantize!r}; expected one of {list(QUANTIZE_MODES)}"
         )
+    target = target_runtime(target)
     tf = _tensorflow()
     float_bytes = _convert(tf, source, "none", lambda converter: None)
-    rows = None
-    if quantize == "none":
-        model_bytes = float_bytes
-    elif quantize == "dynamic":
-        model_bytes = _convert(tf, source, quantize, _dynamic(tf))
-    elif quantize == "float16":
-        model_bytes = _convert(tf, source, quantize, _float16(tf))
+    rows = representative_rows(x_rep, source.item_shape) if quantize == "static" else None
+    mode = {"none": None, "dynamic": _dynamic(tf), "float16": _float16(tf)}.get(quantize)
+    configure = _static(tf, rows) if rows is not None else mode
+    check = check_rows(x_rep, source.item_shape)
+    refused: list[str] = []
+    for op_set, tweak in OP_SETS[quantize]:
+        if configure is None:
+            model_bytes = float_bytes
+        else:
+            model_bytes = _convert(tf, source, quantize, _then(configure, tweak))
+        notes = _check_converted(source, model_bytes, quantize, rows)
+        hub = _hub_runtime(source, model_bytes)
+        run = run_on(target, model_bytes, check, source.task, source.classes)
+        if run.error is not None:
+            refused.append(f"the {op_set} op set ({_load_error(run.error)})")
+            continue
+        stage = None
+        if hub is not None:
+            stage = _compare_on_target(source.task, hub, hub.outputs(check), run, quantize)
+            problem = _target_problem(source.task, quantize, run, stage)
+            if problem is not None:
+                refused.append(f"the {op_set} op set ({problem})")
+                continue
+        if refused:
+            notes.append(f"{target} refused {'; '.join(refused)}: shipped with the {op_set} op set")
+        grown = growth_note(quantize, len(float_bytes), len(model_bytes))
+        if grown and not notes:  # a note above already says why quantization did little
+            notes.append(grown)
+        return Artifact(
+            runtime="litert",
+            model_file="model.tflite",
+            float_bytes=float_bytes,
+            model_bytes=model_bytes,
+            quantize=quantize,
+            note="; ".join(notes),
+            validated_on=run.runtime,
+            op_set=op_set,
+            on_target=stage,
+        )
+    raise BadDataError(
+        f"the TFLite conversion of {source.description} (quantize={quantize}) does not run on "
+        f"{target}, the runtime the target profile names, in any op set tried: "
+        f"{'; '.join(refused)}"
+    )
+
+
+# The op sets a conversion tries, in order, until the target runtime loads one: the converter's
+# default, then per-tensor int8 weights for Dense layers (FULLY_CONNECTED version 9 instead of
+# 12, which tflite-runtime 2.14 lacks), then per-tensor weights everywhere (convolutions too).
+def _per_tensor_dense(converter: Any) -> None:
+    converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+
+
+def _per_tensor(converter: Any) -> None:
+    converter._experimental_disable_per_channel = True
+    converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+
+
+_INT8_OP_SETS: tuple[tuple[str, Callable[[Any], None] | None], ...] = (
+    ("default (per-channel int8 weights)", None),
+    ("per-tensor int8 Dense weights", _per_tensor_dense),
+    ("per-tensor int8 weights", _per_tensor),
+)
+OP_SETS: dict[str, tuple[tuple[str, Callable[[Any], None] | None], ...]] = {
+    "none": (("default", None),),
+    "float16": (("default", None),),
+    "dynamic": _INT8_OP_SETS,
+    "static": _INT8_OP_SETS,
+}
+
+
+def _then(
+    configure: Callable[[Any], None], tweak: Callable[[Any], None] | None
+) -> Callable[[Any], None]:
+    def both(converter: Any) -> None:
+        configure(converter)
+        if tweak is not None:
+            tweak(converter)
+
+    return both
+
+
+def target_runtime(target: str | None) -> str:
+    """`target` checked, else the TFLite runtime of the default profile."""
+    return check_runtime(target) if target is not None else profile_runtime(DEFAULT_PROFILE)
+
+
+def check_rows(x: np.ndarray, item_shape: tuple[int, ...]) -> np.ndarray:
+    """Up to REPRESENTATIVE_ROWS rows of `x` to run on the target runtime (one row of zeros
+    where `x` has no usable row: the model must still load and run)."""
+    try:
+        return representative_rows(x, item_shape)
+    except BadDataError:
+        return np.zeros((1, *item_shape), dtype=np.float32)
+
+
+def _hub_runtime(source: KerasSource, model_bytes: bytes) -> TfliteRuntime | None:
+    """The model on the hub's own runtime (None where the hub has none: the validation says so)."""
+    try:
+        with _quiet():
+            return TfliteRuntime(model_bytes, source.task, source.classes, 1)
+    except BundleRejected:
+        return None
+
+
+_OP_VERSION = re.compile(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'")
+
+
+def _load_error(error: str) -> str:
+    """The runtime's reason, shortened to the op and version it lacks where it says so."""
+    found = _OP_VERSION.search(error)
+    if found:
+        return f"it has no {found[1]} version {found[2]}"
+    return error.strip().splitlines()[0][:300] if error.strip() else "it refused the model"
+
+
+def _target_problem(task: str, quantize: str, run: DeviceRun, stage: dict[str, Any]) -> str | None:
+    """What the target runtime's outputs got wrong, in one line (None if they agree)."""
+    report = {"task": task, "quantize": quantize, "validated_on": run.runtime, "target": stage}
+    return outputs_problem(report, "target")
+
+
+def _compare_on_target(
+    task: str, hub: TfliteRuntime, hub_out: np.ndarray, run: DeviceRun, quantize: str
+) -> dict[str, Any]:
+    """The target runtime's outputs against the hub runtime's on the same model and rows, as a
+    stage of the validation report (tolerance: what `quantize` allows)."""
+    got = np.asarray(run.outputs, dtype=np.float32).reshape(hub_out.shape)
+    want = hub.labels_of(hub_out)
+    if task == "classification":
+        scores = (hub.probabilities_of(hub_out), hub.probabilities_of(got))
+        moved = output_moves(task, want, hub.labels_of(got), *scores)
+        spread = None
     else:
-        rows = representative_rows(x_rep, source.item_shape)
-        model_bytes = _convert(tf, source, quantize, _static(tf, rows))
-    notes = _check_converted(source, model_bytes, quantize, rows)
-    grown = growth_note(quantize, len(float_bytes), len(model_bytes))
-    if grown and not notes:  # a note above already says why quantization did little
-        notes.append(grown)
-    return Artifact(
-        runtime="litert",
-        model_file="model.tflite",
-        float_bytes=float_bytes,
-        model_bytes=model_bytes,
-        quantize=quantize,
-        note="; ".join(notes),
+        spread = value_spread(want)
+        moved = output_moves(task, want, hub.labels_of(got), spread=spread)
+    return compare_outputs(
+        task, moved, QUANTIZE_TOLERANCE[quantize], MAX_BEYOND["quantization"], spread=spread
     )
 
 

@@ -56,6 +56,12 @@ class Artifact:
     model_bytes: bytes  # what ships
     quantize: str  # the mode applied: none, dynamic, static, float16
     note: str = ""  # e.g. why quantization left the model unchanged
+    # a TFLite model validated on the runtime its target profile names: which one ran it
+    # ("tflite-runtime 2.14.0"), the op set that runtime loads, and how its outputs compared
+    # with the hub's (a stage of the validation report, converters.validate.compare_outputs)
+    validated_on: str = ""
+    op_set: str = ""
+    on_target: dict[str, Any] | None = None
 
 
 def growth_note(quantize: str, before: int, after: int) -> str:

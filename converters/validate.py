@@ -92,6 +92,10 @@ def validation_report(
         size_ratio=len(artifact.model_bytes) / len(artifact.float_bytes),
         latency_p50_ms=latency_p50_ms(runtime, x32),
     )
+    if artifact.validated_on:
+        report.update(validated_on=artifact.validated_on, op_set=artifact.op_set)
+    if artifact.on_target is not None:
+        report["target"] = artifact.on_target
     if artifact.note:
         report["note"] = artifact.note
     return report
@@ -261,6 +265,11 @@ def outputs_problem(report: dict[str, Any], stage: str) -> str | None:
             f"the {report.get('quantize', 'none')}-quantized model",
             "the unquantized conversion's",
             "try --quantize none, or a calibration sample closer to the device's data",
+        ),
+        "target": (
+            f"the model on {report.get('validated_on') or 'the target runtime'}",
+            "the same model's on the hub's runtime",
+            "the device's runtime computes something else than the hub validated",
         ),
     }[stage]
     unit = "in probability" if report["task"] == "classification" else "of spread"

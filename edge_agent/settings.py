@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from edge_agent.inference.tflite import TFLITE_RUNTIMES
 from edge_agent.mqtt.options import is_results_topic
 from edge_agent.protocol.records import MAX_WINDOW_ROWS
 from edge_agent.uplink.buffer import Cap
@@ -48,6 +49,17 @@ def _windows_above_1(example: str) -> Rule:
 @dataclass(frozen=True, kw_only=True)
 class RuntimeSettings:
     threads: int  # onnxruntime intra-op threads
+    # the oldest TFLite runtime devices of this class run: conversions for them are validated
+    # on it (converters/runtimes)
+    tflite: str = field(
+        metadata=ruled(
+            lambda v: (
+                None
+                if v in TFLITE_RUNTIMES
+                else f"a TFLite runtime, one of {', '.join(map(repr, TFLITE_RUNTIMES))}"
+            )
+        )
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,6 +5,7 @@ EDGEFLEET_REQUIRE_MOSQUITTO=1 (CI sets it): then they fail, so CI never goes gre
 `broker.restart()` stops mosquitto cleanly (SIGTERM) and starts it again on the same port;
 `broker.kill()` kills it with -9 instead (then `broker.restart()` brings it back).
 Disk-fault tests mount real tmpfs file systems (root only), under the same rule.
+TFLite runtimes the profiles name are built once into the checkout's .cache/ (EDGEFLEET_CACHE_DIR).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from tests.support.mqtt_cli import MqttCli
 from tests.support.postgres import fresh_database
 
 REQUIRE_MOSQUITTO_ENV = "EDGEFLEET_REQUIRE_MOSQUITTO"
+# Cached environments (converters.runtimes.envs: tflite-runtime 2.14 on numpy<2, which every
+# Keras conversion is validated on) live in the checkout's .cache/, built once and reused by
+# every test and every run after; the subprocesses the tests start (edgehub) inherit it.
+os.environ.setdefault("EDGEFLEET_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".cache"))
 
 
 @pytest.fixture(scope="session")

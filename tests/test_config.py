@@ -146,6 +146,13 @@ def test_unknown_section_key_in_device(tmp_path: Path) -> None:
         ("[drift]\nwarn_every = nan", "drift.warn_every", "above 1", "nan"),
         ("[telemetry]\ninterval_s = inf", "telemetry.interval_s", "positive", "inf"),
         ("[runtime]\nthreads = [2]", "runtime.threads", "expected int", "list"),
+        (
+            '[runtime]\ntflite = "tflite-runtime 2.13"',
+            "runtime.tflite",
+            "expected a TFLite runtime, one of 'litert', 'tflite-runtime 2.14'",
+            "'tflite-runtime 2.13'",
+        ),
+        ("[runtime]\ntflite = 2.14", "runtime.tflite", "expected str", "float 2.14"),
         ("telemetry = 5", "[telemetry]", "expected a table", "5"),
         ("[telemetry]\nno_input_s = -1", "telemetry.no_input_s", "0 (off) or a number", "-1"),
         ("[telemetry]\nno_input_s = inf", "telemetry.no_input_s", "seconds above 0", "inf"),

@@ -34,7 +34,9 @@ from converters.keras_tflite import (
     load_tflite,
 )
 from converters.pipeline import build_bundle
+from converters.runtimes.targets import run_on
 from converters.source import Artifact
+from converters.validate import QUANTIZE_TOLERANCE
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError
 from edge_agent.inference.runtime import load_runtime, open_runtime
 from edge_agent.inference.tflite import TfliteRuntime
@@ -487,30 +489,19 @@ except ConfigError as exc:
     assert str(model) in hub and "edgefleet[litert]" in hub
 
 
-def test_tflite_runtime_fallback(wine: Trained, tmp_path: Path) -> None:
-    pytest.importorskip(
-        "tflite_runtime.interpreter",
-        reason="tflite-runtime is not installed (its wheels need numpy<2, as on Raspberry Pi OS)",
-    )
-    model = tmp_path / "model.tflite"
-    model.write_bytes(wine.artifacts["static"].model_bytes)
-    np.save(tmp_path / "x.npy", wine.x)
-    result = _run_python(
-        BLOCKER
-        + f"""
-sys.meta_path.insert(0, Block("ai_edge_litert"))
-from pathlib import Path
-import numpy as np
-from edge_agent.inference.tflite import TfliteRuntime
-rt = TfliteRuntime(Path({str(model)!r}).read_bytes(), "classification", [0, 1, 2])
-assert "ai_edge_litert" not in sys.modules and "tflite_runtime" in sys.modules
-print(" ".join(map(str, rt.predict(np.load({str(tmp_path / "x.npy")!r})))))
-""",
-        tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
-    expected = _runtime(wine, "static").predict(wine.x)
-    assert result.stdout.split() == [str(v) for v in expected]
+@pytest.mark.parametrize("mode", QUANTIZE_MODES)
+def test_every_mode_runs_on_tflite_runtime_2_14_with_numpy_1(wine: Trained, mode: str) -> None:
+    """The device agent's own TfliteRuntime under tflite-runtime 2.14 and numpy<2 (the suite's
+    cached environment, converters.runtimes.envs; not skipped where tflite-runtime cannot be
+    installed beside numpy 2) gives the labels the hub's LiteRT gives."""
+    artifact = wine.artifacts[mode]
+    assert artifact.validated_on == "tflite-runtime 2.14.0"
+    run = run_on("tflite-runtime 2.14", artifact.model_bytes, wine.x, "classification", [0, 1, 2])
+    assert run.error is None and run.outputs is not None, run.error
+    assert run.runtime == "tflite-runtime 2.14.0" and run.numpy.startswith("1.")
+    hub = _runtime(wine, mode)
+    assert np.mean(run.outputs.argmax(axis=1) == hub.predict(wine.x)) >= 0.99
+    assert np.max(np.abs(run.outputs - hub.outputs(wine.x))) <= QUANTIZE_TOLERANCE[mode]
 
 
 def test_conversion_prints_no_tensorflow_noise(wine: Trained, tmp_path: Path) -> None:

@@ -70,6 +70,7 @@ try:
         verdict,
     )
     from converters.anomaly import DEFAULT_CONTAMINATION, MAX_CONTAMINATION
+    from converters.runtimes.targets import DEFAULT_PROFILE
     from converters.source import QUANTIZE_MODES, TASKS
 except ModuleNotFoundError as exc:  # the base install: `edgehub` says what to install, once
     MISSING: str | None = _hub_only(exc)
@@ -92,10 +93,12 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
     from converters.images import image_items, image_spec
     from converters.inputs import data_like_header, load_model, load_table
     from converters.pipeline import STEPS, build_bundle
+    from converters.runtimes.targets import profile_runtime
     from converters.windows import window_items, window_spec
     from edge_agent.protocol.input_spec import row_spec
 
     model = ModelRef.parse(f"{args.name}@{args.version}")
+    target = profile_runtime(args.profile)  # said now, not after loading the model
     if Path(args.output).is_dir():
         raise ConfigError(
             f"-o {args.output}: expected a bundle file path "
@@ -164,7 +167,7 @@ def cmd_model_convert(args: argparse.Namespace) -> int:
         disable=not err.is_terminal,  # progress is for people watching, not for logs
     ) as bar:
         task = bar.add_task(f"loading {args.model}", total=len(STEPS) + 1)
-        source = load_model(Path(args.model), args.task)
+        source = load_model(Path(args.model), args.task, target)
 
         def step(name: str) -> None:
             bar.update(task, advance=1, description=f"{model}: {name}")
@@ -476,6 +479,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail when RMSE rises by more, relative (0.01 = 1%%)",
     )
     sp.add_argument("--force", action="store_true", help="write the bundle even if parity fails")
+    sp.add_argument(
+        "--profile",
+        default=DEFAULT_PROFILE,
+        help="the device profile (firmware_configs/) the bundle is for: a TFLite model is "
+        "validated on the TFLite runtime it names ([runtime] tflite), in an op set that "
+        f"runtime loads (default: {DEFAULT_PROFILE})",
+    )
     sp.add_argument(
         "--image",
         metavar="HxWxC",

@@ -27,6 +27,8 @@ _SINGLE = (
     ("size_ratio", "size after / before"),
     ("latency_p50_ms", "p50 latency, batch 1 (ms)"),
     ("rows", "validation rows"),
+    ("validated_on", "validated on (the profile's TFLite runtime)"),
+    ("op_set", "op set it loads"),
 )
 
 
@@ -57,6 +59,7 @@ def report_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
 _STAGES = (
     ("conversion", "outputs: unquantized vs source"),
     ("quantization", "outputs: shipped vs unquantized"),
+    ("target", "outputs: target runtime vs hub"),
 )
 
 

@@ -15,7 +15,9 @@ set_tensor/invoke/get_tensor each.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,19 @@ from edge_agent.protocol.reasons import Reason
 
 TASKS = ("classification", "regression", "anomaly")
 VALUE_TASKS = ("regression", "anomaly")  # one number per row: a value, a score
+# The TFLite runtimes a device profile may name ([runtime] tflite in firmware_configs/): what
+# each is, for people. A conversion for a profile is validated on the runtime it names
+# (converters/runtimes/), so a model that runtime cannot load is never shipped to it.
+TFLITE_RUNTIMES = {
+    "litert": "ai-edge-litert, the current LiteRT (numpy 2)",
+    "tflite-runtime 2.14": "tflite-runtime 2.14 on numpy<2 (edgefleet[tflite]: older boards, "
+    "Raspberry Pi OS, Jetson Nano); it loads older op versions only",
+}
+# the installed distribution behind each interpreter module, for runtime_version
+_DISTRIBUTIONS = (
+    ("ai_edge_litert", "ai-edge-litert", "litert"),
+    ("tflite_runtime", "tflite-runtime", "tflite-runtime"),
+)
 _INSTALL_HINT = (
     "install edgefleet[litert] (or edgefleet[tflite] on numpy<2 systems such as Raspberry Pi OS)"
 )
@@ -48,6 +63,21 @@ def interpreter_class() -> Any:
                 f"tflite-runtime is installed: {_INSTALL_HINT}",
             ) from exc
     return Interpreter
+
+
+def runtime_version() -> str | None:
+    """The TFLite runtime this process would open models with, as "litert 1.4.0" or
+    "tflite-runtime 2.14.0" (the same preference as interpreter_class); None if neither."""
+    for module, distribution, name in _DISTRIBUTIONS:
+        try:
+            importlib.import_module(f"{module}.interpreter")
+        except ImportError:
+            continue
+        try:
+            return f"{name} {metadata.version(distribution)}"
+        except metadata.PackageNotFoundError:
+            return name
+    return None
 
 
 def open_interpreter(model_bytes: bytes, threads: int = 1) -> Any:
@@ -144,17 +174,21 @@ class TfliteRuntime:
             self._in_range = (float(info.min), float(info.max))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return self._labels(self._run(x))
+        return self.labels_of(self._run(x))
 
     def scores(self, x: np.ndarray) -> np.ndarray | None:
-        return None if self.task in VALUE_TASKS else self._probabilities(self._run(x))
+        return None if self.task in VALUE_TASKS else self.probabilities_of(self._run(x))
 
     def predict_with_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         out = self._run(x)
-        scores = None if self.task in VALUE_TASKS else self._probabilities(out)
-        return self._labels(out), scores
+        scores = None if self.task in VALUE_TASKS else self.probabilities_of(out)
+        return self.labels_of(out), scores
 
-    def _labels(self, out: np.ndarray) -> np.ndarray:
+    def outputs(self, x: np.ndarray) -> np.ndarray:
+        """(n, *item_shape) items -> the model's (n, k) outputs, float32 (dequantized)."""
+        return self._run(x)
+
+    def labels_of(self, out: np.ndarray) -> np.ndarray:
         """(n, k) outputs -> (n,) labels (classification) or values (regression, anomaly)."""
         if self.task in VALUE_TASKS:
             return out.reshape(len(out))
@@ -162,7 +196,7 @@ class TfliteRuntime:
             return self._classes[(out[:, 0] >= 0.5).astype(np.intp)]
         return self._classes[out.argmax(axis=1)]
 
-    def _probabilities(self, out: np.ndarray) -> np.ndarray:
+    def probabilities_of(self, out: np.ndarray) -> np.ndarray:
         """(n, k) classifier outputs -> (n, n_classes) probabilities."""
         if self._sigmoid:
             p = out[:, 0]
