@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from converters.runtimes.device_run import DeviceRun
-from converters.runtimes.targets import DEFAULT_PROFILE, check_runtime, profile_runtime, run_on
+from converters.runtimes.targets import (
+    DEFAULT_PROFILE,
+    check_runtime,
+    is_prepared,
+    profile_runtime,
+    run_on,
+)
 from converters.source import QUANTIZE_MODES, TASKS, Artifact, growth_note
 from converters.validate import (
     MAX_BEYOND,
@@ -387,6 +393,17 @@ class TfliteSource:
             )
         note = "" if quantize == "none" else TFLITE_AS_IS
         rows = check_rows(x, self.item_shape)
+        if not is_prepared(self.target):
+            note = "; ".join(filter(None, [note, _unchecked(self.target, "shipped as it is")]))
+            return Artifact(
+                "litert",
+                "model.tflite",
+                self.model_bytes,
+                self.model_bytes,
+                quantize,
+                note,
+                op_set="as given",
+            )
         hub = self.runtime.outputs(rows)
         run = run_on(self.target, self.model_bytes, rows, self.task, self.classes)
         if run.error is not None:
@@ -476,12 +493,25 @@ def keras_artifact(
     configure = _static(tf, rows) if rows is not None else mode
     check = check_rows(x_rep, source.item_shape)
     refused: list[str] = []
-    for op_set, tweak in OP_SETS[quantize]:
+    # not prepared on this hub: unchecked, in the op set older runtimes load (the last tried)
+    prepared = is_prepared(target)
+    for op_set, tweak in OP_SETS[quantize] if prepared else OP_SETS[quantize][-1:]:
         if configure is None:
             model_bytes = float_bytes
         else:
             model_bytes = _convert(tf, source, quantize, _then(configure, tweak))
         notes = _check_converted(source, model_bytes, quantize, rows)
+        if not prepared:
+            notes.append(_unchecked(target, f"shipped the {op_set} op set, the most conservative"))
+            return Artifact(
+                "litert",
+                "model.tflite",
+                float_bytes,
+                model_bytes,
+                quantize,
+                "; ".join(notes),
+                op_set=op_set,
+            )
         hub = _hub_runtime(source, model_bytes)
         run = run_on(target, model_bytes, check, source.task, source.classes)
         if run.error is not None:
@@ -551,6 +581,13 @@ def _then(
             tweak(converter)
 
     return both
+
+
+def _unchecked(target: str, shipped: str) -> str:
+    return (
+        f"not checked on {target}, the runtime the target profile names: it is not prepared "
+        f"on this hub (`edgehub runtimes prepare` once); {shipped}"
+    )
 
 
 def target_runtime(target: str | None) -> str:

@@ -5,7 +5,9 @@ EDGEFLEET_REQUIRE_MOSQUITTO=1 (CI sets it): then they fail, so CI never goes gre
 `broker.restart()` stops mosquitto cleanly (SIGTERM) and starts it again on the same port;
 `broker.kill()` kills it with -9 instead (then `broker.restart()` brings it back).
 Disk-fault tests mount real tmpfs file systems (root only), under the same rule.
-TFLite runtimes the profiles name are built once into the checkout's .cache/ (EDGEFLEET_CACHE_DIR).
+TFLite runtimes the profiles name are prepared once into the checkout's .cache/
+(EDGEFLEET_CACHE_DIR) when the session starts, as `edgehub runtimes prepare` does, so every Keras
+conversion in the suite is checked on them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,18 @@ REQUIRE_MOSQUITTO_ENV = "EDGEFLEET_REQUIRE_MOSQUITTO"
 # Keras conversion is validated on) live in the checkout's .cache/, built once and reused by
 # every test and every run after; the subprocesses the tests start (edgehub) inherit it.
 os.environ.setdefault("EDGEFLEET_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".cache"))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The device runtimes conversions are checked on, prepared before any test converts (the
+    first run builds them, about a minute; later runs find them in .cache/)."""
+    from cloud_hub.runtimes.prepare import prepare
+    from converters.runtimes.targets import ENVS
+
+    for spec in ENVS.values():
+        prepare(spec)
+    # where they are, for tests that point EDGEFLEET_CACHE_DIR at an empty cache for a while
+    os.environ["EDGEFLEET_CACHE_DIR_PREPARED"] = os.environ["EDGEFLEET_CACHE_DIR"]
 
 
 @pytest.fixture(scope="session")

@@ -24,9 +24,10 @@ import tensorflow as tf
 from sklearn.datasets import load_wine
 
 from cloud_hub.cli.app import main as hub_main
+from cloud_hub.runtimes.prepare import prepare
 from converters.keras_tflite import KerasSource, keras_artifact, load_keras
 from converters.runtimes.device_run import agent_environment
-from converters.runtimes.envs import EnvSpec, env_python
+from converters.runtimes.envs import EnvSpec
 from converters.runtimes.targets import ENVS, profile_runtime, run_on
 from edge_agent.errors import ConfigError
 from edge_agent.inference.tflite import TfliteRuntime, open_interpreter
@@ -73,7 +74,7 @@ def wine(tmp_path_factory: pytest.TempPathFactory) -> Wine:
 
 
 def test_the_cached_environment_is_numpy_1_with_tflite_runtime_2_14() -> None:
-    python = env_python(ENVS[OLD])
+    python = prepare(ENVS[OLD])
     stamp = python.parent.parent / "requirements.txt"
     built = stamp.stat().st_mtime_ns
     versions = subprocess.run(
@@ -88,7 +89,7 @@ def test_the_cached_environment_is_numpy_1_with_tflite_runtime_2_14() -> None:
     ).stdout.split()
     assert int(versions[0].split(".")[0]) == 1 and versions[1] == "2.14.0"
     # asked again: the same environment, not built again
-    assert env_python(ENVS[OLD]) == python and stamp.stat().st_mtime_ns == built
+    assert prepare(ENVS[OLD]) == python and stamp.stat().st_mtime_ns == built
 
 
 def test_the_default_dynamic_op_set_is_refused_by_2_14_and_the_one_shipped_loads(
@@ -189,7 +190,7 @@ def test_the_agent_in_the_numpy_1_environment_loads_the_bundle_and_predicts(
     script = tmp_path / "agent.py"
     script.write_text(textwrap.dedent(AGENT))
     done = subprocess.run(
-        [str(env_python(ENVS[OLD])), "-s", str(script), str(out), str(wine.folder / "x.npy")],
+        [str(prepare(ENVS[OLD])), "-s", str(script), str(out), str(wine.folder / "x.npy")],
         env=agent_environment(tmp_path / "path"),
         capture_output=True,
         text=True,
@@ -251,7 +252,7 @@ def test_an_environment_pip_cannot_build_is_one_line_and_leaves_nothing(
     monkeypatch.setenv("EDGEFLEET_CACHE_DIR", str(tmp_path))
     spec = EnvSpec("no-such", "tflite-runtime 0.0.1", ("tflite-runtime==0.0.1",))
     with pytest.raises(ConfigError) as info:
-        env_python(spec)
+        prepare(spec)
     text = str(info.value)
     assert "\n" not in text and text.startswith("cannot prepare tflite-runtime 0.0.1: pip install")
     assert "tflite-runtime==0.0.1" in text
@@ -261,8 +262,9 @@ def test_an_environment_pip_cannot_build_is_one_line_and_leaves_nothing(
 
 BUILD = """
 import sys
-from converters.runtimes.envs import EnvSpec, env_python
-python = env_python(EnvSpec("tiny", "a tiny environment", ("pyserial==3.5",), agent=False))
+from cloud_hub.runtimes.prepare import prepare
+from converters.runtimes.envs import EnvSpec
+python = prepare(EnvSpec("tiny", "a tiny environment", ("pyserial==3.5",), agent=False))
 print(python)
 """
 
@@ -286,3 +288,39 @@ def test_two_processes_asking_at_once_build_the_environment_once(tmp_path: Path)
     assert sorted(p.name for p in (tmp_path / "runtimes").iterdir()) == ["tiny", "tiny.lock"]
     import_serial = [paths.pop(), "-c", "import serial, sys; print(serial.__version__)"]
     assert subprocess.run(import_serial, capture_output=True, text=True).stdout == "3.5\n"
+
+
+def test_a_hub_that_has_not_prepared_the_runtime_converts_without_fetching_and_says_so(
+    wine: Wine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Converters are pure transforms (no network): with the profile's runtime not prepared,
+    a conversion ships the most conservative op set unchecked, says so, and builds nothing;
+    `edgehub runtimes` lists it as not prepared."""
+    monkeypatch.setenv("EDGEFLEET_CACHE_DIR", str(tmp_path / "cache"))
+    artifact = keras_artifact(wine.source, wine.x, "dynamic")
+    assert artifact.validated_on == "" and artifact.op_set == "per-tensor int8 weights"
+    assert "not checked on tflite-runtime 2.14" in artifact.note
+    assert "`edgehub runtimes prepare` once" in artifact.note
+    assert not (tmp_path / "cache").exists()  # nothing fetched, nothing built
+    # the op set it fell back to is one 2.14 loads (checked in the prepared environment)
+    monkeypatch.setenv("EDGEFLEET_CACHE_DIR", os.environ["EDGEFLEET_CACHE_DIR_PREPARED"])
+    run = run_on(OLD, artifact.model_bytes, wine.x, "classification", [0, 1, 2])
+    assert run.error is None, run.error
+
+    monkeypatch.setenv("EDGEFLEET_CACHE_DIR", str(tmp_path / "cache"))
+    assert hub_main(["runtimes", "list", "--json"]) == 0
+    rows = {r["runtime"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows[OLD]["state"] == "not prepared" and "raspberry-pi-4" in rows[OLD]["profiles"]
+    assert rows["litert"]["state"] == "ready" and rows["litert"]["profiles"] == ["generic-x86_64"]
+
+
+def test_runtimes_lists_and_prepares(capsys: pytest.CaptureFixture[str]) -> None:
+    assert hub_main(["runtimes", "list"]) == 0
+    table = capsys.readouterr().out
+    assert "tflite-runtime 2.14" in table and "ready" in table and "not prepared" not in table
+    assert hub_main(["runtimes", "prepare", "--json"]) == 0  # ready: nothing built again
+    prepared = json.loads(capsys.readouterr().out)
+    assert Path(prepared[OLD]).is_file()
+    assert hub_main(["runtimes", "prepare", "tflite 2.14"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TFLite runtime 'tflite 2.14' is not one edgefleet knows" in err

@@ -58,6 +58,7 @@ try:
     from cloud_hub.cli import quality as quality_cli
     from cloud_hub.cli import retrain as retrain_cli
     from cloud_hub.cli import rollout as rollout_cli
+    from cloud_hub.cli import runtimes as runtimes_cli
     from cloud_hub.cli import shadow as shadow_cli
     from cloud_hub.cli import simulate as simulate_cli
     from cloud_hub.cli.output import console, new_command, say, show
@@ -406,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     drift_cli.register(sub, add)
     quality_cli.register(sub, add)
     simulate_cli.register(sub, add)
+    runtimes_cli.register(sub, add)
 
     model = sub.add_parser("model", help="signed model bundles").add_subparsers(
         dest="sub", required=True

@@ -2,7 +2,8 @@
 
 Each profile in firmware_configs/ names the oldest TFLite runtime its devices run (`[runtime]
 tflite`, one of edge_agent.inference.tflite.TFLITE_RUNTIMES). "litert" is the hub's own runtime
-(ai-edge-litert), run in this process; an older one runs in its cached environment (`envs`).
+(ai-edge-litert), run in this process; an older one runs in its cached environment (`envs`),
+which the hub prepares once (`edgehub runtimes prepare`): a conversion never fetches anything.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from converters.runtimes.device_run import DeviceRun, run_tflite
-from converters.runtimes.envs import EnvSpec, env_python
+from converters.runtimes.envs import EnvSpec, prepared_python
 from edge_agent.config import load_profile
 from edge_agent.errors import BundleRejected, ConfigError
 from edge_agent.inference.tflite import TFLITE_RUNTIMES, TfliteRuntime, runtime_version
@@ -25,6 +26,16 @@ ENVS = {
         "tflite-runtime-2.14", "tflite-runtime 2.14", ("numpy<2", "tflite-runtime==2.14.0")
     ),
 }
+
+
+class NotPrepared(ConfigError):
+    """The runtime's cached environment is missing: `edgehub runtimes prepare` builds it."""
+
+
+def is_prepared(runtime: str) -> bool:
+    """Whether `run_on(runtime, ...)` can run here without preparing anything."""
+    spec = ENVS.get(check_runtime(runtime))
+    return spec is None or prepared_python(spec) is not None
 
 
 def profile_runtime(profile: str) -> str:
@@ -51,7 +62,13 @@ def run_on(
     check_runtime(runtime)
     spec = ENVS.get(runtime)
     if spec is not None:
-        return run_tflite(env_python(spec), model_bytes, x, task, classes)
+        python = prepared_python(spec)
+        if python is None:
+            raise NotPrepared(
+                f"{runtime} is not prepared on this hub: run `edgehub runtimes prepare` once "
+                "(pip fetches it, about a minute)"
+            )
+        return run_tflite(python, model_bytes, x, task, classes)
     here = runtime_version() or ""
     if not here.startswith(f"{HUB_RUNTIME} "):
         raise ConfigError(

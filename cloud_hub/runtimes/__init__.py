@@ -1,0 +1,1 @@
+"""The device runtimes the hub checks conversions on: building their cached environments."""
