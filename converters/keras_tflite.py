@@ -393,17 +393,26 @@ class TfliteSource:
             )
         note = "" if quantize == "none" else TFLITE_AS_IS
         rows = check_rows(x, self.item_shape)
-        if not is_prepared(self.target):
+        validated_on, stage = "", None
+        if is_prepared(self.target):
+            validated_on, stage = self._check_on_target(rows)
+        else:
             note = "; ".join(filter(None, [note, _unchecked(self.target, "shipped as it is")]))
-            return Artifact(
-                "litert",
-                "model.tflite",
-                self.model_bytes,
-                self.model_bytes,
-                quantize,
-                note,
-                op_set="as given",
-            )
+        return Artifact(
+            "litert",
+            "model.tflite",
+            self.model_bytes,
+            self.model_bytes,
+            quantize,
+            note,
+            validated_on=validated_on,
+            op_set="as given",
+            on_target=stage,
+        )
+
+    def _check_on_target(self, rows: np.ndarray) -> tuple[str, dict[str, Any] | None]:
+        """The target runtime's version and its outputs' comparison with the hub's; refused
+        in one line where it does not load the file or answers otherwise."""
         hub = self.runtime.outputs(rows)
         run = run_on(self.target, self.model_bytes, rows, self.task, self.classes)
         if run.error is not None:
@@ -417,17 +426,7 @@ class TfliteSource:
         problem = _target_problem(self.task, "dynamic", run, stage)
         if problem is not None:
             raise BadDataError(f"this .tflite model on {self.target}: {problem}")
-        return Artifact(
-            "litert",
-            "model.tflite",
-            self.model_bytes,
-            self.model_bytes,
-            quantize,
-            note,
-            validated_on=run.runtime,
-            op_set="as given",
-            on_target=stage,
-        )
+        return run.runtime, stage
 
 
 def load_tflite(
