@@ -246,3 +246,64 @@ def test_formatted_values_round_trip(values: list[float]) -> None:
         np.testing.assert_array_equal(PLAIN_PARSER.parse(raw), np.array(values, np.float32))
     else:
         assert reason_of(PLAIN_PARSER, raw).reason == "out-of-range"
+
+
+# -- a micro-batch at once -----------------------------------------------------------------------
+
+
+def one_by_one(parser: LineParser, raws: list[bytes]) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """What `rows` must give: `values` line by line, errors as (reason, detail)."""
+    rows, errors = [], []
+    for raw in raws:
+        try:
+            rows.append(parser.values(raw))
+        except SensorLineError as exc:
+            errors.append((exc.reason, exc.detail))
+    return np.array(rows, dtype=np.float32).reshape(len(rows), parser.n_features), errors
+
+
+good_line = st.lists(
+    st.floats(min_value=-1e6, max_value=1e6, allow_nan=False).map(repr), min_size=4, max_size=4
+).map(lambda fields: (" " + ",".join(fields) + "\r\n").encode())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    raws=st.one_of(
+        st.lists(good_line, max_size=20),  # the one-pass path, within and beyond the bounds
+        st.lists(st.one_of(good_line, line_like, st.binary(max_size=40)), max_size=20),
+    )
+)
+def test_a_batch_gives_what_its_lines_give_one_by_one(raws: list[bytes]) -> None:
+    for parser in (CSV_PARSER, JSON_PARSER, PLAIN_PARSER):
+        x, errors = parser.rows(raws)
+        expected, expected_errors = one_by_one(parser, raws)
+        assert x.dtype == np.float32 and x.shape == expected.shape
+        np.testing.assert_array_equal(x, expected)
+        assert [(e.reason, e.detail) for e in errors] == expected_errors
+
+
+def test_one_bad_line_in_a_batch_is_refused_alone_with_its_reason() -> None:
+    good = [b"13.2,1.78,2.14,112", b"11,5.8,1.3,162\n", b" 14.1 ,2,3,100"]
+    for bad, reason in [
+        (b"13.2,1.78,2.14", "field-count"),
+        (b"13.2,1.78,2.14,112,", "field-count"),
+        (b"13.2,,2.14,112", "non-numeric"),
+        (b"13.2,1_000,2.14,112", "non-numeric"),
+        (b"13.2,nan,2.14,112", "non-finite"),
+        (b"13.2,1.78,2.14,500", "out-of-range"),
+        (b"", "garbage"),
+        (b"13.2,1.78\x00,2.14,112", "garbage"),
+    ]:
+        raws = [good[0], bad, good[1], good[2]]
+        x, errors = CSV_PARSER.rows(raws)
+        assert [e.reason for e in errors] == [reason], bad
+        np.testing.assert_array_equal(x, one_by_one(CSV_PARSER, good)[0])
+    x, errors = CSV_PARSER.rows(good)  # all good: the one-pass path
+    assert not errors
+    np.testing.assert_array_equal(
+        x,
+        np.array(
+            [[13.2, 1.78, 2.14, 112], [11, 5.8, 1.3, 162], [14.1, 2, 3, 100]], dtype=np.float32
+        ),
+    )

@@ -34,8 +34,15 @@ class RowFramer:
         self._parsers = {fmt: LineParser(names, fmt, bounds, categories=cats) for fmt in FORMATS}
 
     def frame(self, messages: list[tuple[str, bytes]], reject: OnReject) -> Framed | None:
-        rows = []
         parsers = self._parsers
+        fmt = messages[0][0] if messages else None
+        parser = parsers.get(fmt) if fmt is not None else None
+        if parser is not None and all(m[0] == fmt for m in messages):  # one format: one pass
+            x, errors = parser.rows([raw for _, raw in messages])
+            for exc in errors:
+                reject(exc)
+            return Framed(x, x) if len(x) else None
+        rows = []
         for fmt, raw in messages:
             try:
                 parser = parsers.get(fmt)
