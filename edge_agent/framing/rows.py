@@ -35,6 +35,17 @@ class RowFramer:
 
     def frame(self, messages: list[tuple[str, bytes]], reject: OnReject) -> Framed | None:
         parsers = self._parsers
+        if len(messages) == 1:  # the batch of one (a quiet stream): no batch machinery
+            fmt, raw = messages[0]
+            try:
+                parser = parsers.get(fmt)
+                if parser is None:
+                    raise wrong_format("row", fmt, FORMATS)
+                x = np.array([parser.values(raw)], dtype=np.float32)
+            except SensorLineError as exc:
+                reject(exc)
+                return None
+            return Framed(x, x)
         fmt = messages[0][0] if messages else None
         parser = parsers.get(fmt) if fmt is not None else None
         if parser is not None and all(m[0] == fmt for m in messages):  # one format: one pass
