@@ -28,7 +28,6 @@ import math
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from itertools import repeat
 from operator import le as _le
 from typing import Any
 
@@ -171,11 +170,11 @@ class LineParser:
         n = len(raws)
         if max(map(len, raws)) > self._max:
             return None
-        lines = list(map(bytes.strip, raws))
+        lines = [raw.strip() for raw in raws]  # (any bytes-like object, as `values` takes)
         joined = b",".join(lines)
         if not joined.isascii() or len(joined.translate(None, self._suspect_bytes)) != len(joined):
             return None
-        if list(map(bytes.count, lines, repeat(b",", n))).count(self._n - 1) != n:
+        if [line.count(b",") for line in lines].count(self._n - 1) != n:
             return None
         try:  # an empty line is an empty field here: float() refuses it, as `values` does
             x = np.array(list(map(float, joined.split(b","))), dtype=np.float64)
