@@ -12,7 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from converters.card import reference_card
 from edge_agent.errors import ConfigError, SensorLineError
+from edge_agent.framing import framer_for
+from edge_agent.framing.rows import card_bounds
+from edge_agent.protocol.card import parse_card
 from edge_agent.sources.line_parser import REASONS, LineParser, RejectCounter
 
 NAMES = ["alcohol", "malic_acid", "ash", "magnesium"]
@@ -307,3 +311,40 @@ def test_one_bad_line_in_a_batch_is_refused_alone_with_its_reason() -> None:
             [[13.2, 1.78, 2.14, 112], [11, 5.8, 1.3, 162], [14.1, 2, 3, 100]], dtype=np.float32
         ),
     )
+
+
+def test_the_row_framer_keeps_order_and_reasons_in_every_kind_of_batch() -> None:
+    rng = np.random.default_rng(3)
+    lows, highs = np.array([b[0] for b in BOUNDS]), np.array([b[1] for b in BOUNDS])
+    card = parse_card(reference_card(rng.uniform(lows, highs, (300, 4)), NAMES))
+    framer = framer_for(card)
+    good = [
+        b"13.2,1.78,2.14,112",
+        b"12,2,2,100",
+        b'{"alcohol": 14, "malic_acid": 2, "ash": 2, "magnesium": 90}',
+    ]
+    for messages, rows, reasons in [
+        ([("csv", good[0])], [good[0]], []),  # one line
+        ([("csv", b"13.2,abc,2.14,112")], [], ["non-numeric"]),
+        ([("csv", good[0]), ("csv", good[1])], [good[0], good[1]], []),  # one pass
+        (
+            [("csv", good[1]), ("csv", b"1,2"), ("csv", good[0])],
+            [good[1], good[0]],
+            ["field-count"],
+        ),
+        (
+            [("csv", good[0]), ("json", good[2]), ("image", b"\x89PNG"), ("csv", b"")],
+            [good[0], good[2]],
+            ["garbage", "garbage"],
+        ),  # mixed formats: one by one
+    ]:
+        rejected: list[SensorLineError] = []
+        framed = framer.frame(messages, rejected.append)
+        assert [e.reason for e in rejected] == reasons
+        if not rows:
+            assert framed is None
+            continue
+        assert framed is not None and framed.x is framed.seen
+        fmt_of = dict((raw, fmt) for fmt, raw in messages)
+        expected = [LineParser(NAMES, fmt_of[r], card_bounds(card)).parse(r) for r in rows]
+        np.testing.assert_array_equal(framed.x, np.array(expected))
