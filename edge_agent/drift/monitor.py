@@ -449,18 +449,15 @@ class DriftMonitor:
             anomalies=tally.anomalies,
         )
 
-    def _ks(self, windows: list[_Measures]) -> np.ndarray:
-        """Per window and feature (windows x features): the KS statistic, the largest ECDF gap
-        at a reference point or just before one."""
+    def _ks(self, now: _Measures) -> np.ndarray:
+        """Per feature: the KS statistic, the largest ECDF gap at a reference point or just
+        before one."""
         lay = self._layout
-        totals = np.array([w.total for w in windows])
-        total = np.maximum(totals, 1)[:, lay.ks_feature]
-        le, lt = np.array([w.le for w in windows]), np.array([w.lt for w in windows])
-        gaps = np.maximum(np.abs(lay.ks_le - le / total), np.abs(lay.ks_lt - lt / total))
+        total = np.maximum(now.total, 1)[lay.ks_feature]
+        gaps = np.maximum(np.abs(lay.ks_le - now.le / total), np.abs(lay.ks_lt - now.lt / total))
         # each feature's points are contiguous: one reduceat (a feature without points gets 0)
-        gaps = np.concatenate([gaps, np.zeros((len(windows), 1))], axis=1)
-        kss = np.maximum.reduceat(gaps, lay.ks_starts, axis=1)
-        kss[(totals == 0) | lay.ks_none] = 0.0
+        kss = np.maximum.reduceat(np.append(gaps, 0.0), lay.ks_starts)
+        kss[(now.total == 0) | lay.ks_none] = 0.0
         return kss
 
     def _effects(self, now: _Measures) -> dict[str, Any]:
@@ -491,9 +488,8 @@ class DriftMonitor:
         m = lay.ref_rows.astype(np.float64)
         mg = m[lay.group_feature]
         ref = np.bincount(lay.bin_group, lay.bin_ref)
-        kss = self._ks(windows)
-        chis, dofs, ks_d, ks_k, p_ranges, preds = [], [], [], [], [], []
-        for w, now in enumerate(windows):
+        chis, dofs, kss, ks_d, ks_k, p_ranges, preds = [], [], [], [], [], [], []
+        for now in windows:
             k = now.total.astype(np.float64)
             # chi-square over the merged bins, per feature at once
             live = np.bincount(lay.bin_group, now.live)
@@ -505,7 +501,9 @@ class DriftMonitor:
             dof = np.bincount(lay.group_feature, used, minlength=n).astype(np.int64) - 1
             dof[(k == 0) | (m == 0)] = 0
             dofs.append(dof)
-            ks_d.append(np.maximum(kss[w] - lay.ks_slack, 0.0))
+            ks = self._ks(now)
+            kss.append(ks)
+            ks_d.append(np.maximum(ks - lay.ks_slack, 0.0))
             ks_k.append(k)
             p_range = np.ones(n)
             for j in np.flatnonzero(now.below + now.above):
