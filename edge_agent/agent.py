@@ -522,11 +522,7 @@ class Agent:
         failures = Failures("main loop")
         while not self.stop_event.is_set():
             try:
-                batch: list[tuple[str, bytes]] = []
-                with contextlib.suppress(queue.Empty):
-                    batch.append(self.lines.get(timeout=0.1))
-                    while len(batch) < batch_max:
-                        batch.append(self.lines.get_nowait())
+                batch = self.lines.get_batch(batch_max, timeout=0.1)
                 if batch:
                     self.pipeline.process(batch)
                 now = time.monotonic()

@@ -320,3 +320,27 @@ def test_the_backlog_is_bounded_in_bytes_as_in_count() -> None:
     small.put_nowait(("csv", b"2"))
     with pytest.raises(queue.Full):
         small.put_nowait(("csv", b"3"))
+
+
+def test_the_backlog_hands_out_micro_batches_in_order_and_keeps_its_bounds() -> None:
+    backlog = Backlog(maxsize=5, max_bytes=10**9)
+    lines = [("csv", str(i).encode()) for i in range(5)]
+    for line in lines:
+        backlog.put_nowait(line)
+    with pytest.raises(queue.Full):  # the count bound holds for put_nowait
+        backlog.put_nowait(("csv", b"5"))
+    assert backlog.get_batch(3, timeout=1.0) == lines[:3]
+    assert backlog.bytes == 2 and backlog.qsize() == 2
+    assert backlog.get_batch(16, timeout=1.0) == lines[3:]
+    assert backlog.bytes == 0
+    assert backlog.get_batch(16, timeout=0.01) == []  # nothing came
+
+
+def test_a_waiting_get_batch_wakes_when_a_line_comes() -> None:
+    backlog = Backlog(maxsize=100, max_bytes=10**9)
+    got: list[list[tuple[str, bytes]]] = []
+    waiting = threading.Thread(target=lambda: got.append(backlog.get_batch(16, timeout=30.0)))
+    waiting.start()
+    backlog.put_nowait(("csv", b"1,2"))
+    waiting.join(10.0)  # well before get_batch's own timeout
+    assert not waiting.is_alive() and got == [[("csv", b"1,2")]]

@@ -12,7 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from converters.card import reference_card
 from edge_agent.errors import ConfigError, SensorLineError
+from edge_agent.framing import framer_for
+from edge_agent.framing.rows import card_bounds
+from edge_agent.protocol.card import parse_card
 from edge_agent.sources.line_parser import REASONS, LineParser, RejectCounter
 
 NAMES = ["alcohol", "malic_acid", "ash", "magnesium"]
@@ -300,6 +304,25 @@ def test_any_text_written_quoted_reads_back(text: str, a: float) -> None:
     assert parser.values(f"{a!r},{quoted(text)},{a!r}".encode()) == [a, 0.0, a]
 
 
+# -- a micro-batch at once -----------------------------------------------------------------------
+
+
+def one_by_one(parser: LineParser, raws: list[bytes]) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """What `rows` must give: `values` line by line, errors as (reason, detail)."""
+    rows, errors = [], []
+    for raw in raws:
+        try:
+            rows.append(parser.values(raw))
+        except SensorLineError as exc:
+            errors.append((exc.reason, exc.detail))
+    return np.array(rows, dtype=np.float32).reshape(len(rows), parser.n_features), errors
+
+
+good_line = st.lists(
+    st.floats(min_value=-1e6, max_value=1e6, allow_nan=False).map(repr), min_size=4, max_size=4
+).map(lambda fields: (" " + ",".join(fields) + "\r\n").encode())
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     raw=st.one_of(
@@ -313,3 +336,82 @@ def test_a_parser_with_categories_raises_only_sensor_line_errors(raw: bytes) -> 
         assert exc.reason in REASONS
     else:
         assert out.shape == (3,) and np.isfinite(out).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    raws=st.one_of(
+        st.lists(good_line, max_size=20),  # the one-pass path, within and beyond the bounds
+        st.lists(st.one_of(good_line, line_like, st.binary(max_size=40)), max_size=20),
+    )
+)
+def test_a_batch_gives_what_its_lines_give_one_by_one(raws: list[bytes]) -> None:
+    for parser in (CSV_PARSER, JSON_PARSER, PLAIN_PARSER):
+        x, errors = parser.rows(raws)
+        expected, expected_errors = one_by_one(parser, raws)
+        assert x.dtype == np.float32 and x.shape == expected.shape
+        np.testing.assert_array_equal(x, expected)
+        assert [(e.reason, e.detail) for e in errors] == expected_errors
+
+
+def test_one_bad_line_in_a_batch_is_refused_alone_with_its_reason() -> None:
+    good = [b"13.2,1.78,2.14,112", b"11,5.8,1.3,162\n", b" 14.1 ,2,3,100"]
+    for bad, reason in [
+        (b"13.2,1.78,2.14", "field-count"),
+        (b"13.2,1.78,2.14,112,", "field-count"),
+        (b"13.2,,2.14,112", "non-numeric"),
+        (b"13.2,1_000,2.14,112", "non-numeric"),
+        (b"13.2,nan,2.14,112", "non-finite"),
+        (b"13.2,1.78,2.14,500", "out-of-range"),
+        (b"", "garbage"),
+        (b"13.2,1.78\x00,2.14,112", "garbage"),
+    ]:
+        raws = [good[0], bad, good[1], good[2]]
+        x, errors = CSV_PARSER.rows(raws)
+        assert [e.reason for e in errors] == [reason], bad
+        np.testing.assert_array_equal(x, one_by_one(CSV_PARSER, good)[0])
+    x, errors = CSV_PARSER.rows(good)  # all good: the one-pass path
+    assert not errors
+    np.testing.assert_array_equal(
+        x,
+        np.array(
+            [[13.2, 1.78, 2.14, 112], [11, 5.8, 1.3, 162], [14.1, 2, 3, 100]], dtype=np.float32
+        ),
+    )
+
+
+def test_the_row_framer_keeps_order_and_reasons_in_every_kind_of_batch() -> None:
+    rng = np.random.default_rng(3)
+    lows, highs = np.array([b[0] for b in BOUNDS]), np.array([b[1] for b in BOUNDS])
+    card = parse_card(reference_card(rng.uniform(lows, highs, (300, 4)), NAMES))
+    framer = framer_for(card)
+    good = [
+        b"13.2,1.78,2.14,112",
+        b"12,2,2,100",
+        b'{"alcohol": 14, "malic_acid": 2, "ash": 2, "magnesium": 90}',
+    ]
+    for messages, rows, reasons in [
+        ([("csv", good[0])], [good[0]], []),  # one line
+        ([("csv", b"13.2,abc,2.14,112")], [], ["non-numeric"]),
+        ([("csv", good[0]), ("csv", good[1])], [good[0], good[1]], []),  # one pass
+        (
+            [("csv", good[1]), ("csv", b"1,2"), ("csv", good[0])],
+            [good[1], good[0]],
+            ["field-count"],
+        ),
+        (
+            [("csv", good[0]), ("json", good[2]), ("image", b"\x89PNG"), ("csv", b"")],
+            [good[0], good[2]],
+            ["garbage", "garbage"],
+        ),  # mixed formats: one by one
+    ]:
+        rejected: list[SensorLineError] = []
+        framed = framer.frame(messages, rejected.append)
+        assert [e.reason for e in rejected] == reasons
+        if not rows:
+            assert framed is None
+            continue
+        assert framed is not None and framed.x is framed.seen
+        fmt_of = dict((raw, fmt) for fmt, raw in messages)
+        expected = [LineParser(NAMES, fmt_of[r], card_bounds(card)).parse(r) for r in rows]
+        np.testing.assert_array_equal(framed.x, np.array(expected))

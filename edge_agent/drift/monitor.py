@@ -74,7 +74,7 @@ from edge_agent.drift.stats import (
     beyond_p,
     bh_adjust,
     chi2_sf,
-    homogeneity_p,
+    homogeneity,
     js_distance,
     ks_p,
     merge_bins,
@@ -359,14 +359,15 @@ class DriftMonitor:
 
     def _summarise(self, now: _Measures, history: list[_Measures]) -> DriftReport:
         names = self._names
-        tests = {1: self._tests(now)}
+        windows = {1: now}
         pooled = now
         for s in range(2, max(SCALES) + 1):  # the last s windows' measures, added up
             if s - 1 > len(history):
                 break
             pooled = pooled + history[-(s - 1)]
             if s in SCALES:
-                tests[s] = self._tests(pooled)
+                windows[s] = pooled
+        tests = dict(zip(windows, self._tests_of(list(windows.values())), strict=True))
         scale = min(tests, key=lambda s: tests[s].family)
         decided = tests[scale]
         p = min(1.0, len(SCALES) * decided.family)
@@ -477,39 +478,69 @@ class DriftMonitor:
         return {"psi": psis, "js": jss, "bins": bins}
 
     def _tests(self, now: _Measures) -> _Tests:
+        return self._tests_of([now])[0]
+
+    def _tests_of(self, windows: list[_Measures]) -> list[_Tests]:
+        """The tests of each of `windows` (a window and its pooled ones): the statistics window
+        by window, then each distribution's p-values in one call for all of them (`chi2_sf` and
+        `ks_p` are elementwise: a value is the one a call of its own would give)."""
         lay, n = self._layout, self.card.n_features
-        total = now.total.astype(np.float64)
-        # chi-square over the merged bins, per feature at once
+        m = lay.ref_rows.astype(np.float64)
+        mg = m[lay.group_feature]
         ref = np.bincount(lay.bin_group, lay.bin_ref)
-        live = np.bincount(lay.bin_group, now.live)
-        m, k = lay.ref_rows.astype(np.float64), total
-        mg, kg = m[lay.group_feature], k[lay.group_feature]
-        both = ref + live
-        used = both > 0
-        terms = np.where(used, (live * mg - ref * kg) ** 2 / np.where(used, both, 1.0), 0.0)
-        chi = np.bincount(lay.group_feature, terms, minlength=n) / np.maximum(k * m, 1.0)
-        dof = np.bincount(lay.group_feature, used, minlength=n).astype(np.int64) - 1
-        dof[(k == 0) | (m == 0)] = 0
-        p_chi = chi2_sf(chi, dof)
-        kss = self._ks(now)
-        p_ks = ks_p(np.maximum(kss - lay.ks_slack, 0.0), k, m)
-        p_range = np.ones(n)
-        for j in np.flatnonzero(now.below + now.above):
-            kj, mj = int(k[j]), int(m[j])
-            tail = min(beyond_p(int(now.below[j]), kj, mj), beyond_p(int(now.above[j]), kj, mj))
-            p_range[j] = min(1.0, 2 * tail)
-        tests = self._feature_tests
-        feature = np.minimum(tests * np.minimum(np.minimum(p_chi, p_ks), p_range), 1.0)
-        feature[k == 0] = 1.0
-        prediction = None
-        if len(self._pred_ref) and now.preds.sum():
-            prediction = homogeneity_p(self._pred_ref, now.preds, self._pred_groups)
-        seen = now.rows + now.missing_rows
-        missing = more_missing_p(now.missing_rows, seen, self._ref_missing, self._ref_rows)
-        anomaly = None
-        if self._anomaly is not None and now.judged:
-            anomaly = more_missing_p(now.anomalies, now.judged, self._ref_anomalies, self._ref_rows)
-        return _Tests(kss, feature, prediction, missing, anomaly)
+        chis, dofs, kss, ks_d, ks_k, p_ranges, preds = [], [], [], [], [], [], []
+        for now in windows:
+            k = now.total.astype(np.float64)
+            # chi-square over the merged bins, per feature at once
+            live = np.bincount(lay.bin_group, now.live)
+            kg = k[lay.group_feature]
+            both = ref + live
+            used = both > 0
+            terms = np.where(used, (live * mg - ref * kg) ** 2 / np.where(used, both, 1.0), 0.0)
+            chis.append(np.bincount(lay.group_feature, terms, minlength=n) / np.maximum(k * m, 1.0))
+            dof = np.bincount(lay.group_feature, used, minlength=n).astype(np.int64) - 1
+            dof[(k == 0) | (m == 0)] = 0
+            dofs.append(dof)
+            ks = self._ks(now)
+            kss.append(ks)
+            ks_d.append(np.maximum(ks - lay.ks_slack, 0.0))
+            ks_k.append(k)
+            p_range = np.ones(n)
+            for j in np.flatnonzero(now.below + now.above):
+                kj, mj = int(k[j]), int(m[j])
+                tail = min(beyond_p(int(now.below[j]), kj, mj), beyond_p(int(now.above[j]), kj, mj))
+                p_range[j] = min(1.0, 2 * tail)
+            p_ranges.append(p_range)
+            predicted = len(self._pred_ref) and now.preds.sum()
+            preds.append(
+                homogeneity(self._pred_ref, now.preds, self._pred_groups) if predicted else None
+            )
+        # one chi-square call: every window's features, then the predictions' statistics
+        pred_stats = [stat for stat in preds if stat is not None]
+        p_chi = chi2_sf(
+            np.concatenate([*chis, np.array([x for x, _ in pred_stats], dtype=np.float64)]),
+            np.concatenate([*dofs, np.array([d for _, d in pred_stats], dtype=np.int64)]),
+        )
+        p_ks = ks_p(np.concatenate(ks_d), np.concatenate(ks_k), np.tile(m, len(windows)))
+        p_pred = iter(p_chi[n * len(windows) :].tolist())
+        out = []
+        for w, now in enumerate(windows):
+            k, at = ks_k[w], slice(w * n, (w + 1) * n)
+            feature = np.minimum(
+                self._feature_tests * np.minimum(np.minimum(p_chi[at], p_ks[at]), p_ranges[w]),
+                1.0,
+            )
+            feature[k == 0] = 1.0
+            prediction = next(p_pred) if preds[w] is not None else None
+            seen = now.rows + now.missing_rows
+            missing = more_missing_p(now.missing_rows, seen, self._ref_missing, self._ref_rows)
+            anomaly = None
+            if self._anomaly is not None and now.judged:
+                anomaly = more_missing_p(
+                    now.anomalies, now.judged, self._ref_anomalies, self._ref_rows
+                )
+            out.append(_Tests(kss[w], feature, prediction, missing, anomaly))
+        return out
 
     def _accuracy(self, now: _Measures) -> AccuracyEstimate | None:
         """The window's expected accuracy from its calibrated confidences (None without a

@@ -53,6 +53,7 @@ from edge_agent.uplink.sampling import RawSampler
 from edge_agent.uplink.telemetry import RunningStats, Window
 
 log = logging.getLogger(__name__)
+_clock = time.perf_counter  # a batch's inference time
 
 OnResult = Callable[[dict[str, Any]], None]
 OnShadowReport = Callable[[Shadow, ShadowReport], None]
@@ -66,10 +67,12 @@ class ActiveModel:
     framer: Framer
     ref: str = field(init=False, repr=False)  # "name@version", as results carry it
     scored: bool = field(init=False, repr=False)  # whether the monitor wants class probabilities
+    rows: bool = field(init=False, repr=False)  # a row model: a short line is a missing value
 
     def __post_init__(self) -> None:
         self.ref = f"{self.card.model.name}@{self.card.model.version}"
         self.scored = self.monitor.wants_scores
+        self.rows = self.card.input.kind == "row"
 
     @classmethod
     def build(
@@ -143,18 +146,17 @@ class Pipeline:
             self._reject_for(None, "no-model", len(lines))
             return
 
-        rows = model.card.input.kind == "row"  # a line short of a value is a row short of it
-
         def reject(exc: SensorLineError) -> None:
             self._reject_for(model, exc.reason)
-            if rows and exc.reason in MISSING_REASONS:
+            if model.rows and exc.reason in MISSING_REASONS:  # a line short of a value
                 model.monitor.missing()
 
         framed = model.framer.frame(lines, reject)
         if framed is None:
             return
-        x, seen = framed.x, framed.seen
-        start = time.perf_counter()
+        x, seen = framed
+        n = len(x)
+        start = _clock()
         scores = None
         try:
             if model.scored:  # the card has a calibration: labels and probabilities, one run
@@ -164,20 +166,28 @@ class Pipeline:
         except INFERENCE_ERRORS:
             self._reject_for(model, "inference-error")
             return
-        latency_ms = (time.perf_counter() - start) * 1000
+        latency_ms = (_clock() - start) * 1000
         anomaly = model.card.anomaly
         flags = anomaly.flags(predictions) if anomaly is not None else None
         with self._lock:
-            closed = self._window_for(model)
+            closed = self._window_for(model) if model is not self._window_of else None
             first = self._next_row if self._boot is not None else None
-            self._next_row += len(x) if first is not None else 0
-            full = self._add_rows(latency_ms, predictions, first, flags)
-            self.stats.add(latency_ms, len(x))
-        for record in ([closed] if closed is not None else []) + full:
-            self._on_window(record)
+            if first is not None:
+                self._next_row += n
+            window = self._window
+            if window.count + n < self._window_rows:  # the batch fits: the window stays open
+                window.add(latency_ms, predictions, first, flags)
+                full = None
+            else:
+                full = self._add_rows(latency_ms, predictions, first, flags)
+            self.stats.add(latency_ms, n)
+        if closed is not None:
+            self._on_window(closed)
+        if full:
+            for record in full:
+                self._on_window(record)
         if self._on_result is not None:
-            share = latency_ms / len(x)
-            self._results(self._on_result, model.ref, predictions, share, first, flags)
+            self._results(self._on_result, model.ref, predictions, latency_ms / n, first, flags)
         report = model.monitor.add(seen, predictions, scores)
         if report is not None:
             self._on_drift(report)
