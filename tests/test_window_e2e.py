@@ -7,7 +7,8 @@ floor((n - 128) / 64) + 1 windows per run between two refused lines, the predict
 publishes on its local results topic equal those of the bundle's model run by LiteRT's own
 interpreter on windows the test cuts by slicing, the hub stores every window inferred and both
 refused lines, and the drift reports at the hub, on each channel's mean and std, are quiet on
-the motions the model knows and flag the mean of the channel a tilted mounting moves.
+the motions the model knows and flag the mean of the channel a tilted mounting moves (drift
+counts every other window: they overlap by half).
 """
 
 from __future__ import annotations
@@ -159,8 +160,9 @@ def test_a_conv1d_served_from_sample_lines_on_a_serial_port(rig: Rig) -> None:
         return np.concatenate([samples(m, third, rng) for m in ("walk", "idle", "shake")])[:n]
 
     # three runs of samples between two refused lines; the third from a tilted sensor
-    half = SIZE + (DRIFT_WINDOW // 2 - 1) * STRIDE  # 1024 samples: 15 windows
-    whole = SIZE + (DRIFT_WINDOW - 1) * STRIDE  # 1984 samples: 30 windows
+    # windows overlap by half: drift counts every other one (the 1st, 3rd, ... of a run)
+    half = SIZE + (DRIFT_WINDOW - 2) * STRIDE  # 1920 samples: 29 windows, drift counts 15
+    whole = SIZE + (2 * DRIFT_WINDOW - 2) * STRIDE  # 3840 samples: 59 windows, drift counts 30
     tilted = motions(whole)
     tilted[:, 0] += TILT
     runs = [motions(half), motions(half), tilted]
@@ -169,7 +171,7 @@ def test_a_conv1d_served_from_sample_lines_on_a_serial_port(rig: Rig) -> None:
     rig.sensor.write(text)
 
     expected = [(len(run) - SIZE) // STRIDE + 1 for run in runs]
-    assert expected == [15, 15, 30]
+    assert expected == [29, 29, 59]
     got = rig.results.predictions(sum(expected))
     cut = np.concatenate([windows_of(run, SIZE, STRIDE) for run in runs])
     assert got == run_tflite(rig.model_bytes, cut)

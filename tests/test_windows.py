@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from scipy.signal import periodogram
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 
 from cloud_hub.cli.app import main as hub_main
 from converters.card import reference_card
 from converters.pipeline import build_bundle
 from converters.windows import window_items, window_spec
+from edge_agent.drift.monitor import DriftMonitor
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError, SensorLineError
 from edge_agent.framing import framer_for
 from edge_agent.framing.watch import watched, watched_names
@@ -297,6 +299,95 @@ def test_a_pause_longer_than_the_gap_restarts_the_window(
     assert f.frame(text[12:20], Rejects()) is None and f.restarts == 1
     framed = f.frame(text[20:40], Rejects())
     assert framed is not None and np.array_equal(framed.x, windows_of(s[12:40], 10, 5))
+
+
+def test_drift_counts_only_windows_that_do_not_overlap_the_last_one_it_counted(
+    motion: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """The model answers every window; drift counts every ceil(size / stride)-th one since
+    framing (re)started, whatever the micro-batches, so its items share no sample."""
+    s = stream(120)
+    text = [("csv", line) for line in lines(s)]
+    for size, stride, every in [(16, 5, 4), (16, 8, 2), (16, 16, 1), (8, 12, 1)]:
+        f = framer(motion, size, stride)
+        counted, answered = [], 0
+        for at in range(0, len(text), 7):
+            framed = f.frame(text[at : at + 7], Rejects())
+            if framed is None:
+                continue
+            watch = range(len(framed.x)) if framed.watch is None else framed.watch
+            counted += [answered + int(i) for i in watch]
+            answered += len(framed.x)
+        assert answered == (120 - size) // stride + 1
+        assert counted == list(range(0, answered, every)), (size, stride)
+    # a refused line restarts framing, and the count with it
+    f = framer(motion, 16, 5)
+    first = f.frame(text[:26], Rejects())
+    assert first is not None and first.watch is not None and list(first.watch) == [0]
+    f.frame([("csv", b"not a sample")], Rejects())
+    again = f.frame(text[26:52], Rejects())
+    assert again is not None and again.watch is not None and list(again.watch) == [0]
+
+
+def walking(start: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Samples start..start+n of one endless walk (tests.support.motion's, with its phases
+    fixed: each `samples` call starts a walk of its own), as the sensor prints them."""
+    t = (start + np.arange(n))[:, None] / RATE
+    wave = np.array([1.5, 0.8, 1.0]) * np.sin(2 * np.pi * 1.8 * t + np.array([0.3, 1.9, 4.1]))
+    wave[:, 2] += 9.81
+    return np.round(wave + 0.15 * rng.normal(size=(n, 3)), 3).astype(np.float32)
+
+
+def _drift_free_statuses(
+    card: ModelCard, runtime: Any, stride: int, reports: int, every: int, seed: int
+) -> Counter[str]:
+    """Reports of the card's drift monitor on a drift-free stream of windows `stride` samples
+    apart, counting every `every`-th window (cut by slicing here, not by the framer)."""
+    size = card.input.window.size  # type: ignore[union-attr]
+    monitor = DriftMonitor(card)
+    rng = np.random.default_rng(seed)
+    got: Counter[str] = Counter()
+    needed = monitor.window * every * stride
+    at = 10**7  # well after the samples the model and its card saw
+    while sum(got.values()) < reports:
+        windows = windows_of(walking(at, needed + size, rng), size, stride)[::every]
+        at += needed
+        report = monitor.add(watched(card.input, windows), runtime.predict(windows), None)
+        if report is not None:
+            got[report["status"]] += 1
+    return got
+
+
+def test_overlapping_windows_of_a_drift_free_stream_warn_in_at_most_one_report_in_a_hundred(
+    tmp_path: Path,
+) -> None:
+    """The design's false-alarm bound (at most 1% of drift-free reports warn), on windows of
+    128 samples every 16: counted as the framer counts them (every 8th) over 500 reports; and
+    why: counting every overlapping window, a quarter or more of the reports warn."""
+    rng = np.random.default_rng(21)
+    size, stride = 128, 16
+    train = windows_of(walking(0, 3000 * size, rng), size, size)
+    y = train[:, :, 0].std(axis=1)
+    model = Ridge(alpha=10.0).fit(train.reshape(len(train), -1), y)
+    held = windows_of(walking(3000 * size, 2000 * size, rng), size, size)
+    out = tmp_path / "walk.zip"
+    spec = window_spec(CHANNELS, size, stride, RATE)
+    build_bundle(
+        model,
+        held,
+        held[:, :, 0].std(axis=1),
+        name="walk",
+        version=1,
+        out=out,
+        input_spec=spec,
+        quantize="none",
+    )
+    card, runtime, _ = open_bundle(out)
+    every = -(-size // stride)
+    counted = _drift_free_statuses(card, runtime, stride, 500, every, seed=1)
+    assert counted["warn"] + counted["alert"] <= 5, counted
+    overlapping = _drift_free_statuses(card, runtime, stride, 40, 1, seed=2)
+    assert overlapping["warn"] + overlapping["alert"] >= 10, overlapping
 
 
 def test_signal_features_are_framed_by_the_one_implementation(

@@ -14,10 +14,13 @@ OnReject = Callable[[SensorLineError], None]
 
 class Framed(NamedTuple):  # a tuple: built once per micro-batch, it costs less than a dataclass
     """A micro-batch's items: `x` what the model takes, (n, *input.shape) float32; `seen` what
-    drift watches, (n, len(card.features)) (for a row of numbers, the same array as `x`)."""
+    drift watches, (n, len(card.features)) (for a row of numbers, the same array as `x`);
+    `watch` the items drift counts, by index, where not all (None): drift's tests take their
+    items as independent draws, so of overlapping windows it counts one in every few."""
 
     x: np.ndarray
     seen: np.ndarray
+    watch: np.ndarray | None = None
 
 
 class Framer(Protocol):

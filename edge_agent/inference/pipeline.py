@@ -154,7 +154,7 @@ class Pipeline:
         framed = model.framer.frame(lines, reject)
         if framed is None:
             return
-        x, seen = framed
+        x, seen, watch = framed
         n = len(x)
         start = _clock()
         scores = None
@@ -188,7 +188,13 @@ class Pipeline:
                 self._on_window(record)
         if self._on_result is not None:
             self._results(self._on_result, model.ref, predictions, latency_ms / n, first, flags)
-        report = model.monitor.add(seen, predictions, scores)
+        if watch is None:
+            report = model.monitor.add(seen, predictions, scores)
+        elif len(watch):  # overlapping windows: drift counts those that do not overlap
+            kept = None if scores is None else scores[watch]
+            report = model.monitor.add(seen[watch], predictions[watch], kept)
+        else:
+            report = None
         if report is not None:
             self._on_drift(report)
         shadow = self.shadow
