@@ -413,8 +413,9 @@ class Hub:
                     )
 
     def _send_outbox(self) -> None:
-        """Commands queued by the CLI (shadow, shadow-stop), each published once, at QoS 1 to
-        the device's persistent session (an offline device gets it when it returns)."""
+        """Commands queued by the CLI (shadow, shadow-stop) and by rollout steps, each published
+        at QoS 1 to the device's persistent session (an offline device gets it when it
+        returns), then marked sent; what a leader that died left unsent, the next one sends."""
         for command_id, device, body in self.store.unsent_commands():
             try:
                 cmd = decode_command(dumps(body).encode())
@@ -566,14 +567,16 @@ class Hub:
         sends = ro.step(r, self.clock(), fleet, reports, lambda d, t: self._measure(r.model, d, t))
         if r.to_json() == before:
             return
-        if not self.store.update_rollout(r.id, row["rev"], r.state, r.to_json()):
+        commands = [(send.device, self._command(r, send).to_json()) for send in sends]
+        if not self.store.update_rollout(r.id, row["rev"], r.state, r.to_json(), commands):
             return  # changed by hand meanwhile: the next tick steps what is stored
         if r.state != row["state"]:
             log.info("rollout %s: %s %s", r.id, r.state, r.halt_reason)
-        for send in sends:
-            self._send(r, send)
+        if commands:
+            self._send_outbox()  # now, not a tick later
 
-    def _send(self, r: ro.Rollout, send: ro.Send) -> None:
+    def _command(self, r: ro.Rollout, send: ro.Send) -> Command:
+        """The command of one send of a step (queued with the step, in its transaction)."""
         if send.kind == "rollback" and self.repo.allow_rollback(r.model.name, r.model.version):
             log.info(
                 "rollout %s: versions of %s below %s signed as rollback targets",
@@ -581,7 +584,7 @@ class Hub:
                 r.model.name,
                 r.model.version,
             )
-        cmd = Command(
+        return Command(
             id=f"{r.id}-{send.kind}-{send.device}-{len(r.sent_at)}",
             kind=send.kind,
             model=r.model,
@@ -591,7 +594,6 @@ class Hub:
             encrypt=r.encrypt,
             rows=r.plan.shadow_rows or SHADOW_ROWS,
         )
-        self.send_command(send.device, cmd)
 
     def _measure(self, model: ModelRef, installed: dict[str, Position], since: float) -> Metrics:
         """What `model` did on these devices after each installed it (at the position given),
