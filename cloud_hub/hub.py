@@ -33,6 +33,7 @@ so), within the device's transfer rate.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import threading
@@ -415,7 +416,11 @@ class Hub:
     def _send_outbox(self) -> None:
         """Commands queued by the CLI (shadow, shadow-stop) and by rollout steps, each published
         at QoS 1 to the device's persistent session (an offline device gets it when it
-        returns), then marked sent; what a leader that died left unsent, the next one sends."""
+        returns), then marked sent; what a leader that died left unsent, the next one sends.
+        Not while this worker has no link to the broker: a command paho only queued in memory
+        is not sent, and would be lost with the process."""
+        if not self.session.connected.is_set():
+            return
         for command_id, device, body in self.store.unsent_commands():
             try:
                 cmd = decode_command(dumps(body).encode())
@@ -567,7 +572,8 @@ class Hub:
         sends = ro.step(r, self.clock(), fleet, reports, lambda d, t: self._measure(r.model, d, t))
         if r.to_json() == before:
             return
-        commands = [(send.device, self._command(r, send).to_json()) for send in sends]
+        # each as it goes on the wire (as `edgehub shadow` queues one)
+        commands = [(send.device, json.loads(encode(self._command(r, send)))) for send in sends]
         if not self.store.update_rollout(r.id, row["rev"], r.state, r.to_json(), commands):
             return  # changed by hand meanwhile: the next tick steps what is stored
         if r.state != row["state"]:

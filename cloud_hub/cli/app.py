@@ -60,6 +60,7 @@ try:
     from cloud_hub.cli import rollout as rollout_cli
     from cloud_hub.cli import shadow as shadow_cli
     from cloud_hub.cli import simulate as simulate_cli
+    from cloud_hub.cli import store as store_cli
     from cloud_hub.cli.output import console, new_command, say, show
     from cloud_hub.cli.output import emit as _emit
     from cloud_hub.rollout.model_report import card_rows, feature_rows, report_rows, verdict
@@ -392,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     drift_cli.register(sub, add)
     quality_cli.register(sub, add)
     simulate_cli.register(sub, add)
+    store_cli.register(sub, add)
 
     model = sub.add_parser("model", help="signed model bundles").add_subparsers(
         dest="sub", required=True
