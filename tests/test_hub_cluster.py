@@ -18,16 +18,18 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from cloud_hub.broker.local import RunningBroker
+from cloud_hub.broker.local import RunningBroker, free_port
 from cloud_hub.cli.app import main
 from cloud_hub.cluster.leader import AdvisoryLock, FileLock
 from cloud_hub.harness.commands import serve_argv
 from cloud_hub.harness.simulate import SIM_MODEL, SimOptions, Simulation, build_sim_model
+from cloud_hub.hub import Hub
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.gates import Gates
 from cloud_hub.rollout.operations import init_hub, start_rollout
 from cloud_hub.store.database import Store, outbox
 from cloud_hub.store.url import STORE_ENV
+from edge_agent.mqtt.session import BrokerAddress
 from tests.support.device_rig import Device
 from tests.support.postgres import fresh_database
 from tests.support.processes import Lines, launch, processes  # noqa: F401 (a fixture)
@@ -195,6 +197,55 @@ def test_the_leader_dies_mid_rollout_and_the_other_carries_it_on_from_its_stored
         assert d.agent.store.record().current == SIM_MODEL
     # the records the devices sent, before, during and after the kill, each stored once
     assert result["accepted"] > sent_at_kill  # records sent after the kill: stored once too
+    assert result["exactly_once"], result
+    store.engine.dispose()
+
+
+def test_a_step_the_dead_leader_stored_but_never_sent_is_sent_by_the_next(
+    pg: str,
+    broker: RunningBroker,
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],  # noqa: F811
+) -> None:
+    """The window a SIGKILL only sometimes hits, every time: a leader stores a rollout step and
+    dies before its commands leave (here: its link to the broker is down, then it ends). The
+    next leader sends them at once, rather than after the devices stay silent for
+    RESEND_IDLE_S."""
+    home = tmp_path / "hub"
+    init_hub(home)
+    build_sim_model(home, tmp_path, SIM_MODEL)
+    argv = serve_argv(home, "127.0.0.1", broker.port, "--http", "off", "-v", "--share", "hubs")
+    ingest = launch(processes, *argv, "--client-id", "edgehub-ingest", "--ingest-only")
+    Lines(ingest.stdout).expect("serving")  # type: ignore[arg-type]
+    opts = SimOptions(devices=2, rate=20.0, window_s=0.5, prefix="h")
+    sim = Simulation(home, tmp_path / "fleet", opts, (broker.host, broker.port), False)
+    store = Store(pg)
+    try:
+        assert sim.wait_connected(30)
+        _until("device online", lambda: all(d["online"] for d in store.devices()))
+        rid = start_rollout(home, SIM_MODEL, "100%").id  # one wave: both devices
+        cut_off = Hub(home, BrokerAddress("127.0.0.1", free_port()), store_url=pg)
+        assert cut_off.leadership.leads()  # the ingest-only worker never asks
+        cut_off._step_rollouts()  # the leader's step, as its tick runs it
+        stored = store.rollout(rid)
+        assert stored is not None and set(stored["body"]["devices"].values()) == {ro.SENT}
+        cut_off.leadership.close()  # it ends: its session, and the lead, with it
+        cut_off.store.engine.dispose()
+
+        leader = launch(processes, *argv, "--client-id", "edgehub-leader")
+        Lines(leader.stderr).expect(LEADS)  # type: ignore[arg-type]
+
+        def completed() -> bool:
+            row = store.rollout(rid)
+            return row is not None and row["state"] == ro.COMPLETED
+
+        _until("completed rollout", completed, timeout=ro.RESEND_IDLE_S / 5)
+        result = sim.finish()
+    finally:
+        sim.close()
+    deploys = Counter(device for device, body in _outbox(store) if body["kind"] == "deploy")
+    assert deploys == Counter({d: 1 for d in sim.fleet.ids}), deploys
+    assert all(d.agent.store.record().current == SIM_MODEL for d in sim.fleet.devices)
     assert result["exactly_once"], result
     store.engine.dispose()
 
