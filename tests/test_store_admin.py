@@ -113,11 +113,17 @@ def test_store_commands_refuse_a_missing_hub_and_a_bad_url(
 def test_two_workers_opening_a_new_database_at_once_take_turns(
     tmp_path: Path,
     processes: list[subprocess.Popen[str]],  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Both wait on the upgrade lock the test holds, then go at the same moment: one migrates,
     the other finds it done (without the lock both would create the tables and one fail)."""
     home = _hub(tmp_path)
     with fresh_database() as url:
+        monkeypatch.setenv(STORE_ENV, url)
+        empty = _status(home, capsys)  # an empty database, as status sees it: nothing made
+        assert empty["revision"] is None and not empty["up_to_date"]
+        assert empty["rows"] == {name: None for name in TABLES}
         engine = create_engine(url, isolation_level="AUTOCOMMIT")
         with engine.connect() as held:
             held.execute(text("SELECT pg_advisory_lock(:k)"), {"k": migrations.UPGRADE_LOCK_KEY})
