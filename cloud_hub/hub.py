@@ -427,8 +427,22 @@ class Hub:
             except BadDataError as exc:
                 log.warning("dropping queued command %d for %s: %s", command_id, device, exc)
             else:
+                if cmd.kind == "rollback" and cmd.model is not None:
+                    self._allow_rollback(cmd)
                 self.send_command(device, cmd)
             self.store.mark_sent(command_id)
+
+    def _allow_rollback(self, cmd: Command) -> None:
+        """Before a rollout's rollback goes out (whichever leader sends it): the versions below
+        its model signed as rollback targets, so the device may go back to one."""
+        assert cmd.model is not None
+        if self.repo.allow_rollback(cmd.model.name, cmd.model.version):
+            log.info(
+                "rollout %s: versions of %s below %s signed as rollback targets",
+                cmd.rollout,
+                cmd.model.name,
+                cmd.model.version,
+            )
 
     def send_command(self, device: str, cmd: Command) -> None:
         """Sign `cmd` for `device` and publish it at QoS 1 to the device's persistent session
@@ -581,15 +595,9 @@ class Hub:
         if commands:
             self._send_outbox()  # now, not a tick later
 
-    def _command(self, r: ro.Rollout, send: ro.Send) -> Command:
+    @staticmethod
+    def _command(r: ro.Rollout, send: ro.Send) -> Command:
         """The command of one send of a step (queued with the step, in its transaction)."""
-        if send.kind == "rollback" and self.repo.allow_rollback(r.model.name, r.model.version):
-            log.info(
-                "rollout %s: versions of %s below %s signed as rollback targets",
-                r.id,
-                r.model.name,
-                r.model.version,
-            )
         return Command(
             id=f"{r.id}-{send.kind}-{send.device}-{len(r.sent_at)}",
             kind=send.kind,
