@@ -154,3 +154,22 @@ def test_two_workers_opening_a_new_database_at_once_take_turns(
         store = Store(url)
         assert store.revision == head
         store.engine.dispose()
+
+
+@pytest.mark.usefixtures("each_store")
+def test_retention_removes_sent_commands_and_keeps_unsent_ones(tmp_path: Path) -> None:
+    store = Store(store_url(tmp_path))
+    for device in ("pi-1", "pi-2", "pi-3"):
+        store.queue_command(device, {"kind": "deploy", "device": device})
+    first, second, _third = store.unsent_commands()
+    store.mark_sent(first[0])
+    store.mark_sent(second[0])
+    outbox_rows = text("select count(*) from outbox")
+    store.prune(time.time() - 3600)  # sent within the hour: kept
+    with store.engine.connect() as c:
+        assert c.execute(outbox_rows).scalar_one() == 3
+    assert store.prune(time.time() + 1) == 0  # no records; the two sent commands go
+    assert [d for _, d, _ in store.unsent_commands()] == ["pi-3"]  # the unsent one stays
+    with store.engine.connect() as c:
+        assert c.execute(outbox_rows).scalar_one() == 1
+    store.engine.dispose()

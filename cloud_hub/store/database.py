@@ -846,10 +846,13 @@ def drift_captures(
 
 
 def prune_records(store: Store, cutoff: float) -> int:
-    """Retention: remove device records received before `cutoff` (epoch seconds)."""
+    """Retention: remove device records received before `cutoff` (epoch seconds), and the
+    commands sent before it (every rollout step queues its commands in the outbox; an unsent
+    one stays until it is sent)."""
     with store.engine.begin() as conn:
         result = conn.execute(delete(records).where(records.c.received < cutoff))
         store.ledger.prune(conn, cutoff)
+        conn.execute(delete(outbox).where(outbox.c.sent < cutoff))
     return int(result.rowcount or 0)
 
 
