@@ -33,6 +33,7 @@ so), within the device's transfer rate.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import threading
@@ -407,16 +408,35 @@ class Hub:
                     )
 
     def _send_outbox(self) -> None:
-        """Commands queued by the CLI (shadow, shadow-stop), each published once, at QoS 1 to
-        the device's persistent session (an offline device gets it when it returns)."""
+        """Commands queued by the CLI (shadow, shadow-stop) and by rollout steps, each published
+        at QoS 1 to the device's persistent session (an offline device gets it when it
+        returns), then marked sent; what a leader that died left unsent, the next one sends.
+        Not while this worker has no link to the broker: a command paho only queued in memory
+        is not sent, and would be lost with the process."""
+        if not self.session.connected.is_set():
+            return
         for command_id, device, body in self.store.unsent_commands():
             try:
                 cmd = decode_command(dumps(body).encode())
             except BadDataError as exc:
                 log.warning("dropping queued command %d for %s: %s", command_id, device, exc)
             else:
+                if cmd.kind == "rollback" and cmd.model is not None:
+                    self._allow_rollback(cmd)
                 self.send_command(device, cmd)
             self.store.mark_sent(command_id)
+
+    def _allow_rollback(self, cmd: Command) -> None:
+        """Before a rollout's rollback goes out (whichever leader sends it): the versions below
+        its model signed as rollback targets, so the device may go back to one."""
+        assert cmd.model is not None
+        if self.repo.allow_rollback(cmd.model.name, cmd.model.version):
+            log.info(
+                "rollout %s: versions of %s below %s signed as rollback targets",
+                cmd.rollout,
+                cmd.model.name,
+                cmd.model.version,
+            )
 
     def send_command(self, device: str, cmd: Command) -> None:
         """Sign `cmd` for `device` and publish it at QoS 1 to the device's persistent session
@@ -557,22 +577,19 @@ class Hub:
         sends = ro.step(r, self.clock(), fleet, reports, lambda d, t: self._measure(r.model, d, t))
         if r.to_json() == before:
             return
-        if not self.store.update_rollout(r.id, row["rev"], r.state, r.to_json()):
+        # each as it goes on the wire (as `edgehub shadow` queues one)
+        commands = [(send.device, json.loads(encode(self._command(r, send)))) for send in sends]
+        if not self.store.update_rollout(r.id, row["rev"], r.state, r.to_json(), commands):
             return  # changed by hand meanwhile: the next tick steps what is stored
         if r.state != row["state"]:
             log.info("rollout %s: %s %s", r.id, r.state, r.halt_reason)
-        for send in sends:
-            self._send(r, send)
+        if commands:
+            self._send_outbox()  # now, not a tick later
 
-    def _send(self, r: ro.Rollout, send: ro.Send) -> None:
-        if send.kind == "rollback" and self.repo.allow_rollback(r.model.name, r.model.version):
-            log.info(
-                "rollout %s: versions of %s below %s signed as rollback targets",
-                r.id,
-                r.model.name,
-                r.model.version,
-            )
-        cmd = Command(
+    @staticmethod
+    def _command(r: ro.Rollout, send: ro.Send) -> Command:
+        """The command of one send of a step (queued with the step, in its transaction)."""
+        return Command(
             id=f"{r.id}-{send.kind}-{send.device}-{len(r.sent_at)}",
             kind=send.kind,
             model=r.model,
@@ -582,7 +599,6 @@ class Hub:
             encrypt=r.encrypt,
             rows=r.plan.shadow_rows or SHADOW_ROWS,
         )
-        self.send_command(send.device, cmd)
 
     def _measure(self, model: ModelRef, installed: dict[str, Position], since: float) -> Metrics:
         """What `model` did on these devices after each installed it (at the position given),

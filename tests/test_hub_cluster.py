@@ -1,22 +1,35 @@
 """Two `edgehub serve` workers on one PostgreSQL: both ingest (a shared subscription), one leads
 (an advisory lock). SIGKILL the leader: the other leads within seconds, and every record the
-device sent before, during and after is stored exactly once, counted in the database."""
+device sent before, during and after is stored exactly once, counted in the database; a staged
+rollout the dead leader was in the middle of goes on from its stored step, every device getting
+its deploy once."""
 
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
-from cloud_hub.broker.local import RunningBroker
+from cloud_hub.broker.local import RunningBroker, free_port
 from cloud_hub.cli.app import main
 from cloud_hub.cluster.leader import AdvisoryLock, FileLock
 from cloud_hub.harness.commands import serve_argv
+from cloud_hub.harness.simulate import SIM_MODEL, SimOptions, Simulation, build_sim_model
+from cloud_hub.hub import Hub
+from cloud_hub.rollout import engine as ro
+from cloud_hub.rollout.gates import Gates
+from cloud_hub.rollout.operations import init_hub, start_rollout
+from cloud_hub.store.database import Store, outbox
 from cloud_hub.store.url import STORE_ENV
+from edge_agent.mqtt.session import BrokerAddress
 from tests.support.device_rig import Device
 from tests.support.postgres import fresh_database
 from tests.support.processes import Lines, launch, processes  # noqa: F401 (a fixture)
@@ -55,6 +68,22 @@ def _drained(device: Device) -> None:
         device.sender.wake.wait(0.1)
 
 
+def _two_workers(
+    home: Path, broker: RunningBroker, started: list[subprocess.Popen[str]]
+) -> tuple[list[subprocess.Popen[str]], list[Lines], int]:
+    """Two `edgehub serve` workers on `home` and the store in EDGEHUB_STORE; which leads."""
+    workers, logs = [], []
+    for name in ("a", "b"):
+        argv = serve_argv(home, "127.0.0.1", broker.port, "--http", "off", "-v")
+        proc = launch(started, *argv, "--share", "hubs", "--client-id", f"edgehub-{name}")
+        workers.append(proc)
+        logs.append(Lines(proc.stderr))  # type: ignore[arg-type]
+        Lines(proc.stdout).expect("serving")  # type: ignore[arg-type]
+    verdicts = [said.expect("this worker") for said in logs]  # each worker's first tick
+    assert sorted(LEADS in v for v in verdicts) == [False, True], verdicts
+    return workers, logs, 0 if LEADS in verdicts[0] else 1
+
+
 def test_the_leader_dies_the_other_leads_and_no_record_is_lost(
     pg: str,
     broker: RunningBroker,
@@ -63,16 +92,7 @@ def test_the_leader_dies_the_other_leads_and_no_record_is_lost(
 ) -> None:
     home = tmp_path / "hub"
     assert main(["--home", str(home), "keys", "init"]) == 0
-    workers, logs = [], []
-    for name in ("a", "b"):
-        argv = serve_argv(home, "127.0.0.1", broker.port, "--http", "off", "-v")
-        proc = launch(processes, *argv, "--share", "hubs", "--client-id", f"edgehub-{name}")
-        workers.append(proc)
-        logs.append(Lines(proc.stderr))  # type: ignore[arg-type]
-        Lines(proc.stdout).expect("serving")  # type: ignore[arg-type]
-    verdicts = [said.expect("this worker") for said in logs]  # each worker's first tick
-    assert sorted(LEADS in v for v in verdicts) == [False, True], verdicts
-    leader = 0 if LEADS in verdicts[0] else 1
+    workers, logs, leader = _two_workers(home, broker, processes)
 
     device = Device(broker, tmp_path / "rig", DEVICE)
     try:
@@ -91,6 +111,157 @@ def test_the_leader_dies_the_other_leads_and_no_record_is_lost(
         device.close()
     assert handover < HANDOVER_S, f"the lead moved after {handover:.1f} s"
     assert _stored(pg) == list(range(3 * K)), "missing or repeated records"
+
+
+ROLLOUT_S = 120.0  # the whole staged rollout, handover included
+
+
+def _until(
+    what: str, ready: Callable[[], Any], timeout: float = ROLLOUT_S, seen: object = None
+) -> Any:
+    """Wait for `ready()` to return something true (a state another process writes to the
+    database: read again every 20 ms); that value. `seen` goes with the failure."""
+    deadline, tick = time.monotonic() + timeout, threading.Event()
+    while True:
+        value = ready()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"no {what} in {timeout:.0f} s: {seen}"
+        tick.wait(0.02)
+
+
+def test_the_leader_dies_mid_rollout_and_the_other_carries_it_on_from_its_stored_step(
+    pg: str,
+    broker: RunningBroker,
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],  # noqa: F811
+) -> None:
+    home = tmp_path / "hub"
+    init_hub(home)
+    build_sim_model(home, tmp_path, SIM_MODEL)
+    workers, logs, leader = _two_workers(home, broker, processes)
+    opts = SimOptions(devices=4, rate=40.0, window_s=0.25, status_s=1.0, prefix="c")
+    sim = Simulation(home, tmp_path / "fleet", opts, (broker.host, broker.port), False)
+    store = Store(pg)
+    seen: list[tuple[int, int, str]] = []  # (rev, wave, state) of each read of the rollout
+    last: list[ro.Rollout] = []
+
+    def rollout() -> tuple[int, ro.Rollout]:
+        row = store.rollout(rid)
+        assert row is not None
+        r = ro.Rollout.from_json(row["body"])
+        seen.append((row["rev"], r.wave, r.state))
+        last[:] = [r]
+        return row["rev"], r
+
+    try:
+        assert sim.wait_connected(30)
+        _until("device online", lambda: all(d["online"] for d in store.devices()))
+        # canary 1, then 2 of 4, then all: three waves, each soaking 2 s after it installed
+        gates = Gates(soak_s=2.0)
+        rid = start_rollout(home, SIM_MODEL, "1", waves="50%,100%", gates=gates).id
+
+        def in_wave_two() -> tuple[int, ro.Rollout] | None:
+            rev, r = rollout()
+            return (rev, r) if r.wave == 1 and r.stages[1].started is not None else None
+
+        rev_at_kill, at_kill = _until("second wave under way", in_wave_two, seen=last)
+        workers[leader].kill()  # SIGKILL in the middle of the stage
+        workers[leader].wait(30)
+        killed_at = time.time()
+        accepted = sim.fleet.devices
+        sent_at_kill = sum(d.accepted() for d in accepted)
+        # the devices go on recording while the lead moves: these are stored once too
+        _until("record after the kill", lambda: sum(d.accepted() for d in accepted) > sent_at_kill)
+        handover = _logged_at(logs[1 - leader].expect(LEADS)) - killed_at
+        _, done = _until("end", lambda: (r := rollout())[1].state != ro.RUNNING and r, seen=last)
+        result = sim.finish()
+    finally:
+        sim.close()
+    assert handover < HANDOVER_S, f"the lead moved after {handover:.1f} s"
+    assert done.state == ro.COMPLETED, done.halt_reason
+    # carried on from the stored step: what was decided or started before the kill stands
+    assert done.stages[0] == at_kill.stages[0] and done.stages[0].decided is not None
+    assert done.stages[1].started == at_kill.stages[1].started
+    assert all(s.started and s.settled and s.decided for s in done.stages), done.stages
+    revs = [rev for rev, _, _ in seen]
+    waves = [wave for _, wave, _ in sorted(set(seen))]
+    assert waves == sorted(waves) and rev_at_kill in revs, seen  # never a wave back
+    # every device got its deploy once: one queued command each, one install each
+    assert set(done.devices.values()) == {ro.HEALTHY}, done.devices
+    deploys = Counter(device for device, body in _outbox(store) if body["kind"] == "deploy")
+    assert deploys == Counter({d: 1 for d in sim.fleet.ids}), deploys
+    for d in sim.fleet.devices:
+        events = [r.body["event"] for r in store.records("events", d.id)]
+        assert events.count("installed") == 1, (d.id, events)
+        assert d.agent.store.record().current == SIM_MODEL
+    # the records the devices sent, before, during and after the kill, each stored once
+    assert result["accepted"] > sent_at_kill  # records sent after the kill: stored once too
+    assert result["exactly_once"], result
+    store.engine.dispose()
+
+
+def test_a_step_the_dead_leader_stored_but_never_sent_is_sent_by_the_next(
+    pg: str,
+    broker: RunningBroker,
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],  # noqa: F811
+) -> None:
+    """The window a SIGKILL only sometimes hits, every time: a leader stores a rollout step and
+    dies before its commands leave (here: its link to the broker is down, then it ends). The
+    next leader sends them at once, rather than after the devices stay silent for
+    RESEND_IDLE_S."""
+    home = tmp_path / "hub"
+    init_hub(home)
+    build_sim_model(home, tmp_path, SIM_MODEL)
+    argv = serve_argv(home, "127.0.0.1", broker.port, "--http", "off", "-v", "--share", "hubs")
+    ingest = launch(processes, *argv, "--client-id", "edgehub-ingest", "--ingest-only")
+    Lines(ingest.stdout).expect("serving")  # type: ignore[arg-type]
+    opts = SimOptions(devices=2, rate=20.0, window_s=0.5, prefix="h")
+    sim = Simulation(home, tmp_path / "fleet", opts, (broker.host, broker.port), False)
+    store = Store(pg)
+    try:
+        assert sim.wait_connected(30)
+        _until("device online", lambda: all(d["online"] for d in store.devices()))
+        rid = start_rollout(home, SIM_MODEL, "100%").id  # one wave: both devices
+        cut_off = Hub(home, BrokerAddress("127.0.0.1", free_port()), store_url=pg)
+        assert cut_off.leadership.leads()  # the ingest-only worker never asks
+        cut_off._step_rollouts()  # the leader's step, as its tick runs it
+        stored = store.rollout(rid)
+        assert stored is not None and set(stored["body"]["devices"].values()) == {ro.SENT}
+        cut_off.leadership.close()  # it ends: its session, and the lead, with it
+        cut_off.store.engine.dispose()
+
+        leader = launch(processes, *argv, "--client-id", "edgehub-leader")
+        Lines(leader.stderr).expect(LEADS)  # type: ignore[arg-type]
+
+        def completed() -> bool:
+            row = store.rollout(rid)
+            return row is not None and row["state"] == ro.COMPLETED
+
+        _until("completed rollout", completed, timeout=ro.RESEND_IDLE_S / 5)
+        result = sim.finish()
+    finally:
+        sim.close()
+    deploys = Counter(device for device, body in _outbox(store) if body["kind"] == "deploy")
+    assert deploys == Counter({d: 1 for d in sim.fleet.ids}), deploys
+    assert all(d.agent.store.record().current == SIM_MODEL for d in sim.fleet.devices)
+    assert result["exactly_once"], result
+    store.engine.dispose()
+
+
+def _logged_at(line: str) -> float:
+    """The epoch time of a hub's log line (its asctime: local time, to the millisecond)."""
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def _outbox(store: Store) -> list[tuple[str, dict[str, Any]]]:
+    """Every command queued (device, body); each must have been sent."""
+    with store.engine.connect() as c:
+        rows = c.execute(select(outbox.c.device, outbox.c.body, outbox.c.sent)).all()
+    unsent = [r for r in rows if r.sent is None]
+    assert not unsent, f"commands never sent: {unsent}"
+    return [(r.device, r.body) for r in rows]
 
 
 def test_one_advisory_lock_at_a_time_and_it_goes_with_its_session(pg: str) -> None:

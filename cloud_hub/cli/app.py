@@ -61,6 +61,7 @@ try:
     from cloud_hub.cli import runtimes as runtimes_cli
     from cloud_hub.cli import shadow as shadow_cli
     from cloud_hub.cli import simulate as simulate_cli
+    from cloud_hub.cli import store as store_cli
     from cloud_hub.cli.output import console, new_command, say, show
     from cloud_hub.cli.output import emit as _emit
     from cloud_hub.rollout.model_report import (
@@ -408,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     quality_cli.register(sub, add)
     simulate_cli.register(sub, add)
     runtimes_cli.register(sub, add)
+    store_cli.register(sub, add)
 
     model = sub.add_parser("model", help="signed model bundles").add_subparsers(
         dest="sub", required=True

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -279,21 +280,29 @@ class FleetBucket:
     alerts: int = 0  # drift reports that alerted
 
 
+def open_engine(url: str) -> Engine:
+    """The engine of the database at `url`, as it is (no migration run): one whose errors are
+    StoreErrors, with the SQLite settings the hub relies on. A URL it cannot use, or a driver
+    that is not installed, is a StoreError saying so."""
+    options: dict[str, Any] = {"json_serializer": dumps}  # NaN refused on every engine
+    try:
+        parsed = make_url(url)
+        if parsed.drivername in ("postgresql", "postgres"):  # psycopg2 to SQLAlchemy
+            parsed = parsed.set(drivername="postgresql+psycopg")  # the postgres extra's
+        if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+            options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        engine = create_engine(parsed, **options)
+    except (SQLAlchemyError, ImportError) as exc:  # a URL it cannot use, or no driver
+        raise store_error(url, exc) from exc
+    raise_store_errors(engine)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
 class Store:
     def __init__(self, url: str) -> None:
-        options: dict[str, Any] = {}
-        try:
-            parsed = make_url(url)
-            if parsed.drivername in ("postgresql", "postgres"):  # psycopg2 to SQLAlchemy
-                parsed = parsed.set(drivername="postgresql+psycopg")  # the postgres extra's
-            if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-                options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-            self.engine: Engine = create_engine(parsed, **options)
-        except (SQLAlchemyError, ImportError) as exc:  # a URL it cannot use, or no driver
-            raise store_error(url, exc) from exc
-        raise_store_errors(self.engine)
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.engine: Engine = open_engine(url)
         self.revision = migrations.upgrade(self.engine)
         self.ledger = LabelLedger(label_tables, self._insert_once)
 
@@ -534,16 +543,32 @@ class Store:
                 )
             )
 
-    def update_rollout(self, rollout_id: str, rev: int, state: str, body: dict[str, Any]) -> bool:
-        """Write the rollout if nobody else did since revision `rev` was read."""
+    def update_rollout(
+        self,
+        rollout_id: str,
+        rev: int,
+        state: str,
+        body: dict[str, Any],
+        commands: Sequence[tuple[str, dict[str, Any]]] = (),
+    ) -> bool:
+        """Write the rollout if nobody else did since revision `rev` was read, and queue the
+        (device, command) pairs this step sends in the outbox, in the same transaction: a
+        leader that dies after the commit leaves them for the next leader to send, one that
+        dies before it leaves neither (the next leader takes the step again)."""
+        now = time.time()
         with self.engine.begin() as conn:
             done = conn.execute(
                 update(rollouts)
                 .where(rollouts.c.id == rollout_id)
                 .where(rollouts.c.rev == rev)
-                .values(state=state, updated=time.time(), rev=rev + 1, body=body)
+                .values(state=state, updated=now, rev=rev + 1, body=body)
             )
-        return bool(done.rowcount == 1)
+            if done.rowcount != 1:
+                return False
+            if commands:
+                rows = [{"device": d, "body": b, "created": now} for d, b in commands]
+                conn.execute(insert(outbox), rows)
+        return True
 
     def rollout(self, rollout_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -606,7 +631,10 @@ class Store:
 
     # ---- command outbox -----------------------------------------------------------------
     def queue_command(self, device: str, body: dict[str, Any]) -> None:
-        """A command for `device`, sent by the running hub on its next tick."""
+        """A command for `device`, sent by the leading hub worker on its next tick (at least
+        once: a leader that dies between publishing it and `mark_sent` leaves it for the next,
+        which signs and sends it again; the device answers a repeated deploy "already
+        running")."""
         with self.engine.begin() as conn:
             conn.execute(insert(outbox).values(device=device, body=body, created=time.time()))
 
@@ -883,10 +911,13 @@ def drift_captures(
 
 
 def prune_records(store: Store, cutoff: float) -> int:
-    """Retention: remove device records received before `cutoff` (epoch seconds)."""
+    """Retention: remove device records received before `cutoff` (epoch seconds), and the
+    commands sent before it (every rollout step queues its commands in the outbox; an unsent
+    one stays until it is sent)."""
     with store.engine.begin() as conn:
         result = conn.execute(delete(records).where(records.c.received < cutoff))
         store.ledger.prune(conn, cutoff)
+        conn.execute(delete(outbox).where(outbox.c.sent < cutoff))
     return int(result.rowcount or 0)
 
 
@@ -899,4 +930,32 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True)
+    """JSON as the store keeps it, on every engine (the engine's serializer): NaN and Infinity
+    are refused, as PostgreSQL's JSON refuses them, so SQLite does not keep what PostgreSQL
+    could not. The error names where the number is (the StoreError then says `not-finite`)."""
+    try:
+        return json.dumps(obj, sort_keys=True, allow_nan=False)
+    except ValueError:
+        where = _not_finite(obj, "")
+        if where is None:
+            raise
+        raise ValueError(f"{NOT_FINITE}, got {where[1]} at {where[0] or 'the top'}") from None
+
+
+NOT_FINITE = "stored JSON: expected finite numbers"  # errors.py's marker of the reason
+
+
+def _not_finite(obj: Any, path: str) -> tuple[str, float] | None:
+    """Where the first NaN or infinite number in `obj` is (a path like `plan.gates[2]`)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return path, obj
+    items: Iterable[tuple[str, Any]] = ()
+    if isinstance(obj, dict):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in obj.items())
+    elif isinstance(obj, list | tuple):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(obj))
+    for sub, value in items:
+        found = _not_finite(value, sub)
+        if found is not None:
+            return found
+    return None

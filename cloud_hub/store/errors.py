@@ -24,10 +24,12 @@ STORE_REASONS = {
     "read-only": "the database is read-only",
     "corrupt": "the database file is damaged",
     "schema": "the database's tables do not match this version of edgefleet",
+    "not-finite": "NaN and Infinity cannot be stored (JSON has no such numbers)",
     "failed": "the database refused the statement",
 }
 # words in a driver's message -> reason (SQLite and PostgreSQL say these)
 _MARKERS = (
+    ("expected finite numbers", "not-finite"),  # cloud_hub.store.database.dumps
     ("database is locked", "locked"),
     ("database table is locked", "locked"),
     ("could not obtain lock", "locked"),

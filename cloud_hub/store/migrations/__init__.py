@@ -1,6 +1,7 @@
 """Schema migrations of the hub's store (Alembic), applied when the store opens.
 
-`upgrade(engine)` brings any database to the newest revision in `versions/`: a new one is
+`upgrade(engine)` brings any database to the newest revision in `versions/` (`edgehub store
+upgrade` runs it by hand, `edgehub store status` shows where a database is): a new one is
 created revision by revision; one made by a hub from before migrations (its tables there, no
 `alembic_version`) is first stamped as the baseline it already holds. So upgrading edgefleet
 upgrades a live hub's schema, on SQLite and PostgreSQL alike. No env.py: the store runs the
@@ -19,11 +20,12 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, inspect
+from sqlalchemy import Connection, Engine, inspect, text
 
 HERE = Path(__file__).resolve().parent
 BASELINE = "0001"
 BASELINE_TABLE = "records"  # a table every hub before migrations had
+UPGRADE_LOCK_KEY = 0x65646765666C7432  # "edgeflt2": held while a worker migrates the database
 
 
 def script(location: Path = HERE) -> ScriptDirectory:
@@ -37,22 +39,53 @@ def current(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
+def head(location: Path = HERE) -> str:
+    """The newest revision this edgefleet knows."""
+    found = script(location).get_current_head()
+    assert found is not None  # versions/ ships with the package
+    return found
+
+
 def upgrade(engine: Engine, location: Path = HERE) -> str:
     """Bring the database to the newest revision; returns it."""
+    return upgrade_from(engine, location)[1]
+
+
+def upgrade_from(engine: Engine, location: Path = HERE) -> tuple[str | None, str]:
+    """Bring the database to the newest revision; returns (the revision before, None for an
+    empty database, and the newest).
+    Workers that open one un-migrated database at once take turns (`_upgrade_lock`): the first
+    migrates, the others find it done."""
     scripts = script(location)
-    head = scripts.get_current_head()
-    assert head is not None  # versions/ ships with the package
+    newest = head(location)
+    with engine.connect() as connection:  # the common case, without a lock: nothing to do
+        if current(connection) == newest:
+            return newest, newest
     with engine.begin() as connection:
-        if current(connection) == head:
-            return head
-        if current(connection) is None and inspect(connection).has_table(BASELINE_TABLE):
+        _upgrade_lock(connection)
+        before = current(connection)  # again: another worker may have migrated meanwhile
+        if before == newest:
+            return before, newest
+        if before is None and inspect(connection).has_table(BASELINE_TABLE):
             MigrationContext.configure(connection).stamp(scripts, BASELINE)
+            before = BASELINE  # what it holds: the schema from before migrations
 
         def steps(rev: Any, _context: Any) -> Any:
-            return scripts._upgrade_revs(head, rev)
+            return scripts._upgrade_revs(newest, rev)
 
         env = EnvironmentContext(Config(), scripts)
         env.configure(connection=connection, fn=steps)
         with env.begin_transaction():
             env.run_migrations()
-        return head
+        return before, newest
+
+
+def _upgrade_lock(connection: Connection) -> None:
+    """Hold the database's upgrade lock until `connection`'s transaction ends: on PostgreSQL a
+    transaction advisory lock (the server drops it at commit, rollback or a dead session); on
+    SQLite the write lock, taken at the start (BEGIN IMMEDIATE), so the revision read next is
+    the one the migrations start from."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK_KEY})
+    elif connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
