@@ -934,7 +934,8 @@ def dumps(obj: Any) -> str:
     are refused, as PostgreSQL's JSON refuses them, so SQLite does not keep what PostgreSQL
     could not. The error names where the number is (the StoreError then says `not-finite`)."""
     try:
-        return json.dumps(obj, sort_keys=True, allow_nan=False)
+        # keys in their order: a drift report lists its features in the card's
+        return json.dumps(obj, allow_nan=False)
     except ValueError:
         where = _not_finite(obj, "")
         if where is None:
