@@ -198,6 +198,14 @@ class Fleet:
     def publish(self, bundle: Path) -> tuple[ModelRef, str]:
         return publish_bundle(self.home, bundle)
 
+    def sign_delta_now(self, model: ModelRef) -> None:
+        """Sign now the delta a deploy of `model` would sign (from the version the device
+        runs): the hub then has nothing new to sign and publish when the rollout starts, so
+        what an attacker puts on the broker after `metadata_on_broker` is what the device
+        reads (a delta signed on deploy publishes fresh metadata over it, sometimes before
+        the device looked)."""
+        self.hub.deltas.offer(self.running.store.record().current, model)
+
     def roll(self, model: ModelRef, encrypt: bool = False) -> None:
         start_rollout(self.home, model, "1", encrypt=encrypt)
 
@@ -316,6 +324,7 @@ def test_targets_signed_by_an_untrusted_key_are_rejected(make_fleet: Any, bundle
     fleet = make_fleet()
     v1 = fleet.install(bundles.v1)
     v2, target = fleet.publish(bundles.v2)
+    fleet.sign_delta_now(v2)
     fleet.metadata_on_broker()
 
     # an attacker on the broker swaps targets.json for one pointing at their own bytes,
@@ -349,6 +358,7 @@ def test_replayed_metadata_is_rejected(make_fleet: Any, bundles: Bundles) -> Non
     old_timestamp = (metadata / "timestamp.json").read_bytes()
     old_ts_version = json.loads(old_timestamp)["signed"]["version"]
     v2, target = fleet.publish(bundles.v2)
+    fleet.sign_delta_now(v2)
     fleet.metadata_on_broker()
 
     # snapshot replayed after the newer timestamp (which names the newer snapshot) was seen
@@ -374,6 +384,7 @@ def test_expired_timestamp_is_rejected(make_fleet: Any, bundles: Bundles) -> Non
     fleet = make_fleet()
     v1 = fleet.install(bundles.v1)
     v2, _ = fleet.publish(bundles.v2)
+    fleet.sign_delta_now(v2)
     # a hub whose timestamp lifetime is already over when it signs it
     stale = TufRepository(fleet.home, expiry=Expiry(timestamp=timedelta(minutes=-5)))
     assert stale.refresh_timestamp(min_remaining=timedelta(days=3650))
