@@ -130,6 +130,7 @@ class Downloader:
                     r = job.reassembly
                     if r.complete:
                         partial.checkpoint(r)
+                        job.unsaved = 0
                         return Fetched(
                             partial.read(r), r.total, r.resumed, r.fetched_twice, job.bad_chunks
                         )
@@ -156,7 +157,8 @@ class Downloader:
         finally:
             with self._lock:
                 self._job = None
-                job.partial.checkpoint(job.reassembly)
+                if job.unsaved:  # what arrived since the last checkpoint (none: said already)
+                    job.partial.checkpoint(job.reassembly)
 
     def discard(self, target: VerifiedTarget) -> None:
         """Forget what was kept of `target` (installed, or rejected as a whole)."""
