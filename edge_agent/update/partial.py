@@ -77,6 +77,10 @@ class PartialTransfer:
 
     def checkpoint(self, reassembly: Reassembly) -> None:
         """Flush the chunks written so far, then record them in the bitmap."""
+        self.save(reassembly.bitmap())
+
+    def save(self, bits: bytes) -> None:
+        """Flush data.part, then record `bits` (a bitmap of chunks written before this call)."""
         if not self._data.exists():
             return
         fd = os.open(self._data, os.O_WRONLY)
@@ -84,7 +88,7 @@ class PartialTransfer:
             os.fsync(fd)
         finally:
             os.close(fd)
-        atomic_write(self._bitmap, reassembly.bitmap())
+        atomic_write(self._bitmap, bits)
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

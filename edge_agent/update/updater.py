@@ -138,14 +138,16 @@ class Downloader:
                         raise TransferInterrupted(
                             f"{target.path}: stopping with {r.received} of {r.total} chunks"
                         )
+                    bits = None
                     if job.unsaved >= self._checkpoint_every:
-                        partial.checkpoint(r)
-                        job.unsaved = 0
+                        bits, job.unsaved = r.bitmap(), 0  # chunks already written
                     wanted = r.to_request(
                         time.monotonic(), self._window, self._retry_after, job.arrived_at
                     )
                 if wanted:
                     self._publish(encode(XferRequest(target.path, tuple(wanted), encrypted)))
+                if bits is not None:  # the fsync outside the lock: chunks keep coming in
+                    partial.save(bits)
                 if time.monotonic() > deadline:
                     raise BundleRejected(
                         Reason.TRUNCATED,
