@@ -55,6 +55,11 @@ class Reassembly:
         return len(self._have)
 
     @property
+    def in_flight(self) -> int:
+        """Chunks asked for that have not arrived (nor gone stale or failed their check)."""
+        return len(self._asked)
+
+    @property
     def complete(self) -> bool:
         return len(self._have) == self.total
 

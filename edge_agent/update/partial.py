@@ -68,7 +68,10 @@ class PartialTransfer:
         """Store one checked chunk at its offset (durable at the next checkpoint)."""
         if not self.folder.exists():
             self.folder.mkdir(parents=True, mode=0o700)
-            atomic_write(self.folder / "meta.json", json.dumps(self._meta).encode())
+            # not fsynced (the checkpoints' bitmap writes sync this folder's entries): a
+            # meta.json that a power cut lost or emptied makes `restore` discard the folder,
+            # which costs the resume, never keeps bytes of another target
+            atomic_write(self.folder / "meta.json", json.dumps(self._meta).encode(), durable=False)
         fd = os.open(self._data, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             os.pwrite(fd, data, index * chunk_size)
