@@ -166,8 +166,11 @@ class Downloader:
         finally:
             with self._lock:
                 self._job = None
-                if job.unsaved:  # what arrived since the last checkpoint (none: said already)
-                    job.partial.checkpoint(job.reassembly)
+                try:
+                    if job.unsaved:  # what arrived since the last checkpoint (none: said already)
+                        job.partial.checkpoint(job.reassembly)
+                finally:
+                    job.partial.close()
 
     def discard(self, target: VerifiedTarget) -> None:
         """Forget what was kept of `target` (installed, or rejected as a whole)."""
