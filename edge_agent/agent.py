@@ -434,12 +434,15 @@ class Agent:
 
     def _write_status(self, status: Status) -> None:
         """status.json, what `edge-agent status` reads without asking the daemon. One that
-        cannot be written is said in the published status (stats.storage)."""
+        cannot be written is said in the published status (stats.storage). Replaced whole but
+        not fsynced: it is rewritten with every event and heartbeat and at start, so a power
+        cut costs nothing the next status does not say again (and `edge-agent status` says
+        plainly when it finds the file unreadable)."""
         path = self.cfg.device.state_dir / "status.json"
         if not self.health.may_try("status file", time.time()):
             return
         try:
-            atomic_write(path, json.dumps(status.to_json()).encode())
+            atomic_write(path, json.dumps(status.to_json()).encode(), durable=False)
         except OSError as exc:
             self._storage_failed("status file", storage_error(exc, path))
         else:
@@ -489,12 +492,13 @@ class Agent:
                 continue
             cmd = signed.command
             try:
-                if not self.updater.admit(signed, resumed):
-                    self._handled(cmd)  # a refused command is never resumed
-                    continue
-                if cmd.kind == "deploy" and not resumed:
-                    self._keep_pending(signed)
-                self.updater.handle(cmd)
+                with self.verifier.cycle():  # one TUF refresh for the check and the lookup
+                    if not self.updater.admit(signed, resumed):
+                        self._handled(cmd)  # a refused command is never resumed
+                        continue
+                    if cmd.kind == "deploy" and not resumed:
+                        self._keep_pending(signed)
+                    self.updater.handle(cmd)
             except TransferInterrupted as exc:  # stopping: the command stays pending
                 log.info("update %s interrupted: %s", cmd.id, exc)
                 return

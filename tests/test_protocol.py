@@ -712,6 +712,46 @@ def test_to_request_never_asks_for_what_arrived() -> None:
     assert r.to_request(now=0.0, window=8, retry_after=1.0) == [0, 2]
 
 
+@settings(max_examples=80, derandomize=True, database=None, deadline=None)
+@given(
+    chunks=st.integers(1, 40),
+    window=st.integers(1, 8),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["ask", "good", "bad", "wait"]), st.integers(0, 39)),
+        max_size=120,
+    ),
+)
+def test_to_request_asks_what_a_scan_from_the_first_chunk_would(
+    chunks: int, window: int, steps: list[tuple[str, int]]
+) -> None:
+    """Whatever arrives, fails or goes stale, and in whatever order: the chunks asked for are
+    the lowest ones neither had nor in flight, as a scan from chunk 0 finds them (the
+    reassembly keeps its place instead of scanning from 0 each time)."""
+    r = Reassembly("t", chunks * 4, 4)
+    have: set[int] = set()
+    asked: dict[int, float] = {}
+    now = 0.0
+    for op, index in steps:
+        index %= chunks
+        if op == "wait":
+            now += 1.0
+        elif op == "good":
+            r.accept(index, chunks * 4, b"abcd")
+            asked.pop(index, None)
+            have.add(index)
+        elif op == "bad":
+            r.accept(index, chunks * 4, b"ab" if index < chunks - 1 else b"abcde")
+            asked.pop(index, None)
+        else:
+            for i in [i for i, at in asked.items() if now - at >= 2.0]:
+                del asked[i]
+            free = [i for i in range(chunks) if i not in have and i not in asked]
+            expected = free[: max(0, window - len(asked))]
+            assert r.to_request(now, window, 2.0) == expected
+            asked.update(dict.fromkeys(expected, now))
+    assert r.received == len(have)
+
+
 def test_bitmap_bits() -> None:
     r = Reassembly("t", 10 * 4, 4)  # 10 chunks -> 2 bytes
     assert r.bitmap() == b"\x00\x00"

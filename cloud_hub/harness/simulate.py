@@ -175,7 +175,12 @@ def rows_due(rate: float, elapsed: float, fed: int) -> int:
 # ---- runtime stand-in ------------------------------------------------------------------
 class SharedRuntimes:
     """One real onnxruntime session per distinct model bytes, shared read-only by the fleet
-    (onnxruntime's `run` is thread-safe); a `RuntimeLoader` for `Agent(open_runtime=...)`."""
+    (onnxruntime's `run` is thread-safe); a `RuntimeLoader` for `Agent(open_runtime=...)`.
+
+    The session runs each call on its caller's thread (one intra-op thread), whatever the
+    device profile asks: a real device's pool has the device's cores to itself, while one pool
+    shared by every simulated device would queue them all on it and keep its threads spinning
+    between their calls (a quarter of the fleet process's CPU in a rollout to 100 devices)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -186,7 +191,7 @@ class SharedRuntimes:
         with self._lock:
             runtime = self._cache.get(key)
             if runtime is None:
-                runtime = self._cache[key] = load_runtime(card, model_bytes, threads)
+                runtime = self._cache[key] = load_runtime(card, model_bytes, 1)
             return runtime
 
     def __len__(self) -> int:

@@ -14,7 +14,11 @@ from pathlib import Path
 from edge_agent.errors import StorageError
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace `path` by `data`: a reader sees the old bytes or the new, never part of them.
+    `durable`: on disk before this returns (fsync of the file and its folder), so a power cut
+    cannot take it back; without, a file the process rewrites anyway (a snapshot such as
+    status.json) saves the two fsyncs, and after a power cut may be old or unreadable."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -22,13 +26,15 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
             os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def remove_leftovers(folder: Path) -> list[str]:

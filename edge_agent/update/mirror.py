@@ -13,11 +13,20 @@ class TufMirror:
     def __init__(self) -> None:
         self._files: dict[str, bytes] = {}
         self._changed = threading.Condition()
+        self._generation = 0
 
     def put(self, name: str, payload: bytes) -> None:
         with self._changed:
-            self._files[name] = payload
+            if self._files.get(name) != payload:  # a retained copy seen again changes nothing
+                self._files[name] = payload
+                self._generation += 1
             self._changed.notify_all()
+
+    @property
+    def generation(self) -> int:
+        """Counts the changes to what is held: equal numbers, the same metadata."""
+        with self._changed:
+            return self._generation
 
     def get(self, name: str) -> bytes | None:
         with self._changed:

@@ -31,6 +31,7 @@ class PartialTransfer:
         self._meta = {"target": target, "length": length, "sha256": sha256}
         self._data = self.folder / "data.part"
         self._bitmap = self.folder / "bitmap"
+        self._fd: int | None = None  # data.part, open for writing while chunks arrive
 
     def restore(self, reassembly: Reassembly) -> int:
         """Put what an earlier attempt kept into `reassembly`; how many chunks that was."""
@@ -65,28 +66,45 @@ class PartialTransfer:
         return data
 
     def write(self, index: int, data: bytes, chunk_size: int) -> None:
-        """Store one checked chunk at its offset (durable at the next checkpoint)."""
-        if not self.folder.exists():
-            self.folder.mkdir(parents=True, mode=0o700)
-            atomic_write(self.folder / "meta.json", json.dumps(self._meta).encode())
-        fd = os.open(self._data, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            os.pwrite(fd, data, index * chunk_size)
-        finally:
+        """Store one checked chunk at its offset (durable at the next checkpoint). data.part
+        stays open until `close`: one system call per chunk, not four."""
+        if self._fd is None:
+            if not self.folder.exists():
+                self.folder.mkdir(parents=True, mode=0o700)
+                # not fsynced (the checkpoints' bitmap writes sync this folder's entries): a
+                # meta.json that a power cut lost or emptied makes `restore` discard the
+                # folder, which costs the resume, never keeps bytes of another target
+                meta = json.dumps(self._meta).encode()
+                atomic_write(self.folder / "meta.json", meta, durable=False)
+            self._fd = os.open(self._data, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.pwrite(self._fd, data, index * chunk_size)
+
+    def close(self) -> None:
+        """Close data.part (what was written stays; a checkpoint makes it durable)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
             os.close(fd)
 
     def checkpoint(self, reassembly: Reassembly) -> None:
         """Flush the chunks written so far, then record them in the bitmap."""
-        if not self._data.exists():
+        self.save(reassembly.bitmap())
+
+    def save(self, bits: bytes) -> None:
+        """Flush data.part, then record `bits` (a bitmap of chunks written before this call)."""
+        if self._fd is not None:
+            os.fsync(self._fd)
+        elif not self._data.exists():
             return
-        fd = os.open(self._data, os.O_WRONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        atomic_write(self._bitmap, reassembly.bitmap())
+        else:
+            fd = os.open(self._data, os.O_WRONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        atomic_write(self._bitmap, bits)
 
     def discard(self) -> None:
+        self.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _matches(self) -> bool:

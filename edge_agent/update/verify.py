@@ -12,7 +12,10 @@ also checks a command's signatures against the key the verified targets metadata
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -82,9 +85,40 @@ class Verifier:
         self.tuf_dir = tuf_dir
         self.mirror = mirror
         self.max_bundle_bytes = max_bundle_bytes
+        self._lock = threading.Lock()
+        self._cycles = 0  # update cycles open (`cycle`)
+        self._fresh: tuple[Updater, int] | None = None  # this cycle's, with the mirror generation
+
+    @contextlib.contextmanager
+    def cycle(self) -> Iterator[None]:
+        """One update cycle, as TUF's client workflow has it: one command checked and acted on
+        (its signature, then its target's lookup). The metadata is refreshed at its first use
+        in the cycle and reused while no new metadata arrives, instead of once per check (each
+        refresh is about ten signature checks and canonical JSON encodings, and a write of the
+        root history). Outside a cycle every check refreshes."""
+        with self._lock:
+            self._cycles += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._cycles -= 1
+                if not self._cycles:
+                    self._fresh = None
 
     def _refreshed(self) -> Updater:
         """An ngclient Updater over what arrived, refreshed (timestamp, snapshot, targets)."""
+        with self._lock:
+            generation = self.mirror.generation
+            if self._fresh is not None and self._fresh[1] == generation:
+                return self._fresh[0]
+            self._fresh = None  # a refresh that fails leaves nothing to reuse
+            updater = self._refresh()
+            if self._cycles:
+                self._fresh = (updater, generation)
+            return updater
+
+    def _refresh(self) -> Updater:
         from tuf.api import exceptions as tuf_exc
         from tuf.ngclient import Updater, UpdaterConfig
 
