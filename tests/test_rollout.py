@@ -19,7 +19,7 @@ from cloud_hub.rollout.gates import (
     measure,
     parse_duration,
 )
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, MessageError
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import DriftReport, ShadowReport, TelemetryWindow
 from tests.support.rollout import Sim
@@ -729,3 +729,16 @@ def test_judge_installs_counts() -> None:
     assert v.outcome == "proceed"
     v = judge_installs(Gates(), 4, healthy=0, failed=1, answered=1)
     assert v.outcome == "abort"
+
+
+def test_a_window_models_error_rate_counts_the_lines_it_took_not_its_windows() -> None:
+    """Many sensor lines make one window: one refused line in 64 is 1.6% of what the device
+    took, not one error per window."""
+    taken = TelemetryWindow(count=2, errors={"non-numeric": 1}, model=MODEL, lines=127)
+    m = measure({"a": [taken, TelemetryWindow(count=1, model=MODEL, lines=64)]}, {})
+    assert (m.inferences, m.taken, m.errors) == (3, 191, 1)
+    assert m.error_rate == pytest.approx(1 / 191)
+    rows = measure({"a": [TelemetryWindow(count=100, errors={"garbage": 5}, model=MODEL)]}, {})
+    assert rows.error_rate == pytest.approx(0.05)  # a row model: one line, one inference
+    with pytest.raises(MessageError, match=r"telemetry\.lines: expected"):
+        TelemetryWindow.from_body({"count": 1, "lines": -3}, "telemetry")

@@ -28,9 +28,11 @@ from edge_agent.errors import BadDataError, BundleRejected, ConfigError, SensorL
 from edge_agent.framing import framer_for
 from edge_agent.framing.watch import watched, watched_names
 from edge_agent.framing.windows import MIN_GAP_S, WindowFramer, sample_line_bytes
+from edge_agent.inference.pipeline import ActiveModel, Pipeline
 from edge_agent.inference.runtime import load_runtime
 from edge_agent.protocol.card import INPUT_CARD_VERSION, ModelCard, parse_card
 from edge_agent.protocol.input_spec import InputSpec
+from edge_agent.protocol.records import TelemetryWindow
 from edge_agent.signal import signal_features, signal_names
 from edge_agent.update.bundle import read_bundle
 from edge_agent.update.health import check_health
@@ -524,3 +526,37 @@ def test_the_cli_converts_a_model_on_signal_features_from_raw_windows(
         refused(["--channels", "ax,ay,az", "--window", "64", "--stride", "8", "--rate", "50"])
     )
     assert "expects the training windows as a .npy array" in refused([*window, "--sample", "w.csv"])
+
+
+def test_a_window_models_telemetry_counts_the_lines_it_took_even_before_a_window_is_full(
+    motion: tuple[np.ndarray, np.ndarray], features_model: LogisticRegression, tmp_path: Path
+) -> None:
+    """The rollout gate's error rate divides refused lines by the lines a window model took
+    (edge_agent.protocol.records.TelemetryWindow.lines), so the pipeline reports them, in
+    the window they came in, even when they complete no window yet."""
+    spec = window_spec(CHANNELS, 128, 64, RATE, SIGNAL)
+    windows, labels = dataset(10, 128, np.random.default_rng(3))
+    out = tmp_path / "m.zip"
+    build_bundle(
+        features_model,
+        window_items(windows, spec),
+        labels,
+        name="m",
+        version=1,
+        out=out,
+        input_spec=spec,
+    )
+    card, runtime, _ = open_bundle(out)
+    records: list[TelemetryWindow] = []
+    pipeline = Pipeline(on_drift=lambda body: None, on_window=records.append)
+    pipeline.active = ActiveModel.build(card, runtime, 200, 100, 1e4)
+    s = stream(300)
+    text = [("csv", line) for line in lines(s)]
+    pipeline.process(text[:100])  # no window yet: 100 of 128 samples
+    pipeline.flush_window()
+    assert [(r.count, r.lines, r.error_count) for r in records] == [(0, 100, 0)]
+    pipeline.process([*text[100:200], ("csv", b"0.1,oops,9.8")])  # the refused line restarts
+    pipeline.process(text[200:])
+    pipeline.flush_window()
+    # samples 1-128 and 65-192 made two windows; after the restart, 100 samples make none
+    assert [(r.count, r.lines, r.error_count) for r in records[1:]] == [(2, 200, 1)]

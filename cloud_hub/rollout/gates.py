@@ -88,7 +88,7 @@ class Gates:
     min_success: Threshold = Threshold(count=0)  # healthy, of the devices that answered
     soak_s: float = 0.0
     max_p95_ms: float | None = None
-    max_error_rate: float | None = None  # telemetry errors / inferences
+    max_error_rate: float | None = None  # telemetry errors / inputs taken (Metrics.error_rate)
     max_psi: float | None = None
     max_accuracy_drop: float | None = None  # expected accuracy (no labels) below the card's
     min_agreement: float | None = None  # with the serving model, from shadow reports
@@ -181,6 +181,8 @@ class Metrics:
 
     windows: int = 0  # telemetry records of the model
     inferences: int = 0
+    # inputs taken: lines for a window model (many make one inference); None: the inferences
+    taken: int | None = None
     errors: int = 0
     p95_ms: float | None = None  # the worst device's inference-weighted mean of window p95s
     drift_reports: int = 0
@@ -191,9 +193,10 @@ class Metrics:
 
     @property
     def error_rate(self) -> float | None:
-        if self.inferences == 0:
+        taken = self.inferences if self.taken is None else self.taken
+        if taken == 0:
             return math.inf if self.errors else None
-        return self.errors / self.inferences
+        return self.errors / taken
 
 
 def measure(
@@ -208,12 +211,13 @@ def measure(
     confidences over their scored rows, so a short window weighs what it holds); its drop is
     the card's value less that, and `accuracy_drop` the largest drop of any device."""
     p95s: list[float] = []
-    inferences = errors = windows = 0
+    inferences = taken = errors = windows = 0
     for device_windows in telemetry.values():
         weighted = weight = 0.0
         for w in device_windows:
             windows += 1
             inferences += w.count
+            taken += w.inputs_taken
             errors += w.error_count
             p95 = w.latency_ms.get("p95")
             if p95 is not None and w.count > 0:
@@ -233,6 +237,7 @@ def measure(
     return Metrics(
         windows=windows,
         inferences=inferences,
+        taken=taken,
         errors=errors,
         p95_ms=max(p95s) if p95s else None,
         drift_reports=len(psis),

@@ -68,11 +68,13 @@ class ActiveModel:
     ref: str = field(init=False, repr=False)  # "name@version", as results carry it
     scored: bool = field(init=False, repr=False)  # whether the monitor wants class probabilities
     rows: bool = field(init=False, repr=False)  # a row model: a short line is a missing value
+    windows: bool = field(init=False, repr=False)  # a window model: many lines, one inference
 
     def __post_init__(self) -> None:
         self.ref = f"{self.card.model.name}@{self.card.model.version}"
         self.scored = self.monitor.wants_scores
         self.rows = self.card.input.kind == "row"
+        self.windows = self.card.input.kind == "window"
 
     @classmethod
     def build(
@@ -146,12 +148,21 @@ class Pipeline:
             self._reject_for(None, "no-model", len(lines))
             return
 
+        refused = [0]
+
         def reject(exc: SensorLineError) -> None:
+            refused[0] += 1
             self._reject_for(model, exc.reason)
             if model.rows and exc.reason in MISSING_REASONS:  # a line short of a value
                 model.monitor.missing()
 
         framed = model.framer.frame(lines, reject)
+        if model.windows:  # many lines make one window: the error rate counts lines
+            with self._lock:
+                closed = self._window_for(model)
+                self._window.took(len(lines) - refused[0])
+            if closed is not None:
+                self._on_window(closed)
         if framed is None:
             return
         x, seen, watch = framed

@@ -249,7 +249,9 @@ class TelemetryWindow:
     absent when None. `rows` (`WindowRows`) names the window's rows by id, with each one's
     prediction: absent from agents before prediction ids, and from windows of no inferred row.
     A window holds at most MAX_WINDOW_ROWS rows when it has `rows`. `anomalies` counts the rows an
-    anomaly model flagged (its score above the card's threshold); absent for other models."""
+    anomaly model flagged (its score above the card's threshold); absent for other models.
+    `lines` counts the sensor lines a window model's framer took (a window is made of many);
+    absent where each line is one inference."""
 
     KIND: ClassVar[str] = "telemetry"
 
@@ -265,10 +267,17 @@ class TelemetryWindow:
     storage: StorageCondition | None = None
     rows: WindowRows | None = None
     anomalies: int | None = None
+    lines: int | None = None
 
     @property
     def error_count(self) -> int:
         return sum(self.errors.values())
+
+    @property
+    def inputs_taken(self) -> int:
+        """What the error rate divides by: the lines taken, or for a model that infers one
+        per line, its inferences."""
+        return self.count if self.lines is None else self.lines
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -291,6 +300,8 @@ class TelemetryWindow:
             body["rows"] = self.rows.to_body()
         if self.anomalies is not None:
             body["anomalies"] = self.anomalies
+        if self.lines is not None:
+            body["lines"] = self.lines
         return body
 
     @classmethod
@@ -309,6 +320,7 @@ class TelemetryWindow:
             storage=_maybe(obj, "storage", where, _storage),
             rows=_maybe(obj, "rows", where, WindowRows.from_body),
             anomalies=_maybe(obj, "anomalies", where, _whole),
+            lines=_maybe(obj, "lines", where, _whole),
         )
         if window.anomalies is not None and window.anomalies > window.count:
             raise MessageError(

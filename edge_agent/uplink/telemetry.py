@@ -40,6 +40,7 @@ class Window:
     first_row: int | None = None
     row_predictions: list[Scalar] = field(default_factory=list)
     anomalies: int | None = None  # rows flagged anomalous (anomaly models only)
+    lines: int | None = None  # sensor lines a window model's framer took (window models only)
 
     def add(
         self,
@@ -73,9 +74,13 @@ class Window:
     def reject(self, reason: str, n: int = 1) -> None:
         self.errors[reason] += n
 
+    def took(self, lines: int) -> None:
+        """A window model's framer took `lines` sensor lines (refused ones are errors)."""
+        self.lines = (self.lines or 0) + lines
+
     @property
     def empty(self) -> bool:
-        return self.count == 0 and not self.errors
+        return self.count == 0 and not self.errors and not self.lines
 
     def to_record(self, ended: float, model: ModelRef | None) -> TelemetryWindow:
         return TelemetryWindow(
@@ -87,6 +92,7 @@ class Window:
             predictions=dict(self.predictions),
             rows=self._rows(),
             anomalies=self.anomalies,
+            lines=self.lines,
         )
 
     def _rows(self) -> WindowRows | None:
