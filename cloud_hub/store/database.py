@@ -304,9 +304,9 @@ class Store:
         """Store statuses and (kind, batch) pairs in one transaction; returns how many records
         were new, per kind (a repeat of a stored record is ignored).
 
-        A handful of statements whatever the number of devices and messages: one upsert
-        registers every device seen and stamps its `last_seen`, one INSERT (of many rows)
-        stores every record in arrival order (the first of a repeated (device, boot, seq)
+        A handful of statements whatever the number of devices and messages: one UPDATE
+        stamps `last_seen` on every device seen (one INSERT more registers those not known
+        yet), one INSERT stores every record (the first of a repeated (device, boot, seq)
         wins), one more indexes the new telemetry's predictions; only statuses (applied in
         arrival order, the later one wins) and labels take statements of their own."""
         now = time.time()
