@@ -17,8 +17,7 @@ CANNED = {
         "rows": [{"model_mb": 1, "ours_s": 16.9, "bare_s": 2.1, "nested": [1, 2]}],
         "targets": [
             {
-                "target": "rollout of a 1 MB model to 100 simulated devices on loopback: "
-                "under 5 s",
+                "target": "rollout of a 1 MB model to 100 simulated devices on loopback: under 5 s",
                 "subject": "bundle to 100 devices (s)",
                 "value": 16.9,
                 "limit": "< 5",
