@@ -53,6 +53,7 @@ import paho.mqtt.client as mqtt
 from bench_machine import machine
 from sqlalchemy import create_engine, text
 
+from cloud_hub.broker.config import MAX_QUEUED_MESSAGES
 from cloud_hub.broker.local import RunningBroker, start_mosquitto
 from cloud_hub.harness.commands import edgehub_argv, serve_argv
 from edge_agent.protocol.messages import Batch, Record, decode_confirm, encode
@@ -405,8 +406,11 @@ def one_level(
             c.execute(text("delete from records"))
         engine.dispose()
     broker_dir = work / f"broker-{home.name}"
+    # the queue a client may fall behind by, as `edgehub broker-config` writes it (the test
+    # brokers' 10,000 would drop what a hub or the confirmation counter lags behind by)
+    config = f"max_connections -1\nmax_queued_messages {MAX_QUEUED_MESSAGES}\n"
     broker = start_mosquitto(
-        broker_dir, extra_config=f"max_connections -1\npid_file {broker_dir / 'mosquitto.pid'}\n"
+        broker_dir, extra_config=config + f"pid_file {broker_dir / 'mosquitto.pid'}\n"
     )
     try:
         pid = int((broker_dir / "mosquitto.pid").read_text())
