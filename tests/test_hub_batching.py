@@ -78,6 +78,26 @@ def test_ingest_counts_only_what_is_new_when_a_batch_repeats_in_part(tmp_path: P
     assert store.add_batch("telemetry", _batch("pi-1", [7])) == 0
 
 
+def test_one_ingest_registers_new_devices_and_stamps_every_one_seen(tmp_path: Path) -> None:
+    """Many devices in one transaction: the known ones stamped, the new ones registered, a
+    device removed meanwhile registered again; each record stored once whatever its kind."""
+    store = Store(store_url(tmp_path))
+    store.ingest([("telemetry", _batch("pi-1", [0])), ("telemetry", _batch("pi-3", [0]))])
+    before = {d: (store.device(d) or {})["last_seen"] for d in ("pi-1", "pi-3")}
+    store.remove_devices(["pi-3"])
+    new = store.ingest(
+        [("telemetry", _batch(f"pi-{n}", [1, 2])) for n in range(1, 6)]
+        + [("events", _batch("pi-2", [2, 3])), ("telemetry", _batch("pi-1", [0, 1]))]
+    )
+    assert new == {"telemetry": 10, "events": 1}  # pi-2's seq 2 was a telemetry record first
+    for n in range(1, 6):
+        assert store.device(f"pi-{n}") is not None, f"pi-{n} not registered"
+        assert store.count("telemetry", f"pi-{n}") == (3 if n in (1, 3) else 2)
+    assert (store.device("pi-1") or {})["last_seen"] >= before["pi-1"]
+    assert (store.device("pi-3") or {})["last_seen"] >= before["pi-3"]
+    assert store.count("events", "pi-2") == 1
+
+
 # ---- Hub.handle_all -----------------------------------------------------------------------------
 @pytest.fixture
 def hub(tmp_path: Path) -> Hub:

@@ -17,13 +17,26 @@ CANNED = {
         "rows": [{"model_mb": 1, "ours_s": 16.9, "bare_s": 2.1, "nested": [1, 2]}],
         "targets": [
             {
-                "target": "rollout of a 1 MB model to 100 simulated devices on loopback: "
-                "under 10 s",
+                "target": "rollout of a 1 MB model to 100 simulated devices on loopback: under 5 s",
                 "subject": "bundle to 100 devices (s)",
                 "value": 16.9,
-                "limit": "< 10",
+                "limit": "< 5",
                 "verdict": "MISS",
                 "note": "the fleet process is bound by its own CPU",
+            }
+        ],
+    },
+    "hub_capacity": {
+        "levels": [{"store": "postgresql", "workers": 1, "devices": 2000, "held": True}],
+        "targets": [
+            {
+                "target": "one hub on 2 cores, PostgreSQL store: devices each reporting once a "
+                "second, stored exactly once: 5,000 devices (5x the load ThingsBoard reports for "
+                "one 2-vCPU node), hub CPU under 70%",
+                "subject": "largest fleet one hub held on PostgreSQL",
+                "value": 2000,
+                "limit": ">= 5000",
+                "verdict": "MISS",
             }
         ],
     },
@@ -92,7 +105,15 @@ def test_every_design_target_has_a_row_with_its_verdict() -> None:
     by_what = {r["what"]: r for r in rows}
     rollout = by_what["rollout of a 1 MB model to 100 simulated devices on loopback"]
     assert rollout["verdict"] == "MISS" and rollout["bench"] == "rollout"
-    assert rollout["margin"] == "69% over the limit (outside)"
+    assert rollout["target"] == "under 5 s; 20 MB to 100 devices completes"
+    assert rollout["margin"] == "238% over the limit (outside)"
+    hub = by_what[
+        "one hub on 2 cores, PostgreSQL store: devices each reporting once a second, stored "
+        "exactly once"
+    ]
+    assert (hub["verdict"], hub["bench"]) == ("MISS", "hub_capacity")
+    assert hub["measured"].startswith("2000 (largest fleet one hub held on PostgreSQL")
+    assert hub["margin"] == "60% under the limit (outside)"
     cold = by_what["agent cold start to first inference"]
     assert cold["verdict"] == "PASS" and cold["margin"] == "58% under the limit (inside)"
     delta = by_what["delta update of a fine-tuned model (same architecture, new weights)"]
@@ -124,9 +145,7 @@ def test_render_writes_machine_figures_commands_and_failures() -> None:
     assert "Command: `.venv/bin/python bench/rollout_bench.py --json`" in text
     assert "| LogReg | 1 | 0.8 |" in text
     assert "bench/telemetry_bench.py --json`: exit status 1: boom" in text
-    assert (
-        text.count("NOT MEASURED") == 4
-    )  # pipeline, telemetry, hub capacity, memory: no canned figure
+    assert text.count("NOT MEASURED") == 3  # pipeline, telemetry, memory: no canned figure
     assert (
         "- **rollout of a 1 MB model to 100 simulated devices on loopback** (rollout): "
         "the fleet process is bound by its own CPU" in text
@@ -150,3 +169,14 @@ def test_parse_output_skips_chatter_and_refuses_non_json() -> None:
     assert parse_output('warming up\n{\n "targets": []\n}\n') == {"targets": []}
     with pytest.raises(ValueError, match="no JSON object"):
         parse_output("Traceback: boom\n")
+
+
+def test_the_benches_check_the_design_targets_in_their_words() -> None:
+    """A bench's target line is its DESIGN.md row (what: target), not a copy that drifted."""
+    import hub_capacity_bench
+    import rollout_bench
+
+    rows = {f"{what}: {target}" for what, target in DESIGN_TARGETS}
+    capacity = f"{hub_capacity_bench.TARGET_WHAT}: {hub_capacity_bench.TARGET_TEXT}"
+    assert capacity in rows
+    assert any(row.startswith(rollout_bench.TARGET_LINE) for row in rows), rollout_bench.TARGET_LINE

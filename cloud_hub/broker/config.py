@@ -36,7 +36,7 @@ from pathlib import Path
 
 from cloud_hub.broker.dynsec import dynsec_config
 from cloud_hub.broker.identity import HUB_USER, reserved_why, worker_user
-from cloud_hub.broker.local import find_mosquitto
+from cloud_hub.broker.local import MAX_INFLIGHT, find_mosquitto
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.topics import Topics, check_device_id
 from edge_agent.system.fsutil import atomic_write
@@ -131,6 +131,9 @@ def conf_text(
         "# Limits. Records survive whatever the broker drops (devices keep them until the hub",
         "# confirms them), but a sized queue spares them a resend while the hub restarts.",
         f"max_packet_size {MAX_PACKET_BYTES}",
+        "# the hub acknowledges a device message once it committed it: up to this many",
+        "# (mosquitto's stock 20) make one transaction",
+        f"max_inflight_messages {MAX_INFLIGHT}",
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
         f"max_queued_bytes {MAX_QUEUED_BYTES}",
         f"autosave_interval {AUTOSAVE_S}",

@@ -46,13 +46,19 @@ _POLL_INTERVAL = 0.02
 _LOG_TAIL_LINES = 20
 _RUNNING_MARK = " running"  # "mosquitto version 2.0.11 running", logged once listeners are open
 
+# QoS 1 messages the broker sends a client before that client's acknowledgements (mosquitto's
+# stock is 20). The hub acknowledges a device message only once it committed it
+# (cloud_hub.hub), so this bounds how many messages one hub worker stores per transaction, and
+# with it the hub's ingest: at 20 a transaction's round trips are paid for every 20 messages.
+MAX_INFLIGHT = 1000
+
 # General options written into every generated mosquitto.conf. An option of the same name in
 # `extra_config` replaces the default (so `allow_anonymous false` plus a password file works).
 _MOSQUITTO_DEFAULTS: dict[str, str] = {
     "allow_anonymous": "true",
     "persistence": "true",
     "autosave_interval": "60",
-    "max_inflight_messages": "100",
+    "max_inflight_messages": str(MAX_INFLIGHT),
     "max_queued_messages": "10000",
     "persistent_client_expiration": "14d",
     "set_tcp_nodelay": "true",
