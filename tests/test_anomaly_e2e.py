@@ -15,7 +15,6 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -24,17 +23,10 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 from cloud_hub.broker.local import RunningBroker
-from cloud_hub.cli import app as hub_cli
-from cloud_hub.hub import Hub
-from cloud_hub.rollout.operations import publish_bundle, start_rollout
-from cloud_hub.store.database import typed
 from converters.pipeline import build_bundle
-from edge_agent.agent import Agent
 from edge_agent.protocol.messages import ModelRef
-from edge_agent.protocol.records import DriftReport, TelemetryWindow
-from tests.support.device_rig import enrolled, hub_and_agent
+from tests.support.device_rig import Deployed, deployed
 from tests.support.models import csv_line
-from tests.support.watch import WAIT_S, DeviceWatcher, LocalResults, close
 
 pytestmark = pytest.mark.broker
 DEVICE = "pi-anomaly"
@@ -44,32 +36,10 @@ FED = 4 * DRIFT_WINDOW  # rows fed: four whole drift windows
 
 
 @dataclass
-class Rig:
-    home: Path
-    hub: Hub
-    agent: Agent
-    results: LocalResults
+class Rig(Deployed):
     detector: IsolationForest
     benign: np.ndarray  # rows the model did not see, and the card's sample did not hold
     malignant: np.ndarray
-
-    def wait(self, what: str, check: Any) -> None:
-        with self.hub.handled:
-            assert self.hub.handled.wait_for(check, WAIT_S), f"timed out waiting for {what}"
-
-    def windows(self) -> list[TelemetryWindow]:
-        stored = typed(self.hub.store.records("telemetry", DEVICE), TelemetryWindow)
-        return [w for _, w in stored if w.model == MODEL]
-
-    def drift(self) -> list[DriftReport]:
-        return [r for _, r in typed(self.hub.store.records("drift", DEVICE), DriftReport)]
-
-    def cli(self, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-        capsys.readouterr()
-        code = hub_cli.main(["--home", str(self.home), *argv])
-        out, err = capsys.readouterr()
-        assert code == 0, err
-        return out
 
 
 @pytest.fixture
@@ -86,18 +56,8 @@ def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[Rig]:
         f"[drift]\nwindow = {DRIFT_WINDOW}\n"
         f'[results]\nenabled = true\nhost = "{broker.host}"\nport = {broker.port}\n'
     )
-    home, config = enrolled(tmp_path, broker, DEVICE, more)
-    watcher = DeviceWatcher(broker)
-    results = LocalResults(broker, DEVICE)
-    with hub_and_agent(home, broker, config) as (hub, agent):
-        watcher.wait("the agent's birth", lambda: watcher.status.get("online") is True)
-        publish_bundle(home, bundle)
-        start_rollout(home, MODEL, "1")
-        watcher.wait(f"{MODEL} healthy", lambda: watcher.has_event("healthy", MODEL.version))
-        assert agent.results is not None and agent.results.wait_connected(WAIT_S)
-        yield Rig(home, hub, agent, results, detector, benign[270:], malignant)
-    close(results.client)
-    watcher.stop()
+    with deployed(broker, tmp_path, DEVICE, bundle, more) as rig:
+        yield rig.extended(Rig, detector=detector, benign=benign[270:], malignant=malignant)
 
 
 def test_an_isolation_forest_flags_the_outliers_fed_to_a_device(

@@ -22,19 +22,12 @@ import pandas as pd
 import pytest
 
 from cloud_hub.broker.local import RunningBroker
-from cloud_hub.cli import app as hub_cli
-from cloud_hub.hub import Hub
-from cloud_hub.rollout.operations import publish_bundle, start_rollout
-from cloud_hub.store.database import typed
 from converters.inputs import load_table
 from converters.pipeline import build_bundle
-from edge_agent.agent import Agent
 from edge_agent.protocol.input_spec import row_spec
 from edge_agent.protocol.messages import ModelRef
-from edge_agent.protocol.records import DriftReport
 from tests.support.categorical import CELLARS, NUMBERS, TEXT, csv_lines, mixed_pipeline, wine_table
-from tests.support.device_rig import enrolled, hub_and_agent
-from tests.support.watch import WAIT_S, DeviceWatcher, LocalResults, close
+from tests.support.device_rig import Deployed, deployed
 
 pytestmark = pytest.mark.broker
 DEVICE = "pi-cellar"
@@ -44,27 +37,9 @@ CALM_WINDOWS = 2
 
 
 @dataclass
-class Rig:
-    home: Path
-    hub: Hub
-    agent: Agent
-    results: LocalResults
+class Rig(Deployed):
     pipeline: Any
     fed: pd.DataFrame  # rows neither trained on nor in the card's reference
-
-    def wait(self, what: str, check: Any) -> None:
-        with self.hub.handled:
-            assert self.hub.handled.wait_for(check, WAIT_S), f"timed out waiting for {what}"
-
-    def drift(self) -> list[DriftReport]:
-        return [r for _, r in typed(self.hub.store.records("drift", DEVICE), DriftReport)]
-
-    def cli(self, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-        capsys.readouterr()
-        code = hub_cli.main(["--home", str(self.home), *argv])
-        out, err = capsys.readouterr()
-        assert code == 0, err
-        return out
 
 
 @pytest.fixture
@@ -94,18 +69,8 @@ def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[Rig]:
         f"[drift]\nwindow = {DRIFT_WINDOW}\n"
         f'[results]\nenabled = true\nhost = "{broker.host}"\nport = {broker.port}\n'
     )
-    home, config = enrolled(tmp_path, broker, DEVICE, more)
-    watcher = DeviceWatcher(broker)
-    results = LocalResults(broker, DEVICE)
-    with hub_and_agent(home, broker, config) as (hub, agent):
-        watcher.wait("the agent's birth", lambda: watcher.status.get("online") is True)
-        publish_bundle(home, bundle)
-        start_rollout(home, MODEL, "1")
-        watcher.wait(f"{MODEL} healthy", lambda: watcher.has_event("healthy", MODEL.version))
-        assert agent.results is not None and agent.results.wait_connected(WAIT_S)
-        yield Rig(home, hub, agent, results, pipeline, table.iloc[fed])
-    close(results.client)
-    watcher.stop()
+    with deployed(broker, tmp_path, DEVICE, bundle, more) as rig:
+        yield rig.extended(Rig, pipeline=pipeline, fed=table.iloc[fed])
 
 
 def json_line(row: pd.Series) -> bytes:

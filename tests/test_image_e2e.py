@@ -12,7 +12,7 @@ windows, and the drift reports at the hub, which flag a brighter camera by its i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,17 +25,11 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from cloud_hub.broker.local import RunningBroker
-from cloud_hub.hub import Hub
-from cloud_hub.rollout.operations import publish_bundle, start_rollout
-from cloud_hub.store.database import typed
 from converters.images import image_items, image_spec
 from converters.pipeline import build_bundle
-from edge_agent.agent import Agent
 from edge_agent.protocol.messages import ModelRef
-from edge_agent.protocol.records import DriftReport, TelemetryWindow
-from tests.support.device_rig import enrolled, hub_and_agent
+from tests.support.device_rig import Deployed, deployed
 from tests.support.images import pgm, png
-from tests.support.watch import DeviceWatcher, LocalResults, close
 
 pytestmark = pytest.mark.broker
 DEVICE = "cam-01"
@@ -47,29 +41,9 @@ TOPIC = "cam/door/image"
 
 
 @dataclass
-class Rig:
-    hub: Hub
-    agent: Agent
+class Rig(Deployed):
     inbox: Path
-    results: LocalResults
     broker: RunningBroker
-
-    def wait(self, what: str, check: Callable[[], bool]) -> None:
-        """Until `check()` holds; the hub notifies after each message it handles."""
-        with self.hub.handled:
-            assert self.hub.handled.wait_for(check, WAIT_S), f"timed out waiting for {what}"
-
-    def windows(self) -> list[TelemetryWindow]:
-        rows = typed(self.hub.store.records("telemetry", DEVICE), TelemetryWindow)
-        return [w for _, w in rows if w.model == MODEL]
-
-    def open_inputs(self) -> list[str]:
-        """The names of the device's inputs open in its last status at the hub."""
-        row = self.hub.store.device(DEVICE) or {}
-        return [i["name"] for i in (row.get("stats") or {}).get("inputs", []) if i.get("open")]
-
-    def drift(self) -> list[DriftReport]:
-        return [r for _, r in typed(self.hub.store.records("drift", DEVICE), DriftReport)]
 
     def publish(self, payloads: list[bytes]) -> None:
         client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
@@ -121,9 +95,6 @@ def rig(broker: RunningBroker, tmp_path: Path, digits: Digits) -> Iterator[Rig]:
         f'[[inputs]]\nkind = "mqtt"\ntopic = "cam/+/image"\nformat = "image"\nqos = 1\n'
         f'host = "{broker.host}"\nport = {broker.port}\nmax_image_bytes = 4096\n'
     )
-    home, config = enrolled(tmp_path, broker, DEVICE, more)
-    inbox = config.parent / "inbox"
-    inbox.mkdir()
     bundle = tmp_path / "digits-1.zip"
     ref = digits.reference
     build_bundle(
@@ -135,18 +106,8 @@ def rig(broker: RunningBroker, tmp_path: Path, digits: Digits) -> Iterator[Rig]:
         out=bundle,
         input_spec=SPEC,
     )
-    watcher = DeviceWatcher(broker, DEVICE)
-    results = LocalResults(broker, DEVICE)
-    try:
-        with hub_and_agent(home, broker, config) as (hub, agent):
-            watcher.wait("the agent's birth", lambda: watcher.status.get("online") is True)
-            publish_bundle(home, bundle)
-            start_rollout(home, MODEL, "1")
-            watcher.wait("digits@1 healthy", lambda: watcher.find("healthy", 1) is not None)
-            yield Rig(hub, agent, inbox, results, broker)
-    finally:
-        watcher.stop()
-        close(results.client)
+    with deployed(broker, tmp_path, DEVICE, bundle, more, folders=("inbox",)) as rig:
+        yield rig.extended(Rig, inbox=rig.folder / "inbox", broker=broker)
 
 
 def drop_png(inbox: Path, name: str, pixels: np.ndarray) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,19 +24,13 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from cloud_hub.broker.local import RunningBroker
-from cloud_hub.hub import Hub
-from cloud_hub.rollout.operations import publish_bundle, start_rollout
-from cloud_hub.store.database import typed
 from converters.keras_tflite import KerasSource
 from converters.pipeline import build_bundle
 from converters.windows import window_spec
-from edge_agent.agent import Agent
 from edge_agent.protocol.messages import ModelRef
-from edge_agent.protocol.records import DriftReport, TelemetryWindow
 from tests.support.conv1d import train_conv1d
-from tests.support.device_rig import enrolled, hub_and_agent
+from tests.support.device_rig import Deployed, deployed
 from tests.support.motion import CHANNELS, MOTIONS, RATE, dataset, lines, samples, windows_of
-from tests.support.watch import DeviceWatcher, LocalResults, close
 
 pytestmark = pytest.mark.broker
 DEVICE = "imu-01"
@@ -67,29 +61,12 @@ class Sensor:
 
 
 @dataclass
-class Rig:
-    hub: Hub
-    agent: Agent
+class Rig(Deployed):
     sensor: Sensor
-    results: LocalResults
     model_bytes: bytes
 
-    def wait(self, what: str, check: Callable[[], bool]) -> None:
-        """Until `check()` holds; the hub notifies after each message it handles."""
-        with self.hub.handled:
-            assert self.hub.handled.wait_for(check, WAIT_S), f"timed out waiting for {what}"
-
-    def windows(self) -> list[TelemetryWindow]:
-        rows = typed(self.hub.store.records("telemetry", DEVICE), TelemetryWindow)
-        return [w for _, w in rows if w.model == MODEL]
-
-    def drift(self) -> list[DriftReport]:
-        return [r for _, r in typed(self.hub.store.records("drift", DEVICE), DriftReport)]
-
     def port_open(self) -> bool:
-        row = self.hub.store.device(DEVICE) or {}
-        inputs = (row.get("stats") or {}).get("inputs", [])
-        return any(i["name"] == f"serial:{self.sensor.port}" and i.get("open") for i in inputs)
+        return f"serial:{self.sensor.port}" in self.open_inputs()
 
 
 def run_tflite(model_bytes: bytes, windows: np.ndarray) -> list[int]:
@@ -134,21 +111,12 @@ def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[Rig]:
         f'[results]\nenabled = true\nhost = "{broker.host}"\nport = {broker.port}\nqos = 1\n'
         f'[[inputs]]\nkind = "serial"\nport = "{sensor.port}"\nreopen_delay = 0.05\n'
     )
-    home, config = enrolled(tmp_path, broker, DEVICE, more)
-    watcher = DeviceWatcher(broker, DEVICE)
-    results = LocalResults(broker, DEVICE)
     try:
-        with hub_and_agent(home, broker, config) as (hub, agent):
-            watcher.wait("the agent's birth", lambda: watcher.status.get("online") is True)
-            publish_bundle(home, bundle)
-            start_rollout(home, MODEL, "1")
-            watcher.wait("motion@1 healthy", lambda: watcher.find("healthy", 1) is not None)
-            rig = Rig(hub, agent, sensor, results, model_bytes)
+        with deployed(broker, tmp_path, DEVICE, bundle, more) as deployed_rig:
+            rig = deployed_rig.extended(Rig, sensor=sensor, model_bytes=model_bytes)
             rig.wait("the serial port open, at the hub", rig.port_open)
             yield rig
     finally:
-        watcher.stop()
-        close(results.client)
         sensor.close()
 
 
