@@ -194,13 +194,15 @@ class Verifier:
                 Reason.DOWNGRADE,
                 f"{expected} is older than the running {running}; versions only go up",
             )
-        if info.length > self.max_bundle_bytes:
+        self._check_size(path, info.length)
+        return VerifiedTarget(path, expected, info.length, str(custom.get("card_sha256")), info)
+
+    def _check_size(self, path: str, length: int) -> None:
+        if length > self.max_bundle_bytes:
             raise BundleRejected(
                 Reason.OVERSIZED,
-                f"{path} is {info.length} bytes, the device accepts at most "
-                f"{self.max_bundle_bytes}",
+                f"{path} is {length} bytes, the device accepts at most {self.max_bundle_bytes}",
             )
-        return VerifiedTarget(path, expected, info.length, str(custom.get("card_sha256")), info)
 
     def lookup_delta(self, ref: DeltaRef, target: VerifiedTarget) -> tuple[VerifiedTarget, str]:
         """The signed delta `ref` names, checked to rebuild exactly `target` from the bundle of
@@ -234,12 +236,7 @@ class Verifier:
                 f"{ref.target}: its base sha256 {base_sha256!r:.70} is not the one signed for "
                 f"{ref.base.target_path}",
             )
-        if info.length > self.max_bundle_bytes:
-            raise BundleRejected(
-                Reason.OVERSIZED,
-                f"{ref.target} is {info.length} bytes, the device accepts at most "
-                f"{self.max_bundle_bytes}",
-            )
+        self._check_size(ref.target, info.length)
         delta = VerifiedTarget(ref.target, target.model, info.length, target.card_sha256, info)
         return delta, base_sha256
 
