@@ -8,7 +8,7 @@ ALIBI_DETECT := alibi-detect==0.13.0
 
 .PHONY: demo test lint typecheck unit browser bench soak clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml setup.py $(wildcard edge_agent/native/*.c)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "edgefleet needs Python 3.11 or newer, found " + sys.version.split()[0]' 
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_agent import __version__
+from edge_agent import __version__, native
 from edge_agent.errors import BadDataError, ConfigError, StorageError
 from edge_agent.guard import Failures, run_guarded
 from edge_agent.inference.pipeline import ActiveModel, Pipeline
@@ -450,6 +450,8 @@ class Agent:
 
     # ---- running ---------------------------------------------------------------------------
     def start(self) -> None:
+        if native.missing():  # setup.py could not compile them here: correct, only slower
+            log.warning("running in Python, not C (not built): %s", ", ".join(native.missing()))
         self.updater.serve_installed()
         dev = self.cfg.device.id
         self.session.subscribe(self.topics.tuf_all, self._on_tuf)

@@ -13,6 +13,7 @@ from sklearn.datasets import load_breast_cancer
 
 from converters.card import reference_card
 from edge_agent.drift import EPSILON, DriftMonitor, psi, status_of
+from edge_agent.native import count_slots
 from edge_agent.protocol.card import (
     ModelCard,
     bucket_counts,
@@ -547,6 +548,30 @@ def test_float64_slots_equal_the_complex_grid(
     x[0, 0] = 0.1  # not a float32: the complex path
     expected = np.sort(complex_slots(cancer_monitor, x), None)
     assert np.sort(cancer_monitor._layout.slots(x)).tolist() == expected.tolist()
+
+
+@settings(max_examples=200, derandomize=True, database=None, deadline=None)
+@given(data=st.data(), rows=st.integers(1, 12))
+def test_the_c_count_equals_the_complex_grid(
+    cancer_monitor: DriftMonitor, data: st.DataObject, rows: int
+) -> None:
+    # edge_agent.native.count_slots (built by the dev install) against the layout's definition
+    assert count_slots is not None
+    n = cancer_monitor.card.n_features
+    points = cancer_monitor._layout.grid.imag
+    near = st.sampled_from(
+        [*points[np.isfinite(points)].tolist(), *grid_neighbours(cancer_monitor)]
+    )
+    values = st.floats(-1e300, 1e300) | st.floats(-F32_MAX, F32_MAX, width=32) | near
+    x = data.draw(arrays(np.float64, (rows, n), elements=values))
+    layout = cancer_monitor._layout
+    counts = np.zeros(2 * len(layout.grid) + 1, dtype=np.int64)
+    assert count_slots(x, layout.points, layout.point_starts, counts)
+    expected = np.bincount(complex_slots(cancer_monitor, x).ravel(), minlength=len(counts))
+    assert counts.tolist() == expected.tolist()
+    x[rows - 1, n - 1] = np.nan  # not finite: nothing counted, the caller's path
+    assert not count_slots(x, layout.points, layout.point_starts, counts)
+    assert counts.tolist() == expected.tolist()
 
 
 def test_non_finite_values_are_missing_and_the_rest_counted(

@@ -6,7 +6,8 @@ orders lexicographically, so one `searchsorted` places every value of every feat
 equality test against the point found tells "on it" from "below it") and one `bincount` adds a
 batch to the window. Values that are all float32 (what the pipeline feeds) take the same path
 on int64 keys instead, which numpy compares several times faster than complex ones; `_Keys32`
-says why the two give the same slots.
+says why the two give the same slots. Where edge_agent.native's C loop was built, `add` counts
+finite rows with it instead: a binary search per value in its own feature's points, the same slots.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.drift.stats import MIN_EXPECTED, merge_bins
+from edge_agent.native import count_slots
 from edge_agent.protocol.card import ModelCard
 
 
@@ -52,13 +54,18 @@ class Layout:
     group_feature: np.ndarray  # per chi-square group: the feature
     ref_rows: np.ndarray  # per feature: reference rows with a value (the card's bin counts)
     ks_slack: np.ndarray  # per feature: how far the card's KS sample's ECDF may be off
+    points: np.ndarray  # float64, the grid's values (feature by feature), for `count_slots`
+    point_starts: np.ndarray  # int64, per feature: where its points start in `points`, and the end
 
     @classmethod
     def of(cls, card: ModelCard, window: int) -> Layout:
         """The layout of `card`'s profile; chi-square bins merged so that a window of `window`
         rows expects at least MIN_EXPECTED values in each."""
         keys: list[np.ndarray] = []
-        derived = ("grid", "keys32", "group_feature", "feature_bins", "ks_starts", "ks_none")
+        derived = (
+            *("grid", "keys32", "group_feature", "feature_bins", "ks_starts", "ks_none"),
+            *("points", "point_starts"),
+        )
         parts: dict[str, list[Any]] = {k: [] for k in cls.__dataclass_fields__ if k not in derived}
         offset, groups = 0, 0
         min_mass = MIN_EXPECTED / max(window, 1)
@@ -118,8 +125,21 @@ class Layout:
             feature_bins=feature_bins,
             ks_starts=np.concatenate([[0], np.cumsum(ks_points)[:-1]]),
             ks_none=ks_points == 0,
+            points=np.ascontiguousarray(grid.imag),
+            point_starts=np.searchsorted(grid.real, np.arange(len(card.features) + 1)).astype(
+                np.int64
+            ),
             **flat,
         )
+
+    def add(self, x: np.ndarray, counts: np.ndarray) -> None:
+        """Add the values of `x` (n, n_features; float64) to `counts`, per slot; a value that
+        is not finite (a missing one) is not counted."""
+        if count_slots is not None and count_slots(x, self.points, self.point_starts, counts):
+            return
+        finite = np.isfinite(x)
+        slots = self.slots(x) if finite.all() else self.slots(np.where(finite, x, 0.0), finite)
+        counts += np.bincount(slots, minlength=len(counts))
 
     def slots(self, x: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
         """The count slots of the values of `x` (n, n_features; finite), in no particular order;

@@ -304,14 +304,10 @@ class DriftMonitor:
         if scores is not None and self._calibration is not None and len(scores):
             self._tally.scored += len(scores)
             self._tally.right += float(self._calibration.expected(scores).sum())
-        x = np.asarray(x, dtype=np.float64)
-        finite = np.isfinite(x)
-        if finite.all():
-            slots = self._layout.slots(x)
-        else:  # a NaN here is a missing value that slipped through
-            self._tally.missing += (~finite).sum(axis=0)
-            slots = self._layout.slots(np.where(finite, x, 0.0), finite)
-        self._tally.counts += np.bincount(slots, minlength=len(self._tally.counts))
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        self._layout.add(x, self._tally.counts)
+        if not np.isfinite(x).all():  # a NaN here is a missing value that slipped through
+            self._tally.missing += (~np.isfinite(x)).sum(axis=0)
         if predictions is not None and len(self._pred_ref):
             self._tally.preds += self._prediction_counts(np.asarray(predictions))
         if predictions is not None and self._anomaly is not None:

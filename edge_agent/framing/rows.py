@@ -34,25 +34,14 @@ class RowFramer:
         self._parsers = {fmt: LineParser(names, fmt, bounds, categories=cats) for fmt in FORMATS}
 
     def frame(self, messages: list[tuple[str, bytes]], reject: OnReject) -> Framed | None:
-        if len(messages) == 1:  # the batch of one (a quiet stream): no batch machinery
-            fmt, raw = messages[0]
-            return self._one(fmt, raw, reject)
-        first = messages[0][0] if messages else ""
-        parser = self._parsers.get(first)
-        if parser is not None and all(m[0] == first for m in messages):  # one format: one pass
-            x, errors = parser.rows([raw for _, raw in messages])
+        fmt = messages[0][0] if messages else ""
+        parser = self._parsers.get(fmt)
+        if parser is not None and (len(messages) == 1 or all(m[0] == fmt for m in messages)):
+            x, errors = parser.rows([raw for _, raw in messages])  # one format: one call
             for error in errors:
                 reject(error)
             return Framed(x, x) if len(x) else None
         return self._mixed(messages, reject)
-
-    def _one(self, fmt: str, raw: bytes, reject: OnReject) -> Framed | None:
-        try:
-            x = np.array([self._parser(fmt).values(raw)], dtype=np.float32)
-        except SensorLineError as exc:
-            reject(exc)
-            return None
-        return Framed(x, x)
 
     def _mixed(self, messages: list[tuple[str, bytes]], reject: OnReject) -> Framed | None:
         """Messages of several formats (or none this model takes), one by one."""

@@ -1,8 +1,10 @@
 """Sensor line parsing: one line of bytes in, one float32 feature vector out, or a reason code.
 
-Pure logic, no I/O. This sits on the inference hot path, so the accepting path is kept to a
-handful of C-level calls (bytes.strip/translate/split, map(float), map(operator.le)); the work
-of saying *what* went wrong is only done once a line has already failed.
+Pure logic, no I/O. This sits on the inference hot path. `rows` parses a micro-batch (or one
+line) of plain numeric CSV in one call of edge_agent.native's C parser where it was built, and
+otherwise keeps the accepting path to a handful of C-level calls (bytes.strip/translate/split,
+map(float), map(operator.le)); the work of saying *what* went wrong is only done once a line has
+already failed, by `values`.
 
 Reason codes (the counter a rejected line is counted under):
 
@@ -38,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.errors import ConfigError, SensorLineError
+from edge_agent.native import csv_rows
 from edge_agent.sources.csv_fields import QuotingError, split_quoted
 
 REASONS: tuple[str, ...] = ("garbage", "field-count", "non-numeric", "non-finite", "out-of-range")
@@ -146,26 +149,36 @@ class LineParser:
         """The feature vector of one line; raises SensorLineError(reason, detail) otherwise."""
         return np.array(self.values(raw), dtype=np.float32)
 
-    def rows(self, raws: Sequence[bytes]) -> tuple[np.ndarray, list[SensorLineError]]:
+    def rows(self, raws: list[bytes]) -> tuple[np.ndarray, list[SensorLineError]]:
         """A micro-batch of lines: the (n_ok, n_features) float32 rows of those that parse, in
         order, and the error of each that does not, in order; the same rows and errors as
-        `values` line by line. Plain numeric CSV lines go through one pass for the whole batch
-        (strip, join, one `split`, one `map(float)`, the bounds compared as arrays); any line
-        that trips it sends the batch through `values` line by line, which says what is wrong.
-        """
+        `values` line by line. Plain numeric CSV lines go through one call of the C parser
+        (edge_agent.native), or without it one pass in Python (strip, join, one `split`, one
+        `map(float)`, the bounds compared as arrays); a line either leaves is taken by `values`,
+        which says what is wrong with it."""
+        if self._batched and csv_rows is not None:
+            x = np.empty((len(raws), self._n), dtype=np.float32)
+            left = csv_rows(raws, x, self._lo_row, self._hi_row, self._max)
+            return (x, []) if left is None else self._rest(raws, x, left)
         if self._batched and len(raws) > 1:
-            x = self._csv_rows(raws)
-            if x is not None:
-                return x, []
-        rows, errors = [], []
-        for raw in raws:
+            batch = self._csv_rows(raws)
+            if batch is not None:
+                return batch, []
+        return self._rest(raws, np.empty((len(raws), self._n), dtype=np.float32), range(len(raws)))
+
+    def _rest(
+        self, raws: Sequence[bytes], x: np.ndarray, left: Sequence[int]
+    ) -> tuple[np.ndarray, list[SensorLineError]]:
+        """`x` (a row per line) with the `left` lines' rows filled in by `values`; the rows of
+        those it refuses are dropped, and their errors returned in order."""
+        errors, dropped = [], []
+        for i in left:
             try:
-                rows.append(self.values(raw))
+                x[i] = self.values(raws[i])  # the values were checked to fit float32
             except SensorLineError as exc:
                 errors.append(exc)
-        if not rows:
-            return np.empty((0, self._n), dtype=np.float32), errors
-        return np.array(rows, dtype=np.float32), errors  # the values were checked to fit float32
+                dropped.append(i)
+        return (np.delete(x, dropped, axis=0) if dropped else x), errors
 
     def _csv_rows(self, raws: Sequence[bytes]) -> np.ndarray | None:
         """The rows of a batch of CSV lines that all pass `values`' checks, None if any does

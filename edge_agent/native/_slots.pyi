@@ -1,0 +1,3 @@
+from numpy.typing import NDArray
+
+def count_slots(x: NDArray, points: NDArray, starts: NDArray, counts: NDArray, /) -> bool: ...
