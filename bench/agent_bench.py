@@ -423,7 +423,6 @@ class Stages:
     model: str
     batch: int
     parse: float
-    stack: float
     infer: float
     telemetry: float
     drift: float
@@ -448,24 +447,22 @@ def measure_stages(model: Model, batch: int, cfg: Settings, whole: Throughput) -
     pipeline, _ = agent_pipeline(model, cfg)
     active = pipeline.active
     assert active is not None
-    runtime, card = active.runtime, active.card
-    parser = LineParser(list(card.input.features), "csv", card_bounds(card))
+    runtime, card, framer = active.runtime, active.card, active.framer
     line_batches, arrays = batches_of(model, batch)
-    row_batches = [[parser.parse(raw) for _, raw in lines] for lines in line_batches]
-    predictions = [runtime.predict(x) for x in arrays]
+    run = runtime.predict_with_scores if active.scored else lambda x: (runtime.predict(x), None)
+    outputs = [run(x) for x in arrays]
+    predictions = [p for p, _ in outputs]
 
-    def parse() -> None:
+    def refuse(exc: Exception) -> None:
+        raise AssertionError(f"the bench's lines parse: {exc}")
+
+    def parse() -> None:  # the framer: lines to the model's input array, as process() does
         for lines in line_batches:
-            for _, raw in lines:
-                parser.parse(raw)
+            framer.frame(lines, refuse)
 
-    def stack() -> None:
-        for rows in row_batches:
-            np.stack(rows)
-
-    def infer() -> None:
+    def infer() -> None:  # the outputs process() asks for (probabilities if drift wants them)
         for x in arrays:
-            runtime.predict(x)
+            run(x)
 
     def telemetry() -> None:
         window, stats = Window(time.time()), RunningStats()
@@ -482,8 +479,8 @@ def measure_stages(model: Model, batch: int, cfg: Settings, whole: Throughput) -
 
     def drift() -> None:
         monitor = monitors.pop()
-        for x, p in zip(arrays, predictions, strict=True):
-            monitor.add(x, p)
+        for x, (p, scores) in zip(arrays, outputs, strict=True):
+            monitor.add(x, p, scores)
 
     filled = Window(time.time())
     for p in predictions:
@@ -494,7 +491,6 @@ def measure_stages(model: Model, batch: int, cfg: Settings, whole: Throughput) -
 
     steps = {
         "parse": parse,
-        "stack": stack,
         "infer": infer,
         "telemetry": telemetry,
         "drift": drift,
@@ -818,9 +814,9 @@ def ratio_note(t: Throughput, stages: list[Stages]) -> str:
     )
     step = next((s for s in stages if s.model == t.model and s.batch == 1), None)
     if step is not None:
-        steps = step.parse + step.stack + step.infer + step.drift + step.telemetry
+        steps = step.parse + step.infer + step.drift + step.telemetry
         note += (
-            f": parse and validate {step.parse:.1f}, to an array {step.stack:.1f}, infer "
+            f": parse and validate into an array {step.parse:.1f}, infer "
             f"{step.infer:.1f}, drift {step.drift:.1f}, telemetry {step.telemetry:.1f}, the rest "
             f"of process() (lock, timers, calls) {max(0.0, t.ours_us_per_row - steps):.1f} µs"
         )
@@ -1015,7 +1011,6 @@ def print_report(report: dict[str, Any]) -> None:
                 ("model", "left"),
                 ("batch", "right"),
                 ("parse", "right"),
-                ("np.stack", "right"),
                 ("infer", "right"),
                 ("telemetry", "right"),
                 ("drift", "right"),
@@ -1033,7 +1028,6 @@ def print_report(report: dict[str, Any]) -> None:
                     f"{s[k]:.2f}"
                     for k in (
                         "parse",
-                        "stack",
                         "infer",
                         "telemetry",
                         "drift",
@@ -1047,9 +1041,11 @@ def print_report(report: dict[str, Any]) -> None:
             )
         console.print(grid)
         console.print(
-            "parse: LineParser.parse; infer: OnnxRuntime.predict (session.run of the label output "
-            "+ reshape); telemetry: Window.add + RunningStats.add; drift: DriftMonitor.add of "
-            "rows and predictions (a report every window; the monitor built beforehand); flush: "
+            "parse: the model's framer (LineParser.rows: lines to a float32 array, in C where "
+            "built); infer: OnnxRuntime.predict_with_scores (label and probabilities, as the "
+            "drift monitor's accuracy estimate wants them); telemetry: Window.add + "
+            "RunningStats.add; drift: DriftMonitor.add of rows, predictions and probabilities "
+            "(a report every window; the monitor built beforehand); flush: "
             "Window.to_record once per repetition. process() - sum is the rest of process(): "
             "the lock, perf_counter, list appends, calls (and caches shared with the other "
             "steps: the steps alone run warmer)."

@@ -13,6 +13,7 @@ from sklearn.datasets import load_breast_cancer
 
 from converters.card import reference_card
 from edge_agent.drift import EPSILON, DriftMonitor, psi, status_of
+from edge_agent.drift import monitor as monitor_module
 from edge_agent.native import count_slots
 from edge_agent.protocol.card import (
     ModelCard,
@@ -572,6 +573,34 @@ def test_the_c_count_equals_the_complex_grid(
     x[rows - 1, n - 1] = np.nan  # not finite: nothing counted, the caller's path
     assert not count_slots(x, layout.points, layout.point_starts, counts)
     assert counts.tolist() == expected.tolist()
+
+
+@settings(max_examples=50, derandomize=True, database=None, deadline=None)
+@given(data=st.data(), windows=st.integers(1, 4))
+def test_the_c_ks_statistics_equal_numpys(
+    cancer_monitor: DriftMonitor, data: st.DataObject, windows: int
+) -> None:
+    n = cancer_monitor.card.n_features
+    points = cancer_monitor._layout.grid.imag
+    near = st.sampled_from(points[np.isfinite(points)].tolist())
+    measures = []
+    for _ in range(windows):
+        rows = data.draw(st.integers(0, 30))
+        x = data.draw(arrays(np.float64, (rows, n), elements=st.floats(-1e4, 1e4) | near))
+        tally = cancer_monitor._tally.__class__(
+            np.zeros_like(cancer_monitor._tally.counts),
+            np.zeros_like(cancer_monitor._tally.preds),
+            np.zeros(n, dtype=np.int64),
+        )
+        cancer_monitor._layout.add(x, tally.counts)
+        measures.append(cancer_monitor._measure(tally))
+    k = np.array([m.total for m in measures], dtype=np.float64)
+    le, lt = np.array([m.le for m in measures]), np.array([m.lt for m in measures])
+    assert monitor_module.ks_gaps is not None  # built by the dev install
+    in_c = cancer_monitor._ks(k, le, lt)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(monitor_module, "ks_gaps", None)
+        assert in_c.tolist() == cancer_monitor._ks(k, le, lt).tolist()
 
 
 def test_non_finite_values_are_missing_and_the_rest_counted(

@@ -56,6 +56,8 @@ class Layout:
     ks_slack: np.ndarray  # per feature: how far the card's KS sample's ECDF may be off
     points: np.ndarray  # float64, the grid's values (feature by feature), for `count_slots`
     point_starts: np.ndarray  # int64, per feature: where its points start in `points`, and the end
+    group_starts: np.ndarray  # per chi-square group: its first bin (groups are runs of bins)
+    feature_groups: np.ndarray  # per feature: its first chi-square group
 
     @classmethod
     def of(cls, card: ModelCard, window: int) -> Layout:
@@ -64,7 +66,7 @@ class Layout:
         keys: list[np.ndarray] = []
         derived = (
             *("grid", "keys32", "group_feature", "feature_bins", "ks_starts", "ks_none"),
-            *("points", "point_starts"),
+            *("points", "point_starts", "group_starts", "feature_groups"),
         )
         parts: dict[str, list[Any]] = {k: [] for k in cls.__dataclass_fields__ if k not in derived}
         offset, groups = 0, 0
@@ -126,6 +128,8 @@ class Layout:
             ks_starts=np.concatenate([[0], np.cumsum(ks_points)[:-1]]),
             ks_none=ks_points == 0,
             points=np.ascontiguousarray(grid.imag),
+            group_starts=np.searchsorted(flat["bin_group"], np.arange(groups)),
+            feature_groups=np.searchsorted(group_feature, np.arange(len(card.features))),
             point_starts=np.searchsorted(grid.real, np.arange(len(card.features) + 1)).astype(
                 np.int64
             ),

@@ -82,6 +82,7 @@ from edge_agent.drift.stats import (
     psi,
     round_p,
 )
+from edge_agent.native import ks_gaps
 from edge_agent.protocol.card import ModelCard, bucket_counts
 from edge_agent.protocol.records import (
     AccuracyEstimate,
@@ -198,6 +199,10 @@ class DriftMonitor:
         self.warn_every, self.alert_every = warn_every, alert_every
         self.levels = levels(warn_every, alert_every)
         self._layout = Layout.of(card, window)
+        # the reference's side of the chi-square tests: rows per feature, and per merged bin
+        self._ref_m = self._layout.ref_rows.astype(np.float64)
+        self._ref_mg = self._ref_m[self._layout.group_feature]
+        self._ref_groups = np.add.reduceat(self._layout.bin_ref, self._layout.group_starts)
         self._names = card.feature_names
         self._categorical = categorical_features(card)
         self._feature_tests = np.where(self._categorical, CATEGORY_TESTS, FEATURE_TESTS)
@@ -445,15 +450,21 @@ class DriftMonitor:
             anomalies=tally.anomalies,
         )
 
-    def _ks(self, now: _Measures) -> np.ndarray:
-        """Per feature: the KS statistic, the largest ECDF gap at a reference point or just
-        before one."""
+    def _ks(self, k: np.ndarray, le: np.ndarray, lt: np.ndarray) -> np.ndarray:
+        """Per window and feature: the KS statistic, the largest ECDF gap at a reference point
+        or just before one. `k`: (windows, features) values counted; `le`, `lt`: (windows, KS
+        points) values at or below, and below, each point."""
         lay = self._layout
-        total = np.maximum(now.total, 1)[lay.ks_feature]
-        gaps = np.maximum(np.abs(lay.ks_le - now.le / total), np.abs(lay.ks_lt - now.lt / total))
-        # each feature's points are contiguous: one reduceat (a feature without points gets 0)
-        kss = np.maximum.reduceat(np.append(gaps, 0.0), lay.ks_starts)
-        kss[(now.total == 0) | lay.ks_none] = 0.0
+        if ks_gaps is not None:  # edge_agent.native: the same loop in C
+            kss = np.empty_like(k)
+            ks_gaps(le, lt, np.maximum(k, 1.0), lay.ks_le, lay.ks_lt, lay.ks_starts, kss)
+        else:
+            total = np.maximum(k, 1.0)[:, lay.ks_feature]
+            gaps = np.maximum(np.abs(lay.ks_le - le / total), np.abs(lay.ks_lt - lt / total))
+            # each feature's points are contiguous: one reduceat (no points: 0, zeroed below)
+            padded = np.concatenate([gaps, np.zeros((len(k), 1))], axis=1)
+            kss = np.maximum.reduceat(padded, lay.ks_starts, axis=1)
+        kss[(k == 0) | lay.ks_none] = 0.0
         return kss
 
     def _effects(self, now: _Measures) -> dict[str, Any]:
@@ -477,57 +488,55 @@ class DriftMonitor:
         return self._tests_of([now])[0]
 
     def _tests_of(self, windows: list[_Measures]) -> list[_Tests]:
-        """The tests of each of `windows` (a window and its pooled ones): the statistics window
-        by window, then each distribution's p-values in one call for all of them (`chi2_sf` and
-        `ks_p` are elementwise: a value is the one a call of its own would give)."""
-        lay, n = self._layout, self.card.n_features
-        m = lay.ref_rows.astype(np.float64)
-        mg = m[lay.group_feature]
-        ref = np.bincount(lay.bin_group, lay.bin_ref)
-        chis, dofs, kss, ks_d, ks_k, p_ranges, preds = [], [], [], [], [], [], []
-        for now in windows:
-            k = now.total.astype(np.float64)
-            # chi-square over the merged bins, per feature at once
-            live = np.bincount(lay.bin_group, now.live)
-            kg = k[lay.group_feature]
-            both = ref + live
-            used = both > 0
-            terms = np.where(used, (live * mg - ref * kg) ** 2 / np.where(used, both, 1.0), 0.0)
-            chis.append(np.bincount(lay.group_feature, terms, minlength=n) / np.maximum(k * m, 1.0))
-            dof = np.bincount(lay.group_feature, used, minlength=n).astype(np.int64) - 1
-            dof[(k == 0) | (m == 0)] = 0
-            dofs.append(dof)
-            ks = self._ks(now)
-            kss.append(ks)
-            ks_d.append(np.maximum(ks - lay.ks_slack, 0.0))
-            ks_k.append(k)
-            p_range = np.ones(n)
+        """The tests of each of `windows` (a window and its pooled ones), all windows at once:
+        their counts stacked as rows, each statistic one array operation, then each
+        distribution's p-values in one call (`chi2_sf` and `ks_p` are elementwise: a value is
+        the one a call of its own would give)."""
+        lay, n, w = self._layout, self.card.n_features, len(windows)
+        m, mg, ref = self._ref_m, self._ref_mg, self._ref_groups
+        k = np.array([now.total for now in windows], dtype=np.float64)  # (windows, features)
+        # chi-square over the merged bins, per window and feature at once (bins, groups and
+        # features are in order: sums over them are reduceat's)
+        live = np.add.reduceat(np.array([now.live for now in windows]), lay.group_starts, axis=1)
+        kg = k[:, lay.group_feature]
+        both = ref + live
+        used = both > 0
+        terms = np.where(used, (live * mg - ref * kg) ** 2 / np.where(used, both, 1.0), 0.0)
+        chis = np.add.reduceat(terms, lay.feature_groups, axis=1) / np.maximum(k * m, 1.0)
+        dofs = np.add.reduceat(used.astype(np.int64), lay.feature_groups, axis=1) - 1
+        dofs[(k == 0) | (m == 0)] = 0
+        le, lt = np.array([now.le for now in windows]), np.array([now.lt for now in windows])
+        kss = self._ks(k, le, lt)
+        ks_d = np.maximum(kss - lay.ks_slack, 0.0)
+        p_ranges = np.ones((w, n))
+        for i, now in enumerate(windows):
             for j in np.flatnonzero(now.below + now.above):
-                kj, mj = int(k[j]), int(m[j])
+                kj, mj = int(k[i, j]), int(m[j])
                 tail = min(beyond_p(int(now.below[j]), kj, mj), beyond_p(int(now.above[j]), kj, mj))
-                p_range[j] = min(1.0, 2 * tail)
-            p_ranges.append(p_range)
-            predicted = len(self._pred_ref) and now.preds.sum()
-            preds.append(
-                homogeneity(self._pred_ref, now.preds, self._pred_groups) if predicted else None
-            )
+                p_ranges[i, j] = min(1.0, 2 * tail)
+        preds = [
+            homogeneity(self._pred_ref, now.preds, self._pred_groups)
+            if len(self._pred_ref) and now.preds.sum()
+            else None
+            for now in windows
+        ]
         # one chi-square call: every window's features, then the predictions' statistics
         pred_stats = [stat for stat in preds if stat is not None]
         p_chi = chi2_sf(
-            np.concatenate([*chis, np.array([x for x, _ in pred_stats], dtype=np.float64)]),
-            np.concatenate([*dofs, np.array([d for _, d in pred_stats], dtype=np.int64)]),
+            np.concatenate([chis.ravel(), np.array([x for x, _ in pred_stats], dtype=np.float64)]),
+            np.concatenate([dofs.ravel(), np.array([d for _, d in pred_stats], dtype=np.int64)]),
         )
-        p_ks = ks_p(np.concatenate(ks_d), np.concatenate(ks_k), np.tile(m, len(windows)))
-        p_pred = iter(p_chi[n * len(windows) :].tolist())
+        p_ks = ks_p(ks_d, k, np.broadcast_to(m, k.shape))
+        p_pred = iter(p_chi[n * w :].tolist())
+        features = np.minimum(
+            self._feature_tests
+            * np.minimum(np.minimum(p_chi[: n * w].reshape(w, n), p_ks), p_ranges),
+            1.0,
+        )
+        features[k == 0] = 1.0
         out = []
-        for w, now in enumerate(windows):
-            k, at = ks_k[w], slice(w * n, (w + 1) * n)
-            feature = np.minimum(
-                self._feature_tests * np.minimum(np.minimum(p_chi[at], p_ks[at]), p_ranges[w]),
-                1.0,
-            )
-            feature[k == 0] = 1.0
-            prediction = next(p_pred) if preds[w] is not None else None
+        for i, now in enumerate(windows):
+            prediction = next(p_pred) if preds[i] is not None else None
             seen = now.rows + now.missing_rows
             missing = more_missing_p(now.missing_rows, seen, self._ref_missing, self._ref_rows)
             anomaly = None
@@ -535,7 +544,7 @@ class DriftMonitor:
                 anomaly = more_missing_p(
                     now.anomalies, now.judged, self._ref_anomalies, self._ref_rows
                 )
-            out.append(_Tests(kss[w], feature, prediction, missing, anomaly))
+            out.append(_Tests(kss[i], features[i], prediction, missing, anomaly))
         return out
 
     def _accuracy(self, now: _Measures) -> AccuracyEstimate | None:

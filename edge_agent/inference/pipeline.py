@@ -124,6 +124,10 @@ class Pipeline:
         self._window = self._new_window(time.time())
         self._window_of: ActiveModel | None = None  # what handled everything in the window
         self._lock = threading.Lock()
+        # the batch `process` is framing (it runs on one thread: the agent's main loop)
+        self._framing: ActiveModel | None = None
+        self._refused = 0  # lines of it the framer refused
+        self._refuse = self._refuse_line  # bound once: the framer's callback on every batch
 
     def number_rows(self, device: str, boot: int) -> None:
         """From now on, number the inferred rows `device`/`boot`/0, 1, 2, ... The open window
@@ -148,19 +152,12 @@ class Pipeline:
             self._reject_for(None, "no-model", len(lines))
             return
 
-        refused = [0]
-
-        def reject(exc: SensorLineError) -> None:
-            refused[0] += 1
-            self._reject_for(model, exc.reason)
-            if model.rows and exc.reason in MISSING_REASONS:  # a line short of a value
-                model.monitor.missing()
-
-        framed = model.framer.frame(lines, reject)
+        self._framing, self._refused = model, 0
+        framed = model.framer.frame(lines, self._refuse)
         if model.windows:  # many lines make one window: the error rate counts lines
             with self._lock:
                 closed = self._window_for(model)
-                self._window.took(len(lines) - refused[0])
+                self._window.took(len(lines) - self._refused)
             if closed is not None:
                 self._on_window(closed)
         if framed is None:
@@ -215,6 +212,15 @@ class Pipeline:
                 self._on_shadow_report(shadow, compared)
         if self.sampler is not None:
             self.sampler.offer(model.card, seen, predictions, self._row_id(first))
+
+    def _refuse_line(self, exc: SensorLineError) -> None:
+        """A line the framer of `_framing` (the model of the batch in `process`) refused."""
+        model = self._framing
+        assert model is not None
+        self._refused += 1
+        self._reject_for(model, exc.reason)
+        if model.rows and exc.reason in MISSING_REASONS:  # a line short of a value
+            model.monitor.missing()
 
     def _add_rows(
         self,

@@ -1,4 +1,4 @@
-/* edge_agent.drift.layout's count of a batch of rows into its grid slots, in C.
+/* The drift monitor's two loops over every value, in C (edge_agent.drift).
 
    count_slots(x, points, starts, counts) -> bool
 
@@ -11,7 +11,17 @@
    A value v of feature j lands in slot 2 * (starts[j] + k) + (points[starts[j] + k] == v), k the
    number of the feature's points below v: what Layout.slots gives (one searchsorted over the
    complex grid, feature + 1j * value), then one bincount. Returns False, counting nothing, if
-   any value is not finite (the caller then counts the finite ones its own way). */
+   any value is not finite (the caller then counts the finite ones its own way).
+
+   ks_gaps(le, lt, total, ref_le, ref_lt, starts, out) -> None
+
+   le, lt:         int64 (windows, points): values at or below, and below, each KS point
+   total:          float64 (windows, features): values counted, at least 1
+   ref_le, ref_lt: float64 (points): the reference's ECDF at, and just below, each point
+   starts:         int64 (features): each feature's first point (points are grouped by feature)
+   out:            float64 (windows, features), written: the largest of
+                   |ref_le - le / total| and |ref_lt - lt / total| over the feature's points
+                   (0 for a feature without points), what DriftMonitor._ks computes in numpy */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -19,6 +29,7 @@
 #include <stdint.h>
 
 #define LANES 16 /* values searched side by side */
+#define ITEM(view, type, i) (((const type *)(view).buf)[i])
 
 static int get(PyObject *obj, Py_buffer *view, int flags, Py_ssize_t itemsize, char kind,
                const char *name) {
@@ -27,7 +38,7 @@ static int get(PyObject *obj, Py_buffer *view, int flags, Py_ssize_t itemsize, c
     /* int64 is 'l' where long has 64 bits, 'q' elsewhere (32-bit ARM) */
     int same = f != NULL && f[1] == '\0' && (f[0] == kind || (kind == 'l' && f[0] == 'q'));
     if (view->itemsize != itemsize || !same) {
-        PyErr_Format(PyExc_TypeError, "count_slots: %s has the wrong item type", name);
+        PyErr_Format(PyExc_TypeError, "%s has the wrong item type", name);
         PyBuffer_Release(view);
         return -1;
     }
@@ -107,15 +118,70 @@ fail_x:
     return result;
 }
 
+static PyObject *ks_gaps(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "ks_gaps(le, lt, total, ref_le, ref_lt, starts, out)");
+        return NULL;
+    }
+    static const char kinds[] = {'l', 'l', 'd', 'd', 'd', 'l', 'd'};
+    static const char *names[] = {"le", "lt", "total", "ref_le", "ref_lt", "starts", "out"};
+    Py_buffer v[7];
+    int got = 0;
+    PyObject *result = NULL;
+    for (; got < 7; got++) {
+        int flags = got == 6 ? PyBUF_WRITABLE : PyBUF_SIMPLE;
+        if (get(args[got], &v[got], flags, 8, kinds[got], names[got]) != 0) goto done;
+    }
+    Py_ssize_t points = v[3].len / 8, features = v[5].len / 8;
+    Py_ssize_t windows = features ? v[2].len / 8 / features : 0;
+    int ok = features >= 1 && v[4].len == v[3].len && v[0].len == windows * points * 8 &&
+             v[1].len == v[0].len && v[2].len == windows * features * 8 && v[6].len == v[2].len;
+    for (Py_ssize_t j = 0; ok && j < features; j++) {
+        int64_t at = ITEM(v[5], int64_t, j);
+        int64_t next = j + 1 < features ? ITEM(v[5], int64_t, j + 1) : points;
+        ok = 0 <= at && at <= next && next <= points;
+    }
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError,
+                        "ks_gaps: expected le and lt of (windows, points), total and out of "
+                        "(windows, features), and starts rising within the points");
+        goto done;
+    }
+    double *out = (double *)v[6].buf;
+    for (Py_ssize_t w = 0; w < windows; w++) {
+        for (Py_ssize_t j = 0; j < features; j++) {
+            int64_t at = ITEM(v[5], int64_t, j);
+            int64_t next = j + 1 < features ? ITEM(v[5], int64_t, j + 1) : points;
+            double total = ITEM(v[2], double, w * features + j), best = 0.0;
+            for (int64_t p = at; p < next; p++) {
+                double a = fabs(ITEM(v[3], double, p) - (double)ITEM(v[0], int64_t, w * points + p) / total);
+                double b = fabs(ITEM(v[4], double, p) - (double)ITEM(v[1], int64_t, w * points + p) / total);
+                double gap = a > b ? a : b;
+                if (gap > best) best = gap;
+            }
+            out[w * features + j] = best;
+        }
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    for (int i = 0; i < got; i++) PyBuffer_Release(&v[i]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"count_slots", (PyCFunction)(void (*)(void))count_slots, METH_FASTCALL,
      "count_slots(x, points, starts, counts) -> bool: add each value's grid slot to counts."},
+    {"ks_gaps", (PyCFunction)(void (*)(void))ks_gaps, METH_FASTCALL,
+     "ks_gaps(le, lt, total, ref_le, ref_lt, starts, out): each window's and feature's KS "
+     "statistic."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_slots", "Rows of values counted into a drift layout's slots.", -1,
+    PyModuleDef_HEAD_INIT, "_drift", "The drift monitor's loops over every value.", -1,
     methods,
 };
 
-PyMODINIT_FUNC PyInit__slots(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__drift(void) { return PyModule_Create(&module); }

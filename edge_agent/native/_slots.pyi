@@ -1,3 +1,0 @@
-from numpy.typing import NDArray
-
-def count_slots(x: NDArray, points: NDArray, starts: NDArray, counts: NDArray, /) -> bool: ...
