@@ -26,6 +26,7 @@ from edge_agent.drift.stats import (
     bh_adjust,
     chi2_sf,
     homogeneity,
+    homogeneity_rows,
     ks_p,
     merge_bins,
     more_missing_p,
@@ -215,6 +216,31 @@ def test_homogeneity_is_pearsons_chi_square_of_the_two_by_k_table() -> None:
     merged = scipy_stats.chi2_contingency(np.array([[80, 61], [22, 12]]), False)
     assert homogeneity(ref, live, groups) == (pytest.approx(merged.statistic), 1)
     assert homogeneity(ref, np.zeros(5)) == (0.0, 0)
+
+
+def test_homogeneity_of_several_rows_is_each_rows_own() -> None:
+    ref = np.array([30, 50, 0, 20, 41, 7, 9, 11, 2])
+    rows = np.array(
+        [
+            [10, 12, 0, 9, 3, 1, 2, 3, 4],  # a column empty on both sides
+            [1, 2, 3, 4, 5, 6, 7, 8, 9],  # every column used
+            [0] * 9,  # nothing live
+            [0, 0, 0, 0, 0, 0, 0, 0, 5],  # one column
+        ]
+    )
+    groups = np.array([0, 0, 1, 1, 1, 2, 2, 3, 3])
+    merged = (np.add.reduceat(ref, [0, 2, 5, 7]), np.add.reduceat(rows, [0, 2, 5, 7], axis=1))
+    for grouping, (reference, live) in ((None, (ref, rows)), (groups, merged)):
+        stats, dofs = homogeneity_rows(ref, rows, grouping)
+        for row, stat, dof in zip(live, stats, dofs, strict=True):
+            used = (reference + row) > 0
+            if row.sum() == 0 or used.sum() < 2:
+                assert (stat, dof) == (0.0, 0)
+                continue
+            table = np.vstack([reference, row])[:, used]
+            expected = scipy_stats.chi2_contingency(table, False)
+            assert (stat, dof) == (pytest.approx(expected.statistic), expected.dof)
+    assert [len(a) for a in homogeneity_rows(ref, np.empty((0, 9)))] == [0, 0]
 
 
 def test_merged_bins_each_hold_enough_reference_mass() -> None:

@@ -62,7 +62,7 @@ import dataclasses
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -74,7 +74,7 @@ from edge_agent.drift.stats import (
     beyond_p,
     bh_adjust,
     chi2_sf,
-    homogeneity,
+    homogeneity_rows,
     js_distance,
     ks_p,
     merge_bins,
@@ -151,15 +151,9 @@ class _Tests:
     feature: np.ndarray
     prediction: float | None
     missing: float
-    anomaly: float | None = None  # an anomaly model's anomaly rate
-    family: float = field(init=False)
-    q: np.ndarray = field(init=False)  # per feature, Benjamini-Hochberg adjusted
-
-    def __post_init__(self) -> None:
-        extra = [p for p in (self.prediction, self.missing, self.anomaly) if p is not None]
-        adjusted = bh_adjust(np.concatenate([self.feature, extra]))
-        self.q = adjusted[: len(self.feature)]
-        self.family = float(adjusted.min()) if adjusted.size else 1.0
+    anomaly: float | None  # an anomaly model's anomaly rate
+    q: np.ndarray  # per feature, Benjamini-Hochberg adjusted over the family
+    family: float  # the family's p-value (Simes): the smallest adjusted value
 
 
 def levels(warn_every: float, alert_every: float) -> dict[str, float]:
@@ -543,29 +537,26 @@ class DriftMonitor:
                 kj, mj = int(k[i, j]), int(m[j])
                 tail = min(beyond_p(int(now.below[j]), kj, mj), beyond_p(int(now.above[j]), kj, mj))
                 p_ranges[i, j] = min(1.0, 2 * tail)
-        preds = [
-            homogeneity(self._pred_ref, now.preds, self._pred_groups)
-            if len(self._pred_ref) and now.preds.sum()
-            else None
-            for now in windows
-        ]
+        # the predictions' statistics, of the windows that predicted
+        predicted = [i for i, now in enumerate(windows) if len(self._pred_ref) and now.preds.sum()]
+        pred_stats, pred_dofs = homogeneity_rows(
+            self._pred_ref, np.array([windows[i].preds for i in predicted]), self._pred_groups
+        )
         # one chi-square call: every window's features, then the predictions' statistics
-        pred_stats = [stat for stat in preds if stat is not None]
         p_chi = chi2_sf(
-            np.concatenate([chis.ravel(), np.array([x for x, _ in pred_stats], dtype=np.float64)]),
-            np.concatenate([dofs.ravel(), np.array([d for _, d in pred_stats], dtype=np.int64)]),
+            np.concatenate([chis.ravel(), pred_stats[: len(predicted)]]),
+            np.concatenate([dofs.ravel(), pred_dofs[: len(predicted)]]),
         )
         p_ks = ks_p(ks_d, k, np.broadcast_to(m, k.shape))
-        p_pred = iter(p_chi[n * w :].tolist())
+        p_pred = dict(zip(predicted, p_chi[n * w :].tolist(), strict=True))
         features = np.minimum(
             self._feature_tests
             * np.minimum(np.minimum(p_chi[: n * w].reshape(w, n), p_ks), p_ranges),
             1.0,
         )
         features[k == 0] = 1.0
-        out = []
+        extras = []  # per window: its tests beyond the features' (family members too)
         for i, now in enumerate(windows):
-            prediction = next(p_pred) if preds[i] is not None else None
             seen = now.rows + now.missing_rows
             missing = more_missing_p(now.missing_rows, seen, self._ref_missing, self._ref_rows)
             anomaly = None
@@ -573,8 +564,19 @@ class DriftMonitor:
                 anomaly = more_missing_p(
                     now.anomalies, now.judged, self._ref_anomalies, self._ref_rows
                 )
-            out.append(_Tests(kss[i], features[i], prediction, missing, anomaly))
-        return out
+            extras.append((p_pred.get(i), missing, anomaly))
+        families = [
+            [p for p in extra if p is not None] for extra in extras
+        ]  # Benjamini-Hochberg over each family: at once when they are alike
+        adjusted: list[np.ndarray] | np.ndarray
+        if len({len(f) for f in families}) == 1:
+            adjusted = bh_adjust(np.concatenate([features, np.array(families)], axis=1))
+        else:
+            adjusted = [bh_adjust(np.concatenate([features[i], f])) for i, f in enumerate(families)]
+        return [
+            _Tests(kss[i], features[i], *extras[i], adjusted[i][:n], float(np.min(adjusted[i])))
+            for i in range(w)
+        ]
 
     def _accuracy(self, now: _Measures) -> AccuracyEstimate | None:
         """The window's expected accuracy from its calibrated confidences (None without a

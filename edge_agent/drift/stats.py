@@ -137,19 +137,36 @@ def homogeneity(
     ref_counts: np.ndarray, live_counts: np.ndarray, groups: np.ndarray | None = None
 ) -> tuple[float, int]:
     """Pearson's chi-square statistic of the 2 x k table and its degrees of freedom, over the
-    bins merged by `groups` (labels 0..g-1; None: as they are). Empty columns do not count."""
+    bins merged by `groups` (labels 0..g-1, in runs; None: as they are). Empty columns do not
+    count."""
+    stats, dofs = homogeneity_rows(ref_counts, np.asarray(live_counts)[None], groups)
+    return float(stats[0]), int(dofs[0])
+
+
+def homogeneity_rows(
+    ref_counts: np.ndarray, live_rows: np.ndarray, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`homogeneity` of several live histograms (rows) against one reference at once: the
+    statistics and the degrees of freedom, per row."""
     ref = np.asarray(ref_counts, dtype=np.float64)
-    live = np.asarray(live_counts, dtype=np.float64)
-    if groups is not None:
-        ref = np.bincount(groups, weights=ref).astype(np.float64)
-        live = np.bincount(groups, weights=live).astype(np.float64)
-    m, n = ref.sum(), live.sum()
+    live = np.asarray(live_rows, dtype=np.float64).reshape(-1, len(ref))
+    if groups is not None and len(ref):  # labels in runs: the sums over a run are reduceat's
+        starts = np.flatnonzero(np.diff(groups, prepend=-1))
+        ref, live = np.add.reduceat(ref, starts), np.add.reduceat(live, starts, axis=1)
+    m, n = ref.sum(), live.sum(axis=1)
     both = ref + live
     used = both > 0
-    if m <= 0 or n <= 0 or used.sum() < 2:
-        return 0.0, 0
-    stat = float(np.sum((live[used] * m - ref[used] * n) ** 2 / both[used]) / (n * m))
-    return stat, int(used.sum()) - 1
+    k = used.sum(axis=1)
+    valid = (m > 0) & (n > 0) & (k >= 2)
+    dofs = np.where(valid, k - 1, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # unused columns: 0 / 0, not summed
+        terms = (live * m - ref * n[:, None]) ** 2 / both
+    stats = np.zeros(len(live))
+    full = valid & (k == live.shape[1])  # every column used (the reference fills each group)
+    stats[full] = terms[full].sum(axis=1) / (n[full] * m)
+    for i in np.flatnonzero(valid & ~full):  # the sum over the used columns alone
+        stats[i] = np.sum(terms[i][used[i]]) / (n[i] * m)
+    return stats, dofs
 
 
 def homogeneity_p(
@@ -205,15 +222,17 @@ def more_missing_p(k: int, n: int, r: int, m: int) -> float:
 
 def bh_adjust(p: Sequence[float] | np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (q): the smallest level at which each test would be
-    among the discoveries. min(q) is the Simes p-value of the whole family."""
+    among the discoveries. min(q) is the Simes p-value of the whole family. Of several families
+    at once, one per row, along the last axis."""
     p = np.asarray(p, dtype=np.float64)
     if not p.size:
         return p
-    order = np.argsort(p)
-    scaled = p[order] * p.size / np.arange(1, p.size + 1)
-    q = np.minimum.accumulate(scaled[::-1])[::-1]
+    k = p.shape[-1]
+    order = np.argsort(p, axis=-1)
+    scaled = np.take_along_axis(p, order, -1) * k / np.arange(1, k + 1)
+    q = np.minimum.accumulate(scaled[..., ::-1], axis=-1)[..., ::-1]
     out = np.empty_like(p)
-    out[order] = np.minimum(q, 1.0)
+    np.put_along_axis(out, order, np.minimum(q, 1.0), -1)
     return out
 
 
