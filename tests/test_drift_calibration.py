@@ -25,6 +25,7 @@ from edge_agent.drift.stats import (
     beyond_p,
     bh_adjust,
     chi2_sf,
+    group_starts,
     homogeneity,
     homogeneity_rows,
     ks_p,
@@ -231,7 +232,8 @@ def test_homogeneity_of_several_rows_is_each_rows_own() -> None:
     groups = np.array([0, 0, 1, 1, 1, 2, 2, 3, 3])
     merged = (np.add.reduceat(ref, [0, 2, 5, 7]), np.add.reduceat(rows, [0, 2, 5, 7], axis=1))
     for grouping, (reference, live) in ((None, (ref, rows)), (groups, merged)):
-        stats, dofs = homogeneity_rows(ref, rows, grouping)
+        starts = None if grouping is None else group_starts(grouping)
+        stats, dofs = homogeneity_rows(ref, rows, starts)
         for row, stat, dof in zip(live, stats, dofs, strict=True):
             used = (reference + row) > 0
             if row.sum() == 0 or used.sum() < 2:

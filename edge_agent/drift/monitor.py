@@ -74,6 +74,7 @@ from edge_agent.drift.stats import (
     beyond_p,
     bh_adjust,
     chi2_sf,
+    group_starts,
     homogeneity_rows,
     js_distance,
     ks_p,
@@ -231,7 +232,7 @@ class DriftMonitor:
         self._categorical = categorical_features(card)
         self._feature_tests = np.where(self._categorical, CATEGORY_TESTS, FEATURE_TESTS)
         self._pred_kind, self._pred_keys, self._pred_ref = _prediction_reference(card)
-        self._pred_groups = merge_bins(self._pred_ref, MIN_EXPECTED / max(window, 1))
+        self._pred_starts = group_starts(merge_bins(self._pred_ref, MIN_EXPECTED / max(window, 1)))
         self._ref_rows, self._ref_missing = _reference_rows(card)
         self._notes = _notes(card)
         self._history: deque[_Measures] = deque(maxlen=max(SCALES) - 1)
@@ -540,7 +541,7 @@ class DriftMonitor:
         # the predictions' statistics, of the windows that predicted
         predicted = [i for i, now in enumerate(windows) if len(self._pred_ref) and now.preds.sum()]
         pred_stats, pred_dofs = homogeneity_rows(
-            self._pred_ref, np.array([windows[i].preds for i in predicted]), self._pred_groups
+            self._pred_ref, np.array([windows[i].preds for i in predicted]), self._pred_starts
         )
         # one chi-square call: every window's features, then the predictions' statistics
         p_chi = chi2_sf(

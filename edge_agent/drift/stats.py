@@ -137,21 +137,27 @@ def homogeneity(
     ref_counts: np.ndarray, live_counts: np.ndarray, groups: np.ndarray | None = None
 ) -> tuple[float, int]:
     """Pearson's chi-square statistic of the 2 x k table and its degrees of freedom, over the
-    bins merged by `groups` (labels 0..g-1, in runs; None: as they are). Empty columns do not
-    count."""
-    stats, dofs = homogeneity_rows(ref_counts, np.asarray(live_counts)[None], groups)
+    bins merged by `groups` (labels 0..g-1, in runs, as `merge_bins` gives them; None: as they
+    are). Empty columns do not count."""
+    starts = None if groups is None else group_starts(groups)
+    stats, dofs = homogeneity_rows(ref_counts, np.asarray(live_counts)[None], starts)
     return float(stats[0]), int(dofs[0])
 
 
+def group_starts(groups: np.ndarray) -> np.ndarray:
+    """Where each run of `merge_bins`' labels starts."""
+    return np.flatnonzero(np.diff(groups, prepend=-1))
+
+
 def homogeneity_rows(
-    ref_counts: np.ndarray, live_rows: np.ndarray, groups: np.ndarray | None = None
+    ref_counts: np.ndarray, live_rows: np.ndarray, starts: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`homogeneity` of several live histograms (rows) against one reference at once: the
+    """`homogeneity` of several live histograms (rows) against one reference at once, the bins
+    merged in the runs that start at `starts` (`group_starts`; None: as they are): the
     statistics and the degrees of freedom, per row."""
     ref = np.asarray(ref_counts, dtype=np.float64)
     live = np.asarray(live_rows, dtype=np.float64).reshape(-1, len(ref))
-    if groups is not None and len(ref):  # labels in runs: the sums over a run are reduceat's
-        starts = np.flatnonzero(np.diff(groups, prepend=-1))
+    if starts is not None and len(ref):  # a run's sums are reduceat's
         ref, live = np.add.reduceat(ref, starts), np.add.reduceat(live, starts, axis=1)
     m, n = ref.sum(), live.sum(axis=1)
     both = ref + live
@@ -228,12 +234,14 @@ def bh_adjust(p: Sequence[float] | np.ndarray) -> np.ndarray:
     if not p.size:
         return p
     k = p.shape[-1]
-    order = np.argsort(p, axis=-1)
-    scaled = np.take_along_axis(p, order, -1) * k / np.arange(1, k + 1)
-    q = np.minimum.accumulate(scaled[..., ::-1], axis=-1)[..., ::-1]
-    out = np.empty_like(p)
-    np.put_along_axis(out, order, np.minimum(q, 1.0), -1)
-    return out
+    rows = p.reshape(-1, k)
+    order = np.argsort(rows, axis=1)
+    at = np.arange(len(rows))[:, None], order
+    scaled = rows[at] * k / np.arange(1, k + 1)
+    q = np.minimum.accumulate(scaled[:, ::-1], axis=1)[:, ::-1]
+    out = np.empty_like(rows)
+    out[at] = np.minimum(q, 1.0)
+    return out.reshape(p.shape)
 
 
 def round_p(p: float) -> float:
