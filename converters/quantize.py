@@ -5,6 +5,14 @@ at run time, so no calibration data is needed.
 static: QDQ format, weights int8 and activations uint8 (onnxruntime's recommended U8S8 on CPU),
 with activation ranges calibrated (MinMax) on the sample rows.
 
+Either way the weights take 7 of the 8 bits (`reduce_range`: values within -64..64). An x86
+CPU without VNNI (AVX2 or AVX-512 alone: many gateways and mini PCs) multiplies uint8
+activations by int8 weights with VPMADDUBSW, whose 16-bit sum of two products saturates when
+both weights of a pair are large; onnxruntime then answers differently there than on a CPU with
+VNNI or on ARM. With |w| <= 64 no pair can saturate (2 * 255 * 64 < 2**15), so a model checked
+on the hub answers the same on every device. Measured on an AVX2 machine: a small autoencoder's
+largest score error went from 5.5% of its largest score with 8-bit weights to 0.5%.
+
 Either way the model is pre-processed first
 (`quant_pre_process`: ONNX shape inference and onnxruntime's basic graph optimizations), which
 also tags it so onnxruntime does not log its "Please consider to run pre-processing" warning.
@@ -97,6 +105,7 @@ def quantize_dynamic_int8(model_bytes: bytes) -> bytes:
             pre,
             out,
             weight_type=QuantType.QInt8,
+            reduce_range=True,  # 7-bit weights: no saturation on x86 without VNNI (see above)
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         ),
     )
@@ -122,6 +131,7 @@ def quantize_static_int8(model_bytes: bytes, x: np.ndarray) -> bytes:
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            reduce_range=True,  # 7-bit weights: no saturation on x86 without VNNI (see above)
             calibrate_method=CalibrationMethod.MinMax,
             # only what carries weights: the size win is there, and the probability head
             # (Softmax feeding ai.onnx.ml ops) stays float, which calibration cannot range

@@ -25,7 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from converters.bundle import CARD_MEMBER, write_bundle
 from converters.card import to_jsonable
 from converters.pipeline import BuildReport, build_bundle
-from converters.quantize import has_quantizable_weights, quantize_dynamic_int8
+from converters.quantize import has_quantizable_weights, quantize_dynamic_int8, quantize_onnx
 from converters.sklearn_onnx import ConversionError, to_onnx_model
 from converters.validate import ParityError, check_parity, macro_f1
 from edge_agent.errors import BadDataError, ConfigError, StorageError
@@ -135,6 +135,27 @@ def test_quantize_does_not_log_the_preprocessing_hint(
         quantized = quantize_dynamic_int8(fp32)
     assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
     assert len(quantized) < len(fp32)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_weights_take_seven_bits_so_no_cpu_saturates_them(
+    wine: Any, wine_mlp: Pipeline, mode: str
+) -> None:
+    # x86 without VNNI sums pairs of uint8 x int8 products in 16 bits (VPMADDUBSW): two
+    # weights near 127 saturate it, and the device answers differently from the hub. With
+    # |w| <= 64, 2 * 255 * 64 = 32640 fits. Checked on the weights themselves, so a hub with
+    # VNNI (where nothing saturates) still sees it.
+    fp32 = to_onnx_model(wine_mlp, wine.data).SerializeToString()
+    artifact = quantize_onnx(fp32, mode, wine.data.astype(np.float32))
+    model = onnx.load_from_string(artifact.model_bytes)
+    weights = [
+        onnx.numpy_helper.to_array(init)
+        for init in model.graph.initializer
+        if init.data_type == onnx.TensorProto.INT8 and init.dims  # not a scalar zero point
+    ]
+    assert weights, "no int8 weight found"
+    for w in weights:
+        assert max(-int(w.min()), int(w.max())) <= 64, (int(w.min()), int(w.max()))
 
 
 def test_string_labels_and_weightless_graph(tmp_path: Path) -> None:
