@@ -68,6 +68,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from converters.pipeline import build_bundle
+from edge_agent import native
 from edge_agent.drift import DriftMonitor
 from edge_agent.framing.rows import card_bounds
 from edge_agent.inference.pipeline import ActiveModel, Pipeline
@@ -933,6 +934,11 @@ def print_report(report: dict[str, Any]) -> None:
         f"scikit-learn {info['scikit-learn']} (training only); onnxruntime threads "
         f"{info['runtime_threads']}"
     )
+    missing = setup["c_loops_not_built"]
+    console.print(
+        "[bold]agent[/bold]    C loops (edge_agent.native): "
+        + (f"NOT BUILT, run in Python: {', '.join(missing)}" if missing else "built")
+    )
     models = ", ".join(
         f"{m['name']} ({m['size_bytes']:,} B, quantize={m['quantize']})" for m in setup["models"]
     )
@@ -1171,6 +1177,8 @@ def main(argv: list[str] | None = None) -> int:
             "cold_model": models[0].name,
             "cold_runs": COLD_RUNS,
             "predictions_after_load": PREDICTIONS_AFTER_LOAD,
+            # the agent's C loops (edge_agent.native) this install runs in Python instead
+            "c_loops_not_built": native.missing(),
         },
         "throughput": [asdict(t) for t in throughput],
         "stream": [asdict(r) for r in stream],
