@@ -5,6 +5,7 @@ a real mosquitto, the [[inputs]] tables that name them, and the agent's backlog 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -21,7 +22,7 @@ from cloud_hub.broker.local import RunningBroker
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError, TransportError
 from edge_agent.imaging import decode_image
-from edge_agent.sources.backlog import Backlog
+from edge_agent.sources.backlog import GAP, Backlog
 from edge_agent.sources.camera import CameraSource, camera_opener
 from edge_agent.sources.factory import input_from_config
 from edge_agent.sources.folder import FolderScan, FolderSource, Listed
@@ -313,8 +314,9 @@ def test_the_backlog_is_bounded_in_bytes_as_in_count() -> None:
     with pytest.raises(queue.Full):
         backlog.put_nowait(("image", bytes(10)))
     assert backlog.get_nowait()[1] == bytes(600) and backlog.bytes == 600
-    backlog.put_nowait(("csv", b"1,2"))
-    assert backlog.bytes == 603 and backlog.qsize() == 2
+    backlog.put_nowait(("csv", b"1,2"))  # after the refused one: the gap goes in first
+    assert backlog.bytes == 603 and backlog.qsize() == 3
+    assert backlog.get_batch(3, timeout=1.0) == [("image", bytes(600)), GAP, ("csv", b"1,2")]
     small = Backlog(maxsize=2, max_bytes=10**9)
     small.put_nowait(("csv", b"1"))
     small.put_nowait(("csv", b"2"))
@@ -334,6 +336,18 @@ def test_the_backlog_hands_out_micro_batches_in_order_and_keeps_its_bounds() -> 
     assert backlog.get_batch(16, timeout=1.0) == lines[3:]
     assert backlog.bytes == 0
     assert backlog.get_batch(16, timeout=0.01) == []  # nothing came
+
+
+def test_the_backlog_marks_where_it_refused_messages_once() -> None:
+    backlog = Backlog(maxsize=2, max_bytes=10**9)
+    taken: list[tuple[str, bytes]] = []
+    for i in range(6):  # 0, 1 go in; 2, 3 are refused; 4 goes in after the gap; 5 after it
+        with contextlib.suppress(queue.Full):
+            backlog.put_nowait(("csv", str(i).encode()))
+        if i in (3, 4):
+            taken += backlog.get_batch(16, timeout=1.0)
+    taken += backlog.get_batch(16, timeout=1.0)
+    assert taken == [("csv", b"0"), ("csv", b"1"), GAP, ("csv", b"4"), ("csv", b"5")]
 
 
 def test_a_waiting_get_batch_wakes_when_a_line_comes() -> None:

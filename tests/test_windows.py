@@ -7,6 +7,7 @@ the source model's on windows the test cuts itself."""
 from __future__ import annotations
 
 import json
+import queue
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -34,6 +35,7 @@ from edge_agent.protocol.card import INPUT_CARD_VERSION, ModelCard, parse_card
 from edge_agent.protocol.input_spec import InputSpec
 from edge_agent.protocol.records import TelemetryWindow
 from edge_agent.signal import signal_features, signal_names
+from edge_agent.sources.backlog import Backlog
 from edge_agent.update.bundle import read_bundle
 from edge_agent.update.health import check_health
 from tests.support.motion import CHANNELS, RATE, dataset, lines, samples, windows_of
@@ -560,3 +562,45 @@ def test_a_window_models_telemetry_counts_the_lines_it_took_even_before_a_window
     pipeline.flush_window()
     # samples 1-128 and 65-192 made two windows; after the restart, 100 samples make none
     assert [(r.count, r.lines, r.error_count) for r in records[1:]] == [(2, 200, 1)]
+
+
+def test_lines_the_queue_had_no_room_for_restart_the_window(
+    motion: tuple[np.ndarray, np.ndarray], features_model: LogisticRegression, tmp_path: Path
+) -> None:
+    """A device too slow for its sensor loses lines at its queue: the window being filled
+    then must not join the samples before the hole to those after it."""
+    spec = window_spec(CHANNELS, 128, 64, RATE, SIGNAL)
+    windows, labels = dataset(10, 128, np.random.default_rng(3))
+    out = tmp_path / "m.zip"
+    build_bundle(
+        features_model,
+        window_items(windows, spec),
+        labels,
+        name="m",
+        version=1,
+        out=out,
+        input_spec=spec,
+    )
+    card, runtime, _ = open_bundle(out)
+    records: list[TelemetryWindow] = []
+    pipeline = Pipeline(on_drift=lambda body: None, on_window=records.append)
+    pipeline.active = ActiveModel.build(card, runtime, 200, 100, 1e4)
+    text = [("csv", line) for line in lines(stream(300))]
+    backlog = Backlog(maxsize=150, max_bytes=10**9)
+    refused = 0
+    for line in text[:160]:  # the main loop is busy: 150 wait, 10 are refused
+        try:
+            backlog.put_nowait(line)
+        except queue.Full:
+            refused += 1
+    pipeline.process(backlog.get_batch(1000, timeout=1.0))
+    for line in text[160:]:
+        backlog.put_nowait(line)
+    pipeline.process(backlog.get_batch(1000, timeout=1.0))
+    pipeline.flush_window()
+    # 150 samples make one window (1-128), then framing starts again: 140 make one more.
+    # Spanning the hole, 290 samples would have made three (at 128, 192 and 256).
+    assert refused == 10
+    assert sum(r.count for r in records) == 2
+    assert sum(r.lines or 0 for r in records) == 290
+    assert pipeline.active.framer.restarts == 1  # samples 129-150 were a window half filled

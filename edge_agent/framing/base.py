@@ -29,6 +29,11 @@ class Framer(Protocol):
         it cannot use goes to `reject` (its reason and detail) and the rest go on."""
         ...
 
+    def restart(self) -> None:
+        """Messages were lost before the next ones (the agent's queue was full): an item made
+        of several messages (a window) must not span them."""
+        ...
+
 
 def wrong_format(kind: str, fmt: str, accepted: tuple[str, ...]) -> SensorLineError:
     return SensorLineError(

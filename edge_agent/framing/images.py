@@ -21,6 +21,9 @@ class ImageFramer:
         self._spec = card.input
         self._image = card.input.image
 
+    def restart(self) -> None:
+        """Nothing to restart: each image is an item of its own."""
+
     def frame(self, messages: list[tuple[str, bytes]], reject: OnReject) -> Framed | None:
         images = []
         for fmt, raw in messages:

@@ -43,6 +43,9 @@ class RowFramer:
             return Framed(x, x) if len(x) else None
         return self._mixed(messages, reject)
 
+    def restart(self) -> None:
+        """Nothing to restart: each line is an item of its own."""
+
     def _mixed(self, messages: list[tuple[str, bytes]], reject: OnReject) -> Framed | None:
         """Messages of several formats (or none this model takes), one by one."""
         rows = []

@@ -17,8 +17,9 @@ A window never spans a hole in its samples that the framer sees. A line that is 
 (counted under its reason like any sensor line) drops the window being filled and framing
 starts again at the next good sample; so does a pause: when no line came for `gap_s`
 (GAP_PERIODS sample periods, at least MIN_GAP_S) before a micro-batch. `restarts` counts the
-windows dropped half filled. Lines the agent's queue had no room for (a device too slow for
-its sensor; counted as queue-full) are lost before any framer sees them. The samples of every
+windows dropped half filled. So do lines the agent's queue had no room for (a device too slow
+for its sensor; counted as queue-full): the queue marks where they were lost
+(edge_agent.sources.backlog.GAP) and the pipeline calls `restart` there. The samples of every
 input of lines are framed together, in the order they arrive: give a window model one input.
 
 A sample's values must fit the channel's range, widened as a row's bounds are: the reference's
@@ -115,7 +116,7 @@ class WindowFramer:
             return None
         now = self._clock()
         if self._last is not None and now - self._last > self.gap_s:
-            self._restart()
+            self.restart()
         self._last = now
         size, stride, ring, parsers = self._size, self._stride, self._ring, self._parsers
         windows: list[np.ndarray] = []
@@ -128,7 +129,7 @@ class WindowFramer:
                 values = parser.values(raw)
             except SensorLineError as exc:
                 reject(exc)
-                self._restart()
+                self.restart()
                 continue
             at = self._count % size
             ring[at] = ring[at + size] = values
@@ -146,7 +147,7 @@ class WindowFramer:
         counted = None if len(watch) == len(windows) else np.asarray(watch, dtype=np.intp)
         return Framed(x, watched(self._spec, x), counted)
 
-    def _restart(self) -> None:
+    def restart(self) -> None:
         """Drop the window being filled (if any sample of it came since the last one)."""
         if self._count and (self._count < self._size or (self._count - self._size) % self._stride):
             self.restarts += 1

@@ -48,6 +48,7 @@ from edge_agent.protocol.card import ModelCard
 from edge_agent.protocol.ids import prediction_id
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import MAX_WINDOW_ROWS, ShadowReport, TelemetryWindow
+from edge_agent.sources.backlog import GAP
 from edge_agent.update.health import INFERENCE_ERRORS
 from edge_agent.uplink.sampling import RawSampler
 from edge_agent.uplink.telemetry import RunningStats, Window
@@ -146,7 +147,19 @@ class Pipeline:
         return Window(now, self._boot, self._keep and self._boot is not None)
 
     def process(self, lines: list[tuple[str, bytes]]) -> None:
-        """One micro-batch of (format, raw message) pairs: sensor lines, or images."""
+        """One micro-batch of (format, raw message) pairs: sensor lines, or images. A `GAP`
+        among them (edge_agent.sources.backlog: the queue refused lines there) restarts the
+        framing of a window model at that point."""
+        if GAP in lines:
+            at = lines.index(GAP)
+            if at:
+                self.process(lines[:at])
+            model = self.active
+            if model is not None:
+                model.framer.restart()
+            if at + 1 < len(lines):
+                self.process(lines[at + 1 :])
+            return
         model = self.active
         if model is None:
             self._reject_for(None, "no-model", len(lines))

@@ -7,6 +7,10 @@ while the waiting ones hold `max_bytes` or more.
 The main loop takes a micro-batch with `get_batch`: one lock for the batch, not one per message
 (and `put_nowait` takes the lock once), which at a sensor line's size is a good share of the
 line's cost.
+
+Where messages were refused, the first one taken in after them is preceded by `GAP` (beyond the
+count bound, by one): the pipeline then knows that lines are missing there, and a window model's
+framer starts its window again rather than span the hole (edge_agent.inference.pipeline).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import queue
 
 Message = tuple[str, bytes]  # (format, raw bytes)
+GAP: Message = ("gap", b"")  # messages were refused here
 
 
 class Backlog(queue.Queue[Message]):
@@ -21,12 +26,18 @@ class Backlog(queue.Queue[Message]):
         super().__init__(maxsize)
         self.max_bytes = max_bytes
         self.bytes = 0  # of the messages waiting; changed under the queue's mutex
+        self._lost = False  # a message was refused since the last one taken in
 
     def put_nowait(self, item: Message) -> None:
         """`queue.Queue.put_nowait`, refusing too when the waiting messages hold max_bytes."""
         with self.mutex:
             if self.bytes >= self.max_bytes or 0 < self.maxsize <= self._qsize():
+                self._lost = True
                 raise queue.Full
+            if self._lost:
+                self._put(GAP)
+                self.unfinished_tasks += 1
+                self._lost = False
             self._put(item)
             self.unfinished_tasks += 1
             self.not_empty.notify()
