@@ -166,36 +166,6 @@ def status_of(p: float, level: dict[str, float]) -> str:
     return "alert" if p < level["alert"] else "warn" if p < level["warn"] else "ok"
 
 
-class _Column:
-    """Predictions or probabilities staged beside the rows in a fixed buffer (no list of
-    per-batch arrays to join at every count), until `take` hands them over."""
-
-    def __init__(self) -> None:
-        self._buf: np.ndarray | None = None
-        self._n = 0
-
-    def put(self, values: np.ndarray) -> None:
-        buf, n, k = self._buf, self._n, len(values)
-        if buf is None or buf.dtype != values.dtype or buf.shape[1:] != values.shape[1:]:
-            # first use, or another type: a buffer for both (the monitor's rows never exceed
-            # STAGE_ROWS between two takes)
-            kept = values if buf is None else np.concatenate([buf[:n], values[:0]])
-            buf = np.empty((max(STAGE_ROWS, n + k), *values.shape[1:]), kept.dtype)
-            if n:
-                buf[:n] = kept[:n]
-            self._buf = buf
-        elif n + k > len(buf):
-            self._buf = buf = np.concatenate([buf[:n], np.empty_like(buf)])
-        buf[n : n + k] = values
-        self._n = n + k
-
-    def take(self) -> np.ndarray | None:
-        """What was put since the last take (a view, valid until the next put), None if
-        nothing; the column is empty after."""
-        n, self._n = self._n, 0
-        return None if n == 0 or self._buf is None else self._buf[:n]
-
-
 class DriftMonitor:
     """Accumulates windows of inputs (and predictions) and produces one report per window.
 
@@ -239,8 +209,8 @@ class DriftMonitor:
         self._ready: deque[dict[str, Any]] = deque()
         self._stage = np.empty((STAGE_ROWS, card.n_features), dtype=np.float64)
         self._staged = 0
-        self._stage_preds = _Column()
-        self._stage_scores = _Column()
+        self._stage_preds: list[np.ndarray] = []
+        self._stage_scores: list[np.ndarray] = []
         self._calibration = card.confidence if card.task == "classification" else None
         self._anomaly = card.anomaly
         # the reference's anomalies: its rate on its rows, as a count
@@ -278,9 +248,9 @@ class DriftMonitor:
         if self.window_s is None and n + staged < STAGE_ROWS and self._rows + n < self.window:
             self._stage[staged : staged + n] = x  # the common case: stage it, nothing else
             if predictions is not None:
-                self._stage_preds.put(predictions)
+                self._stage_preds.append(predictions)
             if scores is not None:
-                self._stage_scores.put(scores)
+                self._stage_scores.append(scores)
             self._staged += n
             self._rows += n
             return self._ready.popleft() if self._ready else None
@@ -292,9 +262,9 @@ class DriftMonitor:
             take = min(n - start, self.window - self._rows, STAGE_ROWS - self._staged)
             self._stage[self._staged : self._staged + take] = x[start : start + take]
             if predictions is not None:
-                self._stage_preds.put(predictions[start : start + take])
+                self._stage_preds.append(predictions[start : start + take])
             if scores is not None:
-                self._stage_scores.put(scores[start : start + take])
+                self._stage_scores.append(scores[start : start + take])
             self._staged += take
             self._rows += take
             start += take
@@ -317,13 +287,14 @@ class DriftMonitor:
         """Count the staged rows (a few numpy calls for up to STAGE_ROWS rows at once)."""
         if self._staged:
             rows = self._stage[: self._staged]
-            preds, scores = self._stage_preds.take(), self._stage_scores.take()
+            preds = np.concatenate(self._stage_preds) if self._stage_preds else None
+            scores = np.concatenate(self._stage_scores) if self._stage_scores else None
             self._accumulate(rows, preds, scores)
             if self.capture:  # the window's latest rows, bounded
                 self._recent = np.concatenate([self._recent, rows])[-self.capture :]
         self._staged = 0
-        self._stage_preds.take()
-        self._stage_scores.take()
+        self._stage_preds = []
+        self._stage_scores = []
 
     def _accumulate(
         self, x: np.ndarray, predictions: np.ndarray | None, scores: np.ndarray | None = None
