@@ -49,8 +49,18 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from edge_agent.inference.tflite import runtime_mismatch, runtime_version
+
     cfg = load_config(Path(args.file))
     print(f"{args.file}: ok (device {cfg.device.id}, profile {cfg.profile})")
+    installed = runtime_version()
+    print(
+        f"  TFLite runtime here: {installed or 'none'}"
+        f" (the profile's conversions are checked on {cfg.runtime.tflite})"
+    )
+    mismatch = runtime_mismatch(cfg.runtime.tflite, installed)
+    if mismatch:  # ONNX models are unaffected: a warning, not an error
+        print(f"  warning: TFLite models may not load here: {mismatch}")
     return 0
 
 

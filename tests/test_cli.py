@@ -12,6 +12,8 @@ from cloud_hub.cli import app as hub_cli
 from cloud_hub.store.database import Store
 from cloud_hub.store.url import store_url
 from edge_agent import cli as agent_cli
+from edge_agent.inference import tflite
+from edge_agent.inference.tflite import runtime_mismatch
 from edge_agent.protocol.messages import ModelRef, Status
 from tests.support.cli import agent_fails, bundle, hub_fails
 
@@ -257,7 +259,39 @@ def test_config_check_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert agent_cli.main(["config", "check", str(path)]) == 0
     out, err = capsys.readouterr()
     assert "ok (device pi-5, profile raspberry-pi-5)" in out
+    assert "checked on tflite-runtime 2.14" in out and "warning" not in out  # litert here
     assert err == ""
+
+
+@pytest.mark.parametrize(
+    ("profile", "installed", "warned"),
+    [
+        ("litert", "litert 1.4.0", None),
+        ("tflite-runtime 2.14", "litert 1.4.0", None),  # LiteRT loads the older op versions
+        ("tflite-runtime 2.14", "tflite-runtime 2.14.0", None),
+        ("tflite-runtime 2.14", "tflite-runtime 2.15.1", None),
+        ("tflite-runtime 2.14", "tflite-runtime 2.13.0", "older than the models"),
+        ("litert", "tflite-runtime 2.14.0", "newer operator versions"),
+        ("litert", None, "none is installed"),
+    ],
+)
+def test_the_installed_tflite_runtime_is_set_against_the_profiles(
+    profile: str, installed: str | None, warned: str | None
+) -> None:
+    mismatch = runtime_mismatch(profile, installed)
+    assert (mismatch is None) if warned is None else (mismatch is not None and warned in mismatch)
+
+
+def test_config_check_warns_of_a_tflite_runtime_the_profiles_models_may_not_load_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "device.toml"
+    path.write_text('profile = "generic-x86_64"\n[device]\nid = "gw-1"\n')
+    monkeypatch.setattr(tflite, "runtime_version", lambda: "tflite-runtime 2.14.0")
+    assert agent_cli.main(["config", "check", str(path)]) == 0  # ONNX models still run
+    out, _ = capsys.readouterr()
+    assert "TFLite runtime here: tflite-runtime 2.14.0" in out
+    assert "warning: TFLite models may not load here" in out and "edgefleet[litert]" in out
 
 
 def test_config_check_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -80,6 +80,34 @@ def runtime_version() -> str | None:
     return None
 
 
+def runtime_mismatch(profile: str, installed: str | None) -> str | None:
+    """Why TFLite models converted for a profile naming `profile` (one of TFLITE_RUNTIMES)
+    may not load on a device whose runtime is `installed` (runtime_version()); None if they
+    will. A conversion is validated on the profile's runtime: LiteRT loads what any of them
+    loads, tflite-runtime 2.14 or newer what 2.14 loads."""
+    if installed is None:
+        return f"the profile's TFLite runtime is {profile} and none is installed: {_INSTALL_HINT}"
+    name, _, version = installed.partition(" ")
+    if name == "litert":
+        return None
+    if profile == "litert":
+        return (
+            f"the profile's TFLite runtime is litert and this device has {installed}, which "
+            "may not load the newer operator versions LiteRT conversions use: install "
+            "edgefleet[litert], or give the device a profile naming tflite-runtime 2.14"
+        )
+    try:
+        have = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        have = ()
+    if have < (2, 14):
+        return (
+            f"the profile's TFLite runtime is {profile} and this device has {installed}, "
+            "older than the models converted for it are checked on: install edgefleet[tflite]"
+        )
+    return None
+
+
 def open_interpreter(model_bytes: bytes, threads: int = 1) -> Any:
     """An Interpreter with tensors allocated; BundleRejected("bad-model") if it cannot load."""
     if not model_bytes:
