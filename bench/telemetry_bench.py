@@ -53,6 +53,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cloud_hub.broker.local import RunningBroker, start_mosquitto
+from cloud_hub.hub import check_bodies
 from cloud_hub.store.database import Store
 from cloud_hub.store.url import store_url
 from edge_agent.mqtt.session import BrokerAddress, MqttSession
@@ -273,6 +274,9 @@ def stages(folder: Path, n: int) -> list[dict[str, Any]]:
     started = time.perf_counter()
     batches = [decode_batch(p, "telemetry") for p in payloads]
     timed["hub: decode_batch"] = time.perf_counter() - started
+    started = time.perf_counter()
+    batches = [check_bodies("telemetry", b)[0] for b in batches]
+    timed["hub: check_bodies (each body validated)"] = time.perf_counter() - started
     store = Store(store_url(folder / "stages"))
     started = time.perf_counter()
     for i in range(0, len(batches), 5):  # a few messages per transaction, as the hub takes them
@@ -288,6 +292,9 @@ def stages(folder: Path, n: int) -> list[dict[str, Any]]:
     assert buffer.pending() == 0 and len(spans) == len(batches)
     buffer.close()
     rows = [{"stage": k, "records_per_s": round(n / v)} for k, v in timed.items()]
+    for side, prefix in (("the device's", "device:"), ("the hub's", "hub:")):
+        spent = sum(v for k, v in timed.items() if k.startswith(prefix))
+        rows.append({"stage": f"{side} steps one after another", "records_per_s": round(n / spent)})
     rows.append(
         {
             "stage": "all of them one after another (one core's bound)",
