@@ -13,10 +13,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, StorageError
 from edge_agent.uplink.buffer import Buffer
 
 GROUP = 50
@@ -191,3 +192,29 @@ def test_pending_counts_staged_records_and_close_commits_them(tmp_path: Path) ->
 def test_a_group_needs_a_window(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="group_window_s"):
         Buffer(tmp_path / "b.sqlite", boot=1, group_rows=10)
+
+
+def test_a_full_disk_refuses_the_append_that_fills_the_group_and_keeps_the_staged(
+    tmp_path: Path, tmpfs: Any
+) -> None:
+    """A group commit that hits a full disk writes nothing; the append that filled the group is
+    refused (its seq not used), those staged before it wait, and once space returns they are
+    all committed: nothing accepted is lost, no seq is skipped."""
+    disk = tmpfs(tmp_path / "disk", "256k")
+    buf = Buffer(disk.path / "buffer.sqlite", boot=1, group_rows=10, group_window_s=60.0)
+    kept = [buf.append("telemetry", {"i": i, "pad": "x" * 200}).seq for i in range(25)]
+    disk.fill()
+    with pytest.raises(StorageError) as info:
+        for i in range(25, 10_000):  # free pages inside the files go first
+            kept.append(buf.append("telemetry", {"i": i, "pad": "x" * 200}).seq)
+    assert info.value.reason == "disk-full", info.value
+    assert kept == list(range(len(kept)))
+    assert buf.pending() == len(kept)  # the staged ones too
+    with pytest.raises(StorageError):
+        buf.flush()
+
+    disk.free()
+    buf.flush()
+    assert buf.append("telemetry", {"i": "after"}).seq == len(kept)  # no gap
+    buf.close()
+    assert surviving_seqs(disk.path / "buffer.sqlite") == list(range(len(kept) + 1))

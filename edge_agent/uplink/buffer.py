@@ -25,8 +25,9 @@ then), at `flush()`, before `take` and at `close()`. What a caller can rely on:
   (while the disk works), so an agent killed (SIGKILL) loses at most the records of the last
   `group_window_s`, never more than N - 1 of them, and never a record already sent: `take`
   commits first, so the hub is only ever sent committed records;
-- a group whose commit fails (a full disk) stays staged and is tried again at the next commit
-  point; while N records wait so, `append` refuses the next one (StorageError, seq not used).
+- a commit that fails (a full disk) writes nothing: the append that filled the group is
+  refused (StorageError, its seq not used), the records staged before it stay staged and are
+  tried again at the next commit point (the window, `flush`, `take`, the next full group).
 
 "Committed" is SQLite's WAL with synchronous=NORMAL: it survives the process being killed; a
 power cut may roll back the commits since the last checkpoint, never corrupt the file.
@@ -213,8 +214,6 @@ class Buffer:
         text = json.dumps(body)
         with self._lock:
             _ = self._db  # StorageError when closed
-            if len(self._staged) >= self.group_rows:  # an earlier group's commit failed
-                self._commit()
             record = Record(self.boot, self._seq, record.ts, body)
             self._staged.append((kind, PRIORITY[kind], record.boot, record.seq, record.ts, text))
             self._seq += 1
