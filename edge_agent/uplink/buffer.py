@@ -14,6 +14,24 @@ kept raises StorageError (nothing of it was written, and its seq is not used up,
 seqs have no gap), and the buffer goes on when the disk does. A buffer made without a boot is
 closed until `open(boot)`: the agent opens it only under a boot it has persisted.
 
+Group commit. With `group_rows` 1 (the default) each `append` is its own transaction: when it
+returns, the record is on disk. With `group_rows` N > 1, `append` stages the record in memory
+(its seq taken) and one transaction writes the staged records when N are staged, when
+`group_window_s` has passed since the first of them (a thread of the buffer's own commits
+then), at `flush()`, before `take` and at `close()`. What a caller can rely on:
+
+- after `flush()` returns, every record appended before it is committed;
+- without it, a record is committed at most `group_window_s` after its `append` returned
+  (while the disk works), so an agent killed (SIGKILL) loses at most the records of the last
+  `group_window_s`, never more than N - 1 of them, and never a record already sent: `take`
+  commits first, so the hub is only ever sent committed records;
+- a commit that fails (a full disk) writes nothing: the append that filled the group is
+  refused (StorageError, its seq not used), the records staged before it stay staged and are
+  tried again at the next commit point (the window, `flush`, `take`, the next full group).
+
+"Committed" is SQLite's WAL with synchronous=NORMAL: it survives the process being killed; a
+power cut may roll back the commits since the last checkpoint, never corrupt the file.
+
 `TokenBucket` paces the drain after a reconnect, so a returning fleet does not flatten the hub.
 """
 
@@ -97,6 +115,9 @@ def next_drop(
     return max((k for k, (r, _) in usage.items() if r), key=PRIORITY.__getitem__)
 
 
+_Row = tuple[str, float, int, int, float, str]  # kind, priority, boot, seq, ts, body's JSON
+
+
 @dataclass(frozen=True)
 class Pending:
     id: int
@@ -116,12 +137,24 @@ class Buffer:
         max_rows: int = 100_000,
         max_bytes: int | None = None,
         caps: Mapping[str, Cap] | None = None,
+        group_rows: int = 1,
+        group_window_s: float = 0.0,
     ) -> None:
+        if group_rows < 1 or group_window_s < 0 or (group_rows > 1 and group_window_s <= 0):
+            raise ConfigError(
+                "a buffer's group commit expected group_rows >= 1 and, past 1, a positive "
+                f"group_window_s, found {group_rows} and {group_window_s}"
+            )
         self.path = path
+        self.group_rows = group_rows
+        self.group_window_s = group_window_s
         self.boot = 0
         self.total = Cap(max_rows, max_bytes)
         self.caps = dict(caps or {})  # kind -> its own cap
         self._lock = threading.Lock()
+        self._staged: list[_Row] = []  # appended, not yet committed (group commit)
+        self._due = 0.0  # monotonic time by which the staged records are committed
+        self._commits = threading.Condition(self._lock)  # wakes the group-commit thread
         self._seq = 0
         self._conn: sqlite3.Connection | None = None
         self._usage: dict[str, tuple[int, int]] = {}
@@ -168,37 +201,100 @@ class Buffer:
                 ) from exc
             self._conn, self.boot, self._seq, self._usage = db, boot, 0, usage
             self._dropped = Counter({n.removeprefix("dropped."): int(v) for n, v in dropped})
+            if self.group_rows > 1:
+                threading.Thread(
+                    target=self._commit_in_time, args=(db,), name="buffer-commit", daemon=True
+                ).start()
 
     def append(self, kind: str, body: dict[str, Any], ts: float | None = None) -> Record:
-        """Keep one record under the next seq of this boot. StorageError when it cannot be kept:
-        then nothing of it was written and its seq is the next record's."""
+        """Keep one record under the next seq of this boot (committed at once, or by the group
+        commit's rules: see the module's docstring). StorageError when it cannot be kept: then
+        nothing of it was written and its seq is the next record's."""
         record = Record(self.boot, 0, ts if ts is not None else time.time(), body)
+        text = json.dumps(body)
         with self._lock:
-            db = self._db
+            _ = self._db  # StorageError when closed
             record = Record(self.boot, self._seq, record.ts, body)
-            text = json.dumps(body)
-            usage, dropped = dict(self._usage), Counter[str]()
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                while victim := next_drop(self._usage, kind, len(text), self.total, self.caps):
+            self._staged.append((kind, PRIORITY[kind], record.boot, record.seq, record.ts, text))
+            self._seq += 1
+            if len(self._staged) >= self.group_rows:
+                try:
+                    self._commit()
+                except BaseException:
+                    self._staged.pop()  # this one was not kept: the earlier ones wait
+                    self._seq -= 1
+                    raise
+            elif len(self._staged) == 1:
+                self._due = time.monotonic() + self.group_window_s
+                self._commits.notify()
+        return record
+
+    def flush(self) -> None:
+        """Commit every record appended so far. StorageError when the disk refuses: they stay
+        staged and are tried again."""
+        with self._lock:
+            self._commit()
+
+    def _commit(self) -> None:
+        """Write the staged records in one transaction (the lock held), the drop policy applied
+        record by record as they go in. On failure nothing was written and they stay staged."""
+        if not self._staged:
+            return
+        db = self._db
+        usage, dropped = dict(self._usage), Counter[str]()
+        run: list[_Row] = []  # rows to insert before the next drop (oldest first)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for row in self._staged:
+                kind, size = row[0], len(row[5])
+                while victim := next_drop(self._usage, kind, size, self.total, self.caps):
+                    self._insert(run)
+                    run = []
                     self._drop_oldest(victim)
                     dropped[victim] += 1
-                db.execute(
-                    "INSERT INTO records (kind, priority, boot, seq, ts, body) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (kind, PRIORITY[kind], record.boot, record.seq, record.ts, text),
-                )
-                db.execute("COMMIT")
-            except BaseException as exc:
-                self._usage = usage
-                self._rollback()
-                if isinstance(exc, sqlite3.Error):
-                    raise storage_error(exc, self.path) from exc
-                raise
-            self._seq += 1
-            self._dropped.update(dropped)
-            self._add(kind, 1, len(text))
-        return record
+                run.append(row)
+                self._add(kind, 1, size)
+            self._insert(run)
+            db.execute("COMMIT")
+        except BaseException as exc:
+            self._usage = usage
+            self._rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise storage_error(exc, self.path) from exc
+            raise
+        self._staged = []
+        self._dropped.update(dropped)
+
+    def _insert(self, rows: list[_Row]) -> None:
+        if rows:
+            self._db.executemany(
+                "INSERT INTO records (kind, priority, boot, seq, ts, body) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def _commit_in_time(self, db: sqlite3.Connection) -> None:
+        """The group-commit thread: staged records are committed by their due time. A failed
+        commit is logged once and tried again a window later. Ends when `db` is closed."""
+        failing = False
+        with self._commits:
+            while self._conn is db:
+                if not self._staged:
+                    self._commits.wait()
+                    continue
+                left = self._due - time.monotonic()
+                if left > 0:
+                    self._commits.wait(left)
+                    continue
+                try:
+                    self._commit()
+                except StorageError as exc:
+                    if not failing:
+                        log.error("%s: the group commit failed, retrying: %s", self.path, exc)
+                    failing = True
+                    self._due = time.monotonic() + self.group_window_s
+                else:
+                    failing = False
 
     def _rollback(self) -> None:
         """End a failed transaction, if SQLite has not already: a COMMIT that fails on a full
@@ -230,8 +326,13 @@ class Buffer:
         self._add(kind, -1, -int(size))
 
     def take(self, limit: int, skip: set[int]) -> list[Pending]:
-        """Oldest records of the most important class first, all of one kind, not in `skip`."""
+        """Oldest records of the most important class first, all of one kind, not in `skip`:
+        committed ones only (the staged are committed first; if that fails, they wait)."""
         with self._lock:
+            try:
+                self._commit()
+            except StorageError as exc:
+                log.debug("%s: staged records wait: %s", self.path, exc)
             rows = self._db.execute(
                 "SELECT id, kind, boot, seq, ts, body FROM records ORDER BY priority, id LIMIT ?",
                 (limit + len(skip),),
@@ -289,8 +390,9 @@ class Buffer:
         return self._seq
 
     def pending(self) -> int:
+        """Records held, committed or staged."""
         with self._lock:
-            return sum(rows for rows, _ in self._usage.values())
+            return sum(rows for rows, _ in self._usage.values()) + len(self._staged)
 
     def usage(self) -> dict[str, tuple[int, int]]:
         """kind -> (rows, bytes of bodies) held now."""
@@ -303,10 +405,18 @@ class Buffer:
             return {kind: n for kind, n in self._dropped.items() if n}
 
     def close(self) -> None:
+        """Commit what is staged (StorageError if the disk refuses: closed all the same, and
+        the staged records are lost) and close."""
         with self._lock:
-            if self._conn is not None:
+            if self._conn is None:
+                return
+            try:
+                self._commit()
+            finally:
+                self._staged = []
                 self._conn.close()
                 self._conn = None
+                self._commits.notify_all()
 
 
 def _count(db: sqlite3.Connection) -> dict[str, tuple[int, int]]:

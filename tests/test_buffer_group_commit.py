@@ -1,0 +1,220 @@
+"""The buffer's group commit (edge_agent.uplink.buffer): what survives an agent killed with
+SIGKILL. A child process appends and reports on its stdout what `append` / `flush` / `take`
+returned; the test kills it (SIGKILL, nothing flushed on the way out) and counts what the file
+holds against what was reported."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.errors import ConfigError, StorageError
+from edge_agent.uplink.buffer import Buffer
+
+GROUP = 50
+CHILD = """
+import sys, threading
+from pathlib import Path
+from edge_agent.uplink.buffer import Buffer
+
+path, mode, window = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+buf = Buffer(path, boot=1, group_rows={group}, group_window_s=window)
+body = {{"window_s": 2.0, "count": 400, "resources": {{"cpu_pct": 12.5}}}}
+
+def say(line):
+    sys.stdout.write(line + "\\n")
+    sys.stdout.flush()
+
+if mode == "stream":  # append for ever, each returned seq reported
+    while True:
+        say(str(buf.append("telemetry", body).seq))
+elif mode == "count":  # 5038 appended, then idle
+    for _ in range(5038):
+        buf.append("telemetry", body)
+    say("appended 5038")
+    threading.Event().wait()
+elif mode == "flush":  # 1234 appended and flushed, then idle
+    for _ in range(1234):
+        buf.append("telemetry", body)
+    buf.flush()
+    say("flushed 1234")
+    threading.Event().wait()
+elif mode == "take":  # a few appended and taken (as the sender does), then idle
+    for _ in range(7):
+        buf.append("telemetry", body)
+    say("took " + ",".join(str(p.record.seq) for p in buf.take(100, set())))
+    threading.Event().wait()
+elif mode == "idle":  # a few appended, then nothing calls the buffer again
+    for _ in range(7):
+        buf.append("telemetry", body)
+    say("appended 7")
+    threading.Event().wait()
+"""
+
+
+@pytest.fixture
+def child(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def spawn(
+    started: list[subprocess.Popen[str]], path: Path, mode: str, window: float
+) -> subprocess.Popen[str]:
+    script = path.parent / "child.py"
+    script.write_text(CHILD.format(group=GROUP), encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(path), mode, str(window)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    started.append(proc)
+    return proc
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+def surviving_seqs(path: Path) -> list[int]:
+    buf = Buffer(path, boot=2)
+    try:
+        return sorted(p.record.seq for p in buf.take(1_000_000, set()))
+    finally:
+        buf.close()
+
+
+def test_a_kill_mid_stream_leaves_each_record_once_and_no_hole(
+    tmp_path: Path, child: list[subprocess.Popen[str]]
+) -> None:
+    path = tmp_path / "buffer.sqlite"
+    proc = spawn(child, path, "stream", 60.0)  # a window too long to matter: the count bounds
+    assert proc.stdout is not None
+    reported = -1
+    for line in proc.stdout:
+        reported = int(line)
+        if reported >= 5_000:
+            break
+    kill(proc)  # while it appends and commits
+    seqs = surviving_seqs(path)
+    assert seqs == list(range(len(seqs)))  # each once, no gap: a prefix of what was appended
+    assert len(seqs) >= reported + 1 - (GROUP - 1)
+
+
+def test_a_kill_loses_fewer_than_a_group(
+    tmp_path: Path, child: list[subprocess.Popen[str]]
+) -> None:
+    path = tmp_path / "buffer.sqlite"
+    proc = spawn(child, path, "count", 60.0)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "appended 5038"
+    kill(proc)
+    seqs = surviving_seqs(path)
+    # every record whose append returned is kept but for the last group's, at most GROUP - 1
+    assert len(seqs) >= 5038 - (GROUP - 1)
+    assert seqs == list(range(len(seqs)))
+
+
+def test_what_flush_returned_for_survives_a_kill(
+    tmp_path: Path, child: list[subprocess.Popen[str]]
+) -> None:
+    path = tmp_path / "buffer.sqlite"
+    proc = spawn(child, path, "flush", 60.0)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "flushed 1234"
+    kill(proc)
+    seqs = surviving_seqs(path)
+    assert seqs == list(range(1234))
+
+
+def test_records_taken_to_be_sent_are_committed(
+    tmp_path: Path, child: list[subprocess.Popen[str]]
+) -> None:
+    """The hub is never sent a record the device could lose: take commits first."""
+    path = tmp_path / "buffer.sqlite"
+    proc = spawn(child, path, "take", 60.0)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "took 0,1,2,3,4,5,6"
+    kill(proc)
+    assert surviving_seqs(path) == list(range(7))
+
+
+def test_an_idle_buffer_commits_within_the_window(
+    tmp_path: Path, child: list[subprocess.Popen[str]]
+) -> None:
+    """Fewer records than a group, and nothing calls the buffer again: the buffer's own
+    thread commits them by the window (here 0.2 s), and then a kill loses none."""
+    path = tmp_path / "buffer.sqlite"
+    proc = spawn(child, path, "idle", 0.2)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "appended 7"
+    appended = time.monotonic()
+    reader = sqlite3.connect(path)
+    try:
+        deadline = appended + 10.0
+        while reader.execute("SELECT COUNT(*) FROM records").fetchone()[0] < 7:
+            assert time.monotonic() < deadline, "the staged records were never committed"
+        committed = time.monotonic() - appended
+    finally:
+        reader.close()
+    kill(proc)
+    assert surviving_seqs(path) == list(range(7))
+    assert committed < 5.0  # the window, with room for a loaded machine
+
+
+def test_pending_counts_staged_records_and_close_commits_them(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.sqlite"
+    buf = Buffer(path, boot=1, group_rows=GROUP, group_window_s=60.0)
+    for i in range(GROUP + 3):
+        buf.append("telemetry", {"i": i})
+    assert buf.pending() == GROUP + 3
+    buf.close()
+    assert surviving_seqs(path) == list(range(GROUP + 3))
+
+
+def test_a_group_needs_a_window(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="group_window_s"):
+        Buffer(tmp_path / "b.sqlite", boot=1, group_rows=10)
+
+
+def test_a_full_disk_refuses_the_append_that_fills_the_group_and_keeps_the_staged(
+    tmp_path: Path, tmpfs: Any
+) -> None:
+    """A group commit that hits a full disk writes nothing; the append that filled the group is
+    refused (its seq not used), those staged before it wait, and once space returns they are
+    all committed: nothing accepted is lost, no seq is skipped."""
+    disk = tmpfs(tmp_path / "disk", "256k")
+    buf = Buffer(disk.path / "buffer.sqlite", boot=1, group_rows=10, group_window_s=60.0)
+    kept = [buf.append("telemetry", {"i": i, "pad": "x" * 200}).seq for i in range(25)]
+    disk.fill()
+    with pytest.raises(StorageError) as info:
+        for i in range(25, 10_000):  # free pages inside the files go first
+            kept.append(buf.append("telemetry", {"i": i, "pad": "x" * 200}).seq)
+    assert info.value.reason == "disk-full", info.value
+    assert kept == list(range(len(kept)))
+    assert buf.pending() == len(kept)  # the staged ones too
+    with pytest.raises(StorageError):
+        buf.flush()
+
+    disk.free()
+    buf.flush()
+    assert buf.append("telemetry", {"i": "after"}).seq == len(kept)  # no gap
+    buf.close()
+    assert surviving_seqs(disk.path / "buffer.sqlite") == list(range(len(kept) + 1))
