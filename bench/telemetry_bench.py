@@ -2,8 +2,8 @@
 side by side in one run, on one private mosquitto.
 
 - "Ours": N telemetry window records (the body `Pipeline.flush_window` builds, with resources)
-  appended to the agent's `Buffer` (SQLite, WAL; group commit of one batch's worth of records,
-  `GROUP_WINDOW_S` at most: see edge_agent.uplink.buffer for what survives a kill), drained by
+  appended to the agent's `Buffer` (SQLite, WAL; group commit as base.toml's [buffer] sets it for
+  the agent: see edge_agent.uplink.buffer for what survives a kill), drained by
   the agent's `Sender` over its `MqttSession` at QoS 1 (batch size and in-flight window from
   firmware_configs/base.toml, drain pacing off: the pipe's capacity), to the `Hub` running in a
   process of its own (bench/hub_process.py: a real hub is another process or machine, not a
@@ -81,7 +81,6 @@ TARGET_LINE = (
     "zero loss"
 )
 MIN_PIPED_WIDTH = 120
-GROUP_WINDOW_S = 0.05  # the buffer's group commit: a record is on disk this long after append
 
 BODY = {  # a telemetry window as Window.to_record and the agent build it
     "window_s": 2.0,
@@ -94,8 +93,13 @@ BODY = {  # a telemetry window as Window.to_record and the agent build it
 }
 
 
+def base_section(name: str) -> dict[str, Any]:
+    """A section of firmware_configs/base.toml: the agent's defaults."""
+    return dict(tomllib.loads(profile_path("base").read_text(encoding="utf-8"))[name])
+
+
 def base_telemetry() -> dict[str, Any]:
-    return dict(tomllib.loads(profile_path("base").read_text(encoding="utf-8"))["telemetry"])
+    return base_section("telemetry")
 
 
 def ours(
@@ -105,7 +109,7 @@ def ours(
     Live: the clock runs while the records are appended and drained at once. Backlog: the N
     records are in the buffer before the clock starts (a device back from an outage), and the
     clock runs from the sender's start until the hub holds them all."""
-    settings = base_telemetry()
+    settings, grouped = base_telemetry(), base_section("buffer")
     device = f"bench-{rep}-{'backlog' if backlog else 'live'}"
     home = folder / f"hub-{device}"
     home.mkdir()
@@ -124,8 +128,8 @@ def ours(
         folder / f"dev-{device}" / "buffer.sqlite",
         boot=1,
         max_rows=n + 1,
-        group_rows=settings["batch_size"],
-        group_window_s=GROUP_WINDOW_S,
+        group_rows=grouped["group_rows"],
+        group_window_s=grouped["group_window_s"],
     )
     sender: Sender | None = None
     session = MqttSession(
@@ -244,13 +248,13 @@ def bare(broker: RunningBroker, rep: int, n: int) -> dict[str, Any]:
 
 def stages(folder: Path, n: int) -> list[dict[str, Any]]:
     """Each step of ours alone on the same N records, records/s: where the time goes."""
-    batch_size = base_telemetry()["batch_size"]
+    grouped, batch_size = base_section("buffer"), base_telemetry()["batch_size"]
     buffer = Buffer(
         folder / "stages" / "buffer.sqlite",
         boot=1,
         max_rows=n + 1,
-        group_rows=batch_size,
-        group_window_s=GROUP_WINDOW_S,
+        group_rows=grouped["group_rows"],
+        group_window_s=grouped["group_window_s"],
     )
     timed: dict[str, float] = {}
     started = time.perf_counter()
@@ -343,6 +347,8 @@ def measure(n: int, reps: int) -> dict[str, Any]:
             "reps": reps,
             "batch_size": base_telemetry()["batch_size"],
             "max_inflight": base_telemetry()["max_inflight"],
+            "group_rows": base_section("buffer")["group_rows"],
+            "group_window_s": base_section("buffer")["group_window_s"],
             "body_bytes": len(json.dumps(BODY)),
         },
         "paths": [  # the headline figures as rows (for BENCHMARKS.md)

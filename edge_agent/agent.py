@@ -128,6 +128,8 @@ class Agent:
             cfg.buffer.max_rows,
             cfg.buffer.max_bytes,
             cfg.buffer.caps.by_kind(),
+            cfg.buffer.group_rows,
+            cfg.buffer.group_window_s,
         )
         self.store = ModelStore(state / "models")
         self.mirror = TufMirror()

@@ -328,6 +328,9 @@ def test_the_readme_device_file_is_valid(tmp_path: Path) -> None:
     [
         ("[buffer]\nmax_bytes = 0", "buffer.max_bytes", "positive"),
         ('[buffer]\nmax_bytes = "1MB"', "buffer.max_bytes", "expected int"),
+        ("[buffer]\ngroup_rows = 0", "buffer.group_rows", "positive"),
+        ("[buffer]\ngroup_rows = 2.5", "buffer.group_rows", "expected int"),
+        ("[buffer]\ngroup_window_s = 0", "buffer.group_window_s", "positive"),
         ("[telemetry]\ndrain_rate = -1", "telemetry.drain_rate", "0 (off) or a positive"),
         ("[telemetry]\ndrain_rate = inf", "telemetry.drain_rate", "0 (off) or a positive"),
         ("[drift]\nwindow_s = -2", "drift.window_s", "0 (off) or a positive"),
@@ -353,6 +356,7 @@ def test_new_config_keys_have_safe_defaults(tmp_path: Path) -> None:
     assert cfg.drift.window_s == 0
     assert cfg.telemetry.drain_rate > 0
     assert cfg.buffer.max_bytes > 0
+    assert cfg.buffer.group_rows == 1  # each record committed when kept, unless asked
 
 
 def test_caps_per_class_come_from_the_profile(tmp_path: Path) -> None:

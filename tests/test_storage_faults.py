@@ -331,3 +331,31 @@ def test_a_full_disk_at_start_keeps_nothing_until_the_boot_is_saved(
     storage = agent.status().stats["storage"]
     assert storage["ok"] is True and storage["unkept"] == {"telemetry": 5}
     agent.buffer.close()
+
+
+def test_the_agent_commits_records_in_groups_when_its_config_asks(tmp_path: Path) -> None:
+    """[buffer] group_rows reaches the agent's buffer: records wait in memory until a group is
+    full or its window passes, and the agent's close commits what waits."""
+    state = tmp_path / "dev" / "state"
+    init_hub(tmp_path / "hub")
+    enroll_device(tmp_path / "hub", DEVICE, state)
+    config = tmp_path / "dev" / "agent.toml"
+    config.write_text(
+        '[device]\nid = "pi-01"\nstate_dir = "state"\n[broker]\nport = 1\n'
+        "[buffer]\ngroup_rows = 4\ngroup_window_s = 600\n"  # no window passes in this test
+    )
+
+    def kept() -> int:
+        db = sqlite3.connect(state / "buffer.sqlite")
+        try:
+            return int(db.execute("SELECT count(*) FROM records").fetchone()[0])
+        finally:
+            db.close()
+
+    agent = Agent(load_config(config))
+    assert agent.buffer.group_rows == 4
+    for i in range(6):
+        agent.keep("telemetry", {"n": i})
+    assert kept() == 4  # one group of 4 written, 2 waiting
+    agent.buffer.close()
+    assert kept() == 6
