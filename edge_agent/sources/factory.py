@@ -15,16 +15,22 @@ from edge_agent.sources.file import FileSource
 from edge_agent.sources.folder import DEFAULT_IMAGE_BYTES, FolderSource
 from edge_agent.sources.line_parser import FORMATS
 from edge_agent.sources.mqtt import MqttSource
-from edge_agent.sources.serial_port import SerialSource
 
 log = logging.getLogger(__name__)
+
+
+def _serial_source(**settings: Any) -> Source:
+    """A SerialSource, its module (and pyserial) imported only by an agent that reads a port."""
+    from edge_agent.sources.serial_port import SerialSource
+
+    return SerialSource(**settings)
 
 
 _KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[..., Source]]] = {
     "serial": (
         ("port",),
         ("baudrate", "parity", "bytesize", "stopbits", "reopen_delay", "name", "max_line_bytes"),
-        SerialSource,
+        _serial_source,
     ),
     "mqtt": (
         ("topic",),
