@@ -817,7 +817,7 @@ class Running:
     kind: str
     runs: int
     seconds: float  # spawn -> status.json counts every line
-    inferences: int
+    lines: int  # inferred or rejected (no-model, before the installed model is active)
     rss_mb: float
     hwm_mb: float
     hwm_over_bare_mb: float
@@ -853,31 +853,35 @@ def running_daemon_once(model: Model, folder: Path, lines_path: Path) -> dict[st
             text=True,
         )
         try:
-            inferences = _wait_for_inferences(proc, state / "status.json", start)
+            counted = _wait_for_lines(proc, state / "status.json", start)
             seconds = time.perf_counter() - start
             memory = _proc_memory(proc.pid)
         finally:
             proc.terminate()
             _, err = proc.communicate(timeout=30)
-        if inferences < PREDICTIONS_AFTER_LOAD + 1:
-            raise RuntimeError(f"the agent ran {inferences} lines in {RUNNING_TIMEOUT_S} s:\n{err}")
+        if counted < PREDICTIONS_AFTER_LOAD + 1:
+            why = f"the agent counted {counted} lines in {RUNNING_TIMEOUT_S} s"
+            raise RuntimeError(f"{why}:\n{err}")
     finally:
         broker.stop()
-    return {"seconds": seconds, "inferences": inferences, **memory}
+    return {"seconds": seconds, "lines": counted, **memory}
 
 
-def _wait_for_inferences(proc: subprocess.Popen[str], status: Path, start: float) -> int:
-    """Polls the agent's status.json (a bench, not a test: nothing else says it is done)."""
-    inferences = 0
+def _wait_for_lines(proc: subprocess.Popen[str], status: Path, start: float) -> int:
+    """Polls the agent's status.json (a bench, not a test: nothing else says it is done) until
+    every line is counted, inferred or rejected: a line read before the installed model is
+    active is rejected as no-model. Returns the lines counted."""
+    counted = 0
     while time.perf_counter() - start < RUNNING_TIMEOUT_S and proc.poll() is None:
         time.sleep(RUNNING_POLL_S)
         try:
-            inferences = int(json.loads(status.read_text())["stats"]["inferences"])
+            stats = json.loads(status.read_text())["stats"]
+            counted = int(stats["inferences"]) + sum(stats["rejected"].values())
         except (OSError, ValueError, KeyError):
             continue  # not written yet, or caught mid-replace
-        if inferences >= PREDICTIONS_AFTER_LOAD + 1:
+        if counted >= PREDICTIONS_AFTER_LOAD + 1:
             break
-    return inferences
+    return counted
 
 
 def _proc_memory(pid: int) -> dict[str, float]:
@@ -909,7 +913,7 @@ def measure_running(model: Model, folder: Path, bare: ColdStart) -> Running | No
         kind=RUNNING_KIND,
         runs=RUNNING_RUNS,
         seconds=med("seconds"),
-        inferences=int(med("inferences")),
+        lines=int(med("lines")),
         rss_mb=med("VmRSS"),
         hwm_mb=med("VmHWM"),
         hwm_over_bare_mb=med("VmHWM") - bare_peak,
@@ -1262,7 +1266,7 @@ def print_report(report: dict[str, Any]) -> None:
     else:
         console.print(
             f"  {RUNNING_KIND} (edge-agent run, connected to a private mosquitto, a file input of "
-            f"{running['inferences']} lines; median of {running['runs']}): VmRSS "
+            f"{running['lines']} lines; median of {running['runs']}): VmRSS "
             f"{running['rss_mb']:.1f} MB, VmHWM {running['hwm_mb']:.1f} MB, "
             f"{running['hwm_over_bare_mb']:+.1f} MB over {BARE_KIND}; all lines run "
             f"{running['seconds']:.1f} s after spawn",
