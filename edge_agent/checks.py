@@ -4,13 +4,14 @@ key, what was expected and what was found."""
 from __future__ import annotations
 
 import math
-from difflib import get_close_matches
 from typing import Any
 
 from edge_agent.errors import ConfigError
 
 
 def suggest(word: str, choices: Any) -> str:
+    from difflib import get_close_matches  # only for a wrong name: not in a running agent
+
     close = get_close_matches(word, sorted(choices), n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
 

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import getpass
-import grp
 import json
 import logging
 import os
-import pwd
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -193,6 +189,8 @@ SERIAL_GROUPS = ("dialout",)  # owns /dev/ttyUSB*, /dev/ttyACM* on Debian and Ra
 
 
 def _group_exists(name: str) -> bool:
+    import grp  # install-service's modules load with it, not in the running agent
+
     try:
         grp.getgrnam(name)
     except KeyError:
@@ -202,6 +200,8 @@ def _group_exists(name: str) -> bool:
 
 def default_user() -> str:
     """Whoever ran `sudo edge-agent install-service`, else the current user."""
+    import getpass
+
     try:
         return os.environ.get("SUDO_USER") or getpass.getuser()
     except (OSError, KeyError) as exc:  # a uid with no name (some containers)
@@ -209,6 +209,8 @@ def default_user() -> str:
 
 
 def _systemctl(systemctl: str, *argv: str) -> None:
+    import subprocess
+
     try:
         done = subprocess.run(
             [systemctl, *argv], capture_output=True, text=True, timeout=120, check=False
@@ -227,6 +229,8 @@ def cmd_install_service(args: argparse.Namespace) -> int:
 
     config = Path(os.path.abspath(args.config))
     cfg = load_config(config)  # a broken config is never installed
+    import pwd
+
     user = args.user or default_user()
     try:
         pwd.getpwnam(user)

@@ -8,7 +8,6 @@ suggestion; every error names the file, the key path, what was expected and what
 
 from __future__ import annotations
 
-import difflib
 import functools
 import logging
 import math
@@ -106,6 +105,8 @@ def profile_sections() -> dict[str, type]:
 
 
 def _suggest(word: str, choices: list[str]) -> str:
+    import difflib  # only for a wrong key: not in a running agent
+
     close = difflib.get_close_matches(word, choices, n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
 

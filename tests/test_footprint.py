@@ -121,3 +121,52 @@ def test_agent_runs_a_model_with_the_base_install_only(tmp_path: Path) -> None:
     predictions = json.loads(out.stdout)
     assert len(predictions) == 3
     assert np.isfinite(np.asarray(predictions, dtype=float)).all()
+
+
+# what only some paths need (a TFLite version query, a misspelt name, a serial port or camera,
+# image or window models, install-service), and numpy.ma (numpy 2's np.unique and
+# np.percentile import it): a serving agent's resident memory holds none of them
+NOT_FOR_SERVING = (
+    "numpy.ma",
+    "importlib.metadata",
+    "difflib",
+    "serial",
+    "subprocess",
+    "edge_agent.imaging",
+    "edge_agent.framing.windows",
+    "edge_agent.sources.camera",
+)
+
+
+def test_a_serving_agent_loads_only_what_serving_needs(tmp_path: Path) -> None:
+    x, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=500).fit(x, y)
+    bundle = tmp_path / "iris-1.zip"
+    build_bundle(model, x, y, name="iris", version=1, out=bundle)
+    lines = [",".join(repr(float(v)) for v in row).encode() for row in x]
+    script = BLOCKER + textwrap.dedent(
+        f"""
+        import edge_agent.agent, edge_agent.cli
+        from edge_agent.inference.pipeline import ActiveModel, Pipeline
+        from edge_agent.update.bundle import read_bundle
+        from edge_agent.update.health import check_health
+        from edge_agent.inference.runtime import load_runtime
+        b = read_bundle(open({str(bundle)!r}, "rb").read(), None, 10**8)
+        rt = load_runtime(b.card, b.model_bytes)
+        assert check_health(b.card, rt).ok
+        windows = []
+        pipeline = Pipeline(on_drift=lambda r: None, on_window=windows.append)
+        pipeline.active = ActiveModel.build(b.card, rt, 50, 100, 10000)
+        for line in {lines!r}:
+            pipeline.process([("csv", line)])
+        pipeline.flush_window()
+        assert pipeline.stats.inferences == {len(lines)} and windows
+        assert pipeline.stats.latencies()["p50"] > 0
+        loaded = [m for m in {NOT_FOR_SERVING!r} if m in sys.modules]
+        assert not loaded, loaded
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr

@@ -13,8 +13,9 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from edge_agent.inference.pipeline import ActiveModel, Pipeline
+from edge_agent.protocol.card import unique_sorted
 from edge_agent.protocol.records import TelemetryWindow
-from edge_agent.uplink.telemetry import RunningStats, Window, percentiles
+from edge_agent.uplink.telemetry import RunningStats, Window, percentile, percentiles
 from tests.support.models import active_model, csv_line
 
 # One micro-batch: its latency and its predictions, all of one type (one model's outputs).
@@ -105,3 +106,22 @@ def test_a_window_never_spans_two_models(two_models: tuple[ActiveModel, ActiveMo
     ]
     assert pipeline.stats.rejected == {"no-model": 4, "field-count": 1}
     assert pipeline.stats.inferences == 6
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=60),
+    st.lists(st.floats(0, 100), min_size=1, max_size=4),
+)
+def test_percentile_is_numpys_bit_for_bit(values: list[float], qs: list[float]) -> None:
+    """The agent's own percentile (numpy's would import numpy.ma) gives numpy's floats."""
+    x = np.round(np.asarray(values), 2)  # ties too
+    assert np.array_equal(percentile(x, tuple(qs)), np.percentile(x, qs))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([0.0, -1.5, 2.0, 1e300, np.inf, -np.inf, np.nan]), max_size=30))
+def test_unique_sorted_is_numpys_unique(values: list[float]) -> None:
+    x = np.asarray(values, dtype=np.float64)
+    got, want = unique_sorted(x), np.unique(x)
+    assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True)

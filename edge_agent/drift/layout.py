@@ -19,7 +19,7 @@ import numpy as np
 
 from edge_agent.drift.stats import MIN_EXPECTED, merge_bins
 from edge_agent.native import count_slots
-from edge_agent.protocol.card import ModelCard
+from edge_agent.protocol.card import ModelCard, unique_sorted
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class Layout:
                 points = le = lt = np.empty(0, dtype=np.float64)
             elif f.ks:
                 sample = np.asarray(f.ks, dtype=np.float64)
-                points = np.unique(sample)
+                points = unique_sorted(sample)
                 le = np.searchsorted(sample, points, "right") / sample.size
                 lt = np.searchsorted(sample, points, "left") / sample.size
             else:  # an older card: the ECDF is known at the bin edges only
@@ -85,7 +85,7 @@ class Layout:
                 le = lt = np.cumsum(f.counts)[: len(points)] / max(sum(f.counts), 1)
             edges = np.asarray(f.edges, dtype=np.float64)
             lo, hi = _float32_bounds(f.min, f.max)
-            values = np.unique(np.concatenate([points, edges, [lo, hi, -np.inf, np.inf]]))
+            values = unique_sorted(np.concatenate([points, edges, [lo, hi, -np.inf, np.inf]]))
             key = np.empty(len(values), dtype=np.complex128)
             key.real, key.imag = j, values  # not j + 1j * values: 1j * inf has a NaN real part
             keys.append(key)

@@ -11,8 +11,7 @@ from edge_agent.imaging.errors import BAD_IMAGE
 from edge_agent.imaging.npy import encode_npy
 from edge_agent.imaging.pixels import card_pixels, resize, scaled, to_channels, unscaled
 from edge_agent.imaging.stats import image_stats, stat_names
-
-FORMAT = "image"  # the message format of an image input ([[inputs]] format = "image")
+from edge_agent.protocol.input_spec import IMAGE_FORMAT as FORMAT
 
 __all__ = [
     "BAD_IMAGE",

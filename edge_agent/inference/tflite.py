@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -68,6 +67,10 @@ def interpreter_class() -> Any:
 def runtime_version() -> str | None:
     """The TFLite runtime this process would open models with, as "litert 1.4.0" or
     "tflite-runtime 2.14.0" (the same preference as interpreter_class); None if neither."""
+    # here, not at the top: importlib.metadata (with csv, email and zipfile's readers) is 1.6 MB
+    # of the agent's resident memory, and the agent imports this module for its settings only
+    from importlib import metadata
+
     for module, distribution, name in _DISTRIBUTIONS:
         try:
             importlib.import_module(f"{module}.interpreter")

@@ -41,6 +41,9 @@ from edge_agent.protocol.fields import field_of
 from edge_agent.protocol.signal_names import parse_signal
 
 INPUT_KINDS = ("row", "window", "image")
+# the message format of an image input ([[inputs]] format = "image"); here, not in
+# edge_agent.imaging, so that naming it does not load the decoders
+IMAGE_FORMAT = "image"
 RESIZE_MODES = ("bilinear", "nearest")
 IMAGE_CHANNELS = (1, 3)
 MAX_CATEGORIES = 256  # per categorical feature

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from difflib import get_close_matches
 from functools import lru_cache
 
 import numpy as np
@@ -69,6 +68,8 @@ def _one(name: str, size: int, rate_hz: float, at: str) -> SignalFeature:
         return SignalFeature(name, name)
     band = _BAND.fullmatch(name)
     if band is None:
+        from difflib import get_close_matches  # only for a wrong name
+
         close = get_close_matches(name.split(":")[0], [*STATS, BAND], n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise MessageError(f"{at}: expected {GRAMMAR}, got {name!r:.40}.{hint}")

@@ -8,23 +8,35 @@ from typing import Any
 
 from edge_agent.checks import positive_int, suggest
 from edge_agent.errors import ConfigError
-from edge_agent.imaging import FORMAT as IMAGE
+from edge_agent.protocol.input_spec import IMAGE_FORMAT as IMAGE
 from edge_agent.sources.base import OnStatus, Source
-from edge_agent.sources.camera import CameraSource
 from edge_agent.sources.file import FileSource
 from edge_agent.sources.folder import DEFAULT_IMAGE_BYTES, FolderSource
 from edge_agent.sources.line_parser import FORMATS
 from edge_agent.sources.mqtt import MqttSource
-from edge_agent.sources.serial_port import SerialSource
 
 log = logging.getLogger(__name__)
+
+
+def _serial_source(**settings: Any) -> Source:
+    """A SerialSource, its module (and pyserial) imported only by an agent that reads a port."""
+    from edge_agent.sources.serial_port import SerialSource
+
+    return SerialSource(**settings)
+
+
+def _camera_source(**settings: Any) -> Source:
+    """A CameraSource, its module (and the image encoders) imported only for a camera."""
+    from edge_agent.sources.camera import CameraSource
+
+    return CameraSource(**settings)
 
 
 _KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[..., Source]]] = {
     "serial": (
         ("port",),
         ("baudrate", "parity", "bytesize", "stopbits", "reopen_delay", "name", "max_line_bytes"),
-        SerialSource,
+        _serial_source,
     ),
     "mqtt": (
         ("topic",),
@@ -40,7 +52,7 @@ _KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[..., Source]]
     "camera": (
         (),
         ("device", "fps", "width", "height", "backend", "reopen_delay", "name", "max_image_bytes"),
-        CameraSource,
+        _camera_source,
     ),
 }
 _CONNECTED = ("serial", "mqtt")  # the kinds with a connection whose events `on_status` hears

@@ -7,11 +7,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import sqlite3
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent.errors import StorageError
+
+if TYPE_CHECKING:  # a type only: the processes that never open a database do not load SQLite
+    import sqlite3
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:

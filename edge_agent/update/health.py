@@ -25,6 +25,7 @@ import numpy as np
 from edge_agent.errors import EdgefleetError
 from edge_agent.inference.runtime import Runtime
 from edge_agent.protocol.card import Anomaly, ModelCard
+from edge_agent.uplink.telemetry import percentile
 
 INFERENCE_ERRORS = (EdgefleetError, RuntimeError, ValueError)  # what a runtime raises on a row
 
@@ -83,7 +84,7 @@ def check_health(card: ModelCard, runtime: Runtime) -> HealthResult:
         )
     error_rate = len(errors) / len(x)
     agreement = agree / len(x)
-    p50 = float(np.percentile(latencies, 50)) if latencies else math.inf
+    p50 = float(percentile(np.asarray(latencies), (50,))[0]) if latencies else math.inf
     if error_rate > card.max_error_rate:
         return HealthResult(
             False,

@@ -16,7 +16,27 @@ def percentiles(values: Any, qs: tuple[int, ...] = (50, 95, 99)) -> dict[str, fl
     arr = np.asarray(values, dtype=np.float64)
     if arr.size == 0:
         return {f"p{q}": 0.0 for q in qs}
-    return {f"p{q}": round(float(v), 4) for q, v in zip(qs, np.percentile(arr, qs), strict=True)}
+    return {f"p{q}": round(float(v), 4) for q, v in zip(qs, percentile(arr, qs), strict=True)}
+
+
+def percentile(values: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
+    """np.percentile(values, qs) of a non-empty 1-d float64 array without NaN, bit for bit (its
+    default, linear method, with its interpolation), but without importing numpy.ma: numpy 2's
+    np.percentile does (through np.unique), which costs the agent about 1 MB of resident
+    memory."""
+    s = np.sort(values)
+    n = s.size
+    virtual = (n - 1) * np.true_divide(np.asarray(qs, dtype=np.float64), 100)
+    lo = np.floor(virtual).astype(np.intp)
+    hi = lo + 1
+    last = virtual >= n - 1
+    lo[last] = hi[last] = n - 1
+    gamma = virtual - lo
+    a, b = s[lo], s[hi]
+    diff = b - a
+    out = a + diff * gamma
+    np.subtract(b, diff * (1 - gamma), out=out, where=gamma >= 0.5)
+    return out
 
 
 @dataclass
