@@ -93,6 +93,9 @@ log = logging.getLogger(__name__)
 
 MAX_CHUNKS_PER_REQUEST = 64
 INGEST_BATCH = 500  # messages stored in one transaction, then acknowledged
+# confirmations (QoS 1) on their way to the broker at once: at thousands of devices a second a
+# smaller window keeps the hub's client queueing them until it refuses more (paho's 65,535 ids)
+CONFIRMS_IN_FLIGHT = 1000
 TICK_S = 0.25
 PRUNE_EVERY_S = 60.0
 EXPERIMENTS_EVERY_S = 1.0  # experiments read their cohorts' records: not every tick
@@ -171,7 +174,11 @@ class Hub:
         self._refusing: set[tuple[str, str]] = set()  # (device, reason) said in the log
         self._next_prune = 0.0
         self.quality = QualityWatch(self.store, PublishedCards(self.repo), accuracy_floors)
-        self.session = MqttSession(client_id, broker, persistent=True, manual_ack=True)
+        self.unconfirmed = 0  # confirmations the MQTT client refused (its queue was full)
+        self._confirms_failing = False  # said in the log until one goes out again
+        self.session = MqttSession(
+            client_id, broker, persistent=True, manual_ack=True, max_inflight=CONFIRMS_IN_FLIGHT
+        )
         for kind in ("status", "telemetry", "drift", "events", "labels", "xfer/req"):
             self.session.subscribe_acked(self.topics.any_device(kind), self._queue, share=share)
         # what answers a device's transfer request (xfer/req): `serve_chunks`; a test wraps it
@@ -332,7 +339,18 @@ class Hub:
                 records.setdefault(item[1].device, []).extend(item[1].records)
         for device, recs in records.items():
             confirm = Confirm(device, spans_of(recs))
-            self.session.publish(self.topics.device(device, "ack"), encode(confirm))
+            try:
+                self.session.publish(self.topics.device(device, "ack"), encode(confirm))
+            except TransportError as exc:  # the client's queue is full: a hub slower than its
+                # fleet; the device sends those records again, and they are stored once
+                self.unconfirmed += 1
+                if not self._confirms_failing:
+                    self._confirms_failing = True
+                    log.warning("confirmations are not going out (%s): devices send again", exc)
+            else:
+                if self._confirms_failing:
+                    self._confirms_failing = False
+                    log.warning("confirmations go out again (%d were not sent)", self.unconfirmed)
 
     def _reject(self, exc: Exception, what: str) -> None:
         """Count and log; the loop goes on (a bad message or a failing disk must not end it)."""
