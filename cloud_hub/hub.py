@@ -96,6 +96,7 @@ INGEST_BATCH = 500  # messages stored in one transaction, then acknowledged
 # confirmations (QoS 1) on their way to the broker at once: at thousands of devices a second a
 # smaller window keeps the hub's client queueing them until it refuses more (paho's 65,535 ids)
 CONFIRMS_IN_FLIGHT = 1000
+UNCONFIRMED_LOG_S = 60.0
 TICK_S = 0.25
 PRUNE_EVERY_S = 60.0
 EXPERIMENTS_EVERY_S = 1.0  # experiments read their cohorts' records: not every tick
@@ -175,7 +176,7 @@ class Hub:
         self._next_prune = 0.0
         self.quality = QualityWatch(self.store, PublishedCards(self.repo), accuracy_floors)
         self.unconfirmed = 0  # confirmations the MQTT client refused (its queue was full)
-        self._confirms_failing = False  # said in the log until one goes out again
+        self._warn_unconfirmed_at = 0.0  # when the log may say so again
         self.session = MqttSession(
             client_id, broker, persistent=True, manual_ack=True, max_inflight=CONFIRMS_IN_FLIGHT
         )
@@ -344,13 +345,15 @@ class Hub:
             except TransportError as exc:  # the client's queue is full: a hub slower than its
                 # fleet; the device sends those records again, and they are stored once
                 self.unconfirmed += 1
-                if not self._confirms_failing:
-                    self._confirms_failing = True
-                    log.warning("confirmations are not going out (%s): devices send again", exc)
-            else:
-                if self._confirms_failing:
-                    self._confirms_failing = False
-                    log.warning("confirmations go out again (%d were not sent)", self.unconfirmed)
+                now = time.monotonic()
+                if now >= self._warn_unconfirmed_at:  # at most once a minute
+                    self._warn_unconfirmed_at = now + UNCONFIRMED_LOG_S
+                    log.warning(
+                        "confirmations not sent: %d since start (%s); devices send those "
+                        "records again",
+                        self.unconfirmed,
+                        exc,
+                    )
 
     def _reject(self, exc: Exception, what: str) -> None:
         """Count and log; the loop goes on (a bad message or a failing disk must not end it)."""
