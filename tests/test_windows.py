@@ -530,12 +530,8 @@ def test_the_cli_converts_a_model_on_signal_features_from_raw_windows(
     assert "expects the training windows as a .npy array" in refused([*window, "--sample", "w.csv"])
 
 
-def test_a_window_models_telemetry_counts_the_lines_it_took_even_before_a_window_is_full(
-    motion: tuple[np.ndarray, np.ndarray], features_model: LogisticRegression, tmp_path: Path
-) -> None:
-    """The rollout gate's error rate divides refused lines by the lines a window model took
-    (edge_agent.protocol.records.TelemetryWindow.lines), so the pipeline reports them, in
-    the window they came in, even when they complete no window yet."""
+def window_pipeline(features_model: LogisticRegression, tmp_path: Path, on_window: Any) -> Pipeline:
+    """A pipeline serving a model on signal features of 128-sample windows every 64."""
     spec = window_spec(CHANNELS, 128, 64, RATE, SIGNAL)
     windows, labels = dataset(10, 128, np.random.default_rng(3))
     out = tmp_path / "m.zip"
@@ -549,9 +545,19 @@ def test_a_window_models_telemetry_counts_the_lines_it_took_even_before_a_window
         input_spec=spec,
     )
     card, runtime, _ = open_bundle(out)
-    records: list[TelemetryWindow] = []
-    pipeline = Pipeline(on_drift=lambda body: None, on_window=records.append)
+    pipeline = Pipeline(on_drift=lambda body: None, on_window=on_window)
     pipeline.active = ActiveModel.build(card, runtime, 200, 100, 1e4)
+    return pipeline
+
+
+def test_a_window_models_telemetry_counts_the_lines_it_took_even_before_a_window_is_full(
+    motion: tuple[np.ndarray, np.ndarray], features_model: LogisticRegression, tmp_path: Path
+) -> None:
+    """The rollout gate's error rate divides refused lines by the lines a window model took
+    (edge_agent.protocol.records.TelemetryWindow.lines), so the pipeline reports them, in
+    the window they came in, even when they complete no window yet."""
+    records: list[TelemetryWindow] = []
+    pipeline = window_pipeline(features_model, tmp_path, records.append)
     s = stream(300)
     text = [("csv", line) for line in lines(s)]
     pipeline.process(text[:100])  # no window yet: 100 of 128 samples
@@ -569,22 +575,8 @@ def test_lines_the_queue_had_no_room_for_restart_the_window(
 ) -> None:
     """A device too slow for its sensor loses lines at its queue: the window being filled
     then must not join the samples before the hole to those after it."""
-    spec = window_spec(CHANNELS, 128, 64, RATE, SIGNAL)
-    windows, labels = dataset(10, 128, np.random.default_rng(3))
-    out = tmp_path / "m.zip"
-    build_bundle(
-        features_model,
-        window_items(windows, spec),
-        labels,
-        name="m",
-        version=1,
-        out=out,
-        input_spec=spec,
-    )
-    card, runtime, _ = open_bundle(out)
     records: list[TelemetryWindow] = []
-    pipeline = Pipeline(on_drift=lambda body: None, on_window=records.append)
-    pipeline.active = ActiveModel.build(card, runtime, 200, 100, 1e4)
+    pipeline = window_pipeline(features_model, tmp_path, records.append)
     text = [("csv", line) for line in lines(stream(300))]
     backlog = Backlog(maxsize=150, max_bytes=10**9)
     refused = 0
