@@ -71,6 +71,23 @@ if TYPE_CHECKING:
     from edge_agent.system.identity import DeviceIdentity
 
 log = logging.getLogger(__name__)
+IDLE_WAIT_S = 5.0  # the longest the idle main loop sleeps (a line, a due window or status, or
+# a stop wakes it sooner): bounds a stop whose wake-up a signal handler could not deliver
+
+
+class _Stop(threading.Event):
+    """The agent's stop event: setting it also wakes the main loop where it waits for lines,
+    so a stop is heard at once although the loop does not poll."""
+
+    _lines: Backlog | None = None
+
+    def wakes(self, lines: Backlog) -> None:
+        self._lines = lines
+
+    def set(self) -> None:
+        super().set()
+        if self._lines is not None:
+            self._lines.wake()
 
 
 def last_boot(state_dir: Path) -> int:
@@ -121,7 +138,7 @@ class Agent:
         self._boot_persisted = False
         with contextlib.suppress(StorageError):
             self.boot = last_boot(state) + 1
-        self.stop_event = threading.Event()
+        self.stop_event = _Stop()
         self.buffer = Buffer(
             state / "buffer.sqlite",
             None,  # opened by _storage_ready, under the persisted boot
@@ -190,6 +207,7 @@ class Agent:
             set_shadow=self._set_shadow,
         )
         self.lines = Backlog(cfg.pipeline.queue_max, cfg.pipeline.queue_max_bytes)
+        self.stop_event.wakes(self.lines)
         self.commands: queue.Queue[tuple[SignedCommand, bool]] = queue.Queue()  # (, resumed)
         self.sources: list[Source] = []
         self._quiet: set[str] = set()  # inputs flagged "no input", to log each change once
@@ -530,7 +548,10 @@ class Agent:
         failures = Failures("main loop")
         while not self.stop_event.is_set():
             try:
-                batch = self.lines.get_batch(batch_max, timeout=0.1)
+                # idle, the loop sleeps until a line comes, the next window or status is due,
+                # or the agent stops (stop_event wakes it): no polling between lines
+                due = min(next_window, next_status) - time.monotonic()
+                batch = self.lines.get_batch(batch_max, timeout=min(max(due, 0.0), IDLE_WAIT_S))
                 if batch:
                     self.pipeline.process(batch)
                 now = time.monotonic()

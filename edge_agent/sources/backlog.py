@@ -54,6 +54,16 @@ class Backlog(queue.Queue[Message]):
             self.not_full.notify(len(batch))
             return batch
 
+    def wake(self) -> None:
+        """Wake a `get_batch` waiting for its first message (it returns what it has, perhaps
+        nothing). Safe from a signal handler: should the interrupted thread hold the lock, it
+        is not waiting, and it is not waited for here beyond a moment."""
+        if self.mutex.acquire(timeout=0.05):
+            try:
+                self.not_empty.notify_all()
+            finally:
+                self.mutex.release()
+
     def _put(self, item: Message) -> None:
         super()._put(item)
         self.bytes += len(item[1])

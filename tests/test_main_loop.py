@@ -1,0 +1,100 @@
+"""The agent's main loop does not poll: idle, it sleeps until a line comes, a telemetry window
+or status is due, or the agent stops, and a stop wakes it at once."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+import edge_agent.agent as agent_module
+from cloud_hub.rollout.operations import enroll_device, init_hub
+from edge_agent.agent import Agent
+from edge_agent.config import load_config
+from edge_agent.sources.backlog import Message
+
+WAIT_S = 10
+
+
+class Watched:
+    """The agent's get_batch, recording each call's timeout; `waiting` is set once the loop
+    has asked `calls` times."""
+
+    def __init__(self, agent: Agent, calls: int) -> None:
+        self.timeouts: list[float] = []
+        self.waiting = threading.Event()
+        self._calls = calls
+        self._get = agent.lines.get_batch
+        agent.lines.get_batch = self  # type: ignore[method-assign]
+
+    def __call__(self, most: int, timeout: float) -> list[Message]:
+        self.timeouts.append(timeout)
+        if len(self.timeouts) >= self._calls:
+            self.waiting.set()
+        return self._get(most, timeout)
+
+
+def idle_agent(tmp_path: Path, seconds: float) -> Agent:
+    init_hub(tmp_path / "hub")
+    enroll_device(tmp_path / "hub", "pi-01", tmp_path / "state-pi-01")
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        f'[device]\nid = "pi-01"\n[telemetry]\ninterval_s = {seconds}\n'
+        f"status_interval_s = {seconds}\n"
+    )
+    return Agent(load_config(path))
+
+
+def test_an_idle_loop_sleeps_until_a_window_or_status_is_due(tmp_path: Path) -> None:
+    agent = idle_agent(tmp_path, 3.0)
+    watched = Watched(agent, 2)
+    thread = threading.Thread(target=agent.run_forever, daemon=True)
+    thread.start()
+    try:
+        assert watched.waiting.wait(WAIT_S)
+    finally:
+        agent.stop_event.set()
+        thread.join(WAIT_S)
+    assert not thread.is_alive()
+    # the first pass flushes and publishes at once; then it waits for the next, 3 s away
+    assert watched.timeouts[0] == 0.0
+    assert 2.0 < watched.timeouts[1] <= 3.0
+
+
+def test_a_stop_wakes_the_idle_loop_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent_module, "IDLE_WAIT_S", 600.0)
+    agent = idle_agent(tmp_path, 600.0)
+    watched = Watched(agent, 2)
+    thread = threading.Thread(target=agent.run_forever, daemon=True)
+    thread.start()
+    assert watched.waiting.wait(WAIT_S)
+    assert watched.timeouts[1] > 500  # asleep until something is due, ten minutes away
+    agent.stop_event.set()
+    thread.join(WAIT_S)
+    assert not thread.is_alive(), "the stop did not wake the main loop"
+
+
+def test_lines_are_taken_as_they_come(tmp_path: Path) -> None:
+    agent = idle_agent(tmp_path, 600.0)
+    taken = threading.Event()
+    seen: list[list[Message]] = []
+
+    def process(batch: list[Message]) -> None:
+        seen.append(batch)
+        taken.set()
+
+    agent.pipeline.process = process  # type: ignore[method-assign]
+    watched = Watched(agent, 2)
+    thread = threading.Thread(target=agent.run_forever, daemon=True)
+    thread.start()
+    try:
+        assert watched.waiting.wait(WAIT_S)  # asleep, ten minutes from anything due
+        agent.lines.put_nowait(("csv", b"1,2,3,4"))
+        assert taken.wait(WAIT_S), "a line did not wake the idle loop"
+    finally:
+        agent.stop_event.set()
+        thread.join(WAIT_S)
+    assert seen == [[("csv", b"1,2,3,4")]]
