@@ -139,6 +139,7 @@ class Agent:
         with contextlib.suppress(StorageError):
             self.boot = last_boot(state) + 1
         self.stop_event = _Stop()
+        self._status_model: ModelRef | None = None  # the model the last status named
         self.buffer = Buffer(
             state / "buffer.sqlite",
             None,  # opened by _storage_ready, under the persisted boot
@@ -317,7 +318,8 @@ class Agent:
         log.info("%s %s %s", event, model, reason)
         record = DeviceEvent(event, model, reason, rollout, shadow)
         self.keep(record.KIND, record.to_body())
-        self._publish_status()
+        if self._serving() != self._status_model:  # the hub sees a new model at once; the
+            self._publish_status()  # rest of the status waits for the next heartbeat
 
     def _identity(self) -> DeviceIdentity | None:
         from edge_agent.system.identity import load_identity  # cryptography, only when needed
@@ -418,7 +420,6 @@ class Agent:
         return states
 
     def status(self) -> Status:
-        active = self.pipeline.active
         running = self.pipeline.stats
         stats = DeviceStats(
             inferences=running.inferences,
@@ -437,7 +438,7 @@ class Agent:
             boot=self.boot,
             agent_version=__version__,
             profile=self.cfg.profile,
-            model=active.card.model if active else None,
+            model=self._serving(),
             stats=stats.to_body(),
             ts=time.time(),
         )
@@ -446,8 +447,13 @@ class Agent:
         self._publish_status()
         self.sender.wake.set()  # what waited in the buffer goes now
 
+    def _serving(self) -> ModelRef | None:
+        active = self.pipeline.active
+        return active.card.model if active else None
+
     def _publish_status(self) -> None:
         status = self.status()
+        self._status_model = status.model
         self._write_status(status)
         if self.session.connected.is_set():
             self.session.publish(self._status_topic, encode(status), retain=True)
@@ -455,7 +461,7 @@ class Agent:
     def _write_status(self, status: Status) -> None:
         """status.json, what `edge-agent status` reads without asking the daemon. One that
         cannot be written is said in the published status (stats.storage). Replaced whole but
-        not fsynced: it is rewritten with every event and heartbeat and at start, so a power
+        not fsynced: it is rewritten at every heartbeat, model change and start, so a power
         cut costs nothing the next status does not say again (and `edge-agent status` says
         plainly when it finds the file unreadable)."""
         path = self.cfg.device.state_dir / "status.json"

@@ -1,18 +1,24 @@
 """The agent's main loop does not poll: idle, it sleeps until a line comes, a telemetry window
-or status is due, or the agent stops, and a stop wakes it at once."""
+or status is due, or the agent stops, and a stop wakes it at once. And an event publishes the
+status only when the model serving changed."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
 import pytest
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
 
 import edge_agent.agent as agent_module
 from cloud_hub.rollout.operations import enroll_device, init_hub
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
+from edge_agent.protocol.messages import ModelRef
 from edge_agent.sources.backlog import Message
+from tests.support.models import active_model
 
 WAIT_S = 10
 
@@ -98,3 +104,44 @@ def test_lines_are_taken_as_they_come(tmp_path: Path) -> None:
         agent.stop_event.set()
         thread.join(WAIT_S)
     assert seen == [[("csv", b"1,2,3,4")]]
+
+
+def test_an_event_publishes_the_status_only_when_the_serving_model_changed(
+    tmp_path: Path,
+) -> None:
+    """An update's offered, downloading, verified and installed change nothing the status
+    says (their records say them); the model that now serves is said at once."""
+    x, y = load_iris(return_X_y=True)
+    clf = LogisticRegression(max_iter=1000).fit(x, y)
+    model = active_model(clf, x, y, "iris", tmp_path / "iris-3.zip")
+    agent = idle_agent(tmp_path, 600.0)
+    published: list[ModelRef | None] = []
+    publish = agent._publish_status
+
+    def counted() -> None:
+        publish()
+        published.append(agent._status_model)
+
+    agent._publish_status = counted  # type: ignore[method-assign]
+    try:
+        ref = model.card.model
+        for event in ("offered", "downloading", "verified", "installed"):
+            agent._event(event, ref, "", "r1")
+        assert published == []
+        agent.pipeline.active = model  # the gate passed: the new model serves
+        agent._event("healthy", ref, "", "r1")
+        assert published == [ref]
+        agent._event("healthy", ref, "already running", "r2")
+        assert published == [ref]
+        status = json.loads((tmp_path / "state-pi-01" / "status.json").read_text())
+        assert status["model"] == {"name": "iris", "version": 3}
+        assert [p.record.body["event"] for p in agent.buffer.take(10, set())] == [
+            "offered",
+            "downloading",
+            "verified",
+            "installed",
+            "healthy",
+            "healthy",
+        ]
+    finally:
+        agent.buffer.close()
