@@ -125,6 +125,7 @@ MLP = "MLP 64x32"
 BARE_KIND = "bare onnxruntime"
 CORE_KIND = "agent core"
 DAEMON_KIND = "agent daemon"
+UPDATED_KIND = "agent daemon, after an update"
 KIND_NOTES = {
     BARE_KIND: "numpy + onnxruntime, InferenceSession(model.onnx), session.run",
     CORE_KIND: (
@@ -132,6 +133,10 @@ KIND_NOTES = {
         "update): read_bundle, load_runtime, Pipeline.process"
     ),
     DAEMON_KIND: "agent core + edge_agent.agent and edge_agent.cli imported (what edge-agent runs)",
+    UPDATED_KIND: (
+        "agent daemon + one update's TUF check (Verifier.lookup of a signed target: python-tuf, "
+        "securesystemslib, cryptography, urllib3), as a device holds after its first update"
+    ),
 }
 RUNNING_KIND = "agent daemon, running"
 RUNNING_RUNS = 3
@@ -657,6 +662,21 @@ CHILD_AGENT = textwrap.dedent(
     """
 )
 
+CHILD_UPDATE = textwrap.dedent(
+    """
+    from pathlib import Path
+    from edge_agent.protocol.messages import ModelRef
+    from edge_agent.update.verify import TufMirror, Verifier
+    mirror = TufMirror()
+    for name, path in {files!r}.items():
+        with open(path, "rb") as f:
+            mirror.put(name, f.read())
+    verifier = Verifier(Path({tuf_dir!r}), mirror, {max_bundle})
+    with verifier.cycle():
+        verifier.lookup({target!r}, ModelRef({model_name!r}, {model_version}), None)
+    """
+)
+
 CHILD_TAIL = textwrap.dedent(
     """
     after = memory()
@@ -725,11 +745,41 @@ def child_scripts(model: Model, folder: Path, cfg: Settings) -> dict[str, str]:
         rows_path=str(rows_path),
         n=PREDICTIONS_AFTER_LOAD,
     )
+    daemon = "import edge_agent.agent\nimport edge_agent.cli\n"
     return {
         BARE_KIND: head(DEVICE_BLOCKED | {"edge_agent"}) + bare + CHILD_TAIL,
         CORE_KIND: agent(""),
-        DAEMON_KIND: agent("import edge_agent.agent\nimport edge_agent.cli"),
+        DAEMON_KIND: agent(daemon),
+        UPDATED_KIND: agent(daemon + signed_update(model, folder / "update", cfg)),
     }
+
+
+def signed_update(model: Model, folder: Path, cfg: Settings) -> str:
+    """The child's code for one update's TUF check: a hub repository (cloud_hub.signing)
+    signs the bundle as a target, the device trusts its root, and the child looks the target
+    up in the metadata the hub publishes, as the agent's updater does before a download."""
+    from cloud_hub.signing.tuf_repo import TufRepository
+    from edge_agent.update.verify import install_trusted_root
+
+    repo = TufRepository(folder / "hub")
+    repo.init()
+    card = model.bundle.card
+    target = repo.add_bundle(card.model, model.bundle_path.read_bytes(), model.bundle.card_sha256)
+    files = {}
+    for name, data in repo.published().items():
+        path = folder / "published" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        files[name] = str(path)
+    install_trusted_root(folder / "device", repo.trusted_root())
+    return CHILD_UPDATE.format(
+        files=files,
+        tuf_dir=str(folder / "device"),
+        max_bundle=cfg.max_unpacked_bytes // 4,  # the profile's max_bundle_bytes
+        target=target,
+        model_name=card.model.name,
+        model_version=card.model.version,
+    )
 
 
 def run_child(script: str) -> dict[str, Any]:
@@ -1014,6 +1064,31 @@ def verdicts(
                 "loads anyway); the rest is hashlib's OpenSSL (read_bundle's sha256, 3.7 MB), "
                 "zipfile, sqlite3, the agent's own modules and its drift and telemetry state"
             ),
+        }
+    )
+    updated = next(c for c in cold if c.kind == UPDATED_KIND)
+    updated_peak = max(updated.hwm_loaded_mb, updated.hwm_after_mb)
+    out.append(
+        {
+            "target": TARGET_RSS_LINE,
+            "subject": f"{UPDATED_KIND}, VmHWM after {PREDICTIONS_AFTER_LOAD} predictions, MB",
+            "value": round(updated_peak, 1),
+            "limit": f"< {TARGET_RSS_MB:g}",
+            "verdict": "PASS" if updated_peak < TARGET_RSS_MB else "MISS",
+            "note": (
+                f"{updated_peak - peak:+.1f} MB over the daemon before any update: what an "
+                "update's TUF check loads (python-tuf, securesystemslib, cryptography, urllib3) "
+                "stays resident, since Python does not unload modules"
+            ),
+        }
+    )
+    out.append(
+        {
+            "target": TARGET_OVER_BARE_LINE,
+            "subject": f"{UPDATED_KIND} VmHWM minus {BARE_KIND} VmHWM, MB",
+            "value": round(updated_peak - bare_peak, 1),
+            "limit": f"<= {TARGET_OVER_BARE_MB:g}",
+            "verdict": "PASS" if updated_peak - bare_peak <= TARGET_OVER_BARE_MB else "MISS",
         }
     )
     if running is not None:
