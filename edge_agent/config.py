@@ -17,6 +17,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
+from edge_agent.checks import suggest
 from edge_agent.errors import ConfigError, MessageError
 from edge_agent.protocol.topics import check_device_id
 from edge_agent.settings import (
@@ -104,13 +105,6 @@ def profile_sections() -> dict[str, type]:
     return {k: v for k, v in sections().items() if k not in DEVICE_FILE_SECTIONS}
 
 
-def _suggest(word: str, choices: list[str]) -> str:
-    import difflib  # only for a wrong key: not in a running agent
-
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def _type_name(kinds: tuple[type, ...]) -> str:
     return " or ".join("number" if k is float else k.__name__ for k in kinds)
 
@@ -154,12 +148,12 @@ def check_table(values: Any, source: str, where: str, cls: type) -> None:
         if spec is None:
             if all(k.table is not None for k in known.values()):  # a table of tables
                 raise ConfigError(
-                    f"{source}: unknown table [{where}.{key}].{_suggest(key, list(known))} "
+                    f"{source}: unknown table [{where}.{key}].{suggest(key, list(known))} "
                     f"Known tables: {', '.join(known)}"
                 )
             raise ConfigError(
                 f"{source}: unknown key {where}.{key}."
-                f"{_suggest(key, list(known))} Known keys: {', '.join(known)}"
+                f"{suggest(key, list(known))} Known keys: {', '.join(known)}"
             )
         if spec.table is not None:
             check_table(value, source, f"{where}.{key}", spec.table)
@@ -201,7 +195,7 @@ def check_top_level(data: dict[str, Any], source: str) -> None:
     for key in data:
         if key not in known:
             raise ConfigError(
-                f"{source}: unknown key {key!r}.{_suggest(key, known)} "
+                f"{source}: unknown key {key!r}.{suggest(key, known)} "
                 f"Known keys: {', '.join(known)}"
             )
 
@@ -223,7 +217,7 @@ def load_profile(name: str) -> dict[str, Any]:
     path = profile_path(name)
     if name not in profile_names():  # not a path: "../x" or "/etc/x" must not load
         raise ConfigError(
-            f"profile {name!r} does not exist.{_suggest(name, profile_names())} "
+            f"profile {name!r} does not exist.{suggest(name, profile_names())} "
             f"Known profiles: {', '.join(profile_names())}"
         )
     data = _load_layered(path, seen=())
@@ -286,7 +280,7 @@ def load_config(path: Path) -> AgentSettings:
         raise ConfigError(f"{source}: profile expected a profile name, found {profile!r}")
     if profile not in profile_names():
         raise ConfigError(
-            f"{source}: profile {profile!r} does not exist.{_suggest(profile, profile_names())} "
+            f"{source}: profile {profile!r} does not exist.{suggest(profile, profile_names())} "
             f"Known profiles: {', '.join(profile_names())}"
         )
     tables = profile_sections()
