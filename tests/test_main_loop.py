@@ -52,8 +52,11 @@ def idle_agent(tmp_path: Path, seconds: float) -> Agent:
     return Agent(load_config(path))
 
 
-def test_an_idle_loop_sleeps_until_a_window_or_status_is_due(tmp_path: Path) -> None:
-    agent = idle_agent(tmp_path, 3.0)
+def test_an_idle_loop_sleeps_until_a_window_or_status_is_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent_module, "IDLE_WAIT_S", 600.0)
+    agent = idle_agent(tmp_path, 30.0)
     watched = Watched(agent, 2)
     thread = threading.Thread(target=agent.run_forever, daemon=True)
     thread.start()
@@ -63,9 +66,9 @@ def test_an_idle_loop_sleeps_until_a_window_or_status_is_due(tmp_path: Path) -> 
         agent.stop_event.set()
         thread.join(WAIT_S)
     assert not thread.is_alive()
-    # the first pass flushes and publishes at once; then it waits for the next, 3 s away
+    # the first pass flushes and publishes at once; then it waits for the next, 30 s away
     assert watched.timeouts[0] == 0.0
-    assert 2.0 < watched.timeouts[1] <= 3.0
+    assert 20.0 < watched.timeouts[1] <= 30.0
 
 
 def test_a_stop_wakes_the_idle_loop_at_once(
