@@ -1032,84 +1032,44 @@ def verdicts(
     bare = next(c for c in cold if c.kind == BARE_KIND)
     peak = max(daemon.hwm_loaded_mb, daemon.hwm_after_mb)
     bare_peak = max(bare.hwm_loaded_mb, bare.hwm_after_mb)
-    out.append(
-        {
-            "target": TARGET_RSS_LINE,
-            "subject": (
-                f"{DAEMON_KIND}, VmHWM after {PREDICTIONS_AFTER_LOAD} predictions, MB "
-                f"({peak * MB / 2**20:.1f} MiB)"
-            ),
-            "value": round(peak, 1),
-            "limit": f"< {TARGET_RSS_MB:g}",
-            "verdict": "PASS" if peak < TARGET_RSS_MB else "MISS",
-            "note": (
-                f"a bare numpy + onnxruntime process with the same model peaks at "
-                f"{bare_peak:.1f} MB on this install; the agent daemon adds "
-                f"{peak - bare_peak:.1f} MB (its modules, paho-mqtt with ssl, sqlite3, zipfile)"
-            ),
-        }
-    )
-    out.append(
-        {
-            "target": TARGET_OVER_BARE_LINE,
-            "subject": f"{DAEMON_KIND} VmHWM minus {BARE_KIND} VmHWM, MB",
-            "value": round(peak - bare_peak, 1),
-            "limit": f"<= {TARGET_OVER_BARE_MB:g}",
-            "verdict": "PASS" if peak - bare_peak <= TARGET_OVER_BARE_MB else "MISS",
-            "note": (
-                f"the daemon peaks at {peak:.1f} MB, the bare process at {bare_peak:.1f} MB; "
-                "paho-mqtt with what only it imports (ssl, urllib.request, http.client, email) "
-                "adds about 3.4 MB on top of the daemon's other modules (about 9 MiB over a bare "
-                "interpreter, most of it OpenSSL, logging, socket and threading, which the agent "
-                "loads anyway); the rest is hashlib's OpenSSL (read_bundle's sha256, 3.7 MB), "
-                "zipfile, sqlite3, the agent's own modules and its drift and telemetry state"
-            ),
-        }
+    out += memory_targets(
+        f"{DAEMON_KIND}, VmHWM after {PREDICTIONS_AFTER_LOAD} predictions",
+        DAEMON_KIND,
+        peak,
+        peak - bare_peak,
+        (
+            f"a bare numpy + onnxruntime process with the same model peaks at "
+            f"{bare_peak:.1f} MB on this install; the agent daemon adds "
+            f"{peak - bare_peak:.1f} MB (its modules, paho-mqtt with ssl, sqlite3, zipfile)",
+            f"the daemon peaks at {peak:.1f} MB, the bare process at {bare_peak:.1f} MB; "
+            "paho-mqtt with what only it imports (ssl, urllib.request, http.client, email) "
+            "adds about 3.4 MB on top of the daemon's other modules (about 9 MiB over a bare "
+            "interpreter, most of it OpenSSL, logging, socket and threading, which the agent "
+            "loads anyway); the rest is hashlib's OpenSSL (read_bundle's sha256, 3.7 MB), "
+            "zipfile, sqlite3, the agent's own modules and its drift and telemetry state",
+        ),
     )
     updated = next(c for c in cold if c.kind == UPDATED_KIND)
     updated_peak = max(updated.hwm_loaded_mb, updated.hwm_after_mb)
-    out.append(
-        {
-            "target": TARGET_RSS_LINE,
-            "subject": f"{UPDATED_KIND}, VmHWM after {PREDICTIONS_AFTER_LOAD} predictions, MB",
-            "value": round(updated_peak, 1),
-            "limit": f"< {TARGET_RSS_MB:g}",
-            "verdict": "PASS" if updated_peak < TARGET_RSS_MB else "MISS",
-            "note": (
-                f"{updated_peak - peak:+.1f} MB over the daemon before any update: what an "
-                "update's TUF check loads (python-tuf, securesystemslib, cryptography, urllib3) "
-                "stays resident, since Python does not unload modules"
-            ),
-        }
-    )
-    out.append(
-        {
-            "target": TARGET_OVER_BARE_LINE,
-            "subject": f"{UPDATED_KIND} VmHWM minus {BARE_KIND} VmHWM, MB",
-            "value": round(updated_peak - bare_peak, 1),
-            "limit": f"<= {TARGET_OVER_BARE_MB:g}",
-            "verdict": "PASS" if updated_peak - bare_peak <= TARGET_OVER_BARE_MB else "MISS",
-        }
+    out += memory_targets(
+        f"{UPDATED_KIND}, VmHWM after {PREDICTIONS_AFTER_LOAD} predictions",
+        UPDATED_KIND,
+        updated_peak,
+        updated_peak - bare_peak,
+        (
+            f"{updated_peak - peak:+.1f} MB over the daemon before any update: what an "
+            "update's TUF check loads (python-tuf, securesystemslib, cryptography, urllib3) "
+            "stays resident, since Python does not unload modules",
+            None,
+        ),
     )
     if running is not None:
-        out.append(
-            {
-                "target": TARGET_RSS_LINE,
-                "subject": f"{RUNNING_KIND} (edge-agent run, broker connected), VmHWM after "
-                f"{PREDICTIONS_AFTER_LOAD} lines, MB ({running.hwm_mb * MB / 2**20:.1f} MiB)",
-                "value": round(running.hwm_mb, 1),
-                "limit": f"< {TARGET_RSS_MB:g}",
-                "verdict": "PASS" if running.hwm_mb < TARGET_RSS_MB else "MISS",
-            }
-        )
-        out.append(
-            {
-                "target": TARGET_OVER_BARE_LINE,
-                "subject": f"{RUNNING_KIND} VmHWM minus {BARE_KIND} VmHWM, MB",
-                "value": round(running.hwm_over_bare_mb, 1),
-                "limit": f"<= {TARGET_OVER_BARE_MB:g}",
-                "verdict": "PASS" if running.hwm_over_bare_mb <= TARGET_OVER_BARE_MB else "MISS",
-            }
+        out += memory_targets(
+            f"{RUNNING_KIND} (edge-agent run, broker connected), VmHWM after "
+            f"{PREDICTIONS_AFTER_LOAD} lines",
+            RUNNING_KIND,
+            running.hwm_mb,
+            running.hwm_over_bare_mb,
         )
     out.append(
         {
@@ -1121,6 +1081,36 @@ def verdicts(
         }
     )
     return out
+
+
+def memory_targets(
+    subject: str,
+    kind: str,
+    peak_mb: float,
+    over_bare_mb: float,
+    notes: tuple[str | None, str | None] = (None, None),
+) -> list[dict[str, Any]]:
+    """The two memory rows of one kind of process: its peak, and its peak over bare's."""
+    rows: list[dict[str, Any]] = [
+        {
+            "target": TARGET_RSS_LINE,
+            "subject": f"{subject}, MB ({peak_mb * MB / 2**20:.1f} MiB)",
+            "value": round(peak_mb, 1),
+            "limit": f"< {TARGET_RSS_MB:g}",
+            "verdict": "PASS" if peak_mb < TARGET_RSS_MB else "MISS",
+        },
+        {
+            "target": TARGET_OVER_BARE_LINE,
+            "subject": f"{kind} VmHWM minus {BARE_KIND} VmHWM, MB",
+            "value": round(over_bare_mb, 1),
+            "limit": f"<= {TARGET_OVER_BARE_MB:g}",
+            "verdict": "PASS" if over_bare_mb <= TARGET_OVER_BARE_MB else "MISS",
+        },
+    ]
+    for row, note in zip(rows, notes, strict=True):
+        if note is not None:
+            row["note"] = note
+    return rows
 
 
 # --- report ----------------------------------------------------------------------------------

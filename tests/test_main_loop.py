@@ -4,8 +4,10 @@ status only when the model serving changed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,20 +54,28 @@ def idle_agent(tmp_path: Path, seconds: float) -> Agent:
     return Agent(load_config(path))
 
 
-def test_an_idle_loop_sleeps_until_a_window_or_status_is_due(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(agent_module, "IDLE_WAIT_S", 600.0)
-    agent = idle_agent(tmp_path, 30.0)
+@contextlib.contextmanager
+def asleep(agent: Agent) -> Iterator[Watched]:
+    """The agent's main loop on a thread, once it has gone to sleep (its second wait for
+    lines); stopped at the end, which must wake it (however long it meant to sleep)."""
     watched = Watched(agent, 2)
     thread = threading.Thread(target=agent.run_forever, daemon=True)
     thread.start()
     try:
         assert watched.waiting.wait(WAIT_S)
+        yield watched
     finally:
         agent.stop_event.set()
         thread.join(WAIT_S)
-    assert not thread.is_alive()
+    assert not thread.is_alive(), "the stop did not wake the main loop"
+
+
+def test_an_idle_loop_sleeps_until_a_window_or_status_is_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent_module, "IDLE_WAIT_S", 600.0)
+    with asleep(idle_agent(tmp_path, 30.0)) as watched:
+        pass
     # the first pass flushes and publishes at once; then it waits for the next, 30 s away
     assert watched.timeouts[0] == 0.0
     assert 20.0 < watched.timeouts[1] <= 30.0
@@ -75,15 +85,8 @@ def test_a_stop_wakes_the_idle_loop_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(agent_module, "IDLE_WAIT_S", 600.0)
-    agent = idle_agent(tmp_path, 600.0)
-    watched = Watched(agent, 2)
-    thread = threading.Thread(target=agent.run_forever, daemon=True)
-    thread.start()
-    assert watched.waiting.wait(WAIT_S)
-    assert watched.timeouts[1] > 500  # asleep until something is due, ten minutes away
-    agent.stop_event.set()
-    thread.join(WAIT_S)
-    assert not thread.is_alive(), "the stop did not wake the main loop"
+    with asleep(idle_agent(tmp_path, 600.0)) as watched:
+        assert watched.timeouts[1] > 500  # asleep until something is due, ten minutes away
 
 
 def test_lines_are_taken_as_they_come(tmp_path: Path) -> None:
@@ -96,16 +99,9 @@ def test_lines_are_taken_as_they_come(tmp_path: Path) -> None:
         taken.set()
 
     agent.pipeline.process = process  # type: ignore[method-assign]
-    watched = Watched(agent, 2)
-    thread = threading.Thread(target=agent.run_forever, daemon=True)
-    thread.start()
-    try:
-        assert watched.waiting.wait(WAIT_S)  # asleep, ten minutes from anything due
+    with asleep(agent):  # ten minutes from anything due
         agent.lines.put_nowait(("csv", b"1,2,3,4"))
         assert taken.wait(WAIT_S), "a line did not wake the idle loop"
-    finally:
-        agent.stop_event.set()
-        thread.join(WAIT_S)
     assert seen == [[("csv", b"1,2,3,4")]]
 
 
