@@ -37,7 +37,7 @@ side by side in one run.
 
 DESIGN.md targets checked: pipeline at least 0.7x bare throughput at batch 1 and 0.9x under a
 stream; agent resident memory under 80 MB and at most 10 MB above the bare process; cold start
-to first inference under 1 s.
+to first inference under 1 s and at most 1.5x the bare process's.
 """
 
 from __future__ import annotations
@@ -104,20 +104,24 @@ TARGET_STREAM_RATIO = 0.9
 TARGET_RSS_MB = 80.0
 TARGET_OVER_BARE_MB = 10.0
 TARGET_COLD_S = 1.0
-TARGET_RATIO_LINE = (
+# DESIGN.md's row ("what"), which both the batch-1 and the stream verdicts belong to: BENCHMARKS.md
+# places a verdict in the row whose "what" its target starts with
+TARGET_WHAT = (
     "agent pipeline (parse, validate, infer, drift, telemetry) vs bare onnxruntime session.run, "
-    "batch 1, small tabular model: at least 0.7x the bare throughput"
+    "batch 1, small tabular model"
 )
-TARGET_STREAM_LINE = (
-    "agent pipeline (parse, validate, infer, drift, telemetry) vs bare onnxruntime session.run, "
-    "small tabular model: under a stream (micro-batches), at least 0.9x"
-)
+TARGET_RATIO_LINE = f"{TARGET_WHAT}: at least 0.7x the bare throughput"
+TARGET_STREAM_LINE = f"{TARGET_WHAT}: under a stream (micro-batches), at least 0.9x"
 TARGET_RSS_LINE = "agent resident memory with onnxruntime and a small model loaded: under 80 MB"
 TARGET_OVER_BARE_LINE = (
     "agent resident memory with onnxruntime and a small model loaded: at most 10 MB above a bare "
     "numpy + onnxruntime process with the same model"
 )
 TARGET_COLD_LINE = "agent cold start to first inference: under 1 s"
+TARGET_COLD_RATIO_LINE = (
+    "agent cold start to first inference: at most 1.5x a bare onnxruntime process"
+)
+TARGET_COLD_RATIO = 1.5
 MIN_PIPED_WIDTH = 170
 
 LOGREG = "LogReg"
@@ -1078,6 +1082,20 @@ def verdicts(
             "value": round(daemon.wall_ms, 1),
             "limit": f"< {TARGET_COLD_S * 1000:g}",
             "verdict": "PASS" if daemon.wall_ms < TARGET_COLD_S * 1000 else "MISS",
+        }
+    )
+    out.append(
+        {
+            "target": TARGET_COLD_RATIO_LINE,
+            "subject": f"{DAEMON_KIND} spawn to first prediction / {BARE_KIND}'s",
+            "value": round(daemon.wall_vs_bare, 2),
+            "limit": f"<= {TARGET_COLD_RATIO:g}",
+            "verdict": "PASS" if daemon.wall_vs_bare <= TARGET_COLD_RATIO else "MISS",
+            "note": (
+                f"{daemon.wall_ms:.0f} ms against {bare.wall_ms:.0f} ms: the daemon's imports "
+                f"take {daemon.imports_ms:.0f} ms ({daemon.modules} modules), bare's "
+                f"{bare.imports_ms:.0f} ms ({bare.modules})"
+            ),
         }
     )
     return out
