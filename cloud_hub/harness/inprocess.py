@@ -34,8 +34,8 @@ def hub_and_agent(home: Path, broker: BrokerAddress, config: Path) -> Iterator[t
         if not hub.ready.wait(CONNECT_S):
             raise TransportError(f"the hub did not connect to {broker.host}:{broker.port}")
         yield hub, agent
-    finally:
+    finally:  # the agent first: it drains its buffer to the hub, which confirms while it runs
         agent.stop_event.set()
+        threads[1].join(timeout=15)
         stop.set()
-        for t in threads:
-            t.join(timeout=15)
+        threads[0].join(timeout=15)
