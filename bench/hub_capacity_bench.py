@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench_machine import machine
-from mqtt_load import Publishers, Subscriber, publish_packet
+from mqtt_load import Publishers, Subscriber
 from sqlalchemy import create_engine, text
 
 from cloud_hub.broker.config import MAX_QUEUED_MESSAGES
@@ -172,7 +172,6 @@ class Generator:
         self._lock = threading.Lock()
         self.acks = Subscriber(port, "load-acks", f"{PREFIX}/dev/+/ack", self._on_ack)
         self.publishers = Publishers(port, CONNECTIONS)
-        self._packet_ids = [0] * CONNECTIONS
 
     def _on_ack(self, payload: bytes) -> None:
         confirm = decode_confirm(payload)
@@ -196,9 +195,8 @@ class Generator:
             ]
             for i, device in enumerate(self.devices):
                 c = i % CONNECTIONS
-                pid = self._packet_ids[c] = self._packet_ids[c] % 65535 + 1
                 body = encode(Batch(device, (Record(1, s, now + s, {"count": s}),)))
-                ticks[i * TICKS // n][c].append(publish_packet(topics[i], body, pid))
+                ticks[i * TICKS // n][c].append(self.publishers.packet(c, topics[i], body))
             out.append([[b"".join(p) for p in tick] for tick in ticks])
         return out
 

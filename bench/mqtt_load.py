@@ -6,8 +6,9 @@ tracking it in flight, matching its PUBACK); at 5,000 messages a second on a 2-c
 that took 0.7 of a core from the hub it was measuring. Here a second's messages are packets
 ready to send, joined per connection and tick, and the PUBACKs are only counted.
 
-- `Publishers`: `count` connections; `send(i, data)` writes packets on the i-th; one thread
-  reads and counts the broker's PUBACKs on all of them.
+- `Publishers`: `count` connections; `packet(i, topic, payload)` encodes a QoS 1 PUBLISH with
+  the i-th connection's next packet id, `send(i, data)` writes packets on it; one thread reads
+  and counts the broker's PUBACKs on all of them.
 - `Subscriber`: one connection subscribed at QoS 1; a thread hands each message's payload to a
   callback and acknowledges it.
 """
@@ -101,6 +102,7 @@ class Publishers:
 
     def __init__(self, port: int, count: int, prefix: str = "load") -> None:
         self.socks = [connect(port, f"{prefix}-{i}") for i in range(count)]
+        self._packet_ids = [0] * count  # the last one each connection used
         self.acked = 0
         self._selector = selectors.DefaultSelector()
         for sock in self.socks:
@@ -109,6 +111,11 @@ class Publishers:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, name="load-pubacks", daemon=True)
         self._thread.start()
+
+    def packet(self, i: int, topic: str, payload: bytes) -> bytes:
+        """A QoS 1 PUBLISH for the i-th connection, with its next packet id (1 to 65535)."""
+        packet_id = self._packet_ids[i] = self._packet_ids[i] % 65535 + 1
+        return publish_packet(topic, payload, packet_id)
 
     def send(self, i: int, data: bytes) -> None:
         self.socks[i].sendall(data)

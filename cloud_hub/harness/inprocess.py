@@ -23,19 +23,17 @@ def hub_and_agent(home: Path, broker: BrokerAddress, config: Path) -> Iterator[t
     stop = threading.Event()
     hub = Hub(home, broker)
     agent = Agent(load_config(config))
-    threads = [
-        threading.Thread(target=hub.run, args=(stop,), daemon=True),
-        threading.Thread(target=agent.run_forever, daemon=True),
-    ]
+    hub_thread = threading.Thread(target=hub.run, args=(stop,), daemon=True)
+    agent_thread = threading.Thread(target=agent.run_forever, daemon=True)
     agent.start()
-    for t in threads:
-        t.start()
+    hub_thread.start()
+    agent_thread.start()
     try:
         if not hub.ready.wait(CONNECT_S):
             raise TransportError(f"the hub did not connect to {broker.host}:{broker.port}")
         yield hub, agent
     finally:  # the agent first: it drains its buffer to the hub, which confirms while it runs
         agent.stop_event.set()
-        threads[1].join(timeout=15)
+        agent_thread.join(timeout=15)
         stop.set()
-        threads[0].join(timeout=15)
+        hub_thread.join(timeout=15)
