@@ -282,12 +282,15 @@ def make_fleet(broker: RunningBroker, tmp_path: Path) -> Iterator[Callable[..., 
 
     yield make
     for fleet in fleets:
+        # the agent first: it drains its buffer to a hub that still confirms (stopped together,
+        # it would wait out its drain timeout on a hub already gone)
         if fleet.agent is not None:
             fleet.agent.stop_event.set()
+        if fleet.agent_thread is not None:
+            fleet.agent_thread.join(15)
         fleet.hub_stop.set()
-        for thread in (fleet.agent_thread, fleet.hub_thread):
-            if thread is not None:
-                thread.join(15)
+        if fleet.hub_thread is not None:
+            fleet.hub_thread.join(15)
         fleet.watcher.stop()
         fleet.injector.stop()
 

@@ -72,6 +72,17 @@ class Device:
         )
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.sender.run, args=(self.stop,), daemon=True)
+        # notified after each confirmation the sender applies to the buffer (`wait_drained`)
+        self.confirmed = threading.Condition()
+        apply = self.buffer.confirm
+
+        def confirm(*args: Any, **kwargs: Any) -> Any:
+            out = apply(*args, **kwargs)
+            with self.confirmed:
+                self.confirmed.notify_all()
+            return out
+
+        self.buffer.confirm = confirm  # type: ignore[method-assign]
 
     def record(self, n: int) -> None:
         for i in range(n):
@@ -81,6 +92,11 @@ class Device:
     def start(self) -> None:
         self.session.start()
         self.thread.start()
+
+    def wait_drained(self, timeout: float = WAIT_S) -> bool:
+        """Until the hub confirmed every buffered record (False if `timeout` passed first)."""
+        with self.confirmed:
+            return self.confirmed.wait_for(lambda: self.buffer.pending() == 0, timeout)
 
     def close(self) -> None:
         self.stop.set()
