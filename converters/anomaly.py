@@ -31,11 +31,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from converters.onnx_contract import SCORE_OUTPUT, rename
+from converters.source import DEFAULT_CONTAMINATION, MAX_CONTAMINATION
 from edge_agent.errors import BadDataError, ConfigError
 from edge_agent.protocol.card import Anomaly, anomaly_label
-
-DEFAULT_CONTAMINATION = 0.01  # the share of reference rows an autoencoder's threshold flags
-MAX_CONTAMINATION = 0.5  # as scikit-learn's outlier detectors allow: anomalies are the fewer
 
 
 def append_detector_score(model: onnx.ModelProto, decision: str, offset: float) -> None:

@@ -29,7 +29,6 @@ import numpy as np
 
 from converters.runtimes.device_run import DeviceRun
 from converters.runtimes.targets import (
-    DEFAULT_PROFILE,
     check_runtime,
     is_prepared,
     profile_runtime,
@@ -46,6 +45,7 @@ from converters.validate import (
 )
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError
 from edge_agent.inference.tflite import VALUE_TASKS, TfliteRuntime, open_interpreter, output_width
+from firmware_configs import DEFAULT_PROFILE
 
 REPRESENTATIVE_ROWS = 200
 TFLITE_AS_IS = (

@@ -18,6 +18,8 @@ import numpy as np
 
 TASKS = ("classification", "regression", "anomaly")
 QUANTIZE_MODES = ("none", "dynamic", "static", "float16")  # float16: TFLite only
+DEFAULT_CONTAMINATION = 0.01  # the share of reference rows an autoencoder's threshold flags
+MAX_CONTAMINATION = 0.5  # as scikit-learn's outlier detectors allow: anomalies are the fewer
 
 
 class SourceModel(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 FOLDER = Path(__file__).parent
+DEFAULT_PROFILE = "raspberry-pi-4"  # the most common board; it runs tflite-runtime 2.14
 
 
 def profile_path(name: str) -> Path:

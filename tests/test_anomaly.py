@@ -28,11 +28,12 @@ from sklearn.svm import OneClassSVM
 
 from cloud_hub.quality.labels import JoinedLabel
 from cloud_hub.quality.metrics import Floors, Query, quality_rows
-from converters.anomaly import DEFAULT_CONTAMINATION, anomaly_labels, choose_threshold
+from converters.anomaly import anomaly_labels, choose_threshold
 from converters.card import reference_card
 from converters.onnx_input import load_onnx
 from converters.pipeline import BuildReport, build_bundle
 from converters.sklearn_onnx import ConversionError, to_onnx_model
+from converters.source import DEFAULT_CONTAMINATION
 from converters.validate import ParityError, check_parity
 from edge_agent.drift import DriftMonitor
 from edge_agent.errors import BadDataError, BundleRejected, ConfigError, MessageError

@@ -80,6 +80,26 @@ def test_a_command_importing_a_hub_module_late_says_so_too() -> None:
     assert done.stderr.endswith("(missing module: sqlalchemy)\n")
 
 
+# ---- a quick start: the parser loads no store, converter or fleet ------------------------------
+HEAVY = ("sqlalchemy", "alembic", "onnx", "sklearn", "skl2onnx", "tensorflow", "cloud_hub.harness")
+
+
+def test_help_and_version_load_no_store_converter_or_fleet() -> None:
+    """`edgehub --help`, `--version`, completion and every argument error build the whole
+    parser: that must not import what only a command's run needs (it once took 1.7 s, most of
+    it onnx through a converter constant, then SQLAlchemy and Alembic)."""
+    script = (
+        "import sys\n"
+        "from cloud_hub.cli.app import build_parser\n"
+        "build_parser()\n"
+        f"heavy = {HEAVY!r}\n"
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))\n"
+    )
+    done = run("-c", script)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[]\n", f"the parser imported: {done.stdout}"
+
+
 # ---- options after the subcommand -------------------------------------------------------------
 def test_agent_verbose_after_the_subcommand(tmp_path: Path) -> None:
     path = tmp_path / "device.toml"

@@ -71,9 +71,8 @@ try:
         report_rows,
         verdict,
     )
-    from converters.anomaly import DEFAULT_CONTAMINATION, MAX_CONTAMINATION
-    from converters.runtimes.targets import DEFAULT_PROFILE
-    from converters.source import QUANTIZE_MODES, TASKS
+    from converters.source import DEFAULT_CONTAMINATION, MAX_CONTAMINATION, QUANTIZE_MODES, TASKS
+    from firmware_configs import DEFAULT_PROFILE
 except ModuleNotFoundError as exc:  # the base install: `edgehub` says what to install, once
     MISSING: str | None = _hub_only(exc)
     if MISSING is None:

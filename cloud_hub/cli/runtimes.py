@@ -16,9 +16,6 @@ from typing import Any
 from rich.table import Table
 
 from cloud_hub.cli.output import console, show
-from cloud_hub.runtimes.prepare import prepare
-from converters.runtimes.envs import env_folder, prepared_python
-from converters.runtimes.targets import ENVS, check_runtime, profile_runtime
 from edge_agent.inference.tflite import TFLITE_RUNTIMES
 from firmware_configs import profile_names
 
@@ -29,6 +26,9 @@ COLUMNS = ("runtime", "profiles", "where", "state")
 def runtime_rows() -> list[dict[str, Any]]:
     """One row per TFLite runtime edgefleet knows: the profiles naming it, and whether a
     conversion can check a model on it here."""
+    from converters.runtimes.envs import env_folder, prepared_python
+    from converters.runtimes.targets import ENVS, profile_runtime
+
     named: dict[str, list[str]] = {name: [] for name in TFLITE_RUNTIMES}
     for profile in profile_names():
         named.setdefault(profile_runtime(profile), []).append(profile)
@@ -65,6 +65,9 @@ def cmd_runtimes_list(args: argparse.Namespace) -> int:
 
 
 def cmd_runtimes_prepare(args: argparse.Namespace) -> int:
+    from cloud_hub.runtimes.prepare import prepare
+    from converters.runtimes.targets import ENVS, check_runtime
+
     names = [check_runtime(n) for n in args.runtime] or list(ENVS)
     done = {}
     for name in names:

@@ -12,7 +12,6 @@ from rich.table import Table
 
 from cloud_hub.cli.args import number
 from cloud_hub.cli.output import console, hub_command, show
-from cloud_hub.rollout.shadow import shadow_reports, start_shadow, stop_shadow
 from edge_agent.protocol.messages import SHADOW_ROWS, ModelRef
 
 AddCommand = Callable[..., argparse.ArgumentParser]
@@ -24,6 +23,8 @@ _rows = number(int, "1 to 1000000 rows", 1, 1_000_000)
 
 def cmd_shadow_start(args: argparse.Namespace) -> int:
     model = ModelRef.parse(args.model)
+    from cloud_hub.rollout.shadow import start_shadow  # the store: only when a command runs
+
     commands = start_shadow(Path(args.home), model, args.device, args.rows)
     if args.json:
         print(json.dumps([c.to_json() for c in commands], indent=2))
@@ -38,6 +39,8 @@ def cmd_shadow_start(args: argparse.Namespace) -> int:
 
 
 def cmd_shadow_stop(args: argparse.Namespace) -> int:
+    from cloud_hub.rollout.shadow import stop_shadow
+
     stop_shadow(Path(args.home), args.device)
     if not args.json:
         console.print(f"shadow stop queued for {', '.join(args.device)}")
@@ -45,6 +48,8 @@ def cmd_shadow_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_shadow_report(args: argparse.Namespace) -> int:
+    from cloud_hub.rollout.shadow import shadow_reports
+
     rows = shadow_reports(Path(args.home), args.device)
     if args.json:
         print(json.dumps(rows, indent=2))

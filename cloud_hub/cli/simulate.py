@@ -12,21 +12,19 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.live import Live
 from rich.table import Table
 
 from cloud_hub.cli.args import number
 from cloud_hub.cli.output import console, show
-from cloud_hub.harness.simulate import SimOptions, Simulation, ensure_model, parse_broker
-from cloud_hub.home_lock import own_home
-from cloud_hub.rollout import engine as ro
-from cloud_hub.rollout.operations import open_repo, start_rollout
-from cloud_hub.store.database import Store
-from cloud_hub.store.url import store_url
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.messages import ModelRef
+
+if TYPE_CHECKING:  # the fleet, the hub and its store load when the command runs
+    from cloud_hub.harness.simulate import SimOptions, Simulation
+    from cloud_hub.store.database import Store
 
 SIM_GROUP = "simulated"
 FORGET_WAIT_S = 10.0
@@ -93,6 +91,10 @@ def progress_line(snap: dict[str, Any], duration: float) -> str:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from cloud_hub.harness.simulate import SimOptions, parse_broker
+    from cloud_hub.home_lock import own_home
+    from cloud_hub.rollout.operations import open_repo
+
     opts = SimOptions(
         devices=args.devices,
         rate=args.rate,
@@ -121,6 +123,12 @@ def _simulate(
     broker: tuple[str, int] | None,
     model: ModelRef | None,
 ) -> int:
+    from cloud_hub.harness.simulate import Simulation, ensure_model
+    from cloud_hub.rollout import engine as ro
+    from cloud_hub.rollout.operations import start_rollout
+    from cloud_hub.store.database import Store
+    from cloud_hub.store.url import store_url
+
     workdir = Path(args.workdir) if args.workdir else home / "simulated"
     chosen = ensure_model(home, workdir, model)
     store = Store(store_url(home))

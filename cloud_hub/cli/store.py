@@ -8,17 +8,16 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
-from sqlalchemy import Engine, func, inspect, select
 
 from cloud_hub.cli.output import say, show
-from cloud_hub.store import migrations
-from cloud_hub.store.database import metadata, open_engine
-from cloud_hub.store.errors import safe_url
 from cloud_hub.store.url import has_hub, store_url
 from edge_agent.errors import ConfigError
+
+if TYPE_CHECKING:  # SQLAlchemy and Alembic load when a store command runs
+    from sqlalchemy import Engine
 
 AddCommand = Callable[..., argparse.ArgumentParser]
 BEFORE_MIGRATIONS = "before migrations"  # tables, but no revision: a hub from before them
@@ -27,6 +26,8 @@ BEFORE_MIGRATIONS = "before migrations"  # tables, but no revision: a hub from b
 def _opened(args: argparse.Namespace) -> tuple[str, Engine]:
     """The store's URL and engine, as it is (nothing migrated); ConfigError where there is no
     hub in --home to look at."""
+    from cloud_hub.store.database import open_engine
+
     home = Path(args.home)
     if not has_hub(home):
         raise ConfigError(f"--home {home}: expected a hub folder (edgehub keys init), found none")
@@ -37,6 +38,12 @@ def _opened(args: argparse.Namespace) -> tuple[str, Engine]:
 def status_of(url: str, engine: Engine) -> dict[str, Any]:
     """What `store status` shows: engine, URL (no password), revision, head, rows per table
     (None for a table the database does not have yet)."""
+    from sqlalchemy import func, inspect, select
+
+    from cloud_hub.store import migrations
+    from cloud_hub.store.database import metadata
+    from cloud_hub.store.errors import safe_url
+
     with engine.connect() as conn:
         revision = migrations.current(conn)
         present = set(inspect(conn).get_table_names())
@@ -80,6 +87,8 @@ def cmd_store_status(args: argparse.Namespace) -> int:
 
 
 def cmd_store_upgrade(args: argparse.Namespace) -> int:
+    from cloud_hub.store import migrations
+
     _url, engine = _opened(args)
     try:
         before, after = migrations.upgrade_from(engine)

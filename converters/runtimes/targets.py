@@ -19,7 +19,6 @@ from edge_agent.config import load_profile
 from edge_agent.errors import BundleRejected, ConfigError
 from edge_agent.inference.tflite import TFLITE_RUNTIMES, TfliteRuntime, runtime_version
 
-DEFAULT_PROFILE = "raspberry-pi-4"  # the most common board; it runs tflite-runtime 2.14
 HUB_RUNTIME = "litert"
 ENVS = {
     "tflite-runtime 2.14": EnvSpec(
