@@ -33,6 +33,11 @@ REQUIRE_MOSQUITTO_ENV = "EDGEFLEET_REQUIRE_MOSQUITTO"
 # Keras conversion is validated on) live in the checkout's .cache/, built once and reused by
 # every test and every run after; the subprocesses the tests start (edgehub) inherit it.
 os.environ.setdefault("EDGEFLEET_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".cache"))
+# Piped, a table prints at its full width unless $COLUMNS says otherwise (cloud_hub.cli.output,
+# which reads it once, on import). The tests read whole tables, so a width inherited from the shell
+# or from pytest-xdist, which sets COLUMNS=80 in its workers, must not cut them; the tests of
+# $COLUMNS set it themselves.
+os.environ.pop("COLUMNS", None)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
