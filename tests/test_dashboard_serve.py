@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -14,13 +15,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from fastapi import FastAPI
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloud_hub.broker.local import RunningBroker
 from cloud_hub.cli import app as hub_cli
 from cloud_hub.rollout.operations import init_hub
-from cloud_hub.web.server import TOKEN_ENV, load_token, parse_listen
+from cloud_hub.web.server import TOKEN_ENV, WebServer, load_token, parse_listen
 from edge_agent.errors import ConfigError
 from tests.support.dashboard_fleet import TOKEN, SimDevice, http
 
@@ -152,3 +154,31 @@ def test_serve_runs_the_hub_with_dashboard_metrics_and_discovery(
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
     assert b"Traceback" not in err
+
+
+class _Kept(logging.Handler):
+    """A handler that remembers being closed."""
+
+    closed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+def test_the_dashboard_leaves_the_processes_logging_alone() -> None:
+    """uvicorn's own logging config (dictConfig) shuts down every handler the process has: the
+    hub's, and absl's once a conversion imported TensorFlow, which then closes the stream it
+    writes to. The dashboard must not reconfigure the hub's logging."""
+    kept = _Kept()
+    root = logging.getLogger()
+    root.addHandler(kept)
+    try:
+        server = WebServer(FastAPI(), "127.0.0.1", 0)
+        server.stop()
+        assert not kept.closed and kept in root.handlers
+    finally:
+        root.removeHandler(kept)

@@ -64,7 +64,12 @@ class WebServer:
                 f"dashboard: cannot listen on {host}:{port}: {exc.strerror}"
             ) from exc
         self.host, self.port = host, int(self._sock.getsockname()[1])
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        # log_config=None: uvicorn leaves the process's logging as the hub set it up. Its own
+        # dictConfig would shut down every handler already installed (the hub's, absl's when a
+        # conversion imported TensorFlow) and give its loggers handlers of their own.
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", access_log=False, log_config=None
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, name="dashboard", daemon=True
