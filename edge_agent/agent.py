@@ -71,8 +71,9 @@ if TYPE_CHECKING:
     from edge_agent.system.identity import DeviceIdentity
 
 log = logging.getLogger(__name__)
-IDLE_WAIT_S = 5.0  # the longest the idle main loop sleeps (a line, a due window or status, or
-# a stop wakes it sooner): bounds a stop whose wake-up a signal handler could not deliver
+IDLE_WAIT_S = 5.0  # the longest the idle main loop (a line, a due window or status, or a stop
+# wakes it sooner) and the idle updater (a command or shutdown) sleep: bounds a stop whose
+# wake-up a signal handler could not deliver
 
 
 class _Stop(threading.Event):
@@ -209,7 +210,9 @@ class Agent:
         )
         self.lines = Backlog(cfg.pipeline.queue_max, cfg.pipeline.queue_max_bytes)
         self.stop_event.wakes(self.lines)
-        self.commands: queue.Queue[tuple[SignedCommand, bool]] = queue.Queue()  # (, resumed)
+        # (command, resumed); None is shutdown's wake-up: the idle updater waits for one or the
+        # other instead of polling
+        self.commands: queue.Queue[tuple[SignedCommand, bool] | None] = queue.Queue()
         self.sources: list[Source] = []
         self._quiet: set[str] = set()  # inputs flagged "no input", to log each change once
         self.bad_messages = 0
@@ -515,9 +518,12 @@ class Agent:
     def _updater_loop(self) -> None:
         while not self.stop_event.is_set():
             try:
-                signed, resumed = self.commands.get(timeout=0.5)
+                taken = self.commands.get(timeout=IDLE_WAIT_S)
             except queue.Empty:
                 continue
+            if taken is None:  # woken to stop
+                continue
+            signed, resumed = taken
             cmd = signed.command
             try:
                 with self.verifier.cycle():  # one TUF refresh for the check and the lookup
@@ -578,6 +584,7 @@ class Agent:
         for source in self.sources:
             source.stop()
         if self._updater_thread is not None:  # a transfer in progress checkpoints what arrived
+            self.commands.put(None)  # an idle updater hears the stop at once
             self._updater_thread.join(drain_timeout)
         leftover = []
         with contextlib.suppress(queue.Empty):

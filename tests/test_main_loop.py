@@ -1,6 +1,7 @@
 """The agent's main loop does not poll: idle, it sleeps until a line comes, a telemetry window
-or status is due, or the agent stops, and a stop wakes it at once. And an event publishes the
-status only when the model serving changed."""
+or status is due, or the agent stops, and a stop wakes it at once; nor does the idle updater,
+which waits for a command or the shutdown. And an event publishes the status only when the
+model serving changed."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 import edge_agent.agent as agent_module
+from cloud_hub.broker.local import RunningBroker
 from cloud_hub.rollout.operations import enroll_device, init_hub
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
@@ -43,13 +45,14 @@ class Watched:
         return self._get(most, timeout)
 
 
-def idle_agent(tmp_path: Path, seconds: float) -> Agent:
+def idle_agent(tmp_path: Path, seconds: float, broker: RunningBroker | None = None) -> Agent:
     init_hub(tmp_path / "hub")
     enroll_device(tmp_path / "hub", "pi-01", tmp_path / "state-pi-01")
     path = tmp_path / "agent.toml"
+    where = f"[broker]\nhost = {broker.host!r}\nport = {broker.port}\n" if broker else ""
     path.write_text(
         f'[device]\nid = "pi-01"\n[telemetry]\ninterval_s = {seconds}\n'
-        f"status_interval_s = {seconds}\n"
+        f"status_interval_s = {seconds}\n{where}"
     )
     return Agent(load_config(path))
 
@@ -87,6 +90,29 @@ def test_a_stop_wakes_the_idle_loop_at_once(
     monkeypatch.setattr(agent_module, "IDLE_WAIT_S", 600.0)
     with asleep(idle_agent(tmp_path, 600.0)) as watched:
         assert watched.timeouts[1] > 500  # asleep until something is due, ten minutes away
+
+
+def test_the_idle_updater_waits_for_a_command_and_the_shutdown_wakes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker: RunningBroker
+) -> None:
+    monkeypatch.setattr(agent_module, "IDLE_WAIT_S", 600.0)
+    agent = idle_agent(tmp_path, 600.0, broker)
+    timeouts: list[float | None] = []
+    waiting = threading.Event()
+    get = agent.commands.get
+
+    def watched(block: bool = True, timeout: float | None = None) -> object:
+        timeouts.append(timeout)
+        waiting.set()
+        return get(block, timeout)
+
+    agent.commands.get = watched  # type: ignore[method-assign]
+    agent.start()
+    assert waiting.wait(WAIT_S), "the updater never waited for a command"
+    agent.shutdown()
+    updater = agent._updater_thread
+    assert updater is not None and not updater.is_alive(), "the shutdown did not wake the updater"
+    assert timeouts[0] == 600.0  # one wait, as long as the agent allows: no polling
 
 
 def test_lines_are_taken_as_they_come(tmp_path: Path) -> None:
