@@ -22,9 +22,9 @@ _rows = number(int, "1 to 1000000 rows", 1, 1_000_000)
 
 
 def cmd_shadow_start(args: argparse.Namespace) -> int:
-    model = ModelRef.parse(args.model)
     from cloud_hub.rollout.shadow import start_shadow  # the store: only when a command runs
 
+    model = ModelRef.parse(args.model)
     commands = start_shadow(Path(args.home), model, args.device, args.rows)
     if args.json:
         print(json.dumps([c.to_json() for c in commands], indent=2))
