@@ -268,6 +268,10 @@ def test_the_fleet_drift_heat_map_shows_a_shift_the_fleet_shares(
             assert report is not None
             bodies.append(report)
         d.send("drift", *bodies)
+        # the hub registers a device when it ingests its status: label it once it has
+        dash.wait(
+            f"{d.id} registered", lambda d=d: d.id in {r["id"] for r in dash.hub.store.devices()}
+        )
         dash.hub.store.label_device(d.id, group="north" if i < 2 else "south", add=["roof"])
     dash.wait("every window", lambda: dash.hub.store.count("drift") == 90)
 
