@@ -37,8 +37,10 @@ browser:
 	  else echo "chromium is missing and apt-get is not usable here: the browser tests will skip"; fi; \
 	fi
 
+# the test files spread over the machine's cores (at most 4 workers: each starts its own brokers
+# and some train TensorFlow models); a file's tests stay on one worker, with its module fixtures
 unit: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 test: lint typecheck unit
 
