@@ -162,6 +162,7 @@ class Settings:
     queue_max: int
     queue_max_bytes: int
     drift_window: int
+    drift_min_interval_s: float | None  # the rate floor (None: every row is tested)
     warn_every: float
     alert_every: float
     max_unpacked_bytes: int
@@ -174,6 +175,7 @@ def settings() -> Settings:
         queue_max=base["pipeline"]["queue_max"],
         queue_max_bytes=base["pipeline"]["queue_max_bytes"],
         drift_window=base["drift"]["window"],
+        drift_min_interval_s=base["drift"]["min_interval_s"] or None,
         warn_every=base["drift"]["warn_every"],
         alert_every=base["drift"]["alert_every"],
         # Updater.load reads an installed bundle with the verifier's limit x 4
@@ -266,7 +268,12 @@ def agent_pipeline(model: Model, cfg: Settings) -> tuple[Pipeline, Sink]:
     card = model.bundle.card
     runtime = load_runtime(card, model.bundle.model_bytes, THREADS)
     pipeline.active = ActiveModel.build(
-        card, runtime, cfg.drift_window, cfg.warn_every, cfg.alert_every
+        card,
+        runtime,
+        cfg.drift_window,
+        cfg.warn_every,
+        cfg.alert_every,
+        drift_min_interval_s=cfg.drift_min_interval_s,
     )
     return pipeline, sink
 
@@ -493,7 +500,14 @@ def measure_stages(model: Model, batch: int, cfg: Settings, whole: Throughput) -
     # One fresh monitor per timed call (the warm-up and STAGE_REPS), built beforehand: building
     # one (the card's grid) is part of activating a model, not of a row.
     monitors = [
-        DriftMonitor(card, cfg.drift_window, None, cfg.warn_every, cfg.alert_every)
+        DriftMonitor(
+            card,
+            cfg.drift_window,
+            None,
+            cfg.warn_every,
+            cfg.alert_every,
+            min_interval_s=cfg.drift_min_interval_s,
+        )
         for _ in range(STAGE_REPS + 1)
     ]
 
@@ -1174,7 +1188,8 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(
         f"[bold]method[/bold]   {CHUNK_ROWS} rows per repetition, {WARMUP_CHUNKS} warm-up, "
         f"{REPS} interleaved pairs (A B, B A, ...), medians; drift window "
-        f"{setup['drift_window']}, flush_window once per repetition"
+        f"{setup['drift_window']} rows, at most one per {setup['drift_min_interval_s'] or 0} s "
+        "(base.toml's rate floor; faster streams are sampled), flush_window once per repetition"
     )
 
     grid = _table(
@@ -1415,6 +1430,7 @@ def main(argv: list[str] | None = None) -> int:
             "batches": list(BATCHES),
             "agent_batch_max": cfg.batch_max,
             "drift_window": cfg.drift_window,
+            "drift_min_interval_s": cfg.drift_min_interval_s,
             "cold_model": models[0].name,
             "cold_runs": COLD_RUNS,
             "predictions_after_load": PREDICTIONS_AFTER_LOAD,

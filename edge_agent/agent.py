@@ -347,6 +347,7 @@ class Agent:
             self.cfg.drift.warn_every,
             self.cfg.drift.alert_every,
             self.cfg.drift.window_s or None,
+            self.cfg.drift.min_interval_s or None,
         )
         if self.cfg.drift.capture:  # off by default: raw inputs may be personal data
             active.monitor.capture = self.cfg.drift.capture_rows

@@ -127,6 +127,7 @@ class BufferSettings:
 class DriftSettings:
     window: int
     window_s: float = field(metadata=ruled(_zero_or_positive))
+    min_interval_s: float = field(metadata=ruled(_zero_or_positive))
     warn_every: float = field(metadata=ruled(_windows_above_1("100 (1% of windows)")))
     alert_every: float = field(metadata=ruled(_windows_above_1("10000")))
     capture: bool

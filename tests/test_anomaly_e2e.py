@@ -53,7 +53,8 @@ def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[Rig]:
     build_bundle(detector, benign[120:270], None, name=MODEL.name, version=1, out=bundle)
     more = (
         "[telemetry]\nstatus_interval_s = 0.2\ninterval_s = 0.3\n"
-        f"[drift]\nwindow = {DRIFT_WINDOW}\n"
+        # every row tested (no rate floor): the reports are checked against the rows fed
+        f"[drift]\nwindow = {DRIFT_WINDOW}\nmin_interval_s = 0\n"
         f'[results]\nenabled = true\nhost = "{broker.host}"\nport = {broker.port}\n'
     )
     with deployed(broker, tmp_path, DEVICE, bundle, more) as rig:

@@ -66,7 +66,8 @@ def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[Rig]:
     )
     more = (
         "[telemetry]\nstatus_interval_s = 0.2\ninterval_s = 0.3\nraw_sample_rate = 1.0\n"
-        f"[drift]\nwindow = {DRIFT_WINDOW}\n"
+        # every row tested (no rate floor): the reports are checked against the rows fed
+        f"[drift]\nwindow = {DRIFT_WINDOW}\nmin_interval_s = 0\n"
         f'[results]\nenabled = true\nhost = "{broker.host}"\nport = {broker.port}\n'
     )
     with deployed(broker, tmp_path, DEVICE, bundle, more) as rig:

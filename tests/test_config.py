@@ -334,6 +334,8 @@ def test_the_readme_device_file_is_valid(tmp_path: Path) -> None:
         ("[telemetry]\ndrain_rate = -1", "telemetry.drain_rate", "0 (off) or a positive"),
         ("[telemetry]\ndrain_rate = inf", "telemetry.drain_rate", "0 (off) or a positive"),
         ("[drift]\nwindow_s = -2", "drift.window_s", "0 (off) or a positive"),
+        ("[drift]\nmin_interval_s = -1", "drift.min_interval_s", "0 (off) or a positive"),
+        ('[drift]\nmin_interval_s = "1s"', "drift.min_interval_s", "expected int or number"),
         ("[drift]\ncapture = 1", "drift.capture", "expected bool"),
         ("[drift]\ncapture_rows = 0", "drift.capture_rows", "1 to 1000 rows"),
         ("[drift]\ncapture_rows = 5000", "drift.capture_rows", "1 to 1000 rows"),
@@ -354,6 +356,7 @@ def test_new_config_keys_have_safe_defaults(tmp_path: Path) -> None:
     cfg = load_config(path)
     assert cfg.drift.capture is False  # raw inputs stay on the device by default
     assert cfg.drift.window_s == 0
+    assert cfg.drift.min_interval_s == 1.0  # at most about one drift report a second
     assert cfg.telemetry.drain_rate > 0
     assert cfg.buffer.max_bytes > 0
     assert cfg.buffer.group_rows == 1  # each record committed when kept, unless asked

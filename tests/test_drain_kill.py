@@ -26,7 +26,6 @@ from tests.support.agent_process import (  # noqa: F401  (bundles and rig are fi
 BACKLOG = 600  # records buffered during the outage
 DRAIN_RATE = 300  # records/s the agent may send: above the 200 rows/s it keeps producing
 MAX_INFLIGHT = 2  # batches of 20 unconfirmed at once
-CAUGHT_UP = 2 * 20 * MAX_INFLIGHT  # records pending when the drain keeps up with production
 
 
 def _tuned(config: Path) -> None:
@@ -67,11 +66,12 @@ def test_sigkill_in_the_middle_of_a_drain_loses_and_repeats_nothing(
     assert left & backlog, "the drain was over before the kill"
     assert len(backlog - left) >= 100
 
+    # Boot 2 reads the readings once more (150 rows) and stops producing: a source that kept
+    # adding 200 records/s against a 300/s drain could leave, on a loaded machine, more than the
+    # SIGTERM drain (bounded at 5 s) clears, and this test starts no boot 3 to send the rest.
+    rig.config.write_text(rig.config.read_text().replace("loop = true", "loop = false"))
     agent = rig.start_agent()  # boot 2 finishes the drain, resending what was in flight
     rig.hub_wait("the whole backlog at the hub", lambda: backlog <= set(rig.hub_keys()))
-    # boot 2 keeps producing 200 records/s; the SIGTERM drain is bounded (5 s) and leaves the
-    # rest for the next boot, which this test does not start: stop once the drain caught up
-    _until("boot 2 caught up", lambda: _pending_count(rig.state) <= CAUGHT_UP)
     code, _ = rig.stop_agent(agent)
     assert code == 0, rig.logs()
 

@@ -88,7 +88,8 @@ def digits() -> Digits:
 def rig(broker: RunningBroker, tmp_path: Path, digits: Digits) -> Iterator[Rig]:
     more = (
         "[telemetry]\nstatus_interval_s = 0.2\ninterval_s = 0.2\n"
-        f"[drift]\nwindow = {WINDOW}\n"
+        # every row tested (no rate floor): the reports are checked against the rows fed
+        f"[drift]\nwindow = {WINDOW}\nmin_interval_s = 0\n"
         f'[results]\nenabled = true\nhost = "{broker.host}"\nport = {broker.port}\nqos = 1\n'
         '[[inputs]]\nkind = "folder"\npath = "inbox"\npattern = "*.png"\npoll_s = 0.05\n'
         'after = "move"\n'

@@ -107,7 +107,8 @@ def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[Rig]:
     sensor = Sensor()
     more = (
         "[telemetry]\nstatus_interval_s = 0.2\ninterval_s = 0.2\n"
-        f"[drift]\nwindow = {DRIFT_WINDOW}\n"
+        # every row tested (no rate floor): the reports are checked against the rows fed
+        f"[drift]\nwindow = {DRIFT_WINDOW}\nmin_interval_s = 0\n"
         f'[results]\nenabled = true\nhost = "{broker.host}"\nport = {broker.port}\nqos = 1\n'
         f'[[inputs]]\nkind = "serial"\nport = "{sensor.port}"\nreopen_delay = 0.05\n'
     )

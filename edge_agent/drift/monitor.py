@@ -54,12 +54,22 @@ The report's ``p`` is that p-value, ``scale`` the number of windows pooled in th
 decided, ``moved`` the features whose Benjamini-Hochberg adjusted value (``q``) is under the
 warn level, and ``counts`` the window's per-bin counts, which the hub adds up across devices and
 time (fleet drift). A window closes after `window` rows, or after `window_s` seconds if set.
+
+With `min_interval_s` set (the agent's [drift] min_interval_s), a window takes at most `window`
+rows per that many seconds (a token bucket holding one window's rows): a stream faster than that
+is sampled across time (of each batch, the rows the bucket has room for, drawn at random) rather
+than reported on hundreds of times a second, which would flood the uplink and the hub's store
+with reports and spend more time testing than inferring. The rows left out are counted, and the
+report's ``sampled_from`` says how many rows the window was drawn from. A sample of a stream is
+tested as the stream would be: the levels hold, since each window is still `window` rows of it.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
+import random
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -182,6 +192,7 @@ class DriftMonitor:
         warn_every: float = DEFAULT_WARN_EVERY,
         alert_every: float = DEFAULT_ALERT_EVERY,
         capture: int = 0,
+        min_interval_s: float | None = None,
     ) -> None:
         if not 1 < warn_every < alert_every:
             raise ValueError(
@@ -191,6 +202,12 @@ class DriftMonitor:
         self.capture = capture  # rows of an alerting window sent along with its report
         self.window = window
         self.window_s = window_s
+        # the rate floor: rows a second a window may take, and the rows it may take now
+        self._rate = window / min_interval_s if min_interval_s else None
+        self._tokens = float(window)
+        self._last = -math.inf  # when the bucket was last filled (monotonic seconds)
+        self._rejects: list[int | None] = []  # missing-value rows waiting for the next batch
+        self._pick = random.Random(0)  # which of the rows offered the window takes
         self.warn_every, self.alert_every = warn_every, alert_every
         self.levels = levels(warn_every, alert_every)
         self._layout = Layout.of(card, window)
@@ -224,6 +241,7 @@ class DriftMonitor:
             np.zeros(self.card.n_features, dtype=np.int64),
         )
         self._rows = 0  # rows of this window, staged or counted
+        self._seen = 0  # rows offered while it was open, sampled or not (the rate floor)
         self._recent = np.empty((0, self.card.n_features), dtype=np.float64)
         self._started = now
 
@@ -243,7 +261,20 @@ class DriftMonitor:
         """Add a batch of valid rows (and the model's predictions and, for the accuracy
         estimate, class probabilities for them); returns a report when a window completes. A
         batch that straddles two windows is split, so each count window covers exactly
-        `window` rows. `now` (monotonic seconds) drives time windows."""
+        `window` rows. `now` (monotonic seconds) drives time windows and the rate floor."""
+        if self._rate is not None:
+            now = time.monotonic() if now is None else now
+            if now > self._last:  # (a `now` from the past adds nothing)
+                self._tokens = min(self._tokens + (now - self._last) * self._rate, self.window)
+                self._last = now
+            if self._tokens >= 1:
+                x, predictions, scores = self._sample(x, predictions, scores)
+            else:  # no room: a fast stream's common case, kept short
+                self._seen += len(x) + len(self._rejects)
+                self._rejects.clear()
+                if self.window_s is None:
+                    return self._ready.popleft() if self._ready else None
+                x, predictions, scores = x[:0], None, None
         n, staged = len(x), self._staged
         if self.window_s is None and n + staged < STAGE_ROWS and self._rows + n < self.window:
             self._stage[staged : staged + n] = x  # the common case: stage it, nothing else
@@ -276,9 +307,45 @@ class DriftMonitor:
             self._close(now)
         return self._ready.popleft() if self._ready else None
 
+    def _sample(
+        self, x: np.ndarray, predictions: np.ndarray | None, scores: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The rate floor, with the bucket holding at least one row: of the batch's rows and
+        the missing-value rows rejected since the last batch, as many as it has room for,
+        drawn at random (a reject and a valid row are equally likely to be taken, whatever
+        order they came in, so the window's missing share is the stream's); the rejects taken
+        are counted here, the rows taken returned."""
+        rejects, self._rejects = self._rejects, []
+        offered = len(rejects) + len(x)
+        take = min(offered, int(self._tokens))
+        self._tokens -= take
+        self._seen += offered
+        if take == offered:
+            for feature in rejects:
+                self._count_missing(feature)
+            return x, predictions, scores
+        picked = sorted(self._pick.sample(range(offered), take))
+        for i in picked[: bisect.bisect_left(picked, len(rejects))]:
+            self._count_missing(rejects[i])
+        rows = np.array([i - len(rejects) for i in picked if i >= len(rejects)], dtype=np.intp)
+        return (
+            x[rows],
+            None if predictions is None else predictions[rows],
+            None if scores is None else scores[rows],
+        )
+
     def missing(self, feature_index: int | None = None) -> None:
         """One row rejected because a value was missing (empty, NaN, not a number); with the
-        feature's index when the parser knows it. Counted into the current window."""
+        feature's index when the parser knows it. Counted into the current window (under the
+        rate floor, with the next batch's rows, as one of them)."""
+        if self._rate is None:
+            self._count_missing(feature_index)
+            return
+        self._rejects.append(feature_index)
+        if len(self._rejects) >= STAGE_ROWS:  # a stream of rejects alone: judged now
+            self.add(np.empty((0, self.card.n_features)))
+
+    def _count_missing(self, feature_index: int | None) -> None:
         self._tally.missing_rows += 1
         if feature_index is not None and 0 <= feature_index < self.card.n_features:
             self._tally.missing[feature_index] += 1
@@ -330,6 +397,8 @@ class DriftMonitor:
         self._tally.rows = self._rows
         window = self._measure(self._tally)
         report = self._summarise(window, list(self._history))
+        if self._seen > window.rows + window.missing_rows:
+            report = dataclasses.replace(report, sampled_from=self._seen)
         if self.capture and report.status == "alert":
             rows = tuple(map(tuple, self._recent.tolist()))
             report = dataclasses.replace(report, capture=Capture(tuple(self._names), rows))

@@ -37,7 +37,8 @@ class RowFramer:
         fmt = messages[0][0] if messages else ""
         parser = self._parsers.get(fmt)
         if parser is not None and (len(messages) == 1 or all(m[0] == fmt for m in messages)):
-            x, errors = parser.rows([raw for _, raw in messages])  # one format: one call
+            raws = [messages[0][1]] if len(messages) == 1 else [raw for _, raw in messages]
+            x, errors = parser.rows(raws)  # one format: one call
             for error in errors:
                 reject(error)
             return Framed(x, x) if len(x) else None

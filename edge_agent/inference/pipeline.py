@@ -86,11 +86,20 @@ class ActiveModel:
         warn_every: float,
         alert_every: float,
         drift_window_s: float | None = None,
+        drift_min_interval_s: float | None = None,
     ) -> ActiveModel:
+        monitor = DriftMonitor(
+            card,
+            drift_window,
+            drift_window_s,
+            warn_every,
+            alert_every,
+            min_interval_s=drift_min_interval_s,
+        )
         return cls(
             card,
             runtime,
-            DriftMonitor(card, drift_window, drift_window_s, warn_every, alert_every),
+            monitor,
             framer_for(card),
         )
 

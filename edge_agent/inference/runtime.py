@@ -69,7 +69,8 @@ class OnnxRuntime:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         out = self._run(self._label_output, {self._input: x}, self._run_options)[0]
-        return np.asarray(out).reshape(len(x))
+        out = np.asarray(out)
+        return out if out.ndim == 1 else out.reshape(len(x))  # (n,) as most models give them
 
     def scores(self, x: np.ndarray) -> np.ndarray | None:
         if not self._score_output:
@@ -80,7 +81,8 @@ class OnnxRuntime:
         if not self._score_output:
             return self.predict(x), None
         labels, scores = self._run(self._both_outputs, {self._input: x}, self._run_options)
-        return np.asarray(labels).reshape(len(x)), np.asarray(scores)
+        labels = np.asarray(labels)
+        return (labels if labels.ndim == 1 else labels.reshape(len(x))), np.asarray(scores)
 
 
 def _direct_run(session: Any) -> Callable[..., list[Any]]:

@@ -618,6 +618,7 @@ class DriftReport:
     notes: tuple[str, ...] = ()
     capture: Capture | None = None
     categories: Mapping[str, CategoryCounts] = field(default_factory=dict)
+    sampled_from: int | None = None  # rows the window was drawn from, when the rate floor sampled
 
     @property
     def features_moved(self) -> tuple[str, ...]:
@@ -660,6 +661,8 @@ class DriftReport:
             body["anomaly"] = self.anomaly.to_body()
         if self.categories:
             body["categories"] = {k: v.to_body() for k, v in self.categories.items()}
+        if self.sampled_from is not None:
+            body["sampled_from"] = self.sampled_from
         return body
 
     @classmethod
@@ -691,6 +694,7 @@ class DriftReport:
             capture=_maybe(obj, "capture", where, Capture.from_body),
             anomaly=_maybe(obj, "anomaly", where, AnomalyRate.from_body),
             categories=_get(obj, "categories", where, _map(CategoryCounts.from_body), {}),
+            sampled_from=_maybe(obj, "sampled_from", where, _whole),
         )
 
 
