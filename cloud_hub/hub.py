@@ -12,7 +12,9 @@ the store drops the repeat by (device, boot, seq). Device messages also arrive a
 persistent session with manual acknowledgement, the PUBACK going out after the commit, so a hub
 restart within what the broker queues costs no resend at all. With `share`, several hubs
 subscribe to the device topics as one MQTT shared-subscription group and the broker splits the
-messages between them.
+messages between them; each on a clean session, so a worker that dies (SIGKILL: it cannot leave
+the group) leaves it at once, and the messages it had not confirmed come again from their
+devices.
 
 Each record's body is decoded once here (edge_agent.protocol.records) before it is stored. One
 that does not decode is not stored: it is counted as refused (`malformed`, in `edgehub
@@ -177,8 +179,15 @@ class Hub:
         self.quality = QualityWatch(self.store, PublishedCards(self.repo), accuracy_floors)
         self.unconfirmed = 0  # confirmations the MQTT client refused (its queue was full)
         self._warn_unconfirmed_at = 0.0  # when the log may say so again
+        # A worker of a share group holds no session while it is away: the broker would go on
+        # handing a persistent one its share of the fleet's messages, queued for a worker that
+        # was killed and may never come back, each to be sent again by its device
         self.session = MqttSession(
-            client_id, broker, persistent=True, manual_ack=True, max_inflight=CONFIRMS_IN_FLIGHT
+            client_id,
+            broker,
+            persistent=share is None,
+            manual_ack=True,
+            max_inflight=CONFIRMS_IN_FLIGHT,
         )
         for kind in ("status", "telemetry", "drift", "events", "labels", "xfer/req"):
             self.session.subscribe_acked(self.topics.any_device(kind), self._queue, share=share)

@@ -105,12 +105,17 @@ def test_the_leader_dies_the_other_leads_and_no_record_is_lost(
         device.record(K)  # while the other takes over
         logs[1 - leader].expect(LEADS)
         handover = time.monotonic() - killed_at
-        device.record(K)
+        _drained(device)
+        resends = device.sender.resends
+        device.record(K)  # the dead worker's share of the group is the survivor's now
         _drained(device)
     finally:
         device.close()
     assert handover < HANDOVER_S, f"the lead moved after {handover:.1f} s"
     assert _stored(pg) == list(range(3 * K)), "missing or repeated records"
+    # none of them waited for a confirmation that could not come (the broker handing the dead
+    # worker's session its share, to queue until it came back) and went out again
+    assert device.sender.resends == resends, "records went to the dead worker's session"
 
 
 ROLLOUT_S = 120.0  # the whole staged rollout, handover included
