@@ -27,7 +27,7 @@ confirmed, with the hub's CPU and memory side by side with a bare subscriber's, 
   under 70% of the machine. A fleet size not held is run again once (a shared machine has bad
   seconds); it counts as held if either run held.
 
-    .venv/bin/python bench/hub_capacity_bench.py [--sizes 500,1000,2000,5000] [--workers 1,2]
+    .venv/bin/python bench/hub_capacity_bench.py [--sizes 500,2000,5000,8000,10000] [--workers 1,2]
         [--stores postgresql,sqlite] [--level-s 15] [--json]
 
 DESIGN.md target: one hub on 2 cores with PostgreSQL: 5,000 devices reporting once a second,
@@ -457,7 +457,9 @@ def run_store(
 def main(argv: list[str] | None = None) -> int:
     global LEVEL_S
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--sizes", default="500,1000,2000,5000", help="fleet sizes, ascending")
+    parser.add_argument(
+        "--sizes", default="500,2000,5000,8000,10000", help="fleet sizes, ascending"
+    )
     parser.add_argument(
         "--workers", default="1,2", help="hub workers to try on PostgreSQL (SQLite: one)"
     )

@@ -95,9 +95,12 @@ log = logging.getLogger(__name__)
 
 MAX_CHUNKS_PER_REQUEST = 64
 INGEST_BATCH = 500  # messages stored in one transaction, then acknowledged
-# confirmations (QoS 1) on their way to the broker at once: at thousands of devices a second a
-# smaller window keeps the hub's client queueing them until it refuses more (paho's 65,535 ids)
-CONFIRMS_IN_FLIGHT = 1000
+# confirmations (QoS 1) on their way to the broker at once: none held back (0). With a window,
+# paho queues the rest and, on every PUBACK, walks its whole list of messages from the first
+# to find the next to send: at thousands of confirmations a second that walk took the client's
+# thread, the queue grew to paho's 65,535 ids and confirmations were refused (devices sent their
+# records again) with the hub's CPU half idle. Unacknowledged, they are bounded by those ids.
+CONFIRMS_IN_FLIGHT = 0
 UNCONFIRMED_LOG_S = 60.0
 TICK_S = 0.25
 PRUNE_EVERY_S = 60.0
