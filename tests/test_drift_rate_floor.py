@@ -21,6 +21,7 @@ from converters.pipeline import build_bundle
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.drift import DriftMonitor
+from edge_agent.drift.monitor import STAGE_ROWS
 from edge_agent.errors import BadDataError
 from edge_agent.inference.runtime import load_runtime
 from edge_agent.protocol.card import ModelCard, parse_card
@@ -123,6 +124,18 @@ def test_missing_values_are_sampled_with_the_rows_so_their_share_is_the_streams(
             reports.append(report)
     shares = [r["missing_rows"] / (r["window"] + r["missing_rows"]) for r in reports[1:]]
     assert shares and all(0.05 < s < 0.15 for s in shares), shares
+
+
+def test_a_stream_of_rejects_alone_is_judged_as_it_comes_not_held(
+    data: tuple[np.ndarray, np.ndarray, ModelCard],
+) -> None:
+    """Rejects wait for the next batch's rows to be sampled with them; a sensor that sends only
+    broken lines must not make them pile up."""
+    _, _, card = data
+    monitor = DriftMonitor(card, WINDOW, min_interval_s=1.0)
+    for _ in range(10_000):
+        monitor.missing(3)
+    assert len(monitor._rejects) < STAGE_ROWS
 
 
 def test_the_report_says_what_it_was_drawn_from_on_the_wire() -> None:
