@@ -147,7 +147,9 @@ class MqttSession:
     attempt, `refused` when the broker answered with a refusing CONNACK; `on_disconnect(error)`
     when an established link is lost (not on `stop()`); `on_subscribed(topic, granted)` for each
     SUBACK; `on_published(mid)` for each PUBACK. Without `on_connect_failed` / `on_disconnect`
-    the session logs those events itself.
+    the session logs those events itself. `max_inflight`: QoS 1 messages awaiting their PUBACK
+    at once, the rest queued; 0 holds none back (paho walks its queue on every PUBACK, so a
+    client publishing thousands a second, the hub, goes without a window).
     """
 
     def __init__(
