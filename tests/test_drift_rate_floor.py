@@ -17,18 +17,14 @@ from sklearn.linear_model import LogisticRegression
 
 from cloud_hub.rollout.operations import enroll_device, init_hub
 from converters.card import reference_card
-from converters.pipeline import build_bundle
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.drift import DriftMonitor
 from edge_agent.drift.monitor import STAGE_ROWS
 from edge_agent.errors import BadDataError
-from edge_agent.inference.runtime import load_runtime
 from edge_agent.protocol.card import ModelCard, parse_card
 from edge_agent.protocol.records import DriftReport
-from edge_agent.update.bundle import read_bundle
-from edge_agent.update.updater import Installed
-from tests.support.models import csv_line
+from tests.support.models import csv_line, installed_model
 
 WINDOW = 200
 RATE = 50_000  # rows a second offered: 250 windows' worth, against a floor of one a second
@@ -151,16 +147,15 @@ def test_the_agent_keeps_about_one_drift_report_a_second_of_a_fast_stream(tmp_pa
     fast as it takes them (thousands a second, 100 windows of 200 rows) leave in the agent's
     buffer about one drift report per second they took, each a window of 200 rows."""
     x, y = load_iris(return_X_y=True)
-    out = tmp_path / "iris-3.zip"
-    build_bundle(LogisticRegression(max_iter=1000).fit(x, y), x, y, name="iris", version=3, out=out)
-    bundle = read_bundle(out.read_bytes(), None, 10**8)
+    clf = LogisticRegression(max_iter=1000).fit(x, y)
+    installed = installed_model(clf, x, y, "iris", tmp_path / "iris-3.zip")
     init_hub(tmp_path / "hub")
     enroll_device(tmp_path / "hub", "pi-01", tmp_path / "state-pi-01")
     config = tmp_path / "agent.toml"
     config.write_text('[device]\nid = "pi-01"\n')  # its state next to it
     agent = Agent(load_config(config))
     try:
-        agent._activate(Installed(bundle, load_runtime(bundle.card, bundle.model_bytes)))
+        agent._activate(installed)
         lines = [("csv", csv_line(x[i % len(x)])) for i in range(20_000)]
         started = time.monotonic()
         for i in range(0, len(lines), 16):  # micro-batches, as the main loop takes them
