@@ -156,7 +156,7 @@ class HaDiscovery:
     def _announce(self, device: str) -> None:
         profile, agent_version = self._devices[device]
         messages = discovery_messages(device, self.topics, self.ha_prefix, profile, agent_version)
-        with self.changed:  # paho acknowledges on its own thread: record the mids first
+        with self.changed:  # PUBACKs arrive on the network thread: record the mids first
             for topic, payload in messages:
                 self._unacked.add(self.session.publish(topic, payload, retain=True))
 

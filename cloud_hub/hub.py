@@ -95,11 +95,10 @@ log = logging.getLogger(__name__)
 
 MAX_CHUNKS_PER_REQUEST = 64
 INGEST_BATCH = 500  # messages stored in one transaction, then acknowledged
-# confirmations (QoS 1) on their way to the broker at once: none held back (0). With a window,
-# paho queues the rest and, on every PUBACK, walks its whole list of messages from the first
-# to find the next to send: at thousands of confirmations a second that walk took the client's
-# thread, the queue grew to paho's 65,535 ids and confirmations were refused (devices sent their
-# records again) with the hub's CPU half idle. Unacknowledged, they are bounded by those ids.
+# confirmations (QoS 1) on their way to the broker at once: none held back (0). (paho-mqtt, the
+# client before edge_agent.mqtt.client, walked its whole message list on every PUBACK when a
+# window held some back: at thousands of confirmations a second the queue grew to its 65,535
+# ids and confirmations were refused.) Unacknowledged, they are bounded by the 65,535 ids.
 CONFIRMS_IN_FLIGHT = 0
 UNCONFIRMED_LOG_S = 60.0
 TICK_S = 0.25
@@ -444,7 +443,7 @@ class Hub:
         """Commands queued by the CLI (shadow, shadow-stop) and by rollout steps, each published
         at QoS 1 to the device's persistent session (an offline device gets it when it
         returns), then marked sent; what a leader that died left unsent, the next one sends.
-        Not while this worker has no link to the broker: a command paho only queued in memory
+        Not while this worker has no link to the broker: a command the client only queued in memory
         is not sent, and would be lost with the process."""
         if not self.session.connected.is_set():
             return

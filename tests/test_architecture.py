@@ -35,13 +35,25 @@ def imports_of(path: Path) -> set[str]:
 
 
 def test_the_product_talks_mqtt_through_one_adapter() -> None:
-    """One session class, one reconnect policy: paho is imported by edge_agent/mqtt/ only."""
+    """One session class, one reconnect policy, one client: only edge_agent/mqtt/session.py
+    opens the MQTT client (edge_agent/mqtt/client.py), and the product imports no other MQTT
+    library (paho only where a client must not behave like the product's)."""
+    mods = modules()
     users = {
         str(path.relative_to(ROOT))
-        for path in modules().values()
+        for name, path in mods.items()
+        if not name.startswith("edge_agent.mqtt.")
+        and any(n.startswith("edge_agent.mqtt.client") for n in imports_of(path))
+    }
+    assert users == set(), users
+    session_imports = imports_of(mods["edge_agent.mqtt.session"])
+    assert "edge_agent.mqtt.client" in session_imports
+    paho = {
+        str(path.relative_to(ROOT))
+        for path in mods.values()
         if any(n == "paho" or n.startswith("paho.") for n in imports_of(path))
     }
-    assert users - ADVERSARIES == {"edge_agent/mqtt/session.py"}
+    assert paho == ADVERSARIES
 
 
 def test_no_two_modules_import_each_other() -> None:

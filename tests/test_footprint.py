@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import hashlib
 import json
 import re
 import subprocess
@@ -81,7 +82,7 @@ BLOCKER = textwrap.dedent(
     """
     import sys
     BLOCKED = {"sklearn", "skl2onnx", "onnx", "tensorflow", "cloud_hub", "converters",
-               "sqlalchemy", "rich"}
+               "sqlalchemy", "rich", "paho"}
     class Block:
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in BLOCKED:
@@ -135,7 +136,38 @@ NOT_FOR_SERVING = (
     "edge_agent.imaging",
     "edge_agent.framing.windows",
     "edge_agent.sources.camera",
+    # OpenSSL and what only paho-mqtt imported: the agent's MQTT client is its own and hashes
+    # with CPython's built-in SHA-256 (edge_agent.update.digest)
+    "paho",
+    "ssl",
+    "hashlib",
+    "_hashlib",
+    "urllib.request",
+    "http",
+    "email",
 )
+
+
+def test_the_agent_hashes_as_hashlib_does_without_loading_it() -> None:
+    data = bytes(range(256)) * 41
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from edge_agent.update.digest import sha256
+        h = sha256(b"")
+        h.update({data!r})
+        print(h.hexdigest(), sha256({data!r}).hexdigest())
+        assert "hashlib" not in sys.modules and "_hashlib" not in sys.modules
+        import hashlib  # once something has loaded it, its OpenSSL does the work
+        assert type(sha256(b"x")) is type(hashlib.sha256(b"x"))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    expected = hashlib.sha256(data).hexdigest()
+    assert out.stdout.split() == [expected, expected]
 
 
 def test_a_serving_agent_loads_only_what_serving_needs(tmp_path: Path) -> None:

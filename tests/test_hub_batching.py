@@ -1,5 +1,5 @@
 """The hub stores what queued up in one transaction, and what one bad item costs is that item
-alone; the device's MQTT sockets send small packets at once; an idle sender sleeps; a hub
+alone; an idle sender sleeps; a hub
 confirmation that overtakes its publish is not lost.
 
 No broker: the store is a SQLite file, the hub is driven through `handle_all` (what its loop
@@ -7,7 +7,6 @@ calls with each batch it takes), and sockets are plain loopback sockets."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from cloud_hub.hub import Hub
 from cloud_hub.store.database import Ingest, Store
 from cloud_hub.store.errors import StoreError
 from cloud_hub.store.url import store_url
-from edge_agent.mqtt.session import BrokerAddress, _no_delay
+from edge_agent.mqtt.session import BrokerAddress
 from edge_agent.protocol.messages import (
     Batch,
     Confirm,
@@ -201,28 +200,18 @@ def test_a_confirmation_the_mqtt_client_refuses_costs_a_resend_not_the_hub(
     refused more ("Message queue full") and the hub exited. Now what it refuses is counted and
     said at most once a minute; the records are stored, and the devices send them again
     (stored once)."""
-    hub.session._client.max_queued_messages_set(3)  # paho's own refusal, sooner (not connected)
+    hub.session._client.max_queued = 3  # the client's own refusal, sooner (not connected)
     hub.handle_all([_message("telemetry", _batch(f"pi-{n}", range(2))) for n in range(8)])
     assert hub.stored["telemetry"] == 16  # every record stored
     assert hub.unconfirmed == 5  # 3 confirmations queued, 5 refused
     warned = [r for r in caplog.records if "confirmations not sent" in r.getMessage()]
     assert len(warned) == 1 and "queue full" in warned[0].getMessage().lower()  # once a minute
-    hub.session._client.max_queued_messages_set(0)
+    hub.session._client.max_queued = 0
     hub.handle_all([_message("telemetry", _batch("pi-7", range(2)))])  # the resend
     assert hub.store.count("telemetry", "pi-7") == 2 and hub.unconfirmed == 5
 
 
-# ---- sockets and the sender's sleep -------------------------------------------------------------
-def test_mqtt_sockets_send_small_packets_at_once() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-        assert tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
-        _no_delay(None, None, tcp)
-        assert tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-    a, b = socket.socketpair(socket.AF_UNIX)  # not TCP: left as it is, no error
-    with a, b:
-        _no_delay(None, None, a)
-
-
+# ---- the sender's sleep ------------------------------------------------------------------------
 class _Unused:
     """Sender's session and buffer, which `pause` never touches."""
 

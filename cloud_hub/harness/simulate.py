@@ -43,9 +43,9 @@ from edge_agent.sources.csv_fields import quoted
 from edge_agent.update.verify import sha256_hex
 
 FEED_TICK_S = 0.1
-# paho's network loop uses select(), which takes file descriptors below 1024 only; each
-# simulated device holds about 6 (SQLite buffer with its WAL and shm, paho's socket pair, the
-# connection), so one process holds about 150 devices next to the hub
+# the MQTT client's network loop uses select(), which takes file descriptors below 1024 only;
+# each simulated device holds about 6 (SQLite buffer with its WAL and shm, the client's socket
+# pair, the connection), so one process holds about 150 devices next to the hub
 FD_SETSIZE = 1024
 FDS_PER_DEVICE = 6
 # what a broken sensor or a noisy serial line sends (each is rejected and counted by reason)
@@ -247,7 +247,7 @@ class SimFleet:
         room = (FD_SETSIZE - 64 - open_fds()) // FDS_PER_DEVICE
         if opts.devices > room:
             raise ConfigError(
-                f"--devices: one process holds at most {room} simulated devices (paho's select() "
+                f"--devices: one process holds at most {room} simulated devices (the MQTT select() "
                 f"loop needs file descriptors below {FD_SETSIZE}, each device uses about "
                 f"{FDS_PER_DEVICE}), got {opts.devices}; run more `edgehub simulate "
                 "--external-hub --prefix NAME` processes against the same broker and hub"

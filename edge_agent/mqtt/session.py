@@ -1,66 +1,51 @@
-"""One small adapter around paho-mqtt: every MQTT client the agent and the hub open is one.
+"""One MQTT session: every MQTT client the agent and the hub open is one.
 
 It owns the connection (reconnecting with capped exponential backoff and full jitter),
-re-subscribes on every connect, routes messages to handlers, and turns paho's return codes and
-socket errors into TransportError. Handlers and callbacks run on the session's network thread:
-they must be quick and must not publish-and-wait.
+re-subscribes on every connect, routes messages to handlers, and turns refusals and socket
+errors into TransportError. The connection's I/O and packets are edge_agent.mqtt.client's.
+Handlers and callbacks run on the session's network thread: they must be quick and must not
+publish-and-wait.
 
-The network thread is the session's own, not paho's (`loop_start` is never called). It repeats,
-until `stop()`: wait out the backoff, open the connection (`Client.reconnect`, which also sends
-CONNECT), then drive paho's `Client.loop` on that socket until the link drops. The first attempt
-after `start()` is immediate; every later one waits a delay drawn from a `Backoff` (a random time
-under a ceiling that doubles from 1 s up to 10 s); a successful CONNACK resets the ceiling.
+The network thread is the session's. It repeats, until `stop()`: wait out the backoff, open the
+connection (`Client.open`, which also queues CONNECT), then drive `Client.loop` on that socket
+until the link drops. The first attempt after `start()` is immediate; every later one waits a
+delay drawn from a `Backoff` (a random time under a ceiling that doubles from 1 s up to 10 s); a
+successful CONNACK resets the ceiling.
 Why 10 s: a device must be back within seconds of its broker's return (DESIGN.md, promise 3),
 and full jitter under 10 s still spreads a fleet of 2,000 over 10 s, 200 connections a second,
 which one mosquitto takes in its stride. A longer ceiling spares nothing but keeps devices away.
 A connection refused, a broker that closes the socket before its CONNACK, and a CONNACK that
 refuses (bad credentials, not authorised) are all failed attempts: each one backs off.
 
-Why not paho's own reconnect loop: its `reconnect_delay_set` doubles a fixed delay with no
-jitter, so a fleet that lost its broker at the same instant comes back in lockstep. And the wait
-must not run inside paho's connect path (`on_pre_connect`): paho stamps its keepalive clock at
-the start of `reconnect()`, so a wait longer than the keepalive made paho close each new socket
-the moment it opened, and a device could stay offline long after its broker returned. Here the
-wait is over before `reconnect()` is called, so every attempt starts with a fresh clock.
+Why jitter: a fixed doubling delay (paho's own `reconnect_delay_set`) brings a fleet that lost
+its broker at the same instant back in lockstep. And the wait is over before `Client.open` is
+called, so every attempt starts with a fresh keepalive clock (paho, waiting inside its connect
+path, closed each new socket the moment it opened after a wait longer than the keepalive).
 
 Threads: `publish`, `subscribe` and `stop` may be called from any thread. They only queue
-packets (the session registers `on_socket_register_write`, so paho never writes from the
-caller's thread) and paho's socket pair wakes the network thread, which does all the I/O.
+packets, and the client's socket pair wakes the network thread, which does all the I/O.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.errors import BadDataError, ConfigError, TransportError
+from edge_agent.mqtt.client import Client, Refused
+from edge_agent.mqtt.packets import CONNACK_CODES, matches
 
 log = logging.getLogger(__name__)
-
-
-def _no_delay(_client: object, _userdata: object, sock: object) -> None:
-    """Small packets (PUBACKs, chunk requests, records) leave at once. paho leaves Nagle's
-    algorithm on, which holds a small write until the previous one is acknowledged, and the
-    peer delays that ACK by up to 40 ms: a chunked transfer then crawls at a few rounds a
-    second whatever the bandwidth."""
-    with contextlib.suppress(OSError, AttributeError):  # not every socket is TCP
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
-
 
 Handler = Callable[[str, bytes], None]
 Ack = Callable[[], None]
 AckedHandler = Callable[[str, bytes, Ack], None]
+Route = Callable[[str, bytes, bool, Ack], None]  # (topic, payload, retained, ack)
 OnConnectFailed = Callable[[TransportError, bool], None]  # (why, refused by the broker)
 
 _LOOP_S = 1.0  # longest the network thread sits in select() (publish/stop wake it sooner)
@@ -148,8 +133,7 @@ class MqttSession:
     when an established link is lost (not on `stop()`); `on_subscribed(topic, granted)` for each
     SUBACK; `on_published(mid)` for each PUBACK. Without `on_connect_failed` / `on_disconnect`
     the session logs those events itself. `max_inflight`: QoS 1 messages awaiting their PUBACK
-    at once, the rest queued; 0 holds none back (paho walks its queue on every PUBACK, so a
-    client publishing thousands a second, the hub, goes without a window).
+    at once, the rest queued; 0 holds none back.
     """
 
     def __init__(
@@ -193,31 +177,22 @@ class MqttSession:
         self._failures = 0  # failed attempts since the last connection (network thread only)
         self._failing_since = 0.0
         self._next_report = 0.0
-        c = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=not persistent,
-            protocol=mqtt.MQTTv311,
-            manual_ack=manual_ack,
-        )
-        if broker.username:
-            c.username_pw_set(broker.username, broker.password)
-        if will:
-            c.will_set(will[0], will[1], qos=1, retain=True)
-        c.max_inflight_messages_set(max_inflight)
-        c.on_connect = self._connected
-        c.on_disconnect = self._disconnected
-        c.on_subscribe = self._subscribed
+        self._routes: dict[str, Route] = {}  # topic filter -> route, as subscribed
+        self._on_published = on_published
         self._left = threading.Event()  # the UNSUBACK of `stop`'s leaving its shared groups
-        c.on_unsubscribe = lambda *_: self._left.set()
-        c.on_socket_open = _no_delay
-        # Writes happen on the network thread only: with this set, paho's publish() from another
-        # thread queues the packet and wakes the loop instead of writing to the socket itself.
-        c.on_socket_register_write = _nothing
-        c.on_socket_unregister_write = _nothing
-        if on_published:
-            c.on_publish = lambda _c, _u, mid, _rc, _p: self._notify(on_published, mid)
-        self._client = c
+        self._client = Client(
+            client_id,
+            clean_session=not persistent,
+            username=broker.username or None,
+            password=broker.password if broker.username else None,
+            will=will,
+            max_inflight=max_inflight,
+            on_connack=self._connack,
+            on_message=self._message,
+            on_published=self._published if on_published else None,
+            on_subscribed=self._subscribed,
+            on_unsubscribed=lambda _mid: self._left.set(),
+        )
 
     @property
     def _where(self) -> str:
@@ -228,12 +203,10 @@ class MqttSession:
         """Start the network thread; the first connection attempt is made at once."""
         if self._thread is not None and self._thread.is_alive():
             raise RuntimeError(f"MQTT session {self.client_id!r} is already running")
+        if not 0 < self.broker.port < 65536:
+            raise TransportError(f"{self._where}: expected a port from 1 to 65535")
         self._stopping.clear()
         self.backoff.reset()
-        try:
-            self._client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive)
-        except (OSError, ValueError) as exc:
-            raise TransportError(f"{self._where}: {exc}") from exc
         self._thread = threading.Thread(
             target=self._run, name=f"mqtt-session {self.client_id}", daemon=True
         )
@@ -251,10 +224,9 @@ class MqttSession:
         hub worker that stopped would hold back part of the fleet's messages until it came
         back. Left, the group's other members get them all; a `start()` joins again."""
         if final and self.connected.is_set():
-            info = self._client.publish(final[0], final[1], qos=1, retain=True)
             try:
-                info.wait_for_publish(timeout=2)
-            except (RuntimeError, ValueError) as exc:  # the link went while saying goodbye
+                self.publish_wait(final[0], final[1], timeout=_BYE_S, retain=True)
+            except TransportError as exc:  # the link went while saying goodbye
                 log.warning("final publish to %s failed: %s", final[0], exc)
         if self.connected.is_set():
             self._leave_groups()
@@ -329,27 +301,21 @@ class MqttSession:
         share: str | None,
         retained: AckedHandler | None,
     ) -> None:
-        def route(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-            mid, msg_qos = msg.mid, msg.qos
-
-            def ack() -> None:
-                if self._manual_ack and msg_qos > 0:
-                    self._client.ack(mid, msg_qos)
-
-            to = retained if retained is not None and msg.retain else handler
+        def route(topic_: str, payload: bytes, retain: bool, ack: Ack) -> None:
+            to = retained if retained is not None and retain else handler
             try:
-                to(msg.topic, bytes(msg.payload), ack)
+                to(topic_, payload, ack)
             except BadDataError as exc:
                 if self._on_bad_message:
-                    self._notify(self._on_bad_message, msg.topic, exc)
+                    self._notify(self._on_bad_message, topic_, exc)
                 else:
-                    log.warning("rejected message on %s: %s", msg.topic, exc)
+                    log.warning("rejected message on %s: %s", topic_, exc)
             except Exception:  # a handler bug must not kill the network thread
-                log.exception("handler for %s failed", msg.topic)
+                log.exception("handler for %s failed", topic_)
 
         if share is not None and (not share or any(c in share for c in "/+#")):
             raise ConfigError(f"shared subscription group: expected a plain name, got {share!r}")
-        self._client.message_callback_add(topic, route)
+        self._routes[topic] = route
         wire = f"$share/{share}/{topic}" if share else topic
         with self._subs_lock:
             self._subs[wire] = qos
@@ -358,18 +324,19 @@ class MqttSession:
 
     def _send_subscribe(self, wire: str, qos: int) -> None:
         """Queue a SUBSCRIBE and remember its mid for the SUBACK (with _subs_lock held)."""
-        _rc, mid = self._client.subscribe(wire, qos)
+        mid = self._client.subscribe(wire, qos)
         if mid is not None:
             self._sub_mids[mid] = wire
 
     # ---- publishing ---------------------------------------------------------------------
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
-        """Queue a message; returns its mid. TransportError if paho refuses it. A QoS 1
-        message queued while the link is down goes out after the next connect."""
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            raise TransportError(f"publish to {topic} refused: {mqtt.error_string(info.rc)}")
-        return int(info.mid)
+        """Queue a message; returns its mid (0 at QoS 0). TransportError if the client refuses
+        it. A QoS 1 message queued while the link is down goes out after the next connect."""
+        try:
+            mid = self._client.publish(topic, payload, qos, retain)
+        except Refused as exc:
+            raise TransportError(f"publish to {topic} refused: {exc}") from exc
+        return mid or 0
 
     def publish_now(
         self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False
@@ -378,17 +345,20 @@ class MqttSession:
         False if there is none (then nothing is kept for later). Never blocks."""
         if not self.connected.is_set():
             return False
-        return self._client.publish(topic, payload, qos=qos, retain=retain).rc == 0
+        try:
+            return self._client.publish(topic, payload, qos, retain) is not None
+        except Refused:
+            return False
 
     def publish_wait(
         self, topic: str, payload: bytes, timeout: float, retain: bool = False
     ) -> None:
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        done = threading.Event()
         try:
-            info.wait_for_publish(timeout)
-        except (RuntimeError, ValueError) as exc:
-            raise TransportError(f"publish to {topic} failed: {exc}") from exc
-        if not info.is_published():
+            self._client.publish(topic, payload, 1, retain, done)
+        except Refused as exc:
+            raise TransportError(f"publish to {topic} refused: {exc}") from exc
+        if not done.wait(timeout):
             raise TransportError(f"publish to {topic}: no acknowledgement within {timeout}s")
 
     # ---- the network thread -------------------------------------------------------------
@@ -406,7 +376,7 @@ class MqttSession:
             first = False
             try:
                 self._attempt()
-            except Exception:  # a bug (ours or paho's) must not end the session's thread
+            except Exception:  # a bug must not end the session's thread
                 log.exception("MQTT session %s: network loop failed", self.client_id)
                 self.connected.clear()
         self._close_socket()
@@ -417,9 +387,9 @@ class MqttSession:
         self._lost_reason = ""
         with self._subs_lock:
             self._sub_mids.clear()  # SUBACKs of an earlier link never come
-        try:
-            self._client.reconnect()  # stamps paho's keepalive clock: no waiting after this
-        except (OSError, ValueError) as exc:  # refused, unreachable, no such host, TLS...
+        try:  # starts the keepalive clock: no waiting after this
+            self._client.open(self.broker.host, self.broker.port, self.broker.keepalive)
+        except (OSError, ValueError) as exc:  # refused, unreachable, no such host...
             self._failed(TransportError(f"{self._where}: cannot connect: {exc}"), refused=False)
             return
         self._drive()
@@ -443,25 +413,23 @@ class MqttSession:
             )
 
     def _drive(self) -> None:
-        """Run paho's loop on the open socket until the link drops or stop() has closed it."""
+        """Run the client's loop on the open socket until the link drops or stop() has closed
+        it."""
         bye_by: float | None = None
         while True:
             if bye_by is None and self._stopping.is_set():
                 self._client.disconnect()  # no-op without a socket; else queues DISCONNECT
                 bye_by = time.monotonic() + _BYE_S
-            rc = self._client.loop(_LOOP_S)
-            if rc != mqtt.MQTT_ERR_SUCCESS:
+            why = self._client.loop(_LOOP_S)
+            if why is not None:
                 if not self._lost_reason:
-                    self._lost_reason = mqtt.error_string(rc)
+                    self._lost_reason = why
                 return
             if bye_by is not None and time.monotonic() > bye_by:
                 return
 
     def _close_socket(self) -> None:
-        sock = self._client.socket()
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
+        self._client.close()
 
     def _failed(self, error: TransportError, refused: bool) -> None:
         if self._on_connect_failed:
@@ -490,13 +458,12 @@ class MqttSession:
         except Exception:
             log.exception("MQTT session callback %r failed", callback)
 
-    # ---- paho callbacks (the network thread) --------------------------------------------
-    def _connected(
-        self, _c: mqtt.Client, _u: object, _flags: object, reason: object, _p: object
-    ) -> None:
-        if getattr(reason, "is_failure", False):
+    # ---- the client's callbacks (the network thread) -------------------------------------
+    def _connack(self, _session_present: bool, code: int) -> None:
+        if code:
             self._refused = True
-            error = TransportError(f"{self._where}: connection refused by the broker: {reason}")
+            why = CONNACK_CODES.get(code, f"return code {code}")
+            error = TransportError(f"{self._where}: connection refused by the broker: {why}")
             self._failed(error, refused=True)
             return
         self._up = True
@@ -514,23 +481,31 @@ class MqttSession:
         if self._on_connect:
             self._notify(self._on_connect)
 
-    def _disconnected(
-        self, _c: mqtt.Client, _u: object, _flags: object, reason: object, _p: object
+    def _message(
+        self, topic: str, payload: bytes, qos: int, retain: bool, mid: int, generation: int
     ) -> None:
-        self.connected.clear()
-        if not self._lost_reason:
-            self._lost_reason = str(reason)
+        """Each route whose filter matches gets the message; at QoS 1 the PUBACK leaves after
+        them, or, with manual_ack, when a handler calls its ack (a message no route takes is
+        acknowledged at once: nobody would)."""
+        client = self._client
 
-    def _subscribed(
-        self, _c: mqtt.Client, _u: object, mid: int, codes: list[Any], _p: object
-    ) -> None:
+        def ack() -> None:
+            if qos:
+                client.ack(mid, generation)
+
+        routes = [route for f, route in list(self._routes.items()) if matches(f, topic)]
+        for route in routes:
+            route(topic, payload, retain, ack)
+        if not routes or not self._manual_ack:
+            ack()
+
+    def _published(self, mid: int) -> None:
+        self._notify(self._on_published, mid)  # type: ignore[arg-type]  # set when registered
+
+    def _subscribed(self, mid: int, codes: list[int]) -> None:
         with self._subs_lock:
             wire = self._sub_mids.pop(mid, None)
         if wire is None or self._on_subscribed is None:
             return
-        granted = not any(getattr(code, "is_failure", False) for code in codes)
+        granted = not any(code >= 0x80 for code in codes)
         self._notify(self._on_subscribed, wire, granted)
-
-
-def _nothing(*_args: object) -> None:
-    """paho's external-loop hooks: the network thread already watches the socket."""

@@ -26,7 +26,6 @@ as well (edge_agent/update/updater.py), exactly as if it had downloaded the full
 
 from __future__ import annotations
 
-import hashlib
 import struct
 
 import numpy as np
@@ -34,6 +33,7 @@ import zstandard
 
 from edge_agent.errors import BundleRejected
 from edge_agent.protocol.reasons import Reason
+from edge_agent.update.digest import sha256
 
 MAGIC = b"EFDELTA1"
 _HEADER = struct.Struct(">8sIQQ32s32s")
@@ -70,8 +70,8 @@ def make_delta(base: bytes, result: bytes, level: int | None = None, block: int 
         block,
         len(base),
         len(result),
-        hashlib.sha256(base).digest(),
-        hashlib.sha256(result).digest(),
+        sha256(base).digest(),
+        sha256(result).digest(),
     )
     return header + frame
 
@@ -93,12 +93,12 @@ def apply_delta(base: bytes, delta: bytes, result_length: int) -> bytes:
             Reason.OVERSIZED if length > result_length else Reason.TRUNCATED,
             f"delta: rebuilds {length} bytes, the signed target has {result_length}",
         )
-    if base_length != len(base) or hashlib.sha256(base).digest() != base_sha:
+    if base_length != len(base) or sha256(base).digest() != base_sha:
         raise BundleRejected(
             Reason.MISMATCH,
             f"delta: made against another base ({base_length} bytes, sha256 "
             f"{base_sha.hex()[:16]}), this one has {len(base)} bytes, sha256 "
-            f"{hashlib.sha256(base).hexdigest()[:16]}",
+            f"{sha256(base).hexdigest()[:16]}",
         )
     if block < 1:
         raise BundleRejected(Reason.TAMPERED, f"delta: expected a block size >= 1, got {block}")
@@ -116,7 +116,7 @@ def apply_delta(base: bytes, delta: bytes, result_length: int) -> bytes:
             )
         out[start:end] += old[aligned : aligned + end - start]
     rebuilt = out.tobytes()
-    if hashlib.sha256(rebuilt).digest() != result_sha:
+    if sha256(rebuilt).digest() != result_sha:
         raise BundleRejected(Reason.TAMPERED, "delta: the rebuilt bytes do not match its sha256")
     return rebuilt
 

@@ -13,7 +13,6 @@ also checks a command's signatures against the key the verified targets metadata
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from edge_agent.protocol.messages import DeltaRef, ModelRef
 from edge_agent.protocol.reasons import Reason
 from edge_agent.protocol.transfer import chunk_count
 from edge_agent.system.fsutil import atomic_write
+from edge_agent.update.digest import sha256
 from edge_agent.update.mirror import TufMirror
 
 if TYPE_CHECKING:
@@ -264,4 +264,4 @@ def install_trusted_root(tuf_dir: Path, root: bytes) -> None:
 
 
 def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return sha256(data).hexdigest()

@@ -2,7 +2,7 @@
 `Sender` that drains the buffer through it.
 
 A record leaves the device's buffer only when the hub says, on dev/{id}/ack, that it committed
-it (`Confirm`). The broker's PUBACK says only that the broker has a batch (it paces paho's own
+it (`Confirm`). The broker's PUBACK says only that the broker has a batch (it paces the client's
 in-flight window and tells a batch lost on the way from one still on its way): what the broker
 keeps or loses for an offline hub (its queue limit, its state after a kill -9, a neighbour's
 flood) can delay a record, never lose it. The rules, all in `Window`:
