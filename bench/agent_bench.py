@@ -726,6 +726,7 @@ DEVICE_BLOCKED = {
     "converters",
     "sqlalchemy",
     "rich",
+    "paho",  # the agent's MQTT client is its own (edge_agent.mqtt.client)
 }
 
 
@@ -1070,13 +1071,12 @@ def verdicts(
         (
             f"a bare numpy + onnxruntime process with the same model peaks at "
             f"{bare_peak:.1f} MB on this install; the agent daemon adds "
-            f"{peak - bare_peak:.1f} MB (its modules, paho-mqtt with ssl, sqlite3, zipfile)",
+            f"{peak - bare_peak:.1f} MB (its modules, sqlite3, zipfile, socket, logging)",
             f"the daemon peaks at {peak:.1f} MB, the bare process at {bare_peak:.1f} MB; "
-            "paho-mqtt with what only it imports (ssl, urllib.request, http.client, email) "
-            "adds about 3.4 MB on top of the daemon's other modules (about 9 MiB over a bare "
-            "interpreter, most of it OpenSSL, logging, socket and threading, which the agent "
-            "loads anyway); the rest is hashlib's OpenSSL (read_bundle's sha256, 3.7 MB), "
-            "zipfile, sqlite3, the agent's own modules and its drift and telemetry state",
+            f"the daemon loads {daemon.modules} modules to bare's {bare.modules}, and no "
+            "OpenSSL (its MQTT client is its own, SHA-256 CPython's built-in): the rest is "
+            "those modules' code and classes, sqlite3, zipfile, socket, logging and threading, "
+            "and the pipeline's drift and telemetry state",
         ),
     )
     updated = next(c for c in cold if c.kind == UPDATED_KIND)
