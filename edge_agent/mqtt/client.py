@@ -181,6 +181,7 @@ class Client:
         connect = p.connect(
             self.client_id, keepalive, self._clean, self._username, self._password, self._will
         )
+        self.close()  # a link a failed loop left open is not left behind
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
         with contextlib.suppress(OSError):  # small packets leave at once (no Nagle delay)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
