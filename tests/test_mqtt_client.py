@@ -9,6 +9,7 @@ of them this code, count what arrives everywhere else."""
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import socket
@@ -19,7 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud_hub.broker.local import RunningBroker
+from cloud_hub.broker.local import RunningBroker, free_port
 from edge_agent.errors import TransportError
 from edge_agent.mqtt import packets as p
 from edge_agent.mqtt.client import Client
@@ -160,8 +161,11 @@ class Peer:
         return self.pending.pop(0)
 
     def nothing_more(self, within: float) -> bool:
-        """True if the client sends nothing (and keeps the link) for `within` seconds."""
+        """True if the client sends nothing more (and keeps the link) for `within` seconds:
+        no packet already read and not yet taken, and no byte in that time."""
         assert self.conn is not None
+        if self.pending:
+            return False
         self.conn.settimeout(within)
         try:
             data = self.conn.recv(65536)
@@ -328,3 +332,111 @@ def test_qos1_kept_while_not_connected_arrives_in_order_within_the_window(
         session.stop()
         sub.loop_stop()
         sub.disconnect()
+
+
+# ---- what the review found -------------------------------------------------------------------
+def test_a_qos1_message_is_acknowledged_once(peer: Peer) -> None:
+    """The handler's wrapper and the session's automatic ack both ack: one PUBACK leaves. A
+    second one could acknowledge another message a broker had given the freed id to."""
+    got: queue.Queue[bytes] = queue.Queue()
+    session = MqttSession("o-1", BrokerAddress(port=peer.port), backoff=fixed(0.05))
+    session.subscribe("dev/o-1/cmd", lambda _t, payload: got.put(payload))
+    session.start()
+    try:
+        peer.accept()
+        assert peer.next_packet()[0] == p.CONNECT
+        peer.send(b"\x20\x02\x00\x00")
+        kind, _, body = peer.next_packet()
+        assert kind == p.SUBSCRIBE
+        peer.send(b"\x90\x03" + body[:2] + b"\x01")  # SUBACK, QoS 1 granted
+        peer.send(p.publish(b"dev/o-1/cmd", b"deploy", 1, False, 42))
+        assert got.get(timeout=WAIT_S) == b"deploy"
+        kind, _, body = peer.next_packet()
+        assert (kind, p.packet_id(body, "PUBACK")) == (p.PUBACK, 42)
+        assert peer.nothing_more(0.3)
+    finally:
+        session.stop()
+
+
+def test_nothing_follows_a_disconnect(peer: Peer) -> None:
+    """A stop that lands during the handshake: the CONNACK read after DISCONNECT was queued
+    sends none of the messages waiting for it (they stay kept for the next link)."""
+    client = Client("d-1", clean_session=False, on_connack=lambda *_: None, on_message=_nothing)
+    mid = client.publish("dev/d-1/telemetry", b"record")
+    client.open("127.0.0.1", peer.port, 30)
+    try:
+        peer.accept()
+        while client.loop(0.05) is None and not peer.pending:  # until CONNECT is on its way
+            peer.pending += peer.reader.feed(peer.conn.recv(65536))  # type: ignore[union-attr]
+        assert peer.next_packet()[0] == p.CONNECT
+        peer.send(b"\x20\x02\x00\x00")
+        client.disconnect()
+        why = None
+        for _ in range(100):
+            why = client.loop(0.05)
+            if why is not None:
+                break
+        assert why == "disconnected"
+        assert peer.next_packet()[0] == p.DISCONNECT
+        assert peer.pending == []  # nothing after it in what arrived with it,
+        assert peer.conn.recv(65536) == b""  # type: ignore[union-attr]  # nor later: EOF
+        assert client.kept() == 1 and mid == 1
+    finally:
+        client.close()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_connections_leave_no_file_descriptor_behind(peer: Peer) -> None:
+    """A source restarted, a session stopped, a link lost: each connection's socket and its
+    wake-up pair close with it (select() takes descriptors below 1024 only)."""
+    client = Client("f-1", clean_session=True, on_connack=lambda *_: None, on_message=_nothing)
+    before = _open_fds()
+    for _ in range(20):
+        client.open("127.0.0.1", peer.port, 30)
+        peer.accept()
+        peer.conn.close()  # type: ignore[union-attr]  # the broker hangs up
+        while client.loop(0.05) is None:
+            pass
+    for _ in range(5):
+        session = MqttSession("f-2", BrokerAddress(port=free_port()), backoff=fixed(0.01))
+        session.start()
+        session.stop()
+    assert _open_fds() == before
+
+
+@pytest.mark.parametrize(
+    "first, then, said",
+    [
+        (p.publish(b"dev/x/cmd", b"early", 1, False, 3), b"", "expected a CONNACK first"),
+        (b"\x20\x02\x00\x00", b"\x20\x02\x00\x00", "a second CONNACK on an established link"),
+    ],
+)
+def test_packets_out_of_order_cost_the_link(
+    peer: Peer, first: bytes, then: bytes, said: str
+) -> None:
+    failures: queue.Queue[TransportError] = queue.Queue()
+    lost: queue.Queue[TransportError] = queue.Queue()
+    session = MqttSession(
+        "x-1",
+        BrokerAddress(port=peer.port),
+        backoff=fixed(5.0),
+        on_connect_failed=lambda error, _refused: failures.put(error),
+        on_disconnect=lost.put,
+    )
+    session.start()
+    try:
+        peer.accept()
+        assert peer.next_packet()[0] == p.CONNECT
+        peer.send(first + then)
+        error = (lost if then else failures).get(timeout=WAIT_S)
+        assert "protocol error" in str(error) and said in str(error), error
+    finally:
+        session.stop()
+
+
+def test_a_topic_name_over_65535_bytes_is_refused() -> None:
+    with pytest.raises(ValueError, match="expected at most 65535 bytes, got 65536"):
+        p.check_topic("t" * 65_536)

@@ -411,6 +411,7 @@ def test_factory_builds_sources() -> None:
         ({"kind": "mqtt", "topic": "t", "password": "pw"}, ["'password'", "'username'"]),
         ({"kind": "mqtt", "topic": "t", "username": ""}, ["'username'", "non-empty", "''"]),
         ({"kind": "mqtt", "topic": "t", "keepalive": 0}, ["'keepalive'", "positive", "0"]),
+        ({"kind": "mqtt", "topic": "t", "keepalive": 65536}, ["'keepalive'", "65535", "65536"]),
         ({"kind": "mqtt", "topic": "t", "qso": 1}, ["unknown key 'qso'", "Did you mean 'qos'?"]),
         ({"kind": "mqtt", "topic": "t", "path": "x"}, ["unknown key 'path'", "topic"]),
         ({"kind": "file"}, ["'path' is required"]),

@@ -85,9 +85,7 @@ class Client:
         self._on_subscribed = on_subscribed
         self._on_unsubscribed = on_unsubscribed
         self._lock = threading.Lock()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wake: tuple[socket.socket, socket.socket] | None = None  # with the link only
         self._woken = False
         self._loop_thread = 0  # the network thread's ident: it needs no wake-up
         self._sock: socket.socket | None = None
@@ -186,9 +184,12 @@ class Client:
         with contextlib.suppress(OSError):  # small packets leave at once (no Nagle delay)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
+        wake = socket.socketpair()
+        for end in wake:
+            end.setblocking(False)
         now = time.monotonic()
         with self._lock:
-            self._sock = sock
+            self._sock, self._wake, self._woken = sock, wake, False
             self._generation += 1
             self._reader = p.Reader()
             self._keepalive = keepalive
@@ -201,32 +202,34 @@ class Client:
             self._waiting = collections.deque(self._out)  # all of them again, in order
 
     def close(self) -> None:
+        """Close the link and its wake-up pair (nothing of a connection outlives it)."""
         with self._lock:
             sock, self._sock = self._sock, None
+            wake, self._wake = self._wake, None
             self._connected = False
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
+        for end in (sock, *(wake or ())):
+            if end is not None:
+                with contextlib.suppress(OSError):
+                    end.close()
 
     def loop(self, timeout: float) -> str | None:
         """Wait up to `timeout` for the socket or a wake-up, then read, handle, write and keep
         the link alive. None while the link holds; else why it ended (the socket is closed)."""
-        sock = self._sock
-        if sock is None:
-            return "not connected"
         self._loop_thread = threading.get_ident()
         with self._lock:
+            sock, wake = self._sock, self._wake
             writing = bool(self._wbuf)
             wait = 0.0 if self._woken else timeout
+        if sock is None or wake is None:
+            return "not connected"
+        wake_r = wake[0]
         try:
-            readable, _, _ = select.select(
-                [sock, self._wake_r], [sock] if writing else [], [], wait
-            )
+            readable, _, _ = select.select([sock, wake_r], [sock] if writing else [], [], wait)
         except (OSError, ValueError) as exc:
             return self._lost(f"select failed: {exc}")
-        if self._wake_r in readable or self._woken:
+        if wake_r in readable or self._woken:
             with contextlib.suppress(OSError):
-                self._wake_r.recv(4096)
+                wake_r.recv(4096)
             with self._lock:
                 self._woken = False
         if sock in readable:
@@ -258,6 +261,10 @@ class Client:
         return None
 
     def _handle(self, kind: int, flags: int, body: bytes) -> str | None:
+        if (kind == p.CONNACK) == self._connected:
+            if self._connected:
+                raise p.MalformedPacket("MQTT: a second CONNACK on an established link")
+            raise p.MalformedPacket(f"MQTT: expected a CONNACK first, got a packet of type {kind}")
         if kind == p.PUBLISH:
             topic, qos, retain, mid, payload = p.decode_publish(flags, body)
             self._on_message(topic, payload, qos, retain, mid, self._generation)
@@ -273,7 +280,8 @@ class Client:
                 why = p.CONNACK_CODES.get(code, f"return code {code}")
                 return f"connection refused: {why}"
             with self._lock:
-                self._send_waiting()
+                if not self._closing:  # nothing may follow a DISCONNECT
+                    self._send_waiting()
         elif kind == p.PINGRESP:
             self._ping_at = 0.0
         elif kind == p.SUBACK:
@@ -298,7 +306,8 @@ class Client:
             if out is None:
                 return  # a duplicate, or one a reconnect had already re-sent and counted
             self._on_wire.discard(mid)
-            self._send_waiting()
+            if not self._closing:
+                self._send_waiting()
         if out.done is not None:
             out.done.set()
         if self._on_published is not None:
@@ -325,7 +334,7 @@ class Client:
     def _keep_alive(self) -> str | None:
         """PINGREQ after a keepalive's silence either way; a link that answers nothing for
         another keepalive (or a broker that sends no CONNACK within one) is lost."""
-        if not self._keepalive:
+        if not self._keepalive or self._closing:
             return None
         now = time.monotonic()
         if not self._connected:
@@ -348,14 +357,11 @@ class Client:
     # ---- with the lock held ----------------------------------------------------------------
     def _write(self, data: bytes) -> None:
         self._wbuf += data
-        if (
-            not self._woken
-            and self._sock is not None
-            and threading.get_ident() != self._loop_thread
-        ):
+        wake = self._wake
+        if not self._woken and wake is not None and threading.get_ident() != self._loop_thread:
             self._woken = True
             with contextlib.suppress(OSError):  # full: a wake-up is already pending
-                self._wake_w.send(b"\0")
+                wake[1].send(b"\0")
 
     def _send_waiting(self) -> None:
         window = self.max_inflight

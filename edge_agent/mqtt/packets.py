@@ -60,7 +60,10 @@ def check_topic(topic: str) -> bytes:
     wildcard (those are filters, for subscribing)."""
     if not topic or "+" in topic or "#" in topic or "\0" in topic:
         raise ValueError(f"MQTT topic: expected a name without wildcards, got {topic!r}")
-    return topic.encode()
+    name = topic.encode()
+    if len(name) > MAX_ID:
+        raise ValueError(f"MQTT topic: expected at most {MAX_ID} bytes, got {len(name)}")
+    return name
 
 
 def connect(

@@ -488,9 +488,12 @@ class MqttSession:
         them, or, with manual_ack, when a handler calls its ack (a message no route takes is
         acknowledged at once: nobody would)."""
         client = self._client
+        sent = False
 
-        def ack() -> None:
-            if qos:
+        def ack() -> None:  # once: every handler's wrapper and the auto-ack may call it
+            nonlocal sent
+            if qos and not sent:
+                sent = True
                 client.ack(mid, generation)
 
         routes = [route for f, route in list(self._routes.items()) if matches(f, topic)]
@@ -505,7 +508,10 @@ class MqttSession:
     def _subscribed(self, mid: int, codes: list[int]) -> None:
         with self._subs_lock:
             wire = self._sub_mids.pop(mid, None)
-        if wire is None or self._on_subscribed is None:
+        if wire is None:
             return
         granted = not any(code >= 0x80 for code in codes)
-        self._notify(self._on_subscribed, wire, granted)
+        if self._on_subscribed is not None:
+            self._notify(self._on_subscribed, wire, granted)
+        elif not granted:  # nobody else would say it: nothing will arrive on that topic
+            log.warning("%s: the broker refused the subscription to %s", self._where, wire)

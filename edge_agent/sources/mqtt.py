@@ -10,6 +10,7 @@ import uuid
 from edge_agent.checks import positive_int
 from edge_agent.errors import ConfigError, TransportError
 from edge_agent.mqtt.options import check_broker, check_topic, reconnect_backoff
+from edge_agent.mqtt.packets import MAX_ID as MAX_KEEPALIVE_S
 from edge_agent.mqtt.session import BrokerAddress, MqttSession
 from edge_agent.sources.base import LineSource, LineSplitter, OnLine, OnStatus, trim_cr
 
@@ -62,6 +63,11 @@ class MqttSource(LineSource):
         self.username = username
         self._password = password
         self.keepalive = positive_int(where, "keepalive", keepalive)
+        if self.keepalive > MAX_KEEPALIVE_S:  # MQTT carries it in two bytes
+            raise ConfigError(
+                f"{where}: 'keepalive' expected at most {MAX_KEEPALIVE_S} seconds, found "
+                f"{self.keepalive}"
+            )
         self._backoff = reconnect_backoff(where, reconnect_delay)
         super().__init__(name or f"mqtt:{host}:{self.port}/{topic}", max_line_bytes, where)
         self._on_status = on_status
