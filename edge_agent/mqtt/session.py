@@ -178,7 +178,6 @@ class MqttSession:
         self._failing_since = 0.0
         self._next_report = 0.0
         self._routes: dict[str, Route] = {}  # topic filter -> route, as subscribed
-        self._on_published = on_published
         self._left = threading.Event()  # the UNSUBACK of `stop`'s leaving its shared groups
         self._client = Client(
             client_id,
@@ -189,7 +188,7 @@ class MqttSession:
             max_inflight=max_inflight,
             on_connack=self._connack,
             on_message=self._message,
-            on_published=self._published if on_published else None,
+            on_published=(lambda mid: self._notify(on_published, mid)) if on_published else None,
             on_subscribed=self._subscribed,
             on_unsubscribed=lambda _mid: self._left.set(),
         )
@@ -379,7 +378,7 @@ class MqttSession:
             except Exception:  # a bug must not end the session's thread
                 log.exception("MQTT session %s: network loop failed", self.client_id)
                 self.connected.clear()
-        self._close_socket()
+        self._client.close()
 
     def _attempt(self) -> None:
         """One connection: open it, drive it until it ends, report how it ended."""
@@ -427,9 +426,6 @@ class MqttSession:
                 return
             if bye_by is not None and time.monotonic() > bye_by:
                 return
-
-    def _close_socket(self) -> None:
-        self._client.close()
 
     def _failed(self, error: TransportError, refused: bool) -> None:
         if self._on_connect_failed:
@@ -501,9 +497,6 @@ class MqttSession:
             route(topic, payload, retain, ack)
         if not routes or not self._manual_ack:
             ack()
-
-    def _published(self, mid: int) -> None:
-        self._notify(self._on_published, mid)  # type: ignore[arg-type]  # set when registered
 
     def _subscribed(self, mid: int, codes: list[int]) -> None:
         with self._subs_lock:
