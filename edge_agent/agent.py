@@ -400,14 +400,20 @@ class Agent:
     def _on_tuf(self, topic: str, payload: bytes) -> None:
         self.mirror.put(topic.removeprefix(self.topics.tuf("")), payload)
 
-    def _on_line(self, fmt: str) -> Any:
+    def _on_line(self, fmt: str, waits: bool) -> Any:
+        """Where a source's lines go: into the backlog, or refused (counted) when it is full,
+        unless the source can wait for room (sources.backlog)."""
+
         def put(raw: bytes) -> None:
             try:
                 self.lines.put_nowait((fmt, raw))
             except queue.Full:
                 self.pipeline.reject("queue-full")
 
-        return put
+        def wait(raw: bytes) -> bool:
+            return self.lines.put_waiting((fmt, raw), self.stop_event)  # False: stopping
+
+        return wait if waits else put
 
     # ---- status ----------------------------------------------------------------------------
     def inputs(self) -> list[InputState]:
@@ -493,7 +499,7 @@ class Agent:
             self.results.start()
         for spec in self.cfg.inputs:
             fmt, source = input_from_config(spec)
-            source.start(self._on_line(fmt))
+            source.start(self._on_line(fmt, source.waits))
             self.sources.append(source)
         self._updater_thread = threading.Thread(
             target=run_guarded, args=("updater", self._updater_loop, self.stop_event), daemon=True

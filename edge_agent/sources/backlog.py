@@ -11,14 +11,23 @@ line's cost.
 Where messages were refused, the first one taken in after them is preceded by `GAP` (beyond the
 count bound, by one): the pipeline then knows that lines are missing there, and a window model's
 framer starts its window again rather than span the hole (edge_agent.inference.pipeline).
+
+A source that can hold off reading (a file, a folder: `Source.waits`) is not refused: it waits
+with `put_waiting` while `WAITING_ROOM` messages (or `max_bytes`) wait. The deep bound is for
+what cannot wait (a serial port's few kilobytes of kernel buffer, a broker's messages); a file
+read ahead by thousands of lines only costs the device memory, and a file longer than the bound
+read at full speed lost its lines past it.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 
 Message = tuple[str, bytes]  # (format, raw bytes)
 GAP: Message = ("gap", b"")  # messages were refused here
+WAITING_ROOM = 256  # messages a waiting source may have queued: 16 micro-batches of 16
+_POLL_S = 0.2  # the longest a waiting source goes without looking at its stop event
 
 
 class Backlog(queue.Queue[Message]):
@@ -34,13 +43,30 @@ class Backlog(queue.Queue[Message]):
             if self.bytes >= self.max_bytes or 0 < self.maxsize <= self._qsize():
                 self._lost = True
                 raise queue.Full
-            if self._lost:
-                self._put(GAP)
-                self.unfinished_tasks += 1
-                self._lost = False
-            self._put(item)
+            self._accept(item)
+
+    def put_waiting(self, item: Message, stop: threading.Event) -> bool:
+        """For a source that can hold off reading: wait while WAITING_ROOM messages, the count
+        bound or max_bytes of them wait, then queue `item`. False (not queued) when `stop` was
+        set first."""
+        room = min(WAITING_ROOM, self.maxsize) if self.maxsize > 0 else WAITING_ROOM
+        with self.not_full:
+            while self.bytes >= self.max_bytes or self._qsize() >= room:
+                if stop.is_set():
+                    return False
+                self.not_full.wait(_POLL_S)
+            self._accept(item)
+        return True
+
+    def _accept(self, item: Message) -> None:
+        """Queue `item` (the mutex held), after a GAP if messages were refused before it."""
+        if self._lost:
+            self._put(GAP)
             self.unfinished_tasks += 1
-            self.not_empty.notify()
+            self._lost = False
+        self._put(item)
+        self.unfinished_tasks += 1
+        self.not_empty.notify()
 
     def get_batch(self, most: int, timeout: float) -> list[Message]:
         """Up to `most` messages in order, waiting up to `timeout` seconds for the first (an
@@ -56,11 +82,13 @@ class Backlog(queue.Queue[Message]):
 
     def wake(self) -> None:
         """Wake a `get_batch` waiting for its first message (it returns what it has, perhaps
-        nothing). Safe from a signal handler: should the interrupted thread hold the lock, it
-        is not waiting, and it is not waited for here beyond a moment."""
+        nothing) and the sources waiting for room (they look at their stop event). Safe from
+        a signal handler: should the interrupted thread hold the lock, it is not waiting, and
+        it is not waited for here beyond a moment."""
         if self.mutex.acquire(timeout=0.05):
             try:
                 self.not_empty.notify_all()
+                self.not_full.notify_all()
             finally:
                 self.mutex.release()
 

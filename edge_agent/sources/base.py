@@ -35,7 +35,7 @@ from edge_agent.guard import run_guarded
 
 log = logging.getLogger(__name__)
 
-OnLine = Callable[[bytes], None]
+OnLine = Callable[[bytes], bool | None]  # False: not taken (the agent is stopping)
 OnStatus = Callable[[str, TransportError | None], None]
 
 _READ_CHUNK = 65536
@@ -45,9 +45,12 @@ _JOIN_S = 2.0  # longest stop() waits for a thread
 
 @runtime_checkable
 class Source(Protocol):
-    """Something that produces sensor lines."""
+    """Something that produces sensor lines. `waits`: whether it can hold off reading (a file,
+    a folder) without losing input; the agent then makes it wait for room in its backlog
+    rather than refusing its lines (edge_agent.sources.backlog)."""
 
     name: str
+    waits: bool
 
     def start(self, on_line: OnLine) -> None:
         """Begin delivering lines to `on_line` from a background thread."""
@@ -108,6 +111,8 @@ class LineSource:
     """What every source shares: a name, the line limit, delivery to on_line, counters, and
     when the last line came."""
 
+    waits = False  # a port or a broker does not wait for a reader that is behind
+
     def __init__(self, name: str, max_line_bytes: int, where: str) -> None:
         self.name = name
         self._on_status: OnStatus | None = None  # a source that reports its link sets it
@@ -159,18 +164,20 @@ class LineSource:
         with self._stats_lock:
             self._stats[key] = self._stats.get(key, 0) + n
 
-    def _deliver(self, line: bytes) -> None:
+    def _deliver(self, line: bytes) -> bool:
+        """Hands `line` to on_line; False when it was not taken (the agent stopping)."""
         on_line = self._on_line
         if on_line is None:  # pragma: no cover - start() always sets it
-            return
+            return False
         with self._stats_lock:
             self._stats["lines"] += 1
             self._last_input = time.monotonic()
         try:
-            on_line(line)
+            return on_line(line) is not False
         except Exception:
             self._count("callback-errors")
             log.exception("source %s: the line callback raised; line dropped", self.name)
+            return True  # dropped, counted: taking it again would raise again
 
     def _deliver_all(self, splitter: LineSplitter, data: bytes) -> None:
         before = splitter.oversize

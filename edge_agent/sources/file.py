@@ -23,6 +23,8 @@ class FileSource(ThreadedSource):
     be opened makes start() raise TransportError; a read error later is kept in `error`.
     """
 
+    waits = True  # a file waits; so does stdin's writer, held by the pipe
+
     def __init__(
         self,
         path: str | Path,

@@ -87,6 +87,8 @@ class FolderSource(ThreadedSource):
     `unreadable`.
     """
 
+    waits = True  # the files wait in their folder (and are not deleted or moved before)
+
     def __init__(
         self,
         path: str | Path,
@@ -172,8 +174,8 @@ class FolderSource(ThreadedSource):
         self._count("files")
         if len(data) > limit:
             self._count("oversize")
-        self._deliver(data)
-        self._dispose(file)
+        if self._deliver(data):  # not taken (stopping): the file stays for the next start
+            self._dispose(file)
 
     def _dispose(self, file: Path) -> None:
         try:

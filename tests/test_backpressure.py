@@ -1,0 +1,161 @@
+"""A source that can wait (a file, a folder) waits for room in the agent's backlog instead of
+losing what it reads past the bound, and holds little in memory; one that cannot wait (a serial
+port, a broker) is still refused, counted, when the backlog is full. Counted against the file's
+own lines and the folder's own files, not against the code under test."""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from pathlib import Path
+
+from cloud_hub.rollout.operations import enroll_device, init_hub
+from edge_agent.agent import Agent
+from edge_agent.config import load_config
+from edge_agent.sources.backlog import WAITING_ROOM, Backlog, Message
+from edge_agent.sources.file import FileSource
+from edge_agent.sources.folder import FolderSource
+from edge_agent.sources.serial_port import SerialSource
+
+WAIT_S = 10.0
+
+
+class Deepest:
+    """A consumer of the backlog that notes the deepest it found it."""
+
+    def __init__(self, backlog: Backlog) -> None:
+        self.backlog = backlog
+        self.deepest = 0
+        self.taken: list[Message] = []
+
+    def take(self, wanted: int) -> None:
+        while len(self.taken) < wanted:
+            self.deepest = max(self.deepest, self.backlog.qsize())
+            batch = self.backlog.get_batch(16, timeout=WAIT_S)
+            assert batch, f"nothing came after {len(self.taken)} of {wanted} messages"
+            self.taken += batch
+
+
+def test_a_file_longer_than_the_backlog_loses_no_line_and_reads_little_ahead(
+    tmp_path: Path,
+) -> None:
+    lines = [f"{i},{i * 0.5},{-i}".encode() for i in range(20_000)]
+    path = tmp_path / "sensor.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    backlog = Backlog(maxsize=10_000, max_bytes=10**9)  # the profile's count bound
+    stop = threading.Event()
+    src = FileSource(path)
+    src.start(lambda raw: backlog.put_waiting(("csv", raw), stop))
+    consumer = Deepest(backlog)
+    try:
+        consumer.take(len(lines))
+        assert src.finished.wait(WAIT_S)
+    finally:
+        stop.set()
+        src.stop()
+    assert [raw for _, raw in consumer.taken] == lines  # every line once, in order, no gap
+    assert consumer.deepest <= WAITING_ROOM  # not thousands read ahead into memory
+
+
+def test_a_waiting_source_honours_a_smaller_count_bound_and_the_byte_bound() -> None:
+    stop = threading.Event()
+    small = Backlog(maxsize=3, max_bytes=10**9)
+    for i in range(3):
+        assert small.put_waiting(("csv", str(i).encode()), stop)
+    assert small.qsize() == 3
+    heavy = Backlog(maxsize=1000, max_bytes=100)
+    assert heavy.put_waiting(("image", bytes(150)), stop)  # under the bound when it came
+    blocked = threading.Thread(target=heavy.put_waiting, args=(("image", bytes(10)), stop))
+    blocked.start()
+    assert heavy.get_batch(1, timeout=WAIT_S) == [("image", bytes(150))]
+    blocked.join(WAIT_S)  # the room made wakes it
+    assert not blocked.is_alive() and heavy.get_batch(1, timeout=WAIT_S) == [("image", bytes(10))]
+
+
+def test_a_stop_releases_a_waiting_source_and_nothing_is_queued_after_it() -> None:
+    backlog = Backlog(maxsize=2, max_bytes=10**9)
+    stop = threading.Event()
+    assert backlog.put_waiting(("csv", b"0"), stop) and backlog.put_waiting(("csv", b"1"), stop)
+    result: list[bool] = []
+    waiting = threading.Thread(
+        target=lambda: result.append(backlog.put_waiting(("csv", b"2"), stop))
+    )
+    waiting.start()
+    stop.set()
+    backlog.wake()  # as the agent's stop event does
+    waiting.join(WAIT_S)
+    assert not waiting.is_alive() and result == [False]
+    assert backlog.get_batch(16, timeout=WAIT_S) == [("csv", b"0"), ("csv", b"1")]
+
+
+def test_a_folder_stopped_while_waiting_keeps_the_file_it_could_not_hand_over(
+    tmp_path: Path,
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(3):
+        (inbox / f"{i}.bin").write_bytes(bytes([i]) * 8)
+    backlog = Backlog(maxsize=1, max_bytes=10**9)
+    stop = threading.Event()
+    second = threading.Event()
+    calls = 0
+
+    def put(data: bytes) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            second.set()  # the backlog holds the first: this one waits
+        return backlog.put_waiting(("image", data), stop)
+
+    src = FolderSource(inbox, poll_s=0.02, after="delete")
+    src.start(put)
+    try:
+        assert second.wait(WAIT_S)
+        stop.set()
+        backlog.wake()
+    finally:
+        src.stop()
+    queued = backlog.get_batch(16, timeout=WAIT_S)
+    assert len(queued) == 1
+    left = sorted(p.read_bytes() for p in inbox.iterdir())
+    assert queued[0][1] not in left and len(left) == 2  # only the file handed over went
+
+
+def test_the_agent_lets_a_file_wait_and_refuses_a_port_when_full(tmp_path: Path) -> None:
+    lines = [f"{i},1,2,3".encode() for i in range(3_000)]
+    path = tmp_path / "sensor.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    init_hub(tmp_path / "hub")
+    enroll_device(tmp_path / "hub", "pi-01", tmp_path / "state")
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[device]\nid = "pi-01"\nstate_dir = "{tmp_path / "state"}"\n'
+        '[broker]\nhost = "127.0.0.1"\nport = 1\n'  # nothing listens: no broker needed here
+        "[pipeline]\nqueue_max = 100\n"
+        f'[[inputs]]\nkind = "file"\npath = "{path}"\n'
+    )
+    agent = Agent(load_config(config))
+    assert FileSource.waits and FolderSource.waits and not SerialSource.waits
+    port = agent._on_line("csv", waits=False)  # what a serial port or broker input gets
+    for i in range(101):
+        port(str(i).encode())
+    assert agent.lines.qsize() == 100
+    assert agent.pipeline.stats.snapshot()["rejected"] == {"queue-full": 1}
+    agent.lines.get_batch(100, timeout=WAIT_S)
+    # no hub confirms the last window: the shutdown need not wait for it
+    agent.shutdown = functools.partial(agent.shutdown, drain_timeout=0.0)  # type: ignore[method-assign]
+    agent.start()
+    loop = threading.Thread(target=agent.run_forever, daemon=True)
+    loop.start()
+    try:
+        assert isinstance(agent.sources[0], FileSource)
+        assert agent.sources[0].finished.wait(WAIT_S)
+    finally:
+        agent.stop_event.set()
+        loop.join(WAIT_S)
+    assert not loop.is_alive()
+    rejected = agent.pipeline.stats.snapshot()["rejected"]
+    # no model is installed: each of the file's lines is refused as no-model, none as queue-full
+    assert rejected == {"queue-full": 1, "no-model": len(lines)}, rejected
+    assert os.path.exists(path)
