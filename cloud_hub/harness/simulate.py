@@ -217,7 +217,7 @@ class SimDevice:
     thread: threading.Thread = field(init=False)
 
     def __post_init__(self) -> None:
-        self.put = self.agent._on_line("csv")  # the callback a serial source is given
+        self.put = self.agent._on_line("csv", waits=False)  # as a serial source is given
         self.thread = threading.Thread(
             target=self.agent.run_forever, name=f"sim-{self.id}", daemon=True
         )
