@@ -134,13 +134,14 @@ UPDATED_KIND = "agent daemon, after an update"
 KIND_NOTES = {
     BARE_KIND: "numpy + onnxruntime, InferenceSession(model.onnx), session.run",
     CORE_KIND: (
-        "edge_agent.update.bundle/runtime/pipeline (python-tuf and cryptography load only with an "
-        "update): read_bundle, load_runtime, Pipeline.process"
+        "edge_agent.update.bundle/runtime/pipeline (python-tuf and cryptography load only in an "
+        "update's TUF check process): read_bundle, load_runtime, Pipeline.process"
     ),
     DAEMON_KIND: "agent core + edge_agent.agent and edge_agent.cli imported (what edge-agent runs)",
     UPDATED_KIND: (
-        "agent daemon + one update's TUF check (Verifier.lookup of a signed target: python-tuf, "
-        "securesystemslib, cryptography, urllib3), as a device holds after its first update"
+        "agent daemon + one update's TUF check (Verifier.lookup of a signed target, in an update "
+        "cycle: python-tuf runs in a process of its own, edge_agent.update.tuf_check), as a "
+        "device holds after its first update"
     ),
 }
 RUNNING_KIND = "agent daemon, running"

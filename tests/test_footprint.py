@@ -17,7 +17,10 @@ import numpy as np
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
+from cloud_hub.signing.tuf_repo import TufRepository
 from converters.pipeline import build_bundle
+from edge_agent.update.bundle import read_bundle
+from edge_agent.update.verify import install_trusted_root
 
 ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN = {"scikit-learn", "skl2onnx", "onnx", "tensorflow", "tensorflow-cpu", "sqlalchemy"}
@@ -146,6 +149,45 @@ NOT_FOR_SERVING = (
     "http",
     "email",
 )
+
+
+def test_an_updated_agent_has_not_loaded_tuf(tmp_path: Path) -> None:
+    """The TUF check of an update runs in a process of its own: after a signed bundle was
+    looked up and its bytes checked, the agent holds neither python-tuf nor cryptography."""
+    x, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=500).fit(x, y)
+    bundle = tmp_path / "iris-1.zip"
+    build_bundle(model, x, y, name="iris", version=1, out=bundle)
+    data = bundle.read_bytes()
+    read = read_bundle(data, None, 10**8)
+    repo = TufRepository(tmp_path / "hub")
+    repo.init()
+    target = repo.add_bundle(read.card.model, data, read.card_sha256)
+    install_trusted_root(tmp_path / "device", repo.trusted_root())
+    script = BLOCKER + textwrap.dedent(
+        f"""
+        from pathlib import Path
+        import edge_agent.agent, edge_agent.cli
+        from edge_agent.protocol.messages import ModelRef
+        from edge_agent.update.mirror import TufMirror
+        from edge_agent.update.verify import Verifier
+        mirror = TufMirror()
+        for name, payload in {repo.published()!r}.items():
+            mirror.put(name, payload)
+        verifier = Verifier(Path({str(tmp_path / "device")!r}), mirror, 10**8)
+        with verifier.cycle():
+            found = verifier.lookup({target!r}, ModelRef("iris", 1), None)
+        verifier.check(found, open({str(bundle)!r}, "rb").read())
+        loaded = [m for m in ("tuf", "securesystemslib", "cryptography") if m in sys.modules]
+        assert not loaded, loaded
+        print(found.sha256)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == hashlib.sha256(data).hexdigest()
 
 
 def test_the_agent_hashes_as_hashlib_does_without_loading_it() -> None:

@@ -11,8 +11,9 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
 import stat
-import types
+import textwrap
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,6 @@ import pytest
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from tuf.api.exceptions import DownloadHTTPError
-from tuf.ngclient._internal import trusted_metadata_set
 
 from cloud_hub.signing.keys import KEY_ROLES, PASSPHRASE_ENV, generate_key, load_key
 from cloud_hub.signing.tuf_repo import Expiry, TufRepository
@@ -327,22 +327,43 @@ def test_timestamp_signed_already_expired_is_rejected(
 
 
 def test_metadata_expires_when_the_hub_stops_refreshing(
-    real_bundle: RealBundle, hub: TufRepository, device: Device, monkeypatch: pytest.MonkeyPatch
+    real_bundle: RealBundle,
+    hub: TufRepository,
+    device: Device,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
-    """A freeze attack: the broker keeps serving the last metadata past its expiry."""
+    """A freeze attack: the broker keeps serving the last metadata past its expiry. The TUF
+    check runs in a process of its own: its clock is moved there (a sitecustomize on its
+    PYTHONPATH), past the expiry, while the metadata stays what it was."""
     path = publish(real_bundle, hub, IRIS)
     feed(device.mirror, hub.published())
     device.verifier.lookup(path, IRIS, None)
 
     later = dt.datetime.now(dt.UTC) + hub.expiry.timestamp + dt.timedelta(hours=1)
+    shim = tmp_path / "later-clock"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        textwrap.dedent(
+            f"""
+            import datetime as dt
+            import types
 
-    class _Later(dt.datetime):
-        @classmethod
-        def now(cls, tz: dt.tzinfo | None = None) -> _Later:
-            return cls.fromtimestamp(later.timestamp(), tz)
+            from tuf.ngclient._internal import trusted_metadata_set
 
-    fake = types.SimpleNamespace(datetime=_Later, timezone=dt.timezone)
-    monkeypatch.setattr(trusted_metadata_set, "datetime", fake)
+            class _Later(dt.datetime):
+                @classmethod
+                def now(cls, tz=None):
+                    return cls.fromtimestamp({later.timestamp()!r}, tz)
+
+            trusted_metadata_set.datetime = types.SimpleNamespace(
+                datetime=_Later, timezone=dt.timezone
+            )
+            """
+        )
+    )
+    paths = [str(shim), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
     assert rejected(device, path, IRIS) == "expired"
 
 

@@ -32,6 +32,11 @@ class TufMirror:
         with self._changed:
             return self._files.get(name)
 
+    def snapshot(self) -> tuple[int, dict[str, bytes]]:
+        """What is held now, with its generation."""
+        with self._changed:
+            return self._generation, dict(self._files)
+
     def timestamp_version(self) -> int:
         """Version of the newest timestamp seen (unverified: only used to know when to look)."""
         with self._changed:

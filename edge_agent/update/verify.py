@@ -2,22 +2,27 @@
 
 The hub publishes TUF metadata retained on `fleet/tuf/...`; the agent's MQTT session puts each
 payload into a `mirror.TufMirror`, and `fetcher.MqttFetcher` serves ngclient from it (there is no
-HTTP server anywhere). Every trust decision is ngclient's; this module maps its verdicts to
-rejection reasons and adds the one rule TUF does not know: never a lower `model_version`, unless
-a signed rollback returns to a version the hub signed as a rollback target. A delta is checked
-to rebuild exactly the target the command names, from the bundle the signed metadata names. It
-also checks a command's signatures against the key the verified targets metadata delegates
-`commands` to.
+HTTP server anywhere). Every trust decision is ngclient's, made in a process of its own for the
+update cycle (`tuf_check`: the agent never loads python-tuf, about 19 MB resident that an
+imported module would keep for the daemon's life). This module maps its verdicts to rejection
+reasons and adds the one rule TUF does not know: never a lower `model_version`, unless a signed
+rollback returns to a version the hub signed as a rollback target. A delta is checked to rebuild
+exactly the target the command names, from the bundle the signed metadata names. It also has a
+command's signatures checked against the key the verified targets metadata delegates `commands`
+to. Downloaded bytes are checked here against the signed length and hashes.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, Any
 
 from edge_agent.errors import BundleRejected, ConfigError
 from edge_agent.protocol.messages import DeltaRef, ModelRef
@@ -27,12 +32,7 @@ from edge_agent.system.fsutil import atomic_write
 from edge_agent.update.digest import sha256
 from edge_agent.update.mirror import TufMirror
 
-if TYPE_CHECKING:
-    from tuf.api.metadata import TargetFile
-    from tuf.ngclient import Updater
-
-# python-tuf (about 19 MB resident with its dependencies) is imported when an update arrives,
-# not when the agent starts: most of a device's life is inference.
+CHECK_TIMEOUT_S = 120.0  # the longest one answer of the TUF check may take
 
 
 @dataclass(frozen=True)
@@ -41,36 +41,88 @@ class VerifiedTarget:
     model: ModelRef
     length: int
     card_sha256: str
-    info: TargetFile
+    hashes: Mapping[str, str]  # as the signed targets metadata lists them
+    custom: Mapping[str, Any]
 
     @property
     def sha256(self) -> str:
-        return str(self.info.hashes["sha256"])
+        return str(self.hashes["sha256"])
 
     @property
     def chunk_sha256(self) -> tuple[str, ...] | None:
         """The signed sha256 of each 64 KiB chunk, when the hub listed them: each chunk is
         then checked on arrival, and a bad one asked for again."""
-        hashes = self.info.custom.get("chunk_sha256")
+        hashes = self.custom.get("chunk_sha256")
         if not isinstance(hashes, list) or len(hashes) != chunk_count(self.length):
             return None
         return tuple(str(h) for h in hashes)
 
 
-def _reason(exc: Exception) -> Reason:
-    from tuf.api import exceptions as tuf_exc
+@dataclass(frozen=True)
+class _Entry:
+    """A target's entry in the verified targets metadata."""
 
-    if isinstance(exc, tuf_exc.ExpiredMetadataError):
-        return Reason.EXPIRED
-    if isinstance(exc, tuf_exc.BadVersionNumberError):
-        return Reason.REPLAYED
-    if isinstance(exc, tuf_exc.UnsignedMetadataError):
-        return Reason.BAD_SIGNATURE
-    if isinstance(exc, tuf_exc.LengthOrHashMismatchError):
-        return Reason.TAMPERED
-    if isinstance(exc, tuf_exc.DownloadError):
-        return Reason.METADATA_UNAVAILABLE
-    return Reason.UNTRUSTED_METADATA
+    length: int
+    hashes: dict[str, str]
+    custom: dict[str, Any]
+
+
+class _Check:
+    """The `tuf_check` process of one cycle: requests and replies as JSON lines."""
+
+    def __init__(self, tuf_dir: Path) -> None:
+        import subprocess  # an update's, not serving's (tests/test_footprint.py)
+
+        self.refreshed_at: int | None = None  # the mirror generation of its last refresh
+        self._proc: Any = subprocess.Popen(
+            [sys.executable, "-P", "-m", "edge_agent.update.tuf_check", str(tuf_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,  # its stderr is the agent's: a traceback lands in its log
+        )
+
+    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        proc = self._proc
+        stdin, stdout = proc.stdin, proc.stdout
+        assert stdin is not None and stdout is not None
+        try:
+            stdin.write(json.dumps(request).encode() + b"\n")
+            stdin.flush()
+            line = _read_line(stdout, CHECK_TIMEOUT_S)
+        except OSError:
+            line = b""
+        if not line:
+            self.close()
+            code = self._proc.returncode
+            raise BundleRejected(
+                Reason.UNTRUSTED_METADATA,
+                f"the TUF check gave no answer (exit code {code}; its error is in the log)",
+            )
+        reply: dict[str, Any] = json.loads(line)
+        if "reason" in reply:
+            raise BundleRejected(Reason(reply["reason"]), str(reply["detail"]))
+        return reply
+
+    def close(self) -> None:
+        proc = self._proc
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        try:
+            proc.wait(5.0)
+        except Exception:  # subprocess.TimeoutExpired: it does not end when its input does
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _read_line(stream: IO[bytes], timeout: float) -> bytes:
+    """One line from the check, b"" when it ended or `timeout` passed (it is then stopped)."""
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return got[0] if got else b""
 
 
 class Verifier:
@@ -85,17 +137,18 @@ class Verifier:
         self.tuf_dir = tuf_dir
         self.mirror = mirror
         self.max_bundle_bytes = max_bundle_bytes
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._cycles = 0  # update cycles open (`cycle`)
-        self._fresh: tuple[Updater, int] | None = None  # this cycle's, with the mirror generation
+        self._check: _Check | None = None  # this cycle's TUF check process
 
     @contextlib.contextmanager
     def cycle(self) -> Iterator[None]:
         """One update cycle, as TUF's client workflow has it: one command checked and acted on
-        (its signature, then its target's lookup). The metadata is refreshed at its first use
-        in the cycle and reused while no new metadata arrives, instead of once per check (each
-        refresh is about ten signature checks and canonical JSON encodings, and a write of the
-        root history). Outside a cycle every check refreshes."""
+        (its signature, then its target's lookup). One TUF check process serves the cycle;
+        the metadata is refreshed at its first use and again only when new metadata arrived,
+        instead of once per check (each refresh is about ten signature checks and canonical
+        JSON encodings, and a write of the root history). The process ends with the cycle.
+        Outside a cycle every check has a process and a refresh of its own."""
         with self._lock:
             self._cycles += 1
         try:
@@ -103,79 +156,58 @@ class Verifier:
         finally:
             with self._lock:
                 self._cycles -= 1
-                if not self._cycles:
-                    self._fresh = None
+                if not self._cycles and self._check is not None:
+                    self._check.close()
+                    self._check = None
 
-    def _refreshed(self) -> Updater:
-        """An ngclient Updater over what arrived, refreshed (timestamp, snapshot, targets)."""
+    @contextlib.contextmanager
+    def _refreshed(self) -> Iterator[_Check]:
+        """The TUF check over what arrived, refreshed (timestamp, snapshot, targets)."""
         with self._lock:
-            generation = self.mirror.generation
-            if self._fresh is not None and self._fresh[1] == generation:
-                return self._fresh[0]
-            self._fresh = None  # a refresh that fails leaves nothing to reuse
-            updater = self._refresh()
-            if self._cycles:
-                self._fresh = (updater, generation)
-            return updater
+            check = self._check if self._cycles else None
+            if check is None:
+                check = _Check(self.tuf_dir)
+                if self._cycles:
+                    self._check = check
+            try:
+                generation, files = self.mirror.snapshot()
+                if check.refreshed_at != generation:
+                    check.refreshed_at = None  # a refresh that fails leaves nothing to reuse
+                    encoded = {k: base64.b64encode(v).decode() for k, v in files.items()}
+                    check.ask({"op": "refresh", "files": encoded})
+                    check.refreshed_at = generation
+                yield check
+            except BaseException:
+                if check is self._check:
+                    self._check = None
+                check.close()
+                raise
+            if check is not self._check:
+                check.close()
 
-    def _refresh(self) -> Updater:
-        from tuf.api import exceptions as tuf_exc
-        from tuf.ngclient import Updater, UpdaterConfig
-
-        from edge_agent.update.fetcher import METADATA_URL, MqttFetcher
-
-        updater = Updater(
-            metadata_dir=str(self.tuf_dir),
-            metadata_base_url=METADATA_URL,
-            fetcher=MqttFetcher(self.mirror),
-            config=UpdaterConfig(prefix_targets_with_hash=False),
-            bootstrap=None,
-        )
-        try:
-            updater.refresh()
-        except (tuf_exc.RepositoryError, tuf_exc.DownloadError) as exc:
-            raise BundleRejected(_reason(exc), f"TUF metadata: {exc}") from exc
-        return updater
+    def _target(self, check: _Check, path: str) -> _Entry | None:
+        found = check.ask({"op": "target", "path": path})["target"]
+        if found is None:
+            return None
+        return _Entry(int(found["length"]), dict(found["hashes"]), dict(found["custom"]))
 
     def verify_command(self, payload: bytes, signatures: dict[str, str]) -> None:
         """`signatures` (keyid -> hex) must sign `payload` with the key the freshly verified
         targets metadata delegates `commands` to."""
-        from tuf.api import exceptions as tuf_exc
-        from tuf.api.metadata import Metadata, Signature, Targets
-
-        from edge_agent.protocol.commands import COMMAND_ROLE
-
-        self._refreshed()  # ngclient keeps what it verified as targets.json
-        targets = Metadata[Targets].from_file(str(self.tuf_dir / "targets.json")).signed
-        sigs = {keyid: Signature(keyid, sig) for keyid, sig in signatures.items()}
-        try:
-            targets.verify_delegate(COMMAND_ROLE, payload, sigs)
-        except tuf_exc.UnsignedMetadataError as exc:
-            raise BundleRejected(
-                Reason.BAD_SIGNATURE, f"command: not signed by the hub's command key ({exc})"
-            ) from exc
-        except ValueError as exc:  # metadata of a hub that did not sign commands yet
-            raise BundleRejected(
-                Reason.UNTRUSTED_METADATA, f"targets metadata delegates no command key: {exc}"
-            ) from exc
+        request = {"op": "command", "payload": base64.b64encode(payload).decode()}
+        with self._refreshed() as check:
+            check.ask({**request, "signatures": signatures})
 
     def rollback_target(self, model: ModelRef) -> bool:
         """Whether the verified targets sign `model` as one a rollback may return to."""
-        info = self._target(self._refreshed(), model.target_path)
+        with self._refreshed() as check:
+            info = self._target(check, model.target_path)
         return info is not None and info.custom.get("rollback") is True
-
-    @staticmethod
-    def _target(updater: Updater, path: str) -> TargetFile | None:
-        from tuf.api import exceptions as tuf_exc
-
-        try:
-            return updater.get_targetinfo(path)
-        except (tuf_exc.RepositoryError, tuf_exc.DownloadError) as exc:
-            raise BundleRejected(_reason(exc), f"TUF metadata: {exc}") from exc
 
     def lookup(self, path: str, expected: ModelRef, running: ModelRef | None) -> VerifiedTarget:
         """Refresh metadata, find `path`, and check it is the model and version we were told."""
-        info = self._target(self._refreshed(), path)
+        with self._refreshed() as check:
+            info = self._target(check, path)
         if info is None:
             raise BundleRejected(Reason.UNKNOWN_TARGET, f"{path} is not in the signed targets")
         custom = info.custom
@@ -195,7 +227,8 @@ class Verifier:
                 f"{expected} is older than the running {running}; versions only go up",
             )
         self._check_size(path, info.length)
-        return VerifiedTarget(path, expected, info.length, str(custom.get("card_sha256")), info)
+        card = str(custom.get("card_sha256"))
+        return VerifiedTarget(path, expected, info.length, card, info.hashes, custom)
 
     def _check_size(self, path: str, length: int) -> None:
         if length > self.max_bundle_bytes:
@@ -208,8 +241,9 @@ class Verifier:
         """The signed delta `ref` names, checked to rebuild exactly `target` from the bundle of
         `ref.base`; with the sha256 that bundle must have (signed twice: in the delta's entry
         and in the base's own, where the hub still lists it)."""
-        updater = self._refreshed()
-        info = self._target(updater, ref.target)
+        with self._refreshed() as check:
+            info = self._target(check, ref.target)
+            base = self._target(check, ref.base.target_path)
         if info is None:
             raise BundleRejected(
                 Reason.UNKNOWN_TARGET, f"{ref.target} is not in the signed targets"
@@ -227,7 +261,6 @@ class Verifier:
                 f"{ref.base.target_path}, the signed metadata says {pair!r:.200}",
             )
         base_sha256 = pair.get("base_sha256")
-        base = self._target(updater, ref.base.target_path)
         if not isinstance(base_sha256, str) or (
             base is not None and base.hashes.get("sha256") != base_sha256
         ):
@@ -237,13 +270,14 @@ class Verifier:
                 f"{ref.base.target_path}",
             )
         self._check_size(ref.target, info.length)
-        delta = VerifiedTarget(ref.target, target.model, info.length, target.card_sha256, info)
+        delta = VerifiedTarget(
+            ref.target, target.model, info.length, target.card_sha256, info.hashes, info.custom
+        )
         return delta, base_sha256
 
     def check(self, target: VerifiedTarget, data: bytes) -> None:
-        """The downloaded bytes must have the signed length and hashes."""
-        from tuf.api import exceptions as tuf_exc
-
+        """The downloaded bytes must have the signed length and every signed hash (a target
+        signed without a sha256 is not trusted)."""
         if len(data) < target.length:
             raise BundleRejected(
                 Reason.TRUNCATED, f"{target.path}: got {len(data)} of {target.length} bytes"
@@ -252,10 +286,30 @@ class Verifier:
             raise BundleRejected(
                 Reason.OVERSIZED, f"{target.path}: got {len(data)} bytes, signed {target.length}"
             )
-        try:
-            target.info.verify_length_and_hashes(data)
-        except tuf_exc.LengthOrHashMismatchError as exc:
-            raise BundleRejected(Reason.TAMPERED, f"{target.path}: {exc}") from exc
+        if "sha256" not in target.hashes:
+            raise BundleRejected(
+                Reason.UNTRUSTED_METADATA, f"{target.path}: signed without a sha256"
+            )
+        for algorithm, signed in target.hashes.items():
+            found = _digest(algorithm, data)
+            if found != signed:
+                raise BundleRejected(
+                    Reason.TAMPERED,
+                    f"{target.path}: {algorithm} {found[:16]}... does not match the signed "
+                    f"{str(signed)[:16]}...",
+                )
+
+
+def _digest(algorithm: str, data: bytes) -> str:
+    """The hex digest; sha256 without OpenSSL (edge_agent.update.digest), others by hashlib."""
+    if algorithm == "sha256":
+        return sha256(data).hexdigest()
+    import hashlib  # only for a hash the hub does not sign with today
+
+    try:
+        return hashlib.new(algorithm, data).hexdigest()
+    except ValueError:
+        return f"(unknown algorithm {algorithm!r})"
 
 
 def install_trusted_root(tuf_dir: Path, root: bytes) -> None:
