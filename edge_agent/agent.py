@@ -62,7 +62,7 @@ from edge_agent.update.commands import CommandGate
 from edge_agent.update.mirror import TufMirror
 from edge_agent.update.store import ModelStore
 from edge_agent.update.updater import Downloader, Installed, TransferInterrupted, Updater
-from edge_agent.update.verify import Verifier
+from edge_agent.update.verify import CheckOpener, CheckProcess, Verifier
 from edge_agent.uplink.buffer import Buffer
 from edge_agent.uplink.delivery import Sender
 from edge_agent.uplink.sampling import RawSampler
@@ -117,7 +117,12 @@ def next_boot(state_dir: Path) -> int:
 
 
 class Agent:
-    def __init__(self, cfg: AgentSettings, open_runtime: RuntimeLoader = load_runtime) -> None:
+    def __init__(
+        self,
+        cfg: AgentSettings,
+        open_runtime: RuntimeLoader = load_runtime,
+        open_check: CheckOpener = CheckProcess,
+    ) -> None:
         self.cfg = cfg
         self.topics = Topics(cfg.broker.topic_prefix)
         state = cfg.device.state_dir
@@ -152,7 +157,9 @@ class Agent:
         )
         self.store = ModelStore(state / "models")
         self.mirror = TufMirror()
-        self.verifier = Verifier(state / "tuf", self.mirror, cfg.limits.max_bundle_bytes)
+        self.verifier = Verifier(
+            state / "tuf", self.mirror, cfg.limits.max_bundle_bytes, open_check
+        )
         self.session = MqttSession(
             cfg.device.id,
             BrokerAddress(

@@ -35,6 +35,8 @@ from edge_agent.update.bundle import read_bundle
 from edge_agent.update.fetcher import MqttFetcher
 from edge_agent.update.store import ActiveRecord, ModelStore
 from edge_agent.update.verify import (
+    CheckInProcess,
+    CheckProcess,
     TufMirror,
     Verifier,
     install_trusted_root,
@@ -127,6 +129,31 @@ def hub(tmp_path: Path) -> TufRepository:
 @pytest.fixture
 def device(tmp_path: Path, hub: TufRepository) -> Device:
     return enroll(tmp_path / "device", hub)
+
+
+def test_the_check_in_process_gives_the_verdicts_of_the_check_process(
+    real_bundle: RealBundle, hub: TufRepository, tmp_path: Path
+) -> None:
+    """The simulated fleet's in-process check (one python-tuf for all its devices) decides as
+    a device's own check process does: a good target, an unknown one, a tampered download."""
+    path = publish(real_bundle, hub, IRIS)
+    verdicts = []
+    for opener in (CheckProcess, CheckInProcess):
+        folder = tmp_path / opener.__name__
+        install_trusted_root(folder, hub.trusted_root())
+        mirror = TufMirror()
+        feed(mirror, hub.published())
+        verifier = Verifier(folder, mirror, MAX_BUNDLE, opener)
+        with verifier.cycle():
+            found = verifier.lookup(path, IRIS, None)
+            with pytest.raises(BundleRejected) as unknown:
+                verifier.lookup("models/nope-1.zip", IRIS, None)
+        verifier.check(found, real_bundle.data)
+        with pytest.raises(BundleRejected) as tampered:
+            verifier.check(found, real_bundle.data[:-1] + b"!")
+        verdicts.append((found.sha256, found.length, unknown.value.reason, tampered.value.reason))
+    assert verdicts[0] == verdicts[1]
+    assert verdicts[0][2:] == ("unknown-target", "tampered")
 
 
 # --- 1. the good path ----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from edge_agent.protocol.card import FeatureProfile, ModelCard
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.topics import check_device_id
 from edge_agent.sources.csv_fields import quoted
-from edge_agent.update.verify import sha256_hex
+from edge_agent.update.verify import CheckInProcess, sha256_hex
 
 FEED_TICK_S = 0.1
 # the MQTT client's network loop uses select(), which takes file descriptors below 1024 only;
@@ -258,7 +258,11 @@ class SimFleet:
             folder.mkdir(parents=True, exist_ok=True)
             enroll_device(home, device_id, folder / "state")
             (folder / "agent.toml").write_text(device_toml(device_id, host, port, opts))
-            agent = Agent(load_config(folder / "agent.toml"), open_runtime=self.runtimes)
+            agent = Agent(
+                load_config(folder / "agent.toml"),
+                open_runtime=self.runtimes,
+                open_check=CheckInProcess,  # one python-tuf for the simulated fleet
+            )
             shift = opts.shift if n <= opts.drifting else 0.0
             self.devices.append(SimDevice(agent, shift, np.random.default_rng(seed + n)))
 

@@ -19,10 +19,10 @@ import contextlib
 import json
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from edge_agent.errors import BundleRejected, ConfigError
 from edge_agent.protocol.messages import DeltaRef, ModelRef
@@ -67,8 +67,30 @@ class _Entry:
     custom: dict[str, Any]
 
 
-class _Check:
-    """The `tuf_check` process of one cycle: requests and replies as JSON lines."""
+class TufCheck(Protocol):
+    """Where an update cycle's trust decisions are made (edge_agent.update.tuf_check)."""
+
+    refreshed_at: int | None  # the mirror generation of its last refresh
+
+    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The reply to `request`; BundleRejected when it refuses."""
+
+    def close(self) -> None:
+        """Ends it (the cycle is over)."""
+
+
+CheckOpener = Callable[[Path], TufCheck]
+
+
+def _answered(reply: dict[str, Any]) -> dict[str, Any]:
+    if "reason" in reply:
+        raise BundleRejected(Reason(reply["reason"]), str(reply["detail"]))
+    return reply
+
+
+class CheckProcess:
+    """The `tuf_check` process of one cycle, requests and replies as JSON lines: what a device
+    does (the default `CheckOpener`)."""
 
     def __init__(self, tuf_dir: Path) -> None:
         import subprocess  # an update's, not serving's (tests/test_footprint.py)
@@ -97,10 +119,7 @@ class _Check:
                 Reason.UNTRUSTED_METADATA,
                 f"the TUF check gave no answer (exit code {code}; its error is in the log)",
             )
-        reply: dict[str, Any] = json.loads(line)
-        if "reason" in reply:
-            raise BundleRejected(Reason(reply["reason"]), str(reply["detail"]))
-        return reply
+        return _answered(json.loads(line))
 
     def close(self) -> None:
         proc = self._proc
@@ -116,6 +135,25 @@ class _Check:
             proc.stdout.close()
 
 
+class CheckInProcess:
+    """The same check in the calling process: for a fleet simulated in one process
+    (cloud_hub.harness.simulate), where each device starting a process per update would
+    measure process starts on shared cores, not the rollout; python-tuf is then loaded once
+    for all of them. Not for a device: it keeps python-tuf resident."""
+
+    def __init__(self, tuf_dir: Path) -> None:
+        from edge_agent.update.tuf_check import Check
+
+        self.refreshed_at: int | None = None
+        self._check = Check(tuf_dir)
+
+    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        return _answered(self._check.answer(request))
+
+    def close(self) -> None:
+        self._check.updater = None
+
+
 def _read_line(stream: IO[bytes], timeout: float) -> bytes:
     """One line from the check, b"" when it ended or `timeout` passed (it is then stopped)."""
     got: list[bytes] = []
@@ -128,7 +166,13 @@ def _read_line(stream: IO[bytes], timeout: float) -> bytes:
 class Verifier:
     """Looks targets up in freshly refreshed TUF metadata and checks bundle bytes against them."""
 
-    def __init__(self, tuf_dir: Path, mirror: TufMirror, max_bundle_bytes: int) -> None:
+    def __init__(
+        self,
+        tuf_dir: Path,
+        mirror: TufMirror,
+        max_bundle_bytes: int,
+        open_check: CheckOpener = CheckProcess,
+    ) -> None:
         if not (tuf_dir / "root.json").exists():
             raise ConfigError(
                 f"{tuf_dir / 'root.json'}: no trusted root; the device must be enrolled "
@@ -139,7 +183,8 @@ class Verifier:
         self.max_bundle_bytes = max_bundle_bytes
         self._lock = threading.RLock()
         self._cycles = 0  # update cycles open (`cycle`)
-        self._check: _Check | None = None  # this cycle's TUF check process
+        self._open_check = open_check
+        self._check: TufCheck | None = None  # this cycle's
 
     @contextlib.contextmanager
     def cycle(self) -> Iterator[None]:
@@ -161,12 +206,12 @@ class Verifier:
                     self._check = None
 
     @contextlib.contextmanager
-    def _refreshed(self) -> Iterator[_Check]:
+    def _refreshed(self) -> Iterator[TufCheck]:
         """The TUF check over what arrived, refreshed (timestamp, snapshot, targets)."""
         with self._lock:
             check = self._check if self._cycles else None
             if check is None:
-                check = _Check(self.tuf_dir)
+                check = self._open_check(self.tuf_dir)
                 if self._cycles:
                     self._check = check
             try:
@@ -185,7 +230,7 @@ class Verifier:
             if check is not self._check:
                 check.close()
 
-    def _target(self, check: _Check, path: str) -> _Entry | None:
+    def _target(self, check: TufCheck, path: str) -> _Entry | None:
         found = check.ask({"op": "target", "path": path})["target"]
         if found is None:
             return None
