@@ -62,7 +62,7 @@ from edge_agent.update.commands import CommandGate
 from edge_agent.update.mirror import TufMirror
 from edge_agent.update.store import ModelStore
 from edge_agent.update.updater import Downloader, Installed, TransferInterrupted, Updater
-from edge_agent.update.verify import CheckOpener, CheckProcess, Verifier
+from edge_agent.update.verify import CheckFailed, CheckOpener, CheckProcess, Verifier
 from edge_agent.uplink.buffer import Buffer
 from edge_agent.uplink.delivery import Sender
 from edge_agent.uplink.sampling import RawSampler
@@ -557,6 +557,9 @@ class Agent:
     def _update_failed(self, cmd: Command, exc: Exception) -> str:
         """The reason a failed update gives the hub: what the disk said when it refused (full,
         read-only), else a pointer to the device log, where the traceback goes."""
+        if isinstance(exc, CheckFailed):  # not the bundle's fault: the device says what failed
+            log.error("update %s failed: %s", cmd.id, exc)
+            return str(exc)
         if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
             where = Path(os.fsdecode(exc.filename)) if exc.filename else self.cfg.device.state_dir
             reason = f"cannot write the state folder: {storage_error(exc, where)}"

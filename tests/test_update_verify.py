@@ -13,6 +13,7 @@ import io
 import json
 import os
 import stat
+import sys
 import textwrap
 import zipfile
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from edge_agent.update.bundle import read_bundle
 from edge_agent.update.fetcher import MqttFetcher
 from edge_agent.update.store import ActiveRecord, ModelStore
 from edge_agent.update.verify import (
+    CheckFailed,
     CheckInProcess,
     CheckProcess,
     TufMirror,
@@ -392,6 +394,56 @@ def test_metadata_expires_when_the_hub_stops_refreshing(
     paths = [str(shim), os.environ.get("PYTHONPATH", "")]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
     assert rejected(device, path, IRIS) == "expired"
+
+
+def shimmed(monkeypatch: pytest.MonkeyPatch, folder: Path, code: str) -> None:
+    """The TUF check processes started from now on run `code` at their interpreter's start
+    (a sitecustomize on their PYTHONPATH)."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(textwrap.dedent(code))
+    paths = [str(folder), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
+
+
+def test_a_stray_line_on_the_checks_stdout_passes_for_no_reply(
+    real_bundle: RealBundle,
+    hub: TufRepository,
+    device: Device,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Something in the check's process printing at its start (here a sitecustomize) must not
+    shift the replies: a forged command would then get the refresh's "ok"."""
+    publish(real_bundle, hub, IRIS)
+    feed(device.mirror, hub.published())
+    forged = ({"ab" * 32: "cd" * 64}, b'{"kind": "deploy"}')
+
+    def verdict() -> str:
+        with pytest.raises(BundleRejected) as info, device.verifier.cycle():
+            device.verifier.verify_command(forged[1], forged[0])
+        return info.value.reason
+
+    honest = verdict()
+    shimmed(monkeypatch, tmp_path / "noisy", 'print(\'{"ok": true}\')\nprint("hello")\n')
+    assert verdict() == honest == "bad-signature"
+
+
+def test_a_check_that_cannot_start_or_dies_fails_the_update_not_the_bundle(
+    real_bundle: RealBundle,
+    hub: TufRepository,
+    device: Device,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    path = publish(real_bundle, hub, IRIS)
+    feed(device.mirror, hub.published())
+    with monkeypatch.context() as patched:
+        patched.setattr(sys, "executable", str(tmp_path / "no-python"))
+        with pytest.raises(CheckFailed, match="could not start"):
+            device.verifier.lookup(path, IRIS, None)
+    shimmed(monkeypatch, tmp_path / "dying", "import os\nos._exit(3)\n")
+    with pytest.raises(CheckFailed, match="exit code 3"):
+        device.verifier.lookup(path, IRIS, None)
 
 
 # --- 6. our own rules on top of TUF --------------------------------------------------------------

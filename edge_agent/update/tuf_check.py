@@ -15,13 +15,17 @@ Requests and replies are JSON lines on stdin and stdout, one reply per request:
 - {"op": "command", "payload": base64, "signatures": {keyid: hex}}: the signatures must sign
   the payload with the key the verified targets metadata delegates `commands` to.
 
-A reply is {"ok": true, ...} or {"reason": <protocol.reasons.Reason>, "detail": "..."}.
+A reply is {"ok": true, ...} or {"reason": <protocol.reasons.Reason>, "detail": "..."}, with
+the request's "id". The replies have the process's stdout to themselves: from `main` on, what
+anything else prints goes to stderr (a line printed before, at the interpreter's start, carries
+no id, and the agent skips it).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -113,6 +117,9 @@ class Check:
         return {}
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {**self._answer(request), "id": request.get("id")}
+
+    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         try:
             if op == "refresh":
@@ -135,11 +142,13 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m edge_agent.update.tuf_check TUF_DIR", file=sys.stderr)
         return 2
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print cannot pass for a reply
+    sys.stdout = sys.stderr
     check = Check(Path(argv[0]))
     for line in sys.stdin:
-        reply = check.answer(json.loads(line))
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
+        replies.write(json.dumps(check.answer(json.loads(line))) + "\n")
+        replies.flush()
     return 0
 
 

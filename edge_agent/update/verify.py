@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from edge_agent.errors import BundleRejected, ConfigError
+from edge_agent.errors import BundleRejected, ConfigError, EdgefleetError
 from edge_agent.protocol.messages import DeltaRef, ModelRef
 from edge_agent.protocol.reasons import Reason
 from edge_agent.protocol.transfer import chunk_count
@@ -32,6 +33,7 @@ from edge_agent.system.fsutil import atomic_write
 from edge_agent.update.digest import sha256
 from edge_agent.update.mirror import TufMirror
 
+log = logging.getLogger(__name__)
 CHECK_TIMEOUT_S = 120.0  # the longest one answer of the TUF check may take
 
 
@@ -82,10 +84,20 @@ class TufCheck(Protocol):
 CheckOpener = Callable[[Path], TufCheck]
 
 
+class CheckFailed(EdgefleetError):
+    """The TUF check could not be run (its process did not start, died or hung): the update
+    is not installed, and the reason is not the bundle's."""
+
+
 def _answered(reply: dict[str, Any]) -> dict[str, Any]:
-    if "reason" in reply:
-        raise BundleRejected(Reason(reply["reason"]), str(reply["detail"]))
-    return reply
+    """A reply's content; BundleRejected with its reason, unless it says ok."""
+    if reply.get("ok") is True:
+        return reply
+    try:
+        reason = Reason(str(reply.get("reason")))
+    except ValueError:
+        reason = Reason.UNTRUSTED_METADATA
+    raise BundleRejected(reason, str(reply.get("detail", f"the TUF check said {reply!r:.200}")))
 
 
 class CheckProcess:
@@ -96,30 +108,37 @@ class CheckProcess:
         import subprocess  # an update's, not serving's (tests/test_footprint.py)
 
         self.refreshed_at: int | None = None  # the mirror generation of its last refresh
-        self._proc: Any = subprocess.Popen(
-            [sys.executable, "-P", "-m", "edge_agent.update.tuf_check", str(tuf_dir)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,  # its stderr is the agent's: a traceback lands in its log
-        )
+        self._asked = 0
+        try:
+            self._proc: Any = subprocess.Popen(
+                [sys.executable, "-P", "-m", "edge_agent.update.tuf_check", str(tuf_dir)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,  # its stderr is the agent's: a traceback lands in its log
+            )
+        except OSError as exc:
+            raise CheckFailed(f"the TUF check could not start {sys.executable}: {exc}") from exc
 
     def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The reply carrying this request's id (lines without it are logged and skipped)."""
         proc = self._proc
         stdin, stdout = proc.stdin, proc.stdout
         assert stdin is not None and stdout is not None
+        self._asked += 1
         try:
-            stdin.write(json.dumps(request).encode() + b"\n")
+            stdin.write(json.dumps({**request, "id": self._asked}).encode() + b"\n")
             stdin.flush()
-            line = _read_line(stdout, CHECK_TIMEOUT_S)
+            while line := _read_line(stdout, CHECK_TIMEOUT_S):
+                reply = _json_object(line)
+                if reply is not None and reply.get("id") == self._asked:
+                    return _answered(reply)
+                log.warning("the TUF check printed a line that is no reply: %r", line[:200])
         except OSError:
-            line = b""
-        if not line:
-            self.close()
-            code = self._proc.returncode
-            raise BundleRejected(
-                Reason.UNTRUSTED_METADATA,
-                f"the TUF check gave no answer (exit code {code}; its error is in the log)",
-            )
-        return _answered(json.loads(line))
+            pass
+        self.close()
+        raise CheckFailed(
+            f"the TUF check gave no answer (exit code {self._proc.returncode}; its error, if "
+            "any, is in this log)"
+        )
 
     def close(self) -> None:
         proc = self._proc
@@ -152,6 +171,14 @@ class CheckInProcess:
 
     def close(self) -> None:
         self._check.updater = None
+
+
+def _json_object(line: bytes) -> dict[str, Any] | None:
+    try:
+        found = json.loads(line)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def _read_line(stream: IO[bytes], timeout: float) -> bytes:
