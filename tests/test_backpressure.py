@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import functools
 import os
+import queue
 import threading
 from pathlib import Path
+
+import pytest
 
 from cloud_hub.rollout.operations import enroll_device, init_hub
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-from edge_agent.sources.backlog import WAITING_ROOM, Backlog, Message
+from edge_agent.sources.backlog import GAP, WAITING_ROOM, Backlog, Message
 from edge_agent.sources.file import FileSource
 from edge_agent.sources.folder import FolderSource
 from edge_agent.sources.serial_port import SerialSource
@@ -58,23 +61,36 @@ def test_a_file_longer_than_the_backlog_loses_no_line_and_reads_little_ahead(
     assert consumer.deepest <= WAITING_ROOM  # not thousands read ahead into memory
 
 
-def test_a_waiting_source_honours_a_smaller_count_bound_and_the_byte_bound() -> None:
+def test_a_waiting_source_leaves_half_of_each_bound_to_the_sources_that_cannot_wait() -> None:
+    """A file read at full speed must not crowd a serial port out of the backlog."""
     stop = threading.Event()
-    small = Backlog(maxsize=3, max_bytes=10**9)
+    backlog = Backlog(maxsize=6, max_bytes=10**9)
     for i in range(3):
-        assert small.put_waiting(("csv", str(i).encode()), stop)
-    assert small.qsize() == 3
-    heavy = Backlog(maxsize=1000, max_bytes=100)
-    assert heavy.put_waiting(("image", bytes(150)), stop)  # under the bound when it came
-    blocked = threading.Thread(target=heavy.put_waiting, args=(("image", bytes(10)), stop))
+        assert backlog.put_waiting(("csv", b"f%d" % i), stop)
+    blocked = threading.Thread(target=backlog.put_waiting, args=(("csv", b"f3"), stop))
     blocked.start()
+    for i in range(3):  # a port's lines still fit beside the file's
+        backlog.put_nowait(("csv", b"p%d" % i))
+    with pytest.raises(queue.Full):
+        backlog.put_nowait(("csv", b"p3"))
+    first = backlog.get_batch(16, timeout=WAIT_S)
+    assert [raw for _, raw in first] == [b"f0", b"f1", b"f2", b"p0", b"p1", b"p2"]
+    blocked.join(WAIT_S)  # the room made wakes the file
+    assert not blocked.is_alive()
+    assert backlog.get_batch(16, timeout=WAIT_S) == [GAP, ("csv", b"f3")]  # after the refused
+    heavy = Backlog(maxsize=1000, max_bytes=200)
+    assert heavy.put_waiting(("image", bytes(150)), stop)  # under half the bound when it came
+    waiting = threading.Thread(target=heavy.put_waiting, args=(("image", bytes(10)), stop))
+    waiting.start()
+    heavy.put_nowait(("image", bytes(40)))  # a camera's frame still fits
     assert heavy.get_batch(1, timeout=WAIT_S) == [("image", bytes(150))]
-    blocked.join(WAIT_S)  # the room made wakes it
-    assert not blocked.is_alive() and heavy.get_batch(1, timeout=WAIT_S) == [("image", bytes(10))]
+    waiting.join(WAIT_S)
+    assert not waiting.is_alive()
+    assert heavy.get_batch(2, timeout=WAIT_S) == [("image", bytes(40)), ("image", bytes(10))]
 
 
 def test_a_stop_releases_a_waiting_source_and_nothing_is_queued_after_it() -> None:
-    backlog = Backlog(maxsize=2, max_bytes=10**9)
+    backlog = Backlog(maxsize=4, max_bytes=10**9)  # a waiting source may fill half of it
     stop = threading.Event()
     assert backlog.put_waiting(("csv", b"0"), stop) and backlog.put_waiting(("csv", b"1"), stop)
     result: list[bool] = []
@@ -159,3 +175,33 @@ def test_the_agent_lets_a_file_wait_and_refuses_a_port_when_full(tmp_path: Path)
     # no model is installed: each of the file's lines is refused as no-model, none as queue-full
     assert rejected == {"queue-full": 1, "no-model": len(lines)}, rejected
     assert os.path.exists(path)
+
+
+def test_a_file_stopped_while_waiting_counts_only_the_lines_it_handed_over(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sensor.csv"
+    path.write_bytes(b"".join(b"%d,1\n" % i for i in range(100)))
+    backlog = Backlog(maxsize=4, max_bytes=10**9)  # room for 2 from a waiting source
+    stop = threading.Event()
+    third = threading.Event()
+    calls = 0
+
+    def put(raw: bytes) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            third.set()  # this one waits for room that never comes
+        return backlog.put_waiting(("csv", raw), stop)
+
+    src = FileSource(path)
+    src.start(put)
+    try:
+        assert third.wait(WAIT_S)
+        stop.set()
+        backlog.wake()
+    finally:
+        src.stop()
+    assert not src.running
+    assert src.stats()["lines"] == 2 and calls == 3  # the file stopped at the line not taken
+    assert backlog.get_batch(16, timeout=WAIT_S) == [("csv", b"0,1"), ("csv", b"1,1")]

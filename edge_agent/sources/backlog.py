@@ -13,10 +13,11 @@ count bound, by one): the pipeline then knows that lines are missing there, and 
 framer starts its window again rather than span the hole (edge_agent.inference.pipeline).
 
 A source that can hold off reading (a file, a folder: `Source.waits`) is not refused: it waits
-with `put_waiting` while `WAITING_ROOM` messages (or `max_bytes`) wait. The deep bound is for
-what cannot wait (a serial port's few kilobytes of kernel buffer, a broker's messages); a file
-read ahead by thousands of lines only costs the device memory, and a file longer than the bound
-read at full speed lost its lines past it.
+with `put_waiting` while `WAITING_ROOM` messages, or half of either bound, wait. The deep bound
+is for what cannot wait (a serial port's few kilobytes of kernel buffer, a broker's messages),
+and the half left keeps room for them beside a file read at full speed; a file read ahead by
+thousands of lines only costs the device memory, and a file longer than the bound read at full
+speed lost its lines past it.
 """
 
 from __future__ import annotations
@@ -46,12 +47,12 @@ class Backlog(queue.Queue[Message]):
             self._accept(item)
 
     def put_waiting(self, item: Message, stop: threading.Event) -> bool:
-        """For a source that can hold off reading: wait while WAITING_ROOM messages, the count
-        bound or max_bytes of them wait, then queue `item`. False (not queued) when `stop` was
-        set first."""
-        room = min(WAITING_ROOM, self.maxsize) if self.maxsize > 0 else WAITING_ROOM
+        """For a source that can hold off reading: wait while WAITING_ROOM messages, or half
+        of the count or byte bound, wait, then queue `item`. False (not queued) when `stop`
+        was set first."""
+        room = min(WAITING_ROOM, max(self.maxsize // 2, 1)) if self.maxsize > 0 else WAITING_ROOM
         with self.not_full:
-            while self.bytes >= self.max_bytes or self._qsize() >= room:
+            while self.bytes >= self.max_bytes // 2 or self._qsize() >= room:
                 if stop.is_set():
                     return False
                 self.not_full.wait(_POLL_S)

@@ -170,14 +170,16 @@ class LineSource:
         if on_line is None:  # pragma: no cover - start() always sets it
             return False
         with self._stats_lock:
-            self._stats["lines"] += 1
             self._last_input = time.monotonic()
         try:
-            return on_line(line) is not False
+            taken = on_line(line) is not False
         except Exception:
             self._count("callback-errors")
             log.exception("source %s: the line callback raised; line dropped", self.name)
-            return True  # dropped, counted: taking it again would raise again
+            taken = True  # dropped, counted: taking it again would raise again
+        if taken:
+            self._count("lines")
+        return taken
 
     def _deliver_all(self, splitter: LineSplitter, data: bytes) -> None:
         before = splitter.oversize

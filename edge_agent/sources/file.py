@@ -94,18 +94,16 @@ class FileSource(ThreadedSource):
                 return
             if data:
                 for line in splitter.feed(data):
-                    if not pacer.wait(stop):
-                        return
-                    self._deliver(line)
+                    if not pacer.wait(stop) or not self._deliver(line):
+                        return  # stopping (the agent too: the line was not taken)
                     delivered_this_pass = True
                 self._count("oversize", splitter.oversize)
                 splitter.oversize = 0
                 continue
             tail = splitter.flush()
             if tail is not None:
-                if not pacer.wait(stop):
+                if not pacer.wait(stop) or not self._deliver(tail):
                     return
-                self._deliver(tail)
                 delivered_this_pass = True
             if not (self.loop and delivered_this_pass):
                 if self.loop:
