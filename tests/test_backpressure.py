@@ -24,6 +24,21 @@ from edge_agent.sources.serial_port import SerialSource
 WAIT_S = 10.0
 
 
+class WaitingPut:
+    """A waiting source's callback into `backlog`; `reached` is set as call `nth` begins."""
+
+    def __init__(self, backlog: Backlog, fmt: str, stop: threading.Event, nth: int) -> None:
+        self.backlog, self.fmt, self.stop, self.nth = backlog, fmt, stop, nth
+        self.calls = 0
+        self.reached = threading.Event()
+
+    def __call__(self, data: bytes) -> bool:
+        self.calls += 1
+        if self.calls == self.nth:
+            self.reached.set()
+        return self.backlog.put_waiting((self.fmt, data), self.stop)
+
+
 class Deepest:
     """A consumer of the backlog that notes the deepest it found it."""
 
@@ -114,20 +129,11 @@ def test_a_folder_stopped_while_waiting_keeps_the_file_it_could_not_hand_over(
         (inbox / f"{i}.bin").write_bytes(bytes([i]) * 8)
     backlog = Backlog(maxsize=1, max_bytes=10**9)
     stop = threading.Event()
-    second = threading.Event()
-    calls = 0
-
-    def put(data: bytes) -> bool:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            second.set()  # the backlog holds the first: this one waits
-        return backlog.put_waiting(("image", data), stop)
-
+    put = WaitingPut(backlog, "image", stop, 2)  # the backlog holds the first: the 2nd waits
     src = FolderSource(inbox, poll_s=0.02, after="delete")
     src.start(put)
     try:
-        assert second.wait(WAIT_S)
+        assert put.reached.wait(WAIT_S)
         stop.set()
         backlog.wake()
     finally:
@@ -184,24 +190,15 @@ def test_a_file_stopped_while_waiting_counts_only_the_lines_it_handed_over(
     path.write_bytes(b"".join(b"%d,1\n" % i for i in range(100)))
     backlog = Backlog(maxsize=4, max_bytes=10**9)  # room for 2 from a waiting source
     stop = threading.Event()
-    third = threading.Event()
-    calls = 0
-
-    def put(raw: bytes) -> bool:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            third.set()  # this one waits for room that never comes
-        return backlog.put_waiting(("csv", raw), stop)
-
+    put = WaitingPut(backlog, "csv", stop, 3)  # the 3rd waits for room that never comes
     src = FileSource(path)
     src.start(put)
     try:
-        assert third.wait(WAIT_S)
+        assert put.reached.wait(WAIT_S)
         stop.set()
         backlog.wake()
     finally:
         src.stop()
     assert not src.running
-    assert src.stats()["lines"] == 2 and calls == 3  # the file stopped at the line not taken
+    assert src.stats()["lines"] == 2 and put.calls == 3  # the file stopped at the line not taken
     assert backlog.get_batch(16, timeout=WAIT_S) == [("csv", b"0,1"), ("csv", b"1,1")]

@@ -355,6 +355,15 @@ def test_timestamp_signed_already_expired_is_rejected(
     assert device.verifier.lookup(path, IRIS, None).model == IRIS
 
 
+def shimmed(monkeypatch: pytest.MonkeyPatch, folder: Path, code: str) -> None:
+    """The TUF check processes started from now on run `code` at their interpreter's start
+    (a sitecustomize on their PYTHONPATH)."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(textwrap.dedent(code))
+    paths = [str(folder), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
+
+
 def test_metadata_expires_when_the_hub_stops_refreshing(
     real_bundle: RealBundle,
     hub: TufRepository,
@@ -370,39 +379,26 @@ def test_metadata_expires_when_the_hub_stops_refreshing(
     device.verifier.lookup(path, IRIS, None)
 
     later = dt.datetime.now(dt.UTC) + hub.expiry.timestamp + dt.timedelta(hours=1)
-    shim = tmp_path / "later-clock"
-    shim.mkdir()
-    (shim / "sitecustomize.py").write_text(
-        textwrap.dedent(
-            f"""
-            import datetime as dt
-            import types
+    shimmed(
+        monkeypatch,
+        tmp_path / "later-clock",
+        f"""
+        import datetime as dt
+        import types
 
-            from tuf.ngclient._internal import trusted_metadata_set
+        from tuf.ngclient._internal import trusted_metadata_set
 
-            class _Later(dt.datetime):
-                @classmethod
-                def now(cls, tz=None):
-                    return cls.fromtimestamp({later.timestamp()!r}, tz)
+        class _Later(dt.datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return cls.fromtimestamp({later.timestamp()!r}, tz)
 
-            trusted_metadata_set.datetime = types.SimpleNamespace(
-                datetime=_Later, timezone=dt.timezone
-            )
-            """
+        trusted_metadata_set.datetime = types.SimpleNamespace(
+            datetime=_Later, timezone=dt.timezone
         )
+        """,
     )
-    paths = [str(shim), os.environ.get("PYTHONPATH", "")]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
     assert rejected(device, path, IRIS) == "expired"
-
-
-def shimmed(monkeypatch: pytest.MonkeyPatch, folder: Path, code: str) -> None:
-    """The TUF check processes started from now on run `code` at their interpreter's start
-    (a sitecustomize on their PYTHONPATH)."""
-    folder.mkdir()
-    (folder / "sitecustomize.py").write_text(textwrap.dedent(code))
-    paths = [str(folder), os.environ.get("PYTHONPATH", "")]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
 
 
 def test_a_stray_line_on_the_checks_stdout_passes_for_no_reply(
