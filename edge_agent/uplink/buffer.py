@@ -14,23 +14,28 @@ kept raises StorageError (nothing of it was written, and its seq is not used up,
 seqs have no gap), and the buffer goes on when the disk does. A buffer made without a boot is
 closed until `open(boot)`: the agent opens it only under a boot it has persisted.
 
-Group commit. With `group_rows` 1 (the default) each `append` is its own transaction: when it
-returns, the record is on disk. With `group_rows` N > 1, `append` stages the record in memory
-(its seq taken) and one transaction writes the staged records when N are staged, when
-`group_window_s` has passed since the first of them (a thread of the buffer's own commits
-then), at `flush()`, before `take` and at `close()`. What a caller can rely on:
+Group commit. With `group_rows` 1 each `append` is its own transaction. With `group_rows` N > 1
+(the agent's default), `append` writes the record as one line to a staging journal next to the
+SQLite file (`<name>-staged`, append-only, one `os.write`) and stages it in memory; one
+transaction moves the staged records into SQLite when N are staged, when `group_window_s` has
+passed since the first of them (a thread of the buffer's own commits then), at `flush()`,
+before `take` and at `close()`, and the journal is then truncated. The same transaction records
+the last (boot, seq) it moved, so `open` replays the journal's records past that mark and only
+those: a kill between the COMMIT and the truncation duplicates nothing. A line cut short by a
+kill belongs to an `append` that never returned and is ignored. What a caller can rely on:
 
-- after `flush()` returns, every record appended before it is committed;
-- without it, a record is committed at most `group_window_s` after its `append` returned
-  (while the disk works), so an agent killed (SIGKILL) loses at most the records of the last
-  `group_window_s`, never more than N - 1 of them, and never a record already sent: `take`
-  commits first, so the hub is only ever sent committed records;
+- when `append` returns, the record survives a SIGKILL of the agent (group commit or not);
+- the hub is only ever sent records committed to SQLite: `take` commits first;
+- a journal write that fails (a full disk, even half written) is cut back: StorageError,
+  nothing of the record kept, its seq not used;
 - a commit that fails (a full disk) writes nothing: the append that filled the group is
-  refused (StorageError, its seq not used), the records staged before it stay staged and are
-  tried again at the next commit point (the window, `flush`, `take`, the next full group).
+  refused (StorageError, its seq not used, its journal line cut back), the records staged
+  before it stay staged (and in the journal) and are tried again at the next commit point
+  (the window, `flush`, `take`, the next full group, the next `open`).
 
-"Committed" is SQLite's WAL with synchronous=NORMAL: it survives the process being killed; a
-power cut may roll back the commits since the last checkpoint, never corrupt the file.
+"Survives" is what the kernel holds for a killed process: SQLite's WAL with synchronous=NORMAL
+and the journal's written lines alike. Neither is fsynced per record: a power cut may lose the
+journal's lines and the commits since the last checkpoint, never corrupt the file.
 
 `TokenBucket` paces the drain after a reconnect, so a returning fleet does not flatten the hub.
 """
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -73,6 +79,8 @@ CREATE INDEX IF NOT EXISTS records_order ON records (priority, id);
 CREATE INDEX IF NOT EXISTS records_key ON records (boot, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+# counters rows holding the last (boot, seq) moved from the staging journal into SQLite
+_MOVED = ("moved.boot", "moved.seq")
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,30 @@ def _pending(rid: int, kind: str, boot: int, seq: int, ts: float, body: str) -> 
     return Pending(rid, kind, Record(boot, seq, ts, json.loads(body)))
 
 
+def journal_line(row: _Row) -> bytes:
+    """One staged record as a journal line. The body's JSON (json.dumps, ASCII) holds no tab
+    and no newline, and a kind is a word: tabs part the fields, a newline ends the line."""
+    kind, _, boot, seq, ts, text = row
+    return f"{kind}\t{boot}\t{seq}\t{ts!r}\t{text}\n".encode()
+
+
+def journal_rows(data: bytes, after: tuple[int, int]) -> list[_Row]:
+    """The records of a journal's bytes whose (boot, seq) is past `after` (those at or before
+    it are already in SQLite), in order. A last line without its newline, or a line that does
+    not parse, was cut short by a kill during its write: its `append` never returned."""
+    rows: list[_Row] = []
+    for line in data.split(b"\n")[:-1]:  # what follows the last newline is unfinished
+        try:
+            kind, boot, seq, ts, text = line.decode().split("\t", 4)
+            row = (kind, PRIORITY[kind], int(boot), int(seq), float(ts), text)
+        except (ValueError, KeyError, UnicodeDecodeError):
+            log.warning("a staging journal line that does not parse is skipped: %.80r", line)
+            continue
+        if (row[2], row[3]) > after:
+            rows.append(row)
+    return rows
+
+
 class Buffer:
     def __init__(
         self,
@@ -157,6 +189,9 @@ class Buffer:
         self._commits = threading.Condition(self._lock)  # wakes the group-commit thread
         self._seq = 0
         self._conn: sqlite3.Connection | None = None
+        self.journal = path.with_name(path.name + "-staged")
+        self._journal_fd = -1  # open while the buffer is
+        self._journal_size = 0  # bytes of staged records' lines in it
         self._usage: dict[str, tuple[int, int]] = {}
         self._dropped: Counter[str] = Counter()  # the counters table, as committed
         if boot is not None:
@@ -191,7 +226,8 @@ class Buffer:
                 db.execute("INSERT OR REPLACE INTO counters (name, value) VALUES ('probe', 0)")
                 db.execute("ROLLBACK")
                 usage = _count(db)
-                dropped = db.execute("SELECT name, value FROM counters").fetchall()
+                counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+                fd = os.open(self.journal, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             except (sqlite3.Error, OSError) as exc:
                 if db is not None:
                     db.close()
@@ -200,22 +236,79 @@ class Buffer:
                     err.reason, err.where, f"cannot open the telemetry buffer ({err.detail})"
                 ) from exc
             self._conn, self.boot, self._seq, self._usage = db, boot, 0, usage
-            self._dropped = Counter({n.removeprefix("dropped."): int(v) for n, v in dropped})
+            self._dropped = Counter(
+                {
+                    n.removeprefix("dropped."): int(v)
+                    for n, v in counters.items()
+                    if n[:8] == "dropped."
+                }
+            )
+            self._journal_fd = fd
+            self._replay(tuple(int(counters.get(name, -1)) for name in _MOVED))
             if self.group_rows > 1:
                 threading.Thread(
                     target=self._commit_in_time, args=(db,), name="buffer-commit", daemon=True
                 ).start()
 
+    def _replay(self, moved: tuple[int, ...]) -> None:
+        """Stage the journal's records not yet in SQLite (past `moved`, the last (boot, seq)
+        moved) and move them now; if the disk refuses, they stay staged (and in the journal)
+        for the next commit point."""
+        data = b""
+        while chunk := os.read(self._journal_fd, 1 << 20):
+            data += chunk
+        self._staged = journal_rows(data, (moved[0], moved[1]))
+        self._journal_size = len(data)
+        if not self._staged:
+            self._truncate_journal(0)
+            return
+        log.info(
+            "%s: %d staged records replayed from %s", self.path, len(self._staged), self.journal
+        )
+        self._due = time.monotonic() + self.group_window_s
+        try:
+            self._commit()
+        except StorageError as exc:
+            log.error("%s: replayed records wait for the disk: %s", self.path, exc)
+
+    def _write_journal(self, row: _Row) -> None:
+        """Append one staged record's line (the lock held). A failed or short write is cut
+        back to what the journal held before: StorageError, nothing of the record kept."""
+        line = journal_line(row)
+        try:
+            written = os.write(self._journal_fd, line)
+            if written != len(line):
+                raise OSError(28, os.strerror(28))  # ENOSPC: a short write on a full disk
+        except OSError as exc:
+            self._truncate_journal(self._journal_size)
+            raise storage_error(exc, self.journal) from exc
+        self._journal_size += written
+
+    def _truncate_journal(self, size: int) -> None:
+        """Cut the journal to `size` bytes. A failure is logged: the moved mark keeps a replay
+        from duplicating what the journal still holds."""
+        try:
+            os.ftruncate(self._journal_fd, size)
+        except OSError as exc:
+            log.warning("%s: cannot truncate the staging journal: %s", self.journal, exc)
+            return
+        self._journal_size = size
+
     def append(self, kind: str, body: dict[str, Any], ts: float | None = None) -> Record:
-        """Keep one record under the next seq of this boot (committed at once, or by the group
-        commit's rules: see the module's docstring). StorageError when it cannot be kept: then
-        nothing of it was written and its seq is the next record's."""
+        """Keep one record under the next seq of this boot: when it returns, the record survives
+        a SIGKILL (committed to SQLite, or, under group commit, written to the staging journal;
+        see the module's docstring). StorageError when it cannot be kept: then nothing of it
+        was written and its seq is the next record's."""
         record = Record(self.boot, 0, ts if ts is not None else time.time(), body)
         text = json.dumps(body)
         with self._lock:
             _ = self._db  # StorageError when closed
             record = Record(self.boot, self._seq, record.ts, body)
-            self._staged.append((kind, PRIORITY[kind], record.boot, record.seq, record.ts, text))
+            row = (kind, PRIORITY[kind], record.boot, record.seq, record.ts, text)
+            before = self._journal_size
+            if self.group_rows > 1:
+                self._write_journal(row)
+            self._staged.append(row)
             self._seq += 1
             if len(self._staged) >= self.group_rows:
                 try:
@@ -223,6 +316,7 @@ class Buffer:
                 except BaseException:
                     self._staged.pop()  # this one was not kept: the earlier ones wait
                     self._seq -= 1
+                    self._truncate_journal(before)
                     raise
             elif len(self._staged) == 1:
                 self._due = time.monotonic() + self.group_window_s
@@ -255,6 +349,12 @@ class Buffer:
                 run.append(row)
                 self._add(kind, 1, size)
             self._insert(run)
+            last = self._staged[-1]
+            if self._journal_size:  # what the journal holds is in SQLite once this commits
+                db.executemany(
+                    "INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)",
+                    zip(_MOVED, (last[2], last[3]), strict=True),
+                )
             db.execute("COMMIT")
         except BaseException as exc:
             self._usage = usage
@@ -264,6 +364,8 @@ class Buffer:
             raise
         self._staged = []
         self._dropped.update(dropped)
+        if self._journal_size:
+            self._truncate_journal(0)
 
     def _insert(self, rows: list[_Row]) -> None:
         if rows:
@@ -405,8 +507,8 @@ class Buffer:
             return {kind: n for kind, n in self._dropped.items() if n}
 
     def close(self) -> None:
-        """Commit what is staged (StorageError if the disk refuses: closed all the same, and
-        the staged records are lost) and close."""
+        """Commit what is staged and close (StorageError if the disk refuses: closed all the
+        same, the staged records kept in the journal for the next `open`)."""
         with self._lock:
             if self._conn is None:
                 return
@@ -416,6 +518,8 @@ class Buffer:
                 self._staged = []
                 self._conn.close()
                 self._conn = None
+                os.close(self._journal_fd)
+                self._journal_fd, self._journal_size = -1, 0
                 self._commits.notify_all()
 
 
