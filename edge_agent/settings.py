@@ -118,7 +118,8 @@ class BufferSettings:
     max_bytes: int
     caps: BufferCaps
     # group commit (edge_agent.uplink.buffer): up to group_rows records in one transaction,
-    # each committed at most group_window_s after it was appended; 1 commits each at once
+    # each committed at most group_window_s after it was appended, kept in the staging journal
+    # until then; 1 commits each at once
     group_rows: int
     group_window_s: float
 

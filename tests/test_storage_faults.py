@@ -327,6 +327,7 @@ def test_a_full_disk_at_start_keeps_nothing_until_the_boot_is_saved(
     disk.free()
     agent.keep("telemetry", {"n": "after"})
     assert last_boot(state) == 2 and agent.buffer.opened
+    agent.buffer.flush()  # a group commit's staged records into SQLite, where kept() reads
     assert kept() == [(1, 0), (2, 0)]  # the five of the full disk nowhere, "after" as (2, 0)
     storage = agent.status().stats["storage"]
     assert storage["ok"] is True and storage["unkept"] == {"telemetry": 5}
@@ -334,8 +335,8 @@ def test_a_full_disk_at_start_keeps_nothing_until_the_boot_is_saved(
 
 
 def test_the_agent_commits_records_in_groups_when_its_config_asks(tmp_path: Path) -> None:
-    """[buffer] group_rows reaches the agent's buffer: records wait in memory until a group is
-    full or its window passes, and the agent's close commits what waits."""
+    """[buffer] group_rows reaches the agent's buffer: records wait in the staging journal until
+    a group is full or its window passes, and the agent's close commits what waits."""
     state = tmp_path / "dev" / "state"
     init_hub(tmp_path / "hub")
     enroll_device(tmp_path / "hub", DEVICE, state)
