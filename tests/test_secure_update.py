@@ -559,6 +559,7 @@ def test_transfer_resumes_after_an_agent_restart(make_fleet: Any, bundles: Bundl
     assert chunks == total and resumed == kept and bad == 0
     fleet.watcher.event("healthy", BIG_VERSION, after=seen)
     fleet.assert_serving(ModelRef("iris", BIG_VERSION))
+    fleet.stop_agent()  # its updater has finished with the command: forgotten, not resumed
     assert not (fleet.state / "pending-command.json").exists()
 
 

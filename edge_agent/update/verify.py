@@ -135,23 +135,31 @@ class CheckProcess:
         except OSError:
             pass
         self.close()
+        with contextlib.suppress(Exception):
+            self._proc.wait(5.0)  # for its exit code
         raise CheckFailed(
             f"the TUF check gave no answer (exit code {self._proc.returncode}; its error, if "
             "any, is in this log)"
         )
 
     def close(self) -> None:
+        """Its input closes, so it ends; it is reaped on a thread of its own, so the update
+        (its install, its health gate) does not wait for that."""
         proc = self._proc
         if proc.stdin is not None:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
-        try:
-            proc.wait(5.0)
-        except Exception:  # subprocess.TimeoutExpired: it does not end when its input does
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        threading.Thread(target=_reap, args=(proc,), name="tuf-check-reaper", daemon=True).start()
+
+
+def _reap(proc: Any) -> None:
+    try:
+        proc.wait(5.0)
+    except Exception:  # subprocess.TimeoutExpired: it does not end when its input does
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 class CheckInProcess:
