@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 
 from edge_agent.errors import ConfigError, StorageError
 from edge_agent.uplink.buffer import Buffer
+from tests.support.processes import processes  # noqa: F401  (a fixture)
 
 GROUP = 50
 CHILD = """
@@ -61,18 +61,6 @@ elif mode == "idle":  # a few appended, then nothing calls the buffer again
 """
 
 
-@pytest.fixture
-def child(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        if proc.stdout:
-            proc.stdout.close()
-
-
 def spawn(
     started: list[subprocess.Popen[str]], path: Path, mode: str, window: float
 ) -> subprocess.Popen[str]:
@@ -102,10 +90,11 @@ def surviving_seqs(path: Path) -> list[int]:
 
 
 def test_a_kill_mid_stream_leaves_each_record_once_and_no_hole(
-    tmp_path: Path, child: list[subprocess.Popen[str]]
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],  # noqa: F811
 ) -> None:
     path = tmp_path / "buffer.sqlite"
-    proc = spawn(child, path, "stream", 60.0)  # a window too long to matter: the count bounds
+    proc = spawn(processes, path, "stream", 60.0)  # a window too long to matter: the count bounds
     assert proc.stdout is not None
     reported = -1
     for line in proc.stdout:
@@ -119,10 +108,11 @@ def test_a_kill_mid_stream_leaves_each_record_once_and_no_hole(
 
 
 def test_a_kill_loses_fewer_than_a_group(
-    tmp_path: Path, child: list[subprocess.Popen[str]]
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],  # noqa: F811
 ) -> None:
     path = tmp_path / "buffer.sqlite"
-    proc = spawn(child, path, "count", 60.0)
+    proc = spawn(processes, path, "count", 60.0)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "appended 5038"
     kill(proc)
@@ -133,10 +123,11 @@ def test_a_kill_loses_fewer_than_a_group(
 
 
 def test_what_flush_returned_for_survives_a_kill(
-    tmp_path: Path, child: list[subprocess.Popen[str]]
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],  # noqa: F811
 ) -> None:
     path = tmp_path / "buffer.sqlite"
-    proc = spawn(child, path, "flush", 60.0)
+    proc = spawn(processes, path, "flush", 60.0)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "flushed 1234"
     kill(proc)
@@ -145,11 +136,12 @@ def test_what_flush_returned_for_survives_a_kill(
 
 
 def test_records_taken_to_be_sent_are_committed(
-    tmp_path: Path, child: list[subprocess.Popen[str]]
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],  # noqa: F811
 ) -> None:
     """The hub is never sent a record the device could lose: take commits first."""
     path = tmp_path / "buffer.sqlite"
-    proc = spawn(child, path, "take", 60.0)
+    proc = spawn(processes, path, "take", 60.0)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "took 0,1,2,3,4,5,6"
     kill(proc)
@@ -157,12 +149,13 @@ def test_records_taken_to_be_sent_are_committed(
 
 
 def test_an_idle_buffer_commits_within_the_window(
-    tmp_path: Path, child: list[subprocess.Popen[str]]
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],  # noqa: F811
 ) -> None:
     """Fewer records than a group, and nothing calls the buffer again: the buffer's own
     thread commits them by the window (here 0.2 s), and then a kill loses none."""
     path = tmp_path / "buffer.sqlite"
-    proc = spawn(child, path, "idle", 0.2)
+    proc = spawn(processes, path, "idle", 0.2)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "appended 7"
     appended = time.monotonic()

@@ -10,13 +10,13 @@ import random
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge_agent.uplink.buffer import Buffer
+from tests.support.processes import processes  # noqa: F401  (a fixture)
 
 GROUP = 50
 CHILD = """
@@ -54,19 +54,6 @@ elif mode == "commands":  # one command a line on stdin: "append PAD" or "flush"
 """
 
 
-@pytest.fixture
-def child(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe:
-                pipe.close()
-
-
 def spawn(
     started: list[subprocess.Popen[str]], path: Path, mode: str, boot: int = 1
 ) -> subprocess.Popen[str]:
@@ -99,11 +86,13 @@ def reopen(path: Path, boot: int) -> None:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_a_kill_anywhere_keeps_exactly_the_records_whose_append_returned(
-    tmp_path: Path, child: list[subprocess.Popen[str]], seed: int
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],  # noqa: F811
+    seed: int,
 ) -> None:
     path = tmp_path / "disk" / "buffer.sqlite"
     path.parent.mkdir()
-    proc = spawn(child, path, "stream")
+    proc = spawn(processes, path, "stream")
     assert proc.stdout is not None
     kill_after = random.Random(seed).randrange(1, 4 * GROUP)  # mid-group, or a few groups in
     returned: list[int] = []
@@ -126,11 +115,12 @@ def test_a_kill_anywhere_keeps_exactly_the_records_whose_append_returned(
 
 
 def test_a_kill_between_the_commit_and_the_journal_cut_duplicates_nothing(
-    tmp_path: Path, child: list[subprocess.Popen[str]]
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],  # noqa: F811
 ) -> None:
     path = tmp_path / "disk" / "buffer.sqlite"
     path.parent.mkdir()
-    proc = spawn(child, path, "commit-then-die")
+    proc = spawn(processes, path, "commit-then-die")
     assert proc.stdout is not None
     assert proc.stdout.read() == ""  # killed inside flush, before it could say anything
     assert proc.wait(10) == -9
@@ -144,7 +134,9 @@ def test_a_kill_between_the_commit_and_the_journal_cut_duplicates_nothing(
 
 
 def test_a_disk_full_during_a_journal_write_keeps_nothing_of_it_and_loses_nothing(
-    tmp_path: Path, tmpfs: Any, child: list[subprocess.Popen[str]]
+    tmp_path: Path,
+    tmpfs: Any,
+    processes: list[subprocess.Popen[str]],  # noqa: F811
 ) -> None:
     """A journal line that meets a full disk is cut back (even when the disk took part of it:
     a line longer than what its last page has left), its seq is not used, and after a kill
@@ -152,7 +144,7 @@ def test_a_disk_full_during_a_journal_write_keeps_nothing_of_it_and_loses_nothin
     disk = tmpfs(tmp_path / "disk", "512k")
     path = disk.path / "buffer.sqlite"
     journal = path.with_name("buffer.sqlite-staged")
-    proc = spawn(child, path, "commands")
+    proc = spawn(processes, path, "commands")
     assert proc.stdin is not None and proc.stdout is not None
 
     def ask(command: str) -> str:
