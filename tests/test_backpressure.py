@@ -17,6 +17,7 @@ from cloud_hub.rollout.operations import enroll_device, init_hub
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.sources.backlog import GAP, WAITING_ROOM, Backlog, Message
+from edge_agent.sources.base import Source
 from edge_agent.sources.file import FileSource
 from edge_agent.sources.folder import FolderSource
 from edge_agent.sources.serial_port import SerialSource
@@ -27,8 +28,9 @@ WAIT_S = 10.0
 class WaitingPut:
     """A waiting source's callback into `backlog`; `reached` is set as call `nth` begins."""
 
-    def __init__(self, backlog: Backlog, fmt: str, stop: threading.Event, nth: int) -> None:
-        self.backlog, self.fmt, self.stop, self.nth = backlog, fmt, stop, nth
+    def __init__(self, backlog: Backlog, fmt: str, nth: int) -> None:
+        self.backlog, self.fmt, self.nth = backlog, fmt, nth
+        self.stop = threading.Event()  # the agent's stop, as the agent's callback watches it
         self.calls = 0
         self.reached = threading.Event()
 
@@ -37,6 +39,17 @@ class WaitingPut:
         if self.calls == self.nth:
             self.reached.set()
         return self.backlog.put_waiting((self.fmt, data), self.stop)
+
+    def stop_while_waiting(self, src: Source) -> None:
+        """Start `src` with this callback and, once call `nth` waits, stop as the agent does:
+        its stop event, the backlog woken, then the source stopped."""
+        src.start(self)
+        try:
+            assert self.reached.wait(WAIT_S)
+            self.stop.set()
+            self.backlog.wake()
+        finally:
+            src.stop()
 
 
 class Deepest:
@@ -128,16 +141,8 @@ def test_a_folder_stopped_while_waiting_keeps_the_file_it_could_not_hand_over(
     for i in range(3):
         (inbox / f"{i}.bin").write_bytes(bytes([i]) * 8)
     backlog = Backlog(maxsize=1, max_bytes=10**9)
-    stop = threading.Event()
-    put = WaitingPut(backlog, "image", stop, 2)  # the backlog holds the first: the 2nd waits
-    src = FolderSource(inbox, poll_s=0.02, after="delete")
-    src.start(put)
-    try:
-        assert put.reached.wait(WAIT_S)
-        stop.set()
-        backlog.wake()
-    finally:
-        src.stop()
+    put = WaitingPut(backlog, "image", 2)  # the backlog holds the first: the 2nd waits
+    put.stop_while_waiting(FolderSource(inbox, poll_s=0.02, after="delete"))
     queued = backlog.get_batch(16, timeout=WAIT_S)
     assert len(queued) == 1
     left = sorted(p.read_bytes() for p in inbox.iterdir())
@@ -189,16 +194,9 @@ def test_a_file_stopped_while_waiting_counts_only_the_lines_it_handed_over(
     path = tmp_path / "sensor.csv"
     path.write_bytes(b"".join(b"%d,1\n" % i for i in range(100)))
     backlog = Backlog(maxsize=4, max_bytes=10**9)  # room for 2 from a waiting source
-    stop = threading.Event()
-    put = WaitingPut(backlog, "csv", stop, 3)  # the 3rd waits for room that never comes
+    put = WaitingPut(backlog, "csv", 3)  # the 3rd waits for room that never comes
     src = FileSource(path)
-    src.start(put)
-    try:
-        assert put.reached.wait(WAIT_S)
-        stop.set()
-        backlog.wake()
-    finally:
-        src.stop()
+    put.stop_while_waiting(src)
     assert not src.running
     assert src.stats()["lines"] == 2 and put.calls == 3  # the file stopped at the line not taken
     assert backlog.get_batch(16, timeout=WAIT_S) == [("csv", b"0,1"), ("csv", b"1,1")]
