@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import __version__, native
-from edge_agent.errors import BadDataError, ConfigError, StorageError
+from edge_agent.errors import BadDataError, ConfigError, MessageError, StorageError
 from edge_agent.guard import Failures, run_guarded
 from edge_agent.inference.pipeline import ActiveModel, Pipeline
 from edge_agent.inference.results import ResultPublisher
@@ -262,6 +262,8 @@ class Agent:
                 self.buffer.append(kind, body)
             except StorageError as exc:
                 self._storage_failed("buffer", exc)
+            except MessageError as exc:  # a body JSON cannot hold (NaN): kept, it would stall
+                log.error("a %s record not kept: %s", kind, exc)  # the drain of all behind it
             else:
                 self._storage_ok("buffer")
                 self.sender.wake.set()

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from edge_agent.errors import STORAGE_REASONS, StorageError, TransportError
-from edge_agent.protocol.messages import spans_of
+from edge_agent.protocol.messages import body_json, spans_of
 from edge_agent.uplink.buffer import Buffer, Pending
 
 
@@ -88,7 +88,7 @@ def test_confirm_deletes_only_the_confirmed(buf: Buffer) -> None:
     assert [p.record.body["i"] for p in buf.take(3, set())] == [0, 2]
     assert confirm(buf, [taken[1]]) == 0  # confirmed twice (a resend stored once): no harm
     assert buf.pending() == 2
-    assert buf.usage() == {"telemetry": (2, 2 * len('{"i": 0}'))}
+    assert buf.usage() == {"telemetry": (2, 2 * len('{"i":0}'))}  # compact JSON
 
 
 def test_confirm_matches_boot_and_seq_not_row_ids(tmp_path: Path) -> None:
@@ -191,10 +191,8 @@ def test_unopenable_path_is_a_transport_error(tmp_path: Path) -> None:
 
 # ---- byte cap, drop accounting, drain pacing -----------------------------------------------------
 def test_past_the_byte_cap_drops_match_exactly_what_is_missing(tmp_path: Path) -> None:
-    import json
-
     body = {"payload": "x" * 90}
-    size = len(json.dumps(body))
+    size = len(body_json(body, "test"))  # what the buffer keeps and counts
     buf = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=10_000, max_bytes=size * 40)
     buf.append("events", {"event": "installed"})
     sent = [buf.append("telemetry", body).seq for _ in range(100)]
@@ -268,7 +266,6 @@ def test_filled_past_its_caps_the_drop_counters_match_what_is_missing(
 ) -> None:
     """Random kinds and body sizes, some confirmed on the way: per class, what was appended =
     what is still held + what was confirmed + what the counters say was dropped."""
-    import json
     import random
 
     from edge_agent.uplink.buffer import Cap
@@ -290,7 +287,7 @@ def test_filled_past_its_caps_the_drop_counters_match_what_is_missing(
     while batch := b.take(1000, seen):
         seen |= {p.id for p in batch}
         held[batch[0].kind] |= {p.record.seq for p in batch}
-        size = sum(len(json.dumps(p.record.body)) for p in batch)
+        size = sum(len(p.body) for p in batch)
         assert size <= (caps[batch[0].kind].max_bytes or 9000)
     dropped = b.dropped()
     for kind, seqs in appended.items():

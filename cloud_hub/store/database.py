@@ -1019,13 +1019,16 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+_JSON = json.JSONEncoder(allow_nan=False)  # made once: json.dumps makes one a call with options
+
+
 def dumps(obj: Any) -> str:
     """JSON as the store keeps it, on every engine (the engine's serializer): NaN and Infinity
     are refused, as PostgreSQL's JSON refuses them, so SQLite does not keep what PostgreSQL
     could not. The error names where the number is (the StoreError then says `not-finite`)."""
     try:
         # keys in their order: a drift report lists its features in the card's
-        return json.dumps(obj, allow_nan=False)
+        return _JSON.encode(obj)
     except ValueError:
         where = _not_finite(obj, "")
         if where is None:

@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from edge_agent.errors import MessageError
 from edge_agent.protocol import SCHEMA_VERSION
@@ -234,6 +234,30 @@ class Record:
         return {"boot": self.boot, "seq": self.seq, "ts": self.ts, **self.body}
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # made once, not per call
+
+
+def body_json(body: dict[str, Any], where: str) -> str:
+    """A record's body as JSON text, compact and ASCII, the way it is kept and sent."""
+    try:
+        return _COMPACT.encode(body)
+    except (TypeError, ValueError) as exc:
+        raise MessageError(f"{where}: expected a body JSON can hold, got {exc}") from exc
+
+
+def record_json(boot: int, seq: int, ts: float, body: str) -> str:
+    """`Record.to_json`'s JSON from the body's JSON text (`body_json`), without parsing it:
+    the envelope's fields go in front of the body's."""
+    head = f'{{"boot":{boot},"seq":{seq},"ts":{ts!r}'
+    return head + "}" if body.strip() == "{}" else f"{head},{body.lstrip()[1:]}"
+
+
+def encode_records(device: str, records: Iterable[str]) -> bytes:
+    """A `Batch`'s message (what `encode` makes of it) from its records' JSON (`record_json`)."""
+    head = dump_json({"device": device})[:-1]
+    return b'%b,"records":[%b]}' % (head, ",".join(records).encode())
+
+
 @dataclass(frozen=True)
 class Batch:
     """What goes on dev/{id}/telemetry, drift and events: a list of records."""
@@ -270,7 +294,17 @@ Span = tuple[int, int, int]  # (boot, first seq, last seq), both ends included
 MAX_SPANS = 10_000  # a confirmation names at most this many spans
 
 
-def spans_of(records: Iterable[Record]) -> tuple[Span, ...]:
+class Keyed(Protocol):
+    """What has a (boot, seq) key: a `Record`, a buffer's `Pending`."""
+
+    @property
+    def boot(self) -> int: ...
+
+    @property
+    def seq(self) -> int: ...
+
+
+def spans_of(records: Iterable[Keyed]) -> tuple[Span, ...]:
     """The (boot, seq) keys of `records` as sorted runs of consecutive seqs."""
     out: list[list[int]] = []
     for boot, seq in sorted({(r.boot, r.seq) for r in records}):

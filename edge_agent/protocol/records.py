@@ -59,11 +59,11 @@ def _wrong(where: str, expected: str, value: object) -> MessageError:
 
 def _object(value: object, where: str, required: tuple[str, ...] = ()) -> Mapping[str, Any]:
     """`value` as a JSON object holding at least the `required` fields."""
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):  # JSON's are dicts: no ABC
         raise _wrong(where, "an object", value)
-    missing = next((key for key in required if key not in value), None)
-    if missing is not None:
-        raise MessageError(f"{where}: missing field {missing!r}")
+    for key in required:
+        if key not in value:
+            raise MessageError(f"{where}: missing field {key!r}")
     return value
 
 
@@ -73,6 +73,8 @@ def _plain(record: Any) -> dict[str, Any]:
 
 
 def _finite(value: object, where: str) -> float:
+    if type(value) is float and math.isfinite(value):  # the common case, first
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _wrong(where, "a number", value)
     try:
@@ -85,7 +87,7 @@ def _finite(value: object, where: str) -> float:
 
 
 def _whole(value: object, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
+    if type(value) is not int or not 0 <= value <= MAX_INT:  # an int, not a bool (a subclass)
         raise _wrong(where, f"a count from 0 to {MAX_INT}", value)
     return value
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -52,10 +53,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from edge_agent.errors import ConfigError, StorageError
-from edge_agent.protocol.messages import Record, Span
+from edge_agent.errors import ConfigError, MessageError, StorageError
+from edge_agent.protocol.messages import Record, Span, body_json, record_json
 from edge_agent.system.fsutil import storage_error
 
 log = logging.getLogger(__name__)
@@ -126,15 +127,28 @@ def next_drop(
 _Row = tuple[str, float, int, int, float, str]  # kind, priority, boot, seq, ts, body's JSON
 
 
-@dataclass(frozen=True)
-class Pending:
+class Pending(NamedTuple):
+    """A record held in the buffer, as kept: its body is the JSON text `append` wrote, which
+    goes into a batch as it is (`wire`), never parsed and dumped again on the way out."""
+
     id: int
     kind: str
-    record: Record
+    boot: int
+    seq: int
+    ts: float
+    body: str  # the body's JSON
 
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.boot, self.seq
 
-def _pending(rid: int, kind: str, boot: int, seq: int, ts: float, body: str) -> Pending:
-    return Pending(rid, kind, Record(boot, seq, ts, json.loads(body)))
+    @property
+    def record(self) -> Record:
+        return Record(self.boot, self.seq, self.ts, json.loads(self.body))
+
+    def wire(self) -> str:
+        """The record's JSON in a batch (`Record.to_json`'s), from the kept text."""
+        return record_json(self.boot, self.seq, self.ts, self.body)
 
 
 def journal_line(row: _Row) -> bytes:
@@ -297,14 +311,16 @@ class Buffer:
     def append(self, kind: str, body: dict[str, Any], ts: float | None = None) -> Record:
         """Keep one record under the next seq of this boot: when it returns, the record survives
         a SIGKILL (committed to SQLite, or, under group commit, written to the staging journal;
-        see the module's docstring). StorageError when it cannot be kept: then nothing of it
-        was written and its seq is the next record's."""
-        record = Record(self.boot, 0, ts if ts is not None else time.time(), body)
-        text = json.dumps(body)
+        see the module's docstring). StorageError when it cannot be kept, MessageError when the
+        body is not JSON (NaN, a value JSON has no form for): then nothing of it was written and
+        its seq is the next record's."""
+        at = time.time() if ts is None else ts
+        if not math.isfinite(at):
+            raise MessageError(f"a {kind} record: expected a finite timestamp, got {at!r}")
+        text = body_json(body, f"a {kind} record")
         with self._lock:
             _ = self._db  # StorageError when closed
-            record = Record(self.boot, self._seq, record.ts, body)
-            row = (kind, PRIORITY[kind], record.boot, record.seq, record.ts, text)
+            row = (kind, PRIORITY[kind], self.boot, self._seq, at, text)
             before = self._journal_size
             if self.group_rows > 1:
                 self._write_journal(row)
@@ -321,7 +337,7 @@ class Buffer:
             elif len(self._staged) == 1:
                 self._due = time.monotonic() + self.group_window_s
                 self._commits.notify()
-        return record
+        return Record(row[2], row[3], at, body)
 
     def flush(self) -> None:
         """Commit every record appended so far. StorageError when the disk refuses: they stay
@@ -445,7 +461,7 @@ class Buffer:
                 continue
             if out and kind != out[0].kind:
                 break
-            out.append(_pending(rid, kind, boot, seq, ts, body))
+            out.append(Pending(rid, kind, boot, seq, ts, body))
             if len(out) == limit:
                 break
         return out
@@ -462,7 +478,7 @@ class Buffer:
                     f"SELECT id, kind, boot, seq, ts, body FROM records WHERE id IN ({marks})",
                     chunk,
                 ).fetchall()
-                out += [_pending(*row) for row in rows]
+                out += [Pending(*row) for row in rows]
         return sorted(out, key=lambda p: p.id)
 
     def confirm(self, spans: Iterable[Span]) -> int:

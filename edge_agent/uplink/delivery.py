@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from edge_agent.errors import MessageError
 from edge_agent.mqtt.session import Backoff, MqttSession
-from edge_agent.protocol.messages import Batch, Confirm, decode_confirm, encode
+from edge_agent.protocol.messages import Confirm, decode_confirm, encode_records
 from edge_agent.protocol.topics import Topics
 from edge_agent.uplink.buffer import Buffer, Pending, TokenBucket
 
@@ -223,14 +223,14 @@ class Sender:
                 break
             kind = pending[0].kind
             ids = [p.id for p in pending]
-            keys = [(p.record.boot, p.record.seq) for p in pending]
+            keys = [p.key for p in pending]
             self.window.sent(kind, ids, keys, self._publish(kind, pending), time.monotonic())
             busy.update(ids)
             out += 1
         return out
 
     def _publish(self, kind: str, pending: list[Pending]) -> int:
-        payload = encode(Batch(self.device_id, tuple(p.record for p in pending)))
+        payload = encode_records(self.device_id, [p.wire() for p in pending])
         return self.session.publish(self.topics.device(self.device_id, kind), payload)
 
     def idle(self) -> bool:
