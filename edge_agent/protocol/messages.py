@@ -275,7 +275,20 @@ def decode_batch(payload: bytes, where: str) -> Batch:
     raw = field_of(obj, "records", list, where)
     records = []
     for i, item in enumerate(raw):
-        at = f"{where}.records[{i}]"
+        if type(item) is dict:  # the common case, checked without naming where
+            boot, seq, ts = item.get("boot"), item.get("seq"), item.get("ts")
+            if (
+                type(boot) is int
+                and type(seq) is int
+                and type(ts) is float
+                and 0 <= boot <= MAX_INT
+                and 0 <= seq <= MAX_INT
+                and math.isfinite(ts)
+            ):
+                del item["boot"], item["seq"], item["ts"]  # what is left is the body
+                records.append(Record(boot, seq, ts, item))
+                continue
+        at = f"{where}.records[{i}]"  # the same checks again, saying what is wrong
         if not isinstance(item, dict):
             raise MessageError(f"{at}: expected an object, got {type_name(item)}")
         boot = field_of(item, "boot", int, at)
