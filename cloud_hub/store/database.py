@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -407,12 +408,20 @@ class Store:
         On PostgreSQL the rows go as one array a column (`unnest`): a statement whose text
         never changes, so the server prepares it once, where a multi-row VALUES of 500 rows
         is 4,000 parameters the driver parses again for every transaction (a third of the
-        hub's time in ingest, measured by bench/hub_capacity_bench.py's profile)."""
+        hub's time in ingest, measured by bench/hub_capacity_bench.py's profile).
+
+        On SQLite they go as multi-row VALUES of plain parameters, the body dumped once: the
+        driver binds them as they are, where SQLAlchemy's executemany processed each row's
+        parameters again (a third of Store.ingest's time, by bench/telemetry_bench.py)."""
         if self.engine.dialect.name != "postgresql":
-            c = records.c  # RETURNING names the rows really inserted
-            return conn.execute(
-                self._insert_once(records).returning(c.id, c.kind, c.device, c.boot, c.seq), rows
-            )
+            inserted: list[Any] = []
+            for start in range(0, len(rows), _SQLITE_ROWS):
+                chunk = rows[start : start + _SQLITE_ROWS]
+                params = tuple(v for r in chunk for v in (*_sqlite_plain(r), dumps(r["body"])))
+                marks = ",".join(["(?,?,?,?,?,?,?,?)"] * len(chunk))
+                sql = f"{_SQLITE_INSERT_RECORDS} VALUES {marks} {_SQLITE_RETURNING}"
+                inserted += conn.exec_driver_sql(sql, params).fetchall()
+            return inserted
         arrays = {name: [cast(row[name]) for row in rows] for name, cast in _PG_ARRAYS.items()}
         return conn.execute(_PG_INSERT_RECORDS, {**arrays, "received": rows[0]["received"]})
 
@@ -867,6 +876,13 @@ class Store:
 
 # Store._insert_records on PostgreSQL: the records as one array a column, each value as its
 # array holds it (the body as the JSON column's text: SQLAlchemy's JSON type writes json.dumps)
+_SQLITE_ROWS = 500  # rows a statement: 4,000 parameters, under SQLite's 32,766
+_sqlite_plain = itemgetter("kind", "device", "boot", "seq", "ts", "received", "rollout")
+_SQLITE_INSERT_RECORDS = (
+    "INSERT INTO records (kind, device, boot, seq, ts, received, rollout, body)"
+)
+# RETURNING names the rows really inserted (a repeat's conflict skips it)
+_SQLITE_RETURNING = "ON CONFLICT DO NOTHING RETURNING id, kind, device, boot, seq"
 _PG_ARRAYS: dict[str, Callable[[Any], Any]] = {
     "kind": str,
     "device": str,
