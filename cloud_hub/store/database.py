@@ -890,7 +890,7 @@ _PG_ARRAYS: dict[str, Callable[[Any], Any]] = {
     "seq": int,
     "ts": float,
     "rollout": lambda value: value,
-    "body": json.dumps,
+    "body": lambda body: dumps(body),  # defined below
 }
 _PG_INSERT_RECORDS = text(
     "INSERT INTO records (kind, device, boot, seq, ts, received, rollout, body) "
