@@ -77,6 +77,23 @@ def test_ingest_counts_only_what_is_new_when_a_batch_repeats_in_part(tmp_path: P
     assert store.add_batch("telemetry", _batch("pi-1", [7])) == 0
 
 
+def test_an_ingest_larger_than_one_statement_stores_each_record_once(tmp_path: Path) -> None:
+    """More rows than one INSERT takes (SQLite: 500 a statement), with repeats on both sides
+    of a statement's edge: the count of new records and the rows stored, read back by SQL,
+    are each key once, its body the first copy's."""
+    store = Store(store_url(tmp_path))
+    assert store.ingest([("telemetry", _batch("pi-1", range(450, 560)))])["telemetry"] == 110
+    first = _batch("pi-1", range(1200))
+    again = Batch("pi-1", tuple(Record(1, s, 5.0, {"count": -1}) for s in range(490, 1210)))
+    new = store.ingest([("telemetry", first), ("telemetry", again)])
+    assert new["telemetry"] == 1210 - 110
+    stored = store.records("telemetry", "pi-1")
+    assert sorted(r.seq for r in stored) == list(range(1210))
+    bodies = {r.seq: r.body["count"] for r in stored}
+    assert all(bodies[s] == s for s in range(1200))  # the first copy of each key won
+    assert all(bodies[s] == -1 for s in range(1200, 1210))
+
+
 def test_one_ingest_registers_new_devices_and_stamps_every_one_seen(tmp_path: Path) -> None:
     """Many devices in one transaction: the known ones stamped, the new ones registered, a
     device removed meanwhile registered again; each record stored once whatever its kind."""
