@@ -326,3 +326,24 @@ def test_the_daemon_imports_its_uplink_and_update_side_where_it_builds_them(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_connecting_to_a_broker_by_an_ascii_name_loads_no_idna_codec() -> None:
+    """getaddrinfo encodes a str host with the IDNA codec, which loads unicodedata (about
+    0.4 MB resident for the daemon's life); the agent's client hands it an ASCII name as bytes."""
+    script = textwrap.dedent(
+        """
+        import socket, sys
+        from edge_agent.mqtt.client import Client
+        server = socket.create_server(("127.0.0.1", 0))
+        client = Client("dev-1", clean_session=True, on_connack=print, on_message=print)
+        client.open("127.0.0.1", server.getsockname()[1], 30)
+        client.open("localhost", server.getsockname()[1], 30)
+        client.close()
+        assert "unicodedata" not in sys.modules and "encodings.idna" not in sys.modules
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
