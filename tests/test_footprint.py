@@ -139,6 +139,7 @@ NOT_FOR_SERVING = (
     "edge_agent.imaging",
     "edge_agent.framing.windows",
     "edge_agent.sources.camera",
+    "edge_agent.system.service_unit",
     # OpenSSL and what only paho-mqtt imported: the agent's MQTT client is its own and hashes
     # with CPython's built-in SHA-256 (edge_agent.update.digest)
     "paho",
