@@ -30,10 +30,7 @@ from edge_agent import __version__, native
 from edge_agent.errors import BadDataError, ConfigError, MessageError, StorageError
 from edge_agent.guard import Failures, run_guarded
 from edge_agent.inference.pipeline import ActiveModel, Pipeline
-from edge_agent.inference.results import ResultPublisher
-from edge_agent.inference.runtime import RuntimeLoader, load_runtime
-from edge_agent.inference.shadow import Shadow
-from edge_agent.mqtt.session import BrokerAddress, MqttSession
+from edge_agent.inference.runtime import load_runtime
 from edge_agent.protocol.commands import SignedCommand, decode_signed_command
 from edge_agent.protocol.inputs import InputState
 from edge_agent.protocol.messages import (
@@ -51,24 +48,29 @@ from edge_agent.protocol.records import (
     WindowInputs,
 )
 from edge_agent.protocol.topics import Topics
-from edge_agent.settings import AgentSettings
 from edge_agent.sources.backlog import Backlog
-from edge_agent.sources.base import Source
-from edge_agent.sources.factory import input_from_config
 from edge_agent.system.fsutil import DISK_ERRNOS, atomic_write, storage_error
 from edge_agent.system.resources import ResourceMeter
 from edge_agent.system.storage_health import StorageHealth
-from edge_agent.update.commands import CommandGate
-from edge_agent.update.mirror import TufMirror
-from edge_agent.update.store import ModelStore
-from edge_agent.update.updater import Downloader, Installed, TransferInterrupted, Updater
-from edge_agent.update.verify import CheckFailed, CheckOpener, CheckProcess, Verifier
-from edge_agent.uplink.buffer import Buffer
-from edge_agent.uplink.delivery import Sender
 from edge_agent.uplink.sampling import RawSampler
 
+# The uplink (MQTT session, buffer, sender), the update side (store, TUF check, transfer) and
+# the sources are imported where the agent builds them, not with this module: a process that
+# only serves a model (and edge-agent's other commands) loads none of them.
 if TYPE_CHECKING:
+    from edge_agent.inference.results import ResultPublisher
+    from edge_agent.inference.runtime import RuntimeLoader
+    from edge_agent.inference.shadow import Shadow
+    from edge_agent.mqtt.session import MqttSession
+    from edge_agent.settings import AgentSettings
+    from edge_agent.sources.base import Source
     from edge_agent.system.identity import DeviceIdentity
+    from edge_agent.update.mirror import TufMirror
+    from edge_agent.update.store import ModelStore
+    from edge_agent.update.updater import Downloader, Installed, Updater
+    from edge_agent.update.verify import CheckOpener, Verifier
+    from edge_agent.uplink.buffer import Buffer
+    from edge_agent.uplink.delivery import Sender
 
 log = logging.getLogger(__name__)
 IDLE_WAIT_S = 5.0  # the longest the idle main loop (a line, a due window or status, or a stop
@@ -121,8 +123,10 @@ class Agent:
         self,
         cfg: AgentSettings,
         open_runtime: RuntimeLoader = load_runtime,
-        open_check: CheckOpener = CheckProcess,
+        open_check: CheckOpener | None = None,
     ) -> None:
+        """`open_check` opens the TUF check of an update cycle: by default a process of its
+        own (edge_agent.update.verify.CheckProcess)."""
         self.cfg = cfg
         self.topics = Topics(cfg.broker.topic_prefix)
         state = cfg.device.state_dir
@@ -146,42 +150,8 @@ class Agent:
             self.boot = last_boot(state) + 1
         self.stop_event = _Stop()
         self._status_model: ModelRef | None = None  # the model the last status named
-        self.buffer = Buffer(
-            state / "buffer.sqlite",
-            None,  # opened by _storage_ready, under the persisted boot
-            cfg.buffer.max_rows,
-            cfg.buffer.max_bytes,
-            cfg.buffer.caps.by_kind(),
-            cfg.buffer.group_rows,
-            cfg.buffer.group_window_s,
-        )
-        self.store = ModelStore(state / "models")
-        self.mirror = TufMirror()
-        self.verifier = Verifier(
-            state / "tuf", self.mirror, cfg.limits.max_bundle_bytes, open_check
-        )
-        self.session = MqttSession(
-            cfg.device.id,
-            BrokerAddress(
-                cfg.broker.host, cfg.broker.port, cfg.broker.username, cfg.broker.password
-            ),
-            will=(self._status_topic, encode(Status(cfg.device.id, online=False, boot=self.boot))),
-            on_connect=self._on_connect,
-            on_bad_message=self._bad_message,
-            on_published=lambda mid: self.sender.on_published(mid),
-            max_inflight=cfg.telemetry.max_inflight * 2,
-        )
-        self.sender = Sender(
-            self.buffer,
-            self.session,
-            self.topics,
-            cfg.device.id,
-            cfg.telemetry.batch_size,
-            cfg.telemetry.max_inflight,
-            drain_rate=cfg.telemetry.drain_rate,
-            confirm_timeout=cfg.telemetry.confirm_timeout_s,
-        )
-        self.results = ResultPublisher.from_settings(cfg.results, cfg.device.id, self._labels)
+        self.buffer, self.session, self.sender = self._build_uplink()
+        self.results = self._build_results()
         self.resources = ResourceMeter(time.monotonic())
         self.pipeline = Pipeline(
             on_drift=lambda r: self.keep("drift", r),
@@ -194,26 +164,8 @@ class Agent:
         rate = cfg.telemetry.raw_sample_rate
         if rate > 0:  # off by default: raw inputs may be personal data
             self.pipeline.sampler = RawSampler(rate, self._raw_sample)
-        self.downloader = Downloader(
-            lambda payload: self.session.publish(
-                self.topics.device(cfg.device.id, "xfer/req"), payload
-            ),
-            cfg.limits.transfer_window,
-            state / "xfer",
-            identity=self._identity,
-            stop=self.stop_event,
-        )
-        self.updater = Updater(
-            self.verifier,
-            CommandGate(cfg.device.id, state / "command-counter.json", self.verifier, self.mirror),
-            self.downloader,
-            self.store,
-            self._event,
-            self._activate,
-            cfg.runtime.threads,
-            cfg.limits.transfer_timeout_s,
-            open_runtime,
-            set_shadow=self._set_shadow,
+        self.store, self.mirror, self.verifier, self.downloader, self.updater = (
+            self._build_update_side(open_runtime, open_check)
         )
         self.lines = Backlog(cfg.pipeline.queue_max, cfg.pipeline.queue_max_bytes)
         self.stop_event.wakes(self.lines)
@@ -227,6 +179,95 @@ class Agent:
         self._sender_thread: threading.Thread | None = None
         self._started = False
         self._storage_ready()
+
+    def _build_uplink(self) -> tuple[Buffer, MqttSession, Sender]:
+        """The telemetry buffer (opened by _storage_ready, under the persisted boot), the MQTT
+        session to the hub, and the sender that drains the one into the other."""
+        from edge_agent.mqtt.session import BrokerAddress, MqttSession
+        from edge_agent.uplink.buffer import Buffer
+        from edge_agent.uplink.delivery import Sender
+
+        cfg = self.cfg
+        buffer = Buffer(
+            cfg.device.state_dir / "buffer.sqlite",
+            None,
+            cfg.buffer.max_rows,
+            cfg.buffer.max_bytes,
+            cfg.buffer.caps.by_kind(),
+            cfg.buffer.group_rows,
+            cfg.buffer.group_window_s,
+        )
+        session = MqttSession(
+            cfg.device.id,
+            BrokerAddress(
+                cfg.broker.host, cfg.broker.port, cfg.broker.username, cfg.broker.password
+            ),
+            will=(self._status_topic, encode(Status(cfg.device.id, online=False, boot=self.boot))),
+            on_connect=self._on_connect,
+            on_bad_message=self._bad_message,
+            on_published=lambda mid: self.sender.on_published(mid),
+            max_inflight=cfg.telemetry.max_inflight * 2,
+        )
+        sender = Sender(
+            buffer,
+            session,
+            self.topics,
+            cfg.device.id,
+            cfg.telemetry.batch_size,
+            cfg.telemetry.max_inflight,
+            drain_rate=cfg.telemetry.drain_rate,
+            confirm_timeout=cfg.telemetry.confirm_timeout_s,
+        )
+        return buffer, session, sender
+
+    def _build_results(self) -> ResultPublisher | None:
+        """The local results feed, where [results] enables it (its own MQTT link)."""
+        if not self.cfg.results.enabled:
+            return None
+        from edge_agent.inference.results import ResultPublisher
+
+        return ResultPublisher.from_settings(self.cfg.results, self.cfg.device.id, self._labels)
+
+    def _build_update_side(
+        self, open_runtime: RuntimeLoader, open_check: CheckOpener | None
+    ) -> tuple[ModelStore, TufMirror, Verifier, Downloader, Updater]:
+        """The model store, the TUF metadata the hub publishes and their check, the transfer
+        of a bundle, and the updater that installs, gates and activates it."""
+        from edge_agent.update.commands import CommandGate
+        from edge_agent.update.mirror import TufMirror
+        from edge_agent.update.store import ModelStore
+        from edge_agent.update.updater import Downloader, Updater
+        from edge_agent.update.verify import CheckProcess, Verifier
+
+        cfg = self.cfg
+        state = cfg.device.state_dir
+        store = ModelStore(state / "models")
+        mirror = TufMirror()
+        verifier = Verifier(
+            state / "tuf", mirror, cfg.limits.max_bundle_bytes, open_check or CheckProcess
+        )
+        downloader = Downloader(
+            lambda payload: self.session.publish(
+                self.topics.device(cfg.device.id, "xfer/req"), payload
+            ),
+            cfg.limits.transfer_window,
+            state / "xfer",
+            identity=self._identity,
+            stop=self.stop_event,
+        )
+        updater = Updater(
+            verifier,
+            CommandGate(cfg.device.id, state / "command-counter.json", verifier, mirror),
+            downloader,
+            store,
+            self._event,
+            self._activate,
+            cfg.runtime.threads,
+            cfg.limits.transfer_timeout_s,
+            open_runtime,
+            set_shadow=self._set_shadow,
+        )
+        return store, mirror, verifier, downloader, updater
 
     @property
     def _status_topic(self) -> str:
@@ -506,6 +547,8 @@ class Agent:
         self.session.start()
         if self.results is not None:
             self.results.start()
+        from edge_agent.sources.factory import input_from_config
+
         for spec in self.cfg.inputs:
             fmt, source = input_from_config(spec)
             source.start(self._on_line(fmt, source.waits))
@@ -532,6 +575,8 @@ class Agent:
         self._sender_thread.start()
 
     def _updater_loop(self) -> None:
+        from edge_agent.update.updater import TransferInterrupted
+
         while not self.stop_event.is_set():
             try:
                 taken = self.commands.get(timeout=IDLE_WAIT_S)
@@ -559,6 +604,8 @@ class Agent:
     def _update_failed(self, cmd: Command, exc: Exception) -> str:
         """The reason a failed update gives the hub: what the disk said when it refused (full,
         read-only), else a pointer to the device log, where the traceback goes."""
+        from edge_agent.update.verify import CheckFailed
+
         if isinstance(exc, CheckFailed):  # not the bundle's fault: the device says what failed
             log.error("update %s failed: %s", cmd.id, exc)
             return str(exc)

@@ -19,7 +19,9 @@ from edge_agent.cli_tools import accept_everywhere, add_completion, add_verbose
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError, EdgefleetError, MessageError, TransportError
 from edge_agent.protocol.inputs import describe, inputs_of
-from edge_agent.system.service_unit import DEFAULT_UNIT_PATH
+
+# where install-service writes the unit (edge_agent.system.service_unit, imported by that command)
+DEFAULT_UNIT_PATH = PurePosixPath("/etc/systemd/system/edge-agent.service")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 from edge_agent.inference.tflite import TFLITE_RUNTIMES
 from edge_agent.mqtt.options import is_results_topic
 from edge_agent.protocol.records import MAX_WINDOW_ROWS
-from edge_agent.uplink.buffer import Cap
+from edge_agent.uplink.caps import Cap
 
 MAX_CAPTURE_ROWS = 1000  # rows of inputs a drift alert may carry to the hub
 

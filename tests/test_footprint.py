@@ -139,6 +139,7 @@ NOT_FOR_SERVING = (
     "edge_agent.imaging",
     "edge_agent.framing.windows",
     "edge_agent.sources.camera",
+    "edge_agent.system.service_unit",
     # OpenSSL and what only paho-mqtt imported: the agent's MQTT client is its own and hashes
     # with CPython's built-in SHA-256 (edge_agent.update.digest)
     "paho",
@@ -238,6 +239,109 @@ def test_a_serving_agent_loads_only_what_serving_needs(tmp_path: Path) -> None:
         assert pipeline.stats.latencies()["p50"] > 0
         loaded = [m for m in {NOT_FOR_SERVING!r} if m in sys.modules]
         assert not loaded, loaded
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+
+
+# what `edge-agent run` builds once its config is read and its model serves (the uplink, the
+# update side, the results feed) or only for an input of another kind: the modules of the
+# daemon's path to its first inference (edge_agent.agent, edge_agent.cli, the config, the
+# pipeline) import none of them, edge_agent.agent imports each where it builds it
+BUILT_BY_THE_AGENT = (
+    "sqlite3",
+    "socket",
+    "edge_agent.uplink.buffer",
+    "edge_agent.uplink.delivery",
+    "edge_agent.mqtt.session",
+    "edge_agent.mqtt.client",
+    "edge_agent.update.store",
+    "edge_agent.update.mirror",
+    "edge_agent.update.verify",
+    "edge_agent.update.commands",
+    "edge_agent.update.updater",
+    "edge_agent.update.partial",
+    "edge_agent.protocol.transfer",
+)
+# ... and what it builds only when configured: the results feed, inputs of the other kinds
+ONLY_WHEN_CONFIGURED = (
+    "edge_agent.inference.results",
+    "edge_agent.sources.folder",
+    "edge_agent.sources.mqtt",
+    "edge_agent.sources.serial_port",
+    "edge_agent.sources.camera",
+)
+
+
+def test_the_daemon_imports_its_uplink_and_update_side_where_it_builds_them(
+    tmp_path: Path,
+) -> None:
+    x, y = load_iris(return_X_y=True)
+    model = LogisticRegression(max_iter=500).fit(x, y)
+    bundle = tmp_path / "iris-1.zip"
+    build_bundle(model, x, y, name="iris", version=1, out=bundle)
+    lines = tmp_path / "sensor.csv"
+    lines.write_text("".join(",".join(repr(float(v)) for v in row) + "\n" for row in x))
+    repo = TufRepository(tmp_path / "hub")
+    repo.init()
+    install_trusted_root(tmp_path / "state" / "tuf", repo.trusted_root())  # enrolled
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[device]\nid = "dev-1"\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[[inputs]]\nkind = "file"\npath = "{lines}"\n',
+        encoding="utf-8",
+    )
+    script = BLOCKER + textwrap.dedent(
+        f"""
+        from pathlib import Path
+        import edge_agent.agent, edge_agent.cli
+        from edge_agent.config import load_config
+        from edge_agent.inference.pipeline import ActiveModel, Pipeline
+        from edge_agent.inference.runtime import load_runtime
+        from edge_agent.sources.factory import input_from_config
+        from edge_agent.update.bundle import read_bundle
+        from edge_agent.update.health import check_health
+        cfg = load_config(Path({str(config)!r}))
+        (fmt, source), = [input_from_config(spec) for spec in cfg.inputs]
+        b = read_bundle(open({str(bundle)!r}, "rb").read(), None, 10**8)
+        rt = load_runtime(b.card, b.model_bytes)
+        assert check_health(b.card, rt).ok
+        pipeline = Pipeline(on_drift=lambda r: None, on_window=lambda r: None)
+        pipeline.active = ActiveModel.build(b.card, rt, 50, 100, 10000)
+        pipeline.process([(fmt, open({str(lines)!r}, "rb").readline().rstrip())])
+        assert pipeline.stats.inferences == 1
+        lazy = {BUILT_BY_THE_AGENT + ONLY_WHEN_CONFIGURED!r}
+        loaded = [m for m in lazy if m in sys.modules]
+        assert not loaded, loaded
+        edge_agent.agent.Agent(cfg)  # builds them: the check above names what it loads
+        missing = [m for m in {BUILT_BY_THE_AGENT!r} if m not in sys.modules]
+        assert not missing, missing
+        loaded = [m for m in {ONLY_WHEN_CONFIGURED!r} if m in sys.modules]
+        assert not loaded, loaded
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_connecting_to_a_broker_by_an_ascii_name_loads_no_idna_codec() -> None:
+    """getaddrinfo encodes a str host with the IDNA codec, which loads unicodedata (about
+    0.4 MB resident for the daemon's life); the agent's client hands it an ASCII name as bytes."""
+    script = textwrap.dedent(
+        """
+        import socket, sys
+        from edge_agent.mqtt.client import Client
+        server = socket.create_server(("127.0.0.1", 0))
+        client = Client("dev-1", clean_session=True, on_connack=print, on_message=print)
+        client.open("127.0.0.1", server.getsockname()[1], 30)
+        client.open("localhost", server.getsockname()[1], 30)
+        client.close()
+        assert "unicodedata" not in sys.modules and "encodings.idna" not in sys.modules
         """
     )
     out = subprocess.run(

@@ -33,6 +33,7 @@ from edge_agent.errors import BundleRejected, ConfigError
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.transfer import CHUNK_SIZE
 from edge_agent.update.bundle import read_bundle
+from edge_agent.update.digest import sha256_hex
 from edge_agent.update.fetcher import MqttFetcher
 from edge_agent.update.store import ActiveRecord, ModelStore
 from edge_agent.update.verify import (
@@ -42,7 +43,6 @@ from edge_agent.update.verify import (
     TufMirror,
     Verifier,
     install_trusted_root,
-    sha256_hex,
 )
 
 MAX_BUNDLE = 1 << 20

@@ -181,7 +181,8 @@ class Client:
             self.client_id, keepalive, self._clean, self._username, self._password, self._will
         )
         self.close()  # a link a failed loop left open is not left behind
-        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
+        address = (_host_name(host), port)  # getaddrinfo takes bytes too (typeshed says str)
+        sock = socket.create_connection(address, timeout=CONNECT_TIMEOUT_S)  # type: ignore[arg-type]
         with contextlib.suppress(OSError):  # small packets leave at once (no Nagle delay)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
@@ -384,3 +385,10 @@ class Client:
             if self._mid not in self._out and self._mid not in self._other_ids:
                 return self._mid
         raise Refused("message queue full (every packet identifier is taken)")
+
+
+def _host_name(host: str) -> str | bytes:
+    """The host as getaddrinfo takes it: an ASCII name (an address, or a name like most) as its
+    bytes, which is what the IDNA codec would make of it; that codec (and unicodedata, about
+    0.4 MB resident for the daemon's life) loads only for a name that needs it."""
+    return host.encode("ascii") if host.isascii() else host

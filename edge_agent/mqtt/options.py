@@ -3,10 +3,14 @@ the MQTT input and the local results feed."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from edge_agent.checks import port_number, positive_int
 from edge_agent.errors import ConfigError, MessageError
-from edge_agent.mqtt.session import Backoff
 from edge_agent.protocol.topics import check_device_id
+
+if TYPE_CHECKING:  # the session (and its socket client) loads with a link, not with the checks
+    from edge_agent.mqtt.session import Backoff
 
 PLACEHOLDER = "{device_id}"  # in a results topic: the device's id
 _SAMPLE_ID = "device-1"
@@ -61,6 +65,8 @@ def reconnect_backoff(where: str, value: object) -> Backoff:
         raise ConfigError(
             f"{where}: 'reconnect_delay' expected first <= longest, found ({first}, {longest})"
         )
+    from edge_agent.mqtt.session import Backoff
+
     return Backoff(initial=first, maximum=longest)
 
 

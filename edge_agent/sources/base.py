@@ -41,6 +41,7 @@ OnStatus = Callable[[str, TransportError | None], None]
 _READ_CHUNK = 65536
 POLL_S = 0.2  # longest a blocked read goes without looking at the stop event
 _JOIN_S = 2.0  # longest stop() waits for a thread
+DEFAULT_IMAGE_BYTES = 4 * 1024 * 1024  # max_image_bytes of a folder, camera or mqtt image input
 
 
 @runtime_checkable

@@ -2,57 +2,55 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from edge_agent.checks import positive_int, suggest
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.input_spec import IMAGE_FORMAT as IMAGE
-from edge_agent.sources.base import OnStatus, Source
-from edge_agent.sources.file import FileSource
-from edge_agent.sources.folder import DEFAULT_IMAGE_BYTES, FolderSource
+from edge_agent.sources.base import DEFAULT_IMAGE_BYTES, OnStatus, Source
 from edge_agent.sources.line_parser import FORMATS
-from edge_agent.sources.mqtt import MqttSource
 
 log = logging.getLogger(__name__)
 
 
-def _serial_source(**settings: Any) -> Source:
-    """A SerialSource, its module (and pyserial) imported only by an agent that reads a port."""
-    from edge_agent.sources.serial_port import SerialSource
-
-    return SerialSource(**settings)
-
-
-def _camera_source(**settings: Any) -> Source:
-    """A CameraSource, its module (and the image encoders) imported only for a camera."""
-    from edge_agent.sources.camera import CameraSource
-
-    return CameraSource(**settings)
+def _build(where: str, settings: dict[str, Any]) -> Source:
+    """The source class at `where` ("module:Class") built from `settings`: a kind's module
+    (and what it needs: pyserial, an MQTT client, image encoders) is imported only by an agent
+    that has an input of that kind."""
+    module, name = where.split(":")
+    source: Source = getattr(importlib.import_module(module), name)(**settings)
+    return source
 
 
-_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[..., Source]]] = {
+# kind -> (required keys, optional keys, "module:Class" of its source)
+_KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "serial": (
         ("port",),
         ("baudrate", "parity", "bytesize", "stopbits", "reopen_delay", "name", "max_line_bytes"),
-        _serial_source,
+        "edge_agent.sources.serial_port:SerialSource",
     ),
     "mqtt": (
         ("topic",),
         ("host", "port", "qos", "username", "password", "keepalive", "name", "max_line_bytes"),
-        MqttSource,
+        "edge_agent.sources.mqtt:MqttSource",
     ),
-    "file": (("path",), ("rate_hz", "loop", "name", "max_line_bytes"), FileSource),
+    "file": (
+        ("path",),
+        ("rate_hz", "loop", "name", "max_line_bytes"),
+        "edge_agent.sources.file:FileSource",
+    ),
     "folder": (
         ("path",),
         ("pattern", "poll_s", "after", "done_folder", "name", "max_image_bytes"),
-        FolderSource,
+        "edge_agent.sources.folder:FolderSource",
     ),
     "camera": (
         (),
         ("device", "fps", "width", "height", "backend", "reopen_delay", "name", "max_image_bytes"),
-        _camera_source,
+        "edge_agent.sources.camera:CameraSource",
     ),
 }
 _CONNECTED = ("serial", "mqtt")  # the kinds with a connection whose events `on_status` hears
@@ -93,7 +91,7 @@ def source_from_config(
         found = "nothing" if kind is None else repr(kind)
         hint = suggest(kind, list(_KINDS)) if isinstance(kind, str) else ""
         raise ConfigError(f"{where}: 'kind' expected {expected}, found {found}.{hint}".rstrip("."))
-    required, optional, build = _KINDS[kind]
+    required, optional, where_built = _KINDS[kind]
     image_mqtt = images and kind == "mqtt"
     if image_mqtt:
         optional = _IMAGE_MQTT
@@ -114,7 +112,7 @@ def source_from_config(
         settings["whole_payloads"] = True
     if on_status is not None and kind in _CONNECTED:
         settings["on_status"] = on_status
-    return build(**settings)
+    return _build(where_built, settings)
 
 
 def input_from_config(cfg: Mapping[str, Any]) -> tuple[str, Source]:

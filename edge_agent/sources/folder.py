@@ -17,13 +17,12 @@ from pathlib import Path
 
 from edge_agent.checks import positive_float, positive_int
 from edge_agent.errors import ConfigError, TransportError
-from edge_agent.sources.base import ThreadedSource, transport_error
+from edge_agent.sources.base import DEFAULT_IMAGE_BYTES, ThreadedSource, transport_error
 
 log = logging.getLogger(__name__)
 
 AFTER = ("keep", "delete", "move")
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")  # files still being written
-DEFAULT_IMAGE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ from pathlib import PurePosixPath
 
 from edge_agent.errors import ConfigError
 
-DEFAULT_UNIT_PATH = PurePosixPath("/etc/systemd/system/edge-agent.service")
 _NEEDS_QUOTES = set(" \t\"'\\;")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from edge_agent.errors import BundleRejected
 from edge_agent.protocol.card import ModelCard, parse_card
 from edge_agent.protocol.reasons import Reason
-from edge_agent.update.verify import sha256_hex
+from edge_agent.update.digest import sha256_hex
 
 
 @dataclass(frozen=True)

@@ -35,3 +35,8 @@ def sha256(data: bytes = b"") -> Any:
     if loaded is not None:
         return loaded.sha256(data)
     return _BUILTIN(data)
+
+
+def sha256_hex(data: bytes) -> str:
+    """The hex SHA-256 of `data`."""
+    return sha256(data).hexdigest()

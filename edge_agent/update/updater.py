@@ -30,10 +30,11 @@ from edge_agent.protocol.reasons import Reason
 from edge_agent.protocol.transfer import Reassembly
 from edge_agent.update.bundle import Bundle, read_bundle
 from edge_agent.update.commands import CommandGate
+from edge_agent.update.digest import sha256_hex
 from edge_agent.update.health import check_health
 from edge_agent.update.partial import PartialTransfer
 from edge_agent.update.store import ModelStore
-from edge_agent.update.verify import VerifiedTarget, Verifier, sha256_hex
+from edge_agent.update.verify import VerifiedTarget, Verifier
 
 if TYPE_CHECKING:  # cryptography (about 6 MB resident) loads with the first encrypted transfer
     from edge_agent.system.identity import DeviceIdentity

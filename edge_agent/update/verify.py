@@ -31,6 +31,9 @@ from edge_agent.protocol.reasons import Reason
 from edge_agent.protocol.transfer import chunk_count
 from edge_agent.system.fsutil import atomic_write
 from edge_agent.update.digest import sha256
+
+# still importable from here, as the hub's harness does; edge_agent imports it from digest
+from edge_agent.update.digest import sha256_hex as sha256_hex
 from edge_agent.update.mirror import TufMirror
 
 log = logging.getLogger(__name__)
@@ -395,7 +398,3 @@ def _digest(algorithm: str, data: bytes) -> str:
 def install_trusted_root(tuf_dir: Path, root: bytes) -> None:
     """Enrollment: the device starts trusting the hub's root metadata."""
     atomic_write(tuf_dir / "root.json", root)
-
-
-def sha256_hex(data: bytes) -> str:
-    return sha256(data).hexdigest()

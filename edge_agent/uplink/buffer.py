@@ -51,13 +51,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from edge_agent.errors import ConfigError, MessageError, StorageError
 from edge_agent.protocol.messages import Record, Span, body_json, record_json
 from edge_agent.system.fsutil import storage_error
+from edge_agent.uplink.caps import Cap
 
 log = logging.getLogger(__name__)
 
@@ -82,26 +82,6 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 # counters rows holding the last (boot, seq) moved from the staging journal into SQLite
 _MOVED = ("moved.boot", "moved.seq")
-
-
-@dataclass(frozen=True)
-class Cap:
-    """At most `max_rows` records and `max_bytes` bytes of bodies (None: no byte cap)."""
-
-    max_rows: int
-    max_bytes: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_rows < 1 or (self.max_bytes is not None and self.max_bytes < 1):
-            raise ConfigError(f"a buffer cap expected positive limits, found {self}")
-
-    def full(self, rows: int, size: int, incoming: int) -> bool:
-        """Whether one more record of `incoming` bytes needs room first. A record larger than
-        the byte cap still goes into an empty class: it is dropped by the next one, not lost
-        unseen."""
-        if rows and self.max_bytes is not None and size + incoming > self.max_bytes:
-            return True
-        return rows >= self.max_rows
 
 
 def next_drop(
