@@ -78,3 +78,25 @@ def test_a_body_json_cannot_hold_is_refused_at_append_and_uses_no_seq(
     assert buf.pending() == 0 and buf.journal.stat().st_size == 0
     assert buf.append("telemetry", {"ok": True}).seq == 0
     buf.close()
+
+
+def test_the_agent_counts_a_body_json_cannot_hold_as_unkept_and_keeps_the_next(
+    tmp_path: Path,
+) -> None:
+    from cloud_hub.rollout.operations import enroll_device, init_hub
+    from edge_agent.agent import Agent
+    from edge_agent.config import load_config
+
+    init_hub(tmp_path / "hub")
+    enroll_device(tmp_path / "hub", "pi-01", tmp_path / "state-pi-01")
+    path = tmp_path / "agent.toml"
+    path.write_text('[device]\nid = "pi-01"\n')
+    agent = Agent(load_config(path))
+    try:
+        agent.keep("telemetry", {"x": math.nan})
+        assert agent.buffer.pending() == 0
+        assert agent.health.condition().unkept == {"telemetry": 1}
+        agent.keep("telemetry", {"x": 1.5})
+        assert [p.record.body for p in agent.buffer.take(10, set())] == [{"x": 1.5}]
+    finally:
+        agent.buffer.close()

@@ -132,7 +132,7 @@ class Pending(NamedTuple):
 
 
 def journal_line(row: _Row) -> bytes:
-    """One staged record as a journal line. The body's JSON (json.dumps, ASCII) holds no tab
+    """One staged record as a journal line. The body's JSON (`body_json`: ASCII) holds no tab
     and no newline, and a kind is a word: tabs part the fields, a newline ends the line."""
     kind, _, boot, seq, ts, text = row
     return f"{kind}\t{boot}\t{seq}\t{ts!r}\t{text}\n".encode()
