@@ -138,6 +138,32 @@ def test_a_folder_gives_each_file_once_then_keeps_deletes_or_moves_it(
     assert stats["files"] == 6 and stats["lines"] == 6 and stats["open"] is False
 
 
+@pytest.mark.parametrize("after", ["delete", "move"])
+def test_a_file_the_callback_raised_on_stays_in_its_folder(folder: Path, after: str) -> None:
+    """A callback that raises (a bug downstream) costs that file's delivery, counted, never the
+    file: it is neither deleted nor moved, so nothing is lost; the files after it go on."""
+    got, raised = Received(), threading.Event()
+
+    def on_file(data: bytes) -> None:
+        if data == b"boom":
+            raised.set()
+            raise ValueError("callback bug")
+        got(data)
+
+    src = FolderSource(folder, pattern="*.bin", poll_s=0.02, after=after)
+    src.start(on_file)
+    try:
+        drop(folder, "a.bin", b"boom")
+        assert raised.wait(WAIT_S)
+        drop(folder, "b.bin", b"fine")  # after a.bin's delivery, whatever the listing order
+        assert got.next() == b"fine"
+    finally:
+        src.stop()
+    assert (folder / "a.bin").read_bytes() == b"boom"
+    assert not (folder / "b.bin").exists()
+    assert src.stats()["callback-errors"] == 1
+
+
 def test_a_large_file_is_cut_and_counted_and_the_framer_refuses_it(folder: Path) -> None:
     got = Received()
     src = FolderSource(folder, poll_s=0.02, max_image_bytes=100)

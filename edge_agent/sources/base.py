@@ -166,7 +166,13 @@ class LineSource:
             self._stats[key] = self._stats.get(key, 0) + n
 
     def _deliver(self, line: bytes) -> bool:
-        """Hands `line` to on_line; False when it was not taken (the agent stopping)."""
+        """Hands `line` to on_line; False when it was not taken (the agent stopping). A line
+        the callback raised on counts as taken: it is dropped, counted and logged (taking it
+        again would raise again), and the source goes on."""
+        return self._hand(line) is not False
+
+    def _hand(self, line: bytes) -> bool | None:
+        """`_deliver`, telling a line the callback raised on (None) from one it took (True)."""
         on_line = self._on_line
         if on_line is None:  # pragma: no cover - start() always sets it
             return False
@@ -176,8 +182,9 @@ class LineSource:
             taken = on_line(line) is not False
         except Exception:
             self._count("callback-errors")
-            log.exception("source %s: the line callback raised; line dropped", self.name)
-            taken = True  # dropped, counted: taking it again would raise again
+            log.exception("source %s: the line callback raised on an input", self.name)
+            self._count("lines")
+            return None
         if taken:
             self._count("lines")
         return taken

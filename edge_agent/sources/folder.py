@@ -173,7 +173,9 @@ class FolderSource(ThreadedSource):
         self._count("files")
         if len(data) > limit:
             self._count("oversize")
-        if self._deliver(data):  # not taken (stopping): the file stays for the next start
+        # disposed of only once taken: a file not taken (stopping) stays for the next start, and
+        # one the callback raised on stays too (counted as a callback error), never deleted
+        if self._hand(data):
             self._dispose(file)
 
     def _dispose(self, file: Path) -> None:
