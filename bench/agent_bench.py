@@ -24,7 +24,10 @@ side by side in one run.
    bundle from disk, load the runtime, warm it and run one line through the pipeline; the wall
    time from spawning the interpreter to that first prediction, and VmRSS / VmHWM after it and
    after 10k more predictions. Baseline: a subprocess that imports only numpy + onnxruntime and
-   opens the bundle's model.onnx.
+   opens the bundle's model.onnx. The daemon row imports edge_agent.agent and edge_agent.cli
+   besides: what those load as modules, not what building an `Agent` loads where it builds its
+   parts (the uplink, the update side), which `edge-agent run` also does before its first
+   inference; its figures are a lower bound for `edge-agent run`'s (row 3 measures its memory).
 
 3. A running agent. `edge-agent run` as a device runs it: enrolled with a hub folder, the bundle
    installed in its model store, connected to a private mosquitto the bench starts (as the tests
