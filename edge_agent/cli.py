@@ -26,7 +26,9 @@ DEFAULT_UNIT_PATH = PurePosixPath("/etc/systemd/system/edge-agent.service")
 
 def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.agent import Agent
+    from edge_agent.system.resources import one_malloc_arena
 
+    one_malloc_arena()  # before the agent's threads start
     agent = Agent(load_config(Path(args.config)))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop_event.set())

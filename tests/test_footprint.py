@@ -154,7 +154,8 @@ NOT_FOR_SERVING = (
 
 def test_an_updated_agent_has_not_loaded_tuf(tmp_path: Path) -> None:
     """The TUF check of an update runs in a process of its own: after a signed bundle was
-    looked up and its bytes checked, the agent holds neither python-tuf nor cryptography."""
+    looked up and its bytes checked, the agent holds neither python-tuf nor cryptography, nor
+    the subprocess module that could have started it."""
     x, y = load_iris(return_X_y=True)
     model = LogisticRegression(max_iter=500).fit(x, y)
     bundle = tmp_path / "iris-1.zip"
@@ -181,6 +182,7 @@ def test_an_updated_agent_has_not_loaded_tuf(tmp_path: Path) -> None:
         verifier.check(found, open({str(bundle)!r}, "rb").read())
         loaded = [m for m in ("tuf", "securesystemslib", "cryptography") if m in sys.modules]
         assert not loaded, loaded
+        assert "subprocess" not in sys.modules  # the check is spawned with os.posix_spawn
         print(found.sha256)
         """
     )

@@ -4,6 +4,9 @@ process."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -96,3 +99,49 @@ def test_meter_on_the_real_proc_of_this_process() -> None:
     zones = list(Path("/sys/class/thermal").glob("thermal_zone*/temp"))
     if not zones:
         assert "temp_c" not in got
+
+
+# a thread that allocates (above pymalloc's small objects, so through malloc), then glibc's
+# malloc_stats, which prints one "Arena N:" per arena to stderr
+ARENAS = textwrap.dedent(
+    """
+    import ctypes, threading
+    from edge_agent.system.resources import one_malloc_arena
+    print(one_malloc_arena())
+    def allocate():
+        kept = [bytes(4000) for _ in range(100)]
+    thread = threading.Thread(target=allocate)
+    thread.start()
+    thread.join()
+    ctypes.CDLL(None).malloc_stats()
+    """
+)
+
+
+@pytest.mark.skipif(
+    not (getattr(os, "confstr", lambda _: "")("CS_GNU_LIBC_VERSION") or "").startswith("glibc"),
+    reason="glibc's malloc only",
+)
+@pytest.mark.parametrize("preset", [None, "4"])
+def test_one_malloc_arena_serves_every_thread_unless_malloc_arena_max_is_set(
+    preset: str | None,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    if preset is not None:
+        env["MALLOC_ARENA_MAX"] = preset
+    out = subprocess.run(
+        [sys.executable, "-c", ARENAS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,  # this checkout's edge_agent
+    )
+    assert out.returncode == 0, out.stderr
+    arenas = out.stderr.count("Arena ")
+    if preset is None:
+        assert out.stdout.split() == ["True"]
+        assert arenas == 1, out.stderr
+    else:  # left to the environment: the thread got an arena of its own
+        assert out.stdout.split() == ["False"]
+        assert arenas == 2, out.stderr
