@@ -1091,9 +1091,9 @@ def verdicts(
         updated_peak,
         updated_peak - bare_peak,
         (
-            f"{updated_peak - peak:+.1f} MB over the daemon before any update: what an "
-            "update's TUF check loads (python-tuf, securesystemslib, cryptography, urllib3) "
-            "stays resident, since Python does not unload modules",
+            f"{updated_peak - peak:+.1f} MB over the daemon before any update: the update's "
+            "TUF check runs in a process of its own (edge_agent.update.tuf_check), so what it "
+            "loads (python-tuf, securesystemslib, cryptography, urllib3) leaves with it",
             None,
         ),
     )
