@@ -72,6 +72,10 @@ def test_sigkill_in_the_middle_of_a_drain_loses_and_repeats_nothing(
     rig.config.write_text(rig.config.read_text().replace("loop = true", "loop = false"))
     agent = rig.start_agent()  # boot 2 finishes the drain, resending what was in flight
     rig.hub_wait("the whole backlog at the hub", lambda: backlog <= set(rig.hub_keys()))
+    # and boot 2's own readings, each sampled raw: what the SIGTERM drain (bounded at 5 s) is
+    # then left with is its last window, not a backlog a loaded machine may not clear in time
+    readings = len((rig.tmp / "readings.csv").read_text().splitlines())
+    rig.hub_wait("boot 2's readings at the hub", lambda: _raw_samples(rig, boot=2) >= readings)
     code, _ = rig.stop_agent(agent)
     assert code == 0, rig.logs()
 
@@ -86,3 +90,9 @@ def test_sigkill_in_the_middle_of_a_drain_loses_and_repeats_nothing(
     assert all(w["resources"]["rss_mb"] > 0 for w in windows)
     assert any("cpu_pct" in w["resources"] for w in windows)
     assert rig.hub.store.telemetry_totals(DEVICE)["inferences"] > 0  # samples count none
+
+
+def _raw_samples(at: Rig, boot: int) -> int:
+    """The raw samples of `boot` the hub stored."""
+    records = at.hub.store.records("telemetry", DEVICE)
+    return sum(1 for r in records if r.boot == boot and "raw" in r.body)
