@@ -176,6 +176,26 @@ def test_a_store_failure_costs_only_the_item_it_failed_on(
     assert confirms == {"pi-1": [(1, 0, 1)], "pi-3": [(1, 0, 1)]}
 
 
+def test_a_number_the_store_cannot_keep_costs_only_its_own_message(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1e999 is valid JSON that Python reads as inf; in a field the body checks do not know it
+    passes them, and the store refuses it (no JSON column holds inf). That is the StoreError of
+    that one message, never an exception out of the hub's loop costing everyone's records."""
+    confirms = _confirms(hub, monkeypatch)
+    good = _message("telemetry", _batch("pi-1", range(3)))
+    bad = (
+        "edgefleet/dev/pi-2/events",
+        b'{"v":1,"device":"pi-2","records":[{"boot":1,"seq":0,"ts":1.0,'
+        b'"event":"healthy","extra":1e999}]}',
+    )
+    hub.handle_all([good, bad])
+    assert hub.rejected["StoreError"] == 1
+    assert hub.stored == {"telemetry": 3}
+    assert hub.store.count("telemetry", "pi-1") == 3 and hub.store.count("events", "pi-2") == 0
+    assert confirms == {"pi-1": [(1, 0, 2)]}
+
+
 def _confirms(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[int, int, int]]]:
     """What the hub confirms on each dev/{id}/ack (its session is never connected here)."""
     seen: dict[str, list[tuple[int, int, int]]] = {}

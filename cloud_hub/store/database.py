@@ -413,16 +413,22 @@ class Store:
         On SQLite they go as multi-row VALUES of plain parameters, the body dumped once: the
         driver binds them as they are, where SQLAlchemy's executemany processed each row's
         parameters again (a third of Store.ingest's time, by bench/telemetry_bench.py)."""
+        try:  # dumped here, not by the engine: a body it cannot keep is its StoreError all the same
+            bodies = [dumps(row["body"]) for row in rows]
+        except ValueError as exc:  # NaN, or a number JSON read as inf (1e999)
+            raise store_error(str(self.engine.url), exc) from exc
         if self.engine.dialect.name != "postgresql":
             inserted: list[Any] = []
             for start in range(0, len(rows), _SQLITE_ROWS):
-                chunk = rows[start : start + _SQLITE_ROWS]
-                params = tuple(v for r in chunk for v in (*_sqlite_plain(r), dumps(r["body"])))
+                end = start + _SQLITE_ROWS
+                chunk = list(zip(rows[start:end], bodies[start:end], strict=True))
+                params = tuple(v for r, body in chunk for v in (*_sqlite_plain(r), body))
                 marks = ",".join(["(?,?,?,?,?,?,?,?)"] * len(chunk))
                 sql = f"{_SQLITE_INSERT_RECORDS} VALUES {marks} {_SQLITE_RETURNING}"
                 inserted += conn.exec_driver_sql(sql, params).fetchall()
             return inserted
         arrays = {name: [cast(row[name]) for row in rows] for name, cast in _PG_ARRAYS.items()}
+        arrays["body"] = bodies
         return conn.execute(_PG_INSERT_RECORDS, {**arrays, "received": rows[0]["received"]})
 
     def _add_labels(
@@ -890,8 +896,7 @@ _PG_ARRAYS: dict[str, Callable[[Any], Any]] = {
     "seq": int,
     "ts": float,
     "rollout": lambda value: value,
-    "body": lambda body: dumps(body),  # defined below
-}
+}  # and "body", dumped by the store's encoder
 _PG_INSERT_RECORDS = text(
     "INSERT INTO records (kind, device, boot, seq, ts, received, rollout, body) "
     "SELECT kind, device, boot, seq, ts, CAST(:received AS float8), rollout, CAST(body AS json) "
