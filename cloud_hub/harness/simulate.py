@@ -40,7 +40,8 @@ from edge_agent.protocol.card import FeatureProfile, ModelCard
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.topics import check_device_id
 from edge_agent.sources.csv_fields import quoted
-from edge_agent.update.verify import CheckInProcess, sha256_hex
+from edge_agent.update.digest import sha256_hex
+from edge_agent.update.verify import CheckInProcess
 
 FEED_TICK_S = 0.1
 # the MQTT client's network loop uses select(), which takes file descriptors below 1024 only;

@@ -34,9 +34,6 @@ from edge_agent.protocol.reasons import Reason
 from edge_agent.protocol.transfer import chunk_count
 from edge_agent.system.fsutil import atomic_write
 from edge_agent.update.digest import sha256
-
-# still importable from here, as the hub's harness does; edge_agent imports it from digest
-from edge_agent.update.digest import sha256_hex as sha256_hex
 from edge_agent.update.mirror import TufMirror
 
 log = logging.getLogger(__name__)
@@ -119,10 +116,13 @@ class CheckProcess:
         self._asked = 0
         self._reaping = threading.Lock()  # a pid is waited for once
         # Python opens descriptors non-inheritable: the child keeps only these two, as 0 and 1
-        child_in, to_child = os.pipe()
-        from_child, child_out = os.pipe()
         argv = [sys.executable, "-P", "-m", "edge_agent.update.tuf_check", str(tuf_dir)]
+        fds: list[int] = []
         try:
+            child_in, to_child = os.pipe()
+            fds += (child_in, to_child)
+            from_child, child_out = os.pipe()
+            fds += (from_child, child_out)
             self._pid = os.posix_spawn(
                 sys.executable,
                 argv,
@@ -133,12 +133,11 @@ class CheckProcess:
                 ],
             )
         except OSError as exc:
-            os.close(to_child)
-            os.close(from_child)
+            for fd in fds:
+                os.close(fd)
             raise CheckFailed(f"the TUF check could not start {sys.executable}: {exc}") from exc
-        finally:
-            os.close(child_in)
-            os.close(child_out)
+        os.close(child_in)
+        os.close(child_out)
         # open for the check's life: `close` and `reap` close them
         self._stdin = open(to_child, "wb")  # noqa: SIM115
         self._stdout = open(from_child, "rb")  # noqa: SIM115
@@ -156,8 +155,8 @@ class CheckProcess:
                 log.warning("the TUF check printed a line that is no reply: %r", line[:200])
         except (OSError, ValueError):  # ValueError: its input was closed already
             pass
-        self.close()
-        self.reap(5.0)  # for its exit code
+        self._close_input()
+        self.reap(5.0)  # here, not on a reaper thread: the error names its exit code
         raise CheckFailed(
             f"the TUF check gave no answer (exit code {self.returncode}; its error, if "
             "any, is in this log)"
@@ -166,11 +165,14 @@ class CheckProcess:
     def close(self) -> None:
         """Its input closes, so it ends; it is reaped on a thread of its own, so the update
         (its install, its health gate) does not wait for that."""
-        with contextlib.suppress(OSError):
-            self._stdin.close()
+        self._close_input()
         reaper = threading.Thread(target=self.reap, args=(5.0,), name="tuf-check-reaper")
         reaper.daemon = True
         reaper.start()
+
+    def _close_input(self) -> None:
+        with contextlib.suppress(OSError):
+            self._stdin.close()
 
     def reap(self, timeout: float) -> None:
         """Waits up to `timeout` seconds for it to end, then kills it; sets `returncode` and
