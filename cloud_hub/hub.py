@@ -19,7 +19,9 @@ devices.
 Each record's body is decoded once here (edge_agent.protocol.records) before it is stored. One
 that does not decode is not stored: it is counted as refused (`malformed`, in `edgehub
 devices`), logged once per device and kind, and confirmed all the same, since sending it
-again would not make it valid; the other records of its batch are stored as ever.
+again would not make it valid; the other records of its batch are stored as ever. So is one
+the store cannot keep (a number JSON reads as infinite, 1e999, in a field the checks do not
+know: no JSON column holds it), found by the store before its statement runs.
 
 Ground truth a device sends on dev/{id}/labels is stored like its other records and joined to
 the predictions it names in the same transaction (cloud_hub.quality.ledger); `quality` (a
@@ -66,7 +68,7 @@ from cloud_hub.signing.commands import COMMAND_TTL, counter_floor, sign_command
 from cloud_hub.signing.deltas import Deltas
 from cloud_hub.signing.tuf_repo import TufRepository
 from cloud_hub.store.database import Ingest, Store, dumps
-from cloud_hub.store.errors import StoreError
+from cloud_hub.store.errors import RecordKey, StoreError, Unstorable
 from cloud_hub.store.url import store_url as home_store
 from edge_agent.errors import BadDataError, MessageError, TransportError
 from edge_agent.mqtt.session import Ack, BrokerAddress, MqttSession
@@ -128,6 +130,31 @@ def check_bodies(kind: str, batch: Batch) -> tuple[Batch, list[Refused]]:
         else:
             good.append(r)
     return Batch(batch.device, tuple(good)), bad
+
+
+def without_records(
+    items: Sequence[Ingest], unstorable: dict[RecordKey, str]
+) -> tuple[list[Ingest], list[Refused]]:
+    """`items` without the `unstorable` records (each key's why, from the store), and those
+    records as refused; a batch left with no record is left out."""
+    kept: list[Ingest] = []
+    bad: list[Refused] = []
+    for item in items:
+        if isinstance(item, Status):
+            kept.append(item)
+            continue
+        kind, batch = item
+        good = []
+        for r in batch.records:
+            why = unstorable.get((kind, batch.device, r.boot, r.seq))
+            if why is None:
+                good.append(r)
+            else:
+                where = f"{kind} record of {batch.device} ({r.boot}, {r.seq})"
+                bad.append((kind, batch.device, r, MessageError(f"{where}: {why}")))
+        if good:
+            kept.append((kind, Batch(batch.device, tuple(good))))
+    return kept, bad
 
 
 def _root_number(name: str) -> int:
@@ -273,7 +300,7 @@ class Hub:
                 self._reject(exc, f"rejected message on {topic}")
             except (OSError, TransportError, StoreError) as exc:  # a transfer, or the quota
                 self._reject(exc, f"could not handle the message on {topic}")
-        committed = self._store(items) if items else []
+        committed = self._store(items, refused) if items else []
         self._confirm(committed, self._refuse_bodies(refused))
         with self.handled:
             self.handled.notify_all()
@@ -299,14 +326,20 @@ class Hub:
         batch = item[1]
         return self.guard.room(batch.device, len(batch.records), self.store.held)
 
-    def _store(self, items: list[Ingest]) -> list[Ingest]:
+    def _store(self, items: list[Ingest], refused: list[Refused]) -> list[Ingest]:
         """Store `items` in one transaction; returns those committed (on a failure, each is
-        tried alone, so only what cannot be stored is left out, counted and logged)."""
+        tried alone, so only what cannot be stored is left out, counted and logged). Records
+        the store cannot keep go to `refused`, like bodies that do not decode, and the rest
+        are stored."""
         try:
             new = self.store.ingest(items)
+        except Unstorable as exc:  # found before any statement: nothing of `items` was written
+            kept, bad = without_records(items, exc.records)
+            refused.extend(bad)
+            return self._store(kept, refused) if kept else []
         except (OSError, TransportError, StoreError) as exc:  # disk or database trouble
             if len(items) > 1:
-                return [done for item in items for done in self._store([item])]
+                return [done for item in items for done in self._store([item], refused)]
             self._reject(exc, f"could not store {_what(items[0])}")
             return []
         with self.handled:
@@ -314,9 +347,10 @@ class Hub:
         return items
 
     def _refuse_bodies(self, refused: list[Refused]) -> list[tuple[str, Record]]:
-        """Count the records whose bodies do not decode as refused (`malformed`) and log the
-        first of each device and kind; returns them to confirm (none if the count could not
-        be stored: then the device sends them again and they are counted then)."""
+        """Count the records refused for their bodies (`malformed`: they do not decode, or the
+        store cannot keep them) and log the first of each device and kind; returns them to
+        confirm (none if the count could not be stored: then the device sends them again and
+        they are counted then)."""
         if not refused:
             return []
         counts: dict[str, Counter[str]] = {}
@@ -331,10 +365,10 @@ class Hub:
             if (device, f"{MALFORMED} {kind}") not in self._refusing:
                 self._refusing.add((device, f"{MALFORMED} {kind}"))
                 log.warning(
-                    "refused a %s record of %s that does not decode (confirmed, not stored; "
+                    "refused a record of %s on %s (confirmed, not stored; "
                     "further ones are only counted in `edgehub devices`): %s",
-                    kind,
                     device,
+                    kind,
                     why,
                 )
         return [(device, record) for _kind, device, record, _exc in refused]

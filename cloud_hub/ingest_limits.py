@@ -20,7 +20,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.uplink.buffer import TokenBucket
 
 RATE, QUOTA = "rate", "quota"  # why a device's message or records were refused
-MALFORMED = "malformed"  # a record whose body does not decode (cloud_hub.hub confirms it)
+MALFORMED = "malformed"  # a record whose body does not decode or cannot be stored (cloud_hub.hub)
 UNCOMMANDED = "uncommanded"  # a chunk request for a target the device was not told to install
 TRANSFER = "transfer"  # chunks asked for past the device's transfer rate (not sent now)
 

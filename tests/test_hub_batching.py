@@ -7,12 +7,14 @@ calls with each batch it takes), and sockets are plain loopback sockets."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from cloud_hub.hub import Hub
 from cloud_hub.store.database import Ingest, Store
@@ -176,24 +178,44 @@ def test_a_store_failure_costs_only_the_item_it_failed_on(
     assert confirms == {"pi-1": [(1, 0, 1)], "pi-3": [(1, 0, 1)]}
 
 
-def test_a_number_the_store_cannot_keep_costs_only_its_own_message(
-    hub: Hub, monkeypatch: pytest.MonkeyPatch
+def test_a_record_the_store_cannot_keep_is_refused_alone_and_confirmed(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """1e999 is valid JSON that Python reads as inf; in a field the body checks do not know it
-    passes them, and the store refuses it (no JSON column holds inf). That is the StoreError of
-    that one message, never an exception out of the hub's loop costing everyone's records."""
+    passes them, and the store cannot keep it (no JSON column holds inf). That record is
+    refused like a body that does not decode: counted, said, confirmed (sending it again would
+    not make it storable), while the records beside it in its batch and in the transaction are
+    stored. Before, its whole message was left unconfirmed, and its device sent it, with its
+    good records, for good."""
     confirms = _confirms(hub, monkeypatch)
     good = _message("telemetry", _batch("pi-1", range(3)))
     bad = (
         "edgefleet/dev/pi-2/events",
-        b'{"v":1,"device":"pi-2","records":[{"boot":1,"seq":0,"ts":1.0,'
-        b'"event":"healthy","extra":1e999}]}',
+        b'{"v":1,"device":"pi-2","records":['
+        b'{"boot":1,"seq":0,"ts":1.0,"event":"healthy"},'
+        b'{"boot":1,"seq":1,"ts":2.0,"event":"healthy","extra":[0.5,1e999]},'
+        b'{"boot":1,"seq":2,"ts":3.0,"event":"healthy"}]}',
     )
-    hub.handle_all([good, bad])
-    assert hub.rejected["StoreError"] == 1
-    assert hub.stored == {"telemetry": 3}
-    assert hub.store.count("telemetry", "pi-1") == 3 and hub.store.count("events", "pi-2") == 0
-    assert confirms == {"pi-1": [(1, 0, 2)]}
+    with caplog.at_level(logging.WARNING, logger="cloud_hub.hub"):
+        hub.handle_all([good, bad])
+    assert not hub.rejected  # no message was lost to an error
+    assert hub.stored == {"telemetry": 3, "events": 2}
+    with hub.store.engine.connect() as conn:  # counted in SQL, not by the store's readers
+        rows = conn.execute(text("SELECT device, kind, seq FROM records ORDER BY device, seq"))
+        assert [tuple(r) for r in rows] == [
+            *(("pi-1", "telemetry", s) for s in range(3)),
+            ("pi-2", "events", 0),
+            ("pi-2", "events", 2),
+        ]
+    assert hub.store.refusals() == {"pi-2": {"malformed": 1}}
+    assert confirms == {"pi-1": [(1, 0, 2)], "pi-2": [(1, 0, 2)]}  # the refused one too
+    said = [
+        r.getMessage()
+        for r in caplog.records
+        if "refused a record of pi-2 on events" in r.getMessage()
+    ]
+    assert len(said) == 1
+    assert "events record of pi-2 (1, 1)" in said[0] and "got inf at extra[1]" in said[0]
 
 
 def _confirms(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[int, int, int]]]:

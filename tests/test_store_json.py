@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.store.database import Store, dumps
-from cloud_hub.store.errors import StoreError
+from cloud_hub.store.database import Ingest, Store, dumps
+from cloud_hub.store.errors import StoreError, Unstorable
 from cloud_hub.store.url import store_url
+from edge_agent.protocol.messages import Batch, Record
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
@@ -41,3 +42,29 @@ def test_dumps_is_plain_json_for_finite_values() -> None:
     assert dumps({"b": 1, "a": [0.5, None, "x"]}) == '{"b": 1, "a": [0.5, null, "x"]}'
     with pytest.raises(ValueError, match="got nan at the top"):
         dumps(math.nan)
+
+
+def test_ingest_names_every_record_it_cannot_keep_and_writes_nothing(
+    each_store: str, tmp_path: Path
+) -> None:
+    """Found before the statement runs, so the hub can refuse those records and store the rest
+    (cloud_hub.hub): Unstorable maps each one's key to where its number is."""
+    store = Store(store_url(tmp_path))
+    try:
+        ok = Record(1, 0, 1.0, {"event": "healthy"})
+        items: list[Ingest] = [
+            ("events", Batch("pi-1", (ok, Record(1, 1, 2.0, {"x": math.inf})))),
+            ("telemetry", Batch("pi-2", (Record(1, 7, 3.0, {"a": {"b": [1.0, -math.inf]}}),))),
+        ]
+        with pytest.raises(Unstorable) as raised:
+            store.ingest(items)
+        assert raised.value.reason == "not-finite"
+        assert raised.value.records == {
+            ("events", "pi-1", 1, 1): "stored JSON: expected finite numbers, got inf at x",
+            ("telemetry", "pi-2", 1, 7): "stored JSON: expected finite numbers, got -inf at a.b[1]",
+        }
+        assert "2 records; the first, events record of pi-1 (1, 1)" in str(raised.value)
+        assert store.count("events", "pi-1") == 0 and store.devices() == []  # nothing written
+        assert store.ingest([("events", Batch("pi-1", (ok,)))]) == {"events": 1}
+    finally:
+        store.engine.dispose()

@@ -60,7 +60,7 @@ from cloud_hub.drift.fleet import pooled_accuracy, pooled_anomalies
 from cloud_hub.quality.labels import FROM_DEVICE, LABEL_GRACE_S, JoinedLabel
 from cloud_hub.quality.ledger import LabelLedger, define_tables, span_of
 from cloud_hub.store import migrations
-from cloud_hub.store.errors import raise_store_errors, store_error
+from cloud_hub.store.errors import RecordKey, Unstorable, raise_store_errors, safe_url, store_error
 from cloud_hub.store.types import WIDE, fit_text
 from edge_agent.errors import MessageError, TransportError
 from edge_agent.protocol.messages import Batch, ModelRef, Status
@@ -337,12 +337,13 @@ class Store:
         new: Counter[str] = Counter()
         devices_seen = {i.device if isinstance(i, Status) else i[1].device for i in items}
         batches = [i for i in items if not isinstance(i, Status)]
+        bodies = self._bodies(batches)  # before the transaction: Unstorable names what is not
         with self.engine.begin() as conn:
             self._seen(conn, sorted(devices_seen), now)  # one order: workers never deadlock
             for item in items:
                 if isinstance(item, Status):
                     self._set_status(conn, item, now)
-            added = self._add_batches(conn, batches, now)
+            added = self._add_batches(conn, batches, bodies, now)
             for kind, _batch, stored in added:
                 new[kind] += len(stored)
             # ground truth (cloud_hub.quality.ledger): the predictions new telemetry names are
@@ -362,25 +363,41 @@ class Store:
         """A birth, a heartbeat (the agent refreshes its retained status) or the last will."""
         self.ingest([status])
 
+    def _bodies(self, batches: Sequence[tuple[str, Batch]]) -> list[str]:
+        """Each record's body as the store keeps it (`dumps`, once), in the order of `batches`
+        and their records. Raises Unstorable naming every record whose body it cannot keep."""
+        out: list[str] = []
+        bad: dict[RecordKey, str] = {}
+        for kind, batch in batches:
+            for r in batch.records:
+                try:
+                    out.append(dumps(r.body))
+                except ValueError as exc:  # NaN, or a number JSON read as inf (1e999)
+                    bad[(kind, batch.device, r.boot, r.seq)] = str(exc)
+        if bad:
+            raise Unstorable(safe_url(str(self.engine.url)), bad)
+        return out
+
     def _add_batches(
-        self, conn: Any, batches: Sequence[tuple[str, Batch]], now: float
+        self, conn: Any, batches: Sequence[tuple[str, Batch]], bodies: list[str], now: float
     ) -> list[tuple[str, Batch, list[tuple[int, int, int]]]]:
-        """Insert the records of all `batches` in one statement; returns each batch with the
-        (id, boot, seq) of its records that were new (a repeat is skipped by the conflict
-        clause, and so is a second copy within `batches`: the first one is stored)."""
+        """Insert the records of all `batches` in one statement, `bodies` their bodies dumped
+        (`_bodies`); returns each batch with the (id, boot, seq) of its records that were new
+        (a repeat is skipped by the conflict clause, and so is a second copy within `batches`:
+        the first one is stored)."""
+        records = [(kind, batch.device, r) for kind, batch in batches for r in batch.records]
         rows = [
             {
                 "kind": kind,
-                "device": batch.device,
+                "device": device,
                 "boot": r.boot,
                 "seq": r.seq,
                 "ts": r.ts,
                 "received": now,
                 "rollout": _rollout_of(kind, r.body),
-                "body": r.body,
+                "body": body,
             }
-            for kind, batch in batches
-            for r in batch.records
+            for (kind, device, r), body in zip(records, bodies, strict=True)
         ]
         if not rows:
             return []
@@ -410,25 +427,20 @@ class Store:
         is 4,000 parameters the driver parses again for every transaction (a third of the
         hub's time in ingest, measured by bench/hub_capacity_bench.py's profile).
 
-        On SQLite they go as multi-row VALUES of plain parameters, the body dumped once: the
-        driver binds them as they are, where SQLAlchemy's executemany processed each row's
-        parameters again (a third of Store.ingest's time, by bench/telemetry_bench.py)."""
-        try:  # dumped here, not by the engine: a body it cannot keep is its StoreError all the same
-            bodies = [dumps(row["body"]) for row in rows]
-        except ValueError as exc:  # NaN, or a number JSON read as inf (1e999)
-            raise store_error(str(self.engine.url), exc) from exc
+        On SQLite they go as multi-row VALUES of plain parameters (each body already dumped,
+        by `_bodies`): the driver binds them as they are, where SQLAlchemy's executemany
+        processed each row's parameters again (a third of Store.ingest's time, by
+        bench/telemetry_bench.py)."""
         if self.engine.dialect.name != "postgresql":
             inserted: list[Any] = []
             for start in range(0, len(rows), _SQLITE_ROWS):
-                end = start + _SQLITE_ROWS
-                chunk = list(zip(rows[start:end], bodies[start:end], strict=True))
-                params = tuple(v for r, body in chunk for v in (*_sqlite_plain(r), body))
+                chunk = rows[start : start + _SQLITE_ROWS]
+                params = tuple(v for r in chunk for v in _sqlite_plain(r))
                 marks = ",".join(["(?,?,?,?,?,?,?,?)"] * len(chunk))
                 sql = f"{_SQLITE_INSERT_RECORDS} VALUES {marks} {_SQLITE_RETURNING}"
                 inserted += conn.exec_driver_sql(sql, params).fetchall()
             return inserted
         arrays = {name: [cast(row[name]) for row in rows] for name, cast in _PG_ARRAYS.items()}
-        arrays["body"] = bodies
         return conn.execute(_PG_INSERT_RECORDS, {**arrays, "received": rows[0]["received"]})
 
     def _add_labels(
@@ -883,7 +895,7 @@ class Store:
 # Store._insert_records on PostgreSQL: the records as one array a column, each value as its
 # array holds it (the body as the JSON column's text: SQLAlchemy's JSON type writes json.dumps)
 _SQLITE_ROWS = 500  # rows a statement: 4,000 parameters, under SQLite's 32,766
-_sqlite_plain = itemgetter("kind", "device", "boot", "seq", "ts", "received", "rollout")
+_sqlite_plain = itemgetter("kind", "device", "boot", "seq", "ts", "received", "rollout", "body")
 _SQLITE_INSERT_RECORDS = (
     "INSERT INTO records (kind, device, boot, seq, ts, received, rollout, body)"
 )
@@ -896,7 +908,8 @@ _PG_ARRAYS: dict[str, Callable[[Any], Any]] = {
     "seq": int,
     "ts": float,
     "rollout": lambda value: value,
-}  # and "body", dumped by the store's encoder
+    "body": str,  # dumped by the store's encoder (Store._bodies)
+}
 _PG_INSERT_RECORDS = text(
     "INSERT INTO records (kind, device, boot, seq, ts, received, rollout, body) "
     "SELECT kind, device, boot, seq, ts, CAST(:received AS float8), rollout, CAST(body AS json) "

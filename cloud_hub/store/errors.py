@@ -59,6 +59,22 @@ class StoreError(TransportError):
         self.detail = detail
 
 
+RecordKey = tuple[str, str, int, int]  # kind, device, boot, seq
+
+
+class Unstorable(StoreError):
+    """Records whose bodies the store cannot keep (a NaN or infinite number: JSON has none),
+    found before any statement ran: `records` maps each one's key to where the number is. The
+    caller may refuse those records for good and store the others."""
+
+    def __init__(self, where: str, records: dict[RecordKey, str]) -> None:
+        (kind, device, boot, seq), why = next(iter(records.items()))
+        first = f"{kind} record of {device} ({boot}, {seq}): {why}"
+        detail = first if len(records) == 1 else f"{len(records)} records; the first, {first}"
+        super().__init__("not-finite", where, detail)
+        self.records = records
+
+
 def reason_of(detail: str) -> str:
     """The reason code of a driver's message (pure)."""
     low = detail.lower()
