@@ -178,23 +178,31 @@ def test_a_store_failure_costs_only_the_item_it_failed_on(
     assert confirms == {"pi-1": [(1, 0, 1)], "pi-3": [(1, 0, 1)]}
 
 
+@pytest.mark.parametrize(
+    ("number", "read_as"), [(b"1e999", "inf"), (b"NaN", "nan"), (b"-Infinity", "-inf")]
+)
 def test_a_record_the_store_cannot_keep_is_refused_alone_and_confirmed(
-    hub: Hub, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    hub: Hub,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    number: bytes,
+    read_as: str,
 ) -> None:
-    """1e999 is valid JSON that Python reads as inf; in a field the body checks do not know it
-    passes them, and the store cannot keep it (no JSON column holds inf). That record is
-    refused like a body that does not decode: counted, said, confirmed (sending it again would
-    not make it storable), while the records beside it in its batch and in the transaction are
-    stored. Before, its whole message was left unconfirmed, and its device sent it, with its
-    good records, for good."""
+    """1e999 is valid JSON that Python reads as inf; NaN and Infinity are not JSON, but an
+    older agent kept bodies with them. In a field the body checks do not know they pass them,
+    and the store cannot keep them (no JSON column holds them). That record is refused like a
+    body that does not decode: counted, said, confirmed (sending it again would not make it
+    storable), while the records beside it in its batch and in the transaction are stored.
+    Before, its whole message was left unconfirmed, and its device sent it, with its good
+    records, for good."""
     confirms = _confirms(hub, monkeypatch)
     good = _message("telemetry", _batch("pi-1", range(3)))
     bad = (
         "edgefleet/dev/pi-2/events",
         b'{"v":1,"device":"pi-2","records":['
         b'{"boot":1,"seq":0,"ts":1.0,"event":"healthy"},'
-        b'{"boot":1,"seq":1,"ts":2.0,"event":"healthy","extra":[0.5,1e999]},'
-        b'{"boot":1,"seq":2,"ts":3.0,"event":"healthy"}]}',
+        b'{"boot":1,"seq":1,"ts":2.0,"event":"healthy","extra":[0.5,%s]},'
+        b'{"boot":1,"seq":2,"ts":3.0,"event":"healthy"}]}' % number,
     )
     with caplog.at_level(logging.WARNING, logger="cloud_hub.hub"):
         hub.handle_all([good, bad])
@@ -215,7 +223,7 @@ def test_a_record_the_store_cannot_keep_is_refused_alone_and_confirmed(
         if "refused a record of pi-2 on events" in r.getMessage()
     ]
     assert len(said) == 1
-    assert "events record of pi-2 (1, 1)" in said[0] and "got inf at extra[1]" in said[0]
+    assert "events record of pi-2 (1, 1)" in said[0] and f"got {read_as} at extra[1]" in said[0]
 
 
 def _confirms(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[int, int, int]]]:

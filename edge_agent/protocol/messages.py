@@ -58,10 +58,13 @@ def _count(value: int, where: str) -> int:
     return value
 
 
-def load_json(payload: bytes, where: str) -> dict[str, Any]:
-    """Bytes -> JSON object with a supported "v"."""
+def load_json(payload: bytes, where: str, constants: bool = False) -> dict[str, Any]:
+    """Bytes -> JSON object with a supported "v". NaN and Infinity (not JSON) are refused,
+    unless `constants`: then they are read as floats, for the reader to refuse where they
+    are."""
     try:
-        obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+        text = payload.decode("utf-8")
+        obj = json.loads(text) if constants else json.loads(text, parse_constant=_reject_constant)
     except UnicodeDecodeError as exc:
         raise MessageError(f"{where}: expected UTF-8 JSON, got undecodable bytes") from exc
     except json.JSONDecodeError as exc:
@@ -270,7 +273,10 @@ class Batch:
 
 
 def decode_batch(payload: bytes, where: str) -> Batch:
-    obj = load_json(payload, where)
+    """A batch of records. A NaN or Infinity in a record's body is read as a float, so that
+    record alone is refused (the hub's store cannot keep it: cloud_hub.hub), not its batch; in
+    a record's envelope, the batch is refused as malformed."""
+    obj = load_json(payload, where, constants=True)
     device = check_device_id(field_of(obj, "device", str, where), f"{where}.device")
     raw = field_of(obj, "records", list, where)
     records = []
