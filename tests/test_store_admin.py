@@ -94,6 +94,32 @@ def test_upgrade_takes_a_store_from_before_migrations_to_the_newest_revision(
     assert json.loads(capsys.readouterr().out) == {"from": head, "to": head, "changed": False}
 
 
+@pytest.mark.usefixtures("each_store")
+def test_a_database_a_newer_edgefleet_migrated_is_refused_in_one_line_and_left_as_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An older hub (a downgrade, or a worker not yet upgraded beside one that was) opening a
+    database at a revision it does not know: status says so, upgrade and every other command
+    refuse it in one line, and nothing is changed."""
+    home = _hub(tmp_path)
+    Store(store_url(home)).engine.dispose()  # migrated to this edgefleet's newest
+    engine = create_engine(store_url(home))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0999'"))
+    info = _status(home, capsys)
+    assert info["revision"] == "0999" and info["newer"] and not info["up_to_date"]
+    assert hub_cli.main(["--home", str(home), "store", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "a newer edgefleet migrated it: upgrade edgefleet" in out and "run `edgehub" not in out
+    for argv in (("store", "upgrade"), ("devices", "list")):
+        err = hub_fails(capsys, "--home", str(home), *argv)
+        assert "a newer edgefleet migrated this database: upgrade edgefleet to use it" in err
+        assert f"its schema revision is 0999; this edgefleet knows up to {migrations.head()}" in err
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0999"
+    engine.dispose()
+
+
 def test_store_commands_refuse_a_missing_hub_and_a_bad_url(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

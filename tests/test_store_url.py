@@ -3,6 +3,7 @@ that cannot be used is one line naming it, its password masked."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,14 @@ def test_the_flag_and_the_variable_reach_postgresql(
     ("url", "needles"),
     [
         ("postgresql+psycopg://edge:s3cret@127.0.0.1:1/hub", ["cannot open or reach", "***"]),
-        ("mysql+nosuchdriver://u@h/db", ["mysql+nosuchdriver"]),
-        ("not a url", ["not a url"]),
+        ("mysql+nosuchdriver://u@h/db", ["stores in sqlite or postgresql, got mysql"]),
+        ("mysql://u:s3cret@h/db", ["expected a database URL such as", "got mysql"]),
+        ("not a url", ["expected a database URL such as", "got 'not a url'"]),
+        ("postgresql://u:s3cret@h:5432x/db", ["expected a database URL", "'5432x'"]),
+        ("edge:s3cret@host", ["expected a database URL", "edge:***@host"]),
+        ("postgresql://postgres@127.0.0.1/no_such_db", ["cannot open", '"no_such_db" does not']),
+        ("postgresql://no_such_role@127.0.0.1/postgres", ["cannot open", "no_such_role"]),
+        ("postgresql://postgres@no-such-host.invalid/db", ["cannot open or reach", "no-such-host"]),
     ],
 )
 def test_a_store_url_that_cannot_be_used_is_one_line(
@@ -80,3 +87,19 @@ def test_device_text_postgresql_refuses_is_stored_cleaned_not_refused_forever() 
         assert row["agent_version"] == "1.0-" + "x" * 28  # 32 characters, the NUL gone
         assert row["profile"] == "rpi4?"
         store.engine.dispose()
+
+
+def test_a_missing_driver_says_which_extra_to_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub installed without the `postgres` extra, given a PostgreSQL URL."""
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    home = tmp_path / "hub"
+    assert main(["--home", str(home), "keys", "init"]) == 0
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # what a missing package looks like
+    url = "postgresql://edge:s3cret@127.0.0.1/hub"
+    assert main(["--home", str(home), "--store", url, "devices", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "s3cret" not in err, err
+    assert "driver is not installed" in err and "pip install 'edgefleet[postgres]'" in err, err

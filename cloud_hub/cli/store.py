@@ -60,6 +60,8 @@ def status_of(url: str, engine: Engine) -> dict[str, Any]:
         "revision": revision,
         "head": head,
         "up_to_date": revision == head,
+        # made by a newer edgefleet: this one cannot upgrade it
+        "newer": revision != BEFORE_MIGRATIONS and not migrations.known(revision),
         "rows": rows,
     }
 
@@ -75,6 +77,8 @@ def cmd_store_status(args: argparse.Namespace) -> int:
         return 0
     revision = info["revision"] or "none (an empty database)"
     behind = "" if info["up_to_date"] else " — run `edgehub store upgrade` (or start the hub)"
+    if info["newer"]:
+        behind = " — a newer edgefleet migrated it: upgrade edgefleet to use this database"
     say(f"store: {info['engine']} at {info['url']}")
     say(f"schema: {revision}, newest {info['head']}{behind}")
     table = Table(title="tables")

@@ -60,7 +60,14 @@ from cloud_hub.drift.fleet import pooled_accuracy, pooled_anomalies
 from cloud_hub.quality.labels import FROM_DEVICE, LABEL_GRACE_S, JoinedLabel
 from cloud_hub.quality.ledger import LabelLedger, define_tables, span_of
 from cloud_hub.store import migrations
-from cloud_hub.store.errors import RecordKey, Unstorable, raise_store_errors, safe_url, store_error
+from cloud_hub.store.errors import (
+    RecordKey,
+    StoreError,
+    Unstorable,
+    raise_store_errors,
+    safe_url,
+    store_error,
+)
 from cloud_hub.store.types import WIDE, fit_text
 from edge_agent.errors import MessageError, TransportError
 from edge_agent.protocol.messages import Batch, ModelRef, Status
@@ -285,6 +292,9 @@ class FleetBucket:
     alerts: int = 0  # drift reports that alerted
 
 
+ENGINES = ("sqlite", "postgresql")  # the backends the store is made and tested for
+
+
 def open_engine(url: str) -> Engine:
     """The engine of the database at `url`, as it is (no migration run): one whose errors are
     StoreErrors, with the SQLite settings the hub relies on. A URL it cannot use, or a driver
@@ -294,10 +304,20 @@ def open_engine(url: str) -> Engine:
         parsed = make_url(url)
         if parsed.drivername in ("postgresql", "postgres"):  # psycopg2 to SQLAlchemy
             parsed = parsed.set(drivername="postgresql+psycopg")  # the postgres extra's
-        if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-            options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        backend = parsed.get_backend_name()
+        parsed.port  # noqa: B018 (read: a port that is no number raises here)
+    except (SQLAlchemyError, ValueError) as exc:  # not a URL, a port that is no number, ...
+        raise StoreError("bad-url", safe_url(url), f"got {safe_url(url)!r} ({exc})") from exc
+    if backend not in ENGINES:
+        names = " or ".join(ENGINES)
+        raise StoreError("bad-url", safe_url(url), f"edgefleet stores in {names}, got {backend}")
+    if backend == "postgresql" and "connect_timeout" not in parsed.query:
+        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    try:
         engine = create_engine(parsed, **options)
-    except (SQLAlchemyError, ImportError) as exc:  # a URL it cannot use, or no driver
+    except ImportError as exc:
+        raise StoreError("no-driver", safe_url(url), str(exc)) from exc
+    except (SQLAlchemyError, ValueError) as exc:  # a driver SQLAlchemy does not know, ...
         raise store_error(url, exc) from exc
     raise_store_errors(engine)
     if engine.dialect.name == "sqlite":

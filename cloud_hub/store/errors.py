@@ -9,6 +9,7 @@ said. The CLI prints it as one line.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -24,12 +25,21 @@ STORE_REASONS = {
     "read-only": "the database is read-only",
     "corrupt": "the database file is damaged",
     "schema": "the database's tables do not match this version of edgefleet",
+    "newer": "a newer edgefleet migrated this database: upgrade edgefleet to use it",
+    "bad-url": "expected a database URL such as postgresql://user:password@host:5432/name "
+    "or sqlite:////path/hub.sqlite",
+    "no-driver": "the database's driver is not installed (PostgreSQL: pip install "
+    "'edgefleet[postgres]')",
     "not-finite": "NaN and Infinity cannot be stored (JSON has no such numbers)",
     "failed": "the database refused the statement",
 }
 # words in a driver's message -> reason (SQLite and PostgreSQL say these)
 _MARKERS = (
     ("expected finite numbers", "not-finite"),  # cloud_hub.store.database.dumps
+    ("no module named", "no-driver"),
+    ("could not translate host name", "unavailable"),
+    ("name or service not known", "unavailable"),
+    ("fatal:", "unavailable"),  # PostgreSQL refused the session: no such database or role, ...
     ("database is locked", "locked"),
     ("database table is locked", "locked"),
     ("could not obtain lock", "locked"),
@@ -82,11 +92,12 @@ def reason_of(detail: str) -> str:
 
 
 def safe_url(url: str) -> str:
-    """The database's address as it may be printed: the password hidden."""
+    """The database's address as it may be printed: the password hidden (of a URL it cannot
+    parse, whatever stands between a colon and an @)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL is shown as given: it holds no usable password
-        return url
+    except Exception:  # not a URL: what may be a password is hidden all the same
+        return re.sub(r":[^:@/]*@", ":***@", url)
 
 
 def store_error(url: str, exc: BaseException) -> StoreError:

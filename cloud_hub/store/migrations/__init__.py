@@ -22,6 +22,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 
+from cloud_hub.store.errors import StoreError, safe_url
+
 HERE = Path(__file__).resolve().parent
 BASELINE = "0001"
 BASELINE_TABLE = "records"  # a table every hub before migrations had
@@ -37,6 +39,21 @@ def script(location: Path = HERE) -> ScriptDirectory:
 def current(connection: Connection) -> str | None:
     """The database's revision; None for a new database or one from before migrations."""
     return MigrationContext.configure(connection).get_current_revision()
+
+
+def known(revision: str | None, location: Path = HERE) -> bool:
+    """Whether this edgefleet knows `revision` (None, a database before any: yes); a database
+    at one it does not know was migrated by a newer edgefleet."""
+    revisions = script(location).walk_revisions()
+    return revision is None or any(r.revision == revision for r in revisions)
+
+
+def newer_error(engine: Engine, revision: str, location: Path = HERE) -> StoreError:
+    return StoreError(
+        "newer",
+        safe_url(str(engine.url)),
+        f"its schema revision is {revision}; this edgefleet knows up to {head(location)}",
+    )
 
 
 def head(location: Path = HERE) -> str:
@@ -55,7 +72,9 @@ def upgrade_from(engine: Engine, location: Path = HERE) -> tuple[str | None, str
     """Bring the database to the newest revision; returns (the revision before, None for an
     empty database, and the newest).
     Workers that open one un-migrated database at once take turns (`_upgrade_lock`): the first
-    migrates, the others find it done."""
+    migrates, the others find it done.
+    A database a newer edgefleet migrated (a revision this one does not know) is a
+    StoreError saying so: nothing is changed, and this edgefleet must be upgraded."""
     scripts = script(location)
     newest = head(location)
     with engine.connect() as connection:  # the common case, without a lock: nothing to do
@@ -66,6 +85,9 @@ def upgrade_from(engine: Engine, location: Path = HERE) -> tuple[str | None, str
         before = current(connection)  # again: another worker may have migrated meanwhile
         if before == newest:
             return before, newest
+        if not known(before, location):
+            assert before is not None
+            raise newer_error(engine, before, location)
         if before is None and inspect(connection).has_table(BASELINE_TABLE):
             MigrationContext.configure(connection).stamp(scripts, BASELINE)
             before = BASELINE  # what it holds: the schema from before migrations
