@@ -368,6 +368,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from cloud_hub.harness.demo import DemoOptions, run_demo
 
     opts = DemoOptions(seconds=args.seconds, broker=args.broker, keep=args.keep, http=args.http)
+    if os.environ.pop(STORE_ENV, None) is not None:  # for its processes too: they inherit it
+        say(f"demo: its hub keeps its own SQLite store in its folder, not {STORE_ENV}'s")
     if args.loop:
         from cloud_hub.harness.loop import run_loop
 
