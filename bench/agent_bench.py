@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 import sklearn
-from bench_machine import machine
+from bench_machine import help_line, machine
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 from sklearn.datasets import load_breast_cancer
@@ -1407,7 +1407,7 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description=help_line(__doc__))
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
 

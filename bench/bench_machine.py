@@ -1,4 +1,4 @@
-"""What every benchmark prints first: the machine it ran on (shared by the bench scripts)."""
+"""What every benchmark shares: the machine it ran on, printed first, and its `--help` line."""
 
 from __future__ import annotations
 
@@ -35,3 +35,8 @@ def machine(**extra: Any) -> dict[str, Any]:
         "numpy": np.__version__,
         **extra,
     }
+
+
+def help_line(doc: str | None) -> str | None:
+    """A bench's `--help` description: the first paragraph of its docstring, as one line."""
+    return " ".join(doc.split("\n\n")[0].split()) if doc else None

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench_machine import machine
+from bench_machine import help_line, machine
 from rich.console import Console
 from rich.table import Table
 
@@ -144,7 +144,7 @@ def measure(rows: int, reps: int) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description=help_line(__doc__))
     parser.add_argument("--rows", type=int, default=5000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--json", action="store_true")

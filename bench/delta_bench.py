@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import sklearn
 import zstandard
-from bench_machine import machine
+from bench_machine import help_line, machine
 from rich.console import Console
 from rich.table import Table
 from sklearn.datasets import load_digits
@@ -320,7 +320,7 @@ def print_table(info: dict[str, Any], rows: list[Row], verdicts: list[dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description=help_line(__doc__))
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     rows = run()

@@ -73,7 +73,7 @@ from typing import Any
 
 import numpy as np
 import sklearn
-from bench_machine import machine
+from bench_machine import help_line, machine
 from rich.console import Console
 from rich.table import Table
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine
@@ -533,7 +533,7 @@ def print_report(report: dict[str, Any], plan: Plan) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description=help_line(__doc__))
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--quick", action="store_true", help="a few windows only (smoke run)")
     parser.add_argument(

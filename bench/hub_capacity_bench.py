@@ -50,7 +50,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench_machine import machine
+from bench_machine import help_line, machine
 from mqtt_load import Publishers, Subscriber
 from sqlalchemy import create_engine, text
 
@@ -456,7 +456,7 @@ def run_store(
 
 def main(argv: list[str] | None = None) -> int:
     global LEVEL_S
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description=help_line(__doc__))
     parser.add_argument(
         "--sizes", default="500,2000,5000,8000,10000", help="fleet sizes, ascending"
     )

@@ -205,12 +205,13 @@ def parse_output(stdout: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    sys.path.insert(0, str(BENCH_DIR))
+    from bench_machine import help_line, machine
+
+    parser = argparse.ArgumentParser(description=help_line(__doc__))
     parser.add_argument("--out", default="BENCHMARKS.md")
     parser.add_argument("--only", help="comma-separated bench names (e.g. rollout,buffer)")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(BENCH_DIR))
-    from bench_machine import machine
 
     benches = sorted(BENCH_DIR.glob("*_bench.py"))
     if args.only:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from bench_machine import machine
+from bench_machine import help_line, machine
 from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 from rich.table import Table
@@ -280,7 +280,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description=help_line(__doc__))
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--sizes", default="1,20", help="model sizes in MB, comma separated")
     parser.add_argument("--json", action="store_true")

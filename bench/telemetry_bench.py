@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from bench_machine import machine
+from bench_machine import help_line, machine
 from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 from rich.table import Table
@@ -442,7 +442,7 @@ def print_table(info: dict[str, Any], result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description=help_line(__doc__))
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--records", type=int, default=RECORDS, help="records per repetition")
     parser.add_argument("--reps", type=int, default=REPS, help="interleaved pairs")
