@@ -103,3 +103,30 @@ def test_a_missing_driver_says_which_extra_to_install(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and "s3cret" not in err, err
     assert "driver is not installed" in err and "pip install 'edgefleet[postgres]'" in err, err
+
+
+def test_both_ends_of_a_postgresql_session_find_a_vanished_peer_in_seconds() -> None:
+    """A leader whose machine went off holds the advisory lock as long as the server keeps its
+    session: TCP's defaults keep it about two hours. Every session of the store asks for
+    keepalives on the hub's end (libpq) and on the server's (the session's settings); what the
+    URL sets itself wins."""
+    from sqlalchemy import text
+
+    from cloud_hub.store.database import KEEPALIVE_IDLE_S, TCP_USER_TIMEOUT_MS
+
+    with fresh_database() as url:
+        for given, idle in ((url, KEEPALIVE_IDLE_S), (f"{url}?keepalives_idle=30", 30)):
+            store = Store(given)
+            try:
+                with store.engine.connect() as conn:
+                    server = {
+                        name: conn.execute(text(f"SHOW {name}")).scalar()
+                        for name in ("tcp_keepalives_idle", "tcp_keepalives_count")
+                    }
+                    assert server == {"tcp_keepalives_idle": "5", "tcp_keepalives_count": "3"}
+                    timeout = conn.execute(text("SHOW tcp_user_timeout")).scalar()
+                    assert timeout == str(TCP_USER_TIMEOUT_MS)
+                    libpq = conn.connection.driver_connection.info.get_parameters()  # type: ignore[union-attr]
+                    assert libpq["keepalives"] == "1" and libpq["keepalives_idle"] == str(idle)
+            finally:
+                store.engine.dispose()

@@ -83,6 +83,26 @@ from edge_agent.protocol.records import (
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10  # a PostgreSQL server that does not answer: said after this, not never
+# A peer gone without closing its socket (a machine powered off, a network cut) is found out
+# after about KEEPALIVE_IDLE_S + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL_S seconds, on both ends:
+# libpq's keepalives for the hub, the server's for each session, so the session of a leader
+# that vanished ends and its advisory lock with it (cloud_hub.cluster.leader), where TCP's
+# defaults would take about two hours. TCP_USER_TIMEOUT_MS bounds data left unacknowledged.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 5, 2, 3
+TCP_USER_TIMEOUT_MS = 15_000
+PG_CONNECT_ARGS = {
+    "connect_timeout": CONNECT_TIMEOUT_S,
+    "keepalives": 1,
+    "keepalives_idle": KEEPALIVE_IDLE_S,
+    "keepalives_interval": KEEPALIVE_INTERVAL_S,
+    "keepalives_count": KEEPALIVE_COUNT,
+    "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+    "options": (
+        f"-c tcp_keepalives_idle={KEEPALIVE_IDLE_S} "
+        f"-c tcp_keepalives_interval={KEEPALIVE_INTERVAL_S} "
+        f"-c tcp_keepalives_count={KEEPALIVE_COUNT} -c tcp_user_timeout={TCP_USER_TIMEOUT_MS}"
+    ),
+}
 B = TypeVar("B", bound=Body)
 
 Ingest = Status | tuple[str, Batch]  # what the hub stores of one device message
@@ -311,8 +331,9 @@ def open_engine(url: str) -> Engine:
     if backend not in ENGINES:
         names = " or ".join(ENGINES)
         raise StoreError("bad-url", safe_url(url), f"edgefleet stores in {names}, got {backend}")
-    if backend == "postgresql" and "connect_timeout" not in parsed.query:
-        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    if backend == "postgresql":  # what the URL sets itself wins
+        own = parsed.query
+        options["connect_args"] = {k: v for k, v in PG_CONNECT_ARGS.items() if k not in own}
     try:
         engine = create_engine(parsed, **options)
     except ImportError as exc:
