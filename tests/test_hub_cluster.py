@@ -6,12 +6,14 @@ its deploy once."""
 
 from __future__ import annotations
 
+import logging
+import shutil
 import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +25,16 @@ from cloud_hub.cli.app import main
 from cloud_hub.cluster.leader import AdvisoryLock, FileLock
 from cloud_hub.harness.commands import serve_argv
 from cloud_hub.harness.simulate import SIM_MODEL, SimOptions, Simulation, build_sim_model
-from cloud_hub.hub import Hub
+from cloud_hub.hub import TUF_STATE, Hub
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.gates import Gates
 from cloud_hub.rollout.operations import init_hub, start_rollout
+from cloud_hub.signing.tuf_repo import TufRepository
 from cloud_hub.store.database import Store, outbox
 from cloud_hub.store.url import STORE_ENV
 from edge_agent.mqtt.session import BrokerAddress
 from tests.support.device_rig import Device
+from tests.support.hub_thread import new_hub, run_hub
 from tests.support.postgres import fresh_database
 from tests.support.processes import Lines, launch, processes  # noqa: F401 (a fixture)
 
@@ -290,3 +294,42 @@ def test_workers_sharing_a_home_on_sqlite_take_turns(tmp_path: Path) -> None:
     first.close()
     assert second.leads() and not first.leads()
     second.close()
+
+
+def test_a_worker_whose_repository_is_behind_the_leaders_never_leads(
+    pg: str, broker: RunningBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Workers each on a copy of the hub folder made once: the leader signs on in its own, and
+    a worker whose copy is older must not take the lead when it dies. Its metadata would be
+    older than what devices hold (they refuse it as a rollback) and it would not have the
+    bundles the fleet runs. It says why and leaves the lock to a worker that can lead."""
+    a_home, b_home = tmp_path / "a", tmp_path / "b"
+    init_hub(a_home)
+    shutil.copytree(a_home, b_home)
+    assert TufRepository(a_home).refresh_timestamp(timedelta(days=36500))  # signed on, in a only
+    a = new_hub(a_home, broker, share="hubs", client_id="edgehub-a")
+    halt = run_hub(a)
+    try:
+        state = _until("published metadata", lambda: a.store.get_state(TUF_STATE), HANDOVER_S)
+        assert state == {"timestamp_version": 2} and a.leading
+    finally:
+        halt()  # gives the lock up
+    b = new_hub(b_home, broker, share="hubs", client_id="edgehub-b")
+    other = AdvisoryLock(b.store.engine)
+    try:
+        with caplog.at_level(logging.ERROR, logger="cloud_hub.hub"):
+            b.tick()
+            b.tick()
+        assert b.leading is False
+        said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(said) == 1, said  # once, not every tick
+        assert "neither leads nor serves what it lacks" in said[0]
+        assert "timestamp version 1, and the cluster's leader published 2" in said[0]
+        assert other.leads()  # b left the lock free for a worker that can lead
+        other.close()
+        shutil.copytree(a_home / "tuf", b_home / "tuf", dirs_exist_ok=True)  # its folder caught up
+        assert b._behind() is None and b.leadership.leads()
+    finally:
+        other.close()
+        b.leadership.close()
+        b.store.engine.dispose()
