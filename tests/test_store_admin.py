@@ -199,3 +199,26 @@ def test_retention_removes_sent_commands_and_keeps_unsent_ones(tmp_path: Path) -
     with store.engine.connect() as c:
         assert c.execute(outbox_rows).scalar_one() == 1
     store.engine.dispose()
+
+
+@pytest.mark.usefixtures("each_store")
+def test_records_stored_so_far_never_go_down_when_retention_removes_some(tmp_path: Path) -> None:
+    """/metrics serves them as a counter (`edgefleet_records_stored_total`, whose rate() is the
+    ingest rate): a count that dropped each time retention pruned would read as a counter reset
+    and chart as a spike of everything stored."""
+    store = Store(store_url(tmp_path))
+    try:
+        for seqs, kind in ((range(5), "telemetry"), (range(5, 7), "events")):
+            records = tuple(Record(1, i, time.time(), {"count": 1}) for i in seqs)
+            store.add_batch(kind, Batch("pi-01", records))
+        assert store.record_counts() == {"telemetry": 5, "events": 2}
+        assert store.prune(time.time() + 1) == 7  # all of them are older than the cutoff
+        assert store.count("telemetry", "pi-01") == 0
+        assert store.record_counts() == {"telemetry": 5, "events": 2}
+        store.add_batch("telemetry", Batch("pi-01", (Record(2, 0, time.time(), {"count": 1}),)))
+        assert store.prune(time.time() - 3600) == 0
+        assert store.record_counts() == {"telemetry": 6, "events": 2}
+        store.prune(time.time() + 1)
+        assert store.record_counts() == {"telemetry": 6, "events": 2}
+    finally:
+        store.engine.dispose()

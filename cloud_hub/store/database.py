@@ -927,10 +927,16 @@ class Store:
         return out
 
     def record_counts(self) -> dict[str, int]:
-        """Records stored so far, by kind."""
+        """Records stored so far, by kind: those held and those retention removed (so the
+        count never goes down), read from one snapshot of the database."""
         q = select(records.c.kind, func.count()).group_by(records.c.kind)
+        pruned_q = select(hub_state.c.value).where(hub_state.c.key == PRUNED_STATE)
         with self.engine.connect() as conn:
-            return {str(kind): int(n) for kind, n in conn.execute(q).all()}
+            if conn.dialect.name == "postgresql":  # both reads in one snapshot
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            held = {str(kind): int(n) for kind, n in conn.execute(q).all()}
+            pruned = conn.execute(pruned_q).scalar() or {}
+        return {k: held.get(k, 0) + int(pruned.get(k, 0)) for k in {*held, *pruned}}
 
 
 # Store._insert_records on PostgreSQL: the records as one array a column, each value as its
@@ -1079,8 +1085,17 @@ def prune_records(store: Store, cutoff: float) -> int:
     """Retention: remove device records received before `cutoff` (epoch seconds), and the
     commands sent before it (every rollout step queues its commands in the outbox; an unsent
     one stays until it is sent)."""
+    old = records.c.received < cutoff
     with store.engine.begin() as conn:
-        result = conn.execute(delete(records).where(records.c.received < cutoff))
+        by_kind = select(records.c.kind, func.count()).where(old).group_by(records.c.kind)
+        going = {str(kind): int(n) for kind, n in conn.execute(by_kind).all()}
+        result = conn.execute(delete(records).where(old))
+        if going:  # what `record_counts` adds back: its counts never go down
+            key = hub_state.c.key == PRUNED_STATE
+            pruned = conn.execute(select(hub_state.c.value).where(key)).scalar() or {}
+            total = {k: int(pruned.get(k, 0)) + going.get(k, 0) for k in {*pruned, *going}}
+            conn.execute(store._insert_once(hub_state), [{"key": PRUNED_STATE, "value": total}])
+            conn.execute(update(hub_state).where(key).values(value=total))
         store.ledger.prune(conn, cutoff)
         conn.execute(delete(outbox).where(outbox.c.sent < cutoff))
     return int(result.rowcount or 0)
@@ -1093,6 +1108,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
+
+PRUNED_STATE = "pruned_records"  # hub_state: kind -> records retention removed so far
 
 _JSON = json.JSONEncoder(allow_nan=False)  # made once: json.dumps makes one a call with options
 
