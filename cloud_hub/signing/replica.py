@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -56,19 +55,6 @@ def replica_for(home: Path) -> Replica | None:
     """The replica of `home`'s repository, where its store is PostgreSQL."""
     url = store_url(home)
     return Replica(url) if url.startswith(("postgresql", "postgres:")) else None
-
-
-# the metadata files a repository has: versions of root, and the top-level roles
-METADATA_NAME = re.compile(
-    r"metadata/([1-9][0-9]{0,8}\.root|root|targets|snapshot|timestamp)\.json"
-)
-
-
-def _target(name: str) -> bool:
-    """A target's name: under targets/, with no part that leads out of it (what the signed
-    metadata names is checked again before anything is written)."""
-    parts = name.split("/")
-    return len(parts) > 1 and parts[0] == "targets" and all(p not in ("", ".", "..") for p in parts)
 
 
 def _order(name: str) -> tuple[int, str]:
@@ -145,10 +131,6 @@ class Replica:
                     raise StoreError("corrupt", where, f"{name} does not match its sha256")
                 return data
 
-            strays = [n for n in wanted if not METADATA_NAME.fullmatch(n) and not _target(n)]
-            for name in strays:  # no file of a repository: never written anywhere
-                log.warning("the store holds %r, which is no file of a TUF repository", name)
-                del wanted[name]
             if not wanted:  # the folder holds it all: noted, so the files are not read again
                 if any(manifest.get(name) != digest for name, digest in listed):
                     _save_manifest(folder, {**manifest, **dict(listed)})
@@ -160,7 +142,7 @@ class Replica:
                 where = safe_url(self._url)
                 raise StoreError("corrupt", where, f"its TUF metadata: {exc}") from exc
             refused = set()
-            for name in sorted(n for n in wanted if n.startswith("targets/")):  # signed names
+            for name in sorted(n for n in wanted if n.startswith("targets/")):
                 data = fetch(name)
                 signed = signed_targets.get(name.removeprefix("targets/"))
                 if signed != sha256_hex(data):  # unsigned, or not what was signed: not taken
