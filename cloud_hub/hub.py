@@ -102,6 +102,7 @@ INGEST_BATCH = 500  # messages stored in one transaction, then acknowledged
 # window held some back: at thousands of confirmations a second the queue grew to its 65,535
 # ids and confirmations were refused.) Unacknowledged, they are bounded by the 65,535 ids.
 CONFIRMS_IN_FLIGHT = 0
+TUF_STATE = "tuf"  # hub_state: the timestamp version the leader last published
 UNCONFIRMED_LOG_S = 60.0
 TICK_S = 0.25
 PRUNE_EVERY_S = 60.0
@@ -226,6 +227,7 @@ class Hub:
         self._targets: dict[str, bytes] = {}
         self._transfer_keys: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._published_ts = 0
+        self._said_behind = False  # the log said this worker's repository is behind
         self._next_timestamp_check = 0.0
         self._command_key: Signer | None = None
         self.retrain = Ticker(RetrainHub(home, self.store, StoreLabels(self.store)))
@@ -419,7 +421,6 @@ class Hub:
         quality watch and retraining policies."""
         now = time.time() if now is None else now
         try:
-            self.repo.sync()  # what another worker signed (cloud_hub.signing.replica)
             self._note_refusals(now)
             if self._leads():
                 self._lead(now)
@@ -427,7 +428,19 @@ class Hub:
             self._reject(exc, "tick")
 
     def _leads(self) -> bool:
-        leading = self.leadership.leads()
+        cluster = self._behind()
+        if cluster is None:
+            self._said_behind = False
+            leading = self.leadership.leads()
+        else:  # its metadata would be older than what devices hold: they refuse a rollback
+            self.leadership.close()
+            leading = False
+            if not self._said_behind:
+                self._said_behind = True
+                log.error(
+                    "this worker neither leads nor serves what it lacks: %s",
+                    self._behind_why(cluster),
+                )
         if leading != self.leading and not isinstance(self.leadership, Sole):
             log.warning(
                 "this worker %s",
@@ -544,6 +557,23 @@ class Hub:
         return self._command_key
 
     # ---- TUF ----------------------------------------------------------------------------
+    def _behind(self) -> int | None:
+        """The timestamp version of the TUF metadata the cluster's leader last published, when
+        this worker's repository is older (its hub folder is not the one the leader signs in,
+        or a copy left behind), else None. A worker alone on its store is never behind."""
+        if isinstance(self.leadership, Sole) or not self.repo.initialised:
+            return None
+        cluster = int((self.store.get_state(TUF_STATE) or {}).get("timestamp_version", 0))
+        return cluster if self.repo.timestamp_version() < cluster else None
+
+    def _behind_why(self, cluster: int) -> str:
+        return (
+            f"its TUF repository ({self.home / 'tuf'}) is at timestamp version "
+            f"{self.repo.timestamp_version()}, and the cluster's leader published {cluster}; "
+            "every worker must use the hub folder the leader signs in (on a shared filesystem "
+            "across machines)"
+        )
+
     def _publish_tuf(self) -> None:
         now = time.monotonic()
         if now >= self._next_timestamp_check:
@@ -559,6 +589,7 @@ class Hub:
             self.session.publish_wait(self.topics.tuf(name), files[name], timeout=10, retain=True)
         self._targets.clear()
         self._published_ts = version
+        self.store.set_state(TUF_STATE, {"timestamp_version": version})  # for the other workers
         log.info("published TUF metadata, timestamp version %d", version)
 
     # ---- transfer -----------------------------------------------------------------------
@@ -571,10 +602,12 @@ class Hub:
             return
         data = self._targets.get(req.target)
         if data is None:
-            if req.target not in self.repo.targets() and not (
-                self.repo.sync() and req.target in self.repo.targets()  # signed elsewhere
-            ):
-                raise MessageError(f"xfer/req from {device}: {req.target!r} is not a signed target")
+            if req.target not in self.repo.targets():
+                cluster = self._behind()
+                where = "" if cluster is None else f" here: {self._behind_why(cluster)}"
+                raise MessageError(
+                    f"xfer/req from {device}: {req.target!r} is not a signed target{where}"
+                )
             data = self._targets[req.target] = self.repo.read_target(req.target)
         total = chunk_count(len(data))
         bad = [i for i in req.chunks if i >= total]

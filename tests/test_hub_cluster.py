@@ -6,8 +6,7 @@ its deploy once."""
 
 from __future__ import annotations
 
-import hashlib
-import json
+import logging
 import shutil
 import subprocess
 import threading
@@ -26,17 +25,14 @@ from cloud_hub.cli.app import main
 from cloud_hub.cluster.leader import AdvisoryLock, FileLock
 from cloud_hub.harness.commands import serve_argv
 from cloud_hub.harness.simulate import SIM_MODEL, SimOptions, Simulation, build_sim_model
-from cloud_hub.hub import Hub
+from cloud_hub.hub import TUF_STATE, Hub
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.gates import Gates
-from cloud_hub.rollout.operations import init_hub, open_repo, publish_bundle, start_rollout
+from cloud_hub.rollout.operations import init_hub, start_rollout
 from cloud_hub.signing.tuf_repo import TufRepository
 from cloud_hub.store.database import Store, outbox
-from cloud_hub.store.errors import StoreError
 from cloud_hub.store.url import STORE_ENV
-from edge_agent.errors import ConfigError
 from edge_agent.mqtt.session import BrokerAddress
-from tests.support.cli import bundle
 from tests.support.device_rig import Device
 from tests.support.hub_thread import new_hub, run_hub
 from tests.support.postgres import fresh_database
@@ -300,122 +296,40 @@ def test_workers_sharing_a_home_on_sqlite_take_turns(tmp_path: Path) -> None:
     second.close()
 
 
-def test_workers_on_folders_of_their_own_serve_and_sign_one_repository(
-    pg: str, tmp_path: Path
+def test_a_worker_whose_repository_is_behind_the_leaders_never_leads(
+    pg: str, broker: RunningBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Workers on other machines, each with a hub folder of its own: one made by `keys init`,
-    one given only the keys (it may lead), one given nothing (`--ingest-only`). Each finds
-    the targets and metadata signed in any of them, signing in any goes on from the newest
-    metadata (versions only go up, so devices never see a rollback), and a second `keys init`
-    on the same database is refused."""
-    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    init_hub(a)
-    shutil.copytree(a / "keys", b / "keys")
-    c.mkdir()
-    for version, home in ((1, a), (2, b)):  # signed in a, then in b
-        path = tmp_path / f"wine-{version}.zip"
-        path.write_bytes(bundle("wine", version))
-        publish_bundle(home, path)
-    repos = {home.name: open_repo(home) for home in (a, b, c)}  # each brought up to the store
-    assert {r.timestamp_version() for r in repos.values()} == {3}  # init, then each publish
-    for repo in repos.values():
-        assert sorted(repo.targets()) == ["wine/1.zip", "wine/2.zip"]
-        assert repo.read_target("wine/2.zip") == bundle("wine", 2)
-        assert repo.published() == repos["a"].published()
-    assert repos["c"].replica is not None and not (c / "keys").exists()  # it signs nothing
-    assert repos["b"].refresh_timestamp(timedelta(days=36500))
-    assert repos["a"].timestamp_version() == 3  # a's folder: until it syncs
-    assert repos["a"].sync() and repos["a"].timestamp_version() == 4
-    with pytest.raises(ConfigError, match="already holds a TUF repository"):
-        init_hub(tmp_path / "d")
-
-
-def test_a_worker_on_its_own_folder_leads_on_from_the_newest_metadata(
-    pg: str, broker: RunningBroker, tmp_path: Path
-) -> None:
-    """The leader dies after signing what the other worker's folder never saw: the other,
-    leading next, publishes the newest metadata (devices would refuse an older one)."""
+    """Workers each on a copy of the hub folder made once: the leader signs on in its own, and
+    a worker whose copy is older must not take the lead when it dies. Its metadata would be
+    older than what devices hold (they refuse it as a rollback) and it would not have the
+    bundles the fleet runs. It says why and leaves the lock to a worker that can lead."""
     a_home, b_home = tmp_path / "a", tmp_path / "b"
     init_hub(a_home)
-    shutil.copytree(a_home / "keys", b_home / "keys")  # all a worker on another machine gets
+    shutil.copytree(a_home, b_home)
+    assert TufRepository(a_home).refresh_timestamp(timedelta(days=36500))  # signed on, in a only
     a = new_hub(a_home, broker, share="hubs", client_id="edgehub-a")
     halt = run_hub(a)
     try:
-        _until("a leading", lambda: a.leading, HANDOVER_S)
-        path = tmp_path / "wine-1.zip"
-        path.write_bytes(bundle("wine", 1))
-        publish_bundle(a_home, path)  # `edgehub model publish` on a's machine
-        _until("a publishing it", lambda: a._published_ts == 2, HANDOVER_S)
+        state = _until("published metadata", lambda: a.store.get_state(TUF_STATE), HANDOVER_S)
+        assert state == {"timestamp_version": 2} and a.leading
     finally:
         halt()  # gives the lock up
     b = new_hub(b_home, broker, share="hubs", client_id="edgehub-b")
-    halt = run_hub(b)
+    other = AdvisoryLock(b.store.engine)
     try:
-        _until("b leading", lambda: b.leading, HANDOVER_S)
-        _until("b publishing", lambda: b._published_ts, HANDOVER_S)
-        assert b._published_ts == 2 and "wine/1.zip" in b.repo.targets()
+        with caplog.at_level(logging.ERROR, logger="cloud_hub.hub"):
+            b.tick()
+            b.tick()
+        assert b.leading is False
+        said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(said) == 1, said  # once, not every tick
+        assert "neither leads nor serves what it lacks" in said[0]
+        assert "timestamp version 1, and the cluster's leader published 2" in said[0]
+        assert other.leads()  # b left the lock free for a worker that can lead
+        other.close()
+        shutil.copytree(a_home / "tuf", b_home / "tuf", dirs_exist_ok=True)  # its folder caught up
+        assert b._behind() is None and b.leadership.leads()
     finally:
-        halt()
-
-
-def test_a_file_changed_in_the_database_behind_the_hubs_back_is_not_taken(
-    pg: str, tmp_path: Path
-) -> None:
-    """The store's copy must match the digest it was written with; one that does not is a
-    StoreError (what the hub's tick logs and goes on from), never written into a folder."""
-    init_hub(tmp_path / "a")
-    engine = create_engine(pg)
-    try:
-        with engine.begin() as conn:
-            conn.execute(
-                text("UPDATE repo_files SET data = :d WHERE name = 'metadata/timestamp.json'"),
-                {"d": b'{"signed": {"version": 99}}'},
-            )
-    finally:
-        engine.dispose()
-    with pytest.raises(StoreError, match=r"metadata/timestamp\.json does not match its sha256"):
-        open_repo(tmp_path / "b")
-    assert not (tmp_path / "b" / "tuf" / "metadata" / "timestamp.json").exists()
-
-
-def test_what_the_keys_did_not_sign_is_not_taken_from_the_database(pg: str, tmp_path: Path) -> None:
-    """Whoever can write the hub's database must not get the signing side to sign, or any
-    worker to serve, what the hub's keys did not sign: a target entry added to targets.json
-    (its digest set to match) is refused as unsigned metadata, a bundle swapped for another
-    (its digest too) is not written, and the folder keeps what it had."""
-    a = tmp_path / "a"
-    init_hub(a)
-    path = tmp_path / "wine-1.zip"
-    path.write_bytes(bundle("wine", 1))
-    publish_bundle(a, path)
-    engine = create_engine(pg)
-
-    def forge(name: str, data: bytes) -> None:
-        with engine.begin() as conn:
-            conn.execute(
-                text("UPDATE repo_files SET data = :d, sha256 = :h WHERE name = :n"),
-                {"d": data, "h": hashlib.sha256(data).hexdigest(), "n": name},
-            )
-
-    try:
-        forge("targets/wine/1.zip", bundle("wine", 1) + b"\\0")  # b: a worker new to the cluster
-        b = open_repo(tmp_path / "b")
-        assert not (tmp_path / "b" / "tuf" / "targets" / "wine" / "1.zip").exists()
-        assert "wine/1.zip" in b.targets()  # the signed metadata came; the bundle did not
-        signed = json.loads((a / "tuf" / "metadata" / "targets.json").read_bytes())
-        signed["signed"]["targets"]["evil/1.zip"] = signed["signed"]["targets"]["wine/1.zip"]
-        signed["signed"]["version"] += 1
-        forge("metadata/targets.json", json.dumps(signed).encode())
-        assert a.joinpath("keys").is_dir()  # a signing side
-        with pytest.raises(StoreError, match="its TUF metadata"):
-            TufRepository(a).refresh_timestamp(timedelta(days=36500))  # signs on top of it
-        assert "evil/1.zip" not in open_repo_quiet(a).targets()
-    finally:
-        engine.dispose()
-
-
-def open_repo_quiet(home: Path) -> TufRepository:
-    """The folder's repository as it is (no sync from the store)."""
-    repo = TufRepository(home)
-    repo.replica = None
-    return repo
+        other.close()
+        b.leadership.close()
+        b.store.engine.dispose()

@@ -20,7 +20,6 @@ from cloud_hub.store.database import Store, metadata
 from cloud_hub.store.url import STORE_ENV, store_url
 from edge_agent.protocol.messages import Batch, Record
 from tests.support.cli import hub_fails
-from tests.support.old_store import create_before_migrations
 from tests.support.postgres import fresh_database
 from tests.support.processes import launch, processes  # noqa: F401 (a fixture)
 
@@ -79,7 +78,7 @@ def test_upgrade_takes_a_store_from_before_migrations_to_the_newest_revision(
     home = tmp_path / "hub"
     home.mkdir()
     engine = create_engine(store_url(home))
-    create_before_migrations(engine)  # what a hub from before migrations made
+    metadata.create_all(engine)  # what a hub from before migrations made
     engine.dispose()
 
     info = _status(home, capsys)  # status changes nothing

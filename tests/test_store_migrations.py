@@ -18,7 +18,6 @@ from cloud_hub.store import migrations
 from cloud_hub.store.database import Store, metadata, records
 from cloud_hub.store.url import store_url
 from edge_agent.protocol.messages import Batch, Record
-from tests.support.old_store import create_before_migrations
 
 pytestmark = pytest.mark.usefixtures("each_store")  # on SQLite and on PostgreSQL
 
@@ -65,7 +64,7 @@ def test_a_new_store_is_the_declared_schema_at_the_newest_revision(tmp_path: Pat
 def test_a_store_from_before_migrations_is_taken_over_with_its_records(tmp_path: Path) -> None:
     url = store_url(tmp_path)
     engine = create_engine(url)
-    create_before_migrations(engine)  # what every hub before migrations did on open
+    metadata.create_all(engine)  # what every hub before migrations did on open
     with engine.begin() as c:  # and the records it stored
         assert migrations.current(c) is None
         c.execute(

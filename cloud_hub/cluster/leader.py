@@ -8,12 +8,10 @@ ends (SIGKILL included: the socket closes), and the next worker to ask, on its n
 leads. A leader whose machine vanished (powered off, cut off) closes no socket: the server's
 keepalives end its session within about 15 s (cloud_hub.store.database.PG_CONNECT_ARGS), and
 that leader's own end gives up as soon. A leader process that hangs on a live machine keeps it.
-On SQLite (workers share one machine and one home) the same is a `flock` on HOME/leader.lock,
-which the kernel drops with the process. A worker that loses its lock (its database connection
-broke) stops leading at once and asks again on later ticks.
-
-Each worker brings its hub folder's TUF repository up to the store's on every tick
-(cloud_hub.signing.replica), so whichever leads signs on from the newest metadata.
+A worker whose TUF repository is behind the one the leader published does not ask at all
+(cloud_hub.hub). On SQLite (workers share one machine and one home) the same is a `flock` on
+HOME/leader.lock, which the kernel drops with the process. A worker that loses its lock (its
+database connection broke) stops leading at once and asks again on later ticks.
 """
 
 from __future__ import annotations

@@ -34,7 +34,6 @@ def init_hub(home: Path) -> TufRepository:
 
 def open_repo(home: Path) -> TufRepository:
     repo = TufRepository(home)
-    repo.sync()  # what another hub folder signed into the store (cloud_hub.signing.replica)
     if not repo.initialised:
         raise ConfigError(f"{home}: no hub here; run `edgehub --home {home} keys init` first")
     return repo

@@ -52,7 +52,6 @@ from cloud_hub.signing.keys import (
     is_encrypted,
     load_key,
 )
-from cloud_hub.signing.replica import files_of, replica_for
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.transfer import chunk_bounds, chunk_count
@@ -110,12 +109,8 @@ class TufRepository:
     ) -> None:
         self.home = home
         self.expiry = expiry or Expiry()
-        self.tuf_dir = home / "tuf"
-        self.metadata_dir = self.tuf_dir / "metadata"
-        self.targets_dir = self.tuf_dir / "targets"
-        # on a PostgreSQL store, the repository is in the store too (workers on other machines)
-        self.replica = replica_for(home)
-        self._written: set[str] = set()  # files a change wrote, for the replica
+        self.metadata_dir = home / "tuf" / "metadata"
+        self.targets_dir = home / "tuf" / "targets"
         self.keys_dir = home / "keys"
         self.retired_dir = self.keys_dir / "retired"
         self.passphrase_prompt = passphrase_prompt
@@ -130,12 +125,6 @@ class TufRepository:
         """Keys for every role and version 1 of each role's metadata."""
         if self.initialised:
             raise ConfigError(f"{self.home}: a TUF repository is already there")
-        if self.replica is not None and self.replica.holds():
-            raise ConfigError(
-                f"{self.home}: the hub's store already holds a TUF repository, signed in another "
-                "hub folder: copy that folder's keys (HOME/keys) here to sign in this one too, "
-                "or give this hub a database of its own"
-            )
         signers = {role: generate_key(self.key_path(role)) for role in KEY_ROLES}
         root = Root(expires=_expires(self.expiry.root), consistent_snapshot=False)
         for role in ROLES:
@@ -202,7 +191,6 @@ class TufRepository:
     ) -> None:
         """Store `data` as target `path` and sign it in with `custom` (under the lock)."""
         atomic_write(self.targets_dir / path, data)
-        self._written.add(f"targets/{path}")
         # chunk_sha256: checked by the device as each chunk arrives (edge_agent/update/updater.py)
         fields = {"custom": {**custom, "chunk_sha256": chunk_hashes(data)}}
         target = TargetFile.from_data(path, data, ["sha256"])
@@ -490,37 +478,8 @@ class TufRepository:
         return resolved.read_bytes()
 
     # ---- plumbing -----------------------------------------------------------------------
-    def sync(self) -> bool:
-        """Bring the folder up to the repository in the store, where the store holds a newer
-        one (cloud_hub.signing.replica); True if it wrote anything."""
-        if self.replica is None:
-            return False
-        theirs = self.replica.timestamp_version()
-        if theirs is None or (self.initialised and theirs <= self.timestamp_version()):
-            return False
-        with self._folder_locked():
-            return self.replica.pull(self.tuf_dir) > 0
-
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """The folder's lock; with a replica, the store's repository lock too: the folder is
-        brought up to the store's repository first, and what the section wrote goes to the
-        store after it (the whole folder, the first time)."""
-        with self._folder_locked():
-            if self.replica is None:
-                yield
-                return
-            with self.replica.exclusive():
-                self.replica.pull(self.tuf_dir)
-                self._written = set()
-                yield
-                if not self.replica.holds():
-                    self.replica.push(self.tuf_dir, files_of(self.tuf_dir))
-                elif self._written:
-                    self.replica.push(self.tuf_dir, self._written)
-
-    @contextmanager
-    def _folder_locked(self) -> Iterator[None]:
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.home / ".tuf.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -589,9 +548,7 @@ class TufRepository:
         data = md.to_bytes(JSONSerializer(compact=True))
         if role == "root":
             atomic_write(self.metadata_dir / f"{md.signed.version}.root.json", data)
-            self._written.add(f"metadata/{md.signed.version}.root.json")
         atomic_write(self.metadata_dir / f"{role}.json", data)
-        self._written.add(f"metadata/{role}.json")
 
 
 def _given(signers: dict[str, CryptoSigner], role: str) -> tuple[CryptoSigner, ...]:

@@ -34,7 +34,6 @@ from sqlalchemy import (
     Engine,
     Float,
     Integer,
-    LargeBinary,
     MetaData,
     String,
     Table,
@@ -206,14 +205,6 @@ hub_state = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", JSON, nullable=False),
-)
-
-repo_files = Table(  # the TUF repository's files, for workers on other machines (signing.replica)
-    "repo_files",
-    metadata,
-    Column("name", String(512), primary_key=True),  # as under HOME/tuf: "metadata/targets.json"
-    Column("sha256", String(64), nullable=False),
-    Column("data", LargeBinary, nullable=False),
 )
 
 # ground truth: prediction_spans, ground_truth, label_counts (cloud_hub.quality.ledger)
