@@ -563,7 +563,10 @@ class Hub:
         or a copy left behind), else None. A worker alone on its store is never behind."""
         if isinstance(self.leadership, Sole) or not self.repo.initialised:
             return None
-        cluster = int((self.store.get_state(TUF_STATE) or {}).get("timestamp_version", 0))
+        state = self.store.get_state(TUF_STATE)
+        cluster = state.get("timestamp_version") if isinstance(state, dict) else None
+        if type(cluster) is not int:  # none yet, or not what a leader writes: nothing to go by
+            return None
         return cluster if self.repo.timestamp_version() < cluster else None
 
     def _behind_why(self, cluster: int) -> str:

@@ -329,6 +329,10 @@ def test_a_worker_whose_repository_is_behind_the_leaders_never_leads(
         other.close()
         shutil.copytree(a_home / "tuf", b_home / "tuf", dirs_exist_ok=True)  # its folder caught up
         assert b._behind() is None and b.leadership.leads()
+        for wrong in ("x", {"timestamp_version": "9"}, [9]):  # not what a leader writes
+            b.store.set_state(TUF_STATE, wrong)
+            b.tick()  # goes on: the state is not taken for a version
+            assert b._behind() is None
     finally:
         other.close()
         b.leadership.close()
