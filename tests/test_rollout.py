@@ -396,6 +396,28 @@ def test_accuracy_drop_is_pooled_per_device_and_the_worst_device_counts() -> Non
     assert sim.step(170) == [("b", "deploy")]
 
 
+def test_a_halt_names_the_device_a_worst_device_figure_is_of() -> None:
+    """p95 latency, PSI and the accuracy drop are each the worst device's: the halt says which
+    device, so a person can tell one busy device from the model's latency everywhere."""
+
+    def window(p95: float) -> dict[str, Any]:
+        return {"window_s": 5.0, "model": MODEL.to_json(), "count": 100, "latency_ms": {"p95": p95}}
+
+    m = measure(
+        windows({"pi-01": [window(2.0)], "pi-07": [window(40.0), window(20.0)]}),
+        reports({"pi-01": [{"max_psi": 0.4}], "pi-07": [{"max_psi": 0.1}]}),
+    )
+    assert m.p95_ms == 30.0 and m.max_psi == 0.4
+    assert m.worst == {"p95_ms": "pi-07", "max_psi": "pi-01"}
+    sim = soaked(max_p95_ms=5.0, max_psi=0.2)
+    sim.metrics = m
+    assert sim.step(170) == [("a", "rollback")]
+    assert sim.r.halt_reason == (
+        "wave 1: p95_ms 30 (device pi-07) above the limit 5; "
+        "max_psi 0.4 (device pi-01) above the limit 0.2"
+    )
+
+
 def test_no_telemetry_after_the_soak_pauses_and_resume_proceeds() -> None:
     sim = soaked(max_p95_ms=5.0)
     assert sim.step(170) == []

@@ -190,6 +190,9 @@ class Metrics:
     accuracy_drop: float | None = None  # the largest drop of a device's expected accuracy
     shadow_rows: int = 0
     agreement: float | None = None  # row-weighted, over the wave's shadow reports
+    # the device each worst-device figure is of (p95_ms, max_psi, accuracy_drop), so a halt
+    # names it: one device busy with other work, or the model everywhere
+    worst: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def error_rate(self) -> float | None:
@@ -210,9 +213,9 @@ def measure(
     A device's expected accuracy is pooled over its drift reports (their sums of calibrated
     confidences over their scored rows, so a short window weighs what it holds); its drop is
     the card's value less that, and `accuracy_drop` the largest drop of any device."""
-    p95s: list[float] = []
+    p95s: list[tuple[float, str]] = []
     inferences = taken = errors = windows = 0
-    for device_windows in telemetry.values():
+    for device, device_windows in telemetry.items():
         weighted = weight = 0.0
         for w in device_windows:
             windows += 1
@@ -224,9 +227,15 @@ def measure(
                 weighted += p95 * w.count
                 weight += w.count
         if weight:
-            p95s.append(weighted / weight)
-    psis = [report.max_psi for reports in drift.values() for report in reports]
-    drops = [d for reports in drift.values() if (d := _accuracy_drop(reports)) is not None]
+            p95s.append((weighted / weight, device))
+    psis = [(report.max_psi, device) for device, reports in drift.items() for report in reports]
+    drops = [
+        (drop, device)
+        for device, reports in drift.items()
+        if (drop := _accuracy_drop(reports)) is not None
+    ]
+    figures = (("p95_ms", p95s), ("max_psi", psis), ("accuracy_drop", drops))
+    worst = {name: max(values)[1] for name, values in figures if values}
     rows = 0
     agreeing = 0.0
     for device_reports in (shadow or {}).values():
@@ -239,12 +248,13 @@ def measure(
         inferences=inferences,
         taken=taken,
         errors=errors,
-        p95_ms=max(p95s) if p95s else None,
+        p95_ms=max(p95s)[0] if p95s else None,
         drift_reports=len(psis),
-        max_psi=max(psis) if psis else None,
-        accuracy_drop=max(drops) if drops else None,
+        max_psi=max(psis)[0] if psis else None,
+        accuracy_drop=max(drops)[0] if drops else None,
         shadow_rows=rows,
         agreement=agreeing / rows if rows else None,
+        worst=worst,
     )
 
 
@@ -335,7 +345,9 @@ def judge_model(gates: Gates, metrics: Metrics, names: tuple[str, ...] = MODEL_C
         if not ok:
             shown = "none" if not math.isfinite(value) else f"{value:.4g}"
             relation = "above" if is_max else "below"
-            broken.append(f"{name} {shown} {relation} the limit {limit:g}")
+            device = metrics.worst.get(name)
+            on = f" (device {device})" if device else ""
+            broken.append(f"{name} {shown}{on} {relation} the limit {limit:g}")
     if broken:
         return Verdict(gates.on_fail, "; ".join(broken), checks)
     if missing:
