@@ -844,13 +844,16 @@ class Store:
     # ---- small state ------------------------------------------------------------------
     def get_state(self, key: str, default: Any = None) -> Any:
         with self.engine.connect() as conn:
-            row = conn.execute(select(hub_state.c.value).where(hub_state.c.key == key)).first()
-        return row[0] if row else default
+            return _read_state(conn, key, default)
 
     def set_state(self, key: str, value: Any) -> None:
         with self.engine.begin() as conn:
-            conn.execute(self._insert_once(hub_state), [{"key": key, "value": value}])
-            conn.execute(update(hub_state).where(hub_state.c.key == key).values(value=value))
+            self._write_state(conn, key, value)
+
+    def _write_state(self, conn: Any, key: str, value: Any) -> None:
+        """`key`'s value in hub_state, within `conn`'s transaction."""
+        conn.execute(self._insert_once(hub_state), [{"key": key, "value": value}])
+        conn.execute(update(hub_state).where(hub_state.c.key == key).values(value=value))
 
     # ---- dashboard reads (cloud_hub/web_*) --------------------------------------------
     def latest_records(self, kind: str) -> dict[str, StoredRecord]:
@@ -930,12 +933,11 @@ class Store:
         """Records stored so far, by kind: those held and those retention removed (so the
         count never goes down), read from one snapshot of the database."""
         q = select(records.c.kind, func.count()).group_by(records.c.kind)
-        pruned_q = select(hub_state.c.value).where(hub_state.c.key == PRUNED_STATE)
         with self.engine.connect() as conn:
             if conn.dialect.name == "postgresql":  # both reads in one snapshot
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
             held = {str(kind): int(n) for kind, n in conn.execute(q).all()}
-            pruned = conn.execute(pruned_q).scalar() or {}
+            pruned = _read_state(conn, PRUNED_STATE, {})
         return {k: held.get(k, 0) + int(pruned.get(k, 0)) for k in {*held, *pruned}}
 
 
@@ -1091,11 +1093,9 @@ def prune_records(store: Store, cutoff: float) -> int:
         going = {str(kind): int(n) for kind, n in conn.execute(by_kind).all()}
         result = conn.execute(delete(records).where(old))
         if going:  # what `record_counts` adds back: its counts never go down
-            key = hub_state.c.key == PRUNED_STATE
-            pruned = conn.execute(select(hub_state.c.value).where(key)).scalar() or {}
+            pruned = _read_state(conn, PRUNED_STATE, {})
             total = {k: int(pruned.get(k, 0)) + going.get(k, 0) for k in {*pruned, *going}}
-            conn.execute(store._insert_once(hub_state), [{"key": PRUNED_STATE, "value": total}])
-            conn.execute(update(hub_state).where(key).values(value=total))
+            store._write_state(conn, PRUNED_STATE, total)
         store.ledger.prune(conn, cutoff)
         conn.execute(delete(outbox).where(outbox.c.sent < cutoff))
     return int(result.rowcount or 0)
@@ -1110,6 +1110,13 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 PRUNED_STATE = "pruned_records"  # hub_state: kind -> records retention removed so far
+
+
+def _read_state(conn: Any, key: str, default: Any) -> Any:
+    """`key`'s value in hub_state as `conn` sees it (`default` when there is none)."""
+    row = conn.execute(select(hub_state.c.value).where(hub_state.c.key == key)).first()
+    return row[0] if row else default
+
 
 _JSON = json.JSONEncoder(allow_nan=False)  # made once: json.dumps makes one a call with options
 
