@@ -16,6 +16,7 @@ from converters.card import reference_card
 from edge_agent.errors import ConfigError, SensorLineError
 from edge_agent.framing import framer_for
 from edge_agent.framing.rows import card_bounds
+from edge_agent.native import csv_rows
 from edge_agent.protocol.card import parse_card
 from edge_agent.sources.line_parser import REASONS, LineParser, RejectCounter
 
@@ -352,6 +353,11 @@ def test_a_batch_gives_what_its_lines_give_one_by_one(raws: list[bytes]) -> None
         assert x.dtype == np.float32 and x.shape == expected.shape
         np.testing.assert_array_equal(x, expected)
         assert [(e.reason, e.detail) for e in errors] == expected_errors
+    for parser in (CSV_PARSER, PLAIN_PARSER):  # a line alone, as the row framer takes it first
+        for raw in raws:
+            row = parser.row(raw)
+            expected, expected_errors = one_by_one(parser, [raw])
+            assert row is None or (not expected_errors and np.array_equal(row, expected)), raw
 
 
 def test_one_bad_line_in_a_batch_is_refused_alone_with_its_reason() -> None:
@@ -369,9 +375,14 @@ def test_one_bad_line_in_a_batch_is_refused_alone_with_its_reason() -> None:
         raws = [good[0], bad, good[1], good[2]]
         x, errors = CSV_PARSER.rows(raws)
         assert [e.reason for e in errors] == [reason], bad
+        assert CSV_PARSER.row(bad) is None  # alone: the framer's one-line path declines it
         np.testing.assert_array_equal(x, one_by_one(CSV_PARSER, good)[0])
     x, errors = CSV_PARSER.rows(good)  # all good: the one-pass path
     assert not errors
+    if csv_rows is not None:  # each alone: one call of the C parser
+        alone = [CSV_PARSER.row(raw) for raw in good]
+        assert all(row is not None for row in alone)
+        np.testing.assert_array_equal(np.concatenate([r for r in alone if r is not None]), x)
     np.testing.assert_array_equal(
         x,
         np.array(

@@ -34,6 +34,12 @@ class RowFramer:
         self._parsers = {fmt: LineParser(names, fmt, bounds, categories=cats) for fmt in FORMATS}
 
     def frame(self, messages: list[tuple[str, bytes]], reject: OnReject) -> Framed | None:
+        if len(messages) == 1:  # one sensor line, the common case: one C call where it can
+            fmt, raw = messages[0]
+            parser = self._parsers.get(fmt)
+            x = parser.row(raw) if parser is not None else None
+            if x is not None:
+                return Framed(x, x)
         fmt = messages[0][0] if messages else ""
         parser = self._parsers.get(fmt)
         if parser is not None and (len(messages) == 1 or all(m[0] == fmt for m in messages)):

@@ -42,14 +42,13 @@ import numpy as np
 from edge_agent.drift import MISSING_REASONS, DriftMonitor
 from edge_agent.errors import SensorLineError
 from edge_agent.framing import Framer, framer_for
-from edge_agent.inference.runtime import Runtime
+from edge_agent.inference.runtime import INFERENCE_ERRORS, Runtime
 from edge_agent.inference.shadow import Shadow
 from edge_agent.protocol.card import ModelCard
 from edge_agent.protocol.ids import prediction_id
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import MAX_WINDOW_ROWS, ShadowReport, TelemetryWindow
 from edge_agent.sources.backlog import GAP
-from edge_agent.update.health import INFERENCE_ERRORS
 from edge_agent.uplink.sampling import RawSampler
 from edge_agent.uplink.telemetry import RunningStats, Window
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_agent.inference.runtime import Runtime
+from edge_agent.inference.runtime import INFERENCE_ERRORS, Runtime
 from edge_agent.protocol.card import Anomaly
 from edge_agent.protocol.input_spec import InputSpec
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import ShadowReport
-from edge_agent.update.health import INFERENCE_ERRORS, outputs_agree
+from edge_agent.update.health import outputs_agree
 from edge_agent.uplink.telemetry import percentiles
 
 

@@ -132,6 +132,8 @@ class LineParser:
         self._batched = self._csv and self._codes is None
         self._lo_row = np.array(self._lo, dtype=np.float64)
         self._hi_row = np.array(self._hi, dtype=np.float64)
+        # the shape of one line's row where `row` takes it (the C parser, plain numeric CSV)
+        self._one = (1, self._n) if self._batched and csv_rows is not None else None
 
     @property
     def feature_names(self) -> list[str]:
@@ -148,6 +150,15 @@ class LineParser:
     def parse(self, raw: bytes) -> np.ndarray:
         """The feature vector of one line; raises SensorLineError(reason, detail) otherwise."""
         return np.array(self.values(raw), dtype=np.float32)
+
+    def row(self, raw: bytes) -> np.ndarray | None:
+        """The (1, n_features) float32 row of one plain numeric CSV line through the C parser,
+        or None where that is not built or not this parser's way, or the line fails its checks
+        (`rows` then says what is wrong): a sensor line alone, the common case, in one call."""
+        if self._one is None or csv_rows is None:
+            return None
+        x = np.empty(self._one, np.float32)
+        return x if csv_rows([raw], x, self._lo_row, self._hi_row, self._max) is None else None
 
     def rows(self, raws: list[bytes]) -> tuple[np.ndarray, list[SensorLineError]]:
         """A micro-batch of lines: the (n_ok, n_features) float32 rows of those that parse, in

@@ -22,12 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.errors import EdgefleetError
-from edge_agent.inference.runtime import Runtime
+from edge_agent.inference.runtime import INFERENCE_ERRORS, Runtime
 from edge_agent.protocol.card import Anomaly, ModelCard
 from edge_agent.uplink.telemetry import percentile
-
-INFERENCE_ERRORS = (EdgefleetError, RuntimeError, ValueError)  # what a runtime raises on a row
 
 
 @dataclass(frozen=True)
