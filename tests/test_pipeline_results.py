@@ -88,7 +88,7 @@ def test_on_result_gets_one_dict_per_inferred_row(
         assert result["latency_ms"] >= 0
         assert json.loads(json.dumps(result, allow_nan=False)) == result
     assert len({r["latency_ms"] for r in results}) == 1  # one batch: equal shares
-    batch_ms = pipeline.stats.recent_ms[-1]
+    batch_ms = pipeline.stats.recent_ms()[-1]
     # each share is rounded to 4 decimals: the sum may be off by half a unit per row
     rounding = 0.5e-4 * len(rows)
     assert math.isclose(results[0]["latency_ms"] * len(rows), batch_ms, abs_tol=rounding + 1e-9)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -61,12 +61,13 @@ def test_window_record_counts_every_row(
 def test_running_stats_keep_one_latency_per_row_up_to_the_reservoir(
     batches: list[tuple[float, int]],
 ) -> None:
-    stats = RunningStats(recent_ms=deque(maxlen=100))
+    stats = RunningStats(keep=100)
     for latency_ms, n in batches:
         stats.add(latency_ms, n)
     per_row_ms = [ms for ms, n in batches for _ in range(n)]
     assert stats.inferences == len(per_row_ms)
-    assert list(stats.recent_ms) == per_row_ms[-100:]
+    assert stats.recent_ms().tolist() == per_row_ms[-100:]
+    assert stats.latencies() == percentiles(per_row_ms[-100:], (50, 99))
 
 
 # ---- windows through the pipeline: one model each --------------------------------------------
