@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from cloud_hub.signing.tuf_repo import TufRepository, delta_path, sha256_hex
+from cloud_hub.signing.tuf_repo import TufRepository, delta_path
 from edge_agent.protocol.messages import DeltaRef, ModelRef
 from edge_agent.update.delta import make_delta
+from edge_agent.update.digest import sha256_hex
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ the newest.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -56,6 +55,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.transfer import chunk_bounds, chunk_count
 from edge_agent.system.fsutil import atomic_write, fsync_dir
+from edge_agent.update.digest import sha256_hex
 
 
 @dataclass(frozen=True)
@@ -606,5 +606,3 @@ def chunk_hashes(data: bytes) -> list[str]:
     ]
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
