@@ -6,17 +6,27 @@ answers instead and the binding is dropped."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import to_onnx
 from sklearn.datasets import load_breast_cancer, load_iris
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from edge_agent.inference.runtime import BOUND_THREADS, OnnxRuntime, Outputs
+from edge_agent.inference.runtime import (
+    BOUND_THREADS,
+    INFERENCE_ERRORS,
+    ONE_ROW_BYTES,
+    OnnxRuntime,
+    Outputs,
+    RunFailed,
+    run_errors,
+)
 
 ZIPMAP_OFF = {"zipmap": False}
 
@@ -132,7 +142,7 @@ def _nonzero_model() -> bytes:
 def test_an_output_whose_shape_changes_drops_the_binding() -> None:
     model_bytes = _nonzero_model()
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    outputs = Outputs(session, "X", ["where"], ort.RunOptions())
+    outputs = Outputs(session, "X", ["where"], ort.RunOptions(), run_errors())
     rows = np.array([[1, 0, 2], [0, 0, 5], [3, 4, 5]], dtype=np.float32)
     got = [outputs.run(rows[:1].copy())[0]]
     assert outputs._ones  # made on the first row: two non-zero values
@@ -142,3 +152,66 @@ def test_an_output_whose_shape_changes_drops_the_binding() -> None:
     assert [g.shape for g in got] == [(2, 2), (2, 1), (2, 3)]
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+def _model(nodes: list[Any], out_shape: list[Any], initializers: Sequence[Any] = ()) -> bytes:
+    """A model of `nodes` from X, (n, 3) float32, to the last node's output (without nodes:
+    X itself)."""
+    output = nodes[-1].output[0] if nodes else "X"
+    graph = helper.make_graph(
+        nodes,
+        "m",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, out_shape)],
+        list(initializers),
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_an_output_that_is_the_input_is_never_bound() -> None:
+    """onnxruntime does not write such an output into a bound buffer: it would keep whatever
+    the buffer held."""
+    runtime = OnnxRuntime(_model([], [None, 3]))
+    rows = np.arange(12, dtype=np.float32).reshape(4, 3)
+    got = [runtime._labels.run(rows[i : i + 1])[0] for i in range(4)]
+    np.testing.assert_array_equal(np.concatenate(got), rows)
+    assert not runtime._labels._ones and not runtime._labels._bindable
+
+
+def test_a_row_that_fails_raises_and_the_binding_stays() -> None:
+    """label = data[int(X[0, 0])], summed: a first value out of range makes the kernel fail."""
+    data = numpy_helper.from_array(np.arange(5, dtype=np.float32), "data")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    nodes = [
+        helper.make_node("Cast", ["X"], ["xi"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["data", "xi"], ["g"]),
+        helper.make_node("ReduceSum", ["g", "axes"], ["label"], keepdims=0),
+    ]
+    runtime = OnnxRuntime(_model(nodes, [None], [data, axes]))
+    assert runtime.predict(np.array([[1, 2, 3]], np.float32)).tolist() == [6.0]
+    assert runtime._labels._ones  # bound
+    with pytest.raises(RunFailed, match="indices element out of data bounds"):
+        runtime.predict(np.array([[9, 0, 0]], np.float32))  # raised as an inference error
+    with pytest.raises(INFERENCE_ERRORS):  # a batch too: the session's own error type before
+        runtime.predict(np.array([[1, 1, 1], [9, 0, 0]], np.float32))
+    assert runtime._labels._ones and runtime._labels._bindable  # the row was the cause
+    assert runtime.predict(np.array([[4, 4, 0]], np.float32)).tolist() == [8.0]
+
+
+def test_a_large_row_takes_the_sessions_run() -> None:
+    """Copying a row of more than ONE_ROW_BYTES into a bound buffer costs more than it saves."""
+    width = ONE_ROW_BYTES // 4 + 1
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["X"], ["mean"], keepdims=0)],
+        "m",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, width])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, [])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    runtime = OnnxRuntime(model.SerializeToString())
+    x = np.ones((1, width), np.float32)
+    for _ in range(3):
+        assert float(runtime._labels.run(x)[0]) == 1.0
+    assert not runtime._labels._ones

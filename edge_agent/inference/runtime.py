@@ -9,6 +9,7 @@ measured is what the device runs.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from threading import get_ident
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from edge_agent.protocol.reasons import Reason
 
 INFERENCE_ERRORS = (EdgefleetError, RuntimeError, ValueError)  # what a runtime raises on a row
 BOUND_THREADS = 4  # threads a session keeps a batch-of-one binding for (`Outputs`)
+ONE_ROW_BYTES = 16_384  # the largest row a batch-of-one binding takes (`OneRow`)
 
 
 class Runtime(Protocol):
@@ -65,10 +67,10 @@ class OnnxRuntime:
         outputs = [o.name for o in self._session.get_outputs()]
         # One RunOptions for every call: with None, onnxruntime builds a default one per run,
         # which at batch 1 costs a tenth of a small model's inference. It holds no per-run state.
-        run_options = ort.RunOptions()
-        self._labels = Outputs(self._session, name, outputs[:1], run_options)
-        self._scores = Outputs(self._session, name, outputs[1:2], run_options)
-        self._both = Outputs(self._session, name, outputs[:2], run_options)
+        run_options, errors = ort.RunOptions(), run_errors()
+        self._labels = Outputs(self._session, name, outputs[:1], run_options, errors)
+        self._scores = Outputs(self._session, name, outputs[1:2], run_options, errors)
+        self._both = Outputs(self._session, name, outputs[:2], run_options, errors)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         out = np.asarray(self._labels.run(x)[0])
@@ -96,16 +98,26 @@ class Outputs:
     writes. That spares the input dict and the new output arrays of a run, about a fifth of
     a small model's inference at batch 1, where a device's sensor line usually is. Other
     batches, and what a binding cannot hold (a string label, an output that is not a tensor),
-    take the session's run. onnxruntime refuses a bound run whose output shape is not the
-    bound one (a value-dependent shape): the session's run then answers, and binding stops."""
+    take the session's run. When a bound run fails, the session's run is tried: if it fails
+    too, the row is the cause and its error is raised; if it answers, the binding was (an
+    output whose shape depends on the values), and binding stops."""
 
-    def __init__(self, session: Any, input_name: str, names: list[str], run_options: Any) -> None:
+    def __init__(
+        self,
+        session: Any,
+        input_name: str,
+        names: list[str],
+        run_options: Any,
+        errors: tuple[type[Exception], ...],
+    ) -> None:
         self.names = names
         self._session = session
         self._input = input_name
         self._options = run_options
         self._run = _direct_run(session)
+        self._errors = errors
         self._ones: dict[int, OneRow] = {}  # by thread
+        self._making = threading.Lock()
         self._bindable = True  # False once a binding was found impossible or was refused
 
     def run(self, x: np.ndarray) -> list[Any]:
@@ -113,18 +125,36 @@ class Outputs:
         if one is not None:
             try:
                 out = one.run(x)
-            except INFERENCE_ERRORS:  # the binding failed: the session's run says why, if
-                self._bindable, self._ones, out = False, {}, None
+            except INFERENCE_ERRORS:
+                # the session's run raises too if the row is the cause (the binding stays);
+                # if it answers, the binding was (an output whose shape moved): binding stops
+                out = self._session_run(x)
+                self._bindable, self._ones = False, {}
+                return out
             if out is not None:
                 return out
-        out = self._run(self.names, {self._input: x}, self._options)
+        out = self._session_run(x)
         if one is None and len(x) == 1 and self._bindable and len(self._ones) < BOUND_THREADS:
-            made = OneRow.of(self._session, self._input, self.names, x, out, self._options)
+            self._bind(x, out)
+        return out
+
+    def _session_run(self, x: np.ndarray) -> list[Any]:
+        try:
+            return self._run(self.names, {self._input: x}, self._options)
+        except self._errors as exc:  # onnxruntime's own, which are not RuntimeErrors
+            raise RunFailed(f"onnxruntime could not run the model: {exc}") from exc
+
+    def _bind(self, x: np.ndarray, outputs: list[Any]) -> None:
+        """This thread's binding, made from a run on `x` that gave `outputs` (one thread at a
+        time, so no more than BOUND_THREADS are made)."""
+        with self._making:
+            if get_ident() in self._ones or len(self._ones) >= BOUND_THREADS:
+                return
+            made = OneRow.of(self._session, self._input, self.names, x, outputs, self._options)
             if made is None:
                 self._bindable = False
             else:
                 self._ones[get_ident()] = made
-        return out
 
 
 class OneRow:
@@ -154,10 +184,19 @@ class OneRow:
         options: Any,
     ) -> OneRow | None:
         """The binding for rows like `x` whose outputs `names` are shaped like `outputs` (a run
-        of the session on `x`), or None where this onnxruntime or these outputs allow none."""
+        of the session on `x`), or None where this onnxruntime or these outputs allow none: a
+        row of more than ONE_ROW_BYTES (copying it in costs more than the binding saves), or
+        outputs the bound run does not give exactly. Tried twice on `x` with the buffers set
+        to 0, then 1: an output onnxruntime does not write into its buffer (a graph output
+        that is the graph's input) keeps what the buffer held, and is caught."""
         numeric = all(isinstance(o, np.ndarray) and o.dtype.kind in "biuf" for o in outputs)
         compiled = getattr(session, "_sess", None)
-        if not numeric or x.dtype.kind != "f" or not hasattr(compiled, "run_with_iobinding"):
+        if (
+            not numeric
+            or x.dtype.kind != "f"
+            or x.nbytes > ONE_ROW_BYTES
+            or not hasattr(compiled, "run_with_iobinding")
+        ):
             return None
         row = np.empty_like(x, order="C")
         buffers = [np.empty_like(o, order="C") for o in outputs]
@@ -165,7 +204,16 @@ class OneRow:
         binding.bind_cpu_input(input_name, row)
         for name, out in zip(names, buffers, strict=True):
             binding.bind_output(name, "cpu", 0, out.dtype, list(out.shape), out.ctypes.data)
-        return cls(session, binding, row, buffers, options)
+        one = cls(session, binding, row, buffers, options)
+        for fill in (0, 1):
+            for buffer in buffers:
+                buffer.fill(fill)
+            got = one.run(x)
+            if got is None or not all(
+                np.array_equal(g, o, equal_nan=True) for g, o in zip(got, outputs, strict=True)
+            ):
+                return None
+        return one
 
     def run(self, x: np.ndarray) -> list[np.ndarray] | None:
         """The outputs for `x`, or None if it is not shaped like the bound row."""
@@ -174,6 +222,20 @@ class OneRow:
         self._x[...] = x
         self._run(self._binding, self._options)
         return [out.copy() for out in self._outputs]
+
+
+class RunFailed(RuntimeError):
+    """onnxruntime could not run the model on a batch (a kernel refused the values, say)."""
+
+
+def run_errors() -> tuple[type[Exception], ...]:
+    """The exception types onnxruntime's compiled session raises (InvalidArgument, Fail,
+    RuntimeException, ...): Exceptions, not RuntimeErrors, so INFERENCE_ERRORS would miss
+    them."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as compiled
+
+    found = vars(compiled).values()
+    return tuple(t for t in found if isinstance(t, type) and issubclass(t, Exception))
 
 
 def _direct_run(session: Any) -> Callable[..., list[Any]]:

@@ -141,16 +141,18 @@ class RunningStats:
         self._at = 0  # where the next row's latency goes
 
     def add(self, latency_ms: float, n: int) -> None:
-        self.inferences += n
+        # the latencies first, the count after: `latencies` on another thread reads as many
+        # slots as the count says, never one not written yet
         at = self._at
         if n == 1:  # the common batch of one
             self._ring[at] = latency_ms
             self._at = at + 1 if at + 1 < self._keep else 0
-            return
-        for _ in range(min(n, self._keep)):  # a batch: each of its rows has its latency
-            self._ring[at] = latency_ms
-            at = at + 1 if at + 1 < self._keep else 0
-        self._at = at
+        else:
+            for _ in range(min(n, self._keep)):  # a batch: each of its rows has its latency
+                self._ring[at] = latency_ms
+                at = at + 1 if at + 1 < self._keep else 0
+            self._at = at
+        self.inferences += n
 
     def recent_ms(self) -> np.ndarray:
         """The latencies kept, oldest first."""
