@@ -215,3 +215,37 @@ def test_a_large_row_takes_the_sessions_run() -> None:
     for _ in range(3):
         assert float(runtime._labels.run(x)[0]) == 1.0
     assert not runtime._labels._ones
+
+
+def test_a_row_the_model_cannot_run_is_counted_and_the_stream_goes_on() -> None:
+    """Before, onnxruntime's InvalidArgument (not a RuntimeError) escaped Pipeline.process:
+    the batch's rows went uncounted, and the agent's main loop only logged it. A batch the
+    model cannot run now costs only its items the model cannot run, each counted."""
+    from converters.card import reference_card
+    from edge_agent.inference.pipeline import ActiveModel, Pipeline
+    from edge_agent.protocol.card import parse_card
+
+    data = numpy_helper.from_array(np.arange(5, dtype=np.float32), "data")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    nodes = [
+        helper.make_node("Cast", ["X"], ["xi"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["data", "xi"], ["g"]),
+        helper.make_node("ReduceSum", ["g", "axes"], ["label"], keepdims=0),
+    ]
+    names = ["a", "b", "c"]
+    rows = np.random.default_rng(0).uniform(0, 10, (200, 3))  # 9 is in range
+    card = parse_card(reference_card(rows, names))
+    runtime = OnnxRuntime(_model(nodes, [None], [data, axes]))
+    windows: list[Any] = []
+    pipeline = Pipeline(on_drift=lambda _r: None, on_window=windows.append)
+    pipeline.active = ActiveModel.build(card, runtime, 50, 20, 100)
+    lines = [b"1,2,3", b"4,4,9", b"0,0,0", b"9,1,1", b"2,2,2"]  # 9: no data[9]
+    for line in lines:  # one at a time, then as one batch
+        pipeline.process([("csv", line)])
+    pipeline.process([("csv", line) for line in lines])
+    pipeline.flush_window()
+    (window,) = windows
+    assert window.count == 6  # three good lines, twice
+    assert window.errors == {"inference-error": 4}  # two bad lines, twice
+    assert window.predictions == {"6.0": 4, "0.0": 2}  # 1+2+3 and 2+2+2; 0+0+0
+    assert pipeline.stats.inferences == 6

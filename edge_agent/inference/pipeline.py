@@ -103,6 +103,37 @@ class ActiveModel:
         )
 
 
+def _infer(model: ActiveModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model's predictions for the batch `x`, and with a calibrated card (drift's accuracy
+    estimate wants them) its class probabilities, from one run."""
+    if model.scored:
+        return model.runtime.predict_with_scores(x)
+    return model.runtime.predict(x), None
+
+
+def _infer_each(
+    model: ActiveModel, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The items of `x` the model runs one by one: their indices, predictions and scores (the
+    others raised)."""
+    kept: list[int] = []
+    predictions: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    for i in range(len(x)):
+        try:
+            p, s = _infer(model, x[i : i + 1])
+        except INFERENCE_ERRORS:
+            continue
+        kept.append(i)
+        predictions.append(p)
+        if s is not None:
+            scores.append(s)
+    if not kept:
+        return np.empty(0, dtype=np.intp), np.empty(0), None
+    joined = np.concatenate(scores) if len(scores) == len(kept) else None
+    return np.array(kept, dtype=np.intp), np.concatenate(predictions), joined
+
+
 class Pipeline:
     def __init__(
         self,
@@ -186,15 +217,19 @@ class Pipeline:
         x, seen, watch = framed
         n = len(x)
         start = _clock()
-        scores = None
         try:
-            if model.scored:  # the card has a calibration: labels and probabilities, one run
-                predictions, scores = model.runtime.predict_with_scores(x)
-            else:
-                predictions = model.runtime.predict(x)
+            predictions, scores = _infer(model, x)
         except INFERENCE_ERRORS:
-            self._reject_for(model, "inference-error")
-            return
+            if n == 1:
+                self._reject_for(model, "inference-error")
+                return
+            # a batch the model cannot run: the items it can, one by one, go on without the rest
+            kept, predictions, scores = _infer_each(model, x)
+            self._reject_for(model, "inference-error", n - len(kept))
+            if not len(kept):
+                return
+            x, seen, n = x[kept], seen[kept], len(kept)
+            watch = np.flatnonzero(np.isin(kept, watch)) if watch is not None else None
         latency_ms = (_clock() - start) * 1000
         anomaly = model.card.anomaly
         flags = anomaly.flags(predictions) if anomaly is not None else None
@@ -220,8 +255,8 @@ class Pipeline:
         if watch is None:
             report = model.monitor.add(seen, predictions, scores)
         elif len(watch):  # overlapping windows: drift counts those that do not overlap
-            kept = None if scores is None else scores[watch]
-            report = model.monitor.add(seen[watch], predictions[watch], kept)
+            watched = None if scores is None else scores[watch]
+            report = model.monitor.add(seen[watch], predictions[watch], watched)
         else:
             report = None
         if report is not None:
