@@ -604,5 +604,3 @@ def chunk_hashes(data: bytes) -> list[str]:
         sha256_hex(data[start:end])
         for start, end in (chunk_bounds(i, len(data)) for i in range(chunk_count(len(data))))
     ]
-
-
