@@ -15,7 +15,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from cloud_hub.broker import local as broker_mod
-from cloud_hub.broker.local import RunningBroker, start_amqtt, start_broker, start_mosquitto
+from cloud_hub.broker.local import (
+    EPHEMERAL_RANGE,
+    PORT_FLOOR,
+    RunningBroker,
+    free_port,
+    start_amqtt,
+    start_broker,
+    start_mosquitto,
+)
 from edge_agent.errors import ConfigError, TransportError
 
 pytestmark = pytest.mark.broker
@@ -207,3 +215,21 @@ def test_start_broker_prefer_mosquitto_without_binary(
 def test_start_broker_rejects_unknown_preference(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="'rabbitmq'"):
         start_broker(tmp_path, prefer="rabbitmq")
+
+
+def test_a_free_port_is_below_the_ephemeral_range_and_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An outgoing connection's source port comes from the ephemeral range, so a port picked
+    there can be gone before the broker or dashboard binds it (a CI failure: "Address already
+    in use")."""
+    low = int(EPHEMERAL_RANGE.read_text(encoding="ascii").split()[0])
+    ports = {free_port() for _ in range(50)}
+    assert all(PORT_FLOOR <= p < low for p in ports) and len(ports) > 40
+    with socket.socket() as held:  # a port something listens on is not given out
+        held.bind(("127.0.0.1", free_port()))
+        held.listen()
+        taken = held.getsockname()[1]
+        draws = iter([taken, taken, taken + 1])
+        monkeypatch.setattr(broker_mod.random, "randrange", lambda *_: next(draws, taken + 2))
+        assert free_port() == taken + 1

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -73,13 +74,30 @@ def find_mosquitto() -> str | None:
     return shutil.which("mosquitto", path=os.pathsep.join(_SBIN_DIRS))
 
 
+PORT_FLOOR = 10_000  # free_port picks from here up to the ephemeral range
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on `host` that nothing listens on right now (the OS picks it)."""
+    """A TCP port on `host` that nothing listens on right now, below the kernel's ephemeral
+    range where there is room: a port in that range can be taken as the source port of any
+    outgoing connection between now and when the caller binds it (a broker or the dashboard
+    then finds its port in use). Else, and when none of a few draws is free, the OS picks."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    try:
+        low = int(EPHEMERAL_RANGE.read_text(encoding="ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        low = PORT_FLOOR
+    draws = [random.randrange(PORT_FLOOR, low) for _ in range(20)] if low > PORT_FLOOR else []
+    for port in [*draws, 0]:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            picked: int = sock.getsockname()[1]
+            return picked
+    raise TransportError(f"{host}: no free TCP port to listen on")
 
 
 class RunningBroker:
