@@ -51,6 +51,7 @@ from typing import Any
 
 from securesystemslib.signer import Signer
 
+from cloud_hub.cluster import LEADER_TIMEOUT_S
 from cloud_hub.cluster.leader import Follower, Leadership, Sole, leadership
 from cloud_hub.drift.source import PublishedCards
 from cloud_hub.experiments.operations import step_all as step_experiments
@@ -180,6 +181,7 @@ class Hub:
         outcomes: Outcomes | None = None,
         accuracy_floors: Floors | None = None,
         lead: bool = True,
+        leader_timeout_s: float = LEADER_TIMEOUT_S,
     ) -> None:
         """`lead=False`: a worker that only ingests, serves transfers and the dashboard, and
         never leads (it needs no signing key); else the worker competes for the lead
@@ -192,7 +194,9 @@ class Hub:
         self.deltas = Deltas(self.repo)
         self.store = Store(store_url or home_store(home))
         self.leadership: Leadership = (
-            leadership(self.store.engine, home, share is not None) if lead else Follower()
+            leadership(self.store.engine, home, share is not None, leader_timeout_s)
+            if lead
+            else Follower()
         )
         self.leading: bool | None = None  # not asked yet
         # experiments on accuracy: the labels joined to predictions in the store, unless given
@@ -462,14 +466,19 @@ class Hub:
                     self.retention_s / 86400,
                 )
             self._next_prune = now + PRUNE_EVERY_S
-        if self.repo.initialised:
-            self._publish_tuf()
-        self.quality.tick(now)
-        self._send_outbox()
-        self._step_rollouts()
-        self._step_experiments()
-        if self.repo.initialised:
-            self.retrain.maybe(now)
+        signing = self.repo.initialised
+        steps: list[Callable[[], object]] = [
+            *([self._publish_tuf] if signing else []),
+            lambda: self.quality.tick(now),
+            self._send_outbox,
+            self._step_rollouts,
+            self._step_experiments,
+            *([lambda: self.retrain.maybe(now)] if signing else []),
+        ]
+        for step in steps:
+            if not self.leadership.holds():  # a hung leader woke up: the lead is not its own
+                return
+            step()
 
     def _note_refusals(self, now: float) -> None:
         """Store what the guard refused since the last tick; say so once per device and

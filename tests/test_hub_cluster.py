@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -19,10 +20,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.broker.local import RunningBroker, free_port
 from cloud_hub.cli.app import main
-from cloud_hub.cluster.leader import AdvisoryLock, FileLock
+from cloud_hub.cluster import MIN_LEADER_TIMEOUT_S
+from cloud_hub.cluster.leader import LOCK_KEY, AdvisoryLock, FileLock
 from cloud_hub.harness.commands import serve_argv
 from cloud_hub.harness.simulate import SIM_MODEL, SimOptions, Simulation, build_sim_model
 from cloud_hub.hub import TUF_STATE, Hub
@@ -73,12 +76,12 @@ def _drained(device: Device) -> None:
 
 
 def _two_workers(
-    home: Path, broker: RunningBroker, started: list[subprocess.Popen[str]]
+    home: Path, broker: RunningBroker, started: list[subprocess.Popen[str]], *options: str
 ) -> tuple[list[subprocess.Popen[str]], list[Lines], int]:
     """Two `edgehub serve` workers on `home` and the store in EDGEHUB_STORE; which leads."""
     workers, logs = [], []
     for name in ("a", "b"):
-        argv = serve_argv(home, "127.0.0.1", broker.port, "--http", "off", "-v")
+        argv = serve_argv(home, "127.0.0.1", broker.port, "--http", "off", "-v", *options)
         proc = launch(started, *argv, "--share", "hubs", "--client-id", f"edgehub-{name}")
         workers.append(proc)
         logs.append(Lines(proc.stderr))  # type: ignore[arg-type]
@@ -285,6 +288,71 @@ def test_one_advisory_lock_at_a_time_and_it_goes_with_its_session(pg: str) -> No
     finally:
         first.close()
         second.close()
+        engine.dispose()
+
+
+def _waited(what: str, ready: Callable[[], bool], timeout: float) -> float:
+    """Seconds until `ready()` (asked every 50 ms) held; fails after `timeout`."""
+    started, tick = time.monotonic(), threading.Event()
+    while not ready():
+        assert time.monotonic() - started < timeout, f"no {what} in {timeout:.0f} s"
+        tick.wait(0.05)
+    return time.monotonic() - started
+
+
+def test_a_lock_session_quiet_past_the_timeout_is_ended_and_the_asker_leads(pg: str) -> None:
+    """A holder that says nothing (a hung leader: its socket open, its heartbeat stopped) loses
+    the lock to a worker that asks after the timeout; one that speaks keeps it."""
+    engine = create_engine(pg)
+    timeout = MIN_LEADER_TIMEOUT_S
+    asker = AdvisoryLock(engine, timeout_s=timeout)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as talking:
+            talking.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
+
+            deadline, tick = time.monotonic() + 2 * timeout, threading.Event()
+            while time.monotonic() < deadline:
+                talking.execute(text("SELECT 1"))  # what a live leader's heartbeat does
+                assert not asker.leads()
+                tick.wait(0.1)
+            talking.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as hung:
+            hung.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
+            took = _waited("lead", asker.leads, 4 * timeout)
+            assert took >= timeout * 0.9  # not before the timeout (the server's clock)
+            with pytest.raises(SQLAlchemyError):  # the hung holder, woken: its session is gone
+                hung.execute(text("SELECT 1"))
+        assert asker.holds()
+    finally:
+        asker.close()
+        engine.dispose()
+
+
+def test_a_hung_leader_is_ended_the_other_leads_and_the_woken_one_follows(
+    pg: str,
+    broker: RunningBroker,
+    tmp_path: Path,
+    processes: list[subprocess.Popen[str]],  # noqa: F811
+) -> None:
+    home = tmp_path / "hub"
+    assert main(["--home", str(home), "keys", "init"]) == 0
+    timeout = "3"
+    workers, logs, leader = _two_workers(home, broker, processes, "--leader-timeout", timeout)
+    workers[leader].send_signal(signal.SIGSTOP)  # hangs: its sockets stay open
+    stopped_at = time.monotonic()
+    logs[1 - leader].expect("silent for", "past the leader timeout of 3 s")
+    logs[1 - leader].expect(LEADS)
+    handover = time.monotonic() - stopped_at
+    workers[leader].send_signal(signal.SIGCONT)
+    logs[leader].expect("lost the lead")
+    logs[leader].expect("this worker follows")
+    assert float(timeout) <= handover < float(timeout) + HANDOVER_S
+    engine = create_engine(pg)
+    try:
+        with engine.connect() as c:  # one holder of the lock
+            held = c.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"))
+            assert held.scalar() == 1
+    finally:
         engine.dispose()
 
 

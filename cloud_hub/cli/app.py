@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud_hub.cli.args import name_list, number
+from cloud_hub.cluster import LEADER_TIMEOUT_S, MIN_LEADER_TIMEOUT_S
 from cloud_hub.store.url import STORE_ENV
 from edge_agent import __version__
 from edge_agent.cli_tools import accept_everywhere, add_completion, add_verbose
@@ -309,6 +310,7 @@ def _serve(args: argparse.Namespace, user: str | None, client_id: str) -> int:
         limits=Limits(args.device_rate, 10 * args.device_rate, args.device_quota),
         accuracy_floors=Floors.parse(args.accuracy_floor or []),
         lead=not args.ingest_only,
+        leader_timeout_s=args.leader_timeout,
     )
     ha = HaDiscovery(broker, hub.topics, args.ha_prefix) if args.ha_discovery else None
     web = None
@@ -623,6 +625,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="never lead: ingest, serve transfers and the dashboard only (needs no signing "
         "key); without it a worker competes for the lead (rollouts, experiments, retraining, "
         "commands, TUF publication), one at a time",
+    )
+    sp.add_argument(
+        "--leader-timeout",
+        type=number(
+            float,
+            f"a number of seconds of {MIN_LEADER_TIMEOUT_S:g} or more",
+            MIN_LEADER_TIMEOUT_S,
+            finite="a number of seconds",
+        ),
+        default=LEADER_TIMEOUT_S,
+        metavar="S",
+        help="on PostgreSQL: a leading worker silent this long (hung, stopped) has its "
+        f"database session ended by a worker that asks for the lead (default {LEADER_TIMEOUT_S:g})",
     )
     sp.add_argument(
         "--worker",

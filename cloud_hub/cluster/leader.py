@@ -7,11 +7,17 @@ On PostgreSQL the leader holds a session advisory lock on a connection of its ow
 ends (SIGKILL included: the socket closes), and the next worker to ask, on its next tick,
 leads. A leader whose machine vanished (powered off, cut off) closes no socket: the server's
 keepalives end its session within about 15 s (cloud_hub.store.database.PG_CONNECT_ARGS), and
-that leader's own end gives up as soon. A leader process that hangs on a live machine keeps it.
-A worker whose TUF repository is behind the one the leader published does not ask at all
-(cloud_hub.hub). On SQLite (workers share one machine and one home) the same is a `flock` on
-HOME/leader.lock, which the kernel drops with the process. A worker that loses its lock (its
-database connection broke) stops leading at once and asks again on later ticks.
+that leader's own end gives up as soon. A leader process that hangs on a live machine
+(stopped, deadlocked, swapped out) keeps its socket. So a thread of the leader says `SELECT 1`
+on the lock's session (every HEARTBEAT_S, or a sixth of the leader timeout), and a worker that
+asks for the lead and finds that session quiet for longer than the timeout
+(`pg_stat_activity.state_change`, on the server's clock) ends it (`pg_terminate_backend`), and
+leads on a later tick. The hung leader, should it wake, finds its session gone at its next look
+(`holds`, before each of its steps) and follows. A worker whose TUF repository is behind the
+one the leader published does not ask at all (cloud_hub.hub). On SQLite (workers share one
+machine and one home) the same is a `flock` on HOME/leader.lock, which the kernel drops with
+the process. A worker that loses its lock (its database connection broke) stops leading at
+once and asks again on later ticks.
 """
 
 from __future__ import annotations
@@ -20,11 +26,14 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import IO, Protocol
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
+
+from cloud_hub.cluster import LEADER_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -38,49 +47,145 @@ class Leadership(Protocol):
         tries to take it. Cheap enough for every tick."""
         ...
 
+    def holds(self) -> bool:
+        """Whether the lock this worker took is still its own (checked, never taken): what the
+        leader asks before each step that changes the fleet."""
+        ...
+
     def close(self) -> None:
         """Give the lead up (another worker takes it on its next tick)."""
         ...
 
 
-class AdvisoryLock:
-    """A PostgreSQL session advisory lock, on a connection of its own."""
+HEARTBEAT_S = 5.0  # how often (at most) a leader's thread says SELECT 1 on the lock's session
 
-    def __init__(self, engine: Engine, key: int = LOCK_KEY) -> None:
-        self._engine, self._key = engine, key
+
+class AdvisoryLock:
+    """A PostgreSQL session advisory lock, on a connection of its own, kept alive by a thread
+    while held; a worker that cannot take it ends the session of a holder quiet for longer
+    than `timeout_s`."""
+
+    def __init__(
+        self, engine: Engine, key: int = LOCK_KEY, timeout_s: float = LEADER_TIMEOUT_S
+    ) -> None:
+        self._engine, self._key, self._timeout_s = engine, key, timeout_s
         self._conn: Connection | None = None
         self._held = False
+        self._mutex = threading.Lock()  # the connection: the tick's thread and the heartbeat
+        self._beating: threading.Event | None = None  # set: the heartbeat thread stops
+        self._fenced: set[int] = set()  # holders this worker ended (said once each)
 
     def leads(self) -> bool:
-        try:
-            if self._conn is None:
-                self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            if self._held:
-                self._conn.execute(text("SELECT 1"))  # the session, and with it the lock, lives
-            else:
+        with self._mutex:
+            try:
+                if self._conn is None:
+                    self._conn = self._engine.connect().execution_options(
+                        isolation_level="AUTOCOMMIT"
+                    )
+                if self._held:
+                    self._conn.execute(text("SELECT 1"))  # the session, and its lock, lives
+                    return True
                 self._held = bool(
                     self._conn.execute(
                         text("SELECT pg_try_advisory_lock(:key)"), {"key": self._key}
                     ).scalar()
                 )
-        except SQLAlchemyError as exc:
-            if self._held:
-                log.warning("lost the lead: its database session broke (%s)", exc)
-            self._drop()
-        return self._held
+                if not self._held:
+                    self._fence(self._conn)
+            except SQLAlchemyError as exc:
+                self._lost(exc)
+            if self._held and self._beating is None:
+                self._beating = threading.Event()
+                threading.Thread(
+                    target=self._beat, args=(self._beating,), name="leader-heartbeat", daemon=True
+                ).start()
+            return self._held
+
+    def holds(self) -> bool:
+        with self._mutex:
+            if not self._held or self._conn is None:
+                return False
+            try:
+                self._conn.execute(text("SELECT 1"))
+            except SQLAlchemyError as exc:
+                self._lost(exc)
+            return self._held
+
+    def _beat(self, stop: threading.Event) -> None:
+        """While held: SELECT 1 on the lock's session every HEARTBEAT_S (what a worker asking
+        for the lead reads as this leader being alive), whatever the tick is busy with."""
+        while not stop.wait(min(HEARTBEAT_S, self._timeout_s / 6)):
+            with self._mutex:
+                if self._beating is not stop or not self._held or self._conn is None:
+                    return
+                try:
+                    self._conn.execute(text("SELECT 1"))
+                except SQLAlchemyError as exc:
+                    self._lost(exc)
+                    return
+
+    def _fence(self, conn: Connection) -> None:
+        """The lock is another session's: end it if it has been quiet longer than the timeout
+        (its worker hangs: a working leader's heartbeat speaks every HEARTBEAT_S). Where this
+        role may not see or end that session, nothing happens: the lock stays where it is."""
+        hi, lo = (self._key >> 32) & 0xFFFFFFFF, self._key & 0xFFFFFFFF
+        row = conn.execute(
+            text(
+                "SELECT a.pid, a.client_addr, EXTRACT(EPOCH FROM now() - a.state_change) "
+                "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :hi "
+                "AND l.objid = :lo AND l.objsubid = 1"
+            ),
+            {"hi": hi, "lo": lo},
+        ).first()
+        if row is None or row[2] is None or float(row[2]) <= self._timeout_s:
+            return
+        pid, address, quiet = int(row[0]), row[1], float(row[2])
+        try:
+            ended = conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+        except SQLAlchemyError:  # not this role's to end (PostgreSQL raises, or says false)
+            ended = False
+        if pid not in self._fenced:
+            self._fenced.add(pid)
+            who = f"the leading worker (database session {pid}, from {address or 'a socket'})"
+            if ended:
+                log.warning(
+                    "%s has been silent for %.0f s, past the leader timeout of %.0f s: its "
+                    "session is ended, and the lead goes to the next worker to ask",
+                    who,
+                    quiet,
+                    self._timeout_s,
+                )
+            else:
+                log.error(
+                    "%s has been silent for %.0f s, and this database role may not end its "
+                    "session (pg_terminate_backend): it keeps the lead",
+                    who,
+                    quiet,
+                )
+
+    def _lost(self, exc: Exception) -> None:
+        """Under the mutex: the connection broke; a lock it held is gone with it."""
+        if self._held:
+            log.warning("lost the lead: its database session broke (%s)", exc)
+        self._drop()
 
     def _drop(self) -> None:
         self._held = False
+        if self._beating is not None:
+            self._beating.set()
+            self._beating = None
         if self._conn is not None:
             with contextlib.suppress(SQLAlchemyError):
                 self._conn.close()
             self._conn = None
 
     def close(self) -> None:
-        if self._held and self._conn is not None:
-            with contextlib.suppress(SQLAlchemyError):
-                self._conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
-        self._drop()
+        with self._mutex:
+            if self._held and self._conn is not None:
+                with contextlib.suppress(SQLAlchemyError):
+                    self._conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
+            self._drop()
 
 
 class FileLock:
@@ -89,6 +194,9 @@ class FileLock:
     def __init__(self, home: Path) -> None:
         self._path = home / LOCK_FILE
         self._file: IO[str] | None = None
+
+    def holds(self) -> bool:
+        return self._file is not None
 
     def leads(self) -> bool:
         if self._file is not None:
@@ -117,6 +225,9 @@ class Sole:
     def leads(self) -> bool:
         return True
 
+    def holds(self) -> bool:
+        return True
+
     def close(self) -> None:
         pass
 
@@ -127,14 +238,20 @@ class Follower:
     def leads(self) -> bool:
         return False
 
+    def holds(self) -> bool:
+        return False
+
     def close(self) -> None:
         pass
 
 
-def leadership(engine: Engine, home: Path, shared: bool) -> Leadership:
+def leadership(
+    engine: Engine, home: Path, shared: bool, timeout_s: float = LEADER_TIMEOUT_S
+) -> Leadership:
     """The lock workers on this store compete for: on PostgreSQL always (workers may be on
-    other machines); on SQLite only for workers that split the ingest (`shared`), else the
-    hub is alone on its home (cloud_hub.home_lock) and leads."""
+    other machines; a holder silent for `timeout_s` is ended); on SQLite only for workers
+    that split the ingest (`shared`), else the hub is alone on its home
+    (cloud_hub.home_lock) and leads."""
     if engine.dialect.name == "postgresql":
-        return AdvisoryLock(engine)
+        return AdvisoryLock(engine, timeout_s=timeout_s)
     return FileLock(home) if shared else Sole()
