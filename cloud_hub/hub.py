@@ -598,6 +598,8 @@ class Hub:
         roots = sorted((n for n in files if n.startswith("root/")), key=_root_number)
         order = [*roots, "targets.json", "snapshot.json", "timestamp.json"]
         for name in order:
+            if not self.leadership.holds():  # woke from a hang: newer ones may be out
+                return
             self.session.publish_wait(self.topics.tuf(name), files[name], timeout=10, retain=True)
         self._targets.clear()
         self._published_ts = version

@@ -158,9 +158,9 @@ def test_retention_prunes_old_records(home: Path) -> None:
         (["serve", "--device-rate", "nan"], "--device-rate: expected a number of 0 or more"),
         (["serve", "--device-quota", "1.5"], "--device-quota: expected a whole number of 0"),
         (["serve", "--device-quota", "lots"], "got 'lots'"),
-        (["serve", "--leader-timeout", "1"], "--leader-timeout: expected a number of seconds"),
+        (["serve", "--leader-timeout", "4"], "--leader-timeout: expected a number of seconds"),
         (["serve", "--leader-timeout", "inf"], "expected a number of seconds, got 'inf'"),
-        (["serve", "--leader-timeout", "soon"], "of 2 or more, got 'soon'"),
+        (["serve", "--leader-timeout", "soon"], "of 5 or more, got 'soon'"),
     ],
 )
 def test_bad_arguments_are_one_line(

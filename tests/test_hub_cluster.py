@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import Connection, Engine, create_engine, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.broker.local import RunningBroker, free_port
@@ -300,32 +300,47 @@ def _waited(what: str, ready: Callable[[], bool], timeout: float) -> float:
     return time.monotonic() - started
 
 
-def test_a_lock_session_quiet_past_the_timeout_is_ended_and_the_asker_leads(pg: str) -> None:
-    """A holder that says nothing (a hung leader: its socket open, its heartbeat stopped) loses
-    the lock to a worker that asks after the timeout; one that speaks keeps it."""
-    engine = create_engine(pg)
-    timeout = MIN_LEADER_TIMEOUT_S
-    asker = AdvisoryLock(engine, timeout_s=timeout)
-    try:
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as talking:
-            talking.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
+def _autocommit(engine: Engine) -> Connection:
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
-            deadline, tick = time.monotonic() + 2 * timeout, threading.Event()
-            while time.monotonic() < deadline:
-                talking.execute(text("SELECT 1"))  # what a live leader's heartbeat does
-                assert not asker.leads()
-                tick.wait(0.1)
-            talking.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as hung:
-            hung.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
-            took = _waited("lead", asker.leads, 4 * timeout)
-            assert took >= timeout * 0.9  # not before the timeout (the server's clock)
-            with pytest.raises(SQLAlchemyError):  # the hung holder, woken: its session is gone
-                hung.execute(text("SELECT 1"))
-        assert asker.holds()
-    finally:
-        asker.close()
-        engine.dispose()
+
+def test_a_lock_session_quiet_past_the_timeout_is_ended_and_the_asker_leads(pg: str) -> None:
+    """A holder that says nothing (a leader that stopped: its socket open, its heartbeat
+    silent) loses the lock to a worker that asks after the timeout, with the other sessions of
+    its process (one in a transaction); one that speaks keeps it; the same lock in another
+    database is another fleet's, and is left alone."""
+    timeout = 2.0
+    engine = create_engine(pg)
+    # the hung worker's sessions carry its name, as every hub's do (SESSION_NAME)
+    hung_worker = create_engine(pg, connect_args={"application_name": "edgehub:gone:42"})
+    asker = AdvisoryLock(engine, timeout_s=timeout)
+    with fresh_database() as elsewhere_url:
+        elsewhere = create_engine(elsewhere_url)
+        try:
+            with _autocommit(elsewhere) as other_fleet:
+                other_fleet.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
+                with _autocommit(engine) as talking:
+                    talking.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
+                    deadline, tick = time.monotonic() + 2 * timeout, threading.Event()
+                    while time.monotonic() < deadline:
+                        talking.execute(text("SELECT 1"))  # a live leader's heartbeat
+                        assert not asker.leads()
+                        tick.wait(0.1)
+                    talking.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+                with _autocommit(hung_worker) as hung, hung_worker.connect() as in_transaction:
+                    in_transaction.execute(text("SELECT 1"))  # a transaction left open
+                    hung.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
+                    took = _waited("lead", asker.leads, 4 * timeout)
+                    assert took >= timeout * 0.9  # not before the timeout (the server's clock)
+                    for session in (hung, in_transaction):  # woken: its sessions are gone
+                        with pytest.raises(SQLAlchemyError):
+                            session.execute(text("SELECT 1"))
+                assert asker.holds()
+                other_fleet.execute(text("SELECT 1"))  # quiet all along, and still there
+        finally:
+            asker.close()
+            for e in (engine, hung_worker, elsewhere):
+                e.dispose()
 
 
 def test_a_hung_leader_is_ended_the_other_leads_and_the_woken_one_follows(
@@ -336,11 +351,11 @@ def test_a_hung_leader_is_ended_the_other_leads_and_the_woken_one_follows(
 ) -> None:
     home = tmp_path / "hub"
     assert main(["--home", str(home), "keys", "init"]) == 0
-    timeout = "3"
+    timeout = f"{MIN_LEADER_TIMEOUT_S:g}"
     workers, logs, leader = _two_workers(home, broker, processes, "--leader-timeout", timeout)
     workers[leader].send_signal(signal.SIGSTOP)  # hangs: its sockets stay open
     stopped_at = time.monotonic()
-    logs[1 - leader].expect("silent for", "past the leader timeout of 3 s")
+    logs[1 - leader].expect("silent for", f"past the leader timeout of {timeout} s")
     logs[1 - leader].expect(LEADS)
     handover = time.monotonic() - stopped_at
     workers[leader].send_signal(signal.SIGCONT)
@@ -349,8 +364,13 @@ def test_a_hung_leader_is_ended_the_other_leads_and_the_woken_one_follows(
     assert float(timeout) <= handover < float(timeout) + HANDOVER_S
     engine = create_engine(pg)
     try:
-        with engine.connect() as c:  # one holder of the lock
-            held = c.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"))
+        with engine.connect() as c:  # one holder of the lock, in this database
+            held = c.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                    "WHERE l.locktype = 'advisory' AND d.datname = current_database()"
+                )
+            )
             assert held.scalar() == 1
     finally:
         engine.dispose()

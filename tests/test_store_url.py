@@ -102,7 +102,7 @@ def test_both_ends_of_a_postgresql_session_find_a_vanished_peer_in_seconds() -> 
     URL sets itself wins."""
     from sqlalchemy import text
 
-    from cloud_hub.store.database import KEEPALIVE_IDLE_S, TCP_USER_TIMEOUT_MS
+    from cloud_hub.store.database import KEEPALIVE_IDLE_S, SESSION_NAME, TCP_USER_TIMEOUT_MS
 
     with fresh_database() as url:
         for given, idle in ((url, KEEPALIVE_IDLE_S), (f"{url}?keepalives_idle=30", 30)):
@@ -118,5 +118,9 @@ def test_both_ends_of_a_postgresql_session_find_a_vanished_peer_in_seconds() -> 
                     assert timeout == str(TCP_USER_TIMEOUT_MS)
                     libpq = conn.connection.driver_connection.info.get_parameters()  # type: ignore[union-attr]
                     assert libpq["keepalives"] == "1" and libpq["keepalives_idle"] == str(idle)
+                    # the process's name on each of its sessions: a worker that ends a hung
+                    # leader's lock session ends its others by it (cloud_hub.cluster.leader)
+                    name = conn.execute(text("SHOW application_name")).scalar()
+                    assert name == SESSION_NAME and name.startswith("edgehub:")
             finally:
                 store.engine.dispose()

@@ -125,44 +125,81 @@ class AdvisoryLock:
                     return
 
     def _fence(self, conn: Connection) -> None:
-        """The lock is another session's: end it if it has been quiet longer than the timeout
-        (its worker hangs: a working leader's heartbeat speaks every HEARTBEAT_S). Where this
-        role may not see or end that session, nothing happens: the lock stays where it is."""
+        """The lock is another session's (in this database): end it if it has been quiet longer
+        than the timeout (its worker no longer runs: a running leader's heartbeat speaks every
+        few seconds), and the other sessions of that worker with it (its SESSION_NAME: they may
+        hold a transaction, and row locks the next leader's steps would wait on). Where this
+        role may not see or end those sessions, the lock stays where it is, said once."""
         hi, lo = (self._key >> 32) & 0xFFFFFFFF, self._key & 0xFFFFFFFF
         row = conn.execute(
             text(
-                "SELECT a.pid, a.client_addr, EXTRACT(EPOCH FROM now() - a.state_change) "
+                "SELECT a.pid, a.application_name, a.client_addr, "
+                "EXTRACT(EPOCH FROM now() - a.state_change) "
                 "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
                 "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :hi "
-                "AND l.objid = :lo AND l.objsubid = 1"
+                "AND l.objid = :lo AND l.objsubid = 1 AND l.database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
             ),
             {"hi": hi, "lo": lo},
         ).first()
-        if row is None or row[2] is None or float(row[2]) <= self._timeout_s:
+        if row is None:  # released meanwhile: the next ask takes it
             return
-        pid, address, quiet = int(row[0]), row[1], float(row[2])
+        pid, name, address, quiet = int(row[0]), row[1] or "", row[2], row[3]
+        who = f"the leading worker ({name or 'database session ' + str(pid)}, from "
+        who += f"{address or 'a local socket'})"
+        if quiet is None:
+            self._say_once(
+                pid,
+                logging.ERROR,
+                "%s cannot be watched for the leader timeout: this database role does not see "
+                "its activity (grant it pg_read_all_stats, or run every worker as one role)",
+                who,
+            )
+            return
+        if float(quiet) <= self._timeout_s or pid in self._fenced:
+            return
         try:
-            ended = conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
-        except SQLAlchemyError:  # not this role's to end (PostgreSQL raises, or says false)
+            ended = bool(
+                conn.execute(
+                    text(
+                        "SELECT bool_or(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND "
+                        "(pid = :pid OR (application_name = :name AND :name LIKE 'edgehub:%' "
+                        "AND :name <> current_setting('application_name')))"
+                    ),
+                    {"pid": pid, "name": name},
+                ).scalar()
+            )
+        except SQLAlchemyError:  # not this role's to end
             ended = False
+        if (
+            not ended
+            and not conn.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+            ).scalar()
+        ):
+            return  # another worker ended it first
+        self._fenced.add(pid)  # tried once: never again (a refusal would repeat every tick)
+        if ended:
+            log.warning(
+                "%s has been silent for %.0f s, past the leader timeout of %.0f s: its "
+                "sessions are ended, and the lead goes to the next worker to ask",
+                who,
+                float(quiet),
+                self._timeout_s,
+            )
+        else:
+            log.error(
+                "%s has been silent for %.0f s, and this database role may not end its "
+                "session (pg_terminate_backend): it keeps the lead",
+                who,
+                float(quiet),
+            )
+
+    def _say_once(self, pid: int, level: int, message: str, *args: object) -> None:
         if pid not in self._fenced:
             self._fenced.add(pid)
-            who = f"the leading worker (database session {pid}, from {address or 'a socket'})"
-            if ended:
-                log.warning(
-                    "%s has been silent for %.0f s, past the leader timeout of %.0f s: its "
-                    "session is ended, and the lead goes to the next worker to ask",
-                    who,
-                    quiet,
-                    self._timeout_s,
-                )
-            else:
-                log.error(
-                    "%s has been silent for %.0f s, and this database role may not end its "
-                    "session (pg_terminate_backend): it keeps the lead",
-                    who,
-                    quiet,
-                )
+            log.log(level, message, *args)
 
     def _lost(self, exc: Exception) -> None:
         """Under the mutex: the connection broke; a lock it held is gone with it."""

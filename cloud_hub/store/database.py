@@ -18,6 +18,8 @@ import base64
 import json
 import logging
 import math
+import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -90,7 +92,12 @@ CONNECT_TIMEOUT_S = 10  # a PostgreSQL server that does not answer: said after t
 # defaults would take about two hours. TCP_USER_TIMEOUT_MS bounds data left unacknowledged.
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 5, 2, 3
 TCP_USER_TIMEOUT_MS = 15_000
+# Every session of one hub process carries its name, so a worker that ends a hung leader's
+# lock session ends its others too, with the transactions and row locks they may hold
+# (cloud_hub.cluster.leader). At most 63 bytes: PostgreSQL cuts longer names.
+SESSION_NAME = f"edgehub:{socket.gethostname()[:40]}:{os.getpid()}"
 PG_CONNECT_ARGS = {
+    "application_name": SESSION_NAME,
     "connect_timeout": CONNECT_TIMEOUT_S,
     "keepalives": 1,
     "keepalives_idle": KEEPALIVE_IDLE_S,
