@@ -168,8 +168,8 @@ def sigkill_on(watcher: DeviceWatcher, event: str, version: int, pid: int) -> th
 
     def hook(bodies: Iterable[Body]) -> None:
         if not fired.is_set() and any(is_event(b, event, version) for b in bodies):
+            fired.set()  # first: whoever waits for the process may look the moment it is gone
             os.kill(pid, signal.SIGKILL)
-            fired.set()
 
     watcher.on_events = hook
     return fired
