@@ -83,6 +83,7 @@ from edge_agent.drift import DriftMonitor
 from edge_agent.framing.rows import card_bounds
 from edge_agent.inference.pipeline import ActiveModel, Pipeline
 from edge_agent.inference.runtime import load_runtime
+from edge_agent.protocol.frozen import frozen
 from edge_agent.sources.backlog import Backlog
 from edge_agent.sources.line_parser import LineParser
 from edge_agent.update.bundle import Bundle, read_bundle
@@ -159,7 +160,7 @@ RUNNING_POLL_S = 0.2  # status.json is rewritten at each heartbeat (base.toml st
 # --- models ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Settings:
     """What the agent takes from its profile (firmware_configs/base.toml)."""
 
@@ -300,7 +301,7 @@ def check_same_inputs(model: Model, pipeline: Pipeline, session: Any) -> None:
 # --- 1. throughput ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Throughput:
     model: str
     batch: int
@@ -400,7 +401,7 @@ def measure_throughput(model: Model, batch: int, cfg: Settings) -> Throughput:
 # --- the agent under a stream of queued lines (an extra row, not the DESIGN.md target's) ------
 
 
-@dataclass(frozen=True)
+@frozen
 class Stream:
     """Lines queued faster than they are inferred: micro-batches fill up to batch_max."""
 
@@ -448,7 +449,7 @@ def measure_stream(model: Model, cfg: Settings) -> Stream:
 # --- where a row's time goes (only when the batch-1 target is missed) --------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Stages:
     """µs per row of each step of Pipeline.process, timed separately on the same objects."""
 
@@ -546,7 +547,7 @@ def measure_stages(model: Model, batch: int, cfg: Settings, whole: Throughput) -
     )
 
 
-@dataclass(frozen=True)
+@frozen
 class ProfileLine:
     ncalls: str
     tottime_us_per_row: float
@@ -827,7 +828,7 @@ def run_child(script: str) -> dict[str, Any]:
     return result
 
 
-@dataclass(frozen=True)
+@frozen
 class ColdStart:
     kind: str
     runs: int
@@ -898,7 +899,7 @@ def measure_cold_start(model: Model, folder: Path, cfg: Settings) -> list[ColdSt
     return out
 
 
-@dataclass(frozen=True)
+@frozen
 class Running:
     kind: str
     runs: int

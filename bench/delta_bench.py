@@ -48,7 +48,7 @@ import time
 import warnings
 import zipfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 
 from converters.pipeline import build_bundle
+from edge_agent.protocol.frozen import frozen
 from edge_agent.update.delta import LEVEL, apply_delta, make_delta
 
 try:
@@ -85,7 +86,7 @@ MIN_PIPED_WIDTH = 170
 Data = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-@dataclass(frozen=True)
+@frozen
 class Row:
     model: str
     scenario: str

@@ -66,7 +66,6 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import version
 from typing import Any
@@ -81,6 +80,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, loa
 from converters.card import reference_card
 from edge_agent.drift import DriftMonitor
 from edge_agent.protocol.card import ModelCard, parse_card
+from edge_agent.protocol.frozen import frozen
 
 SEED = 0
 REFERENCE_SHARE = 0.6
@@ -109,7 +109,7 @@ DETECTORS = ("ours warn", "ours alert", "PSI>=0.1 warn", "PSI>=0.25 alert", "ali
 ALIBI = "alibi KSDrift"
 
 
-@dataclass(frozen=True)
+@frozen
 class Scenario:
     name: str
     shift_sd: float = 0.0
@@ -131,7 +131,7 @@ SCENARIOS = (
 )
 
 
-@dataclass(frozen=True)
+@frozen
 class Plan:
     """How many windows: of the drift-free stream, and shifted trials per scenario."""
 
@@ -149,7 +149,7 @@ QUICK = Plan(unshifted={50: 5, 200: 3, 1000: 2}, trials={50: 1, 200: 1, 1000: 1}
 # --- data, reference and card ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Setup:
     name: str
     x: np.ndarray  # the whole data set, float32: the population streams are drawn from

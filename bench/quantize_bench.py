@@ -46,6 +46,7 @@ from sklearn.preprocessing import StandardScaler
 
 from converters.sklearn_onnx import SklearnSource
 from edge_agent.inference.runtime import OnnxRuntime
+from edge_agent.protocol.frozen import frozen
 
 MODES = ("none", "dynamic", "static")
 SEED = 0
@@ -76,7 +77,7 @@ class Variant:
     p50_batch32_us: float = 0.0
 
 
-@dataclass(frozen=True)
+@frozen
 class Row:
     """One line of the table (and of --json): a variant against its model's float32."""
 

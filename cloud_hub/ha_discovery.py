@@ -14,10 +14,10 @@ import json
 import logging
 import re
 import threading
-from dataclasses import dataclass
 
 from edge_agent.errors import ConfigError, MessageError
 from edge_agent.mqtt.session import BrokerAddress, MqttSession
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.records import decode_checked_status
 from edge_agent.protocol.topics import Topics
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 ONLINE_TEMPLATE = "{{ 'online' if value_json.online else 'offline' }}"
 
 
-@dataclass(frozen=True)
+@frozen
 class Sensor:
     object_id: str
     name: str

@@ -14,9 +14,9 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.uplink.buffer import TokenBucket
 
 RATE, QUOTA = "rate", "quota"  # why a device's message or records were refused
@@ -25,7 +25,7 @@ UNCOMMANDED = "uncommanded"  # a chunk request for a target the device was not t
 TRANSFER = "transfer"  # chunks asked for past the device's transfer rate (not sent now)
 
 
-@dataclass(frozen=True)
+@frozen
 class Limits:
     """Per device: `rate` messages a second on average, `burst` at once (0: no rate limit), at
     most `quota` records stored (0: no quota), and `transfer_rate` bytes of chunks a second

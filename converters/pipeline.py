@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +62,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.framing.watch import watched, watched_names
 from edge_agent.inference.runtime import Runtime
 from edge_agent.protocol.card import SAMPLE_MEMBER, Calibration
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.input_spec import InputSpec, row_spec
 from edge_agent.protocol.messages import ModelRef
 
@@ -74,7 +74,7 @@ MIN_LATENCY_BUDGET_MS = 50.0
 STEPS = ("check data", "convert", "validate", "write bundle")
 
 
-@dataclass(frozen=True)
+@frozen
 class BuildReport:
     path: Path
     card: dict[str, Any]

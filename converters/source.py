@@ -11,10 +11,11 @@ attribute `anomaly_threshold` (`own_threshold` reads it); the others have none.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+
+from edge_agent.protocol.frozen import frozen
 
 TASKS = ("classification", "regression", "anomaly")
 QUANTIZE_MODES = ("none", "dynamic", "static", "float16")  # float16: TFLite only
@@ -50,7 +51,7 @@ def own_threshold(source: SourceModel) -> float | None:
     return None if value is None else float(value)
 
 
-@dataclass(frozen=True)
+@frozen
 class Artifact:
     runtime: str  # the card's "runtime": onnxruntime or litert
     model_file: str  # name inside the bundle: model.onnx or model.tflite

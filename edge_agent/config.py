@@ -12,13 +12,14 @@ import functools
 import logging
 import math
 import tomllib
-from dataclasses import MISSING, dataclass, fields, is_dataclass, replace
+from dataclasses import MISSING, fields, is_dataclass, replace
 from pathlib import Path
 from types import UnionType
 from typing import Any, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
 from edge_agent.checks import suggest
 from edge_agent.errors import ConfigError, MessageError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.topics import check_device_id
 from edge_agent.settings import (
     DEVICE_FILE_SECTIONS,
@@ -54,7 +55,7 @@ _TOML_TYPES: dict[Any, tuple[type, ...]] = {
 }
 
 
-@dataclass(frozen=True)
+@frozen
 class Key:
     """One key of a TOML table, as the settings dataclass's field declares it."""
 

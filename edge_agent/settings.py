@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from pathlib import Path
 from typing import Any
 
 from edge_agent.inference.tflite import TFLITE_RUNTIMES
 from edge_agent.mqtt.options import is_results_topic
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.records import MAX_WINDOW_ROWS
 from edge_agent.uplink.caps import Cap
 
@@ -46,7 +47,7 @@ def _windows_above_1(example: str) -> Rule:
     return lambda v: None if 1 < v < math.inf else f"a number of windows above 1, like {example}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class RuntimeSettings:
     threads: int  # onnxruntime intra-op threads
     # the oldest TFLite runtime devices of this class run: conversions for them are validated
@@ -62,14 +63,14 @@ class RuntimeSettings:
     )
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class PipelineSettings:
     batch_max: int  # rows inferred together
     queue_max: int  # sensor lines waiting for inference
     queue_max_bytes: int  # ... and their bytes (images are large)
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class TelemetrySettings:
     interval_s: float
     batch_size: int
@@ -98,7 +99,7 @@ class TelemetrySettings:
     )
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class BufferCaps:
     """Each priority class's own cap ([buffer.caps.events] ...; see
     edge_agent.uplink.buffer.next_drop)."""
@@ -112,7 +113,7 @@ class BufferCaps:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class BufferSettings:
     max_rows: int
     max_bytes: int
@@ -124,7 +125,7 @@ class BufferSettings:
     group_window_s: float
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class DriftSettings:
     window: int
     window_s: float = field(metadata=ruled(_zero_or_positive))
@@ -139,14 +140,14 @@ class DriftSettings:
     )
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class LimitsSettings:
     max_bundle_bytes: int
     transfer_window: int
     transfer_timeout_s: float
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class ResultsSettings:
     """Inference results published for local actuators (edge_agent.inference.results)."""
 
@@ -181,13 +182,13 @@ class ResultsSettings:
     )
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class DeviceSettings:
     id: str  # required; the loader checks it is a device id
     state_dir: Path  # default: state-<id> next to the device file
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class BrokerSettings:
     host: str = "127.0.0.1"
     port: int = 1883
@@ -201,7 +202,7 @@ class BrokerSettings:
 DEVICE_FILE_SECTIONS = ("device", "broker")  # the sections a profile may not set
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class AgentSettings:
     """A device file layered over its profile over base.toml, validated: built once by
     `edge_agent.config.load_config`."""

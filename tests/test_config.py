@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import FrozenInstanceError, dataclass
+from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,7 @@ import firmware_configs
 from edge_agent import config as loader
 from edge_agent.config import Key, keys_of, load_config, load_profile, profile_sections, sections
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.settings import (
     AgentSettings,
     BrokerSettings,
@@ -475,22 +476,22 @@ def test_profile_sections_take_their_defaults_from_base_toml_only() -> None:
             assert key.required or where.startswith("buffer.caps."), where
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class TelemetryWithBurst(TelemetrySettings):
     burst_s: float = 3.0  # a field added, with its own default
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class SettingsWithBurst(AgentSettings):
     telemetry: TelemetryWithBurst
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class TelemetryNeedingBurst(TelemetrySettings):
     burst_s: float  # a field added without a default, and not in base.toml
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class SettingsNeedingBurst(AgentSettings):
     telemetry: TelemetryNeedingBurst
 

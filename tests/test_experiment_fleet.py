@@ -27,6 +27,7 @@ from cloud_hub.hub import Hub
 from cloud_hub.rollout import engine as ro
 from cloud_hub.store.database import Store, typed
 from cloud_hub.store.url import store_url
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import Command, ModelRef
 from edge_agent.protocol.records import TelemetryWindow
 from tests.support.dashboard_fleet import FEATURES, SimDevice, card_json, publish_card
@@ -243,7 +244,7 @@ def test_equal_models_end_with_no_difference_at_the_deadline(
     )
 
 
-@dataclass(frozen=True)
+@frozen
 class JoinedLabel:
     """What `Store.joined_labels` returns (labels are not on this branch yet)."""
 

@@ -16,6 +16,7 @@ from cloud_hub.experiments.samples import outcomes_from_labels
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.gates import Metrics
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import ModelRef
 
 V1, V2 = ModelRef("tumor", 1), ModelRef("tumor", 2)
@@ -266,7 +267,7 @@ def test_two_equal_models_cannot_be_compared() -> None:
 
 
 # ---- accuracy through joined labels -------------------------------------------------------------
-@dataclass(frozen=True)
+@frozen
 class Joined:
     device: str
     model: ModelRef

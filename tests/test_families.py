@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -66,6 +65,7 @@ from converters.quantize import UNCHANGED, has_quantizable_weights
 from converters.sklearn_onnx import SUPPORTED_URL, ConversionError
 from converters.validate import ParityError
 from edge_agent.inference.runtime import Runtime, load_runtime
+from edge_agent.protocol.frozen import frozen
 from edge_agent.update.bundle import read_bundle
 from edge_agent.update.health import check_health
 
@@ -139,7 +139,7 @@ def one_hot(categorical: list[int], n_features: int) -> ColumnTransformer:
 # --- the families ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class Family:
     name: str
     make: Callable[[], Any]

@@ -21,12 +21,12 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from cloud_hub.broker.local import free_port
+from edge_agent.protocol.frozen import frozen
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -43,7 +43,7 @@ STARTUP_TIMEOUT_S = 30.0
 TRACEBACK = "Traceback (most recent call last)"
 
 
-@dataclass(frozen=True)
+@frozen
 class Block:
     lang: str
     line: int  # of the opening fence, from 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from cloud_hub.rollout.gates import (
     parse_duration,
 )
 from edge_agent.errors import ConfigError, MessageError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import DriftReport, ShadowReport, TelemetryWindow
 from tests.support.rollout import Sim
@@ -439,7 +439,7 @@ def test_on_fail_pause_pauses_instead_of_rolling_back() -> None:
 
 
 # ---- what a wave's gate counts: each device's records after its own install -------------------
-@dataclass(frozen=True)
+@frozen
 class Rec:
     """A stored record as the hub reads it (cloud_hub.store.database.StoredRecord's fields)."""
 

@@ -40,6 +40,7 @@ from converters.pipeline import build_bundle
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.mqtt.session import BrokerAddress
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import (
     Command,
     ModelRef,
@@ -66,7 +67,7 @@ SUMMARY = re.compile(r"(\d+) chunks, (\d+) resumed, (\d+) fetched twice, (\d+) f
 # --------------------------------------------------------------------------- bundles
 
 
-@dataclass(frozen=True)
+@frozen
 class Bundles:
     v1: Path
     v2: Path

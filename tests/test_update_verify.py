@@ -30,6 +30,7 @@ from cloud_hub.signing.tuf_repo import Expiry, TufRepository
 from converters.bundle import bundle_bytes, card_json
 from converters.pipeline import build_bundle
 from edge_agent.errors import BundleRejected, ConfigError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.transfer import CHUNK_SIZE
 from edge_agent.update.bundle import read_bundle
@@ -52,7 +53,7 @@ IRIS = ModelRef("iris", 1)
 # --- one real bundle per module ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class RealBundle:
     data: bytes
     card: dict[str, Any]

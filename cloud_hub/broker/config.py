@@ -31,13 +31,13 @@ import re
 import secrets
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from cloud_hub.broker.dynsec import dynsec_config
 from cloud_hub.broker.identity import HUB_USER, reserved_why, worker_user
 from cloud_hub.broker.local import MAX_INFLIGHT, find_mosquitto
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.topics import Topics, check_device_id
 from edge_agent.system.fsutil import atomic_write
 
@@ -48,7 +48,7 @@ _HOST_NAME = re.compile(
 )
 
 
-@dataclass(frozen=True)
+@frozen
 class TlsFiles:
     """The broker's TLS files: the CA (that signs client certificates, and that clients trust),
     its own certificate and key. `client_certificates` (`--tls`): each client logs in with a
@@ -157,7 +157,7 @@ def conf_text(
     return "\n".join(lines) + "\n"
 
 
-@dataclass(frozen=True)
+@frozen
 class BrokerFiles:
     conf: Path
     dynsec: Path  # users, passwords (hashed) and roles: the plugin's file

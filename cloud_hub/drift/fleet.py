@@ -50,6 +50,7 @@ from edge_agent.drift.stats import (
     round_p,
 )
 from edge_agent.protocol.card import ModelCard
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import DriftReport
 
@@ -70,7 +71,7 @@ NOTHING_TESTED: dict[str, Any] = {  # a cohort's result when no counts could be 
 STATUS_RANK = {"ok": 0, "warn": 1, "alert": 2}  # what the status gauge shows
 
 
-@dataclass(frozen=True)
+@frozen
 class Labels:
     """A device's registry labels: its group ("" for none) and its tags."""
 
@@ -84,7 +85,7 @@ class Labels:
         return out + [f"tag:{t}" for t in sorted(set(self.tags))]
 
 
-@dataclass(frozen=True)
+@frozen
 class Report:
     """One stored drift report: the device that sent it and the report."""
 
@@ -163,7 +164,7 @@ class _Merged:
         self.skipped[why] = self.skipped.get(why, 0) + 1
 
 
-@dataclass(frozen=True)
+@frozen
 class _Counts:
     rows: int
     bins: tuple[np.ndarray, ...]

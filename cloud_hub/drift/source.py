@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from cloud_hub.drift.fleet import FLEET, Labels, Report, fleet_drift, model_versions
@@ -15,6 +14,7 @@ from cloud_hub.signing.tuf_repo import TufRepository
 from cloud_hub.store.database import Store, typed
 from edge_agent.errors import BundleRejected, ConfigError, MessageError
 from edge_agent.protocol.card import ModelCard
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import ModelRef, check_model_name
 from edge_agent.protocol.records import DriftReport
 from edge_agent.update.bundle import read_bundle
@@ -62,7 +62,7 @@ class PublishedCards:
         return cards, problems
 
 
-@dataclass(frozen=True)
+@frozen
 class FleetQuery:
     """What to merge: reports received in the last `since_s` seconds, of one model (NAME or
     NAME@VERSION) or all, and only some cohorts (`group:NAME`, `tag:NAME`; None: every

@@ -36,12 +36,12 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
 
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.frozen import frozen
 
 A, B = "a", "b"  # cohort A runs the candidate, cohort B the model it is compared with
 COHORTS = (A, B)
@@ -50,7 +50,7 @@ RESAMPLES = 2000
 _CHUNK = 250  # bootstrap resamples drawn at once (bounds the memory to _CHUNK x n)
 
 
-@dataclass(frozen=True)
+@frozen
 class Metric:
     name: str
     kind: str  # RATE or LATENCY
@@ -158,7 +158,7 @@ def needed(m: Metric, effect: float, alpha: float, power: float) -> int:
 
 
 # ---- samples --------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@frozen
 class Rate:
     """A proportion: `successes` of `trials` (labels right, rows agreeing, rows failed)."""
 
@@ -178,7 +178,7 @@ class Rate:
         return self.successes / self.trials if self.trials else None
 
 
-@dataclass(frozen=True)
+@frozen
 class Windows:
     """Latency windows: each window's p95 (ms) and the inferences it holds (its weight)."""
 
@@ -200,14 +200,14 @@ class Windows:
 Sample = Rate | Windows
 
 
-@dataclass(frozen=True)
+@frozen
 class Estimate:
     value: float | None
     low: float | None = None
     high: float | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Comparison:
     """Each cohort's estimate with its interval, and the difference A - B with its interval."""
 
@@ -318,7 +318,7 @@ def _resampled_means(w: Windows, rng: np.random.Generator) -> np.ndarray:
 WINNER, NO_DIFFERENCE, UNDERPOWERED = "winner", "no-difference", "underpowered"
 
 
-@dataclass(frozen=True)
+@frozen
 class Decision:
     outcome: str  # WINNER, NO_DIFFERENCE or UNDERPOWERED
     winner: str | None  # the cohort, A or B

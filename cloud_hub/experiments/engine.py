@@ -23,6 +23,7 @@ from cloud_hub.experiments import design
 from cloud_hub.experiments.design import COHORTS, A, B, Sample
 from cloud_hub.rollout import engine as ro
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import ModelRef
 
 RUNNING, DECIDED, STOPPED, FAILED = "running", "decided", "stopped", "failed"
@@ -33,7 +34,7 @@ ROLLOUT_ENDED = (ro.HALTED, ro.ABORTED, ro.ROLLED_BACK, ro.SUPERSEDED)
 Measure = Callable[[str, list[str]], Sample]
 
 
-@dataclass(frozen=True)
+@frozen
 class Design:
     """What the user asked for: the metric, the smallest effect worth finding, the test's level
     and power, the candidate's share of the devices and the deadline."""

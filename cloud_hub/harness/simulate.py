@@ -37,6 +37,7 @@ from edge_agent.config import load_config
 from edge_agent.errors import ConfigError, MessageError, TransportError
 from edge_agent.inference.runtime import Runtime, load_runtime
 from edge_agent.protocol.card import FeatureProfile, ModelCard
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.topics import check_device_id
 from edge_agent.sources.csv_fields import quoted
@@ -63,7 +64,7 @@ SIM_MODEL = ModelRef("sim-iris", 1)
 CATEGORY_SHIFT_SD = 4.0
 
 
-@dataclass(frozen=True)
+@frozen
 class SimOptions:
     """What `edgehub simulate` was asked for, validated."""
 

@@ -31,10 +31,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from cloud_hub.harness.commands import agent_argv, serve_argv
+from edge_agent.protocol.frozen import frozen
 
 # quick faults, drawn about every 8 s
 FAULTS = ("broker-restart", "hub-kill", "agent-kill", "bad-mqtt", "bad-lines", "flood")
@@ -46,7 +46,7 @@ FLOODER = "flood-x"  # not an agent: it never resends, so it is left out of the 
 RECONNECT_S = 12.0  # devices back within this long of the broker's return (ceiling 10 s)
 
 
-@dataclass(frozen=True)
+@frozen
 class Fault:
     at_s: float
     kind: str

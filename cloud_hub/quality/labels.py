@@ -29,8 +29,8 @@ What happens to each label is counted per source and reason (OUTCOMES):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.ids import prediction_id
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import Scalar
@@ -48,7 +48,7 @@ MAX_LABEL_CHARS = 200  # a class label longer than this is not one
 FROM_DEVICE, FROM_API, FROM_CSV = "device", "api", "csv"
 
 
-@dataclass(frozen=True)
+@frozen
 class JoinedLabel:
     """A label joined to the prediction it is about: the row `device`/`boot`/`row`, the model
     version that predicted it, its `prediction` and the true `label`, when the hub `received`

@@ -54,6 +54,7 @@ from cloud_hub.quality.labels import (
 )
 from cloud_hub.store.types import WIDE
 from edge_agent.errors import MessageError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.ids import PredictionId, parse_prediction_id
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import Scalar
@@ -63,7 +64,7 @@ PENDING_PER_PASS = 20_000  # pending labels one join pass looks at
 FULL_PASS_S = 60.0  # a join pass looks at the pending labels at least this often (grace expiry)
 
 
-@dataclass(frozen=True)
+@frozen
 class LabelTables:
     spans: Table
     labels: Table
@@ -174,7 +175,7 @@ class _Spans:
         return None
 
 
-@dataclass(frozen=True)
+@frozen
 class Found:
     """What the store holds of a row: its prediction (or not: `state` partial)."""
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ import numpy as np
 from cloud_hub.quality.labels import JoinedLabel
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.card import Anomaly, anomaly_label
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import ModelRef, check_model_name
 from edge_agent.protocol.records import Scalar
 
@@ -62,7 +63,7 @@ REGRESSOR_METRICS = ("rmse", "mae")
 METRICS = CLASSIFIER_METRICS + REGRESSOR_METRICS
 
 
-@dataclass(frozen=True)
+@frozen
 class Interval:
     """A metric's value and its interval (low, high), both None where undefined (one label)."""
 
@@ -211,7 +212,7 @@ def regression_metrics(
 
 
 # ---- the floor --------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@frozen
 class Floors:
     """Accuracy floors: `default` for every classifier, `per_model` by model name (NAME) or
     version (NAME@VERSION), the most specific first. None: no floor."""
@@ -290,7 +291,7 @@ def guess_task(predictions: Iterable[Scalar]) -> str:
     return CLASSIFICATION
 
 
-@dataclass(frozen=True)
+@frozen
 class Query:
     """Which rows: group `by` version (the fleet), device or cohort; with `bucket_s`, one row
     per bucket of that many seconds of prediction time."""

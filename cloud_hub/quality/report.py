@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from cloud_hub.drift.fleet import Labels
@@ -16,13 +15,14 @@ from cloud_hub.quality.metrics import Floors, Query, quality_rows
 from cloud_hub.store.database import Store
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.card import ModelCard
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import ModelRef
 
 FLOORS_STATE = "accuracy_floors"  # hub_state: the floors `edgehub serve` was started with
 DEFAULT_SINCE_S = 24 * 3600.0
 
 
-@dataclass(frozen=True)
+@frozen
 class MetricsQuery:
     """Labels received in the last `since_s` seconds, of one model (NAME or NAME@VERSION) or
     all, grouped `by` version, device or cohort, per `bucket_s` of prediction time or not."""

@@ -30,7 +30,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from cloud_hub.retrain.triggers import LabelSource
 from cloud_hub.store.database import Store, typed
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.card import ModelCard
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.ids import parse_prediction_id
 from edge_agent.protocol.input_spec import category_text
 from edge_agent.protocol.messages import ModelRef
@@ -52,7 +52,7 @@ MANIFEST = "manifest.json"
 HOLDOUT = "holdout/samples.csv"
 
 
-@dataclass(frozen=True)
+@frozen
 class Dataset:
     id: str
     folder: Path

@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 import re
 import shlex
-from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.frozen import frozen
 
 DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h|d)")
 UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -33,7 +33,7 @@ class PolicyError(ConfigError):
     """A policy that cannot be: a trigger that does not parse, a command without placeholders."""
 
 
-@dataclass(frozen=True)
+@frozen
 class DriftTrigger:
     """At least `share` (0..1) of the model's devices at `level` (or worse) throughout the
     last `duration_s` seconds."""
@@ -47,7 +47,7 @@ class DriftTrigger:
         return f"drift {self.level} on {share} of devices for {duration}"
 
 
-@dataclass(frozen=True)
+@frozen
 class AccuracyTrigger:
     """Accuracy over the labels received since the last run below `floor`."""
 
@@ -57,7 +57,7 @@ class AccuracyTrigger:
         return f"accuracy < {self.floor:g}"
 
 
-@dataclass(frozen=True)
+@frozen
 class LabelsTrigger:
     """At least `count` labels received since the last run."""
 
@@ -77,7 +77,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-@dataclass(frozen=True)
+@frozen
 class _Token:
     text: str
     at: int  # 1-based character position
@@ -227,7 +227,7 @@ def parse_timeout(text: str) -> float:
     return seconds
 
 
-@dataclass(frozen=True)
+@frozen
 class Policy:
     """When to retrain `model` (a model name) and the command that trains."""
 

@@ -10,6 +10,7 @@ from sqlalchemy import delete, insert, select, update
 
 from cloud_hub.retrain.policy import Policy
 from cloud_hub.store.database import Store, retrain_policies, retrain_runs
+from edge_agent.protocol.frozen import frozen
 
 # run states: where a run is, and where it ended
 RUNNING = "running"
@@ -46,7 +47,7 @@ class Run:
         return cls(**known)
 
 
-@dataclass(frozen=True)
+@frozen
 class StoredPolicy:
     policy: Policy
     created: float

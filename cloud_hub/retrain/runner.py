@@ -23,7 +23,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from cloud_hub.rollout.operations import open_repo, publish_bundle, start_rollou
 from cloud_hub.store.database import Store, typed
 from edge_agent.errors import BundleRejected, ConfigError, EdgefleetError
 from edge_agent.inference.runtime import open_runtime
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.input_spec import category_code, row_spec
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import DriftReport
@@ -62,7 +62,7 @@ class Refused(EdgefleetError):
     """Validation found the candidate worse than the serving model."""
 
 
-@dataclass(frozen=True)
+@frozen
 class Hub:
     """What a run needs of the hub: its folder, store and labels."""
 
@@ -134,7 +134,7 @@ def check_policies(hub: Hub, now: float | None = None) -> list[Run]:
     return started
 
 
-@dataclass(frozen=True)
+@frozen
 class _Since:
     """Label counts from `floor` on at the earliest (labels before a policy existed are not
     new to it)."""

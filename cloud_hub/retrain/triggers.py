@@ -16,20 +16,20 @@ least MIN_ACCURACY_LABELS labels: a handful of answers says little).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from cloud_hub.quality.labels import JoinedLabel
 from cloud_hub.quality.metrics import class_key
 from cloud_hub.retrain.policy import AccuracyTrigger, DriftTrigger, LabelsTrigger, Trigger
 from cloud_hub.store.database import Store
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import ModelRef
 
 DEFAULT_STALE_S = 900.0
 MIN_ACCURACY_LABELS = 50
 
 
-@dataclass(frozen=True)
+@frozen
 class DriftPoint:
     """One drift report: which device, when (its timestamp) and its status."""
 

@@ -39,6 +39,7 @@ from cloud_hub.rollout.gates import (
     measure,
 )
 from edge_agent.errors import ConfigError, MessageError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import ShadowReport
 from edge_agent.protocol.topics import check_device_id
@@ -64,7 +65,7 @@ SHADOW_EVENTS = frozenset(("shadowing", "shadow-report"))
 
 
 # ---- what the machine is told -------------------------------------------------------------
-@dataclass(frozen=True)
+@frozen
 class DeviceFacts:
     """What the registry knows about a device."""
 
@@ -74,7 +75,7 @@ class DeviceFacts:
     tags: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class Report:
     """One event a device sent about this rollout (`shadow` of a shadow-report), `at` its
     (boot, seq) among everything that device recorded."""
@@ -86,7 +87,7 @@ class Report:
     at: Position = field(kw_only=True)
 
 
-@dataclass(frozen=True)
+@frozen
 class Send:
     """A command for the hub to send: deploy, shadow or rollback."""
 
@@ -100,7 +101,7 @@ INSTALL_EVENTS = frozenset(("installed", "healthy"))  # healthy alone: it alread
 
 
 # ---- what the user asks for ---------------------------------------------------------------
-@dataclass(frozen=True)
+@frozen
 class Selector:
     """`all`, `group:NAME`, `tag:A[,B...]` (devices carrying every tag) or `devices:ID[,ID...]`
     (these devices: an experiment's cohort, cloud_hub.experiments)."""
@@ -171,7 +172,7 @@ def parse_canary(text: str) -> Threshold:
     return canary
 
 
-@dataclass(frozen=True)
+@frozen
 class Plan:
     select: str = "all"
     canary: str = "1"

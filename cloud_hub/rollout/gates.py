@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any, Protocol, TypeVar
 
 from cloud_hub.drift.fleet import pooled_accuracy
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import DriftReport, ShadowReport, TelemetryWindow
 
@@ -30,7 +31,7 @@ _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h)?")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600}
 
 
-@dataclass(frozen=True)
+@frozen
 class Threshold:
     """A number of devices (`3`) or a share of them (`10%`)."""
 
@@ -80,7 +81,7 @@ def parse_duration(text: str, what: str) -> float:
     return float(match[1]) * _UNIT_S[match[2] or "s"]
 
 
-@dataclass(frozen=True)
+@frozen
 class Gates:
     """What a wave must show after its soak time before the next wave starts."""
 
@@ -175,7 +176,7 @@ def after_install(
     return out
 
 
-@dataclass(frozen=True)
+@frozen
 class Metrics:
     """What the candidate model did on a wave's devices since each of them installed it."""
 
@@ -265,7 +266,7 @@ def _accuracy_drop(reports: Sequence[DriftReport]) -> float | None:
     return None if pooled is None else -pooled["change"]
 
 
-@dataclass(frozen=True)
+@frozen
 class Check:
     name: str
     value: float | None
@@ -277,7 +278,7 @@ class Check:
         return {"name": self.name, "value": value, "limit": self.limit, "ok": self.ok}
 
 
-@dataclass(frozen=True)
+@frozen
 class Verdict:
     outcome: str  # proceed, pause or abort
     reason: str = ""

@@ -20,7 +20,6 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,13 +51,14 @@ from cloud_hub.signing.keys import (
     load_key,
 )
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.transfer import chunk_bounds, chunk_count
 from edge_agent.system.fsutil import atomic_write, fsync_dir
 from edge_agent.update.digest import sha256_hex
 
 
-@dataclass(frozen=True)
+@frozen
 class Expiry:
     """How long each role's metadata stays valid."""
 
@@ -84,7 +84,7 @@ _RESIGN: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True)
+@frozen
 class KeyRotation:
     """What `TufRepository.rotate_key` changed."""
 

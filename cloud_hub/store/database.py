@@ -23,7 +23,6 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, TypeVar
 
@@ -72,6 +71,7 @@ from cloud_hub.store.errors import (
 )
 from cloud_hub.store.types import WIDE, fit_text
 from edge_agent.errors import MessageError, TransportError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import Batch, ModelRef, Status
 from edge_agent.protocol.records import (
     Body,
@@ -240,7 +240,7 @@ retrain_runs = Table(  # each time a policy fired: its data set, training, verdi
 )
 
 
-@dataclass(frozen=True)
+@frozen
 class StoredRecord:
     kind: str
     device: str
@@ -307,7 +307,7 @@ def typed(rows: Iterable[StoredRecord], of: type[B]) -> list[tuple[StoredRecord,
     return out
 
 
-@dataclass(frozen=True)
+@frozen
 class FleetBucket:
     """What the fleet's records of one model version added up to in one time bucket."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,6 +34,7 @@ from cloud_hub.web.fleet_rows import FleetRows
 from cloud_hub.web.metrics import registry_for
 from cloud_hub.web.rollouts import soaking_metrics
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.records import MAX_LABELS
 
 STATIC = Path(__file__).parent / "static"
@@ -43,7 +43,7 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_POINTS = 5000
 
 
-@dataclass(frozen=True)
+@frozen
 class WebAuth:
     token: str
     open_reads: bool = False

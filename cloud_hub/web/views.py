@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from cloud_hub.drift import fleet as fleet_drift
@@ -25,6 +24,7 @@ from cloud_hub.store.database import (
 )
 from edge_agent.drift import DEFAULT_ALERT_EVERY, DEFAULT_WARN_EVERY, levels
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.inputs import describe
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.records import DeviceStats, DriftReport, TelemetryWindow
@@ -347,7 +347,7 @@ def version_label(model: object, version: object) -> str | None:
     return f"{model}@{version}" if model else None
 
 
-@dataclass(frozen=True)
+@frozen
 class FleetQuery:
     """One page of the fleet: which devices (severities, a model or a model version), in what
     order (worst first then the most recently seen, the most recently seen first, or by id),

@@ -14,7 +14,6 @@ import os
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 
 import edge_agent
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.frozen import frozen
 
 RUN_TIMEOUT_S = 300.0
 
@@ -43,7 +43,7 @@ print(json.dumps(result))
 """
 
 
-@dataclass(frozen=True)
+@frozen
 class DeviceRun:
     runtime: str  # what ran it: "tflite-runtime 2.14.0"
     numpy: str  # the numpy beside it: "1.26.4"

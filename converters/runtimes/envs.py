@@ -13,16 +13,16 @@ prepared.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.frozen import frozen
 
 CACHE_ENV = "EDGEFLEET_CACHE_DIR"
 
 
-@dataclass(frozen=True)
+@frozen
 class EnvSpec:
     """A runtime environment: its folder name, what it is called, and what pip installs."""
 

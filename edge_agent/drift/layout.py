@@ -12,7 +12,6 @@ finite rows with it instead: a binary search per value in its own feature's poin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,9 +19,10 @@ import numpy as np
 from edge_agent.drift.stats import MIN_EXPECTED, merge_bins
 from edge_agent.native import count_slots
 from edge_agent.protocol.card import ModelCard, unique_sorted
+from edge_agent.protocol.frozen import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class Layout:
     """Where every count a report needs sits on the combined grid, as flat index arrays (one
     entry per bin or per KS point, with the feature it belongs to), so a report is a handful

@@ -95,6 +95,7 @@ from edge_agent.drift.stats import (
 )
 from edge_agent.native import ks_gaps
 from edge_agent.protocol.card import ModelCard, bucket_counts
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.records import (
     AccuracyEstimate,
     AnomalyRate,
@@ -130,7 +131,7 @@ class _Tally:
     anomalies: int = 0  # rows of them flagged
 
 
-@dataclass(frozen=True)
+@frozen
 class _Measures:
     """One window, summarised for the tests: small, and additive (two windows' measures add
     up to their union's), so pooling the last windows is adding a few short arrays."""

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from edge_agent.errors import BadDataError, ConfigError, TransportError
 from edge_agent.mqtt.client import Client, Refused
 from edge_agent.mqtt.packets import CONNACK_CODES, matches
+from edge_agent.protocol.frozen import frozen
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ _JOIN_S = 10.0  # longest stop() waits for the network thread (a connect times o
 REPORT_S = 60.0
 
 
-@dataclass(frozen=True)
+@frozen
 class BrokerAddress:
     host: str = "127.0.0.1"
     port: int = 1883

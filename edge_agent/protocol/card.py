@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
 from edge_agent.errors import BundleRejected, MessageError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.input_spec import InputSpec, parse_input_spec, row_spec
 from edge_agent.protocol.messages import ModelRef, field_of
 from edge_agent.protocol.reasons import Reason
@@ -90,7 +91,7 @@ def ks_reference(values: np.ndarray, points: int = KS_POINTS) -> list[float]:
     return [float(v) for v in finite]
 
 
-@dataclass(frozen=True)
+@frozen
 class FeatureProfile:
     name: str
     edges: tuple[float, ...]
@@ -159,7 +160,7 @@ def confidence(scores: np.ndarray) -> np.ndarray:
     return np.asarray(scores).max(axis=1)
 
 
-@dataclass(frozen=True)
+@frozen
 class Calibration:
     """A classifier's confidence (its largest class probability) -> the probability that its
     label is right: a step function, non-decreasing, fit at conversion on labeled rows.
@@ -187,7 +188,7 @@ class Calibration:
         }
 
 
-@dataclass(frozen=True)
+@frozen
 class Anomaly:
     """How an anomaly model's output is read: the model gives a score per row, higher = more
     anomalous (`direction` "higher", the one convention), and a row whose score is above
@@ -225,7 +226,7 @@ def anomaly_label(value: object) -> bool | None:
     return None
 
 
-@dataclass(frozen=True)
+@frozen
 class SampleFile:
     """card.sample.file: the health-gate sample as a bundle member, not inline values."""
 
@@ -234,7 +235,7 @@ class SampleFile:
     items: int
 
 
-@dataclass(frozen=True)
+@frozen
 class ModelCard:
     model: ModelRef
     task: str

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from edge_agent.errors import BundleRejected, MessageError
 from edge_agent.protocol.fields import field_of, matching, type_name
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import Command, command_from_json, dump_json, load_json
 from edge_agent.protocol.reasons import Reason
 
@@ -51,7 +51,7 @@ def command_body(cmd: Command, device: str, counter: int, expires: datetime) -> 
     }
 
 
-@dataclass(frozen=True)
+@frozen
 class SignedCommand:
     body: dict[str, Any]  # "signed", exactly as signed
     command: Command

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from edge_agent.errors import MessageError
 from edge_agent.protocol.fields import field_of
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.signal_names import parse_signal
 
 INPUT_KINDS = ("row", "window", "image")
@@ -53,7 +54,7 @@ MAX_CHANNELS = 64
 MAX_IMAGE_SIDE = 4096
 
 
-@dataclass(frozen=True)
+@frozen
 class WindowSpec:
     size: int  # samples per window
     stride: int  # samples between the starts of two windows
@@ -61,7 +62,7 @@ class WindowSpec:
     signal: tuple[str, ...] = ()  # signal features (edge_agent.signal); empty: the raw window
 
 
-@dataclass(frozen=True)
+@frozen
 class ImageSpec:
     height: int
     width: int
@@ -71,7 +72,7 @@ class ImageSpec:
     offset: float = 0.0
 
 
-@dataclass(frozen=True)
+@frozen
 class InputSpec:
     kind: str
     shape: tuple[int, ...]  # one item's model input, without the batch dimension

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.errors import MessageError
 from edge_agent.protocol.fields import field_of
+from edge_agent.protocol.frozen import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class InputState:
     """One source's condition at one moment."""
 

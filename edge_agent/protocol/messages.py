@@ -12,12 +12,13 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Protocol
 
 from edge_agent.errors import MessageError
 from edge_agent.protocol import SCHEMA_VERSION
 from edge_agent.protocol.fields import field_of, matching, type_name
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.topics import check_device_id
 
 EVENTS = (
@@ -89,7 +90,7 @@ def check_model_name(value: object, where: str) -> str:
     return matching(value, _MODEL_NAME, where, expected)
 
 
-@dataclass(frozen=True)
+@frozen
 class ModelRef:
     """A model name and its monotonically increasing version."""
 
@@ -132,7 +133,7 @@ class ModelRef:
             raise MessageError(f"{where}: {exc}") from exc
 
 
-@dataclass(frozen=True)
+@frozen
 class Status:
     """Retained on dev/{id}/status. The broker's last will publishes online=False."""
 
@@ -158,7 +159,7 @@ class Status:
         }
 
 
-@dataclass(frozen=True)
+@frozen
 class StorageCondition:
     """What a device says of its own storage: `stats["storage"]` of its status (published
     directly, so the hub hears it while nothing can be buffered) and `storage` in its telemetry
@@ -223,7 +224,7 @@ def decode_status(payload: bytes) -> Status:
     )
 
 
-@dataclass(frozen=True)
+@frozen
 class Record:
     """One buffered record: (boot, seq) identifies it for exactly-once ingest, and orders it
     among everything its device recorded (one sequence for every kind within a boot)."""
@@ -261,7 +262,7 @@ def encode_records(device: str, records: Iterable[str]) -> bytes:
     return b'%b,"records":[%b]}' % (head, ",".join(records).encode())
 
 
-@dataclass(frozen=True)
+@frozen
 class Batch:
     """What goes on dev/{id}/telemetry, drift and events: a list of records."""
 
@@ -334,7 +335,7 @@ def spans_of(records: Iterable[Keyed]) -> tuple[Span, ...]:
     return tuple((b, first, last) for b, first, last in out)
 
 
-@dataclass(frozen=True)
+@frozen
 class Confirm:
     """Hub -> device on dev/{id}/ack: the (boot, seq) spans the hub has committed to its store
     (now, or earlier for a repeat). Only then does the device forget those records; the broker's
@@ -378,7 +379,7 @@ def check_event(body: dict[str, Any], where: str) -> str:
     return event
 
 
-@dataclass(frozen=True)
+@frozen
 class DeltaRef:
     """A cheaper way to a deploy's target: the TUF target `target` rebuilds it from the bundle
     of `base`, an older version of the same model (edge_agent/update/delta.py). The hub names
@@ -401,7 +402,7 @@ class DeltaRef:
         )
 
 
-@dataclass(frozen=True)
+@frozen
 class Command:
     """Hub -> device on dev/{id}/cmd (QoS 1, persistent session).
 
@@ -480,7 +481,7 @@ def command_from_json(obj: dict[str, Any], where: str) -> Command:
     )
 
 
-@dataclass(frozen=True)
+@frozen
 class XferRequest:
     """Device -> hub on dev/{id}/xfer/req: send me these chunks of this target."""
 
@@ -506,7 +507,7 @@ def decode_xfer_request(payload: bytes, max_chunks: int) -> XferRequest:
     return XferRequest(target, tuple(chunks), encrypted)
 
 
-@dataclass(frozen=True)
+@frozen
 class XferChunk:
     """Hub -> device on dev/{id}/xfer/chunk: one chunk, base64 in JSON."""
 

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from typing import Any, ClassVar, TypeVar
 
 from edge_agent.errors import MessageError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.ids import parse_prediction_id
 from edge_agent.protocol.inputs import InputState, decode_inputs
 from edge_agent.protocol.messages import (
@@ -174,7 +175,7 @@ def _model_json(model: ModelRef | None) -> dict[str, Any] | None:
 
 
 # ---- telemetry ------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@frozen
 class WindowInputs:
     """A telemetry window's `inputs`: every source folded into one (edge_agent.protocol.inputs):
     the sums of `lost` and `reopened`, the longest `idle_s`, whether any has `no_input`."""
@@ -208,7 +209,7 @@ class WindowInputs:
         )
 
 
-@dataclass(frozen=True)
+@frozen
 class WindowRows:
     """The ids of a window's rows and what the model predicted for each: the window's `count`
     rows are `{device}/{boot}/{first}` ... `{device}/{boot}/{first + count - 1}`
@@ -241,7 +242,7 @@ class WindowRows:
         )
 
 
-@dataclass(frozen=True)
+@frozen
 class TelemetryWindow:
     """One window of inference (edge_agent.uplink.telemetry.Window), stamped with the model that
     handled all of it (None: no model). `latency_ms` holds p50/p95/p99 of the rows, `errors`
@@ -344,7 +345,7 @@ class TelemetryWindow:
         return window
 
 
-@dataclass(frozen=True)
+@frozen
 class RawSample:
     """A sampled raw row with its prediction (edge_agent.uplink.sampling), a telemetry record of its
     own: `{"raw": {"model": ..., "features": {name: value or null}, "prediction": ...,
@@ -385,7 +386,7 @@ class RawSample:
 
 
 # ---- drift ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@frozen
 class DriftLevels:
     """The family p-values under which a window warns and alerts: 0 < alert < warn < 1."""
 
@@ -415,7 +416,7 @@ class DriftLevels:
         return cls(levels["warn"], levels["alert"])
 
 
-@dataclass(frozen=True)
+@frozen
 class PredictionDrift:
     """The model's output in a drift window: PSI and JS against the card's prediction profile,
     the chi-square p-value, and the window's counts per class (or per bin of a regressor)."""
@@ -439,7 +440,7 @@ class PredictionDrift:
         )
 
 
-@dataclass(frozen=True)
+@frozen
 class AccuracyEstimate:
     """A window's accuracy estimated without labels (edge_agent.drift.monitor): `expected`, the
     card's `reference` and the `change`; `rows` scored and `sum` of their calibrated
@@ -475,7 +476,7 @@ class AccuracyEstimate:
         )
 
 
-@dataclass(frozen=True)
+@frozen
 class AnomalyRate:
     """An anomaly model's drift window (edge_agent.drift.monitor): `anomalies` of its `rows`
     flagged (score above the card's threshold), their `rate`, the card's `reference` rate, and
@@ -514,7 +515,7 @@ def _bins(value: object, where: str) -> tuple[int, ...]:
     return _list(_whole)(value, where)
 
 
-@dataclass(frozen=True)
+@frozen
 class WindowCounts:
     """A drift window's rows and, per feature, its counts over the card's quantile bins."""
 
@@ -533,7 +534,7 @@ class WindowCounts:
         )
 
 
-@dataclass(frozen=True)
+@frozen
 class CategoryCounts:
     """A categorical feature's drift window by its texts: rows per category (those the window
     saw), and rows whose text was none of the card's categories."""
@@ -553,7 +554,7 @@ class CategoryCounts:
         )
 
 
-@dataclass(frozen=True)
+@frozen
 class Capture:
     """The latest inputs of an alerting window, when the device's profile allows it."""
 
@@ -584,7 +585,7 @@ def _status(value: object, where: str) -> str:
     return str(value)
 
 
-@dataclass(frozen=True)
+@frozen
 class DriftReport:
     """One drift window (edge_agent.drift.monitor says what each field means).
 
@@ -701,7 +702,7 @@ class DriftReport:
 
 
 # ---- events ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@frozen
 class ShadowReport:
     """A shadow run's comparison over `rows` live rows (edge_agent.inference.shadow): the share
     on which the candidate agreed with the serving model (`current`), the rows it failed on, and the
@@ -740,7 +741,7 @@ def _event(value: object, where: str) -> str:
     return str(value)
 
 
-@dataclass(frozen=True)
+@frozen
 class DeviceEvent:
     """What the updater did about a model (EVENTS), for which rollout, and why; a
     shadow-report carries its `ShadowReport`."""
@@ -780,7 +781,7 @@ class DeviceEvent:
 
 
 # ---- labels ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@frozen
 class Labels:
     """Ground truth for earlier predictions, on dev/{id}/labels: (prediction id, true label)
     pairs, sent by the device or by a person who knows the answer."""
@@ -818,7 +819,7 @@ class Labels:
 
 
 # ---- the status's stats ---------------------------------------------------------------------
-@dataclass(frozen=True)
+@frozen
 class DeviceStats:
     """`stats` of a device's status: since it started, the rows it inferred, the lines it
     rejected per reason, latency percentiles, records sent per kind, buffered now and dropped

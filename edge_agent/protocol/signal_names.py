@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from edge_agent.errors import MessageError
+from edge_agent.protocol.frozen import frozen
 
 STATS = ("mean", "std", "rms", "min", "max", "ptp")
 BAND = "band_power"
@@ -28,7 +28,7 @@ _BAND = re.compile(rf"{BAND}:{_NUMBER}-{_NUMBER}")
 GRAMMAR = f"one of {', '.join(STATS)} or {BAND}:LO-HI (Hz, e.g. {BAND}:0.5-3)"
 
 
-@dataclass(frozen=True)
+@frozen
 class SignalFeature:
     name: str  # as declared: "rms", "band_power:0-5"
     kind: str  # one of STATS, or BAND

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from edge_agent.errors import MessageError
 from edge_agent.protocol.fields import matching
+from edge_agent.protocol.frozen import frozen
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
@@ -23,7 +23,7 @@ def check_device_id(value: object, where: str = "device id") -> str:
     return matching(value, _DEVICE_ID, where, expected)
 
 
-@dataclass(frozen=True)
+@frozen
 class Topics:
     """All topic names under one prefix (default `edgefleet`)."""
 

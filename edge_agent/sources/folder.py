@@ -12,11 +12,11 @@ import logging
 import os
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.checks import positive_float, positive_int
 from edge_agent.errors import ConfigError, TransportError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.sources.base import DEFAULT_IMAGE_BYTES, ThreadedSource, transport_error
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ AFTER = ("keep", "delete", "move")
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")  # files still being written
 
 
-@dataclass(frozen=True)
+@frozen
 class Listed:
     """One regular file of a listing: its name and what tells a finished file from one still
     growing (size and modification time, in nanoseconds)."""

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from edge_agent.errors import BadDataError, ConfigError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.topics import check_device_id
 from edge_agent.system.fsutil import atomic_write
 
@@ -43,7 +43,7 @@ _PUBLIC_MODE = 0o644
 _PUBLIC_FIELDS = frozenset({"v", "device", "x25519"})
 
 
-@dataclass(frozen=True)
+@frozen
 class DeviceIdentity:
     """A device id with its X25519 private key."""
 

@@ -21,15 +21,15 @@ What the unit promises:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.frozen import frozen
 
 _NEEDS_QUOTES = set(" \t\"'\\;")
 
 
-@dataclass(frozen=True)
+@frozen
 class ServiceSpec:
     """What the unit is rendered from; every path absolute."""
 

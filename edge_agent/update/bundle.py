@@ -5,17 +5,18 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from edge_agent.errors import BundleRejected
 from edge_agent.protocol.card import ModelCard, parse_card
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.reasons import Reason
 from edge_agent.update.digest import sha256_hex
 
 
-@dataclass(frozen=True)
+@frozen
 class Bundle:
     card: ModelCard
     model_bytes: bytes

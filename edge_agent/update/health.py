@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from edge_agent.inference.runtime import INFERENCE_ERRORS, Runtime
 from edge_agent.protocol.card import Anomaly, ModelCard
+from edge_agent.protocol.frozen import frozen
 from edge_agent.uplink.telemetry import percentile
 
 
-@dataclass(frozen=True)
+@frozen
 class HealthResult:
     ok: bool
     reason: str

@@ -24,11 +24,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from edge_agent.errors import BundleRejected, ConfigError, EdgefleetError
+from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.messages import DeltaRef, ModelRef
 from edge_agent.protocol.reasons import Reason
 from edge_agent.protocol.transfer import chunk_count
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 CHECK_TIMEOUT_S = 120.0  # the longest one answer of the TUF check may take
 
 
-@dataclass(frozen=True)
+@frozen
 class VerifiedTarget:
     path: str
     model: ModelRef
@@ -63,7 +63,7 @@ class VerifiedTarget:
         return tuple(str(h) for h in hashes)
 
 
-@dataclass(frozen=True)
+@frozen
 class _Entry:
     """A target's entry in the verified targets metadata."""
 

@@ -4,12 +4,11 @@ SQLite."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from edge_agent.errors import ConfigError
+from edge_agent.protocol.frozen import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class Cap:
     """At most `max_rows` records and `max_bytes` bytes of bodies (None: no byte cap)."""
 

@@ -11,16 +11,17 @@ import pty
 import re
 import subprocess
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from edge_agent.protocol.frozen import frozen
 
 WAIT_S = 20.0
 REFUSED = 128
 _SUBACK = re.compile(r"^Subscribed \(mid: \d+\): ([\d, ]+)$")
 
 
-@dataclass(frozen=True)
+@frozen
 class Login:
     """Where and as whom a client connects (`cafile`: over TLS, trusting that CA; no user: an
     anonymous client, where the broker admits one)."""
@@ -37,7 +38,7 @@ class Login:
         return [*("-V", "mqttv311", "-h", self.host, "-p", str(self.port)), *who, "-q", "1", *tls]
 
 
-@dataclass(frozen=True)
+@frozen
 class MqttCli:
     sub: str  # mosquitto_sub
     pub: str  # mosquitto_pub

@@ -1,0 +1,152 @@
+"""`@frozen`: what `@dataclass(frozen=True)` makes, made with one compile instead of six.
+
+Python 3.11's dataclass compiles each method it writes (`__init__`, `__repr__`, `__eq__`,
+`__hash__`, `__setattr__`, `__delattr__`) from source of its own: about 0.1 ms a method on a
+Raspberry Pi-class core, so the agent's sixty-odd value classes spent half of its imports
+there (bench/agent_bench.py: cold start). Here `dataclass` keeps its part that costs nothing
+(the fields: `dataclasses.fields`, `replace`, `asdict` work as before) and only `__init__` is
+compiled, since it runs for every instance; the other methods are the same few functions
+for every class, reading the class's field names. What each method does is what dataclass's
+would (tests/test_frozen.py holds them side by side).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import MISSING, Field, FrozenInstanceError, dataclass, field, fields
+from operator import attrgetter
+from typing import Any, TypeVar, dataclass_transform, overload
+
+T = TypeVar("T", bound=type)
+
+
+@overload
+def frozen(cls: T, /) -> T: ...
+
+
+@overload
+def frozen(*, kw_only: bool = False) -> Callable[[T], T]: ...
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field, Field))
+def frozen(cls: T | None = None, /, *, kw_only: bool = False) -> T | Callable[[T], T]:
+    """`@frozen` or `@frozen(kw_only=True)`, as `@dataclass(frozen=True[, kw_only=True])`."""
+
+    def make(c: T) -> T:
+        return _make(c, kw_only)
+
+    return make if cls is None else make(cls)
+
+
+def _make(cls: T, kw_only: bool) -> T:
+    own = set(cls.__dict__)  # what the class defines itself stays, as dataclass leaves it
+    explicit_hash = cls.__dict__.get("__hash__", MISSING) not in (MISSING, None)
+    dataclass(init=False, repr=False, eq=False, kw_only=kw_only)(cls)  # the fields alone, in place
+    every = fields(cls)
+    names = frozenset(f.name for f in every)
+    methods: dict[str, Any] = {
+        "__init__": _init(cls, every),
+        "__repr__": _repr(tuple(f.name for f in every if f.repr)),
+        "__eq__": _eq(_key(tuple(f.name for f in every if f.compare))),
+        "__setattr__": _setattr(cls, names),
+        "__delattr__": _delattr(cls, names),
+    }
+    if not explicit_hash:
+        hashed = tuple(f.name for f in every if (f.compare if f.hash is None else f.hash))
+        methods["__hash__"] = _hash(_key(hashed))
+    for name, method in methods.items():
+        if name in own and name != "__hash__":
+            continue
+        method.__qualname__ = f"{cls.__qualname__}.{name}"
+        setattr(cls, name, method)
+    return cls
+
+
+def _init(cls: type, every: tuple[Field[Any], ...]) -> Callable[..., None]:
+    """`__init__`, compiled: each field set through object.__setattr__, defaults and factories
+    as dataclass applies them, then `__post_init__` when the class has one."""
+    env: dict[str, Any] = {"_fz_set": object.__setattr__, "_fz_missing": MISSING}
+    positional: list[str] = []
+    keyword: list[str] = []
+    body: list[str] = []
+    for f in every:
+        value = f.name
+        if f.default_factory is not MISSING:
+            env[f"_fz_f_{f.name}"] = f.default_factory
+            made = f"_fz_f_{f.name}()"
+            param, value = (
+                f"{f.name}=_fz_missing",
+                f"{made} if {f.name} is _fz_missing else {f.name}",
+            )
+            if not f.init:
+                value = made
+        elif f.default is not MISSING:
+            env[f"_fz_d_{f.name}"] = f.default
+            param = f"{f.name}=_fz_d_{f.name}"
+            if not f.init:
+                value = f"_fz_d_{f.name}"
+        else:
+            param = f.name
+            if not f.init:
+                continue  # set by __post_init__, as with dataclass
+        if f.init:
+            (keyword if f.kw_only is True else positional).append(param)
+        body.append(f"_fz_set(self, {f.name!r}, {value})")
+    if hasattr(cls, "__post_init__"):
+        body.append("self.__post_init__()")
+    params = ["self", *positional, *(["*", *keyword] if keyword else [])]
+    lines = "\n".join(f"    {line}" for line in body or ["pass"])
+    exec(f"def __init__({', '.join(params)}):\n{lines}\n", env)
+    init: Callable[..., None] = env["__init__"]
+    return init
+
+
+def _key(names: tuple[str, ...]) -> Callable[[Any], Any]:
+    """The values `__eq__` and `__hash__` look at, as one value."""
+    return attrgetter(*names) if names else _nothing
+
+
+def _nothing(_obj: Any) -> tuple[()]:
+    return ()
+
+
+def _repr(names: tuple[str, ...]) -> Callable[[Any], str]:
+    def __repr__(self: Any) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
+        return f"{self.__class__.__qualname__}({shown})"
+
+    return __repr__
+
+
+def _eq(key: Callable[[Any], Any]) -> Callable[[Any, object], Any]:
+    def __eq__(self: Any, other: object) -> Any:
+        if other.__class__ is self.__class__:
+            return key(self) == key(other)
+        return NotImplemented
+
+    return __eq__
+
+
+def _hash(key: Callable[[Any], Any]) -> Callable[[Any], int]:
+    def __hash__(self: Any) -> int:
+        return hash(key(self))
+
+    return __hash__
+
+
+def _setattr(cls: type, names: frozenset[str]) -> Callable[[Any, str, Any], None]:
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        if type(self) is cls or name in names:
+            raise FrozenInstanceError(f"cannot assign to field {name!r}")
+        object.__setattr__(self, name, value)  # a plain subclass's own
+
+    return __setattr__
+
+
+def _delattr(cls: type, names: frozenset[str]) -> Callable[[Any, str], None]:
+    def __delattr__(self: Any, name: str) -> None:
+        if type(self) is cls or name in names:
+            raise FrozenInstanceError(f"cannot delete field {name!r}")
+        object.__delattr__(self, name)
+
+    return __delattr__

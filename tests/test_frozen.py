@@ -1,0 +1,184 @@
+"""edge_agent.frozen against what it stands for, dataclass(frozen=True): the same class body
+through both, every method side by side."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import pickle
+from dataclasses import KW_ONLY, FrozenInstanceError, dataclass, field
+from typing import Any, ClassVar
+
+import pytest
+
+from edge_agent.protocol.frozen import frozen
+
+
+def body(**extra: Any) -> dict[str, Any]:
+    """A class body with every kind of field: plain, default, factory, not in the constructor,
+    not compared, not shown, a ClassVar."""
+    namespace: dict[str, Any] = {
+        "__annotations__": {
+            "name": "str",
+            "size": "int",
+            "tags": "dict[str, int]",
+            "note": "str",
+            "cache": "list[int]",
+            "derived": "int",
+            "KIND": "ClassVar[str]",
+        },
+        "size": 1,
+        "tags": field(default_factory=dict),
+        "note": field(default="", compare=False, repr=False),
+        "cache": field(default_factory=list, init=False, compare=False),
+        "derived": field(init=False),
+        "KIND": "thing",
+    }
+
+    def __post_init__(self: Any) -> None:
+        object.__setattr__(self, "derived", self.size * 2)
+
+    namespace["__post_init__"] = __post_init__
+    namespace.update(extra)
+    return namespace
+
+
+def pair(**extra: Any) -> tuple[Any, Any]:
+    ours: Any = frozen(type("Thing", (), body(**extra)))
+    theirs: Any = dataclass(frozen=True)(type("Thing", (), body(**extra)))
+    return ours, theirs
+
+
+CALLS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+    (("a",), {}),
+    (("a", 3), {}),
+    (("a",), {"tags": {"x": 1}, "note": "n"}),
+    ((), {"name": "b", "size": 0}),
+]
+
+
+@pytest.mark.parametrize(("args", "kwargs"), CALLS)
+def test_construction_fields_and_repr_match_dataclass(args: tuple[Any, ...], kwargs: Any) -> None:
+    ours, theirs = pair()
+    a, b = ours(*args, **kwargs), theirs(*args, **kwargs)
+    assert vars(a) == vars(b)
+    assert repr(a) == repr(b)
+    assert [f.name for f in dataclasses.fields(a)] == [f.name for f in dataclasses.fields(b)]
+    assert dataclasses.asdict(a) == dataclasses.asdict(b)
+    assert vars(dataclasses.replace(a, size=7)) == vars(dataclasses.replace(b, size=7))
+    assert ours.__match_args__ == theirs.__match_args__ == ("name", "size", "tags", "note")
+    assert ours.KIND == "thing" and "KIND" not in vars(a)
+
+
+def test_a_factory_makes_a_new_value_for_each_instance() -> None:
+    ours, _ = pair()
+    a, b = ours("a"), ours("b")
+    assert a.tags == {} and a.tags is not b.tags and a.cache is not b.cache
+
+
+def test_equality_and_hash_follow_the_compared_fields() -> None:
+    def point() -> dict[str, Any]:
+        return {
+            "__annotations__": {"x": "int", "y": "int", "note": "str"},
+            "note": field(default="", compare=False),
+            "__hash__": None,  # dataclass replaces a None hash: so must we
+        }
+
+    ours: Any = frozen(type("Point", (), point()))
+    theirs: Any = dataclass(frozen=True)(type("Point", (), point()))
+    a, same, other = ours(1, 2, "x"), ours(1, 2, "y"), ours(2, 1)
+    assert a == same and hash(a) == hash(same)  # `note` is not compared
+    assert a != other
+    assert (a == same, a == other) == (theirs(1, 2, "x") == theirs(1, 2, "y"), False)
+    assert a != theirs(1, 2)  # another class, even with the same fields
+    assert a.__eq__(object()) is NotImplemented
+    assert {a, same, other} == {a, other}
+
+
+def test_a_list_field_makes_it_unhashable_as_with_dataclass() -> None:
+    @frozen
+    class Row:
+        values: list[int]
+
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(Row([1]))
+
+
+def test_fields_cannot_be_set_or_deleted() -> None:
+    ours, _ = pair()
+    a = ours("a")
+    with pytest.raises(FrozenInstanceError, match="'size'"):
+        a.size = 3
+    with pytest.raises(FrozenInstanceError, match="'name'"):
+        del a.name
+    with pytest.raises(FrozenInstanceError):
+        a.other = 1  # not a field either: the class is frozen
+
+
+def test_kw_only_and_positional_errors_as_with_dataclass() -> None:
+    @frozen(kw_only=True)
+    class Options:
+        a: int
+        b: int = 2
+
+    @frozen
+    class Mixed:
+        a: int
+        _: KW_ONLY
+        b: int = 2
+
+    assert vars(Options(a=1)) == {"a": 1, "b": 2}
+    assert vars(Mixed(1, b=3)) == {"a": 1, "b": 3}
+    with pytest.raises(TypeError):
+        Options(1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Mixed(1, 3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="missing"):
+        Mixed()  # type: ignore[call-arg]
+
+
+def test_methods_a_class_defines_itself_stay() -> None:
+    @frozen
+    class Named:
+        name: str
+
+        def __repr__(self) -> str:
+            return f"<{self.name}>"
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Named) and other.name.lower() == self.name.lower()
+
+        def __hash__(self) -> int:
+            return hash(self.name.lower())
+
+    assert repr(Named("A")) == "<A>"
+    assert Named("A") == Named("a") and hash(Named("A")) == hash(Named("a"))
+
+
+def test_subclass_inherits_and_extends_the_fields() -> None:
+    @frozen
+    class Base:
+        a: int
+
+    @frozen
+    class Child(Base):
+        b: str = "x"
+
+    child = Child(1)
+    assert vars(child) == {"a": 1, "b": "x"} and child != Base(1)
+    assert repr(child) == f"{Child.__qualname__}(a=1, b='x')"
+    with pytest.raises(FrozenInstanceError):
+        child.a = 2  # type: ignore[misc]
+
+
+def test_copies_and_pickles_as_a_dataclass_does() -> None:
+    a = PICKLED(1, ("x",))
+    assert copy.copy(a) == a and copy.deepcopy(a) == a
+    assert pickle.loads(pickle.dumps(a)) == a
+
+
+@frozen
+class PICKLED:  # at module level: pickle finds classes by name
+    n: int
+    names: tuple[str, ...]
+    seen: ClassVar[int] = 0
