@@ -182,3 +182,24 @@ class PICKLED:  # at module level: pickle finds classes by name
     n: int
     names: tuple[str, ...]
     seen: ClassVar[int] = 0
+
+
+def test_a_class_without_a_docstring_gets_its_fields_as_one() -> None:
+    @frozen
+    class Bare:
+        a: int
+        b: str = ""
+
+    assert Bare.__doc__ == "Bare(a, b)"
+
+
+def test_init_is_compiled_at_the_first_instance_and_kept() -> None:
+    @frozen
+    class Late:
+        a: int
+
+    first = Late.__init__
+    assert Late(1).a == 1
+    assert Late.__init__ is not first and Late.__init__.__qualname__.endswith("Late.__init__")
+    kept = Late.__init__
+    assert Late(a=2).a == 2 and Late.__init__ is kept

@@ -1,13 +1,14 @@
 """`@frozen`: what `@dataclass(frozen=True)` makes, made with one compile instead of six.
 
 Python 3.11's dataclass compiles each method it writes (`__init__`, `__repr__`, `__eq__`,
-`__hash__`, `__setattr__`, `__delattr__`) from source of its own: about 0.1 ms a method on a
-Raspberry Pi-class core, so the agent's sixty-odd value classes spent half of its imports
-there (bench/agent_bench.py: cold start). Here `dataclass` keeps its part that costs nothing
-(the fields: `dataclasses.fields`, `replace`, `asdict` work as before) and only `__init__` is
-compiled, since it runs for every instance; the other methods are the same few functions
-for every class, reading the class's field names. What each method does is what dataclass's
-would (tests/test_frozen.py holds them side by side).
+`__hash__`, `__setattr__`, `__delattr__`) from source of its own: about 70 µs a method on the
+2-core x86 machine the benches ran on, so the agent's sixty-odd value classes took a third
+of its imports (about 25 of 65 ms: bench/agent_bench.py's cold start). Here `dataclass`
+keeps its part that costs nothing (the fields: `dataclasses.fields`, `replace`, `asdict` work
+as before) and only `__init__` is compiled, since it runs for every instance, and only when
+the first instance is made; the other methods are the same few functions for every class,
+reading the class's field names. What each method does is what dataclass's would
+(tests/test_frozen.py holds them side by side).
 """
 
 from __future__ import annotations
@@ -41,11 +42,16 @@ def frozen(cls: T | None = None, /, *, kw_only: bool = False) -> T | Callable[[T
 def _make(cls: T, kw_only: bool) -> T:
     own = set(cls.__dict__)  # what the class defines itself stays, as dataclass leaves it
     explicit_hash = cls.__dict__.get("__hash__", MISSING) not in (MISSING, None)
+    undocumented = not cls.__doc__
+    if undocumented:  # else dataclass writes one from inspect.signature: 3 ms, the first time
+        cls.__doc__ = cls.__name__
     dataclass(init=False, repr=False, eq=False, kw_only=kw_only)(cls)  # the fields alone, in place
     every = fields(cls)
+    if undocumented:
+        cls.__doc__ = f"{cls.__name__}({', '.join(f.name for f in every if f.init)})"
     names = frozenset(f.name for f in every)
     methods: dict[str, Any] = {
-        "__init__": _init(cls, every),
+        "__init__": _first_init(cls, every),
         "__repr__": _repr(tuple(f.name for f in every if f.repr)),
         "__eq__": _eq(_key(tuple(f.name for f in every if f.compare))),
         "__setattr__": _setattr(cls, names),
@@ -60,6 +66,19 @@ def _make(cls: T, kw_only: bool) -> T:
         method.__qualname__ = f"{cls.__qualname__}.{name}"
         setattr(cls, name, method)
     return cls
+
+
+def _first_init(cls: type, every: tuple[Field[Any], ...]) -> Callable[..., None]:
+    """`__init__` until the class's first instance: it compiles the class's own (`_init`), puts
+    it in its place and runs it. A class a process never makes never pays for the compile."""
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init = _init(cls, every)
+        init.__qualname__ = f"{cls.__qualname__}.__init__"
+        setattr(cls, "__init__", init)  # noqa: B010 - mypy refuses an assignment to __init__
+        init(self, *args, **kwargs)
+
+    return __init__
 
 
 def _init(cls: type, every: tuple[Field[Any], ...]) -> Callable[..., None]:
