@@ -52,7 +52,7 @@ from typing import Any
 from securesystemslib.signer import Signer
 
 from cloud_hub.cluster import LEADER_TIMEOUT_S
-from cloud_hub.cluster.leader import Follower, Leadership, Sole, leadership
+from cloud_hub.cluster.leader import Follower, Leadership, LostLead, Sole, leadership
 from cloud_hub.drift.source import PublishedCards
 from cloud_hub.experiments.operations import step_all as step_experiments
 from cloud_hub.experiments.samples import Outcomes, outcomes_from_labels
@@ -427,7 +427,11 @@ class Hub:
         try:
             self._note_refusals(now)
             if self._leads():
-                self._lead(now)
+                with self.leadership.fence():  # a lead taken meanwhile: its writes are refused
+                    self._lead(now)
+        except LostLead as exc:
+            log.warning("lost the lead: %s", exc)
+            self.leadership.close()
         except (BadDataError, OSError, TransportError, StoreError) as exc:
             self._reject(exc, "tick")
 
@@ -473,7 +477,7 @@ class Hub:
             self._send_outbox,
             self._step_rollouts,
             self._step_experiments,
-            *([lambda: self.retrain.maybe(now)] if signing else []),
+            *([lambda: self.retrain.maybe(now, self.leadership.fence())] if signing else []),
         ]
         for step in steps:
             if not self.leadership.holds():  # a hung leader woke up: the lead is not its own

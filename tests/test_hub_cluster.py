@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cloud_hub.broker.local import RunningBroker, free_port
 from cloud_hub.cli.app import main
 from cloud_hub.cluster import MIN_LEADER_TIMEOUT_S
-from cloud_hub.cluster.leader import LOCK_KEY, AdvisoryLock, FileLock
+from cloud_hub.cluster.leader import LOCK_KEY, AdvisoryLock, FileLock, LostLead
 from cloud_hub.harness.commands import serve_argv
 from cloud_hub.harness.simulate import SIM_MODEL, SimOptions, Simulation, build_sim_model
 from cloud_hub.hub import TUF_STATE, Hub
@@ -277,18 +277,130 @@ def _outbox(store: Store) -> list[tuple[str, dict[str, Any]]]:
 
 
 def test_one_advisory_lock_at_a_time_and_it_goes_with_its_session(pg: str) -> None:
-    engine = create_engine(pg)
+    engine = Store(pg).engine  # the schema: each lead bumps the epoch in hub_state
     first, second = AdvisoryLock(engine), AdvisoryLock(engine)
     try:
-        assert first.leads() and first.leads()
-        assert not second.leads()
+        assert first.leads() and first.leads() and first.epoch == 1
+        assert not second.leads() and second.epoch is None
         first.close()
-        assert second.leads()
-        assert not first.leads()
+        assert second.leads() and second.epoch == 2
+        assert not first.leads() and first.epoch is None
     finally:
         first.close()
         second.close()
         engine.dispose()
+
+
+def _take_over(lock: AdvisoryLock, engine: Engine) -> None:
+    """What a worker that found the lock's holder hung does: end its session (the lock goes
+    with it), then lead."""
+    with _autocommit(engine) as c:
+        c.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND granted AND database = (SELECT oid FROM pg_database "
+                "WHERE datname = current_database())"
+            )
+        )
+    _waited("lead", lock.leads, HANDOVER_S)
+
+
+def test_a_lead_taken_meanwhile_refuses_what_the_old_leader_goes_on_to_store(pg: str) -> None:
+    """The leader hung in the middle of a step, another worker ended its lock's session and
+    leads; the woken one goes on with its step before it looks at its lock again. What that
+    step stores is refused; what the worker ingests (not fenced) is not."""
+    old_store = Store(pg)
+    engine = create_engine(pg)
+    old, new = AdvisoryLock(old_store.engine), AdvisoryLock(engine)
+    try:
+        assert old.leads() and old.epoch == 1
+        with old.fence():
+            old_store.set_state("step", "first")  # its lead: stored
+        fence = old.fence()  # the step's fence, taken before it hung
+        _take_over(new, engine)
+        assert new.epoch == 2
+        with fence, pytest.raises(LostLead, match="led as epoch 1, now it is 2"):
+            old_store.set_state("step", "after the handover")
+        with fence:
+            assert not old.holds()  # its next look at its lock: the session is gone
+        assert old.epoch is None
+        old_store.set_state("ingest", "stored")  # outside a fence: every worker ingests
+        with new.fence():
+            new_store = Store(pg)
+            assert new_store.get_state("step") == "first"
+            new_store.set_state("step", "the new leader's")
+        assert old_store.get_state("step") == "the new leader's"
+        assert old_store.get_state("ingest") == "stored"
+        new_store.engine.dispose()
+    finally:
+        old.close()
+        new.close()
+        engine.dispose()
+        old_store.engine.dispose()
+
+
+def test_the_next_lead_waits_for_a_transaction_the_old_one_began(pg: str) -> None:
+    """The epoch is read FOR SHARE at the start of each fenced transaction: a new lead's bump
+    waits until such a transaction ends, so what the old leader committed comes before
+    anything the new one does, never in the middle of it."""
+    old_store = Store(pg)
+    engine = create_engine(pg)
+    old, new = AdvisoryLock(old_store.engine), AdvisoryLock(engine)
+    took: list[int | None] = []
+    try:
+        assert old.leads()
+        with old.fence(), old_store.engine.begin() as step:  # the step's transaction, begun
+            taker = threading.Thread(target=lambda: took.append(_take_over(new, engine)))
+            taker.start()
+
+            def bump_waits() -> bool:
+                with engine.connect() as c:
+                    return bool(
+                        c.execute(
+                            text(
+                                "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                "current_database() AND wait_event_type = 'Lock' "
+                                "AND query LIKE '%hub_state%'"
+                            )
+                        ).scalar()
+                    )
+
+            _waited("the new lead's bump waiting", bump_waits, HANDOVER_S)
+            assert new.epoch is None
+            step.execute(text("UPDATE hub_state SET value = CAST('7' AS json) WHERE key = 'x'"))
+        taker.join(HANDOVER_S)
+        assert took == [None] and new.epoch == 2
+    finally:
+        old.close()
+        new.close()
+        engine.dispose()
+        old_store.engine.dispose()
+
+
+def test_a_leader_whose_lead_is_taken_mid_step_says_so_and_follows(
+    pg: str, broker: RunningBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = new_hub(tmp_path / "hub", broker, share="hubs", client_id="edgehub-a")  # no keys
+    engine = create_engine(pg)
+    other = AdvisoryLock(engine)
+
+    def hangs_then_stores(now: float) -> None:  # a step the worker hung in
+        _take_over(other, engine)
+        hub.store.set_state("quality", "stale")
+
+    try:
+        hub.quality.tick = hangs_then_stores  # type: ignore[method-assign]
+        with caplog.at_level(logging.WARNING, logger="cloud_hub.hub"):
+            hub.tick()
+        said = [r.getMessage() for r in caplog.records]
+        assert any("lost the lead" in m and "led as epoch 1, now it is 2" in m for m in said)
+        assert hub.store.get_state("quality") is None
+        hub.tick()
+        assert hub.leading is False and other.holds()
+    finally:
+        other.close()
+        engine.dispose()
+        hub.store.engine.dispose()
 
 
 def _waited(what: str, ready: Callable[[], bool], timeout: float) -> float:
@@ -310,6 +422,7 @@ def test_a_lock_session_quiet_past_the_timeout_is_ended_and_the_asker_leads(pg: 
     its process (one in a transaction); one that speaks keeps it; the same lock in another
     database is another fleet's, and is left alone."""
     timeout = 2.0
+    Store(pg).engine.dispose()  # the schema: a lead bumps the epoch in hub_state
     engine = create_engine(pg)
     # the hung worker's sessions carry its name, as every hub's do (SESSION_NAME)
     hung_worker = create_engine(pg, connect_args={"application_name": "edgehub:gone:42"})

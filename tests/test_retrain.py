@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from cloud_hub.cli import app as cli
 from cloud_hub.quality.labels import JoinedLabel
 from cloud_hub.retrain import registry as reg
+from cloud_hub.retrain import runner
 from cloud_hub.retrain.policy import LabelsTrigger, Policy, parse_command, parse_timeout
 from cloud_hub.retrain.runner import Hub, check_policies
 from cloud_hub.rollout import engine as ro
@@ -297,3 +299,31 @@ def test_data_export_is_versioned_by_content(
     assert (out / "manifest.json").is_file() and (out / "samples.csv").is_file()
     assert cli.main(["--home", home, "data", "export", "wine@9"]) == 1
     assert "wine@9" in capsys.readouterr().err
+
+
+def test_the_policy_check_runs_in_its_thread_inside_the_lead_it_was_started_by(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub's leader hands its fence (cloud_hub.cluster.leader) to the check's thread: what
+    a check stores after another worker took the lead is refused there too."""
+    inside = threading.local()
+    seen: list[bool] = []
+    done = threading.Event()
+
+    class Fence:
+        def __enter__(self) -> None:
+            inside.fenced = True
+
+        def __exit__(self, *exc: object) -> None:
+            inside.fenced = False
+
+    def check(hub: Hub) -> list[object]:
+        seen.append(getattr(inside, "fenced", False))
+        done.set()
+        return []
+
+    monkeypatch.setattr(runner, "check_policies", check)
+    monkeypatch.setattr(reg, "policies", lambda store: ["a policy"])
+    ticker = runner.Ticker(Hub(tmp_path, Store(store_url(tmp_path)), lambda: []))  # type: ignore[arg-type]
+    ticker.maybe(time.time(), Fence())
+    assert done.wait(10) and seen == [True]

@@ -13,11 +13,15 @@ on the lock's session (every HEARTBEAT_S, or a sixth of the leader timeout), and
 asks for the lead and finds that session quiet for longer than the timeout
 (`pg_stat_activity.state_change`, on the server's clock) ends it (`pg_terminate_backend`), and
 leads on a later tick. The hung leader, should it wake, finds its session gone at its next look
-(`holds`, before each of its steps) and follows. A worker whose TUF repository is behind the
-one the leader published does not ask at all (cloud_hub.hub). On SQLite (workers share one
-machine and one home) the same is a `flock` on HOME/leader.lock, which the kernel drops with
-the process. A worker that loses its lock (its database connection broke) stops leading at
-once and asks again on later ticks.
+(`holds`, before each of its steps) and follows. What it was doing when it hung does not go on
+either: each worker that takes the lead bumps the store's leader epoch (hub_state), and every
+transaction the leader's steps begin (`fence`) first reads that epoch, FOR SHARE, and is
+refused (LostLead) if it moved on; the new leader's bump waits for a transaction that read it
+before, so what the old leader wrote comes before anything the new one does. A worker whose
+TUF repository is behind the one the leader published does not ask at all (cloud_hub.hub).
+On SQLite (workers share one machine and one home) the same is a `flock` on HOME/leader.lock,
+which the kernel drops with the process. A worker that loses its lock (its database connection
+broke) stops leading at once and asks again on later ticks.
 """
 
 from __future__ import annotations
@@ -27,18 +31,33 @@ import fcntl
 import logging
 import os
 import threading
+from contextlib import AbstractContextManager
 from pathlib import Path
+from types import TracebackType
 from typing import IO, Protocol
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.cluster import LEADER_TIMEOUT_S
+from cloud_hub.store.errors import StoreError, safe_url
 
 log = logging.getLogger(__name__)
 
 LOCK_KEY = 0x65646765666C7431  # "edgeflt1": the advisory lock every edgefleet hub asks for
 LOCK_FILE = "leader.lock"
+EPOCH_KEY = "leader_epoch"  # hub_state: the number of the lead, bumped by each worker taking it
+# what a statement on a session that broke raises: SQLAlchemy's error, or the store's engine's
+# translation of the driver's (cloud_hub.store.errors.raise_store_errors)
+BROKEN = (SQLAlchemyError, StoreError)
+
+
+class LostLead(StoreError):
+    """A transaction of a leader whose lead another worker has taken since (the store's leader
+    epoch is no longer the one this worker took): refused before it ran a statement."""
+
+    def __init__(self, where: str, mine: int, now: int | None) -> None:
+        super().__init__("lost-lead", where, f"this worker led as epoch {mine}, now it is {now}")
 
 
 class Leadership(Protocol):
@@ -54,6 +73,11 @@ class Leadership(Protocol):
 
     def close(self) -> None:
         """Give the lead up (another worker takes it on its next tick)."""
+        ...
+
+    def fence(self) -> AbstractContextManager[object]:
+        """Within it (entered in any thread), what this thread does in the store is the lead's
+        as it is now: refused (LostLead) once another worker has taken the lead since."""
         ...
 
 
@@ -74,6 +98,9 @@ class AdvisoryLock:
         self._mutex = threading.Lock()  # the connection: the tick's thread and the heartbeat
         self._beating: threading.Event | None = None  # set: the heartbeat thread stops
         self._fenced: set[int] = set()  # holders this worker ended (said once each)
+        self.epoch: int | None = None  # the lead's epoch, while held
+        self._fencing = threading.local()  # .epoch: what this thread's transactions check
+        event.listen(engine, "begin", self._check_epoch)
 
     def leads(self) -> bool:
         with self._mutex:
@@ -90,9 +117,11 @@ class AdvisoryLock:
                         text("SELECT pg_try_advisory_lock(:key)"), {"key": self._key}
                     ).scalar()
                 )
-                if not self._held:
+                if self._held:
+                    self.epoch = self._bump(self._conn)
+                else:
                     self._fence(self._conn)
-            except SQLAlchemyError as exc:
+            except BROKEN as exc:
                 self._lost(exc)
             if self._held and self._beating is None:
                 self._beating = threading.Event()
@@ -106,10 +135,46 @@ class AdvisoryLock:
             if not self._held or self._conn is None:
                 return False
             try:
-                self._conn.execute(text("SELECT 1"))
-            except SQLAlchemyError as exc:
+                self._conn.execute(text("SELECT 1"))  # in a fence, it checks the epoch too
+            except LostLead:
+                self._drop()
+                raise
+            except BROKEN as exc:
                 self._lost(exc)
             return self._held
+
+    def _bump(self, conn: Connection) -> int:
+        """The store's leader epoch, one more (the first lead's is 1). It waits for the
+        transactions of an earlier lead that read the epoch (FOR SHARE) to end."""
+        return int(
+            conn.execute(
+                text(
+                    "INSERT INTO hub_state (key, value) VALUES (:key, CAST('1' AS json)) "
+                    "ON CONFLICT (key) DO UPDATE SET "
+                    "value = to_json(CAST(CAST(hub_state.value AS text) AS bigint) + 1) "
+                    "RETURNING CAST(value AS text)"
+                ),
+                {"key": EPOCH_KEY},
+            ).scalar_one()
+        )
+
+    def fence(self) -> AbstractContextManager[object]:
+        return _Fence(self._fencing, self.epoch)
+
+    def _check_epoch(self, conn: Connection) -> None:
+        """At the start of each transaction on the store's engine: in a fenced thread, the
+        store's epoch must still be the fence's (read FOR SHARE: the next lead's bump waits
+        for this transaction)."""
+        epoch = getattr(self._fencing, "epoch", None)
+        if epoch is None:
+            return
+        now = conn.exec_driver_sql(
+            "SELECT CAST(value AS text) FROM hub_state WHERE key = %(key)s FOR SHARE",
+            {"key": EPOCH_KEY},
+        ).scalar()
+        current = None if now is None else int(now)
+        if current != epoch:
+            raise LostLead(safe_url(str(self._engine.url)), epoch, current)
 
     def _beat(self, stop: threading.Event) -> None:
         """While held: SELECT 1 on the lock's session every HEARTBEAT_S (what a worker asking
@@ -120,7 +185,7 @@ class AdvisoryLock:
                     return
                 try:
                     self._conn.execute(text("SELECT 1"))
-                except SQLAlchemyError as exc:
+                except BROKEN as exc:
                     self._lost(exc)
                     return
 
@@ -170,7 +235,7 @@ class AdvisoryLock:
                     {"pid": pid, "name": name},
                 ).scalar()
             )
-        except SQLAlchemyError:  # not this role's to end
+        except BROKEN:  # not this role's to end
             ended = False
         if (
             not ended
@@ -209,20 +274,38 @@ class AdvisoryLock:
 
     def _drop(self) -> None:
         self._held = False
+        self.epoch = None
         if self._beating is not None:
             self._beating.set()
             self._beating = None
         if self._conn is not None:
-            with contextlib.suppress(SQLAlchemyError):
+            with contextlib.suppress(*BROKEN):
                 self._conn.close()
             self._conn = None
 
     def close(self) -> None:
         with self._mutex:
             if self._held and self._conn is not None:
-                with contextlib.suppress(SQLAlchemyError):
+                with contextlib.suppress(*BROKEN):
                     self._conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
             self._drop()
+
+
+class _Fence:
+    """AdvisoryLock.fence: sets the epoch its thread's transactions check, for its `with`."""
+
+    def __init__(self, fencing: threading.local, epoch: int | None) -> None:
+        self._fencing, self._epoch = fencing, epoch
+        self._outer: int | None = None
+
+    def __enter__(self) -> None:
+        self._outer = getattr(self._fencing, "epoch", None)
+        self._fencing.epoch = self._epoch if self._epoch is not None else -1  # no lead: none
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._fencing.epoch = self._outer
 
 
 class FileLock:
@@ -250,6 +333,9 @@ class FileLock:
         self._file = f
         return True
 
+    def fence(self) -> AbstractContextManager[object]:
+        return contextlib.nullcontext()
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()  # closing drops the flock
@@ -265,6 +351,9 @@ class Sole:
     def holds(self) -> bool:
         return True
 
+    def fence(self) -> AbstractContextManager[object]:
+        return contextlib.nullcontext()
+
     def close(self) -> None:
         pass
 
@@ -277,6 +366,9 @@ class Follower:
 
     def holds(self) -> bool:
         return False
+
+    def fence(self) -> AbstractContextManager[object]:
+        return contextlib.nullcontext()
 
     def close(self) -> None:
         pass

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -390,17 +391,22 @@ class Ticker:
         self._next = 0.0
         self._thread: threading.Thread | None = None
 
-    def maybe(self, now: float) -> None:
+    def maybe(self, now: float, fence: AbstractContextManager[object] | None = None) -> None:
+        """`fence`: the lead's (cloud_hub.cluster.leader), kept by the check's thread: what
+        it stores is refused once another worker has taken the lead."""
         if now < self._next or (self._thread is not None and self._thread.is_alive()):
             return
         self._next = now + self.every_s
         if not reg.policies(self.hub.store):
             return  # no policy: no thread
-        self._thread = threading.Thread(target=self._check, name="retrain", daemon=True)
+        self._thread = threading.Thread(
+            target=self._check, args=(fence or nullcontext(),), name="retrain", daemon=True
+        )
         self._thread.start()
 
-    def _check(self) -> None:
+    def _check(self, fence: AbstractContextManager[object]) -> None:
         try:
-            check_policies(self.hub)
+            with fence:
+                check_policies(self.hub)
         except (EdgefleetError, OSError) as exc:
             log.warning("retrain check: %s", exc)

@@ -32,6 +32,7 @@ STORE_REASONS = {
     "'edgefleet[postgres]')",
     "not-finite": "NaN and Infinity cannot be stored (JSON has no such numbers)",
     "failed": "the database refused the statement",
+    "lost-lead": "another hub worker has taken the lead since: this one's leader work is refused",
 }
 # words in a driver's message -> reason (SQLite and PostgreSQL say these)
 _MARKERS = (
