@@ -203,3 +203,47 @@ def test_init_is_compiled_at_the_first_instance_and_kept() -> None:
     assert Late.__init__ is not first and Late.__init__.__qualname__.endswith("Late.__init__")
     kept = Late.__init__
     assert Late(a=2).a == 2 and Late.__init__ is kept
+
+
+def test_dataclass_params_say_frozen() -> None:
+    ours, theirs = pair()
+    for name in ("init", "repr", "eq", "frozen", "order", "unsafe_hash"):
+        assert getattr(ours.__dataclass_params__, name) == getattr(
+            theirs.__dataclass_params__, name
+        ), name
+
+
+def test_inherits_from_and_is_inherited_by_stdlib_frozen_dataclasses() -> None:
+    @frozen
+    class Ours:
+        a: int
+
+    @dataclass(frozen=True)
+    class Theirs(Ours):
+        b: int = 0
+
+    @frozen
+    class Again(Theirs):
+        c: int = 1
+
+    assert vars(Again(1, 2)) == {"a": 1, "b": 2, "c": 1}
+    with pytest.raises(FrozenInstanceError):
+        Again(1).b = 3  # type: ignore[misc]
+
+
+def test_refuses_what_dataclass_frozen_refuses() -> None:
+    @dataclass
+    class Mutable:
+        a: int
+
+    @frozen
+    class Ours:
+        a: int
+
+    with pytest.raises(TypeError, match="cannot inherit frozen dataclass from a non-frozen one"):
+        frozen(type("Child", (Mutable,), {}))
+    with pytest.raises(TypeError, match="cannot inherit non-frozen dataclass from a frozen one"):
+        dataclass(type("Child", (Ours,), {}))
+    for name in ("__setattr__", "__delattr__"):
+        with pytest.raises(TypeError, match=f"Cannot overwrite attribute {name}"):
+            frozen(type("Own", (), {"__annotations__": {"a": "int"}, name: lambda *_: None}))

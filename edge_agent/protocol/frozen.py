@@ -14,7 +14,15 @@ reading the class's field names. What each method does is what dataclass's would
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import MISSING, Field, FrozenInstanceError, dataclass, field, fields
+from dataclasses import (
+    MISSING,
+    Field,
+    FrozenInstanceError,
+    dataclass,
+    field,
+    fields,
+    is_dataclass,
+)
 from operator import attrgetter
 from typing import Any, TypeVar, dataclass_transform, overload
 
@@ -41,11 +49,20 @@ def frozen(cls: T | None = None, /, *, kw_only: bool = False) -> T | Callable[[T
 
 def _make(cls: T, kw_only: bool) -> T:
     own = set(cls.__dict__)  # what the class defines itself stays, as dataclass leaves it
+    for name in ("__setattr__", "__delattr__"):
+        if name in own:  # as dataclass(frozen=True) refuses it
+            raise TypeError(f"Cannot overwrite attribute {name} in class {cls.__name__}")
     explicit_hash = cls.__dict__.get("__hash__", MISSING) not in (MISSING, None)
     undocumented = not cls.__doc__
     if undocumented:  # else dataclass writes one from inspect.signature: 3 ms, the first time
         cls.__doc__ = cls.__name__
-    dataclass(init=False, repr=False, eq=False, kw_only=kw_only)(cls)  # the fields alone, in place
+    # Under a dataclass base, frozen=True: dataclass then checks that every base is frozen, as
+    # for dataclass(frozen=True) (its __setattr__ and __delattr__, replaced below, cost two
+    # compiles: a subclass's only).
+    inherits = any(is_dataclass(base) for base in cls.__mro__[1:])
+    dataclass(init=False, repr=False, eq=False, frozen=inherits, kw_only=kw_only)(cls)
+    params = cls.__dict__["__dataclass_params__"]  # what the class is once done, for its readers
+    params.init = params.repr = params.eq = params.frozen = True  # (and a subclass's check)
     every = fields(cls)
     if undocumented:
         cls.__doc__ = f"{cls.__name__}({', '.join(f.name for f in every if f.init)})"
