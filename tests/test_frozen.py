@@ -3,6 +3,7 @@ through both, every method side by side."""
 
 from __future__ import annotations
 
+import abc
 import copy
 import dataclasses
 import pickle
@@ -81,7 +82,6 @@ def test_equality_and_hash_follow_the_compared_fields() -> None:
         return {
             "__annotations__": {"x": "int", "y": "int", "note": "str"},
             "note": field(default="", compare=False),
-            "__hash__": None,  # dataclass replaces a None hash: so must we
         }
 
     ours: Any = frozen(type("Point", (), point()))
@@ -247,3 +247,54 @@ def test_refuses_what_dataclass_frozen_refuses() -> None:
     for name in ("__setattr__", "__delattr__"):
         with pytest.raises(TypeError, match=f"Cannot overwrite attribute {name}"):
             frozen(type("Own", (), {"__annotations__": {"a": "int"}, name: lambda *_: None}))
+
+
+def test_a_single_field_compares_and_hashes_as_a_one_tuple() -> None:
+    """dataclass compares (self.x,) == (other.x,): the tuple's identity check makes a field
+    holding the same nan equal, and the hash is the one-tuple's."""
+    nan = float("nan")
+    ours, theirs = (deco(type("One", (), {"__annotations__": {"x": "float"}})) for deco in DECOS)
+    assert (ours(nan) == ours(nan)) is (theirs(nan) == theirs(nan)) is True
+    assert hash(ours(2.5)) == hash(theirs(2.5)) == hash((2.5,))
+
+
+DECOS: tuple[Any, Any] = (frozen, dataclass(frozen=True))
+
+
+@pytest.mark.parametrize(
+    ("extra", "hashable"),
+    [
+        ({"__hash__": None}, False),  # set by the class: kept, as dataclass keeps it
+        ({"__eq__": lambda self, other: self is other}, True),  # Python's None: replaced
+        ({"__hash__": lambda self: 7}, True),
+    ],
+)
+def test_a_hash_the_class_sets_is_kept_as_dataclass_keeps_it(
+    extra: dict[str, Any], hashable: bool
+) -> None:
+    for deco in DECOS:
+        namespace = {"__annotations__": {"x": "int"}, **extra}
+        cls = deco(type("Hashed", (), namespace))
+        if "__eq__" in extra:  # Python sets __hash__ to None in a class that defines __eq__
+            assert "__hash__" in vars(type("Probe", (), {"__eq__": extra["__eq__"]}))
+        assert (cls.__hash__ is not None) is hashable, deco
+        if "__hash__" in extra and hashable:
+            assert hash(cls(1)) == 7
+
+
+def test_repr_of_an_instance_that_holds_itself() -> None:
+    for deco in DECOS:
+        cls = deco(type("Loop", (), {"__annotations__": {"items": "list[Any]"}}))
+        loop = cls([])
+        loop.items.append(loop)
+        assert repr(loop) == "Loop(items=[...])", deco
+
+
+def test_an_abstract_method_it_writes_is_no_longer_abstract() -> None:
+    class Shown(abc.ABC):
+        @abc.abstractmethod
+        def __repr__(self) -> str: ...
+
+    for deco in DECOS:
+        cls = deco(type("Concrete", (Shown,), {"__annotations__": {"x": "int"}}))
+        assert repr(cls(1)) == "Concrete(x=1)", deco

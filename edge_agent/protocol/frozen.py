@@ -13,6 +13,7 @@ reading the class's field names. What each method does is what dataclass's would
 
 from __future__ import annotations
 
+from abc import update_abstractmethods
 from collections.abc import Callable
 from dataclasses import (
     MISSING,
@@ -24,6 +25,7 @@ from dataclasses import (
     is_dataclass,
 )
 from operator import attrgetter
+from reprlib import recursive_repr
 from typing import Any, TypeVar, dataclass_transform, overload
 
 T = TypeVar("T", bound=type)
@@ -52,7 +54,10 @@ def _make(cls: T, kw_only: bool) -> T:
     for name in ("__setattr__", "__delattr__"):
         if name in own:  # as dataclass(frozen=True) refuses it
             raise TypeError(f"Cannot overwrite attribute {name} in class {cls.__name__}")
-    explicit_hash = cls.__dict__.get("__hash__", MISSING) not in (MISSING, None)
+    # dataclass's rule: a __hash__ the class sets stays, but for the None Python itself puts in a
+    # class that defines __eq__
+    class_hash = cls.__dict__.get("__hash__", MISSING)
+    explicit_hash = not (class_hash is MISSING or (class_hash is None and "__eq__" in own))
     undocumented = not cls.__doc__
     if undocumented:  # else dataclass writes one from inspect.signature: 3 ms, the first time
         cls.__doc__ = cls.__name__
@@ -82,6 +87,7 @@ def _make(cls: T, kw_only: bool) -> T:
             continue
         method.__qualname__ = f"{cls.__qualname__}.{name}"
         setattr(cls, name, method)
+    update_abstractmethods(cls)  # a base's abstract __repr__ or __eq__ is now written
     return cls
 
 
@@ -137,8 +143,12 @@ def _init(cls: type, every: tuple[Field[Any], ...]) -> Callable[..., None]:
     return init
 
 
-def _key(names: tuple[str, ...]) -> Callable[[Any], Any]:
-    """The values `__eq__` and `__hash__` look at, as one value."""
+def _key(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """The values `__eq__` and `__hash__` look at, as a tuple (as dataclass's: a one-tuple for
+    one field, so the same nan in both is equal, and the hash is the tuple's)."""
+    if len(names) == 1:
+        one = attrgetter(names[0])
+        return lambda obj: (one(obj),)
     return attrgetter(*names) if names else _nothing
 
 
@@ -147,6 +157,7 @@ def _nothing(_obj: Any) -> tuple[()]:
 
 
 def _repr(names: tuple[str, ...]) -> Callable[[Any], str]:
+    @recursive_repr()  # an instance that holds itself shows "...", as dataclass's does
     def __repr__(self: Any) -> str:
         shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
         return f"{self.__class__.__qualname__}({shown})"
