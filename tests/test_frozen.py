@@ -6,7 +6,9 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
+import inspect
 import pickle
+import typing
 from dataclasses import KW_ONLY, FrozenInstanceError, dataclass, field
 from typing import Any, ClassVar
 
@@ -193,16 +195,72 @@ def test_a_class_without_a_docstring_gets_its_fields_as_one() -> None:
     assert Bare.__doc__ == "Bare(a, b)"
 
 
-def test_init_is_compiled_at_the_first_instance_and_kept() -> None:
+def test_init_is_compiled_at_its_first_lookup_and_kept() -> None:
     @frozen
     class Late:
         a: int
 
-    first = Late.__init__
+    assert not inspect.isfunction(vars(Late)["__init__"])  # not compiled yet
     assert Late(1).a == 1
-    assert Late.__init__ is not first and Late.__init__.__qualname__.endswith("Late.__init__")
-    kept = Late.__init__
-    assert Late(a=2).a == 2 and Late.__init__ is kept
+    compiled = vars(Late)["__init__"]
+    assert inspect.isfunction(compiled) and compiled.__qualname__.endswith("Late.__init__")
+    assert Late(a=2).a == 2 and Late.__init__ is compiled
+
+
+def test_init_signature_and_type_hints_are_dataclasss_before_any_instance() -> None:
+    ours, theirs = pair()
+    assert inspect.signature(ours) == inspect.signature(theirs)
+    assert typing.get_type_hints(ours.__init__) == typing.get_type_hints(theirs.__init__)
+    assert ours.__init__.__module__ == theirs.__init__.__module__ == __name__
+
+
+def test_an_init_var_goes_to_post_init() -> None:
+    def scaled() -> dict[str, Any]:
+        def __post_init__(self: Any, scale: int) -> None:
+            object.__setattr__(self, "y", self.x * scale)
+
+        return {
+            "__annotations__": {"x": "int", "scale": "dataclasses.InitVar[int]", "y": "int"},
+            "scale": 2,
+            "y": field(init=False),
+            "__post_init__": __post_init__,
+        }
+
+    for deco in DECOS:
+        cls = deco(type("Scaled", (), scaled()))
+        assert vars(cls(1, 3)) == {"x": 1, "y": 3} and vars(cls(2)) == {"x": 2, "y": 4}, deco
+        assert [f.name for f in dataclasses.fields(cls)] == ["x", "y"]
+
+
+def test_an_init_false_default_stays_on_the_class() -> None:
+    for deco in DECOS:
+
+        @deco
+        class Counted:
+            x: int
+            seen: int = field(default=0, init=False)
+
+        assert vars(Counted(1)) == {"x": 1} and Counted(1).seen == 0, deco
+
+
+def test_a_field_without_a_default_after_one_with_is_refused_with_the_class() -> None:
+    for deco in DECOS:
+        with pytest.raises(TypeError, match="non-default argument 'b' follows default argument"):
+            deco(type("Bad", (), {"__annotations__": {"a": "int", "b": "int"}, "a": 0}))
+        base = deco(type("Base", (), {"__annotations__": {"a": "int"}, "a": 0}))
+        with pytest.raises(TypeError, match="non-default argument 'b' follows default argument"):
+            deco(type("Child", (base,), {"__annotations__": {"b": "int"}}))
+
+
+@pytest.mark.parametrize("name", ["self", "_fz_set", "_fz_missing", "_fz_f_x", "object"])
+def test_a_field_may_have_any_name(name: str) -> None:
+    for deco in DECOS:
+        namespace = {
+            "__annotations__": {name: "int", "x": "list[int]"},
+            "x": field(default_factory=list),
+        }
+        cls = deco(type("Named", (), namespace))
+        assert vars(cls(**{name: 1})) == {name: 1, "x": []}, deco
 
 
 def test_dataclass_params_say_frozen() -> None:

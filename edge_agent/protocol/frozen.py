@@ -6,13 +6,18 @@ Python 3.11's dataclass compiles each method it writes (`__init__`, `__repr__`, 
 of its imports (about 25 of 65 ms: bench/agent_bench.py's cold start). Here `dataclass`
 keeps its part that costs nothing (the fields: `dataclasses.fields`, `replace`, `asdict` work
 as before) and only `__init__` is compiled, since it runs for every instance, and only when
-the first instance is made; the other methods are the same few functions for every class,
-reading the class's field names. What each method does is what dataclass's would
-(tests/test_frozen.py holds them side by side).
+it is first looked up (the first instance, or inspect.signature); the other methods are the
+same few functions for every class, reading the class's field names. What each method does
+is what dataclass's would (tests/test_frozen.py holds them side by side). What differs: a
+class without a docstring gets its fields' names as one, not dataclass's signature with types;
+`__eq__` and `__hash__` take about 1.5 times dataclass's time and `__repr__` twice (an instance
+is made a little faster); and `__init__` is in the class's `__dict__` only once looked up.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from abc import update_abstractmethods
 from collections.abc import Callable
 from dataclasses import (
@@ -29,6 +34,12 @@ from reprlib import recursive_repr
 from typing import Any, TypeVar, dataclass_transform, overload
 
 T = TypeVar("T", bound=type)
+
+# dataclass's own markers (private, the same from 3.8 to 3.14): a ClassVar's and an InitVar's
+# pseudo-field, and the default a factory's parameter shows in inspect.signature
+_CLASSVAR = dataclasses._FIELD_CLASSVAR  # type: ignore[attr-defined]
+_INITVAR = dataclasses._FIELD_INITVAR  # type: ignore[attr-defined]
+_HAS_DEFAULT_FACTORY = dataclasses._HAS_DEFAULT_FACTORY  # type: ignore[attr-defined]
 
 
 @overload
@@ -73,7 +84,7 @@ def _make(cls: T, kw_only: bool) -> T:
         cls.__doc__ = f"{cls.__name__}({', '.join(f.name for f in every if f.init)})"
     names = frozenset(f.name for f in every)
     methods: dict[str, Any] = {
-        "__init__": _first_init(cls, every),
+        "__init__": _LazyInit(cls),
         "__repr__": _repr(tuple(f.name for f in every if f.repr)),
         "__eq__": _eq(_key(tuple(f.name for f in every if f.compare))),
         "__setattr__": _setattr(cls, names),
@@ -85,62 +96,94 @@ def _make(cls: T, kw_only: bool) -> T:
     for name, method in methods.items():
         if name in own and name != "__hash__":
             continue
-        method.__qualname__ = f"{cls.__qualname__}.{name}"
+        if name != "__init__":
+            method.__qualname__ = f"{cls.__qualname__}.{name}"
         setattr(cls, name, method)
     update_abstractmethods(cls)  # a base's abstract __repr__ or __eq__ is now written
     return cls
 
 
-def _first_init(cls: type, every: tuple[Field[Any], ...]) -> Callable[..., None]:
-    """`__init__` until the class's first instance: it compiles the class's own (`_init`), puts
-    it in its place and runs it. A class a process never makes never pays for the compile."""
+class _LazyInit:
+    """`__init__` until it is first looked up (by the first instance, or inspect.signature): then
+    it compiles the class's own, puts it in its place and hands that out. A class a process never
+    makes never pays for the compile. The source is written with the class, so a field without a
+    default after one with fails there, as with dataclass."""
 
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        init = _init(cls, every)
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.source, self.values, self.annotations = _init_source(cls)
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        cls = self.cls
+        module = sys.modules.get(cls.__module__)  # its globals, as dataclass's __init__'s
+        made: dict[str, Any] = {}
+        exec(self.source, vars(module) if module else {}, made)
+        init = made["__fz_make__"](**self.values)
         init.__qualname__ = f"{cls.__qualname__}.__init__"
+        init.__annotations__ = self.annotations
         setattr(cls, "__init__", init)  # noqa: B010 - mypy refuses an assignment to __init__
-        init(self, *args, **kwargs)
-
-    return __init__
+        return init.__get__(obj, owner)
 
 
-def _init(cls: type, every: tuple[Field[Any], ...]) -> Callable[..., None]:
-    """`__init__`, compiled: each field set through object.__setattr__, defaults and factories
-    as dataclass applies them, then `__post_init__` when the class has one."""
-    env: dict[str, Any] = {"_fz_set": object.__setattr__, "_fz_missing": MISSING}
+def _init_source(cls: type) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Source of a function making `__init__` as dataclass writes it (each field set through
+    object.__setattr__, defaults and factories, InitVars passed to `__post_init__`), the values
+    it closes over, and `__init__`'s annotations. Its own names start with a prefix no field's
+    does."""
+    every = [
+        f for f in cls.__dict__["__dataclass_fields__"].values() if f._field_type is not _CLASSVAR
+    ]
+    p = "_fz_"
+    while any(f.name.startswith(p) for f in every):
+        p += "_"
+    values: dict[str, Any] = {f"{p}set": object.__setattr__, f"{p}factory": _HAS_DEFAULT_FACTORY}
     positional: list[str] = []
     keyword: list[str] = []
+    annotations: dict[str, Any] = {}
     body: list[str] = []
+    initvars: list[str] = []
+    defaulted = False
     for f in every:
-        value = f.name
-        if f.default_factory is not MISSING:
-            env[f"_fz_f_{f.name}"] = f.default_factory
-            made = f"_fz_f_{f.name}()"
-            param, value = (
-                f"{f.name}=_fz_missing",
-                f"{made} if {f.name} is _fz_missing else {f.name}",
-            )
-            if not f.init:
-                value = made
-        elif f.default is not MISSING:
-            env[f"_fz_d_{f.name}"] = f.default
-            param = f"{f.name}=_fz_d_{f.name}"
-            if not f.init:
-                value = f"_fz_d_{f.name}"
-        else:
-            param = f.name
-            if not f.init:
-                continue  # set by __post_init__, as with dataclass
         if f.init:
-            (keyword if f.kw_only is True else positional).append(param)
-        body.append(f"_fz_set(self, {f.name!r}, {value})")
+            param = f.name
+            if f.default_factory is not MISSING:
+                param += f"={p}factory"
+            elif f.default is not MISSING:
+                values[f"{p}d_{f.name}"] = f.default
+                param += f"={p}d_{f.name}"
+            if f.kw_only is True:
+                keyword.append(param)
+            elif param != f.name:
+                defaulted = True
+                positional.append(param)
+            elif defaulted:
+                raise TypeError(f"non-default argument {f.name!r} follows default argument")
+            else:
+                positional.append(param)
+            annotations[f.name] = f.type
+        if f._field_type is _INITVAR:
+            initvars.append(f.name)
+            continue
+        if f.default_factory is not MISSING:
+            values[f"{p}f_{f.name}"] = f.default_factory
+            value = f"{p}f_{f.name}()"
+            if f.init:
+                value = f"{value} if {f.name} is {p}factory else {f.name}"
+        elif f.init:
+            value = f.name
+        else:
+            continue  # a default stays the class's attribute; else __post_init__ sets it
+        body.append(f"{p}set({p}self, {f.name!r}, {value})")
     if hasattr(cls, "__post_init__"):
-        body.append("self.__post_init__()")
-    params = ["self", *positional, *(["*", *keyword] if keyword else [])]
-    lines = "\n".join(f"    {line}" for line in body or ["pass"])
-    exec(f"def __init__({', '.join(params)}):\n{lines}\n", env)
-    init: Callable[..., None] = env["__init__"]
-    return init
+        body.append(f"{p}self.__post_init__({', '.join(initvars)})")
+    params = [f"{p}self", *positional, *(["*", *keyword] if keyword else [])]
+    source = (
+        f"def __fz_make__({', '.join(values)}):\n"
+        f" def __init__({', '.join(params)}):\n"
+        + "".join(f"  {line}\n" for line in body or ["pass"])
+        + " return __init__\n"
+    )
+    return source, values, {**annotations, "return": None}
 
 
 def _key(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
