@@ -10,14 +10,17 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sqlalchemy import create_engine
 
 from cloud_hub.cli import app as cli
+from cloud_hub.cluster.leader import AdvisoryLock, LostLead
 from cloud_hub.quality.labels import JoinedLabel
 from cloud_hub.retrain import registry as reg
 from cloud_hub.retrain import runner
@@ -26,10 +29,11 @@ from cloud_hub.retrain.runner import Hub, check_policies
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.operations import init_hub, open_repo, publish_bundle
 from cloud_hub.store.database import Store
-from cloud_hub.store.url import store_url
+from cloud_hub.store.url import STORE_ENV, store_url
 from converters.pipeline import build_bundle
 from edge_agent.protocol.messages import Batch, ModelRef, Record
 from edge_agent.protocol.records import DriftReport, RawSample
+from tests.support.postgres import fresh_database
 
 SERVING = ModelRef("wine", 1)
 FEATURES = ["f0", "f1", "f2"]
@@ -327,3 +331,42 @@ def test_the_policy_check_runs_in_its_thread_inside_the_lead_it_was_started_by(
     ticker = runner.Ticker(Hub(tmp_path, Store(store_url(tmp_path)), lambda: []))  # type: ignore[arg-type]
     ticker.maybe(time.time(), Fence())
     assert done.wait(10) and seen == [True]
+
+
+@pytest.fixture
+def pg(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The store on a fresh PostgreSQL database (before `hub`: it makes the store there)."""
+    with fresh_database() as url:
+        monkeypatch.setenv(STORE_ENV, url)
+        yield url
+
+
+def test_a_run_whose_lead_is_taken_while_it_trains_neither_publishes_nor_rolls_out(
+    pg: str, hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check's thread keeps its leader's fence (cloud_hub.cluster.leader): a lead taken by
+    another worker while the command trains refuses what the run goes on to do, the rollout it
+    would start (which `start_rollout` stored through a store of its own, unfenced) and the
+    candidate it would sign into the repository on the way."""
+    _policy(hub, "train.py")
+    other_engine = create_engine(pg)
+    old, new = AdvisoryLock(hub.store.engine), AdvisoryLock(other_engine)
+    trained = runner.train
+
+    def train_meanwhile_the_lead_goes(*args: Any) -> None:
+        trained(*args)
+        old.close()  # its lock's session went (a hang, a broken connection) ...
+        assert new.leads()  # ... and another worker took the lead
+
+    monkeypatch.setattr(runner, "train", train_meanwhile_the_lead_goes)
+    try:
+        assert old.leads()
+        with old.fence(), pytest.raises(LostLead):
+            check_policies(hub, now=time.time())
+        assert hub.store.rollouts() == []
+        assert ModelRef("wine", 2).target_path not in open_repo(hub.home).targets()
+    finally:
+        old.close()
+        new.close()
+        other_engine.dispose()
+        hub.store.engine.dispose()

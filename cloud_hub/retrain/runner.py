@@ -203,8 +203,12 @@ def execute(hub: Hub, policy: Policy, run: Run) -> None:
 
 
 def roll_out(hub: Hub, policy: Policy, run: Run) -> None:
-    model, _path = publish_bundle(hub.home, Path(run.folder) / "bundle.zip")
-    rollout = start_rollout(hub.home, model, shadow_rows=policy.shadow_rows)
+    # in a transaction of the hub's store held throughout: in the running leader's check, it is
+    # refused once another worker took the lead (the check may have trained for long), and the
+    # next lead waits for it (cloud_hub.cluster.leader.AdvisoryLock.fence)
+    with hub.store.engine.begin():
+        model, _path = publish_bundle(hub.home, Path(run.folder) / "bundle.zip")
+        rollout = start_rollout(hub.home, model, shadow_rows=policy.shadow_rows, store=hub.store)
     run.rollout, run.state, run.reason = rollout.id, reg.ROLLING_OUT, ""
 
 

@@ -133,10 +133,13 @@ def start_rollout(
     shadow_rows: int | None = None,
     encrypt: bool = False,
     supersede: bool = True,
+    store: Store | None = None,
 ) -> ro.Rollout:
     """Plan the waves over the devices matching `target` and store the rollout; a running hub
     steps it. Older rollouts of the same model name stop sending (superseded), unless not
-    `supersede` (`edgehub simulate` leaves the rollouts it did not start alone)."""
+    `supersede` (`edgehub simulate` leaves the rollouts it did not start alone). `store`: the
+    running hub's (its leader's transactions are fenced: cloud_hub.cluster.leader), else the
+    home's."""
     plan = ro.Plan(
         target, canary, tuple(waves.split(",")), gates or Gates(), shadow_rows
     )  # checks every argument before anything else
@@ -144,7 +147,7 @@ def start_rollout(
     path = model.target_path
     if path not in repo.targets():
         raise ConfigError(f"{model} is not published; run `edgehub model publish BUNDLE` first")
-    store = Store(store_url(home))
+    store = store or Store(store_url(home))
     selector = ro.Selector.parse(target)
     fleet = [d for d, facts in fleet_facts(store).items() if selector.matches(facts, d)]
     if not fleet and target != "all":
@@ -175,7 +178,7 @@ def start_rollout(
     for row in store.rollouts([ro.RUNNING, ro.PAUSED, ro.COMPLETED]) if supersede else ():
         older = ro.Rollout.from_json(row["body"])
         if older.id != r.id and older.model.name == model.name:
-            change_rollout(home, older.id, lambda o: ro.supersede(o, r.id))
+            change_stored_rollout(store, older.id, lambda o: ro.supersede(o, r.id))
     return r
 
 
