@@ -25,7 +25,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from cloud_hub.broker.local import RunningBroker, free_port
 from cloud_hub.cli.app import main
 from cloud_hub.cluster import MIN_LEADER_TIMEOUT_S
-from cloud_hub.cluster.leader import LOCK_KEY, AdvisoryLock, FileLock, LostLead
+from cloud_hub.cluster.leader import (
+    EPOCH_KEY,
+    LOCK_KEY,
+    AdvisoryLock,
+    FileLock,
+    LostLead,
+)
 from cloud_hub.harness.commands import serve_argv
 from cloud_hub.harness.simulate import SIM_MODEL, SimOptions, Simulation, build_sim_model
 from cloud_hub.hub import TUF_STATE, Hub
@@ -289,6 +295,31 @@ def test_one_advisory_lock_at_a_time_and_it_goes_with_its_session(pg: str) -> No
         first.close()
         second.close()
         engine.dispose()
+
+
+@pytest.mark.parametrize("edited", ["two", 2.5, {"epoch": 2}, -1])
+def test_an_epoch_that_is_no_lead_number_refuses_the_leader_and_the_next_lead_starts_over(
+    pg: str, edited: object
+) -> None:
+    """The leader epoch edited by hand (or left by something else) to what no bump writes: a
+    fenced transaction is refused as a lost lead (not a ValueError out of the tick), and the
+    next worker to take the lock leads, from a number of its own."""
+    store = Store(pg)
+    lock = AdvisoryLock(store.engine)
+    try:
+        assert lock.leads() and lock.epoch == 1
+        store.set_state(EPOCH_KEY, edited)
+        with lock.fence(), pytest.raises(LostLead):
+            store.get_state("step")
+        lock.close()
+        assert lock.leads() and lock.epoch == 1
+        with lock.fence():
+            store.set_state("step", "stored")
+        assert store.get_state("step") == "stored"
+        assert store.get_state(EPOCH_KEY) == 1
+    finally:
+        lock.close()
+        store.engine.dispose()
 
 
 def _take_over(lock: AdvisoryLock, engine: Engine) -> None:

@@ -56,7 +56,7 @@ class LostLead(StoreError):
     """A transaction of a leader whose lead another worker has taken since (the store's leader
     epoch is no longer the one this worker took): refused before it ran a statement."""
 
-    def __init__(self, where: str, mine: int, now: int | None) -> None:
+    def __init__(self, where: str, mine: int, now: str | None) -> None:
         super().__init__("lost-lead", where, f"this worker led as epoch {mine}, now it is {now}")
 
 
@@ -144,14 +144,16 @@ class AdvisoryLock:
             return self._held
 
     def _bump(self, conn: Connection) -> int:
-        """The store's leader epoch, one more (the first lead's is 1). It waits for the
-        transactions of an earlier lead that read the epoch (FOR SHARE) to end."""
+        """The store's leader epoch, one more (the first lead's is 1; after a value no bump
+        wrote, 1 again). It waits for the transactions of an earlier lead that read the epoch
+        (FOR SHARE) to end."""
         return int(
             conn.execute(
                 text(
                     "INSERT INTO hub_state (key, value) VALUES (:key, CAST('1' AS json)) "
-                    "ON CONFLICT (key) DO UPDATE SET "
-                    "value = to_json(CAST(CAST(hub_state.value AS text) AS bigint) + 1) "
+                    "ON CONFLICT (key) DO UPDATE SET value = to_json(CASE "
+                    "WHEN CAST(hub_state.value AS text) ~ '^[0-9]{1,18}$' "
+                    "THEN CAST(CAST(hub_state.value AS text) AS bigint) ELSE 0 END + 1) "
                     "RETURNING CAST(value AS text)"
                 ),
                 {"key": EPOCH_KEY},
@@ -172,9 +174,8 @@ class AdvisoryLock:
             "SELECT CAST(value AS text) FROM hub_state WHERE key = %(key)s FOR SHARE",
             {"key": EPOCH_KEY},
         ).scalar()
-        current = None if now is None else int(now)
-        if current != epoch:
-            raise LostLead(safe_url(str(self._engine.url)), epoch, current)
+        if epoch < 1 or now != str(epoch):  # as text: a value no bump wrote is refused too
+            raise LostLead(safe_url(str(self._engine.url)), epoch, now)
 
     def _beat(self, stop: threading.Event) -> None:
         """While held: SELECT 1 on the lock's session every HEARTBEAT_S (what a worker asking
