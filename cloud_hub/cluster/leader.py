@@ -135,10 +135,9 @@ class AdvisoryLock:
             if not self._held or self._conn is None:
                 return False
             try:
-                self._conn.execute(text("SELECT 1"))  # in a fence, it checks the epoch too
-            except LostLead:
-                self._drop()
-                raise
+                # the epoch is not checked here: this session's transaction began (autobegin)
+                # in leads(), unfenced, and never ends, so no "begin" event fires for it again
+                self._conn.execute(text("SELECT 1"))
             except BROKEN as exc:
                 self._lost(exc)
             return self._held
