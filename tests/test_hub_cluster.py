@@ -24,8 +24,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.broker.local import RunningBroker, free_port
 from cloud_hub.cli.app import main
-from cloud_hub.cluster import MIN_LEADER_TIMEOUT_S
+from cloud_hub.cluster import MIN_LEADER_TIMEOUT_S, leader
 from cloud_hub.cluster.leader import (
+    BUMP_WAIT_S,
     EPOCH_KEY,
     LOCK_KEY,
     AdvisoryLock,
@@ -40,6 +41,7 @@ from cloud_hub.rollout.gates import Gates
 from cloud_hub.rollout.operations import init_hub, start_rollout
 from cloud_hub.signing.tuf_repo import TufRepository
 from cloud_hub.store.database import Store, outbox
+from cloud_hub.store.errors import StoreError
 from cloud_hub.store.url import STORE_ENV
 from edge_agent.mqtt.session import BrokerAddress
 from tests.support.device_rig import Device
@@ -408,39 +410,60 @@ def test_the_next_lead_waits_for_a_transaction_the_old_one_began(pg: str) -> Non
         old_store.engine.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the bump waits on the FOR SHARE of a hung leader's open transaction, for as long as "
-    "it stays open, where only the lock's session of that leader was ended",
-)
 def test_a_hung_leaders_open_transaction_does_not_hold_the_next_lead_forever(pg: str) -> None:
     """A leader stopped inside a step's transaction, its sessions named by the URL (not
-    `edgehub:...`: the next worker ends its lock's session only). The next worker's tick must
-    not wait on that transaction for as long as the stopped process does not come back."""
+    `edgehub:...`: the next worker ends its lock's session only). That transaction reads the
+    epoch FOR SHARE, which the next lead's bump waits for: idle past the leader timeout, it is
+    ended, and the next worker leads."""
+    timeout = 2.0
     hung = Store(pg + "?application_name=edgehub")
     engine = create_engine(pg)
-    old, new = AdvisoryLock(hung.engine, timeout_s=2), AdvisoryLock(engine, timeout_s=2)
-    led: list[bool] = []
+    old, new = AdvisoryLock(hung.engine, timeout_s=timeout), AdvisoryLock(engine, timeout_s=timeout)
+    step = hung.engine.connect()
     try:
         assert old.leads() and old._beating is not None
         old._beating.set()  # the process stops: its heartbeat too
         with old.fence():
-            step = hung.engine.connect()
             step.begin()  # FOR SHARE on the epoch, held while it is stopped
-        asker = threading.Thread(
-            target=lambda: led.extend(new.leads() or time.sleep(0.2) or False for _ in range(30)),
-            daemon=True,
-        )
-        asker.start()
-        asker.join(HANDOVER_S)
-        step.close()  # for the clean-up: the stopped process never gets here
-        assert not asker.is_alive() and any(led)
+        _waited("lead", new.leads, 3 * timeout + 2 * BUMP_WAIT_S)
+        assert new.epoch == 2
+        with pytest.raises(StoreError):
+            step.execute(text("SELECT 1"))  # the stopped leader's transaction was ended
     finally:
-        asker.join(HANDOVER_S)
+        step.close()
         old.close()
         new.close()
         engine.dispose()
         hung.engine.dispose()
+
+
+def test_a_lead_taken_while_a_live_transaction_reads_the_epoch_is_given_back(
+    pg: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lock is free but a transaction of the previous lead (not idle for long) still reads
+    the epoch: the bump waits BUMP_WAIT_S at most, then the worker gives the lead back and says
+    why, rather than hold its tick (and its ingest) for as long as that transaction lasts."""
+    monkeypatch.setattr(leader, "BUMP_WAIT_S", 0.5)
+    store = Store(pg)
+    engine = create_engine(pg)
+    old, new = AdvisoryLock(store.engine), AdvisoryLock(engine)
+    try:
+        assert old.leads()
+        with old.fence(), store.engine.connect() as step:
+            step.execute(text("SELECT 1"))  # a step's transaction: it read the epoch
+            old.close()  # the lock goes (its session broke), the transaction stays
+            with caplog.at_level(logging.WARNING, logger=leader.__name__):
+                assert not new.leads()
+            assert "still reads the leader epoch" in caplog.text
+            other = AdvisoryLock(engine)
+            assert other.leads() is False  # the bump waits again: the lock was given back
+            other.close()
+        assert new.leads() and new.epoch == 2  # the transaction ended: the next ask leads
+    finally:
+        old.close()
+        new.close()
+        engine.dispose()
+        store.engine.dispose()
 
 
 def test_a_leader_whose_lead_is_taken_mid_step_says_so_and_follows(

@@ -82,6 +82,9 @@ class Leadership(Protocol):
 
 
 HEARTBEAT_S = 5.0  # how often (at most) a leader's thread says SELECT 1 on the lock's session
+# the longest a worker taking the lead waits for the previous lead's transactions (its tick, and
+# the ingest on its thread, wait with it)
+BUMP_WAIT_S = 5.0
 
 
 class AdvisoryLock:
@@ -109,6 +112,9 @@ class AdvisoryLock:
                     self._conn = self._engine.connect().execution_options(
                         isolation_level="AUTOCOMMIT"
                     )
+                    # the bump waits this long at most for a transaction of an earlier lead
+                    ms = int(BUMP_WAIT_S * 1000)
+                    self._conn.execute(text(f"SET lock_timeout = {ms}"))
                 if self._held:
                     self._conn.execute(text("SELECT 1"))  # the session, and its lock, lives
                     return True
@@ -119,6 +125,10 @@ class AdvisoryLock:
                 )
                 if self._held:
                     self.epoch = self._bump(self._conn)
+                    if self.epoch is None:  # an earlier lead's transaction still reads it
+                        unlock = text("SELECT pg_advisory_unlock(:key)")
+                        self._conn.execute(unlock, {"key": self._key})
+                        self._held = False
                 else:
                     self._fence(self._conn)
             except BROKEN as exc:
@@ -142,12 +152,26 @@ class AdvisoryLock:
                 self._lost(exc)
             return self._held
 
-    def _bump(self, conn: Connection) -> int:
+    def _bump(self, conn: Connection) -> int | None:
         """The store's leader epoch, one more (the first lead's is 1; after a value no bump
         wrote, 1 again). It waits for the transactions of an earlier lead that read the epoch
-        (FOR SHARE) to end."""
-        return int(
-            conn.execute(
+        (FOR SHARE) to end, BUMP_WAIT_S at most: None if one is still open then (the lead is
+        given back, and asked for again on a later tick). A transaction idle for longer than
+        the leader timeout is a hung leader's (a session of it that the fencing did not end:
+        its URL names its sessions itself) and is ended first."""
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a "
+                "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
+                "AND a.state = 'idle in transaction' "
+                "AND a.state_change < now() - make_interval(secs => :quiet) "
+                "AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid "
+                "AND l.relation = CAST('hub_state' AS regclass))"
+            ),
+            {"quiet": self._timeout_s},
+        )
+        try:
+            value = conn.execute(
                 text(
                     "INSERT INTO hub_state (key, value) VALUES (:key, CAST('1' AS json)) "
                     "ON CONFLICT (key) DO UPDATE SET value = to_json(CASE "
@@ -157,7 +181,17 @@ class AdvisoryLock:
                 ),
                 {"key": EPOCH_KEY},
             ).scalar_one()
-        )
+        except BROKEN as exc:
+            if "lock timeout" not in str(exc):
+                raise
+            log.warning(
+                "a transaction of the previous lead still reads the leader epoch after %.0f s: "
+                "the lead is given back and asked for again (one idle for %.0f s is ended)",
+                BUMP_WAIT_S,
+                self._timeout_s,
+            )
+            return None
+        return int(value)
 
     def fence(self) -> AbstractContextManager[object]:
         return _Fence(self._fencing, self.epoch)
