@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, create_engine, select, text
+from sqlalchemy import Connection, Engine, create_engine, make_url, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from cloud_hub.broker.local import RunningBroker, free_port
@@ -464,6 +465,58 @@ def test_a_lead_taken_while_a_live_transaction_reads_the_epoch_is_given_back(
         new.close()
         engine.dispose()
         store.engine.dispose()
+
+
+def test_a_worker_that_may_not_end_the_idle_reader_gives_the_lead_back(
+    pg: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Workers under two database roles, the next one allowed to see the other's sessions but
+    not to end them: the hung leader's idle transaction stays, and the next worker waits
+    BUMP_WAIT_S, gives the lead back and says why, rather than fail every tick."""
+    monkeypatch.setattr(leader, "BUMP_WAIT_S", 0.5)
+    role = f"edgefleet_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg)
+    store = Store(pg)  # the hung leader: the superuser, whose sessions the role may not end
+    with _autocommit(admin) as c:
+        c.execute(text(f"CREATE ROLE {role} LOGIN IN ROLE pg_read_all_stats"))
+        c.execute(text(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}"))
+    other = create_engine(make_url(pg).set(username=role))
+    old, new = AdvisoryLock(store.engine, timeout_s=1), AdvisoryLock(other, timeout_s=1)
+    step = store.engine.connect()
+    try:
+        assert old.leads()
+        with old.fence():
+            step.begin()  # reads the epoch FOR SHARE, then idles
+        old.close()  # the lock goes, the transaction stays
+        _waited("a second of idling", lambda: _idle_for(admin) > 1, HANDOVER_S)
+        with caplog.at_level(logging.WARNING, logger=leader.__name__):
+            assert not new.leads()
+        assert "still reads the leader epoch" in caplog.text
+        step.execute(text("SELECT 1"))  # still there: not ended
+    finally:
+        step.close()
+        old.close()
+        new.close()
+        other.dispose()
+        store.engine.dispose()
+        with _autocommit(admin) as c:
+            c.execute(text(f"DROP OWNED BY {role}"))
+            c.execute(text(f"DROP ROLE {role}"))
+        admin.dispose()
+
+
+def _idle_for(engine: Engine) -> float:
+    """The longest any session of this database has been idle in a transaction, in seconds."""
+    with engine.connect() as c:
+        return float(
+            c.execute(
+                text(
+                    "SELECT coalesce(max(EXTRACT(EPOCH FROM now() - state_change)), 0) "
+                    "FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND state = 'idle in transaction'"
+                )
+            ).scalar()
+        )
 
 
 def test_a_leader_whose_lead_is_taken_mid_step_says_so_and_follows(
