@@ -505,6 +505,50 @@ def test_a_worker_that_may_not_end_the_idle_reader_gives_the_lead_back(
         admin.dispose()
 
 
+def test_the_lock_session_is_not_handed_back_to_the_stores_pool(pg: str) -> None:
+    """The lock's session carries a lock_timeout of its own, and may still hold the lock when
+    a statement on it fails: given up (close, or an error that is no broken connection), it is
+    closed, not put back in the engine's pool for ingest or a step to run on."""
+    store = Store(pg)
+    lock = AdvisoryLock(store.engine)
+    try:
+        assert lock.leads()
+        lock.close()
+        with store.engine.connect() as c:
+            assert c.execute(text("SHOW lock_timeout")).scalar() == "0"
+    finally:
+        lock.close()
+        store.engine.dispose()
+
+
+def test_a_bump_that_fails_otherwise_leaves_no_lock_behind(pg: str) -> None:
+    """The bump refused for another reason than the lock timeout (here a statement_timeout
+    shorter than BUMP_WAIT_S, as a role may have it) while a transaction of the old lead
+    reads the epoch: the lead is not this worker's, and neither is the lock, nor does an idle
+    session of its pool keep it from the next worker to ask."""
+    store = Store(pg)
+    timed = Store(pg + "?options=-c%20statement_timeout%3D300")
+    old, new = AdvisoryLock(store.engine), AdvisoryLock(timed.engine)
+    step = store.engine.connect()
+    try:
+        assert old.leads()
+        with old.fence():
+            step.begin()  # reads the epoch FOR SHARE
+        old.close()
+        assert not new.leads()
+        step.close()
+        with _autocommit(store.engine) as c:
+            assert not c.execute(
+                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            ).scalar()
+    finally:
+        step.close()
+        old.close()
+        new.close()
+        timed.engine.dispose()
+        store.engine.dispose()
+
+
 def _idle_for(engine: Engine) -> float:
     """The longest any session of this database has been idle in a transaction, in seconds."""
     with engine.connect() as c:

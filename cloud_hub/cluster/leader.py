@@ -307,7 +307,8 @@ class AdvisoryLock:
             log.log(level, message, *args)
 
     def _lost(self, exc: Exception) -> None:
-        """Under the mutex: the connection broke; a lock it held is gone with it."""
+        """Under the mutex: a statement on the lock's session failed (mostly: the connection
+        broke); the session is closed, and a lock it held goes with it."""
         if self._held:
             log.warning("lost the lead: its database session broke (%s)", exc)
         self._drop()
@@ -320,6 +321,9 @@ class AdvisoryLock:
             self._beating = None
         if self._conn is not None:
             with contextlib.suppress(*BROKEN):
+                # closed, not put back in the engine's pool: its session may still hold the
+                # lock (a statement that failed on a live session), and it sets lock_timeout
+                self._conn.invalidate()
                 self._conn.close()
             self._conn = None
 
