@@ -549,6 +549,38 @@ def test_a_bump_that_fails_otherwise_leaves_no_lock_behind(pg: str) -> None:
         store.engine.dispose()
 
 
+def test_the_bump_s_lock_timeout_is_known_by_its_sqlstate_not_its_words(
+    pg: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server whose lc_messages is not English words the lock timeout otherwise (here a
+    trigger raises lock_not_available, 55P03, as a German server says it): the lead is given
+    back, said as such, not taken for a broken session."""
+    store = Store(pg)
+    lock = AdvisoryLock(store.engine)
+    with _autocommit(store.engine) as c:
+        c.execute(
+            text(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "RAISE EXCEPTION 'storniere Anfrage wegen Zeitüberschreitung einer Sperre' "
+                "USING ERRCODE = 'lock_not_available'; END $$"
+            )
+        )
+        c.execute(
+            text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON hub_state "
+                "FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
+        )
+    try:
+        with caplog.at_level(logging.WARNING, logger=leader.__name__):
+            assert not lock.leads()
+        assert "still reads the leader epoch" in caplog.text
+        assert "lost the lead" not in caplog.text
+    finally:
+        lock.close()
+        store.engine.dispose()
+
+
 def _idle_for(engine: Engine) -> float:
     """The longest any session of this database has been idle in a transaction, in seconds."""
     with engine.connect() as c:

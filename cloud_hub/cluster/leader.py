@@ -52,6 +52,22 @@ EPOCH_KEY = "leader_epoch"  # hub_state: the number of the lead, bumped by each 
 BROKEN = (SQLAlchemyError, StoreError)
 
 
+LOCK_NOT_AVAILABLE = "55P03"  # the SQLSTATE of a lock_timeout (whatever lc_messages words it)
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of the driver's error under `exc` (SQLAlchemy's `.orig`, or the cause of
+    the store's StoreError), None if there is none."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        state = getattr(seen, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+        orig = getattr(seen, "orig", None)
+        seen = orig if isinstance(orig, BaseException) else seen.__cause__
+    return None
+
+
 class LostLead(StoreError):
     """A transaction of a leader whose lead another worker has taken since (the store's leader
     epoch is no longer the one this worker took): refused before it ran a statement."""
@@ -173,7 +189,7 @@ class AdvisoryLock:
                 {"key": EPOCH_KEY},
             ).scalar_one()
         except BROKEN as exc:
-            if "lock timeout" not in str(exc):
+            if _sqlstate(exc) != LOCK_NOT_AVAILABLE:
                 raise
             log.warning(
                 "a transaction of the previous lead still reads the leader epoch after %.0f s: "
