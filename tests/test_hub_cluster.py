@@ -6,6 +6,7 @@ its deploy once."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import signal
@@ -579,6 +580,67 @@ def test_the_bump_s_lock_timeout_is_known_by_its_sqlstate_not_its_words(
     finally:
         lock.close()
         store.engine.dispose()
+
+
+def test_the_next_lead_leaves_a_transaction_that_only_read_hub_state_alone(pg: str) -> None:
+    """A session idle in a transaction that read hub_state without FOR SHARE (an operator's
+    psql, say) does not hold the bump back: the next lead does not end it."""
+    store = Store(pg)
+    old, new = AdvisoryLock(store.engine, timeout_s=1), AdvisoryLock(store.engine, timeout_s=1)
+    reader = store.engine.connect()
+    try:
+        reader.execute(text("SELECT * FROM hub_state"))  # its transaction stays open
+        _waited("a second of idling", lambda: _idle_for(store.engine) > 1, HANDOVER_S)
+        assert new.leads()
+        reader.execute(text("SELECT 1"))  # still there
+    finally:
+        reader.close()
+        old.close()
+        new.close()
+        store.engine.dispose()
+
+
+def test_a_reader_this_role_may_not_end_does_not_keep_it_from_ending_the_hung_one(
+    pg: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hung leader and the next worker run as one role; a superuser's session (an
+    operator's edit by hand) is idle in a transaction that wrote hub_state. The role may not
+    end that one: the hung leader's idle transaction is ended all the same, and the next
+    worker leads."""
+    monkeypatch.setattr(leader, "BUMP_WAIT_S", 0.5)
+    role = f"edgefleet_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg)
+    Store(pg).engine.dispose()  # the schema
+    with _autocommit(admin) as c:
+        c.execute(text(f"CREATE ROLE {role} LOGIN IN ROLE pg_read_all_stats"))
+        c.execute(text(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}"))
+    engine = create_engine(make_url(pg).set(username=role))
+    old, new = AdvisoryLock(engine, timeout_s=1), AdvisoryLock(engine, timeout_s=1)
+    operator, step = admin.connect(), engine.connect()
+    try:
+        assert old.leads()
+        with old.fence():
+            step.begin()  # reads the epoch FOR SHARE, then idles: the hung leader's
+        old.close()  # its lock's session was ended
+        operator.execute(
+            text("INSERT INTO hub_state (key, value) VALUES ('note', CAST('1' AS json))")
+        )
+        _waited("a second of idling", lambda: _idle_for(admin) > 1, HANDOVER_S)
+        assert new.leads() and new.epoch == 2
+        with pytest.raises(SQLAlchemyError):
+            step.execute(text("SELECT 1"))  # the hung leader's transaction was ended
+        operator.execute(text("SELECT 1"))  # not this role's to end: still there
+    finally:
+        with contextlib.suppress(SQLAlchemyError):  # ended: its rollback may fail
+            step.close()
+        operator.close()
+        old.close()
+        new.close()
+        engine.dispose()
+        with _autocommit(admin) as c:
+            c.execute(text(f"DROP OWNED BY {role}"))
+            c.execute(text(f"DROP ROLE {role}"))
+        admin.dispose()
 
 
 def _idle_for(engine: Engine) -> float:

@@ -175,7 +175,7 @@ class AdvisoryLock:
         given back, and asked for again on a later tick). A transaction idle for longer than
         the leader timeout is a hung leader's (a session of it that the fencing did not end:
         its URL names its sessions itself) and is ended first."""
-        with contextlib.suppress(*BROKEN):  # not this role's to end: the bump waits, gives up
+        with contextlib.suppress(*BROKEN):  # one not ended: the bump waits, gives up
             self._end_idle_readers(conn)
         try:
             value = conn.execute(
@@ -201,19 +201,25 @@ class AdvisoryLock:
         return int(value)
 
     def _end_idle_readers(self, conn: Connection) -> None:
-        """End the sessions idle in a transaction that holds a lock on hub_state (the epoch,
-        read FOR SHARE) for longer than the leader timeout: a hung leader's."""
-        conn.execute(
+        """End the sessions idle in a transaction that holds a row lock on hub_state (the
+        epoch, read FOR SHARE; a plain read holds the bump back not) for longer than the
+        leader timeout: a hung leader's. One at a time: a session this role may not end
+        (pg_terminate_backend refuses) keeps none of the others from being ended."""
+        pids = conn.execute(
             text(
-                "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a "
+                "SELECT a.pid FROM pg_stat_activity a "
                 "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
                 "AND a.state = 'idle in transaction' "
                 "AND a.state_change < now() - make_interval(secs => :quiet) "
                 "AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid "
-                "AND l.relation = CAST('hub_state' AS regclass))"
+                "AND l.relation = CAST('hub_state' AS regclass) "
+                "AND l.mode <> 'AccessShareLock')"
             ),
             {"quiet": self._timeout_s},
-        )
+        ).scalars()
+        for pid in list(pids):
+            with contextlib.suppress(*BROKEN):  # not this role's to end
+                conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
     def fence(self) -> AbstractContextManager[object]:
         return _Fence(self._fencing, self.epoch)
