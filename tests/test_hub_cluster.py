@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, make_url, select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -641,6 +642,29 @@ def test_a_reader_this_role_may_not_end_does_not_keep_it_from_ending_the_hung_on
             c.execute(text(f"DROP OWNED BY {role}"))
             c.execute(text(f"DROP ROLE {role}"))
         admin.dispose()
+
+
+def test_a_hung_leader_stopped_while_the_server_sends_it_a_result_is_ended(
+    pg: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader stopped while its fenced transaction's result is on the way: the server waits
+    to write it (active, ClientWrite), not idle, for as long as the process stays stopped. It
+    is ended as an idle one is, past the leader timeout, and the next worker leads."""
+    monkeypatch.setattr(leader, "BUMP_WAIT_S", 0.5)
+    store = Store(pg)
+    new = AdvisoryLock(store.engine, timeout_s=1)
+    hung = psycopg.connect(make_url(pg).set(drivername="postgresql").render_as_string(False))
+    try:
+        assert new.leads() and new.epoch == 1
+        new.close()  # the first lead: the epoch is there to read
+        hung.execute("SELECT value FROM hub_state WHERE key = 'leader_epoch' FOR SHARE")
+        hung.pgconn.send_query(b"SELECT repeat('x', 1000) FROM generate_series(1, 100000)")
+        _waited("lead", new.leads, HANDOVER_S)
+        assert new.epoch == 2
+    finally:
+        hung.close()
+        new.close()
+        store.engine.dispose()
 
 
 def _idle_for(engine: Engine) -> float:

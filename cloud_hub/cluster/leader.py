@@ -203,13 +203,15 @@ class AdvisoryLock:
     def _end_idle_readers(self, conn: Connection) -> None:
         """End the sessions idle in a transaction that holds a row lock on hub_state (the
         epoch, read FOR SHARE; a plain read holds the bump back not) for longer than the
-        leader timeout: a hung leader's. One at a time: a session this role may not end
+        leader timeout: a hung leader's (or waiting that long for it to read a result: a leader
+        stopped while one was on its way). One at a time: a session this role may not end
         (pg_terminate_backend refuses) keeps none of the others from being ended."""
         pids = conn.execute(
             text(
                 "SELECT a.pid FROM pg_stat_activity a "
                 "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
-                "AND a.state = 'idle in transaction' "
+                "AND (a.state = 'idle in transaction' "
+                "OR a.state = 'active' AND a.wait_event = 'ClientWrite') "
                 "AND a.state_change < now() - make_interval(secs => :quiet) "
                 "AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid "
                 "AND l.relation = CAST('hub_state' AS regclass) "
