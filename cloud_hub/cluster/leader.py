@@ -202,7 +202,7 @@ class AdvisoryLock:
 
     def _end_idle_readers(self, conn: Connection) -> None:
         """End the sessions idle in a transaction that holds a row lock on hub_state (the
-        epoch, read FOR SHARE; a plain read holds the bump back not) for longer than the
+        epoch, read FOR SHARE; a plain read does not hold the bump back) for longer than the
         leader timeout: a hung leader's (or waiting that long for it to read a result: a leader
         stopped while one was on its way). One at a time: a session this role may not end
         (pg_terminate_backend refuses) keeps none of the others from being ended."""
