@@ -540,17 +540,8 @@ def test_a_bump_that_fails_otherwise_leaves_no_lock_behind(pg: str) -> None:
         assert not new.leads()
         step.close()
 
-        def no_lock() -> bool:  # in this database (tests beside it hold their own)
-            with _autocommit(store.engine) as c:
-                return not c.execute(
-                    text(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND "
-                        "database = (SELECT oid FROM pg_database "
-                        "WHERE datname = current_database())"
-                    )
-                ).scalar()
-
-        _waited("the lock released", no_lock, HANDOVER_S)  # its session's end, on the server
+        # its session's end, on the server's time
+        _waited("the lock released", lambda: _advisory_locks(store.engine) == 0, HANDOVER_S)
     finally:
         step.close()
         old.close()
@@ -789,16 +780,21 @@ def test_a_hung_leader_is_ended_the_other_leads_and_the_woken_one_follows(
     assert float(timeout) <= handover < float(timeout) + HANDOVER_S
     engine = create_engine(pg)
     try:
-        with engine.connect() as c:  # one holder of the lock, in this database
-            held = c.execute(
-                text(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-                    "WHERE l.locktype = 'advisory' AND d.datname = current_database()"
-                )
-            )
-            assert held.scalar() == 1
+        assert _advisory_locks(engine) == 1  # one holder of the lock
     finally:
         engine.dispose()
+
+
+def _advisory_locks(engine: Engine) -> int:
+    """Advisory locks held in this database (tests beside it, in theirs, hold their own)."""
+    with engine.connect() as c:
+        held = c.execute(
+            text(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                "WHERE l.locktype = 'advisory' AND d.datname = current_database()"
+            )
+        )
+        return int(held.scalar_one())
 
 
 def test_workers_sharing_a_home_on_sqlite_take_turns(tmp_path: Path) -> None:
