@@ -1,9 +1,10 @@
 """The agent's store-and-forward buffer against bare sqlite3, side by side in one run.
 
-Append: `edge_agent.uplink.buffer.Buffer.append` of one telemetry record (each its own transaction,
-as the agent appends a record the moment a window closes), against bare `sqlite3` inserting
-the same JSON body into a table of the same shape, one autocommitted INSERT per row, with the
-same pragmas (WAL, synchronous=NORMAL).
+Append: `edge_agent.uplink.buffer.Buffer.append` of one telemetry record (group commit as
+firmware_configs/base.toml's [buffer] sets it for the agent: each record one line of its files
+when it is accepted, the files fsynced once a group), against bare `sqlite3` inserting the same
+JSON body into a table of the same shape, one autocommitted INSERT per row, WAL and
+synchronous=NORMAL (never fsynced per commit: what an earlier release's buffer did).
 
 Drain: `Buffer.take(100)` + `Buffer.confirm(spans)` (what the sender does per MQTT message and
 hub confirmation) until empty, against bare `SELECT ... ORDER BY id LIMIT 100` + `DELETE ...
@@ -23,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from rich.table import Table
 
 from edge_agent.protocol.messages import spans_of
 from edge_agent.uplink.buffer import Buffer
+from firmware_configs import profile_path
 
 BODY = {
     "window_s": 2.0,
@@ -44,8 +47,19 @@ BODY = {
 }
 
 
+def _ours(path: Path, boot: int, rows: int) -> Buffer:
+    grouped = tomllib.loads(profile_path("base").read_text(encoding="utf-8"))["buffer"]
+    return Buffer(
+        path,
+        boot=boot,
+        max_rows=rows * 2,
+        group_rows=grouped["group_rows"],
+        group_window_s=grouped["group_window_s"],
+    )
+
+
 def ours_append(path: Path, rows: int) -> float:
-    buf = Buffer(path, boot=1, max_rows=rows * 2)
+    buf = _ours(path, 1, rows)
     start = time.perf_counter()
     for _ in range(rows):
         buf.append("telemetry", BODY)
@@ -55,7 +69,7 @@ def ours_append(path: Path, rows: int) -> float:
 
 
 def ours_drain(path: Path, rows: int) -> float:
-    buf = Buffer(path, boot=2, max_rows=rows * 2)
+    buf = _ours(path, 2, rows)
     start = time.perf_counter()
     while True:
         pending = buf.take(100, set())
@@ -116,7 +130,7 @@ def interleaved(
             [("ours", ours), ("bare", bare)] if rep % 2 == 0 else [("bare", bare), ("ours", ours)]
         )
         for name, fn in pair:
-            (o if name == "ours" else b).append(fn(folder / f"{name}-{rep}.sqlite", rows))
+            (o if name == "ours" else b).append(fn(folder / f"{name}-{rep}", rows))
     return o, b
 
 

@@ -2,7 +2,7 @@
 side by side in one run, on one private mosquitto.
 
 - "Ours": N telemetry window records (the body `Pipeline.flush_window` builds, with resources)
-  appended to the agent's `Buffer` (SQLite, WAL; group commit as base.toml's [buffer] sets it for
+  appended to the agent's `Buffer` (its files; group commit as base.toml's [buffer] sets it for
   the agent: see edge_agent.uplink.buffer for what survives a kill), drained by
   the agent's `Sender` over its `MqttSession` at QoS 1 (batch size and in-flight window from
   firmware_configs/base.toml, drain pacing off: the pipe's capacity), to the `Hub` running in a
@@ -125,7 +125,7 @@ def ours(
         hub.kill()
         raise RuntimeError("the hub did not connect")
     buffer = Buffer(
-        folder / f"dev-{device}" / "buffer.sqlite",
+        folder / f"dev-{device}" / "buffer",
         boot=1,
         max_rows=n + 1,
         group_rows=grouped["group_rows"],
@@ -250,7 +250,7 @@ def stages(folder: Path, n: int) -> list[dict[str, Any]]:
     """Each step of ours alone on the same N records, records/s: where the time goes."""
     grouped, batch_size = base_section("buffer"), base_telemetry()["batch_size"]
     buffer = Buffer(
-        folder / "stages" / "buffer.sqlite",
+        folder / "stages" / "buffer",
         boot=1,
         max_rows=n + 1,
         group_rows=grouped["group_rows"],

@@ -189,7 +189,7 @@ class Agent:
 
         cfg = self.cfg
         buffer = Buffer(
-            cfg.device.state_dir / "buffer.sqlite",
+            cfg.device.state_dir / "buffer",
             None,
             cfg.buffer.max_rows,
             cfg.buffer.max_bytes,

@@ -118,9 +118,8 @@ class BufferSettings:
     max_rows: int
     max_bytes: int
     caps: BufferCaps
-    # group commit (edge_agent.uplink.buffer): up to group_rows records in one transaction,
-    # each committed at most group_window_s after it was appended, kept in the staging journal
-    # until then; 1 commits each at once
+    # group commit (edge_agent.uplink.buffer): the buffer's files fsynced once group_rows
+    # records are appended, at most group_window_s after the first of them; 1 fsyncs each
     group_rows: int
     group_window_s: float
 

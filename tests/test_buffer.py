@@ -11,6 +11,8 @@ import pytest
 from edge_agent.errors import STORAGE_REASONS, StorageError, TransportError
 from edge_agent.protocol.messages import body_json, spans_of
 from edge_agent.uplink.buffer import Buffer, Pending
+from edge_agent.uplink.recordlog import record_line
+from tests.support.buffer_files import on_disk
 
 
 def confirm(buf: Buffer, pending: list[Pending]) -> int:
@@ -20,7 +22,7 @@ def confirm(buf: Buffer, pending: list[Pending]) -> int:
 
 @pytest.fixture
 def buf(tmp_path: Path) -> Iterator[Buffer]:
-    b = Buffer(tmp_path / "state" / "buffer.sqlite", boot=3, max_rows=1000)
+    b = Buffer(tmp_path / "state" / "buffer", boot=3, max_rows=1000)
     yield b
     b.close()
 
@@ -88,21 +90,25 @@ def test_confirm_deletes_only_the_confirmed(buf: Buffer) -> None:
     assert [p.record.body["i"] for p in buf.take(3, set())] == [0, 2]
     assert confirm(buf, [taken[1]]) == 0  # confirmed twice (a resend stored once): no harm
     assert buf.pending() == 2
-    assert buf.usage() == {"telemetry": (2, 2 * len('{"i":0}'))}  # compact JSON
+    # bytes as kept: each record's line (compact JSON)
+    lines = [record_line("telemetry", 3, seq, 0.0, f'{{"i":{seq}}}') for seq in (0, 2)]
+    assert buf.usage() == {"telemetry": (2, sum(map(len, lines)))}
 
 
 def test_confirm_matches_boot_and_seq_not_row_ids(tmp_path: Path) -> None:
     """A confirmation for what an earlier boot sent (the agent restarted before the hub's
     answer came) still frees those records; another boot's equal seqs stay."""
-    path = tmp_path / "buffer.sqlite"
+    path = tmp_path / "buffer"
     first = Buffer(path, boot=1)
     old = [first.append("telemetry", {"i": i}, ts=0.0) for i in range(3)]
     first.close()
     second = Buffer(path, boot=2)
     second.append("telemetry", {"i": 10}, ts=0.0)  # (2, 0): same seq as (1, 0)
     assert second.confirm(spans_of(old[:2])) == 2
-    assert [(p.record.boot, p.record.seq) for p in second.take(10, set())] == [(1, 2), (2, 0)]
-    assert [p.record.body["i"] for p in second.get([3, 1, 4])] == [2, 10]
+    held = second.take(10, set())
+    assert [(p.record.boot, p.record.seq) for p in held] == [(1, 2), (2, 0)]
+    ids = [held[1].id, held[0].id, held[1].id + 1]  # the last names no record held
+    assert [p.record.body["i"] for p in second.get(ids)] == [2, 10]
     second.close()
 
 
@@ -110,7 +116,7 @@ def test_confirm_matches_boot_and_seq_not_row_ids(tmp_path: Path) -> None:
 def test_past_the_cap_oldest_telemetry_is_dropped_and_counted(
     tmp_path: Path, cap: int, appended: int
 ) -> None:
-    b = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=cap)
+    b = Buffer(tmp_path / "b", boot=1, max_rows=cap)
     for i in range(appended):
         b.append("telemetry", {"i": i}, ts=float(i))
     dropped = b.dropped().get("telemetry", 0)
@@ -122,7 +128,7 @@ def test_past_the_cap_oldest_telemetry_is_dropped_and_counted(
 
 
 def test_drop_policy_spares_events_and_drift(tmp_path: Path) -> None:
-    b = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=4)
+    b = Buffer(tmp_path / "b", boot=1, max_rows=4)
     b.append("events", {"n": "e0"}, ts=0.0)
     b.append("drift", {"n": "d0"}, ts=0.0)
     b.append("telemetry", {"n": "t0"}, ts=0.0)
@@ -142,7 +148,7 @@ def test_drop_policy_spares_events_and_drift(tmp_path: Path) -> None:
 
 
 def test_confirmations_make_room_without_dropping(tmp_path: Path) -> None:
-    b = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=3)
+    b = Buffer(tmp_path / "b", boot=1, max_rows=3)
     for i in range(3):
         b.append("telemetry", {"i": i}, ts=0.0)
     confirm(b, b.take(2, set()))
@@ -154,7 +160,7 @@ def test_confirmations_make_room_without_dropping(tmp_path: Path) -> None:
 
 
 def test_rows_survive_reopening_with_their_old_boot(tmp_path: Path) -> None:
-    path = tmp_path / "buffer.sqlite"
+    path = tmp_path / "buffer"
     first = Buffer(path, boot=5, max_rows=3)
     for i in range(5):
         first.append("telemetry", {"i": i}, ts=float(i))
@@ -186,14 +192,14 @@ def test_unopenable_path_is_a_transport_error(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
     with pytest.raises(TransportError, match="cannot open the telemetry buffer"):
-        Buffer(blocker / "buffer.sqlite", boot=1)
+        Buffer(blocker / "buffer", boot=1)
 
 
 # ---- byte cap, drop accounting, drain pacing -----------------------------------------------------
 def test_past_the_byte_cap_drops_match_exactly_what_is_missing(tmp_path: Path) -> None:
     body = {"payload": "x" * 90}
     size = len(body_json(body, "test"))  # what the buffer keeps and counts
-    buf = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=10_000, max_bytes=size * 40)
+    buf = Buffer(tmp_path / "b", boot=1, max_rows=10_000, max_bytes=size * 40)
     buf.append("events", {"event": "installed"})
     sent = [buf.append("telemetry", body).seq for _ in range(100)]
     (event,) = buf.take(1000, set())  # one kind per take: the events first
@@ -204,7 +210,7 @@ def test_past_the_byte_cap_drops_match_exactly_what_is_missing(tmp_path: Path) -
     assert event.kind == "events"  # events survive
     assert 0 < len(kept) < 40
     buf.close()
-    reopened = Buffer(tmp_path / "b.sqlite", boot=2, max_rows=10_000, max_bytes=size * 40)
+    reopened = Buffer(tmp_path / "b", boot=2, max_rows=10_000, max_bytes=size * 40)
     assert reopened.pending() == 1 + len(kept) and reopened.dropped() == {"telemetry": len(missing)}
     reopened.close()
 
@@ -249,7 +255,7 @@ def test_a_class_past_its_own_cap_drops_only_its_own(tmp_path: Path) -> None:
     from edge_agent.uplink.buffer import Cap
 
     caps = {"events": Cap(3), "drift": Cap(2), "telemetry": Cap(100)}
-    b = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=1000, caps=caps)
+    b = Buffer(tmp_path / "b", boot=1, max_rows=1000, caps=caps)
     b.append("drift", {"n": "d0"})
     b.append("telemetry", {"n": "t0"})
     for i in range(5):  # a flood of events evicts old events, not the drift report
@@ -272,7 +278,7 @@ def test_filled_past_its_caps_the_drop_counters_match_what_is_missing(
 
     rng = random.Random(seed)
     caps = {"events": Cap(15, 3000), "drift": Cap(20), "telemetry": Cap(60, 6000)}
-    b = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=80, max_bytes=9000, caps=caps)
+    b = Buffer(tmp_path / "b", boot=1, max_rows=80, max_bytes=9000, caps=caps)
     appended: dict[str, set[int]] = {"events": set(), "drift": set(), "telemetry": set()}
     confirmed: dict[str, set[int]] = {k: set() for k in appended}
     for i in range(600):
@@ -300,74 +306,68 @@ def test_filled_past_its_caps_the_drop_counters_match_what_is_missing(
     # the running tally agrees with what is there
     assert {k: rows for k, (rows, _) in b.usage().items()} == {k: len(h) for k, h in held.items()}
     b.close()
-    reopened = Buffer(tmp_path / "b.sqlite", boot=2, max_rows=80, max_bytes=9000, caps=caps)
+    reopened = Buffer(tmp_path / "b", boot=2, max_rows=80, max_bytes=9000, caps=caps)
     assert reopened.usage() == b.usage() and reopened.dropped() == dropped
     reopened.close()
 
 
 # ---- a disk that fills or goes read-only (real tmpfs mounts) ---------------------------------
-def _seqs_on_disk(path: Path) -> list[int]:
-    """The seqs the file holds, read by sqlite3 itself rather than through the Buffer."""
-    import sqlite3
-
-    db = sqlite3.connect(path)
-    try:
-        return [s for (s,) in db.execute("SELECT seq FROM records ORDER BY seq")]
-    finally:
-        db.close()
+def _seqs_on_disk(folder: Path) -> list[int]:
+    return [seq for _, seq in on_disk(folder)]
 
 
-def test_a_full_disk_fails_the_commit_as_itself_and_the_buffer_goes_on(
+def test_a_full_disk_fails_the_append_as_itself_and_the_buffer_goes_on(
     tmp_path: Path, tmpfs: Any
 ) -> None:
-    """SQLite rolls a COMMIT that hit a full disk back by itself; a ROLLBACK after it would fail
-    with "no transaction is active" and hide why. The error says the disk is full, nothing of
-    the record was written, its seq is not used up, and once space returns the buffer goes on."""
-    import sqlite3
+    """The error says the disk is full, nothing of the record was written (a line half
+    written is cut back), its seq is not used up, and once space returns the buffer goes on."""
+    import errno
 
     disk = tmpfs(tmp_path / "disk", "256k")
-    buf = Buffer(disk.path / "buffer.sqlite", boot=1, max_rows=100_000)
+    folder = disk.path / "buffer"
+    buf = Buffer(folder, boot=1, max_rows=100_000)
     kept = [buf.append("telemetry", {"i": i, "pad": "x" * 200}).seq for i in range(5)]
     disk.fill()
     with pytest.raises(StorageError) as info:
-        for i in range(5, 10_000):  # free pages inside the files go first
+        for i in range(5, 10_000):  # what the last page has left goes first
             kept.append(buf.append("telemetry", {"i": i, "pad": "x" * 200}).seq)
     err = info.value
     assert err.reason == "disk-full", err
-    assert "database or disk is full" in str(err) and "rollback" not in str(err).lower()
-    assert isinstance(err.__cause__, sqlite3.OperationalError)
+    assert "No space left on device" in str(err)
+    assert isinstance(err.__cause__, OSError) and err.__cause__.errno == errno.ENOSPC
     assert buf.pending() == len(kept) and buf.usage()["telemetry"][0] == len(kept)
+    assert _seqs_on_disk(folder) == kept  # nothing of the refused one
     with pytest.raises(StorageError):  # and again, the same way, while the disk stays full
-        buf.append("events", {"event": "healthy"})
-    assert buf.pending() == len(kept)
+        buf.append("events", {"event": "healthy", "pad": "x" * 200})
+    assert buf.pending() == len(kept) and _seqs_on_disk(folder) == kept
 
     disk.free()
     after = buf.append("telemetry", {"i": "after"})
     assert after.seq == len(kept)  # no gap: the failed appends used no seq
     assert buf.pending() == len(kept) + 1
     buf.close()
-    assert _seqs_on_disk(disk.path / "buffer.sqlite") == list(range(len(kept) + 1))
+    assert _seqs_on_disk(folder) == list(range(len(kept) + 1))
 
 
 def test_a_read_only_disk_keeps_the_buffer_closed_until_it_is_writable(
     tmp_path: Path, tmpfs: Any
 ) -> None:
-    """Two ways a read-only disk shows: no journal files (SQLite cannot open the file at all),
-    and the files a killed agent left (SQLite opens the file read-only, and would stay so after
-    the disk comes back). Both are refused at open, as read-only; both open once it is rw."""
+    """Two ways a read-only disk shows: a buffer closed cleanly, and the files a killed agent
+    left (a record appended, nothing closed). Both are refused at open, as read-only; both open
+    once it is rw, the killed one's record still there."""
     import subprocess
     import sys
 
     disk = tmpfs(tmp_path / "disk", "1m")
-    clean, crashed = disk.path / "clean.sqlite", disk.path / "crashed.sqlite"
+    clean, crashed = disk.path / "clean", disk.path / "crashed"
     Buffer(clean, boot=1).close()
-    leave_wal = (
+    left = (
         "import os, sys; from pathlib import Path; from edge_agent.uplink.buffer import Buffer;"
         "Buffer(Path(sys.argv[1]), boot=1).append('events', {'event': 'installed'});"
         "os._exit(0)"
     )
-    subprocess.run([sys.executable, "-c", leave_wal, str(crashed)], check=True, timeout=60)
-    assert (disk.path / "crashed.sqlite-wal").exists()
+    subprocess.run([sys.executable, "-c", left, str(crashed)], check=True, timeout=60)
+    assert _seqs_on_disk(crashed) == [0]
     disk.remount(read_only=True)
     for path in (clean, crashed):
         buf = Buffer(path, None)
@@ -390,7 +390,6 @@ def test_a_read_only_disk_keeps_the_buffer_closed_until_it_is_writable(
 
 def test_storage_errors_name_the_reason() -> None:
     import errno
-    import sqlite3
 
     from edge_agent.system.fsutil import storage_error
 
@@ -402,15 +401,6 @@ def test_storage_errors_name_the_reason() -> None:
         (OSError(errno.EACCES, "Permission denied"), "permission"),
         (OSError(errno.EIO, "Input/output error"), "io-error"),
     ]
-    for code, reason in (
-        (13, "disk-full"),
-        (8, "read-only"),
-        (10, "io-error"),
-        (1032, "read-only"),
-    ):
-        exc = sqlite3.OperationalError("what SQLite said")
-        exc.sqlite_errorcode = code  # type: ignore[attr-defined]
-        cases.append((exc, reason))
     for exc, reason in cases:
         err = storage_error(exc, where)
         assert (err.reason, err.where) == (reason, str(where)), exc

@@ -195,7 +195,7 @@ def test_the_sender_refuses_a_confirmation_for_another_device(tmp_path: Path) ->
         def subscribe(self, *_args: object) -> None:
             pass
 
-    buffer = Buffer(tmp_path / "b.sqlite", boot=1)
+    buffer = Buffer(tmp_path / "b", boot=1)
     record = buffer.append("telemetry", {})
     sender = Sender(buffer, Session(), Topics("edgefleet"), "pi-1", 10, 4)  # type: ignore[arg-type]
     foreign = encode(Confirm("pi-2", spans_of([record])))

@@ -386,7 +386,7 @@ def test_a_device_takes_labels_in_three_shapes_and_refuses_the_rest() -> None:
 
 
 def test_labels_leave_the_buffer_before_telemetry_and_outlast_it(tmp_path: Path) -> None:
-    buffer = Buffer(tmp_path / "b.sqlite", boot=1, max_rows=3, caps={"labels": Cap(2)})
+    buffer = Buffer(tmp_path / "b", boot=1, max_rows=3, caps={"labels": Cap(2)})
     buffer.append("telemetry", {"n": 0})
     buffer.append("labels", Labels((("pi-01/1/0", 1),)).to_body())
     buffer.append("telemetry", {"n": 1})

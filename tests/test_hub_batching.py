@@ -326,7 +326,7 @@ class _ConfirmedAtOnce:
 
 
 def test_a_confirmation_that_overtakes_its_publish_is_not_lost(tmp_path: Path) -> None:
-    buffer = Buffer(tmp_path / "buffer.sqlite", boot=1)
+    buffer = Buffer(tmp_path / "buffer", boot=1)
     for n in range(3):
         buffer.append("telemetry", {"count": n})
     session = _ConfirmedAtOnce()

@@ -554,7 +554,7 @@ def test_sigkill_during_an_install(rig: Rig, bundles: dict[int, Path], kill_on: 
     # the buffer opens, is intact, and was drained
     pending, _ = _buffer_rows(rig.state)
     assert not pending
-    buffer = Buffer(rig.state / "buffer.sqlite", boot=3)
+    buffer = Buffer(rig.state / "buffer", boot=3)
     assert buffer.pending() == 0 and buffer.dropped() == {}
     buffer.close()
 

@@ -2,14 +2,14 @@
 nothing. Real `edge-agent run` processes whose state folder is a small tmpfs (filled by the test
 with a file, then freed; remounted read-only, then read-write), a private mosquitto, the hub
 in-process (tests/support/agent_process.py's Rig), and an independent paho subscriber (the Rig's
-watcher). What the hub holds is counted in its store; what the agent accepted, in its buffer
-file read with sqlite3."""
+watcher). What the hub holds is counted in its store; what the agent accepted, in its buffer's
+files read as plain text (tests/support/buffer_files.py)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
+import os
 import subprocess
 import threading
 import time
@@ -35,6 +35,7 @@ from tests.support.agent_process import (  # noqa: F401  (bundles and rig are fi
     every_record_once,
     rig,
 )
+from tests.support.buffer_files import held
 from tests.support.fleet import Fleet, fleet  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.broker
@@ -115,7 +116,7 @@ def test_a_state_folder_that_fills_and_frees_is_survived_and_reported(
         timeout=RECONNECT_S,
     )
     condition = _hub_storage(rig)
-    assert "disk full" in condition["error"] and "buffer.sqlite" in condition["error"]
+    assert "disk full" in condition["error"] and "buffer" in condition["error"]
     assert condition["since"] > 0
     w = rig.watcher  # an independent subscriber sees the same in the retained status
     w.wait("the status to say so", lambda: _storage(w.status).get("ok") is False)
@@ -303,11 +304,7 @@ def test_a_full_disk_at_start_keeps_nothing_until_the_boot_is_saved(
     config.write_text('[device]\nid = "pi-01"\nstate_dir = "state"\n[broker]\nport = 1\n')
 
     def kept() -> list[tuple[int, int]]:
-        db = sqlite3.connect(state / "buffer.sqlite")
-        try:
-            return list(db.execute("SELECT boot, seq FROM records ORDER BY id"))
-        finally:
-            db.close()
+        return sorted(held(state / "buffer"))
 
     first = Agent(load_config(config))
     first.keep("telemetry", {"n": 0})
@@ -327,16 +324,17 @@ def test_a_full_disk_at_start_keeps_nothing_until_the_boot_is_saved(
     disk.free()
     agent.keep("telemetry", {"n": "after"})
     assert last_boot(state) == 2 and agent.buffer.opened
-    agent.buffer.flush()  # a group commit's staged records into SQLite, where kept() reads
     assert kept() == [(1, 0), (2, 0)]  # the five of the full disk nowhere, "after" as (2, 0)
     storage = agent.status().stats["storage"]
     assert storage["ok"] is True and storage["unkept"] == {"telemetry": 5}
     agent.buffer.close()
 
 
-def test_the_agent_commits_records_in_groups_when_its_config_asks(tmp_path: Path) -> None:
-    """[buffer] group_rows reaches the agent's buffer: records wait in the staging journal until
-    a group is full or its window passes, and the agent's close commits what waits."""
+def test_the_agent_commits_records_in_groups_when_its_config_asks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[buffer] group_rows reaches the agent's buffer: its files are fsynced once a group is
+    full (or its window passes), not once a record. os.fsync is watched, each call still made."""
     state = tmp_path / "dev" / "state"
     init_hub(tmp_path / "hub")
     enroll_device(tmp_path / "hub", DEVICE, state)
@@ -346,17 +344,19 @@ def test_the_agent_commits_records_in_groups_when_its_config_asks(tmp_path: Path
         "[buffer]\ngroup_rows = 4\ngroup_window_s = 600\n"  # no window passes in this test
     )
 
-    def kept() -> int:
-        db = sqlite3.connect(state / "buffer.sqlite")
-        try:
-            return int(db.execute("SELECT count(*) FROM records").fetchone()[0])
-        finally:
-            db.close()
+    synced: list[int] = []
+    real = os.fsync
+
+    def watched(fd: int) -> None:
+        real(fd)
+        synced.append(fd)
 
     agent = Agent(load_config(config))
     assert agent.buffer.group_rows == 4
-    for i in range(6):
+    agent.keep("telemetry", {"n": 0})  # the boot saved (fsynced) and the buffer opened
+    monkeypatch.setattr(os, "fsync", watched)
+    for i in range(1, 10):
         agent.keep("telemetry", {"n": i})
-    assert kept() == 4  # one group of 4 written, 2 waiting
+    assert len(synced) == 2 * 2  # two full groups, each the segment and the gone log
+    assert len(held(state / "buffer")) == 10  # each kept when its append returned
     agent.buffer.close()
-    assert kept() == 6

@@ -1,52 +1,49 @@
-"""Store-and-forward buffer: SQLite in WAL mode, records deleted only when the hub confirms it
-committed them (`confirm`, from the hub's message on dev/{id}/ack), never on the broker's PUBACK.
+"""Store-and-forward buffer: records kept in append-only files, deleted only when the hub
+confirms it committed them (`confirm`, from the hub's message on dev/{id}/ack), never on the
+broker's PUBACK.
 
 Each record carries (boot, seq), so the hub can drop what it has already stored when a record is
 sent twice (after a lost confirmation, a reconnect, a crash or a broker that lost its queue).
-Caps, in rows and in bytes (bodies' JSON size), hold per priority class and for the whole
-buffer. `next_drop` is the drop policy, pure: a class past its own cap loses its own oldest
-record (a flood of events never evicts a drift report); past the whole buffer's cap the oldest
-record of the least important class goes (telemetry before labels before drift before events).
-Every drop is counted, per kind.
+Caps, in rows and in bytes (records as kept, one line each), hold per priority class and for
+the whole buffer. `next_drop` is the drop policy, pure: a class past its own cap loses its own
+oldest record (a flood of events never evicts a drift report); past the whole buffer's cap the
+oldest record of the least important class goes (telemetry before labels before drift before
+events). Every drop is counted, per kind.
 
-A full, read-only or failing disk is the device's everyday weather: a record that cannot be
-kept raises StorageError (nothing of it was written, and its seq is not used up, so a boot's
-seqs have no gap), and the buffer goes on when the disk does. A buffer made without a boot is
-closed until `open(boot)`: the agent opens it only under a boot it has persisted.
+The files (a folder; edge_agent.uplink.recordlog has their formats). `append` writes the record
+as one line at the end of the current segment, with one `os.write`; a confirmation or a drop is
+one line of the gone log. A segment whose records are all gone is deleted; a segment less than
+half of which is still held is copied forward (its held records appended to the current
+segment) and deleted, so the folder holds at most about twice what the caps allow. `open`
+reads the segments and the gone log back: a key met twice (a copy cut short by a kill) is one
+record. The index in memory holds two ints a record (about 120 bytes), not the bodies.
 
-Group commit. With `group_rows` 1 each `append` is its own transaction. With `group_rows` N > 1
-(the agent's default), `append` writes the record as one line to a staging journal next to the
-SQLite file (`<name>-staged`, append-only, one `os.write`) and stages it in memory; one
-transaction moves the staged records into SQLite when N are staged, when `group_window_s` has
-passed since the first of them (a thread of the buffer's own commits then), at `flush()`,
-before `take` and at `close()`, and the journal is then truncated. The same transaction records
-the last (boot, seq) it moved, so `open` replays the journal's records past that mark and only
-those: a kill between the COMMIT and the truncation duplicates nothing. A line cut short by a
-kill belongs to an `append` that never returned and is ignored. What a caller can rely on:
+What a caller can rely on:
 
-- when `append` returns, the record survives a SIGKILL of the agent (group commit or not);
-- the hub is only ever sent records committed to SQLite: `take` commits first;
-- a journal write that fails (a full disk, even half written) is cut back: StorageError,
-  nothing of the record kept, its seq not used;
-- a commit that fails (a full disk) writes nothing: the append that filled the group is
-  refused (StorageError, its seq not used, its journal line cut back), the records staged
-  before it stay staged (and in the journal) and are tried again at the next commit point
-  (the window, `flush`, `take`, the next full group, the next `open`).
+- when `append` returns, the record survives a SIGKILL of the agent (the kernel holds the line);
+- a write that fails (a full disk, even half written) is cut back: StorageError, nothing of
+  the record kept, its seq not used, so a boot's seqs have no gap;
+- a read-only or failing disk at `open` keeps the buffer closed (StorageError); a buffer made
+  without a boot is closed until `open(boot)`: the agent opens it only under a boot it has
+  persisted.
 
-"Survives" is what the kernel holds for a killed process: SQLite's WAL with synchronous=NORMAL
-and the journal's written lines alike. Neither is fsynced per record: a power cut may lose the
-journal's lines and the commits since the last checkpoint, never corrupt the file.
+Group commit. A power cut may lose what the kernel had not yet written to the disk. With
+`group_rows` 1 each `append` is fsynced before it returns; with N > 1 (the agent's default) the
+segment is fsynced once N records are appended, `group_window_s` after the first of them at the
+latest (a thread of the buffer's own), at `flush()` and at `close()`: an SD card sees one flush
+a group instead of one a record. A confirmation lost to a power cut sends its records again
+(the hub stores each (boot, seq) once).
 
 `TokenBucket` paces the drain after a reconnect, so a returning fleet does not flatten the hub.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -56,32 +53,19 @@ from typing import Any, NamedTuple
 
 from edge_agent.errors import ConfigError, MessageError, StorageError
 from edge_agent.protocol.messages import Record, Span, body_json, record_json
-from edge_agent.system.fsutil import storage_error
+from edge_agent.system.fsutil import fsync_dir, storage_error
+from edge_agent.uplink import recordlog as rl
 from edge_agent.uplink.caps import Cap
 
 log = logging.getLogger(__name__)
 
-# Sent in this order, dropped past the whole buffer's cap in the reverse. Buffers written before
-# labels existed hold the integers 0-2 in their `priority` column: labels rank between drift
-# and telemetry as 1.5.
+# Sent in this order, dropped past the whole buffer's cap in the reverse.
 PRIORITY: dict[str, float] = {"events": 0, "drift": 1, "labels": 1.5, "telemetry": 2}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    boot INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    ts REAL NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS records_order ON records (priority, id);
-CREATE INDEX IF NOT EXISTS records_key ON records (boot, seq);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
-# counters rows holding the last (boot, seq) moved from the staging journal into SQLite
-_MOVED = ("moved.boot", "moved.seq")
+KINDS = frozenset(PRIORITY)
+_ORDER = sorted(PRIORITY, key=PRIORITY.__getitem__)
+SEGMENT_BYTES = 1 << 20  # a segment is sealed past this and a new one begun
+GONE_BYTES = 1 << 16  # the gone log is rewritten once past this and twice its last rewrite
+GONE = "gone.log"
 
 
 def next_drop(
@@ -104,14 +88,11 @@ def next_drop(
     return max((k for k, (r, _) in usage.items() if r), key=PRIORITY.__getitem__)
 
 
-_Row = tuple[str, float, int, int, float, str]  # kind, priority, boot, seq, ts, body's JSON
-
-
 class Pending(NamedTuple):
     """A record held in the buffer, as kept: its body is the JSON text `append` wrote, which
     goes into a batch as it is (`wire`), never parsed and dumped again on the way out."""
 
-    id: int
+    id: int  # its key: (boot, seq) in one int
     kind: str
     boot: int
     seq: int
@@ -131,28 +112,9 @@ class Pending(NamedTuple):
         return record_json(self.boot, self.seq, self.ts, self.body)
 
 
-def journal_line(row: _Row) -> bytes:
-    """One staged record as a journal line. The body's JSON (`body_json`: ASCII) holds no tab
-    and no newline, and a kind is a word: tabs part the fields, a newline ends the line."""
-    kind, _, boot, seq, ts, text = row
-    return f"{kind}\t{boot}\t{seq}\t{ts!r}\t{text}\n".encode()
-
-
-def journal_rows(data: bytes, after: tuple[int, int]) -> list[_Row]:
-    """The records of a journal's bytes whose (boot, seq) is past `after` (those at or before
-    it are already in SQLite), in order. A last line without its newline, or a line that does
-    not parse, was cut short by a kill during its write: its `append` never returned."""
-    rows: list[_Row] = []
-    for line in data.split(b"\n")[:-1]:  # what follows the last newline is unfinished
-        try:
-            kind, boot, seq, ts, text = line.decode().split("\t", 4)
-            row = (kind, PRIORITY[kind], int(boot), int(seq), float(ts), text)
-        except (ValueError, KeyError, UnicodeDecodeError):
-            log.warning("a staging journal line that does not parse is skipped: %.80r", line)
-            continue
-        if (row[2], row[3]) > after:
-            rows.append(row)
-    return rows
+def _segment_number(path: Path) -> int | None:
+    stem, dot, ext = path.name.partition(".")
+    return int(stem) if dot and ext == "log" and stem.isdigit() else None
 
 
 class Buffer:
@@ -171,221 +133,296 @@ class Buffer:
                 "a buffer's group commit expected group_rows >= 1 and, past 1, a positive "
                 f"group_window_s, found {group_rows} and {group_window_s}"
             )
-        self.path = path
+        self.path = path  # a folder
         self.group_rows = group_rows
         self.group_window_s = group_window_s
         self.boot = 0
         self.total = Cap(max_rows, max_bytes)
         self.caps = dict(caps or {})  # kind -> its own cap
         self._lock = threading.Lock()
-        self._staged: list[_Row] = []  # appended, not yet committed (group commit)
-        self._due = 0.0  # monotonic time by which the staged records are committed
-        self._commits = threading.Condition(self._lock)  # wakes the group-commit thread
+        self._syncs = threading.Condition(self._lock)  # wakes the group-commit thread
+        self._opened = False
         self._seq = 0
-        self._conn: sqlite3.Connection | None = None
-        self.journal = path.with_name(path.name + "-staged")
-        self._journal_fd = -1  # open while the buffer is
-        self._journal_size = 0  # bytes of staged records' lines in it
+        self._index: dict[str, dict[int, int]] = {kind: {} for kind in _ORDER}  # key -> loc
+        self._fds: dict[int, int] = {}  # segment -> its open file
+        self._held: Counter[int] = Counter()  # segment -> bytes of its records still held
+        self._lowest: dict[int, int] = {}  # segment -> the lowest key it has a line of
+        self._generation = 0  # of opens: the group-commit thread of an earlier one ends
+        self._active = 0  # the segment appended to
+        self._size = 0  # its bytes
+        self._gone_fd = -1
+        self._gone_size = 0
+        self._gone_rewritten = 0  # the gone log's size after its last rewrite
+        self._unsynced = 0  # records appended since the last fsync
+        self._due = 0.0  # monotonic time by which they are fsynced
         self._usage: dict[str, tuple[int, int]] = {}
-        self._dropped: Counter[str] = Counter()  # the counters table, as committed
+        self._dropped: Counter[str] = Counter()
         if boot is not None:
             self.open(boot)
 
     @property
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StorageError("write-failed", str(self.path), "the telemetry buffer is not open")
-        return self._conn
-
-    @property
     def opened(self) -> bool:
-        return self._conn is not None
+        return self._opened
 
+    # ---- open and close ----------------------------------------------------------------------
     def open(self, boot: int) -> None:
-        """Open the file; records appended from now on carry `boot`. StorageError when it cannot
-        be opened for writing (a read-only or full disk): the buffer stays closed then."""
+        """Open the folder; records appended from now on carry `boot`. StorageError when it
+        cannot be opened for writing (a read-only or full disk): the buffer stays closed then."""
         with self._lock:
-            if self._conn is not None:
+            if self._opened:
                 raise RuntimeError(f"{self.path}: the telemetry buffer is already open")
-            db = None
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.executescript(_SCHEMA)
-                # SQLite opens a file it may not write read-only, and stays so after the disk
-                # comes back: a write that is rolled back tells before any record is refused
-                db.execute("BEGIN IMMEDIATE")
-                db.execute("INSERT OR REPLACE INTO counters (name, value) VALUES ('probe', 0)")
-                db.execute("ROLLBACK")
-                usage = _count(db)
-                counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
-                fd = os.open(self.journal, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-            except (sqlite3.Error, OSError) as exc:
-                if db is not None:
-                    db.close()
+                self.path.mkdir(parents=True, exist_ok=True)
+                self._gone_fd = os.open(
+                    self.path / GONE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644
+                )
+                self._load()
+                self._import_legacy()
+            except StorageError:
+                self._close_files()
+                raise
+            except OSError as exc:
+                self._close_files()
                 err = storage_error(exc, self.path)
                 raise StorageError(
                     err.reason, err.where, f"cannot open the telemetry buffer ({err.detail})"
                 ) from exc
-            self._conn, self.boot, self._seq, self._usage = db, boot, 0, usage
-            self._dropped = Counter(
-                {
-                    n.removeprefix("dropped."): int(v)
-                    for n, v in counters.items()
-                    if n[:8] == "dropped."
-                }
-            )
-            self._journal_fd = fd
-            self._replay(tuple(int(counters.get(name, -1)) for name in _MOVED))
+            self.boot, self._seq, self._opened = boot, 0, True
+            self._generation += 1
             if self.group_rows > 1:
                 threading.Thread(
-                    target=self._commit_in_time, args=(db,), name="buffer-commit", daemon=True
+                    target=self._sync_in_time,
+                    args=(self._generation,),
+                    name="buffer-sync",
+                    daemon=True,
                 ).start()
 
-    def _replay(self, moved: tuple[int, ...]) -> None:
-        """Stage the journal's records not yet in SQLite (past `moved`, the last (boot, seq)
-        moved) and move them now; if the disk refuses, they stay staged (and in the journal)
-        for the next commit point."""
-        data = b""
-        while chunk := os.read(self._journal_fd, 1 << 20):
-            data += chunk
-        self._staged = journal_rows(data, (moved[0], moved[1]))
-        self._journal_size = len(data)
-        if not self._staged:
-            self._truncate_journal(0)
+    def _load(self) -> None:
+        """Read the segments and the gone log back into the index; append to the last segment
+        (its unfinished tail, if a kill left one, cut off), or to a new one."""
+        segments = sorted(n for p in self.path.iterdir() if (n := _segment_number(p)) is not None)
+        self._index, self._lowest = {kind: {} for kind in _ORDER}, {}
+        for number in segments:
+            fd = os.open(self.path / f"{number}.log", os.O_RDWR | os.O_APPEND)
+            self._fds[number] = fd
+            data = _read_all(fd)
+            for line in rl.record_lines(data, KINDS, f"{self.path}/{number}.log"):
+                key = rl.key_of(line.boot, line.seq)
+                # a key met twice (a copy forward cut short): the later copy
+                self._index[line.kind][key] = rl.loc_of(number, line.offset, line.length)
+                self._lowest[number] = min(key, self._lowest.get(number, key))
+            self._active, self._size = number, data.rfind(b"\n") + 1
+        gone = rl.read_gone(_read_all(self._gone_fd), str(self.path / GONE))
+        self._gone_size = self._gone_rewritten = os.fstat(self._gone_fd).st_size
+        for first, last in gone.spans:
+            self._forget(first, last)
+        self._dropped = gone.dropped
+        self._reindex()
+        if not segments:
+            self._begin_segment(1)
+        else:
+            if self._size < os.fstat(self._fds[self._active]).st_size:
+                os.ftruncate(self._fds[self._active], self._size)  # a line a kill cut short
+            for number in segments[:-1]:
+                self._release(number)
+
+    def _reindex(self) -> None:
+        """Each kind's keys in ascending order (appended order: a record copied forward is
+        back in its place), and the counts of what is held, from the index."""
+        self._held = Counter()
+        for kind, held in self._index.items():
+            self._index[kind] = {k: held[k] for k in sorted(held)}
+            self._usage[kind] = (len(held), sum(loc & rl.MAX_LINE for loc in held.values()))
+            for loc in held.values():
+                self._held[rl.segment_of(loc)] += loc & rl.MAX_LINE
+
+    def _import_legacy(self) -> None:
+        """Records an earlier release kept in SQLite (`<folder>.sqlite` and its staging
+        journal), moved into the segments with their (boot, seq), then its files deleted."""
+        old = self.path.with_name(self.path.name + ".sqlite")
+        if not old.exists():
             return
-        log.info(
-            "%s: %d staged records replayed from %s", self.path, len(self._staged), self.journal
-        )
-        self._due = time.monotonic() + self.group_window_s
-        try:
-            self._commit()
-        except StorageError as exc:
-            log.error("%s: replayed records wait for the disk: %s", self.path, exc)
+        from edge_agent.uplink.legacy import read_sqlite_buffer
 
-    def _write_journal(self, row: _Row) -> None:
-        """Append one staged record's line (the lock held). A failed or short write is cut
-        back to what the journal held before: StorageError, nothing of the record kept."""
-        line = journal_line(row)
         try:
-            written = os.write(self._journal_fd, line)
-            if written != len(line):
-                raise OSError(28, os.strerror(28))  # ENOSPC: a short write on a full disk
-        except OSError as exc:
-            self._truncate_journal(self._journal_size)
-            raise storage_error(exc, self.journal) from exc
-        self._journal_size += written
-
-    def _truncate_journal(self, size: int) -> None:
-        """Cut the journal to `size` bytes. A failure is logged: the moved mark keeps a replay
-        from duplicating what the journal still holds."""
-        try:
-            os.ftruncate(self._journal_fd, size)
-        except OSError as exc:
-            log.warning("%s: cannot truncate the staging journal: %s", self.journal, exc)
+            rows, dropped = read_sqlite_buffer(old)
+        except OSError as exc:  # kept aside, so the buffer goes on without what it held
+            log.error("%s: %s; it is left as %s.unreadable", self.path, exc, old.name)
+            os.replace(old, f"{old}.unreadable")
             return
-        self._journal_size = size
+        for kind, boot, seq, ts, text in rows:
+            key = rl.key_of(boot, seq)
+            self._index[kind][key] = self._write(rl.record_line(kind, boot, seq, ts, text), key)
+        os.fsync(self._fds[self._active])
+        for suffix in ("", "-wal", "-shm", "-staged"):  # a kill before this: moved in again
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{old}{suffix}")
+        self._dropped.update(dropped)
+        os.write(self._gone_fd, rl.totals_lines(Counter(dropped)))
+        os.fsync(self._gone_fd)
+        self._reindex()
+        log.info("%s: %d records moved in from %s", self.path, len(rows), old)
 
+    def close(self) -> None:
+        """fsync what was appended and close (closing a closed buffer is no error)."""
+        with self._lock:
+            if not self._opened:
+                return
+            try:
+                self._sync()
+            finally:
+                self._opened = False
+                self._close_files()
+                self._syncs.notify_all()
+
+    def _close_files(self) -> None:
+        for fd in [*self._fds.values(), self._gone_fd]:
+            if fd >= 0:
+                os.close(fd)
+        self._fds, self._gone_fd, self._unsynced = {}, -1, 0
+
+    # ---- append -------------------------------------------------------------------------------
     def append(self, kind: str, body: dict[str, Any], ts: float | None = None) -> Record:
         """Keep one record under the next seq of this boot: when it returns, the record survives
-        a SIGKILL (committed to SQLite, or, under group commit, written to the staging journal;
-        see the module's docstring). StorageError when it cannot be kept, MessageError when the
-        body is not JSON (NaN, a value JSON has no form for): then nothing of it was written and
-        its seq is the next record's."""
+        a SIGKILL (see the module's docstring). StorageError when it cannot be kept,
+        MessageError when the body is not JSON (NaN, a value JSON has no form for): then
+        nothing of it was written and its seq is the next record's."""
         at = time.time() if ts is None else ts
         if not math.isfinite(at):
             raise MessageError(f"a {kind} record: expected a finite timestamp, got {at!r}")
         text = body_json(body, f"a {kind} record")
         with self._lock:
-            _ = self._db  # StorageError when closed
-            row = (kind, PRIORITY[kind], self.boot, self._seq, at, text)
-            before = self._journal_size
-            if self.group_rows > 1:
-                self._write_journal(row)
-            self._staged.append(row)
-            self._seq += 1
-            if len(self._staged) >= self.group_rows:
-                try:
-                    self._commit()
-                except BaseException:
-                    self._staged.pop()  # this one was not kept: the earlier ones wait
-                    self._seq -= 1
-                    self._truncate_journal(before)
-                    raise
-            elif len(self._staged) == 1:
-                self._due = time.monotonic() + self.group_window_s
-                self._commits.notify()
-        return Record(row[2], row[3], at, body)
-
-    def flush(self) -> None:
-        """Commit every record appended so far. StorageError when the disk refuses: they stay
-        staged and are tried again."""
-        with self._lock:
-            self._commit()
-
-    def _commit(self) -> None:
-        """Write the staged records in one transaction (the lock held), the drop policy applied
-        record by record as they go in. On failure nothing was written and they stay staged."""
-        if not self._staged:
-            return
-        db = self._db
-        usage, dropped = dict(self._usage), Counter[str]()
-        run: list[_Row] = []  # rows to insert before the next drop (oldest first)
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            for row in self._staged:
-                kind, size = row[0], len(row[5])
-                while victim := next_drop(self._usage, kind, size, self.total, self.caps):
-                    self._insert(run)
-                    run = []
-                    self._drop_oldest(victim)
-                    dropped[victim] += 1
-                run.append(row)
-                self._add(kind, 1, size)
-            self._insert(run)
-            last = self._staged[-1]
-            if self._journal_size:  # what the journal holds is in SQLite once this commits
-                db.executemany(
-                    "INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)",
-                    zip(_MOVED, (last[2], last[3]), strict=True),
+            if not self._opened:
+                raise StorageError(
+                    "write-failed", str(self.path), "the telemetry buffer is not open"
                 )
-            db.execute("COMMIT")
-        except BaseException as exc:
-            self._usage = usage
-            self._rollback()
-            if isinstance(exc, sqlite3.Error):
-                raise storage_error(exc, self.path) from exc
-            raise
-        self._staged = []
-        self._dropped.update(dropped)
-        if self._journal_size:
-            self._truncate_journal(0)
+            seq, key = self._seq, rl.key_of(self.boot, self._seq)
+            line = rl.record_line(kind, self.boot, seq, at, text)
+            if len(line) > rl.MAX_LINE:
+                raise MessageError(
+                    f"a {kind} record: expected at most {rl.MAX_LINE} bytes, got {len(line)}"
+                )
+            loc = self._write(line, key)
+            self._seq += 1
+            drops = []
+            while victim := next_drop(self._usage, kind, len(line), self.total, self.caps):
+                drops.append(self._drop_oldest(victim))
+            self._index[kind][key] = loc
+            self._add(kind, 1, len(line))
+            self._held[self._active] += len(line)
+            if drops:
+                self._note_gone(b"".join(drops))
+            self._unsynced += 1
+            if self._unsynced >= self.group_rows:
+                try:
+                    self._sync()
+                except StorageError as exc:  # kept all the same: the kernel holds the line
+                    log.error("%s: cannot sync the buffer to the disk: %s", self.path, exc)
+            elif self._unsynced == 1:
+                self._due = time.monotonic() + self.group_window_s
+                self._syncs.notify()
+        return Record(self.boot, seq, at, body)
 
-    def _insert(self, rows: list[_Row]) -> None:
-        if rows:
-            self._db.executemany(
-                "INSERT INTO records (kind, priority, boot, seq, ts, body) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+    def _write(self, line: bytes, key: int, seal: bool = True) -> int:
+        """Append one record's line to the current segment (a new one first if it is full
+        and `seal`); its loc. A failed or short write is cut back: StorageError, nothing of
+        the line kept."""
+        try:
+            if seal and self._size and self._size + len(line) > SEGMENT_BYTES:
+                self._seal()
+        except OSError as exc:
+            raise storage_error(exc, self.path) from exc
+        fd = self._fds[self._active]
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(28, os.strerror(28))  # ENOSPC: a short write on a full disk
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self._size)
+            raise storage_error(exc, self.path / f"{self._active}.log") from exc
+        offset, self._size = self._size, self._size + written
+        self._lowest[self._active] = min(key, self._lowest.get(self._active, key))
+        return rl.loc_of(self._active, offset, written)
 
-    def _commit_in_time(self, db: sqlite3.Connection) -> None:
-        """The group-commit thread: staged records are committed by their due time. A failed
-        commit is logged once and tried again a window later. Ends when `db` is closed."""
+    def _seal(self) -> None:
+        """Begin the next segment; copy forward what little the older ones still hold."""
+        sealed = self._active
+        self._sync()  # the sealed segment is on the disk before anything refers past it
+        self._begin_segment(sealed + 1)
+        self._release(sealed)
+        for number in [n for n in self._fds if n != self._active]:
+            if 0 < self._held[number] <= os.fstat(self._fds[number]).st_size // 2:
+                self._copy_forward(number)
+
+    def _begin_segment(self, number: int) -> None:
+        fd = os.open(self.path / f"{number}.log", os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fds[number], self._active, self._size = fd, number, 0
+
+    def _copy_forward(self, number: int) -> None:
+        """Append the records segment `number` still holds to the current one, then delete
+        it. A failure (a full disk) leaves it as it was: its records stay where they are."""
+        moved: list[tuple[str, int, int]] = []  # kind, key, new loc
+        try:
+            for kind, held in self._index.items():
+                for key, loc in held.items():
+                    if rl.segment_of(loc) == number:
+                        offset, length = rl.span_of(loc)
+                        line = os.pread(self._fds[number], length, offset)
+                        moved.append((kind, key, self._write(line, key, seal=False)))
+            self._sync()
+        except (OSError, StorageError) as exc:
+            log.warning("%s: segment %d stays as it is: %s", self.path, number, exc)
+            return
+        for kind, key, loc in moved:
+            self._index[kind][key] = loc
+            self._held[self._active] += loc & rl.MAX_LINE
+        self._held[number] = 0
+        self._release(number)
+
+    def _release(self, number: int) -> None:
+        """Delete a segment other than the current one if none of its records is held."""
+        if number == self._active or self._held[number] > 0:
+            return
+        os.close(self._fds.pop(number))
+        self._held.pop(number, None)
+        self._lowest.pop(number, None)
+        try:
+            os.unlink(self.path / f"{number}.log")
+        except OSError as exc:
+            log.warning("%s: cannot delete segment %d: %s", self.path, number, exc)
+
+    # ---- fsync -------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """fsync every record appended so far. StorageError when the disk refuses."""
+        with self._lock:
+            self._sync()
+
+    def _sync(self) -> None:
+        if not self._unsynced:
+            return
+        try:
+            os.fsync(self._fds[self._active])
+            os.fsync(self._gone_fd)
+        except OSError as exc:
+            raise storage_error(exc, self.path) from exc
+        self._unsynced = 0
+
+    def _sync_in_time(self, generation: int) -> None:
+        """The group-commit thread: appended records are fsynced by their due time. A failed
+        fsync is logged once and tried again a window later. Ends when the buffer closes."""
         failing = False
-        with self._commits:
-            while self._conn is db:
-                if not self._staged:
-                    self._commits.wait()
+        with self._syncs:
+            while self._opened and self._generation == generation:
+                if not self._unsynced:
+                    self._syncs.wait()
                     continue
                 left = self._due - time.monotonic()
                 if left > 0:
-                    self._commits.wait(left)
+                    self._syncs.wait(left)
                     continue
                 try:
-                    self._commit()
+                    self._sync()
                 except StorageError as exc:
                     if not failing:
                         log.error("%s: the group commit failed, retrying: %s", self.path, exc)
@@ -394,93 +431,138 @@ class Buffer:
                 else:
                     failing = False
 
-    def _rollback(self) -> None:
-        """End a failed transaction, if SQLite has not already: a COMMIT that fails on a full
-        disk rolls back by itself, and a ROLLBACK then would fail with "no transaction is
-        active", hiding the error that matters. A ROLLBACK that fails is logged, not raised."""
-        db = self._conn
-        if db is None or not db.in_transaction:
-            return
-        try:
-            db.execute("ROLLBACK")
-        except sqlite3.Error as exc:
-            log.warning("%s: ROLLBACK after a failed write failed too: %s", self.path, exc)
+    # ---- what leaves: drops and confirmations -----------------------------------------------
+    def _drop_oldest(self, kind: str) -> bytes:
+        held = self._index[kind]
+        key = next(iter(held))
+        self._gone(kind, key, held.pop(key))
+        self._dropped[kind] += 1
+        boot, seq = rl.boot_seq(key)
+        return rl.dropped_line(kind, boot, seq)
 
-    def _add(self, kind: str, rows: int, size: int) -> None:
-        old_rows, old_size = self._usage.get(kind, (0, 0))
-        self._usage[kind] = (old_rows + rows, old_size + size)
+    def _gone(self, kind: str, key: int, loc: int) -> None:
+        size, number = loc & rl.MAX_LINE, rl.segment_of(loc)
+        self._add(kind, -1, -size)
+        self._held[number] -= size
+        if self._held[number] <= 0:
+            self._release(number)
 
-    def _drop_oldest(self, kind: str) -> None:
-        rid, size = self._db.execute(
-            "SELECT id, LENGTH(body) FROM records WHERE priority = ? ORDER BY id LIMIT 1",
-            (PRIORITY[kind],),
-        ).fetchone()
-        self._db.execute("DELETE FROM records WHERE id = ?", (rid,))
-        self._db.execute(
-            "INSERT INTO counters (name, value) VALUES (?, 1) "
-            "ON CONFLICT(name) DO UPDATE SET value = value + 1",
-            (f"dropped.{kind}",),
-        )
-        self._add(kind, -1, -int(size))
-
-    def take(self, limit: int, skip: set[int]) -> list[Pending]:
-        """Oldest records of the most important class first, all of one kind, not in `skip`:
-        committed ones only (the staged are committed first; if that fails, they wait)."""
-        with self._lock:
-            try:
-                self._commit()
-            except StorageError as exc:
-                log.debug("%s: staged records wait: %s", self.path, exc)
-            rows = self._db.execute(
-                "SELECT id, kind, boot, seq, ts, body FROM records ORDER BY priority, id LIMIT ?",
-                (limit + len(skip),),
-            ).fetchall()
-        out: list[Pending] = []
-        for rid, kind, boot, seq, ts, body in rows:
-            if rid in skip:
+    def _forget(self, first: int, last: int) -> list[tuple[str, int, int]]:
+        """Take the keys first..last out of the index: (kind, key, loc) of those it held."""
+        out = []
+        for kind, held in self._index.items():
+            if not held:
                 continue
-            if out and kind != out[0].kind:
-                break
-            out.append(Pending(rid, kind, boot, seq, ts, body))
-            if len(out) == limit:
-                break
+            keys = range(first, last + 1) if last - first < len(held) else list(held)
+            for key in keys:
+                if first <= key <= last and (loc := held.pop(key, None)) is not None:
+                    out.append((kind, key, loc))
         return out
 
-    def get(self, ids: Iterable[int]) -> list[Pending]:
-        """Those of these records still held, oldest first (to send a batch again)."""
-        wanted = list(ids)
-        out: list[Pending] = []
-        with self._lock:
-            for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
-                chunk = wanted[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    f"SELECT id, kind, boot, seq, ts, body FROM records WHERE id IN ({marks})",
-                    chunk,
-                ).fetchall()
-                out += [Pending(*row) for row in rows]
-        return sorted(out, key=lambda p: p.id)
+    def _note_gone(self, lines: bytes) -> None:
+        """Say in the gone log that records left. A failure is logged: after a restart those
+        records come back and are sent again (the hub keeps each (boot, seq) once)."""
+        try:
+            os.write(self._gone_fd, lines)
+            self._gone_size += len(lines)
+            if self._gone_size > max(GONE_BYTES, 2 * self._gone_rewritten):
+                self._rewrite_gone()
+        except OSError as exc:
+            log.warning("%s: cannot note records gone: %s", self.path, exc)
+
+    def _rewrite_gone(self) -> None:
+        """The gone log, rewritten: the drop counts, and the spans that may still name a
+        record some segment holds. A kill mid-way leaves the old one (os.replace)."""
+        floor = min(self._lowest.values(), default=rl.key_of(self.boot, self._seq))
+        spans = rl.read_gone(_read_all(self._gone_fd), str(self.path / GONE)).spans
+        data = rl.totals_lines(self._dropped) + rl.kept_spans(spans, floor)
+        tmp = self.path / f".{GONE}.tmp"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+            os.replace(tmp, self.path / GONE)
+            fsync_dir(self.path)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(self._gone_fd)
+        self._gone_fd, self._gone_size, self._gone_rewritten = fd, len(data), len(data)
 
     def confirm(self, spans: Iterable[Span]) -> int:
         """The hub committed these (boot, seq) spans: forget them. Returns how many records
         went (a span confirmed twice, or records already gone, cost nothing)."""
-        gone: list[tuple[str, int]] = []
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for boot, first, last in spans:
-                    gone += self._db.execute(
-                        "DELETE FROM records WHERE boot = ? AND seq BETWEEN ? AND ? "
-                        "RETURNING kind, LENGTH(body)",
-                        (boot, first, last),
-                    ).fetchall()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
-            for kind, size in gone:
-                self._add(kind, -1, -int(size))
-        return len(gone)
+            if not self._opened:
+                return 0
+            lines, count = [], 0
+            for boot, first, last in spans:
+                gone = self._forget(rl.key_of(boot, first), rl.key_of(boot, last))
+                for kind, key, loc in gone:
+                    self._gone(kind, key, loc)
+                if gone:
+                    lines.append(rl.confirmed_line(boot, first, last))
+                count += len(gone)
+            if lines:
+                self._note_gone(b"".join(lines))
+        return count
+
+    # ---- what goes out ------------------------------------------------------------------------
+    def take(self, limit: int, skip: set[int]) -> list[Pending]:
+        """Oldest records of the most important class first, all of one kind, not in `skip`."""
+        with self._lock:
+            for kind in _ORDER:
+                chosen = []
+                for key, loc in self._index[kind].items():
+                    if key not in skip:
+                        chosen.append((key, loc))
+                        if len(chosen) == limit:
+                            break
+                if chosen:
+                    return self._read(kind, chosen)
+        return []
+
+    def get(self, ids: Iterable[int]) -> list[Pending]:
+        """Those of these records still held, oldest first (to send a batch again)."""
+        out = []
+        with self._lock:
+            for key in sorted(set(ids)):
+                for kind, held in self._index.items():
+                    if (loc := held.get(key)) is not None:
+                        out += self._read(kind, [(key, loc)])
+                        break
+        return out
+
+    def _read(self, kind: str, chosen: list[tuple[int, int]]) -> list[Pending]:
+        """The records at these (key, loc), read from their segments: lines that follow one
+        another in a segment (a stream of one kind) in one read."""
+        out: list[Pending] = []
+        start = 0
+        while start < len(chosen):
+            number = rl.segment_of(chosen[start][1])
+            first, end = rl.span_of(chosen[start][1])
+            end += first
+            stop = start + 1
+            while stop < len(chosen) and rl.segment_of(chosen[stop][1]) == number:
+                offset, length = rl.span_of(chosen[stop][1])
+                if offset != end:
+                    break
+                end, stop = end + length, stop + 1
+            data = os.pread(self._fds[number], end - first, first)
+            for key, loc in chosen[start:stop]:
+                offset, length = rl.span_of(loc)
+                ts, text = rl.record_fields(data[offset - first : offset - first + length])
+                boot, seq = rl.boot_seq(key)
+                out.append(Pending(key, kind, boot, seq, ts, text))
+            start = stop
+        return out
+
+    # ---- counts -------------------------------------------------------------------------------
+    def _add(self, kind: str, rows: int, size: int) -> None:
+        old_rows, old_size = self._usage.get(kind, (0, 0))
+        self._usage[kind] = (old_rows + rows, old_size + size)
 
     @property
     def appended(self) -> int:
@@ -488,43 +570,28 @@ class Buffer:
         return self._seq
 
     def pending(self) -> int:
-        """Records held, committed or staged."""
+        """Records held."""
         with self._lock:
-            return sum(rows for rows, _ in self._usage.values()) + len(self._staged)
+            return sum(rows for rows, _ in self._usage.values())
 
     def usage(self) -> dict[str, tuple[int, int]]:
-        """kind -> (rows, bytes of bodies) held now."""
+        """kind -> (rows, bytes of records as kept) held now."""
         with self._lock:
             return {k: v for k, v in self._usage.items() if v[0]}
 
     def dropped(self) -> dict[str, int]:
-        """Records dropped past the caps, per kind, ever (the counters survive reboots)."""
+        """Records dropped past the caps, per kind, ever (the counts survive reboots)."""
         with self._lock:
             return {kind: n for kind, n in self._dropped.items() if n}
 
-    def close(self) -> None:
-        """Commit what is staged and close (StorageError if the disk refuses: closed all the
-        same, the staged records kept in the journal for the next `open`)."""
-        with self._lock:
-            if self._conn is None:
-                return
-            try:
-                self._commit()
-            finally:
-                self._staged = []
-                self._conn.close()
-                self._conn = None
-                os.close(self._journal_fd)
-                self._journal_fd, self._journal_size = -1, 0
-                self._commits.notify_all()
 
-
-def _count(db: sqlite3.Connection) -> dict[str, tuple[int, int]]:
-    """kind -> (rows, bytes of bodies) held now."""
-    rows = db.execute(
-        "SELECT kind, COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM records GROUP BY kind"
-    ).fetchall()
-    return {kind: (int(n), int(size)) for kind, n, size in rows}
+def _read_all(fd: int) -> bytes:
+    """A file's bytes from its start (the file's position is left at its end)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class TokenBucket:

@@ -1,6 +1,6 @@
 """A telemetry buffer's caps: what the buffer (edge_agent.uplink.buffer) keeps at most, of all
-records and of each class. Apart from the buffer so that the settings that name them do not load
-SQLite."""
+records and of each class. Apart from the buffer so that the settings that name them load none
+of its I/O."""
 
 from __future__ import annotations
 

@@ -1,12 +1,11 @@
 """The device's agent as a real `edge-agent run` process (so SIGKILL means SIGKILL) beside the
 hub running in-process: the `rig` fixture (`Rig`), the `bundles` fixture (iris@1 and iris@2),
-and the agent's buffer file read as another process would (`_buffer_rows`, `_pending_count`,
+and the agent's buffer files read as another process would (`_buffer_rows`, `_pending_count`,
 `every_record_once`, `_until`)."""
 
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from converters.pipeline import build_bundle
 from edge_agent.mqtt.session import BrokerAddress
 from edge_agent.protocol.messages import ModelRef
 from edge_agent.update.store import ModelStore
+from tests.support.buffer_files import ever_appended, held
 from tests.support.watch import DeviceWatcher
 
 DEVICE = "pi-01"
@@ -179,16 +179,9 @@ def rig(broker: RunningBroker, tmp_path: Path) -> Iterator[Rig]:
 
 
 def _buffer_rows(state: Path) -> tuple[set[tuple[int, int]], int]:
-    """What the agent's buffer holds, read as a separate process would: ((boot, seq) of the
-    records not yet acknowledged by the broker, how many records were ever appended)."""
-    db = sqlite3.connect(state / "buffer.sqlite")
-    try:
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        pending = {(b, s) for b, s in db.execute("SELECT boot, seq FROM records")}
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
-        return pending, int(row[0]) if row else 0
-    finally:
-        db.close()
+    """What the agent's buffer holds, read from its files as a separate process would: ((boot,
+    seq) of the records the hub has not confirmed, how many records were ever appended)."""
+    return held(state / "buffer"), ever_appended(state / "buffer")
 
 
 def every_record_once(rig: Rig, boots: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -206,11 +199,7 @@ def every_record_once(rig: Rig, boots: tuple[int, ...]) -> list[tuple[int, int]]
 
 
 def _pending_count(state: Path) -> int:
-    db = sqlite3.connect(state / "buffer.sqlite")
-    try:
-        return int(db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
-    finally:
-        db.close()
+    return len(held(state / "buffer"))
 
 
 def _until(what: str, check: Callable[[], bool], timeout: float = WAIT_S) -> None:

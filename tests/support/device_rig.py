@@ -54,7 +54,7 @@ class Device:
         """On `broker`'s own port, anonymous; or on `port` of its host (a listener of a
         generated conf) as user `device_id` with `password`."""
         self.id = device_id
-        self.buffer = Buffer(state / "buffer.sqlite", boot=1)
+        self.buffer = Buffer(state / "buffer", boot=1)
         user = device_id if password is not None else None
         self.session = MqttSession(
             device_id,
