@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -177,6 +176,8 @@ _UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/lib/systemd/system
 def agent_command(argv0: str | None = None) -> tuple[str, ...]:
     """How systemd should start this agent: the edge-agent script that is running now
     (sys.argv[0], resolved), else the one on PATH, else this Python with -m edge_agent.cli."""
+    import shutil  # here, not for `edge-agent run`: its import costs the daemon memory
+
     argv0 = sys.argv[0] if argv0 is None else argv0
     if argv0 and Path(argv0).name == "edge-agent":
         found = argv0 if os.sep in argv0 else shutil.which(argv0)
@@ -261,6 +262,8 @@ def cmd_install_service(args: argparse.Namespace) -> int:
             raise ConfigError("--enable: expected the unit written to a file, got --output -")
         sys.stdout.write(text)
         return 0
+    import shutil  # here, not for `edge-agent run`: its import costs the daemon memory
+
     output = Path(os.path.abspath(args.output))
     systemctl = shutil.which("systemctl") if args.enable else None
     if args.enable and systemctl is None:

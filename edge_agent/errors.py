@@ -72,7 +72,7 @@ STORAGE_REASONS = {
 class StorageError(TransportError):
     """The state folder or the buffer cannot be written now (a full or read-only disk, a
     permission taken away, an I/O error); may succeed later. `reason` is a key of
-    STORAGE_REASONS, `where` the file or folder, `detail` what the system or SQLite said."""
+    STORAGE_REASONS, `where` the file or folder, `detail` what the system said."""
 
     def __init__(self, reason: str, where: str, detail: str) -> None:
         super().__init__(f"{STORAGE_REASONS.get(reason, reason)}: {where}: {detail}")

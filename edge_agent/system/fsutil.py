@@ -1,5 +1,5 @@
 """Atomic file writes (temp file in the same folder, fsync, os.replace; cleaned up on failure),
-and what a failed write means: `storage_error` turns the operating system's or SQLite's
+and what a failed write means: `storage_error` turns the operating system's
 complaint into the project's StorageError with a reason code (disk full, read-only, ...)."""
 
 from __future__ import annotations
@@ -7,14 +7,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from edge_agent.errors import StorageError
-
-if TYPE_CHECKING:  # a type only: the processes that never open a database do not load SQLite
-    import sqlite3
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
@@ -23,7 +18,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
     cannot take it back; without, a file the process rewrites anyway (a snapshot such as
     status.json) saves the two fsyncs, and after a power cut may be old or unreadable."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)
@@ -38,6 +33,27 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def _temp_file(path: Path) -> tuple[int, str]:
+    """A new file beside `path`, `.<name>.<random>.tmp`, open for writing (tempfile.mkstemp's
+    way, without tempfile: it loads shutil and random, memory the daemon keeps for its life)."""
+    while True:
+        tmp = str(path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp"))
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), tmp
+        except FileExistsError:
+            continue
+
+
+def remove_folder(folder: Path) -> None:
+    """Remove a folder of files (no subfolders), as far as it goes: what cannot be removed
+    stays (shutil.rmtree's ignore_errors, without loading shutil)."""
+    with contextlib.suppress(OSError):
+        for path in folder.iterdir():
+            with contextlib.suppress(OSError):
+                path.unlink()
+        folder.rmdir()
 
 
 def remove_leftovers(folder: Path) -> list[str]:
@@ -71,27 +87,13 @@ _ERRNO_REASONS = {
     errno.EIO: "io-error",
 }
 DISK_ERRNOS = frozenset(_ERRNO_REASONS)  # what a disk says when it refuses a write
-# SQLite's primary result codes (the low byte of an extended one)
-_SQLITE_REASONS = {
-    3: "permission",  # SQLITE_PERM
-    8: "read-only",  # SQLITE_READONLY
-    10: "io-error",  # SQLITE_IOERR
-    11: "corrupt",  # SQLITE_CORRUPT
-    13: "disk-full",  # SQLITE_FULL
-    26: "corrupt",  # SQLITE_NOTADB
-}
 
 
-def storage_error(exc: OSError | sqlite3.Error, where: Path) -> StorageError:
-    """What a failed write to `where` means. SQLite says only "unable to open database file"
-    when its folder is read-only or full: then the folder's file system tells which."""
-    if isinstance(exc, OSError):
-        reason = _ERRNO_REASONS.get(exc.errno or 0)
-        detail = exc.strerror or str(exc)
-    else:
-        code = getattr(exc, "sqlite_errorcode", None)
-        reason = _SQLITE_REASONS.get(code & 0xFF) if isinstance(code, int) else None
-        detail = str(exc)
+def storage_error(exc: OSError, where: Path) -> StorageError:
+    """What a failed write to `where` means: by its errno, else by the state of the file
+    system holding it (read-only, or full)."""
+    reason = _ERRNO_REASONS.get(exc.errno or 0)
+    detail = exc.strerror or str(exc)
     return StorageError(reason or _folder_state(where.parent) or "write-failed", str(where), detail)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 from dataclasses import replace
 
 import numpy as np
@@ -13,6 +12,7 @@ from edge_agent.errors import BundleRejected
 from edge_agent.protocol.card import ModelCard, parse_card
 from edge_agent.protocol.frozen import frozen
 from edge_agent.protocol.reasons import Reason
+from edge_agent.update import ziparchive
 from edge_agent.update.digest import sha256_hex
 
 
@@ -25,42 +25,39 @@ class Bundle:
 
 def read_bundle(data: bytes, card_sha256: str | None, max_unpacked_bytes: int) -> Bundle:
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
+        infos = ziparchive.members(data)
+    except ziparchive.ZipError as exc:
         raise BundleRejected(Reason.BAD_BUNDLE, f"expected a zip archive: {exc}") from exc
-    with archive:
-        infos = {i.filename: i for i in archive.infolist()}
-        if "card.json" not in infos:
-            raise BundleRejected(
-                Reason.BAD_BUNDLE, f"expected card.json in the bundle, found {sorted(infos)}"
-            )
-        unpacked = sum(i.file_size for i in infos.values())
-        if unpacked > max_unpacked_bytes:
-            raise BundleRejected(
-                Reason.OVERSIZED, f"bundle unpacks to {unpacked} bytes, limit {max_unpacked_bytes}"
-            )
-        try:
-            card_raw = archive.read("card.json")
-            card = parse_card(json.loads(card_raw))
-        except (json.JSONDecodeError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
-            raise BundleRejected(Reason.BAD_CARD, f"card.json: {exc}") from exc
-        if card_sha256 is not None and sha256_hex(card_raw) != card_sha256:
-            raise BundleRejected(Reason.TAMPERED, "card.json does not match the signed card digest")
-        expected = {"card.json", card.model_file}
+    if "card.json" not in infos:
+        raise BundleRejected(
+            Reason.BAD_BUNDLE, f"expected card.json in the bundle, found {sorted(infos)}"
+        )
+    unpacked = sum(i.size for i in infos.values())
+    if unpacked > max_unpacked_bytes:
+        raise BundleRejected(
+            Reason.OVERSIZED, f"bundle unpacks to {unpacked} bytes, limit {max_unpacked_bytes}"
+        )
+    try:
+        card_raw = ziparchive.read(data, infos["card.json"])
+        card = parse_card(json.loads(card_raw))
+    except (json.JSONDecodeError, UnicodeDecodeError, ziparchive.ZipError) as exc:
+        raise BundleRejected(Reason.BAD_CARD, f"card.json: {exc}") from exc
+    if card_sha256 is not None and sha256_hex(card_raw) != card_sha256:
+        raise BundleRejected(Reason.TAMPERED, "card.json does not match the signed card digest")
+    expected = {"card.json", card.model_file}
+    if card.sample_file is not None:
+        expected.add(card.sample_file.name)
+    if set(infos) != expected:
+        raise BundleRejected(
+            Reason.BAD_BUNDLE, f"expected members {sorted(expected)}, found {sorted(infos)}"
+        )
+    try:
+        model_bytes = ziparchive.read(data, infos[card.model_file])
         if card.sample_file is not None:
-            expected.add(card.sample_file.name)
-        if set(infos) != expected:
-            raise BundleRejected(
-                Reason.BAD_BUNDLE, f"expected members {sorted(expected)}, found {sorted(infos)}"
-            )
-        try:
-            model_bytes = archive.read(card.model_file)
-            if card.sample_file is not None:
-                card = replace(
-                    card, sample_array=_sample(card, archive.read(card.sample_file.name))
-                )
-        except zipfile.BadZipFile as exc:
-            raise BundleRejected(Reason.BAD_BUNDLE, f"{card.model_file}: {exc}") from exc
+            sample = ziparchive.read(data, infos[card.sample_file.name])
+            card = replace(card, sample_array=_sample(card, sample))
+    except ziparchive.ZipError as exc:
+        raise BundleRejected(Reason.BAD_BUNDLE, str(exc)) from exc
     return Bundle(card, model_bytes, sha256_hex(card_raw))
 
 

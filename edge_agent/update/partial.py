@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 from edge_agent.errors import BundleRejected
 from edge_agent.protocol.reasons import Reason
 from edge_agent.protocol.transfer import Reassembly, chunk_bounds
-from edge_agent.system.fsutil import atomic_write
+from edge_agent.system.fsutil import atomic_write, remove_folder
 
 
 class PartialTransfer:
@@ -105,7 +104,7 @@ class PartialTransfer:
 
     def discard(self) -> None:
         self.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        remove_folder(self.folder)
 
     def _matches(self) -> bool:
         try:
