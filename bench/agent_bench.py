@@ -1076,11 +1076,13 @@ def verdicts(
         (
             f"a bare numpy + onnxruntime process with the same model peaks at "
             f"{bare_peak:.1f} MB on this install; the agent daemon adds "
-            f"{peak - bare_peak:.1f} MB (its modules, sqlite3, zipfile, socket, logging)",
+            f"{peak - bare_peak:.1f} MB (its modules, logging, threading, json, the drift "
+            "monitor's tables and the numpy code they run)",
             f"the daemon peaks at {peak:.1f} MB, the bare process at {bare_peak:.1f} MB; "
             f"the daemon loads {daemon.modules} modules to bare's {bare.modules}, and no "
-            "OpenSSL (its MQTT client is its own, SHA-256 CPython's built-in): the rest is "
-            "those modules' code and classes, sqlite3, zipfile, socket, logging and threading, "
+            "OpenSSL (its MQTT client is its own, SHA-256 CPython's built-in), no SQLite (its "
+            "buffer is files of its own), no zipfile, shutil or tempfile (bundles are read by "
+            "edge_agent.update.ziparchive): the rest is those modules' code and classes, "
             "and the pipeline's drift and telemetry state",
         ),
     )

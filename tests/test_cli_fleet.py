@@ -217,7 +217,7 @@ def test_devices_show_their_storage(tmp_path: Path, capsys: pytest.CaptureFixtur
     store = Store(store_url(home))
     full = StorageCondition(
         False,
-        "disk full: /var/lib/edgefleet/buffer.sqlite: database or disk is full",
+        "disk full: /var/lib/edgefleet/buffer/3.log: No space left on device",
         1_700_000_000.0,
         {"telemetry": 800, "drift": 12},
         ("disk-full",),

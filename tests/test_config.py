@@ -360,7 +360,7 @@ def test_new_config_keys_have_safe_defaults(tmp_path: Path) -> None:
     assert cfg.drift.min_interval_s == 1.0  # at most about one drift report a second
     assert cfg.telemetry.drain_rate > 0
     assert cfg.buffer.max_bytes > 0
-    # records committed in groups, each kept through a kill by the staging journal meanwhile
+    # records fsynced in groups, each kept through a kill from the moment it is accepted
     assert cfg.buffer.group_rows > 1
     assert cfg.buffer.group_window_s > 0
 

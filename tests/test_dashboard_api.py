@@ -335,7 +335,7 @@ def test_a_full_disk_shows_in_the_api_and_the_metrics(
 ) -> None:
     full = StorageCondition(
         False,
-        "disk full: /var/lib/edgefleet/buffer.sqlite: database or disk is full",
+        "disk full: /var/lib/edgefleet/buffer/3.log: No space left on device",
         1000.0,
         {"telemetry": 12, "drift": 1},
         ("disk-full",),

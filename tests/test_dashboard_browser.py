@@ -204,7 +204,7 @@ def test_a_device_whose_disk_is_full_shows_it_until_it_is_over(
     a, b, c = devices
     full = StorageCondition(
         False,
-        "disk full: /var/lib/edgefleet/buffer.sqlite: database or disk is full",
+        "disk full: /var/lib/edgefleet/buffer/3.log: No space left on device",
         time.time() - 30,
         {"telemetry": 14, "drift": 1},
         ("disk-full",),
@@ -231,7 +231,7 @@ def test_a_device_whose_disk_is_full_shows_it_until_it_is_over(
     # the device view (the first device is picked): what failed, since when, what was lost
     line = page.locator("#device-storage")
     expect(line).to_have_attribute("data-storage", "failing", timeout=WAIT_MS)
-    expect(line).to_contain_text("storage: disk full: /var/lib/edgefleet/buffer.sqlite")
+    expect(line).to_contain_text("storage: disk full: /var/lib/edgefleet/buffer/3.log")
     expect(line).to_contain_text("s ago")
     expect(line).to_contain_text("records it could not keep: 14 telemetry, 1 drift")
     if os.environ.get("EDGEFLEET_SCREENSHOT"):

@@ -135,12 +135,12 @@ def test_telemetry_points_are_windows_that_decode() -> None:
 def test_a_device_row_says_what_the_device_said_of_its_storage() -> None:
     device = {"id": "d", "online": True, "last_seen": 5.0}
     full = StorageCondition(
-        False, "disk full: b.sqlite: full", 4.0, {"telemetry": 3}, ("disk-full",)
+        False, "disk full: buffer/3.log: full", 4.0, {"telemetry": 3}, ("disk-full",)
     )
     row = device_row({**device, "stats": {"storage": full.to_json()}}, None, None)
     assert row["storage"] == {
         "ok": False,
-        "error": "disk full: b.sqlite: full",
+        "error": "disk full: buffer/3.log: full",
         "reasons": ["disk-full"],
         "since": 4.0,
         "unkept": {"telemetry": 3},

@@ -25,8 +25,8 @@ from edge_agent.protocol.records import decode_checked_status
 from edge_agent.sources.file import FileSource
 from edge_agent.system.storage_health import StorageHealth
 
-FULL = StorageError("disk-full", "state/buffer.sqlite", "database or disk is full")
-READ_ONLY = StorageError("read-only", "state/buffer.sqlite", "attempt to write a readonly database")
+FULL = StorageError("disk-full", "state/buffer/3.log", "No space left on device")
+READ_ONLY = StorageError("read-only", "state/buffer/3.log", "Read-only file system")
 
 
 def test_a_fault_is_said_once_again_when_it_changes_and_when_it_is_over() -> None:
@@ -95,7 +95,7 @@ def test_attempts_while_failing_are_paced_and_a_clock_going_back_does_not_stall_
 
 def test_storage_condition_travels_in_the_status_and_is_checked_on_the_way_in() -> None:
     c = StorageCondition(
-        False, "disk full: state/buffer.sqlite: full", 1700000000.5, {"drift": 2}, ("disk-full",)
+        False, "disk full: state/buffer/3.log: full", 1700000000.5, {"drift": 2}, ("disk-full",)
     )
     status = Status("pi-01", True, 3, stats={"inferences": 9, "storage": c.to_json()})
     back = decode_status(encode(status))
