@@ -176,6 +176,48 @@ def test_a_disk_full_during_a_write_keeps_nothing_of_it_and_loses_nothing(
     assert held(path, boot=2) == [(1, seq) for seq in accepted]
 
 
+def test_a_gone_line_a_full_disk_cut_short_does_not_eat_the_next(
+    tmp_path: Path, tmpfs: Any
+) -> None:
+    """A confirmation whose line the full disk took part of is cut back (its records come
+    back after a restart, to be sent again); the next confirmation, written once space
+    returns, is not glued to that half line and lost."""
+    disk = tmpfs(tmp_path / "disk", "256k")
+    folder = disk.path / "buffer"
+    buf = Buffer(folder, boot=1)
+    for i in range(1200):
+        buf.append("telemetry", {"i": i})
+    gone = folder / "gone.log"
+    seq = 0
+    while not 1 <= 4096 - gone.stat().st_size % 4096 < 12:  # its last page nearly full
+        buf.confirm([(1, seq, seq)])
+        seq += 2
+    disk.fill()
+    assert buf.confirm([(1, 1001, 1001)]) == 1  # "c 1 1001 1001" is 14 bytes: part fits
+    assert gone.read_bytes().endswith(b"\n")  # cut back
+    disk.free()
+    assert buf.confirm([(1, 1003, 1003)]) == 1
+    buf.close()
+    came_back = {seq for _, seq in held(folder, boot=2)}
+    assert 1001 in came_back and 1003 not in came_back
+
+
+def test_a_gone_line_cut_short_is_cut_off(tmp_path: Path) -> None:
+    """What a power cut leaves at the gone log's end is cut off when the buffer opens: the
+    next line is read on its own."""
+    folder = tmp_path / "buffer"
+    buf = Buffer(folder, boot=1)
+    for i in range(4):
+        buf.append("telemetry", {"i": i})
+    buf.close()
+    with (folder / "gone.log").open("ab") as f:
+        f.write(b"c\t1\t0")
+    again = Buffer(folder, boot=2)
+    assert again.confirm([(1, 2, 2)]) == 1
+    again.close()
+    assert held(folder, boot=3) == [(1, 0), (1, 1), (1, 3)]
+
+
 def test_a_line_a_kill_cut_short_is_no_record_and_is_cut_off(tmp_path: Path) -> None:
     """What a kill in the middle of a write leaves at a segment's end: the buffer reads the
     records before it, cuts it off, and appends after them."""

@@ -212,8 +212,11 @@ class Buffer:
                 self._index[line.kind][key] = rl.loc_of(number, line.offset, line.length)
                 self._lowest[number] = min(key, self._lowest.get(number, key))
             self._active, self._size = number, data.rfind(b"\n") + 1
-        gone = rl.read_gone(_read_all(self._gone_fd), str(self.path / GONE))
-        self._gone_size = self._gone_rewritten = os.fstat(self._gone_fd).st_size
+        data = _read_all(self._gone_fd)
+        gone = rl.read_gone(data, str(self.path / GONE))
+        self._gone_size = self._gone_rewritten = data.rfind(b"\n") + 1
+        if self._gone_size < len(data):  # a line cut short: the next one is not glued to it
+            os.ftruncate(self._gone_fd, self._gone_size)
         for first, last in gone.spans:
             self._forget(first, last)
         self._dropped = gone.dropped
@@ -463,7 +466,13 @@ class Buffer:
         """Say in the gone log that records left. A failure is logged: after a restart those
         records come back and are sent again (the hub keeps each (boot, seq) once)."""
         try:
-            os.write(self._gone_fd, lines)
+            try:
+                if os.write(self._gone_fd, lines) != len(lines):
+                    raise OSError(28, os.strerror(28))  # ENOSPC: a short write on a full disk
+            except OSError:  # cut back: a line half written would eat the next one
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._gone_fd, self._gone_size)
+                raise
             self._gone_size += len(lines)
             if self._gone_size > max(GONE_BYTES, 2 * self._gone_rewritten):
                 self._rewrite_gone()
