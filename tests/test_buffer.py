@@ -112,6 +112,27 @@ def test_confirm_matches_boot_and_seq_not_row_ids(tmp_path: Path) -> None:
     second.close()
 
 
+def test_a_confirmation_past_what_was_appended_forgets_nothing_to_come(tmp_path: Path) -> None:
+    """A span that runs past the seqs appended so far (a confused hub, a seq past 32 bits)
+    forgets the records it names and no other: not, after a restart, those appended later
+    under the same boot, nor those of the next boot."""
+    folder = tmp_path / "buffer"
+    old = Buffer(folder, boot=1)
+    for i in range(3):
+        old.append("telemetry", {"i": i})
+    old.close()
+    buf = Buffer(folder, boot=2)
+    buf.append("telemetry", {"i": 0})
+    assert buf.confirm([(1, 0, 2**33)]) == 3  # boot 1's, not boot 2's seq 0
+    assert buf.confirm([(2, 0, 10)]) == 1
+    later = [(2, buf.append("events", {"i": i}).seq) for i in range(1, 4)]
+    assert [p.key for p in buf.take(10, set())] == later
+    buf.close()
+    again = Buffer(folder, boot=3)
+    assert [p.key for p in again.take(10, set())] == later
+    again.close()
+
+
 @pytest.mark.parametrize(("cap", "appended"), [(1, 5), (10, 10), (10, 11), (7, 100)])
 def test_past_the_cap_oldest_telemetry_is_dropped_and_counted(
     tmp_path: Path, cap: int, appended: int

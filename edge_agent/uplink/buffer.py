@@ -508,6 +508,11 @@ class Buffer:
                 return 0
             lines, count = [], 0
             for boot, first, last in spans:
+                # seqs not yet appended name no record: a line naming them would forget, at
+                # the next open, records still to come (this boot's, or the next boot's keys)
+                last = min(last, self._seq - 1 if boot == self.boot else rl.MAX_SEQ)
+                if first > last:
+                    continue
                 gone = self._forget(rl.key_of(boot, first), rl.key_of(boot, last))
                 for kind, key, loc in gone:
                     self._gone(kind, key, loc)

@@ -29,6 +29,7 @@ from typing import NamedTuple
 log = logging.getLogger(__name__)
 
 SEQ_BITS = 32
+MAX_SEQ = (1 << SEQ_BITS) - 1  # the highest seq a key holds
 MAX_LINE = (1 << 24) - 1  # the longest record line a location can hold (16 MiB)
 
 
@@ -37,7 +38,7 @@ def key_of(boot: int, seq: int) -> int:
 
 
 def boot_seq(key: int) -> tuple[int, int]:
-    return key >> SEQ_BITS, key & ((1 << SEQ_BITS) - 1)
+    return key >> SEQ_BITS, key & MAX_SEQ
 
 
 def loc_of(segment: int, offset: int, length: int) -> int:
