@@ -18,6 +18,7 @@ import pytest
 
 from edge_agent.uplink import buffer as buffer_module
 from edge_agent.uplink.buffer import Buffer
+from edge_agent.uplink.caps import Cap
 from tests.support.buffer_files import on_disk
 from tests.support.processes import processes  # noqa: F401  (a fixture)
 
@@ -258,6 +259,30 @@ def test_the_gone_log_is_rewritten_and_says_the_same(
     again = Buffer(folder, boot=2, max_rows=50)
     assert [p.key for p in again.take(10_000, set())] == keys
     assert again.usage() == counts and again.dropped() == dropped and sum(dropped.values()) > 0
+    again.close()
+
+
+def test_the_gone_log_stays_small_while_an_old_record_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One old record held all along (a label the hub has not yet taken) keeps every later
+    span in the gone log; rewritten, spans that meet are one, so the log stays about the
+    size it is rewritten at, and says the same."""
+    monkeypatch.setattr(buffer_module, "GONE_BYTES", 2048)
+    monkeypatch.setattr(buffer_module, "SEGMENT_BYTES", 8192)
+    folder = tmp_path / "buffer"
+    buf = Buffer(folder, boot=1, caps={"telemetry": Cap(20)})
+    buf.append("labels", {"label": "cat"})
+    for i in range(3000):
+        buf.append("events" if i % 3 == 0 else "telemetry", {"i": i})
+        if i % 10 == 0:
+            buf.confirm([(p.boot, p.seq, p.seq) for p in buf.take(5, set()) if p.kind == "events"])
+    keys, counts, dropped = [p.key for p in buf.take(10_000, set())], buf.usage(), buf.dropped()
+    buf.close()
+    assert (folder / "gone.log").stat().st_size < 3 * 2048
+    again = Buffer(folder, boot=2, caps={"telemetry": Cap(20)})
+    assert [p.key for p in again.take(10_000, set())] == keys
+    assert again.usage() == counts and again.dropped() == dropped
     again.close()
 
 

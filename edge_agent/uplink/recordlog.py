@@ -132,10 +132,16 @@ def read_gone(data: bytes, where: str) -> Gone:
 
 def kept_spans(spans: list[tuple[int, int]], floor: int) -> bytes:
     """The gone log's spans that may still name a record some segment holds (any key at or
-    past `floor`, the lowest key the segments hold), as uncounted lines."""
-    out = []
-    for first, last in spans:
-        if last >= floor:
-            boot, seq = boot_seq(max(first, floor))  # a span lies within one boot
-            out.append(confirmed_line(boot, seq, boot_seq(last)[1]))
-    return b"".join(out)
+    past `floor`, the lowest key the segments hold), as uncounted lines, merged where they
+    meet or overlap within a boot: so their number is bounded by the records held between
+    them, not by how many confirmations and drops there were since `floor`."""
+    merged: list[list[int]] = []
+    for first, last in sorted(spans):
+        if last < floor:
+            continue
+        first = max(first, floor)  # a span lies within one boot
+        if merged and first <= merged[-1][1] + 1 and first >> SEQ_BITS == merged[-1][1] >> SEQ_BITS:
+            merged[-1][1] = max(merged[-1][1], last)
+        else:
+            merged.append([first, last])
+    return b"".join(confirmed_line(*boot_seq(first), boot_seq(last)[1]) for first, last in merged)
