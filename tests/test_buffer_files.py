@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from edge_agent.protocol.messages import spans_of
 from edge_agent.uplink import buffer as buffer_module
 from edge_agent.uplink.buffer import Buffer
 from edge_agent.uplink.caps import Cap
@@ -137,6 +138,44 @@ def test_a_kill_between_a_copy_forward_and_the_old_segment_going_duplicates_noth
     assert copies.count((1, 0)) == 2 and all(copies.count(key) == 1 for key in confirmed)
     for boot in (2, 3):  # the event once, the confirmed gone; a second start finds the same
         assert held(path, boot) == [(1, 0), *later]
+
+
+def test_records_copied_forward_are_on_the_disk_before_their_old_segment_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut right after a copy forward loses nothing: the segment the records were
+    copied to is fsynced after the copies and before the old segment is deleted."""
+    monkeypatch.setattr(buffer_module, "SEGMENT_BYTES", 4096)
+    folder = tmp_path / "buffer"
+    buf = Buffer(folder, boot=1)
+    buf.append("events", {"i": 0, "pad": "x" * 200})  # pins the first segment
+    sent = [buf.append("telemetry", {"i": i, "pad": "x" * 200}) for i in range(1, 15)]
+    buf.confirm(spans_of(sent))  # the first segment now holds one record of 15
+    unsynced: set[int] = set()  # files written to since their last fsync
+    deleted: list[tuple[str, set[int]]] = []
+    write, fsync, unlink = os.write, os.fsync, os.unlink
+
+    def watched_write(fd: int, data: bytes) -> int:
+        unsynced.add(fd)
+        return write(fd, data)
+
+    def watched_fsync(fd: int) -> None:
+        unsynced.discard(fd)
+        fsync(fd)
+
+    def watched_unlink(path: Any) -> None:
+        deleted.append((Path(path).name, set(unsynced)))
+        unlink(path)
+
+    monkeypatch.setattr(os, "write", watched_write)
+    monkeypatch.setattr(os, "fsync", watched_fsync)
+    monkeypatch.setattr(os, "unlink", watched_unlink)
+    for i in range(15, 40):
+        buf.append("telemetry", {"i": i, "pad": "x" * 200})
+    monkeypatch.undo()
+    assert [name for name, _ in deleted][:1] == ["1.log"]
+    assert deleted[0][1] == set(), "copies not fsynced before their segment was deleted"
+    buf.close()
 
 
 def test_a_disk_full_during_a_write_keeps_nothing_of_it_and_loses_nothing(

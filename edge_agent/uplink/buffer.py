@@ -373,7 +373,7 @@ class Buffer:
                         offset, length = rl.span_of(loc)
                         line = os.pread(self._fds[number], length, offset)
                         moved.append((kind, key, self._write(line, key, seal=False)))
-            self._sync()
+            os.fsync(self._fds[self._active])  # the copies on the disk before the old go
         except (OSError, StorageError) as exc:
             log.warning("%s: segment %d stays as it is: %s", self.path, number, exc)
             return
