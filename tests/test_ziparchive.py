@@ -75,6 +75,24 @@ def _patch_entry(data: bytes, field: int, value: int) -> bytes:
     return data[:at] + struct.pack("<4s6H3L5H2L", *fields) + data[at + 46 :]
 
 
+@pytest.mark.parametrize(("field", "value"), [(10, 1), (12, -46)])
+def test_a_central_directory_whose_count_or_size_leaves_entries_out_is_refused(
+    field: int, value: int
+) -> None:
+    """The end record's entry count and directory size must agree with the entries: a count
+    one short would hide a member (zipfile, which goes by the size, lists it; a bundle holds
+    its members and nothing else), a size that disagrees moves zipfile's directory."""
+    data = bytearray(archive(content={"card.json": b"{}", "model.onnx": b"m", "x.bin": b"x"}))
+    end = data.rfind(b"PK\x05\x06")
+    if field == 10:  # entries on this disk and in all: one fewer
+        struct.pack_into("<HH", data, end + 8, 2, 2)
+    else:  # the directory's size: short of its last entry
+        (size,) = struct.unpack_from("<L", data, end + field)
+        struct.pack_into("<L", data, end + field, size + value)
+    with pytest.raises(ZipError, match="central directory"):
+        members(bytes(data))
+
+
 def test_an_encrypted_member_is_refused() -> None:
     data = _patch_entry(archive(content={"model.onnx": b"x" * 10}), 3, 0x1)
     with pytest.raises(ZipError, match=re.escape("model.onnx: expected a member in the clear")):

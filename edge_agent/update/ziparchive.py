@@ -43,9 +43,9 @@ def members(data: bytes) -> dict[str, Member]:
     if start + size > end:
         raise ZipError(f"central directory at {start} (+{size}) runs past its end at {end}")
     out: dict[str, Member] = {}
-    at = start
+    at, stop = start, start + size
     for i in range(count):
-        if at + _ENTRY.size > end or data[at : at + 4] != b"PK\x01\x02":
+        if at + _ENTRY.size > stop or data[at : at + 4] != b"PK\x01\x02":
             raise ZipError(f"central directory entry {i}: expected its signature at {at}")
         fields = _ENTRY.unpack_from(data, at)
         flags, method, crc, compressed, inflated = fields[3], fields[4], *fields[7:10]
@@ -57,6 +57,10 @@ def members(data: bytes) -> dict[str, Member]:
             raise ZipError(f"{name}: expected each member once, found it twice")
         out[name] = Member(name, method, crc, compressed, inflated, header)
         at += _ENTRY.size + name_len + extra_len + comment_len
+        if at > stop:
+            raise ZipError(f"{name}: its central directory entry runs past the directory")
+    if at != stop:  # entries the count leaves out (zipfile reads them: it goes by the size)
+        raise ZipError(f"central directory of {size} bytes, found {count} entries in {at - start}")
     return out
 
 
