@@ -400,3 +400,31 @@ def test_lines_a_power_cut_damaged_are_skipped_and_the_rest_is_sent(
     assert (last.key, last.ts, last.record.body) == ((1, 2), 2.5, {"i": 2})
     again.close()
     assert caplog.text.count("does not parse") == 4
+
+
+def test_a_segment_that_cannot_be_deleted_keeps_its_records_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A segment the disk will not let go (unlink refused) stays on it with records the hub
+    confirmed: the gone log, rewritten meanwhile, still says they are gone, so a restart does
+    not send them again."""
+    monkeypatch.setattr(buffer_module, "GONE_BYTES", 1024)
+    monkeypatch.setattr(buffer_module, "SEGMENT_BYTES", 2048)
+    real = os.unlink
+
+    def refuse_segments(path: Any, *args: Any, **kwargs: Any) -> None:
+        if str(path).endswith(".log"):
+            raise PermissionError(1, "Operation not permitted", str(path))
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", refuse_segments)
+    folder = tmp_path / "buffer"
+    buf = Buffer(folder, boot=1)
+    for i in range(600):  # many segments, each refused its deletion, and gone-log rewrites
+        record = buf.append("telemetry", {"i": i, "pad": "x" * 40})
+        buf.confirm([(record.boot, record.seq, record.seq)])
+    kept = buf.append("events", {"event": "last"})
+    buf.close()
+    monkeypatch.setattr(os, "unlink", real)
+    assert len(on_disk(folder)) == 601  # every segment still there
+    assert held(folder, boot=2) == [(kept.boot, kept.seq)]

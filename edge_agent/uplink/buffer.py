@@ -389,11 +389,12 @@ class Buffer:
             return
         os.close(self._fds.pop(number))
         self._held.pop(number, None)
-        self._lowest.pop(number, None)
         try:
             os.unlink(self.path / f"{number}.log")
-        except OSError as exc:
+        except OSError as exc:  # its lowest key stays: the gone log keeps what it says of it
             log.warning("%s: cannot delete segment %d: %s", self.path, number, exc)
+            return
+        self._lowest.pop(number, None)
 
     # ---- fsync -------------------------------------------------------------------------------
     def flush(self) -> None:
@@ -488,17 +489,18 @@ class Buffer:
         tmp = self.path / f".{GONE}.tmp"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         try:
-            os.write(fd, data)
+            if os.write(fd, data) != len(data):
+                raise OSError(28, os.strerror(28))  # ENOSPC: a short write on a full disk
             os.fsync(fd)
             os.replace(tmp, self.path / GONE)
-            fsync_dir(self.path)
         except OSError:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        os.close(self._gone_fd)
+        os.close(self._gone_fd)  # the replaced one: what is noted from now on goes to the new
         self._gone_fd, self._gone_size, self._gone_rewritten = fd, len(data), len(data)
+        fsync_dir(self.path)
 
     def confirm(self, spans: Iterable[Span]) -> int:
         """The hub committed these (boot, seq) spans: forget them. Returns how many records
