@@ -46,7 +46,7 @@ from edge_agent.update.verify import CheckInProcess
 
 FEED_TICK_S = 0.1
 # the MQTT client's network loop uses select(), which takes file descriptors below 1024 only;
-# each simulated device holds about 6 (SQLite buffer with its WAL and shm, the client's socket
+# each simulated device holds about 6 (its buffer's segment and gone log, the client's socket
 # pair, the connection), so one process holds about 150 devices next to the hub
 FD_SETSIZE = 1024
 FDS_PER_DEVICE = 6
