@@ -235,9 +235,9 @@ class Buffer:
         self._held = Counter()
         for kind, held in self._index.items():
             self._index[kind] = {k: held[k] for k in sorted(held)}
-            self._usage[kind] = (len(held), sum(loc & rl.MAX_LINE for loc in held.values()))
+            self._usage[kind] = (len(held), sum(rl.length_of(loc) for loc in held.values()))
             for loc in held.values():
-                self._held[rl.segment_of(loc)] += loc & rl.MAX_LINE
+                self._held[rl.segment_of(loc)] += rl.length_of(loc)
 
     def _import_legacy(self) -> None:
         """Records an earlier release kept in SQLite (`<folder>.sqlite` and its staging
@@ -248,7 +248,7 @@ class Buffer:
         from edge_agent.uplink.legacy import read_sqlite_buffer
 
         try:
-            rows, dropped = read_sqlite_buffer(old)
+            rows, dropped = read_sqlite_buffer(old, KINDS)
         except OSError as exc:  # kept aside, so the buffer goes on without what it held
             log.error("%s: %s; it is left as %s.unreadable", self.path, exc, old.name)
             os.replace(old, f"{old}.unreadable")
@@ -335,18 +335,13 @@ class Buffer:
                 self._seal()
         except OSError as exc:
             raise storage_error(exc, self.path) from exc
-        fd = self._fds[self._active]
         try:
-            written = os.write(fd, line)
-            if written != len(line):
-                raise OSError(28, os.strerror(28))  # ENOSPC: a short write on a full disk
+            _append(self._fds[self._active], line, self._size)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, self._size)
             raise storage_error(exc, self.path / f"{self._active}.log") from exc
-        offset, self._size = self._size, self._size + written
+        offset, self._size = self._size, self._size + len(line)
         self._lowest[self._active] = min(key, self._lowest.get(self._active, key))
-        return rl.loc_of(self._active, offset, written)
+        return rl.loc_of(self._active, offset, len(line))
 
     def _seal(self) -> None:
         """Begin the next segment; copy forward what little the older ones still hold."""
@@ -379,7 +374,7 @@ class Buffer:
             return
         for kind, key, loc in moved:
             self._index[kind][key] = loc
-            self._held[self._active] += loc & rl.MAX_LINE
+            self._held[self._active] += rl.length_of(loc)
         self._held[number] = 0
         self._release(number)
 
@@ -445,7 +440,7 @@ class Buffer:
         return rl.dropped_line(kind, boot, seq)
 
     def _gone(self, kind: str, key: int, loc: int) -> None:
-        size, number = loc & rl.MAX_LINE, rl.segment_of(loc)
+        size, number = rl.length_of(loc), rl.segment_of(loc)
         self._add(kind, -1, -size)
         self._held[number] -= size
         if self._held[number] <= 0:
@@ -467,13 +462,7 @@ class Buffer:
         """Say in the gone log that records left. A failure is logged: after a restart those
         records come back and are sent again (the hub keeps each (boot, seq) once)."""
         try:
-            try:
-                if os.write(self._gone_fd, lines) != len(lines):
-                    raise OSError(28, os.strerror(28))  # ENOSPC: a short write on a full disk
-            except OSError:  # cut back: a line half written would eat the next one
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._gone_fd, self._gone_size)
-                raise
+            _append(self._gone_fd, lines, self._gone_size)  # a half line would eat the next
             self._gone_size += len(lines)
             if self._gone_size > max(GONE_BYTES, 2 * self._gone_rewritten):
                 self._rewrite_gone()
@@ -489,8 +478,7 @@ class Buffer:
         tmp = self.path / f".{GONE}.tmp"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         try:
-            if os.write(fd, data) != len(data):
-                raise OSError(28, os.strerror(28))  # ENOSPC: a short write on a full disk
+            _append(fd, data, 0)
             os.fsync(fd)
             os.replace(tmp, self.path / GONE)
         except OSError:
@@ -599,6 +587,18 @@ class Buffer:
         """Records dropped past the caps, per kind, ever (the counts survive reboots)."""
         with self._lock:
             return {kind: n for kind, n in self._dropped.items() if n}
+
+
+def _append(fd: int, data: bytes, size: int) -> None:
+    """Write `data` at the end of the file (`size` bytes before it); a failed or short write
+    (a full disk) is cut back to `size` and raised as OSError: nothing of it stays."""
+    try:
+        if os.write(fd, data) != len(data):
+            raise OSError(28, os.strerror(28))  # ENOSPC: a short write on a full disk
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise
 
 
 def _read_all(fd: int) -> bytes:

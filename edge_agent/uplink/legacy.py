@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_agent.uplink.recordlog import key_of
+from edge_agent.uplink.recordlog import key_of, record_fields, record_lines
 
 LegacyRow = tuple[str, int, int, float, str]  # kind, boot, seq, ts, body's JSON
-KINDS = ("events", "drift", "labels", "telemetry")
 
 
-def read_sqlite_buffer(path: Path) -> tuple[list[LegacyRow], dict[str, int]]:
-    """The records held (the committed rows, then the journal's lines past the moved mark),
-    each (boot, seq) once, and the drop counters. OSError when the file cannot be read."""
+def read_sqlite_buffer(path: Path, kinds: frozenset[str]) -> tuple[list[LegacyRow], dict[str, int]]:
+    """The records held (the committed rows, then the journal's lines past the moved mark: its
+    lines are what a segment's are), each (boot, seq) once, and the drop counters. OSError
+    when the file cannot be read."""
     import sqlite3
 
     try:
@@ -32,14 +32,11 @@ def read_sqlite_buffer(path: Path) -> tuple[list[LegacyRow], dict[str, int]]:
     held = {key_of(boot, seq): (kind, boot, seq, ts, body) for kind, boot, seq, ts, body in rows}
     staged = Path(f"{path}-staged")
     if staged.exists():
-        for line in staged.read_bytes().split(b"\n")[:-1]:  # after the last newline: unfinished
-            try:
-                kind, boot, seq, ts, body = line.decode().split("\t", 4)
-                row = (kind, int(boot), int(seq), float(ts), body)
-            except (ValueError, UnicodeDecodeError):
-                continue  # cut short by a kill: its append never returned
-            if kind in KINDS and key_of(row[1], row[2]) > moved:
-                held[key_of(row[1], row[2])] = row
+        data = staged.read_bytes()
+        for line in record_lines(data, kinds, str(staged)):
+            if key_of(line.boot, line.seq) > moved:
+                ts, body = record_fields(data[line.offset : line.offset + line.length])
+                held[key_of(line.boot, line.seq)] = (line.kind, line.boot, line.seq, ts, body)
     dropped = {
         name.removeprefix("dropped."): int(value)
         for name, value in counters.items()

@@ -49,9 +49,14 @@ def segment_of(loc: int) -> int:
     return loc >> 56
 
 
+def length_of(loc: int) -> int:
+    """The line's bytes: what it counts against the caps."""
+    return loc & MAX_LINE
+
+
 def span_of(loc: int) -> tuple[int, int]:
     """(offset, length) of the line in its segment."""
-    return (loc >> 24) & ((1 << 32) - 1), loc & MAX_LINE
+    return (loc >> 24) & ((1 << 32) - 1), length_of(loc)
 
 
 def record_line(kind: str, boot: int, seq: int, ts: float, text: str) -> bytes:
