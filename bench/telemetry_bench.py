@@ -52,6 +52,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 from rich.table import Table
 
+from cloud_hub import jsoncodec
 from cloud_hub.broker.local import RunningBroker, start_mosquitto
 from cloud_hub.hub import check_bodies
 from cloud_hub.store.database import Store
@@ -276,7 +277,7 @@ def stages(folder: Path, n: int) -> list[dict[str, Any]]:
         took["confirm"] += time.perf_counter() - taken
     timed["device: Buffer.take + encode"] = took["take"]
     started = time.perf_counter()
-    batches = [decode_batch(p, "telemetry") for p in payloads]
+    batches = [decode_batch(p, "telemetry", jsoncodec.loads) for p in payloads]  # as Hub does
     timed["hub: decode_batch"] = time.perf_counter() - started
     started = time.perf_counter()
     batches = [check_bodies("telemetry", b)[0] for b in batches]

@@ -51,6 +51,7 @@ from typing import Any
 
 from securesystemslib.signer import Signer
 
+from cloud_hub import jsoncodec
 from cloud_hub.cluster import LEADER_TIMEOUT_S
 from cloud_hub.cluster.leader import Follower, Leadership, LostLead, Sole, leadership
 from cloud_hub.drift.source import PublishedCards
@@ -321,7 +322,7 @@ class Hub:
         if kind == "xfer/req":
             self.on_xfer_request(device, payload)
             return None
-        batch = decode_batch(payload, kind)
+        batch = decode_batch(payload, kind, jsoncodec.loads)
         self._same_device(device, batch.device, kind)
         return kind, batch
 

@@ -85,7 +85,7 @@ BLOCKER = textwrap.dedent(
     """
     import sys
     BLOCKED = {"sklearn", "skl2onnx", "onnx", "tensorflow", "cloud_hub", "converters",
-               "sqlalchemy", "rich", "paho"}
+               "sqlalchemy", "rich", "paho", "orjson"}
     class Block:
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in BLOCKED:

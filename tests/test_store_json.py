@@ -38,8 +38,10 @@ def test_a_non_finite_number_is_refused_saying_where(
 
 
 def test_dumps_is_plain_json_for_finite_values() -> None:
-    # keys in their order (a drift report's features in the card's order, as devices send them)
-    assert dumps({"b": 1, "a": [0.5, None, "x"]}) == '{"b": 1, "a": [0.5, null, "x"]}'
+    # keys in their order (a drift report's features in the card's order, as devices send them),
+    # compact (cloud_hub.jsoncodec), and what orjson alone would write differently as json does
+    assert dumps({"b": 1, "a": [0.5, None, "x"]}) == '{"b":1,"a":[0.5,null,"x"]}'
+    assert dumps({"s": "é", "n": 2**70}) == '{"s":"\\u00e9","n":1180591620717411303424}'
     with pytest.raises(ValueError, match="got nan at the top"):
         dumps(math.nan)
 

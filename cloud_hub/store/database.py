@@ -15,7 +15,6 @@ that does not decode is skipped, counted and logged, never a traceback.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import math
 import os
@@ -57,6 +56,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
+from cloud_hub import jsoncodec
 from cloud_hub.drift.fleet import pooled_accuracy, pooled_anomalies
 from cloud_hub.quality.labels import FROM_DEVICE, LABEL_GRACE_S, JoinedLabel
 from cloud_hub.quality.ledger import LabelLedger, define_tables, span_of
@@ -1125,16 +1125,13 @@ def _read_state(conn: Any, key: str, default: Any) -> Any:
     return row[0] if row else default
 
 
-_JSON = json.JSONEncoder(allow_nan=False)  # made once: json.dumps makes one a call with options
-
-
 def dumps(obj: Any) -> str:
     """JSON as the store keeps it, on every engine (the engine's serializer): NaN and Infinity
     are refused, as PostgreSQL's JSON refuses them, so SQLite does not keep what PostgreSQL
     could not. The error names where the number is (the StoreError then says `not-finite`)."""
     try:
         # keys in their order: a drift report lists its features in the card's
-        return _JSON.encode(obj)
+        return jsoncodec.dumps(obj)
     except ValueError:
         where = _not_finite(obj, "")
         if where is None:

@@ -124,7 +124,7 @@ def _get(
     obj: Mapping[str, Any], key: str, where: str, read: Callable[[object, str], T], default: T
 ) -> T:
     """obj[key] read by `read`; `default` when absent (null is a value, checked by `read`)."""
-    return read(obj[key], f"{where}.{key}") if key in obj else default
+    return _named(read, obj[key], where, key) if key in obj else default
 
 
 def _maybe(
@@ -132,14 +132,31 @@ def _maybe(
 ) -> T | None:
     """obj[key] read by `read`; None when absent or null."""
     value = obj.get(key)
-    return None if value is None else read(value, f"{where}.{key}")
+    return None if value is None else _named(read, value, where, key)
+
+
+def _named(read: Callable[[object, str], T], value: object, where: str, key: object) -> T:
+    """`read(value, f"{where}.{key}")`, with the name made only when reading fails: readers are
+    pure, so the first try is handed `where` alone and a failure is read again to say where.
+    A field's name is a string made per field and record, about a third of a telemetry
+    window's reading at the hub (bench/telemetry_bench.py's stages)."""
+    try:
+        return read(value, where)
+    except MessageError:
+        pass
+    return read(value, f"{where}.{key}")
 
 
 def _map(read: Callable[[object, str], T]) -> Callable[[object, str], dict[str, T]]:
     """A reader of {name: value} objects whose values `read` reads."""
 
     def read_map(value: object, where: str) -> dict[str, T]:
-        return {str(k): read(v, f"{where}.{k}") for k, v in _object(value, where).items()}
+        items = _object(value, where).items()
+        try:  # as _named: each value's name made only to say where one fails
+            return {str(k): read(v, where) for k, v in items}
+        except MessageError:
+            pass
+        return {str(k): read(v, f"{where}.{k}") for k, v in items}
 
     return read_map
 
@@ -148,6 +165,10 @@ def _list(read: Callable[[object, str], T]) -> Callable[[object, str], tuple[T, 
     def read_list(value: object, where: str) -> tuple[T, ...]:
         if not isinstance(value, list):
             raise _wrong(where, "a list", value)
+        try:  # as _named: each item's place named only to say where one fails
+            return tuple([read(v, where) for v in value])
+        except MessageError:
+            pass
         return tuple(read(v, f"{where}[{i}]") for i, v in enumerate(value))
 
     return read_list
