@@ -113,6 +113,7 @@ def test_devices_show_their_inputs(
 def test_rollout_by_tag_status_and_manual_control(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    run(home, capsys, "devices", "tag", "pi-1", "cam")  # as the first test left it, if it ran
     run(home, capsys, "devices", "tag", "pi-3", "cam")
     argv = ["rollout", "start", "wine@1", "--target", "tag:cam", "--waves", "50%,100%"]
     started = json.loads(run(home, capsys, *argv, "--soak", "5m", "--max-psi", "0.2", "--json"))
