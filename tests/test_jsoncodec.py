@@ -3,6 +3,8 @@ alone would not: the standard `json` module is the reference each answer is held
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import math
 from typing import Any
@@ -14,6 +16,21 @@ from hypothesis import strategies as st
 
 from cloud_hub import jsoncodec
 from edge_agent.protocol.messages import parse_json
+
+
+class Label(str):
+    pass
+
+
+class Count(int):
+    def __repr__(self) -> str:
+        return f"Count({int(self)})"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
 
 
 def same(a: Any, b: Any) -> bool:
@@ -139,6 +156,7 @@ def test_dumps_refuses_what_json_refuses(value: Any) -> None:
         {"null": None, "s": "nullable"},
         {"t": (1, 2)},
         {"tiny": 1e-7, "huge": 1e22},
+        {"sub": Label("x"), "n": Count(3)},  # subclasses: json writes them its own way
     ],
 )
 def test_dumps_writes_what_json_writes_where_orjson_would_not(value: Any) -> None:
@@ -147,8 +165,16 @@ def test_dumps_writes_what_json_writes_where_orjson_would_not(value: Any) -> Non
     assert same(json.loads(ours), json.loads(reference_dumps(value)))
 
 
-def test_dumps_refuses_what_no_json_holds() -> None:
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"x": object()},
+        {"x": Point(1, 2)},  # orjson alone writes a dataclass as an object
+        {"x": datetime.datetime(2026, 12, 6, tzinfo=datetime.UTC)},  # ... a datetime as text
+    ],
+)
+def test_dumps_refuses_what_json_refuses_to_hold(value: Any) -> None:
     with pytest.raises(TypeError):
-        reference_dumps({"x": object()})
+        reference_dumps(value)
     with pytest.raises(TypeError):
-        jsoncodec.dumps({"x": object()})
+        jsoncodec.dumps(value)

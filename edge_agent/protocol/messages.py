@@ -257,10 +257,16 @@ class Record:
 _COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # made once, not per call
 
 
+def compact_json(obj: Any) -> str:
+    """`obj` as compact ASCII JSON: ValueError for NaN and Infinity, TypeError for what JSON
+    has no form for."""
+    return _COMPACT.encode(obj)
+
+
 def body_json(body: dict[str, Any], where: str) -> str:
     """A record's body as JSON text, compact and ASCII, the way it is kept and sent."""
     try:
-        return _COMPACT.encode(body)
+        return compact_json(body)
     except (TypeError, ValueError) as exc:
         raise MessageError(f"{where}: expected a body JSON can hold, got {exc}") from exc
 
