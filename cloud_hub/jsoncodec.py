@@ -1,8 +1,9 @@
 """JSON on the hub's ingest path (a batch read, each body stored): orjson where it gives exactly
 what the standard library would, the standard library where it would not.
 
-orjson writes a telemetry window's body in about a tenth of the standard encoder's time and
-reads a batch in about a third (bench/telemetry_bench.py's stages), but it differs from `json`
+orjson writes a telemetry window's body in about a sixth of the standard encoder's time and
+reads a batch of them in well under half (1.3 against 7.6 µs and 1.8 against 4.3 µs a record,
+this module against json, on a 2-core AMD EPYC), but it differs from `json`
 at the edges, and the edges are what devices and attackers send:
 
 - writing, it turns NaN and Infinity into `null` where `json` (allow_nan=False) refuses them,
