@@ -393,7 +393,8 @@ class Hub:
         for device, recs in records.items():
             confirm = Confirm(device, spans_of(recs))
             try:
-                self.session.publish(self.topics.device(device, "ack"), encode(confirm))
+                payload = encode(confirm, jsoncodec.dumps)  # one a device: a third of json's time
+                self.session.publish(self.topics.device(device, "ack"), payload)
             except TransportError as exc:  # the client's queue is full: a hub slower than its
                 # fleet; the device sends those records again, and they are stored once
                 self.unconfirmed += 1

@@ -298,3 +298,24 @@ def test_the_session_says_when_it_is_back(broker: RunningBroker, said: Said) -> 
     assert lines[1].startswith(f"{where}: cannot connect: ")
     assert lines[-1].startswith(f"{where}: connected after ")
     assert len(lines) == 3, lines
+
+
+@pytest.mark.broker
+def test_a_route_added_later_gets_a_topic_already_routed(broker: RunningBroker) -> None:
+    """The session remembers which routes each topic matched: a subscription made after a
+    topic was seen must still get that topic's next message, beside the first route."""
+    first: queue.Queue[bytes] = queue.Queue()
+    later: queue.Queue[bytes] = queue.Queue()
+    session = MqttSession("routes", BrokerAddress(broker.host, broker.port), backoff=fixed(0.1))
+    session.subscribe("probe/a", lambda _t, payload: first.put(payload))
+    session.start()
+    try:
+        assert session.wait_connected(WAIT_S)
+        publish(broker, "probe/a", b"one")
+        assert first.get(timeout=WAIT_S) == b"one"  # probe/a is routed, and remembered
+        session.subscribe("probe/+", lambda _t, payload: later.put(payload))
+        publish(broker, "probe/a", b"two")
+        assert first.get(timeout=WAIT_S) == b"two"
+        assert later.get(timeout=WAIT_S) == b"two"
+    finally:
+        session.stop()

@@ -52,6 +52,10 @@ OnConnectFailed = Callable[[TransportError, bool], None]  # (why, refused by the
 _LOOP_S = 1.0  # longest the network thread sits in select() (publish/stop wake it sooner)
 _BYE_S = 2.0  # longest stop() gives the DISCONNECT to leave before the socket is closed
 _JOIN_S = 10.0  # longest stop() waits for the network thread (a connect times out in 5 s)
+# topics whose routes are remembered (a hub sees a few a device: its fleet's telemetry, status,
+# ...); past it the memory starts again. Matching every filter again cost the hub's network
+# thread a fifth of its time at 5,000 devices (bench/hub_capacity_bench.py's profile).
+_MATCHED_TOPICS = 65536
 # Without an on_connect_failed callback the session says itself that it cannot connect: at the
 # first failed attempt, then at most once a REPORT_S while the failures go on (each attempt in
 # between at INFO), and that it connected once it does: a daemon at the default log level is
@@ -179,6 +183,8 @@ class MqttSession:
         self._failing_since = 0.0
         self._next_report = 0.0
         self._routes: dict[str, Route] = {}  # topic filter -> route, as subscribed
+        # topic -> the routes whose filter matches it (network thread; a new route replaces it)
+        self._matched: dict[str, tuple[Route, ...]] = {}
         self._left = threading.Event()  # the UNSUBACK of `stop`'s leaving its shared groups
         self._client = Client(
             client_id,
@@ -316,6 +322,7 @@ class MqttSession:
         if share is not None and (not share or any(c in share for c in "/+#")):
             raise ConfigError(f"shared subscription group: expected a plain name, got {share!r}")
         self._routes[topic] = route
+        self._matched = {}  # after the route: a topic matched from here on sees it
         wire = f"$share/{share}/{topic}" if share else topic
         with self._subs_lock:
             self._subs[wire] = qos
@@ -493,7 +500,13 @@ class MqttSession:
                 sent = True
                 client.ack(mid, generation)
 
-        routes = [route for f, route in list(self._routes.items()) if matches(f, topic)]
+        matched = self._matched
+        routes = matched.get(topic)
+        if routes is None:
+            routes = tuple(r for f, r in list(self._routes.items()) if matches(f, topic))
+            if len(matched) >= _MATCHED_TOPICS:
+                matched.clear()
+            matched[topic] = routes
         for route in routes:
             route(topic, payload, retain, ack)
         if not routes or not self._manual_ack:

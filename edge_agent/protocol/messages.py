@@ -11,7 +11,7 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import field
 from typing import Any, Protocol
 
@@ -97,8 +97,19 @@ def load_json(
     return obj
 
 
-def dump_json(obj: dict[str, Any]) -> bytes:
-    return json.dumps({"v": SCHEMA_VERSION, **obj}, separators=(",", ":"), allow_nan=False).encode()
+_COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # made once, not per call
+
+
+def compact_json(obj: Any) -> str:
+    """`obj` as compact ASCII JSON: ValueError for NaN and Infinity, TypeError for what JSON
+    has no form for."""
+    return _COMPACT.encode(obj)
+
+
+def dump_json(obj: dict[str, Any], dump: Callable[[Any], str] = compact_json) -> bytes:
+    """A message's JSON, schema version first; `dump` writes it (compact_json, or what
+    answers the same: the hub's cloud_hub.jsoncodec.dumps)."""
+    return dump({"v": SCHEMA_VERSION, **obj}).encode()
 
 
 def check_model_name(value: object, where: str) -> str:
@@ -254,15 +265,6 @@ class Record:
         return {"boot": self.boot, "seq": self.seq, "ts": self.ts, **self.body}
 
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # made once, not per call
-
-
-def compact_json(obj: Any) -> str:
-    """`obj` as compact ASCII JSON: ValueError for NaN and Infinity, TypeError for what JSON
-    has no form for."""
-    return _COMPACT.encode(obj)
-
-
 def body_json(body: dict[str, Any], where: str) -> str:
     """A record's body as JSON text, compact and ASCII, the way it is kept and sent."""
     try:
@@ -346,8 +348,11 @@ class Keyed(Protocol):
     def seq(self) -> int: ...
 
 
-def spans_of(records: Iterable[Keyed]) -> tuple[Span, ...]:
+def spans_of(records: Collection[Keyed]) -> tuple[Span, ...]:
     """The (boot, seq) keys of `records` as sorted runs of consecutive seqs."""
+    if len(records) == 1:  # a device reporting once a second: most batches a hub confirms
+        (r,) = records
+        return ((r.boot, r.seq, r.seq),)
     out: list[list[int]] = []
     for boot, seq in sorted({(r.boot, r.seq) for r in records}):
         if out and out[-1][0] == boot and out[-1][2] == seq - 1:
@@ -570,5 +575,8 @@ def _b64(raw: str, where: str) -> bytes:
         raise MessageError(f"{where}: expected base64, got {raw[:40]!r}") from exc
 
 
-def encode(msg: Status | Batch | Confirm | Command | XferRequest | XferChunk) -> bytes:
-    return dump_json(msg.to_json())
+def encode(
+    msg: Status | Batch | Confirm | Command | XferRequest | XferChunk,
+    dump: Callable[[Any], str] = compact_json,
+) -> bytes:
+    return dump_json(msg.to_json(), dump)
