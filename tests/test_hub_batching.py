@@ -20,7 +20,7 @@ from cloud_hub.hub import Hub
 from cloud_hub.store.database import Ingest, Store
 from cloud_hub.store.errors import StoreError
 from cloud_hub.store.url import store_url
-from edge_agent.mqtt.session import BrokerAddress
+from edge_agent.mqtt.session import Ack, BrokerAddress
 from edge_agent.protocol.messages import (
     Batch,
     Confirm,
@@ -35,6 +35,8 @@ from edge_agent.protocol.messages import (
 from edge_agent.protocol.topics import Topics
 from edge_agent.uplink.buffer import Buffer, TokenBucket
 from edge_agent.uplink.delivery import Sender
+
+WAIT_S = 10.0  # the longest one condition may take before the test fails
 
 pytestmark = pytest.mark.usefixtures("each_store")  # on SQLite and on PostgreSQL
 
@@ -144,6 +146,61 @@ def test_one_transaction_for_everything_that_queued_up(
     assert calls == [11]
     assert hub.stored["telemetry"] == 30
     assert sum(hub.rejected.values()) == 0
+
+
+def _queued(hub: Hub, kind: str, device: str) -> threading.Event:
+    """Queue one message as the MQTT thread would; the event is set when it is acknowledged."""
+    acked = threading.Event()
+    topic, payload = _message(kind, _batch(device, [1]))
+    hub.incoming.put((topic, payload, acked.set))
+    return acked
+
+
+def test_a_message_waits_for_others_to_share_its_transaction(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first message of a transaction waits (GATHER_S) for more: one that arrives while it
+    waits is taken with it (here the wait is long, the batch limit 2 ends it)."""
+    monkeypatch.setattr("cloud_hub.hub.GATHER_S", 60.0)
+    first_taken = threading.Event()
+    real_get = hub.incoming.get
+
+    def get(block: bool = True, timeout: float | None = None) -> tuple[str, bytes, Ack]:
+        item = real_get(block, timeout)
+        first_taken.set()
+        return item
+
+    monkeypatch.setattr(hub.incoming, "get", get)
+    _queued(hub, "telemetry", "pi-1")
+    taken: list[list[str]] = []
+    taker = threading.Thread(
+        target=lambda: taken.append([t for t, _, _ in hub._take(2)]), daemon=True
+    )
+    taker.start()
+    assert first_taken.wait(WAIT_S)
+    _queued(hub, "telemetry", "pi-2")  # after the first was taken: only a wait gets it
+    taker.join(WAIT_S)
+    assert not taker.is_alive()
+    assert taken == [["edgefleet/dev/pi-1/telemetry", "edgefleet/dev/pi-2/telemetry"]]
+
+
+def test_a_transfer_request_is_not_held_back_to_gather(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device waits for its chunks: once a transfer request is taken, what has queued goes at
+    once (with a minute's gathering, this would wait a minute)."""
+    monkeypatch.setattr("cloud_hub.hub.GATHER_S", 60.0)
+    _queued(hub, "telemetry", "pi-1")
+    _queued(hub, "xfer/req", "pi-2")
+    _queued(hub, "telemetry", "pi-3")
+    taken: list[list[str]] = []
+    taker = threading.Thread(
+        target=lambda: taken.append([t for t, _, _ in hub._take(10)]), daemon=True
+    )
+    taker.start()
+    taker.join(WAIT_S)
+    assert not taker.is_alive(), "the transfer request was held back to gather more"
+    assert [t.split("/", 3)[2] for t in taken[0]] == ["pi-1", "pi-2", "pi-3"]
 
 
 def test_a_bad_message_in_the_batch_is_rejected_alone(hub: Hub) -> None:
