@@ -214,3 +214,38 @@ def test_a_confirmation_brings_every_late_batch_within_the_first_timeout() -> No
         flight.due = 500.0  # where a long outage's backoff had pushed them
     w.confirmed(_confirm(2), 100.0)
     assert w.next_due() == 110.0
+
+
+def test_an_idle_sender_spends_no_tokens_and_sleeps_the_idle_wait(tmp_path: Path) -> None:
+    """The drain rate's tokens are spent on records sent, not on asking an empty buffer: a
+    sender that spent them on every pump found its bucket empty and woke every 10 ms
+    (100 records a second) for as long as it was idle, 60,000 pumps in a 100-device rollout."""
+    import threading
+
+    from edge_agent.uplink.buffer import Buffer
+    from edge_agent.uplink.delivery import Sender
+
+    class Session:
+        def __init__(self) -> None:
+            self.connected = threading.Event()
+            self.published: list[bytes] = []
+
+        def subscribe(self, *_args: object) -> None:
+            pass
+
+        def publish(self, _topic: str, payload: bytes) -> int:
+            self.published.append(payload)
+            return len(self.published)
+
+    session = Session()
+    session.connected.set()
+    buffer = Buffer(tmp_path / "b", boot=1)
+    for n in range(3):
+        buffer.append("events", {"n": n})
+    sender = Sender(buffer, session, Topics("edgefleet"), "pi-1", 10, 4, drain_rate=100.0)  # type: ignore[arg-type]
+    assert sender.pump() == 1  # the three records, in one batch
+    for _ in range(30):  # idle: nothing new to send
+        assert sender.pump() == 0
+    assert len(session.published) == 1
+    assert sender.pause() == 0.5  # the idle wait: no token is due, none was spent
+    buffer.close()

@@ -219,6 +219,7 @@ class Sender:
             if not allowed:
                 break
             pending = self.buffer.take(allowed, busy)
+            self.bucket.refund(allowed - len(pending))  # only what goes is spent
             if not pending:
                 break
             kind = pending[0].kind
