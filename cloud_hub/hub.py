@@ -69,7 +69,7 @@ from cloud_hub.rollout.operations import fleet_facts, measure_stored, rollout_re
 from cloud_hub.signing.commands import COMMAND_TTL, counter_floor, sign_command
 from cloud_hub.signing.deltas import Deltas
 from cloud_hub.signing.tuf_repo import TufRepository
-from cloud_hub.store.database import Ingest, Store, dumps
+from cloud_hub.store.database import Ingest, Issue, Store, dumps
 from cloud_hub.store.errors import RecordKey, StoreError, Unstorable
 from cloud_hub.store.url import store_url as home_store
 from edge_agent.errors import BadDataError, MessageError, TransportError
@@ -525,16 +525,23 @@ class Hub:
         is not sent, and would be lost with the process."""
         if not self.session.connected.is_set():
             return
+        dropped: list[int] = []
+        queued: list[tuple[int, str, Command]] = []
         for command_id, device, body in self.store.unsent_commands():
             try:
                 cmd = decode_command(dumps(body).encode())
             except BadDataError as exc:
                 log.warning("dropping queued command %d for %s: %s", command_id, device, exc)
+                dropped.append(command_id)
             else:
                 if cmd.kind == "rollback" and cmd.model is not None:
                     self._allow_rollback(cmd)
-                self.send_command(device, cmd)
-            self.store.mark_sent(command_id)
+                queued.append((command_id, device, cmd))
+        sent = 0
+        try:
+            sent = self.send_commands([(device, cmd) for _, device, cmd in queued])
+        finally:  # what went out is marked, even if the rest did not (the next tick sends it)
+            self.store.mark_sent(dropped + [command_id for command_id, _, _ in queued[:sent]])
 
     def _allow_rollback(self, cmd: Command) -> None:
         """Before a rollout's rollback goes out (whichever leader sends it): the versions below
@@ -548,24 +555,45 @@ class Hub:
                 cmd.model.version,
             )
 
-    def send_command(self, device: str, cmd: Command) -> None:
-        """Sign `cmd` for `device` and publish it at QoS 1 to the device's persistent session
-        (an offline device gets it when it returns). The device waits for the TUF metadata of
-        now, which names the command key; a deploy or a shadow names a delta from the version
-        the device last reported running, where one is worth it (cloud_hub/signing/deltas.py),
-        and grants the device the chunks of the target and of the delta."""
+    def send_commands(self, commands: Sequence[tuple[str, Command]]) -> int:
+        """Sign each (device, command) for its device and publish it at QoS 1 to the device's
+        persistent session (an offline device gets it when it returns); returns how many went
+        out before the MQTT client refused one (TransportError: the rest go on a later tick).
+        The device waits for the TUF metadata of now, which names the command key; a deploy or
+        a shadow names a delta from the version the device last reported running, where one is
+        worth it (cloud_hub/signing/deltas.py), and grants the device the chunks of the target
+        and of the delta. The grants and counters of all of them take one transaction."""
+        if not commands:
+            return 0
         key = self._command_signer()  # ConfigError without keys: no command goes unsigned
         now = time.time()
-        if cmd.kind in ("deploy", "shadow") and cmd.model is not None and cmd.delta is None:
-            cmd = replace(cmd, delta=self._delta(device, cmd.model))
-        cmd = replace(cmd, tuf_version=max(cmd.tuf_version, self.repo.timestamp_version()))
-        if cmd.kind in ("deploy", "shadow") and cmd.target is not None:
-            self.store.grant(device, cmd.target, cmd.encrypt, now)
-            if cmd.delta is not None:
-                self.store.grant(device, cmd.delta.target, cmd.encrypt, now)
-        counter = self.store.next_command_counter(device, counter_floor(now))
-        signed = sign_command(key, cmd, device, counter, now)
-        self.session.publish(self.topics.device(device, "cmd"), signed.to_bytes())
+        with_deltas = [
+            (device, replace(cmd, delta=self._delta(device, cmd.model)))
+            if cmd.kind in ("deploy", "shadow") and cmd.model is not None and cmd.delta is None
+            else (device, cmd)
+            for device, cmd in commands
+        ]
+        tuf_version = self.repo.timestamp_version()  # after the deltas: it names those signed
+        ready: list[tuple[str, Command]] = []
+        issues: list[Issue] = []
+        for device, cmd in with_deltas:
+            cmd = replace(cmd, tuf_version=max(cmd.tuf_version, tuf_version))
+            targets = []
+            if cmd.kind in ("deploy", "shadow") and cmd.target is not None:
+                targets.append((cmd.target, cmd.encrypt))
+                if cmd.delta is not None:
+                    targets.append((cmd.delta.target, cmd.encrypt))
+            ready.append((device, cmd))
+            issues.append((device, targets))
+        counters = self.store.issue_commands(issues, counter_floor(now), now)
+        for sent, ((device, cmd), counter) in enumerate(zip(ready, counters, strict=True)):
+            signed = sign_command(key, cmd, device, counter, now)
+            try:
+                self.session.publish(self.topics.device(device, "cmd"), signed.to_bytes())
+            except TransportError as exc:
+                log.warning("%d commands not sent yet: %s", len(ready) - sent, exc)
+                return sent
+        return len(ready)
 
     def _delta(self, device: str, model: ModelRef) -> DeltaRef | None:
         """The delta to `model` from what `device` last reported running, if one is worth it;

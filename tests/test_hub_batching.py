@@ -394,3 +394,52 @@ def test_a_confirmation_that_overtakes_its_publish_is_not_lost(tmp_path: Path) -
     assert buffer.pending() == 0
     assert sender.sent == {"telemetry": 3}
     buffer.close()
+
+
+# ---- the outbox: commands of a rollout step ------------------------------------------------
+def test_a_steps_commands_take_one_transaction_with_counters_in_order(tmp_path: Path) -> None:
+    """issue_commands grants and counts for many commands at once: counters above the floor and
+    above each device's last, a device named twice gets two in order, every grant is kept."""
+    store = Store(store_url(tmp_path))
+    floor = 1000
+    first = store.issue_commands(
+        [("pi-1", [("iris/2.zip", False)]), ("pi-2", []), ("pi-1", [("d/1-2", True)])], floor, 1.0
+    )
+    assert first == [floor, floor, floor + 1]
+    assert store.issue_commands([("pi-2", [])], 5, 2.0) == [floor + 1]  # never below its last
+    assert store.granted("pi-1", "iris/2.zip", 0.0) is False
+    assert store.granted("pi-1", "d/1-2", 0.0) is True
+    assert store.granted("pi-2", "iris/2.zip", 0.0) is None
+
+
+def test_commands_the_mqtt_client_refused_stay_queued_for_the_next_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox goes out in one go; when the client refuses one (its queue is full), what went
+    out before it is marked sent and the rest stay unsent, to go on the next tick."""
+    from cloud_hub.rollout.operations import init_hub
+    from edge_agent.errors import TransportError
+
+    home = tmp_path / "hub"
+    init_hub(home)
+    hub = Hub(home, BrokerAddress("127.0.0.1", 1))  # never started: no broker
+    for n in range(5):
+        hub.store.queue_command(f"pi-{n}", {"v": 1, "id": f"c-{n}", "kind": "rollback"})
+    published: list[str] = []
+    refusals = [3]  # the client refuses once, when three have gone
+
+    def publish(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
+        if refusals and len(published) == refusals[0]:
+            refusals.pop()
+            raise TransportError("message queue full")
+        published.append(topic)
+        return len(published)
+
+    monkeypatch.setattr(hub.session, "publish", publish)
+    hub.session.connected.set()  # as if linked: the outbox is not sent without a link
+    hub._send_outbox()
+    assert published == [f"edgefleet/dev/pi-{n}/cmd" for n in range(3)]
+    assert [device for _, device, _ in hub.store.unsent_commands()] == ["pi-3", "pi-4"]
+    hub._send_outbox()  # the next tick
+    assert published[3:] == ["edgefleet/dev/pi-3/cmd", "edgefleet/dev/pi-4/cmd"]
+    assert hub.store.unsent_commands() == []

@@ -188,8 +188,7 @@ def test_retention_removes_sent_commands_and_keeps_unsent_ones(tmp_path: Path) -
     for device in ("pi-1", "pi-2", "pi-3"):
         store.queue_command(device, {"kind": "deploy", "device": device})
     first, second, _third = store.unsent_commands()
-    store.mark_sent(first[0])
-    store.mark_sent(second[0])
+    store.mark_sent([first[0], second[0]])
     outbox_rows = text("select count(*) from outbox")
     store.prune(time.time() - 3600)  # sent within the hour: kept
     with store.engine.connect() as c:

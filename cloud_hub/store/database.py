@@ -113,6 +113,7 @@ PG_CONNECT_ARGS = {
 B = TypeVar("B", bound=Body)
 
 Ingest = Status | tuple[str, Batch]  # what the hub stores of one device message
+Issue = tuple[str, Sequence[tuple[str, bool]]]  # a command's device and the targets it grants
 
 metadata = MetaData()
 
@@ -784,32 +785,48 @@ class Store:
         with self.engine.connect() as conn:
             return [(r[0], r[1], r[2]) for r in conn.execute(q.order_by(outbox.c.id))]
 
-    def mark_sent(self, command_id: int) -> None:
+    def mark_sent(self, command_ids: Sequence[int]) -> None:
+        if not command_ids:
+            return
         with self.engine.begin() as conn:
-            conn.execute(update(outbox).where(outbox.c.id == command_id).values(sent=time.time()))
+            conn.execute(
+                update(outbox).where(outbox.c.id.in_(command_ids)).values(sent=time.time())
+            )
 
     # ---- signed commands and what they let a device fetch ---------------------------------
-    def next_command_counter(self, device: str, floor: int) -> int:
-        """A counter for the next command to `device`: above the last one, and at least
-        `floor`. Atomic, so hub workers sharing the store never hand out one twice."""
+    def issue_commands(self, issues: Sequence[Issue], floor: int, now: float) -> list[int]:
+        """For each (device, [(target, encrypt), ...]) in turn: the grants of those targets
+        (`grant`) and a counter for the next command to the device, above its last one and at
+        least `floor` (a device named twice gets two, in order). In one transaction: a rollout
+        step's hundred commands took three commits each, 0.4 s on SQLite before the first went
+        out. Atomic, so hub workers sharing the store never hand out one counter twice."""
+        counters = []
         with self.engine.begin() as conn:
-            conn.execute(self._insert_once(command_counters), [{"device": device, "counter": 0}])
-            bumped = command_counters.c.counter + 1
-            row = conn.execute(
-                update(command_counters)
-                .where(command_counters.c.device == device)
-                .values(counter=case((bumped > floor, bumped), else_=floor))
-                .returning(command_counters.c.counter)
-            ).one()
-        return int(row[0])
+            for device, targets in issues:
+                for target, encrypt in targets:
+                    self._grant(conn, device, target, encrypt, now)
+                conn.execute(
+                    self._insert_once(command_counters), [{"device": device, "counter": 0}]
+                )
+                bumped = command_counters.c.counter + 1
+                row = conn.execute(
+                    update(command_counters)
+                    .where(command_counters.c.device == device)
+                    .values(counter=case((bumped > floor, bumped), else_=floor))
+                    .returning(command_counters.c.counter)
+                ).one()
+                counters.append(int(row[0]))
+        return counters
 
     def grant(self, device: str, target: str, encrypt: bool, now: float) -> None:
         """`device` was commanded to fetch `target` (encrypted for it when `encrypt`)."""
         with self.engine.begin() as conn:
-            conn.execute(delete(grants).where(grants.c.device == device, grants.c.target == target))
-            conn.execute(
-                insert(grants).values(device=device, target=target, encrypt=encrypt, at=now)
-            )
+            self._grant(conn, device, target, encrypt, now)
+
+    @staticmethod
+    def _grant(conn: Any, device: str, target: str, encrypt: bool, now: float) -> None:
+        conn.execute(delete(grants).where(grants.c.device == device, grants.c.target == target))
+        conn.execute(insert(grants).values(device=device, target=target, encrypt=encrypt, at=now))
 
     def granted(self, device: str, target: str, since: float) -> bool | None:
         """Whether `device`'s grant of `target` (given after `since`) asks for encryption; None
