@@ -2,12 +2,13 @@
 broker's raw throughput for the same bytes, side by side in one run.
 
 "Ours": a private mosquitto, the hub (`edgehub serve`, its own process, as a hub runs) and 100
-simulated devices in this process (`cloud_hub.harness.simulate.Simulation`: real agents, each on its
-own
-MQTT connection, verifying with TUF, pulling 64 KiB chunks, installing through ModelStore and
-passing the health gate; one shared onnxruntime session). The clock runs from `start_rollout`
-(one wave: --canary 100%) until the rollout has ended in the hub's database: completed when
-every device reported `healthy`.
+simulated devices (`cloud_hub.harness.simulate.Simulation`: real agents, each on its own MQTT
+connection, verifying with TUF, pulling 64 KiB chunks, installing through ModelStore and
+passing the health gate), split over one process a core (bench/fleet_shard.py), as `edgehub
+simulate` splits a large fleet (--external-hub --prefix): in one process the 100 agents took
+turns on one interpreter lock, about 1.1 of the 2 cores, where real devices each have a
+processor of their own. The clock runs from `start_rollout` (one wave: --canary 100%) until
+the rollout has ended in the hub's database: completed when every device reported `healthy`.
 
 "Bare": the same mosquitto; one paho client publishes the same bundle bytes, cut into the same
 64 KiB chunks, at QoS 1 to each of 100 paho subscribers on its own topic (the same fan-out,
@@ -22,12 +23,16 @@ DESIGN.md target checked: rollout of a 1 MB model to 100 simulated devices on lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +46,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from cloud_hub.broker.local import RunningBroker, start_mosquitto
-from cloud_hub.harness.simulate import SimOptions, Simulation, rollout_of, rss_bytes
+from cloud_hub.harness.simulate import rollout_of, store_of
 from cloud_hub.harness.soak import Proc
 from cloud_hub.rollout import engine as ro
 from cloud_hub.rollout.operations import init_hub, publish_bundle, start_rollout
+from cloud_hub.store.database import Store
 from converters.pipeline import build_bundle
+from edge_agent.protocol.messages import ModelRef
 from edge_agent.protocol.transfer import CHUNK_SIZE
 
 TARGET_WHAT = "rollout of a 1 MB model to 100 simulated devices on loopback"
@@ -54,6 +61,8 @@ TARGET_LARGE_LINE = f"{TARGET_WHAT}: 20 MB to 100 devices completes"
 TARGET_S = 5.0
 MB = 1_000_000
 TIMEOUT_S = 600.0
+SHARDS = max(1, os.cpu_count() or 1)  # processes the simulated devices are split over
+HERE = Path(__file__).resolve().parent
 POLL_S = 0.05  # the rollout's state in the hub's database, read this often
 
 
@@ -97,68 +106,100 @@ def check_alive(hub: Proc) -> None:
         )
 
 
-def wait_registered(sim: Simulation, hub: Proc, devices: int) -> None:
+def wait_registered(store: Store, hub: Proc, devices: int) -> None:
     """Until the hub process has stored every device's birth: it is up and ingesting."""
     deadline = time.perf_counter() + 60
-    while sum(bool(d["online"]) for d in sim.store.devices()) < devices:
+    while sum(bool(d["online"]) for d in store.devices()) < devices:
         check_alive(hub)
         if time.perf_counter() > deadline:
             raise RuntimeError("the hub did not register the simulated devices within 60 s")
         time.sleep(POLL_S)
 
 
+@contextlib.contextmanager
+def fleet(home: Path, workdir: Path, broker: RunningBroker, devices: int) -> Iterator[list[int]]:
+    """`devices` simulated devices in SHARDS processes (bench/fleet_shard.py), started one
+    after another (each enrolls its devices with the hub), each connected before the next."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for k in range(SHARDS):
+            n = devices // SHARDS + (k < devices % SHARDS)
+            argv = [str(home), str(workdir / f"shard-{k}"), broker.host, str(broker.port)]
+            proc = subprocess.Popen(
+                [sys.executable, str(HERE / "fleet_shard.py"), *argv, f"b{k}", str(n)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            procs.append(proc)
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "connected":
+                raise RuntimeError(f"simulated devices, process {k}: did not connect")
+        yield [p.pid for p in procs]
+    finally:
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.close()
+        for proc in procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def ours(folder: Path, broker: RunningBroker, bundle: Path, devices: int) -> dict[str, Any]:
     home = folder / f"home-{bundle.stem}"
     init_hub(home)
     model, _ = publish_bundle(home, bundle)
-    opts = SimOptions(devices=devices, rate=0.0, window_s=60.0, status_s=60.0, prefix="b")
-    sim = Simulation(
-        home,
-        folder / f"devices-{bundle.stem}",
-        opts,
-        (broker.host, broker.port),
-        embedded_hub=False,
-    )
+    store = store_of(home)
     hub = serve(home, broker, folder)
     try:
-        if not sim.wait_connected(60):
-            raise RuntimeError("the simulated devices did not connect within 60 s")
-        wait_registered(sim, hub, devices)
-        peak = rss_bytes()
-        start = time.perf_counter()
-        started_at = time.time()  # device events carry wall-clock times
-        rid = start_rollout(home, model, "100%").id  # the hub process picks it up
-        while rollout_of(sim.store, rid).state == ro.RUNNING:
-            check_alive(hub)
-            if time.perf_counter() - start > TIMEOUT_S:
-                raise RuntimeError(f"rollout {rid} not done in {TIMEOUT_S:.0f} s")
-            peak = max(peak, rss_bytes())
-            time.sleep(POLL_S)  # another process's database: nothing to wait on but its rows
-        seconds = time.perf_counter() - start
-        r = rollout_of(sim.store, rid)
-        ids = [d["id"] for d in sim.store.devices()]
-        events = [
-            e
-            for e in sim.store.records_since("events", ids, started_at)
-            if e.body.get("rollout") == rid
-        ]
-        verified = [e.ts - started_at for e in events if e.body.get("event") == "verified"]
-        failed = [e for e in events if e.body.get("event") in ("rejected", "rolled-back")]
-        return {
-            "seconds": seconds,
-            "state": r.state,
-            "healthy": ro.progress(r)["healthy"],
-            "verified": len(verified),
-            "last_verified_s": round(max(verified), 2) if verified else None,
-            "failed": len(failed),
-            "why": f"{r.halt_reason}; first device failure: {failed[0].body.get('reason')}"
-            if failed
-            else r.halt_reason,
-            "peak_rss_mb": round(max(peak, rss_bytes()) / MB, 1),
-        }
+        with fleet(home, folder / f"devices-{bundle.stem}", broker, devices) as pids:
+            wait_registered(store, hub, devices)
+            return {**roll(home, store, hub, model), "peak_rss_mb": peak_rss_mb(pids)}
     finally:
-        sim.close()
         hub.stop()
+
+
+def roll(home: Path, store: Store, hub: Proc, model: ModelRef) -> dict[str, Any]:
+    """Start the rollout and wait for its end in the hub's database."""
+    start = time.perf_counter()
+    started_at = time.time()  # device events carry wall-clock times
+    rid = start_rollout(home, model, "100%").id  # the hub process picks it up
+    while rollout_of(store, rid).state == ro.RUNNING:
+        check_alive(hub)
+        if time.perf_counter() - start > TIMEOUT_S:
+            raise RuntimeError(f"rollout {rid} not done in {TIMEOUT_S:.0f} s")
+        time.sleep(POLL_S)  # another process's database: nothing to wait on but its rows
+    seconds = time.perf_counter() - start
+    r = rollout_of(store, rid)
+    ids = [d["id"] for d in store.devices()]
+    events = [
+        e for e in store.records_since("events", ids, started_at) if e.body.get("rollout") == rid
+    ]
+    verified = [e.ts - started_at for e in events if e.body.get("event") == "verified"]
+    failed = [e for e in events if e.body.get("event") in ("rejected", "rolled-back")]
+    return {
+        "seconds": seconds,
+        "state": r.state,
+        "healthy": ro.progress(r)["healthy"],
+        "verified": len(verified),
+        "last_verified_s": round(max(verified), 2) if verified else None,
+        "failed": len(failed),
+        "why": f"{r.halt_reason}; first device failure: {failed[0].body.get('reason')}"
+        if failed
+        else r.halt_reason,
+    }
+
+
+def peak_rss_mb(pids: list[int]) -> float:
+    """The processes' resident high-water marks, added up (MB)."""
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) * 1024
+    return round(total / MB, 1)
 
 
 def bare(broker: RunningBroker, data: bytes, devices: int) -> dict[str, Any]:
