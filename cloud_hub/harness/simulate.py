@@ -239,6 +239,11 @@ class SimFleet:
     def __init__(
         self, home: Path, workdir: Path, host: str, port: int, opts: SimOptions, seed: int = 0
     ) -> None:
+        # python-tuf for every device's check (CheckInProcess), loaded with the fleet: loaded at
+        # the first command instead, its import held a rollout's first checks waiting on the
+        # import lock (a device's check process has it loaded before it answers)
+        import edge_agent.update.tuf_check  # noqa: F401
+
         self.opts = opts
         self.runtimes = SharedRuntimes()
         self.devices: list[SimDevice] = []
