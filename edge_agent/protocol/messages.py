@@ -11,7 +11,7 @@ import binascii
 import json
 import math
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import field
 from typing import Any, Protocol
 
@@ -348,10 +348,10 @@ class Keyed(Protocol):
     def seq(self) -> int: ...
 
 
-def spans_of(records: Collection[Keyed]) -> tuple[Span, ...]:
+def spans_of(records: Iterable[Keyed]) -> tuple[Span, ...]:
     """The (boot, seq) keys of `records` as sorted runs of consecutive seqs."""
-    if len(records) == 1:  # a device reporting once a second: most batches a hub confirms
-        (r,) = records
+    if isinstance(records, list | tuple) and len(records) == 1:  # a device reporting once a
+        (r,) = records  # second: most batches a hub confirms
         return ((r.boot, r.seq, r.seq),)
     out: list[list[int]] = []
     for boot, seq in sorted({(r.boot, r.seq) for r in records}):
