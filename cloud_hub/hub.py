@@ -292,12 +292,12 @@ class Hub:
         gather_by = time.monotonic() + GATHER_S
         with contextlib.suppress(queue.Empty):
             while len(taken) < limit:
+                if taken[-1][0].endswith(_XFER_REQ):
+                    gather_by = 0.0  # from here on only what has queued
                 wait = gather_by - time.monotonic()
-                if wait <= 0 or taken[-1][0].endswith(_XFER_REQ):
-                    gather_by = 0.0  # what has queued, no more waiting
-                    taken.append(self.incoming.get_nowait())
-                else:
-                    taken.append(self.incoming.get(timeout=wait))
+                taken.append(
+                    self.incoming.get(timeout=wait) if wait > 0 else self.incoming.get_nowait()
+                )
         return taken
 
     def handle(self, topic: str, payload: bytes) -> None:

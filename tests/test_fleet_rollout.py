@@ -411,7 +411,7 @@ def test_hub_survives_a_missing_target_file_and_a_failing_store(
     assert hub is not None
     _, target = publish_bundle(rig.home, bundles["v1"])
     (hub.repo.targets_dir / target).unlink()  # the signed target's file is gone from disk
-    hub.store.grant("pi-1", target, encrypt=False, now=time.time())  # as a deploy would
+    hub.store.issue_commands([("pi-1", [(target, False)])], 0, time.time())  # as a deploy
     request = XferRequest(target, (0,))
     _publish(rig.broker, "edgefleet/dev/pi-1/xfer/req", encode(request))
     with hub.handled:

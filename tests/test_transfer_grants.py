@@ -82,8 +82,7 @@ def test_only_commanded_targets_are_served_and_encrypted_ones_only_encrypted(
     _, untold = publish_bundle(fleet.home, _bundle(tmp_path, 2))
     _, sealed = publish_bundle(fleet.home, _bundle(tmp_path, 3))
     now = time.time()
-    fleet.hub.store.grant(DEVICE, told, encrypt=False, now=now)
-    fleet.hub.store.grant(DEVICE, sealed, encrypt=True, now=now)
+    fleet.hub.store.issue_commands([(DEVICE, [(told, False), (sealed, True)])], 0, now)
 
     ask(
         fleet, mosquitto_clients, XferRequest(untold, (0,))
@@ -107,7 +106,7 @@ def test_a_flood_of_chunk_requests_is_served_at_the_transfer_rate(
     chunks = Chunks(fleet)
     _, target = publish_bundle(fleet.home, _bundle(tmp_path, 1))
     size = len(fleet.hub.repo.read_target(target))  # one chunk: the bundle is small
-    fleet.hub.store.grant(DEVICE, target, encrypt=False, now=time.time())
+    fleet.hub.store.issue_commands([(DEVICE, [(target, False)])], 0, time.time())
     # one chunk's worth a second, at most one at once
     fleet.hub.guard = DeviceGuard(Limits(transfer_rate=size, transfer_burst=size))
     started = time.monotonic()

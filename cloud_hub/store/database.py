@@ -795,8 +795,9 @@ class Store:
 
     # ---- signed commands and what they let a device fetch ---------------------------------
     def issue_commands(self, issues: Sequence[Issue], floor: int, now: float) -> list[int]:
-        """For each (device, [(target, encrypt), ...]) in turn: the grants of those targets
-        (`grant`) and a counter for the next command to the device, above its last one and at
+        """For each (device, [(target, encrypt), ...]) in turn: the grants of those targets (the
+        device may fetch each, encrypted for it where `encrypt`; a grant given again replaces
+        the earlier one) and a counter for the next command to the device, above its last one and at
         least `floor` (a device named twice gets two, in order). In one transaction: a rollout
         step's hundred commands took three commits each, 0.4 s on SQLite before the first went
         out. Atomic, so hub workers sharing the store never hand out one counter twice."""
@@ -804,7 +805,12 @@ class Store:
         with self.engine.begin() as conn:
             for device, targets in issues:
                 for target, encrypt in targets:
-                    self._grant(conn, device, target, encrypt, now)
+                    conn.execute(
+                        delete(grants).where(grants.c.device == device, grants.c.target == target)
+                    )
+                    conn.execute(
+                        insert(grants).values(device=device, target=target, encrypt=encrypt, at=now)
+                    )
                 conn.execute(
                     self._insert_once(command_counters), [{"device": device, "counter": 0}]
                 )
@@ -817,16 +823,6 @@ class Store:
                 ).one()
                 counters.append(int(row[0]))
         return counters
-
-    def grant(self, device: str, target: str, encrypt: bool, now: float) -> None:
-        """`device` was commanded to fetch `target` (encrypted for it when `encrypt`)."""
-        with self.engine.begin() as conn:
-            self._grant(conn, device, target, encrypt, now)
-
-    @staticmethod
-    def _grant(conn: Any, device: str, target: str, encrypt: bool, now: float) -> None:
-        conn.execute(delete(grants).where(grants.c.device == device, grants.c.target == target))
-        conn.execute(insert(grants).values(device=device, target=target, encrypt=encrypt, at=now))
 
     def granted(self, device: str, target: str, since: float) -> bool | None:
         """Whether `device`'s grant of `target` (given after `since`) asks for encryption; None

@@ -56,6 +56,7 @@ def parse_json(payload: bytes, constants: bool = False) -> Any:
 
 
 Parse = Callable[[bytes, bool], Any]  # parse_json, or what answers the same
+Dump = Callable[[Any], str]  # compact_json, or what answers the same
 
 
 def _finite(value: int | float, where: str) -> float:
@@ -106,7 +107,7 @@ def compact_json(obj: Any) -> str:
     return _COMPACT.encode(obj)
 
 
-def dump_json(obj: dict[str, Any], dump: Callable[[Any], str] = compact_json) -> bytes:
+def dump_json(obj: dict[str, Any], dump: Dump = compact_json) -> bytes:
     """A message's JSON, schema version first; `dump` writes it (compact_json, or what
     answers the same: the hub's cloud_hub.jsoncodec.dumps)."""
     return dump({"v": SCHEMA_VERSION, **obj}).encode()
@@ -350,8 +351,9 @@ class Keyed(Protocol):
 
 def spans_of(records: Iterable[Keyed]) -> tuple[Span, ...]:
     """The (boot, seq) keys of `records` as sorted runs of consecutive seqs."""
-    if isinstance(records, list | tuple) and len(records) == 1:  # a device reporting once a
-        (r,) = records  # second: most batches a hub confirms
+    # one record: most of what a hub confirms, its devices reporting once a second
+    if isinstance(records, list | tuple) and len(records) == 1:
+        (r,) = records
         return ((r.boot, r.seq, r.seq),)
     out: list[list[int]] = []
     for boot, seq in sorted({(r.boot, r.seq) for r in records}):
@@ -577,6 +579,6 @@ def _b64(raw: str, where: str) -> bytes:
 
 def encode(
     msg: Status | Batch | Confirm | Command | XferRequest | XferChunk,
-    dump: Callable[[Any], str] = compact_json,
+    dump: Dump = compact_json,
 ) -> bytes:
     return dump_json(msg.to_json(), dump)
